@@ -1,0 +1,114 @@
+"""Grouped-query attention over the static KV cache, and the decode-attention backends.
+
+Three situations, one per branch of `attend`:
+  * a fresh prefill (every sequence starts at 0): causal SDPA within the new tokens; the cache is
+    only written, never read;
+  * decode (one new token per sequence): a backend from `DECODE_ATTENTION` reads the cache;
+    `sdpa` masks the padded cache (reading all of it inside a CUDA graph, where lengths live on the
+    device), `triton` is a split-K kernel that reads only each sequence's filled part, `flash` is
+    flash-attn's `flash_attn_with_kvcache` when installed;
+  * a chunk appended to a non-empty cache (speculative verification): SDPA with an explicit mask.
+
+Family quirks handled here: GQA (Hkv < H), q/k/v bias (Qwen1.5/2), q/k RMSNorm over the whole
+projection (OLMoE, "full") or per head (Qwen3, "head"), and OLMoE's optional q/k/v clipping.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import ModelConfig, RunSettings
+from .kv_cache import KVCache, Step
+from .layers import RMSNorm, apply_rope
+
+
+def _decode_sdpa(q, k_cache, v_cache, step: Step, scale: float):
+    return None  # handled by the masked SDPA path in `attend_cached`
+
+
+def _decode_triton(q, k_cache, v_cache, step: Step, scale: float):
+    from .kernels.decode_attention import decode_attention
+    return decode_attention(q, k_cache, v_cache, step.seq_lens, scale)
+
+
+def _decode_flash(q, k_cache, v_cache, step: Step, scale: float):
+    from flash_attn import flash_attn_with_kvcache   # checked at start-up by `check_attn_backend`
+    out = flash_attn_with_kvcache(q[:, None], k_cache, v_cache, cache_seqlens=step.seq_lens,
+                                  softmax_scale=scale, causal=True)
+    return out[:, 0]
+
+
+# q [B, H, dk], caches [B, S_max, Hkv, dk|dv] -> [B, H, dv]; None = use the masked SDPA path
+DECODE_ATTENTION = {"sdpa": _decode_sdpa, "triton": _decode_triton, "flash": _decode_flash}
+
+
+def check_attn_backend(name: str, cfg: ModelConfig, device: torch.device) -> None:
+    """Refuse a backend that cannot run here, before any heavy work."""
+    if name not in DECODE_ATTENTION:
+        raise ValueError(f"unknown attention backend {name!r}; choose from {sorted(DECODE_ATTENTION)}")
+    if name == "flash":
+        if device.type != "cuda":
+            raise ValueError("--attn flash needs a CUDA GPU")
+        if cfg.attention == "mla":
+            raise ValueError("--attn flash cannot run MLA (key and value widths differ); use triton")
+        try:
+            import flash_attn  # noqa: F401
+        except ImportError as e:
+            raise ValueError("--attn flash needs flash-attn: pip install 'minimoe[flash]'") from e
+    if name == "triton" and device.type != "cuda":
+        import os
+        if os.environ.get("TRITON_INTERPRET") != "1":
+            raise ValueError("--attn triton needs a CUDA GPU (or TRITON_INTERPRET=1 for tests)")
+
+
+def attend_cached(q, k_cache, v_cache, step: Step, scale: float, backend: str):
+    """q [B, S, H, dk] against cached K/V [B, S_max, Hkv, d] (already holding this step) -> [B, S, H, dv]."""
+    if q.shape[1] == 1:
+        out = DECODE_ATTENTION[backend](q[:, 0], k_cache, v_cache, step, scale)
+        if out is not None:
+            return out[:, None]
+    L = step.max_len or k_cache.shape[1]
+    k, v = k_cache[:, :L].transpose(1, 2), v_cache[:, :L].transpose(1, 2)    # [B, Hkv, L, d]
+    cols = torch.arange(L, device=q.device)
+    mask = cols[None, None, None, :] <= step.positions[:, None, :, None]    # [B, 1, S, L]
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), k, v, attn_mask=mask, scale=scale,
+                                         enable_gqa=k.shape[1] != q.shape[2])
+    return out.transpose(1, 2)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig, settings: RunSettings, layer: int):
+        super().__init__()
+        self.cfg, self.settings, self.layer = cfg, settings, layer
+        H, Hkv, d = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        self.wqkv = nn.Linear(cfg.hidden_size, (H + 2 * Hkv) * d, bias=cfg.qkv_bias)
+        self.wo = nn.Linear(H * d, cfg.hidden_size, bias=cfg.o_bias)
+        if cfg.qk_norm == "full":
+            self.q_norm, self.k_norm = RMSNorm(H * d, cfg.rms_norm_eps), RMSNorm(Hkv * d, cfg.rms_norm_eps)
+        elif cfg.qk_norm == "head":
+            self.q_norm, self.k_norm = RMSNorm(d, cfg.rms_norm_eps), RMSNorm(d, cfg.rms_norm_eps)
+
+    def forward(self, x, step: Step, cache: KVCache, cos, sin):
+        """x [B, S, D] -> [B, S, D]; writes this step's K/V into the cache."""
+        cfg = self.cfg
+        B, S, _ = x.shape
+        H, Hkv, d = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        q, k, v = self.wqkv(x).split([H * d, Hkv * d, Hkv * d], dim=-1)
+        if cfg.qk_norm == "full":               # OLMoE: normalise the whole projection, then split heads
+            q, k = self.q_norm(q), self.k_norm(k)
+        if cfg.clip_qkv is not None:
+            q, k, v = (t.clamp(-cfg.clip_qkv, cfg.clip_qkv) for t in (q, k, v))
+        q, k, v = q.view(B, S, H, d), k.view(B, S, Hkv, d), v.view(B, S, Hkv, d)
+        if cfg.qk_norm == "head":               # Qwen3: normalise each head separately
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = apply_rope(q, cos, sin, cfg.rope_interleave), apply_rope(k, cos, sin, cfg.rope_interleave)
+        cache.write_kv(self.layer, step, k, v)
+        if step.fresh:
+            out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                                 is_causal=S > 1, scale=cfg.softmax_scale,
+                                                 enable_gqa=Hkv != H).transpose(1, 2)
+        else:
+            out = attend_cached(q, cache.k[self.layer], cache.v[self.layer], step, cfg.softmax_scale,
+                                self.settings.attn)
+        return self.wo(out.reshape(B, S, H * d))

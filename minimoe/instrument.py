@@ -1,0 +1,133 @@
+"""Instrumentation: named timing regions and expert-load counters, free when switched off.
+
+The model's parts open regions from a fixed vocabulary (`REGIONS`) with `with region("experts"):`.
+With no profiler active, `region` returns one shared do-nothing context: no events, no syncs, no
+allocation. With a profiler active, each region records a pair of CUDA events on the current stream
+(or reads `time.perf_counter` on the CPU, where work is synchronous); the events are only read, with
+one synchronisation, when `totals()` is asked for, so profiling does not serialise the GPU.
+Regions are flat (never nested), so their sum is the profiled part of the step.
+
+`ExpertLoad` counts tokens per (layer, expert) on the device with `scatter_add_` (`bincount` would
+sync with the host) and reports imbalance = max / mean tokens per expert.
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from collections import defaultdict
+
+import torch
+
+REGIONS = ("embed", "attention", "norm", "router", "dispatch", "experts", "combine", "shared",
+           "dense", "lm_head", "sample", "all_to_all")   # dense = the FFN of a non-MoE layer
+
+_NULL = contextlib.nullcontext()
+_active: "Profiler | None" = None
+_load: "ExpertLoad | None" = None
+
+
+class Profiler:
+    def __init__(self, device: torch.device | str = "cpu"):
+        self.cuda = torch.device(device).type == "cuda"
+        self.pending = []                    # (name, start, end) events not yet read
+        self.ms = defaultdict(float)
+        self.calls = defaultdict(int)
+        self.notes = {}                      # e.g. which fused-MoE variant ran
+
+    @contextlib.contextmanager
+    def _time(self, name: str):
+        if self.cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            yield
+            end.record()
+            self.pending.append((name, start, end))
+        else:
+            t0 = time.perf_counter()
+            yield
+            self.ms[name] += (time.perf_counter() - t0) * 1e3
+        self.calls[name] += 1
+
+    def region(self, name: str):
+        if name not in REGIONS:
+            raise KeyError(f"unknown region {name!r}; regions are {REGIONS}")
+        return self._time(name)
+
+    def note(self, key: str, value: str) -> None:
+        self.notes[key] = value
+
+    def totals(self) -> dict:
+        """{region: {ms, calls, pct}} over everything recorded so far (synchronises once)."""
+        if self.pending:
+            torch.cuda.synchronize()
+            for name, start, end in self.pending:
+                self.ms[name] += start.elapsed_time(end)
+            self.pending.clear()
+        total = sum(self.ms.values()) or 1.0
+        return {n: {"ms": self.ms[n], "calls": self.calls[n], "pct": 100.0 * self.ms[n] / total}
+                for n in REGIONS if n in self.ms}
+
+    def reset(self) -> None:
+        self.pending.clear()
+        self.ms.clear()
+        self.calls.clear()
+
+
+def region(name: str):
+    """A timing region if a profiler is active, else a shared no-op context."""
+    return _NULL if _active is None else _active.region(name)
+
+
+def note(key: str, value: str) -> None:
+    if _active is not None:
+        _active.note(key, value)
+
+
+@contextlib.contextmanager
+def profiling(profiler: "Profiler | None" = None, load: "ExpertLoad | None" = None):
+    """Activate a profiler and/or expert-load counter for the enclosed code."""
+    global _active, _load
+    saved = _active, _load
+    _active, _load = profiler, load
+    try:
+        yield profiler
+    finally:
+        _active, _load = saved
+
+
+class ExpertLoad:
+    def __init__(self, n_layers: int, n_experts: int, device):
+        self.counts = torch.zeros(n_layers, n_experts, dtype=torch.int64, device=device)  # [L, E]
+
+    def record(self, layer: int, ids: torch.Tensor) -> None:
+        flat = ids.reshape(-1)
+        self.counts[layer].scatter_add_(0, flat, torch.ones_like(flat))
+
+    def summary(self) -> dict:
+        c = self.counts.double()
+        mean = c.mean(1).clamp_min(1e-9)
+        per_layer = (c.amax(1) / mean)
+        return {"tokens_per_expert": self.counts.tolist(),
+                "imbalance_per_layer": per_layer.tolist(),
+                "imbalance_max": float(per_layer.max()), "imbalance_mean": float(per_layer.mean())}
+
+    def heatmap(self, path: str) -> None:
+        try:
+            import matplotlib
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError as e:
+            raise SystemExit("the expert-load heatmap needs matplotlib: pip install 'minimoe[plot]'") from e
+        fig, ax = plt.subplots(figsize=(10, 4))
+        im = ax.imshow(self.counts.cpu().numpy(), aspect="auto", cmap="viridis")
+        ax.set_xlabel("expert")
+        ax.set_ylabel("layer")
+        ax.set_title("tokens routed per expert")
+        fig.colorbar(im, ax=ax)
+        fig.savefig(path, dpi=120, bbox_inches="tight")
+        plt.close(fig)
+
+
+def record_load(layer: int, ids: torch.Tensor) -> None:
+    if _load is not None:
+        _load.record(layer, ids)

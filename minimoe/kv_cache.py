@@ -1,0 +1,75 @@
+"""A static KV cache: buffers allocated once for (batch, max length), lengths kept on the device.
+
+Why static: a decode step that writes into fixed addresses and reads a device-side length can be
+captured once as a CUDA graph and replayed, with no allocation and no host sync per token
+(gpt-fast's design). Why per-sequence lengths: speculative decoding accepts a different number of
+tokens per sequence, so "rolling back" is just lowering a sequence's length; stale entries past it
+are never read and get overwritten.
+
+GQA layers store K and V as [B, S_max, Hkv, d] (the layout flash-attn and the Triton decode kernel
+read). MLA layers (DeepSeek) store only the compressed latent [B, S_max, kv_lora_rank + rope_dim]:
+that is the point of MLA, 576 values per token instead of 2*H*d = 4096 for V2-Lite.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .config import ModelConfig
+
+
+@dataclass
+class Step:
+    """What every attention layer needs to know about the tokens of one forward pass."""
+    positions: torch.Tensor      # [B, S] int64 absolute positions of the new tokens
+    seq_lens: torch.Tensor       # [B] int32 valid cache entries once this step's K/V are written
+    max_len: int | None          # host-known bound on seq_lens (eager slicing); None = use S_max (graphs)
+    fresh: bool                  # every sequence starts at position 0: attend within the new tokens only
+
+
+class KVCache:
+    def __init__(self, cfg: ModelConfig, batch: int, max_len: int, dtype: torch.dtype, device):
+        self.batch, self.max_len, self.mla = batch, max_len, cfg.attention == "mla"
+        L = cfg.n_layers
+        if self.mla:
+            width = cfg.kv_lora_rank + cfg.qk_rope_head_dim
+            self.latent = torch.zeros(L, batch, max_len, width, dtype=dtype, device=device)
+        else:
+            shape = (L, batch, max_len, cfg.n_kv_heads, cfg.head_dim)
+            self.k = torch.zeros(shape, dtype=dtype, device=device)
+            self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.lengths = torch.zeros(batch, dtype=torch.int32, device=device)  # filled entries per sequence
+        self._rows = torch.arange(batch, device=device)[:, None]             # [B, 1] for scatter writes
+
+    @staticmethod
+    def bytes_needed(cfg: ModelConfig, batch: int, max_len: int, dtype_bytes: int) -> int:
+        return cfg.n_layers * batch * max_len * cfg.kv_bytes_per_token(dtype_bytes)
+
+    def step(self, n_new: int, host_len: int | None) -> Step:
+        """Describe a forward of n_new tokens per sequence appended at the current lengths."""
+        start = self.lengths.to(torch.int64)[:, None]                        # [B, 1]
+        positions = start + torch.arange(n_new, device=start.device)        # [B, S]
+        seq_lens = self.lengths + n_new
+        max_len = None if host_len is None else host_len + n_new
+        return Step(positions, seq_lens, max_len, fresh=host_len == 0)
+
+    def advance(self, step: Step) -> None:
+        self.lengths.copy_(step.seq_lens)
+
+    def rollback(self, lengths: torch.Tensor) -> None:
+        """Forget entries past `lengths` [B] (speculative decoding rejects draft tokens this way)."""
+        self.lengths.copy_(lengths)
+
+    def reset(self) -> None:
+        self.lengths.zero_()
+
+    # -- writes (index with device tensors: no host sync, graph-safe) --
+    def write_kv(self, layer: int, step: Step, k: torch.Tensor, v: torch.Tensor) -> None:
+        """k, v [B, S, Hkv, d] go to positions step.positions."""
+        self.k[layer][self._rows, step.positions] = k
+        self.v[layer][self._rows, step.positions] = v
+
+    def write_latent(self, layer: int, step: Step, latent: torch.Tensor) -> None:
+        """latent [B, S, kv_lora_rank + rope_dim]."""
+        self.latent[layer][self._rows, step.positions] = latent

@@ -1,0 +1,83 @@
+"""The decoder stack, wired from a `ModelConfig`.
+
+    ids [B, S] -> embed -> L x (x += Attn(norm(x)); x += FFN(norm(x))) -> norm -> lm_head -> logits
+
+Every family is pre-norm with RMSNorm; what differs (GQA vs MLA attention, MoE vs dense FFN per
+layer, shared experts, tied embeddings) is decided once, here, from config fields. The KV cache is
+owned by the caller (generate.py) and handed down with a `Step` describing the new tokens.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from .attention import Attention
+from .config import ModelConfig, RunSettings
+from .instrument import region
+from .kv_cache import KVCache, Step
+from .layers import RMSNorm, rope_tables
+from .mla import MLAttention
+from .moe import MoE, make_ffn
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, settings: RunSettings, layer: int):
+        super().__init__()
+        self.attn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.attn = (MLAttention if cfg.attention == "mla" else Attention)(cfg, settings, layer)
+        self.ffn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.ffn = make_ffn(cfg, settings, layer)
+        self.ffn_region = None if isinstance(self.ffn, MoE) else "dense"   # MoE opens its own regions
+
+    def forward(self, x, step: Step, cache: KVCache, cos, sin):
+        with region("norm"):
+            h = self.attn_norm(x)
+        with region("attention"):
+            x = x + self.attn(h, step, cache, cos, sin)
+        with region("norm"):
+            h = self.ffn_norm(x)
+        if self.ffn_region:
+            with region(self.ffn_region):
+                return x + self.ffn(h)
+        return x + self.ffn(h)
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: ModelConfig, settings: RunSettings | None = None):
+        super().__init__()
+        self.cfg = cfg
+        self.settings = settings or RunSettings()
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(Block(cfg, self.settings, i) for i in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        if not cfg.tie_word_embeddings:
+            self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.rope_len = 0
+
+    def setup_rope(self, max_len: int, device) -> None:
+        """cos/sin tables [max_len, rope_dim/2] (float32), built once per cache size."""
+        if max_len > self.cfg.max_position_embeddings:
+            raise ValueError(f"sequence length {max_len} exceeds the model's max_position_embeddings "
+                             f"{self.cfg.max_position_embeddings}")
+        if self.cfg.sliding_window and max_len > self.cfg.sliding_window:
+            raise ValueError(f"sequence length {max_len} exceeds the sliding window {self.cfg.sliding_window}, "
+                             "which minimoe does not implement")
+        if max_len > self.rope_len:
+            cos, sin = rope_tables(self.cfg, max_len)
+            self.cos, self.sin = cos.to(device), sin.to(device)
+            self.rope_len = max_len
+
+    def forward(self, ids: torch.Tensor, step: Step, cache: KVCache, last_only: bool = False):
+        """ids [B, S] -> logits [B, S, V] (or [B, V] for the last position), float32."""
+        with region("embed"):
+            x = self.embed(ids)                                                # [B, S, D]
+            cos, sin = self.cos[step.positions], self.sin[step.positions]      # [B, S, rope/2]
+        for layer in self.layers:
+            x = layer(x, step, cache, cos, sin)
+        with region("norm"):
+            if last_only:
+                x = x[:, -1]
+            x = self.norm(x)
+        with region("lm_head"):
+            head = self.embed.weight if self.cfg.tie_word_embeddings else self.lm_head.weight
+            return (x @ head.T).float()
