@@ -34,24 +34,10 @@ class Profiler:
         self.calls = defaultdict(int)
         self.notes = {}                      # e.g. which fused-MoE variant ran
 
-    @contextlib.contextmanager
-    def _time(self, name: str):
-        if self.cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            yield
-            end.record()
-            self.pending.append((name, start, end))
-        else:
-            t0 = time.perf_counter()
-            yield
-            self.ms[name] += (time.perf_counter() - t0) * 1e3
-        self.calls[name] += 1
-
     def region(self, name: str):
         if name not in REGIONS:
             raise KeyError(f"unknown region {name!r}; regions are {REGIONS}")
-        return self._time(name)
+        return _Timed(self, name)
 
     def note(self, key: str, value: str) -> None:
         self.notes[key] = value
@@ -71,6 +57,32 @@ class Profiler:
         self.pending.clear()
         self.ms.clear()
         self.calls.clear()
+
+
+class _Timed:
+    """One region's span: CUDA events on the current stream, or the host clock on a CPU."""
+    __slots__ = ("prof", "name", "start")
+
+    def __init__(self, prof: Profiler, name: str):
+        self.prof, self.name = prof, name
+
+    def __enter__(self):
+        if self.prof.cuda:
+            self.start = torch.cuda.Event(enable_timing=True)
+            self.start.record()
+        else:
+            self.start = time.perf_counter()
+
+    def __exit__(self, *exc):
+        p = self.prof
+        if p.cuda:
+            end = torch.cuda.Event(enable_timing=True)
+            end.record()
+            p.pending.append((self.name, self.start, end))
+        else:
+            p.ms[self.name] += (time.perf_counter() - self.start) * 1e3
+        p.calls[self.name] += 1
+        return False
 
 
 def region(name: str):

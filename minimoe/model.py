@@ -39,7 +39,7 @@ class Block(nn.Module):
         if self.ffn_region:
             with region(self.ffn_region):
                 return x + self.ffn(h)
-        return x + self.ffn(h)
+        return self.ffn(h, residual=x)
 
 
 class Transformer(nn.Module):

@@ -40,7 +40,8 @@ class MoE(nn.Module):
         s = self.settings
         return RouterSpec.from_config(self.cfg, s.router, s.top_k, s.zipf_s)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """x [B, S, D] -> MoE(x) [+ residual], the add timed with the last region."""
         B, S, D = x.shape
         xt = x.reshape(B * S, D)                                         # [T, D]
         with region("router"):
@@ -49,13 +50,14 @@ class MoE(nn.Module):
             record_load(self.layer, ids)
         ex = self.experts
         y = EXPERT_PATHS[self.settings.experts](xt, ex.w13, ex.w2, ids, weights, ex.expert_offset)
-        if self.cfg.shared_intermediate_size:
-            with region("shared"):
+        with region("shared" if self.cfg.shared_intermediate_size else "combine"):
+            if self.cfg.shared_intermediate_size:
                 s = self.shared(xt)
                 if self.cfg.shared_expert_gate:
                     s = torch.sigmoid(self.shared_gate(xt)) * s
                 y = y + s
-        return y.view(B, S, D)
+            y = y.view(B, S, D)
+            return y if residual is None else residual + y
 
 
 def make_ffn(cfg: ModelConfig, settings: RunSettings, layer: int) -> nn.Module:

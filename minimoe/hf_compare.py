@@ -1,0 +1,55 @@
+"""The peer in the same run: `transformers`' own implementation of the same config.
+
+`bench.py --compare transformers` builds the Hugging Face model from the same config.json, on the
+same device and dtype, and when both fit in memory gives minimoe the *same* random weights (copied
+from the transformers model's state_dict through the loader's recipes, which know transformers-v5's
+fused expert names). It then times the same batch of prompts with the same events: prefill with
+`logits_to_keep=1`, then one token per step through transformers' dynamic cache, greedy, EOS
+ignored. transformers runs with its default attention (SDPA) and expert implementation unless
+`--hf-experts` names another.
+"""
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+from .benchmark import Clock
+
+
+def build_hf(card: dict, dtype: torch.dtype, device: torch.device, experts_impl: str | None = None):
+    try:
+        import transformers
+    except ImportError as e:
+        raise ValueError("--compare transformers needs transformers: pip install 'minimoe[test]'") from e
+    if card.get("model_type") == "deepseek":
+        raise ValueError("--compare transformers: DeepSeekMoE-16B is remote code, which minimoe never runs")
+    config = transformers.AutoConfig.for_model(**card)
+    with torch.device(device):
+        model = transformers.AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation="sdpa")
+    if experts_impl:
+        model.set_experts_implementation(experts_impl)
+    return model.eval()
+
+
+def hf_weight_source(model):
+    from .loader import StateDict
+    return StateDict(dict(model.state_dict()))
+
+
+@torch.inference_mode()
+def timed_hf_generation(model, prompts: torch.Tensor, out_len: int) -> dict:
+    warnings.filterwarnings("ignore", message=".*past_key_values.*")   # the name 5.17 and 5.24 both accept
+    clock = Clock(prompts.device)
+    clock.mark()
+    out = model(input_ids=prompts, use_cache=True, logits_to_keep=1)
+    tok = out.logits[:, -1].argmax(-1)
+    past = out.past_key_values
+    clock.mark()
+    for _ in range(out_len - 1):
+        out = model(input_ids=tok[:, None], past_key_values=past, use_cache=True)
+        past = out.past_key_values
+        tok = out.logits[:, -1].argmax(-1)
+        clock.mark()
+    ms = clock.intervals_ms()
+    return {"ttft_ms": ms[0], "itl_ms": ms[1:], "e2e_ms": sum(ms), "last_tokens": tok}

@@ -1,0 +1,85 @@
+"""Memory planning: will this request fit, and if not, what would?
+
+Before anything is allocated, estimate weights + KV cache + the largest transient workspace (the
+prefill of B*in tokens: hidden states, q/k/v, the expert path's per-(token, slot) buffers, router
+scores, logits). If the sum exceeds the GPU's free memory, stop with the numbers and the largest
+batch that would fit, instead of an out-of-memory traceback halfway through a sweep. The estimate
+is deliberately a little pessimistic (x1.2 on the workspace).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .config import ModelConfig
+from .kv_cache import KVCache
+
+GiB = 2 ** 30
+
+
+@dataclass
+class MemoryPlan:
+    weights: int
+    kv: int
+    workspace: int
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.kv + self.workspace
+
+    def describe(self) -> str:
+        return (f"{self.total / GiB:.1f} GiB (weights {self.weights / GiB:.1f} + KV cache {self.kv / GiB:.1f} "
+                f"+ workspace {self.workspace / GiB:.1f})")
+
+
+def workspace_bytes(cfg: ModelConfig, batch: int, seq: int, nbytes: int, top_k: int | None = None) -> int:
+    T = batch * seq
+    K = top_k or cfg.top_k
+    D = cfg.hidden_size
+    hidden = 6 * T * D * nbytes
+    if cfg.attention == "mla":   # expanded prefill materialises per-head k and v
+        attn = T * cfg.n_heads * (2 * cfg.qk_head_dim + 2 * cfg.v_head_dim) * nbytes
+    else:
+        attn = T * (2 * cfg.n_heads + 2 * cfg.n_kv_heads) * cfg.head_dim * nbytes
+    ffn = 3 * T * cfg.intermediate_size * nbytes if cfg.n_layers > 0 else 0
+    if cfg.is_moe:
+        I = cfg.moe_intermediate_size
+        experts = T * K * ((2 * D + 3 * I) * nbytes + 4 * D)      # permuted rows, gate/up, act, fp32 weighted out
+        router = 4 * T * cfg.n_experts * 4
+        shared = 3 * T * cfg.shared_intermediate_size * nbytes
+        ffn = max(ffn, experts + router + shared)
+    logits = 3 * batch * cfg.vocab_size * 4
+    return int(1.2 * (hidden + attn + ffn + logits))
+
+
+def plan(cfg: ModelConfig, weight_bytes: int, batch: int, in_len: int, out_len: int, nbytes: int,
+         top_k: int | None = None) -> MemoryPlan:
+    kv = KVCache.bytes_needed(cfg, batch, in_len + out_len + 1, nbytes)
+    return MemoryPlan(weight_bytes, kv, workspace_bytes(cfg, batch, in_len, nbytes, top_k))
+
+
+def largest_batch(cfg, weight_bytes, in_len, out_len, nbytes, free, top_k=None, limit=1 << 16) -> int:
+    lo, hi = 0, limit
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if plan(cfg, weight_bytes, mid, in_len, out_len, nbytes, top_k).total <= free:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def check_request(cfg, weight_bytes, batch, in_len, out_len, nbytes, device, top_k=None, extra=0) -> MemoryPlan:
+    """Raise MemoryError with the plan and the largest batch that fits, or return the plan."""
+    p = plan(cfg, weight_bytes, batch, in_len, out_len, nbytes, top_k)
+    if torch.device(device).type != "cuda":
+        return p
+    free, _ = torch.cuda.mem_get_info(device)
+    free -= extra
+    if p.total > free:
+        best = largest_batch(cfg, weight_bytes, in_len, out_len, nbytes, free, top_k)
+        hint = f"the largest batch that fits is {best}" if best else "even batch 1 does not fit"
+        raise MemoryError(f"batch {batch} x ({in_len}+{out_len}) tokens needs {p.describe()}, "
+                          f"but only {free / GiB:.1f} GiB are free; {hint}")
+    return p

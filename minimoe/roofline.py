@@ -1,0 +1,114 @@
+"""Rooflines: the bytes a decode step must move and the FLOPs a prefill must run, and the ceilings.
+
+A decode step at batch B reads every non-expert weight once (attention, norms, routers, shared
+experts, the LM head; only B rows of the embedding), the weights of the experts the router actually
+touched (at OLMoE's E=64, K=8 that is 1-(56/64)^B of them: 12% at B=1, all of them from B~32), and
+the filled part of the KV cache. Bytes over the measured copy bandwidth is the floor of the step
+time. A prefill of T tokens runs 2 FLOPs per active weight per token plus the attention matmuls;
+FLOPs over the measured bf16 matmul peak is its floor. A measured figure above its ceiling means the
+measurement is wrong, and the benchmark says so.
+
+Parameter counts come from the model itself (built on the `meta` device), so they always describe
+exactly what minimoe runs; tests check them against each model's published total.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from .config import ModelConfig
+
+
+@dataclass
+class ParamCounts:
+    total: int          # every stored parameter
+    expert: int         # routed experts (all E, all MoE layers)
+    per_expert: int     # one routed expert of one layer
+    embed: int          # input embedding (read B rows per step, not all of it)
+
+    def active(self, cfg: ModelConfig, k: int | None = None) -> int:
+        """Parameters one token uses: everything but the routed experts, plus K experts per MoE layer."""
+        moe_layers = sum(cfg.is_moe_layer(i) for i in range(cfg.n_layers))
+        return self.total - self.expert + moe_layers * (k or cfg.top_k) * self.per_expert
+
+
+def count_params(cfg: ModelConfig) -> ParamCounts:
+    from .loader import build_meta
+    model = build_meta(cfg, None, torch.float32)
+    total = expert = 0
+    for name, p in model.named_parameters():
+        total += p.numel()
+        if ".experts." in name:
+            expert += p.numel()
+    per_expert = 3 * cfg.hidden_size * cfg.moe_intermediate_size if cfg.is_moe else 0
+    return ParamCounts(total, expert, per_expert, model.embed.weight.numel())
+
+
+def decode_bytes(cfg: ModelConfig, pc: ParamCounts, batch: int, ctx_len: float, touched: float,
+                 wbytes: int = 2, kvbytes: int = 2) -> dict:
+    """Bytes one decode step must read. touched = experts hit per MoE layer (from the router)."""
+    moe_layers = sum(cfg.is_moe_layer(i) for i in range(cfg.n_layers))
+    dense = (pc.total - pc.expert - pc.embed + batch * cfg.hidden_size) * wbytes
+    experts = moe_layers * touched * pc.per_expert * wbytes
+    kv = cfg.n_layers * batch * ctx_len * cfg.kv_bytes_per_token(kvbytes)
+    return {"weights": dense, "experts": experts, "kv": kv, "total": dense + experts + kv}
+
+
+def prefill_flops(cfg: ModelConfig, pc: ParamCounts, batch: int, seq: int, k: int | None = None) -> float:
+    """Matmul FLOPs of a causal prefill: 2 per active weight per token + attention (QKᵀ and PV, causal half)."""
+    tokens = batch * seq
+    linear = 2.0 * tokens * (pc.active(cfg, k) - pc.embed)
+    if cfg.attention == "mla":   # expanded prefill: q·k over qk_head_dim, p·v over v_head_dim
+        per_pair = cfg.n_heads * (cfg.qk_head_dim + cfg.v_head_dim)
+    else:
+        per_pair = 2 * cfg.n_heads * cfg.head_dim
+    attn = 2.0 * cfg.n_layers * batch * per_pair * seq * (seq + 1) / 2
+    return linear + attn
+
+
+def expected_touched(n_experts: int, k: int, tokens: int) -> float:
+    """Experts hit per layer by `tokens` tokens under uniform routing (for planning, not reporting)."""
+    return n_experts * (1.0 - (1.0 - k / n_experts) ** tokens)
+
+
+# ---- ceilings ------------------------------------------------------------------------------------
+
+
+def _median_ms(fn, iters: int, device: torch.device) -> float:
+    times = []
+    for _ in range(iters):
+        if device.type == "cuda":
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            fn()
+            b.record()
+            b.synchronize()
+            times.append(a.elapsed_time(b))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+    return sorted(times)[len(times) // 2]
+
+
+def measure_ceilings(device) -> dict:
+    """Copy bandwidth (bytes read + written) and matmul peak, measured here in a few seconds."""
+    device = torch.device(device)
+    cuda = device.type == "cuda"
+    n = (1 << 30) if cuda else (1 << 25)                        # 1 GiB on a GPU, 32 MiB on a CPU
+    src = torch.randn(n // 4, device=device)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    bw_ms = _median_ms(lambda: dst.copy_(src), 20 if cuda else 5, device)
+    m = 8192 if cuda else 512
+    dtype = torch.bfloat16 if cuda else torch.float32
+    a = torch.randn(m, m, device=device, dtype=dtype)
+    b = torch.randn(m, m, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    mm_ms = _median_ms(lambda: a @ b, 10 if cuda else 3, device)
+    del src, dst, a, b
+    return {"bandwidth_GBps": 2 * n / bw_ms / 1e6, "matmul_TFLOPs": 2 * m ** 3 / mm_ms / 1e9,
+            "matmul_dtype": str(dtype).replace("torch.", ""), "source": "measured"}
