@@ -1,0 +1,250 @@
+"""Split-K ("flash-decoding") attention for one new query token per sequence.
+
+At decode time each sequence adds one query token, so attention is a matrix-vector product against
+the whole KV cache: almost no arithmetic per byte, and the time is the time to stream the filled
+part of the cache from HBM once. Two things decide whether we get there:
+
+1. **Read each K/V byte once.** With grouped-query attention (GQA) the G = H / Hkv query heads of a
+   kv head share its cache, so one program loads a K/V tile and multiplies it by all G query rows
+   (a [G, Dk] x [Dk, BLOCK_N] `tl.dot`), instead of G programs each re-reading it. DeepSeek's
+   absorbed MLA is the extreme case: Hkv = 1, G = 16..128, and V is a prefix view of K's latent.
+2. **Fill the GPU when B * Hkv is small.** One program per (sequence, kv head) would leave most of
+   the 132 SMs idle at small batch, so the sequence axis is cut into `num_splits` chunks (split-K).
+   Each program produces a partial softmax for its chunk: the chunk-normalised output and its
+   log-sum-exp. A small second kernel merges the partials, exactly, in fp32:
+   out = sum_s exp(lse_s - lse_max) * o_s / sum_s exp(lse_s - lse_max).
+
+Static shapes for CUDA graphs: the grid depends only on (B, H, S_max), never on `seq_lens`, which
+stays on the device. A program whose chunk starts at or beyond its sequence's length returns at
+once, so a short sequence in a long cache costs a few empty programs, and positions >= seq_len are
+never read (masked loads), so stale or NaN cache entries cannot leak. The catch is that splits are
+sized by S_max: a 1k-token batch in a 32k cache uses few of its splits. An engine that graphs per
+length bucket can pass `k_cache[:, :S_bucket]` (any strides are accepted) to fix that.
+
+Shapes: B batch, S sequence (S_max cache capacity), H query heads, Hkv kv heads, G = H / Hkv,
+Dk key/query head dim, Dv value head dim.
+Reference: Dao et al., "Flash-Decoding for long-context inference" (2023); DeepSeek-V2 (MLA),
+arXiv:2405.04434; the grouped MLA decode kernels of lightllm / sglang follow the same plan.
+"""
+
+import functools
+
+import torch
+import triton
+import triton.language as tl
+
+MIN_TILES_PER_SPLIT = 4  # shorter splits spend a growing share of their traffic on partials
+MAX_SPLITS = 64  # bounds the partial workspace and the merge kernel's loop
+PROGRAMS_PER_SM = 2  # splits are added until the grid covers the SMs about this many times
+ACC_BUDGET = 16384  # fp32 accumulator elements per program (BLOCK_H * Dv): 64 regs/thread, 8 warps
+
+
+@triton.jit
+def _online_softmax_step(qk, v, m_i, l_i, acc, PRECISION: tl.constexpr):
+    """Fold one [BLOCK_H, BLOCK_N] score tile into the running (max, sum, output), log2 domain.
+
+    Milakov & Gimelshein's online softmax: rescale what we have by exp2(m_old - m_new), add the
+    tile. m_new is finite because every tile holds at least one valid position.
+    """
+    m_new = tl.maximum(m_i, tl.max(qk, axis=1))
+    alpha = tl.exp2(m_i - m_new)
+    p = tl.exp2(qk - m_new[:, None])
+    l_i = l_i * alpha + tl.sum(p, axis=1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+    return m_new, l_i, acc
+
+
+@triton.jit
+def _decode_split_kernel(
+    q_ptr, k_ptr, v_ptr, seq_lens_ptr, o_ptr, lse_ptr,
+    stride_qb, stride_qh, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
+    stride_ob, stride_oh, stride_os, stride_lb, stride_lh,
+    qk_scale, S_max, CHUNK,
+    G: tl.constexpr, HEAD_TILES: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr,
+    BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DR: tl.constexpr,
+    BLOCK_DV: tl.constexpr, V_FROM_K: tl.constexpr, DIRECT: tl.constexpr, PRECISION: tl.constexpr,
+):
+    # Head tiles are the fastest grid axis so sibling tiles of one kv head (MLA: G = 128 in tiles
+    # of BLOCK_H) run side by side and their repeated reads of the same K chunk hit L2.
+    kv_head = tl.program_id(0) // HEAD_TILES
+    head_tile = tl.program_id(0) % HEAD_TILES
+    b = tl.program_id(1).to(tl.int64)  # int64: b * stride_kb overflows int32 for a 32k x 256 cache
+    split = tl.program_id(2)
+    seq_len = tl.minimum(tl.load(seq_lens_ptr + b), S_max)
+    start = split * CHUNK
+    if start >= seq_len:  # early exit: the merge kernel knows this split is empty from seq_len
+        return
+    end = tl.minimum(start + CHUNK, seq_len)
+
+    # BLOCK_H >= 16 rows because tl.dot needs M >= 16; rows past G are masked (q = 0, never stored).
+    # Padding small groups (MHA: G = 1) wastes tensor-core work, which is free in a memory-bound
+    # kernel, and keeps a single code path instead of a broadcast-and-sum variant for tiny G.
+    g = head_tile * BLOCK_H + tl.arange(0, BLOCK_H)
+    row_ok = g < G
+    heads = kv_head * G + g  # [BLOCK_H] query heads of this tile
+    offs_d = tl.arange(0, BLOCK_DK)
+    offs_v = tl.arange(0, BLOCK_DV)
+    q_rows = q_ptr + b * stride_qb + heads[:, None] * stride_qh
+    cache_t = k_ptr.dtype.element_ty
+    q_main = tl.load(q_rows + offs_d[None, :], mask=row_ok[:, None], other=0.0).to(cache_t)
+    if BLOCK_DR > 0:  # constexpr branch: names bound here stay visible below
+        offs_r = BLOCK_DK + tl.arange(0, BLOCK_DR)
+        q_rest = tl.load(q_rows + offs_r[None, :], mask=row_ok[:, None] & (offs_r[None, :] < DK),
+                         other=0.0).to(cache_t)
+    k_base = k_ptr + b * stride_kb + kv_head * stride_kh
+    v_base = v_ptr + b * stride_vb + kv_head * stride_vh
+
+    m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)  # running max, log2 domain
+    l_i = tl.zeros([BLOCK_H], tl.float32)  # running softmax denominator
+    acc = tl.zeros([BLOCK_H, BLOCK_DV], tl.float32)  # [BLOCK_H, Dv] unnormalised output
+    for n0 in range(start, end, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        n_ok = offs_n < end
+        k_rows = k_base + offs_n[:, None] * stride_ks
+        k_main = tl.load(k_rows + offs_d[None, :], mask=n_ok[:, None], other=0.0)  # [N, BLOCK_DK]
+        qk = tl.dot(q_main, tl.trans(k_main), input_precision=PRECISION)  # [BLOCK_H, N]
+        if BLOCK_DR > 0:
+            k_rest = tl.load(k_rows + offs_r[None, :],
+                             mask=n_ok[:, None] & (offs_r[None, :] < DK), other=0.0)
+            qk += tl.dot(q_rest, tl.trans(k_rest), input_precision=PRECISION)
+        qk = tl.where(n_ok[None, :], qk * qk_scale, float("-inf"))
+        if V_FROM_K:  # MLA: V is the first Dv columns of the K tile already in hand
+            v = k_main
+        else:
+            v = tl.load(v_base + offs_n[:, None] * stride_vs + offs_v[None, :],
+                        mask=n_ok[:, None] & (offs_v[None, :] < DV), other=0.0)
+        m_i, l_i, acc = _online_softmax_step(qk, v, m_i, l_i, acc, PRECISION)
+
+    out = acc / l_i[:, None]
+    o_ptrs = o_ptr + b * stride_ob + heads[:, None] * stride_oh + offs_v[None, :]
+    store_ok = row_ok[:, None] & (offs_v[None, :] < DV)
+    if DIRECT:  # a single split is already the final answer: skip the merge kernel
+        tl.store(o_ptrs, out.to(o_ptr.dtype.element_ty), mask=store_ok)
+    else:
+        tl.store(o_ptrs + split * stride_os, out, mask=store_ok)
+        tl.store(lse_ptr + b * stride_lb + heads * stride_lh + split, m_i + tl.log2(l_i),
+                 mask=row_ok)
+
+
+@triton.jit
+def _merge_splits_kernel(
+    part_ptr, lse_ptr, seq_lens_ptr, out_ptr,
+    stride_pb, stride_ph, stride_ps, stride_lb, stride_lh, stride_ob, stride_oh,
+    S_max, CHUNK, DV: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_DV: tl.constexpr,
+):
+    h = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    seq_len = tl.minimum(tl.load(seq_lens_ptr + b), S_max)
+    n_valid = tl.cdiv(seq_len, CHUNK)  # splits past this exited early and wrote nothing
+    offs_s = tl.arange(0, BLOCK_S)
+    lse_row = lse_ptr + b * stride_lb + h * stride_lh
+    lse = tl.load(lse_row + offs_s, mask=offs_s < n_valid, other=float("-inf"))
+    lse_max = tl.max(lse, axis=0)
+    denom = tl.sum(tl.exp2(lse - lse_max), axis=0)
+
+    offs_v = tl.arange(0, BLOCK_DV)
+    v_ok = offs_v < DV
+    part_row = part_ptr + b * stride_pb + h * stride_ph + offs_v
+    acc = tl.zeros([BLOCK_DV], tl.float32)
+    for s in range(0, n_valid):  # loop, not a [splits, Dv] tile: Dv = 512 x 64 splits is too big
+        w = tl.exp2(tl.load(lse_row + s) - lse_max)
+        acc += w * tl.load(part_row + s * stride_ps, mask=v_ok, other=0.0)
+    tl.store(out_ptr + b * stride_ob + h * stride_oh + offs_v,
+             (acc / denom).to(out_ptr.dtype.element_ty), mask=v_ok)
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 132  # H200; only the interpreter gets here, where splits are just a test knob
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def _head_dim_blocks(dk: int, dv: int) -> tuple[int, int, int]:
+    """Power-of-two blocks covering the head dims (tl.arange needs powers of two).
+
+    Dk is split into the largest power of two that fits (512 for MLA's 576 = 512 latent + 64 rope)
+    plus a masked power-of-two remainder (64). Padding 576 to 1024 would load and multiply 78% more
+    than needed; the split costs one extra small dot. Both parts are >= 16 because tl.dot needs
+    K >= 16. Dv is padded and masked (Dv is 64, 128 or 512 in practice, so exact).
+    """
+    block_dk = triton.next_power_of_2(dk + 1) // 2
+    rest = dk - block_dk
+    block_dr = 0 if rest == 0 else max(16, triton.next_power_of_2(rest))
+    return block_dk, block_dr, max(16, triton.next_power_of_2(dv))
+
+
+def _plan_splits(B: int, programs_per_split: int, s_max: int, block_n: int,
+                 device: torch.device, max_splits: int | None) -> tuple[int, int]:
+    """Pick (num_splits, chunk) from shapes only, so the grid is static under CUDA graphs."""
+    want = triton.cdiv(PROGRAMS_PER_SM * _sm_count(device), B * programs_per_split)
+    longest = triton.cdiv(s_max, MIN_TILES_PER_SPLIT * block_n)
+    num_splits = max(1, min(want, longest, MAX_SPLITS, max_splits or MAX_SPLITS))
+    chunk = triton.cdiv(triton.cdiv(s_max, num_splits), block_n) * block_n
+    return triton.cdiv(s_max, chunk), chunk  # recount: rounding up may leave trailing splits empty
+
+
+def decode_attention(q, k_cache, v_cache, seq_lens, scale: float, *,
+                     max_splits: int | None = None) -> torch.Tensor:
+    """softmax(scale * q K^T) V over the first seq_lens[b] cache positions -> [B, H, Dv] in q.dtype.
+
+    q [B, H, Dk]; k_cache [B, S_max, Hkv, Dk]; v_cache [B, S_max, Hkv, Dv] (any strides, unit
+    stride on the head dim; may be a view of k_cache); seq_lens [B] int32 on device, each >= 1.
+    """
+    B, H, dk = q.shape
+    _, s_max, hkv, _ = k_cache.shape
+    dv = v_cache.shape[-1]
+    assert H % hkv == 0 and dk >= 16 and dv >= 16, (H, hkv, dk, dv)
+    assert q.stride(-1) == k_cache.stride(-1) == v_cache.stride(-1) == 1, "head dim not unit-stride"
+    assert k_cache.dtype == v_cache.dtype and seq_lens.dtype == torch.int32
+    G = H // hkv
+    block_dk, block_dr, block_dv = _head_dim_blocks(dk, dv)
+    block_h = min(max(16, triton.next_power_of_2(G)), max(16, ACC_BUDGET // block_dv))
+    head_tiles = triton.cdiv(G, block_h)
+    block_n = 64 if block_dk + block_dr <= 256 else 32  # MLA: a 32 x 576 K tile is already 36 KB
+    num_splits, chunk = _plan_splits(B, hkv * head_tiles, s_max, block_n, q.device, max_splits)
+    # MLA stores one latent; V = latent[..., :Dv] aliases K's main block, so reuse the loaded tile.
+    v_from_k = (v_cache.data_ptr() == k_cache.data_ptr() and v_cache.stride() == k_cache.stride()
+                and dv == block_dk)
+    out = torch.empty(B, H, dv, device=q.device, dtype=q.dtype)
+    direct = num_splits == 1
+    if direct:
+        part, lse = out, out  # lse is never touched when DIRECT
+    else:
+        part = torch.empty(B, H, num_splits, dv, device=q.device, dtype=torch.float32)
+        lse = torch.empty(B, H, num_splits, device=q.device, dtype=torch.float32)
+    _decode_split_kernel[(hkv * head_tiles, B, num_splits)](
+        q, k_cache, v_cache, seq_lens, part, lse,
+        q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
+        part.stride(0), part.stride(1), 0 if direct else part.stride(2),
+        lse.stride(0), lse.stride(1),
+        scale * 1.4426950408889634, s_max, chunk,  # log2(e): the kernel uses exp2
+        G=G, HEAD_TILES=head_tiles, DK=dk, DV=dv, BLOCK_H=block_h, BLOCK_N=block_n,
+        BLOCK_DK=block_dk, BLOCK_DR=block_dr, BLOCK_DV=block_dv, V_FROM_K=v_from_k, DIRECT=direct,
+        # fp32 caches would silently drop to tf32 on tensor cores; "ieee" keeps them exact
+        PRECISION="ieee" if k_cache.dtype == torch.float32 else "tf32",
+        num_warps=8 if block_h * block_dv > 8192 else 4, num_stages=2,
+    )
+    if not direct:
+        _merge_splits_kernel[(H, B)](
+            part, lse, seq_lens, out,
+            part.stride(0), part.stride(1), part.stride(2), lse.stride(0), lse.stride(1),
+            out.stride(0), out.stride(1), s_max, chunk,
+            DV=dv, BLOCK_S=triton.next_power_of_2(num_splits), BLOCK_DV=block_dv, num_warps=4,
+        )
+    return out
+
+
+def decode_attention_ref(q, k_cache, v_cache, seq_lens, scale: float) -> torch.Tensor:
+    """Plain PyTorch oracle: one sequence at a time, in at least fp32 (float64 stays float64)."""
+    B, H, _ = q.shape
+    G = H // k_cache.shape[2]
+    acc_t = torch.promote_types(q.dtype, torch.float32)
+    out = torch.empty(B, H, v_cache.shape[-1], device=q.device, dtype=q.dtype)
+    for b, n in enumerate(seq_lens.tolist()):  # host sync: fine for an oracle, not for decode
+        k = k_cache[b, :n].to(acc_t).repeat_interleave(G, dim=1)  # [S, H, Dk]
+        v = v_cache[b, :n].to(acc_t).repeat_interleave(G, dim=1)  # [S, H, Dv]
+        scores = torch.einsum("hd,shd->hs", q[b].to(acc_t), k) * scale  # [H, S]
+        out[b] = torch.einsum("hs,shd->hd", scores.softmax(dim=-1), v).to(q.dtype)
+    return out

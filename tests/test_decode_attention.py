@@ -1,0 +1,131 @@
+"""Guards split-K decode attention against its PyTorch oracle: GQA/MHA/MLA, splits, NaN tails."""
+
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"  # must precede the first `import triton`
+pytest.importorskip("triton")
+
+from minimoe.kernels.decode_attention import (  # noqa: E402
+    _head_dim_blocks,
+    _plan_splits,
+    decode_attention,
+    decode_attention_ref,
+)
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+TOL = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 2e-2}  # max|err| / max|ref|
+# the interpreter has no bfloat16; on a GPU run the real kernels cover it too
+DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if DEVICE.type == "cuda" else [])
+needs_cuda = pytest.mark.skipif(DEVICE.type != "cuda", reason="CUDA graphs need a GPU")
+
+
+def _poison_tail(cache, seq_lens):
+    """Fill every position >= seq_lens[b] with NaN: the kernel must never read them."""
+    for b, n in enumerate(seq_lens.tolist()):
+        cache[b, n:] = float("nan")
+
+
+def _check(q, k_cache, v_cache, seq_lens, **kw):
+    scale = q.shape[-1] ** -0.5
+    out = decode_attention(q, k_cache, v_cache, seq_lens, scale, **kw)
+    ref = decode_attention_ref(q.double(), k_cache.double(), v_cache.double(), seq_lens, scale)
+    assert out.shape == ref.shape and out.dtype == q.dtype
+    assert not out.isnan().any(), "NaN leaked from cache positions beyond seq_lens"
+    err = (out.double() - ref).abs().max() / ref.abs().max()
+    assert err <= TOL[q.dtype], f"relative error {err:.2e} > {TOL[q.dtype]:.0e}"
+
+
+def _seq_lens(s_max, B):
+    lens = torch.randint(1, s_max + 1, (B,))
+    lens[0], lens[-1] = 1, s_max  # the extremes are always in the batch
+    return lens.to(torch.int32).to(DEVICE)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("H,Hkv,D", [(4, 2, 64), (6, 1, 64), (4, 4, 64), (16, 2, 128)])
+def test_gqa_uneven_lengths_split(H, Hkv, D, dtype):
+    torch.manual_seed(0)
+    B, s_max = 4, 1024
+    # the engine hands in strided views: q sliced out of a fused projection, cache head-major
+    q = torch.randn(B, H + 3, D, device=DEVICE, dtype=dtype)[:, 2:2 + H]
+    k_cache = torch.randn(B, Hkv, s_max, D, device=DEVICE, dtype=dtype).transpose(1, 2)
+    v_cache = torch.randn(B, s_max, Hkv, D, device=DEVICE, dtype=dtype)
+    seq_lens = _seq_lens(s_max, B)
+    _poison_tail(k_cache, seq_lens)
+    _poison_tail(v_cache, seq_lens)
+    assert _plan_splits(B, Hkv, s_max, 64, DEVICE, None)[0] > 1, "test meant to cover the merge"
+    _check(q, k_cache, v_cache, seq_lens)
+
+
+@pytest.mark.parametrize("max_splits", [1, 3])
+def test_split_count_does_not_change_result(max_splits):
+    torch.manual_seed(1)
+    B, H, Hkv, s_max, D = 3, 8, 1, 600, 64
+    q = torch.randn(B, H, D, device=DEVICE)
+    k_cache = torch.randn(B, s_max, Hkv, D, device=DEVICE)
+    v_cache = torch.randn(B, s_max, Hkv, D, device=DEVICE)
+    seq_lens = torch.tensor([1, 257, 600], dtype=torch.int32, device=DEVICE)
+    _poison_tail(k_cache, seq_lens)
+    _poison_tail(v_cache, seq_lens)
+    assert _plan_splits(B, Hkv, s_max, 64, DEVICE, max_splits)[0] == max_splits
+    _check(q, k_cache, v_cache, seq_lens, max_splits=max_splits)
+
+
+def _mla_inputs(B, H, s_max, d_latent, d_rope, dtype, seed):
+    torch.manual_seed(seed)
+    q = torch.randn(B, H, d_latent + d_rope, device=DEVICE, dtype=dtype)
+    latent = torch.randn(B, s_max, 1, d_latent + d_rope, device=DEVICE, dtype=dtype)
+    seq_lens = _seq_lens(s_max, B)
+    _poison_tail(latent, seq_lens)
+    return q, latent, seq_lens
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("v_is_view", [True, False])
+def test_mla_shrunk(v_is_view, dtype):
+    """Absorbed MLA at toy size: Hkv = 1, Dk = 40 = 32 latent + 8 rope, V = a latent view."""
+    q, latent, seq_lens = _mla_inputs(B=3, H=16, s_max=600, d_latent=32, d_rope=8, dtype=dtype,
+                                      seed=2)
+    v_cache = latent[..., :32] if v_is_view else latent[..., :32].clone()
+    _check(q, latent, v_cache, seq_lens)
+
+
+@pytest.mark.parametrize("H", [16, 128])
+def test_mla_real_dims(H):
+    """DeepSeek-V3 absorbed decode: Dk = 576 = 512 + 64, Dv = 512; H = 128 spans 4 head tiles."""
+    q, latent, seq_lens = _mla_inputs(B=2, H=H, s_max=160, d_latent=512, d_rope=64,
+                                      dtype=torch.float16, seed=3)
+    _check(q, latent, latent[..., :512], seq_lens, max_splits=2)
+
+
+def test_head_dim_blocks_are_powers_of_two_and_dot_sized():
+    for dk, dv in [(40, 32), (64, 64), (128, 128), (576, 512), (96, 96)]:
+        block_dk, block_dr, block_dv = _head_dim_blocks(dk, dv)
+        assert block_dk + (block_dr or 0) >= dk and block_dk <= dk and block_dv >= dv
+        for block in (block_dk, block_dv) + ((block_dr,) if block_dr else ()):
+            assert block >= 16 and block & (block - 1) == 0, (dk, dv, block)
+    assert _head_dim_blocks(576, 512) == (512, 64, 512)
+
+
+@needs_cuda
+def test_cuda_graph_replay_follows_new_seq_lens():
+    """Captured once, replayed after seq_lens changed on the device: no host sync, no stale plan."""
+    torch.manual_seed(4)
+    B, H, Hkv, s_max, D = 4, 8, 2, 2048, 128
+    q = torch.randn(B, H, D, device=DEVICE, dtype=torch.bfloat16)
+    k_cache = torch.randn(B, s_max, Hkv, D, device=DEVICE, dtype=torch.bfloat16)
+    v_cache = torch.randn_like(k_cache)
+    seq_lens = torch.full((B,), 5, dtype=torch.int32, device=DEVICE)
+    scale = D ** -0.5
+    decode_attention(q, k_cache, v_cache, seq_lens, scale)  # compile outside the capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = decode_attention(q, k_cache, v_cache, seq_lens, scale)
+    seq_lens.copy_(torch.tensor([1, 2048, 700, 1300], dtype=torch.int32))
+    graph.replay()
+    ref = decode_attention_ref(q.double(), k_cache.double(), v_cache.double(), seq_lens, scale)
+    assert (out.double() - ref).abs().max() / ref.abs().max() <= TOL[torch.bfloat16]
