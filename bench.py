@@ -58,6 +58,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--iters", type=int, default=3, help="timed runs; the median E2E run is reported")
     p.add_argument("--profile", action="store_true", help="per-region breakdown of an eager decode step")
     p.add_argument("--compare", choices=["transformers"], help="also time the transformers implementation")
+    p.add_argument("--compare-steps", type=int, help="time only this many transformers decode steps and "
+                   "extrapolate its E2E as TTFT + (out-1) x median ITL (for slow long runs)")
     p.add_argument("--hf-experts", help="transformers experts implementation (eager, grouped_mm, batched_mm)")
     p.add_argument("--ceilings", help="JSON file with bandwidth_GBps and matmul_TFLOPs (skip measuring)")
     p.add_argument("--json", help="also write the final JSON object to this file")
@@ -168,6 +170,13 @@ def measure(gen, prompts, out_len, warmup, iters, use_graphs):
     return sorted(runs, key=lambda r: r["e2e_ms"])[len(runs) // 2]
 
 
+def make_prompts(args, cfg, device):
+    def prompts_of(b, n_in):
+        g = torch.Generator(device="cpu").manual_seed(args.seed)
+        return torch.randint(0, cfg.vocab_size, (b, n_in), generator=g).to(device)
+    return prompts_of
+
+
 def run_config(args, model, cfg, settings, ceilings, device, dtype, b, n_in, n_out, use_graphs, load):
     wbytes = torch.finfo(dtype).bits // 8
     memory.check_request(cfg, sum(p.numel() * p.element_size() for p in model.parameters()), b, n_in, n_out,
@@ -175,8 +184,7 @@ def run_config(args, model, cfg, settings, ceilings, device, dtype, b, n_in, n_o
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     gen = Generator(model, b, n_in + n_out + 1)
-    g = torch.Generator(device="cpu").manual_seed(args.seed)
-    prompts = torch.randint(0, cfg.vocab_size, (b, n_in), generator=g).to(device)
+    prompts = make_prompts(args, cfg, device)(b, n_in)
     run = measure(gen, prompts, n_out, args.warmup, args.iters, use_graphs)
     m = benchmark.summarize(run, b, n_in, n_out)
     mem = torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda" else None
@@ -190,18 +198,36 @@ def run_config(args, model, cfg, settings, ceilings, device, dtype, b, n_in, n_o
         gen.reset()
         with profiling(None, load):
             benchmark.timed_generation(gen, prompts, n_out)
-    return out, gen, prompts
+    return out
 
 
-def compare_transformers(args, card, dtype, device, b, n_in, n_out, prompts):
+def compare_transformers(args, card, model, dtype, device, results, prompts_of):
+    """Time transformers on every configuration; same weights when both models fit in memory."""
     from minimoe import hf_compare
-    hf = hf_compare.build_hf(card, dtype, device, args.hf_experts)
-    hf_compare.timed_hf_generation(hf, prompts, min(n_out, 3))            # warm-up
-    run = hf_compare.timed_hf_generation(hf, prompts, n_out)
-    del hf
-    if device.type == "cuda":
+    from minimoe.loader import export_weights
+    wbytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    shared = device.type != "cuda" or 2.2 * wbytes < torch.cuda.mem_get_info(device)[0] + wbytes
+    if not shared:
+        model.to("meta")                                   # free ours first: both do not fit together
         torch.cuda.empty_cache()
-    return benchmark.summarize(run, b, n_in, n_out)
+    hf = hf_compare.build_hf(card, dtype, device, args.hf_experts)
+    if shared:
+        export_weights(model, dict(hf.state_dict()))
+    rows = []
+    for res in results:
+        b, n_in, n_out = res["batch"], res["input_len"], res["output_len"]
+        prompts = prompts_of(b, n_in)
+        hf_compare.timed_hf_generation(hf, prompts, min(n_out, 3))            # warm-up
+        run = hf_compare.timed_hf_generation(hf, prompts, n_out, args.compare_steps)
+        m = benchmark.summarize(run, b, n_in, n_out)
+        res["transformers"] = {**m, "weights": "same" if shared else "separate random init (both do not fit)",
+                               "decode_steps_timed": run["steps_timed"]}
+        res["speedup_vs_transformers"] = res["metrics"]["output_tok_s"] / m["output_tok_s"]
+        label = f"bs{b} {n_in}/{n_out}"
+        rows.append(row(f"transformers {label}", m, None, None))
+        rows.append((f"ratio {label}", "", "", "", "", f"{res['speedup_vs_transformers']:.1f}x")
+                    + ("",) * (len(COLUMNS) - 6))
+    return rows
 
 
 def print_profile(label, prof):
@@ -262,23 +288,19 @@ def main(argv=None) -> int:
     for b, n_in, n_out in tqdm(configs, desc="configs", disable=len(configs) < 2, file=sys.stderr):
         label = f"bs{b} {n_in}/{n_out}"
         try:
-            res, gen, prompts = run_config(args, model, cfg, settings, ceilings, device, dtype, b, n_in, n_out,
-                                           use_graphs, load)
+            res = run_config(args, model, cfg, settings, ceilings, device, dtype, b, n_in, n_out, use_graphs, load)
         except MemoryError as e:
             print(f"error: {label}: {e}", file=sys.stderr)
             return 2
         rows.append(row(f"minimoe {label}", res["metrics"], res["roofline"], res["peak_mem_GiB"]))
         for flag in res["roofline"]["flags"]:
             print(f"# WARNING {label}: {flag}", file=sys.stderr)
-        if args.compare:
-            del gen
-            hf = compare_transformers(args, card, dtype, device, b, n_in, n_out, prompts)
-            res["transformers"] = hf
-            res["speedup_vs_transformers"] = res["metrics"]["output_tok_s"] / hf["output_tok_s"]
-            rows.append(row(f"transformers {label}", hf, None, None))
-            rows.append((f"ratio {label}", "", "", "", "", f"{res['speedup_vs_transformers']:.1f}x") +
-                        ("",) * (len(COLUMNS) - 6))
         results.append(res)
+    if load is not None:
+        summary_load = load.summary()
+        load.heatmap(args.load_heatmap)
+    if args.compare:
+        rows += compare_transformers(args, card, model, dtype, device, results, make_prompts(args, cfg, device))
     print_table(rows)
     for res in results:
         if "profile" in res:
@@ -289,8 +311,7 @@ def main(argv=None) -> int:
                "params": {"total": pc.total, "active": pc.active(cfg, settings.top_k)},
                "settings": vars(settings), "graphs": graphs, "dtype": str(dtype), "results": results}
     if load is not None:
-        summary["expert_load"] = load.summary()
-        load.heatmap(args.load_heatmap)
+        summary["expert_load"] = summary_load
     if args.plot:
         plot(args.plot, results)
     line = json.dumps(summary, default=str)

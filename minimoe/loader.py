@@ -255,3 +255,20 @@ def build_model(model: str, weights: str = "dummy", *, dtype=torch.bfloat16, dev
     else:
         load_weights(net, ckpt)
     return net.eval(), cfg, (folder if ckpt is not None else None)
+
+
+def export_weights(model: Transformer, target: dict) -> None:
+    """The reverse of load_weights: copy minimoe's tensors into another model's state_dict tensors
+    (e.g. transformers', so both run the same random weights)."""
+    chosen = plan_checkpoint(model, StateDict(target))
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, alt in chosen.items():
+            src = params[name]
+            parts = [(src, alt)] if isinstance(alt[0], str) else [(src[e], _flatten(p)) for e, p in enumerate(alt)]
+            for tensor, names in parts:
+                row = 0
+                for n in names:
+                    dst = target[n]
+                    dst.copy_(tensor[row:row + dst.shape[0]])
+                    row += dst.shape[0]
