@@ -26,10 +26,10 @@ from minimoe.families import config_from_hf
 from minimoe.generate import Generator
 from minimoe.graphs import enable_graphs, graph_safe
 from minimoe.instrument import ExpertLoad, profiling
-from minimoe.loader import CheckpointError, build_model, resolve
+from minimoe.loader import build_model, resolve
 from minimoe.roofline import count_params, measure_ceilings
 from minimoe.router import ROUTERS
-from minimoe.runtime import UsageError, check_settings, pick_device, pick_dtype
+from minimoe.runtime import UsageError, check_settings, pick_device, pick_dtype, resolve_auto
 
 PAPER_LENGTHS = (128, 256, 512, 1024, 2048)
 PAPER_BATCHES = (1, 16, 32, 64, 128)
@@ -48,7 +48,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", help="cpu | cuda | cuda:N")
     p.add_argument("--experts", default="loop", help="expert path: loop | grouped | fused")
     p.add_argument("--fused", action="store_true", help="shorthand for --experts fused")
-    p.add_argument("--attn", default="sdpa", help="decode attention: sdpa | triton | flash")
+    p.add_argument("--attn", default="auto", help="decode attention: sdpa | triton | flash (auto: triton on a "
+                                                  "GPU, sdpa on a CPU)")
+    p.add_argument("--ops", default="auto", help="RMSNorm(+add), q/k-norm+rope+cache write, router top-k: torch "
+                                                 "(several kernels each) | triton (one fused kernel each); auto: "
+                                                 "triton on a GPU")
     p.add_argument("--eager", action="store_true", help="no CUDA graphs (graphs are on when the GPU and "
                                                         "the expert path allow)")
     p.add_argument("--router", choices=sorted(ROUTERS), help="override the card's router (synthetic ones too)")
@@ -89,10 +93,16 @@ def validate(args, cfg, device, dtype) -> RunSettings:
         for v in getattr(args, name) or []:
             if v < 1:
                 raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {v}")
+    for n_in in args.input_len:
+        for n_out in args.output_len or args.input_len:
+            if n_in + n_out + 1 > cfg.max_position_embeddings:
+                raise UsageError(f"{n_in} + {n_out} tokens exceed the model's max_position_embeddings "
+                                 f"{cfg.max_position_embeddings}")
     if args.warmup < 0 or args.iters < 1:
         raise UsageError("--warmup must be >= 0 and --iters >= 1")
-    settings = RunSettings(experts=args.experts, attn=args.attn, router=args.router, top_k=args.topk,
-                           zipf_s=args.zipf_s)
+    attn, fused_ops = resolve_auto(args.attn, args.ops, device)
+    settings = RunSettings(experts=args.experts, attn=attn, fused_ops=fused_ops, router=args.router,
+                           top_k=args.topk, zipf_s=args.zipf_s)
     check_settings(settings, cfg, device, dtype)
     if args.compare and cfg.family == "deepseek":
         raise UsageError("--compare transformers: DeepSeekMoE-16B is remote code, which minimoe never runs")
@@ -134,13 +144,14 @@ def load_ceilings(args, device) -> dict:
 def print_header(v, cfg, pc, settings, ceilings, graphs, dtype):
     where = v["gpu"] or v.get("cpu")
     print(f"# minimoe bench | {where} | torch {v['torch']} | triton {v['triton']} | CUDA {v.get('cuda')}")
-    print(f"# ceilings ({ceilings['source']}): copy {ceilings['bandwidth_GBps']:.0f} GB/s, "
+    print(f"# ceilings ({ceilings['source']}): bandwidth {ceilings['bandwidth_GBps']:.0f} GB/s "
+          f"(copy {ceilings.get('copy_GBps', 0):.0f}, read {ceilings.get('read_GBps', 0):.0f}), "
           f"matmul {ceilings['matmul_TFLOPs']:.1f} TFLOP/s")
     moe = f"E={cfg.n_experts} K={settings.top_k or cfg.top_k} I={cfg.moe_intermediate_size}" if cfg.is_moe else "dense"
     print(f"# model {cfg.extra.get('name') or cfg.family} ({cfg.family}): L={cfg.n_layers} D={cfg.hidden_size} "
           f"{moe} attn={cfg.attention} | params {pc.total / 1e9:.3f}B total, {pc.active(cfg, settings.top_k) / 1e9:.3f}B active")
     print(f"# run: dtype={str(dtype).replace('torch.', '')} experts={settings.experts} attn={settings.attn} "
-          f"graphs={graphs} router={settings.router or cfg.router}")
+          f"ops={'triton' if settings.fused_ops else 'torch'} graphs={graphs} router={settings.router or cfg.router}")
 
 
 COLUMNS = ("config", "TTFT ms", "ITL p50", "ITL p90", "E2E s", "out tok/s", "paper tok/s", "prefill tok/s",
@@ -217,13 +228,19 @@ def compare_transformers(args, card, model, dtype, device, results, prompts_of):
     for res in results:
         b, n_in, n_out = res["batch"], res["input_len"], res["output_len"]
         prompts = prompts_of(b, n_in)
-        hf_compare.timed_hf_generation(hf, prompts, min(n_out, 3))            # warm-up
-        run = hf_compare.timed_hf_generation(hf, prompts, n_out, args.compare_steps)
+        label = f"bs{b} {n_in}/{n_out}"
+        try:
+            hf_compare.timed_hf_generation(hf, prompts, min(n_out, 3))            # warm-up
+            run = hf_compare.timed_hf_generation(hf, prompts, n_out, args.compare_steps)
+        except torch.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            res["transformers"] = {"error": "out of memory"}
+            rows.append((f"transformers {label}", "out of memory") + ("",) * (len(COLUMNS) - 2))
+            continue
         m = benchmark.summarize(run, b, n_in, n_out)
         res["transformers"] = {**m, "weights": "same" if shared else "separate random init (both do not fit)",
                                "decode_steps_timed": run["steps_timed"]}
         res["speedup_vs_transformers"] = res["metrics"]["output_tok_s"] / m["output_tok_s"]
-        label = f"bs{b} {n_in}/{n_out}"
         rows.append(row(f"transformers {label}", m, None, None))
         rows.append((f"ratio {label}", "", "", "", "", f"{res['speedup_vs_transformers']:.1f}x")
                     + ("",) * (len(COLUMNS) - 6))
@@ -274,7 +291,7 @@ def main(argv=None) -> int:
         torch.manual_seed(args.seed)
         model, cfg, _ = build_model(args.model, args.weights, dtype=dtype, device=device, settings=settings,
                                     seed=args.seed)
-    except (UsageError, CheckpointError, MemoryError, NotImplementedError, FileNotFoundError) as e:
+    except (ValueError, MemoryError, NotImplementedError, FileNotFoundError) as e:   # UsageError, CheckpointError
         print(f"error: {e}", file=sys.stderr)
         return 2
     pc = count_params(cfg)

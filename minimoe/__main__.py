@@ -16,8 +16,8 @@ import torch
 
 from .config import RunSettings
 from .generate import Generator, Sampling
-from .loader import CheckpointError, build_model
-from .runtime import UsageError, check_settings, pick_device, pick_dtype
+from .loader import build_model
+from .runtime import UsageError, check_settings, pick_device, pick_dtype, resolve_auto
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -39,7 +39,8 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
     g.add_argument("--stop-at-eos", action="store_true", help="stop a sequence at the model's EOS token")
     g.add_argument("--experts", default="loop", help="expert path: loop | grouped | fused")
-    g.add_argument("--attn", default="sdpa", help="decode attention: sdpa | triton | flash")
+    g.add_argument("--attn", default="auto", help="decode attention: sdpa | triton | flash (auto: triton on GPU)")
+    g.add_argument("--ops", default="auto", help="norm/rope/router kernels: torch | triton (auto: triton on GPU)")
     g.add_argument("--dtype", default="auto", help="bf16 | fp16 | fp32 (auto: bf16 on GPU, fp32 on CPU)")
     g.add_argument("--device", default="auto", help="cpu | cuda | cuda:N (auto: cuda when available)")
     g.add_argument("--seed", type=int, default=0, help="seed for dummy weights and sampling")
@@ -69,7 +70,8 @@ def generate(args) -> dict:
         raise UsageError(str(e)) from e
     device = pick_device(args.device)
     dtype = pick_dtype(args.dtype, device)
-    settings = RunSettings(experts=args.experts, attn=args.attn)
+    attn, fused_ops = resolve_auto(args.attn, args.ops, device)
+    settings = RunSettings(experts=args.experts, attn=attn, fused_ops=fused_ops)
     torch.manual_seed(args.seed)
     from .families import config_from_hf
     from .loader import resolve
@@ -87,6 +89,9 @@ def generate(args) -> dict:
             ids = [int(t) for t in args.prompt_ids.split(",") if t.strip()]
         except ValueError as e:
             raise UsageError(f"--prompt-ids must be comma-separated integers, got {args.prompt_ids!r}") from e
+    if len(ids) + args.max_new_tokens + 1 > cfg.max_position_embeddings:
+        raise UsageError(f"{len(ids)} prompt + {args.max_new_tokens} new tokens exceed the model's "
+                         f"max_position_embeddings {cfg.max_position_embeddings}")
     if not ids or not all(0 <= t < cfg.vocab_size for t in ids):
         raise UsageError(f"prompt ids must be non-empty and within the vocabulary [0, {cfg.vocab_size})")
     prompt = torch.tensor([ids] * args.batch, device=device)
@@ -105,7 +110,7 @@ def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     try:
         out = generate(args)
-    except (UsageError, CheckpointError, MemoryError, NotImplementedError) as e:
+    except (ValueError, MemoryError, NotImplementedError) as e:   # UsageError, CheckpointError included
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.json:

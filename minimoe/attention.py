@@ -18,9 +18,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
 from .config import ModelConfig, RunSettings
 from .kv_cache import KVCache, Step
-from .layers import RMSNorm, apply_rope
+from .layers import RMSNorm, Rotary, apply_rope
 
 
 def _decode_sdpa(q, k_cache, v_cache, step: Step, scale: float):
@@ -62,6 +64,11 @@ def check_attn_backend(name: str, cfg: ModelConfig, device: torch.device) -> Non
             raise ValueError("--attn triton needs a CUDA GPU (or TRITON_INTERPRET=1 for tests)")
 
 
+# cuDNN's attention builds an execution plan per shape: a cache that grows by one entry per step
+# would rebuild it every token (~20 ms per layer measured on the H200), so masked calls skip it.
+MASKED_SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+
+
 def attend_cached(q, k_cache, v_cache, step: Step, scale: float, backend: str):
     """q [B, S, H, dk] against cached K/V [B, S_max, Hkv, d] (already holding this step) -> [B, S, H, dv]."""
     if q.shape[1] == 1:
@@ -72,8 +79,9 @@ def attend_cached(q, k_cache, v_cache, step: Step, scale: float, backend: str):
     k, v = k_cache[:, :L].transpose(1, 2), v_cache[:, :L].transpose(1, 2)    # [B, Hkv, L, d]
     cols = torch.arange(L, device=q.device)
     mask = cols[None, None, None, :] <= step.positions[:, None, :, None]    # [B, 1, S, L]
-    out = F.scaled_dot_product_attention(q.transpose(1, 2), k, v, attn_mask=mask, scale=scale,
-                                         enable_gqa=k.shape[1] != q.shape[2])
+    with sdpa_kernel(MASKED_SDPA_BACKENDS):
+        out = F.scaled_dot_product_attention(q.transpose(1, 2), k, v, attn_mask=mask, scale=scale,
+                                             enable_gqa=k.shape[1] != q.shape[2])
     return out.transpose(1, 2)
 
 
@@ -89,12 +97,34 @@ class Attention(nn.Module):
         elif cfg.qk_norm == "head":
             self.q_norm, self.k_norm = RMSNorm(d, cfg.rms_norm_eps), RMSNorm(d, cfg.rms_norm_eps)
 
-    def forward(self, x, step: Step, cache: KVCache, cos, sin):
+    def forward(self, x, step: Step, cache: KVCache, rot: Rotary):
         """x [B, S, D] -> [B, S, D]; writes this step's K/V into the cache."""
         cfg = self.cfg
         B, S, _ = x.shape
+        H, d = cfg.n_heads, cfg.head_dim
+        qkv = self.wqkv(x)                                                  # [B, S, (H + 2Hkv) d]
+        if self.settings.fused_ops and cfg.clip_qkv is None:
+            q = self._prepare_fused(qkv, step, cache, rot)
+        else:
+            q = self._prepare(qkv, step, cache, rot)
+        return self._attend(q, step, cache, B, S, H, d)
+
+    def _prepare_fused(self, qkv, step: Step, cache: KVCache, rot: Rotary):
+        """One kernel: q/k norm, rope, and the K/V cache write; returns q [B, S, H, d]."""
+        from .kernels.rope import qkv_rope_cache
+        cfg = self.cfg
+        qn, kn = getattr(self, "q_norm", None), getattr(self, "k_norm", None)
+        return qkv_rope_cache(qkv, step.positions, rot.cos_table, rot.sin_table, cache.k[self.layer],
+                              cache.v[self.layer], cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, qk_norm=cfg.qk_norm,
+                              q_norm_w=qn.weight if qn is not None else None,
+                              k_norm_w=kn.weight if kn is not None else None, eps=cfg.rms_norm_eps,
+                              interleave=cfg.rope_interleave)
+
+    def _prepare(self, qkv, step: Step, cache: KVCache, rot: Rotary):
+        cfg = self.cfg
+        B, S, _ = qkv.shape
         H, Hkv, d = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
-        q, k, v = self.wqkv(x).split([H * d, Hkv * d, Hkv * d], dim=-1)
+        q, k, v = qkv.split([H * d, Hkv * d, Hkv * d], dim=-1)
         if cfg.qk_norm == "full":               # OLMoE: normalise the whole projection, then split heads
             q, k = self.q_norm(q), self.k_norm(k)
         if cfg.clip_qkv is not None:
@@ -102,13 +132,19 @@ class Attention(nn.Module):
         q, k, v = q.view(B, S, H, d), k.view(B, S, Hkv, d), v.view(B, S, Hkv, d)
         if cfg.qk_norm == "head":               # Qwen3: normalise each head separately
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = apply_rope(q, cos, sin, cfg.rope_interleave), apply_rope(k, cos, sin, cfg.rope_interleave)
-        cache.write_kv(self.layer, step, k, v)
-        if step.fresh:
+        q = apply_rope(q, rot.cos, rot.sin, cfg.rope_interleave)
+        cache.write_kv(self.layer, step, apply_rope(k, rot.cos, rot.sin, cfg.rope_interleave), v)
+        return q
+
+    def _attend(self, q, step: Step, cache: KVCache, B, S, H, d):
+        """q [B, S, H, d] against the cache (which already holds this step's K/V) -> [B, S, D]."""
+        cfg = self.cfg
+        k_cache, v_cache = cache.k[self.layer], cache.v[self.layer]
+        if step.fresh:   # prefill: this step's K/V are the first S rows of the cache
+            k, v = k_cache[:, :S], v_cache[:, :S]
             out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
                                                  is_causal=S > 1, scale=cfg.softmax_scale,
-                                                 enable_gqa=Hkv != H).transpose(1, 2)
+                                                 enable_gqa=cfg.n_kv_heads != H).transpose(1, 2)
         else:
-            out = attend_cached(q, cache.k[self.layer], cache.v[self.layer], step, cfg.softmax_scale,
-                                self.settings.attn)
+            out = attend_cached(q, k_cache, v_cache, step, cfg.softmax_scale, self.settings.attn)
         return self.wo(out.reshape(B, S, H * d))

@@ -221,10 +221,13 @@ def weight_names(cfg: ModelConfig) -> dict:
 
 
 def ignored_name(cfg: ModelConfig, name: str) -> bool:
-    """Checkpoint tensors we knowingly skip: DeepSeek-V3's multi-token-prediction layer, rope buffers."""
+    """Checkpoint tensors we knowingly skip: rope buffers, a tied model's head (it *is* the embedding),
+    DeepSeek-V3's multi-token-prediction layer (`model.layers.{n_layers}`, not used for decoding)."""
     if name.endswith("rotary_emb.inv_freq"):
         return True
-    if name.startswith("model.layers."):
+    if cfg.tie_word_embeddings and name == "lm_head.weight":
+        return True
+    if cfg.family == "deepseek_v3" and name.startswith("model.layers."):
         return int(name.split(".")[2]) >= cfg.n_layers
     return False
 

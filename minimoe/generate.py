@@ -68,6 +68,11 @@ class Generator:
         self.cache.reset()
         self.pos = 0
 
+    def rollback(self, lengths: torch.Tensor) -> None:
+        """Forget cache entries past lengths [B] (speculative decoding's rejected tokens)."""
+        self.cache.rollback(lengths)
+        self.pos = int(lengths.max())      # host sync: the host bound must follow the device lengths
+
     @torch.inference_mode()
     def prefill(self, ids: torch.Tensor) -> torch.Tensor:
         """ids [B, S] prompts of equal length -> first new token [B]."""

@@ -120,8 +120,9 @@ def main(argv=None) -> int:
         return 2
     device = torch.device("cuda")
     ceilings = measure_ceilings(device)
-    print(f"# layer bench | {torch.cuda.get_device_name()} | copy {ceilings['bandwidth_GBps']:.0f} GB/s | "
-          f"matmul {ceilings['matmul_TFLOPs']:.0f} TFLOP/s | bf16, routed by softmax-top-k of random logits")
+    print(f"# layer bench | {torch.cuda.get_device_name()} | bandwidth {ceilings['bandwidth_GBps']:.0f} GB/s (copy "
+          f"{ceilings['copy_GBps']:.0f}, read {ceilings['read_GBps']:.0f}) | matmul {ceilings['matmul_TFLOPs']:.0f} "
+          f"TFLOP/s | bf16, routed by softmax-top-k of random logits; %bw against the larger of copy and read")
     rows = []
     from tqdm import tqdm
     for name, T in tqdm([(n, t) for n in args.shapes for t in args.tokens], file=sys.stderr, desc="shapes"):

@@ -14,6 +14,7 @@ Reference: YaRN, arXiv 2309.00071; DeepSeek-V2 `modeling_deepseek.py`.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -23,15 +24,33 @@ from .config import ModelConfig, yarn_mscale
 
 
 class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float):
+    """w * x / rms(x). `fused` swaps PyTorch's ~8 elementwise kernels for one Triton kernel."""
+
+    def __init__(self, dim: int, eps: float, settings=None):
         super().__init__()
-        self.eps = eps
+        self.eps, self.settings = eps, settings
         self.weight = nn.Parameter(torch.ones(dim))
 
+    def _fused(self) -> bool:
+        return self.settings is not None and self.settings.fused_ops
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._fused():
+            from .kernels.rmsnorm import rms_norm
+            return rms_norm(x.contiguous(), self.weight, self.eps)[0]
         xf = x.float()
         xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * xf.to(x.dtype)
+
+    def add_forward(self, x: torch.Tensor, residual: torch.Tensor | None):
+        """(norm(x + residual), x + residual): the residual add fused into the norm."""
+        if residual is None:
+            return self.forward(x), x
+        if self._fused():
+            from .kernels.rmsnorm import rms_norm
+            return rms_norm(x, self.weight, self.eps, residual)
+        s = x + residual
+        return self.forward(s), s
 
 
 class SwiGLU(nn.Module):
@@ -86,6 +105,15 @@ def rope_tables(cfg: ModelConfig, max_len: int) -> tuple[torch.Tensor, torch.Ten
         amp = 1.0
     angles = torch.outer(torch.arange(max_len, dtype=torch.float32), inv_freq)  # [S, dim/2]
     return angles.cos() * amp, angles.sin() * amp
+
+
+@dataclass
+class Rotary:
+    """The rope tables [P, rope_dim/2] and their rows for this step's positions [B, S, rope_dim/2]."""
+    cos_table: torch.Tensor
+    sin_table: torch.Tensor
+    cos: torch.Tensor
+    sin: torch.Tensor
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleave: bool) -> torch.Tensor:

@@ -117,26 +117,36 @@ def _assembled_shape(alt: list, shape) -> list[int] | None:
     return [len(alt)] + per_expert[0]
 
 
+def _misshape_detail(alt: list, shape, want: list[int]) -> str:
+    """Name the parts that are off: per expert for stacked recipes, every part for concatenations."""
+    if isinstance(alt[0], str):
+        return ", ".join(f"{n} {shape(n)}" for n in alt)
+    bad = [(e, p) for e, p in enumerate(alt) if _assembled_shape([_flatten(p)], shape) != [1] + want[1:]]
+    shown = [f"{n} {shape(n)}" for _, p in bad[:4] for n in _flatten(p)]
+    more = f" and {len(bad) - 4} more experts" if len(bad) > 4 else ""
+    return ", ".join(shown) + more if bad else f"{len(alt)} experts"
+
+
 def plan_checkpoint(model: Transformer, ckpt) -> dict:
     """{param name: chosen recipe alternative}, or one CheckpointError listing every problem."""
     params = dict(model.named_parameters())
     recipes = weight_names(model.cfg)
     assert set(recipes) == set(params), set(recipes) ^ set(params)   # our own wiring, not user input
     have = set(ckpt.where)
-    chosen, missing, misshaped, used = {}, [], [], set()
+    chosen, missing, misshaped, claimed = {}, [], [], set()
     for name, alternatives in recipes.items():
+        # every name any alternative mentions is ours, so a missing sibling is not also "unexpected"
+        claimed.update(n for a in alternatives for p in a for n in _flatten(p) if n in have)
         alt = next((a for a in alternatives if all(n in have for p in a for n in _flatten(p))), None)
         if alt is None:
             missing += [n for p in alternatives[0] for n in _flatten(p) if n not in have]
             continue
-        names = [n for p in alt for n in _flatten(p)]
-        used.update(names)
         got, want = _assembled_shape(alt, ckpt.shape), list(params[name].shape)
         if got != want:
-            detail = ", ".join(f"{n} {ckpt.shape(n)}" for n in names[:4]) + (" ..." if len(names) > 4 else "")
-            misshaped.append(f"{name}: expected {want}, checkpoint gives {got or 'inconsistent parts'} ({detail})")
+            misshaped.append(f"{name}: expected {want}, checkpoint gives {got or 'parts of different shapes'} "
+                             f"({_misshape_detail(alt, ckpt.shape, want)})")
         chosen[name] = alt
-    unexpected = sorted(n for n in have - used if not ignored_name(model.cfg, n))
+    unexpected = sorted(n for n in have - claimed if not ignored_name(model.cfg, n))
     if any(n.endswith("weight_scale_inv") for n in unexpected):
         raise CheckpointError("this checkpoint stores FP8 block-quantized weights (weight_scale_inv); "
                               "minimoe loads bf16/fp16/fp32 checkpoints only")
@@ -196,12 +206,18 @@ def weight_bytes(model: Transformer) -> int:
 
 
 def check_fits(nbytes: int, device: torch.device, what: str = "the weights") -> None:
-    """Refuse, with numbers, a model that cannot fit on the GPU (never an OOM traceback)."""
-    if device.type != "cuda":
+    """Refuse, with numbers, a model that cannot fit (never an OOM traceback or a killed process)."""
+    if device.type == "cuda":
+        free, total = torch.cuda.mem_get_info(device)
+        where = torch.cuda.get_device_name(device)
+    elif device.type == "cpu" and hasattr(os, "sysconf"):
+        page = os.sysconf("SC_PAGE_SIZE")
+        free, total = os.sysconf("SC_AVPHYS_PAGES") * page, os.sysconf("SC_PHYS_PAGES") * page
+        where = "this machine's RAM"
+    else:
         return
-    free, total = torch.cuda.mem_get_info(device)
     if nbytes > free:
-        raise MemoryError(f"{what} need {nbytes / 2**30:.1f} GiB but {torch.cuda.get_device_name(device)} "
+        raise MemoryError(f"{what} need {nbytes / 2**30:.1f} GiB but {where} "
                           f"has {free / 2**30:.1f} GiB free of {total / 2**30:.1f} GiB")
 
 

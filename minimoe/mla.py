@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from .attention import attend_cached
 from .config import ModelConfig, RunSettings
 from .kv_cache import KVCache, Step
-from .layers import RMSNorm, apply_rope
+from .layers import RMSNorm, Rotary, apply_rope
 
 
 class MLAttention(nn.Module):
@@ -34,12 +34,12 @@ class MLAttention(nn.Module):
         D, H, r = cfg.hidden_size, cfg.n_heads, cfg.kv_lora_rank
         if cfg.q_lora_rank:
             self.wq_a = nn.Linear(D, cfg.q_lora_rank, bias=cfg.qkv_bias)
-            self.q_norm = RMSNorm(cfg.q_lora_rank, cfg.rms_norm_eps)
+            self.q_norm = RMSNorm(cfg.q_lora_rank, cfg.rms_norm_eps, settings)
             self.wq_b = nn.Linear(cfg.q_lora_rank, H * cfg.qk_head_dim, bias=False)
         else:
             self.wq = nn.Linear(D, H * cfg.qk_head_dim, bias=False)
         self.wkv_a = nn.Linear(D, r + cfg.qk_rope_head_dim, bias=cfg.qkv_bias)
-        self.kv_norm = RMSNorm(r, cfg.rms_norm_eps)
+        self.kv_norm = RMSNorm(r, cfg.rms_norm_eps, settings)
         self.wkv_b = nn.Linear(r, H * (cfg.qk_nope_head_dim + cfg.v_head_dim), bias=False)
         self.wo = nn.Linear(H * cfg.v_head_dim, D, bias=cfg.o_bias)
 
@@ -49,7 +49,7 @@ class MLAttention(nn.Module):
         w = self.wkv_b.weight.view(cfg.n_heads, cfg.qk_nope_head_dim + cfg.v_head_dim, cfg.kv_lora_rank)
         return w[:, :cfg.qk_nope_head_dim], w[:, cfg.qk_nope_head_dim:]
 
-    def forward(self, x, step: Step, cache: KVCache, cos, sin):
+    def forward(self, x, step: Step, cache: KVCache, rot: Rotary):
         cfg = self.cfg
         B, S, _ = x.shape
         H, nope, rope, r = cfg.n_heads, cfg.qk_nope_head_dim, cfg.qk_rope_head_dim, cfg.kv_lora_rank
@@ -57,8 +57,8 @@ class MLAttention(nn.Module):
         q_nope, q_pe = q.view(B, S, H, nope + rope).split([nope, rope], dim=-1)
         c, k_pe = self.wkv_a(x).split([r, rope], dim=-1)
         c = self.kv_norm(c)                                                   # [B, S, r]
-        q_pe = apply_rope(q_pe, cos, sin, cfg.rope_interleave)                # [B, S, H, rope]
-        k_pe = apply_rope(k_pe[:, :, None, :], cos, sin, cfg.rope_interleave)[:, :, 0]  # [B, S, rope]
+        q_pe = apply_rope(q_pe, rot.cos, rot.sin, cfg.rope_interleave)        # [B, S, H, rope]
+        k_pe = apply_rope(k_pe[:, :, None, :], rot.cos, rot.sin, cfg.rope_interleave)[:, :, 0]  # [B, S, rope]
         cache.write_latent(self.layer, step, torch.cat([c, k_pe], dim=-1))
         if step.fresh:
             out = self._expanded(q_nope, q_pe, c, k_pe)

@@ -15,31 +15,35 @@ from .attention import Attention
 from .config import ModelConfig, RunSettings
 from .instrument import region
 from .kv_cache import KVCache, Step
-from .layers import RMSNorm, rope_tables
+from .layers import RMSNorm, Rotary, rope_tables
 from .mla import MLAttention
 from .moe import MoE, make_ffn
 
 
 class Block(nn.Module):
+    """One pre-norm layer. It carries the residual stream separately and returns (y, residual)
+    without adding them: the add happens inside the next norm (one fused kernel with fused_ops)."""
+
     def __init__(self, cfg: ModelConfig, settings: RunSettings, layer: int):
         super().__init__()
-        self.attn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.attn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, settings)
         self.attn = (MLAttention if cfg.attention == "mla" else Attention)(cfg, settings, layer)
-        self.ffn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.ffn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, settings)
         self.ffn = make_ffn(cfg, settings, layer)
         self.ffn_region = None if isinstance(self.ffn, MoE) else "dense"   # MoE opens its own regions
 
-    def forward(self, x, step: Step, cache: KVCache, cos, sin):
+    def forward(self, x, residual, step: Step, cache: KVCache, rot: Rotary):
+        """x [B, S, D] (this layer's input not yet added to residual) -> (ffn output, residual)."""
         with region("norm"):
-            h = self.attn_norm(x)
+            h, residual = self.attn_norm.add_forward(x, residual)
         with region("attention"):
-            x = x + self.attn(h, step, cache, cos, sin)
+            a = self.attn(h, step, cache, rot)
         with region("norm"):
-            h = self.ffn_norm(x)
+            h, residual = self.ffn_norm.add_forward(a, residual)
         if self.ffn_region:
             with region(self.ffn_region):
-                return x + self.ffn(h)
-        return self.ffn(h, residual=x)
+                return self.ffn(h), residual
+        return self.ffn(h), residual
 
 
 class Transformer(nn.Module):
@@ -49,7 +53,7 @@ class Transformer(nn.Module):
         self.settings = settings or RunSettings()
         self.embed = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.layers = nn.ModuleList(Block(cfg, self.settings, i) for i in range(cfg.n_layers))
-        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, self.settings)
         if not cfg.tie_word_embeddings:
             self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self.rope_len = 0
@@ -71,13 +75,16 @@ class Transformer(nn.Module):
         """ids [B, S] -> logits [B, S, V] (or [B, V] for the last position), float32."""
         with region("embed"):
             x = self.embed(ids)                                                # [B, S, D]
-            cos, sin = self.cos[step.positions], self.sin[step.positions]      # [B, S, rope/2]
+            rot = Rotary(self.cos, self.sin, self.cos[step.positions], self.sin[step.positions])  # [B, S, rope/2]
+        residual = None
         for layer in self.layers:
-            x = layer(x, step, cache, cos, sin)
+            x, residual = layer(x, residual, step, cache, rot)
         with region("norm"):
             if last_only:
-                x = x[:, -1]
-            x = self.norm(x)
+                x, residual = x[:, -1:].contiguous(), residual[:, -1:].contiguous()
+            x = self.norm.add_forward(x, residual)[0]
+            if last_only:
+                x = x[:, 0]
         with region("lm_head"):
             head = self.embed.weight if self.cfg.tie_word_embeddings else self.lm_head.weight
             return (x @ head.T).float()

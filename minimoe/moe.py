@@ -40,13 +40,13 @@ class MoE(nn.Module):
         s = self.settings
         return RouterSpec.from_config(self.cfg, s.router, s.top_k, s.zipf_s)
 
-    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
-        """x [B, S, D] -> MoE(x) [+ residual], the add timed with the last region."""
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, S, D = x.shape
         xt = x.reshape(B * S, D)                                         # [T, D]
         with region("router"):
             logits = self.gate(xt.to(self.gate.weight.dtype))            # [T, E]
-            weights, ids = route(logits, self.router_spec(), getattr(self, "gate_bias", None))
+            weights, ids = route(logits, self.router_spec(), getattr(self, "gate_bias", None),
+                                 fused=self.settings.fused_ops)
             record_load(self.layer, ids)
         ex = self.experts
         y = EXPERT_PATHS[self.settings.experts](xt, ex.w13, ex.w2, ids, weights, ex.expert_offset)
@@ -56,8 +56,7 @@ class MoE(nn.Module):
                 if self.cfg.shared_expert_gate:
                     s = torch.sigmoid(self.shared_gate(xt)) * s
                 y = y + s
-            y = y.view(B, S, D)
-            return y if residual is None else residual + y
+            return y.view(B, S, D)
 
 
 def make_ffn(cfg: ModelConfig, settings: RunSettings, layer: int) -> nn.Module:

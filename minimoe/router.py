@@ -129,6 +129,13 @@ ROUTERS = {
 SYNTHETIC_ROUTERS = ("uniform", "balanced", "zipf")
 
 
-def route(logits: torch.Tensor, spec: RouterSpec, bias: torch.Tensor | None = None):
+FUSED_ROUTERS = ("softmax_topk", "topk_softmax")   # one Triton kernel each (kernels/route.py)
+
+
+def route(logits: torch.Tensor, spec: RouterSpec, bias: torch.Tensor | None = None, fused: bool = False):
     """logits [T, E] (any float dtype) -> weights [T, K] float32, ids [T, K] int64."""
+    if fused and spec.name in FUSED_ROUTERS:
+        from .kernels.route import route_topk
+        return route_topk(logits, spec.top_k, renorm=spec.renorm or spec.name == "topk_softmax",
+                          scaling=spec.scaling, softmax_first=spec.name == "softmax_topk")
     return ROUTERS[spec.name](logits.float(), spec, bias)

@@ -47,11 +47,21 @@ def triton_usable(device: torch.device) -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
+def resolve_auto(attn: str, ops: str, device: torch.device) -> tuple[str, bool]:
+    """--attn auto / --ops auto: the Triton kernels on a GPU, PyTorch on a CPU (printed in headers)."""
+    if ops not in ("auto", "torch", "triton"):
+        raise UsageError(f"--ops {ops}: choose auto, torch or triton")
+    if ops == "triton" and not triton_usable(device):
+        raise UsageError("--ops triton needs a CUDA GPU (or TRITON_INTERPRET=1 for tests)")
+    gpu = device.type == "cuda"
+    return ("triton" if gpu else "sdpa") if attn == "auto" else attn, (gpu if ops == "auto" else ops == "triton")
+
+
 def check_settings(s: RunSettings, cfg: ModelConfig, device: torch.device, dtype: torch.dtype) -> None:
     if s.experts not in EXPERT_PATHS:
         raise UsageError(f"unknown expert path {s.experts!r}; choose from {sorted(EXPERT_PATHS)}")
     if s.experts == "fused" and not triton_usable(device):
-        raise UsageError("the fused expert path (--fused) needs a CUDA GPU (or TRITON_INTERPRET=1 for tests)")
+        raise UsageError("the fused expert path (--experts fused) needs a CUDA GPU (or TRITON_INTERPRET=1 for tests)")
     if s.experts != "loop" and not cfg.is_moe:
         raise UsageError(f"--experts {s.experts} needs an MoE model")
     if s.router is not None and s.router not in ROUTERS:

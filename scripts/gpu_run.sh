@@ -1,29 +1,44 @@
 #!/usr/bin/env bash
 # What we run on the GPU machine (the `device` tool), phase by phase; every result lands in $OUT.
-#   bash scripts/gpu_run.sh check tune layer olmoe      (any subset, in order)
+#   bash scripts/gpu_run.sh env check layer headline        (any subset, in order)
 # Each phase has its own time limit so one failure cannot eat the whole lease.
 set -uo pipefail
-export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 TQDM_MININTERVAL=10
+export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 TQDM_DISABLE=1
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+R=/tmp/results; mkdir -p $R          # JSON results, packed into $OUT/results.tar at the end (8 files max come back)
+trap 'tar cf "$OUT/results.tar" -C /tmp results' EXIT
 log() { echo "=== $* ($(date +%T))"; }
+b() { timeout "$1" python3 bench.py "${@:2}" 2>&1 | grep -v '^{'; }   # table only; the JSON goes to --json
 for phase in "$@"; do
   case $phase in
-    env) log env; nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv
+    env) log env; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
          python3 -c "import torch, triton, transformers; print(torch.__version__, torch.version.cuda, triton.__version__, transformers.__version__)" ;;
     check) log check
-         timeout 240 python3 -m pytest -q -x tests/test_fused_moe.py tests/test_decode_attention.py tests/test_gpu.py 2>&1 | tail -25 ;;
+         timeout 300 python3 -m pytest -q tests/test_small_kernels.py tests/test_fused_moe.py tests/test_decode_attention.py tests/test_gpu.py 2>&1 | tail -25 ;;
     tune) log tune
          timeout 240 python3 scripts/tune_fused_moe.py --out minimoe/kernels/configs 2>&1 | tail -60
          tar cf "$OUT/configs.tar" minimoe/kernels/configs ;;
-    layer) log layer
-         timeout 200 python3 bench.py --layer --json "$OUT/layer.json" 2>&1 | grep -v '^{' ;;
-    olmoe) log olmoe
-         timeout 120 python3 bench.py --model olmoe --fused --bs 64 --profile --json "$OUT/olmoe_bs64.json" 2>&1 | grep -v '^{'
-         timeout 60 python3 bench.py --model olmoe --fused --bs 64 --attn triton --json "$OUT/olmoe_bs64_triton.json" 2>&1 | grep -v '^{'
-         timeout 60 python3 bench.py --model olmoe --fused --bs 1 --attn triton --profile --json "$OUT/olmoe_bs1.json" 2>&1 | grep -v '^{' ;;
-    compare) log compare
-         timeout 200 python3 bench.py --model olmoe --bs 64 --fused --compare transformers --compare-steps 32 --json "$OUT/olmoe_compare.json" 2>&1 | grep -v '^{' ;;
+    layer) log layer; timeout 200 python3 bench.py --layer --json "$R/layer.json" 2>&1 | grep -v '^{' ;;
+    headline) log headline
+         b 90 --model olmoe --fused --bs 64 --profile --json "$R/olmoe_bs64.json"
+         b 60 --model olmoe --fused --bs 1 --profile --json "$R/olmoe_bs1.json"
+         b 90 --model qwen3 --fused --bs 64 --json "$R/qwen3_bs64.json"
+         b 90 --model mixtral --fused --bs 1 --profile --json "$R/mixtral_bs1.json" ;;
+    ablation) log ablation   # OLMoE bs 64, 128/128: one optimization added per row
+         b 90 --model olmoe --bs 64 --experts loop --eager --attn sdpa --ops torch --warmup 0 --iters 1 --json "$R/abl1.json"
+         b 60 --model olmoe --bs 64 --experts grouped --eager --attn sdpa --ops torch --json "$R/abl2.json"
+         b 60 --model olmoe --bs 64 --experts fused --eager --attn sdpa --ops torch --json "$R/abl3.json"
+         b 60 --model olmoe --bs 64 --experts fused --attn sdpa --ops torch --json "$R/abl4.json"
+         b 60 --model olmoe --bs 64 --experts fused --attn triton --ops torch --json "$R/abl5.json"
+         b 60 --model olmoe --bs 64 --experts fused --attn triton --ops triton --json "$R/abl6.json" ;;
+    compare) log compare; b 240 --model olmoe --fused --bs 64 --compare transformers --json "$R/olmoe_compare.json" ;;
+    models) log models   # README tables: bs 1/16/64 x 128/128 and 1024/1024, transformers in the same run
+         for m in ${MODELS:-olmoe qwen3 qwen1.5-moe deepseek-v2-lite mixtral}; do
+           b 200 --model $m --fused --bs 1 16 64 --compare transformers --compare-steps 16 --json "$R/${m}_128.json"
+           b 240 --model $m --fused --bs 1 16 64 --input-len 1024 --output-len 1024 --warmup 1 --iters 1 \
+                 --compare transformers --compare-steps 8 --json "$R/${m}_1024.json"
+         done ;;
     *) echo "unknown phase $phase" ;;
   esac
 done

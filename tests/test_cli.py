@@ -1,0 +1,115 @@
+"""Guards `python -m minimoe generate`: it runs every tiny card (JSON and text output), and bad input exits with status 2 and one clear `error:` line on stderr, never a traceback."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import TINY_CARDS
+from minimoe import cards
+from minimoe.__main__ import main
+
+
+def run(capsys, *args) -> tuple[int, str, str]:
+    rc = main(["generate", *args])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+@pytest.mark.parametrize("card", TINY_CARDS)
+def test_generate_json_on_each_tiny_card(card, capsys):
+    rc, out, err = run(capsys, "--model", card, "--prompt-ids", "3,1,4,1,5", "--max-new-tokens", "5",
+                       "--batch", "2", "--json")
+    assert rc == 0, err
+    got = json.loads(out)
+    assert got["model"] == card and got["prompt_ids"] == [3, 1, 4, 1, 5]
+    assert len(got["new_ids"]) == 2 and all(len(row) == 5 for row in got["new_ids"])
+    assert got["new_ids"][0] == got["new_ids"][1]              # same prompt, greedy: same tokens
+    vocab = cards.load_card(card)["vocab_size"]
+    assert all(isinstance(t, int) and 0 <= t < vocab for t in got["new_ids"][0])
+
+
+def test_generate_text_output_prints_one_row_per_sequence(capsys):
+    rc, out, _ = run(capsys, "--model", "olmoe-tiny", "--prompt-ids", "1,2,3", "--max-new-tokens", "4",
+                     "--batch", "3", "--dtype", "fp32")
+    assert rc == 0
+    rows = out.strip().splitlines()
+    assert len(rows) == 3 and all(len(r.split()) == 4 for r in rows)
+
+
+def test_sampling_is_seeded(capsys):
+    args = ["--model", "qwen3-moe-tiny", "--prompt-ids", "7,8,9", "--max-new-tokens", "12", "--temperature", "1.5",
+            "--top-k", "50", "--json"]
+    first = json.loads(run(capsys, *args, "--seed", "3")[1])["new_ids"]
+    assert first == json.loads(run(capsys, *args, "--seed", "3")[1])["new_ids"]
+    assert first != json.loads(run(capsys, *args, "--seed", "4")[1])["new_ids"]
+
+
+BAD_INPUT = {
+    "unknown_model": (["--model", "no-such-model", "--prompt-ids", "1"], "unknown model 'no-such-model'"),
+    "max_new_tokens_0": (["--model", "olmoe-tiny", "--prompt-ids", "1", "--max-new-tokens", "0"],
+                         "--max-new-tokens and --batch must be at least 1"),
+    "prompt_ids_letters": (["--model", "olmoe-tiny", "--prompt-ids", "1,a,3"],
+                           "--prompt-ids must be comma-separated integers, got '1,a,3'"),
+    "prompt_id_too_large": (["--model", "olmoe-tiny", "--prompt-ids", "1,512"],
+                            "prompt ids must be non-empty and within the vocabulary [0, 512)"),
+    "prompt_id_negative": (["--model", "olmoe-tiny", "--prompt-ids=4,-1"],
+                           "prompt ids must be non-empty and within the vocabulary [0, 512)"),
+    "fused_on_cpu": (["--model", "olmoe-tiny", "--prompt-ids", "1", "--experts", "fused", "--device", "cpu"],
+                     "the fused expert path (--experts fused) needs a CUDA GPU (or TRITON_INTERPRET=1 for tests)"),
+    "greedy_and_temperature": (["--model", "olmoe-tiny", "--prompt-ids", "1", "--greedy", "--temperature", "0.7"],
+                               "--greedy contradicts --temperature/--top-k/--top-p"),
+    "unknown_expert_path": (["--model", "olmoe-tiny", "--prompt-ids", "1", "--experts", "nope"],
+                            "unknown expert path 'nope'"),
+    "top_p_zero": (["--model", "olmoe-tiny", "--prompt-ids", "1", "--top-p", "0"], "0 < top-p <= 1"),
+    "prompt_text_without_tokenizer": (["--model", "olmoe-tiny", "--prompt", "hello"],
+                                      "--prompt needs a checkpoint with tokenizer files"),
+    "missing_weights_dir": (["--model", "olmoe-tiny", "--prompt-ids", "1", "--weights", "/no/such/dir"],
+                            "weights directory /no/such/dir does not exist"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUT)
+def test_bad_input_exits_2_with_one_line(case, capsys, monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)      # another test file may set it
+    args, message = BAD_INPUT[case]
+    rc, out, err = run(capsys, *args)
+    assert rc == 2
+    assert out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ")
+    assert message in lines[0]
+
+
+def test_uncached_hub_id_offline_exits_2(capsys, monkeypatch, tmp_path):
+    import huggingface_hub.constants as hub_constants
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.chdir(tmp_path)
+    rc, _, err = run(capsys, "--model", "minimoe-tests/never-cached", "--prompt-ids", "1")
+    assert rc == 2
+    assert err.strip() == ("error: minimoe-tests/never-cached is not in the local Hugging Face cache and "
+                           "HF_HUB_OFFLINE is set")
+
+
+def test_unknown_model_type_exits_2(capsys, tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama", "vocab_size": 10}))
+    rc, _, err = run(capsys, "--model", str(tmp_path), "--prompt-ids", "1")
+    assert rc == 2 and "unsupported model_type 'llama'" in err
+
+
+def test_too_long_generation_exits_2(capsys):
+    rc, _, err = run(capsys, "--model", "olmoe-tiny", "--prompt-ids", "1,2", "--max-new-tokens", "5000")
+    assert rc == 2 and "max_position_embeddings 2048" in err
+
+
+def test_module_entry_point_exit_status():
+    """The real `python -m minimoe` process: sys.exit carries main's status."""
+    proc = subprocess.run([sys.executable, "-m", "minimoe", "generate", "--model", "olmoe-tiny", "--prompt-ids",
+                           "1", "--max-new-tokens", "0"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "error: --max-new-tokens and --batch must be at least 1"

@@ -1,0 +1,207 @@
+"""Guards generation: greedy generate equals a hand-written prefill+decode loop and a cache-free recompute, sampling never leaves the top-k / nucleus set, KV-cache rollback re-decodes the same tokens, and the static-shape decode step equals the sliced one."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import rel_err
+from minimoe.generate import Generator, Sampling, sample
+from minimoe.loader import build_model
+
+CARDS = ("olmoe-tiny", "deepseek-v3-tiny")          # a GQA cache and an MLA (latent) cache
+B, S = 2, 5
+
+
+@pytest.fixture(scope="module", params=CARDS)
+def model(request):
+    net, _, _ = build_model(request.param, "dummy", dtype=torch.float32, seed=3)
+    return net
+
+
+def _prompts(vocab: int, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, vocab, (B, S), generator=torch.Generator().manual_seed(seed))
+
+
+# ---- greedy ---------------------------------------------------------------------------------------------
+
+
+def test_greedy_generate_equals_a_manual_loop(model):
+    ids, n = _prompts(model.cfg.vocab_size), 12
+    got = Generator(model, B, S + n + 1).generate(ids, n)
+    gen = Generator(model, B, S + n + 1)            # drive the model directly, no Generator methods
+    cache, want = gen.cache, []
+    with torch.inference_mode():
+        step = cache.step(S, 0)
+        tok = model(ids, step, cache, last_only=True).argmax(-1)
+        cache.advance(step)
+        want.append(tok)
+        for i in range(n - 1):
+            step = cache.step(1, S + i)
+            tok = model(tok[:, None], step, cache, last_only=True).argmax(-1)
+            cache.advance(step)
+            want.append(tok)
+    assert torch.equal(got, torch.stack(want, dim=1))
+
+
+def test_cached_decode_equals_recomputing_the_whole_sequence(model):
+    """The KV cache is an optimisation: each cached step's logits equal a fresh prefill of the full sequence."""
+    ids, n = _prompts(model.cfg.vocab_size, seed=1), 8
+    new = Generator(model, B, S + n + 1).generate(ids, n)
+    seq = torch.cat([ids, new], dim=1)
+    cached = Generator(model, B, S + n + 1)
+    with torch.inference_mode():
+        cached.prefill(ids)
+        for i in range(n):
+            step = cached.cache.step(1, S + i)
+            logits = model(seq[:, S + i, None], step, cached.cache, last_only=True)
+            cached.cache.advance(step)
+            fresh = Generator(model, B, S + i + 2)
+            full = model(seq[:, :S + i + 1], fresh.cache.step(S + i + 1, 0), fresh.cache, last_only=True)
+            assert rel_err(logits, full) <= 1e-5, f"step {i}"
+
+
+def test_generate_stops_at_eos(model):
+    ids, n = _prompts(model.cfg.vocab_size, seed=2), 10
+    free = Generator(model, B, S + n + 1).generate(ids, n)
+    eos = int(free[0, 3])                                   # a token sequence 0 emits at step 3
+    got = Generator(model, B, S + n + 1).generate(ids, n, eos_id=eos)
+    assert got.shape == (B, n)
+    for row_free, row in zip(free.tolist(), got.tolist()):
+        cut = row_free.index(eos) + 1 if eos in row_free else n
+        assert row[:cut] == row_free[:cut] and all(t == eos for t in row[cut:])
+
+
+def test_generator_refuses_bad_shapes(model):
+    gen = Generator(model, B, 8)
+    with pytest.raises(ValueError, match="prompt batch 3 != generator batch 2"):
+        gen.prefill(torch.zeros(3, 4, dtype=torch.long))
+    with pytest.raises(ValueError, match="do not fit a cache of 8"):
+        gen.prefill(torch.zeros(B, 8, dtype=torch.long))
+    with pytest.raises(ValueError):
+        Generator(model, 1, 4, Sampling(temperature=-1.0))
+
+
+# ---- sampling ---------------------------------------------------------------------------------------------
+
+
+def _known_logits(rows: int) -> tuple[torch.Tensor, list]:
+    """[rows, 32] logits whose probabilities, in a shuffled order, are 0.4, 0.25, 0.15, 0.1, then a tail."""
+    probs = torch.tensor([0.4, 0.25, 0.15, 0.1] + [0.1 / 28] * 28)
+    order = torch.randperm(32, generator=torch.Generator().manual_seed(0))
+    logits = torch.empty(32)
+    logits[order] = probs.log()
+    return logits.expand(rows, 32).clone(), order.tolist()          # order[i] = id of the i-th likeliest
+
+
+def _draw(logits, sampling, seed=0):
+    torch.manual_seed(seed)
+    out = sample(logits, sampling)
+    assert out.dtype == torch.int64 and out.shape == logits.shape[:1]
+    return out
+
+
+def test_greedy_sampling_is_argmax():
+    logits, order = _known_logits(4)
+    assert _draw(logits, Sampling()).tolist() == [order[0]] * 4
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+@pytest.mark.parametrize("temperature", [0.5, 1.0, 3.0])
+def test_top_k_only_returns_the_k_likeliest(k, temperature):
+    logits, order = _known_logits(4000)
+    got = set(_draw(logits, Sampling(temperature=temperature, top_k=k)).tolist())
+    assert got == set(order[:k])                    # never outside, and every member actually drawn
+
+
+@pytest.mark.parametrize("top_p,nucleus", [(0.3, 1), (0.5, 2), (0.6, 2), (0.7, 3), (0.85, 4)])
+def test_top_p_only_returns_the_nucleus(top_p, nucleus):
+    """Nucleus = the fewest likeliest tokens whose mass reaches top_p (cumulative 0.4, 0.65, 0.8, 0.9;
+    no top_p sits on a boundary, where float32 rounding would decide)."""
+    logits, order = _known_logits(4000)
+    got = set(_draw(logits, Sampling(temperature=1.0, top_p=top_p)).tolist())
+    assert got == set(order[:nucleus])
+
+
+def test_top_k_and_top_p_together_take_the_smaller_set():
+    logits, order = _known_logits(4000)
+    # top-k renormalises first: 0.5, 0.3125, 0.1875 (cumulative 0.5, 0.8125, 1)
+    assert set(_draw(logits, Sampling(temperature=1.0, top_k=3, top_p=0.6)).tolist()) == set(order[:2])
+    assert set(_draw(logits, Sampling(temperature=1.0, top_k=2, top_p=0.85)).tolist()) == set(order[:2])
+
+
+def test_sampling_follows_the_distribution():
+    """Within the top-3 (renormalised 0.4/0.8, 0.25/0.8, 0.15/0.8), frequencies match to 3%."""
+    logits, order = _known_logits(20000)
+    counts = torch.bincount(_draw(logits, Sampling(temperature=1.0, top_k=3)), minlength=32).double() / 20000
+    for i, p in enumerate([0.5, 0.3125, 0.1875]):
+        assert abs(counts[order[i]].item() - p) < 0.03
+
+
+def test_low_temperature_sampling_is_greedy():
+    logits, order = _known_logits(500)
+    assert set(_draw(logits, Sampling(temperature=1e-3)).tolist()) == {order[0]}
+
+
+# ---- the cache: rollback and the static-shape step ---------------------------------------------------------
+
+
+def test_rollback_then_redecode_gives_the_same_tokens(model):
+    """Generate N, lower the lengths by m (different per sequence, as speculative decoding does), re-decode."""
+    ids, n, back = _prompts(model.cfg.vocab_size, seed=4), 10, torch.tensor([2, 4])
+    ref = Generator(model, B, S + n + 8).generate(ids, n + 4)          # [B, n+4]: the tokens to reproduce
+    gen = Generator(model, B, S + n + 8)
+    first = gen.generate(ids, n)
+    assert torch.equal(first, ref[:, :n])
+    # cached so far: prompt + first[:, :n-1]; roll each sequence back by `back`
+    lengths = gen.cache.lengths.clone()
+    assert lengths.tolist() == [S + n - 1] * B
+    gen.cache.rollback(lengths - back.to(lengths.dtype))
+    gen.pos = int(gen.cache.lengths.max())                              # host bound used for eager slicing
+    nxt = ref[torch.arange(B), n - 1 - back]                            # the token each sequence feeds next
+    redo = []
+    for _ in range(4):
+        nxt = gen.decode(nxt)
+        redo.append(nxt)
+    redo = torch.stack(redo, dim=1)                                     # [B, 4]
+    for b in range(B):
+        start = n - int(back[b])
+        assert redo[b].tolist() == ref[b, start:start + 4].tolist(), f"sequence {b}"
+
+
+def test_rollback_overwrites_stale_entries(model):
+    """After rolling back, decoding *different* tokens must not see the stale cache entries."""
+    ids = _prompts(model.cfg.vocab_size, seed=5)
+    gen = Generator(model, B, S + 8)
+    with torch.inference_mode():
+        gen.prefill(ids)
+        gen.decode(torch.tensor([7, 8]))
+        gen.decode(torch.tensor([9, 10]))
+        gen.cache.rollback(torch.full((B,), S, dtype=torch.int32))
+        step = gen.cache.step(1, None)                  # read the whole cache, stale entries included
+        after = model(torch.tensor([[11], [12]]), step, gen.cache, last_only=True)
+    fresh = Generator(model, B, S + 8)
+    with torch.inference_mode():
+        fresh.prefill(ids)
+        want = model(torch.tensor([[11], [12]]), fresh.cache.step(1, S), fresh.cache, last_only=True)
+    assert rel_err(after, want) <= 1e-6
+
+
+def test_static_shape_step_equals_sliced_step(model):
+    """eager_step(tokens, None) masks the whole cache (what a CUDA graph captures) instead of slicing it."""
+    ids, n = _prompts(model.cfg.vocab_size, seed=6), 12
+    max_len = S + n + 20                                                 # plenty of never-written padding
+    sliced, static = Generator(model, B, max_len), Generator(model, B, max_len)
+    a, b = sliced.prefill(ids), static.prefill(ids)
+    out_a, out_b = [a], [b]
+    with torch.inference_mode():
+        for i in range(n):
+            a = sliced.eager_step(a, S + i)
+            b = static.eager_step(b, None)
+            out_a.append(a)
+            out_b.append(b)
+        assert torch.equal(torch.stack(out_a), torch.stack(out_b))
+        # and the logits, not only their argmax
+        tok = out_a[-1]
+        la = model(tok[:, None], sliced.cache.step(1, S + n), sliced.cache, last_only=True)
+        lb = model(tok[:, None], static.cache.step(1, None), static.cache, last_only=True)
+    assert rel_err(lb, la) <= 1e-5
