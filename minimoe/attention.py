@@ -103,7 +103,7 @@ class Attention(nn.Module):
         B, S, _ = x.shape
         H, d = cfg.n_heads, cfg.head_dim
         qkv = self.wqkv(x)                                                  # [B, S, (H + 2Hkv) d]
-        if self.settings.fused_ops and cfg.clip_qkv is None:
+        if self.settings.fused_ops:
             q = self._prepare_fused(qkv, step, cache, rot)
         else:
             q = self._prepare(qkv, step, cache, rot)
@@ -118,7 +118,7 @@ class Attention(nn.Module):
                               cache.v[self.layer], cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, qk_norm=cfg.qk_norm,
                               q_norm_w=qn.weight if qn is not None else None,
                               k_norm_w=kn.weight if kn is not None else None, eps=cfg.rms_norm_eps,
-                              interleave=cfg.rope_interleave)
+                              interleave=cfg.rope_interleave, clip_qkv=cfg.clip_qkv)
 
     def _prepare(self, qkv, step: Step, cache: KVCache, rot: Rotary):
         cfg = self.cfg

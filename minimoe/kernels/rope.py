@@ -80,7 +80,7 @@ def _norm_rope_heads(row_ptr, w_ptr, c1, c2, j_ok, cos, sin, eps, clip,
 @triton.jit
 def _copy_v(src, dst, mask, clip, CLIP: tl.constexpr):
     v = tl.load(src, mask=mask, other=0.0)
-    if CLIP:  # clamping the stored value in fp32 is exact: the bounds are the only new values
+    if CLIP:  # clamp in fp32, round once on the store: torch's clamp of a half tensor does the same
         v = tl.clamp(v.to(tl.float32), -clip, clip)
     tl.store(dst, v.to(dst.dtype.element_ty), mask=mask)
 
