@@ -95,9 +95,11 @@ def validate(args, cfg, device, dtype) -> RunSettings:
                 raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {v}")
     for n_in in args.input_len:
         for n_out in args.output_len or args.input_len:
-            if n_in + n_out + 1 > cfg.max_position_embeddings:
+            if n_in + n_out - 1 > cfg.max_position_embeddings:   # the last token is sampled, never fed
                 raise UsageError(f"{n_in} + {n_out} tokens exceed the model's max_position_embeddings "
                                  f"{cfg.max_position_embeddings}")
+    if args.compare_steps is not None and args.compare_steps < 1:
+        raise UsageError("--compare-steps must be at least 1")
     if args.warmup < 0 or args.iters < 1:
         raise UsageError("--warmup must be >= 0 and --iters >= 1")
     attn, fused_ops = resolve_auto(args.attn, args.ops, device)
@@ -133,8 +135,11 @@ def versions(device) -> dict:
 
 def load_ceilings(args, device) -> dict:
     if args.ceilings:
-        with open(args.ceilings) as f:
-            c = json.load(f)
+        try:
+            with open(args.ceilings) as f:
+                c = json.load(f)
+        except (OSError, json.JSONDecodeError) as e:
+            raise UsageError(f"--ceilings {args.ceilings}: {e}") from e
         if not {"bandwidth_GBps", "matmul_TFLOPs"} <= set(c):
             raise UsageError(f"{args.ceilings} needs bandwidth_GBps and matmul_TFLOPs")
         return {**c, "source": args.ceilings}
@@ -158,12 +163,16 @@ COLUMNS = ("config", "TTFT ms", "ITL p50", "ITL p90", "E2E s", "out tok/s", "pap
            "mem GiB", "floor tok/s", "%floor", "%decode", "%prefill")
 
 
+def _f(v, fmt: str) -> str:
+    return "-" if v is None else format(v, fmt)
+
+
 def row(label, m, r, mem):
-    return (label, f"{m['ttft_ms']:.1f}", f"{m['itl_median_ms']:.3f}", f"{m['itl_p90_ms']:.3f}",
+    return (label, f"{m['ttft_ms']:.1f}", _f(m['itl_median_ms'], ".3f"), _f(m['itl_p90_ms'], ".3f"),
             f"{m['e2e_s']:.3f}", f"{m['output_tok_s']:.1f}", f"{m['throughput_tok_s']:.1f}",
             f"{m['prefill_tok_s']:.0f}", f"{mem:.1f}" if mem is not None else "-",
             f"{r['output_tok_s_floor']:.0f}" if r else "-", f"{r['e2e_pct_of_floor']:.0f}%" if r else "-",
-            f"{r['decode_pct_of_floor']:.0f}%" if r else "-", f"{r['prefill_pct_of_peak']:.0f}%" if r else "-")
+            _f(r['decode_pct_of_floor'], ".0f") + "%" if r and r['decode_pct_of_floor'] else "-", f"{r['prefill_pct_of_peak']:.0f}%" if r else "-")
 
 
 def print_table(rows):
@@ -191,16 +200,16 @@ def make_prompts(args, cfg, device):
 def run_config(args, model, cfg, settings, ceilings, device, dtype, b, n_in, n_out, use_graphs, load):
     wbytes = torch.finfo(dtype).bits // 8
     memory.check_request(cfg, sum(p.numel() * p.element_size() for p in model.parameters()), b, n_in, n_out,
-                         wbytes, device, settings.top_k, extra=0)
+                         wbytes, device, settings.top_k, weights_resident=True)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    gen = Generator(model, b, n_in + n_out + 1)
+    gen = Generator(model, b, n_in + n_out)
     prompts = make_prompts(args, cfg, device)(b, n_in)
     run = measure(gen, prompts, n_out, args.warmup, args.iters, use_graphs)
     m = benchmark.summarize(run, b, n_in, n_out)
     mem = torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda" else None
     touched = benchmark.touched_experts(gen, prompts)
-    r = benchmark.roofline(cfg, b, n_in, n_out, touched, ceilings, m, wbytes)
+    r = benchmark.roofline(cfg, b, n_in, n_out, touched, ceilings, m, wbytes, settings.top_k)
     out = {"batch": b, "input_len": n_in, "output_len": n_out, "metrics": m, "roofline": r, "peak_mem_GiB": mem,
            "itl_ms": run["itl_ms"]}
     if args.profile:
@@ -291,11 +300,11 @@ def main(argv=None) -> int:
         torch.manual_seed(args.seed)
         model, cfg, _ = build_model(args.model, args.weights, dtype=dtype, device=device, settings=settings,
                                     seed=args.seed)
-    except (ValueError, MemoryError, NotImplementedError, FileNotFoundError) as e:   # UsageError, CheckpointError
+        ceilings = load_ceilings(args, device)
+    except (ValueError, MemoryError, NotImplementedError, OSError) as e:   # UsageError, CheckpointError
         print(f"error: {e}", file=sys.stderr)
         return 2
     pc = count_params(cfg)
-    ceilings = load_ceilings(args, device)
     v = versions(device)
     print_header(v, cfg, pc, settings, ceilings, graphs, dtype)
     load = ExpertLoad(cfg.n_layers, cfg.n_experts, device) if (args.load_heatmap and cfg.is_moe) else None

@@ -61,9 +61,9 @@ def timed_generation(gen: Generator, prompts: torch.Tensor, out_len: int) -> dic
     return {"ttft_ms": ms[0], "itl_ms": ms[1:], "e2e_ms": sum(ms), "last_tokens": tok}
 
 
-def _p(values: list[float], q: float) -> float:
+def _p(values: list[float], q: float) -> float | None:
     if not values:
-        return float("nan")
+        return None
     s = sorted(values)
     return s[min(len(s) - 1, int(q * len(s)))]
 
@@ -71,7 +71,7 @@ def _p(values: list[float], q: float) -> float:
 def summarize(run: dict, batch: int, in_len: int, out_len: int) -> dict:
     e2e_s = run["e2e_ms"] / 1e3
     itl = run["itl_ms"]
-    return {"ttft_ms": run["ttft_ms"], "itl_median_ms": statistics.median(itl) if itl else float("nan"),
+    return {"ttft_ms": run["ttft_ms"], "itl_median_ms": statistics.median(itl) if itl else None,
             "itl_p90_ms": _p(itl, 0.9), "e2e_s": e2e_s,
             "output_tok_s": batch * out_len / e2e_s, "throughput_tok_s": batch * (in_len + out_len) / e2e_s,
             "prefill_tok_s": batch * in_len / (run["ttft_ms"] / 1e3)}
@@ -91,23 +91,23 @@ def touched_experts(gen: Generator, prompts: torch.Tensor) -> float:
     return float((load.counts[moe] > 0).sum(1).double().mean())
 
 
-def roofline(cfg, batch, in_len, out_len, touched, ceilings, metrics, wbytes) -> dict:
+def roofline(cfg, batch, in_len, out_len, touched, ceilings, metrics, wbytes, top_k=None) -> dict:
     pc = count_params(cfg)
     ctx = in_len + out_len / 2                                         # mean context over decode
     step_bytes = decode_bytes(cfg, pc, batch, ctx, touched, wbytes, wbytes)
     bw = ceilings["bandwidth_GBps"] * 1e9
     step_floor_ms = step_bytes["total"] / bw * 1e3
-    flops = prefill_flops(cfg, pc, batch, in_len)
+    flops = prefill_flops(cfg, pc, batch, in_len, top_k)
     prefill_floor_ms = flops / (ceilings["matmul_TFLOPs"] * 1e12) * 1e3
     e2e_floor_s = (prefill_floor_ms + (out_len - 1) * step_floor_ms) / 1e3
     r = {"decode_step_bytes": step_bytes, "experts_touched_per_layer": touched,
          "decode_step_floor_ms": step_floor_ms, "prefill_flops": flops, "prefill_floor_ms": prefill_floor_ms,
          "output_tok_s_floor": batch * out_len / e2e_floor_s,
-         "decode_pct_of_floor": 100 * step_floor_ms / metrics["itl_median_ms"],
+         "decode_pct_of_floor": 100 * step_floor_ms / metrics["itl_median_ms"] if metrics["itl_median_ms"] else None,
          "prefill_pct_of_peak": 100 * prefill_floor_ms / metrics["ttft_ms"],
          "e2e_pct_of_floor": 100 * e2e_floor_s / metrics["e2e_s"]}
     r["flags"] = [f"{k} = {r[k]:.0f}% > 100%: measurement bug" for k in
-                  ("decode_pct_of_floor", "prefill_pct_of_peak", "e2e_pct_of_floor") if r[k] > 100]
+                  ("decode_pct_of_floor", "prefill_pct_of_peak", "e2e_pct_of_floor") if (r[k] or 0) > 100]
     return r
 
 

@@ -75,7 +75,9 @@ def experts_grouped(x, w13, w2, ids, weights, expert_offset: int = 0):
         w = weights.reshape(-1)[order, None]                          # [T*K, 1] float32
         # rows past offs[-1] (foreign experts) were never written by the GEMM: select, don't multiply
         y = torch.where((key[order] < E)[:, None], y * w, 0.0)
-        out = torch.zeros_like(x).index_add_(0, token, y.to(x.dtype))
+        # un-permute and sum the K slots: deterministic, unlike an atomic index_add_
+        unsorted = torch.empty_like(y).index_copy_(0, order, y)       # [T*K, D] in (token, slot) order
+        out = unsorted.view(T, K, -1).sum(1).to(x.dtype)
     return out
 
 

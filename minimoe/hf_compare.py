@@ -10,6 +10,8 @@ ignored. transformers runs with its default attention (SDPA) and expert implemen
 """
 from __future__ import annotations
 
+import logging
+import statistics
 import warnings
 
 import torch
@@ -42,6 +44,7 @@ def timed_hf_generation(model, prompts: torch.Tensor, out_len: int, steps: int |
     """Like benchmark.timed_generation. With `steps` < out_len-1, only that many decode steps run and
     E2E is extrapolated as TTFT + (out_len-1) * median step (said so in the output)."""
     warnings.filterwarnings("ignore", message=".*past_key_values.*")   # the name 5.17 and 5.24 both accept
+    logging.getLogger("transformers").setLevel(logging.ERROR)
     clock = Clock(prompts.device)
     clock.mark()
     out = model(input_ids=prompts, use_cache=True, logits_to_keep=1)
@@ -58,5 +61,5 @@ def timed_hf_generation(model, prompts: torch.Tensor, out_len: int, steps: int |
     itl = ms[1:]
     e2e = sum(ms)
     if n_steps < out_len - 1 and itl:
-        e2e = ms[0] + (out_len - 1) * sorted(itl)[len(itl) // 2]
+        e2e = ms[0] + (out_len - 1) * statistics.median(itl)
     return {"ttft_ms": ms[0], "itl_ms": itl, "e2e_ms": e2e, "last_tokens": tok, "steps_timed": n_steps}

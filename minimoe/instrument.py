@@ -116,12 +116,15 @@ class ExpertLoad:
         self.counts[layer].scatter_add_(0, flat, torch.ones_like(flat))
 
     def summary(self) -> dict:
+        """Imbalance = max / mean tokens per expert, over layers that routed anything (MoE layers)."""
         c = self.counts.double()
-        mean = c.mean(1).clamp_min(1e-9)
-        per_layer = (c.amax(1) / mean)
+        routed = c.sum(1) > 0
+        per_layer = torch.where(routed, c.amax(1) / c.mean(1).clamp_min(1e-9), torch.nan)
+        moe = per_layer[routed]
         return {"tokens_per_expert": self.counts.tolist(),
-                "imbalance_per_layer": per_layer.tolist(),
-                "imbalance_max": float(per_layer.max()), "imbalance_mean": float(per_layer.mean())}
+                "imbalance_per_layer": [None if v != v else v for v in per_layer.tolist()],
+                "imbalance_max": float(moe.max()) if moe.numel() else None,
+                "imbalance_mean": float(moe.mean()) if moe.numel() else None}
 
     def heatmap(self, path: str) -> None:
         try:

@@ -55,7 +55,7 @@ def workspace_bytes(cfg: ModelConfig, batch: int, seq: int, nbytes: int, top_k: 
 
 def plan(cfg: ModelConfig, weight_bytes: int, batch: int, in_len: int, out_len: int, nbytes: int,
          top_k: int | None = None) -> MemoryPlan:
-    kv = KVCache.bytes_needed(cfg, batch, in_len + out_len + 1, nbytes)
+    kv = KVCache.bytes_needed(cfg, batch, in_len + out_len, nbytes)
     return MemoryPlan(weight_bytes, kv, workspace_bytes(cfg, batch, in_len, nbytes, top_k))
 
 
@@ -70,13 +70,17 @@ def largest_batch(cfg, weight_bytes, in_len, out_len, nbytes, free, top_k=None, 
     return lo
 
 
-def check_request(cfg, weight_bytes, batch, in_len, out_len, nbytes, device, top_k=None, extra=0) -> MemoryPlan:
-    """Raise MemoryError with the plan and the largest batch that fits, or return the plan."""
+def check_request(cfg, weight_bytes, batch, in_len, out_len, nbytes, device, top_k=None, extra=0,
+                  weights_resident: bool = False) -> MemoryPlan:
+    """Raise MemoryError with the plan and the largest batch that fits, or return the plan.
+    weights_resident: the weights are already on the device, so their bytes are not in `free`."""
     p = plan(cfg, weight_bytes, batch, in_len, out_len, nbytes, top_k)
     if torch.device(device).type != "cuda":
         return p
     free, _ = torch.cuda.mem_get_info(device)
     free -= extra
+    if weights_resident:
+        free += weight_bytes
     if p.total > free:
         best = largest_batch(cfg, weight_bytes, in_len, out_len, nbytes, free, top_k)
         hint = f"the largest batch that fits is {best}" if best else "even batch 1 does not fit"

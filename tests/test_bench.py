@@ -1,0 +1,475 @@
+"""Guards bench.py end to end on the CPU: every metric and its roofline, profiles, errors, compare, plots, memory plan.
+
+Each run is `bench.main([...])` in-process on a tiny card with a few tokens (well under a second), and
+the checks are arithmetic the JSON must satisfy (tok/s = bs*out/E2E, E2E = TTFT + sum of ITLs, ...),
+so a wrong formula, a dropped field or a swallowed error fails here. Known bugs are strict xfails.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import statistics
+from pathlib import Path
+
+import pytest
+import torch
+
+from minimoe import memory
+from minimoe.cards import load_card
+from minimoe.families import config_from_hf
+from minimoe.kv_cache import KVCache
+from minimoe.roofline import count_params, prefill_flops
+
+ROOT = Path(__file__).resolve().parent.parent
+_spec = importlib.util.spec_from_file_location("bench", ROOT / "bench.py")   # a script, not in the package
+bench = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bench)
+
+TINY_CARDS = ("olmoe-tiny", "mixtral-tiny", "qwen2-moe-tiny", "qwen3-moe-tiny", "deepseek-moe-tiny",
+              "deepseek-v2-lite-tiny", "deepseek-v3-tiny")
+SHORT = ["--input-len", "8", "--output-len", "6", "--warmup", "0", "--iters", "1"]
+METRICS = ("ttft_ms", "itl_median_ms", "itl_p90_ms", "e2e_s", "output_tok_s", "throughput_tok_s", "prefill_tok_s")
+ROOFLINE = ("decode_step_floor_ms", "prefill_floor_ms", "output_tok_s_floor", "decode_pct_of_floor",
+            "prefill_pct_of_peak", "e2e_pct_of_floor", "decode_step_bytes", "prefill_flops",
+            "experts_touched_per_layer", "flags")
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def run_bench(capsys, *argv):
+    """bench.main in-process -> (exit status, stdout, stderr); argparse's SystemExit counts as a status.
+    Pinned to the CPU (a later --device in argv wins), so a GPU machine runs these checks unchanged."""
+    capsys.readouterr()
+    try:
+        rc = bench.main(["--device", "cpu"] + [str(a) for a in argv])
+    except SystemExit as e:
+        rc = e.code
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def bench_json(capsys, *argv) -> dict:
+    rc, out, err = run_bench(capsys, *argv)
+    assert rc == 0, err
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def card_config(card):
+    return config_from_hf(load_card(card))
+
+
+def expected_load(cfg, batch, n_in, n_out, k=None):
+    """What --load-heatmap counts per MoE layer: one extra generation after timing, prefill included
+    (batch*n_in tokens) plus its n_out-1 decode steps (batch tokens each), K slots per token."""
+    return batch * (k or cfg.top_k) * (n_in + n_out - 1)
+
+
+# ---- every family: every metric, and the arithmetic between them ---------------------------------
+
+
+@pytest.mark.parametrize("card", TINY_CARDS)
+def test_bench_reports_every_metric(card, capsys, tmp_path):
+    bs, n_in, n_out = 2, 8, 6
+    path = tmp_path / "out.json"
+    rc, out, err = run_bench(capsys, "--model", card, "--bs", bs, "--input-len", n_in, "--output-len", n_out,
+                             "--warmup", 0, "--iters", 1, "--json", path)
+    assert rc == 0, err
+    last = out.strip().splitlines()[-1]
+    assert path.read_text() == last + "\n"                       # the file and the last line are one object
+    j = json.loads(last)
+    cfg = card_config(card)
+
+    assert set(j["versions"]) >= {"torch", "python", "triton", "device"}
+    assert j["versions"]["torch"] == torch.__version__ and j["versions"]["device"] == "cpu"
+    assert j["ceilings"]["source"] == "measured"
+    assert j["ceilings"]["bandwidth_GBps"] > 0 and j["ceilings"]["matmul_TFLOPs"] > 0
+    assert j["ceilings"]["bandwidth_GBps"] == max(j["ceilings"]["copy_GBps"], j["ceilings"]["read_GBps"])
+    assert j["config"]["family"] == cfg.family and j["config"]["n_experts"] == cfg.n_experts
+    assert j["params"]["total"] == count_params(cfg).total
+    assert j["graphs"] == "off (no GPU)" and j["settings"]["experts"] == "loop"
+    assert f"minimoe bs{bs} {n_in}/{n_out}" in out               # the table row
+
+    (res,) = j["results"]
+    assert (res["batch"], res["input_len"], res["output_len"]) == (bs, n_in, n_out)
+    assert res["peak_mem_GiB"] is None or res["peak_mem_GiB"] > 0   # None on a CPU: PyTorch tracks it on CUDA
+    m, r, itl = res["metrics"], res["roofline"], res["itl_ms"]
+    assert set(m) >= set(METRICS) and set(r) >= set(ROOFLINE)
+    assert all(math.isfinite(m[k]) and m[k] > 0 for k in METRICS)
+
+    assert len(itl) == n_out - 1
+    assert m["e2e_s"] * 1e3 == pytest.approx(m["ttft_ms"] + sum(itl), rel=1e-9)
+    assert m["output_tok_s"] == pytest.approx(bs * n_out / m["e2e_s"], rel=1e-9)
+    assert m["throughput_tok_s"] == pytest.approx(bs * (n_in + n_out) / m["e2e_s"], rel=1e-9)
+    assert m["prefill_tok_s"] == pytest.approx(bs * n_in / (m["ttft_ms"] / 1e3), rel=1e-9)
+    assert m["itl_median_ms"] == pytest.approx(statistics.median(itl))
+    assert m["itl_p90_ms"] == sorted(itl)[math.ceil(0.9 * (len(itl) - 1))]
+
+    step_bytes = r["decode_step_bytes"]
+    assert step_bytes["total"] == pytest.approx(step_bytes["weights"] + step_bytes["experts"] + step_bytes["kv"])
+    assert step_bytes["kv"] == pytest.approx(cfg.n_layers * bs * (n_in + n_out / 2) * cfg.kv_bytes_per_token(4))
+    bandwidth, peak = j["ceilings"]["bandwidth_GBps"] * 1e9, j["ceilings"]["matmul_TFLOPs"] * 1e12
+    assert r["decode_step_floor_ms"] == pytest.approx(step_bytes["total"] / bandwidth * 1e3)
+    assert r["prefill_floor_ms"] == pytest.approx(r["prefill_flops"] / peak * 1e3)
+    floor_e2e_s = (r["prefill_floor_ms"] + (n_out - 1) * r["decode_step_floor_ms"]) / 1e3
+    assert r["output_tok_s_floor"] == pytest.approx(bs * n_out / floor_e2e_s)
+    assert r["decode_pct_of_floor"] == pytest.approx(100 * r["decode_step_floor_ms"] / m["itl_median_ms"])
+    assert r["prefill_pct_of_peak"] == pytest.approx(100 * r["prefill_floor_ms"] / m["ttft_ms"])
+    assert r["e2e_pct_of_floor"] == pytest.approx(100 * floor_e2e_s / m["e2e_s"])
+    # two tokens per decode step, K distinct experts each: between K and min(2K, E) experts per layer
+    assert cfg.top_k <= r["experts_touched_per_layer"] <= min(bs * cfg.top_k, cfg.n_experts)
+    assert r["flags"] == []                                     # a tiny model on a CPU is far from its floor
+
+
+def test_figures_above_the_ceiling_are_flagged_not_reported(capsys, tmp_path):
+    """Ceilings so low that every floor exceeds the measurement: each % figure > 100 is flagged as a bug."""
+    ceilings = tmp_path / "ceilings.json"
+    ceilings.write_text(json.dumps({"bandwidth_GBps": 1e-6, "matmul_TFLOPs": 1e-12}))
+    rc, out, err = run_bench(capsys, "--model", "olmoe-tiny", *SHORT, "--ceilings", ceilings)
+    assert rc == 0
+    j = json.loads(out.strip().splitlines()[-1])
+    assert j["ceilings"]["source"] == str(ceilings) and j["ceilings"]["bandwidth_GBps"] == 1e-6
+    flags = j["results"][0]["roofline"]["flags"]
+    assert [f.split(" = ")[0] for f in flags] == ["decode_pct_of_floor", "prefill_pct_of_peak", "e2e_pct_of_floor"]
+    warnings = [line for line in err.splitlines() if line.startswith("# WARNING bs1 8/6: ")]
+    assert len(warnings) == 3 and all(line.endswith("> 100%: measurement bug") for line in warnings)
+
+
+def test_median_of_timed_runs_is_reported_and_warmup_is_not(monkeypatch):
+    e2e = iter([100.0, 100.0, 5.0, 1.0, 3.0])                  # two warm-up runs, then three timed ones
+    calls = []
+
+    def fake_run(gen, prompts, out_len):
+        calls.append(out_len)
+        return {"ttft_ms": 0.0, "itl_ms": [], "e2e_ms": next(e2e)}
+    monkeypatch.setattr(bench.benchmark, "timed_generation", fake_run)
+    run = bench.measure(gen=None, prompts=None, out_len=7, warmup=2, iters=3, use_graphs=False)
+    assert run["e2e_ms"] == 3.0 and calls == [7] * 5
+
+
+# ---- --profile ----------------------------------------------------------------------------------
+
+
+def test_profile_regions_cover_the_eager_step(capsys):
+    """Region totals within 10% of the measured eager step. The machine is shared, so a run whose
+    window caught a preemption outside the regions is retried (up to 5 runs of ~0.1 s); a missing region
+    (the attention and the experts are each over a quarter of the step) would still fail every attempt."""
+    cfg = card_config("olmoe-tiny")
+    L = cfg.n_layers
+    calls = {"embed": 1, "attention": L, "norm": 2 * L + 1, "router": L, "experts": L, "combine": L,
+             "lm_head": 1, "sample": 1}
+    coverages = []
+    for _ in range(5):
+        rc, out, err = run_bench(capsys, "--model", "olmoe-tiny", "--bs", 8, "--input-len", 64, "--output-len", 10,
+                                 "--warmup", 0, "--iters", 1, "--profile")
+        assert rc == 0, err
+        j = json.loads(out.strip().splitlines()[-1])
+        prof = j["results"][0]["profile"]
+        regions = prof["regions"]
+        assert {n: v["calls_per_step"] for n, v in regions.items()} == calls
+        covered = sum(v["ms_per_step"] for v in regions.values())
+        assert prof["covered_ms"] == pytest.approx(covered)
+        assert prof["coverage_pct"] == pytest.approx(100 * covered / prof["step_ms"])
+        assert prof["coverage_pct"] <= 100 + 1e-6                # flat regions inside the step cannot exceed it
+        assert sum(v["pct"] for v in regions.values()) == pytest.approx(100)
+        assert f"# profile bs8 64/10: eager decode step {prof['step_ms']:.3f} ms" in out
+        coverages.append(prof["coverage_pct"])
+        if coverages[-1] >= 90:
+            break
+    assert max(coverages) >= 90, coverages
+
+
+# ---- bad input: exit 2, one line ----------------------------------------------------------------
+
+
+BASE = ["--model", "olmoe-tiny", *SHORT]
+BAD_INPUT = {
+    "unknown model": (["--model", "no-such-model"], "unknown model 'no-such-model': not a model card"),
+    "zero batch": (BASE + ["--bs", "0"], "--bs must be at least 1, got 0"),
+    "negative input": (["--model", "olmoe-tiny", "--input-len", "-5"], "--input-len must be at least 1, got -5"),
+    "zero output": (BASE + ["--output-len", "0"], "--output-len must be at least 1, got 0"),
+    "longer than the model": (BASE + ["--input-len", "3000", "--output-len", "2"],
+                              "3000 + 2 tokens exceed the model's max_position_embeddings 2048"),
+    "no iters": (BASE + ["--iters", "0"], "--warmup must be >= 0 and --iters >= 1"),
+    "missing weights": (BASE + ["--weights", "/nonexistent"], "weights directory /nonexistent does not exist"),
+    "fused on cpu": (BASE + ["--fused"], "the fused expert path (--experts fused) needs a CUDA GPU"),
+    "triton attn on cpu": (BASE + ["--attn", "triton"], "--attn triton needs a CUDA GPU"),
+    "triton ops on cpu": (BASE + ["--ops", "triton"], "--ops triton needs a CUDA GPU"),
+    "unknown ops": (BASE + ["--ops", "cuda"], "--ops cuda: choose auto, torch or triton"),
+    "cuda device": (BASE + ["--device", "cuda"], "--device cuda: no CUDA GPU is available here"),
+    "fused vs grouped": (BASE + ["--fused", "--experts", "grouped"], "--fused contradicts --experts grouped"),
+    "topk too large": (BASE + ["--topk", "99"], "--topk 99 must be between 1 and the expert count 8"),
+    "topk zero": (BASE + ["--topk", "0"], "--topk 0 must be between 1 and the expert count 8"),
+    "unknown dtype": (BASE + ["--dtype", "fp8"], "--dtype fp8: choose from"),
+    "unknown expert path": (BASE + ["--experts", "magic"], "unknown expert path 'magic'"),
+    "compare remote code": (["--model", "deepseek-moe-tiny", *SHORT, "--compare", "transformers"],
+                            "--compare transformers: DeepSeekMoE-16B is remote code"),
+}
+
+
+@pytest.mark.parametrize("argv,message", BAD_INPUT.values(), ids=BAD_INPUT.keys())
+def test_bad_input_is_one_line_and_exit_2(argv, message, capsys, monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)     # else --fused / --attn triton are allowed
+    if "--device" in argv and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    rc, out, err = run_bench(capsys, *argv)
+    assert rc == 2
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error: ") and message in lines[0]
+    assert out == ""                                          # refused before the header: nothing measured
+
+
+@pytest.mark.parametrize("argv,message", [
+    (BASE + ["--router", "fastest"], "argument --router: invalid choice: 'fastest'"),
+    (BASE + ["--compare", "vllm"], "argument --compare: invalid choice: 'vllm'"),
+    (["--input-len", "8"], "--model is required"),
+    (BASE + ["--bogus-flag"], "unrecognized arguments: --bogus-flag"),
+])
+def test_argparse_errors_exit_2(argv, message, capsys):
+    rc, out, err = run_bench(capsys, *argv)
+    assert rc == 2
+    assert message in err.strip().splitlines()[-1]            # argparse prints its usage above the error
+
+
+def test_missing_ceilings_file_is_refused(capsys, tmp_path):
+    missing = tmp_path / "nope.json"
+    rc, out, err = run_bench(capsys, *BASE, "--ceilings", missing)
+    assert rc == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and str(missing) in lines[0]
+
+
+def test_incomplete_ceilings_file_is_refused(capsys, tmp_path):
+    partial = tmp_path / "partial.json"
+    partial.write_text('{"bandwidth_GBps": 100}')
+    rc, out, err = run_bench(capsys, *BASE, "--ceilings", partial)
+    assert rc == 2
+    assert err.strip().splitlines() == [f"error: {partial} needs bandwidth_GBps and matmul_TFLOPs"]
+
+
+def test_json_line_is_strict_json_with_one_output_token(capsys):
+    rc, out, err = run_bench(capsys, "--model", "olmoe-tiny", "--input-len", 8, "--output-len", 1,
+                             "--warmup", 0, "--iters", 1)
+    assert rc == 0
+
+    def reject(constant):
+        raise ValueError(f"{constant} is not JSON")
+    json.loads(out.strip().splitlines()[-1], parse_constant=reject)
+
+
+# ---- --compare transformers ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def transformers_lib():
+    """Imported before capsys starts: transformers binds its log handler to the sys.stderr of its first
+    import, and a capsys stream is closed once its test ends."""
+    return pytest.importorskip("transformers")
+
+
+def test_compare_transformers_same_weights(transformers_lib, capsys):
+    bs, n_in, n_out = 2, 8, 6
+    j = bench_json(capsys, "--model", "olmoe-tiny", "--bs", bs, "--input-len", n_in, "--output-len", n_out,
+                   "--warmup", 0, "--iters", 1, "--compare", "transformers", "--compare-steps", 2)
+    (res,) = j["results"]
+    hf = res["transformers"]
+    assert set(hf) >= set(METRICS)
+    assert hf["weights"] == "same" and hf["decode_steps_timed"] == 2
+    assert all(math.isfinite(hf[k]) and hf[k] > 0 for k in METRICS)
+    assert hf["output_tok_s"] == pytest.approx(bs * n_out / hf["e2e_s"], rel=1e-9)
+    assert hf["throughput_tok_s"] == pytest.approx(bs * (n_in + n_out) / hf["e2e_s"], rel=1e-9)
+    # 2 steps timed of 5: E2E extrapolated, so it exceeds TTFT + the two steps timed
+    assert hf["e2e_s"] * 1e3 > hf["ttft_ms"] + 2 * min(hf["itl_median_ms"], hf["itl_p90_ms"])
+    assert res["speedup_vs_transformers"] == pytest.approx(res["metrics"]["output_tok_s"] / hf["output_tok_s"])
+
+
+def test_compare_extrapolation_uses_the_reported_median(transformers_lib, capsys):
+    j = bench_json(capsys, "--model", "olmoe-tiny", *SHORT, "--compare", "transformers", "--compare-steps", 2)
+    hf = j["results"][0]["transformers"]
+    assert hf["e2e_s"] * 1e3 == pytest.approx(hf["ttft_ms"] + 5 * hf["itl_median_ms"], rel=1e-9)
+
+
+def test_compare_steps_zero_is_refused(transformers_lib, capsys):
+    rc, out, err = run_bench(capsys, *BASE, "--compare", "transformers", "--compare-steps", 0)
+    assert rc == 2 and "--compare-steps" in err
+
+
+# ---- --sweep and the configuration grid ---------------------------------------------------------
+
+
+def namespace(*argv):
+    args, rest = bench.parse_args(list(argv))
+    assert rest == []
+    return args
+
+
+def test_sweep_is_the_papers_grid():
+    args = namespace("--model", "qwen1.5-moe", "--sweep")                  # 8192 positions: the whole grid fits
+    bench.validate(args, card_config("qwen1.5-moe"), torch.device("cpu"), torch.float32)
+    configs = bench.grid(args)
+    lengths = (128, 256, 512, 1024, 2048)
+    assert configs == [(b, n, n) for b in (1, 16, 32, 64, 128) for n in lengths]
+    assert len(configs) == 25 and all(n_in == n_out for _, n_in, n_out in configs)
+
+
+def test_sweep_fits_olmoe_context():
+    """The headline model runs the paper's longest point: 2048 prompt + 2047 fed tokens = 4095 <= 4096."""
+    args = namespace("--model", "olmoe", "--sweep")
+    bench.validate(args, card_config("olmoe"), torch.device("cpu"), torch.float32)
+    assert (1, 2048, 2048) in bench.grid(args)
+
+
+def test_grid_without_sweep_is_the_cross_product():
+    args = namespace("--model", "olmoe-tiny", "--bs", "1", "4", "--input-len", "16", "--output-len", "8", "32")
+    bench.validate(args, card_config("olmoe-tiny"), torch.device("cpu"), torch.float32)
+    assert bench.grid(args) == [(1, 16, 8), (1, 16, 32), (4, 16, 8), (4, 16, 32)]
+
+
+def test_sweep_runs_end_to_end_on_a_small_grid(capsys, tmp_path, monkeypatch):
+    monkeypatch.setattr(bench, "PAPER_BATCHES", (1, 2))
+    monkeypatch.setattr(bench, "PAPER_LENGTHS", (4, 6))
+    plot = tmp_path / "sweep.png"
+    j = bench_json(capsys, "--model", "olmoe-tiny", "--sweep", "--warmup", 0, "--iters", 1, "--plot", plot)
+    got = [(r["batch"], r["input_len"], r["output_len"]) for r in j["results"]]
+    assert got == [(1, 4, 4), (1, 6, 6), (2, 4, 4), (2, 6, 6)]
+    assert all(len(r["itl_ms"]) == r["output_len"] - 1 for r in j["results"])
+    assert plot.read_bytes()[:8] == PNG_MAGIC
+
+
+# ---- routers and top-k --------------------------------------------------------------------------
+
+
+def test_balanced_router_spreads_tokens_exactly(capsys, tmp_path):
+    """olmoe-tiny: E=8, K=2, so bs 4 fills every expert once per decode step and twice per prompt position."""
+    bs, n_in, n_out = 4, 8, 6
+    j = bench_json(capsys, "--model", "olmoe-tiny", "--bs", bs, "--input-len", n_in, "--output-len", n_out,
+                   "--warmup", 0, "--iters", 1, "--router", "balanced", "--load-heatmap", tmp_path / "h.png")
+    assert j["settings"]["router"] == "balanced"
+    per_expert = expected_load(card_config("olmoe-tiny"), bs, n_in, n_out) // 8
+    assert j["expert_load"]["tokens_per_expert"] == [[per_expert] * 8] * 3
+    assert j["expert_load"]["imbalance_max"] == 1.0
+
+
+def test_zipf_router_favours_expert_zero(capsys, tmp_path):
+    j = bench_json(capsys, "--model", "olmoe-tiny", "--bs", 4, *SHORT, "--router", "zipf",
+                   "--load-heatmap", tmp_path / "h.png")
+    for counts in j["expert_load"]["tokens_per_expert"]:
+        assert counts[0] == max(counts) and counts[0] > 2 * counts[-1]
+    assert j["expert_load"]["imbalance_max"] > 1.5
+
+
+def test_uniform_router_runs(capsys):
+    j = bench_json(capsys, "--model", "olmoe-tiny", *SHORT, "--router", "uniform")
+    assert j["settings"]["router"] == "uniform"
+    assert j["results"][0]["roofline"]["experts_touched_per_layer"] == 2.0   # bs 1: K distinct experts
+
+
+def test_topk_1_routes_one_expert_per_token(capsys, tmp_path):
+    cfg = card_config("olmoe-tiny")
+    j = bench_json(capsys, "--model", "olmoe-tiny", *SHORT, "--topk", 1, "--load-heatmap", tmp_path / "h.png")
+    assert j["settings"]["top_k"] == 1
+    assert j["params"]["active"] == count_params(cfg).active(cfg, 1) < count_params(cfg).active(cfg)
+    assert j["results"][0]["roofline"]["experts_touched_per_layer"] == 1.0
+    assert [sum(c) for c in j["expert_load"]["tokens_per_expert"]] == [expected_load(cfg, 1, 8, 6, k=1)] * 3
+
+
+def test_topk_reaches_the_prefill_roofline(capsys):
+    cfg = card_config("olmoe-tiny")
+    j = bench_json(capsys, "--model", "olmoe-tiny", *SHORT, "--topk", 1)
+    assert j["results"][0]["roofline"]["prefill_flops"] == prefill_flops(cfg, count_params(cfg), 1, 8, 1)
+
+
+# ---- --plot and --load-heatmap ------------------------------------------------------------------
+
+
+def test_plot_and_load_heatmap(capsys, tmp_path):
+    """deepseek-moe-tiny: layer 0 is dense (routes nothing), layers 1-2 are MoE with K=3."""
+    bs, n_in, n_out = 2, 8, 6
+    plot, heat = tmp_path / "tok_s.png", tmp_path / "load.png"
+    j = bench_json(capsys, "--model", "deepseek-moe-tiny", "--bs", bs, "--input-len", n_in, "--output-len", n_out,
+                   "--warmup", 0, "--iters", 1, "--plot", plot, "--load-heatmap", heat)
+    for png in (plot, heat):
+        assert png.read_bytes()[:8] == PNG_MAGIC
+    cfg = card_config("deepseek-moe-tiny")
+    counts = j["expert_load"]["tokens_per_expert"]
+    assert len(counts) == cfg.n_layers and all(len(row) == cfg.n_experts for row in counts)
+    assert [sum(row) for row in counts] == [0] + [expected_load(cfg, bs, n_in, n_out)] * 2
+
+
+def test_load_imbalance_ignores_dense_layers(capsys, tmp_path):
+    j = bench_json(capsys, "--model", "deepseek-moe-tiny", *SHORT, "--load-heatmap", tmp_path / "h.png")
+    load = j["expert_load"]
+    moe_rows = load["tokens_per_expert"][1:]
+    per_layer = [max(row) / (sum(row) / len(row)) for row in moe_rows]
+    assert load["imbalance_mean"] == pytest.approx(sum(per_layer) / len(per_layer))
+
+
+# ---- memory planning ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def olmoe():
+    return card_config("olmoe-tiny")
+
+
+def test_plan_grows_with_batch_and_lengths(olmoe):
+    def total(b, i, o):
+        return memory.plan(olmoe, 10_000, b, i, o, 2).total
+    assert total(1, 128, 128) < total(2, 128, 128) < total(64, 128, 128)
+    assert total(4, 128, 128) < total(4, 256, 128) < total(4, 256, 512)
+    p = memory.plan(olmoe, 10_000, 4, 128, 64, 2)
+    assert p.weights == 10_000 and p.total == p.weights + p.kv + p.workspace
+
+
+@pytest.mark.parametrize("card", ["olmoe-tiny", "deepseek-v3-tiny"])   # GQA stores K and V, MLA the latent
+def test_plan_kv_is_what_the_cache_allocates(card):
+    cfg = card_config(card)
+    cache = KVCache(cfg, 3, 20 + 7, torch.float16, "cpu")   # what bench.run_config allocates
+    held = sum(t.numel() * t.element_size() for t in vars(cache).values()
+               if isinstance(t, torch.Tensor) and t.dtype == torch.float16)
+    assert memory.plan(cfg, 0, 3, 20, 7, 2).kv == held
+
+
+def test_largest_batch_boundary(olmoe):
+    fits = memory.plan(olmoe, 10_000, 37, 64, 32, 2).total
+    assert memory.largest_batch(olmoe, 10_000, 64, 32, 2, free=fits) == 37
+    assert memory.largest_batch(olmoe, 10_000, 64, 32, 2, free=fits - 1) == 36
+    assert memory.largest_batch(olmoe, 10_000, 64, 32, 2, free=memory.plan(olmoe, 10_000, 1, 64, 32, 2).total - 1) == 0
+
+
+def test_check_request_on_cpu_never_asks_the_gpu(olmoe, monkeypatch):
+    def no_gpu(*a):
+        raise AssertionError("mem_get_info called for a CPU run")
+    monkeypatch.setattr(torch.cuda, "mem_get_info", no_gpu)
+    p = memory.check_request(olmoe, 10_000, 10 ** 6, 64, 32, 2, "cpu")
+    assert p.total == memory.plan(olmoe, 10_000, 10 ** 6, 64, 32, 2).total
+
+
+def test_check_request_names_the_largest_batch_that_fits(olmoe, monkeypatch):
+    """Exercised on the CPU by pretending the device is CUDA and faking its free memory."""
+    free = memory.plan(olmoe, 10_000, 37, 64, 32, 2).total
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (free + 500, 10 * free))
+    assert memory.check_request(olmoe, 10_000, 37, 64, 32, 2, "cuda", extra=500).total == free
+    with pytest.raises(MemoryError, match=r"batch 38 x \(64\+32\) tokens needs .* the largest batch that fits is 37$"):
+        memory.check_request(olmoe, 10_000, 38, 64, 32, 2, "cuda", extra=500)
+    with pytest.raises(MemoryError, match="the largest batch that fits is 36$"):
+        memory.check_request(olmoe, 10_000, 37, 64, 32, 2, "cuda", extra=501)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (10_000, 10 * free))
+    with pytest.raises(MemoryError, match="even batch 1 does not fit$"):
+        memory.check_request(olmoe, 10_000, 1, 64, 32, 2, "cuda")
+
+
+def test_bench_reports_a_batch_that_does_not_fit(capsys, monkeypatch):
+    """The bench's own check, with the device reported as CUDA with ~3 MB free: exit 2, one line, a hint."""
+    real = memory.check_request
+
+    def as_if_cuda(cfg, wbytes, b, n_in, n_out, nbytes, device, top_k=None, extra=0, weights_resident=False):
+        return real(cfg, wbytes, b, n_in, n_out, nbytes, torch.device("cuda"), top_k, extra, weights_resident)
+    monkeypatch.setattr(bench.memory, "check_request", as_if_cuda)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (3_000_000, 10 ** 10))
+    rc, out, err = run_bench(capsys, "--model", "olmoe-tiny", "--bs", 64, "--input-len", 64, "--output-len", 6,
+                             "--warmup", 0, "--iters", 1)
+    assert rc == 2
+    (line,) = [line for line in err.splitlines() if line.strip()]
+    assert line.startswith("error: bs64 64/6: batch 64 x (64+6) tokens needs ")
+    assert "the largest batch that fits is" in line and "even batch 1" not in line
