@@ -226,7 +226,10 @@ def compare_transformers(args, card, model, dtype, device, results, prompts_of):
     from minimoe import hf_compare
     from minimoe.loader import export_weights
     wbytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    shared = device.type != "cuda" or 2.2 * wbytes < torch.cuda.mem_get_info(device)[0] + wbytes
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    # share weights only with room left for transformers' activations and cache (16 GiB or a quarter more)
+    shared = device.type != "cuda" or wbytes + max(wbytes / 4, 16 * 2 ** 30) < torch.cuda.mem_get_info(device)[0]
     if not shared:
         model.to("meta")                                   # free ours first: both do not fit together
         torch.cuda.empty_cache()
