@@ -71,9 +71,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--load-heatmap", help="PNG: tokens per (layer, expert) over the timed decode")
     p.add_argument("--seed", type=int, default=0, help="seed for weights and prompts")
     p.add_argument("--layer", action="store_true", help="the single-MoE-layer benchmark (minimoe/layer_bench.py)")
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    if "--layer" in argv:          # the layer benchmark has its own flags (minimoe/layer_bench.py)
+        return argparse.Namespace(layer=True), [a for a in argv if a != "--layer"]
     args, rest = p.parse_known_args(argv)
-    if args.layer:
-        return args, rest
     if rest:
         p.error(f"unrecognized arguments: {' '.join(rest)}")
     if not args.model:

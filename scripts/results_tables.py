@@ -1,0 +1,50 @@
+"""Turn the bench JSON files of a GPU session into the README's markdown tables.
+
+    python scripts/results_tables.py docs/results/2026-11-28
+"""
+import json
+import sys
+from pathlib import Path
+
+MODELS = [("olmoe", "OLMoE-1B-7B"), ("qwen3", "Qwen3-30B-A3B"), ("qwen1.5-moe", "Qwen1.5-MoE-A2.7B"),
+          ("deepseek-v2-lite", "DeepSeek-V2-Lite"), ("mixtral", "Mixtral-8x7B")]
+ABLATION = [("abl1", "loop experts, eager, SDPA, PyTorch ops (the plain path)"), ("abl2", "+ grouped experts"),
+            ("abl3", "+ fused Triton experts"), ("abl4", "+ CUDA graphs"), ("abl5", "+ Triton decode attention"),
+            ("abl6", "+ Triton norm/rope/router kernels")]
+
+
+def model_tables(folder: Path) -> None:
+    print("| model | bs | in/out | TTFT ms | ITL ms | out tok/s | floor tok/s | % of floor | transformers tok/s | ratio |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for key, name in MODELS:
+        for length in ("128", "1024"):
+            path = folder / f"models_{key}_{length}.json"
+            if not path.exists():
+                continue
+            for r in json.loads(path.read_text())["results"]:
+                m, rf, hf = r["metrics"], r["roofline"], r.get("transformers", {})
+                hf_tok = f"{hf['output_tok_s']:.1f}" if "output_tok_s" in hf else hf.get("error", "-")
+                ratio = f"{r['speedup_vs_transformers']:.1f}x" if "speedup_vs_transformers" in r else "-"
+                flag = " (!)" if rf["flags"] else ""
+                print(f"| {name} | {r['batch']} | {r['input_len']}/{r['output_len']} | {m['ttft_ms']:.1f} | "
+                      f"{m['itl_median_ms']:.2f} | {m['output_tok_s']:,.0f} | {rf['output_tok_s_floor']:,.0f} | "
+                      f"{rf['e2e_pct_of_floor']:.0f}%{flag} | {hf_tok} | {ratio} |")
+
+
+def ablation_table(folder: Path) -> None:
+    print("| step | ITL ms | TTFT ms | out tok/s | % of floor |")
+    print("|---|---|---|---|---|")
+    for key, what in ABLATION:
+        path = folder / f"{key}.json"
+        if path.exists():
+            r = json.loads(path.read_text())["results"][0]
+            m = r["metrics"]
+            print(f"| {what} | {m['itl_median_ms']:.2f} | {m['ttft_ms']:.1f} | {m['output_tok_s']:,.0f} | "
+                  f"{r['roofline']['e2e_pct_of_floor']:.0f}% |")
+
+
+if __name__ == "__main__":
+    folder = Path(sys.argv[1])
+    model_tables(folder)
+    print()
+    ablation_table(folder)
