@@ -267,24 +267,6 @@ def print_profile(label, prof):
         print(f"#   {name:10s} {v['ms_per_step']:8.3f} ms  {v['calls_per_step']:6.1f} calls  {v['pct']:5.1f}%")
 
 
-def plot(path, results):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for (n_in, n_out), rs in itertools.groupby(sorted(results, key=lambda r: (r["input_len"], r["output_len"],
-                                                                                 r["batch"])),
-                                              key=lambda r: (r["input_len"], r["output_len"])):
-        rs = list(rs)
-        ax.plot([r["batch"] for r in rs], [r["metrics"]["output_tok_s"] for r in rs], marker="o",
-                label=f"{n_in}/{n_out}")
-    ax.set_xlabel("batch size")
-    ax.set_ylabel("output tok/s")
-    ax.legend(title="in/out")
-    ax.grid(alpha=0.3)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-
-
 def main(argv=None) -> int:
     args, rest = parse_args(argv)
     if args.layer:
@@ -343,7 +325,7 @@ def main(argv=None) -> int:
     if load is not None:
         summary["expert_load"] = summary_load
     if args.plot:
-        plot(args.plot, results)
+        benchmark.plot_throughput(args.plot, results)
     line = json.dumps(summary, default=str)
     if args.json:
         with open(args.json, "w") as f:

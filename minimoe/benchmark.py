@@ -15,6 +15,7 @@ as a result.
 """
 from __future__ import annotations
 
+import itertools
 import statistics
 import time
 
@@ -134,3 +135,22 @@ def profile_decode(gen: Generator, prompts: torch.Tensor, steps: int) -> dict:
     covered = sum(v["ms_per_step"] for v in regions.values())
     return {"step_ms": step_ms, "regions": regions, "covered_ms": covered,
             "coverage_pct": 100 * covered / step_ms, "notes": dict(prof.notes)}
+
+
+def plot_throughput(path: str, results: list[dict]) -> None:
+    """PNG: output tok/s against batch size, one line per (in, out) length."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for (n_in, n_out), rs in itertools.groupby(sorted(results, key=lambda r: (r["input_len"], r["output_len"],
+                                                                                 r["batch"])),
+                                              key=lambda r: (r["input_len"], r["output_len"])):
+        rs = list(rs)
+        ax.plot([r["batch"] for r in rs], [r["metrics"]["output_tok_s"] for r in rs], marker="o",
+                label=f"{n_in}/{n_out}")
+    ax.set_xlabel("batch size")
+    ax.set_ylabel("output tok/s")
+    ax.legend(title="in/out")
+    ax.grid(alpha=0.3)
+    fig.savefig(path, dpi=120, bbox_inches="tight")

@@ -19,7 +19,7 @@ import sys
 import torch
 
 from .experts import EXPERT_PATHS
-from .roofline import measure_ceilings
+from .roofline import measure_ceilings, median_ms
 
 SHAPES = {   # name: (E, D, I, K) from the model cards
     "olmoe": (64, 2048, 1024, 8),
@@ -62,16 +62,10 @@ def time_graph(fn, device) -> float:
     return statistics.median(times[2:]) / ROTATE
 
 
-def time_eager(fn) -> float:
-    times = []
-    for _ in range(3):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b))
-    return statistics.median(times[1:]) / ROTATE
+def time_eager(fn, device) -> float:
+    """Median ms of one fn() call run eagerly (fn runs ROTATE layer calls)."""
+    fn()
+    return median_ms(fn, 3, device) / ROTATE
 
 
 def bench_shape(name, T, paths, ceilings, device, dtype=torch.bfloat16) -> list[dict]:
@@ -94,7 +88,7 @@ def bench_shape(name, T, paths, ceilings, device, dtype=torch.bfloat16) -> list[
         def run(fn_path=fn_path):
             for w, ids in routes:
                 fn_path(x, w13, w2, ids, w)
-        ms = time_eager(run) if path == "loop" else time_graph(run, device)
+        ms = time_eager(run, device) if path == "loop" else time_graph(run, device)
         tbs, tflops = nbytes / ms / 1e9, flops / ms / 1e9
         rows.append({"shape": name, "E": E, "D": D, "I": I, "K": K, "T": T, "path": path, "us": ms * 1e3,
                      "TB_s": tbs, "pct_bw": 100 * tbs * 1e3 / ceilings["bandwidth_GBps"],

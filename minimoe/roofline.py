@@ -76,7 +76,7 @@ def expected_touched(n_experts: int, k: int, tokens: int) -> float:
 # ---- ceilings ------------------------------------------------------------------------------------
 
 
-def _median_ms(fn, iters: int, device: torch.device) -> float:
+def median_ms(fn, iters: int, device: torch.device) -> float:
     times = []
     for _ in range(iters):
         if device.type == "cuda":
@@ -105,10 +105,10 @@ def measure_ceilings(device) -> dict:
     src = torch.randn(n // 4, device=device)
     dst = torch.empty_like(src)
     dst.copy_(src)
-    bw_ms = _median_ms(lambda: dst.copy_(src), 20 if cuda else 5, device)
+    bw_ms = median_ms(lambda: dst.copy_(src), 20 if cuda else 5, device)
     big = torch.randn(2 * n // 2, device=device, dtype=torch.bfloat16 if cuda else torch.float32)
     big.sum()
-    read_ms = _median_ms(lambda: big.sum(dtype=torch.float32), 20 if cuda else 5, device)
+    read_ms = median_ms(lambda: big.sum(dtype=torch.float32), 20 if cuda else 5, device)
     read_bytes = big.numel() * big.element_size()
     del big
     m = 8192 if cuda else 512
@@ -117,7 +117,7 @@ def measure_ceilings(device) -> dict:
     b = torch.randn(m, m, device=device, dtype=dtype)
     for _ in range(3):
         a @ b
-    mm_ms = _median_ms(lambda: a @ b, 10 if cuda else 3, device)
+    mm_ms = median_ms(lambda: a @ b, 10 if cuda else 3, device)
     del src, dst, a, b
     copy, read = 2 * n / bw_ms / 1e6, read_bytes / read_ms / 1e6
     return {"bandwidth_GBps": max(copy, read), "copy_GBps": copy, "read_GBps": read,
