@@ -34,11 +34,6 @@ def build_hf(card: dict, dtype: torch.dtype, device: torch.device, experts_impl:
     return model.eval()
 
 
-def hf_weight_source(model):
-    from .loader import StateDict
-    return StateDict(dict(model.state_dict()))
-
-
 @torch.inference_mode()
 def timed_hf_generation(model, prompts: torch.Tensor, out_len: int, steps: int | None = None) -> dict:
     """Like benchmark.timed_generation. With `steps` < out_len-1, only that many decode steps run and

@@ -33,9 +33,10 @@ def _static_eager_tokens(model, prompts, steps):
 
 
 @pytest.mark.parametrize("card", TINY)
-@pytest.mark.parametrize("experts,attn", [("grouped", "sdpa"), ("fused", "sdpa"), ("fused", "triton")])
-def test_graphed_decode_equals_eager(card, experts, attn):
-    s = RunSettings(experts=experts, attn=attn)
+@pytest.mark.parametrize("experts,attn,ops", [("grouped", "sdpa", False), ("fused", "sdpa", False),
+                                              ("fused", "triton", False), ("fused", "triton", True)])
+def test_graphed_decode_equals_eager(card, experts, attn, ops):
+    s = RunSettings(experts=experts, attn=attn, fused_ops=ops)
     model, cfg, _ = build_model(card, "dummy", dtype=torch.bfloat16, device="cuda", settings=s, seed=1)
     prompts = torch.randint(0, cfg.vocab_size, (4, 11), device="cuda")
     graphed = _tokens(model, prompts, 24, graphs=True)
@@ -63,9 +64,10 @@ def test_fast_paths_match_loop_bf16(card):
         assert err <= 1e-2, (k, err)
 
 
-def test_olmoe_full_size_graphs_equal_eager():
+@pytest.mark.parametrize("fused_ops", [False, True])
+def test_olmoe_full_size_graphs_equal_eager(fused_ops):
     """The headline model at its real shapes (random weights): graphed fused decode == eager static step."""
-    s = RunSettings(experts="fused", attn="triton")
+    s = RunSettings(experts="fused", attn="triton", fused_ops=fused_ops)
     model, cfg, _ = build_model("olmoe", "dummy", dtype=torch.bfloat16, device="cuda", settings=s)
     prompts = torch.randint(0, cfg.vocab_size, (8, 32), device="cuda")
     graphed = _tokens(model, prompts, 32, graphs=True)
