@@ -149,6 +149,25 @@ def _deepseek_mla(hf: dict, family: str) -> ModelConfig:
                    rope_interleave=interleave, **_deepseek_moe_fields(hf, "noaux_tc" if v3 else "greedy"))
 
 
+# Dense decoders: the draft models of speculative decoding (model-facts §A.1.c). n_experts = 0 makes
+# every layer a SwiGLU; nothing else in the engine changes.
+
+def _llama(hf: dict, family: str = "llama") -> ModelConfig:
+    if hf.get("mlp_bias"):
+        raise NotImplementedError("mlp_bias is not supported")
+    bias = hf.get("attention_bias", False)
+    return _common(hf, family, qkv_bias=bias, o_bias=bias, sliding_window=hf.get("sliding_window"))
+
+
+def _qwen2(hf: dict) -> ModelConfig:
+    return _common(hf, "qwen2", qkv_bias=True, sliding_window=_qwen_window(hf))
+
+
+def _qwen3(hf: dict) -> ModelConfig:
+    bias = hf.get("attention_bias", False)
+    return _common(hf, "qwen3", qkv_bias=bias, o_bias=bias, qk_norm="head", sliding_window=_qwen_window(hf))
+
+
 # ---- checkpoint names ----------------------------------------------------------------------------
 
 
@@ -242,6 +261,10 @@ FAMILIES = {
                         expert_names=("gate_proj", "up_proj", "down_proj")),
     "deepseek_v3": dict(config=lambda hf: _deepseek_mla(hf, "deepseek_v3"), moe_prefix="mlp",
                         expert_names=("gate_proj", "up_proj", "down_proj")),
+    "llama": dict(config=_llama, moe_prefix="mlp", expert_names=()),
+    "mistral": dict(config=lambda hf: _llama(hf, "mistral"), moe_prefix="mlp", expert_names=()),
+    "qwen2": dict(config=_qwen2, moe_prefix="mlp", expert_names=()),
+    "qwen3": dict(config=_qwen3, moe_prefix="mlp", expert_names=()),
 }
 
 

@@ -16,6 +16,7 @@ from minimoe.roofline import count_params
 # published totals (model cards / papers, model-facts §A.1)
 PUBLISHED_TOTAL = {
     "OLMoE-1B-7B-0924": 6.92e9,
+    "Qwen3-0.6B": 0.6e9,           # dense draft for Qwen3 MoE targets (computed 0.596B)
     "Mixtral-8x7B-v0.1": 46.7e9,
     "Mixtral-8x22B-v0.1": 141e9,
     "Qwen1.5-MoE-A2.7B": 14.3e9,
