@@ -278,4 +278,7 @@ def config_from_hf(hf: dict) -> ModelConfig:
     if hf.get("quantization_config"):
         raise NotImplementedError("pre-quantized checkpoints (quantization_config) are not supported; "
                                   "use a bf16/fp16/fp32 checkpoint")
-    return FAMILIES[family]["config"](hf)
+    try:
+        return FAMILIES[family]["config"](hf)
+    except KeyError as e:
+        raise ValueError(f"config.json for model_type {family!r} lacks the field {e.args[0]!r}") from None

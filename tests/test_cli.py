@@ -97,9 +97,9 @@ def test_uncached_hub_id_offline_exits_2(capsys, monkeypatch, tmp_path):
 
 
 def test_unknown_model_type_exits_2(capsys, tmp_path):
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama", "vocab_size": 10}))
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2", "vocab_size": 10}))
     rc, _, err = run(capsys, "--model", str(tmp_path), "--prompt-ids", "1")
-    assert rc == 2 and "unsupported model_type 'llama'" in err
+    assert rc == 2 and "unsupported model_type 'gpt2'" in err
 
 
 def test_too_long_generation_exits_2(capsys):

@@ -57,13 +57,19 @@ def test_unknown_model_name_lists_the_cards():
 
 
 def test_unknown_model_type_lists_the_supported_ones(tmp_path):
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama", "vocab_size": 10}))
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2", "vocab_size": 10}))
     with pytest.raises(ValueError) as e:
         build_model(str(tmp_path), "dummy")
     msg = str(e.value)
-    assert "unsupported model_type 'llama'" in msg
+    assert "unsupported model_type 'gpt2'" in msg
     for family in FAMILIES:
         assert family in msg
+
+
+def test_config_missing_a_field_is_named(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama", "vocab_size": 10}))
+    with pytest.raises(ValueError, match="lacks the field 'num_attention_heads'"):
+        build_model(str(tmp_path), "dummy")
 
 
 def test_directory_without_config_json(tmp_path):
