@@ -29,7 +29,7 @@ from minimoe.instrument import ExpertLoad, profiling
 from minimoe.loader import build_model, resolve
 from minimoe.roofline import count_params, measure_ceilings
 from minimoe.router import ROUTERS
-from minimoe.runtime import UsageError, check_settings, pick_device, pick_dtype, resolve_auto
+from minimoe.runtime import UsageError, check_settings, pick_device, pick_dtype, resolve_auto, resolve_gemv
 
 PAPER_LENGTHS = (128, 256, 512, 1024, 2048)
 PAPER_BATCHES = (1, 16, 32, 64, 128)
@@ -53,8 +53,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--ops", default="auto", help="RMSNorm(+add), q/k-norm+rope+cache write, router top-k: torch "
                                                  "(several kernels each) | triton (one fused kernel each); auto: "
                                                  "triton on a GPU")
+    p.add_argument("--gemv", default="auto", help="decode-size projections: torch (cuBLAS, separate RMSNorm and "
+                   "router kernels) | triton (GEMVs with the RMSNorm folded in, one norm+router+top-k kernel); "
+                   "auto: triton on a GPU")
     p.add_argument("--eager", action="store_true", help="no CUDA graphs (graphs are on when the GPU and "
                                                         "the expert path allow)")
+    p.add_argument("--eager-prefill", action="store_true", help="graph the decode step only, not the prefill "
+                   "(by default a graph is captured per prompt length before timing)")
     p.add_argument("--router", choices=sorted(ROUTERS), help="override the card's router (synthetic ones too)")
     p.add_argument("--topk", type=int, help="route each token to K experts instead of the card's default")
     p.add_argument("--zipf-s", type=float, default=1.2, help="exponent of --router zipf")
@@ -105,7 +110,7 @@ def validate(args, cfg, device, dtype) -> RunSettings:
         raise UsageError("--warmup must be >= 0 and --iters >= 1")
     attn, fused_ops = resolve_auto(args.attn, args.ops, device)
     settings = RunSettings(experts=args.experts, attn=attn, fused_ops=fused_ops, router=args.router,
-                           top_k=args.topk, zipf_s=args.zipf_s)
+                           top_k=args.topk, zipf_s=args.zipf_s, gemv=resolve_gemv(args.gemv, device))
     check_settings(settings, cfg, device, dtype)
     if args.compare and cfg.family == "deepseek":
         raise UsageError("--compare transformers: DeepSeekMoE-16B is remote code, which minimoe never runs")
@@ -151,13 +156,15 @@ def print_header(v, cfg, pc, settings, ceilings, graphs, dtype):
     where = v["gpu"] or v.get("cpu")
     print(f"# minimoe bench | {where} | torch {v['torch']} | triton {v['triton']} | CUDA {v.get('cuda')}")
     print(f"# ceilings ({ceilings['source']}): bandwidth {ceilings['bandwidth_GBps']:.0f} GB/s "
-          f"(copy {ceilings.get('copy_GBps', 0):.0f}, read {ceilings.get('read_GBps', 0):.0f}), "
+          f"(copy {ceilings.get('copy_GBps', 0):.0f}, read {ceilings.get('read_GBps', 0):.0f}, "
+          f"stream {ceilings.get('stream_read_GBps') or 0:.0f}), "
           f"matmul {ceilings['matmul_TFLOPs']:.1f} TFLOP/s")
     moe = f"E={cfg.n_experts} K={settings.top_k or cfg.top_k} I={cfg.moe_intermediate_size}" if cfg.is_moe else "dense"
     print(f"# model {cfg.extra.get('name') or cfg.family} ({cfg.family}): L={cfg.n_layers} D={cfg.hidden_size} "
           f"{moe} attn={cfg.attention} | params {pc.total / 1e9:.3f}B total, {pc.active(cfg, settings.top_k) / 1e9:.3f}B active")
     print(f"# run: dtype={str(dtype).replace('torch.', '')} experts={settings.experts} attn={settings.attn} "
-          f"ops={'triton' if settings.fused_ops else 'torch'} graphs={graphs} router={settings.router or cfg.router}")
+          f"ops={'triton' if settings.fused_ops else 'torch'} gemv={'triton' if settings.gemv else 'torch'} "
+          f"graphs={graphs} router={settings.router or cfg.router}")
 
 
 COLUMNS = ("config", "TTFT ms", "ITL p50", "ITL p90", "E2E s", "out tok/s", "paper tok/s", "prefill tok/s",
@@ -182,9 +189,9 @@ def print_table(rows):
         print("  ".join(str(c).rjust(w) for c, w in zip(r, widths)))
 
 
-def measure(gen, prompts, out_len, warmup, iters, use_graphs):
+def measure(gen, prompts, out_len, warmup, iters, use_graphs, prefill_graph=False):
     if use_graphs and gen.graphs is None:
-        enable_graphs(gen)
+        enable_graphs(gen, prefill_lengths=[prompts.shape[1]] if prefill_graph else [])
     for _ in range(warmup):
         benchmark.timed_generation(gen, prompts, out_len)
     runs = [benchmark.timed_generation(gen, prompts, out_len) for _ in range(iters)]
@@ -206,7 +213,7 @@ def run_config(args, model, cfg, settings, ceilings, device, dtype, b, n_in, n_o
         torch.cuda.reset_peak_memory_stats(device)
     gen = Generator(model, b, n_in + n_out)
     prompts = make_prompts(args, cfg, device)(b, n_in)
-    run = measure(gen, prompts, n_out, args.warmup, args.iters, use_graphs)
+    run = measure(gen, prompts, n_out, args.warmup, args.iters, use_graphs, not args.eager_prefill)
     m = benchmark.summarize(run, b, n_in, n_out)
     mem = torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda" else None
     touched = benchmark.touched_experts(gen, prompts)
@@ -215,10 +222,12 @@ def run_config(args, model, cfg, settings, ceilings, device, dtype, b, n_in, n_o
            "itl_ms": run["itl_ms"]}
     if args.profile:
         out["profile"] = benchmark.profile_decode(gen, prompts, min(8, max(1, n_out - 2)))
-    if load is not None:
+    if load is not None:              # the router is observed from Python: run this one eagerly
         gen.reset()
+        saved, gen.graphs, gen.prefill_graphs = (gen.graphs, gen.prefill_graphs), None, {}
         with profiling(None, load):
             benchmark.timed_generation(gen, prompts, n_out)
+        gen.graphs, gen.prefill_graphs = saved
     return out
 
 
@@ -282,7 +291,7 @@ def main(argv=None) -> int:
             why = "--eager" if args.eager else ("no GPU" if device.type != "cuda" else f"{settings.experts} path syncs")
             use_graphs, graphs = False, f"off ({why})"
         else:
-            use_graphs, graphs = True, "on"
+            use_graphs, graphs = True, "decode" if args.eager_prefill else "decode+prefill"
         torch.manual_seed(args.seed)
         model, cfg, _ = build_model(args.model, args.weights, dtype=dtype, device=device, settings=settings,
                                     seed=args.seed)

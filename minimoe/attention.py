@@ -22,7 +22,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .config import ModelConfig, RunSettings
 from .kv_cache import KVCache, Step
-from .layers import RMSNorm, Rotary, apply_rope
+from .layers import RMSNorm, Rotary, apply_rope, project, project_normed
 
 
 def _decode_sdpa(q, k_cache, v_cache, step: Step, scale: float):
@@ -99,10 +99,17 @@ class Attention(nn.Module):
 
     def forward(self, x, step: Step, cache: KVCache, rot: Rotary):
         """x [B, S, D] -> [B, S, D]; writes this step's K/V into the cache."""
+        return self.attend_qkv(self.wqkv(x), step, cache, rot)                # qkv [B, S, (H + 2Hkv) d]
+
+    def forward_folded(self, x, residual, norm: RMSNorm, step: Step, cache: KVCache, rot: Rotary):
+        """Decode sizes: (attn(norm(x + residual)), x + residual) with the norm inside the qkv GEMV."""
+        qkv, residual = project_normed(self.wqkv, norm, x, residual)
+        return self.attend_qkv(qkv, step, cache, rot), residual
+
+    def attend_qkv(self, qkv, step: Step, cache: KVCache, rot: Rotary):
         cfg = self.cfg
-        B, S, _ = x.shape
+        B, S, _ = qkv.shape
         H, d = cfg.n_heads, cfg.head_dim
-        qkv = self.wqkv(x)                                                  # [B, S, (H + 2Hkv) d]
         if self.settings.fused_ops:
             q = self._prepare_fused(qkv, step, cache, rot)
         else:
@@ -147,4 +154,4 @@ class Attention(nn.Module):
                                                  enable_gqa=cfg.n_kv_heads != H).transpose(1, 2)
         else:
             out = attend_cached(q, k_cache, v_cache, step, cfg.softmax_scale, self.settings.attn)
-        return self.wo(out.reshape(B, S, H * d))
+        return project(self.wo, out.reshape(B, S, H * d), self.settings)

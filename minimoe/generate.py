@@ -33,10 +33,25 @@ class Sampling:
             raise ValueError("need temperature >= 0, top-k >= 0 and 0 < top-p <= 1")
 
 
+ARGMAX_CHUNKS = 64
+
+
+def argmax(logits: torch.Tensor) -> torch.Tensor:
+    """logits [B, V] -> [B], the first index of each row's maximum, as torch.argmax. A plain argmax
+    reduces each row in one thread block (13.7 µs for V = 50304 at B = 1 on the H200, ~1% of a
+    decode step); cutting the row into ARGMAX_CHUNKS chunks first spreads it over the GPU."""
+    B, V = logits.shape
+    if V % ARGMAX_CHUNKS or V < 64 * ARGMAX_CHUNKS:
+        return logits.argmax(-1)
+    vals, idx = logits.view(B, ARGMAX_CHUNKS, V // ARGMAX_CHUNKS).max(-1)   # [B, C] per-chunk max
+    best = vals.argmax(-1, keepdim=True)                                     # [B, 1] first chunk with it
+    return (best * (V // ARGMAX_CHUNKS) + idx.gather(1, best)).squeeze(1)
+
+
 def sample(logits: torch.Tensor, s: Sampling) -> torch.Tensor:
     """logits [B, V] float32 -> token ids [B] int64, on the device, no host sync."""
     if s.greedy:
-        return logits.argmax(-1)
+        return argmax(logits)
     logits = logits / s.temperature
     if s.top_k:
         kth = logits.topk(min(s.top_k, logits.shape[-1]), dim=-1).values[:, -1:]   # [B, 1]
@@ -58,7 +73,8 @@ class Generator:
         self.cache = KVCache(model.cfg, batch, max_len, model.embed.weight.dtype, p.device)
         model.setup_rope(max_len, p.device)
         self.pos = 0                                             # host copy of the (equal) lengths
-        self.graphs = None                                       # graphs.DecodeGraphs when enabled
+        self.graphs = None                                       # graphs.DecodeGraph when enabled
+        self.prefill_graphs = {}                                 # prompt length -> graphs.PrefillGraph
 
     @property
     def batch(self) -> int:
@@ -81,10 +97,16 @@ class Generator:
             raise ValueError(f"prompt batch {B} != generator batch {self.batch}")
         if self.pos + S >= self.cache.max_len:
             raise ValueError(f"{S} prompt tokens do not fit a cache of {self.cache.max_len}")
-        step = self.cache.step(S, self.pos)
+        graph = self.prefill_graphs.get(S) if self.pos == 0 else None
+        out = graph.run(ids) if graph is not None else self.eager_prefill(ids, self.pos)
+        self.pos += S
+        return out
+
+    def eager_prefill(self, ids: torch.Tensor, host_pos: int) -> torch.Tensor:
+        """ids [B, S] appended at host_pos (0: a fresh prefill, what PrefillGraph captures) -> [B]."""
+        step = self.cache.step(ids.shape[1], host_pos)
         logits = self.model(ids, step, self.cache, last_only=True)         # [B, V]
         self.cache.advance(step)
-        self.pos += S
         with region("sample"):
             return sample(logits, self.sampling)
 

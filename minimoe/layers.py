@@ -53,6 +53,35 @@ class RMSNorm(nn.Module):
         return self.forward(s), s
 
 
+def folds_norms(settings, tokens: int) -> bool:
+    """Decode sizes with `settings.gemv`: projections run as Triton GEMVs (kernels/gemv.py) and
+    each RMSNorm (+ residual add) is folded into the first kernel that reads its output."""
+    if settings is None or not settings.gemv:
+        return False
+    from .kernels.gemv import MAX_T
+    return 0 < tokens <= MAX_T
+
+
+def project(layer: nn.Linear, x: torch.Tensor, settings) -> torch.Tensor:
+    """layer(x) for x [..., in]; a Triton GEMV instead of cuBLAS at decode sizes with settings.gemv."""
+    lead = x.shape[:-1]
+    if not folds_norms(settings, lead.numel()):
+        return layer(x)
+    from .kernels.gemv import gemv
+    y, _ = gemv(x.reshape(-1, x.shape[-1]).contiguous(), layer.weight, layer.bias)
+    return y.view(*lead, -1)
+
+
+def project_normed(layer: nn.Linear, norm: RMSNorm, x: torch.Tensor, residual: torch.Tensor | None):
+    """(layer(norm(x + residual)), x + residual) in one Triton GEMV: the norm is recomputed by
+    every program from the (tiny, L2-resident) rows instead of being written and read back."""
+    from .kernels.gemv import gemv
+    lead, D = x.shape[:-1], x.shape[-1]
+    y, res = gemv(x.reshape(-1, D), layer.weight, layer.bias, norm_weight=norm.weight, eps=norm.eps,
+                  residual=None if residual is None else residual.reshape(-1, D))
+    return y.view(*lead, -1), (x if res is None else res.view(x.shape))
+
+
 class SwiGLU(nn.Module):
     """down(silu(gate(x)) * up(x)) with gate and up stored as one [2I, D] matrix: one GEMM, not two."""
 

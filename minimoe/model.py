@@ -15,7 +15,7 @@ from .attention import Attention
 from .config import ModelConfig, RunSettings
 from .instrument import region
 from .kv_cache import KVCache, Step
-from .layers import RMSNorm, Rotary, rope_tables
+from .layers import RMSNorm, Rotary, folds_norms, rope_tables
 from .mla import MLAttention
 from .moe import MoE, make_ffn
 
@@ -26,6 +26,7 @@ class Block(nn.Module):
 
     def __init__(self, cfg: ModelConfig, settings: RunSettings, layer: int):
         super().__init__()
+        self.settings = settings
         self.attn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, settings)
         self.attn = (MLAttention if cfg.attention == "mla" else Attention)(cfg, settings, layer)
         self.ffn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, settings)
@@ -33,11 +34,19 @@ class Block(nn.Module):
         self.ffn_region = None if isinstance(self.ffn, MoE) else "dense"   # MoE opens its own regions
 
     def forward(self, x, residual, step: Step, cache: KVCache, rot: Rotary):
-        """x [B, S, D] (this layer's input not yet added to residual) -> (ffn output, residual)."""
-        with region("norm"):
-            h, residual = self.attn_norm.add_forward(x, residual)
-        with region("attention"):
-            a = self.attn(h, step, cache, rot)
+        """x [B, S, D] (this layer's input not yet added to residual) -> (ffn output, residual).
+        At decode sizes with settings.gemv each norm runs inside the kernel that reads its output."""
+        T = x.shape[0] * x.shape[1]
+        if folds_norms(self.settings, T) and isinstance(self.attn, Attention):
+            with region("attention"):
+                a, residual = self.attn.forward_folded(x, residual, self.attn_norm, step, cache, rot)
+        else:
+            with region("norm"):
+                h, residual = self.attn_norm.add_forward(x, residual)
+            with region("attention"):
+                a = self.attn(h, step, cache, rot)
+        if isinstance(self.ffn, MoE) and self.ffn.folds_router(T):
+            return self.ffn.forward_folded(a, residual, self.ffn_norm)
         with region("norm"):
             h, residual = self.ffn_norm.add_forward(a, residual)
         if self.ffn_region:
@@ -79,6 +88,12 @@ class Transformer(nn.Module):
         residual = None
         for layer in self.layers:
             x, residual = layer(x, residual, step, cache, rot)
+        head = self.embed.weight if self.cfg.tie_word_embeddings else self.lm_head.weight
+        if last_only and folds_norms(self.settings, x.shape[0]):
+            from .kernels.gemv import gemv
+            with region("lm_head"):                                   # the final norm inside the GEMV
+                return gemv(x[:, -1].contiguous(), head, norm_weight=self.norm.weight, eps=self.norm.eps,
+                            residual=residual[:, -1].contiguous())[0].float()
         with region("norm"):
             if last_only:
                 x, residual = x[:, -1:].contiguous(), residual[:, -1:].contiguous()
@@ -86,5 +101,4 @@ class Transformer(nn.Module):
             if last_only:
                 x = x[:, 0]
         with region("lm_head"):
-            head = self.embed.weight if self.cfg.tie_word_embeddings else self.lm_head.weight
             return (x @ head.T).float()

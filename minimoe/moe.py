@@ -48,6 +48,32 @@ class MoE(nn.Module):
             weights, ids = route(logits, self.router_spec(), getattr(self, "gate_bias", None),
                                  fused=self.settings.fused_ops)
             record_load(self.layer, ids)
+        return self._experts(xt, weights, ids).view(B, S, D)
+
+    def folds_router(self, tokens: int) -> bool:
+        """Can the pre-FFN norm, router GEMV and top-k run as one kernel (kernels/norm_route.py)?"""
+        from .kernels.norm_route import MAX_T, usable
+        if not (self.settings.gemv and 0 < tokens <= MAX_T):
+            return False
+        spec = self.router_spec()
+        return usable(self.cfg.n_experts, self.cfg.hidden_size, spec.name, hasattr(self, "gate_bias"),
+                      self.gate.weight.dtype, self.experts.w13.dtype)
+
+    def forward_folded(self, x: torch.Tensor, residual, norm) -> tuple[torch.Tensor, torch.Tensor]:
+        """Decode sizes: (moe(norm(x + residual)), x + residual); norm + router + top-k in one kernel."""
+        from .kernels.norm_route import norm_route
+        B, S, D = x.shape
+        spec = self.router_spec()
+        with region("router"):
+            h, res, weights, ids = norm_route(                           # h [T, D], weights/ids [T, K]
+                x.reshape(B * S, D), None if residual is None else residual.reshape(B * S, D), norm.weight,
+                self.gate.weight, norm.eps, spec.top_k, renorm=spec.renorm, scaling=spec.scaling,
+                softmax_first=spec.name == "softmax_topk")
+            record_load(self.layer, ids)
+        return self._experts(h, weights, ids).view(B, S, D), (x if res is None else res.view(B, S, D))
+
+    def _experts(self, xt: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """Routed experts plus the shared ones: xt [T, D] -> [T, D]."""
         ex = self.experts
         y = EXPERT_PATHS[self.settings.experts](xt, ex.w13, ex.w2, ids, weights, ex.expert_offset)
         with region("shared" if self.cfg.shared_intermediate_size else "combine"):
@@ -56,7 +82,7 @@ class MoE(nn.Module):
                 if self.cfg.shared_expert_gate:
                     s = torch.sigmoid(self.shared_gate(xt)) * s
                 y = y + s
-            return y.view(B, S, D)
+            return y
 
 
 def make_ffn(cfg: ModelConfig, settings: RunSettings, layer: int) -> nn.Module:

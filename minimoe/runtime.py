@@ -57,6 +57,15 @@ def resolve_auto(attn: str, ops: str, device: torch.device) -> tuple[str, bool]:
     return ("triton" if gpu else "sdpa") if attn == "auto" else attn, (gpu if ops == "auto" else ops == "triton")
 
 
+def resolve_gemv(gemv: str, device: torch.device) -> bool:
+    """--gemv auto: the Triton decode GEMVs on a GPU, cuBLAS / PyTorch on a CPU."""
+    if gemv not in ("auto", "torch", "triton"):
+        raise UsageError(f"--gemv {gemv}: choose auto, torch or triton")
+    if gemv == "triton" and not triton_usable(device):
+        raise UsageError("--gemv triton needs a CUDA GPU (or TRITON_INTERPRET=1 for tests)")
+    return device.type == "cuda" if gemv == "auto" else gemv == "triton"
+
+
 def check_settings(s: RunSettings, cfg: ModelConfig, device: torch.device, dtype: torch.dtype) -> None:
     if s.experts not in EXPERT_PATHS:
         raise UsageError(f"unknown expert path {s.experts!r}; choose from {sorted(EXPERT_PATHS)}")
@@ -73,7 +82,7 @@ def check_settings(s: RunSettings, cfg: ModelConfig, device: torch.device, dtype
             cfg.with_top_k(s.top_k)
         except ValueError as e:
             raise UsageError(str(e)) from e
-    if dtype == torch.bfloat16 and device.type == "cpu" and s.experts == "fused":
+    if dtype == torch.bfloat16 and device.type == "cpu" and (s.experts == "fused" or s.gemv or s.fused_ops):
         raise UsageError("the Triton interpreter cannot run bfloat16; use --dtype fp32 or fp16 on the CPU")
     try:
         check_attn_backend(s.attn, cfg, device)

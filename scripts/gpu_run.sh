@@ -9,16 +9,28 @@ OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 R=/tmp/results; mkdir -p $R          # JSON results, packed into $OUT/results.tar at the end (8 files max come back)
 trap 'tar cf "$OUT/results.tar" -C /tmp results' EXIT
 log() { echo "=== $* ($(date +%T))"; }
-b() { timeout "$1" python3 bench.py "${@:2}" 2>&1 | grep -v '^{'; }   # table only; the JSON goes to --json
+b() { echo "$ bench.py ${*:2}" >> $R/tables.txt; timeout "$1" python3 bench.py "${@:2}" 2>&1 | grep -v '^{' | tee -a $R/tables.txt; }   # table only; the JSON goes to --json
 for phase in "$@"; do
   case $phase in
     env) log env; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
          python3 -c "import torch, triton, transformers; print(torch.__version__, torch.version.cuda, triton.__version__, transformers.__version__)" ;;
     check) log check
-         timeout 300 python3 -m pytest -q tests/test_small_kernels.py tests/test_fused_moe.py tests/test_decode_attention.py tests/test_gpu.py 2>&1 | tail -25 ;;
+         timeout 300 python3 -m pytest -q tests/test_small_kernels.py tests/test_fused_moe.py tests/test_decode_attention.py tests/test_gpu.py \
+           tests/test_folded.py tests/test_gemv.py tests/test_norm_route.py tests/test_moe_align.py 2>&1 | tee $R/check.txt | tail -25 ;;
     tune) log tune
          timeout 240 python3 scripts/tune_fused_moe.py --out minimoe/kernels/configs 2>&1 | tail -60
          tar cf "$OUT/configs.tar" minimoe/kernels/configs ;;
+    profile) log profile   # kernel-by-kernel graphed decode step (scripts/profile_step.py)
+         for spec in ${PROFILE:-olmoe:1 olmoe:64 mixtral:1}; do
+           timeout 150 python3 scripts/profile_step.py --model ${spec%%:*} --bs ${spec##*:} \
+             --json "$R/profile_${spec%%:*}_bs${spec##*:}.json" 2>&1 | grep -v Warning | tee -a $R/profile.txt
+         done ;;
+    pdl) log pdl; timeout 60 python3 scripts/pdl_probe.py 2>&1 | tee $R/pdl.txt ;;
+    micro) log micro   # kernel micro-benchmarks that pick defaults (align, GEMV, small-batch MoE)
+         timeout 90 python3 scripts/bench_align.py 2>&1 | tee $R/bench_align.txt | tail -40
+         timeout 150 python3 scripts/bench_gemv.py --json $R/bench_gemv.json 2>&1 | tee $R/bench_gemv.txt | tail -60
+         timeout 150 python3 scripts/bench_moe_small.py --json $R/bench_moe_small.json 2>&1 | tee $R/bench_moe_small.txt | tail -60 ;;
+    ceilings) log ceilings; python3 -c "from minimoe.roofline import measure_ceilings; print(measure_ceilings('cuda'))" | tee $R/ceilings.txt ;;
     layer) log layer; timeout 200 python3 bench.py --layer --json "$R/layer.json" 2>&1 | grep -v '^{' ;;
     headline) log headline
          b 90 --model olmoe --fused --bs 64 --profile --json "$R/olmoe_bs64.json"

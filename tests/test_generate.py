@@ -205,3 +205,16 @@ def test_static_shape_step_equals_sliced_step(model):
         la = model(tok[:, None], sliced.cache.step(1, S + n), sliced.cache, last_only=True)
         lb = model(tok[:, None], static.cache.step(1, None), static.cache, last_only=True)
     assert rel_err(lb, la) <= 1e-5
+
+
+def test_chunked_argmax_equals_torch_including_ties():
+    from minimoe.generate import ARGMAX_CHUNKS, argmax
+    V = 64 * ARGMAX_CHUNKS * 3
+    x = torch.randn(5, V)
+    x[1, 7], x[1, V - 1] = 100.0, 100.0            # a tie across chunks: the first index wins
+    x[2, 70], x[2, 71] = 50.0, 50.0                # a tie inside one chunk
+    x[3] = 0.0                                     # all equal
+    assert torch.equal(argmax(x), x.argmax(-1))
+    assert argmax(x)[1] == 7 and argmax(x)[2] == 70 and argmax(x)[3] == 0
+    odd = torch.randn(2, V + 1)                    # not divisible: plain argmax
+    assert torch.equal(argmax(odd), odd.argmax(-1))

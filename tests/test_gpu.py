@@ -16,7 +16,7 @@ TINY = ["olmoe-tiny", "mixtral-tiny", "qwen2-moe-tiny", "qwen3-moe-tiny", "deeps
 def _tokens(model, prompts, steps, graphs):
     gen = Generator(model, prompts.shape[0], prompts.shape[1] + steps + 1)
     if graphs:
-        enable_graphs(gen)
+        enable_graphs(gen, prefill_lengths=[prompts.shape[1]])
     return gen.generate(prompts, steps)
 
 

@@ -17,12 +17,23 @@ Everything stays on the device and every size depends only on (numel, E, BLOCK_M
 thing can be captured in a CUDA graph. Ids outside this layer's experts (expert parallelism: the
 layer holds global experts expert_offset .. expert_offset+E-1) are dropped while counting.
 
-Two implementations with identical output (order inside an expert follows the flat index):
-- `_align_one_program_kernel`: ONE Triton program. Decode runs this once per layer, and a single
-  launch beats a chain of small torch ops (each a few microseconds). It walks the ids in chunks,
-  counting with a one-hot [CHUNK, E] tile and ranking with a cumulative sum down the chunk.
-- `_align_torch`: sync-free torch ops (scatter_add_, cumsum, stable sort, searchsorted). Its cost is
-  independent of numel per launch, so it wins for prefill where one program would loop too long.
+Three implementations with identical output (order inside an expert follows the flat index):
+- `_align_parallel_kernel` ("parallel", the default up to ONE_PROGRAM_MAX_NUMEL pairs): one program
+  per local expert (or per small group of experts when E is large). There is no grid-wide barrier
+  inside a launch, so every program counts ALL ids itself (redundant but parallel, no atomics),
+  derives every segment start from that histogram, then ranks and writes only its own experts'
+  ids. block_expert and the tail past num_padded are shared out as contiguous block ranges. No
+  program reads what another writes, so one launch suffices.
+- `_align_one_program_kernel` ("triton"): the same two passes in ONE program over all experts. It
+  was measured at 19 us per call on an H200 for OLMoE decode at batch 64 (512 pairs, E = 64,
+  BLOCK_M = 16), 6.6% of the decode step: its chunk loops run serially on one SM while the rest
+  of the GPU idles. That is why the parallel kernel exists; this one stays as a simpler reference.
+- `_align_torch` ("torch"): sync-free torch ops (scatter_add_, cumsum, stable sort, searchsorted).
+  Its cost per launch is independent of numel, so it wins for prefill where every program of the
+  kernels above would loop over too many ids.
+Both kernels count with a one-hot [CHUNK, E] tile summed down its rows (O(numel·E) work per
+program); the parallel one can use tl.histogram instead (warp ballots, O(numel·log E)), which
+should pay off when numel·E is large (untimed so far: scripts/bench_align.py compares both).
 Reference: vLLM `moe_align_block_size` (the CUDA kernel counts in shared memory and scatters with
 atomics, so its order inside an expert is not deterministic; ours is).
 """
@@ -31,15 +42,50 @@ import torch
 import triton
 import triton.language as tl
 
-# Above this many (token, slot) pairs the single-program kernel's serial chunk loop costs more than
-# the ~15 launches of the torch path (a guess to be checked on the GPU: both are sync-free).
+# Above this many (token, slot) pairs the kernels' per-program loops over all ids cost more than the
+# ~15 launches of the torch path (a guess to be checked with scripts/bench_align.py: all are
+# sync-free). The name is historical (it once chose the one-program kernel); tests patch it.
 ONE_PROGRAM_MAX_NUMEL = 4096
+# Grid size the parallel kernel aims for: one program per expert up to this many experts, then
+# 2, 4, ... experts per program, so the redundant histograms do not grow as E². A guess: tune it.
+PARALLEL_PROGRAMS = 64
 
 
 def num_blocks_bound(numel: int, E: int, block_m: int) -> int:
     """Most M-blocks the alignment can produce: each live block holds >= 1 real row (so <= numel),
     and padding adds at most BLOCK_M-1 rows per expert. Static for given shapes: this sizes buffers."""
     return min(numel, triton.cdiv(numel + E * (block_m - 1), block_m))
+
+
+@triton.jit
+def _load_local(ids_ptr, idx, numel, expert_offset):
+    """Local expert ids of flat indices idx; lanes past numel read -1, which matches no expert."""
+    ids = tl.load(ids_ptr + idx, mask=idx < numel, other=0).to(tl.int32)
+    return tl.where(idx < numel, ids - expert_offset, -1)
+
+
+@triton.jit
+def _count_local(ids_ptr, numel, expert_offset, E, E_P2: tl.constexpr, CHUNK: tl.constexpr,
+                 HIST_BINS: tl.constexpr):
+    """Ids per local expert, [E_P2] (zero past E); foreign ids count nowhere.
+    HIST_BINS = 0: a one-hot [CHUNK, E_P2] tile summed down its rows, a histogram without atomics.
+    HIST_BINS > 0: tl.histogram over HIST_BINS >= 2·E_P2 bins (a multiple of the warp size, as its
+    lowering wants); foreign ids go to bin E_P2, and only the first E_P2 bins are kept."""
+    experts = tl.arange(0, E_P2)
+    real_expert = experts < E
+    counts = tl.zeros([E_P2], dtype=tl.int32)
+    for start in range(0, numel, CHUNK):
+        local = _load_local(ids_ptr, start + tl.arange(0, CHUNK), numel, expert_offset)
+        if HIST_BINS > 0:
+            mine = (local >= 0) & (local < E)
+            bins = tl.histogram(tl.where(mine, local, E_P2), HIST_BINS)
+            bins = tl.reshape(bins, [HIST_BINS // E_P2, E_P2])       # row 0 = the local experts
+            first = tl.arange(0, HIST_BINS // E_P2)[:, None] == 0
+            counts += tl.sum(tl.where(first, bins, 0), axis=0)
+        else:
+            hit = (local[:, None] == experts[None, :]) & real_expert[None, :]   # [CHUNK, E_P2]
+            counts += tl.sum(hit.to(tl.int32), axis=0)
+    return counts
 
 
 @triton.jit(do_not_specialize=["numel", "expert_offset", "E", "num_blocks"])
@@ -50,16 +96,8 @@ def _align_one_program_kernel(ids_ptr, sorted_ptr, block_expert_ptr, num_padded_
     rows = tl.arange(0, CHUNK)
     real_expert = experts < E
 
-    # Pass 1: tokens per local expert. A one-hot [CHUNK, E_P2] tile summed down its rows is a
-    # histogram that needs no atomics; foreign ids (local id < 0 or >= E) match no column.
-    counts = tl.zeros([E_P2], dtype=tl.int32)
-    for start in range(0, numel, CHUNK):
-        idx = start + rows
-        local = tl.load(ids_ptr + idx, mask=idx < numel, other=-1).to(tl.int32) - expert_offset
-        hit = ((local[:, None] == experts[None, :]) & real_expert[None, :]
-               & (idx < numel)[:, None]).to(tl.int32)                    # [CHUNK, E_P2]
-        counts += tl.sum(hit, axis=0)
-
+    # Pass 1: tokens per local expert.
+    counts = _count_local(ids_ptr, numel, expert_offset, E, E_P2, CHUNK, 0)
     padded = (counts + BLOCK_M - 1) // BLOCK_M * BLOCK_M
     seg_end = tl.cumsum(padded, axis=0)
     seg_start = seg_end - padded
@@ -76,35 +114,87 @@ def _align_one_program_kernel(ids_ptr, sorted_ptr, block_expert_ptr, num_padded_
     cursor = seg_start
     for start in range(0, numel, CHUNK):
         idx = start + rows
-        local = tl.load(ids_ptr + idx, mask=idx < numel, other=-1).to(tl.int32) - expert_offset
-        hit = ((local[:, None] == experts[None, :]) & real_expert[None, :]
-               & (idx < numel)[:, None]).to(tl.int32)
+        local = _load_local(ids_ptr, idx, numel, expert_offset)
+        hit = ((local[:, None] == experts[None, :]) & real_expert[None, :]).to(tl.int32)
         slot = tl.cumsum(hit, axis=0) - hit + cursor[None, :]
         dest = tl.sum(hit * slot, axis=1)                                # [CHUNK]
         tl.store(sorted_ptr + dest, idx, mask=tl.sum(hit, axis=1) > 0)
         cursor += tl.sum(hit, axis=0)
 
-    _write_block_owners(seg_end, total, sorted_ptr, block_expert_ptr, numel, E, num_blocks,
+    _write_block_owners(seg_end, total, sorted_ptr, block_expert_ptr, numel, E, 0, num_blocks,
                         BLOCK_M, E_P2, CHUNK)
 
 
 @triton.jit
-def _write_block_owners(seg_end, total, sorted_ptr, block_expert_ptr, numel, E, num_blocks,
-                        BLOCK_M: tl.constexpr, E_P2: tl.constexpr, CHUNK: tl.constexpr):
-    """Owner of block b = number of segments that end at or before its first row. Empty experts
-    have zero-length segments and are counted correctly; past the end the count reaches E -> -1.
-    The tail of sorted_ids (past num_padded) is never read by the GEMMs; it is filled anyway so
-    every entry is defined."""
+def _write_block_owners(seg_end, total, sorted_ptr, block_expert_ptr, numel, E, first_block,
+                        end_block, BLOCK_M: tl.constexpr, E_P2: tl.constexpr, CHUNK: tl.constexpr):
+    """block_expert for blocks first_block .. end_block-1. Owner of block b = number of segments
+    that end at or before its first row. Empty experts have zero-length segments and are counted
+    correctly; past the end the count reaches E -> -1. The tail of sorted_ids (past num_padded) is
+    never read by the GEMMs; it is filled anyway so every entry is defined."""
     real_expert = tl.arange(0, E_P2) < E
-    for start in range(0, num_blocks, CHUNK):
+    for start in range(first_block, end_block, CHUNK):
         blk = start + tl.arange(0, CHUNK)
         first_row = blk * BLOCK_M
         owner = tl.sum(((seg_end[None, :] <= first_row[:, None]) & real_expert[None, :])
                        .to(tl.int32), axis=1)
-        tl.store(block_expert_ptr + blk, tl.where(owner < E, owner, -1), mask=blk < num_blocks)
+        tl.store(block_expert_ptr + blk, tl.where(owner < E, owner, -1), mask=blk < end_block)
         tail = first_row[:, None] + tl.arange(0, BLOCK_M)[None, :]      # [CHUNK, BLOCK_M]
         tl.store(sorted_ptr + tail, tail * 0 + numel,
-                 mask=(tail >= total) & (blk < num_blocks)[:, None])
+                 mask=(tail >= total) & (blk < end_block)[:, None])
+
+
+@triton.jit(do_not_specialize=["numel", "expert_offset", "E", "num_blocks"])
+def _align_parallel_kernel(ids_ptr, sorted_ptr, block_expert_ptr, num_padded_ptr,
+                           numel, expert_offset, E, num_blocks,
+                           BLOCK_M: tl.constexpr, E_P2: tl.constexpr, GROUP: tl.constexpr,
+                           COUNT_CHUNK: tl.constexpr, HIST_BINS: tl.constexpr,
+                           RANK_CHUNK: tl.constexpr, BLOCK_CHUNK: tl.constexpr):
+    """Program p owns local experts p·GROUP .. p·GROUP+GROUP-1 (columns >= E own nothing)."""
+    pid = tl.program_id(0)
+    # Every program needs every segment start, and a launch has no grid-wide barrier to share a
+    # histogram, so each one counts all ids itself: redundant, but in parallel and atomic-free.
+    counts = _count_local(ids_ptr, numel, expert_offset, E, E_P2, COUNT_CHUNK, HIST_BINS)
+    padded = (counts + BLOCK_M - 1) // BLOCK_M * BLOCK_M
+    seg_end = tl.cumsum(padded, axis=0)
+    total = tl.sum(padded, axis=0)
+    tl.store(num_padded_ptr, total, mask=pid == 0)
+
+    # Pick this program's experts out of the [E_P2] vectors (a one-hot gather across registers).
+    mine = pid * GROUP + tl.arange(0, GROUP)                                   # [GROUP]
+    pick = mine[:, None] == tl.arange(0, E_P2)[None, :]                        # [GROUP, E_P2]
+    my_count = tl.sum(tl.where(pick, counts[None, :], 0), axis=1)
+    my_end = tl.sum(tl.where(pick, seg_end[None, :], 0), axis=1)
+    my_start = my_end - tl.sum(tl.where(pick, padded[None, :], 0), axis=1)
+    _scatter_own_experts(ids_ptr, sorted_ptr, numel, expert_offset, E, mine, my_start, my_count,
+                         my_end, BLOCK_M, RANK_CHUNK)
+
+    # block_expert (live blocks and the -1 tail) and the sentinel tail of sorted_ids: an even,
+    # contiguous share of all blocks per program, so no two programs write the same entry. Rows
+    # below `total` are left to the segment owners above.
+    per = tl.cdiv(num_blocks, tl.num_programs(0))
+    first = pid * per
+    _write_block_owners(seg_end, total, sorted_ptr, block_expert_ptr, numel, E, first,
+                        tl.minimum(first + per, num_blocks), BLOCK_M, E_P2, BLOCK_CHUNK)
+
+
+@triton.jit
+def _scatter_own_experts(ids_ptr, sorted_ptr, numel, expert_offset, E, mine, my_start, my_count,
+                         my_end, BLOCK_M: tl.constexpr, RANK_CHUNK: tl.constexpr):
+    """Write the segments of experts `mine` [GROUP]: real flat indices in increasing order, then
+    sentinel padding. Rank of an id = how many earlier ids went to the same expert: an exclusive
+    cumsum of its one-hot column inside the chunk plus `cursor`, carried across chunks."""
+    pad = (my_start + my_count)[:, None] + tl.arange(0, BLOCK_M)[None, :]      # [GROUP, BLOCK_M]
+    tl.store(sorted_ptr + pad, pad * 0 + numel, mask=pad < my_end[:, None])
+    live = mine < E              # the last group may run past E; foreign ids must not match those
+    cursor = my_start
+    for start in range(0, numel, RANK_CHUNK):
+        idx = start + tl.arange(0, RANK_CHUNK)
+        local = _load_local(ids_ptr, idx, numel, expert_offset)
+        hit = ((local[:, None] == mine[None, :]) & live[None, :]).to(tl.int32)  # [RANK_CHUNK, G]
+        slot = tl.cumsum(hit, axis=0) - hit + cursor[None, :]
+        tl.store(sorted_ptr + tl.sum(hit * slot, axis=1), idx, mask=tl.sum(hit, axis=1) > 0)
+        cursor += tl.sum(hit, axis=0)
 
 
 def _align_one_program(flat_ids, E, block_m, expert_offset, sorted_ids, block_expert, num_padded):
@@ -113,6 +203,25 @@ def _align_one_program(flat_ids, E, block_m, expert_offset, sorted_ids, block_ex
     _align_one_program_kernel[(1,)](flat_ids, sorted_ids, block_expert, num_padded,
                                     flat_ids.numel(), expert_offset, E, block_expert.numel(),
                                     BLOCK_M=block_m, E_P2=e_p2, CHUNK=chunk, num_warps=4)
+
+
+def _align_parallel(flat_ids, E, block_m, expert_offset, sorted_ids, block_expert, num_padded,
+                    experts_per_program=None, histogram=False):
+    """experts_per_program (a power of 2) and histogram are knobs for scripts/bench_align.py."""
+    e_p2 = triton.next_power_of_2(max(E, 2))
+    group = experts_per_program or triton.next_power_of_2(triton.cdiv(E, PARALLEL_PROGRAMS))
+    group = min(group, e_p2)
+    if histogram:
+        count_chunk, hist_bins = 1024, max(2 * e_p2, 64)  # 64: a whole warp on any GPU
+    else:
+        count_chunk, hist_bins = max(16, min(128, 8192 // e_p2)), 0
+    _align_parallel_kernel[(triton.cdiv(E, group),)](
+        flat_ids, sorted_ids, block_expert, num_padded,
+        flat_ids.numel(), expert_offset, E, block_expert.numel(),
+        BLOCK_M=block_m, E_P2=e_p2, GROUP=group, COUNT_CHUNK=count_chunk, HIST_BINS=hist_bins,
+        RANK_CHUNK=max(128, 1024 // group),  # the [RANK_CHUNK, GROUP] rank tile stays ~1K
+        BLOCK_CHUNK=32,  # a program's share of blocks is small (often 1-2 at decode)
+        num_warps=4)
 
 
 def _align_torch(flat_ids, E, block_m, expert_offset, sorted_ids, block_expert, num_padded):
@@ -148,7 +257,8 @@ def align_tokens_by_expert(topk_ids: torch.Tensor, E: int, block_m: int, expert_
                            method: str | None = None):
     """Group flattened topk_ids [T, K] by local expert -> (sorted_ids, block_expert, num_padded).
 
-    method: "triton" (one program), "torch", or None to pick by size. Output is identical."""
+    method: "parallel" (one program per expert), "triton" (one program), "torch", or None to
+    pick by size ("parallel" up to ONE_PROGRAM_MAX_NUMEL pairs, else "torch"). Output is identical."""
     flat_ids = topk_ids.reshape(-1)
     numel = flat_ids.numel()
     n_blocks = num_blocks_bound(numel, E, block_m)
@@ -157,7 +267,7 @@ def align_tokens_by_expert(topk_ids: torch.Tensor, E: int, block_m: int, expert_
     block_expert = torch.empty(n_blocks, dtype=torch.int32, device=dev)
     num_padded = torch.empty(1, dtype=torch.int32, device=dev)
     if method is None:
-        method = "triton" if numel <= ONE_PROGRAM_MAX_NUMEL else "torch"
-    impl = {"triton": _align_one_program, "torch": _align_torch}[method]
-    impl(flat_ids, E, block_m, expert_offset, sorted_ids, block_expert, num_padded)
+        method = "parallel" if numel <= ONE_PROGRAM_MAX_NUMEL else "torch"
+    impls = {"parallel": _align_parallel, "triton": _align_one_program, "torch": _align_torch}
+    impls[method](flat_ids, E, block_m, expert_offset, sorted_ids, block_expert, num_padded)
     return sorted_ids, block_expert, num_padded

@@ -30,14 +30,15 @@ MAX_EXPERTS = 512
 
 
 @triton.jit
-def _route_topk_kernel(
-    logits_ptr, w_ptr, ids_ptr, E, stride_t, scaling,
-    K: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr,
-    SOFTMAX_FIRST: tl.constexpr, RENORM: tl.constexpr,
-):
-    t = tl.program_id(0).to(tl.int64)
+def _topk_weights(x, E, scaling, K: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr,
+                  SOFTMAX_FIRST: tl.constexpr, RENORM: tl.constexpr):
+    """One token's float32 logits x [BLOCK_E] -> (weights [BLOCK_K] float32, ids [BLOCK_K] int32).
+
+    Entries at or past E are padding and never chosen; slots at or past K are junk for the caller
+    to mask off. Shared by `_route_topk_kernel` and `norm_route.py`'s fused kernel.
+    """
     offs = tl.arange(0, BLOCK_E)
-    x = tl.load(logits_ptr + t * stride_t + offs, mask=offs < E, other=float("-inf")).to(tl.float32)
+    x = tl.where(offs < E, x, float("-inf"))  # padding adds nothing to the softmax's denominator
     slots = tl.arange(0, BLOCK_K)
     top = tl.full([BLOCK_K], float("-inf"), tl.float32)  # [K] chosen logits, descending
     ids = tl.zeros([BLOCK_K], tl.int32)
@@ -62,8 +63,22 @@ def _route_topk_kernel(
     else:
         e = tl.where(in_k, tl.exp(top - tl.max(top, axis=0)), 0.0)
         w = e / tl.sum(e, axis=0)
-    tl.store(w_ptr + t * K + slots, w * scaling, mask=in_k)
-    tl.store(ids_ptr + t * K + slots, ids.to(tl.int64), mask=in_k)
+    return w * scaling, ids
+
+
+@triton.jit
+def _route_topk_kernel(
+    logits_ptr, w_ptr, ids_ptr, E, stride_t, scaling,
+    K: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr,
+    SOFTMAX_FIRST: tl.constexpr, RENORM: tl.constexpr,
+):
+    t = tl.program_id(0).to(tl.int64)
+    offs = tl.arange(0, BLOCK_E)
+    x = tl.load(logits_ptr + t * stride_t + offs, mask=offs < E, other=float("-inf")).to(tl.float32)
+    w, ids = _topk_weights(x, E, scaling, K, BLOCK_E, BLOCK_K, SOFTMAX_FIRST, RENORM)
+    slots = tl.arange(0, BLOCK_K)
+    tl.store(w_ptr + t * K + slots, w, mask=slots < K)
+    tl.store(ids_ptr + t * K + slots, ids.to(tl.int64), mask=slots < K)
 
 
 def route_topk(logits: torch.Tensor, k: int, *, renorm: bool, scaling: float = 1.0,

@@ -1,0 +1,91 @@
+"""Kernel-by-kernel profile of one graphed decode step (and one prefill), on the GPU.
+
+    python scripts/profile_step.py --model olmoe --bs 1 [--input-len 128] [--steps 20]
+
+The CUDA-event regions of `bench.py --profile` need eager launches, so they show where an eager
+step goes; this shows the graph that is actually timed. It replays the captured decode step under
+torch.profiler and prints, per kernel name: launches per step, GPU µs per step, and the share of
+the step. "gaps" = the step's wall time (CUDA events) minus the summed kernel time: the cost of
+launch latency and dependencies between small kernels that no single kernel owns.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import sys
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from minimoe.config import RunSettings
+from minimoe.generate import Generator
+from minimoe.graphs import enable_graphs
+from minimoe.loader import build_model
+from minimoe.runtime import resolve_auto, resolve_gemv
+
+
+def kernel_table(prof, steps: int) -> list[dict]:
+    by_name = collections.defaultdict(lambda: [0, 0.0])
+    for e in prof.events():
+        if e.device_type == torch.autograd.DeviceType.CUDA and e.device_time > 0:
+            by_name[e.name][0] += 1
+            by_name[e.name][1] += e.device_time    # µs
+    rows = [{"kernel": n[:90], "per_step": c / steps, "us_per_step": t / steps} for n, (c, t) in by_name.items()]
+    return sorted(rows, key=lambda r: -r["us_per_step"])
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--model", default="olmoe")
+    p.add_argument("--bs", type=int, default=1)
+    p.add_argument("--input-len", type=int, default=128)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--experts", default="fused")
+    p.add_argument("--gemv", default="auto", help="auto | torch | triton (as bench.py)")
+    p.add_argument("--eager-prefill", action="store_true")
+    p.add_argument("--json")
+    a = p.parse_args(argv)
+    dev = torch.device("cuda")
+    attn, fused_ops = resolve_auto("auto", "auto", dev)
+    settings = RunSettings(experts=a.experts, attn=attn, fused_ops=fused_ops, gemv=resolve_gemv(a.gemv, dev))
+    model, cfg, _ = build_model(a.model, "dummy", dtype=torch.bfloat16, device=dev, settings=settings)
+    gen = Generator(model, a.bs, a.input_len + a.steps * 3 + 8)
+    prompts = torch.randint(0, cfg.vocab_size, (a.bs, a.input_len), device=dev)
+    enable_graphs(gen, prefill_lengths=[] if a.eager_prefill else [a.input_len])
+    out = {"model": a.model, "bs": a.bs, "settings": vars(settings)}
+    for name in ("prefill", "decode"):
+        gen.reset()
+        tok = gen.prefill(prompts)
+        for _ in range(a.steps):                       # warm
+            tok = gen.decode(tok)
+        torch.cuda.synchronize()
+        n = 1 if name == "prefill" else a.steps
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        if name == "prefill":
+            gen.reset()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            start.record()
+            for _ in range(n):
+                tok = gen.prefill(prompts) if name == "prefill" else gen.decode(tok)
+            end.record()
+            torch.cuda.synchronize()
+        wall = start.elapsed_time(end) * 1e3 / n
+        rows = kernel_table(prof, n)
+        busy = sum(r["us_per_step"] for r in rows)
+        launches = sum(r["per_step"] for r in rows)
+        print(f"\n## {a.model} bs{a.bs} {name}: {wall:.1f} us per step (events), kernels {busy:.1f} us, "
+              f"{launches:.0f} launches, gaps {wall - busy:.1f} us ({100 * (wall - busy) / wall:.0f}%)")
+        print(f"{'kernel':90s} {'/step':>6s} {'us/step':>9s} {'us each':>8s} {'%':>5s}")
+        for r in rows[:40]:
+            print(f"{r['kernel']:90s} {r['per_step']:6.1f} {r['us_per_step']:9.1f} "
+                  f"{r['us_per_step'] / r['per_step']:8.2f} {100 * r['us_per_step'] / wall:5.1f}")
+        out[name] = {"wall_us": wall, "kernel_us": busy, "launches": launches, "kernels": rows}
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(out, f)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""Guards the decode GEMV (and its fused residual-add + RMSNorm prologue) against RMSNorm + F.linear."""
+
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"  # must precede the first `import triton`
+pytest.importorskip("triton")
+
+from minimoe.kernels.gemv import MAX_T, default_config, gemv, gemv_ref, usable  # noqa: E402
+from minimoe.kernels.rmsnorm import rms_norm  # noqa: E402
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+# max|err| / max|ref|. The GEMV sums D products in another order than the reference's matmul (and
+# its normed input may differ from rms_norm's by a 1-ulp flip where mean(s²) lands on a rounding
+# boundary), so y agrees to a few ulps of the output dtype, not bit for bit: fp16's ulp is ~1e-3
+# of the largest value, bf16's ~8e-3. x + residual is one rounding of an exact sum: bit-equal.
+TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
+DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if DEVICE.type == "cuda" else [])
+# (N, D): tiny; D = 80 not a multiple of BLOCK_K; N = 200 not a multiple of BLOCK_N; OLMoE's
+# q/k/v projection scaled down 16x
+SHAPES = [(48, 64), (96, 80), (200, 128), (6144 // 16, 2048 // 16)]
+# (norm, residual): plain GEMV, norm then GEMV, add + norm then GEMV
+PROLOGUES = [(False, False), (True, False), (True, True)]
+needs_cuda = pytest.mark.skipif(DEVICE.type != "cuda", reason="CUDA graphs need a GPU")
+
+
+def _inputs(T, N, D, dtype, bias, norm, residual, seed):
+    g = torch.Generator().manual_seed(seed)
+
+    def rand(*shape, scale=1.0, shift=0.0):
+        return (shift + scale * torch.randn(*shape, generator=g)).to(DEVICE, dtype)
+    return dict(x=rand(T, D), weight=rand(N, D, scale=D ** -0.5), bias=rand(N) if bias else None,
+                norm_weight=rand(D, scale=0.2, shift=1.0) if norm else None,
+                residual=rand(T, D) if residual else None)
+
+
+def _check(args, dtype, config=None):
+    y, res_out = gemv(**args, config=config)
+    y_ref, res_ref = gemv_ref(**args)
+    assert y.shape == y_ref.shape and y.dtype == y_ref.dtype, (y.shape, y_ref.shape, y.dtype)
+    err = ((y.double() - y_ref.double()).abs().max() / y_ref.double().abs().max()).item()
+    assert err <= TOL[dtype], f"relative error {err:.2e} > {TOL[dtype]:.0e}"
+    if args["residual"] is None:
+        assert res_out is None
+    else:
+        assert torch.equal(res_out, args["x"] + args["residual"]), "x + residual must round as torch's"
+        assert torch.equal(res_out, res_ref)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("T", [1, 2, 3, 16])
+@pytest.mark.parametrize("N,D", SHAPES)
+def test_gemv_matches_reference(N, D, T, dtype):
+    # The interpreter runs programs one after another, so on the CPU the two wider shapes take
+    # BLOCK_N = 32 (7 and 12 programs, not 25 and 48); the rest of the default config still holds.
+    config = {"BLOCK_N": 32} if DEVICE.type == "cpu" and N >= 200 else None
+    for i, (bias, (norm, residual)) in enumerate((b, p) for b in (False, True) for p in PROLOGUES):
+        _check(_inputs(T, N, D, dtype, bias, norm, residual, seed=1000 * T + N + i), dtype, config)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("T", [1, 3, 16])
+def test_normed_input_rounds_like_rms_norm(T, dtype):
+    """With W = I the GEMV returns its input h exactly (one product by 1, the rest by 0), so h can
+    be held to the rms_norm kernel's: equal except rare 1-ulp flips where the two kernels' sums of
+    s² differ in their last bit. A skipped rounding step would flip ~25% of the values."""
+    D = 96
+    args = _inputs(T, D, D, dtype, False, True, True, seed=11)
+    args["weight"] = torch.eye(D, device=DEVICE, dtype=dtype)
+    y, _ = gemv(**args, config={"BLOCK_N": 32, "BLOCK_K": 32})  # 3 chunks of the main loop
+    h, _ = rms_norm(args["x"], args["norm_weight"], 1e-6, args["residual"])
+    assert (y != h).float().mean().item() <= 0.01, "a rounding step of rms_norm is not replicated"
+    assert ((y.double() - h.double()).abs().max() / h.double().abs().max()).item() <= TOL[dtype]
+
+
+@pytest.mark.parametrize("config", [
+    {"BLOCK_N": 32, "BLOCK_K": 32, "num_warps": 4, "num_stages": 2, "dot": False},  # 200 % 32 != 0
+    {"BLOCK_N": 64, "BLOCK_K": 64, "num_warps": 2, "num_stages": 3, "dot": False},  # D = 80: 2 chunks
+    {"BLOCK_N": 16, "BLOCK_K": 32, "num_warps": 4, "num_stages": 3, "dot": True},   # T padded to 16
+    {"BLOCK_N": 128, "BLOCK_K": 16, "num_warps": 4, "num_stages": 1},               # one program
+])
+@pytest.mark.parametrize("T", [1, 3])
+def test_config_override(T, config):
+    """Any tiling works, including BLOCK_N not dividing N and tl.dot for a 3-row batch."""
+    for norm, residual in PROLOGUES:
+        _check(_inputs(T, 200, 80, torch.float32, True, norm, residual, seed=T), torch.float32, config)
+
+
+@pytest.mark.parametrize("n_out", [16, 48])
+def test_residual_written_once_across_programs(n_out):
+    """D = 1040 at T = 16 takes 3 chunks of the norm pass: written by 1 program, then by 3."""
+    args = _inputs(16, n_out, 1040, torch.float32, False, True, True, seed=7)
+    _check(args, torch.float32, {"BLOCK_N": 16, "BLOCK_K": 128, "num_warps": 4, "num_stages": 2})
+
+
+def test_default_config_fills_the_gpu():
+    for N, D in [(6144, 2048), (2048, 2048), (50304, 2048), (4096, 4096), (2048, 4096)]:
+        for T in (1, 4, 16):
+            cfg = default_config(T, N, D, sms=132)
+            programs = -(-N // cfg["BLOCK_N"])
+            assert (programs >= 250 or cfg["BLOCK_N"] == (16 if cfg["dot"] else 8)), (N, D, T, cfg)
+            assert cfg["BLOCK_K"] <= D, (N, D, T, cfg)
+            assert cfg["dot"] == (T > 8) and (not cfg["dot"] or cfg["BLOCK_N"] >= 16), cfg
+
+
+def test_usable_and_empty_batch():
+    w = torch.zeros(32, 64, device=DEVICE)
+    assert usable(1, w) and usable(MAX_T, w)
+    assert not usable(MAX_T + 1, w) and not usable(0, w) and not usable(1, w.t())
+    assert not usable(1, w.to(torch.int8))
+    y, res_out = gemv(torch.zeros(0, 64, device=DEVICE), w)
+    assert y.shape == (0, 32) and res_out is None
+
+
+@needs_cuda
+def test_gemv_in_cuda_graph():
+    args = _inputs(4, 384, 2048, torch.bfloat16, True, True, True, seed=3)
+    gemv(**args)  # compile outside the capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        y, res_out = gemv(**args)
+    for _ in range(2):
+        args["x"].copy_(torch.randn_like(args["x"]))
+        graph.replay()
+        y_ref, res_ref = gemv_ref(**args)
+        assert torch.equal(res_out, res_ref)
+        err = ((y.double() - y_ref.double()).abs().max() / y_ref.double().abs().max()).item()
+        assert err <= TOL[torch.bfloat16], err

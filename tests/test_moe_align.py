@@ -1,0 +1,135 @@
+"""Guards the multi-program ("parallel") alignment: bit-for-bit equal to torch, triton, a loop."""
+
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    # Must be set before the kernels are decorated: @triton.jit reads it at import time.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+triton = pytest.importorskip("triton")
+
+from minimoe.kernels import moe_align  # noqa: E402
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+DEVICE = "cpu" if INTERPRET else "cuda"
+METHODS = ("parallel", "triton", "torch")
+
+
+def make_ids(T, K, E, offset, routing, gen):
+    """topk_ids [T, K] as a router would give them (K distinct global experts per token).
+    The local experts are offset .. offset+E-1. random: ids drawn from 0 .. offset+E-1;
+    half_foreign: from 2E experts starting at max(offset - E, 0), so about half are foreign;
+    one_expert: every id is local expert 3 % E; even_only: odd local experts stay empty."""
+    if routing == "one_expert":
+        return torch.full((T, K), offset + 3 % E, dtype=torch.int64)
+    first, n = (max(offset - E, 0), 2 * E) if routing == "half_foreign" else (0, offset + E)
+    ids = first + torch.rand(T, max(n, K), generator=gen).topk(K, dim=1).indices
+    if routing == "even_only":
+        ids = offset + (ids % E) // 2 * 2      # repeats within a token are allowed by the contract
+    return ids
+
+
+def reference(ids, E, block_m, offset):
+    """The contract written as a plain loop over experts."""
+    flat = ids.view(-1).tolist()
+    numel = len(flat)
+    n_blocks = moe_align.num_blocks_bound(numel, E, block_m)
+    sorted_ids, block_expert = [], []
+    for e in range(E):
+        rows = [i for i, x in enumerate(flat) if x - offset == e]
+        n_pad = -len(rows) % block_m
+        sorted_ids += rows + [numel] * n_pad
+        block_expert += [e] * ((len(rows) + n_pad) // block_m)
+    total = len(sorted_ids)
+    sorted_ids += [numel] * (n_blocks * block_m - total)
+    block_expert += [-1] * (n_blocks - len(block_expert))
+    as_int = lambda v: torch.tensor(v, dtype=torch.int32)  # noqa: E731
+    return as_int(sorted_ids), as_int(block_expert), as_int([total])
+
+
+def check_all_equal(ids, E, block_m, offset):
+    want = reference(ids, E, block_m, offset)
+    for method in METHODS:
+        got = moe_align.align_tokens_by_expert(ids.to(DEVICE), E, block_m, offset, method=method)
+        for name, a, b in zip(("sorted_ids", "block_expert", "num_padded"), got, want):
+            assert torch.equal(a.cpu(), b), f"{method}: {name} differs"
+
+
+# (T, K, E, BLOCK_M, expert_offset, routing): numel = T·K runs over 1, 2, 7, 64, 512, 3000
+CASES = [
+    (1, 1, 64, 16, 0, "random"),           # numel 1: one live block, the rest of the grid idle
+    (1, 2, 8, 64, 0, "random"),            # numel 2, Mixtral decode at batch 1
+    (7, 1, 8, 16, 0, "random"),            # numel 7
+    (8, 8, 64, 16, 0, "random"),           # numel 64, OLMoE decode at batch 8
+    (64, 8, 64, 16, 0, "random"),          # numel 512, OLMoE decode at batch 64 (the 19 µs case)
+    (64, 8, 64, 64, 0, "random"),
+    (1500, 2, 8, 16, 0, "random"),         # numel 3000: several count / rank chunks per program
+    (3000, 1, 8, 128, 0, "one_expert"),    # 3000 ids on one expert: the cursor crosses rank chunks
+    (50, 1, 1, 16, 0, "random"),           # E = 1: a single program
+    (30, 2, 2, 16, 0, "random"),
+    (16, 4, 60, 16, 0, "random"),          # E not a power of 2 (Qwen1.5-MoE)
+    (8, 8, 128, 16, 0, "random"),
+    (4, 8, 256, 64, 0, "random"),          # 256 experts, almost all empty
+    (64, 1, 8, 16, 0, "one_expert"),
+    (32, 2, 64, 16, 0, "even_only"),       # empty experts between full ones
+    (32, 8, 16, 16, 16, "half_foreign"),   # expert parallelism: ids below the offset are foreign,
+    (32, 8, 16, 64, 0, "half_foreign"),    # ... ids past offset + E,
+    (16, 8, 60, 16, 30, "half_foreign"),   # ... and both
+]
+
+
+@pytest.mark.parametrize("T,K,E,block_m,offset,routing", CASES)
+def test_methods_agree(T, K, E, block_m, offset, routing):
+    ids = make_ids(T, K, E, offset, routing, torch.Generator().manual_seed(T * 1000 + E))
+    check_all_equal(ids, E, block_m, offset)
+
+
+@pytest.mark.parametrize("E,group,histogram", [(60, 8, False), (60, 8, True), (64, 2, True),
+                                               (8, 1, True), (128, 4, False)])
+def test_parallel_knobs(E, group, histogram):
+    """Grouped experts per program (the last group runs past E: foreign ids >= E must not match
+    those columns) and tl.histogram counting give the same answer."""
+    ids = make_ids(16, 4, E, 0, "half_foreign", torch.Generator().manual_seed(E)).to(DEVICE)
+    want = moe_align.align_tokens_by_expert(ids, E, 16, 0, method="torch")
+    got = [torch.full_like(t, -7) for t in want]  # garbage-filled: every entry must be written
+    moe_align._align_parallel(ids.view(-1), E, 16, 0, *got, experts_per_program=group,
+                              histogram=histogram)
+    for a, b in zip(got, want):
+        assert torch.equal(a, b)
+
+
+def test_int32_ids_and_empty_batch():
+    ids = make_ids(9, 2, 8, 0, "random", torch.Generator().manual_seed(3)).int()
+    check_all_equal(ids, 8, 16, 0)
+    empty = torch.zeros(0, 2, dtype=torch.int64, device=DEVICE)
+    sorted_ids, block_expert, num_padded = moe_align.align_tokens_by_expert(empty, 8, 16)
+    assert sorted_ids.numel() == block_expert.numel() == 0 and int(num_padded) == 0
+
+
+def test_default_method_by_size(monkeypatch):
+    calls = []
+    for name in ("_align_parallel", "_align_torch"):
+        monkeypatch.setattr(moe_align, name, lambda *a, name=name: calls.append(name))
+    ids = torch.zeros(4, 2, dtype=torch.int64, device=DEVICE)
+    moe_align.align_tokens_by_expert(ids, 8, 16)
+    monkeypatch.setattr(moe_align, "ONE_PROGRAM_MAX_NUMEL", 7)
+    moe_align.align_tokens_by_expert(ids, 8, 16)
+    assert calls == ["_align_parallel", "_align_torch"]
+
+
+@pytest.mark.skipif(INTERPRET, reason="CUDA graphs need a GPU")
+def test_parallel_captures_in_a_cuda_graph():
+    """No host sync: the call captures, and a replay follows new ids written in place."""
+    gen = torch.Generator().manual_seed(5)
+    ids = make_ids(64, 8, 64, 0, "random", gen).cuda()
+    moe_align.align_tokens_by_expert(ids, 64, 16, method="parallel")  # compile outside
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = moe_align.align_tokens_by_expert(ids, 64, 16, method="parallel")
+    ids.copy_(make_ids(64, 8, 64, 0, "random", gen))
+    graph.replay()
+    torch.cuda.synchronize()
+    for a, b in zip(out, reference(ids.cpu(), 64, 16, 0)):
+        assert torch.equal(a.cpu(), b)
