@@ -1,4 +1,5 @@
-"""Guards the Triton fused MoE (alignment, small/aligned variants, EP offsets) against a float64 loop."""
+"""Guards the Triton fused MoE (alignment; small GEMV, legacy small_dot and aligned variants; EP
+offsets; launch configs) against a float64 loop."""
 
 import json
 import os
@@ -15,7 +16,7 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 triton = pytest.importorskip("triton")
 
-from minimoe.kernels import moe_align, moe_configs  # noqa: E402
+from minimoe.kernels import fused_moe_small, moe_align, moe_configs  # noqa: E402
 from minimoe.kernels.fused_moe import fused_moe, plan  # noqa: E402
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
@@ -50,10 +51,10 @@ def make_routing(T, K, n_global, routing, gen):
     return ids, torch.rand(T, K, generator=gen)
 
 
-def make_layer(T, E, dtype, gen):
-    x = torch.randn(T, D, generator=gen)
-    w13 = torch.randn(E, 2 * I, D, generator=gen) / D ** 0.5
-    w2 = torch.randn(E, D, I, generator=gen) / I ** 0.5
+def make_layer(T, E, dtype, gen, d=D, i=I):
+    x = torch.randn(T, d, generator=gen)
+    w13 = torch.randn(E, 2 * i, d, generator=gen) / d ** 0.5
+    w2 = torch.randn(E, d, i, generator=gen) / i ** 0.5
     return [t.to(dtype=dtype, device=DEVICE) for t in (x, w13, w2)]
 
 
@@ -69,6 +70,10 @@ CASES = [  # variant, dtype, E, K, T, routing, expert_offset, n_global, extra co
     ("small", torch.float32, 12, 3, 1, "random", 0, 12, None),       # plan's own choice too
     ("small", torch.float16, 8, 2, 5, "random", 3, 14, None),
     ("small", torch.float32, 8, 1, 5, "one_expert", 0, 8, None),
+    ("small", torch.float32, 64, 3, 2, "one_expert", 0, 64, None),   # every slot one expert
+    ("small_dot", torch.float16, 8, 2, 5, "random", 3, 14, None),    # the legacy decode kernels
+    ("small_dot", torch.float32, 12, 3, 1, "random", 0, 12, None),
+    ("aligned", torch.float32, 64, 2, 1, "random", 0, 64, None),     # "variant" overrides plan
 ]
 if not INTERPRET:  # the interpreter has no bfloat16; on a GPU the real kernels cover it too
     CASES += [("aligned", torch.bfloat16, 8, 2, 64, "random", 4, 16, None),
@@ -95,6 +100,101 @@ def test_fused_moe_matches_reference(variant, dtype, E, K, T, routing, offset, n
     assert err <= TOL[dtype], f"relative error {err:.2e}"
 
 
+def run_small(T, E, K, dtype, offset, n_global, config=None, seed=0, d=40, i=44):
+    """Relative error of fused_moe's decode variant against the oracle. Under an offset the first
+    slot is made local and the last foreign, so both kinds are always there."""
+    gen = torch.Generator().manual_seed(seed)
+    x, w13, w2 = make_layer(T, E, dtype, gen, d, i)
+    ids, weights = make_routing(T, K, n_global, "random", gen)
+    if offset > 0:
+        ids[-1, -1], ids[0, 0] = offset - 1, offset + E - 1  # T·K = 1: the one slot is local
+    ids, weights = ids.to(DEVICE), weights.to(DEVICE)
+    config = dict(config or {}, variant="small")
+    out = fused_moe(x, w13, w2, ids, weights, expert_offset=offset, config=config)
+    ref = reference_moe(x, w13, w2, ids, weights, offset)
+    assert out.shape == (T, d) and out.dtype == dtype
+    return ((out.double().cpu() - ref).norm() / ref.norm()).item()
+
+
+# Every (E, K, T) of these where plan() picks the GEMV kernels by itself. D = 40 and I = 44 are
+# multiples of neither the interpreter's 16 x 32 tiles nor 16: row wrap and K masks both run.
+SMALL_SHAPES = [(E, K, T) for E in (6, 8, 12, 60, 64) for K in (1, 2, 3) for T in (1, 2)
+                if plan(T, K, E) == "small"]
+
+
+@pytest.mark.parametrize("E,K,T", SMALL_SHAPES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_small_gemv_matches_reference(E, K, T, dtype):
+    # fp16 runs under an expert-parallel offset: ids span 2E experts, about half of them foreign.
+    offset, n_global = (0, E) if dtype == torch.float32 else (E // 2, 2 * E)
+    seed = zlib.crc32(repr((E, K, T, str(dtype))).encode())
+    err = run_small(T, E, K, dtype, offset, n_global, seed=seed)
+    assert err <= TOL[dtype], f"relative error {err:.2e}"
+
+
+ODD_SMALL = [  # BLOCK_N past I and D, BLOCK_N = 1, BLOCK_K = 16, 1-2 warps, deep pipelines
+    {"BLOCK_N": 64, "BLOCK_K": 16, "num_warps": 2, "num_stages": 2,
+     "down": {"BLOCK_N": 1, "BLOCK_K": 128, "num_warps": 1, "num_stages": 3}},
+    {"BLOCK_N": 1, "BLOCK_K": 64, "down": {"BLOCK_N": 64, "BLOCK_K": 16, "num_stages": 4}},
+    {"BLOCK_N": 4},  # the rest from the heuristic
+]
+
+
+@pytest.mark.parametrize("n", range(len(ODD_SMALL)))
+def test_small_config_override(n):
+    # Aligned-path keys beside "small" (as in a tuned file) must not reach the GEMV kernels.
+    config = dict(moe_configs.interpreter_config(), BLOCK_N=128, small=ODD_SMALL[n])
+    err = run_small(2, 60, 3, torch.float32, 5, 70, config, seed=n)
+    assert err <= TOL[torch.float32], f"relative error {err:.2e}"
+
+
+def test_small_some_and_all_slots_foreign():
+    """Slots routed off this rank add exactly 0: a token whose K slots are all foreign gets zeros,
+    the others match the oracle."""
+    gen = torch.Generator().manual_seed(3)
+    x, w13, w2 = make_layer(2, 8, torch.float32, gen, 40, 44)
+    # This rank holds experts 8..15: token 0's slots are all foreign, token 1 has one foreign slot.
+    ids = torch.tensor([[1, 2, 7], [12, 0, 15]], device=DEVICE)
+    weights = torch.rand(2, 3, generator=gen).to(DEVICE)
+    config = {"variant": "small"}
+    out = fused_moe(x, w13, w2, ids, weights, expert_offset=8, config=config)
+    assert torch.equal(out[0], torch.zeros_like(out[0]))
+    ref = reference_moe(x, w13, w2, ids, weights, 8)
+    assert ((out[1].double().cpu() - ref[1]).norm() / ref[1].norm()).item() <= TOL[torch.float32]
+
+
+PRESET_SHAPES = {"olmoe": (64, 8, 1024, 2048), "qwen3": (128, 8, 768, 2048),  # E, K, I, D
+                 "mixtral": (8, 2, 14336, 4096), "qwen15": (60, 4, 1408, 2048),
+                 "dsv2lite": (64, 6, 1408, 2048)}
+
+
+@pytest.mark.parametrize("name", PRESET_SHAPES)
+def test_small_default_config_fills_the_gpu(name):
+    """On a 132-SM H200 each GEMV grid gets >= 4 programs per SM unless BLOCK_N is already 1, and
+    tiles stay powers of 2 within TILE_ELEMS and the reduction dim."""
+    E, K, I, D = PRESET_SHAPES[name]
+    for T in (t for t in (1, 2, 3, 4) if plan(t, K, E) == "small"):
+        cfg = fused_moe_small.small_default_config(E, I, D, K, T, torch.bfloat16, sms=132)
+        for c, rows, n, red in ((cfg, T * K, I, D), (cfg["down"], T, D, I)):
+            bn, bk = c["BLOCK_N"], c["BLOCK_K"]
+            assert bn == 1 or rows * -(-n // bn) >= 4 * 132, (name, T, c)
+            assert bn & (bn - 1) == 0 and bk & (bk - 1) == 0
+            assert bn * bk <= fused_moe_small.TILE_ELEMS and bk <= triton.next_power_of_2(red)
+
+
+def test_small_configs_merge():
+    """config["small"] and its "down" override key by key; nothing else in config is read."""
+    base = fused_moe_small.small_default_config(64, 1024, 2048, 8, 1, torch.bfloat16)
+    tuned_aligned = {"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 16,
+                     "num_warps": 8, "num_stages": 4, "down": {"BLOCK_N": 256}}
+    g, d = fused_moe_small.small_configs(tuned_aligned, 64, 1024, 2048, 8, 1, torch.bfloat16)
+    assert g == {k: base[k] for k in fused_moe_small.SMALL_KEYS} and d == base["down"]
+    g, d = fused_moe_small.small_configs({"small": {"BLOCK_K": 8, "down": {"num_warps": 1}}},
+                                         64, 1024, 2048, 8, 1, torch.bfloat16)
+    assert g["BLOCK_K"] == 8 and g["BLOCK_N"] == base["BLOCK_N"]
+    assert d == dict(base["down"], num_warps=1)
+
+
 @needs_cuda
 @pytest.mark.parametrize("T", [1, 64, 1024, 4096])  # small, one-program align, torch align
 def test_cuda_graph_replay_matches_eager(T):
@@ -116,11 +216,14 @@ def test_cuda_graph_replay_matches_eager(T):
     assert torch.equal(out, fused_moe(x, w13, w2, ids, weights))
 
 
-def test_all_ids_foreign_gives_zero():
+@pytest.mark.parametrize("variant", ["aligned", "small", "small_dot"])
+def test_all_ids_foreign_gives_zero(variant):
     gen = torch.Generator().manual_seed(7)
     x, w13, w2 = make_layer(5, 6, torch.float32, gen)
     ids = torch.randint(0, 6, (5, 2), generator=gen).to(DEVICE)           # layer holds 6..11
-    out = fused_moe(x, w13, w2, ids, torch.ones(5, 2, device=DEVICE), expert_offset=6)
+    config = dict(moe_configs.interpreter_config(), variant=variant)
+    out = fused_moe(x, w13, w2, ids, torch.ones(5, 2, device=DEVICE), expert_offset=6,
+                    config=config)
     assert torch.equal(out, torch.zeros_like(out))
 
 
@@ -201,3 +304,10 @@ def test_tune_script_help():
     script = Path(__file__).resolve().parents[1] / "scripts" / "tune_fused_moe.py"
     res = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True)
     assert res.returncode == 0 and "--presets" in res.stdout
+
+
+def test_bench_small_check_mode():
+    """The decode benchmark's --check path: every candidate config against the oracle, on the CPU."""
+    script = Path(__file__).resolve().parents[1] / "scripts" / "bench_moe_small.py"
+    res = subprocess.run([sys.executable, str(script), "--check"], capture_output=True, text=True)
+    assert res.returncode == 0 and "all correct" in res.stdout, res.stdout[-2000:] + res.stderr

@@ -17,11 +17,14 @@ it is three or four launches, none of which copies x:
 4. `_combine_kernel`: out[t] = Σ_k y[t·K + k] in fp32, skipping slots routed to experts this layer
    does not hold (expert parallelism), so those contribute exactly zero without zeroing y.
 
-Decode variant ("small"): when T·K is small next to E almost every pair has its own expert, so
-sorting buys nothing. Each pair becomes its own M-block (row 0 live, the rest masked) and the block's
-expert is read from topk_ids directly: one launch fewer, and still only the chosen experts' weights
-are read. The cost is duplicate weight reads when two pairs share an expert; T·K·4 <= E keeps those
-rare (vLLM's rule; one token's K slots are always distinct experts).
+Decode variant ("small", fused_moe_small.py): when T·K is small next to E almost every pair has its
+own expert, so sorting buys nothing and each pair is a matrix-VECTOR product. Two GEMV kernels
+replace all of the above: GEMM1 with no tl.dot (whose 16-row minimum would waste 15 rows and fix the
+tile), and GEMM2 with the top-k combine folded in (one program sums a token's K slots for its output
+columns, so no y buffer and no combine launch). Only the chosen experts' weights are read; two pairs
+sharing an expert read it twice, which T·K·4 <= E keeps rare (vLLM's rule; one token's K slots are
+always distinct experts). The variant it replaced, "small_dot" (the tl.dot kernels below with one
+live row per M-block), is reachable only through config {"variant": "small_dot"}, for comparison.
 
 Nothing here syncs with the host and every buffer size depends only on (T, K, E, config), so the
 call can be captured in a CUDA graph: grids are sized for the worst case and programs past the live
@@ -35,6 +38,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .fused_moe_small import fused_moe_small
 from .moe_align import align_tokens_by_expert
 from .moe_configs import down_config, get_config
 
@@ -42,7 +46,8 @@ SMALL_BATCH_RATIO = 4  # "small" when T·K·SMALL_BATCH_RATIO <= E
 
 
 def plan(T: int, K: int, E: int, config: dict | None = None) -> str:
-    """Which variant fused_moe runs for T tokens: "small" (no alignment) or "aligned"."""
+    """Which variant fused_moe runs for T tokens: "small" (GEMVs, no alignment) or "aligned";
+    config["variant"] forces one of those or the legacy "small_dot"."""
     if config is not None and "variant" in config:
         return config["variant"]
     return "small" if T * K * SMALL_BATCH_RATIO <= E else "aligned"
@@ -184,8 +189,8 @@ def _check_inputs(x, w13, w2, topk_ids, topk_weights):
 
 class _Blocks(NamedTuple):
     """What both GEMMs need to find their M-block's rows and expert."""
-    ids: torch.Tensor           # [T, K] topk_ids (read directly by the small variant)
-    sorted_ids: torch.Tensor    # alignment outputs; placeholders (= ids) in the small variant
+    ids: torch.Tensor           # [T, K] topk_ids (read directly by the small_dot variant)
+    sorted_ids: torch.Tensor    # alignment outputs; placeholders (= ids) in the small_dot variant
     block_expert: torch.Tensor
     num_padded: torch.Tensor
     num_pid_m: int              # M-blocks in the grid (static for a given T)
@@ -209,10 +214,14 @@ def fused_moe(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_ids: to
     if config is None:
         config = get_config(E, I, D, K, T, x.dtype)
     ids = topk_ids.contiguous()                                              # [T, K]
+    variant = plan(T, K, E, config)
+    if variant == "small":
+        return fused_moe_small(x, w13, w2, ids, topk_weights, expert_offset, config)
     numel = T * K
-    if plan(T, K, E, config) == "small":  # one M-block per (token, slot) pair, no alignment
+    if variant == "small_dot":  # one M-block per (token, slot) pair, no alignment
         blocks = _Blocks(ids, ids, ids, ids, numel, numel, expert_offset, E, True)
     else:
+        assert variant == "aligned", f"unknown fused_moe variant {variant!r}"
         sorted_ids, block_expert, num_padded = align_tokens_by_expert(
             ids, E, config["BLOCK_M"], expert_offset)
         blocks = _Blocks(ids, sorted_ids, block_expert, num_padded, block_expert.numel(),

@@ -1,0 +1,193 @@
+"""Decode variant of the fused MoE: a GEMV per (token, slot), the top-k combine folded into GEMM2.
+
+Shape legend: T tokens, D hidden, E local experts, K experts per token, I expert FFN width.
+
+When T·K is small next to E (`fused_moe.plan`: T·K·4 <= E) a decode step multiplies a handful
+of single rows by whole expert matrices: one matrix-vector product per (token, slot) pair. Its
+cost is reading the chosen experts' 3·D·I weights once; the arithmetic is noise. So the design
+goal is bytes in flight on every SM, and two things change from the aligned path:
+
+* GEMV, not tl.dot. A tl.dot needs M >= 16, so a one-row product through it carries 15 masked
+  rows and ties the tile to what the MMA wants. Here a program holds a [BLOCK_N, BLOCK_K] weight
+  tile (16-byte loads along the contiguous reduction axis), multiplies it by the broadcast
+  activation chunk and reduces along K with tl.sum into fp32. BLOCK_N can go down to 1, so even
+  OLMoE's 2 MB matrices split into enough programs to keep all 132 SMs streaming.
+* The combine folded into GEMM2. `_down_combine_kernel` owns one token's BLOCK_N output columns
+  and walks all K of its slots: it streams w2[e][cols, :] against h[t·K + k], scales each fp32
+  partial by the routing weight and adds it to one fp32 accumulator, always in the same order
+  (so a CUDA-graph replay gives the bits of an eager call), then writes out[t, cols] once in
+  x.dtype. No y [T·K, D] buffer, no combine launch, and one rounding fewer than the aligned path,
+  which rounds y to x.dtype per slot before summing.
+
+Slots routed to experts outside [expert_offset, expert_offset + E) (expert parallelism) are
+skipped by GEMM1 (their h row is never written) and masked out of GEMM2's loads: they add an
+exact 0. No sorting, no host sync, every size fixed by (T, K, E, config): CUDA-graph safe. Two
+slots that share an expert read its weights twice; T·K·4 <= E keeps that rare.
+
+Config: the "small" key of a fused_moe config; keys left out come from `small_default_config`.
+    {"small": {"BLOCK_N": 8, "BLOCK_K": 512, "num_warps": 4, "num_stages": 1,      # GEMM1
+               "down": {"BLOCK_N": 2, "BLOCK_K": 1024, "num_warps": 4, "num_stages": 3}}}
+num_stages is the software-pipeline depth of the reduction loop (`tl.range`): on its own Triton
+pipelines only loops that feed a tl.dot. The aligned path's keys (BLOCK_M, GROUP_M, ...) are
+never read here.
+"""
+
+import functools
+
+import torch
+import triton
+import triton.language as tl
+
+from .moe_configs import on_gpu
+
+SMALL_KEYS = ("BLOCK_N", "BLOCK_K", "num_warps", "num_stages")
+PROGRAMS_PER_SM = 4    # programs the heuristic wants per SM, so loads from several are in flight
+TILE_ELEMS = 4096      # weight elements per program per loop step (8 KB at bf16, 32 per thread)
+MAX_BLOCK_N = 32
+H200_SMS = 132         # the SM count assumed when no GPU is visible (CPU runs, tests)
+
+
+@triton.jit
+def _local_expert(ids_ptr, pair, expert_offset, E):
+    """Local expert of (token, slot) pair `pair`, or -1 when another rank holds it."""
+    e = tl.load(ids_ptr + pair).to(tl.int32) - expert_offset
+    return tl.where((e >= 0) & (e < E), e, -1)
+
+
+@triton.jit(do_not_specialize=["top_k", "expert_offset", "E"])
+def _gate_up_gemv_kernel(x_ptr, w13_ptr, h_ptr, ids_ptr, top_k, expert_offset, E, I, D,
+                         stride_xt, stride_we, stride_wn, stride_ht,
+                         BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr):
+    """h[pair, cols] = silu(Wg[e] x[t]) * (Wu[e] x[t]) for one pair and BLOCK_N columns of I."""
+    n_blocks = tl.cdiv(I, BLOCK_N)
+    pair, col0 = tl.program_id(0) // n_blocks, (tl.program_id(0) % n_blocks) * BLOCK_N
+    expert = _local_expert(ids_ptr, pair, expert_offset, E)
+    if expert < 0:
+        return                                   # foreign slot: GEMM2 never reads this h row
+    offs_k = tl.arange(0, BLOCK_K)
+    # Rows past I wrap around instead of being masked: loads stay in bounds, the store drops them.
+    rows = (col0 + tl.arange(0, BLOCK_N)) % I
+    x_ptrs = x_ptr + (pair // top_k).to(tl.int64) * stride_xt + offs_k
+    gate_ptrs = (w13_ptr + expert.to(tl.int64) * stride_we
+                 + rows[:, None] * stride_wn + offs_k[None, :])              # [BN, BK]
+    up_ptrs = gate_ptrs + I * stride_wn                                      # row I + j of w13[e]
+    acc_gate = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    acc_up = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    for k in tl.range(0, tl.cdiv(D, BLOCK_K), num_stages=STAGES):
+        k_mask = offs_k < D - k * BLOCK_K
+        xk = tl.load(x_ptrs, mask=k_mask, other=0.0).to(tl.float32)[None, :]
+        # Weights are read exactly once: evict_first keeps them from pushing x and h out of L2.
+        gate = tl.load(gate_ptrs, mask=k_mask[None, :], other=0.0, eviction_policy="evict_first")
+        up = tl.load(up_ptrs, mask=k_mask[None, :], other=0.0, eviction_policy="evict_first")
+        acc_gate += tl.sum(gate.to(tl.float32) * xk, axis=1)
+        acc_up += tl.sum(up.to(tl.float32) * xk, axis=1)
+        x_ptrs += BLOCK_K
+        gate_ptrs += BLOCK_K
+        up_ptrs += BLOCK_K
+    h = acc_gate * tl.sigmoid(acc_gate) * acc_up                             # fp32, rounded once
+    cols = col0 + tl.arange(0, BLOCK_N)
+    tl.store(h_ptr + pair.to(tl.int64) * stride_ht + cols, h.to(h_ptr.dtype.element_ty),
+             mask=cols < I)
+
+
+@triton.jit(do_not_specialize=["top_k", "expert_offset", "E"])
+def _down_combine_kernel(h_ptr, w2_ptr, out_ptr, ids_ptr, weights_ptr, top_k, expert_offset, E,
+                         D, I, stride_ht, stride_we, stride_wn, stride_ot,
+                         BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr):
+    """out[t, cols] = Σ_k w[t,k] · W2[e_k][cols, :] · h[t·K + k] for BLOCK_N columns of D."""
+    n_blocks = tl.cdiv(D, BLOCK_N)
+    t, col0 = tl.program_id(0) // n_blocks, (tl.program_id(0) % n_blocks) * BLOCK_N
+    offs_k = tl.arange(0, BLOCK_K)
+    rows = (col0 + tl.arange(0, BLOCK_N)) % D
+    n_chunks = tl.cdiv(I, BLOCK_K)
+    acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    # One flat loop over (slot, chunk) rather than a loop per slot: with I about BLOCK_K the inner
+    # loop would be one step long, and a flat loop lets the pipeliner fetch the next slot's tile.
+    for j in tl.range(0, top_k * n_chunks, num_stages=STAGES):
+        slot = j // n_chunks
+        k0 = (j - slot * n_chunks) * BLOCK_K
+        pair = t * top_k + slot
+        expert = _local_expert(ids_ptr, pair, expert_offset, E)
+        # A foreign slot's loads are all masked off (no traffic, and its unwritten h row is never
+        # read), so it adds an exact 0.
+        k_mask = offs_k < tl.where(expert >= 0, I - k0, 0)
+        hk = tl.load(h_ptr + pair.to(tl.int64) * stride_ht + k0 + offs_k, mask=k_mask, other=0.0)
+        w_ptrs = (w2_ptr + tl.maximum(expert, 0).to(tl.int64) * stride_we
+                  + rows[:, None] * stride_wn + k0 + offs_k[None, :])      # [BN, BK]
+        w = tl.load(w_ptrs, mask=k_mask[None, :], other=0.0, eviction_policy="evict_first")
+        partial = tl.sum(w.to(tl.float32) * hk.to(tl.float32)[None, :], axis=1)
+        route_w = tl.where(expert >= 0, tl.load(weights_ptr + pair), 0.0)
+        acc += partial * route_w                       # the routing weight on the fp32 partial
+    cols = col0 + tl.arange(0, BLOCK_N)
+    tl.store(out_ptr + t.to(tl.int64) * stride_ot + cols, acc.to(out_ptr.dtype.element_ty),
+             mask=cols < D)
+
+
+@functools.lru_cache(maxsize=None)
+def sm_count() -> int:
+    if on_gpu():
+        return torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
+    return H200_SMS
+
+
+def _gemv_tile(rows_of_programs: int, N: int, reduction: int, target: int, stages: int) -> dict:
+    """Largest BLOCK_N (a power of 2 <= MAX_BLOCK_N) whose grid still has `target` programs, or 1
+    when even that falls short; BLOCK_K fills TILE_ELEMS without going past the reduction dim."""
+    block_n = MAX_BLOCK_N
+    while block_n > 1 and rows_of_programs * triton.cdiv(N, block_n) < target:
+        block_n //= 2
+    block_k = max(16, min(TILE_ELEMS // block_n, triton.next_power_of_2(reduction)))
+    return {"BLOCK_N": block_n, "BLOCK_K": block_k, "num_warps": 4, "num_stages": stages}
+
+
+def small_default_config(E: int, I: int, D: int, K: int, T: int, dtype: torch.dtype,
+                         sms: int | None = None) -> dict:
+    """Heuristic decode config: GEMM1 has T·K·cdiv(I, BLOCK_N) programs, GEMM2 T·cdiv(D, BLOCK_N);
+    each takes the widest BLOCK_N that still gives PROGRAMS_PER_SM programs per SM.
+
+    GEMM1 moves two tiles per step over a long D loop, so it has bytes in flight without help.
+    GEMM2 at T=1 has only D/BLOCK_N programs with one small tile each, and with I about BLOCK_K
+    its loop steps are slots: a 3-stage pipeline keeps the next slots' tiles in flight (3, as
+    Triton's pipeliner leaves a load whose address comes from another load, the expert id,
+    unpipelined at 2 stages)."""
+    if not on_gpu() and sms is None:   # the interpreter pays per program and per element
+        tile = {"BLOCK_N": 16, "BLOCK_K": 32, "num_warps": 4, "num_stages": 1}
+        return dict(tile, down=dict(tile))
+    target = PROGRAMS_PER_SM * (sms or sm_count())
+    return dict(_gemv_tile(T * K, I, D, target, stages=1),
+                down=_gemv_tile(T, D, I, target, stages=3))
+
+
+def small_configs(config: dict | None, E: int, I: int, D: int, K: int, T: int,
+                  dtype: torch.dtype) -> tuple[dict, dict]:
+    """(GEMM1, GEMM2) launch configs: config["small"] (and its "down") over the heuristic."""
+    base = small_default_config(E, I, D, K, T, dtype)
+    given = (config or {}).get("small", {})
+    gate_up = {k: given.get(k, base[k]) for k in SMALL_KEYS}
+    down = {k: given.get("down", {}).get(k, base["down"][k]) for k in SMALL_KEYS}
+    return gate_up, down
+
+
+def fused_moe_small(x, w13, w2, ids, topk_weights, expert_offset: int,
+                    config: dict | None) -> torch.Tensor:
+    """The decode path of `fused_moe` (inputs already checked there): two launches, no buffers
+    but h [T·K, I]."""
+    (T, D), (E, two_i, _), K = x.shape, w13.shape, ids.shape[1]
+    I = two_i // 2
+    cfg1, cfg2 = small_configs(config, E, I, D, K, T, x.dtype)
+    h = x.new_empty(T * K, I)                                               # [T·K, I]
+    grid1 = (T * K * triton.cdiv(I, cfg1["BLOCK_N"]),)
+    _gate_up_gemv_kernel[grid1](
+        x, w13, h, ids, K, expert_offset, E, I, D,
+        x.stride(0), w13.stride(0), w13.stride(1), h.stride(0),
+        BLOCK_N=cfg1["BLOCK_N"], BLOCK_K=cfg1["BLOCK_K"], STAGES=cfg1["num_stages"],
+        num_warps=cfg1["num_warps"], num_stages=cfg1["num_stages"])
+    out = x.new_empty(T, D)
+    weights = topk_weights.float().contiguous().view(-1)  # [T·K]; no copy when already fp32
+    grid2 = (T * triton.cdiv(D, cfg2["BLOCK_N"]),)
+    _down_combine_kernel[grid2](
+        h, w2, out, ids, weights, K, expert_offset, E, D, I,
+        h.stride(0), w2.stride(0), w2.stride(1), out.stride(0),
+        BLOCK_N=cfg2["BLOCK_N"], BLOCK_K=cfg2["BLOCK_K"], STAGES=cfg2["num_stages"],
+        num_warps=cfg2["num_warps"], num_stages=cfg2["num_stages"])
+    return out
