@@ -50,12 +50,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--fused", action="store_true", help="shorthand for --experts fused")
     p.add_argument("--attn", default="auto", help="decode attention: sdpa | triton | flash (auto: triton on a "
                                                   "GPU, sdpa on a CPU)")
-    p.add_argument("--ops", default="auto", help="RMSNorm(+add), q/k-norm+rope+cache write, router top-k: torch "
+    p.add_argument("--ops", default="auto", help="RMSNorm(+add), q/k-norm+rope+cache write, router top-k (at decode "
+                   "sizes norm + router GEMV + top-k as one): torch "
                                                  "(several kernels each) | triton (one fused kernel each); auto: "
                                                  "triton on a GPU")
-    p.add_argument("--gemv", default="auto", help="decode-size projections: torch (cuBLAS, separate RMSNorm and "
-                   "router kernels) | triton (GEMVs with the RMSNorm folded in, one norm+router+top-k kernel); "
-                   "auto: triton on a GPU")
+    p.add_argument("--gemv", default="auto", help="decode-size projections: torch (cuBLAS after the RMSNorm "
+                   "kernel) | triton (Triton GEMVs with the RMSNorm folded in; slower on the H200); auto: torch")
     p.add_argument("--eager", action="store_true", help="no CUDA graphs (graphs are on when the GPU and "
                                                         "the expert path allow)")
     p.add_argument("--eager-prefill", action="store_true", help="graph the decode step only, not the prefill "

@@ -128,8 +128,9 @@ class RunSettings:
     experts: str = "loop"           # key into experts.EXPERT_PATHS: loop | grouped | fused
     attn: str = "sdpa"              # decode attention, key into attention.DECODE_ATTENTION
     fused_ops: bool = False         # one Triton kernel each for RMSNorm(+add), q/k norm+rope+cache write, router
-    gemv: bool = False              # decode sizes (T <= 16): Triton GEMVs with the RMSNorm folded in, and
-                                    # one kernel for norm + router + top-k (kernels/gemv.py, norm_route.py)
+                                    # top-k; at decode sizes norm + router GEMV + top-k as one (norm_route.py)
+    gemv: bool = False              # decode sizes (T <= 16): Triton GEMVs with the RMSNorm folded in
+                                    # (kernels/gemv.py; measured slower than cuBLAS on the H200)
     router: str | None = None       # override the card's router (synthetic routers for ablations)
     top_k: int | None = None        # override the card's K (the paper's top-k sweeps)
     zipf_s: float = 1.2             # exponent of the synthetic Zipf router

@@ -53,7 +53,7 @@ class MoE(nn.Module):
     def folds_router(self, tokens: int) -> bool:
         """Can the pre-FFN norm, router GEMV and top-k run as one kernel (kernels/norm_route.py)?"""
         from .kernels.norm_route import MAX_T, usable
-        if not (self.settings.gemv and 0 < tokens <= MAX_T):
+        if not (self.settings.fused_ops and 0 < tokens <= MAX_T):
             return False
         spec = self.router_spec()
         return usable(self.cfg.n_experts, self.cfg.hidden_size, spec.name, hasattr(self, "gate_bias"),

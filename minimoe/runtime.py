@@ -58,12 +58,13 @@ def resolve_auto(attn: str, ops: str, device: torch.device) -> tuple[str, bool]:
 
 
 def resolve_gemv(gemv: str, device: torch.device) -> bool:
-    """--gemv auto: the Triton decode GEMVs on a GPU, cuBLAS / PyTorch on a CPU."""
+    """--gemv auto = torch everywhere: on the H200 the Triton GEMV only ties cuBLAS, and with the
+    RMSNorm folded in it is slower than the norm kernel + cuBLAS (scripts/bench_gemv.py, README)."""
     if gemv not in ("auto", "torch", "triton"):
         raise UsageError(f"--gemv {gemv}: choose auto, torch or triton")
     if gemv == "triton" and not triton_usable(device):
         raise UsageError("--gemv triton needs a CUDA GPU (or TRITON_INTERPRET=1 for tests)")
-    return device.type == "cuda" if gemv == "auto" else gemv == "triton"
+    return gemv == "triton"
 
 
 def check_settings(s: RunSettings, cfg: ModelConfig, device: torch.device, dtype: torch.dtype) -> None:

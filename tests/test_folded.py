@@ -1,5 +1,6 @@
-"""Guards settings.gemv (decode-size Triton GEMVs with the RMSNorms folded in, and the one-kernel
-norm + router + top-k) against the plain path, end to end on every tiny family: same logits, same tokens."""
+"""Guards the folded decode kernels (settings.gemv: Triton GEMVs with the RMSNorms folded in;
+settings.fused_ops: one kernel for norm + router + top-k) against the plain path, end to end on
+the tiny families: same logits, same tokens."""
 import os
 
 import pytest
@@ -50,7 +51,7 @@ def test_folded_equals_plain(card, prompt_len, monkeypatch):
     prompts = prompts.to(DEVICE)
     plain_tokens, plain_logits = _run(model, prompts, 4)
     assert calls == {"gemv": 0, "norm_route": 0}
-    s.gemv = True
+    s.gemv = s.fused_ops = True
     folded_tokens, folded_logits = _run(model, prompts, 4)
     assert calls["gemv"] > 0
     gate_dtype_ok = not cfg.router_fp32 or model.embed.weight.dtype == torch.float32

@@ -144,29 +144,18 @@ def _sm_count(device: torch.device) -> int:
 
 
 def default_config(T: int, N: int, D: int, sms: int = 132) -> dict:
-    """A launch config from the shape alone (untuned; scripts/bench_gemv.py sweeps alternatives).
-
-    BLOCK_N: the largest of 64/32/16/8 that still gives >= ~2 programs per SM, so every SM has a
-    second program's loads in flight while the first one reduces, and the last wave is short.
-    BLOCK_K: a weight tile of ~8K elements (16 KB of bf16 in flight per program per step), capped
-    at 512 and at D; the 3-D broadcast product holds BLOCK_T x the tile in registers, so it shrinks
-    by BLOCK_T there. tl.dot for 16-row tiles (its minimum), where the broadcast would spill.
-    Untested trade-off: every program re-reads all of x, T/BLOCK_N bytes of L2 traffic per weight
-    byte (about 4x that with residual + norm: two inputs, two passes), so at T = 16 a wider BLOCK_N
-    than this SM-filling rule gives may win; scripts/bench_gemv.py measures it.
-    """
-    block_t = triton.next_power_of_2(max(T, 1))
-    dot = block_t >= 16
-    block_n = 8
-    for cand in (64, 32, 16):
-        if triton.cdiv(N, cand) >= 1.9 * sms:
-            block_n = cand
-            break
-    if dot:
-        block_n = max(block_n, 16)  # tl.dot's minimum N
-    elems = 8192 // (1 if dot else block_t)
-    block_k = min(max(elems // block_n, 64), 512, max(triton.next_power_of_2(D), 16))
-    return {"BLOCK_N": block_n, "BLOCK_K": block_k, "num_warps": 4, "num_stages": 3, "dot": dot}
+    """The launch config the H200 sweep (scripts/bench_gemv.py: 41 configs x 8 shapes x T 1/4/16)
+    found best or within 5% of it: always tl.dot on a 16-row tile (T padded with zero rows; the
+    broadcast-and-sum variants were up to 9x slower at T = 4), [16, 512] tiles for N <= 4096,
+    [32, 256] up to 16384, [64, 128] with 4 stages for vocabulary-sized heads. BLOCK_K <= D."""
+    if N <= 4096:
+        block_n, block_k, stages = 16, 512, 3
+    elif N <= 16384:
+        block_n, block_k, stages = 32, 256, 3
+    else:
+        block_n, block_k, stages = 64, 128, 4
+    block_k = min(block_k, max(triton.next_power_of_2(D), 16))
+    return {"BLOCK_N": block_n, "BLOCK_K": block_k, "num_warps": 4, "num_stages": stages, "dot": True}
 
 
 def usable(T: int, weight: torch.Tensor) -> bool:

@@ -32,8 +32,10 @@ Three implementations with identical output (order inside an expert follows the 
   Its cost per launch is independent of numel, so it wins for prefill where every program of the
   kernels above would loop over too many ids.
 Both kernels count with a one-hot [CHUNK, E] tile summed down its rows (O(numel·E) work per
-program); the parallel one can use tl.histogram instead (warp ballots, O(numel·log E)), which
-should pay off when numel·E is large (untimed so far: scripts/bench_align.py compares both).
+program); the parallel one counts with tl.histogram instead (warp ballots, O(numel·log E)).
+Measured on the H200 (scripts/bench_align.py, µs per call inside a CUDA graph): OLMoE at batch 64
+(512 pairs, E = 64): one program 17.1, parallel one-hot 5.2, parallel histogram 4.2, torch 94;
+Qwen3 (E = 128): 36.9 / 13.8 / 4.7 / 96; 4096 pairs (E = 64): 113 / 21.1 / 9.3 / 104.
 Reference: vLLM `moe_align_block_size` (the CUDA kernel counts in shared memory and scatters with
 atomics, so its order inside an expert is not deterministic; ours is).
 """
@@ -206,8 +208,10 @@ def _align_one_program(flat_ids, E, block_m, expert_offset, sorted_ids, block_ex
 
 
 def _align_parallel(flat_ids, E, block_m, expert_offset, sorted_ids, block_expert, num_padded,
-                    experts_per_program=None, histogram=False):
-    """experts_per_program (a power of 2) and histogram are knobs for scripts/bench_align.py."""
+                    experts_per_program=None, histogram=True):
+    """experts_per_program (a power of 2) and histogram are knobs for scripts/bench_align.py.
+    tl.histogram counts faster than the one-hot tile on the H200 at every size measured (e.g. 4.7
+    vs 13.8 µs for Qwen3's 512 pairs over 128 experts, 9.3 vs 21.1 µs for 4096 over 64)."""
     e_p2 = triton.next_power_of_2(max(E, 2))
     group = experts_per_program or triton.next_power_of_2(triton.cdiv(E, PARALLEL_PROGRAMS))
     group = min(group, e_p2)
