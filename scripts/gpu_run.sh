@@ -14,8 +14,11 @@ for phase in "$@"; do
   case $phase in
     env) log env; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
          python3 -c "import torch, triton, transformers; print(torch.__version__, torch.version.cuda, triton.__version__, transformers.__version__)" ;;
+    newcheck) log newcheck   # the kernels added this session, with failures named; graphed == eager
+         timeout 300 python3 -m pytest -q -rf tests/test_folded.py tests/test_gemv.py tests/test_norm_route.py \
+           tests/test_moe_align.py tests/test_fused_moe.py tests/test_gpu.py 2>&1 | tee $R/newcheck.txt | tail -30 ;;
     check) log check
-         timeout 300 python3 -m pytest -q tests/test_small_kernels.py tests/test_fused_moe.py tests/test_decode_attention.py tests/test_gpu.py \
+         timeout 450 python3 -m pytest -q -rf tests/test_small_kernels.py tests/test_fused_moe.py tests/test_decode_attention.py tests/test_gpu.py \
            tests/test_folded.py tests/test_gemv.py tests/test_norm_route.py tests/test_moe_align.py 2>&1 | tee $R/check.txt | tail -25 ;;
     tune) log tune
          timeout 240 python3 scripts/tune_fused_moe.py --out minimoe/kernels/configs 2>&1 | tail -60
@@ -33,17 +36,18 @@ for phase in "$@"; do
     ceilings) log ceilings; python3 -c "from minimoe.roofline import measure_ceilings; print(measure_ceilings('cuda'))" | tee $R/ceilings.txt ;;
     layer) log layer; timeout 200 python3 bench.py --layer --json "$R/layer.json" 2>&1 | grep -v '^{' ;;
     headline) log headline
-         b 90 --model olmoe --fused --bs 64 --profile --json "$R/olmoe_bs64.json"
+         b 240 --model olmoe --fused --bs 64 --profile --compare transformers --json "$R/olmoe_bs64.json"
          b 60 --model olmoe --fused --bs 1 --profile --json "$R/olmoe_bs1.json"
          b 90 --model qwen3 --fused --bs 64 --json "$R/qwen3_bs64.json"
          b 90 --model mixtral --fused --bs 1 --profile --json "$R/mixtral_bs1.json" ;;
     ablation) log ablation   # OLMoE bs 64, 128/128: one optimization added per row
-         b 90 --model olmoe --bs 64 --experts loop --eager --attn sdpa --ops torch --warmup 0 --iters 1 --json "$R/abl1.json"
+         [ -n "${WITH_LOOP:-}" ] && b 90 --model olmoe --bs 64 --experts loop --eager --attn sdpa --ops torch --warmup 0 --iters 1 --json "$R/abl1.json"
          b 60 --model olmoe --bs 64 --experts grouped --eager --attn sdpa --ops torch --json "$R/abl2.json"
          b 60 --model olmoe --bs 64 --experts fused --eager --attn sdpa --ops torch --json "$R/abl3.json"
-         b 60 --model olmoe --bs 64 --experts fused --attn sdpa --ops torch --json "$R/abl4.json"
-         b 60 --model olmoe --bs 64 --experts fused --attn triton --ops torch --json "$R/abl5.json"
-         b 60 --model olmoe --bs 64 --experts fused --attn triton --ops triton --json "$R/abl6.json" ;;
+         b 60 --model olmoe --bs 64 --experts fused --attn sdpa --ops torch --eager-prefill --json "$R/abl4.json"
+         b 60 --model olmoe --bs 64 --experts fused --attn triton --ops torch --eager-prefill --json "$R/abl5.json"
+         b 60 --model olmoe --bs 64 --experts fused --attn triton --ops triton --eager-prefill --json "$R/abl6.json"
+         b 60 --model olmoe --bs 64 --experts fused --attn triton --ops triton --json "$R/abl7.json" ;;
     compare) log compare; b 240 --model olmoe --fused --bs 64 --compare transformers --json "$R/olmoe_compare.json" ;;
     models) log models   # README tables: bs 1/16/64 x 128/128 and 1024/1024, transformers in the same run
          for m in ${MODELS:-olmoe qwen3 qwen1.5-moe deepseek-v2-lite mixtral}; do

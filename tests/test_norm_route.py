@@ -140,12 +140,13 @@ def test_duplicated_gate_rows_tie_at_the_cut(dtype):
 
 def test_usable():
     bf16 = torch.bfloat16
-    assert usable(64, 2048, "softmax_topk", False, bf16, bf16)           # OLMoE, Qwen
-    assert usable(8, 4096, "topk_softmax", False, bf16, bf16)            # Mixtral
-    assert not usable(64, 2048, "softmax_topk", False, torch.float32, bf16)  # DeepSeek's fp32 gate
+    assert usable(8, 4096, "topk_softmax", False, bf16, bf16)            # Mixtral: a 64 KB gate
+    assert not usable(64, 2048, "softmax_topk", False, bf16, bf16)       # OLMoE: 256 KB, slower folded
+    assert usable(16, 2048, "softmax_topk", False, bf16, bf16)
+    assert not usable(8, 2048, "softmax_topk", False, torch.float32, bf16)   # DeepSeek's fp32 gate
     assert not usable(256, 7168, "sigmoid_group_bias", True, bf16, bf16)     # DeepSeek-V3
-    assert not usable(64, 2048, "softmax_topk", True, bf16, bf16)            # a selection bias
-    assert not usable(64, 2048, "group_limited_greedy", False, bf16, bf16)
+    assert not usable(8, 2048, "softmax_topk", True, bf16, bf16)             # a selection bias
+    assert not usable(8, 2048, "group_limited_greedy", False, bf16, bf16)
     assert not usable(1024, 2048, "softmax_topk", False, bf16, bf16)         # E > 512
 
 
