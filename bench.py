@@ -29,7 +29,8 @@ from minimoe.instrument import ExpertLoad, profiling
 from minimoe.loader import build_model, resolve
 from minimoe.roofline import count_params, measure_ceilings
 from minimoe.router import ROUTERS
-from minimoe.runtime import UsageError, check_settings, pick_device, pick_dtype, resolve_auto, resolve_gemv
+from minimoe.runtime import (UsageError, check_settings, pick_device, pick_dtype, resolve_auto, resolve_gemv,
+                             resolve_pdl)
 
 PAPER_LENGTHS = (128, 256, 512, 1024, 2048)
 PAPER_BATCHES = (1, 16, 32, 64, 128)
@@ -56,6 +57,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                                                  "triton on a GPU")
     p.add_argument("--gemv", default="auto", help="decode-size projections: torch (cuBLAS after the RMSNorm "
                    "kernel) | triton (Triton GEMVs with the RMSNorm folded in; slower on the H200); auto: torch")
+    p.add_argument("--pdl", default="auto", help="Programmatic Dependent Launch for the Triton kernels: on | off "
+                   "(auto: on for a Hopper or newer GPU)")
     p.add_argument("--eager", action="store_true", help="no CUDA graphs (graphs are on when the GPU and "
                                                         "the expert path allow)")
     p.add_argument("--eager-prefill", action="store_true", help="graph the decode step only, not the prefill "
@@ -110,7 +113,8 @@ def validate(args, cfg, device, dtype) -> RunSettings:
         raise UsageError("--warmup must be >= 0 and --iters >= 1")
     attn, fused_ops = resolve_auto(args.attn, args.ops, device)
     settings = RunSettings(experts=args.experts, attn=attn, fused_ops=fused_ops, router=args.router,
-                           top_k=args.topk, zipf_s=args.zipf_s, gemv=resolve_gemv(args.gemv, device))
+                           top_k=args.topk, zipf_s=args.zipf_s, gemv=resolve_gemv(args.gemv, device),
+                           pdl=resolve_pdl(args.pdl, device))
     check_settings(settings, cfg, device, dtype)
     if args.compare and cfg.family == "deepseek":
         raise UsageError("--compare transformers: DeepSeekMoE-16B is remote code, which minimoe never runs")
@@ -164,6 +168,7 @@ def print_header(v, cfg, pc, settings, ceilings, graphs, dtype):
           f"{moe} attn={cfg.attention} | params {pc.total / 1e9:.3f}B total, {pc.active(cfg, settings.top_k) / 1e9:.3f}B active")
     print(f"# run: dtype={str(dtype).replace('torch.', '')} experts={settings.experts} attn={settings.attn} "
           f"ops={'triton' if settings.fused_ops else 'torch'} gemv={'triton' if settings.gemv else 'torch'} "
+          f"pdl={'on' if settings.pdl else 'off'} "
           f"graphs={graphs} router={settings.router or cfg.router}")
 
 

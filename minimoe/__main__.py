@@ -17,7 +17,8 @@ import torch
 from .config import RunSettings
 from .generate import Generator, Sampling
 from .loader import build_model
-from .runtime import UsageError, check_settings, pick_device, pick_dtype, resolve_auto, resolve_gemv
+from .runtime import (UsageError, check_settings, pick_device, pick_dtype, resolve_auto, resolve_gemv,
+                      resolve_pdl)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -42,6 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--attn", default="auto", help="decode attention: sdpa | triton | flash (auto: triton on GPU)")
     g.add_argument("--ops", default="auto", help="norm/rope/router kernels: torch | triton (auto: triton on GPU)")
     g.add_argument("--gemv", default="auto", help="decode GEMVs with folded norms: torch | triton (auto: torch)")
+    g.add_argument("--pdl", default="auto", help="Programmatic Dependent Launch: on | off (auto: on for sm90+)")
     g.add_argument("--dtype", default="auto", help="bf16 | fp16 | fp32 (auto: bf16 on GPU, fp32 on CPU)")
     g.add_argument("--device", default="auto", help="cpu | cuda | cuda:N (auto: cuda when available)")
     g.add_argument("--seed", type=int, default=0, help="seed for dummy weights and sampling")
@@ -72,7 +74,8 @@ def generate(args) -> dict:
     device = pick_device(args.device)
     dtype = pick_dtype(args.dtype, device)
     attn, fused_ops = resolve_auto(args.attn, args.ops, device)
-    settings = RunSettings(experts=args.experts, attn=attn, fused_ops=fused_ops, gemv=resolve_gemv(args.gemv, device))
+    settings = RunSettings(experts=args.experts, attn=attn, fused_ops=fused_ops, gemv=resolve_gemv(args.gemv, device),
+                           pdl=resolve_pdl(args.pdl, device))
     torch.manual_seed(args.seed)
     from .families import config_from_hf
     from .loader import resolve

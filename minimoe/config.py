@@ -131,6 +131,7 @@ class RunSettings:
                                     # top-k; at decode sizes norm + router GEMV + top-k as one (norm_route.py)
     gemv: bool = False              # decode sizes (T <= 16): Triton GEMVs with the RMSNorm folded in
                                     # (kernels/gemv.py; measured slower than cuBLAS on the H200)
+    pdl: bool = False               # Programmatic Dependent Launch for our Triton kernels (kernels/pdl.py)
     router: str | None = None       # override the card's router (synthetic routers for ablations)
     top_k: int | None = None        # override the card's K (the paper's top-k sweeps)
     zipf_s: float = 1.2             # exponent of the synthetic Zipf router

@@ -67,6 +67,19 @@ def resolve_gemv(gemv: str, device: torch.device) -> bool:
     return gemv == "triton"
 
 
+def resolve_pdl(pdl: str, device: torch.device) -> bool:
+    """--pdl auto: on for an sm90+ GPU (Hopper's griddepcontrol), off elsewhere; sets the kernels' switch."""
+    if pdl not in ("auto", "on", "off"):
+        raise UsageError(f"--pdl {pdl}: choose auto, on or off")
+    capable = device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 9
+    if pdl == "on" and not capable:
+        raise UsageError("--pdl on needs a Hopper (sm90) or newer GPU")
+    from .kernels.pdl import set_enabled
+    on = capable if pdl == "auto" else pdl == "on"
+    set_enabled(on)
+    return on
+
+
 def check_settings(s: RunSettings, cfg: ModelConfig, device: torch.device, dtype: torch.dtype) -> None:
     if s.experts not in EXPERT_PATHS:
         raise UsageError(f"unknown expert path {s.experts!r}; choose from {sorted(EXPERT_PATHS)}")

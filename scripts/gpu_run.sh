@@ -48,6 +48,12 @@ for phase in "$@"; do
          b 60 --model olmoe --bs 64 --experts fused --attn triton --ops torch --eager-prefill --json "$R/abl5.json"
          b 60 --model olmoe --bs 64 --experts fused --attn triton --ops triton --eager-prefill --json "$R/abl6.json"
          b 60 --model olmoe --bs 64 --experts fused --attn triton --ops triton --json "$R/abl7.json" ;;
+    final) log final   # PDL: graphed == eager, then A/B on the two batch-1 targets
+         timeout 150 python3 -m pytest -q -rf tests/test_gpu.py -k "pdl" 2>&1 | tee $R/final_check.txt | tail -8
+         b 90 --model mixtral --fused --bs 1 --json "$R/mixtral_bs1_pdl.json"
+         b 90 --model mixtral --fused --bs 1 --pdl off --json "$R/mixtral_bs1_nopdl.json"
+         b 50 --model olmoe --fused --bs 1 --json "$R/olmoe_bs1_pdl.json"
+         b 50 --model olmoe --fused --bs 1 --pdl off --json "$R/olmoe_bs1_nopdl.json" ;;
     compare) log compare; b 240 --model olmoe --fused --bs 64 --compare transformers --json "$R/olmoe_compare.json" ;;
     models) log models   # README tables: bs 1/16/64 x 128/128 and 1024/1024, transformers in the same run
          for m in ${MODELS:-olmoe qwen3 qwen1.5-moe deepseek-v2-lite mixtral}; do

@@ -22,7 +22,7 @@ from minimoe.config import RunSettings
 from minimoe.generate import Generator
 from minimoe.graphs import enable_graphs
 from minimoe.loader import build_model
-from minimoe.runtime import resolve_auto, resolve_gemv
+from minimoe.runtime import resolve_auto, resolve_gemv, resolve_pdl
 
 
 def kernel_table(prof, steps: int) -> list[dict]:
@@ -44,11 +44,13 @@ def main(argv=None) -> int:
     p.add_argument("--experts", default="fused")
     p.add_argument("--gemv", default="auto", help="auto | torch | triton (as bench.py)")
     p.add_argument("--eager-prefill", action="store_true")
+    p.add_argument("--pdl", default="auto", help="auto | on | off (as bench.py)")
     p.add_argument("--json")
     a = p.parse_args(argv)
     dev = torch.device("cuda")
     attn, fused_ops = resolve_auto("auto", "auto", dev)
-    settings = RunSettings(experts=a.experts, attn=attn, fused_ops=fused_ops, gemv=resolve_gemv(a.gemv, dev))
+    settings = RunSettings(experts=a.experts, attn=attn, fused_ops=fused_ops, gemv=resolve_gemv(a.gemv, dev),
+                           pdl=resolve_pdl(a.pdl, dev))
     model, cfg, _ = build_model(a.model, "dummy", dtype=torch.bfloat16, device=dev, settings=settings)
     gen = Generator(model, a.bs, a.input_len + a.steps * 3 + 8)
     prompts = torch.randint(0, cfg.vocab_size, (a.bs, a.input_len), device=dev)

@@ -306,6 +306,7 @@ def test_tune_script_help():
     assert res.returncode == 0 and "--presets" in res.stdout
 
 
+@pytest.mark.skipif(not INTERPRET, reason="--check is the benchmark's CPU (interpreter) path")
 def test_bench_small_check_mode():
     """The decode benchmark's --check path: every candidate config against the oracle, on the CPU."""
     script = Path(__file__).resolve().parents[1] / "scripts" / "bench_moe_small.py"

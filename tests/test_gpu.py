@@ -46,6 +46,16 @@ def test_graphed_decode_equals_eager(card, experts, attn, ops):
 
 
 @pytest.mark.parametrize("card", TINY)
+def test_graphed_decode_equals_eager_with_pdl(card):
+    from minimoe.kernels import pdl as pdl_switch
+    pdl_switch.set_enabled(torch.cuda.get_device_capability()[0] >= 9)
+    try:
+        test_graphed_decode_equals_eager(card, "fused", "triton", True)
+    finally:
+        pdl_switch.set_enabled(False)
+
+
+@pytest.mark.parametrize("card", TINY)
 def test_fast_paths_match_loop_bf16(card):
     s = RunSettings()
     model, cfg, _ = build_model(card, "dummy", dtype=torch.bfloat16, device="cuda", settings=s, seed=2)
@@ -64,12 +74,19 @@ def test_fast_paths_match_loop_bf16(card):
         assert err <= 1e-2, (k, err)
 
 
-@pytest.mark.parametrize("fused_ops", [False, True])
-def test_olmoe_full_size_graphs_equal_eager(fused_ops):
-    """The headline model at its real shapes (random weights): graphed fused decode == eager static step."""
-    s = RunSettings(experts="fused", attn="triton", fused_ops=fused_ops)
+@pytest.mark.parametrize("fused_ops,pdl,batch", [(False, False, 8), (True, False, 8), (True, True, 8),
+                                                 (True, True, 1)])
+def test_olmoe_full_size_graphs_equal_eager(fused_ops, pdl, batch):
+    """The headline model at its real shapes (random weights): graphed fused decode == eager static
+    step, with Programmatic Dependent Launch too (it must change timing only, never results)."""
+    from minimoe.kernels import pdl as pdl_switch
+    pdl_switch.set_enabled(pdl and torch.cuda.get_device_capability()[0] >= 9)
+    s = RunSettings(experts="fused", attn="triton", fused_ops=fused_ops, pdl=pdl)
     model, cfg, _ = build_model("olmoe", "dummy", dtype=torch.bfloat16, device="cuda", settings=s)
-    prompts = torch.randint(0, cfg.vocab_size, (8, 32), device="cuda")
-    graphed = _tokens(model, prompts, 32, graphs=True)
-    assert torch.equal(graphed, _static_eager_tokens(model, prompts, 32))
-    assert torch.equal(graphed, _tokens(model, prompts, 32, graphs=False))
+    prompts = torch.randint(0, cfg.vocab_size, (batch, 32), device="cuda")
+    try:
+        graphed = _tokens(model, prompts, 32, graphs=True)
+        assert torch.equal(graphed, _static_eager_tokens(model, prompts, 32))
+        assert torch.equal(graphed, _tokens(model, prompts, 32, graphs=False))
+    finally:
+        pdl_switch.set_enabled(False)

@@ -33,6 +33,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .pdl import launch_args, wait_then_release
+
 MIN_TILES_PER_SPLIT = 4  # shorter splits spend a growing share of their traffic on partials
 MAX_SPLITS = 64  # bounds the partial workspace and the merge kernel's loop
 PROGRAMS_PER_SM = 2  # splits are added until the grid covers the SMs about this many times
@@ -63,7 +65,9 @@ def _decode_split_kernel(
     G: tl.constexpr, HEAD_TILES: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr,
     BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DR: tl.constexpr,
     BLOCK_DV: tl.constexpr, V_FROM_K: tl.constexpr, DIRECT: tl.constexpr, PRECISION: tl.constexpr,
+    PDL: tl.constexpr,
 ):
+    wait_then_release(PDL)
     # Head tiles are the fastest grid axis so sibling tiles of one kv head (MLA: G = 128 in tiles
     # of BLOCK_H) run side by side and their repeated reads of the same K chunk hit L2.
     kv_head = tl.program_id(0) // HEAD_TILES
@@ -130,8 +134,9 @@ def _decode_split_kernel(
 def _merge_splits_kernel(
     part_ptr, lse_ptr, seq_lens_ptr, out_ptr,
     stride_pb, stride_ph, stride_ps, stride_lb, stride_lh, stride_ob, stride_oh,
-    S_max, CHUNK, DV: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_DV: tl.constexpr,
+    S_max, CHUNK, DV: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_DV: tl.constexpr, PDL: tl.constexpr,
 ):
+    wait_then_release(PDL)
     h = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     seq_len = tl.minimum(tl.load(seq_lens_ptr + b), S_max)
@@ -224,14 +229,14 @@ def decode_attention(q, k_cache, v_cache, seq_lens, scale: float, *,
         BLOCK_DK=block_dk, BLOCK_DR=block_dr, BLOCK_DV=block_dv, V_FROM_K=v_from_k, DIRECT=direct,
         # fp32 caches would silently drop to tf32 on tensor cores; "ieee" keeps them exact
         PRECISION="ieee" if k_cache.dtype == torch.float32 else "tf32",
-        num_warps=8 if block_h * block_dv > 8192 else 4, num_stages=2,
+        num_warps=8 if block_h * block_dv > 8192 else 4, num_stages=2, **launch_args(),
     )
     if not direct:
         _merge_splits_kernel[(H, B)](
             part, lse, seq_lens, out,
             part.stride(0), part.stride(1), part.stride(2), lse.stride(0), lse.stride(1),
             out.stride(0), out.stride(1), s_max, chunk,
-            DV=dv, BLOCK_S=triton.next_power_of_2(num_splits), BLOCK_DV=block_dv, num_warps=4,
+            DV=dv, BLOCK_S=triton.next_power_of_2(num_splits), BLOCK_DV=block_dv, num_warps=4, **launch_args(),
         )
     return out
 

@@ -38,6 +38,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .pdl import launch_args, wait_then_release
 from .fused_moe_small import fused_moe_small
 from .moe_align import align_tokens_by_expert
 from .moe_configs import down_config, get_config
@@ -91,7 +92,8 @@ def _gate_up_kernel(x_ptr, w13_ptr, h_ptr, sorted_ids_ptr, block_expert_ptr, num
                     topk_ids_ptr, numel, top_k, expert_offset, E, num_pid_m, I, D,
                     stride_xt, stride_we, stride_wn, stride_ht,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                    GROUP_M: tl.constexpr, SMALL: tl.constexpr, DOT_PRECISION: tl.constexpr):
+                    GROUP_M: tl.constexpr, SMALL: tl.constexpr, DOT_PRECISION: tl.constexpr, PDL: tl.constexpr):
+    wait_then_release(PDL)
     pid_m, pid_n = _tile_coords(num_pid_m, I, BLOCK_N, GROUP_M)
     rows, row_mask, expert = _block_rows(pid_m, sorted_ids_ptr, block_expert_ptr, num_padded_ptr,
                                          topk_ids_ptr, numel, expert_offset, E, BLOCK_M, SMALL)
@@ -130,7 +132,8 @@ def _down_kernel(h_ptr, w2_ptr, y_ptr, weights_ptr, sorted_ids_ptr, block_expert
                  num_padded_ptr, topk_ids_ptr, numel, expert_offset, E, num_pid_m, D, I,
                  stride_ht, stride_we, stride_wn, stride_yt,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                 GROUP_M: tl.constexpr, SMALL: tl.constexpr, DOT_PRECISION: tl.constexpr):
+                 GROUP_M: tl.constexpr, SMALL: tl.constexpr, DOT_PRECISION: tl.constexpr, PDL: tl.constexpr):
+    wait_then_release(PDL)
     pid_m, pid_n = _tile_coords(num_pid_m, D, BLOCK_N, GROUP_M)
     rows, row_mask, expert = _block_rows(pid_m, sorted_ids_ptr, block_expert_ptr, num_padded_ptr,
                                          topk_ids_ptr, numel, expert_offset, E, BLOCK_M, SMALL)
@@ -160,7 +163,8 @@ def _down_kernel(h_ptr, w2_ptr, y_ptr, weights_ptr, sorted_ids_ptr, block_expert
 
 @triton.jit(do_not_specialize=["top_k", "expert_offset", "E"])
 def _combine_kernel(y_ptr, topk_ids_ptr, out_ptr, top_k, expert_offset, E, D,
-                    BLOCK_D: tl.constexpr):
+                    BLOCK_D: tl.constexpr, PDL: tl.constexpr):
+    wait_then_release(PDL)
     t = tl.program_id(0)
     cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     col_mask = cols < D
@@ -236,7 +240,7 @@ def fused_moe(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_ids: to
     out = x.new_empty(T, D)
     block_d = min(1024, triton.next_power_of_2(D))
     _combine_kernel[(T, triton.cdiv(D, block_d))](y, ids, out, K, expert_offset, E, D,
-                                                  BLOCK_D=block_d, num_warps=4)
+                                                  BLOCK_D=block_d, num_warps=4, **launch_args())
     return out
 
 
@@ -249,7 +253,7 @@ def _launch_gate_up(x, w13, h, b: _Blocks, top_k, cfg, precision):
         x.stride(0), w13.stride(0), w13.stride(1), h.stride(0),
         BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"],
         GROUP_M=cfg["GROUP_M"], SMALL=b.small, DOT_PRECISION=precision,
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **launch_args())
 
 
 def _launch_down(h, w2, y, weights, b: _Blocks, cfg, precision):
@@ -261,4 +265,4 @@ def _launch_down(h, w2, y, weights, b: _Blocks, cfg, precision):
         h.stride(0), w2.stride(0), w2.stride(1), y.stride(0),
         BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"],
         GROUP_M=cfg["GROUP_M"], SMALL=b.small, DOT_PRECISION=precision,
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **launch_args())

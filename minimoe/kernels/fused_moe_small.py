@@ -37,6 +37,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .pdl import launch_args, wait_then_release
 from .moe_configs import on_gpu
 
 SMALL_KEYS = ("BLOCK_N", "BLOCK_K", "num_warps", "num_stages")
@@ -52,8 +53,9 @@ def _local_expert(ids_ptr, pair, expert_offset, E):
 @triton.jit(do_not_specialize=["top_k", "expert_offset", "E"])
 def _gate_up_gemv_kernel(x_ptr, w13_ptr, h_ptr, ids_ptr, top_k, expert_offset, E, I, D,
                          stride_xt, stride_we, stride_wn, stride_ht,
-                         BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr):
+                         BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr, PDL: tl.constexpr):
     """h[pair, cols] = silu(Wg[e] x[t]) * (Wu[e] x[t]) for one pair and BLOCK_N columns of I."""
+    wait_then_release(PDL)
     n_blocks = tl.cdiv(I, BLOCK_N)
     pair, col0 = tl.program_id(0) // n_blocks, (tl.program_id(0) % n_blocks) * BLOCK_N
     expert = _local_expert(ids_ptr, pair, expert_offset, E)
@@ -88,8 +90,9 @@ def _gate_up_gemv_kernel(x_ptr, w13_ptr, h_ptr, ids_ptr, top_k, expert_offset, E
 @triton.jit(do_not_specialize=["top_k", "expert_offset", "E"])
 def _down_combine_kernel(h_ptr, w2_ptr, out_ptr, ids_ptr, weights_ptr, top_k, expert_offset, E,
                          D, I, stride_ht, stride_we, stride_wn, stride_ot,
-                         BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr):
+                         BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr, PDL: tl.constexpr):
     """out[t, cols] = Σ_k w[t,k] · W2[e_k][cols, :] · h[t·K + k] for BLOCK_N columns of D."""
+    wait_then_release(PDL)
     n_blocks = tl.cdiv(D, BLOCK_N)
     t, col0 = tl.program_id(0) // n_blocks, (tl.program_id(0) % n_blocks) * BLOCK_N
     offs_k = tl.arange(0, BLOCK_K)
@@ -157,7 +160,7 @@ def fused_moe_small(x, w13, w2, ids, topk_weights, expert_offset: int,
         x, w13, h, ids, K, expert_offset, E, I, D,
         x.stride(0), w13.stride(0), w13.stride(1), h.stride(0),
         BLOCK_N=cfg1["BLOCK_N"], BLOCK_K=cfg1["BLOCK_K"], STAGES=cfg1["num_stages"],
-        num_warps=cfg1["num_warps"], num_stages=cfg1["num_stages"])
+        num_warps=cfg1["num_warps"], num_stages=cfg1["num_stages"], **launch_args())
     out = x.new_empty(T, D)
     weights = topk_weights.float().contiguous().view(-1)  # [T·K]; no copy when already fp32
     grid2 = (T * triton.cdiv(D, cfg2["BLOCK_N"]),)
@@ -165,5 +168,5 @@ def fused_moe_small(x, w13, w2, ids, topk_weights, expert_offset: int,
         h, w2, out, ids, weights, K, expert_offset, E, D, I,
         h.stride(0), w2.stride(0), w2.stride(1), out.stride(0),
         BLOCK_N=cfg2["BLOCK_N"], BLOCK_K=cfg2["BLOCK_K"], STAGES=cfg2["num_stages"],
-        num_warps=cfg2["num_warps"], num_stages=cfg2["num_stages"])
+        num_warps=cfg2["num_warps"], num_stages=cfg2["num_stages"], **launch_args())
     return out

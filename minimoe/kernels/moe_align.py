@@ -44,6 +44,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .pdl import launch_args, wait_then_release
+
 # Above this many (token, slot) pairs the kernels' per-program loops over all ids cost more than the
 # ~15 launches of the torch path (a guess to be checked with scripts/bench_align.py: all are
 # sync-free). The name is historical (it once chose the one-program kernel); tests patch it.
@@ -93,7 +95,8 @@ def _count_local(ids_ptr, numel, expert_offset, E, E_P2: tl.constexpr, CHUNK: tl
 @triton.jit(do_not_specialize=["numel", "expert_offset", "E", "num_blocks"])
 def _align_one_program_kernel(ids_ptr, sorted_ptr, block_expert_ptr, num_padded_ptr,
                               numel, expert_offset, E, num_blocks,
-                              BLOCK_M: tl.constexpr, E_P2: tl.constexpr, CHUNK: tl.constexpr):
+                              BLOCK_M: tl.constexpr, E_P2: tl.constexpr, CHUNK: tl.constexpr, PDL: tl.constexpr):
+    wait_then_release(PDL)
     experts = tl.arange(0, E_P2)
     rows = tl.arange(0, CHUNK)
     real_expert = experts < E
@@ -151,8 +154,9 @@ def _align_parallel_kernel(ids_ptr, sorted_ptr, block_expert_ptr, num_padded_ptr
                            numel, expert_offset, E, num_blocks,
                            BLOCK_M: tl.constexpr, E_P2: tl.constexpr, GROUP: tl.constexpr,
                            COUNT_CHUNK: tl.constexpr, HIST_BINS: tl.constexpr,
-                           RANK_CHUNK: tl.constexpr, BLOCK_CHUNK: tl.constexpr):
+                           RANK_CHUNK: tl.constexpr, BLOCK_CHUNK: tl.constexpr, PDL: tl.constexpr):
     """Program p owns local experts p·GROUP .. p·GROUP+GROUP-1 (columns >= E own nothing)."""
+    wait_then_release(PDL)
     pid = tl.program_id(0)
     # Every program needs every segment start, and a launch has no grid-wide barrier to share a
     # histogram, so each one counts all ids itself: redundant, but in parallel and atomic-free.
@@ -204,7 +208,7 @@ def _align_one_program(flat_ids, E, block_m, expert_offset, sorted_ids, block_ex
     chunk = max(16, min(128, 8192 // e_p2))  # keep the one-hot tile near 8K elements
     _align_one_program_kernel[(1,)](flat_ids, sorted_ids, block_expert, num_padded,
                                     flat_ids.numel(), expert_offset, E, block_expert.numel(),
-                                    BLOCK_M=block_m, E_P2=e_p2, CHUNK=chunk, num_warps=4)
+                                    BLOCK_M=block_m, E_P2=e_p2, CHUNK=chunk, num_warps=4, **launch_args())
 
 
 def _align_parallel(flat_ids, E, block_m, expert_offset, sorted_ids, block_expert, num_padded,
@@ -225,7 +229,7 @@ def _align_parallel(flat_ids, E, block_m, expert_offset, sorted_ids, block_exper
         BLOCK_M=block_m, E_P2=e_p2, GROUP=group, COUNT_CHUNK=count_chunk, HIST_BINS=hist_bins,
         RANK_CHUNK=max(128, 1024 // group),  # the [RANK_CHUNK, GROUP] rank tile stays ~1K
         BLOCK_CHUNK=32,  # a program's share of blocks is small (often 1-2 at decode)
-        num_warps=4)
+        num_warps=4, **launch_args())
 
 
 def _align_torch(flat_ids, E, block_m, expert_offset, sorted_ids, block_expert, num_padded):

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from .pdl import launch_args, wait_then_release
 from .route import MAX_EXPERTS, _topk_weights
 
 # One program per token re-reads the whole gate (from L2 after the first): worth it at decode sizes
@@ -99,8 +100,9 @@ def _norm_route_kernel(
     stride_x, stride_r, stride_g, D, E, eps, scaling,
     K: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_E: tl.constexpr, E_P2: tl.constexpr,
     BLOCK_K: tl.constexpr, HAS_RESIDUAL: tl.constexpr, SOFTMAX_FIRST: tl.constexpr,
-    RENORM: tl.constexpr, STAGES: tl.constexpr,
+    RENORM: tl.constexpr, STAGES: tl.constexpr, PDL: tl.constexpr,
 ):
+    wait_then_release(PDL)
     t = tl.program_id(0).to(tl.int64)  # int64: t * stride overflows int32 for long prefills
     h = _add_rms_norm(x_ptr, res_ptr, nw_ptr, h_ptr, res_out_ptr, t, stride_x, stride_r, D, eps,
                       BLOCK_D, HAS_RESIDUAL)
@@ -156,7 +158,7 @@ def norm_route(x: torch.Tensor, residual: torch.Tensor | None, norm_weight: torc
         x2.stride(0), r2.stride(0), gate_weight.stride(0), D, E, eps, float(scaling),
         K=k, BLOCK_D=block_d, BLOCK_E=block_e, E_P2=triton.next_power_of_2(E),
         BLOCK_K=triton.next_power_of_2(k), HAS_RESIDUAL=residual is not None,
-        SOFTMAX_FIRST=softmax_first, RENORM=renorm, STAGES=NUM_STAGES, num_warps=num_warps,
+        SOFTMAX_FIRST=softmax_first, RENORM=renorm, STAGES=NUM_STAGES, num_warps=num_warps, **launch_args(),
     )
     return h, res_out, w, ids
 

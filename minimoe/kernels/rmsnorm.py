@@ -22,6 +22,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .pdl import launch_args, wait_then_release
+
 MAX_N = 16384  # the widest row held in registers at once (16 warps x 32 fp32 values per thread)
 
 
@@ -29,8 +31,9 @@ MAX_N = 16384  # the widest row held in registers at once (16 warps x 32 fp32 va
 def _rms_norm_kernel(
     x_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr,
     stride_x, stride_r, N, eps,
-    BLOCK: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
+    BLOCK: tl.constexpr, HAS_RESIDUAL: tl.constexpr, PDL: tl.constexpr,
 ):
+    wait_then_release(PDL)
     row = tl.program_id(0).to(tl.int64)  # int64: row * stride overflows int32 for long prefills
     offs = tl.arange(0, BLOCK)
     ok = offs < N  # BLOCK is N padded to a power of two; the padding loads 0 and adds 0 to the sum
@@ -75,6 +78,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float,
         x2.stride(0), residual.stride(0) if residual is not None else 0, N, eps,
         BLOCK=block, HAS_RESIDUAL=residual is not None,
         num_warps=min(max(block // 256, 1), 16),  # 2048 -> 8 warps: ~8 values per thread
+        **launch_args(),
     )
     return out, res_out
 

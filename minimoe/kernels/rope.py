@@ -33,6 +33,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .pdl import launch_args, wait_then_release
+
 QK_NORMS = {None: 0, "full": 1, "head": 2}  # -> the QK_NORM constexpr
 
 
@@ -92,8 +94,9 @@ def _qkv_rope_cache_kernel(
     stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh, eps, clip,
     H: tl.constexpr, HKV: tl.constexpr, D: tl.constexpr, BLOCK_H: tl.constexpr,
     BLOCK_HKV: tl.constexpr, BLOCK_HALF: tl.constexpr, QK_NORM: tl.constexpr,
-    CLIP: tl.constexpr, INTERLEAVE: tl.constexpr,
+    CLIP: tl.constexpr, INTERLEAVE: tl.constexpr, PDL: tl.constexpr,
 ):
+    wait_then_release(PDL)
     t = tl.program_id(0)
     b = (t // S).to(tl.int64)  # int64: b * stride_kb overflows int32 for a large cache slice
     s = (t % S).to(tl.int64)
@@ -168,7 +171,7 @@ def qkv_rope_cache(qkv, positions, cos, sin, k_cache, v_cache, n_heads: int, n_k
         num_warps=4 if block_h * block_half <= 2048 else 8,  # q tile: 2 x [H, d/2] fp32
         # no fused multiply-add: torch rounds x1·cos and x2·sin separately (one kernel each), and
         # a fused x1·cos − x2·sin would differ in the last fp32 bit and flip a few bf16 roundings
-        enable_fp_fusion=False,
+        enable_fp_fusion=False, **launch_args(),
     )
     return q
 

@@ -26,6 +26,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .pdl import launch_args, wait_then_release
+
 MAX_EXPERTS = 512
 
 
@@ -70,8 +72,9 @@ def _topk_weights(x, E, scaling, K: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_K
 def _route_topk_kernel(
     logits_ptr, w_ptr, ids_ptr, E, stride_t, scaling,
     K: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr,
-    SOFTMAX_FIRST: tl.constexpr, RENORM: tl.constexpr,
+    SOFTMAX_FIRST: tl.constexpr, RENORM: tl.constexpr, PDL: tl.constexpr,
 ):
+    wait_then_release(PDL)
     t = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK_E)
     x = tl.load(logits_ptr + t * stride_t + offs, mask=offs < E, other=float("-inf")).to(tl.float32)
@@ -96,6 +99,7 @@ def route_topk(logits: torch.Tensor, k: int, *, renorm: bool, scaling: float = 1
         K=k, BLOCK_E=triton.next_power_of_2(E), BLOCK_K=triton.next_power_of_2(k),
         SOFTMAX_FIRST=softmax_first, RENORM=renorm,
         num_warps=1,  # <= 16 values per thread; one warp reduces with shuffles, no shared memory
+        **launch_args(),
     )
     return w, ids
 

@@ -1,0 +1,38 @@
+"""Programmatic Dependent Launch (Hopper and later): start the next kernel while this one drains.
+
+Inside a CUDA graph a decode step is a chain of a few hundred kernels, each depending on the one
+before. Normally kernel N+1 is launched only once kernel N has fully finished, so every boundary
+costs a launch latency plus the tail of kernel N's last wave (measured on the H200 with
+scripts/pdl_probe.py: 1.23 µs per boundary for a chain of tiny kernels, 0.86 µs with PDL). With
+PDL, kernel N+1 is launched early and parks in `gdc_wait` (PTX griddepcontrol.wait) until kernel N
+has completed and its writes are visible; kernel N lets it launch early with
+`gdc_launch_dependents` (griddepcontrol.launch_dependents).
+
+Our kernels call both as their very first statements (`wait_then_release`): nothing is read or
+written before the predecessor has finished, so results are exactly those without PDL; only the
+launch work overlaps. Kernels we do not own (cuBLAS, PyTorch) simply run in stream order.
+
+The switch is process-wide, like `torch.backends` flags: `set_enabled` is called once by the
+front-ends from `RunSettings.pdl`, and only on an sm90+ GPU (the interpreter has no griddepcontrol).
+"""
+import triton
+import triton.language as tl
+
+ENABLED = False
+
+
+def set_enabled(on: bool) -> None:
+    global ENABLED
+    ENABLED = bool(on)
+
+
+def launch_args() -> dict:
+    """Keyword arguments for a kernel launch: the kernel's PDL constexpr and Triton's launch flag."""
+    return {"PDL": ENABLED, "launch_pdl": ENABLED}
+
+
+@triton.jit
+def wait_then_release(PDL: tl.constexpr):
+    if PDL:
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
