@@ -57,8 +57,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                                                  "triton on a GPU")
     p.add_argument("--gemv", default="auto", help="decode-size projections: torch (cuBLAS after the RMSNorm "
                    "kernel) | triton (Triton GEMVs with the RMSNorm folded in; slower on the H200); auto: torch")
-    p.add_argument("--pdl", default="auto", help="Programmatic Dependent Launch for the Triton kernels: on | off "
-                   "(auto: on for a Hopper or newer GPU)")
+    p.add_argument("--pdl", default="auto", help="Programmatic Dependent Launch for the Triton kernels: on (sm90+) | "
+                   "off; auto: off (measured slower on the H200)")
     p.add_argument("--eager", action="store_true", help="no CUDA graphs (graphs are on when the GPU and "
                                                         "the expert path allow)")
     p.add_argument("--eager-prefill", action="store_true", help="graph the decode step only, not the prefill "

@@ -43,7 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--attn", default="auto", help="decode attention: sdpa | triton | flash (auto: triton on GPU)")
     g.add_argument("--ops", default="auto", help="norm/rope/router kernels: torch | triton (auto: triton on GPU)")
     g.add_argument("--gemv", default="auto", help="decode GEMVs with folded norms: torch | triton (auto: torch)")
-    g.add_argument("--pdl", default="auto", help="Programmatic Dependent Launch: on | off (auto: on for sm90+)")
+    g.add_argument("--pdl", default="auto", help="Programmatic Dependent Launch: on | off (auto: off)")
     g.add_argument("--dtype", default="auto", help="bf16 | fp16 | fp32 (auto: bf16 on GPU, fp32 on CPU)")
     g.add_argument("--device", default="auto", help="cpu | cuda | cuda:N (auto: cuda when available)")
     g.add_argument("--seed", type=int, default=0, help="seed for dummy weights and sampling")
