@@ -54,9 +54,6 @@ for phase in "$@"; do
          b 90 --model mixtral --fused --bs 1 --pdl off --json "$R/mixtral_bs1_nopdl.json"
          b 50 --model olmoe --fused --bs 1 --json "$R/olmoe_bs1_pdl.json"
          b 50 --model olmoe --fused --bs 1 --pdl off --json "$R/olmoe_bs1_nopdl.json" ;;
-    splits) log splits   # batch-1 decode attention with one tile per split
-         b 90 --model mixtral --fused --bs 1 --json "$R/mixtral_bs1_splits.json"
-         b 50 --model olmoe --fused --bs 1 --json "$R/olmoe_bs1_splits.json" ;;
     compare) log compare; b 240 --model olmoe --fused --bs 64 --compare transformers --json "$R/olmoe_compare.json" ;;
     models) log models   # README tables: bs 1/16/64 x 128/128 and 1024/1024, transformers in the same run
          for m in ${MODELS:-olmoe qwen3 qwen1.5-moe deepseek-v2-lite mixtral}; do

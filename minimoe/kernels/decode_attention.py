@@ -183,10 +183,7 @@ def _plan_splits(B: int, programs_per_split: int, s_max: int, block_n: int,
                  device: torch.device, max_splits: int | None) -> tuple[int, int]:
     """Pick (num_splits, chunk) from shapes only, so the grid is static under CUDA graphs."""
     want = triton.cdiv(PROGRAMS_PER_SM * _sm_count(device), B * programs_per_split)
-    # A grid far smaller than the GPU (batch 1: one program per KV head) is latency-bound: there
-    # one tile per split, so each program's serial loop is one step and the merge does the rest.
-    tiny = B * programs_per_split * 4 <= _sm_count(device)
-    longest = triton.cdiv(s_max, (1 if tiny else MIN_TILES_PER_SPLIT) * block_n)
+    longest = triton.cdiv(s_max, MIN_TILES_PER_SPLIT * block_n)
     num_splits = max(1, min(want, longest, MAX_SPLITS, max_splits or MAX_SPLITS))
     chunk = triton.cdiv(triton.cdiv(s_max, num_splits), block_n) * block_n
     return triton.cdiv(s_max, chunk), chunk  # recount: rounding up may leave trailing splits empty
