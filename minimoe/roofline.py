@@ -93,6 +93,30 @@ def median_ms(fn, iters: int, device: torch.device) -> float:
     return sorted(times)[len(times) // 2]
 
 
+def graph_us(calls, replays: int = 20) -> float:
+    """Median µs per call of `calls` (zero-argument callables) captured back to back in one CUDA
+    graph: launch overhead out, only the kernels' own time and their dependencies left. The calls
+    run once first, so compilation and library workspaces happen outside the capture."""
+    for call in calls:
+        call()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for call in calls:
+            call()
+    graph.replay()
+    times = []
+    for _ in range(replays):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) * 1e3 / len(calls))
+    del graph
+    return sorted(times)[len(times) // 2]
+
+
 def _stream_read_GBps(big: torch.Tensor) -> float:
     """Best of a few grid sizes of the Triton streaming-read probe over `big` (kernels/stream_read.py)."""
     from .kernels.stream_read import stream_sum

@@ -21,7 +21,6 @@ import concurrent.futures as cf
 import json
 import multiprocessing as mp
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -34,6 +33,7 @@ import torch.nn.functional as F  # noqa: E402
 import triton  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from minimoe.roofline import graph_us  # noqa: E402
 from minimoe.kernels.gemv import default_config, gemv, gemv_ref  # noqa: E402
 from minimoe.kernels.rmsnorm import rms_norm  # noqa: E402
 
@@ -77,24 +77,7 @@ def candidates(T):
 
 def time_graph(fns):
     """Median µs per call of fns, captured back to back in one CUDA graph."""
-    for fn in fns:  # warm-up: compiles and cuBLAS workspaces happen outside the capture
-        fn()
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for fn in fns:
-            fn()
-    graph.replay()
-    times = []
-    for _ in range(CALLS):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) * 1e3 / len(fns))
-    del graph
-    return statistics.median(times)
+    return graph_us(fns, CALLS)
 
 
 def make_case(N, D, T, dtype, device, seed=0):

@@ -32,6 +32,7 @@ from pathlib import Path  # noqa: E402
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from minimoe.roofline import graph_us  # noqa: E402
 from minimoe.experts import experts_loop  # noqa: E402
 from minimoe.kernels import moe_configs  # noqa: E402
 from minimoe.kernels.fused_moe import fused_moe, plan  # noqa: E402
@@ -89,28 +90,6 @@ def make_routings(T, E, D, K, dtype, device, n, gen):
     return out
 
 
-def graph_us(calls):
-    """Median µs per call of `calls` captured back to back in one CUDA graph."""
-    for call in calls:
-        call()  # compile and warm outside the capture
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for call in calls:
-            call()
-    graph.replay()
-    times = []
-    for _ in range(REPLAYS):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) * 1e3 / len(calls))
-    del graph
-    return statistics.median(times)
-
-
 def measure(layer, cfg, check_set, ref, shape, gen, timed):
     """{err, us, bytes, GBps, pct} for one config; us etc. are None when not timed or wrong."""
     w13, w2 = layer
@@ -126,7 +105,7 @@ def measure(layer, cfg, check_set, ref, shape, gen, timed):
     routings = make_routings(T, E, D, K, x.dtype, x.device, CALLS_PER_GRAPH, gen)
     calls = [lambda r=r: fused_moe(r[0], w13, w2, r[1], r[2], config=cfg) for r in routings]
     try:
-        us = graph_us(calls)
+        us = graph_us(calls, REPLAYS)
     except Exception as exc:  # e.g. a launch the capture refuses
         return dict(res, failed=f"{type(exc).__name__}: {str(exc)[:120]}")
     touched = statistics.mean(r[1].unique().numel() for r in routings)

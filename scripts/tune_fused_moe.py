@@ -29,6 +29,7 @@ import torch
 import triton
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from minimoe.roofline import graph_us  # noqa: E402
 from minimoe.kernels import moe_configs  # noqa: E402
 from minimoe.kernels.fused_moe import fused_moe, plan  # noqa: E402
 
@@ -113,24 +114,7 @@ def reference(x, w13, w2, ids, weights):
 
 def time_call(fn_list):
     """Median µs per call: the calls are captured in one CUDA graph, replayed 5 times."""
-    for fn in fn_list:
-        fn()
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for fn in fn_list:
-            fn()
-    graph.replay()
-    times = []
-    for _ in range(5):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) * 1e3 / len(fn_list))
-    del graph
-    return statistics.median(times)
+    return graph_us(fn_list, 5)
 
 
 def try_config(layer, routings, ref, cfg, tol):

@@ -32,6 +32,7 @@ import triton
 import triton.language as tl
 
 from .pdl import launch_args, wait_then_release
+from .rmsnorm import add_rms_norm_row
 from .route import MAX_EXPERTS, _topk_weights
 
 # One program per token re-reads the whole gate (from L2 after the first): worth it at decode sizes
@@ -49,26 +50,6 @@ MAX_D = 8192  # the widest row held in registers at once (h stays there for the 
 # flight. Untuned guesses; measure on the GPU.
 GATE_ELEMS_PER_THREAD = 32
 NUM_STAGES = 3
-
-
-@triton.jit
-def _add_rms_norm(x_ptr, res_ptr, nw_ptr, h_ptr, res_out_ptr, t, stride_x, stride_r, D, eps,
-                  BLOCK_D: tl.constexpr, HAS_RESIDUAL: tl.constexpr):
-    """One row of rmsnorm.py's `_rms_norm_kernel` (same roundings); returns h [BLOCK_D], 0-padded."""
-    offs = tl.arange(0, BLOCK_D)
-    ok = offs < D
-    x = tl.load(x_ptr + t * stride_x + offs, mask=ok, other=0.0)
-    if HAS_RESIDUAL:
-        r = tl.load(res_ptr + t * stride_r + offs, mask=ok, other=0.0)
-        x = (x.to(tl.float32) + r.to(tl.float32)).to(x_ptr.dtype.element_ty)  # the new stream
-        tl.store(res_out_ptr + t * D + offs, x, mask=ok)
-    xf = x.to(tl.float32)
-    inv_rms = tl.rsqrt(tl.sum(xf * xf, axis=0) / D + eps)
-    normed = (xf * inv_rms).to(x_ptr.dtype.element_ty).to(tl.float32)  # rounded before the weight
-    w = tl.load(nw_ptr + offs, mask=ok, other=0.0).to(tl.float32)
-    h = (w * normed).to(h_ptr.dtype.element_ty)
-    tl.store(h_ptr + t * D + offs, h, mask=ok)
-    return h
 
 
 @triton.jit
@@ -104,8 +85,8 @@ def _norm_route_kernel(
 ):
     wait_then_release(PDL)
     t = tl.program_id(0).to(tl.int64)  # int64: t * stride overflows int32 for long prefills
-    h = _add_rms_norm(x_ptr, res_ptr, nw_ptr, h_ptr, res_out_ptr, t, stride_x, stride_r, D, eps,
-                      BLOCK_D, HAS_RESIDUAL)
+    h = add_rms_norm_row(x_ptr, res_ptr, nw_ptr, h_ptr, res_out_ptr, t, stride_x, stride_r, D, eps,
+                         BLOCK_D, HAS_RESIDUAL)
     h = h.to(gate_ptr.dtype.element_ty).to(tl.float32)  # the engine feeds h.to(gate dtype) to the gate
     logits = _gate_logits(h, gate_ptr, stride_g, D, E, BLOCK_D, BLOCK_E, E_P2, STAGES)
     w, ids = _topk_weights(logits, E, scaling, K, E_P2, BLOCK_K, SOFTMAX_FIRST, RENORM)

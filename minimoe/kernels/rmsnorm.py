@@ -28,13 +28,10 @@ MAX_N = 16384  # the widest row held in registers at once (16 warps x 32 fp32 va
 
 
 @triton.jit
-def _rms_norm_kernel(
-    x_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr,
-    stride_x, stride_r, N, eps,
-    BLOCK: tl.constexpr, HAS_RESIDUAL: tl.constexpr, PDL: tl.constexpr,
-):
-    wait_then_release(PDL)
-    row = tl.program_id(0).to(tl.int64)  # int64: row * stride overflows int32 for long prefills
+def add_rms_norm_row(x_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr, row, stride_x, stride_r, N, eps,
+                     BLOCK: tl.constexpr, HAS_RESIDUAL: tl.constexpr):
+    """One row: store norm(x [+ residual]) to out_ptr's row (and x + residual to res_out_ptr's);
+    return the normed row [BLOCK] (0 past N). Shared with norm_route.py, which keeps it for the router."""
     offs = tl.arange(0, BLOCK)
     ok = offs < N  # BLOCK is N padded to a power of two; the padding loads 0 and adds 0 to the sum
     x = tl.load(x_ptr + row * stride_x + offs, mask=ok, other=0.0)
@@ -46,7 +43,21 @@ def _rms_norm_kernel(
     inv_rms = tl.rsqrt(tl.sum(xf * xf, axis=0) / N + eps)
     normed = (xf * inv_rms).to(x_ptr.dtype.element_ty).to(tl.float32)  # rounded before the weight
     w = tl.load(w_ptr + offs, mask=ok, other=0.0).to(tl.float32)
-    tl.store(out_ptr + row * N + offs, (w * normed).to(out_ptr.dtype.element_ty), mask=ok)
+    out = (w * normed).to(out_ptr.dtype.element_ty)
+    tl.store(out_ptr + row * N + offs, out, mask=ok)
+    return out
+
+
+@triton.jit
+def _rms_norm_kernel(
+    x_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr,
+    stride_x, stride_r, N, eps,
+    BLOCK: tl.constexpr, HAS_RESIDUAL: tl.constexpr, PDL: tl.constexpr,
+):
+    wait_then_release(PDL)
+    row = tl.program_id(0).to(tl.int64)  # int64: row * stride overflows int32 for long prefills
+    add_rms_norm_row(x_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr, row, stride_x, stride_r, N, eps,
+                     BLOCK, HAS_RESIDUAL)
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float,
