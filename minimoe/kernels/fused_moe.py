@@ -38,10 +38,10 @@ import torch
 import triton
 import triton.language as tl
 
-from .pdl import launch_args, wait_then_release
 from .fused_moe_small import fused_moe_small
 from .moe_align import align_tokens_by_expert
 from .moe_configs import down_config, get_config
+from .pdl import launch_args, wait_then_release
 
 SMALL_BATCH_RATIO = 4  # "small" when T·K·SMALL_BATCH_RATIO <= E
 

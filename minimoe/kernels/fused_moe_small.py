@@ -24,21 +24,25 @@ skipped by GEMM1 (their h row is never written) and masked out of GEMM2's loads:
 exact 0. No sorting, no host sync, every size fixed by (T, K, E, config): CUDA-graph safe. Two
 slots that share an expert read its weights twice; T·K·4 <= E keeps that rare.
 
+What it bought, measured on the H200 (scripts/bench_moe_small.py, µs per layer call, T = 1, against
+the tl.dot variant it replaced): OLMoE 31.0 -> 30.7, Qwen3 26.8 -> 26.9, Mixtral 169.4 -> 166.4 (99.7%
+of 4.25 TB/s), Qwen1.5 25.2 -> 25.0, DeepSeek-V2-Lite 32.8 -> 32.7; at T = 2 it is 1.07-1.11x faster.
+The old kernels were already streaming; the saved combine launch is what remains.
+
 Config: the "small" key of a fused_moe config; keys left out come from `small_default_config`.
-    {"small": {"BLOCK_N": 8, "BLOCK_K": 512, "num_warps": 4, "num_stages": 1,      # GEMM1
-               "down": {"BLOCK_N": 2, "BLOCK_K": 1024, "num_warps": 4, "num_stages": 3}}}
+    {"small": {"BLOCK_N": 4, "BLOCK_K": 1024, "num_warps": 4, "num_stages": 1,      # GEMM1
+               "down": {"BLOCK_N": 8, "BLOCK_K": 512, "num_warps": 4, "num_stages": 3}}}
 num_stages is the software-pipeline depth of the reduction loop (`tl.range`): on its own Triton
 pipelines only loops that feed a tl.dot. The aligned path's keys (BLOCK_M, GROUP_M, ...) are
 never read here.
 """
 
-
 import torch
 import triton
 import triton.language as tl
 
-from .pdl import launch_args, wait_then_release
 from .moe_configs import on_gpu
+from .pdl import launch_args, wait_then_release
 
 SMALL_KEYS = ("BLOCK_N", "BLOCK_K", "num_warps", "num_stages")
 

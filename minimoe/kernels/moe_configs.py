@@ -8,7 +8,8 @@ A config is a plain dict:
 The top-level keys drive GEMM1 (gate+up: N = 2I in two halves, reduction over D). The optional
 "down" dict overrides them for GEMM2 (N = D, reduction over I), whose shape differs; BLOCK_M is
 shared because both GEMMs walk the same M-blocks from one alignment. An optional "variant"
-("small" | "aligned") forces the path `fused_moe.plan` would otherwise choose.
+("small" | "small_dot" | "aligned") forces the path `fused_moe.plan` would otherwise choose, and an
+optional "small" dict sets the decode variant's own tiles (fused_moe_small.py; it reads nothing else).
 
 What size of tile is right depends on tokens per expert, tpe = T·K/E, not on T: an expert sees
 about tpe rows, so BLOCK_M past tpe only multiplies padding. At decode (tpe of a few) the layer is
