@@ -161,7 +161,7 @@ def print_header(v, cfg, pc, settings, ceilings, graphs, dtype):
     print(f"# minimoe bench | {where} | torch {v['torch']} | triton {v['triton']} | CUDA {v.get('cuda')}")
     print(f"# ceilings ({ceilings['source']}): bandwidth {ceilings['bandwidth_GBps']:.0f} GB/s "
           f"(copy {ceilings.get('copy_GBps', 0):.0f}, read {ceilings.get('read_GBps', 0):.0f}, "
-          f"stream {ceilings.get('stream_read_GBps') or 0:.0f}), "
+          f"stream {_f(ceilings.get('stream_read_GBps'), '.0f')}), "
           f"matmul {ceilings['matmul_TFLOPs']:.1f} TFLOP/s")
     moe = f"E={cfg.n_experts} K={settings.top_k or cfg.top_k} I={cfg.moe_intermediate_size}" if cfg.is_moe else "dense"
     print(f"# model {cfg.extra.get('name') or cfg.family} ({cfg.family}): L={cfg.n_layers} D={cfg.hidden_size} "
