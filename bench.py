@@ -239,18 +239,7 @@ def run_config(args, model, cfg, settings, ceilings, device, dtype, b, n_in, n_o
 def compare_transformers(args, card, model, dtype, device, results, prompts_of):
     """Time transformers on every configuration; same weights when both models fit in memory."""
     from minimoe import hf_compare
-    from minimoe.loader import export_weights
-    wbytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    # share weights only with room left for transformers' activations and cache (16 GiB or a quarter more)
-    shared = device.type != "cuda" or wbytes + max(wbytes / 4, 16 * 2 ** 30) < torch.cuda.mem_get_info(device)[0]
-    if not shared:
-        model.to("meta")                                   # free ours first: both do not fit together
-        torch.cuda.empty_cache()
-    hf = hf_compare.build_hf(card, dtype, device, args.hf_experts)
-    if shared:
-        export_weights(model, dict(hf.state_dict()))
+    hf, shared = hf_compare.build_peer(model, card, dtype, device, args.hf_experts)
     rows = []
     for res in results:
         b, n_in, n_out = res["batch"], res["input_len"], res["output_len"]

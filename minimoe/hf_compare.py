@@ -34,6 +34,24 @@ def build_hf(card: dict, dtype: torch.dtype, device: torch.device, experts_impl:
     return model.eval()
 
 
+def build_peer(model, card: dict, dtype: torch.dtype, device: torch.device, experts_impl: str | None = None):
+    """(transformers model, shared): the same weights as our `model` when both fit in memory with
+    room for transformers' activations and cache (16 GiB or a quarter more); otherwise ours is
+    freed first and transformers keeps its own random init."""
+    from .loader import export_weights
+    wbytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    shared = device.type != "cuda" or wbytes + max(wbytes / 4, 16 * 2 ** 30) < torch.cuda.mem_get_info(device)[0]
+    if not shared:
+        model.to("meta")
+        torch.cuda.empty_cache()
+    hf = build_hf(card, dtype, device, experts_impl)
+    if shared:
+        export_weights(model, dict(hf.state_dict()))
+    return hf, shared
+
+
 @torch.inference_mode()
 def timed_hf_generation(model, prompts: torch.Tensor, out_len: int, steps: int | None = None) -> dict:
     """Like benchmark.timed_generation. With `steps` < out_len-1, only that many decode steps run and
