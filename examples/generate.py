@@ -7,16 +7,17 @@ import argparse
 
 import torch
 
-from minimoe.config import RunSettings
-from minimoe.generate import Generator, Sampling
+from minimoe.generate import Generator
 from minimoe.loader import build_model
+from minimoe.sampling import Sampling
+from minimoe.settings import RunSettings
 
 p = argparse.ArgumentParser()
 p.add_argument("--model", default="olmoe-tiny", help="card name, checkpoint dir or hub id")
 p.add_argument("--device", default="cpu")
 args = p.parse_args()
 
-settings = RunSettings()                                    # the plain path: loop over experts, SDPA
+settings = RunSettings(device=args.device)                  # the plain path: loop over experts, SDPA
 dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
 model, cfg, _ = build_model(args.model, "auto", dtype=dtype, device=args.device, settings=settings)
 prompts = torch.randint(0, cfg.vocab_size, (2, 8), device=args.device)   # a batch of 2 equal-length prompts
@@ -31,3 +32,6 @@ print("grouped experts:", fast[0].tolist(), "(identical)" if torch.equal(fast, r
 
 sampled = Generator(model, 2, 24, Sampling(temperature=0.8, top_p=0.9)).generate(prompts, 16)
 print("sampled:        ", sampled[0].tolist())
+
+ragged = [[5, 6, 7], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]]       # prompts of different lengths, one batch
+print("ragged batch:   ", Generator(model, 2, 10 + 8).generate(ragged, max_new_tokens=8).tolist())

@@ -65,9 +65,13 @@ class ModelConfig:
     router_fp32: bool = False       # DeepSeek keeps the gate weight and its matmul in fp32
     shared_intermediate_size: int = 0  # width of the always-on shared expert MLP (0 = none)
     shared_expert_gate: bool = False   # Qwen2-MoE scales the shared expert by sigmoid(gate(x))
+    # Pruned checkpoints: a layer's routed-expert count and width come from its tensors (loader.py reads
+    # them from the checkpoint) and may differ per layer; None = n_experts / moe_intermediate_size everywhere.
+    experts_per_layer: tuple | None = None
+    moe_width_per_layer: tuple | None = None
 
     bos_token_id: int | None = None
-    eos_token_id: int | None = None
+    eos_token_ids: tuple = ()       # every stop id: config.json's eos_token_id (int or list) + generation_config.json's
     extra: dict = field(default_factory=dict)  # informative leftovers (name, source), never read by the model
 
     # ---- derived quantities ------------------------------------------------------------------
@@ -77,6 +81,14 @@ class ModelConfig:
 
     def is_moe_layer(self, i: int) -> bool:
         return self.is_moe and i not in self.dense_layers
+
+    def layer_experts(self, i: int) -> int:
+        """Routed experts of MoE layer i (E may differ per layer in a pruned checkpoint)."""
+        return self.experts_per_layer[i] if self.experts_per_layer else self.n_experts
+
+    def layer_moe_width(self, i: int) -> int:
+        """Expert FFN width I of MoE layer i."""
+        return self.moe_width_per_layer[i] if self.moe_width_per_layer else self.moe_intermediate_size
 
     @property
     def qk_head_dim(self) -> int:
@@ -107,8 +119,10 @@ class ModelConfig:
         """The paper's top-k sweeps: route each token to k experts instead of the card's default."""
         if not self.is_moe:
             raise ValueError("--topk needs an MoE model")
-        if not 1 <= k <= self.n_experts:
-            raise ValueError(f"--topk {k} must be between 1 and the expert count {self.n_experts}")
+        fewest = min((self.layer_experts(i) for i in range(self.n_layers) if self.is_moe_layer(i)),
+                     default=self.n_experts)
+        if not 1 <= k <= fewest:
+            raise ValueError(f"--topk {k} must be between 1 and the expert count {fewest}")
         if self.n_group > 1 and k > self.topk_group * (self.n_experts // self.n_group):
             raise ValueError(f"--topk {k} exceeds the experts in the {self.topk_group} allowed groups")
         return dataclasses.replace(self, top_k=k)
@@ -117,21 +131,3 @@ class ModelConfig:
 def yarn_mscale(factor: float, mscale: float = 1.0) -> float:
     """YaRN's attention-temperature correction (DeepSeek's `yarn_get_mscale`)."""
     return 1.0 if factor <= 1 else 0.1 * mscale * math.log(factor) + 1.0
-
-
-@dataclass
-class RunSettings:
-    """How to run a model: one field per optimization, each defaulting to the plain path.
-
-    The model's modules hold a reference to one shared instance, so an ablation flips one field
-    and nothing else (no rebuild, same weights)."""
-    experts: str = "loop"           # key into experts.EXPERT_PATHS: loop | grouped | fused
-    attn: str = "sdpa"              # decode attention, key into attention.DECODE_ATTENTION
-    fused_ops: bool = False         # one Triton kernel each for RMSNorm(+add), q/k norm+rope+cache write, router
-                                    # top-k; at decode sizes norm + router GEMV + top-k as one (norm_route.py)
-    gemv: bool = False              # decode sizes (T <= 16): Triton GEMVs with the RMSNorm folded in
-                                    # (kernels/gemv.py; measured slower than cuBLAS on the H200)
-    pdl: bool = False               # Programmatic Dependent Launch for our Triton kernels (kernels/pdl.py)
-    router: str | None = None       # override the card's router (synthetic routers for ablations)
-    top_k: int | None = None        # override the card's K (the paper's top-k sweeps)
-    zipf_s: float = 1.2             # exponent of the synthetic Zipf router

@@ -1,270 +1,338 @@
-"""Families: Hugging Face `config.json` -> `ModelConfig`, and checkpoint tensor names -> minimoe's.
+"""Families: a Hugging Face `config.json` -> `ModelConfig`, one translation per `model_type`.
 
-One entry per `model_type`. An entry is two plain functions:
-  * `config(hf: dict) -> ModelConfig`: every family quirk becomes a named field (see
-    `../shared/reference/model-facts.md` for the sources of each default);
-  * `weights(cfg) -> {our_name: recipe}`: where each minimoe tensor comes from in the checkpoint.
-
-A recipe is a list of alternatives; an alternative is a list of parts; a part is a tensor name or,
-for stacked experts, a list of names. The loader takes the first alternative whose tensors all
-exist, concatenates parts along dim 0, and stacks per-expert parts into one [E, ...] tensor. So
-minimoe stores q/k/v as one `wqkv` and gate/up as one `w13` (one GEMM each) while the Hub keeps them
-apart; the second alternative for experts reads transformers-v5's in-memory fused layout.
+Every family quirk becomes a named field of ModelConfig, and a key that config.json leaves out takes
+the family's reference default: the tables beside each translation (`config_fields.py` reads through
+them; `../shared/reference/model-facts.md` has the published values). Nothing downstream looks at
+`model_type` again. Where each tensor comes from in a checkpoint is checkpoint_names.py.
 """
 from __future__ import annotations
 
 from .config import ModelConfig
+from .config_fields import ConfigError, Fields, UnsupportedConfig, number, read_rope
 
-# ---- config translation --------------------------------------------------------------------------
+def _gqa(f: Fields, head_dim_key: bool = True) -> dict:
+    """Grouped-query attention geometry. A null num_key_value_heads means one per query head; a
+    missing or null head_dim means hidden_size / num_attention_heads."""
+    n_heads = f.integer("num_attention_heads", low=1)    # read first: a config without it is refused by this name
+    hidden = f.integer("hidden_size", low=1)
+    kv = f.integer("num_key_value_heads", low=1, null=True) or n_heads
+    if n_heads % kv:
+        raise ConfigError(f"num_attention_heads ({n_heads}) must be a multiple of num_key_value_heads ({kv})")
+    head_dim = f.integer("head_dim", low=1, null=True) if head_dim_key else None
+    if head_dim is None:
+        if hidden % n_heads:
+            raise ConfigError(f"head_dim is missing and hidden_size ({hidden}) is not a multiple of "
+                              f"num_attention_heads ({n_heads})")
+        head_dim = hidden // n_heads
+    if head_dim % 2:
+        raise ConfigError(f"head_dim ({head_dim}) must be even: rotary embedding turns channel pairs")
+    return dict(n_kv_heads=kv, head_dim=head_dim)
 
 
-def _rope(hf: dict) -> tuple[float, dict | None]:
-    """Read rope settings from the old (`rope_theta` + `rope_scaling`) or new (`rope_parameters`) form."""
-    params = dict(hf.get("rope_parameters") or {})
-    scaling = dict(hf.get("rope_scaling") or {})
-    theta = float(params.get("rope_theta", hf.get("rope_theta", 10000.0)))
-    merged = {**params, **scaling}
-    kind = merged.get("rope_type", merged.get("type", "default"))
-    if kind in (None, "default"):
-        return theta, None
-    if kind != "yarn":
-        raise NotImplementedError(f"rope scaling type {kind!r} is not supported (only default and yarn)")
-    merged["type"] = "yarn"
-    merged.pop("rope_type", None)
-    merged.pop("rope_theta", None)
-    return theta, merged
+def _experts(f: Fields, key: str, *aliases: str) -> dict:
+    """E routed experts (null or 0: none, a dense model) and K experts per token, 1 <= K <= E."""
+    n = f.integer(key, *aliases, null=True) or 0
+    k = f.integer("num_experts_per_tok", null=True) if n else 0
+    if n and not (k and k <= n):
+        raise ConfigError(f"num_experts_per_tok ({k}) must be between 1 and {key} ({n})")
+    return dict(n_experts=n, top_k=k)
 
 
-def _common(hf: dict, family: str, **kw) -> ModelConfig:
-    theta, scaling = _rope(hf)
-    n_heads = hf["num_attention_heads"]
-    eos = hf.get("eos_token_id")
+def _common(f: Fields, rope_kinds: tuple = ("default", "yarn"), softmax_mscale: bool = False,
+            **kw) -> ModelConfig:
+    """The fields every family shares; `kw` brings the family's attention geometry and quirks."""
+    theta, scaling = read_rope(f, rope_kinds, softmax_mscale)
     base = dict(
-        family=family,
-        vocab_size=hf["vocab_size"],
-        hidden_size=hf["hidden_size"],
-        n_layers=hf["num_hidden_layers"],
-        n_heads=n_heads,
-        n_kv_heads=hf.get("num_key_value_heads") or n_heads,
-        head_dim=hf.get("head_dim") or hf["hidden_size"] // n_heads,
-        intermediate_size=hf.get("intermediate_size", 0),
-        rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
-        max_position_embeddings=hf.get("max_position_embeddings", 4096),
-        tie_word_embeddings=hf.get("tie_word_embeddings", False),
+        family=f.family,
+        vocab_size=f.integer("vocab_size", low=1),
+        hidden_size=f.integer("hidden_size", low=1),
+        n_layers=f.integer("num_hidden_layers", low=1),
+        n_heads=f.integer("num_attention_heads", low=1),
+        intermediate_size=f.integer("intermediate_size"),
+        rms_norm_eps=f.number("rms_norm_eps"),
+        max_position_embeddings=f.integer("max_position_embeddings", low=1),
+        tie_word_embeddings=f.flag("tie_word_embeddings"),
         rope_theta=theta,
         rope_scaling=scaling,
-        bos_token_id=hf.get("bos_token_id"),
-        eos_token_id=eos[0] if isinstance(eos, list) else eos,
-        extra={"name": hf.get("_name_or_path", "")},
+        bos_token_id=f.integer("bos_token_id", null=True),
+        eos_token_ids=f.ids("eos_token_id"),
+        extra={"name": f.hf.get("_name_or_path", "")},
     )
     base.update(kw)
     return ModelConfig(**base)
 
 
+# Defaults tables: the reference class's value for every key its translation reads. A key's value of
+# None means what the class makes of None: num_key_value_heads = num_attention_heads, head_dim =
+# hidden_size / num_attention_heads, no sliding window, no clipping, no such token.
+
+OLMOE_DEFAULTS = dict(   # transformers OlmoeConfig
+    intermediate_size=2048, num_key_value_heads=None, head_dim=None, max_position_embeddings=4096,
+    rms_norm_eps=1e-5, tie_word_embeddings=False, rope_theta=10000.0, bos_token_id=None, eos_token_id=50279,
+    attention_bias=False, clip_qkv=None, num_experts=64, num_experts_per_tok=8, norm_topk_prob=False)
+
+
 def _olmoe(hf: dict) -> ModelConfig:
-    bias = hf.get("attention_bias", False)
-    return _common(hf, "olmoe", rms_norm_eps=hf.get("rms_norm_eps", 1e-5), qkv_bias=bias, o_bias=bias,
-                   qk_norm="full", clip_qkv=hf.get("clip_qkv"),
-                   n_experts=hf["num_experts"], top_k=hf["num_experts_per_tok"],
-                   moe_intermediate_size=hf["intermediate_size"],
-                   norm_topk_prob=hf.get("norm_topk_prob", False))
+    """OLMoE: RMSNorm over the whole q and k projections, optional q/k/v clipping, bias on q/k/v/o."""
+    f = Fields(hf, "olmoe", OLMOE_DEFAULTS)
+    bias = f.flag("attention_bias")
+    return _common(f, **_gqa(f), qkv_bias=bias, o_bias=bias, qk_norm="full",
+                   clip_qkv=f.number("clip_qkv", null=True), **_experts(f, "num_experts", "num_local_experts"),
+                   moe_intermediate_size=f.integer("intermediate_size", low=1),
+                   norm_topk_prob=f.flag("norm_topk_prob"))
+
+
+MIXTRAL_DEFAULTS = dict(   # transformers MixtralConfig: its rope theta is 1e6, not the usual 1e4
+    intermediate_size=14336, num_key_value_heads=8, head_dim=None, max_position_embeddings=131072,
+    rms_norm_eps=1e-5, tie_word_embeddings=False, rope_theta=1e6, bos_token_id=1, eos_token_id=2,
+    sliding_window=None, num_local_experts=8, num_experts_per_tok=2)
 
 
 def _mixtral(hf: dict) -> ModelConfig:
-    # Mixtral always renormalises: it takes top-k of the logits and softmaxes over those k.
-    return _common(hf, "mixtral", sliding_window=hf.get("sliding_window"),
-                   n_experts=hf["num_local_experts"], top_k=hf["num_experts_per_tok"],
-                   moe_intermediate_size=hf["intermediate_size"], router="topk_softmax", norm_topk_prob=True)
+    """Mixtral always renormalises (no flag): it takes top-k of the logits and softmaxes over those k."""
+    f = Fields(hf, "mixtral", MIXTRAL_DEFAULTS)
+    return _common(f, **_gqa(f), sliding_window=f.integer("sliding_window", low=1, null=True),
+                   **_experts(f, "num_local_experts", "num_experts"),
+                   moe_intermediate_size=f.integer("intermediate_size", low=1), router="topk_softmax",
+                   norm_topk_prob=True)
 
 
-def _qwen_moe_layers(hf: dict) -> tuple:
-    step = hf.get("decoder_sparse_step", 1)
-    only = set(hf.get("mlp_only_layers") or [])
-    return tuple(i for i in range(hf["num_hidden_layers"]) if i in only or (i + 1) % step != 0)
+def _qwen_moe_layers(f: Fields) -> tuple:
+    """Dense layers: those in mlp_only_layers, and all but every decoder_sparse_step-th."""
+    step = f.integer("decoder_sparse_step", low=1)
+    only = set(f.ids("mlp_only_layers"))
+    return tuple(i for i in range(f.integer("num_hidden_layers", low=1)) if i in only or (i + 1) % step != 0)
 
 
-def _qwen_window(hf: dict) -> int | None:
-    return hf.get("sliding_window") if hf.get("use_sliding_window") else None
+def _qwen_window(f: Fields, slides) -> int | None:
+    """Qwen2's sliding window, if `use_sliding_window` is on and some layer slides: the ones `layer_types`
+    marks, or when it is absent those the family's rule `slides(layer, max_window_layers)` picks.
+    minimoe has no windowed attention, so the window caps the context instead."""
+    if not f.flag("use_sliding_window"):
+        return None
+    types = f.raw("layer_types")
+    if types is None:
+        last = f.integer("max_window_layers")
+        types = ["sliding_attention" if slides(i, last) else "full_attention"
+                 for i in range(f.integer("num_hidden_layers", low=1))]
+    if not isinstance(types, list):
+        raise ConfigError(f"config.json field 'layer_types' must be a list, got {types!r}")
+    return f.integer("sliding_window", low=1, null=True) if "sliding_attention" in types else None
+
+
+QWEN2_MOE_DEFAULTS = dict(   # transformers Qwen2MoeConfig: q/k/v bias and a 5632-wide shared expert by default
+    intermediate_size=5632, num_key_value_heads=16, head_dim=None, max_position_embeddings=32768,
+    rms_norm_eps=1e-6, tie_word_embeddings=False, rope_theta=10000.0, bos_token_id=None, eos_token_id=None,
+    qkv_bias=True, use_sliding_window=False, sliding_window=4096, max_window_layers=28, layer_types=None,
+    num_experts=60, num_experts_per_tok=4, moe_intermediate_size=1408, shared_expert_intermediate_size=5632,
+    norm_topk_prob=False, decoder_sparse_step=1, mlp_only_layers=None)
 
 
 def _qwen2_moe(hf: dict) -> ModelConfig:
-    shared = hf.get("shared_expert_intermediate_size", 0)
-    return _common(hf, "qwen2_moe", qkv_bias=hf.get("qkv_bias", True), sliding_window=_qwen_window(hf),
-                   n_experts=hf["num_experts"], top_k=hf["num_experts_per_tok"],
-                   moe_intermediate_size=hf["moe_intermediate_size"], dense_layers=_qwen_moe_layers(hf),
-                   norm_topk_prob=hf.get("norm_topk_prob", False),
+    """Qwen1.5/Qwen2-MoE: q/k/v bias, a shared expert scaled by sigmoid(gate(x))."""
+    f = Fields(hf, "qwen2_moe", QWEN2_MOE_DEFAULTS)
+    shared = f.integer("shared_expert_intermediate_size")
+    return _common(f, **_gqa(f), qkv_bias=f.flag("qkv_bias"),
+                   sliding_window=_qwen_window(f, lambda i, last: i % 2 == 0 and i < last),
+                   **_experts(f, "num_experts"), moe_intermediate_size=f.integer("moe_intermediate_size", low=1),
+                   dense_layers=_qwen_moe_layers(f), norm_topk_prob=f.flag("norm_topk_prob"),
                    shared_intermediate_size=shared, shared_expert_gate=shared > 0)
 
 
+QWEN3_MOE_DEFAULTS = dict(   # transformers Qwen3MoeConfig: note norm_topk_prob is false, though the cards set it
+    intermediate_size=6144, num_key_value_heads=4, head_dim=None, max_position_embeddings=32768,
+    rms_norm_eps=1e-6, tie_word_embeddings=False, rope_theta=10000.0, bos_token_id=None, eos_token_id=None,
+    attention_bias=False, use_sliding_window=False, sliding_window=4096, num_local_experts=128,
+    num_experts_per_tok=8, moe_intermediate_size=768, norm_topk_prob=False, decoder_sparse_step=1,
+    mlp_only_layers=None)
+
+
 def _qwen3_moe(hf: dict) -> ModelConfig:
-    bias = hf.get("attention_bias", False)
-    experts = hf.get("num_experts") or hf["num_local_experts"]   # Hub name / transformers-v5 name
-    return _common(hf, "qwen3_moe", qkv_bias=bias, o_bias=bias, qk_norm="head", sliding_window=_qwen_window(hf),
-                   n_experts=experts, top_k=hf["num_experts_per_tok"],
-                   moe_intermediate_size=hf["moe_intermediate_size"], dense_layers=_qwen_moe_layers(hf),
-                   norm_topk_prob=hf.get("norm_topk_prob", True))
+    """Qwen3-MoE: per-head q/k RMSNorm, an explicit head_dim; its window, when on, covers every layer."""
+    f = Fields(hf, "qwen3_moe", QWEN3_MOE_DEFAULTS)
+    bias = f.flag("attention_bias")
+    window = f.integer("sliding_window", low=1, null=True) if f.flag("use_sliding_window") else None
+    return _common(f, **_gqa(f), qkv_bias=bias, o_bias=bias, qk_norm="head", sliding_window=window,
+                   **_experts(f, "num_local_experts", "num_experts"),     # transformers-v5 name / Hub name
+                   moe_intermediate_size=f.integer("moe_intermediate_size", low=1), dense_layers=_qwen_moe_layers(f),
+                   norm_topk_prob=f.flag("norm_topk_prob"))
 
 
-def _deepseek_moe_fields(hf: dict, default_method: str = "greedy") -> dict:
-    """The MoE fields DeepSeekMoE, V2 and V3 share (dense-layer rule, shared experts, routing)."""
-    e = hf.get("n_routed_experts") or 0
-    first, freq = hf.get("first_k_dense_replace", 0), hf.get("moe_layer_freq", 1)
-    dense = tuple(i for i in range(hf["num_hidden_layers"]) if not (e and i >= first and i % freq == 0))
-    if hf.get("scoring_func", "softmax") not in ("softmax", "sigmoid"):
-        raise NotImplementedError(f"scoring_func {hf['scoring_func']!r} is not supported")
-    method = hf.get("topk_method") or default_method
-    router = {"greedy": "softmax_topk", "group_limited_greedy": "group_limited_greedy",
-              "noaux_tc": "sigmoid_group_bias"}.get(method)
-    if router is None:
-        raise NotImplementedError(f"topk_method {method!r} is not supported")
-    return dict(n_experts=e, top_k=hf.get("num_experts_per_tok") or 0,
-                moe_intermediate_size=hf.get("moe_intermediate_size", 0), dense_layers=dense, router=router,
-                norm_topk_prob=hf.get("norm_topk_prob", False),
-                routed_scaling_factor=float(hf.get("routed_scaling_factor", 1.0)),
-                n_group=hf.get("n_group") or 1, topk_group=hf.get("topk_group") or 1,
-                router_bias=method == "noaux_tc", router_fp32=True,
-                shared_intermediate_size=(hf.get("n_shared_experts") or 0) * hf.get("moe_intermediate_size", 0))
+def _deepseek_ffn(f: Fields, n_experts: int, moe_layer_freq: int = 1) -> dict:
+    """The DeepSeek FFN layout: layers below first_k_dense_replace (and, in DeepSeekMoE, those off the
+    moe_layer_freq beat) stay dense; MoE layers add n_shared_experts always-on experts as one MLP."""
+    first, width = f.integer("first_k_dense_replace"), f.integer("moe_intermediate_size", low=1)
+    dense = tuple(i for i in range(f.integer("num_hidden_layers", low=1))
+                  if not (n_experts and i >= first and i % moe_layer_freq == 0))
+    return dict(moe_intermediate_size=width, dense_layers=dense,
+                shared_intermediate_size=(f.integer("n_shared_experts", null=True) or 0) * width)
+
+
+def _groups(f: Fields, n_experts: int, min_size: int = 1) -> dict:
+    """Group-limited routing: the experts in n_group equal groups, of which topk_group survive per token."""
+    n, k = f.integer("n_group", low=1, null=True), f.integer("topk_group", low=1, null=True)
+    if n is None or k is None:
+        raise ConfigError(f"group-limited routing needs n_group and topk_group, got n_group={n!r}, topk_group={k!r}")
+    if n_experts % n or n_experts // n < min_size:
+        raise ConfigError(f"n_group ({n}) must split the {n_experts} routed experts into equal groups "
+                          f"of at least {min_size}")
+    if k > n:
+        raise ConfigError(f"topk_group ({k}) must be at most n_group ({n})")
+    return dict(n_group=n, topk_group=k)
+
+
+def _mla(f: Fields, interleave: bool) -> dict:
+    """DeepSeek-V2/V3 latent attention. No KV-head count (the cache holds one latent per token, so
+    n_kv_heads is nominal) and no head_dim key (transformers overwrites it with qk_rope_head_dim)."""
+    n_heads = f.integer("num_attention_heads", low=1)
+    nope, rope = f.integer("qk_nope_head_dim", low=1), f.integer("qk_rope_head_dim", low=1)
+    if rope % 2:
+        raise ConfigError(f"qk_rope_head_dim ({rope}) must be even: rotary embedding turns channel pairs")
+    bias = f.flag("attention_bias")
+    return dict(attention="mla", n_kv_heads=n_heads, head_dim=nope + rope, qkv_bias=bias, o_bias=bias,
+                q_lora_rank=f.integer("q_lora_rank", low=1, null=True), kv_lora_rank=f.integer("kv_lora_rank", low=1),
+                qk_nope_head_dim=nope, qk_rope_head_dim=rope, v_head_dim=f.integer("v_head_dim", low=1),
+                rope_interleave=interleave)
+
+
+DEEPSEEK_DEFAULTS = dict(   # DeepSeekMoE's remote configuration_deepseek.py (DeepseekConfig); no experts = dense
+    intermediate_size=11008, num_key_value_heads=32, max_position_embeddings=2048, rms_norm_eps=1e-6,
+    tie_word_embeddings=False, rope_theta=10000.0, bos_token_id=100000, eos_token_id=100001,
+    attention_bias=False, n_routed_experts=None, num_experts_per_tok=None, moe_intermediate_size=1407,
+    n_shared_experts=None, first_k_dense_replace=0, moe_layer_freq=1, norm_topk_prob=False, scoring_func="softmax")
 
 
 def _deepseek(hf: dict) -> ModelConfig:
-    """DeepSeekMoE-16B: remote-code checkpoint, Llama attention; translated here, its code never run."""
-    bias = hf.get("attention_bias", False)
-    moe = _deepseek_moe_fields(hf)
-    moe["router_fp32"] = False  # its MoEGate runs the gate in the activation dtype
-    return _common(hf, "deepseek", qkv_bias=bias, o_bias=bias, **moe)
+    """DeepSeekMoE-16B: remote-code checkpoint, Llama attention; translated here, its code never run.
+    Its `MoEGate` is greedy softmax top-k, renormalised only when top_k > 1: no routed scaling, no
+    groups, no topk_method. Its rotary embedding knows no YaRN, and its head_dim is always hidden / heads."""
+    f = Fields(hf, "deepseek", DEEPSEEK_DEFAULTS)
+    f.choice("scoring_func", ("softmax",))
+    bias = f.flag("attention_bias")
+    moe = _experts(f, "n_routed_experts")
+    return _common(f, rope_kinds=("default",), **_gqa(f, head_dim_key=False), qkv_bias=bias, o_bias=bias,
+                   **moe, **_deepseek_ffn(f, moe["n_experts"], f.integer("moe_layer_freq", low=1)),
+                   norm_topk_prob=f.flag("norm_topk_prob") and moe["top_k"] > 1,
+                   router_fp32=False)   # its MoEGate runs the gate in the activation dtype
+
+
+DEEPSEEK_V2_DEFAULTS = dict(   # transformers DeepseekV2Config (+ scoring_func from DeepSeek-V2's remote code)
+    intermediate_size=11008, max_position_embeddings=2048, rms_norm_eps=1e-6, tie_word_embeddings=False,
+    rope_theta=10000.0, bos_token_id=1, eos_token_id=2, attention_bias=False, mlp_bias=False,
+    q_lora_rank=1536, kv_lora_rank=512, qk_nope_head_dim=128, qk_rope_head_dim=64, v_head_dim=128,
+    n_routed_experts=64, num_experts_per_tok=None, moe_intermediate_size=1407, n_shared_experts=2,
+    first_k_dense_replace=0, topk_method="greedy", n_group=None, topk_group=None, routed_scaling_factor=1.0,
+    scoring_func="softmax")
+V2_ROUTERS = {"greedy": "softmax_topk", "group_limited_greedy": "group_limited_greedy"}
+
+
+def _deepseek_v2(hf: dict) -> ModelConfig:
+    """DeepSeek-V2(-Lite): MLA rotating interleaved pairs, softmax routing (greedy or group-limited)
+    scaled by routed_scaling_factor. transformers' V2 router never renormalises, whatever
+    norm_topk_prob says, so minimoe ignores the key too (every published V2 config sets it false);
+    like transformers it also ignores moe_layer_freq: every layer from first_k_dense_replace is MoE."""
+    f = Fields(hf, "deepseek_v2", DEEPSEEK_V2_DEFAULTS)
+    if f.flag("mlp_bias"):
+        raise UnsupportedConfig("mlp_bias is not supported")
+    f.choice("scoring_func", ("softmax",))      # the remote code refuses others; transformers has no key
+    method = f.choice("topk_method", tuple(V2_ROUTERS))
+    moe = _experts(f, "n_routed_experts", "num_experts")
+    groups = _groups(f, moe["n_experts"]) if method == "group_limited_greedy" and moe["n_experts"] else {}
+    return _common(f, softmax_mscale=True, **_mla(f, interleave=True), **moe,
+                   **_deepseek_ffn(f, moe["n_experts"]), router=V2_ROUTERS[method], **groups,
+                   routed_scaling_factor=f.number("routed_scaling_factor"), router_fp32=True)
+
+
+DEEPSEEK_V3_DEFAULTS = dict(   # transformers DeepseekV3Config (+ the last two from DeepSeek-V3's remote code)
+    intermediate_size=18432, max_position_embeddings=4096, rms_norm_eps=1e-6, tie_word_embeddings=False,
+    rope_theta=10000.0, bos_token_id=0, eos_token_id=1, attention_bias=False, rope_interleave=True,
+    q_lora_rank=1536, kv_lora_rank=512, qk_nope_head_dim=128, qk_rope_head_dim=64, v_head_dim=128,
+    n_routed_experts=256, num_experts_per_tok=8, moe_intermediate_size=2048, n_shared_experts=1,
+    first_k_dense_replace=3, n_group=8, topk_group=4, norm_topk_prob=True, routed_scaling_factor=2.5,
+    topk_method="noaux_tc", scoring_func="sigmoid")
+
+
+def _deepseek_v3(hf: dict) -> ModelConfig:
+    """DeepSeek-V3: MLA with q_lora, sigmoid scores plus a selection bias, groups ranked by the sum of
+    their best two scores (so each group needs two experts). It rotates interleaved pairs unless
+    `rope_interleave` is false (null counts as false, as in transformers). transformers always routes
+    this way whatever topk_method / scoring_func say; DeepSeek's code refuses other values, and so
+    does minimoe."""
+    f = Fields(hf, "deepseek_v3", DEEPSEEK_V3_DEFAULTS)
+    f.choice("scoring_func", ("sigmoid",))
+    f.choice("topk_method", ("noaux_tc",))
+    moe = _experts(f, "n_routed_experts", "num_local_experts")
+    groups = _groups(f, moe["n_experts"], min_size=2) if moe["n_experts"] else {}
+    return _common(f, softmax_mscale=True, **_mla(f, f.flag("rope_interleave")), **moe,
+                   **_deepseek_ffn(f, moe["n_experts"]), router="sigmoid_group_bias", **groups, router_bias=True,
+                   norm_topk_prob=f.flag("norm_topk_prob"), routed_scaling_factor=f.number("routed_scaling_factor"),
+                   router_fp32=True)
 
 
 def _deepseek_mla(hf: dict, family: str) -> ModelConfig:
-    """DeepSeek-V2 always rotates interleaved pairs; V3 does unless `rope_interleave` is false.
-    V3 routes with sigmoid + bias (noaux_tc) when its config leaves topk_method out."""
-    bias = hf.get("attention_bias", False)
-    v3 = family == "deepseek_v3"
-    interleave = hf.get("rope_interleave", True) if v3 else True
-    interleave = True if interleave is None else interleave
-    return _common(hf, family, attention="mla", qkv_bias=bias, o_bias=bias,
-                   head_dim=hf["qk_nope_head_dim"] + hf["qk_rope_head_dim"],
-                   q_lora_rank=hf.get("q_lora_rank"), kv_lora_rank=hf["kv_lora_rank"],
-                   qk_nope_head_dim=hf["qk_nope_head_dim"], qk_rope_head_dim=hf["qk_rope_head_dim"],
-                   v_head_dim=hf["v_head_dim"],
-                   rope_interleave=interleave, **_deepseek_moe_fields(hf, "noaux_tc" if v3 else "greedy"))
+    """FAMILIES' entry for deepseek_v2 and deepseek_v3."""
+    return {"deepseek_v2": _deepseek_v2, "deepseek_v3": _deepseek_v3}[family](hf)
 
 
 # Dense decoders: the draft models of speculative decoding (model-facts §A.1.c). n_experts = 0 makes
 # every layer a SwiGLU; nothing else in the engine changes.
 
+LLAMA_DEFAULTS = dict(   # transformers LlamaConfig (which has no sliding window)
+    intermediate_size=11008, num_key_value_heads=None, head_dim=None, max_position_embeddings=2048,
+    rms_norm_eps=1e-6, tie_word_embeddings=False, rope_theta=10000.0, bos_token_id=1, eos_token_id=2,
+    attention_bias=False, mlp_bias=False)
+MISTRAL_DEFAULTS = dict(   # transformers MistralConfig: a 4096 window unless config.json says null
+    intermediate_size=14336, num_key_value_heads=8, head_dim=None, max_position_embeddings=131072,
+    rms_norm_eps=1e-6, tie_word_embeddings=False, rope_theta=10000.0, bos_token_id=1, eos_token_id=2,
+    sliding_window=4096)
+QWEN2_DEFAULTS = dict(   # transformers Qwen2Config
+    intermediate_size=22016, num_key_value_heads=32, head_dim=None, max_position_embeddings=32768,
+    rms_norm_eps=1e-6, tie_word_embeddings=False, rope_theta=10000.0, bos_token_id=None, eos_token_id=None,
+    use_sliding_window=False, sliding_window=4096, max_window_layers=28, layer_types=None)
+QWEN3_DEFAULTS = {**QWEN2_DEFAULTS, "head_dim": 128, "attention_bias": False}   # transformers Qwen3Config
+
+
 def _llama(hf: dict, family: str = "llama") -> ModelConfig:
-    if hf.get("mlp_bias"):
-        raise NotImplementedError("mlp_bias is not supported")
-    bias = hf.get("attention_bias", False)
-    return _common(hf, family, qkv_bias=bias, o_bias=bias, sliding_window=hf.get("sliding_window"))
+    """Llama: optional bias on q/k/v/o."""
+    f = Fields(hf, "llama", LLAMA_DEFAULTS)
+    if f.flag("mlp_bias"):
+        raise UnsupportedConfig("mlp_bias is not supported")
+    bias = f.flag("attention_bias")
+    return _common(f, **_gqa(f), qkv_bias=bias, o_bias=bias)
+
+
+def _mistral(hf: dict) -> ModelConfig:
+    """Mistral: no biases at all (its attention ignores attention_bias), a sliding window on every layer."""
+    f = Fields(hf, "mistral", MISTRAL_DEFAULTS)
+    return _common(f, **_gqa(f), sliding_window=f.integer("sliding_window", low=1, null=True))
 
 
 def _qwen2(hf: dict) -> ModelConfig:
-    return _common(hf, "qwen2", qkv_bias=True, sliding_window=_qwen_window(hf))
+    """Qwen2: bias on q/k/v always (no flag), none on o; layers from max_window_layers on may slide."""
+    f = Fields(hf, "qwen2", QWEN2_DEFAULTS)
+    return _common(f, **_gqa(f), qkv_bias=True, sliding_window=_qwen_window(f, lambda i, last: i >= last))
 
 
 def _qwen3(hf: dict) -> ModelConfig:
-    bias = hf.get("attention_bias", False)
-    return _common(hf, "qwen3", qkv_bias=bias, o_bias=bias, qk_norm="head", sliding_window=_qwen_window(hf))
+    """Qwen3: Qwen2's window rule, optional bias on q/k/v/o, per-head q/k RMSNorm, head_dim 128 by default."""
+    f = Fields(hf, "qwen3", QWEN3_DEFAULTS)
+    bias = f.flag("attention_bias")
+    return _common(f, **_gqa(f), qkv_bias=bias, o_bias=bias, qk_norm="head",
+                   sliding_window=_qwen_window(f, lambda i, last: i >= last))
 
 
-# ---- checkpoint names ----------------------------------------------------------------------------
-
-
-def _attn_names(cfg: ModelConfig, i: int) -> dict:
-    a, p = f"layers.{i}.attn.", f"model.layers.{i}.self_attn."
-    if cfg.attention == "mla":
-        names = {a + "wkv_a.weight": [[p + "kv_a_proj_with_mqa.weight"]],
-                 a + "kv_norm.weight": [[p + "kv_a_layernorm.weight"]],
-                 a + "wkv_b.weight": [[p + "kv_b_proj.weight"]],
-                 a + "wo.weight": [[p + "o_proj.weight"]]}
-        if cfg.q_lora_rank:
-            names.update({a + "wq_a.weight": [[p + "q_a_proj.weight"]],
-                          a + "q_norm.weight": [[p + "q_a_layernorm.weight"]],
-                          a + "wq_b.weight": [[p + "q_b_proj.weight"]]})
-        else:
-            names[a + "wq.weight"] = [[p + "q_proj.weight"]]
-        return names
-    names = {a + "wqkv.weight": [[p + "q_proj.weight", p + "k_proj.weight", p + "v_proj.weight"]],
-             a + "wo.weight": [[p + "o_proj.weight"]]}
-    if cfg.qkv_bias:
-        names[a + "wqkv.bias"] = [[p + "q_proj.bias", p + "k_proj.bias", p + "v_proj.bias"]]
-    if cfg.o_bias:
-        names[a + "wo.bias"] = [[p + "o_proj.bias"]]
-    if cfg.qk_norm:
-        names[a + "q_norm.weight"] = [[p + "q_norm.weight"]]
-        names[a + "k_norm.weight"] = [[p + "k_norm.weight"]]
-    return names
-
-
-def _mlp_names(ours: str, hub: str, gate="gate_proj", up="up_proj", down="down_proj") -> dict:
-    return {ours + "w13.weight": [[f"{hub}{gate}.weight", f"{hub}{up}.weight"]],
-            ours + "w2.weight": [[f"{hub}{down}.weight"]]}
-
-
-def _moe_names(cfg: ModelConfig, i: int, prefix: str, expert=("gate_proj", "up_proj", "down_proj")) -> dict:
-    f, m, v5 = f"layers.{i}.ffn.", f"model.layers.{i}.{prefix}.", f"model.layers.{i}.mlp."
-    g, u, d = expert
-    E = cfg.n_experts
-    names = {
-        f + "gate.weight": [[m + "gate.weight"], [v5 + "gate.weight"]],
-        f + "experts.w13": [[[f"{m}experts.{e}.{g}.weight", f"{m}experts.{e}.{u}.weight"] for e in range(E)],
-                            [v5 + "experts.gate_up_proj"]],
-        f + "experts.w2": [[[f"{m}experts.{e}.{d}.weight"] for e in range(E)], [v5 + "experts.down_proj"]],
-    }
-    if cfg.router_bias:
-        names[f + "gate_bias"] = [[m + "gate.e_score_correction_bias"]]
-    if cfg.shared_intermediate_size:
-        hub_shared = "shared_expert." if cfg.shared_expert_gate else "shared_experts."
-        names.update(_mlp_names(f + "shared.", m + hub_shared))
-    if cfg.shared_expert_gate:
-        names[f + "shared_gate.weight"] = [[m + "shared_expert_gate.weight"]]
-    return names
-
-
-def weight_names(cfg: ModelConfig) -> dict:
-    """{minimoe tensor name: recipe} for the whole model (see the module docstring)."""
-    spec = FAMILIES[cfg.family]
-    names = {"embed.weight": [["model.embed_tokens.weight"]], "norm.weight": [["model.norm.weight"]]}
-    if not cfg.tie_word_embeddings:
-        names["lm_head.weight"] = [["lm_head.weight"]]
-    for i in range(cfg.n_layers):
-        names[f"layers.{i}.attn_norm.weight"] = [[f"model.layers.{i}.input_layernorm.weight"]]
-        names[f"layers.{i}.ffn_norm.weight"] = [[f"model.layers.{i}.post_attention_layernorm.weight"]]
-        names.update(_attn_names(cfg, i))
-        if cfg.is_moe_layer(i):
-            names.update(_moe_names(cfg, i, spec["moe_prefix"], spec["expert_names"]))
-        else:
-            names.update(_mlp_names(f"layers.{i}.ffn.", f"model.layers.{i}.mlp."))
-    return names
-
-
-def ignored_name(cfg: ModelConfig, name: str) -> bool:
-    """Checkpoint tensors we knowingly skip: rope buffers, a tied model's head (it *is* the embedding),
-    DeepSeek-V3's multi-token-prediction layer (`model.layers.{n_layers}`, not used for decoding)."""
-    if name.endswith("rotary_emb.inv_freq"):
-        return True
-    if cfg.tie_word_embeddings and name == "lm_head.weight":
-        return True
-    if cfg.family == "deepseek_v3" and name.startswith("model.layers."):
-        return int(name.split(".")[2]) >= cfg.n_layers
-    return False
-
-
-FAMILIES = {
-    "olmoe": dict(config=_olmoe, moe_prefix="mlp", expert_names=("gate_proj", "up_proj", "down_proj")),
-    "mixtral": dict(config=_mixtral, moe_prefix="block_sparse_moe", expert_names=("w1", "w3", "w2")),
-    "qwen2_moe": dict(config=_qwen2_moe, moe_prefix="mlp", expert_names=("gate_proj", "up_proj", "down_proj")),
-    "qwen3_moe": dict(config=_qwen3_moe, moe_prefix="mlp", expert_names=("gate_proj", "up_proj", "down_proj")),
-    "deepseek": dict(config=_deepseek, moe_prefix="mlp", expert_names=("gate_proj", "up_proj", "down_proj")),
-    "deepseek_v2": dict(config=lambda hf: _deepseek_mla(hf, "deepseek_v2"), moe_prefix="mlp",
-                        expert_names=("gate_proj", "up_proj", "down_proj")),
-    "deepseek_v3": dict(config=lambda hf: _deepseek_mla(hf, "deepseek_v3"), moe_prefix="mlp",
-                        expert_names=("gate_proj", "up_proj", "down_proj")),
-    "llama": dict(config=_llama, moe_prefix="mlp", expert_names=()),
-    "mistral": dict(config=lambda hf: _llama(hf, "mistral"), moe_prefix="mlp", expert_names=()),
-    "qwen2": dict(config=_qwen2, moe_prefix="mlp", expert_names=()),
-    "qwen3": dict(config=_qwen3, moe_prefix="mlp", expert_names=()),
+FAMILIES = {      # model_type -> translation
+    "olmoe": _olmoe,
+    "mixtral": _mixtral,
+    "qwen2_moe": _qwen2_moe,
+    "qwen3_moe": _qwen3_moe,
+    "deepseek": _deepseek,
+    "deepseek_v2": lambda hf: _deepseek_mla(hf, "deepseek_v2"),
+    "deepseek_v3": lambda hf: _deepseek_mla(hf, "deepseek_v3"),
+    "llama": _llama,
+    "mistral": _mistral,
+    "qwen2": _qwen2,
+    "qwen3": _qwen3,
 }
 
 
@@ -274,11 +342,8 @@ def config_from_hf(hf: dict) -> ModelConfig:
     if family not in FAMILIES:
         raise ValueError(f"unsupported model_type {family!r}; minimoe supports: {', '.join(sorted(FAMILIES))}")
     if hf.get("hidden_act", "silu") != "silu":
-        raise NotImplementedError(f"hidden_act {hf['hidden_act']!r} is not supported (only silu)")
+        raise UnsupportedConfig(f"hidden_act {hf['hidden_act']!r} is not supported (only silu)")
     if hf.get("quantization_config"):
-        raise NotImplementedError("pre-quantized checkpoints (quantization_config) are not supported; "
-                                  "use a bf16/fp16/fp32 checkpoint")
-    try:
-        return FAMILIES[family]["config"](hf)
-    except KeyError as e:
-        raise ValueError(f"config.json for model_type {family!r} lacks the field {e.args[0]!r}") from None
+        raise UnsupportedConfig("pre-quantized checkpoints (quantization_config) are not supported; "
+                                "use a bf16/fp16/fp32 checkpoint")
+    return FAMILIES[family](hf)

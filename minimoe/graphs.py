@@ -53,22 +53,41 @@ class DecodeGraph:
 
 
 class PrefillGraph:
-    """The prefill of a fresh batch (every sequence empty) of prompts of one length S.
+    """The prefill of a fresh batch (every sequence empty) of prompts padded to one length S.
 
     A prefill is one forward of B·S tokens; at small B·S its ~15 kernels per layer are short and the
     host cannot launch them as fast as the GPU runs them (measured on the H200: OLMoE bs 1, 128
     tokens: 13.7 ms eager for 3.2 ms of kernels). vLLM V1 graphs such steps too (its capture sizes
     reach 512 tokens). The graph is exact-shape: one per prompt length asked for, captured before
-    timing; any other length runs eagerly."""
+    timing; any other padded length runs eagerly. Ragged prompts replay it too: the real lengths
+    n_valid [B] are a static input like the ids."""
 
     def __init__(self, gen, S: int, warmup: int = 2):
-        self.ids = torch.zeros(gen.batch, S, dtype=torch.long, device=gen.device)  # static input [B, S]
-        self.graph, self.out = _capture(lambda: gen.eager_prefill(self.ids, 0), gen.cache.reset, warmup)
+        self.ids = torch.zeros(gen.batch, S, dtype=torch.long, device=gen.device)            # static [B, S]
+        self.n_valid = torch.full((gen.batch,), S, dtype=torch.int32, device=gen.device)     # static [B]
+        self.graph, self.out = _capture(lambda: gen.eager_prefill(self.ids, self.n_valid), gen.cache.reset, warmup)
 
-    def run(self, ids: torch.Tensor) -> torch.Tensor:
+    def run(self, ids: torch.Tensor, n_valid: torch.Tensor) -> torch.Tensor:
         self.ids.copy_(ids)
+        self.n_valid.copy_(n_valid)
         self.graph.replay()
         return self.out.clone()
+
+
+class AppendGraph:
+    """`gen.forward_step(tokens [B, S], None)` -> logits [B, S, V] for one S (speculative verification
+    of gamma+1 tokens): the static-shape multi-token step, masked SDPA over the whole cache."""
+
+    def __init__(self, gen, S: int, warmup: int = 2):
+        self.tokens = torch.zeros(gen.batch, S, dtype=torch.long, device=gen.device)         # static [B, S]
+        saved = gen.cache.lengths.clone()
+        self.graph, self.out = _capture(lambda: gen.forward_step(self.tokens, None),
+                                        lambda: gen.cache.lengths.copy_(saved), warmup)
+
+    def run(self, tokens: torch.Tensor) -> torch.Tensor:
+        self.tokens.copy_(tokens)
+        self.graph.replay()
+        return self.out
 
 
 def graph_safe(expert_path: str) -> bool:
@@ -81,9 +100,9 @@ def enable_graphs(gen, prefill_lengths=()) -> None:
     each prompt length in `prefill_lengths`, and use them from now on."""
     if gen.device.type != "cuda":
         raise ValueError("CUDA graphs need a CUDA GPU")
-    if not graph_safe(gen.model.settings.experts) and gen.model.cfg.is_moe:
-        raise ValueError(f"CUDA graphs need a sync-free expert path (grouped or fused), "
-                         f"not {gen.model.settings.experts!r}")
+    experts = gen.model.settings.experts if gen.model.settings is not None else "loop"
+    if not graph_safe(experts) and gen.model.cfg.is_moe:
+        raise ValueError(f"CUDA graphs need a sync-free expert path (grouped or fused), not {experts!r}")
     gen.reset()
     gen.graphs = DecodeGraph(gen)
     for S in prefill_lengths:

@@ -85,9 +85,9 @@ class _Timed:
         return False
 
 
-def region(name: str):
-    """A timing region if a profiler is active, else a shared no-op context."""
-    return _NULL if _active is None else _active.region(name)
+def region(name: str | None):
+    """A timing region if a profiler is active (and name is not None), else a shared no-op context."""
+    return _NULL if _active is None or name is None else _active.region(name)
 
 
 def note(key: str, value: str) -> None:
@@ -112,8 +112,9 @@ class ExpertLoad:
         self.counts = torch.zeros(n_layers, n_experts, dtype=torch.int64, device=device)  # [L, E]
 
     def record(self, layer: int, ids: torch.Tensor) -> None:
+        """ids [T, K] global expert ids; -1 (a skipped slot) counts nowhere."""
         flat = ids.reshape(-1)
-        self.counts[layer].scatter_add_(0, flat, torch.ones_like(flat))
+        self.counts[layer].scatter_add_(0, flat.clamp_min(0), (flat >= 0).long())
 
     def summary(self) -> dict:
         """Imbalance = max / mean tokens per expert, over layers that routed anything (MoE layers)."""

@@ -46,11 +46,16 @@ class KVCache:
     def bytes_needed(cfg: ModelConfig, batch: int, max_len: int, dtype_bytes: int) -> int:
         return cfg.n_layers * batch * max_len * cfg.kv_bytes_per_token(dtype_bytes)
 
-    def step(self, n_new: int, host_len: int | None) -> Step:
-        """Describe a forward of n_new tokens per sequence appended at the current lengths."""
+    def step(self, n_new: int, host_len: int | None, n_valid: torch.Tensor | None = None) -> Step:
+        """Describe a forward of n_new tokens per sequence appended at the current lengths.
+
+        host_len: a host-side upper bound on the lengths (eager runs slice the cache to it; 0 means
+        every sequence is empty, a fresh prefill); None for the static-shape step graphs capture.
+        n_valid [B] int32: how many of the n_new tokens are real per sequence (ragged prompts, right-
+        padded); the padding's K/V land past the new length, where nothing ever reads them."""
         start = self.lengths.to(torch.int64)[:, None]                        # [B, 1]
         positions = start + torch.arange(n_new, device=start.device)        # [B, S]
-        seq_lens = self.lengths + n_new
+        seq_lens = self.lengths + (n_new if n_valid is None else n_valid)
         max_len = None if host_len is None else host_len + n_new
         return Step(positions, seq_lens, max_len, fresh=host_len == 0)
 
@@ -58,18 +63,16 @@ class KVCache:
         self.lengths.copy_(step.seq_lens)
 
     def rollback(self, lengths: torch.Tensor) -> None:
-        """Forget entries past `lengths` [B] (speculative decoding rejects draft tokens this way)."""
+        """Forget entries past `lengths` [B] (speculative decoding rejects draft tokens this way).
+        Nothing is erased: attention never reads past a sequence's length, and the next step
+        overwrites those slots."""
         self.lengths.copy_(lengths)
 
     def reset(self) -> None:
         self.lengths.zero_()
 
-    # -- writes (index with device tensors: no host sync, graph-safe) --
-    def write_kv(self, layer: int, step: Step, k: torch.Tensor, v: torch.Tensor) -> None:
-        """k, v [B, S, Hkv, d] go to positions step.positions."""
-        self.k[layer][self._rows, step.positions] = k
-        self.v[layer][self._rows, step.positions] = v
-
+    # -- writes (index with device tensors: no host sync, graph-safe). GQA layers write K/V inside the
+    # q/k norm + rope op (ops.py), straight into `self.k[layer]` / `self.v[layer]`. --
     def write_latent(self, layer: int, step: Step, latent: torch.Tensor) -> None:
         """latent [B, S, kv_lora_rank + rope_dim]."""
         self.latent[layer][self._rows, step.positions] = latent

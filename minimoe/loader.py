@@ -3,17 +3,23 @@
 Steps, in the order errors can happen (all checks before any heavy allocation):
   1. resolve `--model`: a card name/alias (models/), a directory with config.json, or a hub id
      fetched with `huggingface_hub.snapshot_download` (json + safetensors only; honours
-     HF_HUB_OFFLINE; never runs a checkpoint's code);
-  2. translate config.json (families.py) and build the model on the `meta` device (no memory);
-  3. for real weights, read only the safetensors *headers* (single file or sharded index) and match
-     every minimoe tensor to its recipe: missing, unexpected and mis-shaped tensors are reported
-     together in one error, with names and both shapes;
-  4. allocate on the target device and stream tensor by tensor straight into place (cat/stack into
-     the fused q/k/v and expert tensors, dtype converted by `copy_`): no full CPU copy of the model.
-Checkpoints are untrusted input: safetensors only, never `torch.load`.
+     HF_HUB_OFFLINE; never runs a checkpoint's code); generation_config.json adds its stop ids;
+  2. translate config.json (families.py); for real weights, read only the safetensors *headers*
+     and take each MoE layer's expert count and width from its tensors (a pruned checkpoint may
+     have uneven layers); build the model on the `meta` device (no memory);
+  3. apply a placement, if a parallel plan gave one: the experts and tensor shards this process
+     holds (`Placement`), by resizing the meta parameters;
+  4. match every minimoe tensor to its recipe (families.weight_names): missing, unexpected and
+     mis-shaped tensors are reported together in one error, with names and both shapes;
+  5. allocate on the target device and stream tensor by tensor straight into place (cat/stack into
+     the fused q/k/v and expert tensors, dtype converted by `copy_`), reading only the slices the
+     placement keeps (safetensors' `get_slice`): no full CPU copy, nothing another rank holds.
+Checkpoints are untrusted input: safetensors only, never `torch.load`; every safetensors error
+becomes a `CheckpointError` naming the file.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -21,9 +27,12 @@ from pathlib import Path
 import torch
 
 from . import cards
-from .config import ModelConfig, RunSettings
-from .families import config_from_hf, ignored_name, weight_names
+from .config import ModelConfig
+from .checkpoint_names import expert_shapes, ignored_name, weight_names
+from .families import config_from_hf
 from .model import Transformer
+from .placement import Placement, apply_placement, assembled_shape, recipe_parts
+from .settings import RunSettings
 
 HUB_PATTERNS = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.tiktoken", "*.txt"]
 
@@ -35,19 +44,41 @@ class CheckpointError(ValueError):
 def resolve(model: str) -> tuple[dict, Path | None]:
     """--model -> (config.json dict, directory holding it or None for a card)."""
     try:
-        return cards.load_card(model), None
+        return cards.load_card(model), cards.card_folder(model)
     except KeyError:
         pass
     path = Path(model).expanduser()
     if path.is_dir():
         if not (path / "config.json").exists():
             raise CheckpointError(f"{path} has no config.json")
-        return json.loads((path / "config.json").read_text()), path
+        return _read_json(path / "config.json"), path
     if model.count("/") != 1 or path.exists():
         raise CheckpointError(f"unknown model {model!r}: not a model card ({', '.join(cards.card_names())}), "
                               f"not a directory, and not a hub id of the form org/name")
     folder = _download(model)
-    return json.loads((folder / "config.json").read_text()), folder
+    return _read_json(folder / "config.json"), folder
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: not readable JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a JSON object")
+    return data
+
+
+def read_config(model: str) -> tuple[ModelConfig, Path | None]:
+    """--model -> (ModelConfig, folder); stop ids from config.json and generation_config.json together."""
+    hf, folder = resolve(model)
+    cfg = config_from_hf(hf)
+    gen_cfg = folder / "generation_config.json" if folder is not None else None
+    if gen_cfg is not None and gen_cfg.exists():
+        eos = _read_json(gen_cfg).get("eos_token_id")
+        extra = eos if isinstance(eos, list) else ([] if eos is None else [eos])
+        cfg = dataclasses.replace(cfg, eos_token_ids=tuple(dict.fromkeys([*cfg.eos_token_ids, *extra])))
+    return cfg, folder
 
 
 def _download(repo_id: str) -> Path:
@@ -64,71 +95,96 @@ def _download(repo_id: str) -> Path:
 
 
 class Checkpoint:
-    """The safetensors files of a directory, opened lazily; `shape` reads only headers."""
+    """The safetensors files of a directory, opened lazily; `shape` reads only headers.
+
+    Which files: the index's weight map if there is one; else `model.safetensors` alone if it
+    exists (a stray `model_old.safetensors` beside it is never read, as in transformers); else every
+    `*.safetensors`, refusing a tensor name that two files both hold."""
 
     def __init__(self, folder: Path, device: str = "cpu"):
         from safetensors import safe_open
-        self._open, self.device = safe_open, str(device)
+        self._open, self.device, self.folder = safe_open, str(device), folder
         index = folder / "model.safetensors.index.json"
-        if index.exists():
-            weight_map = json.loads(index.read_text())["weight_map"]
-            self.where = {name: folder / f for name, f in weight_map.items()}
-        else:
-            files = sorted(folder.glob("*.safetensors"))
-            if not files:
-                raise CheckpointError(f"no *.safetensors files in {folder}")
-            self.where = {}
-            for f in files:
-                with safe_open(f, "pt") as h:
-                    self.where.update({name: f for name in h.keys()})
         self.handles = {}
+        if index.exists():
+            weight_map = _read_json(index).get("weight_map")
+            if not isinstance(weight_map, dict):
+                raise CheckpointError(f"{index} has no weight_map")
+            self.where = {name: folder / f for name, f in weight_map.items()}
+            return
+        single = folder / "model.safetensors"
+        files = [single] if single.exists() else sorted(folder.glob("*.safetensors"))
+        if not files:
+            raise CheckpointError(f"no *.safetensors files in {folder}")
+        self.where = {}
+        for f in files:
+            for name in self._file(f).keys():
+                if name in self.where:
+                    raise CheckpointError(f"{name} is in both {self.where[name].name} and {f.name} and there is "
+                                          "no model.safetensors.index.json to say which to load")
+                self.where[name] = f
+
+    def _file(self, f: Path):
+        if f not in self.handles:
+            if not f.exists():
+                raise CheckpointError(f"{f.name}, named by the index, is missing")
+            try:
+                self.handles[f] = self._open(f, "pt", device=self.device)
+            except Exception as e:      # safetensors' SafetensorError: truncated, empty, not safetensors
+                raise CheckpointError(f"{f}: not a readable safetensors file ({e})") from None
+        return self.handles[f]
 
     def _handle(self, name: str):
         f = self.where[name]
-        if f not in self.handles:
-            if not f.exists():
-                raise CheckpointError(f"{f.name}, named by the index for {name}, is missing")
-            self.handles[f] = self._open(f, "pt", device=self.device)
-        return self.handles[f]
+        if not f.exists():
+            raise CheckpointError(f"{f.name}, named by the index for {name}, is missing")
+        h = self._file(f)
+        if name not in h.keys():
+            raise CheckpointError(f"{f.name} does not hold {name}, which the index says it does")
+        return h
 
     def shape(self, name: str) -> list[int]:
         return list(self._handle(name).get_slice(name).get_shape())
 
-    def get(self, name: str) -> torch.Tensor:
-        return self._handle(name).get_tensor(name)
+    def get(self, name: str, index: tuple = ()) -> torch.Tensor:
+        """The tensor, or only `index` (a tuple of slices) of it: the rest is never read from disk."""
+        try:
+            h = self._handle(name)
+            return h.get_slice(name)[index] if index else h.get_tensor(name)
+        except CheckpointError:
+            raise
+        except Exception as e:
+            raise CheckpointError(f"{self.where[name]}: cannot read {name} ({e})") from None
 
 
-def _flatten(part) -> list[str]:
-    return [part] if isinstance(part, str) else list(part)
+class StateDict:
+    """An in-memory {name: tensor} (e.g. a transformers model's state_dict) seen as a checkpoint."""
+
+    def __init__(self, tensors: dict):
+        self.tensors, self.where = tensors, dict.fromkeys(tensors)
+
+    def shape(self, name: str) -> list[int]:
+        return list(self.tensors[name].shape)
+
+    def get(self, name: str, index: tuple = ()) -> torch.Tensor:
+        t = self.tensors[name]
+        return t[index] if index else t
 
 
-def _assembled_shape(alt: list, shape) -> list[int] | None:
-    """Shape the recipe alternative produces: parts cat on dim 0; per-expert parts stacked."""
-    def cat(names):
-        shapes = [shape(n) for n in names]
-        if any(s[1:] != shapes[0][1:] for s in shapes):
-            return None
-        return [sum(s[0] for s in shapes)] + shapes[0][1:]
-    if isinstance(alt[0], str):
-        return cat(alt)
-    per_expert = [cat(p) for p in alt]
-    if any(s is None or s != per_expert[0] for s in per_expert):
-        return None
-    return [len(alt)] + per_expert[0]
+# ---- matching ----------------------------------------------------------------------------------------
+
+def _describe_misshape(pieces, shape, want: list) -> str:
+    """The checkpoint tensors behind a mis-shaped parameter: every part of a concatenation; for stacked
+    experts, the parts of the experts that are off (four at most)."""
+    if not (pieces and isinstance(pieces[0], list)):
+        return ", ".join(f"{n} {shape(n)}" for n, _ in pieces)
+    bad = [parts for parts in pieces if assembled_shape(parts, shape) != want[1:]]
+    shown = ", ".join(f"{n} {shape(n)}" for parts in bad[:4] for n, _ in parts)
+    return (shown + (f" and {len(bad) - 4} more experts" if len(bad) > 4 else "")) if bad else f"{len(pieces)} experts"
 
 
-def _misshape_detail(alt: list, shape, want: list[int]) -> str:
-    """Name the parts that are off: per expert for stacked recipes, every part for concatenations."""
-    if isinstance(alt[0], str):
-        return ", ".join(f"{n} {shape(n)}" for n in alt)
-    bad = [(e, p) for e, p in enumerate(alt) if _assembled_shape([_flatten(p)], shape) != [1] + want[1:]]
-    shown = [f"{n} {shape(n)}" for _, p in bad[:4] for n in _flatten(p)]
-    more = f" and {len(bad) - 4} more experts" if len(bad) > 4 else ""
-    return ", ".join(shown) + more if bad else f"{len(alt)} experts"
-
-
-def plan_checkpoint(model: Transformer, ckpt) -> dict:
-    """{param name: chosen recipe alternative}, or one CheckpointError listing every problem."""
+def plan_checkpoint(model: Transformer, ckpt, placement: Placement | None = None) -> dict:
+    """{param name: pieces to read}, or one CheckpointError listing every problem."""
     params = dict(model.named_parameters())
     recipes = weight_names(model.cfg)
     assert set(recipes) == set(params), set(recipes) ^ set(params)   # our own wiring, not user input
@@ -136,16 +192,19 @@ def plan_checkpoint(model: Transformer, ckpt) -> dict:
     chosen, missing, misshaped, claimed = {}, [], [], set()
     for name, alternatives in recipes.items():
         # every name any alternative mentions is ours, so a missing sibling is not also "unexpected"
-        claimed.update(n for a in alternatives for p in a for n in _flatten(p) if n in have)
-        alt = next((a for a in alternatives if all(n in have for p in a for n in _flatten(p))), None)
+        names = [n for a in alternatives for p in a for n in ([p] if isinstance(p, str) else p)]
+        claimed.update(n for n in names if n in have)
+        alt = next((a for a in alternatives if all(n in have for p in a for n in ([p] if isinstance(p, str) else p))),
+                   None)
         if alt is None:
-            missing += [n for p in alternatives[0] for n in _flatten(p) if n not in have]
+            missing += [n for p in alternatives[0] for n in ([p] if isinstance(p, str) else p) if n not in have]
             continue
-        got, want = _assembled_shape(alt, ckpt.shape), list(params[name].shape)
+        pieces, got = recipe_parts(name, alt, ckpt.shape, placement)
+        want = list(params[name].shape)
         if got != want:
             misshaped.append(f"{name}: expected {want}, checkpoint gives {got or 'parts of different shapes'} "
-                             f"({_misshape_detail(alt, ckpt.shape, want)})")
-        chosen[name] = alt
+                             f"({_describe_misshape(pieces, ckpt.shape, want)})")
+        chosen[name] = pieces
     unexpected = sorted(n for n in have - claimed if not ignored_name(model.cfg, n))
     if any(n.endswith("weight_scale_inv") for n in unexpected):
         raise CheckpointError("this checkpoint stores FP8 block-quantized weights (weight_scale_inv); "
@@ -159,46 +218,55 @@ def plan_checkpoint(model: Transformer, ckpt) -> dict:
     return chosen
 
 
-def _fill(param: torch.Tensor, alt: list, get) -> None:
-    """Copy recipe parts into the allocated parameter (cat on dim 0, stack per expert)."""
-    def cat_into(dst, names):
+def _fill(param: torch.Tensor, pieces, get) -> None:
+    """Copy recipe pieces into the allocated parameter (cat on dim 0, stack per expert)."""
+    def cat_into(dst, parts):
         row = 0
-        for n in names:
-            t = get(n)
+        for name, index in parts:
+            t = get(name, index)
             dst[row:row + t.shape[0]].copy_(t)
             row += t.shape[0]
     with torch.no_grad():
-        if isinstance(alt[0], str):
-            cat_into(param, alt)
+        if pieces and isinstance(pieces[0], list):
+            for e, parts in enumerate(pieces):
+                cat_into(param[e], parts)
         else:
-            for e, names in enumerate(alt):
-                cat_into(param[e], _flatten(names))
+            cat_into(param, pieces)
 
 
-class StateDict:
-    """An in-memory {name: tensor} (e.g. a transformers model's state_dict) seen as a checkpoint."""
+def load_weights(model: Transformer, source, placement: Placement | None = None) -> None:
+    """Match (plan_checkpoint), then copy every tensor into the already-allocated model."""
+    chosen = plan_checkpoint(model, source, placement)
+    params = dict(model.named_parameters())
+    for name, pieces in chosen.items():
+        _fill(params[name], pieces, source.get)
 
-    def __init__(self, tensors: dict):
-        self.tensors, self.where = tensors, dict.fromkeys(tensors)
 
-    def shape(self, name: str) -> list[int]:
-        return list(self.tensors[name].shape)
-
-    def get(self, name: str) -> torch.Tensor:
-        return self.tensors[name]
-
+# ---- building --------------------------------------------------------------------------------------
 
 def _keep_fp32(name: str, cfg: ModelConfig) -> bool:
     """The router (DeepSeek) and V3's selection bias stay float32 whatever the model dtype."""
-    return name.endswith("gate_bias") or (cfg.router_fp32 and name.endswith("ffn.gate.weight"))
+    return name.endswith("router.bias") or (cfg.router_fp32 and name.endswith("router.weight"))
 
 
-def build_meta(cfg: ModelConfig, settings: RunSettings | None, dtype: torch.dtype) -> Transformer:
+def build_meta(cfg: ModelConfig, settings=None, dtype: torch.dtype = torch.float32) -> Transformer:
     with torch.device("meta"):
         model = Transformer(cfg, settings)
     for name, p in model.named_parameters():
         p.data = p.data.to(torch.float32 if _keep_fp32(name, cfg) else dtype)
     return model
+
+
+def with_checkpoint_shapes(cfg: ModelConfig, ckpt) -> ModelConfig:
+    """The config with each MoE layer's expert count and width taken from the checkpoint's tensors."""
+    shapes = expert_shapes(cfg, set(ckpt.where), ckpt.shape)
+    moe = [i for i in range(cfg.n_layers) if cfg.is_moe_layer(i)]
+    if not shapes or all(shapes.get(i, (cfg.layer_experts(i), cfg.layer_moe_width(i)))
+                         == (cfg.n_experts, cfg.moe_intermediate_size) for i in moe):
+        return cfg
+    E = tuple(shapes.get(i, (cfg.layer_experts(i), 0))[0] for i in range(cfg.n_layers))
+    I = tuple(shapes.get(i, (0, cfg.layer_moe_width(i)))[1] for i in range(cfg.n_layers))
+    return dataclasses.replace(cfg, experts_per_layer=E, moe_width_per_layer=I)
 
 
 def weight_bytes(model: Transformer) -> int:
@@ -225,7 +293,7 @@ def init_dummy(model: Transformer, seed: int = 0) -> None:
     """Random weights with the real shapes, made on the device. Norm weights 1, matrices N(0, 0.02)
     (transformers' initializer_range), biases 0: the residual stream grows only ~sqrt(layers), so
     bf16 activations stay finite over long decodes, and random routers spread tokens evenly."""
-    gen = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+    gen = torch.Generator(device=model.embed.weight.device).manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith("norm.weight"):
@@ -236,40 +304,53 @@ def init_dummy(model: Transformer, seed: int = 0) -> None:
                 p.normal_(0.0, 0.02, generator=gen)
 
 
-def load_weights(model: Transformer, source) -> None:
-    """Match (plan_checkpoint), then copy every tensor into the already-allocated model."""
-    chosen = plan_checkpoint(model, source)
-    params = dict(model.named_parameters())
-    for name, alt in chosen.items():
-        _fill(params[name], alt, source.get)
+def open_weights(weights: str, folder: Path | None, device: torch.device):
+    """--weights -> a Checkpoint, or None for dummy weights. 'auto' = the model directory's own
+    safetensors (a directory without any is an error: dummy weights must be asked for); a config
+    card has no weights, so 'auto' means dummy there."""
+    if weights == "auto":
+        if folder is None:
+            return None
+        weights = str(folder)
+    if weights == "dummy":
+        return None
+    wdir = Path(weights).expanduser()
+    if not wdir.is_dir():
+        raise CheckpointError(f"weights directory {weights} does not exist")
+    return Checkpoint(wdir, device="cpu" if device.type == "meta" else str(device))
 
 
-def build_model(model: str, weights: str = "dummy", *, dtype=torch.bfloat16, device="cpu",
-                settings: RunSettings | None = None, top_k: int | None = None, seed: int = 0):
+def build_model(model: str, weights: str = "dummy", *, dtype=torch.bfloat16, device="cpu", settings=None,
+                top_k: int | None = None, seed: int = 0, prepare=None):
     """--model/--weights -> (Transformer on `device`, ModelConfig, checkpoint folder or None).
-    weights: "dummy" (random, real shapes), "auto" (the model directory's own files) or a directory."""
+
+    weights: "dummy" (random, real shapes), "auto" (the model directory's own files) or a directory.
+    prepare: an optional callable(meta model) -> Placement | None, run on the meta model before any
+    allocation: where a parallel plan swaps modules and says which experts and shards this rank holds.
+    Raises CheckpointError / ValueError (bad input, one line) or MemoryError (does not fit)."""
     device = torch.device(device)
-    hf, folder = resolve(model)
-    cfg = config_from_hf(hf)
+    settings = settings if settings is not None else RunSettings(device=str(device))
+    if settings.device == "auto":
+        settings.device = str(device)
+    settings.resolve_()                             # the modules share this instance; "auto" resolved here
+    cfg, folder = read_config(model)
     if top_k is not None:
         cfg = cfg.with_top_k(top_k)
-    if weights == "auto":
-        weights = "dummy" if folder is None else str(folder)
-    ckpt = None
-    if weights != "dummy":
-        wdir = Path(weights).expanduser()
-        if not wdir.is_dir():
-            raise CheckpointError(f"weights directory {weights} does not exist")
-        ckpt = Checkpoint(wdir, device="cpu" if device.type == "meta" else str(device))
-    net = build_meta(cfg, settings, dtype)
+    ckpt = open_weights(weights, folder, device)
     if ckpt is not None:
-        plan_checkpoint(net, ckpt)                  # every name/shape error before any allocation
+        cfg = with_checkpoint_shapes(cfg, ckpt)
+    net = build_meta(cfg, settings, dtype)
+    placement = prepare(net) if prepare is not None else None
+    if placement is not None:
+        apply_placement(net, placement)
+    if ckpt is not None:
+        plan_checkpoint(net, ckpt, placement)       # every name/shape error before any allocation
     check_fits(weight_bytes(net), device)
     net = net.to_empty(device=device)
     if ckpt is None:
         init_dummy(net, seed)
     else:
-        load_weights(net, ckpt)
+        load_weights(net, ckpt, placement)
     return net.eval(), cfg, (folder if ckpt is not None else None)
 
 
@@ -279,12 +360,13 @@ def export_weights(model: Transformer, target: dict) -> None:
     chosen = plan_checkpoint(model, StateDict(target))
     params = dict(model.named_parameters())
     with torch.no_grad():
-        for name, alt in chosen.items():
+        for name, pieces in chosen.items():
             src = params[name]
-            parts = [(src, alt)] if isinstance(alt[0], str) else [(src[e], _flatten(p)) for e, p in enumerate(alt)]
-            for tensor, names in parts:
+            groups = [(src[e], parts) for e, parts in enumerate(pieces)] if isinstance(pieces[0], list) \
+                else [(src, pieces)]
+            for tensor, parts in groups:
                 row = 0
-                for n in names:
+                for n, _ in parts:
                     dst = target[n]
                     dst.copy_(tensor[row:row + dst.shape[0]])
                     row += dst.shape[0]

@@ -22,37 +22,47 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .attention import attend_cached
-from .config import ModelConfig, RunSettings
+from .config import ModelConfig
 from .kv_cache import KVCache, Step
-from .layers import RMSNorm, Rotary, apply_rope
+from .layers import RMSNorm
+from .linear import Linear
+from .rope import Rotary, apply_rope
 
 
 class MLAttention(nn.Module):
-    def __init__(self, cfg: ModelConfig, settings: RunSettings, layer: int):
+    def __init__(self, cfg: ModelConfig, settings, layer: int):
         super().__init__()
         self.cfg, self.settings, self.layer = cfg, settings, layer
         D, H, r = cfg.hidden_size, cfg.n_heads, cfg.kv_lora_rank
         if cfg.q_lora_rank:
-            self.wq_a = nn.Linear(D, cfg.q_lora_rank, bias=cfg.qkv_bias)
+            self.wq_a = Linear(D, cfg.q_lora_rank, bias=cfg.qkv_bias, settings=settings)
             self.q_norm = RMSNorm(cfg.q_lora_rank, cfg.rms_norm_eps, settings)
-            self.wq_b = nn.Linear(cfg.q_lora_rank, H * cfg.qk_head_dim, bias=False)
+            self.wq_b = Linear(cfg.q_lora_rank, H * cfg.qk_head_dim, settings=settings)
         else:
-            self.wq = nn.Linear(D, H * cfg.qk_head_dim, bias=False)
-        self.wkv_a = nn.Linear(D, r + cfg.qk_rope_head_dim, bias=cfg.qkv_bias)
+            self.wq = Linear(D, H * cfg.qk_head_dim, settings=settings)
+        self.wkv_a = Linear(D, r + cfg.qk_rope_head_dim, bias=cfg.qkv_bias, settings=settings)
         self.kv_norm = RMSNorm(r, cfg.rms_norm_eps, settings)
-        self.wkv_b = nn.Linear(r, H * (cfg.qk_nope_head_dim + cfg.v_head_dim), bias=False)
-        self.wo = nn.Linear(H * cfg.v_head_dim, D, bias=cfg.o_bias)
+        self.wkv_b = Linear(r, H * (cfg.qk_nope_head_dim + cfg.v_head_dim), settings=settings)
+        self.wo = Linear(H * cfg.v_head_dim, D, bias=cfg.o_bias, settings=settings)
+
+    @property
+    def n_heads(self) -> int:      # this module's heads (a tensor-parallel shard holds a slice)
+        return self.wo.in_features // self.cfg.v_head_dim
 
     def _split_wkv_b(self):
-        """wkv_b [H*(nope+v), r] -> W_uk [H, nope, r], W_uv [H, v, r] (views, no copy)."""
+        """wkv_b [H*(nope+v), r] -> W_uk [H, nope, r], W_uv [H, v, r] (views, no copy). The absorbed
+        decode reads the weight directly: a packed (quantized) wkv_b is dequantized here."""
         cfg = self.cfg
-        w = self.wkv_b.weight.view(cfg.n_heads, cfg.qk_nope_head_dim + cfg.v_head_dim, cfg.kv_lora_rank)
+        w = self.wkv_b.weight
+        if not isinstance(w, torch.Tensor):
+            w = w.dequantize()
+        w = w.view(self.n_heads, cfg.qk_nope_head_dim + cfg.v_head_dim, cfg.kv_lora_rank)
         return w[:, :cfg.qk_nope_head_dim], w[:, cfg.qk_nope_head_dim:]
 
     def forward(self, x, step: Step, cache: KVCache, rot: Rotary):
         cfg = self.cfg
         B, S, _ = x.shape
-        H, nope, rope, r = cfg.n_heads, cfg.qk_nope_head_dim, cfg.qk_rope_head_dim, cfg.kv_lora_rank
+        H, nope, rope, r = self.n_heads, cfg.qk_nope_head_dim, cfg.qk_rope_head_dim, cfg.kv_lora_rank
         q = self.wq(x) if not cfg.q_lora_rank else self.wq_b(self.q_norm(self.wq_a(x)))
         q_nope, q_pe = q.view(B, S, H, nope + rope).split([nope, rope], dim=-1)
         c, k_pe = self.wkv_a(x).split([r, rope], dim=-1)
@@ -70,7 +80,7 @@ class MLAttention(nn.Module):
         """Prefill within the new tokens: per-head k, v from the latent, causal SDPA."""
         cfg = self.cfg
         B, S, H, _ = q_nope.shape
-        kv = self.wkv_b(c).view(B, S, H, cfg.qk_nope_head_dim + cfg.v_head_dim)
+        kv = self.wkv_b(c).view(B, S, self.n_heads, cfg.qk_nope_head_dim + cfg.v_head_dim)
         k_nope, v = kv.split([cfg.qk_nope_head_dim, cfg.v_head_dim], dim=-1)
         q = torch.cat([q_nope, q_pe], dim=-1)                                         # [B, S, H, 192]
         k = torch.cat([k_nope, k_pe[:, :, None, :].expand(B, S, H, -1)], dim=-1)      # [B, S, H, 192]
@@ -87,5 +97,5 @@ class MLAttention(nn.Module):
         latent = cache.latent[self.layer]                                             # [B, S_max, r+rope]
         k_cache = latent[:, :, None, :]                                               # one kv head
         v_cache = latent[:, :, None, :cfg.kv_lora_rank]
-        out_lat = attend_cached(q, k_cache, v_cache, step, cfg.softmax_scale, self.settings.attn)
+        out_lat = attend_cached(q, k_cache, v_cache, step, cfg.softmax_scale, self.settings)
         return torch.einsum("bshr,hvr->bshv", out_lat, w_uv)                          # [B, S, H, v]

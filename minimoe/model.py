@@ -1,10 +1,13 @@
 """The decoder stack, wired from a `ModelConfig`.
 
-    ids [B, S] -> embed -> L x (x += Attn(norm(x)); x += FFN(norm(x))) -> norm -> lm_head -> logits
+    ids [B, S] -> embed -> L x (h = norm(x + r); x = Attn(h); h = norm(x + r); x = FFN(h)) -> norm -> lm_head
 
 Every family is pre-norm with RMSNorm; what differs (GQA vs MLA attention, MoE vs dense FFN per
-layer, shared experts, tied embeddings) is decided once, here, from config fields. The KV cache is
-owned by the caller (generate.py) and handed down with a `Step` describing the new tokens.
+layer, shared experts, tied embeddings) is decided once, here, from config fields. The residual
+stream r travels beside the sublayer outputs and is added inside the next norm (one fused kernel
+with --ops triton). The KV cache is owned by the caller (generate.py) and handed down with a `Step`
+describing the new tokens. Every sublayer is a module called through `nn.Module.__call__`, so
+forward hooks (parallel plans, calibration, tests) see every path.
 """
 from __future__ import annotations
 
@@ -12,60 +15,57 @@ import torch
 import torch.nn as nn
 
 from .attention import Attention
-from .config import ModelConfig, RunSettings
+from .config import ModelConfig
 from .instrument import region
 from .kv_cache import KVCache, Step
-from .layers import RMSNorm, Rotary, folds_norms, rope_tables
+from .layers import ResidualRMSNorm
+from .linear import Linear
 from .mla import MLAttention
 from .moe import MoE, make_ffn
+from .rope import Rotary, rope_tables
 
 
 class Block(nn.Module):
-    """One pre-norm layer. It carries the residual stream separately and returns (y, residual)
-    without adding them: the add happens inside the next norm (one fused kernel with fused_ops)."""
+    """One pre-norm layer: (x, residual) -> (FFN output, residual), the last add left to the next norm."""
 
-    def __init__(self, cfg: ModelConfig, settings: RunSettings, layer: int):
+    def __init__(self, cfg: ModelConfig, settings, layer: int):
         super().__init__()
-        self.settings = settings
-        self.attn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, settings)
+        self.attn_norm = ResidualRMSNorm(cfg.hidden_size, cfg.rms_norm_eps, settings)
         self.attn = (MLAttention if cfg.attention == "mla" else Attention)(cfg, settings, layer)
-        self.ffn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, settings)
+        self.ffn_norm = ResidualRMSNorm(cfg.hidden_size, cfg.rms_norm_eps, settings)
         self.ffn = make_ffn(cfg, settings, layer)
-        self.ffn_region = None if isinstance(self.ffn, MoE) else "dense"   # MoE opens its own regions
+        self.ffn_region = None if isinstance(self.ffn, MoE) else "dense"   # an MoE opens its own regions
 
     def forward(self, x, residual, step: Step, cache: KVCache, rot: Rotary):
-        """x [B, S, D] (this layer's input not yet added to residual) -> (ffn output, residual).
-        At decode sizes with settings.gemv each norm runs inside the kernel that reads its output."""
-        T = x.shape[0] * x.shape[1]
-        if folds_norms(self.settings, T) and isinstance(self.attn, Attention):
-            with region("attention"):
-                a, residual = self.attn.forward_folded(x, residual, self.attn_norm, step, cache, rot)
-        else:
-            with region("norm"):
-                h, residual = self.attn_norm.add_forward(x, residual)
-            with region("attention"):
-                a = self.attn(h, step, cache, rot)
-        if isinstance(self.ffn, MoE) and self.ffn.folds_router(T):
-            return self.ffn.forward_folded(a, residual, self.ffn_norm)
+        """x [B, S, D] (the previous sublayer's output, not yet added to residual) -> (y, residual)."""
         with region("norm"):
-            h, residual = self.ffn_norm.add_forward(a, residual)
-        if self.ffn_region:
-            with region(self.ffn_region):
-                return self.ffn(h), residual
-        return self.ffn(h), residual
+            h, residual = self.attn_norm(x, residual)
+        with region("attention"):
+            x = self.attn(h, step, cache, rot)
+        with region("norm"):
+            h, residual = self.ffn_norm(x, residual)
+        with region(self.ffn_region):
+            return self.ffn(h), residual
 
 
 class Transformer(nn.Module):
-    def __init__(self, cfg: ModelConfig, settings: RunSettings | None = None):
+    def __init__(self, cfg: ModelConfig, settings=None):
         super().__init__()
-        self.cfg = cfg
-        self.settings = settings or RunSettings()
+        self.cfg, self.settings = cfg, settings
         self.embed = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = nn.ModuleList(Block(cfg, self.settings, i) for i in range(cfg.n_layers))
-        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, self.settings)
-        if not cfg.tie_word_embeddings:
-            self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.layers = nn.ModuleList(Block(cfg, settings, i) for i in range(cfg.n_layers))
+        self.norm = ResidualRMSNorm(cfg.hidden_size, cfg.rms_norm_eps, settings)
+        self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size, settings=settings)
+        if cfg.tie_word_embeddings:       # one Parameter, two modules: the head is still a module to hook
+            self.lm_head.weight = self.embed.weight
         self.rope_len = 0
+
+    def _apply(self, fn, recurse=True):
+        """.to(), .float(), .to_empty() re-create parameters one module at a time: re-tie the head."""
+        super()._apply(fn, recurse)
+        if self.cfg.tie_word_embeddings:
+            self.lm_head.weight = self.embed.weight
+        return self
 
     def setup_rope(self, max_len: int, device) -> None:
         """cos/sin tables [max_len, rope_dim/2] (float32), built once per cache size."""
@@ -80,25 +80,23 @@ class Transformer(nn.Module):
             self.cos, self.sin = cos.to(device), sin.to(device)
             self.rope_len = max_len
 
-    def forward(self, ids: torch.Tensor, step: Step, cache: KVCache, last_only: bool = False):
-        """ids [B, S] -> logits [B, S, V] (or [B, V] for the last position), float32."""
+    def forward(self, ids: torch.Tensor, step: Step, cache: KVCache, select=None) -> torch.Tensor:
+        """ids [B, S] -> float32 logits [B, S, V]; or [B, V] at one position per sequence when
+        `select` is an int (the same for every row, e.g. -1) or a LongTensor [B] (ragged prompts)."""
         with region("embed"):
             x = self.embed(ids)                                                # [B, S, D]
             rot = Rotary(self.cos, self.sin, self.cos[step.positions], self.sin[step.positions])  # [B, S, rope/2]
         residual = None
         for layer in self.layers:
             x, residual = layer(x, residual, step, cache, rot)
-        head = self.embed.weight if self.cfg.tie_word_embeddings else self.lm_head.weight
-        if last_only and folds_norms(self.settings, x.shape[0]):
-            from .kernels.gemv import gemv
-            with region("lm_head"):                                   # the final norm inside the GEMV
-                return gemv(x[:, -1].contiguous(), head, norm_weight=self.norm.weight, eps=self.norm.eps,
-                            residual=residual[:, -1].contiguous())[0].float()
+        if select is not None:            # only where a token will be sampled: [B, 1, D]
+            if isinstance(select, int):
+                x, residual = x[:, select:][:, :1], residual[:, select:][:, :1]
+            else:
+                rows = torch.arange(x.shape[0], device=x.device)
+                x, residual = x[rows, select][:, None], residual[rows, select][:, None]
         with region("norm"):
-            if last_only:
-                x, residual = x[:, -1:].contiguous(), residual[:, -1:].contiguous()
-            x = self.norm.add_forward(x, residual)[0]
-            if last_only:
-                x = x[:, 0]
+            x, _ = self.norm(x.contiguous(), residual.contiguous())
         with region("lm_head"):
-            return (x @ head.T).float()
+            logits = self.lm_head(x).float()
+        return logits[:, 0] if select is not None else logits

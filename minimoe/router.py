@@ -15,6 +15,8 @@ run. The family routers reproduce each model's published maths (see model-facts.
 Synthetic routers ignore the logits (they keep their shape and device) and exist for ablations:
 uniform random choice, perfectly balanced round-robin, and Zipf-skewed popularity.
 All routers are sync-free and static-shaped, so they can be captured in a CUDA graph.
+This file is the maths only (torch, nothing else from minimoe): the router as a module, with its
+gate weight and the choice of a fused kernel, is `gate.Router`.
 """
 from __future__ import annotations
 
@@ -129,13 +131,10 @@ ROUTERS = {
 SYNTHETIC_ROUTERS = ("uniform", "balanced", "zipf")
 
 
-FUSED_ROUTERS = ("softmax_topk", "topk_softmax")   # one Triton kernel each (kernels/route.py)
+# The routers kernels/route.py (and the gate+top-k kernel) implement, given no selection bias.
+FUSED_ROUTERS = ("softmax_topk", "topk_softmax")
 
 
-def route(logits: torch.Tensor, spec: RouterSpec, bias: torch.Tensor | None = None, fused: bool = False):
-    """logits [T, E] (any float dtype) -> weights [T, K] float32, ids [T, K] int64."""
-    if fused and spec.name in FUSED_ROUTERS:
-        from .kernels.route import route_topk
-        return route_topk(logits, spec.top_k, renorm=spec.renorm or spec.name == "topk_softmax",
-                          scaling=spec.scaling, softmax_first=spec.name == "softmax_topk")
+def route(logits: torch.Tensor, spec: RouterSpec, bias: torch.Tensor | None = None):
+    """logits [T, E] (any float dtype) -> weights [T, K] float32, ids [T, K] int64, in PyTorch."""
     return ROUTERS[spec.name](logits.float(), spec, bias)

@@ -1,106 +1,79 @@
-"""Run-time choices shared by the CLIs: device, dtype, and checking run settings before heavy work.
+"""Checking run settings against a model and a machine, before any heavy work.
 
-Every check here fails fast with one clear sentence: an unknown expert path or router, a GPU-only
-option on a machine without a GPU, flags that contradict each other. Nothing silently falls back to
-another path, because that would change what a benchmark measures.
+Every check here fails fast with one clear sentence (`UsageError`, exit status 2 in the CLIs): an
+unknown expert path or router, a GPU-only option on a machine without a GPU, flags that contradict
+each other, a feature this build cannot run. Nothing silently falls back to another path, because
+that would change what a benchmark measures.
 """
 from __future__ import annotations
 
-import os
-
 import torch
 
-from .attention import check_attn_backend
-from .config import ModelConfig, RunSettings
+from .config import ModelConfig
 from .experts import EXPERT_PATHS
+from .attention import DECODE_ATTENTION
+from .ops import OPS
 from .router import ROUTERS
-
-DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
-          "fp32": torch.float32, "float32": torch.float32}
+from .settings import RunSettings, triton_usable
 
 
 class UsageError(ValueError):
-    """Bad input from the command line: reported as one line, exit status 2."""
+    """Bad input from the command line or the API: reported as one line, exit status 2."""
 
 
-def pick_device(name: str | None) -> torch.device:
-    if name in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {name}: no CUDA GPU is available here")
-    return dev
+def resolve_settings(s: RunSettings) -> RunSettings:
+    """RunSettings.resolve, its ValueError as a UsageError."""
+    try:
+        return s.resolve()
+    except ValueError as e:
+        raise UsageError(str(e)) from None
 
 
-def pick_dtype(name: str | None, device: torch.device) -> torch.dtype:
-    if name in (None, "auto"):
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if name not in DTYPES:
-        raise UsageError(f"--dtype {name}: choose from {sorted(set(DTYPES))}")
-    return DTYPES[name]
+def _check_attn(s: RunSettings, cfg: ModelConfig, device: torch.device) -> None:
+    if s.attn not in DECODE_ATTENTION:
+        raise UsageError(f"unknown attention backend {s.attn!r}; choose from {sorted(DECODE_ATTENTION)}")
+    if s.attn == "flash":
+        if device.type != "cuda":
+            raise UsageError("--attn flash needs a CUDA GPU")
+        if cfg.attention == "mla":
+            raise UsageError("--attn flash cannot run MLA (key and value widths differ); use triton")
+        try:
+            import flash_attn  # noqa: F401
+        except ImportError:
+            raise UsageError("--attn flash needs flash-attn: pip install 'minimoe[flash]'") from None
+    if s.attn == "triton" and not triton_usable(device):
+        raise UsageError("--attn triton needs a CUDA GPU (or TRITON_INTERPRET=1 for tests)")
 
 
-def triton_usable(device: torch.device) -> bool:
-    """Triton kernels run on a CUDA GPU, or on the CPU through the interpreter (tests)."""
-    if device.type == "cuda":
-        return True
-    return os.environ.get("TRITON_INTERPRET") == "1"
-
-
-def resolve_auto(attn: str, ops: str, device: torch.device) -> tuple[str, bool]:
-    """--attn auto / --ops auto: the Triton kernels on a GPU, PyTorch on a CPU (printed in headers)."""
-    if ops not in ("auto", "torch", "triton"):
-        raise UsageError(f"--ops {ops}: choose auto, torch or triton")
-    if ops == "triton" and not triton_usable(device):
-        raise UsageError("--ops triton needs a CUDA GPU (or TRITON_INTERPRET=1 for tests)")
-    gpu = device.type == "cuda"
-    return ("triton" if gpu else "sdpa") if attn == "auto" else attn, (gpu if ops == "auto" else ops == "triton")
-
-
-def resolve_gemv(gemv: str, device: torch.device) -> bool:
-    """--gemv auto = torch everywhere: on the H200 the Triton GEMV only ties cuBLAS, and with the
-    RMSNorm folded in it is slower than the norm kernel + cuBLAS (scripts/bench_gemv.py, README)."""
-    if gemv not in ("auto", "torch", "triton"):
-        raise UsageError(f"--gemv {gemv}: choose auto, torch or triton")
-    if gemv == "triton" and not triton_usable(device):
-        raise UsageError("--gemv triton needs a CUDA GPU (or TRITON_INTERPRET=1 for tests)")
-    return gemv == "triton"
-
-
-def resolve_pdl(pdl: str, device: torch.device) -> bool:
-    """--pdl auto = off: on the H200 PDL made the batch-1 steps slower (Mixtral 6.92 -> 7.68 ms,
-    OLMoE 1.21 -> 1.37 ms): early-launched programs park on SMs the running kernel's later waves
-    need. `on` needs sm90+. Sets the kernels' process-wide switch."""
-    if pdl not in ("auto", "on", "off"):
-        raise UsageError(f"--pdl {pdl}: choose auto, on or off")
-    capable = device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 9
-    if pdl == "on" and not capable:
-        raise UsageError("--pdl on needs a Hopper (sm90) or newer GPU")
-    from .kernels.pdl import set_enabled
-    on = pdl == "on"
-    set_enabled(on)
-    return on
-
-
-def check_settings(s: RunSettings, cfg: ModelConfig, device: torch.device, dtype: torch.dtype) -> None:
+def check_settings(s: RunSettings, cfg: ModelConfig) -> None:
+    """Refuse a resolved RunSettings this model or machine cannot run, naming the flag."""
+    device = s.torch_device
     if s.experts not in EXPERT_PATHS:
         raise UsageError(f"unknown expert path {s.experts!r}; choose from {sorted(EXPERT_PATHS)}")
-    if s.experts == "fused" and not triton_usable(device):
-        raise UsageError("the fused expert path (--experts fused) needs a CUDA GPU (or TRITON_INTERPRET=1 for tests)")
+    triton_parts = [flag for flag, on in (("--experts fused", s.experts == "fused"), ("--ops triton", s.ops == "triton"),
+                                          ("--gemv triton", s.gemv == "triton"), ("--attn triton", s.attn == "triton"))
+                    if on]
+    for flag in triton_parts:
+        if not triton_usable(device) or "triton" not in OPS:
+            raise UsageError(f"{flag} needs Triton on a CUDA GPU (or TRITON_INTERPRET=1 for tests)")
+    if triton_parts and s.dtype == "bf16" and device.type == "cpu":
+        raise UsageError(f"the Triton interpreter cannot run bfloat16 ({triton_parts[0]}); use --dtype fp32 or "
+                         "fp16 on the CPU")
+    if s.pdl == "on" and not (device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 9):
+        raise UsageError("--pdl on needs a Hopper (sm90) or newer GPU")
     if s.experts != "loop" and not cfg.is_moe:
         raise UsageError(f"--experts {s.experts} needs an MoE model")
     if s.router is not None and s.router not in ROUTERS:
         raise UsageError(f"unknown router {s.router!r}; choose from {sorted(ROUTERS)}")
-    if s.top_k is not None and not cfg.is_moe:
-        raise UsageError("--topk needs an MoE model")
     if s.top_k is not None:
         try:
             cfg.with_top_k(s.top_k)
         except ValueError as e:
-            raise UsageError(str(e)) from e
-    if dtype == torch.bfloat16 and device.type == "cpu" and (s.experts == "fused" or s.gemv or s.fused_ops):
-        raise UsageError("the Triton interpreter cannot run bfloat16; use --dtype fp32 or fp16 on the CPU")
-    try:
-        check_attn_backend(s.attn, cfg, device)
-    except ValueError as e:
-        raise UsageError(str(e)) from e
+            raise UsageError(str(e)) from None
+    if s.skip_threshold and not cfg.is_moe:
+        raise UsageError("--skip-threshold needs an MoE model")
+    if s.quant != "none":
+        raise UsageError(f"--quant {s.quant}: quantized weights are not in this build yet")
+    if s.ep * s.tp > 1:
+        raise UsageError("--ep / --tp: parallel plans are not in this build yet")
+    _check_attn(s, cfg, device)

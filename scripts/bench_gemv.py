@@ -33,9 +33,19 @@ import torch.nn.functional as F  # noqa: E402
 import triton  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from minimoe.roofline import graph_us  # noqa: E402
-from minimoe.kernels.gemv import default_config, gemv, gemv_ref  # noqa: E402
+from minimoe.bench.roofline import graph_us  # noqa: E402
+from minimoe.kernels.gemv import default_config, gemv  # noqa: E402
+from minimoe.ops import rms_norm_torch  # noqa: E402
 from minimoe.kernels.rmsnorm import rms_norm  # noqa: E402
+
+
+def gemv_ref(x, weight, bias=None, *, norm_weight=None, residual=None, eps=1e-6):
+    """The oracle: the engine's PyTorch RMSNorm (+ add), then F.linear."""
+    res_out = None
+    if norm_weight is not None:
+        x, s = rms_norm_torch(x, norm_weight, eps, residual)
+        res_out = s if residual is not None else None
+    return torch.nn.functional.linear(x, weight, bias), res_out
 
 SHAPES = {  # name: (N, D) of x[T, D] @ W[N, D]^T
     "olmoe_qkv": (6144, 2048), "olmoe_o": (2048, 2048), "olmoe_head": (50304, 2048),

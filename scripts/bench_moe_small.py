@@ -32,8 +32,8 @@ from pathlib import Path  # noqa: E402
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from minimoe.roofline import graph_us  # noqa: E402
-from minimoe.experts import experts_loop  # noqa: E402
+from minimoe.bench.roofline import graph_us  # noqa: E402
+from minimoe.experts import Experts, experts_loop  # noqa: E402
 from minimoe.kernels import moe_configs  # noqa: E402
 from minimoe.kernels.fused_moe import fused_moe, plan  # noqa: E402
 from minimoe.kernels.fused_moe_small import small_default_config  # noqa: E402
@@ -134,7 +134,7 @@ def bench_shape(name, shape, dtype, device, tol, timed):
     w2 = (torch.randn(E, D, I, device=device, generator=gen) / I ** 0.5).to(dtype)
     check_set = make_routings(T, E, D, K, dtype, device, 1, gen)[0]
     x, ids, weights = check_set
-    ref = experts_loop(x.float(), w13.float(), w2.float(), ids, weights)  # the oracle, in fp32
+    ref = experts_loop(x.float(), Experts.from_tensors(w13.float(), w2.float()), ids, weights)  # the oracle, fp32
     print(f"{name} E={E} K={K} I={I} D={D} T={T}; GEMV default "
           f"{small_default_config(E, I, D, K, T, dtype)}")
     record = {"preset": name, "E": E, "K": K, "I": I, "D": D, "T": T, "results": {}}

@@ -18,11 +18,10 @@ import sys
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from minimoe.config import RunSettings
+from minimoe import settings as run_settings
 from minimoe.generate import Generator
 from minimoe.graphs import enable_graphs
 from minimoe.loader import build_model
-from minimoe.runtime import resolve_auto, resolve_gemv, resolve_pdl
 
 
 def kernel_table(prof, steps: int) -> list[dict]:
@@ -41,20 +40,15 @@ def main(argv=None) -> int:
     p.add_argument("--bs", type=int, default=1)
     p.add_argument("--input-len", type=int, default=128)
     p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--experts", default="fused")
-    p.add_argument("--gemv", default="auto", help="auto | torch | triton (as bench.py)")
-    p.add_argument("--eager-prefill", action="store_true")
-    p.add_argument("--pdl", default="auto", help="auto | on | off (as bench.py)")
     p.add_argument("--json")
+    run_settings.add_args(p, run_settings.RunSettings(experts="fused", device="cuda"))
     a = p.parse_args(argv)
-    dev = torch.device("cuda")
-    attn, fused_ops = resolve_auto("auto", "auto", dev)
-    settings = RunSettings(experts=a.experts, attn=attn, fused_ops=fused_ops, gemv=resolve_gemv(a.gemv, dev),
-                           pdl=resolve_pdl(a.pdl, dev))
-    model, cfg, _ = build_model(a.model, "dummy", dtype=torch.bfloat16, device=dev, settings=settings)
+    settings = run_settings.from_args(a).resolve()
+    dev = settings.torch_device
+    model, cfg, _ = build_model(a.model, "dummy", dtype=settings.torch_dtype, device=dev, settings=settings)
     gen = Generator(model, a.bs, a.input_len + a.steps * 3 + 8)
     prompts = torch.randint(0, cfg.vocab_size, (a.bs, a.input_len), device=dev)
-    enable_graphs(gen, prefill_lengths=[] if a.eager_prefill else [a.input_len])
+    enable_graphs(gen, prefill_lengths=[] if settings.eager_prefill else [a.input_len])
     out = {"model": a.model, "bs": a.bs, "settings": vars(settings)}
     for name in ("prefill", "decode"):
         gen.reset()

@@ -29,7 +29,7 @@ import torch
 import triton
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from minimoe.roofline import graph_us  # noqa: E402
+from minimoe.bench.roofline import graph_us  # noqa: E402
 from minimoe.kernels import moe_configs  # noqa: E402
 from minimoe.kernels.fused_moe import fused_moe, plan  # noqa: E402
 

@@ -13,8 +13,27 @@ leave routers nearly uniform and make a swapped norm or bias invisible.
 """
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
+
+# Triton kernels run on the CPU through the interpreter (float32/float16). Set once, here, before any
+# test module imports triton; a test that checks the "needs a GPU" errors removes it with monkeypatch.
+if not torch.cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "gpu: needs a CUDA GPU (skipped without one)")
+    config.addinivalue_line("markers", "slow: more than a few seconds on a CPU")
+
+
+def pytest_collection_modifyitems(config, items):
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords and not torch.cuda.is_available():
+            item.add_marker(skip_gpu)
 
 VOCAB = 128
 # no special tokens: `hf.generate` must not stop early, and nothing else reads them here

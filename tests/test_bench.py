@@ -1,4 +1,4 @@
-"""Guards bench.py end to end on the CPU: every metric and its roofline, profiles, errors, compare, plots, memory plan.
+"""Guards bench.py (minimoe.bench.cli) end to end on the CPU: every metric and its roofline, profiles, errors, compare, plots, memory plan.
 
 Each run is `bench.main([...])` in-process on a tiny card with a few tokens (well under a second), and
 the checks are arithmetic the JSON must satisfy (tok/s = bs*out/E2E, E2E = TTFT + sum of ITLs, ...),
@@ -6,25 +6,18 @@ so a wrong formula, a dropped field or a swallowed error fails here. Known bugs 
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import statistics
-from pathlib import Path
-
 import pytest
 import torch
 
-from minimoe import memory
+from minimoe.bench import cli as bench
+from minimoe.bench import memory
+from minimoe.bench.roofline import count_params, prefill_flops
 from minimoe.cards import load_card
 from minimoe.families import config_from_hf
 from minimoe.kv_cache import KVCache
-from minimoe.roofline import count_params, prefill_flops
-
-ROOT = Path(__file__).resolve().parent.parent
-_spec = importlib.util.spec_from_file_location("bench", ROOT / "bench.py")   # a script, not in the package
-bench = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(bench)
 
 TINY_CARDS = ("olmoe-tiny", "mixtral-tiny", "qwen2-moe-tiny", "qwen3-moe-tiny", "deepseek-moe-tiny",
               "deepseek-v2-lite-tiny", "deepseek-v3-tiny")
@@ -141,7 +134,7 @@ def test_median_of_timed_runs_is_reported_and_warmup_is_not(monkeypatch):
     def fake_run(gen, prompts, out_len):
         calls.append(out_len)
         return {"ttft_ms": 0.0, "itl_ms": [], "e2e_ms": next(e2e)}
-    monkeypatch.setattr(bench.benchmark, "timed_generation", fake_run)
+    monkeypatch.setattr(bench.timing, "timed_generation", fake_run)
     run = bench.measure(gen=None, prompts=None, out_len=7, warmup=2, iters=3, use_graphs=False)
     assert run["e2e_ms"] == 3.0 and calls == [7] * 5
 
@@ -155,8 +148,7 @@ def test_profile_regions_cover_the_eager_step(capsys):
     (the attention and the experts are each over a quarter of the step) would still fail every attempt."""
     cfg = card_config("olmoe-tiny")
     L = cfg.n_layers
-    calls = {"embed": 1, "attention": L, "norm": 2 * L + 1, "router": L, "experts": L, "combine": L,
-             "lm_head": 1, "sample": 1}
+    calls = {"embed": 1, "attention": L, "norm": 2 * L + 1, "router": L, "experts": L, "lm_head": 1, "sample": 1}
     coverages = []
     for _ in range(5):
         rc, out, err = run_bench(capsys, "--model", "olmoe-tiny", "--bs", 8, "--input-len", 64, "--output-len", 10,
@@ -191,20 +183,25 @@ BAD_INPUT = {
                               "3000 + 2 tokens exceed the model's max_position_embeddings 2048"),
     "no iters": (BASE + ["--iters", "0"], "--warmup must be >= 0 and --iters >= 1"),
     "missing weights": (BASE + ["--weights", "/nonexistent"], "weights directory /nonexistent does not exist"),
-    "fused on cpu": (BASE + ["--fused"], "the fused expert path (--experts fused) needs a CUDA GPU"),
-    "triton attn on cpu": (BASE + ["--attn", "triton"], "--attn triton needs a CUDA GPU"),
-    "triton ops on cpu": (BASE + ["--ops", "triton"], "--ops triton needs a CUDA GPU"),
-    "unknown ops": (BASE + ["--ops", "cuda"], "--ops cuda: choose auto, torch or triton"),
-    "triton gemv on cpu": (BASE + ["--gemv", "triton"], "--gemv triton needs a CUDA GPU"),
-    "unknown gemv": (BASE + ["--gemv", "cublas"], "--gemv cublas: choose auto, torch or triton"),
+    "fused on cpu": (BASE + ["--fused"], "--experts fused needs Triton on a CUDA GPU"),
+    "triton attn on cpu": (BASE + ["--attn", "triton"], "--attn triton needs Triton on a CUDA GPU"),
+    "triton ops on cpu": (BASE + ["--ops", "triton"], "--ops triton needs Triton on a CUDA GPU"),
+    "unknown ops": (BASE + ["--ops", "cuda"], "--ops cuda: choose from auto, torch, triton"),
+    "triton gemv on cpu": (BASE + ["--gemv", "triton"], "--gemv triton needs Triton on a CUDA GPU"),
+    "unknown gemv": (BASE + ["--gemv", "cublas"], "--gemv cublas: choose from auto, torch, triton"),
     "pdl on cpu": (BASE + ["--pdl", "on"], "--pdl on needs a Hopper (sm90) or newer GPU"),
-    "unknown pdl": (BASE + ["--pdl", "yes"], "--pdl yes: choose auto, on or off"),
+    "unknown pdl": (BASE + ["--pdl", "yes"], "--pdl yes: choose from auto, on, off"),
     "cuda device": (BASE + ["--device", "cuda"], "--device cuda: no CUDA GPU is available here"),
     "fused vs grouped": (BASE + ["--fused", "--experts", "grouped"], "--fused contradicts --experts grouped"),
     "topk too large": (BASE + ["--topk", "99"], "--topk 99 must be between 1 and the expert count 8"),
-    "topk zero": (BASE + ["--topk", "0"], "--topk 0 must be between 1 and the expert count 8"),
-    "unknown dtype": (BASE + ["--dtype", "fp8"], "--dtype fp8: choose from"),
-    "unknown expert path": (BASE + ["--experts", "magic"], "unknown expert path 'magic'"),
+    "topk zero": (BASE + ["--topk", "0"], "--topk must be at least 1, got 0"),
+    "unknown dtype": (BASE + ["--dtype", "fp8"], "--dtype fp8: choose from bf16, fp16, fp32"),
+    "unknown expert path": (BASE + ["--experts", "magic"], "--experts magic: choose from loop, grouped, fused"),
+    "unknown router": (BASE + ["--router", "fastest"], "unknown router 'fastest'"),
+    "json folder missing": (BASE + ["--json", "/no/such/dir/out.json"], "--json /no/such/dir/out.json: the folder"),
+    "plot folder missing": (BASE + ["--plot", "/no/such/dir/p.png"], "--plot /no/such/dir/p.png: the folder"),
+    "directory without weights": (["--model", "/tmp", *SHORT], "/tmp has no config.json"),
+    "batch too big for RAM": (BASE + ["--bs", "100000000"], "tokens needs"),
     "compare remote code": (["--model", "deepseek-moe-tiny", *SHORT, "--compare", "transformers"],
                             "--compare transformers: DeepSeekMoE-16B is remote code"),
 }
@@ -224,9 +221,11 @@ def test_bad_input_is_one_line_and_exit_2(argv, message, capsys, monkeypatch):
 
 
 @pytest.mark.parametrize("argv,message", [
-    (BASE + ["--router", "fastest"], "argument --router: invalid choice: 'fastest'"),
     (BASE + ["--compare", "vllm"], "argument --compare: invalid choice: 'vllm'"),
-    (["--input-len", "8"], "--model is required"),
+    (["--input-len", "8"], "the following arguments are required: --model"),
+    (BASE + ["--compare-steps", "2"], "--compare-steps and --hf-experts only mean something with --compare"),
+    (BASE + ["--zipf-s", "2"], "--zipf-s only means something with --router zipf"),
+    (BASE + ["--sweep", "--input-len-dist", "uniform:4-8"], "contradicts --input-len-dist"),
     (BASE + ["--bogus-flag"], "unrecognized arguments: --bogus-flag"),
 ])
 def test_argparse_errors_exit_2(argv, message, capsys):
@@ -302,14 +301,12 @@ def test_compare_steps_zero_is_refused(transformers_lib, capsys):
 
 
 def namespace(*argv):
-    args, rest = bench.parse_args(list(argv))
-    assert rest == []
-    return args
+    return bench.parse_args(list(argv))
 
 
 def test_sweep_is_the_papers_grid():
     args = namespace("--model", "qwen1.5-moe", "--sweep")                  # 8192 positions: the whole grid fits
-    bench.validate(args, card_config("qwen1.5-moe"), torch.device("cpu"), torch.float32)
+    bench.validate(args, card_config("qwen1.5-moe"))
     configs = bench.grid(args)
     lengths = (128, 256, 512, 1024, 2048)
     assert configs == [(b, n, n) for b in (1, 16, 32, 64, 128) for n in lengths]
@@ -319,13 +316,13 @@ def test_sweep_is_the_papers_grid():
 def test_sweep_fits_olmoe_context():
     """The headline model runs the paper's longest point: 2048 prompt + 2047 fed tokens = 4095 <= 4096."""
     args = namespace("--model", "olmoe", "--sweep")
-    bench.validate(args, card_config("olmoe"), torch.device("cpu"), torch.float32)
+    bench.validate(args, card_config("olmoe"))
     assert (1, 2048, 2048) in bench.grid(args)
 
 
 def test_grid_without_sweep_is_the_cross_product():
     args = namespace("--model", "olmoe-tiny", "--bs", "1", "4", "--input-len", "16", "--output-len", "8", "32")
-    bench.validate(args, card_config("olmoe-tiny"), torch.device("cpu"), torch.float32)
+    bench.validate(args, card_config("olmoe-tiny"))
     assert bench.grid(args) == [(1, 16, 8), (1, 16, 32), (4, 16, 8), (4, 16, 32)]
 
 
@@ -441,12 +438,15 @@ def test_largest_batch_boundary(olmoe):
     assert memory.largest_batch(olmoe, 10_000, 64, 32, 2, free=memory.plan(olmoe, 10_000, 1, 64, 32, 2).total - 1) == 0
 
 
-def test_check_request_on_cpu_never_asks_the_gpu(olmoe, monkeypatch):
+def test_check_request_on_cpu_checks_ram_not_the_gpu(olmoe, monkeypatch):
+    """The CPU plan counts the KV cache and activations against this machine's free RAM."""
     def no_gpu(*a):
         raise AssertionError("mem_get_info called for a CPU run")
     monkeypatch.setattr(torch.cuda, "mem_get_info", no_gpu)
-    p = memory.check_request(olmoe, 10_000, 10 ** 6, 64, 32, 2, "cpu")
-    assert p.total == memory.plan(olmoe, 10_000, 10 ** 6, 64, 32, 2).total
+    p = memory.check_request(olmoe, 10_000, 2, 64, 32, 2, "cpu")
+    assert p.total == memory.plan(olmoe, 10_000, 2, 64, 32, 2).total
+    with pytest.raises(MemoryError, match=r"batch 100000000 x \(64\+32\) tokens needs"):
+        memory.check_request(olmoe, 10_000, 10 ** 8, 64, 32, 2, "cpu")
 
 
 def test_check_request_names_the_largest_batch_that_fits(olmoe, monkeypatch):
@@ -469,11 +469,11 @@ def test_bench_reports_a_batch_that_does_not_fit(capsys, monkeypatch):
 
     def as_if_cuda(cfg, wbytes, b, n_in, n_out, nbytes, device, top_k=None, extra=0, weights_resident=False):
         return real(cfg, wbytes, b, n_in, n_out, nbytes, torch.device("cuda"), top_k, extra, weights_resident)
-    monkeypatch.setattr(bench.memory, "check_request", as_if_cuda)
+    monkeypatch.setattr(memory, "check_request", as_if_cuda)
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (3_000_000, 10 ** 10))
     rc, out, err = run_bench(capsys, "--model", "olmoe-tiny", "--bs", 64, "--input-len", 64, "--output-len", 6,
                              "--warmup", 0, "--iters", 1)
     assert rc == 2
     (line,) = [line for line in err.splitlines() if line.strip()]
-    assert line.startswith("error: bs64 64/6: batch 64 x (64+6) tokens needs ")
+    assert line.startswith("error: batch 64 x (64+6) tokens needs ")        # refused before the model is built
     assert "the largest batch that fits is" in line and "even batch 1" not in line

@@ -11,7 +11,7 @@ from minimoe import cards
 from minimoe.families import config_from_hf
 from minimoe.generate import Generator
 from minimoe.loader import build_model
-from minimoe.roofline import count_params
+from minimoe.bench.roofline import count_params
 
 # published totals (model cards / papers, model-facts §A.1)
 PUBLISHED_TOTAL = {

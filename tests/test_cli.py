@@ -21,7 +21,7 @@ def run(capsys, *args) -> tuple[int, str, str]:
 @pytest.mark.parametrize("card", TINY_CARDS)
 def test_generate_json_on_each_tiny_card(card, capsys):
     rc, out, err = run(capsys, "--model", card, "--prompt-ids", "3,1,4,1,5", "--max-new-tokens", "5",
-                       "--batch", "2", "--json")
+                       "--batch", "2", "--json", "-")
     assert rc == 0, err
     got = json.loads(out)
     assert got["model"] == card and got["prompt_ids"] == [3, 1, 4, 1, 5]
@@ -41,7 +41,7 @@ def test_generate_text_output_prints_one_row_per_sequence(capsys):
 
 def test_sampling_is_seeded(capsys):
     args = ["--model", "qwen3-moe-tiny", "--prompt-ids", "7,8,9", "--max-new-tokens", "12", "--temperature", "1.5",
-            "--top-k", "50", "--json"]
+            "--top-k", "50", "--json", "-"]
     first = json.loads(run(capsys, *args, "--seed", "3")[1])["new_ids"]
     assert first == json.loads(run(capsys, *args, "--seed", "3")[1])["new_ids"]
     assert first != json.loads(run(capsys, *args, "--seed", "4")[1])["new_ids"]
@@ -54,18 +54,22 @@ BAD_INPUT = {
     "prompt_ids_letters": (["--model", "olmoe-tiny", "--prompt-ids", "1,a,3"],
                            "--prompt-ids must be comma-separated integers, got '1,a,3'"),
     "prompt_id_too_large": (["--model", "olmoe-tiny", "--prompt-ids", "1,512"],
-                            "prompt ids must be non-empty and within the vocabulary [0, 512)"),
+                            "prompts must be non-empty and their ids within the vocabulary [0, 512)"),
     "prompt_id_negative": (["--model", "olmoe-tiny", "--prompt-ids=4,-1"],
-                           "prompt ids must be non-empty and within the vocabulary [0, 512)"),
+                           "prompts must be non-empty and their ids within the vocabulary [0, 512)"),
     "fused_on_cpu": (["--model", "olmoe-tiny", "--prompt-ids", "1", "--experts", "fused", "--device", "cpu"],
-                     "the fused expert path (--experts fused) needs a CUDA GPU (or TRITON_INTERPRET=1 for tests)"),
+                     "--experts fused needs Triton on a CUDA GPU (or TRITON_INTERPRET=1 for tests)"),
     "greedy_and_temperature": (["--model", "olmoe-tiny", "--prompt-ids", "1", "--greedy", "--temperature", "0.7"],
-                               "--greedy contradicts --temperature/--top-k/--top-p"),
+                               "--greedy contradicts --temperature/--top-k/--top-p/--min-p"),
     "unknown_expert_path": (["--model", "olmoe-tiny", "--prompt-ids", "1", "--experts", "nope"],
-                            "unknown expert path 'nope'"),
-    "top_p_zero": (["--model", "olmoe-tiny", "--prompt-ids", "1", "--top-p", "0"], "0 < top-p <= 1"),
+                            "--experts nope: choose from loop, grouped, fused"),
+    "top_p_zero": (["--model", "olmoe-tiny", "--prompt-ids", "1", "--top-p", "0"], "top_p must be in (0, 1]"),
     "prompt_text_without_tokenizer": (["--model", "olmoe-tiny", "--prompt", "hello"],
-                                      "--prompt needs a checkpoint with tokenizer files"),
+                                      "--prompt/--prompt-file need a checkpoint with tokenizer files"),
+    "json_folder_missing": (["--model", "olmoe-tiny", "--prompt-ids", "1", "--json", "/no/such/dir/x.json"],
+                            "--json /no/such/dir/x.json: the folder /no/such/dir does not exist"),
+    "prompt_file_missing": (["--model", "olmoe-tiny", "--prompt-file", "/no/such/prompts.txt"],
+                            "--prompt/--prompt-file need a checkpoint with tokenizer files"),
     "missing_weights_dir": (["--model", "olmoe-tiny", "--prompt-ids", "1", "--weights", "/no/such/dir"],
                             "weights directory /no/such/dir does not exist"),
 }

@@ -143,7 +143,7 @@ def test_structure_dense_first_layer_then_moe_with_shared(checkpoint):
     assert not cfg.router_fp32 and cfg.shared_intermediate_size == N_SHARED * I_MOE
     assert isinstance(net.layers[0].ffn, SwiGLU) and net.layers[0].ffn.hidden == I_DENSE
     assert all(isinstance(net.layers[i].ffn, MoE) for i in range(1, L))
-    assert not hasattr(net.layers[1].ffn, "shared_gate")          # DeepSeek's shared experts are ungated
+    assert net.layers[1].ffn.shared.gate is None                   # DeepSeek's shared experts are ungated
 
 
 def test_prefill_and_decode_match_float64_reference(checkpoint):
@@ -163,7 +163,7 @@ def test_prefill_and_decode_match_float64_reference(checkpoint):
             tok = ref[:, -1].argmax(-1)                                             # [B]
             seq = torch.cat([seq, tok[:, None]], dim=1)
             step = gen.cache.step(1, S + i)
-            ours = net(tok[:, None], step, gen.cache, last_only=True)               # [B, V]
+            ours = net(tok[:, None], step, gen.cache, select=-1)               # [B, V]
             gen.cache.advance(step)
             ref = reference_logits(w64, seq, renorm)
             assert rel_err(ours, ref[:, -1]) <= TOL, f"decode step {i}"

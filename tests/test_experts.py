@@ -6,12 +6,17 @@ import torch
 import torch.nn.functional as F
 
 from conftest import rel_err
-from minimoe.experts import EXPERT_PATHS
+from minimoe.experts import EXPERT_PATHS, Experts
 from minimoe.generate import Generator
 from minimoe.loader import build_model
 
 D, I = 48, 40
 TOL = {"loop_vs_fp64": 1e-5, "grouped_vs_loop": 1e-5}        # float32
+
+
+def run_path(path, x, w13, w2, ids, weights, expert_offset=0):
+    """An expert path on an Experts module holding these stacked tensors."""
+    return EXPERT_PATHS[path](x, Experts.from_tensors(w13, w2, expert_offset), ids, weights)
 
 
 def einsum_reference(x, w13, w2, ids, weights, expert_offset=0):
@@ -60,7 +65,7 @@ CASES = {
 def test_loop_matches_float64_einsum(case):
     T, E, K, ids = CASES[case]
     x, w13, w2, ids, w = make_inputs(T, E, K, seed=len(case), ids=ids)
-    out = EXPERT_PATHS["loop"](x, w13, w2, ids, w)
+    out = run_path("loop", x, w13, w2, ids, w)
     assert out.shape == (T, D) and out.dtype == torch.float32
     assert rel_err(out, einsum_reference(x, w13, w2, ids, w)) <= TOL["loop_vs_fp64"]
 
@@ -69,8 +74,8 @@ def test_loop_matches_float64_einsum(case):
 def test_grouped_matches_loop(case):
     T, E, K, ids = CASES[case]
     x, w13, w2, ids, w = make_inputs(T, E, K, seed=len(case) + 1, ids=ids)
-    want = EXPERT_PATHS["loop"](x, w13, w2, ids, w)
-    assert rel_err(EXPERT_PATHS["grouped"](x, w13, w2, ids, w), want) <= TOL["grouped_vs_loop"]
+    want = run_path("loop", x, w13, w2, ids, w)
+    assert rel_err(run_path("grouped", x, w13, w2, ids, w), want) <= TOL["grouped_vs_loop"]
 
 
 @pytest.mark.parametrize("path", ["loop", "grouped"])
@@ -81,7 +86,7 @@ def test_expert_offset_foreign_ids_contribute_zero(path, offset):
     gen = torch.Generator().manual_seed(offset)
     ids = torch.stack([torch.randperm(E_global, generator=gen)[:K] for _ in range(T)])
     x, w13, w2, ids, w = make_inputs(T, E_local, K, seed=offset + 11, ids=ids)
-    out = EXPERT_PATHS[path](x, w13, w2, ids, w, expert_offset=offset)
+    out = run_path(path, x, w13, w2, ids, w, expert_offset=offset)
     assert rel_err(out, einsum_reference(x, w13, w2, ids, w, expert_offset=offset)) <= TOL["loop_vs_fp64"]
     mine = ((ids >= offset) & (ids < offset + E_local)).any(-1)
     assert not mine.all() and mine.any()
@@ -92,8 +97,8 @@ def test_expert_offset_foreign_ids_contribute_zero(path, offset):
 def test_zero_weight_slots_contribute_zero(path):
     x, w13, w2, ids, w = make_inputs(16, 8, 2, seed=3)
     w[:, 1] = 0.0
-    out = EXPERT_PATHS[path](x, w13, w2, ids, w)
-    assert rel_err(out, EXPERT_PATHS[path](x, w13, w2, ids[:, :1], w[:, :1])) <= 1e-6
+    out = run_path(path, x, w13, w2, ids, w)
+    assert rel_err(out, run_path(path, x, w13, w2, ids[:, :1], w[:, :1])) <= 1e-6
 
 
 def test_grouped_equals_loop_inside_a_model():

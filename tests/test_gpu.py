@@ -2,12 +2,12 @@
 import pytest
 import torch
 
-from minimoe.config import RunSettings
+from minimoe.settings import RunSettings
 from minimoe.generate import Generator
 from minimoe.graphs import enable_graphs
 from minimoe.loader import build_model
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+pytestmark = pytest.mark.gpu
 
 TINY = ["olmoe-tiny", "mixtral-tiny", "qwen2-moe-tiny", "qwen3-moe-tiny", "deepseek-moe-tiny",
         "deepseek-v2-lite-tiny", "deepseek-v3-tiny"]
@@ -33,10 +33,10 @@ def _static_eager_tokens(model, prompts, steps):
 
 
 @pytest.mark.parametrize("card", TINY)
-@pytest.mark.parametrize("experts,attn,ops", [("grouped", "sdpa", False), ("fused", "sdpa", False),
-                                              ("fused", "triton", False), ("fused", "triton", True)])
-def test_graphed_decode_equals_eager(card, experts, attn, ops):
-    s = RunSettings(experts=experts, attn=attn, fused_ops=ops)
+@pytest.mark.parametrize("experts,attn,ops", [("grouped", "sdpa", "torch"), ("fused", "sdpa", "torch"),
+                                              ("fused", "triton", "torch"), ("fused", "triton", "triton")])
+def test_graphed_decode_equals_eager(card, experts, attn, ops, pdl="off"):
+    s = RunSettings(experts=experts, attn=attn, ops=ops, pdl=pdl)
     model, cfg, _ = build_model(card, "dummy", dtype=torch.bfloat16, device="cuda", settings=s, seed=1)
     prompts = torch.randint(0, cfg.vocab_size, (4, 11), device="cuda")
     graphed = _tokens(model, prompts, 24, graphs=True)
@@ -47,12 +47,8 @@ def test_graphed_decode_equals_eager(card, experts, attn, ops):
 
 @pytest.mark.parametrize("card", TINY)
 def test_graphed_decode_equals_eager_with_pdl(card):
-    from minimoe.kernels import pdl as pdl_switch
-    pdl_switch.set_enabled(torch.cuda.get_device_capability()[0] >= 9)
-    try:
-        test_graphed_decode_equals_eager(card, "fused", "triton", True)
-    finally:
-        pdl_switch.set_enabled(False)
+    pdl = "on" if torch.cuda.get_device_capability()[0] >= 9 else "off"
+    test_graphed_decode_equals_eager(card, "fused", "triton", "triton", pdl)
 
 
 @pytest.mark.parametrize("card", TINY)
@@ -66,27 +62,23 @@ def test_fast_paths_match_loop_bf16(card):
         gen = Generator(model, 3, 32)
         with torch.inference_mode():
             tok = gen.prefill(ids)
-            step = gen.cache.step(1, gen.pos)
-            logits[experts] = model(tok[:, None], step, gen.cache, last_only=True)
+            step = gen.cache.step(1, gen.host_len)
+            logits[experts] = model(tok[:, None], step, gen.cache, select=-1)
     ref = logits["loop"]
     for k in ("grouped", "fused"):
         err = ((logits[k] - ref).norm() / ref.norm()).item()
         assert err <= 1e-2, (k, err)
 
 
-@pytest.mark.parametrize("fused_ops,pdl,batch", [(False, False, 8), (True, False, 8), (True, True, 8),
-                                                 (True, True, 1)])
-def test_olmoe_full_size_graphs_equal_eager(fused_ops, pdl, batch):
+@pytest.mark.parametrize("ops,pdl,batch", [("torch", "off", 8), ("triton", "off", 8), ("triton", "on", 8),
+                                           ("triton", "on", 1)])
+def test_olmoe_full_size_graphs_equal_eager(ops, pdl, batch):
     """The headline model at its real shapes (random weights): graphed fused decode == eager static
     step, with Programmatic Dependent Launch too (it must change timing only, never results)."""
-    from minimoe.kernels import pdl as pdl_switch
-    pdl_switch.set_enabled(pdl and torch.cuda.get_device_capability()[0] >= 9)
-    s = RunSettings(experts="fused", attn="triton", fused_ops=fused_ops, pdl=pdl)
+    pdl = pdl if torch.cuda.get_device_capability()[0] >= 9 else "off"
+    s = RunSettings(experts="fused", attn="triton", ops=ops, pdl=pdl)
     model, cfg, _ = build_model("olmoe", "dummy", dtype=torch.bfloat16, device="cuda", settings=s)
     prompts = torch.randint(0, cfg.vocab_size, (batch, 32), device="cuda")
-    try:
-        graphed = _tokens(model, prompts, 32, graphs=True)
-        assert torch.equal(graphed, _static_eager_tokens(model, prompts, 32))
-        assert torch.equal(graphed, _tokens(model, prompts, 32, graphs=False))
-    finally:
-        pdl_switch.set_enabled(False)
+    graphed = _tokens(model, prompts, 32, graphs=True)
+    assert torch.equal(graphed, _static_eager_tokens(model, prompts, 32))
+    assert torch.equal(graphed, _tokens(model, prompts, 32, graphs=False))

@@ -299,11 +299,54 @@ def test_dummy_weights_are_finite_and_seeded():
     assert not torch.equal(sa["layers.1.ffn.experts.w13"], sc["layers.1.ffn.experts.w13"])
     assert torch.equal(sa["norm.weight"], torch.ones_like(sa["norm.weight"]))
     assert 0.015 < sa["layers.1.ffn.experts.w13"].std().item() < 0.025          # N(0, 0.02)
-    assert sa["layers.1.ffn.gate.weight"].dtype == torch.float32
+    assert sa["layers.1.ffn.router.weight"].dtype == torch.float32
 
 
 def test_dummy_weights_keep_the_router_fp32_in_bf16():
     net, _, _ = build_model("deepseek-v3-tiny", "dummy", dtype=torch.bfloat16)
-    assert net.layers[1].ffn.gate.weight.dtype == torch.float32          # DeepSeek's gate stays fp32
-    assert net.layers[1].ffn.gate_bias.dtype == torch.float32
+    assert net.layers[1].ffn.router.weight.dtype == torch.float32        # DeepSeek's gate stays fp32
+    assert net.layers[1].ffn.router.bias.dtype == torch.float32
     assert net.layers[1].ffn.experts.w13.dtype == torch.bfloat16
+
+
+# ---- untrusted files: damaged safetensors, stray files ------------------------------------------------
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated", "not_safetensors"])
+def test_damaged_safetensors_is_one_clear_error(hf_checkpoint, tmp_path, damage):
+    src, _ = hf_checkpoint("olmoe")
+    shutil.copy(src / "config.json", tmp_path / "config.json")
+    data = (src / "model.safetensors").read_bytes()
+    blob = {"empty": b"", "truncated": data[: len(data) // 2], "not_safetensors": b"PK\x03\x04" * 100}[damage]
+    (tmp_path / "model.safetensors").write_bytes(blob)
+    with pytest.raises(CheckpointError, match=r"model\.safetensors: not a readable safetensors file|cannot read"):
+        _load(tmp_path)
+
+
+def test_stray_safetensors_beside_model_safetensors_is_ignored(hf_checkpoint, tmp_path):
+    """transformers loads model.safetensors and nothing else; so does minimoe (a stray file never overrides)."""
+    src, _ = hf_checkpoint("mixtral")
+    shutil.copy(src / "config.json", tmp_path / "config.json")
+    shutil.copy(src / "model.safetensors", tmp_path / "model.safetensors")
+    stray = {n: torch.zeros_like(t) for n, t in load_file(str(src / "model.safetensors")).items()}
+    save_file(stray, str(tmp_path / "model_old.safetensors"))
+    _assert_same_weights(_load(tmp_path)[0], _load(src)[0])
+
+
+def test_duplicate_tensor_names_across_files_are_refused(hf_checkpoint, tmp_path):
+    src, _ = hf_checkpoint("mixtral")
+    shutil.copy(src / "config.json", tmp_path / "config.json")
+    tensors = load_file(str(src / "model.safetensors"))
+    save_file(tensors, str(tmp_path / "a.safetensors"))
+    save_file({"model.norm.weight": tensors["model.norm.weight"]}, str(tmp_path / "b.safetensors"))
+    with pytest.raises(CheckpointError, match=r"model\.norm\.weight is in both a\.safetensors and b\.safetensors"):
+        _load(tmp_path)
+
+
+def test_directory_without_safetensors_needs_dummy_asked_for(hf_checkpoint, tmp_path):
+    src, _ = hf_checkpoint("olmoe")
+    shutil.copy(src / "config.json", tmp_path / "config.json")
+    with pytest.raises(CheckpointError, match="no \\*.safetensors files in"):
+        _load(tmp_path)
+    net, _, folder = build_model(str(tmp_path), "dummy", dtype=torch.float32)
+    assert folder is None

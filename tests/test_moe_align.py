@@ -111,7 +111,7 @@ def test_int32_ids_and_empty_batch():
 def test_default_method_by_size(monkeypatch):
     calls = []
     for name in ("_align_parallel", "_align_torch"):
-        monkeypatch.setattr(moe_align, name, lambda *a, name=name: calls.append(name))
+        monkeypatch.setattr(moe_align, name, lambda *a, name=name, **kw: calls.append(name))
     ids = torch.zeros(4, 2, dtype=torch.int64, device=DEVICE)
     moe_align.align_tokens_by_expert(ids, 8, 16)
     monkeypatch.setattr(moe_align, "ONE_PROGRAM_MAX_NUMEL", 7)

@@ -2,19 +2,24 @@
 own unfused pieces: the same residual stream bit for bit, the same h, the same experts chosen."""
 
 import itertools
-import os
-
 import pytest
 import torch
 
-if not torch.cuda.is_available():
-    os.environ["TRITON_INTERPRET"] = "1"  # must precede the first `import triton`
 pytest.importorskip("triton")
 
 import torch.nn.functional as F  # noqa: E402
 
-from minimoe.kernels.norm_route import norm_route, norm_route_ref, usable  # noqa: E402
-from minimoe.kernels.route import route_topk_ref  # noqa: E402
+from minimoe.kernels.norm_route import gate_route, norm_route, usable  # noqa: E402
+from minimoe.ops import gate_route_torch, rms_norm_torch  # noqa: E402
+from minimoe.ops import route_topk_torch as route_topk_ref  # noqa: E402
+
+
+def norm_route_ref(x, residual, norm_weight, gate_weight, eps, k, *, renorm, scaling=1.0, softmax_first=True):
+    """The oracle, from the engine's own PyTorch twins: RMSNorm (+ add), then the gate GEMV + top-k."""
+    h, s = rms_norm_torch(x, norm_weight, eps, residual)
+    w, ids = gate_route_torch(h.reshape(-1, x.shape[-1]), gate_weight, k, renorm=renorm, scaling=scaling,
+                              softmax_first=softmax_first)
+    return h, (x if residual is None else s), w, ids
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 # the interpreter has no bfloat16; on a GPU run the real kernel covers it too
@@ -140,14 +145,25 @@ def test_duplicated_gate_rows_tie_at_the_cut(dtype):
 
 def test_usable():
     bf16 = torch.bfloat16
-    assert usable(8, 4096, "topk_softmax", False, bf16, bf16)            # Mixtral: a 64 KB gate
-    assert not usable(64, 2048, "softmax_topk", False, bf16, bf16)       # OLMoE: 256 KB, slower folded
-    assert usable(16, 2048, "softmax_topk", False, bf16, bf16)
-    assert not usable(8, 2048, "softmax_topk", False, torch.float32, bf16)   # DeepSeek's fp32 gate
-    assert not usable(256, 7168, "sigmoid_group_bias", True, bf16, bf16)     # DeepSeek-V3
-    assert not usable(8, 2048, "softmax_topk", True, bf16, bf16)             # a selection bias
-    assert not usable(8, 2048, "group_limited_greedy", False, bf16, bf16)
-    assert not usable(1024, 2048, "softmax_topk", False, bf16, bf16)         # E > 512
+    assert usable(8, 4096, True, bf16, bf16)                   # Mixtral: a 64 KB gate
+    assert not usable(64, 2048, True, bf16, bf16)              # OLMoE: 256 KB, slower in one program
+    assert usable(16, 2048, True, bf16, bf16)
+    assert not usable(8, 2048, True, torch.float32, bf16)      # DeepSeek's fp32 gate
+    assert not usable(8, 2048, False, bf16, bf16)              # not a softmax/top-k router, or a selection bias
+    assert not usable(1024, 2048, True, bf16, bf16)            # E > 512
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("E,D,K,T,mode", [(8, 64, 2, 1, MODES[0]), (60, 96, 4, 3, MODES[-1]), (16, 128, 3, 5, MODES[1])])
+def test_gate_route_is_norm_route_without_the_norm(E, D, K, T, mode, dtype):
+    """The engine's op (ops.py): gate GEMV + top-k on an already-normed h, against its PyTorch twin."""
+    softmax_first, renorm, scaling = mode
+    h, _, _, gate = _separated_case(T, E, D, dtype, False, seed=E + T)
+    kw = dict(renorm=renorm, scaling=scaling, softmax_first=softmax_first)
+    w, ids = gate_route(h, gate, K, **kw)
+    w_ref, ids_ref = gate_route_torch(h, gate, K, **kw)
+    assert torch.equal(ids, ids_ref)
+    assert _rel_err(w, w_ref) <= W_TOL[dtype]
 
 
 @pytest.mark.skipif(DEVICE.type != "cuda", reason="CUDA graphs need a GPU")

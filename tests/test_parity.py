@@ -64,14 +64,20 @@ def _mixtral_without_renorm(net):
 
 def _zero_v3_bias(net):
     for layer in net.layers[1:]:
-        layer.ffn.gate_bias.data.zero_()
+        layer.ffn.router.bias.data.zero_()
+
+
+def _ungate_shared(net):
+    for layer in net.layers:
+        if getattr(layer.ffn, "shared", None) is not None:
+            layer.ffn.shared.gate = None
 
 
 # one switch per family that undoes the quirk its tiny config is there to test
 UNDO_QUIRK = {
     "olmoe": lambda net: setattr(net.cfg, "clip_qkv", None),
     "mixtral": _mixtral_without_renorm,
-    "qwen2_moe": lambda net: setattr(net.cfg, "shared_expert_gate", False),
+    "qwen2_moe": _ungate_shared,
     "qwen3_moe": lambda net: setattr(net.cfg, "norm_topk_prob", False),
     "deepseek_v2": lambda net: setattr(net.cfg, "topk_group", 4),            # no group limit
     "deepseek_v3": _zero_v3_bias,
@@ -109,7 +115,7 @@ def test_prefill_and_cached_decode_logits(pair):
             r = hf(tok[:, None], cache=past, use_cache=True)
             past = r.cache
             step = gen.cache.step(1, S + i)
-            ours = net(tok[:, None], step, gen.cache, last_only=True)          # [B, V]
+            ours = net(tok[:, None], step, gen.cache, select=-1)          # [B, V]
             gen.cache.advance(step)
             worst = max(worst, rel_err(ours, r.logits[:, -1]))
             tok = r.logits[:, -1].argmax(-1)
@@ -135,7 +141,7 @@ def test_cli_greedy_matches_hf(pair, capsys):
     _, folder, hf, _, _ = pair
     ids = _prompts(seed=3, batch=1)
     rc = main(["generate", "--model", str(folder), "--prompt-ids", ",".join(map(str, ids[0].tolist())),
-               "--max-new-tokens", str(N_GEN), "--json", "--dtype", "fp32", "--device", "cpu"])
+               "--max-new-tokens", str(N_GEN), "--json", "-", "--dtype", "fp32", "--device", "cpu"])
     out = capsys.readouterr().out
     assert rc == 0
     got = json.loads(out)

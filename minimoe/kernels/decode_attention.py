@@ -190,7 +190,7 @@ def _plan_splits(B: int, programs_per_split: int, s_max: int, block_n: int,
 
 
 def decode_attention(q, k_cache, v_cache, seq_lens, scale: float, *,
-                     max_splits: int | None = None) -> torch.Tensor:
+                     max_splits: int | None = None, pdl: bool = False) -> torch.Tensor:
     """softmax(scale * q K^T) V over the first seq_lens[b] cache positions -> [B, H, Dv] in q.dtype.
 
     q [B, H, Dk]; k_cache [B, S_max, Hkv, Dk]; v_cache [B, S_max, Hkv, Dv] (any strides, unit
@@ -229,14 +229,14 @@ def decode_attention(q, k_cache, v_cache, seq_lens, scale: float, *,
         BLOCK_DK=block_dk, BLOCK_DR=block_dr, BLOCK_DV=block_dv, V_FROM_K=v_from_k, DIRECT=direct,
         # fp32 caches would silently drop to tf32 on tensor cores; "ieee" keeps them exact
         PRECISION="ieee" if k_cache.dtype == torch.float32 else "tf32",
-        num_warps=8 if block_h * block_dv > 8192 else 4, num_stages=2, **launch_args(),
+        num_warps=8 if block_h * block_dv > 8192 else 4, num_stages=2, **launch_args(pdl),
     )
     if not direct:
         _merge_splits_kernel[(H, B)](
             part, lse, seq_lens, out,
             part.stride(0), part.stride(1), part.stride(2), lse.stride(0), lse.stride(1),
             out.stride(0), out.stride(1), s_max, chunk,
-            DV=dv, BLOCK_S=triton.next_power_of_2(num_splits), BLOCK_DV=block_dv, num_warps=4, **launch_args(),
+            DV=dv, BLOCK_S=triton.next_power_of_2(num_splits), BLOCK_DV=block_dv, num_warps=4, **launch_args(pdl),
         )
     return out
 

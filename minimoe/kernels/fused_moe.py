@@ -206,7 +206,7 @@ class _Blocks(NamedTuple):
 
 def fused_moe(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_ids: torch.Tensor,
               topk_weights: torch.Tensor, *, expert_offset: int = 0,
-              config: dict | None = None) -> torch.Tensor:
+              config: dict | None = None, pdl: bool = False) -> torch.Tensor:
     """out [T, D] = Σ_k topk_weights[:, k] · expert(topk_ids[:, k])(x), experts
     expert_offset .. expert_offset+E-1 held here as w13 [E, 2I, D] (gate rows, then up rows) and
     w2 [E, D, I]; ids outside that range contribute zero."""
@@ -220,31 +220,31 @@ def fused_moe(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_ids: to
     ids = topk_ids.contiguous()                                              # [T, K]
     variant = plan(T, K, E, config)
     if variant == "small":
-        return fused_moe_small(x, w13, w2, ids, topk_weights, expert_offset, config)
+        return fused_moe_small(x, w13, w2, ids, topk_weights, expert_offset, config, pdl)
     numel = T * K
     if variant == "small_dot":  # one M-block per (token, slot) pair, no alignment
         blocks = _Blocks(ids, ids, ids, ids, numel, numel, expert_offset, E, True)
     else:
         assert variant == "aligned", f"unknown fused_moe variant {variant!r}"
         sorted_ids, block_expert, num_padded = align_tokens_by_expert(
-            ids, E, config["BLOCK_M"], expert_offset)
+            ids, E, config["BLOCK_M"], expert_offset, pdl=pdl)
         blocks = _Blocks(ids, sorted_ids, block_expert, num_padded, block_expert.numel(),
                          numel, expert_offset, E, False)
     precision = "ieee" if x.dtype == torch.float32 else "tf32"  # exact fp32 for the CPU tests
 
     h = x.new_empty(numel, I)                                                # [T·K, I]
-    _launch_gate_up(x, w13, h, blocks, K, config, precision)
+    _launch_gate_up(x, w13, h, blocks, K, config, precision, pdl)
     y = x.new_empty(numel, D)                                                # [T·K, D]
     weights = topk_weights.float().contiguous().view(-1)  # [T·K]; no copy when already fp32
-    _launch_down(h, w2, y, weights, blocks, down_config(config), precision)
+    _launch_down(h, w2, y, weights, blocks, down_config(config), precision, pdl)
     out = x.new_empty(T, D)
     block_d = min(1024, triton.next_power_of_2(D))
     _combine_kernel[(T, triton.cdiv(D, block_d))](y, ids, out, K, expert_offset, E, D,
-                                                  BLOCK_D=block_d, num_warps=4, **launch_args())
+                                                  BLOCK_D=block_d, num_warps=4, **launch_args(pdl))
     return out
 
 
-def _launch_gate_up(x, w13, h, b: _Blocks, top_k, cfg, precision):
+def _launch_gate_up(x, w13, h, b: _Blocks, top_k, cfg, precision, pdl):
     I, D = h.shape[1], x.shape[1]
     grid = (b.num_pid_m * triton.cdiv(I, cfg["BLOCK_N"]),)
     _gate_up_kernel[grid](
@@ -253,10 +253,10 @@ def _launch_gate_up(x, w13, h, b: _Blocks, top_k, cfg, precision):
         x.stride(0), w13.stride(0), w13.stride(1), h.stride(0),
         BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"],
         GROUP_M=cfg["GROUP_M"], SMALL=b.small, DOT_PRECISION=precision,
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **launch_args())
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **launch_args(pdl))
 
 
-def _launch_down(h, w2, y, weights, b: _Blocks, cfg, precision):
+def _launch_down(h, w2, y, weights, b: _Blocks, cfg, precision, pdl):
     D, I = y.shape[1], h.shape[1]
     grid = (b.num_pid_m * triton.cdiv(D, cfg["BLOCK_N"]),)
     _down_kernel[grid](
@@ -265,4 +265,4 @@ def _launch_down(h, w2, y, weights, b: _Blocks, cfg, precision):
         h.stride(0), w2.stride(0), w2.stride(1), y.stride(0),
         BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"],
         GROUP_M=cfg["GROUP_M"], SMALL=b.small, DOT_PRECISION=precision,
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **launch_args())
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **launch_args(pdl))

@@ -152,7 +152,7 @@ def small_configs(config: dict | None, E: int, I: int, D: int, K: int, T: int,
 
 
 def fused_moe_small(x, w13, w2, ids, topk_weights, expert_offset: int,
-                    config: dict | None) -> torch.Tensor:
+                    config: dict | None, pdl: bool = False) -> torch.Tensor:
     """The decode path of `fused_moe` (inputs already checked there): two launches, no buffers
     but h [T·K, I]."""
     (T, D), (E, two_i, _), K = x.shape, w13.shape, ids.shape[1]
@@ -164,7 +164,7 @@ def fused_moe_small(x, w13, w2, ids, topk_weights, expert_offset: int,
         x, w13, h, ids, K, expert_offset, E, I, D,
         x.stride(0), w13.stride(0), w13.stride(1), h.stride(0),
         BLOCK_N=cfg1["BLOCK_N"], BLOCK_K=cfg1["BLOCK_K"], STAGES=cfg1["num_stages"],
-        num_warps=cfg1["num_warps"], num_stages=cfg1["num_stages"], **launch_args())
+        num_warps=cfg1["num_warps"], num_stages=cfg1["num_stages"], **launch_args(pdl))
     out = x.new_empty(T, D)
     weights = topk_weights.float().contiguous().view(-1)  # [T·K]; no copy when already fp32
     grid2 = (T * triton.cdiv(D, cfg2["BLOCK_N"]),)
@@ -172,5 +172,5 @@ def fused_moe_small(x, w13, w2, ids, topk_weights, expert_offset: int,
         h, w2, out, ids, weights, K, expert_offset, E, D, I,
         h.stride(0), w2.stride(0), w2.stride(1), out.stride(0),
         BLOCK_N=cfg2["BLOCK_N"], BLOCK_K=cfg2["BLOCK_K"], STAGES=cfg2["num_stages"],
-        num_warps=cfg2["num_warps"], num_stages=cfg2["num_stages"], **launch_args())
+        num_warps=cfg2["num_warps"], num_stages=cfg2["num_stages"], **launch_args(pdl))
     return out

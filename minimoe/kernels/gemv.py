@@ -48,11 +48,9 @@ Shapes: T tokens (rows of x, <= MAX_T), D hidden (the reduction), N outputs (row
 import functools
 
 import torch
-import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from .rmsnorm import rms_norm_ref
 
 MAX_T = 16  # past this a GEMM tiling (cuBLAS) reuses each weight tile across enough rows to win
 NORM_CHUNK = 8192  # x elements per chunk of the inv_rms pass: 64 fp32 values per thread at 4 warps
@@ -218,15 +216,3 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     return y, res_out
-
-
-def gemv_ref(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
-             norm_weight: torch.Tensor | None = None, residual: torch.Tensor | None = None,
-             eps: float = 1e-6, config: dict | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The oracle: the engine's PyTorch RMSNorm (+ add), then F.linear. `config` is ignored."""
-    res_out = None
-    if norm_weight is not None:
-        x, s = rms_norm_ref(x, norm_weight, eps, residual)
-        res_out = s if residual is not None else None
-    return F.linear(x, weight, bias), res_out
-

@@ -203,16 +203,16 @@ def _scatter_own_experts(ids_ptr, sorted_ptr, numel, expert_offset, E, mine, my_
         cursor += tl.sum(hit, axis=0)
 
 
-def _align_one_program(flat_ids, E, block_m, expert_offset, sorted_ids, block_expert, num_padded):
+def _align_one_program(flat_ids, E, block_m, expert_offset, sorted_ids, block_expert, num_padded, pdl=False):
     e_p2 = triton.next_power_of_2(max(E, 2))
     chunk = max(16, min(128, 8192 // e_p2))  # keep the one-hot tile near 8K elements
     _align_one_program_kernel[(1,)](flat_ids, sorted_ids, block_expert, num_padded,
                                     flat_ids.numel(), expert_offset, E, block_expert.numel(),
-                                    BLOCK_M=block_m, E_P2=e_p2, CHUNK=chunk, num_warps=4, **launch_args())
+                                    BLOCK_M=block_m, E_P2=e_p2, CHUNK=chunk, num_warps=4, **launch_args(pdl))
 
 
 def _align_parallel(flat_ids, E, block_m, expert_offset, sorted_ids, block_expert, num_padded,
-                    experts_per_program=None, histogram=True):
+                    experts_per_program=None, histogram=True, pdl=False):
     """experts_per_program (a power of 2) and histogram are knobs for scripts/bench_align.py.
     tl.histogram counts faster than the one-hot tile on the H200 at every size measured (e.g. 4.7
     vs 13.8 µs for Qwen3's 512 pairs over 128 experts, 9.3 vs 21.1 µs for 4096 over 64)."""
@@ -229,10 +229,10 @@ def _align_parallel(flat_ids, E, block_m, expert_offset, sorted_ids, block_exper
         BLOCK_M=block_m, E_P2=e_p2, GROUP=group, COUNT_CHUNK=count_chunk, HIST_BINS=hist_bins,
         RANK_CHUNK=max(128, 1024 // group),  # the [RANK_CHUNK, GROUP] rank tile stays ~1K
         BLOCK_CHUNK=32,  # a program's share of blocks is small (often 1-2 at decode)
-        num_warps=4, **launch_args())
+        num_warps=4, **launch_args(pdl))
 
 
-def _align_torch(flat_ids, E, block_m, expert_offset, sorted_ids, block_expert, num_padded):
+def _align_torch(flat_ids, E, block_m, expert_offset, sorted_ids, block_expert, num_padded, pdl=False):
     numel = flat_ids.numel()
     local = flat_ids.long() - expert_offset
     # Foreign ids go to bucket E, which sorts last and is never given a segment.
@@ -262,7 +262,7 @@ def _align_torch(flat_ids, E, block_m, expert_offset, sorted_ids, block_expert, 
 
 
 def align_tokens_by_expert(topk_ids: torch.Tensor, E: int, block_m: int, expert_offset: int = 0,
-                           method: str | None = None):
+                           method: str | None = None, pdl: bool = False):
     """Group flattened topk_ids [T, K] by local expert -> (sorted_ids, block_expert, num_padded).
 
     method: "parallel" (one program per expert), "triton" (one program), "torch", or None to
@@ -277,5 +277,5 @@ def align_tokens_by_expert(topk_ids: torch.Tensor, E: int, block_m: int, expert_
     if method is None:
         method = "parallel" if numel <= ONE_PROGRAM_MAX_NUMEL else "torch"
     impls = {"parallel": _align_parallel, "triton": _align_one_program, "torch": _align_torch}
-    impls[method](flat_ids, E, block_m, expert_offset, sorted_ids, block_expert, num_padded)
+    impls[method](flat_ids, E, block_m, expert_offset, sorted_ids, block_expert, num_padded, pdl=pdl)
     return sorted_ids, block_expert, num_padded

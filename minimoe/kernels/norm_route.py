@@ -19,6 +19,10 @@ The roundings are the unfused engine's, step by step (the test checks them again
   w, ids  = route.py's top-k on float32 logits (softmax first or not, renorm, scaling, ties to
             the lowest index, slots in descending weight)
 
+`gate_route` is the same kernel without the norm (HAS_NORM = False): router GEMV + top-k on an
+already-normed h. The engine uses that one (minimoe/ops.py), so the RMSNorm stays its own module
+and forward hooks see every sublayer; `norm_route` keeps the whole fold as a measured alternative.
+
 Scope: the "softmax_topk" and "topk_softmax" routers, a gate in the activations' dtype and no
 selection bias (`usable`). DeepSeek-V2's fp32 gate and V3's biased sigmoid router stay on the
 generic path.
@@ -27,7 +31,6 @@ Shapes: T tokens, D hidden size, E experts, K experts per token.
 """
 
 import torch
-import torch.nn.functional as F
 import triton
 import triton.language as tl
 
@@ -81,13 +84,17 @@ def _norm_route_kernel(
     x_ptr, res_ptr, nw_ptr, gate_ptr, h_ptr, res_out_ptr, w_ptr, ids_ptr,
     stride_x, stride_r, stride_g, D, E, eps, scaling,
     K: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_E: tl.constexpr, E_P2: tl.constexpr,
-    BLOCK_K: tl.constexpr, HAS_RESIDUAL: tl.constexpr, SOFTMAX_FIRST: tl.constexpr,
-    RENORM: tl.constexpr, STAGES: tl.constexpr, PDL: tl.constexpr,
+    BLOCK_K: tl.constexpr, HAS_RESIDUAL: tl.constexpr, HAS_NORM: tl.constexpr,
+    SOFTMAX_FIRST: tl.constexpr, RENORM: tl.constexpr, STAGES: tl.constexpr, PDL: tl.constexpr,
 ):
     wait_then_release(PDL)
     t = tl.program_id(0).to(tl.int64)  # int64: t * stride overflows int32 for long prefills
-    h = add_rms_norm_row(x_ptr, res_ptr, nw_ptr, h_ptr, res_out_ptr, t, stride_x, stride_r, D, eps,
-                         BLOCK_D, HAS_RESIDUAL)
+    if HAS_NORM:
+        h = add_rms_norm_row(x_ptr, res_ptr, nw_ptr, h_ptr, res_out_ptr, t, stride_x, stride_r, D, eps,
+                             BLOCK_D, HAS_RESIDUAL)
+    else:  # gate_route: x already is the normed h
+        offs = tl.arange(0, BLOCK_D)
+        h = tl.load(x_ptr + t * stride_x + offs, mask=offs < D, other=0.0)
     h = h.to(gate_ptr.dtype.element_ty).to(tl.float32)  # the engine feeds h.to(gate dtype) to the gate
     logits = _gate_logits(h, gate_ptr, stride_g, D, E, BLOCK_D, BLOCK_E, E_P2, STAGES)
     w, ids = _topk_weights(logits, E, scaling, K, E_P2, BLOCK_K, SOFTMAX_FIRST, RENORM)
@@ -107,7 +114,7 @@ def _launch_shape(D: int, E: int) -> tuple[int, int, int]:
 
 def norm_route(x: torch.Tensor, residual: torch.Tensor | None, norm_weight: torch.Tensor,
                gate_weight: torch.Tensor, eps: float, k: int, *, renorm: bool, scaling: float = 1.0,
-               softmax_first: bool = True):
+               softmax_first: bool = True, pdl: bool = False):
     """-> (h, residual_out, weights [T, K] float32, ids [T, K] int64) for x [T, D] (or [..., D]).
 
     h = rmsnorm(x + residual) * norm_weight, shaped like x, in torch's promoted dtype of
@@ -139,27 +146,38 @@ def norm_route(x: torch.Tensor, residual: torch.Tensor | None, norm_weight: torc
         x2, r2, norm_weight, gate_weight, h, res_out, w, ids,
         x2.stride(0), r2.stride(0), gate_weight.stride(0), D, E, eps, float(scaling),
         K=k, BLOCK_D=block_d, BLOCK_E=block_e, E_P2=triton.next_power_of_2(E),
-        BLOCK_K=triton.next_power_of_2(k), HAS_RESIDUAL=residual is not None,
-        SOFTMAX_FIRST=softmax_first, RENORM=renorm, STAGES=NUM_STAGES, num_warps=num_warps, **launch_args(),
+        BLOCK_K=triton.next_power_of_2(k), HAS_RESIDUAL=residual is not None, HAS_NORM=True,
+        SOFTMAX_FIRST=softmax_first, RENORM=renorm, STAGES=NUM_STAGES, num_warps=num_warps, **launch_args(pdl),
     )
     return h, res_out, w, ids
 
 
-def norm_route_ref(x: torch.Tensor, residual: torch.Tensor | None, norm_weight: torch.Tensor,
-                   gate_weight: torch.Tensor, eps: float, k: int, *, renorm: bool,
-                   scaling: float = 1.0, softmax_first: bool = True):
-    """The oracle, from the engine's own pieces: its RMSNorm, nn.Linear's F.linear, its routers."""
-    from .rmsnorm import rms_norm_ref
-    from .route import route_topk_ref
-    h, s = rms_norm_ref(x, norm_weight, eps, residual)
-    logits = F.linear(h.reshape(-1, x.shape[-1]).to(gate_weight.dtype), gate_weight)  # [T, E]
-    w, ids = route_topk_ref(logits, k, renorm=renorm, scaling=scaling, softmax_first=softmax_first)
-    return h, (x if residual is None else s), w, ids
+def gate_route(h: torch.Tensor, gate_weight: torch.Tensor, k: int, *, renorm: bool, scaling: float = 1.0,
+               softmax_first: bool = True, pdl: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Router GEMV + top-k in one launch: h [T, D] (normed) -> (weights [T, K] float32, ids [T, K] int64).
+    logits = h · gate[e] in fp32, rounded to the gate's dtype (nn.Linear's output), then route.py's top-k."""
+    T, D = h.shape
+    E = gate_weight.shape[0]
+    assert D <= MAX_D and 1 <= k <= E <= MAX_EXPERTS, (D, E, k)
+    assert gate_weight.shape == (E, D) and gate_weight.stride(1) == 1, (gate_weight.shape, D)
+    assert gate_weight.dtype == h.dtype and h.stride(-1) == 1, (gate_weight.dtype, h.dtype)
+    w = torch.empty(T, k, dtype=torch.float32, device=h.device)
+    ids = torch.empty(T, k, dtype=torch.int64, device=h.device)
+    if T == 0:
+        return w, ids
+    block_d, block_e, num_warps = _launch_shape(D, E)
+    _norm_route_kernel[(T,)](
+        h, h, h, gate_weight, h, h, w, ids,  # norm and residual pointers are never read
+        h.stride(0), 0, gate_weight.stride(0), D, E, 0.0, float(scaling),
+        K=k, BLOCK_D=block_d, BLOCK_E=block_e, E_P2=triton.next_power_of_2(E),
+        BLOCK_K=triton.next_power_of_2(k), HAS_RESIDUAL=False, HAS_NORM=False,
+        SOFTMAX_FIRST=softmax_first, RENORM=renorm, STAGES=NUM_STAGES, num_warps=num_warps, **launch_args(pdl),
+    )
+    return w, ids
 
 
-def usable(E: int, D: int, router_name: str, has_bias: bool, gate_dtype: torch.dtype,
-           x_dtype: torch.dtype) -> bool:
-    """Whether `norm_route` computes this layer's entry exactly as the generic path does."""
-    from ..router import FUSED_ROUTERS  # the routers route.py's kernel implements
-    return (router_name in FUSED_ROUTERS and not has_bias and gate_dtype == x_dtype
+def usable(E: int, D: int, fusable_router: bool, gate_dtype: torch.dtype, x_dtype: torch.dtype) -> bool:
+    """Whether `norm_route` computes this layer's routing exactly as the generic path does:
+    fusable_router = a "softmax_topk" or "topk_softmax" router with no selection bias."""
+    return (fusable_router and gate_dtype == x_dtype
             and E <= MAX_EXPERTS and D <= MAX_D and E * D * gate_dtype.itemsize <= MAX_GATE_BYTES)

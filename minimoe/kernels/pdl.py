@@ -12,23 +12,19 @@ Our kernels call both as their very first statements (`wait_then_release`): noth
 written before the predecessor has finished, so results are exactly those without PDL; only the
 launch work overlaps. Kernels we do not own (cuBLAS, PyTorch) simply run in stream order.
 
-The switch is process-wide, like `torch.backends` flags: `set_enabled` is called once by the
-front-ends from `RunSettings.pdl`, and only on an sm90+ GPU (the interpreter has no griddepcontrol).
+Every launcher takes `pdl: bool = False` and passes `launch_args(pdl)` to its kernels; the engine's
+ops table (minimoe/ops.py) binds it once from `RunSettings.pdl`, and only on an sm90+ GPU (the
+interpreter has no griddepcontrol). No process-wide switch: two models in one process (a draft and
+its target) can run with different settings.
 """
 import triton
 import triton.language as tl
 
-ENABLED = False
 
-
-def set_enabled(on: bool) -> None:
-    global ENABLED
-    ENABLED = bool(on)
-
-
-def launch_args() -> dict:
+def launch_args(pdl: bool = False) -> dict:
     """Keyword arguments for a kernel launch: the kernel's PDL constexpr and Triton's launch flag."""
-    return {"PDL": ENABLED, "launch_pdl": ENABLED}
+    pdl = bool(pdl)
+    return {"PDL": pdl, "launch_pdl": pdl}
 
 
 @triton.jit

@@ -61,7 +61,7 @@ def _rms_norm_kernel(
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float,
-             residual: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+             residual: torch.Tensor | None = None, *, pdl: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(norm(x [+ residual]), x + residual or None) for x [..., N], weight [N].
 
     out has the dtype torch would give `weight * normed` (x.dtype when the weight matches, as in
@@ -89,17 +89,6 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float,
         x2.stride(0), residual.stride(0) if residual is not None else 0, N, eps,
         BLOCK=block, HAS_RESIDUAL=residual is not None,
         num_warps=min(max(block // 256, 1), 16),  # 2048 -> 8 warps: ~8 values per thread
-        **launch_args(),
+        **launch_args(pdl),
     )
     return out, res_out
-
-
-def rms_norm_ref(x: torch.Tensor, weight: torch.Tensor, eps: float,
-                 residual: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The oracle: the engine's own PyTorch RMSNorm (settings=None is its unfused path)."""
-    from ..layers import RMSNorm
-    norm = RMSNorm(weight.numel(), eps)
-    norm.weight = torch.nn.Parameter(weight, requires_grad=False)
-    with torch.no_grad():
-        out, s = norm.add_forward(x, residual)
-    return out, (None if residual is None else s)

@@ -136,7 +136,7 @@ def _qkv_rope_cache_kernel(
 def qkv_rope_cache(qkv, positions, cos, sin, k_cache, v_cache, n_heads: int, n_kv_heads: int,
                    head_dim: int, *, qk_norm: str | None = None, q_norm_w=None, k_norm_w=None,
                    eps: float = 1e-6, interleave: bool = False,
-                   clip_qkv: float | None = None) -> torch.Tensor:
+                   clip_qkv: float | None = None, pdl: bool = False) -> torch.Tensor:
     """qkv [B, S, (H + 2·Hkv)·d] -> q [B, S, H, d] (normed, rotated); writes k and v into the caches.
 
     positions [B, S] int64 on the device; cos, sin [P, d/2] float32; k_cache, v_cache
@@ -171,31 +171,6 @@ def qkv_rope_cache(qkv, positions, cos, sin, k_cache, v_cache, n_heads: int, n_k
         num_warps=4 if block_h * block_half <= 2048 else 8,  # q tile: 2 x [H, d/2] fp32
         # no fused multiply-add: torch rounds x1·cos and x2·sin separately (one kernel each), and
         # a fused x1·cos − x2·sin would differ in the last fp32 bit and flip a few bf16 roundings
-        enable_fp_fusion=False, **launch_args(),
+        enable_fp_fusion=False, **launch_args(pdl),
     )
     return q
-
-
-def qkv_rope_cache_ref(qkv, positions, cos, sin, k_cache, v_cache, n_heads: int, n_kv_heads: int,
-                       head_dim: int, *, qk_norm: str | None = None, q_norm_w=None, k_norm_w=None,
-                       eps: float = 1e-6, interleave: bool = False,
-                       clip_qkv: float | None = None) -> torch.Tensor:
-    """The oracle: the steps of `Attention.forward` with the engine's own RMSNorm and apply_rope."""
-    from ..layers import apply_rope
-    from .rmsnorm import rms_norm_ref
-    B, S, _ = qkv.shape
-    H, Hkv, d = n_heads, n_kv_heads, head_dim
-    q, k, v = qkv.split([H * d, Hkv * d, Hkv * d], dim=-1)
-    if qk_norm == "full":
-        q, k = rms_norm_ref(q, q_norm_w, eps)[0], rms_norm_ref(k, k_norm_w, eps)[0]
-    if clip_qkv is not None:
-        q, k, v = (x.clamp(-clip_qkv, clip_qkv) for x in (q, k, v))
-    q, k, v = q.reshape(B, S, H, d), k.reshape(B, S, Hkv, d), v.reshape(B, S, Hkv, d)
-    if qk_norm == "head":
-        q, k = rms_norm_ref(q, q_norm_w, eps)[0], rms_norm_ref(k, k_norm_w, eps)[0]
-    cos_bs, sin_bs = cos[positions], sin[positions]  # [B, S, d/2]
-    q, k = apply_rope(q, cos_bs, sin_bs, interleave), apply_rope(k, cos_bs, sin_bs, interleave)
-    rows = torch.arange(B, device=qkv.device)[:, None]  # [B, 1], as KVCache.write_kv indexes
-    k_cache[rows, positions] = k
-    v_cache[rows, positions] = v
-    return q.contiguous()

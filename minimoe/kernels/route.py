@@ -85,7 +85,7 @@ def _route_topk_kernel(
 
 
 def route_topk(logits: torch.Tensor, k: int, *, renorm: bool, scaling: float = 1.0,
-               softmax_first: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+               softmax_first: bool = True, pdl: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """logits [T, E] (any float dtype) -> (weights [T, K] float32, ids [T, K] int64), K = k."""
     T, E = logits.shape
     assert 1 <= k <= E <= MAX_EXPERTS, (k, E)
@@ -99,15 +99,6 @@ def route_topk(logits: torch.Tensor, k: int, *, renorm: bool, scaling: float = 1
         K=k, BLOCK_E=triton.next_power_of_2(E), BLOCK_K=triton.next_power_of_2(k),
         SOFTMAX_FIRST=softmax_first, RENORM=renorm,
         num_warps=1,  # <= 16 values per thread; one warp reduces with shuffles, no shared memory
-        **launch_args(),
+        **launch_args(pdl),
     )
     return w, ids
-
-
-def route_topk_ref(logits: torch.Tensor, k: int, *, renorm: bool, scaling: float = 1.0,
-                   softmax_first: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """The oracle: the engine's PyTorch routers, on float32 logits as `router.route` gives them."""
-    from ..router import RouterSpec, route_softmax_topk, route_topk_softmax
-    spec = RouterSpec("softmax_topk" if softmax_first else "topk_softmax", k, renorm, scaling)
-    fn = route_softmax_topk if softmax_first else route_topk_softmax
-    return fn(logits.float(), spec)

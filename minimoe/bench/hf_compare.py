@@ -16,7 +16,8 @@ import warnings
 
 import torch
 
-from .benchmark import Clock
+from ..loader import export_weights
+from .timing import Clock
 
 
 def build_hf(card: dict, dtype: torch.dtype, device: torch.device, experts_impl: str | None = None):
@@ -38,7 +39,6 @@ def build_peer(model, card: dict, dtype: torch.dtype, device: torch.device, expe
     """(transformers model, shared): the same weights as our `model` when both fit in memory with
     room for transformers' activations and cache (16 GiB or a quarter more); otherwise ours is
     freed first and transformers keeps its own random init."""
-    from .loader import export_weights
     wbytes = sum(p.numel() * p.element_size() for p in model.parameters())
     if device.type == "cuda":
         torch.cuda.empty_cache()

@@ -21,8 +21,8 @@ import time
 
 import torch
 
-from .generate import Generator
-from .instrument import ExpertLoad, Profiler, profiling
+from ..generate import Generator
+from ..instrument import ExpertLoad, Profiler, profiling
 from .roofline import count_params, decode_bytes, prefill_flops
 
 
@@ -48,8 +48,9 @@ class Clock:
         return [(b - a) * 1e3 for a, b in zip(self.marks, self.marks[1:])]
 
 
-def timed_generation(gen: Generator, prompts: torch.Tensor, out_len: int) -> dict:
-    """One run: intervals[0] = TTFT, the rest = decode steps (ms)."""
+def timed_generation(gen: Generator, prompts, out_len: int) -> dict:
+    """One run of prompts ([B, S] tensor or B token lists) -> intervals[0] = TTFT, the rest = decode
+    steps (ms), and the rows of non-finite logits the generator counted on the device."""
     gen.reset()
     clock = Clock(gen.device)
     clock.mark()
@@ -58,8 +59,9 @@ def timed_generation(gen: Generator, prompts: torch.Tensor, out_len: int) -> dic
     for _ in range(out_len - 1):
         tok = gen.decode(tok)
         clock.mark()
-    ms = clock.intervals_ms()
-    return {"ttft_ms": ms[0], "itl_ms": ms[1:], "e2e_ms": sum(ms), "last_tokens": tok}
+    ms = clock.intervals_ms()                       # one sync, after the last step
+    return {"ttft_ms": ms[0], "itl_ms": ms[1:], "e2e_ms": sum(ms), "last_tokens": tok,
+            "nonfinite_rows": int(gen.nonfinite)}
 
 
 def _p(values: list[float], q: float) -> float | None:
@@ -69,7 +71,8 @@ def _p(values: list[float], q: float) -> float | None:
     return s[min(len(s) - 1, int(q * len(s)))]
 
 
-def summarize(run: dict, batch: int, in_len: int, out_len: int) -> dict:
+def summarize(run: dict, batch: int, in_len: float, out_len: int) -> dict:
+    """in_len: prompt tokens per sequence (the mean, for a ragged batch)."""
     e2e_s = run["e2e_ms"] / 1e3
     itl = run["itl_ms"]
     return {"ttft_ms": run["ttft_ms"], "itl_median_ms": statistics.median(itl) if itl else None,
@@ -78,7 +81,7 @@ def summarize(run: dict, batch: int, in_len: int, out_len: int) -> dict:
             "prefill_tok_s": batch * in_len / (run["ttft_ms"] / 1e3)}
 
 
-def touched_experts(gen: Generator, prompts: torch.Tensor) -> float:
+def touched_experts(gen: Generator, prompts) -> float:
     """Experts hit per MoE layer in one decode step, counted from the router's output (eager step)."""
     cfg = gen.model.cfg
     if not cfg.is_moe:
@@ -87,7 +90,7 @@ def touched_experts(gen: Generator, prompts: torch.Tensor) -> float:
     tok = gen.prefill(prompts)
     load = ExpertLoad(cfg.n_layers, cfg.n_experts, gen.device)
     with profiling(None, load), torch.inference_mode():
-        gen.eager_step(tok, gen.pos)
+        gen.eager_step(tok, gen.host_len)
     moe = [i for i in range(cfg.n_layers) if cfg.is_moe_layer(i)]
     return float((load.counts[moe] > 0).sum(1).double().mean())
 
@@ -112,7 +115,7 @@ def roofline(cfg, batch, in_len, out_len, touched, ceilings, metrics, wbytes, to
     return r
 
 
-def profile_decode(gen: Generator, prompts: torch.Tensor, steps: int) -> dict:
+def profile_decode(gen: Generator, prompts, steps: int) -> dict:
     """Eager decode steps with every region timed: per-step region ms and the step's own time."""
     gen.reset()
     tok = gen.prefill(prompts)

@@ -18,7 +18,13 @@ from dataclasses import dataclass
 
 import torch
 
-from .config import ModelConfig
+from ..config import ModelConfig
+from ..loader import build_meta
+
+try:
+    from ..kernels.stream_read import stream_sum
+except ImportError:     # no Triton: the probe is skipped (it only runs on a GPU anyway)
+    stream_sum = None
 
 
 @dataclass
@@ -35,7 +41,6 @@ class ParamCounts:
 
 
 def count_params(cfg: ModelConfig) -> ParamCounts:
-    from .loader import build_meta
     model = build_meta(cfg, None, torch.float32)
     total = expert = 0
     for name, p in model.named_parameters():
@@ -119,7 +124,6 @@ def graph_us(calls, replays: int = 20) -> float:
 
 def _stream_read_GBps(big: torch.Tensor) -> float:
     """Best of a few grid sizes of the Triton streaming-read probe over `big` (kernels/stream_read.py)."""
-    from .kernels.stream_read import stream_sum
     sms = torch.cuda.get_device_properties(big.device).multi_processor_count
     best = 0.0
     for per_sm in (2, 4, 8):

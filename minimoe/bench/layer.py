@@ -18,7 +18,11 @@ import sys
 
 import torch
 
-from .experts import EXPERT_PATHS
+from ..experts import EXPERT_PATHS, Experts
+try:
+    from ..kernels.fused_moe import plan
+except ImportError:     # no Triton: the layer benchmark refuses to run (it needs a GPU)
+    plan = None
 from .roofline import measure_ceilings, median_ms
 
 SHAPES = {   # name: (E, D, I, K) from the model cards
@@ -78,16 +82,17 @@ def bench_shape(name, T, paths, ceilings, device, dtype=torch.bfloat16) -> list[
     touched = statistics.mean(float(torch.unique(ids).numel()) for _, ids in routes)
     nbytes = touched * 3 * D * I * dtype.itemsize + 2 * T * D * dtype.itemsize
     flops = 2.0 * T * K * 3 * D * I
-    ref = [EXPERT_PATHS["loop"](x, w13, w2, ids, w) for w, ids in routes]
+    experts = Experts.from_tensors(w13, w2)
+    ref = [EXPERT_PATHS["loop"](x, experts, ids, w) for w, ids in routes]
     rows = []
     for path in paths:
         fn_path = EXPERT_PATHS[path]
-        outs = [fn_path(x, w13, w2, ids, w) for w, ids in routes]
+        outs = [fn_path(x, experts, ids, w) for w, ids in routes]
         err = max(((o.float() - r.float()).norm() / r.float().norm()).item() for o, r in zip(outs, ref))
 
         def run(fn_path=fn_path):
             for w, ids in routes:
-                fn_path(x, w13, w2, ids, w)
+                fn_path(x, experts, ids, w)
         ms = time_eager(run, device) if path == "loop" else time_graph(run, device)
         tbs, tflops = nbytes / ms / 1e9, flops / ms / 1e9
         rows.append({"shape": name, "E": E, "D": D, "I": I, "K": K, "T": T, "path": path, "us": ms * 1e3,
@@ -95,9 +100,8 @@ def bench_shape(name, T, paths, ceilings, device, dtype=torch.bfloat16) -> list[
                      "TFLOP_s": tflops, "pct_peak": 100 * tflops / ceilings["matmul_TFLOPs"],
                      "experts_touched": touched, "rel_err_vs_loop": err})
         if path == "fused":
-            from .kernels.fused_moe import plan
             rows[-1]["variant"] = plan(T, K, E)
-    del w13, w2
+    del w13, w2, experts
     torch.cuda.empty_cache()
     return rows
 

@@ -8,12 +8,15 @@ is deliberately a little pessimistic (x1.2 on the workspace).
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
 
-from .config import ModelConfig
-from .kv_cache import KVCache
+from ..config import ModelConfig
+from ..kv_cache import KVCache
+from ..loader import build_meta, weight_bytes
+from .prompts import length_sampler
 
 GiB = 2 ** 30
 
@@ -70,14 +73,24 @@ def largest_batch(cfg, weight_bytes, in_len, out_len, nbytes, free, top_k=None, 
     return lo
 
 
+def free_bytes(device) -> int | None:
+    """Free memory where the run allocates: the GPU's, or this machine's RAM for the CPU."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    if device.type == "cpu" and hasattr(os, "sysconf"):
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return None
+
+
 def check_request(cfg, weight_bytes, batch, in_len, out_len, nbytes, device, top_k=None, extra=0,
                   weights_resident: bool = False) -> MemoryPlan:
     """Raise MemoryError with the plan and the largest batch that fits, or return the plan.
-    weights_resident: the weights are already on the device, so their bytes are not in `free`."""
+    weights_resident: the weights are already allocated, so their bytes are not in `free`."""
     p = plan(cfg, weight_bytes, batch, in_len, out_len, nbytes, top_k)
-    if torch.device(device).type != "cuda":
+    free = free_bytes(device)
+    if free is None:
         return p
-    free, _ = torch.cuda.mem_get_info(device)
     free -= extra
     if weights_resident:
         free += weight_bytes
@@ -87,3 +100,12 @@ def check_request(cfg, weight_bytes, batch, in_len, out_len, nbytes, device, top
         raise MemoryError(f"batch {batch} x ({in_len}+{out_len}) tokens needs {p.describe()}, "
                           f"but only {free / GiB:.1f} GiB are free; {hint}")
     return p
+
+
+def check_weights(cfg: ModelConfig, settings, configs) -> None:
+    """Before the model is built: weights + KV cache + workspace of the largest configuration that
+    will run must fit where the run allocates (GPU memory, or RAM on a CPU)."""
+    wbytes = weight_bytes(build_meta(cfg, None, settings.torch_dtype))
+    for b, n_in, n_out in configs:
+        longest = length_sampler(n_in).longest if isinstance(n_in, str) else n_in
+        check_request(cfg, wbytes, b, longest, n_out, settings.torch_dtype.itemsize, settings.device, settings.top_k)

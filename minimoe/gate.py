@@ -1,0 +1,75 @@
+"""The router of one MoE layer as a module: the gate weight, the family's routing maths, the kernel choice.
+
+    logits   = h Wgateᵀ                   [T, E]   (float32 for DeepSeek, whose gate is kept fp32)
+    w, ids   = ROUTERS[name](logits)      [T, K]   (router.py: softmax / sigmoid, groups, bias, scaling)
+
+Like DeepSeek-V3's standalone `Gate`, it returns (weights, indices) and owns everything that decides
+them, so a parallel plan replicates it whole and quantization leaves it alone (routing is scored in
+full precision: a bf16 softmax over 64-256 experts flips near-ties). Which router runs (the card's,
+or a synthetic one for ablations) and K are run settings, read at every call.
+
+With `--ops triton`, decode-sized batches of a small gate (Mixtral's 8 x 4096: 64 KB) run the gate
+GEMV and the top-k as one kernel (kernels/norm_route.py `gate_route`); otherwise the top-k alone is
+one kernel (kernels/route.py) after a cuBLAS GEMV.
+
+Dynamic expert skipping (NAEE, arXiv 2402.14800; `RunSettings.skip_threshold` beta): a routed slot
+whose weight is below beta times the token's top weight is dropped; its id becomes -1, which no
+expert path ever matches (the same rule that makes foreign experts contribute zero under expert
+parallelism), so the fused kernels skip its weights for real.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import ModelConfig
+from .instrument import record_load
+from .ops import ops_for
+from .router import FUSED_ROUTERS, RouterSpec, route
+
+
+class Router(nn.Module):
+    """h [T, D] -> (weights [T, K] float32, ids [T, K] int64 global expert ids; -1 = skipped)."""
+
+    def __init__(self, cfg: ModelConfig, settings, n_experts: int, layer: int):
+        super().__init__()
+        self.cfg, self.settings, self.layer = cfg, settings, layer
+        self.weight = nn.Parameter(torch.empty(n_experts, cfg.hidden_size))         # [E, D]
+        # DeepSeek-V3's e_score_correction_bias: steers the choice only, never the weights (fp32)
+        self.bias = nn.Parameter(torch.zeros(n_experts)) if cfg.router_bias else None
+
+    @property
+    def n_experts(self) -> int:
+        return self.weight.shape[0]
+
+    def spec(self) -> RouterSpec:
+        s = self.settings
+        return RouterSpec.from_config(self.cfg, s and s.router, s and s.top_k, s.zipf_s if s else 1.2)
+
+    def forward(self, h: torch.Tensor):
+        spec = self.spec()
+        ops = ops_for(self.settings)
+        kind = dict(renorm=spec.renorm or spec.name == "topk_softmax", scaling=spec.scaling,
+                    softmax_first=spec.name == "softmax_topk")
+        fusable = spec.name in FUSED_ROUTERS and self.bias is None
+        T, D = h.shape
+        if fusable and ops.gate_route_fits(T, self.n_experts, D, self.weight.dtype, h.dtype):
+            w, ids = ops.gate_route(h, self.weight, spec.top_k, **kind)
+        else:
+            logits = F.linear(h.to(self.weight.dtype), self.weight)                   # [T, E]
+            if fusable:
+                w, ids = ops.route_topk(logits, spec.top_k, **kind)
+            else:
+                w, ids = route(logits, spec, self.bias)
+        beta = self.settings.skip_threshold if self.settings is not None else 0.0
+        if beta > 0:
+            w, ids = skip_small(w, ids, beta)
+        record_load(self.layer, ids)
+        return w, ids
+
+
+def skip_small(w: torch.Tensor, ids: torch.Tensor, beta: float):
+    """Drop slots whose weight < beta * the token's largest weight: weight 0, id -1 (never matched)."""
+    keep = w >= beta * w.amax(-1, keepdim=True)                                        # [T, K]
+    return torch.where(keep, w, 0.0), torch.where(keep, ids, -1)

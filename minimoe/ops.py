@@ -1,0 +1,132 @@
+"""The small ops of a layer, each PyTorch function beside its Triton kernel, chosen once per run.
+
+At decode sizes a layer's small ops (RMSNorm with its residual add; q/k norm + rotary embedding +
+the KV-cache write; the router's top-k) move a few kilobytes each but cost PyTorch several kernel
+launches apiece. minimoe/kernels/ has one Triton kernel for each. This file is the one place where
+the two meet: every op has a PyTorch twin here (the oracle the kernel tests compare against, and
+what runs on a CPU) and the kernel beside it, and `ops_for(settings)` hands a module the set the run
+asked for (`RunSettings.ops`: torch | triton; `RunSettings.pdl` bound into every Triton launch).
+Modules never test settings themselves: they call `ops_for(self.settings).rms_norm(...)`.
+
+Each op keeps the PyTorch path's roundings step by step (the kernels' docstrings list them), so the
+two agree bit for bit in half precision except where a different summation order moves an fp32
+ulp. Shapes: T tokens, B batch, S new tokens, D hidden, H / Hkv heads, d head dim, E experts, K top-k.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, replace
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from .rope import apply_rope
+from .router import RouterSpec, route_softmax_topk, route_topk_softmax
+
+try:   # Triton ships with CUDA builds of torch and with the test extra; a bare CPU install has none
+    import triton  # noqa: F401
+except ImportError:
+    triton = None
+if triton is not None:
+    from .kernels import norm_route as _norm_route, rmsnorm as _rmsnorm, rope as _rope, route as _route
+
+
+# ---- the PyTorch twins ---------------------------------------------------------------------------
+
+def rms_norm_torch(x, weight, eps: float, residual=None, *, pdl: bool = False):
+    """(w * s / rms(s), s) with s = x + residual (rounded to x.dtype), or (w * x / rms(x), None).
+    Normalised in float32 and cast back before the weight, as Llama-style models do."""
+    s = x if residual is None else x + residual
+    xf = s.float()
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * xf.to(x.dtype), (None if residual is None else s)
+
+
+def qkv_rope_cache_torch(qkv, positions, cos, sin, k_cache, v_cache, n_heads: int, n_kv_heads: int,
+                         head_dim: int, *, qk_norm: str | None = None, q_norm_w=None, k_norm_w=None,
+                         eps: float = 1e-6, interleave: bool = False, clip_qkv: float | None = None,
+                         pdl: bool = False) -> torch.Tensor:
+    """qkv [B, S, (H + 2Hkv) d] -> q [B, S, H, d] normed and rotated; writes rotated k and v into
+    k_cache / v_cache [B, S_max, Hkv, d] at `positions` [B, S]. cos/sin: the full tables [P, d/2]."""
+    B, S, _ = qkv.shape
+    H, Hkv, d = n_heads, n_kv_heads, head_dim
+    q, k, v = qkv.split([H * d, Hkv * d, Hkv * d], dim=-1)
+    if qk_norm == "full":                     # OLMoE: normalise the whole projection, then split heads
+        q, k = rms_norm_torch(q, q_norm_w, eps)[0], rms_norm_torch(k, k_norm_w, eps)[0]
+    if clip_qkv is not None:
+        q, k, v = (t.clamp(-clip_qkv, clip_qkv) for t in (q, k, v))
+    q, k, v = q.reshape(B, S, H, d), k.reshape(B, S, Hkv, d), v.reshape(B, S, Hkv, d)
+    if qk_norm == "head":                     # Qwen3: normalise each head separately
+        q, k = rms_norm_torch(q, q_norm_w, eps)[0], rms_norm_torch(k, k_norm_w, eps)[0]
+    cos_bs, sin_bs = cos[positions], sin[positions]                          # [B, S, d/2]
+    q, k = apply_rope(q, cos_bs, sin_bs, interleave), apply_rope(k, cos_bs, sin_bs, interleave)
+    rows = torch.arange(B, device=qkv.device)[:, None]                       # [B, 1]
+    k_cache[rows, positions] = k
+    v_cache[rows, positions] = v
+    return q
+
+
+def route_topk_torch(logits, k: int, *, renorm: bool, scaling: float = 1.0, softmax_first: bool = True,
+                     pdl: bool = False):
+    """logits [T, E] -> (weights [T, K] float32, ids [T, K] int64): router.py's routers in float32."""
+    spec = RouterSpec("softmax_topk" if softmax_first else "topk_softmax", k, renorm, scaling)
+    return (route_softmax_topk if softmax_first else route_topk_softmax)(logits.float(), spec)
+
+
+def gate_route_torch(h, gate_weight, k: int, *, renorm: bool, scaling: float = 1.0, softmax_first: bool = True,
+                     pdl: bool = False):
+    """h [T, D] -> the gate's logits [T, E] (in the gate's dtype, as nn.Linear returns them) -> top-k."""
+    logits = F.linear(h.to(gate_weight.dtype), gate_weight)
+    return route_topk_torch(logits, k, renorm=renorm, scaling=scaling, softmax_first=softmax_first)
+
+
+# ---- the table ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Ops:
+    name: str
+    rms_norm: Callable          # (x [..., N], weight [N], eps, residual=None) -> (y, x + residual | None)
+    qkv_rope_cache: Callable    # (qkv [B, S, (H+2Hkv)d], positions [B, S], cos, sin, k_cache, v_cache, ...) -> q
+    route_topk: Callable        # (logits [T, E], k, *, renorm, scaling, softmax_first) -> (w, ids) [T, K]
+    gate_route: Callable        # (h [T, D], gate [E, D], k, ...) -> (w, ids): gate GEMV + top-k
+    gate_route_fits: Callable   # (T, E, D, gate dtype, h dtype) -> whether gate_route is one fused kernel here
+
+
+def _never(*args) -> bool:
+    return False
+
+
+def _triton_gate_fits(T: int, E: int, D: int, gate_dtype, x_dtype) -> bool:
+    """One program per token streams the whole gate: only gates <= 64 KB at decode sizes (measured)."""
+    return 0 < T <= _norm_route.MAX_T and _norm_route.usable(E, D, True, gate_dtype, x_dtype)
+
+
+def _triton_rms_norm(x, weight, eps: float, residual=None, *, pdl: bool = False):
+    return _rmsnorm.rms_norm(x.contiguous(), weight, eps, residual, pdl=pdl)
+
+
+TORCH_OPS = Ops("torch", rms_norm_torch, qkv_rope_cache_torch, route_topk_torch, gate_route_torch, _never)
+OPS = {"torch": TORCH_OPS}
+if triton is not None:
+    OPS["triton"] = Ops("triton", _triton_rms_norm, _rope.qkv_rope_cache, _route.route_topk,
+                        _norm_route.gate_route, _triton_gate_fits)
+
+
+@functools.lru_cache(maxsize=None)
+def _bound(name: str, pdl: bool) -> Ops:
+    ops = OPS[name]
+    if not pdl:
+        return ops
+    bind = {f: functools.partial(getattr(ops, f), pdl=True)
+            for f in ("rms_norm", "qkv_rope_cache", "route_topk", "gate_route")}
+    return replace(ops, **bind)
+
+
+def ops_for(settings) -> Ops:
+    """The op set a (resolved) RunSettings asks for; torch when settings is None (reference modules)."""
+    if settings is None:
+        return TORCH_OPS
+    if settings.ops not in OPS:
+        raise ValueError(f"ops {settings.ops!r} is not available here (Triton missing?); have {sorted(OPS)}")
+    return _bound(settings.ops, settings.pdl == "on")

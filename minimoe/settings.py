@@ -1,0 +1,195 @@
+"""Run settings: every switch of a run as one typed field, with one set of command-line flags.
+
+`ModelConfig` says what a model IS; `RunSettings` says how to RUN it: which expert path, attention
+backend, small-op kernels, CUDA graphs, quantization, expert skipping, speculation, parallel plan.
+Every field defaults to the plain path, so an ablation flips one field and nothing else. The
+modules of a built model hold a reference to one shared instance and read it at call time: flipping
+a field needs no rebuild and keeps the same weights.
+
+`add_args` puts one flag per field on a parser and `from_args` reads them back, so bench.py,
+`python -m minimoe generate | eval | bench` and the scripts share one meaning and one default per
+flag (`SETTINGS_FLAGS` is the table). Values spelled "auto" are resolved once, for the device, by
+`resolve`: a resolved RunSettings holds concrete choices only, which is what headers and JSON print.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from dataclasses import dataclass
+
+import torch
+
+EXPERT_PATH_NAMES = ("loop", "grouped", "fused")          # experts.EXPERT_PATHS (checked against it in tests)
+ATTN_NAMES = ("auto", "sdpa", "triton", "flash")           # attention.DECODE_ATTENTION + auto
+QUANT_FORMATS = ("none", "fp8", "int8", "int4", "nf4", "bnb-int8")
+DISPATCH_DESIGNS = ("allgather", "alltoall", "padded")     # expert-parallel dispatch/combine (parallel.py)
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+DTYPE_ALIASES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
+
+
+@dataclass
+class RunSettings:
+    device: str = "auto"            # cpu | cuda | cuda:N; auto = cuda when available
+    dtype: str = "auto"             # bf16 | fp16 | fp32; auto = bf16 on a GPU, fp32 on a CPU
+    experts: str = "loop"           # routed expert path, key into experts.EXPERT_PATHS (loop is the oracle)
+    attn: str = "auto"              # decode attention backend; auto = triton on a GPU, sdpa on a CPU
+    ops: str = "auto"               # small ops (RMSNorm+add, q/k norm+rope+cache write, router top-k):
+                                    # torch (several kernels each) | triton (one each); auto = triton on a GPU
+    gemv: str = "auto"              # decode-size linears: torch (cuBLAS) | triton (kernels/gemv.py); auto = torch
+    pdl: str = "auto"               # Programmatic Dependent Launch for our Triton kernels: on | off; auto = off
+    eager: bool = False             # no CUDA graph of the decode step (graphs need a GPU and a sync-free path)
+    eager_prefill: bool = False     # no CUDA graph of the prefill
+    router: str | None = None       # override the card's router (synthetic ones for ablations)
+    top_k: int | None = None        # override the card's K (the paper's top-k sweeps)
+    zipf_s: float = 1.2             # exponent of the synthetic Zipf router
+    skip_threshold: float = 0.0     # dynamic expert skipping: drop routed experts whose weight < beta * top weight
+    quant: str = "none"             # weight format applied at load (quant.py)
+    quant_lm_head: bool = False     # quantize the LM head too (router, norms, embeddings always stay)
+    ep: int = 1                     # expert-parallel ranks (parallel.py; under torchrun)
+    tp: int = 1                     # tensor-parallel ranks
+    dispatch: str = "allgather"     # expert-parallel dispatch/combine design
+    seed: int = 0                   # dummy weights, prompts and sampling
+
+    # ---- resolution -----------------------------------------------------------------------------
+    def resolve(self) -> "RunSettings":
+        """A copy with every "auto" replaced by the concrete choice for this machine. Raises
+        ValueError (one sentence) for a value that is not one of the choices."""
+        s = dataclasses.replace(self)
+        s.device = str(pick_device(s.device))
+        gpu = s.device.startswith("cuda")
+        s.dtype = DTYPE_ALIASES.get(s.dtype, s.dtype)
+        if s.dtype == "auto":
+            s.dtype = "bf16" if gpu else "fp32"
+        _choose("dtype", s.dtype, tuple(DTYPES))
+        _choose("experts", s.experts, EXPERT_PATH_NAMES)
+        _choose("attn", s.attn, ATTN_NAMES)
+        _choose("ops", s.ops, ("auto", "torch", "triton"))
+        _choose("gemv", s.gemv, ("auto", "torch", "triton"))
+        _choose("pdl", s.pdl, ("auto", "on", "off"))
+        _choose("quant", s.quant, QUANT_FORMATS)
+        _choose("dispatch", s.dispatch, DISPATCH_DESIGNS)
+        s.attn = ("triton" if gpu else "sdpa") if s.attn == "auto" else s.attn
+        s.ops = ("triton" if gpu else "torch") if s.ops == "auto" else s.ops
+        s.gemv = "torch" if s.gemv == "auto" else s.gemv      # measured slower than cuBLAS (kernels/gemv.py)
+        s.pdl = "off" if s.pdl == "auto" else s.pdl          # measured slower on the H200 (kernels/pdl.py)
+        if s.top_k is not None and s.top_k < 1:
+            raise ValueError(f"--topk must be at least 1, got {s.top_k}")
+        if not 0.0 <= s.skip_threshold < 1.0:
+            raise ValueError(f"--skip-threshold must be in [0, 1), got {s.skip_threshold}")
+        if s.ep < 1 or s.tp < 1:
+            raise ValueError(f"--ep and --tp must be at least 1, got {s.ep} and {s.tp}")
+        return s
+
+    def resolve_(self) -> "RunSettings":
+        """Resolve in place (modules share this instance), and return self."""
+        for f, v in vars(self.resolve()).items():
+            setattr(self, f, v)
+        return self
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+    @property
+    def torch_device(self) -> torch.device:
+        return torch.device(self.device)
+
+    @property
+    def use_graphs(self) -> bool:
+        return not self.eager and self.device.startswith("cuda")
+
+    def describe(self) -> str:
+        """One header line of every resolved choice (what ran)."""
+        return " ".join(f"{f.name}={getattr(self, f.name)}" for f in dataclasses.fields(self))
+
+
+def _choose(name: str, value, choices) -> None:
+    if value not in choices:
+        raise ValueError(f"--{name.replace('_', '-')} {value}: choose from {', '.join(map(str, choices))}")
+
+
+def pick_device(name: str) -> torch.device:
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError as e:
+        raise ValueError(f"--device {name}: not a device name (cpu, cuda, cuda:N)") from e
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {name}: no CUDA GPU is available here")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {name}: only {torch.cuda.device_count()} GPU(s) here")
+    elif dev.type != "cpu":
+        raise ValueError(f"--device {name}: minimoe runs on cpu or cuda")
+    return dev
+
+
+def triton_usable(device: str | torch.device) -> bool:
+    """Triton kernels run on a CUDA GPU, or on the CPU through the interpreter (tests)."""
+    return torch.device(device).type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
+
+
+# ---- command line -------------------------------------------------------------------------------
+# field -> (flag, argparse kwargs). One flag per field; --fused is the README's shorthand for --experts fused.
+SETTINGS_FLAGS = {
+    "device": ("--device", dict(help="cpu | cuda | cuda:N (auto: cuda when available)")),
+    "dtype": ("--dtype", dict(help="bf16 | fp16 | fp32 (auto: bf16 on a GPU, fp32 on a CPU)")),
+    "experts": ("--experts", dict(help="routed expert path: loop (the oracle) | grouped | fused")),
+    "attn": ("--attn", dict(help="decode attention: sdpa | triton | flash (auto: triton on a GPU, sdpa on a CPU)")),
+    "ops": ("--ops", dict(help="RMSNorm(+add), q/k-norm+rope+cache write, router top-k: torch (several kernels "
+                                "each) | triton (one each); auto: triton on a GPU")),
+    "gemv": ("--gemv", dict(help="decode-size linears: torch (cuBLAS) | triton (kernels/gemv.py, measured slower "
+                                  "on the H200); auto: torch")),
+    "pdl": ("--pdl", dict(help="Programmatic Dependent Launch for the Triton kernels: on (sm90+) | off; auto: off "
+                                "(measured slower on the H200)")),
+    "eager": ("--eager", dict(action="store_true", help="no CUDA graph of the decode step")),
+    "eager_prefill": ("--eager-prefill", dict(action="store_true", help="no CUDA graph of the prefill")),
+    "router": ("--router", dict(help="override the card's router (uniform, balanced, zipf for ablations)")),
+    "top_k": ("--topk", dict(type=int, help="route each token to K experts instead of the card's default")),
+    "zipf_s": ("--zipf-s", dict(type=float, help="exponent of --router zipf")),
+    "skip_threshold": ("--skip-threshold", dict(type=float, help="dynamic expert skipping: drop routed experts "
+                                                                 "whose weight is below beta x the token's top weight")),
+    "quant": ("--quant", dict(help="weight format: " + " | ".join(QUANT_FORMATS))),
+    "quant_lm_head": ("--quant-lm-head", dict(action="store_true", help="quantize the LM head too")),
+    "ep": ("--ep", dict(type=int, help="expert-parallel ranks (under torchrun)")),
+    "tp": ("--tp", dict(type=int, help="tensor-parallel ranks (under torchrun)")),
+    "dispatch": ("--dispatch", dict(help="expert-parallel dispatch/combine: " + " | ".join(DISPATCH_DESIGNS))),
+    "seed": ("--seed", dict(type=int, help="seed for dummy weights, prompts and sampling")),
+}
+
+
+def add_args(parser: argparse.ArgumentParser, defaults: RunSettings | None = None) -> None:
+    """One flag per RunSettings field (plus --fused), defaults from `defaults` (shown in --help)."""
+    base = defaults or RunSettings()
+    g = parser.add_argument_group("run settings (one switch per optimization)")
+    for name, (flag, kw) in SETTINGS_FLAGS.items():
+        kw = dict(kw)
+        if kw.get("action") != "store_true":
+            kw["default"] = getattr(base, name)
+            kw["help"] = f"{kw['help']} (default: {kw['default']})"
+        g.add_argument(flag, dest=name, **kw)
+    g.add_argument("--fused", action="store_true", help="shorthand for --experts fused")
+
+
+def from_args(args: argparse.Namespace) -> RunSettings:
+    """The RunSettings the parsed flags describe (not yet resolved). ValueError for contradictions."""
+    values = {name: getattr(args, name) for name in SETTINGS_FLAGS}
+    if getattr(args, "fused", False):
+        if values["experts"] not in ("loop", "fused"):
+            raise ValueError(f"--fused contradicts --experts {values['experts']}")
+        values["experts"] = "fused"
+    return RunSettings(**values)
+
+
+def to_args(s: RunSettings) -> list[str]:
+    """The command-line flags that reproduce `s` (from_args(parse(to_args(s))) == s)."""
+    out = []
+    for name, (flag, kw) in SETTINGS_FLAGS.items():
+        value = getattr(s, name)
+        if kw.get("action") == "store_true":
+            out += [flag] if value else []
+        elif value is not None:
+            out += [flag, str(value)]
+    return out
