@@ -477,3 +477,60 @@ def test_bench_reports_a_batch_that_does_not_fit(capsys, monkeypatch):
     (line,) = [line for line in err.splitlines() if line.strip()]
     assert line.startswith("error: batch 64 x (64+6) tokens needs ")        # refused before the model is built
     assert "the largest batch that fits is" in line and "even batch 1" not in line
+
+
+# ---- what ran: weights, switches, numerical health; ragged prompts -----------------------------------
+
+
+def test_a_checkpoint_directory_benchmarks_its_own_weights(hf_checkpoint, capsys):
+    """--model DIR means that checkpoint's weights (as in generate); random weights must be asked for."""
+    folder, _ = hf_checkpoint("olmoe")
+    rc, out, err = run_bench(capsys, "--model", folder, *SHORT)
+    assert rc == 0, err
+    assert json.loads(out.strip().splitlines()[-1])["weights"] == str(folder) and f"weights: {folder}" in out
+    dummy = bench_json(capsys, "--model", folder, "--weights", "dummy", *SHORT)
+    assert dummy["weights"].startswith("dummy")
+    card = bench_json(capsys, "--model", "olmoe-tiny", *SHORT)
+    assert card["weights"].startswith("dummy") and card["settings"]["dtype"] == "fp32"
+    assert set(card["settings"]) >= {"experts", "attn", "ops", "gemv", "pdl", "quant", "seed", "device"}
+
+
+def test_non_finite_logits_are_counted_and_warned(capsys, monkeypatch):
+    """A NaN in the final norm's weight makes every row non-finite: counted on the device, warned once."""
+    from minimoe import loader
+    real = loader.init_dummy
+
+    def poisoned(model, seed=0):
+        real(model, seed)
+        model.norm.weight.data[0] = float("nan")
+    monkeypatch.setattr(loader, "init_dummy", poisoned)
+    rc, out, err = run_bench(capsys, "--model", "olmoe-tiny", "--bs", 2, *SHORT)
+    assert rc == 0
+    res = json.loads(out.strip().splitlines()[-1])["results"][0]
+    assert res["nonfinite_logit_rows"] == 2 * 6                     # every row of every step (bs 2, 6 tokens)
+    assert sum("rows of logits held NaN/inf" in line for line in err.splitlines()) == 1
+
+
+def test_ragged_prompt_lengths_from_a_distribution(capsys, tmp_path):
+    lengths = tmp_path / "lengths.txt"
+    lengths.write_text("3\n9\n5\n")
+    j = bench_json(capsys, "--model", "olmoe-tiny", "--bs", 4, "--input-len-dist", f"file:{lengths}",
+                   "--output-len", 4, "--warmup", 0, "--iters", 1)
+    (res,) = j["results"]
+    assert res["input_lens"] == [3, 9, 5, 3] and res["input_len"] == f"file:{lengths}"
+    m = res["metrics"]
+    assert m["prefill_tok_s"] == pytest.approx(sum([3, 9, 5, 3]) / (m["ttft_ms"] / 1e3), rel=1e-9)
+    u = bench_json(capsys, "--model", "olmoe-tiny", "--bs", 8, "--input-len-dist", "uniform:2-6", "--output-len", 3,
+                   "--warmup", 0, "--iters", 1)["results"][0]
+    assert len(u["input_lens"]) == 8 and all(2 <= n <= 6 for n in u["input_lens"])
+
+
+@pytest.mark.parametrize("spec", ["uniform:5-2", "uniform:0-4", "normal:3", "file:/no/such/file"])
+def test_bad_length_distribution_is_refused(capsys, spec):
+    rc, out, err = run_bench(capsys, "--model", "olmoe-tiny", "--input-len-dist", spec, "--output-len", 2)
+    assert rc == 2 and f"--input-len-dist {spec}: use uniform:LO-HI" in err and out == ""
+
+
+def test_sweep_takes_the_given_batch_sizes():
+    args = namespace("--model", "qwen1.5-moe", "--sweep", "--bs", "2", "8")
+    assert {b for b, _, _ in bench.grid(args)} == {2, 8}

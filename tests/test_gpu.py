@@ -82,3 +82,19 @@ def test_olmoe_full_size_graphs_equal_eager(ops, pdl, batch):
     graphed = _tokens(model, prompts, 32, graphs=True)
     assert torch.equal(graphed, _static_eager_tokens(model, prompts, 32))
     assert torch.equal(graphed, _tokens(model, prompts, 32, graphs=False))
+
+
+@pytest.mark.parametrize("card", TINY)
+def test_ragged_batch_graphed_equals_eager_and_alone(card):
+    """Prompts of 1, 5 and 17 tokens in one batch: graphed prefill + decode give each prompt the tokens
+    it gets alone (eager)."""
+    s = RunSettings(experts="fused", attn="triton", ops="triton")
+    model, cfg, _ = build_model(card, "dummy", dtype=torch.bfloat16, device="cuda", settings=s, seed=4)
+    g = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(0, cfg.vocab_size, (n,), generator=g).tolist() for n in (1, 5, 17)]
+    gen = Generator(model, 3, 17 + 12)
+    enable_graphs(gen, prefill_lengths=[17])
+    graphed = gen.generate(prompts, 12)
+    for b, p in enumerate(prompts):
+        alone = Generator(model, 1, len(p) + 12).generate([p], 12)
+        assert graphed[b].tolist() == alone[0].tolist(), f"prompt of {len(p)} tokens"
