@@ -13,8 +13,8 @@ Three numbers come out of the same sum of NLL (nats, natural log):
     loss = nll / tokens_scored                      nats per token
     ppl  = exp(loss)                                per token: depends on the tokenizer
     bpb  = nll / ln 2 / bytes                       bits per UTF-8 byte of the text
-Bits per byte is the one to compare across tokenizers and vocabularies (Gao et al. 2020, "The Pile",
-sec. 5): it is the compressed size of the text under the model. `bytes` should be the UTF-8 length
+Bits per byte is the one to compare across tokenizers and vocabularies (Gao et al. 2020, "The Pile"):
+it is the compressed size of the text under the model. `bytes` should be the UTF-8 length
 of the text that the scored tokens spell; prepend a BOS/EOT token to the ids so that the first real
 token is scored too and the two agree exactly.
 
