@@ -16,6 +16,7 @@ import argparse
 
 import torch
 
+from . import prune_cli
 from . import settings as run_settings
 from .cards import cards_dir
 from .cli import add_model_args, check_output_path, load_tokenizer
@@ -39,6 +40,7 @@ def add_parser(sub) -> None:
     e.add_argument("--heatmap", help="PNG: tokens routed per (layer, expert) over the text")
     e.add_argument("--json", help="write one JSON object to this path ('-' = stdout, instead of the table)")
     run_settings.add_args(e)
+    prune_cli.add_prune_args(e, "the evaluated text's own tokens")
 
 
 def _text(args) -> str:
@@ -63,6 +65,9 @@ def run(args) -> dict:
         raise UsageError(str(err)) from None
     cfg, folder = read_config(args.model)
     check_settings(s, cfg)
+    prune = prune_cli.prune_request(args)           # --prune: checked before the model is built
+    if prune is not None:
+        prune_cli.check_request(prune, cfg, s.top_k)
     if args.window > cfg.max_position_embeddings:
         raise UsageError(f"--window {args.window} exceeds max_position_embeddings {cfg.max_position_embeddings}")
     tok = load_tokenizer(folder)
@@ -70,9 +75,12 @@ def run(args) -> dict:
         raise UsageError(f"eval needs the checkpoint's tokenizer files (and transformers): {args.model} has none")
     text = _text(args)
     bos = cfg.bos_token_id if cfg.bos_token_id is not None else (cfg.eos_token_ids or (0,))[0]
-    ids = torch.tensor([bos] + tok(text)["input_ids"], dtype=torch.long)
+    ids = torch.tensor([bos] + tok(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
     model, cfg, folder = build_model(args.model, args.weights, dtype=s.torch_dtype, device=s.device, settings=s,
                                      seed=s.seed)
+    pruned = None
+    if prune is not None:                           # in place, calibrated on this text unless told otherwise
+        cfg, pruned = prune_cli.prune_for_eval(prune, model, folder, s, ids)
     gens = {}
 
     def logits_fn(batch: torch.Tensor) -> torch.Tensor:            # [B, S] -> [B, S, V]
@@ -91,13 +99,15 @@ def run(args) -> dict:
         load.heatmap(args.heatmap)
     summary = load.summary() if cfg.is_moe else {}
     return {"model": args.model, "weights": str(folder) if folder else "dummy", "data": args.data or DEFAULT_DATA,
-            "settings": s.__dict__, **res, "expert_load": {k: summary[k] for k in ("imbalance_max", "imbalance_mean")}
-            if summary else None}
+            "settings": s.__dict__, "prune": pruned, **res,
+            "expert_load": {k: summary[k] for k in ("imbalance_max", "imbalance_mean")} if summary else None}
 
 
 def print_table(out: dict) -> None:
     print(f"# eval {out['model']} ({out['weights']}) on {out['data']}: {out['bytes']} bytes, "
           f"{out['tokens_scored']} tokens scored, window {out['window']} stride {out['stride']}")
+    if out.get("prune"):
+        print(f"# {out['prune']}")
     print(f"bits/byte {out['bpb']:.4f}   loss {out['loss']:.4f} nats/token   perplexity {out['ppl']:.3f}")
     if out["expert_load"]:
         print(f"expert load imbalance (max/mean tokens per expert): max {out['expert_load']['imbalance_max']:.2f}, "

@@ -85,9 +85,10 @@ def test_olmoe_full_size_graphs_equal_eager(ops, pdl, batch):
 
 
 @pytest.mark.parametrize("card", TINY)
-def test_ragged_batch_graphed_equals_eager_and_alone(card):
-    """Prompts of 1, 5 and 17 tokens in one batch: graphed prefill + decode give each prompt the tokens
-    it gets alone (eager)."""
+def test_ragged_batch_graphed_equals_eager(card):
+    """Prompts of 1, 5 and 17 tokens in one batch: graphed prefill + decode give the eager run's tokens.
+    (Against each prompt alone the bf16 kernels differ with the batch (the decode MoE picks its GEMV or
+    its aligned variant by T), so near-ties can flip; the fp32 CPU tests check alone == batch exactly.)"""
     s = RunSettings(experts="fused", attn="triton", ops="triton")
     model, cfg, _ = build_model(card, "dummy", dtype=torch.bfloat16, device="cuda", settings=s, seed=4)
     g = torch.Generator().manual_seed(0)
@@ -95,6 +96,5 @@ def test_ragged_batch_graphed_equals_eager_and_alone(card):
     gen = Generator(model, 3, 17 + 12)
     enable_graphs(gen, prefill_lengths=[17])
     graphed = gen.generate(prompts, 12)
-    for b, p in enumerate(prompts):
-        alone = Generator(model, 1, len(p) + 12).generate([p], 12)
-        assert graphed[b].tolist() == alone[0].tolist(), f"prompt of {len(p)} tokens"
+    eager = Generator(model, 3, 17 + 12).generate(prompts, 12)
+    assert torch.equal(graphed, eager)
