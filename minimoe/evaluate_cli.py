@@ -75,7 +75,7 @@ def run(args) -> dict:
         raise UsageError(f"eval needs the checkpoint's tokenizer files (and transformers): {args.model} has none")
     text = _text(args)
     bos = cfg.bos_token_id if cfg.bos_token_id is not None else (cfg.eos_token_ids or (0,))[0]
-    ids = torch.tensor([bos] + tok(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
+    ids = torch.tensor([bos] + tok(text, add_special_tokens=False, verbose=False)["input_ids"], dtype=torch.long)
     model, cfg, folder = build_model(args.model, args.weights, dtype=s.torch_dtype, device=s.device, settings=s,
                                      seed=s.seed)
     pruned = None
