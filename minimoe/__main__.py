@@ -1,4 +1,4 @@
-"""`python -m minimoe generate | eval | bench ...`: the command line of an installed minimoe.
+"""`python -m minimoe generate | eval | prune | bench ...`: the command line of an installed minimoe.
 
 Every subcommand takes the same run-settings flags (settings.py: one meaning, one default each), the
 same `--model` (a card or alias from models/, a checkpoint directory, or a hub id) and `--weights`
@@ -19,11 +19,14 @@ import time
 
 import torch
 
-from . import evaluate_cli
+from . import evaluate_cli, prune_cli
 from . import settings as run_settings
+from . import spec_cli
+from .bench.plans import check as parallel_check
 from .cli import add_model_args, check_output_path, load_tokenizer
 from .generate import Generator
 from .loader import build_model, read_config
+from .parallel import rank as parallel_rank
 from .runtime import UsageError, check_settings, resolve_settings
 from .sampling import Sampling
 
@@ -55,6 +58,7 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     _generate_parser(sub)
     evaluate_cli.add_parser(sub)
+    prune_cli.add_parser(sub)
     sub.add_parser("bench", help="the benchmark (bench.py); `python -m minimoe bench --help`", add_help=False)
     return p
 
@@ -103,25 +107,40 @@ def generate(args) -> dict:
     prompts = _prompts(args, tok, cfg.vocab_size)
     longest = max(map(len, prompts))
     positions = longest + args.max_new_tokens - 1              # the last new token is never fed back
+    if s.draft:                # speculation writes up to G draft tokens past that (spec_cli.py)
+        positions = spec_cli.positions_needed(s.gamma, longest, args.max_new_tokens)
     if positions > cfg.max_position_embeddings:
         raise UsageError(f"{longest} prompt + {args.max_new_tokens} new tokens need {positions} positions, more than "
                          f"the model's max_position_embeddings {cfg.max_position_embeddings}")
+    parallel_check(s, ragged=len(set(map(len, prompts))) > 1, compare=False)
     torch.manual_seed(s.seed)
     model, cfg, folder = build_model(args.model, args.weights, dtype=s.torch_dtype, device=s.device, settings=s,
                                      seed=s.seed)
-    gen = Generator(model, len(prompts), positions, sampling)
-    if s.use_graphs and (not cfg.is_moe or s.experts != "loop"):
-        from .graphs import enable_graphs
-        enable_graphs(gen)
-    t0 = time.perf_counter()
-    new = gen.generate(prompts, args.max_new_tokens, cfg.eos_token_ids if args.stop_at_eos else ())
-    seconds = time.perf_counter() - t0
+    spec = None
+    if s.draft:                # speculative decoding: draft, graphs, --gamma auto and its timing (spec_cli.py)
+        new, seconds, spec = spec_cli.generate_cli(model, s, prompts, args.max_new_tokens, sampling,
+                                                      cfg.eos_token_ids if args.stop_at_eos else ())
+    else:
+        plan = getattr(model, "plan", None)       # --ep / --tp under torchrun: this rank's rows, gathered after
+        local = prompts if plan is None else [prompts[i] for i in plan.local_rows(len(prompts))]
+        gen = Generator(model, len(local), positions, sampling)
+        if s.use_graphs and (not cfg.is_moe or s.experts != "loop"):
+            from .graphs import enable_graphs
+            enable_graphs(gen)
+        t0 = time.perf_counter()
+        # ranks step together, so a plan never stops early: rows are cut at their stop id below
+        stop = cfg.eos_token_ids if args.stop_at_eos and plan is None else ()
+        new = gen.generate(local, args.max_new_tokens, stop)
+        new = new if plan is None else plan.gather_rows(new, len(prompts))
+        seconds = time.perf_counter() - t0
     rows = [_until_stop(row, cfg.eos_token_ids if args.stop_at_eos else ()) for row in new.tolist()]
     out = {"model": args.model, "family": cfg.family, "weights": str(folder) if folder else "dummy",
            "settings": s.__dict__, "prompt_ids": prompts if args.prompt_file else prompts[0], "new_ids": rows,
            "seconds": round(seconds, 4)}
     if tok is not None:
         out["text"] = [tok.decode(row) for row in rows]
+    if spec is not None:
+        out["speculative"] = spec
     return out
 
 
@@ -141,11 +160,15 @@ def main(argv=None) -> int:
     try:
         if args.command == "eval":
             out = evaluate_cli.run(args)
+        elif args.command == "prune":
+            out = prune_cli.run(args)
         else:
             out = generate(args)
     except (ValueError, MemoryError, NotImplementedError) as e:   # UsageError, CheckpointError included
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if parallel_rank() != 0:                      # under torchrun, rank 0 reports
+        return 0
     if args.json:
         text = json.dumps(out)
         if args.json == "-":
@@ -159,9 +182,14 @@ def main(argv=None) -> int:
 
 
 def _print_text(args, out: dict) -> None:
+    if args.command == "prune":
+        prune_cli.print_summary(out)
+        return
     if args.command == "eval":
         evaluate_cli.print_table(out)
         return
+    if "speculative" in out:
+        print("# " + out["speculative"]["summary"])
     for i, row in enumerate(out["new_ids"]):
         print(" ".join(map(str, row)))
         if "text" in out:

@@ -21,8 +21,8 @@ def add_model_args(p: argparse.ArgumentParser, weights_default: str = "auto") ->
 def load_tokenizer(folder):
     """The checkpoint folder's tokenizer through transformers, or None (no tokenizer files, or no
     transformers installed: ids only)."""
-    if folder is None:
-        return None
+    if folder is None or not any(Path(folder).glob("tokenizer*")):
+        return None       # transformers would build an empty default tokenizer here and score garbage
     try:
         from transformers import AutoTokenizer
         return AutoTokenizer.from_pretrained(str(folder))

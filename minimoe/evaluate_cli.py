@@ -67,7 +67,7 @@ def run(args) -> dict:
     check_settings(s, cfg)
     prune = prune_cli.prune_request(args)           # --prune: checked before the model is built
     if prune is not None:
-        prune_cli.check_request(prune, cfg, s.top_k)
+        prune_cli.check_request(prune, cfg, s, folder)
     if args.window > cfg.max_position_embeddings:
         raise UsageError(f"--window {args.window} exceeds max_position_embeddings {cfg.max_position_embeddings}")
     tok = load_tokenizer(folder)

@@ -109,6 +109,8 @@ def _grouped_mm(a: torch.Tensor, b: torch.Tensor, offs: torch.Tensor) -> torch.T
 def experts_grouped(x, experts: Experts, ids, weights, pdl: bool = False):
     T, K = ids.shape
     E, I = experts.n_local, experts.hidden
+    if T == 0:                                                        # nothing routed here (an idle EP rank)
+        return torch.zeros_like(x)
     w13, w2 = experts.stacked()
     with region("dispatch"):
         local = ids.reshape(-1) - experts.expert_offset               # [T*K]

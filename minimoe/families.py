@@ -343,7 +343,12 @@ def config_from_hf(hf: dict) -> ModelConfig:
         raise ValueError(f"unsupported model_type {family!r}; minimoe supports: {', '.join(sorted(FAMILIES))}")
     if hf.get("hidden_act", "silu") != "silu":
         raise UnsupportedConfig(f"hidden_act {hf['hidden_act']!r} is not supported (only silu)")
-    if hf.get("quantization_config"):
-        raise UnsupportedConfig("pre-quantized checkpoints (quantization_config) are not supported; "
-                                "use a bf16/fp16/fp32 checkpoint")
+    quantized = hf.get("quantization_config")
+    if quantized:                   # fp8 128x128 blocks load as stored (prequant.py); other kinds are refused
+        import dataclasses
+        from .prequant import unsupported
+        if unsupported(quantized):
+            raise UnsupportedConfig(unsupported(quantized))
+        cfg = FAMILIES[family](hf)
+        return dataclasses.replace(cfg, extra={**cfg.extra, "quantization_config": quantized})
     return FAMILIES[family](hf)

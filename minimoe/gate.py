@@ -19,6 +19,8 @@ parallelism), so the fused kernels skip its weights for real.
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -65,6 +67,8 @@ class Router(nn.Module):
         beta = self.settings.skip_threshold if self.settings is not None else 0.0
         if beta > 0:
             w, ids = skip_small(w, ids, beta)
+            if _skips is not None:
+                _skips.record(self.layer, ids)
         record_load(self.layer, ids)
         return w, ids
 
@@ -73,3 +77,33 @@ def skip_small(w: torch.Tensor, ids: torch.Tensor, beta: float):
     """Drop slots whose weight < beta * the token's largest weight: weight 0, id -1 (never matched)."""
     keep = w >= beta * w.amax(-1, keepdim=True)                                        # [T, K]
     return torch.where(keep, w, 0.0), torch.where(keep, ids, -1)
+
+
+class SkipCount:
+    """Routed slots seen and dropped by skipping, per layer, counted on the device (no host sync)."""
+
+    def __init__(self, n_layers: int, device):
+        self.slots = torch.zeros(n_layers, dtype=torch.int64, device=device)
+        self.dropped = torch.zeros(n_layers, dtype=torch.int64, device=device)
+
+    def record(self, layer: int, ids: torch.Tensor) -> None:
+        self.slots[layer] += ids.numel()
+        self.dropped[layer] += (ids < 0).sum()
+
+    def fraction(self) -> float:
+        """Dropped share of all routed slots seen (0 when none were seen)."""
+        return float(self.dropped.sum()) / max(int(self.slots.sum()), 1)
+
+
+_skips: SkipCount | None = None
+
+
+@contextlib.contextmanager
+def counting_skips(counter: SkipCount):
+    """Count what --skip-threshold drops inside this block (eager runs: the profile, the speed study)."""
+    global _skips
+    saved, _skips = _skips, counter
+    try:
+        yield counter
+    finally:
+        _skips = saved

@@ -5,7 +5,8 @@ With no profiler active, `region` returns one shared do-nothing context: no even
 allocation. With a profiler active, each region records a pair of CUDA events on the current stream
 (or reads `time.perf_counter` on the CPU, where work is synchronous); the events are only read, with
 one synchronisation, when `totals()` is asked for, so profiling does not serialise the GPU.
-Regions are flat (never nested), so their sum is the profiled part of the step.
+A region opened inside another pauses the outer one (a tensor-parallel all-reduce inside
+"attention"), so no time counts twice and their sum is the profiled part of the step.
 
 `ExpertLoad` counts tokens per (layer, expert) on the device with `scatter_add_` (`bincount` would
 sync with the host) and reports imbalance = max / mean tokens per expert.
@@ -19,7 +20,7 @@ from collections import defaultdict
 import torch
 
 REGIONS = ("embed", "attention", "norm", "router", "dispatch", "experts", "combine", "shared",
-           "dense", "lm_head", "sample", "all_to_all")   # dense = the FFN of a non-MoE layer
+           "dense", "lm_head", "sample", "all_to_all", "all_reduce")   # dense = the FFN of a non-MoE layer
 
 _NULL = contextlib.nullcontext()
 _active: "Profiler | None" = None
@@ -33,6 +34,7 @@ class Profiler:
         self.ms = defaultdict(float)
         self.calls = defaultdict(int)
         self.notes = {}                      # e.g. which fused-MoE variant ran
+        self.open = []                       # regions entered and not left, innermost last
 
     def region(self, name: str):
         if name not in REGIONS:
@@ -67,13 +69,28 @@ class _Timed:
         self.prof, self.name = prof, name
 
     def __enter__(self):
+        if self.prof.open:
+            self.prof.open[-1]._stop()           # the outer region pauses while this one runs
+        self.prof.open.append(self)
+        self._start()
+
+    def __exit__(self, *exc):
+        p = self.prof
+        self._stop()
+        p.open.pop()
+        p.calls[self.name] += 1
+        if p.open:
+            p.open[-1]._start()
+        return False
+
+    def _start(self):
         if self.prof.cuda:
             self.start = torch.cuda.Event(enable_timing=True)
             self.start.record()
         else:
             self.start = time.perf_counter()
 
-    def __exit__(self, *exc):
+    def _stop(self):
         p = self.prof
         if p.cuda:
             end = torch.cuda.Event(enable_timing=True)
@@ -81,8 +98,6 @@ class _Timed:
             p.pending.append((self.name, self.start, end))
         else:
             p.ms[self.name] += (time.perf_counter() - self.start) * 1e3
-        p.calls[self.name] += 1
-        return False
 
 
 def region(name: str | None):
@@ -127,7 +142,9 @@ class ExpertLoad:
                 "imbalance_max": float(moe.max()) if moe.numel() else None,
                 "imbalance_mean": float(moe.mean()) if moe.numel() else None}
 
-    def heatmap(self, path: str) -> None:
+    def heatmap(self, path: str, rank_bounds: list | None = None) -> None:
+        """PNG of tokens per (layer, expert); rank_bounds [0, ..., E]: expert parallelism's ranks, marked
+        with lines and their token totals in the title."""
         try:
             import matplotlib
             matplotlib.use("Agg")
@@ -139,6 +156,11 @@ class ExpertLoad:
         ax.set_xlabel("expert")
         ax.set_ylabel("layer")
         ax.set_title("tokens routed per expert")
+        if rank_bounds:
+            for b in rank_bounds[1:-1]:
+                ax.axvline(b - 0.5, color="white", linewidth=2)
+            totals = [int(self.counts[:, a:b].sum()) for a, b in zip(rank_bounds, rank_bounds[1:])]
+            ax.set_title(f"tokens routed per expert; per EP rank {totals}")
         fig.colorbar(im, ax=ax)
         fig.savefig(path, dpi=120, bbox_inches="tight")
         plt.close(fig)

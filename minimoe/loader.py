@@ -26,12 +26,14 @@ from pathlib import Path
 
 import torch
 
-from . import cards
+from . import cards, parallel
 from .config import ModelConfig
 from .checkpoint_names import expert_shapes, ignored_name, weight_names
 from .families import config_from_hf
 from .model import Transformer
 from .placement import Placement, apply_placement, assembled_shape, recipe_parts
+from . import prequant
+from .quant import quantize_
 from .settings import RunSettings
 
 HUB_PATTERNS = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.tiktoken", "*.txt"]
@@ -186,7 +188,7 @@ def _describe_misshape(pieces, shape, want: list) -> str:
 def plan_checkpoint(model: Transformer, ckpt, placement: Placement | None = None) -> dict:
     """{param name: pieces to read}, or one CheckpointError listing every problem."""
     params = dict(model.named_parameters())
-    recipes = weight_names(model.cfg)
+    recipes = prequant.weight_names(model) if prequant.is_prequantized(model.cfg) else weight_names(model.cfg)
     assert set(recipes) == set(params), set(recipes) ^ set(params)   # our own wiring, not user input
     have = set(ckpt.where)
     chosen, missing, misshaped, claimed = {}, [], [], set()
@@ -207,8 +209,9 @@ def plan_checkpoint(model: Transformer, ckpt, placement: Placement | None = None
         chosen[name] = pieces
     unexpected = sorted(n for n in have - claimed if not ignored_name(model.cfg, n))
     if any(n.endswith("weight_scale_inv") for n in unexpected):
-        raise CheckpointError("this checkpoint stores FP8 block-quantized weights (weight_scale_inv); "
-                              "minimoe loads bf16/fp16/fp32 checkpoints only")
+        raise CheckpointError("this checkpoint stores FP8 block-quantized weights (weight_scale_inv) but its "
+                              "config.json has no quantization_config {quant_method: fp8, weight_block_size: "
+                              "[128, 128]}, which is how minimoe knows to load them as fp8 (prequant.py)")
     problems = [f"missing: {n}" for n in missing[:50]] + [f"mis-shaped: {m}" for m in misshaped[:50]] + \
                [f"unexpected: {n}" for n in unexpected[:50]]
     if problems:
@@ -289,10 +292,12 @@ def check_fits(nbytes: int, device: torch.device, what: str = "the weights") -> 
                           f"has {free / 2**30:.1f} GiB free of {total / 2**30:.1f} GiB")
 
 
-def init_dummy(model: Transformer, seed: int = 0) -> None:
+def init_dummy(model: Transformer, seed: int = 0, placement: Placement | None = None) -> None:
     """Random weights with the real shapes, made on the device. Norm weights 1, matrices N(0, 0.02)
     (transformers' initializer_range), biases 0: the residual stream grows only ~sqrt(layers), so
-    bf16 activations stay finite over long decodes, and random routers spread tokens evenly."""
+    bf16 activations stay finite over long decodes, and random routers spread tokens evenly.
+    With a placement, a placed tensor is drawn whole and this rank keeps its piece: every parallel
+    plan holds the values one process would (parallel.py)."""
     gen = torch.Generator(device=model.embed.weight.device).manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -300,6 +305,9 @@ def init_dummy(model: Transformer, seed: int = 0) -> None:
                 p.fill_(1.0)
             elif name.endswith("bias"):
                 p.zero_()
+            elif placement is not None and parallel.is_placed(name, placement):
+                full = p.new_empty(parallel.full_shape(name, p.shape, model.cfg, placement))
+                p.copy_(parallel.held_piece(full.normal_(0.0, 0.02, generator=gen), name, model.cfg, placement))
             else:
                 p.normal_(0.0, 0.02, generator=gen)
 
@@ -333,6 +341,8 @@ def build_model(model: str, weights: str = "dummy", *, dtype=torch.bfloat16, dev
     if settings.device == "auto":
         settings.device = str(device)
     settings.resolve_()                             # the modules share this instance; "auto" resolved here
+    if prepare is None and settings.ep * settings.tp > 1:
+        prepare = parallel.plan_for(settings)       # under torchrun: this rank's experts and shards
     cfg, folder = read_config(model)
     if top_k is not None:
         cfg = cfg.with_top_k(top_k)
@@ -343,14 +353,24 @@ def build_model(model: str, weights: str = "dummy", *, dtype=torch.bfloat16, dev
     placement = prepare(net) if prepare is not None else None
     if placement is not None:
         apply_placement(net, placement)
+    if ckpt is not None and prequant.is_prequantized(cfg):
+        prequant.swap_(net, ckpt)                   # fp8 128x128-block twins, read as stored
     if ckpt is not None:
         plan_checkpoint(net, ckpt, placement)       # every name/shape error before any allocation
     check_fits(weight_bytes(net), device)
     net = net.to_empty(device=device)
-    if ckpt is None:
+    if ckpt is None and placement is None:
         init_dummy(net, seed)
+    elif ckpt is None:
+        init_dummy(net, seed, placement)
     else:
         load_weights(net, ckpt, placement)
+    if hasattr(prepare, "finish"):                  # a parallel plan's steps after the weights are in
+        prepare.finish(net)
+    if prequant.is_prequantized(cfg):               # as stored; dummy weights get the same fp8 block format
+        cfg = prequant.finalize_(net, settings) if ckpt is not None else quantize_(net, settings, "fp8-block")
+    elif settings.quant != "none":
+        cfg = quantize_(net, settings)              # Linear weights and Experts -> quantized twins (quant.py)
     return net.eval(), cfg, (folder if ckpt is not None else None)
 
 

@@ -13,8 +13,10 @@ from .config import ModelConfig
 from .experts import EXPERT_PATHS
 from .attention import DECODE_ATTENTION
 from .ops import OPS
+from .quant import check_quant
 from .router import ROUTERS
 from .settings import RunSettings, triton_usable
+from .spec_cli import draft_config
 
 
 class UsageError(ValueError):
@@ -72,8 +74,30 @@ def check_settings(s: RunSettings, cfg: ModelConfig) -> None:
             raise UsageError(str(e)) from None
     if s.skip_threshold and not cfg.is_moe:
         raise UsageError("--skip-threshold needs an MoE model")
-    if s.quant != "none":
-        raise UsageError(f"--quant {s.quant}: quantized weights are not in this build yet")
+    problem = check_quant(s, cfg)                 # formats, machine, pre-quantized checkpoints (quant.py)
+    if problem:
+        raise UsageError(problem)
     if s.ep * s.tp > 1:
-        raise UsageError("--ep / --tp: parallel plans are not in this build yet")
+        from .parallel import check_plan          # world size, divisible heads/widths/experts (parallel.py)
+        try:
+            check_plan(s, cfg)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
     _check_attn(s, cfg, device)
+    _check_draft(s, cfg)
+
+
+def _check_draft(s: RunSettings, cfg: ModelConfig) -> None:
+    """--draft: the draft model resolves, shares the target's vocabulary, and can run with these settings."""
+    if s.draft is None:
+        return
+    if s.ep * s.tp > 1:
+        raise UsageError("--draft: speculative decoding runs on one GPU; it cannot be combined with --ep / --tp")
+    try:
+        dcfg, ds = draft_config(s)
+        check_settings(ds, dcfg)
+    except ValueError as e:                       # CheckpointError and UsageError included
+        raise UsageError(f"--draft {s.draft}: {e}") from None
+    if dcfg.vocab_size != cfg.vocab_size:
+        raise UsageError(f"--draft {s.draft}: its vocabulary has {dcfg.vocab_size} tokens, the target's "
+                         f"{cfg.vocab_size}; draft and target must share one tokenizer")

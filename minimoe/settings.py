@@ -49,6 +49,10 @@ class RunSettings:
     ep: int = 1                     # expert-parallel ranks (parallel.py; under torchrun)
     tp: int = 1                     # tensor-parallel ranks
     dispatch: str = "allgather"     # expert-parallel dispatch/combine design
+    draft: str | None = None        # speculative decoding: the draft model (card, dir or hub id; same vocabulary)
+    draft_weights: str = "auto"     # the draft's weights, as --weights
+    gamma: str = "0"                # draft tokens per round: an int (0 = off) or auto (spec_cost.py picks per batch)
+    draft_accept: float | None = None  # synthetic acceptance rate A for speed studies on random weights
     seed: int = 0                   # dummy weights, prompts and sampling
 
     # ---- resolution -----------------------------------------------------------------------------
@@ -77,6 +81,7 @@ class RunSettings:
             raise ValueError(f"--topk must be at least 1, got {s.top_k}")
         if not 0.0 <= s.skip_threshold < 1.0:
             raise ValueError(f"--skip-threshold must be in [0, 1), got {s.skip_threshold}")
+        _check_speculation(s)
         if s.ep < 1 or s.tp < 1:
             raise ValueError(f"--ep and --tp must be at least 1, got {s.ep} and {s.tp}")
         return s
@@ -102,6 +107,24 @@ class RunSettings:
     def describe(self) -> str:
         """One header line of every resolved choice (what ran)."""
         return " ".join(f"{f.name}={getattr(self, f.name)}" for f in dataclasses.fields(self))
+
+
+MAX_GAMMA = 16
+
+
+def _check_speculation(s: RunSettings) -> None:
+    """--draft/--gamma/--draft-accept/--draft-weights agree with each other (speculative.py runs them)."""
+    if s.gamma != "auto" and not (str(s.gamma).isdigit() and int(s.gamma) <= MAX_GAMMA):
+        raise ValueError(f"--gamma {s.gamma}: an integer 0..{MAX_GAMMA} or auto")
+    if s.draft is None:
+        extra = [f for f, on in (("--gamma", str(s.gamma) != "0"), ("--draft-accept", s.draft_accept is not None),
+                                 ("--draft-weights", s.draft_weights != "auto")) if on]
+        if extra:
+            raise ValueError(f"{extra[0]} needs --draft MODEL")
+    elif str(s.gamma) == "0":
+        raise ValueError("--draft needs --gamma G (1..16, or auto)")
+    if s.draft_accept is not None and not 0.0 <= s.draft_accept <= 1.0:
+        raise ValueError(f"--draft-accept must be in [0, 1], got {s.draft_accept}")
 
 
 def _choose(name: str, value, choices) -> None:
@@ -156,6 +179,12 @@ SETTINGS_FLAGS = {
     "ep": ("--ep", dict(type=int, help="expert-parallel ranks (under torchrun)")),
     "tp": ("--tp", dict(type=int, help="tensor-parallel ranks (under torchrun)")),
     "dispatch": ("--dispatch", dict(help="expert-parallel dispatch/combine: " + " | ".join(DISPATCH_DESIGNS))),
+    "draft": ("--draft", dict(help="speculative decoding: draft model (card, checkpoint dir or hub id) sharing the "
+                                    "target's vocabulary")),
+    "draft_weights": ("--draft-weights", dict(help="the draft's weights: auto | dummy | a safetensors directory")),
+    "gamma": ("--gamma", dict(help="draft tokens per round: 1..16, or auto (cost model; 0 = speculation off)")),
+    "draft_accept": ("--draft-accept", dict(type=float, help="synthetic acceptance A in [0, 1]: the draft proposes "
+                                                             "the target's token with probability A (speed studies)")),
     "seed": ("--seed", dict(type=int, help="seed for dummy weights, prompts and sampling")),
 }
 

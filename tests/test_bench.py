@@ -500,8 +500,8 @@ def test_non_finite_logits_are_counted_and_warned(capsys, monkeypatch):
     from minimoe import loader
     real = loader.init_dummy
 
-    def poisoned(model, seed=0):
-        real(model, seed)
+    def poisoned(model, *args, **kwargs):
+        real(model, *args, **kwargs)
         model.norm.weight.data[0] = float("nan")
     monkeypatch.setattr(loader, "init_dummy", poisoned)
     rc, out, err = run_bench(capsys, "--model", "olmoe-tiny", "--bs", 2, *SHORT)

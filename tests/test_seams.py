@@ -111,7 +111,9 @@ def _random_settings(seed: int) -> run_settings.RunSettings:
         router=rng.choice([None, "zipf", "balanced"]), top_k=rng.choice([None, 1, 3]), zipf_s=rng.choice([1.2, 2.0]),
         skip_threshold=rng.choice([0.0, 0.25]), quant=rng.choice(run_settings.QUANT_FORMATS),
         quant_lm_head=rng.random() < 0.5, ep=rng.choice([1, 2]), tp=rng.choice([1, 2]),
-        dispatch=rng.choice(run_settings.DISPATCH_DESIGNS), seed=rng.randrange(100))
+        dispatch=rng.choice(run_settings.DISPATCH_DESIGNS), draft=rng.choice([None, "qwen3-0.6b"]),
+        draft_weights=rng.choice(["auto", "dummy"]), gamma=rng.choice(["0", "4", "auto"]),
+        draft_accept=rng.choice([None, 0.8]), seed=rng.randrange(100))
 
 
 @pytest.mark.parametrize("seed", range(8))

@@ -23,14 +23,18 @@ import sys
 import torch
 from tqdm import tqdm
 
+from .. import prune_cli
 from .. import settings as run_settings
 from ..cli import add_model_args, check_output_path
+from ..gate import SkipCount, counting_skips
 from ..generate import Generator
 from ..graphs import enable_graphs, graph_safe
 from ..instrument import ExpertLoad, profiling
 from ..loader import build_model, read_config, resolve
 from ..runtime import UsageError, check_settings, resolve_settings
 from . import layer, memory, timing
+from . import plans                    # --ep / --tp under torchrun: this rank's rows, rank 0 reports
+from . import spec as spec_bench
 from .prompts import length_sampler, make_prompts
 from .report import print_header, print_profile, print_table, row, versions, COLUMNS
 from .roofline import count_params, measure_ceilings
@@ -62,6 +66,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", help="PNG: output tok/s against batch size, one line per length")
     p.add_argument("--load-heatmap", help="PNG: tokens per (layer, expert) over one generation")
     run_settings.add_args(p)
+    prune_cli.add_prune_args(p, "random:2048, random prompts")
     return p
 
 
@@ -105,8 +110,13 @@ def validate(args, cfg) -> list[tuple]:
         raise UsageError("--warmup must be >= 0 and --iters >= 1")
     if args.compare and cfg.family == "deepseek":
         raise UsageError("--compare transformers: DeepSeekMoE-16B is remote code, which minimoe never runs")
+    if args.compare and (args.quant != "none" or getattr(args, "prune", None) or args.ep * args.tp > 1):
+        raise UsageError("--compare transformers shares minimoe's bf16 weights with the peer: it cannot follow "
+                         "--quant, --prune, --ep or --tp")
     for flag in ("json", "plot", "load_heatmap"):
         check_output_path(getattr(args, flag), "--" + flag.replace("_", "-"))
+    if args.draft:
+        spec_bench.validate(args, cfg, configs)
     return configs
 
 
@@ -137,21 +147,26 @@ def run_config(args, model, cfg, s, ceilings, b, n_in, n_out, use_graphs, load) 
     prompts = make_prompts(cfg.vocab_size, b, n_in, s.seed)            # B token lists (ragged or not)
     lens = [len(p) for p in prompts]
     mean_in = sum(lens) / b
-    memory.check_request(cfg, sum(p.numel() * p.element_size() for p in model.parameters()), b, max(lens), n_out,
-                         s.torch_dtype.itemsize, device, s.top_k, weights_resident=True)
+    prompts = plans.local_prompts(model, prompts)                     # under EP: this rank's rows only
+    memory.check_request(cfg, sum(p.numel() * p.element_size() for p in model.parameters()), len(prompts),
+                         max(lens), n_out, s.torch_dtype.itemsize, device, s.top_k, weights_resident=True)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    gen = Generator(model, b, max(lens) + n_out)            # + 1: touched_experts decodes one step past the run
+    gen = Generator(model, len(prompts), max(lens) + n_out)  # + 1: touched_experts decodes one step past the run
     run = measure(gen, prompts, n_out, args.warmup, args.iters, use_graphs, not s.eager_prefill)
     m = timing.summarize(run, b, mean_in, n_out)
     mem = torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda" else None
     touched = timing.touched_experts(gen, prompts)
-    r = timing.roofline(cfg, b, mean_in, n_out, touched, ceilings, m, s.torch_dtype.itemsize, s.top_k)
+    r = timing.roofline(cfg, b, mean_in, n_out, touched, plans.aggregate_ceilings(ceilings, s), m,
+                        s.torch_dtype.itemsize, s.top_k)
     out = {"batch": b, "input_len": n_in, "input_lens": lens if isinstance(n_in, str) else None,
            "output_len": n_out, "metrics": m, "roofline": r, "peak_mem_GiB": mem, "itl_ms": run["itl_ms"],
            "nonfinite_logit_rows": run["nonfinite_rows"]}
     if args.profile:
-        out["profile"] = timing.profile_decode(gen, prompts, min(8, max(1, n_out - 2)))
+        with counting_skips(SkipCount(cfg.n_layers, device)) as skips:
+            out["profile"] = timing.profile_decode(gen, prompts, min(8, max(1, n_out - 2)))
+        if s.skip_threshold:
+            out["profile"]["notes"]["skipped"] = f"{skips.fraction():.1%} of routed slots"
     if load is not None:              # the router is observed from Python: run this one eagerly
         gen.reset()
         saved, gen.graphs, gen.prefill_graphs = (gen.graphs, gen.prefill_graphs), None, {}
@@ -197,17 +212,25 @@ def prepare(args):
     card, _ = resolve(args.model)
     cfg, folder = read_config(args.model)
     check_settings(s, cfg)
+    prune = prune_cli.prune_request(args)           # --prune: every check before the model is built
+    if prune is not None:
+        prune_cli.check_request(prune, cfg, s, folder)
     configs = validate(args, cfg)
     if not s.use_graphs or (cfg.is_moe and not graph_safe(s.experts)):
         why = "--eager" if s.eager else ("no GPU" if not s.device.startswith("cuda") else f"{s.experts} path syncs")
         use_graphs, graphs = False, f"off ({why})"
     else:
         use_graphs, graphs = True, "decode" if s.eager_prefill else "decode+prefill"
-    memory.check_weights(cfg, s, configs)
+    plans.check(s, ragged=bool(args.input_len_dist), compare=bool(args.compare))
+    if s.ep * s.tp == 1:                            # a plan checks its own shard as it is built (loader)
+        memory.check_weights(cfg, s, configs)
     torch.manual_seed(s.seed)
     model, cfg, folder = build_model(args.model, args.weights, dtype=s.torch_dtype, device=s.device, settings=s,
                                      seed=s.seed)
     weights = str(folder) if folder is not None else "dummy (random, the model's real shapes)"
+    if prune is not None:                           # in place; cfg now has the pruned shapes (roofline)
+        cfg, note = prune_cli.prune_for_bench(prune, model, folder, s)
+        weights += f"; {note}"
     return s, card, cfg, model, configs, use_graphs, graphs, weights, load_ceilings(args, s.torch_device)
 
 
@@ -218,9 +241,11 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         s, card, cfg, model, configs, use_graphs, graphs, weights, ceilings = prepare(args)
+        spec = spec_bench.SpecBench(args, s) if s.draft else None       # loads the draft model
     except (ValueError, MemoryError, NotImplementedError, OSError) as e:   # UsageError, CheckpointError
         print(f"error: {e}", file=sys.stderr)
         return 2
+    plans.quiet_unless_rank0(args)
     pc = count_params(cfg)
     v = versions(s.torch_device)
     print_header(v, cfg, pc, s, ceilings, graphs, weights)
@@ -238,6 +263,9 @@ def main(argv=None) -> int:
         for flag in res["roofline"]["flags"]:
             print(f"# WARNING {label}: {flag}", file=sys.stderr)
         results.append(res)
+        if spec is not None:      # speculative decoding of the same prompts, timed the same way (bench/spec.py)
+            res["speculative"] = spec.run(model, cfg, res, b, n_in, n_out, use_graphs)
+            rows += spec.main_rows(res["speculative"], label)
     bad = sum(r["nonfinite_logit_rows"] for r in results)
     if bad:
         print(f"# WARNING: {bad} rows of logits held NaN/inf (argmax turns them into token 0): the tokens of this "
@@ -245,6 +273,8 @@ def main(argv=None) -> int:
     if args.compare:
         rows += compare_transformers(args, card, model, s, results)
     print_table(rows)
+    if spec is not None:
+        spec.print_table()
     for res in results:
         if "profile" in res:
             print_profile(f"bs{res['batch']} {res['input_len']}/{res['output_len']}", res["profile"])
@@ -254,8 +284,8 @@ def main(argv=None) -> int:
                "params": {"total": pc.total, "active": pc.active(cfg, s.top_k)},
                "settings": vars(s), "graphs": graphs, "dtype": s.dtype, "results": results}
     if load is not None:
-        summary["expert_load"] = load.summary()
-        load.heatmap(args.load_heatmap)
+        summary["expert_load"] = plans.load_summary(model, load)
+        plans.heatmap(model, load, args.load_heatmap)
     if args.plot:
         timing.plot_throughput(args.plot, results)
     line = json.dumps(summary, default=str)

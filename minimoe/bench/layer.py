@@ -7,7 +7,10 @@ back to back (so a replay cannot find the previous call's experts in L2) and tim
 with CUDA events, median of REPEATS; loop cannot be captured (it syncs per expert) and is timed eager.
 Reported beside each time: TB/s over the bytes that must move (weights of the experts the routing
 touched + activations in and out) against the measured copy bandwidth, and TFLOP/s over
-2*T*K*3*D*I against the measured matmul peak.
+2*T*K*3*D*I against the measured matmul peak. With `--quant FORMAT` each shape is also quantized
+(quant.py) and its fused kernels timed in the same run: a `fused-FORMAT` row whose bytes are the
+stored codes + scales of the touched experts, with its floor, its speedup over the bf16 fused row
+and its error against its own loop oracle and against bf16.
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ import sys
 import torch
 
 from ..experts import EXPERT_PATHS, Experts
+from ..quant import FORMATS, quantize_experts
 try:
     from ..kernels.fused_moe import plan
 except ImportError:     # no Triton: the layer benchmark refuses to run (it needs a GPU)
@@ -72,7 +76,7 @@ def time_eager(fn, device) -> float:
     return median_ms(fn, 3, device) / ROTATE
 
 
-def bench_shape(name, T, paths, ceilings, device, dtype=torch.bfloat16) -> list[dict]:
+def bench_shape(name, T, paths, ceilings, device, dtype=torch.bfloat16, quant=None) -> list[dict]:
     E, D, I, K = SHAPES[name]
     gen = torch.Generator(device=device).manual_seed(T)
     w13 = torch.randn(E, 2 * I, D, device=device, dtype=dtype, generator=gen) * 0.02
@@ -101,9 +105,42 @@ def bench_shape(name, T, paths, ceilings, device, dtype=torch.bfloat16) -> list[
                      "experts_touched": touched, "rel_err_vs_loop": err})
         if path == "fused":
             rows[-1]["variant"] = plan(T, K, E)
+    if quant:          # the same layer quantized, its fused kernels timed in this run beside bf16
+        bf16 = next((r for r in rows if r["path"] == "fused"), {})
+        where = {"shape": name, "E": E, "D": D, "I": I, "K": K, "T": T}
+        rows.append(bench_quant(quant, where, bf16, experts, x, routes, touched, flops, ceilings, device))
     del w13, w2, experts
     torch.cuda.empty_cache()
     return rows
+
+
+def bench_quant(quant, where: dict, bf16_row: dict, experts: Experts, x, routes, touched, flops, ceilings,
+                device) -> dict:
+    """One row for the quantized twin of `experts` on the fused path: error against its own loop oracle
+    (the same codes, dequantized) and against bf16's output, bytes counted from its stored tensors."""
+    qex = quantize_experts(experts, quant)
+    ref = [EXPERT_PATHS["loop"](x, qex, ids, w) for w, ids in routes]
+    outs = [EXPERT_PATHS["fused"](x, qex, ids, w) for w, ids in routes]
+    dense = [EXPERT_PATHS["loop"](x, experts, ids, w) for w, ids in routes]
+    err = max(((o.float() - r.float()).norm() / r.float().norm()).item() for o, r in zip(outs, ref))
+    err_bf16 = max(((o.float() - r.float()).norm() / r.float().norm()).item() for o, r in zip(outs, dense))
+
+    def run():
+        for w, ids in routes:
+            EXPERT_PATHS["fused"](x, qex, ids, w)
+    ms = time_graph(run, device)
+    per_expert = (qex.w13.nbytes + qex.w2.nbytes) / qex.n_local
+    nbytes = touched * per_expert + 2 * x.numel() * x.element_size()
+    tbs, tflops = nbytes / ms / 1e9, flops / ms / 1e9
+    row = {**where, "path": f"fused-{quant}",
+           "us": ms * 1e3, "TB_s": tbs, "pct_bw": 100 * tbs * 1e3 / ceilings["bandwidth_GBps"], "TFLOP_s": tflops,
+           "pct_peak": 100 * tflops / ceilings["matmul_TFLOPs"], "experts_touched": touched,
+           "rel_err_vs_loop": err, "rel_err_vs_bf16": err_bf16, "floor_us": nbytes / ceilings["bandwidth_GBps"] / 1e3,
+           "variant": plan(x.shape[0], routes[0][1].shape[1], qex.n_local), "format": qex.fmt}
+    if bf16_row.get("us"):
+        row["speedup_vs_bf16"] = bf16_row["us"] / row["us"]
+    del qex
+    return row
 
 
 def main(argv=None) -> int:
@@ -112,6 +149,8 @@ def main(argv=None) -> int:
     p.add_argument("--tokens", type=int, nargs="+", default=list(TOKENS))
     p.add_argument("--paths", nargs="+", default=list(EXPERT_PATHS), choices=list(EXPERT_PATHS))
     p.add_argument("--json", help="write the rows as JSON to this file")
+    p.add_argument("--quant", choices=[f for f in FORMATS if f != "bnb-int8"],
+                   help="also time the layer quantized to this format (fused path; bf16 in the same run)")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
         print("error: the layer benchmark times CUDA graphs and needs a CUDA GPU", file=sys.stderr)
@@ -124,13 +163,15 @@ def main(argv=None) -> int:
     rows = []
     from tqdm import tqdm
     for name, T in tqdm([(n, t) for n in args.shapes for t in args.tokens], file=sys.stderr, desc="shapes"):
-        rows += bench_shape(name, T, args.paths, ceilings, device)
-    print(f"{'shape':18s} {'T':>6s} {'path':8s} {'us':>10s} {'TB/s':>6s} {'%bw':>5s} {'TFLOP/s':>8s} "
+        rows += bench_shape(name, T, args.paths, ceilings, device, quant=args.quant)
+    print(f"{'shape':18s} {'T':>6s} {'path':14s} {'us':>10s} {'TB/s':>6s} {'%bw':>5s} {'TFLOP/s':>8s} "
           f"{'%peak':>6s} {'err':>8s}  note")
     for r in rows:
         flag = " ABOVE CEILING: measurement bug" if r["pct_bw"] > 100 or r["pct_peak"] > 100 else ""
-        print(f"{r['shape']:18s} {r['T']:6d} {r['path']:8s} {r['us']:10.1f} {r['TB_s']:6.2f} {r['pct_bw']:5.0f} "
-              f"{r['TFLOP_s']:8.1f} {r['pct_peak']:6.0f} {r['rel_err_vs_loop']:8.1e}  {r.get('variant', '')}{flag}")
+        quant = (f" {r['format']}: floor {r['floor_us']:.1f} us, {r.get('speedup_vs_bf16', 0):.2f}x bf16, "
+                 f"err vs bf16 {r['rel_err_vs_bf16']:.1e}") if "format" in r else ""
+        print(f"{r['shape']:18s} {r['T']:6d} {r['path']:14s} {r['us']:10.1f} {r['TB_s']:6.2f} {r['pct_bw']:5.0f} "
+              f"{r['TFLOP_s']:8.1f} {r['pct_peak']:6.0f} {r['rel_err_vs_loop']:8.1e}  {r.get('variant', '')}{quant}{flag}")
     out = {"ceilings": ceilings, "gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "rows": rows}
     if args.json:
         with open(args.json, "w") as f:

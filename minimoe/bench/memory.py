@@ -17,6 +17,7 @@ from ..config import ModelConfig
 from ..kv_cache import KVCache
 from ..loader import build_meta, weight_bytes
 from .prompts import length_sampler
+from .roofline import stored_bytes
 
 GiB = 2 ** 30
 
@@ -102,10 +103,24 @@ def check_request(cfg, weight_bytes, batch, in_len, out_len, nbytes, device, top
     return p
 
 
+def planned_weight_bytes(cfg: ModelConfig, settings) -> int:
+    """The weights as the run will hold them: the dtype's width, or a quantized format's stored bytes
+    (codes + scales, bench/roofline.stored_bytes). Loading a bf16 checkpoint for --quant holds the
+    bf16 model for a moment; the loader checks that peak itself (loader.check_fits)."""
+    if settings.quant != "none":
+        fmt = {"quant": settings.quant, "lm_head": settings.quant_lm_head}
+    elif cfg.extra.get("quantization_config"):
+        fmt = {"quant": "fp8-block", "lm_head": False}
+    else:
+        return weight_bytes(build_meta(cfg, None, settings.torch_dtype))
+    st = stored_bytes(cfg, fmt)
+    return st.total_packed + st.plain * settings.torch_dtype.itemsize
+
+
 def check_weights(cfg: ModelConfig, settings, configs) -> None:
     """Before the model is built: weights + KV cache + workspace of the largest configuration that
     will run must fit where the run allocates (GPU memory, or RAM on a CPU)."""
-    wbytes = weight_bytes(build_meta(cfg, None, settings.torch_dtype))
+    wbytes = planned_weight_bytes(cfg, settings)
     for b, n_in, n_out in configs:
         longest = length_sampler(n_in).longest if isinstance(n_in, str) else n_in
         check_request(cfg, wbytes, b, longest, n_out, settings.torch_dtype.itemsize, settings.device, settings.top_k)

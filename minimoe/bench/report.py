@@ -11,6 +11,8 @@ import platform
 
 import torch
 
+from ..quant import FORMATS
+
 COLUMNS = ("config", "TTFT ms", "ITL p50", "ITL p90", "E2E s", "out tok/s", "paper tok/s", "prefill tok/s",
            "mem GiB", "floor tok/s", "%floor", "%decode", "%prefill", "non-finite")
 
@@ -46,6 +48,12 @@ def print_header(v: dict, cfg, pc, settings, ceilings: dict, graphs: str, weight
     print(f"# model {cfg.extra.get('name') or cfg.family} ({cfg.family}): L={cfg.n_layers} D={cfg.hidden_size} "
           f"{moe} attn={cfg.attention} | params {pc.total / 1e9:.3f}B total, "
           f"{pc.active(cfg, settings.top_k) / 1e9:.3f}B active | weights: {weights}")
+    if pc.stored is not None:          # quantized: what the roofline counts (codes + scales + zero points)
+        wbytes = settings.torch_dtype.itemsize
+        what = FORMATS[pc.stored.fmt].what + (", LM head too" if cfg.extra["weight_format"]["lm_head"] else "")
+        print(f"# weight format {pc.stored.fmt} ({what}):"
+              f" {pc.weight_bytes(wbytes) / 2**30:.2f} GiB stored ({pc.total * wbytes / 2**30:.2f} GiB in "
+              f"{settings.dtype}), {pc.stored.per_expert / 2**20:.2f} MiB per routed expert")
     print(f"# run: {settings.describe()} graphs={graphs}")
 
 

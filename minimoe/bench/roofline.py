@@ -9,17 +9,23 @@ FLOPs over the measured bf16 matmul peak is its floor. A measured figure above i
 measurement is wrong, and the benchmark says so.
 
 Parameter counts come from the model itself (built on the `meta` device), so they always describe
-exactly what minimoe runs; tests check them against each model's published total.
+exactly what minimoe runs; tests check them against each model's published total. A quantized model
+(`--quant`, or a pre-quantized checkpoint) is quantized on the meta device the same way and its bytes
+are counted tensor by tensor (codes, scales, zero points), so % of floor compares against the bytes
+the run really streams, not a dtype width (`StoredBytes`).
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 
 import torch
 
+from .. import quant
 from ..config import ModelConfig
 from ..loader import build_meta
+from ..settings import RunSettings
 
 try:
     from ..kernels.stream_read import stream_sum
@@ -28,11 +34,30 @@ except ImportError:     # no Triton: the probe is skipped (it only runs on a GPU
 
 
 @dataclass
+class StoredBytes:
+    """A quantized model's weights as stored (quant.py, prequant.py): the bytes of its packed tensors
+    (codes, scales, zero points, codebooks) and the parameters left in the compute dtype, counted from
+    the model itself, quantized on the meta device. Roofline bytes come from here, not a dtype width."""
+    fmt: str
+    packed: int         # packed bytes outside the routed experts (attention, shared experts, maybe the head)
+    plain: int          # parameters outside the routed experts still in the compute dtype (router, norms, embedding)
+    per_expert: float   # packed bytes of one routed expert (all three matrices, scales included)
+    total_packed: int   # every packed byte
+
+
+@dataclass
 class ParamCounts:
     total: int          # every stored parameter
     expert: int         # routed experts (all E, all MoE layers)
     per_expert: int     # one routed expert of one layer
     embed: int          # input embedding (read B rows per step, not all of it)
+    stored: StoredBytes | None = None   # the real bytes when the weights are quantized
+
+    def weight_bytes(self, wbytes: int) -> int:
+        """Bytes of all weights, as stored (quantized tensors at their real size)."""
+        if self.stored is None:
+            return self.total * wbytes
+        return self.stored.total_packed + self.stored.plain * wbytes
 
     def active(self, cfg: ModelConfig, k: int | None = None) -> int:
         """Parameters one token uses: everything but the routed experts, plus K experts per MoE layer."""
@@ -47,16 +72,56 @@ def count_params(cfg: ModelConfig) -> ParamCounts:
         total += p.numel()
         if ".experts." in name:
             expert += p.numel()
-    per_expert = 3 * cfg.hidden_size * cfg.moe_intermediate_size if cfg.is_moe else 0
-    return ParamCounts(total, expert, per_expert, model.embed.weight.numel())
+    # one routed expert, averaged over the MoE layers: a width-pruned checkpoint's layers differ, and
+    # layers x this mean is exactly the sum the active count and the step bytes need
+    moe = [i for i in range(cfg.n_layers) if cfg.is_moe_layer(i)]
+    per_expert = round(3 * cfg.hidden_size * sum(cfg.layer_moe_width(i) for i in moe) / len(moe)) if moe else 0
+    fmt = quant.weight_format(cfg)
+    stored = stored_bytes(cfg, fmt) if fmt else None
+    return ParamCounts(total, expert, per_expert, model.embed.weight.numel(), stored)
+
+
+_STORED: dict = {}
+
+
+def stored_bytes(cfg: ModelConfig, fmt: dict) -> StoredBytes:
+    """Quantize a meta copy of the model the way the run did and count its tensors (seconds for a big
+    model on the meta device, so remembered per configuration)."""
+    key = repr(dataclasses.replace(cfg, extra={})) + repr((fmt["quant"], fmt["lm_head"]))
+    if key not in _STORED:
+        _STORED[key] = _count_stored(cfg, fmt)
+    return _STORED[key]
+
+
+def _count_stored(cfg: ModelConfig, fmt: dict) -> StoredBytes:
+    model = build_meta(cfg, None, torch.float32)
+    s = RunSettings(device="cpu", quant_lm_head=fmt["lm_head"])
+    quant.quantize_(model, s, fmt["quant"])
+    packed = plain = expert_bytes = 0
+    for name, p in model.named_parameters():
+        if p.dtype.is_floating_point and p.dtype.itemsize >= 2 and not name.endswith((".scale", ".zero")):
+            plain += p.numel()                                      # left in the compute dtype
+        elif ".experts." in name:
+            expert_bytes += p.numel() * p.element_size()
+        else:
+            packed += p.numel() * p.element_size()
+    packed += sum(b.numel() * b.element_size() for _, b in model.named_buffers() if b is not None)
+    n_experts = sum(cfg.layer_experts(i) for i in range(cfg.n_layers) if cfg.is_moe_layer(i))
+    return StoredBytes(fmt["quant"], packed, plain, expert_bytes / max(n_experts, 1), packed + expert_bytes)
 
 
 def decode_bytes(cfg: ModelConfig, pc: ParamCounts, batch: int, ctx_len: float, touched: float,
                  wbytes: int = 2, kvbytes: int = 2) -> dict:
-    """Bytes one decode step must read. touched = experts hit per MoE layer (from the router)."""
+    """Bytes one decode step must read. touched = experts hit per MoE layer (from the router). A
+    quantized model's weights count at their stored size (pc.stored: codes + scales + zero points)."""
     moe_layers = sum(cfg.is_moe_layer(i) for i in range(cfg.n_layers))
-    dense = (pc.total - pc.expert - pc.embed + batch * cfg.hidden_size) * wbytes
-    experts = moe_layers * touched * pc.per_expert * wbytes
+    if pc.stored is not None:
+        st = pc.stored
+        dense = st.packed + (st.plain - pc.embed + batch * cfg.hidden_size) * wbytes
+        experts = moe_layers * touched * st.per_expert
+    else:
+        dense = (pc.total - pc.expert - pc.embed + batch * cfg.hidden_size) * wbytes
+        experts = moe_layers * touched * pc.per_expert * wbytes
     kv = cfg.n_layers * batch * ctx_len * cfg.kv_bytes_per_token(kvbytes)
     return {"weights": dense, "experts": experts, "kv": kv, "total": dense + experts + kv}
 

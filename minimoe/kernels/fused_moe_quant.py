@@ -1,0 +1,220 @@
+"""Fused MoE on quantized weights: fused_moe's aligned tensor-core GEMMs with the dequantization inside.
+
+Shape legend: T tokens, D hidden, E local experts, K experts per token, I expert FFN width.
+
+    out[t] = Σ_k w[t,k] · W2[e] · ( silu(Wg[e]·x[t]) ⊙ (Wu[e]·x[t]) ),   W = dequant(codes, scales)
+
+Decode-sized calls (fused_moe.plan: T·K·4 <= E) go to the GEMVs of fused_moe_quant_small.py. Larger
+ones run the aligned path of fused_moe.py (align pairs by expert into BLOCK_M-row blocks, GEMM1 with
+SiLU·up, GEMM2 with the routing weight, the combine kernel), with each B tile dequantized in the K
+loop by quant_tiles.load_cols:
+
+  int8, int4 (W8A16, W4A16)   codes − zero point are small integers, exact in bf16/fp16: the tile is
+                              cast to the activation dtype and fed to tl.dot; with scale groups
+                              (int4, BLOCK_K = group) each step's fp32 product is multiplied by its
+                              group's scales before it is added (Triton's GPTQ/AWQ MoE kernel does
+                              the same, scaling the tile instead); a row scale waits for the epilogue.
+  fp8 (W8A8)                  activations are quantized per token (quant_tiles.quant_rows_fp8: x
+                              before GEMM1, h before GEMM2) and tl.dot multiplies e4m3 by e4m3 on the
+                              fp8 tensor cores into fp32; per-row scales (token x channel) in the
+                              epilogue, or, for 128x128 block scales, per K-step: the step's product
+                              times its token-group and weight-block scales, then added (DeepGEMM's
+                              and vLLM's promotion, which keeps fp8 accumulation error per block).
+Nothing syncs with the host and every buffer size depends on (T, K, E, config): CUDA-graph safe.
+"""
+
+import torch
+import triton
+import triton.language as tl
+
+from .fused_moe import _block_rows, _combine_kernel, _tile_coords, plan
+from .fused_moe_quant_small import fused_moe_quant_small
+from .moe_align import align_tokens_by_expert
+from .moe_configs import default_config, interpreter_config, on_gpu, pipeline_stages
+from .pdl import launch_args, wait_then_release
+from .quant_tiles import layout_args, load_cols, pointer_args, quant_rows_fp8, stride_args
+
+
+@triton.jit
+def _dot_step(acc, a, w_e, s_e, z_e, c_ptr, cols, k0, K, KW, NG, sa, stride_wn, stride_sn, stride_sg,
+              BITS: tl.constexpr, CODES: tl.constexpr, GROUP: tl.constexpr, ROW_BLOCK: tl.constexpr,
+              OFFSET: tl.constexpr, HAS_ZERO: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr,
+              DOT_PRECISION: tl.constexpr):
+    """acc [BM, BN] += A [BM, BK] · dequant(W[cols, k0:k0+BK])ᵀ; sa [BM]: the A rows' scales of this
+    step (fp8 with groups), ignored otherwise. Row scales (GROUP 0) are left for the epilogue."""
+    b = load_cols(w_e, c_ptr, cols, k0, K, KW, stride_wn, BITS, CODES, OFFSET, BLOCK_K, BLOCK_N)   # [BK, BN]
+    if GROUP == 0:
+        acc = tl.dot(a, b.to(a.dtype), acc, input_precision=DOT_PRECISION)
+    else:
+        g = k0 // GROUP
+        s = tl.load(s_e + (cols // ROW_BLOCK) * stride_sn + g * stride_sg)               # [BN]
+        if HAS_ZERO:
+            b = b - tl.load(z_e + cols * stride_sn + g * stride_sg)[None, :]
+        part = tl.dot(a, b.to(a.dtype), input_precision=DOT_PRECISION)                   # fp32
+        if BITS == 0:
+            acc = acc + part * sa[:, None] * s[None, :]
+        else:
+            acc = acc + part * s[None, :]
+    return acc
+
+
+@triton.jit
+def _epilogue_scale(acc, s_e, cols, sa, stride_sn, BITS: tl.constexpr, GROUP: tl.constexpr):
+    if GROUP == 0:
+        acc = acc * tl.load(s_e + cols * stride_sn)[None, :]
+        if BITS == 0:
+            acc = acc * sa[:, None]
+    return acc
+
+
+@triton.jit(do_not_specialize=["numel", "top_k", "expert_offset", "E", "num_pid_m"])
+def _gate_up_q_kernel(a_ptr, sa_ptr, w_ptr, s_ptr, z_ptr, c_ptr, h_ptr, sorted_ids_ptr, block_expert_ptr,
+                      num_padded_ptr, numel, top_k, expert_offset, E, num_pid_m, I, D, KW, NG,
+                      stride_at, stride_sat, stride_we, stride_wn, stride_se, stride_sn, stride_sg, stride_ht,
+                      BITS: tl.constexpr, CODES: tl.constexpr, GROUP: tl.constexpr, ROW_BLOCK: tl.constexpr,
+                      OFFSET: tl.constexpr, HAS_ZERO: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                      BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, DOT_PRECISION: tl.constexpr, PDL: tl.constexpr):
+    wait_then_release(PDL)
+    pid_m, pid_n = _tile_coords(num_pid_m, I, BLOCK_N, GROUP_M)
+    rows, row_mask, expert = _block_rows(pid_m, sorted_ids_ptr, block_expert_ptr, num_padded_ptr,
+                                         sorted_ids_ptr, numel, expert_offset, E, BLOCK_M, False)
+    if expert < 0:
+        return
+    e64 = expert.to(tl.int64)
+    w_e, s_e, z_e = w_ptr + e64 * stride_we, s_ptr + e64 * stride_se, z_ptr + e64 * stride_se
+    cols = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N)) % I        # wrap past I: loads in bounds, store drops
+    tokens = (rows // top_k).to(tl.int64)
+    offs_k = tl.arange(0, BLOCK_K)
+    acc_gate = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc_up = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    sa = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    for k in range(0, tl.cdiv(D, BLOCK_K)):
+        k0 = k * BLOCK_K
+        a = tl.load(a_ptr + tokens[:, None] * stride_at + k0 + offs_k[None, :],
+                    mask=row_mask[:, None] & (k0 + offs_k < D)[None, :], other=0.0)      # [BM, BK]
+        if BITS == 0 and GROUP > 0:
+            sa = tl.load(sa_ptr + tokens * stride_sat + k0 // GROUP, mask=row_mask, other=0.0)
+        acc_gate = _dot_step(acc_gate, a, w_e, s_e, z_e, c_ptr, cols, k0, D, KW, NG, sa, stride_wn, stride_sn,
+                             stride_sg, BITS, CODES, GROUP, ROW_BLOCK, OFFSET, HAS_ZERO, BLOCK_K, BLOCK_N,
+                             DOT_PRECISION)
+        acc_up = _dot_step(acc_up, a, w_e, s_e, z_e, c_ptr, cols + I, k0, D, KW, NG, sa, stride_wn, stride_sn,
+                           stride_sg, BITS, CODES, GROUP, ROW_BLOCK, OFFSET, HAS_ZERO, BLOCK_K, BLOCK_N,
+                           DOT_PRECISION)
+    if BITS == 0 and GROUP == 0:
+        sa = tl.load(sa_ptr + tokens * stride_sat, mask=row_mask, other=0.0)
+    acc_gate = _epilogue_scale(acc_gate, s_e, cols, sa, stride_sn, BITS, GROUP)
+    acc_up = _epilogue_scale(acc_up, s_e, cols + I, sa, stride_sn, BITS, GROUP)
+    h = acc_gate * tl.sigmoid(acc_gate) * acc_up
+    out_cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    tl.store(h_ptr + rows.to(tl.int64)[:, None] * stride_ht + out_cols[None, :], h.to(h_ptr.dtype.element_ty),
+             mask=row_mask[:, None] & (out_cols < I)[None, :])
+
+
+@triton.jit(do_not_specialize=["numel", "expert_offset", "E", "num_pid_m"])
+def _down_q_kernel(a_ptr, sa_ptr, w_ptr, s_ptr, z_ptr, c_ptr, y_ptr, weights_ptr, sorted_ids_ptr, block_expert_ptr,
+                   num_padded_ptr, numel, expert_offset, E, num_pid_m, D, I, KW, NG,
+                   stride_at, stride_sat, stride_we, stride_wn, stride_se, stride_sn, stride_sg, stride_yt,
+                   BITS: tl.constexpr, CODES: tl.constexpr, GROUP: tl.constexpr, ROW_BLOCK: tl.constexpr,
+                   OFFSET: tl.constexpr, HAS_ZERO: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                   BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, DOT_PRECISION: tl.constexpr, PDL: tl.constexpr):
+    wait_then_release(PDL)
+    pid_m, pid_n = _tile_coords(num_pid_m, D, BLOCK_N, GROUP_M)
+    rows, row_mask, expert = _block_rows(pid_m, sorted_ids_ptr, block_expert_ptr, num_padded_ptr,
+                                         sorted_ids_ptr, numel, expert_offset, E, BLOCK_M, False)
+    if expert < 0:
+        return
+    e64 = expert.to(tl.int64)
+    w_e, s_e, z_e = w_ptr + e64 * stride_we, s_ptr + e64 * stride_se, z_ptr + e64 * stride_se
+    cols = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N)) % D
+    rows64 = rows.to(tl.int64)
+    offs_k = tl.arange(0, BLOCK_K)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    sa = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    for k in range(0, tl.cdiv(I, BLOCK_K)):
+        k0 = k * BLOCK_K
+        a = tl.load(a_ptr + rows64[:, None] * stride_at + k0 + offs_k[None, :],
+                    mask=row_mask[:, None] & (k0 + offs_k < I)[None, :], other=0.0)
+        if BITS == 0 and GROUP > 0:
+            sa = tl.load(sa_ptr + rows64 * stride_sat + k0 // GROUP, mask=row_mask, other=0.0)
+        acc = _dot_step(acc, a, w_e, s_e, z_e, c_ptr, cols, k0, I, KW, NG, sa, stride_wn, stride_sn, stride_sg,
+                        BITS, CODES, GROUP, ROW_BLOCK, OFFSET, HAS_ZERO, BLOCK_K, BLOCK_N, DOT_PRECISION)
+    if BITS == 0 and GROUP == 0:
+        sa = tl.load(sa_ptr + rows64 * stride_sat, mask=row_mask, other=0.0)
+    acc = _epilogue_scale(acc, s_e, cols, sa, stride_sn, BITS, GROUP)
+    acc = acc * tl.load(weights_ptr + rows, mask=row_mask, other=0.0)[:, None]   # routing weight, still fp32
+    out_cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    tl.store(y_ptr + rows64[:, None] * stride_yt + out_cols[None, :], acc.to(y_ptr.dtype.element_ty),
+             mask=row_mask[:, None] & (out_cols < D)[None, :])
+
+
+def quant_config(w13, w2, E: int, I: int, D: int, K: int, T: int) -> dict:
+    """Aligned-path tiles: the bf16 heuristic (moe_configs.default_config) with BLOCK_K = the scale
+    group (one group a step), or 128 for row scales (a multiple of the codes per word and of the 16
+    a tl.dot needs after unpacking), and the pipeline depth recomputed for the smaller B tiles."""
+    base = interpreter_config() if not on_gpu() else default_config(E, I, D, K, T, torch.bfloat16)
+    cfg = dict(base, BLOCK_K=w13.group or 128)
+    elem = 1 if w13.bits == 0 else 2                 # B tiles are fp8, or the activation dtype after unpacking
+    if on_gpu():
+        bk = cfg["BLOCK_K"]
+        cfg["num_stages"] = pipeline_stages(cfg["BLOCK_M"], cfg["BLOCK_N"], bk, 2, elem, cfg["num_stages"])
+        down_n = base.get("down", {}).get("BLOCK_N", cfg["BLOCK_N"])
+        cfg["down"] = {"BLOCK_N": down_n, "num_stages": pipeline_stages(cfg["BLOCK_M"], down_n, bk, 1, elem, 4)}
+    return cfg
+
+
+def _check(x, w13, w2, ids, weights):
+    T, D = x.shape
+    E, two_i, d_in = w13.stack_shape
+    assert two_i % 2 == 0 and d_in == D, f"w13 {w13.stack_shape} does not match x {tuple(x.shape)}"
+    assert w2.stack_shape == (E, D, two_i // 2), f"w2 {w2.stack_shape} is not [E, D, I]"
+    assert x.is_contiguous() and ids.shape == weights.shape and ids.shape[0] == T
+    assert ids.dtype in (torch.int32, torch.int64), "topk_ids must be int32 or int64"
+    assert x.dtype in (torch.float32, torch.float16, torch.bfloat16), "activations are fp32, fp16 or bf16"
+
+
+def fused_moe_quant(x: torch.Tensor, w13, w2, topk_ids: torch.Tensor, topk_weights: torch.Tensor, *,
+                    expert_offset: int = 0, config: dict | None = None, pdl: bool = False) -> torch.Tensor:
+    """out [T, D] in x.dtype = Σ_k topk_weights[:, k] · expert(topk_ids[:, k])(x), the experts
+    expert_offset .. expert_offset+E-1 held as quantized stacks (qweights.QuantMatrix) w13 [E, 2I, D]
+    and w2 [E, D, I] of one format; ids outside that range (and -1) contribute zero."""
+    _check(x, w13, w2, topk_ids, topk_weights)
+    T, D = x.shape
+    E, two_i, _ = w13.stack_shape
+    I, K = two_i // 2, topk_ids.shape[1]
+    if T == 0:
+        return x.new_empty(0, D)
+    ids = topk_ids.contiguous()
+    if plan(T, K, E, config) == "small":
+        return fused_moe_quant_small(x, w13, w2, ids, topk_weights, expert_offset, config, pdl)
+    cfg = dict(quant_config(w13, w2, E, I, D, K, T), **{k: v for k, v in (config or {}).items() if k != "small"})
+    assert w13.group == w2.group and cfg["BLOCK_K"] == (w13.group or cfg["BLOCK_K"]), \
+        f"a step must be one scale group: BLOCK_K {cfg['BLOCK_K']}, groups {w13.group} and {w2.group}"
+    sorted_ids, block_expert, num_padded = align_tokens_by_expert(ids, E, cfg["BLOCK_M"], expert_offset, pdl=pdl)
+    blocks = (sorted_ids, block_expert, num_padded, block_expert.numel(), T * K, expert_offset, E)
+    precision = "ieee" if x.dtype == torch.float32 else "tf32"
+    a, sa = quant_rows_fp8(x, w13.group, pdl) if w13.bits == 0 else (x, x)
+    h = x.new_empty(T * K, I)                                                         # [T·K, I]
+    _launch(_gate_up_q_kernel, a, sa, w13, h, None, blocks, K, I, D, cfg, precision, pdl)
+    a2, sa2 = quant_rows_fp8(h, w2.group, pdl) if w2.bits == 0 else (h, h)
+    y = x.new_empty(T * K, D)                                                         # [T·K, D]
+    weights = topk_weights.float().contiguous().view(-1)
+    down = dict(cfg, **cfg.get("down", {}))
+    _launch(_down_q_kernel, a2, sa2, w2, y, weights, blocks, None, D, I, down, precision, pdl)
+    out = x.new_empty(T, D)
+    block_d = min(1024, triton.next_power_of_2(D))
+    _combine_kernel[(T, triton.cdiv(D, block_d))](y, ids, out, K, expert_offset, E, D, BLOCK_D=block_d,
+                                                  num_warps=4, **launch_args(pdl))
+    return out
+
+
+def _launch(kernel, a, sa, w, out, weights, blocks, top_k, N, K_in, cfg, precision, pdl):
+    sorted_ids, block_expert, num_padded, num_pid_m, numel, expert_offset, E = blocks
+    data, scale, zero, code, _, kw, ng = pointer_args(w)
+    grid = (num_pid_m * triton.cdiv(N, cfg["BLOCK_N"]),)
+    routing = (top_k,) if weights is None else ()          # GEMM1 needs K for token = row // K
+    head = (a, sa, data, scale, zero, code, out) + (() if weights is None else (weights,))
+    kernel[grid](*head, sorted_ids, block_expert, num_padded, numel, *routing, expert_offset, E, num_pid_m,
+                 N, K_in, kw, ng, a.stride(0), sa.stride(0), *stride_args(w), out.stride(0), **layout_args(w),
+                 BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"], GROUP_M=cfg["GROUP_M"],
+                 DOT_PRECISION=precision, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+                 **launch_args(pdl))

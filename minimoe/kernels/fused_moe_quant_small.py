@@ -1,0 +1,173 @@
+"""Decode MoE on quantized weights: fused_moe_small's two GEMVs, reading fp8 / int8 / int4 codes.
+
+Shape legend: T tokens, D hidden, E local experts, K experts per token, I expert FFN width.
+
+At decode a layer is a stream of the chosen experts' weights, so the time is bytes over bandwidth
+and the design is fused_moe_small.py's, unchanged: GEMM1 gives every (token, slot) pair its own run
+of programs, each owning BLOCK_N rows of the gate AND the up half of its expert, walking D in long
+BLOCK_K steps of contiguous loads; GEMM2 owns one token's BLOCK_N output columns, walks all K slots
+and folds the routing weights and the top-k sum into its fp32 accumulator (no y buffer, no combine
+launch). What changes is the tile: quant_tiles.tile_dot loads codes (1 byte or half a byte a weight) as
+16-byte runs, makes them floats with the 2^23 trick, multiplies by the activation, sums each run and
+scales the run sums. BLOCK_K counts weights, so the bytes a step loads are BLOCK_N x BLOCK_K x bits/8.
+
+The activation stays in the compute dtype here, for fp8 too: on CUDA cores an fp8 activation would
+save no bytes (the weights are the stream) and would cost a quantization pass; the aligned
+(prefill) kernels quantize activations because fp8 tensor cores need both operands in fp8. So fp8
+decode numerics are W8A16, slightly closer to the bf16 model than the prefill's W8A8.
+
+A dense layer is the down kernel with one expert, one slot and weight 1 (DENSE): `quant_gemv`,
+the decode path of qweights.QuantWeight.
+"""
+
+import torch
+import triton
+import triton.language as tl
+
+from .fused_moe_small import _local_expert
+from .moe_configs import on_gpu
+from .pdl import launch_args, wait_then_release
+from .quant_tiles import layout_args, load_x, pointer_args, stride_args, tile_dot
+
+SMALL_KEYS = ("BLOCK_N", "BLOCK_K", "num_warps", "num_stages")
+
+
+@triton.jit(do_not_specialize=["top_k", "expert_offset", "E"])
+def _gate_up_qgemv_kernel(x_ptr, w_ptr, s_ptr, z_ptr, c_ptr, h_ptr, ids_ptr, top_k, expert_offset, E, I, D, KW,
+                          NG, stride_xt, stride_we, stride_wn, stride_se, stride_sn, stride_sg, stride_ht,
+                          BITS: tl.constexpr, CODES: tl.constexpr, GROUP: tl.constexpr, ROW_BLOCK: tl.constexpr,
+                          OFFSET: tl.constexpr, HAS_ZERO: tl.constexpr, VEC: tl.constexpr, BLOCK_N: tl.constexpr,
+                          BLOCK_K: tl.constexpr, STAGES: tl.constexpr, PDL: tl.constexpr):
+    """h[pair, cols] = silu(Wg[e] x[t]) * (Wu[e] x[t]) for one pair and BLOCK_N columns of I."""
+    wait_then_release(PDL)
+    n_blocks = tl.cdiv(I, BLOCK_N)
+    pair, col0 = tl.program_id(0) // n_blocks, (tl.program_id(0) % n_blocks) * BLOCK_N
+    expert = _local_expert(ids_ptr, pair, expert_offset, E)
+    if expert < 0:
+        return                                   # foreign or skipped slot: GEMM2 never reads this h row
+    rows = (col0 + tl.arange(0, BLOCK_N)) % I    # rows past I wrap (loads in bounds); the store drops them
+    e64 = expert.to(tl.int64)
+    w_e, s_e, z_e = w_ptr + e64 * stride_we, s_ptr + e64 * stride_se, z_ptr + e64 * stride_se
+    x_row = x_ptr + (pair // top_k).to(tl.int64) * stride_xt
+    acc_gate = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    acc_up = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    for k in tl.range(0, tl.cdiv(D, BLOCK_K), num_stages=STAGES):
+        k0 = k * BLOCK_K
+        xk = load_x(x_row, k0, D, VEC, BLOCK_K)                                        # [BK/VEC, VEC]
+        acc_gate += tile_dot(w_e, s_e, z_e, c_ptr, rows, k0, xk, D, KW, NG, stride_wn, stride_sn, stride_sg,
+                             BITS, CODES, GROUP, ROW_BLOCK, OFFSET, HAS_ZERO, VEC, BLOCK_K)
+        acc_up += tile_dot(w_e, s_e, z_e, c_ptr, rows + I, k0, xk, D, KW, NG, stride_wn, stride_sn, stride_sg,
+                           BITS, CODES, GROUP, ROW_BLOCK, OFFSET, HAS_ZERO, VEC, BLOCK_K)
+    h = acc_gate * tl.sigmoid(acc_gate) * acc_up
+    cols = col0 + tl.arange(0, BLOCK_N)
+    tl.store(h_ptr + pair.to(tl.int64) * stride_ht + cols, h.to(h_ptr.dtype.element_ty), mask=cols < I)
+
+
+@triton.jit(do_not_specialize=["top_k", "expert_offset", "E"])
+def _down_qgemv_kernel(h_ptr, w_ptr, s_ptr, z_ptr, c_ptr, out_ptr, ids_ptr, weights_ptr, top_k, expert_offset,
+                       E, D, I, KW, NG, stride_ht, stride_we, stride_wn, stride_se, stride_sn, stride_sg,
+                       stride_ot, BITS: tl.constexpr, CODES: tl.constexpr, GROUP: tl.constexpr,
+                       ROW_BLOCK: tl.constexpr, OFFSET: tl.constexpr, HAS_ZERO: tl.constexpr, DENSE: tl.constexpr,
+                       VEC: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr,
+                       PDL: tl.constexpr):
+    """out[t, cols] = Σ_k w[t,k] · W2[e_k][cols, :] · h[t·K + k]; DENSE: out[t, cols] = W[cols, :] · h[t]."""
+    wait_then_release(PDL)
+    n_blocks = tl.cdiv(D, BLOCK_N)
+    t, col0 = tl.program_id(0) // n_blocks, (tl.program_id(0) % n_blocks) * BLOCK_N
+    rows = (col0 + tl.arange(0, BLOCK_N)) % D
+    n_chunks = tl.cdiv(I, BLOCK_K)
+    acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    for j in tl.range(0, top_k * n_chunks, num_stages=STAGES):
+        slot = j // n_chunks
+        k0 = (j - slot * n_chunks) * BLOCK_K
+        pair = t * top_k + slot
+        if DENSE:
+            e64 = tl.zeros((), dtype=tl.int64)
+            k_lim, kw_lim, route_w = I, KW, 1.0
+        else:
+            expert = _local_expert(ids_ptr, pair, expert_offset, E)
+            e64 = tl.maximum(expert, 0).to(tl.int64)
+            # a foreign slot's loads are all masked off: no traffic, an exact 0
+            k_lim, kw_lim = tl.where(expert >= 0, I, 0), tl.where(expert >= 0, KW, 0)
+            route_w = tl.where(expert >= 0, tl.load(weights_ptr + pair), 0.0)
+        hk = load_x(h_ptr + pair.to(tl.int64) * stride_ht, k0, k_lim, VEC, BLOCK_K)     # [BK/VEC, VEC]
+        partial = tile_dot(w_ptr + e64 * stride_we, s_ptr + e64 * stride_se, z_ptr + e64 * stride_se, c_ptr,
+                           rows, k0, hk, k_lim, kw_lim, NG, stride_wn, stride_sn, stride_sg,
+                           BITS, CODES, GROUP, ROW_BLOCK, OFFSET, HAS_ZERO, VEC, BLOCK_K)
+        acc += partial * route_w
+    cols = col0 + tl.arange(0, BLOCK_N)
+    tl.store(out_ptr + t.to(tl.int64) * stride_ot + cols, acc.to(out_ptr.dtype.element_ty), mask=cols < D)
+
+
+def small_quant_config(m, K_in: int, down: bool = False) -> dict:
+    """GEMV tiles for a weight stack `m` reduced over K_in. The bf16 kernel's measured best (GEMM1
+    [4, 1024] x 4 warps, GEMM2 [8, 512] x 4 warps, 3 stages) scaled so a step loads the same bytes
+    with the same fp32 values per thread: BLOCK_K and the warps grow 2x for 8-bit codes, 4x for int4
+    (then 2 x 2: 16 warps is the ceiling). A first guess for the GPU sweep (scripts/quant_gpu.py);
+    never below a scale group or past the reduction (rounded up to a power of two)."""
+    if not on_gpu():          # the interpreter pays per program and per op: few, mid-sized tiles
+        return {"BLOCK_N": 32, "BLOCK_K": max(64, m.group), "num_warps": 4, "num_stages": 1}
+    grow = 4 if m.bits == 4 else 2
+    block_k = max(m.group, min((512 if down else 1024) * grow, triton.next_power_of_2(K_in)))
+    return {"BLOCK_N": 8 if down else 4, "BLOCK_K": block_k, "num_warps": min(16, 4 * grow),
+            "num_stages": 3 if down else 1}
+
+
+def _pick(config: dict | None, key: str, base: dict) -> dict:
+    """config["small"] (its "down" dict for GEMM2) over the default tiles, as fused_moe_small reads them."""
+    given = (config or {}).get("small", {})
+    given = given.get("down", {}) if key == "down" else given
+    return {k: given.get(k, base[k]) for k in SMALL_KEYS}
+
+
+def _check_block_k(cfg: dict, m) -> None:
+    bk, vec = cfg["BLOCK_K"], 32 // m.bits if m.bits else 16
+    assert bk & (bk - 1) == 0 and bk % vec == 0 and (m.group == 0 or bk % m.group == 0), \
+        f"BLOCK_K {bk} must be a power of two, a multiple of {vec} and of the scale group {m.group}"
+
+
+def fused_moe_quant_small(x, w13, w2, ids, topk_weights, expert_offset: int, config: dict | None = None,
+                          pdl: bool = False) -> torch.Tensor:
+    """The decode path of fused_moe_quant (inputs checked there): x [T, D], w13 / w2 quantized stacks
+    (qweights.QuantMatrix) [E, 2I, D] / [E, D, I], ids/topk_weights [T, K] -> [T, D] in x.dtype."""
+    T, D = x.shape
+    E, two_i, _ = w13.stack_shape
+    I, K = two_i // 2, ids.shape[1]
+    cfg1 = _pick(config, "gate_up", small_quant_config(w13, D))
+    cfg2 = _pick(config, "down", small_quant_config(w2, I, down=True))
+    _check_block_k(cfg1, w13)
+    _check_block_k(cfg2, w2)
+    h = x.new_empty(T * K, I)                                                          # [T·K, I]
+    data, scale, zero, code, _, kw, ng = pointer_args(w13)
+    _gate_up_qgemv_kernel[(T * K * triton.cdiv(I, cfg1["BLOCK_N"]),)](
+        x, data, scale, zero, code, h, ids, K, expert_offset, E, I, D, kw, ng,
+        x.stride(0), *stride_args(w13), h.stride(0), **layout_args(w13, vec=True),
+        BLOCK_N=cfg1["BLOCK_N"], BLOCK_K=cfg1["BLOCK_K"], STAGES=cfg1["num_stages"],
+        num_warps=cfg1["num_warps"], num_stages=cfg1["num_stages"], **launch_args(pdl))
+    out = x.new_empty(T, D)
+    weights = topk_weights.float().contiguous().view(-1)                               # [T·K]
+    _launch_down(h, w2, out, ids, weights, K, expert_offset, E, cfg2, False, pdl)
+    return out
+
+
+def _launch_down(h, w, out, ids, weights, top_k, expert_offset, E, cfg, dense, pdl):
+    T, D = out.shape
+    data, scale, zero, code, I, kw, ng = pointer_args(w)
+    _down_qgemv_kernel[(T * triton.cdiv(D, cfg["BLOCK_N"]),)](
+        h, data, scale, zero, code, out, ids, weights, top_k, expert_offset, E, D, I, kw, ng,
+        h.stride(0), *stride_args(w), out.stride(0), **layout_args(w, vec=True), DENSE=dense,
+        BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"], STAGES=cfg["num_stages"],
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **launch_args(pdl))
+
+
+def quant_gemv(x: torch.Tensor, w, config: dict | None = None, pdl: bool = False) -> torch.Tensor:
+    """A dense quantized layer at decode: x [T, K] (contiguous) @ W[N, K]ᵀ -> [T, N] in x.dtype,
+    W a qweights.QuantWeight (one expert, one slot, routing weight 1)."""
+    T = x.shape[0]
+    N = w.stack_shape[1]
+    cfg = _pick(config, "down", small_quant_config(w, w.K, down=True))
+    _check_block_k(cfg, w)
+    out = x.new_empty(T, N)
+    if T:
+        _launch_down(x, w, out, x, x, 1, 0, 1, cfg, True, pdl)
+    return out

@@ -1,0 +1,148 @@
+"""Pre-quantized checkpoints: fp8 weights with 128x128 block scales, loaded as stored and run in fp8.
+
+DeepSeek-V3 and the Hub's Qwen3-*-FP8 releases store each quantized linear as two tensors,
+    `<name>.weight`            float8_e4m3fn [N, K]
+    `<name>.weight_scale_inv`  float32 [ceil(N/128), ceil(K/128)], the multiplier: W = q · s[n//128, k//128]
+and say so in config.json: `quantization_config: {quant_method: "fp8", weight_block_size: [128, 128],
+activation_scheme: "dynamic"}` (modules_to_not_convert lists what stayed bf16). Converting those to
+bf16 at load would double the bytes and throw away the point of the release; here they are read
+into qweights.QuantMatrix stacks (bits 0, group 128, row_block 128) that the fp8 kernels consume
+directly, with the block scales applied per K-step and activations quantized per token and 128-group
+(kernels/fused_moe_quant.py), the way DeepGEMM and vLLM run them.
+
+Which modules: exactly those whose checkpoint tensors have a `weight_scale_inv` beside them (so
+modules_to_not_convert needs no parsing). Where minimoe fuses several Hub tensors into one (q/k/v as
+`wqkv`, gate/up as `w13`), the scales are concatenated the same way; if a part's rows are not a
+multiple of 128 the concatenated block rows no longer line up with row // 128, so that module's
+scales are spread to one per row after loading (`finalize_`), costing 4 bytes per row and group.
+
+Loader seams: `swap_` (meta model, before allocation), `weight_names` (the recipes for the swapped
+parameters, given to the loader's matcher), `finalize_` (after the copy). Other quantization_config
+kinds (GPTQ, AWQ, compressed-tensors, bitsandbytes) are refused by `unsupported` with the list of
+what is supported.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import torch.nn as nn
+
+from . import checkpoint_names
+from .experts import Experts
+from .linear import Linear
+from .qexperts import QuantExperts
+from .qweights import E4M3, FP8_BLOCK, QuantMatrix, QuantWeight
+
+SUPPORTED = ("fp8 checkpoints with 128x128 block scales (quantization_config {quant_method: fp8, "
+             "weight_block_size: [128, 128]}: DeepSeek-V3, Qwen3-*-FP8)")
+
+
+def unsupported(qc) -> str | None:
+    """None when a config.json quantization_config is one minimoe loads, else the sentence why not."""
+    if not isinstance(qc, dict):
+        return f"quantization_config {qc!r} is not a JSON object"
+    method = qc.get("quant_method")
+    block = qc.get("weight_block_size")
+    if method == "fp8" and list(block or []) == [FP8_BLOCK, FP8_BLOCK] and \
+            qc.get("activation_scheme", "dynamic") == "dynamic" and qc.get("fmt", "e4m3") == "e4m3":
+        return None
+    what = f"quant_method {method!r}" + (f" with weight_block_size {block}" if block else "")
+    return (f"pre-quantized checkpoints of this kind ({what}) are not supported: minimoe loads {SUPPORTED}; "
+            "GPTQ, AWQ, compressed-tensors and bitsandbytes checkpoints are not. Start from the bf16 checkpoint and "
+            "quantize at load with --quant fp8|int8|int4|nf4|bnb-int8")
+
+
+def is_prequantized(cfg) -> bool:
+    return bool(cfg.extra.get("quantization_config"))
+
+
+def _scale_name(name: str) -> str:
+    return name + "_scale_inv"
+
+
+def _parts(alternative) -> list[str]:
+    return [n for p in alternative for n in ([p] if isinstance(p, str) else p)]
+
+
+def _block_rows(names: list[str], shape) -> int:
+    return sum(-(-shape(n)[0] // FP8_BLOCK) for n in names)
+
+
+def swap_(model: nn.Module, ckpt) -> None:
+    """On the meta model: every Linear / Experts whose checkpoint weights all carry block scales gets an
+    fp8 twin of the checkpoint's shapes (codes [.., N, K] e4m3, scales [.., block rows, ceil(K/128)])."""
+    recipes = checkpoint_names.weight_names(model.cfg)
+    have, shape = set(ckpt.where), ckpt.shape
+    for name, module in list(model.named_modules()):
+        for attr, child in list(module.named_children()):
+            full = f"{name}.{attr}" if name else attr
+            if isinstance(child, Linear) and isinstance(child.weight, torch.Tensor):
+                names = _parts(recipes.get(full + ".weight", [[]])[0])
+                if names and all(_scale_name(n) in have for n in names):
+                    N, K = child.weight.shape
+                    q = _meta_matrix(QuantWeight, (N, K), (_block_rows(names, shape), -(-K // FP8_BLOCK)),
+                                     [shape(n)[0] for n in names])
+                    del child.weight
+                    child.weight = q
+            elif type(child) is Experts:
+                per_expert = recipes[full + ".w13"][0]
+                if isinstance(per_expert[0], list) and all(_scale_name(n) in have for n in _parts(per_expert)):
+                    setattr(module, attr, _meta_experts(child, recipes[full + ".w2"][0], per_expert, shape))
+
+
+def _meta_matrix(cls, code_shape, scale_shape, parts: list[int]) -> QuantMatrix:
+    *lead, N, K = code_shape
+    m = cls(torch.empty(code_shape, dtype=E4M3, device="meta"),
+            torch.empty(*lead, *scale_shape, dtype=torch.float32, device="meta"), None, K, 0, FP8_BLOCK, FP8_BLOCK)
+    m.block_parts = parts           # rows of each concatenated part: finalize_ spreads misaligned scales
+    return m
+
+
+def _meta_experts(ex: Experts, down: list, gate_up: list, shape) -> QuantExperts:
+    E, two_i, D = ex.w13.shape
+    I = ex.w2.shape[2]
+    w13 = _meta_matrix(QuantMatrix, (E, two_i, D), (_block_rows(gate_up[0], shape), -(-D // FP8_BLOCK)),
+                       [shape(n)[0] for n in gate_up[0]])
+    w2 = _meta_matrix(QuantMatrix, (E, D, I), (_block_rows(down[0], shape), -(-I // FP8_BLOCK)), [D])
+    return QuantExperts(w13, w2, ex.w13.dtype, ex.expert_offset, ex.settings)
+
+
+def weight_names(model: nn.Module) -> dict:
+    """checkpoint_names.weight_names with the swapped parameters' recipes: `X.qdata` reads what `X`
+    read, `X.scale` the same tensors' `weight_scale_inv` (per expert, stacked, for experts)."""
+    recipes = checkpoint_names.weight_names(model.cfg)
+    for name, m in model.named_modules():
+        if not isinstance(m, QuantMatrix):
+            continue
+        base = name if name.endswith(("experts.w13", "experts.w2")) else name    # X.weight or ...experts.w13
+        first = recipes.pop(base)[0]
+        recipes[base + ".qdata"] = [first]
+        scaled = [[_scale_name(n) for n in p] if isinstance(p, list) else _scale_name(p) for p in first]
+        recipes[base + ".scale"] = [scaled]
+    return recipes
+
+
+def finalize_(model: nn.Module, settings):
+    """After the copy: spread the scales of modules whose concatenated parts do not start on a 128-row
+    boundary to one per row (row_block 1), and let dense fp8 layers use the kernels on a GPU. Returns
+    the model's config with the weight format recorded (as quant.quantize_ does)."""
+    for m in model.modules():
+        if not isinstance(m, QuantMatrix) or not hasattr(m, "block_parts"):
+            continue
+        if isinstance(m, QuantWeight):
+            m.use_kernels, m.compute_dtype = str(settings.device).startswith("cuda"), settings.torch_dtype
+        if all(n % FP8_BLOCK == 0 for n in m.block_parts[:-1]):
+            continue
+        s, rows, start = m.scale3, [], 0
+        for n in m.block_parts:
+            nb = -(-n // FP8_BLOCK)
+            rows.append(s[:, start:start + nb].repeat_interleave(FP8_BLOCK, dim=1)[:, :n])
+            start += nb
+        spread = torch.cat(rows, dim=1)                                                # [E, N, NG]
+        m.scale = nn.Parameter(spread if m.scale.dim() == 3 else spread[0], requires_grad=False)
+        m.row_block = 1
+    described = {"quant": "fp8-block", "lm_head": isinstance(model.lm_head.weight, QuantMatrix),
+                 "bits_per_weight": 8.0, "source": "checkpoint"}
+    model.cfg = dataclasses.replace(model.cfg, extra={**model.cfg.extra, "weight_format": described})
+    return model.cfg

@@ -1,0 +1,160 @@
+"""Guards the quantized fused-MoE and dense kernels (int8, int4 with and without zero points, fp8 per row and in
+blocks, bitsandbytes' nf4 / LLM.int8 bytes) against dequantize-then-matmul in float64, on awkward shapes."""
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+pytest.importorskip("triton")
+
+from minimoe import qweights as Q  # noqa: E402
+from minimoe.kernels.fused_moe_quant import fused_moe_quant  # noqa: E402
+from minimoe.kernels.fused_moe_quant_small import quant_gemv  # noqa: E402
+
+DEVICE = "cpu" if os.environ.get("TRITON_INTERPRET") == "1" else "cuda"
+try:
+    from minimoe import qbnb
+    import bitsandbytes  # noqa: F401
+    HAVE_BNB = True
+except ImportError:
+    HAVE_BNB = False
+
+FORMATS = {   # name -> quantize [E, N, K] (small groups and blocks keep the interpreter quick; 128 is tested too)
+    "int8": Q.quantize_int8,
+    "int4": lambda w: Q.quantize_int4(w, 32),
+    "int4-g128": lambda w: Q.quantize_int4(w, 128),
+    "int4-zero": lambda w: Q.quantize_int4(w, 32, zero_point=True),
+    "fp8": Q.quantize_fp8,
+    "fp8-block": lambda w: Q.quantize_fp8(w, 32),
+    "nf4": lambda w: qbnb.quantize_nf4(w),
+    "bnb-int8": lambda w: qbnb.quantize_bnb_int8(w),
+}
+BNB = ("nf4", "bnb-int8")
+D, I = 64, 40          # I is not a multiple of 32, 64 or 128: the codes are padded and the padding must not count
+
+
+def fmt_param(names):
+    return [pytest.param(n, marks=pytest.mark.skipif(n in BNB and not HAVE_BNB, reason="bitsandbytes not installed"))
+            for n in names]
+
+
+def make(fmt, E, gen, dtype=torch.float32, d=D, i=I):
+    w13 = torch.randn(E, 2 * i, d, generator=gen) / d ** 0.5
+    w2 = torch.randn(E, d, i, generator=gen) / i ** 0.5
+    q13, q2 = FORMATS[fmt](w13.to(DEVICE)), FORMATS[fmt](w2.to(DEVICE))
+    return q13, q2
+
+
+def reference(x, q13, q2, ids, weights, offset=0, w8a8=False):
+    """float64 loop over the dequantized experts (w8a8: fp8 activations per token, as the tensor-core path)."""
+    w13, w2 = q13.dequantize().double().cpu(), q2.dequantize().double().cpu()
+    x, ids, weights = x.cpu().float(), ids.cpu(), weights.double().cpu()
+    I_ = w2.shape[2]
+    out = torch.zeros(x.shape, dtype=torch.float64)
+    for e in range(w13.shape[0]):
+        tok, slot = torch.where(ids == e + offset)
+        if tok.numel() == 0:
+            continue
+        xs = x[tok]
+        if w8a8:
+            xs = fake_quant(xs, q13.group)
+        gate, up = (xs.double() @ w13[e].T).split(I_, dim=-1)
+        h = torch.nn.functional.silu(gate) * up
+        if w8a8:
+            h = fake_quant(h.float(), q2.group).double()
+        out.index_add_(0, tok, weights[tok, slot, None] * (h @ w2[e].T))
+    return out
+
+
+def fake_quant(x, group):
+    q, s = Q.quant_rows_fp8(x, group)
+    return q.float() * (s if group == 0 else s.repeat_interleave(group, 1)[:, :x.shape[1]])
+
+
+def routing(T, K, n_ids, gen, kind="random"):
+    if kind == "random":
+        ids = torch.stack([torch.randperm(n_ids, generator=gen)[:K] for _ in range(T)])
+    else:                                             # every slot on one expert: all the others are empty
+        ids = torch.full((T, K), 1)
+    return ids.to(DEVICE), torch.rand(T, K, generator=gen).to(DEVICE)
+
+
+def check(out, ref, tol):
+    assert out.shape == ref.shape and torch.isfinite(out).all()
+    err = ((out.double().cpu() - ref).abs().max() / ref.abs().max()).item()
+    assert err < tol, err
+
+
+@pytest.mark.parametrize("fmt", fmt_param(FORMATS))
+def test_decode_gemv_path_equals_dequantize_then_matmul(fmt):
+    """T = 1 over 60 experts (fused_moe.plan picks the GEMVs): only 4 experts are touched."""
+    gen = torch.Generator().manual_seed(1)
+    q13, q2 = make(fmt, 60, gen)
+    x = torch.randn(1, D, generator=gen).to(DEVICE)
+    ids, w = routing(1, 4, 60, gen)
+    check(fused_moe_quant(x, q13, q2, ids, w), reference(x, q13, q2, ids, w), 1e-5)
+
+
+@pytest.mark.parametrize("fmt", fmt_param(FORMATS))
+def test_aligned_tensor_core_path_equals_its_reference(fmt):
+    """9 tokens x 2 of 6 experts: the aligned GEMMs; fp8 quantizes activations per token (W8A8)."""
+    gen = torch.Generator().manual_seed(2)
+    q13, q2 = make(fmt, 6, gen)
+    x = torch.randn(9, D, generator=gen).to(DEVICE)
+    ids, w = routing(9, 2, 6, gen)
+    w8a8 = fmt.startswith("fp8")
+    out = fused_moe_quant(x, q13, q2, ids, w)
+    check(out, reference(x, q13, q2, ids, w, w8a8=w8a8), 1e-5)
+    if w8a8:    # and against the W8A16 oracle, within what fp8 activations cost
+        check(out, reference(x, q13, q2, ids, w), 0.1)
+
+
+@pytest.mark.parametrize("fmt,variant", [("int4-zero", "small"), ("fp8-block", "aligned"), ("int8", "aligned")])
+def test_foreign_skipped_and_empty_experts_add_exactly_zero(fmt, variant):
+    """Expert parallelism (global ids 4..9 held here), skipped slots (-1) and every token on one expert."""
+    gen = torch.Generator().manual_seed(3)
+    q13, q2 = make(fmt, 6, gen)
+    x = torch.randn(3, D, generator=gen).to(DEVICE)
+    ids, w = routing(3, 3, 12, gen)
+    ids[0, 0], ids[2, 1] = -1, -1
+    cfg = {"variant": variant}
+    ref = reference(x, q13, q2, ids, w, offset=4, w8a8=fmt == "fp8-block" and variant == "aligned")
+    check(fused_moe_quant(x, q13, q2, ids, w, expert_offset=4, config=cfg), ref, 1e-5)
+    ids1, w1 = routing(3, 2, 6, gen, kind="one")
+    ref1 = reference(x, q13, q2, ids1, w1, w8a8=fmt == "fp8-block" and variant == "aligned")
+    check(fused_moe_quant(x, q13, q2, ids1, w1, config=cfg), ref1, 1e-5)
+    none = torch.full((3, 2), 20, device=DEVICE)                                  # no slot is ours
+    assert torch.equal(fused_moe_quant(x, q13, q2, none, w1, config=cfg), torch.zeros_like(x))
+
+
+def test_half_precision_activations_and_no_tokens():
+    gen = torch.Generator().manual_seed(4)
+    q13, q2 = make("int4", 8, gen)
+    x = torch.randn(3, D, generator=gen).to(DEVICE, torch.float16)
+    ids, w = routing(3, 2, 8, gen)
+    out = fused_moe_quant(x, q13, q2, ids, w)
+    assert out.dtype == torch.float16
+    check(out, reference(x, q13, q2, ids, w), 2e-3)
+    assert fused_moe_quant(x[:0], q13, q2, ids[:0], w[:0]).shape == (0, D)
+
+
+@pytest.mark.parametrize("fmt", fmt_param(["int8", "int4-g128", "int4-zero", "fp8", "fp8-block", "nf4", "bnb-int8"]))
+def test_dense_gemv_equals_dequantized_linear(fmt):
+    """A dense quantized layer at decode sizes: N = 50 (not a multiple of the tiles), K = 72 (padded)."""
+    gen = torch.Generator().manual_seed(5)
+    w = FORMATS[fmt](torch.randn(1, 50, 72, generator=gen).to(DEVICE))
+    for T in (1, 3):
+        x = torch.randn(T, 72, generator=gen).to(DEVICE)
+        ref = x.double().cpu() @ w.dequantize()[0].double().cpu().T
+        check(quant_gemv(x, w), ref, 1e-5)
+
+
+def test_block_k_must_hold_whole_scale_groups():
+    gen = torch.Generator().manual_seed(6)
+    q13, q2 = make("int4", 4, gen)
+    x = torch.randn(1, D, generator=gen).to(DEVICE)
+    ids, w = routing(1, 1, 4, gen)
+    with pytest.raises(AssertionError, match="scale group"):
+        fused_moe_quant(x, q13, q2, ids, w, config={"small": {"BLOCK_K": 16}})
