@@ -14,7 +14,7 @@ with YaRN's missing fields filled the way transformers fills them.
 """
 from __future__ import annotations
 
-from .config import yarn_mscale
+from .config import ModelConfig, yarn_mscale
 
 
 class ConfigError(ValueError):
@@ -128,3 +128,78 @@ def read_yarn(f: Fields, key: str, p: dict, softmax_mscale: bool) -> dict:
     if softmax_mscale and m_all:
         rs["mscale_all_dim"] = m_all
     return rs
+
+
+# ---- the fields every family reads -------------------------------------------------------------
+
+def gqa(f: Fields, head_dim_key: bool = True) -> dict:
+    """Grouped-query attention geometry. A null num_key_value_heads means one per query head; a
+    missing or null head_dim means hidden_size / num_attention_heads."""
+    n_heads = f.integer("num_attention_heads", low=1)    # read first: a config without it is refused by this name
+    hidden = f.integer("hidden_size", low=1)
+    kv = f.integer("num_key_value_heads", low=1, null=True) or n_heads
+    if n_heads % kv:
+        raise ConfigError(f"num_attention_heads ({n_heads}) must be a multiple of num_key_value_heads ({kv})")
+    head_dim = f.integer("head_dim", low=1, null=True) if head_dim_key else None
+    if head_dim is None:
+        if hidden % n_heads:
+            raise ConfigError(f"head_dim is missing and hidden_size ({hidden}) is not a multiple of "
+                              f"num_attention_heads ({n_heads})")
+        head_dim = hidden // n_heads
+    if head_dim % 2:
+        raise ConfigError(f"head_dim ({head_dim}) must be even: rotary embedding turns channel pairs")
+    return dict(n_kv_heads=kv, head_dim=head_dim)
+
+
+def experts(f: Fields, key: str, *aliases: str) -> dict:
+    """E routed experts (null or 0: none, a dense model) and K experts per token, 1 <= K <= E."""
+    n = f.integer(key, *aliases, null=True) or 0
+    k = f.integer("num_experts_per_tok", null=True) if n else 0
+    if n and not (k and k <= n):
+        raise ConfigError(f"num_experts_per_tok ({k}) must be between 1 and {key} ({n})")
+    return dict(n_experts=n, top_k=k)
+
+
+def common(f: Fields, rope_kinds: tuple = ("default", "yarn"), softmax_mscale: bool = False,
+            **kw) -> ModelConfig:
+    """The fields every family shares; `kw` brings the family's attention geometry and quirks."""
+    theta, scaling = read_rope(f, rope_kinds, softmax_mscale)
+    base = dict(
+        family=f.family,
+        vocab_size=f.integer("vocab_size", low=1),
+        hidden_size=f.integer("hidden_size", low=1),
+        n_layers=f.integer("num_hidden_layers", low=1),
+        n_heads=f.integer("num_attention_heads", low=1),
+        intermediate_size=f.integer("intermediate_size"),
+        rms_norm_eps=f.number("rms_norm_eps"),
+        max_position_embeddings=f.integer("max_position_embeddings", low=1),
+        tie_word_embeddings=f.flag("tie_word_embeddings"),
+        rope_theta=theta,
+        rope_scaling=scaling,
+        bos_token_id=f.integer("bos_token_id", null=True),
+        eos_token_ids=f.ids("eos_token_id"),
+        extra={"name": f.hf.get("_name_or_path", "")},
+    )
+    base.update(kw)
+    return ModelConfig(**base)
+
+
+# Defaults tables: the reference class's value for every key its translation reads. A key's value of
+# None means what the class makes of None: num_key_value_heads = num_attention_heads, head_dim =
+# hidden_size / num_attention_heads, no sliding window, no clipping, no such token.
+
+
+def qwen_window(f: Fields, slides) -> int | None:
+    """Qwen2's sliding window, if `use_sliding_window` is on and some layer slides: the ones `layer_types`
+    marks, or when it is absent those the family's rule `slides(layer, max_window_layers)` picks.
+    minimoe has no windowed attention, so the window caps the context instead."""
+    if not f.flag("use_sliding_window"):
+        return None
+    types = f.raw("layer_types")
+    if types is None:
+        last = f.integer("max_window_layers")
+        types = ["sliding_attention" if slides(i, last) else "full_attention"
+                 for i in range(f.integer("num_hidden_layers", low=1))]
+    if not isinstance(types, list):
+        raise ConfigError(f"config.json field 'layer_types' must be a list, got {types!r}")
+    return f.integer("sliding_window", low=1, null=True) if "sliding_attention" in types else None

@@ -8,63 +8,8 @@ them; `../shared/reference/model-facts.md` has the published values). Nothing do
 from __future__ import annotations
 
 from .config import ModelConfig
-from .config_fields import ConfigError, Fields, UnsupportedConfig, number, read_rope
-
-def _gqa(f: Fields, head_dim_key: bool = True) -> dict:
-    """Grouped-query attention geometry. A null num_key_value_heads means one per query head; a
-    missing or null head_dim means hidden_size / num_attention_heads."""
-    n_heads = f.integer("num_attention_heads", low=1)    # read first: a config without it is refused by this name
-    hidden = f.integer("hidden_size", low=1)
-    kv = f.integer("num_key_value_heads", low=1, null=True) or n_heads
-    if n_heads % kv:
-        raise ConfigError(f"num_attention_heads ({n_heads}) must be a multiple of num_key_value_heads ({kv})")
-    head_dim = f.integer("head_dim", low=1, null=True) if head_dim_key else None
-    if head_dim is None:
-        if hidden % n_heads:
-            raise ConfigError(f"head_dim is missing and hidden_size ({hidden}) is not a multiple of "
-                              f"num_attention_heads ({n_heads})")
-        head_dim = hidden // n_heads
-    if head_dim % 2:
-        raise ConfigError(f"head_dim ({head_dim}) must be even: rotary embedding turns channel pairs")
-    return dict(n_kv_heads=kv, head_dim=head_dim)
-
-
-def _experts(f: Fields, key: str, *aliases: str) -> dict:
-    """E routed experts (null or 0: none, a dense model) and K experts per token, 1 <= K <= E."""
-    n = f.integer(key, *aliases, null=True) or 0
-    k = f.integer("num_experts_per_tok", null=True) if n else 0
-    if n and not (k and k <= n):
-        raise ConfigError(f"num_experts_per_tok ({k}) must be between 1 and {key} ({n})")
-    return dict(n_experts=n, top_k=k)
-
-
-def _common(f: Fields, rope_kinds: tuple = ("default", "yarn"), softmax_mscale: bool = False,
-            **kw) -> ModelConfig:
-    """The fields every family shares; `kw` brings the family's attention geometry and quirks."""
-    theta, scaling = read_rope(f, rope_kinds, softmax_mscale)
-    base = dict(
-        family=f.family,
-        vocab_size=f.integer("vocab_size", low=1),
-        hidden_size=f.integer("hidden_size", low=1),
-        n_layers=f.integer("num_hidden_layers", low=1),
-        n_heads=f.integer("num_attention_heads", low=1),
-        intermediate_size=f.integer("intermediate_size"),
-        rms_norm_eps=f.number("rms_norm_eps"),
-        max_position_embeddings=f.integer("max_position_embeddings", low=1),
-        tie_word_embeddings=f.flag("tie_word_embeddings"),
-        rope_theta=theta,
-        rope_scaling=scaling,
-        bos_token_id=f.integer("bos_token_id", null=True),
-        eos_token_ids=f.ids("eos_token_id"),
-        extra={"name": f.hf.get("_name_or_path", "")},
-    )
-    base.update(kw)
-    return ModelConfig(**base)
-
-
-# Defaults tables: the reference class's value for every key its translation reads. A key's value of
-# None means what the class makes of None: num_key_value_heads = num_attention_heads, head_dim =
-# hidden_size / num_attention_heads, no sliding window, no clipping, no such token.
+from .config_fields import ConfigError, Fields, UnsupportedConfig, common, experts, gqa, qwen_window
+from .families_dense import _llama, _mistral, _qwen2, _qwen3
 
 OLMOE_DEFAULTS = dict(   # transformers OlmoeConfig
     intermediate_size=2048, num_key_value_heads=None, head_dim=None, max_position_embeddings=4096,
@@ -76,8 +21,8 @@ def _olmoe(hf: dict) -> ModelConfig:
     """OLMoE: RMSNorm over the whole q and k projections, optional q/k/v clipping, bias on q/k/v/o."""
     f = Fields(hf, "olmoe", OLMOE_DEFAULTS)
     bias = f.flag("attention_bias")
-    return _common(f, **_gqa(f), qkv_bias=bias, o_bias=bias, qk_norm="full",
-                   clip_qkv=f.number("clip_qkv", null=True), **_experts(f, "num_experts", "num_local_experts"),
+    return common(f, **gqa(f), qkv_bias=bias, o_bias=bias, qk_norm="full",
+                   clip_qkv=f.number("clip_qkv", null=True), **experts(f, "num_experts", "num_local_experts"),
                    moe_intermediate_size=f.integer("intermediate_size", low=1),
                    norm_topk_prob=f.flag("norm_topk_prob"))
 
@@ -91,8 +36,8 @@ MIXTRAL_DEFAULTS = dict(   # transformers MixtralConfig: its rope theta is 1e6, 
 def _mixtral(hf: dict) -> ModelConfig:
     """Mixtral always renormalises (no flag): it takes top-k of the logits and softmaxes over those k."""
     f = Fields(hf, "mixtral", MIXTRAL_DEFAULTS)
-    return _common(f, **_gqa(f), sliding_window=f.integer("sliding_window", low=1, null=True),
-                   **_experts(f, "num_local_experts", "num_experts"),
+    return common(f, **gqa(f), sliding_window=f.integer("sliding_window", low=1, null=True),
+                   **experts(f, "num_local_experts", "num_experts"),
                    moe_intermediate_size=f.integer("intermediate_size", low=1), router="topk_softmax",
                    norm_topk_prob=True)
 
@@ -104,20 +49,6 @@ def _qwen_moe_layers(f: Fields) -> tuple:
     return tuple(i for i in range(f.integer("num_hidden_layers", low=1)) if i in only or (i + 1) % step != 0)
 
 
-def _qwen_window(f: Fields, slides) -> int | None:
-    """Qwen2's sliding window, if `use_sliding_window` is on and some layer slides: the ones `layer_types`
-    marks, or when it is absent those the family's rule `slides(layer, max_window_layers)` picks.
-    minimoe has no windowed attention, so the window caps the context instead."""
-    if not f.flag("use_sliding_window"):
-        return None
-    types = f.raw("layer_types")
-    if types is None:
-        last = f.integer("max_window_layers")
-        types = ["sliding_attention" if slides(i, last) else "full_attention"
-                 for i in range(f.integer("num_hidden_layers", low=1))]
-    if not isinstance(types, list):
-        raise ConfigError(f"config.json field 'layer_types' must be a list, got {types!r}")
-    return f.integer("sliding_window", low=1, null=True) if "sliding_attention" in types else None
 
 
 QWEN2_MOE_DEFAULTS = dict(   # transformers Qwen2MoeConfig: q/k/v bias and a 5632-wide shared expert by default
@@ -132,9 +63,9 @@ def _qwen2_moe(hf: dict) -> ModelConfig:
     """Qwen1.5/Qwen2-MoE: q/k/v bias, a shared expert scaled by sigmoid(gate(x))."""
     f = Fields(hf, "qwen2_moe", QWEN2_MOE_DEFAULTS)
     shared = f.integer("shared_expert_intermediate_size")
-    return _common(f, **_gqa(f), qkv_bias=f.flag("qkv_bias"),
-                   sliding_window=_qwen_window(f, lambda i, last: i % 2 == 0 and i < last),
-                   **_experts(f, "num_experts"), moe_intermediate_size=f.integer("moe_intermediate_size", low=1),
+    return common(f, **gqa(f), qkv_bias=f.flag("qkv_bias"),
+                   sliding_window=qwen_window(f, lambda i, last: i % 2 == 0 and i < last),
+                   **experts(f, "num_experts"), moe_intermediate_size=f.integer("moe_intermediate_size", low=1),
                    dense_layers=_qwen_moe_layers(f), norm_topk_prob=f.flag("norm_topk_prob"),
                    shared_intermediate_size=shared, shared_expert_gate=shared > 0)
 
@@ -152,8 +83,8 @@ def _qwen3_moe(hf: dict) -> ModelConfig:
     f = Fields(hf, "qwen3_moe", QWEN3_MOE_DEFAULTS)
     bias = f.flag("attention_bias")
     window = f.integer("sliding_window", low=1, null=True) if f.flag("use_sliding_window") else None
-    return _common(f, **_gqa(f), qkv_bias=bias, o_bias=bias, qk_norm="head", sliding_window=window,
-                   **_experts(f, "num_local_experts", "num_experts"),     # transformers-v5 name / Hub name
+    return common(f, **gqa(f), qkv_bias=bias, o_bias=bias, qk_norm="head", sliding_window=window,
+                   **experts(f, "num_local_experts", "num_experts"),     # transformers-v5 name / Hub name
                    moe_intermediate_size=f.integer("moe_intermediate_size", low=1), dense_layers=_qwen_moe_layers(f),
                    norm_topk_prob=f.flag("norm_topk_prob"))
 
@@ -209,8 +140,8 @@ def _deepseek(hf: dict) -> ModelConfig:
     f = Fields(hf, "deepseek", DEEPSEEK_DEFAULTS)
     f.choice("scoring_func", ("softmax",))
     bias = f.flag("attention_bias")
-    moe = _experts(f, "n_routed_experts")
-    return _common(f, rope_kinds=("default",), **_gqa(f, head_dim_key=False), qkv_bias=bias, o_bias=bias,
+    moe = experts(f, "n_routed_experts")
+    return common(f, rope_kinds=("default",), **gqa(f, head_dim_key=False), qkv_bias=bias, o_bias=bias,
                    **moe, **_deepseek_ffn(f, moe["n_experts"], f.integer("moe_layer_freq", low=1)),
                    norm_topk_prob=f.flag("norm_topk_prob") and moe["top_k"] > 1,
                    router_fp32=False)   # its MoEGate runs the gate in the activation dtype
@@ -236,9 +167,9 @@ def _deepseek_v2(hf: dict) -> ModelConfig:
         raise UnsupportedConfig("mlp_bias is not supported")
     f.choice("scoring_func", ("softmax",))      # the remote code refuses others; transformers has no key
     method = f.choice("topk_method", tuple(V2_ROUTERS))
-    moe = _experts(f, "n_routed_experts", "num_experts")
+    moe = experts(f, "n_routed_experts", "num_experts")
     groups = _groups(f, moe["n_experts"]) if method == "group_limited_greedy" and moe["n_experts"] else {}
-    return _common(f, softmax_mscale=True, **_mla(f, interleave=True), **moe,
+    return common(f, softmax_mscale=True, **_mla(f, interleave=True), **moe,
                    **_deepseek_ffn(f, moe["n_experts"]), router=V2_ROUTERS[method], **groups,
                    routed_scaling_factor=f.number("routed_scaling_factor"), router_fp32=True)
 
@@ -261,9 +192,9 @@ def _deepseek_v3(hf: dict) -> ModelConfig:
     f = Fields(hf, "deepseek_v3", DEEPSEEK_V3_DEFAULTS)
     f.choice("scoring_func", ("sigmoid",))
     f.choice("topk_method", ("noaux_tc",))
-    moe = _experts(f, "n_routed_experts", "num_local_experts")
+    moe = experts(f, "n_routed_experts", "num_local_experts")
     groups = _groups(f, moe["n_experts"], min_size=2) if moe["n_experts"] else {}
-    return _common(f, softmax_mscale=True, **_mla(f, f.flag("rope_interleave")), **moe,
+    return common(f, softmax_mscale=True, **_mla(f, f.flag("rope_interleave")), **moe,
                    **_deepseek_ffn(f, moe["n_experts"]), router="sigmoid_group_bias", **groups, router_bias=True,
                    norm_topk_prob=f.flag("norm_topk_prob"), routed_scaling_factor=f.number("routed_scaling_factor"),
                    router_fp32=True)
@@ -274,51 +205,6 @@ def _deepseek_mla(hf: dict, family: str) -> ModelConfig:
     return {"deepseek_v2": _deepseek_v2, "deepseek_v3": _deepseek_v3}[family](hf)
 
 
-# Dense decoders: the draft models of speculative decoding (model-facts §A.1.c). n_experts = 0 makes
-# every layer a SwiGLU; nothing else in the engine changes.
-
-LLAMA_DEFAULTS = dict(   # transformers LlamaConfig (which has no sliding window)
-    intermediate_size=11008, num_key_value_heads=None, head_dim=None, max_position_embeddings=2048,
-    rms_norm_eps=1e-6, tie_word_embeddings=False, rope_theta=10000.0, bos_token_id=1, eos_token_id=2,
-    attention_bias=False, mlp_bias=False)
-MISTRAL_DEFAULTS = dict(   # transformers MistralConfig: a 4096 window unless config.json says null
-    intermediate_size=14336, num_key_value_heads=8, head_dim=None, max_position_embeddings=131072,
-    rms_norm_eps=1e-6, tie_word_embeddings=False, rope_theta=10000.0, bos_token_id=1, eos_token_id=2,
-    sliding_window=4096)
-QWEN2_DEFAULTS = dict(   # transformers Qwen2Config
-    intermediate_size=22016, num_key_value_heads=32, head_dim=None, max_position_embeddings=32768,
-    rms_norm_eps=1e-6, tie_word_embeddings=False, rope_theta=10000.0, bos_token_id=None, eos_token_id=None,
-    use_sliding_window=False, sliding_window=4096, max_window_layers=28, layer_types=None)
-QWEN3_DEFAULTS = {**QWEN2_DEFAULTS, "head_dim": 128, "attention_bias": False}   # transformers Qwen3Config
-
-
-def _llama(hf: dict, family: str = "llama") -> ModelConfig:
-    """Llama: optional bias on q/k/v/o."""
-    f = Fields(hf, "llama", LLAMA_DEFAULTS)
-    if f.flag("mlp_bias"):
-        raise UnsupportedConfig("mlp_bias is not supported")
-    bias = f.flag("attention_bias")
-    return _common(f, **_gqa(f), qkv_bias=bias, o_bias=bias)
-
-
-def _mistral(hf: dict) -> ModelConfig:
-    """Mistral: no biases at all (its attention ignores attention_bias), a sliding window on every layer."""
-    f = Fields(hf, "mistral", MISTRAL_DEFAULTS)
-    return _common(f, **_gqa(f), sliding_window=f.integer("sliding_window", low=1, null=True))
-
-
-def _qwen2(hf: dict) -> ModelConfig:
-    """Qwen2: bias on q/k/v always (no flag), none on o; layers from max_window_layers on may slide."""
-    f = Fields(hf, "qwen2", QWEN2_DEFAULTS)
-    return _common(f, **_gqa(f), qkv_bias=True, sliding_window=_qwen_window(f, lambda i, last: i >= last))
-
-
-def _qwen3(hf: dict) -> ModelConfig:
-    """Qwen3: Qwen2's window rule, optional bias on q/k/v/o, per-head q/k RMSNorm, head_dim 128 by default."""
-    f = Fields(hf, "qwen3", QWEN3_DEFAULTS)
-    bias = f.flag("attention_bias")
-    return _common(f, **_gqa(f), qkv_bias=bias, o_bias=bias, qk_norm="head",
-                   sliding_window=_qwen_window(f, lambda i, last: i >= last))
 
 
 FAMILIES = {      # model_type -> translation
