@@ -26,6 +26,7 @@ from .config import ModelConfig
 from .kv_cache import KVCache, Step
 from .layers import RMSNorm
 from .linear import Linear
+from .ops import ops_for
 from .rope import Rotary, apply_rope
 
 
@@ -64,38 +65,49 @@ class MLAttention(nn.Module):
         B, S, _ = x.shape
         H, nope, rope, r = self.n_heads, cfg.qk_nope_head_dim, cfg.qk_rope_head_dim, cfg.kv_lora_rank
         q = self.wq(x) if not cfg.q_lora_rank else self.wq_b(self.q_norm(self.wq_a(x)))
-        q_nope, q_pe = q.view(B, S, H, nope + rope).split([nope, rope], dim=-1)
-        c, k_pe = self.wkv_a(x).split([r, rope], dim=-1)
-        c = self.kv_norm(c)                                                   # [B, S, r]
-        q_pe = apply_rope(q_pe, rot.cos, rot.sin, cfg.rope_interleave)        # [B, S, H, rope]
-        k_pe = apply_rope(k_pe[:, :, None, :], rot.cos, rot.sin, cfg.rope_interleave)[:, :, 0]  # [B, S, rope]
-        cache.write_latent(self.layer, step, torch.cat([c, k_pe], dim=-1))
-        if step.fresh:
-            out = self._expanded(q_nope, q_pe, c, k_pe)
+        q = q.view(B, S, H, nope + rope)                                     # [B, S, H, nope+rope]
+        kv = self.wkv_a(x)                                                    # [B, S, r+rope]
+        latent = cache.latent[self.layer]                                     # [B, S_max, r+rope]
+        # prefill rotates q_pe in place (q = [q_nope, q_pe] for SDPA); decode writes it beside q_lat
+        q_att = q if step.fresh else q.new_empty(B, S, H, r + rope)
+        ops_for(self.settings).mla_rope_cache(
+            q, kv, step.positions, rot.cos_table, rot.sin_table, latent, self.kv_norm.weight,
+            cfg.rms_norm_eps, nope=nope, interleave=cfg.rope_interleave,
+            q_pe_out=q[..., nope:] if step.fresh else q_att[..., r:])
+        if step.fresh:   # this step's latents are the first S rows of the cache
+            out = self._expanded(q, latent[:, :S])
         else:
-            out = self._absorbed(q_nope, q_pe, step, cache)
+            out = self._absorbed(q, q_att, step, latent)
         return self.wo(out.reshape(B, S, H * cfg.v_head_dim))
 
-    def _expanded(self, q_nope, q_pe, c, k_pe):
-        """Prefill within the new tokens: per-head k, v from the latent, causal SDPA."""
+    def _expanded(self, q, latent):
+        """Prefill within the new tokens: per-head k, v from the latent, causal SDPA.
+        q [B, S, H, nope+rope] (rotated), latent [B, S, r+rope] -> [B, S, H, v]."""
         cfg = self.cfg
-        B, S, H, _ = q_nope.shape
-        kv = self.wkv_b(c).view(B, S, self.n_heads, cfg.qk_nope_head_dim + cfg.v_head_dim)
+        B, S, H, _ = q.shape
+        c, k_pe = latent.split([cfg.kv_lora_rank, cfg.qk_rope_head_dim], dim=-1)
+        kv = self.wkv_b(c).view(B, S, H, cfg.qk_nope_head_dim + cfg.v_head_dim)
         k_nope, v = kv.split([cfg.qk_nope_head_dim, cfg.v_head_dim], dim=-1)
-        q = torch.cat([q_nope, q_pe], dim=-1)                                         # [B, S, H, 192]
         k = torch.cat([k_nope, k_pe[:, :, None, :].expand(B, S, H, -1)], dim=-1)      # [B, S, H, 192]
         out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
                                              is_causal=S > 1, scale=cfg.softmax_scale)
         return out.transpose(1, 2)                                                    # [B, S, H, v]
 
-    def _absorbed(self, q_nope, q_pe, step: Step, cache: KVCache):
-        """Attention in latent space: one shared key/value head of width r + rope."""
+    def _absorbed(self, q, q_att, step: Step, latent):
+        """Attention in latent space: one shared key/value head of width r + rope.
+        q [B, S, H, nope+rope]; q_att [B, S, H, r+rope] holding the rotated q_pe in its last
+        columns; the absorption writes q_lat = q_nope W_uk into its first r (one batched GEMM over
+        heads, no cat), and the output un-absorbs with W_uv into [B, S, H, v] (one more)."""
         cfg = self.cfg
-        w_uk, w_uv = self._split_wkv_b()
-        q_lat = torch.einsum("bshn,hnr->bshr", q_nope, w_uk)                          # [B, S, H, r]
-        q = torch.cat([q_lat, q_pe], dim=-1)                                          # [B, S, H, r+rope]
-        latent = cache.latent[self.layer]                                             # [B, S_max, r+rope]
+        B, S, H, _ = q.shape
+        nope, r, BS = cfg.qk_nope_head_dim, cfg.kv_lora_rank, B * S
+        w_uk, w_uv = self._split_wkv_b()                                              # [H, nope|v, r]
+        q_nope = q[..., :nope].reshape(BS, H, nope).transpose(0, 1)                   # [H, BS, nope]
+        torch.bmm(q_nope, w_uk, out=q_att.view(BS, H, -1)[..., :r].transpose(0, 1))   # [H, BS, r]
         k_cache = latent[:, :, None, :]                                               # one kv head
-        v_cache = latent[:, :, None, :cfg.kv_lora_rank]
-        out_lat = attend_cached(q, k_cache, v_cache, step, cfg.softmax_scale, self.settings)
-        return torch.einsum("bshr,hvr->bshv", out_lat, w_uv)                          # [B, S, H, v]
+        v_cache = latent[:, :, None, :r]
+        out_lat = attend_cached(q_att, k_cache, v_cache, step, cfg.softmax_scale, self.settings)
+        out = q.new_empty(B, S, H, cfg.v_head_dim)
+        torch.bmm(out_lat.reshape(BS, H, r).transpose(0, 1), w_uv.transpose(1, 2),
+                  out=out.view(BS, H, -1).transpose(0, 1))                            # [H, BS, v]
+        return out

@@ -29,7 +29,8 @@ try:   # Triton ships with CUDA builds of torch and with the test extra; a bare 
 except ImportError:
     triton = None
 if triton is not None:
-    from .kernels import norm_route as _norm_route, rmsnorm as _rmsnorm, rope as _rope, route as _route
+    from .kernels import mla_rope as _mla_rope, norm_route as _norm_route, rmsnorm as _rmsnorm, rope as _rope
+    from .kernels import route as _route
 
 
 # ---- the PyTorch twins ---------------------------------------------------------------------------
@@ -67,6 +68,22 @@ def qkv_rope_cache_torch(qkv, positions, cos, sin, k_cache, v_cache, n_heads: in
     return q
 
 
+def mla_rope_cache_torch(q, kv, positions, cos, sin, latent, norm_weight, eps: float, *, nope: int,
+                         interleave: bool, q_pe_out, pdl: bool = False) -> None:
+    """MLA's prologue (mla.py): latent[b, positions] = [rmsnorm(kv[..., :r]) * w, rope(kv[..., r:])] and
+    q_pe_out = rope(q[..., nope:]). q [B, S, H, nope + rope], kv [B, S, r + rope], latent
+    [B, S_max, r + rope], q_pe_out [B, S, H, rope] (may alias q's rope columns); tables [P, rope/2]."""
+    B, S = positions.shape
+    rope = q.shape[-1] - nope
+    c, k_pe = kv.split([kv.shape[-1] - rope, rope], dim=-1)
+    c = rms_norm_torch(c, norm_weight, eps)[0]                                # [B, S, r]
+    cos_bs, sin_bs = cos[positions], sin[positions]                          # [B, S, rope/2]
+    k_pe = apply_rope(k_pe[:, :, None, :], cos_bs, sin_bs, interleave)[:, :, 0]
+    q_pe_out.copy_(apply_rope(q[..., nope:], cos_bs, sin_bs, interleave))
+    rows = torch.arange(B, device=q.device)[:, None]                         # [B, 1]
+    latent[rows, positions] = torch.cat([c, k_pe], dim=-1).to(latent.dtype)
+
+
 def route_topk_torch(logits, k: int, *, renorm: bool, scaling: float = 1.0, softmax_first: bool = True,
                      pdl: bool = False):
     """logits [T, E] -> (weights [T, K] float32, ids [T, K] int64): router.py's routers in float32."""
@@ -88,6 +105,7 @@ class Ops:
     name: str
     rms_norm: Callable          # (x [..., N], weight [N], eps, residual=None) -> (y, x + residual | None)
     qkv_rope_cache: Callable    # (qkv [B, S, (H+2Hkv)d], positions [B, S], cos, sin, k_cache, v_cache, ...) -> q
+    mla_rope_cache: Callable    # (q, kv, positions, cos, sin, latent, norm_w, eps, *, nope, interleave, q_pe_out)
     route_topk: Callable        # (logits [T, E], k, *, renorm, scaling, softmax_first) -> (w, ids) [T, K]
     gate_route: Callable        # (h [T, D], gate [E, D], k, ...) -> (w, ids): gate GEMV + top-k
     gate_route_fits: Callable   # (T, E, D, gate dtype, h dtype) -> whether gate_route is one fused kernel here
@@ -106,11 +124,12 @@ def _triton_rms_norm(x, weight, eps: float, residual=None, *, pdl: bool = False)
     return _rmsnorm.rms_norm(x.contiguous(), weight, eps, residual, pdl=pdl)
 
 
-TORCH_OPS = Ops("torch", rms_norm_torch, qkv_rope_cache_torch, route_topk_torch, gate_route_torch, _never)
+TORCH_OPS = Ops("torch", rms_norm_torch, qkv_rope_cache_torch, mla_rope_cache_torch, route_topk_torch,
+                gate_route_torch, _never)
 OPS = {"torch": TORCH_OPS}
 if triton is not None:
-    OPS["triton"] = Ops("triton", _triton_rms_norm, _rope.qkv_rope_cache, _route.route_topk,
-                        _norm_route.gate_route, _triton_gate_fits)
+    OPS["triton"] = Ops("triton", _triton_rms_norm, _rope.qkv_rope_cache, _mla_rope.mla_rope_cache,
+                        _route.route_topk, _norm_route.gate_route, _triton_gate_fits)
 
 
 @functools.lru_cache(maxsize=None)
@@ -119,7 +138,7 @@ def _bound(name: str, pdl: bool) -> Ops:
     if not pdl:
         return ops
     bind = {f: functools.partial(getattr(ops, f), pdl=True)
-            for f in ("rms_norm", "qkv_rope_cache", "route_topk", "gate_route")}
+            for f in ("rms_norm", "qkv_rope_cache", "mla_rope_cache", "route_topk", "gate_route")}
     return replace(ops, **bind)
 
 

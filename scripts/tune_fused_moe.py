@@ -175,8 +175,7 @@ def report(name, T, best_t, routings, dtype):
 
 def _compile_worker(job):
     """Runs in a fresh process: launch each candidate once so Triton writes it to its disk cache."""
-    name, dtype_str, cfgs = job
-    E, D, I, K = PRESETS[name]
+    (E, D, I, K), dtype_str, cfgs = job
     dtype, T = getattr(torch, dtype_str), 64
     w13 = torch.randn(E, 2 * I, D, device="cuda", dtype=dtype)
     w2 = torch.randn(E, D, I, device="cuda", dtype=dtype)
@@ -212,10 +211,10 @@ def precompile(presets, buckets, dtype, n_workers):
     preset for its alignment kernel (the only kernel whose compile depends on E)."""
     dt = str(dtype).removeprefix("torch.")
     cands = compile_candidates(presets, buckets)
-    jobs = [(presets[0], dt, cands[i::n_workers]) for i in range(n_workers)]
+    jobs = [(PRESETS[presets[0]], dt, cands[i::n_workers]) for i in range(n_workers)]
     for name in presets[1:]:
         per_bm = {c["BLOCK_M"]: c for c in cands if c["variant"] == "aligned"}
-        jobs.append((name, dt, list(per_bm.values())))
+        jobs.append((PRESETS[name], dt, list(per_bm.values())))
     t0 = time.time()
     with cf.ProcessPoolExecutor(n_workers, mp_context=mp.get_context("spawn")) as pool:
         n = sum(pool.map(_compile_worker, jobs))

@@ -36,6 +36,7 @@ import triton.language as tl
 from .pdl import launch_args, wait_then_release
 
 MIN_TILES_PER_SPLIT = 4  # shorter splits spend a growing share of their traffic on partials
+MLA_MIN_TILES_PER_SPLIT = 4  # absorbed MLA: 32 x 576 K tiles (36 KB), one [16, 512] fp32 partial per split
 MAX_SPLITS = 64  # bounds the partial workspace and the merge kernel's loop
 PROGRAMS_PER_SM = 2  # splits are added until the grid covers the SMs about this many times
 ACC_BUDGET = 16384  # fp32 accumulator elements per program (BLOCK_H * Dv): 64 regs/thread, 8 warps
@@ -180,21 +181,24 @@ def _head_dim_blocks(dk: int, dv: int) -> tuple[int, int, int]:
 
 
 def _plan_splits(B: int, programs_per_split: int, s_max: int, block_n: int,
-                 device: torch.device, max_splits: int | None) -> tuple[int, int]:
+                 device: torch.device, max_splits: int | None,
+                 min_tiles: int = MIN_TILES_PER_SPLIT) -> tuple[int, int]:
     """Pick (num_splits, chunk) from shapes only, so the grid is static under CUDA graphs."""
     want = triton.cdiv(PROGRAMS_PER_SM * _sm_count(device), B * programs_per_split)
-    longest = triton.cdiv(s_max, MIN_TILES_PER_SPLIT * block_n)
+    longest = triton.cdiv(s_max, min_tiles * block_n)
     num_splits = max(1, min(want, longest, MAX_SPLITS, max_splits or MAX_SPLITS))
     chunk = triton.cdiv(triton.cdiv(s_max, num_splits), block_n) * block_n
     return triton.cdiv(s_max, chunk), chunk  # recount: rounding up may leave trailing splits empty
 
 
 def decode_attention(q, k_cache, v_cache, seq_lens, scale: float, *,
-                     max_splits: int | None = None, pdl: bool = False) -> torch.Tensor:
+                     max_splits: int | None = None, min_tiles: int | None = None,
+                     pdl: bool = False) -> torch.Tensor:
     """softmax(scale * q K^T) V over the first seq_lens[b] cache positions -> [B, H, Dv] in q.dtype.
 
     q [B, H, Dk]; k_cache [B, S_max, Hkv, Dk]; v_cache [B, S_max, Hkv, Dv] (any strides, unit
     stride on the head dim; may be a view of k_cache); seq_lens [B] int32 on device, each >= 1.
+    max_splits / min_tiles (K tiles per split) override the split plan (benchmarks, tests).
     """
     B, H, dk = q.shape
     _, s_max, hkv, _ = k_cache.shape
@@ -207,7 +211,9 @@ def decode_attention(q, k_cache, v_cache, seq_lens, scale: float, *,
     block_h = min(max(16, triton.next_power_of_2(G)), max(16, ACC_BUDGET // block_dv))
     head_tiles = triton.cdiv(G, block_h)
     block_n = 64 if block_dk + block_dr <= 256 else 32  # MLA: a 32 x 576 K tile is already 36 KB
-    num_splits, chunk = _plan_splits(B, hkv * head_tiles, s_max, block_n, q.device, max_splits)
+    if min_tiles is None:
+        min_tiles = MIN_TILES_PER_SPLIT if block_dk + block_dr <= 256 else MLA_MIN_TILES_PER_SPLIT
+    num_splits, chunk = _plan_splits(B, hkv * head_tiles, s_max, block_n, q.device, max_splits, min_tiles)
     # MLA stores one latent; V = latent[..., :Dv] aliases K's main block, so reuse the loaded tile.
     v_from_k = (v_cache.data_ptr() == k_cache.data_ptr() and v_cache.stride() == k_cache.stride()
                 and dv == block_dk)
