@@ -7,7 +7,10 @@ Three situations, one per branch of `attend`:
     `sdpa` masks the padded cache (reading all of it inside a CUDA graph, where lengths live on the
     device), `triton` is a split-K kernel that reads only each sequence's filled part, `flash` is
     flash-attn's `flash_attn_with_kvcache` when installed;
-  * a chunk appended to a non-empty cache (speculative verification): SDPA with an explicit mask.
+  * a chunk appended to a non-empty cache (speculative verification, ragged appends): with
+    `triton`, the same split-K kernel with S query rows per sequence, each token seeing the cache up
+    to its own position (one read of the cache for all S tokens); otherwise SDPA with an explicit
+    mask over the cache.
 
 Family quirks handled here: GQA (Hkv < H), q/k/v bias (Qwen1.5/2), q/k RMSNorm over the whole
 projection (OLMoE, "full") or per head (Qwen3, "head"), and OLMoE's optional q/k/v clipping. The
@@ -60,12 +63,15 @@ MASKED_SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTI
 
 def attend_cached(q, k_cache, v_cache, step: Step, scale: float, settings):
     """q [B, S, H, dk] against cached K/V [B, S_max, Hkv, d] (already holding this step) -> [B, S, H, dv]."""
+    backend = settings.attn if settings is not None else "sdpa"
+    pdl = settings is not None and settings.pdl == "on"
     if q.shape[1] == 1:
-        backend = settings.attn if settings is not None else "sdpa"
-        pdl = settings is not None and settings.pdl == "on"
         out = DECODE_ATTENTION[backend](q[:, 0], k_cache, v_cache, step, scale, pdl)
         if out is not None:
             return out[:, None]
+    elif backend == "triton":   # several new tokens: causal by position, one pass over the cache
+        return _decode_kernel.decode_attention(q, k_cache, v_cache, step.seq_lens, scale,
+                                               positions=step.positions, pdl=pdl)
     L = step.max_len or k_cache.shape[1]
     k, v = k_cache[:, :L].transpose(1, 2), v_cache[:, :L].transpose(1, 2)    # [B, Hkv, L, d]
     cols = torch.arange(L, device=q.device)

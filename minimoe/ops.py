@@ -30,7 +30,7 @@ except ImportError:
     triton = None
 if triton is not None:
     from .kernels import mla_rope as _mla_rope, norm_route as _norm_route, rmsnorm as _rmsnorm, rope as _rope
-    from .kernels import route as _route
+    from .kernels import gate_splitk as _gate_splitk, route as _route
 
 
 # ---- the PyTorch twins ---------------------------------------------------------------------------
@@ -115,9 +115,31 @@ def _never(*args) -> bool:
     return False
 
 
+# Gates at least this large (bytes) route through the split-K GEMV + top-k (kernels/gate_splitk.py)
+# at decode sizes; None keeps them on cuBLAS + route_topk. Set from scripts/bench_router.py.
+SPLITK_GATE_MIN_BYTES: int | None = 128 * 1024
+
+
+def _splitk_gate(T: int, E: int, D: int, gate_dtype, x_dtype) -> bool:
+    return (SPLITK_GATE_MIN_BYTES is not None and E * D * gate_dtype.itemsize >= SPLITK_GATE_MIN_BYTES
+            and _gate_splitk.usable(T, E, D, gate_dtype, x_dtype))
+
+
 def _triton_gate_fits(T: int, E: int, D: int, gate_dtype, x_dtype) -> bool:
-    """One program per token streams the whole gate: only gates <= 64 KB at decode sizes (measured)."""
-    return 0 < T <= _norm_route.MAX_T and _norm_route.usable(E, D, True, gate_dtype, x_dtype)
+    """Small gates (<= 64 KB): one program per token streams the whole gate (norm_route.py); large
+    ones at decode sizes: the gate split over ~one wave of programs, then top-k (gate_splitk.py)."""
+    small = 0 < T <= _norm_route.MAX_T and _norm_route.usable(E, D, True, gate_dtype, x_dtype)
+    return small or _splitk_gate(T, E, D, gate_dtype, x_dtype)
+
+
+def _triton_gate_route(h, gate_weight, k: int, *, renorm: bool, scaling: float = 1.0,
+                       softmax_first: bool = True, pdl: bool = False):
+    E, D = gate_weight.shape
+    if _splitk_gate(h.shape[0], E, D, gate_weight.dtype, h.dtype):
+        return _gate_splitk.gate_route_splitk(h, gate_weight, k, renorm=renorm, scaling=scaling,
+                                              softmax_first=softmax_first, pdl=pdl)
+    return _norm_route.gate_route(h, gate_weight, k, renorm=renorm, scaling=scaling,
+                                  softmax_first=softmax_first, pdl=pdl)
 
 
 def _triton_rms_norm(x, weight, eps: float, residual=None, *, pdl: bool = False):
@@ -129,7 +151,7 @@ TORCH_OPS = Ops("torch", rms_norm_torch, qkv_rope_cache_torch, mla_rope_cache_to
 OPS = {"torch": TORCH_OPS}
 if triton is not None:
     OPS["triton"] = Ops("triton", _triton_rms_norm, _rope.qkv_rope_cache, _mla_rope.mla_rope_cache,
-                        _route.route_topk, _norm_route.gate_route, _triton_gate_fits)
+                        _route.route_topk, _triton_gate_route, _triton_gate_fits)
 
 
 @functools.lru_cache(maxsize=None)

@@ -125,3 +125,57 @@ def test_cuda_graph_replay_follows_new_seq_lens():
     graph.replay()
     ref = decode_attention_ref(q.double(), k_cache.double(), v_cache.double(), seq_lens, scale)
     assert (out.double() - ref).abs().max() / ref.abs().max() <= TOL[torch.bfloat16]
+
+
+# ---- several new tokens per sequence (speculative verification, ragged appends) ------------------
+
+def _check_multi(B, S, H, Hkv, dk, dv, s_max, dtype, seed, mla=False, **kw):
+    g = torch.Generator().manual_seed(seed)
+    k_cache = torch.randn(B, s_max, Hkv, dk, generator=g).to(dtype).to(DEVICE)
+    v_cache = k_cache[..., :dv] if mla else torch.randn(B, s_max, Hkv, dv, generator=g).to(dtype).to(DEVICE)
+    # each sequence holds `old` entries and appends S, so seq_lens = old + S; the first sequence
+    # starts empty (its first token sees only itself), the last one fills the cache
+    old = torch.randint(0, s_max - S + 1, (B,), generator=g)
+    old[0], old[-1] = 0, s_max - S
+    seq_lens = (old + S).to(torch.int32).to(DEVICE)
+    positions = (old[:, None] + torch.arange(S)).to(DEVICE)                  # [B, S] int64
+    if not mla:
+        _poison_tail(k_cache, seq_lens)
+        _poison_tail(v_cache, seq_lens)
+    q = torch.randn(B, S, H, dk, generator=g).to(dtype).to(DEVICE)
+    scale = dk ** -0.5
+    out = decode_attention(q, k_cache, v_cache, seq_lens, scale, positions=positions, **kw)
+    ref = decode_attention_ref(q.double(), k_cache.double(), v_cache.double(), seq_lens, scale, positions)
+    assert out.shape == (B, S, H, dv) and out.dtype == dtype
+    assert not out.isnan().any()
+    err = (out.double() - ref.double()).abs().max() / ref.double().abs().max()
+    assert err <= TOL[dtype], f"relative error {err:.2e}"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("S", [2, 5])
+@pytest.mark.parametrize("H,Hkv,D", [(4, 2, 64), (4, 4, 32), (6, 1, 64)])
+@pytest.mark.parametrize("max_splits", [None, 1, 3])
+def test_multi_token_causal_by_position(H, Hkv, D, S, dtype, max_splits):
+    """S new tokens per sequence: token s sees positions <= its own, across splits (a split may hold
+    positions only later tokens see: its rows must weigh nothing) and with one split."""
+    _check_multi(3, S, H, Hkv, D, D, 300, dtype, seed=H * S + D, max_splits=max_splits, min_tiles=1)
+
+
+@pytest.mark.parametrize("S", [1, 3])
+def test_multi_token_mla_latent(S):
+    """Absorbed MLA shape: one 576-wide latent head, V its first 512 columns, 16 heads x S rows."""
+    _check_multi(2, S, 16, 1, 576, 512, 96, torch.float32, seed=S, mla=True, min_tiles=1)
+
+
+def test_one_token_with_positions_equals_plain_decode():
+    torch.manual_seed(3)
+    B, s_max, H, Hkv, D = 3, 200, 4, 2, 64
+    k_cache = torch.randn(B, s_max, Hkv, D, device=DEVICE)
+    v_cache = torch.randn(B, s_max, Hkv, D, device=DEVICE)
+    seq_lens = torch.tensor([1, 77, 200], dtype=torch.int32, device=DEVICE)
+    q = torch.randn(B, H, D, device=DEVICE)
+    plain = decode_attention(q, k_cache, v_cache, seq_lens, 0.125)
+    multi = decode_attention(q[:, None], k_cache, v_cache, seq_lens, 0.125,
+                             positions=(seq_lens.long() - 1)[:, None])[:, 0]
+    torch.testing.assert_close(multi, plain, rtol=1e-6, atol=1e-6)

@@ -39,7 +39,7 @@ def counted(monkeypatch):
             return fn(*args, **kwargs)
         return wrapper
     triton_ops = ops.OPS["triton"]
-    fields = ("rms_norm", "qkv_rope_cache", "route_topk", "gate_route")
+    fields = ("rms_norm", "qkv_rope_cache", "mla_rope_cache", "route_topk", "gate_route")
     monkeypatch.setitem(ops.OPS, "triton", dataclasses.replace(
         triton_ops, **{f: wrap(f, getattr(triton_ops, f)) for f in fields}))
     monkeypatch.setattr(linear._gemv, "gemv", wrap("gemv", linear._gemv.gemv))
@@ -48,8 +48,14 @@ def counted(monkeypatch):
     ops._bound.cache_clear()
 
 
+@pytest.mark.parametrize("splitk", [False, True])
 @pytest.mark.parametrize("card", CARDS)
-def test_triton_ops_equal_torch_ops(card, counted):
+def test_triton_ops_equal_torch_ops(card, splitk, counted, monkeypatch):
+    """splitk: every gate goes through the split-K router GEMV (the tiny gates are below its size
+    threshold otherwise), so its engine wiring is covered as well as the one-program kernel's."""
+    if splitk:
+        monkeypatch.setattr(ops, "SPLITK_GATE_MIN_BYTES", 0)
+        monkeypatch.setattr(ops._norm_route, "MAX_GATE_BYTES", 0)
     s = RunSettings(experts="grouped", attn="sdpa", ops="torch", gemv="torch", device=DEVICE)
     model, cfg, _ = build_model(card, "dummy", dtype=torch.float32, device=DEVICE, settings=s, seed=3)
     prompts = torch.randint(0, cfg.vocab_size, (2, 3), generator=torch.Generator().manual_seed(5)).to(DEVICE)
@@ -59,6 +65,7 @@ def test_triton_ops_equal_torch_ops(card, counted):
     fast_tokens, fast_logits = _run(model, prompts, 4)
     assert counted["rms_norm"] > 0 and counted["gemv"] > 0
     assert ("qkv_rope_cache" in counted) == (cfg.attention != "mla")
+    assert ("mla_rope_cache" in counted) == (cfg.attention == "mla")
     fusable = cfg.router in ("softmax_topk", "topk_softmax") and not cfg.router_bias
     gate_fits = fusable                          # fp32 here: DeepSeek's fp32 gate matches the activations
     assert ("gate_route" in counted) == gate_fits
