@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from .linear import Linear
 from .ops import ops_for
@@ -46,10 +45,9 @@ class SwiGLU(nn.Module):
 
     def __init__(self, dim: int, hidden: int, settings=None):
         super().__init__()
-        self.hidden = hidden
+        self.hidden, self.settings = hidden, settings
         self.w13 = Linear(dim, 2 * hidden, settings=settings)
         self.w2 = Linear(hidden, dim, settings=settings)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.w13(x).split(self.hidden, dim=-1)
-        return self.w2(F.silu(gate) * up)
+        return self.w2(ops_for(self.settings).silu_mul(self.w13(x)))      # silu(gate) * up [..., I]

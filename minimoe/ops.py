@@ -30,7 +30,7 @@ except ImportError:
     triton = None
 if triton is not None:
     from .kernels import mla_rope as _mla_rope, norm_route as _norm_route, rmsnorm as _rmsnorm, rope as _rope
-    from .kernels import gate_splitk as _gate_splitk, route as _route
+    from .kernels import gate_splitk as _gate_splitk, route as _route, silu_mul as _silu_mul
 
 
 # ---- the PyTorch twins ---------------------------------------------------------------------------
@@ -66,6 +66,12 @@ def qkv_rope_cache_torch(qkv, positions, cos, sin, k_cache, v_cache, n_heads: in
     k_cache[rows, positions] = k
     v_cache[rows, positions] = v
     return q
+
+
+def silu_mul_torch(x, *, pdl: bool = False):
+    """x [..., 2I] (gate, then up) -> silu(gate) * up [..., I]: SwiGLU's activation (layers.py)."""
+    gate, up = x.chunk(2, dim=-1)
+    return F.silu(gate) * up
 
 
 def mla_rope_cache_torch(q, kv, positions, cos, sin, latent, norm_weight, eps: float, *, nope: int,
@@ -106,6 +112,7 @@ class Ops:
     rms_norm: Callable          # (x [..., N], weight [N], eps, residual=None) -> (y, x + residual | None)
     qkv_rope_cache: Callable    # (qkv [B, S, (H+2Hkv)d], positions [B, S], cos, sin, k_cache, v_cache, ...) -> q
     mla_rope_cache: Callable    # (q, kv, positions, cos, sin, latent, norm_w, eps, *, nope, interleave, q_pe_out)
+    silu_mul: Callable          # (x [..., 2I]) -> silu(x[..., :I]) * x[..., I:]
     route_topk: Callable        # (logits [T, E], k, *, renorm, scaling, softmax_first) -> (w, ids) [T, K]
     gate_route: Callable        # (h [T, D], gate [E, D], k, ...) -> (w, ids): gate GEMV + top-k
     gate_route_fits: Callable   # (T, E, D, gate dtype, h dtype) -> whether gate_route is one fused kernel here
@@ -116,12 +123,18 @@ def _never(*args) -> bool:
 
 
 # Gates at least this large (bytes) route through the split-K GEMV + top-k (kernels/gate_splitk.py)
-# at decode sizes; None keeps them on cuBLAS + route_topk. Set from scripts/bench_router.py.
+# for up to SPLITK_MAX_T tokens (any T <= 16 for an fp32 gate, whose alternative is an fp32 cuBLAS
+# GEMM); None keeps them on cuBLAS + route_topk. Measured on the H200 (scripts/bench_router.py,
+# docs/results/2026-11-30-s4/call2_x2), µs for cuBLAS + top-k -> split-K: OLMoE T=1 6.7 -> 4.0, T=4
+# 7.3 -> 5.7, T=8 7.3 -> 7.3; Qwen3-30B T=1 7.7 -> 5.4, T=4 7.8 -> 7.3, T=8 8.1 -> 10.3; DeepSeek-V2-Lite
+# (fp32 gate) T=1 8.6 -> 4.4, T=16 12.9 -> 10.5. Mixtral's 64 KB gate stays on norm_route.py.
 SPLITK_GATE_MIN_BYTES: int | None = 128 * 1024
+SPLITK_MAX_T = 4
 
 
 def _splitk_gate(T: int, E: int, D: int, gate_dtype, x_dtype) -> bool:
     return (SPLITK_GATE_MIN_BYTES is not None and E * D * gate_dtype.itemsize >= SPLITK_GATE_MIN_BYTES
+            and (T <= SPLITK_MAX_T or gate_dtype == torch.float32)
             and _gate_splitk.usable(T, E, D, gate_dtype, x_dtype))
 
 
@@ -146,12 +159,12 @@ def _triton_rms_norm(x, weight, eps: float, residual=None, *, pdl: bool = False)
     return _rmsnorm.rms_norm(x.contiguous(), weight, eps, residual, pdl=pdl)
 
 
-TORCH_OPS = Ops("torch", rms_norm_torch, qkv_rope_cache_torch, mla_rope_cache_torch, route_topk_torch,
-                gate_route_torch, _never)
+TORCH_OPS = Ops("torch", rms_norm_torch, qkv_rope_cache_torch, mla_rope_cache_torch, silu_mul_torch,
+                route_topk_torch, gate_route_torch, _never)
 OPS = {"torch": TORCH_OPS}
 if triton is not None:
     OPS["triton"] = Ops("triton", _triton_rms_norm, _rope.qkv_rope_cache, _mla_rope.mla_rope_cache,
-                        _route.route_topk, _triton_gate_route, _triton_gate_fits)
+                        _silu_mul.silu_mul, _route.route_topk, _triton_gate_route, _triton_gate_fits)
 
 
 @functools.lru_cache(maxsize=None)
@@ -160,7 +173,7 @@ def _bound(name: str, pdl: bool) -> Ops:
     if not pdl:
         return ops
     bind = {f: functools.partial(getattr(ops, f), pdl=True)
-            for f in ("rms_norm", "qkv_rope_cache", "mla_rope_cache", "route_topk", "gate_route")}
+            for f in ("rms_norm", "qkv_rope_cache", "mla_rope_cache", "silu_mul", "route_topk", "gate_route")}
     return replace(ops, **bind)
 
 

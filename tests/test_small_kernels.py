@@ -200,3 +200,19 @@ def test_capture_in_cuda_graph():
     _assert_close(q, q_ref, dtype)
     for cache, ref in ((args[4], k_ref), (args[5], v_ref)):  # NaN = never written, in both
         _assert_close(cache.nan_to_num(0.0), ref.nan_to_num(0.0), dtype)
+
+
+# ---- SwiGLU activation ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(1, 2 * 2816), (3, 5, 2 * 24), (7, 2 * 1500), (0, 8)])
+def test_silu_mul_matches_torch(shape, dtype):
+    """One row, a batch of rows, a width that is not a multiple of the block, no rows."""
+    from minimoe.kernels.silu_mul import silu_mul
+    from minimoe.ops import silu_mul_torch
+    g = torch.Generator().manual_seed(sum(shape))
+    x = (torch.randn(*shape, generator=g) * 4).to(dtype).to(DEVICE)
+    out, ref = silu_mul(x), silu_mul_torch(x)
+    assert out.shape == ref.shape == (*shape[:-1], shape[-1] // 2) and out.dtype == dtype
+    if out.numel():
+        _assert_close(out, ref, dtype)
