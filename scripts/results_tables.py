@@ -1,6 +1,8 @@
 """Turn the bench JSON files of a GPU session into the README's markdown tables.
 
     python scripts/results_tables.py docs/results/2026-11-28
+    python scripts/results_tables.py --before-after docs/results/2026-11-30-s4/call3_x2
+      (models_<key>_128.json from this code beside old_<key>_128.json from the landed code, same GPU)
 """
 import json
 import sys
@@ -43,7 +45,26 @@ def ablation_table(folder: Path) -> None:
                   f"{r['roofline']['e2e_pct_of_floor']:.0f}% |")
 
 
+def before_after(folder: Path) -> None:
+    print("| model | bs | before out tok/s | after out tok/s | change | before ITL ms | after ITL ms | after % of floor |")
+    print("|---|---|---|---|---|---|---|---|")
+    for key, name in MODELS:
+        new, old = folder / f"models_{key}_128.json", folder / f"old_{key}_128.json"
+        if not (new.exists() and old.exists()):
+            continue
+        olds = {r["batch"]: r for r in json.loads(old.read_text())["results"]}
+        for r in json.loads(new.read_text())["results"]:
+            o = olds[r["batch"]]
+            a, b = r["metrics"]["output_tok_s"], o["metrics"]["output_tok_s"]
+            print(f"| {name} | {r['batch']} | {b:,.1f} | {a:,.1f} | {100 * (a / b - 1):+.1f}% | "
+                  f"{o['metrics']['itl_median_ms']:.3f} | {r['metrics']['itl_median_ms']:.3f} | "
+                  f"{r['roofline']['e2e_pct_of_floor']:.0f}% |")
+
+
 if __name__ == "__main__":
+    if sys.argv[1] == "--before-after":
+        before_after(Path(sys.argv[2]))
+        sys.exit(0)
     folder = Path(sys.argv[1])
     model_tables(folder)
     print()

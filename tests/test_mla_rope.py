@@ -78,7 +78,8 @@ def test_absorbed_decode_equals_expanded_prefill(card, ops_name):
     from minimoe.loader import build_model
     from minimoe.settings import RunSettings
     # float64 under the interpreter; float32 on a GPU (Triton's tl.dot has no float64 there)
-    dtype, tol = (torch.float64, 1e-9) if DEVICE.type == "cpu" else (torch.float32, 1e-4)
+    # (the Triton op set computes in fp32 inside its kernels: a float64 model agrees to fp32 rounding)
+    dtype, tol = (torch.float64, 1e-9 if ops_name == "torch" else 1e-5) if DEVICE.type == "cpu" else (torch.float32, 1e-4)
     s = RunSettings(ops=ops_name, attn="sdpa" if ops_name == "torch" else "triton", device=DEVICE.type).resolve()
     model, cfg, _ = build_model(card, "dummy", dtype=dtype, device=DEVICE, settings=s)
     B, L = 2, 7

@@ -36,12 +36,14 @@ import triton.language as tl
 from .pdl import launch_args, wait_then_release
 
 # K tiles per split at least (the split plan's floor). Measured on the H200 (scripts/bench_attn_splits.py,
-# docs/results/2026-11-30-s4/call2_x2): 1 tile is fastest at batch 1 on every shape (OLMoE 7.7 -> 5.9 µs,
-# Qwen3-30B 7.3 -> 5.5, Mixtral 7.9 -> 5.7, DeepSeek-V2-Lite MLA 10.5 -> 7.1 at 256 positions) and within
-# 0.6 µs of the best elsewhere, except absorbed MLA with many head tiles (DeepSeek-V3, 128 heads: each
-# split writes a [128, 512] fp32 partial, and at batch 16 more splits cost more than they give).
-MIN_TILES_PER_SPLIT = 1
-MLA_MANY_HEADS_MIN_TILES = 4  # absorbed MLA with more than one head tile (G > BLOCK_H)
+# docs/results/2026-11-30-s4/call2_x2): when B x (kv heads x head tiles) programs do not fill the SMs once,
+# 1 tile is fastest (batch 1, 256 positions: OLMoE 7.7 -> 5.9 µs, Qwen3-30B 7.3 -> 5.5, Mixtral 7.9 ->
+# 5.7, DeepSeek-V2-Lite MLA 10.5 -> 7.1; Qwen3 at batch 16 8.4 -> 7.2) and within 0.6 µs of the best
+# elsewhere; when they do, 4 tiles (as before) avoid a merge for a short cache (at batch 64 a 256-entry
+# cache is then one split, no merge kernel). Absorbed MLA with many head tiles (DeepSeek-V3, 128 heads:
+# each split writes a [128, 512] fp32 partial) keeps 4: at batch 16 more splits cost more than they give.
+MIN_TILES_PER_SPLIT = 4
+SMALL_GRID_MIN_TILES = 1
 MAX_SPLITS = 64  # bounds the partial workspace and the merge kernel's loop
 PROGRAMS_PER_SM = 2  # splits are added until the grid covers the SMs about this many times
 ACC_BUDGET = 16384  # fp32 accumulator elements per program (BLOCK_H * Dv): 64 regs/thread, 8 warps
@@ -239,7 +241,8 @@ def decode_attention(q, k_cache, v_cache, seq_lens, scale: float, *, positions=N
     block_n = 64 if block_dk + block_dr <= 256 else 32  # MLA: a 32 x 576 K tile is already 36 KB
     if min_tiles is None:
         mla_many = block_dk + block_dr > 256 and head_tiles > 1
-        min_tiles = MLA_MANY_HEADS_MIN_TILES if mla_many else MIN_TILES_PER_SPLIT
+        small_grid = B * hkv * head_tiles < _sm_count(q.device)
+        min_tiles = SMALL_GRID_MIN_TILES if small_grid and not mla_many else MIN_TILES_PER_SPLIT
     num_splits, chunk = _plan_splits(B, hkv * head_tiles, s_max, block_n, q.device, max_splits, min_tiles)
     # MLA stores one latent; V = latent[..., :Dv] aliases K's main block, so reuse the loaded tile.
     v_from_k = (v_cache.data_ptr() == k_cache.data_ptr() and v_cache.stride() == k_cache.stride()
