@@ -1,7 +1,7 @@
 """Turn the bench JSON files of a GPU session into the README's markdown tables.
 
     python scripts/results_tables.py docs/results/2026-11-28
-    python scripts/results_tables.py --before-after docs/results/2026-11-30-s4/call3_x2
+    python scripts/results_tables.py --before-after docs/results/2026-11-30-s4/call4_x2
       (models_<key>_128.json from this code beside old_<key>_128.json from the landed code, same GPU)
 """
 import json
@@ -61,11 +61,24 @@ def before_after(folder: Path) -> None:
                   f"{r['roofline']['e2e_pct_of_floor']:.0f}% |")
 
 
-if __name__ == "__main__":
-    if sys.argv[1] == "--before-after":
-        before_after(Path(sys.argv[2]))
-        sys.exit(0)
-    folder = Path(sys.argv[1])
-    model_tables(folder)
+def main(argv=None) -> int:
+    import argparse
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("folder", type=Path, help="a results folder holding models_<key>_<len>.json (and old_*.json)")
+    p.add_argument("--before-after", action="store_true",
+                   help="compare models_<key>_128.json (this code) with old_<key>_128.json (the landed code)")
+    a = p.parse_args(argv)
+    if not a.folder.is_dir():
+        print(f"error: {a.folder} is not a folder", file=sys.stderr)
+        return 2
+    if a.before_after:
+        before_after(a.folder)
+        return 0
+    model_tables(a.folder)
     print()
-    ablation_table(folder)
+    ablation_table(a.folder)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
