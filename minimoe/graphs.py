@@ -90,6 +90,29 @@ class AppendGraph:
         return self.out
 
 
+class RoundGraph:
+    """Any sync-free device work `run()` (a whole speculative round: G draft forwards, the verify, the
+    acceptance and the bookkeeping, speculative.py) as one graph. `touched`: every tensor run() changes
+    in place that the capture must leave as it found it (cache lengths, the round's state, counters);
+    the K/V it writes past the lengths is never read. `state`: the static inputs, set by the owner."""
+
+    def __init__(self, run, touched, warmup: int = 2):
+        saved = [t.clone() for t in touched]
+
+        def restore():
+            for t, s in zip(touched, saved):
+                t.copy_(s)
+        self.graph, _ = _capture(run, restore, warmup)
+        self.state = None
+
+    @staticmethod
+    def supported(device: torch.device) -> bool:
+        return device.type == "cuda"
+
+    def replay(self) -> None:
+        self.graph.replay()
+
+
 def graph_safe(expert_path: str) -> bool:
     """Expert paths that make no host sync (the loop path syncs once per expert)."""
     return expert_path in ("grouped", "fused")

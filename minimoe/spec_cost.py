@@ -137,13 +137,13 @@ def measure_step_times(spec, prompts, n_new: int, gammas=AUTO_GAMMAS, iters: int
     st = spec.start(prompts, n_new, reference=ref)
     saved = (spec.target.cache.lengths.clone(), spec.draft.cache.lengths.clone(), spec.target.host_len,
              spec.draft.host_len)
-    work = [st.clone()]
+    work = [spec.bind(st.clone())]
 
     def restore():
         spec.target.cache.lengths.copy_(saved[0])
         spec.draft.cache.lengths.copy_(saved[1])
         spec.target.host_len, spec.draft.host_len = saved[2], saved[3]
-        work[0] = st.clone()
+        work[0] = spec.bind(st.clone())      # the round graph's state when rounds are graphed (untimed load)
     tok = st.tok
     t = StepTimes(B, target_ms=_median_ms(lambda: spec.target.decode(tok), restore, iters, device),
                   draft_ms=_median_ms(lambda: spec.draft_forward(tok[:, None]), restore, iters, device),
@@ -152,7 +152,8 @@ def measure_step_times(spec, prompts, n_new: int, gammas=AUTO_GAMMAS, iters: int
         spec.gamma = G
         tokens = torch.randint(V, (B, G + 1), device=device, generator=rand)
         t.verify_ms[G] = _median_ms(lambda: spec.verify(tokens), restore, iters, device)
-        t.round_ms[G] = _median_ms(lambda: spec.round(work[0]), restore, iters, device)
+        restore()                                 # binds the round graph for this G
+        t.round_ms[G] = _median_ms(lambda: spec.play(work[0]), restore, iters, device)
     spec.gamma = G0
     return t
 

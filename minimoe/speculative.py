@@ -22,8 +22,19 @@ Batched and ragged: lengths live on the device, nothing is padded or repacked, a
 sequence is frozen (its lengths stop moving) while the others go on. The host syncs only to decide
 whether to stop, after as many rounds as the slowest sequence needs at the very least
 (ceil(tokens left / (G+1))): a handful of syncs per run (one per round when stop ids are given, as
-plain decoding syncs per step then). Graphs: the draft's 1- and 2-token steps and the target's
-verify of G+1 tokens are each captured once (graphs.AppendGraph); the acceptance is eager.
+plain decoding syncs per step then).
+
+Graphs. A round is ~100 small launches of bookkeeping (argmax, gathers, comparisons, rollbacks, the
+output scatter) around G+1 forwards, and at batch 1, or with a small target, those launches cost as
+much as the forwards. So with graphs on, a greedy round (plain or synthetic acceptance) is captured
+WHOLE as one CUDA graph (graphs.RoundGraph): the draft's G forwards, the verify, the acceptance and
+the bookkeeping, replayed with one launch per round on a static SpecState that the generation binds
+to (`bind`). Its forwards are the static-shape steps (host_len None) that the per-step graphs
+capture too, so a graphed round computes what an eager round with those steps computes. Rejection
+sampling keeps per-step graphs (the draft's 1- and 2-token steps and the verify of G+1 tokens,
+graphs.AppendGraph) with eager acceptance: its draws come from a torch.Generator. The synthetic
+proposals draw their coins up front (SpecState.coin / other, one per reference position), so
+a round needs no random numbers.
 """
 from __future__ import annotations
 
@@ -34,7 +45,7 @@ from dataclasses import dataclass
 import torch
 
 from .generate import Generator
-from .graphs import AppendGraph, enable_graphs
+from .graphs import AppendGraph, RoundGraph, enable_graphs
 from .instrument import ExpertLoad, profiling
 from .sampling import Sampling, argmax, draw, probs
 from .settings import MAX_GAMMA
@@ -55,10 +66,24 @@ class SpecState:
     n_new: int                   # N, tokens asked for
     stop: torch.Tensor           # [n_stop] stop ids
     reference: torch.Tensor | None   # [B, >= N] the plain greedy run's tokens (synthetic acceptance)
+    coin: torch.Tensor | None = None      # [B, R] float32 U(0, 1) per reference position: keep the reference's?
+    other: torch.Tensor | None = None     # [B, R] int64 in 1..V-1: the miss is (reference + other) mod V
+    graph: RoundGraph | None = None       # the whole-round graph this state is the static input of
+
+    MOVING = ("tok", "catch", "lag", "n_out", "done", "out")           # what a round updates (in place)
+    FIXED = ("stop", "reference", "coin", "other")                     # read-only inputs
 
     def clone(self) -> "SpecState":
-        return dataclasses.replace(self, **{f: getattr(self, f).clone() for f in ("tok", "catch", "lag", "n_out",
-                                                                                  "done", "out")})
+        """A copy of the moving fields (the fixed inputs shared), bound to no graph."""
+        return dataclasses.replace(self, graph=None, **{f: getattr(self, f).clone() for f in self.MOVING})
+
+    def tensors(self) -> list:
+        return [t for t in (getattr(self, f) for f in self.MOVING + self.FIXED) if t is not None]
+
+    def key(self) -> tuple:
+        """What a whole-round graph bakes in besides the generator's G: N and every tensor's shape."""
+        return (self.n_new,) + tuple(None if t is None else tuple(t.shape)
+                                     for t in (getattr(self, f) for f in self.MOVING + self.FIXED))
 
 
 class SpeculativeGenerator:
@@ -79,6 +104,10 @@ class SpeculativeGenerator:
         self.generator = None                                    # torch.Generator for sampling (optional)
         self.rng = torch.Generator(self.target.device).manual_seed(seed)   # synthetic proposals only
         self.draft_graphs, self.verify_graphs = {}, {}           # S -> graphs.AppendGraph
+        self.round_graphs = {}                                   # (G, SpecState.key()) -> graphs.RoundGraph
+        self.graph_rounds = True                                 # with graphs on: whole greedy rounds as one graph
+        self._static = False                                     # forwards are the static-shape steps (capture)
+        self.rounds_graphed = False                              # whether the last generate() replayed round graphs
         self.count_experts = False                               # measurement: distinct experts per verify
         self.verify_touched = []
         self._rows = torch.arange(batch, device=self.target.device)
@@ -96,8 +125,10 @@ class SpeculativeGenerator:
         return longest_prompt + n_new + gamma
 
     def _reset_stats(self) -> None:
-        self.counts = torch.zeros(4, dtype=torch.long, device=self.target.device)
+        if not hasattr(self, "counts"):      # zeroed in place after that: round graphs add into this tensor
+            self.counts = torch.zeros(4, dtype=torch.long, device=self.target.device)
         # ^ [sequence-rounds, kept proposals, rounds with a rejection, diverged positions], live sequences only
+        self.counts.zero_()
         self.n_rounds = 0                                  # rounds of the batch (= target forwards after the prefill)
         self.emitted = None                                # [B] tokens each sequence emitted
 
@@ -118,15 +149,15 @@ class SpeculativeGenerator:
     @contextlib.contextmanager
     def eager(self):
         """Run eagerly inside (forward hooks and expert counters see eager steps only), graphs kept."""
-        saved = (self.draft_graphs, self.verify_graphs,
+        saved = (self.draft_graphs, self.verify_graphs, self.round_graphs,
                  [(g.graphs, g.prefill_graphs) for g in (self.target, self.draft)])
-        self.draft_graphs, self.verify_graphs = {}, {}
+        self.draft_graphs, self.verify_graphs, self.round_graphs = {}, {}, {}
         for g in (self.target, self.draft):
             g.graphs, g.prefill_graphs = None, {}
         try:
             yield self
         finally:
-            self.draft_graphs, self.verify_graphs, gens = saved
+            self.draft_graphs, self.verify_graphs, self.round_graphs, gens = saved
             for g, (dg, pg) in zip((self.target, self.draft), gens):
                 g.graphs, g.prefill_graphs = dg, pg
 
@@ -135,6 +166,8 @@ class SpeculativeGenerator:
         gen.host_len stays an upper bound of the lengths, capped by the cache (rolled-back lengths are
         lower, and the room check in generate() keeps every write inside the cache)."""
         S = tokens.shape[1]
+        if self._static:          # inside a whole-round graph: the static-shape step, no host bookkeeping
+            return gen.forward_step(tokens, None)
         bound = min(gen.host_len, gen.cache.max_len - S)
         if self.graphed and S not in graphs and graphs is self.verify_graphs:
             graphs[S] = AppendGraph(gen, S)                   # a G not captured up front
@@ -160,8 +193,13 @@ class SpeculativeGenerator:
         return logits
 
     def _mark(self) -> None:
-        if self.clock is not None:
+        if self.clock is not None and not self._static:     # no host marks inside a captured round
             self.clock.mark()
+
+    @property
+    def marks_per_round(self) -> int:
+        """Clock marks the last generate() made per round: draft, verify, accept (eager rounds), or one."""
+        return 1 if self.rounds_graphed else 3
 
     # ---- one round -------------------------------------------------------------------------------
     def _propose(self, st: SpecState, lens: torch.Tensor):
@@ -185,12 +223,13 @@ class SpeculativeGenerator:
         tok = argmax(logits)
         if st.reference is None:
             return tok, None
-        # synthetic: the draft's real choice is replaced by the reference's token w.p. A, else by another one
+        # synthetic: the draft's real choice is replaced by the reference's token w.p. A, else by another one;
+        # the coin of a position is drawn once (start()): a position is only decided once, so that is i.i.d.
         ref = st.reference
-        want = ref.gather(1, (st.n_out + i).clamp(max=ref.shape[1] - 1)[:, None])[:, 0]   # [B]
-        hit = torch.rand(want.shape, device=want.device, generator=self.rng) < self.draft_accept
-        V = logits.shape[-1]
-        other = (want + torch.randint(1, V, want.shape, device=want.device, generator=self.rng)) % V
+        pos = (st.n_out + i).clamp(max=ref.shape[1] - 1)[:, None]                     # [B, 1]
+        want = ref.gather(1, pos)[:, 0]                                                # [B]
+        hit = st.coin.gather(1, pos)[:, 0] < self.draft_accept
+        other = (want + st.other.gather(1, pos)[:, 0]) % logits.shape[-1]
         return torch.where(hit, want, other), None
 
     def _accept(self, drafts, q, logits, st: SpecState, live):
@@ -219,7 +258,8 @@ class SpeculativeGenerator:
         a, extra = self._accept(drafts, q, logits, st, live)
         # [B] tokens emitted this round: a + 1, never past N (a finished sequence's lengths stay in the cache)
         step = torch.where(live, torch.minimum(a + 1, st.n_new - st.n_out), 0)
-        st.lag = torch.where(live, (step == G + 1).long(), st.lag)
+        # every field of st is updated in place: a captured round (graphs.RoundGraph) replays onto st itself
+        st.lag.copy_(torch.where(live, (step == G + 1).long(), st.lag))
         self.target.rollback(lens + step)
         self.draft.rollback(lens + step - st.lag)                  # a fully kept round: d_{G-1} is not in it
         emitted = torch.cat([drafts, extra[:, None]], 1).scatter(1, a[:, None], extra[:, None])   # [B, G+1]
@@ -227,10 +267,56 @@ class SpeculativeGenerator:
         slots = torch.where(keep, st.n_out[:, None] + self._cols[:G + 1], st.out.shape[1] - 1)
         st.out.scatter_(1, slots, emitted)
         st.n_out += step
-        st.tok = torch.where(live, extra, st.tok)
-        st.catch = torch.where(live, drafts[:, -1], st.catch)
-        st.done = st.done | (st.n_out >= st.n_new) | (torch.isin(emitted, st.stop) & keep).any(1)
+        st.tok.copy_(torch.where(live, extra, st.tok))
+        st.catch.copy_(torch.where(live, drafts[:, -1], st.catch))
+        st.done.copy_(st.done | (st.n_out >= st.n_new) | (torch.isin(emitted, st.stop) & keep).any(1))
         self.counts[:3] += torch.stack([live.sum(), (a * live).sum(), ((a < G) & live).sum()])
+        self._mark()
+
+    # ---- whole-round graphs ----------------------------------------------------------------------
+    def bind(self, st: SpecState) -> SpecState:
+        """The state to play rounds on: with graphs on and greedy acceptance, the static state of the
+        round graph for (G, st's shapes), captured on first use, loaded with st's values; else st."""
+        if not (self.graphed and self.graph_rounds and self.sampling.greedy and not self.count_experts
+                and RoundGraph.supported(self.target.device)):
+            return st
+        key = (self.gamma,) + st.key()
+        graph = self.round_graphs.get(key)
+        if graph is None:
+            graph = self.round_graphs[key] = self._capture_round(st)
+        self._load(graph, st)
+        return graph.state
+
+    def _capture_round(self, template: SpecState) -> RoundGraph:
+        state = dataclasses.replace(template, graph=None, **{f: getattr(template, f).clone()
+                                                             for f in SpecState.MOVING + SpecState.FIXED
+                                                             if getattr(template, f) is not None})
+        touched = [self.target.cache.lengths, self.draft.cache.lengths, self.counts, self.target.nonfinite,
+                   *state.tensors()]
+
+        def run():
+            self._static = True
+            try:
+                self.round(state)
+            finally:
+                self._static = False
+        graph = RoundGraph(run, touched)
+        graph.state, state.graph = state, graph
+        return graph
+
+    @staticmethod
+    def _load(graph: RoundGraph, st: SpecState) -> None:
+        for dst, src in zip(graph.state.tensors(), st.tensors()):
+            dst.copy_(src)
+
+    def play(self, st: SpecState) -> None:
+        """One round: a replay of st's round graph when st is bound to one, else round(st) eagerly."""
+        if st.graph is None:
+            self.round(st)
+            return
+        st.graph.replay()
+        for gen in (self.target, self.draft):            # host bounds: a round appends at most G+1 entries
+            gen.host_len = min(gen.host_len + self.gamma + 1, gen.cache.max_len)
         self._mark()
 
     # ---- a whole generation ----------------------------------------------------------------------
@@ -260,8 +346,14 @@ class SpeculativeGenerator:
         out = torch.full((self.batch, n_new + 1), int(stop[0]) if stop.numel() else 0, device=dev)
         out[:, 0] = tok
         n_out = torch.ones(self.batch, dtype=torch.long, device=dev)
+        coin = other = None
+        if reference is not None:
+            reference = reference.to(dev)
+            V = self.target.model.cfg.vocab_size
+            coin = torch.rand(reference.shape, device=dev, generator=self.rng)
+            other = torch.randint(1, V, reference.shape, device=dev, generator=self.rng)
         return SpecState(tok, tok.clone(), torch.zeros_like(n_out), n_out, (n_out >= n_new) | torch.isin(tok, stop),
-                         out, n_new, stop, None if reference is None else reference.to(dev))
+                         out, n_new, stop, reference, coin, other)
 
     def _sync(self, st: SpecState) -> int:
         """Host sync: the most tokens a live sequence still needs (0 = stop); tighten both host bounds."""
@@ -276,7 +368,8 @@ class SpeculativeGenerator:
         """Prompts -> [B, max_new_tokens] new tokens, like Generator.generate: each sequence stops on its
         own at a stop id, keeps it, then only the first stop id follows. reference [B, >= N] int64:
         the plain greedy run's tokens, for (and only for) synthetic acceptance."""
-        st = self.start(prompts, max_new_tokens, stop_ids, reference)
+        st = self.bind(self.start(prompts, max_new_tokens, stop_ids, reference))
+        self.rounds_graphed = st.graph is not None
         free = 0
         while True:
             if free == 0:
@@ -285,14 +378,14 @@ class SpeculativeGenerator:
                     break
                 # each round emits >= 1 token per live sequence: no need to look again before this many
                 free = 1 if st.stop.numel() else -(-left // (self.gamma + 1))
-            self.round(st)
+            self.play(st)
             self.n_rounds += 1
             free -= 1
-        new = st.out[:, :max_new_tokens]
+        new = st.out[:, :max_new_tokens].clone()           # a bound state is the round graph's, reused
         if st.stop.numel():
             hit = torch.isin(new, st.stop).long()
             new = new.masked_fill(hit.cumsum(1) - hit > 0, int(st.stop[0]))   # after the first stop id
-        self.emitted = st.n_out
+        self.emitted = st.n_out.clone()
         return new
 
     def stats(self) -> dict:

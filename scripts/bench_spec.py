@@ -228,9 +228,13 @@ def floors(tcfg, tpc, dcfg, dpc, B, ctx, bw, gammas) -> dict:
             "verify": {G: ms(tcfg, tpc, expected_touched(E, K, B * (G + 1))) for G in gammas}}
 
 
-def measured_run(spec, prompts, n, G, A, reference, plain_run, times, warmup, iters, why="") -> dict:
-    spec.gamma, spec.draft_accept = G, A
-    run = median_run(spec, prompts, n, reference if A is not None else None, warmup, iters)
+def measured_run(spec, prompts, n, G, A, reference, plain_run, times, warmup, iters, why="",
+                 graph_rounds: bool = True) -> dict:
+    spec.gamma, spec.draft_accept, spec.graph_rounds = G, A, graph_rounds
+    try:
+        run = median_run(spec, prompts, n, reference if A is not None else None, warmup, iters)
+    finally:
+        spec.graph_rounds = True
     st = run["stats"]
     decode, plain_decode = run["e2e_ms"] - run["ttft_ms"], plain_run["e2e_ms"] - plain_run["ttft_ms"]
     pred = spec_cost.predict(times, st["alpha"], G, n - 1)
@@ -238,7 +242,8 @@ def measured_run(spec, prompts, n, G, A, reference, plain_run, times, warmup, it
            "mean_accepted_len": st["mean_accepted_len"], "tokens_per_target_forward": st["tokens_per_target_forward"],
            "speedup_decode": plain_decode / decode, "speedup_e2e": plain_run["e2e_ms"] / run["e2e_ms"],
            "predicted": pred["speedup"], "predicted_at_A": None if A is None else spec_cost.predict(times, A, G, n - 1)["speedup"],
-           "draft_share": run["phase_ms"][0] / decode, "diverged": st.get("diverged"),
+           "draft_share": run["phase_ms"][0] / decode if run["phase_ms"] else pred["draft_share"],
+           "rounds_graphed": run["rounds_graphed"], "diverged": st.get("diverged"),
            "equal_plain": float((run["tokens"] == reference).float().mean()) if reference is not None else None}
     out["error"] = out["speedup_decode"] / out["predicted"] - 1
     log(f"  run G={G} A={A} alpha={st['alpha']:.2f} speed-up decode {out['speedup_decode']:.2f}x e2e "
@@ -290,6 +295,12 @@ def sweep(args) -> dict:
                 for (G, A), why in plan.items():
                     r = guarded(f"run bs {B} {dname} G={G} A={A}", measured_run, spec, prompts, n, G, A, reference,
                                 plain_run, cell["times"], warmup, iters, why)
+                    cell["runs"] += [r] if r else []
+                if args.ab_rounds and CUDA:     # the same fixed run with eager rounds between per-step graphs
+                    G = 4 if 4 in gammas else max(gammas)
+                    r = guarded(f"run bs {B} {dname} G={G} A=0.8 eager rounds", measured_run, spec, prompts, n, G,
+                                0.8, reference, plain_run, cell["times"], warmup, iters, "eager rounds (before)",
+                                graph_rounds=False)
                     cell["runs"] += [r] if r else []
                 if dname == first:
                     cell["experts_touched"] = guarded("experts touched", touched, spec, prompts, reference)
@@ -377,9 +388,11 @@ def verdict(out: dict) -> dict:
     for c in out["cells"]:
         for r in c["runs"]:
             key = f"{c['draft']} bs{c['batch']} G={r['G']} A={r['A']}"
+            if r["why"].startswith("eager rounds"):
+                key += " (eager rounds, before)"
             v[key] = {"speedup": round(r["speedup_decode"], 3), "predicted": round(r["predicted"], 3),
                       "within_15pct": abs(r["error"]) <= 0.15}
-            if r["G"] == 4 and r["A"] == 0.8 and c["batch"] in (1, 16):
+            if r["G"] == 4 and r["A"] == 0.8 and c["batch"] in (1, 16) and not r["why"].startswith("eager"):
                 v[key]["target"] = 1.2 if c["batch"] == 1 else 1.7
                 v[key]["meets_target"] = r["speedup_decode"] >= v[key]["target"]
             if r["why"] == "auto":
@@ -414,14 +427,14 @@ def trained(args) -> dict:
             step = max(1, (len(ids) - n_in) // B)
             prompts = [ids[i * step: i * step + n_in] for i in range(B)]
             cell = guarded(f"trained {tname} bs {B}", trained_cell, target, draft, prompts, n, gammas, args.smoke,
-                           warmup, iters)
+                           warmup, iters, args.ab_rounds)
             if cell is not None:
                 out["cells"].append({"target": tname, "batch": B, **cell})
                 save_partial(args, "trained", out)
     return out
 
 
-def trained_cell(target, draft, prompts, n, gammas, smoke, warmup, iters) -> dict:
+def trained_cell(target, draft, prompts, n, gammas, smoke, warmup, iters, ab_rounds=False) -> dict:
     """Real acceptance: plain vs G = 1..8 MEASURED, the predictions from MEASURED step times and alpha."""
     n_in, B = max(map(len, prompts)), len(prompts)
     spec = SpeculativeGenerator(target, draft, B, SpeculativeGenerator.positions(n_in, n, max(gammas)), max(gammas))
@@ -439,6 +452,10 @@ def trained_cell(target, draft, prompts, n, gammas, smoke, warmup, iters) -> dic
         if r is not None:
             r["equal_plain"] = float((spec.generate(prompts, n) == plain_tokens).float().mean())
             cell["runs"].append(r)
+        if ab_rounds and CUDA and G == 4:      # the same run with eager rounds between per-step graphs (before)
+            r = guarded(f"trained run G={G} eager rounds", measured_run, spec, prompts, n, G, None, None, plain_run,
+                        times, warmup, iters, "eager rounds (before)", graph_rounds=False)
+            cell["runs"] += [r] if r else []
     del spec
     free()
     return cell
@@ -478,7 +495,7 @@ def report(phase: str, res: dict) -> str:
                          f"{e['per_verify']:.1f} ({e['ratio']:.2f}x) of {e['n_experts']}")
         lines += ["", "| MEASURED run | alpha | acc rate | tok/fwd | draft share | speed-up decode | e2e | predicted | error |",
                   "|---|---|---|---|---|---|---|---|---|"]
-        lines += [f"| G={r['G']} A={r['A']} | {r['alpha']:.2f} | {r['acceptance_rate']:.2f} | "
+        lines += [f"| G={r['G']} A={r['A']}{' ' + r['why'] if r.get('why') else ''} | {r['alpha']:.2f} | {r['acceptance_rate']:.2f} | "
                   f"{r['tokens_per_target_forward']:.2f} | {100 * r['draft_share']:.0f}% | {r['speedup_decode']:.2f}x | "
                   f"{r['speedup_e2e']:.2f}x | {r['predicted']:.2f}x | {100 * r['error']:+.0f}% |" for r in c["runs"]]
     if res.get("drafts"):
@@ -505,6 +522,8 @@ def main(argv=None) -> int:
     p.add_argument("--drafts", nargs="+", help="sweep: only these drafts (Qwen3-0.6B, Qwen3-1.7B)")
     p.add_argument("--n-out", type=int, help="generated tokens per run")
     p.add_argument("--iters", type=int, help="timed runs per measurement (median)")
+    p.add_argument("--ab-rounds", action="store_true", help="sweep, trained: also time G=4 (A=0.8) with eager rounds between "
+                   "per-step graphs (the code before whole-round graphs), same process")
     args = p.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -132,6 +132,62 @@ def test_the_static_steps_graphs_capture_equal_plain(card):
     assert torch.equal(spec.generate(PROMPTS, N), plain(target, PROMPTS))
 
 
+class _EagerRoundGraph:
+    """graphs.RoundGraph on a CPU: 'replay' runs the captured round (static-shape steps, in-place state),
+    and the capture's warm-up and restore happen as on the GPU."""
+    captures = 0
+
+    def __init__(self, run, touched, warmup: int = 2):
+        saved = [t.clone() for t in touched]
+        for _ in range(warmup + 1):                       # warm-ups and the capture, each undone
+            run()
+            for t, v in zip(touched, saved):
+                t.copy_(v)
+        self.run, self.state = run, None
+        _EagerRoundGraph.captures += 1
+
+    @staticmethod
+    def supported(device) -> bool:
+        return True
+
+    def replay(self) -> None:
+        self.run()
+
+
+def test_whole_round_graphs_equal_plain_and_rebind(monkeypatch, tmp_path):
+    """The whole-round path (bind a static state, replay the captured round, host bounds) on the CPU:
+    greedy and synthetic acceptance equal plain greedy, across generations that reuse one round graph
+    (and a new one for a new G), with the same statistics an eager run gives."""
+    import minimoe.speculative as speculative
+    monkeypatch.setattr(speculative, "RoundGraph", _EagerRoundGraph)
+    target, _, _ = build_model("qwen3-moe-tiny", "dummy", dtype=torch.float32, seed=0)
+    draft, _, _ = build_model("qwen3-moe-tiny", "dummy", dtype=torch.float32, seed=0)
+    perturbed(draft, 0.5)
+    want = plain(target, PROMPTS)
+    spec = spec_for(target, draft, 3)
+    spec.draft_graphs = {S: _StaticStep(spec.draft) for S in (1, 2)}        # "graphs on"
+    eager = spec_for(target, draft, 3)
+    _EagerRoundGraph.captures = 0
+    for G in (3, 3, 2):
+        spec.gamma = eager.gamma = G
+        assert torch.equal(spec.generate(PROMPTS, N), want) and spec.rounds_graphed
+        assert torch.equal(eager.generate(PROMPTS, N), want) and not eager.rounds_graphed
+        assert spec.stats() == eager.stats()
+    assert _EagerRoundGraph.captures == 2                       # one per G; the second G=3 run rebinds
+    (tmp_path / "config.json").write_text(json.dumps(DENSE_DRAFT))
+    dense, _, _ = build_model(str(tmp_path), "dummy", dtype=torch.float32, seed=4)
+    ref = plain(target, PROMPTS, 30)
+    synth = spec_for(target, dense, 4, n=30, draft_accept=0.6)
+    synth.draft_graphs = {S: _StaticStep(synth.draft) for S in (1, 2)}
+    assert torch.equal(synth.generate(PROMPTS, 30, reference=ref), ref) and synth.rounds_graphed
+    assert 0.3 < synth.stats()["alpha"] < 0.9
+    sampled = spec_for(target, draft, 3, sampling=Sampling(temperature=1.0))
+    sampled.draft_graphs = {S: _StaticStep(sampled.draft) for S in (1, 2)}
+    sampled.verify_graphs = {4: _StaticStep(sampled.target)}
+    sampled.generate(PROMPTS, N)
+    assert not sampled.rounds_graphed                           # rejection sampling keeps eager rounds
+
+
 def test_graph_safe_paths_under_speculation():
     """The settings a GPU run graphs: grouped experts (sync-free) and the Triton decode attention, which
     reads each sequence's device length after rollbacks (interpreted on the CPU; the fused MoE and the

@@ -52,9 +52,11 @@ def timed_speculative(spec, prompts, n_out: int, reference=None) -> dict:
     clock.mark()
     tokens = spec.generate(prompts, n_out, reference=reference)
     spec.clock = None
-    ms = clock.intervals_ms()                       # [TTFT, (draft, verify, accept) x rounds]
-    phases = [sum(ms[1 + i::3]) for i in range(3)]
-    return {"ttft_ms": ms[0], "e2e_ms": sum(ms), "phase_ms": phases, "tokens": tokens, "stats": spec.stats()}
+    ms = clock.intervals_ms()      # [TTFT, (draft, verify, accept) x rounds], or [TTFT, round x rounds] graphed
+    k = spec.marks_per_round
+    phases = [sum(ms[1 + i::k]) for i in range(k)] if k == 3 else None
+    return {"ttft_ms": ms[0], "e2e_ms": sum(ms), "phase_ms": phases, "tokens": tokens, "stats": spec.stats(),
+            "rounds_graphed": spec.rounds_graphed}
 
 
 def median_run(spec, prompts, n_out: int, reference, warmup: int, iters: int) -> dict:
@@ -121,10 +123,17 @@ class SpecBench:
         m = summarize({"ttft_ms": run["ttft_ms"], "e2e_ms": run["e2e_ms"],
                        "itl_ms": [decode_ms / max(1, n_out - 1)]}, b, mean_in, n_out)
         pred = spec_cost.predict(times, st["alpha"], G, n_out - 1)
-        draft, verify, accept = run["phase_ms"]
         same = (run["tokens"] == plain).float().mean().item()
-        return {"metrics": m, "stats": st, "phase_ms": {"draft": draft, "verify": verify, "accept": accept},
-                "draft_share": draft / max(1e-9, decode_ms), "verify_share": verify / max(1e-9, decode_ms),
+        if run["phase_ms"] is not None:                   # eager rounds: marks between the phases
+            draft, verify, accept = run["phase_ms"]
+            phases = {"draft": draft, "verify": verify, "accept": accept}
+            draft_share, verify_share = draft / max(1e-9, decode_ms), verify / max(1e-9, decode_ms)
+        else:       # one graph per round: the shares of the measured step times in the measured round
+            phases = None
+            draft_share = (times.draft2_ms + (G - 1) * times.draft_ms) / times.round_ms[G]
+            verify_share = times.verify_ms[G] / times.round_ms[G]
+        return {"metrics": m, "stats": st, "phase_ms": phases, "rounds_graphed": run["rounds_graphed"],
+                "draft_share": draft_share, "verify_share": verify_share,
                 "speedup_e2e": m0["e2e_s"] * 1e3 / run["e2e_ms"],
                 "speedup_decode": (m0["e2e_s"] * 1e3 - m0["ttft_ms"]) / decode_ms,
                 "predicted": pred, "tokens_equal_plain": same}
