@@ -19,20 +19,43 @@ import torch.nn.functional as F
 
 try:
     from .kernels import gemv as _gemv
-except ImportError:       # no Triton here: --gemv triton is refused before a model is built
-    _gemv = None
+    from .kernels.fused_moe_small import dense_gemv as _dense_gemv
+except ImportError:       # no Triton here: --gemv triton / stream are refused before a model is built
+    _gemv = _dense_gemv = None
+
+GEMV_KERNELS = ("torch", "triton", "stream")
+STREAM_MAX_T = 2          # the stream kernel reads the weight once per token: decode at batch 1-2 only
 
 
-def linear(x: torch.Tensor, weight, bias: torch.Tensor | None = None, gemv: bool = False) -> torch.Tensor:
+def auto_gemv(T: int, N: int, D: int) -> str:
+    """`--gemv auto`: the kernel for x [T, D] @ W[N, D]ᵀ, as measured on the H200 (scripts/bench_gemv.py,
+    16 projection shapes from 1024 x 2048 to Mixtral's 32000 x 4096 head; docs/results/2026-11-30-s5):
+    at T = 1 the stream kernel beat cuBLAS on 15 of 16 shapes (tie on the 16th): Qwen3-0.6B's o 13.2 ->
+    4.1 µs, w2 6.9 -> 4.6, Qwen3-30B-A3B's o 9.0 -> 7.4, Mixtral's o 13.0 -> 11.1, OLMoE's head 54.4 ->
+    49.4. At T = 2 it still wins on N = 1024 outputs (0.6B's o 13.4 -> 4.6, w2 6.9 -> 5.6); from there on
+    each token re-reads the weight and cuBLAS (or tl.dot tiles, within 5% of it) wins."""
+    if T == 1 or (T == 2 and N <= 1024):
+        return "stream"
+    return "torch"
+
+
+def linear(x: torch.Tensor, weight, bias: torch.Tensor | None = None, gemv: str = "torch") -> torch.Tensor:
     """y = x @ weightᵀ + bias for x [..., in] -> [..., out], whatever the weight's format.
-    gemv: use the Triton GEMV for up to kernels.gemv.MAX_T rows of a plain weight (RunSettings.gemv)."""
+    gemv (RunSettings.gemv) for a plain weight at decode sizes: "torch" (F.linear, cuBLAS), "triton"
+    (kernels/gemv.py, up to its MAX_T rows), "stream" (kernels/fused_moe_small.dense_gemv, the MoE decode
+    down kernel as a dense GEMV, up to STREAM_MAX_T rows) or "auto" (`auto_gemv` per shape); anything
+    outside those sizes, or with a bias, runs F.linear."""
     if not isinstance(weight, torch.Tensor):          # a packed weight: its own kernel
         return weight.linear(x, bias)
-    if gemv:
+    if gemv != "torch" and x.dtype == weight.dtype:
         lead = x.shape[:-1]
-        if _gemv.usable(lead.numel(), weight) and x.dtype == weight.dtype:
+        T = lead.numel()
+        kind = auto_gemv(T, *weight.shape) if gemv == "auto" else gemv
+        if kind == "triton" and _gemv.usable(T, weight):
             y, _ = _gemv.gemv(x.reshape(-1, x.shape[-1]).contiguous(), weight, bias)
             return y.view(*lead, -1)
+        if kind == "stream" and 1 <= T <= STREAM_MAX_T and bias is None and weight.is_contiguous():
+            return _dense_gemv(x.reshape(-1, x.shape[-1]).contiguous(), weight).view(*lead, -1)
     return F.linear(x, weight, bias)
 
 
@@ -47,7 +70,7 @@ class Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s = self.settings
-        return linear(x, self.weight, self.bias, gemv=s is not None and s.gemv == "triton")
+        return linear(x, self.weight, self.bias, gemv=s.gemv if s is not None else "torch")
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, bias={self.bias is not None}"

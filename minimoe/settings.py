@@ -36,7 +36,7 @@ class RunSettings:
     attn: str = "auto"              # decode attention backend; auto = triton on a GPU, sdpa on a CPU
     ops: str = "auto"               # small ops (RMSNorm+add, q/k norm+rope+cache write, router top-k):
                                     # torch (several kernels each) | triton (one each); auto = triton on a GPU
-    gemv: str = "auto"              # decode-size linears: torch (cuBLAS) | triton (kernels/gemv.py); auto = torch
+    gemv: str = "auto"              # decode-size linears: torch (cuBLAS) | triton | stream; auto = per shape (GPU)
     pdl: str = "auto"               # Programmatic Dependent Launch for our Triton kernels: on | off; auto = off
     eager: bool = False             # no CUDA graph of the decode step (graphs need a GPU and a sync-free path)
     eager_prefill: bool = False     # no CUDA graph of the prefill
@@ -69,13 +69,13 @@ class RunSettings:
         _choose("experts", s.experts, EXPERT_PATH_NAMES)
         _choose("attn", s.attn, ATTN_NAMES)
         _choose("ops", s.ops, ("auto", "torch", "triton"))
-        _choose("gemv", s.gemv, ("auto", "torch", "triton"))
+        _choose("gemv", s.gemv, ("auto", "torch", "triton", "stream"))
         _choose("pdl", s.pdl, ("auto", "on", "off"))
         _choose("quant", s.quant, QUANT_FORMATS)
         _choose("dispatch", s.dispatch, DISPATCH_DESIGNS)
         s.attn = ("triton" if gpu else "sdpa") if s.attn == "auto" else s.attn
         s.ops = ("triton" if gpu else "torch") if s.ops == "auto" else s.ops
-        s.gemv = "torch" if s.gemv == "auto" else s.gemv      # measured slower than cuBLAS (kernels/gemv.py)
+        s.gemv = ("auto" if gpu else "torch") if s.gemv == "auto" else s.gemv   # per shape: linear.auto_gemv
         s.pdl = "off" if s.pdl == "auto" else s.pdl          # measured slower on the H200 (kernels/pdl.py)
         if s.top_k is not None and s.top_k < 1:
             raise ValueError(f"--topk must be at least 1, got {s.top_k}")
@@ -163,8 +163,9 @@ SETTINGS_FLAGS = {
     "attn": ("--attn", dict(help="decode attention: sdpa | triton | flash (auto: triton on a GPU, sdpa on a CPU)")),
     "ops": ("--ops", dict(help="RMSNorm(+add), q/k-norm+rope+cache write, router top-k: torch (several kernels "
                                 "each) | triton (one each); auto: triton on a GPU")),
-    "gemv": ("--gemv", dict(help="decode-size linears: torch (cuBLAS) | triton (kernels/gemv.py, measured slower "
-                                  "on the H200); auto: torch")),
+    "gemv": ("--gemv", dict(help="decode-size linears: torch (cuBLAS) | triton (kernels/gemv.py) | stream (the MoE "
+                                  "decode kernel as a dense GEMV, batch 1-2); auto: per shape as measured on the "
+                                  "H200 (linear.auto_gemv), torch on a CPU")),
     "pdl": ("--pdl", dict(help="Programmatic Dependent Launch for the Triton kernels: on (sm90+) | off; auto: off "
                                 "(measured slower on the H200)")),
     "eager": ("--eager", dict(action="store_true", help="no CUDA graph of the decode step")),

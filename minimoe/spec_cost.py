@@ -46,6 +46,8 @@ class StepTimes:
     draft2_ms: float                                    # T_D(B, 2): a round's first draft step
     verify_ms: dict = field(default_factory=dict)       # G -> T_T(B, G+1)
     round_ms: dict = field(default_factory=dict)        # G -> one whole round, timed as such
+    eager_round_ms: dict = field(default_factory=dict)  # G -> the same round eagerly between per-step graphs
+    #                                                     (only measured when rounds are graphed whole)
 
     def accept_ms(self, G: int) -> float:
         """The round's bookkeeping (acceptance, rollback, output): the round minus its forwards."""
@@ -137,13 +139,14 @@ def measure_step_times(spec, prompts, n_new: int, gammas=AUTO_GAMMAS, iters: int
     st = spec.start(prompts, n_new, reference=ref)
     saved = (spec.target.cache.lengths.clone(), spec.draft.cache.lengths.clone(), spec.target.host_len,
              spec.draft.host_len)
-    work = [spec.bind(st.clone())]
+    work = [spec.bind(st.clone()), st.clone()]
 
     def restore():
         spec.target.cache.lengths.copy_(saved[0])
         spec.draft.cache.lengths.copy_(saved[1])
         spec.target.host_len, spec.draft.host_len = saved[2], saved[3]
         work[0] = spec.bind(st.clone())      # the round graph's state when rounds are graphed (untimed load)
+        work[1] = st.clone()                 # an unbound state: an eager round
     tok = st.tok
     t = StepTimes(B, target_ms=_median_ms(lambda: spec.target.decode(tok), restore, iters, device),
                   draft_ms=_median_ms(lambda: spec.draft_forward(tok[:, None]), restore, iters, device),
@@ -154,6 +157,8 @@ def measure_step_times(spec, prompts, n_new: int, gammas=AUTO_GAMMAS, iters: int
         t.verify_ms[G] = _median_ms(lambda: spec.verify(tokens), restore, iters, device)
         restore()                                 # binds the round graph for this G
         t.round_ms[G] = _median_ms(lambda: spec.play(work[0]), restore, iters, device)
+        if work[0].graph is not None:             # the A/B: the same round, eager between per-step graphs
+            t.eager_round_ms[G] = _median_ms(lambda: spec.round(work[1]), restore, iters, device)
     spec.gamma = G0
     return t
 

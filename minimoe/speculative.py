@@ -280,7 +280,7 @@ class SpeculativeGenerator:
         if not (self.graphed and self.graph_rounds and self.sampling.greedy and not self.count_experts
                 and RoundGraph.supported(self.target.device)):
             return st
-        key = (self.gamma,) + st.key()
+        key = (self.gamma, self.draft_accept) + st.key()          # both are baked into the captured round
         graph = self.round_graphs.get(key)
         if graph is None:
             graph = self.round_graphs[key] = self._capture_round(st)

@@ -35,6 +35,7 @@ import triton  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from minimoe.bench.roofline import graph_us  # noqa: E402
 from minimoe.kernels.gemv import default_config, gemv  # noqa: E402
+from minimoe.kernels.fused_moe_small import dense_gemv  # noqa: E402
 from minimoe.ops import rms_norm_torch  # noqa: E402
 from minimoe.kernels.rmsnorm import rms_norm  # noqa: E402
 
@@ -51,6 +52,9 @@ SHAPES = {  # name: (N, D) of x[T, D] @ W[N, D]^T
     "olmoe_qkv": (6144, 2048), "olmoe_o": (2048, 2048), "olmoe_head": (50304, 2048),
     "mixtral_qkv": (6144, 4096), "mixtral_o": (4096, 4096), "mixtral_head": (32000, 4096),
     "qwen3_qkv": (5120, 2048), "qwen3_o": (2048, 4096),
+    # the dense drafts of speculative decoding (Qwen3-0.6B, -1.7B): q/k/v, o, gate+up, down
+    "q06_qkv": (4096, 1024), "q06_o": (1024, 2048), "q06_w13": (6144, 1024), "q06_w2": (1024, 3072),
+    "q17_qkv": (4096, 2048), "q17_o": (2048, 2048), "q17_w13": (12288, 2048), "q17_w2": (2048, 6144),
 }
 TOKENS = (1, 4, 16)
 CALLS = 20  # calls per graph, and replays per timing
@@ -131,6 +135,28 @@ def time_gemv(case, cfg, fused, dtype):
         return None
 
 
+# The MoE decode down kernel as a dense GEMV (kernels/fused_moe_small.dense_gemv): thin tiles along
+# the contiguous reduction axis, software-pipelined; at T > 1 each token's programs re-read the weight.
+STREAM_SWEEP = [{"BLOCK_N": bn, "BLOCK_K": bk, "num_warps": w, "num_stages": s}
+                for bn, bk, w, s in [(4, 512, 4, 3), (8, 512, 4, 3), (8, 256, 4, 3), (16, 256, 4, 3),
+                                     (4, 1024, 4, 3), (8, 1024, 8, 3), (16, 512, 8, 3), (8, 512, 4, 4),
+                                     (4, 512, 4, 2), (2, 1024, 4, 3)]]
+
+
+def time_stream(case, cfg, dtype):
+    """µs per call of dense_gemv with cfg (checked against gemv_ref first), or None."""
+    try:
+        y = dense_gemv(case["x"], case["ws"][0], config=cfg)
+        err = rel_err(y, gemv_ref(case["x"], case["ws"][0])[0])
+        if not err <= TOL[dtype]:
+            raise AssertionError(f"rel err {err:.1e}")
+        ws = case["ws"]
+        return time_graph([lambda w=ws[i % len(ws)]: dense_gemv(case["x"], w, config=cfg) for i in range(CALLS)])
+    except Exception as exc:
+        print(f"    stream failed ({type(exc).__name__}: {str(exc)[:100]}): {cfg}")
+        return None
+
+
 def time_torch(case, fused):
     """µs per call of the unfused path: F.linear, after the rms_norm kernel when fused."""
     ws, x, res, nw = case["ws"], case["x"], case["res"], case["nw"]
@@ -152,6 +178,10 @@ def bench_shape(name, T, case, dtype, sms):
     row["sweep"] = sweep
     best = min([r for r in sweep + [row["default"]] if r["us"]], key=lambda r: r["us"])
     row["best"] = best
+    stream = [{"config": c, "us": time_stream(case, c, dtype)} for c in STREAM_SWEEP]
+    row["stream"] = min([r for r in stream if r["us"]], key=lambda r: r["us"], default=None)
+    if row["stream"]:
+        row["stream"]["gbs"] = gbs(row["stream"]["us"])
     row["norm_cublas_us"] = time_torch(case, fused=True)
     row["fused_default_us"] = time_gemv(case, default, True, dtype)
     row["fused_best_us"] = time_gemv(case, best["config"], True, dtype)
@@ -172,9 +202,13 @@ def print_row(r):
     c = r["best"]["config"]
     tag = f"{c['BLOCK_N']}x{c['BLOCK_K']} w{c['num_warps']} s{c['num_stages']}{' dot' if c['dot'] else ''}"
     cols = [_fmt(r[k + "_us"], r[k + "_gbs"]) for k in ("norm_cublas", "fused_default", "fused_best")]
+    st = r.get("stream")
+    sc = st and st["config"]
+    stream = (f"{_fmt(st['us'], st['gbs'])} {sc['BLOCK_N']}x{sc['BLOCK_K']} w{sc['num_warps']} s{sc['num_stages']}"
+              if st else "-")
     print(f"{r['shape']:13s} {r['T']:3d} | {_fmt(r['cublas_us'], r['cublas_gbs'])} "
           f"{_fmt(r['default']['us'], r['default']['gbs'])} {_fmt(r['best']['us'], r['best']['gbs'])} "
-          f"{tag:22s} | {' '.join(cols)}")
+          f"{tag:22s} | {' '.join(cols)} | stream {stream}")
 
 
 def _compile_worker(job):

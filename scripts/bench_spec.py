@@ -63,9 +63,13 @@ def log(*a) -> None:
     print(*a, flush=True)
 
 
+GEMV = "auto"        # --gemv: the decode-size dense projections of both models (RunSettings.gemv)
+
+
 def settings(dtype: str, moe: bool) -> RunSettings:
-    """The fast path on a GPU (fused experts; Triton attention and ops by auto), grouped on a CPU."""
-    return RunSettings(device=DEV, dtype=dtype, experts=("fused" if CUDA else "grouped") if moe else "loop").resolve()
+    """The fast path on a GPU (fused experts; Triton attention, ops and GEMVs by auto), grouped on a CPU."""
+    return RunSettings(device=DEV, dtype=dtype, experts=("fused" if CUDA else "grouped") if moe else "loop",
+                       gemv=GEMV).resolve()
 
 
 def load(name: str, weights: str, dtype: str, seed: int):
@@ -328,6 +332,9 @@ def sweep_cell(spec, draft, prompts, n, gammas, smoke, bw, tcfg, tpc, plain_run)
             "auto": {A: spec_cost.choose_gamma(times, A, n - 1)[0] for A in (0.5, 0.7, 0.8, 0.9)}, "runs": []}
     log(f"bs {B}: T_T(1) {times.target_ms:.3f} ms (floor {cell['floors_ms']['target']:.3f}), T_D {times.draft_ms:.3f} "
         f"(floor {cell['floors_ms']['draft']:.3f}), predicted auto G {cell['auto']}")
+    for G in times.eager_round_ms:
+        log(f"bs {B}: round G={G} graphed whole {times.round_ms[G]:.3f} ms, eager between per-step graphs "
+            f"{times.eager_round_ms[G]:.3f} ms; forwards {times.round_ms[G] - times.accept_ms(G):.3f} ms")
     return cell
 
 
@@ -524,7 +531,11 @@ def main(argv=None) -> int:
     p.add_argument("--iters", type=int, help="timed runs per measurement (median)")
     p.add_argument("--ab-rounds", action="store_true", help="sweep, trained: also time G=4 (A=0.8) with eager rounds between "
                    "per-step graphs (the code before whole-round graphs), same process")
+    p.add_argument("--gemv", default="auto", choices=["auto", "torch", "triton", "stream"],
+                   help="decode-size dense projections of target and draft (RunSettings.gemv)")
     args = p.parse_args(argv)
+    global GEMV
+    GEMV = args.gemv
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)

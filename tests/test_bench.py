@@ -188,7 +188,7 @@ BAD_INPUT = {
     "triton ops on cpu": (BASE + ["--ops", "triton"], "--ops triton needs Triton on a CUDA GPU"),
     "unknown ops": (BASE + ["--ops", "cuda"], "--ops cuda: choose from auto, torch, triton"),
     "triton gemv on cpu": (BASE + ["--gemv", "triton"], "--gemv triton needs Triton on a CUDA GPU"),
-    "unknown gemv": (BASE + ["--gemv", "cublas"], "--gemv cublas: choose from auto, torch, triton"),
+    "unknown gemv": (BASE + ["--gemv", "cublas"], "--gemv cublas: choose from auto, torch, triton, stream"),
     "pdl on cpu": (BASE + ["--pdl", "on"], "--pdl on needs a Hopper (sm90) or newer GPU"),
     "unknown pdl": (BASE + ["--pdl", "yes"], "--pdl yes: choose from auto, on, off"),
     "cuda device": (BASE + ["--device", "cuda"], "--device cuda: no CUDA GPU is available here"),

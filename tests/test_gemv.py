@@ -137,3 +137,55 @@ def test_gemv_in_cuda_graph():
         assert torch.equal(res_out, res_ref)
         err = ((y.double() - y_ref.double()).abs().max() / y_ref.double().abs().max()).item()
         assert err <= TOL[torch.bfloat16], err
+
+
+# ---- the stream kernel (the MoE decode down kernel as a dense GEMV) and `--gemv` dispatch -------------------
+
+@pytest.mark.parametrize("T,N,D", [(1, 48, 64), (2, 17, 33), (1, 1, 1000), (2, 130, 520), (1, 64, 1)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_dense_gemv_matches_linear(T, N, D, dtype):
+    """Ragged N and D (rows wrap, the reduction is masked), one output row, a one-element reduction."""
+    from minimoe.kernels.fused_moe_small import dense_gemv
+    g = torch.Generator().manual_seed(T * 1000 + N + D)
+    x = torch.randn(T, D, generator=g).to(DEVICE, dtype)
+    w = (torch.randn(N, D, generator=g) * D ** -0.5).to(DEVICE, dtype)
+    for cfg in (None, {"BLOCK_N": 4, "BLOCK_K": 16, "num_stages": 2}):
+        y = dense_gemv(x, w, config=cfg)
+        ref = F.linear(x.float(), w.float())
+        assert y.dtype == dtype and y.shape == (T, N)
+        assert ((y.float() - ref).abs().max() / ref.abs().max()).item() <= TOL[dtype]
+    assert dense_gemv(x[:0], w).shape == (0, N)
+
+
+def test_linear_dispatches_on_the_gemv_setting(monkeypatch):
+    """`--gemv stream` runs dense_gemv for 1-2 rows (F.linear past that, or with a bias), `triton` the
+    gemv kernel, `auto` whatever auto_gemv names for the shape; every result equals F.linear."""
+    from minimoe import linear as lin
+    calls = []
+    for name in ("_gemv", "_dense_gemv"):
+        mod = getattr(lin, name)
+        fn = mod.gemv if name == "_gemv" else mod
+
+        def wrapped(*a, _fn=fn, _name=name, **k):
+            calls.append(_name)
+            return _fn(*a, **k)
+        if name == "_gemv":
+            monkeypatch.setattr(mod, "gemv", wrapped)
+        else:
+            monkeypatch.setattr(lin, name, wrapped)
+    w = torch.randn(24, 40, device=DEVICE)
+    b = torch.randn(24, device=DEVICE)
+    for mode, lead, bias, want in [("stream", (1, 1), None, "_dense_gemv"), ("stream", (2,), None, "_dense_gemv"),
+                                   ("stream", (3,), None, None), ("stream", (1,), b, None),
+                                   ("triton", (2, 1), None, "_gemv"), ("torch", (1,), None, None)]:
+        calls.clear()
+        x = torch.randn(*lead, 40, device=DEVICE)
+        y = lin.linear(x, w, bias, gemv=mode)
+        assert torch.allclose(y, F.linear(x, w, bias), atol=1e-5), mode
+        assert calls == ([want] if want else []), (mode, lead, calls)
+    monkeypatch.setattr(lin, "auto_gemv", lambda T, N, D: "stream" if T == 1 else "torch")
+    calls.clear()
+    lin.linear(torch.randn(1, 40, device=DEVICE), w, gemv="auto")
+    lin.linear(torch.randn(4, 40, device=DEVICE), w, gemv="auto")
+    assert calls == ["_dense_gemv"]
+    assert all(lin.auto_gemv(T, N, D) in lin.GEMV_KERNELS for T in (1, 2, 4, 16) for N, D in [(4096, 1024), (151936, 2048)])

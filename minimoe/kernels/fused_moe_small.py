@@ -94,8 +94,10 @@ def _gate_up_gemv_kernel(x_ptr, w13_ptr, h_ptr, ids_ptr, top_k, expert_offset, E
 @triton.jit(do_not_specialize=["top_k", "expert_offset", "E"])
 def _down_combine_kernel(h_ptr, w2_ptr, out_ptr, ids_ptr, weights_ptr, top_k, expert_offset, E,
                          D, I, stride_ht, stride_we, stride_wn, stride_ot,
-                         BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr, PDL: tl.constexpr):
-    """out[t, cols] = Σ_k w[t,k] · W2[e_k][cols, :] · h[t·K + k] for BLOCK_N columns of D."""
+                         BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr, PDL: tl.constexpr,
+                         DENSE: tl.constexpr = False):
+    """out[t, cols] = Σ_k w[t,k] · W2[e_k][cols, :] · h[t·K + k] for BLOCK_N columns of D.
+    DENSE (dense_gemv): one expert, one slot of weight 1: out[t, cols] = W[cols, :] · h[t], no id loads."""
     wait_then_release(PDL)
     n_blocks = tl.cdiv(D, BLOCK_N)
     t, col0 = tl.program_id(0) // n_blocks, (tl.program_id(0) % n_blocks) * BLOCK_N
@@ -109,7 +111,10 @@ def _down_combine_kernel(h_ptr, w2_ptr, out_ptr, ids_ptr, weights_ptr, top_k, ex
         slot = j // n_chunks
         k0 = (j - slot * n_chunks) * BLOCK_K
         pair = t * top_k + slot
-        expert = _local_expert(ids_ptr, pair, expert_offset, E)
+        if DENSE:
+            expert = tl.zeros((), dtype=tl.int32)
+        else:
+            expert = _local_expert(ids_ptr, pair, expert_offset, E)
         # A foreign slot's loads are all masked off (no traffic, and its unwritten h row is never
         # read), so it adds an exact 0.
         k_mask = offs_k < tl.where(expert >= 0, I - k0, 0)
@@ -118,8 +123,11 @@ def _down_combine_kernel(h_ptr, w2_ptr, out_ptr, ids_ptr, weights_ptr, top_k, ex
                   + rows[:, None] * stride_wn + k0 + offs_k[None, :])      # [BN, BK]
         w = tl.load(w_ptrs, mask=k_mask[None, :], other=0.0, eviction_policy="evict_first")
         partial = tl.sum(w.to(tl.float32) * hk.to(tl.float32)[None, :], axis=1)
-        route_w = tl.where(expert >= 0, tl.load(weights_ptr + pair), 0.0)
-        acc += partial * route_w                       # the routing weight on the fp32 partial
+        if DENSE:
+            acc += partial
+        else:
+            route_w = tl.where(expert >= 0, tl.load(weights_ptr + pair), 0.0)
+            acc += partial * route_w                   # the routing weight on the fp32 partial
     cols = col0 + tl.arange(0, BLOCK_N)
     tl.store(out_ptr + t.to(tl.int64) * stride_ot + cols, acc.to(out_ptr.dtype.element_ty),
              mask=cols < D)
@@ -173,4 +181,43 @@ def fused_moe_small(x, w13, w2, ids, topk_weights, expert_offset: int,
         h.stride(0), w2.stride(0), w2.stride(1), out.stride(0),
         BLOCK_N=cfg2["BLOCK_N"], BLOCK_K=cfg2["BLOCK_K"], STAGES=cfg2["num_stages"],
         num_warps=cfg2["num_warps"], num_stages=cfg2["num_stages"], **launch_args(pdl))
+    return out
+
+
+def dense_config(N: int, D: int) -> dict:
+    """dense_gemv's tile for W [N, D] at batch 1, from the H200 sweep (scripts/bench_gemv.py, 10 tiles x 16
+    projection shapes of Qwen3-0.6B / 1.7B, OLMoE, Mixtral, Qwen3-30B-A3B; docs/results/2026-11-30-s5):
+    always 4096 weights (8 KB) a step, 4 warps, 3 stages; long reductions (D >= 2N) and vocabulary heads
+    take [4, 1024], wide outputs (N > 2.5 D) or short rows (D <= 1024) [16, 256], the rest [8, 512]."""
+    if not on_gpu():
+        return {"BLOCK_N": 16, "BLOCK_K": 32, "num_warps": 4, "num_stages": 1}
+    if D <= 1024 or 2.5 * D < N < 16 * D:
+        block_k = 256
+    elif 2 * N <= D or N >= 16 * D:
+        block_k = 1024
+    else:
+        block_k = 512
+    block_k = min(block_k, triton.next_power_of_2(D))
+    return {"BLOCK_N": 4096 // block_k, "BLOCK_K": block_k, "num_warps": 4, "num_stages": 3}
+
+
+def dense_gemv(x: torch.Tensor, weight: torch.Tensor, config: dict | None = None, pdl: bool = False) -> torch.Tensor:
+    """A dense layer at decode through the down kernel above: x [T, K] @ W[N, K]ᵀ -> [T, N] in x.dtype,
+    W a plain [N, K] weight seen as one expert, each token one slot of routing weight 1 (an exact
+    no-op on the fp32 partial). The kernel streams [BLOCK_N, BLOCK_K] tiles along the contiguous
+    reduction axis with 16-byte loads, as for the experts (DENSE: no id or weight loads, no buffers).
+    config: the "down" keys (SMALL_KEYS)."""
+    T, K = x.shape
+    N = weight.shape[0]
+    base = dense_config(N, K)
+    cfg = {k: (config or {}).get(k, base[k]) for k in SMALL_KEYS}
+    out = x.new_empty(T, N)
+    if T == 0:
+        return out
+    w3 = weight.unsqueeze(0)                                                # [1, N, K]
+    _down_combine_kernel[(T * triton.cdiv(N, cfg["BLOCK_N"]),)](
+        x, w3, out, x, x, 1, 0, 1, N, K,                                    # ids / weights: never read
+        x.stride(0), w3.stride(0), w3.stride(1), out.stride(0),
+        BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"], STAGES=cfg["num_stages"],
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], DENSE=True, **launch_args(pdl))
     return out
