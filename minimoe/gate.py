@@ -15,7 +15,11 @@ one kernel (kernels/route.py) after a cuBLAS GEMV.
 Dynamic expert skipping (NAEE, arXiv 2402.14800; `RunSettings.skip_threshold` beta): a routed slot
 whose weight is below beta times the token's top weight is dropped; its id becomes -1, which no
 expert path ever matches (the same rule that makes foreign experts contribute zero under expert
-parallelism), so the fused kernels skip its weights for real.
+parallelism), so the fused kernels skip its weights for real. Where the skip happens: the fusable
+routers do it inside the routing op (`skip=beta`: the Triton kernels' epilogue, kernels/route.py,
+so it costs no launch, where ~4 small PyTorch kernels per layer cost more at batch 1 than the skipped
+experts save; their torch twins call `skip_small`); the generic path (groups, bias, synthetic
+routers) calls `skip_small` after `route`. Either way it is `skip_small`'s rule, bit for bit.
 """
 from __future__ import annotations
 
@@ -28,7 +32,7 @@ import torch.nn.functional as F
 from .config import ModelConfig
 from .instrument import record_load
 from .ops import ops_for
-from .router import FUSED_ROUTERS, RouterSpec, route
+from .router import FUSED_ROUTERS, RouterSpec, route, skip_small  # noqa: F401  (skip_small: re-exported)
 
 
 class Router(nn.Module):
@@ -52,8 +56,9 @@ class Router(nn.Module):
     def forward(self, h: torch.Tensor):
         spec = self.spec()
         ops = ops_for(self.settings)
+        beta = self.settings.skip_threshold if self.settings is not None else 0.0
         kind = dict(renorm=spec.renorm or spec.name == "topk_softmax", scaling=spec.scaling,
-                    softmax_first=spec.name == "softmax_topk")
+                    softmax_first=spec.name == "softmax_topk", skip=beta)  # fused ops skip in-kernel
         fusable = spec.name in FUSED_ROUTERS and self.bias is None
         T, D = h.shape
         if fusable and ops.gate_route_fits(T, self.n_experts, D, self.weight.dtype, h.dtype):
@@ -64,19 +69,12 @@ class Router(nn.Module):
                 w, ids = ops.route_topk(logits, spec.top_k, **kind)
             else:
                 w, ids = route(logits, spec, self.bias)
-        beta = self.settings.skip_threshold if self.settings is not None else 0.0
-        if beta > 0:
-            w, ids = skip_small(w, ids, beta)
-            if _skips is not None:
-                _skips.record(self.layer, ids)
+                if beta > 0:
+                    w, ids = skip_small(w, ids, beta)
+        if beta > 0 and _skips is not None:
+            _skips.record(self.layer, ids)
         record_load(self.layer, ids)
         return w, ids
-
-
-def skip_small(w: torch.Tensor, ids: torch.Tensor, beta: float):
-    """Drop slots whose weight < beta * the token's largest weight: weight 0, id -1 (never matched)."""
-    keep = w >= beta * w.amax(-1, keepdim=True)                                        # [T, K]
-    return torch.where(keep, w, 0.0), torch.where(keep, ids, -1)
 
 
 class SkipCount:

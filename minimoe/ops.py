@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from .rope import apply_rope
-from .router import RouterSpec, route_softmax_topk, route_topk_softmax
+from .router import RouterSpec, route_softmax_topk, route_topk_softmax, skip_small
 
 try:   # Triton ships with CUDA builds of torch and with the test extra; a bare CPU install has none
     import triton  # noqa: F401
@@ -91,17 +91,19 @@ def mla_rope_cache_torch(q, kv, positions, cos, sin, latent, norm_weight, eps: f
 
 
 def route_topk_torch(logits, k: int, *, renorm: bool, scaling: float = 1.0, softmax_first: bool = True,
-                     pdl: bool = False):
-    """logits [T, E] -> (weights [T, K] float32, ids [T, K] int64): router.py's routers in float32."""
+                     skip: float = 0.0, pdl: bool = False):
+    """logits [T, E] -> (weights [T, K] float32, ids [T, K] int64): router.py's routers in float32,
+    then `skip_small` when skip (beta) > 0: a skipped slot has weight 0 and id -1."""
     spec = RouterSpec("softmax_topk" if softmax_first else "topk_softmax", k, renorm, scaling)
-    return (route_softmax_topk if softmax_first else route_topk_softmax)(logits.float(), spec)
+    w, ids = (route_softmax_topk if softmax_first else route_topk_softmax)(logits.float(), spec)
+    return skip_small(w, ids, skip) if skip > 0 else (w, ids)
 
 
 def gate_route_torch(h, gate_weight, k: int, *, renorm: bool, scaling: float = 1.0, softmax_first: bool = True,
-                     pdl: bool = False):
+                     skip: float = 0.0, pdl: bool = False):
     """h [T, D] -> the gate's logits [T, E] (in the gate's dtype, as nn.Linear returns them) -> top-k."""
     logits = F.linear(h.to(gate_weight.dtype), gate_weight)
-    return route_topk_torch(logits, k, renorm=renorm, scaling=scaling, softmax_first=softmax_first)
+    return route_topk_torch(logits, k, renorm=renorm, scaling=scaling, softmax_first=softmax_first, skip=skip)
 
 
 # ---- the table ------------------------------------------------------------------------------------
@@ -113,8 +115,8 @@ class Ops:
     qkv_rope_cache: Callable    # (qkv [B, S, (H+2Hkv)d], positions [B, S], cos, sin, k_cache, v_cache, ...) -> q
     mla_rope_cache: Callable    # (q, kv, positions, cos, sin, latent, norm_w, eps, *, nope, interleave, q_pe_out)
     silu_mul: Callable          # (x [..., 2I]) -> silu(x[..., :I]) * x[..., I:]
-    route_topk: Callable        # (logits [T, E], k, *, renorm, scaling, softmax_first) -> (w, ids) [T, K]
-    gate_route: Callable        # (h [T, D], gate [E, D], k, ...) -> (w, ids): gate GEMV + top-k
+    route_topk: Callable        # (logits [T, E], k, *, renorm, scaling, softmax_first, skip) -> (w, ids) [T, K]
+    gate_route: Callable        # (h [T, D], gate [E, D], k, *, <route_topk's>) -> (w, ids): gate GEMV + top-k
     gate_route_fits: Callable   # (T, E, D, gate dtype, h dtype) -> whether gate_route is one fused kernel here
 
 
@@ -146,13 +148,12 @@ def _triton_gate_fits(T: int, E: int, D: int, gate_dtype, x_dtype) -> bool:
 
 
 def _triton_gate_route(h, gate_weight, k: int, *, renorm: bool, scaling: float = 1.0,
-                       softmax_first: bool = True, pdl: bool = False):
+                       softmax_first: bool = True, skip: float = 0.0, pdl: bool = False):
     E, D = gate_weight.shape
+    kw = dict(renorm=renorm, scaling=scaling, softmax_first=softmax_first, skip=skip, pdl=pdl)
     if _splitk_gate(h.shape[0], E, D, gate_weight.dtype, h.dtype):
-        return _gate_splitk.gate_route_splitk(h, gate_weight, k, renorm=renorm, scaling=scaling,
-                                              softmax_first=softmax_first, pdl=pdl)
-    return _norm_route.gate_route(h, gate_weight, k, renorm=renorm, scaling=scaling,
-                                  softmax_first=softmax_first, pdl=pdl)
+        return _gate_splitk.gate_route_splitk(h, gate_weight, k, **kw)
+    return _norm_route.gate_route(h, gate_weight, k, **kw)
 
 
 def _triton_rms_norm(x, weight, eps: float, residual=None, *, pdl: bool = False):

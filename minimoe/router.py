@@ -15,6 +15,8 @@ run. The family routers reproduce each model's published maths (see model-facts.
 Synthetic routers ignore the logits (they keep their shape and device) and exist for ablations:
 uniform random choice, perfectly balanced round-robin, and Zipf-skewed popularity.
 All routers are sync-free and static-shaped, so they can be captured in a CUDA graph.
+`skip_small` (NAEE dynamic skipping: drop slots far below the token's top weight) is one rule shared
+by gate.Router's generic path and ops.py's twins of the fused routing kernels, which skip in-kernel.
 This file is the maths only (torch, nothing else from minimoe): the router as a module, with its
 gate weight and the choice of a fused kernel, is `gate.Router`.
 """
@@ -138,3 +140,13 @@ FUSED_ROUTERS = ("softmax_topk", "topk_softmax")
 def route(logits: torch.Tensor, spec: RouterSpec, bias: torch.Tensor | None = None):
     """logits [T, E] (any float dtype) -> weights [T, K] float32, ids [T, K] int64, in PyTorch."""
     return ROUTERS[spec.name](logits.float(), spec, bias)
+
+
+def skip_small(w: torch.Tensor, ids: torch.Tensor, beta: float):
+    """Dynamic expert skipping (NAEE, arXiv 2402.14800): w, ids [T, K] -> the same with every slot whose
+    weight < beta * the token's largest weight dropped: weight 0, id -1 (no expert path matches -1).
+
+    Compares the final weights (after renorm and scaling) in float32; kernels/route.py's epilogue does
+    the same comparison, so the fused routers' skipping is bit-identical to this. beta = 0 keeps all."""
+    keep = w >= beta * w.amax(-1, keepdim=True)                                        # [T, K]
+    return torch.where(keep, w, 0.0), torch.where(keep, ids, -1)

@@ -12,6 +12,7 @@ import torch.nn.functional as F  # noqa: E402
 from minimoe.kernels.gate_splitk import default_splits, gate_route_splitk, usable  # noqa: E402
 from minimoe.kernels.route import MAX_EXPERTS  # noqa: E402
 from minimoe.ops import gate_route_torch  # noqa: E402
+from minimoe.router import skip_small  # noqa: E402
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 # the interpreter has no bfloat16; on a GPU run the real kernel covers it too
@@ -29,10 +30,12 @@ def _rel_err(a, b):
     return ((a.double() - b.double()).abs().max() / b.double().abs().max()).item()
 
 
-def _separated_case(T, E, D, dtype, gate_dtype, seed, gate=None):
+def _separated_case(T, E, D, dtype, gate_dtype, seed, gate=None, bump=False):
     """(h [T, D] in dtype, gate [E, D] in gate_dtype) whose logits are, per token, a shuffled grid
     4/E apart, so that both summation orders must pick the same experts (as in test_norm_route.py);
-    for `gate` if given: new activations for the same layer.
+    for `gate` if given: new activations for the same layer. bump: each token's top logit raised by
+    b falling from 1.6 (token 0) towards 0, so that skipping at beta = 0.3 / 0.6 drops none, some or
+    all of a token's other slots.
 
     Built backwards from target logits z: h = pinv(gate) z + a null-space component (a dense h of
     rms ~1). Rounding h and the gate moves each logit by ~1e-3, far below the 4/E >= 0.03 gaps.
@@ -44,6 +47,9 @@ def _separated_case(T, E, D, dtype, gate_dtype, seed, gate=None):
     g = gate.double().cpu()
     pinv = torch.linalg.pinv(g)  # [D, E]; D >= E, so g @ pinv = I
     z = torch.stack([torch.randperm(E, generator=gen) for _ in range(T)]).double() * (4.0 / E) - 2.0
+    if bump:
+        b = 1.6 * (1 - torch.arange(T, dtype=torch.float64) / T) ** 2  # [T]: 1.6 for token 0, then down to ~0
+        z = z.scatter_add(1, z.argmax(-1, keepdim=True), b[:, None])  # [T, E]: the top moves further up
     hz = z @ pinv.T
     r = torch.randn(T, D, generator=gen, dtype=torch.float64)
     null = r - (r @ g.T) @ pinv.T  # orthogonal to the gate's rows: leaves the logits alone
@@ -96,6 +102,36 @@ def test_matches_gate_route_torch(E, D, T, K, mode, splits, block_d, dtype):
     kw = dict(renorm=renorm, scaling=scaling, softmax_first=softmax_first)
     h, gate = _separated_case(T, E, D, dtype, dtype, seed=E * D + T)
     _check(h, gate, K, kw, splits, block_d)
+
+
+# (E, D, T, K, mode, splits, block_d): one token of top-4 of 60, 2 uneven splits of 3 tiles; top-8 of 64,
+# renormalised and scaled, 5 splits of a ragged D; Mixtral-like top-2 of 8, default splits
+SKIP_CASES = [(60, 96, 1, 4, MODES[0], 2, 32), (64, 200, 3, 8, MODES[3], 5, 32),
+              (8, 64, 5, 2, MODES[4], None, None)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("skip", [0.0, 0.3, 0.6])
+@pytest.mark.parametrize("E,D,T,K,mode,splits,block_d", SKIP_CASES)
+def test_skip_in_the_epilogue(E, D, T, K, mode, splits, block_d, skip, dtype):
+    """Dynamic skipping in the reduce kernel's epilogue is `skip_small` on the kernel's own unskipped
+    result, bit for bit, and drops exactly the twin's slots (weights to W_TOL, as unskipped)."""
+    softmax_first, renorm, scaling = mode
+    kw = dict(renorm=renorm, scaling=scaling, softmax_first=softmax_first, splits=splits, block_d=block_d)
+    h, gate = _separated_case(T, E, D, dtype, dtype, seed=E + K, bump=True)
+    w0, ids0 = gate_route_splitk(h, gate, K, **kw)                               # skip's default: off
+    w, ids = gate_route_splitk(h, gate, K, **kw, skip=skip)
+    w_ref, ids_ref = gate_route_torch(h, gate, K, renorm=renorm, scaling=scaling, softmax_first=softmax_first,
+                                      skip=skip)
+    w_s, ids_s = skip_small(w0, ids0, skip)
+    assert torch.equal(w, w_s) and torch.equal(ids, ids_s), "not skip_small of the unskipped result"
+    assert torch.equal(ids, ids_ref), "the twin keeps the same experts in the same slots"
+    assert _rel_err(w, w_ref) <= W_TOL[dtype]
+    assert torch.equal(ids < 0, w == 0) and (ids[:, 0] >= 0).all(), "the top slot is always kept"
+    if skip == 0.0:
+        assert torch.equal(w, w0) and torch.equal(ids, ids0) and (ids >= 0).all()
+    else:
+        assert (ids < 0).any(), "token 0's other slots are all below beta x its top weight"
 
 
 @pytest.mark.parametrize("E,D,T,K,mode,splits,block_d", [

@@ -12,13 +12,15 @@ import torch.nn.functional as F  # noqa: E402
 from minimoe.kernels.norm_route import gate_route, norm_route, usable  # noqa: E402
 from minimoe.ops import gate_route_torch, rms_norm_torch  # noqa: E402
 from minimoe.ops import route_topk_torch as route_topk_ref  # noqa: E402
+from minimoe.router import skip_small  # noqa: E402
 
 
-def norm_route_ref(x, residual, norm_weight, gate_weight, eps, k, *, renorm, scaling=1.0, softmax_first=True):
+def norm_route_ref(x, residual, norm_weight, gate_weight, eps, k, *, renorm, scaling=1.0, softmax_first=True,
+                   skip=0.0):
     """The oracle, from the engine's own PyTorch twins: RMSNorm (+ add), then the gate GEMV + top-k."""
     h, s = rms_norm_torch(x, norm_weight, eps, residual)
     w, ids = gate_route_torch(h.reshape(-1, x.shape[-1]), gate_weight, k, renorm=renorm, scaling=scaling,
-                              softmax_first=softmax_first)
+                              softmax_first=softmax_first, skip=skip)
     return h, (x if residual is None else s), w, ids
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -43,9 +45,11 @@ def _rel_err(a, b):
     return ((a.double() - b.double()).abs().max() / b.double().abs().max()).item()
 
 
-def _separated_case(T, E, D, dtype, with_residual, seed, gate=None):
+def _separated_case(T, E, D, dtype, with_residual, seed, gate=None, bump=False):
     """(x, residual, norm_weight, gate) whose logits are, per token, a shuffled grid 4/E apart
-    (for `gate` if given: new activations for the same layer).
+    (for `gate` if given: new activations for the same layer). bump: each token's top logit raised
+    by b falling from 1.6 (token 0) towards 0, so that skipping at beta = 0.3 / 0.6 drops none,
+    some or all of a token's other slots; |logits| stay < 4, within W_TOL's reasoning.
 
     Random inputs put near-ties among E logits rounded to half precision, where the kernel's and
     torch's summation orders may pick different experts and both be right. So the inputs are built
@@ -59,6 +63,9 @@ def _separated_case(T, E, D, dtype, with_residual, seed, gate=None):
     g = gate.double().cpu()
     pinv = torch.linalg.pinv(g)  # [D, E]; D >= E, so g @ pinv = I
     z = torch.stack([torch.randperm(E, generator=gen) for _ in range(T)]).double() * (4.0 / E) - 2.0
+    if bump:
+        b = 1.6 * (1 - torch.arange(T, dtype=torch.float64) / T) ** 2  # [T]: 1.6 for token 0, then down to ~0
+        z = z.scatter_add(1, z.argmax(-1, keepdim=True), b[:, None])  # [T, E]: the top moves further up
     hz = z @ pinv.T  # [T, D], g @ hz = z
     r = torch.randn(T, D, generator=gen, dtype=torch.float64)
     null = r - (r @ g.T) @ pinv.T  # orthogonal to the gate's rows: leaves the logits alone
@@ -164,6 +171,42 @@ def test_gate_route_is_norm_route_without_the_norm(E, D, K, T, mode, dtype):
     w_ref, ids_ref = gate_route_torch(h, gate, K, **kw)
     assert torch.equal(ids, ids_ref)
     assert _rel_err(w, w_ref) <= W_TOL[dtype]
+
+
+# (E, D, K, T, mode): one token of top-4 of 60; top-8 of 64 renormalised and scaled; Mixtral's top-2 of 8
+SKIP_CASES = [(60, 96, 4, 1, MODES[0]), (64, 128, 8, 3, MODES[3]), (8, 64, 2, 5, MODES[4])]
+
+
+def _check_skip(out, unskipped, ref, skip, dtype):
+    """(w, ids) with skip against the same kernel's skip-0 result and the twin's skipped one."""
+    (w, ids), (w0, ids0), (w_ref, ids_ref) = out, unskipped, ref
+    w_s, ids_s = skip_small(w0, ids0, skip)
+    assert torch.equal(w, w_s) and torch.equal(ids, ids_s), "not skip_small of the unskipped result"
+    assert torch.equal(ids, ids_ref), "the twin keeps the same experts in the same slots"
+    assert _rel_err(w, w_ref) <= W_TOL[dtype]
+    assert torch.equal(ids < 0, w == 0) and (ids[:, 0] >= 0).all(), "the top slot is always kept"
+    if skip == 0.0:
+        assert torch.equal(w, w0) and torch.equal(ids, ids0) and (ids >= 0).all()
+    else:
+        assert (ids < 0).any(), "token 0's other slots are all below beta x its top weight"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("skip", [0.0, 0.3, 0.6])
+@pytest.mark.parametrize("E,D,K,T,mode", SKIP_CASES)
+def test_skip_in_the_epilogue(E, D, K, T, mode, skip, dtype):
+    """Dynamic skipping in both launchers (norm_route; gate_route, the engine's op) is `skip_small` on
+    the kernel's own unskipped result, bit for bit, and drops exactly the twin's slots (the weights
+    match the twin's to W_TOL, as unskipped: the logits' summation order differs)."""
+    softmax_first, renorm, scaling = mode
+    x, res, norm_w, gate = _separated_case(T, E, D, dtype, True, seed=E + K, bump=True)
+    kw = dict(renorm=renorm, scaling=scaling, softmax_first=softmax_first)
+    h, _, w0, ids0 = norm_route(x, res, norm_w, gate, EPS, K, **kw)              # skip's default: off
+    out = norm_route(x, res, norm_w, gate, EPS, K, **kw, skip=skip)[2:]
+    ref = norm_route_ref(x, res, norm_w, gate, EPS, K, **kw, skip=skip)[2:]
+    _check_skip(out, (w0, ids0), ref, skip, dtype)
+    out = gate_route(h, gate, K, **kw, skip=skip)
+    _check_skip(out, gate_route(h, gate, K, **kw), gate_route_torch(h, gate, K, **kw, skip=skip), skip, dtype)
 
 
 @pytest.mark.skipif(DEVICE.type != "cuda", reason="CUDA graphs need a GPU")

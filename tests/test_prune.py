@@ -11,11 +11,12 @@ import torch
 import torch.nn.functional as F
 
 from conftest import COMMON, TINY_HF, randomize, rel_err
-from minimoe import settings as run_settings
+from minimoe import ops, settings as run_settings
 from minimoe.__main__ import main
 from minimoe.calibrate import Calibration, calibrate, moe_layers
+from minimoe.config import ModelConfig
 from minimoe.experts import EXPERT_PATHS, Experts
-from minimoe.gate import SkipCount, counting_skips, skip_small
+from minimoe.gate import Router, SkipCount, counting_skips, skip_small
 from minimoe.generate import Generator
 from minimoe.hf_save import COUNT_KEYS, WIDTH_KEYS, save_checkpoint
 from minimoe.loader import build_model, resolve
@@ -347,6 +348,41 @@ def test_skipping_in_a_model_fused_equals_loop_and_is_counted():
     loop = Generator(model, 2, 5).append(tokens)
     assert rel_err(fused, loop) <= 1e-5
     assert int(c.slots.sum()) == cfg.n_layers * tokens.numel() * cfg.top_k and 0 < c.fraction() < 1
+
+
+@pytest.mark.parametrize("path", ["gate_route", "splitk", "route_topk"])
+@pytest.mark.parametrize("router", ["softmax_topk", "topk_softmax", "group_limited_greedy"])
+def test_router_skips_the_same_with_triton_and_torch_ops(router, path, monkeypatch):
+    """The fusable routers skip inside the Triton routing kernel's epilogue (no skip_small after it),
+    the generic one after routing: either way Router.forward drops exactly the torch ops' slots, and
+    the counter sees them. path: which kernel routes a fusable router (gate GEMV + top-k in one
+    program; the split-K GEMV, forced by its size threshold; past the fused sizes, cuBLAS + top-k)."""
+    pytest.importorskip("triton")
+    if path == "splitk":
+        monkeypatch.setattr(ops, "SPLITK_GATE_MIN_BYTES", 0)
+        monkeypatch.setattr(ops._norm_route, "MAX_GATE_BYTES", 0)
+    E, D, K, T = 60, 64, 4, (70 if path == "route_topk" else 3)
+    assert ops.OPS["triton"].gate_route_fits(T, E, D, torch.float32, torch.float32) == (path != "route_topk")
+    cfg = ModelConfig("olmoe", 64, D, 1, 2, 2, 32, 64, n_experts=E, top_k=K, moe_intermediate_size=32)
+    dev = "cuda" if torch.cuda.is_available() else "cpu"   # the Triton kernels: interpreted on a CPU
+    s = run_settings.RunSettings(device=dev, router=router, skip_threshold=0.4)
+    g = torch.Generator().manual_seed(T)
+    gate = Router(cfg, s, E, layer=0).to(dev)
+    with torch.no_grad():
+        gate.weight.copy_(torch.randn(E, D, generator=g) * 2 / D ** 0.5)           # logits of std ~2
+    h = torch.randn(T, D, generator=g).to(dev)                                   # [T, D]
+    calls = []
+    monkeypatch.setattr("minimoe.gate.skip_small", lambda *a: calls.append(1) or skip_small(*a))
+    out = {}
+    for name in ("torch", "triton"):
+        s.ops = name
+        with counting_skips(SkipCount(1, dev)) as c, torch.no_grad():
+            out[name] = gate(h)
+        assert int(c.slots[0]) == T * K and 0 < int(c.dropped[0]) < T * (K - 1)
+    assert len(calls) == (0 if router != "group_limited_greedy" else 2), "skip_small after a fused router"
+    (w, ids), (w_ref, ids_ref) = out["triton"], out["torch"]
+    assert torch.equal(ids, ids_ref) and torch.equal(ids < 0, w == 0)
+    assert rel_err(w, w_ref) <= 1e-5   # fp32 routing; the gate GEMV's summation order differs
 
 
 def test_skip_threshold_for_a_fraction_drops_about_that_fraction(checkpoint):

@@ -11,6 +11,7 @@ from minimoe.kernels.route import route_topk  # noqa: E402
 from minimoe.ops import qkv_rope_cache_torch as qkv_rope_cache_ref  # noqa: E402  (the PyTorch twins)
 from minimoe.ops import rms_norm_torch as rms_norm_ref  # noqa: E402
 from minimoe.ops import route_topk_torch as route_topk_ref  # noqa: E402
+from minimoe.router import skip_small  # noqa: E402
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 # max|err| / max|ref|. Half precision: every rounding of the torch path is replicated, so the only
@@ -166,6 +167,44 @@ def test_route_topk_ties_and_masked_experts():
     w, ids = route_topk(logits, 3, renorm=False)
     assert ids.tolist() == [[1, 2, 4], [1, 0, 2]]
     assert w[1, 1:].eq(0).all() and w[1, 0].item() == pytest.approx(1.0)
+
+
+# (T, E, K, softmax_first, renorm, scaling): one token of a Qwen2-MoE-like top-4 of 60; OLMoE-like
+# top-8 of 64, renormalised and scaled; Mixtral's top-2 of 8 with the softmax after the top-k
+SKIP_CASES = [(1, 60, 4, True, False, 1.0), (7, 64, 8, True, True, 2.5), (9, 8, 2, False, True, 1.0)]
+
+
+def _bumped_logits(T, E, dtype, seed):
+    """`_distinct_logits` with each token's top logit raised by b, from 1.6 (token 0) down towards 0:
+    a top-to-slot-j weight ratio of e^-(b + gap), so beta = 0.3 / 0.6 drop none, some or all of a
+    token's other slots. The grid's gaps stay, so there are still no ties."""
+    logits = _distinct_logits(T, E, torch.float32, seed).cpu()
+    b = 1.6 * (1 - torch.arange(T) / T) ** 2                                             # [T]
+    top = logits.argmax(-1, keepdim=True)                                                # [T, 1]
+    return logits.scatter_add(1, top, b[:, None]).to(dtype).to(DEVICE)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("skip", [0.0, 0.3, 0.6])
+@pytest.mark.parametrize("T,E,K,softmax_first,renorm,scaling", SKIP_CASES)
+def test_route_topk_skip(T, E, K, softmax_first, renorm, scaling, skip, dtype):
+    """Dynamic skipping in the kernel's epilogue is `skip_small` on its own final weights, bit for bit,
+    and drops exactly the twin's slots. The unskipped weights already differ from torch's by an fp32
+    ulp (exp, summation order), so against the twin the weights get the test's usual tolerance."""
+    logits = _bumped_logits(T, E, dtype, seed=E + K)
+    kw = dict(renorm=renorm, scaling=scaling, softmax_first=softmax_first)
+    w0, ids0 = route_topk(logits, K, **kw)                       # skip's default: off
+    w, ids = route_topk(logits, K, **kw, skip=skip)
+    w_ref, ids_ref = route_topk_ref(logits, K, **kw, skip=skip)
+    w_s, ids_s = skip_small(w0, ids0, skip)
+    assert torch.equal(w, w_s) and torch.equal(ids, ids_s), "not skip_small of the unskipped result"
+    assert torch.equal(ids, ids_ref), "the twin keeps the same experts in the same slots"
+    assert _rel_err(w, w_ref) <= 1e-5
+    assert torch.equal(ids < 0, w == 0) and (ids[:, 0] >= 0).all(), "the top slot is always kept"
+    if skip == 0.0:
+        assert torch.equal(w, w0) and torch.equal(ids, ids0) and (ids >= 0).all()
+    else:
+        assert (ids < 0).any(), "token 0's other slots are all below beta x its top weight"
 
 
 # ---- GPU only: CUDA graph capture ------------------------------------------------------------

@@ -16,7 +16,8 @@ each program reading its 2-4 KB of gate once and using it for every token of its
       no split is empty (S <= n), and sizes differ by at most one tile.
   kernel 2 (`_reduce_route_kernel`), program t:
       logits[t] = sum over s = 0..S-1 of part[s, t, :]  in a fixed order: deterministic, no atomics
-      w, ids    = route.py's `_topk_weights` on logits[t] rounded to the gate's dtype
+      w, ids    = route.py's `_topk_weights` on logits[t] rounded to the gate's dtype (with its
+                  dynamic skipping when `skip` > 0)
 
 The partials make one round trip through a [KSPLIT, T, E] fp32 workspace (4 KB per token for OLMoE
 at S = 16: L2-resident). Two launches, both with shapes-only grids and no host syncs, so the pair
@@ -31,7 +32,7 @@ The roundings are `minimoe.ops.gate_route_torch`'s (the tests check them against
   logits  = h · gate[e] accumulated in fp32 (per split, then over the splits), rounded to the
             gate's dtype: nn.Linear returns gate-dtype logits, and only then does the router upcast
   w, ids  = route.py's top-k on float32 logits (softmax first or not, renorm, scaling, ties to the
-            lowest index, slots in descending weight)
+            lowest index, slots in descending weight, then dynamic skipping if `skip` > 0)
 Only the fp32 summation order differs from cuBLAS's, so a logit may round one gate-dtype ulp the
 other way (the same allowance as norm_route.py).
 
@@ -100,7 +101,7 @@ def _gate_partial_kernel(
 
 @triton.jit
 def _reduce_route_kernel(
-    part_ptr, gate_ptr, w_ptr, ids_ptr, T, E, KSPLIT, scaling,
+    part_ptr, gate_ptr, w_ptr, ids_ptr, T, E, KSPLIT, scaling, skip,
     K: tl.constexpr, E_P2: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_K: tl.constexpr,
     SOFTMAX_FIRST: tl.constexpr, RENORM: tl.constexpr, PDL: tl.constexpr,
 ):
@@ -116,7 +117,7 @@ def _reduce_route_kernel(
         p = tl.load(part_ptr + (s.to(tl.int64)[:, None] * T + t) * E + offs_e[None, :], mask=ok, other=0.0)
         logits += tl.sum(p, axis=0)
     logits = logits.to(gate_ptr.dtype.element_ty).to(tl.float32)  # nn.Linear's gate-dtype logits
-    w, ids = _topk_weights(logits, E, scaling, K, E_P2, BLOCK_K, SOFTMAX_FIRST, RENORM)
+    w, ids = _topk_weights(logits, E, scaling, skip, K, E_P2, BLOCK_K, SOFTMAX_FIRST, RENORM)
     slots = tl.arange(0, BLOCK_K)
     tl.store(w_ptr + t * K + slots, w, mask=slots < K)
     tl.store(ids_ptr + t * K + slots, ids.to(tl.int64), mask=slots < K)
@@ -144,10 +145,11 @@ def default_splits(T: int, E: int, D: int, sms: int = 132, block_d: int = BLOCK_
 
 
 def gate_route_splitk(h: torch.Tensor, gate_weight: torch.Tensor, k: int, *, renorm: bool, scaling: float = 1.0,
-                      softmax_first: bool = True, pdl: bool = False, splits: int | None = None,
-                      block_d: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                      softmax_first: bool = True, skip: float = 0.0, pdl: bool = False,
+                      splits: int | None = None, block_d: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Split-K router GEMV + top-k: h [T, D] (normed, any float dtype) -> (weights [T, K] float32,
-    ids [T, K] int64), exactly `minimoe.ops.gate_route_torch`'s contract and roundings.
+    ids [T, K] int64), exactly `minimoe.ops.gate_route_torch`'s contract and roundings (skip = beta
+    of dynamic expert skipping, 0 = off: a skipped slot has weight 0 and id -1).
 
     splits: how many ranges D is cut into (KSPLIT), default `default_splits`; clamped to the
     number of D tiles. block_d: D columns per gate tile (a power of two >= 16; default BLOCK_D, or
@@ -181,7 +183,7 @@ def gate_route_splitk(h: torch.Tensor, gate_weight: torch.Tensor, k: int, *, ren
     )
     e_p2 = triton.next_power_of_2(E)
     _reduce_route_kernel[(T,)](
-        part, gate_weight, w, ids, T, E, splits, float(scaling),
+        part, gate_weight, w, ids, T, E, splits, float(scaling), float(skip),
         K=k, E_P2=e_p2, BLOCK_S=min(max(REDUCE_ELEMS // e_p2, 1), triton.next_power_of_2(splits)),
         BLOCK_K=triton.next_power_of_2(k), SOFTMAX_FIRST=softmax_first, RENORM=renorm,
         num_warps=1,  # as route.py: one warp reduces the [E] row with shuffles, no shared memory

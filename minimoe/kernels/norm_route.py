@@ -17,7 +17,7 @@ The roundings are the unfused engine's, step by step (the test checks them again
   logits  = h · gate[e] accumulated in fp32, rounded to the gate's dtype: the engine's
             nn.Linear returns x.dtype logits, and only then does the router upcast to float32
   w, ids  = route.py's top-k on float32 logits (softmax first or not, renorm, scaling, ties to
-            the lowest index, slots in descending weight)
+            the lowest index, slots in descending weight, then dynamic skipping if `skip` > 0)
 
 `gate_route` is the same kernel without the norm (HAS_NORM = False): router GEMV + top-k on an
 already-normed h. The engine uses that one (minimoe/ops.py), so the RMSNorm stays its own module
@@ -82,7 +82,7 @@ def _gate_logits(h, gate_ptr, stride_g, D, E, BLOCK_D: tl.constexpr, BLOCK_E: tl
 @triton.jit
 def _norm_route_kernel(
     x_ptr, res_ptr, nw_ptr, gate_ptr, h_ptr, res_out_ptr, w_ptr, ids_ptr,
-    stride_x, stride_r, stride_g, D, E, eps, scaling,
+    stride_x, stride_r, stride_g, D, E, eps, scaling, skip,
     K: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_E: tl.constexpr, E_P2: tl.constexpr,
     BLOCK_K: tl.constexpr, HAS_RESIDUAL: tl.constexpr, HAS_NORM: tl.constexpr,
     SOFTMAX_FIRST: tl.constexpr, RENORM: tl.constexpr, STAGES: tl.constexpr, PDL: tl.constexpr,
@@ -97,7 +97,7 @@ def _norm_route_kernel(
         h = tl.load(x_ptr + t * stride_x + offs, mask=offs < D, other=0.0)
     h = h.to(gate_ptr.dtype.element_ty).to(tl.float32)  # the engine feeds h.to(gate dtype) to the gate
     logits = _gate_logits(h, gate_ptr, stride_g, D, E, BLOCK_D, BLOCK_E, E_P2, STAGES)
-    w, ids = _topk_weights(logits, E, scaling, K, E_P2, BLOCK_K, SOFTMAX_FIRST, RENORM)
+    w, ids = _topk_weights(logits, E, scaling, skip, K, E_P2, BLOCK_K, SOFTMAX_FIRST, RENORM)
     slots = tl.arange(0, BLOCK_K)
     tl.store(w_ptr + t * K + slots, w, mask=slots < K)
     tl.store(ids_ptr + t * K + slots, ids.to(tl.int64), mask=slots < K)
@@ -114,7 +114,7 @@ def _launch_shape(D: int, E: int) -> tuple[int, int, int]:
 
 def norm_route(x: torch.Tensor, residual: torch.Tensor | None, norm_weight: torch.Tensor,
                gate_weight: torch.Tensor, eps: float, k: int, *, renorm: bool, scaling: float = 1.0,
-               softmax_first: bool = True, pdl: bool = False):
+               softmax_first: bool = True, skip: float = 0.0, pdl: bool = False):
     """-> (h, residual_out, weights [T, K] float32, ids [T, K] int64) for x [T, D] (or [..., D]).
 
     h = rmsnorm(x + residual) * norm_weight, shaped like x, in torch's promoted dtype of
@@ -144,7 +144,7 @@ def norm_route(x: torch.Tensor, residual: torch.Tensor | None, norm_weight: torc
     block_d, block_e, num_warps = _launch_shape(D, E)
     _norm_route_kernel[(T,)](
         x2, r2, norm_weight, gate_weight, h, res_out, w, ids,
-        x2.stride(0), r2.stride(0), gate_weight.stride(0), D, E, eps, float(scaling),
+        x2.stride(0), r2.stride(0), gate_weight.stride(0), D, E, eps, float(scaling), float(skip),
         K=k, BLOCK_D=block_d, BLOCK_E=block_e, E_P2=triton.next_power_of_2(E),
         BLOCK_K=triton.next_power_of_2(k), HAS_RESIDUAL=residual is not None, HAS_NORM=True,
         SOFTMAX_FIRST=softmax_first, RENORM=renorm, STAGES=NUM_STAGES, num_warps=num_warps, **launch_args(pdl),
@@ -153,9 +153,11 @@ def norm_route(x: torch.Tensor, residual: torch.Tensor | None, norm_weight: torc
 
 
 def gate_route(h: torch.Tensor, gate_weight: torch.Tensor, k: int, *, renorm: bool, scaling: float = 1.0,
-               softmax_first: bool = True, pdl: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+               softmax_first: bool = True, skip: float = 0.0,
+               pdl: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Router GEMV + top-k in one launch: h [T, D] (normed) -> (weights [T, K] float32, ids [T, K] int64).
-    logits = h · gate[e] in fp32, rounded to the gate's dtype (nn.Linear's output), then route.py's top-k."""
+    logits = h · gate[e] in fp32, rounded to the gate's dtype (nn.Linear's output), then route.py's top-k
+    (and its skipping: skip = beta, 0 = off; a skipped slot has weight 0 and id -1)."""
     T, D = h.shape
     E = gate_weight.shape[0]
     assert D <= MAX_D and 1 <= k <= E <= MAX_EXPERTS, (D, E, k)
@@ -168,7 +170,7 @@ def gate_route(h: torch.Tensor, gate_weight: torch.Tensor, k: int, *, renorm: bo
     block_d, block_e, num_warps = _launch_shape(D, E)
     _norm_route_kernel[(T,)](
         h, h, h, gate_weight, h, h, w, ids,  # norm and residual pointers are never read
-        h.stride(0), 0, gate_weight.stride(0), D, E, 0.0, float(scaling),
+        h.stride(0), 0, gate_weight.stride(0), D, E, 0.0, float(scaling), float(skip),
         K=k, BLOCK_D=block_d, BLOCK_E=block_e, E_P2=triton.next_power_of_2(E),
         BLOCK_K=triton.next_power_of_2(k), HAS_RESIDUAL=False, HAS_NORM=False,
         SOFTMAX_FIRST=softmax_first, RENORM=renorm, STAGES=NUM_STAGES, num_warps=num_warps, **launch_args(pdl),

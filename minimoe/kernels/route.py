@@ -18,6 +18,11 @@ lowest expert index (torch.topk leaves tie order unspecified). Slots come out in
 weight, as torch.topk's do. Without softmax_first the K weights already sum to one, so `renorm`
 changes nothing there and is not applied (as in `route_topk_softmax`).
 
+Dynamic expert skipping (`skip` = beta, NAEE; 0 = off) is the epilogue, on the final weights:
+      keep = w >= skip * max_K(w);  dropped slots get w = 0 and id = -1 (no expert path matches it)
+the same float32 comparison as `minimoe.router.skip_small`, so the result is bit-identical to it, and
+the skip costs no launch of its own (in PyTorch it is ~4 small kernels per layer).
+
 Scoring runs in float32 whatever the logits' dtype, as in `minimoe.router.route`.
 Shapes: T tokens, E experts, K experts per token.
 """
@@ -32,12 +37,13 @@ MAX_EXPERTS = 512
 
 
 @triton.jit
-def _topk_weights(x, E, scaling, K: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr,
+def _topk_weights(x, E, scaling, skip, K: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr,
                   SOFTMAX_FIRST: tl.constexpr, RENORM: tl.constexpr):
     """One token's float32 logits x [BLOCK_E] -> (weights [BLOCK_K] float32, ids [BLOCK_K] int32).
 
     Entries at or past E are padding and never chosen; slots at or past K are junk for the caller
-    to mask off. Shared by `_route_topk_kernel` and `norm_route.py`'s fused kernel.
+    to mask off. skip: a runtime float32 beta, 0 = off; a dropped slot has weight 0 and id -1.
+    Shared by `_route_topk_kernel`, `norm_route.py`'s and `gate_splitk.py`'s fused kernels.
     """
     offs = tl.arange(0, BLOCK_E)
     x = tl.where(offs < E, x, float("-inf"))  # padding adds nothing to the softmax's denominator
@@ -65,12 +71,16 @@ def _topk_weights(x, E, scaling, K: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_K
     else:
         e = tl.where(in_k, tl.exp(top - tl.max(top, axis=0)), 0.0)
         w = e / tl.sum(e, axis=0)
-    return w * scaling, ids
+    w = w * scaling
+    # skipping, as router.skip_small: the K final weights against beta x their max (padding is -inf)
+    w_top = tl.max(tl.where(in_k, w, float("-inf")), axis=0)
+    keep = (w >= skip * w_top) | (skip <= 0.0)  # skip = 0 keeps every slot, even a NaN weight's
+    return tl.where(keep, w, 0.0), tl.where(keep, ids, -1)
 
 
 @triton.jit
 def _route_topk_kernel(
-    logits_ptr, w_ptr, ids_ptr, E, stride_t, scaling,
+    logits_ptr, w_ptr, ids_ptr, E, stride_t, scaling, skip,
     K: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr,
     SOFTMAX_FIRST: tl.constexpr, RENORM: tl.constexpr, PDL: tl.constexpr,
 ):
@@ -78,15 +88,17 @@ def _route_topk_kernel(
     t = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK_E)
     x = tl.load(logits_ptr + t * stride_t + offs, mask=offs < E, other=float("-inf")).to(tl.float32)
-    w, ids = _topk_weights(x, E, scaling, K, BLOCK_E, BLOCK_K, SOFTMAX_FIRST, RENORM)
+    w, ids = _topk_weights(x, E, scaling, skip, K, BLOCK_E, BLOCK_K, SOFTMAX_FIRST, RENORM)
     slots = tl.arange(0, BLOCK_K)
     tl.store(w_ptr + t * K + slots, w, mask=slots < K)
     tl.store(ids_ptr + t * K + slots, ids.to(tl.int64), mask=slots < K)
 
 
 def route_topk(logits: torch.Tensor, k: int, *, renorm: bool, scaling: float = 1.0,
-               softmax_first: bool = True, pdl: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """logits [T, E] (any float dtype) -> (weights [T, K] float32, ids [T, K] int64), K = k."""
+               softmax_first: bool = True, skip: float = 0.0,
+               pdl: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """logits [T, E] (any float dtype) -> (weights [T, K] float32, ids [T, K] int64), K = k.
+    skip: beta of dynamic expert skipping (0 = off); a skipped slot has weight 0 and id -1."""
     T, E = logits.shape
     assert 1 <= k <= E <= MAX_EXPERTS, (k, E)
     assert logits.stride(-1) == 1, "expert dim not unit-stride"
@@ -95,7 +107,7 @@ def route_topk(logits: torch.Tensor, k: int, *, renorm: bool, scaling: float = 1
     if T == 0:
         return w, ids
     _route_topk_kernel[(T,)](
-        logits, w, ids, E, logits.stride(0), float(scaling),
+        logits, w, ids, E, logits.stride(0), float(scaling), float(skip),
         K=k, BLOCK_E=triton.next_power_of_2(E), BLOCK_K=triton.next_power_of_2(k),
         SOFTMAX_FIRST=softmax_first, RENORM=renorm,
         num_warps=1,  # <= 16 values per thread; one warp reduces with shuffles, no shared memory
