@@ -142,7 +142,7 @@ def test_nf4_stores_bitsandbytes_bytes_and_dequantizes_with_the_library():
     assert torch.equal(q.qdata[1].view(torch.uint8).reshape(-1), packed.reshape(-1))
     assert torch.allclose(q.dequantize()[1], F.dequantize_4bit(packed, state)[:, :100])
     absmax = q.scale.repeat_interleave(64, -1)[..., :100]
-    assert ((q.dequantize() - w).abs() <= 0.5 * 0.3 * absmax + 1e-6).all()   # NF4's widest gap is < 0.3
+    assert ((q.dequantize() - w).abs() <= 0.5 * 0.304 * absmax + 1e-6).all()  # NF4s widest gap: -1 to -0.6962
 
 
 @needs_bnb
