@@ -1,13 +1,15 @@
 """Compile every quantized kernel for an H200 (sm90) on a machine without a GPU, with the GPU's launch configs.
 
-    python scripts/quant_compile_check.py [--arch 90] [--shapes mixtral-8x7b qwen3-30b-a3b olmoe]
+    python scripts/quant_compile_check.py [--arch 90] [--shapes mixtral-8x7b qwen3-30b-a3b olmoe] [--sweep-configs]
 
 The Triton interpreter runs the kernels' arithmetic on the CPU but skips the compiler: a kernel that reads a
 non-constexpr global, a reshape or dot the GPU backend refuses, or a layout it cannot lower passes every CPU
 test and fails on the GPU, where the session's minutes are few. Triton's wheel ships ptxas, so the whole
 pipeline (Python AST -> TTIR -> TTGIR -> LLVM -> PTX -> cubin) runs here too. Two steps:
-  1. record: run each launcher (fused_moe_quant at decode and prefill sizes, quant_gemv, the fp8 activation
-     kernel) under the interpreter with `on_gpu()` forced true, so the GPU tile configs are chosen, and
+  1. record: run each launcher (fused_moe_quant at decode and prefill sizes, both decode variants "small" and
+     "gemv", quant_gemv, the fp8 activation kernel; --sweep-configs: also every candidate
+     scripts/quant_decode_sweep.py times) under the interpreter with `on_gpu()` forced true, so the GPU tile
+     configs are chosen, and
      record every launch (kernel, argument types, constexprs, warps, stages) instead of running it;
   2. compile: in a fresh process without the interpreter, compile each recorded launch for sm90.
 Prints one line per kernel variant (OK / the compiler's error) and exits 1 on any failure.
@@ -27,14 +29,14 @@ TORCH_TO_TRITON = {"torch.bfloat16": "bf16", "torch.float16": "fp16", "torch.flo
 LAUNCH_KEYS = ("num_warps", "num_stages", "launch_pdl", "grid", "warmup")
 
 
-def record(shapes: list[str], formats: list[str] | None, out: str) -> None:
+def record(shapes: list[str], formats: list[str] | None, out: str, sweep: bool = False) -> None:
     """Step 1 (interpreter process): run the launchers, record the launches."""
     os.environ["TRITON_INTERPRET"] = "1"
     import torch
     from triton.runtime import interpreter
     from minimoe import qweights as Q
     from minimoe.bench.layer import SHAPES
-    from minimoe.kernels import fused_moe_quant, fused_moe_quant_small, moe_align, moe_configs
+    from minimoe.kernels import fused_moe_quant, fused_moe_quant_gemv, fused_moe_quant_small, moe_align, moe_configs
     launches = {}
 
     def run(self, *args, **kwargs):
@@ -61,7 +63,7 @@ def record(shapes: list[str], formats: list[str] | None, out: str) -> None:
                          "num_stages": kwargs.get("num_stages", 3)}
 
     interpreter.InterpretedFunction.run = run
-    for mod in (moe_configs, fused_moe_quant, fused_moe_quant_small):
+    for mod in (moe_configs, fused_moe_quant, fused_moe_quant_small, fused_moe_quant_gemv):
         mod.on_gpu = lambda: True
     moe_align.ONE_PROGRAM_MAX_NUMEL = 4096
     fmts = {"int8": Q.quantize_int8, "int4": Q.quantize_int4, "int4-zero": lambda w: Q.quantize_int4(w, 128, True),
@@ -81,15 +83,29 @@ def record(shapes: list[str], formats: list[str] | None, out: str) -> None:
             for T in (1, 64, 4096):
                 x = torch.zeros(T, D, dtype=torch.bfloat16)
                 ids = torch.zeros(T, K, dtype=torch.int64)
-                cfg = {"variant": fused_moe_quant.plan(T, K, E_real)}
-                if cfg["variant"] == "aligned":
-                    cfg.update(fused_moe_quant.quant_config(w13, w2, E_real, I, D, K, T))
-                fused_moe_quant.fused_moe_quant(x, w13, w2, ids, torch.zeros(T, K), config=cfg)
+                variant = fused_moe_quant.plan(T, K, E_real)
+                decode = ("small", "gemv") if w13.codes == 0 else ("small",)    # bitsandbytes' storage: "small"
+                cfgs = [{"variant": v} for v in (decode if variant == "small" else (variant,))]
+                if variant == "aligned":
+                    cfgs[0].update(fused_moe_quant.quant_config(w13, w2, E_real, I, D, K, T))
+                cfgs += sweep_configs(w13, variant) if sweep else []
+                for cfg in cfgs:
+                    fused_moe_quant.fused_moe_quant(x, w13, w2, ids, torch.zeros(T, K), config=cfg)
             dense = quantize(torch.zeros(1, I, D))
             dense.__class__ = Q.QuantWeight
-            fused_moe_quant_small.quant_gemv(torch.zeros(2, D, dtype=torch.bfloat16), dense)
+            for variant in decode:
+                fused_moe_quant_small.quant_gemv(torch.zeros(2, D, dtype=torch.bfloat16), dense, {"variant": variant})
     with open(out, "w") as f:
         json.dump(list(launches.values()), f)
+
+
+def sweep_configs(w13, variant: str) -> list[dict]:
+    """At decode sizes, the candidates scripts/quant_decode_sweep.py times: none meets its compiler first on the GPU."""
+    if variant != "small" or w13.codes != 0:        # the sweep times minimoe's own formats
+        return []
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from quant_decode_sweep import candidate_configs
+    return candidate_configs(w13, 1)
 
 
 def compile_all(path: str, arch: int) -> int:
@@ -124,16 +140,18 @@ def main(argv=None) -> int:
     p.add_argument("--arch", type=int, default=90)
     p.add_argument("--shapes", nargs="+", default=["mixtral-8x7b", "qwen3-30b-a3b"])
     p.add_argument("--formats", nargs="+", help="only these (int8 int4 int4-zero fp8 fp8-block nf4 bnb-int8)")
+    p.add_argument("--sweep-configs", action="store_true", help="also the decode sweep's candidate tiles (slow)")
     p.add_argument("--record-only", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.record_only:
-        record(a.shapes, a.formats, a.record_only)
+        record(a.shapes, a.formats, a.record_only, a.sweep_configs)
         return 0
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "launches.json")
         env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
         subprocess.run([sys.executable, __file__, "--record-only", path, "--shapes", *a.shapes,
-                        *(["--formats", *a.formats] if a.formats else [])], check=True, env=env)
+                        *(["--formats", *a.formats] if a.formats else []),
+                        *(["--sweep-configs"] if a.sweep_configs else [])], check=True, env=env)
         os.environ.pop("TRITON_INTERPRET", None)
         return compile_all(path, a.arch)
 

@@ -157,4 +157,4 @@ def test_block_k_must_hold_whole_scale_groups():
     x = torch.randn(1, D, generator=gen).to(DEVICE)
     ids, w = routing(1, 1, 4, gen)
     with pytest.raises(AssertionError, match="scale group"):
-        fused_moe_quant(x, q13, q2, ids, w, config={"small": {"BLOCK_K": 16}})
+        fused_moe_quant(x, q13, q2, ids, w, config={"variant": "small", "small": {"BLOCK_K": 16}})

@@ -4,7 +4,8 @@ Shape legend: T tokens, D hidden, E local experts, K experts per token, I expert
 
     out[t] = Σ_k w[t,k] · W2[e] · ( silu(Wg[e]·x[t]) ⊙ (Wu[e]·x[t]) ),   W = dequant(codes, scales)
 
-Decode-sized calls (fused_moe.plan: T·K·4 <= E) go to the GEMVs of fused_moe_quant_small.py. Larger
+Decode-sized calls (fused_moe.plan: T·K·4 <= E) go to the GEMVs of fused_moe_quant_small.py (or of
+fused_moe_quant_gemv.py: fused_moe_quant_small.DECODE_VARIANT, config["variant"] "gemv"). Larger
 ones run the aligned path of fused_moe.py (align pairs by expert into BLOCK_M-row blocks, GEMM1 with
 SiLU·up, GEMM2 with the routing weight, the combine kernel), with each B tile dequantized in the K
 loop by quant_tiles.load_cols:
@@ -147,6 +148,14 @@ def _down_q_kernel(a_ptr, sa_ptr, w_ptr, s_ptr, z_ptr, c_ptr, y_ptr, weights_ptr
              mask=row_mask[:, None] & (out_cols < D)[None, :])
 
 
+# fp8 decode from this many tokens (still decode-sized: fused_moe.plan) runs these 16-row tensor-core tiles, not
+# the GEMVs: fp8 tl.dot reads each weight once for all tokens, the GEMVs once per (token, slot). Measured on the
+# H200 (scripts/quant_decode_sweep.py, µs per layer): Qwen3-30B-A3B T=4 GEMVs 104.5 -> 58.1 here (bf16 82.3);
+# at T=2 the GEMVs still win (37.9 vs 41.1 for Qwen3, 40.9 vs 44.4 for OLMoE).
+FP8_DOT_MIN_T = 3
+FP8_DOT_TILES = {"BLOCK_M": 16, "BLOCK_N": 64, "GROUP_M": 1, "num_warps": 4, "num_stages": 4}
+
+
 def quant_config(w13, w2, E: int, I: int, D: int, K: int, T: int) -> dict:
     """Aligned-path tiles: the bf16 heuristic (moe_configs.default_config) with BLOCK_K = the scale
     group (one group a step), or 128 for row scales (a multiple of the codes per word and of the 16
@@ -184,9 +193,13 @@ def fused_moe_quant(x: torch.Tensor, w13, w2, topk_ids: torch.Tensor, topk_weigh
     if T == 0:
         return x.new_empty(0, D)
     ids = topk_ids.contiguous()
-    if plan(T, K, E, config) == "small":
-        return fused_moe_quant_small(x, w13, w2, ids, topk_weights, expert_offset, config, pdl)
-    cfg = dict(quant_config(w13, w2, E, I, D, K, T), **{k: v for k, v in (config or {}).items() if k != "small"})
+    base = None
+    if plan(T, K, E, config) in ("small", "gemv"):
+        if not (w13.bits == 0 and T >= FP8_DOT_MIN_T and config is None):
+            return fused_moe_quant_small(x, w13, w2, ids, topk_weights, expert_offset, config, pdl)
+        base = dict(FP8_DOT_TILES, BLOCK_K=w13.group or 128, down={"BLOCK_N": 64, "num_stages": 4})
+    cfg = dict(base or quant_config(w13, w2, E, I, D, K, T),
+               **{k: v for k, v in (config or {}).items() if k != "small"})
     assert w13.group == w2.group and cfg["BLOCK_K"] == (w13.group or cfg["BLOCK_K"]), \
         f"a step must be one scale group: BLOCK_K {cfg['BLOCK_K']}, groups {w13.group} and {w2.group}"
     sorted_ids, block_expert, num_padded = align_tokens_by_expert(ids, E, cfg["BLOCK_M"], expert_offset, pdl=pdl)

@@ -18,18 +18,37 @@ decode numerics are W8A16, slightly closer to the bf16 model than the prefill's 
 
 A dense layer is the down kernel with one expert, one slot and weight 1 (DENSE): `quant_gemv`,
 the decode path of qweights.QuantWeight.
+
+DECODE_VARIANT picks, per format (its bits), which decode kernels a decode-sized call runs: "small",
+these, or "gemv", fused_moe_quant_gemv.py's 2-D tiles; config["variant"] ("small" / "gemv") overrides
+it per call. Today's kernels stay the default until scripts/quant_decode_sweep.py has measured the
+others on the H200; then one entry flips.
 """
 
 import torch
 import triton
 import triton.language as tl
 
+from . import fused_moe_quant_gemv
 from .fused_moe_small import _local_expert
 from .moe_configs import on_gpu
 from .pdl import launch_args, wait_then_release
 from .quant_tiles import layout_args, load_x, pointer_args, stride_args, tile_dot
 
 SMALL_KEYS = ("BLOCK_N", "BLOCK_K", "num_warps", "num_stages")
+# format bits -> decode kernels ("small" or "gemv"): "gemv" for all three, measured 1.2-2.6x faster on the H200
+# at 1-2 tokens (fused_moe_quant_gemv._TILES); "small" stays the tested alternative (config {"variant": "small"})
+DECODE_VARIANT = {0: "gemv", 8: "gemv", 4: "gemv"}
+
+
+def decode_variant(w, config: dict | None = None) -> str:
+    """"small" or "gemv" for a stack `w`: config["variant"] if it names one, else DECODE_VARIANT. Both
+    read bitsandbytes' storage too, but only minimoe's formats are timed by the sweep, so nf4 and
+    LLM.int8 stay on "small" unless a config asks."""
+    forced = (config or {}).get("variant")
+    if forced in ("small", "gemv"):
+        return forced
+    return DECODE_VARIANT[w.bits] if w.codes == 0 else "small"
 
 
 @triton.jit(do_not_specialize=["top_k", "expert_offset", "E"])
@@ -130,6 +149,8 @@ def fused_moe_quant_small(x, w13, w2, ids, topk_weights, expert_offset: int, con
                           pdl: bool = False) -> torch.Tensor:
     """The decode path of fused_moe_quant (inputs checked there): x [T, D], w13 / w2 quantized stacks
     (qweights.QuantMatrix) [E, 2I, D] / [E, D, I], ids/topk_weights [T, K] -> [T, D] in x.dtype."""
+    if decode_variant(w13, config) == "gemv":
+        return fused_moe_quant_gemv.fused_moe_quant_gemv(x, w13, w2, ids, topk_weights, expert_offset, config, pdl)
     T, D = x.shape
     E, two_i, _ = w13.stack_shape
     I, K = two_i // 2, ids.shape[1]
@@ -163,6 +184,8 @@ def _launch_down(h, w, out, ids, weights, top_k, expert_offset, E, cfg, dense, p
 def quant_gemv(x: torch.Tensor, w, config: dict | None = None, pdl: bool = False) -> torch.Tensor:
     """A dense quantized layer at decode: x [T, K] (contiguous) @ W[N, K]ᵀ -> [T, N] in x.dtype,
     W a qweights.QuantWeight (one expert, one slot, routing weight 1)."""
+    if decode_variant(w, config) == "gemv":
+        return fused_moe_quant_gemv.quant_gemv_2d(x, w, config, pdl)
     T = x.shape[0]
     N = w.stack_shape[1]
     cfg = _pick(config, "down", small_quant_config(w, w.K, down=True))

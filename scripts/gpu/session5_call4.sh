@@ -5,7 +5,7 @@
 #             defaults (--gemv auto).
 #  Then, one lane per GPU, issue 12's whole-model rows with the new quantized decode defaults, bf16 beside each in
 #  the same lane: GPU 0 Mixtral-8x7B bs 1 bf16 / int8 / int4 (--profile on int4); GPU 1 Mixtral bs 1 fp8, OLMoE
-#  bs 64 bf16 / fp8.
+#  bs 64 bf16 / fp8; then the speculative sweep with the Qwen3-1.7B draft (bs 1 / 16, G 4, A 0.8) under --gemv auto.
 # Usage (device tool, repo root): bash scripts/gpu/session5_call4.sh
 set -u
 export PYTHONUNBUFFERED=1 TQDM_MININTERVAL=30 PYTHONPATH=$PWD TQDM_DISABLE=1 NCCL_NVLS_ENABLE=0
@@ -28,6 +28,8 @@ lane1() {
   for q in none fp8; do
     timeout 60 python3 bench.py --model olmoe $B --bs 64 --quant $q --json $R/q_olmoe_$q.json > $R/q_olmoe_$q.txt 2>&1
   done
+  timeout 110 python3 scripts/bench_spec.py sweep --out $R/spec17 --batches 1 16 --gammas 4 --drafts Qwen3-1.7B \
+    > $R/spec17.log 2>&1
 }
 lane0 & L0=$!
 lane1 & L1=$!
@@ -35,3 +37,4 @@ wait $L0 $L1
 tar czf $OUT/results.tgz -C $OUT r
 grep -E "^(plan|1 GPU|TP2|EP2|PASS|MISS|FAIL)|target|exit status" $R/parallel/summary.txt | head -60
 grep -h "minimoe bs\|error" $R/q_*.txt
+grep -h "run G\|T_T\|round G" $R/spec17.log
