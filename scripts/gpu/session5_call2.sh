@@ -17,7 +17,7 @@ lane0() {
   timeout 60 python3 bench.py --model qwen3-0.6b $B --bs 1 --gemv torch --json $R/bs1_q06_torch.json > $R/bs1_q06_torch.txt 2>&1
   python3 -c "import json;c=json.load(open('$R/bs1_q06_torch.json'))['ceilings'];c.pop('source');json.dump(c,open('$R/ceil.json','w'))"
   for g in triton stream; do
-    timeout 60 python3 bench.py --model qwen3-0.6b $B --bs 1 --gemv $g --ceilings $R/ceil.json --json $R/bs1_q06_$g.json > $R/bs1_q06_$g.txt 2>&1
+    timeout 60 python3 bench.py --model qwen3-0.6b ${B#--fused } --bs 1 --gemv $g --ceilings $R/ceil.json --json $R/bs1_q06_$g.json > $R/bs1_q06_$g.txt 2>&1
   done
   for m in olmoe qwen3; do for g in torch triton stream; do
     timeout 80 python3 bench.py --model $m $B --bs 1 --gemv $g --ceilings $R/ceil.json --json $R/bs1_${m}_$g.json > $R/bs1_${m}_$g.txt 2>&1
