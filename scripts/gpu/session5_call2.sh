@@ -14,7 +14,7 @@ B="--fused --warmup 1 --iters 3 --input-len 128 --output-len 64"
 lane0() {
   export CUDA_VISIBLE_DEVICES=0
   timeout 240 python3 scripts/bench_gemv.py --tokens 1 2 4 --workers 12 --json $R/gemv.json > $R/gemv.txt 2>&1
-  timeout 60 python3 bench.py --model qwen3-0.6b $B --bs 1 --gemv torch --json $R/bs1_q06_torch.json > $R/bs1_q06_torch.txt 2>&1
+  timeout 60 python3 bench.py --model qwen3-0.6b ${B#--fused } --bs 1 --gemv torch --json $R/bs1_q06_torch.json > $R/bs1_q06_torch.txt 2>&1
   python3 -c "import json;c=json.load(open('$R/bs1_q06_torch.json'))['ceilings'];c.pop('source');json.dump(c,open('$R/ceil.json','w'))"
   for g in triton stream; do
     timeout 60 python3 bench.py --model qwen3-0.6b ${B#--fused } --bs 1 --gemv $g --ceilings $R/ceil.json --json $R/bs1_q06_$g.json > $R/bs1_q06_$g.txt 2>&1
