@@ -87,6 +87,8 @@ class BnbWeight(BnbMatrix, QuantWeight):
         q, state = self._state(0, x.dtype)
         if self.codes == 1:
             return bnb.matmul_4bit(xp, q.t(), quant_state=state, bias=bias)
+        if xp.is_cuda and xp.dtype != torch.float16:   # LLM.int8's CUDA kernels take fp16 activations only
+            xp, bias = xp.half(), None if bias is None else bias.half()
         return bnb.matmul(xp, q, state=state, bias=bias).to(x.dtype)
 
 
@@ -129,7 +131,10 @@ def quantize_bnb_int8(w: torch.Tensor, cls=BnbMatrix) -> BnbMatrix:
         _, bnb_f = _lib()
         words, scale = [], []
         for e in range(E):
-            cb, scb, _ = bnb_f.int8_vectorwise_quant(F.pad(w3[e], (0, Kp - K)).contiguous())
+            src = F.pad(w3[e], (0, Kp - K)).contiguous()
+            if src.is_cuda and src.dtype != torch.float16:    # its CUDA kernel takes fp16 only (exact for
+                src = src.half()                              # bf16 weights' range; codes are per-row absmax)
+            cb, scb, _ = bnb_f.int8_vectorwise_quant(src)
             words.append(cb.view(torch.int32))                                          # [N, Kp/4]
             scale.append((scb.float() / 127.0).view(N, 1))
         words, scale = torch.stack(words), torch.stack(scale)
