@@ -251,13 +251,15 @@ def gemv_config(m, K_in: int, down: bool = False, T: int = 1) -> dict:
     return {"BLOCK_N": bn, "BLOCK_K": block_k, "num_warps": warps, "num_stages": stages}
 
 
-def _pick(config: dict | None, key: str, base: dict) -> dict:
-    given = (config or {}).get("gemv", {})
+def pick_tiles(config: dict | None, key: str, base: dict, section: str = "gemv", keys=None) -> dict:
+    """config[section] (its "down" dict for GEMM2, key "down") over the default tiles `base`; the decode
+    kernels of fused_moe_quant_small.py read theirs the same way from config["small"]."""
+    given = (config or {}).get(section, {})
     given = given.get("down", {}) if key == "down" else given
-    return {k: given.get(k, base[k]) for k in GEMV_KEYS}
+    return {k: given.get(k, base[k]) for k in (keys or GEMV_KEYS)}
 
 
-def _check_block_k(cfg: dict, m) -> None:
+def check_block_k(cfg: dict, m) -> None:
     bk, vec = cfg["BLOCK_K"], 32 // m.bits if m.bits else 16
     assert bk & (bk - 1) == 0 and bk % vec == 0 and (m.group == 0 or bk % m.group == 0), \
         f"BLOCK_K {bk} must be a power of two, a multiple of {vec} and of the scale group {m.group}"
@@ -270,10 +272,10 @@ def fused_moe_quant_gemv(x, w13, w2, ids, topk_weights, expert_offset: int, conf
     T, D = x.shape
     E, two_i, _ = w13.stack_shape
     I, K = two_i // 2, ids.shape[1]
-    cfg1 = _pick(config, "gate_up", gemv_config(w13, D, T=T))
-    cfg2 = _pick(config, "down", gemv_config(w2, I, down=True, T=T))
-    _check_block_k(cfg1, w13)
-    _check_block_k(cfg2, w2)
+    cfg1 = pick_tiles(config, "gate_up", gemv_config(w13, D, T=T))
+    cfg2 = pick_tiles(config, "down", gemv_config(w2, I, down=True, T=T))
+    check_block_k(cfg1, w13)
+    check_block_k(cfg2, w2)
     # h stays fp32: GEMM2 reads each h value once per weight word it meets, and an fp32 load needs no
     # conversion; h is T·K·I·4 bytes against the megabytes of weights a slot streams
     h = x.new_empty(T * K, I, dtype=torch.float32)                                     # [T·K, I]
@@ -303,8 +305,8 @@ def quant_gemv_2d(x: torch.Tensor, w, config: dict | None = None, pdl: bool = Fa
     """A dense quantized layer at decode with these kernels: x [T, K] (contiguous) @ W[N, K]ᵀ -> [T, N]."""
     T = x.shape[0]
     N = w.stack_shape[1]
-    cfg = _pick(config, "down", gemv_config(w, w.K, down=True, T=T))
-    _check_block_k(cfg, w)
+    cfg = pick_tiles(config, "down", gemv_config(w, w.K, down=True, T=T))
+    check_block_k(cfg, w)
     out = x.new_empty(T, N)
     if T:
         _launch_down(x, w, out, x, x, 1, 0, 1, cfg, True, pdl)

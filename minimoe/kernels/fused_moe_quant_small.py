@@ -134,15 +134,10 @@ def small_quant_config(m, K_in: int, down: bool = False) -> dict:
 
 def _pick(config: dict | None, key: str, base: dict) -> dict:
     """config["small"] (its "down" dict for GEMM2) over the default tiles, as fused_moe_small reads them."""
-    given = (config or {}).get("small", {})
-    given = given.get("down", {}) if key == "down" else given
-    return {k: given.get(k, base[k]) for k in SMALL_KEYS}
+    return fused_moe_quant_gemv.pick_tiles(config, key, base, "small", SMALL_KEYS)
 
 
-def _check_block_k(cfg: dict, m) -> None:
-    bk, vec = cfg["BLOCK_K"], 32 // m.bits if m.bits else 16
-    assert bk & (bk - 1) == 0 and bk % vec == 0 and (m.group == 0 or bk % m.group == 0), \
-        f"BLOCK_K {bk} must be a power of two, a multiple of {vec} and of the scale group {m.group}"
+_check_block_k = fused_moe_quant_gemv.check_block_k
 
 
 def fused_moe_quant_small(x, w13, w2, ids, topk_weights, expert_offset: int, config: dict | None = None,
