@@ -104,8 +104,12 @@ def run(args) -> dict:
 
 
 def print_table(out: dict) -> None:
+    st = out.get("settings") or {}
+    fmt = st.get("quant", "none")
     print(f"# eval {out['model']} ({out['weights']}) on {out['data']}: {out['bytes']} bytes, "
-          f"{out['tokens_scored']} tokens scored, window {out['window']} stride {out['stride']}")
+          f"{out['tokens_scored']} tokens scored, window {out['window']} stride {out['stride']}, "
+          f"dtype {st.get('dtype', '?')}, weights {'as stored' if fmt == 'none' else '--quant ' + fmt}"
+          f"{' (+ lm_head)' if st.get('quant_lm_head') else ''}")
     if out.get("prune"):
         print(f"# {out['prune']}")
     print(f"bits/byte {out['bpb']:.4f}   loss {out['loss']:.4f} nats/token   perplexity {out['ppl']:.3f}")
