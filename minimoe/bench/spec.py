@@ -6,7 +6,8 @@ is reported), times speculative decoding and reports what the issue asks for:
   * acceptance rate (kept / proposed), mean accepted length (tokens per round per sequence, EAGLE's
     tau), tokens per target forward (the batch's tokens over its forwards, the prefill included),
     alpha (per-proposal acceptance, the cost model's input), and whether it was synthetic;
-  * the draft's share of the decode time and the verify's, from CUDA events around each phase;
+  * the draft's share of the decode time and the verify's: from CUDA events around each phase when rounds
+    run eagerly, from the measured step times over the measured round when a round is one CUDA graph;
   * distinct experts per MoE layer touched by one verify of B x (G+1) tokens vs one plain step of
     B tokens (an eager pass with instrument.ExpertLoad: the MoE-specific cost of verifying);
   * speed-up over the plain run: E2E and decode-only (E2E minus TTFT; TTFT includes the draft's
