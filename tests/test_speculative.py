@@ -158,8 +158,8 @@ def test_whole_round_graphs_equal_plain_and_rebind(monkeypatch, tmp_path):
     """The whole-round path (bind a static state, replay the captured round, host bounds) on the CPU:
     greedy and synthetic acceptance equal plain greedy, across generations that reuse one round graph
     (and a new one for a new G), with the same statistics an eager run gives."""
-    import minimoe.speculative as speculative
-    monkeypatch.setattr(speculative, "RoundGraph", _EagerRoundGraph)
+    import minimoe.spec_state as spec_state
+    monkeypatch.setattr(spec_state, "RoundGraph", _EagerRoundGraph)
     target, _, _ = build_model("qwen3-moe-tiny", "dummy", dtype=torch.float32, seed=0)
     draft, _, _ = build_model("qwen3-moe-tiny", "dummy", dtype=torch.float32, seed=0)
     perturbed(draft, 0.5)
