@@ -12,7 +12,7 @@ import torch.nn.functional as F  # noqa: E402
 from minimoe.kernels.gate_splitk import default_splits, gate_route_splitk, usable  # noqa: E402
 from minimoe.kernels.route import MAX_EXPERTS  # noqa: E402
 from minimoe.ops import gate_route_torch  # noqa: E402
-from minimoe.router import skip_small  # noqa: E402
+from test_norm_route import _check_skip  # noqa: E402  (the same assertions for every routing kernel)
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 # the interpreter has no bfloat16; on a GPU run the real kernel covers it too
@@ -123,15 +123,7 @@ def test_skip_in_the_epilogue(E, D, T, K, mode, splits, block_d, skip, dtype):
     w, ids = gate_route_splitk(h, gate, K, **kw, skip=skip)
     w_ref, ids_ref = gate_route_torch(h, gate, K, renorm=renorm, scaling=scaling, softmax_first=softmax_first,
                                       skip=skip)
-    w_s, ids_s = skip_small(w0, ids0, skip)
-    assert torch.equal(w, w_s) and torch.equal(ids, ids_s), "not skip_small of the unskipped result"
-    assert torch.equal(ids, ids_ref), "the twin keeps the same experts in the same slots"
-    assert _rel_err(w, w_ref) <= W_TOL[dtype]
-    assert torch.equal(ids < 0, w == 0) and (ids[:, 0] >= 0).all(), "the top slot is always kept"
-    if skip == 0.0:
-        assert torch.equal(w, w0) and torch.equal(ids, ids0) and (ids >= 0).all()
-    else:
-        assert (ids < 0).any(), "token 0's other slots are all below beta x its top weight"
+    _check_skip((w, ids), (w0, ids0), (w_ref, ids_ref), skip, dtype)
 
 
 @pytest.mark.parametrize("E,D,T,K,mode,splits,block_d", [
