@@ -52,11 +52,21 @@ GEMV_TILES = {
     "fp8": [((8, 512, 4, 1), (8, 512, 4, 3)), ((4, 1024, 4, 1), (8, 256, 2, 3)), ((16, 256, 4, 1), (16, 512, 4, 2)),
             ((8, 1024, 8, 2), (4, 1024, 4, 3))],
 }
+# pair tiles (fused_moe_quant_pair.py, int4 / int8 only), as GEMV_TILES; the last adds "x_packed" (x packed into
+# fp16 pairs by its own small kernel instead of inside GEMM1)
+PAIR_TILES = {
+    "int4": [((16, 256, 2, 1), (16, 256, 2, 3)), ((32, 512, 4, 1), (32, 256, 4, 3)), ((8, 256, 1, 1), (8, 256, 1, 3)),
+             ((16, 1024, 4, 2), (16, 512, 2, 2)), ((64, 256, 4, 1), (32, 512, 2, 3)),
+             ((16, 256, 2, 1, True), (16, 256, 2, 3))],
+    "int8": [((16, 512, 4, 1), (16, 512, 4, 3)), ((8, 1024, 4, 1), (8, 512, 4, 3)), ((32, 256, 4, 1), (16, 256, 2, 3)),
+             ((16, 256, 2, 2), (16, 1024, 4, 2)), ((32, 512, 8, 1), (32, 512, 4, 3)),
+             ((16, 512, 4, 1, True), (16, 512, 4, 3))],
+}
 ALIGNED_TILES = [(64, 4, 4), (128, 4, 3)]          # BLOCK_N, warps, stages at BLOCK_M = 16
 
 
 def _tiles(t: tuple) -> dict:
-    return dict(zip(("BLOCK_N", "BLOCK_K", "num_warps", "num_stages"), t))
+    return dict(zip(("BLOCK_N", "BLOCK_K", "num_warps", "num_stages", "x_packed"), t))
 
 
 def candidate_configs(w13, T: int) -> list[dict]:
@@ -71,6 +81,13 @@ def candidate_configs(w13, T: int) -> list[dict]:
         g1, g2 = _tiles(g1), _tiles(g2)
         g1["BLOCK_K"], g2["BLOCK_K"] = max(g1["BLOCK_K"], group), max(g2["BLOCK_K"], group)
         out.append({"variant": "gemv", "gemv": dict(g1, down=g2)})
+    pair = PAIR_TILES.get(fmt, []) if w13.codes == 0 else []
+    if SMOKE:
+        pair = [((8, max(64, group), 4, 1), (8, max(64, group), 4, 1)), ((8, max(64, group), 4, 1, True), (8, 64, 4, 1))][:len(pair)]
+    for g1, g2 in pair:
+        g1, g2 = _tiles(g1), _tiles(g2)
+        g1["BLOCK_K"], g2["BLOCK_K"] = max(g1["BLOCK_K"], group), max(g2["BLOCK_K"], group)
+        out.append({"variant": "pair", "pair": dict(g1, down=g2)})
     for bn, warps, stages in (ALIGNED_TILES[:1] if SMOKE else ALIGNED_TILES):
         out.append({"variant": "aligned", "BLOCK_M": 16, "BLOCK_N": bn, "BLOCK_K": group or 128, "GROUP_M": 1,
                     "num_warps": warps, "num_stages": stages, "down": {"BLOCK_N": bn, "num_stages": stages}})
@@ -78,10 +95,10 @@ def candidate_configs(w13, T: int) -> list[dict]:
 
 
 def label(cfg: dict) -> str:
-    if cfg["variant"] == "gemv":
-        a, b = cfg["gemv"], cfg["gemv"]["down"]
-        return ("gemv {BLOCK_N}x{BLOCK_K}/{num_warps}w{num_stages}s".format(**a)
-                + " | {BLOCK_N}x{BLOCK_K}/{num_warps}w{num_stages}s".format(**b))
+    if cfg["variant"] in ("gemv", "pair"):
+        a, b = cfg[cfg["variant"]], cfg[cfg["variant"]]["down"]
+        return (cfg["variant"] + " {BLOCK_N}x{BLOCK_K}/{num_warps}w{num_stages}s".format(**a)
+                + (" xp" if a.get("x_packed") else "") + " | {BLOCK_N}x{BLOCK_K}/{num_warps}w{num_stages}s".format(**b))
     if cfg["variant"] == "aligned":
         return "aligned 16x{BLOCK_N}x{BLOCK_K}/{num_warps}w{num_stages}s".format(**cfg)
     return "small (default)"

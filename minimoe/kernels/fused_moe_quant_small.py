@@ -29,7 +29,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import fused_moe_quant_gemv
+from . import fused_moe_quant_gemv, fused_moe_quant_pair
 from .fused_moe_small import _local_expert
 from .moe_configs import on_gpu
 from .pdl import launch_args, wait_then_release
@@ -46,7 +46,9 @@ def decode_variant(w, config: dict | None = None) -> str:
     read bitsandbytes' storage too, but only minimoe's formats are timed by the sweep, so nf4 and
     LLM.int8 stay on "small" unless a config asks."""
     forced = (config or {}).get("variant")
-    if forced in ("small", "gemv"):
+    if forced == "pair" and not fused_moe_quant_pair.pair_supported(w):
+        raise ValueError(f"the pair decode kernels read int4 and int8 codes, not {getattr(w, 'describe', lambda: type(w).__name__)()}")
+    if forced in ("small", "gemv", "pair"):
         return forced
     return DECODE_VARIANT[w.bits] if w.codes == 0 else "small"
 
@@ -144,8 +146,11 @@ def fused_moe_quant_small(x, w13, w2, ids, topk_weights, expert_offset: int, con
                           pdl: bool = False) -> torch.Tensor:
     """The decode path of fused_moe_quant (inputs checked there): x [T, D], w13 / w2 quantized stacks
     (qweights.QuantMatrix) [E, 2I, D] / [E, D, I], ids/topk_weights [T, K] -> [T, D] in x.dtype."""
-    if decode_variant(w13, config) == "gemv":
+    variant = decode_variant(w13, config)
+    if variant == "gemv":
         return fused_moe_quant_gemv.fused_moe_quant_gemv(x, w13, w2, ids, topk_weights, expert_offset, config, pdl)
+    if variant == "pair":
+        return fused_moe_quant_pair.fused_moe_quant_pair(x, w13, w2, ids, topk_weights, expert_offset, config, pdl)
     T, D = x.shape
     E, two_i, _ = w13.stack_shape
     I, K = two_i // 2, ids.shape[1]
@@ -179,8 +184,11 @@ def _launch_down(h, w, out, ids, weights, top_k, expert_offset, E, cfg, dense, p
 def quant_gemv(x: torch.Tensor, w, config: dict | None = None, pdl: bool = False) -> torch.Tensor:
     """A dense quantized layer at decode: x [T, K] (contiguous) @ W[N, K]ᵀ -> [T, N] in x.dtype,
     W a qweights.QuantWeight (one expert, one slot, routing weight 1)."""
-    if decode_variant(w, config) == "gemv":
+    variant = decode_variant(w, config)
+    if variant == "gemv":
         return fused_moe_quant_gemv.quant_gemv_2d(x, w, config, pdl)
+    if variant == "pair":
+        return fused_moe_quant_pair.quant_pair_2d(x, w, config, pdl)
     T = x.shape[0]
     N = w.stack_shape[1]
     cfg = _pick(config, "down", small_quant_config(w, w.K, down=True))

@@ -1,0 +1,370 @@
+"""Decode MoE on int4 / int8 weights, third design: two fp16 weights a register (Marlin's trick).
+
+Shape legend: T tokens, D hidden, E local experts, K experts per token, I expert FFN width,
+PW codes an int32 word (8 for int4, 4 for int8), V words a tile row per step.
+
+fused_moe_quant_gemv.py turns every code into an fp32 with a shift, a LOP3 and an FMA: three
+instructions a weight, two on the H100/H200's half-rate integer pipe, plus a strided x load. This file
+turns two codes at once into an fp16 pair and multiplies pairs (the dequantization of Marlin,
+arXiv 2408.11743, and of FasterTransformer's weight-only GEMMs; our own PTX, written from their
+description):
+
+* int4: `lop3.b32 f, w >> 4s, 0x000F000F, 0x64006400` puts fields s and s + 4 of a word into the
+  mantissas of two fp16 1024s: f = (1024 + u_s, 1024 + u_{s+4}). One `sub.f16x2` of 1024 + z gives
+  the exact signed codes, one `fma.rn.f16x2` multiplies them by the matching pair of x and adds.
+  A word (8 weights): 3 shifts, 4 LOP3, 4 HSUB2, 4 HFMA2, then the fp16 pair sum goes to fp32.
+* int8: `prmt.b32 f, w, 0x64646464, 0x5250` (and 0x5351) builds the pairs (1024 + b0, 1024 + b2)
+  and (1024 + b1, 1024 + b3); the same sub and fma follow.
+So x must arrive as fp16 pairs in the order the fields pair up: word w, pair s holds
+(x[PW·w + s], x[PW·w + s + PW/2]) ("paired order"). GEMM1 reads x and packs the pairs it needs
+(or reads them pre-packed: X_PACKED); it writes h straight into paired order, in fp16, for GEMM2.
+
+Precision. A word's products are summed in fp16 (at most 8 terms), then accumulated in fp32 with the
+scales. x is multiplied by 2^-8 when it becomes fp16 (and the result by 2^8 at the end) so that a
+word's partial sum stays finite up to |x| ~ 1.4e5 (int4) / 1.6e4 (int8); the smallest x lose at most
+6e-8·2^8 in absolute terms as fp16 subnormals. Against dequantize-then-matmul in fp32 the error is a
+few 1e-4 relative: far under the formats' own.
+
+The PTX runs only on a GPU; under the Triton interpreter (CI) ASM is False and `_pair_dot` computes the
+same sums in fp32 from the same bit fields, so the layout, masks, pairing and scales are tested on the
+CPU and the PTX itself by the GPU check (scripts/quant_decode_sweep.py, tests marked gpu).
+Config: the "pair" key of a fused_moe config, GEMM1's tiles with GEMM2's in "down" (as "gemv").
+"""
+
+import torch
+import triton
+import triton.language as tl
+
+from .fused_moe_small import _local_expert
+from .moe_configs import on_gpu
+from .pdl import launch_args, wait_then_release
+from .quant_tiles import layout_args, pointer_args, stride_args
+
+X_SCALE = 2.0 ** -8           # x (and h) are stored as fp16 times this; results are divided by it
+
+_INT4_ASM = """{
+.reg .b32 t, f, a;
+.reg .b16 lo, hi;
+.reg .f32 fl, fh;
+lop3.b32 f, $1, 0x000F000F, 0x64006400, 0xEA;
+sub.f16x2 f, f, $6;
+mul.rn.f16x2 a, f, $2;
+shr.u32 t, $1, 4;
+lop3.b32 f, t, 0x000F000F, 0x64006400, 0xEA;
+sub.f16x2 f, f, $6;
+fma.rn.f16x2 a, f, $3, a;
+shr.u32 t, $1, 8;
+lop3.b32 f, t, 0x000F000F, 0x64006400, 0xEA;
+sub.f16x2 f, f, $6;
+fma.rn.f16x2 a, f, $4, a;
+shr.u32 t, $1, 12;
+lop3.b32 f, t, 0x000F000F, 0x64006400, 0xEA;
+sub.f16x2 f, f, $6;
+fma.rn.f16x2 a, f, $5, a;
+mov.b32 {lo, hi}, a;
+cvt.f32.f16 fl, lo;
+cvt.f32.f16 fh, hi;
+add.f32 $0, fl, fh;
+}"""
+
+_INT8_ASM = """{
+.reg .b32 f, a;
+.reg .b16 lo, hi;
+.reg .f32 fl, fh;
+prmt.b32 f, $1, 0x64646464, 0x5250;
+sub.f16x2 f, f, $4;
+mul.rn.f16x2 a, f, $2;
+prmt.b32 f, $1, 0x64646464, 0x5351;
+sub.f16x2 f, f, $4;
+fma.rn.f16x2 a, f, $3, a;
+mov.b32 {lo, hi}, a;
+cvt.f32.f16 fl, lo;
+cvt.f32.f16 fh, hi;
+add.f32 $0, fl, fh;
+}"""
+
+
+@triton.jit
+def _half(pairs, HI: tl.constexpr):
+    """One fp16 of int32 pairs, as fp32 (the interpreter's path)."""
+    if HI:
+        bits = (pairs >> 16) & 0xFFFF
+    else:
+        bits = pairs & 0xFFFF
+    return bits.to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+
+
+@triton.jit
+def _pair_dot(words, x0, x1, x2, x3, zero, BITS: tl.constexpr, ASM: tl.constexpr):
+    """Σ over a word's PW fields of (u − zero)·x, fp32 [ROWS, V]. words [ROWS, V] int32; x0..x3 [V]
+    int32 pairs in paired order (int8 uses x0, x1); zero: the zero point, an int32 scalar or [ROWS, 1]."""
+    if ASM:
+        magic = (0x6400 + zero) * 65537                # fp16 1024 + z in both halves
+        if BITS == 4:
+            return tl.inline_asm_elementwise(_INT4_ASM, "=f,r,r,r,r,r,r",
+                                             [words, x0[None, :], x1[None, :], x2[None, :], x3[None, :], magic],
+                                             dtype=tl.float32, is_pure=True, pack=1)
+        else:
+            return tl.inline_asm_elementwise(_INT8_ASM, "=f,r,r,r,r", [words, x0[None, :], x1[None, :], magic],
+                                             dtype=tl.float32, is_pure=True, pack=1)
+    else:
+        z = zero.to(tl.float32)
+        HALF: tl.constexpr = 16                        # field s + PW/2 sits 16 bits above field s
+        MASK: tl.constexpr = (1 << BITS) - 1
+        acc = ((words & MASK).to(tl.float32) - z) * _half(x0, False)[None, :]
+        acc += (((words >> HALF) & MASK).to(tl.float32) - z) * _half(x0, True)[None, :]
+        acc += (((words >> BITS) & MASK).to(tl.float32) - z) * _half(x1, False)[None, :]
+        acc += (((words >> (HALF + BITS)) & MASK).to(tl.float32) - z) * _half(x1, True)[None, :]
+        if BITS == 4:
+            acc += (((words >> 8) & MASK).to(tl.float32) - z) * _half(x2, False)[None, :]
+            acc += (((words >> 24) & MASK).to(tl.float32) - z) * _half(x2, True)[None, :]
+            acc += (((words >> 12) & MASK).to(tl.float32) - z) * _half(x3, False)[None, :]
+            acc += (((words >> 28) & MASK).to(tl.float32) - z) * _half(x3, True)[None, :]
+        return acc
+
+
+@triton.jit
+def _x_pair(x_row, offs_w, S: tl.constexpr, K, KW, PW: tl.constexpr, PACKED: tl.constexpr):
+    """Pair S of words offs_w [V] as int32 (two fp16 of x·X_SCALE); 0 past the data."""
+    if PACKED:          # x_row points at int32 pairs in paired order
+        return tl.load(x_row + offs_w * (PW // 2) + S, mask=offs_w < KW, other=0)
+    ka = offs_w * PW + S
+    kb = ka + PW // 2
+    a = tl.load(x_row + ka, mask=ka < K, other=0.0).to(tl.float32) * 0.00390625
+    b = tl.load(x_row + kb, mask=kb < K, other=0.0).to(tl.float32) * 0.00390625
+    ha = a.to(tl.float16).to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
+    hb = b.to(tl.float16).to(tl.int16, bitcast=True).to(tl.int32)
+    return ha | (hb << 16)
+
+
+@triton.jit
+def _pair_step(w_e, rows, x_row, kk, K, KW, zero, stride_wn, BITS: tl.constexpr, PACKED: tl.constexpr,
+               ASM: tl.constexpr, ROWS: tl.constexpr, STEP: tl.constexpr):
+    """Σ (u − zero)·x over inputs kk .. kk+STEP of weight rows `rows` [ROWS]: fp32 [ROWS, V]
+    (scaled by X_SCALE); past KW (KW = 0 for a foreign slot) masked, no traffic, an exact 0."""
+    PW: tl.constexpr = 32 // BITS
+    V: tl.constexpr = STEP // PW
+    offs_w = kk // PW + tl.arange(0, V)
+    words = tl.load(w_e + rows[:, None] * stride_wn + offs_w[None, :], mask=(offs_w < KW)[None, :], other=0,
+                    eviction_policy="evict_first")                                           # [ROWS, V]
+    x0 = _x_pair(x_row, offs_w, 0, K, KW, PW, PACKED)
+    x1 = _x_pair(x_row, offs_w, 1, K, KW, PW, PACKED)
+    if BITS == 4:
+        x2 = _x_pair(x_row, offs_w, 2, K, KW, PW, PACKED)
+        x3 = _x_pair(x_row, offs_w, 3, K, KW, PW, PACKED)
+    else:
+        x2, x3 = x0, x1
+    return _pair_dot(words, x0, x1, x2, x3, zero, BITS, ASM)
+
+
+@triton.jit
+def _zero_of(z_e, rows, g, stride_sn, stride_sg, OFFSET: tl.constexpr, HAS_ZERO: tl.constexpr):
+    if HAS_ZERO:
+        return tl.load(z_e + rows * stride_sn + g * stride_sg).to(tl.int32)[:, None]        # [ROWS, 1]
+    return tl.full((1, 1), OFFSET, dtype=tl.int32)
+
+
+@triton.jit(do_not_specialize=["top_k", "expert_offset", "E"])
+def _gate_up_pair_kernel(x_ptr, w_ptr, s_ptr, z_ptr, h_ptr, ids_ptr, top_k, expert_offset, E, I, IP, D, KW,
+                         stride_xt, stride_we, stride_wn, stride_se, stride_sn, stride_sg, stride_ht,
+                         BITS: tl.constexpr, GROUP: tl.constexpr, ROW_BLOCK: tl.constexpr, OFFSET: tl.constexpr,
+                         HAS_ZERO: tl.constexpr, H_PW: tl.constexpr, X_PACKED: tl.constexpr, ASM: tl.constexpr,
+                         BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr, PDL: tl.constexpr):
+    """h[pair, cols] = silu(Wg[e] x[t]) * (Wu[e] x[t]) · X_SCALE for one pair and BLOCK_N columns of the
+    padded width IP, stored as fp16 in GEMM2's paired order (H_PW codes a word); columns I .. IP get 0."""
+    wait_then_release(PDL)
+    n_blocks = tl.cdiv(IP, BLOCK_N)
+    pair, col0 = tl.program_id(0) // n_blocks, (tl.program_id(0) % n_blocks) * BLOCK_N
+    expert = _local_expert(ids_ptr, pair, expert_offset, E)
+    if expert < 0:
+        return                                   # foreign or skipped slot: GEMM2 never reads this h row
+    # tile row 2c is gate column col0 + c, row 2c + 1 its up row (I + col0 + c); rows past I wrap
+    r = tl.arange(0, 2 * BLOCK_N)
+    rows = (col0 + r // 2) % I + (r % 2) * I                                              # [2·BN]
+    e64 = expert.to(tl.int64)
+    w_e, s_e, z_e = w_ptr + e64 * stride_we, s_ptr + e64 * stride_se, z_ptr + e64 * stride_se
+    x_row = x_ptr + (pair // top_k).to(tl.int64) * stride_xt
+    STEP: tl.constexpr = GROUP if GROUP > 0 else BLOCK_K
+    acc = tl.zeros((2 * BLOCK_N, STEP * BITS // 32), dtype=tl.float32)
+    for k0 in tl.range(0, D, BLOCK_K, num_stages=STAGES):
+        for gi in tl.static_range(BLOCK_K // STEP):
+            kk = k0 + gi * STEP
+            g = 0                                    # a row scale
+            if GROUP > 0:
+                g = kk // GROUP
+            part = _pair_step(w_e, rows, x_row, kk, D, KW, _zero_of(z_e, rows, g, stride_sn, stride_sg, OFFSET,
+                              HAS_ZERO), stride_wn, BITS, X_PACKED, ASM, 2 * BLOCK_N, STEP)
+            if GROUP > 0:
+                live = rows * 0 + kk < D
+                s = tl.load(s_e + (rows // ROW_BLOCK) * stride_sn + g * stride_sg, mask=live, other=0.0)
+                acc += s[:, None] * part
+            else:
+                acc += part
+    total = tl.sum(acc, axis=1) * 256.0
+    if GROUP == 0:
+        total = total * tl.load(s_e + (rows // ROW_BLOCK) * stride_sn)
+    gate, up = tl.split(tl.reshape(total, (BLOCK_N, 2)))
+    h = gate * tl.sigmoid(gate) * up * 0.00390625
+    cols = col0 + tl.arange(0, BLOCK_N)
+    h = tl.where(cols < I, h, 0.0)
+    pos = (cols // H_PW) * H_PW + 2 * (cols % (H_PW // 2)) + (cols % H_PW) // (H_PW // 2)
+    tl.store(h_ptr + pair.to(tl.int64) * stride_ht + pos, h.to(tl.float16), mask=cols < IP)
+
+
+@triton.jit(do_not_specialize=["top_k", "expert_offset", "E"])
+def _down_pair_kernel(h_ptr, w_ptr, s_ptr, z_ptr, out_ptr, ids_ptr, weights_ptr, top_k, expert_offset, E, D, I, KW,
+                      stride_ht, stride_we, stride_wn, stride_se, stride_sn, stride_sg, stride_ot,
+                      BITS: tl.constexpr, GROUP: tl.constexpr, ROW_BLOCK: tl.constexpr, OFFSET: tl.constexpr,
+                      HAS_ZERO: tl.constexpr, X_PACKED: tl.constexpr, DENSE: tl.constexpr, ASM: tl.constexpr,
+                      BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr, PDL: tl.constexpr):
+    """out[t, cols] = Σ_k w[t,k] · W2[e_k][cols, :] · h[t·K + k]; DENSE: out[t, cols] = W[cols, :] · h[t].
+    h: int32 pairs in paired order (X_PACKED, h_ptr and stride_ht in int32 units) or plain activations.
+    One flat loop over (slot, step), as fused_moe_quant_gemv's; every step scaled by its scales times the
+    slot's routing weight."""
+    wait_then_release(PDL)
+    n_blocks = tl.cdiv(D, BLOCK_N)
+    t, col0 = tl.program_id(0) // n_blocks, (tl.program_id(0) % n_blocks) * BLOCK_N
+    rows = (col0 + tl.arange(0, BLOCK_N)) % D
+    n_chunks = tl.cdiv(I, BLOCK_K)
+    STEP: tl.constexpr = GROUP if GROUP > 0 else BLOCK_K
+    acc = tl.zeros((BLOCK_N, STEP * BITS // 32), dtype=tl.float32)
+    for j in tl.range(0, top_k * n_chunks, num_stages=STAGES):
+        slot = j // n_chunks
+        k0 = (j - slot * n_chunks) * BLOCK_K
+        pair = t * top_k + slot
+        if DENSE:
+            e64 = tl.zeros((), dtype=tl.int64)
+            k_lim, kw_lim, route_w = I, KW, 1.0
+        else:
+            expert = _local_expert(ids_ptr, pair, expert_offset, E)
+            e64 = tl.maximum(expert, 0).to(tl.int64)
+            k_lim, kw_lim = tl.where(expert >= 0, I, 0), tl.where(expert >= 0, KW, 0)
+            route_w = tl.where(expert >= 0, tl.load(weights_ptr + pair), 0.0)
+        w_e, s_e, z_e = w_ptr + e64 * stride_we, s_ptr + e64 * stride_se, z_ptr + e64 * stride_se
+        for gi in tl.static_range(BLOCK_K // STEP):
+            kk = k0 + gi * STEP
+            g = 0                                    # a row scale
+            if GROUP > 0:
+                g = kk // GROUP
+            part = _pair_step(w_e, rows, h_ptr + pair.to(tl.int64) * stride_ht, kk, k_lim, kw_lim,
+                              _zero_of(z_e, rows, g, stride_sn, stride_sg, OFFSET, HAS_ZERO), stride_wn, BITS,
+                              X_PACKED, ASM, BLOCK_N, STEP)
+            live = rows * 0 + kk < k_lim
+            s = tl.load(s_e + (rows // ROW_BLOCK) * stride_sn + g * stride_sg, mask=live, other=0.0) * route_w
+            acc += s[:, None] * part
+    out = tl.sum(acc, axis=1) * 256.0
+    cols = col0 + tl.arange(0, BLOCK_N)
+    tl.store(out_ptr + t.to(tl.int64) * stride_ot + cols, out.to(out_ptr.dtype.element_ty), mask=cols < D)
+
+
+@triton.jit
+def _pack_pairs_kernel(x_ptr, out_ptr, K, KW, stride_xt, stride_ot, PW: tl.constexpr, BLOCK: tl.constexpr):
+    """out[t, w·PW/2 + s] = the int32 pair (x[t, PW·w + s], x[t, PW·w + s + PW/2]) · X_SCALE in fp16."""
+    t = tl.program_id(0)
+    offs_w = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    x_row = x_ptr + t.to(tl.int64) * stride_xt
+    o_row = out_ptr + t.to(tl.int64) * stride_ot
+    for s in tl.static_range(PW // 2):
+        tl.store(o_row + offs_w * (PW // 2) + s, _x_pair(x_row, offs_w, s, K, KW, PW, False), mask=offs_w < KW)
+
+
+def pair_supported(w) -> bool:
+    """Stacks these kernels read: minimoe's own int4 and int8 codes (not fp8, nf4 or LLM.int8)."""
+    return w.bits in (4, 8) and w.codes == 0
+
+
+def pack_pairs(x: torch.Tensor, w) -> torch.Tensor:
+    """x [T, K] (bf16/fp16/fp32) -> [T, KW · PW/2] int32 pairs in paired order for the stack `w`
+    (KW: its words a row, K padded to its scale group; the padding gets zeros)."""
+    T, K = x.shape
+    pw = 32 // w.bits
+    kw = w.data3.shape[2]
+    out = torch.empty(T, kw * pw // 2, dtype=torch.int32, device=x.device)
+    if T:
+        _pack_pairs_kernel[(T, triton.cdiv(kw, 128))](x, out, K, kw, x.stride(0), out.stride(0), PW=pw, BLOCK=128)
+    return out
+
+
+# Tiles per format bits: (GEMM1 [BLOCK_N, BLOCK_K, warps, stages], GEMM2 [...]).
+_TILES = {4: ((16, 256, 2, 1), (16, 256, 2, 3)), 8: ((16, 512, 4, 1), (16, 512, 4, 3))}
+
+
+def pair_config(m, K_in: int, down: bool = False) -> dict:
+    if not on_gpu():
+        return {"BLOCK_N": 16, "BLOCK_K": max(64, m.group), "num_warps": 4, "num_stages": 1, "x_packed": False}
+    bn, bk, warps, stages = _TILES[m.bits][1 if down else 0]
+    block_k = max(m.group, min(bk, triton.next_power_of_2(K_in)))
+    return {"BLOCK_N": bn, "BLOCK_K": block_k, "num_warps": warps, "num_stages": stages, "x_packed": False}
+
+
+def _tiles(config, key, base):
+    given = (config or {}).get("pair", {})
+    given = given.get("down", {}) if key == "down" else given
+    return {k: given.get(k, base[k]) for k in base}
+
+
+def _check(cfg: dict, m) -> None:
+    bk, pw = cfg["BLOCK_K"], 32 // m.bits
+    if bk & (bk - 1) or bk % (4 * pw) or (m.group and bk % m.group):
+        raise ValueError(f"pair kernels: BLOCK_K {bk} must be a power of two, a multiple of {4 * pw} "
+                         f"and of the scale group {m.group}")
+
+
+def fused_moe_quant_pair(x, w13, w2, ids, topk_weights, expert_offset: int, config: dict | None = None,
+                         pdl: bool = False) -> torch.Tensor:
+    """The decode path of fused_moe_quant with these kernels (inputs checked there): x [T, D], w13 / w2
+    int4 or int8 stacks [E, 2I, D] / [E, D, I], ids/topk_weights [T, K] -> [T, D] in x.dtype."""
+    T, D = x.shape
+    E, two_i, _ = w13.stack_shape
+    I, K = two_i // 2, ids.shape[1]
+    cfg1 = _tiles(config, "gate_up", pair_config(w13, D))
+    cfg2 = _tiles(config, "down", pair_config(w2, I, down=True))
+    _check(cfg1, w13)
+    _check(cfg2, w2)
+    x_packed = bool(cfg1.get("x_packed", False))
+    xin = pack_pairs(x, w13) if x_packed else x
+    data, scale, zero, _, _, kw, _ = pointer_args(w13)
+    data2 = w2.data3
+    h_pw = 32 // w2.bits
+    ip = data2.shape[2] * h_pw                          # GEMM2's padded reduction: h's width
+    h = torch.empty(T * K, ip, dtype=torch.float16, device=x.device)                  # [T·K, IP] paired order
+    _gate_up_pair_kernel[(T * K * triton.cdiv(ip, cfg1["BLOCK_N"]),)](
+        xin, data, scale, zero, h, ids, K, expert_offset, E, I, ip, D, kw,
+        xin.stride(0), *stride_args(w13), h.stride(0), **_layout(w13),
+        H_PW=h_pw, X_PACKED=x_packed, ASM=on_gpu(),
+        BLOCK_N=cfg1["BLOCK_N"], BLOCK_K=cfg1["BLOCK_K"], STAGES=cfg1["num_stages"],
+        num_warps=cfg1["num_warps"], num_stages=cfg1["num_stages"], **launch_args(pdl))
+    out = x.new_empty(T, D)
+    weights = topk_weights.float().contiguous().view(-1)                               # [T·K]
+    _launch_down(h.view(torch.int32), True, w2, out, ids, weights, K, expert_offset, E, cfg2, False, pdl)
+    return out
+
+
+def _layout(m) -> dict:
+    args = layout_args(m)
+    del args["CODES"]
+    return args
+
+
+def _launch_down(h, packed, w, out, ids, weights, top_k, expert_offset, E, cfg, dense, pdl):
+    T, D = out.shape
+    data, scale, zero, _, I, kw, _ = pointer_args(w)
+    _down_pair_kernel[(T * triton.cdiv(D, cfg["BLOCK_N"]),)](
+        h, data, scale, zero, out, ids, weights, top_k, expert_offset, E, D, I, kw,
+        h.stride(0), *stride_args(w), out.stride(0), **_layout(w), X_PACKED=packed, DENSE=dense, ASM=on_gpu(),
+        BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"], STAGES=cfg["num_stages"],
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **launch_args(pdl))
+
+
+def quant_pair_2d(x: torch.Tensor, w, config: dict | None = None, pdl: bool = False) -> torch.Tensor:
+    """A dense int4 / int8 layer at decode with these kernels: x [T, K] (contiguous) @ W[N, K]ᵀ -> [T, N]."""
+    T = x.shape[0]
+    N = w.stack_shape[1]
+    cfg = _tiles(config, "down", pair_config(w, w.K, down=True))
+    _check(cfg, w)
+    out = x.new_empty(T, N)
+    if T:
+        packed = bool(cfg.get("x_packed", False))
+        xin = pack_pairs(x, w) if packed else x
+        _launch_down(xin, packed, w, out, x, x, 1, 0, 1, cfg, True, pdl)
+    return out
