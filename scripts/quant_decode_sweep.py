@@ -104,7 +104,7 @@ def label(cfg: dict) -> str:
     return "small (default)"
 
 
-def sweep_shape(name: str, fmts, tokens, bandwidth: float, gen) -> list[dict]:
+def sweep_shape(name: str, fmts, tokens, bandwidth: float, gen, variants=("small", "gemv", "pair", "aligned")) -> list[dict]:
     dense, K = quant_gpu.layer_weights(name, gen)
     E, D = dense.n_local, dense.w13.shape[2]
     timer = layer.time_graph if quant_gpu.DEVICE.type == "cuda" else once_ms
@@ -119,7 +119,7 @@ def sweep_shape(name: str, fmts, tokens, bandwidth: float, gen) -> list[dict]:
             floor = (touched * (qex.w13.nbytes + qex.w2.nbytes) / E + 2 * x.numel() * x.element_size()) / bandwidth / 1e3
             oracle = [EXPERT_PATHS["loop"](x, qex, ids, w) for w, ids in routes]
             where = {"shape": name, "format": fmt, "T": T, "bf16_us": bf16_us, "floor_us": floor}
-            for cfg in candidate_configs(qex.w13, T):
+            for cfg in [c for c in candidate_configs(qex.w13, T) if c["variant"] in variants]:
                 rows.append(dict(where, **run_candidate(x, qex, routes, oracle, cfg, timer, fmt)))
                 print(row_line(rows[-1]), flush=True)
             del qex
@@ -194,6 +194,8 @@ def main(argv=None) -> int:
     p.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(layer.SHAPES))
     p.add_argument("--formats", nargs="+", default=list(FORMATS), choices=list(FORMATS))
     p.add_argument("--tokens", nargs="+", type=int, default=list(TOKENS))
+    p.add_argument("--variants", nargs="+", default=["small", "gemv", "pair", "aligned"],
+                   choices=["small", "gemv", "pair", "aligned"], help="which candidates to time")
     p.add_argument("--bandwidth", type=float, help="GB/s for the floor (default: measured here)")
     args = p.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
@@ -211,7 +213,7 @@ def main(argv=None) -> int:
     gen = torch.Generator(device=quant_gpu.DEVICE).manual_seed(0)
     rows = []
     for name in shapes:
-        rows += sweep_shape(name, args.formats, tokens, ceilings["bandwidth_GBps"], gen)
+        rows += sweep_shape(name, args.formats, tokens, ceilings["bandwidth_GBps"], gen, args.variants)
         torch.cuda.empty_cache() if quant_gpu.DEVICE.type == "cuda" else None
     paste = report(rows)
     bad = [r for r in rows if r["status"] != "PASS"]

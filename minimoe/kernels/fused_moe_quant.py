@@ -194,7 +194,10 @@ def fused_moe_quant(x: torch.Tensor, w13, w2, topk_ids: torch.Tensor, topk_weigh
         return x.new_empty(0, D)
     ids = topk_ids.contiguous()
     base = None
-    if plan(T, K, E, config) in ("small", "gemv"):
+    variant = plan(T, K, E, config)
+    if variant not in ("small", "gemv", "pair", "aligned"):
+        raise ValueError(f"unknown quantized MoE variant {variant!r}: small, gemv, pair or aligned")
+    if variant in ("small", "gemv", "pair"):
         if not (w13.bits == 0 and T >= FP8_DOT_MIN_T and config is None):
             return fused_moe_quant_small(x, w13, w2, ids, topk_weights, expert_offset, config, pdl)
         base = dict(FP8_DOT_TILES, BLOCK_K=w13.group or 128, down={"BLOCK_N": 64, "num_stages": 4})

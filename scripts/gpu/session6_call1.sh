@@ -9,11 +9,11 @@ export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD TQDM_DISABLE=1
 R=$OUT/r; mkdir -p $R
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv > $R/gpu.txt 2>&1
 timeout 330 python3 scripts/quant_decode_sweep.py --out $R/sweep --shapes mixtral-8x7b qwen3-30b-a3b olmoe \
-  --formats int4 int8 --tokens 1 2 > $R/sweep.log 2>&1
+  --formats int4 int8 --tokens 1 2 --variants gemv pair > $R/sweep.log 2>&1
 echo "sweep exit $?" >> $R/sweep.log
 for f in int4 int8; do
   for v in gemv pair; do
-    timeout 60 ncu --clock-control none --launch-skip 2 --launch-count 2 \
+    timeout 60 ncu --clock-control none -k regex:'_(gate_up|down)_(gemv_q|pair)_kernel' --launch-skip 2 --launch-count 2 \
       --section SpeedOfLight --section SchedulerStats --section WarpStateStats --section LaunchStats --section Occupancy \
       python3 scripts/ncu_quant_decode.py --shape mixtral-8x7b --format $f --variant $v --repeat 2 \
       > $R/ncu_${f}_${v}.txt 2>&1
