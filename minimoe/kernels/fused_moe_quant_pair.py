@@ -15,9 +15,11 @@ description):
   A word (8 weights): 3 shifts, 4 LOP3, 4 HSUB2, 4 HFMA2, then the fp16 pair sum goes to fp32.
 * int8: `prmt.b32 f, w, 0x64646464, 0x5250` (and 0x5351) builds the pairs (1024 + b0, 1024 + b2)
   and (1024 + b1, 1024 + b3); the same sub and fma follow.
-So x must arrive as fp16 pairs in the order the fields pair up: word w, pair s holds
-(x[PW·w + s], x[PW·w + s + PW/2]) ("paired order"). GEMM1 reads x and packs the pairs it needs
-(or reads them pre-packed: X_PACKED); it writes h straight into paired order, in fp16, for GEMM2.
+So x must arrive as fp16 pairs in the order the fields pair up: pair s of word w is
+(x[PW·w + s], x[PW·w + s + PW/2]), stored as int32 number s·KW + w of its row ("paired order": the
+pairs s of consecutive words are consecutive, so a thread's 4 words take one 16-byte load per s).
+GEMM1 reads x and packs the pairs it needs (or reads them pre-packed by a small kernel: X_PACKED);
+it writes h straight into paired order, in fp16, for GEMM2.
 
 Precision. A word's products are summed in fp16 (at most 8 terms), then accumulated in fp32 with the
 scales. x is multiplied by 2^-8 when it becomes fp16 (and the result by 2^8 at the end) so that a
@@ -42,7 +44,7 @@ from .quant_tiles import layout_args, pointer_args, stride_args
 
 X_SCALE = 2.0 ** -8           # x (and h) are stored as fp16 times this; results are divided by it
 
-_INT4_ASM = """{
+_INT4_ASM = tl.constexpr("""{
 .reg .b32 t, f, a;
 .reg .b16 lo, hi;
 .reg .f32 fl, fh;
@@ -65,9 +67,9 @@ mov.b32 {lo, hi}, a;
 cvt.f32.f16 fl, lo;
 cvt.f32.f16 fh, hi;
 add.f32 $0, fl, fh;
-}"""
+}""")
 
-_INT8_ASM = """{
+_INT8_ASM = tl.constexpr("""{
 .reg .b32 f, a;
 .reg .b16 lo, hi;
 .reg .f32 fl, fh;
@@ -81,7 +83,7 @@ mov.b32 {lo, hi}, a;
 cvt.f32.f16 fl, lo;
 cvt.f32.f16 fh, hi;
 add.f32 $0, fl, fh;
-}"""
+}""")
 
 
 @triton.jit
@@ -124,10 +126,12 @@ def _pair_dot(words, x0, x1, x2, x3, zero, BITS: tl.constexpr, ASM: tl.constexpr
 
 
 @triton.jit
-def _x_pair(x_row, offs_w, S: tl.constexpr, K, KW, PW: tl.constexpr, PACKED: tl.constexpr):
-    """Pair S of words offs_w [V] as int32 (two fp16 of x·X_SCALE); 0 past the data."""
-    if PACKED:          # x_row points at int32 pairs in paired order
-        return tl.load(x_row + offs_w * (PW // 2) + S, mask=offs_w < KW, other=0)
+def _x_pair(x_row, offs_w, S: tl.constexpr, K, KW, ROW_W, PW: tl.constexpr, PACKED: tl.constexpr):
+    """Pair S of words offs_w [V] as int32 (two fp16 of x·X_SCALE); 0 from word KW (or input K) on.
+    PACKED: x_row points at int32 pairs in paired order, pair S of every word before pair S + 1
+    (ROW_W words a row), so a thread's words load as one vector."""
+    if PACKED:
+        return tl.load(x_row + S * ROW_W + offs_w, mask=offs_w < KW, other=0)
     ka = offs_w * PW + S
     kb = ka + PW // 2
     a = tl.load(x_row + ka, mask=ka < K, other=0.0).to(tl.float32) * 0.00390625
@@ -138,7 +142,7 @@ def _x_pair(x_row, offs_w, S: tl.constexpr, K, KW, PW: tl.constexpr, PACKED: tl.
 
 
 @triton.jit
-def _pair_step(w_e, rows, x_row, kk, K, KW, zero, stride_wn, BITS: tl.constexpr, PACKED: tl.constexpr,
+def _pair_step(w_e, rows, x_row, kk, K, KW, ROW_W, zero, stride_wn, BITS: tl.constexpr, PACKED: tl.constexpr,
                ASM: tl.constexpr, ROWS: tl.constexpr, STEP: tl.constexpr):
     """Σ (u − zero)·x over inputs kk .. kk+STEP of weight rows `rows` [ROWS]: fp32 [ROWS, V]
     (scaled by X_SCALE); past KW (KW = 0 for a foreign slot) masked, no traffic, an exact 0."""
@@ -147,11 +151,11 @@ def _pair_step(w_e, rows, x_row, kk, K, KW, zero, stride_wn, BITS: tl.constexpr,
     offs_w = kk // PW + tl.arange(0, V)
     words = tl.load(w_e + rows[:, None] * stride_wn + offs_w[None, :], mask=(offs_w < KW)[None, :], other=0,
                     eviction_policy="evict_first")                                           # [ROWS, V]
-    x0 = _x_pair(x_row, offs_w, 0, K, KW, PW, PACKED)
-    x1 = _x_pair(x_row, offs_w, 1, K, KW, PW, PACKED)
+    x0 = _x_pair(x_row, offs_w, 0, K, KW, ROW_W, PW, PACKED)
+    x1 = _x_pair(x_row, offs_w, 1, K, KW, ROW_W, PW, PACKED)
     if BITS == 4:
-        x2 = _x_pair(x_row, offs_w, 2, K, KW, PW, PACKED)
-        x3 = _x_pair(x_row, offs_w, 3, K, KW, PW, PACKED)
+        x2 = _x_pair(x_row, offs_w, 2, K, KW, ROW_W, PW, PACKED)
+        x3 = _x_pair(x_row, offs_w, 3, K, KW, ROW_W, PW, PACKED)
     else:
         x2, x3 = x0, x1
     return _pair_dot(words, x0, x1, x2, x3, zero, BITS, ASM)
@@ -160,8 +164,10 @@ def _pair_step(w_e, rows, x_row, kk, K, KW, zero, stride_wn, BITS: tl.constexpr,
 @triton.jit
 def _zero_of(z_e, rows, g, stride_sn, stride_sg, OFFSET: tl.constexpr, HAS_ZERO: tl.constexpr):
     if HAS_ZERO:
-        return tl.load(z_e + rows * stride_sn + g * stride_sg).to(tl.int32)[:, None]        # [ROWS, 1]
-    return tl.full((1, 1), OFFSET, dtype=tl.int32)
+        z = tl.load(z_e + rows * stride_sn + g * stride_sg).to(tl.int32)[:, None]           # [ROWS, 1]
+    else:
+        z = tl.full((1, 1), OFFSET, dtype=tl.float32).to(tl.int32)
+    return z
 
 
 @triton.jit(do_not_specialize=["top_k", "expert_offset", "E"])
@@ -192,7 +198,7 @@ def _gate_up_pair_kernel(x_ptr, w_ptr, s_ptr, z_ptr, h_ptr, ids_ptr, top_k, expe
             g = 0                                    # a row scale
             if GROUP > 0:
                 g = kk // GROUP
-            part = _pair_step(w_e, rows, x_row, kk, D, KW, _zero_of(z_e, rows, g, stride_sn, stride_sg, OFFSET,
+            part = _pair_step(w_e, rows, x_row, kk, D, KW, KW, _zero_of(z_e, rows, g, stride_sn, stride_sg, OFFSET,
                               HAS_ZERO), stride_wn, BITS, X_PACKED, ASM, 2 * BLOCK_N, STEP)
             if GROUP > 0:
                 live = rows * 0 + kk < D
@@ -207,7 +213,8 @@ def _gate_up_pair_kernel(x_ptr, w_ptr, s_ptr, z_ptr, h_ptr, ids_ptr, top_k, expe
     h = gate * tl.sigmoid(gate) * up * 0.00390625
     cols = col0 + tl.arange(0, BLOCK_N)
     h = tl.where(cols < I, h, 0.0)
-    pos = (cols // H_PW) * H_PW + 2 * (cols % (H_PW // 2)) + (cols % H_PW) // (H_PW // 2)
+    # column c = H_PW·w + i is half i // (H_PW/2) of pair s = i % (H_PW/2) of word w: int32 s·KW2 + w
+    pos = 2 * ((cols % (H_PW // 2)) * (IP // H_PW) + cols // H_PW) + (cols % H_PW) // (H_PW // 2)
     tl.store(h_ptr + pair.to(tl.int64) * stride_ht + pos, h.to(tl.float16), mask=cols < IP)
 
 
@@ -246,7 +253,7 @@ def _down_pair_kernel(h_ptr, w_ptr, s_ptr, z_ptr, out_ptr, ids_ptr, weights_ptr,
             g = 0                                    # a row scale
             if GROUP > 0:
                 g = kk // GROUP
-            part = _pair_step(w_e, rows, h_ptr + pair.to(tl.int64) * stride_ht, kk, k_lim, kw_lim,
+            part = _pair_step(w_e, rows, h_ptr + pair.to(tl.int64) * stride_ht, kk, k_lim, kw_lim, KW,
                               _zero_of(z_e, rows, g, stride_sn, stride_sg, OFFSET, HAS_ZERO), stride_wn, BITS,
                               X_PACKED, ASM, BLOCK_N, STEP)
             live = rows * 0 + kk < k_lim
@@ -259,13 +266,13 @@ def _down_pair_kernel(h_ptr, w_ptr, s_ptr, z_ptr, out_ptr, ids_ptr, weights_ptr,
 
 @triton.jit
 def _pack_pairs_kernel(x_ptr, out_ptr, K, KW, stride_xt, stride_ot, PW: tl.constexpr, BLOCK: tl.constexpr):
-    """out[t, w·PW/2 + s] = the int32 pair (x[t, PW·w + s], x[t, PW·w + s + PW/2]) · X_SCALE in fp16."""
+    """out[t, s·KW + w] = the int32 pair (x[t, PW·w + s], x[t, PW·w + s + PW/2]) · X_SCALE in fp16."""
     t = tl.program_id(0)
     offs_w = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     x_row = x_ptr + t.to(tl.int64) * stride_xt
     o_row = out_ptr + t.to(tl.int64) * stride_ot
     for s in tl.static_range(PW // 2):
-        tl.store(o_row + offs_w * (PW // 2) + s, _x_pair(x_row, offs_w, s, K, KW, PW, False), mask=offs_w < KW)
+        tl.store(o_row + s * KW + offs_w, _x_pair(x_row, offs_w, s, K, KW, KW, PW, False), mask=offs_w < KW)
 
 
 def pair_supported(w) -> bool:
@@ -314,29 +321,40 @@ def fused_moe_quant_pair(x, w13, w2, ids, topk_weights, expert_offset: int, conf
                          pdl: bool = False) -> torch.Tensor:
     """The decode path of fused_moe_quant with these kernels (inputs checked there): x [T, D], w13 / w2
     int4 or int8 stacks [E, 2I, D] / [E, D, I], ids/topk_weights [T, K] -> [T, D] in x.dtype."""
+    h = gate_up_pair(x, w13, w2, ids, expert_offset, config, pdl)
+    return down_pair(h, w2, ids, topk_weights, expert_offset, x.new_empty(x.shape), config, pdl)
+
+
+def gate_up_pair(x, w13, w2, ids, expert_offset: int, config: dict | None = None, pdl: bool = False) -> torch.Tensor:
+    """GEMM1 alone: h [T·K, IP] fp16 in GEMM2's paired order (IP: w2's padded width), times X_SCALE."""
     T, D = x.shape
     E, two_i, _ = w13.stack_shape
     I, K = two_i // 2, ids.shape[1]
-    cfg1 = _tiles(config, "gate_up", pair_config(w13, D))
-    cfg2 = _tiles(config, "down", pair_config(w2, I, down=True))
-    _check(cfg1, w13)
-    _check(cfg2, w2)
-    x_packed = bool(cfg1.get("x_packed", False))
+    cfg = _tiles(config, "gate_up", pair_config(w13, D))
+    _check(cfg, w13)
+    x_packed = bool(cfg["x_packed"])
     xin = pack_pairs(x, w13) if x_packed else x
     data, scale, zero, _, _, kw, _ = pointer_args(w13)
-    data2 = w2.data3
     h_pw = 32 // w2.bits
-    ip = data2.shape[2] * h_pw                          # GEMM2's padded reduction: h's width
+    ip = w2.data3.shape[2] * h_pw                       # GEMM2's padded reduction: h's width
     h = torch.empty(T * K, ip, dtype=torch.float16, device=x.device)                  # [T·K, IP] paired order
-    _gate_up_pair_kernel[(T * K * triton.cdiv(ip, cfg1["BLOCK_N"]),)](
+    _gate_up_pair_kernel[(T * K * triton.cdiv(ip, cfg["BLOCK_N"]),)](
         xin, data, scale, zero, h, ids, K, expert_offset, E, I, ip, D, kw,
         xin.stride(0), *stride_args(w13), h.stride(0), **_layout(w13),
         H_PW=h_pw, X_PACKED=x_packed, ASM=on_gpu(),
-        BLOCK_N=cfg1["BLOCK_N"], BLOCK_K=cfg1["BLOCK_K"], STAGES=cfg1["num_stages"],
-        num_warps=cfg1["num_warps"], num_stages=cfg1["num_stages"], **launch_args(pdl))
-    out = x.new_empty(T, D)
+        BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"], STAGES=cfg["num_stages"],
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **launch_args(pdl))
+    return h
+
+
+def down_pair(h, w2, ids, topk_weights, expert_offset: int, out, config: dict | None = None,
+              pdl: bool = False) -> torch.Tensor:
+    """GEMM2 alone: h from gate_up_pair -> out [T, D] (written in place and returned)."""
+    cfg = _tiles(config, "down", pair_config(w2, w2.K, down=True))
+    _check(cfg, w2)
     weights = topk_weights.float().contiguous().view(-1)                               # [T·K]
-    _launch_down(h.view(torch.int32), True, w2, out, ids, weights, K, expert_offset, E, cfg2, False, pdl)
+    _launch_down(h.view(torch.int32), True, w2, out, ids, weights, ids.shape[1], expert_offset, w2.stack_shape[0],
+                 cfg, False, pdl)
     return out
 
 
