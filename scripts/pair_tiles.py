@@ -34,16 +34,20 @@ from minimoe.experts import EXPERT_PATHS  # noqa: E402
 from minimoe.kernels import fused_moe_quant_pair as P  # noqa: E402
 from minimoe.quant import quantize_experts  # noqa: E402
 
-KEYS = ("BLOCK_N", "BLOCK_K", "num_warps", "num_stages", "x_packed")
-# (BLOCK_N, BLOCK_K, warps, stages, x_packed)
+KEYS = ("BLOCK_N", "BLOCK_K", "num_warps", "num_stages", "x_packed", "wide")
+# (BLOCK_N, BLOCK_K, warps, stages, x_packed, wide); DOWN tiles have no x_packed (h is always packed)
 UP = {4: [(8, 128, 1, 1, 0), (16, 128, 1, 1, 0), (16, 256, 2, 1, 0), (32, 128, 2, 1, 0), (32, 256, 4, 1, 0),
           (64, 128, 4, 1, 0), (16, 512, 4, 1, 0), (8, 512, 2, 1, 0), (16, 128, 1, 1, 1), (32, 128, 2, 1, 1),
-          (32, 256, 4, 1, 1), (64, 128, 4, 1, 1), (16, 512, 4, 1, 1), (16, 256, 2, 2, 1)],
+          (32, 256, 4, 1, 1), (64, 128, 4, 1, 1), (16, 512, 4, 1, 1), (16, 256, 2, 2, 1),
+          (16, 512, 4, 1, 1, 1), (8, 1024, 4, 1, 1, 1), (8, 512, 2, 1, 1, 1), (16, 256, 2, 1, 1, 1),
+          (32, 256, 4, 1, 1, 1), (4, 1024, 2, 1, 1, 1), (16, 1024, 8, 1, 1, 1)],
       8: [(8, 256, 1, 1, 0), (16, 256, 2, 1, 0), (16, 512, 4, 1, 0), (32, 256, 4, 1, 0), (8, 1024, 4, 1, 0),
           (32, 512, 8, 1, 0), (16, 256, 2, 1, 1), (16, 512, 4, 1, 1), (32, 256, 4, 1, 1), (8, 1024, 4, 1, 1),
           (64, 128, 4, 1, 1), (16, 512, 4, 2, 1)]}
-DOWN = {4: [(8, 256, 1, 3), (8, 512, 2, 3), (8, 1024, 4, 3), (8, 2048, 8, 2), (4, 1024, 2, 3), (4, 2048, 4, 3),
-            (16, 512, 2, 3), (16, 1024, 4, 3), (16, 1024, 8, 2), (4, 512, 1, 3), (8, 1024, 4, 1), (32, 512, 4, 3)],
+DOWN = {4: [(8, 512, 2, 3), (16, 512, 2, 3), (16, 1024, 4, 3), (32, 512, 4, 3),
+            (4, 2048, 4, 3, 0, 1), (8, 1024, 4, 3, 0, 1), (8, 2048, 8, 2, 0, 1), (4, 1024, 2, 3, 0, 1),
+            (16, 512, 4, 3, 0, 1), (2, 2048, 2, 3, 0, 1), (4, 4096, 8, 2, 0, 1), (2, 1024, 1, 3, 0, 1),
+            (8, 512, 2, 3, 0, 1), (4, 512, 1, 3, 0, 1), (16, 1024, 8, 2, 0, 1)],
         8: [(8, 512, 2, 3), (8, 1024, 4, 3), (8, 2048, 8, 2), (4, 1024, 2, 3), (4, 2048, 4, 3), (16, 512, 4, 3),
             (16, 1024, 8, 2), (4, 512, 1, 3), (8, 1024, 4, 1), (2, 2048, 2, 3), (32, 512, 8, 3)]}
 SHAPES = ("mixtral-8x7b", "qwen3-30b-a3b", "olmoe")
@@ -51,7 +55,7 @@ SHAPES = ("mixtral-8x7b", "qwen3-30b-a3b", "olmoe")
 
 def cfg_of(t) -> dict:
     d = dict(zip(KEYS, t))
-    d["x_packed"] = bool(d.get("x_packed", False))
+    d["x_packed"], d["wide"] = bool(d.get("x_packed", False)), bool(d.get("wide", False))
     return d
 
 
@@ -92,12 +96,44 @@ def run(shape, bits, tokens, bandwidth, gen, timer, rows):
                 rows.append(row)
                 print(line(row), flush=True)
     del qex
+    # a dense decode layer (quant_pair_2d: attention projections): D x D, x plain or packed by its own kernel
+    from minimoe.qweights import quantize_int4, quantize_int8
+    ws = [(quantize_int4 if bits == 4 else quantize_int8)(torch.randn(D, D, device=quant_gpu.DEVICE, generator=gen).to(
+        quant_gpu.DTYPE) * 0.02) for _ in range(layer.ROTATE)]       # distinct weights: no L2 reuse between calls
+    w = ws[0]
+    x = torch.randn(1, D, device=quant_gpu.DEVICE, generator=gen).to(quant_gpu.DTYPE)
+    ref = x.float() @ w.dequantize()[0].float().T
+    from minimoe.kernels.fused_moe_quant_gemv import quant_gemv_2d
+    row = {"shape": shape, "format": f"int{bits}", "T": 1, "gemm": "dense", "floor_us": w.nbytes / bandwidth / 1e3,
+           "tile": cfg_of((0, 0, 0, 0)), "variant": "gemv (default before)"}
+    row["err"] = quant_gpu.rel(quant_gemv_2d(x, w), ref)
+    row["status"] = "PASS" if row["err"] < 2e-2 else "FAIL"
+    row["us"] = timer(lambda: [quant_gemv_2d(x, wi) for wi in ws], quant_gpu.DEVICE) * 1e3
+    rows.append(row)
+    print(line(row) + "  <- fused_moe_quant_gemv.quant_gemv_2d", flush=True)
+    for t in (DOWN[bits] if not SMOKE else DOWN[bits][:1]):
+        for xp in (False, True):
+            tile = cfg_of(t)
+            tile["x_packed"] = xp
+            row = {"shape": shape, "format": f"int{bits}", "T": 1, "gemm": "dense", "tile": tile,
+                   "floor_us": w.nbytes / bandwidth / 1e3}
+            try:
+                cfg = {"pair": {"down": dict(tile)}}
+                err = quant_gpu.rel(P.quant_pair_2d(x, w, cfg), ref)
+                row.update(err=err, status="PASS" if err < 2e-2 else "FAIL")
+                if row["status"] == "PASS":
+                    row["us"] = timer(lambda: [P.quant_pair_2d(x, wi, cfg) for wi in ws], quant_gpu.DEVICE) * 1e3
+            except Exception as e:
+                row.update(status="ERROR", error=f"{type(e).__name__}: {e}"[:300])
+            rows.append(row)
+            print(line(row), flush=True)
 
 
 def line(r) -> str:
     t = r["tile"]
     head = (f"{r['shape']:14s} {r['format']} T={r['T']:<2d} {r['gemm']:7s} "
-            f"{t['BLOCK_N']:>3d}x{t['BLOCK_K']:<5d}{t['num_warps']}w{t['num_stages']}s{' xp' if t['x_packed'] else '   '}")
+            f"{t['BLOCK_N']:>3d}x{t['BLOCK_K']:<5d}{t['num_warps']}w{t['num_stages']}s{' xp' if t['x_packed'] else '   '}"
+            f"{' wide' if t['wide'] else '     '}")
     if r["status"] != "PASS":
         return f"{head} {r['status']} {r.get('error') or r.get('err')}"
     return (f"{head} {r['us']:8.1f} us  floor {r['floor_us']:6.1f} ({100 * r['floor_us'] / r['us']:3.0f}%)  "
@@ -131,7 +167,7 @@ def main(argv=None) -> int:
         run(shape, bits, tokens, ceil["bandwidth_GBps"], gen, timer, rows)
     best = {}
     for r in rows:
-        if r["status"] == "PASS":
+        if r["status"] == "PASS" and "variant" not in r:
             k = (r["shape"], r["format"], r["T"], r["gemm"])
             if k not in best or r["us"] < best[k]["us"]:
                 best[k] = r

@@ -170,12 +170,38 @@ def _zero_of(z_e, rows, g, stride_sn, stride_sg, OFFSET: tl.constexpr, HAS_ZERO:
     return z
 
 
+@triton.jit
+def _wide_step(w_e, s_e, z_e, rows, x_row, kk, K, KW, ROW_W, stride_wn, stride_sn, stride_sg, BITS: tl.constexpr,
+               GROUP: tl.constexpr, ROW_BLOCK: tl.constexpr, OFFSET: tl.constexpr, HAS_ZERO: tl.constexpr,
+               PACKED: tl.constexpr, ASM: tl.constexpr, ROWS: tl.constexpr, STEP: tl.constexpr):
+    """_pair_step over several scale groups at once (a WIDE tile): each word's partial times its own
+    group's scale (and less its own zero point), loaded per word (the 16 words of a 128-group share the
+    address); with row scales (GROUP 0) the partial is returned unscaled."""
+    PW: tl.constexpr = 32 // BITS
+    V: tl.constexpr = STEP // PW
+    offs_w = kk // PW + tl.arange(0, V)
+    live = (offs_w < KW)[None, :]
+    if GROUP > 0:
+        gw = (offs_w // (GROUP // PW))[None, :]                                              # [1, V]
+        if HAS_ZERO:
+            zero = tl.load(z_e + rows[:, None] * stride_sn + gw * stride_sg, mask=live, other=0.0).to(tl.int32)
+        else:
+            zero = tl.full((1, 1), OFFSET, dtype=tl.float32).to(tl.int32)
+        part = _pair_step(w_e, rows, x_row, kk, K, KW, ROW_W, zero, stride_wn, BITS, PACKED, ASM, ROWS, STEP)
+        sw = tl.load(s_e + (rows // ROW_BLOCK)[:, None] * stride_sn + gw * stride_sg, mask=live, other=0.0)
+        part = part * sw
+    else:
+        part = _pair_step(w_e, rows, x_row, kk, K, KW, ROW_W, _zero_of(z_e, rows, 0, stride_sn, stride_sg, OFFSET,
+                          HAS_ZERO), stride_wn, BITS, PACKED, ASM, ROWS, STEP)
+    return part
+
+
 @triton.jit(do_not_specialize=["top_k", "expert_offset", "E"])
 def _gate_up_pair_kernel(x_ptr, w_ptr, s_ptr, z_ptr, h_ptr, ids_ptr, top_k, expert_offset, E, I, IP, D, KW,
                          stride_xt, stride_we, stride_wn, stride_se, stride_sn, stride_sg, stride_ht,
                          BITS: tl.constexpr, GROUP: tl.constexpr, ROW_BLOCK: tl.constexpr, OFFSET: tl.constexpr,
                          HAS_ZERO: tl.constexpr, H_PW: tl.constexpr, X_PACKED: tl.constexpr, ASM: tl.constexpr,
-                         BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr, PDL: tl.constexpr):
+                         WIDE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr, PDL: tl.constexpr):
     """h[pair, cols] = silu(Wg[e] x[t]) * (Wu[e] x[t]) · X_SCALE for one pair and BLOCK_N columns of the
     padded width IP, stored as fp16 in GEMM2's paired order (H_PW codes a word); columns I .. IP get 0."""
     wait_then_release(PDL)
@@ -190,10 +216,13 @@ def _gate_up_pair_kernel(x_ptr, w_ptr, s_ptr, z_ptr, h_ptr, ids_ptr, top_k, expe
     e64 = expert.to(tl.int64)
     w_e, s_e, z_e = w_ptr + e64 * stride_we, s_ptr + e64 * stride_se, z_ptr + e64 * stride_se
     x_row = x_ptr + (pair // top_k).to(tl.int64) * stride_xt
-    STEP: tl.constexpr = GROUP if GROUP > 0 else BLOCK_K
+    STEP: tl.constexpr = GROUP if GROUP > 0 and not WIDE else BLOCK_K
     acc = tl.zeros((2 * BLOCK_N, STEP * BITS // 32), dtype=tl.float32)
     for k0 in tl.range(0, D, BLOCK_K, num_stages=STAGES):
-        for gi in tl.static_range(BLOCK_K // STEP):
+        if WIDE:
+            acc += _wide_step(w_e, s_e, z_e, rows, x_row, k0, D, KW, KW, stride_wn, stride_sn, stride_sg, BITS, GROUP,
+                              ROW_BLOCK, OFFSET, HAS_ZERO, X_PACKED, ASM, 2 * BLOCK_N, STEP)
+        for gi in tl.static_range(0 if WIDE else BLOCK_K // STEP):
             kk = k0 + gi * STEP
             g = 0                                    # a row scale
             if GROUP > 0:
@@ -223,7 +252,7 @@ def _down_pair_kernel(h_ptr, w_ptr, s_ptr, z_ptr, out_ptr, ids_ptr, weights_ptr,
                       stride_ht, stride_we, stride_wn, stride_se, stride_sn, stride_sg, stride_ot,
                       BITS: tl.constexpr, GROUP: tl.constexpr, ROW_BLOCK: tl.constexpr, OFFSET: tl.constexpr,
                       HAS_ZERO: tl.constexpr, X_PACKED: tl.constexpr, DENSE: tl.constexpr, ASM: tl.constexpr,
-                      BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr, PDL: tl.constexpr):
+                      WIDE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr, PDL: tl.constexpr):
     """out[t, cols] = Σ_k w[t,k] · W2[e_k][cols, :] · h[t·K + k]; DENSE: out[t, cols] = W[cols, :] · h[t].
     h: int32 pairs in paired order (X_PACKED, h_ptr and stride_ht in int32 units) or plain activations.
     One flat loop over (slot, step), as fused_moe_quant_gemv's; every step scaled by its scales times the
@@ -233,7 +262,7 @@ def _down_pair_kernel(h_ptr, w_ptr, s_ptr, z_ptr, out_ptr, ids_ptr, weights_ptr,
     t, col0 = tl.program_id(0) // n_blocks, (tl.program_id(0) % n_blocks) * BLOCK_N
     rows = (col0 + tl.arange(0, BLOCK_N)) % D
     n_chunks = tl.cdiv(I, BLOCK_K)
-    STEP: tl.constexpr = GROUP if GROUP > 0 else BLOCK_K
+    STEP: tl.constexpr = GROUP if GROUP > 0 and not WIDE else BLOCK_K
     acc = tl.zeros((BLOCK_N, STEP * BITS // 32), dtype=tl.float32)
     for j in tl.range(0, top_k * n_chunks, num_stages=STAGES):
         slot = j // n_chunks
@@ -248,7 +277,16 @@ def _down_pair_kernel(h_ptr, w_ptr, s_ptr, z_ptr, out_ptr, ids_ptr, weights_ptr,
             k_lim, kw_lim = tl.where(expert >= 0, I, 0), tl.where(expert >= 0, KW, 0)
             route_w = tl.where(expert >= 0, tl.load(weights_ptr + pair), 0.0)
         w_e, s_e, z_e = w_ptr + e64 * stride_we, s_ptr + e64 * stride_se, z_ptr + e64 * stride_se
-        for gi in tl.static_range(BLOCK_K // STEP):
+        if WIDE:
+            part = _wide_step(w_e, s_e, z_e, rows, h_ptr + pair.to(tl.int64) * stride_ht, k0, k_lim, kw_lim, KW,
+                              stride_wn, stride_sn, stride_sg, BITS, GROUP, ROW_BLOCK, OFFSET, HAS_ZERO, X_PACKED,
+                              ASM, BLOCK_N, STEP)
+            if GROUP > 0:
+                acc += part * route_w
+            else:
+                live = rows * 0 + k0 < k_lim
+                acc += part * (tl.load(s_e + (rows // ROW_BLOCK) * stride_sn, mask=live, other=0.0) * route_w)[:, None]
+        for gi in tl.static_range(0 if WIDE else BLOCK_K // STEP):
             kk = k0 + gi * STEP
             g = 0                                    # a row scale
             if GROUP > 0:
@@ -292,16 +330,27 @@ def pack_pairs(x: torch.Tensor, w) -> torch.Tensor:
     return out
 
 
-# Tiles per format bits: (GEMM1 [BLOCK_N, BLOCK_K, warps, stages], GEMM2 [...]).
-_TILES = {4: ((16, 256, 2, 1), (16, 256, 2, 3)), 8: ((16, 512, 4, 1), (16, 512, 4, 3))}
+# Tiles per (format bits, tokens 1 or 2+): (GEMM1 (BLOCK_N, BLOCK_K, warps, stages, x_packed, wide), GEMM2 (...)),
+# each GEMM's best on Mixtral-8x7B in scripts/pair_tiles.py (docs/results/2026-11-30-s6/call2), µs against the
+# 2-D GEMVs (fused_moe_quant_gemv, from Nsight Compute): int4 T=1 GEMM1 81 -> 52, GEMM2 137 -> 42;
+# int8 T=1 GEMM1 72 -> 59 (93% of its floor), GEMM2 60 -> 32 (85%).
+_TILES = {
+    (4, 1): ((32, 256, 4, 1, True, False), (16, 1024, 4, 3, False, False)),
+    (4, 2): ((16, 256, 2, 2, True, False), (32, 512, 4, 3, False, False)),
+    (8, 1): ((16, 512, 4, 1, False, False), (4, 1024, 2, 3, False, False)),
+    (8, 2): ((16, 512, 4, 1, True, False), (4, 512, 1, 3, False, False)),
+}
+_KEYS = ("BLOCK_N", "BLOCK_K", "num_warps", "num_stages", "x_packed", "wide")
 
 
-def pair_config(m, K_in: int, down: bool = False) -> dict:
-    if not on_gpu():
-        return {"BLOCK_N": 16, "BLOCK_K": max(64, m.group), "num_warps": 4, "num_stages": 1, "x_packed": False}
-    bn, bk, warps, stages = _TILES[m.bits][1 if down else 0]
-    block_k = max(m.group, min(bk, triton.next_power_of_2(K_in)))
-    return {"BLOCK_N": bn, "BLOCK_K": block_k, "num_warps": warps, "num_stages": stages, "x_packed": False}
+def pair_config(m, K_in: int, down: bool = False, T: int = 1) -> dict:
+    """Tiles for a weight stack `m` reduced over K_in at T tokens (the measured table above)."""
+    if not on_gpu():          # the interpreter pays per program and per op: few, mid-sized tiles
+        return {"BLOCK_N": 16, "BLOCK_K": max(64, m.group), "num_warps": 4, "num_stages": 1, "x_packed": False,
+                "wide": False}
+    cfg = dict(zip(_KEYS, _TILES[(m.bits, min(T, 2))][1 if down else 0]))
+    cfg["BLOCK_K"] = max(m.group, min(cfg["BLOCK_K"], triton.next_power_of_2(K_in)))
+    return cfg
 
 
 def _tiles(config, key, base):
@@ -330,7 +379,7 @@ def gate_up_pair(x, w13, w2, ids, expert_offset: int, config: dict | None = None
     T, D = x.shape
     E, two_i, _ = w13.stack_shape
     I, K = two_i // 2, ids.shape[1]
-    cfg = _tiles(config, "gate_up", pair_config(w13, D))
+    cfg = _tiles(config, "gate_up", pair_config(w13, D, T=T))
     _check(cfg, w13)
     x_packed = bool(cfg["x_packed"])
     xin = pack_pairs(x, w13) if x_packed else x
@@ -341,7 +390,7 @@ def gate_up_pair(x, w13, w2, ids, expert_offset: int, config: dict | None = None
     _gate_up_pair_kernel[(T * K * triton.cdiv(ip, cfg["BLOCK_N"]),)](
         xin, data, scale, zero, h, ids, K, expert_offset, E, I, ip, D, kw,
         xin.stride(0), *stride_args(w13), h.stride(0), **_layout(w13),
-        H_PW=h_pw, X_PACKED=x_packed, ASM=on_gpu(),
+        H_PW=h_pw, X_PACKED=x_packed, ASM=on_gpu(), WIDE=bool(cfg["wide"]),
         BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"], STAGES=cfg["num_stages"],
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **launch_args(pdl))
     return h
@@ -350,7 +399,7 @@ def gate_up_pair(x, w13, w2, ids, expert_offset: int, config: dict | None = None
 def down_pair(h, w2, ids, topk_weights, expert_offset: int, out, config: dict | None = None,
               pdl: bool = False) -> torch.Tensor:
     """GEMM2 alone: h from gate_up_pair -> out [T, D] (written in place and returned)."""
-    cfg = _tiles(config, "down", pair_config(w2, w2.K, down=True))
+    cfg = _tiles(config, "down", pair_config(w2, w2.K, down=True, T=out.shape[0]))
     _check(cfg, w2)
     weights = topk_weights.float().contiguous().view(-1)                               # [T·K]
     _launch_down(h.view(torch.int32), True, w2, out, ids, weights, ids.shape[1], expert_offset, w2.stack_shape[0],
@@ -370,6 +419,7 @@ def _launch_down(h, packed, w, out, ids, weights, top_k, expert_offset, E, cfg, 
     _down_pair_kernel[(T * triton.cdiv(D, cfg["BLOCK_N"]),)](
         h, data, scale, zero, out, ids, weights, top_k, expert_offset, E, D, I, kw,
         h.stride(0), *stride_args(w), out.stride(0), **_layout(w), X_PACKED=packed, DENSE=dense, ASM=on_gpu(),
+        WIDE=bool(cfg["wide"]),
         BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"], STAGES=cfg["num_stages"],
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **launch_args(pdl))
 
@@ -378,7 +428,7 @@ def quant_pair_2d(x: torch.Tensor, w, config: dict | None = None, pdl: bool = Fa
     """A dense int4 / int8 layer at decode with these kernels: x [T, K] (contiguous) @ W[N, K]ᵀ -> [T, N]."""
     T = x.shape[0]
     N = w.stack_shape[1]
-    cfg = _tiles(config, "down", pair_config(w, w.K, down=True))
+    cfg = _tiles(config, "down", pair_config(w, w.K, down=True, T=T))
     _check(cfg, w)
     out = x.new_empty(T, N)
     if T:
