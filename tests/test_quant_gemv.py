@@ -82,7 +82,7 @@ def test_decode_variant_table_routes_calls(monkeypatch):
     monkeypatch.setitem(small.DECODE_VARIANT, 4, "small")
     fused_moe_quant(x, q13, q2, ids, w)
     assert calls == []                                    # the table says "small"
-    monkeypatch.setitem(small.DECODE_VARIANT, 4, "gemv")  # (the measured default)
+    monkeypatch.setitem(small.DECODE_VARIANT, 4, "gemv")  # (fp8's measured default)
     check(fused_moe_quant(x, q13, q2, ids, w), reference(x, q13, q2, ids, w), TOL["fp32"])
     assert calls == [1]
     fused_moe_quant(x, q13, q2, ids, w, config={"variant": "small"})

@@ -162,9 +162,10 @@ def _pair_step(w_e, rows, x_row, kk, K, KW, ROW_W, zero, stride_wn, BITS: tl.con
 
 
 @triton.jit
-def _zero_of(z_e, rows, g, stride_sn, stride_sg, OFFSET: tl.constexpr, HAS_ZERO: tl.constexpr):
+def _zero_of(z_e, rows, g, live, stride_sn, stride_sg, OFFSET: tl.constexpr, HAS_ZERO: tl.constexpr):
+    """The zero point of group g of rows `rows`: [ROWS, 1] int32 (nothing read where not `live`), or OFFSET."""
     if HAS_ZERO:
-        z = tl.load(z_e + rows * stride_sn + g * stride_sg).to(tl.int32)[:, None]           # [ROWS, 1]
+        z = tl.load(z_e + rows * stride_sn + g * stride_sg, mask=live, other=0.0).to(tl.int32)[:, None]
     else:
         z = tl.full((1, 1), OFFSET, dtype=tl.float32).to(tl.int32)
     return z
@@ -191,8 +192,8 @@ def _wide_step(w_e, s_e, z_e, rows, x_row, kk, K, KW, ROW_W, stride_wn, stride_s
         sw = tl.load(s_e + (rows // ROW_BLOCK)[:, None] * stride_sn + gw * stride_sg, mask=live, other=0.0)
         part = part * sw
     else:
-        part = _pair_step(w_e, rows, x_row, kk, K, KW, ROW_W, _zero_of(z_e, rows, 0, stride_sn, stride_sg, OFFSET,
-                          HAS_ZERO), stride_wn, BITS, PACKED, ASM, ROWS, STEP)
+        part = _pair_step(w_e, rows, x_row, kk, K, KW, ROW_W, _zero_of(z_e, rows, 0, rows * 0 + kk < K, stride_sn,
+                          stride_sg, OFFSET, HAS_ZERO), stride_wn, BITS, PACKED, ASM, ROWS, STEP)
     return part
 
 
@@ -217,18 +218,19 @@ def _gate_up_pair_kernel(x_ptr, w_ptr, s_ptr, z_ptr, h_ptr, ids_ptr, top_k, expe
     w_e, s_e, z_e = w_ptr + e64 * stride_we, s_ptr + e64 * stride_se, z_ptr + e64 * stride_se
     x_row = x_ptr + (pair // top_k).to(tl.int64) * stride_xt
     STEP: tl.constexpr = GROUP if GROUP > 0 and not WIDE else BLOCK_K
+    N_SUB: tl.constexpr = 0 if WIDE else BLOCK_K // STEP                 # group steps a K-step (0: one wide step)
     acc = tl.zeros((2 * BLOCK_N, STEP * BITS // 32), dtype=tl.float32)
     for k0 in tl.range(0, D, BLOCK_K, num_stages=STAGES):
         if WIDE:
             acc += _wide_step(w_e, s_e, z_e, rows, x_row, k0, D, KW, KW, stride_wn, stride_sn, stride_sg, BITS, GROUP,
                               ROW_BLOCK, OFFSET, HAS_ZERO, X_PACKED, ASM, 2 * BLOCK_N, STEP)
-        for gi in tl.static_range(0 if WIDE else BLOCK_K // STEP):
+        for gi in tl.static_range(N_SUB):
             kk = k0 + gi * STEP
             g = 0                                    # a row scale
             if GROUP > 0:
                 g = kk // GROUP
-            part = _pair_step(w_e, rows, x_row, kk, D, KW, KW, _zero_of(z_e, rows, g, stride_sn, stride_sg, OFFSET,
-                              HAS_ZERO), stride_wn, BITS, X_PACKED, ASM, 2 * BLOCK_N, STEP)
+            part = _pair_step(w_e, rows, x_row, kk, D, KW, KW, _zero_of(z_e, rows, g, rows * 0 + kk < D, stride_sn,
+                              stride_sg, OFFSET, HAS_ZERO), stride_wn, BITS, X_PACKED, ASM, 2 * BLOCK_N, STEP)
             if GROUP > 0:
                 live = rows * 0 + kk < D
                 s = tl.load(s_e + (rows // ROW_BLOCK) * stride_sn + g * stride_sg, mask=live, other=0.0)
@@ -263,6 +265,7 @@ def _down_pair_kernel(h_ptr, w_ptr, s_ptr, z_ptr, out_ptr, ids_ptr, weights_ptr,
     rows = (col0 + tl.arange(0, BLOCK_N)) % D
     n_chunks = tl.cdiv(I, BLOCK_K)
     STEP: tl.constexpr = GROUP if GROUP > 0 and not WIDE else BLOCK_K
+    N_SUB: tl.constexpr = 0 if WIDE else BLOCK_K // STEP                 # group steps a K-step (0: one wide step)
     acc = tl.zeros((BLOCK_N, STEP * BITS // 32), dtype=tl.float32)
     for j in tl.range(0, top_k * n_chunks, num_stages=STAGES):
         slot = j // n_chunks
@@ -286,13 +289,14 @@ def _down_pair_kernel(h_ptr, w_ptr, s_ptr, z_ptr, out_ptr, ids_ptr, weights_ptr,
             else:
                 live = rows * 0 + k0 < k_lim
                 acc += part * (tl.load(s_e + (rows // ROW_BLOCK) * stride_sn, mask=live, other=0.0) * route_w)[:, None]
-        for gi in tl.static_range(0 if WIDE else BLOCK_K // STEP):
+        for gi in tl.static_range(N_SUB):
             kk = k0 + gi * STEP
             g = 0                                    # a row scale
             if GROUP > 0:
                 g = kk // GROUP
             part = _pair_step(w_e, rows, h_ptr + pair.to(tl.int64) * stride_ht, kk, k_lim, kw_lim, KW,
-                              _zero_of(z_e, rows, g, stride_sn, stride_sg, OFFSET, HAS_ZERO), stride_wn, BITS,
+                              _zero_of(z_e, rows, g, rows * 0 + kk < k_lim, stride_sn, stride_sg, OFFSET, HAS_ZERO),
+                              stride_wn, BITS,
                               X_PACKED, ASM, BLOCK_N, STEP)
             live = rows * 0 + kk < k_lim
             s = tl.load(s_e + (rows // ROW_BLOCK) * stride_sn + g * stride_sg, mask=live, other=0.0) * route_w
@@ -331,24 +335,36 @@ def pack_pairs(x: torch.Tensor, w) -> torch.Tensor:
 
 
 # Tiles per (format bits, tokens 1 or 2+): (GEMM1 (BLOCK_N, BLOCK_K, warps, stages, x_packed, wide), GEMM2 (...)),
-# each GEMM's best on Mixtral-8x7B in scripts/pair_tiles.py (docs/results/2026-11-30-s6/call2), µs against the
-# 2-D GEMVs (fused_moe_quant_gemv, from Nsight Compute): int4 T=1 GEMM1 81 -> 52, GEMM2 137 -> 42;
-# int8 T=1 GEMM1 72 -> 59 (93% of its floor), GEMM2 60 -> 32 (85%).
+# each GEMM's best in scripts/pair_tiles.py on the H200 (docs/results/2026-11-30-s6/call3), µs against the 2-D
+# GEMVs of fused_moe_quant_gemv (Nsight Compute, call 1), Mixtral-8x7B at T = 1: int4 GEMM1 81 -> 53, GEMM2
+# 137 -> 42; int8 GEMM1 72 -> 58 (93% of its floor), GEMM2 60 -> 32 (84%). Dense D x D decode layers
+# (quant_pair_2d, GEMM2's kernel, x packed first): int4 18.9 -> 9.0 µs, int8 12.1 -> 9.3.
+# Narrow experts (I < 4096: OLMoE, Qwen, DeepSeek) take _NARROW_INT4_UP for int4's GEMM1 at T = 1
+# (OLMoE 17.5 -> 13.0 µs, Qwen3-30B-A3B 16.8 -> 11.5; Mixtral's 52.8 would become 63.8).
 _TILES = {
     (4, 1): ((32, 256, 4, 1, True, False), (16, 1024, 4, 3, False, False)),
-    (4, 2): ((16, 256, 2, 2, True, False), (32, 512, 4, 3, False, False)),
+    (4, 2): ((16, 256, 2, 2, True, False), (16, 512, 2, 3, False, False)),
     (8, 1): ((16, 512, 4, 1, False, False), (4, 1024, 2, 3, False, False)),
     (8, 2): ((16, 512, 4, 1, True, False), (4, 512, 1, 3, False, False)),
 }
+_NARROW_INT4_UP = (4, 1024, 2, 1, True, True)
+_DENSE = {4: (32, 512, 4, 3, True, False), 8: (4, 1024, 2, 3, True, False)}
 _KEYS = ("BLOCK_N", "BLOCK_K", "num_warps", "num_stages", "x_packed", "wide")
 
 
-def pair_config(m, K_in: int, down: bool = False, T: int = 1) -> dict:
-    """Tiles for a weight stack `m` reduced over K_in at T tokens (the measured table above)."""
+def pair_config(m, K_in: int, down: bool = False, T: int = 1, width: int = 0, dense: bool = False) -> dict:
+    """Tiles for a weight stack `m` reduced over K_in at T tokens (the measured table above); width: the
+    experts' I (GEMM1), dense: a plain linear (quant_pair_2d)."""
     if not on_gpu():          # the interpreter pays per program and per op: few, mid-sized tiles
         return {"BLOCK_N": 16, "BLOCK_K": max(64, m.group), "num_warps": 4, "num_stages": 1, "x_packed": False,
                 "wide": False}
-    cfg = dict(zip(_KEYS, _TILES[(m.bits, min(T, 2))][1 if down else 0]))
+    if dense:
+        tiles = _DENSE[m.bits]
+    elif m.bits == 4 and T == 1 and not down and width < 4096:
+        tiles = _NARROW_INT4_UP
+    else:
+        tiles = _TILES[(m.bits, min(T, 2))][1 if down else 0]
+    cfg = dict(zip(_KEYS, tiles))
     cfg["BLOCK_K"] = max(m.group, min(cfg["BLOCK_K"], triton.next_power_of_2(K_in)))
     return cfg
 
@@ -379,7 +395,7 @@ def gate_up_pair(x, w13, w2, ids, expert_offset: int, config: dict | None = None
     T, D = x.shape
     E, two_i, _ = w13.stack_shape
     I, K = two_i // 2, ids.shape[1]
-    cfg = _tiles(config, "gate_up", pair_config(w13, D, T=T))
+    cfg = _tiles(config, "gate_up", pair_config(w13, D, T=T, width=I))
     _check(cfg, w13)
     x_packed = bool(cfg["x_packed"])
     xin = pack_pairs(x, w13) if x_packed else x
@@ -428,7 +444,7 @@ def quant_pair_2d(x: torch.Tensor, w, config: dict | None = None, pdl: bool = Fa
     """A dense int4 / int8 layer at decode with these kernels: x [T, K] (contiguous) @ W[N, K]ᵀ -> [T, N]."""
     T = x.shape[0]
     N = w.stack_shape[1]
-    cfg = _tiles(config, "down", pair_config(w, w.K, down=True, T=T))
+    cfg = _tiles(config, "down", pair_config(w, w.K, down=True, T=T, dense=True))
     _check(cfg, w)
     out = x.new_empty(T, N)
     if T:

@@ -20,9 +20,10 @@ A dense layer is the down kernel with one expert, one slot and weight 1 (DENSE):
 the decode path of qweights.QuantWeight.
 
 DECODE_VARIANT picks, per format (its bits), which decode kernels a decode-sized call runs: "small",
-these, or "gemv", fused_moe_quant_gemv.py's 2-D tiles; config["variant"] ("small" / "gemv") overrides
-it per call. Today's kernels stay the default until scripts/quant_decode_sweep.py has measured the
-others on the H200; then one entry flips.
+these, "gemv", fused_moe_quant_gemv.py's 2-D tiles, or "pair", fused_moe_quant_pair.py's fp16 pairs
+(int4 and int8 only); config["variant"] ("small" / "gemv" / "pair") overrides
+it per call. An entry flips only once scripts/quant_decode_sweep.py (and scripts/pair_tiles.py) have
+measured the new kernels on the H200.
 """
 
 import torch
@@ -36,21 +37,30 @@ from .pdl import launch_args, wait_then_release
 from .quant_tiles import layout_args, load_x, pointer_args, stride_args, tile_dot
 
 SMALL_KEYS = ("BLOCK_N", "BLOCK_K", "num_warps", "num_stages")
-# format bits -> decode kernels ("small" or "gemv"): "gemv" for all three, measured 1.2-2.6x faster on the H200
-# at 1-2 tokens (fused_moe_quant_gemv._TILES); "small" stays the tested alternative (config {"variant": "small"})
-DECODE_VARIANT = {0: "gemv", 8: "gemv", 4: "gemv"}
+# format bits -> decode kernels ("small", "gemv" or "pair"): "gemv" for fp8, measured 1.2-2.6x faster on the H200
+# at 1-2 tokens (fused_moe_quant_gemv._TILES); "pair" (fp16 pairs, fused_moe_quant_pair.py) for int8 and int4, 1.4-2.3x
+# faster than "gemv" (fused_moe_quant_pair._TILES); the others stay tested alternatives (config {"variant": ...})
+DECODE_VARIANT = {0: "gemv", 8: "pair", 4: "pair"}
 
 
-def decode_variant(w, config: dict | None = None) -> str:
-    """"small" or "gemv" for a stack `w`: config["variant"] if it names one, else DECODE_VARIANT. Both
-    read bitsandbytes' storage too, but only minimoe's formats are timed by the sweep, so nf4 and
-    LLM.int8 stay on "small" unless a config asks."""
+def decode_variant(w, config: dict | None = None, dtype: torch.dtype | None = None) -> str:
+    """"small", "gemv" or "pair" for a stack `w` and activations of `dtype`: config["variant"] if it names
+    one, else DECODE_VARIANT. "pair" computes in fp16, so by default it serves bf16 / fp16 activations on a
+    GPU; fp32 activations and the interpreter take "gemv" (exact fp32 sums) unless a config asks for "pair".
+    nf4 and LLM.int8 (bitsandbytes' storage) stay on "small" unless a config asks for "gemv".
+    Raises ValueError for a config asking "pair" of a format it does not read."""
     forced = (config or {}).get("variant")
     if forced == "pair" and not fused_moe_quant_pair.pair_supported(w):
-        raise ValueError(f"the pair decode kernels read int4 and int8 codes, not {getattr(w, 'describe', lambda: type(w).__name__)()}")
+        raise ValueError(f"the pair decode kernels read int4 and int8 codes, not "
+                         f"{getattr(w, 'describe', lambda: type(w).__name__)()}")
     if forced in ("small", "gemv", "pair"):
         return forced
-    return DECODE_VARIANT[w.bits] if w.codes == 0 else "small"
+    if w.codes != 0:
+        return "small"
+    variant = DECODE_VARIANT[w.bits]
+    if variant == "pair" and (not on_gpu() or dtype not in (torch.bfloat16, torch.float16)):
+        variant = "gemv"
+    return variant
 
 
 @triton.jit(do_not_specialize=["top_k", "expert_offset", "E"])
@@ -146,7 +156,7 @@ def fused_moe_quant_small(x, w13, w2, ids, topk_weights, expert_offset: int, con
                           pdl: bool = False) -> torch.Tensor:
     """The decode path of fused_moe_quant (inputs checked there): x [T, D], w13 / w2 quantized stacks
     (qweights.QuantMatrix) [E, 2I, D] / [E, D, I], ids/topk_weights [T, K] -> [T, D] in x.dtype."""
-    variant = decode_variant(w13, config)
+    variant = decode_variant(w13, config, x.dtype)
     if variant == "gemv":
         return fused_moe_quant_gemv.fused_moe_quant_gemv(x, w13, w2, ids, topk_weights, expert_offset, config, pdl)
     if variant == "pair":
@@ -184,7 +194,7 @@ def _launch_down(h, w, out, ids, weights, top_k, expert_offset, E, cfg, dense, p
 def quant_gemv(x: torch.Tensor, w, config: dict | None = None, pdl: bool = False) -> torch.Tensor:
     """A dense quantized layer at decode: x [T, K] (contiguous) @ W[N, K]ᵀ -> [T, N] in x.dtype,
     W a qweights.QuantWeight (one expert, one slot, routing weight 1)."""
-    variant = decode_variant(w, config)
+    variant = decode_variant(w, config, x.dtype)
     if variant == "gemv":
         return fused_moe_quant_gemv.quant_gemv_2d(x, w, config, pdl)
     if variant == "pair":

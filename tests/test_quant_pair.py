@@ -1,0 +1,134 @@
+"""Guards the packed-pair decode kernels (kernels/fused_moe_quant_pair.py) against dequantize-then-matmul in
+float64, on the interpreter's path (ASM False: the same bit fields, layouts, masks and scales as the PTX, summed in
+fp32; the PTX itself is checked on the GPU by test_quant_gpu.py): int4 with and without zero points and groups,
+int8, ragged tokens, skipped and foreign slots, widths that are not a multiple of a scale group, every tile kind."""
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+pytest.importorskip("triton")
+
+from minimoe.kernels import fused_moe_quant_pair as P  # noqa: E402
+from minimoe.kernels import fused_moe_quant_small as small  # noqa: E402
+from minimoe.kernels.fused_moe_quant import fused_moe_quant  # noqa: E402
+from test_quant_kernels import DEVICE, FORMATS, check, make, reference, routing  # noqa: E402
+
+PAIR = {"variant": "pair"}
+# x and h become fp16 (times 2^-8) before they meet the codes: fp16 rounding of the activations, 2^-11 relative
+TOL = 2e-3
+INT = ["int8", "int4", "int4-g128", "int4-zero"]
+
+
+@pytest.mark.parametrize("fmt", INT)
+def test_one_token_over_60_experts(fmt):
+    """T = 1, K = 4 of E = 60; I = 40 pads every scale group (h's padding must be finite zeros)."""
+    gen = torch.Generator().manual_seed(21)
+    q13, q2 = make(fmt, 60, gen)
+    x = torch.randn(1, q13.K, generator=gen).to(DEVICE)
+    ids, w = routing(1, 4, 60, gen)
+    check(fused_moe_quant(x, q13, q2, ids, w, config=PAIR), reference(x, q13, q2, ids, w), TOL)
+
+
+@pytest.mark.parametrize("fmt", ["int8", "int4-zero"])
+def test_ragged_tokens_skipped_and_foreign_slots(fmt):
+    """T = 3 with K = 4, ids -1 (skipped) and ids another rank holds (global 7..66 here): exact zeros."""
+    gen = torch.Generator().manual_seed(22)
+    q13, q2 = make(fmt, 60, gen)
+    x = torch.randn(3, q13.K, generator=gen).to(DEVICE)
+    ids, w = routing(3, 4, 80, gen)
+    ids[0, 1], ids[2, 3] = -1, -1
+    check(fused_moe_quant(x, q13, q2, ids, w, expert_offset=7, config=PAIR), reference(x, q13, q2, ids, w, offset=7),
+          TOL)
+    none = torch.full((3, 4), 70, device=DEVICE)                                     # no slot is ours
+    assert torch.equal(fused_moe_quant(x, q13, q2, none, w, expert_offset=7, config=PAIR), torch.zeros_like(x))
+
+
+@pytest.mark.parametrize("fmt,tiles", [
+    ("int4", {"BLOCK_N": 4, "BLOCK_K": 64, "x_packed": True, "down": {"BLOCK_N": 8, "BLOCK_K": 32}}),
+    ("int4-zero", {"BLOCK_N": 8, "BLOCK_K": 128, "wide": True, "x_packed": True,
+                   "down": {"BLOCK_N": 2, "BLOCK_K": 64, "wide": True}}),
+    ("int8", {"BLOCK_N": 2, "BLOCK_K": 16, "down": {"BLOCK_N": 32, "BLOCK_K": 128, "wide": True}}),
+    ("int8", {"BLOCK_N": 16, "BLOCK_K": 256, "x_packed": True, "wide": True, "down": {"BLOCK_N": 4, "BLOCK_K": 16}})])
+def test_other_tiles_and_half_precision(fmt, tiles):
+    """Steps of one word, of several groups (wide: scales and zero points per word), wider than the reduction,
+    x packed by its own kernel; fp32 and fp16 activations in and out."""
+    gen = torch.Generator().manual_seed(23)
+    q13, q2 = make(fmt, 8, gen, d=96)
+    ids, w = routing(2, 2, 8, gen)
+    for dtype in (torch.float32, torch.float16):
+        x = torch.randn(2, 96, generator=gen).to(DEVICE, dtype)
+        out = fused_moe_quant(x, q13, q2, ids, w, config={"variant": "pair", "pair": tiles})
+        assert out.dtype == dtype
+        check(out, reference(x, q13, q2, ids, w), TOL if dtype == torch.float32 else 4e-3)
+
+
+@pytest.mark.parametrize("fmt", INT)
+@pytest.mark.parametrize("packed", [False, True])
+def test_dense_decode_layer(fmt, packed):
+    """N = 50, K = 72 (padded codes), T = 1 and 3; x packed in the kernel or by pack_pairs."""
+    gen = torch.Generator().manual_seed(24)
+    w = FORMATS[fmt](torch.randn(1, 50, 72, generator=gen).to(DEVICE))
+    for T in (1, 3):
+        x = torch.randn(T, 72, generator=gen).to(DEVICE)
+        got = P.quant_pair_2d(x, w, {"pair": {"down": {"x_packed": packed}}})
+        check(got, x.double().cpu() @ w.dequantize()[0].double().cpu().T, TOL)
+
+
+def _halves(pairs: torch.Tensor) -> torch.Tensor:
+    """int32 pairs -> [..., 2] float64 (low half first)."""
+    return pairs.cpu().contiguous().view(torch.float16).view(*pairs.shape, 2).double()
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_paired_order(bits):
+    """pack_pairs puts (x[PW·w + s], x[PW·w + s + PW/2]) · 2^-8 at int32 s·KW + w, zeros past K; GEMM1 writes h
+    (silu(gate)·up · 2^-8, fp16) in the same order for GEMM2, zeros in the padded columns."""
+    gen = torch.Generator().manual_seed(25)
+    fmt = "int4" if bits == 4 else "int8"
+    q13, q2 = make(fmt, 4, gen)                                       # D = q13.K, I = 40 (padded to the group)
+    pw = 32 // bits
+    x = torch.randn(2, q13.K, generator=gen).to(DEVICE)
+    got = _halves(P.pack_pairs(x, q13)).view(2, pw // 2, -1, 2)      # [T, s, w, half]
+    kw = got.shape[2]
+    xs = torch.zeros(2, kw * pw, dtype=torch.float64)
+    xs[:, :q13.K] = x.cpu().double() * 2 ** -8
+    want = xs.view(2, kw, 2, pw // 2).permute(0, 3, 1, 2)             # [T, s, w, half]
+    assert torch.allclose(got, want, rtol=1e-3, atol=1e-7)
+    ids = torch.tensor([[1, 3]], device=DEVICE)
+    h = _halves(P.gate_up_pair(x[:1], q13, q2, ids, 0).view(torch.int32))  # [2, IP/2, 2]
+    w13 = q13.dequantize().double().cpu()
+    I_ = q2.K
+    for k, e in enumerate((1, 3)):
+        g, u = w13[e, :I_] @ x[0].double().cpu(), w13[e, I_:] @ x[0].double().cpu()
+        ref = torch.zeros(h.shape[1] * 2, dtype=torch.float64)
+        ref[:I_] = torch.nn.functional.silu(g) * u * 2 ** -8
+        ref = ref.view(-1, 2, pw // 2).permute(2, 0, 1).reshape(-1, 2)  # [s·KW + w, half]
+        assert torch.allclose(h[k], ref, rtol=2e-3, atol=1e-6)
+
+
+def test_pair_refuses_formats_it_does_not_read():
+    gen = torch.Generator().manual_seed(26)
+    q13, q2 = make("fp8", 4, gen)
+    x = torch.randn(1, q13.K, generator=gen).to(DEVICE)
+    ids, w = routing(1, 1, 4, gen)
+    with pytest.raises(ValueError, match="int4 and int8"):
+        fused_moe_quant(x, q13, q2, ids, w, config=PAIR)
+    with pytest.raises(ValueError, match="power of two"):
+        q13, q2 = make("int4", 4, gen)
+        fused_moe_quant(x[:, :q13.K], q13, q2, ids, w, config={"variant": "pair", "pair": {"BLOCK_K": 96}})
+
+
+def test_default_is_pair_for_half_activations_on_a_gpu(monkeypatch):
+    """DECODE_VARIANT's "pair" serves bf16 / fp16 on a GPU; fp32 and the interpreter keep "gemv"'s exact sums."""
+    gen = torch.Generator().manual_seed(27)
+    q13, _ = make("int4", 4, gen)
+    monkeypatch.setattr(small, "on_gpu", lambda: True)
+    assert small.decode_variant(q13, None, torch.bfloat16) == "pair"
+    assert small.decode_variant(q13, None, torch.float16) == "pair"
+    assert small.decode_variant(q13, None, torch.float32) == "gemv"
+    assert small.decode_variant(q13, {"variant": "small"}, torch.bfloat16) == "small"
+    monkeypatch.setattr(small, "on_gpu", lambda: False)
+    assert small.decode_variant(q13, None, torch.bfloat16) == "gemv"
