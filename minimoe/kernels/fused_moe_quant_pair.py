@@ -22,10 +22,12 @@ GEMM1 reads x and packs the pairs it needs (or reads them pre-packed by a small 
 it writes h straight into paired order, in fp16, for GEMM2.
 
 Precision. A word's products are summed in fp16 (at most 8 terms), then accumulated in fp32 with the
-scales. x is multiplied by 2^-8 when it becomes fp16 (and the result by 2^8 at the end) so that a
-word's partial sum stays finite up to |x| ~ 1.4e5 (int4) / 1.6e4 (int8); the smallest x lose at most
-6e-8·2^8 in absolute terms as fp16 subnormals. Against dequantize-then-matmul in fp32 the error is a
-few 1e-4 relative: far under the formats' own.
+scales. The activations are multiplied by a power of two when they become fp16 (the result divided by
+it at the end) so that a word's partial sum stays finite: x by X_SCALE = 2^-8 (finite up to |x| ~ 2.6e5
+for symmetric int4, 3.3e4 for int8), h = silu(gate)·up, larger and heavier-tailed, by H_SCALE = 2^-12
+(|h| up to 4.2e6 / 5.3e5). Values under 2^-14 / scale become fp16 subnormals with an absolute error of at
+most 2^-25 / scale (1.5e-5 for x, 2.4e-4 for h). Against dequantize-then-matmul in fp32 the error is a few
+1e-4 relative for activations of unit scale: far under the formats' own. The GPU test checks |x| ~ 100.
 
 The PTX runs only on a GPU; under the Triton interpreter (CI) ASM is False and `_pair_dot` computes the
 same sums in fp32 from the same bit fields, so the layout, masks, pairing and scales are tested on the
@@ -42,7 +44,8 @@ from .moe_configs import on_gpu
 from .pdl import launch_args, wait_then_release
 from .quant_tiles import layout_args, pointer_args, stride_args
 
-X_SCALE = 2.0 ** -8           # x (and h) are stored as fp16 times this; results are divided by it
+X_SCALE = 2.0 ** -8           # x is stored as fp16 times this (dense layers, GEMM1's input); results divided by it
+H_SCALE = 2.0 ** -12          # h (GEMM1's output, silu(gate)·up: larger, heavier-tailed) likewise
 
 _INT4_ASM = tl.constexpr("""{
 .reg .b32 t, f, a;
@@ -202,8 +205,9 @@ def _gate_up_pair_kernel(x_ptr, w_ptr, s_ptr, z_ptr, h_ptr, ids_ptr, top_k, expe
                          stride_xt, stride_we, stride_wn, stride_se, stride_sn, stride_sg, stride_ht,
                          BITS: tl.constexpr, GROUP: tl.constexpr, ROW_BLOCK: tl.constexpr, OFFSET: tl.constexpr,
                          HAS_ZERO: tl.constexpr, H_PW: tl.constexpr, X_PACKED: tl.constexpr, ASM: tl.constexpr,
-                         WIDE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr, PDL: tl.constexpr):
-    """h[pair, cols] = silu(Wg[e] x[t]) * (Wu[e] x[t]) · X_SCALE for one pair and BLOCK_N columns of the
+                         WIDE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr,
+                         PDL: tl.constexpr):
+    """h[pair, cols] = silu(Wg[e] x[t]) * (Wu[e] x[t]) · H_SCALE for one pair and BLOCK_N columns of the
     padded width IP, stored as fp16 in GEMM2's paired order (H_PW codes a word); columns I .. IP get 0."""
     wait_then_release(PDL)
     n_blocks = tl.cdiv(IP, BLOCK_N)
@@ -241,7 +245,7 @@ def _gate_up_pair_kernel(x_ptr, w_ptr, s_ptr, z_ptr, h_ptr, ids_ptr, top_k, expe
     if GROUP == 0:
         total = total * tl.load(s_e + (rows // ROW_BLOCK) * stride_sn)
     gate, up = tl.split(tl.reshape(total, (BLOCK_N, 2)))
-    h = gate * tl.sigmoid(gate) * up * 0.00390625
+    h = gate * tl.sigmoid(gate) * up * 0.000244140625                    # · H_SCALE
     cols = col0 + tl.arange(0, BLOCK_N)
     h = tl.where(cols < I, h, 0.0)
     # column c = H_PW·w + i is half i // (H_PW/2) of pair s = i % (H_PW/2) of word w: int32 s·KW2 + w
@@ -254,7 +258,8 @@ def _down_pair_kernel(h_ptr, w_ptr, s_ptr, z_ptr, out_ptr, ids_ptr, weights_ptr,
                       stride_ht, stride_we, stride_wn, stride_se, stride_sn, stride_sg, stride_ot,
                       BITS: tl.constexpr, GROUP: tl.constexpr, ROW_BLOCK: tl.constexpr, OFFSET: tl.constexpr,
                       HAS_ZERO: tl.constexpr, X_PACKED: tl.constexpr, DENSE: tl.constexpr, ASM: tl.constexpr,
-                      WIDE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr, PDL: tl.constexpr):
+                      WIDE: tl.constexpr, IN_UNSCALE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                      STAGES: tl.constexpr, PDL: tl.constexpr):
     """out[t, cols] = Σ_k w[t,k] · W2[e_k][cols, :] · h[t·K + k]; DENSE: out[t, cols] = W[cols, :] · h[t].
     h: int32 pairs in paired order (X_PACKED, h_ptr and stride_ht in int32 units) or plain activations.
     One flat loop over (slot, step), as fused_moe_quant_gemv's; every step scaled by its scales times the
@@ -301,7 +306,7 @@ def _down_pair_kernel(h_ptr, w_ptr, s_ptr, z_ptr, out_ptr, ids_ptr, weights_ptr,
             live = rows * 0 + kk < k_lim
             s = tl.load(s_e + (rows // ROW_BLOCK) * stride_sn + g * stride_sg, mask=live, other=0.0) * route_w
             acc += s[:, None] * part
-    out = tl.sum(acc, axis=1) * 256.0
+    out = tl.sum(acc, axis=1) * IN_UNSCALE
     cols = col0 + tl.arange(0, BLOCK_N)
     tl.store(out_ptr + t.to(tl.int64) * stride_ot + cols, out.to(out_ptr.dtype.element_ty), mask=cols < D)
 
@@ -391,7 +396,7 @@ def fused_moe_quant_pair(x, w13, w2, ids, topk_weights, expert_offset: int, conf
 
 
 def gate_up_pair(x, w13, w2, ids, expert_offset: int, config: dict | None = None, pdl: bool = False) -> torch.Tensor:
-    """GEMM1 alone: h [T·K, IP] fp16 in GEMM2's paired order (IP: w2's padded width), times X_SCALE."""
+    """GEMM1 alone: h [T·K, IP] fp16 in GEMM2's paired order (IP: w2's padded width), times H_SCALE."""
     T, D = x.shape
     E, two_i, _ = w13.stack_shape
     I, K = two_i // 2, ids.shape[1]
@@ -419,7 +424,7 @@ def down_pair(h, w2, ids, topk_weights, expert_offset: int, out, config: dict | 
     _check(cfg, w2)
     weights = topk_weights.float().contiguous().view(-1)                               # [T·K]
     _launch_down(h.view(torch.int32), True, w2, out, ids, weights, ids.shape[1], expert_offset, w2.stack_shape[0],
-                 cfg, False, pdl)
+                 cfg, False, pdl, 1 / H_SCALE)
     return out
 
 
@@ -429,13 +434,13 @@ def _layout(m) -> dict:
     return args
 
 
-def _launch_down(h, packed, w, out, ids, weights, top_k, expert_offset, E, cfg, dense, pdl):
+def _launch_down(h, packed, w, out, ids, weights, top_k, expert_offset, E, cfg, dense, pdl, in_unscale=1 / X_SCALE):
     T, D = out.shape
     data, scale, zero, _, I, kw, _ = pointer_args(w)
     _down_pair_kernel[(T * triton.cdiv(D, cfg["BLOCK_N"]),)](
         h, data, scale, zero, out, ids, weights, top_k, expert_offset, E, D, I, kw,
         h.stride(0), *stride_args(w), out.stride(0), **_layout(w), X_PACKED=packed, DENSE=dense, ASM=on_gpu(),
-        WIDE=bool(cfg["wide"]),
+        WIDE=bool(cfg["wide"]), IN_UNSCALE=float(in_unscale),
         BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"], STAGES=cfg["num_stages"],
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **launch_args(pdl))
 
