@@ -34,28 +34,25 @@ from minimoe.experts import EXPERT_PATHS  # noqa: E402
 from minimoe.kernels import fused_moe_quant_pair as P  # noqa: E402
 from minimoe.quant import quantize_experts  # noqa: E402
 
-KEYS = ("BLOCK_N", "BLOCK_K", "num_warps", "num_stages", "x_packed", "wide")
-# (BLOCK_N, BLOCK_K, warps, stages, x_packed, wide); DOWN tiles have no x_packed (h is always packed)
-UP = {4: [(8, 128, 1, 1, 0), (16, 128, 1, 1, 0), (16, 256, 2, 1, 0), (32, 128, 2, 1, 0), (32, 256, 4, 1, 0),
-          (64, 128, 4, 1, 0), (16, 512, 4, 1, 0), (8, 512, 2, 1, 0), (16, 128, 1, 1, 1), (32, 128, 2, 1, 1),
-          (32, 256, 4, 1, 1), (64, 128, 4, 1, 1), (16, 512, 4, 1, 1), (16, 256, 2, 2, 1),
-          (16, 512, 4, 1, 1, 1), (8, 1024, 4, 1, 1, 1), (8, 512, 2, 1, 1, 1), (16, 256, 2, 1, 1, 1),
-          (32, 256, 4, 1, 1, 1), (4, 1024, 2, 1, 1, 1), (16, 1024, 8, 1, 1, 1)],
-      8: [(8, 256, 1, 1, 0), (16, 256, 2, 1, 0), (16, 512, 4, 1, 0), (32, 256, 4, 1, 0), (8, 1024, 4, 1, 0),
-          (32, 512, 8, 1, 0), (16, 256, 2, 1, 1), (16, 512, 4, 1, 1), (32, 256, 4, 1, 1), (8, 1024, 4, 1, 1),
-          (64, 128, 4, 1, 1), (16, 512, 4, 2, 1)]}
-DOWN = {4: [(8, 512, 2, 3), (16, 512, 2, 3), (16, 1024, 4, 3), (32, 512, 4, 3),
-            (4, 2048, 4, 3, 0, 1), (8, 1024, 4, 3, 0, 1), (8, 2048, 8, 2, 0, 1), (4, 1024, 2, 3, 0, 1),
-            (16, 512, 4, 3, 0, 1), (2, 2048, 2, 3, 0, 1), (4, 4096, 8, 2, 0, 1), (2, 1024, 1, 3, 0, 1),
-            (8, 512, 2, 3, 0, 1), (4, 512, 1, 3, 0, 1), (16, 1024, 8, 2, 0, 1)],
-        8: [(8, 512, 2, 3), (8, 1024, 4, 3), (8, 2048, 8, 2), (4, 1024, 2, 3), (4, 2048, 4, 3), (16, 512, 4, 3),
-            (16, 1024, 8, 2), (4, 512, 1, 3), (8, 1024, 4, 1), (2, 2048, 2, 3), (32, 512, 8, 3)]}
+KEYS = ("BLOCK_N", "BLOCK_K", "num_warps", "num_stages", "x_packed", "wide", "split")
+# (BLOCK_N, BLOCK_K, warps, stages, x_packed, wide, split); DOWN tiles' x_packed is ignored (h is always packed),
+# the dense rows try each DOWN tile with x plain and packed. The first session-6 sweep (call 3) tried 14 GEMM1 and
+# 15 GEMM2 tiles, wide ones included; these are its winners and their neighbours, now with split-K GEMM2s.
+UP = {4: [(32, 256, 4, 1, 1), (16, 256, 2, 2, 1), (4, 1024, 2, 1, 1, 1), (16, 128, 1, 1, 1), (8, 512, 2, 1, 1, 1)],
+      8: [(16, 512, 4, 1, 0), (16, 256, 2, 1, 0), (16, 512, 4, 1, 1), (8, 1024, 4, 1, 0)]}
+DOWN = {4: [(16, 1024, 4, 3), (16, 1024, 4, 3, 0, 0, 2), (16, 1024, 4, 3, 0, 0, 4), (16, 512, 2, 3, 0, 0, 2),
+            (16, 512, 2, 3, 0, 0, 4), (16, 512, 2, 3, 0, 0, 8), (8, 512, 2, 3, 0, 0, 4), (32, 512, 4, 3, 0, 0, 2),
+            (32, 512, 4, 3, 0, 0, 4), (16, 256, 1, 3, 0, 0, 8)],
+        8: [(4, 1024, 2, 3), (4, 1024, 2, 3, 0, 0, 2), (4, 1024, 2, 3, 0, 0, 4), (8, 1024, 4, 3, 0, 0, 2),
+            (8, 1024, 4, 3, 0, 0, 4), (4, 512, 1, 3, 0, 0, 2), (4, 512, 1, 3, 0, 0, 4), (16, 512, 4, 3, 0, 0, 4),
+            (8, 512, 2, 3, 0, 0, 8)]}
 SHAPES = ("mixtral-8x7b", "qwen3-30b-a3b", "olmoe")
 
 
 def cfg_of(t) -> dict:
     d = dict(zip(KEYS, t))
     d["x_packed"], d["wide"] = bool(d.get("x_packed", False)), bool(d.get("wide", False))
+    d["split"] = int(d.get("split", 1))
     return d
 
 
@@ -133,7 +130,7 @@ def line(r) -> str:
     t = r["tile"]
     head = (f"{r['shape']:14s} {r['format']} T={r['T']:<2d} {r['gemm']:7s} "
             f"{t['BLOCK_N']:>3d}x{t['BLOCK_K']:<5d}{t['num_warps']}w{t['num_stages']}s{' xp' if t['x_packed'] else '   '}"
-            f"{' wide' if t['wide'] else '     '}")
+            f"{' wide' if t['wide'] else '     '}{' s%d' % t['split'] if t['split'] > 1 else '   '}")
     if r["status"] != "PASS":
         return f"{head} {r['status']} {r.get('error') or r.get('err')}"
     return (f"{head} {r['us']:8.1f} us  floor {r['floor_us']:6.1f} ({100 * r['floor_us'] / r['us']:3.0f}%)  "

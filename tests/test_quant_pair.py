@@ -47,14 +47,16 @@ def test_ragged_tokens_skipped_and_foreign_slots(fmt):
 
 
 @pytest.mark.parametrize("fmt,tiles", [
-    ("int4", {"BLOCK_N": 4, "BLOCK_K": 64, "x_packed": True, "down": {"BLOCK_N": 8, "BLOCK_K": 32}}),
+    ("int4", {"BLOCK_N": 4, "BLOCK_K": 64, "x_packed": True, "down": {"BLOCK_N": 8, "BLOCK_K": 32, "split": 3}}),
     ("int4-zero", {"BLOCK_N": 8, "BLOCK_K": 128, "wide": True, "x_packed": True,
                    "down": {"BLOCK_N": 2, "BLOCK_K": 64, "wide": True}}),
     ("int8", {"BLOCK_N": 2, "BLOCK_K": 16, "down": {"BLOCK_N": 32, "BLOCK_K": 128, "wide": True}}),
-    ("int8", {"BLOCK_N": 16, "BLOCK_K": 256, "x_packed": True, "wide": True, "down": {"BLOCK_N": 4, "BLOCK_K": 16}})])
+    ("int8", {"BLOCK_N": 16, "BLOCK_K": 256, "x_packed": True, "wide": True,
+              "down": {"BLOCK_N": 4, "BLOCK_K": 16, "split": 8}})])
 def test_other_tiles_and_half_precision(fmt, tiles):
     """Steps of one word, of several groups (wide: scales and zero points per word), wider than the reduction,
-    x packed by its own kernel; fp32 and fp16 activations in and out."""
+    x packed by its own kernel, GEMM2 split over 3 and 8 programs (more than the steps of a token: idle shares);
+    fp32 and fp16 activations in and out."""
     gen = torch.Generator().manual_seed(23)
     q13, q2 = make(fmt, 8, gen, d=96)
     ids, w = routing(2, 2, 8, gen)
@@ -66,15 +68,32 @@ def test_other_tiles_and_half_precision(fmt, tiles):
 
 
 @pytest.mark.parametrize("fmt", INT)
-@pytest.mark.parametrize("packed", [False, True])
-def test_dense_decode_layer(fmt, packed):
-    """N = 50, K = 72 (padded codes), T = 1 and 3; x packed in the kernel or by pack_pairs."""
+@pytest.mark.parametrize("packed,split", [(False, 1), (True, 1), (True, 2)])
+def test_dense_decode_layer(fmt, packed, split):
+    """N = 50, K = 72 (padded codes), T = 1 and 3; x packed in the kernel or by pack_pairs; split-K over 2."""
     gen = torch.Generator().manual_seed(24)
     w = FORMATS[fmt](torch.randn(1, 50, 72, generator=gen).to(DEVICE))
     for T in (1, 3):
         x = torch.randn(T, 72, generator=gen).to(DEVICE)
-        got = P.quant_pair_2d(x, w, {"pair": {"down": {"x_packed": packed}}})
+        tiles = {"x_packed": packed, "split": split, "BLOCK_K": max(32, w.group)}
+        got = P.quant_pair_2d(x, w, {"pair": {"down": tiles}})
         check(got, x.double().cpu() @ w.dequantize()[0].double().cpu().T, TOL)
+
+
+def test_split_k_is_deterministic_and_equals_one_program():
+    """Split-K adds its partials in a fixed order: repeated calls are bit-identical, and within fp32 rounding
+    of the unsplit kernel; skipped slots still give exact zeros."""
+    gen = torch.Generator().manual_seed(28)
+    q13, q2 = make("int4", 16, gen, d=64)
+    x = torch.randn(2, 64, generator=gen).to(DEVICE)
+    ids, w = routing(2, 4, 16, gen)
+    one = fused_moe_quant(x, q13, q2, ids, w, config={"variant": "pair", "pair": {"down": {"BLOCK_K": 32}}})
+    cfg = {"variant": "pair", "pair": {"down": {"BLOCK_K": 32, "split": 4}}}
+    a, b = fused_moe_quant(x, q13, q2, ids, w, config=cfg), fused_moe_quant(x, q13, q2, ids, w, config=cfg)
+    assert torch.equal(a, b)
+    assert torch.allclose(a, one, rtol=1e-5, atol=1e-6)
+    none = torch.full((2, 4), -1, device=DEVICE)
+    assert torch.equal(fused_moe_quant(x, q13, q2, none, w, config=cfg), torch.zeros_like(x))
 
 
 def _halves(pairs: torch.Tensor) -> torch.Tensor:

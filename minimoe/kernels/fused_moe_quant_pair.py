@@ -254,25 +254,33 @@ def _gate_up_pair_kernel(x_ptr, w_ptr, s_ptr, z_ptr, h_ptr, ids_ptr, top_k, expe
 
 
 @triton.jit(do_not_specialize=["top_k", "expert_offset", "E"])
-def _down_pair_kernel(h_ptr, w_ptr, s_ptr, z_ptr, out_ptr, ids_ptr, weights_ptr, top_k, expert_offset, E, D, I, KW,
-                      stride_ht, stride_we, stride_wn, stride_se, stride_sn, stride_sg, stride_ot,
+def _down_pair_kernel(h_ptr, w_ptr, s_ptr, z_ptr, out_ptr, ids_ptr, weights_ptr, ws_ptr, cnt_ptr, top_k, expert_offset,
+                      E, T, D, I, KW, stride_ht, stride_we, stride_wn, stride_se, stride_sn, stride_sg, stride_ot,
                       BITS: tl.constexpr, GROUP: tl.constexpr, ROW_BLOCK: tl.constexpr, OFFSET: tl.constexpr,
                       HAS_ZERO: tl.constexpr, X_PACKED: tl.constexpr, DENSE: tl.constexpr, ASM: tl.constexpr,
-                      WIDE: tl.constexpr, IN_UNSCALE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                      STAGES: tl.constexpr, PDL: tl.constexpr):
+                      WIDE: tl.constexpr, IN_UNSCALE: tl.constexpr, SPLIT: tl.constexpr, BLOCK_N: tl.constexpr,
+                      BLOCK_K: tl.constexpr, STAGES: tl.constexpr, PDL: tl.constexpr):
     """out[t, cols] = Σ_k w[t,k] · W2[e_k][cols, :] · h[t·K + k]; DENSE: out[t, cols] = W[cols, :] · h[t].
     h: int32 pairs in paired order (X_PACKED, h_ptr and stride_ht in int32 units) or plain activations.
     One flat loop over (slot, step), as fused_moe_quant_gemv's; every step scaled by its scales times the
-    slot's routing weight."""
+    slot's routing weight. SPLIT > 1 (split-K): SPLIT programs share a (token, column block), each a
+    contiguous share of the flat loop; each stores its fp32 partial in ws [SPLIT, T, D], bumps the block's
+    counter in cnt [T·blocks] (zeroed by the caller), and the last to arrive adds the SPLIT partials in
+    order 0..SPLIT-1 (the result does not depend on which program finishes last) and stores out."""
     wait_then_release(PDL)
     n_blocks = tl.cdiv(D, BLOCK_N)
-    t, col0 = tl.program_id(0) // n_blocks, (tl.program_id(0) % n_blocks) * BLOCK_N
+    pid = tl.program_id(0)
+    sp, tb = pid % SPLIT, pid // SPLIT
+    t, blk = tb // n_blocks, tb % n_blocks
+    col0 = blk * BLOCK_N
     rows = (col0 + tl.arange(0, BLOCK_N)) % D
     n_chunks = tl.cdiv(I, BLOCK_K)
     STEP: tl.constexpr = GROUP if GROUP > 0 and not WIDE else BLOCK_K
     N_SUB: tl.constexpr = 0 if WIDE else BLOCK_K // STEP                 # group steps a K-step (0: one wide step)
     acc = tl.zeros((BLOCK_N, STEP * BITS // 32), dtype=tl.float32)
-    for j in tl.range(0, top_k * n_chunks, num_stages=STAGES):
+    n_flat = top_k * n_chunks
+    share = tl.cdiv(n_flat, SPLIT)
+    for j in tl.range(sp * share, tl.minimum(n_flat, sp * share + share), num_stages=STAGES):
         slot = j // n_chunks
         k0 = (j - slot * n_chunks) * BLOCK_K
         pair = t * top_k + slot
@@ -308,7 +316,18 @@ def _down_pair_kernel(h_ptr, w_ptr, s_ptr, z_ptr, out_ptr, ids_ptr, weights_ptr,
             acc += s[:, None] * part
     out = tl.sum(acc, axis=1) * IN_UNSCALE
     cols = col0 + tl.arange(0, BLOCK_N)
-    tl.store(out_ptr + t.to(tl.int64) * stride_ot + cols, out.to(out_ptr.dtype.element_ty), mask=cols < D)
+    if SPLIT > 1:
+        tl.store(ws_ptr + (sp * T + t).to(tl.int64) * D + cols, out, mask=cols < D)
+        tl.debug_barrier()                                   # every thread's partial is out before the count
+        arrived = tl.atomic_add(cnt_ptr + tb, 1, sem="acq_rel", scope="gpu")
+        if arrived == SPLIT - 1:                             # the last: the others' partials are visible
+            out = tl.zeros((BLOCK_N,), dtype=tl.float32)
+            for q in tl.static_range(SPLIT):
+                out += tl.load(ws_ptr + (q * T + t).to(tl.int64) * D + cols, mask=cols < D, other=0.0,
+                               volatile=True)
+            tl.store(out_ptr + t.to(tl.int64) * stride_ot + cols, out.to(out_ptr.dtype.element_ty), mask=cols < D)
+    else:
+        tl.store(out_ptr + t.to(tl.int64) * stride_ot + cols, out.to(out_ptr.dtype.element_ty), mask=cols < D)
 
 
 @triton.jit
@@ -354,7 +373,7 @@ _TILES = {
 }
 _NARROW_INT4_UP = (4, 1024, 2, 1, True, True)
 _DENSE = {4: (32, 512, 4, 3, True, False), 8: (4, 1024, 2, 3, True, False)}
-_KEYS = ("BLOCK_N", "BLOCK_K", "num_warps", "num_stages", "x_packed", "wide")
+_KEYS = ("BLOCK_N", "BLOCK_K", "num_warps", "num_stages", "x_packed", "wide", "split")
 
 
 def pair_config(m, K_in: int, down: bool = False, T: int = 1, width: int = 0, dense: bool = False) -> dict:
@@ -362,14 +381,14 @@ def pair_config(m, K_in: int, down: bool = False, T: int = 1, width: int = 0, de
     experts' I (GEMM1), dense: a plain linear (quant_pair_2d)."""
     if not on_gpu():          # the interpreter pays per program and per op: few, mid-sized tiles
         return {"BLOCK_N": 16, "BLOCK_K": max(64, m.group), "num_warps": 4, "num_stages": 1, "x_packed": False,
-                "wide": False}
+                "wide": False, "split": 1}
     if dense:
         tiles = _DENSE[m.bits]
     elif m.bits == 4 and T == 1 and not down and width < 4096:
         tiles = _NARROW_INT4_UP
     else:
         tiles = _TILES[(m.bits, min(T, 2))][1 if down else 0]
-    cfg = dict(zip(_KEYS, tiles))
+    cfg = dict(zip(_KEYS, tiles + (1,) * (len(_KEYS) - len(tiles))))
     cfg["BLOCK_K"] = max(m.group, min(cfg["BLOCK_K"], triton.next_power_of_2(K_in)))
     return cfg
 
@@ -437,10 +456,17 @@ def _layout(m) -> dict:
 def _launch_down(h, packed, w, out, ids, weights, top_k, expert_offset, E, cfg, dense, pdl, in_unscale=1 / X_SCALE):
     T, D = out.shape
     data, scale, zero, _, I, kw, _ = pointer_args(w)
-    _down_pair_kernel[(T * triton.cdiv(D, cfg["BLOCK_N"]),)](
-        h, data, scale, zero, out, ids, weights, top_k, expert_offset, E, D, I, kw,
+    split = int(cfg["split"])
+    blocks = T * triton.cdiv(D, cfg["BLOCK_N"])
+    if split > 1:     # partials [SPLIT, T, D] fp32, then the counters [T·blocks] int32, zeroed: one memset
+        ws = torch.zeros(split * T * D + blocks, dtype=torch.float32, device=out.device)
+        ws, cnt = ws[:split * T * D], ws[split * T * D:].view(torch.int32)
+    else:
+        ws = cnt = out
+    _down_pair_kernel[(blocks * split,)](
+        h, data, scale, zero, out, ids, weights, ws, cnt, top_k, expert_offset, E, T, D, I, kw,
         h.stride(0), *stride_args(w), out.stride(0), **_layout(w), X_PACKED=packed, DENSE=dense, ASM=on_gpu(),
-        WIDE=bool(cfg["wide"]), IN_UNSCALE=float(in_unscale),
+        WIDE=bool(cfg["wide"]), IN_UNSCALE=float(in_unscale), SPLIT=split,
         BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"], STAGES=cfg["num_stages"],
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **launch_args(pdl))
 
