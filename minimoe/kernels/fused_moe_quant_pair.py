@@ -358,21 +358,22 @@ def pack_pairs(x: torch.Tensor, w) -> torch.Tensor:
     return out
 
 
-# Tiles per (format bits, tokens 1 or 2+): (GEMM1 (BLOCK_N, BLOCK_K, warps, stages, x_packed, wide), GEMM2 (...)),
-# each GEMM's best in scripts/pair_tiles.py on the H200 (docs/results/2026-11-30-s6/call3), µs against the 2-D
-# GEMVs of fused_moe_quant_gemv (Nsight Compute, call 1), Mixtral-8x7B at T = 1: int4 GEMM1 81 -> 53, GEMM2
-# 137 -> 42; int8 GEMM1 72 -> 58 (93% of its floor), GEMM2 60 -> 32 (84%). Dense D x D decode layers
-# (quant_pair_2d, GEMM2's kernel, x packed first): int4 18.9 -> 9.0 µs, int8 12.1 -> 9.3.
+# Tiles per (format bits, tokens 1 or 2+): (GEMM1 (BLOCK_N, BLOCK_K, warps, stages, x_packed, wide), GEMM2 (...,
+# split)), each GEMM's best in scripts/pair_tiles.py on the H200 (docs/results/2026-11-30-s6, calls 3 and 5), µs
+# against the 2-D GEMVs of fused_moe_quant_gemv (Nsight Compute, call 1), Mixtral-8x7B at T = 1: int4 GEMM1
+# 81 -> 53, GEMM2 137 -> 30 (split-K over 8: 42 unsplit); int8 GEMM1 72 -> 58 (93% of its floor), GEMM2 60 -> 32
+# (86%; splitting only adds). Dense D x D decode layers (quant_pair_2d, GEMM2's kernel, x packed first): int4
+# 18.7 -> 9.0-10.2 µs, int8 12.2 -> 9.3-9.5 (neither gains from split-K).
 # Narrow experts (I < 4096: OLMoE, Qwen, DeepSeek) take _NARROW_INT4_UP for int4's GEMM1 at T = 1
 # (OLMoE 17.5 -> 13.0 µs, Qwen3-30B-A3B 16.8 -> 11.5; Mixtral's 52.8 would become 63.8).
 _TILES = {
-    (4, 1): ((32, 256, 4, 1, True, False), (16, 1024, 4, 3, False, False)),
-    (4, 2): ((16, 256, 2, 2, True, False), (16, 512, 2, 3, False, False)),
-    (8, 1): ((16, 512, 4, 1, False, False), (4, 1024, 2, 3, False, False)),
-    (8, 2): ((16, 512, 4, 1, True, False), (4, 512, 1, 3, False, False)),
+    (4, 1): ((32, 256, 4, 1, True, False), (16, 256, 1, 3, False, False, 8)),
+    (4, 2): ((16, 256, 2, 2, True, False), (16, 256, 1, 3, False, False, 8)),
+    (8, 1): ((16, 512, 4, 1, False, False), (4, 1024, 2, 3, False, False, 1)),
+    (8, 2): ((16, 512, 4, 1, True, False), (4, 1024, 2, 3, False, False, 2)),
 }
 _NARROW_INT4_UP = (4, 1024, 2, 1, True, True)
-_DENSE = {4: (32, 512, 4, 3, True, False), 8: (4, 1024, 2, 3, True, False)}
+_DENSE = {4: (32, 512, 4, 3, True, False, 1), 8: (4, 1024, 2, 3, True, False, 1)}
 _KEYS = ("BLOCK_N", "BLOCK_K", "num_warps", "num_stages", "x_packed", "wide", "split")
 
 
