@@ -6,8 +6,8 @@ The Triton interpreter runs the kernels' arithmetic on the CPU but skips the com
 non-constexpr global, a reshape or dot the GPU backend refuses, or a layout it cannot lower passes every CPU
 test and fails on the GPU, where the session's minutes are few. Triton's wheel ships ptxas, so the whole
 pipeline (Python AST -> TTIR -> TTGIR -> LLVM -> PTX -> cubin) runs here too. Two steps:
-  1. record: run each launcher (fused_moe_quant at decode and prefill sizes, both decode variants "small" and
-     "gemv", quant_gemv, the fp8 activation kernel; --sweep-configs: also every candidate
+  1. record: run each launcher (fused_moe_quant at decode and prefill sizes, the decode variants "small",
+     "gemv" and (int4 / int8) "pair", quant_gemv, the fp8 activation kernel; --sweep-configs: also every candidate
      scripts/quant_decode_sweep.py times) under the interpreter with `on_gpu()` forced true, so the GPU tile
      configs are chosen, and
      record every launch (kernel, argument types, constexprs, warps, stages) instead of running it;
@@ -36,7 +36,8 @@ def record(shapes: list[str], formats: list[str] | None, out: str, sweep: bool =
     from triton.runtime import interpreter
     from minimoe import qweights as Q
     from minimoe.bench.layer import SHAPES
-    from minimoe.kernels import fused_moe_quant, fused_moe_quant_gemv, fused_moe_quant_small, moe_align, moe_configs
+    from minimoe.kernels import (fused_moe_quant, fused_moe_quant_gemv, fused_moe_quant_pair, fused_moe_quant_small,
+                                 moe_align, moe_configs)
     launches = {}
 
     def run(self, *args, **kwargs):
@@ -63,7 +64,7 @@ def record(shapes: list[str], formats: list[str] | None, out: str, sweep: bool =
                          "num_stages": kwargs.get("num_stages", 3)}
 
     interpreter.InterpretedFunction.run = run
-    for mod in (moe_configs, fused_moe_quant, fused_moe_quant_small, fused_moe_quant_gemv):
+    for mod in (moe_configs, fused_moe_quant, fused_moe_quant_small, fused_moe_quant_gemv, fused_moe_quant_pair):
         mod.on_gpu = lambda: True
     moe_align.ONE_PROGRAM_MAX_NUMEL = 4096
     fmts = {"int8": Q.quantize_int8, "int4": Q.quantize_int4, "int4-zero": lambda w: Q.quantize_int4(w, 128, True),
@@ -85,6 +86,7 @@ def record(shapes: list[str], formats: list[str] | None, out: str, sweep: bool =
                 ids = torch.zeros(T, K, dtype=torch.int64)
                 variant = fused_moe_quant.plan(T, K, E_real)
                 decode = ("small", "gemv") if w13.codes == 0 else ("small",)    # bitsandbytes' storage: "small"
+                decode += ("pair",) if fused_moe_quant_pair.pair_supported(w13) else ()
                 cfgs = [{"variant": v} for v in (decode if variant == "small" else (variant,))]
                 if variant == "aligned":
                     cfgs[0].update(fused_moe_quant.quant_config(w13, w2, E_real, I, D, K, T))
