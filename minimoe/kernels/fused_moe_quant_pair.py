@@ -9,10 +9,12 @@ turns two codes at once into an fp16 pair and multiplies pairs (the dequantizati
 arXiv 2408.11743, and of FasterTransformer's weight-only GEMMs; our own PTX, written from their
 description):
 
-* int4: `lop3.b32 f, w >> 4s, 0x000F000F, 0x64006400` puts fields s and s + 4 of a word into the
-  mantissas of two fp16 1024s: f = (1024 + u_s, 1024 + u_{s+4}). One `sub.f16x2` of 1024 + z gives
-  the exact signed codes, one `fma.rn.f16x2` multiplies them by the matching pair of x and adds.
-  A word (8 weights): 3 shifts, 4 LOP3, 4 HSUB2, 4 HFMA2, then the fp16 pair sum goes to fp32.
+* int4: `lop3.b32 f, w, 0x000F000F, 0x64006400` puts fields 0 and 4 of a word into the mantissas
+  of two fp16 1024s: f = (1024 + u_0, 1024 + u_4). One `sub.f16x2` of 1024 + z gives the exact signed
+  codes, one `fma.rn.f16x2` multiplies them by the matching pair of x and adds. Fields 1 and 5 are
+  taken in place with mask 0x00F000F0 (f = 1024 + 16u) and made u − z by one fma (f/16 − (64 + z));
+  w >> 8 does fields 2, 6 and 3, 7 the same way. A word (8 weights): 1 shift, 4 LOP3, 2 HSUB2,
+  2 + 4 HFMA2, then the fp16 pair sum goes to fp32.
 * int8: `prmt.b32 f, w, 0x64646464, 0x5250` (and 0x5351) builds the pairs (1024 + b0, 1024 + b2)
   and (1024 + b1, 1024 + b3); the same sub and fma follow.
 So x must arrive as fp16 pairs in the order the fields pair up: pair s of word w is
@@ -54,17 +56,15 @@ _INT4_ASM = tl.constexpr("""{
 lop3.b32 f, $1, 0x000F000F, 0x64006400, 0xEA;
 sub.f16x2 f, f, $6;
 mul.rn.f16x2 a, f, $2;
-shr.u32 t, $1, 4;
-lop3.b32 f, t, 0x000F000F, 0x64006400, 0xEA;
-sub.f16x2 f, f, $6;
+lop3.b32 f, $1, 0x00F000F0, 0x64006400, 0xEA;
+fma.rn.f16x2 f, f, $8, $7;
 fma.rn.f16x2 a, f, $3, a;
 shr.u32 t, $1, 8;
 lop3.b32 f, t, 0x000F000F, 0x64006400, 0xEA;
 sub.f16x2 f, f, $6;
 fma.rn.f16x2 a, f, $4, a;
-shr.u32 t, $1, 12;
-lop3.b32 f, t, 0x000F000F, 0x64006400, 0xEA;
-sub.f16x2 f, f, $6;
+lop3.b32 f, t, 0x00F000F0, 0x64006400, 0xEA;
+fma.rn.f16x2 f, f, $8, $7;
 fma.rn.f16x2 a, f, $5, a;
 mov.b32 {lo, hi}, a;
 cvt.f32.f16 fl, lo;
@@ -106,8 +106,12 @@ def _pair_dot(words, x0, x1, x2, x3, zero, BITS: tl.constexpr, ASM: tl.constexpr
     if ASM:
         magic = (0x6400 + zero) * 65537                # fp16 1024 + z in both halves
         if BITS == 4:
-            return tl.inline_asm_elementwise(_INT4_ASM, "=f,r,r,r,r,r,r",
-                                             [words, x0[None, :], x1[None, :], x2[None, :], x3[None, :], magic],
+            # fields 1 and 5 (3 and 7) are taken in place, 16x too large: (1024 + 16u)/16 − (64 + z) in one
+            # fma (0x2C00: 1/16; 0xD400 + 16z: −(64 + z)), so a word needs one shift, not three
+            neg_hi = (0xD400 + 16 * zero) | ((0xD400 + 16 * zero) << 16)
+            return tl.inline_asm_elementwise(_INT4_ASM, "=f,r,r,r,r,r,r,r,r",
+                                             [words, x0[None, :], x1[None, :], x2[None, :], x3[None, :], magic,
+                                              neg_hi, tl.full((1, 1), 0x2C002C00, tl.int32)],
                                              dtype=tl.float32, is_pure=True, pack=1)
         else:
             return tl.inline_asm_elementwise(_INT8_ASM, "=f,r,r,r,r", [words, x0[None, :], x1[None, :], magic],
@@ -129,11 +133,14 @@ def _pair_dot(words, x0, x1, x2, x3, zero, BITS: tl.constexpr, ASM: tl.constexpr
 
 
 @triton.jit
-def _x_pair(x_row, offs_w, S: tl.constexpr, K, KW, ROW_W, PW: tl.constexpr, PACKED: tl.constexpr):
+def _x_pair(x_row, offs_w, S: tl.constexpr, K, KW, ROW_W, PW: tl.constexpr, PACKED: tl.constexpr,
+            EVEN: tl.constexpr = False):
     """Pair S of words offs_w [V] as int32 (two fp16 of x·X_SCALE); 0 from word KW (or input K) on.
     PACKED: x_row points at int32 pairs in paired order, pair S of every word before pair S + 1
-    (ROW_W words a row), so a thread's words load as one vector."""
+    (ROW_W words a row), so a thread's words load as one vector. EVEN: no word is past KW (no masks)."""
     if PACKED:
+        if EVEN:
+            return tl.load(x_row + S * ROW_W + offs_w)
         return tl.load(x_row + S * ROW_W + offs_w, mask=offs_w < KW, other=0)
     ka = offs_w * PW + S
     kb = ka + PW // 2
@@ -146,19 +153,23 @@ def _x_pair(x_row, offs_w, S: tl.constexpr, K, KW, ROW_W, PW: tl.constexpr, PACK
 
 @triton.jit
 def _pair_step(w_e, rows, x_row, kk, K, KW, ROW_W, zero, stride_wn, BITS: tl.constexpr, PACKED: tl.constexpr,
-               ASM: tl.constexpr, ROWS: tl.constexpr, STEP: tl.constexpr):
+               ASM: tl.constexpr, ROWS: tl.constexpr, STEP: tl.constexpr, EVEN: tl.constexpr = False):
     """Σ (u − zero)·x over inputs kk .. kk+STEP of weight rows `rows` [ROWS]: fp32 [ROWS, V]
-    (scaled by X_SCALE); past KW (KW = 0 for a foreign slot) masked, no traffic, an exact 0."""
+    (scaled by X_SCALE); past KW (KW = 0 for a foreign slot) masked, no traffic, an exact 0. EVEN: the
+    caller knows no word is past KW (GEMM1 with D a multiple of BLOCK_K): loads without masks."""
     PW: tl.constexpr = 32 // BITS
     V: tl.constexpr = STEP // PW
     offs_w = kk // PW + tl.arange(0, V)
-    words = tl.load(w_e + rows[:, None] * stride_wn + offs_w[None, :], mask=(offs_w < KW)[None, :], other=0,
-                    eviction_policy="evict_first")                                           # [ROWS, V]
-    x0 = _x_pair(x_row, offs_w, 0, K, KW, ROW_W, PW, PACKED)
-    x1 = _x_pair(x_row, offs_w, 1, K, KW, ROW_W, PW, PACKED)
+    if EVEN:
+        words = tl.load(w_e + rows[:, None] * stride_wn + offs_w[None, :], eviction_policy="evict_first")
+    else:
+        words = tl.load(w_e + rows[:, None] * stride_wn + offs_w[None, :], mask=(offs_w < KW)[None, :], other=0,
+                        eviction_policy="evict_first")                                       # [ROWS, V]
+    x0 = _x_pair(x_row, offs_w, 0, K, KW, ROW_W, PW, PACKED, EVEN)
+    x1 = _x_pair(x_row, offs_w, 1, K, KW, ROW_W, PW, PACKED, EVEN)
     if BITS == 4:
-        x2 = _x_pair(x_row, offs_w, 2, K, KW, ROW_W, PW, PACKED)
-        x3 = _x_pair(x_row, offs_w, 3, K, KW, ROW_W, PW, PACKED)
+        x2 = _x_pair(x_row, offs_w, 2, K, KW, ROW_W, PW, PACKED, EVEN)
+        x3 = _x_pair(x_row, offs_w, 3, K, KW, ROW_W, PW, PACKED, EVEN)
     else:
         x2, x3 = x0, x1
     return _pair_dot(words, x0, x1, x2, x3, zero, BITS, ASM)
@@ -205,8 +216,8 @@ def _gate_up_pair_kernel(x_ptr, w_ptr, s_ptr, z_ptr, h_ptr, ids_ptr, top_k, expe
                          stride_xt, stride_we, stride_wn, stride_se, stride_sn, stride_sg, stride_ht,
                          BITS: tl.constexpr, GROUP: tl.constexpr, ROW_BLOCK: tl.constexpr, OFFSET: tl.constexpr,
                          HAS_ZERO: tl.constexpr, H_PW: tl.constexpr, X_PACKED: tl.constexpr, ASM: tl.constexpr,
-                         WIDE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr,
-                         PDL: tl.constexpr):
+                         WIDE: tl.constexpr, EVEN: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                         STAGES: tl.constexpr, PDL: tl.constexpr):
     """h[pair, cols] = silu(Wg[e] x[t]) * (Wu[e] x[t]) · H_SCALE for one pair and BLOCK_N columns of the
     padded width IP, stored as fp16 in GEMM2's paired order (H_PW codes a word); columns I .. IP get 0."""
     wait_then_release(PDL)
@@ -234,10 +245,14 @@ def _gate_up_pair_kernel(x_ptr, w_ptr, s_ptr, z_ptr, h_ptr, ids_ptr, top_k, expe
             if GROUP > 0:
                 g = kk // GROUP
             part = _pair_step(w_e, rows, x_row, kk, D, KW, KW, _zero_of(z_e, rows, g, rows * 0 + kk < D, stride_sn,
-                              stride_sg, OFFSET, HAS_ZERO), stride_wn, BITS, X_PACKED, ASM, 2 * BLOCK_N, STEP)
+                              stride_sg, OFFSET, HAS_ZERO), stride_wn, BITS, X_PACKED, ASM, 2 * BLOCK_N, STEP,
+                              EVEN and X_PACKED)
             if GROUP > 0:
-                live = rows * 0 + kk < D
-                s = tl.load(s_e + (rows // ROW_BLOCK) * stride_sn + g * stride_sg, mask=live, other=0.0)
+                if EVEN:
+                    s = tl.load(s_e + (rows // ROW_BLOCK) * stride_sn + g * stride_sg)
+                else:
+                    s = tl.load(s_e + (rows // ROW_BLOCK) * stride_sn + g * stride_sg, mask=rows * 0 + kk < D,
+                                other=0.0)
                 acc += s[:, None] * part
             else:
                 acc += part
@@ -432,6 +447,7 @@ def gate_up_pair(x, w13, w2, ids, expert_offset: int, config: dict | None = None
         xin, data, scale, zero, h, ids, K, expert_offset, E, I, ip, D, kw,
         xin.stride(0), *stride_args(w13), h.stride(0), **_layout(w13),
         H_PW=h_pw, X_PACKED=x_packed, ASM=on_gpu(), WIDE=bool(cfg["wide"]),
+        EVEN=D % cfg["BLOCK_K"] == 0 and kw * (32 // w13.bits) == D,
         BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"], STAGES=cfg["num_stages"],
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **launch_args(pdl))
     return h
