@@ -168,7 +168,8 @@ def main(argv=None) -> int:
             k = (r["shape"], r["format"], r["T"], r["gemm"])
             if k not in best or r["us"] < best[k]["us"]:
                 best[k] = r
-    print("\n# best tile per (shape, format, T, GEMM)")
+    print("\n# best tile per (shape, format, T, GEMM)" + ("  (smoke: tiny shapes under the interpreter, times "
+                                                            "are placeholders)" if SMOKE else ""))
     for k in sorted(best):
         print(line(best[k]))
     bad = [r for r in rows if r["status"] != "PASS"]

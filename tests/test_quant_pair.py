@@ -135,6 +135,8 @@ def test_pair_refuses_formats_it_does_not_read():
     ids, w = routing(1, 1, 4, gen)
     with pytest.raises(ValueError, match="int4 and int8"):
         fused_moe_quant(x, q13, q2, ids, w, config=PAIR)
+    with pytest.raises(ValueError, match="unknown decode variant"):
+        small.quant_gemv(x, q13, {"variant": "bogus"})
     with pytest.raises(ValueError, match="power of two"):
         q13, q2 = make("int4", 4, gen)
         fused_moe_quant(x[:, :q13.K], q13, q2, ids, w, config={"variant": "pair", "pair": {"BLOCK_K": 96}})

@@ -1,7 +1,11 @@
-"""Decode MoE on int4 / int8 weights, third design: two fp16 weights a register (Marlin's trick).
+"""Decode MoE on int4 / int8 weights, third design (after fused_moe_quant_small's 3-D tiles and
+fused_moe_quant_gemv's fp32 2-D tiles): two fp16 weights a register (Marlin's trick).
 
 Shape legend: T tokens, D hidden, E local experts, K experts per token, I expert FFN width,
-PW codes an int32 word (8 for int4, 4 for int8), V words a tile row per step.
+PW codes an int32 word (8 for int4, 4 for int8: vLLM's and AWQ's pack factor), V words a tile row per step.
+Inputs: x bf16 / fp16 (fp32 works, in fp16 precision), ids int32/int64 [T, K], routing weights [T, K];
+outputs in x's dtype. Raises ValueError for a stack that is not minimoe's int4 / int8 codes or a BLOCK_K
+that is not a power of two holding whole words and scale groups.
 
 fused_moe_quant_gemv.py turns every code into an fp32 with a shift, a LOP3 and an FMA: three
 instructions a weight, two on the H100/H200's half-rate integer pipe, plus a strided x load. This file
@@ -14,9 +18,13 @@ description):
   codes, one `fma.rn.f16x2` multiplies them by the matching pair of x and adds. Fields 1 and 5 are
   taken in place with mask 0x00F000F0 (f = 1024 + 16u) and made u − z by one fma (f/16 − (64 + z));
   w >> 8 does fields 2, 6 and 3, 7 the same way. A word (8 weights): 1 shift, 4 LOP3, 2 HSUB2,
-  2 + 4 HFMA2, then the fp16 pair sum goes to fp32.
+  2 HFMA2 for the high fields, 1 HMUL2 + 3 HFMA2 against x, then the fp16 pair sum goes to fp32.
 * int8: `prmt.b32 f, w, 0x64646464, 0x5250` (and 0x5351) builds the pairs (1024 + b0, 1024 + b2)
-  and (1024 + b1, 1024 + b3); the same sub and fma follow.
+  and (1024 + b1, 1024 + b3) (the byte selectors of FasterTransformer's
+  FastInterleavedAndBiasedNumericArrayConverter, cutlass_extensions interleaved_numeric_conversion.h);
+  the same sub and fma follow.
+Marlin and FasterTransformer interleave the weights at load so the pairs meet the MMA layout; here the
+weights keep minimoe's GPTQ-order words and the activations are interleaved instead (a few KB a call).
 So x must arrive as fp16 pairs in the order the fields pair up: pair s of word w is
 (x[PW·w + s], x[PW·w + s + PW/2]), stored as int32 number s·KW + w of its row ("paired order": the
 pairs s of consecutive words are consecutive, so a thread's 4 words take one 16-byte load per s).
@@ -27,8 +35,9 @@ Precision. A word's products are summed in fp16 (at most 8 terms), then accumula
 scales. The activations are multiplied by a power of two when they become fp16 (the result divided by
 it at the end) so that a word's partial sum stays finite: x by X_SCALE = 2^-8 (finite up to |x| ~ 2.6e5
 for symmetric int4, 3.3e4 for int8), h = silu(gate)·up, larger and heavier-tailed, by H_SCALE = 2^-12
-(|h| up to 4.2e6 / 5.3e5). Values under 2^-14 / scale become fp16 subnormals with an absolute error of at
-most 2^-25 / scale (1.5e-5 for x, 2.4e-4 for h). Against dequantize-then-matmul in fp32 the error is a few
+(|h| up to 4.2e6 / 5.2e5). Values under 2^-14 / scale (|x| < 0.004, |h| < 0.25) become fp16 subnormals,
+spaced 2^-24 / scale apart (6e-8 x 256 = 1.5e-5 for x, 2.4e-4 for h): small h lose relative precision, but
+their products are small next to the sum's large terms (the tests check whole outputs). Against dequantize-then-matmul in fp32 the error is a few
 1e-4 relative for activations of unit scale: far under the formats' own. The GPU test checks |x| ~ 100.
 
 The PTX runs only on a GPU; under the Triton interpreter (CI) ASM is False and `_pair_dot` computes the
@@ -48,6 +57,8 @@ from .quant_tiles import layout_args, pointer_args, stride_args
 
 X_SCALE = 2.0 ** -8           # x is stored as fp16 times this (dense layers, GEMM1's input); results divided by it
 H_SCALE = 2.0 ** -12          # h (GEMM1's output, silu(gate)·up: larger, heavier-tailed) likewise
+_X_SCALE = tl.constexpr(X_SCALE)
+_H_SCALE = tl.constexpr(H_SCALE)
 
 _INT4_ASM = tl.constexpr("""{
 .reg .b32 t, f, a;
@@ -144,8 +155,8 @@ def _x_pair(x_row, offs_w, S: tl.constexpr, K, KW, ROW_W, PW: tl.constexpr, PACK
         return tl.load(x_row + S * ROW_W + offs_w, mask=offs_w < KW, other=0)
     ka = offs_w * PW + S
     kb = ka + PW // 2
-    a = tl.load(x_row + ka, mask=ka < K, other=0.0).to(tl.float32) * 0.00390625
-    b = tl.load(x_row + kb, mask=kb < K, other=0.0).to(tl.float32) * 0.00390625
+    a = tl.load(x_row + ka, mask=ka < K, other=0.0).to(tl.float32) * _X_SCALE
+    b = tl.load(x_row + kb, mask=kb < K, other=0.0).to(tl.float32) * _X_SCALE
     ha = a.to(tl.float16).to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
     hb = b.to(tl.float16).to(tl.int16, bitcast=True).to(tl.int32)
     return ha | (hb << 16)
@@ -256,11 +267,11 @@ def _gate_up_pair_kernel(x_ptr, w_ptr, s_ptr, z_ptr, h_ptr, ids_ptr, top_k, expe
                 acc += s[:, None] * part
             else:
                 acc += part
-    total = tl.sum(acc, axis=1) * 256.0
+    total = tl.sum(acc, axis=1) * (1.0 / _X_SCALE)
     if GROUP == 0:
         total = total * tl.load(s_e + (rows // ROW_BLOCK) * stride_sn)
     gate, up = tl.split(tl.reshape(total, (BLOCK_N, 2)))
-    h = gate * tl.sigmoid(gate) * up * 0.000244140625                    # · H_SCALE
+    h = gate * tl.sigmoid(gate) * up * _H_SCALE
     cols = col0 + tl.arange(0, BLOCK_N)
     h = tl.where(cols < I, h, 0.0)
     # column c = H_PW·w + i is half i // (H_PW/2) of pair s = i % (H_PW/2) of word w: int32 s·KW2 + w
@@ -426,6 +437,10 @@ def fused_moe_quant_pair(x, w13, w2, ids, topk_weights, expert_offset: int, conf
                          pdl: bool = False) -> torch.Tensor:
     """The decode path of fused_moe_quant with these kernels (inputs checked there): x [T, D], w13 / w2
     int4 or int8 stacks [E, 2I, D] / [E, D, I], ids/topk_weights [T, K] -> [T, D] in x.dtype."""
+    for w in (w13, w2):
+        if not pair_supported(w):
+            raise ValueError(f"the pair decode kernels read int4 and int8 codes, not "
+                             f"{getattr(w, 'describe', lambda: type(w).__name__)()}")
     h = gate_up_pair(x, w13, w2, ids, expert_offset, config, pdl)
     return down_pair(h, w2, ids, topk_weights, expert_offset, x.new_empty(x.shape), config, pdl)
 
@@ -489,14 +504,19 @@ def _launch_down(h, packed, w, out, ids, weights, top_k, expert_offset, E, cfg, 
 
 
 def quant_pair_2d(x: torch.Tensor, w, config: dict | None = None, pdl: bool = False) -> torch.Tensor:
-    """A dense int4 / int8 layer at decode with these kernels: x [T, K] (contiguous) @ W[N, K]ᵀ -> [T, N]."""
+    """A dense int4 / int8 layer at decode with these kernels: x [T, K] (contiguous) @ W[N, K]ᵀ -> [T, N] in
+    x.dtype. Raises ValueError for another format or a bad BLOCK_K."""
+    if not pair_supported(w):
+        raise ValueError(f"the pair decode kernels read int4 and int8 codes, not "
+                             f"{getattr(w, 'describe', lambda: type(w).__name__)()}")
     T = x.shape[0]
     N = w.stack_shape[1]
     cfg = _tiles(config, "down", pair_config(w, w.K, down=True, T=T, dense=True))
     _check(cfg, w)
     out = x.new_empty(T, N)
     if T:
-        packed = bool(cfg.get("x_packed", False))
+        packed = bool(cfg["x_packed"])
         xin = pack_pairs(x, w) if packed else x
+        # DENSE: one "expert", one slot of weight 1; ids and routing weights are never read (x stands in)
         _launch_down(xin, packed, w, out, x, x, 1, 0, 1, cfg, True, pdl)
     return out

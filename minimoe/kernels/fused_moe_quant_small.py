@@ -38,7 +38,7 @@ from .quant_tiles import layout_args, load_x, pointer_args, stride_args, tile_do
 
 SMALL_KEYS = ("BLOCK_N", "BLOCK_K", "num_warps", "num_stages")
 # format bits -> decode kernels ("small", "gemv" or "pair"): "gemv" for fp8, measured 1.2-2.6x faster on the H200
-# at 1-2 tokens (fused_moe_quant_gemv._TILES); "pair" (fp16 pairs, fused_moe_quant_pair.py) for int8 and int4, 1.4-2.3x
+# at 1-2 tokens (fused_moe_quant_gemv._TILES); "pair" (fp16 pairs, fused_moe_quant_pair.py) for int8 and int4, 1.4-2.5x
 # faster than "gemv" (fused_moe_quant_pair._TILES); the others stay tested alternatives (config {"variant": ...})
 DECODE_VARIANT = {0: "gemv", 8: "pair", 4: "pair"}
 
@@ -48,8 +48,10 @@ def decode_variant(w, config: dict | None = None, dtype: torch.dtype | None = No
     one, else DECODE_VARIANT. "pair" computes in fp16, so by default it serves bf16 / fp16 activations on a
     GPU; fp32 activations and the interpreter take "gemv" (exact fp32 sums) unless a config asks for "pair".
     nf4 and LLM.int8 (bitsandbytes' storage) stay on "small" unless a config asks for "gemv".
-    Raises ValueError for a config asking "pair" of a format it does not read."""
+    Raises ValueError for an unknown variant or a config asking "pair" of a format it does not read."""
     forced = (config or {}).get("variant")
+    if forced is not None and forced not in ("small", "gemv", "pair"):
+        raise ValueError(f"unknown decode variant {forced!r}: small, gemv or pair")
     if forced == "pair" and not fused_moe_quant_pair.pair_supported(w):
         raise ValueError(f"the pair decode kernels read int4 and int8 codes, not "
                          f"{getattr(w, 'describe', lambda: type(w).__name__)()}")
