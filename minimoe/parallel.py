@@ -37,7 +37,7 @@ import warnings
 import torch
 import torch.distributed as dist
 
-from . import dispatch, tensor_parallel
+from . import allreduce, dispatch, tensor_parallel
 from .config import ModelConfig
 from .placement import Placement
 
@@ -111,6 +111,7 @@ class ParallelPlan:
     def __init__(self, settings, mesh: Mesh):
         self.settings, self.mesh = settings, mesh
         self.bounds = {}                          # MoE layer -> expert_bounds of that layer
+        self.reduce = None                        # the tensor-parallel all-reduce (allreduce.py), tp > 1
 
     def __call__(self, model) -> Placement:
         cfg, m = model.cfg, self.mesh
@@ -122,13 +123,16 @@ class ParallelPlan:
                     placement.experts[i] = tuple(self.bounds[i][m.ep_rank:m.ep_rank + 2])
                     dispatch.attach(layer.ffn.experts, self.bounds[i], m.ep_group, self.settings)
         if m.tp > 1:
-            tensor_parallel.shard(model, m.tp_rank, m.tp, m.tp_group, placement)
+            s = self.settings
+            self.reduce = allreduce.make(s.allreduce, m.tp_group, s.device, (s.torch_dtype, torch.float32))
+            tensor_parallel.shard(model, m.tp_rank, m.tp, m.tp_group, placement, self.reduce)
         return placement
 
     def finish(self, model) -> None:
         """After the weights are in: row-parallel biases, the KV cache's local heads; model.plan = self."""
         if self.mesh.tp > 1:
             tensor_parallel.finish(model, self.mesh.tp_rank, self.mesh.tp)
+            self.reduce.setup()                   # collective: symmetric buffers exchanged before any graph
         model.plan = self
 
     # ---- what drivers (bench, generate, tests) need --------------------------------------------
@@ -163,7 +167,8 @@ class ParallelPlan:
     def describe(self) -> str:
         m = self.mesh
         return (f"ep={m.ep} tp={m.tp} rank={m.rank} (ep_rank {m.ep_rank}, tp_rank {m.tp_rank})"
-                + (f" dispatch={self.settings.dispatch}" if m.ep > 1 else ""))
+                + (f" dispatch={self.settings.dispatch}" if m.ep > 1 else "")
+                + (f" allreduce={self.settings.allreduce}" if m.tp > 1 else ""))
 
     def barrier(self) -> None:
         dist.barrier()
@@ -245,3 +250,9 @@ def check_plan(s, cfg: ModelConfig) -> None:
                              "decode step cannot be a CUDA graph: add --eager, or use --dispatch allgather | padded")
     if s.tp > 1:
         tensor_parallel.check(cfg, s.tp)
+    if s.allreduce != "nccl":
+        if s.tp == 1:
+            raise ValueError(f"--allreduce {s.allreduce} is the tensor-parallel all-reduce: it needs --tp 2 or more")
+        if not str(s.device).startswith("cuda"):
+            raise ValueError(f"--allreduce {s.allreduce} needs CUDA GPUs (symmetric memory); on CPUs use nccl "
+                             "(gloo there)")

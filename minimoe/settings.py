@@ -24,6 +24,7 @@ EXPERT_PATH_NAMES = ("loop", "grouped", "fused")          # experts.EXPERT_PATHS
 ATTN_NAMES = ("auto", "sdpa", "triton", "flash")           # attention.DECODE_ATTENTION + auto
 QUANT_FORMATS = ("none", "fp8", "int8", "int4", "nf4", "bnb-int8")
 DISPATCH_DESIGNS = ("allgather", "alltoall", "padded")     # expert-parallel dispatch/combine (parallel.py)
+ALLREDUCE_DESIGNS = ("nccl", "symm")                       # tensor-parallel all-reduce (allreduce.py)
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 DTYPE_ALIASES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
 
@@ -49,6 +50,7 @@ class RunSettings:
     ep: int = 1                     # expert-parallel ranks (parallel.py; under torchrun)
     tp: int = 1                     # tensor-parallel ranks
     dispatch: str = "allgather"     # expert-parallel dispatch/combine design
+    allreduce: str = "nccl"         # tensor-parallel all-reduce: nccl (gloo on CPUs) | symm (one-shot, symmetric memory)
     draft: str | None = None        # speculative decoding: the draft model (card, dir or hub id; same vocabulary)
     draft_weights: str = "auto"     # the draft's weights, as --weights
     gamma: str = "0"                # draft tokens per round: an int (0 = off) or auto (spec_cost.py picks per batch)
@@ -73,6 +75,7 @@ class RunSettings:
         _choose("pdl", s.pdl, ("auto", "on", "off"))
         _choose("quant", s.quant, QUANT_FORMATS)
         _choose("dispatch", s.dispatch, DISPATCH_DESIGNS)
+        _choose("allreduce", s.allreduce, ALLREDUCE_DESIGNS)
         s.attn = ("triton" if gpu else "sdpa") if s.attn == "auto" else s.attn
         s.ops = ("triton" if gpu else "torch") if s.ops == "auto" else s.ops
         s.gemv = ("auto" if gpu else "torch") if s.gemv == "auto" else s.gemv   # per shape: linear.auto_gemv
@@ -180,6 +183,8 @@ SETTINGS_FLAGS = {
     "ep": ("--ep", dict(type=int, help="expert-parallel ranks (under torchrun)")),
     "tp": ("--tp", dict(type=int, help="tensor-parallel ranks (under torchrun)")),
     "dispatch": ("--dispatch", dict(help="expert-parallel dispatch/combine: " + " | ".join(DISPATCH_DESIGNS))),
+    "allreduce": ("--allreduce", dict(help="tensor-parallel all-reduce: nccl (the process group's; gloo on CPUs) | "
+                                           "symm (one-shot over symmetric memory up to 1 MiB, NCCL above; GPUs)")),
     "draft": ("--draft", dict(help="speculative decoding: draft model (card, checkpoint dir or hub id) sharing the "
                                     "target's vocabulary")),
     "draft_weights": ("--draft-weights", dict(help="the draft's weights: auto | dummy | a safetensors directory")),

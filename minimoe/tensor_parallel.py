@@ -48,11 +48,10 @@ def check(cfg: ModelConfig, tp: int) -> None:
             raise ValueError(f"--tp {tp}: the model's {what} ({n}) does not split into {tp} equal pieces")
 
 
-def _all_reduce(group):
+def _all_reduce(reduce):
     def hook(module, args, out):
         with region("all_reduce"):
-            dist.all_reduce(out, group=group)
-        return out
+            return reduce(out)
     return hook
 
 
@@ -66,14 +65,14 @@ def _gather_vocab(group, tp: int):
     return hook
 
 
-def _distributed_qk_norm(attn, group, q_width: int, k_width: int):
+def _distributed_qk_norm(attn, reduce, q_width: int, k_width: int):
     """OLMoE's q/k RMSNorm over the whole projection, on the wqkv output of a head shard."""
     def hook(module, args, qkv):
         q_norm, k_norm, eps = attn.q_norm.weight, attn.k_norm.weight, attn.cfg.rms_norm_eps
         q, k, v = qkv.split([q_norm.numel(), k_norm.numel(), k_norm.numel()], dim=-1)
         ss = torch.stack([q.float().pow(2).sum(-1), k.float().pow(2).sum(-1)], dim=-1)   # [B, S, 2]
         with region("all_reduce"):
-            dist.all_reduce(ss, group=group)
+            ss = reduce(ss)
         rq = torch.rsqrt(ss[..., :1] / q_width + eps)
         rk = torch.rsqrt(ss[..., 1:] / k_width + eps)
         # the arithmetic of ops.rms_norm_torch: normalise in fp32, round, then scale by the weight
@@ -81,7 +80,7 @@ def _distributed_qk_norm(attn, group, q_width: int, k_width: int):
     return hook
 
 
-def _attention(attn, prefix: str, cfg: ModelConfig, r: int, tp: int, group, shards: dict) -> None:
+def _attention(attn, prefix: str, cfg: ModelConfig, r: int, tp: int, reduce, shards: dict) -> None:
     piece = (r, tp)
     if cfg.attention == "mla":
         for name in ("wq.weight", "wq_b.weight", "wkv_b.weight"):
@@ -94,11 +93,11 @@ def _attention(attn, prefix: str, cfg: ModelConfig, r: int, tp: int, group, shar
         if cfg.qk_norm == "full":
             shards[prefix + "q_norm.weight"] = (0, *piece)
             shards[prefix + "k_norm.weight"] = (0, *piece)
-            attn.wqkv.register_forward_hook(_distributed_qk_norm(attn, group, cfg.n_heads * cfg.head_dim,
+            attn.wqkv.register_forward_hook(_distributed_qk_norm(attn, reduce, cfg.n_heads * cfg.head_dim,
                                                                  cfg.n_kv_heads * cfg.head_dim))
             attn.cfg = dataclasses.replace(attn.cfg, qk_norm=None)     # normed by the hook above
     shards[prefix + "wo.weight"] = (1, *piece)
-    attn.register_forward_hook(_all_reduce(group))
+    attn.register_forward_hook(_all_reduce(reduce))
 
 
 def _swiglu(ffn, prefix: str, r: int, tp: int, shards: dict) -> None:
@@ -107,11 +106,12 @@ def _swiglu(ffn, prefix: str, r: int, tp: int, shards: dict) -> None:
     ffn.hidden //= tp
 
 
-def shard(model, r: int, tp: int, group, placement) -> None:
-    """On the meta model: this rank's shards into `placement.shards`, all-reduce hooks registered."""
+def shard(model, r: int, tp: int, group, placement, reduce) -> None:
+    """On the meta model: this rank's shards into `placement.shards`, all-reduce hooks registered.
+    reduce: the group's all-reduce (allreduce.make: x -> the sum over the tp ranks)."""
     cfg, shards = model.cfg, placement.shards
     for i, layer in enumerate(model.layers):
-        _attention(layer.attn, f"layers.{i}.attn.", cfg, r, tp, group, shards)
+        _attention(layer.attn, f"layers.{i}.attn.", cfg, r, tp, reduce, shards)
         f = f"layers.{i}.ffn."
         if isinstance(layer.ffn, MoE):
             shards[f + "experts.w13"] = (1, r, tp)       # [E, 2I, D]: gate and up rows of this width piece
@@ -120,7 +120,7 @@ def shard(model, r: int, tp: int, group, placement) -> None:
                 _swiglu(layer.ffn.shared, f + "shared.", r, tp, shards)
         else:
             _swiglu(layer.ffn, f, r, tp, shards)
-        layer.ffn.register_forward_hook(_all_reduce(group))   # routed + shared partials, reduced once
+        layer.ffn.register_forward_hook(_all_reduce(reduce))  # routed + shared partials, reduced once
     if not cfg.tie_word_embeddings:                  # a tied head is the embedding: kept whole
         shards["lm_head.weight"] = (0, r, tp)
         model.lm_head.register_forward_hook(_gather_vocab(group, tp))

@@ -36,14 +36,14 @@ import torch.distributed as dist
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import parallel_cost_model as cost                                     # noqa: E402  (scripts/)
-from minimoe import dispatch, parallel                                 # noqa: E402
+from minimoe import allreduce, dispatch, parallel                                 # noqa: E402
 from minimoe.bench import cli as bench_cli                             # noqa: E402
 from minimoe.bench.roofline import measure_ceilings                    # noqa: E402
 from minimoe.generate import Generator                                 # noqa: E402
 from minimoe.graphs import enable_graphs                               # noqa: E402
 from minimoe.loader import build_model, read_config, resolve           # noqa: E402
 from minimoe.placement import Placement                                # noqa: E402
-from minimoe.settings import RunSettings                               # noqa: E402
+from minimoe.settings import ALLREDUCE_DESIGNS, RunSettings                               # noqa: E402
 
 DESIGNS = ("allgather", "padded", "alltoall")
 
@@ -53,9 +53,18 @@ def say(*a) -> None:
         print(*a, flush=True)
 
 
-def settings(args, ep=1, tp=1, dtype=None, design="allgather") -> RunSettings:
+def settings(args, ep=1, tp=1, dtype=None, design="allgather", reduce="nccl") -> RunSettings:
     return RunSettings(device=args.device, dtype=dtype or args.dtype, experts=args.experts, ep=ep, tp=tp,
-                       dispatch=design, eager=args.device == "cpu").resolve()
+                       dispatch=design, allreduce=reduce, eager=args.device == "cpu").resolve()
+
+
+def plans(args):
+    """(ep, tp, all-reduce) of every 2-GPU model built: TP2 once per --allreduce kind, then EP2."""
+    return [(1, 2, kind) for kind in args.allreduce] + [(2, 1, "nccl")]
+
+
+def tp_label(kind: str) -> str:
+    return "-" if kind == "nccl" else kind          # "TP2 -" stays the NCCL row (earlier sessions' label)
 
 
 def build(args, model, s, prepare=None):
@@ -101,11 +110,11 @@ def check_plans(args) -> list[dict]:
     del ref
     free()
     out = []
-    for ep, tp in ((1, 2), (2, 1)):
-        model = build(args, cut, settings(args, ep, tp, dtype="fp32"))
+    for ep, tp, kind in plans(args):
+        model = build(args, cut, settings(args, ep, tp, dtype="fp32", reduce=kind))
         rows = model.plan.local_rows(B)
-        for design in (args.designs if ep > 1 else ("-",)):
-            model.settings.dispatch = design if design != "-" else "allgather"
+        for design in (args.designs if ep > 1 else (tp_label(kind),)):
+            model.settings.dispatch = design if ep > 1 else "allgather"
             row = {"plan": f"ep{ep} tp{tp} {design}", "layers": args.check_layers, "batch": B}
             try:
                 with torch.inference_mode():
@@ -140,6 +149,10 @@ def exchange_us(args) -> list[dict]:
     dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
     world = dist.get_world_size()
     out = []
+    reducers = {}
+    for kind in args.allreduce:                                  # collective: every rank, same order
+        reducers[kind] = allreduce.make(kind, dist.group.WORLD, dev, (dtype,))
+        reducers[kind].setup()
     for T in args.exchange_tokens:
         x = torch.randn(T, D, device=dev, dtype=dtype)
         w = torch.rand(T, K, device=dev)
@@ -153,8 +166,12 @@ def exchange_us(args) -> list[dict]:
                 return ex.combine(None, None, xr * 1)           # the local experts' stand-in: one copy
             out.append({"what": f"dispatch+combine {design}", "tokens_per_rank": T, "D": D, "K": K, "E": E,
                         "us": timed_us(layer, graph=design != "alltoall")})
-        y = torch.randn(T, 4096, device=dev, dtype=dtype)
-        out.append({"what": "all_reduce [T, 4096]", "tokens_per_rank": T, "us": timed_us(lambda: dist.all_reduce(y))})
+        y = torch.randn(T, 4096, generator=torch.Generator().manual_seed(T)).to(dev, dtype)   # same y on every rank
+        for kind, reduce in reducers.items():
+            ok = torch.equal(reduce(y.clone()), y * world)        # x + x is exact in bf16 / fp32
+            label = "all_reduce [T, 4096]" + ("" if kind == "nccl" else f" {kind}")
+            z = y.clone()                                         # nccl reduces in place: z grows, timing does not
+            out.append({"what": label, "tokens_per_rank": T, "ok": ok, "us": timed_us(lambda: reduce(z))})
     return out
 
 
@@ -205,11 +222,11 @@ def time_plans(args, ceilings) -> list[dict]:
     rows += sorted((r for part in gathered for r in part), key=lambda r: r["batch"])
     del model
     free()
-    for ep, tp in ((1, 2), (2, 1)):
-        s = settings(args, ep, tp)
+    for ep, tp, kind in plans(args):
+        s = settings(args, ep, tp, reduce=kind)
         model = build(args, args.model, s)
-        for design in (args.designs if ep > 1 else ("-",)):
-            s.dispatch = design if design != "-" else "allgather"
+        for design in (args.designs if ep > 1 else (tp_label(kind),)):
+            s.dispatch = design if ep > 1 else "allgather"
             graphs = s.use_graphs and design != "alltoall"
             for b in args.bs:
                 rows.append(dict(run_one(args, model, s, ceilings, b, graphs), plan=f"{'TP' if tp > 1 else 'EP'}2 {design}"))
@@ -273,13 +290,15 @@ def parse(argv=None):
     p.add_argument("--output-len", type=int, default=128)
     p.add_argument("--eager-output-len", type=int, default=16, help="output length of the rows without graphs")
     p.add_argument("--designs", nargs="+", default=list(DESIGNS), choices=DESIGNS)
+    p.add_argument("--allreduce", nargs="+", default=["nccl"], choices=list(ALLREDUCE_DESIGNS),
+                   help="tensor-parallel all-reduce designs: one TP2 row per design (symm: GPUs only)")
     p.add_argument("--phases", nargs="+", default=["check", "exchange", "time"], choices=["check", "exchange", "time"])
     p.add_argument("--check-layers", type=int, default=4)
     p.add_argument("--check-batch", type=int, default=4)
     p.add_argument("--check-len", type=int, default=16)
     p.add_argument("--check-steps", type=int, default=8)
     p.add_argument("--check-tol", type=float, default=1e-4, help="float32 logits, relative to the largest")
-    p.add_argument("--exchange-tokens", type=int, nargs="+", default=[1, 8, 32], help="tokens per rank")
+    p.add_argument("--exchange-tokens", type=int, nargs="+", default=[1, 8, 32, 64], help="tokens per rank")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--iters", type=int, default=1)
     p.add_argument("--profile", action="store_true", help="per-region decode profile of every row")
@@ -289,6 +308,8 @@ def parse(argv=None):
     p.add_argument("--smoke", action="store_true", help="CPU, gloo, float32, tiny lengths: the script end to end")
     args = p.parse_args(argv)
     args.device = "cpu" if args.smoke or not torch.cuda.is_available() else "cuda"
+    if args.device == "cpu" and args.allreduce != ["nccl"]:
+        p.error("--allreduce symm needs GPUs (symmetric memory); a CPU run has only --allreduce nccl (gloo)")
     args.dtype, args.experts = ("fp32", "grouped") if args.device == "cpu" else ("bf16", "fused")
     if args.smoke:
         args.input_len, args.output_len, args.eager_output_len, args.check_len, args.check_steps = 8, 4, 4, 6, 3
@@ -309,7 +330,8 @@ def main(argv=None) -> int:
     if "exchange" in args.phases:
         result["exchange"] = guarded(exchange_us, args, [])
         for r in result["exchange"]:
-            say(f"# exchange {r['what']:28} {r['tokens_per_rank']:>3} tokens/rank: {r['us']:8.1f} us per layer")
+            say(f"# exchange {r['what']:33} {r['tokens_per_rank']:>3} tokens/rank: {r['us']:8.1f} us per layer"
+                + ("" if r.get("ok", True) else "  WRONG SUM"))
     if "time" in args.phases:
         known = args.ceilings and Path(args.ceilings).exists()
         ceilings = json.loads(Path(args.ceilings).read_text()) if known else None

@@ -12,7 +12,7 @@ import torch
 import torch.multiprocessing as mp
 
 from conftest import rel_err
-from minimoe import dispatch, parallel
+from minimoe import allreduce, dispatch, parallel
 from minimoe.generate import Generator
 from minimoe.instrument import Profiler, profiling, region
 from minimoe.loader import build_meta, build_model, read_config
@@ -207,6 +207,8 @@ def test_bench_and_generate_run_under_two_processes(group2, tmp_path_factory):
     (dict(tp=4), {"WORLD_SIZE": "4"}, r"key/value heads \(2\) does not split into 4"),
     (dict(ep=9), {"WORLD_SIZE": "9"}, "a layer has only 8 experts"),
     (dict(ep=2, dispatch="alltoall", device="cuda"), {"WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "1"}, "add --eager"),
+    (dict(ep=2, allreduce="symm"), {"WORLD_SIZE": "2"}, "needs --tp 2 or more"),
+    (dict(tp=2, allreduce="symm", device="cpu"), {"WORLD_SIZE": "2"}, "--allreduce symm needs CUDA GPUs"),
 ])
 def test_plan_checks(flags, env, message, monkeypatch):
     for k in ("WORLD_SIZE", "LOCAL_WORLD_SIZE"):
@@ -282,4 +284,41 @@ def test_a_nested_region_pauses_the_outer_one():
 
 def test_only_the_parallel_files_call_torch_distributed():
     users = sorted(p.name for p in PACKAGE.rglob("*.py") if "torch.distributed" in p.read_text())
-    assert users == ["dispatch.py", "parallel.py", "tensor_parallel.py"]
+    assert users == ["allreduce.py", "dispatch.py", "parallel.py", "tensor_parallel.py"]
+
+
+def test_allreduce_choices_are_checked():
+    with pytest.raises(ValueError, match="--allreduce"):
+        RunSettings(allreduce="ring").resolve()
+    with pytest.raises(ValueError, match="choose one of nccl, symm"):
+        allreduce.make("ring", None, "cpu", (torch.float32,))
+    with pytest.raises(ValueError, match="needs CUDA GPUs"):
+        allreduce.make("symm", None, "cpu", (torch.float32,))
+
+
+def test_symm_allreduce_takes_the_one_shot_op_only_where_it_applies(monkeypatch):
+    """The routing rule of --allreduce symm (no GPU here: the op and NCCL are stand-ins that record calls):
+    the one-shot op for a contiguous bf16 / fp32 message of <= 1 MiB in 16-byte units, NCCL otherwise."""
+    seen = []
+
+    def one_shot(buf, x, op, group, out):
+        assert buf.shape == x.shape and buf.dtype == x.dtype and op == "sum" and group == "g"
+        seen.append("symm")
+        out.copy_(2 * x)
+        return out
+
+    monkeypatch.setattr(allreduce.dist, "all_reduce", lambda x, group=None: seen.append("nccl"))
+    monkeypatch.setattr(allreduce.torch.ops.symm_mem, "one_shot_all_reduce_copy_out", one_shot, raising=False)
+    r = object.__new__(allreduce.SymmAllReduce)
+    r.group, r.group_name, r.calls = None, "g", {"symm": 0, "nccl": 0}
+    r.buffers = {d: torch.zeros(allreduce.SYMM_MAX_BYTES // d.itemsize, dtype=d) for d in allreduce.SYMM_DTYPES}
+    x = torch.randn(3, 8, dtype=torch.bfloat16)
+    assert torch.equal(r(x), 2 * x) and seen == ["symm"]                       # 48 bytes, bf16
+    r(torch.randn(1, 4))                                                       # 16 bytes, fp32
+    r(torch.randn(1, 2))                                                       # 8 bytes: not in 16-byte units
+    r(torch.randn(1, 4, dtype=torch.float16))                                  # no fp16 kernel
+    r(torch.randn(65, 4096, dtype=torch.bfloat16))                             # 520 KiB
+    r(torch.randn(129, 4096, dtype=torch.bfloat16))                            # over 1 MiB
+    r(torch.randn(8, 4)[:, :2])                                                # not contiguous
+    assert seen == ["symm", "symm", "nccl", "nccl", "symm", "nccl", "nccl"]
+    assert r.calls == {"symm": 3, "nccl": 4}
