@@ -59,8 +59,9 @@ def settings(args, ep=1, tp=1, dtype=None, design="allgather", reduce="nccl") ->
 
 
 def plans(args):
-    """(ep, tp, all-reduce) of every 2-GPU model built: TP2 once per --allreduce kind, then EP2."""
-    return [(1, 2, kind) for kind in args.allreduce] + [(2, 1, "nccl")]
+    """(ep, tp, all-reduce) of every 2-GPU model built: TP2 once per --allreduce kind, then EP2 (when
+    --designs names any)."""
+    return [(1, 2, kind) for kind in args.allreduce] + ([(2, 1, "nccl")] if args.designs else [])
 
 
 def tp_label(kind: str) -> str:
@@ -289,7 +290,8 @@ def parse(argv=None):
     p.add_argument("--input-len", type=int, default=128)
     p.add_argument("--output-len", type=int, default=128)
     p.add_argument("--eager-output-len", type=int, default=16, help="output length of the rows without graphs")
-    p.add_argument("--designs", nargs="+", default=list(DESIGNS), choices=DESIGNS)
+    p.add_argument("--designs", nargs="*", default=list(DESIGNS), choices=DESIGNS,
+                   help="EP2 dispatch designs, one EP2 row each (none: no EP2 model)")
     p.add_argument("--allreduce", nargs="+", default=["nccl"], choices=list(ALLREDUCE_DESIGNS),
                    help="tensor-parallel all-reduce designs: one TP2 row per design (symm: GPUs only)")
     p.add_argument("--phases", nargs="+", default=["check", "exchange", "time"], choices=["check", "exchange", "time"])

@@ -36,6 +36,8 @@ from minimoe.kernels.fused_moe import fused_moe, plan  # noqa: E402
 PRESETS = {  # name: (E, D, I, K)
     "olmoe": (64, 2048, 1024, 8), "qwen3": (128, 2048, 768, 8), "mixtral": (8, 4096, 14336, 2),
     "qwen15": (60, 2048, 1408, 4), "dsv2lite": (64, 2048, 1408, 6),
+    # the layers one rank runs under --tp 2: every expert split on its FFN width (tensor_parallel.py)
+    "mixtral-tp2": (8, 4096, 7168, 2), "qwen3-tp2": (128, 2048, 384, 8), "olmoe-tp2": (64, 2048, 512, 8),
 }
 BUCKETS = [1, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 16384]
 HBM_BYTES_PER_S = 4.25e12  # measured H200 copy bandwidth and bf16 tensor-core rate: the ceilings
