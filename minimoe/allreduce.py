@@ -84,7 +84,7 @@ class SymmAllReduce:
         return out
 
 
-ALLREDUCE = {"nccl": NcclAllReduce, "symm": SymmAllReduce}
+ALLREDUCE = {"nccl": NcclAllReduce, "symm": SymmAllReduce}     # settings.resolve turns "auto" into one of these
 
 
 def make(kind: str, group, device, dtypes) -> NcclAllReduce | SymmAllReduce:

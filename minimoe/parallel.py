@@ -250,7 +250,7 @@ def check_plan(s, cfg: ModelConfig) -> None:
                              "decode step cannot be a CUDA graph: add --eager, or use --dispatch allgather | padded")
     if s.tp > 1:
         tensor_parallel.check(cfg, s.tp)
-    if s.allreduce != "nccl":
+    if s.allreduce == "symm":
         if s.tp == 1:
             raise ValueError(f"--allreduce {s.allreduce} is the tensor-parallel all-reduce: it needs --tp 2 or more")
         if not str(s.device).startswith("cuda"):

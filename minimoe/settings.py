@@ -24,7 +24,7 @@ EXPERT_PATH_NAMES = ("loop", "grouped", "fused")          # experts.EXPERT_PATHS
 ATTN_NAMES = ("auto", "sdpa", "triton", "flash")           # attention.DECODE_ATTENTION + auto
 QUANT_FORMATS = ("none", "fp8", "int8", "int4", "nf4", "bnb-int8")
 DISPATCH_DESIGNS = ("allgather", "alltoall", "padded")     # expert-parallel dispatch/combine (parallel.py)
-ALLREDUCE_DESIGNS = ("nccl", "symm")                       # tensor-parallel all-reduce (allreduce.py)
+ALLREDUCE_DESIGNS = ("auto", "nccl", "symm")               # tensor-parallel all-reduce (allreduce.py)
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 DTYPE_ALIASES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
 
@@ -50,7 +50,8 @@ class RunSettings:
     ep: int = 1                     # expert-parallel ranks (parallel.py; under torchrun)
     tp: int = 1                     # tensor-parallel ranks
     dispatch: str = "allgather"     # expert-parallel dispatch/combine design
-    allreduce: str = "nccl"         # tensor-parallel all-reduce: nccl (gloo on CPUs) | symm (one-shot, symmetric memory)
+    allreduce: str = "auto"         # tensor-parallel all-reduce: nccl (gloo on CPUs) | symm (one-shot, symmetric
+                                    # memory); auto = symm for --tp > 1 on GPUs of one node, else nccl
     draft: str | None = None        # speculative decoding: the draft model (card, dir or hub id; same vocabulary)
     draft_weights: str = "auto"     # the draft's weights, as --weights
     gamma: str = "0"                # draft tokens per round: an int (0 = off) or auto (spec_cost.py picks per batch)
@@ -80,6 +81,8 @@ class RunSettings:
         s.ops = ("triton" if gpu else "torch") if s.ops == "auto" else s.ops
         s.gemv = ("auto" if gpu else "torch") if s.gemv == "auto" else s.gemv   # per shape: linear.auto_gemv
         s.pdl = "off" if s.pdl == "auto" else s.pdl          # measured slower on the H200 (kernels/pdl.py)
+        if s.allreduce == "auto":                            # symm measured faster at every batch (parallelism.md)
+            s.allreduce = "symm" if _symm_fits(s, gpu) else "nccl"
         if s.top_k is not None and s.top_k < 1:
             raise ValueError(f"--topk must be at least 1, got {s.top_k}")
         if not 0.0 <= s.skip_threshold < 1.0:
@@ -135,6 +138,14 @@ def _choose(name: str, value, choices) -> None:
         raise ValueError(f"--{name.replace('_', '-')} {value}: choose from {', '.join(map(str, choices))}")
 
 
+def _symm_fits(s: "RunSettings", gpu: bool) -> bool:
+    """--allreduce auto: symmetric memory needs GPUs, torch's one-shot op, and every TP group inside one node
+    (ranks e·tp .. e·tp + tp - 1 share a node when the node's process count is a multiple of tp)."""
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
+    return (gpu and s.tp > 1 and local % s.tp == 0
+            and hasattr(torch.ops, "symm_mem") and hasattr(torch.ops.symm_mem, "one_shot_all_reduce_copy_out"))
+
+
 def pick_device(name: str) -> torch.device:
     if name in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -184,7 +195,8 @@ SETTINGS_FLAGS = {
     "tp": ("--tp", dict(type=int, help="tensor-parallel ranks (under torchrun)")),
     "dispatch": ("--dispatch", dict(help="expert-parallel dispatch/combine: " + " | ".join(DISPATCH_DESIGNS))),
     "allreduce": ("--allreduce", dict(help="tensor-parallel all-reduce: nccl (the process group's; gloo on CPUs) | "
-                                           "symm (one-shot over symmetric memory up to 1 MiB, NCCL above; GPUs)")),
+                                           "symm (one-shot over symmetric memory up to 1 MiB, NCCL above; GPUs of "
+                                           "one node) | auto (symm where it can run, else nccl)")),
     "draft": ("--draft", dict(help="speculative decoding: draft model (card, checkpoint dir or hub id) sharing the "
                                     "target's vocabulary")),
     "draft_weights": ("--draft-weights", dict(help="the draft's weights: auto | dummy | a safetensors directory")),
