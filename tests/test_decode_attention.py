@@ -71,6 +71,23 @@ def test_split_count_does_not_change_result(max_splits):
     _check(q, k_cache, v_cache, seq_lens, max_splits=max_splits)
 
 
+@pytest.mark.parametrize("tiles", [dict(BLOCK_N=32, num_warps=2, num_stages=3), dict(BLOCK_N=128, num_warps=8),
+                                   dict(num_stages=4)])
+@pytest.mark.parametrize("max_splits", [1, 3])
+def test_launch_tiles_do_not_change_result(tiles, max_splits):
+    """The tile override of scripts/bench_attn_tiles.py (and any default it leads to): same answer, with and
+    without the merge, on lengths that end inside a tile and a cache whose tail is NaN."""
+    torch.manual_seed(2)
+    B, H, Hkv, s_max, D = 3, 8, 2, 300, 64
+    q = torch.randn(B, H, D, device=DEVICE)
+    k_cache = torch.randn(B, s_max, Hkv, D, device=DEVICE)
+    v_cache = torch.randn(B, s_max, Hkv, D, device=DEVICE)
+    seq_lens = torch.tensor([1, 97, 300], dtype=torch.int32, device=DEVICE)
+    _poison_tail(k_cache, seq_lens)
+    _poison_tail(v_cache, seq_lens)
+    _check(q, k_cache, v_cache, seq_lens, max_splits=max_splits, tiles=tiles)
+
+
 def _mla_inputs(B, H, s_max, d_latent, d_rope, dtype, seed):
     torch.manual_seed(seed)
     q = torch.randn(B, H, d_latent + d_rope, device=DEVICE, dtype=dtype)

@@ -214,7 +214,7 @@ def _plan_splits(B: int, programs_per_split: int, s_max: int, block_n: int,
 
 def decode_attention(q, k_cache, v_cache, seq_lens, scale: float, *, positions=None,
                      max_splits: int | None = None, min_tiles: int | None = None,
-                     pdl: bool = False) -> torch.Tensor:
+                     tiles: dict | None = None, pdl: bool = False) -> torch.Tensor:
     """softmax(scale * q K^T) V over the cache -> [B, H, Dv] (or [B, S, H, Dv]) in q.dtype.
 
     q [B, H, Dk]: one new token per sequence, attending to the first seq_lens[b] positions; or
@@ -223,7 +223,8 @@ def decode_attention(q, k_cache, v_cache, seq_lens, scale: float, *, positions=N
     < seq_lens[b]). k_cache [B, S_max, Hkv, Dk]; v_cache [B, S_max, Hkv, Dv] (any strides, unit
     stride on the head dim; may be a view of k_cache); seq_lens [B] int32 on device, each >= 1,
     counting the entries once this step's K/V are written. max_splits / min_tiles (K tiles per
-    split) override the split plan (benchmarks, tests). Raises AssertionError on bad shapes.
+    split) override the split plan (benchmarks, tests); tiles {BLOCK_N, num_warps, num_stages} overrides
+    the split kernel's launch (scripts/bench_attn_tiles.py). Raises AssertionError on bad shapes.
     """
     one = q.dim() == 3
     q4 = q[:, None] if one else q                                            # [B, S, H, Dk]
@@ -239,6 +240,10 @@ def decode_attention(q, k_cache, v_cache, seq_lens, scale: float, *, positions=N
     block_h = min(max(16, triton.next_power_of_2(G * S)), max(16, ACC_BUDGET // block_dv))
     head_tiles = triton.cdiv(G * S, block_h)
     block_n = 64 if block_dk + block_dr <= 256 else 32  # MLA: a 32 x 576 K tile is already 36 KB
+    launch = {"num_warps": 8 if block_h * block_dv > 8192 else 4, "num_stages": 2}
+    if tiles:
+        block_n = tiles.get("BLOCK_N", block_n)
+        launch.update({k: v for k, v in tiles.items() if k in launch})
     if min_tiles is None:
         mla_many = block_dk + block_dr > 256 and head_tiles > 1
         small_grid = B * hkv * head_tiles < _sm_count(q.device)
@@ -267,7 +272,7 @@ def decode_attention(q, k_cache, v_cache, seq_lens, scale: float, *, positions=N
         USE_POS=not one,
         # fp32 caches would silently drop to tf32 on tensor cores; "ieee" keeps them exact
         PRECISION="ieee" if k_cache.dtype == torch.float32 else "tf32",
-        num_warps=8 if block_h * block_dv > 8192 else 4, num_stages=2, **launch_args(pdl),
+        **launch, **launch_args(pdl),
     )
     if not direct:
         _merge_splits_kernel[(H * S, B)](
