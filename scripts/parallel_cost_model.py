@@ -140,7 +140,8 @@ def calibrate(hw: Hardware, results: list[dict]) -> Hardware:
 
 def check_against(results: list[dict], hw: Hardware) -> None:
     """Predicted vs measured ITL for every plan row of a bench_parallel run (1-GPU rows calibrate c(B))."""
-    print(f"calibrated: NVLink alpha {hw.nvlink_us:.1f} us, alltoall host sync {hw.host_sync_us:.1f} us per layer")
+    print(f"calibrated: NVLink alpha {hw.nvlink_us:.1f} us, one-shot all-reduce {hw.symm_us:.1f} us, "
+          f"alltoall host sync {hw.host_sync_us:.1f} us per layer")
     print(f"{'model':14} {'plan':18} {'bs':>4} {'measured':>9} {'predicted':>9} {'error':>7}   (ms per decode step)")
     errors = []
     for res in results:
