@@ -3,7 +3,7 @@
 # return file names with '=' or ','; they come back in configs.tgz), and timing TP2 with exactly those tables.
 #  1. scripts/tune_fused_moe.py --presets mixtral-tp2 | qwen3-tp2 olmoe-tp2 (one GPU each) -> $OUT/configs.tgz;
 #  2. scripts/gpu/parallel.sh: Mixtral and Qwen3 (1 GPU, TP2 nccl, TP2 symm), OLMoE (also EP2 allgather and the
-#     exchange micro-benchmark), every plan checked against one GPU first. --allreduce auto is symm here.
+#     exchange micro-benchmark), every plan checked against one GPU first (TP2 rows name their --allreduce).
 # Usage (device tool, repo root): bash scripts/gpu/session7_call3.sh
 set -u
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD TQDM_DISABLE=1
