@@ -11,9 +11,12 @@ latency: NCCL's ring/tree protocols pay ~10 µs per call on two NVLink H200s (do
            sums them. One launch, no protocol, no proxy thread: the design of vLLM's custom all-reduce
            and TensorRT-LLM's one-shot kernel for small messages, here through PyTorch's own op
            `symm_mem::one_shot_all_reduce_copy_out`. Each rank reads world x the message, so it serves
-           messages up to `SYMM_MAX_BYTES` (decode: [B <= 128, 4096] bf16); larger ones (prefill) and
-           dtypes the op has no kernel for go through NCCL. The rule is fixed, so what is measured does
-           not change from run to run; `calls` counts which path each message took.
+           contiguous bf16 / fp32 messages up to `SYMM_MAX_BYTES` (decode: [B <= 128, 4096] bf16; a
+           message not a multiple of 16 bytes, like OLMoE's [B, 1, 2] fp32 q/k-norm statistics, is
+           zero-padded to one); larger ones (prefill) and other dtypes (fp16) go through NCCL. The rule
+           depends on shape and dtype only, so what is measured does not change from run to run;
+           `calls` counts the Python calls of each path (a captured CUDA graph counts once), and
+           scripts/bench_parallel.py records it per row.
 NVLink multicast (`multimem` ops) is deliberately not used: the device machines keep it off.
 
 Shapes: a reducer takes any contiguous tensor x [..] (the sublayer output [B, S, D]) and returns the
@@ -73,15 +76,17 @@ class SymmAllReduce:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         buf = self.buffers.get(x.dtype)
-        nbytes = x.numel() * x.element_size()
-        if buf is None or nbytes > SYMM_MAX_BYTES or nbytes % 16 or not x.is_contiguous():
+        n = x.numel()
+        padded = -(-n * x.element_size() // 16) * 16 // x.element_size()      # whole 16-byte vectors
+        if buf is None or padded > buf.numel() or not x.is_contiguous():
             self.calls["nccl"] += 1
             dist.all_reduce(x, group=self.group)
             return x
         self.calls["symm"] += 1
-        out = torch.empty_like(x)
-        torch.ops.symm_mem.one_shot_all_reduce_copy_out(buf[:x.numel()].view_as(x), x, "sum", self.group_name, out)
-        return out
+        flat = x.view(-1) if padded == n else torch.nn.functional.pad(x.view(-1), (0, padded - n))
+        out = torch.empty_like(flat)
+        torch.ops.symm_mem.one_shot_all_reduce_copy_out(buf[:padded], flat, "sum", self.group_name, out)
+        return out[:n].view_as(x)
 
 
 ALLREDUCE = {"nccl": NcclAllReduce, "symm": SymmAllReduce}     # settings.resolve turns "auto" into one of these

@@ -83,6 +83,10 @@ class RunSettings:
         s.pdl = "off" if s.pdl == "auto" else s.pdl          # measured slower on the H200 (kernels/pdl.py)
         if s.allreduce == "auto":                            # symm measured faster at every batch (parallelism.md)
             s.allreduce = "symm" if _symm_fits(s, gpu) else "nccl"
+        if s.allreduce == "symm" and s.tp == 1:
+            raise ValueError("--allreduce symm is the tensor-parallel all-reduce: it needs --tp 2 or more")
+        if s.allreduce == "symm" and not gpu:
+            raise ValueError("--allreduce symm needs CUDA GPUs (symmetric memory); on CPUs use nccl (gloo there)")
         if s.top_k is not None and s.top_k < 1:
             raise ValueError(f"--topk must be at least 1, got {s.top_k}")
         if not 0.0 <= s.skip_threshold < 1.0:
@@ -139,10 +143,11 @@ def _choose(name: str, value, choices) -> None:
 
 
 def _symm_fits(s: "RunSettings", gpu: bool) -> bool:
-    """--allreduce auto: symmetric memory needs GPUs, torch's one-shot op, and every TP group inside one node
-    (ranks e·tp .. e·tp + tp - 1 share a node when the node's process count is a multiple of tp)."""
+    """--allreduce auto: symmetric memory needs GPUs, a dtype the one-shot op has (bf16, fp32), torch's op, and
+    every TP group inside one node (ranks e·tp .. e·tp + tp - 1 share a node when the node's process count is a
+    multiple of tp)."""
     local = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
-    return (gpu and s.tp > 1 and local % s.tp == 0
+    return (gpu and s.tp > 1 and local % s.tp == 0 and s.dtype in ("bf16", "fp32")
             and hasattr(torch.ops, "symm_mem") and hasattr(torch.ops.symm_mem, "one_shot_all_reduce_copy_out"))
 
 

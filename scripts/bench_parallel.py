@@ -230,7 +230,11 @@ def time_plans(args, ceilings) -> list[dict]:
             s.dispatch = design if ep > 1 else "allgather"
             graphs = s.use_graphs and design != "alltoall"
             for b in args.bs:
+                reduce = model.plan.reduce
+                before = dict(reduce.calls) if reduce else {}
                 rows.append(dict(run_one(args, model, s, ceilings, b, graphs), plan=f"{'TP' if tp > 1 else 'EP'}2 {design}"))
+                if reduce:                  # Python calls per path during this row (a captured graph counts once)
+                    rows[-1]["allreduce_calls"] = {k: v - before.get(k, 0) for k, v in reduce.calls.items()}
                 say(f"# {args.model} {rows[-1]['plan']} bs{b}: " + short(rows[-1]))
         del model
         free()
@@ -292,7 +296,7 @@ def parse(argv=None):
     p.add_argument("--eager-output-len", type=int, default=16, help="output length of the rows without graphs")
     p.add_argument("--designs", nargs="*", default=list(DESIGNS), choices=DESIGNS,
                    help="EP2 dispatch designs, one EP2 row each (none: no EP2 model)")
-    p.add_argument("--allreduce", nargs="+", default=["nccl"], choices=list(ALLREDUCE_DESIGNS),
+    p.add_argument("--allreduce", nargs="+", default=["nccl"], choices=[d for d in ALLREDUCE_DESIGNS if d != "auto"],
                    help="tensor-parallel all-reduce designs: one TP2 row per design (symm: GPUs only)")
     p.add_argument("--phases", nargs="+", default=["check", "exchange", "time"], choices=["check", "exchange", "time"])
     p.add_argument("--check-layers", type=int, default=4)

@@ -294,6 +294,11 @@ def test_allreduce_choices_are_checked():
         allreduce.make("ring", None, "cpu", (torch.float32,))
     with pytest.raises(ValueError, match="needs CUDA GPUs"):
         allreduce.make("symm", None, "cpu", (torch.float32,))
+    with pytest.raises(ValueError, match="needs --tp 2 or more"):          # caught before any process group
+        RunSettings(allreduce="symm").resolve()
+    with pytest.raises(ValueError, match="needs CUDA GPUs"):
+        RunSettings(allreduce="symm", tp=2, device="cpu").resolve()
+    assert RunSettings(tp=2, device="cpu").resolve().allreduce == "nccl"
 
 
 def test_symm_allreduce_takes_the_one_shot_op_only_where_it_applies(monkeypatch):
@@ -302,7 +307,8 @@ def test_symm_allreduce_takes_the_one_shot_op_only_where_it_applies(monkeypatch)
     seen = []
 
     def one_shot(buf, x, op, group, out):
-        assert buf.shape == x.shape and buf.dtype == x.dtype and op == "sum" and group == "g"
+        assert buf.shape == x.shape == out.shape and buf.dtype == x.dtype and op == "sum" and group == "g"
+        assert x.dim() == 1 and x.numel() * x.element_size() % 16 == 0      # whole 16-byte vectors
         seen.append("symm")
         out.copy_(2 * x)
         return out
@@ -315,10 +321,12 @@ def test_symm_allreduce_takes_the_one_shot_op_only_where_it_applies(monkeypatch)
     x = torch.randn(3, 8, dtype=torch.bfloat16)
     assert torch.equal(r(x), 2 * x) and seen == ["symm"]                       # 48 bytes, bf16
     r(torch.randn(1, 4))                                                       # 16 bytes, fp32
-    r(torch.randn(1, 2))                                                       # 8 bytes: not in 16-byte units
+    ss = torch.randn(3, 1, 2)                                                  # OLMoE's q/k-norm sums: 24 bytes,
+    got = r(ss)                                                                # padded to 32 for the op
+    assert got.shape == ss.shape and torch.equal(got, 2 * ss)
     r(torch.randn(1, 4, dtype=torch.float16))                                  # no fp16 kernel
     r(torch.randn(65, 4096, dtype=torch.bfloat16))                             # 520 KiB
     r(torch.randn(129, 4096, dtype=torch.bfloat16))                            # over 1 MiB
     r(torch.randn(8, 4)[:, :2])                                                # not contiguous
-    assert seen == ["symm", "symm", "nccl", "nccl", "symm", "nccl", "nccl"]
-    assert r.calls == {"symm": 3, "nccl": 4}
+    assert seen == ["symm", "symm", "symm", "nccl", "symm", "nccl", "nccl"]
+    assert r.calls == {"symm": 4, "nccl": 3}
