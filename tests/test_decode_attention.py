@@ -57,17 +57,23 @@ def test_gqa_uneven_lengths_split(H, Hkv, D, dtype):
     _check(q, k_cache, v_cache, seq_lens)
 
 
-@pytest.mark.parametrize("max_splits", [1, 3])
-def test_split_count_does_not_change_result(max_splits):
-    torch.manual_seed(1)
-    B, H, Hkv, s_max, D = 3, 8, 1, 600, 64
+def _fp32_case(seed, H, Hkv, s_max, D, lens):
+    """fp32 q [B, H, D] and caches [B, s_max, Hkv, D] whose entries past each sequence's length are NaN."""
+    torch.manual_seed(seed)
+    B = len(lens)
     q = torch.randn(B, H, D, device=DEVICE)
     k_cache = torch.randn(B, s_max, Hkv, D, device=DEVICE)
     v_cache = torch.randn(B, s_max, Hkv, D, device=DEVICE)
-    seq_lens = torch.tensor([1, 257, 600], dtype=torch.int32, device=DEVICE)
+    seq_lens = torch.tensor(lens, dtype=torch.int32, device=DEVICE)
     _poison_tail(k_cache, seq_lens)
     _poison_tail(v_cache, seq_lens)
-    assert _plan_splits(B, Hkv, s_max, 64, DEVICE, max_splits)[0] == max_splits
+    return q, k_cache, v_cache, seq_lens
+
+
+@pytest.mark.parametrize("max_splits", [1, 3])
+def test_split_count_does_not_change_result(max_splits):
+    q, k_cache, v_cache, seq_lens = _fp32_case(1, 8, 1, 600, 64, [1, 257, 600])
+    assert _plan_splits(3, 1, 600, 64, DEVICE, max_splits)[0] == max_splits
     _check(q, k_cache, v_cache, seq_lens, max_splits=max_splits)
 
 
@@ -77,14 +83,7 @@ def test_split_count_does_not_change_result(max_splits):
 def test_launch_tiles_do_not_change_result(tiles, max_splits):
     """The tile override of scripts/bench_attn_tiles.py (and any default it leads to): same answer, with and
     without the merge, on lengths that end inside a tile and a cache whose tail is NaN."""
-    torch.manual_seed(2)
-    B, H, Hkv, s_max, D = 3, 8, 2, 300, 64
-    q = torch.randn(B, H, D, device=DEVICE)
-    k_cache = torch.randn(B, s_max, Hkv, D, device=DEVICE)
-    v_cache = torch.randn(B, s_max, Hkv, D, device=DEVICE)
-    seq_lens = torch.tensor([1, 97, 300], dtype=torch.int32, device=DEVICE)
-    _poison_tail(k_cache, seq_lens)
-    _poison_tail(v_cache, seq_lens)
+    q, k_cache, v_cache, seq_lens = _fp32_case(2, 8, 2, 300, 64, [1, 97, 300])
     _check(q, k_cache, v_cache, seq_lens, max_splits=max_splits, tiles=tiles)
 
 
