@@ -24,6 +24,7 @@ import torch
 from .instrument import region
 from .kv_cache import KVCache
 from .model import Transformer
+from .ops import ops_for
 from .sampling import Sampling, sample
 
 
@@ -69,6 +70,8 @@ class Generator:
     def _sample(self, logits: torch.Tensor) -> torch.Tensor:
         """logits [B, V] float32 -> tokens [B]; counts non-finite rows on the device."""
         with region("sample"):
+            if self.sampling.greedy:          # argmax + the count in two kernels with --ops triton
+                return ops_for(self.model.settings).greedy(logits, self.nonfinite)
             self.nonfinite += (~torch.isfinite(logits.sum(-1))).sum()
             return sample(logits, self.sampling, self.generator)
 

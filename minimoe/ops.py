@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from .rope import apply_rope
 from .router import RouterSpec, route_softmax_topk, route_topk_softmax, skip_small
+from .sampling import argmax
 
 try:   # Triton ships with CUDA builds of torch and with the test extra; a bare CPU install has none
     import triton  # noqa: F401
@@ -30,7 +31,7 @@ except ImportError:
     triton = None
 if triton is not None:
     from .kernels import mla_rope as _mla_rope, norm_route as _norm_route, rmsnorm as _rmsnorm, rope as _rope
-    from .kernels import gate_splitk as _gate_splitk, route as _route, silu_mul as _silu_mul
+    from .kernels import gate_splitk as _gate_splitk, greedy as _greedy, route as _route, silu_mul as _silu_mul
 
 
 # ---- the PyTorch twins ---------------------------------------------------------------------------
@@ -106,6 +107,19 @@ def gate_route_torch(h, gate_weight, k: int, *, renorm: bool, scaling: float = 1
     return route_topk_torch(logits, k, renorm=renorm, scaling=scaling, softmax_first=softmax_first, skip=skip)
 
 
+def greedy_torch(logits, nonfinite, *, pdl: bool = False):
+    """logits [B, V] -> tokens [B] int64 (argmax, first index); nonfinite (0-dim int64, on the device)
+    += the rows whose sum is not finite: a NaN / inf entry (or, rarely, a sum that overflows)."""
+    nonfinite += (~torch.isfinite(logits.sum(-1))).sum()
+    return argmax(logits)
+
+
+def _triton_greedy(logits, nonfinite, *, pdl: bool = False):
+    if logits.device.type != "cuda" or logits.stride(-1) != 1:   # the interpreter is for tests only
+        return greedy_torch(logits, nonfinite)
+    return _greedy.greedy_tail(logits, nonfinite, pdl=pdl)
+
+
 # ---- the table ------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -118,6 +132,7 @@ class Ops:
     route_topk: Callable        # (logits [T, E], k, *, renorm, scaling, softmax_first, skip) -> (w, ids) [T, K]
     gate_route: Callable        # (h [T, D], gate [E, D], k, *, <route_topk's>) -> (w, ids): gate GEMV + top-k
     gate_route_fits: Callable   # (T, E, D, gate dtype, h dtype) -> whether gate_route is one fused kernel here
+    greedy: Callable            # (logits [B, V], nonfinite 0-dim int64) -> tokens [B]: argmax + non-finite count
 
 
 def _never(*args) -> bool:
@@ -161,11 +176,12 @@ def _triton_rms_norm(x, weight, eps: float, residual=None, *, pdl: bool = False)
 
 
 TORCH_OPS = Ops("torch", rms_norm_torch, qkv_rope_cache_torch, mla_rope_cache_torch, silu_mul_torch,
-                route_topk_torch, gate_route_torch, _never)
+                route_topk_torch, gate_route_torch, _never, greedy_torch)
 OPS = {"torch": TORCH_OPS}
 if triton is not None:
     OPS["triton"] = Ops("triton", _triton_rms_norm, _rope.qkv_rope_cache, _mla_rope.mla_rope_cache,
-                        _silu_mul.silu_mul, _route.route_topk, _triton_gate_route, _triton_gate_fits)
+                        _silu_mul.silu_mul, _route.route_topk, _triton_gate_route, _triton_gate_fits,
+                        _triton_greedy)
 
 
 @functools.lru_cache(maxsize=None)
@@ -174,7 +190,8 @@ def _bound(name: str, pdl: bool) -> Ops:
     if not pdl:
         return ops
     bind = {f: functools.partial(getattr(ops, f), pdl=True)
-            for f in ("rms_norm", "qkv_rope_cache", "mla_rope_cache", "silu_mul", "route_topk", "gate_route")}
+            for f in ("rms_norm", "qkv_rope_cache", "mla_rope_cache", "silu_mul", "route_topk", "gate_route",
+                      "greedy")}
     return replace(ops, **bind)
 
 

@@ -34,6 +34,42 @@ def kernel_table(prof, steps: int) -> list[dict]:
     return sorted(rows, key=lambda r: -r["us_per_step"])
 
 
+def layer_template(prof, steps: int) -> list[dict]:
+    """The kernels of one layer in launch order, averaged over every layer and step: name, µs, and the
+    idle µs before it (its start minus the previous kernel's end). The layer is the shortest period
+    that repeats the step's kernel names over its middle third; [] when none is found."""
+    evs = sorted((e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA
+                  and e.device_time > 0), key=lambda e: e.time_range.start)
+    if not evs or len(evs) % steps:
+        return []
+    n = len(evs) // steps
+    names = [e.name for e in evs[:n]]
+    lo, hi = n // 3, 2 * n // 3
+    period = next((q for q in range(2, n // 3 + 1)
+                   if all(names[i] == names[i + q] for i in range(lo, hi - q))), None)
+    if period is None:
+        return []
+    start = lo - lo % period
+    while start >= period and names[start - period:start] == names[start:start + period]:
+        start -= period                                # the first whole layer of the step
+    while start >= 1 and names[start - 1] == names[start - 1 + period]:
+        start -= 1
+    sums = [[0.0, 0.0, 0] for _ in range(period)]
+    for k in range(steps):
+        step = evs[k * n:(k + 1) * n]
+        i = start
+        while i + period <= n and [e.name for e in step[i:i + period]] == names[start:start + period]:
+            for j in range(period):
+                e = step[i + j]
+                sums[j][0] += e.device_time
+                if i + j > 0:
+                    sums[j][1] += max(0.0, e.time_range.start - step[i + j - 1].time_range.end)
+                sums[j][2] += 1
+            i += period
+    return [{"kernel": names[start + j][:70], "us": t / max(c, 1), "gap_before_us": g / max(c, 1), "count": c}
+            for j, (t, g, c) in enumerate(sums)]
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--model", default="olmoe")
@@ -77,6 +113,15 @@ def main(argv=None) -> int:
             print(f"{r['kernel']:90s} {r['per_step']:6.1f} {r['us_per_step']:9.1f} "
                   f"{r['us_per_step'] / r['per_step']:8.2f} {100 * r['us_per_step'] / wall:5.1f}")
         out[name] = {"wall_us": wall, "kernel_us": busy, "launches": launches, "kernels": rows}
+        if name == "decode":
+            tpl = layer_template(prof, n)
+            out[name]["layer"] = tpl
+            if tpl:
+                print(f"\n# one layer in launch order (mean over {tpl[0]['count']} layers x steps): "
+                      f"{sum(r['us'] for r in tpl):.1f} us kernels + {sum(r['gap_before_us'] for r in tpl):.1f} us idle")
+                print(f"{'kernel':70s} {'us':>7s} {'idle before':>12s}")
+                for r in tpl:
+                    print(f"{r['kernel']:70s} {r['us']:7.2f} {r['gap_before_us']:12.2f}")
     if a.json:
         with open(a.json, "w") as f:
             json.dump(out, f)
