@@ -53,7 +53,11 @@ class Router(nn.Module):
         s = self.settings
         return RouterSpec.from_config(self.cfg, s and s.router, s and s.top_k, s.zipf_s if s else 1.2)
 
-    def forward(self, h: torch.Tensor):
+    def forward(self, h: torch.Tensor, residual: torch.Tensor | None = None, norm=None, counters=None):
+        """h [T, D] (normed) -> (weights, ids). With `norm` (where `fold_fits`): h is the un-normed
+        sublayer output x, and the result is `norm_and_route`'s (h, x + residual, weights, ids)."""
+        if norm is not None:
+            return self.norm_and_route(h, residual, norm, counters)
         spec = self.spec()
         ops = ops_for(self.settings)
         beta = self.settings.skip_threshold if self.settings is not None else 0.0
@@ -71,10 +75,36 @@ class Router(nn.Module):
                 w, ids = route(logits, spec, self.bias)
                 if beta > 0:
                     w, ids = skip_small(w, ids, beta)
+        self._record(ids, beta)
+        return w, ids
+
+    def _record(self, ids: torch.Tensor, beta: float) -> None:
         if beta > 0 and _skips is not None:
             _skips.record(self.layer, ids)
         record_load(self.layer, ids)
-        return w, ids
+
+    def fold_fits(self, T: int, D: int, dtype: torch.dtype) -> bool:
+        """Whether the layer's RMSNorm can run inside this router's kernel for T tokens of dtype:
+        `RunSettings.fold_norm` on, a fusable router (no selection bias), and `ops.gate_route_fits`."""
+        s = self.settings
+        if s is None or s.fold_norm != "on" or self.bias is not None or self.spec().name not in FUSED_ROUTERS:
+            return False
+        return ops_for(s).gate_route_fits(T, self.n_experts, D, self.weight.dtype, dtype)
+
+    def norm_and_route(self, x: torch.Tensor, residual: torch.Tensor | None, norm, counters=None):
+        """The layer's RMSNorm (+ residual add) and this router in one kernel (call through `self(x,
+        residual, norm=...)` where `fold_fits`): x, residual [T, D] -> (h [T, D], x + residual, weights
+        [T, K], ids [T, K]), as `norm(x, residual)` then `self(h)`. counters: zeroed int32 scratch the
+        kernel leaves zeroed (KVCache.counters)."""
+        s = self.settings
+        spec = self.spec()
+        ops = ops_for(s)
+        beta = s.skip_threshold
+        h, res, w, ids = ops.norm_gate_route(
+            x, residual, norm.weight, norm.eps, self.weight, spec.top_k, renorm=spec.renorm or spec.name == "topk_softmax",
+            scaling=spec.scaling, softmax_first=spec.name == "softmax_topk", skip=beta, counters=counters)
+        self._record(ids, beta)
+        return h, res, w, ids
 
 
 class SkipCount:

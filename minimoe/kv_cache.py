@@ -18,6 +18,8 @@ import torch
 
 from .config import ModelConfig
 
+MERGED_TOKENS = 16   # new tokens per sequence whose split attention merges in one kernel (speculation's G + 1)
+
 
 @dataclass
 class Step:
@@ -26,6 +28,7 @@ class Step:
     seq_lens: torch.Tensor       # [B] int32 valid cache entries once this step's K/V are written
     max_len: int | None          # host-known bound on seq_lens (eager slicing); None = use S_max (graphs)
     fresh: bool                  # every sequence starts at position 0: attend within the new tokens only
+    counters: torch.Tensor | None = None  # int32, zeroed: decode attention's split-merge counters (KVCache)
 
 
 class KVCache:
@@ -40,6 +43,9 @@ class KVCache:
             self.k = torch.zeros(shape, dtype=dtype, device=device)
             self.v = torch.zeros(shape, dtype=dtype, device=device)
         self.lengths = torch.zeros(batch, dtype=torch.int32, device=device)  # filled entries per sequence
+        # split-K decode attention's arrival counters (kernels/decode_attention.py), for up to
+        # MERGED_TOKENS new tokens a step; the kernel leaves them zeroed after every call
+        self.counters = torch.zeros(batch * cfg.n_heads * MERGED_TOKENS, dtype=torch.int32, device=device)
         self._rows = torch.arange(batch, device=device)[:, None]             # [B, 1] for scatter writes
 
     @staticmethod
@@ -57,7 +63,7 @@ class KVCache:
         positions = start + torch.arange(n_new, device=start.device)        # [B, S]
         seq_lens = self.lengths + (n_new if n_valid is None else n_valid)
         max_len = None if host_len is None else host_len + n_new
-        return Step(positions, seq_lens, max_len, fresh=host_len == 0)
+        return Step(positions, seq_lens, max_len, fresh=host_len == 0, counters=self.counters)
 
     def advance(self, step: Step) -> None:
         self.lengths.copy_(step.seq_lens)

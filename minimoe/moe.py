@@ -47,17 +47,32 @@ class MoE(nn.Module):
         self.experts = Experts(E, cfg.hidden_size, I, settings=settings)
         self.shared = SharedExperts(cfg, settings) if cfg.shared_intermediate_size else None
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        """h [B, S, D] (normed) -> [B, S, D]."""
+    def forward(self, h: torch.Tensor, routing=None) -> torch.Tensor:
+        """h [B, S, D] (normed) -> [B, S, D]. routing: (weights, ids) [T, K] when the router already ran
+        (folded with the norm in front of it: `fold_norm`)."""
         B, S, D = h.shape
         ht = h.reshape(B * S, D)                                          # [T, D]
-        with region("router"):
-            weights, ids = self.router(ht)                                # [T, K] each
+        if routing is not None:
+            weights, ids = routing
+        else:
+            with region("router"):
+                weights, ids = self.router(ht)                            # [T, K] each
         y = self.experts(ht, weights, ids)                                # [T, D]; regions inside the path
         if self.shared is not None:
             with region("shared"):
                 y = y + self.shared(ht)
         return y.view(B, S, D)
+
+
+    def fold_norm(self, x: torch.Tensor, residual: torch.Tensor | None, norm, counters=None):
+        """x, residual [B, S, D] -> (h, x + residual, (weights, ids)) with the norm run inside the router's
+        kernel (Router.norm_and_route), or None where that does not apply."""
+        B, S, D = x.shape
+        if not self.router.fold_fits(B * S, D, x.dtype):
+            return None
+        h, res, w, ids = self.router(x.reshape(B * S, D), None if residual is None else residual.reshape(B * S, D),
+                                     norm=norm, counters=counters)
+        return h.view(B, S, D), res.view(B, S, D), (w, ids)
 
 
 def make_ffn(cfg: ModelConfig, settings, layer: int) -> nn.Module:

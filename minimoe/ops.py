@@ -107,6 +107,17 @@ def gate_route_torch(h, gate_weight, k: int, *, renorm: bool, scaling: float = 1
     return route_topk_torch(logits, k, renorm=renorm, scaling=scaling, softmax_first=softmax_first, skip=skip)
 
 
+def norm_gate_route_torch(x, residual, norm_weight, eps: float, gate_weight, k: int, *, renorm: bool,
+                          scaling: float = 1.0, softmax_first: bool = True, skip: float = 0.0, counters=None,
+                          pdl: bool = False):
+    """The MoE layer's entry: x, residual [T, D] -> (h = rmsnorm(x + residual) * w, x + residual (x when
+    residual is None), weights [T, K], ids [T, K]): `rms_norm_torch` then `gate_route_torch`."""
+    h, s = rms_norm_torch(x, norm_weight, eps, residual)
+    w, ids = gate_route_torch(h, gate_weight, k, renorm=renorm, scaling=scaling, softmax_first=softmax_first,
+                              skip=skip)
+    return h, (x if s is None else s), w, ids
+
+
 def greedy_torch(logits, nonfinite, *, pdl: bool = False):
     """logits [B, V] -> tokens [B] int64 (argmax, first index); nonfinite (0-dim int64, on the device)
     += the rows whose sum is not finite: a NaN / inf entry (or, rarely, a sum that overflows)."""
@@ -133,6 +144,8 @@ class Ops:
     gate_route: Callable        # (h [T, D], gate [E, D], k, *, <route_topk's>) -> (w, ids): gate GEMV + top-k
     gate_route_fits: Callable   # (T, E, D, gate dtype, h dtype) -> whether gate_route is one fused kernel here
     greedy: Callable            # (logits [B, V], nonfinite 0-dim int64) -> tokens [B]: argmax + non-finite count
+    norm_gate_route: Callable   # (x, residual, norm_w, eps, gate [E, D], k, *, <route_topk's>, counters)
+                                #   -> (h, x + residual, w, ids): rms_norm then gate_route, one launch with triton
 
 
 def _never(*args) -> bool:
@@ -171,17 +184,30 @@ def _triton_gate_route(h, gate_weight, k: int, *, renorm: bool, scaling: float =
     return _norm_route.gate_route(h, gate_weight, k, **kw)
 
 
+def _triton_norm_gate_route(x, residual, norm_weight, eps: float, gate_weight, k: int, *, renorm: bool,
+                            scaling: float = 1.0, softmax_first: bool = True, skip: float = 0.0, counters=None,
+                            pdl: bool = False):
+    """One launch where `gate_route_fits`: the split-K gate with the norm in front (gate_splitk.py), or
+    norm_route.py's one program per token for small gates."""
+    E, D = gate_weight.shape
+    kw = dict(renorm=renorm, scaling=scaling, softmax_first=softmax_first, skip=skip, pdl=pdl)
+    if _splitk_gate(x.shape[0], E, D, gate_weight.dtype, x.dtype):
+        return _gate_splitk.norm_gate_route_splitk(x, residual, norm_weight, eps, gate_weight, k, counters=counters,
+                                                   **kw)
+    return _norm_route.norm_route(x, residual, norm_weight, gate_weight, eps, k, **kw)
+
+
 def _triton_rms_norm(x, weight, eps: float, residual=None, *, pdl: bool = False):
     return _rmsnorm.rms_norm(x.contiguous(), weight, eps, residual, pdl=pdl)
 
 
 TORCH_OPS = Ops("torch", rms_norm_torch, qkv_rope_cache_torch, mla_rope_cache_torch, silu_mul_torch,
-                route_topk_torch, gate_route_torch, _never, greedy_torch)
+                route_topk_torch, gate_route_torch, _never, greedy_torch, norm_gate_route_torch)
 OPS = {"torch": TORCH_OPS}
 if triton is not None:
     OPS["triton"] = Ops("triton", _triton_rms_norm, _rope.qkv_rope_cache, _mla_rope.mla_rope_cache,
                         _silu_mul.silu_mul, _route.route_topk, _triton_gate_route, _triton_gate_fits,
-                        _triton_greedy)
+                        _triton_greedy, _triton_norm_gate_route)
 
 
 @functools.lru_cache(maxsize=None)
@@ -191,7 +217,7 @@ def _bound(name: str, pdl: bool) -> Ops:
         return ops
     bind = {f: functools.partial(getattr(ops, f), pdl=True)
             for f in ("rms_norm", "qkv_rope_cache", "mla_rope_cache", "silu_mul", "route_topk", "gate_route",
-                      "greedy")}
+                      "greedy", "norm_gate_route")}
     return replace(ops, **bind)
 
 

@@ -39,6 +39,8 @@ class RunSettings:
                                     # torch (several kernels each) | triton (one each); auto = triton on a GPU
     gemv: str = "auto"              # decode-size linears: torch (cuBLAS) | triton | stream; auto = per shape (GPU)
     pdl: str = "auto"               # Programmatic Dependent Launch for our Triton kernels: on | off; auto = off
+    fold_norm: str = "auto"         # an MoE layer's RMSNorm inside its router's kernel at decode: on | off;
+                                    # auto = on with --ops triton (model.Block, kernels/gate_splitk.py)
     eager: bool = False             # no CUDA graph of the decode step (graphs need a GPU and a sync-free path)
     eager_prefill: bool = False     # no CUDA graph of the prefill
     router: str | None = None       # override the card's router (synthetic ones for ablations)
@@ -74,6 +76,7 @@ class RunSettings:
         _choose("ops", s.ops, ("auto", "torch", "triton"))
         _choose("gemv", s.gemv, ("auto", "torch", "triton", "stream"))
         _choose("pdl", s.pdl, ("auto", "on", "off"))
+        _choose("fold_norm", s.fold_norm, ("auto", "on", "off"))
         _choose("quant", s.quant, QUANT_FORMATS)
         _choose("dispatch", s.dispatch, DISPATCH_DESIGNS)
         _choose("allreduce", s.allreduce, ALLREDUCE_DESIGNS)
@@ -81,6 +84,7 @@ class RunSettings:
         s.ops = ("triton" if gpu else "torch") if s.ops == "auto" else s.ops
         s.gemv = ("auto" if gpu else "torch") if s.gemv == "auto" else s.gemv   # per shape: linear.auto_gemv
         s.pdl = "off" if s.pdl == "auto" else s.pdl          # measured slower on the H200 (kernels/pdl.py)
+        s.fold_norm = ("on" if s.ops == "triton" else "off") if s.fold_norm == "auto" else s.fold_norm
         if s.allreduce == "auto":                            # symm measured faster at every batch (parallelism.md)
             s.allreduce = "symm" if _symm_fits(s, gpu) else "nccl"
         if s.allreduce == "symm" and s.tp == 1:
@@ -187,6 +191,8 @@ SETTINGS_FLAGS = {
                                   "H200 (linear.auto_gemv), torch on a CPU")),
     "pdl": ("--pdl", dict(help="Programmatic Dependent Launch for the Triton kernels: on (sm90+) | off; auto: off "
                                 "(measured slower on the H200)")),
+    "fold_norm": ("--fold-norm", dict(help="an MoE layer's RMSNorm (+ residual add) inside its router's kernel at "
+                                            "decode sizes: on | off; auto: on with --ops triton")),
     "eager": ("--eager", dict(action="store_true", help="no CUDA graph of the decode step")),
     "eager_prefill": ("--eager-prefill", dict(action="store_true", help="no CUDA graph of the prefill")),
     "router": ("--router", dict(help="override the card's router (uniform, balanced, zipf for ablations)")),

@@ -8,6 +8,7 @@ pytest.importorskip("triton")
 from minimoe.kernels.decode_attention import (  # noqa: E402
     _head_dim_blocks,
     _plan_splits,
+    counters_needed,
     decode_attention,
     decode_attention_ref,
 )
@@ -121,6 +122,66 @@ def test_head_dim_blocks_are_powers_of_two_and_dot_sized():
         for block in (block_dk, block_dv) + ((block_dr,) if block_dr else ()):
             assert block >= 16 and block & (block - 1) == 0, (dk, dv, block)
     assert _head_dim_blocks(576, 512) == (512, 64, 512)
+
+
+# ---- the merge inside the split kernel (counters: the last split of each head tile merges) -------
+
+def _counters(B, H, S=1, short=False):
+    return torch.zeros(counters_needed(B, H, S) - (counters_needed(B, H, S) - 1 if short else 0),
+                       dtype=torch.int32, device=DEVICE)
+
+
+@pytest.mark.parametrize("lens,max_splits", [([1, 97, 300], 3), ([300, 300, 300], 5), ([64, 65, 1], 8)])
+def test_merge_in_split_kernel_equals_merge_kernel(lens, max_splits):
+    """Same answer as the separate merge kernel (to fp32 summation order) and the oracle, with some
+    splits empty (short sequences exit before counting); the counters are zero again afterwards, and a
+    second call (counters reused) gives the same bits."""
+    q, k_cache, v_cache, seq_lens = _fp32_case(5, 8, 2, 300, 64, lens)
+    cnt = _counters(len(lens), 8)
+    two = decode_attention(q, k_cache, v_cache, seq_lens, 0.125, max_splits=max_splits)
+    one = decode_attention(q, k_cache, v_cache, seq_lens, 0.125, max_splits=max_splits, counters=cnt)
+    assert not cnt.any(), "the counters must be left zeroed"
+    torch.testing.assert_close(one, two, rtol=1e-5, atol=1e-6)
+    again = decode_attention(q, k_cache, v_cache, seq_lens, 0.125, max_splits=max_splits, counters=cnt)
+    assert torch.equal(one, again)
+    _check(q, k_cache, v_cache, seq_lens, max_splits=max_splits, counters=cnt)
+
+
+def test_merge_in_split_kernel_multi_token_mla_and_short_buffer():
+    """S tokens causal by position, absorbed MLA (head tiles of a 576-wide latent), and a counter
+    buffer too small for the grid (the merge kernel runs instead: same answer)."""
+    for S in (1, 4):
+        _check_multi(3, S, 4, 2, 64, 64, 300, torch.float32, seed=S, max_splits=3, min_tiles=1,
+                     counters=_counters(3, 4, S))
+    _check_multi(2, 3, 16, 1, 576, 512, 96, torch.float32, seed=7, mla=True, min_tiles=1, max_splits=3,
+                 counters=_counters(2, 16, 3))
+    q, k_cache, v_cache, seq_lens = _fp32_case(6, 8, 2, 300, 64, [5, 300])
+    short = _counters(2, 8, short=True)
+    _check(q, k_cache, v_cache, seq_lens, max_splits=3, counters=short)
+    assert not short.any()
+
+
+@needs_cuda
+def test_cuda_graph_replay_with_merged_splits():
+    """The one-kernel merge captured in a graph and replayed after seq_lens moved: counters reset
+    themselves between replays."""
+    torch.manual_seed(8)
+    B, H, Hkv, s_max, D = 3, 32, 8, 2048, 128
+    q = torch.randn(B, H, D, device=DEVICE, dtype=torch.bfloat16)
+    k_cache = torch.randn(B, s_max, Hkv, D, device=DEVICE, dtype=torch.bfloat16)
+    v_cache = torch.randn_like(k_cache)
+    seq_lens = torch.full((B,), 5, dtype=torch.int32, device=DEVICE)
+    cnt = _counters(B, H)
+    decode_attention(q, k_cache, v_cache, seq_lens, D ** -0.5, counters=cnt)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = decode_attention(q, k_cache, v_cache, seq_lens, D ** -0.5, counters=cnt)
+    for lens in ([1, 2048, 700], [300, 9, 1500]):
+        seq_lens.copy_(torch.tensor(lens, dtype=torch.int32))
+        graph.replay()
+        ref = decode_attention_ref(q.double(), k_cache.double(), v_cache.double(), seq_lens, D ** -0.5)
+        assert (out.double() - ref).abs().max() / ref.abs().max() <= TOL[torch.bfloat16]
+    assert not cnt.any()
 
 
 @needs_cuda

@@ -274,3 +274,44 @@ def test_capture_in_cuda_graph_with_pdl():
     assert torch.equal(ids, ids_ref) and _rel_err(w, w_ref) <= W_TOL[dtype]
     w_eager, ids_eager = gate_route_splitk(h, gate, 8, **kw)
     assert torch.equal(w, w_eager) and torch.equal(ids, ids_eager), "graphed = eager, bit for bit"
+
+
+# ---- residual add + RMSNorm + gate + top-k in one launch (norm_gate_route_splitk) ----------------
+
+FUSED_CASES = [  # (E, D, T, K, mode, splits, residual)
+    (64, 256, 1, 8, MODES[0], None, True),    # OLMoE-like at batch 1, default splits
+    (60, 200, 3, 4, MODES[1], 5, True),       # ragged D tiles, E not a power of two
+    (128, 256, 17, 8, MODES[2], 3, True),     # two token blocks (16 + 1): two arrival counters
+    (8, 128, 2, 2, MODES[4], None, False),    # the first layer: no residual yet
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("E,D,T,K,mode,splits,residual", FUSED_CASES)
+def test_norm_gate_route_equals_rms_norm_then_gate_route(E, D, T, K, mode, splits, residual, dtype):
+    """Against the PyTorch twins run one after the other: the same residual stream bit for bit, h to
+    a rounding (the fp32 order of mean(s²) differs), the same experts, weights to the gate's ulp; the
+    counters come back zeroed and a second call gives the same bits."""
+    from minimoe.kernels.gate_splitk import norm_gate_route_splitk
+    from minimoe.ops import rms_norm_torch
+    h_target, gate = _separated_case(T, E, D, torch.float64, dtype, seed=E + D + T)
+    gen = torch.Generator().manual_seed(T)
+    nw = (1 + 0.2 * torch.rand(D, generator=gen, dtype=torch.float64)).to(DEVICE)
+    s = h_target.double() / nw * 3.7                                  # rms-normalising s then x nw gives h
+    r = torch.randn(T, D, generator=gen, dtype=torch.float64).to(DEVICE) if residual else None
+    x = (s - (r if residual else 0)).to(dtype)
+    r = r.to(dtype) if residual else None
+    nw = nw.to(dtype)
+    softmax_first, renorm, scaling = mode
+    kw = dict(renorm=renorm, scaling=scaling, softmax_first=softmax_first)
+    cnt = torch.zeros(4, dtype=torch.int32, device=DEVICE)
+    h, res_out, w, ids = norm_gate_route_splitk(x, r, nw, 1e-6, gate, K, **kw, counters=cnt, splits=splits)
+    h_ref, s_ref = rms_norm_torch(x, nw, 1e-6, r)
+    w_ref, ids_ref = gate_route_torch(h_ref, gate, K, **kw)
+    assert torch.equal(res_out, s_ref if residual else x)
+    assert _rel_err(h, h_ref) <= (1e-6 if dtype == torch.float32 else 2e-3)
+    assert torch.equal(ids, ids_ref), "the same experts in the same slots"
+    assert _rel_err(w, w_ref) <= W_TOL[dtype]
+    assert not cnt.any(), "the arrival counters must be left zeroed"
+    again = norm_gate_route_splitk(x, r, nw, 1e-6, gate, K, **kw, counters=cnt, splits=splits)
+    assert all(torch.equal(a, b) for a, b in zip((h, res_out, w, ids), again))

@@ -72,11 +72,11 @@ def _decode_split_kernel(
     q_ptr, k_ptr, v_ptr, seq_lens_ptr, pos_ptr, o_ptr, lse_ptr,
     stride_qb, stride_qs, stride_qh, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
     stride_pb, stride_ps, stride_ob, stride_oq, stride_oh, stride_os, stride_lb, stride_lq, stride_lh,
-    qk_scale, S_max, CHUNK,
+    qk_scale, S_max, CHUNK, cnt_ptr, fin_ptr, stride_fb, stride_fq, stride_fh,
     G: tl.constexpr, S_Q: tl.constexpr, HEAD_TILES: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr,
     BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DR: tl.constexpr,
     BLOCK_DV: tl.constexpr, V_FROM_K: tl.constexpr, DIRECT: tl.constexpr, USE_POS: tl.constexpr,
-    PRECISION: tl.constexpr, PDL: tl.constexpr,
+    PRECISION: tl.constexpr, PDL: tl.constexpr, MERGE: tl.constexpr = False,
 ):
     wait_then_release(PDL)
     # Head tiles are the fastest grid axis so sibling tiles of one kv head (MLA: G = 128 in tiles
@@ -145,8 +145,26 @@ def _decode_split_kernel(
         tl.store(o_ptrs, out.to(o_ptr.dtype.element_ty), mask=store_ok)
     else:
         tl.store(o_ptrs + split * stride_os, out, mask=store_ok)
-        tl.store(lse_ptr + b * stride_lb + s_q * stride_lq + heads * stride_lh + split,
+        lse_ptrs = lse_ptr + b * stride_lb + s_q * stride_lq + heads * stride_lh
+        tl.store(lse_ptrs + split,
                  tl.where(seen, m_i + tl.log2(tl.where(seen, l_i, 1.0)), float("-inf")), mask=row_ok)
+        if MERGE:  # the last of this (sequence, head tile)'s non-empty splits merges them: no second kernel
+            tl.debug_barrier()                                # every thread's partial is out before the count
+            cnt = cnt_ptr + b * tl.num_programs(0) + tl.program_id(0)
+            n_valid = tl.cdiv(seq_len, CHUNK)                 # splits past this exited above, uncounted
+            if tl.atomic_add(cnt, 1, sem="acq_rel", scope="gpu") == n_valid - 1:
+                tl.store(cnt, 0)                              # ready for the next call (self-resetting)
+                lse_max = tl.full([BLOCK_H], float("-inf"), tl.float32)
+                for sp in range(0, n_valid):
+                    lse_max = tl.maximum(lse_max, tl.load(lse_ptrs + sp, mask=row_ok, other=0.0, volatile=True))
+                denom = tl.zeros([BLOCK_H], tl.float32)
+                total = tl.zeros([BLOCK_H, BLOCK_DV], tl.float32)
+                for sp in range(0, n_valid):
+                    w = tl.exp2(tl.load(lse_ptrs + sp, mask=row_ok, other=0.0, volatile=True) - lse_max)
+                    denom += w
+                    total += w[:, None] * tl.load(o_ptrs + sp * stride_os, mask=store_ok, other=0.0, volatile=True)
+                f_ptrs = fin_ptr + b * stride_fb + s_q[:, None] * stride_fq + heads[:, None] * stride_fh + offs_v[None, :]
+                tl.store(f_ptrs, (total / denom[:, None]).to(fin_ptr.dtype.element_ty), mask=store_ok)
 
 
 @triton.jit
@@ -212,9 +230,16 @@ def _plan_splits(B: int, programs_per_split: int, s_max: int, block_n: int,
     return triton.cdiv(s_max, chunk), chunk  # recount: rounding up may leave trailing splits empty
 
 
+def counters_needed(B: int, H: int, S: int = 1) -> int:
+    """Arrival counters `decode_attention` may use for B sequences of S new tokens and H query heads:
+    one per (sequence, kv head, head tile), and Hkv x head tiles <= H x S."""
+    return B * H * S
+
+
 def decode_attention(q, k_cache, v_cache, seq_lens, scale: float, *, positions=None,
                      max_splits: int | None = None, min_tiles: int | None = None,
-                     tiles: dict | None = None, pdl: bool = False) -> torch.Tensor:
+                     tiles: dict | None = None, counters: torch.Tensor | None = None,
+                     pdl: bool = False) -> torch.Tensor:
     """softmax(scale * q K^T) V over the cache -> [B, H, Dv] (or [B, S, H, Dv]) in q.dtype.
 
     q [B, H, Dk]: one new token per sequence, attending to the first seq_lens[b] positions; or
@@ -224,7 +249,11 @@ def decode_attention(q, k_cache, v_cache, seq_lens, scale: float, *, positions=N
     stride on the head dim; may be a view of k_cache); seq_lens [B] int32 on device, each >= 1,
     counting the entries once this step's K/V are written. max_splits / min_tiles (K tiles per
     split) override the split plan (benchmarks, tests); tiles {BLOCK_N, num_warps, num_stages} overrides
-    the split kernel's launch (scripts/bench_attn_tiles.py). Raises AssertionError on bad shapes.
+    the split kernel's launch (scripts/bench_attn_tiles.py). counters: a zeroed int32 buffer of at least
+    B x Hkv x head tiles entries (KVCache.counters; `counters_needed`), kept zeroed by the kernel: with it
+    the last split to finish of each (sequence, head tile) merges the partials itself, so a split
+    launch is one kernel, not two (the merge kernel runs when it is None or too small). Raises
+    AssertionError on bad shapes.
     """
     one = q.dim() == 3
     q4 = q[:, None] if one else q                                            # [B, S, H, Dk]
@@ -260,6 +289,9 @@ def decode_attention(q, k_cache, v_cache, seq_lens, scale: float, *, positions=N
         part = torch.empty(B, S, H, num_splits, dv, device=q.device, dtype=torch.float32)
         lse = torch.empty(B, S, H, num_splits, device=q.device, dtype=torch.float32)
     pos = positions if positions is not None else seq_lens[:, None]          # unread when one token
+    merge = (not direct and counters is not None and counters.dtype == torch.int32
+             and counters.numel() >= B * hkv * head_tiles and counters.device == q.device)
+    cnt = counters if merge else seq_lens                                    # unread without MERGE
     _decode_split_kernel[(hkv * head_tiles, B, num_splits)](
         q4, k_cache, v_cache, seq_lens, pos, part, lse,
         q4.stride(0), q4.stride(1), q4.stride(2), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
@@ -267,14 +299,15 @@ def decode_attention(q, k_cache, v_cache, seq_lens, scale: float, *, positions=N
         part.stride(0), part.stride(1), part.stride(2), part.stride(3),
         lse.stride(0), lse.stride(1), lse.stride(2),
         scale * 1.4426950408889634, s_max, chunk,  # log2(e): the kernel uses exp2
+        cnt, out, out.stride(0), out.stride(1), out.stride(2),
         G=G, S_Q=S, HEAD_TILES=head_tiles, DK=dk, DV=dv, BLOCK_H=block_h, BLOCK_N=block_n,
         BLOCK_DK=block_dk, BLOCK_DR=block_dr, BLOCK_DV=block_dv, V_FROM_K=v_from_k, DIRECT=direct,
         USE_POS=not one,
         # fp32 caches would silently drop to tf32 on tensor cores; "ieee" keeps them exact
-        PRECISION="ieee" if k_cache.dtype == torch.float32 else "tf32",
+        PRECISION="ieee" if k_cache.dtype == torch.float32 else "tf32", MERGE=merge,
         **launch, **launch_args(pdl),
     )
-    if not direct:
+    if not direct and not merge:
         _merge_splits_kernel[(H * S, B)](
             part, lse, seq_lens, out,
             part.stride(0), part.stride(1), part.stride(2), part.stride(3),

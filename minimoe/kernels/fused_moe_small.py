@@ -37,8 +37,6 @@ pipelines only loops that feed a tl.dot. The aligned path's keys (BLOCK_M, GROUP
 never read here.
 """
 
-import functools
-
 import torch
 import triton
 import triton.language as tl
@@ -160,11 +158,6 @@ def _down_combine_kernel(h_ptr, w2_ptr, out_ptr, ids_ptr, weights_ptr, ws_ptr, c
                  mask=cols < D)
 
 
-@functools.lru_cache(maxsize=None)
-def _sm_count() -> int:
-    return torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
-
-
 def small_default_config(E: int, I: int, D: int, K: int, T: int, dtype: torch.dtype,
                          sms: int | None = None) -> dict:
     """Decode config. Measured on the H200 (scripts/bench_moe_small.py, 30 configs x 9 shapes, bf16):
@@ -172,15 +165,19 @@ def small_default_config(E: int, I: int, D: int, K: int, T: int, dtype: torch.dt
     GEMM1 [4, 1024] (many thin programs, each streaming long rows of both halves), GEMM2 [8, 512]
     pipelined 3 deep (the loop steps are slots whose expert id is itself a load; Triton leaves such
     a load unpipelined at 2 stages). A per-shape rule that filled the SMs with wider tiles was
-    9-50% slower. BLOCK_K never exceeds the reduction dim (rounded up to a power of 2)."""
+    9-50% slower. BLOCK_K never exceeds the reduction dim (rounded up to a power of 2).
+    Re-swept in the eighth session with split-K GEMM2 added (docs/results/2026-11-30-s8, call 2): at T = 1
+    the narrow experts (I <= 4096: OLMoE, Qwen3, Qwen1.5, DeepSeek-V2-Lite) take GEMM2 [16, 256] (whole
+    layer 2-9% faster; Mixtral's I = 14336 stays [8, 512]); split-K (2-8 programs per column block) was
+    never faster than the best unsplit tile, so "split" defaults to 1 (a knob for tuned files)."""
     if not on_gpu() and sms is None:   # the interpreter pays per program and per element
         tile = {"BLOCK_N": 16, "BLOCK_K": 32, "num_warps": 4, "num_stages": 1}
         return dict(tile, down=dict(tile, split=1))
     gate_up = {"BLOCK_N": 4, "BLOCK_K": min(1024, triton.next_power_of_2(D)), "num_warps": 4, "num_stages": 1}
-    down = {"BLOCK_N": 8, "BLOCK_K": min(512, triton.next_power_of_2(I)), "num_warps": 4, "num_stages": 3}
-    # split-K when one wave would hold few column blocks: SPLIT programs per block, ~8 blocks' worth per SM
-    blocks = T * triton.cdiv(D, down["BLOCK_N"])
-    down["split"] = 4 if 4 * blocks <= 8 * (sms or _sm_count()) else 1
+    down = {"BLOCK_N": 8, "BLOCK_K": min(512, triton.next_power_of_2(I)), "num_warps": 4, "num_stages": 3,
+            "split": 1}
+    if T == 1 and I <= 4096:   # narrow experts at batch 1: [16, 256] (session 8 sweep: 2-9% faster)
+        down.update(BLOCK_N=16, BLOCK_K=min(256, triton.next_power_of_2(I)))
     return dict(gate_up, down=down)
 
 

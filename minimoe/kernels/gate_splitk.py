@@ -62,6 +62,7 @@ TOKEN_BLOCK = 16    # tokens per program: each gate tile is loaded once and used
 BLOCK_E = 8         # gate rows per tile
 BLOCK_D = 128       # gate columns per tile: 256 B contiguous per row in bf16, 512 B in fp32
 REDUCE_ELEMS = 1024  # partials per load in kernel 2: 32 fp32 values per thread of its one warp
+MAX_ROW = 8192      # norm_gate_route_splitk holds one token's whole row in registers for 1 / rms
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -100,6 +101,27 @@ def _gate_partial_kernel(
 
 
 @triton.jit
+def _reduce_route(part_ptr, gate_ptr, w_ptr, ids_ptr, t, T, E, KSPLIT, scaling, skip,
+                  K: tl.constexpr, E_P2: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_K: tl.constexpr,
+                  SOFTMAX_FIRST: tl.constexpr, RENORM: tl.constexpr, VOLATILE: tl.constexpr):
+    """Token t: logits = the KSPLIT partial rows summed in a fixed order, then top-k into w / ids."""
+    offs_e = tl.arange(0, E_P2)
+    rows = tl.arange(0, BLOCK_S)
+    logits = tl.zeros([E_P2], tl.float32)
+    for s0 in range(0, KSPLIT, BLOCK_S):  # BLOCK_S splits per load, summed; chunks in order
+        s = s0 + rows
+        ok = (s < KSPLIT)[:, None] & (offs_e < E)[None, :]
+        p = tl.load(part_ptr + (s.to(tl.int64)[:, None] * T + t) * E + offs_e[None, :], mask=ok, other=0.0,
+                    volatile=VOLATILE)
+        logits += tl.sum(p, axis=0)
+    logits = logits.to(gate_ptr.dtype.element_ty).to(tl.float32)  # nn.Linear's gate-dtype logits
+    w, ids = _topk_weights(logits, E, scaling, skip, K, E_P2, BLOCK_K, SOFTMAX_FIRST, RENORM)
+    slots = tl.arange(0, BLOCK_K)
+    tl.store(w_ptr + t * K + slots, w, mask=slots < K)
+    tl.store(ids_ptr + t * K + slots, ids.to(tl.int64), mask=slots < K)
+
+
+@triton.jit
 def _reduce_route_kernel(
     part_ptr, gate_ptr, w_ptr, ids_ptr, T, E, KSPLIT, scaling, skip,
     K: tl.constexpr, E_P2: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -107,20 +129,79 @@ def _reduce_route_kernel(
 ):
     """Token program_id(0): logits = the KSPLIT partial rows summed in a fixed order, then top-k."""
     wait_then_release(PDL)
-    t = tl.program_id(0).to(tl.int64)
-    offs_e = tl.arange(0, E_P2)
-    rows = tl.arange(0, BLOCK_S)
-    logits = tl.zeros([E_P2], tl.float32)
-    for s0 in range(0, KSPLIT, BLOCK_S):  # BLOCK_S splits per load, summed; chunks in order
-        s = s0 + rows
-        ok = (s < KSPLIT)[:, None] & (offs_e < E)[None, :]
-        p = tl.load(part_ptr + (s.to(tl.int64)[:, None] * T + t) * E + offs_e[None, :], mask=ok, other=0.0)
-        logits += tl.sum(p, axis=0)
-    logits = logits.to(gate_ptr.dtype.element_ty).to(tl.float32)  # nn.Linear's gate-dtype logits
-    w, ids = _topk_weights(logits, E, scaling, skip, K, E_P2, BLOCK_K, SOFTMAX_FIRST, RENORM)
-    slots = tl.arange(0, BLOCK_K)
-    tl.store(w_ptr + t * K + slots, w, mask=slots < K)
-    tl.store(ids_ptr + t * K + slots, ids.to(tl.int64), mask=slots < K)
+    _reduce_route(part_ptr, gate_ptr, w_ptr, ids_ptr, tl.program_id(0).to(tl.int64), T, E, KSPLIT, scaling, skip,
+                  K, E_P2, BLOCK_S, BLOCK_K, SOFTMAX_FIRST, RENORM, False)
+
+
+@triton.jit
+def _norm_gate_route_kernel(
+    x_ptr, res_ptr, norm_ptr, h_ptr, res_out_ptr, gate_ptr, part_ptr, cnt_ptr, w_ptr, ids_ptr,
+    T, E, D, stride_x, stride_r, stride_g, n_tiles, KSPLIT, eps, scaling, skip,
+    BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_ROW: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr, K: tl.constexpr, E_P2: tl.constexpr, BLOCK_S: tl.constexpr,
+    BLOCK_K: tl.constexpr, SOFTMAX_FIRST: tl.constexpr, RENORM: tl.constexpr, PDL: tl.constexpr,
+):
+    """The MoE layer's entry in one launch: residual add + RMSNorm + the split-K router GEMV + top-k.
+    Program (i, s, b) as `_gate_partial_kernel`'s, but it normalises its own D tiles of each token
+    (every program first reduces the token's whole row for 1 / rms: a few KB from L2), the E-tile-0
+    programs store h and the new residual stream for their tiles, and the last program of token
+    block b to finish (an arrival counter, left zeroed) sums the partials in split order and routes."""
+    wait_then_release(PDL)
+    s = tl.program_id(1)
+    offs_e = tl.program_id(0) * BLOCK_E + tl.arange(0, BLOCK_E)
+    t0 = tl.program_id(2) * BLOCK_T
+    slot_t = tl.arange(0, BLOCK_T)
+    e_ok = offs_e < E
+    g_rows = gate_ptr + offs_e.to(tl.int64)[:, None] * stride_g
+    first = s * n_tiles // KSPLIT
+    last = (s + 1) * n_tiles // KSPLIT
+    x_t = x_ptr.dtype.element_ty
+    # 1 / rms of each token's s = x + residual (rounded to x's dtype), in fp32, as rmsnorm.py
+    offs_row = tl.arange(0, BLOCK_ROW)
+    inv = tl.zeros([BLOCK_T], tl.float32)
+    for i in tl.static_range(BLOCK_T):
+        t = (t0 + i).to(tl.int64)
+        ok = offs_row < tl.where(t < T, D, 0)
+        row = tl.load(x_ptr + t * stride_x + offs_row, mask=ok, other=0.0)
+        if HAS_RESIDUAL:
+            row = (row.to(tl.float32) + tl.load(res_ptr + t * stride_r + offs_row, mask=ok, other=0.0).to(tl.float32)).to(x_t)
+        rf = row.to(tl.float32)
+        inv_t = tl.rsqrt(tl.sum(rf * rf, axis=0) / D + eps)
+        inv += tl.where(slot_t == i, inv_t, 0.0)
+    store_h = tl.program_id(0) == 0
+    acc = tl.zeros([BLOCK_T, BLOCK_E], tl.float32)
+    for j in range(first, last):
+        offs_d = j * BLOCK_D + tl.arange(0, BLOCK_D)
+        d_ok = offs_d < D
+        g = tl.load(g_rows + offs_d[None, :], mask=e_ok[:, None] & d_ok[None, :], other=0.0).to(tl.float32)
+        nw = tl.load(norm_ptr + offs_d, mask=d_ok, other=0.0).to(tl.float32)
+        for i in tl.static_range(BLOCK_T):
+            t = (t0 + i).to(tl.int64)
+            ok = offs_d < tl.where(t < T, D, 0)
+            xs = tl.load(x_ptr + t * stride_x + offs_d, mask=ok, other=0.0)
+            if HAS_RESIDUAL:
+                xs = (xs.to(tl.float32) + tl.load(res_ptr + t * stride_r + offs_d, mask=ok, other=0.0).to(tl.float32)).to(x_t)
+            inv_t = tl.sum(tl.where(slot_t == i, inv, 0.0), axis=0)
+            normed = (xs.to(tl.float32) * inv_t).to(x_t).to(tl.float32)   # rounded before the weight
+            h = (nw * normed).to(h_ptr.dtype.element_ty)
+            if store_h:
+                tl.store(h_ptr + t * D + offs_d, h, mask=ok)
+                if HAS_RESIDUAL:
+                    tl.store(res_out_ptr + t * D + offs_d, xs, mask=ok)
+            hg = h.to(gate_ptr.dtype.element_ty).to(tl.float32)           # the engine feeds h.to(gate dtype)
+            part = tl.sum(g * hg[None, :], axis=1)
+            acc += tl.where(slot_t[:, None] == i, part[None, :], 0.0)
+    offs_t = t0 + slot_t
+    out = part_ptr + (s.to(tl.int64) * T + offs_t[:, None]) * E + offs_e[None, :]
+    tl.store(out, acc, mask=(offs_t < T)[:, None] & e_ok[None, :])
+    tl.debug_barrier()                                   # every thread's partial is out before the count
+    cnt = cnt_ptr + tl.program_id(2)
+    if tl.atomic_add(cnt, 1, sem="acq_rel", scope="gpu") == tl.num_programs(0) * KSPLIT - 1:
+        tl.store(cnt, 0)                                 # the last of this token block: reset, then route
+        for i in tl.static_range(BLOCK_T):
+            if t0 + i < T:
+                _reduce_route(part_ptr, gate_ptr, w_ptr, ids_ptr, (t0 + i).to(tl.int64), T, E, KSPLIT, scaling,
+                              skip, K, E_P2, BLOCK_S, BLOCK_K, SOFTMAX_FIRST, RENORM, True)
 
 
 @functools.lru_cache(maxsize=None)
@@ -190,6 +271,56 @@ def gate_route_splitk(h: torch.Tensor, gate_weight: torch.Tensor, k: int, *, ren
         **launch_args(pdl),
     )
     return w, ids
+
+
+def norm_gate_route_splitk(x: torch.Tensor, residual: torch.Tensor | None, norm_weight: torch.Tensor, eps: float,
+                           gate_weight: torch.Tensor, k: int, *, renorm: bool, scaling: float = 1.0,
+                           softmax_first: bool = True, skip: float = 0.0, counters: torch.Tensor | None = None,
+                           pdl: bool = False, splits: int | None = None):
+    """Residual add + RMSNorm + split-K router GEMV + top-k in one launch (the MoE layer's entry at decode):
+    x, residual [T, D] (residual None: the first layer) -> (h [T, D] = rmsnorm(x + residual) * norm_weight in
+    torch's promoted dtype, residual_out [T, D] = x + residual (x itself when residual is None),
+    weights [T, K] float32, ids [T, K] int64): `rms_norm` then `gate_route_splitk`, the same roundings
+    except the fp32 order of mean(s²). counters: zeroed int32, >= cdiv(T, 16) entries, left zeroed
+    (KVCache.counters); None allocates zeroed ones (a memset launch). Raises AssertionError on bad shapes."""
+    T, D = x.shape
+    E = gate_weight.shape[0]
+    assert 1 <= k <= E <= MAX_EXPERTS and D <= MAX_ROW, (k, E, D)
+    assert gate_weight.shape == (E, D) and gate_weight.stride(1) == 1, (gate_weight.shape, D)
+    assert norm_weight.shape == (D,) and norm_weight.is_contiguous(), (norm_weight.shape, D)
+    assert x.stride(-1) == 1 and x.dtype in _DTYPES and gate_weight.dtype in _DTYPES, (x.dtype, gate_weight.dtype)
+    h = torch.empty(T, D, dtype=torch.promote_types(norm_weight.dtype, x.dtype), device=x.device)
+    res_out, r = x, x
+    if residual is not None:
+        assert residual.shape == x.shape and residual.dtype == x.dtype and residual.stride(-1) == 1
+        res_out, r = torch.empty(T, D, dtype=x.dtype, device=x.device), residual
+    w = torch.empty(T, k, dtype=torch.float32, device=x.device)
+    ids = torch.empty(T, k, dtype=torch.int64, device=x.device)
+    if T == 0:
+        return h, res_out, w, ids
+    block_d = min(BLOCK_D, max(triton.next_power_of_2(D), 16))
+    n_tiles = triton.cdiv(D, block_d)
+    if splits is None:
+        splits = default_splits(T, E, D, _sm_count(x.device), block_d)
+    splits = max(1, min(int(splits), n_tiles))
+    block_t = min(triton.next_power_of_2(T), TOKEN_BLOCK)
+    block_e = min(BLOCK_E, triton.next_power_of_2(E))
+    t_blocks = triton.cdiv(T, block_t)
+    if counters is None or counters.numel() < t_blocks:
+        counters = torch.zeros(t_blocks, dtype=torch.int32, device=x.device)
+    assert counters.dtype == torch.int32 and counters.device == x.device
+    part = torch.empty(splits, T, E, dtype=torch.float32, device=x.device)
+    e_p2 = triton.next_power_of_2(E)
+    _norm_gate_route_kernel[(triton.cdiv(E, block_e), splits, t_blocks)](
+        x, r, norm_weight, h, res_out, gate_weight, part, counters, w, ids,
+        T, E, D, x.stride(0), r.stride(0), gate_weight.stride(0), n_tiles, splits, eps, float(scaling), float(skip),
+        BLOCK_T=block_t, BLOCK_E=block_e, BLOCK_D=block_d, BLOCK_ROW=triton.next_power_of_2(D),
+        HAS_RESIDUAL=residual is not None, K=k, E_P2=e_p2,
+        BLOCK_S=min(max(REDUCE_ELEMS // e_p2, 1), triton.next_power_of_2(splits)),
+        BLOCK_K=triton.next_power_of_2(k), SOFTMAX_FIRST=softmax_first, RENORM=renorm,
+        num_warps=max(1, min(4, block_e * block_d // 256)), **launch_args(pdl),
+    )
+    return h, res_out, w, ids
 
 
 def usable(T: int, E: int, D: int, gate_dtype: torch.dtype, x_dtype: torch.dtype) -> bool:
