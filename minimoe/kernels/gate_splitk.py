@@ -175,22 +175,23 @@ def _norm_gate_route_kernel(
         d_ok = offs_d < D
         g = tl.load(g_rows + offs_d[None, :], mask=e_ok[:, None] & d_ok[None, :], other=0.0).to(tl.float32)
         nw = tl.load(norm_ptr + offs_d, mask=d_ok, other=0.0).to(tl.float32)
-        for i in tl.static_range(BLOCK_T):
-            t = (t0 + i).to(tl.int64)
-            ok = offs_d < tl.where(t < T, D, 0)
-            xs = tl.load(x_ptr + t * stride_x + offs_d, mask=ok, other=0.0)
+        for i2 in tl.static_range(BLOCK_T):
+            tt = (t0 + i2).to(tl.int64)
+            d_live = offs_d < tl.where(tt < T, D, 0)
+            xs = tl.load(x_ptr + tt * stride_x + offs_d, mask=d_live, other=0.0)
             if HAS_RESIDUAL:
-                xs = (xs.to(tl.float32) + tl.load(res_ptr + t * stride_r + offs_d, mask=ok, other=0.0).to(tl.float32)).to(x_t)
-            inv_t = tl.sum(tl.where(slot_t == i, inv, 0.0), axis=0)
-            normed = (xs.to(tl.float32) * inv_t).to(x_t).to(tl.float32)   # rounded before the weight
+                xs = (xs.to(tl.float32)
+                      + tl.load(res_ptr + tt * stride_r + offs_d, mask=d_live, other=0.0).to(tl.float32)).to(x_t)
+            inv_i = tl.sum(tl.where(slot_t == i2, inv, 0.0), axis=0)
+            normed = (xs.to(tl.float32) * inv_i).to(x_t).to(tl.float32)   # rounded before the weight
             h = (nw * normed).to(h_ptr.dtype.element_ty)
             if store_h:
-                tl.store(h_ptr + t * D + offs_d, h, mask=ok)
+                tl.store(h_ptr + tt * D + offs_d, h, mask=d_live)
                 if HAS_RESIDUAL:
-                    tl.store(res_out_ptr + t * D + offs_d, xs, mask=ok)
+                    tl.store(res_out_ptr + tt * D + offs_d, xs, mask=d_live)
             hg = h.to(gate_ptr.dtype.element_ty).to(tl.float32)           # the engine feeds h.to(gate dtype)
             part = tl.sum(g * hg[None, :], axis=1)
-            acc += tl.where(slot_t[:, None] == i, part[None, :], 0.0)
+            acc += tl.where(slot_t[:, None] == i2, part[None, :], 0.0)
     offs_t = t0 + slot_t
     out = part_ptr + (s.to(tl.int64) * T + offs_t[:, None]) * E + offs_e[None, :]
     tl.store(out, acc, mask=(offs_t < T)[:, None] & e_ok[None, :])
