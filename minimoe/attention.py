@@ -42,8 +42,9 @@ def _decode_sdpa(q, k_cache, v_cache, step: Step, scale: float, pdl: bool = Fals
 
 
 def _decode_triton(q, k_cache, v_cache, step: Step, scale: float, pdl: bool = False):
-    return _decode_kernel.decode_attention(q, k_cache, v_cache, step.seq_lens, scale, counters=step.counters,
-                                           pdl=pdl)
+    # no counters: the one-kernel merge (decode_attention's `counters`) measured slower in the engine
+    # (docs/results/2026-11-30-s8, call 3): its last program walks the splits serially
+    return _decode_kernel.decode_attention(q, k_cache, v_cache, step.seq_lens, scale, pdl=pdl)
 
 
 def _decode_flash(q, k_cache, v_cache, step: Step, scale: float, pdl: bool = False):
@@ -72,7 +73,7 @@ def attend_cached(q, k_cache, v_cache, step: Step, scale: float, settings):
             return out[:, None]
     elif backend == "triton":   # several new tokens: causal by position, one pass over the cache
         return _decode_kernel.decode_attention(q, k_cache, v_cache, step.seq_lens, scale,
-                                               positions=step.positions, counters=step.counters, pdl=pdl)
+                                               positions=step.positions, pdl=pdl)
     L = step.max_len or k_cache.shape[1]
     k, v = k_cache[:, :L].transpose(1, 2), v_cache[:, :L].transpose(1, 2)    # [B, Hkv, L, d]
     cols = torch.arange(L, device=q.device)

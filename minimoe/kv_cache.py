@@ -28,7 +28,7 @@ class Step:
     seq_lens: torch.Tensor       # [B] int32 valid cache entries once this step's K/V are written
     max_len: int | None          # host-known bound on seq_lens (eager slicing); None = use S_max (graphs)
     fresh: bool                  # every sequence starts at position 0: attend within the new tokens only
-    counters: torch.Tensor | None = None  # int32, zeroed: decode attention's split-merge counters (KVCache)
+    counters: torch.Tensor | None = None  # int32, zeroed: arrival counters of one-launch kernels (KVCache)
 
 
 class KVCache:
@@ -43,8 +43,9 @@ class KVCache:
             self.k = torch.zeros(shape, dtype=dtype, device=device)
             self.v = torch.zeros(shape, dtype=dtype, device=device)
         self.lengths = torch.zeros(batch, dtype=torch.int32, device=device)  # filled entries per sequence
-        # split-K decode attention's arrival counters (kernels/decode_attention.py), for up to
-        # MERGED_TOKENS new tokens a step; the kernel leaves them zeroed after every call
+        # arrival counters of the one-launch kernels that end with "the last program finishes" (the MoE
+        # router with its norm folded in, kernels/gate_splitk.py; decode_attention's `counters`), sized
+        # for up to MERGED_TOKENS new tokens a step; every kernel leaves them zeroed after its call
         self.counters = torch.zeros(batch * cfg.n_heads * MERGED_TOKENS, dtype=torch.int32, device=device)
         self._rows = torch.arange(batch, device=device)[:, None]             # [B, 1] for scatter writes
 
