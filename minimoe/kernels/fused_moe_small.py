@@ -166,18 +166,17 @@ def small_default_config(E: int, I: int, D: int, K: int, T: int, dtype: torch.dt
     pipelined 3 deep (the loop steps are slots whose expert id is itself a load; Triton leaves such
     a load unpipelined at 2 stages). A per-shape rule that filled the SMs with wider tiles was
     9-50% slower. BLOCK_K never exceeds the reduction dim (rounded up to a power of 2).
-    Re-swept in the eighth session with split-K GEMM2 added (docs/results/2026-11-30-s8, call 2): at T = 1
-    the narrow experts (I <= 4096: OLMoE, Qwen3, Qwen1.5, DeepSeek-V2-Lite) take GEMM2 [16, 256] (whole
-    layer 2-9% faster; Mixtral's I = 14336 stays [8, 512]); split-K (2-8 programs per column block) was
-    never faster than the best unsplit tile, so "split" defaults to 1 (a knob for tuned files)."""
+    Re-swept in the eighth session with split-K GEMM2 added (docs/results/2026-11-30-s8, call 2): split-K
+    (2-8 programs per column block) was never faster than the best unsplit tile, so "split" defaults to 1
+    (a knob for tuned files). The sweep also put GEMM2 [16, 256] 2-9% ahead at T = 1 for the narrow
+    experts, but inside the graphed OLMoE step that tile took 16.9 µs against [8, 512]'s 12.7 (call 4):
+    the sweep's back-to-back calls of one layer are not the step's context, so the default stays."""
     if not on_gpu() and sms is None:   # the interpreter pays per program and per element
         tile = {"BLOCK_N": 16, "BLOCK_K": 32, "num_warps": 4, "num_stages": 1}
         return dict(tile, down=dict(tile, split=1))
     gate_up = {"BLOCK_N": 4, "BLOCK_K": min(1024, triton.next_power_of_2(D)), "num_warps": 4, "num_stages": 1}
     down = {"BLOCK_N": 8, "BLOCK_K": min(512, triton.next_power_of_2(I)), "num_warps": 4, "num_stages": 3,
             "split": 1}
-    if T == 1 and I <= 4096:   # narrow experts at batch 1: [16, 256] (session 8 sweep: 2-9% faster)
-        down.update(BLOCK_N=16, BLOCK_K=min(256, triton.next_power_of_2(I)))
     return dict(gate_up, down=down)
 
 
