@@ -4,46 +4,22 @@ kernels/greedy.py (two kernels), each captured in a CUDA graph as the decode ste
     python scripts/bench_greedy.py [--vocab 32000 50304 102400 151936] [--bs 1 16 64] [--json out.json]
 
 Every case first checks the kernel's tokens and count against the PyTorch path (and torch.argmax) on
-fresh logits with a NaN row and an inf row planted; then each path's graph is replayed `--iters`
-times between CUDA events after warm-up, `--reps` times, and the median is printed. The floor beside
+fresh logits with a NaN row and an inf row planted; then `--iters` calls of each path are captured
+back to back in one CUDA graph, replayed `--reps` times between CUDA events, and the median per call
+is printed (minimoe.bench.roofline.graph_us). The floor beside
 each row is the time to read the fp32 logits once at `--bandwidth` GB/s.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 
 import torch
 
+from minimoe.bench.roofline import graph_us
 from minimoe.kernels.greedy import greedy_tail
 from minimoe.ops import greedy_torch
-
-
-def time_graph(fn, iters: int, reps: int) -> float:
-    """µs per call of fn() captured in a CUDA graph: median over reps of (iters replays / iters)."""
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for _ in range(iters):
-            fn()
-    for _ in range(3):
-        g.replay()
-    out = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        g.replay()
-        b.record()
-        torch.cuda.synchronize()
-        out.append(a.elapsed_time(b) * 1e3 / iters)
-    return statistics.median(out)
 
 
 def main(argv=None) -> int:
@@ -72,8 +48,8 @@ def main(argv=None) -> int:
             ok = (torch.equal(greedy_tail(logits, c1), greedy_torch(logits, c2))
                   and torch.equal(greedy_tail(logits, c1), logits.argmax(-1)) and int(c1) == 2 * int(c2))
             wrong += not ok
-            t_torch = time_graph(lambda: greedy_torch(logits, c2), a.iters, a.reps)
-            t_kern = time_graph(lambda: greedy_tail(logits, c1), a.iters, a.reps)
+            t_torch = graph_us([lambda: greedy_torch(logits, c2)] * a.iters, a.reps)
+            t_kern = graph_us([lambda: greedy_tail(logits, c1)] * a.iters, a.reps)
             floor = B * V * 4 / (a.bandwidth * 1e3)
             rows.append({"V": V, "B": B, "torch_us": t_torch, "kernel_us": t_kern, "floor_us": floor, "ok": ok})
             print(f"{V:7d} {B:4d} {t_torch:9.2f} {t_kern:10.2f} {t_torch / t_kern:7.2f}x {floor:9.2f} "

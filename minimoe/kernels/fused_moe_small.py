@@ -45,7 +45,6 @@ from .moe_configs import on_gpu
 from .pdl import launch_args, wait_then_release
 
 SMALL_KEYS = ("BLOCK_N", "BLOCK_K", "num_warps", "num_stages")
-DOWN_KEYS = SMALL_KEYS + ("split",)   # GEMM2 also takes a split-K factor (1 = none)
 
 
 @triton.jit
@@ -55,16 +54,12 @@ def _local_expert(ids_ptr, pair, expert_offset, E):
     return tl.where((e >= 0) & (e < E), e, -1)
 
 
-@triton.jit(do_not_specialize=["top_k", "expert_offset", "E", "n_cnt"])
-def _gate_up_gemv_kernel(x_ptr, w13_ptr, h_ptr, ids_ptr, cnt_ptr, n_cnt, top_k, expert_offset, E, I, D,
+@triton.jit(do_not_specialize=["top_k", "expert_offset", "E"])
+def _gate_up_gemv_kernel(x_ptr, w13_ptr, h_ptr, ids_ptr, top_k, expert_offset, E, I, D,
                          stride_xt, stride_we, stride_wn, stride_ht,
                          BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr, PDL: tl.constexpr):
-    """h[pair, cols] = silu(Wg[e] x[t]) * (Wu[e] x[t]) for one pair and BLOCK_N columns of I.
-    Also zeroes GEMM2's n_cnt split-K arrival counters (cnt_ptr, int32), spread over the programs:
-    GEMM2 runs after this kernel in stream order, so it needs no memset launch of its own."""
+    """h[pair, cols] = silu(Wg[e] x[t]) * (Wu[e] x[t]) for one pair and BLOCK_N columns of I."""
     wait_then_release(PDL)
-    for c in range(tl.program_id(0), n_cnt, tl.num_programs(0)):
-        tl.store(cnt_ptr + c, 0)
     n_blocks = tl.cdiv(I, BLOCK_N)
     pair, col0 = tl.program_id(0) // n_blocks, (tl.program_id(0) % n_blocks) * BLOCK_N
     expert = _local_expert(ids_ptr, pair, expert_offset, E)
@@ -96,31 +91,23 @@ def _gate_up_gemv_kernel(x_ptr, w13_ptr, h_ptr, ids_ptr, cnt_ptr, n_cnt, top_k, 
              mask=cols < I)
 
 
-@triton.jit(do_not_specialize=["top_k", "expert_offset", "E", "T"])
-def _down_combine_kernel(h_ptr, w2_ptr, out_ptr, ids_ptr, weights_ptr, ws_ptr, cnt_ptr, top_k, expert_offset, E,
-                         T, D, I, stride_ht, stride_we, stride_wn, stride_ot,
+@triton.jit(do_not_specialize=["top_k", "expert_offset", "E"])
+def _down_combine_kernel(h_ptr, w2_ptr, out_ptr, ids_ptr, weights_ptr, top_k, expert_offset, E,
+                         D, I, stride_ht, stride_we, stride_wn, stride_ot,
                          BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr, PDL: tl.constexpr,
-                         DENSE: tl.constexpr = False, SPLIT: tl.constexpr = 1):
+                         DENSE: tl.constexpr = False):
     """out[t, cols] = Σ_k w[t,k] · W2[e_k][cols, :] · h[t·K + k] for BLOCK_N columns of D.
-    DENSE (dense_gemv): one expert, one slot of weight 1: out[t, cols] = W[cols, :] · h[t], no id loads.
-    SPLIT > 1 (split-K over the flat (slot, chunk) loop): SPLIT programs share a (token, column block),
-    each a contiguous share of the loop; each stores its fp32 partial in ws [SPLIT, T, D], bumps the
-    block's arrival counter cnt [T·blocks] (zeroed by GEMM1), and the last to arrive adds the SPLIT
-    partials in the order 0..SPLIT-1 (so the bits do not depend on who arrives last) and stores out."""
+    DENSE (dense_gemv): one expert, one slot of weight 1: out[t, cols] = W[cols, :] · h[t], no id loads."""
     wait_then_release(PDL)
     n_blocks = tl.cdiv(D, BLOCK_N)
-    pid = tl.program_id(0)
-    sp, tb = pid % SPLIT, pid // SPLIT
-    t, col0 = tb // n_blocks, (tb % n_blocks) * BLOCK_N
+    t, col0 = tl.program_id(0) // n_blocks, (tl.program_id(0) % n_blocks) * BLOCK_N
     offs_k = tl.arange(0, BLOCK_K)
     rows = (col0 + tl.arange(0, BLOCK_N)) % D
     n_chunks = tl.cdiv(I, BLOCK_K)
     acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
-    n_flat = top_k * n_chunks
-    share = tl.cdiv(n_flat, SPLIT)
     # One flat loop over (slot, chunk) rather than a loop per slot: with I about BLOCK_K the inner
     # loop would be one step long, and a flat loop lets the pipeliner fetch the next slot's tile.
-    for j in tl.range(sp * share, tl.minimum(n_flat, sp * share + share), num_stages=STAGES):
+    for j in tl.range(0, top_k * n_chunks, num_stages=STAGES):
         slot = j // n_chunks
         k0 = (j - slot * n_chunks) * BLOCK_K
         pair = t * top_k + slot
@@ -142,20 +129,8 @@ def _down_combine_kernel(h_ptr, w2_ptr, out_ptr, ids_ptr, weights_ptr, ws_ptr, c
             route_w = tl.where(expert >= 0, tl.load(weights_ptr + pair), 0.0)
             acc += partial * route_w                   # the routing weight on the fp32 partial
     cols = col0 + tl.arange(0, BLOCK_N)
-    if SPLIT > 1:
-        tl.store(ws_ptr + (sp * T + t).to(tl.int64) * D + cols, acc, mask=cols < D)
-        tl.debug_barrier()                                   # every thread's partial is out before the count
-        arrived = tl.atomic_add(cnt_ptr + tb, 1, sem="acq_rel", scope="gpu")
-        if arrived == SPLIT - 1:                             # the last: the others' partials are visible
-            acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
-            for q in tl.static_range(SPLIT):
-                acc += tl.load(ws_ptr + (q * T + t).to(tl.int64) * D + cols, mask=cols < D, other=0.0,
-                               volatile=True)
-            tl.store(out_ptr + t.to(tl.int64) * stride_ot + cols, acc.to(out_ptr.dtype.element_ty),
-                     mask=cols < D)
-    else:
-        tl.store(out_ptr + t.to(tl.int64) * stride_ot + cols, acc.to(out_ptr.dtype.element_ty),
-                 mask=cols < D)
+    tl.store(out_ptr + t.to(tl.int64) * stride_ot + cols, acc.to(out_ptr.dtype.element_ty),
+             mask=cols < D)
 
 
 def small_default_config(E: int, I: int, D: int, K: int, T: int, dtype: torch.dtype,
@@ -166,17 +141,17 @@ def small_default_config(E: int, I: int, D: int, K: int, T: int, dtype: torch.dt
     pipelined 3 deep (the loop steps are slots whose expert id is itself a load; Triton leaves such
     a load unpipelined at 2 stages). A per-shape rule that filled the SMs with wider tiles was
     9-50% slower. BLOCK_K never exceeds the reduction dim (rounded up to a power of 2).
-    Re-swept in the eighth session with split-K GEMM2 added (docs/results/2026-11-30-s8, call 2): split-K
-    (2-8 programs per column block) was never faster than the best unsplit tile, so "split" defaults to 1
-    (a knob for tuned files). The sweep also put GEMM2 [16, 256] 2-9% ahead at T = 1 for the narrow
-    experts, but inside the graphed OLMoE step that tile took 16.9 µs against [8, 512]'s 12.7 (call 4):
-    the sweep's back-to-back calls of one layer are not the step's context, so the default stays."""
+    Re-swept in the eighth session (docs/results/2026-11-30-s8, call 2) with a split-K GEMM2 tried (2-8
+    programs per column block, the last to arrive adding the partials): never faster than the best
+    unsplit tile, so it was not kept. The sweep also put GEMM2 [16, 256] 2-9% ahead at T = 1 for the
+    narrow experts, but inside the graphed OLMoE step that tile took 16.9 µs against [8, 512]'s 12.7
+    (call 4): the sweep's back-to-back calls of one layer are not the step's context, so the default
+    stays."""
     if not on_gpu() and sms is None:   # the interpreter pays per program and per element
         tile = {"BLOCK_N": 16, "BLOCK_K": 32, "num_warps": 4, "num_stages": 1}
-        return dict(tile, down=dict(tile, split=1))
+        return dict(tile, down=dict(tile))
     gate_up = {"BLOCK_N": 4, "BLOCK_K": min(1024, triton.next_power_of_2(D)), "num_warps": 4, "num_stages": 1}
-    down = {"BLOCK_N": 8, "BLOCK_K": min(512, triton.next_power_of_2(I)), "num_warps": 4, "num_stages": 3,
-            "split": 1}
+    down = {"BLOCK_N": 8, "BLOCK_K": min(512, triton.next_power_of_2(I)), "num_warps": 4, "num_stages": 3}
     return dict(gate_up, down=down)
 
 
@@ -186,7 +161,7 @@ def small_configs(config: dict | None, E: int, I: int, D: int, K: int, T: int,
     base = small_default_config(E, I, D, K, T, dtype)
     given = (config or {}).get("small", {})
     gate_up = {k: given.get(k, base[k]) for k in SMALL_KEYS}
-    down = {k: given.get("down", {}).get(k, base["down"].get(k, 1)) for k in DOWN_KEYS}
+    down = {k: given.get("down", {}).get(k, base["down"][k]) for k in SMALL_KEYS}
     return gate_up, down
 
 
@@ -198,24 +173,19 @@ def fused_moe_small(x, w13, w2, ids, topk_weights, expert_offset: int,
     I = two_i // 2
     cfg1, cfg2 = small_configs(config, E, I, D, K, T, x.dtype)
     h = x.new_empty(T * K, I)                                               # [T·K, I]
-    split = max(1, int(cfg2["split"]))
-    blocks = T * triton.cdiv(D, cfg2["BLOCK_N"])
-    # split-K: partials [SPLIT, T, D] fp32 (every entry written before read) and arrival counters
-    # [T·blocks] int32, which GEMM1 zeroes
-    ws = torch.empty(split * T * D if split > 1 else 1, dtype=torch.float32, device=x.device)
-    cnt = torch.empty(blocks if split > 1 else 1, dtype=torch.int32, device=x.device)
     grid1 = (T * K * triton.cdiv(I, cfg1["BLOCK_N"]),)
     _gate_up_gemv_kernel[grid1](
-        x, w13, h, ids, cnt, blocks if split > 1 else 0, K, expert_offset, E, I, D,
+        x, w13, h, ids, K, expert_offset, E, I, D,
         x.stride(0), w13.stride(0), w13.stride(1), h.stride(0),
         BLOCK_N=cfg1["BLOCK_N"], BLOCK_K=cfg1["BLOCK_K"], STAGES=cfg1["num_stages"],
         num_warps=cfg1["num_warps"], num_stages=cfg1["num_stages"], **launch_args(pdl))
     out = x.new_empty(T, D)
     weights = topk_weights.float().contiguous().view(-1)  # [T·K]; no copy when already fp32
-    _down_combine_kernel[(blocks * split,)](
-        h, w2, out, ids, weights, ws, cnt, K, expert_offset, E, T, D, I,
+    grid2 = (T * triton.cdiv(D, cfg2["BLOCK_N"]),)
+    _down_combine_kernel[grid2](
+        h, w2, out, ids, weights, K, expert_offset, E, D, I,
         h.stride(0), w2.stride(0), w2.stride(1), out.stride(0),
-        BLOCK_N=cfg2["BLOCK_N"], BLOCK_K=cfg2["BLOCK_K"], STAGES=cfg2["num_stages"], SPLIT=split,
+        BLOCK_N=cfg2["BLOCK_N"], BLOCK_K=cfg2["BLOCK_K"], STAGES=cfg2["num_stages"],
         num_warps=cfg2["num_warps"], num_stages=cfg2["num_stages"], **launch_args(pdl))
     return out
 
@@ -252,7 +222,7 @@ def dense_gemv(x: torch.Tensor, weight: torch.Tensor, config: dict | None = None
         return out
     w3 = weight.unsqueeze(0)                                                # [1, N, K]
     _down_combine_kernel[(T * triton.cdiv(N, cfg["BLOCK_N"]),)](
-        x, w3, out, x, x, x, x, 1, 0, 1, T, N, K,                           # ids / weights / ws: never read
+        x, w3, out, x, x, 1, 0, 1, N, K,                                    # ids / weights: never read
         x.stride(0), w3.stride(0), w3.stride(1), out.stride(0),
         BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"], STAGES=cfg["num_stages"],
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], DENSE=True, **launch_args(pdl))

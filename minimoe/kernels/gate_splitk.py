@@ -22,9 +22,16 @@ each program reading its 2-4 KB of gate once and using it for every token of its
 The partials make one round trip through a [KSPLIT, T, E] fp32 workspace (4 KB per token for OLMoE
 at S = 16: L2-resident). Two launches, both with shapes-only grids and no host syncs, so the pair
 captures into a CUDA graph; with `pdl` the second one launches while the first drains
-(kernels/pdl.py). A single kernel whose last program (an atomic counter) reduces would save the
-second launch, at the price of a cross-CTA memory-ordering protocol and a persistent counter that
-two graphs or streams must not share; not done.
+(kernels/pdl.py).
+
+`norm_gate_route_splitk` is the layer's whole entry in ONE launch (model.Block folds the MoE layer's
+RMSNorm into the router there, `--fold-norm`): kernel 1 with NORM (each program normalises its own D
+tiles, after reducing the token's whole row for 1 / rms) and ROUTE (the last program of a token block
+to finish, counted with an atomic arrival counter, does kernel 2's work). The counter lives in
+KVCache.counters, zeroed once and reset by that last program, so graph replays and eager calls find
+it zeroed; two such kernels must not run at once on one counter (the engine runs one stream).
+Measured on the H200 in the graphed OLMoE step (eighth session): RMSNorm 1.74 + gate 1.84 + reduce
+2.45 µs and two launch gaps -> 4.89 µs.
 
 The roundings are `minimoe.ops.gate_route_torch`'s (the tests check them against it):
   h       = h rounded to the gate's dtype, as the engine feeds h.to(gate dtype) to the gate (a
@@ -67,40 +74,6 @@ _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 @triton.jit
-def _gate_partial_kernel(
-    h_ptr, gate_ptr, part_ptr, T, E, D, stride_h, stride_g, n_tiles, KSPLIT,
-    BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_D: tl.constexpr, PDL: tl.constexpr,
-):
-    """part[s, t, e] for e in tile program_id(0), split s = program_id(1), t in block program_id(2)."""
-    wait_then_release(PDL)
-    s = tl.program_id(1)
-    offs_e = tl.program_id(0) * BLOCK_E + tl.arange(0, BLOCK_E)
-    t0 = tl.program_id(2) * BLOCK_T
-    slot_t = tl.arange(0, BLOCK_T)
-    e_ok = offs_e < E
-    g_rows = gate_ptr + offs_e.to(tl.int64)[:, None] * stride_g
-    # split s's D tiles: [s n / S, (s + 1) n / S), a balanced partition (never empty when S <= n)
-    first = s * n_tiles // KSPLIT
-    last = (s + 1) * n_tiles // KSPLIT
-    acc = tl.zeros([BLOCK_T, BLOCK_E], tl.float32)
-    for j in range(first, last):
-        offs_d = j * BLOCK_D + tl.arange(0, BLOCK_D)
-        d_ok = offs_d < D
-        g = tl.load(g_rows + offs_d[None, :], mask=e_ok[:, None] & d_ok[None, :], other=0.0).to(tl.float32)
-        # the tile stays in registers for every token of the block (h rows are tiny: L1/L2 hits)
-        for i in tl.static_range(BLOCK_T):
-            t = t0 + i
-            d_end = tl.where(t < T, D, 0)  # a padding token (t >= T) loads nothing
-            h = tl.load(h_ptr + t.to(tl.int64) * stride_h + offs_d, mask=offs_d < d_end, other=0.0)
-            h = h.to(gate_ptr.dtype.element_ty).to(tl.float32)  # the engine feeds h.to(gate dtype)
-            part = tl.sum(g * h[None, :], axis=1)  # [BLOCK_E], fp32
-            acc += tl.where(slot_t[:, None] == i, part[None, :], 0.0)
-    offs_t = t0 + slot_t
-    out = part_ptr + (s.to(tl.int64) * T + offs_t[:, None]) * E + offs_e[None, :]
-    tl.store(out, acc, mask=(offs_t < T)[:, None] & e_ok[None, :])
-
-
-@triton.jit
 def _reduce_route(part_ptr, gate_ptr, w_ptr, ids_ptr, t, T, E, KSPLIT, scaling, skip,
                   K: tl.constexpr, E_P2: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_K: tl.constexpr,
                   SOFTMAX_FIRST: tl.constexpr, RENORM: tl.constexpr, VOLATILE: tl.constexpr):
@@ -134,18 +107,21 @@ def _reduce_route_kernel(
 
 
 @triton.jit
-def _norm_gate_route_kernel(
-    x_ptr, res_ptr, norm_ptr, h_ptr, res_out_ptr, gate_ptr, part_ptr, cnt_ptr, w_ptr, ids_ptr,
-    T, E, D, stride_x, stride_r, stride_g, n_tiles, KSPLIT, eps, scaling, skip,
-    BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_ROW: tl.constexpr,
-    HAS_RESIDUAL: tl.constexpr, K: tl.constexpr, E_P2: tl.constexpr, BLOCK_S: tl.constexpr,
-    BLOCK_K: tl.constexpr, SOFTMAX_FIRST: tl.constexpr, RENORM: tl.constexpr, PDL: tl.constexpr,
+def _gate_partial_kernel(
+    h_ptr, gate_ptr, part_ptr, T, E, D, stride_h, stride_g, n_tiles, KSPLIT,
+    res_ptr, norm_ptr, hout_ptr, res_out_ptr, stride_r, eps, cnt_ptr, w_ptr, ids_ptr, scaling, skip,
+    BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_D: tl.constexpr, PDL: tl.constexpr,
+    NORM: tl.constexpr = False, HAS_RESIDUAL: tl.constexpr = False, BLOCK_ROW: tl.constexpr = 16,
+    ROUTE: tl.constexpr = False, K: tl.constexpr = 1, E_P2: tl.constexpr = 1, BLOCK_S: tl.constexpr = 1,
+    BLOCK_K: tl.constexpr = 1, SOFTMAX_FIRST: tl.constexpr = True, RENORM: tl.constexpr = False,
 ):
-    """The MoE layer's entry in one launch: residual add + RMSNorm + the split-K router GEMV + top-k.
-    Program (i, s, b) as `_gate_partial_kernel`'s, but it normalises its own D tiles of each token
-    (every program first reduces the token's whole row for 1 / rms: a few KB from L2), the E-tile-0
-    programs store h and the new residual stream for their tiles, and the last program of token
-    block b to finish (an arrival counter, left zeroed) sums the partials in split order and routes."""
+    """part[s, t, e] for e in tile program_id(0), split s = program_id(1), t in block program_id(2).
+
+    NORM (the layer's entry in one launch, `norm_gate_route_splitk`): h_ptr holds the sublayer output x;
+    every program first reduces each of its tokens' whole row s = x + residual (HAS_RESIDUAL) for
+    1 / rms (a few KB from L2), normalises its own D tiles as rmsnorm.py rounds them, and the E-tile-0
+    programs store h and s. ROUTE: the last program of token block b to finish (an arrival counter in
+    cnt_ptr, left zeroed) sums the partials in split order and routes (`_reduce_route`)."""
     wait_then_release(PDL)
     s = tl.program_id(1)
     offs_e = tl.program_id(0) * BLOCK_E + tl.arange(0, BLOCK_E)
@@ -153,56 +129,60 @@ def _norm_gate_route_kernel(
     slot_t = tl.arange(0, BLOCK_T)
     e_ok = offs_e < E
     g_rows = gate_ptr + offs_e.to(tl.int64)[:, None] * stride_g
+    # split s's D tiles: [s n / S, (s + 1) n / S), a balanced partition (never empty when S <= n)
     first = s * n_tiles // KSPLIT
     last = (s + 1) * n_tiles // KSPLIT
-    x_t = x_ptr.dtype.element_ty
-    # 1 / rms of each token's s = x + residual (rounded to x's dtype), in fp32, as rmsnorm.py
-    offs_row = tl.arange(0, BLOCK_ROW)
-    inv = tl.zeros([BLOCK_T], tl.float32)
-    for i in tl.static_range(BLOCK_T):
-        t = (t0 + i).to(tl.int64)
-        ok = offs_row < tl.where(t < T, D, 0)
-        row = tl.load(x_ptr + t * stride_x + offs_row, mask=ok, other=0.0)
-        if HAS_RESIDUAL:
-            row = (row.to(tl.float32) + tl.load(res_ptr + t * stride_r + offs_row, mask=ok, other=0.0).to(tl.float32)).to(x_t)
-        rf = row.to(tl.float32)
-        inv_t = tl.rsqrt(tl.sum(rf * rf, axis=0) / D + eps)
-        inv += tl.where(slot_t == i, inv_t, 0.0)
-    store_h = tl.program_id(0) == 0
+    x_t = h_ptr.dtype.element_ty
+    inv = tl.zeros([BLOCK_T], tl.float32)            # NORM: 1 / rms of each token's s, as rmsnorm.py
+    if NORM:
+        offs_row = tl.arange(0, BLOCK_ROW)
+        for i in tl.static_range(BLOCK_T):
+            t = (t0 + i).to(tl.int64)
+            row_ok = offs_row < tl.where(t < T, D, 0)
+            row = tl.load(h_ptr + t * stride_h + offs_row, mask=row_ok, other=0.0)
+            if HAS_RESIDUAL:
+                row = (row.to(tl.float32)
+                       + tl.load(res_ptr + t * stride_r + offs_row, mask=row_ok, other=0.0).to(tl.float32)).to(x_t)
+            rf = row.to(tl.float32)
+            inv += tl.where(slot_t == i, tl.rsqrt(tl.sum(rf * rf, axis=0) / D + eps), 0.0)
     acc = tl.zeros([BLOCK_T, BLOCK_E], tl.float32)
     for j in range(first, last):
         offs_d = j * BLOCK_D + tl.arange(0, BLOCK_D)
         d_ok = offs_d < D
         g = tl.load(g_rows + offs_d[None, :], mask=e_ok[:, None] & d_ok[None, :], other=0.0).to(tl.float32)
-        nw = tl.load(norm_ptr + offs_d, mask=d_ok, other=0.0).to(tl.float32)
+        if NORM:
+            nw = tl.load(norm_ptr + offs_d, mask=d_ok, other=0.0).to(tl.float32)
+        # the tile stays in registers for every token of the block (h rows are tiny: L1/L2 hits)
         for i2 in tl.static_range(BLOCK_T):
             tt = (t0 + i2).to(tl.int64)
-            d_live = offs_d < tl.where(tt < T, D, 0)
-            xs = tl.load(x_ptr + tt * stride_x + offs_d, mask=d_live, other=0.0)
-            if HAS_RESIDUAL:
-                xs = (xs.to(tl.float32)
-                      + tl.load(res_ptr + tt * stride_r + offs_d, mask=d_live, other=0.0).to(tl.float32)).to(x_t)
-            inv_i = tl.sum(tl.where(slot_t == i2, inv, 0.0), axis=0)
-            normed = (xs.to(tl.float32) * inv_i).to(x_t).to(tl.float32)   # rounded before the weight
-            h = (nw * normed).to(h_ptr.dtype.element_ty)
-            if store_h:
-                tl.store(h_ptr + tt * D + offs_d, h, mask=d_live)
+            live = offs_d < tl.where(tt < T, D, 0)  # a padding token (t >= T) loads nothing
+            h = tl.load(h_ptr + tt * stride_h + offs_d, mask=live, other=0.0)
+            if NORM:
                 if HAS_RESIDUAL:
-                    tl.store(res_out_ptr + tt * D + offs_d, xs, mask=d_live)
-            hg = h.to(gate_ptr.dtype.element_ty).to(tl.float32)           # the engine feeds h.to(gate dtype)
-            part = tl.sum(g * hg[None, :], axis=1)
+                    h = (h.to(tl.float32)
+                         + tl.load(res_ptr + tt * stride_r + offs_d, mask=live, other=0.0).to(tl.float32)).to(x_t)
+                    if tl.program_id(0) == 0:
+                        tl.store(res_out_ptr + tt * D + offs_d, h, mask=live)
+                inv_i = tl.sum(tl.where(slot_t == i2, inv, 0.0), axis=0)
+                normed = (h.to(tl.float32) * inv_i).to(x_t).to(tl.float32)   # rounded before the weight
+                h = (nw * normed).to(hout_ptr.dtype.element_ty)
+                if tl.program_id(0) == 0:
+                    tl.store(hout_ptr + tt * D + offs_d, h, mask=live)
+            h = h.to(gate_ptr.dtype.element_ty).to(tl.float32)  # the engine feeds h.to(gate dtype)
+            part = tl.sum(g * h[None, :], axis=1)  # [BLOCK_E], fp32
             acc += tl.where(slot_t[:, None] == i2, part[None, :], 0.0)
     offs_t = t0 + slot_t
     out = part_ptr + (s.to(tl.int64) * T + offs_t[:, None]) * E + offs_e[None, :]
     tl.store(out, acc, mask=(offs_t < T)[:, None] & e_ok[None, :])
-    tl.debug_barrier()                                   # every thread's partial is out before the count
-    cnt = cnt_ptr + tl.program_id(2)
-    if tl.atomic_add(cnt, 1, sem="acq_rel", scope="gpu") == tl.num_programs(0) * KSPLIT - 1:
-        tl.store(cnt, 0)                                 # the last of this token block: reset, then route
-        for i in tl.static_range(BLOCK_T):
-            if t0 + i < T:
-                _reduce_route(part_ptr, gate_ptr, w_ptr, ids_ptr, (t0 + i).to(tl.int64), T, E, KSPLIT, scaling,
-                              skip, K, E_P2, BLOCK_S, BLOCK_K, SOFTMAX_FIRST, RENORM, True)
+    if ROUTE:
+        tl.debug_barrier()                               # every thread's partial is out before the count
+        cnt = cnt_ptr + tl.program_id(2)
+        if tl.atomic_add(cnt, 1, sem="acq_rel", scope="gpu") == tl.num_programs(0) * KSPLIT - 1:
+            tl.store(cnt, 0)                             # the last of this token block: reset, then route
+            for i3 in tl.static_range(BLOCK_T):
+                if t0 + i3 < T:
+                    _reduce_route(part_ptr, gate_ptr, w_ptr, ids_ptr, (t0 + i3).to(tl.int64), T, E, KSPLIT,
+                                  scaling, skip, K, E_P2, BLOCK_S, BLOCK_K, SOFTMAX_FIRST, RENORM, True)
 
 
 @functools.lru_cache(maxsize=None)
@@ -259,6 +239,7 @@ def gate_route_splitk(h: torch.Tensor, gate_weight: torch.Tensor, k: int, *, ren
     block_e = min(BLOCK_E, triton.next_power_of_2(E))
     _gate_partial_kernel[(triton.cdiv(E, block_e), splits, triton.cdiv(T, block_t))](
         h, gate_weight, part, T, E, D, h.stride(0), gate_weight.stride(0), n_tiles, splits,
+        h, h, h, h, 0, 0.0, h, h, h, 0.0, 0.0,               # the norm and routing arguments: never read
         BLOCK_T=block_t, BLOCK_E=block_e, BLOCK_D=block_d,
         num_warps=max(1, min(4, block_e * block_d // 256)),  # 2 KB bf16 tile: 4 warps, 8 values each
         **launch_args(pdl),
@@ -312,11 +293,11 @@ def norm_gate_route_splitk(x: torch.Tensor, residual: torch.Tensor | None, norm_
     assert counters.dtype == torch.int32 and counters.device == x.device
     part = torch.empty(splits, T, E, dtype=torch.float32, device=x.device)
     e_p2 = triton.next_power_of_2(E)
-    _norm_gate_route_kernel[(triton.cdiv(E, block_e), splits, t_blocks)](
-        x, r, norm_weight, h, res_out, gate_weight, part, counters, w, ids,
-        T, E, D, x.stride(0), r.stride(0), gate_weight.stride(0), n_tiles, splits, eps, float(scaling), float(skip),
-        BLOCK_T=block_t, BLOCK_E=block_e, BLOCK_D=block_d, BLOCK_ROW=triton.next_power_of_2(D),
-        HAS_RESIDUAL=residual is not None, K=k, E_P2=e_p2,
+    _gate_partial_kernel[(triton.cdiv(E, block_e), splits, t_blocks)](
+        x, gate_weight, part, T, E, D, x.stride(0), gate_weight.stride(0), n_tiles, splits,
+        r, norm_weight, h, res_out, r.stride(0), eps, counters, w, ids, float(scaling), float(skip),
+        BLOCK_T=block_t, BLOCK_E=block_e, BLOCK_D=block_d, NORM=True, HAS_RESIDUAL=residual is not None,
+        BLOCK_ROW=triton.next_power_of_2(D), ROUTE=True, K=k, E_P2=e_p2,
         BLOCK_S=min(max(REDUCE_ELEMS // e_p2, 1), triton.next_power_of_2(splits)),
         BLOCK_K=triton.next_power_of_2(k), SOFTMAX_FIRST=softmax_first, RENORM=renorm,
         num_warps=max(1, min(4, block_e * block_d // 256)), **launch_args(pdl),
