@@ -2,7 +2,7 @@
 # Session 8, call 6 on nvidia-h200 (~4 min): the session's final code after the clean-up (one router kernel with
 # NORM / ROUTE switches instead of two, the split-K GEMM2 removed): GPU tests (the fused norm + gate kernel, graphed
 # == eager greedy tokens for every family), then bench.py batch 1 (128 / 128) OLMoE base (baseline_s7.tgz) and new,
-# Qwen3-30B-A3B and DeepSeek-V2-Lite new (their base figures: call 5).
+# DeepSeek-V2-Lite new (its base figure: call 5).
 # Usage (device tool, repo root, carry baseline_s7.tgz): bash scripts/gpu/session8_call6.sh
 set -u
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD TQDM_DISABLE=1
@@ -18,5 +18,4 @@ run() {  # label dir model
 }
 run base /tmp/base olmoe
 run new $ROOT olmoe
-run new $ROOT qwen3
 run new $ROOT deepseek-v2-lite
