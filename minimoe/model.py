@@ -42,12 +42,10 @@ class Block(nn.Module):
             h, residual = self.attn_norm(x, residual)
         with region("attention"):
             x = self.attn(h, step, cache, rot)
-        if self.ffn_region is None and x.is_contiguous() and (residual is None or residual.is_contiguous()):
+        if self.ffn_region is None and self.ffn.fold_fits(x, residual):
             with region("router"):      # norm + router in one kernel where that exists (--fold-norm)
-                folded = self.ffn.fold_norm(x, residual, self.ffn_norm, step.counters)
-            if folded is not None:
-                h, residual, routing = folded
-                return self.ffn(h, routing=routing), residual
+                h, residual, routing = self.ffn.fold_norm(x, residual, self.ffn_norm, step.counters)
+            return self.ffn(h, routing=routing), residual
         with region("norm"):
             h, residual = self.ffn_norm(x, residual)
         with region(self.ffn_region):

@@ -64,12 +64,16 @@ class MoE(nn.Module):
         return y.view(B, S, D)
 
 
+    def fold_fits(self, x: torch.Tensor, residual: torch.Tensor | None) -> bool:
+        """Whether `fold_norm` applies to x, residual [B, S, D] (contiguous; Router.fold_fits)."""
+        B, S, D = x.shape
+        return (x.is_contiguous() and (residual is None or residual.is_contiguous())
+                and self.router.fold_fits(B * S, D, x.dtype))
+
     def fold_norm(self, x: torch.Tensor, residual: torch.Tensor | None, norm, counters=None):
         """x, residual [B, S, D] -> (h, x + residual, (weights, ids)) with the norm run inside the router's
-        kernel (Router.norm_and_route), or None where that does not apply."""
+        kernel (Router.norm_and_route), where `fold_fits`."""
         B, S, D = x.shape
-        if not self.router.fold_fits(B * S, D, x.dtype):
-            return None
         h, res, w, ids = self.router(x.reshape(B * S, D), None if residual is None else residual.reshape(B * S, D),
                                      norm=norm, counters=counters)
         return h.view(B, S, D), res.view(B, S, D), (w, ids)
