@@ -39,7 +39,7 @@ def counted(monkeypatch):
             return fn(*args, **kwargs)
         return wrapper
     triton_ops = ops.OPS["triton"]
-    fields = ("rms_norm", "qkv_rope_cache", "mla_rope_cache", "silu_mul", "route_topk", "gate_route")
+    fields = ("rms_norm", "qkv_rope_cache", "mla_rope_cache", "silu_mul", "route_topk", "gate_route", "norm_gate_route")
     monkeypatch.setitem(ops.OPS, "triton", dataclasses.replace(
         triton_ops, **{f: wrap(f, getattr(triton_ops, f)) for f in fields}))
     monkeypatch.setattr(linear._gemv, "gemv", wrap("gemv", linear._gemv.gemv))
@@ -74,6 +74,14 @@ def test_triton_ops_equal_torch_ops(card, splitk, counted, monkeypatch):
     err = ((fast_logits - plain_logits).abs().max() / plain_logits.abs().max()).item()
     assert err <= 1e-4, err
     assert torch.equal(fast_tokens, plain_tokens)
+    # --fold-norm: the MoE layers' RMSNorm inside the router's kernel (split-K or one program per token)
+    assert "norm_gate_route" not in counted
+    s.fold_norm = "on"
+    fold_tokens, fold_logits = _run(model, prompts, 4)
+    assert ("norm_gate_route" in counted) == gate_fits
+    err = ((fold_logits - plain_logits).abs().max() / plain_logits.abs().max()).item()
+    assert err <= 1e-4, err
+    assert torch.equal(fold_tokens, plain_tokens)
 
 
 def test_ops_for_binds_pdl_into_every_triton_op():
