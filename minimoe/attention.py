@@ -43,7 +43,7 @@ def _decode_sdpa(q, k_cache, v_cache, step: Step, scale: float, pdl: bool = Fals
 
 def _decode_triton(q, k_cache, v_cache, step: Step, scale: float, pdl: bool = False):
     # no counters: the one-kernel merge (decode_attention's `counters`) measured slower in the engine
-    # (docs/results/2026-11-30-s8, call 3): its last program walks the splits serially
+    # (docs/results/2026-11-30-s8, calls 3-4): its last program walks the splits serially
     return _decode_kernel.decode_attention(q, k_cache, v_cache, step.seq_lens, scale, pdl=pdl)
 
 

@@ -9,8 +9,12 @@ full precision: a bf16 softmax over 64-256 experts flips near-ties). Which route
 or a synthetic one for ablations) and K are run settings, read at every call.
 
 With `--ops triton`, decode-sized batches of a small gate (Mixtral's 8 x 4096: 64 KB) run the gate
-GEMV and the top-k as one kernel (kernels/norm_route.py `gate_route`); otherwise the top-k alone is
-one kernel (kernels/route.py) after a cuBLAS GEMV.
+GEMV and the top-k as one kernel (kernels/norm_route.py `gate_route`), large gates at decode sizes a
+split-K GEMV + top-k (kernels/gate_splitk.py); otherwise the top-k alone is one kernel (kernels/route.py)
+after a cuBLAS GEMV. With `--fold-norm` (on by default with triton ops) a one-token step also runs the
+layer's residual add + RMSNorm inside that kernel: the Block hands the router the un-normed sublayer
+output and the norm, and the router writes the normed h (which the experts read) and the new residual
+stream into buffers it is given, still returning (weights, ids) to its hooks.
 
 Dynamic expert skipping (NAEE, arXiv 2402.14800; `RunSettings.skip_threshold` beta): a routed slot
 whose weight is below beta times the token's top weight is dropped; its id becomes -1, which no
@@ -36,7 +40,8 @@ from .router import FUSED_ROUTERS, RouterSpec, route, skip_small  # noqa: F401  
 
 
 class Router(nn.Module):
-    """h [T, D] -> (weights [T, K] float32, ids [T, K] int64 global expert ids; -1 = skipped)."""
+    """h [T, D] -> (weights [T, K] float32, ids [T, K] int64 global expert ids; -1 = skipped). Folded
+    (`--fold-norm`): (x, residual, norm=, out=) -> the same, with the norm's outputs written into out."""
 
     def __init__(self, cfg: ModelConfig, settings, n_experts: int, layer: int):
         super().__init__()
@@ -53,11 +58,12 @@ class Router(nn.Module):
         s = self.settings
         return RouterSpec.from_config(self.cfg, s and s.router, s and s.top_k, s.zipf_s if s else 1.2)
 
-    def forward(self, h: torch.Tensor, residual: torch.Tensor | None = None, norm=None, counters=None):
+    def forward(self, h: torch.Tensor, residual: torch.Tensor | None = None, norm=None, counters=None, out=None):
         """h [T, D] (normed) -> (weights, ids). With `norm` (where `fold_fits`): h is the un-normed
-        sublayer output x, and the result is `norm_and_route`'s (h, x + residual, weights, ids)."""
+        sublayer output x; the normed h and x + residual are written into out = (h, residual_out)
+        (`norm_and_route`), and the result is still (weights, ids)."""
         if norm is not None:
-            return self.norm_and_route(h, residual, norm, counters)
+            return self.norm_and_route(h, residual, norm, counters, out)
         spec = self.spec()
         ops = ops_for(self.settings)
         beta = self.settings.skip_threshold if self.settings is not None else 0.0
@@ -85,26 +91,27 @@ class Router(nn.Module):
 
     def fold_fits(self, T: int, D: int, dtype: torch.dtype) -> bool:
         """Whether the layer's RMSNorm can run inside this router's kernel for T tokens of dtype:
-        `RunSettings.fold_norm` on, a fusable router (no selection bias), and `ops.gate_route_fits`."""
+        `RunSettings.fold_norm` on, a fusable router (no selection bias), and `ops.norm_gate_route_fits`
+        (one token, where it was measured)."""
         s = self.settings
         if s is None or s.fold_norm != "on" or self.bias is not None or self.spec().name not in FUSED_ROUTERS:
             return False
-        return ops_for(s).gate_route_fits(T, self.n_experts, D, self.weight.dtype, dtype)
+        return ops_for(s).norm_gate_route_fits(T, self.n_experts, D, self.weight.dtype, dtype)
 
-    def norm_and_route(self, x: torch.Tensor, residual: torch.Tensor | None, norm, counters=None):
+    def norm_and_route(self, x: torch.Tensor, residual: torch.Tensor | None, norm, counters, out):
         """The layer's RMSNorm (+ residual add) and this router in one kernel (call through `self(x,
-        residual, norm=...)` where `fold_fits`): x, residual [T, D] -> (h [T, D], x + residual, weights
-        [T, K], ids [T, K]), as `norm(x, residual)` then `self(h)`. counters: zeroed int32 scratch the
+        residual, norm=..., out=...)` where `fold_fits`): x, residual [T, D] -> (weights [T, K], ids [T, K]),
+        with h = norm(x, residual)[0] written into out[0] and x + residual into out[1] (unused when
+        residual is None), as `norm(x, residual)` then `self(h)`. counters: zeroed int32 scratch the
         kernel leaves zeroed (KVCache.counters)."""
         s = self.settings
         spec = self.spec()
-        ops = ops_for(s)
         beta = s.skip_threshold
-        h, res, w, ids = ops.norm_gate_route(
+        _, _, w, ids = ops_for(s).norm_gate_route(
             x, residual, norm.weight, norm.eps, self.weight, spec.top_k, renorm=spec.renorm or spec.name == "topk_softmax",
-            scaling=spec.scaling, softmax_first=spec.name == "softmax_topk", skip=beta, counters=counters)
+            scaling=spec.scaling, softmax_first=spec.name == "softmax_topk", skip=beta, counters=counters, out=out)
         self._record(ids, beta)
-        return h, res, w, ids
+        return w, ids
 
 
 class SkipCount:

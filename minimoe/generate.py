@@ -24,7 +24,7 @@ import torch
 from .instrument import region
 from .kv_cache import KVCache
 from .model import Transformer
-from .ops import ops_for
+from .ops import nonfinite_rows, ops_for
 from .sampling import Sampling, sample
 
 
@@ -72,7 +72,7 @@ class Generator:
         with region("sample"):
             if self.sampling.greedy:          # argmax + the count in two kernels with --ops triton
                 return ops_for(self.model.settings).greedy(logits, self.nonfinite)
-            self.nonfinite += (~torch.isfinite(logits.sum(-1))).sum()
+            self.nonfinite += nonfinite_rows(logits)
             return sample(logits, self.sampling, self.generator)
 
     def _room(self, n_new: int) -> None:

@@ -18,7 +18,7 @@ import torch
 
 from .config import ModelConfig
 
-MERGED_TOKENS = 16   # new tokens per sequence whose split attention merges in one kernel (speculation's G + 1)
+COUNTER_TOKENS = 16  # new tokens per sequence the arrival counters are sized for (speculation's G + 1)
 
 
 @dataclass
@@ -45,8 +45,8 @@ class KVCache:
         self.lengths = torch.zeros(batch, dtype=torch.int32, device=device)  # filled entries per sequence
         # arrival counters of the one-launch kernels that end with "the last program finishes" (the MoE
         # router with its norm folded in, kernels/gate_splitk.py; decode_attention's `counters`), sized
-        # for up to MERGED_TOKENS new tokens a step; every kernel leaves them zeroed after its call
-        self.counters = torch.zeros(batch * cfg.n_heads * MERGED_TOKENS, dtype=torch.int32, device=device)
+        # for up to COUNTER_TOKENS new tokens a step; every kernel leaves them zeroed after its call
+        self.counters = torch.zeros(batch * cfg.n_heads * COUNTER_TOKENS, dtype=torch.int32, device=device)
         self._rows = torch.arange(batch, device=device)[:, None]             # [B, 1] for scatter writes
 
     @staticmethod

@@ -74,9 +74,11 @@ class MoE(nn.Module):
         """x, residual [B, S, D] -> (h, x + residual, (weights, ids)) with the norm run inside the router's
         kernel (Router.norm_and_route), where `fold_fits`."""
         B, S, D = x.shape
-        h, res, w, ids = self.router(x.reshape(B * S, D), None if residual is None else residual.reshape(B * S, D),
-                                     norm=norm, counters=counters)
-        return h.view(B, S, D), res.view(B, S, D), (w, ids)
+        h = torch.empty(B, S, D, dtype=torch.promote_types(norm.weight.dtype, x.dtype), device=x.device)
+        res = x if residual is None else torch.empty_like(x)
+        w, ids = self.router(x.view(B * S, D), None if residual is None else residual.view(B * S, D),
+                             norm=norm, counters=counters, out=(h.view(B * S, D), res.view(B * S, D)))
+        return h, res, (w, ids)
 
 
 def make_ffn(cfg: ModelConfig, settings, layer: int) -> nn.Module:

@@ -109,20 +109,29 @@ def gate_route_torch(h, gate_weight, k: int, *, renorm: bool, scaling: float = 1
 
 def norm_gate_route_torch(x, residual, norm_weight, eps: float, gate_weight, k: int, *, renorm: bool,
                           scaling: float = 1.0, softmax_first: bool = True, skip: float = 0.0, counters=None,
-                          pdl: bool = False):
+                          out=None, pdl: bool = False):
     """The MoE layer's entry: x, residual [T, D] -> (h = rmsnorm(x + residual) * w, x + residual (x when
-    residual is None), weights [T, K], ids [T, K]): `rms_norm_torch` then `gate_route_torch`."""
+    residual is None), weights [T, K], ids [T, K]): `rms_norm_torch` then `gate_route_torch`. out: (h,
+    residual_out) to write into, as torch's out= (residual_out unused when residual is None)."""
     h, s = rms_norm_torch(x, norm_weight, eps, residual)
     w, ids = gate_route_torch(h, gate_weight, k, renorm=renorm, scaling=scaling, softmax_first=softmax_first,
                               skip=skip)
+    if out is not None:
+        h = out[0].copy_(h)
+        s = None if s is None else out[1].copy_(s)
     return h, (x if s is None else s), w, ids
 
 
 def greedy_torch(logits, nonfinite, *, pdl: bool = False):
     """logits [B, V] -> tokens [B] int64 (argmax, first index); nonfinite (0-dim int64, on the device)
-    += the rows whose sum is not finite: a NaN / inf entry (or, rarely, a sum that overflows)."""
-    nonfinite += (~torch.isfinite(logits.sum(-1))).sum()
+    += the rows holding a NaN or an inf (the count kernels/greedy.py keeps)."""
+    nonfinite += nonfinite_rows(logits)
     return argmax(logits)
+
+
+def nonfinite_rows(logits: torch.Tensor) -> torch.Tensor:
+    """logits [B, V] -> 0-dim int64 on the device: how many rows hold a NaN or an inf (no host sync)."""
+    return (~torch.isfinite(logits).all(-1)).sum()
 
 
 def _triton_greedy(logits, nonfinite, *, pdl: bool = False):
@@ -144,8 +153,9 @@ class Ops:
     gate_route: Callable        # (h [T, D], gate [E, D], k, *, <route_topk's>) -> (w, ids): gate GEMV + top-k
     gate_route_fits: Callable   # (T, E, D, gate dtype, h dtype) -> whether gate_route is one fused kernel here
     greedy: Callable            # (logits [B, V], nonfinite 0-dim int64) -> tokens [B]: argmax + non-finite count
-    norm_gate_route: Callable   # (x, residual, norm_w, eps, gate [E, D], k, *, <route_topk's>, counters)
+    norm_gate_route: Callable   # (x, residual, norm_w, eps, gate [E, D], k, *, <route_topk's>, counters, out)
                                 #   -> (h, x + residual, w, ids): rms_norm then gate_route, one launch with triton
+    norm_gate_route_fits: Callable  # (T, E, D, gate dtype, x dtype) -> whether norm_gate_route is one kernel here
 
 
 def _never(*args) -> bool:
@@ -186,15 +196,28 @@ def _triton_gate_route(h, gate_weight, k: int, *, renorm: bool, scaling: float =
 
 def _triton_norm_gate_route(x, residual, norm_weight, eps: float, gate_weight, k: int, *, renorm: bool,
                             scaling: float = 1.0, softmax_first: bool = True, skip: float = 0.0, counters=None,
-                            pdl: bool = False):
-    """One launch where `gate_route_fits`: the split-K gate with the norm in front (gate_splitk.py), or
-    norm_route.py's one program per token for small gates."""
+                            out=None, pdl: bool = False):
+    """One launch where `norm_gate_route_fits`: the split-K gate with the norm in front (gate_splitk.py),
+    or norm_route.py's one program per token for small gates."""
     E, D = gate_weight.shape
-    kw = dict(renorm=renorm, scaling=scaling, softmax_first=softmax_first, skip=skip, pdl=pdl)
+    kw = dict(renorm=renorm, scaling=scaling, softmax_first=softmax_first, skip=skip, pdl=pdl, out=out)
     if _splitk_gate(x.shape[0], E, D, gate_weight.dtype, x.dtype):
         return _gate_splitk.norm_gate_route_splitk(x, residual, norm_weight, eps, gate_weight, k, counters=counters,
                                                    **kw)
     return _norm_route.norm_route(x, residual, norm_weight, gate_weight, eps, k, **kw)
+
+
+# The fold runs where it was measured: one token (batch-1 decode; docs/results/2026-11-30-s8). Larger T keep
+# RMSNorm + gate_route, whose sizes were measured on their own.
+FOLD_MAX_T = 1
+
+
+def _triton_fold_fits(T: int, E: int, D: int, gate_dtype, x_dtype) -> bool:
+    """Whether norm_gate_route is one kernel here: T <= FOLD_MAX_T and a gate that `gate_route_fits`,
+    a row the split-K kernel holds in registers (D <= MAX_ROW) when the gate takes that path."""
+    if not 0 < T <= FOLD_MAX_T or not _triton_gate_fits(T, E, D, gate_dtype, x_dtype):
+        return False
+    return not _splitk_gate(T, E, D, gate_dtype, x_dtype) or D <= _gate_splitk.MAX_ROW
 
 
 def _triton_rms_norm(x, weight, eps: float, residual=None, *, pdl: bool = False):
@@ -202,12 +225,12 @@ def _triton_rms_norm(x, weight, eps: float, residual=None, *, pdl: bool = False)
 
 
 TORCH_OPS = Ops("torch", rms_norm_torch, qkv_rope_cache_torch, mla_rope_cache_torch, silu_mul_torch,
-                route_topk_torch, gate_route_torch, _never, greedy_torch, norm_gate_route_torch)
+                route_topk_torch, gate_route_torch, _never, greedy_torch, norm_gate_route_torch, _never)
 OPS = {"torch": TORCH_OPS}
 if triton is not None:
     OPS["triton"] = Ops("triton", _triton_rms_norm, _rope.qkv_rope_cache, _mla_rope.mla_rope_cache,
                         _silu_mul.silu_mul, _route.route_topk, _triton_gate_route, _triton_gate_fits,
-                        _triton_greedy, _triton_norm_gate_route)
+                        _triton_greedy, _triton_norm_gate_route, _triton_fold_fits)
 
 
 @functools.lru_cache(maxsize=None)

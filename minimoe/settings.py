@@ -39,8 +39,8 @@ class RunSettings:
                                     # torch (several kernels each) | triton (one each); auto = triton on a GPU
     gemv: str = "auto"              # decode-size linears: torch (cuBLAS) | triton | stream; auto = per shape (GPU)
     pdl: str = "auto"               # Programmatic Dependent Launch for our Triton kernels: on | off; auto = off
-    fold_norm: str = "auto"         # an MoE layer's RMSNorm inside its router's kernel at decode: on | off;
-                                    # auto = on with --ops triton (model.Block, kernels/gate_splitk.py)
+    fold_norm: str = "auto"         # an MoE layer's RMSNorm inside its router's kernel for one-token steps:
+                                    # on | off; auto = on with --ops triton (model.Block, kernels/gate_splitk.py)
     eager: bool = False             # no CUDA graph of the decode step (graphs need a GPU and a sync-free path)
     eager_prefill: bool = False     # no CUDA graph of the prefill
     router: str | None = None       # override the card's router (synthetic ones for ablations)
@@ -85,6 +85,8 @@ class RunSettings:
         s.gemv = ("auto" if gpu else "torch") if s.gemv == "auto" else s.gemv   # per shape: linear.auto_gemv
         s.pdl = "off" if s.pdl == "auto" else s.pdl          # measured slower on the H200 (kernels/pdl.py)
         s.fold_norm = ("on" if s.ops == "triton" else "off") if s.fold_norm == "auto" else s.fold_norm
+        if s.fold_norm == "on" and s.ops != "triton":
+            raise ValueError("--fold-norm on runs the norm inside the router's Triton kernel: it needs --ops triton")
         if s.allreduce == "auto":                            # symm measured faster at every batch (parallelism.md)
             s.allreduce = "symm" if _symm_fits(s, gpu) else "nccl"
         if s.allreduce == "symm" and s.tp == 1:
@@ -191,8 +193,9 @@ SETTINGS_FLAGS = {
                                   "H200 (linear.auto_gemv), torch on a CPU")),
     "pdl": ("--pdl", dict(help="Programmatic Dependent Launch for the Triton kernels: on (sm90+) | off; auto: off "
                                 "(measured slower on the H200)")),
-    "fold_norm": ("--fold-norm", dict(help="an MoE layer's RMSNorm (+ residual add) inside its router's kernel at "
-                                            "decode sizes: on | off; auto: on with --ops triton")),
+    "fold_norm": ("--fold-norm", dict(help="an MoE layer's RMSNorm (+ residual add) inside its router's kernel for "
+                                            "one-token steps (batch-1 decode): on (needs --ops triton) | off; auto: on "
+                                            "with --ops triton")),
     "eager": ("--eager", dict(action="store_true", help="no CUDA graph of the decode step")),
     "eager_prefill": ("--eager-prefill", dict(action="store_true", help="no CUDA graph of the prefill")),
     "router": ("--router", dict(help="override the card's router (uniform, balanced, zipf for ablations)")),

@@ -46,6 +46,7 @@ import torch
 from .generate import Generator
 from .graphs import AppendGraph, enable_graphs
 from .instrument import ExpertLoad, profiling
+from .ops import nonfinite_rows
 from .sampling import Sampling, argmax, draw, probs
 from .settings import MAX_GAMMA
 from .spec_accept import accept_greedy, accept_reference, accept_sampled
@@ -202,7 +203,7 @@ class SpeculativeGenerator(WholeRounds):
 
     def _accept(self, drafts, q, logits, st: SpecState, live):
         B, S, V = logits.shape
-        self.target.nonfinite += (~torch.isfinite(logits.sum(-1))).sum()
+        self.target.nonfinite += nonfinite_rows(logits)
         if st.reference is None:
             if self.sampling.greedy:
                 return accept_greedy(drafts, logits)

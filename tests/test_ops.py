@@ -74,10 +74,14 @@ def test_triton_ops_equal_torch_ops(card, splitk, counted, monkeypatch):
     err = ((fast_logits - plain_logits).abs().max() / plain_logits.abs().max()).item()
     assert err <= 1e-4, err
     assert torch.equal(fast_tokens, plain_tokens)
-    # --fold-norm: the MoE layers' RMSNorm inside the router's kernel (split-K or one program per token)
+    # --fold-norm: the MoE layers' RMSNorm inside the router's kernel (split-K or one program per token), at
+    # one token a step: batch 1
     assert "norm_gate_route" not in counted
-    s.fold_norm = "on"
-    fold_tokens, fold_logits = _run(model, prompts, 4)
+    one = prompts[:1]
+    s.ops, s.gemv = "torch", "torch"
+    plain_tokens, plain_logits = _run(model, one, 4)
+    s.ops, s.gemv, s.fold_norm = "triton", "triton", "on"
+    fold_tokens, fold_logits = _run(model, one, 4)
     assert ("norm_gate_route" in counted) == gate_fits
     err = ((fold_logits - plain_logits).abs().max() / plain_logits.abs().max()).item()
     assert err <= 1e-4, err

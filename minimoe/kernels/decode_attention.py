@@ -253,10 +253,10 @@ def decode_attention(q, k_cache, v_cache, seq_lens, scale: float, *, positions=N
     B x Hkv x head tiles entries (KVCache.counters; `counters_needed`), kept zeroed by the kernel: with it
     the last split to finish of each (sequence, head tile) merges the partials itself, so a split
     launch is one kernel, not two (the merge kernel runs when it is None or too small). Measured in
-    the engine on the H200 (eighth session, call 3) it was slower: that last program walks the splits
-    one after another (~4 µs a layer at batch 1, more for MLA's 512-wide values) where the merge kernel
-    spreads them over H x S programs (1.9 µs plus a launch); so the engine passes none. Raises
-    AssertionError on bad shapes.
+    the engine on the H200 (eighth session, calls 3-4) it was slower at batch 1: ~0.4 µs a layer for
+    OLMoE, ~3.9 for DeepSeek-V2-Lite's 512-wide MLA values, because that last program walks the splits
+    one after another where the merge kernel spreads them over H x S programs; so the engine passes
+    none. Raises AssertionError on bad shapes.
     """
     one = q.dim() == 3
     q4 = q[:, None] if one else q                                            # [B, S, H, Dk]

@@ -258,24 +258,29 @@ def gate_route_splitk(h: torch.Tensor, gate_weight: torch.Tensor, k: int, *, ren
 def norm_gate_route_splitk(x: torch.Tensor, residual: torch.Tensor | None, norm_weight: torch.Tensor, eps: float,
                            gate_weight: torch.Tensor, k: int, *, renorm: bool, scaling: float = 1.0,
                            softmax_first: bool = True, skip: float = 0.0, counters: torch.Tensor | None = None,
-                           pdl: bool = False, splits: int | None = None):
+                           pdl: bool = False, splits: int | None = None, out=None):
     """Residual add + RMSNorm + split-K router GEMV + top-k in one launch (the MoE layer's entry at decode):
     x, residual [T, D] (residual None: the first layer) -> (h [T, D] = rmsnorm(x + residual) * norm_weight in
     torch's promoted dtype, residual_out [T, D] = x + residual (x itself when residual is None),
     weights [T, K] float32, ids [T, K] int64): `rms_norm` then `gate_route_splitk`, the same roundings
     except the fp32 order of mean(s²). counters: zeroed int32, >= cdiv(T, 16) entries, left zeroed
-    (KVCache.counters); None allocates zeroed ones (a memset launch). Raises AssertionError on bad shapes."""
+    (KVCache.counters); None allocates zeroed ones (a memset launch). out: (h, residual_out) tensors to
+    write into (contiguous [T, D]; residual_out unused when residual is None), as torch's out= arguments.
+    Raises AssertionError on bad shapes."""
     T, D = x.shape
     E = gate_weight.shape[0]
     assert 1 <= k <= E <= MAX_EXPERTS and D <= MAX_ROW, (k, E, D)
     assert gate_weight.shape == (E, D) and gate_weight.stride(1) == 1, (gate_weight.shape, D)
     assert norm_weight.shape == (D,) and norm_weight.is_contiguous(), (norm_weight.shape, D)
     assert x.stride(-1) == 1 and x.dtype in _DTYPES and gate_weight.dtype in _DTYPES, (x.dtype, gate_weight.dtype)
-    h = torch.empty(T, D, dtype=torch.promote_types(norm_weight.dtype, x.dtype), device=x.device)
+    h = out[0] if out is not None else torch.empty(T, D, dtype=torch.promote_types(norm_weight.dtype, x.dtype),
+                                                   device=x.device)
     res_out, r = x, x
     if residual is not None:
         assert residual.shape == x.shape and residual.dtype == x.dtype and residual.stride(-1) == 1
-        res_out, r = torch.empty(T, D, dtype=x.dtype, device=x.device), residual
+        res_out = out[1] if out is not None else torch.empty(T, D, dtype=x.dtype, device=x.device)
+        r = residual
+    assert h.shape == res_out.shape == (T, D) and h.is_contiguous() and res_out.is_contiguous()
     w = torch.empty(T, k, dtype=torch.float32, device=x.device)
     ids = torch.empty(T, k, dtype=torch.int64, device=x.device)
     if T == 0:

@@ -16,9 +16,8 @@ OLMoE step on an H200, for a 200 KB row. Here:
 The answer is torch.argmax's, including its NaN rule: a NaN counts as larger than everything, so
 a row with a NaN returns its first NaN's index; ties go to the lowest index (first chunk, then
 first index in the chunk: indices are global, so a min over equal maxima is the first one). An
-all -inf row returns 0, as torch does. The non-finite test is per entry (NaN or ±inf), which is what
-sampling.py's "sum(-1) is not finite" approximates (a sum of huge finite logits can overflow to
-inf; this test does not count such a row).
+all -inf row returns 0, as torch does. The non-finite test is per entry (NaN or ±inf), the same
+count as `minimoe.ops.nonfinite_rows` on the PyTorch paths.
 
 Shapes: B rows, V vocabulary, C chunks per row. The logits may be any float dtype and row stride
 (unit stride along V).

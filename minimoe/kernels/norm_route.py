@@ -20,8 +20,9 @@ The roundings are the unfused engine's, step by step (the test checks them again
             the lowest index, slots in descending weight, then dynamic skipping if `skip` > 0)
 
 `gate_route` is the same kernel without the norm (HAS_NORM = False): router GEMV + top-k on an
-already-normed h. The engine uses that one (minimoe/ops.py), so the RMSNorm stays its own module
-and forward hooks see every sublayer; `norm_route` keeps the whole fold as a measured alternative.
+already-normed h, what the engine runs with `--fold-norm off` (or beyond the fold's sizes);
+`norm_route` is the whole fold, what `--fold-norm on` runs for these small gates (ops.norm_gate_route,
+called from model.Block through MoE.fold_norm and the Router).
 
 Scope: the "softmax_topk" and "topk_softmax" routers, a gate in the activations' dtype and no
 selection bias (`usable`). DeepSeek-V2's fp32 gate and V3's biased sigmoid router stay on the
@@ -114,12 +115,14 @@ def _launch_shape(D: int, E: int) -> tuple[int, int, int]:
 
 def norm_route(x: torch.Tensor, residual: torch.Tensor | None, norm_weight: torch.Tensor,
                gate_weight: torch.Tensor, eps: float, k: int, *, renorm: bool, scaling: float = 1.0,
-               softmax_first: bool = True, skip: float = 0.0, pdl: bool = False):
+               softmax_first: bool = True, skip: float = 0.0, pdl: bool = False, out=None):
     """-> (h, residual_out, weights [T, K] float32, ids [T, K] int64) for x [T, D] (or [..., D]).
 
     h = rmsnorm(x + residual) * norm_weight, shaped like x, in torch's promoted dtype of
     (norm_weight, x) as in rmsnorm.py; residual_out = x + residual, or x itself when residual is
     None (as `RMSNorm.add_forward` returns it). The routing arguments are route.py's `route_topk`'s.
+    out: (h, residual_out) tensors to write into (contiguous, shaped like x; residual_out unused when
+    residual is None), as torch's out= arguments.
     """
     D = x.shape[-1]
     E = gate_weight.shape[0]
@@ -130,13 +133,15 @@ def norm_route(x: torch.Tensor, residual: torch.Tensor | None, norm_weight: torc
     x2 = x.reshape(-1, D)
     assert x2.stride(-1) == 1
     T = x2.shape[0]
-    h = torch.empty(x.shape, dtype=torch.promote_types(norm_weight.dtype, x.dtype), device=x.device)
+    h = out[0] if out is not None else torch.empty(x.shape, dtype=torch.promote_types(norm_weight.dtype, x.dtype),
+                                                   device=x.device)
     res_out, r2 = x, x2  # no residual: the stream is x, and the kernel never reads r2
     if residual is not None:
         assert residual.shape == x.shape and residual.dtype == x.dtype, (residual.shape, residual.dtype)
         r2 = residual.reshape(-1, D)
         assert r2.stride(-1) == 1
-        res_out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+        res_out = out[1] if out is not None else torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    assert h.is_contiguous() and res_out.is_contiguous() and h.numel() == res_out.numel() == x.numel()
     w = torch.empty(T, k, dtype=torch.float32, device=x.device)
     ids = torch.empty(T, k, dtype=torch.int64, device=x.device)
     if T == 0:

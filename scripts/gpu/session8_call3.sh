@@ -2,7 +2,7 @@
 # Session 8, call 3 on nvidia-h200 (~8 min): GPU tests of this session's kernels (greedy tail, one-kernel split
 # attention, norm + split-K gate + top-k) and graphed == eager greedy tokens for every family; then bench.py at batch 1
 # (128 in / 128 out, random weights, CUDA graphs) for OLMoE, Qwen3-30B-A3B, DeepSeek-V2-Lite and Mixtral-8x7B with
-# the seventh session's code (baseline_s7.tgz = `git archive 0e2979a minimoe bench.py models/*.json`, carried) and
+# the seventh session's code (baseline_s7.tgz: see docs/results/2026-11-30-s8/README.md, carried) and
 # this code, one after the other per model on the same GPU; OLMoE also with --fold-norm off, and at batch 64.
 # Usage (device tool, repo root, carry baseline_s7.tgz): bash scripts/gpu/session8_call3.sh
 set -u
