@@ -63,7 +63,6 @@ class MoE(nn.Module):
                 y = y + self.shared(ht)
         return y.view(B, S, D)
 
-
     def fold_fits(self, x: torch.Tensor, residual: torch.Tensor | None) -> bool:
         """Whether `fold_norm` applies to x, residual [B, S, D] (contiguous; Router.fold_fits)."""
         B, S, D = x.shape
