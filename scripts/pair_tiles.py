@@ -34,24 +34,18 @@ from minimoe.experts import EXPERT_PATHS  # noqa: E402
 from minimoe.kernels import fused_moe_quant_pair as P  # noqa: E402
 from minimoe.quant import quantize_experts  # noqa: E402
 
-KEYS = ("BLOCK_N", "BLOCK_K", "num_warps", "num_stages", "x_packed", "wide", "split", "prefetch")
-# (BLOCK_N, BLOCK_K, warps, stages, x_packed, wide, split, prefetch); DOWN tiles' x_packed is ignored (h is always
-# packed), the dense rows try each DOWN tile with x plain and packed. The first session-6 sweep (call 3) tried 14 GEMM1
-# and 15 GEMM2 tiles, wide ones included; these are its winners and their neighbours, with split-K GEMM2s (session 6)
-# and register prefetch (session 9: the loads of step k + 1 or k + 2 issued before step k's arithmetic).
-UP = {4: [(32, 256, 4, 1, 1), (4, 1024, 2, 1, 1, 1), (32, 128, 4, 1, 1), (32, 128, 4, 1, 1, 0, 1, 1),
-          (32, 128, 4, 1, 1, 0, 1, 2), (64, 128, 4, 1, 1, 0, 1, 2), (64, 128, 8, 1, 1, 0, 1, 2),
-          (32, 128, 2, 1, 1, 0, 1, 2), (16, 128, 2, 1, 1, 0, 1, 2), (16, 128, 1, 1, 1, 0, 1, 2),
-          (8, 128, 1, 1, 1, 0, 1, 2)],
-      8: [(16, 512, 4, 1, 0), (16, 256, 4, 1, 0, 0, 1, 2), (16, 512, 4, 1, 0, 0, 1, 1), (16, 512, 4, 1, 1, 0, 1, 2),
-          (16, 256, 2, 1, 1, 0, 1, 2), (8, 512, 2, 1, 1, 0, 1, 2)]}
-DOWN = {4: [(16, 256, 1, 3, 0, 0, 8), (16, 512, 2, 3, 0, 0, 4), (16, 128, 1, 3, 0, 0, 8), (16, 128, 1, 1, 0, 0, 8, 1),
-            (16, 128, 1, 1, 0, 0, 8, 2), (16, 128, 1, 1, 0, 0, 4, 2), (16, 128, 1, 1, 0, 0, 16, 2),
-            (32, 128, 2, 1, 0, 0, 4, 2), (32, 128, 2, 1, 0, 0, 8, 2), (16, 128, 2, 1, 0, 0, 4, 2),
-            (8, 128, 1, 1, 0, 0, 8, 2), (32, 128, 4, 1, 0, 0, 2, 2), (32, 128, 4, 1, 0, 0, 1, 2)],
-        8: [(4, 1024, 2, 3), (4, 1024, 2, 3, 0, 0, 2), (4, 512, 1, 1, 0, 0, 1, 2), (4, 1024, 2, 1, 0, 0, 1, 2),
-            (8, 512, 2, 1, 0, 0, 2, 2), (8, 512, 2, 1, 0, 0, 1, 2), (4, 512, 1, 1, 0, 0, 2, 2),
-            (16, 256, 2, 1, 0, 0, 1, 2)]}
+KEYS = ("BLOCK_N", "BLOCK_K", "num_warps", "num_stages", "x_packed", "wide", "split")
+# (BLOCK_N, BLOCK_K, warps, stages, x_packed, wide, split); DOWN tiles' x_packed is ignored (h is always packed),
+# the dense rows try each DOWN tile with x plain and packed. The first session-6 sweep (call 3) tried 14 GEMM1 and
+# 15 GEMM2 tiles, wide ones included; these are its winners and their neighbours, now with split-K GEMM2s.
+UP = {4: [(32, 256, 4, 1, 1), (16, 256, 2, 2, 1), (4, 1024, 2, 1, 1, 1), (16, 128, 1, 1, 1), (8, 512, 2, 1, 1, 1)],
+      8: [(16, 512, 4, 1, 0), (16, 256, 2, 1, 0), (16, 512, 4, 1, 1), (8, 1024, 4, 1, 0)]}
+DOWN = {4: [(16, 1024, 4, 3), (16, 1024, 4, 3, 0, 0, 2), (16, 1024, 4, 3, 0, 0, 4), (16, 512, 2, 3, 0, 0, 2),
+            (16, 512, 2, 3, 0, 0, 4), (16, 512, 2, 3, 0, 0, 8), (8, 512, 2, 3, 0, 0, 4), (32, 512, 4, 3, 0, 0, 2),
+            (32, 512, 4, 3, 0, 0, 4), (16, 256, 1, 3, 0, 0, 8)],
+        8: [(4, 1024, 2, 3), (4, 1024, 2, 3, 0, 0, 2), (4, 1024, 2, 3, 0, 0, 4), (8, 1024, 4, 3, 0, 0, 2),
+            (8, 1024, 4, 3, 0, 0, 4), (4, 512, 1, 3, 0, 0, 2), (4, 512, 1, 3, 0, 0, 4), (16, 512, 4, 3, 0, 0, 4),
+            (8, 512, 2, 3, 0, 0, 8)]}
 SHAPES = ("mixtral-8x7b", "qwen3-30b-a3b", "olmoe")
 
 
@@ -59,7 +53,6 @@ def cfg_of(t) -> dict:
     d = dict(zip(KEYS, t))
     d["x_packed"], d["wide"] = bool(d.get("x_packed", False)), bool(d.get("wide", False))
     d["split"] = int(d.get("split", 1))
-    d["prefetch"] = int(d.get("prefetch", 0))
     return d
 
 
@@ -137,8 +130,7 @@ def line(r) -> str:
     t = r["tile"]
     head = (f"{r['shape']:14s} {r['format']} T={r['T']:<2d} {r['gemm']:7s} "
             f"{t['BLOCK_N']:>3d}x{t['BLOCK_K']:<5d}{t['num_warps']}w{t['num_stages']}s{' xp' if t['x_packed'] else '   '}"
-            f"{' wide' if t['wide'] else '     '}{' s%-2d' % t['split'] if t['split'] > 1 else '    '}"
-            f"{' p%d' % t['prefetch'] if t['prefetch'] else '   '}")
+            f"{' wide' if t['wide'] else '     '}{' s%d' % t['split'] if t['split'] > 1 else '   '}")
     if r["status"] != "PASS":
         return f"{head} {r['status']} {r.get('error') or r.get('err')}"
     return (f"{head} {r['us']:8.1f} us  floor {r['floor_us']:6.1f} ({100 * r['floor_us'] / r['us']:3.0f}%)  "

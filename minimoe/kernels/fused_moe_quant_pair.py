@@ -19,32 +19,10 @@ import triton.language as tl
 
 from .fused_moe_small import _local_expert
 from .moe_configs import on_gpu
-from .pair_codes import (H_SCALE, X_SCALE, _X_SCALE, _H_SCALE, _pair_dot, _pair_loads, _pair_step,  # noqa: F401
-                         _wide_step, _zero_of,
+from .pair_codes import (H_SCALE, X_SCALE, _X_SCALE, _H_SCALE, _pair_step, _wide_step, _zero_of,  # noqa: F401
                          pack_pairs, pair_supported)
 from .pdl import launch_args, wait_then_release
 from .quant_tiles import layout_args, pointer_args, stride_args
-
-
-@triton.jit
-def _up_loads(w_e, s_e, z_e, rows, x_row, kk, D, KW, stride_wn, stride_sn, stride_sg, BITS: tl.constexpr,
-              GROUP: tl.constexpr, ROW_BLOCK: tl.constexpr, OFFSET: tl.constexpr, HAS_ZERO: tl.constexpr,
-              X_PACKED: tl.constexpr, STEP: tl.constexpr, EVEN: tl.constexpr):
-    """Every load of one GEMM1 step at input kk: words, x pairs, the group scale [ROWS] (1.0 for row scales,
-    applied at the end) and the zero point."""
-    words, x0, x1, x2, x3 = _pair_loads(w_e, rows, x_row, kk, D, KW, KW, stride_wn, BITS, X_PACKED, STEP,
-                                        EVEN and X_PACKED)
-    g = 0
-    if GROUP > 0:
-        g = kk // GROUP
-        if EVEN:
-            s = tl.load(s_e + (rows // ROW_BLOCK) * stride_sn + g * stride_sg)
-        else:
-            s = tl.load(s_e + (rows // ROW_BLOCK) * stride_sn + g * stride_sg, mask=rows * 0 + kk < D, other=0.0)
-    else:
-        s = tl.full(rows.shape, 1.0, tl.float32)
-    z = _zero_of(z_e, rows, g, rows * 0 + kk < D, stride_sn, stride_sg, OFFSET, HAS_ZERO)
-    return words, x0, x1, x2, x3, s, z
 
 
 @triton.jit(do_not_specialize=["top_k", "expert_offset", "E"])
@@ -53,12 +31,9 @@ def _gate_up_pair_kernel(x_ptr, w_ptr, s_ptr, z_ptr, h_ptr, ids_ptr, top_k, expe
                          BITS: tl.constexpr, GROUP: tl.constexpr, ROW_BLOCK: tl.constexpr, OFFSET: tl.constexpr,
                          HAS_ZERO: tl.constexpr, H_PW: tl.constexpr, X_PACKED: tl.constexpr, ASM: tl.constexpr,
                          WIDE: tl.constexpr, EVEN: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                         STAGES: tl.constexpr, PREFETCH: tl.constexpr, PDL: tl.constexpr):
+                         STAGES: tl.constexpr, PDL: tl.constexpr):
     """h[pair, cols] = silu(Wg[e] x[t]) * (Wu[e] x[t]) · H_SCALE for one pair and BLOCK_N columns of the
-    padded width IP, stored as fp16 in GEMM2's paired order (H_PW codes a word); columns I .. IP get 0.
-    PREFETCH 1 or 2 (one group step a K-step, not WIDE): the loads of step k + PREFETCH are issued before
-    step k's arithmetic, in registers (the pipelining of num_stages goes through shared memory instead);
-    the last steps re-read the last step's bytes rather than run past the row."""
+    padded width IP, stored as fp16 in GEMM2's paired order (H_PW codes a word); columns I .. IP get 0."""
     wait_then_release(PDL)
     n_blocks = tl.cdiv(IP, BLOCK_N)
     pair, col0 = tl.program_id(0) // n_blocks, (tl.program_id(0) % n_blocks) * BLOCK_N
@@ -74,54 +49,27 @@ def _gate_up_pair_kernel(x_ptr, w_ptr, s_ptr, z_ptr, h_ptr, ids_ptr, top_k, expe
     STEP: tl.constexpr = GROUP if GROUP > 0 and not WIDE else BLOCK_K
     N_SUB: tl.constexpr = 0 if WIDE else BLOCK_K // STEP                 # group steps a K-step (0: one wide step)
     acc = tl.zeros((2 * BLOCK_N, STEP * BITS // 32), dtype=tl.float32)
-    if PREFETCH > 0:
-        last = (tl.cdiv(D, BLOCK_K) - 1) * BLOCK_K
-        a_w, a0, a1, a2, a3, a_s, a_z = _up_loads(w_e, s_e, z_e, rows, x_row, 0, D, KW, stride_wn, stride_sn,
-                                                  stride_sg, BITS, GROUP, ROW_BLOCK, OFFSET, HAS_ZERO, X_PACKED,
-                                                  STEP, EVEN)
-        if PREFETCH == 2:
-            b_w, b0, b1, b2, b3, b_s, b_z = _up_loads(w_e, s_e, z_e, rows, x_row, tl.minimum(BLOCK_K, last), D, KW,
-                                                      stride_wn, stride_sn, stride_sg, BITS, GROUP, ROW_BLOCK, OFFSET,
-                                                      HAS_ZERO, X_PACKED, STEP, EVEN)
-        for k0 in tl.range(0, D, BLOCK_K, num_stages=1):
-            ahead = tl.minimum(k0 + PREFETCH * BLOCK_K, last)
-            c_w, c0, c1, c2, c3, c_s, c_z = a_w, a0, a1, a2, a3, a_s, a_z
-            if PREFETCH == 2:
-                a_w, a0, a1, a2, a3, a_s, a_z = b_w, b0, b1, b2, b3, b_s, b_z
-                b_w, b0, b1, b2, b3, b_s, b_z = _up_loads(w_e, s_e, z_e, rows, x_row, ahead, D, KW, stride_wn,
-                                                          stride_sn, stride_sg, BITS, GROUP, ROW_BLOCK, OFFSET,
-                                                          HAS_ZERO, X_PACKED, STEP, EVEN)
-            else:
-                a_w, a0, a1, a2, a3, a_s, a_z = _up_loads(w_e, s_e, z_e, rows, x_row, ahead, D, KW, stride_wn,
-                                                          stride_sn, stride_sg, BITS, GROUP, ROW_BLOCK, OFFSET,
-                                                          HAS_ZERO, X_PACKED, STEP, EVEN)
-            part = _pair_dot(c_w, c0, c1, c2, c3, c_z, BITS, ASM)
+    for k0 in tl.range(0, D, BLOCK_K, num_stages=STAGES):
+        if WIDE:
+            acc += _wide_step(w_e, s_e, z_e, rows, x_row, k0, D, KW, KW, stride_wn, stride_sn, stride_sg, BITS, GROUP,
+                              ROW_BLOCK, OFFSET, HAS_ZERO, X_PACKED, ASM, 2 * BLOCK_N, STEP)
+        for gi in tl.static_range(N_SUB):
+            kk = k0 + gi * STEP
+            g = 0                                    # a row scale
             if GROUP > 0:
-                acc += c_s[:, None] * part
+                g = kk // GROUP
+            part = _pair_step(w_e, rows, x_row, kk, D, KW, KW, _zero_of(z_e, rows, g, rows * 0 + kk < D, stride_sn,
+                              stride_sg, OFFSET, HAS_ZERO), stride_wn, BITS, X_PACKED, ASM, 2 * BLOCK_N, STEP,
+                              EVEN and X_PACKED)
+            if GROUP > 0:
+                if EVEN:
+                    s = tl.load(s_e + (rows // ROW_BLOCK) * stride_sn + g * stride_sg)
+                else:
+                    s = tl.load(s_e + (rows // ROW_BLOCK) * stride_sn + g * stride_sg, mask=rows * 0 + kk < D,
+                                other=0.0)
+                acc += s[:, None] * part
             else:
                 acc += part
-    else:
-        for k0 in tl.range(0, D, BLOCK_K, num_stages=STAGES):
-            if WIDE:
-                acc += _wide_step(w_e, s_e, z_e, rows, x_row, k0, D, KW, KW, stride_wn, stride_sn, stride_sg, BITS, GROUP,
-                                  ROW_BLOCK, OFFSET, HAS_ZERO, X_PACKED, ASM, 2 * BLOCK_N, STEP)
-            for gi in tl.static_range(N_SUB):
-                kk = k0 + gi * STEP
-                g = 0                                    # a row scale
-                if GROUP > 0:
-                    g = kk // GROUP
-                part = _pair_step(w_e, rows, x_row, kk, D, KW, KW, _zero_of(z_e, rows, g, rows * 0 + kk < D, stride_sn,
-                                  stride_sg, OFFSET, HAS_ZERO), stride_wn, BITS, X_PACKED, ASM, 2 * BLOCK_N, STEP,
-                                  EVEN and X_PACKED)
-                if GROUP > 0:
-                    if EVEN:
-                        s = tl.load(s_e + (rows // ROW_BLOCK) * stride_sn + g * stride_sg)
-                    else:
-                        s = tl.load(s_e + (rows // ROW_BLOCK) * stride_sn + g * stride_sg, mask=rows * 0 + kk < D,
-                                    other=0.0)
-                    acc += s[:, None] * part
-                else:
-                    acc += part
     total = tl.sum(acc, axis=1) * (1.0 / _X_SCALE)
     if GROUP == 0:
         total = total * tl.load(s_e + (rows // ROW_BLOCK) * stride_sn)
@@ -134,52 +82,21 @@ def _gate_up_pair_kernel(x_ptr, w_ptr, s_ptr, z_ptr, h_ptr, ids_ptr, top_k, expe
     tl.store(h_ptr + pair.to(tl.int64) * stride_ht + pos, h.to(tl.float16), mask=cols < IP)
 
 
-@triton.jit
-def _down_loads(j, t, n_chunks, top_k, ids_ptr, weights_ptr, expert_offset, E, I, KW, h_ptr, stride_ht, w_ptr,
-                s_ptr, z_ptr, stride_we, stride_wn, stride_se, stride_sn, stride_sg, rows, BITS: tl.constexpr,
-                GROUP: tl.constexpr, ROW_BLOCK: tl.constexpr, OFFSET: tl.constexpr, HAS_ZERO: tl.constexpr,
-                X_PACKED: tl.constexpr, DENSE: tl.constexpr, BLOCK_K: tl.constexpr):
-    """Every load of flat step j of GEMM2 (one group step a K-step): words, h pairs, the scale times the
-    slot's routing weight [ROWS] and the zero point; a foreign slot loads nothing (masked) and weighs 0."""
-    slot = j // n_chunks
-    kk = (j - slot * n_chunks) * BLOCK_K
-    pair = t * top_k + slot
-    if DENSE:
-        e64 = tl.zeros((), dtype=tl.int64)
-        k_lim, kw_lim, route_w = I, KW, 1.0
-    else:
-        expert = _local_expert(ids_ptr, pair, expert_offset, E)
-        e64 = tl.maximum(expert, 0).to(tl.int64)
-        k_lim, kw_lim = tl.where(expert >= 0, I, 0), tl.where(expert >= 0, KW, 0)
-        route_w = tl.where(expert >= 0, tl.load(weights_ptr + pair), 0.0)
-    w_e, s_e, z_e = w_ptr + e64 * stride_we, s_ptr + e64 * stride_se, z_ptr + e64 * stride_se
-    words, x0, x1, x2, x3 = _pair_loads(w_e, rows, h_ptr + pair.to(tl.int64) * stride_ht, kk, k_lim, kw_lim, KW,
-                                        stride_wn, BITS, X_PACKED, BLOCK_K)
-    g = 0                                        # a row scale
-    if GROUP > 0:
-        g = kk // GROUP
-    live = rows * 0 + kk < k_lim
-    s = tl.load(s_e + (rows // ROW_BLOCK) * stride_sn + g * stride_sg, mask=live, other=0.0) * route_w
-    z = _zero_of(z_e, rows, g, live, stride_sn, stride_sg, OFFSET, HAS_ZERO)
-    return words, x0, x1, x2, x3, s, z
-
-
 @triton.jit(do_not_specialize=["top_k", "expert_offset", "E"])
 def _down_pair_kernel(h_ptr, w_ptr, s_ptr, z_ptr, out_ptr, ids_ptr, weights_ptr, ws_ptr, cnt_ptr, top_k, expert_offset,
                       E, T, D, I, KW, stride_ht, stride_we, stride_wn, stride_se, stride_sn, stride_sg, stride_ot,
                       BITS: tl.constexpr, GROUP: tl.constexpr, ROW_BLOCK: tl.constexpr, OFFSET: tl.constexpr,
                       HAS_ZERO: tl.constexpr, X_PACKED: tl.constexpr, DENSE: tl.constexpr, ASM: tl.constexpr,
                       WIDE: tl.constexpr, IN_UNSCALE: tl.constexpr, SPLIT: tl.constexpr, BLOCK_N: tl.constexpr,
-                      BLOCK_K: tl.constexpr, STAGES: tl.constexpr, PREFETCH: tl.constexpr, PDL: tl.constexpr):
+                      BLOCK_K: tl.constexpr, STAGES: tl.constexpr, PDL: tl.constexpr):
     """out[t, cols] = Σ_k w[t,k] · W2[e_k][cols, :] · h[t·K + k]; DENSE: out[t, cols] = W[cols, :] · h[t].
     h: int32 pairs in paired order (X_PACKED, h_ptr and stride_ht in int32 units) or plain activations.
     One flat loop over (slot, step), as fused_moe_quant_gemv's; every step scaled by its scales times the
     slot's routing weight. SPLIT > 1 (split-K): SPLIT programs share a (token, column block), each a
     contiguous share of the flat loop; each stores its fp32 partial in ws [SPLIT, T, D], bumps the block's
-    counter in cnt [T·blocks] (zeroed by the caller), and the last to arrive adds the SPLIT partials in
-    order 0..SPLIT-1 (the result does not depend on which program finishes last) and stores out.
-    PREFETCH 1 or 2 (one group step a K-step, not WIDE): every load of flat step j + PREFETCH (the slot's
-    expert id and routing weight included) is issued before step j's arithmetic, in registers."""
+    counter in cnt [T·blocks] (zero on entry), and the last to arrive adds the SPLIT partials in order
+    0..SPLIT-1 (the result does not depend on which program finishes last), stores out and sets the
+    counter back to 0, so the counters need no memset between calls (_split_counters)."""
     wait_then_release(PDL)
     n_blocks = tl.cdiv(D, BLOCK_N)
     pid = tl.program_id(0)
@@ -193,68 +110,40 @@ def _down_pair_kernel(h_ptr, w_ptr, s_ptr, z_ptr, out_ptr, ids_ptr, weights_ptr,
     acc = tl.zeros((BLOCK_N, STEP * BITS // 32), dtype=tl.float32)
     n_flat = top_k * n_chunks
     share = tl.cdiv(n_flat, SPLIT)
-    lo, hi = sp * share, tl.minimum(n_flat, sp * share + share)
-    if PREFETCH > 0:
-        j_last = tl.maximum(hi - 1, 0)             # steps past the share re-read its last step (no traffic past it)
-        a_w, a0, a1, a2, a3, a_s, a_z = _down_loads(
-            tl.minimum(lo, j_last), t, n_chunks, top_k, ids_ptr, weights_ptr, expert_offset, E, I, KW, h_ptr,
-            stride_ht, w_ptr, s_ptr, z_ptr, stride_we, stride_wn, stride_se, stride_sn, stride_sg, rows, BITS, GROUP,
-            ROW_BLOCK, OFFSET, HAS_ZERO, X_PACKED, DENSE, BLOCK_K)
-        if PREFETCH == 2:
-            b_w, b0, b1, b2, b3, b_s, b_z = _down_loads(
-                tl.minimum(lo + 1, j_last), t, n_chunks, top_k, ids_ptr, weights_ptr, expert_offset, E, I, KW, h_ptr,
-                stride_ht, w_ptr, s_ptr, z_ptr, stride_we, stride_wn, stride_se, stride_sn, stride_sg, rows, BITS,
-                GROUP, ROW_BLOCK, OFFSET, HAS_ZERO, X_PACKED, DENSE, BLOCK_K)
-        for j in tl.range(lo, hi, num_stages=1):
-            ahead = tl.minimum(j + PREFETCH, j_last)
-            c_w, c0, c1, c2, c3, c_s, c_z = a_w, a0, a1, a2, a3, a_s, a_z
-            if PREFETCH == 2:
-                a_w, a0, a1, a2, a3, a_s, a_z = b_w, b0, b1, b2, b3, b_s, b_z
-                b_w, b0, b1, b2, b3, b_s, b_z = _down_loads(
-                    ahead, t, n_chunks, top_k, ids_ptr, weights_ptr, expert_offset, E, I, KW, h_ptr, stride_ht, w_ptr,
-                    s_ptr, z_ptr, stride_we, stride_wn, stride_se, stride_sn, stride_sg, rows, BITS, GROUP, ROW_BLOCK,
-                    OFFSET, HAS_ZERO, X_PACKED, DENSE, BLOCK_K)
+    for j in tl.range(sp * share, tl.minimum(n_flat, sp * share + share), num_stages=STAGES):
+        slot = j // n_chunks
+        k0 = (j - slot * n_chunks) * BLOCK_K
+        pair = t * top_k + slot
+        if DENSE:
+            e64 = tl.zeros((), dtype=tl.int64)
+            k_lim, kw_lim, route_w = I, KW, 1.0
+        else:
+            expert = _local_expert(ids_ptr, pair, expert_offset, E)
+            e64 = tl.maximum(expert, 0).to(tl.int64)
+            k_lim, kw_lim = tl.where(expert >= 0, I, 0), tl.where(expert >= 0, KW, 0)
+            route_w = tl.where(expert >= 0, tl.load(weights_ptr + pair), 0.0)
+        w_e, s_e, z_e = w_ptr + e64 * stride_we, s_ptr + e64 * stride_se, z_ptr + e64 * stride_se
+        if WIDE:
+            part = _wide_step(w_e, s_e, z_e, rows, h_ptr + pair.to(tl.int64) * stride_ht, k0, k_lim, kw_lim, KW,
+                              stride_wn, stride_sn, stride_sg, BITS, GROUP, ROW_BLOCK, OFFSET, HAS_ZERO, X_PACKED,
+                              ASM, BLOCK_N, STEP)
+            if GROUP > 0:
+                acc += part * route_w
             else:
-                a_w, a0, a1, a2, a3, a_s, a_z = _down_loads(
-                    ahead, t, n_chunks, top_k, ids_ptr, weights_ptr, expert_offset, E, I, KW, h_ptr, stride_ht, w_ptr,
-                    s_ptr, z_ptr, stride_we, stride_wn, stride_se, stride_sn, stride_sg, rows, BITS, GROUP, ROW_BLOCK,
-                    OFFSET, HAS_ZERO, X_PACKED, DENSE, BLOCK_K)
-            acc += c_s[:, None] * _pair_dot(c_w, c0, c1, c2, c3, c_z, BITS, ASM)
-    else:
-        for j in tl.range(lo, hi, num_stages=STAGES):
-            slot = j // n_chunks
-            k0 = (j - slot * n_chunks) * BLOCK_K
-            pair = t * top_k + slot
-            if DENSE:
-                e64 = tl.zeros((), dtype=tl.int64)
-                k_lim, kw_lim, route_w = I, KW, 1.0
-            else:
-                expert = _local_expert(ids_ptr, pair, expert_offset, E)
-                e64 = tl.maximum(expert, 0).to(tl.int64)
-                k_lim, kw_lim = tl.where(expert >= 0, I, 0), tl.where(expert >= 0, KW, 0)
-                route_w = tl.where(expert >= 0, tl.load(weights_ptr + pair), 0.0)
-            w_e, s_e, z_e = w_ptr + e64 * stride_we, s_ptr + e64 * stride_se, z_ptr + e64 * stride_se
-            if WIDE:
-                part = _wide_step(w_e, s_e, z_e, rows, h_ptr + pair.to(tl.int64) * stride_ht, k0, k_lim, kw_lim, KW,
-                                  stride_wn, stride_sn, stride_sg, BITS, GROUP, ROW_BLOCK, OFFSET, HAS_ZERO, X_PACKED,
-                                  ASM, BLOCK_N, STEP)
-                if GROUP > 0:
-                    acc += part * route_w
-                else:
-                    live = rows * 0 + k0 < k_lim
-                    acc += part * (tl.load(s_e + (rows // ROW_BLOCK) * stride_sn, mask=live, other=0.0) * route_w)[:, None]
-            for gi in tl.static_range(N_SUB):
-                kk = k0 + gi * STEP
-                g = 0                                    # a row scale
-                if GROUP > 0:
-                    g = kk // GROUP
-                part = _pair_step(w_e, rows, h_ptr + pair.to(tl.int64) * stride_ht, kk, k_lim, kw_lim, KW,
-                                  _zero_of(z_e, rows, g, rows * 0 + kk < k_lim, stride_sn, stride_sg, OFFSET, HAS_ZERO),
-                                  stride_wn, BITS,
-                                  X_PACKED, ASM, BLOCK_N, STEP)
-                live = rows * 0 + kk < k_lim
-                s = tl.load(s_e + (rows // ROW_BLOCK) * stride_sn + g * stride_sg, mask=live, other=0.0) * route_w
-                acc += s[:, None] * part
+                live = rows * 0 + k0 < k_lim
+                acc += part * (tl.load(s_e + (rows // ROW_BLOCK) * stride_sn, mask=live, other=0.0) * route_w)[:, None]
+        for gi in tl.static_range(N_SUB):
+            kk = k0 + gi * STEP
+            g = 0                                    # a row scale
+            if GROUP > 0:
+                g = kk // GROUP
+            part = _pair_step(w_e, rows, h_ptr + pair.to(tl.int64) * stride_ht, kk, k_lim, kw_lim, KW,
+                              _zero_of(z_e, rows, g, rows * 0 + kk < k_lim, stride_sn, stride_sg, OFFSET, HAS_ZERO),
+                              stride_wn, BITS,
+                              X_PACKED, ASM, BLOCK_N, STEP)
+            live = rows * 0 + kk < k_lim
+            s = tl.load(s_e + (rows // ROW_BLOCK) * stride_sn + g * stride_sg, mask=live, other=0.0) * route_w
+            acc += s[:, None] * part
     out = tl.sum(acc, axis=1) * IN_UNSCALE
     cols = col0 + tl.arange(0, BLOCK_N)
     if SPLIT > 1:
@@ -262,6 +151,7 @@ def _down_pair_kernel(h_ptr, w_ptr, s_ptr, z_ptr, out_ptr, ids_ptr, weights_ptr,
         tl.debug_barrier()                                   # every thread's partial is out before the count
         arrived = tl.atomic_add(cnt_ptr + tb, 1, sem="acq_rel", scope="gpu")
         if arrived == SPLIT - 1:                             # the last: the others' partials are visible
+            tl.store(cnt_ptr + tb, 0)                        # reset for the next call
             out = tl.zeros((BLOCK_N,), dtype=tl.float32)
             for q in tl.static_range(SPLIT):
                 out += tl.load(ws_ptr + (q * T + t).to(tl.int64) * D + cols, mask=cols < D, other=0.0,
@@ -278,31 +168,33 @@ def _down_pair_kernel(h_ptr, w_ptr, s_ptr, z_ptr, out_ptr, ids_ptr, weights_ptr,
 # (86%; splitting only adds). Dense D x D decode layers (quant_pair_2d, GEMM2's kernel, x packed first): int4
 # 18.7 -> 9.0-10.2 µs, int8 12.2 -> 9.3-9.5 (neither gains from split-K).
 # Narrow experts (I < 4096: OLMoE, Qwen, DeepSeek) take _NARROW_INT4_UP for int4's GEMM1 at T = 1
-# (OLMoE 17.5 -> 13.0 µs, Qwen3-30B-A3B 16.8 -> 11.5; Mixtral's 52.8 would become 63.8).
+# (OLMoE 17.5 -> 13.0 µs, Qwen3-30B-A3B 16.8 -> 11.5; Mixtral's 52.8 would become 63.8). Mixtral's int4 GEMM1 at
+# T = 1: one scale group a K-step (32 x 128) 53.6 µs against 59.1 for 32 x 256 in the same run (ninth session,
+# call 1; loads issued one or two steps ahead in registers measured 52.8 and 66.0: not kept).
 _TILES = {
-    (4, 1): ((32, 256, 4, 1, True, False), (16, 256, 1, 3, False, False, 8)),
+    (4, 1): ((32, 128, 4, 1, True, False), (16, 256, 1, 3, False, False, 8)),
     (4, 2): ((16, 256, 2, 2, True, False), (16, 256, 1, 3, False, False, 8)),
     (8, 1): ((16, 512, 4, 1, False, False), (4, 1024, 2, 3, False, False, 1)),
     (8, 2): ((16, 512, 4, 1, True, False), (4, 1024, 2, 3, False, False, 2)),
 }
 _NARROW_INT4_UP = (4, 1024, 2, 1, True, True)
 _DENSE = {4: (32, 512, 4, 3, True, False, 1), 8: (4, 1024, 2, 3, True, False, 1)}
-_KEYS = ("BLOCK_N", "BLOCK_K", "num_warps", "num_stages", "x_packed", "wide", "split", "prefetch")
-_DEFAULTS = {"x_packed": False, "wide": False, "split": 1, "prefetch": 0}
+_KEYS = ("BLOCK_N", "BLOCK_K", "num_warps", "num_stages", "x_packed", "wide", "split")
 
 
 def pair_config(m, K_in: int, down: bool = False, T: int = 1, width: int = 0, dense: bool = False) -> dict:
     """Tiles for a weight stack `m` reduced over K_in at T tokens (the measured table above); width: the
     experts' I (GEMM1), dense: a plain linear (quant_pair_2d)."""
     if not on_gpu():          # the interpreter pays per program and per op: few, mid-sized tiles
-        return {"BLOCK_N": 16, "BLOCK_K": max(64, m.group), "num_warps": 4, "num_stages": 1, **_DEFAULTS}
+        return {"BLOCK_N": 16, "BLOCK_K": max(64, m.group), "num_warps": 4, "num_stages": 1, "x_packed": False,
+                "wide": False, "split": 1}
     if dense:
         tiles = _DENSE[m.bits]
     elif m.bits == 4 and T == 1 and not down and width < 4096:
         tiles = _NARROW_INT4_UP
     else:
         tiles = _TILES[(m.bits, min(T, 2))][1 if down else 0]
-    cfg = {**_DEFAULTS, **dict(zip(_KEYS, tiles))}
+    cfg = dict(zip(_KEYS, tiles + (1,) * (len(_KEYS) - len(tiles))))
     cfg["BLOCK_K"] = max(m.group, min(cfg["BLOCK_K"], triton.next_power_of_2(K_in)))
     return cfg
 
@@ -318,11 +210,6 @@ def _check(cfg: dict, m) -> None:
     if bk & (bk - 1) or bk % (4 * pw) or (m.group and bk % m.group):
         raise ValueError(f"pair kernels: BLOCK_K {bk} must be a power of two, a multiple of {4 * pw} "
                          f"and of the scale group {m.group}")
-    if cfg["prefetch"] not in (0, 1, 2):
-        raise ValueError(f"pair kernels: prefetch is 0, 1 or 2 steps ahead, not {cfg['prefetch']}")
-    if cfg["prefetch"] and (cfg["wide"] or (m.group and bk != m.group)):
-        raise ValueError(f"pair kernels: prefetch needs one scale group a K-step (BLOCK_K {bk} == group "
-                         f"{m.group}, not wide)")
 
 
 def fused_moe_quant_pair(x, w13, w2, ids, topk_weights, expert_offset: int, config: dict | None = None,
@@ -355,7 +242,7 @@ def gate_up_pair(x, w13, w2, ids, expert_offset: int, config: dict | None = None
         xin.stride(0), *stride_args(w13), h.stride(0), **_layout(w13),
         H_PW=h_pw, X_PACKED=x_packed, ASM=on_gpu(), WIDE=bool(cfg["wide"]),
         EVEN=D % cfg["BLOCK_K"] == 0 and kw * (32 // w13.bits) == D,
-        BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"], STAGES=cfg["num_stages"], PREFETCH=int(cfg["prefetch"]),
+        BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"], STAGES=cfg["num_stages"],
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **launch_args(pdl))
     return h
 
@@ -382,17 +269,30 @@ def _launch_down(h, packed, w, out, ids, weights, top_k, expert_offset, E, cfg, 
     data, scale, zero, _, I, kw, _ = pointer_args(w)
     split = int(cfg["split"])
     blocks = T * triton.cdiv(D, cfg["BLOCK_N"])
-    if split > 1:     # partials [SPLIT, T, D] fp32, then the counters [T·blocks] int32, zeroed: one memset
-        ws = torch.zeros(split * T * D + blocks, dtype=torch.float32, device=out.device)
-        ws, cnt = ws[:split * T * D], ws[split * T * D:].view(torch.int32)
+    if split > 1:     # partials [SPLIT, T, D] fp32 (every entry written before it is read), counters [T·blocks]
+        ws = torch.empty(split * T * D, dtype=torch.float32, device=out.device)
+        cnt = _split_counters(out.device, blocks)
     else:
         ws = cnt = out
     _down_pair_kernel[(blocks * split,)](
         h, data, scale, zero, out, ids, weights, ws, cnt, top_k, expert_offset, E, T, D, I, kw,
         h.stride(0), *stride_args(w), out.stride(0), **_layout(w), X_PACKED=packed, DENSE=dense, ASM=on_gpu(),
         WIDE=bool(cfg["wide"]), IN_UNSCALE=float(in_unscale), SPLIT=split,
-        BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"], STAGES=cfg["num_stages"], PREFETCH=int(cfg["prefetch"]),
+        BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"], STAGES=cfg["num_stages"],
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **launch_args(pdl))
+
+
+_COUNTERS: dict = {}
+
+
+def _split_counters(device, n: int) -> torch.Tensor:
+    """n int32 arrival counters, zero: one buffer per device, allocated (zeroed) once and left zero by every
+    split-K call (its last program resets its counter), so no memset runs per call or per graph replay.
+    Calls on one stream take turns; kernels of one buffer must not run concurrently on two streams."""
+    bufs = _COUNTERS.setdefault(device, [])         # older buffers stay alive: a captured graph may hold one
+    if not bufs or bufs[-1].numel() < n:
+        bufs.append(torch.zeros(max(n, 4096), dtype=torch.int32, device=device))
+    return bufs[-1]
 
 
 def quant_pair_2d(x: torch.Tensor, w, config: dict | None = None, pdl: bool = False) -> torch.Tensor:

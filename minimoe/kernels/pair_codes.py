@@ -154,10 +154,11 @@ def _x_pair(x_row, offs_w, S: tl.constexpr, K, KW, ROW_W, PW: tl.constexpr, PACK
 
 
 @triton.jit
-def _pair_loads(w_e, rows, x_row, kk, K, KW, ROW_W, stride_wn, BITS: tl.constexpr, PACKED: tl.constexpr,
-                STEP: tl.constexpr, EVEN: tl.constexpr = False):
-    """The loads of one step (_pair_step's first half): words [ROWS, V] int32 of inputs kk .. kk+STEP of
-    weight rows `rows`, and x's pairs x0..x3 [V] (int8 repeats x0, x1). Past KW: masked, no traffic, 0."""
+def _pair_step(w_e, rows, x_row, kk, K, KW, ROW_W, zero, stride_wn, BITS: tl.constexpr, PACKED: tl.constexpr,
+               ASM: tl.constexpr, ROWS: tl.constexpr, STEP: tl.constexpr, EVEN: tl.constexpr = False):
+    """Σ (u − zero)·x over inputs kk .. kk+STEP of weight rows `rows` [ROWS]: fp32 [ROWS, V]
+    (scaled by X_SCALE); past KW (KW = 0 for a foreign slot) masked, no traffic, an exact 0. EVEN: the
+    caller knows no word is past KW (GEMM1 with D a multiple of BLOCK_K): loads without masks."""
     PW: tl.constexpr = 32 // BITS
     V: tl.constexpr = STEP // PW
     offs_w = kk // PW + tl.arange(0, V)
@@ -173,16 +174,6 @@ def _pair_loads(w_e, rows, x_row, kk, K, KW, ROW_W, stride_wn, BITS: tl.constexp
         x3 = _x_pair(x_row, offs_w, 3, K, KW, ROW_W, PW, PACKED, EVEN)
     else:
         x2, x3 = x0, x1
-    return words, x0, x1, x2, x3
-
-
-@triton.jit
-def _pair_step(w_e, rows, x_row, kk, K, KW, ROW_W, zero, stride_wn, BITS: tl.constexpr, PACKED: tl.constexpr,
-               ASM: tl.constexpr, ROWS: tl.constexpr, STEP: tl.constexpr, EVEN: tl.constexpr = False):
-    """Σ (u − zero)·x over inputs kk .. kk+STEP of weight rows `rows` [ROWS]: fp32 [ROWS, V]
-    (scaled by X_SCALE); past KW (KW = 0 for a foreign slot) masked, no traffic, an exact 0. EVEN: the
-    caller knows no word is past KW (GEMM1 with D a multiple of BLOCK_K): loads without masks."""
-    words, x0, x1, x2, x3 = _pair_loads(w_e, rows, x_row, kk, K, KW, ROW_W, stride_wn, BITS, PACKED, STEP, EVEN)
     return _pair_dot(words, x0, x1, x2, x3, zero, BITS, ASM)
 
 
