@@ -81,9 +81,8 @@ def test_dense_decode_layer(fmt, packed, split):
 
 
 def test_split_k_is_deterministic_and_equals_one_program():
-    """Split-K adds its partials in a fixed order: repeated calls are bit-identical (the second one runs on the
-    counters the first left behind), and within fp32 rounding of the unsplit kernel; skipped slots still give
-    exact zeros."""
+    """Split-K adds its partials in a fixed order: repeated calls are bit-identical, and within fp32 rounding
+    of the unsplit kernel; skipped slots still give exact zeros."""
     gen = torch.Generator().manual_seed(28)
     q13, q2 = make("int4", 16, gen, d=64)
     x = torch.randn(2, 64, generator=gen).to(DEVICE)
@@ -95,8 +94,6 @@ def test_split_k_is_deterministic_and_equals_one_program():
     assert torch.allclose(a, one, rtol=1e-5, atol=1e-6)
     none = torch.full((2, 4), -1, device=DEVICE)
     assert torch.equal(fused_moe_quant(x, q13, q2, none, w, config=cfg), torch.zeros_like(x))
-    # no memset between calls: each call's last programs leave the shared arrival counters at zero
-    assert P._COUNTERS and all(int(b.abs().sum()) == 0 for bufs in P._COUNTERS.values() for b in bufs)
 
 
 def _halves(pairs: torch.Tensor) -> torch.Tensor:
@@ -128,7 +125,9 @@ def test_paired_order(bits):
         ref = torch.zeros(h.shape[1] * 2, dtype=torch.float64)
         ref[:I_] = torch.nn.functional.silu(g) * u * P.H_SCALE
         ref = ref.view(-1, 2, pw // 2).permute(2, 0, 1).reshape(-1, 2)  # [s·KW + w, half]
-        assert torch.allclose(h[k], ref, rtol=2e-3, atol=1e-7)
+        # h is fp16 times 2^-12: small entries are fp16 subnormals (the GPU's fp16 pair sums round them
+        # coarser than the interpreter's fp32), so the floor is relative to the largest entry
+        assert torch.allclose(h[k], ref, rtol=2e-3, atol=2e-3 * float(ref.abs().max()))
 
 
 def test_pair_refuses_formats_it_does_not_read():

@@ -94,9 +94,8 @@ def _down_pair_kernel(h_ptr, w_ptr, s_ptr, z_ptr, out_ptr, ids_ptr, weights_ptr,
     One flat loop over (slot, step), as fused_moe_quant_gemv's; every step scaled by its scales times the
     slot's routing weight. SPLIT > 1 (split-K): SPLIT programs share a (token, column block), each a
     contiguous share of the flat loop; each stores its fp32 partial in ws [SPLIT, T, D], bumps the block's
-    counter in cnt [T·blocks] (zero on entry), and the last to arrive adds the SPLIT partials in order
-    0..SPLIT-1 (the result does not depend on which program finishes last), stores out and sets the
-    counter back to 0, so the counters need no memset between calls (_split_counters)."""
+    counter in cnt [T·blocks] (zeroed by the caller), and the last to arrive adds the SPLIT partials in
+    order 0..SPLIT-1 (the result does not depend on which program finishes last) and stores out."""
     wait_then_release(PDL)
     n_blocks = tl.cdiv(D, BLOCK_N)
     pid = tl.program_id(0)
@@ -151,7 +150,6 @@ def _down_pair_kernel(h_ptr, w_ptr, s_ptr, z_ptr, out_ptr, ids_ptr, weights_ptr,
         tl.debug_barrier()                                   # every thread's partial is out before the count
         arrived = tl.atomic_add(cnt_ptr + tb, 1, sem="acq_rel", scope="gpu")
         if arrived == SPLIT - 1:                             # the last: the others' partials are visible
-            tl.store(cnt_ptr + tb, 0)                        # reset for the next call
             out = tl.zeros((BLOCK_N,), dtype=tl.float32)
             for q in tl.static_range(SPLIT):
                 out += tl.load(ws_ptr + (q * T + t).to(tl.int64) * D + cols, mask=cols < D, other=0.0,
@@ -168,11 +166,9 @@ def _down_pair_kernel(h_ptr, w_ptr, s_ptr, z_ptr, out_ptr, ids_ptr, weights_ptr,
 # (86%; splitting only adds). Dense D x D decode layers (quant_pair_2d, GEMM2's kernel, x packed first): int4
 # 18.7 -> 9.0-10.2 µs, int8 12.2 -> 9.3-9.5 (neither gains from split-K).
 # Narrow experts (I < 4096: OLMoE, Qwen, DeepSeek) take _NARROW_INT4_UP for int4's GEMM1 at T = 1
-# (OLMoE 17.5 -> 13.0 µs, Qwen3-30B-A3B 16.8 -> 11.5; Mixtral's 52.8 would become 63.8). Mixtral's int4 GEMM1 at
-# T = 1: one scale group a K-step (32 x 128) 53.6 µs against 59.1 for 32 x 256 in the same run (ninth session,
-# call 1; loads issued one or two steps ahead in registers measured 52.8 and 66.0: not kept).
+# (OLMoE 17.5 -> 13.0 µs, Qwen3-30B-A3B 16.8 -> 11.5; Mixtral's 52.8 would become 63.8).
 _TILES = {
-    (4, 1): ((32, 128, 4, 1, True, False), (16, 256, 1, 3, False, False, 8)),
+    (4, 1): ((32, 256, 4, 1, True, False), (16, 256, 1, 3, False, False, 8)),
     (4, 2): ((16, 256, 2, 2, True, False), (16, 256, 1, 3, False, False, 8)),
     (8, 1): ((16, 512, 4, 1, False, False), (4, 1024, 2, 3, False, False, 1)),
     (8, 2): ((16, 512, 4, 1, True, False), (4, 1024, 2, 3, False, False, 2)),
@@ -269,9 +265,9 @@ def _launch_down(h, packed, w, out, ids, weights, top_k, expert_offset, E, cfg, 
     data, scale, zero, _, I, kw, _ = pointer_args(w)
     split = int(cfg["split"])
     blocks = T * triton.cdiv(D, cfg["BLOCK_N"])
-    if split > 1:     # partials [SPLIT, T, D] fp32 (every entry written before it is read), counters [T·blocks]
-        ws = torch.empty(split * T * D, dtype=torch.float32, device=out.device)
-        cnt = _split_counters(out.device, blocks)
+    if split > 1:     # partials [SPLIT, T, D] fp32, then the counters [T·blocks] int32, zeroed: one memset
+        ws = torch.zeros(split * T * D + blocks, dtype=torch.float32, device=out.device)
+        ws, cnt = ws[:split * T * D], ws[split * T * D:].view(torch.int32)
     else:
         ws = cnt = out
     _down_pair_kernel[(blocks * split,)](
@@ -280,19 +276,6 @@ def _launch_down(h, packed, w, out, ids, weights, top_k, expert_offset, E, cfg, 
         WIDE=bool(cfg["wide"]), IN_UNSCALE=float(in_unscale), SPLIT=split,
         BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"], STAGES=cfg["num_stages"],
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **launch_args(pdl))
-
-
-_COUNTERS: dict = {}
-
-
-def _split_counters(device, n: int) -> torch.Tensor:
-    """n int32 arrival counters, zero: one buffer per device, allocated (zeroed) once and left zero by every
-    split-K call (its last program resets its counter), so no memset runs per call or per graph replay.
-    Calls on one stream take turns; kernels of one buffer must not run concurrently on two streams."""
-    bufs = _COUNTERS.setdefault(device, [])         # older buffers stay alive: a captured graph may hold one
-    if not bufs or bufs[-1].numel() < n:
-        bufs.append(torch.zeros(max(n, 4096), dtype=torch.int32, device=device))
-    return bufs[-1]
 
 
 def quant_pair_2d(x: torch.Tensor, w, config: dict | None = None, pdl: bool = False) -> torch.Tensor:
