@@ -42,7 +42,7 @@ import triton
 import triton.language as tl
 
 from .moe_configs import on_gpu
-from .pdl import launch_args, wait_then_release
+from .pdl import launch_args, prefetch_l2, wait_then_release
 
 SMALL_KEYS = ("BLOCK_N", "BLOCK_K", "num_warps", "num_stages")
 
@@ -95,14 +95,19 @@ def _gate_up_gemv_kernel(x_ptr, w13_ptr, h_ptr, ids_ptr, top_k, expert_offset, E
 def _down_combine_kernel(h_ptr, w2_ptr, out_ptr, ids_ptr, weights_ptr, top_k, expert_offset, E,
                          D, I, stride_ht, stride_we, stride_wn, stride_ot,
                          BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr, PDL: tl.constexpr,
-                         DENSE: tl.constexpr = False):
+                         DENSE: tl.constexpr = False, PREFETCH_BYTES: tl.constexpr = 0):
     """out[t, cols] = Σ_k w[t,k] · W2[e_k][cols, :] · h[t·K + k] for BLOCK_N columns of D.
-    DENSE (dense_gemv): one expert, one slot of weight 1: out[t, cols] = W[cols, :] · h[t], no id loads."""
-    wait_then_release(PDL)
+    DENSE (dense_gemv): one expert, one slot of weight 1: out[t, cols] = W[cols, :] · h[t], no id loads.
+    PREFETCH_BYTES (DENSE, launched with PDL): before waiting for the previous kernel, ask the L2 for the
+    first PREFETCH_BYTES of each of the program's weight rows (the weights do not depend on it)."""
     n_blocks = tl.cdiv(D, BLOCK_N)
     t, col0 = tl.program_id(0) // n_blocks, (tl.program_id(0) % n_blocks) * BLOCK_N
     offs_k = tl.arange(0, BLOCK_K)
     rows = (col0 + tl.arange(0, BLOCK_N)) % D
+    if PREFETCH_BYTES > 0:
+        tl.static_assert(DENSE, "only a dense layer's weights are known before the previous kernel ends")
+        prefetch_l2(w2_ptr + rows.to(tl.int64) * stride_wn, tl.full((BLOCK_N,), PREFETCH_BYTES, tl.int32))
+    wait_then_release(PDL)
     n_chunks = tl.cdiv(I, BLOCK_K)
     acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
     # One flat loop over (slot, chunk) rather than a loop per slot: with I about BLOCK_K the inner
@@ -207,12 +212,14 @@ def dense_config(N: int, D: int) -> dict:
     return {"BLOCK_N": 4096 // block_k, "BLOCK_K": block_k, "num_warps": 4, "num_stages": 3}
 
 
-def dense_gemv(x: torch.Tensor, weight: torch.Tensor, config: dict | None = None, pdl: bool = False) -> torch.Tensor:
+def dense_gemv(x: torch.Tensor, weight: torch.Tensor, config: dict | None = None, pdl: bool = False,
+               prefetch_bytes: int = 0) -> torch.Tensor:
     """A dense layer at decode through the down kernel above: x [T, K] @ W[N, K]ᵀ -> [T, N] in x.dtype,
     W a plain [N, K] weight seen as one expert, each token one slot of routing weight 1 (an exact
     no-op on the fp32 partial). The kernel streams [BLOCK_N, BLOCK_K] tiles along the contiguous
     reduction axis with 16-byte loads, as for the experts (DENSE: no id or weight loads, no buffers).
-    config: the "down" keys (SMALL_KEYS)."""
+    config: the "down" keys (SMALL_KEYS). prefetch_bytes (with pdl): the L2 prefetch of each weight row's
+    first bytes before the kernel waits for its predecessor (a multiple of 16, at most the row)."""
     T, K = x.shape
     N = weight.shape[0]
     base = dense_config(N, K)
@@ -225,5 +232,6 @@ def dense_gemv(x: torch.Tensor, weight: torch.Tensor, config: dict | None = None
         x, w3, out, x, x, 1, 0, 1, N, K,                                    # ids / weights: never read
         x.stride(0), w3.stride(0), w3.stride(1), out.stride(0),
         BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"], STAGES=cfg["num_stages"],
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], DENSE=True, **launch_args(pdl))
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], DENSE=True,
+        PREFETCH_BYTES=min(int(prefetch_bytes), K * weight.element_size()) // 16 * 16, **launch_args(pdl))
     return out

@@ -32,3 +32,12 @@ def wait_then_release(PDL: tl.constexpr):
     if PDL:
         tl.extra.cuda.gdc_wait()
         tl.extra.cuda.gdc_launch_dependents()
+
+
+@triton.jit
+def prefetch_l2(ptrs, nbytes):
+    """Ask the L2 for `nbytes` (an int32 tensor or scalar, a multiple of 16) from each 16-byte-aligned pointer
+    of `ptrs` (PTX cp.async.bulk.prefetch.L2, sm90+): a hint, nothing is read into registers, so a
+    PDL-launched kernel can issue it for weights that do not depend on its predecessor before gdc_wait."""
+    tl.inline_asm_elementwise("cp.async.bulk.prefetch.L2.global [$1], $2;\n mov.u32 $0, 0;", "=r,l,r",
+                              [ptrs, nbytes], dtype=tl.int32, is_pure=False, pack=1)
