@@ -39,12 +39,14 @@ def auto_gemv(T: int, N: int, D: int) -> str:
     return "torch"
 
 
-def linear(x: torch.Tensor, weight, bias: torch.Tensor | None = None, gemv: str = "torch") -> torch.Tensor:
+def linear(x: torch.Tensor, weight, bias: torch.Tensor | None = None, gemv: str = "torch",
+           pdl: bool = False) -> torch.Tensor:
     """y = x @ weightᵀ + bias for x [..., in] -> [..., out], whatever the weight's format.
     gemv (RunSettings.gemv) for a plain weight at decode sizes: "torch" (F.linear, cuBLAS), "triton"
     (kernels/gemv.py, up to its MAX_T rows), "stream" (kernels/fused_moe_small.dense_gemv, the MoE decode
     down kernel as a dense GEMV, up to STREAM_MAX_T rows) or "auto" (`auto_gemv` per shape); anything
-    outside those sizes, or with a bias, runs F.linear."""
+    outside those sizes, or with a bias, runs F.linear. pdl (RunSettings.pdl on, sm90+): the stream kernel is
+    launched with Programmatic Dependent Launch (kernels/pdl.py)."""
     if not isinstance(weight, torch.Tensor):          # a packed weight: its own kernel
         return weight.linear(x, bias)
     if gemv != "torch" and x.dtype == weight.dtype:
@@ -55,7 +57,7 @@ def linear(x: torch.Tensor, weight, bias: torch.Tensor | None = None, gemv: str 
             y, _ = _gemv.gemv(x.reshape(-1, x.shape[-1]).contiguous(), weight, bias)
             return y.view(*lead, -1)
         if kind == "stream" and 1 <= T <= STREAM_MAX_T and bias is None and weight.is_contiguous():
-            return _dense_gemv(x.reshape(-1, x.shape[-1]).contiguous(), weight).view(*lead, -1)
+            return _dense_gemv(x.reshape(-1, x.shape[-1]).contiguous(), weight, pdl=pdl).view(*lead, -1)
     return F.linear(x, weight, bias)
 
 
@@ -70,7 +72,9 @@ class Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s = self.settings
-        return linear(x, self.weight, self.bias, gemv=s.gemv if s is not None else "torch")
+        if s is None:
+            return linear(x, self.weight, self.bias)
+        return linear(x, self.weight, self.bias, gemv=s.gemv, pdl=s.pdl == "on")
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, bias={self.bias is not None}"

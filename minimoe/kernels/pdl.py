@@ -12,6 +12,15 @@ Our kernels call both as their very first statements (`wait_then_release`): noth
 written before the predecessor has finished, so results are exactly those without PDL; only the
 launch work overlaps. Kernels we do not own (cuBLAS, PyTorch) simply run in stream order.
 
+Which launches may be early. An early-launched grid fills whatever SM slots free up first. After a one- or
+few-program kernel (an RMSNorm, a router, the attention merge) that is every SM, evenly: a dense decode GEMV
+launched so after its RMSNorm measured 1.1-1.5 µs less per pair (scripts/pdl_prefetch_probe.py, ninth
+session, call 4). After a many-program kernel (the MoE's GEMM1) the next grid's programs pile onto the SMs
+that finish first, and a bandwidth-bound GEMM2 with an uneven spread runs longer: PDL on every kernel made
+Mixtral bs 1 6.92 -> 7.68 ms (third session). So the MoE's GEMM2 is never launched early; everything else
+follows `RunSettings.pdl`. (The probe's L2 prefetch of a GEMV's first weight bytes before gdc_wait,
+`prefetch_l2`, was slower than PDL alone at every size tried: kept as a kernel option, off.)
+
 Every launcher takes `pdl: bool = False` and passes `launch_args(pdl)` to its kernels; the engine's
 ops table (minimoe/ops.py) binds it once from `RunSettings.pdl`, and only on an sm90+ GPU (the
 interpreter has no griddepcontrol). No process-wide switch: two models in one process (a draft and
