@@ -38,7 +38,7 @@ class RunSettings:
     ops: str = "auto"               # small ops (RMSNorm+add, q/k norm+rope+cache write, router top-k):
                                     # torch (several kernels each) | triton (one each); auto = triton on a GPU
     gemv: str = "auto"              # decode-size linears: torch (cuBLAS) | triton | stream; auto = per shape (GPU)
-    pdl: str = "auto"               # Programmatic Dependent Launch for our Triton kernels: on | off; auto = off
+    pdl: str = "auto"               # Programmatic Dependent Launch for our Triton kernels: on | off; auto = on on one sm90+ GPU
     fold_norm: str = "auto"         # an MoE layer's RMSNorm inside its router's kernel for one-token steps:
                                     # on | off; auto = on with --ops triton (model.Block, kernels/gate_splitk.py)
     eager: bool = False             # no CUDA graph of the decode step (graphs need a GPU and a sync-free path)
@@ -83,7 +83,8 @@ class RunSettings:
         s.attn = ("triton" if gpu else "sdpa") if s.attn == "auto" else s.attn
         s.ops = ("triton" if gpu else "torch") if s.ops == "auto" else s.ops
         s.gemv = ("auto" if gpu else "torch") if s.gemv == "auto" else s.gemv   # per shape: linear.auto_gemv
-        s.pdl = "off" if s.pdl == "auto" else s.pdl          # measured slower on the H200 (kernels/pdl.py)
+        if s.pdl == "auto":      # on where measured (kernels/pdl.py): one sm90+ GPU, no EP / TP plan
+            s.pdl = "on" if _hopper(s, gpu) and s.tp == 1 and s.ep == 1 else "off"
         s.fold_norm = ("on" if s.ops == "triton" else "off") if s.fold_norm == "auto" else s.fold_norm
         if s.fold_norm == "on" and s.ops != "triton":
             raise ValueError("--fold-norm on runs the norm inside the router's Triton kernel: it needs --ops triton")
@@ -148,6 +149,14 @@ def _choose(name: str, value, choices) -> None:
         raise ValueError(f"--{name.replace('_', '-')} {value}: choose from {', '.join(map(str, choices))}")
 
 
+def _hopper(s: "RunSettings", gpu: bool) -> bool:
+    """A CUDA device of compute capability 9 or more (griddepcontrol)."""
+    if not (gpu and torch.cuda.is_available()):
+        return False
+    dev = torch.device(s.device)
+    return torch.cuda.get_device_capability(dev.index if dev.index is not None else torch.cuda.current_device())[0] >= 9
+
+
 def _symm_fits(s: "RunSettings", gpu: bool) -> bool:
     """--allreduce auto: symmetric memory needs GPUs, a dtype the one-shot op has (bf16, fp32), torch's op, and
     every TP group inside one node (ranks e·tp .. e·tp + tp - 1 share a node when the node's process count is a
@@ -191,8 +200,9 @@ SETTINGS_FLAGS = {
     "gemv": ("--gemv", dict(help="decode-size linears: torch (cuBLAS) | triton (kernels/gemv.py) | stream (the MoE "
                                   "decode kernel as a dense GEMV, batch 1-2); auto: per shape as measured on the "
                                   "H200 (linear.auto_gemv), torch on a CPU")),
-    "pdl": ("--pdl", dict(help="Programmatic Dependent Launch for the Triton kernels: on (sm90+) | off; auto: off "
-                                "(measured slower on the H200)")),
+    "pdl": ("--pdl", dict(help="Programmatic Dependent Launch for the Triton kernels (the MoE's GEMM2 never): "
+                                "on (sm90+) | off; auto: on with one sm90+ GPU and no --ep / --tp (measured, "
+                                "kernels/pdl.py), else off")),
     "fold_norm": ("--fold-norm", dict(help="an MoE layer's RMSNorm (+ residual add) inside its router's kernel for "
                                             "one-token steps (batch-1 decode): on (needs --ops triton) | off; auto: on "
                                             "with --ops triton")),

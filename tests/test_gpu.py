@@ -35,10 +35,10 @@ def _static_eager_tokens(model, prompts, steps):
 @pytest.mark.parametrize("card", TINY)
 @pytest.mark.parametrize("experts,attn,ops", [("grouped", "sdpa", "torch"), ("fused", "sdpa", "torch"),
                                               ("fused", "triton", "torch"), ("fused", "triton", "triton")])
-def test_graphed_decode_equals_eager(card, experts, attn, ops, pdl="off"):
+def test_graphed_decode_equals_eager(card, experts, attn, ops, pdl="off", batch=4):
     s = RunSettings(experts=experts, attn=attn, ops=ops, pdl=pdl)
     model, cfg, _ = build_model(card, "dummy", dtype=torch.bfloat16, device="cuda", settings=s, seed=1)
-    prompts = torch.randint(0, cfg.vocab_size, (4, 11), device="cuda")
+    prompts = torch.randint(0, cfg.vocab_size, (batch, 11), device="cuda")
     graphed = _tokens(model, prompts, 24, graphs=True)
     assert torch.equal(graphed, _static_eager_tokens(model, prompts, 24))
     if attn == "triton":   # length-aware attention reads the same entries either way: the eager path agrees too
@@ -46,9 +46,18 @@ def test_graphed_decode_equals_eager(card, experts, attn, ops, pdl="off"):
 
 
 @pytest.mark.parametrize("card", TINY)
-def test_graphed_decode_equals_eager_with_pdl(card):
+@pytest.mark.parametrize("batch", [1, 4])
+def test_graphed_decode_equals_eager_with_pdl(card, batch):
+    """Batch 1 runs the dense layers through the stream GEMV, launched early (PDL) after its RMSNorm."""
     pdl = "on" if torch.cuda.get_device_capability()[0] >= 9 else "off"
-    test_graphed_decode_equals_eager(card, "fused", "triton", "triton", pdl)
+    test_graphed_decode_equals_eager(card, "fused", "triton", "triton", pdl, batch)
+
+
+def test_pdl_auto_is_on_for_one_hopper_gpu_only():
+    hopper = torch.cuda.get_device_capability()[0] >= 9
+    assert RunSettings(device="cuda").resolve().pdl == ("on" if hopper else "off")
+    assert RunSettings(device="cuda", tp=2).resolve().pdl == "off"          # unmeasured with a parallel plan
+    assert RunSettings(device="cuda", pdl="off").resolve().pdl == "off"
 
 
 @pytest.mark.parametrize("card", TINY)
