@@ -38,7 +38,7 @@ class RunSettings:
     ops: str = "auto"               # small ops (RMSNorm+add, q/k norm+rope+cache write, router top-k):
                                     # torch (several kernels each) | triton (one each); auto = triton on a GPU
     gemv: str = "auto"              # decode-size linears: torch (cuBLAS) | triton | stream; auto = per shape (GPU)
-    pdl: str = "auto"               # Programmatic Dependent Launch for our Triton kernels: on | off; auto = on on one sm90+ GPU
+    pdl: str = "auto"               # Programmatic Dependent Launch (our Triton kernels): on | off; auto: one sm90+ GPU
     fold_norm: str = "auto"         # an MoE layer's RMSNorm inside its router's kernel for one-token steps:
                                     # on | off; auto = on with --ops triton (model.Block, kernels/gate_splitk.py)
     eager: bool = False             # no CUDA graph of the decode step (graphs need a GPU and a sync-free path)

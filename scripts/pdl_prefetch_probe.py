@@ -74,7 +74,8 @@ def main(argv=None) -> int:
     gen = torch.Generator(device=dev).manual_seed(0)
     rows, bad = [], 0
     print(f"# {torch.cuda.get_device_name()} | {REPS} x [rms_norm -> dense_gemv] per graph, µs per pair")
-    print(f"{'shape':12s} {'MB':>6s} {'no PDL':>8s} {'PDL':>8s} " + " ".join(f"{'pf ' + str(b):>8s}" for b in a.prefetch))
+    print(f"{'shape':12s} {'MB':>6s} {'no PDL':>8s} {'PDL':>8s} "
+          + " ".join(f"{'pf ' + str(b):>8s}" for b in a.prefetch))
     for label, (N, K) in SHAPES.items():
         x = torch.randn(1, K, device=dev, dtype=torch.bfloat16, generator=gen)
         norm_w = torch.rand(K, device=dev, dtype=torch.bfloat16, generator=gen) + 0.5

@@ -236,7 +236,7 @@ def fused_moe(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_ids: to
     _launch_gate_up(x, w13, h, blocks, K, config, precision, pdl)
     y = x.new_empty(numel, D)                                                # [T·K, D]
     weights = topk_weights.float().contiguous().view(-1)  # [T·K]; no copy when already fp32
-    _launch_down(h, w2, y, weights, blocks, down_config(config), precision, False)   # after GEMM1: no early launch (pdl.py)
+    _launch_down(h, w2, y, weights, blocks, down_config(config), precision, False)   # after GEMM1: not early (pdl.py)
     out = x.new_empty(T, D)
     block_d = min(1024, triton.next_power_of_2(D))
     _combine_kernel[(T, triton.cdiv(D, block_d))](y, ids, out, K, expert_offset, E, D,

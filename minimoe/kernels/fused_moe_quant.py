@@ -211,11 +211,11 @@ def fused_moe_quant(x: torch.Tensor, w13, w2, topk_ids: torch.Tensor, topk_weigh
     a, sa = quant_rows_fp8(x, w13.group, pdl) if w13.bits == 0 else (x, x)
     h = x.new_empty(T * K, I)                                                         # [T·K, I]
     _launch(_gate_up_q_kernel, a, sa, w13, h, None, blocks, K, I, D, cfg, precision, pdl)
-    a2, sa2 = quant_rows_fp8(h, w2.group, pdl) if w2.bits == 0 else (h, h)
+    a2, sa2 = quant_rows_fp8(h, w2.group, False) if w2.bits == 0 else (h, h)   # after GEMM1: no early launch (pdl.py)
     y = x.new_empty(T * K, D)                                                         # [T·K, D]
     weights = topk_weights.float().contiguous().view(-1)
     down = dict(cfg, **cfg.get("down", {}))
-    _launch(_down_q_kernel, a2, sa2, w2, y, weights, blocks, None, D, I, down, precision, pdl)
+    _launch(_down_q_kernel, a2, sa2, w2, y, weights, blocks, None, D, I, down, precision, False)
     out = x.new_empty(T, D)
     block_d = min(1024, triton.next_power_of_2(D))
     _combine_kernel[(T, triton.cdiv(D, block_d))](y, ids, out, K, expert_offset, E, D, BLOCK_D=block_d,

@@ -287,7 +287,7 @@ def fused_moe_quant_gemv(x, w13, w2, ids, topk_weights, expert_offset: int, conf
         num_warps=cfg1["num_warps"], num_stages=cfg1["num_stages"], **launch_args(pdl))
     out = x.new_empty(T, D)
     weights = topk_weights.float().contiguous().view(-1)                               # [T·K]
-    _launch_down(h, w2, out, ids, weights, K, expert_offset, E, cfg2, False, pdl)
+    _launch_down(h, w2, out, ids, weights, K, expert_offset, E, cfg2, False, False)   # after GEMM1 (pdl.py)
     return out
 
 

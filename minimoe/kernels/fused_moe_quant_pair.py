@@ -217,7 +217,7 @@ def fused_moe_quant_pair(x, w13, w2, ids, topk_weights, expert_offset: int, conf
             raise ValueError(f"the pair decode kernels read int4 and int8 codes, not "
                              f"{getattr(w, 'describe', lambda: type(w).__name__)()}")
     h = gate_up_pair(x, w13, w2, ids, expert_offset, config, pdl)
-    return down_pair(h, w2, ids, topk_weights, expert_offset, x.new_empty(x.shape), config, pdl)
+    return down_pair(h, w2, ids, topk_weights, expert_offset, x.new_empty(x.shape), config, False)  # pdl.py
 
 
 def gate_up_pair(x, w13, w2, ids, expert_offset: int, config: dict | None = None, pdl: bool = False) -> torch.Tensor:
