@@ -48,7 +48,7 @@ def linear(x: torch.Tensor, weight, bias: torch.Tensor | None = None, gemv: str 
     outside those sizes, or with a bias, runs F.linear. pdl (RunSettings.pdl on, sm90+): the stream kernel is
     launched with Programmatic Dependent Launch (kernels/pdl.py)."""
     if not isinstance(weight, torch.Tensor):          # a packed weight: its own kernel
-        return weight.linear(x, bias)
+        return weight.linear(x, bias, pdl=pdl)
     if gemv != "torch" and x.dtype == weight.dtype:
         lead = x.shape[:-1]
         T = lead.numel()

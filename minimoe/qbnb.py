@@ -80,8 +80,8 @@ class BnbWeight(BnbMatrix, QuantWeight):
     def dequantize(self, dtype: torch.dtype | None = None, experts=None) -> torch.Tensor:
         return BnbMatrix.dequantize(self, dtype)[0]
 
-    def linear(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        bnb, _ = _lib()
+    def linear(self, x: torch.Tensor, bias: torch.Tensor | None = None, pdl: bool = False) -> torch.Tensor:
+        bnb, _ = _lib()                              # pdl: bitsandbytes' kernels run in stream order
         Kp = self.qdata.shape[1] * (32 // self.bits)
         xp = F.pad(x, (0, Kp - self.K)) if Kp != self.K else x
         q, state = self._state(0, x.dtype)

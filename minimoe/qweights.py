@@ -129,16 +129,17 @@ class QuantWeight(QuantMatrix):
     def dequantize(self, dtype: torch.dtype | None = None, experts=None) -> torch.Tensor:
         return super().dequantize(dtype)[0]
 
-    def linear(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    def linear(self, x: torch.Tensor, bias: torch.Tensor | None = None, pdl: bool = False) -> torch.Tensor:
         """x [..., K] -> [..., N] in x.dtype. Up to GEMV_MAX_T rows: the GEMV kernel (activations stay
-        in x.dtype); more rows: fp8 per-row weights through torch._scaled_mm (sm89+, activations
-        quantized per token, W8A8), anything else dequantized into a cuBLAS GEMM."""
+        in x.dtype; pdl: launched with Programmatic Dependent Launch, kernels/pdl.py); more rows: fp8 per-row
+        weights through torch._scaled_mm (sm89+, activations quantized per token, W8A8), anything else
+        dequantized into a cuBLAS GEMM."""
         lead = x.shape[:-1]
         x2 = x.reshape(-1, x.shape[-1])
         T = x2.shape[0]
         if self.use_kernels and 0 < T <= GEMV_MAX_T:
             from .kernels.fused_moe_quant_small import quant_gemv
-            y = quant_gemv(x2.contiguous(), self)
+            y = quant_gemv(x2.contiguous(), self, pdl=pdl)
         elif self.use_kernels and _scaled_mm_ok(self, x2):
             y = _fp8_scaled_mm(x2, self)
         else:

@@ -228,7 +228,7 @@ def gate_up_pair(x, w13, w2, ids, expert_offset: int, config: dict | None = None
     cfg = _tiles(config, "gate_up", pair_config(w13, D, T=T, width=I))
     _check(cfg, w13)
     x_packed = bool(cfg["x_packed"])
-    xin = pack_pairs(x, w13) if x_packed else x
+    xin = pack_pairs(x, w13, pdl) if x_packed else x
     data, scale, zero, _, _, kw, _ = pointer_args(w13)
     h_pw = 32 // w2.bits
     ip = w2.data3.shape[2] * h_pw                       # GEMM2's padded reduction: h's width
@@ -291,7 +291,7 @@ def quant_pair_2d(x: torch.Tensor, w, config: dict | None = None, pdl: bool = Fa
     out = x.new_empty(T, N)
     if T:
         packed = bool(cfg["x_packed"])
-        xin = pack_pairs(x, w) if packed else x
+        xin = pack_pairs(x, w, pdl) if packed else x
         # DENSE: one "expert", one slot of weight 1; ids and routing weights are never read (x stands in)
         _launch_down(xin, packed, w, out, x, x, 1, 0, 1, cfg, True, pdl)
     return out

@@ -46,6 +46,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .pdl import launch_args, wait_then_release
+
 X_SCALE = 2.0 ** -8           # x is stored as fp16 times this (dense layers, GEMM1's input); results divided by it
 H_SCALE = 2.0 ** -12          # h (GEMM1's output, silu(gate)·up: larger, heavier-tailed) likewise
 _X_SCALE = tl.constexpr(X_SCALE)
@@ -214,8 +216,10 @@ def _wide_step(w_e, s_e, z_e, rows, x_row, kk, K, KW, ROW_W, stride_wn, stride_s
 
 
 @triton.jit
-def _pack_pairs_kernel(x_ptr, out_ptr, K, KW, stride_xt, stride_ot, PW: tl.constexpr, BLOCK: tl.constexpr):
+def _pack_pairs_kernel(x_ptr, out_ptr, K, KW, stride_xt, stride_ot, PW: tl.constexpr, BLOCK: tl.constexpr,
+                       PDL: tl.constexpr = False):
     """out[t, s·KW + w] = the int32 pair (x[t, PW·w + s], x[t, PW·w + s + PW/2]) · X_SCALE in fp16."""
+    wait_then_release(PDL)
     t = tl.program_id(0)
     offs_w = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     x_row = x_ptr + t.to(tl.int64) * stride_xt
@@ -229,7 +233,7 @@ def pair_supported(w) -> bool:
     return w.bits in (4, 8) and w.codes == 0
 
 
-def pack_pairs(x: torch.Tensor, w) -> torch.Tensor:
+def pack_pairs(x: torch.Tensor, w, pdl: bool = False) -> torch.Tensor:
     """x [T, K] (bf16/fp16/fp32) -> [T, KW · PW/2] int32 pairs in paired order for the stack `w`
     (KW: its words a row, K padded to its scale group; the padding gets zeros)."""
     T, K = x.shape
@@ -237,5 +241,6 @@ def pack_pairs(x: torch.Tensor, w) -> torch.Tensor:
     kw = w.data3.shape[2]
     out = torch.empty(T, kw * pw // 2, dtype=torch.int32, device=x.device)
     if T:
-        _pack_pairs_kernel[(T, triton.cdiv(kw, 128))](x, out, K, kw, x.stride(0), out.stride(0), PW=pw, BLOCK=128)
+        _pack_pairs_kernel[(T, triton.cdiv(kw, 128))](x, out, K, kw, x.stride(0), out.stride(0), PW=pw, BLOCK=128,
+                                                      **launch_args(pdl))
     return out
