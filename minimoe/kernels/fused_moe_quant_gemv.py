@@ -42,7 +42,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .fused_moe_small import _local_expert
+from .fused_moe_small import _flat_slot, _local_expert
 from .moe_configs import on_gpu
 from .pdl import launch_args, wait_then_release
 from .quant_tiles import layout_args, pointer_args, stride_args
@@ -205,17 +205,8 @@ def _down_gemv_q_kernel(h_ptr, w_ptr, s_ptr, z_ptr, c_ptr, out_ptr, ids_ptr, wei
     acc = tl.zeros((BLOCK_N, ACC_W), dtype=tl.float32)
     xs = tl.zeros((ACC_W,), dtype=tl.float32)                                       # unused: every step scales
     for j in tl.range(0, top_k * n_chunks, num_stages=STAGES):
-        slot = j // n_chunks
-        k0 = (j - slot * n_chunks) * BLOCK_K
-        pair = t * top_k + slot
-        if DENSE:
-            e64 = tl.zeros((), dtype=tl.int64)
-            k_lim, kw_lim, route_w = I, KW, 1.0
-        else:
-            expert = _local_expert(ids_ptr, pair, expert_offset, E)
-            e64 = tl.maximum(expert, 0).to(tl.int64)
-            k_lim, kw_lim = tl.where(expert >= 0, I, 0), tl.where(expert >= 0, KW, 0)
-            route_w = tl.where(expert >= 0, tl.load(weights_ptr + pair), 0.0)
+        pair, k0, e64, k_lim, kw_lim, route_w = _flat_slot(j, n_chunks, t, top_k, ids_ptr, weights_ptr, expert_offset,
+                                                           E, I, KW, BLOCK_K, DENSE)
         for g in tl.static_range(BLOCK_K // STEP):
             acc, xs = _step(acc, xs, w_ptr + e64 * stride_we, s_ptr + e64 * stride_se, z_ptr + e64 * stride_se,
                             c_ptr, rows, h_ptr + pair.to(tl.int64) * stride_ht, k0 + g * STEP, k_lim, kw_lim,

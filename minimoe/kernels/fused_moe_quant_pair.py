@@ -17,7 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .fused_moe_small import _local_expert
+from .fused_moe_small import _flat_slot, _local_expert
 from .moe_configs import on_gpu
 from .pair_codes import (H_SCALE, X_SCALE, _X_SCALE, _H_SCALE, _pair_step, _wide_step, _zero_of,  # noqa: F401
                          pack_pairs, pair_supported)
@@ -110,17 +110,8 @@ def _down_pair_kernel(h_ptr, w_ptr, s_ptr, z_ptr, out_ptr, ids_ptr, weights_ptr,
     n_flat = top_k * n_chunks
     share = tl.cdiv(n_flat, SPLIT)
     for j in tl.range(sp * share, tl.minimum(n_flat, sp * share + share), num_stages=STAGES):
-        slot = j // n_chunks
-        k0 = (j - slot * n_chunks) * BLOCK_K
-        pair = t * top_k + slot
-        if DENSE:
-            e64 = tl.zeros((), dtype=tl.int64)
-            k_lim, kw_lim, route_w = I, KW, 1.0
-        else:
-            expert = _local_expert(ids_ptr, pair, expert_offset, E)
-            e64 = tl.maximum(expert, 0).to(tl.int64)
-            k_lim, kw_lim = tl.where(expert >= 0, I, 0), tl.where(expert >= 0, KW, 0)
-            route_w = tl.where(expert >= 0, tl.load(weights_ptr + pair), 0.0)
+        pair, k0, e64, k_lim, kw_lim, route_w = _flat_slot(j, n_chunks, t, top_k, ids_ptr, weights_ptr, expert_offset,
+                                                           E, I, KW, BLOCK_K, DENSE)
         w_e, s_e, z_e = w_ptr + e64 * stride_we, s_ptr + e64 * stride_se, z_ptr + e64 * stride_se
         if WIDE:
             part = _wide_step(w_e, s_e, z_e, rows, h_ptr + pair.to(tl.int64) * stride_ht, k0, k_lim, kw_lim, KW,

@@ -31,7 +31,7 @@ import triton
 import triton.language as tl
 
 from . import fused_moe_quant_gemv, fused_moe_quant_pair
-from .fused_moe_small import _local_expert
+from .fused_moe_small import _flat_slot, _local_expert
 from .moe_configs import on_gpu
 from .pdl import launch_args, wait_then_release
 from .quant_tiles import layout_args, load_x, pointer_args, stride_args, tile_dot
@@ -111,18 +111,8 @@ def _down_qgemv_kernel(h_ptr, w_ptr, s_ptr, z_ptr, c_ptr, out_ptr, ids_ptr, weig
     n_chunks = tl.cdiv(I, BLOCK_K)
     acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
     for j in tl.range(0, top_k * n_chunks, num_stages=STAGES):
-        slot = j // n_chunks
-        k0 = (j - slot * n_chunks) * BLOCK_K
-        pair = t * top_k + slot
-        if DENSE:
-            e64 = tl.zeros((), dtype=tl.int64)
-            k_lim, kw_lim, route_w = I, KW, 1.0
-        else:
-            expert = _local_expert(ids_ptr, pair, expert_offset, E)
-            e64 = tl.maximum(expert, 0).to(tl.int64)
-            # a foreign slot's loads are all masked off: no traffic, an exact 0
-            k_lim, kw_lim = tl.where(expert >= 0, I, 0), tl.where(expert >= 0, KW, 0)
-            route_w = tl.where(expert >= 0, tl.load(weights_ptr + pair), 0.0)
+        pair, k0, e64, k_lim, kw_lim, route_w = _flat_slot(j, n_chunks, t, top_k, ids_ptr, weights_ptr, expert_offset,
+                                                           E, I, KW, BLOCK_K, DENSE)
         hk = load_x(h_ptr + pair.to(tl.int64) * stride_ht, k0, k_lim, VEC, BLOCK_K)     # [BK/VEC, VEC]
         partial = tile_dot(w_ptr + e64 * stride_we, s_ptr + e64 * stride_se, z_ptr + e64 * stride_se, c_ptr,
                            rows, k0, hk, k_lim, kw_lim, NG, stride_wn, stride_sn, stride_sg,

@@ -54,6 +54,27 @@ def _local_expert(ids_ptr, pair, expert_offset, E):
     return tl.where((e >= 0) & (e < E), e, -1)
 
 
+@triton.jit
+def _flat_slot(j, n_chunks, t, top_k, ids_ptr, weights_ptr, expert_offset, E, I, KW, BLOCK_K: tl.constexpr,
+               DENSE: tl.constexpr):
+    """Step j of a decode GEMM2's flat loop over (slot, K-chunk) for token t (the quantized kernels'):
+    (pair, k0, e64 the local expert as int64, k_lim / kw_lim the reduction's end in inputs / words,
+    route_w the slot's routing weight). A foreign or skipped slot gets limits 0 (every load masked off:
+    no traffic, an exact 0) and weight 0; DENSE: one expert, limits I / KW, weight 1."""
+    slot = j // n_chunks
+    k0 = (j - slot * n_chunks) * BLOCK_K
+    pair = t * top_k + slot
+    if DENSE:
+        e64 = tl.zeros((), dtype=tl.int64)
+        k_lim, kw_lim, route_w = I, KW, 1.0
+    else:
+        expert = _local_expert(ids_ptr, pair, expert_offset, E)
+        e64 = tl.maximum(expert, 0).to(tl.int64)
+        k_lim, kw_lim = tl.where(expert >= 0, I, 0), tl.where(expert >= 0, KW, 0)
+        route_w = tl.where(expert >= 0, tl.load(weights_ptr + pair), 0.0)
+    return pair, k0, e64, k_lim, kw_lim, route_w
+
+
 @triton.jit(do_not_specialize=["top_k", "expert_offset", "E"])
 def _gate_up_gemv_kernel(x_ptr, w13_ptr, h_ptr, ids_ptr, top_k, expert_offset, E, I, D,
                          stride_xt, stride_we, stride_wn, stride_ht,
