@@ -38,7 +38,7 @@ class RunSettings:
     ops: str = "auto"               # small ops (RMSNorm+add, q/k norm+rope+cache write, router top-k):
                                     # torch (several kernels each) | triton (one each); auto = triton on a GPU
     gemv: str = "auto"              # decode-size linears: torch (cuBLAS) | triton | stream; auto = per shape (GPU)
-    pdl: str = "auto"               # Programmatic Dependent Launch (our Triton kernels): on | off; auto: one sm90+ GPU
+    pdl: str = "auto"               # Programmatic Dependent Launch: on | off; auto: on for an sm90+ device, no EP/TP
     fold_norm: str = "auto"         # an MoE layer's RMSNorm inside its router's kernel for one-token steps:
                                     # on | off; auto = on with --ops triton (model.Block, kernels/gate_splitk.py)
     eager: bool = False             # no CUDA graph of the decode step (graphs need a GPU and a sync-free path)
@@ -84,7 +84,7 @@ class RunSettings:
         s.ops = ("triton" if gpu else "torch") if s.ops == "auto" else s.ops
         s.gemv = ("auto" if gpu else "torch") if s.gemv == "auto" else s.gemv   # per shape: linear.auto_gemv
         if s.pdl == "auto":      # on where measured (kernels/pdl.py): one sm90+ GPU, no EP / TP plan
-            s.pdl = "on" if _hopper(s, gpu) and s.tp == 1 and s.ep == 1 else "off"
+            s.pdl = "on" if s.tp == 1 and s.ep == 1 and _hopper(s, gpu) else "off"
         s.fold_norm = ("on" if s.ops == "triton" else "off") if s.fold_norm == "auto" else s.fold_norm
         if s.fold_norm == "on" and s.ops != "triton":
             raise ValueError("--fold-norm on runs the norm inside the router's Triton kernel: it needs --ops triton")
@@ -200,9 +200,9 @@ SETTINGS_FLAGS = {
     "gemv": ("--gemv", dict(help="decode-size linears: torch (cuBLAS) | triton (kernels/gemv.py) | stream (the MoE "
                                   "decode kernel as a dense GEMV, batch 1-2); auto: per shape as measured on the "
                                   "H200 (linear.auto_gemv), torch on a CPU")),
-    "pdl": ("--pdl", dict(help="Programmatic Dependent Launch for the Triton kernels (the MoE's GEMM2 never): "
-                                "on (sm90+) | off; auto: on with one sm90+ GPU and no --ep / --tp (measured, "
-                                "kernels/pdl.py), else off")),
+    "pdl": ("--pdl", dict(help="Programmatic Dependent Launch for minimoe's Triton kernels (the MoE's GEMM2 "
+                                "never; kernels/pdl.py): on (sm90+) | off; auto: on when the device is sm90+ and "
+                                "--ep / --tp are 1 (measured there), else off")),
     "fold_norm": ("--fold-norm", dict(help="an MoE layer's RMSNorm (+ residual add) inside its router's kernel for "
                                             "one-token steps (batch-1 decode): on (needs --ops triton) | off; auto: on "
                                             "with --ops triton")),

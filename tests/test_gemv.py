@@ -157,6 +157,16 @@ def test_dense_gemv_matches_linear(T, N, D, dtype):
     assert dense_gemv(x[:0], w).shape == (0, N)
 
 
+def test_dense_gemv_prefetch_needs_pdl_on_a_gpu():
+    """The L2-prefetch prologue runs only on a PDL launch on a GPU, with 16-byte aligned rows: else one error."""
+    from minimoe.kernels.fused_moe_small import dense_gemv
+    x, w = torch.randn(1, 64, device=DEVICE), torch.randn(8, 64, device=DEVICE)
+    with pytest.raises(ValueError, match="prefetch_bytes needs pdl=True"):
+        dense_gemv(x, w, prefetch_bytes=1024)                       # no PDL (and, here, no GPU)
+    with pytest.raises(ValueError, match="16-byte aligned"):
+        dense_gemv(x, torch.randn(8, 65, device=DEVICE)[:, :64], pdl=True, prefetch_bytes=256)   # 260-byte rows
+
+
 def test_linear_dispatches_on_the_gemv_setting(monkeypatch):
     """`--gemv stream` runs dense_gemv for 1-2 rows (F.linear past that, or with a bias), `triton` the
     gemv kernel, `auto` whatever auto_gemv names for the shape; every result equals F.linear."""

@@ -212,8 +212,9 @@ def fused_moe_small(x, w13, w2, ids, topk_weights, expert_offset: int,
         h, w2, out, ids, weights, K, expert_offset, E, D, I,
         h.stride(0), w2.stride(0), w2.stride(1), out.stride(0),
         BLOCK_N=cfg2["BLOCK_N"], BLOCK_K=cfg2["BLOCK_K"], STAGES=cfg2["num_stages"],
-        num_warps=cfg2["num_warps"], num_stages=cfg2["num_stages"], **launch_args(False))   # see pdl.py: after a
-    return out                                                              # many-program kernel, no early launch
+        num_warps=cfg2["num_warps"], num_stages=cfg2["num_stages"],
+        **launch_args(False))                     # after the many-program GEMM1: never launched early (pdl.py)
+    return out
 
 
 def dense_config(N: int, D: int) -> dict:
@@ -239,10 +240,15 @@ def dense_gemv(x: torch.Tensor, weight: torch.Tensor, config: dict | None = None
     W a plain [N, K] weight seen as one expert, each token one slot of routing weight 1 (an exact
     no-op on the fp32 partial). The kernel streams [BLOCK_N, BLOCK_K] tiles along the contiguous
     reduction axis with 16-byte loads, as for the experts (DENSE: no id or weight loads, no buffers).
-    config: the "down" keys (SMALL_KEYS). prefetch_bytes (with pdl): the L2 prefetch of each weight row's
-    first bytes before the kernel waits for its predecessor (a multiple of 16, at most the row)."""
+    config: the "down" keys (SMALL_KEYS). prefetch_bytes (with pdl, on an sm90+ GPU; measured slower than
+    PDL alone, docs/results/2026-12-01-s9 call 4): the L2 prefetch of each weight row's first bytes before
+    the kernel waits for its predecessor (rounded down to 16, at most the row). Raises ValueError for
+    prefetch_bytes without pdl, off a GPU, or with rows that are not 16-byte aligned."""
     T, K = x.shape
     N = weight.shape[0]
+    if prefetch_bytes and not (pdl and on_gpu() and weight.data_ptr() % 16 == 0
+                               and weight.stride(0) * weight.element_size() % 16 == 0):
+        raise ValueError("dense_gemv: prefetch_bytes needs pdl=True on a GPU and 16-byte aligned weight rows")
     base = dense_config(N, K)
     cfg = {k: (config or {}).get(k, base[k]) for k in SMALL_KEYS}
     out = x.new_empty(T, N)

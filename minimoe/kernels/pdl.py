@@ -8,23 +8,30 @@ PDL, kernel N+1 is launched early and parks in `gdc_wait` (PTX griddepcontrol.wa
 has completed and its writes are visible; kernel N lets it launch early with
 `gdc_launch_dependents` (griddepcontrol.launch_dependents).
 
-Our kernels call both as their very first statements (`wait_then_release`): nothing is read or
-written before the predecessor has finished, so results are exactly those without PDL; only the
-launch work overlaps. Kernels we do not own (cuBLAS, PyTorch) simply run in stream order.
+Our kernels call both as their first statements (`wait_then_release`): nothing is read or written
+before the predecessor has finished, so results are exactly those without PDL; only the launch work
+overlaps. (One opt-in exception, off by default: the dense GEMV's `PREFETCH_BYTES` asks the L2 for its
+own weights, which no kernel writes, before the wait.) Kernels we do not own (cuBLAS, PyTorch,
+bitsandbytes) and the `--gemv triton` kernel (kernels/gemv.py) run in stream order.
 
 Which launches may be early. An early-launched grid fills whatever SM slots free up first. After a one- or
 few-program kernel (an RMSNorm, a router, the attention merge) that is every SM, evenly: a dense decode GEMV
 launched so after its RMSNorm measured 1.1-1.5 µs less per pair (scripts/pdl_prefetch_probe.py, ninth
 session, call 4). After a many-program kernel (the MoE's GEMM1) the next grid's programs pile onto the SMs
 that finish first, and a bandwidth-bound GEMM2 with an uneven spread runs longer: PDL on every kernel made
-Mixtral bs 1 6.92 -> 7.68 ms (third session). So the MoE's GEMM2 is never launched early; everything else
-follows `RunSettings.pdl`. (The probe's L2 prefetch of a GEMV's first weight bytes before gdc_wait,
+Mixtral bs 1 6.92 -> 7.68 ms (third session). So the MoE's GEMM2 (and fp8's activation quantization of h
+before it) is never launched early, in the bf16 and the quantized paths; everything else follows
+`RunSettings.pdl`. A kernel launched without PDL never triggers its successor early either (the successor
+starts when its last program exits), so the dense GEMV that may follow GEMM2 (a shared expert) starts on an
+empty GPU as before. (The probe's L2 prefetch of a GEMV's first weight bytes before gdc_wait,
 `prefetch_l2`, was slower than PDL alone at every size tried: kept as a kernel option, off.)
 
-Every launcher takes `pdl: bool = False` and passes `launch_args(pdl)` to its kernels; the engine's
-ops table (minimoe/ops.py) binds it once from `RunSettings.pdl`, and only on an sm90+ GPU (the
-interpreter has no griddepcontrol). No process-wide switch: two models in one process (a draft and
-its target) can run with different settings.
+Every launcher takes `pdl: bool = False` and passes `launch_args(pdl)` to its kernels (GEMM2:
+`launch_args(False)`); the engine reads `RunSettings.pdl` where it calls them (ops.py binds it into the ops
+table; attention.py, experts.py, linear.py pass it), and settings.py resolves `auto` to on only for an sm90+
+device without an EP / TP plan, while runtime.py refuses `on` elsewhere (the interpreter has no
+griddepcontrol). No process-wide switch: two models in one process (a draft and its target) can run with
+different settings.
 """
 import triton
 import triton.language as tl
