@@ -13,16 +13,18 @@ kernel still needed; here the predecessor is one program.
 One CUDA graph holds REPS pairs [rms_norm -> dense_gemv] with distinct weights (no L2 reuse between pairs);
 µs per pair (median of replays) for: no PDL; PDL without prefetch; PDL with the first B bytes of every row
 prefetched. Every variant's output is checked against x_norm @ Wᵀ in fp32 first.
+(docs/results/2026-12-01-s9/call4 came from this script at faa5028, whose own replay loop this commit replaced
+with roofline.graph_us: the same capture, warm-up and median.)
 """
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 
 import torch
 
+from minimoe.bench.roofline import graph_us
 from minimoe.kernels.fused_moe_small import dense_gemv
 from minimoe.kernels.rmsnorm import rms_norm
 
@@ -43,23 +45,10 @@ def chain(x, norm_w, weights, pdl: bool, prefetch: int) -> torch.Tensor:
 
 
 def time_variant(x, norm_w, weights, pdl, prefetch) -> tuple[float, torch.Tensor]:
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        chain(x, norm_w, weights, pdl, prefetch)
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        out = chain(x, norm_w, weights, pdl, prefetch)
-    times = []
-    for _ in range(25):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        g.replay()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b) * 1e3 / len(weights))
-    return statistics.median(times[3:]), out.clone()
+    """(µs per pair: the whole chain in one CUDA graph, median of replays, roofline.graph_us; the chain's output
+    from an eager run, which launches the same kernels with the same PDL attributes)."""
+    out = chain(x, norm_w, weights, pdl, prefetch).clone()
+    return graph_us([lambda: chain(x, norm_w, weights, pdl, prefetch)], replays=22) / len(weights), out
 
 
 def main(argv=None) -> int:
