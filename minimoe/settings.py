@@ -41,6 +41,8 @@ class RunSettings:
     pdl: str = "auto"               # Programmatic Dependent Launch: on | off; auto: on for an sm90+ device, no EP/TP
     fold_norm: str = "auto"         # an MoE layer's RMSNorm inside its router's kernel for one-token steps:
                                     # on | off; auto = on with --ops triton (model.Block, kernels/gate_splitk.py)
+    fuse_shared: str = "auto"       # shared experts inside the routed experts' decode kernels (shared_fusion.py):
+                                    # on | off; auto = on for --experts fused, unquantized, no EP / TP plan
     eager: bool = False             # no CUDA graph of the decode step (graphs need a GPU and a sync-free path)
     eager_prefill: bool = False     # no CUDA graph of the prefill
     router: str | None = None       # override the card's router (synthetic ones for ablations)
@@ -77,6 +79,7 @@ class RunSettings:
         _choose("gemv", s.gemv, ("auto", "torch", "triton", "stream"))
         _choose("pdl", s.pdl, ("auto", "on", "off"))
         _choose("fold_norm", s.fold_norm, ("auto", "on", "off"))
+        _choose("fuse_shared", s.fuse_shared, ("auto", "on", "off"))
         _choose("quant", s.quant, QUANT_FORMATS)
         _choose("dispatch", s.dispatch, DISPATCH_DESIGNS)
         _choose("allreduce", s.allreduce, ALLREDUCE_DESIGNS)
@@ -88,6 +91,11 @@ class RunSettings:
         s.fold_norm = ("on" if s.ops == "triton" else "off") if s.fold_norm == "auto" else s.fold_norm
         if s.fold_norm == "on" and s.ops != "triton":
             raise ValueError("--fold-norm on runs the norm inside the router's Triton kernel: it needs --ops triton")
+        if s.fuse_shared == "auto":
+            s.fuse_shared = "on" if s.experts == "fused" and s.quant == "none" and s.tp == 1 and s.ep == 1 else "off"
+        if s.fuse_shared == "on" and (s.experts != "fused" or s.quant != "none" or s.tp > 1 or s.ep > 1):
+            raise ValueError("--fuse-shared on runs the shared experts inside the fused decode kernels: it needs "
+                             "--experts fused, --quant none and no --ep / --tp plan")
         if s.allreduce == "auto":                            # symm measured faster at every batch (parallelism.md)
             s.allreduce = "symm" if _symm_fits(s, gpu) else "nccl"
         if s.allreduce == "symm" and s.tp == 1:
@@ -206,6 +214,9 @@ SETTINGS_FLAGS = {
     "fold_norm": ("--fold-norm", dict(help="an MoE layer's RMSNorm (+ residual add) inside its router's kernel for "
                                             "one-token steps (batch-1 decode): on (needs --ops triton) | off; auto: on "
                                             "with --ops triton")),
+    "fuse_shared": ("--fuse-shared", dict(help="DeepSeek's / Qwen2-MoE's shared experts inside the routed experts' "
+                                               "decode kernels at batch 1-2 (shared_fusion.py): on (needs --experts "
+                                               "fused, --quant none, no --ep / --tp) | off; auto: on where it can run")),
     "eager": ("--eager", dict(action="store_true", help="no CUDA graph of the decode step")),
     "eager_prefill": ("--eager-prefill", dict(action="store_true", help="no CUDA graph of the prefill")),
     "router": ("--router", dict(help="override the card's router (uniform, balanced, zipf for ablations)")),

@@ -53,6 +53,22 @@ def test_graphed_decode_equals_eager_with_pdl(card, batch):
     test_graphed_decode_equals_eager(card, "fused", "triton", "triton", pdl, batch)
 
 
+@pytest.mark.parametrize("card", ["qwen2-moe-tiny", "deepseek-moe-tiny", "deepseek-v2-lite-tiny"])
+@pytest.mark.parametrize("batch", [1, 2])
+def test_graphed_decode_equals_eager_with_fused_shared(card, batch, monkeypatch):
+    """--fuse-shared (on by default with --fused): the shared expert inside the decode kernels, captured in the
+    graph. The tiny models' E = 6-8 needs a ratio of 1 for batch 1-2 to plan the decode variant (E = 60-64 does)."""
+    from minimoe import shared_fusion
+    from minimoe.kernels import fused_moe as fm
+    monkeypatch.setattr(fm, "SMALL_BATCH_RATIO", 1)
+    runs = []
+    real_run = shared_fusion.run
+    monkeypatch.setattr(shared_fusion, "run", lambda *a: runs.append(1) or real_run(*a))
+    pdl = "on" if torch.cuda.get_device_capability()[0] >= 9 else "off"
+    test_graphed_decode_equals_eager(card, "fused", "triton", "triton", pdl, batch)
+    assert runs
+
+
 def test_pdl_auto_is_on_for_one_hopper_gpu_only():
     hopper = torch.cuda.get_device_capability()[0] >= 9
     assert RunSettings(device="cuda").resolve().pdl == ("on" if hopper else "off")

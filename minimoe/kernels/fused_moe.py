@@ -38,7 +38,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .fused_moe_small import fused_moe_small
+from .fused_moe_small import SharedExpert, fused_moe_small
 from .moe_align import align_tokens_by_expert
 from .moe_configs import down_config, get_config
 from .pdl import launch_args, wait_then_release
@@ -206,10 +206,12 @@ class _Blocks(NamedTuple):
 
 def fused_moe(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_ids: torch.Tensor,
               topk_weights: torch.Tensor, *, expert_offset: int = 0,
-              config: dict | None = None, pdl: bool = False) -> torch.Tensor:
+              config: dict | None = None, pdl: bool = False, shared: SharedExpert | None = None) -> torch.Tensor:
     """out [T, D] = Σ_k topk_weights[:, k] · expert(topk_ids[:, k])(x), experts
     expert_offset .. expert_offset+E-1 held here as w13 [E, 2I, D] (gate rows, then up rows) and
-    w2 [E, D, I]; ids outside that range contribute zero."""
+    w2 [E, D, I]; ids outside that range contribute zero. shared (fused_moe_small.SharedExpert): plus an
+    always-on expert inside the same two launches, decode ("small") variant only: ValueError for a T that
+    `plan` sends elsewhere (ask `plan` first) or for shared weights that do not fit x."""
     _check_inputs(x, w13, w2, topk_ids, topk_weights)
     (T, D), (E, two_i, _), K = x.shape, w13.shape, topk_ids.shape[1]
     I = two_i // 2
@@ -220,7 +222,9 @@ def fused_moe(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_ids: to
     ids = topk_ids.contiguous()                                              # [T, K]
     variant = plan(T, K, E, config)
     if variant == "small":
-        return fused_moe_small(x, w13, w2, ids, topk_weights, expert_offset, config, pdl)
+        return fused_moe_small(x, w13, w2, ids, topk_weights, expert_offset, config, pdl, shared)
+    if shared is not None:
+        raise ValueError(f"a shared expert runs inside the decode (small) variant only; T={T} plans {variant!r}")
     numel = T * K
     if variant == "small_dot":  # one M-block per (token, slot) pair, no alignment
         blocks = _Blocks(ids, ids, ids, ids, numel, numel, expert_offset, E, True)

@@ -37,6 +37,8 @@ pipelines only loops that feed a tl.dot. The aligned path's keys (BLOCK_M, GROUP
 never read here.
 """
 
+from typing import NamedTuple
+
 import torch
 import triton
 import triton.language as tl
@@ -75,24 +77,13 @@ def _flat_slot(j, n_chunks, t, top_k, ids_ptr, weights_ptr, expert_offset, E, I,
     return pair, k0, e64, k_lim, kw_lim, route_w
 
 
-@triton.jit(do_not_specialize=["top_k", "expert_offset", "E"])
-def _gate_up_gemv_kernel(x_ptr, w13_ptr, h_ptr, ids_ptr, top_k, expert_offset, E, I, D,
-                         stride_xt, stride_we, stride_wn, stride_ht,
-                         BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr, PDL: tl.constexpr):
-    """h[pair, cols] = silu(Wg[e] x[t]) * (Wu[e] x[t]) for one pair and BLOCK_N columns of I."""
-    wait_then_release(PDL)
-    n_blocks = tl.cdiv(I, BLOCK_N)
-    pair, col0 = tl.program_id(0) // n_blocks, (tl.program_id(0) % n_blocks) * BLOCK_N
-    expert = _local_expert(ids_ptr, pair, expert_offset, E)
-    if expert < 0:
-        return                                   # foreign slot: GEMM2 never reads this h row
+@triton.jit
+def _swiglu_rows(x_ptrs, gate_ptrs, up_offset, D, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                 STAGES: tl.constexpr):
+    """silu(gate) * up in fp32 [BLOCK_N] for one x row (x_ptrs [BK]) against BLOCK_N gate rows (gate_ptrs
+    [BN, BK]) whose up rows sit up_offset elements further."""
     offs_k = tl.arange(0, BLOCK_K)
-    # Rows past I wrap around instead of being masked: loads stay in bounds, the store drops them.
-    rows = (col0 + tl.arange(0, BLOCK_N)) % I
-    x_ptrs = x_ptr + (pair // top_k).to(tl.int64) * stride_xt + offs_k
-    gate_ptrs = (w13_ptr + expert.to(tl.int64) * stride_we
-                 + rows[:, None] * stride_wn + offs_k[None, :])              # [BN, BK]
-    up_ptrs = gate_ptrs + I * stride_wn                                      # row I + j of w13[e]
+    up_ptrs = gate_ptrs + up_offset
     acc_gate = tl.zeros((BLOCK_N,), dtype=tl.float32)
     acc_up = tl.zeros((BLOCK_N,), dtype=tl.float32)
     for k in tl.range(0, tl.cdiv(D, BLOCK_K), num_stages=STAGES):
@@ -106,19 +97,81 @@ def _gate_up_gemv_kernel(x_ptr, w13_ptr, h_ptr, ids_ptr, top_k, expert_offset, E
         x_ptrs += BLOCK_K
         gate_ptrs += BLOCK_K
         up_ptrs += BLOCK_K
-    h = acc_gate * tl.sigmoid(acc_gate) * acc_up                             # fp32, rounded once
+    return acc_gate * tl.sigmoid(acc_gate) * acc_up                          # fp32, rounded once by the caller
+
+
+@triton.jit(do_not_specialize=["top_k", "expert_offset", "E", "n_routed"])
+def _gate_up_gemv_kernel(x_ptr, w13_ptr, h_ptr, ids_ptr, top_k, expert_offset, E, I, D,
+                         stride_xt, stride_we, stride_wn, stride_ht,
+                         ws13_ptr, hs_ptr, I_S, n_routed, stride_swn, stride_hst,
+                         BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr, PDL: tl.constexpr,
+                         SHARED: tl.constexpr = False):
+    """h[pair, cols] = silu(Wg[e] x[t]) * (Wu[e] x[t]) for one pair and BLOCK_N columns of I.
+    SHARED: programs n_routed.. do the same for the shared expert (ws13 [2·I_S, D], gate rows then up rows)
+    and token t = (pid - n_routed) // cdiv(I_S, BLOCK_N), writing hs[t, cols]."""
+    wait_then_release(PDL)
+    pid = tl.program_id(0)
+    offs_k = tl.arange(0, BLOCK_K)
+    if SHARED:
+        if pid >= n_routed:
+            n_shared_blocks = tl.cdiv(I_S, BLOCK_N)
+            t, col0 = (pid - n_routed) // n_shared_blocks, ((pid - n_routed) % n_shared_blocks) * BLOCK_N
+            rows = (col0 + tl.arange(0, BLOCK_N)) % I_S
+            hs = _swiglu_rows(x_ptr + t.to(tl.int64) * stride_xt + offs_k,
+                              ws13_ptr + rows[:, None] * stride_swn + offs_k[None, :], I_S * stride_swn, D,
+                              BLOCK_N, BLOCK_K, STAGES)
+            cols = col0 + tl.arange(0, BLOCK_N)
+            tl.store(hs_ptr + t.to(tl.int64) * stride_hst + cols, hs.to(hs_ptr.dtype.element_ty), mask=cols < I_S)
+            return
+    n_blocks = tl.cdiv(I, BLOCK_N)
+    pair, col0 = pid // n_blocks, (pid % n_blocks) * BLOCK_N
+    expert = _local_expert(ids_ptr, pair, expert_offset, E)
+    if expert < 0:
+        return                                   # foreign slot: GEMM2 never reads this h row
+    # Rows past I wrap around instead of being masked: loads stay in bounds, the store drops them.
+    rows = (col0 + tl.arange(0, BLOCK_N)) % I
+    h = _swiglu_rows(x_ptr + (pair // top_k).to(tl.int64) * stride_xt + offs_k,
+                     w13_ptr + expert.to(tl.int64) * stride_we + rows[:, None] * stride_wn + offs_k[None, :],
+                     I * stride_wn, D, BLOCK_N, BLOCK_K, STAGES)                # up: row I + j of w13[e]
     cols = col0 + tl.arange(0, BLOCK_N)
     tl.store(h_ptr + pair.to(tl.int64) * stride_ht + cols, h.to(h_ptr.dtype.element_ty),
              mask=cols < I)
 
 
+@triton.jit
+def _shared_down(hs_ptr, w_rows, I_S, x_ptr, wsg_ptr, D, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                 STAGES: tl.constexpr, GATED: tl.constexpr):
+    """The shared expert's GEMM2 for one token and BLOCK_N output rows (w_rows [BN, 1] row pointers of ws2):
+    Ws2[rows, :] · hs in fp32 [BLOCK_N]; GATED: times sigmoid(x · wsg) (Qwen2-MoE's shared_expert_gate,
+    each program computes the D-long dot product itself: 2·D elements from L2, no extra launch)."""
+    offs_k = tl.arange(0, BLOCK_K)
+    acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    for k0 in tl.range(0, I_S, BLOCK_K, num_stages=STAGES):
+        k_mask = offs_k < I_S - k0
+        hk = tl.load(hs_ptr + k0 + offs_k, mask=k_mask, other=0.0)
+        w = tl.load(w_rows + k0 + offs_k[None, :], mask=k_mask[None, :], other=0.0, eviction_policy="evict_first")
+        acc += tl.sum(w.to(tl.float32) * hk.to(tl.float32)[None, :], axis=1)
+    if GATED:
+        g = tl.zeros((BLOCK_K,), dtype=tl.float32)
+        for k0 in range(0, D, BLOCK_K):
+            k_mask = offs_k < D - k0
+            g += (tl.load(x_ptr + k0 + offs_k, mask=k_mask, other=0.0).to(tl.float32)
+                  * tl.load(wsg_ptr + k0 + offs_k, mask=k_mask, other=0.0).to(tl.float32))
+        acc = acc * tl.sigmoid(tl.sum(g, axis=0))
+    return acc
+
+
 @triton.jit(do_not_specialize=["top_k", "expert_offset", "E"])
 def _down_combine_kernel(h_ptr, w2_ptr, out_ptr, ids_ptr, weights_ptr, top_k, expert_offset, E,
                          D, I, stride_ht, stride_we, stride_wn, stride_ot,
+                         hs_ptr, ws2_ptr, x_ptr, wsg_ptr, I_S, stride_hst, stride_swn, stride_xt,
                          BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr, PDL: tl.constexpr,
-                         DENSE: tl.constexpr = False, PREFETCH_BYTES: tl.constexpr = 0):
+                         DENSE: tl.constexpr = False, PREFETCH_BYTES: tl.constexpr = 0,
+                         SHARED: tl.constexpr = False, SHARED_GATE: tl.constexpr = False):
     """out[t, cols] = Σ_k w[t,k] · W2[e_k][cols, :] · h[t·K + k] for BLOCK_N columns of D.
     DENSE (dense_gemv): one expert, one slot of weight 1: out[t, cols] = W[cols, :] · h[t], no id loads.
+    SHARED: plus the shared expert's Ws2[cols, :] · hs[t] (ws2 [D, I_S]), scaled by sigmoid(x[t] · wsg) when
+    SHARED_GATE (Qwen2-MoE; x [T, D], wsg [D]), added to the same fp32 accumulator.
     PREFETCH_BYTES (DENSE, launched with PDL): before waiting for the previous kernel, ask the L2 for the
     first PREFETCH_BYTES of each of the program's weight rows (the weights do not depend on it)."""
     n_blocks = tl.cdiv(D, BLOCK_N)
@@ -154,6 +207,9 @@ def _down_combine_kernel(h_ptr, w2_ptr, out_ptr, ids_ptr, weights_ptr, top_k, ex
         else:
             route_w = tl.where(expert >= 0, tl.load(weights_ptr + pair), 0.0)
             acc += partial * route_w                   # the routing weight on the fp32 partial
+    if SHARED:
+        acc += _shared_down(hs_ptr + t.to(tl.int64) * stride_hst, ws2_ptr + rows[:, None] * stride_swn, I_S,
+                            x_ptr + t.to(tl.int64) * stride_xt, wsg_ptr, D, BLOCK_N, BLOCK_K, STAGES, SHARED_GATE)
     cols = col0 + tl.arange(0, BLOCK_N)
     tl.store(out_ptr + t.to(tl.int64) * stride_ot + cols, acc.to(out_ptr.dtype.element_ty),
              mask=cols < D)
@@ -191,28 +247,64 @@ def small_configs(config: dict | None, E: int, I: int, D: int, K: int, T: int,
     return gate_up, down
 
 
+class SharedExpert(NamedTuple):
+    """An always-on expert run inside the decode kernels (`fused_moe_small(shared=...)`), dense SwiGLU weights:
+    w13 [2·I_S, D] (gate rows, then up rows), w2 [D, I_S], gate [D] or None (Qwen2-MoE's shared_expert_gate:
+    the expert's output is scaled by sigmoid(x · gate))."""
+    w13: torch.Tensor
+    w2: torch.Tensor
+    gate: torch.Tensor | None = None
+
+
+def check_shared(x: torch.Tensor, shared: SharedExpert) -> None:
+    """Raises ValueError unless `shared` fits x [T, D]: same dtype and device, contiguous, the shapes above."""
+    D = x.shape[1]
+    w13, w2, gate = shared
+    two_i = w13.shape[0]
+    ok = (w13.dim() == 2 and two_i % 2 == 0 and w13.shape[1] == D and tuple(w2.shape) == (D, two_i // 2)
+          and (gate is None or gate.numel() == D))
+    if not ok:
+        raise ValueError(f"shared expert w13 {tuple(w13.shape)} / w2 {tuple(w2.shape)} does not fit x {tuple(x.shape)}")
+    tensors = [w13, w2] + ([] if gate is None else [gate])
+    if any(t.dtype != x.dtype or t.device != x.device or not t.is_contiguous() for t in tensors):
+        raise ValueError("shared expert weights must be contiguous, in x's dtype and on x's device")
+
+
 def fused_moe_small(x, w13, w2, ids, topk_weights, expert_offset: int,
-                    config: dict | None, pdl: bool = False) -> torch.Tensor:
+                    config: dict | None, pdl: bool = False, shared: SharedExpert | None = None) -> torch.Tensor:
     """The decode path of `fused_moe` (inputs already checked there): two launches, no buffers
-    but h [T·K, I]."""
+    but h [T·K, I] (and hs [T, I_S] with a shared expert, whose programs follow the routed ones in GEMM1
+    and whose GEMM2 adds into the same fp32 accumulator: the shared expert costs no launch of its own)."""
     (T, D), (E, two_i, _), K = x.shape, w13.shape, ids.shape[1]
     I = two_i // 2
     cfg1, cfg2 = small_configs(config, E, I, D, K, T, x.dtype)
     h = x.new_empty(T * K, I)                                               # [T·K, I]
-    grid1 = (T * K * triton.cdiv(I, cfg1["BLOCK_N"]),)
+    n_routed = T * K * triton.cdiv(I, cfg1["BLOCK_N"])
+    if shared is not None:
+        check_shared(x, shared)
+        ws13, ws2, wsg = shared
+        I_S = ws2.shape[1]
+        hs = x.new_empty(T, I_S)                                            # [T, I_S]
+        grid1 = (n_routed + T * triton.cdiv(I_S, cfg1["BLOCK_N"]),)
+    else:
+        ws13, ws2, wsg, I_S, hs = w13, w2, None, 0, h                      # never read
+        grid1 = (n_routed,)
     _gate_up_gemv_kernel[grid1](
         x, w13, h, ids, K, expert_offset, E, I, D,
         x.stride(0), w13.stride(0), w13.stride(1), h.stride(0),
+        ws13, hs, I_S, n_routed, ws13.stride(0), hs.stride(0),
         BLOCK_N=cfg1["BLOCK_N"], BLOCK_K=cfg1["BLOCK_K"], STAGES=cfg1["num_stages"],
-        num_warps=cfg1["num_warps"], num_stages=cfg1["num_stages"], **launch_args(pdl))
+        num_warps=cfg1["num_warps"], num_stages=cfg1["num_stages"], SHARED=shared is not None, **launch_args(pdl))
     out = x.new_empty(T, D)
     weights = topk_weights.float().contiguous().view(-1)  # [T·K]; no copy when already fp32
     grid2 = (T * triton.cdiv(D, cfg2["BLOCK_N"]),)
     _down_combine_kernel[grid2](
         h, w2, out, ids, weights, K, expert_offset, E, D, I,
         h.stride(0), w2.stride(0), w2.stride(1), out.stride(0),
+        hs, ws2, x, x if wsg is None else wsg, I_S, hs.stride(0), ws2.stride(0), x.stride(0),
         BLOCK_N=cfg2["BLOCK_N"], BLOCK_K=cfg2["BLOCK_K"], STAGES=cfg2["num_stages"],
         num_warps=cfg2["num_warps"], num_stages=cfg2["num_stages"],
+        SHARED=shared is not None, SHARED_GATE=wsg is not None,
         **launch_args(False))                     # after the many-program GEMM1: never launched early (pdl.py)
     return out
 
@@ -258,6 +350,7 @@ def dense_gemv(x: torch.Tensor, weight: torch.Tensor, config: dict | None = None
     _down_combine_kernel[(T * triton.cdiv(N, cfg["BLOCK_N"]),)](
         x, w3, out, x, x, 1, 0, 1, N, K,                                    # ids / weights: never read
         x.stride(0), w3.stride(0), w3.stride(1), out.stride(0),
+        x, w3, x, x, 0, 0, 0, 0,                                            # no shared expert: never read
         BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"], STAGES=cfg["num_stages"],
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], DENSE=True,
         PREFETCH_BYTES=min(int(prefetch_bytes), K * weight.element_size()) // 16 * 16, **launch_args(pdl))

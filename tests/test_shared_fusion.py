@@ -1,0 +1,160 @@
+"""Guards `--fuse-shared` (shared_fusion.py, kernels/fused_moe_small.SharedExpert): the shared expert inside the
+routed experts' decode kernels equals routed + shared computed apart (a float64 loop reference on awkward
+shapes; the tiny DeepSeek and Qwen2-MoE models end to end), runs only where it fits, and refuses bad input."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+pytest.importorskip("triton")
+
+from minimoe import shared_fusion  # noqa: E402
+from minimoe.generate import Generator  # noqa: E402
+from minimoe.kernels import fused_moe as fm  # noqa: E402
+from minimoe.kernels.fused_moe_small import SharedExpert  # noqa: E402
+from minimoe.loader import build_model  # noqa: E402
+from minimoe.settings import RunSettings  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def reference(x, w13, w2, ids, weights, shared, expert_offset=0):
+    """Σ_k w[t,k] · expert(ids[t,k])(x[t]) + shared(x[t]) in float64, one token and slot at a time."""
+    T, D = x.shape
+    E, I = w13.shape[0], w2.shape[2]
+    out = torch.zeros(T, D, dtype=torch.float64)
+    xd = x.double().cpu()
+    for t in range(T):
+        for k in range(ids.shape[1]):
+            e = int(ids[t, k]) - expert_offset
+            if 0 <= e < E:
+                g, u = (w13[e].double().cpu() @ xd[t]).split(I)
+                out[t] += float(weights[t, k]) * (w2[e].double().cpu() @ (F.silu(g) * u))
+        I_S = shared.w2.shape[1]
+        g, u = (shared.w13.double().cpu() @ xd[t]).split(I_S)
+        y = shared.w2.double().cpu() @ (F.silu(g) * u)
+        if shared.gate is not None:
+            y = y * torch.sigmoid(xd[t] @ shared.gate.double().cpu())
+        out[t] += y
+    return out
+
+
+def make(T, E, K, D, I, I_S, gated, dtype=torch.float32, seed=0, offset=0, n_global=None):
+    gen = torch.Generator().manual_seed(seed)
+    n_global = n_global or E
+    x = torch.randn(T, D, generator=gen)
+    w13 = torch.randn(E, 2 * I, D, generator=gen) * D ** -0.5
+    w2 = torch.randn(E, D, I, generator=gen) * I ** -0.5
+    ids = torch.stack([torch.randperm(n_global, generator=gen)[:K] for _ in range(T)])
+    weights = torch.rand(T, K, generator=gen)
+    shared = SharedExpert(torch.randn(2 * I_S, D, generator=gen) * D ** -0.5,
+                          torch.randn(D, I_S, generator=gen) * I_S ** -0.5,
+                          torch.randn(D, generator=gen) if gated else None)
+    dev = lambda t: None if t is None else t.to(DEVICE, dtype)  # noqa: E731
+    return (dev(x), dev(w13), dev(w2), ids.to(DEVICE), weights.to(DEVICE),
+            SharedExpert(*(dev(t) for t in shared)))
+
+
+CASES = {
+    # name: (T, E, K, D, I, I_S, gated, offset, n_global)
+    "deepseek_like_one_token": (1, 64, 6, 48, 36, 72, False, 0, None),     # I_S = 2 I (n_shared_experts 2)
+    "qwen2_like_e60_gated": (1, 60, 4, 40, 44, 88, True, 0, None),
+    "two_tokens_odd_widths": (2, 60, 4, 40, 44, 30, True, 0, None),        # I_S < I, neither a power of 2
+    "shared_wider_than_tiles": (1, 8, 2, 24, 20, 150, False, 0, None),
+    "foreign_slots_still_add_shared": (2, 16, 4, 32, 24, 40, False, 16, 48),   # an EP-style slice of 48
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("case", list(CASES))
+def test_kernel_matches_reference(case, dtype):
+    T, E, K, D, I, I_S, gated, offset, n_global = CASES[case]
+    x, w13, w2, ids, weights, shared = make(T, E, K, D, I, I_S, gated, dtype, seed=len(case), offset=offset,
+                                            n_global=n_global)
+    out = fm.fused_moe(x, w13, w2, ids, weights, expert_offset=offset, config={"variant": "small"}, shared=shared)
+    ref = reference(x, w13, w2, ids, weights, shared, offset)
+    err = ((out.double().cpu() - ref).abs().max() / ref.abs().max()).item()
+    assert err <= (1e-6 if dtype == torch.float32 else 2e-3), err
+    # the routed kernels alone, plus the shared expert in PyTorch, give the same sum (the unfused path)
+    apart = fm.fused_moe(x, w13, w2, ids, weights, expert_offset=offset, config={"variant": "small"}).float()
+    g, u = (x.float() @ shared.w13.float().T).split(I_S, dim=-1)
+    y = (F.silu(g) * u) @ shared.w2.float().T
+    if gated:
+        y = y * torch.sigmoid(x.float() @ shared.gate.float())[:, None]
+    err = ((out.float() - apart - y).abs().max() / ref.abs().max()).item()
+    assert err <= (1e-5 if dtype == torch.float32 else 4e-3), err
+
+
+def test_kernel_refuses_what_does_not_fit():
+    x, w13, w2, ids, weights, shared = make(1, 16, 2, 32, 24, 40, False)
+    with pytest.raises(ValueError, match="does not fit"):
+        fm.fused_moe(x, w13, w2, ids, weights, config={"variant": "small"},
+                     shared=SharedExpert(shared.w13[:, :-1].contiguous(), shared.w2))
+    with pytest.raises(ValueError, match="dtype"):
+        fm.fused_moe(x, w13, w2, ids, weights, config={"variant": "small"},
+                     shared=SharedExpert(shared.w13.double(), shared.w2))
+    x8, w13_8, w2_8, ids8, weights8, shared8 = make(8, 16, 2, 32, 24, 40, False)
+    assert fm.plan(8, 2, 16) == "aligned"
+    with pytest.raises(ValueError, match="decode"):
+        fm.fused_moe(x8, w13_8, w2_8, ids8, weights8, shared=shared8)
+
+
+def _run(model, prompts, steps):
+    """Greedy tokens [B, steps] and the logits of the first decode step [B, V]."""
+    gen = Generator(model, prompts.shape[0], prompts.shape[1] + steps)
+    with torch.inference_mode():
+        tok = gen.prefill(prompts)
+        logits = model(tok[:, None], gen.cache.step(1, gen.host_len), gen.cache, select=-1)
+    return gen.generate(prompts, steps), logits
+
+
+@pytest.mark.parametrize("card", ["deepseek-v2-lite-tiny", "qwen2-moe-tiny", "deepseek-v3-tiny", "deepseek-moe-tiny"])
+def test_model_fused_shared_equals_apart(card, monkeypatch):
+    """On the tiny models (E = 6-16), a ratio of 1 lets batch 1-2 plan the decode variant, as E = 60-64 does."""
+    monkeypatch.setattr(fm, "SMALL_BATCH_RATIO", 1)
+    runs = []
+    real_run = shared_fusion.run
+    monkeypatch.setattr(shared_fusion, "run", lambda *a: runs.append(a[1].shape[0]) or real_run(*a))
+    s = RunSettings(experts="fused", device=DEVICE, fuse_shared="off").resolve()
+    model, cfg, _ = build_model(card, "dummy", dtype=torch.float32, device=DEVICE, settings=s, seed=4)
+    prompts = torch.randint(0, cfg.vocab_size, (2, 3), generator=torch.Generator().manual_seed(6)).to(DEVICE)
+    for batch in (prompts[:1], prompts):
+        apart_tokens, apart_logits = _run(model, batch, 3)
+        assert runs == []
+        s.fuse_shared = "on"
+        fused_tokens, fused_logits = _run(model, batch, 3)
+        s.fuse_shared = "off"
+        assert batch.shape[0] in runs                                     # the decode steps (a short prefill too)
+        runs.clear()
+        err = ((fused_logits - apart_logits).abs().max() / apart_logits.abs().max()).item()
+        assert err <= 1e-5, err
+        assert torch.equal(fused_tokens, apart_tokens)
+
+
+def test_fits_only_where_it_can_run(monkeypatch):
+    monkeypatch.setattr(fm, "SMALL_BATCH_RATIO", 1)
+    s = RunSettings(experts="fused", device=DEVICE).resolve()
+    assert s.fuse_shared == "on"
+    model, cfg, _ = build_model("qwen2-moe-tiny", "dummy", dtype=torch.float32, device=DEVICE, settings=s, seed=1)
+    moe = model.layers[0].ffn
+    x = torch.randn(1, cfg.hidden_size, device=DEVICE)
+    assert shared_fusion.fits(moe, x, cfg.top_k)
+    assert not shared_fusion.fits(moe, torch.randn(3, cfg.hidden_size, device=DEVICE), cfg.top_k)
+    assert not shared_fusion.fits(moe, x.half(), cfg.top_k)       # not the weights' dtype
+    hook = moe.experts.register_forward_hook(lambda *a: None)                   # calibration, EP dispatch
+    assert not shared_fusion.fits(moe, x, cfg.top_k)
+    hook.remove()
+    s.fuse_shared = "off"
+    assert not shared_fusion.fits(moe, x, cfg.top_k)
+
+
+def test_settings_resolution():
+    assert RunSettings(experts="fused").resolve().fuse_shared == "on"
+    assert RunSettings(experts="grouped").resolve().fuse_shared == "off"
+    assert RunSettings(experts="fused", quant="int8").resolve().fuse_shared == "off"
+    for bad in (dict(experts="grouped"), dict(experts="fused", quant="int4"), dict(experts="fused", ep=2)):
+        with pytest.raises(ValueError, match="--fuse-shared on"):
+            RunSettings(fuse_shared="on", **bad).resolve()
+    with pytest.raises(ValueError, match="--fuse-shared yes"):
+        RunSettings(fuse_shared="yes").resolve()
