@@ -44,8 +44,8 @@ def linear(x: torch.Tensor, weight, bias: torch.Tensor | None = None, gemv: str 
     """y = x @ weightᵀ + bias for x [..., in] -> [..., out], whatever the weight's format.
     gemv (RunSettings.gemv) for a plain weight at decode sizes: "torch" (F.linear, cuBLAS), "triton"
     (kernels/gemv.py, up to its MAX_T rows), "stream" (kernels/fused_moe_small.dense_gemv, the MoE decode
-    down kernel as a dense GEMV, up to STREAM_MAX_T rows) or "auto" (`auto_gemv` per shape); anything
-    outside those sizes, or with a bias, runs F.linear. pdl (RunSettings.pdl on, sm90+): the stream kernel is
+    down kernel as a dense GEMV, up to STREAM_MAX_T rows, a bias added in its fp32 epilogue) or "auto"
+    (`auto_gemv` per shape); anything outside those sizes runs F.linear. pdl (RunSettings.pdl on, sm90+): the stream kernel is
     launched with Programmatic Dependent Launch (kernels/pdl.py)."""
     if not isinstance(weight, torch.Tensor):          # a packed weight: its own kernel
         return weight.linear(x, bias, pdl=pdl)
@@ -56,9 +56,33 @@ def linear(x: torch.Tensor, weight, bias: torch.Tensor | None = None, gemv: str 
         if kind == "triton" and _gemv.usable(T, weight):
             y, _ = _gemv.gemv(x.reshape(-1, x.shape[-1]).contiguous(), weight, bias)
             return y.view(*lead, -1)
-        if kind == "stream" and 1 <= T <= STREAM_MAX_T and bias is None and weight.is_contiguous():
-            return _dense_gemv(x.reshape(-1, x.shape[-1]).contiguous(), weight, pdl=pdl).view(*lead, -1)
+        if kind == "stream" and 1 <= T <= STREAM_MAX_T and weight.is_contiguous() and (
+                bias is None or (bias.dtype == x.dtype and bias.is_contiguous())):
+            return _dense_gemv(x.reshape(-1, x.shape[-1]).contiguous(), weight, pdl=pdl, bias=bias).view(*lead, -1)
     return F.linear(x, weight, bias)
+
+
+def linear_pair(x: torch.Tensor, a: "Linear", b: "Linear") -> tuple[torch.Tensor, torch.Tensor]:
+    """(a(x), b(x)) for two bias-free Linears reading the same x [..., in] (MLA's q and latent projections).
+    Where `linear()` would run the stream GEMV for the joined [out_a + out_b, in] weight (batch 1 under
+    `--gemv auto`), one launch computes both (dense_gemv's `second`), returned as two views of one
+    [..., out_a + out_b] buffer: the second layer's launch, ramp and tail saved. Anything else (another
+    --gemv, a bias, a packed weight, a hook on either module, more tokens) runs the two layers in turn."""
+    s = a.settings
+    wa, wb = a.weight, b.weight
+    if (s is not None and s.gemv in ("stream", "auto") and _dense_gemv is not None
+            and type(wa) in (torch.Tensor, nn.Parameter) and type(wb) in (torch.Tensor, nn.Parameter)
+            and a.bias is None and b.bias is None and x.dtype == wa.dtype == wb.dtype
+            and wa.is_contiguous() and wb.is_contiguous() and wa.shape[1] == wb.shape[1]
+            and not (a._forward_hooks or a._forward_pre_hooks or b._forward_hooks or b._forward_pre_hooks)):
+        lead = x.shape[:-1]
+        T = lead.numel()
+        kind = auto_gemv(T, wa.shape[0] + wb.shape[0], wa.shape[1]) if s.gemv == "auto" else s.gemv
+        if kind == "stream" and 1 <= T <= STREAM_MAX_T:
+            y = _dense_gemv(x.reshape(-1, x.shape[-1]).contiguous(), wa, pdl=s.pdl == "on", second=wb)
+            y = y.view(*lead, -1)
+            return y[..., :wa.shape[0]], y[..., wa.shape[0]:]
+    return a(x), b(x)
 
 
 class Linear(nn.Module):

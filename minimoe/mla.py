@@ -25,7 +25,7 @@ from .attention import attend_cached
 from .config import ModelConfig
 from .kv_cache import KVCache, Step
 from .layers import RMSNorm
-from .linear import Linear
+from .linear import Linear, linear_pair
 from .ops import ops_for
 from .rope import Rotary, apply_rope
 
@@ -64,9 +64,10 @@ class MLAttention(nn.Module):
         cfg = self.cfg
         B, S, _ = x.shape
         H, nope, rope, r = self.n_heads, cfg.qk_nope_head_dim, cfg.qk_rope_head_dim, cfg.kv_lora_rank
-        q = self.wq(x) if not cfg.q_lora_rank else self.wq_b(self.q_norm(self.wq_a(x)))
+        # the two projections of x, in one launch at batch 1 (linear_pair): q or its LoRA-down, and the latent
+        q, kv = linear_pair(x, self.wq_a if cfg.q_lora_rank else self.wq, self.wkv_a)   # kv [B, S, r+rope]
+        q = self.wq_b(self.q_norm(q)) if cfg.q_lora_rank else q
         q = q.view(B, S, H, nope + rope)                                     # [B, S, H, nope+rope]
-        kv = self.wkv_a(x)                                                    # [B, S, r+rope]
         latent = cache.latent[self.layer]                                     # [B, S_max, r+rope]
         # prefill rotates q_pe in place (q = [q_nope, q_pe] for SDPA); decode writes it beside q_lat
         q_att = q if step.fresh else q.new_empty(B, S, H, r + rope)

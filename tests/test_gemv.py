@@ -149,12 +149,16 @@ def test_dense_gemv_matches_linear(T, N, D, dtype):
     g = torch.Generator().manual_seed(T * 1000 + N + D)
     x = torch.randn(T, D, generator=g).to(DEVICE, dtype)
     w = (torch.randn(N, D, generator=g) * D ** -0.5).to(DEVICE, dtype)
+    b = torch.randn(N, generator=g).to(DEVICE, dtype)
     for cfg in (None, {"BLOCK_N": 4, "BLOCK_K": 16, "num_stages": 2}):
-        y = dense_gemv(x, w, config=cfg)
-        ref = F.linear(x.float(), w.float())
-        assert y.dtype == dtype and y.shape == (T, N)
-        assert ((y.float() - ref).abs().max() / ref.abs().max()).item() <= TOL[dtype]
+        for bias in (None, b):
+            y = dense_gemv(x, w, config=cfg, bias=bias)
+            ref = F.linear(x.float(), w.float(), None if bias is None else bias.float())
+            assert y.dtype == dtype and y.shape == (T, N)
+            assert ((y.float() - ref).abs().max() / ref.abs().max()).item() <= TOL[dtype]
     assert dense_gemv(x[:0], w).shape == (0, N)
+    with pytest.raises(ValueError, match="bias"):
+        dense_gemv(x, w, bias=b[:-1] if N > 1 else torch.zeros(2, device=DEVICE, dtype=dtype))
 
 
 def test_dense_gemv_prefetch_needs_pdl_on_a_gpu():
@@ -168,7 +172,7 @@ def test_dense_gemv_prefetch_needs_pdl_on_a_gpu():
 
 
 def test_linear_dispatches_on_the_gemv_setting(monkeypatch):
-    """`--gemv stream` runs dense_gemv for 1-2 rows (F.linear past that, or with a bias), `triton` the
+    """`--gemv stream` runs dense_gemv for 1-2 rows (a bias in its epilogue; F.linear past that), `triton` the
     gemv kernel, `auto` whatever auto_gemv names for the shape; every result equals F.linear."""
     from minimoe import linear as lin
     calls = []
@@ -186,7 +190,8 @@ def test_linear_dispatches_on_the_gemv_setting(monkeypatch):
     w = torch.randn(24, 40, device=DEVICE)
     b = torch.randn(24, device=DEVICE)
     for mode, lead, bias, want in [("stream", (1, 1), None, "_dense_gemv"), ("stream", (2,), None, "_dense_gemv"),
-                                   ("stream", (3,), None, None), ("stream", (1,), b, None),
+                                   ("stream", (3,), None, None), ("stream", (1,), b, "_dense_gemv"),
+                                   ("stream", (3,), b, None),
                                    ("triton", (2, 1), None, "_gemv"), ("torch", (1,), None, None)]:
         calls.clear()
         x = torch.randn(*lead, 40, device=DEVICE)
@@ -199,3 +204,62 @@ def test_linear_dispatches_on_the_gemv_setting(monkeypatch):
     lin.linear(torch.randn(4, 40, device=DEVICE), w, gemv="auto")
     assert calls == ["_dense_gemv"]
     assert all(lin.auto_gemv(T, N, D) in lin.GEMV_KERNELS for T in (1, 2, 4, 16) for N, D in [(4096, 1024), (151936, 2048)])
+
+
+def test_linear_pair_joins_two_layers_in_one_launch(monkeypatch):
+    """MLA's q and latent projections: one dense_gemv launch with `second` at batch 1 under --gemv stream /
+    auto, the two layers in turn otherwise (more tokens, a hook, torch); the same values either way."""
+    from minimoe import linear as lin
+    from minimoe.settings import RunSettings
+    calls = []
+    real = lin._dense_gemv
+    monkeypatch.setattr(lin, "_dense_gemv", lambda *a, **k: calls.append(k.get("second") is not None) or real(*a, **k))
+    s = RunSettings(gemv="stream")
+    a, b = lin.Linear(40, 24, settings=s).to(DEVICE), lin.Linear(40, 7, settings=s).to(DEVICE)
+    with torch.no_grad():
+        a.weight.normal_(), b.weight.normal_()
+    for lead, gemv, want in [((1, 1), "stream", [True]), ((1,), "auto", [True]), ((2,), "stream", [True]),
+                             ((3,), "stream", []), ((1,), "torch", [])]:
+        calls.clear()
+        s.gemv = gemv
+        x = torch.randn(*lead, 40, device=DEVICE)
+        ya, yb = lin.linear_pair(x, a, b)
+        assert ya.shape == (*lead, 24) and yb.shape == (*lead, 7)
+        assert torch.allclose(ya, F.linear(x, a.weight), atol=1e-5) and torch.allclose(yb, F.linear(x, b.weight), atol=1e-5)
+        assert calls == want, (lead, gemv, calls)
+    s.gemv = "stream"
+    hook = b.register_forward_hook(lambda *args: None)
+    calls.clear()
+    lin.linear_pair(torch.randn(1, 40, device=DEVICE), a, b)
+    assert calls == [False, False]                                  # each layer alone, through its module
+    hook.remove()
+    with pytest.raises(ValueError, match="does not join"):
+        real(torch.randn(1, 40, device=DEVICE), a.weight, second=torch.randn(3, 41, device=DEVICE))
+
+
+@pytest.mark.parametrize("card", ["deepseek-v2-lite-tiny", "deepseek-v3-tiny", "qwen2-moe-tiny"])
+def test_stream_gemv_model_equals_cublas(card, monkeypatch):
+    """Batch-1 decode with every dense layer through the stream kernel (MLA's joined q + latent launch, Qwen2's
+    q/k/v bias in the epilogue) gives the tokens and logits of F.linear."""
+    from minimoe import linear as lin
+    from minimoe.generate import Generator
+    from minimoe.loader import build_model
+    from minimoe.settings import RunSettings
+    s = RunSettings(experts="grouped", attn="sdpa", ops="torch", gemv="torch", device=DEVICE)
+    model, cfg, _ = build_model(card, "dummy", dtype=torch.float32, device=DEVICE, settings=s, seed=7)
+    prompt = torch.randint(0, cfg.vocab_size, (1, 4), generator=torch.Generator().manual_seed(8)).to(DEVICE)
+    out, kinds = {}, set()
+    real = lin._dense_gemv
+    monkeypatch.setattr(lin, "_dense_gemv", lambda *a, **k: kinds.add(
+        "joined" if k.get("second") is not None else "bias" if k.get("bias") is not None else "plain") or real(*a, **k))
+    for gemv in ("torch", "stream"):
+        s.gemv = gemv
+        gen = Generator(model, 1, 9)
+        with torch.inference_mode():
+            tok = gen.prefill(prompt)
+            logits = model(tok[:, None], gen.cache.step(1, gen.host_len), gen.cache, select=-1)
+        out[gemv] = (Generator(model, 1, 9).generate(prompt, 4), logits)
+    assert ("joined" in kinds) == (cfg.attention == "mla") and ("bias" in kinds) == cfg.qkv_bias
+    assert torch.equal(out["stream"][0], out["torch"][0])
+    err = ((out["stream"][1] - out["torch"][1]).abs().max() / out["torch"][1].abs().max()).item()
+    assert err <= 1e-5, err

@@ -165,22 +165,38 @@ def _shared_down(hs_ptr, w_rows, I_S, x_ptr, wsg_ptr, D, BLOCK_N: tl.constexpr, 
 def _down_combine_kernel(h_ptr, w2_ptr, out_ptr, ids_ptr, weights_ptr, top_k, expert_offset, E,
                          D, I, stride_ht, stride_we, stride_wn, stride_ot,
                          hs_ptr, ws2_ptr, x_ptr, wsg_ptr, I_S, stride_hst, stride_swn, stride_xt,
+                         wb_ptr, N_B, stride_wbn,
                          BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr, PDL: tl.constexpr,
                          DENSE: tl.constexpr = False, PREFETCH_BYTES: tl.constexpr = 0,
-                         SHARED: tl.constexpr = False, SHARED_GATE: tl.constexpr = False):
+                         SHARED: tl.constexpr = False, SHARED_GATE: tl.constexpr = False, BIAS: tl.constexpr = False,
+                         CAT: tl.constexpr = False):
     """out[t, cols] = Σ_k w[t,k] · W2[e_k][cols, :] · h[t·K + k] for BLOCK_N columns of D.
-    DENSE (dense_gemv): one expert, one slot of weight 1: out[t, cols] = W[cols, :] · h[t], no id loads.
+    DENSE (dense_gemv): one expert, one slot of weight 1: out[t, cols] = W[cols, :] · h[t], no id loads;
+    BIAS (DENSE): plus bias[cols], read through weights_ptr, on the fp32 accumulator (one rounding, as cuBLAS's epilogue).
     SHARED: plus the shared expert's Ws2[cols, :] · hs[t] (ws2 [D, I_S]), scaled by sigmoid(x[t] · wsg) when
     SHARED_GATE (Qwen2-MoE; x [T, D], wsg [D]), added to the same fp32 accumulator.
     PREFETCH_BYTES (DENSE, launched with PDL): before waiting for the previous kernel, ask the L2 for the
-    first PREFETCH_BYTES of each of the program's weight rows (the weights do not depend on it)."""
+    first PREFETCH_BYTES of each of the program's weight rows (the weights do not depend on it).
+    CAT (DENSE): two layers on the same input in one launch, out[t] = [W · h[t], Wb · h[t]] (wb [N_B, I]):
+    each token's tiles of W (D rows), then of Wb, whose outputs land in columns D .. D + N_B - 1."""
+    pid = tl.program_id(0)
     n_blocks = tl.cdiv(D, BLOCK_N)
-    t, col0 = tl.program_id(0) // n_blocks, (tl.program_id(0) % n_blocks) * BLOCK_N
+    n_out, out_col0, w_base, w_stride = D, 0, w2_ptr, stride_wn        # the rows this program reads and writes
+    if CAT:
+        tl.static_assert(DENSE and not BIAS, "CAT joins two bias-free dense layers")
+        per_token = n_blocks + tl.cdiv(N_B, BLOCK_N)
+        t, blk = pid // per_token, pid % per_token
+        second = blk >= n_blocks
+        col0 = tl.where(second, blk - n_blocks, blk) * BLOCK_N
+        n_out, out_col0 = tl.where(second, N_B, D), tl.where(second, D, 0)
+        w_base, w_stride = tl.where(second, wb_ptr, w2_ptr), tl.where(second, stride_wbn, stride_wn)
+    else:
+        t, col0 = pid // n_blocks, (pid % n_blocks) * BLOCK_N
     offs_k = tl.arange(0, BLOCK_K)
-    rows = (col0 + tl.arange(0, BLOCK_N)) % D
+    rows = (col0 + tl.arange(0, BLOCK_N)) % n_out
     if PREFETCH_BYTES > 0:
         tl.static_assert(DENSE, "only a dense layer's weights are known before the previous kernel ends")
-        prefetch_l2(w2_ptr + rows.to(tl.int64) * stride_wn, tl.full((BLOCK_N,), PREFETCH_BYTES, tl.int32))
+        prefetch_l2(w_base + rows.to(tl.int64) * w_stride, tl.full((BLOCK_N,), PREFETCH_BYTES, tl.int32))
     wait_then_release(PDL)
     n_chunks = tl.cdiv(I, BLOCK_K)
     acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
@@ -198,8 +214,8 @@ def _down_combine_kernel(h_ptr, w2_ptr, out_ptr, ids_ptr, weights_ptr, top_k, ex
         # read), so it adds an exact 0.
         k_mask = offs_k < tl.where(expert >= 0, I - k0, 0)
         hk = tl.load(h_ptr + pair.to(tl.int64) * stride_ht + k0 + offs_k, mask=k_mask, other=0.0)
-        w_ptrs = (w2_ptr + tl.maximum(expert, 0).to(tl.int64) * stride_we
-                  + rows[:, None] * stride_wn + k0 + offs_k[None, :])      # [BN, BK]
+        w_ptrs = (w_base + tl.maximum(expert, 0).to(tl.int64) * stride_we
+                  + rows[:, None] * w_stride + k0 + offs_k[None, :])       # [BN, BK]
         w = tl.load(w_ptrs, mask=k_mask[None, :], other=0.0, eviction_policy="evict_first")
         partial = tl.sum(w.to(tl.float32) * hk.to(tl.float32)[None, :], axis=1)
         if DENSE:
@@ -207,12 +223,15 @@ def _down_combine_kernel(h_ptr, w2_ptr, out_ptr, ids_ptr, weights_ptr, top_k, ex
         else:
             route_w = tl.where(expert >= 0, tl.load(weights_ptr + pair), 0.0)
             acc += partial * route_w                   # the routing weight on the fp32 partial
+    if BIAS:
+        tl.static_assert(DENSE, "a bias belongs to a dense layer")
+        acc += tl.load(weights_ptr + rows).to(tl.float32)
     if SHARED:
         acc += _shared_down(hs_ptr + t.to(tl.int64) * stride_hst, ws2_ptr + rows[:, None] * stride_swn, I_S,
                             x_ptr + t.to(tl.int64) * stride_xt, wsg_ptr, D, BLOCK_N, BLOCK_K, STAGES, SHARED_GATE)
     cols = col0 + tl.arange(0, BLOCK_N)
-    tl.store(out_ptr + t.to(tl.int64) * stride_ot + cols, acc.to(out_ptr.dtype.element_ty),
-             mask=cols < D)
+    tl.store(out_ptr + t.to(tl.int64) * stride_ot + out_col0 + cols, acc.to(out_ptr.dtype.element_ty),
+             mask=cols < n_out)
 
 
 def small_default_config(E: int, I: int, D: int, K: int, T: int, dtype: torch.dtype,
@@ -302,6 +321,7 @@ def fused_moe_small(x, w13, w2, ids, topk_weights, expert_offset: int,
         h, w2, out, ids, weights, K, expert_offset, E, D, I,
         h.stride(0), w2.stride(0), w2.stride(1), out.stride(0),
         hs, ws2, x, x if wsg is None else wsg, I_S, hs.stride(0), ws2.stride(0), x.stride(0),
+        w2, 0, 0,                                                           # CAT only: never read
         BLOCK_N=cfg2["BLOCK_N"], BLOCK_K=cfg2["BLOCK_K"], STAGES=cfg2["num_stages"],
         num_warps=cfg2["num_warps"], num_stages=cfg2["num_stages"],
         SHARED=shared is not None, SHARED_GATE=wsg is not None,
@@ -327,31 +347,46 @@ def dense_config(N: int, D: int) -> dict:
 
 
 def dense_gemv(x: torch.Tensor, weight: torch.Tensor, config: dict | None = None, pdl: bool = False,
-               prefetch_bytes: int = 0) -> torch.Tensor:
-    """A dense layer at decode through the down kernel above: x [T, K] @ W[N, K]ᵀ -> [T, N] in x.dtype,
+               prefetch_bytes: int = 0, bias: torch.Tensor | None = None,
+               second: torch.Tensor | None = None) -> torch.Tensor:
+    """A dense layer at decode through the down kernel above: x [T, K] @ W[N, K]ᵀ (+ bias [N]) -> [T, N] in x.dtype,
     W a plain [N, K] weight seen as one expert, each token one slot of routing weight 1 (an exact
     no-op on the fp32 partial). The kernel streams [BLOCK_N, BLOCK_K] tiles along the contiguous
     reduction axis with 16-byte loads, as for the experts (DENSE: no id or weight loads, no buffers).
-    config: the "down" keys (SMALL_KEYS). prefetch_bytes (with pdl, on an sm90+ GPU; measured slower than
+    config: the "down" keys (SMALL_KEYS). bias: added to the fp32 accumulator. second (Wb [N2, K], no bias):
+    a second layer on the same x in the same launch -> [T, N + N2] = [x Wᵀ, x Wbᵀ] (the two outputs side by
+    side: slice them). prefetch_bytes (with pdl, on an sm90+ GPU; measured slower than
     PDL alone, docs/results/2026-12-01-s9 call 4): the L2 prefetch of each weight row's first bytes before
     the kernel waits for its predecessor (rounded down to 16, at most the row). Raises ValueError for
-    prefetch_bytes without pdl, off a GPU, or with rows that are not 16-byte aligned."""
+    prefetch_bytes without pdl, off a GPU, or with rows that are not 16-byte aligned; for a bias that is not
+    [N]; for a second weight with another K, dtype or device, or beside a bias."""
     T, K = x.shape
     N = weight.shape[0]
+    if bias is not None and (bias.shape != (N,) or not bias.is_contiguous() or bias.device != x.device):
+        raise ValueError(f"dense_gemv: bias {tuple(bias.shape)} is not a contiguous [{N}] on x's device")
+    if second is not None and (second.dim() != 2 or second.shape[1] != K or second.dtype != weight.dtype
+                               or second.device != weight.device or second.stride(1) != 1 or bias is not None):
+        raise ValueError(f"dense_gemv: second weight {tuple(second.shape)} does not join W {tuple(weight.shape)} "
+                         "(same K, dtype and device, unit last stride, no bias)")
     if prefetch_bytes and not (pdl and on_gpu() and weight.data_ptr() % 16 == 0
                                and weight.stride(0) * weight.element_size() % 16 == 0):
         raise ValueError("dense_gemv: prefetch_bytes needs pdl=True on a GPU and 16-byte aligned weight rows")
-    base = dense_config(N, K)
+    N2 = 0 if second is None else second.shape[0]
+    base = dense_config(N + N2, K)
     cfg = {k: (config or {}).get(k, base[k]) for k in SMALL_KEYS}
-    out = x.new_empty(T, N)
+    out = x.new_empty(T, N + N2)
     if T == 0:
         return out
     w3 = weight.unsqueeze(0)                                                # [1, N, K]
-    _down_combine_kernel[(T * triton.cdiv(N, cfg["BLOCK_N"]),)](
-        x, w3, out, x, x, 1, 0, 1, N, K,                                    # ids / weights: never read
+    wb = w3 if second is None else second
+    grid = (T * (triton.cdiv(N, cfg["BLOCK_N"]) + triton.cdiv(N2, cfg["BLOCK_N"])),)
+    _down_combine_kernel[grid](
+        x, w3, out, x, x if bias is None else bias, 1, 0, 1, N, K,          # ids: never read; weights: the bias
         x.stride(0), w3.stride(0), w3.stride(1), out.stride(0),
         x, w3, x, x, 0, 0, 0, 0,                                            # no shared expert: never read
+        wb, N2, wb.stride(0),
         BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"], STAGES=cfg["num_stages"],
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], DENSE=True,
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], DENSE=True, BIAS=bias is not None,
+        CAT=second is not None,
         PREFETCH_BYTES=min(int(prefetch_bytes), K * weight.element_size()) // 16 * 16, **launch_args(pdl))
     return out
