@@ -97,18 +97,18 @@ class MLAttention(nn.Module):
     def _absorbed(self, q, q_att, step: Step, latent):
         """Attention in latent space: one shared key/value head of width r + rope.
         q [B, S, H, nope+rope]; q_att [B, S, H, r+rope] holding the rotated q_pe in its last
-        columns; the absorption writes q_lat = q_nope W_uk into its first r (one batched GEMV over
-        heads, no cat: ops `head_gemv`), and the output un-absorbs with W_uv into [B, S, H, v] (one more)."""
+        columns; the absorption writes q_lat = q_nope W_uk into its first r (one batched GEMM over
+        heads, no cat), and the output un-absorbs with W_uv into [B, S, H, v] (one more)."""
         cfg = self.cfg
         B, S, H, _ = q.shape
         nope, r, BS = cfg.qk_nope_head_dim, cfg.kv_lora_rank, B * S
         w_uk, w_uv = self._split_wkv_b()                                              # [H, nope|v, r]
-        head_gemv = ops_for(self.settings).head_gemv      # a batched GEMM, or one Triton launch at batch 1-2
-        head_gemv(q[..., :nope].reshape(BS, H, nope), w_uk.transpose(1, 2),           # W_ukᵀ [H, r, nope]
-                  q_att.view(BS, H, -1)[..., :r])                                     # q_lat [BS, H, r]
+        q_nope = q[..., :nope].reshape(BS, H, nope).transpose(0, 1)                   # [H, BS, nope]
+        torch.bmm(q_nope, w_uk, out=q_att.view(BS, H, -1)[..., :r].transpose(0, 1))   # [H, BS, r]
         k_cache = latent[:, :, None, :]                                               # one kv head
         v_cache = latent[:, :, None, :r]
         out_lat = attend_cached(q_att, k_cache, v_cache, step, cfg.softmax_scale, self.settings)
         out = q.new_empty(B, S, H, cfg.v_head_dim)
-        head_gemv(out_lat.reshape(BS, H, r), w_uv, out.view(BS, H, -1))               # [BS, H, v]
+        torch.bmm(out_lat.reshape(BS, H, r).transpose(0, 1), w_uv.transpose(1, 2),
+                  out=out.view(BS, H, -1).transpose(0, 1))                            # [H, BS, v]
         return out

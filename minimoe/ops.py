@@ -32,7 +32,6 @@ except ImportError:
 if triton is not None:
     from .kernels import mla_rope as _mla_rope, norm_route as _norm_route, rmsnorm as _rmsnorm, rope as _rope
     from .kernels import gate_splitk as _gate_splitk, greedy as _greedy, route as _route, silu_mul as _silu_mul
-    from .kernels import head_gemv as _head_gemv
 
 
 # ---- the PyTorch twins ---------------------------------------------------------------------------
@@ -141,12 +140,6 @@ def _triton_greedy(logits, nonfinite, *, pdl: bool = False):
     return _greedy.greedy_tail(logits, nonfinite, pdl=pdl)
 
 
-def head_gemv_torch(x, w, out, *, pdl: bool = False):
-    """out [T, H, N] = x [T, H, K] · W [H, N, K]ᵀ per head: one batched GEMM, written into out (any strides)."""
-    torch.bmm(x.transpose(0, 1), w.transpose(1, 2), out=out.transpose(0, 1))
-    return out
-
-
 # ---- the table ------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -163,7 +156,6 @@ class Ops:
     norm_gate_route: Callable   # (x, residual, norm_w, eps, gate [E, D], k, *, <route_topk's>, counters, out)
                                 #   -> (h, x + residual, w, ids): rms_norm then gate_route, one launch with triton
     norm_gate_route_fits: Callable  # (T, E, D, gate dtype, x dtype) -> whether norm_gate_route is one kernel here
-    head_gemv: Callable         # (x [T, H, K], W [H, N, K], out [T, H, N]) -> out = x · Wᵀ per head (MLA's absorption)
 
 
 def _never(*args) -> bool:
@@ -233,13 +225,12 @@ def _triton_rms_norm(x, weight, eps: float, residual=None, *, pdl: bool = False)
 
 
 TORCH_OPS = Ops("torch", rms_norm_torch, qkv_rope_cache_torch, mla_rope_cache_torch, silu_mul_torch,
-                route_topk_torch, gate_route_torch, _never, greedy_torch, norm_gate_route_torch, _never,
-                head_gemv_torch)
+                route_topk_torch, gate_route_torch, _never, greedy_torch, norm_gate_route_torch, _never)
 OPS = {"torch": TORCH_OPS}
 if triton is not None:
     OPS["triton"] = Ops("triton", _triton_rms_norm, _rope.qkv_rope_cache, _mla_rope.mla_rope_cache,
                         _silu_mul.silu_mul, _route.route_topk, _triton_gate_route, _triton_gate_fits,
-                        _triton_greedy, _triton_norm_gate_route, _triton_fold_fits, _head_gemv.head_gemv)
+                        _triton_greedy, _triton_norm_gate_route, _triton_fold_fits)
 
 
 @functools.lru_cache(maxsize=None)
@@ -249,7 +240,7 @@ def _bound(name: str, pdl: bool) -> Ops:
         return ops
     bind = {f: functools.partial(getattr(ops, f), pdl=True)
             for f in ("rms_norm", "qkv_rope_cache", "mla_rope_cache", "silu_mul", "route_topk", "gate_route",
-                      "greedy", "norm_gate_route", "head_gemv")}
+                      "greedy", "norm_gate_route")}
     return replace(ops, **bind)
 
 

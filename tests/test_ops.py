@@ -39,8 +39,7 @@ def counted(monkeypatch):
             return fn(*args, **kwargs)
         return wrapper
     triton_ops = ops.OPS["triton"]
-    fields = ("rms_norm", "qkv_rope_cache", "mla_rope_cache", "silu_mul", "route_topk", "gate_route", "norm_gate_route",
-              "head_gemv")
+    fields = ("rms_norm", "qkv_rope_cache", "mla_rope_cache", "silu_mul", "route_topk", "gate_route", "norm_gate_route")
     monkeypatch.setitem(ops.OPS, "triton", dataclasses.replace(
         triton_ops, **{f: wrap(f, getattr(triton_ops, f)) for f in fields}))
     monkeypatch.setattr(linear._gemv, "gemv", wrap("gemv", linear._gemv.gemv))
@@ -66,7 +65,7 @@ def test_triton_ops_equal_torch_ops(card, splitk, counted, monkeypatch):
     fast_tokens, fast_logits = _run(model, prompts, 4)
     assert counted["rms_norm"] > 0 and counted["gemv"] > 0
     assert ("qkv_rope_cache" in counted) == (cfg.attention != "mla")
-    assert ("mla_rope_cache" in counted) == (cfg.attention == "mla") == ("head_gemv" in counted)
+    assert ("mla_rope_cache" in counted) == (cfg.attention == "mla")
     dense_mlp = bool(cfg.shared_intermediate_size) or any(not cfg.is_moe_layer(i) for i in range(cfg.n_layers))
     assert ("silu_mul" in counted) == dense_mlp
     fusable = cfg.router in ("softmax_topk", "topk_softmax") and not cfg.router_bias
