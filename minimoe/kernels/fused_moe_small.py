@@ -44,7 +44,7 @@ import triton
 import triton.language as tl
 
 from .moe_configs import on_gpu
-from .pdl import launch_args, prefetch_l2, wait_then_release
+from .pdl import launch_args, prefetch_l2, release_args, wait_then_release
 
 SMALL_KEYS = ("BLOCK_N", "BLOCK_K", "num_warps", "num_stages")
 
@@ -325,7 +325,7 @@ def fused_moe_small(x, w13, w2, ids, topk_weights, expert_offset: int,
         BLOCK_N=cfg2["BLOCK_N"], BLOCK_K=cfg2["BLOCK_K"], STAGES=cfg2["num_stages"],
         num_warps=cfg2["num_warps"], num_stages=cfg2["num_stages"],
         SHARED=shared is not None, SHARED_GATE=wsg is not None,
-        **launch_args(False))                     # after the many-program GEMM1: never launched early (pdl.py)
+        **release_args(pdl))     # after the many-program GEMM1: never launched early, but frees its successor (pdl.py)
     return out
 
 

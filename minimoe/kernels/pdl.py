@@ -21,13 +21,14 @@ session, call 4). After a many-program kernel (the MoE's GEMM1) the next grid's 
 that finish first, and a bandwidth-bound GEMM2 with an uneven spread runs longer: PDL on every kernel made
 Mixtral bs 1 6.92 -> 7.68 ms (third session). So the MoE's GEMM2 (and fp8's activation quantization of h
 before it) is never launched early, in the bf16 and the quantized paths; everything else follows
-`RunSettings.pdl`. A kernel launched without PDL never triggers its successor early either (the successor
-starts when its last program exits), so the dense GEMV that may follow GEMM2 (a shared expert) starts on an
-empty GPU as before. (The probe's L2 prefetch of a GEMV's first weight bytes before gdc_wait,
+`RunSettings.pdl`. GEMM2 of the bf16 decode MoE (`fused_moe_small`, one wave of programs at batch 1-2) is
+launched in stream order but releases its successor early (`release_args`: the next layer's RMSNorm, or a shared
+expert's GEMV, parks in gdc_wait on the slots GEMM2 leaves free); the aligned path's and the quantized GEMM2s
+(several waves) do not, so their successors start when their last program exits. (The probe's L2 prefetch of a GEMV's first weight bytes before gdc_wait,
 `prefetch_l2`, was slower than PDL alone at every size tried: kept as a kernel option, off.)
 
 Every launcher takes `pdl: bool = False` and passes `launch_args(pdl)` to its kernels (GEMM2:
-`launch_args(False)`); the engine reads `RunSettings.pdl` where it calls them (ops.py binds it into the ops
+`launch_args(False)`, the bf16 decode GEMM2 `release_args(pdl)`); the engine reads `RunSettings.pdl` where it calls them (ops.py binds it into the ops
 table; attention.py, experts.py, linear.py pass it), and settings.py resolves `auto` to on only for an sm90+
 device without an EP / TP plan, while runtime.py refuses `on` elsewhere (the interpreter has no
 griddepcontrol). No process-wide switch: two models in one process (a draft and its target) can run with
@@ -41,6 +42,14 @@ def launch_args(pdl: bool = False) -> dict:
     """Keyword arguments for a kernel launch: the kernel's PDL constexpr and Triton's launch flag."""
     pdl = bool(pdl)
     return {"PDL": pdl, "launch_pdl": pdl}
+
+
+def release_args(pdl: bool = False) -> dict:
+    """A launch in stream order (never early) that, with pdl, still lets its successor launch early: the kernel's
+    gdc_wait has no grid in flight to wait for, and its gdc_launch_dependents frees the next (PDL-launched) grid,
+    which parks in its own gdc_wait until this one has finished. For the decode MoE's GEMM2, one wave of programs:
+    the successor's early programs take only slots that GEMM2 leaves free."""
+    return {"PDL": bool(pdl), "launch_pdl": False}
 
 
 @triton.jit
