@@ -65,8 +65,9 @@ def linear(x: torch.Tensor, weight, bias: torch.Tensor | None = None, gemv: str 
 def linear_pair(x: torch.Tensor, a: "Linear", b: "Linear") -> tuple[torch.Tensor, torch.Tensor]:
     """(a(x), b(x)) for two bias-free Linears reading the same x [..., in] (MLA's q and latent projections).
     Where `linear()` would run the stream GEMV for the joined [out_a + out_b, in] weight (batch 1 under
-    `--gemv auto`), one launch computes both (dense_gemv's `second`), returned as two views of one
-    [..., out_a + out_b] buffer: the second layer's launch, ramp and tail saved. Anything else (another
+    `--gemv auto`), one launch computes both (dense_gemv's `second`), returned as two NON-contiguous views of
+    one [..., out_a + out_b] buffer (unit last stride; callers take strides or reshape): the second layer's
+    launch, ramp and tail saved. Anything else (another
     --gemv, a bias, a packed weight, a hook on either module, more tokens) runs the two layers in turn."""
     s = a.settings
     wa, wb = a.weight, b.weight

@@ -11,7 +11,7 @@ parallel plan can combine only the routed output across ranks (a hook on `expert
 experts run replicated or tensor-parallel, and the profile shows each part on its own. Each layer's
 expert count and width come from its own tensors (`ModelConfig.layer_experts/layer_moe_width`, which
 the loader sets from the checkpoint), so pruned checkpoints with uneven layers load and run.
-With `--fuse-shared` the shared expert runs inside the routed experts' decode kernels at batch 1-2
+With `--fuse-shared` the shared expert runs inside the routed experts' decode kernels at batch 1
 (shared_fusion.py); the modules stay apart, so everything else sees the same two parts.
 Dense layers (DeepSeek's first layers, Qwen's mlp_only_layers) are a plain SwiGLU.
 """

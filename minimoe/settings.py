@@ -95,7 +95,8 @@ class RunSettings:
             s.fuse_shared = "on" if s.experts == "fused" and s.quant == "none" and s.tp == 1 and s.ep == 1 else "off"
         if s.fuse_shared == "on" and (s.experts != "fused" or s.quant != "none" or s.tp > 1 or s.ep > 1):
             raise ValueError("--fuse-shared on runs the shared experts inside the fused decode kernels: it needs "
-                             "--experts fused, --quant none and no --ep / --tp plan")
+                             f"--experts fused, --quant none and no --ep / --tp plan (got --experts {s.experts}, "
+                             f"--quant {s.quant}, --ep {s.ep}, --tp {s.tp})")
         if s.allreduce == "auto":                            # symm measured faster at every batch (parallelism.md)
             s.allreduce = "symm" if _symm_fits(s, gpu) else "nccl"
         if s.allreduce == "symm" and s.tp == 1:
@@ -215,7 +216,7 @@ SETTINGS_FLAGS = {
                                             "one-token steps (batch-1 decode): on (needs --ops triton) | off; auto: on "
                                             "with --ops triton")),
     "fuse_shared": ("--fuse-shared", dict(help="DeepSeek's / Qwen2-MoE's shared experts inside the routed experts' "
-                                               "decode kernels at batch 1-2 (shared_fusion.py): on (needs --experts "
+                                               "decode kernels at batch 1 (shared_fusion.py): on (needs --experts "
                                                "fused, --quant none, no --ep / --tp) | off; auto: on where it can run")),
     "eager": ("--eager", dict(action="store_true", help="no CUDA graph of the decode step")),
     "eager_prefill": ("--eager-prefill", dict(action="store_true", help="no CUDA graph of the prefill")),

@@ -20,10 +20,16 @@ SGLang's "shared experts fusion" for DeepSeek-V3 appends the shared expert to th
 with routing weight 1 (a copy of the weights, and top-k + 1 slots); this keeps the weights where they are.
 
 Where it applies (`fits`): `--fuse-shared on` (settings.py resolves `auto` to on for `--experts fused`,
-unquantized, without an EP / TP plan), a layer with a shared expert, plain (unquantized, unsharded) weights
-in x's dtype, nothing hooked on the experts module (calibration, expert-parallel dispatch), and a token count
-that the fused MoE runs as its decode variant (`fused_moe.plan` == "small": T·K·4 <= E, batch 1-2 for
-DeepSeek-V2-Lite and Qwen1.5-MoE). Everything else runs the two parts apart, as before.
+unquantized, without an EP / TP plan), a layer with a shared expert, plain (unquantized, unsharded, contiguous)
+weights in x's dtype, nothing hooked on the experts or shared modules (calibration, expert-parallel dispatch), and
+one token (MAX_T) that the fused MoE runs as its decode variant (`fused_moe.plan` == "small"). Everything else runs
+the two parts apart, as before.
+
+Why one token: each token's programs read the shared expert's weights again (the unfused path's GEMM reads them
+once for all tokens). Measured on the H200 (docs/results/2026-12-01-s10): whole models at bs 1 DeepSeek-V2-Lite
++4.8%, Qwen1.5-MoE +11.6% out tok/s, at bs 2 -0.0 / -0.1% (call 1-2); one layer in a graph, fused / apart (the
+review's probe, PDL off): T = 1 0.77 (Qwen1.5), 0.88 (DeepSeek-V2-Lite), 1.01 (DeepSeek-V3); T = 2 0.98, 1.00,
+1.05; T = 3 1.17 (Qwen1.5); DeepSeek-V3 T = 4-8 1.02-1.27.
 """
 from __future__ import annotations
 
@@ -39,8 +45,18 @@ except ImportError:       # no Triton: --experts fused (and with it this) is ref
     _fm = SharedExpert = None
 
 
-def _plain(linear) -> bool:
-    return linear is None or (type(linear.weight) in (torch.Tensor, torch.nn.Parameter) and linear.bias is None)
+MAX_T = 1      # tokens a step: see "Why one token" above
+
+
+def _plain(linear, dtype) -> bool:
+    """A Linear (or None) this module may read directly: a plain contiguous weight in dtype, no bias, no hook."""
+    return linear is None or (type(linear.weight) in (torch.Tensor, torch.nn.Parameter) and linear.bias is None
+                              and linear.weight.dtype == dtype and linear.weight.is_contiguous()
+                              and not _hooked(linear))
+
+
+def _hooked(module) -> bool:
+    return any(m._forward_hooks or m._forward_pre_hooks for m in module.modules())
 
 
 def fits(moe, x: torch.Tensor, K: int) -> bool:
@@ -49,15 +65,13 @@ def fits(moe, x: torch.Tensor, K: int) -> bool:
     s = ex.settings
     if s is None or s.fuse_shared != "on" or sh is None or type(ex) is not Experts or _fm is None:
         return False
-    if ex._forward_hooks or ex._forward_pre_hooks:
-        return False
-    if not (_plain(sh.w13) and _plain(sh.w2) and _plain(sh.gate)):
-        return False
-    if not (x.is_contiguous() and x.dtype == ex.w13.dtype == sh.w13.weight.dtype == sh.w2.weight.dtype):
-        return False
     T, D = x.shape
+    if not 1 <= T <= MAX_T or _hooked(ex) or _hooked(sh) or not x.is_contiguous() or x.dtype != ex.w13.dtype:
+        return False
+    if not (_plain(sh.w13, x.dtype) and _plain(sh.w2, x.dtype) and _plain(sh.gate, x.dtype)):
+        return False
     E, I = ex.n_local, ex.hidden
-    return T >= 1 and _fm.plan(T, K, E, _fm.get_config(E, I, D, K, T, x.dtype)) == "small"
+    return _fm.plan(T, K, E, _fm.get_config(E, I, D, K, T, x.dtype)) == "small"
 
 
 def run(moe, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:

@@ -237,28 +237,31 @@ def test_linear_pair_joins_two_layers_in_one_launch(monkeypatch):
         real(torch.randn(1, 40, device=DEVICE), a.weight, second=torch.randn(3, 41, device=DEVICE))
 
 
-@pytest.mark.parametrize("card", ["deepseek-v2-lite-tiny", "deepseek-v3-tiny", "qwen2-moe-tiny"])
-def test_stream_gemv_model_equals_cublas(card, monkeypatch):
-    """Batch-1 decode with every dense layer through the stream kernel (MLA's joined q + latent launch, Qwen2's
-    q/k/v bias in the epilogue) gives the tokens and logits of F.linear."""
+@pytest.mark.parametrize("card,ops_kind,batch,prompt_len", [
+    ("deepseek-v2-lite-tiny", "torch", 1, 4), ("deepseek-v3-tiny", "torch", 1, 4), ("qwen2-moe-tiny", "torch", 1, 4),
+    ("deepseek-v2-lite-tiny", "triton", 2, 1), ("deepseek-v3-tiny", "triton", 1, 2)])
+def test_stream_gemv_model_equals_cublas(card, ops_kind, batch, prompt_len, monkeypatch):
+    """Decode at 1-2 tokens with every dense layer through the stream kernel (MLA's joined q + latent launch, whose
+    strided views feed the torch or the Triton rope op; Qwen2's q/k/v bias in the epilogue) gives the tokens and
+    logits of F.linear; a 1-2 token prompt sends the prefill through the joined launch too."""
     from minimoe import linear as lin
     from minimoe.generate import Generator
     from minimoe.loader import build_model
     from minimoe.settings import RunSettings
-    s = RunSettings(experts="grouped", attn="sdpa", ops="torch", gemv="torch", device=DEVICE)
+    s = RunSettings(experts="grouped", attn="sdpa", ops=ops_kind, gemv="torch", device=DEVICE)
     model, cfg, _ = build_model(card, "dummy", dtype=torch.float32, device=DEVICE, settings=s, seed=7)
-    prompt = torch.randint(0, cfg.vocab_size, (1, 4), generator=torch.Generator().manual_seed(8)).to(DEVICE)
+    prompt = torch.randint(0, cfg.vocab_size, (batch, prompt_len), generator=torch.Generator().manual_seed(8)).to(DEVICE)
     out, kinds = {}, set()
     real = lin._dense_gemv
     monkeypatch.setattr(lin, "_dense_gemv", lambda *a, **k: kinds.add(
         "joined" if k.get("second") is not None else "bias" if k.get("bias") is not None else "plain") or real(*a, **k))
     for gemv in ("torch", "stream"):
         s.gemv = gemv
-        gen = Generator(model, 1, 9)
+        gen = Generator(model, batch, 9)
         with torch.inference_mode():
             tok = gen.prefill(prompt)
             logits = model(tok[:, None], gen.cache.step(1, gen.host_len), gen.cache, select=-1)
-        out[gemv] = (Generator(model, 1, 9).generate(prompt, 4), logits)
+        out[gemv] = (Generator(model, batch, 9).generate(prompt, 4), logits)
     assert ("joined" in kinds) == (cfg.attention == "mla") and ("bias" in kinds) == cfg.qkv_bias
     assert torch.equal(out["stream"][0], out["torch"][0])
     err = ((out["stream"][1] - out["torch"][1]).abs().max() / out["torch"][1].abs().max()).item()

@@ -111,7 +111,8 @@ def _run(model, prompts, steps):
 
 @pytest.mark.parametrize("card", ["deepseek-v2-lite-tiny", "qwen2-moe-tiny", "deepseek-v3-tiny", "deepseek-moe-tiny"])
 def test_model_fused_shared_equals_apart(card, monkeypatch):
-    """On the tiny models (E = 6-16), a ratio of 1 lets batch 1-2 plan the decode variant, as E = 60-64 does."""
+    """On the tiny models (E = 6-16), a ratio of 1 lets batch 1 plan the decode variant, as E = 60-64 does; batch 2
+    (and a prefill) runs the two parts apart (shared_fusion.MAX_T)."""
     monkeypatch.setattr(fm, "SMALL_BATCH_RATIO", 1)
     runs = []
     real_run = shared_fusion.run
@@ -125,7 +126,7 @@ def test_model_fused_shared_equals_apart(card, monkeypatch):
         s.fuse_shared = "on"
         fused_tokens, fused_logits = _run(model, batch, 3)
         s.fuse_shared = "off"
-        assert batch.shape[0] in runs                                     # the decode steps (a short prefill too)
+        assert (batch.shape[0] in runs) == (batch.shape[0] <= shared_fusion.MAX_T) and set(runs) <= {1}
         runs.clear()
         err = ((fused_logits - apart_logits).abs().max() / apart_logits.abs().max()).item()
         assert err <= 1e-5, err
@@ -140,11 +141,14 @@ def test_fits_only_where_it_can_run(monkeypatch):
     moe = model.layers[0].ffn
     x = torch.randn(1, cfg.hidden_size, device=DEVICE)
     assert shared_fusion.fits(moe, x, cfg.top_k)
-    assert not shared_fusion.fits(moe, torch.randn(3, cfg.hidden_size, device=DEVICE), cfg.top_k)
+    for T in (2, 3):                                   # each token would re-read the shared weights: apart
+        assert not shared_fusion.fits(moe, torch.randn(T, cfg.hidden_size, device=DEVICE), cfg.top_k)
     assert not shared_fusion.fits(moe, x.half(), cfg.top_k)       # not the weights' dtype
-    hook = moe.experts.register_forward_hook(lambda *a: None)                   # calibration, EP dispatch
-    assert not shared_fusion.fits(moe, x, cfg.top_k)
-    hook.remove()
+    for module in (moe.experts, moe.shared, moe.shared.w2):          # calibration, EP dispatch, a future plan
+        hook = module.register_forward_hook(lambda *a: None)
+        assert not shared_fusion.fits(moe, x, cfg.top_k)
+        hook.remove()
+    assert shared_fusion.fits(moe, x, cfg.top_k)
     s.fuse_shared = "off"
     assert not shared_fusion.fits(moe, x, cfg.top_k)
 
@@ -154,7 +158,7 @@ def test_settings_resolution():
     assert RunSettings(experts="grouped").resolve().fuse_shared == "off"
     assert RunSettings(experts="fused", quant="int8").resolve().fuse_shared == "off"
     for bad in (dict(experts="grouped"), dict(experts="fused", quant="int4"), dict(experts="fused", ep=2)):
-        with pytest.raises(ValueError, match="--fuse-shared on"):
+        with pytest.raises(ValueError, match="--fuse-shared on.*got --experts"):
             RunSettings(fuse_shared="on", **bad).resolve()
     with pytest.raises(ValueError, match="--fuse-shared yes"):
         RunSettings(fuse_shared="yes").resolve()

@@ -21,7 +21,7 @@ session, call 4). After a many-program kernel (the MoE's GEMM1) the next grid's 
 that finish first, and a bandwidth-bound GEMM2 with an uneven spread runs longer: PDL on every kernel made
 Mixtral bs 1 6.92 -> 7.68 ms (third session). So the MoE's GEMM2 (and fp8's activation quantization of h
 before it) is never launched early, in the bf16 and the quantized paths; everything else follows
-`RunSettings.pdl`. GEMM2 of the bf16 decode MoE (`fused_moe_small`, one wave of programs at batch 1-2) is
+`RunSettings.pdl`. GEMM2 of the bf16 decode MoE (`fused_moe_small`; one wave of programs at batch 1) is
 launched in stream order but releases its successor early (`release_args`: the next layer's RMSNorm, or a shared
 expert's GEMV, parks in gdc_wait on the slots GEMM2 leaves free); the aligned path's and the quantized GEMM2s
 (several waves) do not, so their successors start when their last program exits. (The probe's L2 prefetch of a GEMV's first weight bytes before gdc_wait,
@@ -47,8 +47,9 @@ def launch_args(pdl: bool = False) -> dict:
 def release_args(pdl: bool = False) -> dict:
     """A launch in stream order (never early) that, with pdl, still lets its successor launch early: the kernel's
     gdc_wait has no grid in flight to wait for, and its gdc_launch_dependents frees the next (PDL-launched) grid,
-    which parks in its own gdc_wait until this one has finished. For the decode MoE's GEMM2, one wave of programs:
-    the successor's early programs take only slots that GEMM2 leaves free."""
+    which parks in its own gdc_wait until this one has finished. Dependents are launched only once every program
+    of this grid has started and triggered, so a many-wave grid simply releases them later; for the decode MoE's
+    GEMM2 at batch 1 (one wave) the successor's early programs take only slots that GEMM2 leaves free."""
     return {"PDL": bool(pdl), "launch_pdl": False}
 
 
