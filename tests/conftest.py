@@ -88,6 +88,17 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).abs().max() / b.abs().max()).item()
 
 
+def greedy_and_logits(model, prompts: torch.Tensor, steps: int):
+    """Greedy tokens [B, steps] from `prompts` [B, S], and the logits [B, V] of the first decode step: what the
+    tests that flip one setting on a built model compare."""
+    from minimoe.generate import Generator
+    gen = Generator(model, prompts.shape[0], prompts.shape[1] + steps)
+    with torch.inference_mode():
+        tok = gen.prefill(prompts)
+        logits = model(tok[:, None], gen.cache.step(1, gen.host_len), gen.cache, select=-1)
+    return gen.generate(prompts, steps), logits
+
+
 def randomize(model: torch.nn.Module, seed: int) -> None:
     """Re-draw every parameter so that each one changes the output (see the module docstring)."""
     gen = torch.Generator().manual_seed(seed)

@@ -244,8 +244,8 @@ def test_stream_gemv_model_equals_cublas(card, ops_kind, batch, prompt_len, monk
     """Decode at 1-2 tokens with every dense layer through the stream kernel (MLA's joined q + latent launch, whose
     strided views feed the torch or the Triton rope op; Qwen2's q/k/v bias in the epilogue) gives the tokens and
     logits of F.linear; a 1-2 token prompt sends the prefill through the joined launch too."""
+    from conftest import greedy_and_logits
     from minimoe import linear as lin
-    from minimoe.generate import Generator
     from minimoe.loader import build_model
     from minimoe.settings import RunSettings
     s = RunSettings(experts="grouped", attn="sdpa", ops=ops_kind, gemv="torch", device=DEVICE)
@@ -257,11 +257,7 @@ def test_stream_gemv_model_equals_cublas(card, ops_kind, batch, prompt_len, monk
         "joined" if k.get("second") is not None else "bias" if k.get("bias") is not None else "plain") or real(*a, **k))
     for gemv in ("torch", "stream"):
         s.gemv = gemv
-        gen = Generator(model, batch, 9)
-        with torch.inference_mode():
-            tok = gen.prefill(prompt)
-            logits = model(tok[:, None], gen.cache.step(1, gen.host_len), gen.cache, select=-1)
-        out[gemv] = (Generator(model, batch, 9).generate(prompt, 4), logits)
+        out[gemv] = greedy_and_logits(model, prompt, 4)
     assert ("joined" in kinds) == (cfg.attention == "mla") and ("bias" in kinds) == cfg.qkv_bias
     assert torch.equal(out["stream"][0], out["torch"][0])
     err = ((out["stream"][1] - out["torch"][1]).abs().max() / out["torch"][1].abs().max()).item()

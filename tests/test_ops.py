@@ -6,10 +6,11 @@ import dataclasses
 import pytest
 import torch
 
+from conftest import greedy_and_logits
+
 pytest.importorskip("triton")
 
 from minimoe import linear, ops  # noqa: E402
-from minimoe.generate import Generator  # noqa: E402
 from minimoe.loader import build_model  # noqa: E402
 from minimoe.settings import RunSettings  # noqa: E402
 
@@ -17,15 +18,6 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # GQA + full q/k norm + clip, top-k-then-softmax router (gate GEMV + top-k in one kernel), shared experts +
 # biases, per-head q/k norm, and MLA (whose fp32 gate keeps the generic router path in bf16)
 CARDS = ["olmoe-tiny", "mixtral-tiny", "qwen2-moe-tiny", "qwen3-moe-tiny", "deepseek-v2-lite-tiny"]
-
-
-def _run(model, prompts, steps):
-    """Greedy tokens [B, steps] and the logits of the first decode step [B, V]."""
-    gen = Generator(model, prompts.shape[0], prompts.shape[1] + steps)
-    with torch.inference_mode():
-        tok = gen.prefill(prompts)
-        logits = model(tok[:, None], gen.cache.step(1, gen.host_len), gen.cache, select=-1)
-    return gen.generate(prompts, steps), logits
 
 
 @pytest.fixture
@@ -59,10 +51,10 @@ def test_triton_ops_equal_torch_ops(card, splitk, counted, monkeypatch):
     s = RunSettings(experts="grouped", attn="sdpa", ops="torch", gemv="torch", device=DEVICE)
     model, cfg, _ = build_model(card, "dummy", dtype=torch.float32, device=DEVICE, settings=s, seed=3)
     prompts = torch.randint(0, cfg.vocab_size, (2, 3), generator=torch.Generator().manual_seed(5)).to(DEVICE)
-    plain_tokens, plain_logits = _run(model, prompts, 4)
+    plain_tokens, plain_logits = greedy_and_logits(model, prompts, 4)
     assert counted == {}
     s.ops = s.gemv = "triton"
-    fast_tokens, fast_logits = _run(model, prompts, 4)
+    fast_tokens, fast_logits = greedy_and_logits(model, prompts, 4)
     assert counted["rms_norm"] > 0 and counted["gemv"] > 0
     assert ("qkv_rope_cache" in counted) == (cfg.attention != "mla")
     assert ("mla_rope_cache" in counted) == (cfg.attention == "mla")
@@ -79,9 +71,9 @@ def test_triton_ops_equal_torch_ops(card, splitk, counted, monkeypatch):
     assert "norm_gate_route" not in counted
     one = prompts[:1]
     s.ops, s.gemv = "torch", "torch"
-    plain_tokens, plain_logits = _run(model, one, 4)
+    plain_tokens, plain_logits = greedy_and_logits(model, one, 4)
     s.ops, s.gemv, s.fold_norm = "triton", "triton", "on"
-    fold_tokens, fold_logits = _run(model, one, 4)
+    fold_tokens, fold_logits = greedy_and_logits(model, one, 4)
     assert ("norm_gate_route" in counted) == gate_fits
     err = ((fold_logits - plain_logits).abs().max() / plain_logits.abs().max()).item()
     assert err <= 1e-4, err

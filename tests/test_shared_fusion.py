@@ -7,10 +7,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import greedy_and_logits
+
 pytest.importorskip("triton")
 
 from minimoe import shared_fusion  # noqa: E402
-from minimoe.generate import Generator  # noqa: E402
 from minimoe.kernels import fused_moe as fm  # noqa: E402
 from minimoe.kernels.fused_moe_small import SharedExpert  # noqa: E402
 from minimoe.loader import build_model  # noqa: E402
@@ -100,15 +101,6 @@ def test_kernel_refuses_what_does_not_fit():
         fm.fused_moe(x8, w13_8, w2_8, ids8, weights8, shared=shared8)
 
 
-def _run(model, prompts, steps):
-    """Greedy tokens [B, steps] and the logits of the first decode step [B, V]."""
-    gen = Generator(model, prompts.shape[0], prompts.shape[1] + steps)
-    with torch.inference_mode():
-        tok = gen.prefill(prompts)
-        logits = model(tok[:, None], gen.cache.step(1, gen.host_len), gen.cache, select=-1)
-    return gen.generate(prompts, steps), logits
-
-
 @pytest.mark.parametrize("card", ["deepseek-v2-lite-tiny", "qwen2-moe-tiny", "deepseek-v3-tiny", "deepseek-moe-tiny"])
 def test_model_fused_shared_equals_apart(card, monkeypatch):
     """On the tiny models (E = 6-16), a ratio of 1 lets batch 1 plan the decode variant, as E = 60-64 does; batch 2
@@ -121,10 +113,10 @@ def test_model_fused_shared_equals_apart(card, monkeypatch):
     model, cfg, _ = build_model(card, "dummy", dtype=torch.float32, device=DEVICE, settings=s, seed=4)
     prompts = torch.randint(0, cfg.vocab_size, (2, 3), generator=torch.Generator().manual_seed(6)).to(DEVICE)
     for batch in (prompts[:1], prompts):
-        apart_tokens, apart_logits = _run(model, batch, 3)
+        apart_tokens, apart_logits = greedy_and_logits(model, batch, 3)
         assert runs == []
         s.fuse_shared = "on"
-        fused_tokens, fused_logits = _run(model, batch, 3)
+        fused_tokens, fused_logits = greedy_and_logits(model, batch, 3)
         s.fuse_shared = "off"
         assert (batch.shape[0] in runs) == (batch.shape[0] <= shared_fusion.MAX_T) and set(runs) <= {1}
         runs.clear()
