@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 try:
     from .kernels import gemv as _gemv
-    from .kernels.fused_moe_small import dense_gemv as _dense_gemv
+    from .kernels.dense_gemv import dense_gemv as _dense_gemv
 except ImportError:       # no Triton here: --gemv triton / stream are refused before a model is built
     _gemv = _dense_gemv = None
 
@@ -43,7 +43,7 @@ def linear(x: torch.Tensor, weight, bias: torch.Tensor | None = None, gemv: str 
            pdl: bool = False) -> torch.Tensor:
     """y = x @ weightᵀ + bias for x [..., in] -> [..., out], whatever the weight's format.
     gemv (RunSettings.gemv) for a plain weight at decode sizes: "torch" (F.linear, cuBLAS), "triton"
-    (kernels/gemv.py, up to its MAX_T rows), "stream" (kernels/fused_moe_small.dense_gemv, the MoE decode
+    (kernels/gemv.py, up to its MAX_T rows), "stream" (kernels/dense_gemv.py, the MoE decode
     down kernel as a dense GEMV, up to STREAM_MAX_T rows, a bias added in its fp32 epilogue) or "auto"
     (`auto_gemv` per shape); anything outside those sizes runs F.linear. pdl (RunSettings.pdl on, sm90+): the stream kernel is
     launched with Programmatic Dependent Launch (kernels/pdl.py)."""

@@ -35,7 +35,7 @@ import triton  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from minimoe.bench.roofline import graph_us  # noqa: E402
 from minimoe.kernels.gemv import default_config, gemv  # noqa: E402
-from minimoe.kernels.fused_moe_small import dense_gemv  # noqa: E402
+from minimoe.kernels.dense_gemv import dense_gemv  # noqa: E402
 from minimoe.ops import rms_norm_torch  # noqa: E402
 from minimoe.kernels.rmsnorm import rms_norm  # noqa: E402
 
@@ -135,7 +135,7 @@ def time_gemv(case, cfg, fused, dtype):
         return None
 
 
-# The MoE decode down kernel as a dense GEMV (kernels/fused_moe_small.dense_gemv): thin tiles along
+# The MoE decode down kernel as a dense GEMV (kernels/dense_gemv.py): thin tiles along
 # the contiguous reduction axis, software-pipelined; at T > 1 each token's programs re-read the weight.
 STREAM_SWEEP = [{"BLOCK_N": bn, "BLOCK_K": bk, "num_warps": w, "num_stages": s}
                 for bn, bk, w, s in [(4, 512, 4, 3), (8, 512, 4, 3), (8, 256, 4, 3), (16, 256, 4, 3),

@@ -25,7 +25,7 @@ import sys
 import torch
 
 from minimoe.bench.roofline import graph_us
-from minimoe.kernels.fused_moe_small import dense_gemv
+from minimoe.kernels.dense_gemv import dense_gemv
 from minimoe.kernels.rmsnorm import rms_norm
 
 SHAPES = {  # label: (N, K) of x [1, K] @ W[N, K]ᵀ

@@ -145,7 +145,7 @@ def test_gemv_in_cuda_graph():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_dense_gemv_matches_linear(T, N, D, dtype):
     """Ragged N and D (rows wrap, the reduction is masked), one output row, a one-element reduction."""
-    from minimoe.kernels.fused_moe_small import dense_gemv
+    from minimoe.kernels.dense_gemv import dense_gemv
     g = torch.Generator().manual_seed(T * 1000 + N + D)
     x = torch.randn(T, D, generator=g).to(DEVICE, dtype)
     w = (torch.randn(N, D, generator=g) * D ** -0.5).to(DEVICE, dtype)
@@ -163,7 +163,7 @@ def test_dense_gemv_matches_linear(T, N, D, dtype):
 
 def test_dense_gemv_prefetch_needs_pdl_on_a_gpu():
     """The L2-prefetch prologue runs only on a PDL launch on a GPU, with 16-byte aligned rows: else one error."""
-    from minimoe.kernels.fused_moe_small import dense_gemv
+    from minimoe.kernels.dense_gemv import dense_gemv
     x, w = torch.randn(1, 64, device=DEVICE), torch.randn(8, 64, device=DEVICE)
     with pytest.raises(ValueError, match="prefetch_bytes needs pdl=True"):
         dense_gemv(x, w, prefetch_bytes=1024)                       # no PDL (and, here, no GPU)

@@ -171,7 +171,7 @@ def _down_combine_kernel(h_ptr, w2_ptr, out_ptr, ids_ptr, weights_ptr, top_k, ex
                          SHARED: tl.constexpr = False, SHARED_GATE: tl.constexpr = False, BIAS: tl.constexpr = False,
                          CAT: tl.constexpr = False):
     """out[t, cols] = Σ_k w[t,k] · W2[e_k][cols, :] · h[t·K + k] for BLOCK_N columns of D.
-    DENSE (dense_gemv): one expert, one slot of weight 1: out[t, cols] = W[cols, :] · h[t], no id loads;
+    DENSE (dense_gemv.py): one expert, one slot of weight 1: out[t, cols] = W[cols, :] · h[t], no id loads;
     BIAS (DENSE): plus bias[cols], read through weights_ptr, on the fp32 accumulator (one rounding, as cuBLAS's epilogue).
     SHARED: plus the shared expert's Ws2[cols, :] · hs[t] (ws2 [D, I_S]), scaled by sigmoid(x[t] · wsg) when
     SHARED_GATE (Qwen2-MoE; x [T, D], wsg [D]), added to the same fp32 accumulator.
@@ -326,67 +326,4 @@ def fused_moe_small(x, w13, w2, ids, topk_weights, expert_offset: int,
         num_warps=cfg2["num_warps"], num_stages=cfg2["num_stages"],
         SHARED=shared is not None, SHARED_GATE=wsg is not None,
         **release_args(pdl))     # after the many-program GEMM1: never launched early, but frees its successor (pdl.py)
-    return out
-
-
-def dense_config(N: int, D: int) -> dict:
-    """dense_gemv's tile for W [N, D] at batch 1, from the H200 sweep (scripts/bench_gemv.py, 10 tiles x 16
-    projection shapes of Qwen3-0.6B / 1.7B, OLMoE, Mixtral, Qwen3-30B-A3B; docs/results/2026-11-30-s5):
-    always 4096 weights (8 KB) a step, 4 warps, 3 stages; long reductions (D >= 2N) and vocabulary heads
-    take [4, 1024], wide outputs (N > 2.5 D) or short rows (D <= 1024) [16, 256], the rest [8, 512]."""
-    if not on_gpu():
-        return {"BLOCK_N": 16, "BLOCK_K": 32, "num_warps": 4, "num_stages": 1}
-    if D <= 1024 or 2.5 * D < N < 16 * D:
-        block_k = 256
-    elif 2 * N <= D or N >= 16 * D:
-        block_k = 1024
-    else:
-        block_k = 512
-    block_k = min(block_k, triton.next_power_of_2(D))
-    return {"BLOCK_N": 4096 // block_k, "BLOCK_K": block_k, "num_warps": 4, "num_stages": 3}
-
-
-def dense_gemv(x: torch.Tensor, weight: torch.Tensor, config: dict | None = None, pdl: bool = False,
-               prefetch_bytes: int = 0, bias: torch.Tensor | None = None,
-               second: torch.Tensor | None = None) -> torch.Tensor:
-    """A dense layer at decode through the down kernel above: x [T, K] @ W[N, K]ᵀ (+ bias [N]) -> [T, N] in x.dtype,
-    W a plain [N, K] weight seen as one expert, each token one slot of routing weight 1 (an exact
-    no-op on the fp32 partial). The kernel streams [BLOCK_N, BLOCK_K] tiles along the contiguous
-    reduction axis with 16-byte loads, as for the experts (DENSE: no id or weight loads, no buffers).
-    config: the "down" keys (SMALL_KEYS). bias: added to the fp32 accumulator. second (Wb [N2, K], no bias):
-    a second layer on the same x in the same launch -> [T, N + N2] = [x Wᵀ, x Wbᵀ] (the two outputs side by
-    side: slice them). prefetch_bytes (with pdl, on an sm90+ GPU; measured slower than
-    PDL alone, docs/results/2026-12-01-s9 call 4): the L2 prefetch of each weight row's first bytes before
-    the kernel waits for its predecessor (rounded down to 16, at most the row). Raises ValueError for
-    prefetch_bytes without pdl, off a GPU, or with rows that are not 16-byte aligned; for a bias that is not
-    [N]; for a second weight with another K, dtype or device, or beside a bias."""
-    T, K = x.shape
-    N = weight.shape[0]
-    if bias is not None and (bias.shape != (N,) or not bias.is_contiguous() or bias.device != x.device):
-        raise ValueError(f"dense_gemv: bias {tuple(bias.shape)} is not a contiguous [{N}] on x's device")
-    if second is not None and (second.dim() != 2 or second.shape[1] != K or second.dtype != weight.dtype
-                               or second.device != weight.device or second.stride(1) != 1 or bias is not None):
-        raise ValueError(f"dense_gemv: second weight {tuple(second.shape)} does not join W {tuple(weight.shape)} "
-                         "(same K, dtype and device, unit last stride, no bias)")
-    if prefetch_bytes and not (pdl and on_gpu() and weight.data_ptr() % 16 == 0
-                               and weight.stride(0) * weight.element_size() % 16 == 0):
-        raise ValueError("dense_gemv: prefetch_bytes needs pdl=True on a GPU and 16-byte aligned weight rows")
-    N2 = 0 if second is None else second.shape[0]
-    base = dense_config(N + N2, K)
-    cfg = {k: (config or {}).get(k, base[k]) for k in SMALL_KEYS}
-    out = x.new_empty(T, N + N2)
-    if T == 0:
-        return out
-    w3 = weight.unsqueeze(0)                                                # [1, N, K]
-    wb = w3 if second is None else second
-    grid = (T * (triton.cdiv(N, cfg["BLOCK_N"]) + triton.cdiv(N2, cfg["BLOCK_N"])),)
-    _down_combine_kernel[grid](
-        x, w3, out, x, x if bias is None else bias, 1, 0, 1, N, K,          # ids: never read; weights: the bias
-        x.stride(0), w3.stride(0), w3.stride(1), out.stride(0),
-        x, w3, x, x, 0, 0, 0, 0,                                            # no shared expert: never read
-        wb, N2, wb.stride(0),
-        BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"], STAGES=cfg["num_stages"],
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], DENSE=True, BIAS=bias is not None,
-        CAT=second is not None,
-        PREFETCH_BYTES=min(int(prefetch_bytes), K * weight.element_size()) // 16 * 16, **launch_args(pdl))
     return out
