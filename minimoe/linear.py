@@ -43,10 +43,10 @@ def linear(x: torch.Tensor, weight, bias: torch.Tensor | None = None, gemv: str 
            pdl: bool = False) -> torch.Tensor:
     """y = x @ weightᵀ + bias for x [..., in] -> [..., out], whatever the weight's format.
     gemv (RunSettings.gemv) for a plain weight at decode sizes: "torch" (F.linear, cuBLAS), "triton"
-    (kernels/gemv.py, up to its MAX_T rows), "stream" (kernels/dense_gemv.py, the MoE decode
-    down kernel as a dense GEMV, up to STREAM_MAX_T rows, a bias added in its fp32 epilogue) or "auto"
-    (`auto_gemv` per shape); anything outside those sizes runs F.linear. pdl (RunSettings.pdl on, sm90+): the stream kernel is
-    launched with Programmatic Dependent Launch (kernels/pdl.py)."""
+    (kernels/gemv.py, up to its MAX_T rows), "stream" (kernels/dense_gemv.py, the MoE decode down kernel as a
+    dense GEMV, up to STREAM_MAX_T rows, a bias added in its fp32 epilogue) or "auto" (`auto_gemv` per shape);
+    anything outside those sizes runs F.linear. pdl (RunSettings.pdl on, sm90+): the stream kernel is launched
+    with Programmatic Dependent Launch (kernels/pdl.py)."""
     if not isinstance(weight, torch.Tensor):          # a packed weight: its own kernel
         return weight.linear(x, bias, pdl=pdl)
     if gemv != "torch" and x.dtype == weight.dtype:
@@ -67,8 +67,8 @@ def linear_pair(x: torch.Tensor, a: "Linear", b: "Linear") -> tuple[torch.Tensor
     Where `linear()` would run the stream GEMV for the joined [out_a + out_b, in] weight (batch 1 under
     `--gemv auto`), one launch computes both (dense_gemv's `second`), returned as two NON-contiguous views of
     one [..., out_a + out_b] buffer (unit last stride; callers take strides or reshape): the second layer's
-    launch, ramp and tail saved. Anything else (another
-    --gemv, a bias, a packed weight, a hook on either module, more tokens) runs the two layers in turn."""
+    launch, ramp and tail saved. Anything else (another --gemv, a bias, a packed weight, a hook on either
+    module, more tokens) runs the two layers in turn."""
     s = a.settings
     wa, wb = a.weight, b.weight
     if (s is not None and s.gemv in ("stream", "auto") and _dense_gemv is not None
