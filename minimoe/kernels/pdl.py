@@ -32,8 +32,8 @@ Every launcher takes `pdl: bool = False` and passes `launch_args(pdl)` to its ke
 `launch_args(False)`, the bf16 decode GEMM2 `release_args(pdl)`); the engine reads `RunSettings.pdl` where it
 calls them (ops.py binds it into the ops table; attention.py, experts.py, linear.py pass it), and settings.py
 resolves `auto` to on only for an sm90+ device without an EP / TP plan, while runtime.py refuses `on` elsewhere
-(the interpreter has no griddepcontrol). No process-wide switch: two models in one process (a draft and its target) can run with
-different settings.
+(the interpreter has no griddepcontrol). No process-wide switch: two models in one process (a draft and its
+target) can run with different settings.
 """
 import triton
 import triton.language as tl
