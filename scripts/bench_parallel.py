@@ -55,7 +55,7 @@ def say(*a) -> None:
 
 def settings(args, ep=1, tp=1, dtype=None, design="allgather", reduce="nccl") -> RunSettings:
     return RunSettings(device=args.device, dtype=dtype or args.dtype, experts=args.experts, ep=ep, tp=tp,
-                       dispatch=design, allreduce=reduce, eager=args.device == "cpu").resolve()
+                       dispatch=design, allreduce=reduce, pdl=args.pdl, eager=args.device == "cpu").resolve()
 
 
 def plans(args):
@@ -310,12 +310,17 @@ def parse(argv=None):
     p.add_argument("--profile", action="store_true", help="per-region decode profile of every row")
     p.add_argument("--ceilings", help="JSON of measured ceilings: read if it exists, else measured on rank 0 and "
                                       "written there")
+    p.add_argument("--pdl", default="auto", choices=["auto", "on", "off"],
+                   help="Programmatic Dependent Launch for every row (settings.py: auto is off under a plan); "
+                        "--pdl on checks and times the plans with it (sm90+ GPUs)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--smoke", action="store_true", help="CPU, gloo, float32, tiny lengths: the script end to end")
     args = p.parse_args(argv)
     args.device = "cpu" if args.smoke or not torch.cuda.is_available() else "cuda"
     if args.device == "cpu" and args.allreduce != ["nccl"]:
         p.error("--allreduce symm needs GPUs (symmetric memory); a CPU run has only --allreduce nccl (gloo)")
+    if args.device == "cpu" and args.pdl == "on":
+        p.error("--pdl on needs sm90+ GPUs (Programmatic Dependent Launch); a CPU run has --pdl auto or off")
     args.dtype, args.experts = ("fp32", "grouped") if args.device == "cpu" else ("bf16", "fused")
     if args.smoke:
         args.input_len, args.output_len, args.eager_output_len, args.check_len, args.check_steps = 8, 4, 4, 6, 3

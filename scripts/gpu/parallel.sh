@@ -9,7 +9,8 @@
 #   cost model against the measurements, targets (CPU)                                expect ~10 s, cap 20 s
 # Rows without a CUDA graph (the alltoall design syncs with the host) decode EAGER_OUT_LEN=16 tokens: ~1-2 ms per
 # layer eagerly would otherwise cost a minute per model. Graph-captured rows decode OUT_LEN=128.
-# Trim with env: MODELS="olmoe mixtral", BS="1 64", DESIGNS="allgather padded" (DESIGNS="": no EP2), ALLREDUCE=nccl, OUT_LEN=64, WARMUP=0.
+# Trim with env: MODELS="olmoe mixtral", BS="1 64", DESIGNS="allgather padded" (DESIGNS="": no EP2), ALLREDUCE=nccl, OUT_LEN=64, WARMUP=0, PDL=on
+# (PDL: --pdl for every row, default auto = off under a plan; PDL=on checks and times the plans with it).
 # TP2 runs once per ALLREDUCE design (default both: NCCL, and the one-shot over symmetric memory).
 # Each model is its own torchrun launch under `timeout`: one failure (or a hang) costs only its cap.
 # Prints: per plan PASS/FAIL (logits within fp32 rounding, same greedy tokens, same tokens from the graphed
@@ -24,9 +25,9 @@ mkdir -p "$DIR"
 R=$(mktemp -d)
 export PYTHONUNBUFFERED=1 TQDM_DISABLE=1 OMP_NUM_THREADS=4
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1   # NVLink multicast stays off
-BS=${BS:-1 16 64}; DESIGNS=${DESIGNS-allgather padded alltoall}; ALLREDUCE=${ALLREDUCE:-nccl symm}
-[ "${2:-}" = "--smoke" ] && ALLREDUCE=nccl                      # symmetric memory needs GPUs
-COMMON="--bs $BS --designs $DESIGNS --allreduce $ALLREDUCE --output-len ${OUT_LEN:-128} --eager-output-len ${EAGER_OUT_LEN:-16} --warmup ${WARMUP:-1} --iters 1 --out $R --ceilings $R/ceilings.json"
+BS=${BS:-1 16 64}; DESIGNS=${DESIGNS-allgather padded alltoall}; ALLREDUCE=${ALLREDUCE:-nccl symm}; PDL=${PDL:-auto}
+[ "${2:-}" = "--smoke" ] && ALLREDUCE=nccl PDL=auto             # symmetric memory and PDL need GPUs
+COMMON="--bs $BS --designs $DESIGNS --allreduce $ALLREDUCE --pdl $PDL --output-len ${OUT_LEN:-128} --eager-output-len ${EAGER_OUT_LEN:-16} --warmup ${WARMUP:-1} --iters 1 --out $R --ceilings $R/ceilings.json"
 if [ "$SMOKE" = "--smoke" ]; then
   MODELS=${MODELS:-olmoe-tiny mixtral-tiny}; COMMON="$COMMON --smoke"; CAPS="olmoe-tiny:240 mixtral-tiny:240"
 else
