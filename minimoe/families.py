@@ -230,7 +230,7 @@ def config_from_hf(hf: dict) -> ModelConfig:
     if hf.get("hidden_act", "silu") != "silu":
         raise UnsupportedConfig(f"hidden_act {hf['hidden_act']!r} is not supported (only silu)")
     quantized = hf.get("quantization_config")
-    if quantized:                   # fp8 128x128 blocks load as stored (prequant.py); other kinds are refused
+    if quantized:                   # fp8 128x128 blocks, GPTQ / AWQ int4 load (prequant*.py); other kinds are refused
         import dataclasses
         from .prequant import unsupported
         if unsupported(quantized):

@@ -122,7 +122,7 @@ def build_meta(cfg: ModelConfig, settings=None, dtype: torch.dtype = torch.float
 
 def with_checkpoint_shapes(cfg: ModelConfig, ckpt) -> ModelConfig:
     """The config with each MoE layer's expert count and width taken from the checkpoint's tensors."""
-    shapes = expert_shapes(cfg, set(ckpt.where), ckpt.shape)
+    shapes = expert_shapes(cfg, set(ckpt.where), getattr(ckpt, "logical_shape", ckpt.shape))  # int4: unpacked
     moe = [i for i in range(cfg.n_layers) if cfg.is_moe_layer(i)]
     if not shapes or all(shapes.get(i, (cfg.layer_experts(i), cfg.layer_moe_width(i)))
                          == (cfg.n_experts, cfg.moe_intermediate_size) for i in moe):
@@ -207,6 +207,8 @@ def build_model(model: str, weights: str = "dummy", *, dtype=torch.bfloat16, dev
     if top_k is not None:
         cfg = cfg.with_top_k(top_k)
     ckpt = open_weights(weights, folder, device)
+    if ckpt is not None and prequant.is_prequantized(cfg):
+        ckpt = prequant.view(ckpt, cfg)             # GPTQ / AWQ int4 in minimoe's layout (prequant_int4.py)
     if ckpt is not None:
         cfg = with_checkpoint_shapes(cfg, ckpt)
     net = build_meta(cfg, settings, dtype)
@@ -214,7 +216,7 @@ def build_model(model: str, weights: str = "dummy", *, dtype=torch.bfloat16, dev
     if placement is not None:
         apply_placement(net, placement)
     if ckpt is not None and prequant.is_prequantized(cfg):
-        prequant.swap_(net, ckpt)                   # fp8 128x128-block twins, read as stored
+        prequant.swap_(net, ckpt)                   # fp8 128x128-block / int4 twins, read as stored
     if ckpt is not None:
         plan_checkpoint(net, ckpt, placement)       # every name/shape error before any allocation
     check_fits(weight_bytes(net), device)
@@ -227,8 +229,9 @@ def build_model(model: str, weights: str = "dummy", *, dtype=torch.bfloat16, dev
         load_weights(net, ckpt, placement)
     if hasattr(prepare, "finish"):                  # a parallel plan's steps after the weights are in
         prepare.finish(net)
-    if prequant.is_prequantized(cfg):               # as stored; dummy weights get the same fp8 block format
-        cfg = prequant.finalize_(net, settings) if ckpt is not None else quantize_(net, settings, "fp8-block")
+    if prequant.is_prequantized(cfg):               # as stored; dummy weights get the checkpoint's format
+        dummy = "fp8-block" if prequant.int4_scheme(cfg) is None else "int4-zp"
+        cfg = prequant.finalize_(net, settings) if ckpt is not None else quantize_(net, settings, dummy)
     elif settings.quant != "none":
         cfg = quantize_(net, settings)              # Linear weights and Experts -> quantized twins (quant.py)
     return net.eval(), cfg, (folder if ckpt is not None else None)

@@ -1,4 +1,5 @@
-"""Pre-quantized checkpoints: fp8 weights with 128x128 block scales, loaded as stored and run in fp8.
+"""Pre-quantized checkpoints: fp8 weights with 128x128 block scales, loaded as stored and run in fp8
+(GPTQ / AWQ int4: prequant_int4.py, through the same seams).
 
 DeepSeek-V3 and the Hub's Qwen3-*-FP8 releases store each quantized linear as two tensors,
     `<name>.weight`            float8_e4m3fn [N, K]
@@ -16,9 +17,10 @@ modules_to_not_convert needs no parsing). Where minimoe fuses several Hub tensor
 multiple of 128 the concatenated block rows no longer line up with row // 128, so that module's
 scales are spread to one per row after loading (`finalize_`), costing 4 bytes per row and group.
 
-Loader seams: `swap_` (meta model, before allocation), `weight_names` (the recipes for the swapped
-parameters, given to the loader's matcher), `finalize_` (after the copy). Other quantization_config
-kinds (GPTQ, AWQ, compressed-tensors, bitsandbytes) are refused by `unsupported` with the list of
+Loader seams: `view` (the checkpoint as the loader reads it: int4 kinds convert their layout there),
+`swap_` (meta model, before allocation), `weight_names` (the recipes for the swapped parameters, given to
+the loader's matcher), `finalize_` (after the copy). Other quantization_config kinds (compressed-tensors,
+bitsandbytes, GPTQ / AWQ outside what prequant_int4 maps) are refused by `unsupported` with the list of
 what is supported.
 """
 from __future__ import annotations
@@ -28,14 +30,18 @@ import dataclasses
 import torch
 import torch.nn as nn
 
-from . import checkpoint_names
+from . import checkpoint_names, prequant_int4
 from .experts import Experts
 from .linear import Linear
 from .qexperts import QuantExperts
 from .qweights import E4M3, FP8_BLOCK, QuantMatrix, QuantWeight
 
 SUPPORTED = ("fp8 checkpoints with 128x128 block scales (quantization_config {quant_method: fp8, "
-             "weight_block_size: [128, 128]}: DeepSeek-V3, Qwen3-*-FP8)")
+             "weight_block_size: [128, 128]}: DeepSeek-V3, Qwen3-*-FP8) and 4-bit GPTQ / AWQ (GEMM) checkpoints "
+             "with group size 128")
+
+
+_INSTEAD = "Start from the bf16 checkpoint and quantize at load with --quant fp8|int8|int4|nf4|bnb-int8"
 
 
 def unsupported(qc) -> str | None:
@@ -43,22 +49,36 @@ def unsupported(qc) -> str | None:
     if not isinstance(qc, dict):
         return f"quantization_config {qc!r} is not a JSON object"
     method = qc.get("quant_method")
+    if method in prequant_int4.METHODS:
+        why = prequant_int4.unsupported(qc)
+        return None if why is None else f"{why}; minimoe loads {SUPPORTED}. {_INSTEAD}"
     block = qc.get("weight_block_size")
     if method == "fp8" and list(block or []) == [FP8_BLOCK, FP8_BLOCK] and \
             qc.get("activation_scheme", "dynamic") == "dynamic" and qc.get("fmt", "e4m3") == "e4m3":
         return None
     what = f"quant_method {method!r}" + (f" with weight_block_size {block}" if block else "")
     return (f"pre-quantized checkpoints of this kind ({what}) are not supported: minimoe loads {SUPPORTED}; "
-            "GPTQ, AWQ, compressed-tensors and bitsandbytes checkpoints are not. Start from the bf16 checkpoint and "
-            "quantize at load with --quant fp8|int8|int4|nf4|bnb-int8")
+            f"compressed-tensors and bitsandbytes checkpoints are not. {_INSTEAD}")
 
 
 def is_prequantized(cfg) -> bool:
     return bool(cfg.extra.get("quantization_config"))
 
 
-def _scale_name(name: str) -> str:
-    return name + "_scale_inv"
+def int4_scheme(cfg) -> prequant_int4.Scheme | None:
+    """The GPTQ / AWQ scheme of a pre-quantized config, None for fp8 (and plain configs)."""
+    qc = cfg.extra.get("quantization_config") or {}
+    return prequant_int4.scheme(qc) if qc.get("quant_method") in prequant_int4.METHODS else None
+
+
+def view(ckpt, cfg):
+    """The checkpoint as the loader reads it: int4 kinds through prequant_int4.Int4View, fp8 as stored."""
+    s = int4_scheme(cfg)
+    return ckpt if s is None else prequant_int4.Int4View(ckpt, s)
+
+
+def _scale_name(name: str, int4: bool = False) -> str:
+    return name + ("_scale" if int4 else "_scale_inv")
 
 
 def _parts(alternative) -> list[str]:
@@ -70,25 +90,29 @@ def _block_rows(names: list[str], shape) -> int:
 
 
 def swap_(model: nn.Module, ckpt) -> None:
-    """On the meta model: every Linear / Experts whose checkpoint weights all carry block scales gets an
-    fp8 twin of the checkpoint's shapes (codes [.., N, K] e4m3, scales [.., block rows, ceil(K/128)])."""
+    """On the meta model: every Linear / Experts whose checkpoint weights all carry scales gets a twin in the
+    checkpoint's format: fp8 (codes [.., N, K] e4m3, scales [.., block rows, ceil(K/128)]) or, through
+    `view`, int4 (prequant_int4.meta_matrix: codes [.., N, K/8], scales and zero points [.., N, K/128])."""
     recipes = checkpoint_names.weight_names(model.cfg)
     have, shape = set(ckpt.where), ckpt.shape
+    int4 = int4_scheme(model.cfg) is not None
     for name, module in list(model.named_modules()):
         for attr, child in list(module.named_children()):
             full = f"{name}.{attr}" if name else attr
             if isinstance(child, Linear) and isinstance(child.weight, torch.Tensor):
                 names = _parts(recipes.get(full + ".weight", [[]])[0])
-                if names and all(_scale_name(n) in have for n in names):
+                if names and all(_scale_name(n, int4) in have for n in names):
                     N, K = child.weight.shape
-                    q = _meta_matrix(QuantWeight, (N, K), (_block_rows(names, shape), -(-K // FP8_BLOCK)),
+                    q = prequant_int4.meta_matrix(QuantWeight, (), N, K, names[0]) if int4 else \
+                        _meta_matrix(QuantWeight, (N, K), (_block_rows(names, shape), -(-K // FP8_BLOCK)),
                                      [shape(n)[0] for n in names])
                     del child.weight
                     child.weight = q
             elif type(child) is Experts:
                 per_expert = recipes[full + ".w13"][0]
-                if isinstance(per_expert[0], list) and all(_scale_name(n) in have for n in _parts(per_expert)):
-                    setattr(module, attr, _meta_experts(child, recipes[full + ".w2"][0], per_expert, shape))
+                if isinstance(per_expert[0], list) and all(_scale_name(n, int4) in have for n in _parts(per_expert)):
+                    make = _meta_experts_int4 if int4 else _meta_experts
+                    setattr(module, attr, make(child, recipes[full + ".w2"][0], per_expert, shape))
 
 
 def _meta_matrix(cls, code_shape, scale_shape, parts: list[int]) -> QuantMatrix:
@@ -108,25 +132,46 @@ def _meta_experts(ex: Experts, down: list, gate_up: list, shape) -> QuantExperts
     return QuantExperts(w13, w2, ex.w13.dtype, ex.expert_offset, ex.settings)
 
 
+def _meta_experts_int4(ex: Experts, down: list, gate_up: list, shape) -> QuantExperts:
+    E, two_i, D = ex.w13.shape
+    I = ex.w2.shape[2]
+    w13 = prequant_int4.meta_matrix(QuantMatrix, (E,), two_i, D, gate_up[0][0])
+    w2 = prequant_int4.meta_matrix(QuantMatrix, (E,), D, I, down[0][0])
+    return QuantExperts(w13, w2, ex.w13.dtype, ex.expert_offset, ex.settings)
+
+
 def weight_names(model: nn.Module) -> dict:
-    """checkpoint_names.weight_names with the swapped parameters' recipes: `X.qdata` reads what `X`
-    read, `X.scale` the same tensors' `weight_scale_inv` (per expert, stacked, for experts)."""
+    """checkpoint_names.weight_names with the swapped parameters' recipes: `X.qdata` (X a Linear's
+    `.weight` or an `experts.w13` / `w2`) reads what `X` read, `X.scale` the same tensors' `weight_scale_inv`
+    (fp8) or `weight_scale` (int4, through `view`), and int4's `X.zero` their `weight_zero` (per expert,
+    stacked, for experts)."""
     recipes = checkpoint_names.weight_names(model.cfg)
-    for name, m in model.named_modules():
+    int4 = int4_scheme(model.cfg) is not None
+    for base, m in model.named_modules():
         if not isinstance(m, QuantMatrix):
             continue
-        base = name if name.endswith(("experts.w13", "experts.w2")) else name    # X.weight or ...experts.w13
         first = recipes.pop(base)[0]
         recipes[base + ".qdata"] = [first]
-        scaled = [[_scale_name(n) for n in p] if isinstance(p, list) else _scale_name(p) for p in first]
-        recipes[base + ".scale"] = [scaled]
+        for param, suffix in (("scale", "_scale" if int4 else "_scale_inv"), ("zero", "_zero")):
+            if param == "zero" and not int4:
+                continue
+            recipes[f"{base}.{param}"] = [[[n + suffix for n in p] if isinstance(p, list) else p + suffix
+                                           for p in first]]
     return recipes
 
 
 def finalize_(model: nn.Module, settings):
-    """After the copy: spread the scales of modules whose concatenated parts do not start on a 128-row
-    boundary to one per row (row_block 1), and let dense fp8 layers use the kernels on a GPU. Returns
-    the model's config with the weight format recorded (as quant.quantize_ does)."""
+    """After the copy: int4 kinds, prequant_int4.finalize_ (format "int4", or "int4-zp" where zero points
+    stay); fp8: spread the scales of modules whose concatenated parts do not start on a 128-row boundary to
+    one per row (row_block 1), and let dense fp8 layers use the kernels on a GPU. Returns the model's config
+    with the weight format recorded (as quant.quantize_ does)."""
+    s = int4_scheme(model.cfg)
+    if s is not None:
+        zero = prequant_int4.finalize_(model, settings)
+        described = {"quant": "int4-zp" if zero else "int4", "bits_per_weight": 4.5 if zero else 4.25,
+                     "lm_head": isinstance(model.lm_head.weight, QuantMatrix), "source": f"checkpoint ({s.method})"}
+        model.cfg = dataclasses.replace(model.cfg, extra={**model.cfg.extra, "weight_format": described})
+        return model.cfg
     for m in model.modules():
         if not isinstance(m, QuantMatrix) or not hasattr(m, "block_parts"):
             continue

@@ -16,7 +16,8 @@ What stays in full precision, and why:
 One layer is quantized at a time and its bf16 tensors dropped, so the transient is one layer.
 
 FORMATS (the `--quant` values) say how a dense weight and an expert stack become codes; "fp8-block"
-(128x128 block scales) is not a flag value: pre-quantized checkpoints (prequant.py) arrive in it.
+(128x128 block scales) and "int4-zp" (int4 with zero points) are not flag values: pre-quantized
+checkpoints (prequant.py: fp8; prequant_int4.py: GPTQ / AWQ) arrive in them.
 The format is written into `cfg.extra["weight_format"]`, which the benchmark's roofline reads to
 count the real bytes of a step (bench/roofline.py).
 """
@@ -49,6 +50,8 @@ FORMATS = {
                        "W8A8 e4m3, per-row weight scales, per-token activation scales on tensor cores"),
     "int8": QuantFormat(quantize_int8, QuantWeight, QuantExperts, 8.0, "W8A16, per-row scales"),
     "int4": QuantFormat(quantize_int4, QuantWeight, QuantExperts, 4.25, "W4A16, groups of 128, symmetric"),
+    "int4-zp": QuantFormat(lambda w, cls=QuantMatrix: quantize_int4(w, zero_point=True, cls=cls), QuantWeight,
+                           QuantExperts, 4.5, "W4A16, groups of 128 with zero points (GPTQ / AWQ checkpoints)"),
     "nf4": QuantFormat(qbnb.quantize_nf4, qbnb.BnbWeight, qbnb.BnbExperts, 4.5,
                        "bitsandbytes NF4, an fp32 absmax per 64"),
     "bnb-int8": QuantFormat(qbnb.quantize_bnb_int8, qbnb.BnbWeight, qbnb.BnbExperts, 8.0,
@@ -124,11 +127,11 @@ def check_quant(s, cfg) -> str | None:
     if s.quant_lm_head and s.quant == "none":
         return "--quant-lm-head needs --quant FORMAT"
     if cfg.extra.get("quantization_config"):
+        kind = cfg.extra["quantization_config"].get("quant_method")
         if s.quant != "none":
-            return (f"--quant {s.quant}: this checkpoint is already quantized (fp8, 128x128 blocks) and runs "
-                    "as stored; use --quant none")
+            return f"--quant {s.quant}: this checkpoint is already quantized ({kind}) and runs as stored; use --quant none"
         if s.ep * s.tp > 1:
-            return "--ep / --tp with a pre-quantized fp8 checkpoint are not supported together"
+            return f"--ep / --tp with a pre-quantized ({kind}) checkpoint are not supported together"
         return None
     if s.quant == "none":
         return None

@@ -1,5 +1,6 @@
 """Guards pre-quantized checkpoints: fp8 with 128x128 block scales (weight_scale_inv + quantization_config) load as
-stored and compute what their dequantized weights compute; every other quantization_config is refused by name."""
+stored and compute what their dequantized weights compute; every other quantization_config (GPTQ / AWQ int4:
+test_quant_prequant_int4.py) is refused by name."""
 import json
 import shutil
 
@@ -73,8 +74,8 @@ def test_fp8_block_checkpoint_loads_as_stored_and_matches_its_dequantized_weight
 
 
 @pytest.mark.parametrize("qc,what", [
-    ({"quant_method": "gptq", "bits": 4, "group_size": 128}, "'gptq'"),
-    ({"quant_method": "awq", "bits": 4}, "'awq'"),
+    ({"quant_method": "gptq", "bits": 4, "group_size": 128, "desc_act": True}, "desc_act"),   # int4 kinds accepted:
+    ({"quant_method": "awq", "bits": 4, "group_size": 32}, "group_size 32"),                # test_quant_prequant_int4
     ({"quant_method": "compressed-tensors", "config_groups": {}}, "'compressed-tensors'"),
     ({"quant_method": "fp8", "weight_block_size": [64, 64]}, "[64, 64]"),
     ({"quant_method": "bitsandbytes", "load_in_4bit": True}, "'bitsandbytes'"),
