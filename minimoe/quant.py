@@ -83,8 +83,20 @@ def quantize_experts(ex: Experts, fmt: str) -> QuantExperts:
         return f.experts_cls.quantize(ex, lambda w: f.stack(w, cls=_stack_cls(f)))
 
 
+# where torch keeps a module's forward hooks (nn.Module.__init__): a parallel plan's hooks go with the swap
+_HOOK_DICTS = ("_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_forward_hooks", "_forward_hooks_with_kwargs",
+               "_forward_hooks_always_called")
+
+
 def _swap_experts(parent: torch.nn.Module, attr: str, ex: Experts, fmt: str) -> None:
-    setattr(parent, attr, quantize_experts(ex, fmt))
+    """Replace `ex` by its quantized twin. An expert-parallel plan registered its dispatch / combine hooks on
+    `ex` (dispatch.attach, on the meta model, before the weights existed): the twin takes over the very hook
+    dicts, so the plan's handles stay valid, and keeps `ex`'s expert_offset (qexperts.py)."""
+    q = quantize_experts(ex, fmt)
+    for hooks in _HOOK_DICTS:
+        if hasattr(ex, hooks):
+            setattr(q, hooks, getattr(ex, hooks))
+    setattr(parent, attr, q)
 
 
 def _stack_cls(fmt: QuantFormat) -> type:
@@ -130,13 +142,12 @@ def check_quant(s, cfg) -> str | None:
         kind = cfg.extra["quantization_config"].get("quant_method")
         if s.quant != "none":
             return f"--quant {s.quant}: this checkpoint is already quantized ({kind}) and runs as stored; use --quant none"
-        if s.ep * s.tp > 1:
-            return f"--ep / --tp with a pre-quantized ({kind}) checkpoint are not supported together"
+        if s.ep * s.tp > 1:     # the placement slices parameters by their dense names and layouts
+            return (f"--ep / --tp with a pre-quantized ({kind}) checkpoint are not supported together; "
+                    "start from the bf16 checkpoint with --quant FORMAT, which each rank applies to its own shard")
         return None
     if s.quant == "none":
         return None
-    if s.ep * s.tp > 1:
-        return f"--quant {s.quant} with --ep / --tp is not supported together (quantize a single-GPU run)"
     device = s.torch_device
     if s.quant == "fp8" and device.type == "cuda" and torch.cuda.get_device_capability(device) < (8, 9):
         return "--quant fp8 needs fp8 tensor cores (an sm89+ GPU: Ada, Hopper); this GPU is older"

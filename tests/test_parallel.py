@@ -1,4 +1,4 @@
-"""Guards expert and tensor parallelism: under gloo with 2 and 4 processes every plan (EP with each dispatch design, TP, TP+EP) gives one process's greedy tokens and logits within fp32 rounding, also with all tokens forced onto one rank's experts; plus the plan's checks, row split, random-weight slicing and packing."""
+"""Guards expert and tensor parallelism: under gloo with 2 and 4 processes every plan (EP with each dispatch design, TP, TP+EP) gives one process's greedy tokens and logits within fp32 rounding, also with all tokens forced onto one rank's experts; `--quant` under a plan (each rank quantizes its shard: EP exactly one process's result, TP within the format's error); plus the plan's checks, row split, random-weight slicing and packing."""
 from __future__ import annotations
 
 import json
@@ -129,8 +129,48 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
         for h in hooks:
             h.remove()
     if world == 2:
+        results.update(_quantized(prompts))
         _clis(out_dir)
     Path(out_dir, f"rank{rank}.json").write_text(json.dumps(results))
+
+
+# --quant under a plan: each rank quantizes the shard it loaded. EP ranks hold whole experts and replicated dense
+# layers, so their codes are one process's: the same logits and tokens through prefill and decode. A TP rank's
+# row-parallel pieces get their own scales (a row's absmax over its half of K), so TP is held to the format's error
+# against one process instead, on the prefill logits (after a greedy token flips, later logits are not comparable).
+QUANT_CASES = [("olmoe-tiny", 2, 1, "int8", "loop"), ("olmoe-tiny", 2, 1, "int4", "loop"),
+               ("olmoe-tiny", 2, 1, "int4", "fused"), ("mixtral-tiny", 1, 2, "int8", "loop"),
+               ("qwen2-moe-tiny", 1, 2, "int4", "loop")]
+QUANT_TOL = {"int8": 0.03, "int4": 0.3}         # test_quant_model.LOGIT_TOL: a tiny random model against itself
+
+
+def qkey(case) -> str:
+    card, ep, tp, fmt, path = case
+    return f"quant {fmt} {card} ep{ep} tp{tp} {path}"
+
+
+def _quantized(prompts) -> dict:
+    out = {}
+    for case in QUANT_CASES:
+        card, ep, tp, fmt, path = case
+        steps = 0 if path == "fused" or tp > 1 else STEPS
+        ref = {}
+        for q in ("none", fmt):
+            s = RunSettings(device="cpu", dtype="fp32", experts="loop", quant=q)
+            one = build_model(card, "dummy", dtype=torch.float32, device="cpu", settings=s, seed=SEED,
+                              prepare=lambda m: Placement())[0]
+            with torch.inference_mode():
+                ref[q] = _trace(one, prompts, steps), _trace(one, prompts, 0)[0]     # (trace, prefill logits)
+        s = RunSettings(device="cpu", dtype="fp32", experts=path, ep=ep, tp=tp, quant=fmt)
+        model = build_model(card, "dummy", dtype=torch.float32, device="cpu", settings=s, seed=SEED)[0]
+        kinds = {type(m).__name__ for m in model.modules()}
+        r = _compare(ref[fmt][0], model, prompts, steps, generate=False)
+        rows = model.plan.local_rows(B)
+        with torch.inference_mode():                                           # prefill against float
+            r["err_float"] = rel_err(_trace(model, prompts[rows], 0)[0], ref["none"][1][rows])
+        r["quantized"] = {"QuantExperts", "QuantWeight"} <= kinds and "Experts" not in kinds
+        out[qkey(case)] = r
+    return out
 
 
 def _clis(out_dir: str) -> None:
@@ -183,6 +223,20 @@ def test_four_processes_match_one(case, group4):
     for rank, res in ((r, group4[r]) for r in range(4)):
         r = res[key(case)]
         assert r["err"] <= TOL and r["tokens"], (rank, r)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", QUANT_CASES, ids=qkey)
+def test_quantized_weights_under_a_plan_match_one_process(case, group2):
+    _, ep, tp, fmt, _ = case
+    for rank in range(2):
+        r = group2[rank][qkey(case)]
+        assert r["quantized"], (rank, r)                                   # every Linear / Experts swapped
+        assert 0 < r["err_float"] <= QUANT_TOL[fmt], (rank, r)             # quantized, within the format's error
+        if tp == 1:                                                        # EP: one process's codes, exactly
+            assert r["err"] <= TOL and r["tokens"], (rank, r)
+        else:
+            assert r["err"] <= QUANT_TOL[fmt], (rank, r)
 
 
 def test_bench_and_generate_run_under_two_processes(group2, tmp_path_factory):

@@ -191,3 +191,11 @@ def test_dummy_weights_of_an_int4_config_get_int4_with_zero_points(tiny_hf, tmp_
     assert cfg.extra["weight_format"]["quant"] == "int4-zp"
     w2 = model.layers[0].ffn.experts.w2
     assert w2.bits == 4 and w2.group == G and w2.zero is not None
+
+
+def test_a_plan_on_an_int4_checkpoint_is_refused_naming_the_way_that_works(tiny_hf, tmp_path):
+    from minimoe.runtime import UsageError, check_settings
+    q_dir, _ = write_int4(tiny_hf("mixtral"), tmp_path, "gptq")
+    cfg = config_from_hf(json.loads((q_dir / "config.json").read_text()))
+    with pytest.raises(UsageError, match=r"pre-quantized \(gptq\) checkpoint are not supported together.*--quant"):
+        check_settings(RunSettings(device="cpu", ep=2).resolve(), cfg)
