@@ -216,7 +216,7 @@ def build_model(model: str, weights: str = "dummy", *, dtype=torch.bfloat16, dev
     if placement is not None:
         apply_placement(net, placement)
     if ckpt is not None and prequant.is_prequantized(cfg):
-        prequant.swap_(net, ckpt)                   # fp8 128x128-block / int4 twins, read as stored
+        prequant.swap_(net, ckpt, placement)        # fp8 128x128-block / int4 twins, read as stored
     if ckpt is not None:
         plan_checkpoint(net, ckpt, placement)       # every name/shape error before any allocation
     check_fits(weight_bytes(net), device)

@@ -34,6 +34,7 @@ from . import checkpoint_names, prequant_int4
 from .experts import Experts
 from .linear import Linear
 from .qexperts import QuantExperts
+from .quant import swap_module
 from .qweights import E4M3, FP8_BLOCK, QuantMatrix, QuantWeight
 
 SUPPORTED = ("fp8 checkpoints with 128x128 block scales (quantization_config {quant_method: fp8, "
@@ -89,10 +90,13 @@ def _block_rows(names: list[str], shape) -> int:
     return sum(-(-shape(n)[0] // FP8_BLOCK) for n in names)
 
 
-def swap_(model: nn.Module, ckpt) -> None:
+def swap_(model: nn.Module, ckpt, placement=None) -> None:
     """On the meta model: every Linear / Experts whose checkpoint weights all carry scales gets a twin in the
     checkpoint's format: fp8 (codes [.., N, K] e4m3, scales [.., block rows, ceil(K/128)]) or, through
-    `view`, int4 (prequant_int4.meta_matrix: codes [.., N, K/8], scales and zero points [.., N, K/128])."""
+    `view`, int4 (prequant_int4.meta_matrix: codes [.., N, K/8], scales and zero points [.., N, K/128]).
+    Run after a parallel plan's placement (the shapes are then this rank's): an int4 twin's tensors are cut
+    where its dense parameter was (a K cut on a group boundary, prequant_int4.meta_matrix checks it), and an
+    Experts twin takes over the plan's hooks (quant.swap_module)."""
     recipes = checkpoint_names.weight_names(model.cfg)
     have, shape = set(ckpt.where), ckpt.shape
     int4 = int4_scheme(model.cfg) is not None
@@ -108,11 +112,24 @@ def swap_(model: nn.Module, ckpt) -> None:
                                      [shape(n)[0] for n in names])
                     del child.weight
                     child.weight = q
+                    _place_parts(placement, full + ".weight", q)
             elif type(child) is Experts:
                 per_expert = recipes[full + ".w13"][0]
                 if isinstance(per_expert[0], list) and all(_scale_name(n, int4) in have for n in _parts(per_expert)):
                     make = _meta_experts_int4 if int4 else _meta_experts
-                    setattr(module, attr, make(child, recipes[full + ".w2"][0], per_expert, shape))
+                    twin = make(child, recipes[full + ".w2"][0], per_expert, shape)
+                    swap_module(module, attr, child, twin)
+                    _place_parts(placement, full + ".w13", twin.w13)
+                    _place_parts(placement, full + ".w2", twin.w2)
+
+
+def _place_parts(placement, base: str, q: QuantMatrix) -> None:
+    """A tensor-parallel cut of the dense parameter `base` applies to its twin's codes, scales and zero points
+    (their dims line up: [.., N, K/8], [.., N, K/128])."""
+    if placement is not None and base in placement.shards:
+        for p in ("qdata", "scale", "zero"):
+            if getattr(q, p) is not None:
+                placement.shards[f"{base}.{p}"] = placement.shards[base]
 
 
 def _meta_matrix(cls, code_shape, scale_shape, parts: list[int]) -> QuantMatrix:

@@ -24,6 +24,8 @@ symmetric constant: GPTQ's sym=True). So GPTQ's qweight is a transpose and AWQ's
 so the loader's recipes (concatenating q/k/v and gate/up on rows, stacking experts) apply unchanged; the
 raw tensors are hidden, and `logical_shape` gives B.weight's unpacked [N, K] (an expert's width).
 
+Under a parallel plan each rank reads its experts and its pieces of the three tensors (prequant.swap_ gives
+the codes, scales and zero points the cut of the dense parameter; a K cut must fall on a group boundary).
 Refused with one sentence (`unsupported`): bits other than 4, a group size other than 128 (minimoe's int4
 group, whose bytes the roofline counts), act-order GPTQ (desc_act: groups not contiguous along K), AWQ's
 GEMV / Marlin layouts (version other than "gemm") and AWQ without zero points.
@@ -165,7 +167,8 @@ def meta_matrix(cls, lead: tuple, N: int, K: int, name: str) -> QuantMatrix:
     """An int4 QuantMatrix (or QuantWeight) on the meta device for [*lead, N, K] with zero points.
     Raises CheckpointError when K is not a multiple of the group size (name says which tensor)."""
     if K % INT4_GROUP:
-        raise CheckpointError(f"{name}: {K} inputs is not a multiple of the int4 group size {INT4_GROUP}")
+        raise CheckpointError(f"{name}: {K} inputs is not a multiple of the int4 group size {INT4_GROUP} (under --tp, "
+                              "each rank's piece of the inputs must be: a cut may not split a group)")
     NG = K // INT4_GROUP
     return cls(torch.empty(*lead, N, K // 8, dtype=torch.int32, device="meta"),
                torch.empty(*lead, N, NG, dtype=torch.float32, device="meta"),

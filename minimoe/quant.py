@@ -88,15 +88,19 @@ _HOOK_DICTS = ("_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_forward
                "_forward_hooks_always_called")
 
 
-def _swap_experts(parent: torch.nn.Module, attr: str, ex: Experts, fmt: str) -> None:
-    """Replace `ex` by its quantized twin. An expert-parallel plan registered its dispatch / combine hooks on
-    `ex` (dispatch.attach, on the meta model, before the weights existed): the twin takes over the very hook
-    dicts, so the plan's handles stay valid, and keeps `ex`'s expert_offset (qexperts.py)."""
-    q = quantize_experts(ex, fmt)
+def swap_module(parent: torch.nn.Module, attr: str, old: torch.nn.Module, new: torch.nn.Module) -> None:
+    """parent.attr = new, which takes over `old`'s forward hooks. An expert-parallel plan registers its dispatch /
+    combine hooks on the `Experts` module (dispatch.attach, on the meta model, before the weights exist); its
+    quantized twin gets the very hook dicts, so the plan's handles stay valid."""
     for hooks in _HOOK_DICTS:
-        if hasattr(ex, hooks):
-            setattr(q, hooks, getattr(ex, hooks))
-    setattr(parent, attr, q)
+        if hasattr(old, hooks):
+            setattr(new, hooks, getattr(old, hooks))
+    setattr(parent, attr, new)
+
+
+def _swap_experts(parent: torch.nn.Module, attr: str, ex: Experts, fmt: str) -> None:
+    """Replace `ex` by its quantized twin (which keeps its expert_offset, qexperts.py) and its hooks."""
+    swap_module(parent, attr, ex, quantize_experts(ex, fmt))
 
 
 def _stack_cls(fmt: QuantFormat) -> type:
@@ -142,7 +146,7 @@ def check_quant(s, cfg) -> str | None:
         kind = cfg.extra["quantization_config"].get("quant_method")
         if s.quant != "none":
             return f"--quant {s.quant}: this checkpoint is already quantized ({kind}) and runs as stored; use --quant none"
-        if s.ep * s.tp > 1:     # the placement slices parameters by their dense names and layouts
+        if s.ep * s.tp > 1 and kind not in ("gptq", "awq"):   # fp8's block scales would be cut mid-block
             return (f"--ep / --tp with a pre-quantized ({kind}) checkpoint are not supported together; "
                     "start from the bf16 checkpoint with --quant FORMAT, which each rank applies to its own shard")
         return None

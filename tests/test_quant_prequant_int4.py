@@ -2,6 +2,7 @@
 layouts (bit loops, not minimoe's pack_words), load into minimoe's int4 format and compute exactly what their
 dequantized weights compute, through the loop oracle and the fused int4 kernels (interpreted); what does not map
 onto minimoe's int4 is refused in one sentence."""
+import dataclasses
 import json
 
 import pytest
@@ -30,26 +31,32 @@ TINY = {
 ROUTERS = ("block_sparse_moe.gate.weight", "mlp.gate.weight", "shared_expert_gate.weight")
 
 
+def make_tiny(family, folder, hidden=128, width=128):
+    """A tiny transformers model of `family` with dims that are multiples of the group, saved to `folder`."""
+    import transformers
+    config_cls, model_cls, kw = TINY[family]
+    kw = {**kw, ("intermediate_size" if family == "mixtral" else "moe_intermediate_size"): width}
+    config = getattr(transformers, config_cls)(vocab_size=128, hidden_size=hidden, num_hidden_layers=2,
+                                               num_attention_heads=4, max_position_embeddings=64,
+                                               bos_token_id=None, eos_token_id=None, pad_token_id=None, **kw)
+    torch.manual_seed(7)
+    model = getattr(transformers, model_cls)(config).float().eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape) * (p.shape[-1] ** -0.5 if p.dim() > 1 else 0.1)
+                    + (1.0 if p.dim() == 1 and p.shape[0] == hidden else 0.0))
+    model.save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture(scope="module")
 def tiny_hf(tmp_path_factory):
-    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("transformers")
     made = {}
 
     def get(family):
         if family not in made:
-            config_cls, model_cls, kw = TINY[family]
-            config = getattr(transformers, config_cls)(vocab_size=128, hidden_size=128, num_hidden_layers=2,
-                                                       num_attention_heads=4, max_position_embeddings=64,
-                                                       bos_token_id=None, eos_token_id=None, pad_token_id=None, **kw)
-            torch.manual_seed(7)
-            model = getattr(transformers, model_cls)(config).float().eval()
-            with torch.no_grad():
-                for p in model.parameters():
-                    p.copy_(torch.randn(p.shape) * (p.shape[-1] ** -0.5 if p.dim() > 1 else 0.1)
-                            + (1.0 if p.dim() == 1 and p.shape[0] == 128 else 0.0))
-            folder = tmp_path_factory.mktemp(f"int4-{family}")
-            model.save_pretrained(folder)
-            made[family] = folder
+            made[family] = make_tiny(family, tmp_path_factory.mktemp(f"int4-{family}"))
         return made[family]
     return get
 
@@ -193,9 +200,12 @@ def test_dummy_weights_of_an_int4_config_get_int4_with_zero_points(tiny_hf, tmp_
     assert w2.bits == 4 and w2.group == G and w2.zero is not None
 
 
-def test_a_plan_on_an_int4_checkpoint_is_refused_naming_the_way_that_works(tiny_hf, tmp_path):
+def test_a_plan_on_an_fp8_checkpoint_is_refused_naming_the_way_that_works(tiny_hf, tmp_path, monkeypatch):
     from minimoe.runtime import UsageError, check_settings
     q_dir, _ = write_int4(tiny_hf("mixtral"), tmp_path, "gptq")
     cfg = config_from_hf(json.loads((q_dir / "config.json").read_text()))
-    with pytest.raises(UsageError, match=r"pre-quantized \(gptq\) checkpoint are not supported together.*--quant"):
-        check_settings(RunSettings(device="cpu", ep=2).resolve(), cfg)
+    fp8 = dataclasses.replace(cfg, extra={**cfg.extra, "quantization_config": {"quant_method": "fp8"}})
+    with pytest.raises(UsageError, match=r"pre-quantized \(fp8\) checkpoint are not supported together.*--quant"):
+        check_settings(RunSettings(device="cpu", ep=2).resolve(), fp8)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    check_settings(RunSettings(device="cpu", ep=2).resolve(), cfg)     # int4 kinds run under plans (test_parallel)
