@@ -117,7 +117,9 @@ def calibration_source(spec: str, folder, vocab: int, limit: int, seed: int):
     except (OSError, UnicodeDecodeError) as e:
         raise UsageError(f"--calibration {spec}: {e}") from None
     ids = torch.tensor(tok(text)["input_ids"][:limit], dtype=torch.long)
-    return ids, f"{ids.numel()} tokens of {path.name}"
+    note = " (the text `eval` scores: its bits per byte will be optimistic; pass --calibration FILE)" \
+        if spec == "heldout" else ""
+    return ids, f"{ids.numel()} tokens of {path.name}{note}"
 
 
 def _count(text: str) -> int:
@@ -230,6 +232,9 @@ def add_parser(sub) -> None:
 
 
 def _check_flags(args) -> PruneRequest:
+    if args.method not in (*METHODS["inter"], "width"):          # random: inter here (eval --prune intra:R picks)
+        raise UsageError(f"--method {args.method}: choose {' | '.join(METHODS['inter'])} (drop experts) or width "
+                         "(narrow every expert)")
     kind = "intra" if args.method == "width" else "inter"
     req = make_request(kind, args.ratio, args.method, args.per_layer, args.calibration)
     if args.calib_tokens < 1 or args.window < 2 or args.batch_size < 1:

@@ -217,7 +217,9 @@ SETTINGS_FLAGS = {
                                             "with --ops triton")),
     "fuse_shared": ("--fuse-shared", dict(help="DeepSeek's / Qwen2-MoE's shared experts inside the routed experts' "
                                                "decode kernels at batch 1 (shared_fusion.py): on (needs --experts "
-                                               "fused, --quant none, no --ep / --tp) | off; auto: on where it can run")),
+                                               "fused, --quant none, no --ep / --tp; then a layer fuses where its "
+                                               "step is one token on the small-T plan, which --profile notes as "
+                                               "small+shared) | off; auto: on where it can run")),
     "eager": ("--eager", dict(action="store_true", help="no CUDA graph of the decode step")),
     "eager_prefill": ("--eager-prefill", dict(action="store_true", help="no CUDA graph of the prefill")),
     "router": ("--router", dict(help="override the card's router (uniform, balanced, zipf for ablations)")),

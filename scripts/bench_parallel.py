@@ -53,9 +53,9 @@ def say(*a) -> None:
         print(*a, flush=True)
 
 
-def settings(args, ep=1, tp=1, dtype=None, design="allgather", reduce="nccl") -> RunSettings:
+def settings(args, ep=1, tp=1, dtype=None, design="allgather", reduce="nccl", pdl=None) -> RunSettings:
     return RunSettings(device=args.device, dtype=dtype or args.dtype, experts=args.experts, ep=ep, tp=tp,
-                       dispatch=design, allreduce=reduce, pdl=args.pdl, eager=args.device == "cpu").resolve()
+                       dispatch=design, allreduce=reduce, pdl=pdl or args.pdl, eager=args.device == "cpu").resolve()
 
 
 def plans(args):
@@ -106,7 +106,7 @@ def check_plans(args) -> list[dict]:
     B, S, steps = args.check_batch, args.check_len, args.check_steps
     prompts = torch.randint(0, read_config(cut)[0].vocab_size, (B, S), generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
-        ref = build(args, cut, settings(args, dtype="fp32"), prepare=lambda m: Placement())
+        ref = build(args, cut, settings(args, dtype="fp32", pdl="off"), prepare=lambda m: Placement())  # the oracle
         want_logits, want_tokens = trace(ref, prompts.to(ref.embed.weight.device), steps)
     del ref
     free()
@@ -217,7 +217,7 @@ def time_plans(args, ceilings) -> list[dict]:
     s = settings(args)                       # one GPU: each rank takes every other batch size, largest first
     model = build(args, args.model, s)
     mine = sorted(args.bs, reverse=True)[dist.get_rank()::dist.get_world_size()]
-    local = [dict(run_one(args, model, s, ceilings, b, s.use_graphs), plan="1 GPU") for b in mine]
+    local = [dict(run_one(args, model, s, ceilings, b, s.use_graphs), plan="1 GPU", pdl=s.pdl) for b in mine]
     gathered = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, local)
     rows += sorted((r for part in gathered for r in part), key=lambda r: r["batch"])
@@ -232,7 +232,8 @@ def time_plans(args, ceilings) -> list[dict]:
             for b in args.bs:
                 reduce = model.plan.reduce
                 before = dict(reduce.calls) if reduce else {}
-                rows.append(dict(run_one(args, model, s, ceilings, b, graphs), plan=f"{'TP' if tp > 1 else 'EP'}2 {design}"))
+                rows.append(dict(run_one(args, model, s, ceilings, b, graphs), plan=f"{'TP' if tp > 1 else 'EP'}2 {design}",
+                                 pdl=s.pdl, allreduce=s.allreduce if tp > 1 else None))
                 if reduce:                  # Python calls per path during this row (a captured graph counts once)
                     rows[-1]["allreduce_calls"] = {k: v - before.get(k, 0) for k, v in reduce.calls.items()}
                 say(f"# {args.model} {rows[-1]['plan']} bs{b}: " + short(rows[-1]))
@@ -245,7 +246,7 @@ def short(r: dict) -> str:
     if "error" in r:
         return "ERROR " + r["error"]
     m = r["metrics"]
-    text = f"ITL {m['itl_median_ms']:.3f} ms, {m['output_tok_s']:.0f} tok/s, graphs {r['graphs']}"
+    text = f"ITL {m['itl_median_ms']:.3f} ms, {m['output_tok_s']:.0f} tok/s, graphs {r['graphs']}, pdl {r.get('pdl')}"
     if "profile" in r:       # eager step, CUDA events per region: µs per call (a call = one layer's)
         regions = r["profile"]["regions"]
         text += "; eager profile, us per call: " + ", ".join(
@@ -259,7 +260,7 @@ def print_timing(args, rows, cfg) -> None:
     say(f"\n## {args.model}: decode step (ITL p50) and throughput, {args.input_len} in / {args.output_len} out, "
         f"{args.dtype}; floor = roofline of the plan's GPUs together; model = cost model (docs/parallel_cost_model.md)")
     say(f"{'plan':22} {'bs':>4} {'ITL ms':>8} {'floor ms':>8} {'model ms':>8} {'decode vs 1':>11} {'out tok/s':>10} "
-        f"{'vs 1 GPU':>8} {'out':>4} graphs")
+        f"{'vs 1 GPU':>8} {'out':>4} graphs pdl")
     for r in rows:
         if "metrics" not in r:
             say(f"{r['plan']:22} {r['batch']:>4}  {r.get('error', '?')}")
@@ -272,7 +273,7 @@ def print_timing(args, rows, cfg) -> None:
         speed = m["output_tok_s"] / base[b]["metrics"]["output_tok_s"] if same_len else float("nan")
         say(f"{r['plan']:22} {b:>4} {m['itl_median_ms']:>8.3f} {r['roofline']['decode_step_floor_ms']:>8.3f} "
             f"{pred['step_ms']:>8.3f} {one / m['itl_median_ms']:>10.2f}x {m['output_tok_s']:>10.0f} {speed:>7.2f}x "
-            f"{r['output_len']:>4} {r['graphs']}")
+            f"{r['output_len']:>4} {r['graphs']!s:6} {r.get('pdl', '-')}")
 
 
 def guarded(phase, args, failed):
@@ -330,7 +331,11 @@ def parse(argv=None):
 
 def main(argv=None) -> int:
     args = parse(argv)
-    parallel.init_distributed(args.device)
+    try:
+        parallel.init_distributed(args.device)
+    except ValueError as e:                  # not under torchrun: one line, exit 2
+        print(f"bench_parallel.py: {e}", file=sys.stderr)
+        return 2
     args.cfg = read_config(args.model)[0]
     result = {"model": args.model, "args": {k: v for k, v in vars(args).items() if k != "cfg"}}
     if "check" in args.phases:

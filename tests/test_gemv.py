@@ -161,6 +161,17 @@ def test_dense_gemv_matches_linear(T, N, D, dtype):
         dense_gemv(x, w, bias=b[:-1] if N > 1 else torch.zeros(2, device=DEVICE, dtype=dtype))
 
 
+def test_dense_gemv_refuses_inputs_it_would_misread():
+    """A transposed weight, a strided x, another K or another dtype: one ValueError, not a wrong result (the kernel
+    walks both along a unit-stride K of the weight's width)."""
+    from minimoe.kernels.dense_gemv import dense_gemv
+    x, w = torch.randn(1, 64, device=DEVICE), torch.randn(8, 64, device=DEVICE)
+    for bad_x, bad_w in ((x, torch.randn(64, 8, device=DEVICE).t()), (torch.randn(1, 128, device=DEVICE)[:, ::2], w),
+                         (torch.randn(1, 80, device=DEVICE), w), (x.half(), w), (x[0], w)):
+        with pytest.raises(ValueError, match="same K, dtype and device"):
+            dense_gemv(bad_x, bad_w)
+
+
 def test_dense_gemv_prefetch_needs_pdl_on_a_gpu():
     """The L2-prefetch prologue runs only on a PDL launch on a GPU, with 16-byte aligned rows: else one error."""
     from minimoe.kernels.dense_gemv import dense_gemv

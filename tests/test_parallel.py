@@ -385,6 +385,20 @@ def test_a_nested_region_pauses_the_outer_one():
     assert t["all_reduce"]["ms"] > 2 * t["attention"]["ms"] and t["attention"]["calls"] == 1
 
 
+@pytest.mark.parametrize("extra, message", [
+    (["--pdl", "on"], "--pdl on needs sm90+ GPUs"),                       # argparse: before any process group
+    ([], "--ep / --tp need several processes: launch with torchrun"),     # not under torchrun: one line, exit 2
+])
+def test_bench_parallel_script_refuses_in_one_line(extra, message, tmp_path):
+    import subprocess
+    script = PACKAGE.parent / "scripts" / "bench_parallel.py"
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")}
+    run = subprocess.run([sys.executable, str(script), "--model", "olmoe-tiny", "--out", str(tmp_path), "--smoke",
+                          *extra], capture_output=True, text=True, timeout=120, env=env)
+    lines = [ln for ln in run.stderr.strip().splitlines() if ln.strip()]
+    assert run.returncode == 2 and message in lines[-1] and "Traceback" not in run.stderr, run.stderr
+
+
 def test_only_the_parallel_files_call_torch_distributed():
     users = sorted(p.name for p in PACKAGE.rglob("*.py") if "torch.distributed" in p.read_text())
     assert users == ["allreduce.py", "dispatch.py", "parallel.py", "tensor_parallel.py"]

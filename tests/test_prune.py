@@ -426,7 +426,8 @@ def test_prune_cli_writes_a_checkpoint_and_reuses_statistics(checkpoint, tmp_pat
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--method", "magic", "--ratio", "0.25"], "--method magic: inter-expert pruning ranks by"),
+    (["--method", "magic", "--ratio", "0.25"],
+     "--method magic: choose frequency | gate | reap | random (drop experts) or width"),
     (["--method", "reap", "--ratio", "1.5"], "between 0 and 1"),
     (["--method", "width", "--ratio", "0.25", "--per-layer", "global"], "one width in every layer"),
     (["--method", "reap", "--ratio", "0.25"], "needs the checkpoint's tokenizer"),

@@ -22,10 +22,12 @@ def test_wheel_installs_and_generates_from_outside_the_checkout(tmp_path):
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(dist),
                     str(ROOT)], check=True, capture_output=True, timeout=300)
     (wheel,) = dist.glob("minimoe-*.whl")
-    with zipfile.ZipFile(wheel) as z:                  # the fused MoE's tuned launch tables ship as package data
-        shipped = {n for n in z.namelist() if n.startswith("minimoe/kernels/configs/") and n.endswith(".json")}
+    with zipfile.ZipFile(wheel) as z:
+        names = z.namelist()
+    shipped = {n for n in names if n.startswith("minimoe/kernels/configs/") and n.endswith(".json")}
     tuned = {f"minimoe/kernels/configs/{p.name}" for p in (ROOT / "minimoe" / "kernels" / "configs").glob("*.json")}
-    assert tuned and shipped == tuned, sorted(tuned ^ shipped)
+    assert tuned and shipped == tuned, sorted(tuned ^ shipped)    # the fused MoE's tuned launch tables ship
+    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names), "the license text ships"
     env_dir = tmp_path / "venv"
     venv.EnvBuilder(with_pip=False).create(env_dir)
     python = env_dir / "bin" / "python"

@@ -22,8 +22,9 @@ from .pdl import launch_args
 def dense_config(N: int, D: int) -> dict:
     """dense_gemv's tile for W [N, D] at batch 1, from the H200 sweep (scripts/bench_gemv.py, 10 tiles x 16
     projection shapes of Qwen3-0.6B / 1.7B, OLMoE, Mixtral, Qwen3-30B-A3B; docs/results/2026-11-30-s5):
-    always 4096 weights (8 KB) a step, 4 warps, 3 stages; long reductions (D >= 2N) and vocabulary heads
-    take [4, 1024], wide outputs (N > 2.5 D) or short rows (D <= 1024) [16, 256], the rest [8, 512]."""
+    always 4096 weights a step (8 KB in a 16-bit dtype), 4 warps, 3 stages; short rows (D <= 1024, checked
+    first) or wide outputs (2.5 D < N < 16 D) take [BLOCK_N, BLOCK_K] = [16, 256], long reductions (D >= 2N)
+    and vocabulary heads (N >= 16 D) [4, 1024], the rest [8, 512]; BLOCK_K at most D's next power of two."""
     if not on_gpu():
         return {"BLOCK_N": 16, "BLOCK_K": 32, "num_warps": 4, "num_stages": 1}
     if D <= 1024 or 2.5 * D < N < 16 * D:
@@ -47,9 +48,14 @@ def dense_gemv(x: torch.Tensor, weight: torch.Tensor, config: dict | None = None
     a second layer on the same x in the same launch -> [T, N + N2] = [x Wᵀ, x Wbᵀ] (the two outputs side by
     side: slice them). prefetch_bytes (with pdl, on an sm90+ GPU; measured slower than
     PDL alone, docs/results/2026-12-01-s9 call 4): the L2 prefetch of each weight row's first bytes before
-    the kernel waits for its predecessor (rounded down to 16, at most the row). Raises ValueError for
-    prefetch_bytes without pdl, off a GPU, or with rows that are not 16-byte aligned; for a bias that is not
-    [N]; for a second weight with another K, dtype or device, or beside a bias."""
+    the kernel waits for its predecessor (rounded down to 16, at most the row). Raises ValueError for an x
+    and W that are not 2-D with the same K, dtype and device and a unit last stride; for prefetch_bytes
+    without pdl, off a GPU, or with rows that are not 16-byte aligned; for a bias that is not [N]; for a
+    second weight with another K, dtype or device, or beside a bias."""
+    if (x.dim() != 2 or weight.dim() != 2 or x.shape[1] != weight.shape[1] or x.dtype != weight.dtype
+            or x.device != weight.device or x.stride(1) != 1 or weight.stride(1) != 1):
+        raise ValueError(f"dense_gemv: x {tuple(x.shape)} {x.dtype} and W {tuple(weight.shape)} {weight.dtype} need "
+                         "the same K, dtype and device, and unit last strides")
     T, K = x.shape
     N = weight.shape[0]
     if bias is not None and (bias.shape != (N,) or not bias.is_contiguous() or bias.device != x.device):

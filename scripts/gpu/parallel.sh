@@ -23,10 +23,14 @@ DIR=${1:?usage: parallel.sh OUTDIR [--smoke]}
 SMOKE=${2:-}
 mkdir -p "$DIR"
 R=$(mktemp -d)
-export PYTHONUNBUFFERED=1 TQDM_DISABLE=1 OMP_NUM_THREADS=4
+export PYTHONUNBUFFERED=1 TQDM_DISABLE=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-4}
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1   # NVLink multicast stays off
 BS=${BS:-1 16 64}; DESIGNS=${DESIGNS-allgather padded alltoall}; ALLREDUCE=${ALLREDUCE:-nccl symm}; PDL=${PDL:-auto}
-[ "${2:-}" = "--smoke" ] && ALLREDUCE=nccl PDL=auto             # symmetric memory and PDL need GPUs
+case "$PDL" in auto|on|off) ;; *) echo "parallel.sh: PDL=$PDL: choose auto, on or off" >&2; exit 2;; esac
+if [ "${2:-}" = "--smoke" ]; then                                # symmetric memory and PDL need GPUs
+  [ "$PDL" = on ] && echo "parallel.sh: PDL=on ignored under --smoke (CPUs have no PDL): PDL=auto" >&2
+  ALLREDUCE=nccl PDL=auto
+fi
 COMMON="--bs $BS --designs $DESIGNS --allreduce $ALLREDUCE --pdl $PDL --output-len ${OUT_LEN:-128} --eager-output-len ${EAGER_OUT_LEN:-16} --warmup ${WARMUP:-1} --iters 1 --out $R --ceilings $R/ceilings.json"
 if [ "$SMOKE" = "--smoke" ]; then
   MODELS=${MODELS:-olmoe-tiny mixtral-tiny}; COMMON="$COMMON --smoke"; CAPS="olmoe-tiny:240 mixtral-tiny:240"
@@ -38,6 +42,7 @@ else
 fi
 cap() { for c in $CAPS; do [ "${c%%:*}" = "$1" ] && echo "${c##*:}" && return; done; echo 120; }
 {
+  echo "# parallel.sh: MODELS=\"$MODELS\" BS=\"$BS\" DESIGNS=\"$DESIGNS\" ALLREDUCE=\"$ALLREDUCE\" PDL=$PDL OUT_LEN=${OUT_LEN:-128}"
   cat "$R/gpus.txt" 2>/dev/null
   for m in $MODELS; do
     echo "=== $m ($(date +%T), cap $(cap $m) s)"
