@@ -112,7 +112,7 @@ def experts_grouped(x, experts: Experts, ids, weights, pdl: bool = False):
     if T == 0:                                                        # nothing routed here (an idle EP rank)
         return torch.zeros_like(x)
     w13, w2 = experts.stacked()
-    with region("dispatch"):
+    with region("permute"):
         local = ids.reshape(-1) - experts.expert_offset               # [T*K]
         key = torch.where((local >= 0) & (local < E), local, E)       # foreign or skipped experts sort last
         order = torch.argsort(key, stable=True)                       # [T*K]
@@ -124,7 +124,7 @@ def experts_grouped(x, experts: Experts, ids, weights, pdl: bool = False):
     with region("experts"):
         gate, up = _grouped_mm(xs, w13, offs).split(I, dim=-1)        # [T*K, I] each
         y = _grouped_mm(F.silu(gate) * up, w2, offs)                  # [T*K, D]
-    with region("combine"):
+    with region("unpermute"):
         w = weights.reshape(-1)[order, None]                          # [T*K, 1] float32
         # rows past offs[-1] (foreign experts) were never written by the GEMM: select, don't multiply
         y = torch.where((key[order] < E)[:, None], y * w, 0.0)

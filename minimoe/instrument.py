@@ -19,8 +19,10 @@ from collections import defaultdict
 
 import torch
 
-REGIONS = ("embed", "attention", "norm", "router", "dispatch", "experts", "combine", "shared",
-           "dense", "lm_head", "sample", "all_to_all", "all_reduce")   # dense = the FFN of a non-MoE layer
+REGIONS = ("embed", "attention", "norm", "router", "dispatch", "permute", "experts", "unpermute", "combine",
+           "shared", "dense", "lm_head", "sample", "all_to_all", "all_reduce")   # dense = a non-MoE layer's FFN
+# dispatch / combine: expert parallelism's token exchanges (dispatch.py); permute / unpermute: the grouped
+# path's local sort of token-expert pairs and its weighted sum back (experts.py)
 
 _NULL = contextlib.nullcontext()
 _active: "Profiler | None" = None

@@ -39,9 +39,9 @@ def expected_calls(cfg, experts: str = "loop") -> dict:
     shared = moe if cfg.shared_intermediate_size else 0
     calls = {"embed": 1, "attention": L, "norm": 2 * L + 1, "router": moe, "experts": moe, "dense": L - moe,
              "shared": shared, "lm_head": 1, "sample": 1}
-    if experts == "grouped":      # the grouped path adds its own dispatch and combine around the GEMMs
-        calls["dispatch"] = moe
-        calls["combine"] = moe
+    if experts == "grouped":      # the grouped path adds its own permute and unpermute around the GEMMs
+        calls["permute"] = moe
+        calls["unpermute"] = moe
     return {k: v for k, v in calls.items() if v}
 
 
