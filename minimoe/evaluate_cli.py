@@ -63,6 +63,8 @@ def run(args) -> dict:
         s = resolve_settings(run_settings.from_args(args))
     except ValueError as err:
         raise UsageError(str(err)) from None
+    if s.draft is not None:                          # scoring is teacher-forced: nothing to draft
+        raise UsageError("--draft is a decoding setting; eval scores the text teacher-forced (no decoding)")
     cfg, folder = read_config(args.model)
     check_settings(s, cfg)
     prune = prune_cli.prune_request(args)           # --prune: checked before the model is built

@@ -252,6 +252,8 @@ def _check_flags(args) -> PruneRequest:
 def run(args) -> dict:
     req = _check_flags(args)
     s = resolve_settings(run_settings.from_args(args))
+    if s.draft is not None:
+        raise UsageError("--draft is a decoding setting; prune calibrates teacher-forced (no decoding)")
     cfg, folder = read_config(args.model)
     check_settings(s, cfg)
     ckpt = open_weights(args.weights, folder, torch.device("meta"))

@@ -99,6 +99,8 @@ class RunSettings:
                              f"--quant {s.quant}, --ep {s.ep}, --tp {s.tp})")
         if s.allreduce == "auto":                            # symm measured faster at every batch (parallelism.md)
             s.allreduce = "symm" if _symm_fits(s, gpu) else "nccl"
+        if s.dispatch != "allgather" and s.ep == 1:        # the default design is the only one taken silently
+            raise ValueError(f"--dispatch {s.dispatch} is expert parallelism's token exchange: it needs --ep 2 or more")
         if s.allreduce == "symm" and s.tp == 1:
             raise ValueError("--allreduce symm is the tensor-parallel all-reduce: it needs --tp 2 or more")
         if s.allreduce == "symm" and not gpu:

@@ -28,7 +28,8 @@ def draft_config(s: RunSettings) -> tuple[ModelConfig, RunSettings]:
     (router, top-k, skipping, quantization, parallel plans). Raises CheckpointError (a ValueError)."""
     cfg, _ = read_config(s.draft)
     ds = dataclasses.replace(s, experts=s.experts if cfg.is_moe else "loop", router=None, top_k=None,
-                             skip_threshold=0.0, quant="none", quant_lm_head=False, ep=1, tp=1, draft=None,
+                             skip_threshold=0.0, quant="none", quant_lm_head=False, ep=1, tp=1,
+                             dispatch="allgather", allreduce="nccl", draft=None,
                              draft_weights="auto", gamma="0", draft_accept=None)
     return cfg, ds
 

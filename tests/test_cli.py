@@ -72,7 +72,17 @@ BAD_INPUT = {
                             "--prompt/--prompt-file need a checkpoint with tokenizer files"),
     "missing_weights_dir": (["--model", "olmoe-tiny", "--prompt-ids", "1", "--weights", "/no/such/dir"],
                             "weights directory /no/such/dir does not exist"),
+    "dispatch_without_ep": (["--model", "olmoe-tiny", "--prompt-ids", "1", "--dispatch", "padded"],
+                            "--dispatch padded is expert parallelism's token exchange: it needs --ep 2 or more"),
 }
+
+
+@pytest.mark.parametrize("command", ["eval", "prune"])
+def test_a_draft_model_outside_decoding_is_refused(command, capsys, tmp_path):
+    extra = ["--method", "gate", "--ratio", "0.25", "--out", str(tmp_path / "p")] if command == "prune" else []
+    rc = main([command, "--model", "olmoe-tiny", "--draft", "olmoe-tiny", "--gamma", "2", *extra])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "--draft is a decoding setting" in err[0], err
 
 
 @pytest.mark.parametrize("case", BAD_INPUT)
