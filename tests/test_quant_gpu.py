@@ -77,3 +77,22 @@ def test_pair_ptx_equals_dequantize_then_matmul(fmt, scale):
             assert torch.isfinite(got).all()
             err = ((got.float() - ref).norm() / ref.norm()).item()
             assert err < 1e-2, (T, cfg, err)
+
+
+@pytest.mark.parametrize("method", ["gptq", "awq"])
+def test_int4_checkpoint_on_the_gpu_matches_its_dequantized_weights(method, tmp_path):
+    """A GPTQ / AWQ checkpoint (prequant_int4.py) through the GPU int4 kernels, zero points included (fused experts,
+    the dense int4 GEMV at decode sizes, the graphed step), against its dequantized weights in bf16."""
+    pytest.importorskip("transformers")
+    from conftest import rel_err
+    from test_quant_prequant_int4 import make_tiny, write_int4
+    q_dir, deq_dir = write_int4(make_tiny("qwen2_moe", tmp_path / "src"), tmp_path, method)
+    s = RunSettings(experts="fused", device="cuda")
+    model, cfg, _ = build_model(str(q_dir), "auto", dtype=torch.bfloat16, device="cuda", settings=s)
+    oracle, _, _ = build_model(str(deq_dir), "auto", dtype=torch.bfloat16, device="cuda",
+                               settings=RunSettings(experts="fused", device="cuda"))
+    assert cfg.extra["weight_format"]["quant"] == "int4-zp" and model.layers[0].attn.wqkv.weight.use_kernels
+    prompts = torch.randint(0, cfg.vocab_size, (2, 7), device="cuda")
+    got = Generator(model, 2, 8).append(prompts)
+    assert rel_err(got, Generator(oracle, 2, 8).append(prompts)) < 3e-2
+    assert torch.equal(_tokens(model, prompts, 8, graphs=True), _tokens(model, prompts, 8, graphs=False))
