@@ -31,6 +31,7 @@ import torch
 import torch.nn as nn
 
 from . import checkpoint_names, prequant_int4
+from .checkpoint import CheckpointError
 from .experts import Experts
 from .linear import Linear
 from .qexperts import QuantExperts
@@ -86,20 +87,17 @@ def _parts(alternative) -> list[str]:
     return [n for p in alternative for n in ([p] if isinstance(p, str) else p)]
 
 
-def _block_rows(names: list[str], shape) -> int:
-    return sum(-(-shape(n)[0] // FP8_BLOCK) for n in names)
-
-
 def swap_(model: nn.Module, ckpt, placement=None) -> None:
     """On the meta model: every Linear / Experts whose checkpoint weights all carry scales gets a twin in the
     checkpoint's format: fp8 (codes [.., N, K] e4m3, scales [.., block rows, ceil(K/128)]) or, through
     `view`, int4 (prequant_int4.meta_matrix: codes [.., N, K/8], scales and zero points [.., N, K/128]).
-    Run after a parallel plan's placement (the shapes are then this rank's): an int4 twin's tensors are cut
-    where its dense parameter was (a K cut on a group boundary, prequant_int4.meta_matrix checks it), and an
-    Experts twin takes over the plan's hooks (quant.swap_module)."""
+    Run after a parallel plan's placement (the shapes are then this rank's): a twin's tensors are cut where
+    its dense parameter was, on whole groups / blocks (prequant_int4.meta_matrix and `_fp8_parts` check it,
+    CheckpointError), and an Experts twin takes over the plan's hooks (quant.swap_module)."""
     recipes = checkpoint_names.weight_names(model.cfg)
     have, shape = set(ckpt.where), ckpt.shape
     int4 = int4_scheme(model.cfg) is not None
+    shards = placement.shards if placement is not None else {}
     for name, module in list(model.named_modules()):
         for attr, child in list(module.named_children()):
             full = f"{name}.{attr}" if name else attr
@@ -107,9 +105,11 @@ def swap_(model: nn.Module, ckpt, placement=None) -> None:
                 names = _parts(recipes.get(full + ".weight", [[]])[0])
                 if names and all(_scale_name(n, int4) in have for n in names):
                     N, K = child.weight.shape
-                    q = prequant_int4.meta_matrix(QuantWeight, (), N, K, names[0]) if int4 else \
-                        _meta_matrix(QuantWeight, (N, K), (_block_rows(names, shape), -(-K // FP8_BLOCK)),
-                                     [shape(n)[0] for n in names])
+                    if int4:
+                        q = prequant_int4.meta_matrix(QuantWeight, (), N, K, names[0])
+                    else:
+                        parts = _fp8_parts(names, shape, shards.get(full + ".weight"), 0, K)
+                        q = _meta_matrix(QuantWeight, (N, K), (_blocks(parts), -(-K // FP8_BLOCK)), parts)
                     del child.weight
                     child.weight = q
                     _place_parts(placement, full + ".weight", q)
@@ -117,7 +117,8 @@ def swap_(model: nn.Module, ckpt, placement=None) -> None:
                 per_expert = recipes[full + ".w13"][0]
                 if isinstance(per_expert[0], list) and all(_scale_name(n, int4) in have for n in _parts(per_expert)):
                     make = _meta_experts_int4 if int4 else _meta_experts
-                    twin = make(child, recipes[full + ".w2"][0], per_expert, shape)
+                    twin = make(child, recipes[full + ".w2"][0], per_expert, shape,
+                                shards.get(full + ".w13"), shards.get(full + ".w2"))
                     swap_module(module, attr, child, twin)
                     _place_parts(placement, full + ".w13", twin.w13)
                     _place_parts(placement, full + ".w2", twin.w2)
@@ -140,16 +141,36 @@ def _meta_matrix(cls, code_shape, scale_shape, parts: list[int]) -> QuantMatrix:
     return m
 
 
-def _meta_experts(ex: Experts, down: list, gate_up: list, shape) -> QuantExperts:
+def _fp8_parts(names: list[str], shape, cut, lead: int, K: int) -> list[int]:
+    """This rank's rows of each concatenated part of an fp8 block-scaled weight (the checkpoint's rows, or
+    their piece when a tensor-parallel `cut` (dim, index, count) splits the rows). A cut must fall on 128 x 128
+    block boundaries: rows (dim lead) of every part and the reduction K (dim lead + 1) in whole blocks per
+    rank; else CheckpointError naming the tensor."""
+    dim, count = (cut[0] - lead, cut[2]) if cut else (None, 1)
+    rows = [shape(n)[0] for n in names]
+    bad = next((n for n, r in zip(names, rows) if r % (FP8_BLOCK * count)), None) if dim == 0 and count > 1 else \
+        (names[0] if dim == 1 and count > 1 and K % FP8_BLOCK else None)
+    if bad is not None:
+        raise CheckpointError(f"{bad}: --tp {count} would cut its {FP8_BLOCK}x{FP8_BLOCK} scale blocks (each rank's "
+                              "rows and inputs must be whole blocks); run this fp8 checkpoint with fewer ranks")
+    return [r // count for r in rows] if dim == 0 else rows
+
+
+def _blocks(parts: list[int]) -> int:
+    return sum(-(-n // FP8_BLOCK) for n in parts)
+
+
+def _meta_experts(ex: Experts, down: list, gate_up: list, shape, cut13=None, cut2=None) -> QuantExperts:
     E, two_i, D = ex.w13.shape
     I = ex.w2.shape[2]
-    w13 = _meta_matrix(QuantMatrix, (E, two_i, D), (_block_rows(gate_up[0], shape), -(-D // FP8_BLOCK)),
-                       [shape(n)[0] for n in gate_up[0]])
-    w2 = _meta_matrix(QuantMatrix, (E, D, I), (_block_rows(down[0], shape), -(-I // FP8_BLOCK)), [D])
+    parts13 = _fp8_parts(gate_up[0], shape, cut13, 1, D)                 # [E, 2I, D]: dim 1 = the parts' rows
+    w13 = _meta_matrix(QuantMatrix, (E, two_i, D), (_blocks(parts13), -(-D // FP8_BLOCK)), parts13)
+    parts2 = _fp8_parts(down[0], shape, cut2, 1, I)                      # [E, D, I]: a TP cut is on I (dim 2)
+    w2 = _meta_matrix(QuantMatrix, (E, D, I), (_blocks(parts2), -(-I // FP8_BLOCK)), parts2)
     return QuantExperts(w13, w2, ex.w13.dtype, ex.expert_offset, ex.settings)
 
 
-def _meta_experts_int4(ex: Experts, down: list, gate_up: list, shape) -> QuantExperts:
+def _meta_experts_int4(ex: Experts, down: list, gate_up: list, shape, cut13=None, cut2=None) -> QuantExperts:
     E, two_i, D = ex.w13.shape
     I = ex.w2.shape[2]
     w13 = prequant_int4.meta_matrix(QuantMatrix, (E,), two_i, D, gate_up[0][0])

@@ -146,10 +146,7 @@ def check_quant(s, cfg) -> str | None:
         kind = cfg.extra["quantization_config"].get("quant_method")
         if s.quant != "none":
             return f"--quant {s.quant}: this checkpoint is already quantized ({kind}) and runs as stored; use --quant none"
-        if s.ep * s.tp > 1 and kind not in ("gptq", "awq"):   # fp8's block scales would be cut mid-block
-            return (f"--ep / --tp with a pre-quantized ({kind}) checkpoint are not supported together; "
-                    "start from the bf16 checkpoint with --quant FORMAT, which each rank applies to its own shard")
-        return None
+        return None             # under a plan each rank reads its pieces, cut on whole groups / blocks (prequant.py)
     if s.quant == "none":
         return None
     device = s.torch_device

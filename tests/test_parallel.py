@@ -1,4 +1,4 @@
-"""Guards expert and tensor parallelism: under gloo with 2 and 4 processes every plan (EP with each dispatch design, TP, TP+EP) gives one process's greedy tokens and logits within fp32 rounding, also with all tokens forced onto one rank's experts; `--quant` under a plan (each rank quantizes its shard: EP exactly one process's result, TP within the format's error) and GPTQ / AWQ checkpoints under a plan (exactly one process's); plus the plan's checks, row split, random-weight slicing and packing."""
+"""Guards expert and tensor parallelism: under gloo with 2 and 4 processes every plan (EP with each dispatch design, TP, TP+EP) gives one process's greedy tokens and logits within fp32 rounding, also with all tokens forced onto one rank's experts; `--quant` under a plan (each rank quantizes its shard: EP exactly one process's result, TP within the format's error) and pre-quantized GPTQ / AWQ / fp8 checkpoints under a plan (exactly one process's); plus the plan's checks, row split, random-weight slicing and packing."""
 from __future__ import annotations
 
 import json
@@ -130,7 +130,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
             h.remove()
     if world == 2:
         results.update(_quantized(prompts))
-        results.update(_int4_checkpoints(prompts, out_dir))
+        results.update(_prequantized_checkpoints(prompts, out_dir))
         _clis(out_dir)
     Path(out_dir, f"rank{rank}.json").write_text(json.dumps(results))
 
@@ -174,11 +174,12 @@ def _quantized(prompts) -> dict:
     return out
 
 
-# GPTQ / AWQ checkpoints under a plan: each rank reads its experts and its pieces of the codes, scales and zero
-# points (group-aligned cuts), so every plan computes one process's int4 model exactly. Written by the parent
-# (`_run_group`) with hidden 256 and expert width 256, so that TP2's K cuts (o: 256 -> 128, down: 256 -> 128) fall
-# on group boundaries.
-INT4_CASES = [("mixtral", "gptq", 2, 1), ("mixtral", "gptq", 1, 2), ("qwen2_moe", "awq", 1, 2)]
+# Pre-quantized checkpoints under a plan (GPTQ / AWQ int4, fp8 128x128 blocks): each rank reads its experts and
+# its pieces of the codes, scales and zero points (cuts on whole groups / blocks), so every plan computes one
+# process's quantized model exactly. Written by the parent (`_run_group`) with hidden 256 and expert width 256, so
+# that TP2's cuts (o and down inputs 256 -> 128; fp8's k/v rows: 4 heads of 64 -> 128) fall on whole groups / blocks.
+CKPT_CASES = [("mixtral", "gptq", 2, 1), ("mixtral", "gptq", 1, 2), ("qwen2_moe", "awq", 1, 2),
+              ("mixtral", "fp8", 2, 1), ("mixtral", "fp8", 1, 2)]   # fp8: 128x128 blocks (k/v: 4 heads of 64)
 
 
 def ikey(case) -> str:
@@ -186,19 +187,21 @@ def ikey(case) -> str:
     return f"checkpoint {method} {family} ep{ep} tp{tp}"
 
 
-def _write_int4_checkpoints(out: Path) -> None:
+def _write_prequantized_checkpoints(out: Path) -> None:
+    from test_quant_prequant import write_fp8_checkpoint
     from test_quant_prequant_int4 import make_tiny, write_int4
-    for family, method in {(f, m) for f, m, _, _ in INT4_CASES}:
+    for family, method in {(f, m) for f, m, _, _ in CKPT_CASES}:
         folder = out / f"{family}-{method}"
         folder.mkdir()
-        write_int4(make_tiny(family, folder / "src", hidden=256, width=256), folder, method)
+        src = make_tiny(family, folder / "src", hidden=256, width=256, kv_heads=4 if method == "fp8" else 2)
+        (write_fp8_checkpoint if method == "fp8" else lambda s, d: write_int4(s, d, method))(src, folder)
 
 
-def _int4_checkpoints(prompts, out_dir: str) -> dict:
+def _prequantized_checkpoints(prompts, out_dir: str) -> dict:
     out = {}
-    for case in INT4_CASES:
+    for case in CKPT_CASES:
         family, method, ep, tp = case
-        q_dir = str(Path(out_dir, f"{family}-{method}", "q"))
+        q_dir = str(Path(out_dir, f"{family}-{method}", "fp8" if method == "fp8" else "q"))
         s = RunSettings(device="cpu", dtype="fp32", experts="loop")
         one = build_model(q_dir, "auto", dtype=torch.float32, device="cpu", settings=s)[0]
         with torch.inference_mode():
@@ -206,7 +209,8 @@ def _int4_checkpoints(prompts, out_dir: str) -> dict:
         s = RunSettings(device="cpu", dtype="fp32", experts="loop", ep=ep, tp=tp)
         model = build_model(q_dir, "auto", dtype=torch.float32, device="cpu", settings=s)[0]
         r = _compare(want, model, prompts % 128, STEPS, generate=False)
-        r["int4"] = all(m.w13.bits == 4 for m in model.modules() if type(m).__name__ == "QuantExperts") and \
+        bits = 0 if method == "fp8" else 4
+        r["format"] = all(m.w13.bits == bits for m in model.modules() if type(m).__name__ == "QuantExperts") and \
             type(model.layers[0].attn.wo.weight).__name__ == "QuantWeight"
         out[ikey(case)] = r
     return out
@@ -235,7 +239,7 @@ def _run_group(world: int, tmp_path_factory) -> dict:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     if world == 2:
-        _write_int4_checkpoints(out)
+        _write_prequantized_checkpoints(out)
     mp.start_processes(_worker, args=(world, port, str(out)), nprocs=world, start_method="spawn")
     return {**{r: json.loads((out / f"rank{r}.json").read_text()) for r in range(world)}, "dir": str(out)}
 
@@ -281,11 +285,11 @@ def test_quantized_weights_under_a_plan_match_one_process(case, group2):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", INT4_CASES, ids=ikey)
-def test_int4_checkpoints_under_a_plan_match_one_process(case, group2):
+@pytest.mark.parametrize("case", CKPT_CASES, ids=ikey)
+def test_prequantized_checkpoints_under_a_plan_match_one_process(case, group2):
     for rank in range(2):
         r = group2[rank][ikey(case)]
-        assert r["int4"] and r["err"] <= TOL and r["tokens"], (rank, r)
+        assert r["format"] and r["err"] <= TOL and r["tokens"], (rank, r)
 
 
 def test_bench_and_generate_run_under_two_processes(group2, tmp_path_factory):

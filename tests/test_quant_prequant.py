@@ -22,7 +22,7 @@ FP8_CONFIG = {"quant_method": "fp8", "weight_block_size": [128, 128], "activatio
 def quantized(name: str, t: torch.Tensor) -> bool:
     """What DeepSeek-V3's release stores in fp8: every linear but the router, embeddings and the head."""
     return t.dim() == 2 and name.endswith(".weight") and not any(
-        k in name for k in ("embed_tokens", "lm_head", "mlp.gate.weight", "norm"))
+        k in name for k in ("embed_tokens", "lm_head", "mlp.gate.weight", "block_sparse_moe.gate.weight", "norm"))
 
 
 def write_fp8_checkpoint(src, dst, with_config=True):

@@ -31,11 +31,12 @@ TINY = {
 ROUTERS = ("block_sparse_moe.gate.weight", "mlp.gate.weight", "shared_expert_gate.weight")
 
 
-def make_tiny(family, folder, hidden=128, width=128):
+def make_tiny(family, folder, hidden=128, width=128, kv_heads=2):
     """A tiny transformers model of `family` with dims that are multiples of the group, saved to `folder`."""
     import transformers
     config_cls, model_cls, kw = TINY[family]
-    kw = {**kw, ("intermediate_size" if family == "mixtral" else "moe_intermediate_size"): width}
+    kw = {**kw, ("intermediate_size" if family == "mixtral" else "moe_intermediate_size"): width,
+          "num_key_value_heads": kv_heads}
     config = getattr(transformers, config_cls)(vocab_size=128, hidden_size=hidden, num_hidden_layers=2,
                                                num_attention_heads=4, max_position_embeddings=64,
                                                bos_token_id=None, eos_token_id=None, pad_token_id=None, **kw)
@@ -200,12 +201,23 @@ def test_dummy_weights_of_an_int4_config_get_int4_with_zero_points(tiny_hf, tmp_
     assert w2.bits == 4 and w2.group == G and w2.zero is not None
 
 
-def test_a_plan_on_an_fp8_checkpoint_is_refused_naming_the_way_that_works(tiny_hf, tmp_path, monkeypatch):
-    from minimoe.runtime import UsageError, check_settings
+def test_pre_quantized_checkpoints_pass_the_plan_checks(tiny_hf, tmp_path, monkeypatch):
+    """Each rank reads its pieces (test_parallel.py runs them); the settings checks let both kinds through."""
+    from minimoe.runtime import check_settings
     q_dir, _ = write_int4(tiny_hf("mixtral"), tmp_path, "gptq")
     cfg = config_from_hf(json.loads((q_dir / "config.json").read_text()))
     fp8 = dataclasses.replace(cfg, extra={**cfg.extra, "quantization_config": {"quant_method": "fp8"}})
-    with pytest.raises(UsageError, match=r"pre-quantized \(fp8\) checkpoint are not supported together.*--quant"):
-        check_settings(RunSettings(device="cpu", ep=2).resolve(), fp8)
     monkeypatch.setenv("WORLD_SIZE", "2")
-    check_settings(RunSettings(device="cpu", ep=2).resolve(), cfg)     # int4 kinds run under plans (test_parallel)
+    for c in (cfg, fp8):
+        check_settings(RunSettings(device="cpu", ep=2).resolve(), c)
+
+
+def test_an_fp8_tensor_parallel_cut_must_fall_on_whole_blocks():
+    from minimoe.prequant import _fp8_parts
+    shape = {"q": [256, 256], "k": [128, 256]}.__getitem__
+    assert _fp8_parts(["q"], shape, (0, 1, 2), 0, 256) == [128]              # rows: 256 -> 128 a rank
+    assert _fp8_parts(["q", "k"], shape, None, 0, 256) == [256, 128]          # no cut: the checkpoint's rows
+    with pytest.raises(CheckpointError, match="k: --tp 2 would cut its 128x128 scale blocks"):
+        _fp8_parts(["q", "k"], shape, (0, 0, 2), 0, 256)                      # k: 64 rows a rank
+    with pytest.raises(CheckpointError, match="--tp 2 would cut"):
+        _fp8_parts(["q"], shape, (1, 0, 2), 0, 64)                            # inputs 128 -> 64 a rank
