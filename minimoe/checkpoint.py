@@ -21,13 +21,11 @@ import torch
 
 from . import cards
 from .config import ModelConfig
+from .config_fields import CheckpointError  # noqa: F401  (defined there, below families and prequant: no cycle)
 from .families import config_from_hf
 
 HUB_PATTERNS = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.tiktoken", "*.txt"]
 
-
-class CheckpointError(ValueError):
-    pass
 
 
 def resolve(model: str) -> tuple[dict, Path | None]:

@@ -17,6 +17,10 @@ from __future__ import annotations
 from .config import ModelConfig, yarn_mscale
 
 
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded as it stands (checkpoint.py, loader.py, prequant*.py): one sentence."""
+
+
 class ConfigError(ValueError):
     """config.json holds a value minimoe cannot use; the message names the field."""
 

@@ -59,12 +59,12 @@ def run(args) -> dict:
         raise UsageError("need --window >= 2, 0 < --stride < --window and --batch-size >= 1")
     check_output_path(args.json, "--json")
     check_output_path(args.heatmap, "--heatmap")
+    if getattr(args, "draft", None) is not None:     # scoring is teacher-forced: nothing to draft
+        raise UsageError("--draft is a decoding setting; eval scores the text teacher-forced (no decoding)")
     try:
         s = resolve_settings(run_settings.from_args(args))
     except ValueError as err:
         raise UsageError(str(err)) from None
-    if s.draft is not None:                          # scoring is teacher-forced: nothing to draft
-        raise UsageError("--draft is a decoding setting; eval scores the text teacher-forced (no decoding)")
     cfg, folder = read_config(args.model)
     check_settings(s, cfg)
     prune = prune_cli.prune_request(args)           # --prune: checked before the model is built
@@ -78,6 +78,9 @@ def run(args) -> dict:
     text = _text(args)
     bos = cfg.bos_token_id if cfg.bos_token_id is not None else (cfg.eos_token_ids or (0,))[0]
     ids = torch.tensor([bos] + tok(text, add_special_tokens=False, verbose=False)["input_ids"], dtype=torch.long)
+    if ids.numel() and int(ids.max()) >= cfg.vocab_size:
+        raise UsageError(f"the tokenizer beside {args.model} gives id {int(ids.max())}, outside the model's vocabulary "
+                         f"of {cfg.vocab_size}: it is not this model's tokenizer")
     model, cfg, folder = build_model(args.model, args.weights, dtype=s.torch_dtype, device=s.device, settings=s,
                                      seed=s.seed)
     pruned = None

@@ -67,7 +67,8 @@ def plan_checkpoint(model: Transformer, ckpt, placement: Placement | None = None
             misshaped.append(f"{name}: expected {want}, checkpoint gives {got or 'parts of different shapes'} "
                              f"({_describe_misshape(pieces, ckpt.shape, want)})")
         chosen[name] = pieces
-    unexpected = sorted(n for n in have - claimed if not ignored_name(model.cfg, n))
+    skippable = getattr(ckpt, "ignorable", lambda n: False)          # prequant_int4.Int4View: zero biases
+    unexpected = sorted(n for n in have - claimed if not ignored_name(model.cfg, n) and not skippable(n))
     if any(n.endswith("weight_scale_inv") for n in unexpected):
         raise CheckpointError("this checkpoint stores FP8 block-quantized weights (weight_scale_inv) but its "
                               "config.json has no quantization_config {quant_method: fp8, weight_block_size: "

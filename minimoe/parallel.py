@@ -28,6 +28,7 @@ data-parallel attention with expert-parallel MoE (arXiv 2412.19437 §3.4).
 """
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import datetime
 import math
@@ -75,11 +76,17 @@ def init_distributed(device: str) -> None:
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         raise ValueError("--ep / --tp need several processes: launch with torchrun --nproc-per-node N")
     local = int(os.environ.get("LOCAL_RANK", "0"))
+    atexit.register(_shutdown)           # a process group left to interpreter teardown can abort a rank at exit
     if torch.device(device).type == "cuda":
         torch.cuda.set_device(local)
         dist.init_process_group("nccl", device_id=torch.device("cuda", local))
     else:
         dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=120))
+
+
+def _shutdown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _group(ranks: list[int]):

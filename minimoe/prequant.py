@@ -31,11 +31,11 @@ import torch
 import torch.nn as nn
 
 from . import checkpoint_names, prequant_int4
-from .checkpoint import CheckpointError
+from .config_fields import CheckpointError
 from .experts import Experts
 from .linear import Linear
 from .qexperts import QuantExperts
-from .quant import swap_module
+from .quant import stored_counts as quant_stored_counts, swap_module
 from .qweights import E4M3, FP8_BLOCK, QuantMatrix, QuantWeight
 
 SUPPORTED = ("fp8 checkpoints with 128x128 block scales (quantization_config {quant_method: fp8, "
@@ -98,12 +98,27 @@ def swap_(model: nn.Module, ckpt, placement=None) -> None:
     have, shape = set(ckpt.where), ckpt.shape
     int4 = int4_scheme(model.cfg) is not None
     shards = placement.shards if placement is not None else {}
+    swapped = 0
+
+    def scaled(full: str, names: list[str]) -> bool:
+        """Whether the checkpoint stores these parts quantized: all (True), none (False), or some (an error:
+        minimoe's fused module, e.g. q/k/v or gate/up, holds one format)."""
+        marks = [_scale_name(n, int4) in have for n in names]
+        if any(marks) and not all(marks):
+            raw = {True: [], False: []}
+            for n, m in zip(names, marks):
+                raw[m].append(n.rsplit(".", 1)[0])
+            raise CheckpointError(f"{full}: {', '.join(raw[False][:3])} unquantized but {', '.join(raw[True][:3])} "
+                                  "quantized; minimoe runs each fused module (q/k/v, gate/up, an expert) in one format")
+        return bool(names) and all(marks)
+
     for name, module in list(model.named_modules()):
         for attr, child in list(module.named_children()):
             full = f"{name}.{attr}" if name else attr
             if isinstance(child, Linear) and isinstance(child.weight, torch.Tensor):
                 names = _parts(recipes.get(full + ".weight", [[]])[0])
-                if names and all(_scale_name(n, int4) in have for n in names):
+                if scaled(full, names):
+                    swapped += 1
                     N, K = child.weight.shape
                     if int4:
                         q = prequant_int4.meta_matrix(QuantWeight, (), N, K, names[0])
@@ -115,13 +130,20 @@ def swap_(model: nn.Module, ckpt, placement=None) -> None:
                     _place_parts(placement, full + ".weight", q)
             elif type(child) is Experts:
                 per_expert = recipes[full + ".w13"][0]
-                if isinstance(per_expert[0], list) and all(_scale_name(n, int4) in have for n in _parts(per_expert)):
+                both = _parts(per_expert) + _parts(recipes[full + ".w2"][0])
+                if isinstance(per_expert[0], list) and scaled(full, both):
+                    swapped += 1
                     make = _meta_experts_int4 if int4 else _meta_experts
                     twin = make(child, recipes[full + ".w2"][0], per_expert, shape,
                                 shards.get(full + ".w13"), shards.get(full + ".w2"))
                     swap_module(module, attr, child, twin)
                     _place_parts(placement, full + ".w13", twin.w13)
                     _place_parts(placement, full + ".w2", twin.w2)
+    if not swapped:
+        marker = ".qweight" if int4 else ".weight_scale_inv"
+        method = model.cfg.extra["quantization_config"].get("quant_method")
+        raise CheckpointError(f"config.json has a quantization_config ({method}) but the checkpoint holds no quantized "
+                              f"tensors ({marker}): drop quantization_config to load these weights as they are")
 
 
 def _place_parts(placement, base: str, q: QuantMatrix) -> None:
@@ -208,8 +230,7 @@ def finalize_(model: nn.Module, settings):
         zero = prequant_int4.finalize_(model, settings)
         described = {"quant": "int4-zp" if zero else "int4", "bits_per_weight": 4.5 if zero else 4.25,
                      "lm_head": isinstance(model.lm_head.weight, QuantMatrix), "source": f"checkpoint ({s.method})"}
-        model.cfg = dataclasses.replace(model.cfg, extra={**model.cfg.extra, "weight_format": described})
-        return model.cfg
+        return _record(model, settings, described)
     for m in model.modules():
         if not isinstance(m, QuantMatrix) or not hasattr(m, "block_parts"):
             continue
@@ -227,5 +248,14 @@ def finalize_(model: nn.Module, settings):
         m.row_block = 1
     described = {"quant": "fp8-block", "lm_head": isinstance(model.lm_head.weight, QuantMatrix),
                  "bits_per_weight": 8.0, "source": "checkpoint"}
+    return _record(model, settings, described)
+
+
+def _record(model: nn.Module, settings, described: dict):
+    """The weight format into model.cfg; in one process also the loaded model's own byte counts (what a
+    partially quantized checkpoint really streams), which the roofline reads instead of re-quantizing a
+    meta copy. Under a plan a rank holds a piece, so the meta estimate stays."""
+    if settings.ep * settings.tp == 1:
+        described["stored"] = quant_stored_counts(model)
     model.cfg = dataclasses.replace(model.cfg, extra={**model.cfg.extra, "weight_format": described})
     return model.cfg

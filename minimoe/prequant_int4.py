@@ -8,7 +8,8 @@ The Hub's layouts, for one quantized linear B whose weight is W [N, K] (nn.Linea
       B.qzeros   int32 [K/G, N/8]  packed along N: the zero of (group g, row 8c+i) in bits 4i of qzeros[g, c];
                                    checkpoint_format "gptq" (v1, the default) stores zero - 1, "gptq_v2" the zero
       B.scales   fp16  [K/G, N]
-      B.g_idx    int32 [K]         each input's group: k // G unless desc_act (act-order, refused here)
+      B.g_idx    int32 [K]         each input's group: must be k // G (checked at load; act-order without
+                                   static_groups, whose groups are scattered along K, is refused up front)
     AWQ (AutoAWQ's GEMM layout; quant_method "awq", version "gemm", arXiv 2306.00978)
       B.qweight  int32 [K, N/8]    packed along N, a word's 8 codes in AWQ's order: bits 4i hold column
                                    8c + AWQ_ORDER[i], AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)
@@ -36,7 +37,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .checkpoint import CheckpointError
+from .config_fields import CheckpointError
 from .qweights import INT4_GROUP, QuantMatrix, pack_words, unpack_words
 
 METHODS = ("gptq", "awq")
@@ -67,11 +68,11 @@ def unsupported(qc: dict) -> str | None:
         return (f"{head} with group_size {group!r}: minimoe imports group size {INT4_GROUP} only (its int4 group, "
                 "whose bytes the roofline counts)")
     if method == "gptq":
-        if qc.get("desc_act"):
-            return (f"{head} with desc_act (act-order): its groups are not contiguous along the input, which "
-                    "minimoe's int4 kernels need; use a checkpoint quantized with desc_act false")
-        if qc.get("checkpoint_format", "gptq") not in ("gptq", "gptq_v2"):
-            return f"{head} with checkpoint_format {qc.get('checkpoint_format')!r}: minimoe reads gptq and gptq_v2"
+        if qc.get("desc_act") and not qc.get("static_groups"):
+            return (f"{head} with desc_act (act-order) and no static_groups: its groups are not contiguous along "
+                    "the input, which minimoe's int4 kernels need; use a checkpoint quantized with desc_act false")
+        if _gptq_format(qc) not in ("gptq", "gptq_v2"):
+            return f"{head} with checkpoint_format {_gptq_format(qc)!r}: minimoe reads gptq and gptq_v2"
         return None
     if str(qc.get("version", "gemm")).lower() != "gemm":
         return (f"{head} with version {qc.get('version')!r}: minimoe reads AWQ's GEMM layout only (GEMV, Marlin "
@@ -81,9 +82,15 @@ def unsupported(qc: dict) -> str | None:
     return None
 
 
+def _gptq_format(qc: dict) -> str:
+    """GPTQ's zero-point convention: `checkpoint_format` (transformers / optimum), `format` (some GPTQModel
+    versions), absent or null = "gptq" (v1, zero - 1 stored)."""
+    return qc.get("checkpoint_format") or qc.get("format") or "gptq"
+
+
 def scheme(qc: dict) -> Scheme:
     """The Scheme of a quantization_config that `unsupported` accepted."""
-    v1 = qc["quant_method"] == "gptq" and qc.get("checkpoint_format", "gptq") == "gptq"
+    v1 = qc["quant_method"] == "gptq" and _gptq_format(qc) == "gptq"
     return Scheme(qc["quant_method"], 1 if v1 else 0)
 
 
@@ -118,6 +125,13 @@ class Int4View:
             return name[:-len(".weight")], ""
         return None, None
 
+    def ignorable(self, name: str) -> bool:
+        """An all-zero `B.bias` beside a quantized B that minimoe's module does not have: older AutoGPTQ exports
+        write one for every quantized linear (the loader skips it instead of calling it unexpected)."""
+        if not name.endswith(".bias") or name[:-len(".bias")] not in self.bases:
+            return False
+        return not bool(self.ckpt.get(name).any())
+
     def logical_shape(self, name: str) -> list[int]:
         """B.weight's unpacked shape [N, K]; any other tensor's shape."""
         base, v = self._split(name)
@@ -138,37 +152,64 @@ class Int4View:
         return [q[1] * 8, q[0] // 8]                                # awq: [K, N/8] -> [N, K/8]
 
     def get(self, name: str, index: tuple = ()) -> torch.Tensor:
+        """The tensor (in minimoe's layout), or only `index` (slices of that layout, as the loader's placement
+        asks): the raw tensors are then read only in the matching rows / columns (safetensors slices) where the
+        cut falls on whole 8-code words, else read whole and sliced after the conversion."""
         base, v = self._split(name)
         if base is None:
             return self.ckpt.get(name, index)
-        t = self._convert(base, v)
-        return t[index] if index else t
+        if index:
+            N, W = self.shape(name)
+            (r0, r1), (c0, c1) = (_bounds(sl, n) for sl, n in zip(index, (N, W)))
+            if r0 % 8 == 0 and r1 % 8 == 0:
+                return self._convert(base, v, (r0, r1), (c0, c1))
+            return self._convert(base, v, (0, N), (0, W))[index]
+        N, W = self.shape(name)
+        return self._convert(base, v, (0, N), (0, W))
 
-    def _int32(self, name: str) -> torch.Tensor:
-        t = self.ckpt.get(name)
-        if t.dtype != torch.int32:
+    def _read(self, name: str, index: tuple, int32: bool = True) -> torch.Tensor:
+        t = self.ckpt.get(name, tuple(slice(a, b) for a, b in index))
+        if int32 and t.dtype != torch.int32:
             raise CheckpointError(f"{name} is {t.dtype}; {self.scheme.method} packs 4-bit codes into int32 words")
+        if not int32 and not t.dtype.is_floating_point:
+            raise CheckpointError(f"{name} is {t.dtype}; {self.scheme.method} stores float scales")
         return t
 
-    def _convert(self, base: str, v: str) -> torch.Tensor:
-        if v == "_scale":
-            return self.ckpt.get(base + ".scales").float().t().contiguous()               # [N, K/G] fp32
-        if v == "_zero":
-            words = self._int32(base + ".qzeros")                                           # [K/G, N/8]
+    def _convert(self, base: str, v: str, rows: tuple, cols: tuple) -> torch.Tensor:
+        """Rows [r0, r1) of N and columns [c0, c1) of minimoe's layout (K/8 words, or K/G groups for the
+        scale and zero), read from the raw tensors' matching pieces (r0, r1 multiples of 8)."""
+        (r0, r1), (c0, c1) = rows, cols
+        if v == "_scale":                                                       # raw [K/G, N]
+            return self._read(base + ".scales", ((c0, c1), (r0, r1)), int32=False).float().t().contiguous()
+        if v == "_zero":                                                        # raw [K/G, N/8]
+            words = self._read(base + ".qzeros", ((c0, c1), (r0 // 8, r1 // 8)))
             z = unpack_words(words, 4) if self.scheme.method == "gptq" else _awq_natural(words)
-            return (z + self.scheme.zero_offset).float().t().contiguous()                  # [N, K/G] fp32
-        q = self._int32(base + ".qweight")
-        if self.scheme.method == "gptq":
-            return q.t().contiguous()                                                       # [N, K/8]
-        return pack_words(_awq_natural(q).t().contiguous(), 4)                             # [K, N] -> [N, K/8]
+            return (z + self.scheme.zero_offset).float().t().contiguous()      # [N', K'/G] fp32
+        if self.scheme.method == "gptq":                                        # raw [K/8, N]
+            if base + ".g_idx" in self.ckpt.where:                  # contiguous groups: k // G, nothing else
+                g = self.ckpt.get(base + ".g_idx", (slice(8 * c0, 8 * c1),))
+                if not torch.equal(g.long(), torch.arange(8 * c0, 8 * c1, device=g.device) // INT4_GROUP):
+                    raise CheckpointError(f"{base}.g_idx is not k // {INT4_GROUP}: this layer's groups are not "
+                                          "contiguous along the input (act-order), which minimoe's int4 cannot run")
+            return self._read(base + ".qweight", ((c0, c1), (r0, r1))).t().contiguous()      # [N', K'/8]
+        q = self._read(base + ".qweight", ((8 * c0, 8 * c1), (r0 // 8, r1 // 8)))          # awq: raw [K, N/8]
+        return pack_words(_awq_natural(q).t().contiguous(), 4)                             # [N', K'/8]
+
+
+def _bounds(sl: slice, n: int) -> tuple[int, int]:
+    start, stop, step = sl.indices(n)
+    if step != 1:
+        raise ValueError(f"a placement slice has step {step}")
+    return start, stop
 
 
 def meta_matrix(cls, lead: tuple, N: int, K: int, name: str) -> QuantMatrix:
     """An int4 QuantMatrix (or QuantWeight) on the meta device for [*lead, N, K] with zero points.
     Raises CheckpointError when K is not a multiple of the group size (name says which tensor)."""
     if K % INT4_GROUP:
-        raise CheckpointError(f"{name}: {K} inputs is not a multiple of the int4 group size {INT4_GROUP} (under --tp, "
-                              "each rank's piece of the inputs must be: a cut may not split a group)")
+        raise CheckpointError(f"{name.removesuffix('.weight')}.qweight: {K} inputs (this rank's piece under --tp) is "
+                              f"not a multiple of the int4 group size {INT4_GROUP}: a cut may not split a group; "
+                              "use fewer --tp ranks, or --ep")
     NG = K // INT4_GROUP
     return cls(torch.empty(*lead, N, K // 8, dtype=torch.int32, device="meta"),
                torch.empty(*lead, N, NG, dtype=torch.float32, device="meta"),

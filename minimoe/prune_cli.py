@@ -75,9 +75,10 @@ def check_request(req: PruneRequest, cfg: ModelConfig, s, folder=None, limit: in
     now, into req.source: a missing file is an error before the heavy work)."""
     if not cfg.is_moe:
         raise UsageError("pruning needs an MoE model")
-    if s.quant != "none" or s.ep * s.tp > 1:
-        raise UsageError("pruning slices whole, unquantized, unsharded experts: prune first (python -m minimoe "
-                         "prune ... --out DIR), then run DIR with --quant / --ep / --tp")
+    if s.quant != "none" or s.ep * s.tp > 1 or cfg.extra.get("quantization_config"):
+        raise UsageError("pruning slices whole, unquantized, unsharded experts (a pre-quantized checkpoint too): "
+                         "prune the bf16 checkpoint first (python -m minimoe prune ... --out DIR), then run DIR with "
+                         "--quant / --ep / --tp")
     top_k = s.top_k
     moe = [i for i in range(cfg.n_layers) if cfg.is_moe_layer(i)]
     try:
@@ -251,9 +252,9 @@ def _check_flags(args) -> PruneRequest:
 
 def run(args) -> dict:
     req = _check_flags(args)
-    s = resolve_settings(run_settings.from_args(args))
-    if s.draft is not None:
+    if getattr(args, "draft", None) is not None:
         raise UsageError("--draft is a decoding setting; prune calibrates teacher-forced (no decoding)")
+    s = resolve_settings(run_settings.from_args(args))
     cfg, folder = read_config(args.model)
     check_settings(s, cfg)
     ckpt = open_weights(args.weights, folder, torch.device("meta"))

@@ -137,6 +137,23 @@ def quantize_(model: torch.nn.Module, settings, fmt: str | None = None):
     return model.cfg
 
 
+def stored_counts(model: torch.nn.Module) -> dict:
+    """A model's weights as stored, for the roofline (bench/roofline.py): `packed` bytes outside the routed
+    experts (codes, scales, zero points, codebooks, buffers), `plain` parameters outside them still in a float
+    dtype (counted in the run's compute dtype), and `expert_bytes`, every routed expert's bytes as they are
+    (packed, or left dense by a partially quantized checkpoint)."""
+    packed = plain = expert_bytes = 0
+    for name, p in model.named_parameters():
+        if ".experts." in name:
+            expert_bytes += p.numel() * p.element_size()
+        elif p.dtype.is_floating_point and p.dtype.itemsize >= 2 and not name.endswith((".scale", ".zero")):
+            plain += p.numel()                                      # left in the compute dtype
+        else:
+            packed += p.numel() * p.element_size()
+    packed += sum(b.numel() * b.element_size() for _, b in model.named_buffers() if b is not None)
+    return {"packed": packed, "plain": plain, "expert_bytes": expert_bytes}
+
+
 def check_quant(s, cfg) -> str | None:
     """None when settings `s` (resolved) can quantize this model on this machine, else the one sentence
     saying why not (runtime.check_settings raises it as a UsageError)."""

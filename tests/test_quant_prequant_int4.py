@@ -102,12 +102,13 @@ def pack_cols(u, order=tuple(range(8))):
     return int32(out)
 
 
-def write_int4(src, dst, method, sym=False, fmt="gptq"):
-    """src's checkpoint as a GPTQ (v1 / v2) or AWQ release, and its dequantized weights (the oracle) beside it."""
+def write_int4(src, dst, method, sym=False, fmt="gptq", keep=()):
+    """src's checkpoint as a GPTQ (v1 / v2) or AWQ release, and its dequantized weights (the oracle) beside it.
+    keep: name fragments left unquantized (modules_to_not_convert)."""
     tensors = load_file(src / "model.safetensors")
     packed, deq = {}, {}
     for name, t in tensors.items():
-        if not quantized(name, t):
+        if not quantized(name, t) or any(k in name for k in keep):
             packed[name] = deq[name] = t
             continue
         base = name[:-len(".weight")]
@@ -148,8 +149,11 @@ def test_int4_checkpoint_loads_as_int4_and_matches_its_dequantized_weights(famil
     assert isinstance(model.lm_head.weight, torch.Tensor) and isinstance(model.layers[0].ffn.router.weight,
                                                                          torch.nn.Parameter)
     assert (experts[0].w13.zero is None) == sym                                       # all 8: the symmetric path
-    assert cfg.extra["weight_format"] == {"quant": "int4" if sym else "int4-zp", "bits_per_weight": 4.25 if sym
-                                          else 4.5, "lm_head": False, "source": f"checkpoint ({method})"}
+    fmt = cfg.extra["weight_format"]
+    assert {k: fmt[k] for k in ("quant", "bits_per_weight", "lm_head", "source")} == {
+        "quant": "int4" if sym else "int4-zp", "bits_per_weight": 4.25 if sym else 4.5, "lm_head": False,
+        "source": f"checkpoint ({method})"}
+    assert fmt["stored"]["expert_bytes"] == sum(e.w13.nbytes + e.w2.nbytes for e in experts)   # the loaded bytes
     ids = torch.tensor([[3, 9, 27, 81, 5], [1, 2, 4, 8, 16]])
     want = Generator(oracle, 2, 12).append(ids)
     assert rel_err(Generator(model, 2, 12).append(ids), want) < 1e-5
@@ -221,3 +225,61 @@ def test_an_fp8_tensor_parallel_cut_must_fall_on_whole_blocks():
         _fp8_parts(["q", "k"], shape, (0, 0, 2), 0, 256)                      # k: 64 rows a rank
     with pytest.raises(CheckpointError, match="--tp 2 would cut"):
         _fp8_parts(["q"], shape, (1, 0, 2), 0, 64)                            # inputs 128 -> 64 a rank
+
+
+def test_a_partially_quantized_checkpoint_is_counted_as_loaded(tiny_hf, tmp_path):
+    """Experts left dense (modules_to_not_convert): they load as plain Experts, and the roofline counts their real
+    bytes (prequant records the loaded model's counts), not those of a fully int4 model."""
+    from minimoe.bench.roofline import count_params
+    q_dir, deq_dir = write_int4(tiny_hf("qwen2_moe"), tmp_path, "awq", keep=(".experts.",))
+    model, cfg, _ = build_model(str(q_dir), "auto", dtype=torch.float32, settings=RunSettings(device="cpu"))
+    assert type(model.layers[0].ffn.experts).__name__ == "Experts" and not any(
+        isinstance(m, QuantExperts) for m in model.modules())
+    E, I, D = 4, 128, 128
+    assert count_params(cfg).stored.per_expert == 3 * I * D * 4                        # fp32, as loaded
+    oracle, _, _ = build_model(str(deq_dir), "auto", dtype=torch.float32, settings=RunSettings(device="cpu"))
+    ids = torch.tensor([[3, 9, 27, 81, 5]])
+    assert rel_err(Generator(model, 1, 8).append(ids), Generator(oracle, 1, 8).append(ids)) < 1e-5
+
+
+def test_a_quantized_config_over_dense_weights_is_refused(tiny_hf, tmp_path):
+    q_dir, deq_dir = write_int4(tiny_hf("mixtral"), tmp_path, "gptq")
+    with pytest.raises(CheckpointError, match=r"quantization_config \(gptq\) but the checkpoint holds no quantized"):
+        build_model(str(q_dir), str(deq_dir), dtype=torch.float32)
+
+
+def test_zero_biases_of_old_exports_are_skipped_and_real_ones_named(tiny_hf, tmp_path):
+    q_dir, deq_dir = write_int4(tiny_hf("mixtral"), tmp_path, "gptq")
+    t = load_file(q_dir / "model.safetensors")
+    bases = [n[:-len(".qweight")] for n in t if n.endswith(".qweight")]
+    t.update({b + ".bias": torch.zeros(t[b + ".scales"].shape[1], dtype=torch.float16) for b in bases})
+    save_file(t, q_dir / "model.safetensors")
+    model, _, _ = build_model(str(q_dir), "auto", dtype=torch.float32)              # AutoGPTQ <= 0.7: all zero
+    t[bases[0] + ".bias"][0] = 1.0
+    save_file(t, q_dir / "model.safetensors")
+    with pytest.raises(CheckpointError, match="unexpected: " + bases[0] + ".bias"):
+        build_model(str(q_dir), "auto", dtype=torch.float32)
+
+
+def test_act_order_groups_are_caught_at_load(tiny_hf, tmp_path):
+    q_dir, _ = write_int4(tiny_hf("mixtral"), tmp_path, "gptq")
+    t = load_file(q_dir / "model.safetensors")
+    name = next(n for n in t if n.endswith("o_proj.g_idx"))
+    t[name][:8] = 1                                                                  # 8 inputs in another group
+    save_file(t, q_dir / "model.safetensors")
+    with pytest.raises(CheckpointError, match="o_proj.g_idx is not k // 128"):
+        build_model(str(q_dir), "auto", dtype=torch.float32)
+
+
+@pytest.mark.parametrize("qc, offset", [({"checkpoint_format": "gptq_v2"}, 0), ({"format": "gptq_v2"}, 0),
+                                        ({"checkpoint_format": None}, 1), ({}, 1)])
+def test_gptq_format_keys(qc, offset):
+    from minimoe.prequant_int4 import scheme, unsupported
+    full = {"quant_method": "gptq", "bits": 4, "group_size": 128, **qc}
+    assert unsupported(full) is None and scheme(full).zero_offset == offset
+
+
+def test_a_fused_module_with_mixed_formats_is_named(tiny_hf, tmp_path):
+    q_dir, _ = write_int4(tiny_hf("mixtral"), tmp_path, "gptq", keep=("q_proj",))
+    with pytest.raises(CheckpointError, match=r"attn.wqkv: .*q_proj unquantized but .*k_proj.* quantized"):
+        build_model(str(q_dir), "auto", dtype=torch.float32)

@@ -85,29 +85,24 @@ _STORED: dict = {}
 
 
 def stored_bytes(cfg: ModelConfig, fmt: dict) -> StoredBytes:
-    """Quantize a meta copy of the model the way the run did and count its tensors (seconds for a big
-    model on the meta device, so remembered per configuration)."""
+    """The counts a pre-quantized checkpoint's loader recorded from the loaded model (prequant.finalize_, one
+    process: exactly what it holds, partial checkpoints included); else quantize a meta copy of the model the way
+    the run did and count its tensors (seconds for a big model on the meta device, so remembered per
+    configuration)."""
+    if "stored" in fmt:
+        return _stored(cfg, fmt["quant"], fmt["stored"])
     key = repr(dataclasses.replace(cfg, extra={})) + repr((fmt["quant"], fmt["lm_head"]))
     if key not in _STORED:
-        _STORED[key] = _count_stored(cfg, fmt)
+        model = build_meta(cfg, None, torch.float32)
+        quant.quantize_(model, RunSettings(device="cpu", quant_lm_head=fmt["lm_head"]), fmt["quant"])
+        _STORED[key] = _stored(cfg, fmt["quant"], quant.stored_counts(model))
     return _STORED[key]
 
 
-def _count_stored(cfg: ModelConfig, fmt: dict) -> StoredBytes:
-    model = build_meta(cfg, None, torch.float32)
-    s = RunSettings(device="cpu", quant_lm_head=fmt["lm_head"])
-    quant.quantize_(model, s, fmt["quant"])
-    packed = plain = expert_bytes = 0
-    for name, p in model.named_parameters():
-        if p.dtype.is_floating_point and p.dtype.itemsize >= 2 and not name.endswith((".scale", ".zero")):
-            plain += p.numel()                                      # left in the compute dtype
-        elif ".experts." in name:
-            expert_bytes += p.numel() * p.element_size()
-        else:
-            packed += p.numel() * p.element_size()
-    packed += sum(b.numel() * b.element_size() for _, b in model.named_buffers() if b is not None)
+def _stored(cfg: ModelConfig, name: str, c: dict) -> StoredBytes:
     n_experts = sum(cfg.layer_experts(i) for i in range(cfg.n_layers) if cfg.is_moe_layer(i))
-    return StoredBytes(fmt["quant"], packed, plain, expert_bytes / max(n_experts, 1), packed + expert_bytes)
+    return StoredBytes(name, c["packed"], c["plain"], c["expert_bytes"] / max(n_experts, 1),
+                       c["packed"] + c["expert_bytes"])
 
 
 def decode_bytes(cfg: ModelConfig, pc: ParamCounts, batch: int, ctx_len: float, touched: float,
