@@ -53,7 +53,8 @@ def apply_placement(model: nn.Module, placement: Placement) -> None:
 
 def _is_expert_param(name: str) -> bool:
     """An Experts stack [E, ...]: `experts.w13` / `w2`, or a pre-quantized one's codes, scales and zero points."""
-    return name.endswith(("experts.w13", "experts.w2")) or name.rsplit(".", 1)[0].endswith(("experts.w13", "experts.w2"))
+    stacks = ("experts.w13", "experts.w2")
+    return name.endswith(stacks) or name.rsplit(".", 1)[0].endswith(stacks)
 
 
 def _part_index(shape: list, dim: int | None, shard, expert_range, what: str) -> tuple:

@@ -162,7 +162,8 @@ def check_quant(s, cfg) -> str | None:
     if cfg.extra.get("quantization_config"):
         kind = cfg.extra["quantization_config"].get("quant_method")
         if s.quant != "none":
-            return f"--quant {s.quant}: this checkpoint is already quantized ({kind}) and runs as stored; use --quant none"
+            return (f"--quant {s.quant}: this checkpoint is already quantized ({kind}) and runs as stored; "
+                    "use --quant none")
         return None             # under a plan each rank reads its pieces, cut on whole groups / blocks (prequant.py)
     if s.quant == "none":
         return None
