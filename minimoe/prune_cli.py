@@ -76,9 +76,9 @@ def check_request(req: PruneRequest, cfg: ModelConfig, s, folder=None, limit: in
     if not cfg.is_moe:
         raise UsageError("pruning needs an MoE model")
     if s.quant != "none" or s.ep * s.tp > 1 or cfg.extra.get("quantization_config"):
-        raise UsageError("pruning slices whole, unquantized, unsharded experts (a pre-quantized checkpoint too): "
-                         "prune the bf16 checkpoint first (python -m minimoe prune ... --out DIR), then run DIR with "
-                         "--quant / --ep / --tp")
+        raise UsageError("pruning slices whole, unquantized, unsharded experts (a pre-quantized checkpoint's too): "
+                         "prune first, from the bf16 checkpoint (python -m minimoe prune ... --out DIR), then run DIR "
+                         "with --quant / --ep / --tp")
     top_k = s.top_k
     moe = [i for i in range(cfg.n_layers) if cfg.is_moe_layer(i)]
     try:

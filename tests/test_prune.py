@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -493,6 +494,9 @@ def test_pruning_refuses_quantized_or_sharded_settings(checkpoint):
     for s in (run_settings.RunSettings(quant="int8"), run_settings.RunSettings(ep=2)):
         with pytest.raises(ValueError, match="prune first"):
             check_request(req, cfg, s)
+    gptq = dataclasses.replace(cfg, extra={**cfg.extra, "quantization_config": {"quant_method": "gptq"}})
+    with pytest.raises(ValueError, match="pre-quantized checkpoint's too"):                # before any calibration
+        check_request(req, gptq, run_settings.RunSettings())
 
 
 def test_bench_prune_times_the_pruned_shapes(tmp_path, capsys):
