@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .attention import attend_cached
+from .attention import attend_cached, l2_target
 from .config import ModelConfig
 from .kv_cache import KVCache, Step
 from .layers import RMSNorm
@@ -107,7 +107,8 @@ class MLAttention(nn.Module):
         torch.bmm(q_nope, w_uk, out=q_att.view(BS, H, -1)[..., :r].transpose(0, 1))   # [H, BS, r]
         k_cache = latent[:, :, None, :]                                               # one kv head
         v_cache = latent[:, :, None, :r]
-        out_lat = attend_cached(q_att, k_cache, v_cache, step, cfg.softmax_scale, self.settings)
+        out_lat = attend_cached(q_att, k_cache, v_cache, step, cfg.softmax_scale, self.settings,
+                                prefetch=l2_target(self.wo, self.settings))    # read after the un-absorption
         out = q.new_empty(B, S, H, cfg.v_head_dim)
         torch.bmm(out_lat.reshape(BS, H, r).transpose(0, 1), w_uv.transpose(1, 2),
                   out=out.view(BS, H, -1).transpose(0, 1))                            # [H, BS, v]

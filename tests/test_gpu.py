@@ -70,6 +70,42 @@ def test_graphed_decode_equals_eager_with_fused_shared(card, batch, monkeypatch)
     assert bool(runs) == (batch <= shared_fusion.MAX_T)
 
 
+@pytest.mark.parametrize("card", TINY)
+@pytest.mark.parametrize("at", ["start", "end"])
+def test_l2_prefetch_changes_no_token(card, at, monkeypatch):
+    """--l2-prefetch on (the o projection's weight asked into L2 by the split attention, before or after its cache
+    reads): a hint, so the tokens (graphed and eager) are those of --l2-prefetch off, bit for bit."""
+    if torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("cp.async.bulk.prefetch needs sm90")
+    from minimoe.kernels import decode_attention as da
+    monkeypatch.setattr(da, "PREFETCH_AT", at)
+    outs = []
+    for pf in ("off", "on"):
+        s = RunSettings(experts="fused", attn="triton", ops="triton", pdl="on", l2_prefetch=pf)
+        model, cfg, _ = build_model(card, "dummy", dtype=torch.bfloat16, device="cuda", settings=s, seed=1)
+        prompts = torch.randint(0, cfg.vocab_size, (1, 11), device="cuda", generator=torch.Generator("cuda").manual_seed(3))
+        outs.append((_tokens(model, prompts, 16, graphs=True), _tokens(model, prompts, 16, graphs=False)))
+    assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[1][0], outs[1][1])
+
+
+@pytest.mark.parametrize("at", ["start", "end"])
+@pytest.mark.parametrize("H,hkv,d,L", [(32, 8, 128, 300), (16, 16, 128, 1), (16, 1, 576, 700)])
+def test_decode_attention_prefetch_same_bits(H, hkv, d, L, at, monkeypatch):
+    """The split kernel with a prefetch (odd sizes: the range is cut into chunks, the last clipped) writes the
+    same bits as without."""
+    if torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("cp.async.bulk.prefetch needs sm90")
+    from minimoe.kernels import decode_attention as da
+    monkeypatch.setattr(da, "PREFETCH_AT", at)
+    q = torch.randn(1, H, d, device="cuda", dtype=torch.bfloat16)
+    k = torch.randn(1, 1024, hkv, d, device="cuda", dtype=torch.bfloat16)
+    v = k[..., :512] if d == 576 else torch.randn_like(k)
+    lens = torch.tensor([L], device="cuda", dtype=torch.int32)
+    w = torch.randn(4096 + 8, 1000, device="cuda", dtype=torch.bfloat16)        # 8,208,000 bytes: not a round split
+    base = da.decode_attention(q, k, v, lens, 0.1)
+    assert torch.equal(da.decode_attention(q, k, v, lens, 0.1, prefetch=w), base)
+
+
 def test_pdl_auto_is_on_for_one_hopper_gpu_only():
     hopper = torch.cuda.get_device_capability()[0] >= 9
     assert RunSettings(device="cuda").resolve().pdl == ("on" if hopper else "off")
