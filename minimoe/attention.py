@@ -37,25 +37,24 @@ except ImportError:       # no Triton: --attn triton is refused before a model i
     _decode_kernel = None
 
 
-def _decode_sdpa(q, k_cache, v_cache, step: Step, scale: float, pdl: bool = False, prefetch=None):
+def _decode_sdpa(q, k_cache, v_cache, step: Step, scale: float, pdl: bool = False):
     return None  # handled by the masked SDPA path in `attend_cached`
 
 
-def _decode_triton(q, k_cache, v_cache, step: Step, scale: float, pdl: bool = False, prefetch=None):
+def _decode_triton(q, k_cache, v_cache, step: Step, scale: float, pdl: bool = False):
     # no counters: the one-kernel merge (decode_attention's `counters`) measured slower in the engine
     # (docs/results/2026-11-30-s8, calls 3-4): its last program walks the splits serially
-    return _decode_kernel.decode_attention(q, k_cache, v_cache, step.seq_lens, scale, pdl=pdl, prefetch=prefetch)
+    return _decode_kernel.decode_attention(q, k_cache, v_cache, step.seq_lens, scale, pdl=pdl)
 
 
-def _decode_flash(q, k_cache, v_cache, step: Step, scale: float, pdl: bool = False, prefetch=None):
+def _decode_flash(q, k_cache, v_cache, step: Step, scale: float, pdl: bool = False):
     from flash_attn import flash_attn_with_kvcache   # optional package, checked at start-up (runtime.py)
     out = flash_attn_with_kvcache(q[:, None], k_cache, v_cache, cache_seqlens=step.seq_lens,
                                   softmax_scale=scale, causal=True)
     return out[:, 0]
 
 
-# q [B, H, dk], caches [B, S_max, Hkv, dk|dv] -> [B, H, dv]; None = use the masked SDPA path. prefetch: a weight
-# the next kernel reads, for the backend to ask into L2 (--l2-prefetch on, which runtime.py allows with triton only)
+# q [B, H, dk], caches [B, S_max, Hkv, dk|dv] -> [B, H, dv]; None = use the masked SDPA path
 DECODE_ATTENTION = {"sdpa": _decode_sdpa, "triton": _decode_triton, "flash": _decode_flash}
 
 
@@ -64,13 +63,12 @@ DECODE_ATTENTION = {"sdpa": _decode_sdpa, "triton": _decode_triton, "flash": _de
 MASKED_SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
-def attend_cached(q, k_cache, v_cache, step: Step, scale: float, settings, prefetch=None):
-    """q [B, S, H, dk] against cached K/V [B, S_max, Hkv, d] (already holding this step) -> [B, S, H, dv].
-    prefetch: the next projection's weight (a tensor), asked into L2 by one-token decode attention."""
+def attend_cached(q, k_cache, v_cache, step: Step, scale: float, settings):
+    """q [B, S, H, dk] against cached K/V [B, S_max, Hkv, d] (already holding this step) -> [B, S, H, dv]."""
     backend = settings.attn if settings is not None else "sdpa"
     pdl = settings is not None and settings.pdl == "on"
     if q.shape[1] == 1:
-        out = DECODE_ATTENTION[backend](q[:, 0], k_cache, v_cache, step, scale, pdl, prefetch)
+        out = DECODE_ATTENTION[backend](q[:, 0], k_cache, v_cache, step, scale, pdl)
         if out is not None:
             return out[:, None]
     elif backend == "triton":   # several new tokens: causal by position, one pass over the cache
@@ -111,7 +109,8 @@ class Attention(nn.Module):
         cfg = self.cfg
         B, S, _ = x.shape
         H, Hkv, d = self.n_heads, self.n_kv_heads, cfg.head_dim
-        qkv = self.wqkv(x)                                                   # [B, S, (H + 2Hkv) d]
+        # --l2-prefetch on: the q/k/v GEMV's programs ask the L2 for wo's weight as they finish (l2_prefetch.py)
+        qkv = self.wqkv(x, prefetch=None if step.fresh else l2_target(self.wo, self.settings))  # [B, S, (H+2Hkv) d]
         qn, kn = getattr(self, "q_norm", None), getattr(self, "k_norm", None)
         q = ops_for(self.settings).qkv_rope_cache(                           # [B, S, H, d]; K/V into the cache
             qkv, step.positions, rot.cos_table, rot.sin_table, cache.k[self.layer], cache.v[self.layer], H, Hkv, d,
@@ -125,14 +124,13 @@ class Attention(nn.Module):
                                                  is_causal=S > 1, scale=cfg.softmax_scale,
                                                  enable_gqa=Hkv != H).transpose(1, 2)
         else:
-            out = attend_cached(q, k_cache, v_cache, step, cfg.softmax_scale, self.settings,
-                                prefetch=l2_target(self.wo, self.settings))
+            out = attend_cached(q, k_cache, v_cache, step, cfg.softmax_scale, self.settings)
         return self.wo(out.reshape(B, S, H * d))
 
 
 def l2_target(proj: nn.Module, settings) -> torch.Tensor | None:
-    """The bytes of `proj`'s weight for the decode attention to ask into L2 under --l2-prefetch on (a plain weight,
-    or a quantized one's codes; kernels/l2_prefetch.py), else None."""
+    """The bytes of `proj`'s weight to ask into L2 ahead of its GEMV under --l2-prefetch on (a plain weight, or a
+    quantized one's codes; kernels/l2_prefetch.py), else None."""
     if settings is None or settings.l2_prefetch != "on":
         return None
     w = getattr(proj, "weight", None)

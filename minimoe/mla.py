@@ -65,7 +65,9 @@ class MLAttention(nn.Module):
         B, S, _ = x.shape
         H, nope, rope, r = self.n_heads, cfg.qk_nope_head_dim, cfg.qk_rope_head_dim, cfg.kv_lora_rank
         # the two projections of x, in one launch at batch 1 (linear_pair): q or its LoRA-down, and the latent
-        q, kv = linear_pair(x, self.wq_a if cfg.q_lora_rank else self.wq, self.wkv_a)   # kv [B, S, r+rope]
+        # (--l2-prefetch on: its programs then ask the L2 for wo's weight, read after attention; l2_prefetch.py)
+        q, kv = linear_pair(x, self.wq_a if cfg.q_lora_rank else self.wq, self.wkv_a,
+                            prefetch=None if step.fresh else l2_target(self.wo, self.settings))  # kv [B, S, r+rope]
         q = self.wq_b(self.q_norm(q)) if cfg.q_lora_rank else q
         q = q.view(B, S, H, nope + rope)                                     # [B, S, H, nope+rope]
         latent = cache.latent[self.layer]                                     # [B, S_max, r+rope]
@@ -107,8 +109,7 @@ class MLAttention(nn.Module):
         torch.bmm(q_nope, w_uk, out=q_att.view(BS, H, -1)[..., :r].transpose(0, 1))   # [H, BS, r]
         k_cache = latent[:, :, None, :]                                               # one kv head
         v_cache = latent[:, :, None, :r]
-        out_lat = attend_cached(q_att, k_cache, v_cache, step, cfg.softmax_scale, self.settings,
-                                prefetch=l2_target(self.wo, self.settings))    # read after the un-absorption
+        out_lat = attend_cached(q_att, k_cache, v_cache, step, cfg.softmax_scale, self.settings)
         out = q.new_empty(B, S, H, cfg.v_head_dim)
         torch.bmm(out_lat.reshape(BS, H, r).transpose(0, 1), w_uv.transpose(1, 2),
                   out=out.view(BS, H, -1).transpose(0, 1))                            # [H, BS, v]

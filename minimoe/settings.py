@@ -43,8 +43,8 @@ class RunSettings:
                                     # on | off; auto = on with --ops triton (model.Block, kernels/gate_splitk.py)
     fuse_shared: str = "auto"       # shared experts inside the routed experts' decode kernels (shared_fusion.py):
                                     # on | off; auto = on for --experts fused, unquantized, no EP / TP plan
-    l2_prefetch: str = "auto"       # decode attention asks the L2 for the o projection's weight (kernels/l2_prefetch.py):
-                                    # on (sm90+, --attn triton) | off; auto: see resolve
+    l2_prefetch: str = "auto"       # the q/k/v stream GEMV asks the L2 for the o projection's weight at batch 1-2
+                                    # (kernels/l2_prefetch.py): on (sm90+) | off; auto: see resolve
     eager: bool = False             # no CUDA graph of the decode step (graphs need a GPU and a sync-free path)
     eager_prefill: bool = False     # no CUDA graph of the prefill
     router: str | None = None       # override the card's router (synthetic ones for ablations)
@@ -227,10 +227,11 @@ SETTINGS_FLAGS = {
                                                "fused, --quant none, no --ep / --tp; then a layer fuses where its "
                                                "step is one token on the small-T plan, which --profile notes as "
                                                "small+shared) | off; auto: on where it can run")),
-    "l2_prefetch": ("--l2-prefetch", dict(help="one-token decode attention asks the L2 for the o projection's "
-                                               "weight while it reads the cache, so the o GEMV reads from L2 "
-                                               "(kernels/l2_prefetch.py): on (sm90+, --attn triton) | off; auto: "
-                                               "off")),
+    "l2_prefetch": ("--l2-prefetch", dict(help="at batch 1-2 the q/k/v projection's stream GEMV asks the L2 for "
+                                               "the o projection's weight as its programs finish, so HBM streams it "
+                                               "during attention and the o GEMV reads from L2 "
+                                               "(kernels/l2_prefetch.py): on (sm90+, --gemv auto or stream) | off; "
+                                               "auto: off")),
     "eager": ("--eager", dict(action="store_true", help="no CUDA graph of the decode step")),
     "eager_prefill": ("--eager-prefill", dict(action="store_true", help="no CUDA graph of the prefill")),
     "router": ("--router", dict(help="override the card's router (uniform, balanced, zipf for ablations)")),

@@ -1,10 +1,11 @@
-"""Does asking the L2 for the o projection's weight during decode attention shorten the graphed step?
+"""Does asking the L2 for the o projection's weight ahead of decode attention shorten the graphed step?
 
     python scripts/l2_prefetch_probe.py [--models olmoe mixtral] [--batches 1] [--steps 40] [--rounds 3] [--json OUT]
 
 For each model and batch: one model (random weights, real shapes), variants interleaved round by round, each a
-fresh decode graph: `off` (--l2-prefetch off), `start` and `end` (on, issued by the split-attention programs
-before / after their own cache reads: kernels/decode_attention.py PREFETCH_AT). Times `steps` graphed steps per
+fresh decode graph: `off` and `on` (--l2-prefetch; issued by the q/k/v stream GEMV's programs as they finish,
+kernels/l2_prefetch.py; the twelfth session's first call tried the split attention as the issuer, `git show
+7476bb1`, slower everywhere). Times `steps` graphed steps per
 round with CUDA events (median of rounds, µs per step) and checks that every variant generates the same greedy
 tokens as `off` (a prefetch is a hint: the bits must not change). The o weight's bytes and their time at the
 measured stream ceiling are printed beside it, so the saving can be set against what was prefetched.
@@ -20,11 +21,10 @@ import torch
 
 from minimoe.generate import Generator
 from minimoe.graphs import enable_graphs
-from minimoe.kernels import decode_attention as da
 from minimoe.loader import build_model
 from minimoe.settings import RunSettings
 
-VARIANTS = {"off": ("off", "start"), "start": ("on", "start"), "end": ("on", "end")}
+VARIANTS = {"off": "off", "on": "on"}
 
 
 def _o_bytes(model) -> int:
@@ -48,7 +48,7 @@ def probe(model_name: str, batches: list[int], a) -> list[dict]:
         try:
             for _ in range(a.rounds):
                 for v in a.variants:
-                    s.l2_prefetch, da.PREFETCH_AT = VARIANTS[v]
+                    s.l2_prefetch = VARIANTS[v]
                     gen = Generator(model, B, a.input_len + a.steps + 16)
                     enable_graphs(gen, prefill_lengths=[a.input_len])
                     tok = gen.prefill(prompt)
@@ -68,7 +68,7 @@ def probe(model_name: str, batches: list[int], a) -> list[dict]:
                     tokens.setdefault(v, torch.stack(seq).cpu())
                     del gen
         finally:
-            s.l2_prefetch, da.PREFETCH_AT = "off", "start"
+            s.l2_prefetch = "off"
         base = statistics.median(times["off"])
         for v, t in times.items():
             same = bool(torch.equal(tokens[v], tokens["off"]))

@@ -71,14 +71,11 @@ def test_graphed_decode_equals_eager_with_fused_shared(card, batch, monkeypatch)
 
 
 @pytest.mark.parametrize("card", TINY)
-@pytest.mark.parametrize("at", ["start", "end"])
-def test_l2_prefetch_changes_no_token(card, at, monkeypatch):
-    """--l2-prefetch on (the o projection's weight asked into L2 by the split attention, before or after its cache
-    reads): a hint, so the tokens (graphed and eager) are those of --l2-prefetch off, bit for bit."""
+def test_l2_prefetch_changes_no_token(card):
+    """--l2-prefetch on (the q/k/v stream GEMV asks the L2 for the o projection's weight at batch 1): a hint, so the
+    tokens (graphed and eager) are those of --l2-prefetch off, bit for bit."""
     if torch.cuda.get_device_capability()[0] < 9:
         pytest.skip("cp.async.bulk.prefetch needs sm90")
-    from minimoe.kernels import decode_attention as da
-    monkeypatch.setattr(da, "PREFETCH_AT", at)
     outs = []
     for pf in ("off", "on"):
         s = RunSettings(experts="fused", attn="triton", ops="triton", pdl="on", l2_prefetch=pf)
@@ -88,22 +85,20 @@ def test_l2_prefetch_changes_no_token(card, at, monkeypatch):
     assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[1][0], outs[1][1])
 
 
-@pytest.mark.parametrize("at", ["start", "end"])
-@pytest.mark.parametrize("H,hkv,d,L", [(32, 8, 128, 300), (16, 16, 128, 1), (16, 1, 576, 700)])
-def test_decode_attention_prefetch_same_bits(H, hkv, d, L, at, monkeypatch):
-    """The split kernel with a prefetch (odd sizes: the range is cut into chunks, the last clipped) writes the
-    same bits as without."""
+@pytest.mark.parametrize("N,K,pf_shape", [(6144, 4096, (4096, 4096)), (1000, 520, (4104, 1000)), (16, 64, (8, 8))])
+@pytest.mark.parametrize("second", [False, True])
+def test_dense_gemv_l2_prefetch_same_bits(N, K, pf_shape, second):
+    """The stream GEMV with a prefetch (sizes that do not split evenly: the last chunk clipped; a range smaller than
+    one chunk a thread) writes the same bits as without, alone and with a joined second layer."""
     if torch.cuda.get_device_capability()[0] < 9:
         pytest.skip("cp.async.bulk.prefetch needs sm90")
-    from minimoe.kernels import decode_attention as da
-    monkeypatch.setattr(da, "PREFETCH_AT", at)
-    q = torch.randn(1, H, d, device="cuda", dtype=torch.bfloat16)
-    k = torch.randn(1, 1024, hkv, d, device="cuda", dtype=torch.bfloat16)
-    v = k[..., :512] if d == 576 else torch.randn_like(k)
-    lens = torch.tensor([L], device="cuda", dtype=torch.int32)
-    w = torch.randn(4096 + 8, 1000, device="cuda", dtype=torch.bfloat16)        # 8,208,000 bytes: not a round split
-    base = da.decode_attention(q, k, v, lens, 0.1)
-    assert torch.equal(da.decode_attention(q, k, v, lens, 0.1, prefetch=w), base)
+    from minimoe.kernels.dense_gemv import dense_gemv
+    x = torch.randn(1, K, device="cuda", dtype=torch.bfloat16)
+    w = torch.randn(N, K, device="cuda", dtype=torch.bfloat16)
+    w2 = torch.randn(N // 2 + 3, K, device="cuda", dtype=torch.bfloat16) if second else None
+    pf = torch.randn(*pf_shape, device="cuda", dtype=torch.bfloat16)
+    base = dense_gemv(x, w, pdl=True, second=w2)
+    assert torch.equal(dense_gemv(x, w, pdl=True, second=w2, l2_prefetch=pf), base)
 
 
 def test_pdl_auto_is_on_for_one_hopper_gpu_only():

@@ -8,7 +8,7 @@ import torch
 pytest.importorskip("triton")
 
 from minimoe.kernels import l2_prefetch  # noqa: E402
-from minimoe.kernels.decode_attention import decode_attention  # noqa: E402
+from minimoe.kernels.dense_gemv import dense_gemv  # noqa: E402
 from minimoe.loader import read_config  # noqa: E402
 from minimoe.runtime import UsageError, check_settings  # noqa: E402
 from minimoe.settings import RunSettings  # noqa: E402
@@ -44,9 +44,8 @@ def test_plan_and_byte_view_refuse_what_the_instruction_cannot_take():
         l2_prefetch.plan(0, 4, 128)
     with pytest.raises(ValueError, match="16-byte aligned"):
         l2_prefetch.byte_view(torch.zeros(64))                                   # a CPU tensor
-    q, k = torch.randn(1, 4, 32), torch.randn(1, 16, 4, 32)
     with pytest.raises(ValueError, match="sm90"):
-        decode_attention(q, k, k, torch.tensor([5], dtype=torch.int32), 0.1, prefetch=torch.zeros(64))
+        dense_gemv(torch.randn(1, 32), torch.randn(8, 32), l2_prefetch=torch.zeros(64))
 
 
 def test_setting_resolves_and_is_refused_off_a_hopper_gpu():
@@ -55,5 +54,5 @@ def test_setting_resolves_and_is_refused_off_a_hopper_gpu():
     with pytest.raises(ValueError, match="--l2-prefetch yes: choose from"):
         RunSettings(device="cpu", l2_prefetch="yes").resolve()
     cfg, _ = read_config("olmoe-tiny")
-    with pytest.raises(UsageError, match="--l2-prefetch on .* needs --attn triton"):
+    with pytest.raises(UsageError, match="--l2-prefetch on .* needs --gemv auto or stream"):
         check_settings(RunSettings(device="cpu", l2_prefetch="on").resolve(), cfg)

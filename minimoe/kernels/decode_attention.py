@@ -33,7 +33,6 @@ import torch
 import triton
 import triton.language as tl
 
-from .l2_prefetch import byte_view, plan, prefetch_share
 from .pdl import launch_args, wait_then_release
 
 # K tiles per split at least (the split plan's floor). Measured on the H200 (scripts/bench_attn_splits.py,
@@ -48,10 +47,6 @@ SMALL_GRID_MIN_TILES = 1
 MAX_SPLITS = 64  # bounds the partial workspace and the merge kernel's loop
 PROGRAMS_PER_SM = 2  # splits are added until the grid covers the SMs about this many times
 ACC_BUDGET = 16384  # fp32 accumulator elements per program (BLOCK_H * Dv): 64 regs/thread, 8 warps
-# Where the split kernel issues a `prefetch` (l2_prefetch.py): "start" (right after its PDL wait, before its own
-# cache reads) or "end" (after them, before its stores; an empty split at its early exit).
-PREFETCH_AT = "start"
-_PF_AT = {"start": 1, "end": 2}
 
 
 @triton.jit
@@ -82,14 +77,8 @@ def _decode_split_kernel(
     BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DR: tl.constexpr,
     BLOCK_DV: tl.constexpr, V_FROM_K: tl.constexpr, DIRECT: tl.constexpr, USE_POS: tl.constexpr,
     PRECISION: tl.constexpr, PDL: tl.constexpr, MERGE: tl.constexpr = False,
-    pf_ptr=None, pf_bytes=0, pf_chunk=0, PF_AT: tl.constexpr = 0, PF_NT: tl.constexpr = 1,
 ):
     wait_then_release(PDL)
-    # PF_AT 1 / 2: this program's share of another kernel's weight bytes into L2 (l2_prefetch.py), issued
-    # before / after its own cache reads; every program issues its share, also one that has no work
-    pf_pid = (tl.program_id(1) * tl.num_programs(0) + tl.program_id(0)) * tl.num_programs(2) + tl.program_id(2)
-    if PF_AT == 1:
-        prefetch_share(pf_ptr, pf_bytes, pf_chunk, pf_pid, PF_NT)
     # Head tiles are the fastest grid axis so sibling tiles of one kv head (MLA: G = 128 in tiles
     # of BLOCK_H) run side by side and their repeated reads of the same K chunk hit L2.
     kv_head = tl.program_id(0) // HEAD_TILES
@@ -99,8 +88,6 @@ def _decode_split_kernel(
     seq_len = tl.minimum(tl.load(seq_lens_ptr + b), S_max)
     start = split * CHUNK
     if start >= seq_len:  # early exit: the merge kernel knows this split is empty from seq_len
-        if PF_AT == 2:
-            prefetch_share(pf_ptr, pf_bytes, pf_chunk, pf_pid, PF_NT)
         return
     end = tl.minimum(start + CHUNK, seq_len)
 
@@ -150,8 +137,6 @@ def _decode_split_kernel(
                         mask=n_ok[:, None] & (offs_v[None, :] < DV), other=0.0)
         m_i, l_i, acc = _online_softmax_step(qk, v, m_i, l_i, acc, PRECISION)
 
-    if PF_AT == 2:
-        prefetch_share(pf_ptr, pf_bytes, pf_chunk, pf_pid, PF_NT)
     seen = l_i > 0  # a split can hold no position a later row may see: weight 0 in the merge
     out = acc / tl.where(seen, l_i, 1.0)[:, None]
     o_ptrs = o_ptr + b * stride_ob + s_q[:, None] * stride_oq + heads[:, None] * stride_oh + offs_v[None, :]
@@ -254,7 +239,7 @@ def counters_needed(B: int, H: int, S: int = 1) -> int:
 def decode_attention(q, k_cache, v_cache, seq_lens, scale: float, *, positions=None,
                      max_splits: int | None = None, min_tiles: int | None = None,
                      tiles: dict | None = None, counters: torch.Tensor | None = None,
-                     pdl: bool = False, prefetch: torch.Tensor | None = None) -> torch.Tensor:
+                     pdl: bool = False) -> torch.Tensor:
     """softmax(scale * q K^T) V over the cache -> [B, H, Dv] (or [B, S, H, Dv]) in q.dtype.
 
     q [B, H, Dk]: one new token per sequence, attending to the first seq_lens[b] positions; or
@@ -271,10 +256,7 @@ def decode_attention(q, k_cache, v_cache, seq_lens, scale: float, *, positions=N
     the engine on the H200 (eighth session, calls 3-4) it was slower at batch 1: ~0.4 µs a layer for
     OLMoE, ~3.9 for DeepSeek-V2-Lite's 512-wide MLA values, because that last program walks the splits
     one after another where the merge kernel spreads them over H x S programs; so the engine passes
-    none. prefetch: a tensor the next kernel will read (the o projection's weight), asked into L2 by the
-    split programs (kernels/l2_prefetch.py; a hint: the result is the same bits); needs an sm90+ GPU, a
-    contiguous tensor, 16-byte aligned start and length (ValueError otherwise). Raises AssertionError on bad
-    shapes.
+    none. Raises AssertionError on bad shapes.
     """
     one = q.dim() == 3
     q4 = q[:, None] if one else q                                            # [B, S, H, Dk]
@@ -313,15 +295,7 @@ def decode_attention(q, k_cache, v_cache, seq_lens, scale: float, *, positions=N
     merge = (not direct and counters is not None and counters.dtype == torch.int32
              and counters.numel() >= B * hkv * head_tiles and counters.device == q.device)
     cnt = counters if merge else seq_lens                                    # unread without MERGE
-    grid = (hkv * head_tiles, B, num_splits)
-    pf = {}
-    if prefetch is not None:
-        if not (q.is_cuda and torch.cuda.get_device_capability(q.device)[0] >= 9):
-            raise ValueError("decode_attention: prefetch needs an sm90+ GPU (cp.async.bulk.prefetch)")
-        nt = 32 * launch["num_warps"]                                        # one prefetch a thread
-        pf = dict(pf_ptr=byte_view(prefetch), pf_bytes=prefetch.nbytes, PF_AT=_PF_AT[PREFETCH_AT], PF_NT=nt,
-                  pf_chunk=plan(prefetch.nbytes, grid[0] * grid[1] * grid[2], nt))
-    _decode_split_kernel[grid](
+    _decode_split_kernel[(hkv * head_tiles, B, num_splits)](
         q4, k_cache, v_cache, seq_lens, pos, part, lse,
         q4.stride(0), q4.stride(1), q4.stride(2), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), pos.stride(0), pos.stride(1),
@@ -334,7 +308,7 @@ def decode_attention(q, k_cache, v_cache, seq_lens, scale: float, *, positions=N
         USE_POS=not one,
         # fp32 caches would silently drop to tf32 on tensor cores; "ieee" keeps them exact
         PRECISION="ieee" if k_cache.dtype == torch.float32 else "tf32", MERGE=merge,
-        **launch, **launch_args(pdl), **pf,
+        **launch, **launch_args(pdl),
     )
     if not direct and not merge:
         _merge_splits_kernel[(H * S, B)](

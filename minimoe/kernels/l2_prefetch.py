@@ -6,7 +6,7 @@ At batch 1 a decode layer alternates kernels that stream weights from HBM (the q
 near bandwidth) with kernels that move a few hundred KB and are bound by latency: q/k-norm + rope + the
 cache write, split attention, its merge, the router (profile_step.py: Mixtral ~8 µs a layer between the
 q/k/v and o GEMVs, OLMoE ~9). During that window HBM is nearly idle, yet the weight the next GEMV will read
-is known in advance: no kernel writes it. So the kernel that opens the window asks the L2 for it
+is known in advance: no kernel writes it. So the kernel before the window asks the L2 for it
 (PTX `cp.async.bulk.prefetch.L2.global`, sm90+: fire and forget, nothing comes back to the SM, no
 register or shared memory held, the program goes on at once) and the GEMV then reads from L2 (50 MB on
 an H100 / H200: Mixtral's 33.5 MB o projection fits). It is a hint: the results are bit-identical with
@@ -18,8 +18,13 @@ The range is cut into P·NT chunks of C bytes (`plan`: C a multiple of 16, the i
 p owning chunks p·NT .. p·NT + NT - 1, thread i of it issuing one (none for a chunk past the end): the
 whole range is asked for exactly once, however many programs the issuing grid has.
 
-Used by kernels/decode_attention.py (the o projection's weight, issued by the split kernel) through
-`attention.py` under `--l2-prefetch` (settings.py).
+Who issues matters. An SM works through its bulk prefetches at a bounded rate and its program does not
+finish before they are handed on: issued by the split attention (9-80 programs, ~0.1-0.9 MB each), the o
+weight made the step 1.0-9.1% slower on four models (docs/results/2026-12-01-s12, call 1; the kernel
+finished later by about the time its SMs needed to issue their share). So the issuer is the q/k/v GEMV
+just before attention: hundreds of programs in one wave, each asking for ~20-50 KB as it stores its output
+(kernels/dense_gemv.py `l2_prefetch`, fused_moe_small's DENSE epilogue), through `attention.py` / `mla.py`
+under `--l2-prefetch` (settings.py).
 """
 import torch
 import triton
