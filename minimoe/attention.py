@@ -109,8 +109,7 @@ class Attention(nn.Module):
         cfg = self.cfg
         B, S, _ = x.shape
         H, Hkv, d = self.n_heads, self.n_kv_heads, cfg.head_dim
-        # --l2-prefetch on: the q/k/v GEMV's programs ask the L2 for wo's weight as they finish (l2_prefetch.py)
-        qkv = self.wqkv(x, prefetch=None if step.fresh else l2_target(self.wo, self.settings))  # [B, S, (H+2Hkv) d]
+        qkv = self.wqkv(x)                                                   # [B, S, (H + 2Hkv) d]
         qn, kn = getattr(self, "q_norm", None), getattr(self, "k_norm", None)
         q = ops_for(self.settings).qkv_rope_cache(                           # [B, S, H, d]; K/V into the cache
             qkv, step.positions, rot.cos_table, rot.sin_table, cache.k[self.layer], cache.v[self.layer], H, Hkv, d,
@@ -126,13 +125,3 @@ class Attention(nn.Module):
         else:
             out = attend_cached(q, k_cache, v_cache, step, cfg.softmax_scale, self.settings)
         return self.wo(out.reshape(B, S, H * d))
-
-
-def l2_target(proj: nn.Module, settings) -> torch.Tensor | None:
-    """The bytes of `proj`'s weight to ask into L2 ahead of its GEMV under --l2-prefetch on (a plain weight, or a
-    quantized one's codes; kernels/l2_prefetch.py), else None."""
-    if settings is None or settings.l2_prefetch != "on":
-        return None
-    w = getattr(proj, "weight", None)
-    w = w if isinstance(w, torch.Tensor) else getattr(w, "qdata", None)
-    return w if isinstance(w, torch.Tensor) and w.is_cuda else None

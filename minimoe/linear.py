@@ -40,15 +40,13 @@ def auto_gemv(T: int, N: int, D: int) -> str:
 
 
 def linear(x: torch.Tensor, weight, bias: torch.Tensor | None = None, gemv: str = "torch",
-           pdl: bool = False, prefetch: torch.Tensor | None = None) -> torch.Tensor:
+           pdl: bool = False) -> torch.Tensor:
     """y = x @ weightᵀ + bias for x [..., in] -> [..., out], whatever the weight's format.
     gemv (RunSettings.gemv) for a plain weight at decode sizes: "torch" (F.linear, cuBLAS), "triton"
     (kernels/gemv.py, up to its MAX_T rows), "stream" (kernels/dense_gemv.py, the MoE decode down kernel as a
     dense GEMV, up to STREAM_MAX_T rows, a bias added in its fp32 epilogue) or "auto" (`auto_gemv` per shape);
     anything outside those sizes runs F.linear. pdl (RunSettings.pdl on, sm90+): the stream kernel is launched
-    with Programmatic Dependent Launch (kernels/pdl.py). prefetch (--l2-prefetch on): another layer's weight that
-    the stream kernel's programs ask into L2 as they finish (kernels/l2_prefetch.py); the other kernels ignore
-    the hint (it is only issued where the stream kernel runs: batch 1-2 under --gemv auto)."""
+    with Programmatic Dependent Launch (kernels/pdl.py)."""
     if not isinstance(weight, torch.Tensor):          # a packed weight: its own kernel
         return weight.linear(x, bias, pdl=pdl)
     if gemv != "torch" and x.dtype == weight.dtype:
@@ -60,13 +58,11 @@ def linear(x: torch.Tensor, weight, bias: torch.Tensor | None = None, gemv: str 
             return y.view(*lead, -1)
         if kind == "stream" and 1 <= T <= STREAM_MAX_T and weight.is_contiguous() and (
                 bias is None or (bias.dtype == x.dtype and bias.is_contiguous())):
-            return _dense_gemv(x.reshape(-1, x.shape[-1]).contiguous(), weight, pdl=pdl, bias=bias,
-                               l2_prefetch=prefetch).view(*lead, -1)
+            return _dense_gemv(x.reshape(-1, x.shape[-1]).contiguous(), weight, pdl=pdl, bias=bias).view(*lead, -1)
     return F.linear(x, weight, bias)
 
 
-def linear_pair(x: torch.Tensor, a: "Linear", b: "Linear",
-                prefetch: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def linear_pair(x: torch.Tensor, a: "Linear", b: "Linear") -> tuple[torch.Tensor, torch.Tensor]:
     """(a(x), b(x)) for two bias-free Linears reading the same x [..., in] (MLA's q and latent projections).
     Where `linear()` would run the stream GEMV for the joined [out_a + out_b, in] weight (batch 1 under
     `--gemv auto`), one launch computes both (dense_gemv's `second`), returned as two NON-contiguous views of
@@ -84,11 +80,10 @@ def linear_pair(x: torch.Tensor, a: "Linear", b: "Linear",
         T = lead.numel()
         kind = auto_gemv(T, wa.shape[0] + wb.shape[0], wa.shape[1]) if s.gemv == "auto" else s.gemv
         if kind == "stream" and 1 <= T <= STREAM_MAX_T:
-            y = _dense_gemv(x.reshape(-1, x.shape[-1]).contiguous(), wa, pdl=s.pdl == "on", second=wb,
-                            l2_prefetch=prefetch)
+            y = _dense_gemv(x.reshape(-1, x.shape[-1]).contiguous(), wa, pdl=s.pdl == "on", second=wb)
             y = y.view(*lead, -1)
             return y[..., :wa.shape[0]], y[..., wa.shape[0]:]
-    return a(x, prefetch=prefetch), b(x)
+    return a(x), b(x)
 
 
 class Linear(nn.Module):
@@ -100,12 +95,11 @@ class Linear(nn.Module):
         self.weight = nn.Parameter(torch.empty(out_features, in_features))           # [out, in]
         self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
 
-    def forward(self, x: torch.Tensor, prefetch: torch.Tensor | None = None) -> torch.Tensor:
-        """prefetch: another layer's weight for this layer's stream GEMV to ask into L2 (--l2-prefetch on)."""
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         s = self.settings
         if s is None:
             return linear(x, self.weight, self.bias)
-        return linear(x, self.weight, self.bias, gemv=s.gemv, pdl=s.pdl == "on", prefetch=prefetch)
+        return linear(x, self.weight, self.bias, gemv=s.gemv, pdl=s.pdl == "on")
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, bias={self.bias is not None}"

@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .attention import attend_cached, l2_target
+from .attention import attend_cached
 from .config import ModelConfig
 from .kv_cache import KVCache, Step
 from .layers import RMSNorm
@@ -65,9 +65,7 @@ class MLAttention(nn.Module):
         B, S, _ = x.shape
         H, nope, rope, r = self.n_heads, cfg.qk_nope_head_dim, cfg.qk_rope_head_dim, cfg.kv_lora_rank
         # the two projections of x, in one launch at batch 1 (linear_pair): q or its LoRA-down, and the latent
-        # (--l2-prefetch on: its programs then ask the L2 for wo's weight, read after attention; l2_prefetch.py)
-        q, kv = linear_pair(x, self.wq_a if cfg.q_lora_rank else self.wq, self.wkv_a,
-                            prefetch=None if step.fresh else l2_target(self.wo, self.settings))  # kv [B, S, r+rope]
+        q, kv = linear_pair(x, self.wq_a if cfg.q_lora_rank else self.wq, self.wkv_a)   # kv [B, S, r+rope]
         q = self.wq_b(self.q_norm(q)) if cfg.q_lora_rank else q
         q = q.view(B, S, H, nope + rope)                                     # [B, S, H, nope+rope]
         latent = cache.latent[self.layer]                                     # [B, S_max, r+rope]

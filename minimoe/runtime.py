@@ -64,10 +64,6 @@ def check_settings(s: RunSettings, cfg: ModelConfig) -> None:
                          "fp16 on the CPU")
     if s.pdl == "on" and not (device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 9):
         raise UsageError("--pdl on needs a Hopper (sm90) or newer GPU")
-    if s.l2_prefetch == "on" and not (s.gemv in ("auto", "stream") and device.type == "cuda"
-                                      and torch.cuda.get_device_capability(device)[0] >= 9):
-        raise UsageError("--l2-prefetch on is issued by the stream GEMV of the q/k/v projection: it needs --gemv auto "
-                         "or stream on a Hopper (sm90) or newer GPU")
     if s.experts != "loop" and not cfg.is_moe:
         raise UsageError(f"--experts {s.experts} needs an MoE model")
     if s.router is not None and s.router not in ROUTERS:

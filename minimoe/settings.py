@@ -43,8 +43,6 @@ class RunSettings:
                                     # on | off; auto = on with --ops triton (model.Block, kernels/gate_splitk.py)
     fuse_shared: str = "auto"       # shared experts inside the routed experts' decode kernels (shared_fusion.py):
                                     # on | off; auto = on for --experts fused, unquantized, no EP / TP plan
-    l2_prefetch: str = "auto"       # the q/k/v stream GEMV asks the L2 for the o projection's weight at batch 1-2
-                                    # (kernels/l2_prefetch.py): on (sm90+) | off; auto: see resolve
     eager: bool = False             # no CUDA graph of the decode step (graphs need a GPU and a sync-free path)
     eager_prefill: bool = False     # no CUDA graph of the prefill
     router: str | None = None       # override the card's router (synthetic ones for ablations)
@@ -82,7 +80,6 @@ class RunSettings:
         _choose("pdl", s.pdl, ("auto", "on", "off"))
         _choose("fold_norm", s.fold_norm, ("auto", "on", "off"))
         _choose("fuse_shared", s.fuse_shared, ("auto", "on", "off"))
-        _choose("l2_prefetch", s.l2_prefetch, ("auto", "on", "off"))
         _choose("quant", s.quant, QUANT_FORMATS)
         _choose("dispatch", s.dispatch, DISPATCH_DESIGNS)
         _choose("allreduce", s.allreduce, ALLREDUCE_DESIGNS)
@@ -100,8 +97,6 @@ class RunSettings:
             raise ValueError("--fuse-shared on runs the shared experts inside the fused decode kernels: it needs "
                              f"--experts fused, --quant none and no --ep / --tp plan (got --experts {s.experts}, "
                              f"--quant {s.quant}, --ep {s.ep}, --tp {s.tp})")
-        if s.l2_prefetch == "auto":
-            s.l2_prefetch = "off"
         if s.allreduce == "auto":                            # symm measured faster at every batch (parallelism.md)
             s.allreduce = "symm" if _symm_fits(s, gpu) else "nccl"
         if s.dispatch != "allgather" and s.ep == 1:        # the default design is the only one taken silently
@@ -227,11 +222,6 @@ SETTINGS_FLAGS = {
                                                "fused, --quant none, no --ep / --tp; then a layer fuses where its "
                                                "step is one token on the small-T plan, which --profile notes as "
                                                "small+shared) | off; auto: on where it can run")),
-    "l2_prefetch": ("--l2-prefetch", dict(help="at batch 1-2 the q/k/v projection's stream GEMV asks the L2 for "
-                                               "the o projection's weight as its programs finish, so HBM streams it "
-                                               "during attention and the o GEMV reads from L2 "
-                                               "(kernels/l2_prefetch.py): on (sm90+, --gemv auto or stream) | off; "
-                                               "auto: off")),
     "eager": ("--eager", dict(action="store_true", help="no CUDA graph of the decode step")),
     "eager_prefill": ("--eager-prefill", dict(action="store_true", help="no CUDA graph of the prefill")),
     "router": ("--router", dict(help="override the card's router (uniform, balanced, zipf for ablations)")),

@@ -70,37 +70,6 @@ def test_graphed_decode_equals_eager_with_fused_shared(card, batch, monkeypatch)
     assert bool(runs) == (batch <= shared_fusion.MAX_T)
 
 
-@pytest.mark.parametrize("card", TINY)
-def test_l2_prefetch_changes_no_token(card):
-    """--l2-prefetch on (the q/k/v stream GEMV asks the L2 for the o projection's weight at batch 1): a hint, so the
-    tokens (graphed and eager) are those of --l2-prefetch off, bit for bit."""
-    if torch.cuda.get_device_capability()[0] < 9:
-        pytest.skip("cp.async.bulk.prefetch needs sm90")
-    outs = []
-    for pf in ("off", "on"):
-        s = RunSettings(experts="fused", attn="triton", ops="triton", pdl="on", l2_prefetch=pf)
-        model, cfg, _ = build_model(card, "dummy", dtype=torch.bfloat16, device="cuda", settings=s, seed=1)
-        prompts = torch.randint(0, cfg.vocab_size, (1, 11), device="cuda", generator=torch.Generator("cuda").manual_seed(3))
-        outs.append((_tokens(model, prompts, 16, graphs=True), _tokens(model, prompts, 16, graphs=False)))
-    assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[1][0], outs[1][1])
-
-
-@pytest.mark.parametrize("N,K,pf_shape", [(6144, 4096, (4096, 4096)), (1000, 520, (4104, 1000)), (16, 64, (8, 8))])
-@pytest.mark.parametrize("second", [False, True])
-def test_dense_gemv_l2_prefetch_same_bits(N, K, pf_shape, second):
-    """The stream GEMV with a prefetch (sizes that do not split evenly: the last chunk clipped; a range smaller than
-    one chunk a thread) writes the same bits as without, alone and with a joined second layer."""
-    if torch.cuda.get_device_capability()[0] < 9:
-        pytest.skip("cp.async.bulk.prefetch needs sm90")
-    from minimoe.kernels.dense_gemv import dense_gemv
-    x = torch.randn(1, K, device="cuda", dtype=torch.bfloat16)
-    w = torch.randn(N, K, device="cuda", dtype=torch.bfloat16)
-    w2 = torch.randn(N // 2 + 3, K, device="cuda", dtype=torch.bfloat16) if second else None
-    pf = torch.randn(*pf_shape, device="cuda", dtype=torch.bfloat16)
-    base = dense_gemv(x, w, pdl=True, second=w2)
-    assert torch.equal(dense_gemv(x, w, pdl=True, second=w2, l2_prefetch=pf), base)
-
-
 def test_pdl_auto_is_on_for_one_hopper_gpu_only():
     hopper = torch.cuda.get_device_capability()[0] >= 9
     assert RunSettings(device="cuda").resolve().pdl == ("on" if hopper else "off")

@@ -15,7 +15,6 @@ import torch
 import triton
 
 from .fused_moe_small import SMALL_KEYS, _down_combine_kernel
-from .l2_prefetch import byte_view, plan
 from .moe_configs import on_gpu
 from .pdl import launch_args
 
@@ -40,7 +39,7 @@ def dense_config(N: int, D: int) -> dict:
 
 def dense_gemv(x: torch.Tensor, weight: torch.Tensor, config: dict | None = None, pdl: bool = False,
                prefetch_bytes: int = 0, bias: torch.Tensor | None = None,
-               second: torch.Tensor | None = None, l2_prefetch: torch.Tensor | None = None) -> torch.Tensor:
+               second: torch.Tensor | None = None) -> torch.Tensor:
     """A dense layer at decode through the down kernel above: x [T, K] @ W[N, K]ᵀ (+ bias [N]) -> [T, N] in x.dtype,
     W a plain [N, K] weight seen as one expert, each token one slot of routing weight 1 (an exact
     no-op on the fp32 partial). The kernel streams [BLOCK_N, BLOCK_K] tiles along the contiguous
@@ -52,10 +51,7 @@ def dense_gemv(x: torch.Tensor, weight: torch.Tensor, config: dict | None = None
     the kernel waits for its predecessor (rounded down to 16, at most the row). Raises ValueError for an x
     and W that are not 2-D with the same K, dtype and device and a unit last stride; for prefetch_bytes
     without pdl, off a GPU, or with rows that are not 16-byte aligned; for a bias that is not [N]; for a
-    second weight with another K, dtype or device, or beside a bias. l2_prefetch (sm90+): another layer's weight
-    (the next GEMV's), asked into L2 by this launch's programs once their outputs are stored, each a small share
-    (kernels/l2_prefetch.py: a hint, the results are the same bits); ValueError where byte_view refuses it or off
-    an sm90+ GPU."""
+    second weight with another K, dtype or device, or beside a bias."""
     if (x.dim() != 2 or weight.dim() != 2 or x.shape[1] != weight.shape[1] or x.dtype != weight.dtype
             or x.device != weight.device or x.stride(1) != 1 or weight.stride(1) != 1):
         raise ValueError(f"dense_gemv: x {tuple(x.shape)} {x.dtype} and W {tuple(weight.shape)} {weight.dtype} need "
@@ -71,8 +67,6 @@ def dense_gemv(x: torch.Tensor, weight: torch.Tensor, config: dict | None = None
     if prefetch_bytes and not (pdl and on_gpu() and weight.data_ptr() % 16 == 0
                                and weight.stride(0) * weight.element_size() % 16 == 0):
         raise ValueError("dense_gemv: prefetch_bytes needs pdl=True on a GPU and 16-byte aligned weight rows")
-    if l2_prefetch is not None and not (x.is_cuda and torch.cuda.get_device_capability(x.device)[0] >= 9):
-        raise ValueError("dense_gemv: l2_prefetch needs an sm90+ GPU (cp.async.bulk.prefetch)")
     N2 = 0 if second is None else second.shape[0]
     base = dense_config(N + N2, K)
     cfg = {k: (config or {}).get(k, base[k]) for k in SMALL_KEYS}
@@ -82,11 +76,6 @@ def dense_gemv(x: torch.Tensor, weight: torch.Tensor, config: dict | None = None
     w3 = weight.unsqueeze(0)                                                # [1, N, K]
     wb = w3 if second is None else second
     grid = (T * (triton.cdiv(N, cfg["BLOCK_N"]) + triton.cdiv(N2, cfg["BLOCK_N"])),)
-    pf = {}
-    if l2_prefetch is not None:
-        nt = 32 * cfg["num_warps"]                                          # one prefetch a thread
-        pf = dict(pf_ptr=byte_view(l2_prefetch), pf_bytes=l2_prefetch.nbytes, PF_NT=nt,
-                  pf_chunk=plan(l2_prefetch.nbytes, grid[0], nt))
     _down_combine_kernel[grid](
         x, w3, out, x, x if bias is None else bias, 1, 0, 1, N, K,          # ids: never read; weights: the bias
         x.stride(0), w3.stride(0), w3.stride(1), out.stride(0),
@@ -95,5 +84,5 @@ def dense_gemv(x: torch.Tensor, weight: torch.Tensor, config: dict | None = None
         BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"], STAGES=cfg["num_stages"],
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], DENSE=True, BIAS=bias is not None,
         CAT=second is not None,
-        PREFETCH_BYTES=min(int(prefetch_bytes), K * weight.element_size()) // 16 * 16, **launch_args(pdl), **pf)
+        PREFETCH_BYTES=min(int(prefetch_bytes), K * weight.element_size()) // 16 * 16, **launch_args(pdl))
     return out

@@ -44,7 +44,6 @@ import triton
 import triton.language as tl
 
 from .moe_configs import on_gpu
-from .l2_prefetch import prefetch_share
 from .pdl import launch_args, prefetch_l2, release_args, wait_then_release
 
 SMALL_KEYS = ("BLOCK_N", "BLOCK_K", "num_warps", "num_stages")
@@ -170,7 +169,7 @@ def _down_combine_kernel(h_ptr, w2_ptr, out_ptr, ids_ptr, weights_ptr, top_k, ex
                          BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr, PDL: tl.constexpr,
                          DENSE: tl.constexpr = False, PREFETCH_BYTES: tl.constexpr = 0,
                          SHARED: tl.constexpr = False, SHARED_GATE: tl.constexpr = False, BIAS: tl.constexpr = False,
-                         CAT: tl.constexpr = False, pf_ptr=None, pf_bytes=0, pf_chunk=0, PF_NT: tl.constexpr = 0):
+                         CAT: tl.constexpr = False):
     """out[t, cols] = Σ_k w[t,k] · W2[e_k][cols, :] · h[t·K + k] for BLOCK_N columns of D.
     DENSE (dense_gemv.py): one expert, one slot of weight 1: out[t, cols] = W[cols, :] · h[t], no id loads;
     BIAS (DENSE): plus bias[cols], read through weights_ptr, on the fp32 accumulator (one rounding, as cuBLAS).
@@ -179,9 +178,7 @@ def _down_combine_kernel(h_ptr, w2_ptr, out_ptr, ids_ptr, weights_ptr, top_k, ex
     PREFETCH_BYTES (DENSE, launched with PDL): before waiting for the previous kernel, ask the L2 for the
     first PREFETCH_BYTES of each of the program's weight rows (the weights do not depend on it).
     CAT (DENSE): two layers on the same input in one launch, out[t] = [W · h[t], Wb · h[t]] (wb [N_B, I]):
-    each token's tiles of W (D rows), then of Wb, whose outputs land in columns D .. D + N_B - 1.
-    PF_NT > 0 (DENSE): once its output is stored, each program asks the L2 for its share of another layer's
-    weight bytes [pf_ptr, pf_ptr + pf_bytes), PF_NT chunks of pf_chunk bytes (l2_prefetch.py)."""
+    each token's tiles of W (D rows), then of Wb, whose outputs land in columns D .. D + N_B - 1."""
     pid = tl.program_id(0)
     n_blocks = tl.cdiv(D, BLOCK_N)
     n_out, out_col0, w_base, w_stride = D, 0, w2_ptr, stride_wn        # the rows this program reads and writes
@@ -235,9 +232,6 @@ def _down_combine_kernel(h_ptr, w2_ptr, out_ptr, ids_ptr, weights_ptr, top_k, ex
     cols = col0 + tl.arange(0, BLOCK_N)
     tl.store(out_ptr + t.to(tl.int64) * stride_ot + out_col0 + cols, acc.to(out_ptr.dtype.element_ty),
              mask=cols < n_out)
-    if PF_NT > 0:
-        tl.static_assert(DENSE, "a prefetch is issued by a dense layer's GEMV")
-        prefetch_share(pf_ptr, pf_bytes, pf_chunk, pid, PF_NT)
 
 
 def small_default_config(E: int, I: int, D: int, K: int, T: int, dtype: torch.dtype,

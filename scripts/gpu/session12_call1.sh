@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# (Runs the code of commit 7476bb1: --l2-prefetch was removed after call 3; docs/results/2026-12-01-s12/README.md.)
 # Session 12, call 1 on nvidia-h200 (~8 min): --l2-prefetch (the split decode attention asks the L2 for the o
 # projection's weight). GPU tests (same tokens / same bits with the prefetch), then scripts/l2_prefetch_probe.py:
 # off / start / end interleaved, graphed bs-1 step of OLMoE, Mixtral, Qwen3-30B-A3B, DeepSeek-V2-Lite, then OLMoE

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# (Runs the code of commit 51aae20: --l2-prefetch was removed after call 3; docs/results/2026-12-01-s12/README.md.)
 # Session 12, call 2 on nvidia-h200 (~6 min): --l2-prefetch issued by the q/k/v stream GEMV (each of its programs
 # asks the L2 for a ~20-50 KB share of the o projection's weight once its output is stored). GPU tests (same bits,
 # same tokens), then scripts/l2_prefetch_probe.py off / on interleaved, graphed bs-1 step of Mixtral, OLMoE,

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# (Runs the code of commit 51aae20: --l2-prefetch was removed after call 3; docs/results/2026-12-01-s12/README.md.)
 # Session 12, call 3 on nvidia-h200 (~4 min): where does --l2-prefetch on lose? scripts/profile_step.py (one layer
 # in launch order, graphed bs-1 step) with --l2-prefetch off and on, Mixtral and Qwen3-30B-A3B.
 # Usage (device tool, repo root): bash scripts/gpu/session12_call3.sh
