@@ -161,26 +161,6 @@ def test_dense_gemv_matches_linear(T, N, D, dtype):
         dense_gemv(x, w, bias=b[:-1] if N > 1 else torch.zeros(2, device=DEVICE, dtype=dtype))
 
 
-@pytest.mark.parametrize("T,N,D", [(1, 48, 64), (2, 17, 33), (1, 130, 520), (1, 9, 40)])
-@pytest.mark.parametrize("tiles", [1, 2])
-def test_dense_gemv_preload_gives_the_same_bits(T, N, D, tiles, monkeypatch):
-    """PRELOAD (the first weight tiles loaded before the PDL wait) sums in the loop's order: the same bits as without,
-    with fewer chunks than preloaded tiles (D <= BLOCK_K), a bias, and a second layer joined (CAT)."""
-    from minimoe.kernels import dense_gemv as dg
-    g = torch.Generator().manual_seed(T * 1000 + N + D)
-    x = torch.randn(T, D, generator=g).to(DEVICE, torch.float16)
-    w = (torch.randn(N, D, generator=g) * D ** -0.5).to(DEVICE, torch.float16)
-    w2 = (torch.randn(N + 5, D, generator=g) * D ** -0.5).to(DEVICE, torch.float16)
-    b = torch.randn(N, generator=g).to(DEVICE, torch.float16)
-    cfg = {"BLOCK_N": 4, "BLOCK_K": 16, "num_stages": 2}
-    pdl = DEVICE.type == "cuda" and torch.cuda.get_device_capability()[0] >= 9     # the loads then precede the wait
-    runs = [dict(config=cfg, pdl=pdl), dict(config=cfg, bias=b, pdl=pdl), dict(config=cfg, second=w2), dict(pdl=pdl)]
-    base = [dg.dense_gemv(x, w, **kw) for kw in runs]
-    monkeypatch.setattr(dg, "PRELOAD_TILES", tiles)
-    for kw, want in zip(runs, base):
-        assert torch.equal(dg.dense_gemv(x, w, **kw), want)
-
-
 def test_dense_gemv_refuses_inputs_it_would_misread():
     """A transposed weight, a strided x, another K or another dtype: one ValueError, not a wrong result (the kernel
     walks both along a unit-stride K of the weight's width)."""

@@ -19,11 +19,6 @@ from .moe_configs import on_gpu
 from .pdl import launch_args
 
 
-# Weight tiles a program loads before it waits for its predecessor (fused_moe_small PRELOAD; 0: none; with PDL the
-# loads overlap the predecessor, without it they are just the first loads).
-PRELOAD_TILES = 0
-
-
 def dense_config(N: int, D: int) -> dict:
     """dense_gemv's tile for W [N, D] at batch 1, from the H200 sweep (scripts/bench_gemv.py, 10 tiles x 16
     projection shapes of Qwen3-0.6B / 1.7B, OLMoE, Mixtral, Qwen3-30B-A3B; docs/results/2026-11-30-s5):
@@ -88,6 +83,6 @@ def dense_gemv(x: torch.Tensor, weight: torch.Tensor, config: dict | None = None
         wb, N2, wb.stride(0),
         BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"], STAGES=cfg["num_stages"],
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], DENSE=True, BIAS=bias is not None,
-        CAT=second is not None, PRELOAD=min(PRELOAD_TILES, triton.cdiv(K, cfg["BLOCK_K"])),
+        CAT=second is not None,
         PREFETCH_BYTES=min(int(prefetch_bytes), K * weight.element_size()) // 16 * 16, **launch_args(pdl))
     return out

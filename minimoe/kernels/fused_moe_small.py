@@ -169,7 +169,7 @@ def _down_combine_kernel(h_ptr, w2_ptr, out_ptr, ids_ptr, weights_ptr, top_k, ex
                          BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr, PDL: tl.constexpr,
                          DENSE: tl.constexpr = False, PREFETCH_BYTES: tl.constexpr = 0,
                          SHARED: tl.constexpr = False, SHARED_GATE: tl.constexpr = False, BIAS: tl.constexpr = False,
-                         CAT: tl.constexpr = False, PRELOAD: tl.constexpr = 0):
+                         CAT: tl.constexpr = False):
     """out[t, cols] = Σ_k w[t,k] · W2[e_k][cols, :] · h[t·K + k] for BLOCK_N columns of D.
     DENSE (dense_gemv.py): one expert, one slot of weight 1: out[t, cols] = W[cols, :] · h[t], no id loads;
     BIAS (DENSE): plus bias[cols], read through weights_ptr, on the fp32 accumulator (one rounding, as cuBLAS).
@@ -178,10 +178,7 @@ def _down_combine_kernel(h_ptr, w2_ptr, out_ptr, ids_ptr, weights_ptr, top_k, ex
     PREFETCH_BYTES (DENSE, launched with PDL): before waiting for the previous kernel, ask the L2 for the
     first PREFETCH_BYTES of each of the program's weight rows (the weights do not depend on it).
     CAT (DENSE): two layers on the same input in one launch, out[t] = [W · h[t], Wb · h[t]] (wb [N_B, I]):
-    each token's tiles of W (D rows), then of Wb, whose outputs land in columns D .. D + N_B - 1.
-    PRELOAD (DENSE, launched with PDL): load the first PRELOAD weight tiles into registers before waiting for
-    the previous kernel (the weights do not depend on it; no kernel writes them), so the first bytes are
-    in flight while the predecessor finishes; the sums run in the same order (the same bits)."""
+    each token's tiles of W (D rows), then of Wb, whose outputs land in columns D .. D + N_B - 1."""
     pid = tl.program_id(0)
     n_blocks = tl.cdiv(D, BLOCK_N)
     n_out, out_col0, w_base, w_stride = D, 0, w2_ptr, stride_wn        # the rows this program reads and writes
@@ -200,26 +197,12 @@ def _down_combine_kernel(h_ptr, w2_ptr, out_ptr, ids_ptr, weights_ptr, top_k, ex
     if PREFETCH_BYTES > 0:
         tl.static_assert(DENSE, "only a dense layer's weights are known before the previous kernel ends")
         prefetch_l2(w_base + rows.to(tl.int64) * w_stride, tl.full((BLOCK_N,), PREFETCH_BYTES, tl.int32))
-    if PRELOAD > 0:
-        tl.static_assert(DENSE and PRELOAD <= 2, "a dense layer's first one or two weight tiles")
-        w_rows = w_base + rows[:, None].to(tl.int64) * w_stride + offs_k[None, :]      # [BN, BK]
-        w_pre0 = tl.load(w_rows, mask=(offs_k < I)[None, :], other=0.0, eviction_policy="evict_first")
-        if PRELOAD > 1:
-            w_pre1 = tl.load(w_rows + BLOCK_K, mask=(offs_k < I - BLOCK_K)[None, :], other=0.0,
-                             eviction_policy="evict_first")
     wait_then_release(PDL)
     n_chunks = tl.cdiv(I, BLOCK_K)
     acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
-    if PRELOAD > 0:                                     # the preloaded tiles first: the loop's order of sums
-        h_row = h_ptr + t.to(tl.int64) * stride_ht
-        acc += tl.sum(w_pre0.to(tl.float32) * tl.load(h_row + offs_k, mask=offs_k < I, other=0.0)
-                      .to(tl.float32)[None, :], axis=1)
-        if PRELOAD > 1:
-            acc += tl.sum(w_pre1.to(tl.float32) * tl.load(h_row + BLOCK_K + offs_k, mask=offs_k < I - BLOCK_K,
-                                                          other=0.0).to(tl.float32)[None, :], axis=1)
     # One flat loop over (slot, chunk) rather than a loop per slot: with I about BLOCK_K the inner
     # loop would be one step long, and a flat loop lets the pipeliner fetch the next slot's tile.
-    for j in tl.range(PRELOAD, top_k * n_chunks, num_stages=STAGES):
+    for j in tl.range(0, top_k * n_chunks, num_stages=STAGES):
         slot = j // n_chunks
         k0 = (j - slot * n_chunks) * BLOCK_K
         pair = t * top_k + slot

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# (Runs the code of commit 420b658: PRELOAD was removed after this call; docs/results/2026-12-01-s12/README.md.)
 # Session 12, call 4 on nvidia-h200 (~7 min): the dense stream GEMV loads its first weight tiles before its PDL wait
 # (fused_moe_small PRELOAD, dense_gemv.PRELOAD_TILES). GPU tests (same bits), then scripts/step_probe.py base /
 # pre1 / pre2 interleaved, graphed bs-1 step of Mixtral, OLMoE, Qwen3-30B-A3B, DeepSeek-V2-Lite.
