@@ -44,6 +44,7 @@ def record(shapes: list[str], formats: list[str] | None, out: str, sweep: bool =
         if "quant" not in self.fn.__module__:       # the alignment and combine kernels are not ours to check here
             return
         bound = inspect.signature(self.fn).bind(*args, **{k: v for k, v in kwargs.items() if k not in LAUNCH_KEYS})
+        bound.apply_defaults()                      # a constexpr left at its default is still part of the variant
         sig, consts = {}, {}
         for name, value in bound.arguments.items():
             param = inspect.signature(self.fn).parameters[name]

@@ -4,8 +4,8 @@
         --variant base --variant pre1:minimoe.kernels.dense_gemv.PRELOAD_TILES=1 [--steps 40] [--rounds 3] [--json OUT]
 
 A variant is NAME or NAME:module.ATTR=VALUE[,module.ATTR=VALUE...] (VALUE a Python literal); the first variant is
-the baseline. For each model and batch one model is built (random weights, real shapes, `--fused`, every other
-setting at its default), then round by round every variant sets its attributes, captures a fresh decode graph,
+the baseline. For each model and batch one model is built (random weights, real shapes, `--fused`, `--quant` as
+given, every other setting at its default), then round by round every variant sets its attributes, captures a fresh decode graph,
 decodes 6 warm-up steps and times `steps` graphed steps back to back with CUDA events (µs per step, median of
 rounds). Every variant must generate the baseline's greedy tokens (a kernel knob must not change the bits): the
 exit status is 1 otherwise. A sweep of one kernel alone is not the step's context (docs/perf_notes.md, eighth
@@ -45,7 +45,7 @@ def parse_variant(text: str) -> tuple[str, list[tuple[object, str, object]]]:
 
 
 def probe(model_name: str, batches: list[int], variants, a) -> list[dict]:
-    s = RunSettings(experts="fused", device="cuda").resolve()
+    s = RunSettings(experts="fused", device="cuda", quant=a.quant).resolve()
     model, cfg, _ = build_model(model_name, "dummy", dtype=s.torch_dtype, device=s.torch_device, settings=s)
     rows = []
     for B in batches:
@@ -96,6 +96,7 @@ def main(argv=None) -> int:
     p.add_argument("--models", nargs="+", default=["olmoe"])
     p.add_argument("--batches", nargs="+", type=int, default=[1])
     p.add_argument("--variant", action="append", required=True, help="NAME[:module.ATTR=VALUE,...]")
+    p.add_argument("--quant", default="none", help="the weight format, as bench.py's --quant")
     p.add_argument("--input-len", type=int, default=128)
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--rounds", type=int, default=3)
@@ -112,7 +113,8 @@ def main(argv=None) -> int:
     rows = []
     for m in a.models:
         rows += probe(m, a.batches, variants, a)
-    print(f"# graphed decode step, {a.input_len} in, {a.rounds} rounds x {a.steps} steps, variants interleaved; "
+    print(f"# graphed decode step, quant {a.quant}, {a.input_len} in, {a.rounds} rounds x {a.steps} steps, variants "
+          "interleaved; "
           + "; ".join(a.variant))
     print(f"{'model':18s} {'bs':>3s} {'variant':10s} {'us/step':>9s} {'vs base':>8s} same  rounds")
     for r in rows:

@@ -37,6 +37,14 @@ def test_quantized_graphed_decode_equals_eager(card, fmt):
     assert torch.equal(_tokens(model, prompts, 12, graphs=True), _tokens(model, prompts, 12, graphs=False))
 
 
+@pytest.mark.parametrize("card", ["olmoe-tiny", "deepseek-v3-tiny"])
+def test_fp8_pair_kernels_graphed_decode_equals_eager(card, monkeypatch):
+    """fp8 through the packed-pair decode kernels (cvt.e4m3x2 pairs), captured in the decode graph."""
+    from minimoe.kernels import fused_moe_quant_small
+    monkeypatch.setitem(fused_moe_quant_small.DECODE_VARIANT, 0, "pair")
+    test_quantized_graphed_decode_equals_eager(card, "fp8")
+
+
 def test_fp8_scaled_mm_equals_its_reference():
     w = torch.randn(256, 512, device="cuda", dtype=torch.bfloat16) * 0.02
     qw = quant.FORMATS["fp8"].stack(w, cls=QuantWeight)
@@ -46,10 +54,10 @@ def test_fp8_scaled_mm_equals_its_reference():
     assert ((got - want).norm() / want.norm()).item() < 1e-2
 
 
-@pytest.mark.parametrize("fmt", ["int4", "int4-zero", "int8"])
+@pytest.mark.parametrize("fmt", ["int4", "int4-zero", "int8", "fp8", "fp8-block"])
 @pytest.mark.parametrize("scale", [1.0, 30.0])
 def test_pair_ptx_equals_dequantize_then_matmul(fmt, scale):
-    """The packed-pair kernels' PTX (LOP3 / PRMT into fp16 pairs, HFMA2) at bf16 on a mid-size shape, T = 1 and 2,
+    """The packed-pair kernels' PTX (LOP3 / PRMT / cvt.e4m3x2 into fp16 pairs, HFMA2) at bf16 on a mid-size shape, T = 1 and 2,
     default tiles, x packed in the kernel or by pack_pairs: within bf16 rounding of the fp32 oracle, also for x up
     to ~120 whose h = silu(gate)·up reach ~1e4 (the fp16 scalings keep a word's partial sum finite)."""
     from minimoe.experts import Experts
@@ -59,8 +67,9 @@ def test_pair_ptx_equals_dequantize_then_matmul(fmt, scale):
     dense = Experts.from_tensors(torch.randn(E, 2 * I, D, device="cuda", generator=gen).bfloat16() * 0.02,
                                  torch.randn(E, D, I, device="cuda", generator=gen).bfloat16() * 0.02)
     from minimoe.qexperts import QuantExperts
-    from minimoe.qweights import quantize_int4, quantize_int8
-    q = QuantExperts.quantize(dense, {"int4": quantize_int4, "int8": quantize_int8,
+    from minimoe.qweights import quantize_fp8, quantize_int4, quantize_int8
+    q = QuantExperts.quantize(dense, {"int4": quantize_int4, "int8": quantize_int8, "fp8": quantize_fp8,
+                                      "fp8-block": lambda w: quantize_fp8(w, 128),
                                       "int4-zero": lambda w: quantize_int4(w, 128, zero_point=True)}[fmt])
     w13, w2 = q.w13.dequantize().float(), q.w2.dequantize().float()
     for T in (1, 2):

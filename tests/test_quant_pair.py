@@ -20,9 +20,10 @@ PAIR = {"variant": "pair"}
 # x and h become fp16 (times 2^-8) before they meet the codes: fp16 rounding of the activations, 2^-11 relative
 TOL = 2e-3
 INT = ["int8", "int4", "int4-g128", "int4-zero"]
+FP8 = ["fp8", "fp8-block"]         # e4m3 bytes read as int32 words (cvt.rn.f16x2.e4m3x2 on a GPU)
 
 
-@pytest.mark.parametrize("fmt", INT)
+@pytest.mark.parametrize("fmt", INT + FP8)
 def test_one_token_over_60_experts(fmt):
     """T = 1, K = 4 of E = 60; I = 40 pads every scale group (h's padding must be finite zeros)."""
     gen = torch.Generator().manual_seed(21)
@@ -32,7 +33,7 @@ def test_one_token_over_60_experts(fmt):
     check(fused_moe_quant(x, q13, q2, ids, w, config=PAIR), reference(x, q13, q2, ids, w), TOL)
 
 
-@pytest.mark.parametrize("fmt", ["int8", "int4-zero"])
+@pytest.mark.parametrize("fmt", ["int8", "int4-zero", "fp8-block"])
 def test_ragged_tokens_skipped_and_foreign_slots(fmt):
     """T = 3 with K = 4, ids -1 (skipped) and ids another rank holds (global 7..66 here): exact zeros."""
     gen = torch.Generator().manual_seed(22)
@@ -52,7 +53,9 @@ def test_ragged_tokens_skipped_and_foreign_slots(fmt):
                    "down": {"BLOCK_N": 2, "BLOCK_K": 64, "wide": True}}),
     ("int8", {"BLOCK_N": 2, "BLOCK_K": 16, "down": {"BLOCK_N": 32, "BLOCK_K": 128, "wide": True}}),
     ("int8", {"BLOCK_N": 16, "BLOCK_K": 256, "x_packed": True, "wide": True,
-              "down": {"BLOCK_N": 4, "BLOCK_K": 16, "split": 8}})])
+              "down": {"BLOCK_N": 4, "BLOCK_K": 16, "split": 8}}),
+    ("fp8", {"BLOCK_N": 4, "BLOCK_K": 32, "x_packed": True, "down": {"BLOCK_N": 8, "BLOCK_K": 16, "split": 3}}),
+    ("fp8-block", {"BLOCK_N": 8, "BLOCK_K": 64, "wide": True, "down": {"BLOCK_N": 2, "BLOCK_K": 32, "wide": True}})])
 def test_other_tiles_and_half_precision(fmt, tiles):
     """Steps of one word, of several groups (wide: scales and zero points per word), wider than the reduction,
     x packed by its own kernel, GEMM2 split over 3 and 8 programs (more than the steps of a token: idle shares);
@@ -67,7 +70,7 @@ def test_other_tiles_and_half_precision(fmt, tiles):
         check(out, reference(x, q13, q2, ids, w), TOL if dtype == torch.float32 else 4e-3)
 
 
-@pytest.mark.parametrize("fmt", INT)
+@pytest.mark.parametrize("fmt", INT + FP8)
 @pytest.mark.parametrize("packed,split", [(False, 1), (True, 1), (True, 2)])
 def test_dense_decode_layer(fmt, packed, split):
     """N = 50, K = 72 (padded codes), T = 1 and 3; x packed in the kernel or by pack_pairs; split-K over 2."""
@@ -131,11 +134,12 @@ def test_paired_order(bits):
 
 
 def test_pair_refuses_formats_it_does_not_read():
+    """fp8 rows that do not hold whole 4-byte words (K = 98) are not read as words: one error naming what is."""
     gen = torch.Generator().manual_seed(26)
-    q13, q2 = make("fp8", 4, gen)
+    q13, q2 = make("fp8", 4, gen, d=98)
     x = torch.randn(1, q13.K, generator=gen).to(DEVICE)
     ids, w = routing(1, 1, 4, gen)
-    with pytest.raises(ValueError, match="int4 and int8"):
+    with pytest.raises(ValueError, match="int4 and int8 codes and fp8 in whole words"):
         fused_moe_quant(x, q13, q2, ids, w, config=PAIR)
     with pytest.raises(ValueError, match="unknown decode variant"):
         small.quant_gemv(x, q13, {"variant": "bogus"})
@@ -155,3 +159,7 @@ def test_default_is_pair_for_half_activations_on_a_gpu(monkeypatch):
     assert small.decode_variant(q13, {"variant": "small"}, torch.bfloat16) == "small"
     monkeypatch.setattr(small, "on_gpu", lambda: False)
     assert small.decode_variant(q13, None, torch.bfloat16) == "gemv"
+    monkeypatch.setattr(small, "on_gpu", lambda: True)                 # fp8 as "pair": rows of whole words only
+    monkeypatch.setitem(small.DECODE_VARIANT, 0, "pair")
+    assert small.decode_variant(make("fp8", 2, gen)[0], None, torch.bfloat16) == "pair"
+    assert small.decode_variant(make("fp8", 2, gen, d=98)[0], None, torch.bfloat16) == "gemv"

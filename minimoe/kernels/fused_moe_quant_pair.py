@@ -1,10 +1,11 @@
-"""Decode MoE on int4 / int8 weights, third design (after fused_moe_quant_small's 3-D tiles and
+"""Decode MoE on int4 / int8 / fp8 weights, third design (after fused_moe_quant_small's 3-D tiles and
 fused_moe_quant_gemv's fp32 2-D tiles): two fp16 weights a register (Marlin's trick).
 
 Shape legend: T tokens, D hidden, E local experts, K experts per token, I expert FFN width,
 PW codes an int32 word (8 for int4, 4 for int8: vLLM's and AWQ's pack factor), V words a tile row per step.
 Inputs: x bf16 / fp16 (fp32 works, in fp16 precision), ids int32/int64 [T, K], routing weights [T, K];
-outputs in x's dtype. Raises ValueError for a stack that is not minimoe's int4 / int8 codes or a BLOCK_K
+outputs in x's dtype. Raises ValueError for a stack that is not minimoe's int4 / int8 codes or fp8 in whole
+4-byte words, or a BLOCK_K
 that is not a power of two holding whole words and scale groups.
 
 The arithmetic (the PTX, the paired order, the precision bounds) is in pair_codes.py; this file holds
@@ -20,9 +21,9 @@ import triton.language as tl
 from .fused_moe_small import _flat_slot, _local_expert
 from .moe_configs import on_gpu
 from .pair_codes import (H_SCALE, X_SCALE, _X_SCALE, _H_SCALE, _pair_step, _wide_step, _zero_of,  # noqa: F401
-                         pack_pairs, pair_supported)
+                         pack_pairs, pair_bits, pair_supported, pair_words)
 from .pdl import launch_args, wait_then_release
-from .quant_tiles import layout_args, pointer_args, stride_args
+from .quant_tiles import layout_args
 
 
 @triton.jit(do_not_specialize=["top_k", "expert_offset", "E"])
@@ -31,7 +32,7 @@ def _gate_up_pair_kernel(x_ptr, w_ptr, s_ptr, z_ptr, h_ptr, ids_ptr, top_k, expe
                          BITS: tl.constexpr, GROUP: tl.constexpr, ROW_BLOCK: tl.constexpr, OFFSET: tl.constexpr,
                          HAS_ZERO: tl.constexpr, H_PW: tl.constexpr, X_PACKED: tl.constexpr, ASM: tl.constexpr,
                          WIDE: tl.constexpr, EVEN: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                         STAGES: tl.constexpr, PDL: tl.constexpr):
+                         STAGES: tl.constexpr, PDL: tl.constexpr, FP8: tl.constexpr = False):
     """h[pair, cols] = silu(Wg[e] x[t]) * (Wu[e] x[t]) · H_SCALE for one pair and BLOCK_N columns of the
     padded width IP, stored as fp16 in GEMM2's paired order (H_PW codes a word); columns I .. IP get 0."""
     wait_then_release(PDL)
@@ -52,7 +53,7 @@ def _gate_up_pair_kernel(x_ptr, w_ptr, s_ptr, z_ptr, h_ptr, ids_ptr, top_k, expe
     for k0 in tl.range(0, D, BLOCK_K, num_stages=STAGES):
         if WIDE:
             acc += _wide_step(w_e, s_e, z_e, rows, x_row, k0, D, KW, KW, stride_wn, stride_sn, stride_sg, BITS, GROUP,
-                              ROW_BLOCK, OFFSET, HAS_ZERO, X_PACKED, ASM, 2 * BLOCK_N, STEP)
+                              ROW_BLOCK, OFFSET, HAS_ZERO, X_PACKED, ASM, 2 * BLOCK_N, STEP, FP8)
         for gi in tl.static_range(N_SUB):
             kk = k0 + gi * STEP
             g = 0                                    # a row scale
@@ -60,7 +61,7 @@ def _gate_up_pair_kernel(x_ptr, w_ptr, s_ptr, z_ptr, h_ptr, ids_ptr, top_k, expe
                 g = kk // GROUP
             part = _pair_step(w_e, rows, x_row, kk, D, KW, KW, _zero_of(z_e, rows, g, rows * 0 + kk < D, stride_sn,
                               stride_sg, OFFSET, HAS_ZERO), stride_wn, BITS, X_PACKED, ASM, 2 * BLOCK_N, STEP,
-                              EVEN and X_PACKED)
+                              EVEN and X_PACKED, FP8)
             if GROUP > 0:
                 if EVEN:
                     s = tl.load(s_e + (rows // ROW_BLOCK) * stride_sn + g * stride_sg)
@@ -88,7 +89,7 @@ def _down_pair_kernel(h_ptr, w_ptr, s_ptr, z_ptr, out_ptr, ids_ptr, weights_ptr,
                       BITS: tl.constexpr, GROUP: tl.constexpr, ROW_BLOCK: tl.constexpr, OFFSET: tl.constexpr,
                       HAS_ZERO: tl.constexpr, X_PACKED: tl.constexpr, DENSE: tl.constexpr, ASM: tl.constexpr,
                       WIDE: tl.constexpr, IN_UNSCALE: tl.constexpr, SPLIT: tl.constexpr, BLOCK_N: tl.constexpr,
-                      BLOCK_K: tl.constexpr, STAGES: tl.constexpr, PDL: tl.constexpr):
+                      BLOCK_K: tl.constexpr, STAGES: tl.constexpr, PDL: tl.constexpr, FP8: tl.constexpr = False):
     """out[t, cols] = Σ_k w[t,k] · W2[e_k][cols, :] · h[t·K + k]; DENSE: out[t, cols] = W[cols, :] · h[t].
     h: int32 pairs in paired order (X_PACKED, h_ptr and stride_ht in int32 units) or plain activations.
     One flat loop over (slot, step), as fused_moe_quant_gemv's; every step scaled by its scales times the
@@ -116,7 +117,7 @@ def _down_pair_kernel(h_ptr, w_ptr, s_ptr, z_ptr, out_ptr, ids_ptr, weights_ptr,
         if WIDE:
             part = _wide_step(w_e, s_e, z_e, rows, h_ptr + pair.to(tl.int64) * stride_ht, k0, k_lim, kw_lim, KW,
                               stride_wn, stride_sn, stride_sg, BITS, GROUP, ROW_BLOCK, OFFSET, HAS_ZERO, X_PACKED,
-                              ASM, BLOCK_N, STEP)
+                              ASM, BLOCK_N, STEP, FP8)
             if GROUP > 0:
                 acc += part * route_w
             else:
@@ -129,8 +130,7 @@ def _down_pair_kernel(h_ptr, w_ptr, s_ptr, z_ptr, out_ptr, ids_ptr, weights_ptr,
                 g = kk // GROUP
             part = _pair_step(w_e, rows, h_ptr + pair.to(tl.int64) * stride_ht, kk, k_lim, kw_lim, KW,
                               _zero_of(z_e, rows, g, rows * 0 + kk < k_lim, stride_sn, stride_sg, OFFSET, HAS_ZERO),
-                              stride_wn, BITS,
-                              X_PACKED, ASM, BLOCK_N, STEP)
+                              stride_wn, BITS, X_PACKED, ASM, BLOCK_N, STEP, FP8=FP8)
             live = rows * 0 + kk < k_lim
             s = tl.load(s_e + (rows // ROW_BLOCK) * stride_sn + g * stride_sg, mask=live, other=0.0) * route_w
             acc += s[:, None] * part
@@ -175,12 +175,13 @@ def pair_config(m, K_in: int, down: bool = False, T: int = 1, width: int = 0, de
     if not on_gpu():          # the interpreter pays per program and per op: few, mid-sized tiles
         return {"BLOCK_N": 16, "BLOCK_K": max(64, m.group), "num_warps": 4, "num_stages": 1, "x_packed": False,
                 "wide": False, "split": 1}
+    bits = pair_bits(m)                    # fp8 takes int8's tiles: the same bytes a weight
     if dense:
-        tiles = _DENSE[m.bits]
-    elif m.bits == 4 and T == 1 and not down and width < 4096:
+        tiles = _DENSE[bits]
+    elif bits == 4 and T == 1 and not down and width < 4096:
         tiles = _NARROW_INT4_UP
     else:
-        tiles = _TILES[(m.bits, min(T, 2))][1 if down else 0]
+        tiles = _TILES[(bits, min(T, 2))][1 if down else 0]
     cfg = dict(zip(_KEYS, tiles + (1,) * (len(_KEYS) - len(tiles))))
     cfg["BLOCK_K"] = max(m.group, min(cfg["BLOCK_K"], triton.next_power_of_2(K_in)))
     return cfg
@@ -193,7 +194,7 @@ def _tiles(config, key, base):
 
 
 def _check(cfg: dict, m) -> None:
-    bk, pw = cfg["BLOCK_K"], 32 // m.bits
+    bk, pw = cfg["BLOCK_K"], 32 // pair_bits(m)
     if bk & (bk - 1) or bk % (4 * pw) or (m.group and bk % m.group):
         raise ValueError(f"pair kernels: BLOCK_K {bk} must be a power of two, a multiple of {4 * pw} "
                          f"and of the scale group {m.group}")
@@ -202,10 +203,10 @@ def _check(cfg: dict, m) -> None:
 def fused_moe_quant_pair(x, w13, w2, ids, topk_weights, expert_offset: int, config: dict | None = None,
                          pdl: bool = False) -> torch.Tensor:
     """The decode path of fused_moe_quant with these kernels (inputs checked there): x [T, D], w13 / w2
-    int4 or int8 stacks [E, 2I, D] / [E, D, I], ids/topk_weights [T, K] -> [T, D] in x.dtype."""
+    int4, int8 or fp8 stacks [E, 2I, D] / [E, D, I], ids/topk_weights [T, K] -> [T, D] in x.dtype."""
     for w in (w13, w2):
         if not pair_supported(w):
-            raise ValueError(f"the pair decode kernels read int4 and int8 codes, not "
+            raise ValueError(f"the pair decode kernels read int4 and int8 codes and fp8 in whole words, not "
                              f"{getattr(w, 'describe', lambda: type(w).__name__)()}")
     h = gate_up_pair(x, w13, w2, ids, expert_offset, config, pdl)
     return down_pair(h, w2, ids, topk_weights, expert_offset, x.new_empty(x.shape), config, False)  # pdl.py
@@ -220,15 +221,15 @@ def gate_up_pair(x, w13, w2, ids, expert_offset: int, config: dict | None = None
     _check(cfg, w13)
     x_packed = bool(cfg["x_packed"])
     xin = pack_pairs(x, w13, pdl) if x_packed else x
-    data, scale, zero, _, _, kw, _ = pointer_args(w13)
-    h_pw = 32 // w2.bits
-    ip = w2.data3.shape[2] * h_pw                       # GEMM2's padded reduction: h's width
+    data, scale, zero, kw = _pointers(w13)
+    h_pw = 32 // pair_bits(w2)
+    ip = pair_words(w2).shape[2] * h_pw                 # GEMM2's padded reduction: h's width
     h = torch.empty(T * K, ip, dtype=torch.float16, device=x.device)                  # [T·K, IP] paired order
     _gate_up_pair_kernel[(T * K * triton.cdiv(ip, cfg["BLOCK_N"]),)](
         xin, data, scale, zero, h, ids, K, expert_offset, E, I, ip, D, kw,
-        xin.stride(0), *stride_args(w13), h.stride(0), **_layout(w13),
+        xin.stride(0), *_strides(w13), h.stride(0), **_layout(w13),
         H_PW=h_pw, X_PACKED=x_packed, ASM=on_gpu(), WIDE=bool(cfg["wide"]),
-        EVEN=D % cfg["BLOCK_K"] == 0 and kw * (32 // w13.bits) == D,
+        EVEN=D % cfg["BLOCK_K"] == 0 and kw * (32 // pair_bits(w13)) == D,
         BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"], STAGES=cfg["num_stages"],
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **launch_args(pdl))
     return h
@@ -246,14 +247,31 @@ def down_pair(h, w2, ids, topk_weights, expert_offset: int, out, config: dict | 
 
 
 def _layout(m) -> dict:
+    """The kernels' constexprs for a stack: fp8 is read as 8-bit fields of int32 words, FP8 marking them e4m3."""
     args = layout_args(m)
     del args["CODES"]
+    if m.bits == 0:
+        args.update(BITS=8, FP8=True)
     return args
+
+
+def _pointers(m) -> tuple:
+    """(int32 words [E, N, KW], scales, zero points (the scales when none: never read), KW)."""
+    words = pair_words(m)
+    scale = m.scale3
+    return words, scale, m.zero3 if m.zero is not None else scale, words.shape[2]
+
+
+def _strides(m) -> tuple:
+    """(expert, row strides of the words; expert, row, group strides of the scales)."""
+    words, scale = pair_words(m), m.scale3
+    return words.stride(0), words.stride(1), scale.stride(0), scale.stride(1), scale.stride(2)
 
 
 def _launch_down(h, packed, w, out, ids, weights, top_k, expert_offset, E, cfg, dense, pdl, in_unscale=1 / X_SCALE):
     T, D = out.shape
-    data, scale, zero, _, I, kw, _ = pointer_args(w)
+    data, scale, zero, kw = _pointers(w)
+    I = w.K
     split = int(cfg["split"])
     blocks = T * triton.cdiv(D, cfg["BLOCK_N"])
     if split > 1:     # partials [SPLIT, T, D] fp32, then the counters [T·blocks] int32, zeroed: one memset
@@ -263,17 +281,17 @@ def _launch_down(h, packed, w, out, ids, weights, top_k, expert_offset, E, cfg, 
         ws = cnt = out
     _down_pair_kernel[(blocks * split,)](
         h, data, scale, zero, out, ids, weights, ws, cnt, top_k, expert_offset, E, T, D, I, kw,
-        h.stride(0), *stride_args(w), out.stride(0), **_layout(w), X_PACKED=packed, DENSE=dense, ASM=on_gpu(),
+        h.stride(0), *_strides(w), out.stride(0), **_layout(w), X_PACKED=packed, DENSE=dense, ASM=on_gpu(),
         WIDE=bool(cfg["wide"]), IN_UNSCALE=float(in_unscale), SPLIT=split,
         BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"], STAGES=cfg["num_stages"],
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **launch_args(pdl))
 
 
 def quant_pair_2d(x: torch.Tensor, w, config: dict | None = None, pdl: bool = False) -> torch.Tensor:
-    """A dense int4 / int8 layer at decode with these kernels: x [T, K] (contiguous) @ W[N, K]ᵀ -> [T, N] in
+    """A dense int4 / int8 / fp8 layer at decode with these kernels: x [T, K] (contiguous) @ W[N, K]ᵀ -> [T, N] in
     x.dtype. Raises ValueError for another format or a bad BLOCK_K."""
     if not pair_supported(w):
-        raise ValueError(f"the pair decode kernels read int4 and int8 codes, not "
+        raise ValueError(f"the pair decode kernels read int4 and int8 codes and fp8 in whole words, not "
                              f"{getattr(w, 'describe', lambda: type(w).__name__)()}")
     T = x.shape[0]
     N = w.stack_shape[1]

@@ -21,7 +21,7 @@ the decode path of qweights.QuantWeight.
 
 DECODE_VARIANT picks, per format (its bits), which decode kernels a decode-sized call runs: "small",
 these, "gemv", fused_moe_quant_gemv.py's 2-D tiles, or "pair", fused_moe_quant_pair.py's fp16 pairs
-(int4 and int8 only); config["variant"] ("small" / "gemv" / "pair") overrides
+(int4, int8, and fp8 whose rows hold whole 4-byte words); config["variant"] ("small" / "gemv" / "pair") overrides
 it per call. An entry flips only once scripts/quant_decode_sweep.py (and scripts/pair_tiles.py) have
 measured the new kernels on the H200.
 """
@@ -53,14 +53,15 @@ def decode_variant(w, config: dict | None = None, dtype: torch.dtype | None = No
     if forced is not None and forced not in ("small", "gemv", "pair"):
         raise ValueError(f"unknown decode variant {forced!r}: small, gemv or pair")
     if forced == "pair" and not fused_moe_quant_pair.pair_supported(w):
-        raise ValueError(f"the pair decode kernels read int4 and int8 codes, not "
+        raise ValueError(f"the pair decode kernels read int4 and int8 codes and fp8 in whole words, not "
                          f"{getattr(w, 'describe', lambda: type(w).__name__)()}")
     if forced in ("small", "gemv", "pair"):
         return forced
     if w.codes != 0:
         return "small"
     variant = DECODE_VARIANT[w.bits]
-    if variant == "pair" and (not on_gpu() or dtype not in (torch.bfloat16, torch.float16)):
+    if variant == "pair" and (not on_gpu() or dtype not in (torch.bfloat16, torch.float16)
+                              or not fused_moe_quant_pair.pair_supported(w)):      # fp8 rows of whole words only
         variant = "gemv"
     return variant
 

@@ -19,6 +19,9 @@ description):
   and (1024 + b1, 1024 + b3) (the byte selectors of FasterTransformer's
   FastInterleavedAndBiasedNumericArrayConverter, cutlass_extensions interleaved_numeric_conversion.h);
   the same sub and fma follow.
+* fp8 (e4m3, read as int32 words of four bytes, the int8 layout): `prmt.b32 t, w, 0, 0x3120` orders the
+  bytes (b0, b2, b1, b3), and `cvt.rn.f16x2.e4m3x2` (sm89+) turns each 16-bit half into an exact fp16 pair
+  (b0, b2) / (b1, b3): one permute and two conversions a word, no zero point; then the same mul and fma.
 Marlin and FasterTransformer interleave the weights at load so the pairs meet the MMA layout; here the
 weights keep minimoe's GPTQ-order words and the activations are interleaved instead (a few KB a call).
 So x must arrive as fp16 pairs in the order the fields pair up: pair s of word w is
@@ -30,8 +33,8 @@ it writes h straight into paired order, in fp16, for GEMM2.
 Precision. A word's products are summed in fp16 (at most 8 terms), then accumulated in fp32 with the
 scales. The activations are multiplied by a power of two when they become fp16 (the result divided by
 it at the end) so that a word's partial sum stays finite: x by X_SCALE = 2^-8 (finite up to |x| ~ 2.6e5
-for symmetric int4, 3.3e4 for int8), h = silu(gate)·up, larger and heavier-tailed, by H_SCALE = 2^-12
-(|h| up to 4.2e6 / 5.2e5). Values under 2^-14 / scale (|x| < 0.004, |h| < 0.25) become fp16 subnormals,
+for symmetric int4, 3.3e4 for int8, 9.3e3 for fp8, whose codes reach 448), h = silu(gate)·up, larger and
+heavier-tailed, by H_SCALE = 2^-12 (|h| up to 4.2e6 / 5.2e5 / 1.5e5). Values under 2^-14 / scale (|x| < 0.004, |h| < 0.25) become fp16 subnormals,
 spaced 2^-24 / scale apart (6e-8 x 256 = 1.5e-5 for x, 2.4e-4 for h): small h lose relative precision, but
 their products are small next to the sum's large terms (the tests check whole outputs). Against dequantize-then-matmul in fp32 the error is a few
 1e-4 relative for activations of unit scale: far under the formats' own. The GPU test checks |x| ~ 100.
@@ -93,6 +96,32 @@ add.f32 $0, fl, fh;
 }""")
 
 
+_FP8_ASM = tl.constexpr("""{
+.reg .b32 t, f, a;
+.reg .b16 lo, hi, plo, phi;
+.reg .f32 fl, fh;
+prmt.b32 t, $1, 0, 0x3120;
+mov.b32 {plo, phi}, t;
+cvt.rn.f16x2.e4m3x2 f, plo;
+mul.rn.f16x2 a, f, $2;
+cvt.rn.f16x2.e4m3x2 f, phi;
+fma.rn.f16x2 a, f, $3, a;
+mov.b32 {lo, hi}, a;
+cvt.f32.f16 fl, lo;
+cvt.f32.f16 fh, hi;
+add.f32 $0, fl, fh;
+}""")
+
+
+@triton.jit
+def _e4m3(byte):
+    """An e4m3 byte (int32 0..255) as its fp32 value, exactly (the interpreter's path; no NaN codes in weights)."""
+    e = (byte >> 3) & 15
+    m = (byte & 7).to(tl.float32)
+    mag = tl.where(e == 0, m * 0.001953125, (8.0 + m) * tl.exp2((e - 10).to(tl.float32)))   # 2^-9 m; 2^(e-10)(8 + m)
+    return tl.where((byte & 0x80) != 0, -mag, mag)
+
+
 @triton.jit
 def _half(pairs, HI: tl.constexpr):
     """One fp16 of int32 pairs, as fp32 (the interpreter's path)."""
@@ -104,9 +133,34 @@ def _half(pairs, HI: tl.constexpr):
 
 
 @triton.jit
-def _pair_dot(words, x0, x1, x2, x3, zero, BITS: tl.constexpr, ASM: tl.constexpr):
+def _pair_dot(words, x0, x1, x2, x3, zero, BITS: tl.constexpr, ASM: tl.constexpr, FP8: tl.constexpr = False):
     """Σ over a word's PW fields of (u − zero)·x, fp32 [ROWS, V]. words [ROWS, V] int32; x0..x3 [V]
-    int32 pairs in paired order (int8 uses x0, x1); zero: the zero point, an int32 scalar or [ROWS, 1]."""
+    int32 pairs in paired order (int8 and fp8 use x0, x1); zero: the zero point, an int32 scalar or [ROWS, 1].
+    FP8 (BITS 8): the four bytes are e4m3 values (Σ value·x; zero unused)."""
+    if FP8:
+        acc = _fp8_pair_dot(words, x0, x1, ASM)
+    else:
+        acc = _int_pair_dot(words, x0, x1, x2, x3, zero, BITS, ASM)
+    return acc
+
+
+@triton.jit
+def _fp8_pair_dot(words, x0, x1, ASM: tl.constexpr):
+    """Σ over a word's four e4m3 bytes of value·x, fp32 [ROWS, V]: bytes 0, 2 pair with x0's halves, 1, 3 with x1's."""
+    if ASM:
+        acc = tl.inline_asm_elementwise(_FP8_ASM, "=f,r,r,r", [words, x0[None, :], x1[None, :]],
+                                        dtype=tl.float32, is_pure=True, pack=1)
+    else:
+        acc = _e4m3(words & 0xFF) * _half(x0, False)[None, :]
+        acc += _e4m3((words >> 16) & 0xFF) * _half(x0, True)[None, :]
+        acc += _e4m3((words >> 8) & 0xFF) * _half(x1, False)[None, :]
+        acc += _e4m3((words >> 24) & 0xFF) * _half(x1, True)[None, :]
+    return acc
+
+
+@triton.jit
+def _int_pair_dot(words, x0, x1, x2, x3, zero, BITS: tl.constexpr, ASM: tl.constexpr):
+    """_pair_dot for minimoe's unsigned int4 / int8 codes."""
     if ASM:
         magic = (0x6400 + zero) * 65537                # fp16 1024 + z in both halves
         if BITS == 4:
@@ -157,7 +211,8 @@ def _x_pair(x_row, offs_w, S: tl.constexpr, K, KW, ROW_W, PW: tl.constexpr, PACK
 
 @triton.jit
 def _pair_step(w_e, rows, x_row, kk, K, KW, ROW_W, zero, stride_wn, BITS: tl.constexpr, PACKED: tl.constexpr,
-               ASM: tl.constexpr, ROWS: tl.constexpr, STEP: tl.constexpr, EVEN: tl.constexpr = False):
+               ASM: tl.constexpr, ROWS: tl.constexpr, STEP: tl.constexpr, EVEN: tl.constexpr = False,
+               FP8: tl.constexpr = False):
     """Σ (u − zero)·x over inputs kk .. kk+STEP of weight rows `rows` [ROWS]: fp32 [ROWS, V]
     (scaled by X_SCALE); past KW (KW = 0 for a foreign slot) masked, no traffic, an exact 0. EVEN: the
     caller knows no word is past KW (GEMM1 with D a multiple of BLOCK_K): loads without masks."""
@@ -176,7 +231,7 @@ def _pair_step(w_e, rows, x_row, kk, K, KW, ROW_W, zero, stride_wn, BITS: tl.con
         x3 = _x_pair(x_row, offs_w, 3, K, KW, ROW_W, PW, PACKED, EVEN)
     else:
         x2, x3 = x0, x1
-    return _pair_dot(words, x0, x1, x2, x3, zero, BITS, ASM)
+    return _pair_dot(words, x0, x1, x2, x3, zero, BITS, ASM, FP8)
 
 
 @triton.jit
@@ -192,7 +247,8 @@ def _zero_of(z_e, rows, g, live, stride_sn, stride_sg, OFFSET: tl.constexpr, HAS
 @triton.jit
 def _wide_step(w_e, s_e, z_e, rows, x_row, kk, K, KW, ROW_W, stride_wn, stride_sn, stride_sg, BITS: tl.constexpr,
                GROUP: tl.constexpr, ROW_BLOCK: tl.constexpr, OFFSET: tl.constexpr, HAS_ZERO: tl.constexpr,
-               PACKED: tl.constexpr, ASM: tl.constexpr, ROWS: tl.constexpr, STEP: tl.constexpr):
+               PACKED: tl.constexpr, ASM: tl.constexpr, ROWS: tl.constexpr, STEP: tl.constexpr,
+               FP8: tl.constexpr = False):
     """_pair_step over several scale groups at once (a WIDE tile): each word's partial times its own
     group's scale (and less its own zero point), loaded per word (the 16 words of a 128-group share the
     address); with row scales (GROUP 0) the partial is returned unscaled."""
@@ -206,12 +262,13 @@ def _wide_step(w_e, s_e, z_e, rows, x_row, kk, K, KW, ROW_W, stride_wn, stride_s
             zero = tl.load(z_e + rows[:, None] * stride_sn + gw * stride_sg, mask=live, other=0.0).to(tl.int32)
         else:
             zero = tl.full((1, 1), OFFSET, dtype=tl.float32).to(tl.int32)
-        part = _pair_step(w_e, rows, x_row, kk, K, KW, ROW_W, zero, stride_wn, BITS, PACKED, ASM, ROWS, STEP)
+        part = _pair_step(w_e, rows, x_row, kk, K, KW, ROW_W, zero, stride_wn, BITS, PACKED, ASM, ROWS, STEP,
+                          FP8=FP8)
         sw = tl.load(s_e + (rows // ROW_BLOCK)[:, None] * stride_sn + gw * stride_sg, mask=live, other=0.0)
         part = part * sw
     else:
         part = _pair_step(w_e, rows, x_row, kk, K, KW, ROW_W, _zero_of(z_e, rows, 0, rows * 0 + kk < K, stride_sn,
-                          stride_sg, OFFSET, HAS_ZERO), stride_wn, BITS, PACKED, ASM, ROWS, STEP)
+                          stride_sg, OFFSET, HAS_ZERO), stride_wn, BITS, PACKED, ASM, ROWS, STEP, FP8=FP8)
     return part
 
 
@@ -229,16 +286,29 @@ def _pack_pairs_kernel(x_ptr, out_ptr, K, KW, stride_xt, stride_ot, PW: tl.const
 
 
 def pair_supported(w) -> bool:
-    """Stacks these kernels read: minimoe's own int4 and int8 codes (not fp8, nf4 or LLM.int8)."""
+    """Stacks these kernels read: minimoe's own int4 and int8 codes, and fp8 (e4m3) whose rows hold whole
+    4-byte words (K a multiple of 4, unit last stride); not nf4 or LLM.int8."""
+    if w.bits == 0:
+        return w.K % 4 == 0 and w.data3.shape[2] == w.K and w.data3.stride(2) == 1
     return w.bits in (4, 8) and w.codes == 0
+
+
+def pair_bits(w) -> int:
+    """The code width the pair kernels see: fp8 bytes are read as int8's 8-bit fields (FP8 tells them apart)."""
+    return 8 if w.bits == 0 else w.bits
+
+
+def pair_words(w) -> torch.Tensor:
+    """The stack's codes as int32 words [E, N, KW] (fp8's bytes reinterpreted, four a word, low byte first)."""
+    return w.data3.view(torch.int32) if w.bits == 0 else w.data3
 
 
 def pack_pairs(x: torch.Tensor, w, pdl: bool = False) -> torch.Tensor:
     """x [T, K] (bf16/fp16/fp32) -> [T, KW · PW/2] int32 pairs in paired order for the stack `w`
     (KW: its words a row, K padded to its scale group; the padding gets zeros)."""
     T, K = x.shape
-    pw = 32 // w.bits
-    kw = w.data3.shape[2]
+    pw = 32 // pair_bits(w)
+    kw = pair_words(w).shape[2]
     out = torch.empty(T, kw * pw // 2, dtype=torch.int32, device=x.device)
     if T:
         _pack_pairs_kernel[(T, triton.cdiv(kw, 128))](x, out, K, kw, x.stride(0), out.stride(0), PW=pw, BLOCK=128,
