@@ -28,11 +28,31 @@ from minimoe.loader import build_model
 from minimoe.settings import RunSettings
 
 
+def _top_level_split(spec: str) -> list[str]:
+    """Split at the commas outside brackets and quotes ("a.B={0: 'x', 4: 'y'},a.C=1" -> two settings)."""
+    parts, depth, quote, cur = [], 0, None, ""
+    for ch in spec:
+        if quote:
+            quote = None if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            parts.append(cur)
+            cur = ""
+            continue
+        cur += ch
+    return parts + [cur]
+
+
 def parse_variant(text: str) -> tuple[str, list[tuple[object, str, object]]]:
     """"name:mod.attr=1,mod.attr2='x'" -> (name, [(module, attr, value), ...]); ValueError for a bad spelling."""
     name, _, spec = text.partition(":")
     sets = []
-    for item in filter(None, spec.split(",")):
+    for item in filter(None, _top_level_split(spec)):
         path, eq, literal = item.partition("=")
         mod_name, _, attr = path.rpartition(".")
         if not (eq and mod_name and attr):
