@@ -46,6 +46,8 @@ DOWN = {4: [(16, 1024, 4, 3), (16, 1024, 4, 3, 0, 0, 2), (16, 1024, 4, 3, 0, 0, 
         8: [(4, 1024, 2, 3), (4, 1024, 2, 3, 0, 0, 2), (4, 1024, 2, 3, 0, 0, 4), (8, 1024, 4, 3, 0, 0, 2),
             (8, 1024, 4, 3, 0, 0, 4), (4, 512, 1, 3, 0, 0, 2), (4, 512, 1, 3, 0, 0, 4), (16, 512, 4, 3, 0, 0, 4),
             (8, 512, 2, 3, 0, 0, 8)]}
+UP[0], DOWN[0] = UP[8] + [(8, 512, 2, 1, 0), (4, 1024, 2, 1, 1, 1), (8, 256, 1, 1, 0)], DOWN[8]   # fp8 ("--bits 0")
+FORMAT = {4: "int4", 8: "int8", 0: "fp8"}
 SHAPES = ("mixtral-8x7b", "qwen3-30b-a3b", "olmoe")
 
 
@@ -59,7 +61,7 @@ def cfg_of(t) -> dict:
 def run(shape, bits, tokens, bandwidth, gen, timer, rows):
     dense, K = quant_gpu.layer_weights(shape, gen)
     E, D = dense.n_local, dense.w13.shape[2]
-    qex = quantize_experts(dense, f"int{bits}")
+    qex = quantize_experts(dense, FORMAT[bits])
     del dense
     up_tiles, down_tiles = (UP[bits], DOWN[bits]) if not SMOKE else (UP[bits][:2], DOWN[bits][:2])
     for T in tokens:
@@ -75,7 +77,7 @@ def run(shape, bits, tokens, bandwidth, gen, timer, rows):
             for t in tiles:
                 tile = cfg_of(t)
                 cfg = {"pair": dict(tile)} if gemm == "gate_up" else {"pair": {"down": dict(tile)}}
-                row = {"shape": shape, "format": f"int{bits}", "T": T, "gemm": gemm, "tile": tile,
+                row = {"shape": shape, "format": FORMAT[bits], "T": T, "gemm": gemm, "tile": tile,
                        "floor_us": floors[gemm]}
                 try:
                     err = max(quant_gpu.rel(P.fused_moe_quant_pair(x, qex.w13, qex.w2, ids, w, 0, cfg), ref)
@@ -94,14 +96,14 @@ def run(shape, bits, tokens, bandwidth, gen, timer, rows):
                 print(line(row), flush=True)
     del qex
     # a dense decode layer (quant_pair_2d: attention projections): D x D, x plain or packed by its own kernel
-    from minimoe.qweights import quantize_int4, quantize_int8
-    ws = [(quantize_int4 if bits == 4 else quantize_int8)(torch.randn(D, D, device=quant_gpu.DEVICE, generator=gen).to(
+    from minimoe.qweights import quantize_fp8, quantize_int4, quantize_int8
+    ws = [{4: quantize_int4, 8: quantize_int8, 0: quantize_fp8}[bits](torch.randn(D, D, device=quant_gpu.DEVICE, generator=gen).to(
         quant_gpu.DTYPE) * 0.02) for _ in range(layer.ROTATE)]       # distinct weights: no L2 reuse between calls
     w = ws[0]
     x = torch.randn(1, D, device=quant_gpu.DEVICE, generator=gen).to(quant_gpu.DTYPE)
     ref = x.float() @ w.dequantize()[0].float().T
     from minimoe.kernels.fused_moe_quant_gemv import quant_gemv_2d
-    row = {"shape": shape, "format": f"int{bits}", "T": 1, "gemm": "dense", "floor_us": w.nbytes / bandwidth / 1e3,
+    row = {"shape": shape, "format": FORMAT[bits], "T": 1, "gemm": "dense", "floor_us": w.nbytes / bandwidth / 1e3,
            "tile": cfg_of((0, 0, 0, 0)), "variant": "gemv (default before)"}
     row["err"] = quant_gpu.rel(quant_gemv_2d(x, w), ref)
     row["status"] = "PASS" if row["err"] < 2e-2 else "FAIL"
@@ -112,7 +114,7 @@ def run(shape, bits, tokens, bandwidth, gen, timer, rows):
         for xp in (False, True):
             tile = cfg_of(t)
             tile["x_packed"] = xp
-            row = {"shape": shape, "format": f"int{bits}", "T": 1, "gemm": "dense", "tile": tile,
+            row = {"shape": shape, "format": FORMAT[bits], "T": 1, "gemm": "dense", "tile": tile,
                    "floor_us": w.nbytes / bandwidth / 1e3}
             try:
                 cfg = {"pair": {"down": dict(tile)}}
@@ -142,7 +144,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True)
     p.add_argument("--smoke", action="store_true")
     p.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(layer.SHAPES))
-    p.add_argument("--bits", nargs="+", type=int, default=[4, 8], choices=[4, 8])
+    p.add_argument("--bits", nargs="+", type=int, default=[4, 8], choices=[4, 8, 0], help="4, 8 or 0 (fp8)")
     p.add_argument("--tokens", nargs="+", type=int, default=[1, 2])
     p.add_argument("--bandwidth", type=float)
     args = p.parse_args(argv)

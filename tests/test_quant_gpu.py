@@ -38,10 +38,10 @@ def test_quantized_graphed_decode_equals_eager(card, fmt):
 
 
 @pytest.mark.parametrize("card", ["olmoe-tiny", "deepseek-v3-tiny"])
-def test_fp8_pair_kernels_graphed_decode_equals_eager(card, monkeypatch):
-    """fp8 through the packed-pair decode kernels (cvt.e4m3x2 pairs), captured in the decode graph."""
+def test_fp8_gemv_kernels_graphed_decode_equals_eager(card, monkeypatch):
+    """fp8 through the previous decode kernels ("gemv", fp32 sums; the default is now "pair"), in the decode graph."""
     from minimoe.kernels import fused_moe_quant_small
-    monkeypatch.setitem(fused_moe_quant_small.DECODE_VARIANT, 0, "pair")
+    monkeypatch.setitem(fused_moe_quant_small.DECODE_VARIANT, 0, "gemv")
     test_quantized_graphed_decode_equals_eager(card, "fp8")
 
 
