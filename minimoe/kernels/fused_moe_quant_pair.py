@@ -165,6 +165,11 @@ _TILES = {
     (8, 2): ((16, 512, 4, 1, True, False), (4, 1024, 2, 3, False, False, 2)),
 }
 _NARROW_INT4_UP = (4, 1024, 2, 1, True, True)
+# fp8 takes int8's tiles (the same bytes a weight), but GEMM1 at T = 1 is its own: the e4m3 conversion is cheaper
+# than int8's, and the fp8 sweep (scripts/pair_tiles.py --bits 0, docs/results/2026-12-01-s12 call 6) put int8's
+# 16 x 512 / 4 warps behind: Mixtral 65.0 µs (16 x 256 / 2 warps: 58.8, 8 x 512 / 2 warps: 60.5), Qwen3-30B-A3B 11.3
+# (10.7), OLMoE 12.4 (12.4).
+FP8_UP_T1 = (16, 512, 4, 1, False, False)
 _DENSE = {4: (32, 512, 4, 3, True, False, 1), 8: (4, 1024, 2, 3, True, False, 1)}
 _KEYS = ("BLOCK_N", "BLOCK_K", "num_warps", "num_stages", "x_packed", "wide", "split")
 
@@ -178,6 +183,8 @@ def pair_config(m, K_in: int, down: bool = False, T: int = 1, width: int = 0, de
     bits = pair_bits(m)                    # fp8 takes int8's tiles: the same bytes a weight
     if dense:
         tiles = _DENSE[bits]
+    elif m.bits == 0 and T == 1 and not down:
+        tiles = FP8_UP_T1
     elif bits == 4 and T == 1 and not down and width < 4096:
         tiles = _NARROW_INT4_UP
     else:
