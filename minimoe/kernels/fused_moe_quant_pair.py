@@ -168,8 +168,10 @@ _NARROW_INT4_UP = (4, 1024, 2, 1, True, True)
 # fp8 takes int8's tiles (the same bytes a weight), but GEMM1 at T = 1 is its own: the e4m3 conversion is cheaper
 # than int8's, and the fp8 sweep (scripts/pair_tiles.py --bits 0, docs/results/2026-12-01-s12 call 6) put int8's
 # 16 x 512 / 4 warps behind: Mixtral 65.0 µs (16 x 256 / 2 warps: 58.8, 8 x 512 / 2 warps: 60.5), Qwen3-30B-A3B 11.3
-# (10.7), OLMoE 12.4 (12.4).
-FP8_UP_T1 = (16, 512, 4, 1, False, False)
+# (10.7, 13.3), OLMoE 12.4 (12.4, 14.0). In the graphed bs-1 step (call 7) 16 x 256 won for Mixtral's wide experts
+# (-0.74%; 8 x 512 +0.92%) and 8 x 512 for the narrow ones (Qwen3 -0.42%, OLMoE -0.55%; 16 x 256 +4.6 / +2.3%).
+FP8_UP_T1 = (8, 512, 2, 1, False, False)             # experts narrower than 4096
+FP8_UP_T1_WIDE = (16, 256, 2, 1, False, False)       # I >= 4096
 _DENSE = {4: (32, 512, 4, 3, True, False, 1), 8: (4, 1024, 2, 3, True, False, 1)}
 _KEYS = ("BLOCK_N", "BLOCK_K", "num_warps", "num_stages", "x_packed", "wide", "split")
 
@@ -184,7 +186,7 @@ def pair_config(m, K_in: int, down: bool = False, T: int = 1, width: int = 0, de
     if dense:
         tiles = _DENSE[bits]
     elif m.bits == 0 and T == 1 and not down:
-        tiles = FP8_UP_T1
+        tiles = FP8_UP_T1_WIDE if width >= 4096 else FP8_UP_T1
     elif bits == 4 and T == 1 and not down and width < 4096:
         tiles = _NARROW_INT4_UP
     else:
