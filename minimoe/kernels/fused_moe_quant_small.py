@@ -43,9 +43,6 @@ SMALL_KEYS = ("BLOCK_N", "BLOCK_K", "num_warps", "num_stages")
 # bs-1 step Mixtral 5.08 -> 3.94 ms, Qwen3 2.58 -> 2.21, OLMoE 0.865 -> 0.779); "gemv" stays for fp8 rows of partial
 # words, fp32 activations and the interpreter; the others stay tested alternatives (config {"variant": ...})
 DECODE_VARIANT = {0: "pair", 8: "pair", 4: "pair"}
-# dense layers (quant_gemv) whose format (bits) and input width K <= the bound take another variant than their
-# experts: {bits: (max K, variant)}; empty until measured in the step (scripts/step_probe.py)
-DENSE_DECODE_VARIANT: dict[int, tuple[int, str]] = {}
 
 
 def decode_variant(w, config: dict | None = None, dtype: torch.dtype | None = None) -> str:
@@ -193,9 +190,6 @@ def quant_gemv(x: torch.Tensor, w, config: dict | None = None, pdl: bool = False
     """A dense quantized layer at decode: x [T, K] (contiguous) @ W[N, K]ᵀ -> [T, N] in x.dtype,
     W a qweights.QuantWeight (one expert, one slot, routing weight 1)."""
     variant = decode_variant(w, config, x.dtype)
-    dense_rule = DENSE_DECODE_VARIANT.get(w.bits)
-    if dense_rule and not (config or {}).get("variant") and variant != "small" and w.K <= dense_rule[0]:
-        variant = dense_rule[1] if dense_rule[1] != "pair" or fused_moe_quant_pair.pair_supported(w) else variant
     if variant == "gemv":
         return fused_moe_quant_gemv.quant_gemv_2d(x, w, config, pdl)
     if variant == "pair":
