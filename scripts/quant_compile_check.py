@@ -7,7 +7,7 @@ non-constexpr global, a reshape or dot the GPU backend refuses, or a layout it c
 test and fails on the GPU, where the session's minutes are few. Triton's wheel ships ptxas, so the whole
 pipeline (Python AST -> TTIR -> TTGIR -> LLVM -> PTX -> cubin) runs here too. Two steps:
   1. record: run each launcher (fused_moe_quant at decode and prefill sizes, the decode variants "small",
-     "gemv" and (int4 / int8) "pair", quant_gemv, the fp8 activation kernel; --sweep-configs: also every candidate
+     "gemv" and (int4 / int8 / fp8) "pair", quant_gemv, the fp8 activation kernel; --sweep-configs: also every candidate
      scripts/quant_decode_sweep.py times) under the interpreter with `on_gpu()` forced true, so the GPU tile
      configs are chosen, and
      record every launch (kernel, argument types, constexprs, warps, stages) instead of running it;
@@ -41,7 +41,7 @@ def record(shapes: list[str], formats: list[str] | None, out: str, sweep: bool =
     launches = {}
 
     def run(self, *args, **kwargs):
-        if "quant" not in self.fn.__module__:       # the alignment and combine kernels are not ours to check here
+        if "quant" not in self.fn.__module__ and "pair_codes" not in self.fn.__module__:   # not alignment, combine
             return
         bound = inspect.signature(self.fn).bind(*args, **{k: v for k, v in kwargs.items() if k not in LAUNCH_KEYS})
         bound.apply_defaults()                      # a constexpr left at its default is still part of the variant
@@ -87,7 +87,8 @@ def record(shapes: list[str], formats: list[str] | None, out: str, sweep: bool =
                 ids = torch.zeros(T, K, dtype=torch.int64)
                 variant = fused_moe_quant.plan(T, K, E_real)
                 decode = ("small", "gemv") if w13.codes == 0 else ("small",)    # bitsandbytes' storage: "small"
-                decode += ("pair",) if fused_moe_quant_pair.pair_supported(w13) else ()
+                decode += ("pair",) if fused_moe_quant_pair.pair_supported(w13) and \
+                    fused_moe_quant_pair.pair_supported(w2) else ()
                 cfgs = [{"variant": v} for v in (decode if variant == "small" else (variant,))]
                 if variant == "aligned":
                     cfgs[0].update(fused_moe_quant.quant_config(w13, w2, E_real, I, D, K, T))

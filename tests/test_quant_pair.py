@@ -162,3 +162,31 @@ def test_default_is_pair_for_half_activations_on_a_gpu(monkeypatch):
     monkeypatch.setattr(small, "on_gpu", lambda: True)                 # fp8 as "pair": rows of whole words only
     assert small.decode_variant(make("fp8", 2, gen)[0], None, torch.bfloat16) == "pair"
     assert small.decode_variant(make("fp8", 2, gen, d=98)[0], None, torch.bfloat16) == "gemv"
+    q13, q2 = make("fp8", 2, gen, i=42)                                  # D whole words, I = 42 not: w2 decides
+    assert small.decode_variant(q13, None, torch.bfloat16) == "pair"
+    assert small.decode_variant(q13, None, torch.bfloat16, q2) == "gemv"
+    with pytest.raises(ValueError, match="fp8 in whole words"):
+        small.decode_variant(q13, {"variant": "pair"}, torch.bfloat16, q2)
+    x = torch.randn(1, q13.K, generator=gen).to(DEVICE)
+    ids, w = routing(1, 2, 2, gen)
+    monkeypatch.setattr(small, "on_gpu", lambda: False)                # the interpreter: the gemv kernels run
+    check(small.fused_moe_quant_small(x, q13, q2, ids, w, 0), reference(x, q13, q2, ids, w), 1e-4)
+
+
+def test_fp8_views_that_are_not_whole_words_are_not_paired():
+    """pair_words views fp8 bytes as int32: an offset or outer stride that is not a whole word is refused up front."""
+    from minimoe.kernels.pair_codes import pair_supported, pair_words
+    import copy
+    gen = torch.Generator().manual_seed(29)
+    q13, _ = make("fp8", 4, gen)
+    assert pair_supported(q13) and pair_words(q13).shape[2] == q13.K // 4
+    for view in (q13.qdata[1:3], q13.qdata[:, 8:24]):                  # experts, rows: still whole words
+        m = copy.copy(q13)
+        m.__dict__["_parameters"] = dict(q13._parameters, qdata=torch.nn.Parameter(view, requires_grad=False))
+        assert pair_supported(m) and pair_words(m).shape[:2] == view.shape[:2]
+    wide = make("fp8", 4, gen, d=66)[0]                                  # K = 66: outer strides not whole words
+    m = copy.copy(wide)
+    m.__dict__["_parameters"] = dict(wide._parameters, qdata=torch.nn.Parameter(wide.qdata[:, :, 2:34],
+                                                                                requires_grad=False))
+    m.K = 32
+    assert not pair_supported(m)

@@ -45,25 +45,29 @@ SMALL_KEYS = ("BLOCK_N", "BLOCK_K", "num_warps", "num_stages")
 DECODE_VARIANT = {0: "pair", 8: "pair", 4: "pair"}
 
 
-def decode_variant(w, config: dict | None = None, dtype: torch.dtype | None = None) -> str:
+def decode_variant(w, config: dict | None = None, dtype: torch.dtype | None = None, w2=None) -> str:
     """"small", "gemv" or "pair" for a stack `w` and activations of `dtype`: config["variant"] if it names
     one, else DECODE_VARIANT. "pair" computes in fp16, so by default it serves bf16 / fp16 activations on a
     GPU; fp32 activations and the interpreter take "gemv" (exact fp32 sums) unless a config asks for "pair".
     nf4 and LLM.int8 (bitsandbytes' storage) stay on "small" unless a config asks for "gemv".
+    w2: an MoE layer's second stack, which "pair" must read too (fp8 whose I is not a multiple of 4 takes "gemv").
     Raises ValueError for an unknown variant or a config asking "pair" of a format it does not read."""
     forced = (config or {}).get("variant")
+    stacks = [w] if w2 is None else [w, w2]
+    pair_ok = all(fused_moe_quant_pair.pair_supported(m) for m in stacks)
     if forced is not None and forced not in ("small", "gemv", "pair"):
         raise ValueError(f"unknown decode variant {forced!r}: small, gemv or pair")
-    if forced == "pair" and not fused_moe_quant_pair.pair_supported(w):
+    if forced == "pair" and not pair_ok:
+        bad = next(m for m in stacks if not fused_moe_quant_pair.pair_supported(m))
         raise ValueError(f"the pair decode kernels read int4 and int8 codes and fp8 in whole words, not "
-                         f"{getattr(w, 'describe', lambda: type(w).__name__)()}")
+                         f"{getattr(bad, 'describe', lambda: type(bad).__name__)()}")
     if forced in ("small", "gemv", "pair"):
         return forced
     if w.codes != 0:
         return "small"
     variant = DECODE_VARIANT[w.bits]
     if variant == "pair" and (not on_gpu() or dtype not in (torch.bfloat16, torch.float16)
-                              or not fused_moe_quant_pair.pair_supported(w)):      # fp8 rows of whole words only
+                              or not pair_ok):                                  # fp8 rows of whole words only
         variant = "gemv"
     return variant
 
@@ -151,7 +155,7 @@ def fused_moe_quant_small(x, w13, w2, ids, topk_weights, expert_offset: int, con
                           pdl: bool = False) -> torch.Tensor:
     """The decode path of fused_moe_quant (inputs checked there): x [T, D], w13 / w2 quantized stacks
     (qweights.QuantMatrix) [E, 2I, D] / [E, D, I], ids/topk_weights [T, K] -> [T, D] in x.dtype."""
-    variant = decode_variant(w13, config, x.dtype)
+    variant = decode_variant(w13, config, x.dtype, w2)
     if variant == "gemv":
         return fused_moe_quant_gemv.fused_moe_quant_gemv(x, w13, w2, ids, topk_weights, expert_offset, config, pdl)
     if variant == "pair":

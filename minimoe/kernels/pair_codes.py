@@ -34,7 +34,10 @@ Precision. A word's products are summed in fp16 (at most 8 terms), then accumula
 scales. The activations are multiplied by a power of two when they become fp16 (the result divided by
 it at the end) so that a word's partial sum stays finite: x by X_SCALE = 2^-8 (finite up to |x| ~ 2.6e5
 for symmetric int4, 3.3e4 for int8, 9.3e3 for fp8, whose codes reach 448), h = silu(gate)·up, larger and
-heavier-tailed, by H_SCALE = 2^-12 (|h| up to 4.2e6 / 5.2e5 / 1.5e5). Values under 2^-14 / scale (|x| < 0.004, |h| < 0.25) become fp16 subnormals,
+heavier-tailed, by H_SCALE = 2^-12 (|h| up to 4.2e6 / 5.2e5 / 1.5e5). These bounds count all of a word's terms in one
+fp16 sum; the int8 and fp8 PTX sums two per half, so their real limits are twice these. A dense layer's input is
+scaled by X_SCALE whatever it is: for a quantized dense down projection (a shared expert, a dense MLP) that input is
+an MLP's hidden activation, so fp8 there holds |h| up to ~1.9e4, int8 ~6.5e4. Values under 2^-14 / scale (|x| < 0.004, |h| < 0.25) become fp16 subnormals,
 spaced 2^-24 / scale apart (6e-8 x 256 = 1.5e-5 for x, 2.4e-4 for h): small h lose relative precision, but
 their products are small next to the sum's large terms (the tests check whole outputs). Against dequantize-then-matmul in fp32 the error is a few
 1e-4 relative for activations of unit scale: far under the formats' own. The GPU test checks |x| ~ 100.
@@ -288,8 +291,10 @@ def _pack_pairs_kernel(x_ptr, out_ptr, K, KW, stride_xt, stride_ot, PW: tl.const
 def pair_supported(w) -> bool:
     """Stacks these kernels read: minimoe's own int4 and int8 codes, and fp8 (e4m3) whose rows hold whole
     4-byte words (K a multiple of 4, unit last stride); not nf4 or LLM.int8."""
-    if w.bits == 0:
-        return w.K % 4 == 0 and w.data3.shape[2] == w.K and w.data3.stride(2) == 1
+    if w.bits == 0:        # viewed as int32: unit last stride, and offset and outer strides in whole words
+        d = w.data3
+        return (w.K % 4 == 0 and d.shape[2] == w.K and d.stride(2) == 1 and d.storage_offset() % 4 == 0
+                and d.stride(0) % 4 == 0 and d.stride(1) % 4 == 0)
     return w.bits in (4, 8) and w.codes == 0
 
 
