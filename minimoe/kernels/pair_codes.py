@@ -59,6 +59,13 @@ H_SCALE = 2.0 ** -12          # h (GEMM1's output, silu(gate)·up: larger, heavi
 _X_SCALE = tl.constexpr(X_SCALE)
 _H_SCALE = tl.constexpr(H_SCALE)
 
+# every pair kernel's epilogue: the fp16 pair sum `a` becomes one fp32 (its two halves added in fp32)
+_SUM_HALVES = """mov.b32 {lo, hi}, a;
+cvt.f32.f16 fl, lo;
+cvt.f32.f16 fh, hi;
+add.f32 $0, fl, fh;
+}"""
+
 _INT4_ASM = tl.constexpr("""{
 .reg .b32 t, f, a;
 .reg .b16 lo, hi;
@@ -76,11 +83,7 @@ fma.rn.f16x2 a, f, $4, a;
 lop3.b32 f, t, 0x00F000F0, 0x64006400, 0xEA;
 fma.rn.f16x2 f, f, $8, $7;
 fma.rn.f16x2 a, f, $5, a;
-mov.b32 {lo, hi}, a;
-cvt.f32.f16 fl, lo;
-cvt.f32.f16 fh, hi;
-add.f32 $0, fl, fh;
-}""")
+""" + _SUM_HALVES)
 
 _INT8_ASM = tl.constexpr("""{
 .reg .b32 f, a;
@@ -92,12 +95,7 @@ mul.rn.f16x2 a, f, $2;
 prmt.b32 f, $1, 0x64646464, 0x5351;
 sub.f16x2 f, f, $4;
 fma.rn.f16x2 a, f, $3, a;
-mov.b32 {lo, hi}, a;
-cvt.f32.f16 fl, lo;
-cvt.f32.f16 fh, hi;
-add.f32 $0, fl, fh;
-}""")
-
+""" + _SUM_HALVES)
 
 _FP8_ASM = tl.constexpr("""{
 .reg .b32 t, f, a;
@@ -109,11 +107,7 @@ cvt.rn.f16x2.e4m3x2 f, plo;
 mul.rn.f16x2 a, f, $2;
 cvt.rn.f16x2.e4m3x2 f, phi;
 fma.rn.f16x2 a, f, $3, a;
-mov.b32 {lo, hi}, a;
-cvt.f32.f16 fl, lo;
-cvt.f32.f16 fh, hi;
-add.f32 $0, fl, fh;
-}""")
+""" + _SUM_HALVES)
 
 
 @triton.jit
