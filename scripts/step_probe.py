@@ -5,8 +5,8 @@
 
 A variant is NAME or NAME:module.ATTR=VALUE[,module.ATTR=VALUE...] (VALUE a Python literal); the first variant is
 the baseline. For each model and batch one model is built (random weights, real shapes, `--fused`, `--quant` as
-given, every other setting at its default), then round by round every variant sets its attributes, captures a fresh decode graph,
-decodes 6 warm-up steps and times `steps` graphed steps back to back with CUDA events (µs per step, median of
+given, every other setting at its default), then round by round every variant sets its attributes, captures a fresh
+decode graph, decodes 6 warm-up steps and times `steps` graphed steps back to back with CUDA events (µs per step, median of
 rounds). Every variant must generate the baseline's greedy tokens (a kernel knob must not change the bits): the
 exit status is 1 otherwise. A sweep of one kernel alone is not the step's context (docs/perf_notes.md, eighth
 session): this is how a knob earns its default.

@@ -37,11 +37,12 @@ from .pdl import launch_args, wait_then_release
 from .quant_tiles import layout_args, load_x, pointer_args, stride_args, tile_dot
 
 SMALL_KEYS = ("BLOCK_N", "BLOCK_K", "num_warps", "num_stages")
-# format bits -> decode kernels ("small", "gemv" or "pair"): "pair" (fp16 pairs, fused_moe_quant_pair.py) for int8 and
-# int4, 1.4-2.5x faster than "gemv" (fused_moe_quant_pair._TILES), and for fp8 (cvt.e4m3x2 pairs, twelfth session,
-# docs/results/2026-12-01-s12/call5: one layer at M = 1 Mixtral 127.4 -> 90.8 µs, Qwen3-30B-A3B 24.6 -> 18.5; the graphed
-# bs-1 step Mixtral 5.08 -> 3.94 ms, Qwen3 2.58 -> 2.21, OLMoE 0.865 -> 0.779); "gemv" stays for fp8 rows of partial
-# words, fp32 activations and the interpreter; the others stay tested alternatives (config {"variant": ...})
+# format bits -> decode kernels ("small", "gemv" or "pair"): "pair" (fp16 pairs, fused_moe_quant_pair.py) for int8
+# and int4, 1.4-2.5x faster than "gemv" (fused_moe_quant_pair._TILES), and for fp8 (cvt.e4m3x2 pairs, twelfth
+# session, docs/results/2026-12-01-s12/call5: one layer at M = 1 Mixtral 127.4 -> 90.8 µs, Qwen3-30B-A3B 24.6 ->
+# 18.5; the graphed bs-1 step Mixtral 5.08 -> 3.94 ms, Qwen3 2.58 -> 2.21, OLMoE 0.865 -> 0.779); "gemv" stays for
+# fp8 rows of partial words, fp32 activations and the interpreter; the others stay tested alternatives (config
+# {"variant": ...})
 DECODE_VARIANT = {0: "pair", 8: "pair", 4: "pair"}
 
 

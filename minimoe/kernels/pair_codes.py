@@ -34,13 +34,14 @@ Precision. A word's products are summed in fp16 (at most 8 terms), then accumula
 scales. The activations are multiplied by a power of two when they become fp16 (the result divided by
 it at the end) so that a word's partial sum stays finite: x by X_SCALE = 2^-8 (finite up to |x| ~ 2.6e5
 for symmetric int4, 3.3e4 for int8, 9.3e3 for fp8, whose codes reach 448), h = silu(gate)·up, larger and
-heavier-tailed, by H_SCALE = 2^-12 (|h| up to 4.2e6 / 5.2e5 / 1.5e5). These bounds count all of a word's terms in one
-fp16 sum; the int8 and fp8 PTX sums two per half, so their real limits are twice these. A dense layer's input is
-scaled by X_SCALE whatever it is: for a quantized dense down projection (a shared expert, a dense MLP) that input is
-an MLP's hidden activation, so fp8 there holds |h| up to ~1.9e4, int8 ~6.5e4. Values under 2^-14 / scale (|x| < 0.004, |h| < 0.25) become fp16 subnormals,
-spaced 2^-24 / scale apart (6e-8 x 256 = 1.5e-5 for x, 2.4e-4 for h): small h lose relative precision, but
-their products are small next to the sum's large terms (the tests check whole outputs). Against dequantize-then-matmul in fp32 the error is a few
-1e-4 relative for activations of unit scale: far under the formats' own. The GPU test checks |x| ~ 100.
+heavier-tailed, by H_SCALE = 2^-12 (|h| up to 4.2e6 / 5.2e5 / 1.5e5). These bounds count all of a word's
+terms in one fp16 sum; the int8 and fp8 PTX sums two per half, so their real limits are twice these. A dense
+layer's input is scaled by X_SCALE whatever it is: for a quantized dense down projection (a shared expert, a dense
+MLP) that input is an MLP's hidden activation, so fp8 there holds |h| up to ~1.9e4, int8 ~6.5e4. Values under
+2^-14 / scale (|x| < 0.004, |h| < 0.25) become fp16 subnormals, spaced 2^-24 / scale apart (6e-8 x 256 = 1.5e-5
+for x, 2.4e-4 for h): small h lose relative precision, but their products are small next to the sum's large terms
+(the tests check whole outputs). Against dequantize-then-matmul in fp32 the error is a few 1e-4 relative for
+activations of unit scale: far under the formats' own. The GPU test checks |x| ~ 100.
 
 The PTX runs only on a GPU; under the Triton interpreter (CI) ASM is False and `_pair_dot` computes the
 same sums in fp32 from the same bit fields, so the layout, masks, pairing and scales are tested on the
@@ -143,7 +144,8 @@ def _pair_dot(words, x0, x1, x2, x3, zero, BITS: tl.constexpr, ASM: tl.constexpr
 
 @triton.jit
 def _fp8_pair_dot(words, x0, x1, ASM: tl.constexpr):
-    """Σ over a word's four e4m3 bytes of value·x, fp32 [ROWS, V]: bytes 0, 2 pair with x0's halves, 1, 3 with x1's."""
+    """Σ over a word's four e4m3 bytes of value·x, fp32 [ROWS, V]: bytes 0, 2 pair with x0's halves, 1, 3
+    with x1's."""
     if ASM:
         acc = tl.inline_asm_elementwise(_FP8_ASM, "=f,r,r,r", [words, x0[None, :], x1[None, :]],
                                         dtype=tl.float32, is_pure=True, pack=1)
