@@ -133,6 +133,10 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
         results.update(_prequantized_checkpoints(prompts, out_dir))
         _clis(out_dir)
     Path(out_dir, f"rank{rank}.json").write_text(json.dumps(results))
+    # tear the group down together: left to interpreter exit, a gloo rank whose peer has already gone can abort
+    # (SIGABRT, "terminate called without an active exception": seen once in CI, 2026-12-01)
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
 
 
 # --quant under a plan: each rank quantizes the shard it loaded. EP ranks hold whole experts and replicated dense
