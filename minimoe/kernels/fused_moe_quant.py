@@ -31,7 +31,8 @@ import triton.language as tl
 from .fused_moe import _block_rows, _combine_kernel, _tile_coords, plan
 from .fused_moe_quant_small import fused_moe_quant_small
 from .moe_align import align_tokens_by_expert
-from .moe_configs import default_config, interpreter_config, on_gpu, pipeline_stages
+from .moe_configs import (CONFIG_DIR, config_file_name, default_config, interpreter_config, load_tuned,
+                          nearest_bucket, on_gpu, pipeline_stages)
 from .pdl import launch_args, wait_then_release
 from .quant_tiles import layout_args, load_cols, pointer_args, quant_rows_fp8, stride_args
 
@@ -156,10 +157,29 @@ FP8_DOT_MIN_T = 3
 FP8_DOT_TILES = {"BLOCK_M": 16, "BLOCK_N": 64, "GROUP_M": 1, "num_warps": 4, "num_stages": 4}
 
 
-def quant_config(w13, w2, E: int, I: int, D: int, K: int, T: int) -> dict:
-    """Aligned-path tiles: the bf16 heuristic (moe_configs.default_config) with BLOCK_K = the scale
-    group (one group a step), or 128 for row scales (a multiple of the codes per word and of the 16
-    a tl.dot needs after unpacking), and the pipeline depth recomputed for the smaller B tiles."""
+# Tuned tables (scripts/tune_fused_moe_quant.py) are files of moe_configs' kind, named as vLLM names its quantized
+# ones; only formats whose B tiles have no scale groups are tuned (a grouped format's BLOCK_K is its group).
+TUNED_DTYPE = {"fp8": "fp8_w8a8", "int8": "int8_w8a16"}
+USE_TUNED = True                    # False: the heuristic below only (scripts/step_probe.py A/B's the tables)
+
+
+def tuned_config(w13, E: int, I: int, D: int, K: int, T: int) -> dict | None:
+    """The tuned table's config for the bucket nearest T, or None (no table, a grouped or bitsandbytes
+    format, the interpreter, or USE_TUNED off)."""
+    fmt = {0: "fp8", 8: "int8"}.get(w13.bits)
+    if not (USE_TUNED and on_gpu() and fmt and w13.group == 0 and w13.codes == 0):
+        return None
+    table = load_tuned(str(CONFIG_DIR / config_file_name(E, I, D, K, TUNED_DTYPE[fmt])))
+    return nearest_bucket(table, T) if table else None
+
+
+def untuned_config(w13, w2, E: int, I: int, D: int, K: int, T: int) -> dict:
+    """Aligned-path tiles without a table: the bf16 heuristic (moe_configs.default_config) with BLOCK_K =
+    the scale group (one group a step), or 128 for row scales (a multiple of the codes per word and of the
+    16 a tl.dot needs after unpacking), and the pipeline depth recomputed for the smaller B tiles; fp8
+    decode sizes (fused_moe.plan says "small", T >= FP8_DOT_MIN_T) take FP8_DOT_TILES."""
+    if w13.bits == 0 and T >= FP8_DOT_MIN_T and plan(T, K, E) != "aligned":
+        return dict(FP8_DOT_TILES, BLOCK_K=w13.group or 128, down={"BLOCK_N": 64, "num_stages": 4})
     base = interpreter_config() if not on_gpu() else default_config(E, I, D, K, T, torch.bfloat16)
     cfg = dict(base, BLOCK_K=w13.group or 128)
     elem = 1 if w13.bits == 0 else 2                 # B tiles are fp8, or the activation dtype after unpacking
@@ -169,6 +189,11 @@ def quant_config(w13, w2, E: int, I: int, D: int, K: int, T: int) -> dict:
         down_n = base.get("down", {}).get("BLOCK_N", cfg["BLOCK_N"])
         cfg["down"] = {"BLOCK_N": down_n, "num_stages": pipeline_stages(cfg["BLOCK_M"], down_n, bk, 1, elem, 4)}
     return cfg
+
+
+def quant_config(w13, w2, E: int, I: int, D: int, K: int, T: int) -> dict:
+    """The tensor-core path's config for T tokens: the tuned table's (tuned_config), else untuned_config."""
+    return tuned_config(w13, E, I, D, K, T) or untuned_config(w13, w2, E, I, D, K, T)
 
 
 def _check(x, w13, w2, ids, weights):
@@ -193,15 +218,13 @@ def fused_moe_quant(x: torch.Tensor, w13, w2, topk_ids: torch.Tensor, topk_weigh
     if T == 0:
         return x.new_empty(0, D)
     ids = topk_ids.contiguous()
-    base = None
     variant = plan(T, K, E, config)
     if variant not in ("small", "gemv", "pair", "aligned"):
         raise ValueError(f"unknown quantized MoE variant {variant!r}: small, gemv, pair or aligned")
     if variant in ("small", "gemv", "pair"):
         if not (w13.bits == 0 and T >= FP8_DOT_MIN_T and config is None):
             return fused_moe_quant_small(x, w13, w2, ids, topk_weights, expert_offset, config, pdl)
-        base = dict(FP8_DOT_TILES, BLOCK_K=w13.group or 128, down={"BLOCK_N": 64, "num_stages": 4})
-    cfg = dict(base or quant_config(w13, w2, E, I, D, K, T),
+    cfg = dict(quant_config(w13, w2, E, I, D, K, T),
                **{k: v for k, v in (config or {}).items() if k != "small"})
     assert w13.group == w2.group and cfg["BLOCK_K"] == (w13.group or cfg["BLOCK_K"]), \
         f"a step must be one scale group: BLOCK_K {cfg['BLOCK_K']}, groups {w13.group} and {w2.group}"
