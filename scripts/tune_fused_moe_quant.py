@@ -202,7 +202,8 @@ def line(r) -> str:
     c = r["config"]
     d = c.get("down", {})
     tile = (f"{c['BLOCK_M']}x{c['BLOCK_N']}x{c['BLOCK_K']} {c['num_warps']}w{c['num_stages']}s g{c['GROUP_M']}"
-            + (f" | down {d['BLOCK_N']}x{d['BLOCK_K']} {d.get('num_warps', '')}w{d.get('num_stages', '')}s" if d else ""))
+            + (f" | down {d.get('BLOCK_N', c['BLOCK_N'])}x{d.get('BLOCK_K', c['BLOCK_K'])} {d.get('num_warps', c['num_warps'])}w"
+               f"{d.get('num_stages', c['num_stages'])}s" if d else ""))
     head = f"{r['preset']:8s} {r['format']} T={r['T']:<5d} {r['stage']:7s} {tile:42s}"
     if r["status"] != "PASS":
         return f"{head} {r['status']} {r.get('error') or r.get('err')}"
