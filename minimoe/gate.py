@@ -31,10 +31,10 @@ import contextlib
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from .config import ModelConfig
 from .instrument import record_load
+from .linear import router_logits
 from .ops import ops_for
 from .router import FUSED_ROUTERS, RouterSpec, route, skip_small  # noqa: F401  (skip_small: re-exported)
 
@@ -74,7 +74,9 @@ class Router(nn.Module):
         if fusable and ops.gate_route_fits(T, self.n_experts, D, self.weight.dtype, h.dtype):
             w, ids = ops.gate_route(h, self.weight, spec.top_k, **kind)
         else:
-            logits = F.linear(h.to(self.weight.dtype), self.weight)                   # [T, E]
+            s = self.settings
+            logits = router_logits(h, self.weight, s.gemv if s is not None else "torch",
+                                   pdl=s is not None and s.pdl == "on")                  # [T, E]
             if fusable:
                 w, ids = ops.route_topk(logits, spec.top_k, **kind)
             else:

@@ -20,11 +20,13 @@ import torch.nn.functional as F
 try:
     from .kernels import gemv as _gemv
     from .kernels.dense_gemv import dense_gemv as _dense_gemv
-except ImportError:       # no Triton here: --gemv triton / stream are refused before a model is built
-    _gemv = _dense_gemv = None
+    from .kernels import skinny_gemm as _skinny
+except ImportError:       # no Triton here: --gemv triton / stream / skinny are refused before a model is built
+    _gemv = _dense_gemv = _skinny = None
 
-GEMV_KERNELS = ("torch", "triton", "stream")
+GEMV_KERNELS = ("torch", "triton", "stream", "skinny")
 STREAM_MAX_T = 2          # the stream kernel reads the weight once per token: decode at batch 1-2 only
+SKINNY_AUTO = False       # `--gemv auto` sends 3..64 tokens to kernels/skinny_gemm.py (else cuBLAS)
 
 
 def auto_gemv(T: int, N: int, D: int) -> str:
@@ -36,6 +38,8 @@ def auto_gemv(T: int, N: int, D: int) -> str:
     each token re-reads the weight and cuBLAS (or tl.dot tiles, within 5% of it) wins."""
     if T == 1 or (T == 2 and N <= 1024):
         return "stream"
+    if SKINNY_AUTO and 3 <= T <= 64:
+        return "skinny"
     return "torch"
 
 
@@ -56,10 +60,25 @@ def linear(x: torch.Tensor, weight, bias: torch.Tensor | None = None, gemv: str 
         if kind == "triton" and _gemv.usable(T, weight):
             y, _ = _gemv.gemv(x.reshape(-1, x.shape[-1]).contiguous(), weight, bias)
             return y.view(*lead, -1)
+        if kind == "skinny" and _skinny.usable(T, weight, x.dtype):
+            y = _skinny.skinny_gemm(x.reshape(-1, x.shape[-1]), weight, bias, pdl=pdl)
+            return y.view(*lead, -1)
         if kind == "stream" and 1 <= T <= STREAM_MAX_T and weight.is_contiguous() and (
                 bias is None or (bias.dtype == x.dtype and bias.is_contiguous())):
             return _dense_gemv(x.reshape(-1, x.shape[-1]).contiguous(), weight, pdl=pdl, bias=bias).view(*lead, -1)
     return F.linear(x, weight, bias)
+
+
+def router_logits(h: torch.Tensor, weight: torch.Tensor, gemv: str = "torch", pdl: bool = False) -> torch.Tensor:
+    """A router's logits [T, E] in the gate's dtype: `F.linear(h.to(weight.dtype), weight)` (h [T, D], the gate
+    [E, D] in bf16 or, DeepSeek's, float32), or, where `gemv` picks kernels/skinny_gemm.py for T tokens, that
+    kernel, which converts h's tiles in registers instead of launching a cast."""
+    T = h.shape[0]
+    if gemv != "torch" and _skinny is not None and h.stride(-1) == 1:
+        kind = auto_gemv(T, *weight.shape) if gemv == "auto" else gemv
+        if kind == "skinny" and _skinny.usable(T, weight, h.dtype):
+            return _skinny.skinny_gemm(h, weight, out_dtype=weight.dtype, pdl=pdl)
+    return F.linear(h.to(weight.dtype), weight)
 
 
 def linear_pair(x: torch.Tensor, a: "Linear", b: "Linear") -> tuple[torch.Tensor, torch.Tensor]:

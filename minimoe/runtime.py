@@ -53,7 +53,7 @@ def check_settings(s: RunSettings, cfg: ModelConfig) -> None:
     if s.experts not in EXPERT_PATHS:
         raise UsageError(f"unknown expert path {s.experts!r}; choose from {sorted(EXPERT_PATHS)}")
     triton_parts = [flag for flag, on in (("--experts fused", s.experts == "fused"), ("--ops triton", s.ops == "triton"),
-                                          ("--gemv " + s.gemv, s.gemv in ("triton", "stream", "auto")),
+                                          ("--gemv " + s.gemv, s.gemv in ("triton", "stream", "skinny", "auto")),
                                           ("--attn triton", s.attn == "triton"))
                     if on]
     for flag in triton_parts:

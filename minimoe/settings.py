@@ -37,7 +37,7 @@ class RunSettings:
     attn: str = "auto"              # decode attention backend; auto = triton on a GPU, sdpa on a CPU
     ops: str = "auto"               # small ops (RMSNorm+add, q/k norm+rope+cache write, router top-k):
                                     # torch (several kernels each) | triton (one each); auto = triton on a GPU
-    gemv: str = "auto"              # decode-size linears: torch (cuBLAS) | triton | stream; auto = per shape (GPU)
+    gemv: str = "auto"              # decode-size linears: torch (cuBLAS) | triton | stream | skinny; auto = per shape (GPU)
     pdl: str = "auto"               # Programmatic Dependent Launch: on | off; auto: on for an sm90+ device, no EP/TP
     fold_norm: str = "auto"         # an MoE layer's RMSNorm inside its router's kernel for one-token steps:
                                     # on | off; auto = on with --ops triton (model.Block, kernels/gate_splitk.py)
@@ -76,7 +76,7 @@ class RunSettings:
         _choose("experts", s.experts, EXPERT_PATH_NAMES)
         _choose("attn", s.attn, ATTN_NAMES)
         _choose("ops", s.ops, ("auto", "torch", "triton"))
-        _choose("gemv", s.gemv, ("auto", "torch", "triton", "stream"))
+        _choose("gemv", s.gemv, ("auto", "torch", "triton", "stream", "skinny"))
         _choose("pdl", s.pdl, ("auto", "on", "off"))
         _choose("fold_norm", s.fold_norm, ("auto", "on", "off"))
         _choose("fuse_shared", s.fuse_shared, ("auto", "on", "off"))
@@ -209,7 +209,8 @@ SETTINGS_FLAGS = {
     "ops": ("--ops", dict(help="RMSNorm(+add), q/k-norm+rope+cache write, router top-k: torch (several kernels "
                                 "each) | triton (one each); auto: triton on a GPU")),
     "gemv": ("--gemv", dict(help="decode-size linears: torch (cuBLAS) | triton (kernels/gemv.py) | stream (the MoE "
-                                  "decode kernel as a dense GEMV, batch 1-2); auto: per shape as measured on the "
+                                  "decode kernel as a dense GEMV, batch 1-2) | skinny (split-K tensor-core GEMM, 1-64 tokens, "
+                                  "routers too; kernels/skinny_gemm.py); auto: per shape as measured on the "
                                   "H200 (linear.auto_gemv), torch on a CPU")),
     "pdl": ("--pdl", dict(help="Programmatic Dependent Launch for minimoe's Triton kernels (the MoE's GEMM2 "
                                 "never; kernels/pdl.py): on (sm90+) | off; auto: on when the device is sm90+ and "

@@ -1,0 +1,145 @@
+"""Guards the split-K skinny GEMM (kernels/skinny_gemm.py) and `--gemv skinny` against F.linear in float64."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+pytest.importorskip("triton")
+
+from minimoe.kernels import skinny_gemm as S  # noqa: E402
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
+
+
+def _ref(x, w, b):
+    return F.linear(x.to(w.dtype).double(), w.double(), None if b is None else b.double())
+
+
+def _err(y, ref) -> float:
+    return ((y.double() - ref).abs().max() / ref.abs().max()).item()
+
+
+# (T, N, K, config): one token; T past a power of two; N and K not multiples of the tiles; a split whose last
+# share is empty (K = 5 tiles over 4 shares of 2); as many shares as tiles; 64 tokens; an unsplit call
+CASES = [(1, 40, 72, None), (3, 100, 200, {"SPLIT": 3, "BLOCK_K": 32, "BLOCK_N": 32}),
+         (17, 33, 80, {"SPLIT": 4, "BLOCK_K": 16, "BLOCK_N": 16}), (5, 64, 160, {"SPLIT": 5, "BLOCK_K": 32}),
+         (64, 48, 96, {"SPLIT": 2, "BLOCK_K": 32, "BLOCK_N": 16}), (9, 70, 64, {"SPLIT": 1, "BLOCK_K": 32})]
+
+
+@pytest.mark.parametrize("T,N,K,config", CASES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("bias", [False, True])
+def test_skinny_matches_linear(T, N, K, config, dtype, bias):
+    g = torch.Generator().manual_seed(T * 1000 + N + K)
+    x = torch.randn(T, K, generator=g).to(dtype).to(DEVICE)
+    w = (torch.randn(N, K, generator=g) / K ** 0.5).to(dtype).to(DEVICE)
+    b = torch.randn(N, generator=g).to(dtype).to(DEVICE) if bias else None
+    y = S.skinny_gemm(x, w, b, config=config)
+    assert y.shape == (T, N) and y.dtype == dtype
+    assert _err(y, _ref(x, w, b)) <= TOL[dtype]
+    assert torch.equal(S.skinny_gemm(x, w, b, config=config), y)          # the split sums in a fixed order
+
+
+def test_wider_weight_converts_x_in_registers():
+    """A float32 gate with fp16 (bf16 on a GPU) activations, DeepSeek's router: y is float32 and equals
+    F.linear(x.float(), W) to fp32 rounding; out_dtype overrides."""
+    xdt = torch.bfloat16 if DEVICE.type == "cuda" else torch.float16
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(6, 128, generator=g).to(xdt).to(DEVICE)
+    w = torch.randn(64, 128, generator=g).to(DEVICE)
+    y = S.skinny_gemm(x, w, config={"SPLIT": 2, "BLOCK_K": 32})
+    assert y.dtype == torch.float32 and _err(y, _ref(x, w, None)) <= 1e-5
+    assert S.skinny_gemm(x, w, out_dtype=torch.float16).dtype == torch.float16
+
+
+def test_default_config_fills_the_gpu():
+    """About TARGET_PROGRAMS programs where K allows it; never more shares than K tiles; 64-wide columns below
+    8192 outputs; fp32 weights take 64-element K steps."""
+    c = S.default_config(64, 2048, 2048, torch.bfloat16)
+    assert (c["BLOCK_N"], c["BLOCK_K"]) == (64, 128) and 2048 // 64 * c["SPLIT"] == 256
+    assert S.default_config(64, 64, 2048, torch.bfloat16)["SPLIT"] == 16            # 16 K tiles: capped there
+    assert S.default_config(4, 64, 256, torch.bfloat16)["SPLIT"] == 2               # only 2 K tiles
+    assert S.default_config(4, 32768, 2048, torch.bfloat16) == dict(S.default_config(4, 32768, 2048, torch.bfloat16),
+                                                                    BLOCK_N=128, SPLIT=1)
+    assert S.default_config(8, 64, 2048, torch.float32)["BLOCK_K"] == 64
+
+
+def test_refuses_what_it_would_misread():
+    w = torch.randn(8, 32, device=DEVICE)
+    with pytest.raises(ValueError, match="skinny_gemm takes"):
+        S.skinny_gemm(torch.randn(S.MAX_T + 1, 32, device=DEVICE), w)               # too many tokens
+    with pytest.raises(ValueError, match="skinny_gemm takes"):
+        S.skinny_gemm(torch.randn(2, 31, device=DEVICE), w)                        # K mismatch
+    with pytest.raises(ValueError, match="skinny_gemm takes"):
+        S.skinny_gemm(torch.randn(2, 32, device=DEVICE), w.half())                  # x wider than W
+    with pytest.raises(ValueError, match="skinny_gemm takes"):
+        S.skinny_gemm(torch.randn(2, 64, device=DEVICE)[:, ::2], w)                 # x not unit-stride
+    assert not S.usable(0, w) and S.usable(1, w) and not S.usable(3, w.t())
+
+
+def test_linear_and_router_dispatch(monkeypatch):
+    """`--gemv skinny` sends 1..64 tokens to the kernel (a bias too) and F.linear past that; `auto` only with
+    linear.SKINNY_AUTO and 3..64 tokens; router_logits does the same for a float32 gate."""
+    from minimoe import linear as lin
+    calls = []
+    real = S.skinny_gemm
+    monkeypatch.setattr(S, "skinny_gemm", lambda *a, **k: calls.append(a[0].shape[0]) or real(*a, **k))
+    w, b = torch.randn(24, 40, device=DEVICE), torch.randn(24, device=DEVICE)
+    for T in (1, 3, 64, 65):
+        x = torch.randn(T, 40, device=DEVICE)
+        assert _err(lin.linear(x, w, b, gemv="skinny"), _ref(x, w, b)) <= 1e-5
+    assert calls == [1, 3, 64]
+    calls.clear()
+    x = torch.randn(2, 4, 40, device=DEVICE)                                       # [B, S, in]: 8 tokens
+    lin.linear(x, w, gemv="auto")
+    monkeypatch.setattr(lin, "SKINNY_AUTO", True)
+    y = lin.linear(x, w, gemv="auto")
+    lin.linear(x[:, :1], w, gemv="auto")                                           # 2 tokens: the stream kernel's
+    assert calls == [8] and y.shape == (2, 4, 24)
+    calls.clear()
+    h = torch.randn(8, 40, device=DEVICE).half()
+    got = lin.router_logits(h, w, "skinny")
+    assert calls == [8] and got.dtype == torch.float32 and _err(got, _ref(h, w, None)) <= 1e-5
+    assert lin.router_logits(h, w, "torch").dtype == torch.float32 and calls == [8]
+
+
+@pytest.mark.parametrize("card", ["olmoe-tiny", "deepseek-v2-lite-tiny", "qwen2-moe-tiny"])
+def test_skinny_model_equals_cublas(card, monkeypatch):
+    """Decode at 3 sequences and a 5-token prompt (prefill T = 15 rows) with every dense layer and the router
+    through the skinny kernel: the tokens and logits of F.linear (fp32), for a bf16-style gate (OLMoE), DeepSeek's
+    fp32 gate and Qwen2's q/k/v bias and shared-expert gate."""
+    from conftest import greedy_and_logits
+    from minimoe.loader import build_model
+    from minimoe.settings import RunSettings
+    s = RunSettings(experts="grouped", attn="sdpa", ops="torch", gemv="torch", device=DEVICE)
+    model, cfg, _ = build_model(card, "dummy", dtype=torch.float32, device=DEVICE, settings=s, seed=5)
+    prompt = torch.randint(0, cfg.vocab_size, (3, 5), generator=torch.Generator().manual_seed(6)).to(DEVICE)
+    out, shapes = {}, set()
+    real = S.skinny_gemm
+    monkeypatch.setattr(S, "skinny_gemm", lambda *a, **k: shapes.add(tuple(a[1].shape)) or real(*a, **k))
+    for gemv in ("torch", "skinny"):
+        s.gemv = gemv
+        out[gemv] = greedy_and_logits(model, prompt, 3)
+    router = model.layers[-1].ffn.router.weight
+    assert tuple(router.shape) in shapes and len(shapes) >= 4          # the router and the dense layers
+    assert torch.equal(out["skinny"][0], out["torch"][0])
+    err = ((out["skinny"][1] - out["torch"][1]).abs().max() / out["torch"][1].abs().max()).item()
+    assert err <= 1e-5, err
+
+
+@pytest.mark.skipif(DEVICE.type != "cuda", reason="the persistent counters and CUDA graphs need a GPU")
+def test_counters_stay_zeroed_and_graph_replays():
+    """The last program of each column block leaves its counter at 0: after split calls of several shapes the
+    device's buffer is all zeros, and a captured call replays to the eager result."""
+    x = torch.randn(16, 2048, device="cuda", dtype=torch.bfloat16)
+    ws = [torch.randn(n, 2048, device="cuda", dtype=torch.bfloat16) / 45 for n in (64, 2048, 6144)]
+    eager = [S.skinny_gemm(x, w) for w in ws]
+    assert int(S._counters[x.device].abs().sum()) == 0
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        outs = [S.skinny_gemm(x, w) for w in ws]
+    g.replay()
+    torch.cuda.synchronize()
+    assert all(torch.equal(a, b) for a, b in zip(outs, eager))
+    assert int(S._counters[x.device].abs().sum()) == 0
