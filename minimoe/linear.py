@@ -26,7 +26,8 @@ except ImportError:       # no Triton here: --gemv triton / stream / skinny are 
 
 GEMV_KERNELS = ("torch", "triton", "stream", "skinny")
 STREAM_MAX_T = 2          # the stream kernel reads the weight once per token: decode at batch 1-2 only
-SKINNY_AUTO = False       # `--gemv auto` sends 3..64 tokens to kernels/skinny_gemm.py (else cuBLAS)
+SKINNY_AUTO = False       # True: `--gemv auto` sends dense layers at 3..64 tokens to kernels/skinny_gemm.py (measured
+                          # slower than cuBLAS there, so off; routers: router_logits)
 
 
 def auto_gemv(T: int, N: int, D: int) -> str:
@@ -69,15 +70,27 @@ def linear(x: torch.Tensor, weight, bias: torch.Tensor | None = None, gemv: str 
     return F.linear(x, weight, bias)
 
 
+# Router gates (E <= ROUTER_MAX_E outputs) at 1..64 tokens through kernels/skinny_gemm.py under `--gemv auto`, with
+# these tiles: the best of its sweep on the H200 at every T (scripts/bench_skinny.py, thirteenth session, µs per
+# call against cuBLAS, a bf16 -> fp32 cast included for DeepSeek's fp32 gate): OLMoE 64 x 2048 T = 4 / 16 / 64
+# 4.7 / 4.8 / 5.1 -> 3.5 / 3.5 / 4.5, Qwen3-30B-A3B 128 x 2048 4.9 / 4.9 / 5.1 -> 3.4 / 3.6 / 4.7, DeepSeek-V2-Lite
+# fp32 9.9 / 10.3 / 10.9 -> 6.0 / 6.0 / 10.3. (Dense layers stay on cuBLAS: there the split-K kernel lost at
+# 64 tokens, 0.7-0.9x, and tied at 4-16.)
+ROUTER_MAX_E = 256
+ROUTER_TILES = {torch.float32: {"BLOCK_N": 16, "BLOCK_K": 64, "SPLIT": 16},
+                None: {"BLOCK_N": 16, "BLOCK_K": 256, "SPLIT": 8}}
+
+
 def router_logits(h: torch.Tensor, weight: torch.Tensor, gemv: str = "torch", pdl: bool = False) -> torch.Tensor:
     """A router's logits [T, E] in the gate's dtype: `F.linear(h.to(weight.dtype), weight)` (h [T, D], the gate
-    [E, D] in bf16 or, DeepSeek's, float32), or, where `gemv` picks kernels/skinny_gemm.py for T tokens, that
-    kernel, which converts h's tiles in registers instead of launching a cast."""
+    [E, D] in bf16 or, DeepSeek's, float32), or, under `--gemv auto` / `skinny` for 1..64 tokens and a gate of at
+    most ROUTER_MAX_E experts, kernels/skinny_gemm.py with ROUTER_TILES, which converts h's tiles in registers
+    instead of launching a cast. (The engine's fusable routers reach this only past ops.gate_route_fits' sizes.)"""
     T = h.shape[0]
-    if gemv != "torch" and _skinny is not None and h.stride(-1) == 1:
-        kind = auto_gemv(T, *weight.shape) if gemv == "auto" else gemv
-        if kind == "skinny" and _skinny.usable(T, weight, h.dtype):
-            return _skinny.skinny_gemm(h, weight, out_dtype=weight.dtype, pdl=pdl)
+    if (gemv in ("auto", "skinny") and _skinny is not None and h.stride(-1) == 1
+            and weight.shape[0] <= ROUTER_MAX_E and _skinny.usable(T, weight, h.dtype)):
+        tiles = ROUTER_TILES.get(weight.dtype, ROUTER_TILES[None])
+        return _skinny.skinny_gemm(h, weight, out_dtype=weight.dtype, config=tiles, pdl=pdl)
     return F.linear(h.to(weight.dtype), weight)
 
 

@@ -1,6 +1,8 @@
 """Dense linears at batch 3-64: cuBLAS (F.linear) against kernels/skinny_gemm.py, its default and a tile sweep.
 
     python scripts/bench_skinny.py --out DIR [--tokens 4 16 64]     # one H200: ~2 minutes
+    python scripts/bench_skinny.py --out DIR --formats fp8 int4     # quantized weights: skinny_gemm_quant against the
+                                                                    # path before it (W8A8 _scaled_mm, dequantize + cuBLAS)
     python scripts/bench_skinny.py --smoke --out DIR                # tiny shapes on the CPU (interpreter)
 
 Shapes are the dense layers of the engine's models at decode (attention projections, shared experts, routers;
@@ -24,6 +26,8 @@ SMOKE = "--smoke" in sys.argv
 if SMOKE and not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+from minimoe import qweights as Q  # noqa: E402
+from minimoe import quant as QF  # noqa: E402
 from minimoe.bench.roofline import graph_us, measure_ceilings  # noqa: E402
 from minimoe.kernels import skinny_gemm as S  # noqa: E402
 
@@ -59,12 +63,64 @@ def sweep_cfg(t, T, N, K, dtype) -> dict:
     return cfg
 
 
+def run_quant(fmt, shapes, tokens, sweep, bw, gen, timer, copies_for) -> tuple[list, int]:
+    """fp8 / int8 / int4 dense layers: the path before (QuantWeight.linear with SKINNY_QUANT off: quantize x +
+    _scaled_mm for fp8, dequantize + cuBLAS for the integers) against skinny_gemm_quant (default, sweep)."""
+    rows, bad = [], 0
+    for name, (N, K, wdt, has_bias) in shapes.items():
+        if name.endswith("router"):
+            continue                                   # routers stay in full precision
+        ws = [QF.FORMATS[fmt].stack(torch.randn(N, K, device=DEV, generator=gen).to(wdt) / K ** 0.5, cls=Q.QuantWeight)
+              for _ in range(copies_for(N * K * (0.5 if fmt == "int4" else 1)))]
+        for w in ws:
+            w.use_kernels = DEV.type == "cuda"
+        nbytes = ws[0].nbytes
+        for T in tokens:
+            x = torch.randn(T, K, device=DEV, generator=gen).to(wdt)
+            ref = x.double() @ ws[0].dequantize(torch.float32).double().T
+            floor = nbytes / bw / 1e3
+            Q.SKINNY_QUANT = False
+            try:
+                base = timer([lambda w=w: w.linear(x) for w in ws])
+            finally:
+                Q.SKINNY_QUANT = True
+            row = {"shape": name, "format": fmt, "N": N, "K": K, "T": T, "floor_us": floor, "before_us": base,
+                   "configs": []}
+            for cfg in [None] + [sweep_cfg(t, T, N, K, wdt) for t in sweep]:
+                if cfg is not None and ws[0].group:
+                    cfg = dict(cfg, BLOCK_K=ws[0].group)
+                entry = {"config": cfg or S.default_config(T, N, K, wdt, bits=ws[0].bits, group=ws[0].group),
+                         "default": cfg is None}
+                try:
+                    err = ((S.skinny_gemm_quant(x, ws[0], config=cfg).double() - ref).norm() / ref.norm()).item()
+                    entry["err"] = err
+                    entry["status"] = "PASS" if err <= 1e-2 else "FAIL"
+                    bad += entry["status"] == "FAIL"
+                    if entry["status"] == "PASS":
+                        entry["us"] = timer([lambda w=w: S.skinny_gemm_quant(x, w, config=cfg) for w in ws])
+                except Exception as e:
+                    entry.update(status="ERROR", error=f"{type(e).__name__}: {e}"[:200])
+                row["configs"].append(entry)
+            ok = [c for c in row["configs"] if c["status"] == "PASS"]
+            best = min(ok, key=lambda c: c["us"]) if ok else None
+            d_us = row["configs"][0].get("us", float("nan"))
+            row["best"], row["default_us"] = best, d_us
+            rows.append(row)
+            print(f"{name:20s} {fmt:4s} T={T:<3d} floor {floor:6.1f} us | before {base:6.1f} ({100 * floor / base:3.0f}%) | "
+                  f"skinny default {d_us:6.1f} ({100 * floor / d_us:3.0f}%) {base / d_us:4.2f}x | best "
+                  f"{best['us'] if best else float('nan'):6.1f} {base / best['us'] if best else 0:4.2f}x "
+                  f"{best['config'] if best else row['configs'][0].get('error')}", flush=True)
+    return rows, bad
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True)
     p.add_argument("--smoke", action="store_true")
     p.add_argument("--tokens", nargs="+", type=int, default=[4, 16, 64])
     p.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    p.add_argument("--formats", nargs="+", default=["none"], choices=["none", "fp8", "fp8-block", "int8", "int4"],
+                   help="none: bf16 weights against cuBLAS; a format: its quantized dense layers")
     args = p.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     if DEV.type != "cuda" and not args.smoke:
@@ -73,7 +129,7 @@ def main(argv=None) -> int:
     shapes = {n: SHAPES[n] for n in args.shapes}
     tokens, sweep = args.tokens, SWEEP
     if args.smoke:
-        shapes = {"tiny": (40, 96, torch.float32, True), "tiny.fp16": (24, 64, torch.float32, False)}
+        shapes = {"tiny": (40, 256, BF16, True), "tiny.small": (24, 128, BF16, False)}
         tokens, sweep = [3], SWEEP[:2]
     timer = (lambda calls: graph_us(calls, 10)) if DEV.type == "cuda" else (lambda calls: ([c() for c in calls], 1.0)[1])
     bw = measure_ceilings(DEV)["bandwidth_GBps"] if DEV.type == "cuda" else 1.0
@@ -81,7 +137,12 @@ def main(argv=None) -> int:
           f"floor at {bw:.0f} GB/s", flush=True)
     gen = torch.Generator(device=DEV).manual_seed(0)
     rows, t0, bad = [], time.time(), 0
-    for name, (N, K, wdt, has_bias) in shapes.items():
+    copies_for = (lambda nbytes: 1) if args.smoke else (lambda nbytes: max(2, min(32, -(-150_000_000 // int(nbytes)))))
+    for fmt in args.formats:
+        if fmt != "none":
+            qrows, qbad = run_quant(fmt, shapes, tokens, sweep, bw, gen, timer, copies_for)
+            rows, bad = rows + qrows, bad + qbad
+    for name, (N, K, wdt, has_bias) in (shapes.items() if "none" in args.formats else []):
         nbytes = N * K * wdt.itemsize
         copies = 1 if args.smoke else max(2, min(32, -(-150_000_000 // nbytes)))
         ws = [torch.randn(N, K, device=DEV, generator=gen).to(wdt) / K ** 0.5 for _ in range(copies)]

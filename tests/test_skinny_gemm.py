@@ -54,15 +54,20 @@ def test_wider_weight_converts_x_in_registers():
 
 
 def test_default_config_fills_the_gpu():
-    """About TARGET_PROGRAMS programs where K allows it; never more shares than K tiles; 64-wide columns below
-    8192 outputs; fp32 weights take 64-element K steps."""
-    c = S.default_config(64, 2048, 2048, torch.bfloat16)
+    """About TARGET_PROGRAMS programs where K allows it; never more shares than K tiles, nor partials heavier than
+    half the weight bytes; 64-wide columns up to 16 tokens (32 past), 128 past 8192 outputs; fp32 weights take
+    64-element K steps, grouped formats their group."""
+    c = S.default_config(4, 2048, 2048, torch.bfloat16)
     assert (c["BLOCK_N"], c["BLOCK_K"]) == (64, 128) and 2048 // 64 * c["SPLIT"] == 256
-    assert S.default_config(64, 64, 2048, torch.bfloat16)["SPLIT"] == 16            # 16 K tiles: capped there
-    assert S.default_config(4, 64, 256, torch.bfloat16)["SPLIT"] == 2               # only 2 K tiles
-    assert S.default_config(4, 32768, 2048, torch.bfloat16) == dict(S.default_config(4, 32768, 2048, torch.bfloat16),
-                                                                    BLOCK_N=128, SPLIT=1)
+    c = S.default_config(64, 2048, 2048, torch.bfloat16)
+    assert (c["BLOCK_N"], c["SPLIT"]) == (32, 4)                                  # 4 = 4096 B / (16 x 64 tokens)
+    assert S.default_config(4, 64, 2048, torch.bfloat16)["SPLIT"] == 16          # 16 K tiles: capped there
+    assert S.default_config(64, 64, 2048, torch.bfloat16)["SPLIT"] == 4          # partials capped
+    assert S.default_config(64, 64, 2048, torch.bfloat16, bits=4, group=128)["SPLIT"] == 1
+    assert S.default_config(4, 64, 256, torch.bfloat16)["SPLIT"] == 2            # only 2 K tiles
+    assert S.default_config(4, 32768, 2048, torch.bfloat16)["BLOCK_N"] == 128
     assert S.default_config(8, 64, 2048, torch.float32)["BLOCK_K"] == 64
+    assert S.default_config(8, 64, 2048, torch.float32, bits=0)["BLOCK_K"] == 128
 
 
 def test_refuses_what_it_would_misread():
@@ -99,9 +104,13 @@ def test_linear_and_router_dispatch(monkeypatch):
     assert calls == [8] and y.shape == (2, 4, 24)
     calls.clear()
     h = torch.randn(8, 40, device=DEVICE).half()
-    got = lin.router_logits(h, w, "skinny")
-    assert calls == [8] and got.dtype == torch.float32 and _err(got, _ref(h, w, None)) <= 1e-5
-    assert lin.router_logits(h, w, "torch").dtype == torch.float32 and calls == [8]
+    for gemv in ("skinny", "auto"):
+        got = lin.router_logits(h, w, gemv)
+        assert got.dtype == torch.float32 and _err(got, _ref(h, w, None)) <= 1e-5
+    assert calls == [8, 8]
+    assert lin.router_logits(h, w, "torch").dtype == torch.float32 and calls == [8, 8]
+    wide = torch.randn(lin.ROUTER_MAX_E + 1, 40, device=DEVICE)                   # not a router-sized gate
+    assert _err(lin.router_logits(h, wide, "auto"), _ref(h, wide, None)) <= 1e-5 and calls == [8, 8]
 
 
 @pytest.mark.parametrize("card", ["olmoe-tiny", "deepseek-v2-lite-tiny", "qwen2-moe-tiny"])
@@ -143,3 +152,67 @@ def test_counters_stay_zeroed_and_graph_replays():
     torch.cuda.synchronize()
     assert all(torch.equal(a, b) for a, b in zip(outs, eager))
     assert int(S._counters[x.device].abs().sum()) == 0
+
+
+# ---- quantized weights (weight-only numerics: the activations are never quantized) ---------------------------
+
+def _quant_dense(fmt, w):
+    from minimoe import qweights as Q
+    return {"fp8": lambda: Q.quantize_fp8(w, cls=Q.QuantWeight), "fp8-block": lambda: Q.quantize_fp8(w, 32, cls=Q.QuantWeight),
+            "int8": lambda: Q.quantize_int8(w, cls=Q.QuantWeight), "int4": lambda: Q.quantize_int4(w, 32, cls=Q.QuantWeight),
+            "int4-g128": lambda: Q.quantize_int4(w, 128, cls=Q.QuantWeight),
+            "int4-zero": lambda: Q.quantize_int4(w, 32, zero_point=True, cls=Q.QuantWeight)}[fmt]()
+
+
+# (T, N, K, config): K not a multiple of 32 (codes padded, the padding must not count), a split with an empty
+# last share, 64 tokens over N smaller than a tile, an unsplit call
+QCASES = [(5, 40, 200, None), (17, 100, 160, {"SPLIT": 4, "BLOCK_N": 32}), (64, 24, 96, {"SPLIT": 2, "BLOCK_N": 16}),
+          (9, 64, 256, {"SPLIT": 1})]
+
+
+@pytest.mark.parametrize("fmt", ["fp8", "fp8-block", "int8", "int4", "int4-g128", "int4-zero"])
+@pytest.mark.parametrize("T,N,K,config", QCASES)
+def test_quant_skinny_matches_dequantize_then_matmul(fmt, T, N, K, config):
+    g = torch.Generator().manual_seed(T + N + K)
+    w = _quant_dense(fmt, (torch.randn(N, K, generator=g) / K ** 0.5).to(DEVICE))
+    b = torch.randn(N, generator=g).to(DEVICE)
+    for dtype in (torch.float32, torch.float16):
+        x = torch.randn(T, K, generator=g).to(dtype).to(DEVICE)
+        y = S.skinny_gemm_quant(x, w, b, config=config)
+        ref = x.double() @ w.dequantize(torch.float32).double().T + b.double()
+        assert y.dtype == dtype and y.shape == (T, N)
+        assert _err(y, ref) <= TOL[dtype], (fmt, dtype)
+
+
+def test_quant_linear_routes_by_rows(monkeypatch):
+    """QuantWeight.linear with its kernels on: 1-4 rows the GEMV, 5-64 the skinny GEMM (bias in its epilogue),
+    more the W8A8 / dequantize path; SKINNY_QUANT off sends 5-64 rows back there."""
+    from minimoe import qweights as Q
+    from minimoe.kernels import fused_moe_quant_small
+    w = _quant_dense("int8", torch.randn(48, 128, device=DEVICE) / 11)
+    w.use_kernels = True
+    calls = []
+    real_s, real_g = S.skinny_gemm_quant, fused_moe_quant_small.quant_gemv
+    monkeypatch.setattr(S, "skinny_gemm_quant", lambda *a, **k: calls.append(("skinny", a[0].shape[0])) or real_s(*a, **k))
+    monkeypatch.setattr(fused_moe_quant_small, "quant_gemv", lambda *a, **k: calls.append(("gemv", a[0].shape[0]))
+                        or real_g(*a, **k))
+    b = torch.randn(48, device=DEVICE)
+    for T in (4, 5, 64, 65):
+        x = torch.randn(T, 128, device=DEVICE)
+        ref = x.double() @ w.dequantize(torch.float32).double().T + b.double()
+        assert _err(w.linear(x, b), ref) <= 1e-5
+    assert calls == [("gemv", 4), ("skinny", 5), ("skinny", 64)]
+    monkeypatch.setattr(Q, "SKINNY_QUANT", False)
+    w.linear(torch.randn(5, 128, device=DEVICE))
+    assert calls[-1] == ("skinny", 64)
+
+
+def test_quant_skinny_refuses_what_it_cannot_read():
+    from minimoe import qweights as Q
+    w = _quant_dense("int8", torch.randn(16, 64, device=DEVICE))
+    with pytest.raises(ValueError, match="skinny_gemm_quant takes"):
+        S.skinny_gemm_quant(torch.randn(S.MAX_T + 1, 64, device=DEVICE), w)
+    with pytest.raises(ValueError, match="skinny_gemm_quant takes"):
+        S.skinny_gemm_quant(torch.randn(3, 63, device=DEVICE), w)
+    stack = Q.quantize_int8(torch.randn(2, 16, 64, device=DEVICE))                   # two experts, not one matrix
+    assert not S.quant_usable(3, stack, torch.float32) and S.quant_usable(3, w, torch.float32)

@@ -30,7 +30,9 @@ import torch
 import triton
 import triton.language as tl
 
+from .fused_moe_quant import _dot_step, _epilogue_scale
 from .pdl import launch_args, wait_then_release
+from .quant_tiles import layout_args, pointer_args, stride_args
 
 MAX_T = 64
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -38,27 +40,12 @@ TARGET_PROGRAMS = 264           # ~2 programs per SM of an H200 (132 SMs): the s
 
 
 @triton.jit
-def _skinny_kernel(x_ptr, w_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, T, N, K, stride_xt, stride_wn, stride_yt, SPLIT,
-                   HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                   BLOCK_K: tl.constexpr, PRECISION: tl.constexpr, PDL: tl.constexpr):
-    wait_then_release(PDL)
-    blk = tl.program_id(0)
-    sp = tl.program_id(1)
-    offs_t = tl.arange(0, BLOCK_M)
+def _finish(acc, b_ptr, y_ptr, ws_ptr, cnt_ptr, blk, sp, offs_t, cols, T, N, stride_yt, SPLIT,
+            HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Store a program's fp32 [BLOCK_M, BLOCK_N] product: directly (+ bias), or, split over K, as partial sp,
+    the last of the column block's SPLIT programs adding all of them in order 0..SPLIT-1 (+ bias)."""
     t_ok = offs_t < T
-    cols = blk * BLOCK_N + tl.arange(0, BLOCK_N)
     c_ok = cols < N
-    w_rows = w_ptr + (cols % N).to(tl.int64)[:, None] * stride_wn        # wrap past N: in bounds, never stored
-    x_rows = x_ptr + offs_t.to(tl.int64)[:, None] * stride_xt
-    n_k = tl.cdiv(K, BLOCK_K)
-    share = tl.cdiv(n_k, SPLIT)
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for kb in range(sp * share, tl.minimum(n_k, sp * share + share)):
-        offs_k = kb * BLOCK_K + tl.arange(0, BLOCK_K)
-        k_ok = offs_k < K
-        w = tl.load(w_rows + offs_k[None, :], mask=k_ok[None, :], other=0.0)                  # [BN, BK]
-        a = tl.load(x_rows + offs_k[None, :], mask=t_ok[:, None] & k_ok[None, :], other=0.0)  # [BM, BK]
-        acc = tl.dot(a.to(w.dtype), tl.trans(w), acc, input_precision=PRECISION)
     y_ptrs = y_ptr + offs_t.to(tl.int64)[:, None] * stride_yt + cols[None, :]
     y_ok = t_ok[:, None] & c_ok[None, :]
     if SPLIT_K:                                              # SPLIT > 1 (a runtime value: one compile)
@@ -80,14 +67,78 @@ def _skinny_kernel(x_ptr, w_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, T, N, K, stride_
         tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=y_ok)
 
 
-def default_config(T: int, N: int, K: int, w_dtype: torch.dtype, sms: int = 132) -> dict:
-    """Tiles from the shape: 64 columns a program (128 for wide layers), K steps of 128 bf16 / 64 fp32
-    elements, and a split of K that brings the grid to ~TARGET_PROGRAMS (scaled to the SM count)."""
-    block_n = 64 if N <= 8192 else 128
-    block_k = 64 if w_dtype == torch.float32 else 128
+@triton.jit
+def _skinny_kernel(x_ptr, w_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, T, N, K, stride_xt, stride_wn, stride_yt, SPLIT,
+                   HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                   BLOCK_K: tl.constexpr, PRECISION: tl.constexpr, PDL: tl.constexpr):
+    wait_then_release(PDL)
+    blk = tl.program_id(0)
+    sp = tl.program_id(1)
+    offs_t = tl.arange(0, BLOCK_M)
+    t_ok = offs_t < T
+    cols = blk * BLOCK_N + tl.arange(0, BLOCK_N)
+    w_rows = w_ptr + (cols % N).to(tl.int64)[:, None] * stride_wn        # wrap past N: in bounds, never stored
+    x_rows = x_ptr + offs_t.to(tl.int64)[:, None] * stride_xt
+    n_k = tl.cdiv(K, BLOCK_K)
+    share = tl.cdiv(n_k, SPLIT)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for kb in range(sp * share, tl.minimum(n_k, sp * share + share)):
+        offs_k = kb * BLOCK_K + tl.arange(0, BLOCK_K)
+        k_ok = offs_k < K
+        w = tl.load(w_rows + offs_k[None, :], mask=k_ok[None, :], other=0.0)                  # [BN, BK]
+        a = tl.load(x_rows + offs_k[None, :], mask=t_ok[:, None] & k_ok[None, :], other=0.0)  # [BM, BK]
+        acc = tl.dot(a.to(w.dtype), tl.trans(w), acc, input_precision=PRECISION)
+    _finish(acc, b_ptr, y_ptr, ws_ptr, cnt_ptr, blk, sp, offs_t, cols, T, N, stride_yt, SPLIT,
+            HAS_BIAS, SPLIT_K, BLOCK_M, BLOCK_N)
+
+
+@triton.jit
+def _skinny_quant_kernel(x_ptr, w_ptr, s_ptr, z_ptr, c_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, T, N, K, KW, NG,
+                         stride_xt, stride_wn, stride_sn, stride_sg, stride_yt, SPLIT,
+                         BITS: tl.constexpr, CODES: tl.constexpr, GROUP: tl.constexpr, ROW_BLOCK: tl.constexpr,
+                         OFFSET: tl.constexpr, HAS_ZERO: tl.constexpr, HAS_BIAS: tl.constexpr,
+                         SPLIT_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                         PRECISION: tl.constexpr, PDL: tl.constexpr):
+    """The same grid over a quantized weight (qweights' layouts): each B tile is dequantized in registers by
+    fused_moe_quant's `_dot_step` (fp8 codes converted to x's dtype, integer codes minus their zero point),
+    group scales per K step (BLOCK_K = the group), a row scale in the epilogue. Activations stay in x's dtype
+    (weight-only numerics: W8A16 / W4A16, fp8 included, as the decode GEMVs)."""
+    wait_then_release(PDL)
+    blk = tl.program_id(0)
+    sp = tl.program_id(1)
+    offs_t = tl.arange(0, BLOCK_M)
+    t_ok = offs_t < T
+    cols = blk * BLOCK_N + tl.arange(0, BLOCK_N)
+    cols_w = cols % N                                                     # wrap past N: in bounds, never stored
+    x_rows = x_ptr + offs_t.to(tl.int64)[:, None] * stride_xt
+    n_k = tl.cdiv(K, BLOCK_K)
+    share = tl.cdiv(n_k, SPLIT)
+    ones = tl.full((BLOCK_M,), 1.0, tl.float32)                           # no activation scales
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for kb in range(sp * share, tl.minimum(n_k, sp * share + share)):
+        k0 = kb * BLOCK_K
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        a = tl.load(x_rows + offs_k[None, :], mask=t_ok[:, None] & (offs_k < K)[None, :], other=0.0)  # [BM, BK]
+        acc = _dot_step(acc, a, w_ptr, s_ptr, z_ptr, c_ptr, cols_w, k0, K, KW, NG, ones, stride_wn, stride_sn,
+                        stride_sg, BITS, CODES, GROUP, ROW_BLOCK, OFFSET, HAS_ZERO, BLOCK_K, BLOCK_N, PRECISION)
+    acc = _epilogue_scale(acc, s_ptr, cols_w, ones, stride_sn, BITS, GROUP)
+    _finish(acc, b_ptr, y_ptr, ws_ptr, cnt_ptr, blk, sp, offs_t, cols, T, N, stride_yt, SPLIT,
+            HAS_BIAS, SPLIT_K, BLOCK_M, BLOCK_N)
+
+
+def default_config(T: int, N: int, K: int, w_dtype: torch.dtype, sms: int = 132, bits: int | None = None,
+                   group: int = 0) -> dict:
+    """Tiles from the shape: 64 columns a program (32 past 16 tokens, 128 for layers wider than 8192), K steps
+    of 128 elements (64 for fp32 weights; the scale group for grouped formats), and a split of K that brings
+    the grid to ~TARGET_PROGRAMS (scaled to the SM count) while the fp32 partials it writes and reads back
+    (2·SPLIT·T·4 bytes a column) stay under half the column's weight bytes. bits: a quantized weight's
+    (0 = fp8), None for a float weight of w_dtype."""
+    block_n = 128 if N > 8192 else 64 if T <= 16 else 32
+    block_k = group or (64 if (bits is None and w_dtype == torch.float32) else 128)
+    col_bytes = K * (w_dtype.itemsize if bits is None else 0.5 if bits == 4 else 1)
     n_blocks, n_k = triton.cdiv(N, block_n), triton.cdiv(K, block_k)
     target = TARGET_PROGRAMS * sms // 132
-    split = max(1, min(n_k, round(target / n_blocks), 16))
+    split = max(1, min(n_k, round(target / n_blocks), 16, int(col_bytes // (16 * T))))
     return {"BLOCK_N": block_n, "BLOCK_K": block_k, "SPLIT": split, "num_warps": 4, "num_stages": 3}
 
 
@@ -149,4 +200,50 @@ def skinny_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
         HAS_BIAS=has_bias, SPLIT_K=split > 1, BLOCK_M=max(16, triton.next_power_of_2(T)), BLOCK_N=cfg["BLOCK_N"],
         BLOCK_K=cfg["BLOCK_K"], PRECISION=precision, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
         **launch_args(pdl))
+    return y
+
+
+def quant_usable(T: int, w, x_dtype: torch.dtype) -> bool:
+    """Whether skinny_gemm_quant takes x [T, K] @ w (a qweights.QuantMatrix [N, K], one stack): minimoe's own
+    codes (fp8, int8, int4, with or without zero points; not bitsandbytes' storage), scale groups of a power
+    of two >= 16 (each K step is one group), 1 <= T <= MAX_T, float activations."""
+    g = w.group
+    return (1 <= T <= MAX_T and w.codes == 0 and w.bits in (0, 4, 8) and x_dtype in _DTYPES
+            and (g == 0 or (g >= 16 and g & (g - 1) == 0)) and w.data3.shape[0] == 1)
+
+
+def skinny_gemm_quant(x: torch.Tensor, w, bias: torch.Tensor | None = None, *, config: dict | None = None,
+                      pdl: bool = False) -> torch.Tensor:
+    """y [T, N] = x [T, K] @ dequant(w)ᵀ (+ bias [N]) in x.dtype, w a dense layer's quantized weight
+    (qweights.QuantWeight: fp8 e4m3 per row or per 128 x 128 block, int8 per row, int4 per group, zero
+    points optional); the activations are not quantized (weight-only numerics at every format, as the
+    decode GEMVs). config overrides default_config's keys; a grouped format's BLOCK_K is its group.
+    Raises ValueError where `quant_usable` says no."""
+    T, K = x.shape
+    N = w.stack_shape[1]
+    if not quant_usable(T, w, x.dtype) or w.K != K or x.stride(-1) != 1:
+        raise ValueError(f"skinny_gemm_quant takes x [1..{MAX_T}, K] (unit last stride, float) and one fp8 / int8 / "
+                         f"int4 matrix [N, K] with groups of a power of two >= 16; got x {tuple(x.shape)} {x.dtype}, "
+                         f"{w.describe() if hasattr(w, 'describe') else type(w).__name__} {tuple(w.stack_shape)}")
+    sms = _sm_count(x.device.index or 0) if x.is_cuda else 132
+    cfg = dict(default_config(T, N, K, x.dtype, sms, bits=w.bits, group=w.group), **(config or {}))
+    if w.group:
+        cfg["BLOCK_K"] = w.group
+    y = torch.empty(T, N, device=x.device, dtype=x.dtype)
+    split = int(cfg["SPLIT"])
+    n_blocks = triton.cdiv(N, cfg["BLOCK_N"])
+    if split > 1:
+        ws = torch.empty(split * T * N, device=x.device, dtype=torch.float32)
+        cnt = _counters_for(x.device, n_blocks)
+    else:
+        ws = cnt = y
+    data, scale, zero, code, _, kw, ng = pointer_args(w)
+    _, stride_wn, _, stride_sn, stride_sg = stride_args(w)
+    has_bias = bias is not None
+    _skinny_quant_kernel[(n_blocks, split)](
+        x, data, scale, zero, code, bias if has_bias else y, y, ws, cnt, T, N, K, kw, ng,
+        x.stride(0), stride_wn, stride_sn, stride_sg, y.stride(0), split, **layout_args(w),
+        HAS_BIAS=has_bias, SPLIT_K=split > 1, BLOCK_M=max(16, triton.next_power_of_2(T)), BLOCK_N=cfg["BLOCK_N"],
+        BLOCK_K=cfg["BLOCK_K"], PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **launch_args(pdl))
     return y
