@@ -18,9 +18,9 @@ timeout 170 python3 scripts/bench_skinny.py --out $R/skinny --formats fp8 int8 i
 echo "--- bench rc $?"; grep -v "^#" $R/skinny.txt | cut -c1-120
 Q="--variant before:minimoe.qweights.SKINNY_QUANT=False --variant skinny"
 RT="--variant before:minimoe.linear.ROUTER_MAX_E=0 --variant skinny"
-for job in "fp8:olmoe:16 64:$Q" "int4:mixtral:16:$Q" "none:olmoe:16 64:$RT" "none:deepseek-v2-lite:64:$RT"; do
+for job in "fp8:olmoe:16 64:$Q" "none:olmoe:16 64:$RT" "none:deepseek-v2-lite:64:$RT" "int4:mixtral:16:$Q"; do
   IFS=: read q m b v <<< "$job"
-  [ $SECONDS -gt 500 ] && { echo "$q $m: skipped (time)"; continue; }
+  [ $SECONDS -gt 480 ] && { echo "$q $m: skipped (time)"; continue; }
   timeout 100 python3 scripts/step_probe.py --quant $q --models $m --batches $b $v --json $R/step_${q}_$m.json \
     > $R/step_${q}_$m.txt 2>&1
   echo "--- $q $m rc $?"; grep -v "^#" $R/step_${q}_$m.txt | tail -4
