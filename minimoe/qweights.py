@@ -46,8 +46,11 @@ INT4_GROUP = 128
 INT4_CLIPS = (1.0, 0.95, 0.9, 0.85, 0.8)   # scale candidates of int4 (fractions of the group's amax / 7)
 ZERO_POINT = {8: 128, 4: 8}    # the constant zero of the symmetric integer formats
 GEMV_MAX_T = 4                 # dense layers: up to this many rows run the GEMV kernel, more a GEMM
-WEIGHT_ONLY_MAX_T = 64         # ... up to this many the skinny split-K GEMM (kernels/skinny_gemm.py); the activations
-                               # of both stay as they are; past it fp8 quantizes them per token (W8A8 _scaled_mm)
+# ... up to this many (by bits; 0 = fp8) the skinny split-K GEMM (kernels/skinny_gemm.py); the activations of both
+# stay as they are; past it fp8 quantizes them per token (W8A8 _scaled_mm), the integer formats dequantize into
+# cuBLAS. fp8 stops at 32 rows: at 64, _scaled_mm won on the wide q/k/v shapes (OLMoE 12.2 vs 15.7 µs; H200,
+# scripts/bench_skinny.py, thirteenth session) and the OLMoE bs-64 step was 3.3% slower through the skinny GEMM.
+WEIGHT_ONLY_MAX_T = {0: 32, 4: 64, 8: 64}
 SKINNY_QUANT = True            # False: rows past GEMV_MAX_T go to _scaled_mm / dequantize + cuBLAS, as before the
                                # thirteenth session (scripts/step_probe.py A/B's it)
 
@@ -135,7 +138,7 @@ class QuantWeight(QuantMatrix):
 
     def linear(self, x: torch.Tensor, bias: torch.Tensor | None = None, pdl: bool = False) -> torch.Tensor:
         """x [..., K] -> [..., N] in x.dtype. Up to GEMV_MAX_T rows: the GEMV kernel; up to WEIGHT_ONLY_MAX_T: the
-        skinny split-K GEMM (kernels/skinny_gemm.py, the bias in its epilogue); both keep the activations in
+        skinny split-K GEMM (kernels/skinny_gemm.py, the bias in its epilogue; fp8 up to 32 rows); both keep the activations in
         x.dtype (pdl: launched with Programmatic Dependent Launch, kernels/pdl.py). More rows: fp8 per-row weights
         through torch._scaled_mm (sm89+, activations quantized per token, W8A8), anything else dequantized into a
         cuBLAS GEMM."""
@@ -145,7 +148,7 @@ class QuantWeight(QuantMatrix):
         if self.use_kernels and 0 < T <= GEMV_MAX_T:
             from .kernels.fused_moe_quant_small import quant_gemv
             y = quant_gemv(x2.contiguous(), self, pdl=pdl)
-        elif self.use_kernels and T <= WEIGHT_ONLY_MAX_T and _skinny_ok(self, x2):
+        elif self.use_kernels and T <= WEIGHT_ONLY_MAX_T[self.bits] and _skinny_ok(self, x2):
             from .kernels.skinny_gemm import skinny_gemm_quant
             return skinny_gemm_quant(x2.contiguous(), self, bias, pdl=pdl).view(*lead, -1)
         elif self.use_kernels and _scaled_mm_ok(self, x2):
@@ -156,9 +159,9 @@ class QuantWeight(QuantMatrix):
         return y.view(*lead, -1)
 
     def reference_linear(self, x2: torch.Tensor) -> torch.Tensor:
-        """The PyTorch path with the kernels' numerics: fp8 GEMMs (rows > WEIGHT_ONLY_MAX_T) see the activation
+        """The PyTorch path with the kernels' numerics: fp8 GEMMs (rows > WEIGHT_ONLY_MAX_T[0]) see the activation
         quantized per token (per 128-group for block scales); everything else sees it as is."""
-        if self.bits == 0 and x2.shape[0] > (WEIGHT_ONLY_MAX_T if SKINNY_QUANT else GEMV_MAX_T):
+        if self.bits == 0 and x2.shape[0] > (WEIGHT_ONLY_MAX_T[0] if SKINNY_QUANT else GEMV_MAX_T):
             q, s = quant_rows_fp8(x2, self.group)
             x2 = (q.float() * _per_column(s[None], self.group, q.shape[1])[0]).to(x2.dtype)
         return F.linear(x2, self.dequantize(x2.dtype))

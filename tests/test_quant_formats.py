@@ -110,13 +110,13 @@ def test_fp8_activation_kernel_is_bit_identical_to_torch(group):
 
 
 def test_quant_weight_reference_linear_quantizes_activations_only_past_the_weight_only_sizes(monkeypatch):
-    """Up to WEIGHT_ONLY_MAX_T rows (the GEMV and the skinny GEMM) fp8 activations stay as they are (W8A16), past it
+    """Up to WEIGHT_ONLY_MAX_T[0] rows (the GEMV and the skinny GEMM) fp8 activations stay as they are (W8A16), past it
     they are quantized per token (W8A8, _scaled_mm); with SKINNY_QUANT off the W8A8 boundary is GEMV_MAX_T again."""
     w = Q.quantize_fp8(weights(16, 64), cls=Q.QuantWeight)
-    x = torch.randn(Q.WEIGHT_ONLY_MAX_T + 1, 64, generator=GEN)
+    x = torch.randn(Q.WEIGHT_ONLY_MAX_T[0] + 1, 64, generator=GEN)
     dense = x @ w.dequantize().T
-    small = w.linear(x[:Q.WEIGHT_ONLY_MAX_T])
-    assert torch.allclose(small, dense[:Q.WEIGHT_ONLY_MAX_T], atol=1e-5)      # W8A16 at decode sizes
+    small = w.linear(x[:Q.WEIGHT_ONLY_MAX_T[0]])
+    assert torch.allclose(small, dense[:Q.WEIGHT_ONLY_MAX_T[0]], atol=1e-5)      # W8A16 at decode sizes
     q, s = Q.quant_rows_fp8(x)
     assert torch.allclose(w.linear(x), (q.float() * s) @ w.dequantize().T, atol=1e-5)   # W8A8 beyond
     monkeypatch.setattr(Q, "SKINNY_QUANT", False)

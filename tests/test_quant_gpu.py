@@ -49,7 +49,7 @@ def test_fp8_scaled_mm_equals_its_reference():
     w = torch.randn(256, 512, device="cuda", dtype=torch.bfloat16) * 0.02
     qw = quant.FORMATS["fp8"].stack(w, cls=QuantWeight)
     qw.use_kernels = True
-    x = torch.randn(80, 512, device="cuda", dtype=torch.bfloat16)              # > WEIGHT_ONLY_MAX_T rows: W8A8
+    x = torch.randn(80, 512, device="cuda", dtype=torch.bfloat16)              # > WEIGHT_ONLY_MAX_T[0] rows: W8A8
     got, want = qw.linear(x).float(), qw.reference_linear(x).float()
     assert ((got - want).norm() / want.norm()).item() < 1e-2
 

@@ -55,18 +55,20 @@ def test_wider_weight_converts_x_in_registers():
 
 def test_default_config_fills_the_gpu():
     """About TARGET_PROGRAMS programs where K allows it; never more shares than K tiles, nor partials heavier than
-    half the weight bytes; 64-wide columns up to 16 tokens (32 past), 128 past 8192 outputs; fp32 weights take
-    64-element K steps, grouped formats their group."""
+    twice the weight bytes; 64-wide columns (32 past 16 tokens up to 4096 outputs, 128 past 8192); K steps of 128,
+    64 for fp32 weights and int8 codes, the group for grouped formats."""
     c = S.default_config(4, 2048, 2048, torch.bfloat16)
     assert (c["BLOCK_N"], c["BLOCK_K"]) == (64, 128) and 2048 // 64 * c["SPLIT"] == 256
-    c = S.default_config(64, 2048, 2048, torch.bfloat16)
-    assert (c["BLOCK_N"], c["SPLIT"]) == (32, 4)                                  # 4 = 4096 B / (16 x 64 tokens)
+    c = S.default_config(64, 2048, 2048, torch.bfloat16, bits=0)
+    assert (c["BLOCK_N"], c["SPLIT"]) == (32, 4)
+    assert S.default_config(64, 6144, 2048, torch.bfloat16, bits=0)["BLOCK_N"] == 64
     assert S.default_config(4, 64, 2048, torch.bfloat16)["SPLIT"] == 16          # 16 K tiles: capped there
-    assert S.default_config(64, 64, 2048, torch.bfloat16)["SPLIT"] == 4          # partials capped
-    assert S.default_config(64, 64, 2048, torch.bfloat16, bits=4, group=128)["SPLIT"] == 1
+    assert S.default_config(64, 64, 2048, torch.bfloat16, bits=4, group=128)["SPLIT"] == 4   # partials: 1024 B / 256
+    assert S.default_config(64, 64, 1024, torch.bfloat16, bits=4, group=128)["SPLIT"] == 2
     assert S.default_config(4, 64, 256, torch.bfloat16)["SPLIT"] == 2            # only 2 K tiles
     assert S.default_config(4, 32768, 2048, torch.bfloat16)["BLOCK_N"] == 128
     assert S.default_config(8, 64, 2048, torch.float32)["BLOCK_K"] == 64
+    assert S.default_config(8, 64, 2048, torch.bfloat16, bits=8)["BLOCK_K"] == 64
     assert S.default_config(8, 64, 2048, torch.float32, bits=0)["BLOCK_K"] == 128
 
 

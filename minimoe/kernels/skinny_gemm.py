@@ -128,18 +128,20 @@ def _skinny_quant_kernel(x_ptr, w_ptr, s_ptr, z_ptr, c_ptr, b_ptr, y_ptr, ws_ptr
 
 def default_config(T: int, N: int, K: int, w_dtype: torch.dtype, sms: int = 132, bits: int | None = None,
                    group: int = 0) -> dict:
-    """Tiles from the shape: 64 columns a program (32 past 16 tokens, 128 for layers wider than 8192), K steps
-    of 128 elements (64 for fp32 weights; the scale group for grouped formats), and a split of K that brings
-    the grid to ~TARGET_PROGRAMS (scaled to the SM count) while the fp32 partials it writes and reads back
-    (2·SPLIT·T·4 bytes a column) stay under half the column's weight bytes. bits: a quantized weight's
-    (0 = fp8), None for a float weight of w_dtype."""
-    block_n = 128 if N > 8192 else 64 if T <= 16 else 32
-    block_k = group or (64 if (bits is None and w_dtype == torch.float32) else 128)
+    """Tiles from the shape, as the H200 sweep of the engine's dense shapes ranked them (scripts/bench_skinny.py,
+    thirteenth session): 64 columns a program (32 past 16 tokens for layers up to 4096 wide, 128 past 8192), K
+    steps of 128 elements (64 for fp32 weights and int8 codes, whose unpacking is lighter in shorter steps; the
+    scale group for grouped formats), and a split of K that brings the grid to ~TARGET_PROGRAMS (scaled to the SM
+    count) while the fp32 partials it writes and reads back (2·SPLIT·T·4 bytes a column) stay under twice the
+    column's weight bytes. bits: a quantized weight's (0 = fp8), None for a float weight of w_dtype."""
+    block_n = 128 if N > 8192 else 32 if (T > 16 and N <= 4096) else 64
+    block_k = group or (64 if (bits == 8 or (bits is None and w_dtype == torch.float32)) else 128)
     col_bytes = K * (w_dtype.itemsize if bits is None else 0.5 if bits == 4 else 1)
     n_blocks, n_k = triton.cdiv(N, block_n), triton.cdiv(K, block_k)
     target = TARGET_PROGRAMS * sms // 132
-    split = max(1, min(n_k, round(target / n_blocks), 16, int(col_bytes // (16 * T))))
-    return {"BLOCK_N": block_n, "BLOCK_K": block_k, "SPLIT": split, "num_warps": 4, "num_stages": 3}
+    split = max(1, min(n_k, round(target / n_blocks), 16, int(col_bytes // (4 * T))))
+    return {"BLOCK_N": block_n, "BLOCK_K": block_k, "SPLIT": split, "num_warps": 4,
+            "num_stages": 4 if bits == 8 else 3}
 
 
 COUNTERS = 8192                 # column blocks a call may have and still use the device's persistent counters
