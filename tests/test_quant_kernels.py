@@ -158,3 +158,25 @@ def test_block_k_must_hold_whole_scale_groups():
     ids, w = routing(1, 1, 4, gen)
     with pytest.raises(AssertionError, match="scale group"):
         fused_moe_quant(x, q13, q2, ids, w, config={"variant": "small", "small": {"BLOCK_K": 16}})
+
+
+def test_tuned_tables_apply_to_their_formats_and_sizes(tmp_path, monkeypatch):
+    """A tuned table (scripts/tune_fused_moe_quant.py, vLLM's dtype=fp8_w8a8 / int8_w8a16 names) gives the config
+    of the bucket nearest T, only within 2x of its buckets, only for its format (never grouped or bitsandbytes
+    codes), and not with USE_TUNED off; elsewhere the heuristic (untuned_config) stands."""
+    import json
+    from minimoe.kernels import fused_moe_quant as FQ, moe_configs
+    E, I, D, K = 8, 40, 64, 2
+    cfg16 = {"BLOCK_M": 16, "BLOCK_N": 128, "BLOCK_K": 256, "GROUP_M": 1, "num_warps": 4, "num_stages": 3}
+    cfg64 = dict(cfg16, BLOCK_M=32)
+    name = moe_configs.config_file_name(E, I, D, K, FQ.TUNED_DTYPE["fp8"])
+    (tmp_path / name).write_text(json.dumps({"configs": {"16": cfg16, "64": cfg64}}))
+    monkeypatch.setattr(FQ, "CONFIG_DIR", tmp_path)
+    monkeypatch.setattr(FQ, "on_gpu", lambda: True)
+    fp8 = Q.quantize_fp8(torch.randn(E, 2 * I, D))
+    assert FQ.tuned_config(fp8, E, I, D, K, 20) == cfg16 and FQ.tuned_config(fp8, E, I, D, K, 100) == cfg64
+    assert FQ.tuned_config(fp8, E, I, D, K, 7) is None and FQ.tuned_config(fp8, E, I, D, K, 129) is None
+    assert FQ.tuned_config(Q.quantize_fp8(torch.randn(E, 2 * I, D), 32), E, I, D, K, 20) is None   # block scales
+    assert FQ.tuned_config(Q.quantize_int8(torch.randn(E, 2 * I, D)), E, I, D, K, 20) is None      # no int8 table
+    monkeypatch.setattr(FQ, "USE_TUNED", False)
+    assert FQ.tuned_config(fp8, E, I, D, K, 20) is None

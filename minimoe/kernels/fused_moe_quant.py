@@ -164,13 +164,15 @@ USE_TUNED = True                    # False: the heuristic below only (scripts/s
 
 
 def tuned_config(w13, E: int, I: int, D: int, K: int, T: int) -> dict | None:
-    """The tuned table's config for the bucket nearest T, or None (no table, a grouped or bitsandbytes
-    format, the interpreter, or USE_TUNED off)."""
+    """The tuned table's config for the bucket nearest T, or None (no table, T more than 2x outside its buckets,
+    a grouped or bitsandbytes format, the interpreter, or USE_TUNED off)."""
     fmt = {0: "fp8", 8: "int8"}.get(w13.bits)
     if not (USE_TUNED and on_gpu() and fmt and w13.group == 0 and w13.codes == 0):
         return None
     table = load_tuned(str(CONFIG_DIR / config_file_name(E, I, D, K, TUNED_DTYPE[fmt])))
-    return nearest_bucket(table, T) if table else None
+    if not table or not min(table) / 2 <= T <= max(table) * 2:      # a table speaks only for the sizes it was tuned at
+        return None
+    return nearest_bucket(table, T)
 
 
 def untuned_config(w13, w2, E: int, I: int, D: int, K: int, T: int) -> dict:
