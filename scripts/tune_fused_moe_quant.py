@@ -4,6 +4,7 @@
     python scripts/tune_fused_moe_quant.py --out DIR --write               # also write minimoe/kernels/configs/
     python scripts/tune_fused_moe_quant.py --smoke --out DIR               # tiny shapes on the CPU (interpreter)
 
+Formats: fp8 and int8 (per-row scales), int4 (groups of 128: every candidate's BLOCK_K becomes the group).
 Until this script the quantized aligned path ran the bf16 heuristic with BLOCK_K = 128 (fused_moe_quant.quant_config):
 tiles sized for two-byte B operands, not for fp8's one-byte codes, whose K step could be twice as long for the same
 bytes. For each preset (E, D, I, K) and token bucket T (from 3 tokens, where fp8 leaves the GEMVs), the whole
@@ -116,6 +117,10 @@ def precompile(fmt, workers):
                 d = with_down(c, t)
                 cands[json.dumps(d, sort_keys=True)] = d
     cands = list(cands.values())
+    if fmt == "int4":                      # every step one scale group of 128
+        cands = list({json.dumps(c, sort_keys=True): c for c in
+                      (dict(c, BLOCK_K=128, **({"down": dict(c["down"], BLOCK_K=128)} if "down" in c else {}))
+                       for c in cands)}.values())
     t0 = time.time()
     with cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
         n = sum(pool.map(_compile_worker, [(fmt, cands[i::workers]) for i in range(workers)]))
@@ -172,14 +177,18 @@ def tune(name, fmt, buckets, bandwidth, gen, timer, rows, tol):
             return row
 
         base = default_of(qex, T, K)
+        group = qex.w13.group                                   # int4: every K step is one scale group
+        space = SPACE[reg] if not group else list({json.dumps(c, sort_keys=True): c for c in
+                                                   (dict(c, BLOCK_K=group) for c in SPACE[reg])}.values())
+        downs = DOWN_SPACE[reg] if not group else sorted({(n, group, w, s) for n, _, w, s in DOWN_SPACE[reg]})
         default = attempt(base, "default")
         if default["status"] != "PASS":
             raise RuntimeError(f"{name} {fmt} T={T}: the default config fails its check: {default}")
         best = default
-        for cfg in SPACE[reg][: 2 if SMOKE else None]:
+        for cfg in space[: 2 if SMOKE else None]:
             r = attempt(cfg, "gemm1")
             best = r if r.get("us", float("inf")) < best["us"] else best
-        for t in DOWN_SPACE[reg][: 1 if SMOKE else None]:
+        for t in downs[: 1 if SMOKE else None]:
             r = attempt(with_down({k: v for k, v in best["config"].items() if k != "down"}, t), "down")
             best = r if r.get("us", float("inf")) < best["us"] else best
         cfg = {k: v for k, v in best["config"].items() if k != "variant"}
@@ -215,7 +224,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True)
     p.add_argument("--smoke", action="store_true")
     p.add_argument("--presets", nargs="+", default=list(PRESETS), choices=list(PRESETS))
-    p.add_argument("--formats", nargs="+", default=["fp8"], choices=["fp8", "int8"])
+    p.add_argument("--formats", nargs="+", default=["fp8"], choices=["fp8", "int8", "int4"])
     p.add_argument("--buckets", nargs="+", type=int, default=BUCKETS)
     p.add_argument("--bandwidth", type=float, help="GB/s for the floors (default: measured)")
     p.add_argument("--workers", type=int, default=12, help="parallel compile processes (0: none)")

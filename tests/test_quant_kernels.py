@@ -161,9 +161,9 @@ def test_block_k_must_hold_whole_scale_groups():
 
 
 def test_tuned_tables_apply_to_their_formats_and_sizes(tmp_path, monkeypatch):
-    """A tuned table (scripts/tune_fused_moe_quant.py, vLLM's dtype=fp8_w8a8 / int8_w8a16 names) gives the config
-    of the bucket nearest T, only within 2x of its buckets, only for its format (never grouped or bitsandbytes
-    codes), and not with USE_TUNED off; elsewhere the heuristic (untuned_config) stands."""
+    """A tuned table (scripts/tune_fused_moe_quant.py, vLLM's dtype=fp8_w8a8 / int8_w8a16 / int4_w4a16 names) gives
+    the config of the bucket nearest T, only within 2x of its buckets, only for its format (int4 in groups of 128;
+    never fp8 blocks or bitsandbytes codes), and not with USE_TUNED off; elsewhere the heuristic stands."""
     import json
     from minimoe.kernels import fused_moe_quant as FQ, moe_configs
     E, I, D, K = 8, 40, 64, 2
@@ -178,5 +178,22 @@ def test_tuned_tables_apply_to_their_formats_and_sizes(tmp_path, monkeypatch):
     assert FQ.tuned_config(fp8, E, I, D, K, 7) is None and FQ.tuned_config(fp8, E, I, D, K, 129) is None
     assert FQ.tuned_config(Q.quantize_fp8(torch.randn(E, 2 * I, D), 32), E, I, D, K, 20) is None   # block scales
     assert FQ.tuned_config(Q.quantize_int8(torch.randn(E, 2 * I, D)), E, I, D, K, 20) is None      # no int8 table
+    int4 = moe_configs.config_file_name(E, I, D, K, FQ.TUNED_DTYPE["int4"])
+    (tmp_path / int4).write_text(json.dumps({"configs": {"16": dict(cfg16, BLOCK_K=128)}}))
+    assert FQ.tuned_config(Q.quantize_int4(torch.randn(E, 2 * I, D), 128), E, I, D, K, 20)["BLOCK_K"] == 128
+    assert FQ.tuned_config(Q.quantize_int4(torch.randn(E, 2 * I, D), 32), E, I, D, K, 20) is None  # another group
     monkeypatch.setattr(FQ, "USE_TUNED", False)
     assert FQ.tuned_config(fp8, E, I, D, K, 20) is None
+
+
+def test_tuner_script_smoke(tmp_path):
+    """scripts/tune_fused_moe_quant.py end to end on tiny shapes under the interpreter (fp8 and grouped int4)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    script = Path(__file__).resolve().parents[1] / "scripts" / "tune_fused_moe_quant.py"
+    run = subprocess.run([sys.executable, str(script), "--smoke", "--formats", "fp8", "int4", "--out", str(tmp_path)],
+                         capture_output=True, text=True, timeout=600, env=dict(os.environ, TRITON_INTERPRET="1"))
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    assert "# best olmoe fp8 T=4" in run.stdout and "# best olmoe int4 T=16" in run.stdout
+    assert len(list(tmp_path.glob("*dtype=int4_w4a16.json"))) == 1

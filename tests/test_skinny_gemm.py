@@ -218,3 +218,16 @@ def test_quant_skinny_refuses_what_it_cannot_read():
         S.skinny_gemm_quant(torch.randn(3, 63, device=DEVICE), w)
     stack = Q.quantize_int8(torch.randn(2, 16, 64, device=DEVICE))                   # two experts, not one matrix
     assert not S.quant_usable(3, stack, torch.float32) and S.quant_usable(3, w, torch.float32)
+
+
+def test_bench_script_smoke(tmp_path):
+    """scripts/bench_skinny.py end to end on tiny shapes under the interpreter (bf16-style and int4 rows)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    script = Path(__file__).resolve().parents[1] / "scripts" / "bench_skinny.py"
+    run = subprocess.run([sys.executable, str(script), "--smoke", "--formats", "none", "int4", "--out", str(tmp_path)],
+                         capture_output=True, text=True, timeout=600, env=dict(os.environ, TRITON_INTERPRET="1"))
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    assert "# 4 rows, 0 FAIL" in run.stdout and (tmp_path / "bench_skinny.json").exists()

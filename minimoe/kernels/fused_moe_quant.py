@@ -158,16 +158,17 @@ FP8_DOT_TILES = {"BLOCK_M": 16, "BLOCK_N": 64, "GROUP_M": 1, "num_warps": 4, "nu
 
 
 # Tuned tables (scripts/tune_fused_moe_quant.py) are files of moe_configs' kind, named as vLLM names its quantized
-# ones; only formats whose B tiles have no scale groups are tuned (a grouped format's BLOCK_K is its group).
-TUNED_DTYPE = {"fp8": "fp8_w8a8", "int8": "int8_w8a16"}
+# ones: fp8 and int8 per row, int4 in groups of 128 (its tables' BLOCK_K is the group; another group size, fp8's
+# 128 x 128 blocks and bitsandbytes' codes take the heuristic).
+TUNED_DTYPE = {"fp8": "fp8_w8a8", "int8": "int8_w8a16", "int4": "int4_w4a16"}
 USE_TUNED = True                    # False: the heuristic below only (scripts/step_probe.py A/B's the tables)
 
 
 def tuned_config(w13, E: int, I: int, D: int, K: int, T: int) -> dict | None:
     """The tuned table's config for the bucket nearest T, or None (no table, T more than 2x outside its buckets,
     a grouped or bitsandbytes format, the interpreter, or USE_TUNED off)."""
-    fmt = {0: "fp8", 8: "int8"}.get(w13.bits)
-    if not (USE_TUNED and on_gpu() and fmt and w13.group == 0 and w13.codes == 0):
+    fmt = {0: "fp8", 8: "int8", 4: "int4"}.get(w13.bits)
+    if not (USE_TUNED and on_gpu() and fmt and w13.group == (128 if fmt == "int4" else 0) and w13.codes == 0):
         return None
     table = load_tuned(str(CONFIG_DIR / config_file_name(E, I, D, K, TUNED_DTYPE[fmt])))
     if not table or not min(table) / 2 <= T <= max(table) * 2:      # a table speaks only for the sizes it was tuned at
