@@ -49,7 +49,8 @@ def linear(x: torch.Tensor, weight, bias: torch.Tensor | None = None, gemv: str 
     """y = x @ weightᵀ + bias for x [..., in] -> [..., out], whatever the weight's format.
     gemv (RunSettings.gemv) for a plain weight at decode sizes: "torch" (F.linear, cuBLAS), "triton"
     (kernels/gemv.py, up to its MAX_T rows), "stream" (kernels/dense_gemv.py, the MoE decode down kernel as a
-    dense GEMV, up to STREAM_MAX_T rows, a bias added in its fp32 epilogue) or "auto" (`auto_gemv` per shape);
+    dense GEMV, up to STREAM_MAX_T rows, a bias added in its fp32 epilogue), "skinny" (kernels/skinny_gemm.py,
+    1-64 rows, split over K) or "auto" (`auto_gemv` per shape);
     anything outside those sizes runs F.linear. pdl (RunSettings.pdl on, sm90+): the stream kernel is launched
     with Programmatic Dependent Launch (kernels/pdl.py)."""
     if not isinstance(weight, torch.Tensor):          # a packed weight: its own kernel
@@ -62,7 +63,7 @@ def linear(x: torch.Tensor, weight, bias: torch.Tensor | None = None, gemv: str 
             y, _ = _gemv.gemv(x.reshape(-1, x.shape[-1]).contiguous(), weight, bias)
             return y.view(*lead, -1)
         if kind == "skinny" and _skinny.usable(T, weight, x.dtype):
-            y = _skinny.skinny_gemm(x.reshape(-1, x.shape[-1]), weight, bias, pdl=pdl)
+            y = _skinny.skinny_gemm(x.reshape(-1, x.shape[-1]).contiguous(), weight, bias, pdl=pdl)
             return y.view(*lead, -1)
         if kind == "stream" and 1 <= T <= STREAM_MAX_T and weight.is_contiguous() and (
                 bias is None or (bias.dtype == x.dtype and bias.is_contiguous())):
@@ -70,13 +71,14 @@ def linear(x: torch.Tensor, weight, bias: torch.Tensor | None = None, gemv: str 
     return F.linear(x, weight, bias)
 
 
-# Router gates (E <= ROUTER_MAX_E outputs) at 1..64 tokens through kernels/skinny_gemm.py under `--gemv auto`, with
-# these tiles: the best of its sweep on the H200 at every T (scripts/bench_skinny.py, thirteenth session, µs per
+# Router gates (up to ROUTER_MAX_E x ROUTER_MAX_D) at 1..64 tokens through kernels/skinny_gemm.py under `--gemv auto`,
+# with these tiles: the best of its sweep on the H200 at every T (scripts/bench_skinny.py, thirteenth session, µs per
 # call against cuBLAS, a bf16 -> fp32 cast included for DeepSeek's fp32 gate): OLMoE 64 x 2048 T = 4 / 16 / 64
 # 4.7 / 4.8 / 5.1 -> 3.5 / 3.5 / 4.5, Qwen3-30B-A3B 128 x 2048 4.9 / 4.9 / 5.1 -> 3.4 / 3.6 / 4.7, DeepSeek-V2-Lite
 # fp32 9.9 / 10.3 / 10.9 -> 6.0 / 6.0 / 10.3. (Dense layers stay on cuBLAS: there the split-K kernel lost at
 # 64 tokens, 0.7-0.9x, and tied at 4-16.)
-ROUTER_MAX_E = 256
+ROUTER_MAX_E = 128            # the measured gates: 64-128 experts over a hidden size of 2048 (4096 at most here)
+ROUTER_MAX_D = 4096
 ROUTER_TILES = {torch.float32: {"BLOCK_N": 16, "BLOCK_K": 64, "SPLIT": 16},
                 None: {"BLOCK_N": 16, "BLOCK_K": 256, "SPLIT": 8}}
 
@@ -85,10 +87,13 @@ def router_logits(h: torch.Tensor, weight: torch.Tensor, gemv: str = "torch", pd
     """A router's logits [T, E] in the gate's dtype: `F.linear(h.to(weight.dtype), weight)` (h [T, D], the gate
     [E, D] in bf16 or, DeepSeek's, float32), or, under `--gemv auto` / `skinny` for 1..64 tokens and a gate of at
     most ROUTER_MAX_E experts, kernels/skinny_gemm.py with ROUTER_TILES, which converts h's tiles in registers
-    instead of launching a cast. (The engine's fusable routers reach this only past ops.gate_route_fits' sizes.)"""
+    instead of launching a cast. (The engine's fusable routers reach this only past ops.gate_route_fits' sizes:
+    OLMoE's and Qwen3's gates from 5 tokens, DeepSeek-V2's fp32 gate from 17, Mixtral's never.) Gates wider than
+    ROUTER_MAX_E x ROUTER_MAX_D (DeepSeek-V3's 256 x 7168) keep F.linear: not measured."""
     T = h.shape[0]
-    if (gemv in ("auto", "skinny") and _skinny is not None and h.stride(-1) == 1
-            and weight.shape[0] <= ROUTER_MAX_E and _skinny.usable(T, weight, h.dtype)):
+    if (gemv in ("auto", "skinny") and _skinny is not None and h.dim() == 2 and h.stride(-1) == 1
+            and weight.shape[0] <= ROUTER_MAX_E and weight.shape[1] <= ROUTER_MAX_D
+            and _skinny.usable(T, weight, h.dtype)):
         tiles = ROUTER_TILES.get(weight.dtype, ROUTER_TILES[None])
         return _skinny.skinny_gemm(h, weight, out_dtype=weight.dtype, config=tiles, pdl=pdl)
     return F.linear(h.to(weight.dtype), weight)

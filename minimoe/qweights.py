@@ -48,8 +48,9 @@ ZERO_POINT = {8: 128, 4: 8}    # the constant zero of the symmetric integer form
 GEMV_MAX_T = 4                 # dense layers: up to this many rows run the GEMV kernel, more a GEMM
 # ... up to this many (by bits; 0 = fp8) the skinny split-K GEMM (kernels/skinny_gemm.py); the activations of both
 # stay as they are; past it fp8 quantizes them per token (W8A8 _scaled_mm), the integer formats dequantize into
-# cuBLAS. fp8 stops at 32 rows: at 64, _scaled_mm won on the wide q/k/v shapes (OLMoE 12.2 vs 15.7 µs; H200,
-# scripts/bench_skinny.py, thirteenth session) and the OLMoE bs-64 step was 3.3% slower through the skinny GEMM.
+# cuBLAS. fp8 stops at 32 rows: at 64, _scaled_mm won on the wide q/k/v shapes (OLMoE 12.1 vs 17.2 µs with the
+# default tiles; H200, scripts/bench_skinny.py, thirteenth session, call 5) and the OLMoE bs-64 step was 3.3% slower
+# through the skinny GEMM (call 4).
 WEIGHT_ONLY_MAX_T = {0: 32, 4: 64, 8: 64}
 SKINNY_QUANT = True            # False: rows past GEMV_MAX_T go to _scaled_mm / dequantize + cuBLAS, as before the
                                # thirteenth session (scripts/step_probe.py A/B's it)
@@ -150,7 +151,9 @@ class QuantWeight(QuantMatrix):
             y = quant_gemv(x2.contiguous(), self, pdl=pdl)
         elif self.use_kernels and T <= WEIGHT_ONLY_MAX_T[self.bits] and _skinny_ok(self, x2):
             from .kernels.skinny_gemm import skinny_gemm_quant
-            return skinny_gemm_quant(x2.contiguous(), self, bias, pdl=pdl).view(*lead, -1)
+            fused = bias is not None and bias.dtype == x2.dtype           # else added below, with torch's promotion
+            y = skinny_gemm_quant(x2.contiguous(), self, bias if fused else None, pdl=pdl)
+            bias = None if fused else bias
         elif self.use_kernels and _scaled_mm_ok(self, x2):
             y = _fp8_scaled_mm(x2, self)
         else:
@@ -159,8 +162,9 @@ class QuantWeight(QuantMatrix):
         return y.view(*lead, -1)
 
     def reference_linear(self, x2: torch.Tensor) -> torch.Tensor:
-        """The PyTorch path with the kernels' numerics: fp8 GEMMs (rows > WEIGHT_ONLY_MAX_T[0]) see the activation
-        quantized per token (per 128-group for block scales); everything else sees it as is."""
+        """The PyTorch path with the kernels' numerics: fp8 GEMMs past WEIGHT_ONLY_MAX_T[0] rows (GEMV_MAX_T with
+        SKINNY_QUANT off) see the activation quantized per token (per 128-group for block scales); everything else
+        sees it as is."""
         if self.bits == 0 and x2.shape[0] > (WEIGHT_ONLY_MAX_T[0] if SKINNY_QUANT else GEMV_MAX_T):
             q, s = quant_rows_fp8(x2, self.group)
             x2 = (q.float() * _per_column(s[None], self.group, q.shape[1])[0]).to(x2.dtype)

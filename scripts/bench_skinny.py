@@ -75,13 +75,14 @@ def run_quant(fmt, shapes, tokens, sweep, bw, gen, timer, copies_for) -> tuple[l
         for w in ws:
             w.use_kernels = DEV.type == "cuda"
         nbytes = ws[0].nbytes
+        bias = torch.randn(N, device=DEV, generator=gen).to(wdt) if has_bias else None
         for T in tokens:
             x = torch.randn(T, K, device=DEV, generator=gen).to(wdt)
-            ref = x.double() @ ws[0].dequantize(torch.float32).double().T
+            ref = x.double() @ ws[0].dequantize(torch.float32).double().T + (0 if bias is None else bias.double())
             floor = nbytes / bw / 1e3
             Q.SKINNY_QUANT = False
             try:
-                base = timer([lambda w=w: w.linear(x) for w in ws])
+                base = timer([lambda w=w: w.linear(x, bias) for w in ws])
             finally:
                 Q.SKINNY_QUANT = True
             row = {"shape": name, "format": fmt, "N": N, "K": K, "T": T, "floor_us": floor, "before_us": base,
@@ -92,12 +93,12 @@ def run_quant(fmt, shapes, tokens, sweep, bw, gen, timer, copies_for) -> tuple[l
                 entry = {"config": cfg or S.default_config(T, N, K, wdt, bits=ws[0].bits, group=ws[0].group),
                          "default": cfg is None}
                 try:
-                    err = ((S.skinny_gemm_quant(x, ws[0], config=cfg).double() - ref).norm() / ref.norm()).item()
+                    err = ((S.skinny_gemm_quant(x, ws[0], bias, config=cfg).double() - ref).norm() / ref.norm()).item()
                     entry["err"] = err
                     entry["status"] = "PASS" if err <= 1e-2 else "FAIL"
                     bad += entry["status"] == "FAIL"
                     if entry["status"] == "PASS":
-                        entry["us"] = timer([lambda w=w: S.skinny_gemm_quant(x, w, config=cfg) for w in ws])
+                        entry["us"] = timer([lambda w=w: S.skinny_gemm_quant(x, w, bias, config=cfg) for w in ws])
                 except Exception as e:
                     entry.update(status="ERROR", error=f"{type(e).__name__}: {e}"[:200])
                 row["configs"].append(entry)

@@ -5,9 +5,9 @@
     python scripts/tune_fused_moe_quant.py --smoke --out DIR               # tiny shapes on the CPU (interpreter)
 
 Formats: fp8 and int8 (per-row scales), int4 (groups of 128: every candidate's BLOCK_K becomes the group).
-Until this script the quantized aligned path ran the bf16 heuristic with BLOCK_K = 128 (fused_moe_quant.quant_config):
+Until this script the quantized aligned path ran the bf16 heuristic with BLOCK_K = 128 (now fused_moe_quant.untuned_config):
 tiles sized for two-byte B operands, not for fp8's one-byte codes, whose K step could be twice as long for the same
-bytes. For each preset (E, D, I, K) and token bucket T (from 3 tokens, where fp8 leaves the GEMVs), the whole
+bytes. For each preset (E, D, I, K) and token bucket T (4 and up: fp8 leaves the GEMVs at 3 tokens), the whole
 fused_moe_quant call (alignment, activation quantization, GEMM1, GEMM2, combine) is timed in one CUDA graph over
 bench/layer's ROTATE routings (median of replays), first over GEMM1 tiles with the default GEMM2, then over GEMM2
 overrides under the winner. Every candidate is checked before it may be timed: against the W8A8 loop oracle
@@ -15,7 +15,9 @@ overrides under the winner. Every candidate is checked before it may be timed: a
 config is always a candidate, so a written table is never slower than the heuristic on the run that wrote it.
 Per winner the floor (stored bytes of the touched experts over the measured bandwidth) and a kernel breakdown
 (torch.profiler, eager launches) are printed. Tables are written as vLLM names its quantized ones
-(`dtype=fp8_w8a8`); fused_moe_quant.quant_config reads them, nearest bucket in log T, as moe_configs does for bf16.
+(`dtype=fp8_w8a8`, `int8_w8a16`, `int4_w4a16`); fused_moe_quant.tuned_config reads them, nearest bucket in log T,
+within 2x of the buckets. Existing tables are ignored while tuning (fused_moe_quant.USE_TUNED off), so every
+candidate runs with exactly the tiles it names (GEMM2 included).
 """
 from __future__ import annotations
 
@@ -83,11 +85,7 @@ def with_down(base, t) -> dict:
 def default_of(qex, T, K) -> dict:
     """What fused_moe_quant runs for this T without a tuned table (the baseline candidate)."""
     E, two_i, D = qex.w13.stack_shape
-    saved, FQ.USE_TUNED = FQ.USE_TUNED, False
-    try:
-        return dict(FQ.untuned_config(qex.w13, qex.w2, E, two_i // 2, D, K, T), variant="aligned")
-    finally:
-        FQ.USE_TUNED = saved
+    return dict(FQ.untuned_config(qex.w13, qex.w2, E, two_i // 2, D, K, T), variant="aligned")
 
 
 def _compile_worker(job):
@@ -144,6 +142,7 @@ def breakdown(fn) -> list[tuple[str, float]]:
 
 
 def tune(name, fmt, buckets, bandwidth, gen, timer, rows, tol):
+    FQ.USE_TUNED = False          # a candidate must not inherit an existing table's keys (its GEMM2 override)
     shape = PRESETS[name]
     dense, K = quant_gpu.layer_weights(shape, gen)
     E, D = dense.n_local, dense.w13.shape[2]
@@ -202,7 +201,6 @@ def tune(name, fmt, buckets, bandwidth, gen, timer, rows, tol):
             for kname, us in breakdown(lambda: [FQ.fused_moe_quant(x, qex.w13, qex.w2, ids, w, config=best["config"])
                                                 for w, ids in routes])[:8]:
                 print(f"#   {kname[:70]:70s} {us:7.1f} us", flush=True)
-    del qex
     torch.cuda.empty_cache() if torch.cuda.is_available() else None
     return table, timings, (E, shape, K)
 

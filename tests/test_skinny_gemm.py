@@ -82,7 +82,15 @@ def test_refuses_what_it_would_misread():
         S.skinny_gemm(torch.randn(2, 32, device=DEVICE), w.half())                  # x wider than W
     with pytest.raises(ValueError, match="skinny_gemm takes"):
         S.skinny_gemm(torch.randn(2, 64, device=DEVICE)[:, ::2], w)                 # x not unit-stride
+    with pytest.raises(ValueError, match="2-D x"):
+        S.skinny_gemm(torch.randn(2, 3, 32, device=DEVICE), w)
+    with pytest.raises(ValueError, match="the bias must be"):
+        S.skinny_gemm(torch.randn(2, 32, device=DEVICE), w, torch.randn(7, device=DEVICE))
     assert not S.usable(0, w) and S.usable(1, w) and not S.usable(3, w.t())
+    assert not S.usable(3, w.half(), torch.float32) and S.usable(3, w, torch.float16)   # x no wider, or an fp32 W
+    b = torch.randn(16, device=DEVICE)                                             # a strided bias is read right
+    x = torch.randn(3, 32, device=DEVICE)
+    assert _err(S.skinny_gemm(x, w, b[::2], config={"SPLIT": 2}), _ref(x, w, b[::2])) <= 1e-5
 
 
 def test_linear_and_router_dispatch(monkeypatch):
@@ -96,7 +104,9 @@ def test_linear_and_router_dispatch(monkeypatch):
     for T in (1, 3, 64, 65):
         x = torch.randn(T, 40, device=DEVICE)
         assert _err(lin.linear(x, w, b, gemv="skinny"), _ref(x, w, b)) <= 1e-5
-    assert calls == [1, 3, 64]
+    xt = torch.randn(40, 5, device=DEVICE).t()                                      # not unit-stride: copied first
+    assert _err(lin.linear(xt, w, b, gemv="skinny"), _ref(xt, w, b)) <= 1e-5
+    assert calls == [1, 3, 64, 5]
     calls.clear()
     x = torch.randn(2, 4, 40, device=DEVICE)                                       # [B, S, in]: 8 tokens
     lin.linear(x, w, gemv="auto")
@@ -204,9 +214,11 @@ def test_quant_linear_routes_by_rows(monkeypatch):
         ref = x.double() @ w.dequantize(torch.float32).double().T + b.double()
         assert _err(w.linear(x, b), ref) <= 1e-5
     assert calls == [("gemv", 4), ("skinny", 5), ("skinny", 64)]
+    y = w.linear(torch.randn(6, 128, device=DEVICE).half(), b)                      # an fp32 bias on fp16 x: promoted
+    assert y.dtype == torch.float32 and calls[-1] == ("skinny", 6)
     monkeypatch.setattr(Q, "SKINNY_QUANT", False)
     w.linear(torch.randn(5, 128, device=DEVICE))
-    assert calls[-1] == ("skinny", 64)
+    assert calls[-1] == ("skinny", 6)
 
 
 def test_quant_skinny_refuses_what_it_cannot_read():

@@ -165,8 +165,9 @@ USE_TUNED = True                    # False: the heuristic below only (scripts/s
 
 
 def tuned_config(w13, E: int, I: int, D: int, K: int, T: int) -> dict | None:
-    """The tuned table's config for the bucket nearest T, or None (no table, T more than 2x outside its buckets,
-    a grouped or bitsandbytes format, the interpreter, or USE_TUNED off)."""
+    """The tuned table's config for the bucket nearest T, or None: no table, T more than 2x outside its buckets,
+    a format without tables (fp8 128 x 128 blocks, int4 in groups other than 128, bitsandbytes' codes), the
+    interpreter, or USE_TUNED off. int4 with zero points (GPTQ / AWQ) reads the int4_w4a16 table too."""
     fmt = {0: "fp8", 8: "int8", 4: "int4"}.get(w13.bits)
     if not (USE_TUNED and on_gpu() and fmt and w13.group == (128 if fmt == "int4" else 0) and w13.codes == 0):
         return None

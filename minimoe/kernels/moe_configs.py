@@ -47,11 +47,12 @@ def device_name() -> str:
     return torch.cuda.get_device_name().replace(" ", "_") if torch.cuda.is_available() else "cpu"
 
 
-def dtype_name(dtype: torch.dtype) -> str:
+def dtype_name(dtype: torch.dtype | str) -> str:
+    """torch.bfloat16 -> "bfloat16"; a string (a quantized table's "fp8_w8a8") as it is."""
     return str(dtype).removeprefix("torch.")
 
 
-def config_file_name(E: int, I: int, D: int, K: int, dtype: torch.dtype,
+def config_file_name(E: int, I: int, D: int, K: int, dtype: torch.dtype | str,
                      device: str | None = None) -> str:
     """K is in the key because it sets tokens per expert for a given T."""
     device = device or device_name()

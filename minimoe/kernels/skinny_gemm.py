@@ -1,4 +1,4 @@
-"""Skinny GEMM: a dense linear for a handful of token rows (3-64), split over K so the grid fills the GPU.
+"""Skinny GEMM: a dense linear for a handful of token rows (1-64), split over K so the grid fills the GPU.
 
 At batch 16-64 a decode step's dense layers (attention projections, shared experts, routers) multiply
 x [T, K] by W [N, K]ᵀ with T far too small to reuse a weight tile much: the layer is still a stream of
@@ -109,7 +109,7 @@ def _skinny_quant_kernel(x_ptr, w_ptr, s_ptr, z_ptr, c_ptr, b_ptr, y_ptr, ws_ptr
     offs_t = tl.arange(0, BLOCK_M)
     t_ok = offs_t < T
     cols = blk * BLOCK_N + tl.arange(0, BLOCK_N)
-    cols_w = cols % N                                                     # wrap past N: in bounds, never stored
+    cols_w = (cols % N).to(tl.int64)                                      # wrap past N: in bounds, never stored
     x_rows = x_ptr + offs_t.to(tl.int64)[:, None] * stride_xt
     n_k = tl.cdiv(K, BLOCK_K)
     share = tl.cdiv(n_k, SPLIT)
@@ -168,23 +168,38 @@ def _sm_count(index: int) -> int:
 
 def usable(T: int, weight: torch.Tensor, x_dtype: torch.dtype | None = None) -> bool:
     """Whether skinny_gemm takes x [T, K] @ weightᵀ: 1 <= T <= MAX_T, a 2-D weight with unit last stride,
-    float dtypes, and x no wider than the weight (its tiles are converted to the weight's dtype)."""
+    float dtypes, and x of the weight's dtype or a float32 weight (x's tiles are converted to it in registers:
+    exact, where bf16 -> fp16 could overflow)."""
     x_dtype = x_dtype or weight.dtype
     return (1 <= T <= MAX_T and weight.dim() == 2 and weight.stride(-1) == 1 and weight.dtype in _DTYPES
-            and x_dtype in _DTYPES and x_dtype.itemsize <= weight.dtype.itemsize)
+            and x_dtype in _DTYPES and (x_dtype == weight.dtype or weight.dtype == torch.float32))
+
+
+def _bias_arg(bias: torch.Tensor | None, N: int, device) -> torch.Tensor | None:
+    if bias is None:
+        return None
+    if bias.shape != (N,) or bias.device != device:
+        raise ValueError(f"the bias must be [{N}] on {device}; got {tuple(bias.shape)} on {bias.device}")
+    return bias.contiguous()
 
 
 def skinny_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
                 out_dtype: torch.dtype | None = None, config: dict | None = None, pdl: bool = False) -> torch.Tensor:
-    """y [T, N] = x [T, K] @ weight [N, K]ᵀ (+ bias [N]) with fp32 accumulation, in out_dtype (default: the
-    weight's dtype, as `F.linear(x.to(weight.dtype), weight, bias)`). config overrides default_config's
-    keys (BLOCK_N, BLOCK_K, SPLIT, num_warps, num_stages). Raises ValueError where `usable` says no."""
+    """y [T, N] = x [T, K] @ weight [N, K]ᵀ (+ bias [N], added in fp32) with fp32 accumulation, in out_dtype
+    (default: the weight's dtype, as `F.linear(x.to(weight.dtype), weight, bias)`). x is 2-D with a unit last
+    stride, 1 <= T <= MAX_T, in the weight's dtype (or any float dtype for a float32 weight). config overrides
+    default_config's keys (BLOCK_N, BLOCK_K, SPLIT, num_warps, num_stages). On a GPU the split's counters are one
+    buffer a device (`_counters_for`): calls must not run concurrently on two streams. Raises ValueError where
+    `usable` says no (T = 0 included), for a K mismatch, or a bias that is not [N] on x's device."""
+    if x.dim() != 2:
+        raise ValueError(f"skinny_gemm takes a 2-D x [T, K]; got {tuple(x.shape)}")
     T, K = x.shape
     N = weight.shape[0]
     if not usable(T, weight, x.dtype) or weight.shape[1] != K or x.stride(-1) != 1:
         raise ValueError(f"skinny_gemm takes x [1..{MAX_T}, K] (unit last stride) and a float weight [N, K] at "
                          f"least as wide as x; got x {tuple(x.shape)} {x.dtype}, weight {tuple(weight.shape)} "
                          f"{weight.dtype}")
+    bias = _bias_arg(bias, N, x.device)
     sms = _sm_count(x.device.index or 0) if x.is_cuda else 132
     cfg = dict(default_config(T, N, K, weight.dtype, sms), **(config or {}))
     y = torch.empty(T, N, device=x.device, dtype=out_dtype or weight.dtype)
@@ -219,14 +234,18 @@ def skinny_gemm_quant(x: torch.Tensor, w, bias: torch.Tensor | None = None, *, c
     """y [T, N] = x [T, K] @ dequant(w)ᵀ (+ bias [N]) in x.dtype, w a dense layer's quantized weight
     (qweights.QuantWeight: fp8 e4m3 per row or per 128 x 128 block, int8 per row, int4 per group, zero
     points optional); the activations are not quantized (weight-only numerics at every format, as the
-    decode GEMVs). config overrides default_config's keys; a grouped format's BLOCK_K is its group.
-    Raises ValueError where `quant_usable` says no."""
+    decode GEMVs). config overrides default_config's keys; a grouped format's BLOCK_K is its group. The bias
+    ([N] on x's device) is added in fp32. Raises ValueError where `quant_usable` says no (T = 0 included), for
+    a K mismatch or a bad bias."""
+    if x.dim() != 2:
+        raise ValueError(f"skinny_gemm_quant takes a 2-D x [T, K]; got {tuple(x.shape)}")
     T, K = x.shape
     N = w.stack_shape[1]
     if not quant_usable(T, w, x.dtype) or w.K != K or x.stride(-1) != 1:
         raise ValueError(f"skinny_gemm_quant takes x [1..{MAX_T}, K] (unit last stride, float) and one fp8 / int8 / "
                          f"int4 matrix [N, K] with groups of a power of two >= 16; got x {tuple(x.shape)} {x.dtype}, "
                          f"{w.describe() if hasattr(w, 'describe') else type(w).__name__} {tuple(w.stack_shape)}")
+    bias = _bias_arg(bias, N, x.device)
     sms = _sm_count(x.device.index or 0) if x.is_cuda else 132
     cfg = dict(default_config(T, N, K, x.dtype, sms, bits=w.bits, group=w.group), **(config or {}))
     if w.group:
