@@ -7,7 +7,8 @@ non-constexpr global, a reshape or dot the GPU backend refuses, or a layout it c
 test and fails on the GPU, where the session's minutes are few. Triton's wheel ships ptxas, so the whole
 pipeline (Python AST -> TTIR -> TTGIR -> LLVM -> PTX -> cubin) runs here too. Two steps:
   1. record: run each launcher (fused_moe_quant at decode and prefill sizes, the decode variants "small",
-     "gemv" and (int4 / int8 / fp8) "pair", quant_gemv, the fp8 activation kernel; --sweep-configs: also every candidate
+     "gemv" and (int4 / int8 / fp8) "pair", quant_gemv, the fp8 activation kernel, the skinny GEMM of dense layers
+     at 8-64 rows and of router gates; --sweep-configs: also every candidate
      scripts/quant_decode_sweep.py times) under the interpreter with `on_gpu()` forced true, so the GPU tile
      configs are chosen, and
      record every launch (kernel, argument types, constexprs, warps, stages) instead of running it;
@@ -37,11 +38,12 @@ def record(shapes: list[str], formats: list[str] | None, out: str, sweep: bool =
     from minimoe import qweights as Q
     from minimoe.bench.layer import SHAPES
     from minimoe.kernels import (fused_moe_quant, fused_moe_quant_gemv, fused_moe_quant_pair, fused_moe_quant_small,
-                                 moe_align, moe_configs)
+                                 moe_align, moe_configs, skinny_gemm)
+    from minimoe.linear import ROUTER_TILES
     launches = {}
 
     def run(self, *args, **kwargs):
-        if "quant" not in self.fn.__module__ and "pair_codes" not in self.fn.__module__:   # not alignment, combine
+        if not any(m in self.fn.__module__ for m in ("quant", "pair_codes", "skinny")):     # not alignment, combine
             return
         bound = inspect.signature(self.fn).bind(*args, **{k: v for k, v in kwargs.items() if k not in LAUNCH_KEYS})
         bound.apply_defaults()                      # a constexpr left at its default is still part of the variant
@@ -99,6 +101,13 @@ def record(shapes: list[str], formats: list[str] | None, out: str, sweep: bool =
             dense.__class__ = Q.QuantWeight
             for variant in decode:
                 fused_moe_quant_small.quant_gemv(torch.zeros(2, D, dtype=torch.bfloat16), dense, {"variant": variant})
+            if skinny_gemm.quant_usable(8, dense, torch.bfloat16):      # dense layers at 5-64 rows
+                for T in (8, 32, 64):
+                    skinny_gemm.skinny_gemm_quant(torch.zeros(T, D, dtype=torch.bfloat16), dense)
+        for gate_dtype in (torch.bfloat16, torch.float32):              # router gates (linear.router_logits' tiles)
+            for T in (8, 64):
+                skinny_gemm.skinny_gemm(torch.zeros(T, D, dtype=torch.bfloat16), torch.zeros(64, D, dtype=gate_dtype),
+                                        config=ROUTER_TILES.get(gate_dtype, ROUTER_TILES[None]))
     with open(out, "w") as f:
         json.dump(list(launches.values()), f)
 

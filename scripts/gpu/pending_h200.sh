@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# What the twelfth session left for the next nvidia-h200 call (~8 min; its device minutes were spent):
+# What the twelfth and thirteenth sessions left for the next nvidia-h200 call (~9 min):
+#  0. the skinny GEMM's GPU tests on the final code (the thirteenth session's review fixes: bias checks, int64 weight
+#     offsets in the quantized kernel; compiled for sm90 on the CPU machine, not run on a GPU);
 #  1. issue 12's whole-model rows on today's kernels, bf16 in the same run: Mixtral bs 1 --quant int8 / int4 / fp8
 #     (128 / 128) and OLMoE bs 64 --quant fp8 (the 1.6x target was 1.35x in the fifth session; the bs-64 path is the
 #     tensor-core kernel, unchanged since);
@@ -9,6 +11,8 @@ set -u
 export PYTHONUNBUFFERED=1 TQDM_DISABLE=1
 R=$OUT/r; mkdir -p $R
 nvidia-smi --query-gpu=name,clocks.max.sm,clocks.max.mem,power.limit --format=csv > $R/gpu.txt 2>&1
+PYTHONPATH=$PWD timeout 100 python3 -m pytest -q -p no:cacheprovider tests/test_skinny_gemm.py > $R/pytest_gpu.txt 2>&1
+echo "--- pytest rc $?"; tail -2 $R/pytest_gpu.txt
 W="--fused --warmup 1 --iters 3 --input-len 128 --output-len 128"
 PYTHONPATH=$PWD timeout 90 python3 bench.py --model mixtral $W --bs 1 --json $R/mixtral_bf16.json > $R/mixtral_bf16.txt 2>&1
 python3 -c "import json;c=json.load(open('$R/mixtral_bf16.json'))['ceilings'];c.pop('source');json.dump(c,open('$R/ceil.json','w'))"
