@@ -3,8 +3,8 @@
 #  0. the skinny GEMM's GPU tests on the final code (the thirteenth session's review fixes: bias checks, int64 weight
 #     offsets in the quantized kernel; compiled for sm90 on the CPU machine, not run on a GPU);
 #  1. issue 12's whole-model rows on today's kernels, bf16 in the same run: Mixtral bs 1 --quant int8 / int4 / fp8
-#     (128 / 128) and OLMoE bs 64 --quant fp8 (the 1.6x target was 1.35x in the fifth session; the bs-64 path is the
-#     tensor-core kernel, unchanged since);
+#     (128 / 128; bs-1 rows last measured by bench.py in the twelfth session for fp8 only) and OLMoE bs 64 --quant fp8
+#     (1.37x in the thirteenth session, target 1.6x);
 #  2. the fp8 layer at M = 1 / 64 for the Qwen3-30B-A3B shape (targets <= 15 / <= 150 µs) with fp8's pair tiles.
 # Usage (device tool, repo root): bash scripts/gpu/pending_h200.sh
 set -u
