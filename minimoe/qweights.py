@@ -138,11 +138,11 @@ class QuantWeight(QuantMatrix):
         return super().dequantize(dtype)[0]
 
     def linear(self, x: torch.Tensor, bias: torch.Tensor | None = None, pdl: bool = False) -> torch.Tensor:
-        """x [..., K] -> [..., N] in x.dtype. Up to GEMV_MAX_T rows: the GEMV kernel; up to WEIGHT_ONLY_MAX_T: the
-        skinny split-K GEMM (kernels/skinny_gemm.py, the bias in its epilogue; fp8 up to 32 rows); both keep the activations in
-        x.dtype (pdl: launched with Programmatic Dependent Launch, kernels/pdl.py). More rows: fp8 per-row weights
-        through torch._scaled_mm (sm89+, activations quantized per token, W8A8), anything else dequantized into a
-        cuBLAS GEMM."""
+        """x [..., K] -> [..., N] in x.dtype. Up to GEMV_MAX_T rows: the GEMV kernel; up to WEIGHT_ONLY_MAX_T[bits]
+        (fp8 32, int8 / int4 64): the skinny split-K GEMM (kernels/skinny_gemm.py, a bias of x's dtype in its
+        epilogue); both keep the activations in x.dtype (pdl: launched with Programmatic Dependent Launch,
+        kernels/pdl.py). More rows: fp8 per-row weights through torch._scaled_mm (sm89+, activations quantized per
+        token, W8A8), anything else dequantized into a cuBLAS GEMM."""
         lead = x.shape[:-1]
         x2 = x.reshape(-1, x.shape[-1])
         T = x2.shape[0]
