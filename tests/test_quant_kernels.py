@@ -197,3 +197,25 @@ def test_tuner_script_smoke(tmp_path):
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     assert "# best olmoe fp8 T=4" in run.stdout and "# best olmoe int4 T=16" in run.stdout
     assert len(list(tmp_path.glob("*dtype=int4_w4a16.json"))) == 1
+
+
+@pytest.mark.parametrize("T", [3, 40])
+def test_int8_byte_tiles_give_the_same_bits(T, monkeypatch):
+    """INT8_BYTE_TILES (int8 tensor-core tiles loaded as the bytes of the code words, no unpacking reshape) reads the
+    same code values: the aligned MoE and the skinny dense GEMM return identical results with it on and off."""
+    from minimoe.kernels import fused_moe_quant as FQ
+    from minimoe.kernels.skinny_gemm import skinny_gemm_quant
+    gen = torch.Generator().manual_seed(T)
+    q13, q2 = make("int8", 6, gen, d=96, i=72)                  # K = 96 and 72: rows of 24 and 18 words
+    x = torch.randn(T, 96, generator=gen).to(DEVICE)
+    ids, w = routing(T, 2, 6, gen)
+    dense = Q.quantize_int8(torch.randn(40, 72, generator=gen).to(DEVICE), cls=Q.QuantWeight)
+    h = torch.randn(min(T, 64), 72, generator=gen).to(DEVICE)
+    cfg = {"variant": "aligned", "BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 1, "num_warps": 4,
+           "num_stages": 1}
+    out = {}
+    for on in (False, True):
+        monkeypatch.setattr(FQ, "INT8_BYTE_TILES", on)
+        out[on] = (fused_moe_quant(x, q13, q2, ids, w, config=cfg), skinny_gemm_quant(h, dense, config={"SPLIT": 2}))
+    assert torch.equal(out[True][0], out[False][0]) and torch.equal(out[True][1], out[False][1])
+    check(out[True][0], reference(x, q13, q2, ids, w), 2e-5)

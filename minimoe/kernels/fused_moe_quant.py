@@ -41,10 +41,11 @@ from .quant_tiles import layout_args, load_cols, pointer_args, quant_rows_fp8, s
 def _dot_step(acc, a, w_e, s_e, z_e, c_ptr, cols, k0, K, KW, NG, sa, stride_wn, stride_sn, stride_sg,
               BITS: tl.constexpr, CODES: tl.constexpr, GROUP: tl.constexpr, ROW_BLOCK: tl.constexpr,
               OFFSET: tl.constexpr, HAS_ZERO: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr,
-              DOT_PRECISION: tl.constexpr):
+              DOT_PRECISION: tl.constexpr, BYTES: tl.constexpr = False):
     """acc [BM, BN] += A [BM, BK] · dequant(W[cols, k0:k0+BK])ᵀ; sa [BM]: the A rows' scales of this
-    step (fp8 with groups), ignored otherwise. Row scales (GROUP 0) are left for the epilogue."""
-    b = load_cols(w_e, c_ptr, cols, k0, K, KW, stride_wn, BITS, CODES, OFFSET, BLOCK_K, BLOCK_N)   # [BK, BN]
+    step (fp8 with groups), ignored otherwise. Row scales (GROUP 0) are left for the epilogue. BYTES:
+    int8 tiles loaded as bytes (quant_tiles.load_cols)."""
+    b = load_cols(w_e, c_ptr, cols, k0, K, KW, stride_wn, BITS, CODES, OFFSET, BLOCK_K, BLOCK_N, BYTES)   # [BK, BN]
     if GROUP == 0:
         acc = tl.dot(a, b.to(a.dtype), acc, input_precision=DOT_PRECISION)
     else:
@@ -75,7 +76,8 @@ def _gate_up_q_kernel(a_ptr, sa_ptr, w_ptr, s_ptr, z_ptr, c_ptr, h_ptr, sorted_i
                       stride_at, stride_sat, stride_we, stride_wn, stride_se, stride_sn, stride_sg, stride_ht,
                       BITS: tl.constexpr, CODES: tl.constexpr, GROUP: tl.constexpr, ROW_BLOCK: tl.constexpr,
                       OFFSET: tl.constexpr, HAS_ZERO: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                      BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, DOT_PRECISION: tl.constexpr, PDL: tl.constexpr):
+                      BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, DOT_PRECISION: tl.constexpr, PDL: tl.constexpr,
+                      BYTES: tl.constexpr = False):
     wait_then_release(PDL)
     pid_m, pid_n = _tile_coords(num_pid_m, I, BLOCK_N, GROUP_M)
     rows, row_mask, expert = _block_rows(pid_m, sorted_ids_ptr, block_expert_ptr, num_padded_ptr,
@@ -98,10 +100,10 @@ def _gate_up_q_kernel(a_ptr, sa_ptr, w_ptr, s_ptr, z_ptr, c_ptr, h_ptr, sorted_i
             sa = tl.load(sa_ptr + tokens * stride_sat + k0 // GROUP, mask=row_mask, other=0.0)
         acc_gate = _dot_step(acc_gate, a, w_e, s_e, z_e, c_ptr, cols, k0, D, KW, NG, sa, stride_wn, stride_sn,
                              stride_sg, BITS, CODES, GROUP, ROW_BLOCK, OFFSET, HAS_ZERO, BLOCK_K, BLOCK_N,
-                             DOT_PRECISION)
+                             DOT_PRECISION, BYTES)
         acc_up = _dot_step(acc_up, a, w_e, s_e, z_e, c_ptr, cols + I, k0, D, KW, NG, sa, stride_wn, stride_sn,
                            stride_sg, BITS, CODES, GROUP, ROW_BLOCK, OFFSET, HAS_ZERO, BLOCK_K, BLOCK_N,
-                           DOT_PRECISION)
+                           DOT_PRECISION, BYTES)
     if BITS == 0 and GROUP == 0:
         sa = tl.load(sa_ptr + tokens * stride_sat, mask=row_mask, other=0.0)
     acc_gate = _epilogue_scale(acc_gate, s_e, cols, sa, stride_sn, BITS, GROUP)
@@ -118,7 +120,8 @@ def _down_q_kernel(a_ptr, sa_ptr, w_ptr, s_ptr, z_ptr, c_ptr, y_ptr, weights_ptr
                    stride_at, stride_sat, stride_we, stride_wn, stride_se, stride_sn, stride_sg, stride_yt,
                    BITS: tl.constexpr, CODES: tl.constexpr, GROUP: tl.constexpr, ROW_BLOCK: tl.constexpr,
                    OFFSET: tl.constexpr, HAS_ZERO: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                   BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, DOT_PRECISION: tl.constexpr, PDL: tl.constexpr):
+                   BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, DOT_PRECISION: tl.constexpr, PDL: tl.constexpr,
+                   BYTES: tl.constexpr = False):
     wait_then_release(PDL)
     pid_m, pid_n = _tile_coords(num_pid_m, D, BLOCK_N, GROUP_M)
     rows, row_mask, expert = _block_rows(pid_m, sorted_ids_ptr, block_expert_ptr, num_padded_ptr,
@@ -139,7 +142,7 @@ def _down_q_kernel(a_ptr, sa_ptr, w_ptr, s_ptr, z_ptr, c_ptr, y_ptr, weights_ptr
         if BITS == 0 and GROUP > 0:
             sa = tl.load(sa_ptr + rows64 * stride_sat + k0 // GROUP, mask=row_mask, other=0.0)
         acc = _dot_step(acc, a, w_e, s_e, z_e, c_ptr, cols, k0, I, KW, NG, sa, stride_wn, stride_sn, stride_sg,
-                        BITS, CODES, GROUP, ROW_BLOCK, OFFSET, HAS_ZERO, BLOCK_K, BLOCK_N, DOT_PRECISION)
+                        BITS, CODES, GROUP, ROW_BLOCK, OFFSET, HAS_ZERO, BLOCK_K, BLOCK_N, DOT_PRECISION, BYTES)
     if BITS == 0 and GROUP == 0:
         sa = tl.load(sa_ptr + rows64 * stride_sat, mask=row_mask, other=0.0)
     acc = _epilogue_scale(acc, s_e, cols, sa, stride_sn, BITS, GROUP)
@@ -162,6 +165,15 @@ FP8_DOT_TILES = {"BLOCK_M": 16, "BLOCK_N": 64, "GROUP_M": 1, "num_warps": 4, "nu
 # 128 x 128 blocks and bitsandbytes' codes take the heuristic).
 TUNED_DTYPE = {"fp8": "fp8_w8a8", "int8": "int8_w8a16", "int4": "int4_w4a16"}
 USE_TUNED = True                    # False: the heuristic below only (scripts/step_probe.py A/B's the tables)
+# int8 B tiles read as bytes (quant_tiles.load_cols BYTES) instead of words unpacked through a reshape: the same values.
+# Off until measured: the thirteenth session found the int8 tensor-core path at 22-37% of its bytes whatever the tile
+# and had no device time left to time this (scripts/gpu/pending_h200.sh A/B's it).
+INT8_BYTE_TILES = False
+
+
+def byte_tiles(w) -> bool:
+    """Whether the tensor-core kernels load this stack's tiles as bytes (INT8_BYTE_TILES, minimoe's int8 codes)."""
+    return bool(INT8_BYTE_TILES and w.bits == 8 and w.codes == 0)
 
 
 def tuned_config(w13, E: int, I: int, D: int, K: int, T: int) -> dict | None:
@@ -259,5 +271,5 @@ def _launch(kernel, a, sa, w, out, weights, blocks, top_k, N, K_in, cfg, precisi
     kernel[grid](*head, sorted_ids, block_expert, num_padded, numel, *routing, expert_offset, E, num_pid_m,
                  N, K_in, kw, ng, a.stride(0), sa.stride(0), *stride_args(w), out.stride(0), **layout_args(w),
                  BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"], GROUP_M=cfg["GROUP_M"],
-                 DOT_PRECISION=precision, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
-                 **launch_args(pdl))
+                 DOT_PRECISION=precision, BYTES=byte_tiles(w), num_warps=cfg["num_warps"],
+                 num_stages=cfg["num_stages"], **launch_args(pdl))

@@ -122,13 +122,21 @@ def tile_dot(w_ptr, s_ptr, z_ptr, code_ptr, rows, k0, xk, K, KW, NG, stride_wn, 
 
 @triton.jit
 def load_cols(w_ptr, code_ptr, cols, k0, K, KW, stride_wn, BITS: tl.constexpr, CODES: tl.constexpr,
-              OFFSET: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr):
+              OFFSET: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr, BYTES: tl.constexpr = False):
     """The tensor-core operand: inputs k0 .. k0+BLOCK_K of output columns `cols` as [BLOCK_K, BLOCK_N]:
-    raw e4m3 codes (BITS 0) or fp32 code values (small integers, exact; nf4: codebook values)."""
+    raw e4m3 codes (BITS 0) or fp32 code values (small integers, exact; nf4: codebook values). BYTES (int8,
+    minimoe's codes): the words read as the bytes they are (a word's four codes are its bytes, low first, in
+    little-endian memory), so the tile is loaded in its [BLOCK_K, BLOCK_N] shape with no unpacking reshape;
+    the same values (bytes past the row's words are masked to code 0, as masked words are)."""
     if BITS == 0:
         offs = k0 + tl.arange(0, BLOCK_K)
         ptrs = w_ptr + cols[None, :] * stride_wn + offs[:, None]
         b = tl.load(ptrs, mask=(offs < K)[:, None], other=0.0)
+    elif BITS == 8 and CODES == 0 and BYTES:
+        offs = k0 + tl.arange(0, BLOCK_K)
+        ptrs = w_ptr.to(tl.pointer_type(tl.uint8)) + cols[None, :] * (stride_wn * 4) + offs[:, None]
+        u = tl.load(ptrs, mask=(offs < KW * 4)[:, None], other=0)
+        b = codes_to_float(u.to(tl.int32), OFFSET)
     else:
         offs_w = k0 // (32 // BITS) + tl.arange(0, BLOCK_K // (32 // BITS))
         words = tl.load(w_ptr + cols[None, :] * stride_wn + offs_w[:, None], mask=(offs_w < KW)[:, None], other=0)

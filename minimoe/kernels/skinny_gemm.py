@@ -30,7 +30,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .fused_moe_quant import _dot_step, _epilogue_scale
+from .fused_moe_quant import _dot_step, _epilogue_scale, byte_tiles
 from .pdl import launch_args, wait_then_release
 from .quant_tiles import layout_args, pointer_args, stride_args
 
@@ -98,7 +98,7 @@ def _skinny_quant_kernel(x_ptr, w_ptr, s_ptr, z_ptr, c_ptr, b_ptr, y_ptr, ws_ptr
                          BITS: tl.constexpr, CODES: tl.constexpr, GROUP: tl.constexpr, ROW_BLOCK: tl.constexpr,
                          OFFSET: tl.constexpr, HAS_ZERO: tl.constexpr, HAS_BIAS: tl.constexpr,
                          SPLIT_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                         PRECISION: tl.constexpr, PDL: tl.constexpr):
+                         PRECISION: tl.constexpr, PDL: tl.constexpr, BYTES: tl.constexpr = False):
     """The same grid over a quantized weight (qweights' layouts): each B tile is dequantized in registers by
     fused_moe_quant's `_dot_step` (fp8 codes converted to x's dtype, integer codes minus their zero point),
     group scales per K step (BLOCK_K = the group), a row scale in the epilogue. Activations stay in x's dtype
@@ -120,7 +120,7 @@ def _skinny_quant_kernel(x_ptr, w_ptr, s_ptr, z_ptr, c_ptr, b_ptr, y_ptr, ws_ptr
         offs_k = k0 + tl.arange(0, BLOCK_K)
         a = tl.load(x_rows + offs_k[None, :], mask=t_ok[:, None] & (offs_k < K)[None, :], other=0.0)  # [BM, BK]
         acc = _dot_step(acc, a, w_ptr, s_ptr, z_ptr, c_ptr, cols_w, k0, K, KW, NG, ones, stride_wn, stride_sn,
-                        stride_sg, BITS, CODES, GROUP, ROW_BLOCK, OFFSET, HAS_ZERO, BLOCK_K, BLOCK_N, PRECISION)
+                        stride_sg, BITS, CODES, GROUP, ROW_BLOCK, OFFSET, HAS_ZERO, BLOCK_K, BLOCK_N, PRECISION, BYTES)
     acc = _epilogue_scale(acc, s_ptr, cols_w, ones, stride_sn, BITS, GROUP)
     _finish(acc, b_ptr, y_ptr, ws_ptr, cnt_ptr, blk, sp, offs_t, cols, T, N, stride_yt, SPLIT,
             HAS_BIAS, SPLIT_K, BLOCK_M, BLOCK_N)
@@ -265,6 +265,6 @@ def skinny_gemm_quant(x: torch.Tensor, w, bias: torch.Tensor | None = None, *, c
         x, data, scale, zero, code, bias if has_bias else y, y, ws, cnt, T, N, K, kw, ng,
         x.stride(0), stride_wn, stride_sn, stride_sg, y.stride(0), split, **layout_args(w),
         HAS_BIAS=has_bias, SPLIT_K=split > 1, BLOCK_M=max(16, triton.next_power_of_2(T)), BLOCK_N=cfg["BLOCK_N"],
-        BLOCK_K=cfg["BLOCK_K"], PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
+        BLOCK_K=cfg["BLOCK_K"], PRECISION="ieee" if x.dtype == torch.float32 else "tf32", BYTES=byte_tiles(w),
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **launch_args(pdl))
     return y

@@ -1,31 +1,38 @@
 #!/usr/bin/env bash
 # What the twelfth and thirteenth sessions left for the next nvidia-h200 call (~9 min):
-#  0. the skinny GEMM's GPU tests on the final code (the thirteenth session's review fixes: bias checks, int64 weight
-#     offsets in the quantized kernel; compiled for sm90 on the CPU machine, not run on a GPU);
-#  1. issue 12's whole-model rows on today's kernels, bf16 in the same run: Mixtral bs 1 --quant int8 / int4 / fp8
-#     (128 / 128; bs-1 rows last measured by bench.py in the twelfth session for fp8 only) and OLMoE bs 64 --quant fp8
-#     (1.37x in the thirteenth session, target 1.6x);
-#  2. the fp8 layer at M = 1 / 64 for the Qwen3-30B-A3B shape (targets <= 15 / <= 150 µs) with fp8's pair tiles.
+#  0. GPU tests of the thirteenth session's final code: tests/test_skinny_gemm.py (the review fixes: bias checks,
+#     int64 weight offsets) and the int8 byte tiles' identity test (compiled for sm90 on the CPU machine only);
+#  1. A/B of fused_moe_quant.INT8_BYTE_TILES (int8 tensor-core tiles loaded as bytes, no unpacking reshape; off by
+#     default): Mixtral int8 at bs 16 in the graphed step (the int8 path streamed 22-37% of its bytes);
+#  2. issue 12's whole-model rows, bf16 in the same run: Mixtral bs 1 --quant int8 / int4 / fp8 (128 / 128) and OLMoE
+#     bs 64 --quant fp8 (1.37x in the thirteenth session, target 1.6x);
+#  3. the fp8 layer at M = 1 / 64 for the Qwen3-30B-A3B shape (targets <= 15 / <= 150 µs).
 # Usage (device tool, repo root): bash scripts/gpu/pending_h200.sh
 set -u
 export PYTHONUNBUFFERED=1 TQDM_DISABLE=1
 R=$OUT/r; mkdir -p $R
 nvidia-smi --query-gpu=name,clocks.max.sm,clocks.max.mem,power.limit --format=csv > $R/gpu.txt 2>&1
-PYTHONPATH=$PWD timeout 100 python3 -m pytest -q -p no:cacheprovider tests/test_skinny_gemm.py > $R/pytest_gpu.txt 2>&1
+PYTHONPATH=$PWD timeout 120 python3 -m pytest -q -p no:cacheprovider tests/test_skinny_gemm.py tests/test_quant_kernels.py \
+  -k "skinny or byte or tuned" > $R/pytest_gpu.txt 2>&1
 echo "--- pytest rc $?"; tail -2 $R/pytest_gpu.txt
+PYTHONPATH=$PWD timeout 120 python3 scripts/step_probe.py --quant int8 --models mixtral --batches 16 --variant words \
+  --variant bytes:minimoe.kernels.fused_moe_quant.INT8_BYTE_TILES=True --json $R/step_int8_bytes.json > $R/step_int8_bytes.txt 2>&1
+echo "--- byte tiles rc $?"; grep -v "^#" $R/step_int8_bytes.txt | tail -3
 W="--fused --warmup 1 --iters 3 --input-len 128 --output-len 128"
 PYTHONPATH=$PWD timeout 90 python3 bench.py --model mixtral $W --bs 1 --json $R/mixtral_bf16.json > $R/mixtral_bf16.txt 2>&1
 python3 -c "import json;c=json.load(open('$R/mixtral_bf16.json'))['ceilings'];c.pop('source');json.dump(c,open('$R/ceil.json','w'))"
 for q in int8 int4 fp8; do
+  [ $SECONDS -gt 450 ] && { echo "mixtral $q: skipped (time)"; continue; }
   PYTHONPATH=$PWD timeout 90 python3 bench.py --model mixtral $W --bs 1 --quant $q --ceilings $R/ceil.json \
     --json $R/mixtral_$q.json > $R/mixtral_$q.txt 2>&1
 done
 for q in none fp8; do
-  PYTHONPATH=$PWD timeout 120 python3 bench.py --model olmoe $W --bs 64 --quant $q --ceilings $R/ceil.json \
+  [ $SECONDS -gt 500 ] && { echo "olmoe $q: skipped (time)"; continue; }
+  PYTHONPATH=$PWD timeout 100 python3 bench.py --model olmoe $W --bs 64 --quant $q --ceilings $R/ceil.json \
     --json $R/olmoe64_$q.json > $R/olmoe64_$q.txt 2>&1
 done
-PYTHONPATH=$PWD timeout 120 python3 bench.py --layer --quant fp8 --shapes qwen3-30b-a3b --tokens 1 64 --paths fused \
-  --json $R/layer_qwen3_fp8.json > $R/layer_qwen3_fp8.txt 2>&1
+[ $SECONDS -lt 540 ] && PYTHONPATH=$PWD timeout 50 python3 bench.py --layer --quant fp8 --shapes qwen3-30b-a3b \
+  --tokens 1 64 --paths fused --json $R/layer_qwen3_fp8.json > $R/layer_qwen3_fp8.txt 2>&1
 for f in $R/mixtral_*.txt $R/olmoe64_*.txt; do echo "$(basename $f): $(grep -h 'minimoe bs' $f)"; done
 grep -E "^qwen3" $R/layer_qwen3_fp8.txt
 tar czf $OUT/r.tgz -C $OUT r
