@@ -63,6 +63,32 @@ def sweep_cfg(t, T, N, K, dtype) -> dict:
     return cfg
 
 
+def measure(entry, call, ws, ref, tol, timer) -> int:
+    """Check call(ws[0]) against ref (float64), then time call over every weight copy; fills entry, returns 1 on FAIL."""
+    try:
+        entry["err"] = ((call(ws[0]).double() - ref).norm() / ref.norm()).item()
+        entry["status"] = "PASS" if entry["err"] <= tol else "FAIL"
+        if entry["status"] == "PASS":
+            entry["us"] = timer([lambda w=w: call(w) for w in ws])
+    except Exception as e:                     # out of shared memory, a refused compile
+        entry.update(status="ERROR", error=f"{type(e).__name__}: {e}"[:200])
+    return int(entry["status"] == "FAIL")
+
+
+def finish(row, head, base_name, base, floor) -> dict:
+    """The row's best and default configs, printed beside the baseline and the floor."""
+    ok = [c for c in row["configs"] if c["status"] == "PASS"]
+    best = min(ok, key=lambda c: c["us"]) if ok else None
+    dflt = row["configs"][0]
+    row["best"], row["default_us"] = best, dflt.get("us")
+    d_us = dflt.get("us", float("nan"))
+    print(f"{head} floor {floor:6.1f} us | {base_name} {base:6.1f} ({100 * floor / base:3.0f}%) | "
+          f"skinny default {d_us:6.1f} ({100 * floor / d_us:3.0f}%) {base / d_us:4.2f}x | best "
+          f"{best['us'] if best else float('nan'):6.1f} {base / best['us'] if best else 0:4.2f}x "
+          f"{best['config'] if best else dflt.get('error')}", flush=True)
+    return row
+
+
 def run_quant(fmt, shapes, tokens, sweep, bw, gen, timer, copies_for) -> tuple[list, int]:
     """fp8 / int8 / int4 dense layers: the path before (QuantWeight.linear with SKINNY_QUANT off: quantize x +
     _scaled_mm for fp8, dequantize + cuBLAS for the integers) against skinny_gemm_quant (default, sweep)."""
@@ -92,25 +118,9 @@ def run_quant(fmt, shapes, tokens, sweep, bw, gen, timer, copies_for) -> tuple[l
                     cfg = dict(cfg, BLOCK_K=ws[0].group)
                 entry = {"config": cfg or S.default_config(T, N, K, wdt, bits=ws[0].bits, group=ws[0].group),
                          "default": cfg is None}
-                try:
-                    err = ((S.skinny_gemm_quant(x, ws[0], bias, config=cfg).double() - ref).norm() / ref.norm()).item()
-                    entry["err"] = err
-                    entry["status"] = "PASS" if err <= 1e-2 else "FAIL"
-                    bad += entry["status"] == "FAIL"
-                    if entry["status"] == "PASS":
-                        entry["us"] = timer([lambda w=w: S.skinny_gemm_quant(x, w, bias, config=cfg) for w in ws])
-                except Exception as e:
-                    entry.update(status="ERROR", error=f"{type(e).__name__}: {e}"[:200])
+                bad += measure(entry, lambda w, cfg=cfg: S.skinny_gemm_quant(x, w, bias, config=cfg), ws, ref, 1e-2, timer)
                 row["configs"].append(entry)
-            ok = [c for c in row["configs"] if c["status"] == "PASS"]
-            best = min(ok, key=lambda c: c["us"]) if ok else None
-            d_us = row["configs"][0].get("us", float("nan"))
-            row["best"], row["default_us"] = best, d_us
-            rows.append(row)
-            print(f"{name:20s} {fmt:4s} T={T:<3d} floor {floor:6.1f} us | before {base:6.1f} ({100 * floor / base:3.0f}%) | "
-                  f"skinny default {d_us:6.1f} ({100 * floor / d_us:3.0f}%) {base / d_us:4.2f}x | best "
-                  f"{best['us'] if best else float('nan'):6.1f} {base / best['us'] if best else 0:4.2f}x "
-                  f"{best['config'] if best else row['configs'][0].get('error')}", flush=True)
+            rows.append(finish(row, f"{name:20s} {fmt:4s} T={T:<3d}", "before", base, floor))
     return rows, bad
 
 
@@ -159,30 +169,10 @@ def main(argv=None) -> int:
             cands = [None] + [sweep_cfg(t, T, N, K, wdt) for t in sweep]
             for cfg in cands:
                 entry = {"config": cfg or S.default_config(T, N, K, wdt), "default": cfg is None}
-                try:
-                    y = S.skinny_gemm(x, ws[0], bias, config=cfg)
-                    err = ((y.double() - ref).norm() / ref.norm()).item()
-                    tol = 1e-5 if (wdt == torch.float32 and xdt == torch.float32) else 1e-2
-                    entry["err"] = err
-                    if err > tol:
-                        entry["status"] = "FAIL"
-                        bad += 1
-                    else:
-                        entry["status"] = "PASS"
-                        entry["us"] = timer([lambda w=w: S.skinny_gemm(x, w, bias, config=cfg) for w in ws])
-                except Exception as e:
-                    entry.update(status="ERROR", error=f"{type(e).__name__}: {e}"[:200])
+                tol = 1e-5 if (wdt == torch.float32 and xdt == torch.float32) else 1e-2
+                bad += measure(entry, lambda w, cfg=cfg: S.skinny_gemm(x, w, bias, config=cfg), ws, ref, tol, timer)
                 row["configs"].append(entry)
-            ok = [c for c in row["configs"] if c["status"] == "PASS"]
-            best = min(ok, key=lambda c: c["us"]) if ok else None
-            dflt = row["configs"][0]
-            row["best"], row["default_us"] = best, dflt.get("us")
-            rows.append(row)
-            d_us = dflt.get("us", float("nan"))
-            print(f"{name:20s} T={T:<3d} floor {floor:6.1f} us | cuBLAS {base:6.1f} ({100 * floor / base:3.0f}%) | "
-                  f"skinny default {d_us:6.1f} ({100 * floor / d_us:3.0f}%) {base / d_us:4.2f}x | best "
-                  f"{best['us'] if best else float('nan'):6.1f} {base / best['us'] if best else 0:4.2f}x "
-                  f"{best['config'] if best else dflt.get('error')}", flush=True)
+            rows.append(finish(row, f"{name:20s} T={T:<3d}", "cuBLAS", base, floor))
     print(f"# {len(rows)} rows, {bad} FAIL, {time.time() - t0:.0f} s")
     with open(os.path.join(args.out, "bench_skinny.json"), "w") as f:
         json.dump({"bandwidth_GBps": bw, "rows": rows}, f, default=str)
