@@ -30,6 +30,7 @@ from .kv_cache import KVCache, Step
 from .layers import RMSNorm
 from .linear import Linear
 from .ops import ops_for
+from . import rope_fusion
 
 try:
     from .kernels import decode_attention as _decode_kernel
@@ -109,13 +110,16 @@ class Attention(nn.Module):
         cfg = self.cfg
         B, S, _ = x.shape
         H, Hkv, d = self.n_heads, self.n_kv_heads, cfg.head_dim
-        qkv = self.wqkv(x)                                                   # [B, S, (H + 2Hkv) d]
-        qn, kn = getattr(self, "q_norm", None), getattr(self, "k_norm", None)
-        q = ops_for(self.settings).qkv_rope_cache(                           # [B, S, H, d]; K/V into the cache
-            qkv, step.positions, rot.cos_table, rot.sin_table, cache.k[self.layer], cache.v[self.layer], H, Hkv, d,
-            qk_norm=cfg.qk_norm, q_norm_w=qn.weight if qn is not None else None,
-            k_norm_w=kn.weight if kn is not None else None, eps=cfg.rms_norm_eps,
-            interleave=cfg.rope_interleave, clip_qkv=cfg.clip_qkv)
+        if rope_fusion.fits(self, x):             # --fuse-rope: one launch at batch 1
+            q = rope_fusion.run(self, x, step, cache, rot)
+        else:
+            qkv = self.wqkv(x)                                               # [B, S, (H + 2Hkv) d]
+            qn, kn = getattr(self, "q_norm", None), getattr(self, "k_norm", None)
+            q = ops_for(self.settings).qkv_rope_cache(                       # [B, S, H, d]; K/V into the cache
+                qkv, step.positions, rot.cos_table, rot.sin_table, cache.k[self.layer], cache.v[self.layer], H, Hkv,
+                d, qk_norm=cfg.qk_norm, q_norm_w=qn.weight if qn is not None else None,
+                k_norm_w=kn.weight if kn is not None else None, eps=cfg.rms_norm_eps,
+                interleave=cfg.rope_interleave, clip_qkv=cfg.clip_qkv)
         k_cache, v_cache = cache.k[self.layer], cache.v[self.layer]
         if step.fresh:   # prefill: this step's K/V are the first S rows of the cache
             k, v = k_cache[:, :S], v_cache[:, :S]

@@ -43,6 +43,8 @@ class RunSettings:
                                     # on | off; auto = on with --ops triton (model.Block, kernels/gate_splitk.py)
     fuse_shared: str = "auto"       # shared experts inside the routed experts' decode kernels (shared_fusion.py):
                                     # on | off; auto = on for --experts fused, unquantized, no EP / TP plan
+    fuse_rope: str = "auto"         # rotary embedding + KV-cache write inside the q/k/v GEMV at batch 1 (rope_fusion.py):
+                                    # on | off; auto = on with --ops triton and --gemv auto | stream
     eager: bool = False             # no CUDA graph of the decode step (graphs need a GPU and a sync-free path)
     eager_prefill: bool = False     # no CUDA graph of the prefill
     router: str | None = None       # override the card's router (synthetic ones for ablations)
@@ -80,6 +82,7 @@ class RunSettings:
         _choose("pdl", s.pdl, ("auto", "on", "off"))
         _choose("fold_norm", s.fold_norm, ("auto", "on", "off"))
         _choose("fuse_shared", s.fuse_shared, ("auto", "on", "off"))
+        _choose("fuse_rope", s.fuse_rope, ("auto", "on", "off"))
         _choose("quant", s.quant, QUANT_FORMATS)
         _choose("dispatch", s.dispatch, DISPATCH_DESIGNS)
         _choose("allreduce", s.allreduce, ALLREDUCE_DESIGNS)
@@ -97,6 +100,12 @@ class RunSettings:
             raise ValueError("--fuse-shared on runs the shared experts inside the fused decode kernels: it needs "
                              f"--experts fused, --quant none and no --ep / --tp plan (got --experts {s.experts}, "
                              f"--quant {s.quant}, --ep {s.ep}, --tp {s.tp})")
+        rope_ok = s.ops == "triton" and s.gemv in ("auto", "stream")
+        if s.fuse_rope == "auto":
+            s.fuse_rope = "on" if rope_ok else "off"
+        if s.fuse_rope == "on" and not rope_ok:
+            raise ValueError("--fuse-rope on runs rope and the cache write in the q/k/v stream GEMV's Triton kernel: it "
+                             f"needs --ops triton and --gemv auto or stream (got --ops {s.ops}, --gemv {s.gemv})")
         if s.allreduce == "auto":                            # symm measured faster at every batch (parallelism.md)
             s.allreduce = "symm" if _symm_fits(s, gpu) else "nccl"
         if s.dispatch != "allgather" and s.ep == 1:        # the default design is the only one taken silently
@@ -223,6 +232,10 @@ SETTINGS_FLAGS = {
                                                "fused, --quant none, no --ep / --tp; then a layer fuses where its "
                                                "step is one token on the small-T plan, which --profile notes as "
                                                "small+shared) | off; auto: on where it can run")),
+    "fuse_rope": ("--fuse-rope", dict(help="rotary embedding and the KV-cache write in the epilogue of the q/k/v "
+                                           "GEMV at batch 1 (rope_fusion.py; layers without a q/k norm: Mixtral, "
+                                           "Qwen1.5/2-MoE; --profile notes qkv+rope): on (needs --ops triton and "
+                                           "--gemv auto | stream) | off; auto: on where it can run")),
     "eager": ("--eager", dict(action="store_true", help="no CUDA graph of the decode step")),
     "eager_prefill": ("--eager-prefill", dict(action="store_true", help="no CUDA graph of the prefill")),
     "router": ("--router", dict(help="override the card's router (uniform, balanced, zipf for ablations)")),

@@ -19,6 +19,10 @@ from .moe_configs import on_gpu
 from .pdl import launch_args
 
 
+TILES: dict[tuple[int, int], dict] = {}   # (N, D) -> a tile over `dense_config`'s choice on a GPU (in-step A/B's,
+                                          # scripts/step_probe.py variants; empty: the sweep's rule below)
+
+
 def dense_config(N: int, D: int) -> dict:
     """dense_gemv's tile for W [N, D] at batch 1, from the H200 sweep (scripts/bench_gemv.py, 10 tiles x 16
     projection shapes of Qwen3-0.6B / 1.7B, OLMoE, Mixtral, Qwen3-30B-A3B; docs/results/2026-11-30-s5):
@@ -27,6 +31,8 @@ def dense_config(N: int, D: int) -> dict:
     and vocabulary heads (N >= 16 D) [4, 1024], the rest [8, 512]; BLOCK_K at most D's next power of two."""
     if not on_gpu():
         return {"BLOCK_N": 16, "BLOCK_K": 32, "num_warps": 4, "num_stages": 1}
+    if (N, D) in TILES:
+        return {"num_warps": 4, "num_stages": 3, **TILES[(N, D)]}
     if D <= 1024 or 2.5 * D < N < 16 * D:
         block_k = 256
     elif 2 * N <= D or N >= 16 * D:
