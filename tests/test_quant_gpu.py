@@ -105,3 +105,47 @@ def test_int4_checkpoint_on_the_gpu_matches_its_dequantized_weights(method, tmp_
     got = Generator(model, 2, 8).append(prompts)
     assert rel_err(got, Generator(oracle, 2, 8).append(prompts)) < 3e-2
     assert torch.equal(_tokens(model, prompts, 8, graphs=True), _tokens(model, prompts, 8, graphs=False))
+
+
+@pytest.mark.parametrize("fmt", ["int8", "int4", "int4-zero"])
+@pytest.mark.parametrize("T", [16, 64])
+def test_byte_tiles_equal_dequantize_then_matmul(fmt, T, monkeypatch):
+    """The integer tensor-core tiles read as bytes (INT8_BYTE_TILES / INT4_BYTE_TILES) at bf16 on a mid-size shape
+    with the configs the engine picks (the aligned MoE and the skinny dense GEMM): within bf16 rounding of the fp32
+    oracle, and of the word path."""
+    from minimoe.experts import Experts
+    from minimoe.kernels import fused_moe_quant as FQ
+    from minimoe.kernels.skinny_gemm import skinny_gemm_quant
+    from minimoe.qexperts import QuantExperts
+    from minimoe.qweights import quantize_int4, quantize_int8
+    quantize = {"int8": quantize_int8, "int4": quantize_int4,
+                "int4-zero": lambda w: quantize_int4(w, 128, zero_point=True)}[fmt]
+    gen = torch.Generator(device="cuda").manual_seed(T)
+    E, D, I, K = 8, 1024, 1408, 2
+    dense = Experts.from_tensors(torch.randn(E, 2 * I, D, device="cuda", generator=gen).bfloat16() * 0.02,
+                                 torch.randn(E, D, I, device="cuda", generator=gen).bfloat16() * 0.02)
+    q = QuantExperts.quantize(dense, quantize)
+    lin = quantize(torch.randn(1, 3072, D, device="cuda", generator=gen).bfloat16() * 0.02)
+    lin.__class__ = QuantWeight
+    w13, w2 = q.w13.dequantize().float(), q.w2.dequantize().float()
+    x = torch.randn(T, D, device="cuda", generator=gen).bfloat16()
+    w, ids = torch.randn(T, E, device="cuda", generator=gen).softmax(-1).topk(K, dim=-1)
+    ref = torch.zeros(T, D, device="cuda")
+    for t in range(T):
+        for k in range(K):
+            e = int(ids[t, k])
+            hu = w13[e] @ x[t].float()
+            ref[t] += w[t, k] * (w2[e] @ (torch.nn.functional.silu(hu[:I]) * hu[I:]))
+    ref_lin = x.float() @ lin.dequantize().float().reshape(-1, D).T
+    out = {}
+    for on in (False, True):
+        monkeypatch.setattr(FQ, "INT8_BYTE_TILES" if fmt == "int8" else "INT4_BYTE_TILES", on)
+        out[on] = (FQ.fused_moe_quant(x, q.w13, q.w2, ids, w, config={"variant": "aligned"}).float(),
+                   skinny_gemm_quant(x, lin).float())
+    for on in (False, True):
+        for got, want in zip(out[on], (ref, ref_lin)):
+            assert torch.isfinite(got).all()
+            err = ((got - want).norm() / want.norm()).item()
+            assert err < 1e-2, (on, err)
+    for got, want in zip(out[True], out[False]):
+        assert ((got - want).norm() / want.norm()).item() < 1e-2

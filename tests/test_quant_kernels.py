@@ -193,29 +193,44 @@ def test_tuner_script_smoke(tmp_path):
     from pathlib import Path
     script = Path(__file__).resolve().parents[1] / "scripts" / "tune_fused_moe_quant.py"
     run = subprocess.run([sys.executable, str(script), "--smoke", "--formats", "fp8", "int4", "--out", str(tmp_path)],
-                         capture_output=True, text=True, timeout=600, env=dict(os.environ, TRITON_INTERPRET="1"))
+                         capture_output=True, text=True, timeout=600, env=dict(os.environ))   # the interpreter on a CPU (conftest)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     assert "# best olmoe fp8 T=4" in run.stdout and "# best olmoe int4 T=16" in run.stdout
     assert len(list(tmp_path.glob("*dtype=int4_w4a16.json"))) == 1
 
 
+@pytest.mark.parametrize("fmt", ["int8", "int4", "int4-zero", "int4-g128"])
 @pytest.mark.parametrize("T", [3, 40])
-def test_int8_byte_tiles_give_the_same_bits(T, monkeypatch):
-    """INT8_BYTE_TILES (int8 tensor-core tiles loaded as the bytes of the code words, no unpacking reshape) reads the
-    same code values: the aligned MoE and the skinny dense GEMM return identical results with it on and off."""
+def test_byte_tiles_read_the_same_codes(fmt, T, monkeypatch):
+    """INT8_BYTE_TILES / INT4_BYTE_TILES (integer tensor-core tiles loaded as the bytes of the code words, no unpacking
+    reshape; int4 split into even- and odd-input tiles against A's even and odd columns) read the same code values:
+    the aligned MoE and the skinny dense GEMM give the word path's bits for int8 and its results to fp32 rounding for
+    int4 (two dots of BK/2 sum in another order), on rows of 24 and 18 words and 3 or 40 tokens."""
     from minimoe.kernels import fused_moe_quant as FQ
     from minimoe.kernels.skinny_gemm import skinny_gemm_quant
     gen = torch.Generator().manual_seed(T)
-    q13, q2 = make("int8", 6, gen, d=96, i=72)                  # K = 96 and 72: rows of 24 and 18 words
+    q13, q2 = make(fmt, 6, gen, d=96, i=72)                      # K = 96 and 72: not multiples of 64 or 128
     x = torch.randn(T, 96, generator=gen).to(DEVICE)
     ids, w = routing(T, 2, 6, gen)
-    dense = Q.quantize_int8(torch.randn(40, 72, generator=gen).to(DEVICE), cls=Q.QuantWeight)
+    dense = FORMATS[fmt](torch.randn(40, 72, generator=gen).to(DEVICE))
+    dense.__class__ = Q.QuantWeight
     h = torch.randn(min(T, 64), 72, generator=gen).to(DEVICE)
-    cfg = {"variant": "aligned", "BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 1, "num_warps": 4,
+    bk = q13.group or 32                                         # a K step is one scale group
+    cfg = {"variant": "aligned", "BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": bk, "GROUP_M": 1, "num_warps": 4,
            "num_stages": 1}
+    flag = "INT8_BYTE_TILES" if fmt == "int8" else "INT4_BYTE_TILES"
     out = {}
     for on in (False, True):
-        monkeypatch.setattr(FQ, "INT8_BYTE_TILES", on)
-        out[on] = (fused_moe_quant(x, q13, q2, ids, w, config=cfg), skinny_gemm_quant(h, dense, config={"SPLIT": 2}))
-    assert torch.equal(out[True][0], out[False][0]) and torch.equal(out[True][1], out[False][1])
+        monkeypatch.setattr(FQ, flag, on)
+        assert FQ.byte_tiles(q13, bk) == on and FQ.byte_tiles(dense, bk) == on
+        out[on] = (fused_moe_quant(x, q13, q2, ids, w, config=cfg),
+                   skinny_gemm_quant(h, dense, config={"SPLIT": 2, "BLOCK_K": bk}))
+    if fmt == "int8":
+        assert torch.equal(out[True][0], out[False][0]) and torch.equal(out[True][1], out[False][1])
+    for got, want in zip(out[True], out[False]):
+        assert ((got - want).abs().max() / want.abs().max()).item() <= 1e-5
     check(out[True][0], reference(x, q13, q2, ids, w), 2e-5)
+    want = h.double().cpu() @ dense.dequantize().double().cpu().T
+    check(out[True][1], want, 2e-5)
+    monkeypatch.setattr(FQ, "INT4_BYTE_TILES", True)
+    assert not FQ.byte_tiles(q13, 16) or fmt == "int8"              # int4 halves need dots of 16 inputs or more

@@ -34,26 +34,56 @@ from .moe_align import align_tokens_by_expert
 from .moe_configs import (CONFIG_DIR, config_file_name, default_config, interpreter_config, load_tuned,
                           nearest_bucket, on_gpu, pipeline_stages)
 from .pdl import launch_args, wait_then_release
-from .quant_tiles import layout_args, load_cols, pointer_args, quant_rows_fp8, stride_args
+from .quant_tiles import layout_args, load_cols, load_cols_halves, pointer_args, quant_rows_fp8, stride_args
 
 
 @triton.jit
-def _dot_step(acc, a, w_e, s_e, z_e, c_ptr, cols, k0, K, KW, NG, sa, stride_wn, stride_sn, stride_sg,
+def load_a(row_ptrs, row_mask, k0, K, BLOCK_K: tl.constexpr, BITS: tl.constexpr, CODES: tl.constexpr,
+           BYTES: tl.constexpr):
+    """The A operand of one K step: rows `row_ptrs` [BM] (pointers to their input 0), inputs k0 .. k0+BLOCK_K, zero
+    past K and on masked rows -> (a, a_odd). int4 byte tiles (BYTES, minimoe's codes): the even inputs [BM, BK/2]
+    and the odd ones, to meet load_cols_halves' two tiles; otherwise [BM, BK] and the same tensor again."""
+    if BYTES and BITS == 4 and CODES == 0:
+        offs = k0 + 2 * tl.arange(0, BLOCK_K // 2)
+        a = tl.load(row_ptrs[:, None] + offs[None, :], mask=row_mask[:, None] & (offs < K)[None, :], other=0.0)
+        a_odd = tl.load(row_ptrs[:, None] + (offs + 1)[None, :], mask=row_mask[:, None] & (offs + 1 < K)[None, :],
+                        other=0.0)
+    else:
+        offs = k0 + tl.arange(0, BLOCK_K)
+        a = tl.load(row_ptrs[:, None] + offs[None, :], mask=row_mask[:, None] & (offs < K)[None, :], other=0.0)
+        a_odd = a
+    return a, a_odd
+
+
+@triton.jit
+def _dot_step(acc, a, a_odd, w_e, s_e, z_e, c_ptr, cols, k0, K, KW, NG, sa, stride_wn, stride_sn, stride_sg,
               BITS: tl.constexpr, CODES: tl.constexpr, GROUP: tl.constexpr, ROW_BLOCK: tl.constexpr,
               OFFSET: tl.constexpr, HAS_ZERO: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr,
               DOT_PRECISION: tl.constexpr, BYTES: tl.constexpr = False):
     """acc [BM, BN] += A [BM, BK] · dequant(W[cols, k0:k0+BK])ᵀ; sa [BM]: the A rows' scales of this
     step (fp8 with groups), ignored otherwise. Row scales (GROUP 0) are left for the epilogue. BYTES:
-    int8 tiles loaded as bytes (quant_tiles.load_cols)."""
-    b = load_cols(w_e, c_ptr, cols, k0, K, KW, stride_wn, BITS, CODES, OFFSET, BLOCK_K, BLOCK_N, BYTES)   # [BK, BN]
+    int8 tiles loaded as bytes (quant_tiles.load_cols); int4 tiles as bytes split into their even and odd
+    inputs (quant_tiles.load_cols_halves), two dots of BK/2 against `a` and `a_odd` (load_a)."""
+    HALVES: tl.constexpr = BYTES and BITS == 4 and CODES == 0
+    if HALVES:
+        b, b_odd = load_cols_halves(w_e, cols, k0, KW, stride_wn, OFFSET, BLOCK_K, BLOCK_N)    # [BK/2, BN] x 2
+    else:
+        b = load_cols(w_e, c_ptr, cols, k0, K, KW, stride_wn, BITS, CODES, OFFSET, BLOCK_K, BLOCK_N, BYTES)   # [BK, BN]
+        b_odd = b
     if GROUP == 0:
         acc = tl.dot(a, b.to(a.dtype), acc, input_precision=DOT_PRECISION)
+        if HALVES:
+            acc = tl.dot(a_odd, b_odd.to(a.dtype), acc, input_precision=DOT_PRECISION)
     else:
         g = k0 // GROUP
         s = tl.load(s_e + (cols // ROW_BLOCK) * stride_sn + g * stride_sg)               # [BN]
         if HAS_ZERO:
-            b = b - tl.load(z_e + cols * stride_sn + g * stride_sg)[None, :]
+            z = tl.load(z_e + cols * stride_sn + g * stride_sg)[None, :]
+            b = b - z
+            b_odd = b_odd - z
         part = tl.dot(a, b.to(a.dtype), input_precision=DOT_PRECISION)                   # fp32
+        if HALVES:
+            part = tl.dot(a_odd, b_odd.to(a.dtype), part, input_precision=DOT_PRECISION)
         if BITS == 0:
             acc = acc + part * sa[:, None] * s[None, :]
         else:
@@ -88,20 +118,18 @@ def _gate_up_q_kernel(a_ptr, sa_ptr, w_ptr, s_ptr, z_ptr, c_ptr, h_ptr, sorted_i
     w_e, s_e, z_e = w_ptr + e64 * stride_we, s_ptr + e64 * stride_se, z_ptr + e64 * stride_se
     cols = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N)) % I        # wrap past I: loads in bounds, store drops
     tokens = (rows // top_k).to(tl.int64)
-    offs_k = tl.arange(0, BLOCK_K)
     acc_gate = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     acc_up = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     sa = tl.zeros((BLOCK_M,), dtype=tl.float32)
     for k in range(0, tl.cdiv(D, BLOCK_K)):
         k0 = k * BLOCK_K
-        a = tl.load(a_ptr + tokens[:, None] * stride_at + k0 + offs_k[None, :],
-                    mask=row_mask[:, None] & (k0 + offs_k < D)[None, :], other=0.0)      # [BM, BK]
+        a, a_odd = load_a(a_ptr + tokens * stride_at, row_mask, k0, D, BLOCK_K, BITS, CODES, BYTES)   # [BM, BK]
         if BITS == 0 and GROUP > 0:
             sa = tl.load(sa_ptr + tokens * stride_sat + k0 // GROUP, mask=row_mask, other=0.0)
-        acc_gate = _dot_step(acc_gate, a, w_e, s_e, z_e, c_ptr, cols, k0, D, KW, NG, sa, stride_wn, stride_sn,
+        acc_gate = _dot_step(acc_gate, a, a_odd, w_e, s_e, z_e, c_ptr, cols, k0, D, KW, NG, sa, stride_wn, stride_sn,
                              stride_sg, BITS, CODES, GROUP, ROW_BLOCK, OFFSET, HAS_ZERO, BLOCK_K, BLOCK_N,
                              DOT_PRECISION, BYTES)
-        acc_up = _dot_step(acc_up, a, w_e, s_e, z_e, c_ptr, cols + I, k0, D, KW, NG, sa, stride_wn, stride_sn,
+        acc_up = _dot_step(acc_up, a, a_odd, w_e, s_e, z_e, c_ptr, cols + I, k0, D, KW, NG, sa, stride_wn, stride_sn,
                            stride_sg, BITS, CODES, GROUP, ROW_BLOCK, OFFSET, HAS_ZERO, BLOCK_K, BLOCK_N,
                            DOT_PRECISION, BYTES)
     if BITS == 0 and GROUP == 0:
@@ -132,16 +160,14 @@ def _down_q_kernel(a_ptr, sa_ptr, w_ptr, s_ptr, z_ptr, c_ptr, y_ptr, weights_ptr
     w_e, s_e, z_e = w_ptr + e64 * stride_we, s_ptr + e64 * stride_se, z_ptr + e64 * stride_se
     cols = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N)) % D
     rows64 = rows.to(tl.int64)
-    offs_k = tl.arange(0, BLOCK_K)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     sa = tl.zeros((BLOCK_M,), dtype=tl.float32)
     for k in range(0, tl.cdiv(I, BLOCK_K)):
         k0 = k * BLOCK_K
-        a = tl.load(a_ptr + rows64[:, None] * stride_at + k0 + offs_k[None, :],
-                    mask=row_mask[:, None] & (k0 + offs_k < I)[None, :], other=0.0)
+        a, a_odd = load_a(a_ptr + rows64 * stride_at, row_mask, k0, I, BLOCK_K, BITS, CODES, BYTES)
         if BITS == 0 and GROUP > 0:
             sa = tl.load(sa_ptr + rows64 * stride_sat + k0 // GROUP, mask=row_mask, other=0.0)
-        acc = _dot_step(acc, a, w_e, s_e, z_e, c_ptr, cols, k0, I, KW, NG, sa, stride_wn, stride_sn, stride_sg,
+        acc = _dot_step(acc, a, a_odd, w_e, s_e, z_e, c_ptr, cols, k0, I, KW, NG, sa, stride_wn, stride_sn, stride_sg,
                         BITS, CODES, GROUP, ROW_BLOCK, OFFSET, HAS_ZERO, BLOCK_K, BLOCK_N, DOT_PRECISION, BYTES)
     if BITS == 0 and GROUP == 0:
         sa = tl.load(sa_ptr + rows64 * stride_sat, mask=row_mask, other=0.0)
@@ -165,15 +191,21 @@ FP8_DOT_TILES = {"BLOCK_M": 16, "BLOCK_N": 64, "GROUP_M": 1, "num_warps": 4, "nu
 # 128 x 128 blocks and bitsandbytes' codes take the heuristic).
 TUNED_DTYPE = {"fp8": "fp8_w8a8", "int8": "int8_w8a16", "int4": "int4_w4a16"}
 USE_TUNED = True                    # False: the heuristic below only (scripts/step_probe.py A/B's the tables)
-# int8 B tiles read as bytes (quant_tiles.load_cols BYTES) instead of words unpacked through a reshape: the same values.
-# Off until measured: the thirteenth session found the int8 tensor-core path at 22-37% of its bytes whatever the tile
-# and had no device time left to time this (scripts/gpu/pending_h200.sh A/B's it).
-INT8_BYTE_TILES = False
+# Integer B tiles read as bytes instead of words unpacked through a reshape (a shared-memory round trip a tile on a
+# GPU): int8 (quant_tiles.load_cols BYTES) gives the same values in the [BK, BN] shape; int4 (load_cols_halves) splits
+# each byte into an even-input and an odd-input tile, multiplied by A's even and odd columns (two dots of BK/2).
+# The thirteenth session found the word path at 22-37% of its bytes whatever the tile; measured in the fourteenth
+# (scripts/step_probe.py, graphed Mixtral int8 step at bs 16): 30.9 -> 14.1 ms with int8 bytes.
+INT8_BYTE_TILES = True
+INT4_BYTE_TILES = True
 
 
-def byte_tiles(w) -> bool:
-    """Whether the tensor-core kernels load this stack's tiles as bytes (INT8_BYTE_TILES, minimoe's int8 codes)."""
-    return bool(INT8_BYTE_TILES and w.bits == 8 and w.codes == 0)
+def byte_tiles(w, block_k: int) -> bool:
+    """Whether the tensor-core kernels load this stack's tiles as bytes for K steps of block_k inputs: minimoe's int8
+    codes under INT8_BYTE_TILES, its int4 codes under INT4_BYTE_TILES (block_k >= 32: two dots of at least 16)."""
+    if w.codes != 0:
+        return False
+    return bool((w.bits == 8 and INT8_BYTE_TILES) or (w.bits == 4 and INT4_BYTE_TILES and block_k >= 32))
 
 
 def tuned_config(w13, E: int, I: int, D: int, K: int, T: int) -> dict | None:
@@ -271,5 +303,5 @@ def _launch(kernel, a, sa, w, out, weights, blocks, top_k, N, K_in, cfg, precisi
     kernel[grid](*head, sorted_ids, block_expert, num_padded, numel, *routing, expert_offset, E, num_pid_m,
                  N, K_in, kw, ng, a.stride(0), sa.stride(0), *stride_args(w), out.stride(0), **layout_args(w),
                  BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"], GROUP_M=cfg["GROUP_M"],
-                 DOT_PRECISION=precision, BYTES=byte_tiles(w), num_warps=cfg["num_warps"],
+                 DOT_PRECISION=precision, BYTES=byte_tiles(w, cfg["BLOCK_K"]), num_warps=cfg["num_warps"],
                  num_stages=cfg["num_stages"], **launch_args(pdl))

@@ -145,6 +145,21 @@ def load_cols(w_ptr, code_ptr, cols, k0, K, KW, stride_wn, BITS: tl.constexpr, C
 
 
 @triton.jit
+def load_cols_halves(w_ptr, cols, k0, KW, stride_wn, OFFSET: tl.constexpr, BLOCK_K: tl.constexpr,
+                     BLOCK_N: tl.constexpr):
+    """int4 (minimoe's codes) as tensor-core operands with no unpacking reshape: inputs k0 .. k0+BLOCK_K of output
+    columns `cols` as two [BLOCK_K/2, BLOCK_N] tiles of fp32 code values, the even inputs and the odd ones. A
+    word's eight codes sit low nibble first, so in little-endian memory byte j of a row holds input 2j in its low
+    nibble and 2j + 1 in its high one: the bytes are loaded in the tile's shape and split with a mask and a shift
+    (the caller multiplies them by the even and odd columns of A). Bytes past the row's words: code 0, as masked
+    words are (A is zero there)."""
+    offs = k0 // 2 + tl.arange(0, BLOCK_K // 2)
+    ptrs = w_ptr.to(tl.pointer_type(tl.uint8)) + cols[None, :] * (stride_wn * 4) + offs[:, None]
+    u = tl.load(ptrs, mask=(offs < KW * 4)[:, None], other=0).to(tl.int32)
+    return codes_to_float(u & 15, OFFSET), codes_to_float(u >> 4, OFFSET)
+
+
+@triton.jit
 def round_to_e4m3(v):
     """Round fp32 |v| <= 448 to the nearest e4m3 value (ties to even; 3 mantissa bits) in integer ops,
     so the conversion after it is exact. (Triton's interpreter rounds some values across a power of

@@ -30,7 +30,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .fused_moe_quant import _dot_step, _epilogue_scale, byte_tiles
+from .fused_moe_quant import _dot_step, _epilogue_scale, byte_tiles, load_a
 from .pdl import launch_args, wait_then_release
 from .quant_tiles import layout_args, pointer_args, stride_args
 
@@ -110,16 +110,15 @@ def _skinny_quant_kernel(x_ptr, w_ptr, s_ptr, z_ptr, c_ptr, b_ptr, y_ptr, ws_ptr
     t_ok = offs_t < T
     cols = blk * BLOCK_N + tl.arange(0, BLOCK_N)
     cols_w = (cols % N).to(tl.int64)                                      # wrap past N: in bounds, never stored
-    x_rows = x_ptr + offs_t.to(tl.int64)[:, None] * stride_xt
+    x_rows = x_ptr + offs_t.to(tl.int64) * stride_xt                       # [BM] row pointers
     n_k = tl.cdiv(K, BLOCK_K)
     share = tl.cdiv(n_k, SPLIT)
     ones = tl.full((BLOCK_M,), 1.0, tl.float32)                           # no activation scales
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for kb in range(sp * share, tl.minimum(n_k, sp * share + share)):
         k0 = kb * BLOCK_K
-        offs_k = k0 + tl.arange(0, BLOCK_K)
-        a = tl.load(x_rows + offs_k[None, :], mask=t_ok[:, None] & (offs_k < K)[None, :], other=0.0)  # [BM, BK]
-        acc = _dot_step(acc, a, w_ptr, s_ptr, z_ptr, c_ptr, cols_w, k0, K, KW, NG, ones, stride_wn, stride_sn,
+        a, a_odd = load_a(x_rows, t_ok, k0, K, BLOCK_K, BITS, CODES, BYTES)                        # [BM, BK]
+        acc = _dot_step(acc, a, a_odd, w_ptr, s_ptr, z_ptr, c_ptr, cols_w, k0, K, KW, NG, ones, stride_wn, stride_sn,
                         stride_sg, BITS, CODES, GROUP, ROW_BLOCK, OFFSET, HAS_ZERO, BLOCK_K, BLOCK_N, PRECISION, BYTES)
     acc = _epilogue_scale(acc, s_ptr, cols_w, ones, stride_sn, BITS, GROUP)
     _finish(acc, b_ptr, y_ptr, ws_ptr, cnt_ptr, blk, sp, offs_t, cols, T, N, stride_yt, SPLIT,
@@ -265,6 +264,7 @@ def skinny_gemm_quant(x: torch.Tensor, w, bias: torch.Tensor | None = None, *, c
         x, data, scale, zero, code, bias if has_bias else y, y, ws, cnt, T, N, K, kw, ng,
         x.stride(0), stride_wn, stride_sn, stride_sg, y.stride(0), split, **layout_args(w),
         HAS_BIAS=has_bias, SPLIT_K=split > 1, BLOCK_M=max(16, triton.next_power_of_2(T)), BLOCK_N=cfg["BLOCK_N"],
-        BLOCK_K=cfg["BLOCK_K"], PRECISION="ieee" if x.dtype == torch.float32 else "tf32", BYTES=byte_tiles(w),
+        BLOCK_K=cfg["BLOCK_K"], PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
+        BYTES=byte_tiles(w, cfg["BLOCK_K"]),
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **launch_args(pdl))
     return y
