@@ -138,14 +138,15 @@ def test_byte_tiles_equal_dequantize_then_matmul(fmt, T, monkeypatch):
             ref[t] += w[t, k] * (w2[e] @ (torch.nn.functional.silu(hu[:I]) * hu[I:]))
     ref_lin = x.float() @ lin.dequantize().float().reshape(-1, D).T
     out = {}
-    for on in (False, True):
-        monkeypatch.setattr(FQ, "INT8_BYTE_TILES" if fmt == "int8" else "INT4_BYTE_TILES", on)
-        out[on] = (FQ.fused_moe_quant(x, q.w13, q.w2, ids, w, config={"variant": "aligned"}).float(),
-                   skinny_gemm_quant(x, lin).float())
-    for on in (False, True):
-        for got, want in zip(out[on], (ref, ref_lin)):
+    for mode in ("words", "strided", "registers"):
+        monkeypatch.setattr(FQ, "INT8_BYTE_TILES" if fmt == "int8" else "INT4_BYTE_TILES", mode != "words")
+        monkeypatch.setattr(FQ, "INT4_A_SPLIT", mode)
+        out[mode] = (FQ.fused_moe_quant(x, q.w13, q.w2, ids, w, config={"variant": "aligned"}).float(),
+                     skinny_gemm_quant(x, lin).float())
+    for mode, got_pair in out.items():
+        for got, want in zip(got_pair, (ref, ref_lin)):
             assert torch.isfinite(got).all()
             err = ((got - want).norm() / want.norm()).item()
-            assert err < 1e-2, (on, err)
-    for got, want in zip(out[True], out[False]):
-        assert ((got - want).norm() / want.norm()).item() < 1e-2
+            assert err < 1e-2, (mode, err)
+        for got, want in zip(got_pair, out["words"]):
+            assert ((got - want).norm() / want.norm()).item() < 1e-2

@@ -220,17 +220,19 @@ def test_byte_tiles_read_the_same_codes(fmt, T, monkeypatch):
            "num_stages": 1}
     flag = "INT8_BYTE_TILES" if fmt == "int8" else "INT4_BYTE_TILES"
     out = {}
-    for on in (False, True):
-        monkeypatch.setattr(FQ, flag, on)
-        assert FQ.byte_tiles(q13, bk) == on and FQ.byte_tiles(dense, bk) == on
-        out[on] = (fused_moe_quant(x, q13, q2, ids, w, config=cfg),
-                   skinny_gemm_quant(h, dense, config={"SPLIT": 2, "BLOCK_K": bk}))
-    if fmt == "int8":
-        assert torch.equal(out[True][0], out[False][0]) and torch.equal(out[True][1], out[False][1])
-    for got, want in zip(out[True], out[False]):
-        assert ((got - want).abs().max() / want.abs().max()).item() <= 1e-5
-    check(out[True][0], reference(x, q13, q2, ids, w), 2e-5)
-    want = h.double().cpu() @ dense.dequantize().double().cpu().T
-    check(out[True][1], want, 2e-5)
+    for mode in ("words", "strided", "registers"):
+        monkeypatch.setattr(FQ, flag, mode != "words")
+        monkeypatch.setattr(FQ, "INT4_A_SPLIT", mode)
+        want_bytes = {"words": 0, "strided": 1, "registers": 1 if fmt == "int8" else 2}[mode]
+        assert FQ.byte_tiles(q13, bk) == want_bytes and FQ.byte_tiles(dense, bk) == want_bytes
+        out[mode] = (fused_moe_quant(x, q13, q2, ids, w, config=cfg),
+                     skinny_gemm_quant(h, dense, config={"SPLIT": 2, "BLOCK_K": bk}))
+    for mode in ("strided", "registers"):
+        if fmt == "int8":
+            assert torch.equal(out[mode][0], out["words"][0]) and torch.equal(out[mode][1], out["words"][1])
+        for got, want in zip(out[mode], out["words"]):
+            assert ((got - want).abs().max() / want.abs().max()).item() <= 1e-5
+        check(out[mode][0], reference(x, q13, q2, ids, w), 2e-5)
+        check(out[mode][1], h.double().cpu() @ dense.dequantize().double().cpu().T, 2e-5)
     monkeypatch.setattr(FQ, "INT4_BYTE_TILES", True)
-    assert not FQ.byte_tiles(q13, 16) or fmt == "int8"              # int4 halves need dots of 16 inputs or more
+    assert FQ.byte_tiles(q13, 16) == (fmt == "int8")                 # int4 halves need dots of 16 inputs or more

@@ -42,8 +42,14 @@ def load_a(row_ptrs, row_mask, k0, K, BLOCK_K: tl.constexpr, BITS: tl.constexpr,
            BYTES: tl.constexpr):
     """The A operand of one K step: rows `row_ptrs` [BM] (pointers to their input 0), inputs k0 .. k0+BLOCK_K, zero
     past K and on masked rows -> (a, a_odd). int4 byte tiles (BYTES, minimoe's codes): the even inputs [BM, BK/2]
-    and the odd ones, to meet load_cols_halves' two tiles; otherwise [BM, BK] and the same tensor again."""
-    if BYTES and BITS == 4 and CODES == 0:
+    and the odd ones, to meet load_cols_halves' two tiles, either split in registers from one contiguous load
+    (BYTES 2: a reshape whose pairs sit in one thread) or loaded with a stride of two (BYTES 1: scalar loads);
+    otherwise [BM, BK] and the same tensor again."""
+    if BYTES == 2 and BITS == 4 and CODES == 0:
+        offs = k0 + tl.arange(0, BLOCK_K)
+        a = tl.load(row_ptrs[:, None] + offs[None, :], mask=row_mask[:, None] & (offs < K)[None, :], other=0.0)
+        a, a_odd = tl.split(tl.reshape(a, (a.shape[0], BLOCK_K // 2, 2)))
+    elif BYTES and BITS == 4 and CODES == 0:
         offs = k0 + 2 * tl.arange(0, BLOCK_K // 2)
         a = tl.load(row_ptrs[:, None] + offs[None, :], mask=row_mask[:, None] & (offs < K)[None, :], other=0.0)
         a_odd = tl.load(row_ptrs[:, None] + (offs + 1)[None, :], mask=row_mask[:, None] & (offs + 1 < K)[None, :],
@@ -198,14 +204,20 @@ USE_TUNED = True                    # False: the heuristic below only (scripts/s
 # (scripts/step_probe.py, graphed Mixtral int8 step at bs 16): 30.9 -> 14.1 ms with int8 bytes.
 INT8_BYTE_TILES = True
 INT4_BYTE_TILES = True
+INT4_A_SPLIT = "registers"          # int4 byte tiles' A halves: "registers" (one load, split) | "strided" (two loads)
 
 
-def byte_tiles(w, block_k: int) -> bool:
-    """Whether the tensor-core kernels load this stack's tiles as bytes for K steps of block_k inputs: minimoe's int8
-    codes under INT8_BYTE_TILES, its int4 codes under INT4_BYTE_TILES (block_k >= 32: two dots of at least 16)."""
+def byte_tiles(w, block_k: int) -> int:
+    """The kernels' BYTES constexpr for this stack and K steps of block_k inputs: 0 = words unpacked through a reshape;
+    1 / 2 = tiles loaded as bytes (minimoe's int8 codes under INT8_BYTE_TILES; its int4 codes under INT4_BYTE_TILES
+    with block_k >= 32, two dots of at least 16 inputs, and A's halves split in registers (2) or loaded strided (1))."""
     if w.codes != 0:
-        return False
-    return bool((w.bits == 8 and INT8_BYTE_TILES) or (w.bits == 4 and INT4_BYTE_TILES and block_k >= 32))
+        return 0
+    if w.bits == 8 and INT8_BYTE_TILES:
+        return 1
+    if w.bits == 4 and INT4_BYTE_TILES and block_k >= 32:
+        return 2 if INT4_A_SPLIT == "registers" else 1
+    return 0
 
 
 def tuned_config(w13, E: int, I: int, D: int, K: int, T: int) -> dict | None:
