@@ -200,8 +200,10 @@ USE_TUNED = True                    # False: the heuristic below only (scripts/s
 # Integer B tiles read as bytes instead of words unpacked through a reshape (a shared-memory round trip a tile on a
 # GPU): int8 (quant_tiles.load_cols BYTES) gives the same values in the [BK, BN] shape; int4 (load_cols_halves) splits
 # each byte into an even-input and an odd-input tile, multiplied by A's even and odd columns (two dots of BK/2).
-# The thirteenth session found the word path at 22-37% of its bytes whatever the tile; measured in the fourteenth
-# (scripts/step_probe.py, graphed Mixtral int8 step at bs 16): 30.9 -> 14.1 ms with int8 bytes.
+# The thirteenth session found the word path at 22-37% of its bytes whatever the tile. Measured in the fourteenth
+# (scripts/step_probe.py, graphed Mixtral-8x7B decode step, H200, docs/results/2026-12-01-s14 calls 1-3): int8 bs 16
+# 30.76 -> 13.77 ms, bs 64 35.29 -> 19.91; int4 with A split in registers bs 16 23.57 -> 17.16, bs 64 29.86 -> 21.42
+# (A loaded strided: 23.06 / 50.31, scalar loads of A cost more than the reshape they save).
 INT8_BYTE_TILES = True
 INT4_BYTE_TILES = True
 INT4_A_SPLIT = "registers"          # int4 byte tiles' A halves: "registers" (one load, split) | "strided" (two loads)
