@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
-# What the twelfth and thirteenth sessions left for the next nvidia-h200 call (~9 min):
-#  0. GPU tests of the thirteenth session's final code: tests/test_skinny_gemm.py (the review fixes: bias checks,
-#     int64 weight offsets) and the int8 byte tiles' identity test (compiled for sm90 on the CPU machine only);
-#  1. A/B of fused_moe_quant.INT8_BYTE_TILES (int8 tensor-core tiles loaded as bytes, no unpacking reshape; off by
-#     default): Mixtral int8 at bs 16 in the graphed step (the int8 path streamed 22-37% of its bytes);
+# What the twelfth to fourteenth sessions left for the next nvidia-h200 call (~9 min):
+#  0. GPU tests of the skinny GEMM and the byte tiles (run in the fourteenth session; kept as a guard);
+#  1. int4 tables re-tuned on the byte tiles (the committed int4 table was tuned on the word path), --write, then the
+#     int4 step at bs 16 / 64 (fourteenth session: 17.16 / 21.42 ms with the old table);
 #  2. issue 12's whole-model rows, bf16 in the same run: Mixtral bs 1 --quant int8 / int4 / fp8 (128 / 128) and OLMoE
 #     bs 64 --quant fp8 (1.37x in the thirteenth session, target 1.6x);
 #  3. the fp8 layer at M = 1 / 64 for the Qwen3-30B-A3B shape (targets <= 15 / <= 150 µs).
@@ -15,9 +14,9 @@ nvidia-smi --query-gpu=name,clocks.max.sm,clocks.max.mem,power.limit --format=cs
 PYTHONPATH=$PWD timeout 120 python3 -m pytest -q -p no:cacheprovider tests/test_skinny_gemm.py tests/test_quant_kernels.py \
   -k "skinny or byte or tuned" > $R/pytest_gpu.txt 2>&1
 echo "--- pytest rc $?"; tail -2 $R/pytest_gpu.txt
-PYTHONPATH=$PWD timeout 120 python3 scripts/step_probe.py --quant int8 --models mixtral --batches 16 --variant words \
-  --variant bytes:minimoe.kernels.fused_moe_quant.INT8_BYTE_TILES=True --json $R/step_int8_bytes.json > $R/step_int8_bytes.txt 2>&1
-echo "--- byte tiles rc $?"; grep -v "^#" $R/step_int8_bytes.txt | tail -3
+PYTHONPATH=$PWD timeout 170 python3 scripts/tune_fused_moe_quant.py --formats int4 --presets mixtral --buckets 8 16 32 64 \
+  --workers 12 --write --out $R/tune > $R/tune.txt 2>&1
+echo "--- int4 tune rc $?"; grep -E "^# (best|[0-9]+ rows)" $R/tune.txt | cut -c1-150
 W="--fused --warmup 1 --iters 3 --input-len 128 --output-len 128"
 PYTHONPATH=$PWD timeout 90 python3 bench.py --model mixtral $W --bs 1 --json $R/mixtral_bf16.json > $R/mixtral_bf16.txt 2>&1
 python3 -c "import json;c=json.load(open('$R/mixtral_bf16.json'))['ceilings'];c.pop('source');json.dump(c,open('$R/ceil.json','w'))"
