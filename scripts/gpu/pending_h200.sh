@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # What the twelfth to fourteenth sessions left for the next nvidia-h200 call (~9 min):
 #  0. GPU tests of the skinny GEMM and the byte tiles (run in the fourteenth session; kept as a guard);
-#  1. int4 tables re-tuned on the byte tiles (the committed int4 table was tuned on the word path), --write, then the
-#     int4 step at bs 16 / 64 (fourteenth session: 17.16 / 21.42 ms with the old table);
+#  1. (done in the fourteenth session's call 6; kept as a re-check) int4 tables re-tuned on the byte tiles;
 #  2. issue 12's whole-model rows, bf16 in the same run: Mixtral bs 1 --quant int8 / int4 / fp8 (128 / 128) and OLMoE
 #     bs 64 --quant fp8 (1.37x in the thirteenth session, target 1.6x);
 #  3. the fp8 layer at M = 1 / 64 for the Qwen3-30B-A3B shape (targets <= 15 / <= 150 µs).
