@@ -25,6 +25,19 @@ def _tokens(model, prompts, steps, graphs):
     return gen.generate(prompts, steps)
 
 
+def _moe_reference(x, w13, w2, weights, ids):
+    """Σ_k weights[t, k] · expert(ids[t, k])(x[t]) in fp32, a token and slot at a time: x [T, D], w13 [E, 2I, D] and
+    w2 [E, D, I] dequantized."""
+    I = w2.shape[2]
+    ref = torch.zeros(x.shape, device=x.device)
+    for t in range(x.shape[0]):
+        for k in range(ids.shape[1]):
+            e = int(ids[t, k])
+            hu = w13[e] @ x[t].float()
+            ref[t] += weights[t, k] * (w2[e] @ (torch.nn.functional.silu(hu[:I]) * hu[I:]))
+    return ref
+
+
 @pytest.mark.parametrize("card", ["olmoe-tiny", "deepseek-v3-tiny"])
 @pytest.mark.parametrize("fmt", ["int4", "fp8", "nf4"])
 def test_quantized_graphed_decode_equals_eager(card, fmt):
@@ -75,12 +88,7 @@ def test_pair_ptx_equals_dequantize_then_matmul(fmt, scale):
     for T in (1, 2):
         x = (torch.randn(T, D, device="cuda", generator=gen) * scale).bfloat16()
         w, ids = torch.randn(T, E, device="cuda", generator=gen).softmax(-1).topk(K, dim=-1)
-        ref = torch.zeros(T, D, device="cuda")
-        for t in range(T):
-            for k in range(K):
-                e = int(ids[t, k])
-                hu = w13[e] @ x[t].float()
-                ref[t] += w[t, k] * (w2[e] @ (torch.nn.functional.silu(hu[:I]) * hu[I:]))
+        ref = _moe_reference(x, w13, w2, w, ids)
         for cfg in ({"variant": "pair"}, {"variant": "pair", "pair": {"x_packed": True}}):
             got = fused_moe_quant(x, q.w13, q.w2, ids, w, config=cfg)
             assert torch.isfinite(got).all()
@@ -130,12 +138,7 @@ def test_byte_tiles_equal_dequantize_then_matmul(fmt, T, monkeypatch):
     w13, w2 = q.w13.dequantize().float(), q.w2.dequantize().float()
     x = torch.randn(T, D, device="cuda", generator=gen).bfloat16()
     w, ids = torch.randn(T, E, device="cuda", generator=gen).softmax(-1).topk(K, dim=-1)
-    ref = torch.zeros(T, D, device="cuda")
-    for t in range(T):
-        for k in range(K):
-            e = int(ids[t, k])
-            hu = w13[e] @ x[t].float()
-            ref[t] += w[t, k] * (w2[e] @ (torch.nn.functional.silu(hu[:I]) * hu[I:]))
+    ref = _moe_reference(x, w13, w2, w, ids)
     ref_lin = x.float() @ lin.dequantize().float().reshape(-1, D).T
     out = {}
     for mode in ("words", "strided", "registers"):
