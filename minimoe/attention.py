@@ -110,7 +110,7 @@ class Attention(nn.Module):
         cfg = self.cfg
         B, S, _ = x.shape
         H, Hkv, d = self.n_heads, self.n_kv_heads, cfg.head_dim
-        if rope_fusion.fits(self, x):             # --fuse-rope: one launch at batch 1
+        if rope_fusion.fits(self, x, cache):             # --fuse-rope: one launch at batch 1
             q = rope_fusion.run(self, x, step, cache, rot)
         else:
             qkv = self.wqkv(x)                                               # [B, S, (H + 2Hkv) d]

@@ -7,7 +7,7 @@ An attention sublayer at decode starts with
 
 and the second launch only rotates a few kilobytes. kernels/qkv_gemv_rope.py gives each GEMV program whole channel
 pairs of one head, so the rotation and the cache write are its epilogue: one launch instead of two, the same bytes,
-the same bits (the unfused path's roundings, tests/test_qkv_gemv_rope.py).
+the same bits (the unfused path's roundings and, at head dims of 16+, dense_gemv's tile; tests/test_qkv_gemv_rope.py).
 
 Where it applies (`fits`): `--fuse-rope on` (settings.py resolves `auto` to on with `--ops triton` and a `--gemv` that
 runs the stream GEMV at one token, auto or stream, and refuses `on` without them), a one-token step (MAX_T), an attention layer with no q/k norm and
@@ -30,8 +30,9 @@ CONFIG: dict | None = None   # the fused GEMV's tile over dense_gemv.dense_confi
 MAX_T = 1      # tokens a step: the stream GEMV's batch-1 regime (linear.auto_gemv sends 2 tokens to cuBLAS at these widths)
 
 
-def fits(attn, x: torch.Tensor) -> bool:
-    """Whether `run` applies to attention module `attn` (attention.Attention) for x [B, S, D]."""
+def fits(attn, x: torch.Tensor, cache) -> bool:
+    """Whether `run` applies to attention module `attn` (attention.Attention) for x [B, S, D] (one token) and `cache`
+    (kv_cache.KVCache, in x's dtype)."""
     s = attn.settings
     if s is None or s.fuse_rope != "on" or _kernel is None:
         return False
@@ -44,7 +45,9 @@ def fits(attn, x: torch.Tensor) -> bool:
         return False
     if b is not None and (b.dtype != x.dtype or not b.is_contiguous()):
         return False
-    if lin._forward_hooks or lin._forward_pre_hooks or not x.is_contiguous():
+    if lin._forward_hooks or lin._forward_pre_hooks or x.stride(-1) != 1:
+        return False
+    if cache.k[attn.layer].dtype != x.dtype or cache.v[attn.layer].dtype != x.dtype:
         return False
     return _kernel.pair_block(attn.cfg.head_dim, 2) > 0
 

@@ -100,7 +100,7 @@ class RunSettings:
             raise ValueError("--fuse-shared on runs the shared experts inside the fused decode kernels: it needs "
                              f"--experts fused, --quant none and no --ep / --tp plan (got --experts {s.experts}, "
                              f"--quant {s.quant}, --ep {s.ep}, --tp {s.tp})")
-        rope_ok = s.ops == "triton" and s.gemv in ("auto", "stream")
+        rope_ok = s.ops == "triton" and self.gemv in ("auto", "stream")   # as typed: auto is torch on a CPU
         if s.fuse_rope == "auto":
             s.fuse_rope = "on" if rope_ok else "off"
         if s.fuse_rope == "on" and not rope_ok:

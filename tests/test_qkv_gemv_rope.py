@@ -99,6 +99,8 @@ def test_kernel_refuses_bad_input():
         qkv_gemv_rope(x, w, pos, cos.double(), sin, kc, vc, 4, 2, 16)
     with pytest.raises(ValueError, match="k_cache"):
         qkv_gemv_rope(x, w, pos, cos, sin, kc[:, :, :1], vc, 4, 2, 16)
+    with pytest.raises(ValueError, match="v_cache .* in x's dtype"):
+        qkv_gemv_rope(x, w, pos, cos, sin, kc, vc.half(), 4, 2, 16)
     xo, wo, _, po, co, so, (ko, vo) = make(1, 1, 64, 2, 1, 14, False, torch.float32)
     assert pair_block(14, 16) == 2                                   # 14 = 2 x 7: pairs of 2 rows still fit
     qkv_gemv_rope(xo, wo, po, co, so, ko, vo, 2, 1, 14)
@@ -130,30 +132,36 @@ def test_model_fused_rope_equals_apart(card, monkeypatch):
 
 
 def test_fits_only_where_it_can_run():
+    from minimoe.kv_cache import KVCache
     s = RunSettings(device=DEVICE, ops="triton", gemv="stream").resolve()
     assert s.fuse_rope == "on"
     model, cfg, _ = build_model("mixtral-tiny", "dummy", dtype=torch.float32, device=DEVICE, settings=s, seed=1)
+    cache = KVCache(cfg, 1, 8, torch.float32, DEVICE)
     attn = model.layers[0].attn
     x = torch.randn(1, 1, cfg.hidden_size, device=DEVICE)
-    assert rope_fusion.fits(attn, x)
-    assert not rope_fusion.fits(attn, torch.randn(2, 1, cfg.hidden_size, device=DEVICE))      # batch 2
-    assert not rope_fusion.fits(attn, torch.randn(1, 2, cfg.hidden_size, device=DEVICE))      # a chunk
-    assert not rope_fusion.fits(attn, x.half())
+    assert rope_fusion.fits(attn, x, cache)
+    assert rope_fusion.fits(attn, torch.randn(3, 5, cfg.hidden_size, device=DEVICE)[1:2, -1:], cache)  # a strided row
+    assert not rope_fusion.fits(attn, torch.randn(2, 1, cfg.hidden_size, device=DEVICE), cache)      # batch 2
+    assert not rope_fusion.fits(attn, torch.randn(1, 2, cfg.hidden_size, device=DEVICE), cache)      # a chunk
+    assert not rope_fusion.fits(attn, x.half(), cache)
+    assert not rope_fusion.fits(attn, x, KVCache(cfg, 1, 8, torch.float16, DEVICE))                   # another cache dtype
     hook = attn.wqkv.register_forward_hook(lambda *a: None)    # a TP plan's q/k norm, calibration
-    assert not rope_fusion.fits(attn, x)
+    assert not rope_fusion.fits(attn, x, cache)
     hook.remove()
     s.fuse_rope = "off"
-    assert not rope_fusion.fits(attn, x)
+    assert not rope_fusion.fits(attn, x, cache)
     s.fuse_rope = "on"
     for card in ("olmoe-tiny", "qwen3-moe-tiny"):              # q/k norms: whole projection / whole head
         m, c, _ = build_model(card, "dummy", dtype=torch.float32, device=DEVICE, settings=s, seed=1)
-        assert not rope_fusion.fits(m.layers[0].attn, torch.randn(1, 1, c.hidden_size, device=DEVICE))
+        assert not rope_fusion.fits(m.layers[0].attn, torch.randn(1, 1, c.hidden_size, device=DEVICE),
+                                    KVCache(c, 1, 8, torch.float32, DEVICE))
 
 
 def test_settings_resolution():
     assert RunSettings(device="cpu", ops="triton", gemv="stream").resolve().fuse_rope == "on"
     assert RunSettings(device="cpu", ops="triton", gemv="torch").resolve().fuse_rope == "off"
     assert RunSettings(device="cpu").resolve().fuse_rope == "off"              # the CPU defaults: torch ops
+    assert RunSettings(device="cpu", ops="triton", fuse_rope="on").resolve().fuse_rope == "on"   # --gemv auto as typed
     for bad in (dict(ops="torch", gemv="stream"), dict(ops="triton", gemv="torch"), dict(ops="triton", gemv="skinny")):
         with pytest.raises(ValueError, match="--fuse-rope on .*got --ops"):
             RunSettings(device="cpu", fuse_rope="on", **bad).resolve()

@@ -17,7 +17,8 @@ Each row is still a contiguous stream along D read with 16-byte loads, exactly a
 rows a program owns changes. The fp32 accumulator (+ bias) is rounded to the activation dtype, as the GEMV's output
 is, split into (x1, x2), rotated in fp32 and rounded once; q goes to q [B, S, H, d], k and v to the cache at the
 token's position. The roundings and products are those of the unfused path (dense_gemv, then rope.py with its
-multiply-adds unfused: here `_mul_rn`), so the two paths give the same bits (tests/test_qkv_gemv_rope.py).
+multiply-adds unfused: here `_mul_rn`), so the two paths give the same bits when the fused tile has dense_gemv's
+shape, as at the engine's head dims (tests/test_qkv_gemv_rope.py; another tile sums each row in another order).
 
 Where it applies (rope_fusion.py): no q/k norm (a "full" norm needs all heads, a "head" norm a whole head per
 program), no clip, a plain weight; Mixtral, Qwen1.5/2-MoE. Peers: TensorRT-LLM and vLLM fuse rope into the
@@ -105,8 +106,9 @@ def _qkv_gemv_rope_kernel(x_ptr, w_ptr, bias_ptr, pos_ptr, cos_ptr, sin_ptr, q_p
 
 
 def pair_block(head_dim: int, block_n: int) -> int:
-    """The GEMV tile's BLOCK_N as this kernel can use it: an even count of rows that divides the head dim (the
-    largest power of two <= block_n that divides head_dim), or 0 where none does (an odd head dim)."""
+    """The GEMV tile's BLOCK_N as this kernel can use it: an even count of rows that divides the head dim (block_n
+    rounded up to a power of two, capped at the largest power of two dividing head_dim), or 0 where none does (an
+    odd head dim)."""
     low = head_dim & -head_dim                   # largest power of two dividing head_dim
     bn = min(triton.next_power_of_2(block_n), low)
     return bn if bn >= 2 else 0
@@ -117,8 +119,9 @@ def qkv_gemv_rope(x: torch.Tensor, weight: torch.Tensor, positions: torch.Tensor
                   head_dim: int, *, bias: torch.Tensor | None = None, interleave: bool = False,
                   config: dict | None = None, pdl: bool = False) -> torch.Tensor:
     """q [B, S, H, d] (rotated) from x [B, S, D] @ W[(H + 2·Hkv)·d, D]ᵀ (+ bias), with k (rotated) and v written into
-    k_cache / v_cache [B, S_max, Hkv, d] at `positions` [B, S] (int64, on the device): `Linear` then
-    `rope.qkv_rope_cache` with no q/k norm and no clip, in one launch. cos, sin [P, d/2] float32 (unit last stride).
+    k_cache / v_cache [B, S_max, Hkv, d] (x's dtype) at `positions` [B, S] (int32 or int64, on x's device): `Linear`
+    then `rope.qkv_rope_cache` with no q/k norm and no clip, in one launch; the same bits where the tile's rows are
+    dense_gemv's (its BLOCK_N divides the head dim). cos, sin [P, d/2] float32 (unit last stride).
     config: dense_gemv's keys (BLOCK_N, BLOCK_K, num_warps, num_stages) over `dense_config(N, D)`; BLOCK_N is cut to
     `pair_block`. Raises ValueError for shapes, dtypes, devices or strides that do not fit (x and W the same dtype,
     both with unit last strides, W contiguous, a bias [N] in that dtype, caches with unit stride on d, an even head
@@ -129,18 +132,20 @@ def qkv_gemv_rope(x: torch.Tensor, weight: torch.Tensor, positions: torch.Tensor
     problems = []
     if weight.shape != (N, D) or weight.dtype != x.dtype or not weight.is_contiguous() or weight.device != x.device:
         problems.append(f"W {tuple(weight.shape)} {weight.dtype} is not a contiguous [{N}, {D}] in x's dtype {x.dtype}")
-    if x.stride(-1) != 1 or x.stride(0) != S * x.stride(1):
+    if x.stride(-1) != 1 or (B * S > 1 and x.stride(0) != S * x.stride(1)):
         problems.append("x needs unit last stride and [B, S] rows that flatten")
     if bias is not None and (bias.shape != (N,) or bias.dtype != x.dtype or not bias.is_contiguous()):
         problems.append(f"bias {tuple(bias.shape)} {bias.dtype} is not a contiguous [{N}] in x's dtype")
-    if positions.shape != (B, S) or positions.dtype not in (torch.int32, torch.int64):
-        problems.append(f"positions {tuple(positions.shape)} {positions.dtype} is not an integer [{B}, {S}]")
+    if positions.shape != (B, S) or positions.dtype not in (torch.int32, torch.int64) or positions.device != x.device:
+        problems.append(f"positions {tuple(positions.shape)} {positions.dtype} is not an integer [{B}, {S}] on x's device")
     if cos.shape[-1] != d // 2 or sin.shape[-1] != d // 2 or cos.dtype != torch.float32 or sin.dtype != torch.float32 \
-            or cos.stride(-1) != 1 or sin.stride(-1) != 1:
-        problems.append(f"cos / sin must be float32 [P, {d // 2}] with unit last stride")
+            or cos.stride(-1) != 1 or sin.stride(-1) != 1 or cos.device != x.device or sin.device != x.device:
+        problems.append(f"cos / sin must be float32 [P, {d // 2}] with unit last stride, on x's device")
     for name, c in (("k_cache", k_cache), ("v_cache", v_cache)):
-        if c.shape[0] != B or tuple(c.shape[2:]) != (Hkv, d) or c.stride(-1) != 1 or c.device != x.device:
-            problems.append(f"{name} {tuple(c.shape)} is not [{B}, S_max, {Hkv}, {d}] with unit stride on d")
+        if c.shape[0] != B or tuple(c.shape[2:]) != (Hkv, d) or c.stride(-1) != 1 or c.device != x.device \
+                or c.dtype != x.dtype:
+            problems.append(f"{name} {tuple(c.shape)} {c.dtype} is not [{B}, S_max, {Hkv}, {d}] in x's dtype with unit "
+                            "stride on d")
     base = dense_config(N, D)
     cfg = {k: (config or {}).get(k, base[k]) for k in base}
     block_n = pair_block(d, cfg["BLOCK_N"])
