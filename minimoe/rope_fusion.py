@@ -10,7 +10,8 @@ pairs of one head, so the rotation and the cache write are its epilogue: one lau
 the same bits (the unfused path's roundings and, at head dims of 16+, dense_gemv's tile; tests/test_qkv_gemv_rope.py).
 
 Where it applies (`fits`): `--fuse-rope on` (settings.py resolves `auto` to on with `--ops triton` and a `--gemv` that
-runs the stream GEMV at one token, auto or stream, and refuses `on` without them), a one-token step (MAX_T), an attention layer with no q/k norm and
+runs the stream GEMV at one token, auto or stream, on a GPU; `on` asked for needs `--ops triton` and then replaces the
+q/k/v GEMV at one token whatever `--gemv` says), a one-token step (MAX_T), an attention layer with no q/k norm and
 no clip (Mixtral, Qwen1.5/2-MoE; OLMoE's and Qwen3's q/k norms need all heads or whole heads), a plain weight in x's
 dtype (not quantized, contiguous), nothing hooked on the q/k/v projection (a tensor-parallel plan's q/k norm,
 calibration), and a head dim with channel pairs a tile can own. Everything else runs the two launches, as before.

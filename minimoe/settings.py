@@ -44,7 +44,8 @@ class RunSettings:
     fuse_shared: str = "auto"       # shared experts inside the routed experts' decode kernels (shared_fusion.py):
                                     # on | off; auto = on for --experts fused, unquantized, no EP / TP plan
     fuse_rope: str = "auto"         # rotary embedding + KV-cache write inside the q/k/v GEMV at batch 1 (rope_fusion.py):
-                                    # on | off; auto = on with --ops triton and --gemv auto | stream
+                                    # on (needs --ops triton; its own GEMV whatever --gemv says) | off;
+                                    # auto = on with --ops triton and --gemv auto | stream (resolved: a GPU)
     eager: bool = False             # no CUDA graph of the decode step (graphs need a GPU and a sync-free path)
     eager_prefill: bool = False     # no CUDA graph of the prefill
     router: str | None = None       # override the card's router (synthetic ones for ablations)
@@ -100,12 +101,11 @@ class RunSettings:
             raise ValueError("--fuse-shared on runs the shared experts inside the fused decode kernels: it needs "
                              f"--experts fused, --quant none and no --ep / --tp plan (got --experts {s.experts}, "
                              f"--quant {s.quant}, --ep {s.ep}, --tp {s.tp})")
-        rope_ok = s.ops == "triton" and self.gemv in ("auto", "stream")   # as typed: auto is torch on a CPU
-        if s.fuse_rope == "auto":
-            s.fuse_rope = "on" if rope_ok else "off"
-        if s.fuse_rope == "on" and not rope_ok:
-            raise ValueError("--fuse-rope on runs rope and the cache write in the q/k/v stream GEMV's Triton kernel: it "
-                             f"needs --ops triton and --gemv auto or stream (got --ops {s.ops}, --gemv {s.gemv})")
+        if s.fuse_rope == "auto":        # where the stream GEMV runs the q/k/v projection at one token (a GPU)
+            s.fuse_rope = "on" if s.ops == "triton" and s.gemv in ("auto", "stream") else "off"
+        if s.fuse_rope == "on" and s.ops != "triton":
+            raise ValueError("--fuse-rope on runs rope and the cache write in the q/k/v GEMV's Triton kernel: it needs "
+                             f"--ops triton (got --ops {s.ops})")
         if s.allreduce == "auto":                            # symm measured faster at every batch (parallelism.md)
             s.allreduce = "symm" if _symm_fits(s, gpu) else "nccl"
         if s.dispatch != "allgather" and s.ep == 1:        # the default design is the only one taken silently
@@ -234,8 +234,9 @@ SETTINGS_FLAGS = {
                                                "small+shared) | off; auto: on where it can run")),
     "fuse_rope": ("--fuse-rope", dict(help="rotary embedding and the KV-cache write in the epilogue of the q/k/v "
                                            "GEMV at batch 1 (rope_fusion.py; layers without a q/k norm: Mixtral, "
-                                           "Qwen1.5/2-MoE; --profile notes qkv+rope): on (needs --ops triton and "
-                                           "--gemv auto | stream) | off; auto: on where it can run")),
+                                           "Qwen1.5/2-MoE; --profile notes qkv+rope): on (needs --ops triton; the "
+                                           "fused kernel is the q/k/v GEMV at one token whatever --gemv says) | off; "
+                                           "auto: on with --ops triton and --gemv auto | stream (on a GPU)")),
     "eager": ("--eager", dict(action="store_true", help="no CUDA graph of the decode step")),
     "eager_prefill": ("--eager-prefill", dict(action="store_true", help="no CUDA graph of the prefill")),
     "router": ("--router", dict(help="override the card's router (uniform, balanced, zipf for ablations)")),

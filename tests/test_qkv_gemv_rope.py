@@ -160,10 +160,13 @@ def test_fits_only_where_it_can_run():
 def test_settings_resolution():
     assert RunSettings(device="cpu", ops="triton", gemv="stream").resolve().fuse_rope == "on"
     assert RunSettings(device="cpu", ops="triton", gemv="torch").resolve().fuse_rope == "off"
-    assert RunSettings(device="cpu").resolve().fuse_rope == "off"              # the CPU defaults: torch ops
-    assert RunSettings(device="cpu", ops="triton", fuse_rope="on").resolve().fuse_rope == "on"   # --gemv auto as typed
-    for bad in (dict(ops="torch", gemv="stream"), dict(ops="triton", gemv="torch"), dict(ops="triton", gemv="skinny")):
-        with pytest.raises(ValueError, match="--fuse-rope on .*got --ops"):
+    assert RunSettings(device="cpu", ops="triton").resolve().fuse_rope == "off"     # --gemv auto is torch on a CPU
+    assert RunSettings(device="cpu").resolve().fuse_rope == "off"                   # the CPU defaults: torch ops
+    on = RunSettings(device="cpu", ops="triton", fuse_rope="on").resolve()           # asked for: its own GEMV
+    assert on.fuse_rope == "on" and on.gemv == "torch"
+    assert on.resolve() == on                                                        # resolving is idempotent
+    for bad in (dict(ops="torch", gemv="stream"), dict(ops="torch")):
+        with pytest.raises(ValueError, match="--fuse-rope on .*got --ops torch"):
             RunSettings(device="cpu", fuse_rope="on", **bad).resolve()
     with pytest.raises(ValueError, match="--fuse-rope yes"):
         RunSettings(fuse_rope="yes").resolve()
