@@ -105,11 +105,14 @@ def record(shapes: list[str], formats: list[str] | None, out: str, sweep: bool =
                 for T in (8, 32, 64):
                     skinny_gemm.skinny_gemm_quant(torch.zeros(T, D, dtype=torch.bfloat16), dense)
             flag = {"int8": "INT8_BYTE_TILES", "int4": "INT4_BYTE_TILES", "int4-zero": "INT4_BYTE_TILES"}.get(fmt)
-            if flag:          # the integer tiles' other loads (the default, bytes, is recorded above): words, int4 strided A
-                saved = getattr(fused_moe_quant, flag), fused_moe_quant.INT4_A_SPLIT
-                for on, split in ((False, "registers"), (True, "strided")):
+            if flag:          # the integer tiles' other loads (the default is recorded above): words, int4 strided A,
+                saved = getattr(fused_moe_quant, flag), fused_moe_quant.INT4_A_SPLIT, fused_moe_quant.BIASED_TILES
+                for on, split, biased in ((False, "registers", "off"), (True, "strided", "off"),   # plain bytes, and
+                                          (True, "registers", "off"), (True, "registers", "ops"),  # biased operands
+                                          (True, "registers", "asm")):
                     setattr(fused_moe_quant, flag, on)
                     fused_moe_quant.INT4_A_SPLIT = split
+                    fused_moe_quant.BIASED_TILES = biased
                     for T in (16, 64):
                         cfg = dict(fused_moe_quant.quant_config(w13, w2, E_real, I, D, K, T), variant="aligned")
                         fused_moe_quant.fused_moe_quant(torch.zeros(T, D, dtype=torch.bfloat16), w13, w2,
@@ -117,7 +120,7 @@ def record(shapes: list[str], formats: list[str] | None, out: str, sweep: bool =
                                                         config=cfg)
                         skinny_gemm.skinny_gemm_quant(torch.zeros(T, D, dtype=torch.bfloat16), dense)
                 setattr(fused_moe_quant, flag, saved[0])
-                fused_moe_quant.INT4_A_SPLIT = saved[1]
+                fused_moe_quant.INT4_A_SPLIT, fused_moe_quant.BIASED_TILES = saved[1], saved[2]
         for gate_dtype in (torch.bfloat16, torch.float32):              # router gates (linear.router_logits' tiles)
             for T in (8, 64):
                 skinny_gemm.skinny_gemm(torch.zeros(T, D, dtype=torch.bfloat16), torch.zeros(64, D, dtype=gate_dtype),

@@ -118,9 +118,10 @@ def test_int4_checkpoint_on_the_gpu_matches_its_dequantized_weights(method, tmp_
 @pytest.mark.parametrize("fmt", ["int8", "int4", "int4-zero"])
 @pytest.mark.parametrize("T", [16, 64])
 def test_byte_tiles_equal_dequantize_then_matmul(fmt, T, monkeypatch):
-    """The integer tensor-core tiles read as bytes (INT8_BYTE_TILES / INT4_BYTE_TILES) at bf16 on a mid-size shape
-    with the configs the engine picks (the aligned MoE and the skinny dense GEMM): within bf16 rounding of the fp32
-    oracle, and of the word path."""
+    """The integer tensor-core tiles read as bytes (INT8_BYTE_TILES / INT4_BYTE_TILES), plain or made biased bf16
+    operands (BIASED_TILES "ops" and the PTX "asm", whose pairs must land where tl.dot expects them) at bf16 on a
+    mid-size shape with the configs the engine picks (the aligned MoE and the skinny dense GEMM): within bf16 rounding
+    of the fp32 oracle, and of the word path."""
     from minimoe.experts import Experts
     from minimoe.kernels import fused_moe_quant as FQ
     from minimoe.kernels.skinny_gemm import skinny_gemm_quant
@@ -141,9 +142,10 @@ def test_byte_tiles_equal_dequantize_then_matmul(fmt, T, monkeypatch):
     ref = _moe_reference(x, w13, w2, w, ids)
     ref_lin = x.float() @ lin.dequantize().float().reshape(-1, D).T
     out = {}
-    for mode in ("words", "strided", "registers"):
+    for mode in ("words", "strided", "registers", "registers+ops", "registers+asm"):
         monkeypatch.setattr(FQ, "INT8_BYTE_TILES" if fmt == "int8" else "INT4_BYTE_TILES", mode != "words")
-        monkeypatch.setattr(FQ, "INT4_A_SPLIT", mode)
+        monkeypatch.setattr(FQ, "INT4_A_SPLIT", mode.split("+")[0])
+        monkeypatch.setattr(FQ, "BIASED_TILES", mode.split("+")[1] if "+" in mode else "off")
         out[mode] = (FQ.fused_moe_quant(x, q.w13, q.w2, ids, w, config={"variant": "aligned"}).float(),
                      skinny_gemm_quant(x, lin).float())
     for mode, got_pair in out.items():

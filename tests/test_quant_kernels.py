@@ -219,6 +219,7 @@ def test_byte_tiles_read_the_same_codes(fmt, T, monkeypatch):
     cfg = {"variant": "aligned", "BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": bk, "GROUP_M": 1, "num_warps": 4,
            "num_stages": 1}
     flag = "INT8_BYTE_TILES" if fmt == "int8" else "INT4_BYTE_TILES"
+    monkeypatch.setattr(FQ, "BIASED_TILES", "off")               # the biased operands: the next test
     out = {}
     for mode in ("words", "strided", "registers"):
         monkeypatch.setattr(FQ, flag, mode != "words")
@@ -236,3 +237,91 @@ def test_byte_tiles_read_the_same_codes(fmt, T, monkeypatch):
         check(out[mode][1], h.double().cpu() @ dense.dequantize().double().cpu().T, 2e-5)
     monkeypatch.setattr(FQ, "INT4_BYTE_TILES", True)
     assert FQ.byte_tiles(q13, 16) == (fmt == "int8")                 # int4 halves need dots of 16 inputs or more
+
+
+@pytest.mark.parametrize("fmt", ["int8", "int4", "int4-zero", "int4-g128"])
+@pytest.mark.parametrize("T", [3, 40])
+def test_biased_tiles_equal_the_plain_byte_tiles(fmt, T, monkeypatch):
+    """BIASED_TILES (integer bytes OR'd into the mantissa of a magic 16-bit float, the bias and zero point taken off
+    the fp32 product as (BIAS + z) x the sum of A's row): with fp16 activations the aligned MoE and the skinny dense
+    GEMM agree with the plain byte tiles to fp16 rounding and with the float64 oracle as closely; with fp32
+    activations the kernels keep the exact 2^23 path (same bits). On a GPU the PTX ("asm") is checked as well."""
+    from minimoe.kernels import fused_moe_quant as FQ
+    from minimoe.kernels.skinny_gemm import skinny_gemm_quant
+    gen = torch.Generator().manual_seed(100 + T)
+    q13, q2 = make(fmt, 6, gen, d=96, i=72)
+    ids, w = routing(T, 2, 6, gen)
+    dense = FORMATS[fmt](torch.randn(40, 72, generator=gen).to(DEVICE))
+    dense.__class__ = Q.QuantWeight
+    x32 = torch.randn(T, 96, generator=gen).to(DEVICE)
+    h32 = torch.randn(min(T, 64), 72, generator=gen).to(DEVICE)
+    bk = q13.group or 32
+    cfg = {"variant": "aligned", "BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": bk, "GROUP_M": 1, "num_warps": 4,
+           "num_stages": 1}
+    modes = ("off", "ops") + (("asm",) if DEVICE == "cuda" else ())
+    for dtype in (torch.float16, torch.float32):
+        x, h = x32.to(dtype), h32.to(dtype)
+        out = {}
+        for mode in modes:
+            monkeypatch.setattr(FQ, "BIASED_TILES", mode)
+            assert FQ.byte_tiles(q13, bk) == {"off": 1 if fmt == "int8" else 2, "ops": 3, "asm": 4}[mode]
+            out[mode] = (fused_moe_quant(x, q13, q2, ids, w, config=cfg),
+                         skinny_gemm_quant(h, dense, config={"SPLIT": 2, "BLOCK_K": bk}))
+        ref = (reference(x, q13, q2, ids, w), h.double().cpu() @ dense.dequantize().double().cpu().T)
+        for mode in modes[1:]:
+            for got, want, oracle in zip(out[mode], out["off"], ref):
+                if dtype == torch.float32:
+                    assert torch.equal(got, want), mode
+                else:
+                    assert ((got - want).abs().max() / want.abs().max()).item() <= 2e-3, mode
+                    check(got, oracle, 2e-3)
+
+
+def test_biased_magic_floats_and_their_ptx_model():
+    """The magic floats of quant_tiles.biased_tiles hold every code exactly (bf16 128 + nibble, 2048 + 16 x nibble;
+    fp16 1024 + byte, 1024 + nibble), and a bit-level model of its PTX (prmt.b32 byte selectors, lop3 0xEA = (a & b)
+    | c, shr.u32) gives those bits for every byte in every lane, in the order the tiles' elements come."""
+    from minimoe.kernels import quant_tiles as QT
+    u = torch.arange(256, dtype=torch.int32)
+    as_float = lambda bits, dt: bits.to(torch.int16).view(dt).double()                      # noqa: E731
+    assert torch.equal(as_float((u & 15) | 0x4300, torch.bfloat16), 128.0 + (u & 15))
+    assert torch.equal(as_float((u >> 4) | 0x4500, torch.bfloat16), 2048.0 + 16 * (u >> 4))
+    assert torch.equal(as_float(u | 0x6400, torch.float16), 1024.0 + u)
+    assert torch.equal(as_float((u >> 4) | 0x6400, torch.float16), 1024.0 + (u >> 4))
+
+    def run(asm: str, reg: int) -> list[int]:                      # outputs $0.. of one asm instance, as 32-bit ints
+        regs = {"$4": reg, "$2": reg}
+        outs = {}
+        for line in asm.replace("{", "").replace("}", "").split(";"):
+            parts = line.replace(",", " ").split()
+            if not parts or parts[0] == ".reg":
+                continue
+            op, dst, *src = parts
+            val = [regs[a] if a in regs else int(a, 0) for a in src]
+            if op == "prmt.b32":
+                pool = val[0].to_bytes(4, "little") + val[1].to_bytes(4, "little")
+                res = bytes(pool[(val[2] >> (4 * i)) & 7] for i in range(4))
+                out = int.from_bytes(res, "little")
+            elif op == "lop3.b32":
+                assert val[3] == 0xEA
+                out = (val[0] & val[1]) | val[2]
+            elif op == "shr.u32":
+                out = val[0] >> val[1]
+            else:
+                raise AssertionError(op)
+            regs[dst] = out
+            if dst.startswith("$"):
+                outs[dst] = out
+        return [outs[k] for k in sorted(outs)]
+
+    gen = torch.Generator().manual_seed(0)
+    for word in torch.randint(0, 2 ** 32, (64,), generator=gen, dtype=torch.int64).tolist() + [0, 2 ** 32 - 1]:
+        b = list(word.to_bytes(4, "little"))                     # elements 0..3 of the pack, byte i = element i
+        halves = lambda regs: [(r >> (16 * j)) & 0xFFFF for r in regs for j in (0, 1)]     # noqa: E731
+        for asm, lo_magic, hi_magic in ((QT._NIBBLES_BF16.value, 0x4300, 0x4300),
+                                        (QT._NIBBLES_FP16.value, 0x6400, 0x6400),
+                                        (QT._BYTE_NIBBLES_BF16.value, 0x4300, 0x4500)):
+            out = run(asm, word)
+            assert halves(out[:2]) == [lo_magic | (v & 15) for v in b]
+            assert halves(out[2:]) == [hi_magic | (v >> 4) for v in b]
+        assert halves(run(QT._BYTES_FP16.value, word)) == [0x6400 | v for v in b]

@@ -34,7 +34,7 @@ from .moe_align import align_tokens_by_expert
 from .moe_configs import (CONFIG_DIR, config_file_name, default_config, interpreter_config, load_tuned,
                           nearest_bucket, on_gpu, pipeline_stages)
 from .pdl import launch_args, wait_then_release
-from .quant_tiles import layout_args, load_cols, load_cols_halves, pointer_args, quant_rows_fp8, stride_args
+from .quant_tiles import biased_tiles, layout_args, load_col_bytes, load_cols, load_cols_halves, pointer_args, quant_rows_fp8, stride_args
 
 
 @triton.jit
@@ -45,7 +45,7 @@ def load_a(row_ptrs, row_mask, k0, K, BLOCK_K: tl.constexpr, BITS: tl.constexpr,
     and the odd ones, to meet load_cols_halves' two tiles, either split in registers from one contiguous load
     (BYTES 2: a reshape whose pairs sit in one thread) or loaded with a stride of two (BYTES 1: scalar loads);
     otherwise [BM, BK] and the same tensor again."""
-    if BYTES == 2 and BITS == 4 and CODES == 0:
+    if BYTES >= 2 and BITS == 4 and CODES == 0:
         offs = k0 + tl.arange(0, BLOCK_K)
         a = tl.load(row_ptrs[:, None] + offs[None, :], mask=row_mask[:, None] & (offs < K)[None, :], other=0.0)
         a, a_odd = tl.split(tl.reshape(a, (a.shape[0], BLOCK_K // 2, 2)))
@@ -67,33 +67,62 @@ def _dot_step(acc, a, a_odd, w_e, s_e, z_e, c_ptr, cols, k0, K, KW, NG, sa, stri
               OFFSET: tl.constexpr, HAS_ZERO: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr,
               DOT_PRECISION: tl.constexpr, BYTES: tl.constexpr = False):
     """acc [BM, BN] += A [BM, BK] · dequant(W[cols, k0:k0+BK])ᵀ; sa [BM]: the A rows' scales of this
-    step (fp8 with groups), ignored otherwise. Row scales (GROUP 0) are left for the epilogue. BYTES:
+    step (fp8 with groups), ignored otherwise. Row scales (GROUP 0) are left for the epilogue. BYTES (byte_tiles):
     int8 tiles loaded as bytes (quant_tiles.load_cols); int4 tiles as bytes split into their even and odd
-    inputs (quant_tiles.load_cols_halves), two dots of BK/2 against `a` and `a_odd` (load_a)."""
+    inputs (quant_tiles.load_cols_halves), two dots of BK/2 against `a` and `a_odd` (load_a); BYTES 3 / 4, with
+    16-bit activations: the bytes made biased 16-bit operands directly (quant_tiles.biased_tiles; 4: its PTX), the
+    bias and the zero point taken off the fp32 product as (BIAS + z) x the sum of the step's A row."""
     HALVES: tl.constexpr = BYTES and BITS == 4 and CODES == 0
-    if HALVES:
-        b, b_odd = load_cols_halves(w_e, cols, k0, KW, stride_wn, OFFSET, BLOCK_K, BLOCK_N)    # [BK/2, BN] x 2
-    else:
-        b = load_cols(w_e, c_ptr, cols, k0, K, KW, stride_wn, BITS, CODES, OFFSET, BLOCK_K, BLOCK_N, BYTES)   # [BK, BN]
-        b_odd = b
-    if GROUP == 0:
-        acc = tl.dot(a, b.to(a.dtype), acc, input_precision=DOT_PRECISION)
-        if HALVES:
-            acc = tl.dot(a_odd, b_odd.to(a.dtype), acc, input_precision=DOT_PRECISION)
-    else:
-        g = k0 // GROUP
-        s = tl.load(s_e + (cols // ROW_BLOCK) * stride_sn + g * stride_sg)               # [BN]
-        if HAS_ZERO:
-            z = tl.load(z_e + cols * stride_sn + g * stride_sg)[None, :]
-            b = b - z
-            b_odd = b_odd - z
-        part = tl.dot(a, b.to(a.dtype), input_precision=DOT_PRECISION)                   # fp32
-        if HALVES:
-            part = tl.dot(a_odd, b_odd.to(a.dtype), part, input_precision=DOT_PRECISION)
-        if BITS == 0:
-            acc = acc + part * sa[:, None] * s[None, :]
+    BIASED: tl.constexpr = BYTES >= 3 and CODES == 0 and BITS != 0 and a.dtype != tl.float32
+    if BIASED:
+        n_bytes = KW * 4
+        if BITS == 4:
+            u = load_col_bytes(w_e, cols, k0 // 2, n_bytes, stride_wn, BLOCK_K // 2)                # [BK/2, BN]
+            a2 = a_odd
         else:
-            acc = acc + part * s[None, :]
+            u = load_col_bytes(w_e, cols, k0, n_bytes, stride_wn, BLOCK_K)                          # [BK, BN]
+            a2 = a
+        b, b2, BIAS = biased_tiles(u, a.dtype, BITS, BYTES == 4)
+        row_sum = tl.sum(a.to(tl.float32), axis=1)                                                 # [BM]
+        if BITS == 4:
+            row_sum += tl.sum(a_odd.to(tl.float32), axis=1)
+        part = tl.dot(a, b, input_precision=DOT_PRECISION)                                         # fp32, biased
+        if b2 is not None:
+            part = tl.dot(a2, b2, part, input_precision=DOT_PRECISION)
+        if HAS_ZERO:
+            g = k0 // GROUP
+            z = tl.load(z_e + cols * stride_sn + g * stride_sg)
+            part = part - row_sum[:, None] * (BIAS + z)[None, :]
+        else:
+            part = part - row_sum[:, None] * (BIAS + OFFSET)
+        if GROUP == 0:
+            acc = acc + part
+        else:
+            acc = acc + part * tl.load(s_e + (cols // ROW_BLOCK) * stride_sn + (k0 // GROUP) * stride_sg)[None, :]
+    else:
+        if HALVES:
+            b, b_odd = load_cols_halves(w_e, cols, k0, KW, stride_wn, OFFSET, BLOCK_K, BLOCK_N)    # [BK/2, BN] x 2
+        else:
+            b = load_cols(w_e, c_ptr, cols, k0, K, KW, stride_wn, BITS, CODES, OFFSET, BLOCK_K, BLOCK_N, BYTES)  # [BK, BN]
+            b_odd = b
+        if GROUP == 0:
+            acc = tl.dot(a, b.to(a.dtype), acc, input_precision=DOT_PRECISION)
+            if HALVES:
+                acc = tl.dot(a_odd, b_odd.to(a.dtype), acc, input_precision=DOT_PRECISION)
+        else:
+            g = k0 // GROUP
+            s = tl.load(s_e + (cols // ROW_BLOCK) * stride_sn + g * stride_sg)               # [BN]
+            if HAS_ZERO:
+                z = tl.load(z_e + cols * stride_sn + g * stride_sg)[None, :]
+                b = b - z
+                b_odd = b_odd - z
+            part = tl.dot(a, b.to(a.dtype), input_precision=DOT_PRECISION)                   # fp32
+            if HALVES:
+                part = tl.dot(a_odd, b_odd.to(a.dtype), part, input_precision=DOT_PRECISION)
+            if BITS == 0:
+                acc = acc + part * sa[:, None] * s[None, :]
+            else:
+                acc = acc + part * s[None, :]
     return acc
 
 
@@ -207,18 +236,29 @@ USE_TUNED = True                    # False: the heuristic below only (scripts/s
 INT8_BYTE_TILES = True
 INT4_BYTE_TILES = True
 INT4_A_SPLIT = "registers"          # int4 byte tiles' A halves: "registers" (one load, split) | "strided" (two loads)
+# Byte tiles made biased 16-bit operands with no conversion instruction (quant_tiles.biased_tiles): "asm" (its PTX on a
+# GPU; the interpreter runs "ops"), "ops" (Triton integer ops), "off" (codes -> fp32 by the 2^23 trick -> a pack to
+# 16 bits). Compiled for sm90 (Mixtral int4 GEMM1 at 16 tokens, one K step of 128 x 128 for gate and up, per thread):
+# 1,388 instructions (off), 1,045 (ops), 623 (asm); the integer pipe's share 673 / 681 / 297. With bf16 activations
+# the old path was bound by that pipe and by the quarter-rate fp32 -> bf16 packs.
+BIASED_TILES = "asm"
 
 
 def byte_tiles(w, block_k: int) -> int:
     """The kernels' BYTES constexpr for this stack and K steps of block_k inputs: 0 = words unpacked through a reshape;
     1 / 2 = tiles loaded as bytes (minimoe's int8 codes under INT8_BYTE_TILES; its int4 codes under INT4_BYTE_TILES
-    with block_k >= 32, two dots of at least 16 inputs, and A's halves split in registers (2) or loaded strided (1))."""
+    with block_k >= 32, two dots of at least 16 inputs, and A's halves split in registers (2) or loaded strided (1));
+    3 / 4 = byte tiles made biased 16-bit operands (BIASED_TILES "ops" / "asm"; int4 with A split in registers;
+    fp32 activations keep the exact 2^23 path, in-kernel)."""
     if w.codes != 0:
         return 0
+    biased = 0 if BIASED_TILES == "off" else (4 if BIASED_TILES == "asm" and on_gpu() else 3)
     if w.bits == 8 and INT8_BYTE_TILES:
-        return 1
+        return biased or 1
     if w.bits == 4 and INT4_BYTE_TILES and block_k >= 32:
-        return 2 if INT4_A_SPLIT == "registers" else 1
+        if INT4_A_SPLIT != "registers":
+            return 1
+        return biased or 2
     return 0
 
 
