@@ -24,6 +24,8 @@ loop by quant_tiles.load_cols:
 Nothing syncs with the host and every buffer size depends on (T, K, E, config): CUDA-graph safe.
 """
 
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -34,7 +36,7 @@ from .moe_align import align_tokens_by_expert
 from .moe_configs import (CONFIG_DIR, config_file_name, default_config, interpreter_config, load_tuned,
                           nearest_bucket, on_gpu, pipeline_stages)
 from .pdl import launch_args, wait_then_release
-from .quant_tiles import biased_tiles, layout_args, load_col_bytes, load_cols, load_cols_halves, pointer_args, quant_rows_fp8, stride_args
+from .quant_tiles import biased_tiles, flat_tile, layout_args, load_col_bytes, load_cols, load_cols_halves, pointer_args, quant_rows_fp8, stride_args
 
 
 @triton.jit
@@ -83,18 +85,23 @@ def _dot_step(acc, a, a_odd, w_e, s_e, z_e, c_ptr, cols, k0, K, KW, NG, sa, stri
             u = load_col_bytes(w_e, cols, k0, n_bytes, stride_wn, BLOCK_K)                          # [BK, BN]
             a2 = a
         b, b2, BIAS = biased_tiles(u, a.dtype, BITS, BYTES == 4)
-        row_sum = tl.sum(a.to(tl.float32), axis=1)                                                 # [BM]
+        # The sums of A's rows, broadcast over the columns, from the tensor cores: A times the tile that code 0 makes
+        # (every entry the magic LO, exactly), a constant the compiler hoists, in the layout of b (A is converted to
+        # the dot's operand layout once). A tl.sum instead put a cross-warp reduction and barriers in every step.
+        flat = flat_tile(u, a.dtype, BYTES == 4)                                                   # LO everywhere
+        LO: tl.constexpr = 128.0 if a.dtype == tl.bfloat16 else 1024.0
+        row_sum = tl.dot(a, flat, input_precision=DOT_PRECISION)                                   # LO x Σ a [BM, BN]
         if BITS == 4:
-            row_sum += tl.sum(a_odd.to(tl.float32), axis=1)
+            row_sum = tl.dot(a_odd, flat, row_sum, input_precision=DOT_PRECISION)
         part = tl.dot(a, b, input_precision=DOT_PRECISION)                                         # fp32, biased
         if b2 is not None:
             part = tl.dot(a2, b2, part, input_precision=DOT_PRECISION)
         if HAS_ZERO:
             g = k0 // GROUP
             z = tl.load(z_e + cols * stride_sn + g * stride_sg)
-            part = part - row_sum[:, None] * (BIAS + z)[None, :]
+            part = part - row_sum * ((BIAS + z) * (1.0 / LO))[None, :]
         else:
-            part = part - row_sum[:, None] * (BIAS + OFFSET)
+            part = part - row_sum * ((BIAS + OFFSET) / LO)
         if GROUP == 0:
             acc = acc + part
         else:
@@ -225,6 +232,8 @@ FP8_DOT_TILES = {"BLOCK_M": 16, "BLOCK_N": 64, "GROUP_M": 1, "num_warps": 4, "nu
 # ones: fp8 and int8 per row, int4 in groups of 128 (its tables' BLOCK_K is the group; another group size, fp8's
 # 128 x 128 blocks and bitsandbytes' codes take the heuristic).
 TUNED_DTYPE = {"fp8": "fp8_w8a8", "int8": "int8_w8a16", "int4": "int4_w4a16"}
+# CONFIG_DIR (imported from moe_configs) is where tuned_config looks: a path or a str (step_probe variants point it at
+# a freshly tuned directory)
 USE_TUNED = True                    # False: the heuristic below only (scripts/step_probe.py A/B's the tables)
 # Integer B tiles read as bytes instead of words unpacked through a reshape (a shared-memory round trip a tile on a
 # GPU): int8 (quant_tiles.load_cols BYTES) gives the same values in the [BK, BN] shape; int4 (load_cols_halves) splits
@@ -236,12 +245,21 @@ USE_TUNED = True                    # False: the heuristic below only (scripts/s
 INT8_BYTE_TILES = True
 INT4_BYTE_TILES = True
 INT4_A_SPLIT = "registers"          # int4 byte tiles' A halves: "registers" (one load, split) | "strided" (two loads)
-# Byte tiles made biased 16-bit operands with no conversion instruction (quant_tiles.biased_tiles): "asm" (its PTX on a
-# GPU; the interpreter runs "ops"), "ops" (Triton integer ops), "off" (codes -> fp32 by the 2^23 trick -> a pack to
-# 16 bits). Compiled for sm90 (Mixtral int4 GEMM1 at 16 tokens, one K step of 128 x 128 for gate and up, per thread):
-# 1,388 instructions (off), 1,045 (ops), 623 (asm); the integer pipe's share 673 / 681 / 297. With bf16 activations
-# the old path was bound by that pipe and by the quarter-rate fp32 -> bf16 packs.
-BIASED_TILES = "asm"
+# Byte tiles made biased 16-bit operands with no conversion instruction (quant_tiles.biased_tiles), per format: "asm"
+# (its PTX on a GPU; the interpreter runs "ops"), "ops" (Triton integer ops), "off" (codes -> fp32 by the 2^23 trick ->
+# a pack to 16 bits); a single string sets both. Compiled for sm90 (Mixtral int4 GEMM1, one K step of 128 for gate and
+# up, per thread; scripts/sass_mix.py): 16 x 128 tiles 1,388 instructions (off), 1,045 (ops), 560 (asm); 32 x 64 tiles
+# 849 (off), 455 (asm). With bf16 activations the off path is bound by the integer pipe and the quarter-rate
+# fp32 -> bf16 packs. int8 in bf16 needs two nibble tiles a byte (bf16 holds 7 mantissa bits) and gains nothing
+# (675 vs 651 instructions; measured below).
+BIASED_TILES = {"int4": "asm", "int8": "off"}
+
+
+def biased_mode(bits: int) -> str:
+    """BIASED_TILES' setting for int4 (bits 4) or int8 (bits 8) codes."""
+    if isinstance(BIASED_TILES, str):
+        return BIASED_TILES
+    return BIASED_TILES.get({4: "int4", 8: "int8"}.get(bits, ""), "off")
 
 
 def byte_tiles(w, block_k: int) -> int:
@@ -252,7 +270,8 @@ def byte_tiles(w, block_k: int) -> int:
     fp32 activations keep the exact 2^23 path, in-kernel)."""
     if w.codes != 0:
         return 0
-    biased = 0 if BIASED_TILES == "off" else (4 if BIASED_TILES == "asm" and on_gpu() else 3)
+    mode = biased_mode(w.bits)
+    biased = 0 if mode == "off" else (4 if mode == "asm" and on_gpu() else 3)
     if w.bits == 8 and INT8_BYTE_TILES:
         return biased or 1
     if w.bits == 4 and INT4_BYTE_TILES and block_k >= 32:
@@ -269,7 +288,7 @@ def tuned_config(w13, E: int, I: int, D: int, K: int, T: int) -> dict | None:
     fmt = {0: "fp8", 8: "int8", 4: "int4"}.get(w13.bits)
     if not (USE_TUNED and on_gpu() and fmt and w13.group == (128 if fmt == "int4" else 0) and w13.codes == 0):
         return None
-    table = load_tuned(str(CONFIG_DIR / config_file_name(E, I, D, K, TUNED_DTYPE[fmt])))
+    table = load_tuned(os.path.join(str(CONFIG_DIR), config_file_name(E, I, D, K, TUNED_DTYPE[fmt])))
     if not table or not min(table) / 2 <= T <= max(table) * 2:      # a table speaks only for the sizes it was tuned at
         return None
     return nearest_bucket(table, T)

@@ -180,6 +180,8 @@ _NIBBLES_BF16 = tl.constexpr(_nibbles_asm(0x4300, 0x4300))        # int4 in bf16
 _NIBBLES_FP16 = tl.constexpr(_nibbles_asm(0x6400, 0x6400))        # int4 in fp16: 1024 + low, 1024 + high
 _BYTE_NIBBLES_BF16 = tl.constexpr(_nibbles_asm(0x4300, 0x4500))   # int8 in bf16: 128 + low, 2048 + 16 high
 _BYTES_FP16 = tl.constexpr("prmt.b32 $0, $2, 0x64646464, 0x5140;\nprmt.b32 $1, $2, 0x64646464, 0x5342;")  # 1024 + u
+_FLAT_BF16 = tl.constexpr("mov.b32 $0, 0x43004300;\nmov.b32 $1, 0x43004300;")    # 128.0 whatever the byte
+_FLAT_FP16 = tl.constexpr("mov.b32 $0, 0x64006400;\nmov.b32 $1, 0x64006400;")    # 1024.0
 
 
 @triton.jit
@@ -221,6 +223,22 @@ def biased_tiles(u, DTYPE: tl.constexpr, BITS: tl.constexpr, ASM: tl.constexpr):
             t1 = (u.to(tl.int16) | 0x6400).to(tl.float16, bitcast=True)
         BIAS: tl.constexpr = 1024.0
     return t1, t2, BIAS
+
+
+@triton.jit
+def flat_tile(u, DTYPE: tl.constexpr, ASM: tl.constexpr):
+    """A tile of u's shape with every entry the magic LO (bf16 128.0, fp16 1024.0): A · flat = LO x the sums of A's rows,
+    broadcast over the columns, on the tensor cores. With ASM the constant comes out of an asm that takes u (and
+    ignores it), so the compiler gives it u's operand layout rather than a constant's, and A is converted to one
+    operand layout for all its dots, not two."""
+    if ASM:
+        if DTYPE == tl.bfloat16:
+            flat = tl.inline_asm_elementwise(_FLAT_BF16, "=r,=r,r", [u], dtype=tl.bfloat16, is_pure=True, pack=4)
+        else:
+            flat = tl.inline_asm_elementwise(_FLAT_FP16, "=r,=r,r", [u], dtype=tl.float16, is_pure=True, pack=4)
+    else:
+        flat = tl.full(u.shape, 128.0 if DTYPE == tl.bfloat16 else 1024.0, DTYPE)
+    return flat
 
 
 @triton.jit
