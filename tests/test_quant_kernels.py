@@ -239,13 +239,14 @@ def test_byte_tiles_read_the_same_codes(fmt, T, monkeypatch):
     assert FQ.byte_tiles(q13, 16) == (fmt == "int8")                 # int4 halves need dots of 16 inputs or more
 
 
-@pytest.mark.parametrize("fmt", ["int8", "int4", "int4-zero", "int4-g128"])
+@pytest.mark.parametrize("fmt", ["int4", "int4-zero", "int4-g128"])
 @pytest.mark.parametrize("T", [3, 40])
 def test_biased_tiles_equal_the_plain_byte_tiles(fmt, T, monkeypatch):
-    """BIASED_TILES (integer bytes OR'd into the mantissa of a magic 16-bit float, the bias and zero point taken off
-    the fp32 product as (BIAS + z) x the sum of A's row): with fp16 activations the aligned MoE and the skinny dense
-    GEMM agree with the plain byte tiles to fp16 rounding and with the float64 oracle as closely; with fp32
-    activations the kernels keep the exact 2^23 path (same bits). On a GPU the PTX ("asm") is checked as well."""
+    """BIASED_TILES (int4 nibbles OR'd into the mantissa of a magic 16-bit float, the magic and the zero point taken
+    off the fp32 product as (MAGIC + z) x A's row sums, themselves a dot with a flat tile): with fp16 activations the
+    aligned MoE and the skinny dense GEMM agree with the plain byte tiles to fp16 rounding and with the float64 oracle
+    as closely; with fp32 activations the kernels keep the exact 2^23 path (same bits). int8 codes ignore the setting.
+    On a GPU the PTX ("asm") is checked as well."""
     from minimoe.kernels import fused_moe_quant as FQ
     from minimoe.kernels.skinny_gemm import skinny_gemm_quant
     gen = torch.Generator().manual_seed(100 + T)
@@ -255,16 +256,17 @@ def test_biased_tiles_equal_the_plain_byte_tiles(fmt, T, monkeypatch):
     dense.__class__ = Q.QuantWeight
     x32 = torch.randn(T, 96, generator=gen).to(DEVICE)
     h32 = torch.randn(min(T, 64), 72, generator=gen).to(DEVICE)
-    bk = q13.group or 32
+    bk = q13.group
     cfg = {"variant": "aligned", "BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": bk, "GROUP_M": 1, "num_warps": 4,
            "num_stages": 1}
     modes = ("off", "ops") + (("asm",) if DEVICE == "cuda" else ())
+    int8 = FORMATS["int8"](torch.zeros(2, 8, 64).to(DEVICE))
     for dtype in (torch.float16, torch.float32):
         x, h = x32.to(dtype), h32.to(dtype)
         out = {}
         for mode in modes:
             monkeypatch.setattr(FQ, "BIASED_TILES", mode)
-            assert FQ.byte_tiles(q13, bk) == {"off": 1 if fmt == "int8" else 2, "ops": 3, "asm": 4}[mode]
+            assert FQ.byte_tiles(q13, bk) == {"off": 2, "ops": 3, "asm": 4}[mode] and FQ.byte_tiles(int8, 64) == 1
             out[mode] = (fused_moe_quant(x, q13, q2, ids, w, config=cfg),
                          skinny_gemm_quant(h, dense, config={"SPLIT": 2, "BLOCK_K": bk}))
         ref = (reference(x, q13, q2, ids, w), h.double().cpu() @ dense.dequantize().double().cpu().T)
@@ -278,20 +280,21 @@ def test_biased_tiles_equal_the_plain_byte_tiles(fmt, T, monkeypatch):
 
 
 def test_biased_magic_floats_and_their_ptx_model():
-    """The magic floats of quant_tiles.biased_tiles hold every code exactly (bf16 128 + nibble, 2048 + 16 x nibble;
-    fp16 1024 + byte, 1024 + nibble), and a bit-level model of its PTX (prmt.b32 byte selectors, lop3 0xEA = (a & b)
-    | c, shr.u32) gives those bits for every byte in every lane, in the order the tiles' elements come."""
+    """The magic floats of quant_tiles.nibble_tiles hold every nibble exactly (bf16 128 + u, fp16 1024 + u), and a
+    bit-level model of its PTX (prmt.b32 byte selectors, lop3 0xEA = (a & b) | c, shr.u32, mov) gives those bits for
+    every byte in every lane, in the order the tiles' elements come (byte i of the register = element i; element i
+    in 16-bit half i of the outputs), and flat_tile's PTX gives the magic whatever the bytes."""
     from minimoe.kernels import quant_tiles as QT
     u = torch.arange(256, dtype=torch.int32)
     as_float = lambda bits, dt: bits.to(torch.int16).view(dt).double()                      # noqa: E731
-    assert torch.equal(as_float((u & 15) | 0x4300, torch.bfloat16), 128.0 + (u & 15))
-    assert torch.equal(as_float((u >> 4) | 0x4500, torch.bfloat16), 2048.0 + 16 * (u >> 4))
-    assert torch.equal(as_float(u | 0x6400, torch.float16), 1024.0 + u)
-    assert torch.equal(as_float((u >> 4) | 0x6400, torch.float16), 1024.0 + (u >> 4))
+    for magic, dt, base in ((0x4300, torch.bfloat16, 128.0), (0x6400, torch.float16, 1024.0)):
+        assert torch.equal(as_float((u & 15) | magic, dt), base + (u & 15))
+        assert torch.equal(as_float((u >> 4) | magic, dt), base + (u >> 4))
 
     def run(asm: str, reg: int) -> list[int]:                      # outputs $0.. of one asm instance, as 32-bit ints
-        regs = {"$4": reg, "$2": reg}
-        outs = {}
+        n_out = asm.count("$0") and max(int(t[1:]) for t in asm.replace(",", " ").replace(";", " ").split()
+                                        if t.startswith("$") and t[1:].isdigit())
+        regs, outs = {f"${n_out}": reg}, {}
         for line in asm.replace("{", "").replace("}", "").split(";"):
             parts = line.replace(",", " ").split()
             if not parts or parts[0] == ".reg":
@@ -300,13 +303,14 @@ def test_biased_magic_floats_and_their_ptx_model():
             val = [regs[a] if a in regs else int(a, 0) for a in src]
             if op == "prmt.b32":
                 pool = val[0].to_bytes(4, "little") + val[1].to_bytes(4, "little")
-                res = bytes(pool[(val[2] >> (4 * i)) & 7] for i in range(4))
-                out = int.from_bytes(res, "little")
+                out = int.from_bytes(bytes(pool[(val[2] >> (4 * i)) & 7] for i in range(4)), "little")
             elif op == "lop3.b32":
                 assert val[3] == 0xEA
                 out = (val[0] & val[1]) | val[2]
             elif op == "shr.u32":
                 out = val[0] >> val[1]
+            elif op == "mov.b32":
+                out = val[0]
             else:
                 raise AssertionError(op)
             regs[dst] = out
@@ -314,14 +318,13 @@ def test_biased_magic_floats_and_their_ptx_model():
                 outs[dst] = out
         return [outs[k] for k in sorted(outs)]
 
+    halves = lambda regs: [(r >> (16 * j)) & 0xFFFF for r in regs for j in (0, 1)]         # noqa: E731
     gen = torch.Generator().manual_seed(0)
     for word in torch.randint(0, 2 ** 32, (64,), generator=gen, dtype=torch.int64).tolist() + [0, 2 ** 32 - 1]:
-        b = list(word.to_bytes(4, "little"))                     # elements 0..3 of the pack, byte i = element i
-        halves = lambda regs: [(r >> (16 * j)) & 0xFFFF for r in regs for j in (0, 1)]     # noqa: E731
-        for asm, lo_magic, hi_magic in ((QT._NIBBLES_BF16.value, 0x4300, 0x4300),
-                                        (QT._NIBBLES_FP16.value, 0x6400, 0x6400),
-                                        (QT._BYTE_NIBBLES_BF16.value, 0x4300, 0x4500)):
+        b = list(word.to_bytes(4, "little"))
+        for asm, flat, magic in ((QT._NIBBLES_BF16.value, QT._FLAT_BF16.value, 0x4300),
+                                 (QT._NIBBLES_FP16.value, QT._FLAT_FP16.value, 0x6400)):
             out = run(asm, word)
-            assert halves(out[:2]) == [lo_magic | (v & 15) for v in b]
-            assert halves(out[2:]) == [hi_magic | (v >> 4) for v in b]
-        assert halves(run(QT._BYTES_FP16.value, word)) == [0x6400 | v for v in b]
+            assert halves(out[:2]) == [magic | (v & 15) for v in b]
+            assert halves(out[2:]) == [magic | (v >> 4) for v in b]
+            assert halves(run(flat, word)) == [magic] * 4

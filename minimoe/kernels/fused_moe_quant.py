@@ -36,7 +36,8 @@ from .moe_align import align_tokens_by_expert
 from .moe_configs import (CONFIG_DIR, config_file_name, default_config, interpreter_config, load_tuned,
                           nearest_bucket, on_gpu, pipeline_stages)
 from .pdl import launch_args, wait_then_release
-from .quant_tiles import biased_tiles, flat_tile, layout_args, load_col_bytes, load_cols, load_cols_halves, pointer_args, quant_rows_fp8, stride_args
+from .quant_tiles import (flat_tile, layout_args, load_col_bytes, load_cols, load_cols_halves, nibble_tiles,
+                          pointer_args, quant_rows_fp8, stride_args)
 
 
 @triton.jit
@@ -71,37 +72,27 @@ def _dot_step(acc, a, a_odd, w_e, s_e, z_e, c_ptr, cols, k0, K, KW, NG, sa, stri
     """acc [BM, BN] += A [BM, BK] · dequant(W[cols, k0:k0+BK])ᵀ; sa [BM]: the A rows' scales of this
     step (fp8 with groups), ignored otherwise. Row scales (GROUP 0) are left for the epilogue. BYTES (byte_tiles):
     int8 tiles loaded as bytes (quant_tiles.load_cols); int4 tiles as bytes split into their even and odd
-    inputs (quant_tiles.load_cols_halves), two dots of BK/2 against `a` and `a_odd` (load_a); BYTES 3 / 4, with
-    16-bit activations: the bytes made biased 16-bit operands directly (quant_tiles.biased_tiles; 4: its PTX), the
-    bias and the zero point taken off the fp32 product as (BIAS + z) x the sum of the step's A row."""
+    inputs (quant_tiles.load_cols_halves), two dots of BK/2 against `a` and `a_odd` (load_a); BYTES 3 / 4 (int4 with
+    16-bit activations): the nibbles made biased 16-bit operands directly (quant_tiles.nibble_tiles; 4: its PTX), the
+    bias and the zero point taken off the fp32 product as (MAGIC + z) x the sums of the step's A rows.""" 
     HALVES: tl.constexpr = BYTES and BITS == 4 and CODES == 0
-    BIASED: tl.constexpr = BYTES >= 3 and CODES == 0 and BITS != 0 and a.dtype != tl.float32
+    BIASED: tl.constexpr = HALVES and BYTES >= 3 and a.dtype != tl.float32
     if BIASED:
-        n_bytes = KW * 4
-        if BITS == 4:
-            u = load_col_bytes(w_e, cols, k0 // 2, n_bytes, stride_wn, BLOCK_K // 2)                # [BK/2, BN]
-            a2 = a_odd
-        else:
-            u = load_col_bytes(w_e, cols, k0, n_bytes, stride_wn, BLOCK_K)                          # [BK, BN]
-            a2 = a
-        b, b2, BIAS = biased_tiles(u, a.dtype, BITS, BYTES == 4)
-        # The sums of A's rows, broadcast over the columns, from the tensor cores: A times the tile that code 0 makes
-        # (every entry the magic LO, exactly), a constant the compiler hoists, in the layout of b (A is converted to
-        # the dot's operand layout once). A tl.sum instead put a cross-warp reduction and barriers in every step.
-        flat = flat_tile(u, a.dtype, BYTES == 4)                                                   # LO everywhere
-        LO: tl.constexpr = 128.0 if a.dtype == tl.bfloat16 else 1024.0
-        row_sum = tl.dot(a, flat, input_precision=DOT_PRECISION)                                   # LO x Σ a [BM, BN]
-        if BITS == 4:
-            row_sum = tl.dot(a_odd, flat, row_sum, input_precision=DOT_PRECISION)
+        u = load_col_bytes(w_e, cols, k0 // 2, KW * 4, stride_wn, BLOCK_K // 2)                  # [BK/2, BN] uint8
+        b, b_odd = nibble_tiles(u, a.dtype, BYTES == 4)                                           # MAGIC + codes
+        MAGIC: tl.constexpr = 128.0 if a.dtype == tl.bfloat16 else 1024.0
+        # The sums of A's rows, broadcast over the columns, from the tensor cores: A times a tile of MAGICs in b's
+        # operand layout (quant_tiles.flat_tile), so A is converted to one operand layout for its four dots.
+        flat = flat_tile(u, a.dtype, BYTES == 4)
+        row_sum = tl.dot(a, flat, input_precision=DOT_PRECISION)                                   # MAGIC x Σ a
+        row_sum = tl.dot(a_odd, flat, row_sum, input_precision=DOT_PRECISION)                      # [BM, BN] fp32
         part = tl.dot(a, b, input_precision=DOT_PRECISION)                                         # fp32, biased
-        if b2 is not None:
-            part = tl.dot(a2, b2, part, input_precision=DOT_PRECISION)
+        part = tl.dot(a_odd, b_odd, part, input_precision=DOT_PRECISION)
         if HAS_ZERO:
-            g = k0 // GROUP
-            z = tl.load(z_e + cols * stride_sn + g * stride_sg)
-            part = part - row_sum * ((BIAS + z) * (1.0 / LO))[None, :]
+            z = tl.load(z_e + cols * stride_sn + (k0 // GROUP) * stride_sg)
+            part = part - row_sum * ((MAGIC + z) * (1.0 / MAGIC))[None, :]
         else:
-            part = part - row_sum * ((BIAS + OFFSET) / LO)
+            part = part - row_sum * ((MAGIC + OFFSET) / MAGIC)
         if GROUP == 0:
             acc = acc + part
         else:
@@ -245,39 +236,34 @@ USE_TUNED = True                    # False: the heuristic below only (scripts/s
 INT8_BYTE_TILES = True
 INT4_BYTE_TILES = True
 INT4_A_SPLIT = "registers"          # int4 byte tiles' A halves: "registers" (one load, split) | "strided" (two loads)
-# Byte tiles made biased 16-bit operands with no conversion instruction (quant_tiles.biased_tiles), per format: "asm"
-# (its PTX on a GPU; the interpreter runs "ops"), "ops" (Triton integer ops), "off" (codes -> fp32 by the 2^23 trick ->
-# a pack to 16 bits); a single string sets both. Compiled for sm90 (Mixtral int4 GEMM1, one K step of 128 for gate and
-# up, per thread; scripts/sass_mix.py): 16 x 128 tiles 1,388 instructions (off), 1,045 (ops), 560 (asm); 32 x 64 tiles
-# 849 (off), 455 (asm). With bf16 activations the off path is bound by the integer pipe and the quarter-rate
-# fp32 -> bf16 packs. int8 in bf16 needs two nibble tiles a byte (bf16 holds 7 mantissa bits) and gains nothing
-# (675 vs 651 instructions; measured below).
-BIASED_TILES = {"int4": "asm", "int8": "off"}
-
-
-def biased_mode(bits: int) -> str:
-    """BIASED_TILES' setting for int4 (bits 4) or int8 (bits 8) codes."""
-    if isinstance(BIASED_TILES, str):
-        return BIASED_TILES
-    return BIASED_TILES.get({4: "int4", 8: "int8"}.get(bits, ""), "off")
+# int4 byte tiles made biased 16-bit operands with no conversion instruction (quant_tiles.nibble_tiles): "asm" (its
+# PTX on a GPU; the interpreter runs "ops"), "ops" (Triton integer ops), "off" (codes -> fp32 by the 2^23 trick -> a
+# pack to 16 bits, the fourteenth session's path). Compiled for sm90 (scripts/sass_mix.py; Mixtral int4 GEMM1, one K
+# step of 128 for gate and up, per thread): 16 x 128 tiles 1,388 instructions (off), 1,045 (ops), 560 (asm); 32 x 64
+# tiles 849 (off), 455 (asm): with bf16 activations the off path was bound by the integer pipe and by the
+# quarter-rate fp32 -> bf16 packs. Measured in the graphed Mixtral int4 step (docs/results/2026-12-01-s15, call 2):
+# bs 16 17.17 -> 12.10 ms (with its re-tuned table), bs 64 21.29 -> 16.29. int8 was tried the same way (bf16 holds 7
+# mantissa bits: two nibble tiles a byte) and lost: +61% / +222% a step with A's row sums from a tl.sum (call 1),
+# no fewer instructions with them from a dot (675 vs 651), out of shared memory at its bs-64 tile (call 2).
+BIASED_TILES = "asm"
 
 
 def byte_tiles(w, block_k: int) -> int:
     """The kernels' BYTES constexpr for this stack and K steps of block_k inputs: 0 = words unpacked through a reshape;
     1 / 2 = tiles loaded as bytes (minimoe's int8 codes under INT8_BYTE_TILES; its int4 codes under INT4_BYTE_TILES
     with block_k >= 32, two dots of at least 16 inputs, and A's halves split in registers (2) or loaded strided (1));
-    3 / 4 = byte tiles made biased 16-bit operands (BIASED_TILES "ops" / "asm"; int4 with A split in registers;
-    fp32 activations keep the exact 2^23 path, in-kernel)."""
+    3 / 4 = int4 byte tiles made biased 16-bit operands (BIASED_TILES "ops" / "asm", A split in registers; fp32
+    activations keep the exact 2^23 path, decided in the kernel)."""
     if w.codes != 0:
         return 0
-    mode = biased_mode(w.bits)
-    biased = 0 if mode == "off" else (4 if mode == "asm" and on_gpu() else 3)
     if w.bits == 8 and INT8_BYTE_TILES:
-        return biased or 1
+        return 1
     if w.bits == 4 and INT4_BYTE_TILES and block_k >= 32:
         if INT4_A_SPLIT != "registers":
             return 1
-        return biased or 2
+        if BIASED_TILES == "off":
+            return 2
+        return 4 if BIASED_TILES == "asm" and on_gpu() else 3
     return 0
 
 

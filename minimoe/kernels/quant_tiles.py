@@ -159,78 +159,58 @@ def load_cols_halves(w_ptr, cols, k0, KW, stride_wn, OFFSET: tl.constexpr, BLOCK
     return codes_to_float(u & 15, OFFSET), codes_to_float(u >> 4, OFFSET)
 
 
-def _nibbles_asm(lo_magic: int, hi_magic: int) -> str:
+def _nibbles_asm(magic: int) -> str:
     """PTX, four bytes (one register, pack=4) -> their low nibbles and their high nibbles, each as two 16-bit pairs
     OR'd into the mantissa of a magic float: a PRMT spreads bytes 0, 1 (then 2, 3) into the two 16-bit lanes of a
     register, a LOP3 keeps the nibble and ORs the magic in, (t & 0x000F000F) | magic; the high nibbles are shifted
     right by 4 first (the low lane picks up the next byte's bits 12-15, which the mask drops). 8 integer
     instructions for 8 codes (the 2^23 trick then a pack to 16 bits: ~5 a code)."""
-    lo, hi = f"0x{lo_magic:04X}{lo_magic:04X}", f"0x{hi_magic:04X}{hi_magic:04X}"
+    m = f"0x{magic:04X}{magic:04X}"
     return ("{\n.reg .b32 t0, t1;\n"
             "prmt.b32 t0, $4, 0, 0x4140;\nprmt.b32 t1, $4, 0, 0x4342;\n"
-            f"lop3.b32 $0, t0, 0x000F000F, {lo}, 0xEA;\nlop3.b32 $1, t1, 0x000F000F, {lo}, 0xEA;\n"
+            f"lop3.b32 $0, t0, 0x000F000F, {m}, 0xEA;\nlop3.b32 $1, t1, 0x000F000F, {m}, 0xEA;\n"
             "shr.u32 t0, t0, 4;\nshr.u32 t1, t1, 4;\n"
-            f"lop3.b32 $2, t0, 0x000F000F, {hi}, 0xEA;\nlop3.b32 $3, t1, 0x000F000F, {hi}, 0xEA;\n}}")
+            f"lop3.b32 $2, t0, 0x000F000F, {m}, 0xEA;\nlop3.b32 $3, t1, 0x000F000F, {m}, 0xEA;\n}}")
 
 
-# Magic floats whose mantissa takes a code by OR: bf16 128.0 (0x4300, 7 mantissa bits: 128 + u for u < 128; at
-# 2048.0, 0x4500, the mantissa counts in 16s: 2048 + 16 u for u < 8 bits' worth of 16s), fp16 1024.0 (0x6400,
-# 10 bits: 1024 + u for u < 1024).
-_NIBBLES_BF16 = tl.constexpr(_nibbles_asm(0x4300, 0x4300))        # int4 in bf16: 128 + low, 128 + high
-_NIBBLES_FP16 = tl.constexpr(_nibbles_asm(0x6400, 0x6400))        # int4 in fp16: 1024 + low, 1024 + high
-_BYTE_NIBBLES_BF16 = tl.constexpr(_nibbles_asm(0x4300, 0x4500))   # int8 in bf16: 128 + low, 2048 + 16 high
-_BYTES_FP16 = tl.constexpr("prmt.b32 $0, $2, 0x64646464, 0x5140;\nprmt.b32 $1, $2, 0x64646464, 0x5342;")  # 1024 + u
+# Magic floats whose mantissa takes a code by OR: bf16 128.0 (0x4300; 7 mantissa bits, 128 + u for u < 128) and fp16
+# 1024.0 (0x6400; 10 bits, 1024 + u for u < 1024).
+_NIBBLES_BF16 = tl.constexpr(_nibbles_asm(0x4300))
+_NIBBLES_FP16 = tl.constexpr(_nibbles_asm(0x6400))
 _FLAT_BF16 = tl.constexpr("mov.b32 $0, 0x43004300;\nmov.b32 $1, 0x43004300;")    # 128.0 whatever the byte
 _FLAT_FP16 = tl.constexpr("mov.b32 $0, 0x64006400;\nmov.b32 $1, 0x64006400;")    # 1024.0
 
 
 @triton.jit
-def biased_tiles(u, DTYPE: tl.constexpr, BITS: tl.constexpr, ASM: tl.constexpr):
-    """uint8 bytes of codes -> tensor-core operands in the 16-bit activation dtype, each code OR'd into the mantissa
-    of a magic float, so the bits are exactly magic + code with no int->float conversion and no fp32 round trip.
-    -> (t1, t2, BIAS): the product A·t1 (+ A·t2) minus BIAS x (the sum of A's row) is A·codes, exactly in real
-    arithmetic (the caller also removes the zero point the same way). Same shape as u for each tile.
-      int4 (BITS 4): t1 = magic + low nibbles (the even inputs), t2 = magic + high nibbles (the odd inputs), each
-                     multiplied by its own half of A; BIAS = magic (bf16 128, fp16 1024).
-      int8 (BITS 8): bf16, whose 7 mantissa bits cannot hold a byte: t1 = 128 + low nibble, t2 = 2048 + 16 x high
-                     nibble, both multiplied by the same A; BIAS = 2176. fp16: t1 = 1024 + byte, t2 None; BIAS = 1024.
-    ASM: the PTX above (GPU only, four codes a register); else the same bits from Triton integer ops (the
-    interpreter; ~2x the instructions on a GPU: bytes are unpacked and repacked one by one)."""
-    BF16: tl.constexpr = DTYPE == tl.bfloat16
-    t2 = None
-    if BITS == 4 or BF16:
-        if ASM:
-            if BITS == 8:
-                t1, t2 = tl.inline_asm_elementwise(_BYTE_NIBBLES_BF16, "=r,=r,=r,=r,r", [u],
-                                                   dtype=(tl.bfloat16, tl.bfloat16), is_pure=True, pack=4)
-            elif BF16:
-                t1, t2 = tl.inline_asm_elementwise(_NIBBLES_BF16, "=r,=r,=r,=r,r", [u],
-                                                   dtype=(tl.bfloat16, tl.bfloat16), is_pure=True, pack=4)
-            else:
-                t1, t2 = tl.inline_asm_elementwise(_NIBBLES_FP16, "=r,=r,=r,=r,r", [u],
-                                                   dtype=(tl.float16, tl.float16), is_pure=True, pack=4)
+def nibble_tiles(u, DTYPE: tl.constexpr, ASM: tl.constexpr):
+    """uint8 bytes of int4 codes -> (MAGIC + low nibbles, MAGIC + high nibbles), tensor-core operands in the 16-bit
+    activation dtype (MAGIC = bf16 128.0, fp16 1024.0; each the shape of u): each code OR'd into the mantissa of the
+    magic float, so the bits are exactly MAGIC + code with no int->float conversion and no fp32 round trip. A·t
+    minus MAGIC x (the sum of A's row) is A·codes, exactly in real arithmetic (the caller takes off the zero point
+    the same way). ASM: the PTX above (GPU only, four bytes a register); else the same bits from Triton integer ops
+    (the interpreter; on a GPU ~2x the instructions: the bytes are unpacked and repacked one by one)."""
+    if ASM:
+        if DTYPE == tl.bfloat16:
+            lo, hi = tl.inline_asm_elementwise(_NIBBLES_BF16, "=r,=r,=r,=r,r", [u],
+                                               dtype=(tl.bfloat16, tl.bfloat16), is_pure=True, pack=4)
         else:
-            v = u.to(tl.int16)
-            lo_magic: tl.constexpr = 0x4300 if BF16 else 0x6400
-            hi_magic: tl.constexpr = 0x4500 if BITS == 8 else lo_magic
-            t1 = ((v & 15) | lo_magic).to(DTYPE, bitcast=True)
-            t2 = ((v >> 4) | hi_magic).to(DTYPE, bitcast=True)
-        BIAS: tl.constexpr = 2176.0 if BITS == 8 else (128.0 if BF16 else 1024.0)
+            lo, hi = tl.inline_asm_elementwise(_NIBBLES_FP16, "=r,=r,=r,=r,r", [u],
+                                               dtype=(tl.float16, tl.float16), is_pure=True, pack=4)
     else:
-        if ASM:
-            t1 = tl.inline_asm_elementwise(_BYTES_FP16, "=r,=r,r", [u], dtype=tl.float16, is_pure=True, pack=4)
-        else:
-            t1 = (u.to(tl.int16) | 0x6400).to(tl.float16, bitcast=True)
-        BIAS: tl.constexpr = 1024.0
-    return t1, t2, BIAS
+        v = u.to(tl.int16)
+        magic: tl.constexpr = 0x4300 if DTYPE == tl.bfloat16 else 0x6400
+        lo = ((v & 15) | magic).to(DTYPE, bitcast=True)
+        hi = ((v >> 4) | magic).to(DTYPE, bitcast=True)
+    return lo, hi
 
 
 @triton.jit
 def flat_tile(u, DTYPE: tl.constexpr, ASM: tl.constexpr):
-    """A tile of u's shape with every entry the magic LO (bf16 128.0, fp16 1024.0): A · flat = LO x the sums of A's rows,
+    """A tile of u's shape with every entry MAGIC (bf16 128.0, fp16 1024.0): A · flat = MAGIC x the sums of A's rows,
     broadcast over the columns, on the tensor cores. With ASM the constant comes out of an asm that takes u (and
     ignores it), so the compiler gives it u's operand layout rather than a constant's, and A is converted to one
-    operand layout for all its dots, not two."""
+    operand layout for all its dots, not two (the constant's own layout cost a conversion through shared memory and
+    barriers every K step; a tl.sum of A's rows, a cross-warp reduction, likewise)."""
     if ASM:
         if DTYPE == tl.bfloat16:
             flat = tl.inline_asm_elementwise(_FLAT_BF16, "=r,=r,r", [u], dtype=tl.bfloat16, is_pure=True, pack=4)
