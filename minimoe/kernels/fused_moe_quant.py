@@ -246,14 +246,18 @@ INT4_A_SPLIT = "registers"          # int4 byte tiles' A halves: "registers" (on
 # mantissa bits: two nibble tiles a byte) and lost: +61% / +222% a step with A's row sums from a tl.sum (call 1),
 # no fewer instructions with them from a dot (675 vs 651), out of shared memory at its bs-64 tile (call 2).
 BIASED_TILES = "asm"
+# ... up to this BLOCK_M: the biased path doubles the tensor-core work (A's row sums are two more dots), which decode
+# tiles hide and prefill tiles, compute-bound, do not (call 3: Mixtral int4 TTFT at bs 64, 8,192 prompt tokens on
+# 128-row tiles, 2.43 s against the fourteenth session's 1.54).
+BIASED_MAX_M = 64
 
 
-def byte_tiles(w, block_k: int) -> int:
+def byte_tiles(w, block_k: int, block_m: int = 16) -> int:
     """The kernels' BYTES constexpr for this stack and K steps of block_k inputs: 0 = words unpacked through a reshape;
     1 / 2 = tiles loaded as bytes (minimoe's int8 codes under INT8_BYTE_TILES; its int4 codes under INT4_BYTE_TILES
     with block_k >= 32, two dots of at least 16 inputs, and A's halves split in registers (2) or loaded strided (1));
-    3 / 4 = int4 byte tiles made biased 16-bit operands (BIASED_TILES "ops" / "asm", A split in registers; fp32
-    activations keep the exact 2^23 path, decided in the kernel)."""
+    3 / 4 = int4 byte tiles made biased 16-bit operands (BIASED_TILES "ops" / "asm", A split in registers, tiles of
+    block_m <= BIASED_MAX_M rows; fp32 activations keep the exact 2^23 path, decided in the kernel)."""
     if w.codes != 0:
         return 0
     if w.bits == 8 and INT8_BYTE_TILES:
@@ -261,7 +265,7 @@ def byte_tiles(w, block_k: int) -> int:
     if w.bits == 4 and INT4_BYTE_TILES and block_k >= 32:
         if INT4_A_SPLIT != "registers":
             return 1
-        if BIASED_TILES == "off":
+        if BIASED_TILES == "off" or block_m > BIASED_MAX_M:
             return 2
         return 4 if BIASED_TILES == "asm" and on_gpu() else 3
     return 0
@@ -362,5 +366,5 @@ def _launch(kernel, a, sa, w, out, weights, blocks, top_k, N, K_in, cfg, precisi
     kernel[grid](*head, sorted_ids, block_expert, num_padded, numel, *routing, expert_offset, E, num_pid_m,
                  N, K_in, kw, ng, a.stride(0), sa.stride(0), *stride_args(w), out.stride(0), **layout_args(w),
                  BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"], GROUP_M=cfg["GROUP_M"],
-                 DOT_PRECISION=precision, BYTES=byte_tiles(w, cfg["BLOCK_K"]), num_warps=cfg["num_warps"],
+                 DOT_PRECISION=precision, BYTES=byte_tiles(w, cfg["BLOCK_K"], cfg["BLOCK_M"]), num_warps=cfg["num_warps"],
                  num_stages=cfg["num_stages"], **launch_args(pdl))
