@@ -11,7 +11,8 @@ pipeline (Python AST -> TTIR -> TTGIR -> LLVM -> PTX -> cubin) runs here too. Tw
      at 8-64 rows and of router gates; --sweep-configs: also every candidate
      scripts/quant_decode_sweep.py times) under the interpreter with `on_gpu()` forced true, so the GPU tile
      configs are chosen, and
-     record every launch (kernel, argument types, constexprs, warps, stages) instead of running it;
+     record every launch (kernel, argument types, constexprs, warps, stages) instead of running it (the prefill
+     path's dequantization kernel, moe_dequant, included);
   2. compile: in a fresh process without the interpreter, compile each recorded launch for sm90.
 Prints one line per kernel variant (OK / the compiler's error) and exits 1 on any failure.
 """
@@ -92,8 +93,9 @@ def record(shapes: list[str], formats: list[str] | None, out: str, sweep: bool =
                 decode += ("pair",) if fused_moe_quant_pair.pair_supported(w13) and \
                     fused_moe_quant_pair.pair_supported(w2) else ()
                 cfgs = [{"variant": v} for v in (decode if variant == "small" else (variant,))]
-                if variant == "aligned":
+                if variant == "aligned":      # prefill tiles of int4 / int8 go to moe_dequant: the in-kernel path too
                     cfgs[0].update(fused_moe_quant.quant_config(w13, w2, E_real, I, D, K, T))
+                    cfgs.append(dict(cfgs[0], in_kernel=True))
                 cfgs += sweep_configs(w13, variant) if sweep else []
                 for cfg in cfgs:
                     fused_moe_quant.fused_moe_quant(x, w13, w2, ids, torch.zeros(T, K), config=cfg)

@@ -33,6 +33,7 @@ import triton.language as tl
 from .fused_moe import _block_rows, _combine_kernel, _tile_coords, plan
 from .fused_moe_quant_small import fused_moe_quant_small
 from .moe_align import align_tokens_by_expert
+from .moe_dequant import DEQUANT_MIN_M, fused_moe_dequant
 from .moe_configs import (CONFIG_DIR, config_file_name, default_config, interpreter_config, load_tuned,
                           nearest_bucket, on_gpu, pipeline_stages)
 from .pdl import launch_args, wait_then_release
@@ -252,6 +253,12 @@ BIASED_TILES = "asm"
 BIASED_MAX_M = 64
 
 
+# Prefill-sized calls on int4 / int8 experts (tiles of DEQUANT_MIN_M rows or more: compute-bound) dequantize a few
+# experts at a time into bf16 and run the bf16 kernels (kernels/moe_dequant.py) instead of dequantizing each tile
+# inside the GEMM; config {"in_kernel": True} keeps the in-kernel path (benchmarks, tests).
+PREFILL_DEQUANT = True
+
+
 def byte_tiles(w, block_k: int, block_m: int = 16) -> int:
     """The kernels' BYTES constexpr for this stack and K steps of block_k inputs: 0 = words unpacked through a reshape;
     1 / 2 = tiles loaded as bytes (minimoe's int8 codes under INT8_BYTE_TILES; its int4 codes under INT4_BYTE_TILES
@@ -337,6 +344,9 @@ def fused_moe_quant(x: torch.Tensor, w13, w2, topk_ids: torch.Tensor, topk_weigh
             return fused_moe_quant_small(x, w13, w2, ids, topk_weights, expert_offset, config, pdl)
     cfg = dict(quant_config(w13, w2, E, I, D, K, T),
                **{k: v for k, v in (config or {}).items() if k != "small"})
+    if (PREFILL_DEQUANT and w13.bits in (4, 8) and w13.codes == 0 and x.dtype != torch.float32
+            and cfg["BLOCK_M"] >= DEQUANT_MIN_M and not (config or {}).get("in_kernel")):
+        return fused_moe_dequant(x, w13, w2, ids, topk_weights, expert_offset=expert_offset, pdl=pdl)
     assert w13.group == w2.group and cfg["BLOCK_K"] == (w13.group or cfg["BLOCK_K"]), \
         f"a step must be one scale group: BLOCK_K {cfg['BLOCK_K']}, groups {w13.group} and {w2.group}"
     sorted_ids, block_expert, num_padded = align_tokens_by_expert(ids, E, cfg["BLOCK_M"], expert_offset, pdl=pdl)

@@ -1,13 +1,15 @@
-"""Where the int4 biased operands stop paying: one quantized MoE layer at T tokens, BIASED_TILES "asm" on every tile
-size against "off", on the GPU.
+"""Where each int4 MoE path wins: one quantized layer at T tokens through the in-kernel GEMMs with plain byte tiles
+("off"), with biased operands on every tile size ("asm"), and through the prefill path that dequantizes the experts
+and runs the bf16 kernels ("dequant", kernels/moe_dequant.py), on the GPU.
 
-    python scripts/biased_crossover.py [--shape mixtral-8x7b] [--tokens 16 64 256 1024 4096] [--json OUT]
+    python scripts/int4_paths.py [--shape mixtral-8x7b] [--tokens 16 64 256 1024 4096] [--json OUT]
 
 The biased path (kernels/quant_tiles.nibble_tiles) removes the int -> float conversions of the dequantization but
 adds two dots a K step (A's row sums): decode tiles are bound by the conversions, prefill tiles by the tensor cores.
-fused_moe_quant.BIASED_MAX_M is the cut-over; this script lifts it for the "asm" rows, so each T runs the same tile
-config (fused_moe_quant.quant_config) both ways. The layer is timed as bench/layer.py times it (a CUDA graph over
-ROTATE routings, medians), and each output is checked against the other (relative norm error).
+fused_moe_quant.BIASED_MAX_M and moe_dequant.DEQUANT_MIN_M are the cut-overs; this script lifts the first for the
+"asm" rows and forces the in-kernel path for both of them ({"in_kernel": True}), so each T runs the same tile config
+(fused_moe_quant.quant_config) both ways. The layer is timed as bench/layer.py times it (a CUDA graph over ROTATE
+routings, medians), and each output is checked against "off" (relative norm error).
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ def main(argv=None) -> int:
     from minimoe.bench.layer import SHAPES, ROTATE, routings, time_graph
     from minimoe.experts import Experts
     from minimoe.kernels import fused_moe_quant as FQ
+    from minimoe.kernels.moe_dequant import fused_moe_dequant
     from minimoe.qexperts import QuantExperts
     from minimoe.qweights import quantize_int4
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -40,26 +43,34 @@ def main(argv=None) -> int:
     del dense
     rows = []
     print(f"# {a.shape} int4 (E={E}, D={D}, I={I}, K={K}), one layer, us (CUDA graph over {ROTATE} routings)")
-    print(f"{'T':>6} {'BLOCK_M':>7} {'off':>9} {'asm':>9} {'asm/off':>8} {'rel err':>8}")
+    print(f"{'T':>6} {'BLOCK_M':>7} {'off':>9} {'asm':>9} {'dequant':>9} {'asm/off':>8} {'deq/off':>8} {'err asm':>8} "
+          f"{'err deq':>8}")
     for T in a.tokens:
         x = torch.randn(T, D, device="cuda", generator=gen).bfloat16()
         routes = routings(T, E, K, ROTATE, "cuda")
         cfg = FQ.quant_config(q.w13, q.w2, E, I, D, K, T)
         res = {}
-        for mode in ("off", "asm"):
-            FQ.BIASED_TILES, FQ.BIASED_MAX_M = mode, 1 << 20
-            out = FQ.fused_moe_quant(x, q.w13, q.w2, routes[0][1], routes[0][0], config={"variant": "aligned"})
+        for mode in ("off", "asm", "dequant"):
+            FQ.BIASED_TILES, FQ.BIASED_MAX_M = ("off" if mode == "off" else "asm"), 1 << 20
+
+            def call(w, ids, mode=mode):
+                if mode == "dequant":
+                    return fused_moe_dequant(x, q.w13, q.w2, ids, w)
+                return FQ.fused_moe_quant(x, q.w13, q.w2, ids, w, config={"variant": "aligned", "in_kernel": True})
+
+            out = call(routes[0][0], routes[0][1])
 
             def run():
                 for w, ids in routes:
-                    FQ.fused_moe_quant(x, q.w13, q.w2, ids, w, config={"variant": "aligned"})
+                    call(w, ids)
             res[mode] = (time_graph(run, "cuda") * 1e3, out.float())
-        err = ((res["asm"][1] - res["off"][1]).norm() / res["off"][1].norm()).item()
+        err = {m: ((res[m][1] - res["off"][1]).norm() / res["off"][1].norm()).item() for m in ("asm", "dequant")}
         row = {"shape": a.shape, "T": T, "BLOCK_M": cfg["BLOCK_M"], "off_us": res["off"][0], "asm_us": res["asm"][0],
-               "rel_err": err}
+               "dequant_us": res["dequant"][0], "rel_err_asm": err["asm"], "rel_err_dequant": err["dequant"]}
         rows.append(row)
-        print(f"{T:>6} {cfg['BLOCK_M']:>7} {row['off_us']:>9.1f} {row['asm_us']:>9.1f} "
-              f"{row['asm_us'] / row['off_us']:>8.3f} {err:>8.1e}", flush=True)
+        print(f"{T:>6} {cfg['BLOCK_M']:>7} {row['off_us']:>9.1f} {row['asm_us']:>9.1f} {row['dequant_us']:>9.1f} "
+              f"{row['asm_us'] / row['off_us']:>8.3f} {row['dequant_us'] / row['off_us']:>8.3f} {err['asm']:>8.1e} "
+              f"{err['dequant']:>8.1e}", flush=True)
     if a.json:
         with open(a.json, "w") as f:
             json.dump(rows, f, indent=1)
