@@ -240,7 +240,7 @@ INT4_A_SPLIT = "registers"          # int4 byte tiles' A halves: "registers" (on
 # int4 byte tiles made biased 16-bit operands with no conversion instruction (quant_tiles.nibble_tiles): "asm" (its
 # PTX on a GPU; the interpreter runs "ops"), "ops" (Triton integer ops), "off" (codes -> fp32 by the 2^23 trick -> a
 # pack to 16 bits, the fourteenth session's path). Compiled for sm90 (scripts/sass_mix.py; Mixtral int4 GEMM1, one K
-# step of 128 for gate and up, per thread): 16 x 128 tiles 1,388 instructions (off), 1,045 (ops), 560 (asm); 32 x 64
+# step of 128 for gate and up, per thread): 16 x 128 tiles 1,388 instructions (off), 1,027 (ops), 560 (asm); 32 x 64
 # tiles 849 (off), 455 (asm): with bf16 activations the off path was bound by the integer pipe and by the
 # quarter-rate fp32 -> bf16 packs. Measured in the graphed Mixtral int4 step (docs/results/2026-12-01-s15, call 2):
 # bs 16 17.17 -> 12.10 ms (with its re-tuned table), bs 64 21.29 -> 16.29. int8 was tried the same way (bf16 holds 7
