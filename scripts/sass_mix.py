@@ -1,14 +1,14 @@
 """The instruction mix of a quantized tensor-core kernel's main loop, compiled for sm90 on a machine without a GPU.
 
-    python scripts/sass_mix.py [--bits 4] [--tile 16 128 128] [--warps 4] [--stages 3] [--modes off ops asm]
+    python scripts/sass_mix.py [--bits 4|8] [--tile 16 128 128] [--warps 4] [--stages 3] [--modes off ops asm]
 
 Triton's wheel ships ptxas and nvdisasm, so a kernel can be compiled for an H200 and read as SASS anywhere. This
 compiles fused_moe_quant's GEMM1 (`_gate_up_q_kernel`, Mixtral's shape: the gate and the up tile of one K step) for
 each setting of `fused_moe_quant.BIASED_TILES` (the int4 byte tiles' operands: "off" = codes -> fp32 by the 2^23
 trick -> a pack to bf16; "ops" / "asm" = biased bf16 operands from Triton integer ops / PTX), finds the main loop
 (the longest block ending in a backward branch) and prints its instruction count by opcode: the integer pipe
-(LOP3, PRMT, SHF, SGXT), the conversions (F2FP, I2F), the tensor cores (HMMA), shared memory (LDS, STS) and barriers
-(BAR). Launch attributes follow the real launch: 16-byte aligned pointers, and the dims and strides Mixtral's
+(LOP3, PRMT, SHF, SGXT), the conversions (F2FP, I2F), the tensor cores (HMMA; HGMMA for wgmma tiles of 64+ rows),
+shared memory (LDS, STS) and barriers (BAR). int8 (--bits 8) has only the "off" mode. Launch attributes follow the real launch: 16-byte aligned pointers, and the dims and strides Mixtral's
 stacks divide by 16. A count is not a time (the GPU measures that: scripts/step_probe.py), but it shows where a
 loop's issue slots go before a device minute is spent (docs/quantization.md, fifteenth session).
 """
@@ -29,7 +29,7 @@ from triton.compiler import ASTSource
 DIV16 = {"I", "D", "KW", "NG", "stride_at", "stride_sat", "stride_we", "stride_wn", "stride_se", "stride_sn",
          "stride_ht", "stride_yt"}
 GROUPS = {"integer pipe": ("LOP3", "PRMT", "SHF", "SGXT", "IADD3", "BFE"), "conversions": ("F2FP", "I2F", "F2F"),
-          "tensor cores": ("HMMA",), "shared memory": ("LDS", "LDSM", "STS"), "barriers": ("BAR",)}
+          "tensor cores": ("HMMA", "HGMMA"), "shared memory": ("LDS", "LDSM", "STS"), "barriers": ("BAR",)}
 
 
 def compile_gate_up(bits: int, tile: tuple[int, int, int], warps: int, stages: int, byte_mode: int):
@@ -80,6 +80,8 @@ def main(argv=None) -> int:
     p.add_argument("--modes", nargs="+", default=["off", "ops", "asm"], choices=["off", "ops", "asm"])
     p.add_argument("--top", type=int, default=12, help="opcodes listed per mode")
     a = p.parse_args(argv)
+    if a.bits == 8 and a.modes != ["off"]:
+        p.error("int8 has no biased operands (fused_moe_quant.BIASED_TILES is int4's): --bits 8 takes --modes off")
     os.environ.pop("TRITON_INTERPRET", None)
     byte_mode = {"off": 2 if a.bits == 4 else 1, "ops": 3, "asm": 4}
     print(f"# _gate_up_q_kernel int{a.bits}, tile {a.tile}, {a.warps} warps, {a.stages} stages, sm90: main loop "

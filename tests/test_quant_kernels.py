@@ -267,6 +267,9 @@ def test_biased_tiles_equal_the_plain_byte_tiles(fmt, T, monkeypatch):
         for mode in modes:
             monkeypatch.setattr(FQ, "BIASED_TILES", mode)
             assert FQ.byte_tiles(q13, bk) == {"off": 2, "ops": 3, "asm": 4}[mode] and FQ.byte_tiles(int8, 64) == 1
+            # the rows a tile may have: the MoE's measured 16-32, the skinny GEMM's 16-64 (prefill tiles stay plain)
+            assert FQ.byte_tiles(q13, bk, 64) == 2
+            assert FQ.byte_tiles(q13, bk, 64, FQ.SKINNY_BIASED_MAX_M) == FQ.byte_tiles(q13, bk, 32)
             out[mode] = (fused_moe_quant(x, q13, q2, ids, w, config=cfg),
                          skinny_gemm_quant(h, dense, config={"SPLIT": 2, "BLOCK_K": bk}))
         ref = (reference(x, q13, q2, ids, w), h.double().cpu() @ dense.dequantize().double().cpu().T)
@@ -328,3 +331,15 @@ def test_biased_magic_floats_and_their_ptx_model():
             assert halves(out[:2]) == [magic | (v & 15) for v in b]
             assert halves(out[2:]) == [magic | (v >> 4) for v in b]
             assert halves(run(flat, word)) == [magic] * 4
+
+
+def test_zero_points_need_scale_groups():
+    """A stack with zero points but row scales is no layout the kernels read: one clear error, not a silent misread."""
+    from minimoe.kernels.moe_dequant import dequantize_stack
+    from minimoe.kernels.quant_tiles import pointer_args
+    m = Q.quantize_int4(torch.randn(2, 8, 64).to(DEVICE), 32, zero_point=True)
+    m.group = 0
+    with pytest.raises(ValueError, match="scale group"):
+        pointer_args(m)
+    with pytest.raises(ValueError, match="scale group"):
+        dequantize_stack(m, slice(None), torch.float16)

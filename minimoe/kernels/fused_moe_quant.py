@@ -247,10 +247,14 @@ INT4_A_SPLIT = "registers"          # int4 byte tiles' A halves: "registers" (on
 # mantissa bits: two nibble tiles a byte) and lost: +61% / +222% a step with A's row sums from a tl.sum (call 1),
 # no fewer instructions with them from a dot (675 vs 651), out of shared memory at its bs-64 tile (call 2).
 BIASED_TILES = "asm"
-# ... up to this BLOCK_M: the biased path doubles the tensor-core work (A's row sums are two more dots), which decode
-# tiles hide and prefill tiles, compute-bound, do not (call 3: Mixtral int4 TTFT at bs 64, 8,192 prompt tokens on
-# 128-row tiles, 2.43 s against the fourteenth session's 1.54).
-BIASED_MAX_M = 64
+# ... on tiles of up to this many rows (the aligned MoE; the skinny dense GEMM's tiles, 16-64 rows, all take it). The
+# row sums cost two more dots a K step: at 16-32 rows (mma.sync) ptxas folds most of them (HMMA 64 -> 72 / 80 a
+# step), but 64+-row tiles run wgmma, where they double (HGMMA 16 -> 32) and the tile needs more shared memory; on
+# compute-bound prefill tiles (128 rows) a Mixtral int4 layer was 1.5-1.6x slower (docs/results/2026-12-01-s15,
+# call 4). Measured wins: 16- and 32-row MoE tiles and the skinny GEMM's 64-row tiles (inside the bs-64 steps); the
+# MoE's 64-row tiles (Mixtral at ~129-191 tokens) were not measured, so they keep the plain byte tiles.
+BIASED_MAX_M = 32
+SKINNY_BIASED_MAX_M = 64
 
 
 # Prefill-sized calls on int4 / int8 experts (tiles of DEQUANT_MIN_M rows or more: compute-bound) dequantize a few
@@ -259,12 +263,12 @@ BIASED_MAX_M = 64
 PREFILL_DEQUANT = True
 
 
-def byte_tiles(w, block_k: int, block_m: int = 16) -> int:
+def byte_tiles(w, block_k: int, block_m: int = 16, max_m: int | None = None) -> int:
     """The kernels' BYTES constexpr for this stack and K steps of block_k inputs: 0 = words unpacked through a reshape;
     1 / 2 = tiles loaded as bytes (minimoe's int8 codes under INT8_BYTE_TILES; its int4 codes under INT4_BYTE_TILES
     with block_k >= 32, two dots of at least 16 inputs, and A's halves split in registers (2) or loaded strided (1));
     3 / 4 = int4 byte tiles made biased 16-bit operands (BIASED_TILES "ops" / "asm", A split in registers, tiles of
-    block_m <= BIASED_MAX_M rows; fp32 activations keep the exact 2^23 path, decided in the kernel)."""
+    block_m <= max_m rows, default BIASED_MAX_M; fp32 activations keep the exact 2^23 path, decided in the kernel)."""
     if w.codes != 0:
         return 0
     if w.bits == 8 and INT8_BYTE_TILES:
@@ -272,7 +276,7 @@ def byte_tiles(w, block_k: int, block_m: int = 16) -> int:
     if w.bits == 4 and INT4_BYTE_TILES and block_k >= 32:
         if INT4_A_SPLIT != "registers":
             return 1
-        if BIASED_TILES == "off" or block_m > BIASED_MAX_M:
+        if BIASED_TILES == "off" or block_m > (BIASED_MAX_M if max_m is None else max_m):
             return 2
         return 4 if BIASED_TILES == "asm" and on_gpu() else 3
     return 0

@@ -65,6 +65,8 @@ def dequantize_stack(m, experts: slice, dtype: torch.dtype) -> torch.Tensor:
     [E', N, K] in dtype, the oracle's bits (QuantMatrix.dequantize). Raises ValueError for other formats."""
     if m.bits not in (4, 8) or m.codes != 0:
         raise ValueError(f"moe_dequant: int4 / int8 stacks only, got {m.describe() if hasattr(m, 'describe') else m}")
+    if m.zero is not None and not m.group:
+        raise ValueError("moe_dequant: zero points come per scale group")
     data, scale = m.data3[experts], m.scale3[experts]
     zero = m.zero3[experts] if m.zero is not None else scale
     E, N, KW = data.shape
@@ -84,11 +86,14 @@ def fused_moe_dequant(x: torch.Tensor, w13, w2, topk_ids: torch.Tensor, topk_wei
                       expert_offset: int = 0, pdl: bool = False, chunk_bytes: int | None = None) -> torch.Tensor:
     """out [T, D] in x.dtype = Σ_k topk_weights[:, k] · expert(topk_ids[:, k])(x) for int4 / int8 stacks w13
     [E, 2I, D] and w2 [E, D, I] (experts expert_offset .. +E-1; other ids add zero): G experts at a time
-    (G · (3 I D) · 2 bytes <= chunk_bytes, default CHUNK_BYTES; at least one) dequantized into x.dtype and run
-    through fused_moe (bf16 tuned tables); the chunks' outputs summed in fp32 (one chunk: fused_moe's output as is)."""
+    (G · (3 I D) · 2 bytes <= chunk_bytes, default CHUNK_BYTES; at least one; the chunks as even as that allows)
+    dequantized into x.dtype and run through fused_moe, which picks its config for a G-expert layer (with G = E the
+    bf16 tuned table of the shape; a chunk, as measured on Mixtral, the heuristic's prefill tiles); each chunk's output
+    (rounded to x.dtype) summed in fp32 (one chunk: fused_moe's output as is)."""
     E, two_i, D = w13.stack_shape
     per_expert = (two_i * D + D * (two_i // 2)) * x.element_size()
     G = max(1, min(E, (chunk_bytes or CHUNK_BYTES) // per_expert))
+    G = -(-E // -(-E // G))                        # as many chunks as G allows, of even sizes (64 = 32 + 32, not 62 + 2)
     if G == E:
         return fused_moe(x, dequantize_stack(w13, slice(None), x.dtype), dequantize_stack(w2, slice(None), x.dtype),
                          topk_ids, topk_weights, expert_offset=expert_offset, pdl=pdl)

@@ -300,8 +300,12 @@ def layout_args(m, vec: bool = False) -> dict:
 
 def pointer_args(m) -> tuple:
     """(data, scale, zero, codebook, K, words a row, groups a row): a stack's runtime arguments
-    (the scale tensor stands in for a missing zero or codebook: never read)."""
+    (the scale tensor stands in for a missing zero or codebook: never read). Raises ValueError for zero points
+    without scale groups."""
     data, scale = m.data3, m.scale3
+    if m.zero is not None and not m.group:
+        raise ValueError("zero points come per scale group: a stack with zero points and row scales is not a layout "
+                         "the kernels read")
     zero = m.zero3 if m.zero is not None else scale
     code = m.codebook if m.codes == 1 else scale
     return data, scale, zero, code, m.K, data.shape[2] if m.bits else 0, scale.shape[2]

@@ -30,6 +30,7 @@ import torch
 import triton
 import triton.language as tl
 
+from . import fused_moe_quant as FQ
 from .fused_moe_quant import _dot_step, _epilogue_scale, byte_tiles, load_a
 from .pdl import launch_args, wait_then_release
 from .quant_tiles import layout_args, pointer_args, stride_args
@@ -265,6 +266,6 @@ def skinny_gemm_quant(x: torch.Tensor, w, bias: torch.Tensor | None = None, *, c
         x.stride(0), stride_wn, stride_sn, stride_sg, y.stride(0), split, **layout_args(w),
         HAS_BIAS=has_bias, SPLIT_K=split > 1, BLOCK_M=max(16, triton.next_power_of_2(T)), BLOCK_N=cfg["BLOCK_N"],
         BLOCK_K=cfg["BLOCK_K"], PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
-        BYTES=byte_tiles(w, cfg["BLOCK_K"], max(16, triton.next_power_of_2(T))),
+        BYTES=byte_tiles(w, cfg["BLOCK_K"], max(16, triton.next_power_of_2(T)), FQ.SKINNY_BIASED_MAX_M),
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **launch_args(pdl))
     return y

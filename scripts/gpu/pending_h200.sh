@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# What the twelfth to fourteenth sessions left for the next nvidia-h200 call (~9 min):
-#  0. GPU tests of the skinny GEMM and the byte tiles (run in the fourteenth session; kept as a guard);
-#  1. (done in the fourteenth session's call 6; kept as a re-check) int4 tables re-tuned on the byte tiles;
+# What the twelfth to fifteenth sessions left for the next nvidia-h200 call (~9 min):
+#  0. GPU tests of the skinny GEMM, the byte tiles and the biased int4 operands (kept as a guard);
+#  1. the int4 prefill cut-over (moe_dequant.DEQUANT_MIN_M: measured on Mixtral only) on the narrow experts of OLMoE
+#     and Qwen3-30B-A3B (scripts/int4_paths.py);
 #  2. issue 12's whole-model rows, bf16 in the same run: Mixtral bs 1 --quant int8 / int4 / fp8 (128 / 128) and OLMoE
 #     bs 64 --quant fp8 (1.37x in the thirteenth session, target 1.6x);
 #  3. the fp8 layer at M = 1 / 64 for the Qwen3-30B-A3B shape (targets <= 15 / <= 150 µs).
@@ -11,11 +12,13 @@ export PYTHONUNBUFFERED=1 TQDM_DISABLE=1
 R=$OUT/r; mkdir -p $R
 nvidia-smi --query-gpu=name,clocks.max.sm,clocks.max.mem,power.limit --format=csv > $R/gpu.txt 2>&1
 PYTHONPATH=$PWD timeout 120 python3 -m pytest -q -p no:cacheprovider tests/test_skinny_gemm.py tests/test_quant_kernels.py \
-  -k "skinny or byte or tuned" > $R/pytest_gpu.txt 2>&1
+  -k "skinny or byte or tuned or biased" > $R/pytest_gpu.txt 2>&1
 echo "--- pytest rc $?"; tail -2 $R/pytest_gpu.txt
-PYTHONPATH=$PWD timeout 170 python3 scripts/tune_fused_moe_quant.py --formats int4 --presets mixtral --buckets 8 16 32 64 \
-  --workers 12 --write --out $R/tune > $R/tune.txt 2>&1
-echo "--- int4 tune rc $?"; grep -E "^# (best|[0-9]+ rows)" $R/tune.txt | cut -c1-150
+for shape in olmoe qwen3-30b-a3b; do
+  PYTHONPATH=$PWD timeout 80 python3 scripts/int4_paths.py --shape $shape --tokens 64 256 512 1024 4096 \
+    --json $R/int4_paths_$shape.json > $R/int4_paths_$shape.txt 2>&1
+  echo "--- int4 paths $shape rc $?"; tail -6 $R/int4_paths_$shape.txt
+done
 W="--fused --warmup 1 --iters 3 --input-len 128 --output-len 128"
 PYTHONPATH=$PWD timeout 90 python3 bench.py --model mixtral $W --bs 1 --json $R/mixtral_bf16.json > $R/mixtral_bf16.txt 2>&1
 python3 -c "import json;c=json.load(open('$R/mixtral_bf16.json'))['ceilings'];c.pop('source');json.dump(c,open('$R/ceil.json','w'))"
