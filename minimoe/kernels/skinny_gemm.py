@@ -31,7 +31,8 @@ import triton
 import triton.language as tl
 
 from . import fused_moe_quant as FQ
-from .fused_moe_quant import _dot_step, _epilogue_scale, byte_tiles, load_a
+from .fused_moe_quant import byte_tiles
+from .quant_dot import dot_step, epilogue_scale, load_a
 from .pdl import launch_args, wait_then_release
 from .quant_tiles import layout_args, pointer_args, stride_args
 
@@ -101,7 +102,7 @@ def _skinny_quant_kernel(x_ptr, w_ptr, s_ptr, z_ptr, c_ptr, b_ptr, y_ptr, ws_ptr
                          SPLIT_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                          PRECISION: tl.constexpr, PDL: tl.constexpr, BYTES: tl.constexpr = False):
     """The same grid over a quantized weight (qweights' layouts): each B tile is dequantized in registers by
-    fused_moe_quant's `_dot_step` (fp8 codes converted to x's dtype, integer codes minus their zero point),
+    quant_dot's `dot_step` (fp8 codes converted to x's dtype, integer codes minus their zero point),
     group scales per K step (BLOCK_K = the group), a row scale in the epilogue. Activations stay in x's dtype
     (weight-only numerics: W8A16 / W4A16, fp8 included, as the decode GEMVs)."""
     wait_then_release(PDL)
@@ -119,9 +120,9 @@ def _skinny_quant_kernel(x_ptr, w_ptr, s_ptr, z_ptr, c_ptr, b_ptr, y_ptr, ws_ptr
     for kb in range(sp * share, tl.minimum(n_k, sp * share + share)):
         k0 = kb * BLOCK_K
         a, a_odd = load_a(x_rows, t_ok, k0, K, BLOCK_K, BITS, CODES, BYTES)                        # [BM, BK]
-        acc = _dot_step(acc, a, a_odd, w_ptr, s_ptr, z_ptr, c_ptr, cols_w, k0, K, KW, NG, ones, stride_wn, stride_sn,
+        acc = dot_step(acc, a, a_odd, w_ptr, s_ptr, z_ptr, c_ptr, cols_w, k0, K, KW, NG, ones, stride_wn, stride_sn,
                         stride_sg, BITS, CODES, GROUP, ROW_BLOCK, OFFSET, HAS_ZERO, BLOCK_K, BLOCK_N, PRECISION, BYTES)
-    acc = _epilogue_scale(acc, s_ptr, cols_w, ones, stride_sn, BITS, GROUP)
+    acc = epilogue_scale(acc, s_ptr, cols_w, ones, stride_sn, BITS, GROUP)
     _finish(acc, b_ptr, y_ptr, ws_ptr, cnt_ptr, blk, sp, offs_t, cols, T, N, stride_yt, SPLIT,
             HAS_BIAS, SPLIT_K, BLOCK_M, BLOCK_N)
 
