@@ -68,11 +68,11 @@ def _gate_up_q_kernel(a_ptr, sa_ptr, w_ptr, s_ptr, z_ptr, c_ptr, h_ptr, sorted_i
         if BITS == 0 and GROUP > 0:
             sa = tl.load(sa_ptr + tokens * stride_sat + k0 // GROUP, mask=row_mask, other=0.0)
         acc_gate = dot_step(acc_gate, a, a_odd, w_e, s_e, z_e, c_ptr, cols, k0, D, KW, NG, sa, stride_wn, stride_sn,
-                             stride_sg, BITS, CODES, GROUP, ROW_BLOCK, OFFSET, HAS_ZERO, BLOCK_K, BLOCK_N,
-                             DOT_PRECISION, BYTES)
+                            stride_sg, BITS, CODES, GROUP, ROW_BLOCK, OFFSET, HAS_ZERO, BLOCK_K, BLOCK_N,
+                            DOT_PRECISION, BYTES)
         acc_up = dot_step(acc_up, a, a_odd, w_e, s_e, z_e, c_ptr, cols + I, k0, D, KW, NG, sa, stride_wn, stride_sn,
-                           stride_sg, BITS, CODES, GROUP, ROW_BLOCK, OFFSET, HAS_ZERO, BLOCK_K, BLOCK_N,
-                           DOT_PRECISION, BYTES)
+                          stride_sg, BITS, CODES, GROUP, ROW_BLOCK, OFFSET, HAS_ZERO, BLOCK_K, BLOCK_N,
+                          DOT_PRECISION, BYTES)
     if BITS == 0 and GROUP == 0:
         sa = tl.load(sa_ptr + tokens * stride_sat, mask=row_mask, other=0.0)
     acc_gate = epilogue_scale(acc_gate, s_e, cols, sa, stride_sn, BITS, GROUP)
@@ -109,7 +109,7 @@ def _down_q_kernel(a_ptr, sa_ptr, w_ptr, s_ptr, z_ptr, c_ptr, y_ptr, weights_ptr
         if BITS == 0 and GROUP > 0:
             sa = tl.load(sa_ptr + rows64 * stride_sat + k0 // GROUP, mask=row_mask, other=0.0)
         acc = dot_step(acc, a, a_odd, w_e, s_e, z_e, c_ptr, cols, k0, I, KW, NG, sa, stride_wn, stride_sn, stride_sg,
-                        BITS, CODES, GROUP, ROW_BLOCK, OFFSET, HAS_ZERO, BLOCK_K, BLOCK_N, DOT_PRECISION, BYTES)
+                       BITS, CODES, GROUP, ROW_BLOCK, OFFSET, HAS_ZERO, BLOCK_K, BLOCK_N, DOT_PRECISION, BYTES)
     if BITS == 0 and GROUP == 0:
         sa = tl.load(sa_ptr + rows64 * stride_sat, mask=row_mask, other=0.0)
     acc = epilogue_scale(acc, s_e, cols, sa, stride_sn, BITS, GROUP)

@@ -121,7 +121,7 @@ def _skinny_quant_kernel(x_ptr, w_ptr, s_ptr, z_ptr, c_ptr, b_ptr, y_ptr, ws_ptr
         k0 = kb * BLOCK_K
         a, a_odd = load_a(x_rows, t_ok, k0, K, BLOCK_K, BITS, CODES, BYTES)                        # [BM, BK]
         acc = dot_step(acc, a, a_odd, w_ptr, s_ptr, z_ptr, c_ptr, cols_w, k0, K, KW, NG, ones, stride_wn, stride_sn,
-                        stride_sg, BITS, CODES, GROUP, ROW_BLOCK, OFFSET, HAS_ZERO, BLOCK_K, BLOCK_N, PRECISION, BYTES)
+                       stride_sg, BITS, CODES, GROUP, ROW_BLOCK, OFFSET, HAS_ZERO, BLOCK_K, BLOCK_N, PRECISION, BYTES)
     acc = epilogue_scale(acc, s_ptr, cols_w, ones, stride_sn, BITS, GROUP)
     _finish(acc, b_ptr, y_ptr, ws_ptr, cnt_ptr, blk, sp, offs_t, cols, T, N, stride_yt, SPLIT,
             HAS_BIAS, SPLIT_K, BLOCK_M, BLOCK_N)
