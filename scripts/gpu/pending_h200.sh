@@ -2,7 +2,8 @@
 # What the twelfth to fifteenth sessions left for the next nvidia-h200 call (~9 min):
 #  0. GPU tests of the skinny GEMM, the byte tiles and the biased int4 operands (kept as a guard);
 #  1. the int4 prefill cut-over (moe_dequant.DEQUANT_MIN_M: measured on Mixtral only) on the narrow experts of OLMoE
-#     and Qwen3-30B-A3B (scripts/int4_paths.py);
+#     and Qwen3-30B-A3B, and the biased path on the MoE's 64-row tiles (Mixtral at 160 tokens: fused_moe_quant.
+#     BIASED_MAX_M is 32 until measured) (scripts/int4_paths.py);
 #  2. issue 12's whole-model rows, bf16 in the same run: Mixtral bs 1 --quant int8 / int4 / fp8 (128 / 128) and OLMoE
 #     bs 64 --quant fp8 (1.37x in the thirteenth session, target 1.6x);
 #  3. the fp8 layer at M = 1 / 64 for the Qwen3-30B-A3B shape (targets <= 15 / <= 150 µs).
@@ -14,6 +15,9 @@ nvidia-smi --query-gpu=name,clocks.max.sm,clocks.max.mem,power.limit --format=cs
 PYTHONPATH=$PWD timeout 120 python3 -m pytest -q -p no:cacheprovider tests/test_skinny_gemm.py tests/test_quant_kernels.py \
   -k "skinny or byte or tuned or biased" > $R/pytest_gpu.txt 2>&1
 echo "--- pytest rc $?"; tail -2 $R/pytest_gpu.txt
+PYTHONPATH=$PWD timeout 60 python3 scripts/int4_paths.py --shape mixtral-8x7b --tokens 160 --json $R/int4_paths_m160.json \
+  > $R/int4_paths_m160.txt 2>&1
+echo "--- int4 paths mixtral 160 rc $?"; tail -2 $R/int4_paths_m160.txt
 for shape in olmoe qwen3-30b-a3b; do
   PYTHONPATH=$PWD timeout 80 python3 scripts/int4_paths.py --shape $shape --tokens 64 256 512 1024 4096 \
     --json $R/int4_paths_$shape.json > $R/int4_paths_$shape.txt 2>&1
