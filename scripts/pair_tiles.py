@@ -35,6 +35,7 @@ from minimoe.kernels import fused_moe_quant_pair as P  # noqa: E402
 from minimoe.quant import quantize_experts  # noqa: E402
 
 KEYS = ("BLOCK_N", "BLOCK_K", "num_warps", "num_stages", "x_packed", "wide", "split")
+CHAINS = (None,)   # --chains: words an fp16 chain (pair_quads.py); None = the kernel's default for the format
 # (BLOCK_N, BLOCK_K, warps, stages, x_packed, wide, split); DOWN tiles' x_packed is ignored (h is always packed),
 # the dense rows try each DOWN tile with x plain and packed. The first session-6 sweep (call 3) tried 14 GEMM1 and
 # 15 GEMM2 tiles, wide ones included; these are its winners and their neighbours, now with split-K GEMM2s.
@@ -58,6 +59,10 @@ def cfg_of(t) -> dict:
     return d
 
 
+def with_chain(tile: dict, chain) -> dict:
+    return tile if chain is None else dict(tile, chain=chain)
+
+
 def run(shape, bits, tokens, bandwidth, gen, timer, rows):
     dense, K = quant_gpu.layer_weights(shape, gen)
     E, D = dense.n_local, dense.w13.shape[2]
@@ -74,8 +79,8 @@ def run(shape, bits, tokens, bandwidth, gen, timer, rows):
         hs = [P.gate_up_pair(x, qex.w13, qex.w2, ids, 0) for _, ids in routes]
         outs = [x.new_empty(x.shape) for _ in routes]
         for gemm, tiles in (("gate_up", up_tiles), ("down", down_tiles)):
-            for t in tiles:
-                tile = cfg_of(t)
+            for t, chain in itertools.product(tiles, CHAINS):
+                tile = with_chain(cfg_of(t), chain)
                 cfg = {"pair": dict(tile)} if gemm == "gate_up" else {"pair": {"down": dict(tile)}}
                 row = {"shape": shape, "format": FORMAT[bits], "T": T, "gemm": gemm, "tile": tile,
                        "floor_us": floors[gemm]}
@@ -111,8 +116,8 @@ def run(shape, bits, tokens, bandwidth, gen, timer, rows):
     rows.append(row)
     print(line(row) + "  <- fused_moe_quant_gemv.quant_gemv_2d", flush=True)
     for t in (DOWN[bits] if not SMOKE else DOWN[bits][:1]):
-        for xp in (False, True):
-            tile = cfg_of(t)
+        for xp, chain in itertools.product((False, True), CHAINS):
+            tile = with_chain(cfg_of(t), chain)
             tile["x_packed"] = xp
             row = {"shape": shape, "format": FORMAT[bits], "T": 1, "gemm": "dense", "tile": tile,
                    "floor_us": w.nbytes / bandwidth / 1e3}
@@ -132,7 +137,8 @@ def line(r) -> str:
     t = r["tile"]
     head = (f"{r['shape']:14s} {r['format']} T={r['T']:<2d} {r['gemm']:7s} "
             f"{t['BLOCK_N']:>3d}x{t['BLOCK_K']:<5d}{t['num_warps']}w{t['num_stages']}s{' xp' if t['x_packed'] else '   '}"
-            f"{' wide' if t['wide'] else '     '}{' s%d' % t['split'] if t['split'] > 1 else '   '}")
+            f"{' wide' if t['wide'] else '     '}{' s%d' % t['split'] if t['split'] > 1 else '   '}"
+            f"{' c%d' % t['chain'] if 'chain' in t else ''}")
     if r["status"] != "PASS":
         return f"{head} {r['status']} {r.get('error') or r.get('err')}"
     return (f"{head} {r['us']:8.1f} us  floor {r['floor_us']:6.1f} ({100 * r['floor_us'] / r['us']:3.0f}%)  "
@@ -147,7 +153,12 @@ def main(argv=None) -> int:
     p.add_argument("--bits", nargs="+", type=int, default=[4, 8], choices=[4, 8, 0], help="4, 8 or 0 (fp8)")
     p.add_argument("--tokens", nargs="+", type=int, default=[1, 2])
     p.add_argument("--bandwidth", type=float)
+    p.add_argument("--chains", nargs="+", type=int, choices=[1, 4],
+                   help="time every tile with each chain (words an fp16 sum runs over; default: the format's own)")
     args = p.parse_args(argv)
+    global CHAINS
+    if args.chains:
+        CHAINS = tuple(args.chains)
     os.makedirs(args.out, exist_ok=True)
     if quant_gpu.DEVICE.type != "cuda" and not args.smoke:
         print("error: this needs a CUDA GPU (or --smoke for the tiny CPU run)", file=sys.stderr)
@@ -167,10 +178,10 @@ def main(argv=None) -> int:
     best = {}
     for r in rows:
         if r["status"] == "PASS" and "variant" not in r:
-            k = (r["shape"], r["format"], r["T"], r["gemm"])
+            k = (r["shape"], r["format"], r["T"], r["gemm"], r["tile"].get("chain", 0))
             if k not in best or r["us"] < best[k]["us"]:
                 best[k] = r
-    print("\n# best tile per (shape, format, T, GEMM)" + ("  (smoke: tiny shapes under the interpreter, times "
+    print("\n# best tile per (shape, format, T, GEMM, chain)" + ("  (smoke: tiny shapes under the interpreter, times "
                                                             "are placeholders)" if SMOKE else ""))
     for k in sorted(best):
         print(line(best[k]))

@@ -69,10 +69,12 @@ def test_fp8_scaled_mm_equals_its_reference():
 
 @pytest.mark.parametrize("fmt", ["int4", "int4-zero", "int8", "fp8", "fp8-block"])
 @pytest.mark.parametrize("scale", [1.0, 30.0])
-def test_pair_ptx_equals_dequantize_then_matmul(fmt, scale):
+@pytest.mark.parametrize("chain", [1, 4])
+def test_pair_ptx_equals_dequantize_then_matmul(fmt, scale, chain):
     """The packed-pair kernels' PTX (LOP3 / PRMT / cvt.e4m3x2 into fp16 pairs, HFMA2) at bf16 on a mid-size shape, T = 1 and 2,
     default tiles, x packed in the kernel or by pack_pairs: within bf16 rounding of the fp32 oracle, also for x up
-    to ~120 whose h = silu(gate)·up reach ~1e4 (the fp16 scalings keep a word's partial sum finite)."""
+    to ~120 whose h = silu(gate)·up reach ~1e4 (the fp16 scalings keep a word's partial sum finite); the fp16 sums
+    chained over one word or four (pair_quads.py)."""
     from minimoe.experts import Experts
     from minimoe.kernels.fused_moe_quant import fused_moe_quant
     gen = torch.Generator(device="cuda").manual_seed(3)
@@ -89,7 +91,8 @@ def test_pair_ptx_equals_dequantize_then_matmul(fmt, scale):
         x = (torch.randn(T, D, device="cuda", generator=gen) * scale).bfloat16()
         w, ids = torch.randn(T, E, device="cuda", generator=gen).softmax(-1).topk(K, dim=-1)
         ref = _moe_reference(x, w13, w2, w, ids)
-        for cfg in ({"variant": "pair"}, {"variant": "pair", "pair": {"x_packed": True}}):
+        for cfg in ({"variant": "pair", "pair": {"chain": chain, "down": {"chain": chain}}},
+                    {"variant": "pair", "pair": {"x_packed": True, "chain": chain, "down": {"chain": chain}}}):
             got = fused_moe_quant(x, q.w13, q.w2, ids, w, config=cfg)
             assert torch.isfinite(got).all()
             err = ((got.float() - ref).norm() / ref.norm()).item()

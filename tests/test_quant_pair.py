@@ -83,6 +83,49 @@ def test_dense_decode_layer(fmt, packed, split):
         check(got, x.double().cpu() @ w.dequantize()[0].double().cpu().T, TOL)
 
 
+@pytest.mark.parametrize("fmt,tiles", [
+    ("int4", {"BLOCK_K": 64, "x_packed": True, "down": {"BLOCK_K": 32, "split": 3}}),
+    ("int4-zero", {"BLOCK_N": 8, "BLOCK_K": 128, "wide": True, "x_packed": True,
+                   "down": {"BLOCK_N": 2, "BLOCK_K": 64, "wide": True}}),
+    ("int8", {"BLOCK_K": 64, "down": {"BLOCK_K": 32, "split": 2}}),
+    ("int8", {"BLOCK_N": 4, "BLOCK_K": 256, "x_packed": True, "wide": True, "down": {"BLOCK_K": 128, "wide": True}}),
+    ("fp8", {"BLOCK_K": 32, "x_packed": True, "down": {"BLOCK_N": 8, "BLOCK_K": 16, "split": 3}}),
+    ("fp8-block", {"BLOCK_N": 8, "BLOCK_K": 128, "wide": True, "down": {"BLOCK_N": 2, "BLOCK_K": 64, "wide": True}})])
+def test_chains_of_four_words_equal_one_word_chains(fmt, tiles):
+    """chain 4 (pair_quads.py: a quad's fields summed before one conversion) against chain 1 on the same tiles and
+    the float64 reference: the interpreter sums the same fields in fp32, so the two agree to fp32 rounding; masked
+    steps (K = 96 is not a whole number of 64-input steps), skipped slots, wide tiles and split-K included."""
+    gen = torch.Generator().manual_seed(30)
+    q13, q2 = make(fmt, 8, gen, d=96)
+    x = torch.randn(3, 96, generator=gen).to(DEVICE)
+    ids, w = routing(3, 2, 8, gen)
+    ids[1, 0] = -1
+    out = {}
+    for chain in (1, 4):
+        cfg = {**tiles, "chain": chain, "down": {**tiles["down"], "chain": chain}}
+        out[chain] = fused_moe_quant(x, q13, q2, ids, w, config={"variant": "pair", "pair": cfg})
+    check(out[4], reference(x, q13, q2, ids, w), TOL)
+    assert torch.allclose(out[4], out[1], rtol=1e-4, atol=1e-5)
+    d = FORMATS[fmt](torch.randn(1, 40, 96, generator=gen).to(DEVICE))              # a dense layer, T = 1
+    got = P.quant_pair_2d(x[:1], d, {"pair": {"down": {"chain": 4, "BLOCK_K": max(32, d.group)}}})
+    check(got, x[:1].double().cpu() @ d.dequantize()[0].double().cpu().T, TOL)
+
+
+def test_chain_defaults_and_refusals():
+    """int4 chains four words by default where its groups hold whole quads (32 inputs), and falls back to one word
+    for 16-input groups; a chain asked for where it does not fit, or other than 1 and 4, is one ValueError."""
+    from minimoe.qweights import quantize_int4
+    gen = torch.Generator().manual_seed(31)
+    assert P.pair_config(quantize_int4(torch.randn(4, 32, 64, generator=gen), 32), 64)["chain"] == P.CHAIN[4] == 4
+    small16 = quantize_int4(torch.randn(2, 16, 64, generator=gen).to(DEVICE), 16)
+    assert P.pair_config(small16, 64)["chain"] == 1
+    x = torch.randn(1, 64, generator=gen).to(DEVICE)
+    assert P.quant_pair_2d(x, small16).shape == (1, 16)                               # the default: chain 1
+    for chain in (4, 2):
+        with pytest.raises(ValueError, match="chain"):
+            P.quant_pair_2d(x, small16, {"pair": {"down": {"chain": chain}}})
+
+
 def test_split_k_is_deterministic_and_equals_one_program():
     """Split-K adds its partials in a fixed order: repeated calls are bit-identical, and within fp32 rounding
     of the unsplit kernel; skipped slots still give exact zeros."""

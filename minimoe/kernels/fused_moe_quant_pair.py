@@ -22,6 +22,7 @@ from .fused_moe_small import _flat_slot, _local_expert
 from .moe_configs import on_gpu
 from .pair_codes import (H_SCALE, X_SCALE, _X_SCALE, _H_SCALE, _pair_step, _wide_step, _zero_of,  # noqa: F401
                          pack_pairs, pair_bits, pair_supported, pair_words)
+from .pair_quads import _quad_step, _wide_quad_step
 from .pdl import launch_args, wait_then_release
 from .quant_tiles import layout_args
 
@@ -32,7 +33,8 @@ def _gate_up_pair_kernel(x_ptr, w_ptr, s_ptr, z_ptr, h_ptr, ids_ptr, top_k, expe
                          BITS: tl.constexpr, GROUP: tl.constexpr, ROW_BLOCK: tl.constexpr, OFFSET: tl.constexpr,
                          HAS_ZERO: tl.constexpr, H_PW: tl.constexpr, X_PACKED: tl.constexpr, ASM: tl.constexpr,
                          WIDE: tl.constexpr, EVEN: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                         STAGES: tl.constexpr, PDL: tl.constexpr, FP8: tl.constexpr = False):
+                         STAGES: tl.constexpr, PDL: tl.constexpr, FP8: tl.constexpr = False,
+                         CHAIN: tl.constexpr = 1):
     """h[pair, cols] = silu(Wg[e] x[t]) * (Wu[e] x[t]) · H_SCALE for one pair and BLOCK_N columns of the
     padded width IP, stored as fp16 in GEMM2's paired order (H_PW codes a word); columns I .. IP get 0."""
     wait_then_release(PDL)
@@ -49,19 +51,27 @@ def _gate_up_pair_kernel(x_ptr, w_ptr, s_ptr, z_ptr, h_ptr, ids_ptr, top_k, expe
     x_row = x_ptr + (pair // top_k).to(tl.int64) * stride_xt
     STEP: tl.constexpr = GROUP if GROUP > 0 and not WIDE else BLOCK_K
     N_SUB: tl.constexpr = 0 if WIDE else BLOCK_K // STEP                 # group steps a K-step (0: one wide step)
-    acc = tl.zeros((2 * BLOCK_N, STEP * BITS // 32), dtype=tl.float32)
+    acc = tl.zeros((2 * BLOCK_N, STEP * BITS // 32 // CHAIN), dtype=tl.float32)   # CHAIN 4: a column a quad
     for k0 in tl.range(0, D, BLOCK_K, num_stages=STAGES):
         if WIDE:
-            acc += _wide_step(w_e, s_e, z_e, rows, x_row, k0, D, KW, KW, stride_wn, stride_sn, stride_sg, BITS, GROUP,
-                              ROW_BLOCK, OFFSET, HAS_ZERO, X_PACKED, ASM, 2 * BLOCK_N, STEP, FP8)
+            if CHAIN == 4:
+                acc += _wide_quad_step(w_e, s_e, z_e, rows, x_row, k0, D, KW, KW, stride_wn, stride_sn, stride_sg,
+                                       BITS, GROUP, ROW_BLOCK, OFFSET, HAS_ZERO, X_PACKED, ASM, 2 * BLOCK_N, STEP, FP8)
+            else:
+                acc += _wide_step(w_e, s_e, z_e, rows, x_row, k0, D, KW, KW, stride_wn, stride_sn, stride_sg, BITS,
+                                  GROUP, ROW_BLOCK, OFFSET, HAS_ZERO, X_PACKED, ASM, 2 * BLOCK_N, STEP, FP8)
         for gi in tl.static_range(N_SUB):
             kk = k0 + gi * STEP
             g = 0                                    # a row scale
             if GROUP > 0:
                 g = kk // GROUP
-            part = _pair_step(w_e, rows, x_row, kk, D, KW, KW, _zero_of(z_e, rows, g, rows * 0 + kk < D, stride_sn,
-                              stride_sg, OFFSET, HAS_ZERO), stride_wn, BITS, X_PACKED, ASM, 2 * BLOCK_N, STEP,
-                              EVEN and X_PACKED, FP8)
+            zero = _zero_of(z_e, rows, g, rows * 0 + kk < D, stride_sn, stride_sg, OFFSET, HAS_ZERO)
+            if CHAIN == 4:
+                part = _quad_step(w_e, rows, x_row, kk, D, KW, KW, zero, stride_wn, BITS, X_PACKED, ASM, 2 * BLOCK_N,
+                                  STEP, EVEN and X_PACKED, FP8)
+            else:
+                part = _pair_step(w_e, rows, x_row, kk, D, KW, KW, zero, stride_wn, BITS, X_PACKED, ASM, 2 * BLOCK_N,
+                                  STEP, EVEN and X_PACKED, FP8)
             if GROUP > 0:
                 if EVEN:
                     s = tl.load(s_e + (rows // ROW_BLOCK) * stride_sn + g * stride_sg)
@@ -89,7 +99,8 @@ def _down_pair_kernel(h_ptr, w_ptr, s_ptr, z_ptr, out_ptr, ids_ptr, weights_ptr,
                       BITS: tl.constexpr, GROUP: tl.constexpr, ROW_BLOCK: tl.constexpr, OFFSET: tl.constexpr,
                       HAS_ZERO: tl.constexpr, X_PACKED: tl.constexpr, DENSE: tl.constexpr, ASM: tl.constexpr,
                       WIDE: tl.constexpr, IN_UNSCALE: tl.constexpr, SPLIT: tl.constexpr, BLOCK_N: tl.constexpr,
-                      BLOCK_K: tl.constexpr, STAGES: tl.constexpr, PDL: tl.constexpr, FP8: tl.constexpr = False):
+                      BLOCK_K: tl.constexpr, STAGES: tl.constexpr, PDL: tl.constexpr, FP8: tl.constexpr = False,
+                      CHAIN: tl.constexpr = 1):
     """out[t, cols] = Σ_k w[t,k] · W2[e_k][cols, :] · h[t·K + k]; DENSE: out[t, cols] = W[cols, :] · h[t].
     h: int32 pairs in paired order (X_PACKED, h_ptr and stride_ht in int32 units) or plain activations.
     One flat loop over (slot, step), as fused_moe_quant_gemv's; every step scaled by its scales times the
@@ -107,7 +118,7 @@ def _down_pair_kernel(h_ptr, w_ptr, s_ptr, z_ptr, out_ptr, ids_ptr, weights_ptr,
     n_chunks = tl.cdiv(I, BLOCK_K)
     STEP: tl.constexpr = GROUP if GROUP > 0 and not WIDE else BLOCK_K
     N_SUB: tl.constexpr = 0 if WIDE else BLOCK_K // STEP                 # group steps a K-step (0: one wide step)
-    acc = tl.zeros((BLOCK_N, STEP * BITS // 32), dtype=tl.float32)
+    acc = tl.zeros((BLOCK_N, STEP * BITS // 32 // CHAIN), dtype=tl.float32)
     n_flat = top_k * n_chunks
     share = tl.cdiv(n_flat, SPLIT)
     for j in tl.range(sp * share, tl.minimum(n_flat, sp * share + share), num_stages=STAGES):
@@ -115,9 +126,14 @@ def _down_pair_kernel(h_ptr, w_ptr, s_ptr, z_ptr, out_ptr, ids_ptr, weights_ptr,
                                                            E, I, KW, BLOCK_K, DENSE)
         w_e, s_e, z_e = w_ptr + e64 * stride_we, s_ptr + e64 * stride_se, z_ptr + e64 * stride_se
         if WIDE:
-            part = _wide_step(w_e, s_e, z_e, rows, h_ptr + pair.to(tl.int64) * stride_ht, k0, k_lim, kw_lim, KW,
-                              stride_wn, stride_sn, stride_sg, BITS, GROUP, ROW_BLOCK, OFFSET, HAS_ZERO, X_PACKED,
-                              ASM, BLOCK_N, STEP, FP8)
+            if CHAIN == 4:
+                part = _wide_quad_step(w_e, s_e, z_e, rows, h_ptr + pair.to(tl.int64) * stride_ht, k0, k_lim, kw_lim,
+                                       KW, stride_wn, stride_sn, stride_sg, BITS, GROUP, ROW_BLOCK, OFFSET, HAS_ZERO,
+                                       X_PACKED, ASM, BLOCK_N, STEP, FP8)
+            else:
+                part = _wide_step(w_e, s_e, z_e, rows, h_ptr + pair.to(tl.int64) * stride_ht, k0, k_lim, kw_lim, KW,
+                                  stride_wn, stride_sn, stride_sg, BITS, GROUP, ROW_BLOCK, OFFSET, HAS_ZERO, X_PACKED,
+                                  ASM, BLOCK_N, STEP, FP8)
             if GROUP > 0:
                 acc += part * route_w
             else:
@@ -128,9 +144,13 @@ def _down_pair_kernel(h_ptr, w_ptr, s_ptr, z_ptr, out_ptr, ids_ptr, weights_ptr,
             g = 0                                    # a row scale
             if GROUP > 0:
                 g = kk // GROUP
-            part = _pair_step(w_e, rows, h_ptr + pair.to(tl.int64) * stride_ht, kk, k_lim, kw_lim, KW,
-                              _zero_of(z_e, rows, g, rows * 0 + kk < k_lim, stride_sn, stride_sg, OFFSET, HAS_ZERO),
-                              stride_wn, BITS, X_PACKED, ASM, BLOCK_N, STEP, FP8=FP8)
+            zero = _zero_of(z_e, rows, g, rows * 0 + kk < k_lim, stride_sn, stride_sg, OFFSET, HAS_ZERO)
+            if CHAIN == 4:
+                part = _quad_step(w_e, rows, h_ptr + pair.to(tl.int64) * stride_ht, kk, k_lim, kw_lim, KW, zero,
+                                  stride_wn, BITS, X_PACKED, ASM, BLOCK_N, STEP, FP8=FP8)
+            else:
+                part = _pair_step(w_e, rows, h_ptr + pair.to(tl.int64) * stride_ht, kk, k_lim, kw_lim, KW, zero,
+                                  stride_wn, BITS, X_PACKED, ASM, BLOCK_N, STEP, FP8=FP8)
             live = rows * 0 + kk < k_lim
             s = tl.load(s_e + (rows // ROW_BLOCK) * stride_sn + g * stride_sg, mask=live, other=0.0) * route_w
             acc += s[:, None] * part
@@ -174,14 +194,19 @@ FP8_UP_T1 = (8, 512, 2, 1, False, False)             # experts narrower than 409
 FP8_UP_T1_WIDE = (16, 256, 2, 1, False, False)       # I >= 4096
 _DENSE = {4: (32, 512, 4, 3, True, False, 1), 8: (4, 1024, 2, 3, True, False, 1)}
 _KEYS = ("BLOCK_N", "BLOCK_K", "num_warps", "num_stages", "x_packed", "wide", "split")
+# Words an fp16 chain per format bits (pair_quads.py: 4 = a quad's pair sum converted to fp32 once; 1 = every word's),
+# where the scale groups allow it (a quad inside one group); the tiles' "chain" key overrides.
+CHAIN = {4: 4, 8: 1, 0: 1}
 
 
 def pair_config(m, K_in: int, down: bool = False, T: int = 1, width: int = 0, dense: bool = False) -> dict:
     """Tiles for a weight stack `m` reduced over K_in at T tokens (the measured table above); width: the
     experts' I (GEMM1), dense: a plain linear (quant_pair_2d)."""
     if not on_gpu():          # the interpreter pays per program and per op: few, mid-sized tiles
-        return {"BLOCK_N": 16, "BLOCK_K": max(64, m.group), "num_warps": 4, "num_stages": 1, "x_packed": False,
-                "wide": False, "split": 1}
+        bk = max(64, m.group)
+        chain = CHAIN.get(m.bits, 1)
+        return {"BLOCK_N": 16, "BLOCK_K": bk, "num_warps": 4, "num_stages": 1, "x_packed": False,
+                "wide": False, "split": 1, "chain": chain if _chain_fits(chain, bk, m) else 1}
     bits = pair_bits(m)                    # fp8 takes int8's tiles: the same bytes a weight
     if dense:
         tiles = _DENSE[bits]
@@ -193,13 +218,26 @@ def pair_config(m, K_in: int, down: bool = False, T: int = 1, width: int = 0, de
         tiles = _TILES[(bits, min(T, 2))][1 if down else 0]
     cfg = dict(zip(_KEYS, tiles + (1,) * (len(_KEYS) - len(tiles))))
     cfg["BLOCK_K"] = max(m.group, min(cfg["BLOCK_K"], triton.next_power_of_2(K_in)))
+    chain = CHAIN.get(m.bits, 1)
+    cfg["chain"] = chain if _chain_fits(chain, cfg["BLOCK_K"], m) else 1
     return cfg
 
 
-def _tiles(config, key, base):
+def _chain_fits(chain: int, block_k: int, m) -> bool:
+    """Whether quads of `chain` words fit a step of block_k inputs and never straddle a scale group."""
+    span = chain * 32 // pair_bits(m)                    # inputs a chain covers
+    return chain == 1 or (chain == 4 and block_k % span == 0 and (m.group == 0 or m.group % span == 0))
+
+
+def _tiles(config, key, base, m):
+    """`base` (pair_config's) with the config's "pair" keys (GEMM2's under "down") over it; a chain not given falls
+    back to 1 where the given BLOCK_K cuts quads."""
     given = (config or {}).get("pair", {})
     given = given.get("down", {}) if key == "down" else given
-    return {k: given.get(k, base[k]) for k in base}
+    cfg = {k: given.get(k, base[k]) for k in base}
+    if "chain" not in given and not _chain_fits(cfg["chain"], cfg["BLOCK_K"], m):
+        cfg["chain"] = 1
+    return cfg
 
 
 def _check(cfg: dict, m) -> None:
@@ -207,6 +245,9 @@ def _check(cfg: dict, m) -> None:
     if bk & (bk - 1) or bk % (4 * pw) or (m.group and bk % m.group):
         raise ValueError(f"pair kernels: BLOCK_K {bk} must be a power of two, a multiple of {4 * pw} "
                          f"and of the scale group {m.group}")
+    if cfg["chain"] not in (1, 4) or not _chain_fits(cfg["chain"], bk, m):
+        raise ValueError(f"pair kernels: chain {cfg['chain']} must be 1 or 4, and 4 needs BLOCK_K ({bk}) and the "
+                         f"scale group ({m.group}) to hold whole quads of {4 * pw} inputs")
 
 
 def fused_moe_quant_pair(x, w13, w2, ids, topk_weights, expert_offset: int, config: dict | None = None,
@@ -226,7 +267,7 @@ def gate_up_pair(x, w13, w2, ids, expert_offset: int, config: dict | None = None
     T, D = x.shape
     E, two_i, _ = w13.stack_shape
     I, K = two_i // 2, ids.shape[1]
-    cfg = _tiles(config, "gate_up", pair_config(w13, D, T=T, width=I))
+    cfg = _tiles(config, "gate_up", pair_config(w13, D, T=T, width=I), w13)
     _check(cfg, w13)
     x_packed = bool(cfg["x_packed"])
     xin = pack_pairs(x, w13, pdl) if x_packed else x
@@ -237,7 +278,7 @@ def gate_up_pair(x, w13, w2, ids, expert_offset: int, config: dict | None = None
     _gate_up_pair_kernel[(T * K * triton.cdiv(ip, cfg["BLOCK_N"]),)](
         xin, data, scale, zero, h, ids, K, expert_offset, E, I, ip, D, kw,
         xin.stride(0), *_strides(w13), h.stride(0), **_layout(w13),
-        H_PW=h_pw, X_PACKED=x_packed, ASM=on_gpu(), WIDE=bool(cfg["wide"]),
+        H_PW=h_pw, X_PACKED=x_packed, ASM=on_gpu(), WIDE=bool(cfg["wide"]), CHAIN=int(cfg["chain"]),
         EVEN=D % cfg["BLOCK_K"] == 0 and kw * (32 // pair_bits(w13)) == D,
         BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"], STAGES=cfg["num_stages"],
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **launch_args(pdl))
@@ -247,7 +288,7 @@ def gate_up_pair(x, w13, w2, ids, expert_offset: int, config: dict | None = None
 def down_pair(h, w2, ids, topk_weights, expert_offset: int, out, config: dict | None = None,
               pdl: bool = False) -> torch.Tensor:
     """GEMM2 alone: h from gate_up_pair -> out [T, D] (written in place and returned)."""
-    cfg = _tiles(config, "down", pair_config(w2, w2.K, down=True, T=out.shape[0]))
+    cfg = _tiles(config, "down", pair_config(w2, w2.K, down=True, T=out.shape[0]), w2)
     _check(cfg, w2)
     weights = topk_weights.float().contiguous().view(-1)                               # [T·K]
     _launch_down(h.view(torch.int32), True, w2, out, ids, weights, ids.shape[1], expert_offset, w2.stack_shape[0],
@@ -291,7 +332,7 @@ def _launch_down(h, packed, w, out, ids, weights, top_k, expert_offset, E, cfg, 
     _down_pair_kernel[(blocks * split,)](
         h, data, scale, zero, out, ids, weights, ws, cnt, top_k, expert_offset, E, T, D, I, kw,
         h.stride(0), *_strides(w), out.stride(0), **_layout(w), X_PACKED=packed, DENSE=dense, ASM=on_gpu(),
-        WIDE=bool(cfg["wide"]), IN_UNSCALE=float(in_unscale), SPLIT=split,
+        WIDE=bool(cfg["wide"]), CHAIN=int(cfg["chain"]), IN_UNSCALE=float(in_unscale), SPLIT=split,
         BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"], STAGES=cfg["num_stages"],
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **launch_args(pdl))
 
@@ -304,7 +345,7 @@ def quant_pair_2d(x: torch.Tensor, w, config: dict | None = None, pdl: bool = Fa
                              f"{getattr(w, 'describe', lambda: type(w).__name__)()}")
     T = x.shape[0]
     N = w.stack_shape[1]
-    cfg = _tiles(config, "down", pair_config(w, w.K, down=True, T=T, dense=True))
+    cfg = _tiles(config, "down", pair_config(w, w.K, down=True, T=T, dense=True), w)
     _check(cfg, w)
     out = x.new_empty(T, N)
     if T:

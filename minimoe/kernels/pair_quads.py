@@ -1,0 +1,221 @@
+"""Four words a chain: the pair decode kernels' fp16 sums carried over four int32 words before one fp32 conversion.
+
+Shape legend: PW codes an int32 word (8 for int4, 4 for int8 and fp8), V words a tile row per step, Q = V / 4
+quads (four consecutive words of one row: one 16-byte load), ROWS weight rows a tile.
+
+pair_codes.py turns each word into a sum of fp16 pairs (LOP3 / PRMT into the mantissa of 1024, HSUB2, HFMA2) and then
+converts that pair to fp32 and adds it to the accumulator: two fp16 -> fp32 conversions, an fp32 add and the
+scale's FFMA for every word. Compiled for sm90 (scripts/sass_mix.py --pair), the int4 GEMV's main loop spent 332
+instructions on a thread's 16 words, 20.8 a word, of which 4 were that epilogue; the H200 ran the int4 GEMV at ~55%
+of its bytes' time and the int8 one (about half the instructions a byte) at ~93%: both issue about the same
+instructions per second, so int4 is bound by its instruction count, not by HBM.
+
+Here the fp16 pair sum runs on through the four words of a quad (`fma.rn.f16x2 a, f, x, a` where each word started
+from `mul`), and the pair becomes fp32 once per quad: int4 13 + 5/4 instructions a word instead of 17 + 4. The four
+words of a quad sit in one thread (the 16-byte load that brings them), so the tile is loaded as [ROWS, Q, 4] and split
+into four [ROWS, Q] word tiles in registers; the activations' pairs likewise. A quad never straddles a scale group
+(groups hold 4+ words: the launcher checks), so one scale and one zero point serve its sum.
+
+Precision. A quad's sum has four times the terms of a word's: 32 products for int4 (16 a half), 16 for int8 / fp8
+(8 a half), each rounded to fp16 (11 bits) as it is added. The overflow bounds of pair_codes.py shrink by the same
+four: with x times X_SCALE = 2^-8 a quad stays finite for |x| up to ~6.5e4 (int4), ~1.6e4 (int8), ~4.6e3 (fp8,
+codes up to 448); with h times H_SCALE = 2^-12 for |h| up to ~1e6 / 2.6e5 / 7.3e4. The rounding error of a quad is
+about twice a word's (a few 1e-4 -> ~1e-3 relative to the partial), far under int4's own (~1e-2 of a weight). Marlin
+(arXiv 2408.11743) keeps fp32 accumulation by running the dot on tensor cores; TensorRT-LLM's weight-only batched
+GEMV sums a few half2 products before converting: this is the latter's trade (our PTX, written from its description).
+
+The interpreter's path (ASM False) sums the same fields in fp32 (pair_codes._pair_dot per word); the PTX runs on a
+GPU only (tests/test_quant_gpu.py). Used by fused_moe_quant_pair.py when a tile's `chain` is 4.
+"""
+import triton
+import triton.language as tl
+
+from .pair_codes import _SUM_HALVES, _pair_dot, _x_pair, _zero_of
+
+_LO, _HI = "0x000F000F", "0x00F000F0"
+
+
+def _int4_word(w: int, x: list[int], first: bool, magic: int, neg_hi: int, c16: int) -> str:
+    """PTX for one int4 word (operand $w, its pairs $x[0..3]) into the running fp16 pair `a`."""
+    start = f"mul.rn.f16x2 a, f, ${x[0]};" if first else f"fma.rn.f16x2 a, f, ${x[0]}, a;"
+    return f"""lop3.b32 f, ${w}, {_LO}, 0x64006400, 0xEA;
+sub.f16x2 f, f, ${magic};
+{start}
+lop3.b32 f, ${w}, {_HI}, 0x64006400, 0xEA;
+fma.rn.f16x2 f, f, ${c16}, ${neg_hi};
+fma.rn.f16x2 a, f, ${x[1]}, a;
+shr.u32 t, ${w}, 8;
+lop3.b32 f, t, {_LO}, 0x64006400, 0xEA;
+sub.f16x2 f, f, ${magic};
+fma.rn.f16x2 a, f, ${x[2]}, a;
+lop3.b32 f, t, {_HI}, 0x64006400, 0xEA;
+fma.rn.f16x2 f, f, ${c16}, ${neg_hi};
+fma.rn.f16x2 a, f, ${x[3]}, a;
+"""
+
+
+def _int8_word(w: int, x: list[int], first: bool, magic: int) -> str:
+    start = f"mul.rn.f16x2 a, f, ${x[0]};" if first else f"fma.rn.f16x2 a, f, ${x[0]}, a;"
+    return f"""prmt.b32 f, ${w}, 0x64646464, 0x5250;
+sub.f16x2 f, f, ${magic};
+{start}
+prmt.b32 f, ${w}, 0x64646464, 0x5351;
+sub.f16x2 f, f, ${magic};
+fma.rn.f16x2 a, f, ${x[1]}, a;
+"""
+
+
+def _fp8_word(w: int, x: list[int], first: bool) -> str:
+    start = f"mul.rn.f16x2 a, f, ${x[0]};" if first else f"fma.rn.f16x2 a, f, ${x[0]}, a;"
+    return f"""prmt.b32 t, ${w}, 0, 0x3120;
+mov.b32 {{plo, phi}}, t;
+cvt.rn.f16x2.e4m3x2 f, plo;
+{start}
+cvt.rn.f16x2.e4m3x2 f, phi;
+fma.rn.f16x2 a, f, ${x[1]}, a;
+"""
+
+
+def quad_asm(kind: str) -> str:
+    """The PTX of one quad: operands $0 the fp32 sum; $1..$4 the words; then each word's activation pairs in word
+    order (4 a word for int4, 2 for int8 / fp8); then int4: magic, neg_hi, 1/16 pair; int8: magic."""
+    n_x = 4 if kind == "int4" else 2
+    xs = [[5 + n_x * j + s for s in range(n_x)] for j in range(4)]
+    extra = 5 + 4 * n_x
+    regs = ".reg .b32 t, f, a;\n.reg .b16 lo, hi;\n.reg .f32 fl, fh;\n"
+    if kind == "fp8":
+        regs = ".reg .b32 t, f, a;\n.reg .b16 lo, hi, plo, phi;\n.reg .f32 fl, fh;\n"
+    body = ""
+    for j in range(4):
+        if kind == "int4":
+            body += _int4_word(1 + j, xs[j], j == 0, extra, extra + 1, extra + 2)
+        elif kind == "int8":
+            body += _int8_word(1 + j, xs[j], j == 0, extra)
+        else:
+            body += _fp8_word(1 + j, xs[j], j == 0)
+    return "{\n" + regs + body + _SUM_HALVES
+
+
+_INT4_QUAD = tl.constexpr(quad_asm("int4"))
+_INT8_QUAD = tl.constexpr(quad_asm("int8"))
+_FP8_QUAD = tl.constexpr(quad_asm("fp8"))
+
+
+@triton.jit
+def _four(t, A: tl.constexpr, B: tl.constexpr):
+    """[A, B, 4] -> its four [A, B] slices along the last axis (elements 0, 1, 2, 3), in registers where the 4 are
+    one thread's."""
+    even, odd = tl.split(tl.reshape(t, (A, B, 2, 2)))       # elements (0, 2) and (1, 3)
+    e0, e2 = tl.split(even)
+    e1, e3 = tl.split(odd)
+    return e0, e1, e2, e3
+
+
+@triton.jit
+def _four_1d(t, Q: tl.constexpr):
+    """[Q, 4] -> its four [Q] columns."""
+    even, odd = tl.split(tl.reshape(t, (Q, 2, 2)))
+    e0, e2 = tl.split(even)
+    e1, e3 = tl.split(odd)
+    return e0, e1, e2, e3
+
+
+@triton.jit
+def _quad_x(x_row, offs3, S: tl.constexpr, K, KW, ROW_W, PW: tl.constexpr, PACKED: tl.constexpr,
+            EVEN: tl.constexpr, Q: tl.constexpr):
+    """Pair S of words offs3 [Q, 4] as four [Q] int32 vectors (one per word of the quads)."""
+    p0, p1, p2, p3 = _four_1d(_x_pair(x_row, offs3, S, K, KW, ROW_W, PW, PACKED, EVEN), Q)
+    return p0, p1, p2, p3
+
+
+@triton.jit
+def _quad_dot(w0, w1, w2, w3, a0, a1, a2, a3, b0, b1, b2, b3, c0, c1, c2, c3, d0, d1, d2, d3, zero,
+              BITS: tl.constexpr, ASM: tl.constexpr, FP8: tl.constexpr):
+    """Σ over the four words w0..w3 [ROWS, Q] of Σ over their fields of (u − zero)·x: fp32 [ROWS, Q]. Activation
+    pairs by pair index then word: a0..a3 pair 0 of words 0..3, b pair 1, c pair 2, d pair 3 (int4 only), [Q]."""
+    if ASM:
+        if FP8:
+            return tl.inline_asm_elementwise(_FP8_QUAD, "=f" + ",r" * 12,
+                                             [w0, w1, w2, w3, a0[None, :], b0[None, :], a1[None, :], b1[None, :],
+                                              a2[None, :], b2[None, :], a3[None, :], b3[None, :]],
+                                             dtype=tl.float32, is_pure=True, pack=1)
+        magic = (0x6400 + zero) * 65537                # fp16 1024 + z in both halves
+        if BITS == 4:
+            neg_hi = (0xD400 + 16 * zero) | ((0xD400 + 16 * zero) << 16)
+            return tl.inline_asm_elementwise(_INT4_QUAD, "=f" + ",r" * 23,
+                                             [w0, w1, w2, w3, a0[None, :], b0[None, :], c0[None, :], d0[None, :],
+                                              a1[None, :], b1[None, :], c1[None, :], d1[None, :],
+                                              a2[None, :], b2[None, :], c2[None, :], d2[None, :],
+                                              a3[None, :], b3[None, :], c3[None, :], d3[None, :],
+                                              magic, neg_hi, tl.full((1, 1), 0x2C002C00, tl.int32)],
+                                             dtype=tl.float32, is_pure=True, pack=1)
+        return tl.inline_asm_elementwise(_INT8_QUAD, "=f" + ",r" * 13,
+                                         [w0, w1, w2, w3, a0[None, :], b0[None, :], a1[None, :], b1[None, :],
+                                          a2[None, :], b2[None, :], a3[None, :], b3[None, :], magic],
+                                         dtype=tl.float32, is_pure=True, pack=1)
+    acc = _pair_dot(w0, a0, b0, c0, d0, zero, BITS, False, FP8)
+    acc += _pair_dot(w1, a1, b1, c1, d1, zero, BITS, False, FP8)
+    acc += _pair_dot(w2, a2, b2, c2, d2, zero, BITS, False, FP8)
+    acc += _pair_dot(w3, a3, b3, c3, d3, zero, BITS, False, FP8)
+    return acc
+
+
+@triton.jit
+def _quad_offsets(kk, PW: tl.constexpr, Q: tl.constexpr):
+    """Word offsets [Q, 4] of the Q quads from input kk on."""
+    return kk // PW + (tl.arange(0, Q) * 4)[:, None] + tl.arange(0, 4)[None, :]
+
+
+@triton.jit
+def _quad_step(w_e, rows, x_row, kk, K, KW, ROW_W, zero, stride_wn, BITS: tl.constexpr, PACKED: tl.constexpr,
+               ASM: tl.constexpr, ROWS: tl.constexpr, STEP: tl.constexpr, EVEN: tl.constexpr = False,
+               FP8: tl.constexpr = False):
+    """pair_codes._pair_step with four words a chain: Σ (u − zero)·x over inputs kk .. kk+STEP of rows `rows`,
+    fp32 [ROWS, Q] (scaled by the activations' X_SCALE / H_SCALE); zero [ROWS, 1], [ROWS, Q] or a scalar; past KW
+    masked (no traffic, an exact 0)."""
+    PW: tl.constexpr = 32 // BITS
+    Q: tl.constexpr = STEP // PW // 4
+    offs3 = _quad_offsets(kk, PW, Q)                                                         # [Q, 4]
+    ptrs = w_e + rows[:, None, None] * stride_wn + offs3[None, :, :]
+    if EVEN:
+        words = tl.load(ptrs, eviction_policy="evict_first")
+    else:
+        words = tl.load(ptrs, mask=(offs3 < KW)[None, :, :], other=0, eviction_policy="evict_first")   # [ROWS, Q, 4]
+    w0, w1, w2, w3 = _four(words, ROWS, Q)
+    a0, a1, a2, a3 = _quad_x(x_row, offs3, 0, K, KW, ROW_W, PW, PACKED, EVEN, Q)
+    b0, b1, b2, b3 = _quad_x(x_row, offs3, 1, K, KW, ROW_W, PW, PACKED, EVEN, Q)
+    if BITS == 4:
+        c0, c1, c2, c3 = _quad_x(x_row, offs3, 2, K, KW, ROW_W, PW, PACKED, EVEN, Q)
+        d0, d1, d2, d3 = _quad_x(x_row, offs3, 3, K, KW, ROW_W, PW, PACKED, EVEN, Q)
+    else:
+        c0, c1, c2, c3 = a0, a1, a2, a3
+        d0, d1, d2, d3 = b0, b1, b2, b3
+    return _quad_dot(w0, w1, w2, w3, a0, a1, a2, a3, b0, b1, b2, b3, c0, c1, c2, c3, d0, d1, d2, d3, zero,
+                     BITS, ASM, FP8)
+
+
+@triton.jit
+def _wide_quad_step(w_e, s_e, z_e, rows, x_row, kk, K, KW, ROW_W, stride_wn, stride_sn, stride_sg,
+                    BITS: tl.constexpr, GROUP: tl.constexpr, ROW_BLOCK: tl.constexpr, OFFSET: tl.constexpr,
+                    HAS_ZERO: tl.constexpr, PACKED: tl.constexpr, ASM: tl.constexpr, ROWS: tl.constexpr,
+                    STEP: tl.constexpr, FP8: tl.constexpr = False):
+    """pair_codes._wide_step with four words a chain: a quad's partial times its group's scale (less its zero
+    point); with row scales (GROUP 0) the partial is returned unscaled. [ROWS, Q] fp32."""
+    PW: tl.constexpr = 32 // BITS
+    Q: tl.constexpr = STEP // PW // 4
+    offs_q = kk // PW + tl.arange(0, Q) * 4                                                  # a quad's first word
+    live = (offs_q < KW)[None, :]
+    if GROUP > 0:
+        gq = (offs_q // (GROUP // PW))[None, :]                                              # [1, Q]
+        if HAS_ZERO:
+            zero = tl.load(z_e + rows[:, None] * stride_sn + gq * stride_sg, mask=live, other=0.0).to(tl.int32)
+        else:
+            zero = tl.full((1, 1), OFFSET, dtype=tl.float32).to(tl.int32)
+        part = _quad_step(w_e, rows, x_row, kk, K, KW, ROW_W, zero, stride_wn, BITS, PACKED, ASM, ROWS, STEP,
+                          FP8=FP8)
+        sq = tl.load(s_e + (rows // ROW_BLOCK)[:, None] * stride_sn + gq * stride_sg, mask=live, other=0.0)
+        part = part * sq
+    else:
+        part = _quad_step(w_e, rows, x_row, kk, K, KW, ROW_W, _zero_of(z_e, rows, 0, rows * 0 + kk < K, stride_sn,
+                          stride_sg, OFFSET, HAS_ZERO), stride_wn, BITS, PACKED, ASM, ROWS, STEP, FP8=FP8)
+    return part
