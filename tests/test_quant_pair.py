@@ -93,7 +93,7 @@ def test_dense_decode_layer(fmt, packed, split):
     ("fp8-block", {"BLOCK_N": 8, "BLOCK_K": 128, "wide": True, "down": {"BLOCK_N": 2, "BLOCK_K": 64, "wide": True}})])
 def test_chains_of_four_words_equal_one_word_chains(fmt, tiles):
     """chain 4 (pair_quads.py: a quad's fields summed before one conversion) against chain 1 on the same tiles and
-    the float64 reference: the interpreter sums the same fields in fp32, so the two agree to fp32 rounding; masked
+    the float64 reference: the interpreter sums the same fields in fp32, so there the two agree to fp32 rounding; masked
     steps (K = 96 is not a whole number of 64-input steps), skipped slots, wide tiles and split-K included."""
     gen = torch.Generator().manual_seed(30)
     q13, q2 = make(fmt, 8, gen, d=96)
@@ -105,7 +105,8 @@ def test_chains_of_four_words_equal_one_word_chains(fmt, tiles):
         cfg = {**tiles, "chain": chain, "down": {**tiles["down"], "chain": chain}}
         out[chain] = fused_moe_quant(x, q13, q2, ids, w, config={"variant": "pair", "pair": cfg})
     check(out[4], reference(x, q13, q2, ids, w), TOL)
-    assert torch.allclose(out[4], out[1], rtol=1e-4, atol=1e-5)
+    if DEVICE != "cuda":           # the interpreter's fp32 sums; on a GPU the fp16 chains round differently
+        assert torch.allclose(out[4], out[1], rtol=1e-4, atol=1e-5)
     d = FORMATS[fmt](torch.randn(1, 40, 96, generator=gen).to(DEVICE))              # a dense layer, T = 1
     got = P.quant_pair_2d(x[:1], d, {"pair": {"down": {"chain": 4, "BLOCK_K": max(32, d.group)}}})
     check(got, x[:1].double().cpu() @ d.dequantize()[0].double().cpu().T, TOL)

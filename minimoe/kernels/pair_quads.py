@@ -121,10 +121,10 @@ def _four_1d(t, Q: tl.constexpr):
 
 
 @triton.jit
-def _quad_x(x_row, offs3, S: tl.constexpr, K, KW, ROW_W, PW: tl.constexpr, PACKED: tl.constexpr,
+def _quad_x(x_row, offs_w, S: tl.constexpr, K, KW, ROW_W, PW: tl.constexpr, PACKED: tl.constexpr,
             EVEN: tl.constexpr, Q: tl.constexpr):
-    """Pair S of words offs3 [Q, 4] as four [Q] int32 vectors (one per word of the quads)."""
-    p0, p1, p2, p3 = _four_1d(_x_pair(x_row, offs3, S, K, KW, ROW_W, PW, PACKED, EVEN), Q)
+    """Pair S of words offs_w [V] as four [Q] int32 vectors (one per word of the quads)."""
+    p0, p1, p2, p3 = _four_1d(tl.reshape(_x_pair(x_row, offs_w, S, K, KW, ROW_W, PW, PACKED, EVEN), (Q, 4)), Q)
     return p0, p1, p2, p3
 
 
@@ -161,32 +161,28 @@ def _quad_dot(w0, w1, w2, w3, a0, a1, a2, a3, b0, b1, b2, b3, c0, c1, c2, c3, d0
 
 
 @triton.jit
-def _quad_offsets(kk, PW: tl.constexpr, Q: tl.constexpr):
-    """Word offsets [Q, 4] of the Q quads from input kk on."""
-    return kk // PW + (tl.arange(0, Q) * 4)[:, None] + tl.arange(0, 4)[None, :]
-
-
-@triton.jit
 def _quad_step(w_e, rows, x_row, kk, K, KW, ROW_W, zero, stride_wn, BITS: tl.constexpr, PACKED: tl.constexpr,
                ASM: tl.constexpr, ROWS: tl.constexpr, STEP: tl.constexpr, EVEN: tl.constexpr = False,
                FP8: tl.constexpr = False):
     """pair_codes._pair_step with four words a chain: Σ (u − zero)·x over inputs kk .. kk+STEP of rows `rows`,
     fp32 [ROWS, Q] (scaled by the activations' X_SCALE / H_SCALE); zero [ROWS, 1], [ROWS, Q] or a scalar; past KW
-    masked (no traffic, an exact 0)."""
+    masked (no traffic, an exact 0). The words load as pair_codes' [ROWS, V] tile (its coalesced layout: a load
+    of [ROWS, Q, 4] put one row on each lane, half of every 32-byte sector a request), then split into quads."""
     PW: tl.constexpr = 32 // BITS
-    Q: tl.constexpr = STEP // PW // 4
-    offs3 = _quad_offsets(kk, PW, Q)                                                         # [Q, 4]
-    ptrs = w_e + rows[:, None, None] * stride_wn + offs3[None, :, :]
+    V: tl.constexpr = STEP // PW
+    Q: tl.constexpr = V // 4
+    offs_w = kk // PW + tl.arange(0, V)
     if EVEN:
-        words = tl.load(ptrs, eviction_policy="evict_first")
+        words = tl.load(w_e + rows[:, None] * stride_wn + offs_w[None, :], eviction_policy="evict_first")
     else:
-        words = tl.load(ptrs, mask=(offs3 < KW)[None, :, :], other=0, eviction_policy="evict_first")   # [ROWS, Q, 4]
-    w0, w1, w2, w3 = _four(words, ROWS, Q)
-    a0, a1, a2, a3 = _quad_x(x_row, offs3, 0, K, KW, ROW_W, PW, PACKED, EVEN, Q)
-    b0, b1, b2, b3 = _quad_x(x_row, offs3, 1, K, KW, ROW_W, PW, PACKED, EVEN, Q)
+        words = tl.load(w_e + rows[:, None] * stride_wn + offs_w[None, :], mask=(offs_w < KW)[None, :], other=0,
+                        eviction_policy="evict_first")                                       # [ROWS, V]
+    w0, w1, w2, w3 = _four(tl.reshape(words, (ROWS, Q, 4)), ROWS, Q)                      # [ROWS, Q] each
+    a0, a1, a2, a3 = _quad_x(x_row, offs_w, 0, K, KW, ROW_W, PW, PACKED, EVEN, Q)
+    b0, b1, b2, b3 = _quad_x(x_row, offs_w, 1, K, KW, ROW_W, PW, PACKED, EVEN, Q)
     if BITS == 4:
-        c0, c1, c2, c3 = _quad_x(x_row, offs3, 2, K, KW, ROW_W, PW, PACKED, EVEN, Q)
-        d0, d1, d2, d3 = _quad_x(x_row, offs3, 3, K, KW, ROW_W, PW, PACKED, EVEN, Q)
+        c0, c1, c2, c3 = _quad_x(x_row, offs_w, 2, K, KW, ROW_W, PW, PACKED, EVEN, Q)
+        d0, d1, d2, d3 = _quad_x(x_row, offs_w, 3, K, KW, ROW_W, PW, PACKED, EVEN, Q)
     else:
         c0, c1, c2, c3 = a0, a1, a2, a3
         d0, d1, d2, d3 = b0, b1, b2, b3
