@@ -114,10 +114,14 @@ def test_chains_of_four_words_equal_one_word_chains(fmt, tiles):
 
 def test_chain_defaults_and_refusals():
     """int4 chains four words by default where its groups hold whole quads (32 inputs), and falls back to one word
-    for 16-input groups; a chain asked for where it does not fit, or other than 1 and 4, is one ValueError."""
+    for 16-input groups; int8 experts and int8 dense layers take their own tables; a chain asked for where it does
+    not fit, or other than 1 and 4, is one ValueError."""
     from minimoe.qweights import quantize_int4
     gen = torch.Generator().manual_seed(31)
     assert P.pair_config(quantize_int4(torch.randn(4, 32, 64, generator=gen), 32), 64)["chain"] == P.CHAIN[4] == 4
+    from minimoe.qweights import quantize_int8
+    i8 = quantize_int8(torch.randn(4, 32, 64, generator=gen))
+    assert (P.pair_config(i8, 64)["chain"], P.pair_config(i8, 64, dense=True)["chain"]) == (P.CHAIN[8], P.DENSE_CHAIN[8])
     small16 = quantize_int4(torch.randn(2, 16, 64, generator=gen).to(DEVICE), 16)
     assert P.pair_config(small16, 64)["chain"] == 1
     x = torch.randn(1, 64, generator=gen).to(DEVICE)

@@ -195,8 +195,14 @@ FP8_UP_T1_WIDE = (16, 256, 2, 1, False, False)       # I >= 4096
 _DENSE = {4: (32, 512, 4, 3, True, False, 1), 8: (4, 1024, 2, 3, True, False, 1)}
 _KEYS = ("BLOCK_N", "BLOCK_K", "num_warps", "num_stages", "x_packed", "wide", "split")
 # Words an fp16 chain per format bits (pair_quads.py: 4 = a quad's pair sum converted to fp32 once; 1 = every word's),
-# where the scale groups allow it (a quad inside one group); the tiles' "chain" key overrides.
-CHAIN = {4: 4, 8: 1, 0: 1}
+# where the scale groups allow it (a quad inside one group); the tiles' "chain" key overrides. Measured on the H200
+# (docs/results/2026-12-01-s16, call 2; graphed bs-1 step, same machine): int4 4 (Mixtral -0.6% with the old tiles,
+# and its GEMM1 then takes the wide tile: 59.2 -> 42.7 µs; OLMoE -1.2%, Qwen3-30B-A3B -3.3%), int8 4 on the experts
+# (-1.6% with the dense layers chained too), fp8 1 (+2.5%). Dense layers (quant_pair_2d) take DENSE_CHAIN: their input
+# is any activation, scaled by X_SCALE only, and a quad of int8 / fp8 products overflows fp16 four times sooner
+# (pair_quads.py); int4's quad bound (|x| ~6.5e4) holds for them.
+CHAIN = {4: 4, 8: 4, 0: 1}
+DENSE_CHAIN = {4: 4, 8: 1, 0: 1}
 
 
 def pair_config(m, K_in: int, down: bool = False, T: int = 1, width: int = 0, dense: bool = False) -> dict:
@@ -204,7 +210,7 @@ def pair_config(m, K_in: int, down: bool = False, T: int = 1, width: int = 0, de
     experts' I (GEMM1), dense: a plain linear (quant_pair_2d)."""
     if not on_gpu():          # the interpreter pays per program and per op: few, mid-sized tiles
         bk = max(64, m.group)
-        chain = CHAIN.get(m.bits, 1)
+        chain = _chain_of(m, dense)
         return {"BLOCK_N": 16, "BLOCK_K": bk, "num_warps": 4, "num_stages": 1, "x_packed": False,
                 "wide": False, "split": 1, "chain": chain if _chain_fits(chain, bk, m) else 1}
     bits = pair_bits(m)                    # fp8 takes int8's tiles: the same bytes a weight
@@ -212,15 +218,19 @@ def pair_config(m, K_in: int, down: bool = False, T: int = 1, width: int = 0, de
         tiles = _DENSE[bits]
     elif m.bits == 0 and T == 1 and not down:
         tiles = FP8_UP_T1_WIDE if width >= 4096 else FP8_UP_T1
-    elif bits == 4 and T == 1 and not down and width < 4096:
-        tiles = _NARROW_INT4_UP
+    elif bits == 4 and T == 1 and not down and (width < 4096 or _chain_of(m, dense) == 4):
+        tiles = _NARROW_INT4_UP      # chained, the wide tile reads a scale a quad, not a word: Mixtral 42.7 µs
     else:
         tiles = _TILES[(bits, min(T, 2))][1 if down else 0]
     cfg = dict(zip(_KEYS, tiles + (1,) * (len(_KEYS) - len(tiles))))
     cfg["BLOCK_K"] = max(m.group, min(cfg["BLOCK_K"], triton.next_power_of_2(K_in)))
-    chain = CHAIN.get(m.bits, 1)
+    chain = _chain_of(m, dense)
     cfg["chain"] = chain if _chain_fits(chain, cfg["BLOCK_K"], m) else 1
     return cfg
+
+
+def _chain_of(m, dense: bool) -> int:
+    return (DENSE_CHAIN if dense else CHAIN).get(m.bits, 1)
 
 
 def _chain_fits(chain: int, block_k: int, m) -> bool:
