@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .fused_moe_small import _flat_slot, _local_expert
+from .fused_moe_small import _local_expert, _slot_chunk
 from .moe_configs import on_gpu
 from .pair_codes import (H_SCALE, X_SCALE, _X_SCALE, _H_SCALE, _pair_step, _wide_step, _zero_of,  # noqa: F401
                          pack_pairs, pair_bits, pair_supported, pair_words)
@@ -121,9 +121,16 @@ def _down_pair_kernel(h_ptr, w_ptr, s_ptr, z_ptr, out_ptr, ids_ptr, weights_ptr,
     acc = tl.zeros((BLOCK_N, STEP * BITS // 32 // CHAIN), dtype=tl.float32)
     n_flat = top_k * n_chunks
     share = tl.cdiv(n_flat, SPLIT)
-    for j in tl.range(sp * share, tl.minimum(n_flat, sp * share + share), num_stages=STAGES):
-        pair, k0, e64, k_lim, kw_lim, route_w = _flat_slot(j, n_chunks, t, top_k, ids_ptr, weights_ptr, expert_offset,
-                                                           E, I, KW, BLOCK_K, DENSE)
+    start = sp * share
+    slot = start // n_chunks                  # (slot, chunk) of flat step j, stepped along: no division a step
+    chunk = start - slot * n_chunks
+    for j in tl.range(start, tl.minimum(n_flat, start + share), num_stages=STAGES):
+        pair, k0, e64, k_lim, kw_lim, route_w = _slot_chunk(slot, chunk, t, top_k, ids_ptr, weights_ptr,
+                                                            expert_offset, E, I, KW, BLOCK_K, DENSE)
+        chunk += 1
+        wrap = chunk == n_chunks
+        slot = tl.where(wrap, slot + 1, slot)
+        chunk = tl.where(wrap, 0, chunk)
         w_e, s_e, z_e = w_ptr + e64 * stride_we, s_ptr + e64 * stride_se, z_ptr + e64 * stride_se
         if WIDE:
             if CHAIN == 4:

@@ -64,7 +64,15 @@ def _flat_slot(j, n_chunks, t, top_k, ids_ptr, weights_ptr, expert_offset, E, I,
     route_w the slot's routing weight). A foreign or skipped slot gets limits 0 (every load masked off:
     no traffic, an exact 0) and weight 0; DENSE: one expert, limits I / KW, weight 1."""
     slot = j // n_chunks
-    k0 = (j - slot * n_chunks) * BLOCK_K
+    return _slot_chunk(slot, j - slot * n_chunks, t, top_k, ids_ptr, weights_ptr, expert_offset, E, I, KW, BLOCK_K,
+                       DENSE)
+
+
+@triton.jit
+def _slot_chunk(slot, chunk, t, top_k, ids_ptr, weights_ptr, expert_offset, E, I, KW, BLOCK_K: tl.constexpr,
+                DENSE: tl.constexpr):
+    """_flat_slot for a (slot, chunk) the caller tracks (a loop that steps them needs no division a step)."""
+    k0 = chunk * BLOCK_K
     pair = t * top_k + slot
     if DENSE:
         e64 = tl.zeros((), dtype=tl.int64)
