@@ -34,7 +34,7 @@ def _gate_up_pair_kernel(x_ptr, w_ptr, s_ptr, z_ptr, h_ptr, ids_ptr, top_k, expe
                          HAS_ZERO: tl.constexpr, H_PW: tl.constexpr, X_PACKED: tl.constexpr, ASM: tl.constexpr,
                          WIDE: tl.constexpr, EVEN: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                          STAGES: tl.constexpr, PDL: tl.constexpr, FP8: tl.constexpr = False,
-                         CHAIN: tl.constexpr = 1):
+                         CHAIN: tl.constexpr = 1, X_TILE: tl.constexpr = False):
     """h[pair, cols] = silu(Wg[e] x[t]) * (Wu[e] x[t]) · H_SCALE for one pair and BLOCK_N columns of the
     padded width IP, stored as fp16 in GEMM2's paired order (H_PW codes a word); columns I .. IP get 0."""
     wait_then_release(PDL)
@@ -56,7 +56,8 @@ def _gate_up_pair_kernel(x_ptr, w_ptr, s_ptr, z_ptr, h_ptr, ids_ptr, top_k, expe
         if WIDE:
             if CHAIN == 4:
                 acc += _wide_quad_step(w_e, s_e, z_e, rows, x_row, k0, D, KW, KW, stride_wn, stride_sn, stride_sg,
-                                       BITS, GROUP, ROW_BLOCK, OFFSET, HAS_ZERO, X_PACKED, ASM, 2 * BLOCK_N, STEP, FP8)
+                                       BITS, GROUP, ROW_BLOCK, OFFSET, HAS_ZERO, X_PACKED, ASM, 2 * BLOCK_N, STEP, FP8,
+                                       X_TILE)
             else:
                 acc += _wide_step(w_e, s_e, z_e, rows, x_row, k0, D, KW, KW, stride_wn, stride_sn, stride_sg, BITS,
                                   GROUP, ROW_BLOCK, OFFSET, HAS_ZERO, X_PACKED, ASM, 2 * BLOCK_N, STEP, FP8)
@@ -68,7 +69,7 @@ def _gate_up_pair_kernel(x_ptr, w_ptr, s_ptr, z_ptr, h_ptr, ids_ptr, top_k, expe
             zero = _zero_of(z_e, rows, g, rows * 0 + kk < D, stride_sn, stride_sg, OFFSET, HAS_ZERO)
             if CHAIN == 4:
                 part = _quad_step(w_e, rows, x_row, kk, D, KW, KW, zero, stride_wn, BITS, X_PACKED, ASM, 2 * BLOCK_N,
-                                  STEP, EVEN and X_PACKED, FP8)
+                                  STEP, EVEN and X_PACKED, FP8, X_TILE)
             else:
                 part = _pair_step(w_e, rows, x_row, kk, D, KW, KW, zero, stride_wn, BITS, X_PACKED, ASM, 2 * BLOCK_N,
                                   STEP, EVEN and X_PACKED, FP8)
@@ -184,9 +185,11 @@ def _down_pair_kernel(h_ptr, w_ptr, s_ptr, z_ptr, out_ptr, ids_ptr, weights_ptr,
 # (86%; splitting only adds). Dense D x D decode layers (quant_pair_2d, GEMM2's kernel, x packed first): int4
 # 18.7 -> 9.0-10.2 µs, int8 12.2 -> 9.3-9.5 (neither gains from split-K).
 # Narrow experts (I < 4096: OLMoE, Qwen, DeepSeek) take _NARROW_INT4_UP for int4's GEMM1 at T = 1
-# (OLMoE 17.5 -> 13.0 µs, Qwen3-30B-A3B 16.8 -> 11.5; Mixtral's 52.8 would become 63.8).
+# (OLMoE 17.5 -> 13.0 µs, Qwen3-30B-A3B 16.8 -> 11.5; Mixtral's 52.8 would become 63.8), and with chains of four
+# words (below) every width does. int4's GEMM2 at T = 1 (chained): 16 x 512, one warp, 2 stages, split over 8
+# (docs/results/2026-12-01-s16 call 6: Mixtral 28.3 µs alone vs 28.8-29.0 for 16 x 256; the step -0.58%).
 _TILES = {
-    (4, 1): ((32, 256, 4, 1, True, False), (16, 256, 1, 3, False, False, 8)),
+    (4, 1): ((32, 256, 4, 1, True, False), (16, 512, 1, 2, False, False, 8)),   # GEMM2: session 16 call 6
     (4, 2): ((16, 256, 2, 2, True, False), (16, 256, 1, 3, False, False, 8)),
     (8, 1): ((16, 512, 4, 1, False, False), (4, 1024, 2, 3, False, False, 1)),
     (8, 2): ((16, 512, 4, 1, True, False), (4, 1024, 2, 3, False, False, 2)),
@@ -215,6 +218,9 @@ DENSE_CHAIN = {4: 4, 8: 1, 0: 1}
 # 16 x 256 split over 8 stays: 28.9), for GEMM1 at T = 2 (Mixtral 87.0 -> 75.4, Qwen3 16.1 -> 14.7) and for dense
 # layers (D x D: Mixtral 11.0 -> 9.1 with x packed first, OLMoE / Qwen3 ~7.7 -> 5.2-5.4 without). Off: the tables above.
 CHAINED_TILES = True
+# GEMM1 chained: x's pairs loaded as a [ROWS, V] tile laid out as the words are (pair_quads._quad_x; the wide tile's
+# loop then has no shared-memory conversion: 18 -> 2 barriers a step in the sm90 compile)
+X_TILE = True
 
 
 def pair_config(m, K_in: int, down: bool = False, T: int = 1, width: int = 0, dense: bool = False) -> dict:
@@ -307,7 +313,7 @@ def gate_up_pair(x, w13, w2, ids, expert_offset: int, config: dict | None = None
     _gate_up_pair_kernel[(T * K * triton.cdiv(ip, cfg["BLOCK_N"]),)](
         xin, data, scale, zero, h, ids, K, expert_offset, E, I, ip, D, kw,
         xin.stride(0), *_strides(w13), h.stride(0), **_layout(w13),
-        H_PW=h_pw, X_PACKED=x_packed, ASM=on_gpu(), WIDE=bool(cfg["wide"]), CHAIN=int(cfg["chain"]),
+        H_PW=h_pw, X_PACKED=x_packed, ASM=on_gpu(), WIDE=bool(cfg["wide"]), CHAIN=int(cfg["chain"]), X_TILE=X_TILE,
         EVEN=D % cfg["BLOCK_K"] == 0 and kw * (32 // pair_bits(w13)) == D,
         BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"], STAGES=cfg["num_stages"],
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **launch_args(pdl))

@@ -122,9 +122,24 @@ def _four_1d(t, Q: tl.constexpr):
 
 @triton.jit
 def _quad_x(x_row, offs_w, S: tl.constexpr, K, KW, ROW_W, PW: tl.constexpr, PACKED: tl.constexpr,
-            EVEN: tl.constexpr, Q: tl.constexpr):
-    """Pair S of words offs_w [V] as four [Q] int32 vectors (one per word of the quads)."""
-    p0, p1, p2, p3 = _four_1d(tl.reshape(_x_pair(x_row, offs_w, S, K, KW, ROW_W, PW, PACKED, EVEN), (Q, 4)), Q)
+            EVEN: tl.constexpr, Q: tl.constexpr, ROWS: tl.constexpr, ASM: tl.constexpr, X_TILE: tl.constexpr):
+    """Pair S of words offs_w [V] as four int32 tiles, one per word of the quads: [Q] on the interpreter's path; with
+    ASM [ROWS, Q], split from the pairs broadcast over the rows exactly as the words are, so that they come out in
+    the words' quad layout. X_TILE: the pairs are loaded as a [ROWS, V] tile (every row the same addresses), which
+    Triton lays out as it lays out the words (GEMM1: loaded as [V] and converted, a wide tile's pairs crossed
+    shared memory every step under Triton 3.6, scripts/sass_mix.py --pair; GEMM2's pipelined loop would stage the
+    tile through shared memory instead, so it keeps the [V] load)."""
+    V: tl.constexpr = Q * 4
+    if ASM and X_TILE:
+        offs2 = tl.zeros((ROWS, 1), dtype=tl.int32) + offs_w[None, :]                          # [ROWS, V]
+        x2 = _x_pair(x_row, offs2, S, K, KW, ROW_W, PW, PACKED, EVEN)
+        p0, p1, p2, p3 = _four(tl.reshape(x2, (ROWS, Q, 4)), ROWS, Q)
+    elif ASM:
+        x = _x_pair(x_row, offs_w, S, K, KW, ROW_W, PW, PACKED, EVEN)                        # [V]
+        p0, p1, p2, p3 = _four(tl.reshape(tl.broadcast_to(x[None, :], (ROWS, V)), (ROWS, Q, 4)), ROWS, Q)
+    else:
+        x = _x_pair(x_row, offs_w, S, K, KW, ROW_W, PW, PACKED, EVEN)                        # [V]
+        p0, p1, p2, p3 = _four_1d(tl.reshape(x, (Q, 4)), Q)
     return p0, p1, p2, p3
 
 
@@ -132,38 +147,36 @@ def _quad_x(x_row, offs_w, S: tl.constexpr, K, KW, ROW_W, PW: tl.constexpr, PACK
 def _quad_dot(w0, w1, w2, w3, a0, a1, a2, a3, b0, b1, b2, b3, c0, c1, c2, c3, d0, d1, d2, d3, zero,
               BITS: tl.constexpr, ASM: tl.constexpr, FP8: tl.constexpr):
     """Σ over the four words w0..w3 [ROWS, Q] of Σ over their fields of (u − zero)·x: fp32 [ROWS, Q]. Activation
-    pairs by pair index then word: a0..a3 pair 0 of words 0..3, b pair 1, c pair 2, d pair 3 (int4 only), [Q]."""
+    pairs by pair index then word: a0..a3 pair 0 of words 0..3, b pair 1, c pair 2, d pair 3 (int4 only): [ROWS, Q]
+    with ASM, [Q] without (_quad_x)."""
     if ASM:
         if FP8:
-            return tl.inline_asm_elementwise(_FP8_QUAD, "=f" + ",r" * 12,
-                                             [w0, w1, w2, w3, a0[None, :], b0[None, :], a1[None, :], b1[None, :],
-                                              a2[None, :], b2[None, :], a3[None, :], b3[None, :]],
-                                             dtype=tl.float32, is_pure=True, pack=1)
-        magic = (0x6400 + zero) * 65537                # fp16 1024 + z in both halves
-        if BITS == 4:
+            acc = tl.inline_asm_elementwise(_FP8_QUAD, "=f" + ",r" * 12, [w0, w1, w2, w3, a0, b0, a1, b1, a2, b2, a3, b3],
+                                            dtype=tl.float32, is_pure=True, pack=1)
+        elif BITS == 4:
+            magic = (0x6400 + zero) * 65537                # fp16 1024 + z in both halves
             neg_hi = (0xD400 + 16 * zero) | ((0xD400 + 16 * zero) << 16)
-            return tl.inline_asm_elementwise(_INT4_QUAD, "=f" + ",r" * 23,
-                                             [w0, w1, w2, w3, a0[None, :], b0[None, :], c0[None, :], d0[None, :],
-                                              a1[None, :], b1[None, :], c1[None, :], d1[None, :],
-                                              a2[None, :], b2[None, :], c2[None, :], d2[None, :],
-                                              a3[None, :], b3[None, :], c3[None, :], d3[None, :],
-                                              magic, neg_hi, tl.full((1, 1), 0x2C002C00, tl.int32)],
-                                             dtype=tl.float32, is_pure=True, pack=1)
-        return tl.inline_asm_elementwise(_INT8_QUAD, "=f" + ",r" * 13,
-                                         [w0, w1, w2, w3, a0[None, :], b0[None, :], a1[None, :], b1[None, :],
-                                          a2[None, :], b2[None, :], a3[None, :], b3[None, :], magic],
-                                         dtype=tl.float32, is_pure=True, pack=1)
-    acc = _pair_dot(w0, a0, b0, c0, d0, zero, BITS, False, FP8)
-    acc += _pair_dot(w1, a1, b1, c1, d1, zero, BITS, False, FP8)
-    acc += _pair_dot(w2, a2, b2, c2, d2, zero, BITS, False, FP8)
-    acc += _pair_dot(w3, a3, b3, c3, d3, zero, BITS, False, FP8)
+            acc = tl.inline_asm_elementwise(_INT4_QUAD, "=f" + ",r" * 23,
+                                            [w0, w1, w2, w3, a0, b0, c0, d0, a1, b1, c1, d1, a2, b2, c2, d2,
+                                             a3, b3, c3, d3, magic, neg_hi, tl.full((1, 1), 0x2C002C00, tl.int32)],
+                                            dtype=tl.float32, is_pure=True, pack=1)
+        else:
+            magic = (0x6400 + zero) * 65537
+            acc = tl.inline_asm_elementwise(_INT8_QUAD, "=f" + ",r" * 13,
+                                            [w0, w1, w2, w3, a0, b0, a1, b1, a2, b2, a3, b3, magic],
+                                            dtype=tl.float32, is_pure=True, pack=1)
+    else:
+        acc = _pair_dot(w0, a0, b0, c0, d0, zero, BITS, False, FP8)
+        acc += _pair_dot(w1, a1, b1, c1, d1, zero, BITS, False, FP8)
+        acc += _pair_dot(w2, a2, b2, c2, d2, zero, BITS, False, FP8)
+        acc += _pair_dot(w3, a3, b3, c3, d3, zero, BITS, False, FP8)
     return acc
 
 
 @triton.jit
 def _quad_step(w_e, rows, x_row, kk, K, KW, ROW_W, zero, stride_wn, BITS: tl.constexpr, PACKED: tl.constexpr,
                ASM: tl.constexpr, ROWS: tl.constexpr, STEP: tl.constexpr, EVEN: tl.constexpr = False,
-               FP8: tl.constexpr = False):
+               FP8: tl.constexpr = False, X_TILE: tl.constexpr = False):
     """pair_codes._pair_step with four words a chain: Σ (u − zero)·x over inputs kk .. kk+STEP of rows `rows`,
     fp32 [ROWS, Q] (scaled by the activations' X_SCALE / H_SCALE); zero [ROWS, 1], [ROWS, Q] or a scalar; past KW
     masked (no traffic, an exact 0). The words load as pair_codes' [ROWS, V] tile (its coalesced layout: a load
@@ -178,11 +191,11 @@ def _quad_step(w_e, rows, x_row, kk, K, KW, ROW_W, zero, stride_wn, BITS: tl.con
         words = tl.load(w_e + rows[:, None] * stride_wn + offs_w[None, :], mask=(offs_w < KW)[None, :], other=0,
                         eviction_policy="evict_first")                                       # [ROWS, V]
     w0, w1, w2, w3 = _four(tl.reshape(words, (ROWS, Q, 4)), ROWS, Q)                      # [ROWS, Q] each
-    a0, a1, a2, a3 = _quad_x(x_row, offs_w, 0, K, KW, ROW_W, PW, PACKED, EVEN, Q)
-    b0, b1, b2, b3 = _quad_x(x_row, offs_w, 1, K, KW, ROW_W, PW, PACKED, EVEN, Q)
+    a0, a1, a2, a3 = _quad_x(x_row, offs_w, 0, K, KW, ROW_W, PW, PACKED, EVEN, Q, ROWS, ASM, X_TILE)
+    b0, b1, b2, b3 = _quad_x(x_row, offs_w, 1, K, KW, ROW_W, PW, PACKED, EVEN, Q, ROWS, ASM, X_TILE)
     if BITS == 4:
-        c0, c1, c2, c3 = _quad_x(x_row, offs_w, 2, K, KW, ROW_W, PW, PACKED, EVEN, Q)
-        d0, d1, d2, d3 = _quad_x(x_row, offs_w, 3, K, KW, ROW_W, PW, PACKED, EVEN, Q)
+        c0, c1, c2, c3 = _quad_x(x_row, offs_w, 2, K, KW, ROW_W, PW, PACKED, EVEN, Q, ROWS, ASM, X_TILE)
+        d0, d1, d2, d3 = _quad_x(x_row, offs_w, 3, K, KW, ROW_W, PW, PACKED, EVEN, Q, ROWS, ASM, X_TILE)
     else:
         c0, c1, c2, c3 = a0, a1, a2, a3
         d0, d1, d2, d3 = b0, b1, b2, b3
@@ -194,12 +207,15 @@ def _quad_step(w_e, rows, x_row, kk, K, KW, ROW_W, zero, stride_wn, BITS: tl.con
 def _wide_quad_step(w_e, s_e, z_e, rows, x_row, kk, K, KW, ROW_W, stride_wn, stride_sn, stride_sg,
                     BITS: tl.constexpr, GROUP: tl.constexpr, ROW_BLOCK: tl.constexpr, OFFSET: tl.constexpr,
                     HAS_ZERO: tl.constexpr, PACKED: tl.constexpr, ASM: tl.constexpr, ROWS: tl.constexpr,
-                    STEP: tl.constexpr, FP8: tl.constexpr = False):
+                    STEP: tl.constexpr, FP8: tl.constexpr = False, X_TILE: tl.constexpr = False):
     """pair_codes._wide_step with four words a chain: a quad's partial times its group's scale (less its zero
     point); with row scales (GROUP 0) the partial is returned unscaled. [ROWS, Q] fp32."""
     PW: tl.constexpr = 32 // BITS
-    Q: tl.constexpr = STEP // PW // 4
-    offs_q = kk // PW + tl.arange(0, Q) * 4                                                  # a quad's first word
+    V: tl.constexpr = STEP // PW
+    Q: tl.constexpr = V // 4
+    # a quad's first word, split out of the words' offsets as _quad_step splits the words, so that the scales and
+    # zero points load in the layout of the quads' partials (an arange of Q has its own: a conversion a step)
+    offs_q, _o1, _o2, _o3 = _four_1d(tl.reshape(kk // PW + tl.arange(0, V), (Q, 4)), Q)
     live = (offs_q < KW)[None, :]
     if GROUP > 0:
         gq = (offs_q // (GROUP // PW))[None, :]                                              # [1, Q]
@@ -208,10 +224,11 @@ def _wide_quad_step(w_e, s_e, z_e, rows, x_row, kk, K, KW, ROW_W, stride_wn, str
         else:
             zero = tl.full((1, 1), OFFSET, dtype=tl.float32).to(tl.int32)
         part = _quad_step(w_e, rows, x_row, kk, K, KW, ROW_W, zero, stride_wn, BITS, PACKED, ASM, ROWS, STEP,
-                          FP8=FP8)
+                          FP8=FP8, X_TILE=X_TILE)
         sq = tl.load(s_e + (rows // ROW_BLOCK)[:, None] * stride_sn + gq * stride_sg, mask=live, other=0.0)
         part = part * sq
     else:
         part = _quad_step(w_e, rows, x_row, kk, K, KW, ROW_W, _zero_of(z_e, rows, 0, rows * 0 + kk < K, stride_sn,
-                          stride_sg, OFFSET, HAS_ZERO), stride_wn, BITS, PACKED, ASM, ROWS, STEP, FP8=FP8)
+                          stride_sg, OFFSET, HAS_ZERO), stride_wn, BITS, PACKED, ASM, ROWS, STEP, FP8=FP8,
+                          X_TILE=X_TILE)
     return part
