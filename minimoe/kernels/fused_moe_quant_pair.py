@@ -218,9 +218,11 @@ DENSE_CHAIN = {4: 4, 8: 1, 0: 1}
 # 16 x 256 split over 8 stays: 28.9), for GEMM1 at T = 2 (Mixtral 87.0 -> 75.4, Qwen3 16.1 -> 14.7) and for dense
 # layers (D x D: Mixtral 11.0 -> 9.1 with x packed first, OLMoE / Qwen3 ~7.7 -> 5.2-5.4 without). Off: the tables above.
 CHAINED_TILES = True
-# GEMM1 chained: x's pairs loaded as a [ROWS, V] tile laid out as the words are (pair_quads._quad_x; the wide tile's
-# loop then has no shared-memory conversion: 18 -> 2 barriers a step in the sm90 compile)
-X_TILE = True
+# GEMM1 chained: x's pairs loaded as a [ROWS, V] tile laid out as the words are (pair_quads._quad_x) instead of split
+# from a broadcast [V] load. The wide tile's loop then has no shared-memory conversion (10 -> 2 barriers a step in the
+# sm90 compile, 357 -> 373 instructions), but the Mixtral int4 bs-1 step measured +11.5% (3,299 -> 3,678 µs, session
+# 16 call 7): every row's lanes load the pairs again. Kept off, as a measured option.
+X_TILE = False
 
 
 def pair_config(m, K_in: int, down: bool = False, T: int = 1, width: int = 0, dense: bool = False) -> dict:
