@@ -4,7 +4,8 @@
 #  1. the int4 prefill cut-over (moe_dequant.DEQUANT_MIN_M: measured on Mixtral only) on the narrow experts of OLMoE
 #     and Qwen3-30B-A3B, and the biased path on the MoE's 64-row tiles (Mixtral at 160 tokens: fused_moe_quant.
 #     BIASED_MAX_M is 32 until measured) (scripts/int4_paths.py);
-#  2. issue 12's whole-model rows, bf16 in the same run: Mixtral bs 1 --quant int8 / int4 / fp8 (128 / 128) and OLMoE
+#  2. issue 12's whole-model rows, bf16 in the same run: Mixtral bs 1 --quant int8 / int4 / fp8 (128 / 128; int4 and
+#     int8 were measured in the sixteenth session, call 3: kept here for fp8 and one run of all three) and OLMoE
 #     bs 64 --quant fp8 (1.37x in the thirteenth session, target 1.6x);
 #  3. the fp8 layer at M = 1 / 64 for the Qwen3-30B-A3B shape (targets <= 15 / <= 150 µs).
 # Usage (device tool, repo root): bash scripts/gpu/pending_h200.sh
@@ -13,7 +14,7 @@ export PYTHONUNBUFFERED=1 TQDM_DISABLE=1
 R=$OUT/r; mkdir -p $R
 nvidia-smi --query-gpu=name,clocks.max.sm,clocks.max.mem,power.limit --format=csv > $R/gpu.txt 2>&1
 PYTHONPATH=$PWD timeout 120 python3 -m pytest -q -p no:cacheprovider tests/test_skinny_gemm.py tests/test_quant_kernels.py \
-  -k "skinny or byte or tuned or biased" > $R/pytest_gpu.txt 2>&1
+  tests/test_quant_pair.py -k "skinny or byte or tuned or biased or chain or pair_ptx" > $R/pytest_gpu.txt 2>&1
 echo "--- pytest rc $?"; tail -2 $R/pytest_gpu.txt
 PYTHONPATH=$PWD timeout 60 python3 scripts/int4_paths.py --shape mixtral-8x7b --tokens 160 --json $R/int4_paths_m160.json \
   > $R/int4_paths_m160.txt 2>&1
