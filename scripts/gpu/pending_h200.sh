@@ -14,7 +14,8 @@ export PYTHONUNBUFFERED=1 TQDM_DISABLE=1
 R=$OUT/r; mkdir -p $R
 nvidia-smi --query-gpu=name,clocks.max.sm,clocks.max.mem,power.limit --format=csv > $R/gpu.txt 2>&1
 PYTHONPATH=$PWD timeout 120 python3 -m pytest -q -p no:cacheprovider tests/test_skinny_gemm.py tests/test_quant_kernels.py \
-  tests/test_quant_pair.py -k "skinny or byte or tuned or biased or chain or pair_ptx" > $R/pytest_gpu.txt 2>&1
+  tests/test_quant_pair.py tests/test_quant_gpu.py -k "skinny or byte or tuned or biased or chain or pair_ptx" \
+  > $R/pytest_gpu.txt 2>&1
 echo "--- pytest rc $?"; tail -2 $R/pytest_gpu.txt
 PYTHONPATH=$PWD timeout 60 python3 scripts/int4_paths.py --shape mixtral-8x7b --tokens 160 --json $R/int4_paths_m160.json \
   > $R/int4_paths_m160.txt 2>&1
