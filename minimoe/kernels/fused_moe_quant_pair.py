@@ -216,7 +216,8 @@ DENSE_CHAIN = {4: 4, 8: 1, 0: 1}
 # Chained int4 tiles from the same session's sweep (call 4, scripts/pair_tiles.py --chains 4; µs a GEMM alone): the
 # wide 4 x 1024 tile also for narrow experts' GEMM2 at T = 1 (OLMoE 9.5 -> 7.8, Qwen3-30B-A3B 8.4 -> 7.4; Mixtral's
 # 16 x 256 split over 8 stays: 28.9), for GEMM1 at T = 2 (Mixtral 87.0 -> 75.4, Qwen3 16.1 -> 14.7) and for dense
-# layers (D x D: Mixtral 11.0 -> 9.1 with x packed first, OLMoE / Qwen3 ~7.7 -> 5.2-5.4 without). Off: the tables above.
+# layers at T = 1 (D x D: Mixtral 11.0 -> 9.1 with x packed first, OLMoE / Qwen3 ~7.7 -> 5.2-5.4 without). Other token
+# counts (the pair kernels serve up to T·K·4 <= E: Qwen3-30B-A3B to 4) keep the tables above. Off: the tables above.
 CHAINED_TILES = True
 # GEMM1 chained: x's pairs loaded as a [ROWS, V] tile laid out as the words are (pair_quads._quad_x) instead of split
 # from a broadcast [V] load. The wide tile's loop then has no shared-memory conversion (10 -> 2 barriers a step in the
@@ -234,12 +235,12 @@ def pair_config(m, K_in: int, down: bool = False, T: int = 1, width: int = 0, de
         return {"BLOCK_N": 16, "BLOCK_K": bk, "num_warps": 4, "num_stages": 1, "x_packed": False,
                 "wide": False, "split": 1, "chain": chain if _chain_fits(chain, bk, m) else 1}
     bits = pair_bits(m)                    # fp8 takes int8's tiles: the same bytes a weight
-    chained4 = CHAINED_TILES and m.bits == 4 and _chain_of(m, dense) == 4
-    if chained4 and dense:
+    chained4 = CHAINED_TILES and m.bits == 4 and _chain_of(m, dense) == 4     # where measured: T 1 (dense), 1-2
+    if chained4 and dense and T == 1:
         tiles = (4, 1024, 2, 3, K_in >= 4096, True, 1)
     elif chained4 and down and T == 1 and K_in < 4096:
         tiles = (4, 1024, 2, 3, False, True, 1)
-    elif chained4 and not down and T >= 2:
+    elif chained4 and not down and not dense and T == 2:
         tiles = _NARROW_INT4_UP
     elif dense:
         tiles = _DENSE[bits]
