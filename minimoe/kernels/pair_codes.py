@@ -46,7 +46,7 @@ activations of unit scale: far under the formats' own. The GPU test checks |x| ~
 The PTX runs only on a GPU; under the Triton interpreter (CI) ASM is False and `_pair_dot` computes the
 same sums in fp32 from the same bit fields, so the layout, masks, pairing and scales are tested on the
 CPU and the PTX itself by the GPU check (scripts/quant_decode_sweep.py, tests marked gpu).
-Used by fused_moe_quant_pair.py (the MoE and dense decode kernels and their launchers). pair_quads.py carries a
+Used by pair_kernels.py (the MoE and dense decode kernels; fused_moe_quant_pair.py launches them). pair_quads.py carries a
 word's fp16 pair sum on through the next three words of its 16-byte load before the fp32 conversion (a tile's `chain`
 4, the int4 / int8 experts' default): the bounds above then hold for a quarter of the |x| (that file).
 """

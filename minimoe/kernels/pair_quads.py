@@ -25,7 +25,7 @@ about twice a word's (a few 1e-4 -> ~1e-3 relative to the partial), far under in
 GEMV sums a few half2 products before converting: this is the latter's trade (our PTX, written from its description).
 
 The interpreter's path (ASM False) sums the same fields in fp32 (pair_codes._pair_dot per word); the PTX runs on a
-GPU only (tests/test_quant_gpu.py). Used by fused_moe_quant_pair.py when a tile's `chain` is 4.
+GPU only (tests/test_quant_gpu.py). Used by pair_kernels.py when a tile's `chain` is 4.
 """
 import triton
 import triton.language as tl
