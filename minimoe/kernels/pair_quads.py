@@ -12,8 +12,8 @@ instructions per second, so int4 is bound by its instruction count, not by HBM.
 
 Here the fp16 pair sum runs on through the four words of a quad (`fma.rn.f16x2 a, f, x, a` where each word started
 from `mul`), and the pair becomes fp32 once per quad: int4 13 + 5/4 instructions a word instead of 17 + 4. The four
-words of a quad sit in one thread (the 16-byte load that brings them), so the tile is loaded as [ROWS, Q, 4] and split
-into four [ROWS, Q] word tiles in registers; the activations' pairs likewise. A quad never straddles a scale group
+words of a quad sit in one thread (the 16-byte load that brings them), so the [ROWS, V] tile is reshaped to
+[ROWS, Q, 4] and split into four [ROWS, Q] word tiles in registers; the activations' pairs likewise. A quad never straddles a scale group
 (groups hold 4+ words: the launcher checks), so one scale and one zero point serve its sum.
 
 Precision. A quad's sum has four times the terms of a word's: 32 products for int4 (16 a half), 16 for int8 / fp8
