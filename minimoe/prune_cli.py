@@ -117,7 +117,7 @@ def calibration_source(spec: str, folder, vocab: int, limit: int, seed: int):
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise UsageError(f"--calibration {spec}: {e}") from None
-    ids = torch.tensor(tok(text)["input_ids"][:limit], dtype=torch.long)
+    ids = torch.tensor(tok(text, verbose=False)["input_ids"][:limit], dtype=torch.long)
     note = " (the text `eval` scores: its bits per byte will be optimistic; pass --calibration FILE)" \
         if spec == "heldout" else ""
     return ids, f"{ids.numel()} tokens of {path.name}{note}"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import statistics
 import pytest
 import torch
@@ -78,6 +79,8 @@ def test_bench_reports_every_metric(card, capsys, tmp_path):
     assert j["ceilings"]["bandwidth_GBps"] > 0 and j["ceilings"]["matmul_TFLOPs"] > 0
     assert j["ceilings"]["bandwidth_GBps"] == max(j["ceilings"]["copy_GBps"], j["ceilings"]["read_GBps"])
     assert j["config"]["family"] == cfg.family and j["config"]["n_experts"] == cfg.n_experts
+    shown = re.search(r"params ([0-9.]+)([KMB]) total", out)     # the header's count, in the field's units (3 digits)
+    assert shown and abs(float(shown[1]) * {"K": 1e3, "M": 1e6, "B": 1e9}[shown[2]] / j["params"]["total"] - 1) < 5e-3
     assert j["params"]["total"] == count_params(cfg).total
     assert j["graphs"] == "off (no GPU)" and j["settings"]["experts"] == "loop"
     assert f"minimoe bs{bs} {n_in}/{n_out}" in out               # the table row

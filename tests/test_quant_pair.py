@@ -73,11 +73,12 @@ def test_other_tiles_and_half_precision(fmt, tiles):
 @pytest.mark.parametrize("fmt", INT + FP8)
 @pytest.mark.parametrize("packed,split", [(False, 1), (True, 1), (True, 2)])
 def test_dense_decode_layer(fmt, packed, split):
-    """N = 50, K = 72 (padded codes), T = 1 and 3; x packed in the kernel or by pack_pairs; split-K over 2."""
+    """N = 50, K = 72 (padded codes), T = 1 and 3 (a strided x: a transposed view); x packed in the kernel or by
+    pack_pairs; split-K over 2."""
     gen = torch.Generator().manual_seed(24)
     w = FORMATS[fmt](torch.randn(1, 50, 72, generator=gen).to(DEVICE))
     for T in (1, 3):
-        x = torch.randn(T, 72, generator=gen).to(DEVICE)
+        x = torch.randn(T, 72, generator=gen).to(DEVICE) if T == 1 else torch.randn(72, T, generator=gen).to(DEVICE).T
         tiles = {"x_packed": packed, "split": split, "BLOCK_K": max(32, w.group)}
         got = P.quant_pair_2d(x, w, {"pair": {"down": tiles}})
         check(got, x.double().cpu() @ w.dequantize()[0].double().cpu().T, TOL)

@@ -44,7 +44,9 @@ PAPER_BATCHES = (1, 16, 32, 64, 128)
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="bench.py", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="bench.py", description=__doc__.splitlines()[0],
+                                epilog="python bench.py --layer [...]: one MoE layer, every expert path (its own "
+                                       "flags: bench.py --layer --help)")
     add_model_args(p)
     p.add_argument("--bs", type=int, nargs="+", help="batch size(s) (default 1; the paper's with --sweep)")
     p.add_argument("--input-len", type=int, nargs="+", default=[128], help="prompt length(s)")

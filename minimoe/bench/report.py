@@ -37,6 +37,14 @@ def _f(v, fmt: str) -> str:
     return "-" if v is None else format(v, fmt)
 
 
+def _count(n: int) -> str:
+    """A parameter count as the field writes it: 6.92B, 264.5K."""
+    for div, unit in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if n >= div:
+            return f"{n / div:.3g}{unit}" if n < 100 * div else f"{n / div:.1f}{unit}"
+    return str(n)
+
+
 def print_header(v: dict, cfg, pc, settings, ceilings: dict, graphs: str, weights: str) -> None:
     where = v["gpu"] or v.get("cpu")
     print(f"# minimoe bench | {where} | torch {v['torch']} | triton {v['triton']} | CUDA {v.get('cuda')}")
@@ -46,8 +54,8 @@ def print_header(v: dict, cfg, pc, settings, ceilings: dict, graphs: str, weight
     k = settings.top_k or cfg.top_k
     moe = f"E={cfg.n_experts} K={k} I={cfg.moe_intermediate_size}" if cfg.is_moe else "dense"
     print(f"# model {cfg.extra.get('name') or cfg.family} ({cfg.family}): L={cfg.n_layers} D={cfg.hidden_size} "
-          f"{moe} attn={cfg.attention} | params {pc.total / 1e9:.3f}B total, "
-          f"{pc.active(cfg, settings.top_k) / 1e9:.3f}B active | weights: {weights}")
+          f"{moe} attn={cfg.attention} | params {_count(pc.total)} total, "
+          f"{_count(pc.active(cfg, settings.top_k))} active | weights: {weights}")
     if pc.stored is not None:          # quantized: what the roofline counts (codes + scales + zero points)
         wbytes = settings.torch_dtype.itemsize
         what = FORMATS[pc.stored.fmt].what + (", LM head too" if cfg.extra["weight_format"]["lm_head"] else "")

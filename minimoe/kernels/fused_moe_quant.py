@@ -4,8 +4,10 @@ Shape legend: T tokens, D hidden, E local experts, K experts per token, I expert
 
     out[t] = Σ_k w[t,k] · W2[e] · ( silu(Wg[e]·x[t]) ⊙ (Wu[e]·x[t]) ),   W = dequant(codes, scales)
 
-Decode-sized calls (fused_moe.plan: T·K·4 <= E) go to the GEMVs of fused_moe_quant_small.py (or of
-fused_moe_quant_gemv.py: fused_moe_quant_small.DECODE_VARIANT, config["variant"] "gemv"). Larger
+Decode-sized calls (fused_moe.plan: T·K·4 <= E) go to the decode GEMVs that fused_moe_quant_small.decode_variant
+picks: fused_moe_quant_pair.py's fp16 pairs by default on a GPU (DECODE_VARIANT), fused_moe_quant_gemv.py's 2-D
+tiles for fp32 activations, fp8 rows of partial words and the interpreter, fused_moe_quant_small.py's own 3-D tiles
+for bitsandbytes' nf4 / LLM.int8 codes (config["variant"] "small" / "gemv" / "pair" overrides). Larger
 ones run the aligned path of fused_moe.py (align pairs by expert into BLOCK_M-row blocks, GEMM1 with
 SiLU·up, GEMM2 with the routing weight, the combine kernel), with each B tile dequantized in the K
 loop by quant_tiles.load_cols:

@@ -5,7 +5,8 @@ Shape legend: T tokens, D hidden, E local experts, K experts per token, I expert
 PW codes an int32 word (8 for int4, 4 for int8: vLLM's and AWQ's pack factor), V words a tile row per step.
 Inputs: x bf16 / fp16 (fp32 works, in fp16 precision), ids int32/int64 [T, K], routing weights [T, K];
 outputs in x's dtype. Raises ValueError for a stack that is not minimoe's int4 / int8 codes or fp8 in whole
-4-byte words, or a BLOCK_K that is not a power of two holding whole words and scale groups.
+4-byte words, a BLOCK_K that is not a power of two holding whole quads of four words (32 int4 inputs, 16 int8 /
+fp8) and whole scale groups, or a chain other than 1 or 4 (4 where BLOCK_K and the group hold whole chains).
 
 The arithmetic (the PTX, the paired order, the precision bounds) is in pair_codes.py and pair_quads.py,
 the two GEMV kernels in pair_kernels.py; this file holds their measured tiles and the launchers.
@@ -55,12 +56,12 @@ _KEYS = ("BLOCK_N", "BLOCK_K", "num_warps", "num_stages", "x_packed", "wide", "s
 # and its GEMM1 then takes the wide tile: 59.2 -> 42.7 µs; OLMoE -1.2%, Qwen3-30B-A3B -3.3%), int8 4 on the experts
 # (-1.6% with the dense layers chained too), fp8 1 (+2.5%). Dense layers (quant_pair_2d) take DENSE_CHAIN: their input
 # is any activation, scaled by X_SCALE only, and a quad of int8 / fp8 products overflows fp16 four times sooner
-# (pair_quads.py); int4's quad bound (|x| ~6.5e4) holds for them.
+# (pair_quads.py); int4's quad bound (|x| ~1.3e5) holds for them.
 CHAIN = {4: 4, 8: 4, 0: 1}
 DENSE_CHAIN = {4: 4, 8: 1, 0: 1}
 # Chained int4 tiles from the same session's sweep (call 4, scripts/pair_tiles.py --chains 4; µs a GEMM alone): the
 # wide 4 x 1024 tile also for narrow experts' GEMM2 at T = 1 (OLMoE 9.5 -> 7.8, Qwen3-30B-A3B 8.4 -> 7.4; Mixtral's
-# 16 x 256 split over 8 stays: 28.9), for GEMM1 at T = 2 (Mixtral 87.0 -> 75.4, Qwen3 16.1 -> 14.7) and for dense
+# stays split over 8: 16 x 256 28.9, 16 x 512 / one warp 28.3 in call 6, _TILES), for GEMM1 at T = 2 (Mixtral 87.0 -> 75.4, Qwen3 16.1 -> 14.7) and for dense
 # layers at T = 1 (D x D: Mixtral 11.0 -> 9.1 with x packed first, OLMoE / Qwen3 ~7.7 -> 5.2-5.4 without). Other token
 # counts (the pair kernels serve up to T·K·4 <= E: Qwen3-30B-A3B to 4) keep the tables above. Off: the tables above.
 CHAINED_TILES = True
@@ -221,11 +222,13 @@ def _launch_down(h, packed, w, out, ids, weights, top_k, expert_offset, E, cfg, 
 
 
 def quant_pair_2d(x: torch.Tensor, w, config: dict | None = None, pdl: bool = False) -> torch.Tensor:
-    """A dense int4 / int8 / fp8 layer at decode with these kernels: x [T, K] (contiguous) @ W[N, K]ᵀ -> [T, N] in
-    x.dtype. Raises ValueError for another format or a bad BLOCK_K."""
+    """A dense int4 / int8 / fp8 layer at decode with these kernels: x [T, K] @ W[N, K]ᵀ -> [T, N] in x.dtype (x is
+    read row-major: a strided x is made contiguous first). Raises ValueError for another format or a tile config that
+    _check refuses (BLOCK_K, chain)."""
     if not pair_supported(w):
         raise ValueError(f"the pair decode kernels read int4 and int8 codes and fp8 in whole words, not "
-                             f"{getattr(w, 'describe', lambda: type(w).__name__)()}")
+                         f"{getattr(w, 'describe', lambda: type(w).__name__)()}")
+    x = x.contiguous()
     T = x.shape[0]
     N = w.stack_shape[1]
     cfg = _tiles(config, "down", pair_config(w, w.K, down=True, T=T, dense=True), w)

@@ -32,10 +32,10 @@ it writes h straight into paired order, in fp16, for GEMM2.
 
 Precision. A word's products are summed in fp16 (at most 8 terms), then accumulated in fp32 with the
 scales. The activations are multiplied by a power of two when they become fp16 (the result divided by
-it at the end) so that a word's partial sum stays finite: x by X_SCALE = 2^-8 (finite up to |x| ~ 2.6e5
-for symmetric int4, 3.3e4 for int8, 9.3e3 for fp8, whose codes reach 448), h = silu(gate)·up, larger and
-heavier-tailed, by H_SCALE = 2^-12 (|h| up to 4.2e6 / 5.2e5 / 1.5e5). These bounds count all of a word's
-terms in one fp16 sum; the int8 and fp8 PTX sums two per half, so their real limits are twice these. A dense
+it at the end) so that a word's partial sum stays finite. Each fp16 half of the pair sums its own half of the word's
+terms (4 for int4, 2 for int8 / fp8) before the halves meet in fp32, so with every term at its largest: x by
+X_SCALE = 2^-8 (finite up to |x| ~ 5.2e5 for symmetric int4, 6.5e4 for int8, 1.9e4 for fp8, whose codes reach
+448), h = silu(gate)·up, larger and heavier-tailed, by H_SCALE = 2^-12 (|h| up to 8.4e6 / 1.0e6 / 3.0e5). A dense
 layer's input is scaled by X_SCALE whatever it is: for a quantized dense down projection (a shared expert, a dense
 MLP) that input is an MLP's hidden activation, so fp8 there holds |h| up to ~1.9e4, int8 ~6.5e4. Values under
 2^-14 / scale (|x| < 0.004, |h| < 0.25) become fp16 subnormals, spaced 2^-24 / scale apart (6e-8 x 256 = 1.5e-5

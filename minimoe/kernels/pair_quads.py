@@ -5,21 +5,24 @@ quads (four consecutive words of one row: one 16-byte load), ROWS weight rows a 
 
 pair_codes.py turns each word into a sum of fp16 pairs (LOP3 / PRMT into the mantissa of 1024, HSUB2, HFMA2) and then
 converts that pair to fp32 and adds it to the accumulator: two fp16 -> fp32 conversions, an fp32 add and the
-scale's FFMA for every word. Compiled for sm90 (scripts/sass_mix.py --pair), the int4 GEMV's main loop spent 332
-instructions on a thread's 16 words, 20.8 a word, of which 4 were that epilogue; the H200 ran the int4 GEMV at ~55%
+scale's FFMA for every word. Compiled for sm90 with Triton 3.6 (scripts/sass_mix.py --pair up, Mixtral's 32 x 256
+tile), the int4 GEMV's main loop spent 328 instructions on a thread's 16 words, 20.5 a word: 13 to make and multiply
+the pairs, 4 for that epilogue, the rest addresses and loads; the H200 ran the int4 GEMV at ~55%
 of its bytes' time and the int8 one (about half the instructions a byte) at ~93%: both issue about the same
 instructions per second, so int4 is bound by its instruction count, not by HBM.
 
 Here the fp16 pair sum runs on through the four words of a quad (`fma.rn.f16x2 a, f, x, a` where each word started
-from `mul`), and the pair becomes fp32 once per quad: int4 13 + 5/4 instructions a word instead of 17 + 4. The four
+from `mul`), and the pair becomes fp32 once per quad: the epilogue's 4 instructions a word become ~1 (the same loop:
+328 -> 284). The four
 words of a quad sit in one thread (the 16-byte load that brings them), so the [ROWS, V] tile is reshaped to
 [ROWS, Q, 4] and split into four [ROWS, Q] word tiles in registers; the activations' pairs likewise. A quad never straddles a scale group
 (groups hold 4+ words: the launcher checks), so one scale and one zero point serve its sum.
 
 Precision. A quad's sum has four times the terms of a word's: 32 products for int4 (16 a half), 16 for int8 / fp8
-(8 a half), each rounded to fp16 (11 bits) as it is added. The overflow bounds of pair_codes.py shrink by the same
-four: with x times X_SCALE = 2^-8 a quad stays finite for |x| up to ~6.5e4 (int4), ~1.6e4 (int8), ~4.6e3 (fp8,
-codes up to 448); with h times H_SCALE = 2^-12 for |h| up to ~1e6 / 2.6e5 / 7.3e4. The rounding error of a quad is
+(8 a half), each rounded to fp16 (11 bits) as it is added. The overflow bounds of pair_codes.py (each fp16 half a sum
+of its own) shrink by the same four: with x times X_SCALE = 2^-8 a quad stays finite for |x| up to ~1.3e5 (symmetric
+int4), ~1.6e4 (int8), ~4.7e3 (fp8, codes up to 448); with h times H_SCALE = 2^-12 for |h| up to ~2.1e6 / 2.6e5 /
+7.5e4. The rounding error of a quad is
 about twice a word's (a few 1e-4 -> ~1e-3 relative to the partial), far under int4's own (~1e-2 of a weight). Marlin
 (arXiv 2408.11743) keeps fp32 accumulation by running the dot on tensor cores; TensorRT-LLM's weight-only batched
 GEMV sums a few half2 products before converting: this is the latter's trade (our PTX, written from its description).
