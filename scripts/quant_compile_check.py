@@ -75,9 +75,10 @@ def record(shapes: list[str], formats: list[str] | None, out: str, sweep: bool =
             "fp8": Q.quantize_fp8, "fp8-block": lambda w: Q.quantize_fp8(w, 128)}
     try:
         from minimoe import qbnb
+        qbnb._lib()                       # bitsandbytes itself: nf4 / bnb-int8 are left out without it
         fmts.update(nf4=qbnb.quantize_nf4, **{"bnb-int8": qbnb.quantize_bnb_int8})
     except ImportError:
-        pass
+        print("# nf4 / bnb-int8 left out: bitsandbytes is not installed", file=sys.stderr)
     fmts = {f: q for f, q in fmts.items() if not formats or f in formats}
     for shape in shapes:
         E_real, D, I, K = SHAPES[shape]
