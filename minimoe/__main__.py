@@ -38,15 +38,18 @@ def _generate_parser(sub) -> None:
     src.add_argument("--prompt-ids", help="comma-separated prompt token ids, e.g. 1,2,3")
     src.add_argument("--prompt", help="prompt text (needs the checkpoint's tokenizer and transformers)")
     src.add_argument("--prompt-file", help="a text file, one prompt per line (a ragged batch)")
-    g.add_argument("--max-new-tokens", type=int, default=32, help="tokens to generate per prompt")
-    g.add_argument("--batch", type=int, default=1, help="run a single prompt as a batch of this many copies")
+    g.add_argument("--max-new-tokens", type=int, default=32, help="tokens to generate per prompt (default %(default)s)")
+    g.add_argument("--batch", type=int, default=1,
+                   help="run a single prompt as a batch of this many copies (default %(default)s)")
     g.add_argument("--greedy", action="store_true", help="greedy decoding (the default when no sampling flag)")
-    g.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (0 = greedy)")
-    g.add_argument("--top-k", dest="sample_top_k", type=int, default=0,
-                   help="sample among the k most likely tokens (0 = off; --topk is the router's K)")
-    g.add_argument("--top-p", dest="sample_top_p", type=float, default=1.0,
+    g.add_argument("--temperature", type=float, default=None,
+                   help="sampling temperature (0 = greedy; default 0, or 1.0 when --top-k / --top-p / --min-p "
+                        "is given, as in vLLM and transformers)")
+    g.add_argument("--top-k", dest="sample_top_k", type=int, default=0, metavar="K",
+                   help="sample among the K most likely tokens (0 = off; --topk is the router's K)")
+    g.add_argument("--top-p", dest="sample_top_p", type=float, default=1.0, metavar="P",
                    help="nucleus: the smallest set reaching this mass (1 = off)")
-    g.add_argument("--min-p", dest="sample_min_p", type=float, default=0.0,
+    g.add_argument("--min-p", dest="sample_min_p", type=float, default=0.0, metavar="P",
                    help="drop tokens below min-p x the top probability (0 = off)")
     g.add_argument("--stop-at-eos", action="store_true", help="stop each sequence at any of the model's stop ids")
     g.add_argument("--json", help="write one JSON object to this path ('-' = stdout, instead of text)")
@@ -92,7 +95,9 @@ def _prompts(args, tok, vocab: int) -> list[list[int]]:
 def generate(args) -> dict:
     if args.max_new_tokens < 1 or args.batch < 1:
         raise UsageError("--max-new-tokens and --batch must be at least 1")
-    sampling = Sampling(args.temperature, args.sample_top_k, args.sample_top_p, args.sample_min_p)
+    filtered = (args.sample_top_k, args.sample_top_p, args.sample_min_p) != (0, 1.0, 0.0)
+    temperature = args.temperature if args.temperature is not None else (1.0 if filtered else 0.0)
+    sampling = Sampling(temperature, args.sample_top_k, args.sample_top_p, args.sample_min_p)
     if args.greedy and sampling != Sampling():
         raise UsageError("--greedy contradicts --temperature/--top-k/--top-p/--min-p")
     try:
@@ -178,6 +183,10 @@ def main(argv=None) -> int:
                 f.write(text + "\n")
     if args.json != "-":
         _print_text(args, out)
+    if args.command == "generate" and out["seconds"] > 0:     # gpt-fast's summary line; bench.py splits TTFT / ITL
+        n = sum(map(len, out["new_ids"]))
+        print(f"# {n} new tokens in {out['seconds']:.2f} s, {n / out['seconds']:.1f} tok/s (prefill included; "
+              f"bench.py measures TTFT and ITL)", file=sys.stderr)
     return 0
 
 

@@ -42,6 +42,15 @@ def pad_prompts(prompts, device) -> tuple[torch.Tensor, torch.Tensor]:
     return ids.to(device), torch.tensor(lengths, dtype=torch.int32, device=device)
 
 
+def stop_tensor(stop_ids, max_new_tokens: int, device) -> torch.Tensor:
+    """The stop ids (an int or an iterable of ints) as a sorted int64 tensor [S], after checking that at least one
+    new token is asked for (ValueError otherwise): the checks every generate() runs before its prefill."""
+    if isinstance(max_new_tokens, bool) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
+    ids = (stop_ids,) if isinstance(stop_ids, int) else stop_ids
+    return torch.tensor(sorted(set(ids)), dtype=torch.long, device=device)
+
+
 class Generator:
     def __init__(self, model: Transformer, batch: int, max_len: int, sampling: Sampling | None = None):
         self.model, self.sampling = model, sampling or Sampling()
@@ -141,10 +150,11 @@ class Generator:
     @torch.inference_mode()
     def generate(self, prompts, max_new_tokens: int, stop_ids=()) -> torch.Tensor:
         """Prompts -> [B, max_new_tokens] new tokens. Each sequence stops on its own at any id in
-        `stop_ids`: it keeps its stop token, then only the first stop id (finished rows are masked,
-        not recomputed apart; the loop ends when every row has stopped)."""
+        `stop_ids` (an int or an iterable of ints): it keeps its stop token, then only the smallest stop id
+        (finished rows are masked, not recomputed apart; the loop ends when every row has stopped).
+        Raises ValueError for max_new_tokens < 1."""
+        stop = stop_tensor(stop_ids, max_new_tokens, self.device)
         self.reset()
-        stop = torch.tensor(sorted(set(stop_ids)), dtype=torch.long, device=self.device)
         tok = self.prefill(prompts)
         out = [tok]
         done = torch.isin(tok, stop) if stop.numel() else None

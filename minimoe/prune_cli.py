@@ -219,13 +219,13 @@ def add_parser(sub) -> None:
                                                    "width (narrow every expert)")
     p.add_argument("--ratio", type=float, required=True, help="fraction removed: of each layer's experts, or of "
                                                              "each expert's width (width)")
-    p.add_argument("--per-layer", default="uniform", help="uniform: the same count in every layer (loads in "
-                                                          "transformers); global: ranked across layers")
+    p.add_argument("--per-layer", default="uniform", help="uniform (default): the same count in every "
+                                                          "layer (loads in transformers); global: ranked across layers")
     p.add_argument("--calibration", default="heldout", help="heldout | random[:N] | a text file | a statistics "
                                                             "file (default: heldout)")
-    p.add_argument("--calib-tokens", type=int, default=DEFAULT_TOKENS, help="tokens of a text used to calibrate")
-    p.add_argument("--window", type=int, default=512, help="calibration window (tokens per sequence)")
-    p.add_argument("--batch-size", type=int, default=8, help="calibration windows per forward")
+    p.add_argument("--calib-tokens", type=int, default=DEFAULT_TOKENS, help="tokens of a text used to calibrate (default %(default)s)")
+    p.add_argument("--window", type=int, default=512, help="calibration window (tokens per sequence; default %(default)s)")
+    p.add_argument("--batch-size", type=int, default=8, help="calibration windows per forward (default %(default)s)")
     p.add_argument("--save-stats", help="also write the calibration statistics here (.safetensors)")
     p.add_argument("--out", required=True, help="new directory for the pruned checkpoint")
     p.add_argument("--json", help="write one JSON object to this path ('-' = stdout, instead of the table)")

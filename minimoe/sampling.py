@@ -68,6 +68,9 @@ class Sampling:
             raise ValueError(f"top_p must be in (0, 1] (1 is off), got {self.top_p}")
         if not 0 <= self.min_p < 1:
             raise ValueError(f"min_p must be in [0, 1) (0 is off), got {self.min_p}")
+        if self.greedy and (self.top_k, self.top_p, self.min_p) != (0, 1.0, 0.0):
+            raise ValueError("top_k / top_p / min_p filter a sampled distribution, but temperature 0 is greedy: "
+                             "set temperature > 0 (1.0 samples the model's own distribution) or drop the filters")
 
 
 def argmax(logits: torch.Tensor) -> torch.Tensor:

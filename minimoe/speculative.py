@@ -43,7 +43,7 @@ import contextlib
 
 import torch
 
-from .generate import Generator
+from .generate import Generator, stop_tensor
 from .graphs import AppendGraph, enable_graphs
 from .instrument import ExpertLoad, profiling
 from .ops import nonfinite_rows
@@ -262,7 +262,7 @@ class SpeculativeGenerator(WholeRounds):
         self.verify_touched = []
         for g in (self.target, self.draft):
             g.reset()
-        stop = torch.tensor(sorted(set(stop_ids)), dtype=torch.long, device=dev)
+        stop = stop_tensor(stop_ids, n_new, dev)
         tok = self.target.prefill(prompts)
         self.draft.prefill(prompts)
         self._mark()

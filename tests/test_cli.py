@@ -47,6 +47,18 @@ def test_sampling_is_seeded(capsys):
     assert first != json.loads(run(capsys, *args, "--seed", "4")[1])["new_ids"]
 
 
+def test_a_sampling_filter_alone_samples_at_temperature_1(capsys):
+    """--top-k without --temperature samples (temperature 1.0, as vLLM and transformers) instead of silently decoding
+    greedily: two seeds differ, and the run equals the one with --temperature 1 given."""
+    args = ["--model", "qwen3-moe-tiny", "--prompt-ids", "7,8,9", "--max-new-tokens", "12", "--top-k", "50",
+            "--json", "-"]
+    first = json.loads(run(capsys, *args, "--seed", "3")[1])["new_ids"]
+    assert first == json.loads(run(capsys, *args, "--seed", "3", "--temperature", "1")[1])["new_ids"]
+    assert first != json.loads(run(capsys, *args, "--seed", "4")[1])["new_ids"]
+    rc, _, err = run(capsys, *args[:-2], "--seed", "3")
+    assert rc == 0 and "new tokens in" in err and "tok/s" in err                   # the summary line, on stderr
+
+
 BAD_INPUT = {
     "unknown_model": (["--model", "no-such-model", "--prompt-ids", "1"], "unknown model 'no-such-model'"),
     "max_new_tokens_0": (["--model", "olmoe-tiny", "--prompt-ids", "1", "--max-new-tokens", "0"],
@@ -64,6 +76,10 @@ BAD_INPUT = {
     "unknown_expert_path": (["--model", "olmoe-tiny", "--prompt-ids", "1", "--experts", "nope"],
                             "--experts nope: choose from loop, grouped, fused"),
     "top_p_zero": (["--model", "olmoe-tiny", "--prompt-ids", "1", "--top-p", "0"], "top_p must be in (0, 1]"),
+    "filter_at_temperature_0": (["--model", "olmoe-tiny", "--prompt-ids", "1", "--temperature", "0", "--top-k", "5"],
+                                "top_k / top_p / min_p filter a sampled distribution, but temperature 0 is greedy"),
+    "greedy_and_top_k": (["--model", "olmoe-tiny", "--prompt-ids", "1", "--greedy", "--top-k", "5"],
+                         "--greedy contradicts --temperature/--top-k/--top-p/--min-p"),
     "prompt_text_without_tokenizer": (["--model", "olmoe-tiny", "--prompt", "hello"],
                                       "--prompt/--prompt-file need a checkpoint with tokenizer files"),
     "json_folder_missing": (["--model", "olmoe-tiny", "--prompt-ids", "1", "--json", "/no/such/dir/x.json"],

@@ -13,3 +13,7 @@ def test_generate_example_runs():
     lines = out.stdout.splitlines()
     assert lines[0].startswith("loop experts:") and len(lines[0].split(",")) == 16
     assert "(identical)" in lines[1]
+    assert lines[3].startswith("ragged batch:") and "(each as when run alone)" in lines[3]
+    again = subprocess.run([sys.executable, str(ROOT / "examples" / "generate.py")], capture_output=True, text=True,
+                           timeout=300, cwd=ROOT)
+    assert again.stdout == out.stdout                                   # seeded: the sampled line too

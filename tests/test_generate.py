@@ -66,6 +66,7 @@ def test_generate_stops_at_eos(model):
     free = Generator(model, B, S + n + 1).generate(ids, n)
     eos = int(free[0, 3])                                   # a token sequence 0 emits at step 3
     got = Generator(model, B, S + n + 1).generate(ids, n, stop_ids={eos})
+    assert torch.equal(Generator(model, B, S + n + 1).generate(ids, n, stop_ids=eos), got)     # a bare int
     assert got.shape == (B, n)
     for row_free, row in zip(free.tolist(), got.tolist()):
         cut = row_free.index(eos) + 1 if eos in row_free else n
@@ -83,6 +84,11 @@ def test_generator_refuses_bad_shapes(model):
         gen.decode(torch.zeros(B, dtype=torch.long))
     with pytest.raises(ValueError):
         Generator(model, 1, 4, Sampling(temperature=-1.0))
+    for n in (0, -1):                                           # no token asked for: refused, not one token
+        with pytest.raises(ValueError, match="max_new_tokens must be an int >= 1"):
+            Generator(model, B, 8).generate(torch.zeros(B, 4, dtype=torch.long), n)
+    with pytest.raises(ValueError, match="temperature 0 is greedy"):                # a filter without sampling
+        Generator(model, 1, 4, Sampling(top_k=50))
 
 
 # ---- sampling ---------------------------------------------------------------------------------------------

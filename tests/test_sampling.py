@@ -178,6 +178,12 @@ def test_check_names_the_bad_field(field, bad):
         Sampling(**{field: bad}).check()
 
 
+def test_a_filter_at_temperature_0_is_refused():
+    for s in (Sampling(top_k=50), Sampling(top_p=0.9), Sampling(min_p=0.1), Sampling(0.0, 5, 0.5, 0.1)):
+        with pytest.raises(ValueError, match="temperature 0 is greedy"):
+            s.check()
+
+
 def test_check_accepts_good_settings():
     for s in [Sampling(), Sampling(0.7, 50, 0.9, 0.05), Sampling(1.0, 0, 1.0, 0.0)]:
         s.check()
