@@ -49,6 +49,8 @@ ARGMAX_CHUNKS = 64
 
 @dataclass
 class Sampling:
+    """How the next token is chosen; the default is greedy. `check()` raises ValueError for a field out of range and
+    for a top-k / top-p / min-p filter at temperature 0 (greedy has no distribution to filter)."""
     temperature: float = 0.0       # 0 = greedy; otherwise logits are divided by it
     top_k: int = 0                 # 0 = off; keep the k most likely tokens (and ties with the k-th)
     top_p: float = 1.0             # 1 = off; keep the smallest set whose probability reaches top_p
