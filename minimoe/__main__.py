@@ -129,6 +129,11 @@ def generate(args) -> dict:
         plan = getattr(model, "plan", None)       # --ep / --tp under torchrun: this rank's rows, gathered after
         local = prompts if plan is None else [prompts[i] for i in plan.local_rows(len(prompts))]
         gen = Generator(model, len(local), positions, sampling)
+        if plan is not None and plan.mesh.ep > 1:
+            # EP ranks decode different rows, so each draws from its own seed (the global generators: a CUDA graph
+            # captures those); the TP peers of one EP rank draw alike. Rows are independent samples, reproducible
+            # for one --seed and plan, not the one-process draws; greedy tokens are the one-process tokens.
+            torch.manual_seed(s.seed + 1_000_003 * plan.mesh.ep_rank)
         if s.use_graphs and (not cfg.is_moe or s.experts != "loop"):
             from .graphs import enable_graphs
             enable_graphs(gen)

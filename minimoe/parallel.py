@@ -241,6 +241,9 @@ def check_plan(s, cfg: ModelConfig) -> None:
     """Refuse a plan this model or launch cannot run, in one sentence naming the flag (ValueError)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if s.ep * s.tp != world:
+        if s.ep * s.tp == 1:
+            raise ValueError(f"this launch has {world} processes but no plan, so each would run the whole model: "
+                             f"add --ep / --tp whose product is {world}, or run one process")
         raise ValueError(f"--ep {s.ep} x --tp {s.tp} needs {s.ep * s.tp} processes, but this launch has {world}: "
                          f"run under torchrun --nproc-per-node {s.ep * s.tp}")
     gpus_here = int(os.environ.get("LOCAL_WORLD_SIZE", world))

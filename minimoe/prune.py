@@ -84,8 +84,10 @@ def kept_width(ratio: float, I: int) -> int:
     if I % WIDTH_ALIGN == 0:
         keep = WIDTH_ALIGN * math.floor(keep / WIDTH_ALIGN + 0.5)
     if not 1 <= keep < I:
-        raise ValueError(f"pruning {ratio:g} of an expert's width {I} keeps {keep} neurons: need between 1 and "
-                         f"{I - 1}" + (f" (widths are multiples of {WIDTH_ALIGN})" if I % WIDTH_ALIGN == 0 else ""))
+        if I % WIDTH_ALIGN == 0:
+            raise ValueError(f"pruning {ratio:g} of an expert's width {I} keeps {keep} neurons (widths stay multiples "
+                             f"of {WIDTH_ALIGN}: a ratio must keep {WIDTH_ALIGN} to {I - WIDTH_ALIGN})")
+        raise ValueError(f"pruning {ratio:g} of an expert's width {I} keeps {keep} neurons: need between 1 and {I - 1}")
     return keep
 
 

@@ -118,7 +118,7 @@ def calibration_source(spec: str, folder, vocab: int, limit: int, seed: int):
     except (OSError, UnicodeDecodeError) as e:
         raise UsageError(f"--calibration {spec}: {e}") from None
     ids = torch.tensor(tok(text, verbose=False)["input_ids"][:limit], dtype=torch.long)
-    note = " (the text `eval` scores: its bits per byte will be optimistic; pass --calibration FILE)" \
+    note = ", the text `eval` scores, so its bits per byte will be optimistic: calibrate on another file" \
         if spec == "heldout" else ""
     return ids, f"{ids.numel()} tokens of {path.name}{note}"
 
@@ -196,7 +196,7 @@ def prune_for_eval(req: PruneRequest, model, folder, s, ids: torch.Tensor) -> tu
     that flatters the pruned model a little, which the note says."""
     def own_text():
         n = min(ids.numel(), DEFAULT_TOKENS)
-        return ids[:n], f"{n} tokens of the evaluated text itself (optimistic: pass --prune-calibration FILE)"
+        return ids[:n], f"{n} tokens of the evaluated text itself, which is optimistic: pass --prune-calibration FILE"
     return apply_prune(req, model, folder, s.seed, own_text, s.top_k)
 
 
@@ -255,6 +255,11 @@ def run(args) -> dict:
     if getattr(args, "draft", None) is not None:
         raise UsageError("--draft is a decoding setting; prune calibrates teacher-forced (no decoding)")
     s = resolve_settings(run_settings.from_args(args))
+    routing = [f for f, on in (("--topk", s.top_k is not None), ("--router", s.router is not None),
+                               ("--skip-threshold", bool(s.skip_threshold))) if on]
+    if routing:                # they would steer the calibration, yet the saved checkpoint keeps its own routing
+        raise UsageError(f"{' / '.join(routing)} change the routing that calibration ranks by, and the checkpoint "
+                         f"does not record them: prune without them, then run the pruned checkpoint with them")
     cfg, folder = read_config(args.model)
     check_settings(s, cfg)
     ckpt = open_weights(args.weights, folder, torch.device("meta"))
@@ -279,7 +284,7 @@ def run(args) -> dict:
     save_checkpoint(model, res["cfg"], resolve(args.model)[0], args.out, folder, {"pruning.json": about})
     layers = {i: {"before": shapes[i], "after": (m.ffn.experts.n_local, m.ffn.experts.hidden)}
               for i, m in enumerate(model.layers) if i in shapes}
-    return {"model": args.model, "out": str(args.out), "prune": req.describe(), "calibration": how,
+    return {"model": args.model, "out": str(args.out), "prune": req.describe(), "kind": req.kind, "calibration": how,
             "weights": about["weights"], "layers": layers, "bytes_before": before, "bytes_after": after,
             "dtype": s.dtype}
 
@@ -292,7 +297,12 @@ def print_summary(out: dict) -> None:
         (e0, i0), (e1, i1) = v["before"], v["after"]
         print(f"{i:>5}  {e0:>3} -> {e1:<3}  {i0:>5} -> {i1}")
     b, a = out["bytes_before"], out["bytes_after"]
+    (e0, i0), (e1, i1) = (tuple(sum(v[w][j] for v in out["layers"].values()) for j in (0, 1))
+                          for w in ("before", "after"))
+    removed = f"{1 - e1 / e0:.1%} of the experts" if out["kind"] == "inter" else f"{1 - i1 / i0:.1%} of the width"
+    why = ("K experts a layer are read whatever E is, so batch 1 reads as much" if out["kind"] == "inter" else
+           "narrower experts: every token reads fewer bytes")
+    print(f"removed {removed} (ratios round to whole experts / aligned widths a layer)")
     print(f"weights ({out['dtype']}, as loaded) {b['total'] / mb:.2f} MB -> {a['total'] / mb:.2f} MB; one token reads "
-          f"{b['per_token'] / mb:.2f} MB -> {a['per_token'] / mb:.2f} MB (the batch-1 decode floor: K experts "
-          f"per layer are read whatever E is)")
+          f"{b['per_token'] / mb:.2f} MB -> {a['per_token'] / mb:.2f} MB ({why})")
     print(f"wrote {out['out']}")

@@ -7,6 +7,8 @@ that would change what a benchmark measures.
 """
 from __future__ import annotations
 
+import os
+
 import torch
 
 from .config import ModelConfig
@@ -78,7 +80,8 @@ def check_settings(s: RunSettings, cfg: ModelConfig) -> None:
     problem = check_quant(s, cfg)                 # formats, machine, pre-quantized checkpoints (quant.py)
     if problem:
         raise UsageError(problem)
-    if s.ep * s.tp > 1:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if s.ep * s.tp > 1 or world > 1:          # a torchrun launch without a plan would run `world` copies
         from .parallel import check_plan          # world size, divisible heads/widths/experts (parallel.py)
         try:
             check_plan(s, cfg)

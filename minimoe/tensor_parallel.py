@@ -45,7 +45,7 @@ def check(cfg: ModelConfig, tp: int) -> None:
             sizes[f"expert width of layer {i}"] = cfg.layer_moe_width(i)
     for what, n in sizes.items():
         if n % tp:
-            raise ValueError(f"--tp {tp}: the model's {what} ({n}) does not split into {tp} equal pieces")
+            raise ValueError(f"--tp {tp}: the model's {what} ({n}) cannot be split into {tp} equal pieces")
 
 
 def _all_reduce(reduce):

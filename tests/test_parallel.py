@@ -233,6 +233,9 @@ def _clis(out_dir: str) -> None:
                            "--load-heatmap", Path(out_dir, "load.png"), "--json", Path(out_dir, "bench.json")]) == 0
         assert minimoe_main(["generate", "--model", "olmoe-tiny", "--tp", 2, "--prompt-ids", "1,2,3", "--batch", 3,
                              "--max-new-tokens", 4, "--json", Path(out_dir, "generate.json")]) == 0
+        assert minimoe_main(["generate", "--model", "olmoe-tiny", "--ep", 2, "--prompt-ids", "1,2,3", "--batch", 4,
+                             "--max-new-tokens", 6, "--temperature", 0.8, "--seed", 5,
+                             "--json", Path(out_dir, "sampled_ep.json")]) == 0
     finally:
         sys.stdout = stdout
 
@@ -309,13 +312,16 @@ def test_bench_and_generate_run_under_two_processes(group2, tmp_path_factory):
     assert (out / "load.png").exists()
     generated = json.loads((out / "generate.json").read_text())["new_ids"]
     assert len(generated) == 3 and all(len(r) == 4 for r in generated)
+    sampled = json.loads((out / "sampled_ep.json").read_text())["new_ids"]      # rows 0-1 on EP rank 0, 2-3 on 1
+    assert len(sampled) == 4 and sampled[2:] != sampled[:2]                       # each rank its own draws
 
 
 # ---- single-process checks -------------------------------------------------------------------------
 
 @pytest.mark.parametrize("flags, env, message", [
     (dict(ep=2), {}, "needs 2 processes, but this launch has 1"),
-    (dict(tp=4), {"WORLD_SIZE": "4"}, r"key/value heads \(2\) does not split into 4"),
+    (dict(tp=4), {"WORLD_SIZE": "4"}, r"key/value heads \(2\) cannot be split into 4"),
+    (dict(), {"WORLD_SIZE": "2"}, "this launch has 2 processes but no plan"),
     (dict(ep=9), {"WORLD_SIZE": "9"}, "a layer has only 8 experts"),
     (dict(ep=2, dispatch="alltoall", device="cuda"), {"WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "1"}, "add --eager"),
     (dict(ep=2, allreduce="symm"), {"WORLD_SIZE": "2"}, "needs --tp 2 or more"),
@@ -336,6 +342,9 @@ def test_check_settings_reports_a_plan_problem_as_usage_error(monkeypatch):
     cfg, _ = read_config("olmoe-tiny")
     with pytest.raises(UsageError, match="torchrun --nproc-per-node 2"):
         check_settings(RunSettings(tp=2).resolve(), cfg)
+    monkeypatch.setenv("WORLD_SIZE", "2")                      # torchrun without --ep / --tp: two whole copies
+    with pytest.raises(UsageError, match="add --ep / --tp whose product is 2"):
+        check_settings(RunSettings().resolve(), cfg)
 
 
 @pytest.mark.parametrize("batch, ep, want", [

@@ -414,13 +414,17 @@ def test_prune_cli_writes_a_checkpoint_and_reuses_statistics(checkpoint, tmp_pat
                             "--calibration", "random:200", "--window", "64", "--save-stats", tmp_path / "s.safetensors",
                             "--out", tmp_path / "a")
     assert rc == 0, err
-    assert "5 -> 4" in out and "one token reads" in out
+    assert "5 -> 4" in out and "one token reads" in out and "removed 20.0% of the experts" in out
+    assert "whatever E is" in out
     about = json.loads((tmp_path / "a" / "pruning.json").read_text())
     assert about["method"] == "reap" and len(about["kept"]["0"]) == 4
     rc, out, err = run_main(capsys, "prune", "--model", folder, "--method", "width", "--ratio", "0.5",
                             "--calibration", tmp_path / "s.safetensors", "--out", tmp_path / "b", "--json", "-")
     assert rc == 0, err
     assert json.loads(out)["layers"]["0"]["after"] == [5, 16]
+    rc, out, err = run_main(capsys, "prune", "--model", folder, "--method", "width", "--ratio", "0.5",
+                            "--calibration", tmp_path / "s.safetensors", "--out", tmp_path / "c")
+    assert rc == 0 and "removed 50.0% of the width" in out and "every token reads fewer bytes" in out, err
     rc, out, err = run_main(capsys, "generate", "--model", tmp_path / "b", "--prompt-ids", "1,2,3",
                             "--max-new-tokens", 3)
     assert rc == 0, err
@@ -434,6 +438,10 @@ def test_prune_cli_writes_a_checkpoint_and_reuses_statistics(checkpoint, tmp_pat
     (["--method", "reap", "--ratio", "0.25"], "needs the checkpoint's tokenizer"),
     (["--method", "reap", "--ratio", "0.25", "--calibration", "random:0"], "positive token count"),
     (["--method", "reap", "--ratio", "0.05", "--calibration", "random"], "drops 0"),
+    (["--method", "gate", "--ratio", "0.25", "--calibration", "random", "--skip-threshold", "0.5"],
+     "--skip-threshold change the routing that calibration ranks by"),
+    (["--method", "gate", "--ratio", "0.25", "--calibration", "random", "--topk", "1"],
+     "--topk change the routing"),
 ])
 def test_prune_cli_bad_input_is_one_line_and_exit_2(args, message, checkpoint, tmp_path, capsys):
     rc, out, err = run_main(capsys, "prune", "--model", checkpoint("olmoe"), *args, "--out", tmp_path / "x")

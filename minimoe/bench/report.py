@@ -14,7 +14,9 @@ import torch
 from ..quant import FORMATS
 
 COLUMNS = ("config", "TTFT ms", "ITL p50", "ITL p90", "E2E s", "out tok/s", "paper tok/s", "prefill tok/s",
-           "mem GiB", "floor tok/s", "%floor", "%decode", "%prefill", "non-finite")
+           "mem GiB", "floor tok/s", "%floor", "%decode", "%prefill", "non-finite", "step MB")
+# step MB: the bytes a decode step reads at the mean context (weights, the experts the router touched, KV cache),
+# the roofline's numerator: pruning, skipping, --topk and --quant move it
 
 
 def versions(device: torch.device) -> dict:
@@ -71,7 +73,8 @@ def row(label: str, m: dict, r: dict | None, mem, nonfinite=None) -> tuple:
             f"{m['prefill_tok_s']:.0f}", f"{mem:.1f}" if mem is not None else "-",
             f"{r['output_tok_s_floor']:.0f}" if r else "-", f"{r['e2e_pct_of_floor']:.0f}%" if r else "-",
             _f(r['decode_pct_of_floor'], ".0f") + "%" if r and r['decode_pct_of_floor'] else "-",
-            f"{r['prefill_pct_of_peak']:.0f}%" if r else "-", "-" if nonfinite is None else str(nonfinite))
+            f"{r['prefill_pct_of_peak']:.0f}%" if r else "-", "-" if nonfinite is None else str(nonfinite),
+            f"{r['decode_step_bytes']['total'] / 1e6:.1f}" if r else "-")
 
 
 def print_table(rows: list) -> None:
