@@ -30,7 +30,7 @@ from .kv_cache import KVCache, Step
 from .layers import RMSNorm
 from .linear import Linear
 from .ops import ops_for
-from . import norm_fusion, rope_fusion
+from . import rope_fusion
 
 try:
     from .kernels import decode_attention as _decode_kernel
@@ -106,16 +106,14 @@ class Attention(nn.Module):
         return (self.wqkv.out_features // self.cfg.head_dim - self.n_heads) // 2
 
     def forward(self, x, step: Step, cache: KVCache, rot):
-        """x [B, S, D] (or a norm_fusion.Deferred norm of one token, which the q/k/v GEMV computes) -> [B, S, D];
-        writes this step's K/V into the cache."""
+        """x [B, S, D] -> [B, S, D]; writes this step's K/V into the cache."""
         cfg = self.cfg
         B, S, _ = x.shape
         H, Hkv, d = self.n_heads, self.n_kv_heads, cfg.head_dim
-        fold = x if isinstance(x, norm_fusion.Deferred) else None           # --fold-norm at batch 1
-        if rope_fusion.fits(self, x if fold is None else fold.x, cache):   # --fuse-rope: one launch at batch 1
-            q = rope_fusion.run(self, x if fold is None else fold.x, step, cache, rot, fold=fold)
+        if rope_fusion.fits(self, x, cache):             # --fuse-rope: one launch at batch 1
+            q = rope_fusion.run(self, x, step, cache, rot)
         else:
-            qkv = self.wqkv(x) if fold is None else norm_fusion.linear(self.wqkv, fold)   # [B, S, (H + 2Hkv) d]
+            qkv = self.wqkv(x)                                               # [B, S, (H + 2Hkv) d]
             qn, kn = getattr(self, "q_norm", None), getattr(self, "k_norm", None)
             q = ops_for(self.settings).qkv_rope_cache(                       # [B, S, H, d]; K/V into the cache
                 qkv, step.positions, rot.cos_table, rot.sin_table, cache.k[self.layer], cache.v[self.layer], H, Hkv,

@@ -27,7 +27,6 @@ from .kv_cache import KVCache, Step
 from .layers import RMSNorm
 from .linear import Linear, linear_pair
 from .ops import ops_for
-from . import norm_fusion
 from .rope import Rotary, apply_rope
 
 
@@ -66,12 +65,7 @@ class MLAttention(nn.Module):
         B, S, _ = x.shape
         H, nope, rope, r = self.n_heads, cfg.qk_nope_head_dim, cfg.qk_rope_head_dim, cfg.kv_lora_rank
         # the two projections of x, in one launch at batch 1 (linear_pair): q or its LoRA-down, and the latent
-        # (x a norm_fusion.Deferred norm under --fold-norm: the joined GEMV makes the norm itself)
-        a = self.wq_a if cfg.q_lora_rank else self.wq
-        if isinstance(x, norm_fusion.Deferred):
-            q, kv = norm_fusion.linear_pair(x, a, self.wkv_a)
-        else:
-            q, kv = linear_pair(x, a, self.wkv_a)                                   # kv [B, S, r+rope]
+        q, kv = linear_pair(x, self.wq_a if cfg.q_lora_rank else self.wq, self.wkv_a)   # kv [B, S, r+rope]
         q = self.wq_b(self.q_norm(q)) if cfg.q_lora_rank else q
         q = q.view(B, S, H, nope + rope)                                     # [B, S, H, nope+rope]
         latent = cache.latent[self.layer]                                     # [B, S_max, r+rope]

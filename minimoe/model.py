@@ -7,11 +7,9 @@ layer, shared experts, tied embeddings) is decided once, here, from config field
 stream r travels beside the sublayer outputs and is added inside the next norm (one fused kernel
 with --ops triton). The KV cache is owned by the caller (generate.py) and handed down with a `Step`
 describing the new tokens. Every sublayer is a module called through `nn.Module.__call__`, so
-forward hooks (parallel plans, calibration, tests) see every path; the exceptions are the two RMSNorms
-of a one-token step under `--fold-norm`: the MoE layer's runs inside the router's kernel (the Router is
-called with the un-normed x and the norm, gate.py) and the attention's inside the q/k/v GEMV (the
-attention module gets a `norm_fusion.Deferred`); neither norm module is called then (a hook on one
-keeps it unfolded).
+forward hooks (parallel plans, calibration, tests) see every path; the one exception is the MoE
+layer's RMSNorm when `--fold-norm` runs it inside the router's kernel (a one-token step): then the
+Router is called with the un-normed x and the norm (gate.py), and `ffn_norm` itself is not called.
 """
 from __future__ import annotations
 
@@ -26,7 +24,6 @@ from .layers import ResidualRMSNorm
 from .linear import Linear
 from .mla import MLAttention
 from .moe import MoE, make_ffn
-from . import norm_fusion
 from .rope import Rotary, rope_tables
 
 
@@ -43,12 +40,8 @@ class Block(nn.Module):
 
     def forward(self, x, residual, step: Step, cache: KVCache, rot: Rotary):
         """x [B, S, D] (the previous sublayer's output, not yet added to residual) -> (y, residual)."""
-        if norm_fusion.fits(self.attn, x, residual, self.attn_norm, cache):   # --fold-norm: inside the q/k/v GEMV
-            h = norm_fusion.Deferred(x, residual, self.attn_norm)
-            residual = h.residual_out
-        else:
-            with region("norm"):
-                h, residual = self.attn_norm(x, residual)
+        with region("norm"):
+            h, residual = self.attn_norm(x, residual)
         with region("attention"):
             x = self.attn(h, step, cache, rot)
         if self.ffn_region is None and self.ffn.fold_fits(x, residual):

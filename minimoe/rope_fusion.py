@@ -53,12 +53,11 @@ def fits(attn, x: torch.Tensor, cache) -> bool:
     return _kernel.pair_block(attn.cfg.head_dim, 2) > 0
 
 
-def run(attn, x: torch.Tensor, step, cache, rot, fold=None) -> torch.Tensor:
-    """q [B, S, H, d] for x [B, S, D], with this step's k and v written into `cache` at `step.positions`.
-    fold (norm_fusion.Deferred, one token): x is its un-normed input and the GEMV makes the norm itself."""
+def run(attn, x: torch.Tensor, step, cache, rot) -> torch.Tensor:
+    """q [B, S, H, d] for x [B, S, D], with this step's k and v written into `cache` at `step.positions`."""
     cfg = attn.cfg
-    note("attention", "qkv+rope" if fold is None else "norm+qkv+rope")
+    note("attention", "qkv+rope")
     return _kernel.qkv_gemv_rope(
         x, attn.wqkv.weight, step.positions, rot.cos_table, rot.sin_table, cache.k[attn.layer], cache.v[attn.layer],
         attn.n_heads, attn.n_kv_heads, cfg.head_dim, bias=attn.wqkv.bias, interleave=cfg.rope_interleave,
-        config=CONFIG, pdl=attn.settings.pdl == "on", norm=None if fold is None else fold.args())
+        config=CONFIG, pdl=attn.settings.pdl == "on")

@@ -39,8 +39,7 @@ class RunSettings:
                                     # torch (several kernels each) | triton (one each); auto = triton on a GPU
     gemv: str = "auto"              # decode-size linears: torch (cuBLAS) | triton | stream | skinny; auto = per shape (GPU)
     pdl: str = "auto"               # Programmatic Dependent Launch: on | off; auto: on for an sm90+ device, no EP/TP
-    fold_norm: str = "auto"         # a one-token step's RMSNorms inside the kernels that read them: the MoE layer's
-                                    # in its router's, the attention's in the q/k/v GEMV's (norm_fusion.py):
+    fold_norm: str = "auto"         # an MoE layer's RMSNorm inside its router's kernel for one-token steps:
                                     # on | off; auto = on with --ops triton (model.Block, kernels/gate_splitk.py)
     fuse_shared: str = "auto"       # shared experts inside the routed experts' decode kernels (shared_fusion.py):
                                     # on | off; auto = on for --experts fused, unquantized, no EP / TP plan
@@ -95,7 +94,7 @@ class RunSettings:
             s.pdl = "on" if s.tp == 1 and s.ep == 1 and _hopper(s, gpu) else "off"
         s.fold_norm = ("on" if s.ops == "triton" else "off") if s.fold_norm == "auto" else s.fold_norm
         if s.fold_norm == "on" and s.ops != "triton":
-            raise ValueError("--fold-norm on runs the norms inside Triton kernels: it needs --ops triton")
+            raise ValueError("--fold-norm on runs the norm inside the router's Triton kernel: it needs --ops triton")
         if s.fuse_shared == "auto":
             s.fuse_shared = "on" if s.experts == "fused" and s.quant == "none" and s.tp == 1 and s.ep == 1 else "off"
         if s.fuse_shared == "on" and (s.experts != "fused" or s.quant != "none" or s.tp > 1 or s.ep > 1):
@@ -225,10 +224,9 @@ SETTINGS_FLAGS = {
     "pdl": ("--pdl", dict(help="Programmatic Dependent Launch for minimoe's Triton kernels (the MoE's GEMM2 "
                                 "never; kernels/pdl.py): on (sm90+) | off; auto: on when the device is sm90+ and "
                                 "--ep / --tp are 1 (measured there), else off")),
-    "fold_norm": ("--fold-norm", dict(help="a one-token step's RMSNorms (+ residual add) inside the kernels that read "
-                                            "them (batch-1 decode): an MoE layer's in its router's kernel, the "
-                                            "attention's in the q/k/v GEMV (norm_fusion.py): on (needs --ops triton) | "
-                                            "off; auto: on with --ops triton")),
+    "fold_norm": ("--fold-norm", dict(help="an MoE layer's RMSNorm (+ residual add) inside its router's kernel for "
+                                            "one-token steps (batch-1 decode): on (needs --ops triton) | off; auto: on "
+                                            "with --ops triton")),
     "fuse_shared": ("--fuse-shared", dict(help="DeepSeek's / Qwen2-MoE's shared experts inside the routed experts' "
                                                "decode kernels at batch 1 (shared_fusion.py): on (needs --experts "
                                                "fused, --quant none, no --ep / --tp; then a layer fuses where its "

@@ -195,7 +195,7 @@ BAD_INPUT = {
     "pdl on cpu": (BASE + ["--pdl", "on"], "--pdl on needs a Hopper (sm90) or newer GPU"),
     "unknown pdl": (BASE + ["--pdl", "yes"], "--pdl yes: choose from auto, on, off"),
     "fold without triton ops": (BASE + ["--fold-norm", "on"],
-                                "--fold-norm on runs the norms inside Triton kernels: it needs --ops triton"),
+                                "--fold-norm on runs the norm inside the router's Triton kernel: it needs --ops triton"),
     "unknown fold": (BASE + ["--fold-norm", "maybe"], "--fold-norm maybe: choose from auto, on, off"),
     "cuda device": (BASE + ["--device", "cuda"], "--device cuda: no CUDA GPU is available here"),
     "fused vs grouped": (BASE + ["--fused", "--experts", "grouped"], "--fused contradicts --experts grouped"),

@@ -31,7 +31,6 @@ import triton.language as tl
 
 from .dense_gemv import dense_config
 from .moe_configs import on_gpu
-from .norm_gemv import check_norm_inputs, norm_prologue, normed_chunk
 from .pdl import launch_args, wait_then_release
 
 
@@ -50,11 +49,9 @@ def _mul_rn(a, b, RN_ASM: tl.constexpr):
 def _qkv_gemv_rope_kernel(x_ptr, w_ptr, bias_ptr, pos_ptr, cos_ptr, sin_ptr, q_ptr, k_ptr, v_ptr,
                           S, D, stride_xt, stride_wn, stride_pb, stride_ps, stride_cos, stride_sin,
                           stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
-                          res_ptr, g_ptr, res_out_ptr, eps,
                           H: tl.constexpr, HKV: tl.constexpr, HD: tl.constexpr,
                           BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr,
-                          INTERLEAVE: tl.constexpr, BIAS: tl.constexpr, RN_ASM: tl.constexpr, PDL: tl.constexpr,
-                          NORM: tl.constexpr = False, HAS_RES: tl.constexpr = False, BLOCK_D: tl.constexpr = 16):
+                          INTERLEAVE: tl.constexpr, BIAS: tl.constexpr, RN_ASM: tl.constexpr, PDL: tl.constexpr):
     HALF: tl.constexpr = BLOCK_N // 2
     PER_HEAD: tl.constexpr = HD // BLOCK_N                 # programs per head (q, k and v alike)
     N: tl.constexpr = (H + 2 * HKV) * HD
@@ -77,15 +74,10 @@ def _qkv_gemv_rope_kernel(x_ptr, w_ptr, bias_ptr, pos_ptr, cos_ptr, sin_ptr, q_p
     acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
     w_rows = w_ptr + rows.to(tl.int64)[:, None] * stride_wn
     x_row = x_ptr + t.to(tl.int64) * stride_xt
-    if NORM:   # x is the un-normed stream of one token: h = norm(x + residual), made here (kernels/norm_gemv.py)
-        inv = norm_prologue(x_row, res_ptr, res_out_ptr, D, eps, pid == 0, BLOCK_D, HAS_RES)
     for kk in tl.range(0, tl.cdiv(D, BLOCK_K), num_stages=STAGES):     # the dense GEMV's loop, unchanged
         k0 = kk * BLOCK_K
         k_mask = offs_k < D - k0
-        if NORM:
-            xk = normed_chunk(x_row, res_ptr, g_ptr, k0, offs_k, k_mask, inv, HAS_RES)
-        else:
-            xk = tl.load(x_row + k0 + offs_k, mask=k_mask, other=0.0)
+        xk = tl.load(x_row + k0 + offs_k, mask=k_mask, other=0.0)
         w = tl.load(w_rows + k0 + offs_k[None, :], mask=k_mask[None, :], other=0.0, eviction_policy="evict_first")
         acc += tl.sum(w.to(tl.float32) * xk.to(tl.float32)[None, :], axis=1)
     if BIAS:
@@ -125,7 +117,7 @@ def pair_block(head_dim: int, block_n: int) -> int:
 def qkv_gemv_rope(x: torch.Tensor, weight: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor,
                   sin: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, n_heads: int, n_kv_heads: int,
                   head_dim: int, *, bias: torch.Tensor | None = None, interleave: bool = False,
-                  config: dict | None = None, pdl: bool = False, norm: tuple | None = None) -> torch.Tensor:
+                  config: dict | None = None, pdl: bool = False) -> torch.Tensor:
     """q [B, S, H, d] (rotated) from x [B, S, D] @ W[(H + 2·Hkv)·d, D]ᵀ (+ bias), with k (rotated) and v written into
     k_cache / v_cache [B, S_max, Hkv, d] (x's dtype) at `positions` [B, S] (int32 or int64, on x's device): `Linear`
     then `rope.qkv_rope_cache` with no q/k norm and no clip, in one launch; the same bits where the tile's rows are
@@ -133,10 +125,7 @@ def qkv_gemv_rope(x: torch.Tensor, weight: torch.Tensor, positions: torch.Tensor
     config: dense_gemv's keys (BLOCK_N, BLOCK_K, num_warps, num_stages) over `dense_config(N, D)`; BLOCK_N is cut to
     `pair_block`. Raises ValueError for shapes, dtypes, devices or strides that do not fit (x and W the same dtype,
     both with unit last strides, W contiguous, a bias [N] in that dtype, caches with unit stride on d, an even head
-    dim), before any launch.
-    norm (one token): (residual [1, 1, D] or None, norm weight [D], eps, residual_out [1, 1, D]): x is then the
-    un-normed stream and the GEMV reads h = norm(x + residual) made in its prologue (kernels/norm_gemv.py), program 0
-    storing x + residual into residual_out (unused when residual is None); the same checks as `norm_gemv`."""
+    dim), before any launch."""
     B, S, D = x.shape
     H, Hkv, d = n_heads, n_kv_heads, head_dim
     N = (H + 2 * Hkv) * d
@@ -162,20 +151,8 @@ def qkv_gemv_rope(x: torch.Tensor, weight: torch.Tensor, positions: torch.Tensor
     block_n = pair_block(d, cfg["BLOCK_N"])
     if block_n == 0:
         problems.append(f"head dim {d} is odd: no channel pairs to give a program")
-    if norm is not None:
-        residual, g, eps, res_out = norm
-        if B * S != 1:
-            problems.append(f"a folded norm needs one token, not {B * S}")
-        problems += check_norm_inputs(x, residual, g)
-        if residual is not None and (res_out.shape != x.shape or res_out.dtype != x.dtype or not res_out.is_contiguous()):
-            problems.append("residual_out is not a contiguous row like x")
     if problems:
         raise ValueError("qkv_gemv_rope: " + "; ".join(problems))
-    if norm is None:
-        residual = g = res_out = x
-        eps = 0.0
-    elif residual is None:
-        residual = res_out = x
     q = torch.empty(B, S, H, d, dtype=x.dtype, device=x.device)
     if B * S == 0:
         return q
@@ -184,9 +161,7 @@ def qkv_gemv_rope(x: torch.Tensor, weight: torch.Tensor, positions: torch.Tensor
         x, weight, x if bias is None else bias, positions, cos, sin, q, k_cache, v_cache,
         S, D, x.stride(1), weight.stride(0), positions.stride(0), positions.stride(1), cos.stride(0), sin.stride(0),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), v_cache.stride(0), v_cache.stride(1),
-        v_cache.stride(2), residual, g, res_out, eps,
-        NORM=norm is not None, HAS_RES=norm is not None and norm[0] is not None,
-        BLOCK_D=triton.next_power_of_2(D) if norm is not None else 16,
+        v_cache.stride(2),
         H=H, HKV=Hkv, HD=d, BLOCK_N=block_n, BLOCK_K=cfg["BLOCK_K"], STAGES=cfg["num_stages"],
         INTERLEAVE=interleave, BIAS=bias is not None, RN_ASM=on_gpu() and x.is_cuda,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **launch_args(pdl))
