@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# For a later nvidia-h200 call (~9 min): issue 16's item 4, the README's five models x bs 1 / 16 / 64 re-measured with
-# the fourteenth session's code (--fuse-rope, byte tiles), 128 / 128, one set of measured ceilings for all rows, and
+# Session 18, call 2 on nvidia-h200 (~9 min): issue 16's item 4, the README's five models x bs 1 / 16 / 64 re-measured with
+# the code as of the eighteenth session (5bb4890), 128 / 128, one set of measured ceilings for all rows, and
 # Mixtral bs 16 int8 / int4 beside bf16 in the same call (the fourteenth session compared int4 across two machines).
-# Usage (device tool, repo root): bash scripts/gpu/pending_h200_tables.sh
+# Usage (device tool, repo root): bash scripts/gpu/session18_call2.sh
 set -u
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD TQDM_DISABLE=1
 R=$OUT/r; mkdir -p $R
