@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# What the twelfth to fifteenth sessions left for the next nvidia-h200 call (~9 min):
+# Session 18, call 3 on nvidia-h200 (~9 min): what the twelfth to fifteenth sessions left for a one-GPU call:
 #  0. GPU tests of the skinny GEMM, the byte tiles and the biased int4 operands (kept as a guard);
 #  1. the int4 prefill cut-over (moe_dequant.DEQUANT_MIN_M: measured on Mixtral only) on the narrow experts of OLMoE
 #     and Qwen3-30B-A3B, and the biased path on the MoE's 64-row tiles (Mixtral at 160 tokens: fused_moe_quant.
@@ -8,7 +8,7 @@
 #     int8 were measured in the sixteenth session, call 3: kept here for fp8 and one run of all three) and OLMoE
 #     bs 64 --quant fp8 (1.37x in the thirteenth session, target 1.6x);
 #  3. the fp8 layer at M = 1 / 64 for the Qwen3-30B-A3B shape (targets <= 15 / <= 150 µs).
-# Usage (device tool, repo root): bash scripts/gpu/pending_h200.sh
+# Usage (device tool, repo root): bash scripts/gpu/session18_call3.sh
 set -u
 export PYTHONUNBUFFERED=1 TQDM_DISABLE=1
 R=$OUT/r; mkdir -p $R
