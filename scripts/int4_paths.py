@@ -1,8 +1,8 @@
-"""Where each int4 MoE path wins: one quantized layer at T tokens through the in-kernel GEMMs with plain byte tiles
-("off"), with biased operands on every tile size ("asm"), and through the prefill path that dequantizes the experts
-and runs the bf16 kernels ("dequant", kernels/moe_dequant.py), on the GPU.
+"""Where each int4 (or int8) MoE path wins: one quantized layer at T tokens through the in-kernel GEMMs with plain byte
+tiles ("off"), with biased operands on every tile size ("asm", int4 only), and through the prefill path that
+dequantizes the experts and runs the bf16 kernels ("dequant", kernels/moe_dequant.py), on the GPU.
 
-    python scripts/int4_paths.py [--shape mixtral-8x7b] [--tokens 16 64 256 1024 4096] [--json OUT]
+    python scripts/int4_paths.py [--bits 4|8] [--shape mixtral-8x7b] [--tokens 16 64 256 1024 4096] [--json OUT]
 
 The biased path (kernels/quant_tiles.nibble_tiles) removes the int -> float conversions of the dequantization but
 adds two dots a K step (A's row sums): decode tiles are bound by the conversions, prefill tiles by the tensor cores.
@@ -26,10 +26,11 @@ def main(argv=None) -> int:
     from minimoe.kernels import fused_moe_quant as FQ
     from minimoe.kernels.moe_dequant import fused_moe_dequant
     from minimoe.qexperts import QuantExperts
-    from minimoe.qweights import quantize_int4
+    from minimoe.qweights import quantize_int4, quantize_int8
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--shape", default="mixtral-8x7b", choices=list(SHAPES))
     p.add_argument("--tokens", type=int, nargs="+", default=[16, 64, 256, 1024, 4096])
+    p.add_argument("--bits", type=int, choices=(4, 8), default=4)
     p.add_argument("--json")
     a = p.parse_args(argv)
     if not torch.cuda.is_available():
@@ -39,10 +40,10 @@ def main(argv=None) -> int:
     gen = torch.Generator(device="cuda").manual_seed(0)
     dense = Experts.from_tensors(torch.randn(E, 2 * I, D, device="cuda", generator=gen).bfloat16() * 0.02,
                                  torch.randn(E, D, I, device="cuda", generator=gen).bfloat16() * 0.02)
-    q = QuantExperts.quantize(dense, quantize_int4)
+    q = QuantExperts.quantize(dense, quantize_int4 if a.bits == 4 else quantize_int8)
     del dense
     rows = []
-    print(f"# {a.shape} int4 (E={E}, D={D}, I={I}, K={K}), one layer, us (CUDA graph over {ROTATE} routings)")
+    print(f"# {a.shape} int{a.bits} (E={E}, D={D}, I={I}, K={K}), one layer, us (CUDA graph over {ROTATE} routings)")
     print(f"{'T':>6} {'BLOCK_M':>7} {'off':>9} {'asm':>9} {'dequant':>9} {'asm/off':>8} {'deq/off':>8} {'err asm':>8} "
           f"{'err deq':>8}")
     for T in a.tokens:
@@ -50,7 +51,7 @@ def main(argv=None) -> int:
         routes = routings(T, E, K, ROTATE, "cuda")
         cfg = FQ.quant_config(q.w13, q.w2, E, I, D, K, T)
         res = {}
-        for mode in ("off", "asm", "dequant"):
+        for mode in ("off", "asm", "dequant") if a.bits == 4 else ("off", "dequant"):
             FQ.BIASED_TILES, FQ.BIASED_MAX_M = ("off" if mode == "off" else "asm"), 1 << 20
 
             def call(w, ids, mode=mode):
@@ -64,8 +65,10 @@ def main(argv=None) -> int:
                 for w, ids in routes:
                     call(w, ids)
             res[mode] = (time_graph(run, "cuda") * 1e3, out.float())
+        if "asm" not in res:                        # int8: no biased operands (one code a byte, see fused_moe_quant)
+            res["asm"] = res["off"]
         err = {m: ((res[m][1] - res["off"][1]).norm() / res["off"][1].norm()).item() for m in ("asm", "dequant")}
-        row = {"shape": a.shape, "T": T, "BLOCK_M": cfg["BLOCK_M"], "off_us": res["off"][0], "asm_us": res["asm"][0],
+        row = {"shape": a.shape, "bits": a.bits, "T": T, "BLOCK_M": cfg["BLOCK_M"], "off_us": res["off"][0], "asm_us": res["asm"][0],
                "dequant_us": res["dequant"][0], "rel_err_asm": err["asm"], "rel_err_dequant": err["dequant"]}
         rows.append(row)
         print(f"{T:>6} {cfg['BLOCK_M']:>7} {row['off_us']:>9.1f} {row['asm_us']:>9.1f} {row['dequant_us']:>9.1f} "

@@ -1,0 +1,1 @@
+"""minimoe: a small, readable inference engine for Mixture-of-Experts language models."""

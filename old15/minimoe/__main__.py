@@ -1,0 +1,200 @@
+"""`python -m minimoe generate | eval | prune | bench ...`: the command line of an installed minimoe.
+
+Every subcommand takes the same run-settings flags (settings.py: one meaning, one default each), the
+same `--model` (a card or alias from models/, a checkpoint directory, or a hub id) and `--weights`
+(auto: the directory's own safetensors, dummy for a config card; `dummy` must be asked for).
+`generate` is also how a new user checks that a checkpoint loads: every name/shape problem is
+reported before any weight is allocated. Examples:
+    python -m minimoe generate --model olmoe-tiny --prompt-ids 1,2,3 --max-new-tokens 8
+    python -m minimoe generate --model olmoe-stdlib --prompt "def " --max-new-tokens 64
+    python -m minimoe generate --model ./my-olmoe --prompt-file prompts.txt --stop-at-eos
+    python -m minimoe bench --model olmoe --fused --bs 64        (the same as bench.py)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import torch
+
+from . import evaluate_cli, prune_cli
+from . import settings as run_settings
+from . import spec_cli
+from .bench.plans import check as parallel_check
+from .cli import add_model_args, check_output_path, load_tokenizer
+from .generate import Generator
+from .loader import build_model, read_config
+from .parallel import rank as parallel_rank
+from .runtime import UsageError, check_settings, resolve_settings
+from .sampling import Sampling
+
+
+def _generate_parser(sub) -> None:
+    g = sub.add_parser("generate", help="generate tokens from prompts")
+    add_model_args(g)
+    src = g.add_mutually_exclusive_group(required=True)
+    src.add_argument("--prompt-ids", help="comma-separated prompt token ids, e.g. 1,2,3")
+    src.add_argument("--prompt", help="prompt text (needs the checkpoint's tokenizer and transformers)")
+    src.add_argument("--prompt-file", help="a text file, one prompt per line (a ragged batch)")
+    g.add_argument("--max-new-tokens", type=int, default=32, help="tokens to generate per prompt")
+    g.add_argument("--batch", type=int, default=1, help="run a single prompt as a batch of this many copies")
+    g.add_argument("--greedy", action="store_true", help="greedy decoding (the default when no sampling flag)")
+    g.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (0 = greedy)")
+    g.add_argument("--top-k", dest="sample_top_k", type=int, default=0,
+                   help="sample among the k most likely tokens (0 = off; --topk is the router's K)")
+    g.add_argument("--top-p", dest="sample_top_p", type=float, default=1.0,
+                   help="nucleus: the smallest set reaching this mass (1 = off)")
+    g.add_argument("--min-p", dest="sample_min_p", type=float, default=0.0,
+                   help="drop tokens below min-p x the top probability (0 = off)")
+    g.add_argument("--stop-at-eos", action="store_true", help="stop each sequence at any of the model's stop ids")
+    g.add_argument("--json", help="write one JSON object to this path ('-' = stdout, instead of text)")
+    run_settings.add_args(g)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m minimoe", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    _generate_parser(sub)
+    evaluate_cli.add_parser(sub)
+    prune_cli.add_parser(sub)
+    sub.add_parser("bench", help="the benchmark (bench.py); `python -m minimoe bench --help`", add_help=False)
+    return p
+
+
+def _prompts(args, tok, vocab: int) -> list[list[int]]:
+    if args.prompt_ids is not None:
+        try:
+            ids = [int(t) for t in args.prompt_ids.split(",") if t.strip()]
+        except ValueError:
+            raise UsageError(f"--prompt-ids must be comma-separated integers, got {args.prompt_ids!r}") from None
+        prompts = [ids] * args.batch
+    else:
+        if tok is None:
+            raise UsageError("--prompt/--prompt-file need a checkpoint with tokenizer files and transformers; "
+                             "use --prompt-ids")
+        if args.prompt is not None:
+            prompts = [tok(args.prompt)["input_ids"]] * args.batch
+        else:
+            try:
+                lines = [ln for ln in open(args.prompt_file, encoding="utf-8").read().splitlines() if ln.strip()]
+            except OSError as e:
+                raise UsageError(f"--prompt-file {args.prompt_file}: {e.strerror}") from None
+            if args.batch != 1:
+                raise UsageError("--batch copies one prompt; --prompt-file already gives one prompt per line")
+            prompts = [tok(line)["input_ids"] for line in lines]
+    if not prompts or any(not p or not all(0 <= t < vocab for t in p) for p in prompts):
+        raise UsageError(f"prompts must be non-empty and their ids within the vocabulary [0, {vocab})")
+    return prompts
+
+
+def generate(args) -> dict:
+    if args.max_new_tokens < 1 or args.batch < 1:
+        raise UsageError("--max-new-tokens and --batch must be at least 1")
+    sampling = Sampling(args.temperature, args.sample_top_k, args.sample_top_p, args.sample_min_p)
+    if args.greedy and sampling != Sampling():
+        raise UsageError("--greedy contradicts --temperature/--top-k/--top-p/--min-p")
+    try:
+        sampling.check()
+        s = resolve_settings(run_settings.from_args(args))
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    check_output_path(args.json, "--json")
+    cfg, folder = read_config(args.model)
+    check_settings(s, cfg)
+    tok = load_tokenizer(folder)
+    prompts = _prompts(args, tok, cfg.vocab_size)
+    longest = max(map(len, prompts))
+    positions = longest + args.max_new_tokens - 1              # the last new token is never fed back
+    if s.draft:                # speculation writes up to G draft tokens past that (spec_cli.py)
+        positions = spec_cli.positions_needed(s.gamma, longest, args.max_new_tokens)
+    if positions > cfg.max_position_embeddings:
+        raise UsageError(f"{longest} prompt + {args.max_new_tokens} new tokens need {positions} positions, more than "
+                         f"the model's max_position_embeddings {cfg.max_position_embeddings}")
+    parallel_check(s, ragged=len(set(map(len, prompts))) > 1, compare=False)
+    torch.manual_seed(s.seed)
+    model, cfg, folder = build_model(args.model, args.weights, dtype=s.torch_dtype, device=s.device, settings=s,
+                                     seed=s.seed)
+    spec = None
+    if s.draft:                # speculative decoding: draft, graphs, --gamma auto and its timing (spec_cli.py)
+        new, seconds, spec = spec_cli.generate_cli(model, s, prompts, args.max_new_tokens, sampling,
+                                                      cfg.eos_token_ids if args.stop_at_eos else ())
+    else:
+        plan = getattr(model, "plan", None)       # --ep / --tp under torchrun: this rank's rows, gathered after
+        local = prompts if plan is None else [prompts[i] for i in plan.local_rows(len(prompts))]
+        gen = Generator(model, len(local), positions, sampling)
+        if s.use_graphs and (not cfg.is_moe or s.experts != "loop"):
+            from .graphs import enable_graphs
+            enable_graphs(gen)
+        t0 = time.perf_counter()
+        # ranks step together, so a plan never stops early: rows are cut at their stop id below
+        stop = cfg.eos_token_ids if args.stop_at_eos and plan is None else ()
+        new = gen.generate(local, args.max_new_tokens, stop)
+        new = new if plan is None else plan.gather_rows(new, len(prompts))
+        seconds = time.perf_counter() - t0
+    rows = [_until_stop(row, cfg.eos_token_ids if args.stop_at_eos else ()) for row in new.tolist()]
+    out = {"model": args.model, "family": cfg.family, "weights": str(folder) if folder else "dummy",
+           "settings": s.__dict__, "prompt_ids": prompts if args.prompt_file else prompts[0], "new_ids": rows,
+           "seconds": round(seconds, 4)}
+    if tok is not None:
+        out["text"] = [tok.decode(row) for row in rows]
+    if spec is not None:
+        out["speculative"] = spec
+    return out
+
+
+def _until_stop(row: list[int], stop_ids) -> list[int]:
+    for i, t in enumerate(row):
+        if t in stop_ids:
+            return row[:i + 1]
+    return row
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    if argv[:1] == ["bench"]:
+        from .bench.cli import main as bench_main
+        return bench_main(argv[1:])
+    args = parser().parse_args(argv)
+    try:
+        if args.command == "eval":
+            out = evaluate_cli.run(args)
+        elif args.command == "prune":
+            out = prune_cli.run(args)
+        else:
+            out = generate(args)
+    except (ValueError, MemoryError, NotImplementedError) as e:   # UsageError, CheckpointError included
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if parallel_rank() != 0:                      # under torchrun, rank 0 reports
+        return 0
+    if args.json:
+        text = json.dumps(out)
+        if args.json == "-":
+            print(text)
+        else:
+            with open(args.json, "w") as f:
+                f.write(text + "\n")
+    if args.json != "-":
+        _print_text(args, out)
+    return 0
+
+
+def _print_text(args, out: dict) -> None:
+    if args.command == "prune":
+        prune_cli.print_summary(out)
+        return
+    if args.command == "eval":
+        evaluate_cli.print_table(out)
+        return
+    if "speculative" in out:
+        print("# " + out["speculative"]["summary"])
+    for i, row in enumerate(out["new_ids"]):
+        print(" ".join(map(str, row)))
+        if "text" in out:
+            print(out["text"][i])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

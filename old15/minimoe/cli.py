@@ -1,0 +1,39 @@
+"""Pieces every command line of minimoe shares: the model flags, the tokenizer, output-path checks.
+
+Kept apart from the subcommands so `generate`, `eval` and `bench` give each flag one meaning and one
+default, and so a bad output path is refused before any heavy work, not after a benchmark ran.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .runtime import UsageError
+
+
+def add_model_args(p: argparse.ArgumentParser, weights_default: str = "auto") -> None:
+    p.add_argument("--model", required=True, help="model card name/alias (models/), checkpoint dir, or hub id")
+    p.add_argument("--weights", default=weights_default,
+                   help="auto (the model directory's own safetensors; dummy for a config card), dummy (random, "
+                        "real shapes), or a safetensors directory")
+
+
+def load_tokenizer(folder):
+    """The checkpoint folder's tokenizer through transformers, or None (no tokenizer files, or no
+    transformers installed: ids only)."""
+    if folder is None or not any(Path(folder).glob("tokenizer*")):
+        return None       # transformers would build an empty default tokenizer here and score garbage
+    try:
+        from transformers import AutoTokenizer
+        return AutoTokenizer.from_pretrained(str(folder))
+    except Exception:
+        return None
+
+
+def check_output_path(path: str | None, flag: str) -> None:
+    """Refuse an output file whose folder does not exist, before the work that would fill it."""
+    if path in (None, "-"):
+        return
+    parent = Path(path).expanduser().resolve().parent
+    if not parent.is_dir():
+        raise UsageError(f"{flag} {path}: the folder {parent} does not exist")

@@ -1,0 +1,163 @@
+"""Generation over a static KV cache: append tokens, prefill (ragged) prompts, decode, roll back.
+
+The generator owns the static KV cache (kv_cache.py), whose per-sequence lengths live on the device.
+Everything is built on one multi-token step:
+
+    append(tokens [B, S], n_valid [B]) -> logits [B, S, V]
+
+which writes the new tokens' K/V at each sequence's own length, attends to everything before them,
+and advances each length by its n_valid. A prefill is an append into an empty cache (prompts of
+different lengths are right-padded: causal attention never lets a real token see the padding after
+it, and the padding's K/V land past the sequence's length, where nothing reads them); a decode step
+is an append of one token; speculative verification is an append of gamma+1 tokens followed by a
+`rollback` of each sequence to what it accepted. No host sync is needed for any of them: the host
+keeps only an upper bound on the lengths (`host_len`), which eager runs use to slice the cache.
+
+Sampling (sampling.py) runs on the device: `probs()` shapes the distribution, `draw()` picks a token.
+The decode step and the prefill of a given length can be captured as CUDA graphs (graphs.py);
+eager runs are the truth the graphs are checked against.
+"""
+from __future__ import annotations
+
+import torch
+
+from .instrument import region
+from .kv_cache import KVCache
+from .model import Transformer
+from .ops import nonfinite_rows, ops_for
+from .sampling import Sampling, sample
+
+
+def pad_prompts(prompts, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """A [B, S] tensor or a list of B token lists -> (ids [B, S_max] right-padded with 0, n_valid [B] int32)."""
+    if isinstance(prompts, torch.Tensor):
+        B, S = prompts.shape
+        return prompts.to(device), torch.full((B,), S, dtype=torch.int32, device=device)
+    lengths = [len(p) for p in prompts]
+    if not prompts or min(lengths) < 1:
+        raise ValueError("every prompt needs at least one token")
+    ids = torch.zeros(len(prompts), max(lengths), dtype=torch.long)
+    for b, p in enumerate(prompts):
+        ids[b, :len(p)] = torch.as_tensor(p, dtype=torch.long)
+    return ids.to(device), torch.tensor(lengths, dtype=torch.int32, device=device)
+
+
+class Generator:
+    def __init__(self, model: Transformer, batch: int, max_len: int, sampling: Sampling | None = None):
+        self.model, self.sampling = model, sampling or Sampling()
+        self.sampling.check()
+        p = model.embed.weight
+        self.device = p.device
+        self.cache = KVCache(model.cfg, batch, max_len, p.dtype, p.device)
+        model.setup_rope(max_len, p.device)
+        self.host_len = 0                                        # upper bound of the device lengths
+        self.graphs = None                                       # graphs.DecodeGraph when enabled
+        self.prefill_graphs = {}                                 # padded prompt length -> graphs.PrefillGraph
+        self.generator = None                                    # torch.Generator for sampling (optional)
+        # rows of logits with a NaN/inf seen since reset(), counted on the device (no sync): argmax would
+        # silently turn them into token 0, so runs report this count (fp16 overflow in deep MoEs)
+        self.nonfinite = torch.zeros((), dtype=torch.long, device=self.device)
+
+    @property
+    def batch(self) -> int:
+        return self.cache.batch
+
+    def reset(self) -> None:
+        self.cache.reset()
+        self.host_len = 0
+        self.nonfinite.zero_()
+
+    def _sample(self, logits: torch.Tensor) -> torch.Tensor:
+        """logits [B, V] float32 -> tokens [B]; counts non-finite rows on the device."""
+        with region("sample"):
+            if self.sampling.greedy:          # argmax + the count in two kernels with --ops triton
+                return ops_for(self.model.settings).greedy(logits, self.nonfinite)
+            self.nonfinite += nonfinite_rows(logits)
+            return sample(logits, self.sampling, self.generator)
+
+    def _room(self, n_new: int) -> None:
+        if self.host_len + n_new > self.cache.max_len:
+            raise ValueError(f"{n_new} more tokens do not fit the cache of {self.cache.max_len} positions "
+                             f"({self.host_len} may be filled)")
+
+    # ---- the multi-token step -------------------------------------------------------------------
+    def forward_step(self, tokens: torch.Tensor, host_len: int | None, n_valid: torch.Tensor | None = None,
+                     select=None) -> torch.Tensor:
+        """tokens [B, S] at the current lengths -> logits (see Transformer.forward's `select`); advances
+        the lengths. host_len None: the static-shape step that graphs capture."""
+        step = self.cache.step(tokens.shape[1], host_len, n_valid)
+        logits = self.model(tokens, step, self.cache, select=select)
+        self.cache.advance(step)
+        return logits
+
+    @torch.inference_mode()
+    def append(self, tokens: torch.Tensor, n_valid: torch.Tensor | None = None) -> torch.Tensor:
+        """tokens [B, S] (n_valid [B] real ones per row, default all) -> float32 logits [B, S, V]."""
+        if tokens.shape[0] != self.batch:
+            raise ValueError(f"batch {tokens.shape[0]} != generator batch {self.batch}")
+        self._room(tokens.shape[1])
+        logits = self.forward_step(tokens, self.host_len, n_valid)
+        self.host_len += tokens.shape[1]
+        return logits
+
+    def rollback(self, lengths: torch.Tensor) -> None:
+        """Forget cache entries past lengths [B] (device tensor, no host sync): rejected draft tokens.
+        The host bound stays an upper bound, which is all eager slicing needs."""
+        self.cache.rollback(lengths)
+
+    # ---- prefill and decode ---------------------------------------------------------------------
+    @torch.inference_mode()
+    def prefill(self, prompts) -> torch.Tensor:
+        """Prompts ([B, S] tensor, or B token lists of any lengths) into an empty cache -> first tokens [B]."""
+        ids, n_valid = pad_prompts(prompts, self.device)
+        if ids.shape[0] != self.batch:
+            raise ValueError(f"prompt batch {ids.shape[0]} != generator batch {self.batch}")
+        if self.host_len != 0:
+            raise ValueError("prefill needs an empty cache: call reset() first (or append())")
+        self._room(ids.shape[1])
+        graph = self.prefill_graphs.get(ids.shape[1])
+        out = graph.run(ids, n_valid) if graph is not None else self.eager_prefill(ids, n_valid)
+        self.host_len = ids.shape[1]
+        return out
+
+    def eager_prefill(self, ids: torch.Tensor, n_valid: torch.Tensor) -> torch.Tensor:
+        """ids [B, S] right-padded, n_valid [B] -> the token sampled after each prompt's last real one."""
+        logits = self.forward_step(ids, 0, n_valid, select=n_valid.long() - 1)   # [B, V]
+        return self._sample(logits)
+
+    @torch.inference_mode()
+    def decode(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens [B] (the last sampled) -> next tokens [B]."""
+        self._room(1)
+        out = self.graphs.step(tokens) if self.graphs is not None else self.eager_step(tokens, self.host_len)
+        self.host_len += 1
+        return out
+
+    def eager_step(self, tokens: torch.Tensor, host_len: int | None) -> torch.Tensor:
+        """One decode step; host_len=None gives the static-shape step that graphs capture."""
+        logits = self.forward_step(tokens[:, None], host_len, select=-1)                # [B, V]
+        return self._sample(logits)
+
+    @torch.inference_mode()
+    def generate(self, prompts, max_new_tokens: int, stop_ids=()) -> torch.Tensor:
+        """Prompts -> [B, max_new_tokens] new tokens. Each sequence stops on its own at any id in
+        `stop_ids`: it keeps its stop token, then only the first stop id (finished rows are masked,
+        not recomputed apart; the loop ends when every row has stopped)."""
+        self.reset()
+        stop = torch.tensor(sorted(set(stop_ids)), dtype=torch.long, device=self.device)
+        tok = self.prefill(prompts)
+        out = [tok]
+        done = torch.isin(tok, stop) if stop.numel() else None
+        pad = int(stop[0]) if stop.numel() else 0
+        for _ in range(max_new_tokens - 1):
+            if done is not None and bool(done.all()):     # host sync, only when stopping was asked for
+                break
+            tok = self.decode(tok)
+            if done is not None:
+                tok = torch.where(done, pad, tok)
+                done = done | torch.isin(tok, stop)
+            out.append(tok)
+        new = torch.stack(out, dim=1)
+        if new.shape[1] < max_new_tokens:
+            new = torch.cat([new, new.new_full((new.shape[0], max_new_tokens - new.shape[1]), pad)], dim=1)
+        return new

@@ -1,0 +1,341 @@
+"""Split-K ("flash-decoding") attention for one new query token per sequence.
+
+At decode time each sequence adds one query token, so attention is a matrix-vector product against
+the whole KV cache: almost no arithmetic per byte, and the time is the time to stream the filled
+part of the cache from HBM once. Two things decide whether we get there:
+
+1. **Read each K/V byte once.** With grouped-query attention (GQA) the G = H / Hkv query heads of a
+   kv head share its cache, so one program loads a K/V tile and multiplies it by all G query rows
+   (a [G, Dk] x [Dk, BLOCK_N] `tl.dot`), instead of G programs each re-reading it. DeepSeek's
+   absorbed MLA is the extreme case: Hkv = 1, G = 16..128, and V is a prefix view of K's latent.
+2. **Fill the GPU when B * Hkv is small.** One program per (sequence, kv head) would leave most of
+   the 132 SMs idle at small batch, so the sequence axis is cut into `num_splits` chunks (split-K).
+   Each program produces a partial softmax for its chunk: the chunk-normalised output and its
+   log-sum-exp. A small second kernel merges the partials, exactly, in fp32:
+   out = sum_s exp(lse_s - lse_max) * o_s / sum_s exp(lse_s - lse_max).
+
+Static shapes for CUDA graphs: the grid depends only on (B, H, S_max), never on `seq_lens`, which
+stays on the device. A program whose chunk starts at or beyond its sequence's length returns at
+once, so a short sequence in a long cache costs a few empty programs, and positions >= seq_len are
+never read (masked loads), so stale or NaN cache entries cannot leak. The catch is that splits are
+sized by S_max: a 1k-token batch in a 32k cache uses few of its splits. An engine that graphs per
+length bucket can pass `k_cache[:, :S_bucket]` (any strides are accepted) to fix that.
+
+Shapes: B batch, S sequence (S_max cache capacity), H query heads, Hkv kv heads, G = H / Hkv,
+Dk key/query head dim, Dv value head dim.
+Reference: Dao et al., "Flash-Decoding for long-context inference" (2023); DeepSeek-V2 (MLA),
+arXiv:2405.04434; the grouped MLA decode kernels of lightllm / sglang follow the same plan.
+"""
+
+import functools
+
+import torch
+import triton
+import triton.language as tl
+
+from .pdl import launch_args, wait_then_release
+
+# K tiles per split at least (the split plan's floor). Measured on the H200 (scripts/bench_attn_splits.py,
+# docs/results/2026-11-30-s4/call2_x2): when B x (kv heads x head tiles) programs do not fill the SMs once,
+# 1 tile is fastest (batch 1, 256 positions: OLMoE 7.7 -> 5.9 µs, Qwen3-30B 7.3 -> 5.5, Mixtral 7.9 ->
+# 5.7, DeepSeek-V2-Lite MLA 10.5 -> 7.1; Qwen3 at batch 16 8.4 -> 7.2) and within 0.6 µs of the best
+# elsewhere; when they do, 4 tiles (as before) avoid a merge for a short cache (at batch 64 a 256-entry
+# cache is then one split, no merge kernel). Absorbed MLA with many head tiles (DeepSeek-V3, 128 heads:
+# each split writes a [128, 512] fp32 partial) keeps 4: at batch 16 more splits cost more than they give.
+MIN_TILES_PER_SPLIT = 4
+SMALL_GRID_MIN_TILES = 1
+MAX_SPLITS = 64  # bounds the partial workspace and the merge kernel's loop
+PROGRAMS_PER_SM = 2  # splits are added until the grid covers the SMs about this many times
+ACC_BUDGET = 16384  # fp32 accumulator elements per program (BLOCK_H * Dv): 64 regs/thread, 8 warps
+
+
+@triton.jit
+def _online_softmax_step(qk, v, m_i, l_i, acc, PRECISION: tl.constexpr):
+    """Fold one [BLOCK_H, BLOCK_N] score tile into the running (max, sum, output), log2 domain.
+
+    Milakov & Gimelshein's online softmax: rescale what we have by exp2(m_old - m_new), add the
+    tile. A row with no valid position yet (a later query token's causal limit lies past this
+    split's start only for some rows) keeps max -inf: it is shifted by 0 instead, so it adds
+    exp2(-inf) = 0 and never produces inf - inf.
+    """
+    m_new = tl.maximum(m_i, tl.max(qk, axis=1))
+    m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = tl.exp2(m_i - m_use)
+    p = tl.exp2(qk - m_use[:, None])
+    l_i = l_i * alpha + tl.sum(p, axis=1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+    return m_new, l_i, acc
+
+
+@triton.jit
+def _decode_split_kernel(
+    q_ptr, k_ptr, v_ptr, seq_lens_ptr, pos_ptr, o_ptr, lse_ptr,
+    stride_qb, stride_qs, stride_qh, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
+    stride_pb, stride_ps, stride_ob, stride_oq, stride_oh, stride_os, stride_lb, stride_lq, stride_lh,
+    qk_scale, S_max, CHUNK, cnt_ptr, fin_ptr, stride_fb, stride_fq, stride_fh,
+    G: tl.constexpr, S_Q: tl.constexpr, HEAD_TILES: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr,
+    BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DR: tl.constexpr,
+    BLOCK_DV: tl.constexpr, V_FROM_K: tl.constexpr, DIRECT: tl.constexpr, USE_POS: tl.constexpr,
+    PRECISION: tl.constexpr, PDL: tl.constexpr, MERGE: tl.constexpr = False,
+):
+    wait_then_release(PDL)
+    # Head tiles are the fastest grid axis so sibling tiles of one kv head (MLA: G = 128 in tiles
+    # of BLOCK_H) run side by side and their repeated reads of the same K chunk hit L2.
+    kv_head = tl.program_id(0) // HEAD_TILES
+    head_tile = tl.program_id(0) % HEAD_TILES
+    b = tl.program_id(1).to(tl.int64)  # int64: b * stride_kb overflows int32 for a 32k x 256 cache
+    split = tl.program_id(2)
+    seq_len = tl.minimum(tl.load(seq_lens_ptr + b), S_max)
+    start = split * CHUNK
+    if start >= seq_len:  # early exit: the merge kernel knows this split is empty from seq_len
+        return
+    end = tl.minimum(start + CHUNK, seq_len)
+
+    # Rows are (query token s, head g of this kv head's group): S_Q new tokens of a sequence share
+    # every K/V tile, as the G heads do. BLOCK_H >= 16 rows because tl.dot needs M >= 16; rows past
+    # G * S_Q are masked (q = 0, never stored). Padding small groups (MHA, one token: 1 row) wastes
+    # tensor-core work, which is free in a memory-bound kernel, and keeps a single code path.
+    rows = head_tile * BLOCK_H + tl.arange(0, BLOCK_H)
+    row_ok = rows < G * S_Q
+    s_q = rows // G
+    heads = kv_head * G + rows % G  # [BLOCK_H] query heads of this tile
+    if USE_POS:  # token s sees the cache up to its own position (causal within the new tokens)
+        limit = tl.load(pos_ptr + b * stride_pb + s_q * stride_ps, mask=row_ok, other=0) + 1
+    else:
+        limit = tl.zeros([BLOCK_H], tl.int64) + seq_len
+    offs_d = tl.arange(0, BLOCK_DK)
+    offs_v = tl.arange(0, BLOCK_DV)
+    q_rows = q_ptr + b * stride_qb + s_q[:, None] * stride_qs + heads[:, None] * stride_qh
+    cache_t = k_ptr.dtype.element_ty
+    q_main = tl.load(q_rows + offs_d[None, :], mask=row_ok[:, None], other=0.0).to(cache_t)
+    if BLOCK_DR > 0:  # constexpr branch: names bound here stay visible below
+        offs_r = BLOCK_DK + tl.arange(0, BLOCK_DR)
+        q_rest = tl.load(q_rows + offs_r[None, :], mask=row_ok[:, None] & (offs_r[None, :] < DK),
+                         other=0.0).to(cache_t)
+    k_base = k_ptr + b * stride_kb + kv_head * stride_kh
+    v_base = v_ptr + b * stride_vb + kv_head * stride_vh
+
+    m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)  # running max, log2 domain
+    l_i = tl.zeros([BLOCK_H], tl.float32)  # running softmax denominator
+    acc = tl.zeros([BLOCK_H, BLOCK_DV], tl.float32)  # [BLOCK_H, Dv] unnormalised output
+    for n0 in range(start, end, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        n_ok = offs_n < end
+        k_rows = k_base + offs_n[:, None] * stride_ks
+        k_main = tl.load(k_rows + offs_d[None, :], mask=n_ok[:, None], other=0.0)  # [N, BLOCK_DK]
+        qk = tl.dot(q_main, tl.trans(k_main), input_precision=PRECISION)  # [BLOCK_H, N]
+        if BLOCK_DR > 0:
+            k_rest = tl.load(k_rows + offs_r[None, :],
+                             mask=n_ok[:, None] & (offs_r[None, :] < DK), other=0.0)
+            qk += tl.dot(q_rest, tl.trans(k_rest), input_precision=PRECISION)
+        valid = n_ok[None, :] & (offs_n[None, :] < limit[:, None])
+        qk = tl.where(valid, qk * qk_scale, float("-inf"))
+        if V_FROM_K:  # MLA: V is the first Dv columns of the K tile already in hand
+            v = k_main
+        else:
+            v = tl.load(v_base + offs_n[:, None] * stride_vs + offs_v[None, :],
+                        mask=n_ok[:, None] & (offs_v[None, :] < DV), other=0.0)
+        m_i, l_i, acc = _online_softmax_step(qk, v, m_i, l_i, acc, PRECISION)
+
+    seen = l_i > 0  # a split can hold no position a later row may see: weight 0 in the merge
+    out = acc / tl.where(seen, l_i, 1.0)[:, None]
+    o_ptrs = o_ptr + b * stride_ob + s_q[:, None] * stride_oq + heads[:, None] * stride_oh + offs_v[None, :]
+    store_ok = row_ok[:, None] & (offs_v[None, :] < DV)
+    if DIRECT:  # a single split is already the final answer: skip the merge kernel
+        tl.store(o_ptrs, out.to(o_ptr.dtype.element_ty), mask=store_ok)
+    else:
+        tl.store(o_ptrs + split * stride_os, out, mask=store_ok)
+        lse_ptrs = lse_ptr + b * stride_lb + s_q * stride_lq + heads * stride_lh
+        tl.store(lse_ptrs + split,
+                 tl.where(seen, m_i + tl.log2(tl.where(seen, l_i, 1.0)), float("-inf")), mask=row_ok)
+        if MERGE:  # the last of this (sequence, head tile)'s non-empty splits merges them: no second kernel
+            tl.debug_barrier()                                # every thread's partial is out before the count
+            cnt = cnt_ptr + b * tl.num_programs(0) + tl.program_id(0)
+            n_valid = tl.cdiv(seq_len, CHUNK)                 # splits past this exited above, uncounted
+            if tl.atomic_add(cnt, 1, sem="acq_rel", scope="gpu") == n_valid - 1:
+                tl.store(cnt, 0)                              # ready for the next call (self-resetting)
+                lse_max = tl.full([BLOCK_H], float("-inf"), tl.float32)
+                for sp in range(0, n_valid):
+                    lse_max = tl.maximum(lse_max, tl.load(lse_ptrs + sp, mask=row_ok, other=0.0, volatile=True))
+                denom = tl.zeros([BLOCK_H], tl.float32)
+                total = tl.zeros([BLOCK_H, BLOCK_DV], tl.float32)
+                for sp in range(0, n_valid):
+                    w = tl.exp2(tl.load(lse_ptrs + sp, mask=row_ok, other=0.0, volatile=True) - lse_max)
+                    denom += w
+                    total += w[:, None] * tl.load(o_ptrs + sp * stride_os, mask=store_ok, other=0.0, volatile=True)
+                f_ptrs = fin_ptr + b * stride_fb + s_q[:, None] * stride_fq + heads[:, None] * stride_fh + offs_v[None, :]
+                tl.store(f_ptrs, (total / denom[:, None]).to(fin_ptr.dtype.element_ty), mask=store_ok)
+
+
+@triton.jit
+def _merge_splits_kernel(
+    part_ptr, lse_ptr, seq_lens_ptr, out_ptr,
+    stride_pb, stride_pq, stride_ph, stride_ps, stride_lb, stride_lq, stride_lh,
+    stride_ob, stride_oq, stride_oh,
+    S_max, CHUNK, H: tl.constexpr, DV: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_DV: tl.constexpr,
+    PDL: tl.constexpr,
+):
+    wait_then_release(PDL)
+    h = tl.program_id(0) % H
+    q = tl.program_id(0) // H
+    b = tl.program_id(1).to(tl.int64)
+    seq_len = tl.minimum(tl.load(seq_lens_ptr + b), S_max)
+    n_valid = tl.cdiv(seq_len, CHUNK)  # splits past this exited early and wrote nothing
+    offs_s = tl.arange(0, BLOCK_S)
+    lse_row = lse_ptr + b * stride_lb + q * stride_lq + h * stride_lh
+    lse = tl.load(lse_row + offs_s, mask=offs_s < n_valid, other=float("-inf"))
+    lse_max = tl.max(lse, axis=0)  # finite: the first split holds position 0, which every row sees
+    denom = tl.sum(tl.exp2(lse - lse_max), axis=0)
+
+    offs_v = tl.arange(0, BLOCK_DV)
+    v_ok = offs_v < DV
+    part_row = part_ptr + b * stride_pb + q * stride_pq + h * stride_ph + offs_v
+    acc = tl.zeros([BLOCK_DV], tl.float32)
+    for s in range(0, n_valid):  # loop, not a [splits, Dv] tile: Dv = 512 x 64 splits is too big
+        w = tl.exp2(tl.load(lse_row + s) - lse_max)
+        acc += w * tl.load(part_row + s * stride_ps, mask=v_ok, other=0.0)
+    tl.store(out_ptr + b * stride_ob + q * stride_oq + h * stride_oh + offs_v,
+             (acc / denom).to(out_ptr.dtype.element_ty), mask=v_ok)
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 132  # H200; only the interpreter gets here, where splits are just a test knob
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def _head_dim_blocks(dk: int, dv: int) -> tuple[int, int, int]:
+    """Power-of-two blocks covering the head dims (tl.arange needs powers of two).
+
+    Dk is split into the largest power of two that fits (512 for MLA's 576 = 512 latent + 64 rope)
+    plus a masked power-of-two remainder (64). Padding 576 to 1024 would load and multiply 78% more
+    than needed; the split costs one extra small dot. Both parts are >= 16 because tl.dot needs
+    K >= 16. Dv is padded and masked (Dv is 64, 128 or 512 in practice, so exact).
+    """
+    block_dk = triton.next_power_of_2(dk + 1) // 2
+    rest = dk - block_dk
+    block_dr = 0 if rest == 0 else max(16, triton.next_power_of_2(rest))
+    return block_dk, block_dr, max(16, triton.next_power_of_2(dv))
+
+
+def _plan_splits(B: int, programs_per_split: int, s_max: int, block_n: int,
+                 device: torch.device, max_splits: int | None,
+                 min_tiles: int = MIN_TILES_PER_SPLIT) -> tuple[int, int]:
+    """Pick (num_splits, chunk) from shapes only, so the grid is static under CUDA graphs."""
+    want = triton.cdiv(PROGRAMS_PER_SM * _sm_count(device), B * programs_per_split)
+    longest = triton.cdiv(s_max, min_tiles * block_n)
+    num_splits = max(1, min(want, longest, MAX_SPLITS, max_splits or MAX_SPLITS))
+    chunk = triton.cdiv(triton.cdiv(s_max, num_splits), block_n) * block_n
+    return triton.cdiv(s_max, chunk), chunk  # recount: rounding up may leave trailing splits empty
+
+
+def counters_needed(B: int, H: int, S: int = 1) -> int:
+    """Arrival counters `decode_attention` may use for B sequences of S new tokens and H query heads:
+    one per (sequence, kv head, head tile), and Hkv x head tiles <= H x S."""
+    return B * H * S
+
+
+def decode_attention(q, k_cache, v_cache, seq_lens, scale: float, *, positions=None,
+                     max_splits: int | None = None, min_tiles: int | None = None,
+                     tiles: dict | None = None, counters: torch.Tensor | None = None,
+                     pdl: bool = False) -> torch.Tensor:
+    """softmax(scale * q K^T) V over the cache -> [B, H, Dv] (or [B, S, H, Dv]) in q.dtype.
+
+    q [B, H, Dk]: one new token per sequence, attending to the first seq_lens[b] positions; or
+    q [B, S, H, Dk] with positions [B, S] (int64, device): S new tokens per sequence (speculative
+    verification, chunked appends), token s attending to positions <= positions[b, s] (and
+    < seq_lens[b]). k_cache [B, S_max, Hkv, Dk]; v_cache [B, S_max, Hkv, Dv] (any strides, unit
+    stride on the head dim; may be a view of k_cache); seq_lens [B] int32 on device, each >= 1,
+    counting the entries once this step's K/V are written. max_splits / min_tiles (K tiles per
+    split) override the split plan (benchmarks, tests); tiles {BLOCK_N, num_warps, num_stages} overrides
+    the split kernel's launch (scripts/bench_attn_tiles.py). counters: a zeroed int32 buffer of at least
+    B x Hkv x head tiles entries (KVCache.counters; `counters_needed`), kept zeroed by the kernel: with it
+    the last split to finish of each (sequence, head tile) merges the partials itself, so a split
+    launch is one kernel, not two (the merge kernel runs when it is None or too small). Measured in
+    the engine on the H200 (eighth session, calls 3-4) it was slower at batch 1: ~0.4 µs a layer for
+    OLMoE, ~3.9 for DeepSeek-V2-Lite's 512-wide MLA values, because that last program walks the splits
+    one after another where the merge kernel spreads them over H x S programs; so the engine passes
+    none. Raises AssertionError on bad shapes.
+    """
+    one = q.dim() == 3
+    q4 = q[:, None] if one else q                                            # [B, S, H, Dk]
+    B, S, H, dk = q4.shape
+    _, s_max, hkv, _ = k_cache.shape
+    dv = v_cache.shape[-1]
+    assert H % hkv == 0 and dk >= 16 and dv >= 16, (H, hkv, dk, dv)
+    assert q.stride(-1) == k_cache.stride(-1) == v_cache.stride(-1) == 1, "head dim not unit-stride"
+    assert k_cache.dtype == v_cache.dtype and seq_lens.dtype == torch.int32
+    assert one or (positions is not None and positions.shape == (B, S)), "S > 1 needs positions [B, S]"
+    G = H // hkv
+    block_dk, block_dr, block_dv = _head_dim_blocks(dk, dv)
+    block_h = min(max(16, triton.next_power_of_2(G * S)), max(16, ACC_BUDGET // block_dv))
+    head_tiles = triton.cdiv(G * S, block_h)
+    block_n = 64 if block_dk + block_dr <= 256 else 32  # MLA: a 32 x 576 K tile is already 36 KB
+    launch = {"num_warps": 8 if block_h * block_dv > 8192 else 4, "num_stages": 2}
+    if tiles:
+        block_n = tiles.get("BLOCK_N", block_n)
+        launch.update({k: v for k, v in tiles.items() if k in launch})
+    if min_tiles is None:
+        mla_many = block_dk + block_dr > 256 and head_tiles > 1
+        small_grid = B * hkv * head_tiles < _sm_count(q.device)
+        min_tiles = SMALL_GRID_MIN_TILES if small_grid and not mla_many else MIN_TILES_PER_SPLIT
+    num_splits, chunk = _plan_splits(B, hkv * head_tiles, s_max, block_n, q.device, max_splits, min_tiles)
+    # MLA stores one latent; V = latent[..., :Dv] aliases K's main block, so reuse the loaded tile.
+    v_from_k = (v_cache.data_ptr() == k_cache.data_ptr() and v_cache.stride() == k_cache.stride()
+                and dv == block_dk)
+    out = torch.empty(B, S, H, dv, device=q.device, dtype=q.dtype)
+    direct = num_splits == 1
+    if direct:
+        part, lse = out[:, :, :, None], out  # lse is never touched when DIRECT
+    else:
+        part = torch.empty(B, S, H, num_splits, dv, device=q.device, dtype=torch.float32)
+        lse = torch.empty(B, S, H, num_splits, device=q.device, dtype=torch.float32)
+    pos = positions if positions is not None else seq_lens[:, None]          # unread when one token
+    merge = (not direct and counters is not None and counters.dtype == torch.int32
+             and counters.numel() >= B * hkv * head_tiles and counters.device == q.device)
+    cnt = counters if merge else seq_lens                                    # unread without MERGE
+    _decode_split_kernel[(hkv * head_tiles, B, num_splits)](
+        q4, k_cache, v_cache, seq_lens, pos, part, lse,
+        q4.stride(0), q4.stride(1), q4.stride(2), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), pos.stride(0), pos.stride(1),
+        part.stride(0), part.stride(1), part.stride(2), part.stride(3),
+        lse.stride(0), lse.stride(1), lse.stride(2),
+        scale * 1.4426950408889634, s_max, chunk,  # log2(e): the kernel uses exp2
+        cnt, out, out.stride(0), out.stride(1), out.stride(2),
+        G=G, S_Q=S, HEAD_TILES=head_tiles, DK=dk, DV=dv, BLOCK_H=block_h, BLOCK_N=block_n,
+        BLOCK_DK=block_dk, BLOCK_DR=block_dr, BLOCK_DV=block_dv, V_FROM_K=v_from_k, DIRECT=direct,
+        USE_POS=not one,
+        # fp32 caches would silently drop to tf32 on tensor cores; "ieee" keeps them exact
+        PRECISION="ieee" if k_cache.dtype == torch.float32 else "tf32", MERGE=merge,
+        **launch, **launch_args(pdl),
+    )
+    if not direct and not merge:
+        _merge_splits_kernel[(H * S, B)](
+            part, lse, seq_lens, out,
+            part.stride(0), part.stride(1), part.stride(2), part.stride(3),
+            lse.stride(0), lse.stride(1), lse.stride(2), out.stride(0), out.stride(1), out.stride(2),
+            s_max, chunk, H=H, DV=dv, BLOCK_S=triton.next_power_of_2(num_splits), BLOCK_DV=block_dv,
+            num_warps=4, **launch_args(pdl),
+        )
+    return out[:, 0] if one else out
+
+
+def decode_attention_ref(q, k_cache, v_cache, seq_lens, scale: float, positions=None) -> torch.Tensor:
+    """Plain PyTorch oracle: one sequence (and query token) at a time, in at least fp32 (float64 stays
+    float64). q [B, H, Dk], or [B, S, H, Dk] with positions [B, S] (token s sees <= positions[b, s])."""
+    one = q.dim() == 3
+    q4 = q[:, None] if one else q
+    B, S, H, _ = q4.shape
+    G = H // k_cache.shape[2]
+    acc_t = torch.promote_types(q.dtype, torch.float32)
+    out = torch.empty(B, S, H, v_cache.shape[-1], device=q.device, dtype=q.dtype)
+    lens = seq_lens.tolist()  # host sync: fine for an oracle, not for decode
+    for b in range(B):
+        for s in range(S):
+            n = lens[b] if one else min(lens[b], int(positions[b, s]) + 1)
+            k = k_cache[b, :n].to(acc_t).repeat_interleave(G, dim=1)  # [n, H, Dk]
+            v = v_cache[b, :n].to(acc_t).repeat_interleave(G, dim=1)  # [n, H, Dv]
+            scores = torch.einsum("hd,shd->hs", q4[b, s].to(acc_t), k) * scale  # [H, n]
+            out[b, s] = torch.einsum("hs,shd->hd", scores.softmax(dim=-1), v).to(q.dtype)
+    return out[:, 0] if one else out

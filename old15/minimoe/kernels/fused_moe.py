@@ -1,0 +1,272 @@
+"""Fused MoE expert layer in Triton: gathered grouped GEMMs with the SwiGLU and routing weight fused.
+
+For every token t and each of its K chosen experts e (shape legend: T tokens, D hidden, E local
+experts, K experts per token, I expert FFN width)
+
+    out[t] = Σ_k w[t,k] · W2[e] · ( silu(Wg[e]·x[t]) ⊙ (Wu[e]·x[t]) )
+
+The loop over experts does this with E small matmuls and a permuted copy of the activations. Here
+it is three or four launches, none of which copies x:
+
+1. align (moe_align.py): group the T·K (token, slot) pairs by expert into M-blocks of BLOCK_M rows.
+2. GEMM1 `_gate_up_kernel`: each program owns one M-block (one expert) and BLOCK_N columns of I.
+   It gathers its A rows straight from x[flat_id // K], loads the gate AND up tiles of w13 for the
+   same columns, keeps two fp32 accumulators, and writes h = silu(gate)·up to row flat_id of h.
+3. GEMM2 `_down_kernel`: same walk over h and w2; the fp32 epilogue multiplies each row by its
+   routing weight before the cast, and writes row flat_id of y [T·K, D].
+4. `_combine_kernel`: out[t] = Σ_k y[t·K + k] in fp32, skipping slots routed to experts this layer
+   does not hold (expert parallelism), so those contribute exactly zero without zeroing y.
+
+Decode variant ("small", fused_moe_small.py): when T·K is small next to E almost every pair has its
+own expert, so sorting buys nothing and each pair is a matrix-VECTOR product. Two GEMV kernels
+replace all of the above: GEMM1 with no tl.dot (whose 16-row minimum would waste 15 rows and fix the
+tile), and GEMM2 with the top-k combine folded in (one program sums a token's K slots for its output
+columns, so no y buffer and no combine launch). Only the chosen experts' weights are read; two pairs
+sharing an expert read it twice, which T·K·4 <= E keeps rare (vLLM's rule; one token's K slots are
+always distinct experts). The variant it replaced, "small_dot" (the tl.dot kernels below with one
+live row per M-block), is reachable only through config {"variant": "small_dot"}, for comparison.
+
+Nothing here syncs with the host and every buffer size depends only on (T, K, E, config), so the
+call can be captured in a CUDA graph: grids are sized for the worst case and programs past the live
+blocks exit after reading the device-side block count.
+Reference: vLLM fused_moe (peers.md §1); Triton's matmul tutorial for the grouped ordering.
+"""
+
+from typing import NamedTuple
+
+import torch
+import triton
+import triton.language as tl
+
+from .fused_moe_small import SharedExpert, fused_moe_small
+from .moe_align import align_tokens_by_expert
+from .moe_configs import down_config, get_config
+from .pdl import launch_args, wait_then_release
+
+SMALL_BATCH_RATIO = 4  # "small" when T·K·SMALL_BATCH_RATIO <= E
+
+
+def plan(T: int, K: int, E: int, config: dict | None = None) -> str:
+    """Which variant fused_moe runs for T tokens: "small" (GEMVs, no alignment) or "aligned";
+    config["variant"] forces one of those or the legacy "small_dot"."""
+    if config is not None and "variant" in config:
+        return config["variant"]
+    return "small" if T * K * SMALL_BATCH_RATIO <= E else "aligned"
+
+
+@triton.jit
+def _tile_coords(num_pid_m, N, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
+    """Grouped ordering: GROUP_M M-blocks sweep the N tiles together, so a weight tile fetched for
+    one block is still in L2 when the next block of the same expert needs it."""
+    pid = tl.program_id(0)
+    num_pid_n = tl.cdiv(N, BLOCK_N)
+    per_group = GROUP_M * num_pid_n
+    first_m = (pid // per_group) * GROUP_M
+    group_rows = tl.minimum(num_pid_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % per_group) % group_rows
+    pid_n = (pid % per_group) // group_rows
+    return pid_m, pid_n
+
+
+@triton.jit
+def _block_rows(pid_m, sorted_ids_ptr, block_expert_ptr, num_padded_ptr, topk_ids_ptr,
+                numel, expert_offset, E, BLOCK_M: tl.constexpr, SMALL: tl.constexpr):
+    """Flat (token, slot) ids of M-block pid_m, which rows are real, and its local expert (-1: the
+    program has nothing to do)."""
+    offs = tl.arange(0, BLOCK_M)
+    if SMALL:
+        rows = pid_m + offs * 0
+        row_mask = offs == 0
+        expert = tl.load(topk_ids_ptr + pid_m).to(tl.int32) - expert_offset
+        expert = tl.where((expert >= 0) & (expert < E), expert, -1)
+    else:
+        rows = tl.load(sorted_ids_ptr + pid_m * BLOCK_M + offs)
+        row_mask = rows < numel
+        expert = tl.load(block_expert_ptr + pid_m)
+        expert = tl.where(pid_m * BLOCK_M < tl.load(num_padded_ptr), expert, -1)
+    return rows, row_mask, expert
+
+
+@triton.jit(do_not_specialize=["numel", "top_k", "expert_offset", "E", "num_pid_m"])
+def _gate_up_kernel(x_ptr, w13_ptr, h_ptr, sorted_ids_ptr, block_expert_ptr, num_padded_ptr,
+                    topk_ids_ptr, numel, top_k, expert_offset, E, num_pid_m, I, D,
+                    stride_xt, stride_we, stride_wn, stride_ht,
+                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                    GROUP_M: tl.constexpr, SMALL: tl.constexpr, DOT_PRECISION: tl.constexpr, PDL: tl.constexpr):
+    wait_then_release(PDL)
+    pid_m, pid_n = _tile_coords(num_pid_m, I, BLOCK_N, GROUP_M)
+    rows, row_mask, expert = _block_rows(pid_m, sorted_ids_ptr, block_expert_ptr, num_padded_ptr,
+                                         topk_ids_ptr, numel, expert_offset, E, BLOCK_M, SMALL)
+    if expert < 0:
+        return
+    offs_k = tl.arange(0, BLOCK_K)
+    # Columns past I wrap around rather than being masked: the weight loads stay in bounds and
+    # need no mask along N; the store drops those columns.
+    offs_n = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N)) % I
+    tokens = (rows // top_k).to(tl.int64)
+    a_ptrs = x_ptr + tokens[:, None] * stride_xt + offs_k[None, :]            # [BM, BK]
+    # B tiles are read as [BK, BN] with the contiguous D axis first: 16-byte loads along D.
+    gate_ptrs = (w13_ptr + expert.to(tl.int64) * stride_we
+                 + offs_n[None, :] * stride_wn + offs_k[:, None])            # [BK, BN]
+    up_ptrs = gate_ptrs + I * stride_wn
+    acc_gate = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc_up = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k in range(0, tl.cdiv(D, BLOCK_K)):
+        k_mask = offs_k < D - k * BLOCK_K
+        a = tl.load(a_ptrs, mask=row_mask[:, None] & k_mask[None, :], other=0.0)
+        gate = tl.load(gate_ptrs, mask=k_mask[:, None], other=0.0)
+        up = tl.load(up_ptrs, mask=k_mask[:, None], other=0.0)
+        acc_gate = tl.dot(a, gate, acc_gate, input_precision=DOT_PRECISION)
+        acc_up = tl.dot(a, up, acc_up, input_precision=DOT_PRECISION)
+        a_ptrs += BLOCK_K
+        gate_ptrs += BLOCK_K
+        up_ptrs += BLOCK_K
+    h = acc_gate * tl.sigmoid(acc_gate) * acc_up                             # silu(gate)·up, fp32
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    h_ptrs = h_ptr + rows.to(tl.int64)[:, None] * stride_ht + cols[None, :]
+    tl.store(h_ptrs, h.to(h_ptr.dtype.element_ty), mask=row_mask[:, None] & (cols < I)[None, :])
+
+
+@triton.jit(do_not_specialize=["numel", "expert_offset", "E", "num_pid_m"])
+def _down_kernel(h_ptr, w2_ptr, y_ptr, weights_ptr, sorted_ids_ptr, block_expert_ptr,
+                 num_padded_ptr, topk_ids_ptr, numel, expert_offset, E, num_pid_m, D, I,
+                 stride_ht, stride_we, stride_wn, stride_yt,
+                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                 GROUP_M: tl.constexpr, SMALL: tl.constexpr, DOT_PRECISION: tl.constexpr, PDL: tl.constexpr):
+    wait_then_release(PDL)
+    pid_m, pid_n = _tile_coords(num_pid_m, D, BLOCK_N, GROUP_M)
+    rows, row_mask, expert = _block_rows(pid_m, sorted_ids_ptr, block_expert_ptr, num_padded_ptr,
+                                         topk_ids_ptr, numel, expert_offset, E, BLOCK_M, SMALL)
+    if expert < 0:
+        return
+    offs_k = tl.arange(0, BLOCK_K)
+    offs_n = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N)) % D
+    rows64 = rows.to(tl.int64)
+    a_ptrs = h_ptr + rows64[:, None] * stride_ht + offs_k[None, :]           # [BM, BK]
+    b_ptrs = (w2_ptr + expert.to(tl.int64) * stride_we
+              + offs_n[None, :] * stride_wn + offs_k[:, None])              # [BK, BN]
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k in range(0, tl.cdiv(I, BLOCK_K)):
+        k_mask = offs_k < I - k * BLOCK_K
+        a = tl.load(a_ptrs, mask=row_mask[:, None] & k_mask[None, :], other=0.0)
+        b = tl.load(b_ptrs, mask=k_mask[:, None], other=0.0)
+        acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
+        a_ptrs += BLOCK_K
+        b_ptrs += BLOCK_K
+    # The routing weight goes in while the sum is still fp32, before the single rounding.
+    route_w = tl.load(weights_ptr + rows, mask=row_mask, other=0.0)
+    acc = acc * route_w[:, None]
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    y_ptrs = y_ptr + rows64[:, None] * stride_yt + cols[None, :]
+    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=row_mask[:, None] & (cols < D)[None, :])
+
+
+@triton.jit(do_not_specialize=["top_k", "expert_offset", "E"])
+def _combine_kernel(y_ptr, topk_ids_ptr, out_ptr, top_k, expert_offset, E, D,
+                    BLOCK_D: tl.constexpr, PDL: tl.constexpr):
+    wait_then_release(PDL)
+    t = tl.program_id(0)
+    cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    col_mask = cols < D
+    acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    for k in range(0, top_k):
+        flat = t * top_k + k
+        local = tl.load(topk_ids_ptr + flat).to(tl.int32) - expert_offset
+        # Rows of y for foreign slots were never written: mask the whole load (no columns) rather
+        # than zero y.
+        col_end = tl.where((local >= 0) & (local < E), D, 0)
+        acc += tl.load(y_ptr + flat.to(tl.int64) * D + cols, mask=cols < col_end,
+                       other=0.0).to(tl.float32)
+    tl.store(out_ptr + t.to(tl.int64) * D + cols, acc.to(out_ptr.dtype.element_ty), mask=col_mask)
+
+
+def _check_inputs(x, w13, w2, topk_ids, topk_weights):
+    T, D = x.shape
+    E, two_i, d_in = w13.shape
+    assert two_i % 2 == 0 and d_in == D, f"w13 {tuple(w13.shape)} does not match x {tuple(x.shape)}"
+    assert w2.shape == (E, D, two_i // 2), f"w2 {tuple(w2.shape)} is not [E, D, I]"
+    assert x.dtype == w13.dtype == w2.dtype, "x, w13 and w2 must share a dtype"
+    assert x.is_contiguous() and w13.is_contiguous() and w2.is_contiguous()
+    assert topk_ids.shape == topk_weights.shape and topk_ids.shape[0] == T
+    assert topk_ids.dtype in (torch.int32, torch.int64), "topk_ids must be int32 or int64"
+
+
+class _Blocks(NamedTuple):
+    """What both GEMMs need to find their M-block's rows and expert."""
+    ids: torch.Tensor           # [T, K] topk_ids (read directly by the small_dot variant)
+    sorted_ids: torch.Tensor    # alignment outputs; placeholders (= ids) in the small_dot variant
+    block_expert: torch.Tensor
+    num_padded: torch.Tensor
+    num_pid_m: int              # M-blocks in the grid (static for a given T)
+    numel: int                  # T·K
+    expert_offset: int
+    E: int
+    small: bool
+
+
+def fused_moe(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_ids: torch.Tensor,
+              topk_weights: torch.Tensor, *, expert_offset: int = 0,
+              config: dict | None = None, pdl: bool = False, shared: SharedExpert | None = None) -> torch.Tensor:
+    """out [T, D] = Σ_k topk_weights[:, k] · expert(topk_ids[:, k])(x), experts
+    expert_offset .. expert_offset+E-1 held here as w13 [E, 2I, D] (gate rows, then up rows) and
+    w2 [E, D, I]; ids outside that range contribute zero. shared (fused_moe_small.SharedExpert): plus an
+    always-on expert inside the same two launches, decode ("small") variant only: ValueError for a T that
+    `plan` sends elsewhere (ask `plan` first) or for shared weights that do not fit x."""
+    _check_inputs(x, w13, w2, topk_ids, topk_weights)
+    (T, D), (E, two_i, _), K = x.shape, w13.shape, topk_ids.shape[1]
+    I = two_i // 2
+    if T == 0:
+        return x.new_empty(0, D)
+    if config is None:
+        config = get_config(E, I, D, K, T, x.dtype)
+    ids = topk_ids.contiguous()                                              # [T, K]
+    variant = plan(T, K, E, config)
+    if variant == "small":
+        return fused_moe_small(x, w13, w2, ids, topk_weights, expert_offset, config, pdl, shared)
+    if shared is not None:
+        raise ValueError(f"a shared expert runs inside the decode (small) variant only; T={T} plans {variant!r}")
+    numel = T * K
+    if variant == "small_dot":  # one M-block per (token, slot) pair, no alignment
+        blocks = _Blocks(ids, ids, ids, ids, numel, numel, expert_offset, E, True)
+    else:
+        assert variant == "aligned", f"unknown fused_moe variant {variant!r}"
+        sorted_ids, block_expert, num_padded = align_tokens_by_expert(
+            ids, E, config["BLOCK_M"], expert_offset, pdl=pdl)
+        blocks = _Blocks(ids, sorted_ids, block_expert, num_padded, block_expert.numel(),
+                         numel, expert_offset, E, False)
+    precision = "ieee" if x.dtype == torch.float32 else "tf32"  # exact fp32 for the CPU tests
+
+    h = x.new_empty(numel, I)                                                # [T·K, I]
+    _launch_gate_up(x, w13, h, blocks, K, config, precision, pdl)
+    y = x.new_empty(numel, D)                                                # [T·K, D]
+    weights = topk_weights.float().contiguous().view(-1)  # [T·K]; no copy when already fp32
+    _launch_down(h, w2, y, weights, blocks, down_config(config), precision, False)   # after GEMM1: not early (pdl.py)
+    out = x.new_empty(T, D)
+    block_d = min(1024, triton.next_power_of_2(D))
+    _combine_kernel[(T, triton.cdiv(D, block_d))](y, ids, out, K, expert_offset, E, D,
+                                                  BLOCK_D=block_d, num_warps=4, **launch_args(pdl))
+    return out
+
+
+def _launch_gate_up(x, w13, h, b: _Blocks, top_k, cfg, precision, pdl):
+    I, D = h.shape[1], x.shape[1]
+    grid = (b.num_pid_m * triton.cdiv(I, cfg["BLOCK_N"]),)
+    _gate_up_kernel[grid](
+        x, w13, h, b.sorted_ids, b.block_expert, b.num_padded, b.ids,
+        b.numel, top_k, b.expert_offset, b.E, b.num_pid_m, I, D,
+        x.stride(0), w13.stride(0), w13.stride(1), h.stride(0),
+        BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"],
+        GROUP_M=cfg["GROUP_M"], SMALL=b.small, DOT_PRECISION=precision,
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **launch_args(pdl))
+
+
+def _launch_down(h, w2, y, weights, b: _Blocks, cfg, precision, pdl):
+    D, I = y.shape[1], h.shape[1]
+    grid = (b.num_pid_m * triton.cdiv(D, cfg["BLOCK_N"]),)
+    _down_kernel[grid](
+        h, w2, y, weights, b.sorted_ids, b.block_expert, b.num_padded, b.ids,
+        b.numel, b.expert_offset, b.E, b.num_pid_m, D, I,
+        h.stride(0), w2.stride(0), w2.stride(1), y.stride(0),
+        BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"],
+        GROUP_M=cfg["GROUP_M"], SMALL=b.small, DOT_PRECISION=precision,
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **launch_args(pdl))

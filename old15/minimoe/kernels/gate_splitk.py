@@ -1,0 +1,319 @@
+"""Router GEMV split along D over ~one wave of programs, then top-k routing: large gates at decode.
+
+At decode an MoE layer's router is logits = h Wgateᵀ, h [T, D] with T = 1..16 and a gate [E, D] of
+256-512 KB (OLMoE 64 x 2048 bf16, Qwen3-30B 128 x 2048 bf16, DeepSeek-V2-Lite 64 x 2048 fp32).
+Reading 256 KB at the H200's ~4.25 TB/s takes 0.06 µs; what costs is latency. cuBLAS tiles the
+[T, E] output 64 experts at a time, so it runs 1-2 CTAs that each walk all of D: ~5 µs measured, on
+1-2 of 132 SMs. norm_route.py's `gate_route` (one program per token streams the whole gate) has the
+same problem, and wins only for gates <= 64 KB. Here the gate is cut into [BLOCK_E, BLOCK_D] tiles
+(8 x 128: 2 KB of bf16) and the D axis is split into KSPLIT ranges, so that
+    grid = (E tiles, KSPLIT, token blocks)  ~  one wave of ~132 programs at T = 1,
+each program reading its 2-4 KB of gate once and using it for every token of its block:
+
+  kernel 1 (`_gate_partial_kernel`), program (i, s, b):
+      part[s, t, e] = sum over d in split s of h[t, d] * gate[e, d]     (fp32, e in tile i, t in block b)
+      Split s owns D tiles [s n / S, (s + 1) n / S) of the n = cdiv(D, BLOCK_D): S need not divide n,
+      no split is empty (S <= n), and sizes differ by at most one tile.
+  kernel 2 (`_reduce_route_kernel`), program t:
+      logits[t] = sum over s = 0..S-1 of part[s, t, :]  in a fixed order: deterministic, no atomics
+      w, ids    = route.py's `_topk_weights` on logits[t] rounded to the gate's dtype (with its
+                  dynamic skipping when `skip` > 0)
+
+The partials make one round trip through a [KSPLIT, T, E] fp32 workspace (4 KB per token for OLMoE
+at S = 16: L2-resident). Two launches, both with shapes-only grids and no host syncs, so the pair
+captures into a CUDA graph; with `pdl` the second one launches while the first drains
+(kernels/pdl.py).
+
+`norm_gate_route_splitk` is the layer's whole entry in ONE launch (model.Block folds the MoE layer's
+RMSNorm into the router there, `--fold-norm`): kernel 1 with NORM (each program normalises its own D
+tiles, after reducing the token's whole row for 1 / rms) and ROUTE (the last program of a token block
+to finish, counted with an atomic arrival counter, does kernel 2's work). The counter lives in
+KVCache.counters, zeroed once and reset by that last program, so graph replays and eager calls find
+it zeroed; two such kernels must not run at once on one counter (the engine runs one stream).
+Measured on the H200 in the graphed OLMoE step (eighth session): RMSNorm 1.74 + gate 1.84 + reduce
+2.45 µs and two launch gaps -> 4.89 µs.
+
+The roundings are `minimoe.ops.gate_route_torch`'s (the tests check them against it):
+  h       = h rounded to the gate's dtype, as the engine feeds h.to(gate dtype) to the gate (a
+            no-op for one dtype; exact for DeepSeek-V2's fp32 gate under bf16 activations)
+  logits  = h · gate[e] accumulated in fp32 (per split, then over the splits), rounded to the
+            gate's dtype: nn.Linear returns gate-dtype logits, and only then does the router upcast
+  w, ids  = route.py's top-k on float32 logits (softmax first or not, renorm, scaling, ties to the
+            lowest index, slots in descending weight, then dynamic skipping if `skip` > 0)
+Only the fp32 summation order differs from cuBLAS's, so a logit may round one gate-dtype ulp the
+other way (the same allowance as norm_route.py).
+
+Scope (`usable`): the "softmax_topk" and "topk_softmax" routers without a selection bias (as for
+route.py), E <= MAX_EXPERTS, any D, T <= MAX_T (the kernel takes more tokens, in blocks of 16 that
+each re-read the gate from L2, but is benchmarked only up to 16), fp32/fp16/bf16 gate and activations.
+Not yet timed on a GPU: BLOCK_E, BLOCK_D and `default_splits` come from the arithmetic above, and
+scripts/bench_router.py measures them against cuBLAS + route_topk and sweeps the alternatives.
+Idea: "parallel split-K" GEMM, whose slices write partial products to a workspace that a second
+kernel reduces (NVIDIA CUTLASS, include/cutlass/gemm/device/gemm_splitk_parallel.h); here the
+reduction kernel is route.py's top-k, which has to read the logits anyway.
+
+Shapes: T tokens, D hidden size, E experts, K experts per token, S = KSPLIT splits of D.
+"""
+
+import functools
+
+import torch
+import triton
+import triton.language as tl
+
+from .pdl import launch_args, wait_then_release
+from .route import MAX_EXPERTS, _topk_weights
+
+MAX_T = 16          # the decode sizes it is meant (and benchmarked) for; see `usable`
+TOKEN_BLOCK = 16    # tokens per program: each gate tile is loaded once and used for all of them
+BLOCK_E = 8         # gate rows per tile
+BLOCK_D = 128       # gate columns per tile: 256 B contiguous per row in bf16, 512 B in fp32
+REDUCE_ELEMS = 1024  # partials per load in kernel 2: 32 fp32 values per thread of its one warp
+MAX_ROW = 8192      # norm_gate_route_splitk holds one token's whole row in registers for 1 / rms
+_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+@triton.jit
+def _reduce_route(part_ptr, gate_ptr, w_ptr, ids_ptr, t, T, E, KSPLIT, scaling, skip,
+                  K: tl.constexpr, E_P2: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_K: tl.constexpr,
+                  SOFTMAX_FIRST: tl.constexpr, RENORM: tl.constexpr, VOLATILE: tl.constexpr):
+    """Token t: logits = the KSPLIT partial rows summed in a fixed order, then top-k into w / ids."""
+    offs_e = tl.arange(0, E_P2)
+    rows = tl.arange(0, BLOCK_S)
+    logits = tl.zeros([E_P2], tl.float32)
+    for s0 in range(0, KSPLIT, BLOCK_S):  # BLOCK_S splits per load, summed; chunks in order
+        s = s0 + rows
+        ok = (s < KSPLIT)[:, None] & (offs_e < E)[None, :]
+        p = tl.load(part_ptr + (s.to(tl.int64)[:, None] * T + t) * E + offs_e[None, :], mask=ok, other=0.0,
+                    volatile=VOLATILE)
+        logits += tl.sum(p, axis=0)
+    logits = logits.to(gate_ptr.dtype.element_ty).to(tl.float32)  # nn.Linear's gate-dtype logits
+    w, ids = _topk_weights(logits, E, scaling, skip, K, E_P2, BLOCK_K, SOFTMAX_FIRST, RENORM)
+    slots = tl.arange(0, BLOCK_K)
+    tl.store(w_ptr + t * K + slots, w, mask=slots < K)
+    tl.store(ids_ptr + t * K + slots, ids.to(tl.int64), mask=slots < K)
+
+
+@triton.jit
+def _reduce_route_kernel(
+    part_ptr, gate_ptr, w_ptr, ids_ptr, T, E, KSPLIT, scaling, skip,
+    K: tl.constexpr, E_P2: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_K: tl.constexpr,
+    SOFTMAX_FIRST: tl.constexpr, RENORM: tl.constexpr, PDL: tl.constexpr,
+):
+    """Token program_id(0): logits = the KSPLIT partial rows summed in a fixed order, then top-k."""
+    wait_then_release(PDL)
+    _reduce_route(part_ptr, gate_ptr, w_ptr, ids_ptr, tl.program_id(0).to(tl.int64), T, E, KSPLIT, scaling, skip,
+                  K, E_P2, BLOCK_S, BLOCK_K, SOFTMAX_FIRST, RENORM, False)
+
+
+@triton.jit
+def _gate_partial_kernel(
+    h_ptr, gate_ptr, part_ptr, T, E, D, stride_h, stride_g, n_tiles, KSPLIT,
+    res_ptr, norm_ptr, hout_ptr, res_out_ptr, stride_r, eps, cnt_ptr, w_ptr, ids_ptr, scaling, skip,
+    BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_D: tl.constexpr, PDL: tl.constexpr,
+    NORM: tl.constexpr = False, HAS_RESIDUAL: tl.constexpr = False, BLOCK_ROW: tl.constexpr = 16,
+    ROUTE: tl.constexpr = False, K: tl.constexpr = 1, E_P2: tl.constexpr = 1, BLOCK_S: tl.constexpr = 1,
+    BLOCK_K: tl.constexpr = 1, SOFTMAX_FIRST: tl.constexpr = True, RENORM: tl.constexpr = False,
+):
+    """part[s, t, e] for e in tile program_id(0), split s = program_id(1), t in block program_id(2).
+
+    NORM (the layer's entry in one launch, `norm_gate_route_splitk`): h_ptr holds the sublayer output x;
+    every program first reduces each of its tokens' whole row s = x + residual (HAS_RESIDUAL) for
+    1 / rms (a few KB from L2), normalises its own D tiles as rmsnorm.py rounds them, and the E-tile-0
+    programs store h and s. ROUTE: the last program of token block b to finish (an arrival counter in
+    cnt_ptr, left zeroed) sums the partials in split order and routes (`_reduce_route`)."""
+    wait_then_release(PDL)
+    s = tl.program_id(1)
+    offs_e = tl.program_id(0) * BLOCK_E + tl.arange(0, BLOCK_E)
+    t0 = tl.program_id(2) * BLOCK_T
+    slot_t = tl.arange(0, BLOCK_T)
+    e_ok = offs_e < E
+    g_rows = gate_ptr + offs_e.to(tl.int64)[:, None] * stride_g
+    # split s's D tiles: [s n / S, (s + 1) n / S), a balanced partition (never empty when S <= n)
+    first = s * n_tiles // KSPLIT
+    last = (s + 1) * n_tiles // KSPLIT
+    x_t = h_ptr.dtype.element_ty
+    inv = tl.zeros([BLOCK_T], tl.float32)            # NORM: 1 / rms of each token's s, as rmsnorm.py
+    if NORM:
+        offs_row = tl.arange(0, BLOCK_ROW)
+        for i in tl.static_range(BLOCK_T):
+            t = (t0 + i).to(tl.int64)
+            row_ok = offs_row < tl.where(t < T, D, 0)
+            row = tl.load(h_ptr + t * stride_h + offs_row, mask=row_ok, other=0.0)
+            if HAS_RESIDUAL:
+                row = (row.to(tl.float32)
+                       + tl.load(res_ptr + t * stride_r + offs_row, mask=row_ok, other=0.0).to(tl.float32)).to(x_t)
+            rf = row.to(tl.float32)
+            inv += tl.where(slot_t == i, tl.rsqrt(tl.sum(rf * rf, axis=0) / D + eps), 0.0)
+    acc = tl.zeros([BLOCK_T, BLOCK_E], tl.float32)
+    for j in range(first, last):
+        offs_d = j * BLOCK_D + tl.arange(0, BLOCK_D)
+        d_ok = offs_d < D
+        g = tl.load(g_rows + offs_d[None, :], mask=e_ok[:, None] & d_ok[None, :], other=0.0).to(tl.float32)
+        if NORM:
+            nw = tl.load(norm_ptr + offs_d, mask=d_ok, other=0.0).to(tl.float32)
+        # the tile stays in registers for every token of the block (h rows are tiny: L1/L2 hits)
+        for i2 in tl.static_range(BLOCK_T):
+            tt = (t0 + i2).to(tl.int64)
+            live = offs_d < tl.where(tt < T, D, 0)  # a padding token (t >= T) loads nothing
+            h = tl.load(h_ptr + tt * stride_h + offs_d, mask=live, other=0.0)
+            if NORM:
+                if HAS_RESIDUAL:
+                    h = (h.to(tl.float32)
+                         + tl.load(res_ptr + tt * stride_r + offs_d, mask=live, other=0.0).to(tl.float32)).to(x_t)
+                    if tl.program_id(0) == 0:
+                        tl.store(res_out_ptr + tt * D + offs_d, h, mask=live)
+                inv_i = tl.sum(tl.where(slot_t == i2, inv, 0.0), axis=0)
+                normed = (h.to(tl.float32) * inv_i).to(x_t).to(tl.float32)   # rounded before the weight
+                h = (nw * normed).to(hout_ptr.dtype.element_ty)
+                if tl.program_id(0) == 0:
+                    tl.store(hout_ptr + tt * D + offs_d, h, mask=live)
+            h = h.to(gate_ptr.dtype.element_ty).to(tl.float32)  # the engine feeds h.to(gate dtype)
+            part = tl.sum(g * h[None, :], axis=1)  # [BLOCK_E], fp32
+            acc += tl.where(slot_t[:, None] == i2, part[None, :], 0.0)
+    offs_t = t0 + slot_t
+    out = part_ptr + (s.to(tl.int64) * T + offs_t[:, None]) * E + offs_e[None, :]
+    tl.store(out, acc, mask=(offs_t < T)[:, None] & e_ok[None, :])
+    if ROUTE:
+        tl.debug_barrier()                               # every thread's partial is out before the count
+        cnt = cnt_ptr + tl.program_id(2)
+        if tl.atomic_add(cnt, 1, sem="acq_rel", scope="gpu") == tl.num_programs(0) * KSPLIT - 1:
+            tl.store(cnt, 0)                             # the last of this token block: reset, then route
+            for i3 in tl.static_range(BLOCK_T):
+                if t0 + i3 < T:
+                    _reduce_route(part_ptr, gate_ptr, w_ptr, ids_ptr, (t0 + i3).to(tl.int64), T, E, KSPLIT,
+                                  scaling, skip, K, E_P2, BLOCK_S, BLOCK_K, SOFTMAX_FIRST, RENORM, True)
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 132  # H200; only the interpreter gets here, where the grid is just a test knob
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def default_splits(T: int, E: int, D: int, sms: int = 132, block_d: int = BLOCK_D) -> int:
+    """KSPLIT from shapes: the most splits, at a whole number of D tiles each, whose grid still fits
+    one wave of `sms` programs. With n = cdiv(D, block_d) tiles and P = E tiles x token blocks:
+    the smallest tiles-per-split q with P * cdiv(n, q) <= sms, then S = cdiv(n, q) (so every split
+    does q or q - 1 tiles). OLMoE / DeepSeek-V2-Lite (E 64, D 2048): 8 x 16 = 128 programs, one
+    tile each; Qwen3-30B (E 128): 16 x 8, two tiles each; Mixtral (E 8, D 4096): 1 x 32. At least 1."""
+    n = triton.cdiv(D, block_d)
+    programs = triton.cdiv(E, BLOCK_E) * triton.cdiv(T, TOKEN_BLOCK)
+    for q in range(1, n + 1):
+        if programs * triton.cdiv(n, q) <= sms:
+            return triton.cdiv(n, q)
+    return 1
+
+
+def gate_route_splitk(h: torch.Tensor, gate_weight: torch.Tensor, k: int, *, renorm: bool, scaling: float = 1.0,
+                      softmax_first: bool = True, skip: float = 0.0, pdl: bool = False,
+                      splits: int | None = None, block_d: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split-K router GEMV + top-k: h [T, D] (normed, any float dtype) -> (weights [T, K] float32,
+    ids [T, K] int64), exactly `minimoe.ops.gate_route_torch`'s contract and roundings (skip = beta
+    of dynamic expert skipping, 0 = off: a skipped slot has weight 0 and id -1).
+
+    splits: how many ranges D is cut into (KSPLIT), default `default_splits`; clamped to the
+    number of D tiles. block_d: D columns per gate tile (a power of two >= 16; default BLOCK_D, or
+    D rounded up to a power of two when narrower). Both only move speed (and the fp32 summation
+    order); they are knobs for the benchmark and tests.
+    No host syncs: safe inside a CUDA graph.
+    """
+    T, D = h.shape
+    E = gate_weight.shape[0]
+    assert 1 <= k <= E <= MAX_EXPERTS, (k, E)
+    assert gate_weight.shape == (E, D) and gate_weight.stride(1) == 1, (gate_weight.shape, D)
+    assert h.stride(-1) == 1 and h.dtype in _DTYPES and gate_weight.dtype in _DTYPES, (h.dtype, gate_weight.dtype)
+    w = torch.empty(T, k, dtype=torch.float32, device=h.device)
+    ids = torch.empty(T, k, dtype=torch.int64, device=h.device)
+    if T == 0:
+        return w, ids
+    block_d = block_d or min(BLOCK_D, max(triton.next_power_of_2(D), 16))
+    assert block_d >= 16 and block_d & (block_d - 1) == 0, f"block_d must be a power of two >= 16: {block_d}"
+    n_tiles = triton.cdiv(D, block_d)
+    if splits is None:
+        splits = default_splits(T, E, D, _sm_count(h.device), block_d)
+    splits = max(1, min(int(splits), n_tiles))
+    part = torch.empty(splits, T, E, dtype=torch.float32, device=h.device)  # every entry is written
+    block_t = min(triton.next_power_of_2(T), TOKEN_BLOCK)
+    block_e = min(BLOCK_E, triton.next_power_of_2(E))
+    _gate_partial_kernel[(triton.cdiv(E, block_e), splits, triton.cdiv(T, block_t))](
+        h, gate_weight, part, T, E, D, h.stride(0), gate_weight.stride(0), n_tiles, splits,
+        h, h, h, h, 0, 0.0, h, h, h, 0.0, 0.0,               # the norm and routing arguments: never read
+        BLOCK_T=block_t, BLOCK_E=block_e, BLOCK_D=block_d,
+        num_warps=max(1, min(4, block_e * block_d // 256)),  # 2 KB bf16 tile: 4 warps, 8 values each
+        **launch_args(pdl),
+    )
+    e_p2 = triton.next_power_of_2(E)
+    _reduce_route_kernel[(T,)](
+        part, gate_weight, w, ids, T, E, splits, float(scaling), float(skip),
+        K=k, E_P2=e_p2, BLOCK_S=min(max(REDUCE_ELEMS // e_p2, 1), triton.next_power_of_2(splits)),
+        BLOCK_K=triton.next_power_of_2(k), SOFTMAX_FIRST=softmax_first, RENORM=renorm,
+        num_warps=1,  # as route.py: one warp reduces the [E] row with shuffles, no shared memory
+        **launch_args(pdl),
+    )
+    return w, ids
+
+
+def norm_gate_route_splitk(x: torch.Tensor, residual: torch.Tensor | None, norm_weight: torch.Tensor, eps: float,
+                           gate_weight: torch.Tensor, k: int, *, renorm: bool, scaling: float = 1.0,
+                           softmax_first: bool = True, skip: float = 0.0, counters: torch.Tensor | None = None,
+                           pdl: bool = False, splits: int | None = None, out=None):
+    """Residual add + RMSNorm + split-K router GEMV + top-k in one launch (the MoE layer's entry at decode):
+    x, residual [T, D] (residual None: the first layer) -> (h [T, D] = rmsnorm(x + residual) * norm_weight in
+    torch's promoted dtype, residual_out [T, D] = x + residual (x itself when residual is None),
+    weights [T, K] float32, ids [T, K] int64): `rms_norm` then `gate_route_splitk`, the same roundings
+    except the fp32 order of mean(s²). counters: zeroed int32, >= cdiv(T, 16) entries, left zeroed
+    (KVCache.counters); None allocates zeroed ones (a memset launch). out: (h, residual_out) tensors to
+    write into (contiguous [T, D]; residual_out unused when residual is None), as torch's out= arguments.
+    Raises AssertionError on bad shapes."""
+    T, D = x.shape
+    E = gate_weight.shape[0]
+    assert 1 <= k <= E <= MAX_EXPERTS and D <= MAX_ROW, (k, E, D)
+    assert gate_weight.shape == (E, D) and gate_weight.stride(1) == 1, (gate_weight.shape, D)
+    assert norm_weight.shape == (D,) and norm_weight.is_contiguous(), (norm_weight.shape, D)
+    assert x.stride(-1) == 1 and x.dtype in _DTYPES and gate_weight.dtype in _DTYPES, (x.dtype, gate_weight.dtype)
+    h = out[0] if out is not None else torch.empty(T, D, dtype=torch.promote_types(norm_weight.dtype, x.dtype),
+                                                   device=x.device)
+    res_out, r = x, x
+    if residual is not None:
+        assert residual.shape == x.shape and residual.dtype == x.dtype and residual.stride(-1) == 1
+        res_out = out[1] if out is not None else torch.empty(T, D, dtype=x.dtype, device=x.device)
+        r = residual
+    assert h.shape == res_out.shape == (T, D) and h.is_contiguous() and res_out.is_contiguous()
+    w = torch.empty(T, k, dtype=torch.float32, device=x.device)
+    ids = torch.empty(T, k, dtype=torch.int64, device=x.device)
+    if T == 0:
+        return h, res_out, w, ids
+    block_d = min(BLOCK_D, max(triton.next_power_of_2(D), 16))
+    n_tiles = triton.cdiv(D, block_d)
+    if splits is None:
+        splits = default_splits(T, E, D, _sm_count(x.device), block_d)
+    splits = max(1, min(int(splits), n_tiles))
+    block_t = min(triton.next_power_of_2(T), TOKEN_BLOCK)
+    block_e = min(BLOCK_E, triton.next_power_of_2(E))
+    t_blocks = triton.cdiv(T, block_t)
+    if counters is None or counters.numel() < t_blocks:
+        counters = torch.zeros(t_blocks, dtype=torch.int32, device=x.device)
+    assert counters.dtype == torch.int32 and counters.device == x.device
+    part = torch.empty(splits, T, E, dtype=torch.float32, device=x.device)
+    e_p2 = triton.next_power_of_2(E)
+    _gate_partial_kernel[(triton.cdiv(E, block_e), splits, t_blocks)](
+        x, gate_weight, part, T, E, D, x.stride(0), gate_weight.stride(0), n_tiles, splits,
+        r, norm_weight, h, res_out, r.stride(0), eps, counters, w, ids, float(scaling), float(skip),
+        BLOCK_T=block_t, BLOCK_E=block_e, BLOCK_D=block_d, NORM=True, HAS_RESIDUAL=residual is not None,
+        BLOCK_ROW=triton.next_power_of_2(D), ROUTE=True, K=k, E_P2=e_p2,
+        BLOCK_S=min(max(REDUCE_ELEMS // e_p2, 1), triton.next_power_of_2(splits)),
+        BLOCK_K=triton.next_power_of_2(k), SOFTMAX_FIRST=softmax_first, RENORM=renorm,
+        num_warps=max(1, min(4, block_e * block_d // 256)), **launch_args(pdl),
+    )
+    return h, res_out, w, ids
+
+
+def usable(T: int, E: int, D: int, gate_dtype: torch.dtype, x_dtype: torch.dtype) -> bool:
+    """Whether `gate_route_splitk` computes this router (a "softmax_topk" or "topk_softmax" one
+    without selection bias: the caller checks that) exactly as `gate_route_torch` does, at the
+    decode sizes it is built for. Which of it, norm_route's `gate_route` and cuBLAS + route_topk is
+    fastest per shape is scripts/bench_router.py's question, not this one's."""
+    return (1 <= T <= MAX_T and 1 <= E <= MAX_EXPERTS and D >= 1
+            and gate_dtype in _DTYPES and x_dtype in _DTYPES)

@@ -1,0 +1,135 @@
+"""MLA between its projections and attention: latent norm, rotary keys and queries, cache write, one kernel.
+
+DeepSeek's multi-head latent attention (MLA) projects each token to
+    q  [H, nope + rope]          (wq, or wq_b after the q LoRA)
+    kv [r + rope]                (wkv_a: the latent c, r = kv_lora_rank = 512, then one shared k_pe)
+and before attention it must: RMSNorm the latent c, rotate k_pe and every head's q_pe by the
+token's position, and write [c, k_pe] (576 numbers) into the latent cache. In PyTorch that is about
+twenty kernels per layer (a norm, two rotary chains of float casts, slices, multiplies, adds and a
+cat, another cat for the cache row, an index_put), each moving a few kilobytes: at batch 1 they cost
+more than the layer's attention weights take to stream. Here one program takes one token (b, s):
+
+  latent[b, pos, :r]   = w * rmsnorm(kv[:r])          fp32 statistics, rounded as rmsnorm.py rounds
+  latent[b, pos, r:]   = rotate(kv[r:], pos)          the one rotary key all heads share
+  q_pe_out[b, s, h, :] = rotate(q[b, s, h, nope:], pos)   every head, [H, rope/2] tiles
+
+`q_pe_out` may alias q's own rope columns (rotate in place, the prefill layout q = [q_nope, q_pe])
+or point into a separate buffer (the absorbed decode writes it beside q_lat, so attention's query
+[q_lat, q_pe] is assembled without a cat). Rotary pairs follow rope.py: interleaved (DeepSeek's
+checkpoints: 2j, 2j+1) or "rotate half" (j, j + rope/2), cos/sin read from the full tables at the
+token's position, which stays on the device (CUDA-graph safe, no host sync).
+
+Roundings are the PyTorch twin's (minimoe/ops.py `mla_rope_cache_torch`): the norm as rms_norm_torch
+(normalised in fp32, rounded, times the weight, rounded), rope in fp32 with x1·cos and x2·sin rounded
+separately (no FMA), rounded once to the activations' dtype.
+Reference: DeepSeek-V2, arXiv 2405.04434 §2.1 (MLA, decoupled rotary key); DeepSeek-V3
+`inference/model.py` (the same steps in PyTorch); SGLang / vLLM fuse the same prologue.
+
+Shapes: B batch, S new tokens, H heads, r latent rank, rope rotary width, P table rows.
+"""
+
+import torch
+import triton
+import triton.language as tl
+
+from .pdl import launch_args, wait_then_release
+
+
+@triton.jit
+def _rotate(x1, x2, cos, sin):
+    return x1 * cos - x2 * sin, x2 * cos + x1 * sin
+
+
+@triton.jit
+def _mla_rope_cache_kernel(
+    q_ptr, kv_ptr, pos_ptr, cos_ptr, sin_ptr, lat_ptr, w_ptr, qo_ptr,
+    S, stride_qb, stride_qs, stride_qh, stride_kvb, stride_kvs, stride_pb, stride_ps,
+    stride_cos, stride_sin, stride_lb, stride_ls, stride_ob, stride_os, stride_oh, eps,
+    H: tl.constexpr, NOPE: tl.constexpr, R: tl.constexpr, ROPE: tl.constexpr,
+    BLOCK_H: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_HALF: tl.constexpr,
+    INTERLEAVE: tl.constexpr, PDL: tl.constexpr,
+):
+    wait_then_release(PDL)
+    t = tl.program_id(0)
+    b = (t // S).to(tl.int64)
+    s = (t % S).to(tl.int64)
+    pos = tl.load(pos_ptr + b * stride_pb + s * stride_ps).to(tl.int64)
+    OUT_T: tl.constexpr = lat_ptr.dtype.element_ty
+    kv_row = kv_ptr + b * stride_kvb + s * stride_kvs
+    lat_row = lat_ptr + b * stride_lb + pos * stride_ls
+
+    # the latent: RMSNorm over r channels
+    offs_r = tl.arange(0, BLOCK_R)
+    r_ok = offs_r < R
+    x = tl.load(kv_row + offs_r, mask=r_ok, other=0.0).to(tl.float32)
+    inv_rms = tl.rsqrt(tl.sum(x * x, axis=0) / R + eps)
+    y = (x * inv_rms).to(kv_ptr.dtype.element_ty).to(tl.float32)  # rounded before the weight
+    w = tl.load(w_ptr + offs_r, mask=r_ok, other=0.0).to(tl.float32)
+    tl.store(lat_row + offs_r, (w * y).to(kv_ptr.dtype.element_ty).to(OUT_T), mask=r_ok)
+
+    # the rotary pairs of this position
+    j = tl.arange(0, BLOCK_HALF)
+    j_ok = j < ROPE // 2
+    if INTERLEAVE:
+        c1 = 2 * j
+        c2 = 2 * j + 1
+    else:
+        c1 = j
+        c2 = j + ROPE // 2
+    cos = tl.load(cos_ptr + pos * stride_cos + j, mask=j_ok, other=0.0)
+    sin = tl.load(sin_ptr + pos * stride_sin + j, mask=j_ok, other=0.0)
+
+    # the shared rotary key
+    k1 = tl.load(kv_row + R + c1, mask=j_ok, other=0.0).to(tl.float32)
+    k2 = tl.load(kv_row + R + c2, mask=j_ok, other=0.0).to(tl.float32)
+    o1, o2 = _rotate(k1, k2, cos, sin)
+    tl.store(lat_row + R + c1, o1.to(kv_ptr.dtype.element_ty).to(OUT_T), mask=j_ok)
+    tl.store(lat_row + R + c2, o2.to(kv_ptr.dtype.element_ty).to(OUT_T), mask=j_ok)
+
+    # every head's rotary query
+    heads = tl.arange(0, BLOCK_H)
+    mask = (heads < H)[:, None] & j_ok[None, :]
+    q_row = q_ptr + b * stride_qb + s * stride_qs + heads[:, None] * stride_qh + NOPE
+    q1 = tl.load(q_row + c1[None, :], mask=mask, other=0.0).to(tl.float32)
+    q2 = tl.load(q_row + c2[None, :], mask=mask, other=0.0).to(tl.float32)
+    p1, p2 = _rotate(q1, q2, cos[None, :], sin[None, :])
+    o_row = qo_ptr + b * stride_ob + s * stride_os + heads[:, None] * stride_oh
+    tl.store(o_row + c1[None, :], p1.to(qo_ptr.dtype.element_ty), mask=mask)
+    tl.store(o_row + c2[None, :], p2.to(qo_ptr.dtype.element_ty), mask=mask)
+
+
+def mla_rope_cache(q, kv, positions, cos, sin, latent, norm_weight, eps: float, *, nope: int,
+                   interleave: bool, q_pe_out, pdl: bool = False) -> None:
+    """Writes latent[b, positions[b, s]] = [rmsnorm(kv[..., :r]) * w, rope(kv[..., r:])] and
+    q_pe_out = rope(q[..., nope:]); returns nothing.
+
+    q [B, S, H, nope + rope] and kv [B, S, r + rope] in the activations' dtype (unit stride on the
+    last dim; heads of q contiguous rows of nope + rope); positions [B, S] int64 on the device;
+    cos, sin [P, rope/2] float32 tables; latent [B, S_max, r + rope] (unit last stride);
+    norm_weight [r]; q_pe_out [B, S, H, rope] (unit last stride; may alias q[..., nope:]).
+    Raises AssertionError on shape or layout mismatches.
+    """
+    B, S, H, qd = q.shape
+    rope = qd - nope
+    r = latent.shape[-1] - rope
+    assert rope % 2 == 0 and rope > 0 and r > 0, (q.shape, nope, latent.shape)
+    assert kv.shape == (B, S, r + rope) and q_pe_out.shape == (B, S, H, rope), (kv.shape, q_pe_out.shape)
+    assert q.stride(-1) == kv.stride(-1) == latent.stride(-1) == q_pe_out.stride(-1) == 1
+    assert q.stride(2) == qd or H == 1, "q heads must be contiguous rows"
+    assert latent.shape[0] == B and positions.shape == (B, S) and norm_weight.numel() == r
+    assert cos.dtype == sin.dtype == torch.float32 and cos.shape[-1] == rope // 2
+    assert cos.stride(-1) == sin.stride(-1) == 1 and norm_weight.is_contiguous()
+    if B * S == 0:
+        return
+    block_h, block_half = triton.next_power_of_2(H), triton.next_power_of_2(rope // 2)
+    _mla_rope_cache_kernel[(B * S,)](
+        q, kv, positions, cos, sin, latent, norm_weight, q_pe_out,
+        S, q.stride(0), q.stride(1), q.stride(2), kv.stride(0), kv.stride(1),
+        positions.stride(0), positions.stride(1), cos.stride(0), sin.stride(0),
+        latent.stride(0), latent.stride(1), q_pe_out.stride(0), q_pe_out.stride(1), q_pe_out.stride(2), eps,
+        H=H, NOPE=nope, R=r, ROPE=rope, BLOCK_H=block_h, BLOCK_R=triton.next_power_of_2(r),
+        BLOCK_HALF=block_half, INTERLEAVE=interleave,
+        num_warps=4 if block_h * block_half <= 4096 else 8,
+        enable_fp_fusion=False,  # torch rounds x1·cos and x2·sin separately (see rope.py)
+        **launch_args(pdl),
+    )

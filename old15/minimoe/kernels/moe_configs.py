@@ -1,0 +1,128 @@
+"""Launch configs for `fused_moe`: tuned data when we have it, a tokens-per-expert rule otherwise.
+
+A config is a plain dict:
+
+    {"BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_K": 128, "GROUP_M": 1, "num_warps": 4, "num_stages": 5,
+     "down": {"BLOCK_N": 64, ...}}
+
+The top-level keys drive GEMM1 (gate+up: N = 2I in two halves, reduction over D). The optional
+"down" dict overrides them for GEMM2 (N = D, reduction over I), whose shape differs; BLOCK_M is
+shared because both GEMMs walk the same M-blocks from one alignment. An optional "variant"
+("small" | "small_dot" | "aligned") forces the path `fused_moe.plan` would otherwise choose, and an
+optional "small" dict sets the decode variant's own tiles (fused_moe_small.py; it reads nothing else).
+
+What size of tile is right depends on tokens per expert, tpe = T·K/E, not on T: an expert sees
+about tpe rows, so BLOCK_M past tpe only multiplies padding. At decode (tpe of a few) the layer is
+a stream of weights: BLOCK_M = 16 (the smallest tl.dot), long BLOCK_K and deep pipelines so many
+bytes are in flight. At prefill it is a GEMM: 128-row tiles, 8 warps, GROUP_M ordering for L2 reuse.
+Sources: vLLM's default rule (PR #34846) and its tuned H100/H200 tables (peers.md §1.4).
+
+Tuned files live in configs/ and are written by scripts/tune_fused_moe.py, one per
+(E, I, D, K, device, dtype), mapping a token bucket to a config; the nearest bucket (in log T)
+is used, as vLLM does with nearest-M.
+"""
+
+import functools
+import json
+import math
+import os
+from pathlib import Path
+
+import torch
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+GEMM_KEYS = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "num_warps", "num_stages")
+
+# Shared memory one program may use for its software pipeline. Hopper allows 227 KB per block;
+# leave room for Triton's epilogue layout conversions.
+SMEM_BUDGET = 200 * 1024
+
+
+def on_gpu() -> bool:
+    return torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET", "0") != "1"
+
+
+@functools.lru_cache(maxsize=None)
+def device_name() -> str:
+    return torch.cuda.get_device_name().replace(" ", "_") if torch.cuda.is_available() else "cpu"
+
+
+def dtype_name(dtype: torch.dtype | str) -> str:
+    """torch.bfloat16 -> "bfloat16"; a string (a quantized table's "fp8_w8a8") as it is."""
+    return str(dtype).removeprefix("torch.")
+
+
+def config_file_name(E: int, I: int, D: int, K: int, dtype: torch.dtype | str,
+                     device: str | None = None) -> str:
+    """K is in the key because it sets tokens per expert for a given T."""
+    device = device or device_name()
+    return f"E={E},I={I},D={D},K={K},device_name={device},dtype={dtype_name(dtype)}.json"
+
+
+@functools.lru_cache(maxsize=None)
+def load_tuned(path: str) -> dict[int, dict] | None:
+    """{token bucket: config} from a tuned JSON file, or None when there is no such file."""
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        data = json.load(f)
+    return {int(t): cfg for t, cfg in data["configs"].items()}
+
+
+def nearest_bucket(table: dict[int, dict], T: int) -> dict:
+    """Config of the bucket closest to T in log scale (buckets are roughly geometric)."""
+    best = min(table, key=lambda b: (abs(math.log2(b) - math.log2(max(T, 1))), b))
+    return dict(table[best])
+
+
+def pipeline_stages(block_m, block_n, block_k, n_b_tiles, elem_bytes, max_stages) -> int:
+    """Deepest pipeline whose A and B tiles fit the shared-memory budget (at least 2)."""
+    per_stage = (block_m * block_k + n_b_tiles * block_k * block_n) * elem_bytes
+    return max(2, min(max_stages, SMEM_BUDGET // per_stage))
+
+
+def default_config(E: int, I: int, D: int, K: int, T: int, dtype: torch.dtype) -> dict:
+    """Heuristic config from tokens per expert (thresholds follow vLLM's tuned H200 tables)."""
+    tpe = T * K / E
+    block_m = 16 if tpe < 12 else 32 if tpe < 24 else 64 if tpe < 48 else 128
+    block_n = 64 if block_m == 16 else 128
+    block_k = 128 if block_m == 16 else 64
+    max_stages = 5 if block_m <= 32 else 4
+    elem = torch.finfo(dtype).bits // 8
+    cfg = {
+        "BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k,
+        # Grouped ordering pays only when an expert has many M-blocks to share its weight tiles.
+        "GROUP_M": 16 if tpe > 128 else 1,
+        "num_warps": 4 if block_m <= 32 else 8,
+        # GEMM1 loads a gate and an up tile per step: two B tiles.
+        "num_stages": pipeline_stages(block_m, block_n, block_k, 2, elem, max_stages),
+    }
+    # GEMM2 has one accumulator, so at prefill it can afford the 128x256 tile GEMM1 cannot.
+    down_n = 256 if block_m == 128 else block_n
+    cfg["down"] = {"BLOCK_N": down_n,
+                   "num_stages": pipeline_stages(block_m, down_n, block_k, 1, elem, max_stages)}
+    return cfg
+
+
+def interpreter_config() -> dict:
+    """Small tiles for TRITON_INTERPRET / CPU runs, where numpy pays for every element."""
+    return {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 1,
+            "num_warps": 4, "num_stages": 1}
+
+
+def get_config(E: int, N: int, D: int, K: int, T: int, dtype: torch.dtype) -> dict:
+    """Launch config for fused_moe with E local experts, N = I (the expert FFN width, w2.shape[2],
+    vLLM's naming), hidden D, top-K, T tokens. Tuned file first, then the heuristic."""
+    if not on_gpu():
+        return interpreter_config()
+    table = load_tuned(str(CONFIG_DIR / config_file_name(E, N, D, K, dtype)))
+    if table:
+        return nearest_bucket(table, T)
+    return default_config(E, N, D, K, T, dtype)
+
+
+def down_config(config: dict) -> dict:
+    """GEMM2's config: the shared keys with the "down" overrides applied (never BLOCK_M)."""
+    merged = {k: config[k] for k in GEMM_KEYS}
+    merged.update({k: v for k, v in config.get("down", {}).items() if k != "BLOCK_M"})
+    return merged

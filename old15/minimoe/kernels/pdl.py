@@ -1,0 +1,70 @@
+"""Programmatic Dependent Launch (Hopper and later): start the next kernel while this one drains.
+
+Inside a CUDA graph a decode step is a chain of a few hundred kernels, each depending on the one
+before. Normally kernel N+1 is launched only once kernel N has fully finished, so every boundary
+costs a launch latency plus the tail of kernel N's last wave (measured on the H200 with
+scripts/pdl_probe.py: 1.23 µs per boundary for a chain of tiny kernels, 0.86 µs with PDL). With
+PDL, kernel N+1 is launched early and parks in `gdc_wait` (PTX griddepcontrol.wait) until kernel N
+has completed and its writes are visible; kernel N lets it launch early with
+`gdc_launch_dependents` (griddepcontrol.launch_dependents).
+
+Our kernels call both as their first statements (`wait_then_release`): nothing is read or written
+before the predecessor has finished, so results are exactly those without PDL; only the launch work
+overlaps. (One opt-in exception, off by default: the dense GEMV's `PREFETCH_BYTES` asks the L2 for its
+own weights, which no kernel writes, before the wait.) Kernels we do not own (cuBLAS, PyTorch,
+bitsandbytes) and the `--gemv triton` kernel (kernels/gemv.py) run in stream order.
+
+Which launches may be early. An early-launched grid fills whatever SM slots free up first. After a one- or
+few-program kernel (an RMSNorm, a router, the attention merge) that is every SM, evenly: a dense decode GEMV
+launched so after its RMSNorm measured 1.1-1.5 µs less per pair (scripts/pdl_prefetch_probe.py, ninth
+session, call 4). After a many-program kernel (the MoE's GEMM1) the next grid's programs pile onto the SMs
+that finish first, and a bandwidth-bound GEMM2 with an uneven spread runs longer: PDL on every kernel made
+Mixtral bs 1 6.92 -> 7.68 ms (third session). So the MoE's GEMM2 (and fp8's activation quantization of h
+before it) is never launched early, in the bf16 and the quantized paths; everything else follows
+`RunSettings.pdl`. GEMM2 of the bf16 decode MoE (`fused_moe_small`; one wave of programs at batch 1) is
+launched in stream order but releases its successor early (`release_args`: the next layer's RMSNorm, or a
+shared expert's GEMV, parks in gdc_wait on the slots GEMM2 leaves free; +0.2-0.8% out tok/s at bs 1, tenth
+session); the aligned path's and the quantized GEMM2s (several waves) do not, so their successors start when
+their last program exits. (The probe's L2 prefetch of a GEMV's first weight bytes before gdc_wait,
+`prefetch_l2`, was slower than PDL alone at every size tried: kept as a kernel option, off.)
+
+Every launcher takes `pdl: bool = False` and passes `launch_args(pdl)` to its kernels (GEMM2:
+`launch_args(False)`, the bf16 decode GEMM2 `release_args(pdl)`); the engine reads `RunSettings.pdl` where it
+calls them (ops.py binds it into the ops table; attention.py, experts.py, linear.py pass it), and settings.py
+resolves `auto` to on only for an sm90+ device without an EP / TP plan, while runtime.py refuses `on` elsewhere
+(the interpreter has no griddepcontrol). No process-wide switch: two models in one process (a draft and its
+target) can run with different settings.
+"""
+import triton
+import triton.language as tl
+
+
+def launch_args(pdl: bool = False) -> dict:
+    """Keyword arguments for a kernel launch: the kernel's PDL constexpr and Triton's launch flag."""
+    pdl = bool(pdl)
+    return {"PDL": pdl, "launch_pdl": pdl}
+
+
+def release_args(pdl: bool = False) -> dict:
+    """A launch in stream order (never early) that, with pdl, still lets its successor launch early: the kernel's
+    gdc_wait has no grid in flight to wait for, and its gdc_launch_dependents frees the next (PDL-launched) grid,
+    which parks in its own gdc_wait until this one has finished. Dependents are launched only once every program
+    of this grid has started and triggered, so a many-wave grid simply releases them later; for the decode MoE's
+    GEMM2 at batch 1 (one wave) the successor's early programs take only slots that GEMM2 leaves free."""
+    return {"PDL": bool(pdl), "launch_pdl": False}
+
+
+@triton.jit
+def wait_then_release(PDL: tl.constexpr):
+    if PDL:
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
+
+
+@triton.jit
+def prefetch_l2(ptrs, nbytes):
+    """Ask the L2 for `nbytes` (an int32 tensor or scalar, a multiple of 16) from each 16-byte-aligned pointer
+    of `ptrs` (PTX cp.async.bulk.prefetch.L2, sm90+): a hint, nothing is read into registers, so a
+    PDL-launched kernel can issue it for weights that do not depend on its predecessor before gdc_wait."""
+    tl.inline_asm_elementwise("cp.async.bulk.prefetch.L2.global [$1], $2;\n mov.u32 $0, 0;", "=r,l,r",
+                              [ptrs, nbytes], dtype=tl.int32, is_pure=False, pack=1)

@@ -1,0 +1,176 @@
+"""From the fused q/k/v projection to attention-ready q and a written KV cache, in one kernel.
+
+Between the qkv GEMM and attention, PyTorch runs a chain of small kernels per token: split, the
+optional q/k RMSNorm (~8 each), rotary embedding (~9 each for q and k: float, two slices, four
+multiplies, two adds, cat, cast) and two scatter writes into the cache. At decode they move a few
+kilobytes each and cost a launch apiece. Here one program takes one token (b, s), holds all of its
+heads in registers as [heads, d/2] tiles and does everything on the way through:
+
+  q, k, v = split(qkv)                       columns: H heads of q, then Hkv of k, then Hkv of v
+  q, k    = RMSNorm over the whole q / k     "full" (OLMoE), weights [H·d] / [Hkv·d]
+  q, k, v = clamp(., -clip, clip)            OLMoE's optional clip_qkv
+  q, k    = RMSNorm over each head           "head" (Qwen3), weights [d]
+  q, k    = rotate(q, k, position)           rotary embedding, fp32 maths
+  k_cache[b, position], v_cache[b, position] = k, v;   q is returned [B, S, H, d]
+
+Rotary embedding turns each channel pair (x1, x2) by the angle of its frequency times the position:
+(x1·cos − x2·sin, x2·cos + x1·sin). Which channels pair up is the only difference between layouts:
+"rotate half" (NeoX, most families) pairs j with j + d/2, interleaved (DeepSeek) pairs 2j with 2j+1.
+So the kernel loads each head as two [heads, d/2] tiles, x1 and x2, at column offsets c1 and c2
+chosen by the layout, and the rest of the code never knows which layout it runs. Norm sums simply
+add the two halves.
+
+Roundings follow `minimoe.attention.Attention.forward`: each norm's output is rounded to the
+activation dtype, multiplied by its weight in fp32 and rounded again; rope reads those rounded
+values, rotates in fp32 and rounds once. No host syncs (positions stay on the device), so the
+kernel can be captured in a CUDA graph.
+Reference: Su et al., "RoFormer" (2021); OLMoE and Qwen3 model cards for the q/k norms.
+
+Shapes: B batch, S new tokens per sequence, H / Hkv query / kv heads, d head dim, P table rows.
+"""
+
+import torch
+import triton
+import triton.language as tl
+
+from .pdl import launch_args, wait_then_release
+
+QK_NORMS = {None: 0, "full": 1, "head": 2}  # -> the QK_NORM constexpr
+
+
+@triton.jit
+def _rms_norm_pairs(x1, x2, w_ptr, heads, c1, c2, mask, eps, N_HEADS: tl.constexpr,
+                    D: tl.constexpr, PER_HEAD: tl.constexpr, OUT_T: tl.constexpr):
+    """RMSNorm of [heads, d/2] halves, per head (weights [d]) or over all heads (weights [H·d])."""
+    sq = x1 * x1 + x2 * x2
+    if PER_HEAD:
+        inv_rms = tl.rsqrt(tl.sum(sq, axis=1) / D + eps)[:, None]
+        w1 = tl.load(w_ptr + c1[None, :], mask=mask, other=0.0).to(tl.float32)
+        w2 = tl.load(w_ptr + c2[None, :], mask=mask, other=0.0).to(tl.float32)
+    else:
+        inv_rms = tl.rsqrt(tl.sum(tl.sum(sq, axis=1), axis=0) / (N_HEADS * D) + eps)
+        w1 = tl.load(w_ptr + heads[:, None] * D + c1[None, :], mask=mask, other=0.0).to(tl.float32)
+        w2 = tl.load(w_ptr + heads[:, None] * D + c2[None, :], mask=mask, other=0.0).to(tl.float32)
+    y1 = (x1 * inv_rms).to(OUT_T).to(tl.float32)  # rounded before the weight, as torch does
+    y2 = (x2 * inv_rms).to(OUT_T).to(tl.float32)
+    return (w1 * y1).to(OUT_T).to(tl.float32), (w2 * y2).to(OUT_T).to(tl.float32)
+
+
+@triton.jit
+def _norm_rope_heads(row_ptr, w_ptr, c1, c2, j_ok, cos, sin, eps, clip,
+                     N_HEADS: tl.constexpr, BLOCK_HEADS: tl.constexpr, D: tl.constexpr,
+                     QK_NORM: tl.constexpr, CLIP: tl.constexpr):
+    """Load N_HEADS heads starting at row_ptr, norm / clip / rotate them -> (o1, o2, heads, mask)."""
+    OUT_T: tl.constexpr = row_ptr.dtype.element_ty
+    heads = tl.arange(0, BLOCK_HEADS)
+    mask = (heads < N_HEADS)[:, None] & j_ok[None, :]  # [heads, d/2], both padded to powers of two
+    x1 = tl.load(row_ptr + heads[:, None] * D + c1[None, :], mask=mask, other=0.0).to(tl.float32)
+    x2 = tl.load(row_ptr + heads[:, None] * D + c2[None, :], mask=mask, other=0.0).to(tl.float32)
+    if QK_NORM == 1:
+        x1, x2 = _rms_norm_pairs(x1, x2, w_ptr, heads, c1, c2, mask, eps, N_HEADS, D, False, OUT_T)
+    if CLIP:
+        # rounded as torch's clamp of a half tensor rounds a bound like 0.3; other values are exact
+        x1 = tl.clamp(x1, -clip, clip).to(OUT_T).to(tl.float32)
+        x2 = tl.clamp(x2, -clip, clip).to(OUT_T).to(tl.float32)
+    if QK_NORM == 2:
+        x1, x2 = _rms_norm_pairs(x1, x2, w_ptr, heads, c1, c2, mask, eps, N_HEADS, D, True, OUT_T)
+    o1 = x1 * cos[None, :] - x2 * sin[None, :]
+    o2 = x2 * cos[None, :] + x1 * sin[None, :]
+    return o1.to(OUT_T), o2.to(OUT_T), heads, mask
+
+
+@triton.jit
+def _copy_v(src, dst, mask, clip, CLIP: tl.constexpr):
+    v = tl.load(src, mask=mask, other=0.0)
+    if CLIP:  # clamp in fp32, round once on the store: torch's clamp of a half tensor does the same
+        v = tl.clamp(v.to(tl.float32), -clip, clip)
+    tl.store(dst, v.to(dst.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _qkv_rope_cache_kernel(
+    qkv_ptr, pos_ptr, cos_ptr, sin_ptr, q_ptr, k_ptr, v_ptr, qw_ptr, kw_ptr,
+    S, stride_xb, stride_xs, stride_pb, stride_ps, stride_cos, stride_sin,
+    stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh, eps, clip,
+    H: tl.constexpr, HKV: tl.constexpr, D: tl.constexpr, BLOCK_H: tl.constexpr,
+    BLOCK_HKV: tl.constexpr, BLOCK_HALF: tl.constexpr, QK_NORM: tl.constexpr,
+    CLIP: tl.constexpr, INTERLEAVE: tl.constexpr, PDL: tl.constexpr,
+):
+    wait_then_release(PDL)
+    t = tl.program_id(0)
+    b = (t // S).to(tl.int64)  # int64: b * stride_kb overflows int32 for a large cache slice
+    s = (t % S).to(tl.int64)
+    pos = tl.load(pos_ptr + b * stride_pb + s * stride_ps).to(tl.int64)
+    row = qkv_ptr + b * stride_xb + s * stride_xs
+
+    j = tl.arange(0, BLOCK_HALF)
+    j_ok = j < D // 2
+    if INTERLEAVE:  # DeepSeek: channel pairs (2j, 2j+1)
+        c1 = 2 * j
+        c2 = 2 * j + 1
+    else:  # NeoX "rotate half": channel pairs (j, j + d/2)
+        c1 = j
+        c2 = j + D // 2
+    cos = tl.load(cos_ptr + pos * stride_cos + j, mask=j_ok, other=0.0)
+    sin = tl.load(sin_ptr + pos * stride_sin + j, mask=j_ok, other=0.0)
+
+    q1, q2, hq, mq = _norm_rope_heads(row, qw_ptr, c1, c2, j_ok, cos, sin, eps, clip,
+                                      H, BLOCK_H, D, QK_NORM, CLIP)
+    q_row = q_ptr + t.to(tl.int64) * (H * D) + hq[:, None] * D
+    tl.store(q_row + c1[None, :], q1, mask=mq)
+    tl.store(q_row + c2[None, :], q2, mask=mq)
+
+    k1, k2, hk, mk = _norm_rope_heads(row + H * D, kw_ptr, c1, c2, j_ok, cos, sin, eps, clip,
+                                      HKV, BLOCK_HKV, D, QK_NORM, CLIP)
+    k_row = k_ptr + b * stride_kb + pos * stride_ks + hk[:, None] * stride_kh
+    tl.store(k_row + c1[None, :], k1.to(k_ptr.dtype.element_ty), mask=mk)
+    tl.store(k_row + c2[None, :], k2.to(k_ptr.dtype.element_ty), mask=mk)
+
+    # v is neither normed nor rotated; reusing the pair layout keeps one set of offsets and masks
+    v_src = row + (H + HKV) * D + hk[:, None] * D
+    v_row = v_ptr + b * stride_vb + pos * stride_vs + hk[:, None] * stride_vh
+    _copy_v(v_src + c1[None, :], v_row + c1[None, :], mk, clip, CLIP)
+    _copy_v(v_src + c2[None, :], v_row + c2[None, :], mk, clip, CLIP)
+
+
+def qkv_rope_cache(qkv, positions, cos, sin, k_cache, v_cache, n_heads: int, n_kv_heads: int,
+                   head_dim: int, *, qk_norm: str | None = None, q_norm_w=None, k_norm_w=None,
+                   eps: float = 1e-6, interleave: bool = False,
+                   clip_qkv: float | None = None, pdl: bool = False) -> torch.Tensor:
+    """qkv [B, S, (H + 2·Hkv)·d] -> q [B, S, H, d] (normed, rotated); writes k and v into the caches.
+
+    positions [B, S] int64 on the device; cos, sin [P, d/2] float32; k_cache, v_cache
+    [B, S_max, Hkv, d] views (any strides, unit stride on d). qk_norm None | "full" | "head" with
+    weights [H·d] / [Hkv·d] or [d]. clip_qkv: OLMoE's clamp, applied after a "full" norm.
+    """
+    B, S, width = qkv.shape
+    H, Hkv, d = n_heads, n_kv_heads, head_dim
+    assert width == (H + 2 * Hkv) * d and d % 2 == 0, (qkv.shape, H, Hkv, d)
+    assert qkv.stride(-1) == 1 and k_cache.stride(-1) == 1 and v_cache.stride(-1) == 1
+    assert k_cache.shape[0] == v_cache.shape[0] == B and k_cache.shape[2:] == (Hkv, d)
+    assert positions.shape == (B, S) and cos.shape[-1] == d // 2 and sin.shape[-1] == d // 2
+    assert cos.dtype == sin.dtype == torch.float32 and cos.stride(-1) == sin.stride(-1) == 1
+    assert qk_norm in QK_NORMS, f"qk_norm must be one of {list(QK_NORMS)}, not {qk_norm!r}"
+    if qk_norm is not None:
+        want = (H * d, Hkv * d) if qk_norm == "full" else (d, d)
+        assert (q_norm_w.numel(), k_norm_w.numel()) == want, (q_norm_w.shape, k_norm_w.shape)
+        assert q_norm_w.is_contiguous() and k_norm_w.is_contiguous()
+    q = torch.empty(B, S, H, d, dtype=qkv.dtype, device=qkv.device)
+    if B * S == 0:
+        return q
+    block_h, block_hkv, block_half = (triton.next_power_of_2(n) for n in (H, Hkv, d // 2))
+    _qkv_rope_cache_kernel[(B * S,)](
+        qkv, positions, cos, sin, q, k_cache, v_cache,
+        q_norm_w if qk_norm else qkv, k_norm_w if qk_norm else qkv,  # unread without a norm
+        S, qkv.stride(0), qkv.stride(1), positions.stride(0), positions.stride(1),
+        cos.stride(0), sin.stride(0), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
+        eps, 0.0 if clip_qkv is None else float(clip_qkv),
+        H=H, HKV=Hkv, D=d, BLOCK_H=block_h, BLOCK_HKV=block_hkv, BLOCK_HALF=block_half,
+        QK_NORM=QK_NORMS[qk_norm], CLIP=clip_qkv is not None, INTERLEAVE=interleave,
+        num_warps=4 if block_h * block_half <= 2048 else 8,  # q tile: 2 x [H, d/2] fp32
+        # no fused multiply-add: torch rounds x1·cos and x2·sin separately (one kernel each), and
+        # a fused x1·cos − x2·sin would differ in the last fp32 bit and flip a few bf16 roundings
+        enable_fp_fusion=False, **launch_args(pdl),
+    )
+    return q

@@ -1,0 +1,142 @@
+"""One seam for every dense projection: `linear(x, weight, bias)`, dispatched on the weight's type.
+
+A plain tensor weight [out, in] runs `F.linear` (cuBLAS), or, when the run asks for it at decode
+sizes, the Triton GEMV of kernels/gemv.py. Any other weight is a packed format (fp8 with scales,
+int8, int4 with group scales, a bitsandbytes tensor ...): an object that knows its own kernel and
+exposes `weight.linear(x, bias)`. quant.py swaps a `Linear`'s plain weight for such an object after
+the model is built, so the model code never changes when the format does. The design follows
+DeepSeek-V3's inference code, whose `linear()` picks the GEMM by the weight's dtype.
+
+`Linear` replaces `nn.Linear` in the model: same parameter names (`weight`, `bias`), same
+[out, in] layout, but its forward goes through the seam, and it is the module that parallel
+plans and quantization wrap or hook.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+try:
+    from .kernels import gemv as _gemv
+    from .kernels.dense_gemv import dense_gemv as _dense_gemv
+    from .kernels import skinny_gemm as _skinny
+except ImportError:       # no Triton here: --gemv triton / stream / skinny are refused before a model is built
+    _gemv = _dense_gemv = _skinny = None
+
+GEMV_KERNELS = ("torch", "triton", "stream", "skinny")
+STREAM_MAX_T = 2          # the stream kernel reads the weight once per token: decode at batch 1-2 only
+SKINNY_AUTO = False       # True: `--gemv auto` sends dense layers at 3..64 tokens to kernels/skinny_gemm.py (measured
+                          # slower than cuBLAS there, so off; routers: router_logits)
+
+
+def auto_gemv(T: int, N: int, D: int) -> str:
+    """`--gemv auto`: the kernel for x [T, D] @ W[N, D]ᵀ, as measured on the H200 (scripts/bench_gemv.py,
+    16 projection shapes from 1024 x 2048 to Mixtral's 32000 x 4096 head; docs/results/2026-11-30-s5):
+    at T = 1 the stream kernel beat cuBLAS on 15 of 16 shapes (tie on the 16th): Qwen3-0.6B's o 13.2 ->
+    4.1 µs, w2 6.9 -> 4.6, Qwen3-30B-A3B's o 9.0 -> 7.4, Mixtral's o 13.0 -> 11.1, OLMoE's head 54.4 ->
+    49.4. At T = 2 it still wins on N = 1024 outputs (0.6B's o 13.4 -> 4.6, w2 6.9 -> 5.6); from there on
+    each token re-reads the weight and cuBLAS (or tl.dot tiles, within 5% of it) wins."""
+    if T == 1 or (T == 2 and N <= 1024):
+        return "stream"
+    if SKINNY_AUTO and 3 <= T <= 64:
+        return "skinny"
+    return "torch"
+
+
+def linear(x: torch.Tensor, weight, bias: torch.Tensor | None = None, gemv: str = "torch",
+           pdl: bool = False) -> torch.Tensor:
+    """y = x @ weightᵀ + bias for x [..., in] -> [..., out], whatever the weight's format.
+    gemv (RunSettings.gemv) for a plain weight at decode sizes: "torch" (F.linear, cuBLAS), "triton"
+    (kernels/gemv.py, up to its MAX_T rows), "stream" (kernels/dense_gemv.py, the MoE decode down kernel as a
+    dense GEMV, up to STREAM_MAX_T rows, a bias added in its fp32 epilogue), "skinny" (kernels/skinny_gemm.py,
+    1-64 rows, split over K) or "auto" (`auto_gemv` per shape);
+    anything outside those sizes runs F.linear. pdl (RunSettings.pdl on, sm90+): the stream kernel is launched
+    with Programmatic Dependent Launch (kernels/pdl.py)."""
+    if not isinstance(weight, torch.Tensor):          # a packed weight: its own kernel
+        return weight.linear(x, bias, pdl=pdl)
+    if gemv != "torch" and x.dtype == weight.dtype:
+        lead = x.shape[:-1]
+        T = lead.numel()
+        kind = auto_gemv(T, *weight.shape) if gemv == "auto" else gemv
+        if kind == "triton" and _gemv.usable(T, weight):
+            y, _ = _gemv.gemv(x.reshape(-1, x.shape[-1]).contiguous(), weight, bias)
+            return y.view(*lead, -1)
+        if kind == "skinny" and _skinny.usable(T, weight, x.dtype):
+            y = _skinny.skinny_gemm(x.reshape(-1, x.shape[-1]).contiguous(), weight, bias, pdl=pdl)
+            return y.view(*lead, -1)
+        if kind == "stream" and 1 <= T <= STREAM_MAX_T and weight.is_contiguous() and (
+                bias is None or (bias.dtype == x.dtype and bias.is_contiguous())):
+            return _dense_gemv(x.reshape(-1, x.shape[-1]).contiguous(), weight, pdl=pdl, bias=bias).view(*lead, -1)
+    return F.linear(x, weight, bias)
+
+
+# Router gates (up to ROUTER_MAX_E x ROUTER_MAX_D) at 1..64 tokens through kernels/skinny_gemm.py under `--gemv auto`,
+# with these tiles: the best of its sweep on the H200 at every T (scripts/bench_skinny.py, thirteenth session, µs per
+# call against cuBLAS, a bf16 -> fp32 cast included for DeepSeek's fp32 gate): OLMoE 64 x 2048 T = 4 / 16 / 64
+# 4.7 / 4.8 / 5.1 -> 3.5 / 3.5 / 4.5, Qwen3-30B-A3B 128 x 2048 4.9 / 4.9 / 5.1 -> 3.4 / 3.6 / 4.7, DeepSeek-V2-Lite
+# fp32 9.9 / 10.3 / 10.9 -> 6.0 / 6.0 / 10.3. (Dense layers stay on cuBLAS: there the split-K kernel lost at
+# 64 tokens, 0.7-0.9x, and tied at 4-16.)
+ROUTER_MAX_E = 128            # the measured gates: 64-128 experts over a hidden size of 2048 (4096 at most here)
+ROUTER_MAX_D = 4096
+ROUTER_TILES = {torch.float32: {"BLOCK_N": 16, "BLOCK_K": 64, "SPLIT": 16},
+                None: {"BLOCK_N": 16, "BLOCK_K": 256, "SPLIT": 8}}
+
+
+def router_logits(h: torch.Tensor, weight: torch.Tensor, gemv: str = "torch", pdl: bool = False) -> torch.Tensor:
+    """A router's logits [T, E] in the gate's dtype: `F.linear(h.to(weight.dtype), weight)` (h [T, D], the gate
+    [E, D] in bf16 or, DeepSeek's, float32), or, under `--gemv auto` / `skinny` for 1..64 tokens and a gate of at
+    most ROUTER_MAX_E experts, kernels/skinny_gemm.py with ROUTER_TILES, which converts h's tiles in registers
+    instead of launching a cast. (The engine's fusable routers reach this only past ops.gate_route_fits' sizes:
+    OLMoE's and Qwen3's gates from 5 tokens, DeepSeek-V2's fp32 gate from 17, Mixtral's never.) Gates wider than
+    ROUTER_MAX_E x ROUTER_MAX_D (DeepSeek-V3's 256 x 7168) keep F.linear: not measured."""
+    T = h.shape[0]
+    if (gemv in ("auto", "skinny") and _skinny is not None and h.dim() == 2 and h.stride(-1) == 1
+            and weight.shape[0] <= ROUTER_MAX_E and weight.shape[1] <= ROUTER_MAX_D
+            and _skinny.usable(T, weight, h.dtype)):
+        tiles = ROUTER_TILES.get(weight.dtype, ROUTER_TILES[None])
+        return _skinny.skinny_gemm(h, weight, out_dtype=weight.dtype, config=tiles, pdl=pdl)
+    return F.linear(h.to(weight.dtype), weight)
+
+
+def linear_pair(x: torch.Tensor, a: "Linear", b: "Linear") -> tuple[torch.Tensor, torch.Tensor]:
+    """(a(x), b(x)) for two bias-free Linears reading the same x [..., in] (MLA's q and latent projections).
+    Where `linear()` would run the stream GEMV for the joined [out_a + out_b, in] weight (batch 1 under
+    `--gemv auto`), one launch computes both (dense_gemv's `second`), returned as two NON-contiguous views of
+    one [..., out_a + out_b] buffer (unit last stride; callers take strides or reshape): the second layer's
+    launch, ramp and tail saved. Anything else (another --gemv, a bias, a packed weight, a hook on either
+    module, more tokens) runs the two layers in turn."""
+    s = a.settings
+    wa, wb = a.weight, b.weight
+    if (s is not None and s.gemv in ("stream", "auto") and _dense_gemv is not None
+            and type(wa) in (torch.Tensor, nn.Parameter) and type(wb) in (torch.Tensor, nn.Parameter)
+            and a.bias is None and b.bias is None and x.dtype == wa.dtype == wb.dtype
+            and wa.is_contiguous() and wb.is_contiguous() and wa.shape[1] == wb.shape[1]
+            and not (a._forward_hooks or a._forward_pre_hooks or b._forward_hooks or b._forward_pre_hooks)):
+        lead = x.shape[:-1]
+        T = lead.numel()
+        kind = auto_gemv(T, wa.shape[0] + wb.shape[0], wa.shape[1]) if s.gemv == "auto" else s.gemv
+        if kind == "stream" and 1 <= T <= STREAM_MAX_T:
+            y = _dense_gemv(x.reshape(-1, x.shape[-1]).contiguous(), wa, pdl=s.pdl == "on", second=wb)
+            y = y.view(*lead, -1)
+            return y[..., :wa.shape[0]], y[..., wa.shape[0]:]
+    return a(x), b(x)
+
+
+class Linear(nn.Module):
+    """A dense projection [in] -> [out] through `linear()`; `settings` (shared RunSettings) picks the GEMV."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = False, settings=None):
+        super().__init__()
+        self.in_features, self.out_features, self.settings = in_features, out_features, settings
+        self.weight = nn.Parameter(torch.empty(out_features, in_features))           # [out, in]
+        self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.settings
+        if s is None:
+            return linear(x, self.weight, self.bias)
+        return linear(x, self.weight, self.bias, gemv=s.gemv, pdl=s.pdl == "on")
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, bias={self.bias is not None}"

@@ -1,0 +1,114 @@
+"""Multi-head latent attention (DeepSeek-V2/V3): cache a small latent, not K and V.
+
+Each token is compressed to a latent c = norm(W_kva x)[:r] (r = kv_lora_rank = 512) plus one shared
+rotary key k_pe (64 wide). Per head, keys and values are linear in the latent:
+    k_nope_h = W_uk_h c,   v_h = W_uv_h c      (W_uk, W_uv are the two halves of `wkv_b`)
+so only [c, k_pe] (576 numbers per token) is cached.
+
+Two ways to attend, equal in exact arithmetic:
+  * expanded (prefill): materialise k, v for every head from the latent and run ordinary SDPA;
+    cheapest when many queries share the expansion;
+  * absorbed (decode): fold W_uk into the query, q_lat_h = W_uk_hᵀ q_nope_h, so scores are
+    q_lat_h·c + q_pe_h·k_pe -- attention with ONE key/value head of width 576 (values = the first
+    512 columns); then un-fold the output with W_uv. The cache is read once for all heads.
+The absorbed form is plain multi-query attention, so the decode backends of `attention.py` (the
+Triton split-K kernel included) run it unchanged.
+Reference: DeepSeek-V2, arXiv 2405.04434 §2.1; DeepSeek-V3 `inference/model.py` (absorb mode).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .attention import attend_cached
+from .config import ModelConfig
+from .kv_cache import KVCache, Step
+from .layers import RMSNorm
+from .linear import Linear, linear_pair
+from .ops import ops_for
+from .rope import Rotary, apply_rope
+
+
+class MLAttention(nn.Module):
+    def __init__(self, cfg: ModelConfig, settings, layer: int):
+        super().__init__()
+        self.cfg, self.settings, self.layer = cfg, settings, layer
+        D, H, r = cfg.hidden_size, cfg.n_heads, cfg.kv_lora_rank
+        if cfg.q_lora_rank:
+            self.wq_a = Linear(D, cfg.q_lora_rank, bias=cfg.qkv_bias, settings=settings)
+            self.q_norm = RMSNorm(cfg.q_lora_rank, cfg.rms_norm_eps, settings)
+            self.wq_b = Linear(cfg.q_lora_rank, H * cfg.qk_head_dim, settings=settings)
+        else:
+            self.wq = Linear(D, H * cfg.qk_head_dim, settings=settings)
+        self.wkv_a = Linear(D, r + cfg.qk_rope_head_dim, bias=cfg.qkv_bias, settings=settings)
+        self.kv_norm = RMSNorm(r, cfg.rms_norm_eps, settings)
+        self.wkv_b = Linear(r, H * (cfg.qk_nope_head_dim + cfg.v_head_dim), settings=settings)
+        self.wo = Linear(H * cfg.v_head_dim, D, bias=cfg.o_bias, settings=settings)
+
+    @property
+    def n_heads(self) -> int:      # this module's heads (a tensor-parallel shard holds a slice)
+        return self.wo.in_features // self.cfg.v_head_dim
+
+    def _split_wkv_b(self):
+        """wkv_b [H*(nope+v), r] -> W_uk [H, nope, r], W_uv [H, v, r] (views, no copy). The absorbed
+        decode reads the weight directly: a packed (quantized) wkv_b is dequantized here."""
+        cfg = self.cfg
+        w = self.wkv_b.weight
+        if not isinstance(w, torch.Tensor):
+            w = w.dequantize()
+        w = w.view(self.n_heads, cfg.qk_nope_head_dim + cfg.v_head_dim, cfg.kv_lora_rank)
+        return w[:, :cfg.qk_nope_head_dim], w[:, cfg.qk_nope_head_dim:]
+
+    def forward(self, x, step: Step, cache: KVCache, rot: Rotary):
+        cfg = self.cfg
+        B, S, _ = x.shape
+        H, nope, rope, r = self.n_heads, cfg.qk_nope_head_dim, cfg.qk_rope_head_dim, cfg.kv_lora_rank
+        # the two projections of x, in one launch at batch 1 (linear_pair): q or its LoRA-down, and the latent
+        q, kv = linear_pair(x, self.wq_a if cfg.q_lora_rank else self.wq, self.wkv_a)   # kv [B, S, r+rope]
+        q = self.wq_b(self.q_norm(q)) if cfg.q_lora_rank else q
+        q = q.view(B, S, H, nope + rope)                                     # [B, S, H, nope+rope]
+        latent = cache.latent[self.layer]                                     # [B, S_max, r+rope]
+        # prefill rotates q_pe in place (q = [q_nope, q_pe] for SDPA); decode writes it beside q_lat
+        q_att = q if step.fresh else q.new_empty(B, S, H, r + rope)
+        ops_for(self.settings).mla_rope_cache(
+            q, kv, step.positions, rot.cos_table, rot.sin_table, latent, self.kv_norm.weight,
+            cfg.rms_norm_eps, nope=nope, interleave=cfg.rope_interleave,
+            q_pe_out=q[..., nope:] if step.fresh else q_att[..., r:])
+        if step.fresh:   # this step's latents are the first S rows of the cache
+            out = self._expanded(q, latent[:, :S])
+        else:
+            out = self._absorbed(q, q_att, step, latent)
+        return self.wo(out.reshape(B, S, H * cfg.v_head_dim))
+
+    def _expanded(self, q, latent):
+        """Prefill within the new tokens: per-head k, v from the latent, causal SDPA.
+        q [B, S, H, nope+rope] (rotated), latent [B, S, r+rope] -> [B, S, H, v]."""
+        cfg = self.cfg
+        B, S, H, _ = q.shape
+        c, k_pe = latent.split([cfg.kv_lora_rank, cfg.qk_rope_head_dim], dim=-1)
+        kv = self.wkv_b(c).view(B, S, H, cfg.qk_nope_head_dim + cfg.v_head_dim)
+        k_nope, v = kv.split([cfg.qk_nope_head_dim, cfg.v_head_dim], dim=-1)
+        k = torch.cat([k_nope, k_pe[:, :, None, :].expand(B, S, H, -1)], dim=-1)      # [B, S, H, 192]
+        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                             is_causal=S > 1, scale=cfg.softmax_scale)
+        return out.transpose(1, 2)                                                    # [B, S, H, v]
+
+    def _absorbed(self, q, q_att, step: Step, latent):
+        """Attention in latent space: one shared key/value head of width r + rope.
+        q [B, S, H, nope+rope]; q_att [B, S, H, r+rope] holding the rotated q_pe in its last
+        columns; the absorption writes q_lat = q_nope W_uk into its first r (one batched GEMM over
+        heads, no cat), and the output un-absorbs with W_uv into [B, S, H, v] (one more)."""
+        cfg = self.cfg
+        B, S, H, _ = q.shape
+        nope, r, BS = cfg.qk_nope_head_dim, cfg.kv_lora_rank, B * S
+        w_uk, w_uv = self._split_wkv_b()                                              # [H, nope|v, r]
+        q_nope = q[..., :nope].reshape(BS, H, nope).transpose(0, 1)                   # [H, BS, nope]
+        torch.bmm(q_nope, w_uk, out=q_att.view(BS, H, -1)[..., :r].transpose(0, 1))   # [H, BS, r]
+        k_cache = latent[:, :, None, :]                                               # one kv head
+        v_cache = latent[:, :, None, :r]
+        out_lat = attend_cached(q_att, k_cache, v_cache, step, cfg.softmax_scale, self.settings)
+        out = q.new_empty(B, S, H, cfg.v_head_dim)
+        torch.bmm(out_lat.reshape(BS, H, r).transpose(0, 1), w_uv.transpose(1, 2),
+                  out=out.view(BS, H, -1).transpose(0, 1))                            # [H, BS, v]
+        return out

@@ -1,0 +1,108 @@
+"""The decoder stack, wired from a `ModelConfig`.
+
+    ids [B, S] -> embed -> L x (h = norm(x + r); x = Attn(h); h = norm(x + r); x = FFN(h)) -> norm -> lm_head
+
+Every family is pre-norm with RMSNorm; what differs (GQA vs MLA attention, MoE vs dense FFN per
+layer, shared experts, tied embeddings) is decided once, here, from config fields. The residual
+stream r travels beside the sublayer outputs and is added inside the next norm (one fused kernel
+with --ops triton). The KV cache is owned by the caller (generate.py) and handed down with a `Step`
+describing the new tokens. Every sublayer is a module called through `nn.Module.__call__`, so
+forward hooks (parallel plans, calibration, tests) see every path; the one exception is the MoE
+layer's RMSNorm when `--fold-norm` runs it inside the router's kernel (a one-token step): then the
+Router is called with the un-normed x and the norm (gate.py), and `ffn_norm` itself is not called.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from .attention import Attention
+from .config import ModelConfig
+from .instrument import region
+from .kv_cache import KVCache, Step
+from .layers import ResidualRMSNorm
+from .linear import Linear
+from .mla import MLAttention
+from .moe import MoE, make_ffn
+from .rope import Rotary, rope_tables
+
+
+class Block(nn.Module):
+    """One pre-norm layer: (x, residual) -> (FFN output, residual), the last add left to the next norm."""
+
+    def __init__(self, cfg: ModelConfig, settings, layer: int):
+        super().__init__()
+        self.attn_norm = ResidualRMSNorm(cfg.hidden_size, cfg.rms_norm_eps, settings)
+        self.attn = (MLAttention if cfg.attention == "mla" else Attention)(cfg, settings, layer)
+        self.ffn_norm = ResidualRMSNorm(cfg.hidden_size, cfg.rms_norm_eps, settings)
+        self.ffn = make_ffn(cfg, settings, layer)
+        self.ffn_region = None if isinstance(self.ffn, MoE) else "dense"   # an MoE opens its own regions
+
+    def forward(self, x, residual, step: Step, cache: KVCache, rot: Rotary):
+        """x [B, S, D] (the previous sublayer's output, not yet added to residual) -> (y, residual)."""
+        with region("norm"):
+            h, residual = self.attn_norm(x, residual)
+        with region("attention"):
+            x = self.attn(h, step, cache, rot)
+        if self.ffn_region is None and self.ffn.fold_fits(x, residual):
+            with region("router"):      # norm + router in one kernel where that exists (--fold-norm)
+                h, residual, routing = self.ffn.fold_norm(x, residual, self.ffn_norm, step.counters)
+            return self.ffn(h, routing=routing), residual
+        with region("norm"):
+            h, residual = self.ffn_norm(x, residual)
+        with region(self.ffn_region):
+            return self.ffn(h), residual
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: ModelConfig, settings=None):
+        super().__init__()
+        self.cfg, self.settings = cfg, settings
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(Block(cfg, settings, i) for i in range(cfg.n_layers))
+        self.norm = ResidualRMSNorm(cfg.hidden_size, cfg.rms_norm_eps, settings)
+        self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size, settings=settings)
+        if cfg.tie_word_embeddings:       # one Parameter, two modules: the head is still a module to hook
+            self.lm_head.weight = self.embed.weight
+        self.rope_len = 0
+
+    def _apply(self, fn, recurse=True):
+        """.to(), .float(), .to_empty() re-create parameters one module at a time: re-tie the head."""
+        super()._apply(fn, recurse)
+        if self.cfg.tie_word_embeddings:
+            self.lm_head.weight = self.embed.weight
+        return self
+
+    def setup_rope(self, max_len: int, device) -> None:
+        """cos/sin tables [max_len, rope_dim/2] (float32), built once per cache size."""
+        if max_len > self.cfg.max_position_embeddings:
+            raise ValueError(f"sequence length {max_len} exceeds the model's max_position_embeddings "
+                             f"{self.cfg.max_position_embeddings}")
+        if self.cfg.sliding_window and max_len > self.cfg.sliding_window:
+            raise ValueError(f"sequence length {max_len} exceeds the sliding window {self.cfg.sliding_window}, "
+                             "which minimoe does not implement")
+        if max_len > self.rope_len:
+            cos, sin = rope_tables(self.cfg, max_len)
+            self.cos, self.sin = cos.to(device), sin.to(device)
+            self.rope_len = max_len
+
+    def forward(self, ids: torch.Tensor, step: Step, cache: KVCache, select=None) -> torch.Tensor:
+        """ids [B, S] -> float32 logits [B, S, V]; or [B, V] at one position per sequence when
+        `select` is an int (the same for every row, e.g. -1) or a LongTensor [B] (ragged prompts)."""
+        with region("embed"):
+            x = self.embed(ids)                                                # [B, S, D]
+            rot = Rotary(self.cos, self.sin, self.cos[step.positions], self.sin[step.positions])  # [B, S, rope/2]
+        residual = None
+        for layer in self.layers:
+            x, residual = layer(x, residual, step, cache, rot)
+        if select is not None:            # only where a token will be sampled: [B, 1, D]
+            if isinstance(select, int):
+                x, residual = x[:, select:][:, :1], residual[:, select:][:, :1]
+            else:
+                rows = torch.arange(x.shape[0], device=x.device)
+                x, residual = x[rows, select][:, None], residual[rows, select][:, None]
+        with region("norm"):
+            x, _ = self.norm(x.contiguous(), residual.contiguous())
+        with region("lm_head"):
+            logits = self.lm_head(x).float()
+        return logits[:, 0] if select is not None else logits

@@ -1,0 +1,297 @@
+"""Run settings: every switch of a run as one typed field, with one set of command-line flags.
+
+`ModelConfig` says what a model IS; `RunSettings` says how to RUN it: which expert path, attention
+backend, small-op kernels, CUDA graphs, quantization, expert skipping, speculation, parallel plan.
+Every field defaults to the plain path, so an ablation flips one field and nothing else. The
+modules of a built model hold a reference to one shared instance and read it at call time: flipping
+a field needs no rebuild and keeps the same weights.
+
+`add_args` puts one flag per field on a parser and `from_args` reads them back, so bench.py,
+`python -m minimoe generate | eval | bench` and the scripts share one meaning and one default per
+flag (`SETTINGS_FLAGS` is the table). Values spelled "auto" are resolved once, for the device, by
+`resolve`: a resolved RunSettings holds concrete choices only, which is what headers and JSON print.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from dataclasses import dataclass
+
+import torch
+
+EXPERT_PATH_NAMES = ("loop", "grouped", "fused")          # experts.EXPERT_PATHS (checked against it in tests)
+ATTN_NAMES = ("auto", "sdpa", "triton", "flash")           # attention.DECODE_ATTENTION + auto
+QUANT_FORMATS = ("none", "fp8", "int8", "int4", "nf4", "bnb-int8")
+DISPATCH_DESIGNS = ("allgather", "alltoall", "padded")     # expert-parallel dispatch/combine (parallel.py)
+ALLREDUCE_DESIGNS = ("auto", "nccl", "symm")               # tensor-parallel all-reduce (allreduce.py)
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+DTYPE_ALIASES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
+
+
+@dataclass
+class RunSettings:
+    device: str = "auto"            # cpu | cuda | cuda:N; auto = cuda when available
+    dtype: str = "auto"             # bf16 | fp16 | fp32; auto = bf16 on a GPU, fp32 on a CPU
+    experts: str = "loop"           # routed expert path, key into experts.EXPERT_PATHS (loop is the oracle)
+    attn: str = "auto"              # decode attention backend; auto = triton on a GPU, sdpa on a CPU
+    ops: str = "auto"               # small ops (RMSNorm+add, q/k norm+rope+cache write, router top-k):
+                                    # torch (several kernels each) | triton (one each); auto = triton on a GPU
+    gemv: str = "auto"              # decode-size linears: torch (cuBLAS) | triton | stream | skinny; auto = per shape (GPU)
+    pdl: str = "auto"               # Programmatic Dependent Launch: on | off; auto: on for an sm90+ device, no EP/TP
+    fold_norm: str = "auto"         # an MoE layer's RMSNorm inside its router's kernel for one-token steps:
+                                    # on | off; auto = on with --ops triton (model.Block, kernels/gate_splitk.py)
+    fuse_shared: str = "auto"       # shared experts inside the routed experts' decode kernels (shared_fusion.py):
+                                    # on | off; auto = on for --experts fused, unquantized, no EP / TP plan
+    fuse_rope: str = "auto"         # rotary embedding + KV-cache write inside the q/k/v GEMV at batch 1 (rope_fusion.py):
+                                    # on (needs --ops triton; its own GEMV whatever --gemv says) | off;
+                                    # auto = on with --ops triton and --gemv auto | stream (resolved: a GPU)
+    eager: bool = False             # no CUDA graph of the decode step (graphs need a GPU and a sync-free path)
+    eager_prefill: bool = False     # no CUDA graph of the prefill
+    router: str | None = None       # override the card's router (synthetic ones for ablations)
+    top_k: int | None = None        # override the card's K (the paper's top-k sweeps)
+    zipf_s: float = 1.2             # exponent of the synthetic Zipf router
+    skip_threshold: float = 0.0     # dynamic expert skipping: drop routed experts whose weight < beta * top weight
+    quant: str = "none"             # weight format applied at load (quant.py)
+    quant_lm_head: bool = False     # quantize the LM head too (router, norms, embeddings always stay)
+    ep: int = 1                     # expert-parallel ranks (parallel.py; under torchrun)
+    tp: int = 1                     # tensor-parallel ranks
+    dispatch: str = "allgather"     # expert-parallel dispatch/combine design
+    allreduce: str = "auto"         # tensor-parallel all-reduce: nccl (gloo on CPUs) | symm (one-shot, symmetric
+                                    # memory); auto = symm for --tp > 1 on GPUs of one node, else nccl
+    draft: str | None = None        # speculative decoding: the draft model (card, dir or hub id; same vocabulary)
+    draft_weights: str = "auto"     # the draft's weights, as --weights
+    gamma: str = "0"                # draft tokens per round: an int (0 = off) or auto (spec_cost.py picks per batch)
+    draft_accept: float | None = None  # synthetic acceptance rate A for speed studies on random weights
+    seed: int = 0                   # dummy weights, prompts and sampling
+
+    # ---- resolution -----------------------------------------------------------------------------
+    def resolve(self) -> "RunSettings":
+        """A copy with every "auto" replaced by the concrete choice for this machine. Raises
+        ValueError (one sentence) for a value that is not one of the choices."""
+        s = dataclasses.replace(self)
+        s.device = str(pick_device(s.device))
+        gpu = s.device.startswith("cuda")
+        s.dtype = DTYPE_ALIASES.get(s.dtype, s.dtype)
+        if s.dtype == "auto":
+            s.dtype = "bf16" if gpu else "fp32"
+        _choose("dtype", s.dtype, tuple(DTYPES))
+        _choose("experts", s.experts, EXPERT_PATH_NAMES)
+        _choose("attn", s.attn, ATTN_NAMES)
+        _choose("ops", s.ops, ("auto", "torch", "triton"))
+        _choose("gemv", s.gemv, ("auto", "torch", "triton", "stream", "skinny"))
+        _choose("pdl", s.pdl, ("auto", "on", "off"))
+        _choose("fold_norm", s.fold_norm, ("auto", "on", "off"))
+        _choose("fuse_shared", s.fuse_shared, ("auto", "on", "off"))
+        _choose("fuse_rope", s.fuse_rope, ("auto", "on", "off"))
+        _choose("quant", s.quant, QUANT_FORMATS)
+        _choose("dispatch", s.dispatch, DISPATCH_DESIGNS)
+        _choose("allreduce", s.allreduce, ALLREDUCE_DESIGNS)
+        s.attn = ("triton" if gpu else "sdpa") if s.attn == "auto" else s.attn
+        s.ops = ("triton" if gpu else "torch") if s.ops == "auto" else s.ops
+        s.gemv = ("auto" if gpu else "torch") if s.gemv == "auto" else s.gemv   # per shape: linear.auto_gemv
+        if s.pdl == "auto":      # on where measured (kernels/pdl.py): one sm90+ GPU, no EP / TP plan
+            s.pdl = "on" if s.tp == 1 and s.ep == 1 and _hopper(s, gpu) else "off"
+        s.fold_norm = ("on" if s.ops == "triton" else "off") if s.fold_norm == "auto" else s.fold_norm
+        if s.fold_norm == "on" and s.ops != "triton":
+            raise ValueError("--fold-norm on runs the norm inside the router's Triton kernel: it needs --ops triton")
+        if s.fuse_shared == "auto":
+            s.fuse_shared = "on" if s.experts == "fused" and s.quant == "none" and s.tp == 1 and s.ep == 1 else "off"
+        if s.fuse_shared == "on" and (s.experts != "fused" or s.quant != "none" or s.tp > 1 or s.ep > 1):
+            raise ValueError("--fuse-shared on runs the shared experts inside the fused decode kernels: it needs "
+                             f"--experts fused, --quant none and no --ep / --tp plan (got --experts {s.experts}, "
+                             f"--quant {s.quant}, --ep {s.ep}, --tp {s.tp})")
+        if s.fuse_rope == "auto":        # where the stream GEMV runs the q/k/v projection at one token (a GPU)
+            s.fuse_rope = "on" if s.ops == "triton" and s.gemv in ("auto", "stream") else "off"
+        if s.fuse_rope == "on" and s.ops != "triton":
+            raise ValueError("--fuse-rope on runs rope and the cache write in the q/k/v GEMV's Triton kernel: it needs "
+                             f"--ops triton (got --ops {s.ops})")
+        if s.allreduce == "auto":                            # symm measured faster at every batch (parallelism.md)
+            s.allreduce = "symm" if _symm_fits(s, gpu) else "nccl"
+        if s.dispatch != "allgather" and s.ep == 1:        # the default design is the only one taken silently
+            raise ValueError(f"--dispatch {s.dispatch} is expert parallelism's token exchange: it needs --ep 2 or more")
+        if s.allreduce == "symm" and s.tp == 1:
+            raise ValueError("--allreduce symm is the tensor-parallel all-reduce: it needs --tp 2 or more")
+        if s.allreduce == "symm" and not gpu:
+            raise ValueError("--allreduce symm needs CUDA GPUs (symmetric memory); on CPUs use nccl (gloo there)")
+        if s.top_k is not None and s.top_k < 1:
+            raise ValueError(f"--topk must be at least 1, got {s.top_k}")
+        if not 0.0 <= s.skip_threshold < 1.0:
+            raise ValueError(f"--skip-threshold must be in [0, 1), got {s.skip_threshold}")
+        _check_speculation(s)
+        if s.ep < 1 or s.tp < 1:
+            raise ValueError(f"--ep and --tp must be at least 1, got {s.ep} and {s.tp}")
+        return s
+
+    def resolve_(self) -> "RunSettings":
+        """Resolve in place (modules share this instance), and return self."""
+        for f, v in vars(self.resolve()).items():
+            setattr(self, f, v)
+        return self
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+    @property
+    def torch_device(self) -> torch.device:
+        return torch.device(self.device)
+
+    @property
+    def use_graphs(self) -> bool:
+        return not self.eager and self.device.startswith("cuda")
+
+    def describe(self) -> str:
+        """One header line of every resolved choice (what ran)."""
+        return " ".join(f"{f.name}={getattr(self, f.name)}" for f in dataclasses.fields(self))
+
+
+MAX_GAMMA = 16
+
+
+def _check_speculation(s: RunSettings) -> None:
+    """--draft/--gamma/--draft-accept/--draft-weights agree with each other (speculative.py runs them)."""
+    if s.gamma != "auto" and not (str(s.gamma).isdigit() and int(s.gamma) <= MAX_GAMMA):
+        raise ValueError(f"--gamma {s.gamma}: an integer 0..{MAX_GAMMA} or auto")
+    if s.draft is None:
+        extra = [f for f, on in (("--gamma", str(s.gamma) != "0"), ("--draft-accept", s.draft_accept is not None),
+                                 ("--draft-weights", s.draft_weights != "auto")) if on]
+        if extra:
+            raise ValueError(f"{extra[0]} needs --draft MODEL")
+    elif str(s.gamma) == "0":
+        raise ValueError("--draft needs --gamma G (1..16, or auto)")
+    if s.draft_accept is not None and not 0.0 <= s.draft_accept <= 1.0:
+        raise ValueError(f"--draft-accept must be in [0, 1], got {s.draft_accept}")
+
+
+def _choose(name: str, value, choices) -> None:
+    if value not in choices:
+        raise ValueError(f"--{name.replace('_', '-')} {value}: choose from {', '.join(map(str, choices))}")
+
+
+def _hopper(s: "RunSettings", gpu: bool) -> bool:
+    """A CUDA device of compute capability 9 or more (griddepcontrol)."""
+    if not (gpu and torch.cuda.is_available()):
+        return False
+    dev = torch.device(s.device)
+    return torch.cuda.get_device_capability(dev.index if dev.index is not None else torch.cuda.current_device())[0] >= 9
+
+
+def _symm_fits(s: "RunSettings", gpu: bool) -> bool:
+    """--allreduce auto: symmetric memory needs GPUs, a dtype the one-shot op has (bf16, fp32), torch's op, and
+    every TP group inside one node (ranks e·tp .. e·tp + tp - 1 share a node when the node's process count is a
+    multiple of tp)."""
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
+    return (gpu and s.tp > 1 and local % s.tp == 0 and s.dtype in ("bf16", "fp32")
+            and hasattr(torch.ops, "symm_mem") and hasattr(torch.ops.symm_mem, "one_shot_all_reduce_copy_out"))
+
+
+def pick_device(name: str) -> torch.device:
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError as e:
+        raise ValueError(f"--device {name}: not a device name (cpu, cuda, cuda:N)") from e
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {name}: no CUDA GPU is available here")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {name}: only {torch.cuda.device_count()} GPU(s) here")
+    elif dev.type != "cpu":
+        raise ValueError(f"--device {name}: minimoe runs on cpu or cuda")
+    return dev
+
+
+def triton_usable(device: str | torch.device) -> bool:
+    """Triton kernels run on a CUDA GPU, or on the CPU through the interpreter (tests)."""
+    return torch.device(device).type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
+
+
+# ---- command line -------------------------------------------------------------------------------
+# field -> (flag, argparse kwargs). One flag per field; --fused is the README's shorthand for --experts fused.
+SETTINGS_FLAGS = {
+    "device": ("--device", dict(help="cpu | cuda | cuda:N (auto: cuda when available)")),
+    "dtype": ("--dtype", dict(help="bf16 | fp16 | fp32 (auto: bf16 on a GPU, fp32 on a CPU)")),
+    "experts": ("--experts", dict(help="routed expert path: loop (the oracle) | grouped | fused")),
+    "attn": ("--attn", dict(help="decode attention: sdpa | triton | flash (auto: triton on a GPU, sdpa on a CPU)")),
+    "ops": ("--ops", dict(help="RMSNorm(+add), q/k-norm+rope+cache write, router top-k: torch (several kernels "
+                                "each) | triton (one each); auto: triton on a GPU")),
+    "gemv": ("--gemv", dict(help="decode-size linears: torch (cuBLAS) | triton (kernels/gemv.py) | stream (the MoE "
+                                  "decode kernel as a dense GEMV, batch 1-2) | skinny (split-K tensor-core GEMM, 1-64 tokens, "
+                                  "routers too; kernels/skinny_gemm.py); auto: per shape as measured on the "
+                                  "H200 (linear.auto_gemv), torch on a CPU")),
+    "pdl": ("--pdl", dict(help="Programmatic Dependent Launch for minimoe's Triton kernels (the MoE's GEMM2 "
+                                "never; kernels/pdl.py): on (sm90+) | off; auto: on when the device is sm90+ and "
+                                "--ep / --tp are 1 (measured there), else off")),
+    "fold_norm": ("--fold-norm", dict(help="an MoE layer's RMSNorm (+ residual add) inside its router's kernel for "
+                                            "one-token steps (batch-1 decode): on (needs --ops triton) | off; auto: on "
+                                            "with --ops triton")),
+    "fuse_shared": ("--fuse-shared", dict(help="DeepSeek's / Qwen2-MoE's shared experts inside the routed experts' "
+                                               "decode kernels at batch 1 (shared_fusion.py): on (needs --experts "
+                                               "fused, --quant none, no --ep / --tp; then a layer fuses where its "
+                                               "step is one token on the small-T plan, which --profile notes as "
+                                               "small+shared) | off; auto: on where it can run")),
+    "fuse_rope": ("--fuse-rope", dict(help="rotary embedding and the KV-cache write in the epilogue of the q/k/v "
+                                           "GEMV at batch 1 (rope_fusion.py; layers without a q/k norm: Mixtral, "
+                                           "Qwen1.5/2-MoE; --profile notes qkv+rope): on (needs --ops triton; the "
+                                           "fused kernel is the q/k/v GEMV at one token whatever --gemv says) | off; "
+                                           "auto: on with --ops triton and --gemv auto | stream (on a GPU)")),
+    "eager": ("--eager", dict(action="store_true", help="no CUDA graph of the decode step")),
+    "eager_prefill": ("--eager-prefill", dict(action="store_true", help="no CUDA graph of the prefill")),
+    "router": ("--router", dict(help="override the card's router (uniform, balanced, zipf for ablations)")),
+    "top_k": ("--topk", dict(type=int, help="route each token to K experts instead of the card's default")),
+    "zipf_s": ("--zipf-s", dict(type=float, help="exponent of --router zipf")),
+    "skip_threshold": ("--skip-threshold", dict(type=float, help="dynamic expert skipping: drop routed experts "
+                                                                 "whose weight is below beta x the token's top weight")),
+    "quant": ("--quant", dict(help="weight format: " + " | ".join(QUANT_FORMATS))),
+    "quant_lm_head": ("--quant-lm-head", dict(action="store_true", help="quantize the LM head too")),
+    "ep": ("--ep", dict(type=int, help="expert-parallel ranks (under torchrun)")),
+    "tp": ("--tp", dict(type=int, help="tensor-parallel ranks (under torchrun)")),
+    "dispatch": ("--dispatch", dict(help="expert-parallel dispatch/combine: " + " | ".join(DISPATCH_DESIGNS))),
+    "allreduce": ("--allreduce", dict(help="tensor-parallel all-reduce: nccl (the process group's; gloo on CPUs) | "
+                                           "symm (one-shot over symmetric memory up to 1 MiB, NCCL above; GPUs of "
+                                           "one node) | auto (symm where it can run, else nccl)")),
+    "draft": ("--draft", dict(help="speculative decoding: draft model (card, checkpoint dir or hub id) sharing the "
+                                    "target's vocabulary")),
+    "draft_weights": ("--draft-weights", dict(help="the draft's weights: auto | dummy | a safetensors directory")),
+    "gamma": ("--gamma", dict(help="draft tokens per round: 1..16, or auto (cost model; 0 = speculation off)")),
+    "draft_accept": ("--draft-accept", dict(type=float, help="synthetic acceptance A in [0, 1]: the draft proposes "
+                                                             "the target's token with probability A (speed studies)")),
+    "seed": ("--seed", dict(type=int, help="seed for dummy weights, prompts and sampling")),
+}
+
+
+def add_args(parser: argparse.ArgumentParser, defaults: RunSettings | None = None) -> None:
+    """One flag per RunSettings field (plus --fused), defaults from `defaults` (shown in --help)."""
+    base = defaults or RunSettings()
+    g = parser.add_argument_group("run settings (one switch per optimization)")
+    for name, (flag, kw) in SETTINGS_FLAGS.items():
+        kw = dict(kw)
+        if kw.get("action") != "store_true":
+            kw["default"] = getattr(base, name)
+            kw["help"] = f"{kw['help']} (default: {kw['default']})"
+        g.add_argument(flag, dest=name, **kw)
+    g.add_argument("--fused", action="store_true", help="shorthand for --experts fused")
+
+
+def from_args(args: argparse.Namespace) -> RunSettings:
+    """The RunSettings the parsed flags describe (not yet resolved). ValueError for contradictions."""
+    values = {name: getattr(args, name) for name in SETTINGS_FLAGS}
+    if getattr(args, "fused", False):
+        if values["experts"] not in ("loop", "fused"):
+            raise ValueError(f"--fused contradicts --experts {values['experts']}")
+        values["experts"] = "fused"
+    return RunSettings(**values)
+
+
+def to_args(s: RunSettings) -> list[str]:
+    """The command-line flags that reproduce `s` (from_args(parse(to_args(s))) == s)."""
+    out = []
+    for name, (flag, kw) in SETTINGS_FLAGS.items():
+        value = getattr(s, name)
+        if kw.get("action") == "store_true":
+            out += [flag] if value else []
+        elif value is not None:
+            out += [flag, str(value)]
+    return out
