@@ -90,3 +90,30 @@ def test_fused_moe_quant_takes_it_for_prefill_tiles(monkeypatch):
     monkeypatch.setattr(FQ, "PREFILL_DEQUANT", False)
     FQ.fused_moe_quant(x, q13, q2, ids, w, config=cfg)
     assert calls == [1]
+
+
+@pytest.mark.parametrize("rows_needed", [3, 6, 7])
+def test_int8_takes_it_from_enough_rows_an_expert(monkeypatch, rows_needed):
+    """int8 (cheap in-kernel decoding) switches only from DEQUANT_MIN_ROWS[8] routed rows an expert (T·K/E = 6 here),
+    int4 from the first prefill tile."""
+    monkeypatch.setitem(FQ.DEQUANT_MIN_ROWS, 8, rows_needed)
+    gen = torch.Generator().manual_seed(3)
+    E, D, I, T, K = 4, 64, 32, 12, 2
+    x = torch.randn(T, D, generator=gen).to(DEVICE, torch.float16)
+    ids = torch.stack([torch.randperm(E, generator=gen)[:K] for _ in range(T)]).to(DEVICE)
+    w = torch.rand(T, K, generator=gen).to(DEVICE)
+    cfg = {"variant": "aligned", "BLOCK_M": 128, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 1, "num_warps": 4,
+           "num_stages": 1}
+    calls = []
+    real = FQ.fused_moe_dequant
+    monkeypatch.setattr(FQ, "fused_moe_dequant", lambda *a, **k: calls.append(1) or real(*a, **k))
+    for fmt in ("int8", "int4"):
+        q13 = FORMATS[fmt](torch.randn(E, 2 * I, D, generator=gen).to(DEVICE) / D ** 0.5)
+        q2 = FORMATS[fmt](torch.randn(E, D, I, generator=gen).to(DEVICE) / I ** 0.5)
+        calls.clear()
+        out = FQ.fused_moe_quant(x, q13, q2, ids, w, config=cfg)
+        taken = fmt == "int4" or T * K >= rows_needed * E
+        assert calls == ([1] if taken else [])
+        ref = FQ.fused_moe_quant(x, q13, q2, ids, w, config=dict(cfg, in_kernel=True))
+        err = ((out.float() - ref.float()).abs().max() / ref.float().abs().max()).item()
+        assert err < 3e-3, (fmt, err)

@@ -35,7 +35,7 @@ import triton.language as tl
 from .fused_moe import _block_rows, _combine_kernel, _tile_coords, plan
 from .fused_moe_quant_small import fused_moe_quant_small
 from .moe_align import align_tokens_by_expert
-from .moe_dequant import DEQUANT_MIN_M, fused_moe_dequant
+from .moe_dequant import DEQUANT_MIN_M, DEQUANT_MIN_ROWS, fused_moe_dequant
 from .moe_configs import (CONFIG_DIR, config_file_name, default_config, interpreter_config, load_tuned,
                           nearest_bucket, on_gpu, pipeline_stages)
 from .pdl import launch_args, wait_then_release
@@ -166,9 +166,10 @@ BIASED_MAX_M = 32
 SKINNY_BIASED_MAX_M = 64
 
 
-# Prefill-sized calls on int4 / int8 experts (tiles of DEQUANT_MIN_M rows or more: compute-bound) dequantize a few
-# experts at a time into bf16 and run the bf16 kernels (kernels/moe_dequant.py) instead of dequantizing each tile
-# inside the GEMM; config {"in_kernel": True} keeps the in-kernel path (benchmarks, tests).
+# Prefill-sized calls on int4 / int8 experts (tiles of DEQUANT_MIN_M rows or more: compute-bound; int8 from
+# DEQUANT_MIN_ROWS routed rows an expert) dequantize a few experts at a time into bf16 and run the bf16 kernels
+# (kernels/moe_dequant.py) instead of dequantizing each tile inside the GEMM; config {"in_kernel": True} keeps the
+# in-kernel path (benchmarks, tests).
 PREFILL_DEQUANT = True
 
 
@@ -258,7 +259,8 @@ def fused_moe_quant(x: torch.Tensor, w13, w2, topk_ids: torch.Tensor, topk_weigh
     cfg = dict(quant_config(w13, w2, E, I, D, K, T),
                **{k: v for k, v in (config or {}).items() if k != "small"})
     if (PREFILL_DEQUANT and w13.bits in (4, 8) and w13.codes == 0 and x.dtype != torch.float32
-            and cfg["BLOCK_M"] >= DEQUANT_MIN_M and not (config or {}).get("in_kernel")):
+            and cfg["BLOCK_M"] >= DEQUANT_MIN_M and T * K >= DEQUANT_MIN_ROWS[w13.bits] * E
+            and not (config or {}).get("in_kernel")):
         return fused_moe_dequant(x, w13, w2, ids, topk_weights, expert_offset=expert_offset, pdl=pdl)
     assert w13.group == w2.group and cfg["BLOCK_K"] == (w13.group or cfg["BLOCK_K"]), \
         f"a step must be one scale group: BLOCK_K {cfg['BLOCK_K']}, groups {w13.group} and {w2.group}"
