@@ -264,10 +264,20 @@ def small_default_config(E: int, I: int, D: int, K: int, T: int, dtype: torch.dt
     return dict(gate_up, down=down)
 
 
+# (E, I, D, K) -> {"BLOCK_N": .., "down": {..}}: tiles over small_default_config's for one expert shape at every
+# decode T (key None: every shape without its own entry; empty: the sweep's rule). For in-step A/B's
+# (scripts/step_probe.py variants set it; a tuned table's "small" key still wins): the eighth session's lesson is that
+# a tile must win inside the graphed step.
+SMALL_TILES: dict[tuple[int, int, int, int] | None, dict] = {}
+
+
 def small_configs(config: dict | None, E: int, I: int, D: int, K: int, T: int,
                   dtype: torch.dtype) -> tuple[dict, dict]:
-    """(GEMM1, GEMM2) launch configs: config["small"] (and its "down") over the heuristic."""
+    """(GEMM1, GEMM2) launch configs: config["small"] (and its "down") over SMALL_TILES[(E, I, D, K)] over the
+    heuristic."""
     base = small_default_config(E, I, D, K, T, dtype)
+    over = SMALL_TILES.get((E, I, D, K), SMALL_TILES.get(None, {}))
+    base = dict(base, **{k: v for k, v in over.items() if k != "down"}, down=dict(base["down"], **over.get("down", {})))
     given = (config or {}).get("small", {})
     gate_up = {k: given.get(k, base[k]) for k in SMALL_KEYS}
     down = {k: given.get("down", {}).get(k, base["down"][k]) for k in SMALL_KEYS}
