@@ -1,1 +1,0 @@
-"""minimoe: a small, readable inference engine for Mixture-of-Experts language models."""
