@@ -6,7 +6,7 @@ dequantizes the experts and runs the bf16 kernels ("dequant", kernels/moe_dequan
 
 The biased path (kernels/quant_tiles.nibble_tiles) removes the int -> float conversions of the dequantization but
 adds two dots a K step (A's row sums): decode tiles are bound by the conversions, prefill tiles by the tensor cores.
-fused_moe_quant.BIASED_MAX_M and moe_dequant.DEQUANT_MIN_M are the cut-overs; this script lifts the first for the
+fused_moe_quant.BIASED_MAX_M and moe_dequant.DEQUANT_MIN_M / DEQUANT_MIN_ROWS are the cut-overs; this script lifts the first for the
 "asm" rows and forces the in-kernel path for both of them ({"in_kernel": True}), so each T runs the same tile config
 (fused_moe_quant.quant_config) both ways. The layer is timed as bench/layer.py times it (a CUDA graph over ROTATE
 routings, medians), and each output is checked against "off" (relative norm error).
@@ -65,15 +65,20 @@ def main(argv=None) -> int:
                 for w, ids in routes:
                     call(w, ids)
             res[mode] = (time_graph(run, "cuda") * 1e3, out.float())
-        if "asm" not in res:                        # int8: no biased operands (one code a byte, see fused_moe_quant)
-            res["asm"] = res["off"]
-        err = {m: ((res[m][1] - res["off"][1]).norm() / res["off"][1].norm()).item() for m in ("asm", "dequant")}
-        row = {"shape": a.shape, "bits": a.bits, "T": T, "BLOCK_M": cfg["BLOCK_M"], "off_us": res["off"][0], "asm_us": res["asm"][0],
-               "dequant_us": res["dequant"][0], "rel_err_asm": err["asm"], "rel_err_dequant": err["dequant"]}
+        # int8 has no biased operands (one code a byte, see fused_moe_quant): its "asm" columns are None / "-"
+        err = {m: ((res[m][1] - res["off"][1]).norm() / res["off"][1].norm()).item() for m in res if m != "off"}
+        asm = res["asm"][0] if "asm" in res else None
+        row = {"shape": a.shape, "bits": a.bits, "T": T, "BLOCK_M": cfg["BLOCK_M"], "off_us": res["off"][0],
+               "asm_us": asm, "dequant_us": res["dequant"][0], "rel_err_asm": err.get("asm"),
+               "rel_err_dequant": err["dequant"]}
         rows.append(row)
-        print(f"{T:>6} {cfg['BLOCK_M']:>7} {row['off_us']:>9.1f} {row['asm_us']:>9.1f} {row['dequant_us']:>9.1f} "
-              f"{row['asm_us'] / row['off_us']:>8.3f} {row['dequant_us'] / row['off_us']:>8.3f} {err['asm']:>8.1e} "
-              f"{err['dequant']:>8.1e}", flush=True)
+
+        def cell(v, fmt, width):
+            return f"{'-' if v is None else format(v, fmt):>{width}}"
+        print(f"{T:>6} {cfg['BLOCK_M']:>7} {row['off_us']:>9.1f} {cell(asm, '.1f', 9)} {row['dequant_us']:>9.1f} "
+              f"{cell(None if asm is None else asm / row['off_us'], '.3f', 8)} "
+              f"{row['dequant_us'] / row['off_us']:>8.3f} {cell(err.get('asm'), '.1e', 8)} {err['dequant']:>8.1e}",
+              flush=True)
     if a.json:
         with open(a.json, "w") as f:
             json.dump(rows, f, indent=1)

@@ -144,7 +144,8 @@ def breakdown(fn) -> list[tuple[str, float]]:
 def tune(name, fmt, buckets, bandwidth, gen, timer, rows, tol):
     FQ.USE_TUNED = False          # a candidate must not inherit an existing table's keys (its GEMM2 override)
     FQ.PREFILL_DEQUANT = False    # and every candidate runs the in-kernel tiles it names (at run time, int4 / int8
-                                  # tiles of moe_dequant.DEQUANT_MIN_M rows go to the dequantize + bf16 path instead)
+                                  # tiles of moe_dequant.DEQUANT_MIN_M rows, int8 only from DEQUANT_MIN_ROWS routed
+                                  # rows an expert, go to the dequantize + bf16 path instead)
     shape = PRESETS[name]
     dense, K = quant_gpu.layer_weights(shape, gen)
     E, D = dense.n_local, dense.w13.shape[2]

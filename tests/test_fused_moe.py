@@ -212,6 +212,10 @@ def test_small_tiles_override_one_shape(monkeypatch):
     _, d = fused_moe_small.small_configs(None, 64, 512, 2048, 8, 1, torch.bfloat16)
     _, d_own = fused_moe_small.small_configs(None, 64, 1024, 2048, 8, 1, torch.bfloat16)
     assert d["num_warps"] == 8 and d_own["num_warps"] == base["down"]["num_warps"]
+    for typo in ({"num_stage": 2}, {"down": {"BLOCK_n": 4}}):                               # refused, not ignored
+        monkeypatch.setitem(fused_moe_small.SMALL_TILES, None, typo)
+        with pytest.raises(ValueError, match="unknown keys"):
+            fused_moe_small.small_configs(None, 64, 512, 2048, 8, 1, torch.bfloat16)
 
 
 @needs_cuda

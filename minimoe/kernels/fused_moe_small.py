@@ -265,9 +265,10 @@ def small_default_config(E: int, I: int, D: int, K: int, T: int, dtype: torch.dt
 
 
 # (E, I, D, K) -> {"BLOCK_N": .., "down": {..}}: tiles over small_default_config's for one expert shape at every
-# decode T (key None: every shape without its own entry; empty: the sweep's rule). For in-step A/B's
-# (scripts/step_probe.py variants set it; a tuned table's "small" key still wins): the eighth session's lesson is that
-# a tile must win inside the graphed step.
+# decode T of this file's bf16 / fp16 kernels (not the quantized decode kernels) (key None: every shape without its
+# own entry; empty: the sweep's rule). For in-step A/B's (scripts/step_probe.py variants set it; a tuned table's
+# "small" key still wins): the eighth session's lesson is that a tile must win inside the graphed step. Keys other
+# than SMALL_KEYS (and "down") raise ValueError, so a misspelt knob cannot measure the baseline twice.
 SMALL_TILES: dict[tuple[int, int, int, int] | None, dict] = {}
 
 
@@ -277,6 +278,9 @@ def small_configs(config: dict | None, E: int, I: int, D: int, K: int, T: int,
     heuristic."""
     base = small_default_config(E, I, D, K, T, dtype)
     over = SMALL_TILES.get((E, I, D, K), SMALL_TILES.get(None, {}))
+    bad = (set(over) - set(SMALL_KEYS) - {"down"}) | (set(over.get("down", {})) - set(SMALL_KEYS))
+    if bad:
+        raise ValueError(f"SMALL_TILES: unknown keys {sorted(bad)}; a tile takes {', '.join(SMALL_KEYS)} (and 'down')")
     base = dict(base, **{k: v for k, v in over.items() if k != "down"}, down=dict(base["down"], **over.get("down", {})))
     given = (config or {}).get("small", {})
     gate_up = {k: given.get(k, base[k]) for k in SMALL_KEYS}

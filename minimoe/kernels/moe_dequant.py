@@ -25,12 +25,13 @@ from .quant_tiles import layout_args, unpack_codes
 
 CHUNK_BYTES = 1 << 30          # scratch for the dequantized experts of one chunk (w13 and w2), in bytes
 DEQUANT_MIN_M = 128            # fused_moe_quant takes this path for aligned tiles of at least this many rows
-# ... and, by code width, at least this many routed rows an expert (T·K/E: how often the in-kernel path would decode
-# each weight tile again, once an M-block). One Mixtral-8x7B layer on the H200 (scripts/int4_paths.py, dequant /
-# in-kernel): int4 0.70 at 256 tokens (64 rows an expert), 0.39 at 1,024 (docs/results/2026-12-01-s15, call 5; OLMoE
-# and Qwen3-30B-A3B from their first 128-row tiles: docs/results/2026-12-02-s18, call 3); int8, whose byte tiles
-# decode cheaply, 2.08 / 1.48 / 1.10 / 0.885 / 0.736 at 512 / 1,024 / 2,048 / 4,096 / 8,192 tokens (128-2,048 rows;
-# docs/results/2026-12-02-s18, call 5): the crossing lies near 750 rows. E is the local expert count, so under expert
+# ... and, by code width, at least this many routed rows an expert (T·K/E; the in-kernel path decodes each weight tile
+# again for each of the T·K/(E·BLOCK_M) M-blocks). One Mixtral-8x7B layer on the H200 (scripts/int4_paths.py,
+# dequant / in-kernel): int4 0.70 at 256 tokens (64 rows an expert), 0.39 at 1,024 (docs/results/2026-12-01-s15,
+# call 5; OLMoE and Qwen3-30B-A3B from their first 128-row tiles: docs/results/2026-12-02-s18, call 3); int8, whose
+# byte tiles decode cheaply, 2.08 / 1.48 / 1.10 / 0.885 / 0.736 at 512 / 1,024 / 2,048 / 4,096 / 8,192 tokens
+# (128-2,048 rows; docs/results/2026-12-02-s18, call 5): the crossing lies between 512 and 1,024 rows (~670-750
+# interpolated). int8 was measured on Mixtral's wide experts only; E is the local expert count, so under expert
 # parallelism the rows an expert are over-counted ep times (not measured there).
 DEQUANT_MIN_ROWS = {4: 0, 8: 768}
 
