@@ -16,7 +16,7 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 triton = pytest.importorskip("triton")
 
-from minimoe.kernels import fused_moe_small, moe_align, moe_configs  # noqa: E402
+from minimoe.kernels import fused_moe_small, moe_align, moe_configs, small_configs  # noqa: E402
 from minimoe.kernels.fused_moe import fused_moe, plan  # noqa: E402
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
@@ -198,7 +198,7 @@ def test_small_configs_merge():
 def test_small_tiles_override_one_shape(monkeypatch):
     """SMALL_TILES[(E, I, D, K)] sits between the heuristic and a config's "small": only that shape, key by key."""
     base = fused_moe_small.small_default_config(64, 1024, 2048, 8, 1, torch.bfloat16)
-    monkeypatch.setitem(fused_moe_small.SMALL_TILES, (64, 1024, 2048, 8),
+    monkeypatch.setitem(small_configs.SMALL_TILES, (64, 1024, 2048, 8),
                         {"BLOCK_N": 2, "down": {"BLOCK_N": 4, "num_stages": 2}})
     g, d = fused_moe_small.small_configs(None, 64, 1024, 2048, 8, 2, torch.bfloat16)
     assert g == dict({k: base[k] for k in fused_moe_small.SMALL_KEYS}, BLOCK_N=2)
@@ -208,12 +208,12 @@ def test_small_tiles_override_one_shape(monkeypatch):
     assert g["BLOCK_N"] == 8 and d["BLOCK_N"] == 16 and d["num_stages"] == 2       # a config's "small" still wins
     g, d = fused_moe_small.small_configs(None, 64, 512, 2048, 8, 1, torch.bfloat16)  # another shape: untouched
     assert g["BLOCK_N"] == base["BLOCK_N"] and d["num_stages"] == base["down"]["num_stages"]
-    monkeypatch.setitem(fused_moe_small.SMALL_TILES, None, {"down": {"num_warps": 8}})     # every other shape
+    monkeypatch.setitem(small_configs.SMALL_TILES, None, {"down": {"num_warps": 8}})     # every other shape
     _, d = fused_moe_small.small_configs(None, 64, 512, 2048, 8, 1, torch.bfloat16)
     _, d_own = fused_moe_small.small_configs(None, 64, 1024, 2048, 8, 1, torch.bfloat16)
     assert d["num_warps"] == 8 and d_own["num_warps"] == base["down"]["num_warps"]
     for typo in ({"num_stage": 2}, {"down": {"BLOCK_n": 4}}):                               # refused, not ignored
-        monkeypatch.setitem(fused_moe_small.SMALL_TILES, None, typo)
+        monkeypatch.setitem(small_configs.SMALL_TILES, None, typo)
         with pytest.raises(ValueError, match="unknown keys"):
             fused_moe_small.small_configs(None, 64, 512, 2048, 8, 1, torch.bfloat16)
 

@@ -3,7 +3,7 @@
 #  1. Mixtral-8x7B int8 bs 16 / 64, 128 / 128, beside bf16: int8's prefill now stays in-kernel below
 #     moe_dequant.DEQUANT_MIN_ROWS (768 routed rows an expert): bs 16 TTFT should return to ~200 ms (216 with the
 #     dequant path, eighteenth session call 4), bs 64 keep the dequant path (~0.51 s);
-#  2. the narrow experts' bf16 decode tiles at batch 1 inside the graphed step (fused_moe_small.SMALL_TILES, key None:
+#  2. the narrow experts' bf16 decode tiles at batch 1 inside the graphed step (small_configs.SMALL_TILES, key None:
 #     every model's experts): the eighteenth session's profile put Qwen3-30B-A3B's GEMM1 at ~61% and GEMM2 at ~47% of
 #     their bytes' time in the step, and issue 16's bs-1 targets need both near 80%; the sweeps of one layer alone
 #     (fifth and eighth sessions) are not the step's context.
@@ -18,7 +18,7 @@ python3 -c "import json;c=json.load(open('$R/mixtral16_none.json'))['ceilings'];
 timeout 120 python3 bench.py $W --bs 16 64 --quant int8 --ceilings $R/ceil.json --json $R/mixtral_int8.json \
   > $R/mixtral_int8.txt 2>&1
 for f in $R/mixtral*.txt; do echo "$(basename $f): $(grep -h 'minimoe bs' $f | tr '\n' '|')"; done
-S=minimoe.kernels.fused_moe_small.SMALL_TILES
+S=minimoe.kernels.small_configs.SMALL_TILES
 tile() { echo "{None: $1}"; }
 for m in olmoe qwen3 deepseek-v2-lite qwen1.5-moe; do     # one probe a model: a timeout loses only that model
   [ $SECONDS -gt 520 ] && { echo "$m: skipped (time)"; continue; }

@@ -1,0 +1,61 @@
+"""The batch-1/2 decode GEMVs' launch configs (kernels/fused_moe_small.py): the measured rule, per-shape overrides for
+in-step A/B's, and a fused_moe config's "small" key, merged in that order.
+
+Shape legend: E local experts, I expert FFN width, D hidden size, K experts per token, T tokens (1-2 here).
+
+A config is two dicts of SMALL_KEYS, GEMM1's (gate + up, SiLU) and, under "down", GEMM2's (down + combine):
+    {"BLOCK_N": 4, "BLOCK_K": 1024, "num_warps": 4, "num_stages": 1,
+     "down": {"BLOCK_N": 8, "BLOCK_K": 512, "num_warps": 4, "num_stages": 3}}
+"""
+import torch
+import triton
+
+from .moe_configs import on_gpu
+
+SMALL_KEYS = ("BLOCK_N", "BLOCK_K", "num_warps", "num_stages")
+
+
+def small_default_config(E: int, I: int, D: int, K: int, T: int, dtype: torch.dtype,
+                         sms: int | None = None) -> dict:
+    """Decode config. Measured on the H200 (scripts/bench_moe_small.py, 30 configs x 9 shapes, bf16):
+    one pair of tiles was best or within 2% of the best for all five models at T = 1 and 2 --
+    GEMM1 [4, 1024] (many thin programs, each streaming long rows of both halves), GEMM2 [8, 512]
+    pipelined 3 deep (the loop steps are slots whose expert id is itself a load; Triton leaves such
+    a load unpipelined at 2 stages). A per-shape rule that filled the SMs with wider tiles was
+    9-50% slower. BLOCK_K never exceeds the reduction dim (rounded up to a power of 2).
+    Re-swept in the eighth session (docs/results/2026-11-30-s8, call 2) with a split-K GEMM2 tried (2-8
+    programs per column block, the last to arrive adding the partials): never faster than the best
+    unsplit tile, so it was not kept. The sweep also put GEMM2 [16, 256] 2-9% ahead at T = 1 for the
+    narrow experts, but inside the graphed OLMoE step that tile took 16.9 µs against [8, 512]'s 12.7
+    (call 4): the sweep's back-to-back calls of one layer are not the step's context, so the default
+    stays."""
+    if not on_gpu() and sms is None:   # the interpreter pays per program and per element
+        tile = {"BLOCK_N": 16, "BLOCK_K": 32, "num_warps": 4, "num_stages": 1}
+        return dict(tile, down=dict(tile))
+    gate_up = {"BLOCK_N": 4, "BLOCK_K": min(1024, triton.next_power_of_2(D)), "num_warps": 4, "num_stages": 1}
+    down = {"BLOCK_N": 8, "BLOCK_K": min(512, triton.next_power_of_2(I)), "num_warps": 4, "num_stages": 3}
+    return dict(gate_up, down=down)
+
+
+# (E, I, D, K) -> {"BLOCK_N": .., "down": {..}}: tiles over small_default_config's for one expert shape at every decode
+# T of kernels/fused_moe_small.py (bf16 / fp16; not the quantized decode kernels). Key None: every shape without its
+# own entry; empty: the sweep's rule. For in-step A/B's (scripts/step_probe.py variants set it; a tuned table's
+# "small" key still wins): the eighth session's lesson is that a tile must win inside the graphed step. Keys other
+# than SMALL_KEYS (and "down") raise ValueError, so a misspelt knob cannot measure the baseline twice.
+SMALL_TILES: dict[tuple[int, int, int, int] | None, dict] = {}
+
+
+def small_configs(config: dict | None, E: int, I: int, D: int, K: int, T: int,
+                  dtype: torch.dtype) -> tuple[dict, dict]:
+    """(GEMM1, GEMM2) launch configs: config["small"] (and its "down") over SMALL_TILES[(E, I, D, K)] over the
+    heuristic."""
+    base = small_default_config(E, I, D, K, T, dtype)
+    over = SMALL_TILES.get((E, I, D, K), SMALL_TILES.get(None, {}))
+    bad = (set(over) - set(SMALL_KEYS) - {"down"}) | (set(over.get("down", {})) - set(SMALL_KEYS))
+    if bad:
+        raise ValueError(f"SMALL_TILES: unknown keys {sorted(bad)}; a tile takes {', '.join(SMALL_KEYS)} (and 'down')")
+    base = dict(base, **{k: v for k, v in over.items() if k != "down"}, down=dict(base["down"], **over.get("down", {})))
+    given = (config or {}).get("small", {})
+    gate_up = {k: given.get(k, base[k]) for k in SMALL_KEYS}
+    down = {k: given.get("down", {}).get(k, base["down"][k]) for k in SMALL_KEYS}
+    return gate_up, down
