@@ -6,7 +6,7 @@
 #  2. the narrow experts' bf16 decode tiles at batch 1 inside the graphed step (small_configs.SMALL_TILES, key None:
 #     every model's experts): the eighteenth session's profile put Qwen3-30B-A3B's GEMM1 at ~61% and GEMM2 at ~47% of
 #     their bytes' time in the step, and issue 16's bs-1 targets need both near 80%; the sweeps of one layer alone
-#     (fifth and eighth sessions) are not the step's context.
+#     (fifth and eighth sessions) are not the step's context; and GEMM2 launched early with PDL (GEMM2_EARLY).
 # Usage (device tool, repo root): bash scripts/gpu/pending_h200.sh
 set -u
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD TQDM_DISABLE=1
@@ -31,6 +31,7 @@ for m in olmoe qwen3 deepseek-v2-lite qwen1.5-moe; do     # one probe a model: a
     --variant "g1_s2:$S=$(tile "{'num_stages': 2}")" \
     --variant "g1_8x512_s2:$S=$(tile "{'BLOCK_N': 8, 'BLOCK_K': 512, 'num_stages': 2}")" \
     --variant "g1_2x2048:$S=$(tile "{'BLOCK_N': 2, 'BLOCK_K': 2048}")" \
+    --variant "g2_early:minimoe.kernels.fused_moe_small.GEMM2_EARLY=True" \
     --rounds 2 --steps 40 --json $R/step_tiles_$m.json > $R/step_tiles_$m.txt 2>&1
   echo "--- probe $m rc $?"; grep -v "^#" $R/step_tiles_$m.txt | tail -9
 done
