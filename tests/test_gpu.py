@@ -53,17 +53,6 @@ def test_graphed_decode_equals_eager_with_pdl(card, batch):
     test_graphed_decode_equals_eager(card, "fused", "triton", "triton", pdl, batch)
 
 
-@pytest.mark.parametrize("card", ["olmoe-tiny", "qwen2-moe-tiny"])
-def test_graphed_decode_equals_eager_with_gemm2_early(card, monkeypatch):
-    """fused_moe_small.GEMM2_EARLY (an A/B knob, off by default): the decode MoE's GEMM2 launched early with PDL still
-    waits for GEMM1's h (gdc_wait before any load): graphed == eager at batch 1, on the decode variant."""
-    from minimoe.kernels import fused_moe as fm, fused_moe_small
-    monkeypatch.setattr(fm, "SMALL_BATCH_RATIO", 1)
-    monkeypatch.setattr(fused_moe_small, "GEMM2_EARLY", True)
-    pdl = "on" if torch.cuda.get_device_capability()[0] >= 9 else "off"
-    test_graphed_decode_equals_eager(card, "fused", "triton", "triton", pdl, 1)
-
-
 @pytest.mark.parametrize("card", ["qwen2-moe-tiny", "deepseek-moe-tiny", "deepseek-v2-lite-tiny"])
 @pytest.mark.parametrize("batch", [1, 2])
 def test_graphed_decode_equals_eager_with_fused_shared(card, batch, monkeypatch):

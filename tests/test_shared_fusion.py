@@ -11,6 +11,8 @@ from conftest import greedy_and_logits
 
 pytest.importorskip("triton")
 
+import triton  # noqa: E402
+
 from minimoe import shared_fusion  # noqa: E402
 from minimoe.kernels import fused_moe as fm  # noqa: E402
 from minimoe.kernels.fused_moe_small import SharedExpert  # noqa: E402
@@ -85,6 +87,20 @@ def test_kernel_matches_reference(case, dtype):
         y = y * torch.sigmoid(x.float() @ shared.gate.float())[:, None]
     err = ((out.float() - apart - y).abs().max() / ref.abs().max()).item()
     assert err <= (1e-5 if dtype == torch.float32 else 4e-3), err
+
+
+@pytest.mark.parametrize("case", ["deepseek_like_one_token", "qwen2_like_e60_gated", "shared_wider_than_tiles"])
+def test_kernel_with_one_chunk_gemm1_tiles(case):
+    """The shape of small_configs.STEP_TILES' shared-expert tiles (GEMM1 2 rows x the whole of D in one chunk, GEMM2
+    4 stages deep), scaled to the tiny widths: routed and shared programs, and the gate, against the oracle."""
+    T, E, K, D, I, I_S, gated, offset, n_global = CASES[case]
+    x, w13, w2, ids, weights, shared = make(T, E, K, D, I, I_S, gated, torch.float32, seed=7, offset=offset,
+                                            n_global=n_global)
+    config = {"variant": "small", "small": {"BLOCK_N": 2, "BLOCK_K": triton.next_power_of_2(D),
+                                             "down": {"BLOCK_N": 8, "BLOCK_K": 16, "num_stages": 4}}}
+    out = fm.fused_moe(x, w13, w2, ids, weights, expert_offset=offset, config=config, shared=shared)
+    ref = reference(x, w13, w2, ids, weights, shared, offset)
+    assert ((out.double().cpu() - ref).abs().max() / ref.abs().max()).item() <= 1e-6
 
 
 def test_kernel_refuses_what_does_not_fit():

@@ -1,16 +1,18 @@
-"""The batch-1/2 decode GEMVs' launch configs (kernels/fused_moe_small.py): the measured rule, per-shape overrides for
-in-step A/B's, and a fused_moe config's "small" key, merged in that order.
+"""The batch-1/2 decode GEMVs' launch configs (kernels/fused_moe_small.py): the measured rule, tiles measured inside
+the graphed step per GPU, shape and T, per-shape overrides for in-step A/B's, and a fused_moe config's "small" key.
 
 Shape legend: E local experts, I expert FFN width, D hidden size, K experts per token, T tokens (1-2 here).
 
 A config is two dicts of SMALL_KEYS, GEMM1's (gate + up, SiLU) and, under "down", GEMM2's (down + combine):
     {"BLOCK_N": 4, "BLOCK_K": 1024, "num_warps": 4, "num_stages": 1,
      "down": {"BLOCK_N": 8, "BLOCK_K": 512, "num_warps": 4, "num_stages": 3}}
+Order, last wins: the rule (small_default_config), STEP_TILES (measured inside the graphed step, per GPU, shape and T),
+SMALL_TILES (in-step A/B's), a tuned config's "small" key.
 """
 import torch
 import triton
 
-from .moe_configs import on_gpu
+from .moe_configs import device_name, on_gpu
 
 SMALL_KEYS = ("BLOCK_N", "BLOCK_K", "num_warps", "num_stages")
 
@@ -45,16 +47,37 @@ def small_default_config(E: int, I: int, D: int, K: int, T: int, dtype: torch.dt
 SMALL_TILES: dict[tuple[int, int, int, int] | None, dict] = {}
 
 
-def small_configs(config: dict | None, E: int, I: int, D: int, K: int, T: int,
-                  dtype: torch.dtype) -> tuple[dict, dict]:
-    """(GEMM1, GEMM2) launch configs: config["small"] (and its "down") over SMALL_TILES[(E, I, D, K)] over the
-    heuristic."""
-    base = small_default_config(E, I, D, K, T, dtype)
-    over = SMALL_TILES.get((E, I, D, K), SMALL_TILES.get(None, {}))
+# device_name() -> {(E, I, D, K, T): tile}: tiles that beat the rule inside the graphed bs-1 step (scripts/step_probe.py,
+# every variant interleaved with the rule's; docs/results/2026-12-02-s19), bf16. Only the T measured: the same tile
+# can lose at T = 2 (the shared-expert models' GEMM1 [2, 2048] was -5 to -6% a step at T = 1 and +3 to +4% at T = 2).
+STEP_TILES: dict[str, dict[tuple[int, int, int, int, int], dict]] = {
+    "NVIDIA_H200": {
+        # DeepSeek-V2-Lite (2 shared experts folded into GEMM1): 2,267 -> 2,148 µs a step (calls 1 and 2: -5.2%)
+        (64, 1408, 2048, 6, 1): {"BLOCK_N": 2, "BLOCK_K": 2048},
+        # Qwen1.5-MoE-A2.7B (its shared expert in GEMM1): 1,866 -> 1,725 µs (-7.6%; GEMM1 alone -6.5% in both calls)
+        (60, 1408, 2048, 4, 1): {"BLOCK_N": 2, "BLOCK_K": 2048, "down": {"num_stages": 4}},
+        # Mixtral-8x7B: GEMM1 [4, 2048] -0.9%, GEMM2 [8, 1024] -0.7% a step, each alone (call 2)
+        (8, 14336, 4096, 2, 1): {"BLOCK_N": 4, "BLOCK_K": 2048, "down": {"BLOCK_K": 1024}},
+    },
+}
+
+
+def _over(base: dict, over: dict, source: str) -> dict:
+    """base with a tile's keys (and its "down" keys) replaced; ValueError for a key that is not a tile's."""
     bad = (set(over) - set(SMALL_KEYS) - {"down"}) | (set(over.get("down", {})) - set(SMALL_KEYS))
     if bad:
-        raise ValueError(f"SMALL_TILES: unknown keys {sorted(bad)}; a tile takes {', '.join(SMALL_KEYS)} (and 'down')")
-    base = dict(base, **{k: v for k, v in over.items() if k != "down"}, down=dict(base["down"], **over.get("down", {})))
+        raise ValueError(f"{source}: unknown keys {sorted(bad)}; a tile takes {', '.join(SMALL_KEYS)} (and 'down')")
+    return dict(base, **{k: v for k, v in over.items() if k != "down"}, down=dict(base["down"], **over.get("down", {})))
+
+
+def small_configs(config: dict | None, E: int, I: int, D: int, K: int, T: int,
+                  dtype: torch.dtype) -> tuple[dict, dict]:
+    """(GEMM1, GEMM2) launch configs: config["small"] (and its "down") over SMALL_TILES[(E, I, D, K)] over
+    STEP_TILES[this GPU][(E, I, D, K, T)] over the heuristic. ValueError: a table's tile has a key outside SMALL_KEYS."""
+    base = small_default_config(E, I, D, K, T, dtype)
+    if on_gpu():
+        base = _over(base, STEP_TILES.get(device_name(), {}).get((E, I, D, K, T), {}), "STEP_TILES")
+    base = _over(base, SMALL_TILES.get((E, I, D, K), SMALL_TILES.get(None, {})), "SMALL_TILES")
     given = (config or {}).get("small", {})
     gate_up = {k: given.get(k, base[k]) for k in SMALL_KEYS}
     down = {k: given.get("down", {}).get(k, base["down"][k]) for k in SMALL_KEYS}
