@@ -52,11 +52,17 @@ SMALL_TILES: dict[tuple[int, int, int, int] | None, dict] = {}
 # can lose at T = 2 (the shared-expert models' GEMM1 [2, 2048] was -5 to -6% a step at T = 1 and +3 to +4% at T = 2).
 STEP_TILES: dict[str, dict[tuple[int, int, int, int, int], dict]] = {
     "NVIDIA_H200": {
-        # DeepSeek-V2-Lite (2 shared experts folded into GEMM1): 2,267 -> 2,148 µs a step (calls 1 and 2: -5.2%)
-        (64, 1408, 2048, 6, 1): {"BLOCK_N": 2, "BLOCK_K": 2048},
-        # Qwen1.5-MoE-A2.7B (its shared expert in GEMM1): 1,866 -> 1,725 µs (-7.6%; GEMM1 alone -6.5% in both calls)
-        (60, 1408, 2048, 4, 1): {"BLOCK_N": 2, "BLOCK_K": 2048, "down": {"num_stages": 4}},
-        # Mixtral-8x7B: GEMM1 [4, 2048] -0.9%, GEMM2 [8, 1024] -0.7% a step, each alone (call 2)
+        # OLMoE-1B-7B: GEMM2 4 x 1024, 2 warps: 1,014 -> 970 µs a step (call 4: -4.3%); bench bs 1 970 -> 1,012 tok/s
+        (64, 1024, 2048, 8, 1): {"down": {"BLOCK_N": 4, "BLOCK_K": 1024, "num_warps": 2}},
+        # Qwen3-30B-A3B: the same GEMM2 tile, 2,930 -> 2,781 µs (-5.1%); bench 336 -> 354 tok/s
+        (128, 768, 2048, 8, 1): {"down": {"BLOCK_N": 4, "BLOCK_K": 1024, "num_warps": 2}},
+        # DeepSeek-V2-Lite (2 shared experts folded into GEMM1): GEMM1 2 x 2048 (calls 1-3: 2,267 -> 2,146 µs, -5.3%),
+        # then that GEMM2 tile (-3.2% more, call 4); bench 428 (eighteenth session) -> 451 -> 467 tok/s
+        (64, 1408, 2048, 6, 1): {"BLOCK_N": 2, "BLOCK_K": 2048, "down": {"BLOCK_N": 4, "BLOCK_K": 1024, "num_warps": 2}},
+        # Qwen1.5-MoE-A2.7B (its shared expert in GEMM1): GEMM1 2 x 2048 and 4-stage GEMM2 (1,859 -> 1,717 µs, -7.7%,
+        # call 3), then GEMM2 4 x 1024 (-1.2%, call 4; 2 warps only -0.9% here); bench 526 -> 570 -> 576 tok/s
+        (60, 1408, 2048, 4, 1): {"BLOCK_N": 2, "BLOCK_K": 2048, "down": {"BLOCK_N": 4, "BLOCK_K": 1024, "num_stages": 4}},
+        # Mixtral-8x7B: GEMM1 4 x 2048, GEMM2 BLOCK_K 1024: 6,620 -> 6,514 µs (-1.6%, call 3); bench ITL 6.508 ms
         (8, 14336, 4096, 2, 1): {"BLOCK_N": 4, "BLOCK_K": 2048, "down": {"BLOCK_K": 1024}},
     },
 }
