@@ -30,12 +30,18 @@ def small_default_config(E: int, I: int, D: int, K: int, T: int, dtype: torch.dt
     unsplit tile, so it was not kept. The sweep also put GEMM2 [16, 256] 2-9% ahead at T = 1 for the
     narrow experts, but inside the graphed OLMoE step that tile took 16.9 µs against [8, 512]'s 12.7
     (call 4): the sweep's back-to-back calls of one layer are not the step's context, so the default
-    stays."""
+    stays. Nineteenth session, inside the graphed bs-1 step (docs/results/2026-12-02-s19, call 4): at T = 1
+    the narrow experts' GEMM2 (I < 4096) takes [4, 1024] with 2 warps, -4.3% a step on OLMoE-1B-7B, -5.1% on
+    Qwen3-30B-A3B, -3.2% on DeepSeek-V2-Lite, -0.9% on Qwen1.5-MoE (whose 4 warps, -1.2%, STEP_TILES keeps):
+    more programs, each streaming whole rows of the narrow h in one or two steps."""
     if not on_gpu() and sms is None:   # the interpreter pays per program and per element
         tile = {"BLOCK_N": 16, "BLOCK_K": 32, "num_warps": 4, "num_stages": 1}
         return dict(tile, down=dict(tile))
     gate_up = {"BLOCK_N": 4, "BLOCK_K": min(1024, triton.next_power_of_2(D)), "num_warps": 4, "num_stages": 1}
-    down = {"BLOCK_N": 8, "BLOCK_K": min(512, triton.next_power_of_2(I)), "num_warps": 4, "num_stages": 3}
+    if T == 1 and I < 4096:
+        down = {"BLOCK_N": 4, "BLOCK_K": min(1024, triton.next_power_of_2(I)), "num_warps": 2, "num_stages": 3}
+    else:
+        down = {"BLOCK_N": 8, "BLOCK_K": min(512, triton.next_power_of_2(I)), "num_warps": 4, "num_stages": 3}
     return dict(gate_up, down=down)
 
 
@@ -52,16 +58,15 @@ SMALL_TILES: dict[tuple[int, int, int, int] | None, dict] = {}
 # can lose at T = 2 (the shared-expert models' GEMM1 [2, 2048] was -5 to -6% a step at T = 1 and +3 to +4% at T = 2).
 STEP_TILES: dict[str, dict[tuple[int, int, int, int, int], dict]] = {
     "NVIDIA_H200": {
-        # OLMoE-1B-7B: GEMM2 4 x 1024, 2 warps: 1,014 -> 970 µs a step (call 4: -4.3%); bench bs 1 970 -> 1,012 tok/s
-        (64, 1024, 2048, 8, 1): {"down": {"BLOCK_N": 4, "BLOCK_K": 1024, "num_warps": 2}},
-        # Qwen3-30B-A3B: the same GEMM2 tile, 2,930 -> 2,781 µs (-5.1%); bench 336 -> 354 tok/s
-        (128, 768, 2048, 8, 1): {"down": {"BLOCK_N": 4, "BLOCK_K": 1024, "num_warps": 2}},
+        # OLMoE-1B-7B and Qwen3-30B-A3B: the rule (GEMM2 4 x 1024, 2 warps at T = 1: -4.3% / -5.1% a step, call 4;
+        # bench bs 1 970 -> 1,009 and 336 -> 354 tok/s, call 5)
         # DeepSeek-V2-Lite (2 shared experts folded into GEMM1): GEMM1 2 x 2048 (calls 1-3: 2,267 -> 2,146 µs, -5.3%),
-        # then that GEMM2 tile (-3.2% more, call 4); bench 428 (eighteenth session) -> 451 -> 467 tok/s
-        (64, 1408, 2048, 6, 1): {"BLOCK_N": 2, "BLOCK_K": 2048, "down": {"BLOCK_N": 4, "BLOCK_K": 1024, "num_warps": 2}},
-        # Qwen1.5-MoE-A2.7B (its shared expert in GEMM1): GEMM1 2 x 2048 and 4-stage GEMM2 (1,859 -> 1,717 µs, -7.7%,
-        # call 3), then GEMM2 4 x 1024 (-1.2%, call 4; 2 warps only -0.9% here); bench 526 -> 570 -> 576 tok/s
-        (60, 1408, 2048, 4, 1): {"BLOCK_N": 2, "BLOCK_K": 2048, "down": {"BLOCK_N": 4, "BLOCK_K": 1024, "num_stages": 4}},
+        # and the rule's GEMM2 (-3.2% more, call 4); bench 428 (eighteenth session) -> 451 -> 467 tok/s
+        (64, 1408, 2048, 6, 1): {"BLOCK_N": 2, "BLOCK_K": 2048},
+        # Qwen1.5-MoE-A2.7B (its shared expert in GEMM1): GEMM1 2 x 2048 and a 4-stage GEMM2 (1,859 -> 1,717 µs,
+        # -7.7%, call 3), then GEMM2 4 x 1024 with 4 warps (-1.2%, call 4; the rule's 2 warps -0.9%); bench 526 ->
+        # 570 -> 576 tok/s
+        (60, 1408, 2048, 4, 1): {"BLOCK_N": 2, "BLOCK_K": 2048, "down": {"num_warps": 4, "num_stages": 4}},
         # Mixtral-8x7B: GEMM1 4 x 2048, GEMM2 BLOCK_K 1024: 6,620 -> 6,514 µs (-1.6%, call 3); bench ITL 6.508 ms
         (8, 14336, 4096, 2, 1): {"BLOCK_N": 4, "BLOCK_K": 2048, "down": {"BLOCK_K": 1024}},
     },
