@@ -170,14 +170,17 @@ PRESET_SHAPES = {"olmoe": (64, 8, 1024, 2048), "qwen3": (128, 8, 768, 2048),  # 
 
 @pytest.mark.parametrize("name", PRESET_SHAPES)
 def test_small_default_config_is_the_measured_one(name):
-    """The H200 sweep's tiles ([4, 1024] gate_up, [8, 512] x 3 stages down), BLOCK_K never past the
-    reduction dim, powers of 2 throughout."""
+    """The H200's tiles: gate_up [4, 1024]; down [8, 512] x 3 stages, except at T = 1 for experts narrower than 4096
+    ([4, 1024], 2 warps: the nineteenth session's in-step win); BLOCK_K never past the reduction dim, powers of 2."""
     E, K, I, D = PRESET_SHAPES[name]
-    cfg = fused_moe_small.small_default_config(E, I, D, K, 1, torch.bfloat16, sms=132)
-    assert (cfg["BLOCK_N"], cfg["down"]["BLOCK_N"], cfg["down"]["num_stages"]) == (4, 8, 3)
-    for c, red in ((cfg, D), (cfg["down"], I)):
-        bk = c["BLOCK_K"]
-        assert bk & (bk - 1) == 0 and bk <= triton.next_power_of_2(red)
+    for T in (1, 2):
+        cfg = fused_moe_small.small_default_config(E, I, D, K, T, torch.bfloat16, sms=132)
+        narrow_t1 = T == 1 and I < 4096
+        assert (cfg["BLOCK_N"], cfg["down"]["BLOCK_N"], cfg["down"]["num_stages"]) == (4, 4 if narrow_t1 else 8, 3)
+        assert cfg["down"]["num_warps"] == (2 if narrow_t1 else 4)
+        for c, red in ((cfg, D), (cfg["down"], I)):
+            bk = c["BLOCK_K"]
+            assert bk & (bk - 1) == 0 and bk <= triton.next_power_of_2(red)
     small = fused_moe_small.small_default_config(8, 40, 24, 2, 1, torch.bfloat16, sms=132)
     assert small["BLOCK_K"] == 32 and small["down"]["BLOCK_K"] == 64
 
