@@ -6,7 +6,7 @@ set -u
 export PYTHONUNBUFFERED=1 TQDM_DISABLE=1 PYTHONPATH=$PWD
 R=$OUT/r; mkdir -p $R
 nvidia-smi --query-gpu=name,clocks.max.sm,clocks.max.mem,power.limit --format=csv > $R/gpu.txt 2>&1
-timeout 170 python3 scripts/bench_prune.py --out $R/prune --models olmoe --bs 1 --intra 0.25 --skip 0.3333 --iters 3 \
+timeout 170 python3 scripts/bench_prune.py --out $R/prune --models olmoe --bs 1 --inter --intra 0.25 --skip 0.3333 --iters 3 \
   --budget-s 140 > $R/prune.txt 2>&1
 echo "--- prune rc $?"; grep -v Warn $R/prune.txt | tail -14
 tar czf $OUT/r.tgz -C $OUT r
