@@ -203,9 +203,10 @@ def test_small_tiles_override_one_shape(monkeypatch):
     base = fused_moe_small.small_default_config(64, 1024, 2048, 8, 1, torch.bfloat16)
     monkeypatch.setitem(small_configs.SMALL_TILES, (64, 1024, 2048, 8),
                         {"BLOCK_N": 2, "down": {"BLOCK_N": 4, "num_stages": 2}})
+    base2 = fused_moe_small.small_default_config(64, 1024, 2048, 8, 2, torch.bfloat16)   # the rule differs at T = 2
     g, d = fused_moe_small.small_configs(None, 64, 1024, 2048, 8, 2, torch.bfloat16)
-    assert g == dict({k: base[k] for k in fused_moe_small.SMALL_KEYS}, BLOCK_N=2)
-    assert d == dict(base["down"], BLOCK_N=4, num_stages=2)
+    assert g == dict({k: base2[k] for k in fused_moe_small.SMALL_KEYS}, BLOCK_N=2)
+    assert d == dict(base2["down"], BLOCK_N=4, num_stages=2)
     g, d = fused_moe_small.small_configs({"small": {"BLOCK_N": 8, "down": {"BLOCK_N": 16}}}, 64, 1024, 2048, 8, 1,
                                          torch.bfloat16)
     assert g["BLOCK_N"] == 8 and d["BLOCK_N"] == 16 and d["num_stages"] == 2       # a config's "small" still wins
