@@ -1,38 +1,48 @@
 #!/usr/bin/env bash
-# For the next nvidia-h200 call (~8 min), left by the eighteenth session:
-#  1. Mixtral-8x7B int8 bs 16 / 64, 128 / 128, beside bf16: int8's prefill now stays in-kernel below
-#     moe_dequant.DEQUANT_MIN_ROWS (768 routed rows an expert): bs 16 TTFT should return to ~200 ms (216 with the
-#     dequant path, eighteenth session call 4), bs 64 keep the dequant path (~0.51 s);
-#  2. the narrow experts' bf16 decode tiles at batch 1 inside the graphed step (small_configs.SMALL_TILES, key None:
-#     every model's experts): the eighteenth session's profile put Qwen3-30B-A3B's GEMM1 at ~61% and GEMM2 at ~47% of
-#     their bytes' time in the step, and issue 16's bs-1 targets need both near 80%; the sweeps of one layer alone
-#     (fifth and eighth sessions) are not the step's context; and GEMM2 launched early with PDL (GEMM2_EARLY).
+# For the next nvidia-h200 call (~8 min), left by the nineteenth session (docs/perf_notes.md, its open leads):
+#  1. GEMM2 with one warp at T = 1 on the narrow experts (Qwen3-30B-A3B -1.15% a step in call 5, OLMoE -0.2%), then
+#     bench.py bs 1 with each model's fastest tile beside the defaults (scripts/bench_tile.py --best-of);
+#  2. the decode GEMVs' tiles at T = 2 (bs 2) on OLMoE and Qwen3, which the nineteenth session did not try (the shared-
+#     expert models' T = 2 rows are in its call 2: nothing beat the rule by more than 0.8%);
+#  3. int4's narrow-expert GEMM1 tile at T = 1 (fused_moe_quant_pair._NARROW_INT4_UP, from one-layer sweeps) in the step;
+#  4. every GPU test (call 8 of the nineteenth session was cut after 158 of them).
 # Usage (device tool, repo root): bash scripts/gpu/pending_h200.sh
 set -u
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD TQDM_DISABLE=1
 R=$OUT/r; mkdir -p $R
 nvidia-smi --query-gpu=name,clocks.max.sm,clocks.max.mem,power.limit --format=csv > $R/gpu.txt 2>&1
-W="--model mixtral --fused --warmup 1 --iters 3 --input-len 128 --output-len 128"
-timeout 90 python3 bench.py $W --bs 16 --json $R/mixtral16_none.json > $R/mixtral16_none.txt 2>&1
-python3 -c "import json;c=json.load(open('$R/mixtral16_none.json'))['ceilings'];c.pop('source');json.dump(c,open('$R/ceil.json','w'))"
-timeout 120 python3 bench.py $W --bs 16 64 --quant int8 --ceilings $R/ceil.json --json $R/mixtral_int8.json \
-  > $R/mixtral_int8.txt 2>&1
-for f in $R/mixtral*.txt; do echo "$(basename $f): $(grep -h 'minimoe bs' $f | tr '\n' '|')"; done
 S=minimoe.kernels.small_configs.SMALL_TILES
-tile() { echo "{None: $1}"; }
-for m in olmoe qwen3 deepseek-v2-lite qwen1.5-moe; do     # one probe a model: a timeout loses only that model
-  [ $SECONDS -gt 520 ] && { echo "$m: skipped (time)"; continue; }
-  timeout 110 python3 scripts/step_probe.py --models $m --batches 1 \
-    --variant base \
-    --variant "g2_4x1024:$S=$(tile "{'down': {'BLOCK_N': 4, 'BLOCK_K': 1024}}")" \
-    --variant "g2_8x256_s4:$S=$(tile "{'down': {'BLOCK_N': 8, 'BLOCK_K': 256, 'num_stages': 4}}")" \
-    --variant "g2_16x512_w8:$S=$(tile "{'down': {'BLOCK_N': 16, 'BLOCK_K': 512, 'num_warps': 8}}")" \
-    --variant "g2_s4:$S=$(tile "{'down': {'num_stages': 4}}")" \
-    --variant "g1_s2:$S=$(tile "{'num_stages': 2}")" \
-    --variant "g1_8x512_s2:$S=$(tile "{'BLOCK_N': 8, 'BLOCK_K': 512, 'num_stages': 2}")" \
-    --variant "g1_2x2048:$S=$(tile "{'BLOCK_N': 2, 'BLOCK_K': 2048}")" \
-    --variant "g2_early:minimoe.kernels.fused_moe_small.GEMM2_EARLY=True" \
-    --rounds 2 --steps 40 --json $R/step_tiles_$m.json > $R/step_tiles_$m.txt 2>&1
-  echo "--- probe $m rc $?"; grep -v "^#" $R/step_tiles_$m.txt | tail -9
+v() { echo "--variant $1:$S={None:$2}"; }
+for m in qwen3 olmoe; do
+  timeout 60 python3 scripts/step_probe.py --models $m --batches 1 --variant base \
+    $(v g2_w1 "{'down':{'num_warps':1}}") $(v g2_w1_s4 "{'down':{'num_warps':1,'num_stages':4}}") \
+    $(v g2_2x1024_w1 "{'down':{'BLOCK_N':2,'num_warps':1}}") \
+    --rounds 3 --steps 40 --json $R/step1_$m.json > $R/step1_$m.txt 2>&1
+  echo "--- probe bs 1 $m rc $?"; grep -v "^#" $R/step1_$m.txt | tail -4
 done
+W="--fused --warmup 1 --iters 3 --input-len 128 --output-len 128 --bs 1"
+timeout 60 python3 bench.py --model qwen3 $W --json $R/bench_qwen3_base.json > $R/bench_qwen3_base.txt 2>&1
+python3 -c "import json;c=json.load(open('$R/bench_qwen3_base.json'))['ceilings'];c.pop('source');json.dump(c,open('$R/ceil.json','w'))"
+timeout 60 python3 bench.py --model olmoe $W --ceilings $R/ceil.json --json $R/bench_olmoe_base.json > $R/bench_olmoe_base.txt 2>&1
+for m in qwen3 olmoe; do
+  timeout 60 python3 scripts/bench_tile.py --best-of $R/step1_$m.json --min-gain 0.7 --model $m $W \
+    --ceilings $R/ceil.json --json $R/bench_${m}_best.json > $R/bench_${m}_best.txt 2>&1
+done
+for f in $R/bench_*.txt; do echo "$(basename $f): $(grep -h 'bench_tile\|minimoe bs' $f | tr '\n' '|')"; done
+for m in olmoe qwen3; do
+  [ $SECONDS -gt 330 ] && { echo "probe bs 2 $m: skipped (time)"; continue; }
+  timeout 60 python3 scripts/step_probe.py --models $m --batches 2 --variant base \
+    $(v g1_2x2048 "{'BLOCK_N':2,'BLOCK_K':2048}") $(v g1_4x2048 "{'BLOCK_N':4,'BLOCK_K':2048}") \
+    $(v g2_4x1024_w2 "{'down':{'BLOCK_N':4,'BLOCK_K':1024,'num_warps':2}}") $(v g2_s4 "{'down':{'num_stages':4}}") \
+    --rounds 2 --steps 40 --json $R/step2_$m.json > $R/step2_$m.txt 2>&1
+  echo "--- probe bs 2 $m rc $?"; grep -v "^#" $R/step2_$m.txt | tail -5
+done
+P=minimoe.kernels.fused_moe_quant_pair._NARROW_INT4_UP
+[ $SECONDS -lt 400 ] && timeout 80 python3 scripts/step_probe.py --models qwen3 --quant int4 --batches 1 --variant base \
+  --variant "w1:$P=(4,1024,1,1,True,True)" --variant "8x1024:$P=(8,1024,2,1,True,True)" \
+  --variant "2x1024:$P=(2,1024,2,1,True,True)" --variant "s2:$P=(4,1024,2,2,True,True)" \
+  --rounds 2 --steps 40 --json $R/step_int4_qwen3.json > $R/step_int4_qwen3.txt 2>&1
+echo "--- probe int4 qwen3 rc $?"; grep -v "^#" $R/step_int4_qwen3.txt | tail -5
+timeout 150 python3 -m pytest -q -m gpu tests/ > $R/pytest_gpu.txt 2>&1
+echo "--- pytest rc $?"; tail -3 $R/pytest_gpu.txt
 tar czf $OUT/r.tgz -C $OUT r
