@@ -223,41 +223,50 @@ def test_small_tiles_override_one_shape(monkeypatch):
 
 
 def test_step_tiles_one_gpu_one_shape_one_T(monkeypatch):
-    """STEP_TILES[GPU][(E, I, D, K, T)] replaces the rule's keys for that GPU, shape and T only; SMALL_TILES and a
-    config's "small" still win; a misspelt key is refused; the interpreter never reads it."""
+    """STEP_TILES[GPU][(E, I, D, K, T, shared)] replaces the rule's keys for that GPU, shape, T and shared-expert fusion
+    only, in bf16 only; SMALL_TILES and a config's "small" still win; a misspelt key is refused; the interpreter never
+    reads it."""
     monkeypatch.setattr(small_configs, "on_gpu", lambda: True)
     monkeypatch.setattr(small_configs, "device_name", lambda: "TEST_GPU")
+    shape = (60, 1408, 2048, 4)
     monkeypatch.setitem(small_configs.STEP_TILES, "TEST_GPU",
-                        {(60, 1408, 2048, 4, 1): {"BLOCK_N": 2, "BLOCK_K": 2048, "down": {"num_stages": 4}}})
-    base = small_configs.small_default_config(60, 1408, 2048, 4, 1, torch.bfloat16)
-    g, d = small_configs.small_configs(None, 60, 1408, 2048, 4, 1, torch.bfloat16)
+                        {(*shape, 1, True): {"BLOCK_N": 2, "BLOCK_K": 2048, "down": {"num_stages": 4}}})
+    bf16 = torch.bfloat16
+    base = small_configs.small_default_config(*shape, 1, bf16)
+    g, d = small_configs.small_configs(None, *shape, 1, bf16, shared=True)
     assert g == dict({k: base[k] for k in small_configs.SMALL_KEYS}, BLOCK_N=2, BLOCK_K=2048)
     assert d == dict(base["down"], num_stages=4) and base["down"]["num_stages"] != 4
-    for other in ((60, 1408, 2048, 4, 2), (64, 1408, 2048, 6, 1)):                  # T = 2; another shape
-        g, d = small_configs.small_configs(None, *other, torch.bfloat16)
-        assert g["BLOCK_N"] == base["BLOCK_N"] and d["num_stages"] == base["down"]["num_stages"]
+    untouched = [(shape, 2, bf16, True), ((64, 1408, 2048, 6), 1, bf16, True),          # T = 2; another shape
+                 (shape, 1, bf16, False), (shape, 1, torch.float16, True)]               # not fused; not bf16
+    for shp, T, dtype, shared in untouched:
+        rule = small_configs.small_default_config(*shp, T, dtype)
+        g, d = small_configs.small_configs(None, *shp, T, dtype, shared=shared)
+        assert g == {k: rule[k] for k in small_configs.SMALL_KEYS} and d == rule["down"]
     monkeypatch.setitem(small_configs.SMALL_TILES, None, {"BLOCK_N": 8})
-    g, _ = small_configs.small_configs(None, 60, 1408, 2048, 4, 1, torch.bfloat16)
+    g, _ = small_configs.small_configs(None, *shape, 1, bf16, shared=True)
     assert g["BLOCK_N"] == 8 and g["BLOCK_K"] == 2048                                     # A/B over the table
-    g, _ = small_configs.small_configs({"small": {"BLOCK_N": 1}}, 60, 1408, 2048, 4, 1, torch.bfloat16)
+    g, _ = small_configs.small_configs({"small": {"BLOCK_N": 1}}, *shape, 1, bf16, shared=True)
     assert g["BLOCK_N"] == 1
     monkeypatch.setitem(small_configs.SMALL_TILES, None, {})
-    monkeypatch.setitem(small_configs.STEP_TILES, "TEST_GPU", {(60, 1408, 2048, 4, 1): {"BLOCK_KK": 2}})
+    monkeypatch.setitem(small_configs.STEP_TILES, "TEST_GPU", {(*shape, 1, True): {"BLOCK_KK": 2}})
     with pytest.raises(ValueError, match="STEP_TILES: unknown keys"):
-        small_configs.small_configs(None, 60, 1408, 2048, 4, 1, torch.bfloat16)
+        small_configs.small_configs(None, *shape, 1, bf16, shared=True)
     monkeypatch.setattr(small_configs, "on_gpu", lambda: False)                           # interpreter: not read
-    g, _ = small_configs.small_configs(None, 60, 1408, 2048, 4, 1, torch.bfloat16)
-    assert g == {k: small_configs.small_default_config(60, 1408, 2048, 4, 1, torch.bfloat16)[k] for k in small_configs.SMALL_KEYS}
+    g, _ = small_configs.small_configs(None, *shape, 1, bf16, shared=True)
+    assert g == {k: small_configs.small_default_config(*shape, 1, bf16)[k] for k in small_configs.SMALL_KEYS}
 
 
 def test_step_tiles_entries_are_valid_tiles():
-    """Every shipped STEP_TILES entry names only tile keys, with BLOCK_K within the reduction's power of 2."""
+    """Every shipped STEP_TILES entry names only tile keys, with BLOCK_K within the reduction's power of 2, at a
+    (T, K, E) where fused_moe.plan picks the decode GEMVs."""
+    from minimoe.kernels.fused_moe import SMALL_BATCH_RATIO
     for table in small_configs.STEP_TILES.values():
-        for (E, I, D, K, T), tile in table.items():
+        for (E, I, D, K, T, shared), tile in table.items():
+            assert isinstance(shared, bool)
             small_configs._over(small_configs.small_default_config(E, I, D, K, T, torch.bfloat16, sms=132), tile, "t")
             assert tile.get("BLOCK_K", 1) <= triton.next_power_of_2(D)
             assert tile.get("down", {}).get("BLOCK_K", 1) <= triton.next_power_of_2(I)
-            assert T * K * 4 <= E, "the decode GEMVs run only where fused_moe.plan picks them"
+            assert T * K * SMALL_BATCH_RATIO <= E and plan(T, K, E) == "small"
 
 
 @needs_cuda

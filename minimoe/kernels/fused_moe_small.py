@@ -272,7 +272,7 @@ def fused_moe_small(x, w13, w2, ids, topk_weights, expert_offset: int,
     and whose GEMM2 adds into the same fp32 accumulator: the shared expert costs no launch of its own)."""
     (T, D), (E, two_i, _), K = x.shape, w13.shape, ids.shape[1]
     I = two_i // 2
-    cfg1, cfg2 = small_configs(config, E, I, D, K, T, x.dtype)
+    cfg1, cfg2 = small_configs(config, E, I, D, K, T, x.dtype, shared=shared is not None)
     h = x.new_empty(T * K, I)                                               # [T·K, I]
     n_routed = T * K * triton.cdiv(I, cfg1["BLOCK_N"])
     if shared is not None:

@@ -1,13 +1,14 @@
 """The batch-1/2 decode GEMVs' launch configs (kernels/fused_moe_small.py): the measured rule, tiles measured inside
 the graphed step per GPU, shape and T, per-shape overrides for in-step A/B's, and a fused_moe config's "small" key.
 
-Shape legend: E local experts, I expert FFN width, D hidden size, K experts per token, T tokens (1-2 here).
+Shape legend: E local experts, I expert FFN width, D hidden size, K experts per token, T tokens (1-4 here:
+fused_moe.plan picks these kernels while T·K·SMALL_BATCH_RATIO <= E).
 
 A config is two dicts of SMALL_KEYS, GEMM1's (gate + up, SiLU) and, under "down", GEMM2's (down + combine):
     {"BLOCK_N": 4, "BLOCK_K": 1024, "num_warps": 4, "num_stages": 1,
      "down": {"BLOCK_N": 8, "BLOCK_K": 512, "num_warps": 4, "num_stages": 3}}
-Order, last wins: the rule (small_default_config), STEP_TILES (measured inside the graphed step, per GPU, shape and T),
-SMALL_TILES (in-step A/B's), a tuned config's "small" key.
+Order, last wins: the rule (small_default_config), STEP_TILES (measured inside the graphed step, per GPU, shape, T and
+whether a shared expert rides in the kernels; bf16 only), SMALL_TILES (in-step A/B's), a tuned config's "small" key.
 """
 import torch
 import triton
@@ -53,22 +54,25 @@ def small_default_config(E: int, I: int, D: int, K: int, T: int, dtype: torch.dt
 SMALL_TILES: dict[tuple[int, int, int, int] | None, dict] = {}
 
 
-# device_name() -> {(E, I, D, K, T): tile}: tiles that beat the rule inside the graphed bs-1 step (scripts/step_probe.py,
-# every variant interleaved with the rule's; docs/results/2026-12-02-s19), bf16. Only the T measured: the same tile
-# can lose at T = 2 (the shared-expert models' GEMM1 [2, 2048] was -5 to -6% a step at T = 1 and +3 to +4% at T = 2).
-STEP_TILES: dict[str, dict[tuple[int, int, int, int, int], dict]] = {
+# device_name() -> {(E, I, D, K, T, shared): tile}: tiles that beat the rule inside the graphed bs-1 step
+# (scripts/step_probe.py, every variant interleaved with the rule's; docs/results/2026-12-02-s19), read for bf16 only.
+# Only the T measured: the same tile can lose at T = 2 (the shared-expert models' GEMM1 [2, 2048] was -5 to -6% a step
+# at T = 1 and +3 to +4% at T = 2). shared: the shared expert's programs ride in GEMM1 (--fuse-shared, the default
+# with --fused); without them GEMM1 is another launch, not measured.
+STEP_TILES: dict[str, dict[tuple[int, int, int, int, int, bool], dict]] = {
     "NVIDIA_H200": {
         # OLMoE-1B-7B and Qwen3-30B-A3B: the rule (GEMM2 4 x 1024, 2 warps at T = 1: -4.3% / -5.1% a step, call 4;
         # bench bs 1 970 -> 1,009 and 336 -> 354 tok/s, call 5)
-        # DeepSeek-V2-Lite (2 shared experts folded into GEMM1): GEMM1 2 x 2048 (calls 1-3: 2,267 -> 2,146 µs, -5.3%),
-        # and the rule's GEMM2 (-3.2% more, call 4); bench 428 (eighteenth session) -> 451 -> 467 tok/s
-        (64, 1408, 2048, 6, 1): {"BLOCK_N": 2, "BLOCK_K": 2048},
+        # DeepSeek-V2-Lite (2 shared experts folded into GEMM1): GEMM1 2 x 2048, 2 rows a program, each the whole of D
+        # in one chunk (call 3: 2,268 -> 2,146 µs, -5.4%), and the rule's GEMM2 (-3.2% more, call 4); bench 451 -> 467
+        # tok/s (calls 3, 5; 428 in the eighteenth session, another machine)
+        (64, 1408, 2048, 6, 1, True): {"BLOCK_N": 2, "BLOCK_K": 2048},
         # Qwen1.5-MoE-A2.7B (its shared expert in GEMM1): GEMM1 2 x 2048 and a 4-stage GEMM2 (1,859 -> 1,717 µs,
         # -7.7%, call 3), then GEMM2 4 x 1024 with 4 warps (-1.2%, call 4; the rule's 2 warps -0.9%); bench 526 ->
         # 570 -> 576 tok/s
-        (60, 1408, 2048, 4, 1): {"BLOCK_N": 2, "BLOCK_K": 2048, "down": {"num_warps": 4, "num_stages": 4}},
+        (60, 1408, 2048, 4, 1, True): {"BLOCK_N": 2, "BLOCK_K": 2048, "down": {"num_warps": 4, "num_stages": 4}},
         # Mixtral-8x7B: GEMM1 4 x 2048, GEMM2 BLOCK_K 1024: 6,620 -> 6,514 µs (-1.6%, call 3); bench ITL 6.508 ms
-        (8, 14336, 4096, 2, 1): {"BLOCK_N": 4, "BLOCK_K": 2048, "down": {"BLOCK_K": 1024}},
+        (8, 14336, 4096, 2, 1, False): {"BLOCK_N": 4, "BLOCK_K": 2048, "down": {"BLOCK_K": 1024}},
     },
 }
 
@@ -82,12 +86,13 @@ def _over(base: dict, over: dict, source: str) -> dict:
 
 
 def small_configs(config: dict | None, E: int, I: int, D: int, K: int, T: int,
-                  dtype: torch.dtype) -> tuple[dict, dict]:
+                  dtype: torch.dtype, shared: bool = False) -> tuple[dict, dict]:
     """(GEMM1, GEMM2) launch configs: config["small"] (and its "down") over SMALL_TILES[(E, I, D, K)] over
-    STEP_TILES[this GPU][(E, I, D, K, T)] over the heuristic. ValueError: a table's tile has a key outside SMALL_KEYS."""
+    STEP_TILES[this GPU][(E, I, D, K, T, shared)] (bf16 on a GPU only) over the heuristic. shared: a shared expert
+    rides in the kernels. ValueError: a table's tile has a key outside SMALL_KEYS."""
     base = small_default_config(E, I, D, K, T, dtype)
-    if on_gpu():
-        base = _over(base, STEP_TILES.get(device_name(), {}).get((E, I, D, K, T), {}), "STEP_TILES")
+    if on_gpu() and dtype == torch.bfloat16:
+        base = _over(base, STEP_TILES.get(device_name(), {}).get((E, I, D, K, T, shared), {}), "STEP_TILES")
     base = _over(base, SMALL_TILES.get((E, I, D, K), SMALL_TILES.get(None, {})), "SMALL_TILES")
     given = (config or {}).get("small", {})
     gate_up = {k: given.get(k, base[k]) for k in SMALL_KEYS}
