@@ -71,6 +71,11 @@ STEP_TILES: dict[str, dict[tuple[int, int, int, int, int, bool], dict]] = {
         # -7.7%, call 3), then GEMM2 4 x 1024 with 4 warps (-1.2%, call 4; the rule's 2 warps -0.9%); bench 526 ->
         # 570 -> 576 tok/s
         (60, 1408, 2048, 4, 1, True): {"BLOCK_N": 2, "BLOCK_K": 2048, "down": {"num_warps": 4, "num_stages": 4}},
+        # Qwen3-30B-A3B: the rule's GEMM2 with one warp at T = 1 (-1.11% a step, twentieth session call 1; bench bs 1
+        # 353.1 -> 357.1 tok/s in the same call; OLMoE -0.28%, not taken), and at T = 2 GEMM2 4 x 1024 with 2 warps
+        # (the rule's T = 1 tile: -3.44% a bs-2 step; OLMoE -0.23%, not taken)
+        (128, 768, 2048, 8, 1, False): {"down": {"num_warps": 1}},
+        (128, 768, 2048, 8, 2, False): {"down": {"BLOCK_N": 4, "BLOCK_K": 1024, "num_warps": 2}},
         # Mixtral-8x7B: GEMM1 4 x 2048, GEMM2 BLOCK_K 1024: 6,620 -> 6,514 µs (-1.6%, call 3); bench ITL 6.508 ms
         (8, 14336, 4096, 2, 1, False): {"BLOCK_N": 4, "BLOCK_K": 2048, "down": {"BLOCK_K": 1024}},
     },

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# For the next nvidia-h200 call (~8 min), left by the nineteenth session (docs/perf_notes.md, its open leads):
+# Twentieth session, call 1 (was pending_h200.sh, left by the nineteenth session; ~5 min):
 #  1. GEMM2 with one warp at T = 1 on the narrow experts (Qwen3-30B-A3B -1.15% a step in call 5, OLMoE -0.2%), then
 #     bench.py bs 1 with each model's fastest tile beside the defaults (scripts/bench_tile.py --best-of);
 #  2. the decode GEMVs' tiles at T = 2 (bs 2) on OLMoE and Qwen3, which the nineteenth session did not try (the shared-
