@@ -123,3 +123,15 @@ def test_onepass_graph_replay_matches_eager_bf16(shape):
     graph.replay()
     torch.cuda.synchronize()
     assert torch.equal(g_out, fused_moe(x, w13, w2, ids, weights, config=config))
+
+
+def test_transposed_w2_view_gives_the_same_bits():
+    """The kernel reads W2 through its strides: a transposed copy ([E, I, D] in memory) seen as [E, D, I]."""
+    gen = torch.Generator().manual_seed(5)
+    x, w13, w2 = make_layer(2, 12, torch.float32, gen, 40, 44)
+    ids, weights = (t.to(DEVICE) for t in make_routing(2, 3, 12, "random", gen))
+    cfg = fused_moe_onepass.onepass_default_config(44, 40)
+    a = fused_moe_onepass.fused_moe_onepass(x, w13, w2, ids, weights, 0, cfg)
+    w2t = w2.transpose(1, 2).contiguous().transpose(1, 2)
+    assert w2t.stride(1) == 1 and torch.equal(w2t, w2)
+    assert torch.equal(fused_moe_onepass.fused_moe_onepass(x, w13, w2t, ids, weights, 0, cfg), a)

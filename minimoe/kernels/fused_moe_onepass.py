@@ -64,7 +64,7 @@ def onepass_config(E: int, I: int, D: int, K: int) -> dict | None:
 
 @triton.jit(do_not_specialize=["top_k", "expert_offset", "E"])
 def _onepass_kernel(x_ptr, w13_ptr, w2_ptr, part_ptr, ids_ptr, weights_ptr, top_k, expert_offset, E, I, D,
-                    stride_xt, stride_w13e, stride_w13n, stride_w2e, stride_w2d,
+                    stride_xt, stride_w13e, stride_w13n, stride_w2e, stride_w2d, stride_w2i,
                     BLOCK_I: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr, STAGES: tl.constexpr,
                     PDL: tl.constexpr):
     """part[pid, :] = w[pair] · W2[e][:, s] · round(silu(Wg[e][s] x[t]) ⊙ (Wu[e][s] x[t])) in fp32, pid = pair·S + s."""
@@ -85,7 +85,7 @@ def _onepass_kernel(x_ptr, w13_ptr, w2_ptr, part_ptr, ids_ptr, weights_ptr, top_
     h = tl.where(cols < I, h.to(x_ptr.dtype.element_ty).to(tl.float32), 0.0)   # rounded as GEMM1 stores h
     route_w = tl.load(weights_ptr + pair)
     offs_d = tl.arange(0, BLOCK_D)
-    w2_ptrs = w2_ptr + e64 * stride_w2e + offs_d[:, None] * stride_w2d + rows[None, :]      # [BD, BI]
+    w2_ptrs = w2_ptr + e64 * stride_w2e + offs_d[:, None] * stride_w2d + rows[None, :] * stride_w2i  # [BD, BI]
     out_ptrs = part_ptr + pid.to(tl.int64) * D + offs_d
     for d0 in tl.range(0, D, BLOCK_D, num_stages=STAGES):
         d_mask = offs_d < D - d0
@@ -119,7 +119,8 @@ def _reduce_kernel(part_ptr, out_ptr, ids_ptr, top_k, expert_offset, E, D, n_sli
 def fused_moe_onepass(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, ids: torch.Tensor,
                       topk_weights: torch.Tensor, expert_offset: int, cfg: dict, pdl: bool = False) -> torch.Tensor:
     """out [T, D] in x.dtype, as fused_moe (inputs already checked there: x [T, D], w13 [E, 2I, D], w2 [E, D, I],
-    ids / topk_weights [T, K]); cfg from `onepass_config`. Buffers: part [T·K·S, D] fp32."""
+    ids / topk_weights [T, K]); cfg from `onepass_config`. Buffers: part [T·K·S, D] fp32. w2 may be any strided
+    [E, D, I] view (scripts/bench_onepass.py times a transposed copy, whose slices are contiguous rows)."""
     (T, D), (E, two_i, _), K = x.shape, w13.shape, ids.shape[1]
     I = two_i // 2
     n_slices = triton.cdiv(I, cfg["BLOCK_I"])
@@ -127,7 +128,7 @@ def fused_moe_onepass(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, ids:
     weights = topk_weights.float().contiguous().view(-1)                               # [T·K]
     _onepass_kernel[(T * K * n_slices,)](
         x, w13, w2, part, ids, weights, K, expert_offset, E, I, D,
-        x.stride(0), w13.stride(0), w13.stride(1), w2.stride(0), w2.stride(1),
+        x.stride(0), w13.stride(0), w13.stride(1), w2.stride(0), w2.stride(1), w2.stride(2),
         BLOCK_I=cfg["BLOCK_I"], BLOCK_K=cfg["BLOCK_K"], BLOCK_D=cfg["BLOCK_D"], STAGES=cfg["num_stages"],
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **launch_args(pdl))
     out = x.new_empty(T, D)
