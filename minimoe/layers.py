@@ -16,7 +16,6 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from . import prepack
 from .linear import Linear
 from .ops import ops_for
 
@@ -36,11 +35,7 @@ class RMSNorm(nn.Module):
 class ResidualRMSNorm(RMSNorm):
     """(x, residual) -> (norm(x + residual), x + residual); residual None (the first layer) -> (norm(x), x)."""
 
-    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None, pack_for=None):
-        """pack_for: a quantized weight (prepack.target) whose next linear call takes this output packed in pairs,
-        written by the norm's own kernel (prepack.py)."""
-        if pack_for is not None:
-            return prepack.norm_packed(self, x, residual, pack_for)
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None):
         y, s = ops_for(self.settings).rms_norm(x, self.weight, self.eps, residual)
         return y, (x if s is None else s)
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from . import prepack
 from .attention import Attention
 from .config import ModelConfig
 from .instrument import region
@@ -41,8 +40,8 @@ class Block(nn.Module):
 
     def forward(self, x, residual, step: Step, cache: KVCache, rot: Rotary):
         """x [B, S, D] (the previous sublayer's output, not yet added to residual) -> (y, residual)."""
-        with region("norm"):     # a quantized q/k/v projection at decode takes its input packed by the norm
-            h, residual = self.attn_norm(x, residual, pack_for=prepack.target(self.attn, x))
+        with region("norm"):
+            h, residual = self.attn_norm(x, residual)
         with region("attention"):
             x = self.attn(h, step, cache, rot)
         if self.ffn_region is None and self.ffn.fold_fits(x, residual):

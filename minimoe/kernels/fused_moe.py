@@ -38,7 +38,6 @@ import torch
 import triton
 import triton.language as tl
 
-from .fused_moe_onepass import fused_moe_onepass, onepass_config, onepass_default_config
 from .fused_moe_small import SharedExpert, fused_moe_small
 from .moe_align import align_tokens_by_expert
 from .moe_configs import down_config, get_config
@@ -49,8 +48,7 @@ SMALL_BATCH_RATIO = 4  # "small" when T·K·SMALL_BATCH_RATIO <= E
 
 def plan(T: int, K: int, E: int, config: dict | None = None) -> str:
     """Which variant fused_moe runs for T tokens: "small" (GEMVs, no alignment) or "aligned";
-    config["variant"] forces one of those, the legacy "small_dot" or "onepass" (fused_moe_onepass.py, tile from
-    config["onepass"]; fused_moe_onepass.ONEPASS also turns it on for "small" plans)."""
+    config["variant"] forces one of those or the legacy "small_dot"."""
     if config is not None and "variant" in config:
         return config["variant"]
     return "small" if T * K * SMALL_BATCH_RATIO <= E else "aligned"
@@ -223,13 +221,6 @@ def fused_moe(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_ids: to
         config = get_config(E, I, D, K, T, x.dtype)
     ids = topk_ids.contiguous()                                              # [T, K]
     variant = plan(T, K, E, config)
-    onepass = onepass_config(E, I, D, K) if variant in ("small", "onepass") else None
-    if variant == "onepass" and onepass is None:
-        onepass = dict(onepass_default_config(I, D), **config.get("onepass", {}))
-    if onepass is not None and shared is None:   # opt-in: GEMM1 + GEMM2 in one launch (fused_moe_onepass.py)
-        return fused_moe_onepass(x, w13, w2, ids, topk_weights, expert_offset, onepass, pdl)
-    if variant == "onepass":
-        raise ValueError("the one-pass decode variant runs without a shared expert")
     if variant == "small":
         return fused_moe_small(x, w13, w2, ids, topk_weights, expert_offset, config, pdl, shared)
     if shared is not None:

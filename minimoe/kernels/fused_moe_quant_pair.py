@@ -18,7 +18,7 @@ import torch
 import triton
 
 from .moe_configs import on_gpu
-from .pair_codes import H_SCALE, X_SCALE, pack_pairs, pair_bits, pair_supported, pair_words, take_packed
+from .pair_codes import H_SCALE, X_SCALE, pack_pairs, pair_bits, pair_supported, pair_words
 from .pair_kernels import _down_pair_kernel, _gate_up_pair_kernel
 from .pdl import launch_args
 from .quant_tiles import layout_args
@@ -221,11 +221,6 @@ def _launch_down(h, packed, w, out, ids, weights, top_k, expert_offset, E, cfg, 
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **launch_args(pdl))
 
 
-def dense_packs_input(w, T: int) -> bool:
-    """Whether quant_pair_2d, with no config, packs x of T rows into pairs before its kernel (the tile's x_packed)."""
-    return pair_supported(w) and bool(pair_config(w, w.K, down=True, T=T, dense=True)["x_packed"])
-
-
 def quant_pair_2d(x: torch.Tensor, w, config: dict | None = None, pdl: bool = False) -> torch.Tensor:
     """A dense int4 / int8 / fp8 layer at decode with these kernels: x [T, K] @ W[N, K]ᵀ -> [T, N] in x.dtype (x is
     read row-major: a strided x is made contiguous first). Raises ValueError for another format or a tile config that
@@ -241,10 +236,7 @@ def quant_pair_2d(x: torch.Tensor, w, config: dict | None = None, pdl: bool = Fa
     out = x.new_empty(T, N)
     if T:
         packed = bool(cfg["x_packed"])
-        xin = x
-        if packed:    # pairs the RMSNorm before this layer made on its way out (prepack.py), else a pack launch
-            xin = take_packed(w, x)
-            xin = pack_pairs(x, w, pdl) if xin is None else xin
+        xin = pack_pairs(x, w, pdl) if packed else x
         # DENSE: one "expert", one slot of weight 1; ids and routing weights are never read (x stands in)
         _launch_down(xin, packed, w, out, x, x, 1, 0, 1, cfg, True, pdl)
     return out

@@ -286,40 +286,6 @@ def _pack_pairs_kernel(x_ptr, out_ptr, K, KW, stride_xt, stride_ot, PW: tl.const
         tl.store(o_row + s * KW + offs_w, _x_pair(x_row, offs_w, s, K, KW, KW, PW, False), mask=offs_w < KW)
 
 
-@triton.jit
-def pack_row(x_row, o_row, K, KW, PW: tl.constexpr, BLOCK: tl.constexpr):
-    """One row x_row [K] -> o_row's KW·PW/2 int32 pairs in paired order (as _pack_pairs_kernel writes a row), BLOCK
-    words a step: for a kernel that produces x and packs it on the way out (rmsnorm.py's PACK)."""
-    for w0 in range(0, KW, BLOCK):
-        offs_w = w0 + tl.arange(0, BLOCK)
-        for s in tl.static_range(PW // 2):
-            tl.store(o_row + s * KW + offs_w, _x_pair(x_row, offs_w, s, K, KW, KW, PW, False), mask=offs_w < KW)
-
-
-def pack_layout(w) -> tuple[int, int]:
-    """(PW, KW) of the pairs pack_pairs writes for the stack `w`: codes a word and words a row."""
-    return 32 // pair_bits(w), pair_words(w).shape[2]
-
-
-def offer_packed(w, x: torch.Tensor, packed: torch.Tensor) -> None:
-    """A producer of x (the RMSNorm in front of a quantized linear: minimoe/prepack.py) hands over pack_pairs(x, w),
-    made on the way out of its own kernel, for the next `take_packed(w, x)`."""
-    w.__dict__["_prepacked"] = (x, packed)
-
-
-def take_packed(w, x: torch.Tensor) -> torch.Tensor | None:
-    """The pairs offered for exactly this x (same storage and size), or None; either way the offer is used up, so a
-    later call never reads pairs of an older x. (Inference tensors carry no version counter: the engine never
-    writes a norm's output in place between the norm and its linear.)"""
-    offer = w.__dict__.pop("_prepacked", None)
-    if offer is None:
-        return None
-    src, packed = offer
-    same = (src.data_ptr() == x.data_ptr() and src.numel() == x.numel() and src.dtype == x.dtype
-            and src.is_contiguous() and x.is_contiguous() and packed.shape[0] == x.shape[0])
-    return packed if same else None
-
-
 def pair_supported(w) -> bool:
     """Stacks these kernels read: minimoe's own int4 and int8 codes, and fp8 (e4m3) whose rows hold whole
     4-byte words (K a multiple of 4, unit last stride); not nf4 or LLM.int8."""

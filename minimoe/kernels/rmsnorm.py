@@ -22,7 +22,6 @@ import torch
 import triton
 import triton.language as tl
 
-from .pair_codes import pack_row
 from .pdl import launch_args, wait_then_release
 
 MAX_N = 16384  # the widest row held in registers at once (16 warps x 32 fp32 values per thread)
@@ -52,17 +51,13 @@ def add_rms_norm_row(x_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr, row, stride_x,
 @triton.jit
 def _rms_norm_kernel(
     x_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr,
-    stride_x, stride_r, N, eps, pack_ptr, KW, stride_p,
+    stride_x, stride_r, N, eps,
     BLOCK: tl.constexpr, HAS_RESIDUAL: tl.constexpr, PDL: tl.constexpr,
-    PACK: tl.constexpr = False, PW: tl.constexpr = 4, PACK_BLOCK: tl.constexpr = 256,
 ):
     wait_then_release(PDL)
     row = tl.program_id(0).to(tl.int64)  # int64: row * stride overflows int32 for long prefills
     add_rms_norm_row(x_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr, row, stride_x, stride_r, N, eps,
                      BLOCK, HAS_RESIDUAL)
-    if PACK:  # the row just stored, read back as pair_codes.pack_pairs reads it: the same int32 pairs
-        tl.debug_barrier()                       # every thread's part of the row is written before any reads it
-        pack_row(out_ptr + row * N, pack_ptr + row * stride_p, N, KW, PW, PACK_BLOCK)
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float,
@@ -72,15 +67,6 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float,
     out has the dtype torch would give `weight * normed` (x.dtype when the weight matches, as in
     the engine); residual_out has x.dtype. Both are fresh contiguous tensors shaped like x.
     """
-    out, res_out, _ = rms_norm_packed(x, weight, eps, residual, None, pdl=pdl)
-    return out, res_out
-
-
-def rms_norm_packed(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None,
-                    pack: tuple[int, int] | None, *, pdl: bool = False):
-    """rms_norm, plus with pack = (PW, KW) the normed rows as the int32 pairs pair_codes.pack_pairs would make of
-    them for a stack of that layout ([T, KW·PW/2], PW 4 or 8; pair_codes.pack_layout), written by the same launch
-    (minimoe/prepack.py: no pack launch before the quantized linear). Returns (out, residual_out, pairs or None)."""
     N = x.shape[-1]
     assert weight.shape == (N,) and weight.is_contiguous(), (weight.shape, N)
     assert N <= MAX_N, f"row width {N} > {MAX_N}: a row no longer fits in registers"
@@ -94,22 +80,15 @@ def rms_norm_packed(x: torch.Tensor, weight: torch.Tensor, eps: float, residual:
         assert residual.stride(-1) == 1
         res_out = torch.empty_like(x, memory_format=torch.contiguous_format)
     T = x2.shape[0]
-    pairs = None
-    if pack is not None:
-        pw, kw = pack
-        assert pw in (4, 8) and kw * pw >= N, (pack, N)
-        pairs = torch.empty(T, kw * pw // 2, dtype=torch.int32, device=x.device)
     if T == 0:
-        return out, res_out, pairs
+        return out, res_out
     block = triton.next_power_of_2(N)
     _rms_norm_kernel[(T,)](
         x2, residual if residual is not None else x2, weight, out,
         res_out if res_out is not None else out,
         x2.stride(0), residual.stride(0) if residual is not None else 0, N, eps,
-        out if pairs is None else pairs, 0 if pack is None else pack[1], 0 if pairs is None else pairs.stride(0),
-        BLOCK=block, HAS_RESIDUAL=residual is not None, PACK=pairs is not None,
-        PW=4 if pack is None else pack[0],
+        BLOCK=block, HAS_RESIDUAL=residual is not None,
         num_warps=min(max(block // 256, 1), 16),  # 2048 -> 8 warps: ~8 values per thread
         **launch_args(pdl),
     )
-    return out, res_out, pairs
+    return out, res_out
