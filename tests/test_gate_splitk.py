@@ -315,3 +315,33 @@ def test_norm_gate_route_equals_rms_norm_then_gate_route(E, D, T, K, mode, split
     assert not cnt.any(), "the arrival counters must be left zeroed"
     again = norm_gate_route_splitk(x, r, nw, 1e-6, gate, K, **kw, counters=cnt, splits=splits)
     assert all(torch.equal(a, b) for a, b in zip((h, res_out, w, ids), again))
+
+
+def test_wave_programs_knob_sets_the_split_count(monkeypatch):
+    """gate_splitk.WAVE_PROGRAMS (an in-step probe's knob) replaces the SM count in default_splits, and the fused
+    entry still equals its PyTorch twins with the split count it gives."""
+    from minimoe.kernels import gate_splitk
+    seen = []
+    real = gate_splitk.default_splits
+    monkeypatch.setattr(gate_splitk, "default_splits", lambda *a: seen.append(a[3]) or real(*a))
+    monkeypatch.setattr(gate_splitk, "WAVE_PROGRAMS", 16)
+    test_norm_gate_route_equals_rms_norm_then_gate_route(64, 256, 1, 8, MODES[0], None, True, torch.float32)
+    assert seen and set(seen) == {16} and real(1, 64, 2048, 16) == 2 < real(1, 64, 2048, 132) == 16
+
+
+@needs_cuda
+@pytest.mark.gpu
+def test_gate_prefetch_before_the_wait_changes_no_bit(monkeypatch):
+    """PREFETCH_GATE (the L2 hint before gdc_wait, PDL launches only) on an OLMoE-sized fold: the same outputs."""
+    from minimoe.kernels import gate_splitk
+    if torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("PDL and the bulk L2 prefetch need sm90+")
+    x, gate = _separated_case(1, 64, 2048, torch.bfloat16, torch.bfloat16, seed=5)
+    r = torch.randn_like(x)
+    nw = torch.ones(2048, dtype=torch.bfloat16, device=DEVICE)
+    cnt = torch.zeros(4, dtype=torch.int32, device=DEVICE)
+    kw = dict(renorm=False, counters=cnt, pdl=True)
+    off = gate_splitk.norm_gate_route_splitk(x, r, nw, 1e-6, gate, 8, **kw)
+    monkeypatch.setattr(gate_splitk, "PREFETCH_GATE", True)
+    on = gate_splitk.norm_gate_route_splitk(x, r, nw, 1e-6, gate, 8, **kw)
+    assert all(torch.equal(a, b) for a, b in zip(off, on))

@@ -61,7 +61,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .pdl import launch_args, wait_then_release
+from .pdl import launch_args, prefetch_l2, wait_then_release
 from .route import MAX_EXPERTS, _topk_weights
 
 MAX_T = 16          # the decode sizes it is meant (and benchmarked) for; see `usable`
@@ -70,6 +70,10 @@ BLOCK_E = 8         # gate rows per tile
 BLOCK_D = 128       # gate columns per tile: 256 B contiguous per row in bf16, 512 B in fp32
 REDUCE_ELEMS = 1024  # partials per load in kernel 2: 32 fp32 values per thread of its one warp
 MAX_ROW = 8192      # norm_gate_route_splitk holds one token's whole row in registers for 1 / rms
+# In-step knobs, off / default (scripts/step_probe.py flips them; the twentieth session's profile with PDL off put the
+# norm + router fold at 6.5 µs a Qwen3-30B-A3B layer for 0.5 MB of gate, the largest latency beside the GEMVs):
+WAVE_PROGRAMS = None  # programs default_splits fills (None: the SM count); fewer splits = fewer arrivals to count
+PREFETCH_GATE = False  # norm_gate_route_splitk with PDL: ask the L2 for each program's gate rows before gdc_wait
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -114,6 +118,7 @@ def _gate_partial_kernel(
     NORM: tl.constexpr = False, HAS_RESIDUAL: tl.constexpr = False, BLOCK_ROW: tl.constexpr = 16,
     ROUTE: tl.constexpr = False, K: tl.constexpr = 1, E_P2: tl.constexpr = 1, BLOCK_S: tl.constexpr = 1,
     BLOCK_K: tl.constexpr = 1, SOFTMAX_FIRST: tl.constexpr = True, RENORM: tl.constexpr = False,
+    PREFETCH: tl.constexpr = False, ELT_BYTES: tl.constexpr = 2,
 ):
     """part[s, t, e] for e in tile program_id(0), split s = program_id(1), t in block program_id(2).
 
@@ -121,8 +126,9 @@ def _gate_partial_kernel(
     every program first reduces each of its tokens' whole row s = x + residual (HAS_RESIDUAL) for
     1 / rms (a few KB from L2), normalises its own D tiles as rmsnorm.py rounds them, and the E-tile-0
     programs store h and s. ROUTE: the last program of token block b to finish (an arrival counter in
-    cnt_ptr, left zeroed) sums the partials in split order and routes (`_reduce_route`)."""
-    wait_then_release(PDL)
+    cnt_ptr, left zeroed) sums the partials in split order and routes (`_reduce_route`).
+    PREFETCH (launched with PDL, D a multiple of BLOCK_D, 16-byte rows): before waiting for the previous kernel,
+    ask the L2 for this program's gate rows (a hint; the gate does not depend on that kernel, pdl.py)."""
     s = tl.program_id(1)
     offs_e = tl.program_id(0) * BLOCK_E + tl.arange(0, BLOCK_E)
     t0 = tl.program_id(2) * BLOCK_T
@@ -132,6 +138,11 @@ def _gate_partial_kernel(
     # split s's D tiles: [s n / S, (s + 1) n / S), a balanced partition (never empty when S <= n)
     first = s * n_tiles // KSPLIT
     last = (s + 1) * n_tiles // KSPLIT
+    if PREFETCH:     # rows past E re-ask for an existing row: every address stays inside the gate
+        nbytes = ((last - first) * (BLOCK_D * ELT_BYTES)).to(tl.int32)
+        prefetch_l2(gate_ptr + (offs_e % E).to(tl.int64) * stride_g + first * BLOCK_D,
+                    tl.full((BLOCK_E,), 0, tl.int32) + nbytes)
+    wait_then_release(PDL)
     x_t = h_ptr.dtype.element_ty
     inv = tl.zeros([BLOCK_T], tl.float32)            # NORM: 1 / rms of each token's s, as rmsnorm.py
     if NORM:
@@ -232,7 +243,7 @@ def gate_route_splitk(h: torch.Tensor, gate_weight: torch.Tensor, k: int, *, ren
     assert block_d >= 16 and block_d & (block_d - 1) == 0, f"block_d must be a power of two >= 16: {block_d}"
     n_tiles = triton.cdiv(D, block_d)
     if splits is None:
-        splits = default_splits(T, E, D, _sm_count(h.device), block_d)
+        splits = default_splits(T, E, D, WAVE_PROGRAMS or _sm_count(h.device), block_d)
     splits = max(1, min(int(splits), n_tiles))
     part = torch.empty(splits, T, E, dtype=torch.float32, device=h.device)  # every entry is written
     block_t = min(triton.next_power_of_2(T), TOKEN_BLOCK)
@@ -288,7 +299,7 @@ def norm_gate_route_splitk(x: torch.Tensor, residual: torch.Tensor | None, norm_
     block_d = min(BLOCK_D, max(triton.next_power_of_2(D), 16))
     n_tiles = triton.cdiv(D, block_d)
     if splits is None:
-        splits = default_splits(T, E, D, _sm_count(x.device), block_d)
+        splits = default_splits(T, E, D, WAVE_PROGRAMS or _sm_count(x.device), block_d)
     splits = max(1, min(int(splits), n_tiles))
     block_t = min(triton.next_power_of_2(T), TOKEN_BLOCK)
     block_e = min(BLOCK_E, triton.next_power_of_2(E))
@@ -305,9 +316,16 @@ def norm_gate_route_splitk(x: torch.Tensor, residual: torch.Tensor | None, norm_
         BLOCK_ROW=triton.next_power_of_2(D), ROUTE=True, K=k, E_P2=e_p2,
         BLOCK_S=min(max(REDUCE_ELEMS // e_p2, 1), triton.next_power_of_2(splits)),
         BLOCK_K=triton.next_power_of_2(k), SOFTMAX_FIRST=softmax_first, RENORM=renorm,
+        PREFETCH=PREFETCH_GATE and pdl and _prefetchable(gate_weight, block_d), ELT_BYTES=gate_weight.element_size(),
         num_warps=max(1, min(4, block_e * block_d // 256)), **launch_args(pdl),
     )
     return h, res_out, w, ids
+
+
+def _prefetchable(gate: torch.Tensor, block_d: int) -> bool:
+    """Whether PREFETCH's bulk L2 prefetch is well-formed for this gate: whole D tiles, 16-byte rows and base."""
+    return (gate.shape[1] % block_d == 0 and gate.stride(0) * gate.element_size() % 16 == 0
+            and gate.data_ptr() % 16 == 0)
 
 
 def usable(T: int, E: int, D: int, gate_dtype: torch.dtype, x_dtype: torch.dtype) -> bool:
