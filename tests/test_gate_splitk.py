@@ -319,29 +319,48 @@ def test_norm_gate_route_equals_rms_norm_then_gate_route(E, D, T, K, mode, split
 
 def test_wave_programs_knob_sets_the_split_count(monkeypatch):
     """gate_splitk.WAVE_PROGRAMS (an in-step probe's knob) replaces the SM count in default_splits, and the fused
-    entry still equals its PyTorch twins with the split count it gives."""
+    entry still equals its PyTorch twins with the split count it gives (1 here, against 2 by default)."""
     from minimoe.kernels import gate_splitk
     seen = []
     real = gate_splitk.default_splits
-    monkeypatch.setattr(gate_splitk, "default_splits", lambda *a: seen.append(a[3]) or real(*a))
-    monkeypatch.setattr(gate_splitk, "WAVE_PROGRAMS", 16)
+    monkeypatch.setattr(gate_splitk, "default_splits", lambda *a: seen.append((a[3], real(*a))) or real(*a))
+    monkeypatch.setattr(gate_splitk, "WAVE_PROGRAMS", 8)
     test_norm_gate_route_equals_rms_norm_then_gate_route(64, 256, 1, 8, MODES[0], None, True, torch.float32)
-    assert seen and set(seen) == {16} and real(1, 64, 2048, 16) == 2 < real(1, 64, 2048, 132) == 16
+    assert seen and set(seen) == {(8, 1)} and real(1, 64, 256, 132) == 2
+    assert real(1, 64, 2048, 16) == 2 < real(1, 64, 2048, 132) == 16
+
+
+class _KeepCompiled:
+    """Wraps a Triton kernel: launches it as before and keeps what each launch returns (the compiled kernel)."""
+
+    def __init__(self, kernel):
+        self.kernel, self.compiled = kernel, []
+
+    def __getitem__(self, grid):
+        return lambda *a, **kw: self.compiled.append(self.kernel[grid](*a, **kw))
 
 
 @needs_cuda
 @pytest.mark.gpu
-def test_gate_prefetch_before_the_wait_changes_no_bit(monkeypatch):
-    """PREFETCH_GATE (the L2 hint before gdc_wait, PDL launches only) on an OLMoE-sized fold: the same outputs."""
+@pytest.mark.parametrize("E,gate_dtype", [(64, torch.bfloat16), (128, torch.bfloat16), (60, torch.bfloat16),
+                                          (64, torch.float32)])
+def test_gate_prefetch_before_the_wait_changes_no_bit(E, gate_dtype, monkeypatch):
+    """PREFETCH_GATE (the L2 hint before gdc_wait, PDL launches only) on OLMoE / Qwen3-30B-A3B / DeepSeek-V2-Lite-sized
+    folds and an E that wraps the last tile: the prefetch is in the compiled kernel, and the outputs are unchanged."""
     from minimoe.kernels import gate_splitk
     if torch.cuda.get_device_capability()[0] < 9:
         pytest.skip("PDL and the bulk L2 prefetch need sm90+")
-    x, gate = _separated_case(1, 64, 2048, torch.bfloat16, torch.bfloat16, seed=5)
+    x, gate = _separated_case(1, E, 2048, torch.bfloat16, gate_dtype, seed=5)
+    assert gate_splitk._prefetchable(gate, gate_splitk.BLOCK_D)
     r = torch.randn_like(x)
     nw = torch.ones(2048, dtype=torch.bfloat16, device=DEVICE)
     cnt = torch.zeros(4, dtype=torch.int32, device=DEVICE)
     kw = dict(renorm=False, counters=cnt, pdl=True)
     off = gate_splitk.norm_gate_route_splitk(x, r, nw, 1e-6, gate, 8, **kw)
+    spy = _KeepCompiled(gate_splitk._gate_partial_kernel)
+    monkeypatch.setattr(gate_splitk, "_gate_partial_kernel", spy)
     monkeypatch.setattr(gate_splitk, "PREFETCH_GATE", True)
     on = gate_splitk.norm_gate_route_splitk(x, r, nw, 1e-6, gate, 8, **kw)
     assert all(torch.equal(a, b) for a, b in zip(off, on))
+    ptx = getattr(spy.compiled[-1], "asm", {}).get("ptx", "")
+    assert "cp.async.bulk.prefetch.L2" in ptx, "the knob did not reach the kernel"

@@ -61,7 +61,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .pdl import launch_args, prefetch_l2, wait_then_release
+from .pdl import launch_args, prefetch_l2_lanes, wait_then_release
 from .route import MAX_EXPERTS, _topk_weights
 
 MAX_T = 16          # the decode sizes it is meant (and benchmarked) for; see `usable`
@@ -140,8 +140,8 @@ def _gate_partial_kernel(
     last = (s + 1) * n_tiles // KSPLIT
     if PREFETCH:     # rows past E re-ask for an existing row: every address stays inside the gate
         nbytes = ((last - first) * (BLOCK_D * ELT_BYTES)).to(tl.int32)
-        prefetch_l2(gate_ptr + (offs_e % E).to(tl.int64) * stride_g + first * BLOCK_D,
-                    tl.full((BLOCK_E,), 0, tl.int32) + nbytes)
+        prefetch_l2_lanes(gate_ptr + (offs_e % E).to(tl.int64) * stride_g + first * BLOCK_D,
+                          tl.full((BLOCK_E,), 0, tl.int32) + nbytes, tl.full((BLOCK_E,), BLOCK_E, tl.int32))
     wait_then_release(PDL)
     x_t = h_ptr.dtype.element_ty
     inv = tl.zeros([BLOCK_T], tl.float32)            # NORM: 1 / rms of each token's s, as rmsnorm.py

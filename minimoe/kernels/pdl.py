@@ -10,8 +10,9 @@ has completed and its writes are visible; kernel N lets it launch early with
 
 Our kernels call both as their first statements (`wait_then_release`): nothing is read or written
 before the predecessor has finished, so results are exactly those without PDL; only the launch work
-overlaps. (Opt-in exceptions, off by default: the dense GEMV's `PREFETCH_BYTES` and the router fold's
-`gate_splitk.PREFETCH_GATE` ask the L2 for their own weights, which no kernel writes, before the wait.) Kernels we do not own (cuBLAS, PyTorch,
+overlaps. (Opt-in exceptions, off by default: the dense GEMV's `PREFETCH_BYTES` and the router
+fold's `gate_splitk.PREFETCH_GATE` ask the L2 for their own weights, which no kernel writes, before
+the wait.) Kernels we do not own (cuBLAS, PyTorch,
 bitsandbytes) and the `--gemv triton` kernel (kernels/gemv.py) run in stream order.
 
 Which launches may be early. An early-launched grid fills whatever SM slots free up first. After a one- or
@@ -68,3 +69,14 @@ def prefetch_l2(ptrs, nbytes):
     PDL-launched kernel can issue it for weights that do not depend on its predecessor before gdc_wait."""
     tl.inline_asm_elementwise("cp.async.bulk.prefetch.L2.global [$1], $2;\n mov.u32 $0, 0;", "=r,l,r",
                               [ptrs, nbytes], dtype=tl.int32, is_pure=False, pack=1)
+
+
+@triton.jit
+def prefetch_l2_lanes(ptrs, nbytes, lanes):
+    """prefetch_l2 issued by threads 0 .. lanes - 1 only (lanes an int32 tensor shaped like ptrs, all equal): a
+    small 1-D tensor of N elements sits in every thread, element i in threads i, i + N, ... (Triton's blocked
+    layout), so the plain form issues each prefetch once a thread; with lanes = N each is issued once."""
+    tl.inline_asm_elementwise(
+        "{\n .reg .pred p;\n .reg .u32 t;\n mov.u32 t, %tid.x;\n setp.lt.u32 p, t, $3;\n"
+        " @p cp.async.bulk.prefetch.L2.global [$1], $2;\n mov.u32 $0, 0;\n}",
+        "=r,l,r,r", [ptrs, nbytes, lanes], dtype=tl.int32, is_pure=False, pack=1)

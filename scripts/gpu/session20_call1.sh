@@ -6,7 +6,7 @@
 #     expert models' T = 2 rows are in its call 2: nothing beat the rule by more than 0.8%);
 #  3. int4's narrow-expert GEMM1 tile at T = 1 (fused_moe_quant_pair._NARROW_INT4_UP, from one-layer sweeps) in the step;
 #  4. every GPU test (call 8 of the nineteenth session was cut after 158 of them).
-# Usage (device tool, repo root): bash scripts/gpu/pending_h200.sh
+# Usage (device tool, repo root): bash scripts/gpu/session20_call1.sh
 set -u
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD TQDM_DISABLE=1
 R=$OUT/r; mkdir -p $R
