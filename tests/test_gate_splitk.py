@@ -231,16 +231,19 @@ def test_no_tokens():
 
 def test_default_splits():
     """One wave of programs on 132 SMs, whole D tiles per split (the docstring's examples)."""
-    assert default_splits(1, 64, 2048) == 16      # OLMoE, DeepSeek-V2-Lite: 8 E tiles x 16 = 128 programs
-    assert default_splits(1, 128, 2048) == 8      # Qwen3-30B: 16 x 8, two tiles per split
-    assert default_splits(1, 8, 4096) == 32       # Mixtral: 1 x 32
-    assert default_splits(16, 64, 2048) == 16     # one block of 16 tokens: the same grid
-    assert default_splits(32, 64, 2048) == 8      # two token blocks: half the splits
+    from minimoe.kernels.gate_splitk import BLOCK_D, BLOCK_E
+    assert (BLOCK_E, BLOCK_D) == (16, 256)        # the measured tiles these numbers assume
+    assert default_splits(1, 64, 2048) == 8       # OLMoE, DeepSeek-V2-Lite: 4 E tiles x 8 = 32 programs
+    assert default_splits(1, 128, 2048) == 8      # Qwen3-30B: 8 x 8, one tile per split
+    assert default_splits(1, 8, 4096) == 16       # Mixtral: 1 x 16
+    assert default_splits(16, 64, 2048) == 8      # one block of 16 tokens: the same grid
+    assert default_splits(1, 512, 2048) == 4      # 32 E tiles: 4 splits of two tiles fill 128 of 132
     assert default_splits(1, 512, 64) == 1        # one D tile
-    assert default_splits(1, 64, 2048, sms=78) == 8
+    assert default_splits(1, 64, 2048, sms=16) == 4   # 4 E tiles x 4 splits of two tiles
+    assert default_splits(1, 64, 2048, block_d=128) == 16  # narrower tiles: more of them to split
     for T, E, D in [(1, 64, 2048), (1, 128, 2048), (1, 8, 4096), (16, 60, 1000), (1, 512, 7168)]:
         s = default_splits(T, E, D)
-        assert 1 <= s <= -(-D // 128) and -(-E // 8) * s <= 132 or s == 1
+        assert 1 <= s <= -(-D // BLOCK_D) and -(-E // BLOCK_E) * s <= 132 or s == 1
 
 
 def test_usable():
@@ -319,15 +322,15 @@ def test_norm_gate_route_equals_rms_norm_then_gate_route(E, D, T, K, mode, split
 
 def test_wave_programs_knob_sets_the_split_count(monkeypatch):
     """gate_splitk.WAVE_PROGRAMS (an in-step probe's knob) replaces the SM count in default_splits, and the fused
-    entry still equals its PyTorch twins with the split count it gives (1 here, against 2 by default)."""
+    entry still equals its PyTorch twins with the split count it gives (2 here, against 4 by default)."""
     from minimoe.kernels import gate_splitk
     seen = []
     real = gate_splitk.default_splits
     monkeypatch.setattr(gate_splitk, "default_splits", lambda *a: seen.append((a[3], real(*a))) or real(*a))
     monkeypatch.setattr(gate_splitk, "WAVE_PROGRAMS", 8)
-    test_norm_gate_route_equals_rms_norm_then_gate_route(64, 256, 1, 8, MODES[0], None, True, torch.float32)
-    assert seen and set(seen) == {(8, 1)} and real(1, 64, 256, 132) == 2
-    assert real(1, 64, 2048, 16) == 2 < real(1, 64, 2048, 132) == 16
+    test_norm_gate_route_equals_rms_norm_then_gate_route(64, 1024, 1, 8, MODES[0], None, True, torch.float32)
+    assert seen and set(seen) == {(8, 2)} and real(1, 64, 1024, 132) == 4
+    assert real(1, 64, 2048, 16) == 4 < real(1, 64, 2048, 132) == 8
 
 
 class _KeepCompiled:
@@ -356,6 +359,7 @@ def test_gate_prefetch_before_the_wait_changes_no_bit(E, gate_dtype, monkeypatch
     nw = torch.ones(2048, dtype=torch.bfloat16, device=DEVICE)
     cnt = torch.zeros(4, dtype=torch.int32, device=DEVICE)
     kw = dict(renorm=False, counters=cnt, pdl=True)
+    monkeypatch.setattr(gate_splitk, "PREFETCH_GATE", False)
     off = gate_splitk.norm_gate_route_splitk(x, r, nw, 1e-6, gate, 8, **kw)
     spy = _KeepCompiled(gate_splitk._gate_partial_kernel)
     monkeypatch.setattr(gate_splitk, "_gate_partial_kernel", spy)

@@ -6,9 +6,9 @@ Reading 256 KB at the H200's ~4.25 TB/s takes 0.06 µs; what costs is latency. c
 [T, E] output 64 experts at a time, so it runs 1-2 CTAs that each walk all of D: ~5 µs measured, on
 1-2 of 132 SMs. norm_route.py's `gate_route` (one program per token streams the whole gate) has the
 same problem, and wins only for gates <= 64 KB. Here the gate is cut into [BLOCK_E, BLOCK_D] tiles
-(8 x 128: 2 KB of bf16) and the D axis is split into KSPLIT ranges, so that
-    grid = (E tiles, KSPLIT, token blocks)  ~  one wave of ~132 programs at T = 1,
-each program reading its 2-4 KB of gate once and using it for every token of its block:
+(16 x 256: 8 KB of bf16) and the D axis is split into KSPLIT ranges, so that
+    grid = (E tiles, KSPLIT, token blocks)  <=  one wave of ~132 programs at T = 1,
+each program reading its 8 KB of gate once and using it for every token of its block:
 
   kernel 1 (`_gate_partial_kernel`), program (i, s, b):
       part[s, t, e] = sum over d in split s of h[t, d] * gate[e, d]     (fp32, e in tile i, t in block b)
@@ -19,8 +19,8 @@ each program reading its 2-4 KB of gate once and using it for every token of its
       w, ids    = route.py's `_topk_weights` on logits[t] rounded to the gate's dtype (with its
                   dynamic skipping when `skip` > 0)
 
-The partials make one round trip through a [KSPLIT, T, E] fp32 workspace (4 KB per token for OLMoE
-at S = 16: L2-resident). Two launches, both with shapes-only grids and no host syncs, so the pair
+The partials make one round trip through a [KSPLIT, T, E] fp32 workspace (2 KB per token for OLMoE
+at S = 8: L2-resident). Two launches, both with shapes-only grids and no host syncs, so the pair
 captures into a CUDA graph; with `pdl` the second one launches while the first drains
 (kernels/pdl.py).
 
@@ -46,8 +46,10 @@ other way (the same allowance as norm_route.py).
 Scope (`usable`): the "softmax_topk" and "topk_softmax" routers without a selection bias (as for
 route.py), E <= MAX_EXPERTS, any D, T <= MAX_T (the kernel takes more tokens, in blocks of 16 that
 each re-read the gate from L2, but is benchmarked only up to 16), fp32/fp16/bf16 gate and activations.
-Not yet timed on a GPU: BLOCK_E, BLOCK_D and `default_splits` come from the arithmetic above, and
-scripts/bench_router.py measures them against cuBLAS + route_topk and sweeps the alternatives.
+Tiles: measured in the graphed bs-1 step on the H200 (twenty-first session, scripts/step_probe.py; docs/perf_notes.md).
+From 8 x 128 tiles (one full wave of 2 KB programs) to 16 x 256 with PREFETCH_GATE: Qwen3-30B-A3B's step -3.30%,
+OLMoE's -0.58%. Fewer, larger programs mean fewer arrivals at the fold's counter and fewer tails; the prefetch
+overlaps the gate's first bytes with the previous kernel's drain. scripts/bench_router.py times the kernels alone.
 Idea: "parallel split-K" GEMM, whose slices write partial products to a workspace that a second
 kernel reduces (NVIDIA CUTLASS, include/cutlass/gemm/device/gemm_splitk_parallel.h); here the
 reduction kernel is route.py's top-k, which has to read the logits anyway.
@@ -66,14 +68,14 @@ from .route import MAX_EXPERTS, _topk_weights
 
 MAX_T = 16          # the decode sizes it is meant (and benchmarked) for; see `usable`
 TOKEN_BLOCK = 16    # tokens per program: each gate tile is loaded once and used for all of them
-BLOCK_E = 8         # gate rows per tile
-BLOCK_D = 128       # gate columns per tile: 256 B contiguous per row in bf16, 512 B in fp32
+BLOCK_E = 16        # gate rows per tile (8 before the twenty-first session's step probe)
+BLOCK_D = 256       # gate columns per tile: 512 B contiguous per row in bf16, 1 KB in fp32 (was 128)
 REDUCE_ELEMS = 1024  # partials per load in kernel 2: 32 fp32 values per thread of its one warp
 MAX_ROW = 8192      # norm_gate_route_splitk holds one token's whole row in registers for 1 / rms
-# In-step knobs, off / default (scripts/step_probe.py flips them; the twentieth session's profile with PDL off put the
-# norm + router fold at 6.5 µs a Qwen3-30B-A3B layer for 0.5 MB of gate, the largest latency beside the GEMVs):
+# In-step knobs (scripts/step_probe.py flips them; the twentieth session's profile with PDL off put the norm + router
+# fold at 6.5 µs a Qwen3-30B-A3B layer for 0.5 MB of gate, the largest latency beside the GEMVs):
 WAVE_PROGRAMS = None  # programs default_splits fills (None: the SM count); fewer splits = fewer arrivals to count
-PREFETCH_GATE = False  # norm_gate_route_splitk with PDL: ask the L2 for each program's gate rows before gdc_wait
+PREFETCH_GATE = True  # norm_gate_route_splitk with PDL: ask the L2 for each program's gate rows before gdc_wait
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -207,8 +209,8 @@ def default_splits(T: int, E: int, D: int, sms: int = 132, block_d: int = BLOCK_
     """KSPLIT from shapes: the most splits, at a whole number of D tiles each, whose grid still fits
     one wave of `sms` programs. With n = cdiv(D, block_d) tiles and P = E tiles x token blocks:
     the smallest tiles-per-split q with P * cdiv(n, q) <= sms, then S = cdiv(n, q) (so every split
-    does q or q - 1 tiles). OLMoE / DeepSeek-V2-Lite (E 64, D 2048): 8 x 16 = 128 programs, one
-    tile each; Qwen3-30B (E 128): 16 x 8, two tiles each; Mixtral (E 8, D 4096): 1 x 32. At least 1."""
+    does q or q - 1 tiles). With 16 x 256 tiles, OLMoE / DeepSeek-V2-Lite (E 64, D 2048): 4 x 8 = 32
+    programs, one tile each; Qwen3-30B (E 128): 8 x 8; Mixtral (E 8, D 4096): 1 x 16. At least 1."""
     n = triton.cdiv(D, block_d)
     programs = triton.cdiv(E, BLOCK_E) * triton.cdiv(T, TOKEN_BLOCK)
     for q in range(1, n + 1):
