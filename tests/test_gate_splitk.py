@@ -240,10 +240,21 @@ def test_default_splits():
     assert default_splits(1, 512, 2048) == 4      # 32 E tiles: 4 splits of two tiles fill 128 of 132
     assert default_splits(1, 512, 64) == 1        # one D tile
     assert default_splits(1, 64, 2048, sms=16) == 4   # 4 E tiles x 4 splits of two tiles
-    assert default_splits(1, 64, 2048, block_d=128) == 16  # narrower tiles: more of them to split
+    assert default_splits(1, 64, 2048, block_d=128) == 16  # narrower tiles: 16 of them, 4 x 16 = 64 programs
+    assert default_splits(1, 64, 2048, 132, 128, 8) == 16     # DeepSeek-V2-Lite's fp32 gate: 8 x 16 = 128 programs
     for T, E, D in [(1, 64, 2048), (1, 128, 2048), (1, 8, 4096), (16, 60, 1000), (1, 512, 7168)]:
         s = default_splits(T, E, D)
         assert 1 <= s <= -(-D // BLOCK_D) and -(-E // BLOCK_E) * s <= 132 or s == 1
+
+
+def test_tiles_by_gate_dtype(monkeypatch):
+    """2-byte gates take the module's BLOCK_E x BLOCK_D tiles and PREFETCH_GATE; fp32 gates the FP32 tiles, no prefetch."""
+    from minimoe.kernels import gate_splitk
+    assert gate_splitk._tiles(torch.bfloat16) == gate_splitk._tiles(torch.float16) == (16, 256, True)
+    assert gate_splitk._tiles(torch.float32) == (8, 128, False)
+    monkeypatch.setattr(gate_splitk, "BLOCK_D", 64)
+    monkeypatch.setattr(gate_splitk, "PREFETCH_GATE", False)
+    assert gate_splitk._tiles(torch.bfloat16) == (16, 64, False)   # read at call time: step_probe's knobs reach it
 
 
 def test_usable():
@@ -328,7 +339,7 @@ def test_wave_programs_knob_sets_the_split_count(monkeypatch):
     real = gate_splitk.default_splits
     monkeypatch.setattr(gate_splitk, "default_splits", lambda *a: seen.append((a[3], real(*a))) or real(*a))
     monkeypatch.setattr(gate_splitk, "WAVE_PROGRAMS", 8)
-    test_norm_gate_route_equals_rms_norm_then_gate_route(64, 1024, 1, 8, MODES[0], None, True, torch.float32)
+    test_norm_gate_route_equals_rms_norm_then_gate_route(64, 1024, 1, 8, MODES[0], None, True, torch.float16)
     assert seen and set(seen) == {(8, 2)} and real(1, 64, 1024, 132) == 4
     assert real(1, 64, 2048, 16) == 4 < real(1, 64, 2048, 132) == 8
 
@@ -367,4 +378,5 @@ def test_gate_prefetch_before_the_wait_changes_no_bit(E, gate_dtype, monkeypatch
     on = gate_splitk.norm_gate_route_splitk(x, r, nw, 1e-6, gate, 8, **kw)
     assert all(torch.equal(a, b) for a, b in zip(off, on))
     ptx = getattr(spy.compiled[-1], "asm", {}).get("ptx", "")
-    assert "cp.async.bulk.prefetch.L2" in ptx, "the knob did not reach the kernel"
+    # fp32 gates keep the older tiles without the prefetch (gate_splitk._tiles: measured slower with it)
+    assert ("cp.async.bulk.prefetch.L2" in ptx) == (gate_dtype != torch.float32), "the knob did not reach the kernel"

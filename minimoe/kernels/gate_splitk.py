@@ -69,7 +69,11 @@ from .route import MAX_EXPERTS, _topk_weights
 MAX_T = 16          # the decode sizes it is meant (and benchmarked) for; see `usable`
 TOKEN_BLOCK = 16    # tokens per program: each gate tile is loaded once and used for all of them
 BLOCK_E = 16        # gate rows per tile (8 before the twenty-first session's step probe)
-BLOCK_D = 256       # gate columns per tile: 512 B contiguous per row in bf16, 1 KB in fp32 (was 128)
+BLOCK_D = 256       # gate columns per tile: 512 B contiguous per row in bf16 (was 128)
+# fp32 gates (DeepSeek-V2) keep the older 8 x 128 tiles without the prefetch: in the s21 step probe the 16 x 256 tiles
+# with the prefetch were 0.31% (bs 1) and 0.85% (bs 8) slower on DeepSeek-V2-Lite, which the bf16 gates gained on
+BLOCK_E_FP32 = 8
+BLOCK_D_FP32 = 128
 REDUCE_ELEMS = 1024  # partials per load in kernel 2: 32 fp32 values per thread of its one warp
 MAX_ROW = 8192      # norm_gate_route_splitk holds one token's whole row in registers for 1 / rms
 # In-step knobs (scripts/step_probe.py flips them; the twentieth session's profile with PDL off put the norm + router
@@ -205,14 +209,22 @@ def _sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def default_splits(T: int, E: int, D: int, sms: int = 132, block_d: int = BLOCK_D) -> int:
+def _tiles(gate_dtype: torch.dtype) -> tuple[int, int, bool]:
+    """(BLOCK_E, BLOCK_D, prefetch allowed) for a gate of this dtype: the module knobs, read at call time."""
+    if gate_dtype == torch.float32:
+        return BLOCK_E_FP32, BLOCK_D_FP32, False
+    return BLOCK_E, BLOCK_D, PREFETCH_GATE
+
+
+def default_splits(T: int, E: int, D: int, sms: int = 132, block_d: int = BLOCK_D, block_e: int = BLOCK_E) -> int:
     """KSPLIT from shapes: the most splits, at a whole number of D tiles each, whose grid still fits
     one wave of `sms` programs. With n = cdiv(D, block_d) tiles and P = E tiles x token blocks:
     the smallest tiles-per-split q with P * cdiv(n, q) <= sms, then S = cdiv(n, q) (so every split
     does q or q - 1 tiles). With 16 x 256 tiles, OLMoE / DeepSeek-V2-Lite (E 64, D 2048): 4 x 8 = 32
-    programs, one tile each; Qwen3-30B (E 128): 8 x 8; Mixtral (E 8, D 4096): 1 x 16. At least 1."""
+    programs, one tile each; Qwen3-30B (E 128): 8 x 8; Mixtral (E 8, D 4096): 1 x 16; DeepSeek-V2-Lite's fp32
+    gate at 8 x 128: 8 x 16 = 128. At least 1."""
     n = triton.cdiv(D, block_d)
-    programs = triton.cdiv(E, BLOCK_E) * triton.cdiv(T, TOKEN_BLOCK)
+    programs = triton.cdiv(E, block_e) * triton.cdiv(T, TOKEN_BLOCK)
     for q in range(1, n + 1):
         if programs * triton.cdiv(n, q) <= sms:
             return triton.cdiv(n, q)
@@ -227,8 +239,8 @@ def gate_route_splitk(h: torch.Tensor, gate_weight: torch.Tensor, k: int, *, ren
     of dynamic expert skipping, 0 = off: a skipped slot has weight 0 and id -1).
 
     splits: how many ranges D is cut into (KSPLIT), default `default_splits`; clamped to the
-    number of D tiles. block_d: D columns per gate tile (a power of two >= 16; default BLOCK_D, or
-    D rounded up to a power of two when narrower). Both only move speed (and the fp32 summation
+    number of D tiles. block_d: D columns per gate tile (a power of two >= 16; default BLOCK_D, BLOCK_D_FP32 for
+    an fp32 gate, or D rounded up to a power of two when narrower). Both only move speed (and the fp32 summation
     order); they are knobs for the benchmark and tests.
     No host syncs: safe inside a CUDA graph.
     """
@@ -241,15 +253,16 @@ def gate_route_splitk(h: torch.Tensor, gate_weight: torch.Tensor, k: int, *, ren
     ids = torch.empty(T, k, dtype=torch.int64, device=h.device)
     if T == 0:
         return w, ids
-    block_d = block_d or min(BLOCK_D, max(triton.next_power_of_2(D), 16))
+    tile_e, tile_d, _ = _tiles(gate_weight.dtype)
+    block_d = block_d or min(tile_d, max(triton.next_power_of_2(D), 16))
     assert block_d >= 16 and block_d & (block_d - 1) == 0, f"block_d must be a power of two >= 16: {block_d}"
     n_tiles = triton.cdiv(D, block_d)
+    block_e = min(tile_e, triton.next_power_of_2(E))
     if splits is None:
-        splits = default_splits(T, E, D, WAVE_PROGRAMS or _sm_count(h.device), block_d)
+        splits = default_splits(T, E, D, WAVE_PROGRAMS or _sm_count(h.device), block_d, block_e)
     splits = max(1, min(int(splits), n_tiles))
     part = torch.empty(splits, T, E, dtype=torch.float32, device=h.device)  # every entry is written
     block_t = min(triton.next_power_of_2(T), TOKEN_BLOCK)
-    block_e = min(BLOCK_E, triton.next_power_of_2(E))
     _gate_partial_kernel[(triton.cdiv(E, block_e), splits, triton.cdiv(T, block_t))](
         h, gate_weight, part, T, E, D, h.stride(0), gate_weight.stride(0), n_tiles, splits,
         h, h, h, h, 0, 0.0, h, h, h, 0.0, 0.0,               # the norm and routing arguments: never read
@@ -298,13 +311,14 @@ def norm_gate_route_splitk(x: torch.Tensor, residual: torch.Tensor | None, norm_
     ids = torch.empty(T, k, dtype=torch.int64, device=x.device)
     if T == 0:
         return h, res_out, w, ids
-    block_d = min(BLOCK_D, max(triton.next_power_of_2(D), 16))
+    tile_e, tile_d, prefetch = _tiles(gate_weight.dtype)
+    block_d = min(tile_d, max(triton.next_power_of_2(D), 16))
     n_tiles = triton.cdiv(D, block_d)
+    block_e = min(tile_e, triton.next_power_of_2(E))
     if splits is None:
-        splits = default_splits(T, E, D, WAVE_PROGRAMS or _sm_count(x.device), block_d)
+        splits = default_splits(T, E, D, WAVE_PROGRAMS or _sm_count(x.device), block_d, block_e)
     splits = max(1, min(int(splits), n_tiles))
     block_t = min(triton.next_power_of_2(T), TOKEN_BLOCK)
-    block_e = min(BLOCK_E, triton.next_power_of_2(E))
     t_blocks = triton.cdiv(T, block_t)
     if counters is None or counters.numel() < t_blocks:
         counters = torch.zeros(t_blocks, dtype=torch.int32, device=x.device)
@@ -318,7 +332,7 @@ def norm_gate_route_splitk(x: torch.Tensor, residual: torch.Tensor | None, norm_
         BLOCK_ROW=triton.next_power_of_2(D), ROUTE=True, K=k, E_P2=e_p2,
         BLOCK_S=min(max(REDUCE_ELEMS // e_p2, 1), triton.next_power_of_2(splits)),
         BLOCK_K=triton.next_power_of_2(k), SOFTMAX_FIRST=softmax_first, RENORM=renorm,
-        PREFETCH=PREFETCH_GATE and pdl and _prefetchable(gate_weight, block_d), ELT_BYTES=gate_weight.element_size(),
+        PREFETCH=prefetch and pdl and _prefetchable(gate_weight, block_d), ELT_BYTES=gate_weight.element_size(),
         num_warps=max(1, min(4, block_e * block_d // 256)), **launch_args(pdl),
     )
     return h, res_out, w, ids
