@@ -44,6 +44,10 @@ from .moe_configs import down_config, get_config
 from .pdl import launch_args, wait_then_release
 
 SMALL_BATCH_RATIO = 4  # "small" when T·K·SMALL_BATCH_RATIO <= E
+# The combine's tile (an in-step knob for scripts/step_probe.py): D columns a program sums over the K slots, and its
+# warps. 1024 gives OLMoE at bs 64 a grid of 64 x 2 programs that each walk 8 rows: 4.8 µs a layer (s20 profile).
+COMBINE_BLOCK_D = 1024
+COMBINE_WARPS = 4
 
 
 def plan(T: int, K: int, E: int, config: dict | None = None) -> str:
@@ -242,9 +246,9 @@ def fused_moe(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_ids: to
     weights = topk_weights.float().contiguous().view(-1)  # [T·K]; no copy when already fp32
     _launch_down(h, w2, y, weights, blocks, down_config(config), precision, False)   # after GEMM1: not early (pdl.py)
     out = x.new_empty(T, D)
-    block_d = min(1024, triton.next_power_of_2(D))
+    block_d = min(COMBINE_BLOCK_D, triton.next_power_of_2(D))
     _combine_kernel[(T, triton.cdiv(D, block_d))](y, ids, out, K, expert_offset, E, D,
-                                                  BLOCK_D=block_d, num_warps=4, **launch_args(pdl))
+                                                  BLOCK_D=block_d, num_warps=COMBINE_WARPS, **launch_args(pdl))
     return out
 
 
