@@ -46,8 +46,8 @@ from .pdl import launch_args, wait_then_release
 SMALL_BATCH_RATIO = 4  # "small" when T·K·SMALL_BATCH_RATIO <= E
 # The combine's tile (an in-step knob for scripts/step_probe.py): D columns a program sums over the K slots, and its
 # warps. 1024 gives OLMoE at bs 64 a grid of 64 x 2 programs that each walk 8 rows: 4.8 µs a layer (s20 profile).
-COMBINE_BLOCK_D = 1024
-COMBINE_WARPS = 4
+COMBINE_BLOCK_D = 256
+COMBINE_WARPS = 2
 
 
 def plan(T: int, K: int, E: int, config: dict | None = None) -> str:
