@@ -32,6 +32,7 @@ import torch
 import triton
 import triton.language as tl
 
+from . import fused_moe as _fused_moe
 from .fused_moe import _block_rows, _combine_kernel, _tile_coords, plan
 from .fused_moe_quant_small import fused_moe_quant_small
 from .moe_align import align_tokens_by_expert
@@ -276,9 +277,9 @@ def fused_moe_quant(x: torch.Tensor, w13, w2, topk_ids: torch.Tensor, topk_weigh
     down = dict(cfg, **cfg.get("down", {}))
     _launch(_down_q_kernel, a2, sa2, w2, y, weights, blocks, None, D, I, down, precision, False)
     out = x.new_empty(T, D)
-    block_d = min(1024, triton.next_power_of_2(D))
+    block_d = min(_fused_moe.COMBINE_BLOCK_D, triton.next_power_of_2(D))     # the bf16 path's combine tile
     _combine_kernel[(T, triton.cdiv(D, block_d))](y, ids, out, K, expert_offset, E, D, BLOCK_D=block_d,
-                                                  num_warps=4, **launch_args(pdl))
+                                                  num_warps=_fused_moe.COMBINE_WARPS, **launch_args(pdl))
     return out
 
 
