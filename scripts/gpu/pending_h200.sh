@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# For the next nvidia-h200 call (~5 min), left by the twenty-first session (docs/perf_notes.md, its open leads): the
+# batch-1 dense GEMVs' tiles inside the graphed step. q/k/v and o at T = 1 run `kernels/dense_gemv.py` with the tile
+# `dense_config` picks from a one-kernel sweep (fifth session); the twentieth session's profile put them at ~60% of
+# their bytes in Qwen3-30B-A3B (q/k/v 7.5 µs for 21 MB, o 6.8 for 17 MB, PDL off). dense_gemv.TILES overrides one
+# (N, D) at a time. Shapes: OLMoE q/k/v (6144, 2048) [16, 256] by the rule, o (2048, 2048) [8, 512]; Qwen3 q/k/v
+# (5120, 2048) [8, 512], o (2048, 4096) [4, 1024]. A tile that wins by > 0.5% goes into dense_gemv.TILES (per GPU
+# name, as small_configs.STEP_TILES), then bench.py bs 1.
+# Usage (device tool, repo root): bash scripts/gpu/pending_h200.sh
+set -u
+export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD TQDM_DISABLE=1
+R=$OUT/r; mkdir -p $R
+nvidia-smi --query-gpu=name,clocks.max.sm,clocks.max.mem,power.limit --format=csv > $R/gpu.txt 2>&1
+P=minimoe.kernels.dense_gemv.TILES
+v() { echo "--variant=$1:$P={$2}"; }
+probe() {  # model, then variants
+  local m=$1; shift
+  timeout 140 python3 scripts/step_probe.py --models $m --batches 1 --variant base "$@" --rounds 3 --steps 40 \
+    --json $R/step_dense_$m.json > $R/step_dense_$m.txt 2>&1
+  echo "--- probe bs 1 $m rc $?"; grep -v "^#" $R/step_dense_$m.txt | tail -9
+}
+probe olmoe "$(v qkv8x512 "(6144,2048):{'BLOCK_N':8,'BLOCK_K':512}")" \
+  "$(v qkv4x1024 "(6144,2048):{'BLOCK_N':4,'BLOCK_K':1024}")" \
+  "$(v qkv16w2 "(6144,2048):{'BLOCK_N':16,'BLOCK_K':256,'num_warps':2}")" \
+  "$(v qkv32w8 "(6144,2048):{'BLOCK_N':32,'BLOCK_K':256,'num_warps':8}")" \
+  "$(v o16x256 "(2048,2048):{'BLOCK_N':16,'BLOCK_K':256}")" \
+  "$(v o4x1024 "(2048,2048):{'BLOCK_N':4,'BLOCK_K':1024}")" \
+  "$(v o8w2 "(2048,2048):{'BLOCK_N':8,'BLOCK_K':512,'num_warps':2}")" \
+  "$(v o4x512w1 "(2048,2048):{'BLOCK_N':4,'BLOCK_K':512,'num_warps':1}")"
+probe qwen3 "$(v qkv16x256 "(5120,2048):{'BLOCK_N':16,'BLOCK_K':256}")" \
+  "$(v qkv4x1024 "(5120,2048):{'BLOCK_N':4,'BLOCK_K':1024}")" \
+  "$(v qkv8w2 "(5120,2048):{'BLOCK_N':8,'BLOCK_K':512,'num_warps':2}")" \
+  "$(v qkv4x512w1 "(5120,2048):{'BLOCK_N':4,'BLOCK_K':512,'num_warps':1}")" \
+  "$(v o8x512 "(2048,4096):{'BLOCK_N':8,'BLOCK_K':512}")" \
+  "$(v o2x2048 "(2048,4096):{'BLOCK_N':2,'BLOCK_K':2048}")" \
+  "$(v o4w2 "(2048,4096):{'BLOCK_N':4,'BLOCK_K':1024,'num_warps':2}")" \
+  "$(v o2x1024w1 "(2048,4096):{'BLOCK_N':2,'BLOCK_K':1024,'num_warps':1}")"
+tar czf $OUT/r.tgz -C $OUT r
