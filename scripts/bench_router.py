@@ -49,7 +49,7 @@ MODELS = {
 }
 TOKENS = (1, 2, 4, 8, 16)
 SPLITS_SWEEP = (4, 8, 16, 32)     # at 128-column tiles (clamped to the tiles, duplicates dropped)
-BLOCK_D_SWEEP = (64, 256)         # at each width's default splits
+BLOCK_D_SWEEP = (64, 128, 256, 512)  # at each width's default splits (the default tile is skipped)
 HBM_BYTES_PER_S = 4.25e12
 L2_OVERFLOW = 2.5                 # gate copies cycled: this many times the L2 size
 MAX_CALLS = 1024
@@ -84,11 +84,14 @@ def variants(E, D, T, K, gate_dtype, h_dtype, kw, pdl):
         fits = T <= norm_route.MAX_T and norm_route.usable(E, D, True, gate_dtype, h_dtype)
         out["fused"] = (lambda h, g: norm_route.gate_route(h, g, K, **kw, pdl=pdl), {"usable": fits})
     sms = torch.cuda.get_device_properties(0).multi_processor_count
-    n_tiles = -(-D // gate_splitk.BLOCK_D)
-    default = gate_splitk.default_splits(T, E, D, sms)
-    configs = [(default, gate_splitk.BLOCK_D)]
-    configs += [(min(s, n_tiles), gate_splitk.BLOCK_D) for s in SPLITS_SWEEP]
-    configs += [(gate_splitk.default_splits(T, E, D, sms, bd), bd) for bd in BLOCK_D_SWEEP]
+    tile_e, tile_d, _ = gate_splitk.gate_tiles(gate_dtype)    # the kernel's own tiles for this gate dtype
+    tile_d = min(tile_d, max(1 << (D - 1).bit_length(), 16))
+    block_e = min(tile_e, 1 << (E - 1).bit_length())
+    n_tiles = -(-D // tile_d)
+    default = gate_splitk.default_splits(T, E, D, sms, tile_d, block_e)
+    configs = [(default, tile_d)]
+    configs += [(min(s, n_tiles), tile_d) for s in SPLITS_SWEEP]
+    configs += [(gate_splitk.default_splits(T, E, D, sms, bd, block_e), bd) for bd in BLOCK_D_SWEEP]
     seen = set()
     for i, (s, bd) in enumerate(configs):
         if (s, bd) in seen:

@@ -250,11 +250,11 @@ def test_default_splits():
 def test_tiles_by_gate_dtype(monkeypatch):
     """2-byte gates take the module's BLOCK_E x BLOCK_D tiles and PREFETCH_GATE; fp32 gates the FP32 tiles, no prefetch."""
     from minimoe.kernels import gate_splitk
-    assert gate_splitk._tiles(torch.bfloat16) == gate_splitk._tiles(torch.float16) == (16, 256, True)
-    assert gate_splitk._tiles(torch.float32) == (8, 128, False)
+    assert gate_splitk.gate_tiles(torch.bfloat16) == gate_splitk.gate_tiles(torch.float16) == (16, 256, True)
+    assert gate_splitk.gate_tiles(torch.float32) == (8, 128, False)
     monkeypatch.setattr(gate_splitk, "BLOCK_D", 64)
     monkeypatch.setattr(gate_splitk, "PREFETCH_GATE", False)
-    assert gate_splitk._tiles(torch.bfloat16) == (16, 64, False)   # read at call time: step_probe's knobs reach it
+    assert gate_splitk.gate_tiles(torch.bfloat16) == (16, 64, False)   # read at call time: step_probe's knobs reach it
 
 
 def test_usable():
@@ -378,5 +378,5 @@ def test_gate_prefetch_before_the_wait_changes_no_bit(E, gate_dtype, monkeypatch
     on = gate_splitk.norm_gate_route_splitk(x, r, nw, 1e-6, gate, 8, **kw)
     assert all(torch.equal(a, b) for a, b in zip(off, on))
     ptx = getattr(spy.compiled[-1], "asm", {}).get("ptx", "")
-    # fp32 gates keep the older tiles without the prefetch (gate_splitk._tiles: measured slower with it)
+    # fp32 gates keep the older tiles without the prefetch (gate_splitk.gate_tiles: measured slower with it)
     assert ("cp.async.bulk.prefetch.L2" in ptx) == (gate_dtype != torch.float32), "the knob did not reach the kernel"

@@ -209,7 +209,7 @@ def _sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def _tiles(gate_dtype: torch.dtype) -> tuple[int, int, bool]:
+def gate_tiles(gate_dtype: torch.dtype) -> tuple[int, int, bool]:
     """(BLOCK_E, BLOCK_D, prefetch allowed) for a gate of this dtype: the module knobs, read at call time."""
     if gate_dtype == torch.float32:
         return BLOCK_E_FP32, BLOCK_D_FP32, False
@@ -253,7 +253,7 @@ def gate_route_splitk(h: torch.Tensor, gate_weight: torch.Tensor, k: int, *, ren
     ids = torch.empty(T, k, dtype=torch.int64, device=h.device)
     if T == 0:
         return w, ids
-    tile_e, tile_d, _ = _tiles(gate_weight.dtype)
+    tile_e, tile_d, _ = gate_tiles(gate_weight.dtype)
     block_d = block_d or min(tile_d, max(triton.next_power_of_2(D), 16))
     assert block_d >= 16 and block_d & (block_d - 1) == 0, f"block_d must be a power of two >= 16: {block_d}"
     n_tiles = triton.cdiv(D, block_d)
@@ -311,7 +311,7 @@ def norm_gate_route_splitk(x: torch.Tensor, residual: torch.Tensor | None, norm_
     ids = torch.empty(T, k, dtype=torch.int64, device=x.device)
     if T == 0:
         return h, res_out, w, ids
-    tile_e, tile_d, prefetch = _tiles(gate_weight.dtype)
+    tile_e, tile_d, prefetch = gate_tiles(gate_weight.dtype)
     block_d = min(tile_d, max(triton.next_power_of_2(D), 16))
     n_tiles = triton.cdiv(D, block_d)
     block_e = min(tile_e, triton.next_power_of_2(E))
