@@ -25,6 +25,7 @@ import triton.language as tl
 from .pdl import launch_args, wait_then_release
 
 MAX_N = 16384  # the widest row held in registers at once (16 warps x 32 fp32 values per thread)
+ROW_WARPS = None  # warps a row (an in-step knob for scripts/step_probe.py; None: BLOCK / 256, 1..16)
 
 
 @triton.jit
@@ -88,7 +89,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float,
         res_out if res_out is not None else out,
         x2.stride(0), residual.stride(0) if residual is not None else 0, N, eps,
         BLOCK=block, HAS_RESIDUAL=residual is not None,
-        num_warps=min(max(block // 256, 1), 16),  # 2048 -> 8 warps: ~8 values per thread
+        num_warps=ROW_WARPS or min(max(block // 256, 1), 16),  # 2048 -> 8 warps: ~8 values per thread
         **launch_args(pdl),
     )
     return out, res_out

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# For the next nvidia-h200 call (~5 min), left by the twenty-first session (docs/perf_notes.md, its open leads): the
+# For the next nvidia-h200 call (~7 min), left by the twenty-first session (docs/perf_notes.md, its open leads): the
 # batch-1 dense GEMVs' tiles inside the graphed step. q/k/v and o at T = 1 run `kernels/dense_gemv.py` with the tile
 # `dense_config` picks from a one-kernel sweep (fifth session); the twentieth session's profile put them at ~60% of
 # their bytes in Qwen3-30B-A3B (q/k/v 7.5 µs for 21 MB, o 6.8 for 17 MB, PDL off). dense_gemv.TILES overrides one
@@ -35,4 +35,13 @@ probe qwen3 "$(v qkv16x256 "(5120,2048):{'BLOCK_N':16,'BLOCK_K':256}")" \
   "$(v o2x2048 "(2048,4096):{'BLOCK_N':2,'BLOCK_K':2048}")" \
   "$(v o4w2 "(2048,4096):{'BLOCK_N':4,'BLOCK_K':1024,'num_warps':2}")" \
   "$(v o2x1024w1 "(2048,4096):{'BLOCK_N':2,'BLOCK_K':1024,'num_warps':1}")"
+# bs 64 (issue 16: OLMoE 14,253 / 15,000, DeepSeek-V2-Lite 6,417 / 6,800): other small kernels' grids, as the combine's
+# was (s21 call 4): the RMSNorm's warps a row (8 for D = 2048 today) and the alignment's programs (64, "a guess").
+N=minimoe.kernels.rmsnorm.ROW_WARPS; A=minimoe.kernels.moe_align.PARALLEL_PROGRAMS
+for m in olmoe deepseek-v2-lite; do
+  timeout 110 python3 scripts/step_probe.py --models $m --batches 64 --variant base "--variant=norm_w4:$N=4" \
+    "--variant=norm_w2:$N=2" "--variant=norm_w16:$N=16" "--variant=align32:$A=32" "--variant=align128:$A=128" \
+    --rounds 2 --steps 20 --json $R/step_small64_$m.json > $R/step_small64_$m.txt 2>&1
+  echo "--- probe bs 64 $m rc $?"; grep -v "^#" $R/step_small64_$m.txt | tail -6
+done
 tar czf $OUT/r.tgz -C $OUT r
