@@ -180,7 +180,7 @@ def _splitk_gate(T: int, E: int, D: int, gate_dtype, x_dtype) -> bool:
 
 def _triton_gate_fits(T: int, E: int, D: int, gate_dtype, x_dtype) -> bool:
     """Small gates (<= 64 KB): one program per token streams the whole gate (norm_route.py); large
-    ones at decode sizes: the gate split over ~one wave of programs, then top-k (gate_splitk.py)."""
+    ones at decode sizes: the gate split over at most one wave of programs, then top-k (gate_splitk.py)."""
     small = 0 < T <= _norm_route.MAX_T and _norm_route.usable(E, D, True, gate_dtype, x_dtype)
     return small or _splitk_gate(T, E, D, gate_dtype, x_dtype)
 

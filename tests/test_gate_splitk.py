@@ -91,7 +91,7 @@ CASES = [
     (64, 200, 3, 6, MODES[3], 5, 32),         # D = 200: 7 tiles of 32, the last one ragged; 5 splits
     (128, 256, 1, 8, MODES[0], 100, 64),      # Qwen3-like E; 100 splits clamped to the 4 tiles
     (128, 256, 5, 8, MODES[1], None, None),   # E = 128, a ragged block of 5 tokens, default splits
-    (64, 2048, 1, 8, MODES[0], None, None),   # OLMoE's shape: default splits = 16 ranges of 1 tile
+    (64, 2048, 1, 8, MODES[0], None, None),   # OLMoE's shape: default splits = 16 ranges of 1 tile (8 x 128)
 ]
 
 
@@ -233,7 +233,7 @@ def test_default_splits():
     """One wave of programs on 132 SMs, whole D tiles per split (the docstring's examples)."""
     from minimoe.kernels.gate_splitk import BLOCK_D, BLOCK_E
     assert (BLOCK_E, BLOCK_D) == (16, 256)        # the measured tiles these numbers assume
-    assert default_splits(1, 64, 2048) == 8       # OLMoE, DeepSeek-V2-Lite: 4 E tiles x 8 = 32 programs
+    assert default_splits(1, 64, 2048) == 8       # OLMoE in the fold: 4 E tiles x 8 = 32 programs
     assert default_splits(1, 128, 2048) == 8      # Qwen3-30B: 8 x 8, one tile per split
     assert default_splits(1, 8, 4096) == 16       # Mixtral: 1 x 16
     assert default_splits(16, 64, 2048) == 8      # one block of 16 tokens: the same grid
@@ -241,20 +241,26 @@ def test_default_splits():
     assert default_splits(1, 512, 64) == 1        # one D tile
     assert default_splits(1, 64, 2048, sms=16) == 4   # 4 E tiles x 4 splits of two tiles
     assert default_splits(1, 64, 2048, block_d=128) == 16  # narrower tiles: 16 of them, 4 x 16 = 64 programs
-    assert default_splits(1, 64, 2048, 132, 128, 8) == 16     # DeepSeek-V2-Lite's fp32 gate: 8 x 16 = 128 programs
+    assert default_splits(1, 64, 2048, 132, 128, 8) == 16     # 8 x 128 tiles (fp32, unfolded): 8 x 16 = 128 programs
     for T, E, D in [(1, 64, 2048), (1, 128, 2048), (1, 8, 4096), (16, 60, 1000), (1, 512, 7168)]:
         s = default_splits(T, E, D)
         assert 1 <= s <= -(-D // BLOCK_D) and -(-E // BLOCK_E) * s <= 132 or s == 1
 
 
 def test_tiles_by_gate_dtype(monkeypatch):
-    """2-byte gates take the module's BLOCK_E x BLOCK_D tiles and PREFETCH_GATE; fp32 gates the FP32 tiles, no prefetch."""
+    """The fold with a 2-byte gate takes BLOCK_E x BLOCK_D and PREFETCH_GATE; fp32 gates and the unfolded kernel the
+    OTHER tiles (fp32 in the fold: PREFETCH_GATE_FP32, off); every value read at call time."""
     from minimoe.kernels import gate_splitk
-    assert gate_splitk.gate_tiles(torch.bfloat16) == gate_splitk.gate_tiles(torch.float16) == (16, 256, True)
-    assert gate_splitk.gate_tiles(torch.float32) == (8, 128, False)
+    tiles = gate_splitk.gate_tiles
+    assert tiles(torch.bfloat16, True) == tiles(torch.float16, True) == (16, 256, True)
+    assert tiles(torch.bfloat16, False) == tiles(torch.float32, False) == tiles(torch.float32, True) == (8, 128, False)
     monkeypatch.setattr(gate_splitk, "BLOCK_D", 64)
     monkeypatch.setattr(gate_splitk, "PREFETCH_GATE", False)
-    assert gate_splitk.gate_tiles(torch.bfloat16) == (16, 64, False)   # read at call time: step_probe's knobs reach it
+    monkeypatch.setattr(gate_splitk, "PREFETCH_GATE_FP32", True)
+    assert tiles(torch.bfloat16, True) == (16, 64, False)   # read at call time: step_probe's knobs reach it
+    assert tiles(torch.float32, True) == (8, 128, True) and tiles(torch.float32, False) == (8, 128, False)
+    monkeypatch.setattr(gate_splitk, "BLOCK_E", 4)
+    assert default_splits(1, 64, 2048) == 8                # 16 E tiles x 8 = 128: the module's tile, at call time
 
 
 def test_usable():
@@ -297,6 +303,8 @@ FUSED_CASES = [  # (E, D, T, K, mode, splits, residual)
     (60, 200, 3, 4, MODES[1], 5, True),       # ragged D tiles, E not a power of two
     (128, 256, 17, 8, MODES[2], 3, True),     # two token blocks (16 + 1): two arrival counters
     (8, 128, 2, 2, MODES[4], None, False),    # the first layer: no residual yet
+    (64, 1024, 2, 8, MODES[3], 3, True),      # 4 D tiles of the fold's 256 (2-byte gates), 3 uneven splits
+    (60, 1000, 1, 6, MODES[1], None, True),   # a ragged last tile at either tile width, default splits
 ]
 
 
@@ -359,24 +367,26 @@ class _KeepCompiled:
 @pytest.mark.parametrize("E,gate_dtype", [(64, torch.bfloat16), (128, torch.bfloat16), (60, torch.bfloat16),
                                           (64, torch.float32)])
 def test_gate_prefetch_before_the_wait_changes_no_bit(E, gate_dtype, monkeypatch):
-    """PREFETCH_GATE (the L2 hint before gdc_wait, PDL launches only) on OLMoE / Qwen3-30B-A3B / DeepSeek-V2-Lite-sized
-    folds and an E that wraps the last tile: the prefetch is in the compiled kernel, and the outputs are unchanged."""
+    """PREFETCH_GATE (PREFETCH_GATE_FP32 for the fp32 gate; the L2 hint before gdc_wait, PDL launches only) on OLMoE /
+    Qwen3-30B-A3B / DeepSeek-V2-Lite-sized folds and an E that wraps the last tile: the prefetch is in the compiled
+    kernel, and the outputs are unchanged."""
     from minimoe.kernels import gate_splitk
     if torch.cuda.get_device_capability()[0] < 9:
         pytest.skip("PDL and the bulk L2 prefetch need sm90+")
     x, gate = _separated_case(1, E, 2048, torch.bfloat16, gate_dtype, seed=5)
-    assert gate_splitk._prefetchable(gate, gate_splitk.BLOCK_D)
+    assert gate_splitk._prefetchable(gate, gate_splitk.gate_tiles(gate_dtype, True)[1])
     r = torch.randn_like(x)
     nw = torch.ones(2048, dtype=torch.bfloat16, device=DEVICE)
     cnt = torch.zeros(4, dtype=torch.int32, device=DEVICE)
     kw = dict(renorm=False, counters=cnt, pdl=True)
     monkeypatch.setattr(gate_splitk, "PREFETCH_GATE", False)
+    monkeypatch.setattr(gate_splitk, "PREFETCH_GATE_FP32", False)
     off = gate_splitk.norm_gate_route_splitk(x, r, nw, 1e-6, gate, 8, **kw)
     spy = _KeepCompiled(gate_splitk._gate_partial_kernel)
     monkeypatch.setattr(gate_splitk, "_gate_partial_kernel", spy)
     monkeypatch.setattr(gate_splitk, "PREFETCH_GATE", True)
+    monkeypatch.setattr(gate_splitk, "PREFETCH_GATE_FP32", True)
     on = gate_splitk.norm_gate_route_splitk(x, r, nw, 1e-6, gate, 8, **kw)
     assert all(torch.equal(a, b) for a, b in zip(off, on))
     ptx = getattr(spy.compiled[-1], "asm", {}).get("ptx", "")
-    # fp32 gates keep the older tiles without the prefetch (gate_splitk.gate_tiles: measured slower with it)
-    assert ("cp.async.bulk.prefetch.L2" in ptx) == (gate_dtype != torch.float32), "the knob did not reach the kernel"
+    assert "cp.async.bulk.prefetch.L2" in ptx, "the knob did not reach the kernel"

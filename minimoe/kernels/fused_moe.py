@@ -45,7 +45,9 @@ from .pdl import launch_args, wait_then_release
 
 SMALL_BATCH_RATIO = 4  # "small" when T·K·SMALL_BATCH_RATIO <= E
 # The combine's tile (an in-step knob for scripts/step_probe.py): D columns a program sums over the K slots, and its
-# warps. 1024 gives OLMoE at bs 64 a grid of 64 x 2 programs that each walk 8 rows: 4.8 µs a layer (s20 profile).
+# warps. 256 x 2 warps since the twenty-first session: OLMoE at bs 64 gets 64 x 8 programs (1024 x 4 gave 64 x 2 that
+# each walked 8 rows of 2 KB, 4.8 µs a layer in the s20 profile); a step -0.60% (OLMoE bs 64), -0.26% (DeepSeek-V2-Lite
+# bs 64), -0.79% (OLMoE bs 16), -0.78% (Qwen3-30B-A3B bs 16), -0.86% (OLMoE fp8 bs 64).
 COMBINE_BLOCK_D = 256
 COMBINE_WARPS = 2
 

@@ -1,4 +1,4 @@
-"""Router GEMV split along D over ~one wave of programs, then top-k routing: large gates at decode.
+"""Router GEMV split along D over at most one wave of programs, then top-k routing: large gates at decode.
 
 At decode an MoE layer's router is logits = h Wgateᵀ, h [T, D] with T = 1..16 and a gate [E, D] of
 256-512 KB (OLMoE 64 x 2048 bf16, Qwen3-30B 128 x 2048 bf16, DeepSeek-V2-Lite 64 x 2048 fp32).
@@ -6,9 +6,10 @@ Reading 256 KB at the H200's ~4.25 TB/s takes 0.06 µs; what costs is latency. c
 [T, E] output 64 experts at a time, so it runs 1-2 CTAs that each walk all of D: ~5 µs measured, on
 1-2 of 132 SMs. norm_route.py's `gate_route` (one program per token streams the whole gate) has the
 same problem, and wins only for gates <= 64 KB. Here the gate is cut into [BLOCK_E, BLOCK_D] tiles
-(16 x 256: 8 KB of bf16) and the D axis is split into KSPLIT ranges, so that
+(16 x 256 = 8 KB of bf16 in the fold, 8 x 128 elsewhere: `gate_tiles`) and the D axis is split into KSPLIT
+ranges, so that
     grid = (E tiles, KSPLIT, token blocks)  <=  one wave of ~132 programs at T = 1,
-each program reading its 8 KB of gate once and using it for every token of its block:
+each program reading its tile of gate once and using it for every token of its block:
 
   kernel 1 (`_gate_partial_kernel`), program (i, s, b):
       part[s, t, e] = sum over d in split s of h[t, d] * gate[e, d]     (fp32, e in tile i, t in block b)
@@ -47,9 +48,12 @@ Scope (`usable`): the "softmax_topk" and "topk_softmax" routers without a select
 route.py), E <= MAX_EXPERTS, any D, T <= MAX_T (the kernel takes more tokens, in blocks of 16 that
 each re-read the gate from L2, but is benchmarked only up to 16), fp32/fp16/bf16 gate and activations.
 Tiles: measured in the graphed bs-1 step on the H200 (twenty-first session, scripts/step_probe.py; docs/perf_notes.md).
-From 8 x 128 tiles (one full wave of 2 KB programs) to 16 x 256 with PREFETCH_GATE: Qwen3-30B-A3B's step -3.30%,
-OLMoE's -0.58%. Fewer, larger programs mean fewer arrivals at the fold's counter and fewer tails; the prefetch
-overlaps the gate's first bytes with the previous kernel's drain. scripts/bench_router.py times the kernels alone.
+The fold with a 2-byte gate went from 8 x 128 tiles (one full wave of 2 KB programs) to 16 x 256 with PREFETCH_GATE:
+Qwen3-30B-A3B's step -3.25%, OLMoE's -0.88%, Qwen1.5-MoE's -0.36%. Fewer, larger programs mean fewer arrivals at the
+fold's counter and fewer tails; the prefetch overlaps the gate's first bytes with the previous kernel's drain.
+DeepSeek-V2-Lite's fp32 gate was slower on them (+0.3% bs 1, +0.9% bs 8), and `gate_route_splitk` (bs 2-4 with a
+2-byte gate) was not probed with them: both keep 8 x 128 (`gate_tiles`). scripts/bench_router.py times the kernels
+alone.
 Idea: "parallel split-K" GEMM, whose slices write partial products to a workspace that a second
 kernel reduces (NVIDIA CUTLASS, include/cutlass/gemm/device/gemm_splitk_parallel.h); here the
 reduction kernel is route.py's top-k, which has to read the logits anyway.
@@ -68,18 +72,21 @@ from .route import MAX_EXPERTS, _topk_weights
 
 MAX_T = 16          # the decode sizes it is meant (and benchmarked) for; see `usable`
 TOKEN_BLOCK = 16    # tokens per program: each gate tile is loaded once and used for all of them
-BLOCK_E = 16        # gate rows per tile (8 before the twenty-first session's step probe)
-BLOCK_D = 256       # gate columns per tile: 512 B contiguous per row in bf16 (was 128)
-# fp32 gates (DeepSeek-V2) keep the older 8 x 128 tiles without the prefetch: in the s21 step probe the 16 x 256 tiles
-# with the prefetch were 0.31% (bs 1) and 0.85% (bs 8) slower on DeepSeek-V2-Lite, which the bf16 gates gained on
-BLOCK_E_FP32 = 8
-BLOCK_D_FP32 = 128
+# Tiles [BLOCK_E gate rows, BLOCK_D gate columns] (`gate_tiles` picks them at call time, so step_probe's knobs reach
+# them). The fold (norm_gate_route_splitk) with a 2-byte gate: 16 x 256, 512 B contiguous per row (s21 step probe).
+BLOCK_E = 16
+BLOCK_D = 256
+# Everything else keeps the pre-s21 8 x 128: fp32 gates (DeepSeek-V2; 16 x 256 + prefetch measured +0.31% / +0.86% a
+# step at bs 1 / 8) and the unfolded gate_route_splitk (bs 2-4 with 2-byte gates: not probed with the new tiles).
+BLOCK_E_OTHER = 8
+BLOCK_D_OTHER = 128
 REDUCE_ELEMS = 1024  # partials per load in kernel 2: 32 fp32 values per thread of its one warp
 MAX_ROW = 8192      # norm_gate_route_splitk holds one token's whole row in registers for 1 / rms
 # In-step knobs (scripts/step_probe.py flips them; the twentieth session's profile with PDL off put the norm + router
 # fold at 6.5 µs a Qwen3-30B-A3B layer for 0.5 MB of gate, the largest latency beside the GEMVs):
 WAVE_PROGRAMS = None  # programs default_splits fills (None: the SM count); fewer splits = fewer arrivals to count
 PREFETCH_GATE = True  # norm_gate_route_splitk with PDL: ask the L2 for each program's gate rows before gdc_wait
+PREFETCH_GATE_FP32 = False  # the same for an fp32 gate (its measured configuration, 8 x 128, had none)
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -209,20 +216,26 @@ def _sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def gate_tiles(gate_dtype: torch.dtype) -> tuple[int, int, bool]:
-    """(BLOCK_E, BLOCK_D, prefetch allowed) for a gate of this dtype: the module knobs, read at call time."""
+def gate_tiles(gate_dtype: torch.dtype, fold: bool) -> tuple[int, int, bool]:
+    """(BLOCK_E, BLOCK_D, prefetch allowed) for a gate of this dtype in the fold (`norm_gate_route_splitk`, fold=True)
+    or in `gate_route_splitk` (the prefetch is the fold's only): the module knobs, read at call time."""
     if gate_dtype == torch.float32:
-        return BLOCK_E_FP32, BLOCK_D_FP32, False
-    return BLOCK_E, BLOCK_D, PREFETCH_GATE
+        return BLOCK_E_OTHER, BLOCK_D_OTHER, fold and PREFETCH_GATE_FP32
+    if fold:
+        return BLOCK_E, BLOCK_D, PREFETCH_GATE
+    return BLOCK_E_OTHER, BLOCK_D_OTHER, False
 
 
-def default_splits(T: int, E: int, D: int, sms: int = 132, block_d: int = BLOCK_D, block_e: int = BLOCK_E) -> int:
+def default_splits(T: int, E: int, D: int, sms: int = 132, block_d: int | None = None,
+                   block_e: int | None = None) -> int:
     """KSPLIT from shapes: the most splits, at a whole number of D tiles each, whose grid still fits
     one wave of `sms` programs. With n = cdiv(D, block_d) tiles and P = E tiles x token blocks:
     the smallest tiles-per-split q with P * cdiv(n, q) <= sms, then S = cdiv(n, q) (so every split
-    does q or q - 1 tiles). With 16 x 256 tiles, OLMoE / DeepSeek-V2-Lite (E 64, D 2048): 4 x 8 = 32
-    programs, one tile each; Qwen3-30B (E 128): 8 x 8; Mixtral (E 8, D 4096): 1 x 16; DeepSeek-V2-Lite's fp32
-    gate at 8 x 128: 8 x 16 = 128. At least 1."""
+    does q or q - 1 tiles). block_d / block_e: the tile (None: BLOCK_D / BLOCK_E, read at call time). With the
+    fold's 16 x 256 tiles, OLMoE (E 64, D 2048): 4 x 8 = 32 programs, one tile each; Qwen3-30B (E 128): 8 x 8;
+    Mixtral (E 8, D 4096): 1 x 16. At 8 x 128 (fp32 gates, the unfolded kernel), E 64: 8 x 16 = 128. At least 1."""
+    block_d = block_d or BLOCK_D
+    block_e = block_e or BLOCK_E
     n = triton.cdiv(D, block_d)
     programs = triton.cdiv(E, block_e) * triton.cdiv(T, TOKEN_BLOCK)
     for q in range(1, n + 1):
@@ -239,8 +252,8 @@ def gate_route_splitk(h: torch.Tensor, gate_weight: torch.Tensor, k: int, *, ren
     of dynamic expert skipping, 0 = off: a skipped slot has weight 0 and id -1).
 
     splits: how many ranges D is cut into (KSPLIT), default `default_splits`; clamped to the
-    number of D tiles. block_d: D columns per gate tile (a power of two >= 16; default BLOCK_D, BLOCK_D_FP32 for
-    an fp32 gate, or D rounded up to a power of two when narrower). Both only move speed (and the fp32 summation
+    number of D tiles. block_d: D columns per gate tile (a power of two >= 16; default `gate_tiles`' (BLOCK_D_OTHER),
+    or D rounded up to a power of two when narrower). Both only move speed (and the fp32 summation
     order); they are knobs for the benchmark and tests.
     No host syncs: safe inside a CUDA graph.
     """
@@ -253,7 +266,7 @@ def gate_route_splitk(h: torch.Tensor, gate_weight: torch.Tensor, k: int, *, ren
     ids = torch.empty(T, k, dtype=torch.int64, device=h.device)
     if T == 0:
         return w, ids
-    tile_e, tile_d, _ = gate_tiles(gate_weight.dtype)
+    tile_e, tile_d, _ = gate_tiles(gate_weight.dtype, fold=False)
     block_d = block_d or min(tile_d, max(triton.next_power_of_2(D), 16))
     assert block_d >= 16 and block_d & (block_d - 1) == 0, f"block_d must be a power of two >= 16: {block_d}"
     n_tiles = triton.cdiv(D, block_d)
@@ -267,7 +280,7 @@ def gate_route_splitk(h: torch.Tensor, gate_weight: torch.Tensor, k: int, *, ren
         h, gate_weight, part, T, E, D, h.stride(0), gate_weight.stride(0), n_tiles, splits,
         h, h, h, h, 0, 0.0, h, h, h, 0.0, 0.0,               # the norm and routing arguments: never read
         BLOCK_T=block_t, BLOCK_E=block_e, BLOCK_D=block_d,
-        num_warps=max(1, min(4, block_e * block_d // 256)),  # 2 KB bf16 tile: 4 warps, 8 values each
+        num_warps=max(1, min(4, block_e * block_d // 256)),  # 8 x 128 tile: 4 warps, 8 values each
         **launch_args(pdl),
     )
     e_p2 = triton.next_power_of_2(E)
@@ -311,7 +324,7 @@ def norm_gate_route_splitk(x: torch.Tensor, residual: torch.Tensor | None, norm_
     ids = torch.empty(T, k, dtype=torch.int64, device=x.device)
     if T == 0:
         return h, res_out, w, ids
-    tile_e, tile_d, prefetch = gate_tiles(gate_weight.dtype)
+    tile_e, tile_d, prefetch = gate_tiles(gate_weight.dtype, fold=True)
     block_d = min(tile_d, max(triton.next_power_of_2(D), 16))
     n_tiles = triton.cdiv(D, block_d)
     block_e = min(tile_e, triton.next_power_of_2(E))
@@ -333,7 +346,7 @@ def norm_gate_route_splitk(x: torch.Tensor, residual: torch.Tensor | None, norm_
         BLOCK_S=min(max(REDUCE_ELEMS // e_p2, 1), triton.next_power_of_2(splits)),
         BLOCK_K=triton.next_power_of_2(k), SOFTMAX_FIRST=softmax_first, RENORM=renorm,
         PREFETCH=prefetch and pdl and _prefetchable(gate_weight, block_d), ELT_BYTES=gate_weight.element_size(),
-        num_warps=max(1, min(4, block_e * block_d // 256)), **launch_args(pdl),
+        num_warps=max(1, min(4, block_e * block_d // 256)), **launch_args(pdl),  # 16 x 256: 4 warps, 32 values each
     )
     return h, res_out, w, ids
 

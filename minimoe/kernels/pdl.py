@@ -10,9 +10,9 @@ has completed and its writes are visible; kernel N lets it launch early with
 
 Our kernels call both as their first statements (`wait_then_release`): nothing is read or written
 before the predecessor has finished, so results are exactly those without PDL; only the launch work
-overlaps. (Opt-in exceptions, off by default: the dense GEMV's `PREFETCH_BYTES` and the router
-fold's `gate_splitk.PREFETCH_GATE` ask the L2 for their own weights, which no kernel writes, before
-the wait.) Kernels we do not own (cuBLAS, PyTorch,
+overlaps. (Exceptions: the dense GEMV's `PREFETCH_BYTES`, opt-in, and the router fold's
+`gate_splitk.PREFETCH_GATE`, on by default for 2-byte gates since the twenty-first session's step
+probe, ask the L2 for their own weights, which no kernel writes, before the wait.) Kernels we do not own (cuBLAS, PyTorch,
 bitsandbytes) and the `--gemv triton` kernel (kernels/gemv.py) run in stream order.
 
 Which launches may be early. An early-launched grid fills whatever SM slots free up first. After a one- or

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# For the next nvidia-h200 call (~7 min), left by the twenty-first session (docs/perf_notes.md, its open leads): the
+# For the next nvidia-h200 call (~10 min, all of one call's limit), left by the twenty-first session (docs/perf_notes.md, its open leads): the
 # batch-1 dense GEMVs' tiles inside the graphed step. q/k/v and o at T = 1 run `kernels/dense_gemv.py` with the tile
 # `dense_config` picks from a one-kernel sweep (fifth session); the twentieth session's profile put them at ~60% of
 # their bytes in Qwen3-30B-A3B (q/k/v 7.5 µs for 21 MB, o 6.8 for 17 MB, PDL off). dense_gemv.TILES overrides one
@@ -44,4 +44,13 @@ for m in olmoe deepseek-v2-lite; do
     --rounds 2 --steps 20 --json $R/step_small64_$m.json > $R/step_small64_$m.txt 2>&1
   echo "--- probe bs 64 $m rc $?"; grep -v "^#" $R/step_small64_$m.txt | tail -6
 done
+# the unfolded split-K router (bs 2-4, 2-byte gates) on the fold's 16 x 256 tiles, which s21 gave the fold only
+G=minimoe.kernels.gate_splitk
+timeout 90 python3 scripts/step_probe.py --models qwen3 olmoe --batches 2 4 --variant base \
+  "--variant=other16x256:$G.BLOCK_E_OTHER=16,$G.BLOCK_D_OTHER=256" --rounds 2 --steps 40 \
+  --json $R/step_unfolded.json > $R/step_unfolded.txt 2>&1
+echo "--- probe bs 2 4 rc $?"; grep -v "^#" $R/step_unfolded.txt | tail -8
+# every GPU test: the code after s21's call 4 (combine tile, gate_tiles, PREFETCH_GATE_FP32 test) has not run on a GPU
+[ $SECONDS -lt 330 ] && timeout 240 python3 -m pytest -q -m gpu tests/ > $R/pytest_gpu.txt 2>&1
+echo "--- pytest rc $?"; tail -3 $R/pytest_gpu.txt
 tar czf $OUT/r.tgz -C $OUT r
