@@ -47,13 +47,9 @@ other way (the same allowance as norm_route.py).
 Scope (`usable`): the "softmax_topk" and "topk_softmax" routers without a selection bias (as for
 route.py), E <= MAX_EXPERTS, any D, T <= MAX_T (the kernel takes more tokens, in blocks of 16 that
 each re-read the gate from L2, but is benchmarked only up to 16), fp32/fp16/bf16 gate and activations.
-Tiles: measured in the graphed bs-1 step on the H200 (twenty-first session, scripts/step_probe.py; docs/perf_notes.md).
-The fold with a 2-byte gate went from 8 x 128 tiles (one full wave of 2 KB programs) to 16 x 256 with PREFETCH_GATE:
-Qwen3-30B-A3B's step -3.25%, OLMoE's -0.88%, Qwen1.5-MoE's -0.36%. Fewer, larger programs mean fewer arrivals at the
-fold's counter and fewer tails; the prefetch overlaps the gate's first bytes with the previous kernel's drain.
-DeepSeek-V2-Lite's fp32 gate was slower on them (+0.3% bs 1, +0.9% bs 8), and `gate_route_splitk` (bs 2-4 with a
-2-byte gate) was not probed with them: both keep 8 x 128 (`gate_tiles`). scripts/bench_router.py times the kernels
-alone.
+Tiles (`gate_tiles`), from the graphed bs-1 step on the H200 (s21, scripts/step_probe.py; docs/perf_notes.md): the fold
+with a 2-byte gate takes 16 x 256 and PREFETCH_GATE (Qwen3-30B-A3B's step -3.25%, OLMoE's -0.88% against 8 x 128):
+fewer arrivals at its counter, and the gate's first bytes overlap the previous kernel's drain.
 Idea: "parallel split-K" GEMM, whose slices write partial products to a workspace that a second
 kernel reduces (NVIDIA CUTLASS, include/cutlass/gemm/device/gemm_splitk_parallel.h); here the
 reduction kernel is route.py's top-k, which has to read the logits anyway.
@@ -72,14 +68,11 @@ from .route import MAX_EXPERTS, _topk_weights
 
 MAX_T = 16          # the decode sizes it is meant (and benchmarked) for; see `usable`
 TOKEN_BLOCK = 16    # tokens per program: each gate tile is loaded once and used for all of them
-# Tiles [BLOCK_E gate rows, BLOCK_D gate columns] (`gate_tiles` picks them at call time, so step_probe's knobs reach
-# them). The fold (norm_gate_route_splitk) with a 2-byte gate: 16 x 256, 512 B contiguous per row (s21 step probe).
-BLOCK_E = 16
-BLOCK_D = 256
-# Everything else keeps the pre-s21 8 x 128: fp32 gates (DeepSeek-V2; 16 x 256 + prefetch measured +0.31% / +0.86% a
-# step at bs 1 / 8) and the unfolded gate_route_splitk (bs 2-4 with 2-byte gates: not probed with the new tiles).
-BLOCK_E_OTHER = 8
-BLOCK_D_OTHER = 128
+# [gate rows, gate columns] a tile, read at call time by `gate_tiles`: the fold with a 2-byte gate (s21 step probe)
+BLOCK_E, BLOCK_D = 16, 256
+# the rest keeps the pre-s21 tile: fp32 gates (16 x 256 + prefetch: +0.31% / +0.86% a DeepSeek-V2-Lite step at bs 1 / 8)
+# and the unfolded gate_route_splitk (bs 2-4 with 2-byte gates: not probed with 16 x 256)
+BLOCK_E_OTHER, BLOCK_D_OTHER = 8, 128
 REDUCE_ELEMS = 1024  # partials per load in kernel 2: 32 fp32 values per thread of its one warp
 MAX_ROW = 8192      # norm_gate_route_splitk holds one token's whole row in registers for 1 / rms
 # In-step knobs (scripts/step_probe.py flips them; the twentieth session's profile with PDL off put the norm + router
