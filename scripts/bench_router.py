@@ -84,7 +84,7 @@ def variants(E, D, T, K, gate_dtype, h_dtype, kw, pdl):
         fits = T <= norm_route.MAX_T and norm_route.usable(E, D, True, gate_dtype, h_dtype)
         out["fused"] = (lambda h, g: norm_route.gate_route(h, g, K, **kw, pdl=pdl), {"usable": fits})
     sms = torch.cuda.get_device_properties(0).multi_processor_count
-    tile_e, tile_d, _ = gate_splitk.gate_tiles(gate_dtype, fold=False)  # the unfolded kernel's own tiles
+    tile_e, tile_d, _ = gate_splitk.gate_tiles(gate_dtype, fold=False, E=E)  # the unfolded kernel's own tiles
     tile_d = min(tile_d, max(1 << (D - 1).bit_length(), 16))
     block_e = min(tile_e, 1 << (E - 1).bit_length())
     n_tiles = -(-D // tile_d)

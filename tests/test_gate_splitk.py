@@ -254,6 +254,8 @@ def test_tiles_by_gate_dtype(monkeypatch):
     tiles = gate_splitk.gate_tiles
     assert tiles(torch.bfloat16, True) == tiles(torch.float16, True) == (16, 256, True)
     assert tiles(torch.bfloat16, False) == tiles(torch.float32, False) == tiles(torch.float32, True) == (8, 128, False)
+    assert tiles(torch.bfloat16, False, E=64) == tiles(torch.float32, False, E=128) == (8, 128, False)
+    assert tiles(torch.bfloat16, False, E=128) == tiles(torch.float16, False, E=256) == (16, 256, False)  # wide gates
     monkeypatch.setattr(gate_splitk, "BLOCK_D", 64)
     monkeypatch.setattr(gate_splitk, "PREFETCH_GATE", False)
     monkeypatch.setattr(gate_splitk, "PREFETCH_GATE_FP32", True)

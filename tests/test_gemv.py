@@ -161,6 +161,28 @@ def test_dense_gemv_matches_linear(T, N, D, dtype):
         dense_gemv(x, w, bias=b[:-1] if N > 1 else torch.zeros(2, device=DEVICE, dtype=dtype))
 
 
+def test_dense_config_order_probe_table_rule(monkeypatch):
+    """dense_config on a GPU: TILES (an in-step probe) over STEP_TILES[this GPU] over the rule, for that (N, D) only;
+    another GPU's table is never read; the interpreter's tile ignores both."""
+    from minimoe.kernels import dense_gemv as dg
+    monkeypatch.setattr(dg, "on_gpu", lambda: True)
+    monkeypatch.setattr(dg, "device_name", lambda: "TEST_GPU")
+    rule = dg.dense_config(2048, 4096)
+    assert rule == {"BLOCK_N": 4, "BLOCK_K": 1024, "num_warps": 4, "num_stages": 3}      # D >= 2N: long reduction
+    monkeypatch.setitem(dg.STEP_TILES, "TEST_GPU", {(2048, 4096): {"BLOCK_N": 2, "num_warps": 1}})
+    assert dg.dense_config(2048, 4096) == dict(rule, BLOCK_N=2, num_warps=1)
+    assert dg.dense_config(4096, 2048) != dg.dense_config(2048, 4096)                    # keyed by (N, D), not the set
+    assert dg.dense_config(2048, 2048) == {"BLOCK_N": 8, "BLOCK_K": 512, "num_warps": 4, "num_stages": 3}
+    monkeypatch.setitem(dg.TILES, (2048, 4096), {"BLOCK_N": 8, "BLOCK_K": 512})
+    assert dg.dense_config(2048, 4096) == {"BLOCK_N": 8, "BLOCK_K": 512, "num_warps": 4, "num_stages": 3}
+    monkeypatch.setattr(dg, "device_name", lambda: "OTHER_GPU")
+    monkeypatch.delitem(dg.TILES, (2048, 4096))
+    assert dg.dense_config(2048, 4096) == rule
+    monkeypatch.setattr(dg, "on_gpu", lambda: False)
+    monkeypatch.setattr(dg, "device_name", lambda: "TEST_GPU")
+    assert dg.dense_config(2048, 4096)["BLOCK_K"] == 32                                   # the interpreter's tile
+
+
 def test_dense_gemv_refuses_inputs_it_would_misread():
     """A transposed weight, a strided x, another K or another dtype: one ValueError, not a wrong result (the kernel
     walks both along a unit-stride K of the weight's width)."""

@@ -15,12 +15,20 @@ import torch
 import triton
 
 from .fused_moe_small import SMALL_KEYS, _down_combine_kernel
-from .moe_configs import on_gpu
+from .moe_configs import device_name, on_gpu
 from .pdl import launch_args
 
 
 TILES: dict[tuple[int, int], dict] = {}   # (N, D) -> a tile over `dense_config`'s choice on a GPU (in-step A/B's,
                                           # scripts/step_probe.py variants; empty: the sweep's rule below)
+# Measured inside the graphed bs-1 step (per GPU, keyed by (N, D); read after TILES, before the rule). Twenty-second
+# session (docs/results/2026-12-02-s22): Qwen3-30B-A3B's o projection (2048, 4096) on [2, 1024] tiles with one warp,
+# -2.02% / -2.08% a step (calls 1-2; the rule's [4, 1024] x 4 warps). The same change on (2048, 2048) o projections was
+# -0.95% on OLMoE and -0.83% on Qwen1.5-MoE but +3.21% on DeepSeek-V2-Lite (call 3), and on Mixtral's (4096, 4096)
+# -0.20%: one shape key cannot tell those steps apart, so only the shape one model owns is in the table.
+STEP_TILES: dict[str, dict[tuple[int, int], dict]] = {
+    "NVIDIA_H200": {(2048, 4096): {"BLOCK_N": 2, "BLOCK_K": 1024, "num_warps": 1}},
+}
 
 
 def dense_config(N: int, D: int) -> dict:
@@ -28,11 +36,10 @@ def dense_config(N: int, D: int) -> dict:
     projection shapes of Qwen3-0.6B / 1.7B, OLMoE, Mixtral, Qwen3-30B-A3B; docs/results/2026-11-30-s5):
     always 4096 weights a step (8 KB in a 16-bit dtype), 4 warps, 3 stages; short rows (D <= 1024, checked
     first) or wide outputs (2.5 D < N < 16 D) take [BLOCK_N, BLOCK_K] = [16, 256], long reductions (D >= 2N)
-    and vocabulary heads (N >= 16 D) [4, 1024], the rest [8, 512]; BLOCK_K at most D's next power of two."""
+    and vocabulary heads (N >= 16 D) [4, 1024], the rest [8, 512]; BLOCK_K at most D's next power of two.
+    TILES (in-step probes) and then STEP_TILES[this GPU] replace the rule's keys for their (N, D)."""
     if not on_gpu():
         return {"BLOCK_N": 16, "BLOCK_K": 32, "num_warps": 4, "num_stages": 1}
-    if (N, D) in TILES:
-        return {"num_warps": 4, "num_stages": 3, **TILES[(N, D)]}
     if D <= 1024 or 2.5 * D < N < 16 * D:
         block_k = 256
     elif 2 * N <= D or N >= 16 * D:
@@ -40,7 +47,8 @@ def dense_config(N: int, D: int) -> dict:
     else:
         block_k = 512
     block_k = min(block_k, triton.next_power_of_2(D))
-    return {"BLOCK_N": 4096 // block_k, "BLOCK_K": block_k, "num_warps": 4, "num_stages": 3}
+    rule = {"BLOCK_N": 4096 // block_k, "BLOCK_K": block_k, "num_warps": 4, "num_stages": 3}
+    return {**rule, **(TILES.get((N, D)) or STEP_TILES.get(device_name(), {}).get((N, D)) or {})}
 
 
 def dense_gemv(x: torch.Tensor, weight: torch.Tensor, config: dict | None = None, pdl: bool = False,

@@ -6,7 +6,7 @@ Reading 256 KB at the H200's ~4.25 TB/s takes 0.06 µs; what costs is latency. c
 [T, E] output 64 experts at a time, so it runs 1-2 CTAs that each walk all of D: ~5 µs measured, on
 1-2 of 132 SMs. norm_route.py's `gate_route` (one program per token streams the whole gate) has the
 same problem, and wins only for gates <= 64 KB. Here the gate is cut into [BLOCK_E, BLOCK_D] tiles
-(16 x 256 = 8 KB of bf16 in the fold, 8 x 128 elsewhere: `gate_tiles`) and the D axis is split into KSPLIT
+(16 x 256 = 8 KB of bf16 in the fold and on 128-expert gates, 8 x 128 elsewhere: `gate_tiles`) and the D axis is split into KSPLIT
 ranges, so that
     grid = (E tiles, KSPLIT, token blocks)  <=  one wave of ~132 programs at T = 1,
 each program reading its tile of gate once and using it for every token of its block:
@@ -71,8 +71,12 @@ TOKEN_BLOCK = 16    # tokens per program: each gate tile is loaded once and used
 # [gate rows, gate columns] a tile, read at call time by `gate_tiles`: the fold with a 2-byte gate (s21 step probe)
 BLOCK_E, BLOCK_D = 16, 256
 # the rest keeps the pre-s21 tile: fp32 gates (16 x 256 + prefetch: +0.31% / +0.86% a DeepSeek-V2-Lite step at bs 1 / 8)
-# and the unfolded gate_route_splitk (bs 2-4 with 2-byte gates: not probed with 16 x 256)
+# and the unfolded gate_route_splitk (bs 2-4) on gates of fewer than WIDE_GATE_E experts
 BLOCK_E_OTHER, BLOCK_D_OTHER = 8, 128
+# the unfolded kernel with a 2-byte gate of >= WIDE_GATE_E experts takes BLOCK_E x BLOCK_D (no prefetch): s22 step
+# probe, Qwen3-30B-A3B (128 experts) -1.19% / -1.24% a bs-2 / bs-4 step; OLMoE (64) -0.12% / +0.03%, Mixtral (8)
+# +0.03%, Qwen1.5-MoE (60) +0.19% at bs 2: kept 8 x 128 (docs/results/2026-12-02-s22, calls 1-2)
+WIDE_GATE_E = 128
 REDUCE_ELEMS = 1024  # partials per load in kernel 2: 32 fp32 values per thread of its one warp
 MAX_ROW = 8192      # norm_gate_route_splitk holds one token's whole row in registers for 1 / rms
 # In-step knobs (scripts/step_probe.py flips them; the twentieth session's profile with PDL off put the norm + router
@@ -209,13 +213,16 @@ def _sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def gate_tiles(gate_dtype: torch.dtype, fold: bool) -> tuple[int, int, bool]:
-    """(BLOCK_E, BLOCK_D, prefetch allowed) for a gate of this dtype in the fold (`norm_gate_route_splitk`, fold=True)
-    or in `gate_route_splitk` (the prefetch is the fold's only): the module knobs, read at call time."""
+def gate_tiles(gate_dtype: torch.dtype, fold: bool, E: int = 0) -> tuple[int, int, bool]:
+    """(BLOCK_E, BLOCK_D, prefetch allowed) for a gate [E, D] of this dtype in the fold (`norm_gate_route_splitk`,
+    fold=True) or in `gate_route_splitk` (the prefetch is the fold's only; E >= WIDE_GATE_E takes the fold's tile):
+    the module knobs, read at call time."""
     if gate_dtype == torch.float32:
         return BLOCK_E_OTHER, BLOCK_D_OTHER, fold and PREFETCH_GATE_FP32
     if fold:
         return BLOCK_E, BLOCK_D, PREFETCH_GATE
+    if E >= WIDE_GATE_E:
+        return BLOCK_E, BLOCK_D, False
     return BLOCK_E_OTHER, BLOCK_D_OTHER, False
 
 
@@ -259,7 +266,7 @@ def gate_route_splitk(h: torch.Tensor, gate_weight: torch.Tensor, k: int, *, ren
     ids = torch.empty(T, k, dtype=torch.int64, device=h.device)
     if T == 0:
         return w, ids
-    tile_e, tile_d, _ = gate_tiles(gate_weight.dtype, fold=False)
+    tile_e, tile_d, _ = gate_tiles(gate_weight.dtype, fold=False, E=E)
     block_d = block_d or min(tile_d, max(triton.next_power_of_2(D), 16))
     assert block_d >= 16 and block_d & (block_d - 1) == 0, f"block_d must be a power of two >= 16: {block_d}"
     n_tiles = triton.cdiv(D, block_d)
@@ -273,7 +280,7 @@ def gate_route_splitk(h: torch.Tensor, gate_weight: torch.Tensor, k: int, *, ren
         h, gate_weight, part, T, E, D, h.stride(0), gate_weight.stride(0), n_tiles, splits,
         h, h, h, h, 0, 0.0, h, h, h, 0.0, 0.0,               # the norm and routing arguments: never read
         BLOCK_T=block_t, BLOCK_E=block_e, BLOCK_D=block_d,
-        num_warps=max(1, min(4, block_e * block_d // 256)),  # 8 x 128 tile: 4 warps, 8 values each
+        num_warps=max(1, min(4, block_e * block_d // 256)),  # 8 x 128: 4 warps, 8 values each (16 x 256: 32)
         **launch_args(pdl),
     )
     e_p2 = triton.next_power_of_2(E)

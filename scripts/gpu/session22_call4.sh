@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Twenty-second session, call 4 (~5 min): the new defaults (dense_gemv.STEP_TILES: Qwen3-30B-A3B's o (2048, 4096) on
+# [2, 1024] x 1 warp; gate_splitk.WIDE_GATE_E: the unfolded router on 16 x 256 tiles for 128-expert gates) against the
+# old inside the step (Qwen3 bs 1 and 2), bench.py Qwen3 bs 1, every GPU test, and the flaky fast-path test twice more.
+set -u
+export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD TQDM_DISABLE=1
+R=$OUT/r; mkdir -p $R
+W="--fused --warmup 1 --iters 3 --input-len 128 --output-len 128 --bs 1"
+timeout 60 python3 bench.py --model qwen3 $W --json $R/bench_qwen3.json > $R/bench_qwen3.txt 2>&1
+echo "--- bench rc $?"; grep -h "minimoe bs\|floor" $R/bench_qwen3.txt | head -4
+timeout 80 python3 scripts/step_probe.py --models qwen3 --batches 1 2 --variant base \
+  "--variant=old:minimoe.kernels.dense_gemv.STEP_TILES={},minimoe.kernels.gate_splitk.WIDE_GATE_E=100000" \
+  --rounds 2 --steps 40 --json $R/step_new_old.json > $R/step_new_old.txt 2>&1
+echo "--- probe rc $?"; grep -v "^#" $R/step_new_old.txt | tail -4
+timeout 200 python3 -m pytest -q -m gpu tests/ > $R/pytest_gpu.txt 2>&1
+echo "--- pytest rc $?"; tail -3 $R/pytest_gpu.txt
+for i in 1 2; do
+  [ $SECONDS -lt 360 ] && timeout 40 python3 -m pytest -q tests/test_gpu.py -k fast_paths_match_loop_bf16 > $R/pytest_fast$i.txt 2>&1
+  echo "--- fast paths $i rc $?"; tail -2 $R/pytest_fast$i.txt
+done
+tar czf $OUT/r.tgz -C $OUT r
