@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Twenty-second session, call 4 (~5 min): the new defaults (dense_gemv.STEP_TILES: Qwen3-30B-A3B's o (2048, 4096) on
 # [2, 1024] x 1 warp; gate_splitk.WIDE_GATE_E: the unfolded router on 16 x 256 tiles for 128-expert gates) against the
-# old inside the step (Qwen3 bs 1 and 2), bench.py Qwen3 bs 1, every GPU test, and the flaky fast-path test twice more.
+# old inside the step (Qwen3 bs 1 and 2), bench.py Qwen3 bs 1, every GPU test, and the flaky fast-path test's sequence with PDL on and off.
 set -u
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD TQDM_DISABLE=1
 R=$OUT/r; mkdir -p $R
@@ -14,8 +14,11 @@ timeout 80 python3 scripts/step_probe.py --models qwen3 --batches 1 2 --variant 
 echo "--- probe rc $?"; grep -v "^#" $R/step_new_old.txt | tail -4
 timeout 200 python3 -m pytest -q -m gpu tests/ > $R/pytest_gpu.txt 2>&1
 echo "--- pytest rc $?"; tail -3 $R/pytest_gpu.txt
-for i in 1 2; do
-  [ $SECONDS -lt 360 ] && timeout 40 python3 -m pytest -q tests/test_gpu.py -k fast_paths_match_loop_bf16 > $R/pytest_fast$i.txt 2>&1
-  echo "--- fast paths $i rc $?"; tail -2 $R/pytest_fast$i.txt
+# the flaky test's sequence (loop, grouped, then fused/triton; every tiny card in one process, as pytest runs them),
+# PDL on and off, two processes each
+C=olmoe-tiny,mixtral-tiny,qwen2-moe-tiny,qwen3-moe-tiny,deepseek-moe-tiny,deepseek-v2-lite-tiny,deepseek-v3-tiny
+for p in on off on off; do
+  [ $SECONDS -lt 380 ] && timeout 50 python3 scripts/gpu/attn_flake.py $C loop/sdpa,grouped/sdpa,fused/triton --pdl $p 2>&1 \
+    | grep -v Warning | tee -a $R/flake.txt | grep -c FLAKE
 done
 tar czf $OUT/r.tgz -C $OUT r
