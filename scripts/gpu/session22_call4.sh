@@ -18,7 +18,7 @@ echo "--- pytest rc $?"; tail -3 $R/pytest_gpu.txt
 # PDL on and off, two processes each
 C=olmoe-tiny,mixtral-tiny,qwen2-moe-tiny,qwen3-moe-tiny,deepseek-moe-tiny,deepseek-v2-lite-tiny,deepseek-v3-tiny
 for p in on off on off; do
-  [ $SECONDS -lt 380 ] && timeout 50 python3 scripts/gpu/attn_flake.py $C loop/sdpa,grouped/sdpa,fused/triton --pdl $p 2>&1 \
+  [ $SECONDS -lt 320 ] && timeout 50 python3 scripts/gpu/attn_flake.py $C loop/sdpa,grouped/sdpa,fused/triton --pdl $p 2>&1 \
     | grep -v Warning | tee -a $R/flake.txt | grep -c FLAKE
 done
 tar czf $OUT/r.tgz -C $OUT r
