@@ -35,3 +35,7 @@ for card in card.split(","):
     errs = {k: round(((v - ref).norm() / ref.norm()).item(), 5) for k, v in out.items()}
     print(card, s.pdl, s.ops, s.gemv, "poison" if "--poison" in sys.argv else "", "det" if "--det" in sys.argv else "",
           errs, "FLAKE" if max(errs.values()) > 1e-2 else "", flush=True)
+    for k, v in out.items():
+        if errs[k] > 1e-2:         # which of the 3 sequences moved
+            r = v.reshape(3, -1) - ref.reshape(3, -1)
+            print("   ", k, "per sequence:", [round(x, 5) for x in (r.norm(dim=1) / ref.reshape(3, -1).norm(dim=1)).tolist()])
