@@ -1,6 +1,6 @@
 """Twenty-second session: why tests/test_gpu.py::test_fast_paths_match_loop_bf16 fails now and then (one card a run, the
 first configuration a process runs; 3.8e-2 against 5e-3 on a re-run of the same inputs). One fresh process a line:
-  python scripts/gpu/attn_flake.py CARD[,CARD...] ORDER [--pdl on|off] [--poison] [--det]
+  python scripts/gpu/attn_flake.py CARD[,CARD...] ORDER [--pdl on|off] [--poison] [--det] [--reps N: N input draws a card, one model]
 ORDER: comma-separated experts/attn pairs run in that order (the first is the suspect), e.g. fused/triton,loop/sdpa.
 --poison: fill the caching allocator's first 4 GiB with NaN before anything runs (reads of memory nobody wrote turn
 into NaN); --det: torch's fill_uninitialized_memory (torch.empty returns NaN)."""
@@ -18,9 +18,12 @@ if "--poison" in sys.argv:
 if "--det" in sys.argv:
     torch.use_deterministic_algorithms(True, warn_only=True)
     torch.utils.deterministic.fill_uninitialized_memory = True
-for card in card.split(","):
-    s = RunSettings(pdl=pdl)
-    model, cfg, _ = build_model(card, "dummy", dtype=torch.bfloat16, device="cuda", settings=s, seed=2)
+reps = int(sys.argv[sys.argv.index("--reps") + 1]) if "--reps" in sys.argv else 1
+for card in [c for c in card.split(",") for _ in range(reps)]:
+    if reps == 1 or card != getattr(sys.modules[__name__], "_built", None):
+        s = RunSettings(pdl=pdl)
+        model, cfg, _ = build_model(card, "dummy", dtype=torch.bfloat16, device="cuda", settings=s, seed=2)
+        _built = card
     ids = torch.randint(0, cfg.vocab_size, (3, 13), device="cuda")
     nxt = torch.randint(0, cfg.vocab_size, (3,), device="cuda")
     out = {}
