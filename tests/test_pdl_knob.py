@@ -25,3 +25,12 @@ def test_launch_args_follow_the_setting_unless_the_module_is_off(monkeypatch):
     assert moe.launch(True) == {"PDL": True, "launch_pdl": True}            # other modules untouched
     monkeypatch.setattr(pdl, "OFF_IN", set())
     assert att.launch(True) == {"PDL": True, "launch_pdl": True}
+
+
+def test_trigger_early_off_waits_only(monkeypatch):
+    """TRIGGER_EARLY False: the PDL constexpr becomes 2 (wait, no early release) wherever PDL was on; off stays off."""
+    moe = _launcher_in("minimoe.kernels.fused_moe")
+    monkeypatch.setattr(pdl, "TRIGGER_EARLY", False)
+    assert moe.launch(True) == {"PDL": 2, "launch_pdl": True}
+    assert moe.release(True) == {"PDL": 2, "launch_pdl": False}
+    assert moe.launch(False) == {"PDL": False, "launch_pdl": False}

@@ -46,6 +46,10 @@ import triton.language as tl
 # the bf16 fast paths' logits off by 1-7e-2 in ~4% of eager T = 3 decode steps with PDL on (3 of 75 draws; 0 of 75
 # with PDL off; docs/results/2026-12-02-s22 call 5): scripts/gpu/pdl_bisect.sh turns PDL off one module at a time.
 OFF_IN: set[str] = set()
+# The other bisection knob: False keeps every PDL launch and its gdc_wait but drops gdc_launch_dependents, so a successor
+# launches only as the last program exits (the driver's implicit trigger). If the error then goes away, the kernel that
+# reads too early is a successor that starts on the early trigger without waiting (a library kernel launched with PDL).
+TRIGGER_EARLY = True
 
 
 def _caller_off() -> bool:
@@ -57,7 +61,7 @@ def launch_args(pdl: bool = False) -> dict:
     """Keyword arguments for a kernel launch: the kernel's PDL constexpr and Triton's launch flag (both False for a
     launcher in a module named in OFF_IN)."""
     pdl = bool(pdl) and not _caller_off()
-    return {"PDL": pdl, "launch_pdl": pdl}
+    return {"PDL": (True if TRIGGER_EARLY else 2) if pdl else False, "launch_pdl": pdl}
 
 
 def release_args(pdl: bool = False) -> dict:
@@ -66,14 +70,17 @@ def release_args(pdl: bool = False) -> dict:
     which parks in its own gdc_wait until this one has finished. Dependents are launched only once every program
     of this grid has started and triggered, so a many-wave grid simply releases them later; for the decode MoE's
     GEMM2 at batch 1 (one wave) the successor's early programs take only slots that GEMM2 leaves free."""
-    return {"PDL": bool(pdl) and not _caller_off(), "launch_pdl": False}
+    pdl = bool(pdl) and not _caller_off()
+    return {"PDL": (True if TRIGGER_EARLY else 2) if pdl else False, "launch_pdl": False}
 
 
 @triton.jit
 def wait_then_release(PDL: tl.constexpr):
+    """PDL True: wait for the predecessor, then let the successor launch; 2 (TRIGGER_EARLY off): wait only."""
     if PDL:
         tl.extra.cuda.gdc_wait()
-        tl.extra.cuda.gdc_launch_dependents()
+        if PDL != 2:
+            tl.extra.cuda.gdc_launch_dependents()
 
 
 @triton.jit

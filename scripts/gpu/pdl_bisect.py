@@ -3,7 +3,8 @@ eager T = 3 decode steps off by 1-7e-2 with PDL on, 0 of 75 with it off; always 
 
 One process, one model a card (tiny cards), then draws: fresh prompts, the loop / SDPA oracle, then fused experts with the
 Triton attention; a draw is flaky when the relative logits error passes 1e-2 (the good ones sit at 3-7e-3). The search
-turns PDL off for a set of kernel modules (kernels/pdl.py OFF_IN, read at each launch) and halves the set: a half whose
+first keeps PDL but drops every early release (pdl.TRIGGER_EARLY), then turns PDL off for a set of kernel modules
+(kernels/pdl.py OFF_IN, read at each launch) and halves the set: a half whose
 draws never flake holds the culprit. Prints each round and the module(s) left.
   python scripts/gpu/pdl_bisect.py [--draws 150] [--cards qwen3-moe-tiny,mixtral-tiny,deepseek-v3-tiny]
 """
@@ -62,6 +63,11 @@ bad, seen = flaky_draws(set(), a.draws)
 print(f"PDL on everywhere: {bad} flaky of {a.draws}", seen[:4], flush=True)
 if bad == 0:
     sys.exit("no flaky draw with PDL on everywhere: nothing to bisect (raise --draws)")
+pdl.TRIGGER_EARLY = False        # every kernel still waits, none releases its successor early
+bad, seen = flaky_draws(set(), a.draws)
+pdl.TRIGGER_EARLY = True
+print(f"PDL on, no early release (TRIGGER_EARLY False): {bad} flaky of {a.draws}", seen[:2],
+      "-> a successor that does not wait (a library kernel launched with PDL?)" if bad == 0 else "", flush=True)
 left = list(MODULES)
 while len(left) > 1:
     half = left[: len(left) // 2]
