@@ -20,12 +20,12 @@ from .pdl import launch_args
 
 
 TILES: dict[tuple[int, int], dict] = {}   # (N, D) -> a tile over `dense_config`'s choice on a GPU (in-step A/B's,
-                                          # scripts/step_probe.py variants; empty: the sweep's rule below)
+                                          # scripts/step_probe.py variants; empty: STEP_TILES[this GPU], then the rule)
 # Measured inside the graphed bs-1 step (per GPU, keyed by (N, D); read after TILES, before the rule). Twenty-second
 # session (docs/results/2026-12-02-s22): Qwen3-30B-A3B's o projection (2048, 4096) on [2, 1024] tiles with one warp,
 # -2.02% / -2.08% a step (calls 1-2; the rule's [4, 1024] x 4 warps). The same change on (2048, 2048) o projections was
-# -0.95% on OLMoE and -0.83% on Qwen1.5-MoE but +3.21% on DeepSeek-V2-Lite (call 3), and on Mixtral's (4096, 4096)
-# -0.20%: one shape key cannot tell those steps apart, so only the shape one model owns is in the table.
+# -0.95% on OLMoE (call 2) and -0.83% on Qwen1.5-MoE but +3.21% on DeepSeek-V2-Lite (call 3), and on Mixtral's
+# (4096, 4096) -0.20% (call 2): one shape key cannot tell those steps apart, so only the shape one model owns is in the table.
 STEP_TILES: dict[str, dict[tuple[int, int], dict]] = {
     "NVIDIA_H200": {(2048, 4096): {"BLOCK_N": 2, "BLOCK_K": 1024, "num_warps": 1}},
 }

@@ -6,8 +6,8 @@ Reading 256 KB at the H200's ~4.25 TB/s takes 0.06 µs; what costs is latency. c
 [T, E] output 64 experts at a time, so it runs 1-2 CTAs that each walk all of D: ~5 µs measured, on
 1-2 of 132 SMs. norm_route.py's `gate_route` (one program per token streams the whole gate) has the
 same problem, and wins only for gates <= 64 KB. Here the gate is cut into [BLOCK_E, BLOCK_D] tiles
-(16 x 256 = 8 KB of bf16 in the fold and on 128-expert gates, 8 x 128 elsewhere: `gate_tiles`) and the D axis is split into KSPLIT
-ranges, so that
+(16 x 256 = 8 KB of bf16 in the fold and, unfolded, on 2-byte gates of >= WIDE_GATE_E experts; 8 x 128 elsewhere:
+`gate_tiles`) and the D axis is split into KSPLIT ranges, so that
     grid = (E tiles, KSPLIT, token blocks)  <=  one wave of ~132 programs at T = 1,
 each program reading its tile of gate once and using it for every token of its block:
 
@@ -49,7 +49,8 @@ route.py), E <= MAX_EXPERTS, any D, T <= MAX_T (the kernel takes more tokens, in
 each re-read the gate from L2, but is benchmarked only up to 16), fp32/fp16/bf16 gate and activations.
 Tiles (`gate_tiles`), from the graphed bs-1 step on the H200 (s21, scripts/step_probe.py; docs/perf_notes.md): the fold
 with a 2-byte gate takes 16 x 256 and PREFETCH_GATE (Qwen3-30B-A3B's step -3.25%, OLMoE's -0.88% against 8 x 128):
-fewer arrivals at its counter, and the gate's first bytes overlap the previous kernel's drain.
+fewer arrivals at its counter, and the gate's first bytes overlap the previous kernel's drain. The unfolded kernel
+(bs 2-4) takes 16 x 256 on gates of >= WIDE_GATE_E = 128 experts (s22: Qwen3-30B-A3B -1.2% a bs-2 / bs-4 step).
 Idea: "parallel split-K" GEMM, whose slices write partial products to a workspace that a second
 kernel reduces (NVIDIA CUTLASS, include/cutlass/gemm/device/gemm_splitk_parallel.h); here the
 reduction kernel is route.py's top-k, which has to read the logits anyway.
@@ -233,7 +234,8 @@ def default_splits(T: int, E: int, D: int, sms: int = 132, block_d: int | None =
     the smallest tiles-per-split q with P * cdiv(n, q) <= sms, then S = cdiv(n, q) (so every split
     does q or q - 1 tiles). block_d / block_e: the tile (None: BLOCK_D / BLOCK_E, read at call time). With the
     fold's 16 x 256 tiles, OLMoE (E 64, D 2048): 4 x 8 = 32 programs, one tile each; Qwen3-30B (E 128): 8 x 8;
-    Mixtral (E 8, D 4096): 1 x 16. At 8 x 128 (fp32 gates, the unfolded kernel), E 64: 8 x 16 = 128. At least 1."""
+    Mixtral (E 8, D 4096): 1 x 16. At 8 x 128 (fp32 gates, the unfolded kernel below 128 experts), E 64: 8 x 16 =
+    128. At least 1."""
     block_d = block_d or BLOCK_D
     block_e = block_e or BLOCK_E
     n = triton.cdiv(D, block_d)

@@ -9,8 +9,11 @@ has completed and its writes are visible; kernel N lets it launch early with
 `gdc_launch_dependents` (griddepcontrol.launch_dependents).
 
 Our kernels call both as their first statements (`wait_then_release`): nothing is read or written
-before the predecessor has finished, so results are exactly those without PDL; only the launch work
-overlaps. (Exceptions: the dense GEMV's `PREFETCH_BYTES`, opt-in, and the router fold's
+before the predecessor has finished, so results are meant to be exactly those without PDL; only the launch work
+overlaps. scripts/pdl_order_check.py checks that in the machine code (no global access before SASS ACQBULK; 52 kernel
+variants clean in the twenty-second session). An open question from that session: the bf16 fast paths' logits left the
+test's bound in 3 of 75 eager draws with PDL on and 0 of 75 with it off (weak evidence; a bf16 routing near-tie is
+the other explanation); scripts/gpu/pdl_bisect.py, with the two knobs below, is built to settle it. (Exceptions: the dense GEMV's `PREFETCH_BYTES`, opt-in, and the router fold's
 `gate_splitk.PREFETCH_GATE`, on by default for 2-byte gates since the twenty-first session's step
 probe, ask the L2 for their own weights, which no kernel writes, before the wait.) Kernels we do not own (cuBLAS, PyTorch,
 bitsandbytes) and the `--gemv triton` kernel (kernels/gemv.py) run in stream order.
@@ -42,13 +45,13 @@ import triton
 import triton.language as tl
 
 # A bisection knob, empty by default: launches from these kernel modules ("minimoe.kernels.decode_attention", ...) run
-# in stream order with no gdc_wait / gdc_launch_dependents, whatever the caller asked. The twenty-second session found
-# the bf16 fast paths' logits off by 1-7e-2 in ~4% of eager T = 3 decode steps with PDL on (3 of 75 draws; 0 of 75
-# with PDL off; docs/results/2026-12-02-s22 call 5): scripts/gpu/pdl_bisect.sh turns PDL off one module at a time.
+# in stream order with no gdc_wait / gdc_launch_dependents, whatever the caller asked (scripts/gpu/pdl_bisect.py halves
+# the set of modules it names).
 OFF_IN: set[str] = set()
 # The other bisection knob: False keeps every PDL launch and its gdc_wait but drops gdc_launch_dependents, so a successor
-# launches only as the last program exits (the driver's implicit trigger). If the error then goes away, the kernel that
-# reads too early is a successor that starts on the early trigger without waiting (a library kernel launched with PDL).
+# launches only as the last program exits (the driver's implicit trigger). If an error then goes away, a successor
+# read memory before the release's predecessor had finished: one whose access does not wait (not one of ours, if
+# scripts/pdl_order_check.py passes), or a narrower timing window.
 TRIGGER_EARLY = True
 
 
