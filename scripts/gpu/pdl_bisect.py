@@ -57,9 +57,10 @@ def route_diff(ra: list, rb: list) -> int:
 
 
 def flaky_draws(off: set[str], draws: int) -> tuple[int, list]:
-    """Flaky draws out of `draws` with PDL off in `off`; prints how many draws changed a routing decision."""
+    """(flaky draws out of `draws` with PDL off in `off`, their details + a last entry saying how many draws changed
+    a top-k choice: flaky / steady, and draws whose two runs made different numbers of router calls)."""
     pdl.OFF_IN = {f"minimoe.kernels.{m}" for m in off}
-    bad, seen, routed = 0, [], [0, 0]                 # routed: [flaky draws, steady draws] with a top-k change
+    bad, seen, routed, odd = 0, [], [0, 0], 0         # routed: [flaky draws, steady draws] with a top-k change
     for i in range(draws):
         card, model, cfg, s = models[i % len(models)]
         ids = torch.randint(0, cfg.vocab_size, (3, 13), device="cuda")
@@ -68,6 +69,8 @@ def flaky_draws(off: set[str], draws: int) -> tuple[int, list]:
         out, r_out = logits(model, s, "fused", "triton", ids, nxt)
         err = ((out - ref).norm() / ref.norm()).item()
         diff = route_diff(r_ref, r_out)
+        odd += diff < 0
+        diff = max(diff, 0)
         if err > 1e-2:
             bad += 1
             routed[0] += diff != 0
@@ -76,29 +79,29 @@ def flaky_draws(off: set[str], draws: int) -> tuple[int, list]:
         else:
             routed[1] += diff != 0
     pdl.OFF_IN = set()
-    print(f"    draws that changed a top-k choice: {routed[0]} of {bad} flaky, {routed[1]} of {draws - bad} steady",
-          flush=True)
+    seen.append(f"top-k changed in {routed[0]} of {bad} flaky draws and {routed[1]} of {draws - bad} steady ones"
+                + (f"; {odd} draws with unequal router calls" if odd else ""))
     return bad, seen
 
 
 bad, seen = flaky_draws(set(), a.draws)
-print(f"PDL on everywhere: {bad} flaky of {a.draws}", seen[:4], flush=True)
+print(f"PDL on everywhere: {bad} flaky of {a.draws};", seen[-1], seen[:-1][:4], flush=True)
 if bad == 0:
     sys.exit("no flaky draw with PDL on everywhere: nothing to bisect (raise --draws)")
 bad_off, seen = flaky_draws(set(MODULES), a.draws)
-print(f"PDL off everywhere: {bad_off} flaky of {a.draws}", seen[:4], flush=True)
+print(f"PDL off everywhere: {bad_off} flaky of {a.draws};", seen[-1], seen[:-1][:4], flush=True)
 if bad_off:
     sys.exit("flaky with PDL off too: not a PDL race (see the top-k changes: a bf16 routing near-tie?)")
 pdl.TRIGGER_EARLY = False        # every kernel still waits, none releases its successor early
 bad, seen = flaky_draws(set(), a.draws)
 pdl.TRIGGER_EARLY = True
-print(f"PDL on, no early release (TRIGGER_EARLY False): {bad} flaky of {a.draws}", seen[:2],
+print(f"PDL on, no early release (TRIGGER_EARLY False): {bad} flaky of {a.draws};", seen[-1], seen[:-1][:2],
       "-> a successor whose memory access does not wait for the release" if bad == 0 else "", flush=True)
 left = list(MODULES)
 while len(left) > 1:
     half = left[: len(left) // 2]
     bad, seen = flaky_draws(set(half), a.draws)
-    print(f"PDL off in {half}: {bad} flaky of {a.draws}", seen[:2], flush=True)
+    print(f"PDL off in {half}: {bad} flaky of {a.draws};", seen[-1], seen[:-1][:2], flush=True)
     left = half if bad == 0 else left[len(left) // 2:]
 bad, _ = flaky_draws(set(left), a.draws)
 print(f"left: {left}; PDL off there alone: {bad} flaky of {a.draws}", flush=True)

@@ -5,7 +5,7 @@
 # 3 of 75 eager draws with PDL on, 0 of 75 off, a weak difference) a PDL race or a bf16 routing near-tie?
 # scripts/gpu/pdl_bisect.py counts flaky draws with PDL on and off and how many draws changed a top-k choice; if PDL,
 # it drops the early release (kernels/pdl.py TRIGGER_EARLY), then halves the set of modules launched without PDL (OFF_IN).
-# (scripts/pdl_order_check.py already found no global access before the wait in any of 52 kernel variants' SASS.)
+# (scripts/pdl_order_check.py already found no global access before the wait in any of 56 kernel variants' SASS.)
 # Usage (device tool, repo root): bash scripts/gpu/pending_h200.sh
 set -u
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD TQDM_DISABLE=1
