@@ -49,8 +49,7 @@ route.py), E <= MAX_EXPERTS, any D, T <= MAX_T (the kernel takes more tokens, in
 each re-read the gate from L2, but is benchmarked only up to 16), fp32/fp16/bf16 gate and activations.
 Tiles (`gate_tiles`), from the graphed bs-1 step on the H200 (s21, scripts/step_probe.py; docs/perf_notes.md): the fold
 with a 2-byte gate takes 16 x 256 and PREFETCH_GATE (Qwen3-30B-A3B's step -3.25%, OLMoE's -0.88% against 8 x 128):
-fewer arrivals at its counter, and the gate's first bytes overlap the previous kernel's drain. The unfolded kernel
-(bs 2-4) takes 16 x 256 on gates of >= WIDE_GATE_E = 128 experts (s22: Qwen3-30B-A3B -1.2% a bs-2 / bs-4 step).
+fewer arrivals at its counter, and the gate's first bytes overlap the previous kernel's drain.
 Idea: "parallel split-K" GEMM, whose slices write partial products to a workspace that a second
 kernel reduces (NVIDIA CUTLASS, include/cutlass/gemm/device/gemm_splitk_parallel.h); here the
 reduction kernel is route.py's top-k, which has to read the logits anyway.
@@ -74,9 +73,8 @@ BLOCK_E, BLOCK_D = 16, 256
 # the rest keeps the pre-s21 tile: fp32 gates (16 x 256 + prefetch: +0.31% / +0.86% a DeepSeek-V2-Lite step at bs 1 / 8)
 # and the unfolded gate_route_splitk (bs 2-4) on gates of fewer than WIDE_GATE_E experts
 BLOCK_E_OTHER, BLOCK_D_OTHER = 8, 128
-# the unfolded kernel with a 2-byte gate of >= WIDE_GATE_E experts takes BLOCK_E x BLOCK_D (no prefetch): s22 step
-# probe, Qwen3-30B-A3B (128 experts) -1.19% / -1.24% a bs-2 / bs-4 step; OLMoE (64) -0.12% / +0.03%, Mixtral (8)
-# +0.03%, Qwen1.5-MoE (60) +0.19% at bs 2: kept 8 x 128 (docs/results/2026-12-02-s22, calls 1-2)
+# unfolded, 2-byte gates of >= WIDE_GATE_E experts take BLOCK_E x BLOCK_D (s22 step probe: Qwen3-30B-A3B -1.2% a bs-2 / 4
+# step; OLMoE, Mixtral, Qwen1.5-MoE within +-0.2%: 8 x 128)
 WIDE_GATE_E = 128
 REDUCE_ELEMS = 1024  # partials per load in kernel 2: 32 fp32 values per thread of its one warp
 MAX_ROW = 8192      # norm_gate_route_splitk holds one token's whole row in registers for 1 / rms
@@ -234,8 +232,7 @@ def default_splits(T: int, E: int, D: int, sms: int = 132, block_d: int | None =
     the smallest tiles-per-split q with P * cdiv(n, q) <= sms, then S = cdiv(n, q) (so every split
     does q or q - 1 tiles). block_d / block_e: the tile (None: BLOCK_D / BLOCK_E, read at call time). With the
     fold's 16 x 256 tiles, OLMoE (E 64, D 2048): 4 x 8 = 32 programs, one tile each; Qwen3-30B (E 128): 8 x 8;
-    Mixtral (E 8, D 4096): 1 x 16. At 8 x 128 (fp32 gates, the unfolded kernel below 128 experts), E 64: 8 x 16 =
-    128. At least 1."""
+    Mixtral (E 8, D 4096): 1 x 16. At 8 x 128 (fp32 gates, smaller unfolded ones), E 64: 8 x 16 = 128. At least 1."""
     block_d = block_d or BLOCK_D
     block_e = block_e or BLOCK_E
     n = triton.cdiv(D, block_d)
