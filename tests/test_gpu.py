@@ -77,24 +77,55 @@ def test_pdl_auto_is_on_for_one_hopper_gpu_only():
     assert RunSettings(device="cuda", pdl="off").resolve().pdl == "off"
 
 
+def routed_apart(ra: list, rb: list, B: int) -> torch.Tensor:
+    """[B] bool: sequences with a token that two runs sent to different top-k sets in some router call. ra, rb: each
+    router call's ids [B * S, K] in call order (prefill: S prompt tokens a sequence, sequence-major; decode: S = 1)."""
+    assert len(ra) == len(rb), (len(ra), len(rb))
+    apart = torch.zeros(B, dtype=torch.bool, device=ra[0].device if ra else "cpu")
+    for a, b in zip(ra, rb):
+        diff = (a.sort(dim=-1).values != b.sort(dim=-1).values).any(dim=-1)     # [B * S]
+        apart |= diff.view(B, -1).any(dim=-1)
+    return apart
+
+
 @pytest.mark.parametrize("card", TINY)
 def test_fast_paths_match_loop_bf16(card):
+    """Each fast path's next-token logits within 1e-2 (relative) of the loop oracle's, over the sequences both routed
+    alike. A bf16 near-tie between two experts sends a token elsewhere under another summation order, and that
+    sequence's logits may then move by 2-7%: on the CPU, loop against grouped in bf16 with 3 sequences, 9 of 225 draws
+    passed 1e-2, every one with a token routed apart (the twenty-second session's intermittent GPU failures of this
+    test looked the same); over the sequences routed alike the worst was 5.9e-3 (225 draws of 6 sequences). So
+    sequences routed apart are left out (at least one of the six must remain), and 90% of all routing choices (every
+    router call's [tokens, K] ids, prefill and decode) must agree, which a broken router would not."""
     s = RunSettings()
     model, cfg, _ = build_model(card, "dummy", dtype=torch.bfloat16, device="cuda", settings=s, seed=2)
-    ids = torch.randint(0, cfg.vocab_size, (3, 13), device="cuda")
-    nxt = torch.randint(0, cfg.vocab_size, (3,), device="cuda")   # the same next token for every path: a
-    logits = {}                                                   # bf16 near-tie must not pick another
+    routes = []
+    for m in model.modules():
+        if type(m).__name__ == "Router":
+            m.register_forward_hook(lambda mod, inp, out: routes.append(out[-1].detach().clone()))
+    B = 6
+    ids = torch.randint(0, cfg.vocab_size, (B, 13), device="cuda")
+    nxt = torch.randint(0, cfg.vocab_size, (B,), device="cuda")   # the same next token for every path: a
+    logits, routing = {}, {}                                      # bf16 near-tie must not pick another
     for experts, attn in [("loop", "sdpa"), ("grouped", "sdpa"), ("fused", "triton")]:
         s.experts, s.attn = experts, attn
-        gen = Generator(model, 3, 32)
+        routes.clear()
+        gen = Generator(model, B, 32)
         with torch.inference_mode():
             gen.prefill(ids)
             step = gen.cache.step(1, gen.host_len)
-            logits[experts] = model(nxt[:, None], step, gen.cache, select=-1)
+            logits[experts] = model(nxt[:, None], step, gen.cache, select=-1).float().reshape(B, -1)
+        routing[experts] = list(routes)
     ref = logits["loop"]
     for k in ("grouped", "fused"):
-        err = ((logits[k] - ref).norm() / ref.norm()).item()
-        assert err <= 1e-2, (k, err)
+        apart = routed_apart(routing["loop"], routing[k], B)
+        rows = sum(r.shape[0] for r in routing[k])
+        agree = sum(int((a.sort(-1).values == b.sort(-1).values).all(-1).sum())
+                    for a, b in zip(routing["loop"], routing[k]))
+        assert not apart.all() and agree >= 0.9 * rows, (k, apart.tolist(), agree, rows)
+        keep = ~apart
+        err = ((logits[k][keep] - ref[keep]).norm() / ref[keep].norm()).item()
+        assert err <= 1e-2, (k, err, apart.tolist())
 
 
 @pytest.mark.parametrize("ops,pdl,batch", [("torch", "off", 8), ("triton", "off", 8), ("triton", "on", 8),
