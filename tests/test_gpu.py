@@ -92,11 +92,12 @@ def routed_apart(ra: list, rb: list, B: int) -> torch.Tensor:
 def test_fast_paths_match_loop_bf16(card):
     """Each fast path's next-token logits within 1e-2 (relative) of the loop oracle's, over the sequences both routed
     alike. A bf16 near-tie between two experts sends a token elsewhere under another summation order, and that
-    sequence's logits may then move by 2-7%: on the CPU, loop against grouped in bf16 with 3 sequences, 9 of 225 draws
-    passed 1e-2, every one with a token routed apart (the twenty-second session's intermittent GPU failures of this
-    test looked the same); over the sequences routed alike the worst was 5.9e-3 (225 draws of 6 sequences). So
-    sequences routed apart are left out (at least one of the six must remain), and 90% of all routing choices (every
-    router call's [tokens, K] ids, prefill and decode) must agree, which a broken router would not."""
+    sequence's logits may then move by 1.5-7%: on the CPU, loop against grouped in bf16 with 3 sequences, 9 of 225
+    draws passed 1e-2, every one with a token routed apart (scripts/routing_ties.py; the twenty-second session's
+    intermittent GPU failures of this test looked alike, their routing not recorded); over the sequences routed alike
+    the worst was 5.9e-3 (225 draws of 6 sequences), and a draw routed at most 5 (router call, token) pairs apart.
+    So sequences routed apart are left out (at least one of the six must remain), and at most 10 pairs over every
+    router call (prefill and decode) may differ, which a broken router would exceed."""
     s = RunSettings()
     model, cfg, _ = build_model(card, "dummy", dtype=torch.bfloat16, device="cuda", settings=s, seed=2)
     routes = []
@@ -119,10 +120,9 @@ def test_fast_paths_match_loop_bf16(card):
     ref = logits["loop"]
     for k in ("grouped", "fused"):
         apart = routed_apart(routing["loop"], routing[k], B)
-        rows = sum(r.shape[0] for r in routing[k])
-        agree = sum(int((a.sort(-1).values == b.sort(-1).values).all(-1).sum())
-                    for a, b in zip(routing["loop"], routing[k]))
-        assert not apart.all() and agree >= 0.9 * rows, (k, apart.tolist(), agree, rows)
+        tokens = sum(int((a.sort(-1).values != b.sort(-1).values).any(-1).sum())
+                     for a, b in zip(routing["loop"], routing[k]))          # (router call, token) pairs apart
+        assert not apart.all() and tokens <= 10, (k, apart.tolist(), tokens)
         keep = ~apart
         err = ((logits[k][keep] - ref[keep]).norm() / ref[keep].norm()).item()
         assert err <= 1e-2, (k, err, apart.tolist())

@@ -10,12 +10,13 @@ has completed and its writes are visible; kernel N lets it launch early with
 
 Our kernels call both as their first statements (`wait_then_release`): nothing is read or written
 before the predecessor has finished, so results are meant to be exactly those without PDL; only the launch work
-overlaps. scripts/pdl_order_check.py checks that in the machine code (no global access before SASS ACQBULK; 52 kernel
-variants clean in the twenty-second session). That session's intermittent fast-path test failure (3 of 75 eager draws
-with PDL on, 0 of 75 off: weak evidence) matched bf16 routing near-ties (scripts/routing_ties.py); the two knobs below
-and scripts/gpu/pdl_bisect.py are there to confirm it on the GPU. (Exceptions: the dense GEMV's `PREFETCH_BYTES`, opt-in, and the router fold's
-`gate_splitk.PREFETCH_GATE`, on by default for 2-byte gates since the twenty-first session's step
-probe, ask the L2 for their own weights, which no kernel writes, before the wait.) Kernels we do not own (cuBLAS, PyTorch,
+overlaps. scripts/pdl_order_check.py checks that in the machine code (no global access before SASS ACQBULK; 56 kernel
+variants clean in the twenty-second session; that session's intermittent fast-path test failure, 3 of 75 eager draws
+with PDL on and 0 of 75 off, looks like a bf16 routing near-tie as on the CPU, scripts/routing_ties.py, and
+scripts/gpu/pdl_bisect.py with the two knobs below compares PDL on and off bit for bit to settle it). (Exceptions: the
+dense GEMV's `PREFETCH_BYTES`, opt-in, and the router fold's `gate_splitk.PREFETCH_GATE`, on by default for 2-byte
+gates since the twenty-first session's step probe, ask the L2 for their own weights, which no kernel writes, before
+the wait.) Kernels we do not own (cuBLAS, PyTorch,
 bitsandbytes) and the `--gemv triton` kernel (kernels/gemv.py) run in stream order.
 
 Which launches may be early. An early-launched grid fills whatever SM slots free up first. After a one- or
