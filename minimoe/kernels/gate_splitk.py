@@ -20,25 +20,21 @@ each program reading its tile of gate once and using it for every token of its b
       w, ids    = route.py's `_topk_weights` on logits[t] rounded to the gate's dtype (with its
                   dynamic skipping when `skip` > 0)
 
-The partials make one round trip through a [KSPLIT, T, E] fp32 workspace (2 KB per token for OLMoE
-at S = 8: L2-resident). Two launches, both with shapes-only grids and no host syncs, so the pair
-captures into a CUDA graph; with `pdl` the second one launches while the first drains
-(kernels/pdl.py).
+The partials round-trip through a [KSPLIT, T, E] fp32 workspace (L2-resident). Two launches with shapes-only
+grids and no host syncs: CUDA-graph safe; with `pdl` the second launches while the first drains (kernels/pdl.py).
 
 `norm_gate_route_splitk` is the layer's whole entry in ONE launch (model.Block folds the MoE layer's
 RMSNorm into the router there, `--fold-norm`): kernel 1 with NORM (each program normalises its own D
 tiles, after reducing the token's whole row for 1 / rms) and ROUTE (the last program of a token block
 to finish, counted with an atomic arrival counter, does kernel 2's work). The counter lives in
 KVCache.counters, zeroed once and reset by that last program, so graph replays and eager calls find
-it zeroed; two such kernels must not run at once on one counter (the engine runs one stream).
-Measured on the H200 in the graphed OLMoE step (eighth session): RMSNorm 1.74 + gate 1.84 + reduce
-2.45 µs and two launch gaps -> 4.89 µs.
+it zeroed; two such kernels must not run at once on one counter (the engine runs one stream). OLMoE's
+graphed step on the H200 (eighth session): RMSNorm 1.74 + gate 1.84 + reduce 2.45 µs + two gaps -> 4.89 µs.
 
 The roundings are `minimoe.ops.gate_route_torch`'s (the tests check them against it):
-  h       = h rounded to the gate's dtype, as the engine feeds h.to(gate dtype) to the gate (a
-            no-op for one dtype; exact for DeepSeek-V2's fp32 gate under bf16 activations)
-  logits  = h · gate[e] accumulated in fp32 (per split, then over the splits), rounded to the
-            gate's dtype: nn.Linear returns gate-dtype logits, and only then does the router upcast
+  h       = h rounded to the gate's dtype, as the engine feeds h.to(gate dtype) to the gate
+  logits  = h · gate[e] accumulated in fp32 (per split, then over the splits), rounded to the gate's dtype
+            (nn.Linear returns gate-dtype logits; only then does the router upcast)
   w, ids  = route.py's top-k on float32 logits (softmax first or not, renorm, scaling, ties to the
             lowest index, slots in descending weight, then dynamic skipping if `skip` > 0)
 Only the fp32 summation order differs from cuBLAS's, so a logit may round one gate-dtype ulp the
@@ -50,9 +46,8 @@ each re-read the gate from L2, but is benchmarked only up to 16), fp32/fp16/bf16
 Tiles (`gate_tiles`), from the graphed bs-1 step on the H200 (s21, scripts/step_probe.py; docs/perf_notes.md): the fold
 with a 2-byte gate takes 16 x 256 and PREFETCH_GATE (Qwen3-30B-A3B's step -3.25%, OLMoE's -0.88% against 8 x 128):
 fewer arrivals at its counter, and the gate's first bytes overlap the previous kernel's drain.
-Idea: "parallel split-K" GEMM, whose slices write partial products to a workspace that a second
-kernel reduces (NVIDIA CUTLASS, include/cutlass/gemm/device/gemm_splitk_parallel.h); here the
-reduction kernel is route.py's top-k, which has to read the logits anyway.
+Idea: CUTLASS's "parallel split-K" GEMM (gemm_splitk_parallel.h), slices' partials reduced by a second kernel;
+here that kernel is route.py's top-k, which has to read the logits anyway.
 
 Shapes: T tokens, D hidden size, E experts, K experts per token, S = KSPLIT splits of D.
 """
