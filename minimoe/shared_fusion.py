@@ -1,4 +1,4 @@
-"""Shared experts inside the routed experts' decode kernels (`--fuse-shared`).
+"""Shared experts inside the routed experts' kernels (`--fuse-shared`).
 
 DeepSeek (DeepSeekMoE, V2, V3) and Qwen1.5/2-MoE add an always-on shared expert to every MoE layer:
 
@@ -19,13 +19,23 @@ dtype before adding them: results agree to rounding, not bit for bit (tests/test
 SGLang's "shared experts fusion" for DeepSeek-V3 appends the shared expert to the routed ones as expert E
 with routing weight 1 (a copy of the weights, and top-k + 1 slots); this keeps the weights where they are.
 
+In the aligned variant (3 to ALIGNED_MAX_T tokens a step: decode batches), apart the shared expert is a cuBLAS GEMM,
+SiLU*up, a split-K cuBLAS GEMM and its reduce, and the add: ~20 µs a DeepSeek-V2-Lite layer at bs 64 for ~8 µs of
+bytes (docs/results/2026-12-02-s23, call 1's profile). Fused, its width I_S is cut into S = I_S / I virtual experts
+of the routed width I that every token routes to with weight 1 (Qwen2: sigmoid(h · wsg), one small GEMV before):
+
+    GEMM1 / GEMM2   S·cdiv(T, BLOCK_M) shared M-blocks ahead of the routed ones, reading the shared weights in place
+                    (virtual expert j: gate rows j·I.., up rows I_S + j·I.., w2 columns j·I..)
+    combine         each token's K routed rows of y, then its S shared rows, summed in fp32: one rounding
+
 Where it applies (`fits`): `--fuse-shared on` (settings.py resolves `auto` to on for `--experts fused`,
 unquantized, without an EP / TP plan), a layer with a shared expert, plain (unquantized, unsharded, contiguous)
 weights in x's dtype, nothing hooked on the experts or shared modules (calibration, expert-parallel dispatch), and
-one token (MAX_T) that the fused MoE runs as its decode variant (`fused_moe.plan` == "small"). Everything else runs
-the two parts apart, as before.
+either one token (MAX_T) that the fused MoE runs as its decode variant (`fused_moe.plan` == "small"), or up to
+ALIGNED_MAX_T tokens in the aligned variant with I_S a multiple of I (DeepSeek-V2-Lite 2, Qwen1.5-MoE 4, DeepSeek-V3
+1). Everything else runs the two parts apart, as before.
 
-Why one token: each token's programs read the shared expert's weights again (the unfused path's GEMM reads them
+Why one token in the decode variant: each token's programs read the shared expert's weights again (the unfused path's GEMM reads them
 once for all tokens). Measured on the H200 (docs/results/2026-12-01-s10), fused against apart in the same call:
 whole models at bs 1 DeepSeek-V2-Lite +4.8%, Qwen1.5-MoE +11.6% out tok/s; at bs 2 -0.0 to -0.2% (calls 1-2:
 604.3 -> 603.0 and 726.1 -> 725.8, 603.0 -> 602.4 and 724.9 -> 723.7); one layer in a graph, fused / apart (the
@@ -46,7 +56,10 @@ except ImportError:       # no Triton: --experts fused (and with it this) is ref
     _fm = SharedExpert = None
 
 
-MAX_T = 1      # tokens a step: see "Why one token" above
+MAX_T = 1      # tokens a step in the decode variant: see "Why one token" above
+# Tokens a step up to which the aligned variant takes the shared expert as I_S / I virtual experts of width I (see
+# "In the aligned variant" above); 0 runs every aligned batch apart. Prefill sizes keep cuBLAS for the shared expert.
+ALIGNED_MAX_T = 64
 
 
 def _plain(linear, dtype) -> bool:
@@ -67,20 +80,24 @@ def fits(moe, x: torch.Tensor, K: int) -> bool:
     if s is None or s.fuse_shared != "on" or sh is None or type(ex) is not Experts or _fm is None:
         return False
     T, D = x.shape
-    if not 1 <= T <= MAX_T or _hooked(ex) or _hooked(sh) or not x.is_contiguous() or x.dtype != ex.w13.dtype:
+    if not 1 <= T <= max(MAX_T, ALIGNED_MAX_T) or _hooked(ex) or _hooked(sh) or not x.is_contiguous() \
+            or x.dtype != ex.w13.dtype:
         return False
     if not (_plain(sh.w13, x.dtype) and _plain(sh.w2, x.dtype) and _plain(sh.gate, x.dtype)):
         return False
     E, I = ex.n_local, ex.hidden
-    return _fm.plan(T, K, E, _fm.get_config(E, I, D, K, T, x.dtype)) == "small"
+    variant = _fm.plan(T, K, E, _fm.get_config(E, I, D, K, T, x.dtype))
+    if variant == "small":
+        return T <= MAX_T
+    return variant == "aligned" and T <= ALIGNED_MAX_T and sh.w2.weight.shape[1] % I == 0
 
 
 def run(moe, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    """routed(x) + shared(x) [T, D] for x [T, D], weights / ids [T, K], in the two decode launches."""
+    """routed(x) + shared(x) [T, D] for x [T, D], weights / ids [T, K], in the routed experts' launches."""
     ex, sh = moe.experts, moe.shared
     gate = None if sh.gate is None else sh.gate.weight.view(-1)                   # [D]
     shared = SharedExpert(sh.w13.weight, sh.w2.weight, gate)
-    note("fused_moe", "small+shared")
+    note("fused_moe", _fm.plan(ids.shape[0], ids.shape[1], ex.n_local) + "+shared")
     with region("experts"):
         return _fm.fused_moe(x, ex.w13, ex.w2, ids, weights, expert_offset=ex.expert_offset,
                              pdl=ex.settings.pdl == "on", shared=shared)

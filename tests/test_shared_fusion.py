@@ -1,6 +1,7 @@
 """Guards `--fuse-shared` (shared_fusion.py, kernels/fused_moe_small.SharedExpert): the shared expert inside the
-routed experts' decode kernels equals routed + shared computed apart (a float64 loop reference on awkward
-shapes; the tiny DeepSeek and Qwen2-MoE models end to end), runs only where it fits, and refuses bad input."""
+routed experts' kernels (the decode variant's own programs; the aligned variant's virtual experts) equals routed +
+shared computed apart (a float64 loop reference on awkward shapes; the tiny DeepSeek and Qwen2-MoE models end to
+end), runs only where it fits, and refuses bad input."""
 from __future__ import annotations
 
 import pytest
@@ -112,33 +113,79 @@ def test_kernel_refuses_what_does_not_fit():
         fm.fused_moe(x, w13, w2, ids, weights, config={"variant": "small"},
                      shared=SharedExpert(shared.w13.double(), shared.w2))
     x8, w13_8, w2_8, ids8, weights8, shared8 = make(8, 16, 2, 32, 24, 40, False)
-    assert fm.plan(8, 2, 16) == "aligned"
-    with pytest.raises(ValueError, match="decode"):
+    assert fm.plan(8, 2, 16) == "aligned" and not fm.aligned_shared_fits(24, shared8)
+    with pytest.raises(ValueError, match="multiple of I=24"):          # 40 columns are not virtual experts of 24
         fm.fused_moe(x8, w13_8, w2_8, ids8, weights8, shared=shared8)
+    x8, w13_8, w2_8, ids8, weights8, shared8 = make(8, 16, 2, 32, 24, 48, False)
+    with pytest.raises(ValueError, match="small_dot"):
+        fm.fused_moe(x8, w13_8, w2_8, ids8, weights8, config={"variant": "small_dot"}, shared=shared8)
 
 
+ALIGNED = {
+    # name: (T, E, K, D, I, I_S, gated, offset, n_global)
+    "deepseek_like_two_virtual": (5, 64, 6, 48, 36, 72, False, 0, None),
+    "qwen2_like_e60_gated_four_virtual": (7, 60, 4, 40, 24, 96, True, 0, None),
+    "one_virtual_ragged_blocks": (19, 8, 2, 24, 20, 20, False, 0, None),      # 19 tokens: a part-filled M-block
+    "one_token_forced_aligned": (1, 16, 4, 32, 24, 48, True, 0, None),
+    "foreign_slots_still_add_shared": (9, 16, 4, 32, 24, 72, False, 16, 48),  # an EP-style slice of 48
+    "empty_experts": (3, 60, 2, 32, 16, 32, False, 0, None),                  # 6 pairs over 60 experts
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("case", list(ALIGNED))
+def test_aligned_kernel_matches_reference(case, dtype):
+    """The aligned variant (alignment, GEMM1, GEMM2, combine) with the shared expert as I_S / I virtual experts
+    against the float64 loop, and against routed (aligned) + shared in PyTorch, on fresh random inputs."""
+    T, E, K, D, I, I_S, gated, offset, n_global = ALIGNED[case]
+    x, w13, w2, ids, weights, shared = make(T, E, K, D, I, I_S, gated, dtype, seed=len(case) + 50, offset=offset,
+                                            n_global=n_global)
+    config = {"variant": "aligned", "BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 32, "GROUP_M": 4,
+              "num_warps": 4, "num_stages": 2}
+    out = fm.fused_moe(x, w13, w2, ids, weights, expert_offset=offset, config=config, shared=shared)
+    ref = reference(x, w13, w2, ids, weights, shared, offset)
+    err = ((out.double().cpu() - ref).abs().max() / ref.abs().max()).item()
+    assert err <= (1e-6 if dtype == torch.float32 else 2e-3), err
+    apart = fm.fused_moe(x, w13, w2, ids, weights, expert_offset=offset, config=config).float()
+    g, u = (x.float() @ shared.w13.float().T).split(I_S, dim=-1)
+    y = (F.silu(g) * u) @ shared.w2.float().T
+    if gated:
+        y = y * torch.sigmoid(x.float() @ shared.gate.float())[:, None]
+    err = ((out.float() - apart - y).abs().max() / ref.abs().max()).item()
+    assert err <= (1e-5 if dtype == torch.float32 else 4e-3), err
+
+
+@pytest.mark.parametrize("aligned_max_t", [0, 64])
 @pytest.mark.parametrize("card", ["deepseek-v2-lite-tiny", "qwen2-moe-tiny", "deepseek-v3-tiny", "deepseek-moe-tiny"])
-def test_model_fused_shared_equals_apart(card, monkeypatch):
+def test_model_fused_shared_equals_apart(card, aligned_max_t, monkeypatch):
     """On the tiny models (E = 6-16), a ratio of 1 lets batch 1 plan the decode variant, as E = 60-64 does; batch 2
-    (and a prefill) runs the two parts apart (shared_fusion.MAX_T)."""
+    runs apart in the decode variant (shared_fusion.MAX_T). The prefills (3 and 6 tokens) plan the aligned variant
+    where 3·B·K > E and fuse there unless ALIGNED_MAX_T is 0."""
     monkeypatch.setattr(fm, "SMALL_BATCH_RATIO", 1)
+    monkeypatch.setattr(shared_fusion, "ALIGNED_MAX_T", aligned_max_t)
     runs = []
     real_run = shared_fusion.run
     monkeypatch.setattr(shared_fusion, "run", lambda *a: runs.append(a[1].shape[0]) or real_run(*a))
     s = RunSettings(experts="fused", device=DEVICE, fuse_shared="off").resolve()
     model, cfg, _ = build_model(card, "dummy", dtype=torch.float32, device=DEVICE, settings=s, seed=4)
     prompts = torch.randint(0, cfg.vocab_size, (2, 3), generator=torch.Generator().manual_seed(6)).to(DEVICE)
+    seen = set()
     for batch in (prompts[:1], prompts):
         apart_tokens, apart_logits = greedy_and_logits(model, batch, 3)
         assert runs == []
         s.fuse_shared = "on"
         fused_tokens, fused_logits = greedy_and_logits(model, batch, 3)
         s.fuse_shared = "off"
-        assert (batch.shape[0] in runs) == (batch.shape[0] <= shared_fusion.MAX_T) and set(runs) <= {1}
+        B, n_prompt, K, E = batch.shape[0], batch.shape[1], cfg.top_k, cfg.n_experts
+        expect = {T for T in (B, B * n_prompt) if (fm.plan(T, K, E) == "small" and T <= shared_fusion.MAX_T)
+                  or (fm.plan(T, K, E) == "aligned" and T <= aligned_max_t)}
+        assert set(runs) == expect, (runs, expect)
+        seen |= set(runs)
         runs.clear()
         err = ((fused_logits - apart_logits).abs().max() / apart_logits.abs().max()).item()
         assert err <= 1e-5, err
         assert torch.equal(fused_tokens, apart_tokens)
+    assert (max(seen) > 1) == (aligned_max_t > 0)       # the aligned variant ran fused on every card when allowed
 
 
 def test_fits_only_where_it_can_run(monkeypatch):
@@ -149,8 +196,15 @@ def test_fits_only_where_it_can_run(monkeypatch):
     moe = model.layers[0].ffn
     x = torch.randn(1, cfg.hidden_size, device=DEVICE)
     assert shared_fusion.fits(moe, x, cfg.top_k)
-    for T in (2, 3):                                   # each token would re-read the shared weights: apart
-        assert not shared_fusion.fits(moe, torch.randn(T, cfg.hidden_size, device=DEVICE), cfg.top_k)
+    xt = lambda T: torch.randn(T, cfg.hidden_size, device=DEVICE)  # noqa: E731
+    assert fm.plan(2, cfg.top_k, cfg.n_experts) == "small" and fm.plan(3, cfg.top_k, cfg.n_experts) == "aligned"
+    assert not shared_fusion.fits(moe, xt(2), cfg.top_k)   # decode variant: each token would re-read the shared weights
+    assert shared_fusion.fits(moe, xt(3), cfg.top_k)       # aligned variant: virtual experts
+    assert not shared_fusion.fits(moe, xt(shared_fusion.ALIGNED_MAX_T + 1), cfg.top_k)   # prefill sizes: apart
+    monkeypatch.setattr(shared_fusion, "ALIGNED_MAX_T", 0)
+    assert not shared_fusion.fits(moe, xt(3), cfg.top_k)
+    monkeypatch.undo()
+    monkeypatch.setattr(fm, "SMALL_BATCH_RATIO", 1)
     assert not shared_fusion.fits(moe, x.half(), cfg.top_k)       # not the weights' dtype
     for module in (moe.experts, moe.shared, moe.shared.w2):          # calibration, EP dispatch, a future plan
         hook = module.register_forward_hook(lambda *a: None)

@@ -38,7 +38,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .fused_moe_small import SharedExpert, fused_moe_small
+from .fused_moe_small import SharedExpert, check_shared, fused_moe_small
 from .moe_align import align_tokens_by_expert
 from .moe_configs import down_config, get_config
 from .pdl import launch_args, wait_then_release
@@ -93,28 +93,53 @@ def _block_rows(pid_m, sorted_ids_ptr, block_expert_ptr, num_padded_ptr, topk_id
     return rows, row_mask, expert
 
 
-@triton.jit(do_not_specialize=["numel", "top_k", "expert_offset", "E", "num_pid_m"])
+@triton.jit
+def _shared_rows(pid_m, numel, T, S, BLOCK_M: tl.constexpr):
+    """Shared M-block pid_m (< S·cdiv(T, BLOCK_M)): virtual shared expert j = pid_m // cdiv(T, BLOCK_M) and its
+    BLOCK_M tokens t. Their rows of h / y are numel + t·S + j, after the T·K routed ones."""
+    per_j = tl.cdiv(T, BLOCK_M)
+    j = pid_m // per_j
+    t = (pid_m % per_j) * BLOCK_M + tl.arange(0, BLOCK_M)
+    return numel + t * S + j, t < T, t, j
+
+
+@triton.jit(do_not_specialize=["numel", "top_k", "expert_offset", "E", "num_pid_m", "T", "S", "n_sb"])
 def _gate_up_kernel(x_ptr, w13_ptr, h_ptr, sorted_ids_ptr, block_expert_ptr, num_padded_ptr,
                     topk_ids_ptr, numel, top_k, expert_offset, E, num_pid_m, I, D,
-                    stride_xt, stride_we, stride_wn, stride_ht,
+                    stride_xt, stride_we, stride_wn, stride_ht, ws13_ptr, T, S, I_S, n_sb,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                    GROUP_M: tl.constexpr, SMALL: tl.constexpr, DOT_PRECISION: tl.constexpr, PDL: tl.constexpr):
+                    GROUP_M: tl.constexpr, SMALL: tl.constexpr, SHARED: tl.constexpr,
+                    DOT_PRECISION: tl.constexpr, PDL: tl.constexpr):
     wait_then_release(PDL)
     pid_m, pid_n = _tile_coords(num_pid_m, I, BLOCK_N, GROUP_M)
-    rows, row_mask, expert = _block_rows(pid_m, sorted_ids_ptr, block_expert_ptr, num_padded_ptr,
-                                         topk_ids_ptr, numel, expert_offset, E, BLOCK_M, SMALL)
+    if SHARED:      # the first n_sb M-blocks are the shared expert's, as S virtual experts of width I
+        if pid_m < n_sb:
+            rows, row_mask, tokens, j = _shared_rows(pid_m, numel, T, S, BLOCK_M)
+            expert = 0
+            w_base = ws13_ptr + (j * I).to(tl.int64) * D                     # gate rows j·I .., up rows I_S + j·I ..
+            up_off = I_S * D
+        else:
+            rows, row_mask, expert = _block_rows(pid_m - n_sb, sorted_ids_ptr, block_expert_ptr, num_padded_ptr,
+                                                 topk_ids_ptr, numel, expert_offset, E, BLOCK_M, SMALL)
+            tokens = rows // top_k
+            w_base = w13_ptr + expert.to(tl.int64) * stride_we
+            up_off = I * stride_wn
+    else:
+        rows, row_mask, expert = _block_rows(pid_m, sorted_ids_ptr, block_expert_ptr, num_padded_ptr,
+                                             topk_ids_ptr, numel, expert_offset, E, BLOCK_M, SMALL)
+        tokens = rows // top_k
+        w_base = w13_ptr + expert.to(tl.int64) * stride_we
+        up_off = I * stride_wn
     if expert < 0:
         return
     offs_k = tl.arange(0, BLOCK_K)
     # Columns past I wrap around rather than being masked: the weight loads stay in bounds and
     # need no mask along N; the store drops those columns.
     offs_n = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N)) % I
-    tokens = (rows // top_k).to(tl.int64)
-    a_ptrs = x_ptr + tokens[:, None] * stride_xt + offs_k[None, :]            # [BM, BK]
+    a_ptrs = x_ptr + tokens.to(tl.int64)[:, None] * stride_xt + offs_k[None, :]  # [BM, BK]
     # B tiles are read as [BK, BN] with the contiguous D axis first: 16-byte loads along D.
-    gate_ptrs = (w13_ptr + expert.to(tl.int64) * stride_we
-                 + offs_n[None, :] * stride_wn + offs_k[:, None])            # [BK, BN]
-    up_ptrs = gate_ptrs + I * stride_wn
+    gate_ptrs = w_base + offs_n[None, :] * stride_wn + offs_k[:, None]          # [BK, BN]
+    up_ptrs = gate_ptrs + up_off
     acc_gate = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     acc_up = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k in range(0, tl.cdiv(D, BLOCK_K)):
@@ -133,24 +158,40 @@ def _gate_up_kernel(x_ptr, w13_ptr, h_ptr, sorted_ids_ptr, block_expert_ptr, num
     tl.store(h_ptrs, h.to(h_ptr.dtype.element_ty), mask=row_mask[:, None] & (cols < I)[None, :])
 
 
-@triton.jit(do_not_specialize=["numel", "expert_offset", "E", "num_pid_m"])
+@triton.jit(do_not_specialize=["numel", "expert_offset", "E", "num_pid_m", "T", "S", "n_sb"])
 def _down_kernel(h_ptr, w2_ptr, y_ptr, weights_ptr, sorted_ids_ptr, block_expert_ptr,
                  num_padded_ptr, topk_ids_ptr, numel, expert_offset, E, num_pid_m, D, I,
-                 stride_ht, stride_we, stride_wn, stride_yt,
+                 stride_ht, stride_we, stride_wn, stride_yt, ws2_ptr, sgate_ptr, T, S, I_S, n_sb,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                 GROUP_M: tl.constexpr, SMALL: tl.constexpr, DOT_PRECISION: tl.constexpr, PDL: tl.constexpr):
+                 GROUP_M: tl.constexpr, SMALL: tl.constexpr, SHARED: tl.constexpr, SHARED_GATE: tl.constexpr,
+                 DOT_PRECISION: tl.constexpr, PDL: tl.constexpr):
     wait_then_release(PDL)
     pid_m, pid_n = _tile_coords(num_pid_m, D, BLOCK_N, GROUP_M)
-    rows, row_mask, expert = _block_rows(pid_m, sorted_ids_ptr, block_expert_ptr, num_padded_ptr,
-                                         topk_ids_ptr, numel, expert_offset, E, BLOCK_M, SMALL)
+    offs_n = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N)) % D
+    if SHARED:      # as GEMM1: the first n_sb M-blocks are the shared expert's (its w2 [D, I_S], columns j·I ..)
+        if pid_m < n_sb:
+            rows, row_mask, tokens, j = _shared_rows(pid_m, numel, T, S, BLOCK_M)
+            expert = 0
+            b_base = ws2_ptr + j * I + offs_n[None, :] * I_S
+            if SHARED_GATE:     # Qwen2-MoE: sigmoid(x · wsg) per token, made before this kernel
+                route_w = tl.load(sgate_ptr + tokens, mask=row_mask, other=0.0).to(tl.float32)
+            else:
+                route_w = tl.where(row_mask, 1.0, 0.0)
+        else:
+            rows, row_mask, expert = _block_rows(pid_m - n_sb, sorted_ids_ptr, block_expert_ptr, num_padded_ptr,
+                                                 topk_ids_ptr, numel, expert_offset, E, BLOCK_M, SMALL)
+            b_base = w2_ptr + expert.to(tl.int64) * stride_we + offs_n[None, :] * stride_wn
+            route_w = tl.load(weights_ptr + rows, mask=row_mask, other=0.0)
+    else:
+        rows, row_mask, expert = _block_rows(pid_m, sorted_ids_ptr, block_expert_ptr, num_padded_ptr,
+                                             topk_ids_ptr, numel, expert_offset, E, BLOCK_M, SMALL)
+        b_base = w2_ptr + expert.to(tl.int64) * stride_we + offs_n[None, :] * stride_wn
     if expert < 0:
         return
     offs_k = tl.arange(0, BLOCK_K)
-    offs_n = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N)) % D
     rows64 = rows.to(tl.int64)
     a_ptrs = h_ptr + rows64[:, None] * stride_ht + offs_k[None, :]           # [BM, BK]
-    b_ptrs = (w2_ptr + expert.to(tl.int64) * stride_we
-              + offs_n[None, :] * stride_wn + offs_k[:, None])              # [BK, BN]
+    b_ptrs = b_base + offs_k[:, None]                                          # [BK, BN]
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k in range(0, tl.cdiv(I, BLOCK_K)):
         k_mask = offs_k < I - k * BLOCK_K
@@ -160,16 +201,18 @@ def _down_kernel(h_ptr, w2_ptr, y_ptr, weights_ptr, sorted_ids_ptr, block_expert
         a_ptrs += BLOCK_K
         b_ptrs += BLOCK_K
     # The routing weight goes in while the sum is still fp32, before the single rounding.
-    route_w = tl.load(weights_ptr + rows, mask=row_mask, other=0.0)
+    if not SHARED:
+        route_w = tl.load(weights_ptr + rows, mask=row_mask, other=0.0)
     acc = acc * route_w[:, None]
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     y_ptrs = y_ptr + rows64[:, None] * stride_yt + cols[None, :]
     tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=row_mask[:, None] & (cols < D)[None, :])
 
 
-@triton.jit(do_not_specialize=["top_k", "expert_offset", "E"])
-def _combine_kernel(y_ptr, topk_ids_ptr, out_ptr, top_k, expert_offset, E, D,
+@triton.jit(do_not_specialize=["top_k", "expert_offset", "E", "numel", "S"])
+def _combine_kernel(y_ptr, topk_ids_ptr, out_ptr, top_k, expert_offset, E, D, numel, S,
                     BLOCK_D: tl.constexpr, PDL: tl.constexpr):
+    """out[t] = Σ_k y[t·K + k] (slots of this layer's experts) + Σ_j y[numel + t·S + j] (S shared slots, 0 = none)."""
     wait_then_release(PDL)
     t = tl.program_id(0)
     cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -183,6 +226,8 @@ def _combine_kernel(y_ptr, topk_ids_ptr, out_ptr, top_k, expert_offset, E, D,
         col_end = tl.where((local >= 0) & (local < E), D, 0)
         acc += tl.load(y_ptr + flat.to(tl.int64) * D + cols, mask=cols < col_end,
                        other=0.0).to(tl.float32)
+    for j in range(0, S):
+        acc += tl.load(y_ptr + (numel + t * S + j).to(tl.int64) * D + cols, mask=col_mask, other=0.0).to(tl.float32)
     tl.store(out_ptr + t.to(tl.int64) * D + cols, acc.to(out_ptr.dtype.element_ty), mask=col_mask)
 
 
@@ -210,14 +255,37 @@ class _Blocks(NamedTuple):
     small: bool
 
 
+class _Shared(NamedTuple):
+    """The shared expert in the aligned GEMMs: its I_S columns as S = I_S / I virtual experts of width I, whose
+    n_sb = S·cdiv(T, BLOCK_M) M-blocks (every token, weight 1 or Qwen2's sigmoid gate) run before the routed ones."""
+    w13: torch.Tensor           # [2·I_S, D] gate rows, then up rows
+    w2: torch.Tensor            # [D, I_S]
+    gate: torch.Tensor | None   # [T] sigmoid(x · wsg) in x's dtype (Qwen2-MoE), or None: weight 1
+    S: int
+    n_sb: int
+
+    @staticmethod
+    def none(x) -> "_Shared":
+        return _Shared(x, x, None, 0, 0)        # placeholders the kernels never read
+
+
+def aligned_shared_fits(I: int, shared: SharedExpert | None) -> bool:
+    """Whether the aligned variant can take this shared expert: its width a multiple of the routed experts' I."""
+    return shared is not None and shared.w2.shape[1] % I == 0
+
+
 def fused_moe(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_ids: torch.Tensor,
               topk_weights: torch.Tensor, *, expert_offset: int = 0,
               config: dict | None = None, pdl: bool = False, shared: SharedExpert | None = None) -> torch.Tensor:
     """out [T, D] = Σ_k topk_weights[:, k] · expert(topk_ids[:, k])(x), experts
     expert_offset .. expert_offset+E-1 held here as w13 [E, 2I, D] (gate rows, then up rows) and
     w2 [E, D, I]; ids outside that range contribute zero. shared (fused_moe_small.SharedExpert): plus an
-    always-on expert inside the same two launches, decode ("small") variant only: ValueError for a T that
-    `plan` sends elsewhere (ask `plan` first) or for shared weights that do not fit x."""
+    always-on expert inside the same launches. The decode ("small") variant gives it its own programs; the aligned
+    variant cuts its width I_S into I_S / I virtual experts of width I that every token routes to with weight 1
+    (Qwen2's sigmoid(x · gate) instead where it has a gate), their M-blocks ahead of the routed ones in both GEMMs
+    and their rows summed by the combine (SGLang's shared-experts fusion, without copying the weights).
+    ValueError for shared weights that do not fit x, for a shared I_S that is not a multiple of I in the aligned
+    variant (ask `aligned_shared_fits`), and for the legacy small_dot variant with a shared expert."""
     _check_inputs(x, w13, w2, topk_ids, topk_weights)
     (T, D), (E, two_i, _), K = x.shape, w13.shape, topk_ids.shape[1]
     I = two_i // 2
@@ -229,10 +297,10 @@ def fused_moe(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_ids: to
     variant = plan(T, K, E, config)
     if variant == "small":
         return fused_moe_small(x, w13, w2, ids, topk_weights, expert_offset, config, pdl, shared)
-    if shared is not None:
-        raise ValueError(f"a shared expert runs inside the decode (small) variant only; T={T} plans {variant!r}")
     numel = T * K
     if variant == "small_dot":  # one M-block per (token, slot) pair, no alignment
+        if shared is not None:
+            raise ValueError("a shared expert runs in the small and aligned variants, not small_dot")
         blocks = _Blocks(ids, ids, ids, ids, numel, numel, expert_offset, E, True)
     else:
         assert variant == "aligned", f"unknown fused_moe variant {variant!r}"
@@ -240,39 +308,52 @@ def fused_moe(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_ids: to
             ids, E, config["BLOCK_M"], expert_offset, pdl=pdl)
         blocks = _Blocks(ids, sorted_ids, block_expert, num_padded, block_expert.numel(),
                          numel, expert_offset, E, False)
+    sh = _Shared.none(x)
+    if shared is not None:
+        check_shared(x, shared)
+        if not aligned_shared_fits(I, shared):
+            raise ValueError(f"the aligned variant takes a shared expert of width a multiple of I={I}, "
+                             f"not {shared.w2.shape[1]}")
+        S = shared.w2.shape[1] // I
+        gate = None if shared.gate is None else torch.sigmoid(x @ shared.gate.view(-1, 1)).view(-1)   # [T]
+        sh = _Shared(shared.w13, shared.w2, gate, S, S * triton.cdiv(T, config["BLOCK_M"]))
     precision = "ieee" if x.dtype == torch.float32 else "tf32"  # exact fp32 for the CPU tests
 
-    h = x.new_empty(numel, I)                                                # [T·K, I]
-    _launch_gate_up(x, w13, h, blocks, K, config, precision, pdl)
-    y = x.new_empty(numel, D)                                                # [T·K, D]
+    rows = numel + T * sh.S                                                  # routed rows, then shared
+    h = x.new_empty(rows, I)                                                 # [T·K + T·S, I]
+    _launch_gate_up(x, w13, h, blocks, K, config, precision, pdl, sh)
+    y = x.new_empty(rows, D)                                                 # [T·K + T·S, D]
     weights = topk_weights.float().contiguous().view(-1)  # [T·K]; no copy when already fp32
-    _launch_down(h, w2, y, weights, blocks, down_config(config), precision, False)   # after GEMM1: not early (pdl.py)
+    _launch_down(h, w2, y, weights, blocks, down_config(config), precision, False, sh)   # after GEMM1: not early (pdl.py)
     out = x.new_empty(T, D)
     block_d = min(COMBINE_BLOCK_D, triton.next_power_of_2(D))
-    _combine_kernel[(T, triton.cdiv(D, block_d))](y, ids, out, K, expert_offset, E, D,
+    _combine_kernel[(T, triton.cdiv(D, block_d))](y, ids, out, K, expert_offset, E, D, numel, sh.S,
                                                   BLOCK_D=block_d, num_warps=COMBINE_WARPS, **launch_args(pdl))
     return out
 
 
-def _launch_gate_up(x, w13, h, b: _Blocks, top_k, cfg, precision, pdl):
+def _launch_gate_up(x, w13, h, b: _Blocks, top_k, cfg, precision, pdl, sh: _Shared):
     I, D = h.shape[1], x.shape[1]
-    grid = (b.num_pid_m * triton.cdiv(I, cfg["BLOCK_N"]),)
+    num_pid_m = sh.n_sb + b.num_pid_m
+    grid = (num_pid_m * triton.cdiv(I, cfg["BLOCK_N"]),)
     _gate_up_kernel[grid](
         x, w13, h, b.sorted_ids, b.block_expert, b.num_padded, b.ids,
-        b.numel, top_k, b.expert_offset, b.E, b.num_pid_m, I, D,
-        x.stride(0), w13.stride(0), w13.stride(1), h.stride(0),
+        b.numel, top_k, b.expert_offset, b.E, num_pid_m, I, D,
+        x.stride(0), w13.stride(0), w13.stride(1), h.stride(0), sh.w13, b.ids.shape[0], sh.S, sh.S * I, sh.n_sb,
         BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"],
-        GROUP_M=cfg["GROUP_M"], SMALL=b.small, DOT_PRECISION=precision,
+        GROUP_M=cfg["GROUP_M"], SMALL=b.small, SHARED=sh.S > 0, DOT_PRECISION=precision,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **launch_args(pdl))
 
 
-def _launch_down(h, w2, y, weights, b: _Blocks, cfg, precision, pdl):
+def _launch_down(h, w2, y, weights, b: _Blocks, cfg, precision, pdl, sh: _Shared):
     D, I = y.shape[1], h.shape[1]
-    grid = (b.num_pid_m * triton.cdiv(D, cfg["BLOCK_N"]),)
+    num_pid_m = sh.n_sb + b.num_pid_m
+    grid = (num_pid_m * triton.cdiv(D, cfg["BLOCK_N"]),)
     _down_kernel[grid](
         h, w2, y, weights, b.sorted_ids, b.block_expert, b.num_padded, b.ids,
-        b.numel, b.expert_offset, b.E, b.num_pid_m, D, I,
-        h.stride(0), w2.stride(0), w2.stride(1), y.stride(0),
+        b.numel, b.expert_offset, b.E, num_pid_m, D, I,
+        h.stride(0), w2.stride(0), w2.stride(1), y.stride(0), sh.w2, weights if sh.gate is None else sh.gate,
+        b.ids.shape[0], sh.S, sh.S * I, sh.n_sb,
         BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"],
-        GROUP_M=cfg["GROUP_M"], SMALL=b.small, DOT_PRECISION=precision,
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **launch_args(pdl))
+        GROUP_M=cfg["GROUP_M"], SMALL=b.small, SHARED=sh.S > 0, SHARED_GATE=sh.gate is not None,
+        DOT_PRECISION=precision, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **launch_args(pdl))
