@@ -10,7 +10,7 @@
 #  4. the kernel profile of the Mixtral int4 and fp8 bs-1 steps (scripts/profile_step.py).
 # Usage (device tool, repo root, carry [".whl"]): bash scripts/gpu/session23_call3.sh
 set -u
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+cp -r .whl/site /tmp/site || exit 1   # bitsandbytes 0.50.2 unpacked, only its CUDA 13.0 and CPU libraries (the wheel is 43 MB)
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD:/tmp/site TQDM_DISABLE=1
 R=$OUT/r; mkdir -p $R
 nvidia-smi --query-gpu=name,clocks.max.sm,clocks.max.mem,power.limit --format=csv > $R/gpu.txt 2>&1
