@@ -56,18 +56,22 @@ def test_graphed_decode_equals_eager_with_pdl(card, batch):
 @pytest.mark.parametrize("card", ["qwen2-moe-tiny", "deepseek-moe-tiny", "deepseek-v2-lite-tiny"])
 @pytest.mark.parametrize("batch", [1, 2])
 def test_graphed_decode_equals_eager_with_fused_shared(card, batch, monkeypatch):
-    """--fuse-shared (on by default with --fused): the shared expert inside the decode kernels at batch 1, captured
-    in the graph; batch 2 runs apart. The tiny models' E = 6-8 needs a ratio of 1 for batch 1 to plan the decode
-    variant (E = 60-64 does)."""
+    """--fuse-shared (on by default with --fused), captured in the graph: the shared expert inside the decode kernels
+    at batch 1 (batch 2 decodes apart), and inside the aligned variant's GEMMs for the 11- and 22-token prefills
+    (virtual experts, up to shared_fusion.ALIGNED_MAX_T tokens). The tiny models' E = 6-8 needs a ratio of 1 for
+    batch 1 to plan the decode variant (E = 60-64 does)."""
     from minimoe import shared_fusion
     from minimoe.kernels import fused_moe as fm
     monkeypatch.setattr(fm, "SMALL_BATCH_RATIO", 1)
-    runs = []
+    runs = []                                                  # (T, K, E) of each fused call
     real_run = shared_fusion.run
-    monkeypatch.setattr(shared_fusion, "run", lambda *a: runs.append(1) or real_run(*a))
+    monkeypatch.setattr(shared_fusion, "run",
+                        lambda *a: runs.append((a[1].shape[0], a[3].shape[1], a[0].experts.n_local)) or real_run(*a))
     pdl = "on" if torch.cuda.get_device_capability()[0] >= 9 else "off"
     test_graphed_decode_equals_eager(card, "fused", "triton", "triton", pdl, batch)
-    assert bool(runs) == (batch <= shared_fusion.MAX_T)
+    (_, K, E), prefill = runs[0], batch * 11
+    assert fm.plan(prefill, K, E) == "aligned" and prefill <= shared_fusion.ALIGNED_MAX_T
+    assert {T for T, _, _ in runs} == {prefill} | ({batch} if batch <= shared_fusion.MAX_T else set())
 
 
 def test_pdl_auto_is_on_for_one_hopper_gpu_only():
