@@ -11,8 +11,8 @@ parallel plan can combine only the routed output across ranks (a hook on `expert
 experts run replicated or tensor-parallel, and the profile shows each part on its own. Each layer's
 expert count and width come from its own tensors (`ModelConfig.layer_experts/layer_moe_width`, which
 the loader sets from the checkpoint), so pruned checkpoints with uneven layers load and run.
-With `--fuse-shared` the shared expert runs inside the routed experts' decode kernels at batch 1
-(shared_fusion.py); the modules stay apart, so everything else sees the same two parts.
+With `--fuse-shared` the shared expert runs inside the routed experts' kernels (shared_fusion.py: batch 1's decode
+kernels, and the aligned GEMMs up to 64 tokens); the modules stay apart, so everything else sees the same two parts.
 Dense layers (DeepSeek's first layers, Qwen's mlp_only_layers) are a plain SwiGLU.
 """
 from __future__ import annotations
@@ -60,7 +60,7 @@ class MoE(nn.Module):
         else:
             with region("router"):
                 weights, ids = self.router(ht)                            # [T, K] each
-        if shared_fusion.fits(self, ht, ids.shape[1]):                   # --fuse-shared: both in 2 launches
+        if shared_fusion.fits(self, ht, ids.shape[1]):                   # --fuse-shared: both in the routed launches
             return shared_fusion.run(self, ht, weights, ids).view(B, S, D)
         y = self.experts(ht, weights, ids)                                # [T, D]; regions inside the path
         if self.shared is not None:

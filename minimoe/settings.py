@@ -228,10 +228,11 @@ SETTINGS_FLAGS = {
                                             "one-token steps (batch-1 decode): on (needs --ops triton) | off; auto: on "
                                             "with --ops triton")),
     "fuse_shared": ("--fuse-shared", dict(help="DeepSeek's / Qwen2-MoE's shared experts inside the routed experts' "
-                                               "decode kernels at batch 1 (shared_fusion.py): on (needs --experts "
-                                               "fused, --quant none, no --ep / --tp; then a layer fuses where its "
-                                               "step is one token on the small-T plan, which --profile notes as "
-                                               "small+shared) | off; auto: on where it can run")),
+                                               "kernels (shared_fusion.py): on (needs --experts fused, --quant none, "
+                                               "no --ep / --tp; then a layer fuses a one-token step on the small-T "
+                                               "plan and a step of up to 64 tokens on the aligned plan, which "
+                                               "--profile notes as small+shared / aligned+shared) | off; auto: on "
+                                               "where it can run")),
     "fuse_rope": ("--fuse-rope", dict(help="rotary embedding and the KV-cache write in the epilogue of the q/k/v "
                                            "GEMV at batch 1 (rope_fusion.py; layers without a q/k norm: Mixtral, "
                                            "Qwen1.5/2-MoE; --profile notes qkv+rope): on (needs --ops triton; the "

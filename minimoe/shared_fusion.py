@@ -19,10 +19,12 @@ dtype before adding them: results agree to rounding, not bit for bit (tests/test
 SGLang's "shared experts fusion" for DeepSeek-V3 appends the shared expert to the routed ones as expert E
 with routing weight 1 (a copy of the weights, and top-k + 1 slots); this keeps the weights where they are.
 
-In the aligned variant (3 to ALIGNED_MAX_T tokens a step: decode batches), apart the shared expert is a cuBLAS GEMM,
+In the aligned variant (from the first T it plans, 3 tokens for DeepSeek-V2-Lite, 4 for Qwen1.5-MoE, 9 for
+DeepSeek-V3, to ALIGNED_MAX_T: decode batches and short prefills), apart the shared expert is a cuBLAS GEMM,
 SiLU*up, a split-K cuBLAS GEMM and its reduce, and the add: ~20 µs a DeepSeek-V2-Lite layer at bs 64 for ~8 µs of
 bytes (docs/results/2026-12-02-s23, call 1's profile). Fused, its width I_S is cut into S = I_S / I virtual experts
-of the routed width I that every token routes to with weight 1 (Qwen2: sigmoid(h · wsg), one small GEMV before):
+of the routed width I that every token routes to with weight 1 (Qwen2: sigmoid(h · wsg), a matmul and a sigmoid
+before the GEMMs):
 
     GEMM1 / GEMM2   S·cdiv(T, BLOCK_M) shared M-blocks ahead of the routed ones, reading the shared weights in place
                     (virtual expert j: gate rows j·I.., up rows I_S + j·I.., w2 columns j·I..)
@@ -58,7 +60,10 @@ except ImportError:       # no Triton: --experts fused (and with it this) is ref
 
 MAX_T = 1      # tokens a step in the decode variant: see "Why one token" above
 # Tokens a step up to which the aligned variant takes the shared expert as I_S / I virtual experts of width I (see
-# "In the aligned variant" above); 0 runs every aligned batch apart. Prefill sizes keep cuBLAS for the shared expert.
+# "In the aligned variant" above); 0 runs every aligned batch apart. Measured on the H200 (DeepSeek-V2-Lite, s23):
+# a step -8.8 / -5.2 / -2.6% at bs 4 / 16 / 64; TTFT at 128 prompt tokens 10.2 vs 10.3 ms (neutral), at 2,048 29.0 vs
+# 27.5 ms (slower), so large prefills keep cuBLAS for the shared expert. 64 is a cautious cut between the two, not a
+# measured crossing.
 ALIGNED_MAX_T = 64
 
 
@@ -97,7 +102,9 @@ def run(moe, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor) -> torch
     ex, sh = moe.experts, moe.shared
     gate = None if sh.gate is None else sh.gate.weight.view(-1)                   # [D]
     shared = SharedExpert(sh.w13.weight, sh.w2.weight, gate)
-    note("fused_moe", _fm.plan(ids.shape[0], ids.shape[1], ex.n_local) + "+shared")
+    T, K = ids.shape
+    note("fused_moe", _fm.plan(T, K, ex.n_local, _fm.get_config(ex.n_local, ex.hidden, x.shape[1], K, T, x.dtype))
+         + "+shared")
     with region("experts"):
         return _fm.fused_moe(x, ex.w13, ex.w2, ids, weights, expert_offset=ex.expert_offset,
                              pdl=ex.settings.pdl == "on", shared=shared)

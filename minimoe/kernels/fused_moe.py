@@ -14,8 +14,9 @@ it is three or four launches, none of which copies x:
    same columns, keeps two fp32 accumulators, and writes h = silu(gate)·up to row flat_id of h.
 3. GEMM2 `_down_kernel`: same walk over h and w2; the fp32 epilogue multiplies each row by its
    routing weight before the cast, and writes row flat_id of y [T·K, D].
-4. `_combine_kernel`: out[t] = Σ_k y[t·K + k] in fp32, skipping slots routed to experts this layer
-   does not hold (expert parallelism), so those contribute exactly zero without zeroing y.
+4. `_combine_kernel`: out[t] = Σ_k y[t·K + k] in fp32 (+ a shared expert's S rows, `shared=`), skipping slots
+   routed to experts this layer does not hold (expert parallelism), so those contribute exactly zero without
+   zeroing y.
 
 Decode variant ("small", fused_moe_small.py): when T·K is small next to E almost every pair has its
 own expert, so sorting buys nothing and each pair is a matrix-VECTOR product. Two GEMV kernels
@@ -314,6 +315,8 @@ def fused_moe(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_ids: to
         if not aligned_shared_fits(I, shared):
             raise ValueError(f"the aligned variant takes a shared expert of width a multiple of I={I}, "
                              f"not {shared.w2.shape[1]}")
+        if shared.w2.numel() >= 2 ** 31:       # the kernels address the shared weights with int32 row offsets
+            raise ValueError(f"shared expert w2 {tuple(shared.w2.shape)} has 2^31 or more elements")
         S = shared.w2.shape[1] // I
         gate = None if shared.gate is None else torch.sigmoid(x @ shared.gate.view(-1, 1)).view(-1)   # [T]
         sh = _Shared(shared.w13, shared.w2, gate, S, S * triton.cdiv(T, config["BLOCK_M"]))
