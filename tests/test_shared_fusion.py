@@ -60,6 +60,22 @@ def make(T, E, K, D, I, I_S, gated, dtype=torch.float32, seed=0, offset=0, n_glo
             SharedExpert(*(dev(t) for t in shared)))
 
 
+def check_against_oracles(x, w13, w2, ids, weights, shared, offset, config, dtype):
+    """fused_moe with the shared expert inside against the float64 loop, and against the routed kernels alone plus
+    the shared expert in PyTorch (the unfused path's sum)."""
+    out = fm.fused_moe(x, w13, w2, ids, weights, expert_offset=offset, config=config, shared=shared)
+    ref = reference(x, w13, w2, ids, weights, shared, offset)
+    err = ((out.double().cpu() - ref).abs().max() / ref.abs().max()).item()
+    assert err <= (1e-6 if dtype == torch.float32 else 2e-3), err
+    apart = fm.fused_moe(x, w13, w2, ids, weights, expert_offset=offset, config=config).float()
+    g, u = (x.float() @ shared.w13.float().T).split(shared.w2.shape[1], dim=-1)
+    y = (F.silu(g) * u) @ shared.w2.float().T
+    if shared.gate is not None:
+        y = y * torch.sigmoid(x.float() @ shared.gate.float())[:, None]
+    err = ((out.float() - apart - y).abs().max() / ref.abs().max()).item()
+    assert err <= (1e-5 if dtype == torch.float32 else 4e-3), err
+
+
 CASES = {
     # name: (T, E, K, D, I, I_S, gated, offset, n_global)
     "deepseek_like_one_token": (1, 64, 6, 48, 36, 72, False, 0, None),     # I_S = 2 I (n_shared_experts 2)
@@ -76,18 +92,7 @@ def test_kernel_matches_reference(case, dtype):
     T, E, K, D, I, I_S, gated, offset, n_global = CASES[case]
     x, w13, w2, ids, weights, shared = make(T, E, K, D, I, I_S, gated, dtype, seed=len(case), offset=offset,
                                             n_global=n_global)
-    out = fm.fused_moe(x, w13, w2, ids, weights, expert_offset=offset, config={"variant": "small"}, shared=shared)
-    ref = reference(x, w13, w2, ids, weights, shared, offset)
-    err = ((out.double().cpu() - ref).abs().max() / ref.abs().max()).item()
-    assert err <= (1e-6 if dtype == torch.float32 else 2e-3), err
-    # the routed kernels alone, plus the shared expert in PyTorch, give the same sum (the unfused path)
-    apart = fm.fused_moe(x, w13, w2, ids, weights, expert_offset=offset, config={"variant": "small"}).float()
-    g, u = (x.float() @ shared.w13.float().T).split(I_S, dim=-1)
-    y = (F.silu(g) * u) @ shared.w2.float().T
-    if gated:
-        y = y * torch.sigmoid(x.float() @ shared.gate.float())[:, None]
-    err = ((out.float() - apart - y).abs().max() / ref.abs().max()).item()
-    assert err <= (1e-5 if dtype == torch.float32 else 4e-3), err
+    check_against_oracles(x, w13, w2, ids, weights, shared, offset, {"variant": "small"}, dtype)
 
 
 @pytest.mark.parametrize("case", ["deepseek_like_one_token", "qwen2_like_e60_gated", "shared_wider_than_tiles"])
@@ -142,17 +147,7 @@ def test_aligned_kernel_matches_reference(case, dtype):
                                             n_global=n_global)
     config = {"variant": "aligned", "BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 32, "GROUP_M": 4,
               "num_warps": 4, "num_stages": 2}
-    out = fm.fused_moe(x, w13, w2, ids, weights, expert_offset=offset, config=config, shared=shared)
-    ref = reference(x, w13, w2, ids, weights, shared, offset)
-    err = ((out.double().cpu() - ref).abs().max() / ref.abs().max()).item()
-    assert err <= (1e-6 if dtype == torch.float32 else 2e-3), err
-    apart = fm.fused_moe(x, w13, w2, ids, weights, expert_offset=offset, config=config).float()
-    g, u = (x.float() @ shared.w13.float().T).split(I_S, dim=-1)
-    y = (F.silu(g) * u) @ shared.w2.float().T
-    if gated:
-        y = y * torch.sigmoid(x.float() @ shared.gate.float())[:, None]
-    err = ((out.float() - apart - y).abs().max() / ref.abs().max()).item()
-    assert err <= (1e-5 if dtype == torch.float32 else 4e-3), err
+    check_against_oracles(x, w13, w2, ids, weights, shared, offset, config, dtype)
 
 
 @pytest.mark.parametrize("aligned_max_t", [0, 64])
