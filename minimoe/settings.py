@@ -98,7 +98,7 @@ class RunSettings:
         if s.fuse_shared == "auto":
             s.fuse_shared = "on" if s.experts == "fused" and s.quant == "none" and s.tp == 1 and s.ep == 1 else "off"
         if s.fuse_shared == "on" and (s.experts != "fused" or s.quant != "none" or s.tp > 1 or s.ep > 1):
-            raise ValueError("--fuse-shared on runs the shared experts inside the fused decode kernels: it needs "
+            raise ValueError("--fuse-shared on runs the shared experts inside the fused MoE kernels: it needs "
                              f"--experts fused, --quant none and no --ep / --tp plan (got --experts {s.experts}, "
                              f"--quant {s.quant}, --ep {s.ep}, --tp {s.tp})")
         if s.fuse_rope == "auto":        # where the stream GEMV runs the q/k/v projection at one token (a GPU)
@@ -229,10 +229,11 @@ SETTINGS_FLAGS = {
                                             "with --ops triton")),
     "fuse_shared": ("--fuse-shared", dict(help="DeepSeek's / Qwen2-MoE's shared experts inside the routed experts' "
                                                "kernels (shared_fusion.py): on (needs --experts fused, --quant none, "
-                                               "no --ep / --tp; then a layer fuses a one-token step on the small-T "
-                                               "plan and a step of up to 64 tokens on the aligned plan, which "
-                                               "--profile notes as small+shared / aligned+shared) | off; auto: on "
-                                               "where it can run")),
+                                               "no --ep / --tp; then a layer fuses a one-token step on the decode "
+                                               "(small) plan and a step of up to 64 tokens, batch x new tokens, on "
+                                               "the aligned plan; which plan a step takes depends on tokens x top-k "
+                                               "against the expert count; bench.py --profile notes small+shared / "
+                                               "aligned+shared) | off; auto: on where it can run")),
     "fuse_rope": ("--fuse-rope", dict(help="rotary embedding and the KV-cache write in the epilogue of the q/k/v "
                                            "GEMV at batch 1 (rope_fusion.py; layers without a q/k norm: Mixtral, "
                                            "Qwen1.5/2-MoE; --profile notes qkv+rope): on (needs --ops triton; the "
