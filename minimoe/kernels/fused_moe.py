@@ -41,6 +41,7 @@ import triton.language as tl
 
 from .fused_moe_small import SharedExpert, check_shared, fused_moe_small
 from .moe_align import align_tokens_by_expert
+from .moe_combine import _combine_kernel
 from .moe_configs import down_config, get_config
 from .pdl import launch_args, wait_then_release
 
@@ -208,28 +209,6 @@ def _down_kernel(h_ptr, w2_ptr, y_ptr, weights_ptr, sorted_ids_ptr, block_expert
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     y_ptrs = y_ptr + rows64[:, None] * stride_yt + cols[None, :]
     tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=row_mask[:, None] & (cols < D)[None, :])
-
-
-@triton.jit(do_not_specialize=["top_k", "expert_offset", "E", "numel", "S"])
-def _combine_kernel(y_ptr, topk_ids_ptr, out_ptr, top_k, expert_offset, E, D, numel, S,
-                    BLOCK_D: tl.constexpr, PDL: tl.constexpr):
-    """out[t] = Σ_k y[t·K + k] (slots of this layer's experts) + Σ_j y[numel + t·S + j] (S shared slots, 0 = none)."""
-    wait_then_release(PDL)
-    t = tl.program_id(0)
-    cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
-    col_mask = cols < D
-    acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
-    for k in range(0, top_k):
-        flat = t * top_k + k
-        local = tl.load(topk_ids_ptr + flat).to(tl.int32) - expert_offset
-        # Rows of y for foreign slots were never written: mask the whole load (no columns) rather
-        # than zero y.
-        col_end = tl.where((local >= 0) & (local < E), D, 0)
-        acc += tl.load(y_ptr + flat.to(tl.int64) * D + cols, mask=cols < col_end,
-                       other=0.0).to(tl.float32)
-    for j in range(0, S):
-        acc += tl.load(y_ptr + (numel + t * S + j).to(tl.int64) * D + cols, mask=col_mask, other=0.0).to(tl.float32)
-    tl.store(out_ptr + t.to(tl.int64) * D + cols, acc.to(out_ptr.dtype.element_ty), mask=col_mask)
 
 
 def _check_inputs(x, w13, w2, topk_ids, topk_weights):

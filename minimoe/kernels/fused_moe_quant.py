@@ -33,9 +33,10 @@ import triton
 import triton.language as tl
 
 from . import fused_moe as _fused_moe
-from .fused_moe import _block_rows, _combine_kernel, _tile_coords, plan
+from .fused_moe import _block_rows, _tile_coords, plan
 from .fused_moe_quant_small import fused_moe_quant_small
 from .moe_align import align_tokens_by_expert
+from .moe_combine import _combine_kernel
 from .moe_dequant import DEQUANT_MIN_M, DEQUANT_MIN_ROWS, fused_moe_dequant
 from .moe_configs import (CONFIG_DIR, config_file_name, default_config, interpreter_config, load_tuned,
                           nearest_bucket, on_gpu, pipeline_stages)
