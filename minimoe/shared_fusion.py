@@ -37,8 +37,8 @@ either one token (MAX_T) that the fused MoE runs as its decode variant (`fused_m
 ALIGNED_MAX_T tokens in the aligned variant with I_S a multiple of I (DeepSeek-V2-Lite 2, Qwen1.5-MoE 4, DeepSeek-V3
 1). Everything else runs the two parts apart, as before.
 
-Why one token in the decode variant: each token's programs read the shared expert's weights again (the unfused path's GEMM reads them
-once for all tokens). Measured on the H200 (docs/results/2026-12-01-s10), fused against apart in the same call:
+Why one token in the decode variant: each token's programs read the shared expert's weights again (the unfused
+path's GEMM reads them once for all tokens). Measured on the H200 (docs/results/2026-12-01-s10), fused against apart in the same call:
 whole models at bs 1 DeepSeek-V2-Lite +4.8%, Qwen1.5-MoE +11.6% out tok/s; at bs 2 -0.0 to -0.2% (calls 1-2:
 604.3 -> 603.0 and 726.1 -> 725.8, 603.0 -> 602.4 and 724.9 -> 723.7); one layer in a graph, fused / apart (the
 review's probe, PDL off): T = 1 0.77 (Qwen1.5), 0.88 (DeepSeek-V2-Lite), 1.01 (DeepSeek-V3); T = 2 0.98, 1.00,
