@@ -306,7 +306,8 @@ def fused_moe(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_ids: to
     _launch_gate_up(x, w13, h, blocks, K, config, precision, pdl, sh)
     y = x.new_empty(rows, D)                                                 # [T·K + T·S, D]
     weights = topk_weights.float().contiguous().view(-1)  # [T·K]; no copy when already fp32
-    _launch_down(h, w2, y, weights, blocks, down_config(config), precision, False, sh)   # after GEMM1: not early (pdl.py)
+    # after GEMM1: not launched early (pdl.py)
+    _launch_down(h, w2, y, weights, blocks, down_config(config), precision, False, sh)
     out = x.new_empty(T, D)
     block_d = min(COMBINE_BLOCK_D, triton.next_power_of_2(D))
     _combine_kernel[(T, triton.cdiv(D, block_d))](y, ids, out, K, expert_offset, E, D, numel, sh.S,

@@ -20,7 +20,7 @@ from .pdl import wait_then_release
 @triton.jit(do_not_specialize=["top_k", "expert_offset", "E", "numel", "S"])
 def _combine_kernel(y_ptr, topk_ids_ptr, out_ptr, top_k, expert_offset, E, D, numel, S,
                     BLOCK_D: tl.constexpr, PDL: tl.constexpr):
-    """out[t] = Σ_k y[t·K + k] (slots of this layer's experts) + Σ_j y[numel + t·S + j] (S shared slots, 0 = none)."""
+    """out[t] = Σ_k y[t·K + k] (this layer's experts' slots) + Σ_j y[numel + t·S + j] (S shared slots, 0: none)."""
     wait_then_release(PDL)
     t = tl.program_id(0)
     cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
