@@ -38,11 +38,11 @@ ALIGNED_MAX_T tokens in the aligned variant with I_S a multiple of I (DeepSeek-V
 1). Everything else runs the two parts apart, as before.
 
 Why one token in the decode variant: each token's programs read the shared expert's weights again (the unfused
-path's GEMM reads them once for all tokens). Measured on the H200 (docs/results/2026-12-01-s10), fused against
-apart in the same call: whole models at bs 1 DeepSeek-V2-Lite +4.8%, Qwen1.5-MoE +11.6% out tok/s; at bs 2 -0.0 to -0.2% (calls 1-2:
-604.3 -> 603.0 and 726.1 -> 725.8, 603.0 -> 602.4 and 724.9 -> 723.7); one layer in a graph, fused / apart (the
-review's probe, PDL off): T = 1 0.77 (Qwen1.5), 0.88 (DeepSeek-V2-Lite), 1.01 (DeepSeek-V3); T = 2 0.98, 1.00,
-1.05; T = 3 1.17 (Qwen1.5); DeepSeek-V3 T = 4-8 1.02-1.27.
+path's GEMM reads them once for all tokens). Measured on the H200 (docs/results/2026-12-01-s10), fused against apart
+in the same call: whole models at bs 1 DeepSeek-V2-Lite +4.8%, Qwen1.5-MoE +11.6% out tok/s; at bs 2 -0.0 to -0.2%
+(calls 1-2: 604.3 -> 603.0 and 726.1 -> 725.8, 603.0 -> 602.4 and 724.9 -> 723.7); one layer in a graph, fused /
+apart (the review's probe, PDL off): T = 1 0.77 (Qwen1.5), 0.88 (DeepSeek-V2-Lite), 1.01 (DeepSeek-V3); T = 2 0.98,
+1.00, 1.05; T = 3 1.17 (Qwen1.5); DeepSeek-V3 T = 4-8 1.02-1.27.
 """
 from __future__ import annotations
 
