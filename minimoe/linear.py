@@ -99,25 +99,68 @@ def router_logits(h: torch.Tensor, weight: torch.Tensor, gemv: str = "torch", pd
     return F.linear(h.to(weight.dtype), weight)
 
 
+# From this many tokens `linear_pair` runs a pair that `join_pair_` put in one buffer as ONE GEMM over the joined
+# [out_a + out_b, in] weight (a step-probe knob: a huge value runs the two GEMMs in turn, as before)
+PAIR_JOIN_MIN_T = STREAM_MAX_T + 1
+
+
+def _pairable(a: "Linear", b: "Linear") -> bool:
+    """Two bias-free Linears with plain contiguous weights of one dtype and in-width, nothing hooked on either."""
+    wa, wb = a.weight, b.weight
+    return (type(wa) in (torch.Tensor, nn.Parameter) and type(wb) in (torch.Tensor, nn.Parameter)
+            and a.bias is None and b.bias is None and wa.dtype == wb.dtype and wa.device == wb.device
+            and wa.is_contiguous() and wb.is_contiguous() and wa.shape[1] == wb.shape[1]
+            and not (a._forward_hooks or a._forward_pre_hooks or b._forward_hooks or b._forward_pre_hooks))
+
+
+def join_pair_(a: "Linear", b: "Linear") -> bool:
+    """Move a.weight [out_a, in] and b.weight [out_b, in] into the two row ranges of one new [out_a + out_b, in]
+    buffer (same values, same total memory; the Parameters become views of it), so that `linear_pair` can run both
+    as one GEMM. Returns False (nothing changed) where `_pairable` does not hold. The idea of vLLM's
+    MergedColumnParallelLinear and of SGLang's fused q_a + kv_a projection for DeepSeek, done after loading."""
+    if not _pairable(a, b):
+        return False
+    wa, wb = a.weight, b.weight
+    buf = torch.empty(wa.shape[0] + wb.shape[0], wa.shape[1], dtype=wa.dtype, device=wa.device)
+    with torch.no_grad():
+        buf[:wa.shape[0]].copy_(wa)
+        buf[wa.shape[0]:].copy_(wb)
+    a.weight = nn.Parameter(buf[:wa.shape[0]], requires_grad=False)
+    b.weight = nn.Parameter(buf[wa.shape[0]:], requires_grad=False)
+    return True
+
+
+def joined_weight(wa: torch.Tensor, wb: torch.Tensor) -> torch.Tensor | None:
+    """The [out_a + out_b, in] weight whose rows are wa's then wb's when `join_pair_` left them so (wb's rows right
+    after wa's in one storage), else None."""
+    if not (wa.is_contiguous() and wb.is_contiguous() and wa.shape[1] == wb.shape[1] and wa.dtype == wb.dtype
+            and wa.untyped_storage().data_ptr() == wb.untyped_storage().data_ptr()
+            and wb.data_ptr() == wa.data_ptr() + wa.numel() * wa.element_size()):
+        return None
+    return wa.as_strided((wa.shape[0] + wb.shape[0], wa.shape[1]), (wa.shape[1], 1))
+
+
 def linear_pair(x: torch.Tensor, a: "Linear", b: "Linear") -> tuple[torch.Tensor, torch.Tensor]:
     """(a(x), b(x)) for two bias-free Linears reading the same x [..., in] (MLA's q and latent projections).
     Where `linear()` would run the stream GEMV for the joined [out_a + out_b, in] weight (batch 1 under
-    `--gemv auto`), one launch computes both (dense_gemv's `second`), returned as two NON-contiguous views of
-    one [..., out_a + out_b] buffer (unit last stride; callers take strides or reshape): the second layer's
-    launch, ramp and tail saved. Anything else (another --gemv, a bias, a packed weight, a hook on either
-    module, more tokens) runs the two layers in turn."""
+    `--gemv auto`), one launch computes both (dense_gemv's `second`); from PAIR_JOIN_MIN_T tokens, where
+    `join_pair_` put the two weights in one buffer, one GEMM over the joined weight does. Both return two
+    NON-contiguous views of one [..., out_a + out_b] buffer (unit last stride; callers take strides or reshape):
+    the second layer's launch, ramp and tail saved. Anything else (another --gemv, a bias, a packed weight, a hook
+    on either module, separate buffers) runs the two layers in turn."""
     s = a.settings
     wa, wb = a.weight, b.weight
-    if (s is not None and s.gemv in ("stream", "auto") and _dense_gemv is not None
-            and type(wa) in (torch.Tensor, nn.Parameter) and type(wb) in (torch.Tensor, nn.Parameter)
-            and a.bias is None and b.bias is None and x.dtype == wa.dtype == wb.dtype
-            and wa.is_contiguous() and wb.is_contiguous() and wa.shape[1] == wb.shape[1]
-            and not (a._forward_hooks or a._forward_pre_hooks or b._forward_hooks or b._forward_pre_hooks)):
+    if s is not None and x.dtype == wa.dtype and _pairable(a, b):
         lead = x.shape[:-1]
         T = lead.numel()
-        kind = auto_gemv(T, wa.shape[0] + wb.shape[0], wa.shape[1]) if s.gemv == "auto" else s.gemv
-        if kind == "stream" and 1 <= T <= STREAM_MAX_T:
-            y = _dense_gemv(x.reshape(-1, x.shape[-1]).contiguous(), wa, pdl=s.pdl == "on", second=wb)
+        y = None
+        if s.gemv in ("stream", "auto") and _dense_gemv is not None:
+            kind = auto_gemv(T, wa.shape[0] + wb.shape[0], wa.shape[1]) if s.gemv == "auto" else s.gemv
+            if kind == "stream" and 1 <= T <= STREAM_MAX_T:
+                y = _dense_gemv(x.reshape(-1, x.shape[-1]).contiguous(), wa, pdl=s.pdl == "on", second=wb)
+        if y is None and T >= PAIR_JOIN_MIN_T and (w := joined_weight(wa, wb)) is not None:
+            y = linear(x.reshape(-1, x.shape[-1]), w, None, gemv=s.gemv, pdl=s.pdl == "on")
+        if y is not None:
             y = y.view(*lead, -1)
             return y[..., :wa.shape[0]], y[..., wa.shape[0]:]
     return a(x), b(x)

@@ -235,6 +235,9 @@ def build_model(model: str, weights: str = "dummy", *, dtype=torch.bfloat16, dev
         cfg = prequant.finalize_(net, settings) if ckpt is not None else quantize_(net, settings, dummy)
     elif settings.quant != "none":
         cfg = quantize_(net, settings)              # Linear weights and Experts -> quantized twins (quant.py)
+    for m in net.modules():                         # layout only: MLA's two projections of x in one buffer
+        if hasattr(m, "join_projections_"):
+            m.join_projections_()
     return net.eval(), cfg, (folder if ckpt is not None else None)
 
 

@@ -25,7 +25,7 @@ from .attention import attend_cached
 from .config import ModelConfig
 from .kv_cache import KVCache, Step
 from .layers import RMSNorm
-from .linear import Linear, linear_pair
+from .linear import Linear, join_pair_, linear_pair
 from .ops import ops_for
 from .rope import Rotary, apply_rope
 
@@ -45,6 +45,11 @@ class MLAttention(nn.Module):
         self.kv_norm = RMSNorm(r, cfg.rms_norm_eps, settings)
         self.wkv_b = Linear(r, H * (cfg.qk_nope_head_dim + cfg.v_head_dim), settings=settings)
         self.wo = Linear(H * cfg.v_head_dim, D, bias=cfg.o_bias, settings=settings)
+
+    def join_projections_(self) -> bool:
+        """After loading: q's (or its LoRA-down's) and the latent's weights into one buffer (linear.join_pair_), so
+        that from linear.PAIR_JOIN_MIN_T tokens both projections of x are one GEMM. False where they cannot be."""
+        return join_pair_(self.wq_a if self.cfg.q_lora_rank else self.wq, self.wkv_a)
 
     @property
     def n_heads(self) -> int:      # this module's heads (a tensor-parallel shard holds a slice)

@@ -270,6 +270,47 @@ def test_linear_pair_joins_two_layers_in_one_launch(monkeypatch):
         real(torch.randn(1, 40, device=DEVICE), a.weight, second=torch.randn(3, 41, device=DEVICE))
 
 
+def test_joined_pair_is_one_gemm_from_pair_join_min_t(monkeypatch):
+    """join_pair_ moves two weights into one buffer (same values, Parameters as views of it); from PAIR_JOIN_MIN_T
+    tokens linear_pair then runs ONE linear() over the joined weight, and the same values as the two layers in turn;
+    a hook, a bias or separate buffers run the two layers; build_model joins MLA's q (or q_a) and latent weights."""
+    from minimoe import linear as lin
+    from minimoe.loader import build_model
+    from minimoe.settings import RunSettings
+    s = RunSettings(gemv="torch")
+    a, b = lin.Linear(40, 24, settings=s).to(DEVICE), lin.Linear(40, 7, settings=s).to(DEVICE)
+    with torch.no_grad():
+        a.weight.normal_(), b.weight.normal_()
+    wa, wb = a.weight.detach().clone(), b.weight.detach().clone()
+    assert lin.joined_weight(a.weight, b.weight) is None               # separate buffers
+    assert lin.join_pair_(a, b)
+    assert torch.equal(a.weight, wa) and torch.equal(b.weight, wb)
+    assert torch.equal(lin.joined_weight(a.weight, b.weight), torch.cat([wa, wb]))
+    assert lin.joined_weight(b.weight, a.weight) is None                # order matters
+    shapes = []
+    real = lin.linear
+    monkeypatch.setattr(lin, "linear", lambda x, w, *r, **k: shapes.append(tuple(w.shape)) or real(x, w, *r, **k))
+    for T, want in [(1, [(24, 40), (7, 40)]), (lin.PAIR_JOIN_MIN_T, [(31, 40)]), (37, [(31, 40)])]:
+        shapes.clear()
+        x = torch.randn(T, 40, device=DEVICE)
+        ya, yb = lin.linear_pair(x, a, b)
+        assert shapes == want, (T, shapes)
+        assert torch.allclose(ya, F.linear(x, wa), atol=1e-5) and torch.allclose(yb, F.linear(x, wb), atol=1e-5)
+    hook = a.register_forward_pre_hook(lambda *args: None)
+    shapes.clear()
+    lin.linear_pair(torch.randn(8, 40, device=DEVICE), a, b)
+    assert shapes == [(24, 40), (7, 40)]
+    hook.remove()
+    c = lin.Linear(40, 5, bias=True, settings=s).to(DEVICE)
+    assert not lin.join_pair_(a, c)                                     # a bias: not pairable
+    for card in ["deepseek-v2-lite-tiny", "deepseek-v3-tiny"]:
+        model, cfg, _ = build_model(card, "dummy", dtype=torch.float32, device=DEVICE, settings=RunSettings(
+            device=DEVICE.type), seed=0)
+        att = model.layers[0].attn
+        q = att.wq_a if cfg.q_lora_rank else att.wq
+        assert lin.joined_weight(q.weight, att.wkv_a.weight) is not None, card
+
+
 @pytest.mark.parametrize("card,ops_kind,batch,prompt_len", [
     ("deepseek-v2-lite-tiny", "torch", 1, 4), ("deepseek-v3-tiny", "torch", 1, 4), ("qwen2-moe-tiny", "torch", 1, 4),
     ("deepseek-v2-lite-tiny", "triton", 2, 1), ("deepseek-v3-tiny", "triton", 1, 2)])
