@@ -16,7 +16,6 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from . import expert_prefetch
 from .attention import Attention
 from .config import ModelConfig
 from .instrument import region
@@ -45,8 +44,6 @@ class Block(nn.Module):
             h, residual = self.attn_norm(x, residual)
         with region("attention"):
             x = self.attn(h, step, cache, rot)
-        if self.ffn_region is None:
-            expert_prefetch.launch(self.ffn, x)      # an L2 warm-up of the first expert bytes, off by default
         if self.ffn_region is None and self.ffn.fold_fits(x, residual):
             with region("router"):      # norm + router in one kernel where that exists (--fold-norm)
                 h, residual, routing = self.ffn.fold_norm(x, residual, self.ffn_norm, step.counters)

@@ -4,7 +4,8 @@
 #     16 / 32 / 40 MB, OLMoE and DeepSeek-V2-Lite at bs 16 / 64; its GPU test (bit-equal logits);
 #  2. DeepSeek-V2-Lite's MLA decode split plan (the twenty-third session's pending_h200.sh): SMALL_GRID_MIN_TILES
 #     2 / 4 / 8 and PROGRAMS_PER_SM 1 at bs 64 / 16 / 1.
-# Usage (device tool, repo root): bash scripts/gpu/session24_call1.sh
+# Usage (device tool, repo root): bash scripts/gpu/session24_call1.sh  (at commit 5281294: the warm-up code was removed
+# after this call measured it slower at every size, docs/results/2026-12-02-s24/README.md)
 set -u
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD TQDM_DISABLE=1
 R=$OUT/r; mkdir -p $R
