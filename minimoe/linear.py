@@ -81,6 +81,8 @@ ROUTER_MAX_E = 128            # the measured gates: 64-128 experts over a hidden
 ROUTER_MAX_D = 4096
 ROUTER_TILES = {torch.float32: {"BLOCK_N": 16, "BLOCK_K": 64, "SPLIT": 16},
                 None: {"BLOCK_N": 16, "BLOCK_K": 256, "SPLIT": 8}}
+# a float32 gate with bf16 h as three bf16 parts on the tensor cores (skinny_gemm's split3): the 2-byte gates' tiles
+ROUTER_SPLIT3_TILES = {"BLOCK_N": 16, "BLOCK_K": 256, "SPLIT": 8}
 
 
 def router_logits(h: torch.Tensor, weight: torch.Tensor, gemv: str = "torch", pdl: bool = False) -> torch.Tensor:
@@ -94,8 +96,9 @@ def router_logits(h: torch.Tensor, weight: torch.Tensor, gemv: str = "torch", pd
     if (gemv in ("auto", "skinny") and _skinny is not None and h.dim() == 2 and h.stride(-1) == 1
             and weight.shape[0] <= ROUTER_MAX_E and weight.shape[1] <= ROUTER_MAX_D
             and _skinny.usable(T, weight, h.dtype)):
-        tiles = ROUTER_TILES.get(weight.dtype, ROUTER_TILES[None])
-        return _skinny.skinny_gemm(h, weight, out_dtype=weight.dtype, config=tiles, pdl=pdl)
+        split3 = _skinny.SPLIT3_BF16 and weight.dtype == torch.float32 and h.dtype == torch.bfloat16
+        tiles = ROUTER_SPLIT3_TILES if split3 else ROUTER_TILES.get(weight.dtype, ROUTER_TILES[None])
+        return _skinny.skinny_gemm(h, weight, out_dtype=weight.dtype, config=tiles, pdl=pdl, split3=split3)
     return F.linear(h.to(weight.dtype), weight)
 
 

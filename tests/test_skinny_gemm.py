@@ -53,6 +53,58 @@ def test_wider_weight_converts_x_in_registers():
     assert S.skinny_gemm(x, w, out_dtype=torch.float16).dtype == torch.float16
 
 
+def test_bf16_parts_of_an_fp32_weight_sum_back_to_it():
+    """split3's decomposition (in PyTorch, the kernel's casts): hi + mid + lo == w in fp32 for trained-gate magnitudes
+    (the three bf16 parts hold 24 significand bits), and each product with a bf16 x is exact in fp32."""
+    g = torch.Generator().manual_seed(5)
+    w = torch.randn(64, 2048, generator=g) * torch.logspace(-4, 1, 2048)            # 1e-4 .. 10
+    hi = w.bfloat16()
+    rest = w - hi.float()
+    mid = rest.bfloat16()
+    lo = (rest - mid.float()).bfloat16()
+    assert torch.equal(hi.float() + mid.float() + lo.float(), w)
+    x = torch.randn(2048, generator=g).bfloat16()
+    for part in (hi, mid, lo):
+        assert torch.equal(x.float() * part.float(), (x.double() * part.double()).float())
+
+
+@pytest.mark.parametrize("T,N,K,config", [(1, 40, 72, None), (17, 33, 80, {"SPLIT": 4, "BLOCK_K": 16, "BLOCK_N": 16}),
+                                          (64, 64, 256, {"SPLIT": 2, "BLOCK_K": 64, "BLOCK_N": 16})])
+def test_split3_is_as_exact_as_fp32(T, N, K, config):
+    """A float32 weight as three parts of x's 2-byte dtype on the tensor cores (fp16 here: the interpreter has no
+    bf16; the GPU test below runs bf16): fp32 rounding against float64, where one fp16 cast of the weight (a single
+    part) is ~1e3 times worse, so the low parts are really added."""
+    xdt = torch.bfloat16 if DEVICE.type == "cuda" else torch.float16
+    g = torch.Generator().manual_seed(T + N + K)
+    x = torch.randn(T, K, generator=g).to(xdt).to(DEVICE)
+    w = (torch.randn(N, K, generator=g) / 4).to(DEVICE)                             # fp16 parts stay normal
+    ref = _ref(x, w, None)
+    y = S.skinny_gemm(x, w, config=config, split3=True)
+    assert y.dtype == torch.float32 and _err(y, ref) <= 2e-6
+    one_part = F.linear(x.double(), w.to(xdt).double())
+    assert _err(one_part, ref) > 50 * max(_err(y, ref), 1e-7)
+
+
+def test_split3_default_and_refusals():
+    """split3=None takes the split for bf16 x and a float32 weight (SPLIT3_BF16), never for fp16 or equal dtypes;
+    forcing it without a float32 weight and 2-byte x is a ValueError."""
+    x16, w32 = torch.randn(4, 64, device=DEVICE).half(), torch.randn(8, 64, device=DEVICE)
+    with pytest.raises(ValueError, match="split3"):
+        S.skinny_gemm(x16.float(), w32, split3=True)
+    with pytest.raises(ValueError, match="split3"):
+        S.skinny_gemm(x16, w32.half(), split3=True)
+    seen = []
+    real = S._skinny_kernel
+    launch = type("L", (), {"__getitem__": lambda self, grid: lambda *a, **k: seen.append(k["SPLIT3"]) or real[grid](
+        *a, **k)})()
+    import unittest.mock as um
+    with um.patch.object(S, "_skinny_kernel", launch):
+        S.skinny_gemm(x16, w32)
+        if DEVICE.type == "cuda":
+            S.skinny_gemm(x16.bfloat16(), w32)
+    assert seen == [False] + ([True] if DEVICE.type == "cuda" else [])
+
+
 def test_default_config_fills_the_gpu():
     """About TARGET_PROGRAMS programs where K allows it; never more shares than K tiles, nor partials heavier than
     twice the weight bytes; 64-wide columns (32 past 16 tokens up to 4096 outputs, 128 past 8192); K steps of 128,

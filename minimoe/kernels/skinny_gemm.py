@@ -18,7 +18,14 @@ kernels' GEMM2 (fused_moe_quant_pair.py) and Triton's / CUTLASS's serial split-K
 
 The weight may be wider than x (a float32 router gate with bf16 activations, DeepSeek's): x tiles are
 converted to W's dtype in registers, which is what `F.linear(x.to(W.dtype), W)` computes without the
-cast kernel. float32 tiles multiply in "ieee" precision (exact fp32 products, as cuBLAS's SGEMM).
+cast kernel. float32 tiles multiply in "ieee" precision (exact fp32 products, as cuBLAS's SGEMM), which Triton runs
+on the CUDA cores, not the tensor cores: DeepSeek-V2-Lite's 64 x 2048 fp32 router took 10.6 µs at 64 tokens against
+4.8 µs for OLMoE's bf16 gate of the same shape (PDL off, docs/results/2026-12-02-s24, call 2). With bf16 x, `split3`
+writes each fp32 weight tile as the sum of three bf16 parts in registers (hi = bf16(w), mid = bf16(w - hi),
+lo = bf16(w - hi - mid): 3 x 8 significand bits cover fp32's 24) and runs three bf16 tensor-core dots into the fp32
+accumulator. x is bf16, so every product x·part is exact in fp32 and only the order of the fp32 sums differs from
+SGEMM's, as any split of K does (the "bf16x3" emulation of fp32 GEMMs, as in cuBLAS's emulated-FP32 modes and the
+3xTF32 idea of CUTLASS). The weight's parts underflow only below bf16's ~1e-38: never for a trained gate.
 
 Shapes: T tokens (rows of x, 1..MAX_T), K the reduction, N outputs (rows of W, nn.Linear layout).
 Nothing syncs with the host and the workspace size depends on (T, N, config) only: CUDA-graph safe.
@@ -39,6 +46,7 @@ from .quant_tiles import layout_args, pointer_args, stride_args
 MAX_T = 64
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 TARGET_PROGRAMS = 264           # ~2 programs per SM of an H200 (132 SMs): the split is chosen to reach this
+SPLIT3_BF16 = True              # a float32 weight with bf16 x as three bf16 parts on the tensor cores (split3)
 
 
 @triton.jit
@@ -72,7 +80,7 @@ def _finish(acc, b_ptr, y_ptr, ws_ptr, cnt_ptr, blk, sp, offs_t, cols, T, N, str
 @triton.jit
 def _skinny_kernel(x_ptr, w_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, T, N, K, stride_xt, stride_wn, stride_yt, SPLIT,
                    HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                   BLOCK_K: tl.constexpr, PRECISION: tl.constexpr, PDL: tl.constexpr):
+                   BLOCK_K: tl.constexpr, PRECISION: tl.constexpr, PDL: tl.constexpr, SPLIT3: tl.constexpr = False):
     wait_then_release(PDL)
     blk = tl.program_id(0)
     sp = tl.program_id(1)
@@ -89,7 +97,16 @@ def _skinny_kernel(x_ptr, w_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, T, N, K, stride_
         k_ok = offs_k < K
         w = tl.load(w_rows + offs_k[None, :], mask=k_ok[None, :], other=0.0)                  # [BN, BK]
         a = tl.load(x_rows + offs_k[None, :], mask=t_ok[:, None] & k_ok[None, :], other=0.0)  # [BM, BK]
-        acc = tl.dot(a.to(w.dtype), tl.trans(w), acc, input_precision=PRECISION)
+        if SPLIT3:   # an fp32 w as three parts of x's 2-byte dtype, smallest first (see the module docstring)
+            hi = w.to(a.dtype)
+            rest = w - hi.to(tl.float32)
+            mid = rest.to(a.dtype)
+            lo = (rest - mid.to(tl.float32)).to(a.dtype)
+            acc = tl.dot(a, tl.trans(lo), acc)
+            acc = tl.dot(a, tl.trans(mid), acc)
+            acc = tl.dot(a, tl.trans(hi), acc)
+        else:
+            acc = tl.dot(a.to(w.dtype), tl.trans(w), acc, input_precision=PRECISION)
     _finish(acc, b_ptr, y_ptr, ws_ptr, cnt_ptr, blk, sp, offs_t, cols, T, N, stride_yt, SPLIT,
             HAS_BIAS, SPLIT_K, BLOCK_M, BLOCK_N)
 
@@ -185,13 +202,17 @@ def _bias_arg(bias: torch.Tensor | None, N: int, device) -> torch.Tensor | None:
 
 
 def skinny_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
-                out_dtype: torch.dtype | None = None, config: dict | None = None, pdl: bool = False) -> torch.Tensor:
+                out_dtype: torch.dtype | None = None, config: dict | None = None, pdl: bool = False,
+                split3: bool | None = None) -> torch.Tensor:
     """y [T, N] = x [T, K] @ weight [N, K]ᵀ (+ bias [N], added in fp32) with fp32 accumulation, in out_dtype
     (default: the weight's dtype, as `F.linear(x.to(weight.dtype), weight, bias)`). x is 2-D with a unit last
     stride, 1 <= T <= MAX_T, in the weight's dtype (or any float dtype for a float32 weight). config overrides
-    default_config's keys (BLOCK_N, BLOCK_K, SPLIT, num_warps, num_stages). On a GPU the split's counters are one
-    buffer a device (`_counters_for`): calls must not run concurrently on two streams. Raises ValueError where
-    `usable` says no (T = 0 included), for a K mismatch, or a bias that is not [N] on x's device."""
+    default_config's keys (BLOCK_N, BLOCK_K, SPLIT, num_warps, num_stages). split3 (a float32 weight and 2-byte x
+    only): the weight's tiles as three parts of x's dtype on the tensor cores (module docstring); None takes it
+    for bf16 x where SPLIT3_BF16 is on (fp16's narrow exponent would drop a small weight's low parts). On a GPU
+    the split's counters are one buffer a device (`_counters_for`): calls must not run concurrently on two
+    streams. Raises ValueError where `usable` says no (T = 0 included), for a K mismatch, a bias that is not [N]
+    on x's device, or split3 without a float32 weight and 2-byte x."""
     if x.dim() != 2:
         raise ValueError(f"skinny_gemm takes a 2-D x [T, K]; got {tuple(x.shape)}")
     T, K = x.shape
@@ -213,11 +234,15 @@ def skinny_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
         ws = cnt = y
     has_bias = bias is not None
     precision = "ieee" if weight.dtype == torch.float32 else "tf32"
+    if split3 is None:
+        split3 = SPLIT3_BF16 and weight.dtype == torch.float32 and x.dtype == torch.bfloat16
+    if split3 and not (weight.dtype == torch.float32 and x.dtype in (torch.bfloat16, torch.float16)):
+        raise ValueError(f"split3 takes a float32 weight and bf16 / fp16 x; got {weight.dtype} and {x.dtype}")
     _skinny_kernel[(n_blocks, split)](
         x, weight, bias if has_bias else y, y, ws, cnt, T, N, K, x.stride(0), weight.stride(0), y.stride(0), split,
         HAS_BIAS=has_bias, SPLIT_K=split > 1, BLOCK_M=max(16, triton.next_power_of_2(T)), BLOCK_N=cfg["BLOCK_N"],
         BLOCK_K=cfg["BLOCK_K"], PRECISION=precision, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
-        **launch_args(pdl))
+        SPLIT3=bool(split3), **launch_args(pdl))
     return y
 
 
