@@ -81,15 +81,19 @@ ROUTER_MAX_E = 128            # the measured gates: 64-128 experts over a hidden
 ROUTER_MAX_D = 4096
 ROUTER_TILES = {torch.float32: {"BLOCK_N": 16, "BLOCK_K": 64, "SPLIT": 16},
                 None: {"BLOCK_N": 16, "BLOCK_K": 256, "SPLIT": 8}}
-# a float32 gate with bf16 h as three bf16 parts on the tensor cores (skinny_gemm's split3): the 2-byte gates' tiles
-ROUTER_SPLIT3_TILES = {"BLOCK_N": 16, "BLOCK_K": 256, "SPLIT": 8}
+# a float32 gate with bf16 h as three bf16 parts on the tensor cores (skinny_gemm's split3): the best of three tiles
+# in DeepSeek-V2-Lite's graphed step (docs/results/2026-12-02-s24, call 3): against the fp32 CUDA-core dot -1.4% a
+# step at bs 64, -0.7% at 32, -0.9% at 17 with 16 x 256 and split 8; 128-wide K steps over 16 splits another
+# -0.12 / -0.18 / -0.28%; 32 columns a program +0.45 / +1.0 / +1.4%
+ROUTER_SPLIT3_TILES = {"BLOCK_N": 16, "BLOCK_K": 128, "SPLIT": 16}
 
 
 def router_logits(h: torch.Tensor, weight: torch.Tensor, gemv: str = "torch", pdl: bool = False) -> torch.Tensor:
     """A router's logits [T, E] in the gate's dtype: `F.linear(h.to(weight.dtype), weight)` (h [T, D], the gate
     [E, D] in bf16 or, DeepSeek's, float32), or, under `--gemv auto` / `skinny` for 1..64 tokens and a gate of at
     most ROUTER_MAX_E experts, kernels/skinny_gemm.py with ROUTER_TILES, which converts h's tiles in registers
-    instead of launching a cast. (The engine's fusable routers reach this only past ops.gate_route_fits' sizes:
+    instead of launching a cast (a float32 gate with bf16 h: as three bf16 parts on the tensor cores, `split3`,
+    with ROUTER_SPLIT3_TILES). (The engine's fusable routers reach this only past ops.gate_route_fits' sizes:
     OLMoE's and Qwen3's gates from 5 tokens, DeepSeek-V2's fp32 gate from 17, Mixtral's never.) Gates wider than
     ROUTER_MAX_E x ROUTER_MAX_D (DeepSeek-V3's 256 x 7168) keep F.linear: not measured."""
     T = h.shape[0]
