@@ -157,7 +157,7 @@ def linear_pair(x: torch.Tensor, a: "Linear", b: "Linear") -> tuple[torch.Tensor
     on either module, separate buffers) runs the two layers in turn."""
     s = a.settings
     wa, wb = a.weight, b.weight
-    if s is not None and x.dtype == wa.dtype and _pairable(a, b):
+    if s is not None and _pairable(a, b) and x.dtype == wa.dtype:
         lead = x.shape[:-1]
         T = lead.numel()
         y = None
