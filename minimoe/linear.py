@@ -122,7 +122,7 @@ def _pairable(a: "Linear", b: "Linear") -> bool:
 
 def join_pair_(a: "Linear", b: "Linear") -> bool:
     """Move a.weight [out_a, in] and b.weight [out_b, in] into the two row ranges of one new [out_a + out_b, in]
-    buffer (same values, same total memory; the Parameters become views of it), so that `linear_pair` can run both
+    buffer (same values, same total memory; the Parameters become views of it, with requires_grad False), so that `linear_pair` can run both
     as one GEMM. Returns False (nothing changed) where `_pairable` does not hold. The idea of vLLM's
     MergedColumnParallelLinear and of SGLang's fused q_a + kv_a projection for DeepSeek, done after loading."""
     if not _pairable(a, b):
@@ -153,8 +153,9 @@ def linear_pair(x: torch.Tensor, a: "Linear", b: "Linear") -> tuple[torch.Tensor
     `--gemv auto`), one launch computes both (dense_gemv's `second`); from PAIR_JOIN_MIN_T tokens, where
     `join_pair_` put the two weights in one buffer, one GEMM over the joined weight does. Both return two
     NON-contiguous views of one [..., out_a + out_b] buffer (unit last stride; callers take strides or reshape):
-    the second layer's launch, ramp and tail saved. Anything else (another --gemv, a bias, a packed weight, a hook
-    on either module, separate buffers) runs the two layers in turn."""
+    the second layer's launch, ramp and tail saved. Anything else (below PAIR_JOIN_MIN_T another --gemv, an x dtype
+    other than the weights', a bias, a packed weight, a hook on either module, separate buffers) runs the two layers
+    in turn."""
     s = a.settings
     wa, wb = a.weight, b.weight
     if s is not None and _pairable(a, b) and x.dtype == wa.dtype:
