@@ -122,9 +122,10 @@ def _pairable(a: "Linear", b: "Linear") -> bool:
 
 def join_pair_(a: "Linear", b: "Linear") -> bool:
     """Move a.weight [out_a, in] and b.weight [out_b, in] into the two row ranges of one new [out_a + out_b, in]
-    buffer (same values, same total memory; the Parameters become views of it, with requires_grad False), so that `linear_pair` can run both
-    as one GEMM. Returns False (nothing changed) where `_pairable` does not hold. The idea of vLLM's
-    MergedColumnParallelLinear and of SGLang's fused q_a + kv_a projection for DeepSeek, done after loading."""
+    buffer (same values, same total memory; the Parameters become views of it, with requires_grad False), so that
+    `linear_pair` can run both as one GEMM. Returns False (nothing changed) where `_pairable` does not hold. The
+    idea of vLLM's MergedColumnParallelLinear and of SGLang's fused q_a + kv_a projection for DeepSeek, done after
+    loading."""
     if not _pairable(a, b):
         return False
     wa, wb = a.weight, b.weight

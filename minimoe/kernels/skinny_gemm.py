@@ -26,7 +26,8 @@ lo = bf16(w - hi - mid): 3 x 8 significand bits cover fp32's 24) and runs three 
 accumulator. x is bf16, so every product x·part is exact in fp32; the sums are not bit-identical to SGEMM's (their
 order differs, as any split of K does, and tensor-core accumulation need not round as IEEE adds do): the tests
 bound the error at fp32 rounding. Three parts suffice only because x is already bf16 (cuBLAS's emulated-FP32 modes
-split both operands, BF16x9; CUTLASS's 3xTF32 is the same idea). The weight's parts underflow only below bf16's ~1e-38: never for a trained gate.
+split both operands, BF16x9; CUTLASS's 3xTF32 is the same idea). The weight's parts underflow only below bf16's
+~1e-38: never for a trained gate.
 
 Shapes: T tokens (rows of x, 1..MAX_T), K the reduction, N outputs (rows of W, nn.Linear layout).
 Nothing syncs with the host and the workspace size depends on (T, N, config) only: CUDA-graph safe.
@@ -210,9 +211,9 @@ def skinny_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     stride, 1 <= T <= MAX_T, in the weight's dtype (or any float dtype for a float32 weight). config overrides
     default_config's keys (BLOCK_N, BLOCK_K, SPLIT, num_warps, num_stages). split3 (a float32 weight and 2-byte x
     only): the weight's tiles as three parts of x's dtype on the tensor cores (module docstring); None takes it
-    for bf16 x where SPLIT3_BF16 is on (fp16's narrow exponent would drop a small weight's low parts, and |w| > 65504 overflows). On a GPU
-    the split's counters are one buffer a device (`_counters_for`): calls must not run concurrently on two
-    streams. Raises ValueError where `usable` says no (T = 0 included), for a K mismatch, a bias that is not [N]
+    for bf16 x where SPLIT3_BF16 is on (fp16's narrow exponent would drop a small weight's low parts, and |w| > 65504
+    overflows). On a GPU the split's counters are one buffer a device (`_counters_for`): calls must not run
+    concurrently on two streams. Raises ValueError where `usable` says no (T = 0 included), for a K mismatch, a bias that is not [N]
     on x's device, or split3 without a float32 weight and 2-byte x."""
     if x.dim() != 2:
         raise ValueError(f"skinny_gemm takes a 2-D x [T, K]; got {tuple(x.shape)}")
