@@ -213,8 +213,8 @@ def skinny_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     only): the weight's tiles as three parts of x's dtype on the tensor cores (module docstring); None takes it
     for bf16 x where SPLIT3_BF16 is on (fp16's narrow exponent would drop a small weight's low parts, and |w| > 65504
     overflows). On a GPU the split's counters are one buffer a device (`_counters_for`): calls must not run
-    concurrently on two streams. Raises ValueError where `usable` says no (T = 0 included), for a K mismatch, a bias that is not [N]
-    on x's device, or split3 without a float32 weight and 2-byte x."""
+    concurrently on two streams. Raises ValueError where `usable` says no (T = 0 included), for a K mismatch, a
+    bias that is not [N] on x's device, or split3 without a float32 weight and 2-byte x."""
     if x.dim() != 2:
         raise ValueError(f"skinny_gemm takes a 2-D x [T, K]; got {tuple(x.shape)}")
     T, K = x.shape
