@@ -26,8 +26,14 @@ from .config import ModelConfig
 from .kv_cache import KVCache, Step
 from .layers import RMSNorm
 from .linear import Linear, join_pair_, linear_pair
-from .ops import ops_for
+from .ops import mla_expand_k_torch, ops_for
 from .rope import Rotary, apply_rope
+
+
+# Prefill's per-head key in one pass (ops.mla_expand_k: kernels/mla_expand.py with the Triton op set) and wkv_b over
+# a contiguous copy of the normed latent that the prologue kernel writes (c_out). False: torch.cat over an expand and
+# F.linear over the cache's strided rows (which PyTorch copies first), as before; kept for scripts/step_probe.py's A/B.
+PREFILL_ONE_PASS = True
 
 
 class MLAttention(nn.Module):
@@ -74,27 +80,29 @@ class MLAttention(nn.Module):
         q = self.wq_b(self.q_norm(q)) if cfg.q_lora_rank else q
         q = q.view(B, S, H, nope + rope)                                     # [B, S, H, nope+rope]
         latent = cache.latent[self.layer]                                     # [B, S_max, r+rope]
-        # prefill rotates q_pe in place (q = [q_nope, q_pe] for SDPA); decode writes it beside q_lat
+        # prefill rotates q_pe in place (q = [q_nope, q_pe] for SDPA) and keeps a contiguous copy of the normed
+        # latent for wkv_b (the cache's rows are strided: F.linear would copy them); decode writes q_pe beside q_lat
         q_att = q if step.fresh else q.new_empty(B, S, H, r + rope)
+        c = kv.new_empty(B, S, r) if step.fresh and PREFILL_ONE_PASS else None   # [B, S, r]
         ops_for(self.settings).mla_rope_cache(
             q, kv, step.positions, rot.cos_table, rot.sin_table, latent, self.kv_norm.weight,
             cfg.rms_norm_eps, nope=nope, interleave=cfg.rope_interleave,
-            q_pe_out=q[..., nope:] if step.fresh else q_att[..., r:])
+            q_pe_out=q[..., nope:] if step.fresh else q_att[..., r:], c_out=c)
         if step.fresh:   # this step's latents are the first S rows of the cache
-            out = self._expanded(q, latent[:, :S])
+            out = self._expanded(q, latent[:, :S, :r] if c is None else c, latent[:, :S, r:])
         else:
             out = self._absorbed(q, q_att, step, latent)
         return self.wo(out.reshape(B, S, H * cfg.v_head_dim))
 
-    def _expanded(self, q, latent):
+    def _expanded(self, q, c, k_pe):
         """Prefill within the new tokens: per-head k, v from the latent, causal SDPA.
-        q [B, S, H, nope+rope] (rotated), latent [B, S, r+rope] -> [B, S, H, v]."""
+        q [B, S, H, nope+rope] (rotated), c [B, S, r] (normed latent), k_pe [B, S, rope] (rotated) -> [B, S, H, v]."""
         cfg = self.cfg
         B, S, H, _ = q.shape
-        c, k_pe = latent.split([cfg.kv_lora_rank, cfg.qk_rope_head_dim], dim=-1)
         kv = self.wkv_b(c).view(B, S, H, cfg.qk_nope_head_dim + cfg.v_head_dim)
-        k_nope, v = kv.split([cfg.qk_nope_head_dim, cfg.v_head_dim], dim=-1)
-        k = torch.cat([k_nope, k_pe[:, :, None, :].expand(B, S, H, -1)], dim=-1)      # [B, S, H, 192]
+        v = kv[..., cfg.qk_nope_head_dim:]
+        expand = ops_for(self.settings).mla_expand_k if PREFILL_ONE_PASS else mla_expand_k_torch
+        k = expand(kv, k_pe, cfg.qk_nope_head_dim)                                   # [B, S, H, nope+rope]
         out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
                                              is_causal=S > 1, scale=cfg.softmax_scale)
         return out.transpose(1, 2)                                                    # [B, S, H, v]

@@ -30,7 +30,8 @@ try:   # Triton ships with CUDA builds of torch and with the test extra; a bare 
 except ImportError:
     triton = None
 if triton is not None:
-    from .kernels import mla_rope as _mla_rope, norm_route as _norm_route, rmsnorm as _rmsnorm, rope as _rope
+    from .kernels import mla_expand as _mla_expand, mla_rope as _mla_rope, norm_route as _norm_route
+    from .kernels import rmsnorm as _rmsnorm, rope as _rope
     from .kernels import gate_splitk as _gate_splitk, greedy as _greedy, route as _route, silu_mul as _silu_mul
 
 
@@ -76,10 +77,11 @@ def silu_mul_torch(x, *, pdl: bool = False):
 
 
 def mla_rope_cache_torch(q, kv, positions, cos, sin, latent, norm_weight, eps: float, *, nope: int,
-                         interleave: bool, q_pe_out, pdl: bool = False) -> None:
+                         interleave: bool, q_pe_out, c_out=None, pdl: bool = False) -> None:
     """MLA's prologue (mla.py): latent[b, positions] = [rmsnorm(kv[..., :r]) * w, rope(kv[..., r:])] and
-    q_pe_out = rope(q[..., nope:]). q [B, S, H, nope + rope], kv [B, S, r + rope], latent
-    [B, S_max, r + rope], q_pe_out [B, S, H, rope] (may alias q's rope columns); tables [P, rope/2]."""
+    q_pe_out = rope(q[..., nope:]) (and c_out = the normed latent, where given). q [B, S, H, nope + rope], kv
+    [B, S, r + rope], latent [B, S_max, r + rope], q_pe_out [B, S, H, rope] (may alias q's rope columns), c_out
+    [B, S, r] or None; tables [P, rope/2]."""
     B, S = positions.shape
     rope = q.shape[-1] - nope
     c, k_pe = kv.split([kv.shape[-1] - rope, rope], dim=-1)
@@ -89,6 +91,15 @@ def mla_rope_cache_torch(q, kv, positions, cos, sin, latent, norm_weight, eps: f
     q_pe_out.copy_(apply_rope(q[..., nope:], cos_bs, sin_bs, interleave))
     rows = torch.arange(B, device=q.device)[:, None]                         # [B, 1]
     latent[rows, positions] = torch.cat([c, k_pe], dim=-1).to(latent.dtype)
+    if c_out is not None:
+        c_out.copy_(c)
+
+
+def mla_expand_k_torch(kv, k_pe, nope: int, pdl: bool = False):
+    """MLA prefill's per-head key: kv [B, S, H, nope + v], k_pe [B, S, rope] -> [B, S, H, nope + rope] =
+    [kv[..., :nope], k_pe under every head] (kernels/mla_expand.py is the one-pass twin)."""
+    B, S, H, _ = kv.shape
+    return torch.cat([kv[..., :nope], k_pe[:, :, None, :].expand(B, S, H, -1)], dim=-1)
 
 
 def route_topk_torch(logits, k: int, *, renorm: bool, scaling: float = 1.0, softmax_first: bool = True,
@@ -156,6 +167,7 @@ class Ops:
     norm_gate_route: Callable   # (x, residual, norm_w, eps, gate [E, D], k, *, <route_topk's>, counters, out)
                                 #   -> (h, x + residual, w, ids): rms_norm then gate_route, one launch with triton
     norm_gate_route_fits: Callable  # (T, E, D, gate dtype, x dtype) -> whether norm_gate_route is one kernel here
+    mla_expand_k: Callable      # (kv [B, S, H, nope + v], k_pe [B, S, rope], nope) -> k [B, S, H, nope + rope]
 
 
 def _never(*args) -> bool:
@@ -225,12 +237,13 @@ def _triton_rms_norm(x, weight, eps: float, residual=None, *, pdl: bool = False)
 
 
 TORCH_OPS = Ops("torch", rms_norm_torch, qkv_rope_cache_torch, mla_rope_cache_torch, silu_mul_torch,
-                route_topk_torch, gate_route_torch, _never, greedy_torch, norm_gate_route_torch, _never)
+                route_topk_torch, gate_route_torch, _never, greedy_torch, norm_gate_route_torch, _never,
+                mla_expand_k_torch)
 OPS = {"torch": TORCH_OPS}
 if triton is not None:
     OPS["triton"] = Ops("triton", _triton_rms_norm, _rope.qkv_rope_cache, _mla_rope.mla_rope_cache,
                         _silu_mul.silu_mul, _route.route_topk, _triton_gate_route, _triton_gate_fits,
-                        _triton_greedy, _triton_norm_gate_route, _triton_fold_fits)
+                        _triton_greedy, _triton_norm_gate_route, _triton_fold_fits, _mla_expand.mla_expand_k)
 
 
 @functools.lru_cache(maxsize=None)
@@ -240,7 +253,7 @@ def _bound(name: str, pdl: bool) -> Ops:
         return ops
     bind = {f: functools.partial(getattr(ops, f), pdl=True)
             for f in ("rms_norm", "qkv_rope_cache", "mla_rope_cache", "silu_mul", "route_topk", "gate_route",
-                      "greedy", "norm_gate_route")}
+                      "greedy", "norm_gate_route", "mla_expand_k")}
     return replace(ops, **bind)
 
 

@@ -2,12 +2,15 @@
 
     python scripts/step_probe.py --models mixtral olmoe --batches 1 \\
         --variant base --variant pre1:minimoe.kernels.dense_gemv.PRELOAD_TILES=1 [--steps 40] [--rounds 3] [--json OUT]
+    python scripts/step_probe.py --prefill --models deepseek-v2-lite --batches 64 --variant base --variant ...
 
 A variant is NAME or NAME:module.ATTR=VALUE[,module.ATTR=VALUE...] (VALUE a Python literal); the first variant is
 the baseline. For each model and batch one model is built (random weights, real shapes, `--fused`, `--quant` as
 given, every other setting at its default), then round by round every variant sets its attributes, captures a fresh
 decode graph, decodes 6 warm-up steps and times `steps` graphed steps back to back with CUDA events (µs per step, median of
-rounds). Every variant must generate the baseline's greedy tokens (a kernel knob must not change the bits): the
+rounds). With --prefill the graphed prefill of the batch's prompts (`--input-len` tokens each) is timed instead: µs
+per prefill, `--steps` of them back to back (the cache reset between them), the step column then meaning one
+prefill. Every variant must generate the baseline's greedy tokens (a kernel knob must not change the bits): the
 exit status is 1 otherwise. A sweep of one kernel alone is not the step's context (docs/perf_notes.md, eighth
 session): this is how a knob earns its default.
 """
@@ -89,7 +92,11 @@ def probe(model_name: str, batches: list[int], variants, a) -> list[dict]:
                     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
                     start.record()
                     for _ in range(a.steps):
-                        tok = gen.decode(tok)
+                        if a.prefill:
+                            gen.reset()
+                            tok = gen.prefill(prompt)
+                        else:
+                            tok = gen.decode(tok)
                         seq.append(tok)
                     end.record()
                     torch.cuda.synchronize()
@@ -120,6 +127,7 @@ def main(argv=None) -> int:
     p.add_argument("--input-len", type=int, default=128)
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--prefill", action="store_true", help="time the graphed prefill, not the decode step")
     p.add_argument("--json")
     a = p.parse_args(argv)
     try:
@@ -133,7 +141,7 @@ def main(argv=None) -> int:
     rows = []
     for m in a.models:
         rows += probe(m, a.batches, variants, a)
-    print(f"# graphed decode step, quant {a.quant}, {a.input_len} in, {a.rounds} rounds x {a.steps} steps, variants "
+    print(f"# graphed {'prefill' if a.prefill else 'decode step'}, quant {a.quant}, {a.input_len} in, {a.rounds} rounds x {a.steps} steps, variants "
           "interleaved; "
           + "; ".join(a.variant))
     print(f"{'model':18s} {'bs':>3s} {'variant':10s} {'us/step':>9s} {'vs base':>8s} same  rounds")

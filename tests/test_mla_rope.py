@@ -1,5 +1,5 @@
-"""MLA's prologue kernel (kernels/mla_rope.py) against its PyTorch twin (ops.mla_rope_cache_torch), and
-the absorbed decode (mla.py) against the expanded form on the same cache."""
+"""MLA's prologue kernel (kernels/mla_rope.py) and prefill's key (kernels/mla_expand.py) against their PyTorch
+twins (ops.py), and the absorbed decode (mla.py) against the expanded form on the same cache."""
 import pytest
 import torch
 
@@ -63,6 +63,44 @@ def test_mla_rope_cache_matches_torch(B, S, H, nope, rope, r, interleave, dtype,
     _close(latent[written], lat_ref[written], dtype)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_mla_rope_cache_c_out_is_the_cached_latent(dtype):
+    """Prefill's contiguous copy of the normed latent (c_out) holds exactly the cache's first r columns at the
+    written rows, and the PyTorch twin writes the same."""
+    B, S, H, nope, rope, r = 2, 5, 3, 8, 12, 20
+    q, kv, positions, cos, sin, latent, w = _case(B, S, H, nope, rope, r, 9, dtype, seed=17)
+    lat_ref = latent.clone()
+    c = torch.full((B, S, r), float("nan"), dtype=dtype, device=DEVICE)
+    c_ref = c.clone()
+    mla_rope_cache(q.clone(), kv, positions, cos, sin, latent, w, 1e-6, nope=nope, interleave=True,
+                   q_pe_out=q.clone()[..., nope:], c_out=c)
+    mla_rope_cache_torch(q.clone(), kv, positions, cos, sin, lat_ref, w, 1e-6, nope=nope, interleave=True,
+                         q_pe_out=q.clone()[..., nope:], c_out=c_ref)
+    rows = torch.arange(B, device=DEVICE)[:, None]
+    assert torch.equal(c, latent[rows, positions][..., :r])
+    _close(c, c_ref, dtype)
+    with pytest.raises(AssertionError):
+        mla_rope_cache(q, kv, positions, cos, sin, latent, w, 1e-6, nope=nope, interleave=True,
+                       q_pe_out=q[..., nope:], c_out=c[:, :, :r - 1])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("B,S,H,nope,v,rope", [(1, 1, 16, 128, 128, 64), (2, 5, 3, 8, 8, 4), (3, 7, 5, 12, 20, 6),
+                                               (1, 33, 1, 16, 16, 16)])
+def test_mla_expand_k_equals_cat(B, S, H, nope, v, rope, dtype):
+    """The one-pass key (kernels/mla_expand.py) is torch.cat's, bit for bit: k_pe read from a strided view of a
+    latent cache, odd head counts and widths, several tokens a program, a ragged last program."""
+    from minimoe.kernels.mla_expand import mla_expand_k
+    from minimoe.ops import mla_expand_k_torch
+    g = torch.Generator().manual_seed(B * 100 + S + H)
+    kv = torch.randn(B, S, H, nope + v, generator=g).to(dtype).to(DEVICE)
+    latent = torch.randn(B, S + 3, 24 + rope, generator=g).to(dtype).to(DEVICE)
+    k_pe = latent[:, :S, 24:]
+    k = mla_expand_k(kv, k_pe, nope)
+    assert k.is_contiguous() and torch.equal(k, mla_expand_k_torch(kv, k_pe, nope))
+    assert mla_expand_k(kv[:, :0], k_pe[:, :0], nope).shape == (B, 0, H, nope + rope)
+
+
 def test_mla_rope_cache_empty_batch_is_a_no_op():
     q, kv, positions, cos, sin, latent, w = _case(1, 0, 2, 8, 8, 16, 4, torch.float32, seed=0)
     mla_rope_cache(q, kv, positions, cos, sin, latent, w, 1e-6, nope=8, interleave=True, q_pe_out=q[..., 8:])
@@ -89,3 +127,23 @@ def test_absorbed_decode_equals_expanded_prefill(card, ops_name):
     gen.reset()
     parts = [gen.append(tokens[:, :4]), gen.append(tokens[:, 4:5]), gen.append(tokens[:, 5:7])]
     torch.testing.assert_close(torch.cat(parts, dim=1), full, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("card", ["deepseek-v2-lite-tiny", "deepseek-v3-tiny"])
+def test_prefill_one_pass_equals_cat(card, monkeypatch):
+    """mla.PREFILL_ONE_PASS (the one-pass key and wkv_b over the contiguous latent copy) gives the prefill logits and
+    the latent cache of the cat over the cache's strided rows (Triton op set; fp32 on either device)."""
+    from minimoe import mla
+    from minimoe.generate import Generator
+    from minimoe.loader import build_model
+    from minimoe.settings import RunSettings
+    s = RunSettings(ops="triton", attn="triton", device=DEVICE.type).resolve()
+    model, cfg, _ = build_model(card, "dummy", dtype=torch.float32, device=DEVICE, settings=s)
+    tokens = torch.randint(0, cfg.vocab_size, (3, 9), generator=torch.Generator().manual_seed(4)).to(DEVICE)
+    out = {}
+    for one_pass in (True, False):
+        monkeypatch.setattr(mla, "PREFILL_ONE_PASS", one_pass)
+        gen = Generator(model, 3, 16)
+        out[one_pass] = (gen.append(tokens), torch.stack([lat[:, :9] for lat in gen.cache.latent]))
+    torch.testing.assert_close(out[True][0], out[False][0], rtol=1e-5, atol=1e-5)
+    assert torch.equal(out[True][1], out[False][1])

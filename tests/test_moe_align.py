@@ -1,4 +1,4 @@
-"""Guards the multi-program ("parallel") alignment: bit-for-bit equal to torch, triton, a loop."""
+"""Guards the multi-program ("parallel", "chunked") alignments: bit-for-bit equal to torch, triton, a loop."""
 
 import os
 
@@ -14,7 +14,7 @@ from minimoe.kernels import moe_align  # noqa: E402
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 DEVICE = "cpu" if INTERPRET else "cuda"
-METHODS = ("parallel", "triton", "torch")
+METHODS = ("parallel", "chunked", "triton", "torch")
 
 
 def make_ids(T, K, E, offset, routing, gen):
@@ -110,26 +110,50 @@ def test_int32_ids_and_empty_batch():
 
 def test_default_method_by_size(monkeypatch):
     calls = []
-    for name in ("_align_parallel", "_align_torch"):
+    for name in ("_align_parallel", "_align_chunked", "_align_torch"):
         monkeypatch.setattr(moe_align, name, lambda *a, name=name, **kw: calls.append(name))
     ids = torch.zeros(4, 2, dtype=torch.int64, device=DEVICE)
     moe_align.align_tokens_by_expert(ids, 8, 16)
     monkeypatch.setattr(moe_align, "ONE_PROGRAM_MAX_NUMEL", 7)
     moe_align.align_tokens_by_expert(ids, 8, 16)
-    assert calls == ["_align_parallel", "_align_torch"]
+    monkeypatch.setattr(moe_align, "LARGE_METHOD", "torch")
+    moe_align.align_tokens_by_expert(ids, 8, 16)
+    assert calls == ["_align_parallel", "_align_chunked", "_align_torch"]
+
+
+@pytest.mark.parametrize("T,K,E,block_m,offset,routing,chunks", [
+    (500, 6, 64, 16, 0, "random", 128),        # 3,000 ids in 16-id chunks: 128 chunks, the count table full
+    (333, 3, 60, 64, 0, "random", 37),         # a chunk count that is no power of 2, a ragged last chunk
+    (200, 8, 16, 16, 16, "half_foreign", 9),   # expert parallelism: foreign ids in every chunk
+    (150, 8, 256, 16, 0, "random", 128),       # 256 experts: the table's rows capped at 16K entries
+    (96, 2, 8, 16, 0, "one_expert", 12),       # every id on one expert: its cursor crosses all chunks
+    (64, 4, 64, 16, 0, "even_only", 5),        # empty experts between full ones
+])
+def test_chunked_across_many_chunks(monkeypatch, T, K, E, block_m, offset, routing, chunks):
+    """Small chunks, so each program's offset comes from many rows of the count table; every entry is written
+    (the outputs start as garbage) and equals the torch path's."""
+    monkeypatch.setattr(moe_align, "CHUNK_MIN", 16)
+    ids = make_ids(T, K, E, offset, routing, torch.Generator().manual_seed(T + E)).to(DEVICE)
+    want = moe_align.align_tokens_by_expert(ids, E, block_m, offset, method="torch")
+    got = [torch.full_like(t, -7) for t in want]
+    moe_align._align_chunked(ids.view(-1), E, block_m, offset, *got, chunks=chunks)
+    for name, a, b in zip(("sorted_ids", "block_expert", "num_padded"), got, want):
+        assert torch.equal(a, b), name
 
 
 @pytest.mark.skipif(INTERPRET, reason="CUDA graphs need a GPU")
-def test_parallel_captures_in_a_cuda_graph():
+@pytest.mark.parametrize("method,T", [("parallel", 64), ("chunked", 64), ("chunked", 8192)])
+def test_parallel_captures_in_a_cuda_graph(method, T):
     """No host sync: the call captures, and a replay follows new ids written in place."""
     gen = torch.Generator().manual_seed(5)
-    ids = make_ids(64, 8, 64, 0, "random", gen).cuda()
-    moe_align.align_tokens_by_expert(ids, 64, 16, method="parallel")  # compile outside
+    ids = make_ids(T, 8, 64, 0, "random", gen).cuda()
+    moe_align.align_tokens_by_expert(ids, 64, 16, method=method)  # compile outside
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        out = moe_align.align_tokens_by_expert(ids, 64, 16, method="parallel")
-    ids.copy_(make_ids(64, 8, 64, 0, "random", gen))
+        out = moe_align.align_tokens_by_expert(ids, 64, 16, method=method)
+    ids.copy_(make_ids(T, 8, 64, 0, "random", gen))
     graph.replay()
     torch.cuda.synchronize()
-    for a, b in zip(out, reference(ids.cpu(), 64, 16, 0)):
+    want = moe_align.align_tokens_by_expert(ids.cpu(), 64, 16, method="torch")
+    for a, b in zip(out, want):
         assert torch.equal(a.cpu(), b)

@@ -17,7 +17,7 @@ Everything stays on the device and every size depends only on (numel, E, BLOCK_M
 thing can be captured in a CUDA graph. Ids outside this layer's experts (expert parallelism: the
 layer holds global experts expert_offset .. expert_offset+E-1) are dropped while counting.
 
-Three implementations with identical output (order inside an expert follows the flat index):
+Four implementations with identical output (order inside an expert follows the flat index):
 - `_align_parallel_kernel` ("parallel", the default up to ONE_PROGRAM_MAX_NUMEL pairs): one program
   per local expert (or per small group of experts when E is large). There is no grid-wide barrier
   inside a launch, so every program counts ALL ids itself (redundant but parallel, no atomics),
@@ -28,10 +28,14 @@ Three implementations with identical output (order inside an expert follows the 
   was measured at 19 us per call on an H200 for OLMoE decode at batch 64 (512 pairs, E = 64,
   BLOCK_M = 16), 6.6% of the decode step: its chunk loops run serially on one SM while the rest
   of the GPU idles. That is why the parallel kernel exists; this one stays as a simpler reference.
-- `_align_torch` ("torch"): sync-free torch ops (scatter_add_, cumsum, stable sort, searchsorted).
-  Its cost per launch is independent of numel, so it wins for prefill where every program of the
-  kernels above would loop over too many ids.
-Both kernels count with a one-hot [CHUNK, E] tile summed down its rows (O(numel·E) work per
+- `_align_chunked` ("chunked", the default above ONE_PROGRAM_MAX_NUMEL pairs: prefill): two launches. One program
+  per chunk of ids histograms its chunk into a [chunks, E] table; then one program per chunk reads the whole table
+  (segment starts from the column sums, its own offset in each segment from the rows above it) and scatters its
+  chunk's ids. Work per program is one chunk, not all ids, so it scales to prefill's 10^4-10^5 pairs.
+- `_align_torch` ("torch"): sync-free torch ops (scatter_add_, cumsum, stable sort, searchsorted), ~15
+  launches whose cost barely depends on numel. It was prefill's path until the chunked kernels, and stays as the
+  oracle: ~100 µs a layer at DeepSeek-V2-Lite's 49,152 pairs (8,192 tokens), 8 of them in its radix sort.
+The one-program and parallel kernels count with a one-hot [CHUNK, E] tile summed down its rows (O(numel·E) work per
 program); the parallel one counts with tl.histogram instead (warp ballots, O(numel·log E)).
 Measured on the H200 (scripts/bench_align.py, µs per call inside a CUDA graph): OLMoE at batch 64
 (512 pairs, E = 64): one program 17.1, parallel one-hot 5.2, parallel histogram 4.2, torch 94;
@@ -50,6 +54,11 @@ from .pdl import launch_args, wait_then_release
 # ~15 launches of the torch path (a guess to be checked with scripts/bench_align.py: all are
 # sync-free). The name is historical (it once chose the one-program kernel); tests patch it.
 ONE_PROGRAM_MAX_NUMEL = 4096
+# Above ONE_PROGRAM_MAX_NUMEL pairs (prefill): "chunked" or "torch" (the sync-free torch ops, ~15 launches).
+LARGE_METHOD = "chunked"
+# The chunked alignment cuts the ids into at most CHUNKS chunks of at least CHUNK_MIN (a power of 2), a program each.
+CHUNKS = 128
+CHUNK_MIN = 512
 # Grid size the parallel kernel aims for: one program per expert up to this many experts, then
 # 2, 4, ... experts per program, so the redundant histograms do not grow as E². A guess: tune it.
 PARALLEL_PROGRAMS = 64
@@ -203,6 +212,59 @@ def _scatter_own_experts(ids_ptr, sorted_ptr, numel, expert_offset, E, mine, my_
         cursor += tl.sum(hit, axis=0)
 
 
+@triton.jit(do_not_specialize=["numel", "expert_offset", "E"])
+def _align_chunk_count_kernel(ids_ptr, counts_ptr, numel, expert_offset, E, CHUNK: tl.constexpr,
+                              E_P2: tl.constexpr, HIST_BINS: tl.constexpr, PDL: tl.constexpr):
+    """counts[p, e] = ids of chunk p (flat indices p·CHUNK ..) that go to local expert e; [n_chunks, E_P2]."""
+    wait_then_release(PDL)
+    p = tl.program_id(0)
+    local = _load_local(ids_ptr, p * CHUNK + tl.arange(0, CHUNK), numel, expert_offset)
+    bins = tl.histogram(tl.where((local >= 0) & (local < E), local, E_P2), HIST_BINS)
+    bins = tl.reshape(bins, [HIST_BINS // E_P2, E_P2])                     # row 0 = the local experts
+    first = tl.arange(0, HIST_BINS // E_P2)[:, None] == 0
+    tl.store(counts_ptr + p * E_P2 + tl.arange(0, E_P2), tl.sum(tl.where(first, bins, 0), axis=0))
+
+
+@triton.jit(do_not_specialize=["numel", "expert_offset", "E", "num_blocks", "n_chunks"])
+def _align_chunk_scatter_kernel(ids_ptr, counts_ptr, sorted_ptr, block_expert_ptr, num_padded_ptr,
+                                numel, expert_offset, E, num_blocks, n_chunks,
+                                BLOCK_M: tl.constexpr, E_P2: tl.constexpr, CHUNK: tl.constexpr,
+                                P_P2: tl.constexpr, RANK_CHUNK: tl.constexpr, BLOCK_CHUNK: tl.constexpr,
+                                PDL: tl.constexpr):
+    """Program p writes chunk p's ids: an id's slot = its expert's segment start + the ids of that expert in
+    chunks before p (the count table's column above row p) + its rank inside chunk p."""
+    wait_then_release(PDL)
+    p = tl.program_id(0)
+    nprog = tl.num_programs(0)
+    experts = tl.arange(0, E_P2)
+    chunks = tl.arange(0, P_P2)
+    table = tl.load(counts_ptr + chunks[:, None] * E_P2 + experts[None, :],
+                    mask=(chunks < n_chunks)[:, None], other=0)                # [P_P2, E_P2]
+    counts = tl.sum(table, axis=0)
+    before = tl.sum(tl.where((chunks < p)[:, None], table, 0), axis=0)
+    padded = (counts + BLOCK_M - 1) // BLOCK_M * BLOCK_M
+    seg_end = tl.cumsum(padded, axis=0)
+    seg_start = seg_end - padded
+    total = tl.sum(padded, axis=0)
+    tl.store(num_padded_ptr, total, mask=p == 0)
+    # each segment's sentinel padding, by the program of its expert's residue (disjoint from the id slots)
+    pad = (seg_start + counts)[:, None] + tl.arange(0, BLOCK_M)[None, :]       # [E_P2, BLOCK_M]
+    tl.store(sorted_ptr + pad, pad * 0 + numel, mask=(pad < seg_end[:, None]) & (experts % nprog == p)[:, None])
+    real_expert = experts < E
+    cursor = seg_start + before
+    for start in range(0, CHUNK, RANK_CHUNK):
+        idx = p * CHUNK + start + tl.arange(0, RANK_CHUNK)
+        local = _load_local(ids_ptr, idx, numel, expert_offset)
+        hit = ((local[:, None] == experts[None, :]) & real_expert[None, :]).to(tl.int32)   # [RANK_CHUNK, E_P2]
+        slot = tl.cumsum(hit, axis=0) - hit + cursor[None, :]
+        tl.store(sorted_ptr + tl.sum(hit * slot, axis=1), idx, mask=tl.sum(hit, axis=1) > 0)
+        cursor += tl.sum(hit, axis=0)
+    per = tl.cdiv(num_blocks, nprog)
+    first = p * per
+    _write_block_owners(seg_end, total, sorted_ptr, block_expert_ptr, numel, E, first,
+                        tl.minimum(first + per, num_blocks), BLOCK_M, E_P2, BLOCK_CHUNK)
+
+
 def _align_one_program(flat_ids, E, block_m, expert_offset, sorted_ids, block_expert, num_padded, pdl=False):
     e_p2 = triton.next_power_of_2(max(E, 2))
     chunk = max(16, min(128, 8192 // e_p2))  # keep the one-hot tile near 8K elements
@@ -230,6 +292,26 @@ def _align_parallel(flat_ids, E, block_m, expert_offset, sorted_ids, block_exper
         RANK_CHUNK=max(128, 1024 // group),  # the [RANK_CHUNK, GROUP] rank tile stays ~1K
         BLOCK_CHUNK=32,  # a program's share of blocks is small (often 1-2 at decode)
         num_warps=4, **launch_args(pdl))
+
+
+def _align_chunked(flat_ids, E, block_m, expert_offset, sorted_ids, block_expert, num_padded, chunks=None,
+                   pdl=False):
+    """Two launches for any numel: a histogram per chunk of ids, then one program per chunk scatters its ids
+    (vLLM's moe_align_block_size does the same split at large sizes, with atomics; ours keeps the flat order).
+    chunks (a knob for scripts/bench_align.py): how many, at most; None = CHUNKS."""
+    numel = flat_ids.numel()
+    e_p2 = triton.next_power_of_2(max(E, 2))
+    most = min(chunks or CHUNKS, max(8, 16384 // e_p2))       # the scatter's [chunks, E_P2] count table stays ~16K
+    chunk = max(CHUNK_MIN, triton.next_power_of_2(triton.cdiv(numel, most)))
+    n_chunks = triton.cdiv(numel, chunk)
+    counts = torch.empty(n_chunks, e_p2, dtype=torch.int32, device=flat_ids.device)
+    _align_chunk_count_kernel[(n_chunks,)](flat_ids, counts, numel, expert_offset, E, CHUNK=chunk, E_P2=e_p2,
+                                           HIST_BINS=max(2 * e_p2, 64), num_warps=4, **launch_args(pdl))
+    _align_chunk_scatter_kernel[(n_chunks,)](
+        flat_ids, counts, sorted_ids, block_expert, num_padded, numel, expert_offset, E, block_expert.numel(),
+        n_chunks, BLOCK_M=block_m, E_P2=e_p2, CHUNK=chunk, P_P2=triton.next_power_of_2(n_chunks),
+        RANK_CHUNK=min(chunk, max(16, 8192 // e_p2)),   # the [RANK_CHUNK, E_P2] rank tile stays ~8K
+        BLOCK_CHUNK=32, num_warps=4, **launch_args(pdl))
 
 
 def _align_torch(flat_ids, E, block_m, expert_offset, sorted_ids, block_expert, num_padded, pdl=False):
@@ -265,8 +347,9 @@ def align_tokens_by_expert(topk_ids: torch.Tensor, E: int, block_m: int, expert_
                            method: str | None = None, pdl: bool = False):
     """Group flattened topk_ids [T, K] by local expert -> (sorted_ids, block_expert, num_padded).
 
-    method: "parallel" (one program per expert), "triton" (one program), "torch", or None to
-    pick by size ("parallel" up to ONE_PROGRAM_MAX_NUMEL pairs, else "torch"). Output is identical."""
+    method: "parallel" (one program per expert), "chunked" (a program per chunk of ids, two launches), "triton"
+    (one program), "torch", or None to pick by size ("parallel" up to ONE_PROGRAM_MAX_NUMEL pairs, else
+    LARGE_METHOD). Output is identical."""
     flat_ids = topk_ids.reshape(-1)
     numel = flat_ids.numel()
     n_blocks = num_blocks_bound(numel, E, block_m)
@@ -275,7 +358,8 @@ def align_tokens_by_expert(topk_ids: torch.Tensor, E: int, block_m: int, expert_
     block_expert = torch.empty(n_blocks, dtype=torch.int32, device=dev)
     num_padded = torch.empty(1, dtype=torch.int32, device=dev)
     if method is None:
-        method = "parallel" if numel <= ONE_PROGRAM_MAX_NUMEL else "torch"
-    impls = {"parallel": _align_parallel, "triton": _align_one_program, "torch": _align_torch}
+        method = "parallel" if numel <= ONE_PROGRAM_MAX_NUMEL else LARGE_METHOD
+    impls = {"parallel": _align_parallel, "chunked": _align_chunked, "triton": _align_one_program,
+             "torch": _align_torch}
     impls[method](flat_ids, E, block_m, expert_offset, sorted_ids, block_expert, num_padded, pdl=pdl)
     return sorted_ids, block_expert, num_padded
