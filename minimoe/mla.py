@@ -30,9 +30,8 @@ from .ops import mla_expand_k_torch, ops_for
 from .rope import Rotary, apply_rope
 
 
-# Prefill's per-head key in one pass (ops.mla_expand_k: kernels/mla_expand.py with the Triton op set) and wkv_b over
-# a contiguous copy of the normed latent that the prologue kernel writes (c_out). False: torch.cat over an expand and
-# F.linear over the cache's strided rows (which PyTorch copies first), as before; kept for scripts/step_probe.py's A/B.
+# Prefill's per-head key in one pass (ops.mla_expand_k: kernels/mla_expand.py with the Triton op set). False:
+# torch.cat over an expand, as before; kept for scripts/step_probe.py's A/B (docs/results/2026-12-02-s25, call 1).
 PREFILL_ONE_PASS = True
 
 
@@ -80,23 +79,22 @@ class MLAttention(nn.Module):
         q = self.wq_b(self.q_norm(q)) if cfg.q_lora_rank else q
         q = q.view(B, S, H, nope + rope)                                     # [B, S, H, nope+rope]
         latent = cache.latent[self.layer]                                     # [B, S_max, r+rope]
-        # prefill rotates q_pe in place (q = [q_nope, q_pe] for SDPA) and keeps a contiguous copy of the normed
-        # latent for wkv_b (the cache's rows are strided: F.linear would copy them); decode writes q_pe beside q_lat
+        # prefill rotates q_pe in place (q = [q_nope, q_pe] for SDPA); decode writes it beside q_lat
         q_att = q if step.fresh else q.new_empty(B, S, H, r + rope)
-        c = kv.new_empty(B, S, r) if step.fresh and PREFILL_ONE_PASS else None   # [B, S, r]
         ops_for(self.settings).mla_rope_cache(
             q, kv, step.positions, rot.cos_table, rot.sin_table, latent, self.kv_norm.weight,
             cfg.rms_norm_eps, nope=nope, interleave=cfg.rope_interleave,
-            q_pe_out=q[..., nope:] if step.fresh else q_att[..., r:], c_out=c)
+            q_pe_out=q[..., nope:] if step.fresh else q_att[..., r:])
         if step.fresh:   # this step's latents are the first S rows of the cache
-            out = self._expanded(q, latent[:, :S, :r] if c is None else c, latent[:, :S, r:])
+            out = self._expanded(q, latent[:, :S, :r], latent[:, :S, r:])
         else:
             out = self._absorbed(q, q_att, step, latent)
         return self.wo(out.reshape(B, S, H * cfg.v_head_dim))
 
     def _expanded(self, q, c, k_pe):
         """Prefill within the new tokens: per-head k, v from the latent, causal SDPA.
-        q [B, S, H, nope+rope] (rotated), c [B, S, r] (normed latent), k_pe [B, S, rope] (rotated) -> [B, S, H, v]."""
+        q [B, S, H, nope+rope] (rotated); c [B, S, r] (normed latent), k_pe [B, S, rope] (rotated): views of the
+        cache's rows (F.linear reads the strided c in place, through a batched GEMM) -> [B, S, H, v]."""
         cfg = self.cfg
         B, S, H, _ = q.shape
         kv = self.wkv_b(c).view(B, S, H, cfg.qk_nope_head_dim + cfg.v_head_dim)

@@ -77,11 +77,10 @@ def silu_mul_torch(x, *, pdl: bool = False):
 
 
 def mla_rope_cache_torch(q, kv, positions, cos, sin, latent, norm_weight, eps: float, *, nope: int,
-                         interleave: bool, q_pe_out, c_out=None, pdl: bool = False) -> None:
+                         interleave: bool, q_pe_out, pdl: bool = False) -> None:
     """MLA's prologue (mla.py): latent[b, positions] = [rmsnorm(kv[..., :r]) * w, rope(kv[..., r:])] and
-    q_pe_out = rope(q[..., nope:]) (and c_out = the normed latent, where given). q [B, S, H, nope + rope], kv
-    [B, S, r + rope], latent [B, S_max, r + rope], q_pe_out [B, S, H, rope] (may alias q's rope columns), c_out
-    [B, S, r] or None; tables [P, rope/2]."""
+    q_pe_out = rope(q[..., nope:]). q [B, S, H, nope + rope], kv [B, S, r + rope], latent
+    [B, S_max, r + rope], q_pe_out [B, S, H, rope] (may alias q's rope columns); tables [P, rope/2]."""
     B, S = positions.shape
     rope = q.shape[-1] - nope
     c, k_pe = kv.split([kv.shape[-1] - rope, rope], dim=-1)
@@ -91,8 +90,6 @@ def mla_rope_cache_torch(q, kv, positions, cos, sin, latent, norm_weight, eps: f
     q_pe_out.copy_(apply_rope(q[..., nope:], cos_bs, sin_bs, interleave))
     rows = torch.arange(B, device=q.device)[:, None]                         # [B, 1]
     latent[rows, positions] = torch.cat([c, k_pe], dim=-1).to(latent.dtype)
-    if c_out is not None:
-        c_out.copy_(c)
 
 
 def mla_expand_k_torch(kv, k_pe, nope: int, pdl: bool = False):

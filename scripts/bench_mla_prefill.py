@@ -4,15 +4,17 @@
 
 For B prompts of S tokens (16 heads, nope 128, rope 64, v 128, latent rank 512, bf16) it times, as the median of
 CUDA-event timings of 20 calls replayed from a CUDA graph (GPU time alone, as in the captured prefill):
-  rope_cache      kernels/mla_rope.py as the decode calls it (no c_out)
-  rope_cache+c    the same with the contiguous copy of the normed latent (c_out) that prefill now asks for
-  wkv_b strided   F.linear over the cache's strided latent rows (the copy PyTorch makes first included)
-  wkv_b contig    F.linear over the contiguous c
+  rope_cache      kernels/mla_rope.py (one program a token), and with `mla_rope.WARPS` = 1 / 2 / 8 and with the
+                  "rotate half" pairs instead of DeepSeek's interleaved ones (same bytes, other access pattern)
+  wkv_b strided   F.linear over the cache's strided latent rows
+  wkv_b contig    F.linear over a contiguous copy of them (the copy not timed)
   k cat           torch.cat([k_nope, k_pe.expand(...)]) (ops.mla_expand_k_torch)
   k expand        kernels/mla_expand.py
   sdpa            the causal attention itself, for scale
+  o reshape       its output as wo reads it ([B, S, H·v]): a copy when SDPA's output is not laid out [B, S, H, v]
 and the bytes each moves at the measured read bandwidth's speed, so a row far from its bytes stands out. The
-kernel outputs are checked against their twins first (bit for bit for the copies).
+key's two paths are checked bit for bit first. (The twenty-fifth session's call 1 ran an earlier version, with a
+contiguous latent copy written by the rope kernel: it cost 3.8 µs and saved 0.5 µs in wkv_b, so it was dropped.)
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from minimoe.kernels.mla_expand import mla_expand_k
+from minimoe.kernels import mla_rope
 from minimoe.kernels.mla_rope import mla_rope_cache
 from minimoe.ops import mla_expand_k_torch
 
@@ -75,26 +78,41 @@ def main(argv=None) -> int:
     kv = torch.randn(B, S, H, NOPE + V, device=dev, dtype=dt, generator=g)
     k_pe = latent[:, :S, R:]
 
-    def rope(c_out=None):
-        return lambda: mla_rope_cache(q, kv_a, pos, cos, sin, latent, w_norm, 1e-6, nope=NOPE, interleave=True,
-                                      q_pe_out=q[..., NOPE:], c_out=c_out)
+    def rope(warps=None, interleave=True):
+        def call():
+            mla_rope.WARPS = warps
+            try:
+                mla_rope_cache(q, kv_a, pos, cos, sin, latent, w_norm, 1e-6, nope=NOPE, interleave=interleave,
+                               q_pe_out=q[..., NOPE:])
+            finally:
+                mla_rope.WARPS = None
+        return call
 
-    rope(c)()
-    assert torch.equal(c, latent[:, :S, :R]), "c_out differs from the cached latent"
+    c.copy_(latent[:, :S, :R])
     assert torch.equal(mla_expand_k(kv, k_pe, NOPE), mla_expand_k_torch(kv, k_pe, NOPE)), "expand differs from cat"
     k = mla_expand_k(kv, k_pe, NOPE)
+
+    def sdpa():
+        return F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), kv[..., NOPE:].transpose(1, 2),
+                                              is_causal=True, scale=(NOPE + ROPE) ** -0.5)
+
+    o = sdpa()
+    o_bshd = o.transpose(1, 2)                                       # [B, S, H, v] as mla.py hands it to wo
+    print(f"# SDPA output strides {tuple(o.stride())}: [B, S, H, v] view contiguous: {o_bshd.is_contiguous()} "
+          "(False: wo's reshape copies it)")
     T, e = B * S, 2
     rows = [  # name, fn, bytes moved
         ("rope_cache", rope(), T * (2 * H * ROPE + 2 * (R + ROPE)) * e),
-        ("rope_cache+c", rope(c), T * (2 * H * ROPE + 2 * (R + ROPE) + R) * e),
+        ("rope_cache w1", rope(1), T * (2 * H * ROPE + 2 * (R + ROPE)) * e),
+        ("rope_cache w2", rope(2), T * (2 * H * ROPE + 2 * (R + ROPE)) * e),
+        ("rope_cache w8", rope(8), T * (2 * H * ROPE + 2 * (R + ROPE)) * e),
+        ("rope_cache half", rope(interleave=False), T * (2 * H * ROPE + 2 * (R + ROPE)) * e),
         ("wkv_b strided", lambda: F.linear(latent[:, :S, :R], wkv_b), (T * R * 3 + T * H * (NOPE + V)) * e),
         ("wkv_b contig", lambda: F.linear(c, wkv_b), (T * R + T * H * (NOPE + V)) * e),
         ("k cat", lambda: mla_expand_k_torch(kv, k_pe, NOPE), T * (H * NOPE * 2 + ROPE + H * ROPE) * e),
         ("k expand", lambda: mla_expand_k(kv, k_pe, NOPE), T * (H * NOPE * 2 + ROPE + H * ROPE) * e),
-        ("sdpa", lambda: F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2),
-                                                        kv[..., NOPE:].transpose(1, 2), is_causal=True,
-                                                        scale=(NOPE + ROPE) ** -0.5),
-         T * H * (2 * (NOPE + ROPE) + 2 * V) * e),
+        ("sdpa", sdpa, T * H * (2 * (NOPE + ROPE) + 2 * V) * e),
+        ("o reshape", lambda: o_bshd.reshape(B, S, H * V), (2 * T * H * V * e) if not o_bshd.is_contiguous() else 1),
     ]
     out = []
     print(f"# MLA prefill pieces, B {B} x S {S} ({T} tokens), bf16, {torch.cuda.get_device_name()}, "

@@ -35,6 +35,10 @@ import triton.language as tl
 from .pdl import launch_args, wait_then_release
 
 
+# Warps a program (one token); None: 4, or 8 past 4,096 query elements a token. A knob for scripts/bench_mla_prefill.py.
+WARPS: int | None = None
+
+
 @triton.jit
 def _rotate(x1, x2, cos, sin):
     return x1 * cos - x2 * sin, x2 * cos + x1 * sin
@@ -42,12 +46,12 @@ def _rotate(x1, x2, cos, sin):
 
 @triton.jit
 def _mla_rope_cache_kernel(
-    q_ptr, kv_ptr, pos_ptr, cos_ptr, sin_ptr, lat_ptr, w_ptr, qo_ptr, c_ptr,
+    q_ptr, kv_ptr, pos_ptr, cos_ptr, sin_ptr, lat_ptr, w_ptr, qo_ptr,
     S, stride_qb, stride_qs, stride_qh, stride_kvb, stride_kvs, stride_pb, stride_ps,
-    stride_cos, stride_sin, stride_lb, stride_ls, stride_ob, stride_os, stride_oh, stride_cb, stride_cs, eps,
+    stride_cos, stride_sin, stride_lb, stride_ls, stride_ob, stride_os, stride_oh, eps,
     H: tl.constexpr, NOPE: tl.constexpr, R: tl.constexpr, ROPE: tl.constexpr,
     BLOCK_H: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_HALF: tl.constexpr,
-    INTERLEAVE: tl.constexpr, HAS_C: tl.constexpr, PDL: tl.constexpr,
+    INTERLEAVE: tl.constexpr, PDL: tl.constexpr,
 ):
     wait_then_release(PDL)
     t = tl.program_id(0)
@@ -65,10 +69,7 @@ def _mla_rope_cache_kernel(
     inv_rms = tl.rsqrt(tl.sum(x * x, axis=0) / R + eps)
     y = (x * inv_rms).to(kv_ptr.dtype.element_ty).to(tl.float32)  # rounded before the weight
     w = tl.load(w_ptr + offs_r, mask=r_ok, other=0.0).to(tl.float32)
-    c = (w * y).to(kv_ptr.dtype.element_ty)
-    tl.store(lat_row + offs_r, c.to(OUT_T), mask=r_ok)
-    if HAS_C:   # the same normed latent again, into a contiguous [B, S, r] buffer (prefill's wkv_b reads it)
-        tl.store(c_ptr + b * stride_cb + s * stride_cs + offs_r, c.to(c_ptr.dtype.element_ty), mask=r_ok)
+    tl.store(lat_row + offs_r, (w * y).to(kv_ptr.dtype.element_ty).to(OUT_T), mask=r_ok)
 
     # the rotary pairs of this position
     j = tl.arange(0, BLOCK_HALF)
@@ -102,15 +103,14 @@ def _mla_rope_cache_kernel(
 
 
 def mla_rope_cache(q, kv, positions, cos, sin, latent, norm_weight, eps: float, *, nope: int,
-                   interleave: bool, q_pe_out, c_out=None, pdl: bool = False) -> None:
+                   interleave: bool, q_pe_out, pdl: bool = False) -> None:
     """Writes latent[b, positions[b, s]] = [rmsnorm(kv[..., :r]) * w, rope(kv[..., r:])] and
-    q_pe_out = rope(q[..., nope:]), and c_out[b, s] = the same normed latent where c_out is given; returns nothing.
+    q_pe_out = rope(q[..., nope:]); returns nothing.
 
     q [B, S, H, nope + rope] and kv [B, S, r + rope] in the activations' dtype (unit stride on the
     last dim; heads of q contiguous rows of nope + rope); positions [B, S] int64 on the device;
     cos, sin [P, rope/2] float32 tables; latent [B, S_max, r + rope] (unit last stride);
-    norm_weight [r]; q_pe_out [B, S, H, rope] (unit last stride; may alias q[..., nope:]); c_out [B, S, r] or None
-    (unit last stride, kv's dtype: prefill hands it to wkv_b, which could not read the cache's strided rows in place).
+    norm_weight [r]; q_pe_out [B, S, H, rope] (unit last stride; may alias q[..., nope:]).
     Raises AssertionError on shape or layout mismatches.
     """
     B, S, H, qd = q.shape
@@ -123,21 +123,17 @@ def mla_rope_cache(q, kv, positions, cos, sin, latent, norm_weight, eps: float, 
     assert latent.shape[0] == B and positions.shape == (B, S) and norm_weight.numel() == r
     assert cos.dtype == sin.dtype == torch.float32 and cos.shape[-1] == rope // 2
     assert cos.stride(-1) == sin.stride(-1) == 1 and norm_weight.is_contiguous()
-    assert c_out is None or (c_out.shape == (B, S, r) and c_out.stride(-1) == 1 and c_out.dtype == kv.dtype), \
-        (None if c_out is None else (c_out.shape, c_out.stride(), c_out.dtype))
-    c = latent if c_out is None else c_out       # a placeholder the kernel never writes when HAS_C is False
     if B * S == 0:
         return
     block_h, block_half = triton.next_power_of_2(H), triton.next_power_of_2(rope // 2)
     _mla_rope_cache_kernel[(B * S,)](
-        q, kv, positions, cos, sin, latent, norm_weight, q_pe_out, c,
+        q, kv, positions, cos, sin, latent, norm_weight, q_pe_out,
         S, q.stride(0), q.stride(1), q.stride(2), kv.stride(0), kv.stride(1),
         positions.stride(0), positions.stride(1), cos.stride(0), sin.stride(0),
-        latent.stride(0), latent.stride(1), q_pe_out.stride(0), q_pe_out.stride(1), q_pe_out.stride(2),
-        c.stride(0), c.stride(1), eps,
+        latent.stride(0), latent.stride(1), q_pe_out.stride(0), q_pe_out.stride(1), q_pe_out.stride(2), eps,
         H=H, NOPE=nope, R=r, ROPE=rope, BLOCK_H=block_h, BLOCK_R=triton.next_power_of_2(r),
-        BLOCK_HALF=block_half, INTERLEAVE=interleave, HAS_C=c_out is not None,
-        num_warps=4 if block_h * block_half <= 4096 else 8,
+        BLOCK_HALF=block_half, INTERLEAVE=interleave,
+        num_warps=WARPS or (4 if block_h * block_half <= 4096 else 8),
         enable_fp_fusion=False,  # torch rounds x1·cos and x2·sin separately (see rope.py)
         **launch_args(pdl),
     )
