@@ -14,6 +14,8 @@ echo "--- mla rc $?"; cat $R/mla_prefill.txt
 B="--fused --warmup 1 --iters 3 --input-len 128 --output-len 128 --bs 64"
 timeout 150 python3 bench.py --model deepseek-v2-lite $B --json $R/bench_dsv2_64.json > $R/bench_dsv2_64.txt 2>&1
 echo "--- bench dsv2 rc $?"; grep -A3 "config" $R/bench_dsv2_64.txt | head -4
+timeout 60 python3 -m pytest -q -p no:cacheprovider tests/test_mla_rope.py > $R/pytest_mla.txt 2>&1
+echo "--- pytest mla rc $?"; tail -1 $R/pytest_mla.txt
 timeout 300 python3 -m pytest -q -p no:cacheprovider -m gpu tests/ > $R/pytest_gpu.txt 2>&1
 echo "--- pytest rc $?"; grep -E "passed|failed|FAILED" $R/pytest_gpu.txt | tail -5
 for m in olmoe qwen3; do
