@@ -4,8 +4,9 @@
 
 For B prompts of S tokens (16 heads, nope 128, rope 64, v 128, latent rank 512, bf16) it times, as the median of
 CUDA-event timings of 20 calls replayed from a CUDA graph (GPU time alone, as in the captured prefill):
-  rope_cache      kernels/mla_rope.py (one program a token), and with `mla_rope.WARPS` = 1 / 2 / 8 and with the
-                  "rotate half" pairs instead of DeepSeek's interleaved ones (same bytes, other access pattern)
+  rope_cache      kernels/mla_rope.py (one program a token), and with `mla_rope.WARPS` = 1 / 2 / 8, with the
+                  "rotate half" pairs instead of DeepSeek's interleaved ones (same bytes, other access pattern), and
+                  with the interleaved pairs read and written as stride-2 halves (`mla_rope.SPLIT_PAIRS` False)
   wkv_b strided   F.linear over the cache's strided latent rows
   wkv_b contig    F.linear over a contiguous copy of them (the copy not timed)
   k cat           torch.cat([k_nope, k_pe.expand(...)]) (ops.mla_expand_k_torch)
@@ -78,14 +79,14 @@ def main(argv=None) -> int:
     kv = torch.randn(B, S, H, NOPE + V, device=dev, dtype=dt, generator=g)
     k_pe = latent[:, :S, R:]
 
-    def rope(warps=None, interleave=True):
+    def rope(warps=None, interleave=True, split_pairs=True):
         def call():
-            mla_rope.WARPS = warps
+            mla_rope.WARPS, mla_rope.SPLIT_PAIRS = warps, split_pairs
             try:
                 mla_rope_cache(q, kv_a, pos, cos, sin, latent, w_norm, 1e-6, nope=NOPE, interleave=interleave,
                                q_pe_out=q[..., NOPE:])
             finally:
-                mla_rope.WARPS = None
+                mla_rope.WARPS, mla_rope.SPLIT_PAIRS = None, True
         return call
 
     c.copy_(latent[:, :S, :R])
@@ -107,6 +108,7 @@ def main(argv=None) -> int:
         ("rope_cache w2", rope(2), T * (2 * H * ROPE + 2 * (R + ROPE)) * e),
         ("rope_cache w8", rope(8), T * (2 * H * ROPE + 2 * (R + ROPE)) * e),
         ("rope_cache half", rope(interleave=False), T * (2 * H * ROPE + 2 * (R + ROPE)) * e),
+        ("rope_cache stride2", rope(split_pairs=False), T * (2 * H * ROPE + 2 * (R + ROPE)) * e),
         ("wkv_b strided", lambda: F.linear(latent[:, :S, :R], wkv_b), (T * R * 3 + T * H * (NOPE + V)) * e),
         ("wkv_b contig", lambda: F.linear(c, wkv_b), (T * R + T * H * (NOPE + V)) * e),
         ("k cat", lambda: mla_expand_k_torch(kv, k_pe, NOPE), T * (H * NOPE * 2 + ROPE + H * ROPE) * e),
@@ -117,12 +119,12 @@ def main(argv=None) -> int:
     out = []
     print(f"# MLA prefill pieces, B {B} x S {S} ({T} tokens), bf16, {torch.cuda.get_device_name()}, "
           f"graphed median of {SAMPLES} x {CALLS} calls")
-    print(f"{'piece':16s} {'us':>8s} {'MB':>7s} {'bytes us':>9s} {'% of bytes':>10s}")
+    print(f"{'piece':18s} {'us':>8s} {'MB':>7s} {'bytes us':>9s} {'% of bytes':>10s}")
     for name, fn, nbytes in rows:
         us = graphed_us(fn)
         floor = nbytes / (a.read_gbps * 1e3)
         out.append({"piece": name, "us": us, "bytes": nbytes, "bytes_us": floor})
-        print(f"{name:16s} {us:8.1f} {nbytes / 1e6:7.1f} {floor:9.1f} {100 * floor / us:9.0f}%")
+        print(f"{name:18s} {us:8.1f} {nbytes / 1e6:7.1f} {floor:9.1f} {100 * floor / us:9.0f}%")
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"bs": B, "input_len": S, "rows": out}, f, indent=1)

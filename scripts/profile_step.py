@@ -5,7 +5,8 @@
 The CUDA-event regions of `bench.py --profile` need eager launches, so they show where an eager
 step goes; this shows the graph that is actually timed. It replays the captured decode step under
 torch.profiler and prints, per kernel name: launches per step, GPU µs per step, and the share of
-the step. "gaps" = the step's wall time (CUDA events) minus the summed kernel time: the cost of
+the step. `--aten` adds one eager prefill profiled by ATen op and input shapes (which op launched a kernel).
+"gaps" = the step's wall time (CUDA events) minus the summed kernel time: the cost of
 launch latency and dependencies between small kernels that no single kernel owns.
 """
 from __future__ import annotations
@@ -77,6 +78,8 @@ def main(argv=None) -> int:
     p.add_argument("--input-len", type=int, default=128)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--json")
+    p.add_argument("--aten", action="store_true",
+                   help="also profile one eager prefill by ATen op and input shapes (which op launched a kernel)")
     run_settings.add_args(p, run_settings.RunSettings(experts="fused", device="cuda"))
     a = p.parse_args(argv)
     settings = run_settings.from_args(a).resolve()
@@ -122,6 +125,16 @@ def main(argv=None) -> int:
                 print(f"{'kernel':70s} {'us':>7s} {'idle before':>12s}")
                 for r in tpl:
                     print(f"{r['kernel']:70s} {r['us']:7.2f} {r['gap_before_us']:12.2f}")
+    if a.aten:
+        gen.reset()
+        graphs, gen.prefill_graphs = gen.prefill_graphs, {}          # the eager prefill, its ATen ops visible
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], record_shapes=True) as prof:
+            gen.prefill(prompts)
+            torch.cuda.synchronize()
+        gen.prefill_graphs = graphs
+        print(f"\n## {a.model} bs{a.bs} eager prefill by ATen op and input shapes (device time)")
+        print(prof.key_averages(group_by_input_shape=True).table(
+            sort_by="device_time_total", row_limit=30, max_name_column_width=40, max_shapes_column_width=80))
     if a.json:
         with open(a.json, "w") as f:
             json.dump(out, f)

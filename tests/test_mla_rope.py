@@ -80,6 +80,22 @@ def test_mla_expand_k_equals_cat(B, S, H, nope, v, rope, dtype):
     assert mla_expand_k(kv[:, :0], k_pe[:, :0], nope).shape == (B, 0, H, nope + rope)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rope", [64, 12, 2])
+def test_split_pairs_equals_strided_pairs(dtype, rope, monkeypatch):
+    """Interleaved pairs taken apart in registers (mla_rope.SPLIT_PAIRS) give the stride-2 loads' bits exactly: the
+    latent row and q_pe, rope/2 a power of 2 or not (masked columns past rope)."""
+    from minimoe.kernels import mla_rope
+    outs = []
+    for split in (True, False):
+        monkeypatch.setattr(mla_rope, "SPLIT_PAIRS", split)
+        q, kv, positions, cos, sin, latent, w = _case(3, 4, 5, 8, rope, 24, 9, dtype, seed=rope)
+        mla_rope_cache(q, kv, positions, cos, sin, latent, w, 1e-6, nope=8, interleave=True, q_pe_out=q[..., 8:])
+        outs.append((q, latent))
+    assert torch.equal(outs[0][0], outs[1][0])
+    assert torch.equal(outs[0][1].nan_to_num(7.0), outs[1][1].nan_to_num(7.0))
+
+
 def test_mla_rope_cache_empty_batch_is_a_no_op():
     q, kv, positions, cos, sin, latent, w = _case(1, 0, 2, 8, 8, 16, 4, torch.float32, seed=0)
     mla_rope_cache(q, kv, positions, cos, sin, latent, w, 1e-6, nope=8, interleave=True, q_pe_out=q[..., 8:])

@@ -35,8 +35,14 @@ import triton.language as tl
 from .pdl import launch_args, wait_then_release
 
 
-# Warps a program (one token); None: 4, or 8 past 4,096 query elements a token. A knob for scripts/bench_mla_prefill.py.
+# Warps a program (one token); None: 4, or 8 past 4,096 query elements a token. A knob for scripts/bench_mla_prefill.py:
+# 1, 2 and 8 were within 3% of 4 at DeepSeek-V2-Lite's prefill (docs/results/2026-12-02-s25, call 2).
 WARPS: int | None = None
+# Interleaved pairs (DeepSeek's 2j, 2j + 1) loaded and stored as whole contiguous rows and taken apart in registers
+# (tl.reshape + tl.split, put back with tl.join). False: two stride-2 loads and two stride-2 stores a row, which
+# made the kernel 75 µs a layer at DeepSeek-V2-Lite's 8,192-token prefill against 13.8 for the "rotate half" pairs'
+# contiguous halves, the same bytes (s25 call 2). The same bits either way.
+SPLIT_PAIRS = True
 
 
 @triton.jit
@@ -51,7 +57,7 @@ def _mla_rope_cache_kernel(
     stride_cos, stride_sin, stride_lb, stride_ls, stride_ob, stride_os, stride_oh, eps,
     H: tl.constexpr, NOPE: tl.constexpr, R: tl.constexpr, ROPE: tl.constexpr,
     BLOCK_H: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_HALF: tl.constexpr,
-    INTERLEAVE: tl.constexpr, PDL: tl.constexpr,
+    INTERLEAVE: tl.constexpr, SPLIT_PAIRS: tl.constexpr, PDL: tl.constexpr,
 ):
     wait_then_release(PDL)
     t = tl.program_id(0)
@@ -74,32 +80,47 @@ def _mla_rope_cache_kernel(
     # the rotary pairs of this position
     j = tl.arange(0, BLOCK_HALF)
     j_ok = j < ROPE // 2
-    if INTERLEAVE:
-        c1 = 2 * j
-        c2 = 2 * j + 1
-    else:
-        c1 = j
-        c2 = j + ROPE // 2
     cos = tl.load(cos_ptr + pos * stride_cos + j, mask=j_ok, other=0.0)
     sin = tl.load(sin_ptr + pos * stride_sin + j, mask=j_ok, other=0.0)
-
-    # the shared rotary key
-    k1 = tl.load(kv_row + R + c1, mask=j_ok, other=0.0).to(tl.float32)
-    k2 = tl.load(kv_row + R + c2, mask=j_ok, other=0.0).to(tl.float32)
-    o1, o2 = _rotate(k1, k2, cos, sin)
-    tl.store(lat_row + R + c1, o1.to(kv_ptr.dtype.element_ty).to(OUT_T), mask=j_ok)
-    tl.store(lat_row + R + c2, o2.to(kv_ptr.dtype.element_ty).to(OUT_T), mask=j_ok)
-
-    # every head's rotary query
     heads = tl.arange(0, BLOCK_H)
-    mask = (heads < H)[:, None] & j_ok[None, :]
     q_row = q_ptr + b * stride_qb + s * stride_qs + heads[:, None] * stride_qh + NOPE
-    q1 = tl.load(q_row + c1[None, :], mask=mask, other=0.0).to(tl.float32)
-    q2 = tl.load(q_row + c2[None, :], mask=mask, other=0.0).to(tl.float32)
-    p1, p2 = _rotate(q1, q2, cos[None, :], sin[None, :])
     o_row = qo_ptr + b * stride_ob + s * stride_os + heads[:, None] * stride_oh
-    tl.store(o_row + c1[None, :], p1.to(qo_ptr.dtype.element_ty), mask=mask)
-    tl.store(o_row + c2[None, :], p2.to(qo_ptr.dtype.element_ty), mask=mask)
+    if INTERLEAVE and SPLIT_PAIRS:
+        # pairs (2j, 2j + 1): whole contiguous rows in and out, the pairs taken apart in registers
+        cols = tl.arange(0, 2 * BLOCK_HALF)
+        c_ok = cols < ROPE
+        kk = tl.load(kv_row + R + cols, mask=c_ok, other=0.0).to(tl.float32)
+        k1, k2 = tl.split(tl.reshape(kk, [BLOCK_HALF, 2]))
+        o1, o2 = _rotate(k1, k2, cos, sin)
+        ko = tl.reshape(tl.join(o1, o2), [2 * BLOCK_HALF])
+        tl.store(lat_row + R + cols, ko.to(kv_ptr.dtype.element_ty).to(OUT_T), mask=c_ok)
+        mask = (heads < H)[:, None] & c_ok[None, :]
+        qq = tl.load(q_row + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        q1, q2 = tl.split(tl.reshape(qq, [BLOCK_H, BLOCK_HALF, 2]))
+        p1, p2 = _rotate(q1, q2, cos[None, :], sin[None, :])
+        qo = tl.reshape(tl.join(p1, p2), [BLOCK_H, 2 * BLOCK_HALF])
+        tl.store(o_row + cols[None, :], qo.to(qo_ptr.dtype.element_ty), mask=mask)
+    else:
+        # "rotate half" (j, j + rope/2): two contiguous half rows; or interleaved pairs read as two strided halves
+        if INTERLEAVE:
+            c1 = 2 * j
+            c2 = 2 * j + 1
+        else:
+            c1 = j
+            c2 = j + ROPE // 2
+        # the shared rotary key
+        k1 = tl.load(kv_row + R + c1, mask=j_ok, other=0.0).to(tl.float32)
+        k2 = tl.load(kv_row + R + c2, mask=j_ok, other=0.0).to(tl.float32)
+        o1, o2 = _rotate(k1, k2, cos, sin)
+        tl.store(lat_row + R + c1, o1.to(kv_ptr.dtype.element_ty).to(OUT_T), mask=j_ok)
+        tl.store(lat_row + R + c2, o2.to(kv_ptr.dtype.element_ty).to(OUT_T), mask=j_ok)
+        # every head's rotary query
+        mask = (heads < H)[:, None] & j_ok[None, :]
+        q1 = tl.load(q_row + c1[None, :], mask=mask, other=0.0).to(tl.float32)
+        q2 = tl.load(q_row + c2[None, :], mask=mask, other=0.0).to(tl.float32)
+        p1, p2 = _rotate(q1, q2, cos[None, :], sin[None, :])
+        tl.store(o_row + c1[None, :], p1.to(qo_ptr.dtype.element_ty), mask=mask)
+        tl.store(o_row + c2[None, :], p2.to(qo_ptr.dtype.element_ty), mask=mask)
 
 
 def mla_rope_cache(q, kv, positions, cos, sin, latent, norm_weight, eps: float, *, nope: int,
@@ -132,7 +153,7 @@ def mla_rope_cache(q, kv, positions, cos, sin, latent, norm_weight, eps: float, 
         positions.stride(0), positions.stride(1), cos.stride(0), sin.stride(0),
         latent.stride(0), latent.stride(1), q_pe_out.stride(0), q_pe_out.stride(1), q_pe_out.stride(2), eps,
         H=H, NOPE=nope, R=r, ROPE=rope, BLOCK_H=block_h, BLOCK_R=triton.next_power_of_2(r),
-        BLOCK_HALF=block_half, INTERLEAVE=interleave,
+        BLOCK_HALF=block_half, INTERLEAVE=interleave, SPLIT_PAIRS=SPLIT_PAIRS,
         num_warps=WARPS or (4 if block_h * block_half <= 4096 else 8),
         enable_fp_fusion=False,  # torch rounds x1·cos and x2·sin separately (see rope.py)
         **launch_args(pdl),
