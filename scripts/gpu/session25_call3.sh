@@ -10,7 +10,7 @@
 set -u
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD TQDM_DISABLE=1
 R=$OUT/r; mkdir -p $R
-timeout 60 python3 -m pytest -q -p no:cacheprovider tests/test_mla_rope.py > $R/pytest_mla.txt 2>&1
+timeout 120 python3 -m pytest -q -p no:cacheprovider tests/test_mla_rope.py tests/test_gpu.py -k "deepseek or mla or split or absorbed" > $R/pytest_mla.txt 2>&1
 echo "--- pytest rc $?"; tail -1 $R/pytest_mla.txt
 timeout 60 python3 scripts/bench_mla_prefill.py --json $R/mla_prefill.json > $R/mla_prefill.txt 2>&1
 echo "--- mla rc $?"; grep -v Warning $R/mla_prefill.txt | grep -v capture_end
