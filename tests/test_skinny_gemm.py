@@ -85,6 +85,42 @@ def test_split3_is_as_exact_as_fp32(T, N, K, config):
     assert _err(one_part, ref) > 50 * max(_err(y, ref), 1e-7)
 
 
+@pytest.mark.parametrize("T,N,K,config", [(150, 64, 256, {"BLOCK_M": 64, "BLOCK_N": 32, "BLOCK_K": 64}),
+                                          (65, 40, 72, {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 32}),
+                                          (1, 64, 128, None)])
+def test_tall_gemm_split3_is_as_exact_as_fp32(T, N, K, config):
+    """tall_gemm (row blocks, prefill's fp32 router): ragged last row block, N and K off the tiles, one row; fp32
+    rounding against float64 with 2-byte x as in test_split3_is_as_exact_as_fp32, and the plain fp32 dot as well."""
+    xdt = torch.bfloat16 if DEVICE.type == "cuda" else torch.float16
+    g = torch.Generator().manual_seed(T * 7 + N + K)
+    x = torch.randn(T, K, generator=g).to(xdt).to(DEVICE)
+    w = (torch.randn(N, K, generator=g) / 4).to(DEVICE)
+    ref = _ref(x, w, None)
+    y = S.tall_gemm(x, w, config=config)
+    assert y.shape == (T, N) and y.dtype == torch.float32 and _err(y, ref) <= 2e-6
+    assert _err(F.linear(x.double(), w.to(xdt).double()), ref) > 50 * max(_err(y, ref), 1e-7)
+    y32 = S.tall_gemm(x, w, config=config, split3=False)
+    assert _err(y32, ref) <= 1e-5
+    with pytest.raises(ValueError, match="tall_gemm"):
+        S.tall_gemm(x[:0], w)
+    with pytest.raises(ValueError, match="split3"):
+        S.tall_gemm(x.float(), w)
+
+
+def test_router_logits_takes_tall_gemm_past_64_tokens(monkeypatch):
+    """linear.router_logits sends a float32 gate with bf16 h past skinny_gemm.MAX_T tokens to tall_gemm (under
+    --gemv auto, with ROUTER_TALL_SPLIT3), and to F.linear with the knob off or --gemv torch."""
+    from minimoe import linear as L
+    calls = []
+    monkeypatch.setattr(S, "tall_gemm", lambda h, w, **k: calls.append(h.shape[0]) or F.linear(h.float(), w))
+    h, w = torch.randn(100, 64).bfloat16(), torch.randn(8, 64)
+    ref = F.linear(h.float(), w)
+    assert torch.equal(L.router_logits(h, w, "auto"), ref) and calls == [100]
+    assert torch.equal(L.router_logits(h, w, "torch"), ref) and calls == [100]
+    monkeypatch.setattr(L, "ROUTER_TALL_SPLIT3", False)
+    assert torch.equal(L.router_logits(h, w, "auto"), ref) and calls == [100]
+
+
 def test_split3_default_and_refusals():
     """split3=None takes the split for bf16 x and a float32 weight (SPLIT3_BF16), never for fp16 or equal dtypes;
     forcing it without a float32 weight and 2-byte x is a ValueError."""

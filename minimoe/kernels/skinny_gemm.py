@@ -29,7 +29,9 @@ bound the error at fp32 rounding. Three parts suffice only because x is already 
 split both operands, BF16x9; CUTLASS's 3xTF32 is the same idea). The weight's parts underflow only below bf16's
 ~1e-38: never for a trained gate.
 
-Shapes: T tokens (rows of x, 1..MAX_T), K the reduction, N outputs (rows of W, nn.Linear layout).
+`tall_gemm` runs the same kernel for any T over a grid of row blocks, unsplit: prefill's float32 router as split3.
+
+Shapes: T tokens (rows of x, 1..MAX_T; any T in tall_gemm), K the reduction, N outputs (rows of W, nn.Linear layout).
 Nothing syncs with the host and the workspace size depends on (T, N, config) only: CUDA-graph safe.
 """
 
@@ -86,7 +88,7 @@ def _skinny_kernel(x_ptr, w_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, T, N, K, stride_
     wait_then_release(PDL)
     blk = tl.program_id(0)
     sp = tl.program_id(1)
-    offs_t = tl.arange(0, BLOCK_M)
+    offs_t = tl.program_id(2) * BLOCK_M + tl.arange(0, BLOCK_M)         # row blocks: tall_gemm's grid (else one)
     t_ok = offs_t < T
     cols = blk * BLOCK_N + tl.arange(0, BLOCK_N)
     w_rows = w_ptr + (cols % N).to(tl.int64)[:, None] * stride_wn        # wrap past N: in bounds, never stored
@@ -245,6 +247,39 @@ def skinny_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
         HAS_BIAS=has_bias, SPLIT_K=split > 1, BLOCK_M=max(16, triton.next_power_of_2(T)), BLOCK_N=cfg["BLOCK_N"],
         BLOCK_K=cfg["BLOCK_K"], PRECISION=precision, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
         SPLIT3=bool(split3), **launch_args(pdl))
+    return y
+
+
+# tall_gemm's tiles (split3): 64 rows x 64 columns a program over K steps of 64, no split of K. A guess, timed in the
+# prefill step against F.linear(x.float(), W) (docs/results/2026-12-02-s25, call 4).
+TALL_CONFIG = {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64, "num_warps": 4, "num_stages": 3}
+
+
+def tall_gemm(x: torch.Tensor, weight: torch.Tensor, *, out_dtype: torch.dtype | None = None,
+              config: dict | None = None, pdl: bool = False, split3: bool = True) -> torch.Tensor:
+    """y [T, N] = x [T, K] @ weight [N, K]ᵀ for any T >= 1: the skinny kernel over a grid of BLOCK_M-row blocks x
+    BLOCK_N-column blocks, each program over all of K (no split, no workspace). For prefill's float32 router with bf16
+    x (DeepSeek's), where F.linear needs a cast kernel of x (8,192 x 2,048: ~50 µs) and an SGEMM on the CUDA cores
+    (~58 µs); split3 (default) runs it as three bf16 parts on the tensor cores, with the rounding described in the
+    module docstring. x 2-D with unit last stride; weight float32 [N, K] (or x's dtype, split3 False). config
+    overrides TALL_CONFIG. Raises ValueError for T = 0, a K mismatch, or split3 without a float32 weight and 2-byte x."""
+    if x.dim() != 2 or x.shape[0] == 0 or x.stride(-1) != 1 or weight.dim() != 2 or weight.shape[1] != x.shape[1]:
+        raise ValueError(f"tall_gemm takes x [T >= 1, K] (unit last stride) and a weight [N, K]; got x "
+                         f"{tuple(x.shape)}, weight {tuple(weight.shape)}")
+    if split3 and not (weight.dtype == torch.float32 and x.dtype in (torch.bfloat16, torch.float16)):
+        raise ValueError(f"split3 takes a float32 weight and bf16 / fp16 x; got {weight.dtype} and {x.dtype}")
+    if not split3 and not usable(1, weight, x.dtype):
+        raise ValueError(f"tall_gemm takes a float weight as wide as x; got {weight.dtype} and {x.dtype}")
+    T, K = x.shape
+    N = weight.shape[0]
+    cfg = dict(TALL_CONFIG, **(config or {}))
+    y = torch.empty(T, N, device=x.device, dtype=out_dtype or weight.dtype)
+    grid = (triton.cdiv(N, cfg["BLOCK_N"]), 1, triton.cdiv(T, cfg["BLOCK_M"]))
+    _skinny_kernel[grid](
+        x, weight, y, y, y, y, T, N, K, x.stride(0), weight.stride(0), y.stride(0), 1,
+        HAS_BIAS=False, SPLIT_K=False, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"],
+        PRECISION="ieee" if weight.dtype == torch.float32 else "tf32", num_warps=cfg["num_warps"],
+        num_stages=cfg["num_stages"], SPLIT3=bool(split3), **launch_args(pdl))
     return y
 
 
