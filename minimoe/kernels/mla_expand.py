@@ -7,9 +7,9 @@ head, and the one rotary key k_pe (64 numbers per token, shared by all heads) go
     k[b, s, h, nope:]  = k_pe[b, s, :]              (the latent cache's rotated key columns, broadcast over heads)
 
 `torch.cat([k_nope, k_pe.expand(...)])` does the same, but its batched-copy kernel over a strided source and a
-broadcast one ran at ~116 µs a layer for DeepSeek-V2-Lite at 8,192 tokens on the H200 (~50 MB written: ~12 µs of
-bytes; docs/results/2026-12-02-s24/call2, the prefill table). Here one program takes BLOCK_T tokens x all heads: it
-reads each token's k_pe once and writes whole contiguous key rows.
+broadcast one took 108 µs a layer for DeepSeek-V2-Lite at 8,192 tokens on the H200, for ~85 MB moved (~21 µs of
+bytes). Here one program takes BLOCK_T tokens x all heads: it reads each token's k_pe once and writes whole contiguous
+key rows: 24 µs (scripts/bench_mla_prefill.py, docs/results/2026-12-02-s25, call 1; the graphed prefill -2.6%).
 Reference: SGLang's `concat_mla_k` CUDA kernel (the same copy, for the same reason); DeepSeek-V2, arXiv 2405.04434
 §2.1 (the decoupled rotary key).
 
@@ -54,7 +54,8 @@ def _mla_expand_k_kernel(kv_ptr, pe_ptr, k_ptr, T, S, stride_kvb, stride_kvs, st
 
 
 # Elements a program writes, about: BLOCK_T = this // (H_p2 · (nope + rope)_p2), at least 1. DeepSeek-V2-Lite
-# (16 heads x 192): 2 tokens a program. A guess to check with a profile: any value gives the same bits.
+# (16 heads x 192): 2 tokens a program, 85% of its bytes' time at 8,192 tokens (s25 call 1); any value gives the
+# same bits.
 TILE_ELEMENTS = 8192
 
 

@@ -39,7 +39,12 @@ The one-program and parallel kernels count with a one-hot [CHUNK, E] tile summed
 program); the parallel one counts with tl.histogram instead (warp ballots, O(numel·log E)).
 Measured on the H200 (scripts/bench_align.py, µs per call inside a CUDA graph): OLMoE at batch 64
 (512 pairs, E = 64): one program 17.1, parallel one-hot 5.2, parallel histogram 4.2, torch 94;
-Qwen3 (E = 128): 36.9 / 13.8 / 4.7 / 96; 4096 pairs (E = 64): 113 / 21.1 / 9.3 / 104.
+Qwen3 (E = 128): 36.9 / 13.8 / 4.7 / 96; 4096 pairs (E = 64): 113 / 21.1 / 9.3 / 104. Chunked against parallel
+(histogram) and torch (twenty-fifth session, call 1): 4096 pairs 24.6 / 9.2 / 104 (so "parallel" keeps sizes up to
+there); 8192 pairs 27.1 / 17.2 / 146; prefill, 8,192 tokens: DeepSeek-V2-Lite's 49,152 pairs 29.0 / 100.6 / 151,
+OLMoE's 65,536 29.1 / 135.5 / 153, Qwen3's (E = 128) 62.3 / 207.6 / 150; DeepSeek-V3's 16,384 over 256 experts
+85.5 / 85.0 / 153. In the graphed prefill of 64 x 128 tokens, torch against chunked: DeepSeek-V2-Lite +2.5%,
+OLMoE +5.1%, Qwen3-30B-A3B +2.7%.
 Reference: vLLM `moe_align_block_size` (the CUDA kernel counts in shared memory and scatters with
 atomics, so its order inside an expert is not deterministic; ours is).
 """
