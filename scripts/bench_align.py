@@ -15,8 +15,9 @@ by 20 (what a captured decode step pays: the GPU time alone). Every method's thr
 equal the torch path's, bit for bit, before its times are printed.
 
 Shapes: (E, K, T) of the models we serve at decode batch sizes, BLOCK_M as the tuned H200 configs
-pick it for that T (minimoe/kernels/configs). The 4096-pair row sits at ONE_PROGRAM_MAX_NUMEL, where the default
-switches from "parallel" to "chunked"; the rows after it are prefill sizes (64 prompts of 128 tokens, 8,192 tokens).
+pick it for that T (minimoe/kernels/configs). The 4096- and 8192-pair rows bracket the switch from "parallel" to
+"chunked" (ONE_PROGRAM_MAX_NUMEL: 4096 when the twenty-fifth session's call 1 ran this, 8192 since); the rows after
+them are prefill sizes (64 prompts of 128 tokens, 8,192 tokens).
 """
 
 import argparse
@@ -39,7 +40,7 @@ CASES = [  # (model, E, K, T, BLOCK_M)
     ("qwen3", 128, 8, 1, 16), ("qwen3", 128, 8, 64, 16), ("qwen3", 128, 8, 256, 32),
     ("mixtral", 8, 2, 1, 16), ("mixtral", 8, 2, 64, 32), ("mixtral", 8, 2, 512, 128),
     ("qwen15", 60, 4, 64, 16),
-    ("olmoe", 64, 8, 512, 64),  # 4096 pairs: the parallel/chunked switch
+    ("olmoe", 64, 8, 512, 64),  # 4096 and 8192 pairs: around the parallel/chunked switch
     ("olmoe", 64, 8, 1024, 128), ("dsv2", 64, 6, 8192, 128), ("olmoe", 64, 8, 8192, 128),
     ("qwen3", 128, 8, 8192, 128), ("dsv3", 256, 8, 2048, 64),
 ]

@@ -104,8 +104,9 @@ def test_int32_ids_and_empty_batch():
     ids = make_ids(9, 2, 8, 0, "random", torch.Generator().manual_seed(3)).int()
     check_all_equal(ids, 8, 16, 0)
     empty = torch.zeros(0, 2, dtype=torch.int64, device=DEVICE)
-    sorted_ids, block_expert, num_padded = moe_align.align_tokens_by_expert(empty, 8, 16)
-    assert sorted_ids.numel() == block_expert.numel() == 0 and int(num_padded) == 0
+    for method in (None, *METHODS):
+        sorted_ids, block_expert, num_padded = moe_align.align_tokens_by_expert(empty, 8, 16, method=method)
+        assert sorted_ids.numel() == block_expert.numel() == 0 and int(num_padded) == 0, method
 
 
 def test_default_method_by_size(monkeypatch):
@@ -121,24 +122,32 @@ def test_default_method_by_size(monkeypatch):
     assert calls == ["_align_parallel", "_align_chunked", "_align_torch"]
 
 
-@pytest.mark.parametrize("T,K,E,block_m,offset,routing,chunks", [
-    (500, 6, 64, 16, 0, "random", 128),        # 3,000 ids in 16-id chunks: 128 chunks, the count table full
-    (333, 3, 60, 64, 0, "random", 37),         # a chunk count that is no power of 2, a ragged last chunk
-    (200, 8, 16, 16, 16, "half_foreign", 9),   # expert parallelism: foreign ids in every chunk
-    (150, 8, 256, 16, 0, "random", 128),       # 256 experts: the table's rows capped at 16K entries
-    (96, 2, 8, 16, 0, "one_expert", 12),       # every id on one expert: its cursor crosses all chunks
-    (64, 4, 64, 16, 0, "even_only", 5),        # empty experts between full ones
+# (T, K, E, BLOCK_M, expert_offset, routing, chunks at most, CHUNK_MIN, chunks launched)
+@pytest.mark.parametrize("T,K,E,block_m,offset,routing,chunks,chunk_min,n_chunks", [
+    (500, 6, 64, 16, 0, "random", 128, 16, 94),        # 3,000 ids in 32-id chunks
+    (333, 3, 60, 64, 0, "random", 37, 16, 32),         # 999 ids in 32-id chunks, the last ragged
+    (200, 8, 16, 16, 16, "half_foreign", 9, 16, 7),    # expert parallelism: foreign ids in every chunk
+    (150, 8, 256, 16, 0, "random", 128, 16, 38),       # 256 experts: at most 64 chunks (a 16K-entry table)
+    (150, 8, 256, 16, 0, "half_foreign", 8, 64, 5),    # 256 experts, 256-id chunks ranked in 8 passes of 32
+    (96, 2, 8, 16, 0, "one_expert", 12, 16, 12),       # every id on one expert: its cursor crosses all chunks
+    (64, 4, 64, 16, 0, "even_only", 5, 16, 4),         # empty experts between full ones
 ])
-def test_chunked_across_many_chunks(monkeypatch, T, K, E, block_m, offset, routing, chunks):
-    """Small chunks, so each program's offset comes from many rows of the count table; every entry is written
-    (the outputs start as garbage) and equals the torch path's."""
-    monkeypatch.setattr(moe_align, "CHUNK_MIN", 16)
+def test_chunked_across_many_chunks(monkeypatch, T, K, E, block_m, offset, routing, chunks, chunk_min, n_chunks):
+    """Small chunks, so each program's offset comes from many rows of the count table (and, with 256 experts and
+    256-id chunks, a chunk's cursor crosses rank passes); every entry is written (the outputs start as garbage) and
+    equals the torch path's."""
+    monkeypatch.setattr(moe_align, "CHUNK_MIN", chunk_min)
+    launched = []
+    real = moe_align._align_chunk_scatter_kernel
+    monkeypatch.setattr(moe_align, "_align_chunk_scatter_kernel", type("L", (), {
+        "__getitem__": lambda self, grid: launched.append(grid[0]) or real[grid]})())
     ids = make_ids(T, K, E, offset, routing, torch.Generator().manual_seed(T + E)).to(DEVICE)
     want = moe_align.align_tokens_by_expert(ids, E, block_m, offset, method="torch")
     got = [torch.full_like(t, -7) for t in want]
     moe_align._align_chunked(ids.view(-1), E, block_m, offset, *got, chunks=chunks)
     for name, a, b in zip(("sorted_ids", "block_expert", "num_padded"), got, want):
         assert torch.equal(a, b), name
+    assert launched == [n_chunks]
 
 
 @pytest.mark.skipif(INTERPRET, reason="CUDA graphs need a GPU")

@@ -105,6 +105,8 @@ def test_tall_gemm_split3_is_as_exact_as_fp32(T, N, K, config):
         S.tall_gemm(x[:0], w)
     with pytest.raises(ValueError, match="split3"):
         S.tall_gemm(x.float(), w)
+    with pytest.raises(ValueError, match="unit last stride"):
+        S.tall_gemm(x, w.t().contiguous().t())                               # a column-major weight
 
 
 def test_router_logits_takes_tall_gemm_past_64_tokens(monkeypatch):

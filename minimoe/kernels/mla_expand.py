@@ -9,7 +9,8 @@ head, and the one rotary key k_pe (64 numbers per token, shared by all heads) go
 `torch.cat([k_nope, k_pe.expand(...)])` does the same, but its batched-copy kernel over a strided source and a
 broadcast one took 108 µs a layer for DeepSeek-V2-Lite at 8,192 tokens on the H200, for ~85 MB moved (~21 µs of
 bytes). Here one program takes BLOCK_T tokens x all heads: it reads each token's k_pe once and writes whole contiguous
-key rows: 24 µs (scripts/bench_mla_prefill.py, docs/results/2026-12-02-s25, call 1; the graphed prefill -2.6%).
+key rows: 24 µs (scripts/bench_mla_prefill.py, docs/results/2026-12-02-s25, call 1; the graphed prefill -2.6%,
+in an A/B whose sides also differed by a contiguous latent copy worth ~0.1%).
 Reference: SGLang's `concat_mla_k` CUDA kernel (the same copy, for the same reason); DeepSeek-V2, arXiv 2405.04434
 §2.1 (the decoupled rotary key).
 

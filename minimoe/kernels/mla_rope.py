@@ -35,8 +35,10 @@ import triton.language as tl
 from .pdl import launch_args, wait_then_release
 
 
-# Warps a program (one token); None: 4, or 8 past 4,096 query elements a token. A knob for scripts/bench_mla_prefill.py:
-# 1, 2 and 8 were within 3% of 4 at DeepSeek-V2-Lite's prefill (docs/results/2026-12-02-s25, call 2).
+# Warps a program (one token); None: 4, or 8 past 4,096 query elements a token. A knob for scripts/bench_mla_prefill.py
+# and step_probe (docs/results/2026-12-02-s25): with split pairs, DeepSeek-V2-Lite's 8,192-token prefill took 10.4 /
+# 10.7 / 13.5 / 22.5 µs at 1 / 2 / 4 / 8 warps (call 3), but the bs-64 decode step was +0.25% / +0.09% at 1 / 2 (call
+# 4), so 4 stays. The warps change the norm's summation order, so the bits. (Warps by token count: a small lead.)
 WARPS: int | None = None
 # Interleaved pairs (DeepSeek's 2j, 2j + 1) loaded and stored as whole contiguous rows and taken apart in registers
 # (tl.reshape + tl.split, put back with tl.join). False: two stride-2 loads and two stride-2 stores a row, which

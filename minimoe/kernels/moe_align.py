@@ -34,14 +34,14 @@ Four implementations with identical output (order inside an expert follows the f
   chunk's ids. Work per program is one chunk, not all ids, so it scales to prefill's 10^4-10^5 pairs.
 - `_align_torch` ("torch"): sync-free torch ops (scatter_add_, cumsum, stable sort, searchsorted), ~15
   launches whose cost barely depends on numel. It was prefill's path until the chunked kernels, and stays as the
-  oracle: ~100 µs a layer at DeepSeek-V2-Lite's 49,152 pairs (8,192 tokens), 8 of them in its radix sort.
+  oracle: 151 µs a call graphed at DeepSeek-V2-Lite's 49,152 pairs (8,192 tokens; bench_align, s25 call 1).
 The one-program and parallel kernels count with a one-hot [CHUNK, E] tile summed down its rows (O(numel·E) work per
 program); the parallel one counts with tl.histogram instead (warp ballots, O(numel·log E)).
 Measured on the H200 (scripts/bench_align.py, µs per call inside a CUDA graph): OLMoE at batch 64
 (512 pairs, E = 64): one program 17.1, parallel one-hot 5.2, parallel histogram 4.2, torch 94;
 Qwen3 (E = 128): 36.9 / 13.8 / 4.7 / 96; 4096 pairs (E = 64): 113 / 21.1 / 9.3 / 104. Chunked against parallel
-(histogram) and torch (twenty-fifth session, call 1): 4096 pairs 24.6 / 9.2 / 104 (so "parallel" keeps sizes up to
-there); 8192 pairs 27.1 / 17.2 / 146; prefill, 8,192 tokens: DeepSeek-V2-Lite's 49,152 pairs 29.0 / 100.6 / 151,
+(histogram) and torch (twenty-fifth session, call 1): 4096 pairs 24.6 / 9.2 / 104; 8192 pairs 27.1 / 17.2 / 146
+(so "parallel" keeps sizes up to there); prefill, 8,192 tokens: DeepSeek-V2-Lite's 49,152 pairs 29.0 / 100.6 / 151,
 OLMoE's 65,536 29.1 / 135.5 / 153, Qwen3's (E = 128) 62.3 / 207.6 / 150; DeepSeek-V3's 16,384 over 256 experts
 85.5 / 85.0 / 153. In the graphed prefill of 64 x 128 tokens, torch against chunked: DeepSeek-V2-Lite +2.5%,
 OLMoE +5.1%, Qwen3-30B-A3B +2.7%.
@@ -55,10 +55,11 @@ import triton.language as tl
 
 from .pdl import launch_args, wait_then_release
 
-# Above this many (token, slot) pairs the kernels' per-program loops over all ids cost more than the
-# ~15 launches of the torch path (a guess to be checked with scripts/bench_align.py: all are
-# sync-free). The name is historical (it once chose the one-program kernel); tests patch it.
-ONE_PROGRAM_MAX_NUMEL = 4096
+# Up to this many (token, slot) pairs "parallel" (every program counts all ids), above it LARGE_METHOD. Graphed µs
+# a call, parallel / chunked (scripts/bench_align.py, docs/results/2026-12-02-s25, call 1): E = 64 at 4,096 pairs
+# 9.2 / 24.6, at 8,192 17.2 / 27.1, at 49,152 100.6 / 29.0; E = 256 at 16,384 85.0 / 85.5. The name is historical
+# (it once chose the one-program kernel); tests patch it.
+ONE_PROGRAM_MAX_NUMEL = 8192
 # Above ONE_PROGRAM_MAX_NUMEL pairs (prefill): "chunked" or "torch" (the sync-free torch ops, ~15 launches).
 LARGE_METHOD = "chunked"
 # The chunked alignment cuts the ids into at most CHUNKS chunks of at least CHUNK_MIN (a power of 2), a program each.
@@ -301,10 +302,13 @@ def _align_parallel(flat_ids, E, block_m, expert_offset, sorted_ids, block_exper
 
 def _align_chunked(flat_ids, E, block_m, expert_offset, sorted_ids, block_expert, num_padded, chunks=None,
                    pdl=False):
-    """Two launches for any numel: a histogram per chunk of ids, then one program per chunk scatters its ids
+    """Two launches for any numel (none for 0: num_padded = 0): a histogram per chunk of ids, then one program per chunk scatters its ids
     (vLLM's moe_align_block_size does the same split at large sizes, with atomics; ours keeps the flat order).
     chunks (a knob for scripts/bench_align.py): how many, at most; None = CHUNKS."""
     numel = flat_ids.numel()
+    if numel == 0:                   # no ids: no blocks, an empty grid
+        num_padded.zero_()
+        return
     e_p2 = triton.next_power_of_2(max(E, 2))
     most = min(chunks or CHUNKS, max(8, 16384 // e_p2))       # the scatter's [chunks, E_P2] count table stays ~16K
     chunk = max(CHUNK_MIN, triton.next_power_of_2(triton.cdiv(numel, most)))

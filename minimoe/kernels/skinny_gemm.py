@@ -250,8 +250,9 @@ def skinny_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     return y
 
 
-# tall_gemm's tiles (split3): 64 rows x 64 columns a program over K steps of 64, no split of K. A guess, timed in the
-# prefill step against F.linear(x.float(), W) (docs/results/2026-12-02-s25, call 4).
+# tall_gemm's tiles (split3): 64 rows x 64 columns a program over K steps of 64, no split of K. In DeepSeek-V2-Lite's
+# graphed prefill it beat F.linear(x.float(), W) by 1.8% (docs/results/2026-12-02-s25, call 4); 128-row blocks at 4 or 8
+# warps, 32-row blocks and 128-wide K steps were within +0.5% of it, none faster beyond noise (call 5).
 TALL_CONFIG = {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64, "num_warps": 4, "num_stages": 3}
 
 
@@ -259,13 +260,18 @@ def tall_gemm(x: torch.Tensor, weight: torch.Tensor, *, out_dtype: torch.dtype |
               config: dict | None = None, pdl: bool = False, split3: bool = True) -> torch.Tensor:
     """y [T, N] = x [T, K] @ weight [N, K]ᵀ for any T >= 1: the skinny kernel over a grid of BLOCK_M-row blocks x
     BLOCK_N-column blocks, each program over all of K (no split, no workspace). For prefill's float32 router with bf16
-    x (DeepSeek's), where F.linear needs a cast kernel of x (8,192 x 2,048: ~50 µs) and an SGEMM on the CUDA cores
-    (~58 µs); split3 (default) runs it as three bf16 parts on the tensor cores, with the rounding described in the
-    module docstring. x 2-D with unit last stride; weight float32 [N, K] (or x's dtype, split3 False). config
-    overrides TALL_CONFIG. Raises ValueError for T = 0, a K mismatch, or split3 without a float32 weight and 2-byte x."""
-    if x.dim() != 2 or x.shape[0] == 0 or x.stride(-1) != 1 or weight.dim() != 2 or weight.shape[1] != x.shape[1]:
-        raise ValueError(f"tall_gemm takes x [T >= 1, K] (unit last stride) and a weight [N, K]; got x "
-                         f"{tuple(x.shape)}, weight {tuple(weight.shape)}")
+    x (DeepSeek's), where F.linear(x.float(), W) runs a cast kernel of x and an SGEMM on the CUDA cores (58 µs a layer
+    at 8,192 tokens); split3 (default) runs it as three bf16 parts on the tensor cores, with the rounding described in
+    the module docstring (with fp16 x the parts are fp16, whose narrow exponent drops a tiny weight's low parts:
+    `skinny_gemm` takes split3 for bf16 only by default). x [T, K] 2-D with unit last stride; weight [N, K] float32
+    (or x's dtype, split3 False) with unit last stride, on x's device; y in out_dtype (default: the weight's).
+    config overrides TALL_CONFIG. Raises ValueError for x not 2-D, T = 0, or more than 65,535 row blocks (the grid's
+    third axis), a weight of another K, layout or device, or split3 without a float32 weight and 2-byte x."""
+    if x.dim() != 2 or x.shape[0] == 0 or x.stride(-1) != 1 or weight.dim() != 2 or weight.shape[1] != x.shape[1] \
+            or weight.stride(-1) != 1 or weight.device != x.device:
+        raise ValueError(f"tall_gemm takes x [T >= 1, K] (unit last stride) and a weight [N, K] (unit last stride) "
+                         f"on x's device; got x {tuple(x.shape)}, weight {tuple(weight.shape)} "
+                         f"{tuple(weight.stride())} on {weight.device}")
     if split3 and not (weight.dtype == torch.float32 and x.dtype in (torch.bfloat16, torch.float16)):
         raise ValueError(f"split3 takes a float32 weight and bf16 / fp16 x; got {weight.dtype} and {x.dtype}")
     if not split3 and not usable(1, weight, x.dtype):
@@ -273,6 +279,8 @@ def tall_gemm(x: torch.Tensor, weight: torch.Tensor, *, out_dtype: torch.dtype |
     T, K = x.shape
     N = weight.shape[0]
     cfg = dict(TALL_CONFIG, **(config or {}))
+    if triton.cdiv(T, cfg["BLOCK_M"]) > 65535:
+        raise ValueError(f"tall_gemm: {T} rows are more than 65,535 row blocks of {cfg['BLOCK_M']}")
     y = torch.empty(T, N, device=x.device, dtype=out_dtype or weight.dtype)
     grid = (triton.cdiv(N, cfg["BLOCK_N"]), 1, triton.cdiv(T, cfg["BLOCK_M"]))
     _skinny_kernel[grid](
