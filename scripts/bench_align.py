@@ -2,7 +2,8 @@
 
     python scripts/bench_align.py                 # CUDA GPU: table of µs per call
     python scripts/bench_align.py --groups 1 2 4  # also the parallel kernel at G experts/program
-    python scripts/bench_align.py --check         # CPU too (TRITON_INTERPRET=1, ~30 s): equality
+    python scripts/bench_align.py --check         # CPU too (TRITON_INTERPRET=1): equality; the prefill rows
+                                                  # take minutes in the interpreter (>3 min on 2 cores)
 
 Methods: "torch" (sync-free torch ops), "triton" (the one-program kernel), "parallel" (one program
 per expert, the default up to ONE_PROGRAM_MAX_NUMEL pairs), "parallel-hist" (the same counting
@@ -153,6 +154,7 @@ def main():
                  for r in result.values()]
         print(f"{model:8} {E:>4} {K:>2} {T:>5} {T * K:>6} {bm:>4}  "
               + "  ".join(f"{c:>15}" for c in cells), flush=True)
+    print(f"(-: the one-program kernel is not run past {ONE_PROGRAM_MAX} pairs: it loops over every id on one SM)")
 
 
 if __name__ == "__main__":

@@ -73,15 +73,18 @@ def layer_template(prof, steps: int) -> list[dict]:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser()
-    p.add_argument("--model", default="olmoe")
-    p.add_argument("--bs", type=int, default=1)
-    p.add_argument("--input-len", type=int, default=128)
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--json")
+    p.add_argument("--model", default="olmoe", help="a model card name (models/aliases.json), random weights")
+    p.add_argument("--bs", type=int, default=1, help="decode batch (prompts)")
+    p.add_argument("--input-len", type=int, default=128, help="prompt tokens each (the profiled prefill's length)")
+    p.add_argument("--steps", type=int, default=20, help="graphed decode steps profiled (and averaged)")
+    p.add_argument("--json", help="write the tables here as JSON")
     p.add_argument("--aten", action="store_true",
                    help="also profile one eager prefill by ATen op and input shapes (which op launched a kernel)")
     run_settings.add_args(p, run_settings.RunSettings(experts="fused", device="cuda"))
     a = p.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("profile_step: profiles CUDA graphs on a CUDA GPU; none is visible", file=sys.stderr)
+        return 2
     settings = run_settings.from_args(a).resolve()
     dev = settings.torch_device
     model, cfg, _ = build_model(a.model, "dummy", dtype=settings.torch_dtype, device=dev, settings=settings)

@@ -136,7 +136,8 @@ def main(argv=None) -> int:
         print(f"step_probe: {e}", file=sys.stderr)
         return 2
     if not torch.cuda.is_available():
-        print("step_probe: times the graphed decode step on a CUDA GPU; none is visible", file=sys.stderr)
+        what = "prefill" if a.prefill else "decode step"
+        print(f"step_probe: times the graphed {what} on a CUDA GPU; none is visible", file=sys.stderr)
         return 2
     rows = []
     for m in a.models:
