@@ -70,6 +70,9 @@ def parse_variant(text: str) -> tuple[str, list[tuple[object, str, object]]]:
 def probe(model_name: str, batches: list[int], variants, a) -> list[dict]:
     s = RunSettings(experts="fused", device="cuda", quant=a.quant).resolve()
     model, cfg, _ = build_model(model_name, "dummy", dtype=s.torch_dtype, device=s.torch_device, settings=s)
+    for spec in a.install or []:     # a plan installed once on the built model; its knobs are variant settings
+        mod_name, _, fn = spec.partition(":")
+        getattr(importlib.import_module(mod_name), fn)(model)
     rows = []
     for B in batches:
         prompt = torch.randint(0, cfg.vocab_size, (B, a.input_len), device="cuda")
@@ -128,10 +131,16 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--prefill", action="store_true", help="time the graphed prefill, not the decode step")
+    p.add_argument("--install", action="append", metavar="MODULE:FUNCTION",
+                   help="call FUNCTION(model) once after building (e.g. minimoe.l2_prefetch:install)")
     p.add_argument("--json")
     a = p.parse_args(argv)
     try:
         variants = [parse_variant(v) for v in a.variant]
+        for spec in a.install or []:
+            mod_name, colon, fn = spec.partition(":")
+            if not colon or not callable(getattr(importlib.import_module(mod_name), fn, None)):
+                raise ValueError(f"--install {spec!r}: not MODULE:FUNCTION naming a function")
     except (ValueError, ImportError, SyntaxError) as e:
         print(f"step_probe: {e}", file=sys.stderr)
         return 2
