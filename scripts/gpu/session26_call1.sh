@@ -9,6 +9,8 @@ set -u
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD TQDM_DISABLE=1
 R=$OUT/r; mkdir -p $R
 nvidia-smi --query-gpu=name,clocks.max.sm,clocks.max.mem --format=csv > $R/gpu.txt 2>&1
+timeout 90 python3 -m pytest -q -p no:cacheprovider tests/test_l2_prefetch.py > $R/pytest.txt 2>&1
+echo "--- pytest rc $?"; tail -1 $R/pytest.txt; grep -E "^(FAILED|E )" $R/pytest.txt | head
 timeout 120 python3 scripts/l2_probe.py --json $R/l2_probe.json > $R/l2_probe.txt 2>&1
 echo "--- l2_probe rc $?"; cat $R/l2_probe.txt | tail -16
 P=minimoe.l2_prefetch
