@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .attention import attend_cached
+from .attention import _decode_kernel, attend_cached
 from .config import ModelConfig
 from .kv_cache import KVCache, Step
 from .layers import RMSNorm
@@ -33,6 +33,9 @@ from .rope import Rotary, apply_rope
 # Prefill's per-head key in one pass (ops.mla_expand_k: kernels/mla_expand.py with the Triton op set). False:
 # torch.cat over an expand, as before; kept for scripts/step_probe.py's A/B (docs/results/2026-12-02-s25, call 1).
 PREFILL_ONE_PASS = True
+# Absorbed decode with the Triton attention: W_uv applied inside the split attention's merge
+# (kernels/mla_merge_uv.py) for one new token and at most this many sequences (0: a torch.bmm after attention).
+MERGE_UV_MAX_B = 0
 
 
 class MLAttention(nn.Module):
@@ -81,10 +84,12 @@ class MLAttention(nn.Module):
         latent = cache.latent[self.layer]                                     # [B, S_max, r+rope]
         # prefill rotates q_pe in place (q = [q_nope, q_pe] for SDPA); decode writes it beside q_lat
         q_att = q if step.fresh else q.new_empty(B, S, H, r + rope)
+        # decode: the same op also absorbs q_nope into the latent (q_lat = q_nope W_uk into q_att's first r columns)
         ops_for(self.settings).mla_rope_cache(
             q, kv, step.positions, rot.cos_table, rot.sin_table, latent, self.kv_norm.weight,
             cfg.rms_norm_eps, nope=nope, interleave=cfg.rope_interleave,
-            q_pe_out=q[..., nope:] if step.fresh else q_att[..., r:])
+            q_pe_out=q[..., nope:] if step.fresh else q_att[..., r:],
+            absorb=None if step.fresh else (self._split_wkv_b()[0], q_att[..., :r]))
         if step.fresh:   # this step's latents are the first S rows of the cache
             out = self._expanded(q, latent[:, :S, :r], latent[:, :S, r:])
         else:
@@ -108,17 +113,21 @@ class MLAttention(nn.Module):
     def _absorbed(self, q, q_att, step: Step, latent):
         """Attention in latent space: one shared key/value head of width r + rope.
         q [B, S, H, nope+rope]; q_att [B, S, H, r+rope] holding the rotated q_pe in its last
-        columns; the absorption writes q_lat = q_nope W_uk into its first r (one batched GEMM over
-        heads, no cat), and the output un-absorbs with W_uv into [B, S, H, v] (one more)."""
+        columns and q_lat = q_nope W_uk in its first r (both written by mla_rope_cache); the output
+        un-absorbs with W_uv into [B, S, H, v]: one batched GEMM over heads, or, with the Triton attention
+        for one new token and at most MERGE_UV_MAX_B sequences, inside the split attention's merge."""
         cfg = self.cfg
         B, S, H, _ = q.shape
-        nope, r, BS = cfg.qk_nope_head_dim, cfg.kv_lora_rank, B * S
-        w_uk, w_uv = self._split_wkv_b()                                              # [H, nope|v, r]
-        q_nope = q[..., :nope].reshape(BS, H, nope).transpose(0, 1)                   # [H, BS, nope]
-        torch.bmm(q_nope, w_uk, out=q_att.view(BS, H, -1)[..., :r].transpose(0, 1))   # [H, BS, r]
+        r, BS = cfg.kv_lora_rank, B * S
+        w_uv = self._split_wkv_b()[1]                                                 # [H, v, r]
         k_cache = latent[:, :, None, :]                                               # one kv head
         v_cache = latent[:, :, None, :r]
-        out_lat = attend_cached(q_att, k_cache, v_cache, step, cfg.softmax_scale, self.settings)
+        settings = self.settings
+        if S == 1 and B <= MERGE_UV_MAX_B and settings is not None and settings.attn == "triton":
+            out = _decode_kernel.decode_attention(q_att[:, 0], k_cache, v_cache, step.seq_lens, cfg.softmax_scale,
+                                                  w_uv=w_uv, pdl=settings.pdl == "on")   # [B, H, v]
+            return out[:, None]
+        out_lat = attend_cached(q_att, k_cache, v_cache, step, cfg.softmax_scale, settings)
         out = q.new_empty(B, S, H, cfg.v_head_dim)
         torch.bmm(out_lat.reshape(BS, H, r).transpose(0, 1), w_uv.transpose(1, 2),
                   out=out.view(BS, H, -1).transpose(0, 1))                            # [H, BS, v]

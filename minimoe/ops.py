@@ -77,10 +77,15 @@ def silu_mul_torch(x, *, pdl: bool = False):
 
 
 def mla_rope_cache_torch(q, kv, positions, cos, sin, latent, norm_weight, eps: float, *, nope: int,
-                         interleave: bool, q_pe_out, pdl: bool = False) -> None:
+                         interleave: bool, q_pe_out, absorb=None, pdl: bool = False) -> None:
     """MLA's prologue (mla.py): latent[b, positions] = [rmsnorm(kv[..., :r]) * w, rope(kv[..., r:])] and
     q_pe_out = rope(q[..., nope:]). q [B, S, H, nope + rope], kv [B, S, r + rope], latent
-    [B, S_max, r + rope], q_pe_out [B, S, H, rope] (may alias q's rope columns); tables [P, rope/2]."""
+    [B, S_max, r + rope], q_pe_out [B, S, H, rope] (may alias q's rope columns); tables [P, rope/2].
+    absorb (W_uk [H, nope, r], q_lat [B, S, H, r]): also q_lat = q_nope @ W_uk per head (one batched GEMM)."""
+    if absorb is not None:
+        w_uk, q_lat = absorb
+        T, H = positions.numel(), q.shape[2]
+        torch.bmm(q[..., :nope].reshape(T, H, nope).transpose(0, 1), w_uk, out=q_lat.view(T, H, -1).transpose(0, 1))
     B, S = positions.shape
     rope = q.shape[-1] - nope
     c, k_pe = kv.split([kv.shape[-1] - rope, rope], dim=-1)
@@ -155,7 +160,8 @@ class Ops:
     name: str
     rms_norm: Callable          # (x [..., N], weight [N], eps, residual=None) -> (y, x + residual | None)
     qkv_rope_cache: Callable    # (qkv [B, S, (H+2Hkv)d], positions [B, S], cos, sin, k_cache, v_cache, ...) -> q
-    mla_rope_cache: Callable    # (q, kv, positions, cos, sin, latent, norm_w, eps, *, nope, interleave, q_pe_out)
+    mla_rope_cache: Callable    # (q, kv, positions, cos, sin, latent, norm_w, eps, *, nope, interleave, q_pe_out,
+                                #  absorb=(W_uk, q_lat) | None)
     silu_mul: Callable          # (x [..., 2I]) -> silu(x[..., :I]) * x[..., I:]
     route_topk: Callable        # (logits [T, E], k, *, renorm, scaling, softmax_first, skip) -> (w, ids) [T, K]
     gate_route: Callable        # (h [T, D], gate [E, D], k, *, <route_topk's>) -> (w, ids): gate GEMV + top-k

@@ -33,6 +33,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .mla_merge_uv import merge_uv
 from .pdl import launch_args, wait_then_release
 
 # K tiles per split at least (the split plan's floor). Measured on the H200 (scripts/bench_attn_splits.py,
@@ -239,7 +240,7 @@ def counters_needed(B: int, H: int, S: int = 1) -> int:
 def decode_attention(q, k_cache, v_cache, seq_lens, scale: float, *, positions=None,
                      max_splits: int | None = None, min_tiles: int | None = None,
                      tiles: dict | None = None, counters: torch.Tensor | None = None,
-                     pdl: bool = False) -> torch.Tensor:
+                     w_uv: torch.Tensor | None = None, pdl: bool = False) -> torch.Tensor:
     """softmax(scale * q K^T) V over the cache -> [B, H, Dv] (or [B, S, H, Dv]) in q.dtype.
 
     q [B, H, Dk]: one new token per sequence, attending to the first seq_lens[b] positions; or
@@ -256,7 +257,10 @@ def decode_attention(q, k_cache, v_cache, seq_lens, scale: float, *, positions=N
     the engine on the H200 (eighth session, calls 3-4) it was slower at batch 1: ~0.4 µs a layer for
     OLMoE, ~3.9 for DeepSeek-V2-Lite's 512-wide MLA values, because that last program walks the splits
     one after another where the merge kernel spreads them over H x S programs; so the engine passes
-    none. Raises AssertionError on bad shapes.
+    none. w_uv [H, N, Dv] (absorbed MLA's value un-absorption W_uv, unit last stride; one new token a sequence):
+    the partials are merged and multiplied by W_uv per head in one kernel (kernels/mla_merge_uv.py) -> [B, H, N]
+    = W_uv[h] @ out[b, h] with out rounded to q.dtype first, as a separate torch.bmm would see it.
+    Raises AssertionError on bad shapes.
     """
     one = q.dim() == 3
     q4 = q[:, None] if one else q                                            # [B, S, H, Dk]
@@ -285,7 +289,7 @@ def decode_attention(q, k_cache, v_cache, seq_lens, scale: float, *, positions=N
     v_from_k = (v_cache.data_ptr() == k_cache.data_ptr() and v_cache.stride() == k_cache.stride()
                 and dv == block_dk)
     out = torch.empty(B, S, H, dv, device=q.device, dtype=q.dtype)
-    direct = num_splits == 1
+    direct = num_splits == 1 and w_uv is None     # merge_uv reads partials, even a single split's
     if direct:
         part, lse = out[:, :, :, None], out  # lse is never touched when DIRECT
     else:
@@ -293,7 +297,7 @@ def decode_attention(q, k_cache, v_cache, seq_lens, scale: float, *, positions=N
         lse = torch.empty(B, S, H, num_splits, device=q.device, dtype=torch.float32)
     pos = positions if positions is not None else seq_lens[:, None]          # unread when one token
     merge = (not direct and counters is not None and counters.dtype == torch.int32
-             and counters.numel() >= B * hkv * head_tiles and counters.device == q.device)
+             and counters.numel() >= B * hkv * head_tiles and counters.device == q.device and w_uv is None)
     cnt = counters if merge else seq_lens                                    # unread without MERGE
     _decode_split_kernel[(hkv * head_tiles, B, num_splits)](
         q4, k_cache, v_cache, seq_lens, pos, part, lse,
@@ -310,6 +314,9 @@ def decode_attention(q, k_cache, v_cache, seq_lens, scale: float, *, positions=N
         PRECISION="ieee" if k_cache.dtype == torch.float32 else "tf32", MERGE=merge,
         **launch, **launch_args(pdl),
     )
+    if w_uv is not None:
+        assert one and w_uv.shape[0] == H and w_uv.shape[2] == dv, (w_uv.shape, H, dv)
+        return merge_uv(part[:, 0], lse[:, 0], seq_lens, w_uv, s_max, chunk, num_splits, out_dtype=q.dtype, pdl=pdl)
     if not direct and not merge:
         _merge_splits_kernel[(H * S, B)](
             part, lse, seq_lens, out,

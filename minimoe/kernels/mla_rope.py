@@ -45,6 +45,10 @@ WARPS: int | None = None
 # made the kernel 75 µs a layer at DeepSeek-V2-Lite's 8,192-token prefill against 13.8 for the "rotate half" pairs'
 # contiguous halves, the same bytes (s25 call 2). The same bits either way.
 SPLIT_PAIRS = True
+# Absorbed MLA's query absorption (`absorb`) inside this launch for at most this many tokens (0: always a torch.bmm
+# after it), in programs of ABSORB_BLOCK_C latent columns of one head (DeepSeek: 512 / 64 = 8 a head, 16 KB of W_uk).
+ABSORB_MAX_T = 0
+ABSORB_BLOCK_C = 64
 
 
 @triton.jit
@@ -53,16 +57,47 @@ def _rotate(x1, x2, cos, sin):
 
 
 @triton.jit
+def _absorb_q(q_ptr, wuk_ptr, ql_ptr, idx, S, stride_qb, stride_qs, stride_qh, stride_wh, stride_wk,
+              stride_qlb, stride_qls, stride_qlh, T: tl.constexpr, NOPE: tl.constexpr, R: tl.constexpr,
+              BLOCK_NOPE: tl.constexpr, BLOCK_C: tl.constexpr):
+    """q_lat[t, h, chunk] = q_nope[t, h] @ W_uk[h][:, chunk] for all T tokens, chunk c: idx = h * (R / BLOCK_C) + c.
+    W_uk [H, NOPE, R] (unit last stride) tile loaded once, fp32 sums, one rounding to q_lat's dtype."""
+    nc = tl.cdiv(R, BLOCK_C)
+    h = idx // nc
+    offs_c = (idx % nc) * BLOCK_C + tl.arange(0, BLOCK_C)
+    offs_k = tl.arange(0, BLOCK_NOPE)
+    c_ok = offs_c < R
+    k_ok = offs_k < NOPE
+    w = tl.load(wuk_ptr + h * stride_wh + offs_k[:, None] * stride_wk + offs_c[None, :],
+                mask=k_ok[:, None] & c_ok[None, :], other=0.0).to(tl.float32)          # [BLOCK_NOPE, BLOCK_C]
+    for tt in tl.static_range(T):
+        b = tt // S
+        s = tt % S
+        x = tl.load(q_ptr + b * stride_qb + s * stride_qs + h * stride_qh + offs_k, mask=k_ok,
+                    other=0.0).to(tl.float32)
+        acc = tl.sum(w * x[:, None], axis=0)
+        tl.store(ql_ptr + b * stride_qlb + s * stride_qls + h * stride_qlh + offs_c,
+                 acc.to(ql_ptr.dtype.element_ty), mask=c_ok)
+
+
+@triton.jit
 def _mla_rope_cache_kernel(
     q_ptr, kv_ptr, pos_ptr, cos_ptr, sin_ptr, lat_ptr, w_ptr, qo_ptr,
     S, stride_qb, stride_qs, stride_qh, stride_kvb, stride_kvs, stride_pb, stride_ps,
     stride_cos, stride_sin, stride_lb, stride_ls, stride_ob, stride_os, stride_oh, eps,
+    wuk_ptr, ql_ptr, stride_wh, stride_wk, stride_qlb, stride_qls, stride_qlh,
     H: tl.constexpr, NOPE: tl.constexpr, R: tl.constexpr, ROPE: tl.constexpr,
     BLOCK_H: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_HALF: tl.constexpr,
     INTERLEAVE: tl.constexpr, SPLIT_PAIRS: tl.constexpr, PDL: tl.constexpr,
+    ABSORB_T: tl.constexpr = 0, BLOCK_NOPE: tl.constexpr = 16, BLOCK_C: tl.constexpr = 16,
 ):
     wait_then_release(PDL)
     t = tl.program_id(0)
+    if ABSORB_T > 0:
+        if t >= ABSORB_T:          # programs past the tokens': q's absorption, (head, latent chunk) each
+            _absorb_q(q_ptr, wuk_ptr, ql_ptr, t - ABSORB_T, S, stride_qb, stride_qs, stride_qh, stride_wh,
+                      stride_wk, stride_qlb, stride_qls, stride_qlh, ABSORB_T, NOPE, R, BLOCK_NOPE, BLOCK_C)
+            return
     b = (t // S).to(tl.int64)
     s = (t % S).to(tl.int64)
     pos = tl.load(pos_ptr + b * stride_pb + s * stride_ps).to(tl.int64)
@@ -126,7 +161,7 @@ def _mla_rope_cache_kernel(
 
 
 def mla_rope_cache(q, kv, positions, cos, sin, latent, norm_weight, eps: float, *, nope: int,
-                   interleave: bool, q_pe_out, pdl: bool = False) -> None:
+                   interleave: bool, q_pe_out, absorb=None, pdl: bool = False) -> None:
     """Writes latent[b, positions[b, s]] = [rmsnorm(kv[..., :r]) * w, rope(kv[..., r:])] and
     q_pe_out = rope(q[..., nope:]); returns nothing.
 
@@ -134,6 +169,9 @@ def mla_rope_cache(q, kv, positions, cos, sin, latent, norm_weight, eps: float, 
     last dim; heads of q contiguous rows of nope + rope); positions [B, S] int64 on the device;
     cos, sin [P, rope/2] float32 tables; latent [B, S_max, r + rope] (unit last stride);
     norm_weight [r]; q_pe_out [B, S, H, rope] (unit last stride; may alias q[..., nope:]).
+    absorb (W_uk [H, nope, r'], q_lat [B, S, H, r'], unit last strides): also q_lat = q_nope @ W_uk per head
+    (absorbed MLA's query), in the same launch for at most ABSORB_MAX_T tokens (extra programs, one per head and
+    BLOCK_C latent columns), else a torch.bmm after it.
     Raises AssertionError on shape or layout mismatches.
     """
     B, S, H, qd = q.shape
@@ -148,15 +186,31 @@ def mla_rope_cache(q, kv, positions, cos, sin, latent, norm_weight, eps: float, 
     assert cos.stride(-1) == sin.stride(-1) == 1 and norm_weight.is_contiguous()
     if B * S == 0:
         return
+    fused = absorb is not None and B * S <= ABSORB_MAX_T
+    if absorb is not None:
+        w_uk, q_lat = absorb
+        rl = w_uk.shape[-1]
+        assert w_uk.shape == (H, nope, rl) and q_lat.shape == (B, S, H, rl), (w_uk.shape, q_lat.shape)
+        assert w_uk.stride(-1) == q_lat.stride(-1) == 1 and w_uk.dtype == q_lat.dtype == q.dtype
+    else:
+        w_uk = q_lat = q                                                    # never read
+        rl = 16
+    extra = H * triton.cdiv(rl, ABSORB_BLOCK_C) if fused else 0
     block_h, block_half = triton.next_power_of_2(H), triton.next_power_of_2(rope // 2)
-    _mla_rope_cache_kernel[(B * S,)](
+    _mla_rope_cache_kernel[(B * S + extra,)](
         q, kv, positions, cos, sin, latent, norm_weight, q_pe_out,
         S, q.stride(0), q.stride(1), q.stride(2), kv.stride(0), kv.stride(1),
         positions.stride(0), positions.stride(1), cos.stride(0), sin.stride(0),
         latent.stride(0), latent.stride(1), q_pe_out.stride(0), q_pe_out.stride(1), q_pe_out.stride(2), eps,
-        H=H, NOPE=nope, R=r, ROPE=rope, BLOCK_H=block_h, BLOCK_R=triton.next_power_of_2(r),
+        w_uk, q_lat, w_uk.stride(0), w_uk.stride(1) if fused else 0, q_lat.stride(0), q_lat.stride(1),
+        q_lat.stride(2), ABSORB_T=B * S if fused else 0, BLOCK_NOPE=triton.next_power_of_2(nope),
+        BLOCK_C=min(ABSORB_BLOCK_C, triton.next_power_of_2(rl)), H=H, NOPE=nope, R=r, ROPE=rope, BLOCK_H=block_h, BLOCK_R=triton.next_power_of_2(r),
         BLOCK_HALF=block_half, INTERLEAVE=interleave, SPLIT_PAIRS=SPLIT_PAIRS,
         num_warps=WARPS or (4 if block_h * block_half <= 4096 else 8),
         enable_fp_fusion=False,  # torch rounds x1·cos and x2·sin separately (see rope.py)
         **launch_args(pdl),
     )
+    if absorb is not None and not fused:     # q_nope [H, T, nope] @ W_uk [H, nope, r'] -> q_lat's [H, T, r'] view
+        T = B * S
+        torch.bmm(q[..., :nope].reshape(T, H, nope).transpose(0, 1), w_uk,
+                  out=q_lat.view(T, H, -1).transpose(0, 1))
