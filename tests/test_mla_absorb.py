@@ -21,12 +21,16 @@ def _close(out, ref, dtype):
     assert err <= TOL[dtype], f"relative error {err:.2e}"
 
 
+@pytest.mark.parametrize("w_early", [0, 1])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("B,H,NS,L,N,chunk", [(1, 16, 9, 512, 128, 32), (3, 3, 5, 24, 20, 4), (2, 1, 1, 32, 16, 64),
                                              (4, 2, 64, 64, 40, 1)])
-def test_merge_uv_matches_merge_then_bmm(B, H, NS, L, N, chunk, dtype):
+def test_merge_uv_matches_merge_then_bmm(B, H, NS, L, N, chunk, dtype, w_early, monkeypatch):
     """Ragged lengths (a sequence using one split, one using all, lengths past s_max clamped); splits a sequence
-    does not reach hold garbage that must not be read; N not a multiple of the program's columns."""
+    does not reach hold garbage that must not be read; N not a multiple of the program's columns; W_uv's tile
+    loaded after the merge or before it."""
+    from minimoe.kernels import mla_merge_uv
+    monkeypatch.setattr(mla_merge_uv, "W_EARLY", w_early)
     g = torch.Generator().manual_seed(B * 100 + NS)
     s_max = NS * chunk
     lens = torch.randint(1, s_max + 1, (B,), generator=g)

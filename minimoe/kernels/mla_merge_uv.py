@@ -27,6 +27,9 @@ import triton.language as tl
 from .pdl import launch_args, wait_then_release
 
 BLOCK_N = 16        # un-absorbed columns a program (DeepSeek: 128 / 16 = 8 programs a head, 16 KB of W_uv each)
+# When a program loads its W_uv tile: 0 after the merge, 1 right after the PDL wait, 2 before it (W_uv is a weight no
+# kernel writes; the one load of this kernel that scripts/pdl_order_check.py then finds before the wait).
+W_EARLY = 0
 
 
 @triton.jit
@@ -34,11 +37,23 @@ def _merge_uv_kernel(part_ptr, lse_ptr, seq_lens_ptr, w_ptr, out_ptr,
                      stride_pb, stride_ph, stride_ps, stride_lb, stride_lh, stride_wh, stride_wn,
                      stride_ob, stride_oh, S_max, CHUNK, N,
                      L: tl.constexpr, NC: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_L: tl.constexpr,
-                     BLOCK_N: tl.constexpr, PDL: tl.constexpr):
-    wait_then_release(PDL)
+                     BLOCK_N: tl.constexpr, PDL: tl.constexpr, W_EARLY: tl.constexpr = 0):
     c = tl.program_id(0) % NC
     h = tl.program_id(0) // NC
     b = tl.program_id(1).to(tl.int64)
+    offs_l = tl.arange(0, BLOCK_L)
+    l_ok = offs_l < L
+    offs_n = c * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_ok = offs_n < N
+    w_ptrs = w_ptr + h * stride_wh + offs_n[:, None] * stride_wn + offs_l[None, :]
+    w_mask = n_ok[:, None] & l_ok[None, :]
+    if W_EARLY == 2:      # W_uv does not depend on the predecessor: in flight while the attention drains
+        wt = tl.load(w_ptrs, mask=w_mask, other=0.0)
+        wait_then_release(PDL)
+    else:
+        wait_then_release(PDL)
+        if W_EARLY == 1:  # before the merge's loads, not after them
+            wt = tl.load(w_ptrs, mask=w_mask, other=0.0)
     seq_len = tl.minimum(tl.load(seq_lens_ptr + b), S_max)
     n_valid = tl.cdiv(seq_len, CHUNK)                      # splits past this exited early and wrote nothing
     offs_s = tl.arange(0, BLOCK_S)
@@ -46,19 +61,15 @@ def _merge_uv_kernel(part_ptr, lse_ptr, seq_lens_ptr, w_ptr, out_ptr,
     lse = tl.load(lse_row + offs_s, mask=offs_s < n_valid, other=float("-inf"))
     lse_max = tl.max(lse, axis=0)
     denom = tl.sum(tl.exp2(lse - lse_max), axis=0)
-    offs_l = tl.arange(0, BLOCK_L)
-    l_ok = offs_l < L
     part_row = part_ptr + b * stride_pb + h * stride_ph + offs_l
     acc = tl.zeros([BLOCK_L], tl.float32)
     for s in range(0, n_valid):
         w = tl.exp2(tl.load(lse_row + s) - lse_max)
         acc += w * tl.load(part_row + s * stride_ps, mask=l_ok, other=0.0)
     o_lat = (acc / denom).to(out_ptr.dtype.element_ty).to(tl.float32)      # [BLOCK_L]
-    offs_n = c * BLOCK_N + tl.arange(0, BLOCK_N)
-    n_ok = offs_n < N
-    wt = tl.load(w_ptr + h * stride_wh + offs_n[:, None] * stride_wn + offs_l[None, :],
-                 mask=n_ok[:, None] & l_ok[None, :], other=0.0).to(tl.float32)   # [BLOCK_N, BLOCK_L]
-    out = tl.sum(wt * o_lat[None, :], axis=1)
+    if W_EARLY == 0:
+        wt = tl.load(w_ptrs, mask=w_mask, other=0.0)                         # [BLOCK_N, BLOCK_L]
+    out = tl.sum(wt.to(tl.float32) * o_lat[None, :], axis=1)
     tl.store(out_ptr + b * stride_ob + h * stride_oh + offs_n, out.to(out_ptr.dtype.element_ty), mask=n_ok)
 
 
@@ -82,7 +93,7 @@ def merge_uv(part: torch.Tensor, lse: torch.Tensor, seq_lens: torch.Tensor, w_uv
         part, lse, seq_lens, w_uv, out, part.stride(0), part.stride(1), part.stride(2),
         lse.stride(0), lse.stride(1), w_uv.stride(0), w_uv.stride(1), out.stride(0), out.stride(1),
         s_max, chunk, N, L=L, NC=nc, BLOCK_S=triton.next_power_of_2(NS), BLOCK_L=triton.next_power_of_2(L),
-        BLOCK_N=BLOCK_N, num_warps=4, **launch_args(pdl))
+        BLOCK_N=BLOCK_N, W_EARLY=W_EARLY if pdl else min(W_EARLY, 1), num_warps=4, **launch_args(pdl))
     return out
 
 

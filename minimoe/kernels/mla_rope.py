@@ -47,8 +47,11 @@ WARPS: int | None = None
 SPLIT_PAIRS = True
 # Absorbed MLA's query absorption (`absorb`) inside this launch for at most this many tokens (0: always a torch.bmm
 # after it), in programs of ABSORB_BLOCK_C latent columns of one head (DeepSeek: 512 / 64 = 8 a head, 16 KB of W_uk).
-ABSORB_MAX_T = 0
+# DeepSeek-V2-Lite's graphed decode step against the bmm (docs/results/2026-12-03-s26, call 2): -4.82% at bs 1,
+# -0.57% at bs 4; 32 / 128 columns a program +2.1% / +0.4% against 64.
+ABSORB_MAX_T = 4
 ABSORB_BLOCK_C = 64
+ABSORB_W_EARLY = False   # with PDL: the W_uk tile loaded before the wait (a weight no kernel writes)
 
 
 @triton.jit
@@ -59,17 +62,24 @@ def _rotate(x1, x2, cos, sin):
 @triton.jit
 def _absorb_q(q_ptr, wuk_ptr, ql_ptr, idx, S, stride_qb, stride_qs, stride_qh, stride_wh, stride_wk,
               stride_qlb, stride_qls, stride_qlh, T: tl.constexpr, NOPE: tl.constexpr, R: tl.constexpr,
-              BLOCK_NOPE: tl.constexpr, BLOCK_C: tl.constexpr):
+              BLOCK_NOPE: tl.constexpr, BLOCK_C: tl.constexpr, PDL: tl.constexpr, W_EARLY: tl.constexpr):
     """q_lat[t, h, chunk] = q_nope[t, h] @ W_uk[h][:, chunk] for all T tokens, chunk c: idx = h * (R / BLOCK_C) + c.
-    W_uk [H, NOPE, R] (unit last stride) tile loaded once, fp32 sums, one rounding to q_lat's dtype."""
+    W_uk [H, NOPE, R] (unit last stride) tile loaded once, fp32 sums, one rounding to q_lat's dtype. Waits for the
+    predecessor itself: W_EARLY loads the tile first (a weight no kernel writes)."""
     nc = tl.cdiv(R, BLOCK_C)
     h = idx // nc
     offs_c = (idx % nc) * BLOCK_C + tl.arange(0, BLOCK_C)
     offs_k = tl.arange(0, BLOCK_NOPE)
     c_ok = offs_c < R
     k_ok = offs_k < NOPE
-    w = tl.load(wuk_ptr + h * stride_wh + offs_k[:, None] * stride_wk + offs_c[None, :],
-                mask=k_ok[:, None] & c_ok[None, :], other=0.0).to(tl.float32)          # [BLOCK_NOPE, BLOCK_C]
+    w_ptrs = wuk_ptr + h * stride_wh + offs_k[:, None] * stride_wk + offs_c[None, :]
+    if W_EARLY:
+        w = tl.load(w_ptrs, mask=k_ok[:, None] & c_ok[None, :], other=0.0)
+        wait_then_release(PDL)
+    else:
+        wait_then_release(PDL)
+        w = tl.load(w_ptrs, mask=k_ok[:, None] & c_ok[None, :], other=0.0)          # [BLOCK_NOPE, BLOCK_C]
+    w = w.to(tl.float32)
     for tt in tl.static_range(T):
         b = tt // S
         s = tt % S
@@ -90,14 +100,16 @@ def _mla_rope_cache_kernel(
     BLOCK_H: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_HALF: tl.constexpr,
     INTERLEAVE: tl.constexpr, SPLIT_PAIRS: tl.constexpr, PDL: tl.constexpr,
     ABSORB_T: tl.constexpr = 0, BLOCK_NOPE: tl.constexpr = 16, BLOCK_C: tl.constexpr = 16,
+    W_EARLY: tl.constexpr = False,
 ):
-    wait_then_release(PDL)
     t = tl.program_id(0)
     if ABSORB_T > 0:
         if t >= ABSORB_T:          # programs past the tokens': q's absorption, (head, latent chunk) each
             _absorb_q(q_ptr, wuk_ptr, ql_ptr, t - ABSORB_T, S, stride_qb, stride_qs, stride_qh, stride_wh,
-                      stride_wk, stride_qlb, stride_qls, stride_qlh, ABSORB_T, NOPE, R, BLOCK_NOPE, BLOCK_C)
+                      stride_wk, stride_qlb, stride_qls, stride_qlh, ABSORB_T, NOPE, R, BLOCK_NOPE, BLOCK_C,
+                      PDL, W_EARLY)
             return
+    wait_then_release(PDL)
     b = (t // S).to(tl.int64)
     s = (t % S).to(tl.int64)
     pos = tl.load(pos_ptr + b * stride_pb + s * stride_ps).to(tl.int64)
@@ -204,7 +216,7 @@ def mla_rope_cache(q, kv, positions, cos, sin, latent, norm_weight, eps: float, 
         latent.stride(0), latent.stride(1), q_pe_out.stride(0), q_pe_out.stride(1), q_pe_out.stride(2), eps,
         w_uk, q_lat, w_uk.stride(0), w_uk.stride(1) if fused else 0, q_lat.stride(0), q_lat.stride(1),
         q_lat.stride(2), ABSORB_T=B * S if fused else 0, BLOCK_NOPE=triton.next_power_of_2(nope),
-        BLOCK_C=min(ABSORB_BLOCK_C, triton.next_power_of_2(rl)), H=H, NOPE=nope, R=r, ROPE=rope, BLOCK_H=block_h, BLOCK_R=triton.next_power_of_2(r),
+        BLOCK_C=min(ABSORB_BLOCK_C, triton.next_power_of_2(rl)), W_EARLY=bool(ABSORB_W_EARLY and pdl), H=H, NOPE=nope, R=r, ROPE=rope, BLOCK_H=block_h, BLOCK_R=triton.next_power_of_2(r),
         BLOCK_HALF=block_half, INTERLEAVE=interleave, SPLIT_PAIRS=SPLIT_PAIRS,
         num_warps=WARPS or (4 if block_h * block_half <= 4096 else 8),
         enable_fp_fusion=False,  # torch rounds x1·cos and x2·sin separately (see rope.py)
