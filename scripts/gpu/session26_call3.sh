@@ -5,7 +5,8 @@
 #  2. the graphed decode step, DeepSeek-V2-Lite bs 1 / 4: base / W_uk tile before the PDL wait / W_uv in the merge
 #     with its tile right after the wait (uv1) or before it (uv2), 8 columns a program (uv2n8);
 #     bs 16: absorption inside the prologue up to 16 tokens;
-#  3. bench.py DeepSeek-V2-Lite bs 1 (base and best guess) and Mixtral bs 1 (its 6.6 ms target, not re-run since s23).
+#  3. bench.py DeepSeek-V2-Lite bs 1 (base and best guess) and Mixtral bs 1 (its 6.6 ms target, not re-run since s23);
+#  4. a PDL-off profile of DeepSeek-V2-Lite bs 1 (its 128-token prefill: 10.6 ms against ~7.4 of weight bytes).
 # Usage (device tool, repo root): bash scripts/gpu/session26_call3.sh
 set -u
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD TQDM_DISABLE=1
@@ -35,6 +36,8 @@ sys.argv = ['bench.py'] + '--model deepseek-v2-lite $B --json $R/bench_dsv2_1_$v
 runpy.run_path('bench.py', run_name='__main__')" > $R/bench_dsv2_1_$v.txt 2>&1; echo "--- bench $v rc $?"; \
     grep -A1 "config  TTFT" $R/bench_dsv2_1_$v.txt | tail -1; }
 done
+[ $SECONDS -lt 420 ] && { timeout 70 python3 scripts/profile_step.py --model deepseek-v2-lite --bs 1 --steps 5 --pdl off \
+  --json $R/prof_dsv2_bs1_nopdl.json > $R/prof_dsv2_bs1_nopdl.txt 2>&1; echo "--- profile rc $?"; }
 [ $SECONDS -lt 470 ] && { timeout 120 python3 bench.py --model mixtral $B --json $R/bench_mixtral_1.json \
   > $R/bench_mixtral_1.txt 2>&1; echo "--- bench mixtral rc $?"; grep -A1 "config  TTFT" $R/bench_mixtral_1.txt | tail -1; }
 tar czf $OUT/r.tgz -C $OUT r
