@@ -35,7 +35,9 @@ from .rope import Rotary, apply_rope
 PREFILL_ONE_PASS = True
 # Absorbed decode with the Triton attention: W_uv applied inside the split attention's merge
 # (kernels/mla_merge_uv.py) for one new token and at most this many sequences (0: a torch.bmm after attention).
-MERGE_UV_MAX_B = 0
+# DeepSeek-V2-Lite's decode step (docs/results/2026-12-03-s26, calls 2-3): -0.65 to -0.88% at bs 1, -1.6 to -2.0% at
+# bs 4, but +1.1% at bs 16 and +5.8% at bs 64 (each head's W_uv re-read by every sequence's programs).
+MERGE_UV_MAX_B = 4
 
 
 class MLAttention(nn.Module):

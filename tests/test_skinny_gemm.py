@@ -87,10 +87,15 @@ def test_split3_is_as_exact_as_fp32(T, N, K, config):
 
 @pytest.mark.parametrize("T,N,K,config", [(150, 64, 256, {"BLOCK_M": 64, "BLOCK_N": 32, "BLOCK_K": 64}),
                                           (65, 40, 72, {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 32}),
-                                          (1, 64, 128, None)])
+                                          (1, 64, 128, None), (128, 64, 320, None),
+                                          (150, 64, 256, {"BLOCK_M": 64, "BLOCK_N": 32, "BLOCK_K": 64, "SPLIT": 1}),
+                                          (150, 64, 448, {"BLOCK_M": 64, "BLOCK_N": 32, "BLOCK_K": 64, "SPLIT": 5}),
+                                          (1100, 24, 64, {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 32})])
 def test_tall_gemm_split3_is_as_exact_as_fp32(T, N, K, config):
-    """tall_gemm (row blocks, prefill's fp32 router): ragged last row block, N and K off the tiles, one row; fp32
-    rounding against float64 with 2-byte x as in test_split3_is_as_exact_as_fp32, and the plain fp32 dot as well."""
+    """tall_gemm (row blocks, prefill's fp32 router): ragged last row block, N and K off the tiles, one row; K split
+    by the rule (few row blocks), forced off, forced into 5 uneven shares, or not split (many row blocks), twice in a
+    row (the split's counters reset themselves); fp32 rounding against float64 with 2-byte x as in
+    test_split3_is_as_exact_as_fp32, and the plain fp32 dot as well."""
     xdt = torch.bfloat16 if DEVICE.type == "cuda" else torch.float16
     g = torch.Generator().manual_seed(T * 7 + N + K)
     x = torch.randn(T, K, generator=g).to(xdt).to(DEVICE)
@@ -98,6 +103,7 @@ def test_tall_gemm_split3_is_as_exact_as_fp32(T, N, K, config):
     ref = _ref(x, w, None)
     y = S.tall_gemm(x, w, config=config)
     assert y.shape == (T, N) and y.dtype == torch.float32 and _err(y, ref) <= 2e-6
+    assert torch.equal(S.tall_gemm(x, w, config=config), y)                  # the same bits again
     assert _err(F.linear(x.double(), w.to(xdt).double()), ref) > 50 * max(_err(y, ref), 1e-7)
     y32 = S.tall_gemm(x, w, config=config, split3=False)
     assert _err(y32, ref) <= 1e-5
@@ -107,6 +113,15 @@ def test_tall_gemm_split3_is_as_exact_as_fp32(T, N, K, config):
         S.tall_gemm(x.float(), w)
     with pytest.raises(ValueError, match="unit last stride"):
         S.tall_gemm(x, w.t().contiguous().t())                               # a column-major weight
+
+
+def test_tall_split_rule():
+    """K is split only for grids of fewer than TALL_SPLIT_BELOW programs, at most 16 ways and n_k."""
+    cfg = S.TALL_CONFIG
+    assert S.tall_split(8192, 64, 2048, cfg) == 1                            # 128 row blocks
+    assert S.tall_split(128, 64, 2048, cfg) == 16                            # 2 row blocks
+    assert S.tall_split(128, 64, 128, cfg) == 2                              # only 2 K steps
+    assert S.tall_split(2048, 64, 2048, cfg) == 9                            # 32 programs -> ~264
 
 
 def test_router_logits_takes_tall_gemm_past_64_tokens(monkeypatch):

@@ -26,10 +26,14 @@ import triton.language as tl
 
 from .pdl import launch_args, wait_then_release
 
-BLOCK_N = 16        # un-absorbed columns a program (DeepSeek: 128 / 16 = 8 programs a head, 16 KB of W_uv each)
-# When a program loads its W_uv tile: 0 after the merge, 1 right after the PDL wait, 2 before it (W_uv is a weight no
-# kernel writes; the one load of this kernel that scripts/pdl_order_check.py then finds before the wait).
-W_EARLY = 0
+# Un-absorbed columns a program (DeepSeek: 128 / 8 = 16 programs a head, 8 KB of W_uv each), and when a program
+# loads its W_uv tile: 0 after the merge, 1 right after the PDL wait, 2 before it (W_uv is a weight no kernel writes,
+# but scripts/pdl_order_check.py would then flag the load). DeepSeek-V2-Lite's graphed decode step against the merge
+# kernel + bmm (docs/results/2026-12-03-s26, calls 2-3): 16 columns loaded after the merge +0.70% (bs 1) / -1.06%
+# (bs 4); right after the wait -0.65% / -1.56%, before it -0.68% / -1.99%, 8 columns (before) -0.88% / -1.99%; 32
+# columns +2.4% against 16.
+BLOCK_N = 8
+W_EARLY = 1
 
 
 @triton.jit

@@ -57,7 +57,8 @@ SPLIT3_BF16 = True              # a float32 weight with bf16 x as three bf16 par
 def _finish(acc, b_ptr, y_ptr, ws_ptr, cnt_ptr, blk, sp, offs_t, cols, T, N, stride_yt, SPLIT,
             HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """Store a program's fp32 [BLOCK_M, BLOCK_N] product: directly (+ bias), or, split over K, as partial sp,
-    the last of the column block's SPLIT programs adding all of them in order 0..SPLIT-1 (+ bias)."""
+    the last of the tile's SPLIT programs adding all of them in order 0..SPLIT-1 (+ bias). blk: the tile's counter
+    (its column block, and with tall_gemm's row blocks, row block x column blocks + column block)."""
     t_ok = offs_t < T
     c_ok = cols < N
     y_ptrs = y_ptr + offs_t.to(tl.int64)[:, None] * stride_yt + cols[None, :]
@@ -111,8 +112,8 @@ def _skinny_kernel(x_ptr, w_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, T, N, K, stride_
             acc = tl.dot(a, tl.trans(hi), acc)
         else:
             acc = tl.dot(a.to(w.dtype), tl.trans(w), acc, input_precision=PRECISION)
-    _finish(acc, b_ptr, y_ptr, ws_ptr, cnt_ptr, blk, sp, offs_t, cols, T, N, stride_yt, SPLIT,
-            HAS_BIAS, SPLIT_K, BLOCK_M, BLOCK_N)
+    _finish(acc, b_ptr, y_ptr, ws_ptr, cnt_ptr, blk + tl.program_id(2) * tl.num_programs(0), sp, offs_t, cols, T, N,
+            stride_yt, SPLIT, HAS_BIAS, SPLIT_K, BLOCK_M, BLOCK_N)
 
 
 @triton.jit
@@ -254,12 +255,25 @@ def skinny_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
 # graphed prefill it beat F.linear(x.float(), W) by 1.8% (docs/results/2026-12-02-s25, call 4); 128-row blocks at 4 or 8
 # warps, 32-row blocks and 128-wide K steps were within +0.5% of it, none faster beyond noise (call 5).
 TALL_CONFIG = {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64, "num_warps": 4, "num_stages": 3}
+# Below TALL_SPLIT_BELOW programs (few row blocks: a batch-1 prefill of 128 tokens has 2), K is split so that the grid
+# reaches ~TARGET_PROGRAMS (at most 16 ways): without it each of the 2 programs walks the whole 512 KB gate, 42.7 µs
+# a DeepSeek-V2-Lite layer (docs/results/2026-12-03-s26, call 3's profile). 0: never split.
+TALL_SPLIT_BELOW = 64
+
+
+def tall_split(T: int, N: int, K: int, cfg: dict) -> int:
+    """The K split of tall_gemm for these shapes and tiles: 1 from TALL_SPLIT_BELOW programs up."""
+    programs = triton.cdiv(T, cfg["BLOCK_M"]) * triton.cdiv(N, cfg["BLOCK_N"])
+    if programs >= TALL_SPLIT_BELOW:
+        return 1
+    return max(1, min(triton.cdiv(K, cfg["BLOCK_K"]), triton.cdiv(TARGET_PROGRAMS, programs), 16))
 
 
 def tall_gemm(x: torch.Tensor, weight: torch.Tensor, *, out_dtype: torch.dtype | None = None,
               config: dict | None = None, pdl: bool = False, split3: bool = True) -> torch.Tensor:
     """y [T, N] = x [T, K] @ weight [N, K]ᵀ for any T >= 1: the skinny kernel over a grid of BLOCK_M-row blocks x
-    BLOCK_N-column blocks, each program over all of K (no split, no workspace). For prefill's float32 router with bf16
+    BLOCK_N-column blocks, each program over all of K, or, for grids of fewer than TALL_SPLIT_BELOW programs, over
+    1 / SPLIT of it (`tall_split`; config "SPLIT" overrides), the tile's last program adding the partials in order. For prefill's float32 router with bf16
     x (DeepSeek's), where F.linear(x.float(), W) runs a cast kernel of x and an SGEMM on the CUDA cores (58 µs a layer
     at 8,192 tokens); split3 (default) runs it as three bf16 parts on the tensor cores, with the rounding described in
     the module docstring (with fp16 x the parts are fp16, whose narrow exponent drops a tiny weight's low parts:
@@ -282,10 +296,16 @@ def tall_gemm(x: torch.Tensor, weight: torch.Tensor, *, out_dtype: torch.dtype |
     if triton.cdiv(T, cfg["BLOCK_M"]) > 65535:
         raise ValueError(f"tall_gemm: {T} rows are more than 65,535 row blocks of {cfg['BLOCK_M']}")
     y = torch.empty(T, N, device=x.device, dtype=out_dtype or weight.dtype)
-    grid = (triton.cdiv(N, cfg["BLOCK_N"]), 1, triton.cdiv(T, cfg["BLOCK_M"]))
+    split = int(cfg.get("SPLIT") or tall_split(T, N, K, cfg))
+    grid = (triton.cdiv(N, cfg["BLOCK_N"]), split, triton.cdiv(T, cfg["BLOCK_M"]))
+    if split > 1:                     # partials [SPLIT, T, N] fp32, a counter a (row block, column block) tile
+        ws = torch.empty(split * T * N, device=x.device, dtype=torch.float32)
+        cnt = _counters_for(x.device, grid[0] * grid[2])
+    else:
+        ws = cnt = y
     _skinny_kernel[grid](
-        x, weight, y, y, y, y, T, N, K, x.stride(0), weight.stride(0), y.stride(0), 1,
-        HAS_BIAS=False, SPLIT_K=False, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"],
+        x, weight, y, y, ws, cnt, T, N, K, x.stride(0), weight.stride(0), y.stride(0), split,
+        HAS_BIAS=False, SPLIT_K=split > 1, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"],
         PRECISION="ieee" if weight.dtype == torch.float32 else "tf32", num_warps=cfg["num_warps"],
         num_stages=cfg["num_stages"], SPLIT3=bool(split3), **launch_args(pdl))
     return y
