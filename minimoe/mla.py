@@ -12,7 +12,11 @@ Two ways to attend, equal in exact arithmetic:
     q_lat_h·c + q_pe_h·k_pe -- attention with ONE key/value head of width 576 (values = the first
     512 columns); then un-fold the output with W_uv. The cache is read once for all heads.
 The absorbed form is plain multi-query attention, so the decode backends of `attention.py` (the
-Triton split-K kernel included) run it unchanged.
+Triton split-K kernel included) run it unchanged. The two absorbed projections are batched GEMMs over heads
+(2 MB each for DeepSeek-V2-Lite); at batch 1-4 the Triton op set runs them inside neighbouring launches instead:
+q's absorption as extra programs of the prologue kernel (kernels/mla_rope.py `absorb`), W_uv inside the split
+attention's merge (kernels/mla_merge_uv.py): two cuBLAS launches in stream order fewer a layer, -5.8% a graphed
+bs-1 decode step (docs/results/2026-12-03-s26).
 Reference: DeepSeek-V2, arXiv 2405.04434 §2.1; DeepSeek-V3 `inference/model.py` (absorb mode).
 """
 from __future__ import annotations
