@@ -25,13 +25,18 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .attention import _decode_kernel, attend_cached
+from .attention import attend_cached
 from .config import ModelConfig
 from .kv_cache import KVCache, Step
 from .layers import RMSNorm
 from .linear import Linear, join_pair_, linear_pair
 from .ops import mla_expand_k_torch, ops_for
 from .rope import Rotary, apply_rope
+
+try:
+    from .kernels.decode_attention import decode_attention
+except ImportError:       # no Triton: --attn triton is refused before a model is built
+    decode_attention = None
 
 
 # Prefill's per-head key in one pass (ops.mla_expand_k: kernels/mla_expand.py with the Triton op set). False:
@@ -90,16 +95,17 @@ class MLAttention(nn.Module):
         latent = cache.latent[self.layer]                                     # [B, S_max, r+rope]
         # prefill rotates q_pe in place (q = [q_nope, q_pe] for SDPA); decode writes it beside q_lat
         q_att = q if step.fresh else q.new_empty(B, S, H, r + rope)
+        w_uk, w_uv = (None, None) if step.fresh else self._split_wkv_b()            # [H, nope|v, r], one dequantize
         # decode: the same op also absorbs q_nope into the latent (q_lat = q_nope W_uk into q_att's first r columns)
         ops_for(self.settings).mla_rope_cache(
             q, kv, step.positions, rot.cos_table, rot.sin_table, latent, self.kv_norm.weight,
             cfg.rms_norm_eps, nope=nope, interleave=cfg.rope_interleave,
             q_pe_out=q[..., nope:] if step.fresh else q_att[..., r:],
-            absorb=None if step.fresh else (self._split_wkv_b()[0], q_att[..., :r]))
+            absorb=None if step.fresh else (w_uk, q_att[..., :r]))
         if step.fresh:   # this step's latents are the first S rows of the cache
             out = self._expanded(q, latent[:, :S, :r], latent[:, :S, r:])
         else:
-            out = self._absorbed(q, q_att, step, latent)
+            out = self._absorbed(q, q_att, step, latent, w_uv)
         return self.wo(out.reshape(B, S, H * cfg.v_head_dim))
 
     def _expanded(self, q, c, k_pe):
@@ -116,22 +122,21 @@ class MLAttention(nn.Module):
                                              is_causal=S > 1, scale=cfg.softmax_scale)
         return out.transpose(1, 2)                                                    # [B, S, H, v]
 
-    def _absorbed(self, q, q_att, step: Step, latent):
+    def _absorbed(self, q, q_att, step: Step, latent, w_uv):
         """Attention in latent space: one shared key/value head of width r + rope.
         q [B, S, H, nope+rope]; q_att [B, S, H, r+rope] holding the rotated q_pe in its last
-        columns and q_lat = q_nope W_uk in its first r (both written by mla_rope_cache); the output
+        columns and q_lat = q_nope W_uk in its first r (both written by mla_rope_cache); w_uv [H, v, r]; the output
         un-absorbs with W_uv into [B, S, H, v]: one batched GEMM over heads, or, with the Triton attention
         for one new token and at most MERGE_UV_MAX_B sequences, inside the split attention's merge."""
         cfg = self.cfg
         B, S, H, _ = q.shape
         r, BS = cfg.kv_lora_rank, B * S
-        w_uv = self._split_wkv_b()[1]                                                 # [H, v, r]
         k_cache = latent[:, :, None, :]                                               # one kv head
         v_cache = latent[:, :, None, :r]
         settings = self.settings
         if S == 1 and B <= MERGE_UV_MAX_B and settings is not None and settings.attn == "triton":
-            out = _decode_kernel.decode_attention(q_att[:, 0], k_cache, v_cache, step.seq_lens, cfg.softmax_scale,
-                                                  w_uv=w_uv, pdl=settings.pdl == "on")   # [B, H, v]
+            out = decode_attention(q_att[:, 0], k_cache, v_cache, step.seq_lens, cfg.softmax_scale,
+                                   w_uv=w_uv, pdl=settings.pdl == "on")                # [B, H, v]
             return out[:, None]
         out_lat = attend_cached(q_att, k_cache, v_cache, step, cfg.softmax_scale, settings)
         out = q.new_empty(B, S, H, cfg.v_head_dim)

@@ -82,7 +82,7 @@ def mla_rope_cache_torch(q, kv, positions, cos, sin, latent, norm_weight, eps: f
     q_pe_out = rope(q[..., nope:]). q [B, S, H, nope + rope], kv [B, S, r + rope], latent
     [B, S_max, r + rope], q_pe_out [B, S, H, rope] (may alias q's rope columns); tables [P, rope/2].
     absorb (W_uk [H, nope, r], q_lat [B, S, H, r]): also q_lat = q_nope @ W_uk per head (one batched GEMM)."""
-    if absorb is not None:
+    if absorb is not None and positions.numel():
         w_uk, q_lat = absorb
         T, H = positions.numel(), q.shape[2]
         torch.bmm(q[..., :nope].reshape(T, H, nope).transpose(0, 1), w_uk, out=q_lat.view(T, H, -1).transpose(0, 1))

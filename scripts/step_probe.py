@@ -132,7 +132,8 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--prefill", action="store_true", help="time the graphed prefill, not the decode step")
     p.add_argument("--install", action="append", metavar="MODULE:FUNCTION",
-                   help="call FUNCTION(model) once after building (e.g. minimoe.l2_prefetch:install)")
+                   help="call FUNCTION(model) once after building, e.g. a plan's install function whose module knobs the "
+                        "variants then set (docs/results/2026-12-03-s26 call 1 used it for an L2 prefetch plan)")
     p.add_argument("--json")
     a = p.parse_args(argv)
     try:

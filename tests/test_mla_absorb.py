@@ -52,6 +52,8 @@ def test_merge_uv_matches_merge_then_bmm(B, H, NS, L, N, chunk, dtype, w_early, 
 
 def test_merge_uv_refuses_mismatched_shapes():
     part, lse = torch.zeros(1, 2, 3, 8), torch.zeros(1, 2, 3)
+    with pytest.raises(ValueError, match="do not match"):                  # a strided lse
+        merge_uv(part, torch.zeros(1, 2, 6)[..., ::2], torch.ones(1, dtype=torch.int32), torch.zeros(2, 4, 8), 12, 4, 3)
     with pytest.raises(ValueError, match="do not match"):
         merge_uv(part, lse, torch.ones(1, dtype=torch.int32), torch.zeros(2, 4, 16), 12, 4, 3)
     with pytest.raises(ValueError, match="do not match"):
@@ -80,10 +82,11 @@ def test_decode_attention_w_uv_equals_attention_then_bmm(B, H, r, rope, N, S_max
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("B,S,H,nope,rope,r", [(1, 1, 16, 128, 64, 512), (3, 1, 3, 16, 8, 24), (2, 2, 2, 8, 16, 40),
-                                               (3, 2, 2, 16, 8, 32)])
+                                               (3, 2, 2, 16, 8, 32), (1, 1, 2, 24, 8, 96), (2, 1, 3, 40, 16, 200)])
 def test_rope_cache_absorb_matches_torch(B, S, H, nope, rope, r, dtype, monkeypatch):
     """q_lat = q_nope @ W_uk per head, fused (at most ABSORB_MAX_T = 4 tokens) or by the bmm after the launch (6
-    tokens), into the first r columns of the attention's query buffer; the rope columns and the cache as without."""
+    tokens), into the first r columns of the attention's query buffer (latent widths of several 64-column programs
+    with a partial last one, nope not a power of two); the rope columns and the cache as without."""
     monkeypatch.setattr(mla_rope, "ABSORB_MAX_T", 4)
     g = torch.Generator().manual_seed(B * S * H + r)
     q = torch.randn(B, S, H, nope + rope, generator=g).to(dtype).to(DEVICE)
@@ -135,3 +138,51 @@ def test_fused_absorbed_decode_same_logits(card, monkeypatch):
             runs[fused] = (torch.stack(logits), torch.stack(toks))
         torch.testing.assert_close(runs[True][0], runs[False][0], rtol=2e-5, atol=2e-5)
         assert torch.equal(runs[True][1], runs[False][1])
+
+
+def test_rope_cache_absorb_edges(monkeypatch):
+    """No tokens: nothing written, both twins; a W_uk whose latent width is not the cache's is refused."""
+    monkeypatch.setattr(mla_rope, "ABSORB_MAX_T", 4)
+    H, nope, rope, r = 2, 8, 8, 16
+    q = torch.randn(1, 0, H, nope + rope, device=DEVICE)
+    kv = torch.randn(1, 0, r + rope, device=DEVICE)
+    positions = torch.zeros(1, 0, dtype=torch.long, device=DEVICE)
+    cos = sin = torch.ones(4, rope // 2, device=DEVICE)
+    latent = torch.zeros(1, 4, r + rope, device=DEVICE)
+    w = torch.ones(r, device=DEVICE)
+    buf = torch.empty(1, 0, H, r + rope, device=DEVICE)
+    for fn in (mla_rope.mla_rope_cache, mla_rope_cache_torch):
+        fn(q, kv, positions, cos, sin, latent, w, 1e-6, nope=nope, interleave=True, q_pe_out=buf[..., r:],
+           absorb=(torch.randn(H, nope, r, device=DEVICE), buf[..., :r]))
+    assert not latent.any()
+    q, kv = torch.randn(1, 1, H, nope + rope, device=DEVICE), torch.randn(1, 1, r + rope, device=DEVICE)
+    buf = torch.empty(1, 1, H, 2 * r + rope, device=DEVICE)
+    with pytest.raises(AssertionError):
+        pos = torch.zeros(1, 1, dtype=torch.long, device=DEVICE)
+        mla_rope.mla_rope_cache(q, kv, pos, cos, sin, latent, w, 1e-6, nope=nope, interleave=True,
+                                q_pe_out=buf[..., 2 * r:],
+                                absorb=(torch.randn(H, nope, 2 * r, device=DEVICE), buf[..., :2 * r]))
+
+
+def test_fused_absorbed_decode_with_a_quantized_wkv_b(monkeypatch):
+    """An int8 DeepSeek-V2 tiny model (wkv_b quantized, dequantized once a step for both folds) decodes the folded
+    path's logits as the batched-GEMM path's (fp32, Triton op set and attention)."""
+    from minimoe import mla, quant
+    from minimoe.generate import Generator
+    from minimoe.loader import build_model
+    from minimoe.qweights import QuantWeight
+    from minimoe.settings import RunSettings
+    s = RunSettings(ops="triton", attn="triton", device=DEVICE.type).resolve()
+    model, cfg, _ = build_model("deepseek-v2-lite-tiny", "dummy", dtype=torch.float32, device=DEVICE, settings=s)
+    quant.quantize_(model, s, "int8")
+    assert isinstance(model.layers[1].attn.wkv_b.weight, QuantWeight)
+    prompt = torch.randint(0, cfg.vocab_size, (2, 5), generator=torch.Generator().manual_seed(7)).to(DEVICE)
+    runs = {}
+    for fused in (False, True):
+        monkeypatch.setattr(mla, "MERGE_UV_MAX_B", 4 if fused else 0)
+        monkeypatch.setattr(mla_rope, "ABSORB_MAX_T", 4 if fused else 0)
+        gen = Generator(model, 2, 16)
+        tok = gen.prefill(prompt)
+        first = gen.append(tok[:, None])[:, -1]                          # two one-token decode steps
+        runs[fused] = torch.stack([first, gen.append(first.argmax(-1)[:, None])[:, -1]])
+    torch.testing.assert_close(runs[True], runs[False], rtol=2e-5, atol=2e-5)

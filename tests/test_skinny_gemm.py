@@ -121,7 +121,24 @@ def test_tall_split_rule():
     assert S.tall_split(8192, 64, 2048, cfg) == 1                            # 128 row blocks
     assert S.tall_split(128, 64, 2048, cfg) == 16                            # 2 row blocks
     assert S.tall_split(128, 64, 128, cfg) == 2                              # only 2 K steps
-    assert S.tall_split(2048, 64, 2048, cfg) == 9                            # 32 programs -> ~264
+    assert S.tall_split(2048, 64, 2048, cfg) == 8                            # 32 programs: 9 ways -> 8, none empty
+
+
+def test_tall_gemm_split_counters_reset_themselves(monkeypatch):
+    """The split's counters (one a row block x column block tile) are one persistent buffer on a GPU; on the CPU
+    `_counters_for` hands out fresh zeros, so install a persistent one: after two calls every counter is 0 again and
+    both calls gave the same bits."""
+    buf = torch.zeros(64, dtype=torch.int32, device=DEVICE)
+    monkeypatch.setattr(S, "_counters_for", lambda device, n: buf)
+    xdt = torch.bfloat16 if DEVICE.type == "cuda" else torch.float16
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(150, 320, generator=g).to(xdt).to(DEVICE)
+    w = (torch.randn(40, 320, generator=g) / 4).to(DEVICE)
+    cfg = {"BLOCK_M": 64, "BLOCK_N": 16, "BLOCK_K": 32}                       # 3 x 3 tiles, split 10 ways
+    assert S.tall_split(150, 40, 320, dict(S.TALL_CONFIG, **cfg)) == 10
+    y1, y2 = S.tall_gemm(x, w, config=cfg), S.tall_gemm(x, w, config=cfg)
+    assert torch.equal(y1, y2) and _err(y1, _ref(x, w, None)) <= 2e-6
+    assert not buf.any()
 
 
 def test_router_logits_takes_tall_gemm_past_64_tokens(monkeypatch):

@@ -260,7 +260,7 @@ def decode_attention(q, k_cache, v_cache, seq_lens, scale: float, *, positions=N
     none. w_uv [H, N, Dv] (absorbed MLA's value un-absorption W_uv, unit last stride; one new token a sequence):
     the partials are merged and multiplied by W_uv per head in one kernel (kernels/mla_merge_uv.py) -> [B, H, N]
     = W_uv[h] @ out[b, h] with out rounded to q.dtype first, as a separate torch.bmm would see it.
-    Raises AssertionError on bad shapes.
+    Raises AssertionError on bad shapes (a w_uv that is not [H, N, Dv] with a unit last stride included).
     """
     one = q.dim() == 3
     q4 = q[:, None] if one else q                                            # [B, S, H, Dk]
@@ -271,6 +271,8 @@ def decode_attention(q, k_cache, v_cache, seq_lens, scale: float, *, positions=N
     assert q.stride(-1) == k_cache.stride(-1) == v_cache.stride(-1) == 1, "head dim not unit-stride"
     assert k_cache.dtype == v_cache.dtype and seq_lens.dtype == torch.int32
     assert one or (positions is not None and positions.shape == (B, S)), "S > 1 needs positions [B, S]"
+    assert w_uv is None or (one and w_uv.dim() == 3 and w_uv.shape[0] == H and w_uv.shape[2] == v_cache.shape[-1]
+                            and w_uv.stride(-1) == 1), "w_uv: one new token a sequence and W_uv [H, N, Dv]"
     G = H // hkv
     block_dk, block_dr, block_dv = _head_dim_blocks(dk, dv)
     block_h = min(max(16, triton.next_power_of_2(G * S)), max(16, ACC_BUDGET // block_dv))
@@ -315,7 +317,6 @@ def decode_attention(q, k_cache, v_cache, seq_lens, scale: float, *, positions=N
         **launch, **launch_args(pdl),
     )
     if w_uv is not None:
-        assert one and w_uv.shape[0] == H and w_uv.shape[2] == dv, (w_uv.shape, H, dv)
         return merge_uv(part[:, 0], lse[:, 0], seq_lens, w_uv, s_max, chunk, num_splits, out_dtype=q.dtype, pdl=pdl)
     if not direct and not merge:
         _merge_splits_kernel[(H * S, B)](

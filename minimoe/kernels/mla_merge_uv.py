@@ -31,7 +31,8 @@ from .pdl import launch_args, wait_then_release
 # but scripts/pdl_order_check.py would then flag the load). DeepSeek-V2-Lite's graphed decode step against the merge
 # kernel + bmm (docs/results/2026-12-03-s26, calls 2-3): 16 columns loaded after the merge +0.70% (bs 1) / -1.06%
 # (bs 4); right after the wait -0.65% / -1.56%, before it -0.68% / -1.99%, 8 columns (before) -0.88% / -1.99%; 32
-# columns +2.4% against 16.
+# columns +2.4% against 16. Call 4: this setting (8 columns, after the wait) against 8 columns before the wait:
+# -0.19% (bs 1) / +0.49% (bs 4).
 BLOCK_N = 8
 W_EARLY = 1
 
@@ -79,14 +80,14 @@ def _merge_uv_kernel(part_ptr, lse_ptr, seq_lens_ptr, w_ptr, out_ptr,
 
 def merge_uv(part: torch.Tensor, lse: torch.Tensor, seq_lens: torch.Tensor, w_uv: torch.Tensor, s_max: int,
              chunk: int, num_splits: int, *, out_dtype: torch.dtype | None = None, pdl: bool = False) -> torch.Tensor:
-    """part [B, H, NS, L] fp32 and lse [B, H, NS] fp32 (log2 domain; decode_attention's split partials, split s
-    covering positions [s*chunk, (s+1)*chunk) of min(seq_lens[b], s_max)), W_uv [H, N, L] (unit last stride) ->
-    out [B, H, N] in out_dtype (default W_uv's dtype) = W_uv[h] @ merged[b, h] (merged rounded to out_dtype).
-    Raises ValueError for shapes that do not match."""
+    """part [B, H, NS, L] fp32 and lse [B, H, NS] fp32 (unit last strides, log2 domain: decode_attention's split
+    partials, split s covering positions [s*chunk, (s+1)*chunk) of min(seq_lens[b], s_max)), seq_lens [B] int32,
+    W_uv [H, N, L] (unit last stride) -> out [B, H, N] in out_dtype (default W_uv's dtype) = W_uv[h] @ merged[b, h]
+    (merged rounded to out_dtype). Raises ValueError for shapes or strides that do not match."""
     B, H, NS, L = part.shape
     N = w_uv.shape[1]
     if (tuple(lse.shape) != (B, H, NS) or w_uv.dim() != 3 or w_uv.shape[0] != H or w_uv.shape[2] != L
-            or w_uv.stride(2) != 1 or part.stride(3) != 1 or NS != num_splits):
+            or w_uv.stride(2) != 1 or part.stride(3) != 1 or lse.stride(2) != 1 or NS != num_splits):
         raise ValueError(f"merge_uv: part {tuple(part.shape)}, lse {tuple(lse.shape)}, W_uv {tuple(w_uv.shape)} "
                          "do not match [B, H, NS, L], [B, H, NS], [H, N, L] (unit last strides)")
     out = torch.empty(B, H, N, device=part.device, dtype=out_dtype or w_uv.dtype)

@@ -25,7 +25,12 @@ separately (no FMA), rounded once to the activations' dtype.
 Reference: DeepSeek-V2, arXiv 2405.04434 §2.1 (MLA, decoupled rotary key); DeepSeek-V3
 `inference/model.py` (the same steps in PyTorch); SGLang / vLLM fuse the same prologue.
 
-Shapes: B batch, S new tokens, H heads, r latent rank, rope rotary width, P table rows.
+At decode (`absorb`, up to ABSORB_MAX_T tokens) the same launch also absorbs the queries into the latent, in
+programs after the tokens': program (head h, latent columns c) computes q_lat[t, h, c] = q_nope[t, h] @ W_uk[h][:, c]
+for every token t, reading its [nope, BLOCK_C] tile of W_uk once (mla.py's absorbed form; a batched GEMM otherwise).
+
+Shapes: B batch, S new tokens, H heads, nope the non-rotary query width, r latent rank, rope rotary width, P table
+rows.
 """
 
 import torch
@@ -181,7 +186,7 @@ def mla_rope_cache(q, kv, positions, cos, sin, latent, norm_weight, eps: float, 
     last dim; heads of q contiguous rows of nope + rope); positions [B, S] int64 on the device;
     cos, sin [P, rope/2] float32 tables; latent [B, S_max, r + rope] (unit last stride);
     norm_weight [r]; q_pe_out [B, S, H, rope] (unit last stride; may alias q[..., nope:]).
-    absorb (W_uk [H, nope, r'], q_lat [B, S, H, r'], unit last strides): also q_lat = q_nope @ W_uk per head
+    absorb (W_uk [H, nope, r], q_lat [B, S, H, r], unit last strides): also q_lat = q_nope @ W_uk per head
     (absorbed MLA's query), in the same launch for at most ABSORB_MAX_T tokens (extra programs, one per head and
     BLOCK_C latent columns), else a torch.bmm after it.
     Raises AssertionError on shape or layout mismatches.
@@ -201,8 +206,8 @@ def mla_rope_cache(q, kv, positions, cos, sin, latent, norm_weight, eps: float, 
     fused = absorb is not None and B * S <= ABSORB_MAX_T
     if absorb is not None:
         w_uk, q_lat = absorb
-        rl = w_uk.shape[-1]
-        assert w_uk.shape == (H, nope, rl) and q_lat.shape == (B, S, H, rl), (w_uk.shape, q_lat.shape)
+        rl = r                           # the kernel's absorb programs cover the cache's latent width
+        assert w_uk.shape == (H, nope, r) and q_lat.shape == (B, S, H, r), (w_uk.shape, q_lat.shape)
         assert w_uk.stride(-1) == q_lat.stride(-1) == 1 and w_uk.dtype == q_lat.dtype == q.dtype
     else:
         w_uk = q_lat = q                                                    # never read
@@ -216,13 +221,14 @@ def mla_rope_cache(q, kv, positions, cos, sin, latent, norm_weight, eps: float, 
         latent.stride(0), latent.stride(1), q_pe_out.stride(0), q_pe_out.stride(1), q_pe_out.stride(2), eps,
         w_uk, q_lat, w_uk.stride(0), w_uk.stride(1) if fused else 0, q_lat.stride(0), q_lat.stride(1),
         q_lat.stride(2), ABSORB_T=B * S if fused else 0, BLOCK_NOPE=triton.next_power_of_2(nope),
-        BLOCK_C=min(ABSORB_BLOCK_C, triton.next_power_of_2(rl)), W_EARLY=bool(ABSORB_W_EARLY and pdl), H=H, NOPE=nope, R=r, ROPE=rope, BLOCK_H=block_h, BLOCK_R=triton.next_power_of_2(r),
+        BLOCK_C=min(ABSORB_BLOCK_C, triton.next_power_of_2(rl)), W_EARLY=bool(ABSORB_W_EARLY and pdl),
+        H=H, NOPE=nope, R=r, ROPE=rope, BLOCK_H=block_h, BLOCK_R=triton.next_power_of_2(r),
         BLOCK_HALF=block_half, INTERLEAVE=interleave, SPLIT_PAIRS=SPLIT_PAIRS,
         num_warps=WARPS or (4 if block_h * block_half <= 4096 else 8),
         enable_fp_fusion=False,  # torch rounds x1·cos and x2·sin separately (see rope.py)
         **launch_args(pdl),
     )
-    if absorb is not None and not fused:     # q_nope [H, T, nope] @ W_uk [H, nope, r'] -> q_lat's [H, T, r'] view
+    if absorb is not None and not fused:     # q_nope [H, T, nope] @ W_uk [H, nope, r] -> q_lat's [H, T, r] view
         T = B * S
         torch.bmm(q[..., :nope].reshape(T, H, nope).transpose(0, 1), w_uk,
                   out=q_lat.view(T, H, -1).transpose(0, 1))

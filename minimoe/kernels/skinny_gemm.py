@@ -29,7 +29,8 @@ bound the error at fp32 rounding. Three parts suffice only because x is already 
 split both operands, BF16x9; CUTLASS's 3xTF32 is the same idea). The weight's parts underflow only below bf16's
 ~1e-38: never for a trained gate.
 
-`tall_gemm` runs the same kernel for any T over a grid of row blocks, unsplit: prefill's float32 router as split3.
+`tall_gemm` runs the same kernel for any T over a grid of row blocks (K split only when that grid is small):
+prefill's float32 router as split3.
 
 Shapes: T tokens (rows of x, 1..MAX_T; any T in tall_gemm), K the reduction, N outputs (rows of W, nn.Linear layout).
 Nothing syncs with the host and the workspace size depends on (T, N, config) only: CUDA-graph safe.
@@ -167,12 +168,13 @@ def default_config(T: int, N: int, K: int, w_dtype: torch.dtype, sms: int = 132,
             "num_stages": 4 if bits == 8 else 3}
 
 
-COUNTERS = 8192                 # column blocks a call may have and still use the device's persistent counters
+COUNTERS = 8192                 # split tiles (column blocks; tall_gemm: x row blocks) a call may have and still
+                                # use the device's persistent counters
 _counters: dict[torch.device, torch.Tensor] = {}
 
 
 def _counters_for(device: torch.device, n_blocks: int) -> torch.Tensor:
-    """Zeroed int32 counters [>= n_blocks]. The kernel's last program of each column block sets its counter
+    """Zeroed int32 counters [>= n_blocks]. The kernel's last program of each split tile sets its counter
     back to 0, so one buffer a device, zeroed once, serves every call (no memset a layer); calls on one
     stream never overlap (a PDL launch waits in gdc_wait for its predecessor before touching them). A call
     being captured before the buffer exists, or with more blocks, gets its own zeroed counters."""
@@ -251,9 +253,11 @@ def skinny_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     return y
 
 
-# tall_gemm's tiles (split3): 64 rows x 64 columns a program over K steps of 64, no split of K. In DeepSeek-V2-Lite's
-# graphed prefill it beat F.linear(x.float(), W) by 1.8% (docs/results/2026-12-02-s25, call 4); 128-row blocks at 4 or 8
-# warps, 32-row blocks and 128-wide K steps were within +0.5% of it, none faster beyond noise (call 5).
+# tall_gemm's tiles (split3): 64 rows x 64 columns a program over K steps of 64 (K split below TALL_SPLIT_BELOW
+# programs). In DeepSeek-V2-Lite's graphed prefill of 8,192 tokens it beat F.linear(x.float(), W) by 1.8%
+# (docs/results/2026-12-02-s25, call 4); 128-row blocks at 4 or 8 warps, 32-row blocks and 128-wide K steps were
+# within +0.5% of it, none faster beyond noise (call 5). With the split (2026-12-03-s26, call 4): F.linear +0.63% at a
+# 128-token prefill, +1.80% at 16 x 128 tokens.
 TALL_CONFIG = {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64, "num_warps": 4, "num_stages": 3}
 # Below TALL_SPLIT_BELOW programs (few row blocks: a batch-1 prefill of 128 tokens has 2), K is split so that the grid
 # reaches ~TARGET_PROGRAMS (at most 16 ways): without it each of the 2 programs walks the whole 512 KB gate, 42.7 µs
@@ -266,15 +270,18 @@ def tall_split(T: int, N: int, K: int, cfg: dict) -> int:
     programs = triton.cdiv(T, cfg["BLOCK_M"]) * triton.cdiv(N, cfg["BLOCK_N"])
     if programs >= TALL_SPLIT_BELOW:
         return 1
-    return max(1, min(triton.cdiv(K, cfg["BLOCK_K"]), triton.cdiv(TARGET_PROGRAMS, programs), 16))
+    n_k = triton.cdiv(K, cfg["BLOCK_K"])
+    split = max(1, min(n_k, triton.cdiv(TARGET_PROGRAMS, programs), 16))
+    return triton.cdiv(n_k, triton.cdiv(n_k, split))          # no share left empty (32 K steps: 9 ways -> 8)
 
 
 def tall_gemm(x: torch.Tensor, weight: torch.Tensor, *, out_dtype: torch.dtype | None = None,
               config: dict | None = None, pdl: bool = False, split3: bool = True) -> torch.Tensor:
     """y [T, N] = x [T, K] @ weight [N, K]ᵀ for any T >= 1: the skinny kernel over a grid of BLOCK_M-row blocks x
     BLOCK_N-column blocks, each program over all of K, or, for grids of fewer than TALL_SPLIT_BELOW programs, over
-    1 / SPLIT of it (`tall_split`; config "SPLIT" overrides), the tile's last program adding the partials in order. For prefill's float32 router with bf16
-    x (DeepSeek's), where F.linear(x.float(), W) runs a cast kernel of x and an SGEMM on the CUDA cores (58 µs a layer
+    1 / SPLIT of it (`tall_split`; config "SPLIT" overrides), the tile's last program adding the partials in order
+    (so how many rows share a call, through the split, decides the fp32 summation order, hence the rounding). For
+    prefill's float32 router with bf16 x (DeepSeek's), where F.linear(x.float(), W) runs a cast kernel of x and an SGEMM on the CUDA cores (58 µs a layer
     at 8,192 tokens); split3 (default) runs it as three bf16 parts on the tensor cores, with the rounding described in
     the module docstring (with fp16 x the parts are fp16, whose narrow exponent drops a tiny weight's low parts:
     `skinny_gemm` takes split3 for bf16 only by default). x [T, K] 2-D with unit last stride; weight [N, K] float32
@@ -297,6 +304,8 @@ def tall_gemm(x: torch.Tensor, weight: torch.Tensor, *, out_dtype: torch.dtype |
         raise ValueError(f"tall_gemm: {T} rows are more than 65,535 row blocks of {cfg['BLOCK_M']}")
     y = torch.empty(T, N, device=x.device, dtype=out_dtype or weight.dtype)
     split = int(cfg.get("SPLIT") or tall_split(T, N, K, cfg))
+    if split > 1 and split * T * N >= 2 ** 31:
+        raise ValueError(f"tall_gemm: a {split}-way split of [{T}, {N}] needs int64 workspace offsets")
     grid = (triton.cdiv(N, cfg["BLOCK_N"]), split, triton.cdiv(T, cfg["BLOCK_M"]))
     if split > 1:                     # partials [SPLIT, T, N] fp32, a counter a (row block, column block) tile
         ws = torch.empty(split * T * N, device=x.device, dtype=torch.float32)

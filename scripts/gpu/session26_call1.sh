@@ -1,4 +1,6 @@
 #!/usr/bin/env bash
+# (Runs the code of commit a85e438: minimoe/l2_prefetch.py, kernels/l2_prefetch.py, scripts/l2_probe.py and
+# tests/test_l2_prefetch.py were removed after this call; docs/results/2026-12-03-s26/README.md.)
 # Session 26, call 1 on nvidia-h200 (~9 min): does a side-stream L2 prefetch of the attention weights help batch 1?
 #  1. scripts/l2_probe.py: a synthetic graphed chain A1 (67 MB) -> A2 (33.5) -> B (25) -> C (8.4) of T = 1 GEMVs,
 #     prefetches of B / C issued at A1 / A2 / B on a side stream, chunk sizes, evict_last; B and C L2-hot vs cold;
