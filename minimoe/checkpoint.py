@@ -12,6 +12,8 @@ a tensor name two files both hold. `StateDict` shows an in-memory {name: tensor}
 """
 from __future__ import annotations
 
+import difflib
+
 import dataclasses
 import json
 import os
@@ -40,8 +42,11 @@ def resolve(model: str) -> tuple[dict, Path | None]:
             raise CheckpointError(f"{path} has no config.json")
         return _read_json(path / "config.json"), path
     if model.count("/") != 1 or path.exists():
-        raise CheckpointError(f"unknown model {model!r}: not a model card ({', '.join(cards.card_names())}), "
-                              f"not a directory, and not a hub id of the form org/name")
+        close = difflib.get_close_matches(model.lower(), [*cards.aliases(), *(n.lower() for n in cards.card_names())], 1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise CheckpointError(f"unknown model {model!r}: not a model card ({', '.join(cards.card_names())}) or alias "
+                              f"({', '.join(cards.aliases())}), not a directory, and not a hub id of the form "
+                              f"org/name{hint}")
     folder = _download(model)
     return _read_json(folder / "config.json"), folder
 
