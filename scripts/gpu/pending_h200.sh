@@ -1,17 +1,21 @@
 #!/usr/bin/env bash
-# For the next nvidia-h200 call (~6 min), left by the twenty-fourth session: DeepSeek-V2-Lite bs 64 is ~1.2% from issue
-# 16's 6,800 out tok/s (6,717 with MLA's joined projections and the split3 router, s24 call 4). Profile its graphed step
-# with PDL off (honest per-kernel times) at bs 64 and bs 1 with this code, to rank the next fusions (top-k into the
-# alignment, the combine into the next RMSNorm: docs/perf_notes.md, leads after the twenty-fourth session); then every
-# GPU test.
+# For the next nvidia-h200 call (~8 min), left by the twenty-sixth session, whose last call could not get a machine:
+#  1. the review's fixes of that session on the GPU (one dequantize of wkv_b a step, tall_split leaving no share empty,
+#     the w_uv / lse checks; its calls 2-4 ran the code before them), then every GPU test;
+#  2. a PDL-off profile of DeepSeek-V2-Lite's folded bs-1 step (493.7 / 500 out tok/s: docs/perf_notes.md, leads after
+#     the twenty-sixth session) and bench.py bs 1.
 # Usage (device tool, repo root): bash scripts/gpu/pending_h200.sh
 set -u
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD TQDM_DISABLE=1
 R=$OUT/r; mkdir -p $R
-for bs in 64 1; do
-  timeout 100 python3 scripts/profile_step.py --model deepseek-v2-lite --bs $bs --steps 10 --pdl off \
-    --json $R/prof_dsv2_bs${bs}_nopdl.json > $R/prof_dsv2_bs${bs}_nopdl.txt 2>&1; echo "--- prof bs $bs rc $?"
-done
+timeout 90 python3 -m pytest -q -p no:cacheprovider tests/test_skinny_gemm.py tests/test_mla_absorb.py \
+  -k "tall or absorb or merge_uv" > $R/pytest_fixes.txt 2>&1
+echo "--- pytest fixes rc $?"; tail -1 $R/pytest_fixes.txt; grep -E "^(FAILED|E )" $R/pytest_fixes.txt | head
 timeout 300 python3 -m pytest -q -p no:cacheprovider -m gpu tests/ > $R/pytest_gpu.txt 2>&1
-echo "--- pytest rc $?"; grep -E "passed|failed|FAILED" $R/pytest_gpu.txt | tail -5
+echo "--- pytest gpu rc $?"; tail -1 $R/pytest_gpu.txt; grep -E "^FAILED" $R/pytest_gpu.txt | head
+[ $SECONDS -lt 480 ] && { timeout 60 python3 scripts/profile_step.py --model deepseek-v2-lite --bs 1 --steps 5 --pdl off \
+  --json $R/prof_dsv2_bs1_nopdl.json > $R/prof_dsv2_bs1_nopdl.txt 2>&1; echo "--- profile rc $?"; }
+[ $SECONDS -lt 530 ] && { timeout 60 python3 bench.py --model deepseek-v2-lite --fused --warmup 1 --iters 3 --input-len 128 \
+  --output-len 128 --bs 1 --json $R/bench_dsv2_1.json > $R/bench_dsv2_1.txt 2>&1; echo "--- bench rc $?"; \
+  grep -A1 "config  TTFT" $R/bench_dsv2_1.txt | tail -1; }
 tar czf $OUT/r.tgz -C $OUT r
