@@ -21,8 +21,9 @@ try:
     from .kernels import gemv as _gemv
     from .kernels.dense_gemv import dense_gemv as _dense_gemv
     from .kernels import skinny_gemm as _skinny
+    from .kernels import tall_gemm as _tall
 except ImportError:       # no Triton here: --gemv triton / stream / skinny are refused before a model is built
-    _gemv = _dense_gemv = _skinny = None
+    _gemv = _dense_gemv = _skinny = _tall = None
 
 GEMV_KERNELS = ("torch", "triton", "stream", "skinny")
 STREAM_MAX_T = 2          # the stream kernel reads the weight once per token: decode at batch 1-2 only
@@ -86,7 +87,7 @@ ROUTER_TILES = {torch.float32: {"BLOCK_N": 16, "BLOCK_K": 64, "SPLIT": 16},
 # step at bs 64, -0.7% at 32, -0.9% at 17 with 16 x 256 and split 8; 128-wide K steps over 16 splits another
 # -0.12 / -0.18 / -0.28%; 32 columns a program +0.45 / +1.0 / +1.4%
 ROUTER_SPLIT3_TILES = {"BLOCK_N": 16, "BLOCK_K": 128, "SPLIT": 16}
-# Past 64 tokens (prefill) a float32 gate with bf16 h runs as split3 in skinny_gemm.tall_gemm, a grid of row blocks,
+# Past 64 tokens (prefill) a float32 gate with bf16 h runs as split3 in kernels/tall_gemm.py, a grid of row blocks,
 # instead of a cast kernel + SGEMM; False keeps F.linear (the A/B of docs/results/2026-12-02-s25, call 4)
 ROUTER_TALL_SPLIT3 = True
 
@@ -96,7 +97,7 @@ def router_logits(h: torch.Tensor, weight: torch.Tensor, gemv: str = "torch", pd
     [E, D] in bf16 or, DeepSeek's, float32), or, under `--gemv auto` / `skinny` for 1..64 tokens and a gate of at
     most ROUTER_MAX_E experts, kernels/skinny_gemm.py with ROUTER_TILES, which converts h's tiles in registers
     instead of launching a cast (a float32 gate with bf16 h: as three bf16 parts on the tensor cores, `split3`,
-    with ROUTER_SPLIT3_TILES; past 64 tokens, `ROUTER_TALL_SPLIT3`, as skinny_gemm.tall_gemm's row blocks).
+    with ROUTER_SPLIT3_TILES; past 64 tokens, `ROUTER_TALL_SPLIT3`, as kernels/tall_gemm.py's row blocks).
     (The engine's fusable routers reach this only past ops.gate_route_fits' sizes:
     OLMoE's and Qwen3's gates from 5 tokens, DeepSeek-V2's fp32 gate from 17, Mixtral's never.) Gates wider than
     ROUTER_MAX_E x ROUTER_MAX_D (DeepSeek-V3's 256 x 7168) keep F.linear: not measured."""
@@ -111,7 +112,7 @@ def router_logits(h: torch.Tensor, weight: torch.Tensor, gemv: str = "torch", pd
             and h.stride(-1) == 1 and T > _skinny.MAX_T and weight.dtype == torch.float32
             and h.dtype == torch.bfloat16 and weight.shape[0] <= ROUTER_MAX_E and weight.shape[1] <= ROUTER_MAX_D
             and weight.stride(-1) == 1):
-        return _skinny.tall_gemm(h, weight, pdl=pdl)                     # prefill: no cast, no SGEMM
+        return _tall.tall_gemm(h, weight, pdl=pdl)                       # prefill: no cast, no SGEMM
     return F.linear(h.to(weight.dtype), weight)
 
 

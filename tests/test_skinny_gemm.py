@@ -7,6 +7,7 @@ import torch.nn.functional as F
 pytest.importorskip("triton")
 
 from minimoe.kernels import skinny_gemm as S  # noqa: E402
+from minimoe.kernels import tall_gemm as TG  # noqa: E402
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
@@ -101,27 +102,27 @@ def test_tall_gemm_split3_is_as_exact_as_fp32(T, N, K, config):
     x = torch.randn(T, K, generator=g).to(xdt).to(DEVICE)
     w = (torch.randn(N, K, generator=g) / 4).to(DEVICE)
     ref = _ref(x, w, None)
-    y = S.tall_gemm(x, w, config=config)
+    y = TG.tall_gemm(x, w, config=config)
     assert y.shape == (T, N) and y.dtype == torch.float32 and _err(y, ref) <= 2e-6
-    assert torch.equal(S.tall_gemm(x, w, config=config), y)                  # the same bits again
+    assert torch.equal(TG.tall_gemm(x, w, config=config), y)                  # the same bits again
     assert _err(F.linear(x.double(), w.to(xdt).double()), ref) > 50 * max(_err(y, ref), 1e-7)
-    y32 = S.tall_gemm(x, w, config=config, split3=False)
+    y32 = TG.tall_gemm(x, w, config=config, split3=False)
     assert _err(y32, ref) <= 1e-5
     with pytest.raises(ValueError, match="tall_gemm"):
-        S.tall_gemm(x[:0], w)
+        TG.tall_gemm(x[:0], w)
     with pytest.raises(ValueError, match="split3"):
-        S.tall_gemm(x.float(), w)
+        TG.tall_gemm(x.float(), w)
     with pytest.raises(ValueError, match="unit last stride"):
-        S.tall_gemm(x, w.t().contiguous().t())                               # a column-major weight
+        TG.tall_gemm(x, w.t().contiguous().t())                               # a column-major weight
 
 
 def test_tall_split_rule():
     """K is split only for grids of fewer than TALL_SPLIT_BELOW programs, at most 16 ways and n_k."""
-    cfg = S.TALL_CONFIG
-    assert S.tall_split(8192, 64, 2048, cfg) == 1                            # 128 row blocks
-    assert S.tall_split(128, 64, 2048, cfg) == 16                            # 2 row blocks
-    assert S.tall_split(128, 64, 128, cfg) == 2                              # only 2 K steps
-    assert S.tall_split(2048, 64, 2048, cfg) == 8                            # 32 programs: 9 ways -> 8, none empty
+    cfg = TG.TALL_CONFIG
+    assert TG.tall_split(8192, 64, 2048, cfg) == 1                            # 128 row blocks
+    assert TG.tall_split(128, 64, 2048, cfg) == 16                            # 2 row blocks
+    assert TG.tall_split(128, 64, 128, cfg) == 2                              # only 2 K steps
+    assert TG.tall_split(2048, 64, 2048, cfg) == 8                            # 32 programs: 9 ways -> 8, none empty
 
 
 def test_tall_gemm_split_counters_reset_themselves(monkeypatch):
@@ -135,18 +136,18 @@ def test_tall_gemm_split_counters_reset_themselves(monkeypatch):
     x = torch.randn(150, 320, generator=g).to(xdt).to(DEVICE)
     w = (torch.randn(40, 320, generator=g) / 4).to(DEVICE)
     cfg = {"BLOCK_M": 64, "BLOCK_N": 16, "BLOCK_K": 32}                       # 3 x 3 tiles, split 10 ways
-    assert S.tall_split(150, 40, 320, dict(S.TALL_CONFIG, **cfg)) == 10
-    y1, y2 = S.tall_gemm(x, w, config=cfg), S.tall_gemm(x, w, config=cfg)
+    assert TG.tall_split(150, 40, 320, dict(TG.TALL_CONFIG, **cfg)) == 10
+    y1, y2 = TG.tall_gemm(x, w, config=cfg), TG.tall_gemm(x, w, config=cfg)
     assert torch.equal(y1, y2) and _err(y1, _ref(x, w, None)) <= 2e-6
     assert not buf.any()
 
 
 def test_router_logits_takes_tall_gemm_past_64_tokens(monkeypatch):
-    """linear.router_logits sends a float32 gate with bf16 h past skinny_gemm.MAX_T tokens to tall_gemm (under
+    """linear.router_logits sends a float32 gate with bf16 h past skinny_gemm.MAX_T tokens to tall_gemm.py (under
     --gemv auto, with ROUTER_TALL_SPLIT3), and to F.linear with the knob off or --gemv torch."""
     from minimoe import linear as L
     calls = []
-    monkeypatch.setattr(S, "tall_gemm", lambda h, w, **k: calls.append(h.shape[0]) or F.linear(h.float(), w))
+    monkeypatch.setattr(TG, "tall_gemm", lambda h, w, **k: calls.append(h.shape[0]) or F.linear(h.float(), w))
     h, w = torch.randn(100, 64).bfloat16(), torch.randn(8, 64)
     ref = F.linear(h.float(), w)
     assert torch.equal(L.router_logits(h, w, "auto"), ref) and calls == [100]
