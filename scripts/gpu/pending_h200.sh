@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
-# For the next nvidia-h200 call (~8 min), left by the twenty-sixth session, whose last call could not get a machine:
-#  1. the review's fixes of that session on the GPU (one dequantize of wkv_b a step, tall_split leaving no share empty,
-#     the w_uv / lse checks; its calls 2-4 ran the code before them), then every GPU test;
+# For the next nvidia-h200 call (~8 min), left by the twenty-sixth session, whose device minutes ran out:
+#  1. that session's touched tests (its call 5 ran them after the review: 66 passed), then every GPU test;
 #  2. a PDL-off profile of DeepSeek-V2-Lite's folded bs-1 step (493.7 / 500 out tok/s: docs/perf_notes.md, leads after
 #     the twenty-sixth session) and bench.py bs 1.
 # Usage (device tool, repo root): bash scripts/gpu/pending_h200.sh
