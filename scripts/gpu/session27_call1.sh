@@ -14,7 +14,7 @@ timeout 100 python3 -m pytest -q -p no:cacheprovider tests/test_next_norm.py tes
 echo "--- pytest new rc $?"; tail -1 $R/pytest_new.txt; grep -E "^(FAILED|E )" $R/pytest_new.txt | head
 timeout 200 python3 -m pytest -q -p no:cacheprovider -m gpu tests/ > $R/pytest_gpu.txt 2>&1
 echo "--- pytest gpu rc $?"; tail -1 $R/pytest_gpu.txt; grep -E "^FAILED" $R/pytest_gpu.txt | head
-timeout 190 python3 scripts/step_probe.py --models deepseek-v2-lite olmoe qwen3-30b-a3b --batches 1 --variant base \
+timeout 190 python3 scripts/step_probe.py --models deepseek-v2-lite olmoe qwen3 --batches 1 --variant base \
   --variant off:minimoe.next_norm.SMALL=False --rounds 3 --steps 30 --json $R/step_bs1.json > $R/step_bs1.txt 2>&1
 echo "--- step bs1 rc $?"; grep -v "^#" $R/step_bs1.txt | tail -8
 [ $SECONDS -lt 530 ] && { timeout 60 python3 bench.py --model deepseek-v2-lite --fused --warmup 1 --iters 3 --input-len 128 \
