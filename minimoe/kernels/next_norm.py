@@ -33,7 +33,7 @@ import triton
 import triton.language as tl
 
 from .pdl import launch_args, wait_then_release
-from .rmsnorm import add_rms_norm_row, add_rms_norm_values
+from .rmsnorm import add_rms_norm_values
 
 MAX_D = 8192          # the widest row one program normalises in registers here
 COMBINE_WARPS = 8     # warps of the aligned variant's one-program-a-token combine (2,048-wide rows: 8 values a thread)
@@ -74,7 +74,9 @@ def last_program_norm(y_ptr, t, stride_yt, cnt_ptr, n_programs, res_ptr, nw_ptr,
     cnt = cnt_ptr + t
     if tl.atomic_add(cnt, 1, sem="acq_rel", scope="gpu") == n_programs - 1:
         tl.store(cnt, 0)
-        add_rms_norm_row(y_ptr, res_ptr, nw_ptr, h_ptr, s_ptr, t, stride_yt, stride_r, D, eps, BLOCK_ROW, True)
+        offs = tl.arange(0, BLOCK_ROW)                   # volatile: the other programs' columns, never a cached line
+        y = tl.load(y_ptr + t * stride_yt + offs, mask=offs < D, other=0.0, volatile=True)
+        add_rms_norm_values(y, res_ptr, nw_ptr, h_ptr, s_ptr, t, stride_r, D, eps, BLOCK_ROW, True)
 
 
 @triton.jit(do_not_specialize=["expert_offset", "E", "numel"])
