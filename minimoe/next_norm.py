@@ -37,7 +37,11 @@ except ImportError:       # no Triton: --experts fused (and with it this) is ref
 # Tokens a step up to which the fold runs (decode batches and speculation's verify steps; prefills keep the norm's
 # own launch, where it is a small part of the step).
 MAX_T = 64
-SMALL = True      # the decode (batch-1) variant: GEMM2's last programs (an in-step knob for scripts/step_probe.py)
+# The decode (batch-1) variant, GEMM2's last programs: off, measured slower in the graphed bs-1 step (H200, s27 call 1:
+# +0.28% DeepSeek-V2-Lite, +0.13% OLMoE, +1.66% Qwen3-30B-A3B against the norm's own launch). Each of GEMM2's 512
+# programs a token (BLOCK_N 4) ends with a release fence and an atomic; the separate norm's launch overlaps GEMM2
+# under PDL. An in-step knob for scripts/step_probe.py.
+SMALL = False
 ALIGNED = True    # the aligned variant: the one-program-a-token combine (an in-step knob)
 
 

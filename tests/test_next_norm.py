@@ -116,6 +116,7 @@ def test_model_tokens_and_logits_unchanged(card, monkeypatch):
     prefills of 3 tokens; SMALL_BATCH_RATIO 1 lets the tiny models' 6-8 experts plan the decode variant as E = 60-64
     does at batch 1. The fold runs in both variants, and the last layer runs the model's final norm."""
     monkeypatch.setattr(fm, "SMALL_BATCH_RATIO", 1)
+    monkeypatch.setattr(next_norm, "SMALL", True)                 # off by default (slower in the bs-1 step)
     runs = _count_runs(monkeypatch)
     s = RunSettings(experts="fused", device=DEVICE, ops="triton", fuse_next_norm="off").resolve()
     model, cfg, _ = build_model(card, "dummy", dtype=torch.float32, device=DEVICE, settings=s, seed=4)
@@ -144,6 +145,7 @@ def test_model_tokens_and_logits_unchanged(card, monkeypatch):
 
 def test_fits_only_where_it_can_run(monkeypatch):
     monkeypatch.setattr(fm, "SMALL_BATCH_RATIO", 1)
+    monkeypatch.setattr(next_norm, "SMALL", True)
     s = RunSettings(experts="fused", device=DEVICE, ops="triton").resolve()
     assert s.fuse_next_norm == "on"
     model, cfg, _ = build_model("qwen2-moe-tiny", "dummy", dtype=torch.float32, device=DEVICE, settings=s, seed=1)
@@ -175,10 +177,11 @@ def test_fits_only_where_it_can_run(monkeypatch):
 def test_returns_normed_and_block_skips_its_norm(monkeypatch):
     """The MoE hands a Normed to the next Block, which does not call its own attn_norm."""
     monkeypatch.setattr(fm, "SMALL_BATCH_RATIO", 1)
+    monkeypatch.setattr(next_norm, "SMALL", True)
     s = RunSettings(experts="fused", device=DEVICE, ops="triton").resolve()
     model, cfg, _ = build_model("olmoe-tiny", "dummy", dtype=torch.float32, device=DEVICE, settings=s, seed=2)
     moe, norm = model.layers[0].ffn, model.layers[1].attn_norm
-    h, r = torch.randn(1, 1, cfg.hidden_size), torch.randn(1, 1, cfg.hidden_size)
+    h, r = (torch.randn(1, 1, cfg.hidden_size, device=DEVICE) for _ in range(2))
     out = moe(h, residual=r, next_norm=norm)
     assert isinstance(out, Normed)
     ref_h, ref_r = norm(moe(h), r)
