@@ -13,8 +13,6 @@ Improve Transformer" (2020).
 """
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import torch
 import torch.nn as nn
 
@@ -40,13 +38,6 @@ class ResidualRMSNorm(RMSNorm):
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None):
         y, s = ops_for(self.settings).rms_norm(x, self.weight, self.eps, residual)
         return y, (x if s is None else s)
-
-
-class Normed(NamedTuple):
-    """A sublayer's output whose next residual add + RMSNorm already ran inside its last launch (next_norm.py):
-    h = norm(x + residual) [..., N] and residual = x + residual [..., N], what `ResidualRMSNorm` would return."""
-    h: torch.Tensor
-    residual: torch.Tensor
 
 
 class SwiGLU(nn.Module):

@@ -20,7 +20,7 @@ from .attention import Attention
 from .config import ModelConfig
 from .instrument import region
 from .kv_cache import KVCache, Step
-from .layers import Normed, ResidualRMSNorm
+from .layers import ResidualRMSNorm
 from .linear import Linear
 from .mla import MLAttention
 from .moe import MoE, make_ffn
@@ -38,31 +38,20 @@ class Block(nn.Module):
         self.ffn = make_ffn(cfg, settings, layer)
         self.ffn_region = None if isinstance(self.ffn, MoE) else "dense"   # an MoE opens its own regions
 
-    def forward(self, x, residual, step: Step, cache: KVCache, rot: Rotary, next_norm=None):
-        """x [B, S, D] (the previous sublayer's output, not yet added to residual) -> (y, residual).
-        x may be a layers.Normed (the previous MoE ran this block's attn_norm in its last launch: next_norm.py);
-        next_norm: the RMSNorm after this block (the next block's attn_norm or the final norm), which an MoE layer
-        may run inside its own last launch (--fuse-next-norm) and then return as Normed (residual: None)."""
-        if isinstance(x, Normed):
-            h, residual = x
-        else:
-            with region("norm"):
-                h, residual = self.attn_norm(x, residual)
+    def forward(self, x, residual, step: Step, cache: KVCache, rot: Rotary):
+        """x [B, S, D] (the previous sublayer's output, not yet added to residual) -> (y, residual)."""
+        with region("norm"):
+            h, residual = self.attn_norm(x, residual)
         with region("attention"):
             x = self.attn(h, step, cache, rot)
-        moe = self.ffn_region is None
-        if moe and self.ffn.fold_fits(x, residual):
+        if self.ffn_region is None and self.ffn.fold_fits(x, residual):
             with region("router"):      # norm + router in one kernel where that exists (--fold-norm)
                 h, residual, routing = self.ffn.fold_norm(x, residual, self.ffn_norm, step.counters)
-        else:
-            routing = None
-            with region("norm"):
-                h, residual = self.ffn_norm(x, residual)
-        if not moe:
-            with region(self.ffn_region):
-                return self.ffn(h), residual
-        y = self.ffn(h, routing=routing, residual=residual, next_norm=next_norm, counters=step.counters)
-        return (y, None) if isinstance(y, Normed) else (y, residual)
+            return self.ffn(h, routing=routing), residual
+        with region("norm"):
+            h, residual = self.ffn_norm(x, residual)
+        with region(self.ffn_region):
+            return self.ffn(h), residual
 
 
 class Transformer(nn.Module):
@@ -104,26 +93,16 @@ class Transformer(nn.Module):
             x = self.embed(ids)                                                # [B, S, D]
             rot = Rotary(self.cos, self.sin, self.cos[step.positions], self.sin[step.positions])  # [B, S, rope/2]
         residual = None
-        last = len(self.layers) - 1
-        for i, layer in enumerate(self.layers):
-            x, residual = layer(x, residual, step, cache, rot,
-                                next_norm=self.norm if i == last else self.layers[i + 1].attn_norm)
-        if isinstance(x, Normed):         # the last MoE layer ran the final norm too (--fuse-next-norm): per row,
-            x = x.h                       # so selecting rows after it is the same as before it
-            if select is not None:
-                x = self._select(x, select).contiguous()
-        else:
-            if select is not None:        # only where a token will be sampled: [B, 1, D]
-                x, residual = self._select(x, select), self._select(residual, select)
-            with region("norm"):
-                x, _ = self.norm(x.contiguous(), residual.contiguous())
+        for layer in self.layers:
+            x, residual = layer(x, residual, step, cache, rot)
+        if select is not None:            # only where a token will be sampled: [B, 1, D]
+            if isinstance(select, int):
+                x, residual = x[:, select:][:, :1], residual[:, select:][:, :1]
+            else:
+                rows = torch.arange(x.shape[0], device=x.device)
+                x, residual = x[rows, select][:, None], residual[rows, select][:, None]
+        with region("norm"):
+            x, _ = self.norm(x.contiguous(), residual.contiguous())
         with region("lm_head"):
             logits = self.lm_head(x).float()
         return logits[:, 0] if select is not None else logits
-
-    @staticmethod
-    def _select(x: torch.Tensor, select) -> torch.Tensor:
-        """x [B, S, D] -> [B, 1, D] at one position per sequence (an int for every row, or a LongTensor [B])."""
-        if isinstance(select, int):
-            return x[:, select:][:, :1]
-        return x[torch.arange(x.shape[0], device=x.device), select][:, None]

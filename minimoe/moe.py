@@ -20,13 +20,12 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from . import next_norm as _next_norm
 from . import shared_fusion
 from .config import ModelConfig
 from .experts import Experts
 from .gate import Router
 from .instrument import region
-from .layers import Normed, SwiGLU
+from .layers import SwiGLU
 from .linear import Linear
 
 
@@ -51,11 +50,9 @@ class MoE(nn.Module):
         self.experts = Experts(E, cfg.hidden_size, I, settings=settings)
         self.shared = SharedExperts(cfg, settings) if cfg.shared_intermediate_size else None
 
-    def forward(self, h: torch.Tensor, routing=None, residual=None, next_norm=None, counters=None):
+    def forward(self, h: torch.Tensor, routing=None) -> torch.Tensor:
         """h [B, S, D] (normed) -> [B, S, D]. routing: (weights, ids) [T, K] when the router already ran
-        (folded with the norm in front of it: `fold_norm`). residual [B, S, D] (the stream before this layer's
-        output), next_norm (the next RMSNorm module) and counters (KVCache.counters): where next_norm.fits, that norm
-        runs in the experts' last launch and the result is layers.Normed(norm(y + residual), y + residual)."""
+        (folded with the norm in front of it: `fold_norm`)."""
         B, S, D = h.shape
         ht = h.reshape(B * S, D)                                          # [T, D]
         if routing is not None:
@@ -63,9 +60,6 @@ class MoE(nn.Module):
         else:
             with region("router"):
                 weights, ids = self.router(ht)                            # [T, K] each
-        if next_norm is not None and _next_norm.fits(self, ht, ids.shape[1], residual, next_norm):
-            n = _next_norm.run(self, ht, weights, ids, residual, next_norm, counters)   # --fuse-next-norm
-            return Normed(n.h.view(B, S, D), n.residual.view(B, S, D))
         if shared_fusion.fits(self, ht, ids.shape[1]):                   # --fuse-shared: both in the routed launches
             return shared_fusion.run(self, ht, weights, ids).view(B, S, D)
         y = self.experts(ht, weights, ids)                                # [T, D]; regions inside the path

@@ -43,8 +43,6 @@ class RunSettings:
                                     # on | off; auto = on with --ops triton (model.Block, kernels/gate_splitk.py)
     fuse_shared: str = "auto"       # shared experts inside the routed experts' decode kernels (shared_fusion.py):
                                     # on | off; auto = on for --experts fused, unquantized, no EP / TP plan
-    fuse_next_norm: str = "auto"    # the next layer's residual add + RMSNorm in an MoE layer's last launch (next_norm.py):
-                                    # on | off; auto = on for --experts fused with --ops triton, unquantized, no EP / TP
     fuse_rope: str = "auto"         # rotary embedding + KV-cache write inside the q/k/v GEMV at batch 1 (rope_fusion.py):
                                     # on (needs --ops triton; its own GEMV whatever --gemv says) | off;
                                     # auto = on with --ops triton and --gemv auto | stream (resolved: a GPU)
@@ -86,7 +84,6 @@ class RunSettings:
         _choose("fold_norm", s.fold_norm, ("auto", "on", "off"))
         _choose("fuse_shared", s.fuse_shared, ("auto", "on", "off"))
         _choose("fuse_rope", s.fuse_rope, ("auto", "on", "off"))
-        _choose("fuse_next_norm", s.fuse_next_norm, ("auto", "on", "off"))
         _choose("quant", s.quant, QUANT_FORMATS)
         _choose("dispatch", s.dispatch, DISPATCH_DESIGNS)
         _choose("allreduce", s.allreduce, ALLREDUCE_DESIGNS)
@@ -104,13 +101,6 @@ class RunSettings:
             raise ValueError("--fuse-shared on runs the shared experts inside the fused MoE kernels: it needs "
                              f"--experts fused, --quant none and no --ep / --tp plan (got --experts {s.experts}, "
                              f"--quant {s.quant}, --ep {s.ep}, --tp {s.tp})")
-        plain = s.experts == "fused" and s.quant == "none" and s.tp == 1 and s.ep == 1
-        if s.fuse_next_norm == "auto":
-            s.fuse_next_norm = "on" if plain and s.ops == "triton" else "off"
-        if s.fuse_next_norm == "on" and not (plain and s.ops == "triton"):
-            raise ValueError("--fuse-next-norm on runs the next RMSNorm inside the fused MoE kernels: it needs "
-                             f"--experts fused, --ops triton, --quant none and no --ep / --tp plan (got --experts "
-                             f"{s.experts}, --ops {s.ops}, --quant {s.quant}, --ep {s.ep}, --tp {s.tp})")
         if s.fuse_rope == "auto":        # where the stream GEMV runs the q/k/v projection at one token (a GPU)
             s.fuse_rope = "on" if s.ops == "triton" and s.gemv in ("auto", "stream") else "off"
         if s.fuse_rope == "on" and s.ops != "triton":
@@ -244,12 +234,6 @@ SETTINGS_FLAGS = {
                                                "the aligned plan; which plan a step takes depends on tokens x top-k "
                                                "against the expert count; bench.py --profile notes small+shared / "
                                                "aligned+shared) | off; auto: on where it can run")),
-    "fuse_next_norm": ("--fuse-next-norm", dict(help="the next layer's residual add + RMSNorm inside an MoE layer's "
-                                                     "last launch at up to 64 tokens a step (next_norm.py: GEMM2's last "
-                                                     "programs at batch 1, a one-program-a-token combine on the aligned "
-                                                     "plan; --profile notes +norm): on (needs --experts fused, --ops "
-                                                     "triton, --quant none, no --ep / --tp) | off; auto: on where it can "
-                                                     "run")),
     "fuse_rope": ("--fuse-rope", dict(help="rotary embedding and the KV-cache write in the epilogue of the q/k/v "
                                            "GEMV at batch 1 (rope_fusion.py; layers without a q/k norm: Mixtral, "
                                            "Qwen1.5/2-MoE; --profile notes qkv+rope): on (needs --ops triton; the "

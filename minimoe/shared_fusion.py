@@ -97,18 +97,11 @@ def fits(moe, x: torch.Tensor, K: int) -> bool:
     return variant == "aligned" and T <= ALIGNED_MAX_T and sh.w2.weight.shape[1] % I == 0
 
 
-def shared_expert(moe):
-    """The MoE layer's shared expert as the kernels take it (`SharedExpert`: its weights in place), or None."""
-    sh = moe.shared
-    if sh is None:
-        return None
-    return SharedExpert(sh.w13.weight, sh.w2.weight, None if sh.gate is None else sh.gate.weight.view(-1))
-
-
 def run(moe, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     """routed(x) + shared(x) [T, D] for x [T, D], weights / ids [T, K], in the routed experts' launches."""
-    ex = moe.experts
-    shared = shared_expert(moe)
+    ex, sh = moe.experts, moe.shared
+    gate = None if sh.gate is None else sh.gate.weight.view(-1)                   # [D]
+    shared = SharedExpert(sh.w13.weight, sh.w2.weight, gate)
     T, K = ids.shape
     note("fused_moe", _fm.plan(T, K, ex.n_local, _fm.get_config(ex.n_local, ex.hidden, x.shape[1], K, T, x.dtype))
          + "+shared")

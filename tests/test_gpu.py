@@ -60,11 +60,9 @@ def test_graphed_decode_equals_eager_with_fused_shared(card, batch, monkeypatch)
     at batch 1 (batch 2 decodes apart), and inside the aligned variant's GEMMs for the 11- and 22-token prefills
     (virtual experts, up to shared_fusion.ALIGNED_MAX_T tokens). The tiny models' E = 6-8 needs a ratio of 1 for
     batch 1 to plan the decode variant (E = 60-64 does)."""
-    from minimoe import next_norm, shared_fusion
+    from minimoe import shared_fusion
     from minimoe.kernels import fused_moe as fm
     monkeypatch.setattr(fm, "SMALL_BATCH_RATIO", 1)
-    monkeypatch.setattr(next_norm, "ALIGNED", False)          # its own test below: here the shared expert's path
-    monkeypatch.setattr(next_norm, "SMALL", False)
     runs = []                                                  # (T, K, E) of each fused call
     real_run = shared_fusion.run
     monkeypatch.setattr(shared_fusion, "run",
@@ -74,24 +72,6 @@ def test_graphed_decode_equals_eager_with_fused_shared(card, batch, monkeypatch)
     (_, K, E), prefill = runs[0], batch * 11
     assert fm.plan(prefill, K, E) == "aligned" and prefill <= shared_fusion.ALIGNED_MAX_T
     assert {T for T, _, _ in runs} == {prefill} | ({batch} if batch <= shared_fusion.MAX_T else set())
-
-
-@pytest.mark.parametrize("card", ["olmoe-tiny", "qwen2-moe-tiny", "deepseek-v2-lite-tiny"])
-@pytest.mark.parametrize("batch", [1, 4])
-def test_graphed_decode_equals_eager_with_next_norm(card, batch, monkeypatch):
-    """--fuse-next-norm captured in the graph, both variants: the aligned combine (on by default; the 11- and 44-token
-    prefills, batch 4's decode) and GEMM2's last programs (SMALL, off by default; batch 1 with a ratio of 1)."""
-    from minimoe import next_norm
-    from minimoe.kernels import fused_moe as fm
-    monkeypatch.setattr(fm, "SMALL_BATCH_RATIO", 1)
-    monkeypatch.setattr(next_norm, "SMALL", True)
-    plans = []
-    real_run = next_norm.run
-    monkeypatch.setattr(next_norm, "run", lambda moe, x, w, ids, *a: plans.append(
-        fm.plan(x.shape[0], ids.shape[1], moe.experts.n_local)) or real_run(moe, x, w, ids, *a))
-    pdl = "on" if torch.cuda.get_device_capability()[0] >= 9 else "off"
-    test_graphed_decode_equals_eager(card, "fused", "triton", "triton", pdl, batch)
-    assert plans and (batch > 1 or "small" in plans), plans
 
 
 def test_pdl_auto_is_on_for_one_hopper_gpu_only():

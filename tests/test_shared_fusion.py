@@ -161,7 +161,7 @@ def test_model_fused_shared_equals_apart(card, aligned_max_t, monkeypatch):
     runs = []
     real_run = shared_fusion.run
     monkeypatch.setattr(shared_fusion, "run", lambda *a: runs.append(a[1].shape[0]) or real_run(*a))
-    s = RunSettings(experts="fused", device=DEVICE, fuse_shared="off", fuse_next_norm="off").resolve()
+    s = RunSettings(experts="fused", device=DEVICE, fuse_shared="off").resolve()
     model, cfg, _ = build_model(card, "dummy", dtype=torch.float32, device=DEVICE, settings=s, seed=4)
     prompts = torch.randint(0, cfg.vocab_size, (2, 3), generator=torch.Generator().manual_seed(6)).to(DEVICE)
     seen = set()

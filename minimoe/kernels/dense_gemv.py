@@ -95,7 +95,6 @@ def dense_gemv(x: torch.Tensor, weight: torch.Tensor, config: dict | None = None
         x.stride(0), w3.stride(0), w3.stride(1), out.stride(0),
         x, w3, x, x, 0, 0, 0, 0,                                            # no shared expert: never read
         wb, N2, wb.stride(0),
-        x, x, x, x, x, 0.0,                                                 # NORM_NEXT only: never read
         BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"], STAGES=cfg["num_stages"],
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], DENSE=True, BIAS=bias is not None,
         CAT=second is not None,

@@ -43,7 +43,6 @@ from .fused_moe_small import SharedExpert, check_shared, fused_moe_small
 from .moe_align import align_tokens_by_expert
 from .moe_combine import _combine_kernel
 from .moe_configs import down_config, get_config
-from .next_norm import NextNorm, check as check_norm, combine_norm
 from .pdl import launch_args, wait_then_release
 
 SMALL_BATCH_RATIO = 4  # "small" when T·K·SMALL_BATCH_RATIO <= E
@@ -257,8 +256,7 @@ def aligned_shared_fits(I: int, shared: SharedExpert | None) -> bool:
 
 def fused_moe(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_ids: torch.Tensor,
               topk_weights: torch.Tensor, *, expert_offset: int = 0,
-              config: dict | None = None, pdl: bool = False, shared: SharedExpert | None = None,
-              norm: NextNorm | None = None) -> torch.Tensor:
+              config: dict | None = None, pdl: bool = False, shared: SharedExpert | None = None) -> torch.Tensor:
     """out [T, D] = Σ_k topk_weights[:, k] · expert(topk_ids[:, k])(x), experts
     expert_offset .. expert_offset+E-1 held here as w13 [E, 2I, D] (gate rows, then up rows) and
     w2 [E, D, I]; ids outside that range contribute zero. shared (fused_moe_small.SharedExpert): plus an
@@ -267,26 +265,22 @@ def fused_moe(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_ids: to
     (Qwen2's sigmoid(x · gate) instead where it has a gate), their M-blocks ahead of the routed ones in both GEMMs
     and their rows summed by the combine (SGLang's shared-experts fusion, without copying the weights).
     ValueError for shared weights that do not fit x, for a shared I_S that is not a multiple of I in the aligned
-    variant (ask `aligned_shared_fits`), and for the legacy small_dot variant with a shared expert.
-    norm (kernels/next_norm.py): the next layer's residual add + RMSNorm in the last launch; then the result is norm.h
-    (norm.s written too); ValueError where norm does not fit x or the variant is small_dot."""
+    variant (ask `aligned_shared_fits`), and for the legacy small_dot variant with a shared expert."""
     _check_inputs(x, w13, w2, topk_ids, topk_weights)
     (T, D), (E, two_i, _), K = x.shape, w13.shape, topk_ids.shape[1]
     I = two_i // 2
     if T == 0:
-        return x.new_empty(0, D) if norm is None else norm.h
+        return x.new_empty(0, D)
     if config is None:
         config = get_config(E, I, D, K, T, x.dtype)
     ids = topk_ids.contiguous()                                              # [T, K]
     variant = plan(T, K, E, config)
-    if norm is not None:
-        check_norm(x, norm, counters_needed=variant == "small")
     if variant == "small":
-        return fused_moe_small(x, w13, w2, ids, topk_weights, expert_offset, config, pdl, shared, norm)
+        return fused_moe_small(x, w13, w2, ids, topk_weights, expert_offset, config, pdl, shared)
     numel = T * K
     if variant == "small_dot":  # one M-block per (token, slot) pair, no alignment
-        if shared is not None or norm is not None:
-            raise ValueError("a shared expert or the next norm runs in the small and aligned variants, not small_dot")
+        if shared is not None:
+            raise ValueError("a shared expert runs in the small and aligned variants, not small_dot")
         blocks = _Blocks(ids, ids, ids, ids, numel, numel, expert_offset, E, True)
     else:
         assert variant == "aligned", f"unknown fused_moe variant {variant!r}"
@@ -314,8 +308,6 @@ def fused_moe(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_ids: to
     weights = topk_weights.float().contiguous().view(-1)  # [T·K]; no copy when already fp32
     # after GEMM1: not launched early (pdl.py)
     _launch_down(h, w2, y, weights, blocks, down_config(config), precision, False, sh)
-    if norm is not None:
-        return combine_norm(y, ids, norm, expert_offset, E, numel, sh.S, pdl)
     out = x.new_empty(T, D)
     block_d = min(COMBINE_BLOCK_D, triton.next_power_of_2(D))
     _combine_kernel[(T, triton.cdiv(D, block_d))](y, ids, out, K, expert_offset, E, D, numel, sh.S,

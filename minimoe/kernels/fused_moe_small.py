@@ -44,7 +44,6 @@ import torch
 import triton
 import triton.language as tl
 
-from .next_norm import NextNorm, last_program_norm
 from .pdl import launch_args, prefetch_l2, release_args, wait_then_release
 
 from .small_configs import SMALL_KEYS, SMALL_TILES, small_configs, small_default_config  # noqa: F401 (re-exported)
@@ -175,11 +174,10 @@ def _down_combine_kernel(h_ptr, w2_ptr, out_ptr, ids_ptr, weights_ptr, top_k, ex
                          D, I, stride_ht, stride_we, stride_wn, stride_ot,
                          hs_ptr, ws2_ptr, x_ptr, wsg_ptr, I_S, stride_hst, stride_swn, stride_xt,
                          wb_ptr, N_B, stride_wbn,
-                         res_ptr, nw_ptr, hn_ptr, sn_ptr, cnt_ptr, eps,
                          BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr, PDL: tl.constexpr,
                          DENSE: tl.constexpr = False, PREFETCH_BYTES: tl.constexpr = 0,
                          SHARED: tl.constexpr = False, SHARED_GATE: tl.constexpr = False, BIAS: tl.constexpr = False,
-                         CAT: tl.constexpr = False, NORM_NEXT: tl.constexpr = False, BLOCK_ROW: tl.constexpr = 1):
+                         CAT: tl.constexpr = False):
     """out[t, cols] = Σ_k w[t,k] · W2[e_k][cols, :] · h[t·K + k] for BLOCK_N columns of D.
     DENSE (dense_gemv.py): one expert, one slot of weight 1: out[t, cols] = W[cols, :] · h[t], no id loads;
     BIAS (DENSE): plus bias[cols], read through weights_ptr, on the fp32 accumulator (one rounding, as cuBLAS).
@@ -188,9 +186,7 @@ def _down_combine_kernel(h_ptr, w2_ptr, out_ptr, ids_ptr, weights_ptr, top_k, ex
     PREFETCH_BYTES (DENSE, launched with PDL): before waiting for the previous kernel, ask the L2 for the
     first PREFETCH_BYTES of each of the program's weight rows (the weights do not depend on it).
     CAT (DENSE): two layers on the same input in one launch, out[t] = [W · h[t], Wb · h[t]] (wb [N_B, I]):
-    each token's tiles of W (D rows), then of Wb, whose outputs land in columns D .. D + N_B - 1.
-    NORM_NEXT (kernels/next_norm.py): the last of token t's programs to store its columns also writes
-    sn[t] = out[t] + res[t] and hn[t] = rmsnorm(sn[t]) (weight nw, eps; arrival counter cnt[t], left zeroed)."""
+    each token's tiles of W (D rows), then of Wb, whose outputs land in columns D .. D + N_B - 1."""
     pid = tl.program_id(0)
     n_blocks = tl.cdiv(D, BLOCK_N)
     n_out, out_col0, w_base, w_stride = D, 0, w2_ptr, stride_wn        # the rows this program reads and writes
@@ -244,10 +240,6 @@ def _down_combine_kernel(h_ptr, w2_ptr, out_ptr, ids_ptr, weights_ptr, top_k, ex
     cols = col0 + tl.arange(0, BLOCK_N)
     tl.store(out_ptr + t.to(tl.int64) * stride_ot + out_col0 + cols, acc.to(out_ptr.dtype.element_ty),
              mask=cols < n_out)
-    if NORM_NEXT:
-        tl.static_assert(not DENSE, "the next norm follows an MoE layer")
-        last_program_norm(out_ptr, t.to(tl.int64), stride_ot, cnt_ptr, n_blocks, res_ptr, nw_ptr, hn_ptr, sn_ptr, D,
-                          D, eps, BLOCK_ROW)
 
 
 class SharedExpert(NamedTuple):
@@ -274,12 +266,10 @@ def check_shared(x: torch.Tensor, shared: SharedExpert) -> None:
 
 
 def fused_moe_small(x, w13, w2, ids, topk_weights, expert_offset: int,
-                    config: dict | None, pdl: bool = False, shared: SharedExpert | None = None,
-                    norm: NextNorm | None = None) -> torch.Tensor:
+                    config: dict | None, pdl: bool = False, shared: SharedExpert | None = None) -> torch.Tensor:
     """The decode path of `fused_moe` (inputs already checked there): two launches, no buffers
     but h [T·K, I] (and hs [T, I_S] with a shared expert, whose programs follow the routed ones in GEMM1
-    and whose GEMM2 adds into the same fp32 accumulator: the shared expert costs no launch of its own).
-    norm: the next RMSNorm in GEMM2's last programs (kernels/next_norm.py); returns norm.h then."""
+    and whose GEMM2 adds into the same fp32 accumulator: the shared expert costs no launch of its own)."""
     (T, D), (E, two_i, _), K = x.shape, w13.shape, ids.shape[1]
     I = two_i // 2
     cfg1, cfg2 = small_configs(config, E, I, D, K, T, x.dtype, shared=shared is not None)
@@ -308,14 +298,11 @@ def fused_moe_small(x, w13, w2, ids, topk_weights, expert_offset: int,
         h.stride(0), w2.stride(0), w2.stride(1), out.stride(0),
         hs, ws2, x, x if wsg is None else wsg, I_S, hs.stride(0), ws2.stride(0), x.stride(0),
         w2, 0, 0,                                                           # CAT only: never read
-        *((norm.residual, norm.weight, norm.h, norm.s, norm.counters, norm.eps) if norm is not None
-          else (out, out, out, out, out, 0.0)),                              # NORM_NEXT only
         BLOCK_N=cfg2["BLOCK_N"], BLOCK_K=cfg2["BLOCK_K"], STAGES=cfg2["num_stages"],
         num_warps=cfg2["num_warps"], num_stages=cfg2["num_stages"],
         SHARED=shared is not None, SHARED_GATE=wsg is not None,
-        NORM_NEXT=norm is not None, BLOCK_ROW=triton.next_power_of_2(D) if norm is not None else 1,
         # after the many-program GEMM1: never launched early, but frees its successor (pdl.py). Launched early, its
         # programs park on the SMs GEMM1's later waves need: +13% to +22% a bs-1 step on four models (nineteenth
         # session, call 1: the knob that tried it is gone)
         **release_args(pdl))
-    return out if norm is None else norm.h
+    return out

@@ -34,24 +34,15 @@ def add_rms_norm_row(x_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr, row, stride_x,
     """One row: store norm(x [+ residual]) to out_ptr's row (and x + residual to res_out_ptr's);
     return the normed row [BLOCK] (0 past N). Shared with norm_route.py, which keeps it for the router."""
     offs = tl.arange(0, BLOCK)
-    x = tl.load(x_ptr + row * stride_x + offs, mask=offs < N, other=0.0)
-    return add_rms_norm_values(x, res_ptr, w_ptr, out_ptr, res_out_ptr, row, stride_r, N, eps, BLOCK, HAS_RESIDUAL)
-
-
-@triton.jit
-def add_rms_norm_values(x, res_ptr, w_ptr, out_ptr, res_out_ptr, row, stride_r, N, eps,
-                        BLOCK: tl.constexpr, HAS_RESIDUAL: tl.constexpr):
-    """`add_rms_norm_row` for a row x [BLOCK] already in registers (in the activations' dtype, 0 past N): the
-    epilogue of a kernel that made the row itself (kernels/next_norm.py, the MoE's combine)."""
-    offs = tl.arange(0, BLOCK)
     ok = offs < N  # BLOCK is N padded to a power of two; the padding loads 0 and adds 0 to the sum
+    x = tl.load(x_ptr + row * stride_x + offs, mask=ok, other=0.0)
     if HAS_RESIDUAL:
         r = tl.load(res_ptr + row * stride_r + offs, mask=ok, other=0.0)
-        x = (x.to(tl.float32) + r.to(tl.float32)).to(x.dtype)  # the new stream
+        x = (x.to(tl.float32) + r.to(tl.float32)).to(x_ptr.dtype.element_ty)  # the new stream
         tl.store(res_out_ptr + row * N + offs, x, mask=ok)
     xf = x.to(tl.float32)
     inv_rms = tl.rsqrt(tl.sum(xf * xf, axis=0) / N + eps)
-    normed = (xf * inv_rms).to(x.dtype).to(tl.float32)  # rounded before the weight
+    normed = (xf * inv_rms).to(x_ptr.dtype.element_ty).to(tl.float32)  # rounded before the weight
     w = tl.load(w_ptr + offs, mask=ok, other=0.0).to(tl.float32)
     out = (w * normed).to(out_ptr.dtype.element_ty)
     tl.store(out_ptr + row * N + offs, out, mask=ok)
