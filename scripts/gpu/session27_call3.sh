@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Session 27, call 3 on nvidia-h200 (~7 min): the final code (the fold removed: minimoe/ as at 59b1d52).
+# Session 27, call 3 on nvidia-h200 (~6 min): the final code (the fold removed: minimoe/ as at 59b1d52).
 #  1. every `-m gpu` test (call 1's run of them timed out at 200 s, with the fold's code);
-#  2. bench.py DeepSeek-V2-Lite bs 1 (128 / 128) twice, fresh processes: 499.1 (call 1) and 493.7 (call 2) today.
+#  2. bench.py DeepSeek-V2-Lite bs 1 (128 / 128) once more: 499.1 (call 1) and 493.7 (call 2) today.
 # Usage (device tool, repo root): bash scripts/gpu/session27_call3.sh
 set -u
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD TQDM_DISABLE=1
