@@ -49,14 +49,14 @@ def parser() -> argparse.ArgumentParser:
                                        "flags: bench.py --layer --help)")
     add_model_args(p)
     p.add_argument("--bs", type=int, nargs="+", help="batch size(s) (default 1; the paper's with --sweep)")
-    p.add_argument("--input-len", type=int, nargs="+", default=[128], help="prompt length(s)")
-    p.add_argument("--output-len", type=int, nargs="+", default=[128], help="generated tokens (EOS ignored)")
+    p.add_argument("--input-len", type=int, nargs="+", default=[128], help="prompt length(s) (default: 128)")
+    p.add_argument("--output-len", type=int, nargs="+", default=[128], help="generated tokens, EOS ignored (default: 128)")
     p.add_argument("--input-len-dist", help="ragged prompts: uniform:LO-HI, or file:PATH (one length per line); "
                                             "replaces --input-len")
     p.add_argument("--sweep", action="store_true", help="the paper's grid: in = out over 128..2048, bs 1,16,32,64,128 "
                                                        "(or the given --bs)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed runs before timing")
-    p.add_argument("--iters", type=int, default=3, help="timed runs; the median E2E run is reported")
+    p.add_argument("--warmup", type=int, default=1, help="untimed runs before timing (default: 1)")
+    p.add_argument("--iters", type=int, default=3, help="timed runs; the median E2E run is reported (default: 3)")
     p.add_argument("--profile", action="store_true", help="per-region breakdown of an eager decode step")
     p.add_argument("--compare", choices=["transformers"], help="also time the transformers implementation")
     p.add_argument("--compare-steps", type=int, help="with --compare: time only this many transformers decode steps "
