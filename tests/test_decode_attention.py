@@ -5,6 +5,7 @@ import torch
 
 pytest.importorskip("triton")
 
+import minimoe.kernels.decode_attention as dattn  # noqa: E402
 from minimoe.kernels.decode_attention import (  # noqa: E402
     _head_dim_blocks,
     _plan_splits,
@@ -86,6 +87,21 @@ def test_launch_tiles_do_not_change_result(tiles, max_splits):
     without the merge, on lengths that end inside a tile and a cache whose tail is NaN."""
     q, k_cache, v_cache, seq_lens = _fp32_case(2, 8, 2, 300, 64, [1, 97, 300])
     _check(q, k_cache, v_cache, seq_lens, max_splits=max_splits, tiles=tiles)
+
+
+def test_default_tiles_apply_when_none_are_given(monkeypatch):
+    """DEFAULT_TILES (the step probe's knob) reaches the split plan when a caller passes no tiles, and gives the
+    answer an explicit `tiles=` gives, bit for bit."""
+    q, k_cache, v_cache, seq_lens = _fp32_case(2, 8, 2, 300, 64, [1, 97, 300])
+    explicit = decode_attention(q, k_cache, v_cache, seq_lens, 0.125, tiles=dict(BLOCK_N=32, num_stages=3))
+    seen = []
+    real_plan = dattn._plan_splits
+    monkeypatch.setattr(dattn, "_plan_splits", lambda B, pps, s_max, block_n, *a, **k:
+                        seen.append(block_n) or real_plan(B, pps, s_max, block_n, *a, **k))
+    monkeypatch.setattr(dattn, "DEFAULT_TILES", dict(BLOCK_N=32, num_stages=3))
+    out = decode_attention(q, k_cache, v_cache, seq_lens, 0.125)
+    assert seen == [32]
+    assert torch.equal(out, explicit)
 
 
 def _mla_inputs(B, H, s_max, d_latent, d_rope, dtype, seed):

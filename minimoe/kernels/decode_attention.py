@@ -48,6 +48,7 @@ SMALL_GRID_MIN_TILES = 1
 MAX_SPLITS = 64  # bounds the partial workspace and the merge kernel's loop
 PROGRAMS_PER_SM = 2  # splits are added until the grid covers the SMs about this many times
 ACC_BUDGET = 16384  # fp32 accumulator elements per program (BLOCK_H * Dv): 64 regs/thread, 8 warps
+DEFAULT_TILES: dict | None = None  # the split kernel's tiles when a caller gives none (scripts/step_probe.py A/Bs)
 
 
 @triton.jit
@@ -249,8 +250,8 @@ def decode_attention(q, k_cache, v_cache, seq_lens, scale: float, *, positions=N
     < seq_lens[b]). k_cache [B, S_max, Hkv, Dk]; v_cache [B, S_max, Hkv, Dv] (any strides, unit
     stride on the head dim; may be a view of k_cache); seq_lens [B] int32 on device, each >= 1,
     counting the entries once this step's K/V are written. max_splits / min_tiles (K tiles per
-    split) override the split plan (benchmarks, tests); tiles {BLOCK_N, num_warps, num_stages} overrides
-    the split kernel's launch (scripts/bench_attn_tiles.py). counters: a zeroed int32 buffer of at least
+    split) override the split plan (benchmarks, tests); tiles {BLOCK_N, num_warps, num_stages} (default
+    DEFAULT_TILES) overrides the split kernel's launch (scripts/bench_attn_tiles.py). counters: a zeroed int32 buffer of at least
     B x Hkv x head tiles entries (KVCache.counters; `counters_needed`), kept zeroed by the kernel: with it
     the last split to finish of each (sequence, head tile) merges the partials itself, so a split
     launch is one kernel, not two (the merge kernel runs when it is None or too small). Measured in
@@ -279,6 +280,7 @@ def decode_attention(q, k_cache, v_cache, seq_lens, scale: float, *, positions=N
     head_tiles = triton.cdiv(G * S, block_h)
     block_n = 64 if block_dk + block_dr <= 256 else 32  # MLA: a 32 x 576 K tile is already 36 KB
     launch = {"num_warps": 8 if block_h * block_dv > 8192 else 4, "num_stages": 2}
+    tiles = tiles if tiles is not None else DEFAULT_TILES
     if tiles:
         block_n = tiles.get("BLOCK_N", block_n)
         launch.update({k: v for k, v in tiles.items() if k in launch})
