@@ -104,6 +104,28 @@ def test_default_tiles_apply_when_none_are_given(monkeypatch):
     assert torch.equal(out, explicit)
 
 
+@pytest.mark.parametrize("B, hkv, d, big", [(9, 16, 64, True), (2, 4, 64, False), (9, 16, 576, False)])
+def test_big_grid_stages_rule(monkeypatch, B, hkv, d, big):
+    """BIG_GRID_STAGES reaches the split kernel's launch only when B x Hkv programs fill the SMs and the head is
+    not MLA's 576-wide latent; the answer stays the oracle's."""
+    torch.manual_seed(B * d)
+    q = torch.randn(B, 2 * hkv, d, device=DEVICE)
+    k_cache = torch.randn(B, 70, hkv, d, device=DEVICE)
+    seq_lens = torch.randint(1, 71, (B,), device=DEVICE, dtype=torch.int32)
+    real, stages = dattn._decode_split_kernel, []
+
+    class Spy:
+        def __getitem__(self, grid):
+            return lambda *a, **k: stages.append(k["num_stages"]) or real[grid](*a, **k)
+
+    monkeypatch.setattr(dattn, "_decode_split_kernel", Spy())
+    monkeypatch.setattr(dattn, "_sm_count", lambda device: 132)
+    monkeypatch.setattr(dattn, "BIG_GRID_STAGES", 5)
+    out = decode_attention(q, k_cache, k_cache, seq_lens, d ** -0.5)
+    assert stages == [5 if big else 2]
+    torch.testing.assert_close(out, decode_attention_ref(q, k_cache, k_cache, seq_lens, d ** -0.5), atol=2e-4, rtol=2e-4)
+
+
 def _mla_inputs(B, H, s_max, d_latent, d_rope, dtype, seed):
     torch.manual_seed(seed)
     q = torch.randn(B, H, d_latent + d_rope, device=DEVICE, dtype=dtype)

@@ -48,6 +48,9 @@ SMALL_GRID_MIN_TILES = 1
 MAX_SPLITS = 64  # bounds the partial workspace and the merge kernel's loop
 PROGRAMS_PER_SM = 2  # splits are added until the grid covers the SMs about this many times
 ACC_BUDGET = 16384  # fp32 accumulator elements per program (BLOCK_H * Dv): 64 regs/thread, 8 warps
+# K/V pipeline stages when the grid fills the SMs (GQA / MHA): 3 was -0.1 to -0.3% a step against 2 on OLMoE bs 16 / 64
+# and Qwen3-30B-A3B bs 64 (docs/results/2026-12-03-s28, calls 2-4), the same bits; small grids and MLA keep 2.
+BIG_GRID_STAGES = 3
 DEFAULT_TILES: dict | None = None  # the split kernel's tiles when a caller gives none (scripts/step_probe.py A/Bs)
 
 
@@ -278,16 +281,17 @@ def decode_attention(q, k_cache, v_cache, seq_lens, scale: float, *, positions=N
     block_dk, block_dr, block_dv = _head_dim_blocks(dk, dv)
     block_h = min(max(16, triton.next_power_of_2(G * S)), max(16, ACC_BUDGET // block_dv))
     head_tiles = triton.cdiv(G * S, block_h)
-    block_n = 64 if block_dk + block_dr <= 256 else 32  # MLA: a 32 x 576 K tile is already 36 KB
-    launch = {"num_warps": 8 if block_h * block_dv > 8192 else 4, "num_stages": 2}
+    mla = block_dk + block_dr > 256
+    small_grid = B * hkv * head_tiles < _sm_count(q.device)
+    block_n = 32 if mla else 64  # MLA: a 32 x 576 K tile is already 36 KB
+    launch = {"num_warps": 8 if block_h * block_dv > 8192 else 4,
+              "num_stages": 2 if mla or small_grid else BIG_GRID_STAGES}
     tiles = tiles if tiles is not None else DEFAULT_TILES
     if tiles:
         block_n = tiles.get("BLOCK_N", block_n)
         launch.update({k: v for k, v in tiles.items() if k in launch})
     if min_tiles is None:
-        mla_many = block_dk + block_dr > 256 and head_tiles > 1
-        small_grid = B * hkv * head_tiles < _sm_count(q.device)
-        min_tiles = SMALL_GRID_MIN_TILES if small_grid and not mla_many else MIN_TILES_PER_SPLIT
+        min_tiles = SMALL_GRID_MIN_TILES if small_grid and not (mla and head_tiles > 1) else MIN_TILES_PER_SPLIT
     num_splits, chunk = _plan_splits(B, hkv * head_tiles, s_max, block_n, q.device, max_splits, min_tiles)
     # MLA stores one latent; V = latent[..., :Dv] aliases K's main block, so reuse the loaded tile.
     v_from_k = (v_cache.data_ptr() == k_cache.data_ptr() and v_cache.stride() == k_cache.stride()
