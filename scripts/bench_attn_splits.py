@@ -18,7 +18,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from minimoe.bench.roofline import graph_us  # noqa: E402
-from minimoe.kernels.decode_attention import decode_attention, decode_attention_ref  # noqa: E402
+from minimoe.kernels.decode_attention import decode_attention  # noqa: E402
+from minimoe.kernels.decode_attention_ref import decode_attention_ref  # noqa: E402
 
 HBM = 4.25e12
 SHAPES = {  # name: (H, Hkv, Dk, Dv, MLA: V is a prefix view of the latent)

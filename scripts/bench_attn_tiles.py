@@ -20,7 +20,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from minimoe.bench.roofline import graph_us  # noqa: E402
-from minimoe.kernels.decode_attention import decode_attention, decode_attention_ref  # noqa: E402
+from minimoe.kernels.decode_attention import decode_attention  # noqa: E402
+from minimoe.kernels.decode_attention_ref import decode_attention_ref  # noqa: E402
 
 HBM = 4.25e12
 SHAPES = {"olmoe": (16, 16), "qwen3-30b": (32, 4), "mixtral": (32, 8)}   # (H, Hkv), head dim 128

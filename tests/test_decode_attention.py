@@ -11,8 +11,8 @@ from minimoe.kernels.decode_attention import (  # noqa: E402
     _plan_splits,
     counters_needed,
     decode_attention,
-    decode_attention_ref,
 )
+from minimoe.kernels.decode_attention_ref import decode_attention_ref  # noqa: E402
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 TOL = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 2e-2}  # max|err| / max|ref|
@@ -104,13 +104,13 @@ def test_default_tiles_apply_when_none_are_given(monkeypatch):
     assert torch.equal(out, explicit)
 
 
-@pytest.mark.parametrize("B, hkv, d, big", [(9, 16, 64, True), (2, 4, 64, False), (9, 16, 576, False)])
-def test_big_grid_stages_rule(monkeypatch, B, hkv, d, big):
-    """BIG_GRID_STAGES reaches the split kernel's launch only when B x Hkv programs fill the SMs and the head is
-    not MLA's 576-wide latent; the answer stays the oracle's."""
-    torch.manual_seed(B * d)
-    q = torch.randn(B, 2 * hkv, d, device=DEVICE)
-    k_cache = torch.randn(B, 70, hkv, d, device=DEVICE)
+@pytest.mark.parametrize("B, hkv, G, big", [(9, 16, 2, True), (2, 4, 2, False), (9, 16, 1, False)])
+def test_big_grid_stages_rule(monkeypatch, B, hkv, G, big):
+    """BIG_GRID_STAGES[(G, Dk)] reaches the split kernel's launch only when B x Hkv programs fill the SMs and the
+    table lists the shape (else 2 stages); the answer stays the oracle's."""
+    torch.manual_seed(B * G)
+    q = torch.randn(B, G * hkv, 64, device=DEVICE)
+    k_cache, v_cache = torch.randn(2, B, 70, hkv, 64, device=DEVICE)
     seq_lens = torch.randint(1, 71, (B,), device=DEVICE, dtype=torch.int32)
     real, stages = dattn._decode_split_kernel, []
 
@@ -120,10 +120,10 @@ def test_big_grid_stages_rule(monkeypatch, B, hkv, d, big):
 
     monkeypatch.setattr(dattn, "_decode_split_kernel", Spy())
     monkeypatch.setattr(dattn, "_sm_count", lambda device: 132)
-    monkeypatch.setattr(dattn, "BIG_GRID_STAGES", 5)
-    out = decode_attention(q, k_cache, k_cache, seq_lens, d ** -0.5)
-    assert stages == [5 if big else 2]
-    torch.testing.assert_close(out, decode_attention_ref(q, k_cache, k_cache, seq_lens, d ** -0.5), atol=2e-4, rtol=2e-4)
+    monkeypatch.setattr(dattn, "BIG_GRID_STAGES", {(2, 64): 3})
+    out = decode_attention(q, k_cache, v_cache, seq_lens, 0.125)
+    assert stages == [3 if big else 2]
+    torch.testing.assert_close(out, decode_attention_ref(q, k_cache, v_cache, seq_lens, 0.125), atol=2e-4, rtol=2e-4)
 
 
 def _mla_inputs(B, H, s_max, d_latent, d_rope, dtype, seed):

@@ -37,20 +37,20 @@ from .mla_merge_uv import merge_uv
 from .pdl import launch_args, wait_then_release
 
 # K tiles per split at least (the split plan's floor). Measured on the H200 (scripts/bench_attn_splits.py,
-# docs/results/2026-11-30-s4/call2_x2): when B x (kv heads x head tiles) programs do not fill the SMs once,
-# 1 tile is fastest (batch 1, 256 positions: OLMoE 7.7 -> 5.9 µs, Qwen3-30B 7.3 -> 5.5, Mixtral 7.9 ->
-# 5.7, DeepSeek-V2-Lite MLA 10.5 -> 7.1; Qwen3 at batch 16 8.4 -> 7.2) and within 0.6 µs of the best
-# elsewhere; when they do, 4 tiles (as before) avoid a merge for a short cache (at batch 64 a 256-entry
-# cache is then one split, no merge kernel). Absorbed MLA with many head tiles (DeepSeek-V3, 128 heads:
-# each split writes a [128, 512] fp32 partial) keeps 4: at batch 16 more splits cost more than they give.
+# docs/results/2026-11-30-s4/call2_x2): when B x (kv heads x head tiles) programs do not fill the SMs once, 1 tile is
+# fastest (batch 1, 256 positions: OLMoE 7.7 -> 5.9 µs, Qwen3-30B 7.3 -> 5.5, Mixtral 7.9 -> 5.7, DeepSeek-V2-Lite MLA
+# 10.5 -> 7.1; Qwen3 bs 16 8.4 -> 7.2); when they do, 4 tiles avoid a merge for a short cache (bs 64, 256 entries: one
+# split). Absorbed MLA with many head tiles (DeepSeek-V3: each split writes a [128, 512] fp32 partial) keeps 4: at bs
+# 16 more splits cost more than they give.
 MIN_TILES_PER_SPLIT = 4
 SMALL_GRID_MIN_TILES = 1
 MAX_SPLITS = 64  # bounds the partial workspace and the merge kernel's loop
 PROGRAMS_PER_SM = 2  # splits are added until the grid covers the SMs about this many times
 ACC_BUDGET = 16384  # fp32 accumulator elements per program (BLOCK_H * Dv): 64 regs/thread, 8 warps
-# K/V pipeline stages when the grid fills the SMs (GQA / MHA): 3 was -0.1 to -0.3% a step against 2 on OLMoE bs 16 / 64
-# and Qwen3-30B-A3B bs 64 (docs/results/2026-12-03-s28, calls 2-4), the same bits; small grids and MLA keep 2.
-BIG_GRID_STAGES = 3
+# K/V pipeline stages by (G, Dk) when the grid fills the SMs (else 2). In the graphed step
+# (docs/results/2026-12-03-s28, calls 2-4) 3 against 2: -0.1 to -0.4% on OLMoE / Qwen1.5-MoE (G 1) bs 16 / 64,
+# Qwen3-30B-A3B (G 8) bs 64; Mixtral +0.25%.
+BIG_GRID_STAGES = {(1, 128): 3, (8, 128): 3}
 DEFAULT_TILES: dict | None = None  # the split kernel's tiles when a caller gives none (scripts/step_probe.py A/Bs)
 
 
@@ -247,23 +247,22 @@ def decode_attention(q, k_cache, v_cache, seq_lens, scale: float, *, positions=N
                      w_uv: torch.Tensor | None = None, pdl: bool = False) -> torch.Tensor:
     """softmax(scale * q K^T) V over the cache -> [B, H, Dv] (or [B, S, H, Dv]) in q.dtype.
 
-    q [B, H, Dk]: one new token per sequence, attending to the first seq_lens[b] positions; or
-    q [B, S, H, Dk] with positions [B, S] (int64, device): S new tokens per sequence (speculative
-    verification, chunked appends), token s attending to positions <= positions[b, s] (and
-    < seq_lens[b]). k_cache [B, S_max, Hkv, Dk]; v_cache [B, S_max, Hkv, Dv] (any strides, unit
-    stride on the head dim; may be a view of k_cache); seq_lens [B] int32 on device, each >= 1,
-    counting the entries once this step's K/V are written. max_splits / min_tiles (K tiles per
-    split) override the split plan (benchmarks, tests); tiles {BLOCK_N, num_warps, num_stages} (default
-    DEFAULT_TILES) overrides the split kernel's launch (scripts/bench_attn_tiles.py). counters: a zeroed int32 buffer of at least
-    B x Hkv x head tiles entries (KVCache.counters; `counters_needed`), kept zeroed by the kernel: with it
-    the last split to finish of each (sequence, head tile) merges the partials itself, so a split
-    launch is one kernel, not two (the merge kernel runs when it is None or too small). Measured in
-    the engine on the H200 (eighth session, calls 3-4) it was slower at batch 1: ~0.4 µs a layer for
-    OLMoE, ~3.9 for DeepSeek-V2-Lite's 512-wide MLA values, because that last program walks the splits
-    one after another where the merge kernel spreads them over H x S programs; so the engine passes
-    none. w_uv [H, N, Dv] (absorbed MLA's value un-absorption W_uv, unit last stride; one new token a sequence):
-    the partials are merged and multiplied by W_uv per head in one kernel (kernels/mla_merge_uv.py) -> [B, H, N]
-    = W_uv[h] @ out[b, h] with out rounded to q.dtype first, as a separate torch.bmm would see it.
+    q [B, H, Dk]: one new token per sequence, attending to the first seq_lens[b] positions; or q [B, S, H, Dk] with
+    positions [B, S] (int64, device): S new tokens per sequence (speculative verification, chunked appends), token s
+    attending to positions <= positions[b, s] (and < seq_lens[b]). k_cache [B, S_max, Hkv, Dk]; v_cache [B, S_max,
+    Hkv, Dv] (any strides, unit stride on the head dim; may be a view of k_cache); seq_lens [B] int32 on device,
+    each >= 1, counting the entries once this step's K/V are written. max_splits / min_tiles (K tiles per split)
+    override the split plan (benchmarks, tests); tiles {BLOCK_N, num_warps, num_stages} (default DEFAULT_TILES)
+    overrides the split kernel's launch (scripts/bench_attn_tiles.py). counters: a zeroed int32 buffer of at least B
+    x Hkv x head tiles entries (KVCache.counters; `counters_needed`), kept zeroed by the kernel: with it the last
+    split to finish of each (sequence, head tile) merges the partials itself, so a split launch is one kernel, not
+    two (the merge kernel runs when it is None or too small). Measured in the engine on the H200 (eighth session,
+    calls 3-4) it was slower at batch 1: ~0.4 µs a layer for OLMoE, ~3.9 for DeepSeek-V2-Lite's 512-wide MLA values,
+    because that last program walks the splits one after another where the merge kernel spreads them over H x S
+    programs; so the engine passes none. w_uv [H, N, Dv] (absorbed MLA's value un-absorption W_uv, unit last stride;
+    one new token a sequence): the partials are merged and multiplied by W_uv per head in one kernel
+    (kernels/mla_merge_uv.py) -> [B, H, N] = W_uv[h] @ out[b, h] with out rounded to q.dtype first, as a separate
+    torch.bmm would see it.
     Raises AssertionError on bad shapes (a w_uv that is not [H, N, Dv] with a unit last stride included).
     """
     one = q.dim() == 3
@@ -285,7 +284,7 @@ def decode_attention(q, k_cache, v_cache, seq_lens, scale: float, *, positions=N
     small_grid = B * hkv * head_tiles < _sm_count(q.device)
     block_n = 32 if mla else 64  # MLA: a 32 x 576 K tile is already 36 KB
     launch = {"num_warps": 8 if block_h * block_dv > 8192 else 4,
-              "num_stages": 2 if mla or small_grid else BIG_GRID_STAGES}
+              "num_stages": 2 if small_grid else BIG_GRID_STAGES.get((G, dk), 2)}
     tiles = tiles if tiles is not None else DEFAULT_TILES
     if tiles:
         block_n = tiles.get("BLOCK_N", block_n)
@@ -334,22 +333,3 @@ def decode_attention(q, k_cache, v_cache, seq_lens, scale: float, *, positions=N
         )
     return out[:, 0] if one else out
 
-
-def decode_attention_ref(q, k_cache, v_cache, seq_lens, scale: float, positions=None) -> torch.Tensor:
-    """Plain PyTorch oracle: one sequence (and query token) at a time, in at least fp32 (float64 stays
-    float64). q [B, H, Dk], or [B, S, H, Dk] with positions [B, S] (token s sees <= positions[b, s])."""
-    one = q.dim() == 3
-    q4 = q[:, None] if one else q
-    B, S, H, _ = q4.shape
-    G = H // k_cache.shape[2]
-    acc_t = torch.promote_types(q.dtype, torch.float32)
-    out = torch.empty(B, S, H, v_cache.shape[-1], device=q.device, dtype=q.dtype)
-    lens = seq_lens.tolist()  # host sync: fine for an oracle, not for decode
-    for b in range(B):
-        for s in range(S):
-            n = lens[b] if one else min(lens[b], int(positions[b, s]) + 1)
-            k = k_cache[b, :n].to(acc_t).repeat_interleave(G, dim=1)  # [n, H, Dk]
-            v = v_cache[b, :n].to(acc_t).repeat_interleave(G, dim=1)  # [n, H, Dv]
-            scores = torch.einsum("hd,shd->hs", q4[b, s].to(acc_t), k) * scale  # [H, n]
-            out[b, s] = torch.einsum("hs,shd->hd", scores.softmax(dim=-1), v).to(q.dtype)
-    return out[:, 0] if one else out
