@@ -44,7 +44,7 @@ class KVCache:
             self.v = torch.zeros(shape, dtype=dtype, device=device)
         self.lengths = torch.zeros(batch, dtype=torch.int32, device=device)  # filled entries per sequence
         # arrival counters of the one-launch kernels that end with "the last program finishes" (the MoE
-        # router with its norm folded in, kernels/gate_splitk.py; decode_attention's `counters`), sized
+        # router with its norm folded in, kernels/gate_splitk_fold.py; decode_attention's `counters`), sized
         # for up to COUNTER_TOKENS new tokens a step; every kernel leaves them zeroed after its call
         self.counters = torch.zeros(batch * cfg.n_heads * COUNTER_TOKENS, dtype=torch.int32, device=device)
         self._rows = torch.arange(batch, device=device)[:, None]             # [B, 1] for scatter writes

@@ -33,6 +33,7 @@ if triton is not None:
     from .kernels import mla_expand as _mla_expand, mla_rope as _mla_rope, norm_route as _norm_route
     from .kernels import rmsnorm as _rmsnorm, rope as _rope
     from .kernels import gate_splitk as _gate_splitk, greedy as _greedy, route as _route, silu_mul as _silu_mul
+    from .kernels import gate_splitk_fold as _gate_splitk_fold
 
 
 # ---- the PyTorch twins ---------------------------------------------------------------------------
@@ -212,13 +213,13 @@ def _triton_gate_route(h, gate_weight, k: int, *, renorm: bool, scaling: float =
 def _triton_norm_gate_route(x, residual, norm_weight, eps: float, gate_weight, k: int, *, renorm: bool,
                             scaling: float = 1.0, softmax_first: bool = True, skip: float = 0.0, counters=None,
                             out=None, pdl: bool = False):
-    """One launch where `norm_gate_route_fits`: the split-K gate with the norm in front (gate_splitk.py),
+    """One launch where `norm_gate_route_fits`: the split-K gate with the norm in front (gate_splitk_fold.py),
     or norm_route.py's one program per token for small gates."""
     E, D = gate_weight.shape
     kw = dict(renorm=renorm, scaling=scaling, softmax_first=softmax_first, skip=skip, pdl=pdl, out=out)
     if _splitk_gate(x.shape[0], E, D, gate_weight.dtype, x.dtype):
-        return _gate_splitk.norm_gate_route_splitk(x, residual, norm_weight, eps, gate_weight, k, counters=counters,
-                                                   **kw)
+        return _gate_splitk_fold.norm_gate_route_splitk(x, residual, norm_weight, eps, gate_weight, k,
+                                                        counters=counters, **kw)
     return _norm_route.norm_route(x, residual, norm_weight, gate_weight, eps, k, **kw)
 
 

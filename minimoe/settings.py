@@ -40,7 +40,7 @@ class RunSettings:
     gemv: str = "auto"              # decode-size linears: torch (cuBLAS) | triton | stream | skinny; auto = per shape (GPU)
     pdl: str = "auto"               # Programmatic Dependent Launch: on | off; auto: on for an sm90+ device, no EP/TP
     fold_norm: str = "auto"         # an MoE layer's RMSNorm inside its router's kernel for one-token steps:
-                                    # on | off; auto = on with --ops triton (model.Block, kernels/gate_splitk.py)
+                                    # on | off; auto = on with --ops triton (model.Block, kernels/gate_splitk_fold.py)
     fuse_shared: str = "auto"       # shared experts inside the routed experts' decode kernels (shared_fusion.py):
                                     # on | off; auto = on for --experts fused, unquantized, no EP / TP plan
     fuse_rope: str = "auto"         # rotary embedding + KV-cache write inside the q/k/v GEMV at batch 1 (rope_fusion.py):

@@ -104,13 +104,14 @@ def record(cards: list[str], out: str, gpu_tiles: bool) -> None:
         print(f"# {card}: {len(launches)} kernel variants so far", file=sys.stderr, flush=True)
     # kernels the tiny cards' sizes never reach, at real widths: the split-K router (folded at batch 1, unfolded at
     # batch 3), the stream GEMV, the skinny GEMM (router gates at 5-64 tokens), the attention's merge kernel, greedy
-    from minimoe.kernels import dense_gemv, gate_splitk, greedy, skinny_gemm
+    from minimoe.kernels import dense_gemv, gate_splitk, gate_splitk_fold, greedy, skinny_gemm
     from minimoe.kernels.decode_attention import decode_attention
     h16 = torch.float16
     for E in (64, 128):
         gate = torch.randn(E, 2048, dtype=h16)
         x = torch.randn(1, 2048, dtype=h16)
-        gate_splitk.norm_gate_route_splitk(x, x.clone(), torch.ones(2048, dtype=h16), 1e-6, gate, 8, renorm=False)
+        gate_splitk_fold.norm_gate_route_splitk(x, x.clone(), torch.ones(2048, dtype=h16), 1e-6, gate, 8,
+                                                renorm=False)
         gate_splitk.gate_route_splitk(torch.randn(3, 2048, dtype=h16), gate, 8, renorm=False)
         skinny_gemm.skinny_gemm(torch.randn(16, 2048, dtype=h16), gate)
     dense_gemv.dense_gemv(torch.randn(1, 4096, dtype=h16), torch.randn(2048, 4096, dtype=h16))

@@ -1,6 +1,7 @@
-"""Guards the split-K router GEMV + top-k (kernels/gate_splitk.py) against the engine's own PyTorch
-twin, `minimoe.ops.gate_route_torch`: the same experts in the same slots, the same weights, for every
-way of cutting D into splits (the split count moves only the fp32 summation order)."""
+"""Guards the split-K router GEMV + top-k (kernels/gate_splitk.py; its one-launch fold with the RMSNorm in
+kernels/gate_splitk_fold.py) against the engine's own PyTorch twin, `minimoe.ops.gate_route_torch`: the same experts
+in the same slots, the same weights, for every way of cutting D into splits (the split count moves only the fp32
+summation order)."""
 
 import pytest
 import torch
@@ -298,7 +299,7 @@ def test_capture_in_cuda_graph_with_pdl():
     assert torch.equal(w, w_eager) and torch.equal(ids, ids_eager), "graphed = eager, bit for bit"
 
 
-# ---- residual add + RMSNorm + gate + top-k in one launch (norm_gate_route_splitk) ----------------
+# ---- residual add + RMSNorm + gate + top-k in one launch (gate_splitk_fold.norm_gate_route_splitk) ---
 
 FUSED_CASES = [  # (E, D, T, K, mode, splits, residual)
     (64, 256, 1, 8, MODES[0], None, True),    # OLMoE-like at batch 1, default splits
@@ -316,7 +317,7 @@ def test_norm_gate_route_equals_rms_norm_then_gate_route(E, D, T, K, mode, split
     """Against the PyTorch twins run one after the other: the same residual stream bit for bit, h to
     a rounding (the fp32 order of mean(s²) differs), the same experts, weights to the gate's ulp; the
     counters come back zeroed and a second call gives the same bits."""
-    from minimoe.kernels.gate_splitk import norm_gate_route_splitk
+    from minimoe.kernels.gate_splitk_fold import norm_gate_route_splitk
     from minimoe.ops import rms_norm_torch
     h_target, gate = _separated_case(T, E, D, torch.float64, dtype, seed=E + D + T)
     gen = torch.Generator().manual_seed(T)
@@ -372,23 +373,23 @@ def test_gate_prefetch_before_the_wait_changes_no_bit(E, gate_dtype, monkeypatch
     """PREFETCH_GATE (PREFETCH_GATE_FP32 for the fp32 gate; the L2 hint before gdc_wait, PDL launches only) on OLMoE /
     Qwen3-30B-A3B / DeepSeek-V2-Lite-sized folds and an E that wraps the last tile: the prefetch is in the compiled
     kernel, and the outputs are unchanged."""
-    from minimoe.kernels import gate_splitk
+    from minimoe.kernels import gate_splitk, gate_splitk_fold
     if torch.cuda.get_device_capability()[0] < 9:
         pytest.skip("PDL and the bulk L2 prefetch need sm90+")
     x, gate = _separated_case(1, E, 2048, torch.bfloat16, gate_dtype, seed=5)
-    assert gate_splitk._prefetchable(gate, gate_splitk.gate_tiles(gate_dtype, True)[1])
+    assert gate_splitk_fold._prefetchable(gate, gate_splitk.gate_tiles(gate_dtype, True)[1])
     r = torch.randn_like(x)
     nw = torch.ones(2048, dtype=torch.bfloat16, device=DEVICE)
     cnt = torch.zeros(4, dtype=torch.int32, device=DEVICE)
     kw = dict(renorm=False, counters=cnt, pdl=True)
     monkeypatch.setattr(gate_splitk, "PREFETCH_GATE", False)
     monkeypatch.setattr(gate_splitk, "PREFETCH_GATE_FP32", False)
-    off = gate_splitk.norm_gate_route_splitk(x, r, nw, 1e-6, gate, 8, **kw)
+    off = gate_splitk_fold.norm_gate_route_splitk(x, r, nw, 1e-6, gate, 8, **kw)
     spy = _KeepCompiled(gate_splitk._gate_partial_kernel)
     monkeypatch.setattr(gate_splitk, "_gate_partial_kernel", spy)
     monkeypatch.setattr(gate_splitk, "PREFETCH_GATE", True)
     monkeypatch.setattr(gate_splitk, "PREFETCH_GATE_FP32", True)
-    on = gate_splitk.norm_gate_route_splitk(x, r, nw, 1e-6, gate, 8, **kw)
+    on = gate_splitk_fold.norm_gate_route_splitk(x, r, nw, 1e-6, gate, 8, **kw)
     assert all(torch.equal(a, b) for a, b in zip(off, on))
     ptx = getattr(spy.compiled[-1], "asm", {}).get("ptx", "")
     assert "cp.async.bulk.prefetch.L2" in ptx, "the knob did not reach the kernel"

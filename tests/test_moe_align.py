@@ -10,7 +10,7 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 triton = pytest.importorskip("triton")
 
-from minimoe.kernels import moe_align  # noqa: E402
+from minimoe.kernels import moe_align, moe_align_chunked  # noqa: E402
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 DEVICE = "cpu" if INTERPRET else "cuda"
@@ -136,10 +136,10 @@ def test_chunked_across_many_chunks(monkeypatch, T, K, E, block_m, offset, routi
     """Small chunks, so each program's offset comes from many rows of the count table (and, with 256 experts and
     256-id chunks, a chunk's cursor crosses rank passes); every entry is written (the outputs start as garbage) and
     equals the torch path's."""
-    monkeypatch.setattr(moe_align, "CHUNK_MIN", chunk_min)
+    monkeypatch.setattr(moe_align_chunked, "CHUNK_MIN", chunk_min)
     launched = []
-    real = moe_align._align_chunk_scatter_kernel
-    monkeypatch.setattr(moe_align, "_align_chunk_scatter_kernel", type("L", (), {
+    real = moe_align_chunked._align_chunk_scatter_kernel
+    monkeypatch.setattr(moe_align_chunked, "_align_chunk_scatter_kernel", type("L", (), {
         "__getitem__": lambda self, grid: launched.append(grid[0]) or real[grid]})())
     ids = make_ids(T, K, E, offset, routing, torch.Generator().manual_seed(T + E)).to(DEVICE)
     want = moe_align.align_tokens_by_expert(ids, E, block_m, offset, method="torch")

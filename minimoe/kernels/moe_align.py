@@ -28,10 +28,11 @@ Four implementations with identical output (order inside an expert follows the f
   was measured at 19 us per call on an H200 for OLMoE decode at batch 64 (512 pairs, E = 64,
   BLOCK_M = 16), 6.6% of the decode step: its chunk loops run serially on one SM while the rest
   of the GPU idles. That is why the parallel kernel exists; this one stays as a simpler reference.
-- `_align_chunked` ("chunked", the default above ONE_PROGRAM_MAX_NUMEL pairs: prefill): two launches. One program
-  per chunk of ids histograms its chunk into a [chunks, E] table; then one program per chunk reads the whole table
-  (segment starts from the column sums, its own offset in each segment from the rows above it) and scatters its
-  chunk's ids. Work per program is one chunk, not all ids, so it scales to prefill's 10^4-10^5 pairs.
+- `_align_chunked` ("chunked", the default above ONE_PROGRAM_MAX_NUMEL pairs: prefill; moe_align_chunked.py, with
+  its knobs CHUNKS / CHUNK_MIN): two launches. One program per chunk of ids histograms its chunk into a [chunks, E]
+  table; then one program per chunk reads the whole table (segment starts from the column sums, its own offset in
+  each segment from the rows above it) and scatters its chunk's ids. Work per program is one chunk, not all ids,
+  so it scales to prefill's 10^4-10^5 pairs.
 - `_align_torch` ("torch"): sync-free torch ops (scatter_add_, cumsum, stable sort, searchsorted), ~15
   launches whose cost barely depends on numel. It was prefill's path until the chunked kernels, and stays as the
   oracle: 151 µs a call graphed at DeepSeek-V2-Lite's 49,152 pairs (8,192 tokens; bench_align, s25 call 1).
@@ -47,12 +48,15 @@ OLMoE's 65,536 29.1 / 135.5 / 153, Qwen3's (E = 128) 62.3 / 207.6 / 150; DeepSee
 OLMoE +5.1%, Qwen3-30B-A3B +2.7%.
 Reference: vLLM `moe_align_block_size` (the CUDA kernel counts in shared memory and scatters with
 atomics, so its order inside an expert is not deterministic; ours is).
+The Triton kernels here and in moe_align_chunked.py share `_load_local` and `_write_block_owners` (moe_align_common.py).
 """
 
 import torch
 import triton
 import triton.language as tl
 
+from .moe_align_chunked import _align_chunked
+from .moe_align_common import _load_local, _write_block_owners
 from .pdl import launch_args, wait_then_release
 
 # Up to this many (token, slot) pairs "parallel" (every program counts all ids), above it LARGE_METHOD. Graphed µs
@@ -62,9 +66,6 @@ from .pdl import launch_args, wait_then_release
 ONE_PROGRAM_MAX_NUMEL = 8192
 # Above ONE_PROGRAM_MAX_NUMEL pairs (prefill): "chunked" or "torch" (the sync-free torch ops, ~15 launches).
 LARGE_METHOD = "chunked"
-# The chunked alignment cuts the ids into at most CHUNKS chunks of at least CHUNK_MIN (a power of 2), a program each.
-CHUNKS = 128
-CHUNK_MIN = 512
 # Grid size the parallel kernel aims for: one program per expert up to this many experts, then
 # 2, 4, ... experts per program, so the redundant histograms do not grow as E². A guess: tune it.
 PARALLEL_PROGRAMS = 64
@@ -74,13 +75,6 @@ def num_blocks_bound(numel: int, E: int, block_m: int) -> int:
     """Most M-blocks the alignment can produce: each live block holds >= 1 real row (so <= numel),
     and padding adds at most BLOCK_M-1 rows per expert. Static for given shapes: this sizes buffers."""
     return min(numel, triton.cdiv(numel + E * (block_m - 1), block_m))
-
-
-@triton.jit
-def _load_local(ids_ptr, idx, numel, expert_offset):
-    """Local expert ids of flat indices idx; lanes past numel read -1, which matches no expert."""
-    ids = tl.load(ids_ptr + idx, mask=idx < numel, other=0).to(tl.int32)
-    return tl.where(idx < numel, ids - expert_offset, -1)
 
 
 @triton.jit
@@ -145,25 +139,6 @@ def _align_one_program_kernel(ids_ptr, sorted_ptr, block_expert_ptr, num_padded_
                         BLOCK_M, E_P2, CHUNK)
 
 
-@triton.jit
-def _write_block_owners(seg_end, total, sorted_ptr, block_expert_ptr, numel, E, first_block,
-                        end_block, BLOCK_M: tl.constexpr, E_P2: tl.constexpr, CHUNK: tl.constexpr):
-    """block_expert for blocks first_block .. end_block-1. Owner of block b = number of segments
-    that end at or before its first row. Empty experts have zero-length segments and are counted
-    correctly; past the end the count reaches E -> -1. The tail of sorted_ids (past num_padded) is
-    never read by the GEMMs; it is filled anyway so every entry is defined."""
-    real_expert = tl.arange(0, E_P2) < E
-    for start in range(first_block, end_block, CHUNK):
-        blk = start + tl.arange(0, CHUNK)
-        first_row = blk * BLOCK_M
-        owner = tl.sum(((seg_end[None, :] <= first_row[:, None]) & real_expert[None, :])
-                       .to(tl.int32), axis=1)
-        tl.store(block_expert_ptr + blk, tl.where(owner < E, owner, -1), mask=blk < end_block)
-        tail = first_row[:, None] + tl.arange(0, BLOCK_M)[None, :]      # [CHUNK, BLOCK_M]
-        tl.store(sorted_ptr + tail, tail * 0 + numel,
-                 mask=(tail >= total) & (blk < end_block)[:, None])
-
-
 @triton.jit(do_not_specialize=["numel", "expert_offset", "E", "num_blocks"])
 def _align_parallel_kernel(ids_ptr, sorted_ptr, block_expert_ptr, num_padded_ptr,
                            numel, expert_offset, E, num_blocks,
@@ -218,59 +193,6 @@ def _scatter_own_experts(ids_ptr, sorted_ptr, numel, expert_offset, E, mine, my_
         cursor += tl.sum(hit, axis=0)
 
 
-@triton.jit(do_not_specialize=["numel", "expert_offset", "E"])
-def _align_chunk_count_kernel(ids_ptr, counts_ptr, numel, expert_offset, E, CHUNK: tl.constexpr,
-                              E_P2: tl.constexpr, HIST_BINS: tl.constexpr, PDL: tl.constexpr):
-    """counts[p, e] = ids of chunk p (flat indices p·CHUNK ..) that go to local expert e; [n_chunks, E_P2]."""
-    wait_then_release(PDL)
-    p = tl.program_id(0)
-    local = _load_local(ids_ptr, p * CHUNK + tl.arange(0, CHUNK), numel, expert_offset)
-    bins = tl.histogram(tl.where((local >= 0) & (local < E), local, E_P2), HIST_BINS)
-    bins = tl.reshape(bins, [HIST_BINS // E_P2, E_P2])                     # row 0 = the local experts
-    first = tl.arange(0, HIST_BINS // E_P2)[:, None] == 0
-    tl.store(counts_ptr + p * E_P2 + tl.arange(0, E_P2), tl.sum(tl.where(first, bins, 0), axis=0))
-
-
-@triton.jit(do_not_specialize=["numel", "expert_offset", "E", "num_blocks", "n_chunks"])
-def _align_chunk_scatter_kernel(ids_ptr, counts_ptr, sorted_ptr, block_expert_ptr, num_padded_ptr,
-                                numel, expert_offset, E, num_blocks, n_chunks,
-                                BLOCK_M: tl.constexpr, E_P2: tl.constexpr, CHUNK: tl.constexpr,
-                                P_P2: tl.constexpr, RANK_CHUNK: tl.constexpr, BLOCK_CHUNK: tl.constexpr,
-                                PDL: tl.constexpr):
-    """Program p writes chunk p's ids: an id's slot = its expert's segment start + the ids of that expert in
-    chunks before p (the count table's column above row p) + its rank inside chunk p."""
-    wait_then_release(PDL)
-    p = tl.program_id(0)
-    nprog = tl.num_programs(0)
-    experts = tl.arange(0, E_P2)
-    chunks = tl.arange(0, P_P2)
-    table = tl.load(counts_ptr + chunks[:, None] * E_P2 + experts[None, :],
-                    mask=(chunks < n_chunks)[:, None], other=0)                # [P_P2, E_P2]
-    counts = tl.sum(table, axis=0)
-    before = tl.sum(tl.where((chunks < p)[:, None], table, 0), axis=0)
-    padded = (counts + BLOCK_M - 1) // BLOCK_M * BLOCK_M
-    seg_end = tl.cumsum(padded, axis=0)
-    seg_start = seg_end - padded
-    total = tl.sum(padded, axis=0)
-    tl.store(num_padded_ptr, total, mask=p == 0)
-    # each segment's sentinel padding, by the program of its expert's residue (disjoint from the id slots)
-    pad = (seg_start + counts)[:, None] + tl.arange(0, BLOCK_M)[None, :]       # [E_P2, BLOCK_M]
-    tl.store(sorted_ptr + pad, pad * 0 + numel, mask=(pad < seg_end[:, None]) & (experts % nprog == p)[:, None])
-    real_expert = experts < E
-    cursor = seg_start + before
-    for start in range(0, CHUNK, RANK_CHUNK):
-        idx = p * CHUNK + start + tl.arange(0, RANK_CHUNK)
-        local = _load_local(ids_ptr, idx, numel, expert_offset)
-        hit = ((local[:, None] == experts[None, :]) & real_expert[None, :]).to(tl.int32)   # [RANK_CHUNK, E_P2]
-        slot = tl.cumsum(hit, axis=0) - hit + cursor[None, :]
-        tl.store(sorted_ptr + tl.sum(hit * slot, axis=1), idx, mask=tl.sum(hit, axis=1) > 0)
-        cursor += tl.sum(hit, axis=0)
-    per = tl.cdiv(num_blocks, nprog)
-    first = p * per
-    _write_block_owners(seg_end, total, sorted_ptr, block_expert_ptr, numel, E, first,
-                        tl.minimum(first + per, num_blocks), BLOCK_M, E_P2, BLOCK_CHUNK)
-
-
 def _align_one_program(flat_ids, E, block_m, expert_offset, sorted_ids, block_expert, num_padded, pdl=False):
     e_p2 = triton.next_power_of_2(max(E, 2))
     chunk = max(16, min(128, 8192 // e_p2))  # keep the one-hot tile near 8K elements
@@ -298,29 +220,6 @@ def _align_parallel(flat_ids, E, block_m, expert_offset, sorted_ids, block_exper
         RANK_CHUNK=max(128, 1024 // group),  # the [RANK_CHUNK, GROUP] rank tile stays ~1K
         BLOCK_CHUNK=32,  # a program's share of blocks is small (often 1-2 at decode)
         num_warps=4, **launch_args(pdl))
-
-
-def _align_chunked(flat_ids, E, block_m, expert_offset, sorted_ids, block_expert, num_padded, chunks=None,
-                   pdl=False):
-    """Two launches for any numel (none for 0: num_padded = 0): a histogram per chunk of ids, then one program per chunk scatters its ids
-    (vLLM's moe_align_block_size does the same split at large sizes, with atomics; ours keeps the flat order).
-    chunks (a knob for scripts/bench_align.py): how many, at most; None = CHUNKS."""
-    numel = flat_ids.numel()
-    if numel == 0:                   # no ids: no blocks, an empty grid
-        num_padded.zero_()
-        return
-    e_p2 = triton.next_power_of_2(max(E, 2))
-    most = min(chunks or CHUNKS, max(8, 16384 // e_p2))       # the scatter's [chunks, E_P2] count table stays ~16K
-    chunk = max(CHUNK_MIN, triton.next_power_of_2(triton.cdiv(numel, most)))
-    n_chunks = triton.cdiv(numel, chunk)
-    counts = torch.empty(n_chunks, e_p2, dtype=torch.int32, device=flat_ids.device)
-    _align_chunk_count_kernel[(n_chunks,)](flat_ids, counts, numel, expert_offset, E, CHUNK=chunk, E_P2=e_p2,
-                                           HIST_BINS=max(2 * e_p2, 64), num_warps=4, **launch_args(pdl))
-    _align_chunk_scatter_kernel[(n_chunks,)](
-        flat_ids, counts, sorted_ids, block_expert, num_padded, numel, expert_offset, E, block_expert.numel(),
-        n_chunks, BLOCK_M=block_m, E_P2=e_p2, CHUNK=chunk, P_P2=triton.next_power_of_2(n_chunks),
-        RANK_CHUNK=min(chunk, max(16, 8192 // e_p2)),   # the [RANK_CHUNK, E_P2] rank tile stays ~8K
-        BLOCK_CHUNK=32, num_warps=4, **launch_args(pdl))
 
 
 def _align_torch(flat_ids, E, block_m, expert_offset, sorted_ids, block_expert, num_padded, pdl=False):
