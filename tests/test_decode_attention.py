@@ -126,6 +126,28 @@ def test_big_grid_stages_rule(monkeypatch, B, hkv, G, big):
     torch.testing.assert_close(out, decode_attention_ref(q, k_cache, v_cache, seq_lens, 0.125), atol=2e-4, rtol=2e-4)
 
 
+@pytest.mark.parametrize("G", [1, 8])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_big_grid_stages_on_the_listed_shapes(monkeypatch, G, dtype):
+    """The table's own shapes (Dk 128, G 1 / 8) launch with their stages and match the oracle: on a GPU this is
+    also the check that 3 stages of fp32 K / V tiles fit in shared memory."""
+    B, hkv = (9, 16) if G == 1 else (33, 4)                 # 144 / 132 programs: the grid fills 132 SMs
+    torch.manual_seed(G)
+    q = torch.randn(B, G * hkv, 128, device=DEVICE, dtype=dtype)
+    k_cache, v_cache = torch.randn(2, B, 150, hkv, 128, device=DEVICE, dtype=dtype)
+    seq_lens = torch.randint(1, 151, (B,), device=DEVICE, dtype=torch.int32)
+    real, stages = dattn._decode_split_kernel, []
+
+    class Spy:
+        def __getitem__(self, grid):
+            return lambda *a, **k: stages.append(k["num_stages"]) or real[grid](*a, **k)
+
+    monkeypatch.setattr(dattn, "_decode_split_kernel", Spy())
+    monkeypatch.setattr(dattn, "_sm_count", lambda device: 132)
+    _check(q, k_cache, v_cache, seq_lens)
+    assert stages and set(stages) == {dattn.BIG_GRID_STAGES[(G, 128)]}
+
+
 def _mla_inputs(B, H, s_max, d_latent, d_rope, dtype, seed):
     torch.manual_seed(seed)
     q = torch.randn(B, H, d_latent + d_rope, device=DEVICE, dtype=dtype)

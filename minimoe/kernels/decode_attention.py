@@ -49,7 +49,7 @@ PROGRAMS_PER_SM = 2  # splits are added until the grid covers the SMs about this
 ACC_BUDGET = 16384  # fp32 accumulator elements per program (BLOCK_H * Dv): 64 regs/thread, 8 warps
 # K/V pipeline stages by (G, Dk) when the grid fills the SMs (else 2). In the graphed step
 # (docs/results/2026-12-03-s28, calls 2-4) 3 against 2: -0.1 to -0.4% on OLMoE / Qwen1.5-MoE (G 1) bs 16 / 64,
-# Qwen3-30B-A3B (G 8) bs 64; Mixtral +0.25%.
+# Qwen3-30B-A3B (G 8) bs 64; Mixtral +0.25%. MLA's shapes ((16 | 128, 576)) are not listed: it keeps 2.
 BIG_GRID_STAGES = {(1, 128): 3, (8, 128): 3}
 DEFAULT_TILES: dict | None = None  # the split kernel's tiles when a caller gives none (scripts/step_probe.py A/Bs)
 

@@ -111,4 +111,3 @@ def _align_chunked(flat_ids, E, block_m, expert_offset, sorted_ids, block_expert
         n_chunks, BLOCK_M=block_m, E_P2=e_p2, CHUNK=chunk, P_P2=triton.next_power_of_2(n_chunks),
         RANK_CHUNK=min(chunk, max(16, 8192 // e_p2)),   # the [RANK_CHUNK, E_P2] rank tile stays ~8K
         BLOCK_CHUNK=32, num_warps=4, **launch_args(pdl))
-

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Session 28, call 3 on nvidia-h200 (~3 min): bs-64 decode attention, occupancy and split plans instead of tiles.
-# Call 2: no tile moved OLMoE's bs-64 step by more than 0.11%. The PDL-off profile (s24 call 2) has the split kernel
+# Call 2: no tile improved OLMoE's bs-64 step by more than 0.11%. The PDL-off profile (s24 call 2) has the split kernel
 # at 26.8 µs a layer for ~16.5 µs of bytes at 133 cached positions: 1,024 programs in ~2.6 waves of 3 a SM (64 KB of
 # shared memory each at 2 stages). Variants: 1 stage (32 KB: ~7 a SM), 1 stage x 2 warps, two splits (2,048 programs past
 # 192 cached positions, and a merge kernel); 3 stages again (-0.08% in call 2).

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Session 28, call 4 on nvidia-h200 (~5 min): the decode attention's 3 K/V stages on grids that fill the SMs
 # (`decode_attention.BIG_GRID_STAGES`, new default; 2 before) on the models calls 2-3 did not cover: Mixtral bs 64
-# (G = 4; its bs 16 grid is small and unchanged), Qwen1.5-MoE bs 16 / 64 (MHA), OLMoE bs 1 (small grid: unchanged,
-# a control). Then bench.py OLMoE bs 64 with the new default.
+# (G = 4; its bs 16 grid is small and unchanged), Qwen1.5-MoE and OLMoE bs 16 / 64 (MHA). Then bench.py OLMoE bs 64
+# with the new default. (BIG_GRID_STAGES was then one number; it became a table by (G, Dk) after this call, so the `s2`
+# variant below no longer applies to today's code.)
 # Usage (device tool, repo root): bash scripts/gpu/session28_call4.sh
 set -u
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD TQDM_DISABLE=1
