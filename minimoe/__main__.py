@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 
@@ -93,8 +94,9 @@ def _prompts(args, tok, vocab: int) -> list[list[int]]:
 
 
 def generate(args) -> dict:
-    if args.max_new_tokens < 1 or args.batch < 1:
-        raise UsageError("--max-new-tokens and --batch must be at least 1")
+    for flag, value in (("--max-new-tokens", args.max_new_tokens), ("--batch", args.batch)):
+        if value < 1:
+            raise UsageError(f"{flag} must be at least 1, got {value}")
     filtered = (args.sample_top_k, args.sample_top_p, args.sample_min_p) != (0, 1.0, 0.0)
     temperature = args.temperature if args.temperature is not None else (1.0 if filtered else 0.0)
     sampling = Sampling(temperature, args.sample_top_k, args.sample_top_p, args.sample_min_p)
@@ -102,6 +104,10 @@ def generate(args) -> dict:
         raise UsageError("--greedy contradicts --temperature/--top-k/--top-p/--min-p")
     try:
         sampling.check()
+    except ValueError as e:    # Sampling names its fields; the command line knows them as flags
+        raise UsageError(re.sub(r"\b(temperature|top_k|top_p|min_p)\b",
+                                lambda m: "--" + m.group(1).replace("_", "-"), str(e))) from None
+    try:
         s = resolve_settings(run_settings.from_args(args))
     except ValueError as e:
         raise UsageError(str(e)) from None

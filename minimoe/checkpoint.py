@@ -43,10 +43,10 @@ def resolve(model: str) -> tuple[dict, Path | None]:
         return _read_json(path / "config.json"), path
     if model.count("/") != 1 or path.exists():
         close = difflib.get_close_matches(model.lower(), [*cards.aliases(), *(n.lower() for n in cards.card_names())], 1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise CheckpointError(f"unknown model {model!r}: not a model card ({', '.join(cards.card_names())}) or alias "
-                              f"({', '.join(cards.aliases())}), not a directory, and not a hub id of the form "
-                              f"org/name{hint}")
+        hint = f" (did you mean {close[0]!r}?)" if close else ""     # first: the card list after it is long
+        raise CheckpointError(f"unknown model {model!r}{hint}: not a model card ({', '.join(cards.card_names())}) or "
+                              f"alias ({', '.join(cards.aliases())}), not a directory, and not a hub id of the form "
+                              f"org/name")
     folder = _download(model)
     return _read_json(folder / "config.json"), folder
 

@@ -62,7 +62,8 @@ def test_a_sampling_filter_alone_samples_at_temperature_1(capsys):
 BAD_INPUT = {
     "unknown_model": (["--model", "no-such-model", "--prompt-ids", "1"], "unknown model 'no-such-model'"),
     "max_new_tokens_0": (["--model", "olmoe-tiny", "--prompt-ids", "1", "--max-new-tokens", "0"],
-                         "--max-new-tokens and --batch must be at least 1"),
+                         "--max-new-tokens must be at least 1, got 0"),
+    "batch_0": (["--model", "olmoe-tiny", "--prompt-ids", "1", "--batch", "0"], "--batch must be at least 1, got 0"),
     "prompt_ids_letters": (["--model", "olmoe-tiny", "--prompt-ids", "1,a,3"],
                            "--prompt-ids must be comma-separated integers, got '1,a,3'"),
     "prompt_id_too_large": (["--model", "olmoe-tiny", "--prompt-ids", "1,512"],
@@ -75,9 +76,11 @@ BAD_INPUT = {
                                "--greedy contradicts --temperature/--top-k/--top-p/--min-p"),
     "unknown_expert_path": (["--model", "olmoe-tiny", "--prompt-ids", "1", "--experts", "nope"],
                             "--experts nope: choose from loop, grouped, fused"),
-    "top_p_zero": (["--model", "olmoe-tiny", "--prompt-ids", "1", "--top-p", "0"], "top_p must be in (0, 1]"),
+    "top_p_zero": (["--model", "olmoe-tiny", "--prompt-ids", "1", "--top-p", "0"], "--top-p must be in (0, 1]"),
+    "top_k_negative": (["--model", "olmoe-tiny", "--prompt-ids", "1", "--top-k", "-3"],
+                       "--top-k must be an int >= 0 (0 is off), got -3"),
     "filter_at_temperature_0": (["--model", "olmoe-tiny", "--prompt-ids", "1", "--temperature", "0", "--top-k", "5"],
-                                "top_k / top_p / min_p filter a sampled distribution, but temperature 0 is greedy"),
+                                "--top-k / --top-p / --min-p filter a sampled distribution, but --temperature 0 is greedy"),
     "greedy_and_top_k": (["--model", "olmoe-tiny", "--prompt-ids", "1", "--greedy", "--top-k", "5"],
                          "--greedy contradicts --temperature/--top-k/--top-p/--min-p"),
     "prompt_text_without_tokenizer": (["--model", "olmoe-tiny", "--prompt", "hello"],
@@ -142,4 +145,4 @@ def test_module_entry_point_exit_status():
     proc = subprocess.run([sys.executable, "-m", "minimoe", "generate", "--model", "olmoe-tiny", "--prompt-ids",
                            "1", "--max-new-tokens", "0"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
-    assert proc.stderr.strip() == "error: --max-new-tokens and --batch must be at least 1"
+    assert proc.stderr.strip() == "error: --max-new-tokens must be at least 1, got 0"

@@ -56,6 +56,13 @@ def test_unknown_model_name_lists_the_cards():
     assert "olmoe-tiny" in msg and "DeepSeek-V3" in msg
 
 
+def test_a_near_miss_names_the_close_card_first():
+    """A typo's suggestion comes right after the name, before the long list of cards and aliases."""
+    with pytest.raises(CheckpointError) as e:
+        build_model("olmoe-tinyy", "dummy")
+    assert str(e.value).startswith("unknown model 'olmoe-tinyy' (did you mean 'olmoe-tiny'?): not a model card")
+
+
 def test_unknown_model_type_lists_the_supported_ones(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2", "vocab_size": 10}))
     with pytest.raises(ValueError) as e:
