@@ -104,14 +104,8 @@ def test_default_tiles_apply_when_none_are_given(monkeypatch):
     assert torch.equal(out, explicit)
 
 
-@pytest.mark.parametrize("B, hkv, G, big", [(9, 16, 2, True), (2, 4, 2, False), (9, 16, 1, False)])
-def test_big_grid_stages_rule(monkeypatch, B, hkv, G, big):
-    """BIG_GRID_STAGES[(G, Dk)] reaches the split kernel's launch only when B x Hkv programs fill the SMs and the
-    table lists the shape (else 2 stages); the answer stays the oracle's."""
-    torch.manual_seed(B * G)
-    q = torch.randn(B, G * hkv, 64, device=DEVICE)
-    k_cache, v_cache = torch.randn(2, B, 70, hkv, 64, device=DEVICE)
-    seq_lens = torch.randint(1, 71, (B,), device=DEVICE, dtype=torch.int32)
+def _spy_stages(monkeypatch) -> list:
+    """Record each split-kernel launch's num_stages (the launch still runs) on an H200-sized (132 SM) plan."""
     real, stages = dattn._decode_split_kernel, []
 
     class Spy:
@@ -120,6 +114,18 @@ def test_big_grid_stages_rule(monkeypatch, B, hkv, G, big):
 
     monkeypatch.setattr(dattn, "_decode_split_kernel", Spy())
     monkeypatch.setattr(dattn, "_sm_count", lambda device: 132)
+    return stages
+
+
+@pytest.mark.parametrize("B, hkv, G, big", [(9, 16, 2, True), (2, 4, 2, False), (9, 16, 1, False)])
+def test_big_grid_stages_rule(monkeypatch, B, hkv, G, big):
+    """BIG_GRID_STAGES[(G, Dk)] reaches the split kernel's launch only when B x Hkv programs fill the SMs and the
+    table lists the shape (else 2 stages); the answer stays the oracle's."""
+    torch.manual_seed(B * G)
+    q = torch.randn(B, G * hkv, 64, device=DEVICE)
+    k_cache, v_cache = torch.randn(2, B, 70, hkv, 64, device=DEVICE)
+    seq_lens = torch.randint(1, 71, (B,), device=DEVICE, dtype=torch.int32)
+    stages = _spy_stages(monkeypatch)
     monkeypatch.setattr(dattn, "BIG_GRID_STAGES", {(2, 64): 3})
     out = decode_attention(q, k_cache, v_cache, seq_lens, 0.125)
     assert stages == [3 if big else 2]
@@ -136,14 +142,7 @@ def test_big_grid_stages_on_the_listed_shapes(monkeypatch, G, dtype):
     q = torch.randn(B, G * hkv, 128, device=DEVICE, dtype=dtype)
     k_cache, v_cache = torch.randn(2, B, 150, hkv, 128, device=DEVICE, dtype=dtype)
     seq_lens = torch.randint(1, 151, (B,), device=DEVICE, dtype=torch.int32)
-    real, stages = dattn._decode_split_kernel, []
-
-    class Spy:
-        def __getitem__(self, grid):
-            return lambda *a, **k: stages.append(k["num_stages"]) or real[grid](*a, **k)
-
-    monkeypatch.setattr(dattn, "_decode_split_kernel", Spy())
-    monkeypatch.setattr(dattn, "_sm_count", lambda device: 132)
+    stages = _spy_stages(monkeypatch)
     _check(q, k_cache, v_cache, seq_lens)
     assert stages and set(stages) == {dattn.BIG_GRID_STAGES[(G, 128)]}
 
