@@ -33,6 +33,8 @@ import torch
 import triton
 import triton.language as tl
 
+from . import attn_rope
+from .attn_rope import channel_pairs, norm_rope_rows, write_new_kv
 from .mla_merge_uv import merge_uv
 from .pdl import launch_args, wait_then_release
 
@@ -78,10 +80,14 @@ def _decode_split_kernel(
     stride_qb, stride_qs, stride_qh, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
     stride_pb, stride_ps, stride_ob, stride_oq, stride_oh, stride_os, stride_lb, stride_lq, stride_lh,
     qk_scale, S_max, CHUNK, cnt_ptr, fin_ptr, stride_fb, stride_fq, stride_fh,
+    rope_pos_ptr, stride_rpb, cos_ptr, sin_ptr, stride_cos, stride_sin, qw_ptr, kw_ptr, rope_eps, rope_clip,
     G: tl.constexpr, S_Q: tl.constexpr, HEAD_TILES: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr,
     BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DR: tl.constexpr,
     BLOCK_DV: tl.constexpr, V_FROM_K: tl.constexpr, DIRECT: tl.constexpr, USE_POS: tl.constexpr,
     PRECISION: tl.constexpr, PDL: tl.constexpr, MERGE: tl.constexpr = False,
+    ROPE: tl.constexpr = False, QK_NORM: tl.constexpr = 0, CLIP: tl.constexpr = False,
+    INTERLEAVE: tl.constexpr = False, H_ALL: tl.constexpr = 1, BLOCK_H_ALL: tl.constexpr = 1,
+    H_KV: tl.constexpr = 1, BLOCK_HKV_ALL: tl.constexpr = 1,
 ):
     wait_then_release(PDL)
     # Head tiles are the fastest grid axis so sibling tiles of one kv head (MLA: G = 128 in tiles
@@ -112,13 +118,25 @@ def _decode_split_kernel(
     offs_v = tl.arange(0, BLOCK_DV)
     q_rows = q_ptr + b * stride_qb + s_q[:, None] * stride_qs + heads[:, None] * stride_qh
     cache_t = k_ptr.dtype.element_ty
-    q_main = tl.load(q_rows + offs_d[None, :], mask=row_ok[:, None], other=0.0).to(cache_t)
+    k_base = k_ptr + b * stride_kb + kv_head * stride_kh
+    v_base = v_ptr + b * stride_vb + kv_head * stride_vh
+    if ROPE:  # --attn-rope (kernels/attn_rope.py): q is the raw q/k/v row; norm + rope here, the new K/V written
+        pos = tl.load(rope_pos_ptr + b * stride_rpb)
+        cols, partner, sign, j = channel_pairs(BLOCK_DK, INTERLEAVE)
+        cos = tl.load(cos_ptr + pos * stride_cos + j)
+        sin = tl.load(sin_ptr + pos * stride_sin + j)
+        tok = q_ptr + b * stride_qb
+        q_main = norm_rope_rows(tok, heads, row_ok, qw_ptr, cols, partner, sign, cos, sin, rope_eps, rope_clip,
+                                H_ALL, BLOCK_H_ALL, BLOCK_DK, QK_NORM, CLIP).to(cache_t)
+        if (pos >= start) & (pos < end) & (head_tile == 0):  # the one program that reads the new row writes it
+            write_new_kv(tok, k_base + pos * stride_ks, v_base + pos * stride_vs, kv_head, kw_ptr, cols, partner,
+                         sign, cos, sin, rope_eps, rope_clip, H_ALL, H_KV, BLOCK_HKV_ALL, BLOCK_DK, QK_NORM, CLIP)
+    else:
+        q_main = tl.load(q_rows + offs_d[None, :], mask=row_ok[:, None], other=0.0).to(cache_t)
     if BLOCK_DR > 0:  # constexpr branch: names bound here stay visible below
         offs_r = BLOCK_DK + tl.arange(0, BLOCK_DR)
         q_rest = tl.load(q_rows + offs_r[None, :], mask=row_ok[:, None] & (offs_r[None, :] < DK),
                          other=0.0).to(cache_t)
-    k_base = k_ptr + b * stride_kb + kv_head * stride_kh
-    v_base = v_ptr + b * stride_vb + kv_head * stride_vh
 
     m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)  # running max, log2 domain
     l_i = tl.zeros([BLOCK_H], tl.float32)  # running softmax denominator
@@ -244,7 +262,8 @@ def counters_needed(B: int, H: int, S: int = 1) -> int:
 def decode_attention(q, k_cache, v_cache, seq_lens, scale: float, *, positions=None,
                      max_splits: int | None = None, min_tiles: int | None = None,
                      tiles: dict | None = None, counters: torch.Tensor | None = None,
-                     w_uv: torch.Tensor | None = None, pdl: bool = False) -> torch.Tensor:
+                     w_uv: torch.Tensor | None = None, rope: attn_rope.RopeIn | None = None,
+                     pdl: bool = False) -> torch.Tensor:
     """softmax(scale * q K^T) V over the cache -> [B, H, Dv] (or [B, S, H, Dv]) in q.dtype.
 
     q [B, H, Dk]: one new token per sequence, attending to the first seq_lens[b] positions; or q [B, S, H, Dk] with
@@ -263,7 +282,11 @@ def decode_attention(q, k_cache, v_cache, seq_lens, scale: float, *, positions=N
     one new token a sequence): the partials are merged and multiplied by W_uv per head in one kernel
     (kernels/mla_merge_uv.py) -> [B, H, N] = W_uv[h] @ out[b, h] with out rounded to q.dtype first, as a separate
     torch.bmm would see it.
-    Raises AssertionError on bad shapes (a w_uv that is not [H, N, Dv] with a unit last stride included).
+    rope (kernels/attn_rope.py, `--attn-rope`): q [B, H, d] is the q/k/v projection's raw q columns (qkv[:, :H·d]
+    viewed as heads, the k and v columns after them in the same rows); the kernel norms and rotates q, and writes this
+    step's k and v into the caches itself (one new token a sequence, d a power of two, separate K and V caches).
+    Raises AssertionError on bad shapes (a w_uv that is not [H, N, Dv] with a unit last stride included), ValueError
+    on a rope the prologue cannot take.
     """
     one = q.dim() == 3
     q4 = q[:, None] if one else q                                            # [B, S, H, Dk]
@@ -306,6 +329,7 @@ def decode_attention(q, k_cache, v_cache, seq_lens, scale: float, *, positions=N
     merge = (not direct and counters is not None and counters.dtype == torch.int32
              and counters.numel() >= B * hkv * head_tiles and counters.device == q.device and w_uv is None)
     cnt = counters if merge else seq_lens                                    # unread without MERGE
+    prologue = attn_rope.kernel_args(rope, q4, k_cache, v_cache, block_dk, block_dr)
     _decode_split_kernel[(hkv * head_tiles, B, num_splits)](
         q4, k_cache, v_cache, seq_lens, pos, part, lse,
         q4.stride(0), q4.stride(1), q4.stride(2), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
@@ -313,7 +337,7 @@ def decode_attention(q, k_cache, v_cache, seq_lens, scale: float, *, positions=N
         part.stride(0), part.stride(1), part.stride(2), part.stride(3),
         lse.stride(0), lse.stride(1), lse.stride(2),
         scale * 1.4426950408889634, s_max, chunk,  # log2(e): the kernel uses exp2
-        cnt, out, out.stride(0), out.stride(1), out.stride(2),
+        cnt, out, out.stride(0), out.stride(1), out.stride(2), **prologue,
         G=G, S_Q=S, HEAD_TILES=head_tiles, DK=dk, DV=dv, BLOCK_H=block_h, BLOCK_N=block_n,
         BLOCK_DK=block_dk, BLOCK_DR=block_dr, BLOCK_DV=block_dv, V_FROM_K=v_from_k, DIRECT=direct,
         USE_POS=not one,
