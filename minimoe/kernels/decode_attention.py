@@ -35,6 +35,7 @@ import triton.language as tl
 
 from . import attn_rope
 from .attn_rope import channel_pairs, norm_rope_rows, write_new_kv
+from .decode_attention_merge import merge_splits_kernel
 from .mla_merge_uv import merge_uv
 from .pdl import launch_args, wait_then_release
 
@@ -190,37 +191,6 @@ def _decode_split_kernel(
                 tl.store(f_ptrs, (total / denom[:, None]).to(fin_ptr.dtype.element_ty), mask=store_ok)
 
 
-@triton.jit
-def _merge_splits_kernel(
-    part_ptr, lse_ptr, seq_lens_ptr, out_ptr,
-    stride_pb, stride_pq, stride_ph, stride_ps, stride_lb, stride_lq, stride_lh,
-    stride_ob, stride_oq, stride_oh,
-    S_max, CHUNK, H: tl.constexpr, DV: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_DV: tl.constexpr,
-    PDL: tl.constexpr,
-):
-    wait_then_release(PDL)
-    h = tl.program_id(0) % H
-    q = tl.program_id(0) // H
-    b = tl.program_id(1).to(tl.int64)
-    seq_len = tl.minimum(tl.load(seq_lens_ptr + b), S_max)
-    n_valid = tl.cdiv(seq_len, CHUNK)  # splits past this exited early and wrote nothing
-    offs_s = tl.arange(0, BLOCK_S)
-    lse_row = lse_ptr + b * stride_lb + q * stride_lq + h * stride_lh
-    lse = tl.load(lse_row + offs_s, mask=offs_s < n_valid, other=float("-inf"))
-    lse_max = tl.max(lse, axis=0)  # finite: the first split holds position 0, which every row sees
-    denom = tl.sum(tl.exp2(lse - lse_max), axis=0)
-
-    offs_v = tl.arange(0, BLOCK_DV)
-    v_ok = offs_v < DV
-    part_row = part_ptr + b * stride_pb + q * stride_pq + h * stride_ph + offs_v
-    acc = tl.zeros([BLOCK_DV], tl.float32)
-    for s in range(0, n_valid):  # loop, not a [splits, Dv] tile: Dv = 512 x 64 splits is too big
-        w = tl.exp2(tl.load(lse_row + s) - lse_max)
-        acc += w * tl.load(part_row + s * stride_ps, mask=v_ok, other=0.0)
-    tl.store(out_ptr + b * stride_ob + q * stride_oq + h * stride_oh + offs_v,
-             (acc / denom).to(out_ptr.dtype.element_ty), mask=v_ok)
-
-
 @functools.lru_cache(maxsize=None)
 def _sm_count(device: torch.device) -> int:
     if device.type != "cuda":
@@ -348,7 +318,7 @@ def decode_attention(q, k_cache, v_cache, seq_lens, scale: float, *, positions=N
     if w_uv is not None:
         return merge_uv(part[:, 0], lse[:, 0], seq_lens, w_uv, s_max, chunk, num_splits, out_dtype=q.dtype, pdl=pdl)
     if not direct and not merge:
-        _merge_splits_kernel[(H * S, B)](
+        merge_splits_kernel[(H * S, B)](
             part, lse, seq_lens, out,
             part.stride(0), part.stride(1), part.stride(2), part.stride(3),
             lse.stride(0), lse.stride(1), lse.stride(2), out.stride(0), out.stride(1), out.stride(2),

@@ -24,7 +24,7 @@ from minimoe.loader import build_model
 from minimoe.settings import RunSettings
 
 MODULES = ["decode_attention", "fused_moe", "moe_align", "moe_align_chunked", "gate_splitk", "gate_splitk_fold",
-           "route", "rmsnorm", "rope", "qkv_gemv_rope", "mla_rope", "skinny_gemm", "dense_gemv", "fused_moe_small",
+           "decode_attention_merge", "route", "rmsnorm", "rope", "qkv_gemv_rope", "mla_rope", "skinny_gemm", "dense_gemv", "fused_moe_small",
            "silu_mul", "norm_route", "greedy"]
 B = 6
 

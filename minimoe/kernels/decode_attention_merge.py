@@ -1,0 +1,47 @@
+"""The second kernel of split-K decode attention: merge each (sequence, query token, head)'s split partials.
+
+Each split program of kernels/decode_attention.py leaves its chunk-normalised output o_s [Dv] (fp32) and log-sum-exp
+lse_s (log2 domain); the exact softmax over the whole sequence is
+
+    out = sum_s 2^(lse_s - lse_max) · o_s / sum_s 2^(lse_s - lse_max)
+
+over the splits that hold positions (the others exited early; their count follows from seq_len and the chunk).
+One program per (query token, head) x sequence; the splits are a loop, not a tile (MLA's Dv = 512 x 64 splits would
+not fit in registers). Reference: Dao et al., "Flash-Decoding for long-context inference" (2023).
+"""
+
+import triton
+import triton.language as tl
+
+from .pdl import wait_then_release
+
+
+@triton.jit
+def merge_splits_kernel(
+    part_ptr, lse_ptr, seq_lens_ptr, out_ptr,
+    stride_pb, stride_pq, stride_ph, stride_ps, stride_lb, stride_lq, stride_lh,
+    stride_ob, stride_oq, stride_oh,
+    S_max, CHUNK, H: tl.constexpr, DV: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_DV: tl.constexpr,
+    PDL: tl.constexpr,
+):
+    wait_then_release(PDL)
+    h = tl.program_id(0) % H
+    q = tl.program_id(0) // H
+    b = tl.program_id(1).to(tl.int64)
+    seq_len = tl.minimum(tl.load(seq_lens_ptr + b), S_max)
+    n_valid = tl.cdiv(seq_len, CHUNK)  # splits past this exited early and wrote nothing
+    offs_s = tl.arange(0, BLOCK_S)
+    lse_row = lse_ptr + b * stride_lb + q * stride_lq + h * stride_lh
+    lse = tl.load(lse_row + offs_s, mask=offs_s < n_valid, other=float("-inf"))
+    lse_max = tl.max(lse, axis=0)  # finite: the first split holds position 0, which every row sees
+    denom = tl.sum(tl.exp2(lse - lse_max), axis=0)
+
+    offs_v = tl.arange(0, BLOCK_DV)
+    v_ok = offs_v < DV
+    part_row = part_ptr + b * stride_pb + q * stride_pq + h * stride_ph + offs_v
+    acc = tl.zeros([BLOCK_DV], tl.float32)
+    for s in range(0, n_valid):  # loop, not a [splits, Dv] tile: Dv = 512 x 64 splits is too big
+        w = tl.exp2(tl.load(lse_row + s) - lse_max)
+        acc += w * tl.load(part_row + s * stride_ps, mask=v_ok, other=0.0)
+    tl.store(out_ptr + b * stride_ob + q * stride_oq + h * stride_oh + offs_v,
+             (acc / denom).to(out_ptr.dtype.element_ty), mask=v_ok)
