@@ -35,7 +35,7 @@ def _case(B, H, Hkv, d, s_max, qk_norm, dtype, seed):
         qw, kw = 1 + 0.3 * rnd(d), 1 + 0.3 * rnd(d)
     k_cache = rnd(B, s_max, Hkv, d)
     v_cache = rnd(B, s_max, Hkv, d)
-    for b, n in enumerate(lens.tolist()):     # stale rows: the new one must be written before it is read
+    for b, n in enumerate(lens.tolist()):     # stale rows: the new one must come from this step's k / v
         k_cache[b, n - 1:] = float("nan")
         v_cache[b, n - 1:] = float("nan")
     return qkv, seq_lens, positions, cos, sin, qw, kw, k_cache, v_cache

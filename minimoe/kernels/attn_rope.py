@@ -7,19 +7,22 @@ At decode a layer's attention side runs, per one-token step,
     out = attention(q, cache)                              kernels/decode_attention.py: split programs (+ a merge)
 
 and the middle kernel moves a few kilobytes between two larger ones. Here the split attention kernel reads the raw
-q/k/v row instead: every program normalises and rotates the q heads it attends with, in registers, and the one
-program a (sequence, kv head) whose chunk holds the new position also normalises and rotates that head's k, writes
-k and v into the cache, and waits at a barrier for its own threads before it streams the chunk (the only reader of
-that cache row this step). One launch a layer fewer; the same maths as kernels/rope.py, but the RMS sums reduce in
-another order, so the results may differ from the unfused path in the last bit of a bf16 element (tested to that).
+q/k/v row instead (`attend_with_rope`): every program issues its first K / V tile's loads, then normalises and
+rotates the q heads it attends with, in registers, while they are in flight; the one program a (sequence, kv head)
+whose rows hold the new position also makes that head's k and v, stores them into the cache for the next steps and
+uses them from registers for this one (no barrier: no other program reads that row this step). One launch a layer
+fewer; the same maths as kernels/rope.py, but the RMS sums reduce in another order (and the compiler may fuse the
+rotation's multiply-add), so the results may differ from the unfused path in the last bit of an element (tested to
+that).
 
 Rotation without splitting a head into halves: out[c] = x[c]·cos[j(c)] + sign(c)·x[p(c)]·sin[j(c)] with the partner
 channel p(c) = (c + d/2) mod d, j = c mod d/2 and sign -1 below d/2 ("rotate half", NeoX), or p(c) = c xor 1, j = c // 2
 and sign -1 on even c (interleaved, DeepSeek). Each head is loaded twice, at c and at p(c), both from L2.
 Families: plain (Mixtral, Qwen1.5/2-MoE), q/k RMSNorm over the whole projection (OLMoE, "full", with its optional
 clip) or per head (Qwen3, "head"). Not MLA (its rope and latent cache are kernels/mla_rope.py's).
-Peers: TensorRT-LLM's XQA and FlashInfer's decode kernels take rope inside attention ("fused rope" / pos-encoding
-modes); vLLM and SGLang keep a separate rotary kernel.
+Peers: TensorRT-LLM's masked multi-head attention kernel applies rope and writes the KV cache inside its decoding
+attention, FlashInfer's decode kernels rotate q and k on the fly (pos_encoding_mode "ROPE_LLAMA"); vLLM and SGLang
+keep a separate rotary kernel.
 
 Shapes: B batch, H / Hkv query / kv heads, d head dim (a power of two, >= 16), P rotary table rows.
 """
@@ -30,6 +33,8 @@ from typing import NamedTuple
 import torch
 import triton
 import triton.language as tl
+
+from .online_softmax import online_softmax_step
 
 QK_NORMS = {None: 0, "full": 1, "head": 2}  # -> the QK_NORM constexpr (kernels/rope.py's numbering)
 
@@ -103,21 +108,76 @@ def norm_rope_rows(base, heads, ok, w_ptr, cols, partner, sign, cos, sin, eps, c
 
 
 @triton.jit
-def write_new_kv(row, k_dst, v_dst, kv_head, kw_ptr, cols, partner, sign, cos, sin, eps, clip,
-                 H: tl.constexpr, HKV: tl.constexpr, BLOCK_HKV: tl.constexpr, D: tl.constexpr,
-                 QK_NORM: tl.constexpr, CLIP: tl.constexpr):
-    """Head kv_head of the token's k (normed, rotated) and v (clipped) from its q/k/v row `row` into the cache rows
-    k_dst, v_dst (pointers to [D] elements), then a barrier: the caller's loads of that cache row follow."""
+def new_kv(row, kv_head, kw_ptr, cols, partner, sign, cos, sin, eps, clip, OUT_T: tl.constexpr,
+           H: tl.constexpr, HKV: tl.constexpr, BLOCK_HKV: tl.constexpr, D: tl.constexpr,
+           QK_NORM: tl.constexpr, CLIP: tl.constexpr):
+    """Head kv_head of the token's k (normed, rotated) and v (clipped) from its q/k/v row `row` -> two [D] in OUT_T."""
     one = tl.arange(0, 2)  # a two-row tile (tl.arange needs a power of two), the second row masked
     k = norm_rope_rows(row + H * D, kv_head + one, one < 1, kw_ptr, cols, partner, sign, cos, sin, eps, clip,
                        HKV, BLOCK_HKV, D, QK_NORM, CLIP)
     k = tl.sum(tl.where(one[:, None] < 1, k, 0.0), axis=0)  # row 0 (exact: adds zeros)
-    tl.store(k_dst + cols, k.to(k_dst.dtype.element_ty))
     v = tl.load(row + (H + HKV + kv_head) * D + cols)
-    if CLIP:  # clamp in fp32, round once on the store (kernels/rope.py's _copy_v)
+    if CLIP:  # clamp in fp32, round once (kernels/rope.py's _copy_v)
         v = tl.clamp(v.to(tl.float32), -clip, clip)
-    tl.store(v_dst + cols, v.to(v_dst.dtype.element_ty))
-    tl.debug_barrier()  # every thread's k / v stores land before any thread loads the tile holding them
+    return k.to(OUT_T), v.to(OUT_T)
+
+
+@triton.jit
+def _tile(q, k, v, offs_n, n_ok, pos, k_new, v_new, limit, qk_scale, m_i, l_i, acc, PRECISION: tl.constexpr):
+    """Fold one K / V tile into the online softmax, the new position's row taken from registers (k_new, v_new)."""
+    new = (offs_n == pos)[:, None]
+    k = tl.where(new, k_new[None, :], k)
+    v = tl.where(new, v_new[None, :], v)
+    qk = tl.dot(q, tl.trans(k), input_precision=PRECISION)  # [BLOCK_H, N]
+    valid = n_ok[None, :] & (offs_n[None, :] < limit[:, None])
+    qk = tl.where(valid, qk * qk_scale, float("-inf"))
+    return online_softmax_step(qk, v, m_i, l_i, acc, PRECISION)
+
+
+@triton.jit
+def attend_with_rope(tok, heads, row_ok, k_base, v_base, stride_ks, stride_vs, start, end, limit, qk_scale,
+                     pos_ptr, cos_ptr, sin_ptr, stride_cos, stride_sin, qw_ptr, kw_ptr, eps, clip, kv_head,
+                     H: tl.constexpr, BLOCK_H_ALL: tl.constexpr, HKV: tl.constexpr, BLOCK_HKV_ALL: tl.constexpr,
+                     BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr, QK_NORM: tl.constexpr,
+                     CLIP: tl.constexpr, INTERLEAVE: tl.constexpr, PRECISION: tl.constexpr):
+    """The split program's whole attention over cache rows [start, end) of one (sequence, kv head) with the prologue:
+    tok points at the token's raw q/k/v row (q heads first), heads / row_ok [BLOCK_H] its query heads, limit
+    [BLOCK_H] the causal bound -> the online softmax's (max, sum, unnormalised output [BLOCK_H, D]).
+
+    The first tile's loads are issued before the prologue's, so their latency hides behind its loads and arithmetic
+    (a prologue in front of them measured +1.2-2.3% a step, docs/results/2026-12-03-s29 call 2). The program whose
+    rows hold the new position uses that row from registers and stores it for the next steps: no barrier."""
+    cache_t: tl.constexpr = k_base.dtype.element_ty
+    cols = tl.arange(0, D)
+    offs_n = start + tl.arange(0, BLOCK_N)
+    n_ok = offs_n < end
+    k0 = tl.load(k_base + offs_n[:, None] * stride_ks + cols[None, :], mask=n_ok[:, None], other=0.0)
+    v0 = tl.load(v_base + offs_n[:, None] * stride_vs + cols[None, :], mask=n_ok[:, None], other=0.0)
+    pos = tl.load(pos_ptr)
+    cols, partner, sign, j = channel_pairs(D, INTERLEAVE)
+    cos = tl.load(cos_ptr + pos * stride_cos + j)
+    sin = tl.load(sin_ptr + pos * stride_sin + j)
+    q = norm_rope_rows(tok, heads, row_ok, qw_ptr, cols, partner, sign, cos, sin, eps, clip,
+                       H, BLOCK_H_ALL, D, QK_NORM, CLIP).to(cache_t)
+    if (pos >= start) & (pos < end):  # this program's rows hold the new position: make it, and keep it
+        k_new, v_new = new_kv(tok, kv_head, kw_ptr, cols, partner, sign, cos, sin, eps, clip, cache_t,
+                              H, HKV, BLOCK_HKV_ALL, D, QK_NORM, CLIP)
+        tl.store(k_base + pos * stride_ks + cols, k_new)
+        tl.store(v_base + pos * stride_vs + cols, v_new)
+    else:
+        k_new = tl.zeros([D], cache_t)
+        v_new = tl.zeros([D], cache_t)
+    m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_H], tl.float32)
+    acc = tl.zeros([BLOCK_H, D], tl.float32)
+    m_i, l_i, acc = _tile(q, k0, v0, offs_n, n_ok, pos, k_new, v_new, limit, qk_scale, m_i, l_i, acc, PRECISION)
+    for n0 in range(start + BLOCK_N, end, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        n_ok = offs_n < end
+        k = tl.load(k_base + offs_n[:, None] * stride_ks + cols[None, :], mask=n_ok[:, None], other=0.0)
+        v = tl.load(v_base + offs_n[:, None] * stride_vs + cols[None, :], mask=n_ok[:, None], other=0.0)
+        m_i, l_i, acc = _tile(q, k, v, offs_n, n_ok, pos, k_new, v_new, limit, qk_scale, m_i, l_i, acc, PRECISION)
+    return m_i, l_i, acc
 
 
 def kernel_args(rope: RopeIn | None, q4: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
@@ -147,8 +207,8 @@ def kernel_args(rope: RopeIn | None, q4: torch.Tensor, k_cache: torch.Tensor, v_
     if pos.shape != (B, 1) or pos.dtype != torch.int64 or cos.shape[-1] != d // 2 or sin.shape[-1] != d // 2 \
             or cos.dtype != torch.float32 or sin.dtype != torch.float32 or cos.stride(-1) != 1 or sin.stride(-1) != 1:
         raise ValueError("--attn-rope: positions [B, 1] int64 and cos / sin [P, d/2] fp32 tables")
-    if v_cache.data_ptr() == k_cache.data_ptr():
-        raise ValueError("--attn-rope: K and V caches must be separate (not MLA's shared latent)")
+    if v_cache.data_ptr() == k_cache.data_ptr() or v_cache.shape[-1] != d:
+        raise ValueError("--attn-rope: K and V caches must be separate, both of head dim d (not MLA's latent)")
     return dict(rope_pos_ptr=pos, stride_rpb=pos.stride(0), cos_ptr=cos, sin_ptr=sin, stride_cos=cos.stride(0),
                 stride_sin=sin.stride(0), qw_ptr=rope.q_norm_w if rope.qk_norm else q4,
                 kw_ptr=rope.k_norm_w if rope.qk_norm else q4, rope_eps=float(rope.eps),

@@ -34,9 +34,10 @@ import triton
 import triton.language as tl
 
 from . import attn_rope
-from .attn_rope import channel_pairs, norm_rope_rows, write_new_kv
+from .attn_rope import attend_with_rope
 from .decode_attention_merge import merge_splits_kernel
 from .mla_merge_uv import merge_uv
+from .online_softmax import online_softmax_step
 from .pdl import launch_args, wait_then_release
 
 # K tiles per split at least (the split plan's floor). Measured on the H200 (scripts/bench_attn_splits.py,
@@ -55,24 +56,6 @@ ACC_BUDGET = 16384  # fp32 accumulator elements per program (BLOCK_H * Dv): 64 r
 # Qwen3-30B-A3B (G 8) bs 64; Mixtral +0.25%. MLA's shapes ((16 | 128, 576)) are not listed: it keeps 2.
 BIG_GRID_STAGES = {(1, 128): 3, (8, 128): 3}
 DEFAULT_TILES: dict | None = None  # the split kernel's tiles when a caller gives none (scripts/step_probe.py A/Bs)
-
-
-@triton.jit
-def _online_softmax_step(qk, v, m_i, l_i, acc, PRECISION: tl.constexpr):
-    """Fold one [BLOCK_H, BLOCK_N] score tile into the running (max, sum, output), log2 domain.
-
-    Milakov & Gimelshein's online softmax: rescale what we have by exp2(m_old - m_new), add the
-    tile. A row with no valid position yet (a later query token's causal limit lies past this
-    split's start only for some rows) keeps max -inf: it is shifted by 0 instead, so it adds
-    exp2(-inf) = 0 and never produces inf - inf.
-    """
-    m_new = tl.maximum(m_i, tl.max(qk, axis=1))
-    m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
-    alpha = tl.exp2(m_i - m_use)
-    p = tl.exp2(qk - m_use[:, None])
-    l_i = l_i * alpha + tl.sum(p, axis=1)
-    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
-    return m_new, l_i, acc
 
 
 @triton.jit
@@ -122,44 +105,39 @@ def _decode_split_kernel(
     k_base = k_ptr + b * stride_kb + kv_head * stride_kh
     v_base = v_ptr + b * stride_vb + kv_head * stride_vh
     if ROPE:  # --attn-rope (kernels/attn_rope.py): q is the raw q/k/v row; norm + rope here, the new K/V written
-        pos = tl.load(rope_pos_ptr + b * stride_rpb)
-        cols, partner, sign, j = channel_pairs(BLOCK_DK, INTERLEAVE)
-        cos = tl.load(cos_ptr + pos * stride_cos + j)
-        sin = tl.load(sin_ptr + pos * stride_sin + j)
-        tok = q_ptr + b * stride_qb
-        q_main = norm_rope_rows(tok, heads, row_ok, qw_ptr, cols, partner, sign, cos, sin, rope_eps, rope_clip,
-                                H_ALL, BLOCK_H_ALL, BLOCK_DK, QK_NORM, CLIP).to(cache_t)
-        if (pos >= start) & (pos < end) & (head_tile == 0):  # the one program that reads the new row writes it
-            write_new_kv(tok, k_base + pos * stride_ks, v_base + pos * stride_vs, kv_head, kw_ptr, cols, partner,
-                         sign, cos, sin, rope_eps, rope_clip, H_ALL, H_KV, BLOCK_HKV_ALL, BLOCK_DK, QK_NORM, CLIP)
+        m_i, l_i, acc = attend_with_rope(
+            q_ptr + b * stride_qb, heads, row_ok, k_base, v_base, stride_ks, stride_vs, start, end, limit, qk_scale,
+            rope_pos_ptr + b * stride_rpb, cos_ptr, sin_ptr, stride_cos, stride_sin, qw_ptr, kw_ptr, rope_eps,
+            rope_clip, kv_head, H_ALL, BLOCK_H_ALL, H_KV, BLOCK_HKV_ALL, BLOCK_H, BLOCK_N, BLOCK_DK, QK_NORM, CLIP,
+            INTERLEAVE, PRECISION)
     else:
         q_main = tl.load(q_rows + offs_d[None, :], mask=row_ok[:, None], other=0.0).to(cache_t)
-    if BLOCK_DR > 0:  # constexpr branch: names bound here stay visible below
-        offs_r = BLOCK_DK + tl.arange(0, BLOCK_DR)
-        q_rest = tl.load(q_rows + offs_r[None, :], mask=row_ok[:, None] & (offs_r[None, :] < DK),
-                         other=0.0).to(cache_t)
+        if BLOCK_DR > 0:  # constexpr branch: names bound here stay visible below
+            offs_r = BLOCK_DK + tl.arange(0, BLOCK_DR)
+            q_rest = tl.load(q_rows + offs_r[None, :], mask=row_ok[:, None] & (offs_r[None, :] < DK),
+                             other=0.0).to(cache_t)
 
-    m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)  # running max, log2 domain
-    l_i = tl.zeros([BLOCK_H], tl.float32)  # running softmax denominator
-    acc = tl.zeros([BLOCK_H, BLOCK_DV], tl.float32)  # [BLOCK_H, Dv] unnormalised output
-    for n0 in range(start, end, BLOCK_N):
-        offs_n = n0 + tl.arange(0, BLOCK_N)
-        n_ok = offs_n < end
-        k_rows = k_base + offs_n[:, None] * stride_ks
-        k_main = tl.load(k_rows + offs_d[None, :], mask=n_ok[:, None], other=0.0)  # [N, BLOCK_DK]
-        qk = tl.dot(q_main, tl.trans(k_main), input_precision=PRECISION)  # [BLOCK_H, N]
-        if BLOCK_DR > 0:
-            k_rest = tl.load(k_rows + offs_r[None, :],
-                             mask=n_ok[:, None] & (offs_r[None, :] < DK), other=0.0)
-            qk += tl.dot(q_rest, tl.trans(k_rest), input_precision=PRECISION)
-        valid = n_ok[None, :] & (offs_n[None, :] < limit[:, None])
-        qk = tl.where(valid, qk * qk_scale, float("-inf"))
-        if V_FROM_K:  # MLA: V is the first Dv columns of the K tile already in hand
-            v = k_main
-        else:
-            v = tl.load(v_base + offs_n[:, None] * stride_vs + offs_v[None, :],
-                        mask=n_ok[:, None] & (offs_v[None, :] < DV), other=0.0)
-        m_i, l_i, acc = _online_softmax_step(qk, v, m_i, l_i, acc, PRECISION)
+        m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)  # running max, log2 domain
+        l_i = tl.zeros([BLOCK_H], tl.float32)  # running softmax denominator
+        acc = tl.zeros([BLOCK_H, BLOCK_DV], tl.float32)  # [BLOCK_H, Dv] unnormalised output
+        for n0 in range(start, end, BLOCK_N):
+            offs_n = n0 + tl.arange(0, BLOCK_N)
+            n_ok = offs_n < end
+            k_rows = k_base + offs_n[:, None] * stride_ks
+            k_main = tl.load(k_rows + offs_d[None, :], mask=n_ok[:, None], other=0.0)  # [N, BLOCK_DK]
+            qk = tl.dot(q_main, tl.trans(k_main), input_precision=PRECISION)  # [BLOCK_H, N]
+            if BLOCK_DR > 0:
+                k_rest = tl.load(k_rows + offs_r[None, :],
+                                 mask=n_ok[:, None] & (offs_r[None, :] < DK), other=0.0)
+                qk += tl.dot(q_rest, tl.trans(k_rest), input_precision=PRECISION)
+            valid = n_ok[None, :] & (offs_n[None, :] < limit[:, None])
+            qk = tl.where(valid, qk * qk_scale, float("-inf"))
+            if V_FROM_K:  # MLA: V is the first Dv columns of the K tile already in hand
+                v = k_main
+            else:
+                v = tl.load(v_base + offs_n[:, None] * stride_vs + offs_v[None, :],
+                            mask=n_ok[:, None] & (offs_v[None, :] < DV), other=0.0)
+            m_i, l_i, acc = online_softmax_step(qk, v, m_i, l_i, acc, PRECISION)
 
     seen = l_i > 0  # a split can hold no position a later row may see: weight 0 in the merge
     out = acc / tl.where(seen, l_i, 1.0)[:, None]
