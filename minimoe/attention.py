@@ -30,7 +30,7 @@ from .kv_cache import KVCache, Step
 from .layers import RMSNorm
 from .linear import Linear
 from .ops import ops_for
-from . import rope_attention, rope_fusion
+from . import rope_fusion
 
 try:
     from .kernels import decode_attention as _decode_kernel
@@ -112,8 +112,6 @@ class Attention(nn.Module):
         H, Hkv, d = self.n_heads, self.n_kv_heads, cfg.head_dim
         if rope_fusion.fits(self, x, cache):             # --fuse-rope: one launch at batch 1
             q = rope_fusion.run(self, x, step, cache, rot)
-        elif rope_attention.fits(self, x, step, cache):  # --attn-rope: norm + rope inside the decode attention
-            return self.wo(rope_attention.run(self, x, step, cache, rot).reshape(B, S, H * d))
         else:
             qkv = self.wqkv(x)                                               # [B, S, (H + 2Hkv) d]
             qn, kn = getattr(self, "q_norm", None), getattr(self, "k_norm", None)

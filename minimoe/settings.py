@@ -46,8 +46,6 @@ class RunSettings:
     fuse_rope: str = "auto"         # rotary embedding + KV-cache write inside the q/k/v GEMV at batch 1 (rope_fusion.py):
                                     # on (needs --ops triton; its own GEMV whatever --gemv says) | off;
                                     # auto = on with --ops triton and --gemv auto | stream (resolved: a GPU)
-    attn_rope: str = "auto"         # q/k norm + rope + KV-cache write inside the decode attention kernel
-                                    # (rope_attention.py): on (needs --attn triton) | off; auto = off (not measured yet)
     eager: bool = False             # no CUDA graph of the decode step (graphs need a GPU and a sync-free path)
     eager_prefill: bool = False     # no CUDA graph of the prefill
     router: str | None = None       # override the card's router (synthetic ones for ablations)
@@ -86,7 +84,6 @@ class RunSettings:
         _choose("fold_norm", s.fold_norm, ("auto", "on", "off"))
         _choose("fuse_shared", s.fuse_shared, ("auto", "on", "off"))
         _choose("fuse_rope", s.fuse_rope, ("auto", "on", "off"))
-        _choose("attn_rope", s.attn_rope, ("auto", "on", "off"))
         _choose("quant", s.quant, QUANT_FORMATS)
         _choose("dispatch", s.dispatch, DISPATCH_DESIGNS)
         _choose("allreduce", s.allreduce, ALLREDUCE_DESIGNS)
@@ -109,11 +106,6 @@ class RunSettings:
         if s.fuse_rope == "on" and s.ops != "triton":
             raise ValueError("--fuse-rope on runs rope and the cache write in the q/k/v GEMV's Triton kernel: it needs "
                              f"--ops triton (got --ops {s.ops})")
-        if s.attn_rope == "auto":
-            s.attn_rope = "off"
-        if s.attn_rope == "on" and s.attn != "triton":
-            raise ValueError("--attn-rope on runs rope and the cache write inside the Triton decode attention: it "
-                             f"needs --attn triton (got --attn {s.attn})")
         if s.allreduce == "auto":                            # symm measured faster at every batch (parallelism.md)
             s.allreduce = "symm" if _symm_fits(s, gpu) else "nccl"
         if s.dispatch != "allgather" and s.ep == 1:        # the default design is the only one taken silently
@@ -247,10 +239,6 @@ SETTINGS_FLAGS = {
                                            "Qwen1.5/2-MoE; --profile notes qkv+rope): on (needs --ops triton; the "
                                            "fused kernel is the q/k/v GEMV at one token whatever --gemv says) | off; "
                                            "auto: on with --ops triton and --gemv auto | stream (on a GPU)")),
-    "attn_rope": ("--attn-rope", dict(help="the q/k norm, rotary embedding and this step's KV-cache write inside "
-                                           "the decode attention kernel (rope_attention.py; one new token a sequence, "
-                                           "not MLA; --profile notes attn+rope): on (needs --attn triton) | off; auto: "
-                                           "off")),
     "eager": ("--eager", dict(action="store_true", help="no CUDA graph of the decode step")),
     "eager_prefill": ("--eager-prefill", dict(action="store_true", help="no CUDA graph of the prefill")),
     "router": ("--router", dict(help="override the card's router (uniform, balanced, zipf for ablations)")),

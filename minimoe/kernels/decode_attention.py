@@ -33,11 +33,8 @@ import torch
 import triton
 import triton.language as tl
 
-from . import attn_rope
-from .attn_rope import attend_with_rope
 from .decode_attention_merge import merge_splits_kernel
 from .mla_merge_uv import merge_uv
-from .online_softmax import online_softmax_step
 from .pdl import launch_args, wait_then_release
 
 # K tiles per split at least (the split plan's floor). Measured on the H200 (scripts/bench_attn_splits.py,
@@ -59,19 +56,33 @@ DEFAULT_TILES: dict | None = None  # the split kernel's tiles when a caller give
 
 
 @triton.jit
+def _online_softmax_step(qk, v, m_i, l_i, acc, PRECISION: tl.constexpr):
+    """Fold one [BLOCK_H, BLOCK_N] score tile into the running (max, sum, output), log2 domain.
+
+    Milakov & Gimelshein's online softmax: rescale what we have by exp2(m_old - m_new), add the
+    tile. A row with no valid position yet (a later query token's causal limit lies past this
+    split's start only for some rows) keeps max -inf: it is shifted by 0 instead, so it adds
+    exp2(-inf) = 0 and never produces inf - inf.
+    """
+    m_new = tl.maximum(m_i, tl.max(qk, axis=1))
+    m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = tl.exp2(m_i - m_use)
+    p = tl.exp2(qk - m_use[:, None])
+    l_i = l_i * alpha + tl.sum(p, axis=1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+    return m_new, l_i, acc
+
+
+@triton.jit
 def _decode_split_kernel(
     q_ptr, k_ptr, v_ptr, seq_lens_ptr, pos_ptr, o_ptr, lse_ptr,
     stride_qb, stride_qs, stride_qh, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
     stride_pb, stride_ps, stride_ob, stride_oq, stride_oh, stride_os, stride_lb, stride_lq, stride_lh,
     qk_scale, S_max, CHUNK, cnt_ptr, fin_ptr, stride_fb, stride_fq, stride_fh,
-    rope_pos_ptr, stride_rpb, cos_ptr, sin_ptr, stride_cos, stride_sin, qw_ptr, kw_ptr, rope_eps, rope_clip,
     G: tl.constexpr, S_Q: tl.constexpr, HEAD_TILES: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr,
     BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DR: tl.constexpr,
     BLOCK_DV: tl.constexpr, V_FROM_K: tl.constexpr, DIRECT: tl.constexpr, USE_POS: tl.constexpr,
     PRECISION: tl.constexpr, PDL: tl.constexpr, MERGE: tl.constexpr = False,
-    ROPE: tl.constexpr = False, QK_NORM: tl.constexpr = 0, CLIP: tl.constexpr = False,
-    INTERLEAVE: tl.constexpr = False, H_ALL: tl.constexpr = 1, BLOCK_H_ALL: tl.constexpr = 1,
-    H_KV: tl.constexpr = 1, BLOCK_HKV_ALL: tl.constexpr = 1,
 ):
     wait_then_release(PDL)
     # Head tiles are the fastest grid axis so sibling tiles of one kv head (MLA: G = 128 in tiles
@@ -102,42 +113,35 @@ def _decode_split_kernel(
     offs_v = tl.arange(0, BLOCK_DV)
     q_rows = q_ptr + b * stride_qb + s_q[:, None] * stride_qs + heads[:, None] * stride_qh
     cache_t = k_ptr.dtype.element_ty
+    q_main = tl.load(q_rows + offs_d[None, :], mask=row_ok[:, None], other=0.0).to(cache_t)
+    if BLOCK_DR > 0:  # constexpr branch: names bound here stay visible below
+        offs_r = BLOCK_DK + tl.arange(0, BLOCK_DR)
+        q_rest = tl.load(q_rows + offs_r[None, :], mask=row_ok[:, None] & (offs_r[None, :] < DK),
+                         other=0.0).to(cache_t)
     k_base = k_ptr + b * stride_kb + kv_head * stride_kh
     v_base = v_ptr + b * stride_vb + kv_head * stride_vh
-    if ROPE:  # --attn-rope (kernels/attn_rope.py): q is the raw q/k/v row; norm + rope here, the new K/V written
-        m_i, l_i, acc = attend_with_rope(
-            q_ptr + b * stride_qb, heads, row_ok, k_base, v_base, stride_ks, stride_vs, start, end, limit, qk_scale,
-            rope_pos_ptr + b * stride_rpb, cos_ptr, sin_ptr, stride_cos, stride_sin, qw_ptr, kw_ptr, rope_eps,
-            rope_clip, kv_head, H_ALL, BLOCK_H_ALL, H_KV, BLOCK_HKV_ALL, BLOCK_H, BLOCK_N, BLOCK_DK, QK_NORM, CLIP,
-            INTERLEAVE, PRECISION)
-    else:
-        q_main = tl.load(q_rows + offs_d[None, :], mask=row_ok[:, None], other=0.0).to(cache_t)
-        if BLOCK_DR > 0:  # constexpr branch: names bound here stay visible below
-            offs_r = BLOCK_DK + tl.arange(0, BLOCK_DR)
-            q_rest = tl.load(q_rows + offs_r[None, :], mask=row_ok[:, None] & (offs_r[None, :] < DK),
-                             other=0.0).to(cache_t)
 
-        m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)  # running max, log2 domain
-        l_i = tl.zeros([BLOCK_H], tl.float32)  # running softmax denominator
-        acc = tl.zeros([BLOCK_H, BLOCK_DV], tl.float32)  # [BLOCK_H, Dv] unnormalised output
-        for n0 in range(start, end, BLOCK_N):
-            offs_n = n0 + tl.arange(0, BLOCK_N)
-            n_ok = offs_n < end
-            k_rows = k_base + offs_n[:, None] * stride_ks
-            k_main = tl.load(k_rows + offs_d[None, :], mask=n_ok[:, None], other=0.0)  # [N, BLOCK_DK]
-            qk = tl.dot(q_main, tl.trans(k_main), input_precision=PRECISION)  # [BLOCK_H, N]
-            if BLOCK_DR > 0:
-                k_rest = tl.load(k_rows + offs_r[None, :],
-                                 mask=n_ok[:, None] & (offs_r[None, :] < DK), other=0.0)
-                qk += tl.dot(q_rest, tl.trans(k_rest), input_precision=PRECISION)
-            valid = n_ok[None, :] & (offs_n[None, :] < limit[:, None])
-            qk = tl.where(valid, qk * qk_scale, float("-inf"))
-            if V_FROM_K:  # MLA: V is the first Dv columns of the K tile already in hand
-                v = k_main
-            else:
-                v = tl.load(v_base + offs_n[:, None] * stride_vs + offs_v[None, :],
-                            mask=n_ok[:, None] & (offs_v[None, :] < DV), other=0.0)
-            m_i, l_i, acc = online_softmax_step(qk, v, m_i, l_i, acc, PRECISION)
+    m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)  # running max, log2 domain
+    l_i = tl.zeros([BLOCK_H], tl.float32)  # running softmax denominator
+    acc = tl.zeros([BLOCK_H, BLOCK_DV], tl.float32)  # [BLOCK_H, Dv] unnormalised output
+    for n0 in range(start, end, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        n_ok = offs_n < end
+        k_rows = k_base + offs_n[:, None] * stride_ks
+        k_main = tl.load(k_rows + offs_d[None, :], mask=n_ok[:, None], other=0.0)  # [N, BLOCK_DK]
+        qk = tl.dot(q_main, tl.trans(k_main), input_precision=PRECISION)  # [BLOCK_H, N]
+        if BLOCK_DR > 0:
+            k_rest = tl.load(k_rows + offs_r[None, :],
+                             mask=n_ok[:, None] & (offs_r[None, :] < DK), other=0.0)
+            qk += tl.dot(q_rest, tl.trans(k_rest), input_precision=PRECISION)
+        valid = n_ok[None, :] & (offs_n[None, :] < limit[:, None])
+        qk = tl.where(valid, qk * qk_scale, float("-inf"))
+        if V_FROM_K:  # MLA: V is the first Dv columns of the K tile already in hand
+            v = k_main
+        else:
+            v = tl.load(v_base + offs_n[:, None] * stride_vs + offs_v[None, :],
+                        mask=n_ok[:, None] & (offs_v[None, :] < DV), other=0.0)
+        m_i, l_i, acc = _online_softmax_step(qk, v, m_i, l_i, acc, PRECISION)
 
     seen = l_i > 0  # a split can hold no position a later row may see: weight 0 in the merge
     out = acc / tl.where(seen, l_i, 1.0)[:, None]
@@ -210,8 +214,7 @@ def counters_needed(B: int, H: int, S: int = 1) -> int:
 def decode_attention(q, k_cache, v_cache, seq_lens, scale: float, *, positions=None,
                      max_splits: int | None = None, min_tiles: int | None = None,
                      tiles: dict | None = None, counters: torch.Tensor | None = None,
-                     w_uv: torch.Tensor | None = None, rope: attn_rope.RopeIn | None = None,
-                     pdl: bool = False) -> torch.Tensor:
+                     w_uv: torch.Tensor | None = None, pdl: bool = False) -> torch.Tensor:
     """softmax(scale * q K^T) V over the cache -> [B, H, Dv] (or [B, S, H, Dv]) in q.dtype.
 
     q [B, H, Dk]: one new token per sequence, attending to the first seq_lens[b] positions; or q [B, S, H, Dk] with
@@ -230,11 +233,7 @@ def decode_attention(q, k_cache, v_cache, seq_lens, scale: float, *, positions=N
     one new token a sequence): the partials are merged and multiplied by W_uv per head in one kernel
     (kernels/mla_merge_uv.py) -> [B, H, N] = W_uv[h] @ out[b, h] with out rounded to q.dtype first, as a separate
     torch.bmm would see it.
-    rope (kernels/attn_rope.py, `--attn-rope`): q [B, H, d] is the q/k/v projection's raw q columns (qkv[:, :H·d]
-    viewed as heads, the k and v columns after them in the same rows); the kernel norms and rotates q, and writes this
-    step's k and v into the caches itself (one new token a sequence, d a power of two, separate K and V caches).
-    Raises AssertionError on bad shapes (a w_uv that is not [H, N, Dv] with a unit last stride included), ValueError
-    on a rope the prologue cannot take.
+    Raises AssertionError on bad shapes (a w_uv that is not [H, N, Dv] with a unit last stride included).
     """
     one = q.dim() == 3
     q4 = q[:, None] if one else q                                            # [B, S, H, Dk]
@@ -277,7 +276,6 @@ def decode_attention(q, k_cache, v_cache, seq_lens, scale: float, *, positions=N
     merge = (not direct and counters is not None and counters.dtype == torch.int32
              and counters.numel() >= B * hkv * head_tiles and counters.device == q.device and w_uv is None)
     cnt = counters if merge else seq_lens                                    # unread without MERGE
-    prologue = attn_rope.kernel_args(rope, q4, k_cache, v_cache, block_dk, block_dr)
     _decode_split_kernel[(hkv * head_tiles, B, num_splits)](
         q4, k_cache, v_cache, seq_lens, pos, part, lse,
         q4.stride(0), q4.stride(1), q4.stride(2), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
@@ -285,7 +283,7 @@ def decode_attention(q, k_cache, v_cache, seq_lens, scale: float, *, positions=N
         part.stride(0), part.stride(1), part.stride(2), part.stride(3),
         lse.stride(0), lse.stride(1), lse.stride(2),
         scale * 1.4426950408889634, s_max, chunk,  # log2(e): the kernel uses exp2
-        cnt, out, out.stride(0), out.stride(1), out.stride(2), **prologue,
+        cnt, out, out.stride(0), out.stride(1), out.stride(2),
         G=G, S_Q=S, HEAD_TILES=head_tiles, DK=dk, DV=dv, BLOCK_H=block_h, BLOCK_N=block_n,
         BLOCK_DK=block_dk, BLOCK_DR=block_dr, BLOCK_DV=block_dv, V_FROM_K=v_from_k, DIRECT=direct,
         USE_POS=not one,
