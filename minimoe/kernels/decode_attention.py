@@ -11,7 +11,7 @@ part of the cache from HBM once. Two things decide whether we get there:
 2. **Fill the GPU when B * Hkv is small.** One program per (sequence, kv head) would leave most of
    the 132 SMs idle at small batch, so the sequence axis is cut into `num_splits` chunks (split-K).
    Each program produces a partial softmax for its chunk: the chunk-normalised output and its
-   log-sum-exp. A small second kernel merges the partials, exactly, in fp32:
+   log-sum-exp. A small second kernel (decode_attention_merge.py) merges the partials, exactly, in fp32:
    out = sum_s exp(lse_s - lse_max) * o_s / sum_s exp(lse_s - lse_max).
 
 Static shapes for CUDA graphs: the grid depends only on (B, H, S_max), never on `seq_lens`, which
