@@ -88,8 +88,11 @@ def _prompts(args, tok, vocab: int) -> list[list[int]]:
             if args.batch != 1:
                 raise UsageError("--batch copies one prompt; --prompt-file already gives one prompt per line")
             prompts = [tok(line)["input_ids"] for line in lines]
-    if not prompts or any(not p or not all(0 <= t < vocab for t in p) for p in prompts):
-        raise UsageError(f"prompts must be non-empty and their ids within the vocabulary [0, {vocab})")
+    if not prompts or any(not p for p in prompts):
+        raise UsageError("a prompt is empty: give at least one token")
+    bad = next((t for p in prompts for t in p if not 0 <= t < vocab), None)
+    if bad is not None:
+        raise UsageError(f"prompt token id {bad} is outside the vocabulary [0, {vocab})")
     return prompts
 
 

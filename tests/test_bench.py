@@ -230,6 +230,7 @@ def test_bad_input_is_one_line_and_exit_2(argv, message, capsys, monkeypatch):
     (BASE + ["--compare", "vllm"], "argument --compare: invalid choice: 'vllm'"),
     (["--input-len", "8"], "the following arguments are required: --model"),
     (BASE + ["--compare-steps", "2"], "--compare-steps and --hf-experts only mean something with --compare"),
+    (BASE + ["--compare", "transformers", "--hf-experts", "bogus"], "argument --hf-experts: invalid choice: 'bogus'"),
     (BASE + ["--zipf-s", "2"], "--zipf-s only means something with --router zipf"),
     (BASE + ["--sweep", "--input-len-dist", "uniform:4-8"], "contradicts --input-len-dist"),
     (BASE + ["--bogus-flag"], "unrecognized arguments: --bogus-flag"),

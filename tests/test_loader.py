@@ -63,6 +63,16 @@ def test_a_near_miss_names_the_close_card_first():
     assert str(e.value).startswith("unknown model 'olmoe-tinyy' (did you mean 'olmoe-tiny'?): not a model card")
 
 
+def test_a_path_that_is_not_a_directory_says_so(tmp_path):
+    """A --model that looks like a path is not sent to the hub or answered with the card list."""
+    for missing in ("./no-such-ckpt", str(tmp_path / "absent"), "~/no-such-ckpt-minimoe"):
+        with pytest.raises(CheckpointError, match=f"--model {missing}: no such directory"):
+            build_model(missing, "dummy")
+    (tmp_path / "file.txt").write_text("x")
+    with pytest.raises(CheckpointError, match="not a directory"):
+        build_model(str(tmp_path / "file.txt"), "dummy")
+
+
 def test_unknown_model_type_lists_the_supported_ones(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2", "vocab_size": 10}))
     with pytest.raises(ValueError) as e:

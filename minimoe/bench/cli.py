@@ -61,8 +61,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--compare", choices=["transformers"], help="also time the transformers implementation")
     p.add_argument("--compare-steps", type=int, help="with --compare: time only this many transformers decode steps "
                                                     "and extrapolate its E2E as TTFT + (out-1) x median ITL")
-    p.add_argument("--hf-experts", help="with --compare: transformers' experts implementation (eager, grouped_mm, "
-                                        "batched_mm)")
+    p.add_argument("--hf-experts", choices=["eager", "grouped_mm", "batched_mm"],
+                   help="with --compare: transformers' experts implementation")
     p.add_argument("--ceilings", help="JSON file with bandwidth_GBps and matmul_TFLOPs (skip measuring)")
     p.add_argument("--json", help="also write the final JSON object to this file")
     p.add_argument("--plot", help="PNG: output tok/s against batch size, one line per length")
