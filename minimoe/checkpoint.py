@@ -41,9 +41,10 @@ def resolve(model: str) -> tuple[dict, Path | None]:
         if not (path / "config.json").exists():
             raise CheckpointError(f"{path} has no config.json")
         return _read_json(path / "config.json"), path
-    if model.startswith((".", "/", "~")):        # a path, not a card or a hub id: say what is wrong with it
-        raise CheckpointError(f"--model {model}: " + ("not a directory (a checkpoint is a folder holding config.json "
-                                                      "and *.safetensors)" if path.exists() else "no such directory"))
+    if model.startswith((".", "/", "~")):        # a path (--model or --draft), not a card or a hub id: say what is wrong
+        why = "not a directory (a checkpoint is a folder holding config.json and *.safetensors)" if path.exists() \
+            else "no such directory"
+        raise CheckpointError(f"{model}: {why}")
     if model.count("/") != 1 or path.exists():
         close = difflib.get_close_matches(model.lower(), [*cards.aliases(), *(n.lower() for n in cards.card_names())], 1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""     # first: the card list after it is long

@@ -71,7 +71,7 @@ BAD_INPUT = {
     "prompt_id_negative": (["--model", "olmoe-tiny", "--prompt-ids=4,-1"],
                            "prompt token id -1 is outside the vocabulary [0, 512)"),
     "empty_prompt": (["--model", "olmoe-tiny", "--prompt-ids", ""], "a prompt is empty: give at least one token"),
-    "missing_model_dir": (["--model", "./no-such-ckpt", "--prompt-ids", "1"], "--model ./no-such-ckpt: no such directory"),
+    "missing_model_dir": (["--model", "./no-such-ckpt", "--prompt-ids", "1"], "./no-such-ckpt: no such directory"),
     "fused_on_cpu": (["--model", "olmoe-tiny", "--prompt-ids", "1", "--experts", "fused", "--device", "cpu"],
                      "--experts fused needs Triton on a CUDA GPU (or TRITON_INTERPRET=1 for tests)"),
     "greedy_and_temperature": (["--model", "olmoe-tiny", "--prompt-ids", "1", "--greedy", "--temperature", "0.7"],

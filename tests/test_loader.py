@@ -66,7 +66,7 @@ def test_a_near_miss_names_the_close_card_first():
 def test_a_path_that_is_not_a_directory_says_so(tmp_path):
     """A --model that looks like a path is not sent to the hub or answered with the card list."""
     for missing in ("./no-such-ckpt", str(tmp_path / "absent"), "~/no-such-ckpt-minimoe"):
-        with pytest.raises(CheckpointError, match=f"--model {missing}: no such directory"):
+        with pytest.raises(CheckpointError, match=f"{missing}: no such directory"):
             build_model(missing, "dummy")
     (tmp_path / "file.txt").write_text("x")
     with pytest.raises(CheckpointError, match="not a directory"):
