@@ -107,6 +107,11 @@ class Attention(nn.Module):
 
     def forward(self, x, step: Step, cache: KVCache, rot):
         """x [B, S, D] -> [B, S, D]; writes this step's K/V into the cache."""
+        return self.wo(self.heads(x, step, cache, rot))
+
+    def heads(self, x, step: Step, cache: KVCache, rot):
+        """Everything but the o projection: x [B, S, D] -> the heads' output [B, S, H·d] (router_fusion.py runs
+        the o projection itself, with the router in its epilogue)."""
         cfg = self.cfg
         B, S, _ = x.shape
         H, Hkv, d = self.n_heads, self.n_kv_heads, cfg.head_dim
@@ -128,4 +133,4 @@ class Attention(nn.Module):
                                                  enable_gqa=Hkv != H).transpose(1, 2)
         else:
             out = attend_cached(q, k_cache, v_cache, step, cfg.softmax_scale, self.settings)
-        return self.wo(out.reshape(B, S, H * d))
+        return out.reshape(B, S, H * d)

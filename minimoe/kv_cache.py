@@ -29,6 +29,7 @@ class Step:
     max_len: int | None          # host-known bound on seq_lens (eager slicing); None = use S_max (graphs)
     fresh: bool                  # every sequence starts at position 0: attend within the new tokens only
     counters: torch.Tensor | None = None  # int32, zeroed: arrival counters of one-launch kernels (KVCache)
+    route_acc: torch.Tensor | None = None  # int64, zeroed: the o projection + router fold's logit sums (KVCache)
 
 
 class KVCache:
@@ -47,6 +48,9 @@ class KVCache:
         # router with its norm folded in, kernels/gate_splitk_fold.py; decode_attention's `counters`), sized
         # for up to COUNTER_TOKENS new tokens a step; every kernel leaves them zeroed after its call
         self.counters = torch.zeros(batch * cfg.n_heads * COUNTER_TOKENS, dtype=torch.int32, device=device)
+        # the fixed-point router logits of --fold-router (kernels/o_route.py), up to 2 tokens x 512 experts; zeroed,
+        # and left zeroed by the kernel's last program
+        self.route_acc = torch.zeros(2 * 512, dtype=torch.int64, device=device)
         self._rows = torch.arange(batch, device=device)[:, None]             # [B, 1] for scatter writes
 
     @staticmethod
@@ -64,7 +68,8 @@ class KVCache:
         positions = start + torch.arange(n_new, device=start.device)        # [B, S]
         seq_lens = self.lengths + (n_new if n_valid is None else n_valid)
         max_len = None if host_len is None else host_len + n_new
-        return Step(positions, seq_lens, max_len, fresh=host_len == 0, counters=self.counters)
+        return Step(positions, seq_lens, max_len, fresh=host_len == 0, counters=self.counters,
+                    route_acc=self.route_acc)
 
     def advance(self, step: Step) -> None:
         self.lengths.copy_(step.seq_lens)

@@ -85,6 +85,11 @@ class MLAttention(nn.Module):
         return w[:, :cfg.qk_nope_head_dim], w[:, cfg.qk_nope_head_dim:]
 
     def forward(self, x, step: Step, cache: KVCache, rot: Rotary):
+        """x [B, S, D] -> [B, S, D]; writes this step's latents into the cache."""
+        return self.wo(self.heads(x, step, cache, rot))
+
+    def heads(self, x, step: Step, cache: KVCache, rot: Rotary):
+        """Everything but the o projection: x [B, S, D] -> the heads' output [B, S, H·v] (router_fusion.py)."""
         cfg = self.cfg
         B, S, _ = x.shape
         H, nope, rope, r = self.n_heads, cfg.qk_nope_head_dim, cfg.qk_rope_head_dim, cfg.kv_lora_rank
@@ -106,7 +111,7 @@ class MLAttention(nn.Module):
             out = self._expanded(q, latent[:, :S, :r], latent[:, :S, r:])
         else:
             out = self._absorbed(q, q_att, step, latent, w_uv)
-        return self.wo(out.reshape(B, S, H * cfg.v_head_dim))
+        return out.reshape(B, S, H * cfg.v_head_dim)
 
     def _expanded(self, q, c, k_pe):
         """Prefill within the new tokens: per-head k, v from the latent, causal SDPA.

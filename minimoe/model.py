@@ -9,7 +9,9 @@ with --ops triton). The KV cache is owned by the caller (generate.py) and handed
 describing the new tokens. Every sublayer is a module called through `nn.Module.__call__`, so
 forward hooks (parallel plans, calibration, tests) see every path; the one exception is the MoE
 layer's RMSNorm when `--fold-norm` runs it inside the router's kernel (a one-token step): then the
-Router is called with the un-normed x and the norm (gate.py), and `ffn_norm` itself is not called.
+Router is called with the un-normed x and the norm (gate.py), and `ffn_norm` itself is not called. With
+`--fold-router` (router_fusion.py) the attention's o projection, that norm and the router are one kernel: the
+attention module's `heads` runs, and neither its `wo` nor `ffn_norm` is called.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from .kv_cache import KVCache, Step
 from .layers import ResidualRMSNorm
 from .linear import Linear
 from .mla import MLAttention
+from . import router_fusion
 from .moe import MoE, make_ffn
 from .rope import Rotary, rope_tables
 
@@ -42,6 +45,12 @@ class Block(nn.Module):
         """x [B, S, D] (the previous sublayer's output, not yet added to residual) -> (y, residual)."""
         with region("norm"):
             h, residual = self.attn_norm(x, residual)
+        if router_fusion.fits(self, h, residual, step):     # --fold-router: the router in the o projection's epilogue
+            with region("attention"):
+                a = self.attn.heads(h, step, cache, rot)
+            with region("router"):
+                h, residual, routing = router_fusion.run(self, a, residual, step)
+            return self.ffn(h, routing=routing), residual
         with region("attention"):
             x = self.attn(h, step, cache, rot)
         if self.ffn_region is None and self.ffn.fold_fits(x, residual):

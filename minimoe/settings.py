@@ -46,6 +46,8 @@ class RunSettings:
     fuse_rope: str = "auto"         # rotary embedding + KV-cache write inside the q/k/v GEMV at batch 1 (rope_fusion.py):
                                     # on (needs --ops triton; its own GEMV whatever --gemv says) | off;
                                     # auto = on with --ops triton and --gemv auto | stream (resolved: a GPU)
+    fold_router: str = "auto"       # the o projection + residual add + RMSNorm + router in one kernel at batch 1
+                                    # (router_fusion.py): on (needs --ops triton) | off; auto = off (being measured)
     eager: bool = False             # no CUDA graph of the decode step (graphs need a GPU and a sync-free path)
     eager_prefill: bool = False     # no CUDA graph of the prefill
     router: str | None = None       # override the card's router (synthetic ones for ablations)
@@ -84,6 +86,7 @@ class RunSettings:
         _choose("fold_norm", s.fold_norm, ("auto", "on", "off"))
         _choose("fuse_shared", s.fuse_shared, ("auto", "on", "off"))
         _choose("fuse_rope", s.fuse_rope, ("auto", "on", "off"))
+        _choose("fold_router", s.fold_router, ("auto", "on", "off"))
         _choose("quant", s.quant, QUANT_FORMATS)
         _choose("dispatch", s.dispatch, DISPATCH_DESIGNS)
         _choose("allreduce", s.allreduce, ALLREDUCE_DESIGNS)
@@ -105,6 +108,10 @@ class RunSettings:
             s.fuse_rope = "on" if s.ops == "triton" and s.gemv in ("auto", "stream") else "off"
         if s.fuse_rope == "on" and s.ops != "triton":
             raise ValueError("--fuse-rope on runs rope and the cache write in the q/k/v GEMV's Triton kernel: it needs "
+                             f"--ops triton (got --ops {s.ops})")
+        s.fold_router = "off" if s.fold_router == "auto" else s.fold_router
+        if s.fold_router == "on" and s.ops != "triton":
+            raise ValueError("--fold-router on runs the router inside the o projection's Triton kernel: it needs "
                              f"--ops triton (got --ops {s.ops})")
         if s.allreduce == "auto":                            # symm measured faster at every batch (parallelism.md)
             s.allreduce = "symm" if _symm_fits(s, gpu) else "nccl"
@@ -239,6 +246,11 @@ SETTINGS_FLAGS = {
                                            "Qwen1.5/2-MoE; --profile notes qkv+rope): on (needs --ops triton; the "
                                            "fused kernel is the q/k/v GEMV at one token whatever --gemv says) | off; "
                                            "auto: on with --ops triton and --gemv auto | stream (on a GPU)")),
+    "fold_router": ("--fold-router", dict(help="an MoE layer's router, with the residual add and RMSNorm before it, "
+                                               "in the epilogue of the attention's o projection GEMV at batch 1 "
+                                               "(router_fusion.py, kernels/o_route.py; the logits skip one bf16 "
+                                               "rounding of h, so near-ties may route differently): on (needs --ops "
+                                               "triton) | off; auto: off")),
     "eager": ("--eager", dict(action="store_true", help="no CUDA graph of the decode step")),
     "eager_prefill": ("--eager-prefill", dict(action="store_true", help="no CUDA graph of the prefill")),
     "router": ("--router", dict(help="override the card's router (uniform, balanced, zipf for ablations)")),

@@ -4,8 +4,9 @@
         --variant base --variant pre1:minimoe.kernels.dense_gemv.PRELOAD_TILES=1 [--steps 40] [--rounds 3] [--json OUT]
     python scripts/step_probe.py --prefill --models deepseek-v2-lite --batches 64 --variant base --variant ...
 
-A variant is NAME or NAME:module.ATTR=VALUE[,module.ATTR=VALUE...] (VALUE a Python literal); the first variant is
-the baseline. For each model and batch one model is built (random weights, real shapes, `--fused`, `--quant` as
+A variant is NAME or NAME:module.ATTR=VALUE[,module.ATTR=VALUE...] (VALUE a Python literal), where the module
+`settings` names a field of the built model's RunSettings (settings.fold_router='on': a switch read at every call);
+the first variant is the baseline. For each model and batch one model is built (random weights, real shapes, `--fused`, `--quant` as
 given, every other setting at its default), then round by round every variant sets its attributes, captures a fresh
 decode graph, decodes 6 warm-up steps and times `steps` graphed steps back to back with CUDA events (µs per step, median of
 rounds). With --prefill the graphed prefill of the batch's prompts (`--input-len` tokens each) is timed instead: µs
@@ -60,6 +61,11 @@ def parse_variant(text: str) -> tuple[str, list[tuple[object, str, object]]]:
         mod_name, _, attr = path.rpartition(".")
         if not (eq and mod_name and attr):
             raise ValueError(f"variant {text!r}: each setting is module.ATTR=VALUE")
+        if mod_name == "settings":          # a RunSettings field of the built model (its modules share the instance)
+            if attr not in RunSettings.__dataclass_fields__:
+                raise ValueError(f"variant {text!r}: RunSettings has no field {attr}")
+            sets.append(("settings", attr, ast.literal_eval(literal)))
+            continue
         mod = importlib.import_module(mod_name)
         if not hasattr(mod, attr):
             raise ValueError(f"variant {text!r}: {mod_name} has no attribute {attr}")
@@ -79,7 +85,8 @@ def probe(model_name: str, batches: list[int], variants, a) -> list[dict]:
         times = {name: [] for name, _ in variants}
         tokens = {}
         for _ in range(a.rounds):
-            for name, sets in variants:
+            for name, named_sets in variants:
+                sets = [(s if mod == "settings" else mod, attr, value) for mod, attr, value in named_sets]
                 saved = [(mod, attr, getattr(mod, attr)) for mod, attr, _ in sets]
                 try:
                     for mod, attr, value in sets:

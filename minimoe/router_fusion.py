@@ -1,0 +1,69 @@
+"""The MoE router inside the attention's o projection at batch 1 (`--fold-router`).
+
+After its attention, a MoE layer at decode runs
+
+    x       = a Woᵀ                                  the o projection (a GEMV at one token)
+    h, r    = rmsnorm(x + residual), x + residual    \\  one launch with --fold-norm (kernels/gate_splitk_fold.py)
+    w, ids  = top-k(h Wgateᵀ)                        /
+
+kernels/o_route.py folds the second launch into the first: the router's logits are z / rms(r) with z = Wgate · (g ⊙ r)
+linear in r, so every GEMV program adds its columns' share of z, and the last to finish divides by 1 / rms, writes h
+and routes. One launch a layer fewer; h and r are the unfused bits, the logits skip h's bf16 rounding (near-ties may
+route differently, hence a switch of its own, off by default until measured faster).
+
+Where it applies (`fits`): `--fold-router on`, a one- or two-token step (o_route.MAX_T), a MoE layer whose router
+`fold_fits` (the same conditions as --fold-norm: a fusable router without a selection bias) and a plain o weight in
+x's dtype without bias (o_route.usable), and nothing hooked on the attention, its o projection, the layer's norm or
+its router (a tensor-parallel plan's all-reduce, calibration): those see every call, so they keep the unfused path.
+Model.Block asks `fits` before the attention runs, then calls the attention's `heads` (everything but the o
+projection) and `run`.
+"""
+from __future__ import annotations
+
+import torch
+
+from .instrument import note
+
+try:
+    from .kernels import o_route as _kernel
+except ImportError:       # no Triton: --ops triton (and with it this) is refused before a model is built
+    _kernel = None
+
+
+def _hooked(*modules) -> bool:
+    return any(m._forward_hooks or m._forward_pre_hooks for m in modules)
+
+
+def fits(block, x: torch.Tensor, residual: torch.Tensor | None, step) -> bool:
+    """Whether `run` applies to layer `block` (model.Block) for its input x [B, S, D] and residual stream."""
+    s = block.attn.settings
+    if s is None or s.fold_router != "on" or _kernel is None or residual is None or step.route_acc is None:
+        return False
+    ffn = block.ffn
+    if not hasattr(ffn, "router") or step.fresh:
+        return False
+    B, S, D = x.shape
+    wo = block.attn.wo
+    if not 1 <= B * S <= _kernel.MAX_T or wo.bias is not None or not ffn.router.fold_fits(B * S, D, x.dtype):
+        return False
+    if _hooked(block.attn, wo, block.ffn_norm, ffn, ffn.router):
+        return False
+    return _kernel.usable(B * S, wo.in_features, D, ffn.router.n_experts, wo.weight, x.dtype, ffn.router.weight.dtype)
+
+
+def run(block, a: torch.Tensor, residual: torch.Tensor, step):
+    """a [B, S, A] (the attention heads' output, before the o projection), residual [B, S, D] ->
+    (h [B, S, D] normed, residual + a Woᵀ, (weights, ids) [T, K]), the router's records kept (gate.Router._record)."""
+    router, norm = block.ffn.router, block.ffn_norm
+    B, S, A = a.shape
+    T = B * S
+    spec = router.spec()
+    beta = router.settings.skip_threshold
+    note("router", "o+norm+route")
+    h, r, w, ids = _kernel.o_norm_route(
+        a.reshape(T, A).contiguous(), block.attn.wo.weight, residual.reshape(T, -1), norm.weight, norm.eps,
+        router.weight, spec.top_k, renorm=spec.renorm or spec.name == "topk_softmax", scaling=spec.scaling,
+        softmax_first=spec.name == "softmax_topk", skip=beta, counters=step.counters, acc=step.route_acc,
+        pdl=router.settings.pdl == "on")
+    router._record(ids, beta)
+    return h.view(B, S, -1), r.view(B, S, -1), (w, ids)
