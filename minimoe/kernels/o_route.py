@@ -48,7 +48,7 @@ from .route import MAX_EXPERTS, _topk_weights
 
 MAX_T = 2          # tokens a step (the stream GEMV's regime); one counter and one [E] accumulator per token
 MAX_ROW = 8192     # the last program holds its token's whole row r in registers for 1 / rms
-FIX = 4294967296.0  # 2^32: fixed-point units of the z shares (|z| up to 2^31 before int64 overflows)
+FIX = tl.constexpr(4294967296.0)  # 2^32: fixed-point units of the z shares (|z| up to 2^31 before int64 overflows)
 CONFIG: dict | None = None   # a tile over dense_config's for the GEMV part (in-step A/B's; scripts/step_probe.py)
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
