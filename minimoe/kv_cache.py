@@ -48,9 +48,9 @@ class KVCache:
         # router with its norm folded in, kernels/gate_splitk_fold.py; decode_attention's `counters`), sized
         # for up to COUNTER_TOKENS new tokens a step; every kernel leaves them zeroed after its call
         self.counters = torch.zeros(batch * cfg.n_heads * COUNTER_TOKENS, dtype=torch.int32, device=device)
-        # the fixed-point router logits of --fold-router (kernels/o_route.py), up to 2 tokens x 512 experts; zeroed,
-        # and left zeroed by the kernel's last program
-        self.route_acc = torch.zeros(2 * 512, dtype=torch.int64, device=device)
+        # the fixed-point router logits of --fold-router (kernels/o_route.py), up to 2 tokens x 32 copies x 512
+        # experts; zeroed, and left zeroed by the kernel's last program
+        self.route_acc = torch.zeros(2 * 32 * 512, dtype=torch.int64, device=device)
         self._rows = torch.arange(batch, device=device)[:, None]             # [B, 1] for scatter writes
 
     @staticmethod

@@ -89,6 +89,25 @@ def test_kernel_matches_unfused_and_oracle(case, dtype):
         assert torch.equal(u, v), "the same bits on every call"
 
 
+@pytest.mark.parametrize("replicas", [3, 32])
+def test_accumulator_copies_change_no_bit(replicas, monkeypatch):
+    """REPLICAS spreads the programs' atomics over copies of the accumulator: the integer sum, hence every output
+    bit, is the same, and every copy is left zeroed (32 is clamped to the program count)."""
+    from minimoe.kernels import o_route
+    a, wo, x, g, gate = make(2, 64, 96, 60, torch.float32, 3)
+    kw = dict(renorm=True, scaling=1.5)
+    one = o_norm_route(a, wo, x, g, EPS, gate, 4, **kw)
+    monkeypatch.setattr(o_route, "REPLICAS", replicas)
+    acc = torch.zeros(2 * 32 * 64, dtype=torch.int64, device=DEVICE)
+    counters = torch.zeros(2, dtype=torch.int32, device=DEVICE)
+    many = o_norm_route(a, wo, x, g, EPS, gate, 4, counters=counters, acc=acc, **kw)
+    for u, v in zip(one, many):
+        assert torch.equal(u, v)
+    assert not acc.any() and not counters.any()
+    with pytest.raises(ValueError, match="acc int64"):
+        o_norm_route(a, wo, x, g, EPS, gate, 4, acc=torch.zeros(2 * 64, dtype=torch.int64, device=DEVICE), **kw)
+
+
 def test_fixed_point_sum_is_exact_for_large_and_tiny_activations():
     """The z shares are summed in 2^-32 units: a residual stream of 1e3 (massive activations) and one of 1e-3 both
     give the oracle's routing and weights."""

@@ -50,6 +50,12 @@ MAX_T = 2          # tokens a step (the stream GEMV's regime); one counter and o
 MAX_ROW = 8192     # the last program holds its token's whole row r in registers for 1 / rms
 FIX = tl.constexpr(4294967296.0)  # 2^32: fixed-point units of the z shares (|z| up to 2^31 before int64 overflows)
 CONFIG: dict | None = None   # a tile over dense_config's for the GEMV part (in-step A/B's; scripts/step_probe.py)
+# Copies of each token's [E] accumulator; program p adds to copy p % REPLICAS and the last program sums them (exact, in
+# integers). Atomics on one address serialise in the L2: one copy for OLMoE's 256 programs took the fused kernel to
+# 10.25 µs (o 4.70 + router 4.81 apart), and +42.6% a Qwen3-30B-A3B step with its o projection's 1,024 (session 30,
+# call 1). Read at call time (a step_probe knob).
+REPLICAS = 1
+MAX_REPLICAS = 32
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -58,7 +64,7 @@ def _o_route_kernel(a_ptr, wo_ptr, x_ptr, res_out_ptr, gate_ptr, norm_ptr, h_ptr
                     T, D, A, E, stride_a, stride_wo, stride_x, stride_g, eps, scaling, skip,
                     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr, E_P2: tl.constexpr,
                     K: tl.constexpr, BLOCK_TOP: tl.constexpr, SOFTMAX_FIRST: tl.constexpr, RENORM: tl.constexpr,
-                    BLOCK_ROW: tl.constexpr, PDL: tl.constexpr):
+                    BLOCK_ROW: tl.constexpr, R: tl.constexpr, PDL: tl.constexpr):
     """Program (t, block): o[t, cols] as dense_gemv, r = x + o stored, z shares added; the token's last program
     writes h[t], w[t], ids[t]."""
     pid = tl.program_id(0)
@@ -89,13 +95,16 @@ def _o_route_kernel(a_ptr, wo_ptr, x_ptr, res_out_ptr, gate_ptr, norm_ptr, h_ptr
     r = (o.to(tl.float32) + tl.load(x_ptr + t64 * stride_x + cols, mask=c_ok, other=0.0).to(tl.float32)).to(x_t)
     tl.store(res_out_ptr + t64 * D + cols, r, mask=c_ok)
     share = tl.sum(gt * (nw * r.to(tl.float32))[None, :], axis=1)       # [E_P2] this block's part of z
-    tl.atomic_add(acc_ptr + t64 * E_P2 + offs_e, (share * FIX).to(tl.int64), mask=e_ok, sem="relaxed")
+    copy = acc_ptr + (t64 * R + pid % R) * E_P2                         # this program's copy of the accumulator
+    tl.atomic_add(copy + offs_e, (share * FIX).to(tl.int64), mask=e_ok, sem="relaxed")
     tl.debug_barrier()                                                   # every thread's shares out before the count
     cnt = cnt_ptr + t
     if tl.atomic_add(cnt, 1, sem="acq_rel", scope="gpu") == n_blocks - 1:
         tl.atomic_xchg(cnt, 0)                                           # the token's last program: reset, then finish
-        z = tl.atomic_xchg(acc_ptr + t64 * E_P2 + offs_e, tl.zeros([E_P2], tl.int64), mask=e_ok)
-        z = z.to(tl.float32) * (1.0 / FIX)
+        zi = tl.zeros([E_P2], tl.int64)
+        for i in tl.static_range(R):                                     # every copy, then each left zeroed
+            zi += tl.atomic_xchg(acc_ptr + (t64 * R + i) * E_P2 + offs_e, tl.zeros([E_P2], tl.int64), mask=e_ok)
+        z = zi.to(tl.float32) * (1.0 / FIX)
         offs_row = tl.arange(0, BLOCK_ROW)
         row_ok = offs_row < D
         row = tl.load(res_out_ptr + t64 * D + offs_row, mask=row_ok, other=0.0, volatile=True).to(tl.float32)
@@ -126,7 +135,7 @@ def o_norm_route(a: torch.Tensor, wo: torch.Tensor, x: torch.Tensor, norm_weight
     output is added), norm_weight [D], gate [E, D] -> (h [T, D] = rmsnorm(x + a Woᵀ) · g in promote(g, x) dtype,
     r [T, D] = x + a Woᵀ in x's dtype, weights [T, K] float32, ids [T, K] int64), as dense_gemv -> rms_norm ->
     gate_route except the logits' rounding (module docstring). counters: zeroed int32 (>= T), acc: zeroed int64
-    (>= T · next_pow2(E)); both are left zeroed; None allocates them (memset launches). skip: dynamic expert
+    (>= T · REPLICAS · next_pow2(E)); both are left zeroed; None allocates them (memset launches). skip: dynamic expert
     skipping's beta (route.py). config: dense_gemv's tile keys for the GEMV part. Raises ValueError for inputs outside `usable` or bad shapes."""
     T, A = a.shape
     D = wo.shape[0]
@@ -141,22 +150,25 @@ def o_norm_route(a: torch.Tensor, wo: torch.Tensor, x: torch.Tensor, norm_weight
                          f"{tuple(norm_weight.shape)} do not fit a {tuple(a.shape)} and wo {tuple(wo.shape)}")
     e_p2 = triton.next_power_of_2(E)
     dev = a.device
+    base = dense_config(D, A)
+    cfg = {key: (config or CONFIG or {}).get(key, base[key]) for key in base}
+    n_blocks = triton.cdiv(D, cfg["BLOCK_N"])
+    R = max(1, min(int(REPLICAS), MAX_REPLICAS, n_blocks))
     counters = torch.zeros(T, dtype=torch.int32, device=dev) if counters is None else counters
-    acc = torch.zeros(T * e_p2, dtype=torch.int64, device=dev) if acc is None else acc
-    if counters.dtype != torch.int32 or counters.numel() < T or acc.dtype != torch.int64 or acc.numel() < T * e_p2:
-        raise ValueError(f"o_norm_route: counters int32 >= {T} and acc int64 >= {T * e_p2} entries needed")
+    acc = torch.zeros(T * R * e_p2, dtype=torch.int64, device=dev) if acc is None else acc
+    if (counters.dtype != torch.int32 or counters.numel() < T or acc.dtype != torch.int64
+            or acc.numel() < T * R * e_p2):
+        raise ValueError(f"o_norm_route: counters int32 >= {T} and acc int64 >= {T * R * e_p2} entries needed")
     h = torch.empty(T, D, dtype=torch.promote_types(norm_weight.dtype, x.dtype), device=dev)
     r = torch.empty(T, D, dtype=x.dtype, device=dev)
     w = torch.empty(T, k, dtype=torch.float32, device=dev)
     ids = torch.empty(T, k, dtype=torch.int64, device=dev)
-    base = dense_config(D, A)
-    cfg = {key: (config or CONFIG or {}).get(key, base[key]) for key in base}
-    _o_route_kernel[(T * triton.cdiv(D, cfg["BLOCK_N"]),)](
+    _o_route_kernel[(T * n_blocks,)](
         a, wo, x, r, gate_weight, norm_weight, h, acc, counters, w, ids,
         T, D, A, E, a.stride(0), wo.stride(0), x.stride(0), gate_weight.stride(0), float(eps), float(scaling),
         float(skip),
         BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"], STAGES=cfg["num_stages"], E_P2=e_p2, K=k,
         BLOCK_TOP=triton.next_power_of_2(k), SOFTMAX_FIRST=softmax_first, RENORM=renorm,
-        BLOCK_ROW=triton.next_power_of_2(D), num_warps=cfg["num_warps"],
+        BLOCK_ROW=triton.next_power_of_2(D), R=R, num_warps=cfg["num_warps"],
         num_stages=cfg["num_stages"], **launch_args(pdl))
     return h, r, w, ids
