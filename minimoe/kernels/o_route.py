@@ -50,8 +50,8 @@ MAX_T = 2          # tokens a step (the stream GEMV's regime); one counter and o
 MAX_ROW = 8192     # the last program holds its token's whole row r in registers for 1 / rms
 FIX = tl.constexpr(4294967296.0)  # 2^32: fixed-point units of the z shares (|z| up to 2^31 before int64 overflows)
 CONFIG: dict | None = None   # a tile over dense_config's for the GEMV part (in-step A/B's; scripts/step_probe.py)
-# Copies of each token's [E] accumulator; program p adds to copy p % REPLICAS and the last program sums them (exact, in
-# integers). Atomics on one address serialise in the L2: one copy for OLMoE's 256 programs took the fused kernel to
+# Copies of each token's [E] accumulator (rounded down to a power of two, at most the program count); program p adds to
+# copy p % REPLICAS and the last program sums them (exact, in integers). Atomics on one address serialise in the L2: one copy for OLMoE's 256 programs took the fused kernel to
 # 10.25 µs (o 4.70 + router 4.81 apart), and +42.6% a Qwen3-30B-A3B step with its o projection's 1,024 (session 30,
 # call 1). Read at call time (a step_probe knob).
 REPLICAS = 1
@@ -101,13 +101,16 @@ def _o_route_kernel(a_ptr, wo_ptr, x_ptr, res_out_ptr, gate_ptr, norm_ptr, h_ptr
     cnt = cnt_ptr + t
     if tl.atomic_add(cnt, 1, sem="acq_rel", scope="gpu") == n_blocks - 1:
         tl.atomic_xchg(cnt, 0)                                           # the token's last program: reset, then finish
-        zi = tl.zeros([E_P2], tl.int64)
-        for i in tl.static_range(R):                                     # every copy, then each left zeroed
-            zi += tl.atomic_xchg(acc_ptr + (t64 * R + i) * E_P2 + offs_e, tl.zeros([E_P2], tl.int64), mask=e_ok)
-        z = zi.to(tl.float32) * (1.0 / FIX)
+        # every copy in one load (no atomic round trip each: call 2's exchanges cost ~0.5 µs apiece, in series) and
+        # the token's row in the same phase; the acquire above makes the other programs' writes visible, and
+        # volatile loads read them from the L2
+        copies = acc_ptr + (t64 * R + tl.arange(0, R))[:, None] * E_P2 + offs_e[None, :]     # [R, E_P2]
+        zi = tl.load(copies, mask=e_ok[None, :], other=0, volatile=True)
         offs_row = tl.arange(0, BLOCK_ROW)
         row_ok = offs_row < D
         row = tl.load(res_out_ptr + t64 * D + offs_row, mask=row_ok, other=0.0, volatile=True).to(tl.float32)
+        tl.store(copies, tl.zeros([R, E_P2], tl.int64), mask=e_ok[None, :])      # left zeroed for the next call
+        z = tl.sum(zi, axis=0).to(tl.float32) * (1.0 / FIX)             # exact: an integer sum
         inv = tl.rsqrt(tl.sum(row * row, axis=0) / D + eps)             # rmsnorm.py's 1 / rms
         g_row = tl.load(norm_ptr + offs_row, mask=row_ok, other=0.0).to(tl.float32)
         h = g_row * (row * inv).to(x_t).to(tl.float32)                  # rounded before the weight, as rmsnorm.py
@@ -154,6 +157,7 @@ def o_norm_route(a: torch.Tensor, wo: torch.Tensor, x: torch.Tensor, norm_weight
     cfg = {key: (config or CONFIG or {}).get(key, base[key]) for key in base}
     n_blocks = triton.cdiv(D, cfg["BLOCK_N"])
     R = max(1, min(int(REPLICAS), MAX_REPLICAS, n_blocks))
+    R = 1 << (R.bit_length() - 1)                                           # a power of two (one [R, E] load)
     counters = torch.zeros(T, dtype=torch.int32, device=dev) if counters is None else counters
     acc = torch.zeros(T * R * e_p2, dtype=torch.int64, device=dev) if acc is None else acc
     if (counters.dtype != torch.int32 or counters.numel() < T or acc.dtype != torch.int64
