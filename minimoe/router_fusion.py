@@ -9,9 +9,15 @@ After its attention, a MoE layer at decode runs
 kernels/o_route.py folds the second launch into the first: the router's logits are z / rms(r) with z = Wgate · (g ⊙ r)
 linear in r, so every GEMV program adds its columns' share of z, and the last to finish divides by 1 / rms, writes h
 and routes. One launch a layer fewer; h and r are the unfused bits, the logits skip h's bf16 rounding (near-ties may
-route differently, hence a switch of its own, off by default until measured faster).
+route differently, hence a switch of its own).
 
-Where it applies (`fits`): `--fold-router on`, a one- or two-token step (o_route.MAX_T), a MoE layer whose router
+Measured in the graphed bs-1 step on the H200 (scripts/step_probe.py; docs/results/2026-12-03-s30): -1.4% OLMoE, -1.9%
+Qwen1.5-MoE, -1.3% Mixtral-8x7B, -1.4% DeepSeek-V2-Lite, and +1.8% to +5.4% on Qwen3-30B-A3B (128 experts; its o
+projection's programs are 1,024 one-warp ones in the unfused tile): on by default with --ops triton on a GPU, for routers
+of up to MAX_EXPERTS experts.
+
+Where it applies (`fits`): `--fold-router on`, a one-token step (o_route.MAX_T, and --fold-norm's one token), a router of
+at most MAX_EXPERTS experts, a MoE layer whose router
 `fold_fits` (the same conditions as --fold-norm: a fusable router without a selection bias) and a plain o weight in
 x's dtype without bias (o_route.usable), and nothing hooked on the attention, its o projection, the layer's norm or
 its router (a tensor-parallel plan's all-reduce, calibration): those see every call, so they keep the unfused path.
@@ -23,6 +29,11 @@ from __future__ import annotations
 import torch
 
 from .instrument import note
+
+# Routers of more experts keep the unfused path: Qwen3-30B-A3B's 128 (o projection 2048 x 4096) measured +1.8% to
+# +5.4% a bs-1 step with the fold in every GEMV tile tried (session 30, call 4), where Mixtral's 8, Qwen1.5-MoE's 60 and
+# OLMoE's / DeepSeek-V2-Lite's 64 measured -0.7% to -2.0%. A step_probe knob.
+MAX_EXPERTS = 64
 
 try:
     from .kernels import o_route as _kernel
@@ -44,7 +55,8 @@ def fits(block, x: torch.Tensor, residual: torch.Tensor | None, step) -> bool:
         return False
     B, S, D = x.shape
     wo = block.attn.wo
-    if not 1 <= B * S <= _kernel.MAX_T or wo.bias is not None or not ffn.router.fold_fits(B * S, D, x.dtype):
+    if (not 1 <= B * S <= _kernel.MAX_T or wo.bias is not None or ffn.router.n_experts > MAX_EXPERTS
+            or not ffn.router.fold_fits(B * S, D, x.dtype)):
         return False
     if _hooked(block.attn, wo, block.ffn_norm, ffn, ffn.router):
         return False

@@ -72,7 +72,7 @@ def test_kernel_matches_unfused_and_oracle(case, dtype):
         if margin(logits, K) > 2e-2 * logits.float().abs().max().item():
             break
     counters = torch.zeros(T, dtype=torch.int32, device=DEVICE)
-    acc = torch.zeros(T * 64, dtype=torch.int64, device=DEVICE)
+    acc = torch.zeros(T * 32 * 64, dtype=torch.int64, device=DEVICE)         # up to MAX_REPLICAS copies
     h, r, w, ids = o_norm_route(a, wo, x, g, EPS, gate, K, counters=counters, acc=acc, **kw)
     assert torch.equal(r, r_ref), "o + residual: the unfused bits"
     h_ref, _ = rms_norm_torch(r_ref, g, EPS)
@@ -128,7 +128,7 @@ def test_graphed_equals_eager_with_pdl():
     pdl = torch.cuda.get_device_capability()[0] >= 9
     a, wo, x, g, gate = make(1, 2048, 2048, 64, torch.bfloat16, 11)
     counters = torch.zeros(1, dtype=torch.int32, device=DEVICE)
-    acc = torch.zeros(64, dtype=torch.int64, device=DEVICE)
+    acc = torch.zeros(32 * 64, dtype=torch.int64, device=DEVICE)
     kw = dict(renorm=False, counters=counters, acc=acc, pdl=pdl)
     o_norm_route(a, wo, x, g, EPS, gate, 8, **kw)                      # compile outside the capture
     torch.cuda.synchronize()
@@ -192,7 +192,7 @@ def test_model_fold_router_equals_apart(card, monkeypatch):
     assert fusable(1) and not fusable(2)
 
 
-def test_fits_only_where_it_can_run():
+def test_fits_only_where_it_can_run(monkeypatch):
     from minimoe.kv_cache import KVCache
     s = RunSettings(device=DEVICE, ops="triton", fold_router="on").resolve()
     model, cfg, _ = build_model("olmoe-tiny", "dummy", dtype=torch.float32, device=DEVICE, settings=s, seed=1)
@@ -209,12 +209,15 @@ def test_fits_only_where_it_can_run():
         assert not router_fusion.fits(block, x, x, step)
         hook.remove()
     assert router_fusion.fits(block, x, x, step)
+    monkeypatch.setattr(router_fusion, "MAX_EXPERTS", block.ffn.router.n_experts - 1)       # Qwen3-30B-A3B's 128: apart
+    assert not router_fusion.fits(block, x, x, step)
+    monkeypatch.undo()
     s.fold_router = "off"
     assert not router_fusion.fits(block, x, x, step)
 
 
 def test_settings_resolution():
-    assert RunSettings(device="cpu", ops="triton").resolve().fold_router == "off"              # auto: off
+    assert RunSettings(device="cpu", ops="triton").resolve().fold_router == "off"              # auto: on a GPU only
     assert RunSettings(device="cpu", ops="triton", fold_router="on").resolve().fold_router == "on"
     with pytest.raises(ValueError, match="--fold-router on .*got --ops torch"):
         RunSettings(device="cpu", fold_router="on").resolve()

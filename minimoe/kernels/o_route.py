@@ -51,10 +51,14 @@ MAX_ROW = 8192     # the last program holds its token's whole row r in registers
 FIX = tl.constexpr(4294967296.0)  # 2^32: fixed-point units of the z shares (|z| up to 2^31 before int64 overflows)
 CONFIG: dict | None = None   # a tile over dense_config's for the GEMV part (in-step A/B's; scripts/step_probe.py)
 # Copies of each token's [E] accumulator (rounded down to a power of two, at most the program count); program p adds to
-# copy p % REPLICAS and the last program sums them (exact, in integers). Atomics on one address serialise in the L2: one copy for OLMoE's 256 programs took the fused kernel to
-# 10.25 µs (o 4.70 + router 4.81 apart), and +42.6% a Qwen3-30B-A3B step with its o projection's 1,024 (session 30,
-# call 1). Read at call time (a step_probe knob).
-REPLICAS = 1
+# copy p % REPLICAS and the last program sums them (exact, in integers) in one [R, E] load. Atomics on one address
+# serialise in the L2: with one copy Qwen3-30B-A3B's 1,024 programs made the step +38.7% (session 30, call 3; OLMoE's 256
+# -0.07%). Graphed bs-1 step, calls 3-4: 8 copies OLMoE -1.49 / -1.41%, Qwen1.5-MoE -2.04 / -1.93% (32: -1.30 / -1.21%,
+# -1.60 / -1.50%); DeepSeek-V2-Lite (an fp32 gate) -0.86 / -0.68% at 8, -1.41 / -1.37% at 32 (REPLICAS_BY_SHAPE);
+# Mixtral-8x7B -1.32% at 8, 16 and 32. (Call 2 read each copy by an atomic exchange: ~0.5 µs apiece, in series.)
+# Read at call time (step_probe knobs).
+REPLICAS = 8
+REPLICAS_BY_SHAPE: dict[tuple[int, int, int, torch.dtype], int] = {(64, 2048, 2048, torch.float32): 32}  # (E, D, A, gate)
 MAX_REPLICAS = 32
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -156,7 +160,7 @@ def o_norm_route(a: torch.Tensor, wo: torch.Tensor, x: torch.Tensor, norm_weight
     base = dense_config(D, A)
     cfg = {key: (config or CONFIG or {}).get(key, base[key]) for key in base}
     n_blocks = triton.cdiv(D, cfg["BLOCK_N"])
-    R = max(1, min(int(REPLICAS), MAX_REPLICAS, n_blocks))
+    R = max(1, min(int(REPLICAS_BY_SHAPE.get((E, D, A, gate_weight.dtype), REPLICAS)), MAX_REPLICAS, n_blocks))
     R = 1 << (R.bit_length() - 1)                                           # a power of two (one [R, E] load)
     counters = torch.zeros(T, dtype=torch.int32, device=dev) if counters is None else counters
     acc = torch.zeros(T * R * e_p2, dtype=torch.int64, device=dev) if acc is None else acc
