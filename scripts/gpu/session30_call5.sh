@@ -15,7 +15,7 @@ for m in deepseek-v2-lite olmoe qwen1.5-moe mixtral; do
   for f in off auto; do
     [ $SECONDS -lt 540 ] && { timeout $((585 - SECONDS)) python3 bench.py --model $m --fused --warmup 1 --iters 3 \
       --input-len 128 --output-len 128 --bs 1 --fold-router $f --json $R/bench_${m}_$f.json > $R/bench_${m}_$f.txt 2>&1;
-      echo "--- $m fold $f rc $?"; grep -iE "out tok/s|ITL" $R/bench_${m}_$f.txt | head -3; }
+      echo "--- $m fold $f rc $?"; grep -A1 "out tok/s" $R/bench_${m}_$f.txt | tail -1 | cut -c1-150; }
   done
 done
 tar czf $OUT/r.tgz -C $OUT r
