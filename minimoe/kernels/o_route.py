@@ -54,12 +54,19 @@ CONFIG: dict | None = None   # a tile over dense_config's for the GEMV part (in-
 # copy p % REPLICAS and the last program sums them (exact, in integers) in one [R, E] load. Atomics on one address
 # serialise in the L2: with one copy Qwen3-30B-A3B's 1,024 programs made the step +38.7% (session 30, call 3; OLMoE's 256
 # -0.07%). Graphed bs-1 step, calls 3-4: 8 copies OLMoE -1.49 / -1.41%, Qwen1.5-MoE -2.04 / -1.93% (32: -1.30 / -1.21%,
-# -1.60 / -1.50%); DeepSeek-V2-Lite (an fp32 gate) -0.86 / -0.68% at 8, -1.41 / -1.37% at 32 (REPLICAS_BY_SHAPE);
+# -1.60 / -1.50%); DeepSeek-V2-Lite (an fp32 gate) -0.86 / -0.68% at 8, -1.41 / -1.37% at 32 (STEP_SHAPES);
 # Mixtral-8x7B -1.32% at 8, 16 and 32. (Call 2 read each copy by an atomic exchange: ~0.5 µs apiece, in series.)
 # Read at call time (step_probe knobs).
 REPLICAS = 8
-REPLICAS_BY_SHAPE: dict[tuple[int, int, int, torch.dtype], int] = {(64, 2048, 2048, torch.float32): 32}  # (E, D, A, gate)
 MAX_REPLICAS = 32
+# (E, D, A, gate dtype) -> {"replicas": R, "tile": dense_gemv keys}: what the graphed bs-1 step chose per measured shape,
+# over REPLICAS and dense_config's tile (CONFIG, a probe's knob, wins over both). DeepSeek-V2-Lite (call 6): the GEMV
+# part on [4, 1024] tiles with 2 warps, -2.49% a step against dense_config's [8, 512] x 4 (4 warps -1.68%; bench bs 1
+# 499.4 -> 508.1 tok/s at 4 warps in the same call; [16, 256] +3.59%); OLMoE's shape within -0.28 / +0.15%: unchanged.
+STEP_SHAPES: dict[tuple[int, int, int, torch.dtype], dict] = {
+    (64, 2048, 2048, torch.float32): {"replicas": 32,
+                                      "tile": {"BLOCK_N": 4, "BLOCK_K": 1024, "num_warps": 2, "num_stages": 3}},
+}
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -157,10 +164,11 @@ def o_norm_route(a: torch.Tensor, wo: torch.Tensor, x: torch.Tensor, norm_weight
                          f"{tuple(norm_weight.shape)} do not fit a {tuple(a.shape)} and wo {tuple(wo.shape)}")
     e_p2 = triton.next_power_of_2(E)
     dev = a.device
-    base = dense_config(D, A)
+    shape = STEP_SHAPES.get((E, D, A, gate_weight.dtype), {}) if dev.type == "cuda" else {}
+    base = {**dense_config(D, A), **shape.get("tile", {})}
     cfg = {key: (config or CONFIG or {}).get(key, base[key]) for key in base}
     n_blocks = triton.cdiv(D, cfg["BLOCK_N"])
-    R = max(1, min(int(REPLICAS_BY_SHAPE.get((E, D, A, gate_weight.dtype), REPLICAS)), MAX_REPLICAS, n_blocks))
+    R = max(1, min(int(shape.get("replicas", REPLICAS)), MAX_REPLICAS, n_blocks))
     R = 1 << (R.bit_length() - 1)                                           # a power of two (one [R, E] load)
     counters = torch.zeros(T, dtype=torch.int32, device=dev) if counters is None else counters
     acc = torch.zeros(T * R * e_p2, dtype=torch.int64, device=dev) if acc is None else acc
