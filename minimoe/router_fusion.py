@@ -11,8 +11,9 @@ linear in r, so every GEMV program adds its columns' share of z, and the last to
 and routes. One launch a layer fewer; h and r are the unfused bits, the logits skip h's bf16 rounding (near-ties may
 route differently, hence a switch of its own).
 
-Measured in the graphed bs-1 step on the H200 (scripts/step_probe.py; docs/results/2026-12-03-s30): -1.4% OLMoE, -1.9%
-Qwen1.5-MoE, -1.3% Mixtral-8x7B, -1.4% DeepSeek-V2-Lite, and +1.8% to +5.4% on Qwen3-30B-A3B (128 experts; its o
+Measured in the graphed bs-1 step on the H200 against the fold off (scripts/step_probe.py; docs/results/2026-12-03-s30,
+calls 3-4): -1.4% OLMoE, -1.9% Qwen1.5-MoE, -1.3% Mixtral-8x7B, -1.4% DeepSeek-V2-Lite (then -2.5% more with its own
+GEMV tile in the fold, call 6: o_route.STEP_SHAPES), and +1.8% to +8.4% on Qwen3-30B-A3B (128 experts; its o
 projection's programs are 1,024 one-warp ones in the unfused tile): on by default with --ops triton on a GPU, for routers
 of up to MAX_EXPERTS experts.
 
@@ -31,8 +32,8 @@ import torch
 from .instrument import note
 
 # Routers of more experts keep the unfused path: Qwen3-30B-A3B's 128 (o projection 2048 x 4096) measured +1.8% to
-# +5.4% a bs-1 step with the fold in every GEMV tile tried (session 30, call 4), where Mixtral's 8, Qwen1.5-MoE's 60 and
-# OLMoE's / DeepSeek-V2-Lite's 64 measured -0.7% to -2.0%. A step_probe knob.
+# +8.4% a bs-1 step with the fold in every copy count and GEMV tile tried (session 30, calls 3-4), where Mixtral's 8, Qwen1.5-MoE's 60 and
+# OLMoE's / DeepSeek-V2-Lite's 64 measured -0.7% to -2.0% (calls 3-4). A step_probe knob.
 MAX_EXPERTS = 64
 
 try:

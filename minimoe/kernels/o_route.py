@@ -55,7 +55,7 @@ CONFIG: dict | None = None   # a tile over dense_config's for the GEMV part (in-
 # serialise in the L2: with one copy Qwen3-30B-A3B's 1,024 programs made the step +38.7% (session 30, call 3; OLMoE's 256
 # -0.07%). Graphed bs-1 step, calls 3-4: 8 copies OLMoE -1.49 / -1.41%, Qwen1.5-MoE -2.04 / -1.93% (32: -1.30 / -1.21%,
 # -1.60 / -1.50%); DeepSeek-V2-Lite (an fp32 gate) -0.86 / -0.68% at 8, -1.41 / -1.37% at 32 (STEP_SHAPES);
-# Mixtral-8x7B -1.32% at 8, 16 and 32. (Call 2 read each copy by an atomic exchange: ~0.5 µs apiece, in series.)
+# Mixtral-8x7B -1.30 to -1.32% at 8, 16 and 32. (Call 2 read each copy by an atomic exchange: ~0.5 µs apiece, in series.)
 # Read at call time (step_probe knobs).
 REPLICAS = 8
 MAX_REPLICAS = 32
