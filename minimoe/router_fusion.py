@@ -7,7 +7,7 @@ After its attention, a MoE layer at decode runs
     w, ids  = top-k(h Wgateᵀ)                        /
 
 kernels/o_route.py folds the second launch into the first: the router's logits are z / rms(r) with z = Wgate · (g ⊙ r)
-linear in r, so every GEMV program adds its columns' share of z, and the last to finish divides by 1 / rms, writes h
+linear in r, so every GEMV program adds its columns' share of z, and the last to finish scales z by 1 / rms, writes h
 and routes. One launch a layer fewer; h and r are the unfused bits, the logits skip h's bf16 rounding (near-ties may
 route differently, hence a switch of its own).
 
@@ -17,9 +17,9 @@ GEMV tile in the fold, call 6: o_route.STEP_SHAPES), and +1.8% to +8.4% on Qwen3
 projection's programs are 1,024 one-warp ones in the unfused tile): on by default with --ops triton on a GPU, for routers
 of up to MAX_EXPERTS experts.
 
-Where it applies (`fits`): `--fold-router on`, a one-token step (o_route.MAX_T, and --fold-norm's one token), a router of
-at most MAX_EXPERTS experts, a MoE layer whose router
-`fold_fits` (the same conditions as --fold-norm: a fusable router without a selection bias) and a plain o weight in
+Where it applies (`fits`): `--fold-router on` (settings.py requires --fold-norm on with it: the routing is that fold's),
+a one-token step (o_route.MAX_T, and --fold-norm's one token), a router of at most MAX_EXPERTS experts whose
+`fold_fits` holds (a fusable router without a selection bias, a shape --fold-norm runs) and a plain o weight in
 x's dtype without bias (o_route.usable), and nothing hooked on the attention, its o projection, the layer's norm or
 its router (a tensor-parallel plan's all-reduce, calibration): those see every call, so they keep the unfused path.
 Model.Block asks `fits` before the attention runs, then calls the attention's `heads` (everything but the o

@@ -47,8 +47,8 @@ class RunSettings:
                                     # on (needs --ops triton; its own GEMV whatever --gemv says) | off;
                                     # auto = on with --ops triton and --gemv auto | stream (resolved: a GPU)
     fold_router: str = "auto"       # the o projection + residual add + RMSNorm + router in one kernel at batch 1
-                                    # (router_fusion.py): on (needs --ops triton) | off; auto = on with --ops triton
-                                    # on a GPU (routers of up to router_fusion.MAX_EXPERTS experts)
+                                    # (router_fusion.py): on (needs --ops triton, --fold-norm on) | off; auto = on
+                                    # with both on a GPU (routers of up to router_fusion.MAX_EXPERTS experts)
     eager: bool = False             # no CUDA graph of the decode step (graphs need a GPU and a sync-free path)
     eager_prefill: bool = False     # no CUDA graph of the prefill
     router: str | None = None       # override the card's router (synthetic ones for ablations)
@@ -111,10 +111,11 @@ class RunSettings:
             raise ValueError("--fuse-rope on runs rope and the cache write in the q/k/v GEMV's Triton kernel: it needs "
                              f"--ops triton (got --ops {s.ops})")
         if s.fold_router == "auto":       # measured faster at bs 1 on four of five models (docs/results.md, session 30)
-            s.fold_router = "on" if s.ops == "triton" and gpu else "off"
-        if s.fold_router == "on" and s.ops != "triton":
-            raise ValueError("--fold-router on runs the router inside the o projection's Triton kernel: it needs "
-                             f"--ops triton (got --ops {s.ops})")
+            s.fold_router = "on" if s.ops == "triton" and gpu and s.fold_norm == "on" else "off"
+        if s.fold_router == "on" and (s.ops != "triton" or s.fold_norm != "on"):
+            raise ValueError("--fold-router on runs the router fold (--fold-norm's) inside the o projection's Triton "
+                             f"kernel: it needs --ops triton and --fold-norm on (got --ops {s.ops}, --fold-norm "
+                             f"{s.fold_norm})")
         if s.allreduce == "auto":                            # symm measured faster at every batch (parallelism.md)
             s.allreduce = "symm" if _symm_fits(s, gpu) else "nccl"
         if s.dispatch != "allgather" and s.ep == 1:        # the default design is the only one taken silently
@@ -252,8 +253,9 @@ SETTINGS_FLAGS = {
                                                "in the epilogue of the attention's o projection GEMV at batch 1 "
                                                "(router_fusion.py, kernels/o_route.py; the logits skip one bf16 "
                                                "rounding of h, so near-ties may route differently; routers of up "
-                                               "to 64 experts): on (needs --ops triton) | off; auto: on with --ops "
-                                               "triton on a GPU")),
+                                               "to 64 experts; --profile notes router: o+norm+route): on (needs "
+                                               "--ops triton and --fold-norm on) | off; auto: on with --ops triton "
+                                               "and --fold-norm on, on a GPU")),
     "eager": ("--eager", dict(action="store_true", help="no CUDA graph of the decode step")),
     "eager_prefill": ("--eager-prefill", dict(action="store_true", help="no CUDA graph of the prefill")),
     "router": ("--router", dict(help="override the card's router (uniform, balanced, zipf for ablations)")),

@@ -221,5 +221,7 @@ def test_settings_resolution():
     assert RunSettings(device="cpu", ops="triton", fold_router="on").resolve().fold_router == "on"
     with pytest.raises(ValueError, match="--fold-router on .*got --ops torch"):
         RunSettings(device="cpu", fold_router="on").resolve()
+    with pytest.raises(ValueError, match="--fold-router on .*--fold-norm off"):     # its routing is the fold's
+        RunSettings(device="cpu", ops="triton", fold_norm="off", fold_router="on").resolve()
     with pytest.raises(ValueError, match="--fold-router yes"):
         RunSettings(fold_router="yes").resolve()
