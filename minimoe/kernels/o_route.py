@@ -22,21 +22,22 @@ program of the token to arrive (an arrival counter, as the router fold's) reads 
 
 Determinism: the shares are added as 64-bit fixed point (2^-32 units) with integer atomics, so their sum is exact
 and the same in every order: a CUDA-graph replay and an eager call give the same bits (fp32 atomics would not).
-The last program reads and zeroes the accumulator with one atomic exchange, and resets the counter: both are left
-zeroed (KVCache.route_acc / counters).
+The programs spread their atomics over REPLICAS copies of the accumulator (same-address atomics serialise in the L2);
+the last program reads every copy in one load, zeroes them with stores and resets the counter: all are left zeroed
+(KVCache.route_acc / counters).
 
 Roundings, against the unfused path (dense_gemv -> rmsnorm -> gate_splitk): o, r and h are bit for bit the same
 (the same GEMV tile and loop, rmsnorm.py's arithmetic, the fp32 order of mean(r²) aside); the logits are not.
 Unfused, h is rounded to x's dtype before the gate GEMV; here the gate sees g ⊙ r in fp32 and the scale comes
 after, so a logit can differ by about one bf16 rounding of h (a relative ~2^-9 per term, averaged over D) and a
-near-tie between two experts can go the other way. That is why `--fold-router` is a switch of its own, measured
-before it is a default, and tests/test_o_route.py checks the logits against an fp64 oracle of this formula.
+near-tie between two experts can go the other way. That is why `--fold-router` is a switch of its own, and
+tests/test_o_route.py checks the logits against an fp64 oracle of this formula.
 
 Scope (`usable`): T <= MAX_T, a plain o weight in a's dtype, no o bias, E <= MAX_EXPERTS, D <= MAX_ROW, a router of
 route.py's kinds (softmax_topk, topk_softmax) without a selection bias (the caller checks).
 Design sources: the router fold's last-program epilogue (gate_splitk.py, itself CUTLASS's parallel split-K),
-and the reduction of a row statistic across a GEMV's column blocks (FlashInfer / TensorRT-LLM fuse the residual add
-+ RMSNorm into an all-reduce epilogue for the same reason: the norm's scale is one scalar per row).
+and the residual add + RMSNorm folded into the epilogue of the operation before them (TensorRT-LLM's and FlashInfer's
+all-reduce + residual + RMSNorm kernels); the router's share-wise sum is ours.
 """
 import torch
 import triton
@@ -46,7 +47,7 @@ from .dense_gemv import dense_config
 from .pdl import launch_args, wait_then_release
 from .route import MAX_EXPERTS, _topk_weights
 
-MAX_T = 2          # tokens a step (the stream GEMV's regime); one counter and one [E] accumulator per token
+MAX_T = 2          # tokens a step (the stream GEMV's regime); one counter and R copies of an [E] accumulator a token
 MAX_ROW = 8192     # the last program holds its token's whole row r in registers for 1 / rms
 FIX = tl.constexpr(4294967296.0)  # 2^32: fixed-point units of the z shares (|z| up to 2^31 before int64 overflows)
 CONFIG: dict | None = None   # a tile over dense_config's for the GEMV part (in-step A/B's; scripts/step_probe.py)
