@@ -7,11 +7,11 @@ layer, shared experts, tied embeddings) is decided once, here, from config field
 stream r travels beside the sublayer outputs and is added inside the next norm (one fused kernel
 with --ops triton). The KV cache is owned by the caller (generate.py) and handed down with a `Step`
 describing the new tokens. Every sublayer is a module called through `nn.Module.__call__`, so
-forward hooks (parallel plans, calibration, tests) see every path; the exceptions are the batch-1 folds, which apply
-only where nothing is hooked on the modules they skip. One is the MoE layer's RMSNorm when `--fold-norm` runs it inside the router's kernel (a one-token step): then the
+forward hooks (parallel plans, calibration, tests) see every path; the exceptions are the batch-1 folds. One is the MoE
+layer's RMSNorm when `--fold-norm` runs it inside the router's kernel (a one-token step): then the
 Router is called with the un-normed x and the norm (gate.py), and `ffn_norm` itself is not called. With
 `--fold-router` (router_fusion.py) the attention's o projection, that norm and the router are one kernel: the
-attention module's `heads` runs, and neither its `wo` nor `ffn_norm` is called.
+attention module's `heads` runs, and neither its `wo` nor `ffn_norm` is called (only where nothing is hooked on them).
 """
 from __future__ import annotations
 
