@@ -105,20 +105,22 @@ class Attention(nn.Module):
     def n_kv_heads(self) -> int:
         return (self.wqkv.out_features // self.cfg.head_dim - self.n_heads) // 2
 
-    def forward(self, x, step: Step, cache: KVCache, rot):
-        """x [B, S, D] -> [B, S, D]; writes this step's K/V into the cache."""
-        return self.wo(self.heads(x, step, cache, rot))
+    def forward(self, x, step: Step, cache: KVCache, rot, qkv=None):
+        """x [B, S, D] -> [B, S, D]; writes this step's K/V into the cache. qkv: as for `heads`."""
+        return self.wo(self.heads(x, step, cache, rot, qkv=qkv))
 
-    def heads(self, x, step: Step, cache: KVCache, rot):
+    def heads(self, x, step: Step, cache: KVCache, rot, qkv=None):
         """Everything but the o projection: x [B, S, D] -> the heads' output [B, S, H·d] (router_fusion.py runs
-        the o projection itself, with the router in its epilogue)."""
+        the o projection itself, with the router in its epilogue). qkv [B, S, (H + 2Hkv) d]: the q/k/v projection
+        already made (norm_fusion.py folds the layer's norm into it); x then gives only the shape."""
         cfg = self.cfg
         B, S, _ = x.shape
         H, Hkv, d = self.n_heads, self.n_kv_heads, cfg.head_dim
-        if rope_fusion.fits(self, x, cache):             # --fuse-rope: one launch at batch 1
+        if qkv is None and rope_fusion.fits(self, x, cache):             # --fuse-rope: one launch at batch 1
             q = rope_fusion.run(self, x, step, cache, rot)
         else:
-            qkv = self.wqkv(x)                                               # [B, S, (H + 2Hkv) d]
+            if qkv is None:
+                qkv = self.wqkv(x)                                           # [B, S, (H + 2Hkv) d]
             qn, kn = getattr(self, "q_norm", None), getattr(self, "k_norm", None)
             q = ops_for(self.settings).qkv_rope_cache(                       # [B, S, H, d]; K/V into the cache
                 qkv, step.positions, rot.cos_table, rot.sin_table, cache.k[self.layer], cache.v[self.layer], H, Hkv,

@@ -12,6 +12,8 @@ layer's RMSNorm when `--fold-norm` runs it inside the router's kernel (a one-tok
 Router is called with the un-normed x and the norm (gate.py), and `ffn_norm` itself is not called. With
 `--fold-router` (router_fusion.py) the attention's o projection, that norm and the router are one kernel: the
 attention module's `heads` runs, and neither its `wo` nor `ffn_norm` is called (only where nothing is hooked on them).
+With `--fold-attn-norm` (norm_fusion.py) `attn_norm` runs inside the q/k/v GEMV: the attention gets the q/k/v rows
+(its `qkv` argument) and neither `attn_norm` nor `wqkv` is called.
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ from .kv_cache import KVCache, Step
 from .layers import ResidualRMSNorm
 from .linear import Linear
 from .mla import MLAttention
-from . import router_fusion
+from . import norm_fusion, router_fusion
 from .moe import MoE, make_ffn
 from .rope import Rotary, rope_tables
 
@@ -43,16 +45,22 @@ class Block(nn.Module):
 
     def forward(self, x, residual, step: Step, cache: KVCache, rot: Rotary):
         """x [B, S, D] (the previous sublayer's output, not yet added to residual) -> (y, residual)."""
-        with region("norm"):
-            h, residual = self.attn_norm(x, residual)
+        qkv = None
+        if norm_fusion.fits(self, x, residual, step, cache):   # --fold-attn-norm: the norm inside the q/k/v GEMV
+            with region("attention"):
+                qkv, residual = norm_fusion.run(self, x, residual, step)
+            h = x                                             # gives the attention its shape only
+        else:
+            with region("norm"):
+                h, residual = self.attn_norm(x, residual)
         if router_fusion.fits(self, h, residual, step):     # --fold-router: the router in the o projection's epilogue
             with region("attention"):
-                a = self.attn.heads(h, step, cache, rot)
+                a = self.attn.heads(h, step, cache, rot, qkv=qkv)
             with region("router"):
                 h, residual, routing = router_fusion.run(self, a, residual, step)
             return self.ffn(h, routing=routing), residual
         with region("attention"):
-            x = self.attn(h, step, cache, rot)
+            x = self.attn(h, step, cache, rot) if qkv is None else self.attn(h, step, cache, rot, qkv=qkv)
         if self.ffn_region is None and self.ffn.fold_fits(x, residual):
             with region("router"):      # norm + router in one kernel where that exists (--fold-norm)
                 h, residual, routing = self.ffn.fold_norm(x, residual, self.ffn_norm, step.counters)

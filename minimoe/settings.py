@@ -49,6 +49,8 @@ class RunSettings:
     fold_router: str = "auto"       # the o projection + residual add + RMSNorm + router in one kernel at batch 1
                                     # (router_fusion.py): on (needs --ops triton, --fold-norm on) | off; auto = on
                                     # with both on a GPU (routers of up to router_fusion.MAX_EXPERTS experts)
+    fold_attn_norm: str = "auto"    # the attention's residual add + RMSNorm inside its q/k/v GEMV at batch 1
+                                    # (norm_fusion.py): on (needs --ops triton) | off; auto = off (being measured)
     eager: bool = False             # no CUDA graph of the decode step (graphs need a GPU and a sync-free path)
     eager_prefill: bool = False     # no CUDA graph of the prefill
     router: str | None = None       # override the card's router (synthetic ones for ablations)
@@ -88,6 +90,7 @@ class RunSettings:
         _choose("fuse_shared", s.fuse_shared, ("auto", "on", "off"))
         _choose("fuse_rope", s.fuse_rope, ("auto", "on", "off"))
         _choose("fold_router", s.fold_router, ("auto", "on", "off"))
+        _choose("fold_attn_norm", s.fold_attn_norm, ("auto", "on", "off"))
         _choose("quant", s.quant, QUANT_FORMATS)
         _choose("dispatch", s.dispatch, DISPATCH_DESIGNS)
         _choose("allreduce", s.allreduce, ALLREDUCE_DESIGNS)
@@ -116,6 +119,11 @@ class RunSettings:
             raise ValueError("--fold-router on runs the router fold (--fold-norm's) inside the o projection's Triton "
                              f"kernel: it needs --ops triton and --fold-norm on (got --ops {s.ops}, --fold-norm "
                              f"{s.fold_norm})")
+        if s.fold_attn_norm == "auto":
+            s.fold_attn_norm = "off"
+        if s.fold_attn_norm == "on" and s.ops != "triton":
+            raise ValueError("--fold-attn-norm on runs the attention's RMSNorm inside the q/k/v GEMV's Triton kernel: "
+                             f"it needs --ops triton (got --ops {s.ops})")
         if s.allreduce == "auto":                            # symm measured faster at every batch (parallelism.md)
             s.allreduce = "symm" if _symm_fits(s, gpu) else "nccl"
         if s.dispatch != "allgather" and s.ep == 1:        # the default design is the only one taken silently
@@ -256,6 +264,12 @@ SETTINGS_FLAGS = {
                                                "to 64 experts; --profile notes router: o+norm+route): on (needs "
                                                "--ops triton and --fold-norm on) | off; auto: on with --ops triton "
                                                "and --fold-norm on, on a GPU")),
+    "fold_attn_norm": ("--fold-attn-norm", dict(help="the attention's residual add + RMSNorm inside the q/k/v "
+                                                     "projection's GEMV at batch 1 (norm_fusion.py, "
+                                                     "kernels/norm_gemv.py; q/k/v skip one bf16 rounding of h; layers "
+                                                     "after the first, where --fuse-rope does not take that GEMV; "
+                                                     "--profile notes attention: norm+qkv): on (needs --ops triton) | "
+                                                     "off; auto: off")),
     "eager": ("--eager", dict(action="store_true", help="no CUDA graph of the decode step")),
     "eager_prefill": ("--eager-prefill", dict(action="store_true", help="no CUDA graph of the prefill")),
     "router": ("--router", dict(help="override the card's router (uniform, balanced, zipf for ablations)")),

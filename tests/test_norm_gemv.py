@@ -1,0 +1,184 @@
+"""Guards `--fold-attn-norm` (norm_fusion.py, kernels/norm_gemv.py): the q/k/v GEMV with the residual add and the
+RMSNorm folded in gives the unfused path's bits for x + residual, a float64 oracle of its own formula
+((W · (g ⊙ s)) / rms(s) + bias) within fp32 rounding and the unfused rms_norm -> dense_gemv within one rounding of h,
+runs only where it fits, and refuses bad input."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import greedy_and_logits
+
+pytest.importorskip("triton")
+
+from minimoe import norm_fusion  # noqa: E402
+from minimoe.kernels.dense_gemv import dense_gemv  # noqa: E402
+from minimoe.kernels.norm_gemv import norm_gemv, usable  # noqa: E402
+from minimoe.loader import build_model  # noqa: E402
+from minimoe.ops import rms_norm_torch  # noqa: E402
+from minimoe.settings import RunSettings  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+EPS = 1e-6
+
+CASES = {
+    # name: (T, D, N, bias, config)
+    "olmoe_like": (1, 128, 384, False, None),
+    "two_tokens_bias": (2, 96, 200, True, None),                      # D, N not powers of two; a bias (Qwen's q/k/v)
+    "chunks_past_blocks": (1, 200, 24, False, {"BLOCK_N": 16, "BLOCK_K": 16}),   # 13 chunks of s over 2 programs
+    "one_output": (1, 64, 1, False, None),
+}
+DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if DEVICE == "cuda" else [])   # the interpreter: no bf16
+
+
+def make(T, D, N, dtype, seed, bias=False, scale=1.0):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(T, D, generator=gen) * scale
+    res = torch.randn(T, D, generator=gen) * scale
+    g = 1.0 + 0.2 * torch.randn(D, generator=gen)
+    w = torch.randn(N, D, generator=gen) * D ** -0.5
+    b = torch.randn(N, generator=gen) if bias else None
+    out = [t.to(DEVICE, dtype) for t in (x, res, g, w)]
+    return out + [None if b is None else b.to(DEVICE, dtype)]
+
+
+def oracle(s, g, w, b, eps):
+    """The fold's formula in float64 from the rounded s."""
+    sd = s.double()
+    inv = torch.rsqrt((sd * sd).mean(-1, keepdim=True) + eps)
+    y = ((sd * g.double()) @ w.double().T) * inv
+    return y if b is None else y + b.double()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", list(CASES))
+def test_kernel_matches_oracle_and_unfused(case, dtype):
+    T, D, N, bias, config = CASES[case]
+    x, res, g, w, b = make(T, D, N, dtype, 1, bias)
+    y, s = norm_gemv(x, res, g, EPS, w, b, config=config)
+    assert y.shape == (T, N) and y.dtype == dtype and s.shape == (T, D)
+    s_ref = (x.float() + res.float()).to(dtype)
+    assert torch.equal(s, s_ref), "x + residual: the unfused bits"
+    ref = oracle(s_ref, g, w, b, EPS)
+    scale = ref.abs().max().item()
+    rounding = {torch.float32: 2e-6, torch.float16: 1e-3, torch.bfloat16: 8e-3}[dtype]     # y's own rounding
+    assert (y.double() - ref).abs().max().item() <= rounding * scale
+    h, _ = rms_norm_torch(s_ref, g, EPS)                                                    # the unfused path
+    apart = dense_gemv(h, w, bias=b)
+    one_h = {torch.float32: 1e-5, torch.float16: 4e-3, torch.bfloat16: 3e-2}[dtype]        # + h's rounding
+    assert (y.float() - apart.float()).abs().max().item() <= one_h * scale
+    again = norm_gemv(x, res, g, EPS, w, b, config=config)
+    assert torch.equal(y, again[0]) and torch.equal(s, again[1]), "the same bits on every call"
+
+
+def test_large_and_tiny_activations():
+    """1 / rms is taken from s itself: a residual stream of 1e3 (massive activations) and one of 1e-3 give the
+    oracle's outputs to fp32 rounding (no overflow of Σ s², no flush of small terms)."""
+    for scale in (1e3, 1e-3):
+        x, res, g, w, _ = make(1, 256, 64, torch.float32, 2, scale=scale)
+        y, s = norm_gemv(x, res, g, EPS, w)
+        ref = oracle(s, g, w, None, EPS)
+        assert (y.double() - ref).abs().max().item() <= 2e-6 * ref.abs().max().item(), scale
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="CUDA graphs and PDL need a GPU")
+def test_graphed_equals_eager_with_pdl():
+    """Replayed from a CUDA graph with fresh inputs copied in (PDL where the GPU has it): the eager call's bits."""
+    pdl = torch.cuda.get_device_capability()[0] >= 9
+    x, res, g, w, _ = make(1, 2048, 6144, torch.bfloat16, 11)
+    norm_gemv(x, res, g, EPS, w, pdl=pdl)                               # compile outside the capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = norm_gemv(x, res, g, EPS, w, pdl=pdl)
+    for seed in (12, 13):
+        x2, r2, _, _, _ = make(1, 2048, 6144, torch.bfloat16, seed)
+        x.copy_(x2)
+        res.copy_(r2)
+        graph.replay()
+        eager = norm_gemv(x, res, g, EPS, w, pdl=pdl)
+        for u, v in zip(out, eager):
+            assert torch.equal(u, v), "graphed = eager, bit for bit"
+
+
+def test_refuses_bad_input():
+    x, res, g, w, _ = make(1, 32, 48, torch.float32, 0)
+    with pytest.raises(ValueError, match="outside what the kernel runs"):
+        norm_gemv(torch.randn(3, 32, device=DEVICE), res, g, EPS, w)                      # 3 tokens
+    with pytest.raises(ValueError, match="outside what the kernel runs"):
+        norm_gemv(x, res, g, EPS, w.half())                                                # another dtype
+    with pytest.raises(ValueError, match="outside what the kernel runs"):
+        norm_gemv(x, res, g, EPS, w[:, :16])                                               # another D
+    with pytest.raises(ValueError, match="outside what the kernel runs"):
+        norm_gemv(x, res, g, EPS, w, torch.zeros(47, device=DEVICE))                       # bias not [N]
+    with pytest.raises(ValueError, match="do not fit"):
+        norm_gemv(x, res[:, :16], g, EPS, w)
+    with pytest.raises(ValueError, match="do not fit"):
+        norm_gemv(x, res, g[:16], EPS, w)
+    with pytest.raises(ValueError, match="do not fit"):
+        norm_gemv(x, res.half(), g, EPS, w)
+    assert usable(1, 32, w, torch.float32)
+    assert not usable(1, 32, w.t().contiguous().t(), torch.float32)                        # not contiguous
+
+
+@pytest.mark.parametrize("card", ["olmoe-tiny", "qwen3-moe-tiny", "mixtral-tiny"])
+def test_model_fold_equals_apart(card, monkeypatch):
+    """End to end (a full q/k norm; per-head q/k norms; Mixtral with the fold off and --fuse-rope off, so the q/k/v
+    GEMV is its own launch): the same greedy tokens and, in fp32, logits within rounding; the fold runs at batch 1 on
+    every layer but the first."""
+    runs = []
+    real_run = norm_fusion.run
+    monkeypatch.setattr(norm_fusion, "run", lambda *a: runs.append(a[1].shape[0]) or real_run(*a))
+    s = RunSettings(device=DEVICE, ops="triton", fuse_rope="off", fold_attn_norm="off").resolve()
+    model, cfg, _ = build_model(card, "dummy", dtype=torch.float32, device=DEVICE, settings=s, seed=3)
+    prompts = torch.randint(0, cfg.vocab_size, (2, 4), generator=torch.Generator().manual_seed(5)).to(DEVICE)
+    for batch in (prompts[:1], prompts):
+        apart_tokens, apart_logits = greedy_and_logits(model, batch, 3)
+        assert runs == []
+        s.fold_attn_norm = "on"
+        fused_tokens, fused_logits = greedy_and_logits(model, batch, 3)
+        s.fold_attn_norm = "off"
+        expect = (cfg.n_layers - 1) * 3 if batch.shape[0] == 1 else 0   # 3 decode steps, one token: every layer but the first
+        assert len(runs) == expect and set(runs) <= {1}
+        runs.clear()
+        err = ((fused_logits - apart_logits).abs().max() / apart_logits.abs().max()).item()
+        assert err <= 1e-5, err
+        assert torch.equal(fused_tokens, apart_tokens)
+
+
+def test_fits_only_where_it_can_run():
+    from minimoe.kv_cache import KVCache
+    s = RunSettings(device=DEVICE, ops="triton", fold_attn_norm="on", fuse_rope="off").resolve()
+    model, cfg, _ = build_model("mixtral-tiny", "dummy", dtype=torch.float32, device=DEVICE, settings=s, seed=1)
+    cache = KVCache(cfg, 3, 8, torch.float32, DEVICE)
+    block = model.layers[1]
+    x = torch.randn(1, 1, cfg.hidden_size, device=DEVICE)
+    step = cache.step(1, 2)
+    assert norm_fusion.fits(block, x, x, step, cache)
+    assert not norm_fusion.fits(block, x.expand(2, 1, -1), x.expand(2, 1, -1), step, cache)   # two tokens
+    assert not norm_fusion.fits(block, x, None, step, cache)                                  # the first layer
+    assert not norm_fusion.fits(block, x, x, cache.step(1, 0), cache)                         # a fresh prefill
+    for module in (block.attn, block.attn.wqkv, block.attn_norm):                            # a TP plan, calibration
+        hook = module.register_forward_hook(lambda *a: None)
+        assert not norm_fusion.fits(block, x, x, step, cache)
+        hook.remove()
+    assert norm_fusion.fits(block, x, x, step, cache)
+    s.fuse_rope = "on"                                               # Mixtral's q/k/v GEMV is --fuse-rope's launch
+    assert not norm_fusion.fits(block, x, x, step, cache)
+    s.fuse_rope = "off"
+    s.fold_attn_norm = "off"
+    assert not norm_fusion.fits(block, x, x, step, cache)
+    mla, mcfg, _ = build_model("deepseek-v2-lite-tiny", "dummy", dtype=torch.float32, device=DEVICE,
+                               settings=RunSettings(device=DEVICE, ops="triton", fold_attn_norm="on").resolve(), seed=1)
+    mcache = KVCache(mcfg, 3, 8, torch.float32, DEVICE)
+    xm = torch.randn(1, 1, mcfg.hidden_size, device=DEVICE)
+    assert not norm_fusion.fits(mla.layers[1], xm, xm, mcache.step(1, 2), mcache)             # MLA: no q/k/v GEMV
+
+
+def test_settings_resolution():
+    assert RunSettings(device="cpu", ops="triton").resolve().fold_attn_norm == "off"
+    assert RunSettings(device="cpu", ops="triton", fold_attn_norm="on").resolve().fold_attn_norm == "on"
+    with pytest.raises(ValueError, match="--fold-attn-norm on .*got --ops torch"):
+        RunSettings(device="cpu", fold_attn_norm="on").resolve()
+    with pytest.raises(ValueError, match="--fold-attn-norm yes"):
+        RunSettings(fold_attn_norm="yes").resolve()
