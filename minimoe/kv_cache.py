@@ -52,6 +52,9 @@ class KVCache:
         # experts; zeroed, and left zeroed by the kernel's last program
         self.route_acc = torch.zeros(2 * 32 * 512, dtype=torch.int64, device=device)
         self._rows = torch.arange(batch, device=device)[:, None]             # [B, 1] for scatter writes
+        # 0 .. max_len - 1 (int64): a step's positions are lengths + these, one add (a cast, an arange and an add were
+        # three launches a decode step)
+        self._offsets = torch.arange(max_len, device=device)
 
     @staticmethod
     def bytes_needed(cfg: ModelConfig, batch: int, max_len: int, dtype_bytes: int) -> int:
@@ -64,8 +67,8 @@ class KVCache:
         every sequence is empty, a fresh prefill); None for the static-shape step graphs capture.
         n_valid [B] int32: how many of the n_new tokens are real per sequence (ragged prompts, right-
         padded); the padding's K/V land past the new length, where nothing ever reads them."""
-        start = self.lengths.to(torch.int64)[:, None]                        # [B, 1]
-        positions = start + torch.arange(n_new, device=start.device)        # [B, S]
+        offsets = self._offsets[:n_new] if n_new <= self.max_len else torch.arange(n_new, device=self.lengths.device)
+        positions = self.lengths[:, None] + offsets                          # [B, S] int64: one launch (int32 + int64)
         seq_lens = self.lengths + (n_new if n_valid is None else n_valid)
         max_len = None if host_len is None else host_len + n_new
         return Step(positions, seq_lens, max_len, fresh=host_len == 0, counters=self.counters,

@@ -46,14 +46,23 @@ def auto_gemv(T: int, N: int, D: int) -> str:
 
 
 def linear(x: torch.Tensor, weight, bias: torch.Tensor | None = None, gemv: str = "torch",
-           pdl: bool = False) -> torch.Tensor:
+           pdl: bool = False, float_out: bool = False) -> torch.Tensor:
     """y = x @ weightᵀ + bias for x [..., in] -> [..., out], whatever the weight's format.
     gemv (RunSettings.gemv) for a plain weight at decode sizes: "torch" (F.linear, cuBLAS), "triton"
     (kernels/gemv.py, up to its MAX_T rows), "stream" (kernels/dense_gemv.py, the MoE decode down kernel as a
     dense GEMV, up to STREAM_MAX_T rows, a bias added in its fp32 epilogue), "skinny" (kernels/skinny_gemm.py,
     1-64 rows, split over K) or "auto" (`auto_gemv` per shape);
     anything outside those sizes runs F.linear. pdl (RunSettings.pdl on, sm90+): the stream kernel is launched
-    with Programmatic Dependent Launch (kernels/pdl.py)."""
+    with Programmatic Dependent Launch (kernels/pdl.py). float_out: float32 y with the bits of y.float() (an LM
+    head's logits); the stream kernel stores them itself, one copy launch fewer a decode step."""
+    if float_out:
+        if (gemv != "torch" and isinstance(weight, torch.Tensor) and x.dtype == weight.dtype
+                and (auto_gemv(x.shape[:-1].numel(), *weight.shape) if gemv == "auto" else gemv) == "stream"
+                and 1 <= x.shape[:-1].numel() <= STREAM_MAX_T and weight.is_contiguous()
+                and (bias is None or (bias.dtype == x.dtype and bias.is_contiguous()))):
+            return _dense_gemv(x.reshape(-1, x.shape[-1]).contiguous(), weight, pdl=pdl, bias=bias,
+                               out_dtype=torch.float32).view(*x.shape[:-1], -1)
+        return linear(x, weight, bias, gemv, pdl).float()
     if not isinstance(weight, torch.Tensor):          # a packed weight: its own kernel
         return weight.linear(x, bias, pdl=pdl)
     if gemv != "torch" and x.dtype == weight.dtype:
@@ -199,6 +208,15 @@ class Linear(nn.Module):
         if s is None:
             return linear(x, self.weight, self.bias)
         return linear(x, self.weight, self.bias, gemv=s.gemv, pdl=s.pdl == "on")
+
+    def forward_float(self, x: torch.Tensor) -> torch.Tensor:
+        """self(x).float()'s bits (float32 [..., out]); through __call__ (and its .float() copy) where a hook is
+        registered (a tensor-parallel head, calibration), else `linear(float_out=True)`: at decode the stream GEMV
+        writes float32 itself."""
+        s = self.settings
+        if s is None or self._forward_hooks or self._forward_pre_hooks:
+            return self(x).float()
+        return linear(x, self.weight, self.bias, gemv=s.gemv, pdl=s.pdl == "on", float_out=True)
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, bias={self.bias is not None}"

@@ -45,22 +45,22 @@ class Block(nn.Module):
 
     def forward(self, x, residual, step: Step, cache: KVCache, rot: Rotary):
         """x [B, S, D] (the previous sublayer's output, not yet added to residual) -> (y, residual)."""
-        qkv = None
+        made = {}                                           # the q/k/v rows, where the norm fold made them
         if norm_fusion.fits(self, x, residual, step, cache):   # --fold-attn-norm: the norm inside the q/k/v GEMV
             with region("attention"):
-                qkv, residual = norm_fusion.run(self, x, residual, step)
+                made["qkv"], residual = norm_fusion.run(self, x, residual, step)
             h = x                                             # gives the attention its shape only
         else:
             with region("norm"):
                 h, residual = self.attn_norm(x, residual)
         if router_fusion.fits(self, h, residual, step):     # --fold-router: the router in the o projection's epilogue
             with region("attention"):
-                a = self.attn.heads(h, step, cache, rot, qkv=qkv)
+                a = self.attn.heads(h, step, cache, rot, **made)
             with region("router"):
                 h, residual, routing = router_fusion.run(self, a, residual, step)
             return self.ffn(h, routing=routing), residual
         with region("attention"):
-            x = self.attn(h, step, cache, rot) if qkv is None else self.attn(h, step, cache, rot, qkv=qkv)
+            x = self.attn(h, step, cache, rot, **made)
         if self.ffn_region is None and self.ffn.fold_fits(x, residual):
             with region("router"):      # norm + router in one kernel where that exists (--fold-norm)
                 h, residual, routing = self.ffn.fold_norm(x, residual, self.ffn_norm, step.counters)
@@ -108,7 +108,7 @@ class Transformer(nn.Module):
         `select` is an int (the same for every row, e.g. -1) or a LongTensor [B] (ragged prompts)."""
         with region("embed"):
             x = self.embed(ids)                                                # [B, S, D]
-            rot = Rotary(self.cos, self.sin, self.cos[step.positions], self.sin[step.positions])  # [B, S, rope/2]
+            rot = Rotary(self.cos, self.sin)                                   # the tables [P, rope/2]
         residual = None
         for layer in self.layers:
             x, residual = layer(x, residual, step, cache, rot)
@@ -121,5 +121,5 @@ class Transformer(nn.Module):
         with region("norm"):
             x, _ = self.norm(x.contiguous(), residual.contiguous())
         with region("lm_head"):
-            logits = self.lm_head(x).float()
+            logits = self.lm_head.forward_float(x)          # self.lm_head(x).float(), one copy launch fewer
         return logits[:, 0] if select is not None else logits

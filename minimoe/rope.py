@@ -57,11 +57,11 @@ def rope_tables(cfg: ModelConfig, max_len: int) -> tuple[torch.Tensor, torch.Ten
 
 @dataclass
 class Rotary:
-    """The rope tables [P, rope_dim/2] and their rows for this step's positions [B, S, rope_dim/2]."""
+    """The rope tables [P, rope_dim/2] (float32). The kernels that rotate read the rows of this step's positions
+    themselves (step.positions): gathering them here cost two launches a step that nothing read (thirty-first
+    session)."""
     cos_table: torch.Tensor
     sin_table: torch.Tensor
-    cos: torch.Tensor
-    sin: torch.Tensor
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleave: bool) -> torch.Tensor:

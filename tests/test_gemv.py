@@ -239,6 +239,44 @@ def test_linear_dispatches_on_the_gemv_setting(monkeypatch):
     assert all(lin.auto_gemv(T, N, D) in lin.GEMV_KERNELS for T in (1, 2, 4, 16) for N, D in [(4096, 1024), (151936, 2048)])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_float_out_is_the_float_of_the_rounded_output(dtype, monkeypatch):
+    """An LM head's float32 logits: dense_gemv(out_dtype=float32) and Linear.forward_float give y.float()'s bits
+    (the output rounded to x's dtype first) with the stream kernel at 1-2 rows, and the plain y.float() elsewhere:
+    past its rows, under --gemv torch, and where a hook is registered (a tensor-parallel head)."""
+    from minimoe import linear as lin
+    from minimoe.kernels.dense_gemv import dense_gemv
+    from minimoe.settings import RunSettings
+    g = torch.Generator().manual_seed(4)
+    w = (torch.randn(70, 48, generator=g) * 0.2).to(DEVICE, dtype)
+    b = torch.randn(70, generator=g).to(DEVICE, dtype)
+    for T in (1, 2):
+        x = torch.randn(T, 48, generator=g).to(DEVICE, dtype)
+        for bias in (None, b):
+            y = dense_gemv(x, w, bias=bias, out_dtype=torch.float32)
+            assert y.dtype == torch.float32 and torch.equal(y, dense_gemv(x, w, bias=bias).float())
+    calls = []
+    real = lin._dense_gemv
+    monkeypatch.setattr(lin, "_dense_gemv", lambda *a, **k: calls.append(k.get("out_dtype")) or real(*a, **k))
+    head = lin.Linear(48, 70, settings=RunSettings(device=DEVICE, ops="triton", gemv="stream").resolve()).to(DEVICE)
+    head.weight.data.copy_(w.float())
+    head = head.to(dtype)
+    for lead, want in [((1, 1), [torch.float32]), ((2, 1), [torch.float32]), ((3, 1), [])]:
+        calls.clear()
+        x = torch.randn(*lead, 48, generator=g).to(DEVICE, dtype)
+        y = head.forward_float(x)
+        assert y.dtype == torch.float32 and y.shape == (*lead, 70) and torch.equal(y, head(x).float())
+        assert calls[:1] == want, (lead, calls)
+    hook = head.register_forward_hook(lambda m, a, out: out * 2)                 # a hook sees the call and its output
+    x = torch.randn(1, 1, 48, generator=g).to(DEVICE, dtype)
+    calls.clear()
+    assert torch.equal(head.forward_float(x), (head(x)).float()) and torch.float32 not in calls
+    hook.remove()
+    head.settings.gemv = "torch"
+    calls.clear()
+    assert torch.equal(head.forward_float(x), F.linear(x, head.weight).float()) and calls == []
+
+
 def test_linear_pair_joins_two_layers_in_one_launch(monkeypatch):
     """MLA's q and latent projections: one dense_gemv launch with `second` at batch 1 under --gemv stream /
     auto, the two layers in turn otherwise (more tokens, a hook, torch); the same values either way."""

@@ -53,14 +53,15 @@ def dense_config(N: int, D: int) -> dict:
 
 def dense_gemv(x: torch.Tensor, weight: torch.Tensor, config: dict | None = None, pdl: bool = False,
                prefetch_bytes: int = 0, bias: torch.Tensor | None = None,
-               second: torch.Tensor | None = None) -> torch.Tensor:
+               second: torch.Tensor | None = None, out_dtype: torch.dtype | None = None) -> torch.Tensor:
     """A dense layer at decode through the down kernel above: x [T, K] @ W[N, K]ᵀ (+ bias [N]) -> [T, N] in x.dtype,
     W a plain [N, K] weight seen as one expert, each token one slot of routing weight 1 (an exact
     no-op on the fp32 partial). The kernel streams [BLOCK_N, BLOCK_K] tiles along the contiguous
     reduction axis with 16-byte loads, as for the experts (DENSE: no id or weight loads, no buffers).
     config: the "down" keys (SMALL_KEYS). bias: added to the fp32 accumulator. second (Wb [N2, K], no bias):
     a second layer on the same x in the same launch -> [T, N + N2] = [x Wᵀ, x Wbᵀ] (the two outputs side by
-    side: slice them). prefetch_bytes (with pdl, on an sm90+ GPU; measured slower than
+    side: slice them). out_dtype (float32 for an LM head whose logits are wanted in float32): the output rounded to
+    x's dtype first, then stored in out_dtype: y.float()'s bits without its copy launch. prefetch_bytes (with pdl, on an sm90+ GPU; measured slower than
     PDL alone, docs/results/2026-12-01-s9 call 4): the L2 prefetch of each weight row's first bytes before
     the kernel waits for its predecessor (rounded down to 16, at most the row). Raises ValueError for an x
     and W that are not 2-D with the same K, dtype and device and a unit last stride; for prefetch_bytes
@@ -84,7 +85,7 @@ def dense_gemv(x: torch.Tensor, weight: torch.Tensor, config: dict | None = None
     N2 = 0 if second is None else second.shape[0]
     base = dense_config(N + N2, K)
     cfg = {k: (config or {}).get(k, base[k]) for k in SMALL_KEYS}
-    out = x.new_empty(T, N + N2)
+    out = x.new_empty(T, N + N2, dtype=out_dtype or x.dtype)
     if T == 0:
         return out
     w3 = weight.unsqueeze(0)                                                # [1, N, K]

@@ -238,7 +238,10 @@ def _down_combine_kernel(h_ptr, w2_ptr, out_ptr, ids_ptr, weights_ptr, top_k, ex
         acc += _shared_down(hs_ptr + t.to(tl.int64) * stride_hst, ws2_ptr + rows[:, None] * stride_swn, I_S,
                             x_ptr + t.to(tl.int64) * stride_xt, wsg_ptr, D, BLOCK_N, BLOCK_K, STAGES, SHARED_GATE)
     cols = col0 + tl.arange(0, BLOCK_N)
-    tl.store(out_ptr + t.to(tl.int64) * stride_ot + out_col0 + cols, acc.to(out_ptr.dtype.element_ty),
+    y = acc
+    if DENSE:
+        y = acc.to(h_ptr.dtype.element_ty)            # the layer's rounding, then out's dtype (dense_gemv's out_dtype)
+    tl.store(out_ptr + t.to(tl.int64) * stride_ot + out_col0 + cols, y.to(out_ptr.dtype.element_ty),
              mask=cols < n_out)
 
 
