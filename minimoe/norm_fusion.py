@@ -9,8 +9,8 @@ kernels/norm_gemv.py folds the first launch into the second: 1 / rms(s) is one n
 program computes W · (g ⊙ s) for its columns while it adds up Σ s², and scales by 1 / rms at the end. One launch a
 layer fewer; s (the residual stream) is the unfused bits, q/k/v skip h's bf16 rounding (hence a switch of its own).
 
-Where it applies (`fits`): `--fold-attn-norm on`, a one-token step that is not a prefill, a layer with a residual
-stream (not the first), an attention module with a fused q/k/v projection (attention.Attention; MLA's projections are
+Where it applies (`fits`): `--fold-attn-norm on`, a one-token step that is not a prefill (the first layer too: its
+norm has no residual to add), an attention module with a fused q/k/v projection (attention.Attention; MLA's projections are
 a pair, not folded) whose weight is plain, contiguous and in x's dtype, a norm weight in x's dtype, a layer
 where `--fuse-rope` does not take the q/k/v GEMV (its rope epilogue owns that launch), and nothing hooked on the
 attention, its q/k/v projection or the layer's norm (a tensor-parallel plan's hooks, calibration): those see every
@@ -40,12 +40,13 @@ def fits(block, x: torch.Tensor, residual: torch.Tensor | None, step, cache) -> 
     """Whether `run` applies to layer `block` (model.Block) for its input x [B, S, D], residual stream and cache."""
     attn = block.attn
     s = attn.settings
-    if s is None or getattr(s, "fold_attn_norm", "off") != "on" or _kernel is None or residual is None or step.fresh:
+    if s is None or getattr(s, "fold_attn_norm", "off") != "on" or _kernel is None or step.fresh:
         return False
     B, S, D = x.shape
     lin = getattr(attn, "wqkv", None)
     norm = block.attn_norm
-    if lin is None or not 1 <= B * S <= MAX_T or norm.weight.dtype != x.dtype or residual.dtype != x.dtype:
+    if lin is None or not 1 <= B * S <= MAX_T or norm.weight.dtype != x.dtype or (residual is not None
+                                                                                  and residual.dtype != x.dtype):
         return False
     if not _kernel.usable(B * S, D, lin.weight, x.dtype, lin.bias) or (lin.bias is not None
                                                                          and lin.bias.dtype != x.dtype):
@@ -55,11 +56,12 @@ def fits(block, x: torch.Tensor, residual: torch.Tensor | None, step, cache) -> 
     return True
 
 
-def run(block, x: torch.Tensor, residual: torch.Tensor, step):
-    """x, residual [B, S, D] -> (qkv [B, S, N] = the q/k/v projection of rmsnorm(x + residual), x + residual)."""
+def run(block, x: torch.Tensor, residual: torch.Tensor | None, step):
+    """x, residual [B, S, D] (None in the first layer) -> (qkv [B, S, N] = the q/k/v projection of
+    rmsnorm(x + residual), x + residual), as ResidualRMSNorm then the projection."""
     attn, norm = block.attn, block.attn_norm
     B, S, D = x.shape
     note("attention", "norm+qkv")
-    y, s = _kernel.norm_gemv(x.reshape(B * S, D), residual.reshape(B * S, D), norm.weight, norm.eps,
-                             attn.wqkv.weight, attn.wqkv.bias, pdl=attn.settings.pdl == "on")
+    y, s = _kernel.norm_gemv(x.reshape(B * S, D), None if residual is None else residual.reshape(B * S, D),
+                             norm.weight, norm.eps, attn.wqkv.weight, attn.wqkv.bias, pdl=attn.settings.pdl == "on")
     return y.view(B, S, -1), s.view(B, S, D)

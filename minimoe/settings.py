@@ -50,7 +50,8 @@ class RunSettings:
                                     # (router_fusion.py): on (needs --ops triton, --fold-norm on) | off; auto = on
                                     # with both on a GPU (routers of up to router_fusion.MAX_EXPERTS experts)
     fold_attn_norm: str = "auto"    # the attention's residual add + RMSNorm inside its q/k/v GEMV at batch 1
-                                    # (norm_fusion.py): on (needs --ops triton) | off; auto = off (being measured)
+                                    # (norm_fusion.py): on (needs --ops triton) | off; auto = on with --ops triton
+                                    # on a GPU
     eager: bool = False             # no CUDA graph of the decode step (graphs need a GPU and a sync-free path)
     eager_prefill: bool = False     # no CUDA graph of the prefill
     router: str | None = None       # override the card's router (synthetic ones for ablations)
@@ -119,8 +120,8 @@ class RunSettings:
             raise ValueError("--fold-router on runs the router fold (--fold-norm's) inside the o projection's Triton "
                              f"kernel: it needs --ops triton and --fold-norm on (got --ops {s.ops}, --fold-norm "
                              f"{s.fold_norm})")
-        if s.fold_attn_norm == "auto":
-            s.fold_attn_norm = "off"
+        if s.fold_attn_norm == "auto":    # measured faster at bs 1 where it applies (docs/results.md, session 31)
+            s.fold_attn_norm = "on" if s.ops == "triton" and gpu else "off"
         if s.fold_attn_norm == "on" and s.ops != "triton":
             raise ValueError("--fold-attn-norm on runs the attention's RMSNorm inside the q/k/v GEMV's Triton kernel: "
                              f"it needs --ops triton (got --ops {s.ops})")
@@ -267,9 +268,9 @@ SETTINGS_FLAGS = {
     "fold_attn_norm": ("--fold-attn-norm", dict(help="the attention's residual add + RMSNorm inside the q/k/v "
                                                      "projection's GEMV at batch 1 (norm_fusion.py, "
                                                      "kernels/norm_gemv.py; q/k/v skip one bf16 rounding of h; layers "
-                                                     "after the first, where --fuse-rope does not take that GEMV; "
-                                                     "--profile notes attention: norm+qkv): on (needs --ops triton) | "
-                                                     "off; auto: off")),
+                                                     "with a q/k/v GEMV that --fuse-rope does not take: OLMoE, "
+                                                     "Qwen3-MoE; --profile notes attention: norm+qkv): on (needs "
+                                                     "--ops triton) | off; auto: on with --ops triton on a GPU")),
     "eager": ("--eager", dict(action="store_true", help="no CUDA graph of the decode step")),
     "eager_prefill": ("--eager-prefill", dict(action="store_true", help="no CUDA graph of the prefill")),
     "router": ("--router", dict(help="override the card's router (uniform, balanced, zipf for ablations)")),

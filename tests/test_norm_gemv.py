@@ -27,6 +27,7 @@ CASES = {
     "two_tokens_bias": (2, 96, 200, True, None),                      # D, N not powers of two; a bias (Qwen's q/k/v)
     "chunks_past_blocks": (1, 200, 24, False, {"BLOCK_N": 16, "BLOCK_K": 16}),   # 13 chunks of s over 2 programs
     "one_output": (1, 64, 1, False, None),
+    "no_residual": (1, 80, 96, False, None),                           # a first layer: s = x
 }
 DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if DEVICE == "cuda" else [])   # the interpreter: no bf16
 
@@ -55,9 +56,11 @@ def oracle(s, g, w, b, eps):
 def test_kernel_matches_oracle_and_unfused(case, dtype):
     T, D, N, bias, config = CASES[case]
     x, res, g, w, b = make(T, D, N, dtype, 1, bias)
+    if case == "no_residual":
+        res = None
     y, s = norm_gemv(x, res, g, EPS, w, b, config=config)
     assert y.shape == (T, N) and y.dtype == dtype and s.shape == (T, D)
-    s_ref = (x.float() + res.float()).to(dtype)
+    s_ref = x if res is None else (x.float() + res.float()).to(dtype)
     assert torch.equal(s, s_ref), "x + residual: the unfused bits"
     ref = oracle(s_ref, g, w, b, EPS)
     scale = ref.abs().max().item()
@@ -123,9 +126,8 @@ def test_refuses_bad_input():
 
 @pytest.mark.parametrize("card", ["olmoe-tiny", "qwen3-moe-tiny", "mixtral-tiny"])
 def test_model_fold_equals_apart(card, monkeypatch):
-    """End to end (a full q/k norm; per-head q/k norms; Mixtral with the fold off and --fuse-rope off, so the q/k/v
-    GEMV is its own launch): the same greedy tokens and, in fp32, logits within rounding; the fold runs at batch 1 on
-    every layer but the first."""
+    """End to end (a full q/k norm; per-head q/k norms; Mixtral with --fuse-rope off, so the q/k/v GEMV is its own
+    launch): the same greedy tokens and, in fp32, logits within rounding; the fold runs at batch 1 on every layer."""
     runs = []
     real_run = norm_fusion.run
     monkeypatch.setattr(norm_fusion, "run", lambda *a: runs.append(a[1].shape[0]) or real_run(*a))
@@ -138,7 +140,7 @@ def test_model_fold_equals_apart(card, monkeypatch):
         s.fold_attn_norm = "on"
         fused_tokens, fused_logits = greedy_and_logits(model, batch, 3)
         s.fold_attn_norm = "off"
-        expect = (cfg.n_layers - 1) * 3 if batch.shape[0] == 1 else 0   # 3 decode steps, one token: every layer but the first
+        expect = cfg.n_layers * 3 if batch.shape[0] == 1 else 0       # 3 decode steps of one token, every layer
         assert len(runs) == expect and set(runs) <= {1}
         runs.clear()
         err = ((fused_logits - apart_logits).abs().max() / apart_logits.abs().max()).item()
@@ -156,7 +158,7 @@ def test_fits_only_where_it_can_run():
     step = cache.step(1, 2)
     assert norm_fusion.fits(block, x, x, step, cache)
     assert not norm_fusion.fits(block, x.expand(2, 1, -1), x.expand(2, 1, -1), step, cache)   # two tokens
-    assert not norm_fusion.fits(block, x, None, step, cache)                                  # the first layer
+    assert norm_fusion.fits(block, x, None, step, cache)                                      # a first layer too
     assert not norm_fusion.fits(block, x, x, cache.step(1, 0), cache)                         # a fresh prefill
     for module in (block.attn, block.attn.wqkv, block.attn_norm):                            # a TP plan, calibration
         hook = module.register_forward_hook(lambda *a: None)
@@ -176,7 +178,7 @@ def test_fits_only_where_it_can_run():
 
 
 def test_settings_resolution():
-    assert RunSettings(device="cpu", ops="triton").resolve().fold_attn_norm == "off"
+    assert RunSettings(device="cpu", ops="triton").resolve().fold_attn_norm == "off"          # auto: on a GPU only
     assert RunSettings(device="cpu", ops="triton", fold_attn_norm="on").resolve().fold_attn_norm == "on"
     with pytest.raises(ValueError, match="--fold-attn-norm on .*got --ops torch"):
         RunSettings(device="cpu", fold_attn_norm="on").resolve()

@@ -48,9 +48,9 @@ _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 def _norm_gemv_kernel(x_ptr, res_ptr, g_ptr, w_ptr, bias_ptr, out_ptr, res_out_ptr,
                       T, N, D, stride_x, stride_r, stride_w, stride_o, eps,
                       BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr, BIAS: tl.constexpr,
-                      PDL: tl.constexpr):
-    """Program (t, block): out[t, cols] = (W[cols] · (g ⊙ s[t])) / rms(s[t]) (+ bias), s = x + residual; the
-    program with block index b stores the chunks c of s[t] with c % blocks == b."""
+                      HAS_RESIDUAL: tl.constexpr, PDL: tl.constexpr):
+    """Program (t, block): out[t, cols] = (W[cols] · (g ⊙ s[t])) / rms(s[t]) (+ bias), s = x + residual (x alone
+    without one); the program with block index b stores the chunks c of s[t] with c % blocks == b."""
     pid = tl.program_id(0)
     n_blocks = tl.cdiv(N, BLOCK_N)
     t, blk = pid // n_blocks, pid % n_blocks
@@ -64,11 +64,12 @@ def _norm_gemv_kernel(x_ptr, res_ptr, g_ptr, w_ptr, bias_ptr, out_ptr, res_out_p
     sq = tl.zeros((BLOCK_K,), dtype=tl.float32)
     for k0 in tl.range(0, D, BLOCK_K, num_stages=STAGES):
         k_mask = offs_k < D - k0
-        xv = tl.load(x_ptr + t64 * stride_x + k0 + offs_k, mask=k_mask, other=0.0)
-        rv = tl.load(res_ptr + t64 * stride_r + k0 + offs_k, mask=k_mask, other=0.0)
-        s = (xv.to(tl.float32) + rv.to(tl.float32)).to(x_t)             # the residual stream, rounded as rmsnorm.py
-        mine = k_mask & (tl.zeros_like(offs_k) + (k0 // BLOCK_K) % n_blocks == blk)   # this program's chunk of s
-        tl.store(res_out_ptr + t64 * D + k0 + offs_k, s, mask=mine)
+        s = tl.load(x_ptr + t64 * stride_x + k0 + offs_k, mask=k_mask, other=0.0)
+        if HAS_RESIDUAL:
+            rv = tl.load(res_ptr + t64 * stride_r + k0 + offs_k, mask=k_mask, other=0.0)
+            s = (s.to(tl.float32) + rv.to(tl.float32)).to(x_t)          # the residual stream, rounded as rmsnorm.py
+            mine = k_mask & (tl.zeros_like(offs_k) + (k0 // BLOCK_K) % n_blocks == blk)   # this program's chunk
+            tl.store(res_out_ptr + t64 * D + k0 + offs_k, s, mask=mine)
         sf = s.to(tl.float32)
         sq += sf * sf
         gv = tl.load(g_ptr + k0 + offs_k, mask=k_mask, other=0.0).to(tl.float32)
@@ -92,31 +93,34 @@ def usable(T: int, D: int, weight: torch.Tensor, x_dtype: torch.dtype, bias: tor
                                   and bias.device == weight.device)))
 
 
-def norm_gemv(x: torch.Tensor, residual: torch.Tensor, norm_weight: torch.Tensor, eps: float, weight: torch.Tensor,
-              bias: torch.Tensor | None = None, *, pdl: bool = False, config: dict | None = None):
+def norm_gemv(x: torch.Tensor, residual: torch.Tensor | None, norm_weight: torch.Tensor, eps: float,
+              weight: torch.Tensor, bias: torch.Tensor | None = None, *, pdl: bool = False, config: dict | None = None):
     """rmsnorm(x + residual) · g, then a dense layer, at decode in one launch:
-    x, residual [T, D] (the previous sublayer's output and the residual stream, one dtype), norm_weight g [D],
-    weight W [N, D] in x's dtype (+ bias [N]) -> (y [T, N] in x's dtype, s [T, D] = x + residual in x's dtype),
-    y = (W · (g ⊙ s)) / rms(s) (+ bias): rms_norm -> dense_gemv up to h's rounding (module docstring).
+    x, residual [T, D] (the previous sublayer's output and the residual stream, one dtype; residual None in a first
+    layer: s = x), norm_weight g [D], weight W [N, D] in x's dtype (+ bias [N]) -> (y [T, N] in x's dtype, s [T, D]
+    = x + residual in x's dtype, x itself without a residual), y = (W · (g ⊙ s)) / rms(s) (+ bias): rms_norm ->
+    dense_gemv up to h's rounding (module docstring).
     config: dense_gemv's tile keys (BLOCK_N, BLOCK_K, num_warps, num_stages) over dense_config's, then CONFIG's.
     Raises ValueError for inputs outside `usable` or shapes that do not fit."""
     T, D = x.shape
     if not usable(T, D, weight, x.dtype, bias):
         raise ValueError(f"norm_gemv: x {tuple(x.shape)} {x.dtype}, W {tuple(weight.shape)} {weight.dtype}, bias "
                          f"{None if bias is None else tuple(bias.shape)}: outside what the kernel runs")
-    if (residual.shape != (T, D) or residual.dtype != x.dtype or x.stride(-1) != 1 or residual.stride(-1) != 1
+    res = x if residual is None else residual
+    if (res.shape != (T, D) or res.dtype != x.dtype or x.stride(-1) != 1 or res.stride(-1) != 1
             or norm_weight.shape != (D,) or not norm_weight.is_contiguous()
-            or len({x.device, residual.device, norm_weight.device, weight.device}) != 1):
-        raise ValueError(f"norm_gemv: residual {tuple(residual.shape)} {residual.dtype}, norm weight "
+            or len({x.device, res.device, norm_weight.device, weight.device}) != 1):
+        raise ValueError(f"norm_gemv: residual {tuple(res.shape)} {res.dtype}, norm weight "
                          f"{tuple(norm_weight.shape)} do not fit x {tuple(x.shape)} {x.dtype} on one device")
     N = weight.shape[0]
     base = dense_config(N, D)
     cfg = {key: (config or CONFIG or {}).get(key, base[key]) for key in base}
     y = torch.empty(T, N, dtype=x.dtype, device=x.device)
-    s = torch.empty(T, D, dtype=x.dtype, device=x.device)
+    s = x if residual is None else torch.empty(T, D, dtype=x.dtype, device=x.device)
     _norm_gemv_kernel[(T * triton.cdiv(N, cfg["BLOCK_N"]),)](
-        x, residual, norm_weight, weight, weight if bias is None else bias, y, s,
-        T, N, D, x.stride(0), residual.stride(0), weight.stride(0), y.stride(0), float(eps),
+        x, res, norm_weight, weight, weight if bias is None else bias, y, s,
+        T, N, D, x.stride(0), res.stride(0), weight.stride(0), y.stride(0), float(eps),
         BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"], STAGES=cfg["num_stages"], BIAS=bias is not None,
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **launch_args(pdl))
+        HAS_RESIDUAL=residual is not None, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        **launch_args(pdl))
     return y, s
