@@ -19,6 +19,14 @@ import torch
 from .config import ModelConfig
 
 COUNTER_TOKENS = 16  # new tokens per sequence the arrival counters are sized for (speculation's G + 1)
+# On a GPU, a step's positions and lengths in one Triton launch (kernels/step_index.py) instead of two PyTorch ones
+# (thirty-first session, docs/results/2026-12-03-s31); a step_probe knob
+STEP_KERNEL = True
+
+try:
+    from .kernels.step_index import step_index as _step_index
+except ImportError:       # no Triton: the PyTorch expressions
+    _step_index = None
 
 
 @dataclass
@@ -67,9 +75,14 @@ class KVCache:
         every sequence is empty, a fresh prefill); None for the static-shape step graphs capture.
         n_valid [B] int32: how many of the n_new tokens are real per sequence (ragged prompts, right-
         padded); the padding's K/V land past the new length, where nothing ever reads them."""
-        offsets = self._offsets[:n_new] if n_new <= self.max_len else torch.arange(n_new, device=self.lengths.device)
-        positions = self.lengths[:, None] + offsets                          # [B, S] int64: one launch (int32 + int64)
-        seq_lens = self.lengths + (n_new if n_valid is None else n_valid)
+        if STEP_KERNEL and _step_index is not None and self.lengths.is_cuda and (n_valid is None
+                                                                                or n_valid.dtype == torch.int32):
+            positions, seq_lens = _step_index(self.lengths, n_new, n_valid)  # one launch for both
+        else:
+            offsets = (self._offsets[:n_new] if n_new <= self.max_len
+                       else torch.arange(n_new, device=self.lengths.device))
+            positions = self.lengths[:, None] + offsets                      # [B, S] int64: one launch (int32 + int64)
+            seq_lens = self.lengths + (n_new if n_valid is None else n_valid)
         max_len = None if host_len is None else host_len + n_new
         return Step(positions, seq_lens, max_len, fresh=host_len == 0, counters=self.counters,
                     route_acc=self.route_acc)

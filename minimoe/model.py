@@ -118,8 +118,12 @@ class Transformer(nn.Module):
             else:
                 rows = torch.arange(x.shape[0], device=x.device)
                 x, residual = x[rows, select][:, None], residual[rows, select][:, None]
-        with region("norm"):
-            x, _ = self.norm(x.contiguous(), residual.contiguous())
-        with region("lm_head"):
-            logits = self.lm_head.forward_float(x)          # self.lm_head(x).float(), one copy launch fewer
+        if norm_fusion.head_fits(self, x, residual):       # --fold-attn-norm: the norm inside the head's GEMV
+            with region("lm_head"):
+                logits = norm_fusion.run_head(self, x, residual)
+        else:
+            with region("norm"):
+                x, _ = self.norm(x.contiguous(), residual.contiguous())
+            with region("lm_head"):
+                logits = self.lm_head.forward_float(x)      # self.lm_head(x).float(), one copy launch fewer
         return logits[:, 0] if select is not None else logits

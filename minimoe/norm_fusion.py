@@ -16,6 +16,9 @@ where `--fuse-rope` does not take the q/k/v GEMV (its rope epilogue owns that la
 attention, its q/k/v projection or the layer's norm (a tensor-parallel plan's hooks, calibration): those see every
 call, so they keep the unfused path. model.Block asks `fits` before the norm and passes the q/k/v rows it gets
 from `run` to the attention (Attention.heads' `qkv`).
+
+The model's last norm and its LM head are the same pair (`head_fits` / `run_head`, the knob HEAD): the logits come out
+in float32 from the kernel (rounded to x's dtype first, as lm_head(h).float()).
 """
 from __future__ import annotations
 
@@ -30,6 +33,8 @@ except ImportError:       # no Triton: --ops triton (and with it this) is refuse
     _kernel = None
 
 MAX_T = 1      # tokens a step: the stream GEMV's batch-1 regime (linear.auto_gemv sends 2 tokens to cuBLAS at these widths)
+HEAD = True    # the final norm inside the LM head's GEMV too (under --fold-attn-norm; a step_probe knob)
+HEAD_CONFIG: dict | None = None   # the head fold's tile over dense_gemv.dense_config's (in-step A/B's)
 
 
 def _hooked(*modules) -> bool:
@@ -65,3 +70,29 @@ def run(block, x: torch.Tensor, residual: torch.Tensor | None, step):
     y, s = _kernel.norm_gemv(x.reshape(B * S, D), None if residual is None else residual.reshape(B * S, D),
                              norm.weight, norm.eps, attn.wqkv.weight, attn.wqkv.bias, pdl=attn.settings.pdl == "on")
     return y.view(B, S, -1), s.view(B, S, D)
+
+
+def head_fits(model, x: torch.Tensor, residual: torch.Tensor) -> bool:
+    """Whether `run_head` applies to the model's final norm and LM head (model.Transformer) for x [B, 1, D]."""
+    s = model.settings
+    if (not HEAD or s is None or getattr(s, "fold_attn_norm", "off") != "on" or _kernel is None
+            or residual is None):
+        return False
+    B, S, D = x.shape
+    head, norm = model.lm_head, model.norm
+    if not 1 <= B * S <= MAX_T or norm.weight.dtype != x.dtype or residual.dtype != x.dtype:
+        return False
+    if not _kernel.usable(B * S, D, head.weight, x.dtype, head.bias) or (head.bias is not None
+                                                                          and head.bias.dtype != x.dtype):
+        return False
+    return not _hooked(head, norm)
+
+
+def run_head(model, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    """x, residual [B, 1, D] -> float32 logits [B, 1, V] = lm_head(rmsnorm(x + residual)).float() up to h's rounding."""
+    B, S, D = x.shape
+    note("lm_head", "norm+head")
+    y, _ = _kernel.norm_gemv(x.reshape(B * S, D).contiguous(), residual.reshape(B * S, D).contiguous(),
+                             model.norm.weight, model.norm.eps, model.lm_head.weight, model.lm_head.bias,
+                             pdl=model.settings.pdl == "on", config=HEAD_CONFIG, out_dtype=torch.float32)
+    return y.view(B, S, -1)

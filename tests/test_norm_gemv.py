@@ -72,6 +72,8 @@ def test_kernel_matches_oracle_and_unfused(case, dtype):
     assert (y.float() - apart.float()).abs().max().item() <= one_h * scale
     again = norm_gemv(x, res, g, EPS, w, b, config=config)
     assert torch.equal(y, again[0]) and torch.equal(s, again[1]), "the same bits on every call"
+    logits, _ = norm_gemv(x, res, g, EPS, w, b, config=config, out_dtype=torch.float32)    # an LM head's float32
+    assert logits.dtype == torch.float32 and torch.equal(logits, y.float())
 
 
 def test_large_and_tiny_activations():
@@ -128,9 +130,10 @@ def test_refuses_bad_input():
 def test_model_fold_equals_apart(card, monkeypatch):
     """End to end (a full q/k norm; per-head q/k norms; Mixtral with --fuse-rope off, so the q/k/v GEMV is its own
     launch): the same greedy tokens and, in fp32, logits within rounding; the fold runs at batch 1 on every layer."""
-    runs = []
-    real_run = norm_fusion.run
+    runs, heads = [], []
+    real_run, real_head = norm_fusion.run, norm_fusion.run_head
     monkeypatch.setattr(norm_fusion, "run", lambda *a: runs.append(a[1].shape[0]) or real_run(*a))
+    monkeypatch.setattr(norm_fusion, "run_head", lambda *a: heads.append(a[1].shape[0]) or real_head(*a))
     s = RunSettings(device=DEVICE, ops="triton", fuse_rope="off", fold_attn_norm="off").resolve()
     model, cfg, _ = build_model(card, "dummy", dtype=torch.float32, device=DEVICE, settings=s, seed=3)
     prompts = torch.randint(0, cfg.vocab_size, (2, 4), generator=torch.Generator().manual_seed(5)).to(DEVICE)
@@ -142,7 +145,10 @@ def test_model_fold_equals_apart(card, monkeypatch):
         s.fold_attn_norm = "off"
         expect = cfg.n_layers * 3 if batch.shape[0] == 1 else 0       # 3 decode steps of one token, every layer
         assert len(runs) == expect and set(runs) <= {1}
+        # the final norm + LM head: at every one-token logits row (the 3 decode steps, and the prefills' last rows)
+        assert (len(heads) >= 3 if batch.shape[0] == 1 else heads == []) and set(heads) <= {1}
         runs.clear()
+        heads.clear()
         err = ((fused_logits - apart_logits).abs().max() / apart_logits.abs().max()).item()
         assert err <= 1e-5, err
         assert torch.equal(fused_tokens, apart_tokens)
@@ -184,3 +190,34 @@ def test_settings_resolution():
         RunSettings(device="cpu", fold_attn_norm="on").resolve()
     with pytest.raises(ValueError, match="--fold-attn-norm yes"):
         RunSettings(fold_attn_norm="yes").resolve()
+
+
+def test_head_fits_only_where_it_can_run(monkeypatch):
+    s = RunSettings(device=DEVICE, ops="triton", fold_attn_norm="on").resolve()
+    model, cfg, _ = build_model("olmoe-tiny", "dummy", dtype=torch.float32, device=DEVICE, settings=s, seed=1)
+    x = torch.randn(1, 1, cfg.hidden_size, device=DEVICE)
+    assert norm_fusion.head_fits(model, x, x)
+    assert not norm_fusion.head_fits(model, x.expand(2, 1, -1), x.expand(2, 1, -1))          # two tokens
+    for module in (model.lm_head, model.norm):                                                # a TP head, calibration
+        hook = module.register_forward_hook(lambda *a: None)
+        assert not norm_fusion.head_fits(model, x, x)
+        hook.remove()
+    monkeypatch.setattr(norm_fusion, "HEAD", False)
+    assert not norm_fusion.head_fits(model, x, x)
+    monkeypatch.undo()
+    s.fold_attn_norm = "off"
+    assert not norm_fusion.head_fits(model, x, x)
+
+
+@pytest.mark.parametrize("n_new,valid", [(1, None), (3, None), (300, None), (5, [5, 2, 0]), (0, None)])
+def test_step_index_kernel_equals_the_torch_expressions(n_new, valid):
+    """kv_cache.py's positions and lengths in one launch on a GPU (kernels/step_index.py): the same integers."""
+    from minimoe.kernels.step_index import step_index
+    lengths = torch.tensor([0, 7, 4090], dtype=torch.int32, device=DEVICE)
+    n_valid = None if valid is None else torch.tensor(valid, dtype=torch.int32, device=DEVICE)
+    positions, seq_lens = step_index(lengths, n_new, n_valid)
+    assert positions.dtype == torch.int64 and seq_lens.dtype == torch.int32
+    assert torch.equal(positions, lengths.long()[:, None] + torch.arange(n_new, device=DEVICE))
+    assert torch.equal(seq_lens, lengths + (n_new if n_valid is None else n_valid))
+    with pytest.raises(ValueError, match="int32"):
+        step_index(lengths.long(), n_new)

@@ -81,7 +81,7 @@ def _norm_gemv_kernel(x_ptr, res_ptr, g_ptr, w_ptr, bias_ptr, out_ptr, res_out_p
     if BIAS:
         y += tl.load(bias_ptr + rows).to(tl.float32)
     cols = col0 + tl.arange(0, BLOCK_N)
-    tl.store(out_ptr + t64 * stride_o + cols, y.to(out_ptr.dtype.element_ty), mask=cols < N)
+    tl.store(out_ptr + t64 * stride_o + cols, y.to(x_t).to(out_ptr.dtype.element_ty), mask=cols < N)
 
 
 def usable(T: int, D: int, weight: torch.Tensor, x_dtype: torch.dtype, bias: torch.Tensor | None = None) -> bool:
@@ -94,12 +94,14 @@ def usable(T: int, D: int, weight: torch.Tensor, x_dtype: torch.dtype, bias: tor
 
 
 def norm_gemv(x: torch.Tensor, residual: torch.Tensor | None, norm_weight: torch.Tensor, eps: float,
-              weight: torch.Tensor, bias: torch.Tensor | None = None, *, pdl: bool = False, config: dict | None = None):
+              weight: torch.Tensor, bias: torch.Tensor | None = None, *, pdl: bool = False, config: dict | None = None,
+              out_dtype: torch.dtype | None = None):
     """rmsnorm(x + residual) · g, then a dense layer, at decode in one launch:
     x, residual [T, D] (the previous sublayer's output and the residual stream, one dtype; residual None in a first
     layer: s = x), norm_weight g [D], weight W [N, D] in x's dtype (+ bias [N]) -> (y [T, N] in x's dtype, s [T, D]
     = x + residual in x's dtype, x itself without a residual), y = (W · (g ⊙ s)) / rms(s) (+ bias): rms_norm ->
-    dense_gemv up to h's rounding (module docstring).
+    dense_gemv up to h's rounding (module docstring). out_dtype (float32 for an LM head's logits): y rounded to x's
+    dtype, then stored in out_dtype (y.float()'s bits without a copy launch).
     config: dense_gemv's tile keys (BLOCK_N, BLOCK_K, num_warps, num_stages) over dense_config's, then CONFIG's.
     Raises ValueError for inputs outside `usable` or shapes that do not fit."""
     T, D = x.shape
@@ -115,7 +117,7 @@ def norm_gemv(x: torch.Tensor, residual: torch.Tensor | None, norm_weight: torch
     N = weight.shape[0]
     base = dense_config(N, D)
     cfg = {key: (config or CONFIG or {}).get(key, base[key]) for key in base}
-    y = torch.empty(T, N, dtype=x.dtype, device=x.device)
+    y = torch.empty(T, N, dtype=out_dtype or x.dtype, device=x.device)
     s = x if residual is None else torch.empty(T, D, dtype=x.dtype, device=x.device)
     _norm_gemv_kernel[(T * triton.cdiv(N, cfg["BLOCK_N"]),)](
         x, res, norm_weight, weight, weight if bias is None else bias, y, s,
