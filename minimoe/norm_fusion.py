@@ -17,8 +17,8 @@ attention, its q/k/v projection or the layer's norm (a tensor-parallel plan's ho
 call, so they keep the unfused path. model.Block asks `fits` before the norm and passes the q/k/v rows it gets
 from `run` to the attention (Attention.heads' `qkv`).
 
-The model's last norm and its LM head are the same pair (`head_fits` / `run_head`, the knob HEAD): the logits come out
-in float32 from the kernel (rounded to x's dtype first, as lm_head(h).float()).
+The model's last norm and its LM head are the same pair (`head_fits` / `run_head`, the knob HEAD, off: no faster): the
+logits come out in float32 from the kernel (rounded to x's dtype first, as lm_head(h).float()).
 """
 from __future__ import annotations
 
@@ -33,8 +33,12 @@ except ImportError:       # no Triton: --ops triton (and with it this) is refuse
     _kernel = None
 
 MAX_T = 1      # tokens a step: the stream GEMV's batch-1 regime (linear.auto_gemv sends 2 tokens to cuBLAS at these widths)
-HEAD = True    # the final norm inside the LM head's GEMV too (under --fold-attn-norm; a step_probe knob)
-HEAD_CONFIG: dict | None = None   # the head fold's tile over dense_gemv.dense_config's (in-step A/B's)
+# The final norm inside the LM head's GEMV too (under --fold-attn-norm): measured no faster, so off. In the graphed bs-1
+# step (docs/results/2026-12-03-s31, call 4) it was +1.2% (OLMoE) / +1.6% (Qwen3-30B-A3B) on the head's [4, 1024]
+# tiles (~12,600 programs, each re-reading x, the residual and g from L2 beside 8 KB of weights), and a tie with the
+# unfused norm + head on [16, 256] tiles (-0.01% / +0.13%). A step_probe knob, with HEAD_CONFIG for the tile.
+HEAD = False
+HEAD_CONFIG: dict | None = None
 
 
 def _hooked(*modules) -> bool:
