@@ -134,6 +134,7 @@ def test_model_fold_equals_apart(card, monkeypatch):
     real_run, real_head = norm_fusion.run, norm_fusion.run_head
     monkeypatch.setattr(norm_fusion, "run", lambda *a: runs.append(a[1].shape[0]) or real_run(*a))
     monkeypatch.setattr(norm_fusion, "run_head", lambda *a: heads.append(a[1].shape[0]) or real_head(*a))
+    monkeypatch.setattr(norm_fusion, "HEAD", True)                    # the head fold too (off by default: no faster)
     s = RunSettings(device=DEVICE, ops="triton", fuse_rope="off", fold_attn_norm="off").resolve()
     model, cfg, _ = build_model(card, "dummy", dtype=torch.float32, device=DEVICE, settings=s, seed=3)
     prompts = torch.randint(0, cfg.vocab_size, (2, 4), generator=torch.Generator().manual_seed(5)).to(DEVICE)
@@ -196,15 +197,14 @@ def test_head_fits_only_where_it_can_run(monkeypatch):
     s = RunSettings(device=DEVICE, ops="triton", fold_attn_norm="on").resolve()
     model, cfg, _ = build_model("olmoe-tiny", "dummy", dtype=torch.float32, device=DEVICE, settings=s, seed=1)
     x = torch.randn(1, 1, cfg.hidden_size, device=DEVICE)
+    assert not norm_fusion.head_fits(model, x, x)                                             # off by default
+    monkeypatch.setattr(norm_fusion, "HEAD", True)
     assert norm_fusion.head_fits(model, x, x)
     assert not norm_fusion.head_fits(model, x.expand(2, 1, -1), x.expand(2, 1, -1))          # two tokens
     for module in (model.lm_head, model.norm):                                                # a TP head, calibration
         hook = module.register_forward_hook(lambda *a: None)
         assert not norm_fusion.head_fits(model, x, x)
         hook.remove()
-    monkeypatch.setattr(norm_fusion, "HEAD", False)
-    assert not norm_fusion.head_fits(model, x, x)
-    monkeypatch.undo()
     s.fold_attn_norm = "off"
     assert not norm_fusion.head_fits(model, x, x)
 
