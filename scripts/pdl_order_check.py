@@ -93,11 +93,13 @@ def record(cards: list[str], out: str, gpu_tiles: bool) -> None:
                 mod.device_name = lambda: "NVIDIA_H200"
     for card in cards:
         s = RunSettings(device="cpu", dtype="fp16", experts="fused", attn="triton", ops="triton", gemv="stream",
-                        fold_norm="on", fuse_rope="on", fold_router="on", eager=True, eager_prefill=True)
+                        fold_norm="on", fuse_rope="on", fold_router="on", fold_attn_norm="on", eager=True,
+                        eager_prefill=True)
         model, cfg, _ = build_model(card, "dummy", dtype=torch.float16, device="cpu", settings=s, seed=0)
         if card == cards[0]:
             print(f"# settings: ops {s.ops}, gemv {s.gemv}, fold_norm {s.fold_norm}, fuse_rope {s.fuse_rope}, "
-                  f"fuse_shared {s.fuse_shared}, fold_router {s.fold_router}", file=sys.stderr)
+                  f"fuse_shared {s.fuse_shared}, fold_router {s.fold_router}, fold_attn_norm {s.fold_attn_norm}",
+                  file=sys.stderr)
         for B, prompt in ((3, 13), (1, 5)):          # prefill, then one decode step at batch 3 and at batch 1
             gen = Generator(model, B, 32)
             with torch.inference_mode():
