@@ -66,6 +66,8 @@ class Generator:
         # rows of logits with a NaN/inf seen since reset(), counted on the device (no sync): argmax would
         # silently turn them into token 0, so runs report this count (fp16 overflow in deep MoEs)
         self.nonfinite = torch.zeros((), dtype=torch.long, device=self.device)
+        # arrival counters of the one-launch greedy tail (kernels/greedy.py ONE_LAUNCH), zeroed and left zeroed
+        self.argmax_counters = torch.zeros(batch, dtype=torch.int32, device=self.device)
 
     @property
     def batch(self) -> int:
@@ -80,7 +82,7 @@ class Generator:
         """logits [B, V] float32 -> tokens [B]; counts non-finite rows on the device."""
         with region("sample"):
             if self.sampling.greedy:          # argmax + the count in two kernels with --ops triton
-                return ops_for(self.model.settings).greedy(logits, self.nonfinite)
+                return ops_for(self.model.settings).greedy(logits, self.nonfinite, counters=self.argmax_counters)
             self.nonfinite += nonfinite_rows(logits)
             return sample(logits, self.sampling, self.generator)
 

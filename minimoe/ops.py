@@ -136,9 +136,10 @@ def norm_gate_route_torch(x, residual, norm_weight, eps: float, gate_weight, k: 
     return h, (x if s is None else s), w, ids
 
 
-def greedy_torch(logits, nonfinite, *, pdl: bool = False):
+def greedy_torch(logits, nonfinite, *, pdl: bool = False, counters=None):
     """logits [B, V] -> tokens [B] int64 (argmax, first index); nonfinite (0-dim int64, on the device)
-    += the rows holding a NaN or an inf (the count kernels/greedy.py keeps)."""
+    += the rows holding a NaN or an inf (the count kernels/greedy.py keeps). counters: kernels/greedy.py's scratch
+    (unused here)."""
     nonfinite += nonfinite_rows(logits)
     return argmax(logits)
 
@@ -148,10 +149,10 @@ def nonfinite_rows(logits: torch.Tensor) -> torch.Tensor:
     return (~torch.isfinite(logits).all(-1)).sum()
 
 
-def _triton_greedy(logits, nonfinite, *, pdl: bool = False):
+def _triton_greedy(logits, nonfinite, *, pdl: bool = False, counters=None):
     if logits.device.type != "cuda" or logits.stride(-1) != 1:   # the interpreter is for tests only
         return greedy_torch(logits, nonfinite)
-    return _greedy.greedy_tail(logits, nonfinite, pdl=pdl)
+    return _greedy.greedy_tail(logits, nonfinite, pdl=pdl, counters=counters)
 
 
 # ---- the table ------------------------------------------------------------------------------------
@@ -167,7 +168,7 @@ class Ops:
     route_topk: Callable        # (logits [T, E], k, *, renorm, scaling, softmax_first, skip) -> (w, ids) [T, K]
     gate_route: Callable        # (h [T, D], gate [E, D], k, *, <route_topk's>) -> (w, ids): gate GEMV + top-k
     gate_route_fits: Callable   # (T, E, D, gate dtype, h dtype) -> whether gate_route is one fused kernel here
-    greedy: Callable            # (logits [B, V], nonfinite 0-dim int64) -> tokens [B]: argmax + non-finite count
+    greedy: Callable            # (logits [B, V], nonfinite 0-dim int64, *, counters) -> tokens [B]: argmax + non-finite count
     norm_gate_route: Callable   # (x, residual, norm_w, eps, gate [E, D], k, *, <route_topk's>, counters, out)
                                 #   -> (h, x + residual, w, ids): rms_norm then gate_route, one launch with triton
     norm_gate_route_fits: Callable  # (T, E, D, gate dtype, x dtype) -> whether norm_gate_route is one kernel here

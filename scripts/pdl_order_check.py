@@ -125,6 +125,9 @@ def record(cards: list[str], out: str, gpu_tiles: bool) -> None:
     decode_attention(torch.randn(2, 8, 64, dtype=h16), cache, cache.clone(), torch.tensor([300, 500], dtype=torch.int32),
                      0.125, max_splits=8)
     greedy.greedy_tail(torch.randn(2, 50304, dtype=h16))
+    greedy.ONE_LAUNCH = True                      # its one-launch variant (a knob, off by default)
+    greedy.greedy_tail(torch.randn(2, 50304, dtype=h16), counters=torch.zeros(2, dtype=torch.int32))
+    greedy.ONE_LAUNCH = False
     print(f"# with the real-width kernels: {len(launches)} kernel variants", file=sys.stderr, flush=True)
     with open(out, "w") as f:
         json.dump(list(launches.values()), f)

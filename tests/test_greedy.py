@@ -57,3 +57,33 @@ def test_greedy_tail_accumulates_and_handles_empty():
     assert greedy_tail(torch.empty(0, 10, device=DEVICE), count).shape == (0,)
     with pytest.raises(AssertionError):
         greedy_tail(x.t(), count)                     # vocabulary not unit-stride
+
+
+def test_one_launch_tail_equals_two(monkeypatch):
+    """greedy.ONE_LAUNCH: pass 2 in each row's last pass-1 program (an arrival counter) gives the two launches'
+    tokens and count on ties, NaN, inf, all -inf rows, one chunk and many, and leaves the counters zeroed; without
+    counters it keeps the two launches."""
+    from minimoe.kernels import greedy
+    V = 2000
+    x = torch.randn(6, V, device=DEVICE)
+    x[0, 1500] = x[0, 7] = x[0, 1999] = 9.0
+    x[1, 10], x[1, 5] = float("nan"), float("inf")
+    x[2, :] = float("-inf")
+    x[3, 600] = float("inf")
+    monkeypatch.setattr(greedy, "ONE_LAUNCH", True)
+    counters = torch.zeros(8, dtype=torch.int32, device=DEVICE)
+    for chunks in (None, 1, 4, 7):
+        for rows in (x, x[:1], x[2:4]):
+            count, ref_count = (torch.zeros((), dtype=torch.int64, device=DEVICE) for _ in range(2))
+            tok = greedy_tail(rows, count, chunks=chunks, counters=counters)
+            ref = greedy_torch(rows, ref_count)
+            assert torch.equal(tok, ref) and int(count) == int(ref_count), chunks
+            assert not counters.any(), "counters left zeroed"
+    launches = []
+    real = greedy._argmax_final_kernel
+    monkeypatch.setattr(greedy, "_argmax_final_kernel", type("K", (), {
+        "__getitem__": lambda self, grid: (launches.append(grid), real[grid])[1]})())
+    greedy_tail(x, torch.zeros((), dtype=torch.int64, device=DEVICE), counters=counters)
+    assert launches == []                                          # one launch
+    greedy_tail(x, torch.zeros((), dtype=torch.int64, device=DEVICE))
+    assert len(launches) == 1                                      # no counters: the two launches

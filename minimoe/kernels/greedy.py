@@ -30,13 +30,21 @@ import triton.language as tl
 from .pdl import launch_args, wait_then_release
 
 BLOCK = 1024            # elements per tile of pass 1 (4 KB of fp32 per 4 warps: 8 per thread)
+# Pass 2 as pass 1's epilogue: each pass-1 program bumps its row's arrival counter after storing its partials, and the
+# row's last program reduces them (gate_splitk_fold.py's "last program finishes"): one launch a step instead of two, for
+# a tail of one L2 round trip. Off until measured in the graphed bs-1 step (pass 2 was 2.3 µs PDL-off in OLMoE's
+# profile, thirty-first session); read at call time (a step_probe knob), and used only where the caller passes zeroed
+# counters (generate.Generator does).
+ONE_LAUNCH = False
 TARGET_PROGRAMS = 256   # pass 1 cuts the rows into about this many programs in all (~2 per SM)
 MAX_CHUNKS = 128        # pass 2 holds one row's partials in registers
 
 
 @triton.jit
 def _argmax_chunk_kernel(x_ptr, val_ptr, idx_ptr, nan_ptr, bad_ptr, V, stride_b, chunk,
-                         C: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
+                         C: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr,
+                         tok_ptr=None, count_ptr=None, cnt_ptr=None, FINISH: tl.constexpr = False,
+                         BLOCK_C: tl.constexpr = 2):
     wait_then_release(PDL)
     b = tl.program_id(0).to(tl.int64)
     c = tl.program_id(1)
@@ -66,20 +74,25 @@ def _argmax_chunk_kernel(x_ptr, val_ptr, idx_ptr, nan_ptr, bad_ptr, V, stride_b,
     tl.store(idx_ptr + out, best_i)
     tl.store(nan_ptr + out, nan_i)
     tl.store(bad_ptr + out, bad)
+    if FINISH:                                   # the row's last program to arrive does pass 2
+        tl.debug_barrier()                       # every thread's stores out before the count
+        if tl.atomic_add(cnt_ptr + b, 1, sem="acq_rel", scope="gpu") == C - 1:
+            tl.atomic_xchg(cnt_ptr + b, 0)       # left zeroed for the next call
+            _reduce_row(val_ptr, idx_ptr, nan_ptr, bad_ptr, tok_ptr, count_ptr, b, C, BLOCK_C, True)
 
 
 @triton.jit
-def _argmax_final_kernel(val_ptr, idx_ptr, nan_ptr, bad_ptr, tok_ptr, count_ptr,
-                         C: tl.constexpr, BLOCK_C: tl.constexpr, PDL: tl.constexpr):
-    wait_then_release(PDL)
-    b = tl.program_id(0).to(tl.int64)
+def _reduce_row(val_ptr, idx_ptr, nan_ptr, bad_ptr, tok_ptr, count_ptr, b, C: tl.constexpr, BLOCK_C: tl.constexpr,
+                VOLATILE: tl.constexpr):
+    """Pass 2 for row b: the chunks' partials -> the token, and the non-finite count (volatile: read from the L2,
+    where another program of this launch wrote them)."""
     offs = tl.arange(0, BLOCK_C)
     ok = offs < C
     BIG: tl.constexpr = 2147483647
-    val = tl.load(val_ptr + b * C + offs, mask=ok, other=float("-inf"))
-    idx = tl.load(idx_ptr + b * C + offs, mask=ok, other=BIG)
-    nan_i = tl.min(tl.load(nan_ptr + b * C + offs, mask=ok, other=BIG), axis=0)
-    bad = tl.max(tl.load(bad_ptr + b * C + offs, mask=ok, other=0), axis=0)
+    val = tl.load(val_ptr + b * C + offs, mask=ok, other=float("-inf"), volatile=VOLATILE)
+    idx = tl.load(idx_ptr + b * C + offs, mask=ok, other=BIG, volatile=VOLATILE)
+    nan_i = tl.min(tl.load(nan_ptr + b * C + offs, mask=ok, other=BIG, volatile=VOLATILE), axis=0)
+    bad = tl.max(tl.load(bad_ptr + b * C + offs, mask=ok, other=0, volatile=VOLATILE), axis=0)
     m = tl.max(val, axis=0)
     first = tl.min(tl.where((val == m) & ok, idx, BIG), axis=0)
     tok = tl.where(nan_i < BIG, nan_i, tl.where(first < BIG, first, 0))
@@ -87,12 +100,21 @@ def _argmax_final_kernel(val_ptr, idx_ptr, nan_ptr, bad_ptr, tok_ptr, count_ptr,
     tl.atomic_add(count_ptr, bad.to(tl.int64))
 
 
+@triton.jit
+def _argmax_final_kernel(val_ptr, idx_ptr, nan_ptr, bad_ptr, tok_ptr, count_ptr,
+                         C: tl.constexpr, BLOCK_C: tl.constexpr, PDL: tl.constexpr):
+    wait_then_release(PDL)
+    b = tl.program_id(0).to(tl.int64)
+    _reduce_row(val_ptr, idx_ptr, nan_ptr, bad_ptr, tok_ptr, count_ptr, b, C, BLOCK_C, False)
+
+
 def greedy_tail(logits: torch.Tensor, nonfinite: torch.Tensor | None = None, *, chunks: int | None = None,
-                pdl: bool = False) -> torch.Tensor:
+                pdl: bool = False, counters: torch.Tensor | None = None) -> torch.Tensor:
     """logits [B, V] (any float dtype, unit stride on V) -> tokens [B] int64 = torch.argmax(logits, -1)
     (NaN counts as the largest; ties to the lowest index). nonfinite: a 0-dim int64 counter on the same
     device, += the number of rows holding a NaN or an inf (None: not counted). chunks overrides the
-    split of each row (tests). Raises AssertionError on bad shapes."""
+    split of each row (tests). counters: zeroed int32 (>= B entries), left zeroed: with ONE_LAUNCH, pass 2 runs in
+    pass 1's last program of each row (one launch). Raises AssertionError on bad shapes."""
     assert logits.dim() == 2 and logits.stride(-1) == 1, (logits.shape, logits.stride())
     B, V = logits.shape
     assert V >= 1
@@ -111,8 +133,15 @@ def greedy_tail(logits: torch.Tensor, nonfinite: torch.Tensor | None = None, *, 
     idx = torch.empty(B, C, dtype=torch.int32, device=dev)
     nan = torch.empty(B, C, dtype=torch.int32, device=dev)
     bad = torch.empty(B, C, dtype=torch.int32, device=dev)
+    block_c = max(2, triton.next_power_of_2(C))
+    if ONE_LAUNCH and counters is not None:
+        assert counters.dtype == torch.int32 and counters.numel() >= B and counters.device == dev
+        _argmax_chunk_kernel[(B, C)](logits, val, idx, nan, bad, V, logits.stride(0), chunk,
+                                     C=C, BLOCK=BLOCK, tok_ptr=tokens, count_ptr=nonfinite, cnt_ptr=counters,
+                                     FINISH=True, BLOCK_C=block_c, num_warps=4, **launch_args(pdl))
+        return tokens
     _argmax_chunk_kernel[(B, C)](logits, val, idx, nan, bad, V, logits.stride(0), chunk,
                                  C=C, BLOCK=BLOCK, num_warps=4, **launch_args(pdl))
     _argmax_final_kernel[(B,)](val, idx, nan, bad, tokens, nonfinite, C=C,
-                               BLOCK_C=max(2, triton.next_power_of_2(C)), num_warps=1, **launch_args(pdl))
+                               BLOCK_C=block_c, num_warps=1, **launch_args(pdl))
     return tokens
