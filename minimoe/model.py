@@ -43,10 +43,16 @@ class Block(nn.Module):
         self.ffn = make_ffn(cfg, settings, layer)
         self.ffn_region = None if isinstance(self.ffn, MoE) else "dense"   # an MoE opens its own regions
 
-    def forward(self, x, residual, step: Step, cache: KVCache, rot: Rotary):
-        """x [B, S, D] (the previous sublayer's output, not yet added to residual) -> (y, residual)."""
+    def forward(self, x, residual, step: Step, cache: KVCache, rot: Rotary, gather=None):
+        """x [B, S, D] (the previous sublayer's output, not yet added to residual) -> (y, residual).
+        gather (ids, table), x None: the first layer's input is table[ids], read inside the norm fold
+        (norm_fusion.embed_fits said it fits)."""
         made = {}                                           # the q/k/v rows, where the norm fold made them
-        if norm_fusion.fits(self, x, residual, step, cache):   # --fold-attn-norm: the norm inside the q/k/v GEMV
+        if gather is not None:                              # the embedding, the norm and q/k/v in one launch
+            with region("attention"):
+                made["qkv"], residual = norm_fusion.run(self, None, None, step, gather=gather)
+            h = residual                                      # the embedding rows: the shape for the attention
+        elif norm_fusion.fits(self, x, residual, step, cache):   # --fold-attn-norm: the norm inside the q/k/v GEMV
             with region("attention"):
                 made["qkv"], residual = norm_fusion.run(self, x, residual, step)
             h = x                                             # gives the attention its shape only
@@ -106,12 +112,16 @@ class Transformer(nn.Module):
     def forward(self, ids: torch.Tensor, step: Step, cache: KVCache, select=None) -> torch.Tensor:
         """ids [B, S] -> float32 logits [B, S, V]; or [B, V] at one position per sequence when
         `select` is an int (the same for every row, e.g. -1) or a LongTensor [B] (ragged prompts)."""
+        gather = norm_fusion.embed_fits(self, ids, step, cache)   # the rows read by the first layer's fold instead
         with region("embed"):
-            x = self.embed(ids)                                                # [B, S, D]
+            x = None if gather else self.embed(ids)                            # [B, S, D]
             rot = Rotary(self.cos, self.sin)                                   # the tables [P, rope/2]
         residual = None
-        for layer in self.layers:
-            x, residual = layer(x, residual, step, cache, rot)
+        for i, layer in enumerate(self.layers):
+            if gather and i == 0:
+                x, residual = layer(None, None, step, cache, rot, gather=(ids, self.embed.weight))
+            else:
+                x, residual = layer(x, residual, step, cache, rot)
         if select is not None:            # only where a token will be sampled: [B, 1, D]
             if isinstance(select, int):
                 x, residual = x[:, select:][:, :1], residual[:, select:][:, :1]

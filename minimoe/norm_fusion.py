@@ -39,6 +39,10 @@ MAX_T = 1      # tokens a step: the stream GEMV's batch-1 regime (linear.auto_ge
 # unfused norm + head on [16, 256] tiles (-0.01% / +0.13%). A step_probe knob, with HEAD_CONFIG for the tile.
 HEAD = False
 HEAD_CONFIG: dict | None = None
+# The embedding's row gather inside the first layer's fold too (the token's row read from the table by the GEMV's
+# programs; `embed_fits`): one PyTorch launch a step fewer (2.1 µs PDL-off in OLMoE's bs-1 profile, thirty-first
+# session). Off until measured in the graphed step (scripts/gpu/pending_h200_s32.sh); a step_probe knob.
+EMBED = False
 
 
 def _hooked(*modules) -> bool:
@@ -65,15 +69,36 @@ def fits(block, x: torch.Tensor, residual: torch.Tensor | None, step, cache) -> 
     return True
 
 
-def run(block, x: torch.Tensor, residual: torch.Tensor | None, step):
+def run(block, x: torch.Tensor | None, residual: torch.Tensor | None, step, gather=None):
     """x, residual [B, S, D] (None in the first layer) -> (qkv [B, S, N] = the q/k/v projection of
-    rmsnorm(x + residual), x + residual), as ResidualRMSNorm then the projection."""
+    rmsnorm(x + residual), x + residual), as ResidualRMSNorm then the projection. gather (ids [B, S], table [V, D]),
+    x and residual None: x = table[ids] read inside the kernel (`embed_fits`), returned as the residual stream."""
     attn, norm = block.attn, block.attn_norm
-    B, S, D = x.shape
     note("attention", "norm+qkv")
+    pdl = attn.settings.pdl == "on"
+    if gather is not None:
+        ids, table = gather
+        B, S = ids.shape
+        y, s = _kernel.norm_gemv(table, None, norm.weight, norm.eps, attn.wqkv.weight, attn.wqkv.bias, pdl=pdl,
+                                 ids=ids.reshape(B * S))
+        return y.view(B, S, -1), s.view(B, S, -1)
+    B, S, D = x.shape
     y, s = _kernel.norm_gemv(x.reshape(B * S, D), None if residual is None else residual.reshape(B * S, D),
-                             norm.weight, norm.eps, attn.wqkv.weight, attn.wqkv.bias, pdl=attn.settings.pdl == "on")
+                             norm.weight, norm.eps, attn.wqkv.weight, attn.wqkv.bias, pdl=pdl)
     return y.view(B, S, -1), s.view(B, S, D)
+
+
+def embed_fits(model, ids: torch.Tensor, step, cache) -> bool:
+    """Whether the first layer's fold also gathers the embedding rows of ids [B, S] (model.Transformer): EMBED on,
+    the fold fitting layer 0 (one token, nothing hooked), a plain table in the model's dtype, nothing hooked on it."""
+    emb = model.embed
+    table = emb.weight
+    if not EMBED or ids.dtype != torch.int64 or ids.dim() != 2 or _hooked(emb) or not model.layers:
+        return False
+    if type(table) not in (torch.Tensor, torch.nn.Parameter) or table.dim() != 2 or not table.is_contiguous():
+        return False
+    x = table[:1].view(1, 1, -1).expand(ids.shape[0], ids.shape[1], -1)     # the layer's input, for shape and dtype
+    return fits(model.layers[0], x, None, step, cache)
 
 
 def head_fits(model, x: torch.Tensor, residual: torch.Tensor) -> bool:

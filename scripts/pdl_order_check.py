@@ -128,6 +128,10 @@ def record(cards: list[str], out: str, gpu_tiles: bool) -> None:
     greedy.ONE_LAUNCH = True                      # its one-launch variant (a knob, off by default)
     greedy.greedy_tail(torch.randn(2, 50304, dtype=h16), counters=torch.zeros(2, dtype=torch.int32))
     greedy.ONE_LAUNCH = False
+    from minimoe.kernels import norm_gemv               # the norm fold at OLMoE's q/k/v width, and its embedding gather
+    w_qkv, g_n = torch.randn(6144, 2048, dtype=h16), torch.randn(2048, dtype=h16)
+    norm_gemv.norm_gemv(torch.randn(1, 2048, dtype=h16), torch.randn(1, 2048, dtype=h16), g_n, 1e-6, w_qkv)
+    norm_gemv.norm_gemv(torch.randn(64, 2048, dtype=h16), None, g_n, 1e-6, w_qkv, ids=torch.tensor([5]))
     print(f"# with the real-width kernels: {len(launches)} kernel variants", file=sys.stderr, flush=True)
     with open(out, "w") as f:
         json.dump(list(launches.values()), f)

@@ -221,3 +221,49 @@ def test_step_index_kernel_equals_the_torch_expressions(n_new, valid):
     assert torch.equal(seq_lens, lengths + (n_new if n_valid is None else n_valid))
     with pytest.raises(ValueError, match="int32"):
         step_index(lengths.long(), n_new)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gathered_rows_equal_the_embedding_then_the_fold(dtype):
+    """ids + a [V, D] table (norm_fusion.EMBED): the rows table[ids] are read inside the kernel and returned as the
+    residual stream; the outputs are the fold's on those rows, bit for bit (an id outside the table reads zeros)."""
+    g_ = torch.Generator().manual_seed(6)
+    table = torch.randn(50, 72, generator=g_).to(DEVICE, dtype)
+    _, _, g, w, b = make(1, 72, 40, dtype, 7, bias=True)
+    for ids in ([3], [49, 0]):
+        ids = torch.tensor(ids, dtype=torch.int64, device=DEVICE)
+        y, s = norm_gemv(table, None, g, EPS, w, b, ids=ids)
+        rows = table[ids]
+        assert torch.equal(s, rows)
+        y_ref, _ = norm_gemv(rows, None, g, EPS, w, b)
+        assert torch.equal(y, y_ref)
+    y, s = norm_gemv(table, None, g, EPS, w, b, ids=torch.tensor([50], device=DEVICE))
+    assert not s.any()
+    with pytest.raises(ValueError, match="ids"):
+        norm_gemv(table, table[:1], g, EPS, w, ids=torch.tensor([1], device=DEVICE))        # a residual beside ids
+    with pytest.raises(ValueError, match="ids"):
+        norm_gemv(table, None, g, EPS, w, ids=torch.tensor([1], dtype=torch.int32, device=DEVICE))
+
+
+@pytest.mark.parametrize("card", ["olmoe-tiny", "qwen3-moe-tiny"])
+def test_model_embedding_gather_equals_apart(card, monkeypatch):
+    """norm_fusion.EMBED: the first layer's fold reads the token's embedding row itself at batch 1 (one launch fewer);
+    the greedy tokens and fp32 logits are those of the fold without it, and it runs at every one-token decode step."""
+    s = RunSettings(device=DEVICE, ops="triton", fold_attn_norm="on").resolve()
+    model, cfg, _ = build_model(card, "dummy", dtype=torch.float32, device=DEVICE, settings=s, seed=4)
+    gathers = []
+    real_run = norm_fusion.run
+    monkeypatch.setattr(norm_fusion, "run", lambda *a, **k: (gathers.append(k.get("gather") is not None)
+                                                             or real_run(*a, **k)))
+    prompts = torch.randint(0, cfg.vocab_size, (1, 4), generator=torch.Generator().manual_seed(2)).to(DEVICE)
+    apart_tokens, apart_logits = greedy_and_logits(model, prompts, 3)
+    assert not any(gathers)
+    monkeypatch.setattr(norm_fusion, "EMBED", True)
+    gathers.clear()
+    fused_tokens, fused_logits = greedy_and_logits(model, prompts, 3)
+    assert sum(gathers) == 3                                          # the 3 decode steps' first layers
+    assert torch.equal(fused_tokens, apart_tokens)
+    assert torch.equal(fused_logits, apart_logits)                   # the same kernel on the same rows
+    hook = model.embed.register_forward_hook(lambda *a: None)        # a hooked embedding keeps its own launch
+    assert not norm_fusion.embed_fits(model, prompts[:, :1], None, None)
+    hook.remove()

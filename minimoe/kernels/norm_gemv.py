@@ -45,12 +45,13 @@ _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 @triton.jit(do_not_specialize=["T", "eps"])
-def _norm_gemv_kernel(x_ptr, res_ptr, g_ptr, w_ptr, bias_ptr, out_ptr, res_out_ptr,
-                      T, N, D, stride_x, stride_r, stride_w, stride_o, eps,
+def _norm_gemv_kernel(x_ptr, res_ptr, g_ptr, w_ptr, bias_ptr, out_ptr, res_out_ptr, ids_ptr,
+                      T, N, D, V, stride_x, stride_r, stride_w, stride_o, eps,
                       BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr, BIAS: tl.constexpr,
-                      HAS_RESIDUAL: tl.constexpr, PDL: tl.constexpr):
+                      HAS_RESIDUAL: tl.constexpr, GATHER: tl.constexpr, PDL: tl.constexpr):
     """Program (t, block): out[t, cols] = (W[cols] · (g ⊙ s[t])) / rms(s[t]) (+ bias), s = x + residual (x alone
-    without one); the program with block index b stores the chunks c of s[t] with c % blocks == b."""
+    without one; with GATHER x is a table [V, D] and token t's row is x[ids[t]]); the program with block index b
+    stores the chunks c of s[t] with c % blocks == b (where s is not the caller's x)."""
     pid = tl.program_id(0)
     n_blocks = tl.cdiv(N, BLOCK_N)
     t, blk = pid // n_blocks, pid % n_blocks
@@ -60,14 +61,23 @@ def _norm_gemv_kernel(x_ptr, res_ptr, g_ptr, w_ptr, bias_ptr, out_ptr, res_out_p
     offs_k = tl.arange(0, BLOCK_K)
     wait_then_release(PDL)
     x_t = x_ptr.dtype.element_ty
+    x_row = x_ptr + t64 * stride_x
+    if GATHER:                                   # the embedding: token t's row of the table (an id out of range: 0s)
+        tok = tl.load(ids_ptr + t64)
+        tok_ok = (tok >= 0) & (tok < V)
+        x_row = x_ptr + tl.where(tok_ok, tok, 0).to(tl.int64) * stride_x
     acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
     sq = tl.zeros((BLOCK_K,), dtype=tl.float32)
     for k0 in tl.range(0, D, BLOCK_K, num_stages=STAGES):
         k_mask = offs_k < D - k0
-        s = tl.load(x_ptr + t64 * stride_x + k0 + offs_k, mask=k_mask, other=0.0)
+        if GATHER:
+            s = tl.load(x_row + k0 + offs_k, mask=offs_k < tl.where(tok_ok, D - k0, 0), other=0.0)
+        else:
+            s = tl.load(x_row + k0 + offs_k, mask=k_mask, other=0.0)
         if HAS_RESIDUAL:
             rv = tl.load(res_ptr + t64 * stride_r + k0 + offs_k, mask=k_mask, other=0.0)
             s = (s.to(tl.float32) + rv.to(tl.float32)).to(x_t)          # the residual stream, rounded as rmsnorm.py
+        if HAS_RESIDUAL or GATHER:
             mine = k_mask & (tl.zeros_like(offs_k) + (k0 // BLOCK_K) % n_blocks == blk)   # this program's chunk
             tl.store(res_out_ptr + t64 * D + k0 + offs_k, s, mask=mine)
         sf = s.to(tl.float32)
@@ -95,22 +105,29 @@ def usable(T: int, D: int, weight: torch.Tensor, x_dtype: torch.dtype, bias: tor
 
 def norm_gemv(x: torch.Tensor, residual: torch.Tensor | None, norm_weight: torch.Tensor, eps: float,
               weight: torch.Tensor, bias: torch.Tensor | None = None, *, pdl: bool = False, config: dict | None = None,
-              out_dtype: torch.dtype | None = None):
+              out_dtype: torch.dtype | None = None, ids: torch.Tensor | None = None):
     """rmsnorm(x + residual) · g, then a dense layer, at decode in one launch:
     x, residual [T, D] (the previous sublayer's output and the residual stream, one dtype; residual None in a first
     layer: s = x), norm_weight g [D], weight W [N, D] in x's dtype (+ bias [N]) -> (y [T, N] in x's dtype, s [T, D]
     = x + residual in x's dtype, x itself without a residual), y = (W · (g ⊙ s)) / rms(s) (+ bias): rms_norm ->
     dense_gemv up to h's rounding (module docstring). out_dtype (float32 for an LM head's logits): y rounded to x's
-    dtype, then stored in out_dtype (y.float()'s bits without a copy launch).
+    dtype, then stored in out_dtype (y.float()'s bits without a copy launch). ids [T] int64 (an embedding gathered in
+    the same launch, residual None): x is the table [V, D] and token t's row is x[ids[t]]; s is then those rows (an id
+    outside [0, V) reads zeros, where nn.Embedding raises).
     config: dense_gemv's tile keys (BLOCK_N, BLOCK_K, num_warps, num_stages) over dense_config's, then CONFIG's.
     Raises ValueError for inputs outside `usable` or shapes that do not fit."""
-    T, D = x.shape
+    if ids is not None and (ids.dim() != 1 or ids.dtype != torch.int64 or residual is not None
+                            or ids.device != x.device or x.dim() != 2):
+        raise ValueError(f"norm_gemv: ids {tuple(ids.shape)} {ids.dtype} must be a 1-D int64 tensor on x's device, "
+                         "with x the [V, D] table and no residual")
+    V, D = x.shape
+    T = V if ids is None else ids.shape[0]
     if not usable(T, D, weight, x.dtype, bias):
         raise ValueError(f"norm_gemv: x {tuple(x.shape)} {x.dtype}, W {tuple(weight.shape)} {weight.dtype}, bias "
                          f"{None if bias is None else tuple(bias.shape)}: outside what the kernel runs")
     res = x if residual is None else residual
-    if (res.shape != (T, D) or res.dtype != x.dtype or x.stride(-1) != 1 or res.stride(-1) != 1
-            or norm_weight.shape != (D,) or not norm_weight.is_contiguous()
+    if (res.shape[1:] != (D,) or res.shape[0] != (V if ids is not None else T) or res.dtype != x.dtype
+            or x.stride(-1) != 1 or res.stride(-1) != 1 or norm_weight.shape != (D,) or not norm_weight.is_contiguous()
             or len({x.device, res.device, norm_weight.device, weight.device}) != 1):
         raise ValueError(f"norm_gemv: residual {tuple(res.shape)} {res.dtype}, norm weight "
                          f"{tuple(norm_weight.shape)} do not fit x {tuple(x.shape)} {x.dtype} on one device")
@@ -118,11 +135,11 @@ def norm_gemv(x: torch.Tensor, residual: torch.Tensor | None, norm_weight: torch
     base = dense_config(N, D)
     cfg = {key: (config or CONFIG or {}).get(key, base[key]) for key in base}
     y = torch.empty(T, N, dtype=out_dtype or x.dtype, device=x.device)
-    s = x if residual is None else torch.empty(T, D, dtype=x.dtype, device=x.device)
+    s = x if residual is None and ids is None else torch.empty(T, D, dtype=x.dtype, device=x.device)
     _norm_gemv_kernel[(T * triton.cdiv(N, cfg["BLOCK_N"]),)](
-        x, res, norm_weight, weight, weight if bias is None else bias, y, s,
-        T, N, D, x.stride(0), res.stride(0), weight.stride(0), y.stride(0), float(eps),
+        x, res, norm_weight, weight, weight if bias is None else bias, y, s, x if ids is None else ids,
+        T, N, D, V, x.stride(0), res.stride(0), weight.stride(0), y.stride(0), float(eps),
         BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"], STAGES=cfg["num_stages"], BIAS=bias is not None,
-        HAS_RESIDUAL=residual is not None, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
-        **launch_args(pdl))
+        HAS_RESIDUAL=residual is not None, GATHER=ids is not None, num_warps=cfg["num_warps"],
+        num_stages=cfg["num_stages"], **launch_args(pdl))
     return y, s
