@@ -124,7 +124,8 @@ class RunSettings:
             s.fold_attn_norm = "on" if s.ops == "triton" and gpu else "off"
         if s.fold_attn_norm == "on" and s.ops != "triton":
             raise ValueError("--fold-attn-norm on runs the attention's RMSNorm inside the q/k/v GEMV's Triton kernel: "
-                             f"it needs --ops triton (got --ops {s.ops})")
+                             f"it needs --ops triton (got --ops {s.ops}"
+                             + (", which auto resolves to without a GPU)" if self.ops == "auto" else ")"))
         if s.allreduce == "auto":                            # symm measured faster at every batch (parallelism.md)
             s.allreduce = "symm" if _symm_fits(s, gpu) else "nccl"
         if s.dispatch != "allgather" and s.ep == 1:        # the default design is the only one taken silently
