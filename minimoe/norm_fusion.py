@@ -35,7 +35,7 @@ except ImportError:       # no Triton: --ops triton (and with it this) is refuse
 MAX_T = 1      # tokens a step: the stream GEMV's batch-1 regime (linear.auto_gemv sends 2 tokens to cuBLAS at these widths)
 # The final norm inside the LM head's GEMV too (under --fold-attn-norm): measured no faster, so off. In the graphed bs-1
 # step (docs/results/2026-12-03-s31, call 4) it was +1.2% (OLMoE) / +1.6% (Qwen3-30B-A3B) on the head's [4, 1024]
-# tiles (~12,600 programs, each re-reading x, the residual and g from L2 beside 8 KB of weights), and a tie with the
+# tiles (~12,600 programs, each re-reading x, the residual and g, 12 KB, from L2 beside 16 KB of weights), and a tie with the
 # unfused norm + head on [16, 256] tiles (-0.01% / +0.13%). A step_probe knob, with HEAD_CONFIG for the tile.
 HEAD = False
 HEAD_CONFIG: dict | None = None

@@ -15,9 +15,11 @@ and the norm is a launch of its own on the step's critical path. The scale 1 / r
 and a GEMV program that walks the whole reduction (dense_gemv's programs do: no split-K) meets every s[c] anyway.
 Each program here loads x, residual and g chunk by chunk beside its weight tiles (L2-resident: a few KB), adds
 Σ s[c]² as it goes, and scales its outputs by 1 / rms at the end: no first pass over the row, nothing loaded
-before the weights that the weights wait for. (The second session's fold, kernels/gemv.py, ran a first pass for
-1 / rms in every program and normalised each chunk before its multiply: 15.9 µs against 11.3 for the norm kernel +
-cuBLAS.) The new residual stream s is stored once, its chunks spread over the programs.
+before the weights that the weights wait for. (Two earlier folds ran a first pass over the row for 1 / rms in every
+program and normalised each chunk before its multiply: kernels/gemv.py in the second session, 15.9 µs against 11.3 for
+the norm kernel + cuBLAS, and the stream GEMV's in the twentieth, +0.4% to +9.4% a step, removed.) The new residual
+stream s is stored once, its chunks spread over the programs. Measured in the graphed bs-1 step on the H200 against
+the norm kernel + dense_gemv (docs/results/2026-12-03-s31, call 1): -0.80% OLMoE, -1.00% Qwen3-30B-A3B.
 
 Roundings, against the unfused path (rms_norm -> dense_gemv): s is the same bits (x + residual rounded to x's dtype);
 1 / rms the same up to the fp32 order of Σ s²; the outputs are not. Unfused, h is rounded to x's dtype twice (s / rms,
