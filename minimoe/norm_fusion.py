@@ -10,8 +10,8 @@ program computes W · (g ⊙ s) for its columns while it adds up Σ s², and sca
 layer fewer; s (the residual stream) is the unfused bits, q/k/v skip h's bf16 rounding (hence a switch of its own).
 
 Where it applies (`fits`): `--fold-attn-norm on`, a one-token step that is not a prefill (the first layer too: its
-norm has no residual to add), an attention module with a fused q/k/v projection (attention.Attention; MLA's projections are
-a pair, not folded) whose weight is plain, contiguous and in x's dtype, a norm weight in x's dtype, a layer
+norm has no residual to add), an attention module with a fused q/k/v projection (attention.Attention; MLA's
+projections are a pair, not folded) whose weight is plain, contiguous and in x's dtype, a norm weight in x's dtype, a layer
 where `--fuse-rope` does not take the q/k/v GEMV (its rope epilogue owns that launch), and nothing hooked on the
 attention, its q/k/v projection or the layer's norm (a tensor-parallel plan's hooks, calibration): those see every
 call, so they keep the unfused path. model.Block asks `fits` before the norm and passes the q/k/v rows it gets
@@ -32,11 +32,11 @@ try:
 except ImportError:       # no Triton: --ops triton (and with it this) is refused before a model is built
     _kernel = None
 
-MAX_T = 1      # tokens a step: the stream GEMV's batch-1 regime (linear.auto_gemv sends 2 tokens to cuBLAS at these widths)
+MAX_T = 1      # tokens a step: the stream GEMV's batch-1 regime (linear.auto_gemv sends 2 tokens to cuBLAS here)
 # The final norm inside the LM head's GEMV too (under --fold-attn-norm): measured no faster, so off. In the graphed bs-1
 # step (docs/results/2026-12-03-s31, call 4) it was +1.2% (OLMoE) / +1.6% (Qwen3-30B-A3B) on the head's [4, 1024]
-# tiles (~12,600 programs, each re-reading x, the residual and g, 12 KB, from L2 beside 16 KB of weights), and a tie with the
-# unfused norm + head on [16, 256] tiles (-0.01% / +0.13%). A step_probe knob, with HEAD_CONFIG for the tile.
+# tiles (~12,600 programs, each re-reading x, the residual and g, 12 KB, from L2 beside 16 KB of weights), and a tie
+# with the unfused norm + head on [16, 256] tiles (-0.01% / +0.13%). A step_probe knob, with HEAD_CONFIG for the tile.
 HEAD = False
 HEAD_CONFIG: dict | None = None
 # The embedding's row gather inside the first layer's fold too (the token's row read from the table by the GEMV's

@@ -97,7 +97,8 @@ def _norm_gemv_kernel(x_ptr, res_ptr, g_ptr, w_ptr, bias_ptr, out_ptr, res_out_p
 
 
 def usable(T: int, D: int, weight: torch.Tensor, x_dtype: torch.dtype, bias: torch.Tensor | None = None) -> bool:
-    """Whether `norm_gemv` runs T tokens of width D through this weight (plain, contiguous [N, D], x's dtype) and bias."""
+    """Whether `norm_gemv` runs T tokens of width D through this weight (plain, contiguous [N, D], x's dtype) and
+    bias."""
     return (1 <= T <= MAX_T and 1 <= D <= MAX_ROW and x_dtype in _DTYPES
             and type(weight) in (torch.Tensor, torch.nn.Parameter) and weight.dtype == x_dtype and weight.dim() == 2
             and weight.shape[1] == D and weight.is_contiguous()
