@@ -11,8 +11,8 @@ layer fewer; s (the residual stream) is the unfused bits, q/k/v skip h's bf16 ro
 
 Where it applies (`fits`): `--fold-attn-norm on`, a one-token step that is not a prefill (the first layer too: its
 norm has no residual to add), an attention module with a fused q/k/v projection (attention.Attention; MLA's
-projections are a pair, not folded) whose weight is plain, contiguous and in x's dtype, a norm weight in x's dtype, a layer
-where `--fuse-rope` does not take the q/k/v GEMV (its rope epilogue owns that launch), and nothing hooked on the
+projections are a pair, not folded) whose weight is plain, contiguous and in x's dtype, a norm weight in x's dtype,
+a layer where `--fuse-rope` does not take the q/k/v GEMV (its rope epilogue owns that launch), and nothing hooked on the
 attention, its q/k/v projection or the layer's norm (a tensor-parallel plan's hooks, calibration): those see every
 call, so they keep the unfused path. model.Block asks `fits` before the norm and passes the q/k/v rows it gets
 from `run` to the attention (Attention.heads' `qkv`).
