@@ -41,8 +41,10 @@ HEAD = False
 HEAD_CONFIG: dict | None = None
 # The embedding's row gather inside the first layer's fold too (the token's row read from the table by the GEMV's
 # programs; `embed_fits`): one PyTorch launch a step fewer (2.1 µs PDL-off in OLMoE's bs-1 profile, thirty-first
-# session). Off until measured in the graphed step (scripts/gpu/pending_h200_s32.sh); a step_probe knob.
-EMBED = False
+# session). In the graphed bs-1 step (docs/results/2026-12-04-s32, call 1) -0.30% (OLMoE) / -0.19% (Qwen3-30B-A3B),
+# the baseline repeated at -0.07% / -0.11%; bench.py OLMoE bs 1 1,049.8 out tok/s against 1,047.7 / 1,049.4. On; a
+# step_probe knob.
+EMBED = True
 
 
 def _hooked(*modules) -> bool:

@@ -132,7 +132,8 @@ def test_model_fold_equals_apart(card, monkeypatch):
     launch): the same greedy tokens and, in fp32, logits within rounding; the fold runs at batch 1 on every layer."""
     runs, heads = [], []
     real_run, real_head = norm_fusion.run, norm_fusion.run_head
-    monkeypatch.setattr(norm_fusion, "run", lambda *a: runs.append(a[1].shape[0]) or real_run(*a))
+    monkeypatch.setattr(norm_fusion, "run", lambda *a, **k: runs.append(  # x [B, S, D], or the gathered ids [B, S]
+        (a[1] if a[1] is not None else k["gather"][0]).shape[0]) or real_run(*a, **k))
     monkeypatch.setattr(norm_fusion, "run_head", lambda *a: heads.append(a[1].shape[0]) or real_head(*a))
     monkeypatch.setattr(norm_fusion, "HEAD", True)                    # the head fold too (off by default: no faster)
     s = RunSettings(device=DEVICE, ops="triton", fuse_rope="off", fold_attn_norm="off").resolve()
@@ -256,6 +257,7 @@ def test_model_embedding_gather_equals_apart(card, monkeypatch):
     monkeypatch.setattr(norm_fusion, "run", lambda *a, **k: (gathers.append(k.get("gather") is not None)
                                                              or real_run(*a, **k)))
     prompts = torch.randint(0, cfg.vocab_size, (1, 4), generator=torch.Generator().manual_seed(2)).to(DEVICE)
+    monkeypatch.setattr(norm_fusion, "EMBED", False)                 # the default is on: measure it against off
     apart_tokens, apart_logits = greedy_and_logits(model, prompts, 3)
     assert not any(gathers)
     monkeypatch.setattr(norm_fusion, "EMBED", True)

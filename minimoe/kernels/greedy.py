@@ -32,9 +32,10 @@ from .pdl import launch_args, wait_then_release
 BLOCK = 1024            # elements per tile of pass 1 (4 KB of fp32 per 4 warps: 8 per thread)
 # Pass 2 as pass 1's epilogue: each pass-1 program bumps its row's arrival counter after storing its partials, and the
 # row's last program reduces them (gate_splitk_fold.py's "last program finishes"): one launch a step instead of two, for
-# a tail of one L2 round trip. Off until measured in the graphed bs-1 step (pass 2 was 2.3 µs PDL-off in OLMoE's
-# profile, thirty-first session); read at call time (a step_probe knob), and used only where the caller passes zeroed
-# counters (generate.Generator does).
+# a tail of one L2 round trip. Measured a tie in the graphed bs-1 step (docs/results/2026-12-04-s32, call 1: +0.03%
+# OLMoE, +0.04% Qwen3-30B-A3B; pass 2 was 2.3 µs PDL-off in OLMoE's profile, but under PDL it overlaps pass 1's tail),
+# so off; read at call time (a step_probe knob), and used only where the caller passes zeroed counters
+# (generate.Generator does).
 ONE_LAUNCH = False
 TARGET_PROGRAMS = 256   # pass 1 cuts the rows into about this many programs in all (~2 per SM)
 MAX_CHUNKS = 128        # pass 2 holds one row's partials in registers

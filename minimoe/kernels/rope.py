@@ -36,6 +36,10 @@ import triton.language as tl
 from .pdl import launch_args, wait_then_release
 
 QK_NORMS = {None: 0, "full": 1, "head": 2}  # -> the QK_NORM constexpr
+# Programs a token's q heads are spread over (_qkv_rope_cache_split_kernel, plus one for k and v); 0 runs the one-
+# program kernel. A "full" q norm sums over every head, so it keeps one q program. Unmeasured: 0 until the graphed
+# step says otherwise (scripts/step_probe.py).
+Q_PROGRAMS = 0
 
 
 @triton.jit
@@ -59,11 +63,13 @@ def _rms_norm_pairs(x1, x2, w_ptr, heads, c1, c2, mask, eps, N_HEADS: tl.constex
 @triton.jit
 def _norm_rope_heads(row_ptr, w_ptr, c1, c2, j_ok, cos, sin, eps, clip,
                      N_HEADS: tl.constexpr, BLOCK_HEADS: tl.constexpr, D: tl.constexpr,
-                     QK_NORM: tl.constexpr, CLIP: tl.constexpr):
-    """Load N_HEADS heads starting at row_ptr, norm / clip / rotate them -> (o1, o2, heads, mask)."""
+                     QK_NORM: tl.constexpr, CLIP: tl.constexpr, h0, h_end):
+    """Load heads [h0, h_end) of the N_HEADS starting at row_ptr, norm / clip / rotate them -> (o1, o2, heads, mask).
+
+    A "full" norm sums over every head, so it needs h0 = 0 and h_end = N_HEADS (the host sees to it)."""
     OUT_T: tl.constexpr = row_ptr.dtype.element_ty
-    heads = tl.arange(0, BLOCK_HEADS)
-    mask = (heads < N_HEADS)[:, None] & j_ok[None, :]  # [heads, d/2], both padded to powers of two
+    heads = h0 + tl.arange(0, BLOCK_HEADS)
+    mask = (heads < h_end)[:, None] & j_ok[None, :]  # [heads, d/2], both padded to powers of two
     x1 = tl.load(row_ptr + heads[:, None] * D + c1[None, :], mask=mask, other=0.0).to(tl.float32)
     x2 = tl.load(row_ptr + heads[:, None] * D + c2[None, :], mask=mask, other=0.0).to(tl.float32)
     if QK_NORM == 1:
@@ -115,13 +121,13 @@ def _qkv_rope_cache_kernel(
     sin = tl.load(sin_ptr + pos * stride_sin + j, mask=j_ok, other=0.0)
 
     q1, q2, hq, mq = _norm_rope_heads(row, qw_ptr, c1, c2, j_ok, cos, sin, eps, clip,
-                                      H, BLOCK_H, D, QK_NORM, CLIP)
+                                      H, BLOCK_H, D, QK_NORM, CLIP, 0, H)
     q_row = q_ptr + t.to(tl.int64) * (H * D) + hq[:, None] * D
     tl.store(q_row + c1[None, :], q1, mask=mq)
     tl.store(q_row + c2[None, :], q2, mask=mq)
 
     k1, k2, hk, mk = _norm_rope_heads(row + H * D, kw_ptr, c1, c2, j_ok, cos, sin, eps, clip,
-                                      HKV, BLOCK_HKV, D, QK_NORM, CLIP)
+                                      HKV, BLOCK_HKV, D, QK_NORM, CLIP, 0, HKV)
     k_row = k_ptr + b * stride_kb + pos * stride_ks + hk[:, None] * stride_kh
     tl.store(k_row + c1[None, :], k1.to(k_ptr.dtype.element_ty), mask=mk)
     tl.store(k_row + c2[None, :], k2.to(k_ptr.dtype.element_ty), mask=mk)
@@ -131,6 +137,61 @@ def _qkv_rope_cache_kernel(
     v_row = v_ptr + b * stride_vb + pos * stride_vs + hk[:, None] * stride_vh
     _copy_v(v_src + c1[None, :], v_row + c1[None, :], mk, clip, CLIP)
     _copy_v(v_src + c2[None, :], v_row + c2[None, :], mk, clip, CLIP)
+
+
+@triton.jit
+def _qkv_rope_cache_split_kernel(
+    qkv_ptr, pos_ptr, cos_ptr, sin_ptr, q_ptr, k_ptr, v_ptr, qw_ptr, kw_ptr,
+    S, stride_xb, stride_xs, stride_pb, stride_ps, stride_cos, stride_sin,
+    stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh, eps, clip,
+    H: tl.constexpr, HKV: tl.constexpr, D: tl.constexpr, QG: tl.constexpr, BLOCK_QG: tl.constexpr,
+    BLOCK_HKV: tl.constexpr, BLOCK_HALF: tl.constexpr, QK_NORM: tl.constexpr,
+    CLIP: tl.constexpr, INTERLEAVE: tl.constexpr, PDL: tl.constexpr,
+):
+    """The same work as _qkv_rope_cache_kernel over a [B·S, Q_PROGS + 1] grid: program (t, g < Q_PROGS) takes q
+    heads [g·QG, g·QG + QG), program (t, Q_PROGS) takes k and v; each issues all of its loads before its first
+    store. (One program doing q, then k, then v waits an L2 round trip per store -> load turn: the compiler may
+    not move a load above a store it cannot prove disjoint.)"""
+    wait_then_release(PDL)
+    t = tl.program_id(0)
+    g = tl.program_id(1)
+    b = (t // S).to(tl.int64)  # int64: b * stride_kb overflows int32 for a large cache slice
+    s = (t % S).to(tl.int64)
+    pos = tl.load(pos_ptr + b * stride_pb + s * stride_ps).to(tl.int64)
+    row = qkv_ptr + b * stride_xb + s * stride_xs
+
+    j = tl.arange(0, BLOCK_HALF)
+    j_ok = j < D // 2
+    if INTERLEAVE:  # DeepSeek: channel pairs (2j, 2j+1)
+        c1 = 2 * j
+        c2 = 2 * j + 1
+    else:  # NeoX "rotate half": channel pairs (j, j + d/2)
+        c1 = j
+        c2 = j + D // 2
+    cos = tl.load(cos_ptr + pos * stride_cos + j, mask=j_ok, other=0.0)
+    sin = tl.load(sin_ptr + pos * stride_sin + j, mask=j_ok, other=0.0)
+
+    if g * QG < H:
+        q1, q2, hq, mq = _norm_rope_heads(row, qw_ptr, c1, c2, j_ok, cos, sin, eps, clip, H, BLOCK_QG, D,
+                                          QK_NORM, CLIP, g * QG, tl.minimum(g * QG + QG, H))
+        q_row = q_ptr + t.to(tl.int64) * (H * D) + hq[:, None] * D
+        tl.store(q_row + c1[None, :], q1, mask=mq)
+        tl.store(q_row + c2[None, :], q2, mask=mq)
+    else:
+        k1, k2, hk, mk = _norm_rope_heads(row + H * D, kw_ptr, c1, c2, j_ok, cos, sin, eps, clip,
+                                          HKV, BLOCK_HKV, D, QK_NORM, CLIP, 0, HKV)
+        v_src = row + (H + HKV) * D + hk[:, None] * D
+        v1 = tl.load(v_src + c1[None, :], mask=mk, other=0.0)   # before the k stores: one round trip
+        v2 = tl.load(v_src + c2[None, :], mask=mk, other=0.0)
+        k_row = k_ptr + b * stride_kb + pos * stride_ks + hk[:, None] * stride_kh
+        tl.store(k_row + c1[None, :], k1.to(k_ptr.dtype.element_ty), mask=mk)
+        tl.store(k_row + c2[None, :], k2.to(k_ptr.dtype.element_ty), mask=mk)
+        if CLIP:  # clamp in fp32, round once on the store, as _copy_v
+            v1 = tl.clamp(v1.to(tl.float32), -clip, clip)
+            v2 = tl.clamp(v2.to(tl.float32), -clip, clip)
+        v_row = v_ptr + b * stride_vb + pos * stride_vs + hk[:, None] * stride_vh
+        tl.store(v_row + c1[None, :], v1.to(v_ptr.dtype.element_ty), mask=mk)
+        tl.store(v_row + c2[None, :], v2.to(v_ptr.dtype.element_ty), mask=mk)
 
 
 def qkv_rope_cache(qkv, positions, cos, sin, k_cache, v_cache, n_heads: int, n_kv_heads: int,
@@ -159,18 +220,24 @@ def qkv_rope_cache(qkv, positions, cos, sin, k_cache, v_cache, n_heads: int, n_k
     if B * S == 0:
         return q
     block_h, block_hkv, block_half = (triton.next_power_of_2(n) for n in (H, Hkv, d // 2))
-    _qkv_rope_cache_kernel[(B * S,)](
-        qkv, positions, cos, sin, q, k_cache, v_cache,
-        q_norm_w if qk_norm else qkv, k_norm_w if qk_norm else qkv,  # unread without a norm
-        S, qkv.stride(0), qkv.stride(1), positions.stride(0), positions.stride(1),
-        cos.stride(0), sin.stride(0), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
-        eps, 0.0 if clip_qkv is None else float(clip_qkv),
-        H=H, HKV=Hkv, D=d, BLOCK_H=block_h, BLOCK_HKV=block_hkv, BLOCK_HALF=block_half,
-        QK_NORM=QK_NORMS[qk_norm], CLIP=clip_qkv is not None, INTERLEAVE=interleave,
-        num_warps=4 if block_h * block_half <= 2048 else 8,  # q tile: 2 x [H, d/2] fp32
-        # no fused multiply-add: torch rounds x1·cos and x2·sin separately (one kernel each), and
-        # a fused x1·cos − x2·sin would differ in the last fp32 bit and flip a few bf16 roundings
-        enable_fp_fusion=False, **launch_args(pdl),
-    )
+    args = (qkv, positions, cos, sin, q, k_cache, v_cache,
+            q_norm_w if qk_norm else qkv, k_norm_w if qk_norm else qkv,  # unread without a norm
+            S, qkv.stride(0), qkv.stride(1), positions.stride(0), positions.stride(1),
+            cos.stride(0), sin.stride(0), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+            v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
+            eps, 0.0 if clip_qkv is None else float(clip_qkv))
+    # no fused multiply-add: torch rounds x1·cos and x2·sin separately (one kernel each), and
+    # a fused x1·cos − x2·sin would differ in the last fp32 bit and flip a few bf16 roundings
+    common = dict(H=H, HKV=Hkv, D=d, BLOCK_HKV=block_hkv, BLOCK_HALF=block_half, QK_NORM=QK_NORMS[qk_norm],
+                  CLIP=clip_qkv is not None, INTERLEAVE=interleave, enable_fp_fusion=False, **launch_args(pdl))
+    if Q_PROGRAMS <= 0:
+        _qkv_rope_cache_kernel[(B * S,)](*args, BLOCK_H=block_h, **common,
+                                         num_warps=4 if block_h * block_half <= 2048 else 8)  # q: 2 x [H, d/2] fp32
+        return q
+    q_progs = 1 if qk_norm == "full" else min(Q_PROGRAMS, H)
+    qg = triton.cdiv(H, q_progs)
+    q_progs = triton.cdiv(H, qg)                      # every q program holds at least one head
+    block_qg = triton.next_power_of_2(qg)
+    _qkv_rope_cache_split_kernel[(B * S, q_progs + 1)](*args, QG=qg, BLOCK_QG=block_qg, **common,
+                                                        num_warps=4 if block_qg * block_half <= 2048 else 8)
     return q
