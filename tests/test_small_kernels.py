@@ -109,12 +109,13 @@ def test_qkv_rope_cache_odd_half_and_clip(qk_norm, clip):
         _check_qkv_rope_cache(2, 3, 4, 2, 24, qk_norm, False, dtype, seed=24, clip=clip)
 
 
-@pytest.mark.parametrize("q_programs", [1, 3, 64])
+@pytest.mark.parametrize("q_programs", [0, 1, 3, 64])
 @pytest.mark.parametrize("H,Hkv,d", [(6, 2, 32), (8, 1, 24)])
 @pytest.mark.parametrize("qk_norm,clip", [(None, None), ("head", None), ("full", 0.3)])
 def test_qkv_rope_cache_split(monkeypatch, qk_norm, clip, H, Hkv, d, q_programs):
-    """The split kernel (q heads over programs, k / v in one more): 3 programs for 6 or 8 heads leave a ragged last
-    group, 64 more programs than heads; "full" keeps one q program. Same oracle, one token and five."""
+    """The split kernel (q heads over programs, k / v in one more; the default is 8): 3 programs for 6 or 8 heads
+    leave a ragged last group, 64 more programs than heads; "full" keeps one q program; 0 is the one-program kernel.
+    Same oracle, one token and five."""
     import minimoe.kernels.rope as rope
     monkeypatch.setattr(rope, "Q_PROGRAMS", q_programs)
     for S, interleave in ((1, False), (5, True)):

@@ -3,8 +3,10 @@
 Between the qkv GEMM and attention, PyTorch runs a chain of small kernels per token: split, the
 optional q/k RMSNorm (~8 each), rotary embedding (~9 each for q and k: float, two slices, four
 multiplies, two adds, cat, cast) and two scatter writes into the cache. At decode they move a few
-kilobytes each and cost a launch apiece. Here one program takes one token (b, s), holds all of its
-heads in registers as [heads, d/2] tiles and does everything on the way through:
+kilobytes each and cost a launch apiece. Here one launch does everything on the way through; a token's q heads
+are spread over Q_PROGRAMS programs and one more takes its k and v (each issues all of its loads before its first
+store, so the kernel's time is about one L2 round trip, not one per q / k / v turn); heads sit in registers as
+[heads, d/2] tiles:
 
   q, k, v = split(qkv)                       columns: H heads of q, then Hkv of k, then Hkv of v
   q, k    = RMSNorm over the whole q / k     "full" (OLMoE), weights [H·d] / [Hkv·d]
@@ -37,9 +39,12 @@ from .pdl import launch_args, wait_then_release
 
 QK_NORMS = {None: 0, "full": 1, "head": 2}  # -> the QK_NORM constexpr
 # Programs a token's q heads are spread over (_qkv_rope_cache_split_kernel, plus one for k and v); 0 runs the one-
-# program kernel. A "full" q norm sums over every head, so it keeps one q program. Unmeasured: 0 until the graphed
-# step says otherwise (scripts/step_probe.py).
-Q_PROGRAMS = 0
+# program kernel. A "full" q norm sums over every head, so it keeps one q program. In the graphed step
+# (docs/results/2026-12-04-s32, call 2; medians of 3, the baseline repeated within 0.08%) against the one-program
+# kernel: OLMoE bs 1 -1.46% (its full norm: one q program, so 1, 4 and 8 are the same launch), Qwen3-30B-A3B bs 1
+# -0.73% (1), -2.04% (4), -2.50% (8); bs 64: OLMoE -0.34%, Qwen3-30B-A3B -0.65% (8), Qwen1.5-MoE -0.13%.
+Q_PROGRAMS = 8
+SPLIT_WARPS: int | None = None   # the split kernel's warps (None: 4, or 8 for a q tile over 2,048 elements)
 
 
 @triton.jit
@@ -239,5 +244,5 @@ def qkv_rope_cache(qkv, positions, cos, sin, k_cache, v_cache, n_heads: int, n_k
     q_progs = triton.cdiv(H, qg)                      # every q program holds at least one head
     block_qg = triton.next_power_of_2(qg)
     _qkv_rope_cache_split_kernel[(B * S, q_progs + 1)](*args, QG=qg, BLOCK_QG=block_qg, **common,
-                                                        num_warps=4 if block_qg * block_half <= 2048 else 8)
+                                                        num_warps=SPLIT_WARPS or (4 if block_qg * block_half <= 2048 else 8))
     return q
