@@ -89,6 +89,44 @@ def test_launch_tiles_do_not_change_result(tiles, max_splits):
     _check(q, k_cache, v_cache, seq_lens, max_splits=max_splits, tiles=tiles)
 
 
+@pytest.mark.parametrize("max_splits", [2, 3, 7])
+@pytest.mark.parametrize("Dv", [64, 40])
+def test_tile_merge_equals_loop_merge(monkeypatch, max_splits, Dv):
+    """The merge kernel's one-load tile (decode_attention_merge.TILE_ELEMS) against its loop and the oracle: splits
+    that are not a power of two (masked rows), a sequence of one entry (one valid split), a Dv padded to 64."""
+    import minimoe.kernels.decode_attention_merge as merge
+    torch.manual_seed(3)
+    B, H, Hkv, s_max, D = 3, 8, 2, 300, 64
+    q = torch.randn(B, H, D, device=DEVICE)
+    k_cache = torch.randn(B, s_max, Hkv, D, device=DEVICE)
+    v_cache = torch.randn(B, s_max, Hkv, Dv, device=DEVICE)
+    seq_lens = torch.tensor([1, 97, 300], dtype=torch.int32, device=DEVICE)
+    _poison_tail(k_cache, seq_lens)
+    _poison_tail(v_cache, seq_lens)
+    monkeypatch.setattr(merge, "TILE_ELEMS", 0)
+    loop = decode_attention(q, k_cache, v_cache, seq_lens, 0.125, max_splits=max_splits, min_tiles=1)
+    tiles = []
+    real = merge.merge_splits_kernel
+    monkeypatch.setattr(dattn, "merge_splits_kernel", _Spy(real, tiles))
+    monkeypatch.setattr(merge, "TILE_ELEMS", 1 << 20)
+    tile = decode_attention(q, k_cache, v_cache, seq_lens, 0.125, max_splits=max_splits, min_tiles=1)
+    assert tiles == [True]
+    assert (tile - loop).abs().max().item() <= 1e-6 * loop.abs().max().item()
+    _check(q, k_cache, v_cache, seq_lens, max_splits=max_splits, min_tiles=1)
+
+
+class _Spy:
+    """kernel[grid](...) that records its TILE constexpr and launches the real kernel."""
+    def __init__(self, real, seen):
+        self.real, self.seen = real, seen
+
+    def __getitem__(self, grid):
+        def launch(*a, **k):
+            self.seen.append(k.get("TILE"))
+            return self.real[grid](*a, **k)
+        return launch
+
+
 def test_default_tiles_apply_when_none_are_given(monkeypatch):
     """DEFAULT_TILES (the step probe's knob) reaches the split plan when a caller passes no tiles, and gives the
     answer an explicit `tiles=` gives, bit for bit."""

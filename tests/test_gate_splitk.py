@@ -355,6 +355,34 @@ def test_wave_programs_knob_sets_the_split_count(monkeypatch):
     assert real(1, 64, 2048, 16) == 4 < real(1, 64, 2048, 132) == 8
 
 
+@pytest.mark.parametrize("E,D,T,gate_dtype", [(128, 1024, 1, torch.float16), (60, 1000, 1, torch.float16),
+                                               (64, 1024, 3, torch.float32)])
+def test_hoisted_gate_tile_changes_no_bit(E, D, T, gate_dtype, monkeypatch):
+    """gate_splitk.HOIST_TILE (the split's one gate tile loaded before the row reduction) where every split holds one
+    tile (the default split count here: 4 tiles of 256, or 8 of 128 for the fp32 gate; a ragged last tile at
+    D = 1000): the kernel takes it, and every output is the bits of the loop's load."""
+    from minimoe.kernels import gate_splitk, gate_splitk_fold
+    x, gate = _separated_case(T, E, D, torch.float16, gate_dtype, seed=E + D)
+    r = torch.randn_like(x)
+    nw = (1 + 0.2 * torch.rand(D, device=DEVICE)).to(torch.float16)
+    kw = dict(renorm=True, counters=torch.zeros(4, dtype=torch.int32, device=DEVICE))
+    monkeypatch.setattr(gate_splitk, "HOIST_TILE", False)
+    off = gate_splitk_fold.norm_gate_route_splitk(x, r, nw, 1e-6, gate, 8, **kw)
+    hoisted = []
+    real = gate_splitk._gate_partial_kernel
+
+    class Spy:
+        def __getitem__(self, grid):
+            return lambda *a, **k: hoisted.append(k["HOIST"]) or real[grid](*a, **k)
+    monkeypatch.setattr(gate_splitk, "_gate_partial_kernel", Spy())
+    monkeypatch.setattr(gate_splitk, "HOIST_TILE", True)
+    on = gate_splitk_fold.norm_gate_route_splitk(x, r, nw, 1e-6, gate, 8, **kw)
+    assert hoisted == [True]
+    assert all(torch.equal(a, b) for a, b in zip(off, on))
+    gate_splitk_fold.norm_gate_route_splitk(x, r, nw, 1e-6, gate, 8, splits=3, **kw)   # 3 splits of 4 or 8 tiles
+    assert hoisted == [True, False]
+
+
 class _KeepCompiled:
     """Wraps a Triton kernel: launches it as before and keeps what each launch returns (the compiled kernel)."""
 

@@ -33,6 +33,7 @@ import torch
 import triton
 import triton.language as tl
 
+from . import decode_attention_merge as _merge
 from .decode_attention_merge import merge_splits_kernel
 from .mla_merge_uv import merge_uv
 from .pdl import launch_args, wait_then_release
@@ -299,7 +300,7 @@ def decode_attention(q, k_cache, v_cache, seq_lens, scale: float, *, positions=N
             part.stride(0), part.stride(1), part.stride(2), part.stride(3),
             lse.stride(0), lse.stride(1), lse.stride(2), out.stride(0), out.stride(1), out.stride(2),
             s_max, chunk, H=H, DV=dv, BLOCK_S=triton.next_power_of_2(num_splits), BLOCK_DV=block_dv,
-            num_warps=4, **launch_args(pdl),
+            TILE=triton.next_power_of_2(num_splits) * block_dv <= _merge.TILE_ELEMS, num_warps=4, **launch_args(pdl),
         )
     return out[:, 0] if one else out
 

@@ -15,6 +15,12 @@ import triton.language as tl
 
 from .pdl import wait_then_release
 
+# Splits x Dv elements up to which a program loads all of its partials as one [splits, Dv] tile (every load in one
+# L2 round trip) instead of looping over the splits (a round trip each: the loop's loads wait for the running sum).
+# 0 keeps the loop everywhere. 8,192: OLMoE / Qwen3-30B-A3B / Qwen1.5-MoE / Mixtral at bs 1 (4 splits x 128) take the
+# tile; MLA's 512-wide values over many splits keep the loop. Measured in session 32 (call 4, scripts/step_probe.py).
+TILE_ELEMS = 8192
+
 
 @triton.jit
 def merge_splits_kernel(
@@ -22,7 +28,7 @@ def merge_splits_kernel(
     stride_pb, stride_pq, stride_ph, stride_ps, stride_lb, stride_lq, stride_lh,
     stride_ob, stride_oq, stride_oh,
     S_max, CHUNK, H: tl.constexpr, DV: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_DV: tl.constexpr,
-    PDL: tl.constexpr,
+    PDL: tl.constexpr, TILE: tl.constexpr = False,
 ):
     wait_then_release(PDL)
     h = tl.program_id(0) % H
@@ -39,9 +45,14 @@ def merge_splits_kernel(
     offs_v = tl.arange(0, BLOCK_DV)
     v_ok = offs_v < DV
     part_row = part_ptr + b * stride_pb + q * stride_pq + h * stride_ph + offs_v
-    acc = tl.zeros([BLOCK_DV], tl.float32)
-    for s in range(0, n_valid):  # loop, not a [splits, Dv] tile: Dv = 512 x 64 splits is too big
-        w = tl.exp2(tl.load(lse_row + s) - lse_max)
-        acc += w * tl.load(part_row + s * stride_ps, mask=v_ok, other=0.0)
+    if TILE:  # every partial in one load, issued beside the lse's; the sum runs over the tile's rows in split order
+        part = tl.load(part_row[None, :] + offs_s[:, None] * stride_ps,
+                       mask=(offs_s < n_valid)[:, None] & v_ok[None, :], other=0.0)
+        acc = tl.sum(tl.exp2(lse - lse_max)[:, None] * part, axis=0)
+    else:
+        acc = tl.zeros([BLOCK_DV], tl.float32)
+        for s in range(0, n_valid):  # loop, not a [splits, Dv] tile: Dv = 512 x 64 splits is too big
+            w = tl.exp2(tl.load(lse_row + s) - lse_max)
+            acc += w * tl.load(part_row + s * stride_ps, mask=v_ok, other=0.0)
     tl.store(out_ptr + b * stride_ob + q * stride_oq + h * stride_oh + offs_v,
              (acc / denom).to(out_ptr.dtype.element_ty), mask=v_ok)

@@ -73,6 +73,10 @@ MAX_ROW = 8192      # norm_gate_route_splitk holds one token's whole row in regi
 WAVE_PROGRAMS = None  # programs default_splits fills (None: the SM count); fewer splits = fewer arrivals to count
 PREFETCH_GATE = True  # norm_gate_route_splitk with PDL: ask the L2 for each program's gate rows before gdc_wait
 PREFETCH_GATE_FP32 = False  # the same for an fp32 gate (its measured configuration, 8 x 128, had none)
+# The fold's gate tile loaded before its 1 / rms row reduction where every split holds exactly one D tile (Qwen3-30B-
+# A3B's 16 x 256 tiles: 8 splits of 8 tiles): the tile's load and the row's then share one L2 round trip instead of
+# waiting one after the other. Measured in session 32 (call 4, scripts/step_probe.py).
+HOIST_TILE = True
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -117,7 +121,7 @@ def _gate_partial_kernel(
     NORM: tl.constexpr = False, HAS_RESIDUAL: tl.constexpr = False, BLOCK_ROW: tl.constexpr = 16,
     ROUTE: tl.constexpr = False, K: tl.constexpr = 1, E_P2: tl.constexpr = 1, BLOCK_S: tl.constexpr = 1,
     BLOCK_K: tl.constexpr = 1, SOFTMAX_FIRST: tl.constexpr = True, RENORM: tl.constexpr = False,
-    PREFETCH: tl.constexpr = False, ELT_BYTES: tl.constexpr = 2,
+    PREFETCH: tl.constexpr = False, ELT_BYTES: tl.constexpr = 2, HOIST: tl.constexpr = False,
 ):
     """part[s, t, e] for e in tile program_id(0), split s = program_id(1), t in block program_id(2).
 
@@ -127,7 +131,8 @@ def _gate_partial_kernel(
     programs store h and s. ROUTE: the last program of token block b to finish (an arrival counter in
     cnt_ptr, left zeroed) sums the partials in split order and routes (`_reduce_route`).
     PREFETCH (launched with PDL, D a multiple of BLOCK_D, 16-byte rows): before waiting for the previous kernel,
-    ask the L2 for this program's gate rows (a hint; the gate does not depend on that kernel, pdl.py)."""
+    ask the L2 for this program's gate rows (a hint; the gate does not depend on that kernel, pdl.py).
+    HOIST (every split exactly one D tile): that tile is loaded before NORM's row reduction, not after it."""
     s = tl.program_id(1)
     offs_e = tl.program_id(0) * BLOCK_E + tl.arange(0, BLOCK_E)
     t0 = tl.program_id(2) * BLOCK_T
@@ -143,6 +148,9 @@ def _gate_partial_kernel(
                           tl.full((BLOCK_E,), 0, tl.int32) + nbytes, tl.full((BLOCK_E,), BLOCK_E, tl.int32))
     wait_then_release(PDL)
     x_t = h_ptr.dtype.element_ty
+    if HOIST:        # the split's one tile, in flight while the row below is reduced
+        offs_h = first * BLOCK_D + tl.arange(0, BLOCK_D)
+        g_hoisted = tl.load(g_rows + offs_h[None, :], mask=e_ok[:, None] & (offs_h < D)[None, :], other=0.0)
     inv = tl.zeros([BLOCK_T], tl.float32)            # NORM: 1 / rms of each token's s, as rmsnorm.py
     if NORM:
         offs_row = tl.arange(0, BLOCK_ROW)
@@ -159,7 +167,10 @@ def _gate_partial_kernel(
     for j in range(first, last):
         offs_d = j * BLOCK_D + tl.arange(0, BLOCK_D)
         d_ok = offs_d < D
-        g = tl.load(g_rows + offs_d[None, :], mask=e_ok[:, None] & d_ok[None, :], other=0.0).to(tl.float32)
+        if HOIST:
+            g = g_hoisted.to(tl.float32)
+        else:
+            g = tl.load(g_rows + offs_d[None, :], mask=e_ok[:, None] & d_ok[None, :], other=0.0).to(tl.float32)
         if NORM:
             nw = tl.load(norm_ptr + offs_d, mask=d_ok, other=0.0).to(tl.float32)
         # the tile stays in registers for every token of the block (h rows are tiny: L1/L2 hits)

@@ -81,6 +81,7 @@ def norm_gate_route_splitk(x: torch.Tensor, residual: torch.Tensor | None, norm_
         BLOCK_S=min(max(gs.REDUCE_ELEMS // e_p2, 1), triton.next_power_of_2(splits)),
         BLOCK_K=triton.next_power_of_2(k), SOFTMAX_FIRST=softmax_first, RENORM=renorm,
         PREFETCH=prefetch and pdl and _prefetchable(gate_weight, block_d), ELT_BYTES=gate_weight.element_size(),
+        HOIST=gs.HOIST_TILE and n_tiles == splits,                      # every split one tile: first + 1 == last
         num_warps=max(1, min(4, block_e * block_d // 256)), **launch_args(pdl),  # 16 x 256: 4 warps, 32 values each
     )
     return h, res_out, w, ids
