@@ -18,7 +18,9 @@ from .pdl import wait_then_release
 # Splits x Dv elements up to which a program loads all of its partials as one [splits, Dv] tile (every load in one
 # L2 round trip) instead of looping over the splits (a round trip each: the loop's loads wait for the running sum).
 # 0 keeps the loop everywhere. 8,192: OLMoE / Qwen3-30B-A3B / Qwen1.5-MoE / Mixtral at bs 1 (4 splits x 128) take the
-# tile; MLA's 512-wide values over many splits keep the loop. Measured in session 32 (call 4, scripts/step_probe.py).
+# tile; MLA's 512-wide values over many splits keep the loop. In the graphed bs-1 step (docs/results/2026-12-04-s32,
+# call 4) the loop was +0.43% (Qwen3-30B-A3B), +0.25% (OLMoE), +0.39% (Qwen1.5-MoE) against the tile, the baseline
+# repeated at -0.20 / -0.14 / -0.01%.
 TILE_ELEMS = 8192
 
 
