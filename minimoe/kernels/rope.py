@@ -45,19 +45,32 @@ QK_NORMS = {None: 0, "full": 1, "head": 2}  # -> the QK_NORM constexpr
 # -0.73% (1), -2.04% (4), -2.50% (8); bs 64: OLMoE -0.34%, Qwen3-30B-A3B -0.65% (8), Qwen1.5-MoE -0.13%.
 Q_PROGRAMS = 8
 SPLIT_WARPS: int | None = None   # the split kernel's warps (None: 4, or 8 for a q tile over 2,048 elements)
+# A "full" q norm over Q_PROGRAMS programs too, each summing Σ q² over the whole q row itself (OLMoE: 4 KB from L2
+# beside its own heads), in the one-program kernel's [H, d/2] tile order (the same bits). Unmeasured: off.
+FULL_SPLIT = False
+
+
+@triton.jit
+def _inv_rms_all(sq, N_HEADS: tl.constexpr, D: tl.constexpr, eps):
+    """1 / rms over a [heads, d/2] tile of squared pairs holding every head (OLMoE's "full" q/k norm)."""
+    return tl.rsqrt(tl.sum(tl.sum(sq, axis=1), axis=0) / (N_HEADS * D) + eps)
 
 
 @triton.jit
 def _rms_norm_pairs(x1, x2, w_ptr, heads, c1, c2, mask, eps, N_HEADS: tl.constexpr,
-                    D: tl.constexpr, PER_HEAD: tl.constexpr, OUT_T: tl.constexpr):
-    """RMSNorm of [heads, d/2] halves, per head (weights [d]) or over all heads (weights [H·d])."""
+                    D: tl.constexpr, PER_HEAD: tl.constexpr, OUT_T: tl.constexpr, inv_full, USE_INV: tl.constexpr):
+    """RMSNorm of [heads, d/2] halves, per head (weights [d]) or over all heads (weights [H·d]; with USE_INV the
+    caller's 1 / rms over every head, inv_full, where the tile holds only some of them)."""
     sq = x1 * x1 + x2 * x2
     if PER_HEAD:
         inv_rms = tl.rsqrt(tl.sum(sq, axis=1) / D + eps)[:, None]
         w1 = tl.load(w_ptr + c1[None, :], mask=mask, other=0.0).to(tl.float32)
         w2 = tl.load(w_ptr + c2[None, :], mask=mask, other=0.0).to(tl.float32)
     else:
-        inv_rms = tl.rsqrt(tl.sum(tl.sum(sq, axis=1), axis=0) / (N_HEADS * D) + eps)
+        if USE_INV:
+            inv_rms = inv_full
+        else:
+            inv_rms = _inv_rms_all(sq, N_HEADS, D, eps)
         w1 = tl.load(w_ptr + heads[:, None] * D + c1[None, :], mask=mask, other=0.0).to(tl.float32)
         w2 = tl.load(w_ptr + heads[:, None] * D + c2[None, :], mask=mask, other=0.0).to(tl.float32)
     y1 = (x1 * inv_rms).to(OUT_T).to(tl.float32)  # rounded before the weight, as torch does
@@ -68,7 +81,7 @@ def _rms_norm_pairs(x1, x2, w_ptr, heads, c1, c2, mask, eps, N_HEADS: tl.constex
 @triton.jit
 def _norm_rope_heads(row_ptr, w_ptr, c1, c2, j_ok, cos, sin, eps, clip,
                      N_HEADS: tl.constexpr, BLOCK_HEADS: tl.constexpr, D: tl.constexpr,
-                     QK_NORM: tl.constexpr, CLIP: tl.constexpr, h0, h_end):
+                     QK_NORM: tl.constexpr, CLIP: tl.constexpr, h0, h_end, inv_full, USE_INV: tl.constexpr):
     """Load heads [h0, h_end) of the N_HEADS starting at row_ptr, norm / clip / rotate them -> (o1, o2, heads, mask).
 
     A "full" norm sums over every head, so it needs h0 = 0 and h_end = N_HEADS (the host sees to it)."""
@@ -78,13 +91,13 @@ def _norm_rope_heads(row_ptr, w_ptr, c1, c2, j_ok, cos, sin, eps, clip,
     x1 = tl.load(row_ptr + heads[:, None] * D + c1[None, :], mask=mask, other=0.0).to(tl.float32)
     x2 = tl.load(row_ptr + heads[:, None] * D + c2[None, :], mask=mask, other=0.0).to(tl.float32)
     if QK_NORM == 1:
-        x1, x2 = _rms_norm_pairs(x1, x2, w_ptr, heads, c1, c2, mask, eps, N_HEADS, D, False, OUT_T)
+        x1, x2 = _rms_norm_pairs(x1, x2, w_ptr, heads, c1, c2, mask, eps, N_HEADS, D, False, OUT_T, inv_full, USE_INV)
     if CLIP:
         # rounded as torch's clamp of a half tensor rounds a bound like 0.3; other values are exact
         x1 = tl.clamp(x1, -clip, clip).to(OUT_T).to(tl.float32)
         x2 = tl.clamp(x2, -clip, clip).to(OUT_T).to(tl.float32)
     if QK_NORM == 2:
-        x1, x2 = _rms_norm_pairs(x1, x2, w_ptr, heads, c1, c2, mask, eps, N_HEADS, D, True, OUT_T)
+        x1, x2 = _rms_norm_pairs(x1, x2, w_ptr, heads, c1, c2, mask, eps, N_HEADS, D, True, OUT_T, 0.0, False)
     o1 = x1 * cos[None, :] - x2 * sin[None, :]
     o2 = x2 * cos[None, :] + x1 * sin[None, :]
     return o1.to(OUT_T), o2.to(OUT_T), heads, mask
@@ -126,13 +139,13 @@ def _qkv_rope_cache_kernel(
     sin = tl.load(sin_ptr + pos * stride_sin + j, mask=j_ok, other=0.0)
 
     q1, q2, hq, mq = _norm_rope_heads(row, qw_ptr, c1, c2, j_ok, cos, sin, eps, clip,
-                                      H, BLOCK_H, D, QK_NORM, CLIP, 0, H)
+                                      H, BLOCK_H, D, QK_NORM, CLIP, 0, H, 0.0, False)
     q_row = q_ptr + t.to(tl.int64) * (H * D) + hq[:, None] * D
     tl.store(q_row + c1[None, :], q1, mask=mq)
     tl.store(q_row + c2[None, :], q2, mask=mq)
 
     k1, k2, hk, mk = _norm_rope_heads(row + H * D, kw_ptr, c1, c2, j_ok, cos, sin, eps, clip,
-                                      HKV, BLOCK_HKV, D, QK_NORM, CLIP, 0, HKV)
+                                      HKV, BLOCK_HKV, D, QK_NORM, CLIP, 0, HKV, 0.0, False)
     k_row = k_ptr + b * stride_kb + pos * stride_ks + hk[:, None] * stride_kh
     tl.store(k_row + c1[None, :], k1.to(k_ptr.dtype.element_ty), mask=mk)
     tl.store(k_row + c2[None, :], k2.to(k_ptr.dtype.element_ty), mask=mk)
@@ -151,7 +164,8 @@ def _qkv_rope_cache_split_kernel(
     stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh, eps, clip,
     H: tl.constexpr, HKV: tl.constexpr, D: tl.constexpr, QG: tl.constexpr, BLOCK_QG: tl.constexpr,
     BLOCK_HKV: tl.constexpr, BLOCK_HALF: tl.constexpr, QK_NORM: tl.constexpr,
-    CLIP: tl.constexpr, INTERLEAVE: tl.constexpr, PDL: tl.constexpr,
+    CLIP: tl.constexpr, INTERLEAVE: tl.constexpr, PDL: tl.constexpr, BLOCK_H: tl.constexpr = 1,
+    FULL_INV: tl.constexpr = False,
 ):
     """The same work as _qkv_rope_cache_kernel over a [B·S, Q_PROGS + 1] grid: program (t, g < Q_PROGS) takes q
     heads [g·QG, g·QG + QG), program (t, Q_PROGS) takes k and v; each issues all of its loads before its first
@@ -177,14 +191,21 @@ def _qkv_rope_cache_split_kernel(
     sin = tl.load(sin_ptr + pos * stride_sin + j, mask=j_ok, other=0.0)
 
     if g * QG < H:
+        inv_q = 0.0
+        if FULL_INV:  # a "full" q norm over several q programs: each sums Σ q² over the whole q row itself
+            ha = tl.arange(0, BLOCK_H)
+            ma = (ha < H)[:, None] & j_ok[None, :]
+            a1 = tl.load(row + ha[:, None] * D + c1[None, :], mask=ma, other=0.0).to(tl.float32)
+            a2 = tl.load(row + ha[:, None] * D + c2[None, :], mask=ma, other=0.0).to(tl.float32)
+            inv_q = _inv_rms_all(a1 * a1 + a2 * a2, H, D, eps)
         q1, q2, hq, mq = _norm_rope_heads(row, qw_ptr, c1, c2, j_ok, cos, sin, eps, clip, H, BLOCK_QG, D,
-                                          QK_NORM, CLIP, g * QG, tl.minimum(g * QG + QG, H))
+                                          QK_NORM, CLIP, g * QG, tl.minimum(g * QG + QG, H), inv_q, FULL_INV)
         q_row = q_ptr + t.to(tl.int64) * (H * D) + hq[:, None] * D
         tl.store(q_row + c1[None, :], q1, mask=mq)
         tl.store(q_row + c2[None, :], q2, mask=mq)
     else:
         k1, k2, hk, mk = _norm_rope_heads(row + H * D, kw_ptr, c1, c2, j_ok, cos, sin, eps, clip,
-                                          HKV, BLOCK_HKV, D, QK_NORM, CLIP, 0, HKV)
+                                          HKV, BLOCK_HKV, D, QK_NORM, CLIP, 0, HKV, 0.0, False)
         v_src = row + (H + HKV) * D + hk[:, None] * D
         v1 = tl.load(v_src + c1[None, :], mask=mk, other=0.0)   # before the k stores: one round trip
         v2 = tl.load(v_src + c2[None, :], mask=mk, other=0.0)
@@ -239,10 +260,12 @@ def qkv_rope_cache(qkv, positions, cos, sin, k_cache, v_cache, n_heads: int, n_k
         _qkv_rope_cache_kernel[(B * S,)](*args, BLOCK_H=block_h, **common,
                                          num_warps=4 if block_h * block_half <= 2048 else 8)  # q: 2 x [H, d/2] fp32
         return q
-    q_progs = 1 if qk_norm == "full" else min(Q_PROGRAMS, H)
+    q_progs = 1 if qk_norm == "full" and not FULL_SPLIT else min(Q_PROGRAMS, H)
     qg = triton.cdiv(H, q_progs)
     q_progs = triton.cdiv(H, qg)                      # every q program holds at least one head
     block_qg = triton.next_power_of_2(qg)
-    _qkv_rope_cache_split_kernel[(B * S, q_progs + 1)](*args, QG=qg, BLOCK_QG=block_qg, **common,
+    full_inv = qk_norm == "full" and q_progs > 1
+    _qkv_rope_cache_split_kernel[(B * S, q_progs + 1)](*args, QG=qg, BLOCK_QG=block_qg, BLOCK_H=block_h,
+                                                        FULL_INV=full_inv, **common,
                                                         num_warps=SPLIT_WARPS or (4 if block_qg * block_half <= 2048 else 8))
     return q
