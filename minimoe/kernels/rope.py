@@ -46,7 +46,9 @@ QK_NORMS = {None: 0, "full": 1, "head": 2}  # -> the QK_NORM constexpr
 Q_PROGRAMS = 8
 SPLIT_WARPS: int | None = None   # the split kernel's warps (None: 4, or 8 for a q tile over 2,048 elements)
 # A "full" q norm over Q_PROGRAMS programs too, each summing Σ q² over the whole q row itself (OLMoE: 4 KB from L2
-# beside its own heads), in the one-program kernel's [H, d/2] tile order (the same bits). Unmeasured: off.
+# beside its own heads), in the one-program kernel's [H, d/2] tile order (the same bits). In the graphed OLMoE step
+# (docs/results/2026-12-04-s32, call 7) a tie at bs 1 (-0.26 / -0.21% with the baseline repeated at -0.20%) and
+# +0.14 / +0.17% at bs 64: off (the whole-row sum sits before each program's own loads are used).
 FULL_SPLIT = False
 
 
