@@ -109,23 +109,23 @@ def test_qkv_rope_cache_odd_half_and_clip(qk_norm, clip):
         _check_qkv_rope_cache(2, 3, 4, 2, 24, qk_norm, False, dtype, seed=24, clip=clip)
 
 
-@pytest.mark.parametrize("q_programs", [0, 1, 3, 64])
+@pytest.mark.parametrize("q_programs", [1, 3, 64])
 @pytest.mark.parametrize("H,Hkv,d", [(6, 2, 32), (8, 1, 24)])
 @pytest.mark.parametrize("qk_norm,clip,full_split", [(None, None, False), ("head", None, False), ("full", 0.3, False),
                                                      ("full", 0.3, True)])
 def test_qkv_rope_cache_split(monkeypatch, qk_norm, clip, H, Hkv, d, q_programs, full_split):
-    """The split kernel (q heads over programs, k / v in one more; the default is 8): 3 programs for 6 or 8 heads
+    """Q_PROGRAMS (a token's q heads over programs, k / v in one more; the default is 8): 3 programs for 6 or 8 heads
     leave a ragged last group, 64 more programs than heads; "full" keeps one q program unless FULL_SPLIT (each q
-    program then sums over the whole q row itself); 0 is the one-program kernel. Same oracle, one token and five."""
+    program then sums over the whole q row itself). Same oracle, one token and five."""
     import minimoe.kernels.rope as rope
     monkeypatch.setattr(rope, "Q_PROGRAMS", q_programs)
     monkeypatch.setattr(rope, "FULL_SPLIT", full_split)
     for S, interleave in ((1, False), (5, True)):
         _check_qkv_rope_cache(2, S, H, Hkv, d, qk_norm, interleave, torch.float16, seed=H + S + q_programs, clip=clip)
-    if full_split:   # Σ q² over the same [H, d/2] tile as the one-program kernel: the same bits
+    if full_split:   # Σ q² over the same [H, d/2] tile as one q program's: the same bits
         args, kw = _rope_case(2, 3, H, Hkv, d, qk_norm, torch.float16, 7, clip)
         split = qkv_rope_cache(*args, **kw)
-        monkeypatch.setattr(rope, "Q_PROGRAMS", 0)
+        monkeypatch.setattr(rope, "Q_PROGRAMS", 1)
         assert torch.equal(split, qkv_rope_cache(*args, **kw))
 
 

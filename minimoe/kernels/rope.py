@@ -38,15 +38,16 @@ import triton.language as tl
 from .pdl import launch_args, wait_then_release
 
 QK_NORMS = {None: 0, "full": 1, "head": 2}  # -> the QK_NORM constexpr
-# Programs a token's q heads are spread over (_qkv_rope_cache_split_kernel, plus one for k and v); 0 runs the one-
-# program kernel. A "full" q norm sums over every head, so it keeps one q program. In the graphed step
+# Programs a token's q heads are spread over (_qkv_rope_cache_split_kernel, plus one for k and v; at least 1). A "full"
+# q norm sums over every head, so it keeps one q program. In the graphed step
 # (docs/results/2026-12-04-s32, call 2; medians of 3, the baseline repeated within 0.08%) against the one-program
 # kernel: OLMoE bs 1 -1.46% (its full norm: one q program, so 1, 4 and 8 are the same launch), Qwen3-30B-A3B bs 1
-# -0.73% (1), -2.04% (4), -2.50% (8); bs 64: OLMoE -0.34%, Qwen3-30B-A3B -0.65% (8), Qwen1.5-MoE -0.13%.
+# -0.73% (1), -2.04% (4), -2.50% (8); bs 64: OLMoE -0.34%, Qwen3-30B-A3B -0.65% (8), Qwen1.5-MoE -0.13% (the
+# one-program kernel is gone); 16 and 32 programs +0.97% on Qwen3-30B-A3B (call 3).
 Q_PROGRAMS = 8
 SPLIT_WARPS: int | None = None   # the split kernel's warps (None: 4, or 8 for a q tile over 2,048 elements)
 # A "full" q norm over Q_PROGRAMS programs too, each summing Σ q² over the whole q row itself (OLMoE: 4 KB from L2
-# beside its own heads), in the one-program kernel's [H, d/2] tile order (the same bits). In the graphed OLMoE step
+# beside its own heads), in the one-q-program launch's [H, d/2] tile order (the same bits). In the graphed OLMoE step
 # (docs/results/2026-12-04-s32, call 7) a tie at bs 1 (-0.26 / -0.21% with the baseline repeated at -0.20%) and
 # +0.14 / +0.17% at bs 64: off (the whole-row sum sits before each program's own loads are used).
 FULL_SPLIT = False
@@ -106,60 +107,6 @@ def _norm_rope_heads(row_ptr, w_ptr, c1, c2, j_ok, cos, sin, eps, clip,
 
 
 @triton.jit
-def _copy_v(src, dst, mask, clip, CLIP: tl.constexpr):
-    v = tl.load(src, mask=mask, other=0.0)
-    if CLIP:  # clamp in fp32, round once on the store: torch's clamp of a half tensor does the same
-        v = tl.clamp(v.to(tl.float32), -clip, clip)
-    tl.store(dst, v.to(dst.dtype.element_ty), mask=mask)
-
-
-@triton.jit
-def _qkv_rope_cache_kernel(
-    qkv_ptr, pos_ptr, cos_ptr, sin_ptr, q_ptr, k_ptr, v_ptr, qw_ptr, kw_ptr,
-    S, stride_xb, stride_xs, stride_pb, stride_ps, stride_cos, stride_sin,
-    stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh, eps, clip,
-    H: tl.constexpr, HKV: tl.constexpr, D: tl.constexpr, BLOCK_H: tl.constexpr,
-    BLOCK_HKV: tl.constexpr, BLOCK_HALF: tl.constexpr, QK_NORM: tl.constexpr,
-    CLIP: tl.constexpr, INTERLEAVE: tl.constexpr, PDL: tl.constexpr,
-):
-    wait_then_release(PDL)
-    t = tl.program_id(0)
-    b = (t // S).to(tl.int64)  # int64: b * stride_kb overflows int32 for a large cache slice
-    s = (t % S).to(tl.int64)
-    pos = tl.load(pos_ptr + b * stride_pb + s * stride_ps).to(tl.int64)
-    row = qkv_ptr + b * stride_xb + s * stride_xs
-
-    j = tl.arange(0, BLOCK_HALF)
-    j_ok = j < D // 2
-    if INTERLEAVE:  # DeepSeek: channel pairs (2j, 2j+1)
-        c1 = 2 * j
-        c2 = 2 * j + 1
-    else:  # NeoX "rotate half": channel pairs (j, j + d/2)
-        c1 = j
-        c2 = j + D // 2
-    cos = tl.load(cos_ptr + pos * stride_cos + j, mask=j_ok, other=0.0)
-    sin = tl.load(sin_ptr + pos * stride_sin + j, mask=j_ok, other=0.0)
-
-    q1, q2, hq, mq = _norm_rope_heads(row, qw_ptr, c1, c2, j_ok, cos, sin, eps, clip,
-                                      H, BLOCK_H, D, QK_NORM, CLIP, 0, H, 0.0, False)
-    q_row = q_ptr + t.to(tl.int64) * (H * D) + hq[:, None] * D
-    tl.store(q_row + c1[None, :], q1, mask=mq)
-    tl.store(q_row + c2[None, :], q2, mask=mq)
-
-    k1, k2, hk, mk = _norm_rope_heads(row + H * D, kw_ptr, c1, c2, j_ok, cos, sin, eps, clip,
-                                      HKV, BLOCK_HKV, D, QK_NORM, CLIP, 0, HKV, 0.0, False)
-    k_row = k_ptr + b * stride_kb + pos * stride_ks + hk[:, None] * stride_kh
-    tl.store(k_row + c1[None, :], k1.to(k_ptr.dtype.element_ty), mask=mk)
-    tl.store(k_row + c2[None, :], k2.to(k_ptr.dtype.element_ty), mask=mk)
-
-    # v is neither normed nor rotated; reusing the pair layout keeps one set of offsets and masks
-    v_src = row + (H + HKV) * D + hk[:, None] * D
-    v_row = v_ptr + b * stride_vb + pos * stride_vs + hk[:, None] * stride_vh
-    _copy_v(v_src + c1[None, :], v_row + c1[None, :], mk, clip, CLIP)
-    _copy_v(v_src + c2[None, :], v_row + c2[None, :], mk, clip, CLIP)
-
-
-@triton.jit
 def _qkv_rope_cache_split_kernel(
     qkv_ptr, pos_ptr, cos_ptr, sin_ptr, q_ptr, k_ptr, v_ptr, qw_ptr, kw_ptr,
     S, stride_xb, stride_xs, stride_pb, stride_ps, stride_cos, stride_sin,
@@ -169,10 +116,11 @@ def _qkv_rope_cache_split_kernel(
     CLIP: tl.constexpr, INTERLEAVE: tl.constexpr, PDL: tl.constexpr, BLOCK_H: tl.constexpr = 1,
     FULL_INV: tl.constexpr = False,
 ):
-    """The same work as _qkv_rope_cache_kernel over a [B·S, Q_PROGS + 1] grid: program (t, g < Q_PROGS) takes q
-    heads [g·QG, g·QG + QG), program (t, Q_PROGS) takes k and v; each issues all of its loads before its first
-    store. (One program doing q, then k, then v waits an L2 round trip per store -> load turn: the compiler may
-    not move a load above a store it cannot prove disjoint.)"""
+    """Grid [B·S, Q_PROGS + 1]: program (t, g < Q_PROGS) takes token t's q heads [g·QG, g·QG + QG), program
+    (t, Q_PROGS) its k and v; each issues all of its loads before its first store. (The kernel this replaced, one
+    program doing q, then k, then v, waited an L2 round trip per store -> load turn, since the compiler may not move
+    a load above a store it cannot prove disjoint, and ran 32 heads' work in one program: 3.2 µs against 1.7 a
+    Qwen3-30B-A3B layer, docs/results/2026-12-04-s32.)"""
     wait_then_release(PDL)
     t = tl.program_id(0)
     g = tl.program_id(1)
@@ -214,7 +162,7 @@ def _qkv_rope_cache_split_kernel(
         k_row = k_ptr + b * stride_kb + pos * stride_ks + hk[:, None] * stride_kh
         tl.store(k_row + c1[None, :], k1.to(k_ptr.dtype.element_ty), mask=mk)
         tl.store(k_row + c2[None, :], k2.to(k_ptr.dtype.element_ty), mask=mk)
-        if CLIP:  # clamp in fp32, round once on the store, as _copy_v
+        if CLIP:  # clamp in fp32, round once on the store: torch's clamp of a half tensor does the same
             v1 = tl.clamp(v1.to(tl.float32), -clip, clip)
             v2 = tl.clamp(v2.to(tl.float32), -clip, clip)
         v_row = v_ptr + b * stride_vb + pos * stride_vs + hk[:, None] * stride_vh
@@ -258,11 +206,7 @@ def qkv_rope_cache(qkv, positions, cos, sin, k_cache, v_cache, n_heads: int, n_k
     # a fused x1·cos − x2·sin would differ in the last fp32 bit and flip a few bf16 roundings
     common = dict(H=H, HKV=Hkv, D=d, BLOCK_HKV=block_hkv, BLOCK_HALF=block_half, QK_NORM=QK_NORMS[qk_norm],
                   CLIP=clip_qkv is not None, INTERLEAVE=interleave, enable_fp_fusion=False, **launch_args(pdl))
-    if Q_PROGRAMS <= 0:
-        _qkv_rope_cache_kernel[(B * S,)](*args, BLOCK_H=block_h, **common,
-                                         num_warps=4 if block_h * block_half <= 2048 else 8)  # q: 2 x [H, d/2] fp32
-        return q
-    q_progs = 1 if qk_norm == "full" and not FULL_SPLIT else min(Q_PROGRAMS, H)
+    q_progs = 1 if qk_norm == "full" and not FULL_SPLIT else max(1, min(Q_PROGRAMS, H))
     qg = triton.cdiv(H, q_progs)
     q_progs = triton.cdiv(H, qg)                      # every q program holds at least one head
     block_qg = triton.next_power_of_2(qg)
