@@ -1,6 +1,6 @@
 """Run a script with module-level kernel knobs set first: a bench.py figure for a knob that has no switch yet.
 
-    python scripts/with_knobs.py minimoe.kernels.greedy.ONE_LAUNCH=True [MOD.ATTR=VALUE ...] -- bench.py --model olmoe ...
+    python scripts/with_knobs.py minimoe.kernels.rope.Q_PROGRAMS=4 [MOD.ATTR=VALUE ...] -- bench.py --model olmoe ...
 
 Each knob is module.ATTR=VALUE (VALUE a Python literal; the attribute must exist, else one line and exit 2). The
 modules are imported and set before the script runs in this process (runpy, as `__main__`), so every later

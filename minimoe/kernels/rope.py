@@ -211,7 +211,7 @@ def qkv_rope_cache(qkv, positions, cos, sin, k_cache, v_cache, n_heads: int, n_k
     q_progs = triton.cdiv(H, qg)                      # every q program holds at least one head
     block_qg = triton.next_power_of_2(qg)
     full_inv = qk_norm == "full" and q_progs > 1
+    warps = SPLIT_WARPS or (4 if block_qg * block_half <= 2048 else 8)   # q tile: 2 x [QG, d/2] fp32
     _qkv_rope_cache_split_kernel[(B * S, q_progs + 1)](*args, QG=qg, BLOCK_QG=block_qg, BLOCK_H=block_h,
-                                                        FULL_INV=full_inv, **common,
-                                                        num_warps=SPLIT_WARPS or (4 if block_qg * block_half <= 2048 else 8))
+                                                        FULL_INV=full_inv, **common, num_warps=warps)
     return q
