@@ -76,7 +76,8 @@ PREFETCH_GATE_FP32 = False  # the same for an fp32 gate (its measured configurat
 # The fold's gate tile loaded before its 1 / rms row reduction where every split holds exactly one D tile (Qwen3-30B-
 # A3B's 16 x 256 tiles: 8 splits of 8 tiles): the tile's load and the row's then share one L2 round trip instead of
 # waiting one after the other. In the graphed bs-1 step of Qwen3-30B-A3B (docs/results/2026-12-04-s32, call 4) it was
-# no faster: off -0.31% against a repeated baseline at -0.20% (the prefetched tile is an L2 hit either way). Off.
+# no faster: off -0.31% against a repeated baseline at -0.20% (probably because the prefetched tile is an L2 hit
+# either way; not profiled). Off.
 HOIST_TILE = False
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 

@@ -33,7 +33,7 @@ BLOCK = 1024            # elements per tile of pass 1 (4 KB of fp32 per 4 warps:
 # Pass 2 as pass 1's epilogue: each pass-1 program bumps its row's arrival counter after storing its partials, and the
 # row's last program reduces them (gate_splitk_fold.py's "last program finishes"): one launch a step instead of two, for
 # a tail of one L2 round trip. Measured a tie in the graphed bs-1 step (docs/results/2026-12-04-s32, call 1: +0.03%
-# OLMoE, +0.04% Qwen3-30B-A3B; pass 2 was 2.3 µs PDL-off in OLMoE's profile, but under PDL it overlaps pass 1's tail),
+# OLMoE, +0.04% Qwen3-30B-A3B; pass 2 was 2.3 µs PDL-off in OLMoE's profile, but under PDL it likely overlaps pass 1's tail),
 # so off; read at call time (a step_probe knob), and used only where the caller passes zeroed counters
 # (generate.Generator does).
 ONE_LAUNCH = False

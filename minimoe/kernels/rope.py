@@ -4,9 +4,9 @@ Between the qkv GEMM and attention, PyTorch runs a chain of small kernels per to
 optional q/k RMSNorm (~8 each), rotary embedding (~9 each for q and k: float, two slices, four
 multiplies, two adds, cat, cast) and two scatter writes into the cache. At decode they move a few
 kilobytes each and cost a launch apiece. Here one launch does everything on the way through; a token's q heads
-are spread over Q_PROGRAMS programs and one more takes its k and v (each issues all of its loads before its first
-store, so the kernel's time is about one L2 round trip, not one per q / k / v turn); heads sit in registers as
-[heads, d/2] tiles:
+are spread over Q_PROGRAMS programs (one where a "full" q norm needs every head) and one more takes its k and v
+(each issues all of its loads before its first store, so the kernel's time is about one L2 round trip, not one per
+q / k / v turn); heads sit in registers as [heads, d/2] tiles:
 
   q, k, v = split(qkv)                       columns: H heads of q, then Hkv of k, then Hkv of v
   q, k    = RMSNorm over the whole q / k     "full" (OLMoE), weights [H·d] / [Hkv·d]
@@ -22,7 +22,7 @@ So the kernel loads each head as two [heads, d/2] tiles, x1 and x2, at column of
 chosen by the layout, and the rest of the code never knows which layout it runs. Norm sums simply
 add the two halves.
 
-Roundings follow `minimoe.attention.Attention.forward`: each norm's output is rounded to the
+Roundings follow the PyTorch twin `minimoe.ops.qkv_rope_cache_torch`: each norm's output is rounded to the
 activation dtype, multiplied by its weight in fp32 and rounded again; rope reads those rounded
 values, rotates in fp32 and rounds once. No host syncs (positions stay on the device), so the
 kernel can be captured in a CUDA graph.
@@ -42,7 +42,7 @@ QK_NORMS = {None: 0, "full": 1, "head": 2}  # -> the QK_NORM constexpr
 # q norm sums over every head, so it keeps one q program. In the graphed step
 # (docs/results/2026-12-04-s32, call 2; medians of 3, the baseline repeated within 0.08%) against the one-program
 # kernel: OLMoE bs 1 -1.46% (its full norm: one q program, so 1, 4 and 8 are the same launch), Qwen3-30B-A3B bs 1
-# -0.73% (1), -2.04% (4), -2.50% (8); bs 64: OLMoE -0.34%, Qwen3-30B-A3B -0.65% (8), Qwen1.5-MoE -0.13% (the
+# -0.73% (1), -2.04% (4), -2.50% (8); bs 64 with 8: OLMoE -0.29%, Qwen3-30B-A3B -0.65%, Qwen1.5-MoE -0.11% (the
 # one-program kernel is gone); 16 and 32 programs +0.97% on Qwen3-30B-A3B (call 3).
 Q_PROGRAMS = 8
 SPLIT_WARPS: int | None = None   # the split kernel's warps (None: 4, or 8 for a q tile over 2,048 elements)
@@ -87,7 +87,8 @@ def _norm_rope_heads(row_ptr, w_ptr, c1, c2, j_ok, cos, sin, eps, clip,
                      QK_NORM: tl.constexpr, CLIP: tl.constexpr, h0, h_end, inv_full, USE_INV: tl.constexpr):
     """Load heads [h0, h_end) of the N_HEADS starting at row_ptr, norm / clip / rotate them -> (o1, o2, heads, mask).
 
-    A "full" norm sums over every head, so it needs h0 = 0 and h_end = N_HEADS (the host sees to it)."""
+    A "full" norm sums over every head: it needs h0 = 0 and h_end = N_HEADS, or USE_INV with the caller's 1 / rms over
+    every head in inv_full (the host sees to it)."""
     OUT_T: tl.constexpr = row_ptr.dtype.element_ty
     heads = h0 + tl.arange(0, BLOCK_HEADS)
     mask = (heads < h_end)[:, None] & j_ok[None, :]  # [heads, d/2], both padded to powers of two
@@ -116,8 +117,8 @@ def _qkv_rope_cache_split_kernel(
     CLIP: tl.constexpr, INTERLEAVE: tl.constexpr, PDL: tl.constexpr, BLOCK_H: tl.constexpr = 1,
     FULL_INV: tl.constexpr = False,
 ):
-    """Grid [B·S, Q_PROGS + 1]: program (t, g < Q_PROGS) takes token t's q heads [g·QG, g·QG + QG), program
-    (t, Q_PROGS) its k and v; each issues all of its loads before its first store. (The kernel this replaced, one
+    """Grid [B·S, P + 1] (P = cdiv(H, QG) q programs): program (t, g < P) takes token t's q heads [g·QG, g·QG + QG),
+    program (t, P) its k and v; each issues all of its loads before its first store. (The kernel this replaced, one
     program doing q, then k, then v, waited an L2 round trip per store -> load turn, since the compiler may not move
     a load above a store it cannot prove disjoint, and ran 32 heads' work in one program: 3.2 µs against 1.7 a
     Qwen3-30B-A3B layer, docs/results/2026-12-04-s32.)"""
