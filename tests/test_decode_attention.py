@@ -115,14 +115,59 @@ def test_tile_merge_equals_loop_merge(monkeypatch, max_splits, Dv):
     _check(q, k_cache, v_cache, seq_lens, max_splits=max_splits, min_tiles=1)
 
 
+def test_early_merge_loads_equal_the_tile(monkeypatch):
+    """decode_attention_merge.EARLY_LOADS: the tile's loads issued before seq_len is known, every split of the grid
+    read and the empty ones dropped after; the partial buffers start as NaN (torch.empty's stale memory at its worst),
+    so a split past seq_len that leaked into the sum would show. The same bits as the tile without it."""
+    import minimoe.kernels.decode_attention_merge as merge
+    q, k_cache, v_cache, seq_lens = _fp32_case(4, 8, 2, 300, 64, [1, 97, 300])
+    real_empty = torch.empty
+
+    def nan_empty(*shape, **kw):     # the partials and lse: float32 buffers full of NaN
+        t = real_empty(*shape, **kw)
+        return t.fill_(float("nan")) if t.dtype == torch.float32 else t
+    monkeypatch.setattr(dattn.torch, "empty", nan_empty)
+    monkeypatch.setattr(merge, "TILE_ELEMS", 1 << 20)
+    early = []
+    monkeypatch.setattr(dattn, "merge_splits_kernel", _Spy(merge.merge_splits_kernel, early, "EARLY"))
+    monkeypatch.setattr(merge, "EARLY_LOADS", False)
+    tile = decode_attention(q, k_cache, v_cache, seq_lens, 0.125, max_splits=5, min_tiles=1)
+    monkeypatch.setattr(merge, "EARLY_LOADS", True)
+    out = decode_attention(q, k_cache, v_cache, seq_lens, 0.125, max_splits=5, min_tiles=1)
+    assert early == [False, True]
+    assert not out.isnan().any() and torch.equal(out, tile)
+
+
+@pytest.mark.parametrize("H,Hkv,Dv", [(8, 2, 64), (4, 4, 64), (6, 1, 40)])
+def test_early_tile_equals_the_loop(monkeypatch, H, Hkv, Dv):
+    """decode_attention.EARLY_TILE: where every split is one K tile, q and the tile are loaded before seq_len, the rows
+    past it dropped after (the cache's tail is NaN); the same bits as the loop's one step, and the oracle's answer.
+    With more tiles a split (max_splits 2), several new tokens, or no tile split at all, the kernel keeps its loop."""
+    q, k_cache, v_cache, seq_lens = _fp32_case(5, H, Hkv, 300, 64, [1, 97, 300])
+    v_cache = v_cache[..., :Dv]                           # a value head narrower than its power-of-two block
+    early = []
+    monkeypatch.setattr(dattn, "_decode_split_kernel", _Spy(dattn._decode_split_kernel, early, "EARLY"))
+    monkeypatch.setattr(dattn, "EARLY_TILE", False)
+    loop = decode_attention(q, k_cache, v_cache, seq_lens, 0.125, min_tiles=1)
+    monkeypatch.setattr(dattn, "EARLY_TILE", True)
+    out = decode_attention(q, k_cache, v_cache, seq_lens, 0.125, min_tiles=1)
+    assert early == [False, True]
+    assert torch.equal(out, loop)
+    _check(q, k_cache, v_cache, seq_lens, min_tiles=1)
+    decode_attention(q, k_cache, v_cache, seq_lens, 0.125, max_splits=2, min_tiles=1)
+    positions = (seq_lens - 1).long()[:, None]
+    decode_attention(q[:, None], k_cache, v_cache, seq_lens, 0.125, positions=positions, min_tiles=1)
+    assert early[-3:] == [True, False, False]
+
+
 class _Spy:
-    """kernel[grid](...) that records its TILE constexpr and launches the real kernel."""
-    def __init__(self, real, seen):
-        self.real, self.seen = real, seen
+    """kernel[grid](...) that records one constexpr of each launch (TILE by default) and launches the real kernel."""
+    def __init__(self, real, seen, key="TILE"):
+        self.real, self.seen, self.key = real, seen, key
 
     def __getitem__(self, grid):
         def launch(*a, **k):
-            self.seen.append(k.get("TILE"))
+            self.seen.append(k.get(self.key))
             return self.real[grid](*a, **k)
         return launch
 

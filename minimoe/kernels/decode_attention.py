@@ -54,6 +54,11 @@ ACC_BUDGET = 16384  # fp32 accumulator elements per program (BLOCK_H * Dv): 64 r
 # Qwen3-30B-A3B (G 8) bs 64; Mixtral +0.25%. MLA's shapes ((16 | 128, 576)) are not listed: it keeps 2.
 BIG_GRID_STAGES = {(1, 128): 3, (8, 128): 3}
 DEFAULT_TILES: dict | None = None  # the split kernel's tiles when a caller gives none (scripts/step_probe.py A/Bs)
+# Where every split is one K tile (small grids at batch 1: 4 splits of 64 for a 256-entry cache), one new token and no
+# MLA: the split kernel loads q and its K / V tile before seq_len arrives, not after (one L2 round trip fewer on the
+# critical path), and drops the rows past seq_len after. The same bits. Unmeasured: off until the graphed step says
+# otherwise (scripts/gpu/pending_h200_s33.sh); the twenty-ninth session's peeled first tile inside a loop lost at bs 64.
+EARLY_TILE = False
 
 
 @triton.jit
@@ -83,7 +88,7 @@ def _decode_split_kernel(
     G: tl.constexpr, S_Q: tl.constexpr, HEAD_TILES: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr,
     BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DR: tl.constexpr,
     BLOCK_DV: tl.constexpr, V_FROM_K: tl.constexpr, DIRECT: tl.constexpr, USE_POS: tl.constexpr,
-    PRECISION: tl.constexpr, PDL: tl.constexpr, MERGE: tl.constexpr = False,
+    PRECISION: tl.constexpr, PDL: tl.constexpr, MERGE: tl.constexpr = False, EARLY: tl.constexpr = False,
 ):
     wait_then_release(PDL)
     # Head tiles are the fastest grid axis so sibling tiles of one kv head (MLA: G = 128 in tiles
@@ -92,6 +97,19 @@ def _decode_split_kernel(
     head_tile = tl.program_id(0) % HEAD_TILES
     b = tl.program_id(1).to(tl.int64)  # int64: b * stride_kb overflows int32 for a 32k x 256 cache
     split = tl.program_id(2)
+    if EARLY:  # one K tile a split, one new token, no MLA: q, K and V loaded before seq_len is known (see below)
+        e_rows = head_tile * BLOCK_H + tl.arange(0, BLOCK_H)
+        e_heads = kv_head * G + e_rows % G
+        e_d = tl.arange(0, BLOCK_DK)
+        e_n = split * CHUNK + tl.arange(0, BLOCK_N)
+        e_in = e_n < S_max                                   # inside the cache: stale rows are dropped below
+        q_early = tl.load(q_ptr + b * stride_qb + e_heads[:, None] * stride_qh + e_d[None, :],
+                          mask=(e_rows < G)[:, None], other=0.0).to(k_ptr.dtype.element_ty)
+        k_early = tl.load(k_ptr + b * stride_kb + kv_head * stride_kh + e_n[:, None] * stride_ks + e_d[None, :],
+                          mask=e_in[:, None], other=0.0)
+        e_v = tl.arange(0, BLOCK_DV)
+        v_early = tl.load(v_ptr + b * stride_vb + kv_head * stride_vh + e_n[:, None] * stride_vs + e_v[None, :],
+                          mask=e_in[:, None] & (e_v[None, :] < DV), other=0.0)
     seq_len = tl.minimum(tl.load(seq_lens_ptr + b), S_max)
     start = split * CHUNK
     if start >= seq_len:  # early exit: the merge kernel knows this split is empty from seq_len
@@ -114,7 +132,10 @@ def _decode_split_kernel(
     offs_v = tl.arange(0, BLOCK_DV)
     q_rows = q_ptr + b * stride_qb + s_q[:, None] * stride_qs + heads[:, None] * stride_qh
     cache_t = k_ptr.dtype.element_ty
-    q_main = tl.load(q_rows + offs_d[None, :], mask=row_ok[:, None], other=0.0).to(cache_t)
+    if EARLY:
+        q_main = q_early
+    else:
+        q_main = tl.load(q_rows + offs_d[None, :], mask=row_ok[:, None], other=0.0).to(cache_t)
     if BLOCK_DR > 0:  # constexpr branch: names bound here stay visible below
         offs_r = BLOCK_DK + tl.arange(0, BLOCK_DR)
         q_rest = tl.load(q_rows + offs_r[None, :], mask=row_ok[:, None] & (offs_r[None, :] < DK),
@@ -125,24 +146,30 @@ def _decode_split_kernel(
     m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)  # running max, log2 domain
     l_i = tl.zeros([BLOCK_H], tl.float32)  # running softmax denominator
     acc = tl.zeros([BLOCK_H, BLOCK_DV], tl.float32)  # [BLOCK_H, Dv] unnormalised output
-    for n0 in range(start, end, BLOCK_N):
-        offs_n = n0 + tl.arange(0, BLOCK_N)
-        n_ok = offs_n < end
-        k_rows = k_base + offs_n[:, None] * stride_ks
-        k_main = tl.load(k_rows + offs_d[None, :], mask=n_ok[:, None], other=0.0)  # [N, BLOCK_DK]
-        qk = tl.dot(q_main, tl.trans(k_main), input_precision=PRECISION)  # [BLOCK_H, N]
-        if BLOCK_DR > 0:
-            k_rest = tl.load(k_rows + offs_r[None, :],
-                             mask=n_ok[:, None] & (offs_r[None, :] < DK), other=0.0)
-            qk += tl.dot(q_rest, tl.trans(k_rest), input_precision=PRECISION)
-        valid = n_ok[None, :] & (offs_n[None, :] < limit[:, None])
-        qk = tl.where(valid, qk * qk_scale, float("-inf"))
-        if V_FROM_K:  # MLA: V is the first Dv columns of the K tile already in hand
-            v = k_main
-        else:
-            v = tl.load(v_base + offs_n[:, None] * stride_vs + offs_v[None, :],
-                        mask=n_ok[:, None] & (offs_v[None, :] < DV), other=0.0)
-        m_i, l_i, acc = _online_softmax_step(qk, v, m_i, l_i, acc, PRECISION)
+    if EARLY:  # the loop's one step on the tiles loaded above, rows past seq_len (stale, maybe NaN) zeroed first
+        n_ok = (e_n < end)[:, None]
+        qk = tl.dot(q_early, tl.trans(tl.where(n_ok, k_early, 0.0)), input_precision=PRECISION)
+        qk = tl.where((e_n[None, :] < end) & (e_n[None, :] < limit[:, None]), qk * qk_scale, float("-inf"))
+        m_i, l_i, acc = _online_softmax_step(qk, tl.where(n_ok, v_early, 0.0), m_i, l_i, acc, PRECISION)
+    if not EARLY:
+        for n0 in range(start, end, BLOCK_N):
+            offs_n = n0 + tl.arange(0, BLOCK_N)
+            n_ok = offs_n < end
+            k_rows = k_base + offs_n[:, None] * stride_ks
+            k_main = tl.load(k_rows + offs_d[None, :], mask=n_ok[:, None], other=0.0)  # [N, BLOCK_DK]
+            qk = tl.dot(q_main, tl.trans(k_main), input_precision=PRECISION)  # [BLOCK_H, N]
+            if BLOCK_DR > 0:
+                k_rest = tl.load(k_rows + offs_r[None, :],
+                                 mask=n_ok[:, None] & (offs_r[None, :] < DK), other=0.0)
+                qk += tl.dot(q_rest, tl.trans(k_rest), input_precision=PRECISION)
+            valid = n_ok[None, :] & (offs_n[None, :] < limit[:, None])
+            qk = tl.where(valid, qk * qk_scale, float("-inf"))
+            if V_FROM_K:  # MLA: V is the first Dv columns of the K tile already in hand
+                v = k_main
+            else:
+                v = tl.load(v_base + offs_n[:, None] * stride_vs + offs_v[None, :],
+                            mask=n_ok[:, None] & (offs_v[None, :] < DV), other=0.0)
+            m_i, l_i, acc = _online_softmax_step(qk, v, m_i, l_i, acc, PRECISION)
 
     seen = l_i > 0  # a split can hold no position a later row may see: weight 0 in the merge
     out = acc / tl.where(seen, l_i, 1.0)[:, None]
@@ -290,17 +317,19 @@ def decode_attention(q, k_cache, v_cache, seq_lens, scale: float, *, positions=N
         USE_POS=not one,
         # fp32 caches would silently drop to tf32 on tensor cores; "ieee" keeps them exact
         PRECISION="ieee" if k_cache.dtype == torch.float32 else "tf32", MERGE=merge,
+        EARLY=EARLY_TILE and one and chunk == block_n and block_dr == 0 and not v_from_k and not merge,
         **launch, **launch_args(pdl),
     )
     if w_uv is not None:
         return merge_uv(part[:, 0], lse[:, 0], seq_lens, w_uv, s_max, chunk, num_splits, out_dtype=q.dtype, pdl=pdl)
     if not direct and not merge:
+        tile = triton.next_power_of_2(num_splits) * block_dv <= _merge.TILE_ELEMS
         merge_splits_kernel[(H * S, B)](
             part, lse, seq_lens, out,
             part.stride(0), part.stride(1), part.stride(2), part.stride(3),
             lse.stride(0), lse.stride(1), lse.stride(2), out.stride(0), out.stride(1), out.stride(2),
             s_max, chunk, H=H, DV=dv, BLOCK_S=triton.next_power_of_2(num_splits), BLOCK_DV=block_dv,
-            TILE=triton.next_power_of_2(num_splits) * block_dv <= _merge.TILE_ELEMS, num_warps=4, **launch_args(pdl),
+            TILE=tile, EARLY=tile and _merge.EARLY_LOADS, num_warps=4, **launch_args(pdl),
         )
     return out[:, 0] if one else out
 

@@ -22,6 +22,10 @@ from .pdl import wait_then_release
 # call 4) the loop was +0.43% (Qwen3-30B-A3B), +0.25% (OLMoE), +0.39% (Qwen1.5-MoE) against the tile, the baseline
 # repeated at -0.20 / -0.14 / -0.01%.
 TILE_ELEMS = 8192
+# With the tile: its loads issued beside seq_len's, masked by the split count S_max gives (a static bound) and the
+# splits past seq_len dropped after (their stale partials, even NaN, selected away): one round trip, not two. The same
+# bits. Unmeasured: off until the graphed step says otherwise (scripts/gpu/pending_h200_s33.sh).
+EARLY_LOADS = False
 
 
 @triton.jit
@@ -30,26 +34,37 @@ def merge_splits_kernel(
     stride_pb, stride_pq, stride_ph, stride_ps, stride_lb, stride_lq, stride_lh,
     stride_ob, stride_oq, stride_oh,
     S_max, CHUNK, H: tl.constexpr, DV: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_DV: tl.constexpr,
-    PDL: tl.constexpr, TILE: tl.constexpr = False,
+    PDL: tl.constexpr, TILE: tl.constexpr = False, EARLY: tl.constexpr = False,
 ):
     wait_then_release(PDL)
     h = tl.program_id(0) % H
     q = tl.program_id(0) // H
     b = tl.program_id(1).to(tl.int64)
-    seq_len = tl.minimum(tl.load(seq_lens_ptr + b), S_max)
-    n_valid = tl.cdiv(seq_len, CHUNK)  # splits past this exited early and wrote nothing
     offs_s = tl.arange(0, BLOCK_S)
     lse_row = lse_ptr + b * stride_lb + q * stride_lq + h * stride_lh
-    lse = tl.load(lse_row + offs_s, mask=offs_s < n_valid, other=float("-inf"))
-    lse_max = tl.max(lse, axis=0)  # finite: the first split holds position 0, which every row sees
-    denom = tl.sum(tl.exp2(lse - lse_max), axis=0)
-
     offs_v = tl.arange(0, BLOCK_DV)
     v_ok = offs_v < DV
     part_row = part_ptr + b * stride_pb + q * stride_pq + h * stride_ph + offs_v
+    if EARLY:  # (TILE) every split the grid has, loaded before seq_len is known; the empty ones are dropped below
+        in_grid = offs_s < tl.cdiv(S_max, CHUNK)
+        lse_all = tl.load(lse_row + offs_s, mask=in_grid, other=float("-inf"))
+        part_all = tl.load(part_row[None, :] + offs_s[:, None] * stride_ps, mask=in_grid[:, None] & v_ok[None, :],
+                           other=0.0)
+    seq_len = tl.minimum(tl.load(seq_lens_ptr + b), S_max)
+    n_valid = tl.cdiv(seq_len, CHUNK)  # splits past this exited early and wrote nothing
+    if EARLY:
+        lse = tl.where(offs_s < n_valid, lse_all, float("-inf"))
+    else:
+        lse = tl.load(lse_row + offs_s, mask=offs_s < n_valid, other=float("-inf"))
+    lse_max = tl.max(lse, axis=0)  # finite: the first split holds position 0, which every row sees
+    denom = tl.sum(tl.exp2(lse - lse_max), axis=0)
+
     if TILE:  # every partial in one load, issued beside the lse's; the sum runs over the tile's rows in split order
-        part = tl.load(part_row[None, :] + offs_s[:, None] * stride_ps,
-                       mask=(offs_s < n_valid)[:, None] & v_ok[None, :], other=0.0)
+        if EARLY:
+            part = tl.where((offs_s < n_valid)[:, None], part_all, 0.0)
+        else:
+            part = tl.load(part_row[None, :] + offs_s[:, None] * stride_ps,
+                           mask=(offs_s < n_valid)[:, None] & v_ok[None, :], other=0.0)
         acc = tl.sum(tl.exp2(lse - lse_max)[:, None] * part, axis=0)
     else:
         acc = tl.zeros([BLOCK_DV], tl.float32)
