@@ -54,7 +54,7 @@ import triton
 import triton.language as tl
 
 from .pdl import launch_args, prefetch_l2_lanes, wait_then_release
-from .route import MAX_EXPERTS, _topk_weights
+from .route import MAX_EXPERTS, _topk_weights, topk_rank
 
 MAX_T = 16          # the decode sizes it is meant (and benchmarked) for; see `usable`
 TOKEN_BLOCK = 16    # tokens per program: each gate tile is loaded once and used for all of them
@@ -85,7 +85,8 @@ _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 @triton.jit
 def _reduce_route(part_ptr, gate_ptr, w_ptr, ids_ptr, t, T, E, KSPLIT, scaling, skip,
                   K: tl.constexpr, E_P2: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_K: tl.constexpr,
-                  SOFTMAX_FIRST: tl.constexpr, RENORM: tl.constexpr, VOLATILE: tl.constexpr):
+                  SOFTMAX_FIRST: tl.constexpr, RENORM: tl.constexpr, VOLATILE: tl.constexpr,
+                  RANK: tl.constexpr = False):
     """Token t: logits = the KSPLIT partial rows summed in a fixed order, then top-k into w / ids."""
     offs_e = tl.arange(0, E_P2)
     rows = tl.arange(0, BLOCK_S)
@@ -97,7 +98,7 @@ def _reduce_route(part_ptr, gate_ptr, w_ptr, ids_ptr, t, T, E, KSPLIT, scaling, 
                     volatile=VOLATILE)
         logits += tl.sum(p, axis=0)
     logits = logits.to(gate_ptr.dtype.element_ty).to(tl.float32)  # nn.Linear's gate-dtype logits
-    w, ids = _topk_weights(logits, E, scaling, skip, K, E_P2, BLOCK_K, SOFTMAX_FIRST, RENORM)
+    w, ids = _topk_weights(logits, E, scaling, skip, K, E_P2, BLOCK_K, SOFTMAX_FIRST, RENORM, RANK)
     slots = tl.arange(0, BLOCK_K)
     tl.store(w_ptr + t * K + slots, w, mask=slots < K)
     tl.store(ids_ptr + t * K + slots, ids.to(tl.int64), mask=slots < K)
@@ -107,12 +108,12 @@ def _reduce_route(part_ptr, gate_ptr, w_ptr, ids_ptr, t, T, E, KSPLIT, scaling, 
 def _reduce_route_kernel(
     part_ptr, gate_ptr, w_ptr, ids_ptr, T, E, KSPLIT, scaling, skip,
     K: tl.constexpr, E_P2: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_K: tl.constexpr,
-    SOFTMAX_FIRST: tl.constexpr, RENORM: tl.constexpr, PDL: tl.constexpr,
+    SOFTMAX_FIRST: tl.constexpr, RENORM: tl.constexpr, PDL: tl.constexpr, RANK: tl.constexpr = False,
 ):
     """Token program_id(0): logits = the KSPLIT partial rows summed in a fixed order, then top-k."""
     wait_then_release(PDL)
     _reduce_route(part_ptr, gate_ptr, w_ptr, ids_ptr, tl.program_id(0).to(tl.int64), T, E, KSPLIT, scaling, skip,
-                  K, E_P2, BLOCK_S, BLOCK_K, SOFTMAX_FIRST, RENORM, False)
+                  K, E_P2, BLOCK_S, BLOCK_K, SOFTMAX_FIRST, RENORM, False, RANK)
 
 
 @triton.jit
@@ -124,6 +125,7 @@ def _gate_partial_kernel(
     ROUTE: tl.constexpr = False, K: tl.constexpr = 1, E_P2: tl.constexpr = 1, BLOCK_S: tl.constexpr = 1,
     BLOCK_K: tl.constexpr = 1, SOFTMAX_FIRST: tl.constexpr = True, RENORM: tl.constexpr = False,
     PREFETCH: tl.constexpr = False, ELT_BYTES: tl.constexpr = 2, HOIST: tl.constexpr = False,
+    RANK: tl.constexpr = False,
 ):
     """part[s, t, e] for e in tile program_id(0), split s = program_id(1), t in block program_id(2).
 
@@ -205,7 +207,7 @@ def _gate_partial_kernel(
             for i3 in tl.static_range(BLOCK_T):
                 if t0 + i3 < T:
                     _reduce_route(part_ptr, gate_ptr, w_ptr, ids_ptr, (t0 + i3).to(tl.int64), T, E, KSPLIT,
-                                  scaling, skip, K, E_P2, BLOCK_S, BLOCK_K, SOFTMAX_FIRST, RENORM, True)
+                                  scaling, skip, K, E_P2, BLOCK_S, BLOCK_K, SOFTMAX_FIRST, RENORM, True, RANK)
 
 
 @functools.lru_cache(maxsize=None)
@@ -289,7 +291,7 @@ def gate_route_splitk(h: torch.Tensor, gate_weight: torch.Tensor, k: int, *, ren
     _reduce_route_kernel[(T,)](
         part, gate_weight, w, ids, T, E, splits, float(scaling), float(skip),
         K=k, E_P2=e_p2, BLOCK_S=min(max(REDUCE_ELEMS // e_p2, 1), triton.next_power_of_2(splits)),
-        BLOCK_K=triton.next_power_of_2(k), SOFTMAX_FIRST=softmax_first, RENORM=renorm,
+        BLOCK_K=triton.next_power_of_2(k), SOFTMAX_FIRST=softmax_first, RENORM=renorm, RANK=topk_rank(e_p2),
         num_warps=1,  # as route.py: one warp reduces the [E] row with shuffles, no shared memory
         **launch_args(pdl),
     )

@@ -26,6 +26,7 @@ import triton
 
 from . import gate_splitk
 from .pdl import launch_args
+from .route import topk_rank
 
 
 def norm_gate_route_splitk(x: torch.Tensor, residual: torch.Tensor | None, norm_weight: torch.Tensor, eps: float,
@@ -82,6 +83,7 @@ def norm_gate_route_splitk(x: torch.Tensor, residual: torch.Tensor | None, norm_
         BLOCK_K=triton.next_power_of_2(k), SOFTMAX_FIRST=softmax_first, RENORM=renorm,
         PREFETCH=prefetch and pdl and _prefetchable(gate_weight, block_d), ELT_BYTES=gate_weight.element_size(),
         HOIST=gs.HOIST_TILE and n_tiles == splits,                      # every split one tile: first + 1 == last
+        RANK=topk_rank(e_p2),
         num_warps=max(1, min(4, block_e * block_d // 256)), **launch_args(pdl),  # 16 x 256: 4 warps, 32 values each
     )
     return h, res_out, w, ids

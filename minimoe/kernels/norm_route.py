@@ -37,7 +37,7 @@ import triton.language as tl
 
 from .pdl import launch_args, wait_then_release
 from .rmsnorm import add_rms_norm_row
-from .route import MAX_EXPERTS, _topk_weights
+from .route import MAX_EXPERTS, _topk_weights, topk_rank
 
 # One program per token re-reads the whole gate (from L2 after the first): worth it at decode sizes
 # only. Callers fold the router only up to this many tokens.
@@ -87,6 +87,7 @@ def _norm_route_kernel(
     K: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_E: tl.constexpr, E_P2: tl.constexpr,
     BLOCK_K: tl.constexpr, HAS_RESIDUAL: tl.constexpr, HAS_NORM: tl.constexpr,
     SOFTMAX_FIRST: tl.constexpr, RENORM: tl.constexpr, STAGES: tl.constexpr, PDL: tl.constexpr,
+    RANK: tl.constexpr = False,
 ):
     wait_then_release(PDL)
     t = tl.program_id(0).to(tl.int64)  # int64: t * stride overflows int32 for long prefills
@@ -98,7 +99,7 @@ def _norm_route_kernel(
         h = tl.load(x_ptr + t * stride_x + offs, mask=offs < D, other=0.0)
     h = h.to(gate_ptr.dtype.element_ty).to(tl.float32)  # the engine feeds h.to(gate dtype) to the gate
     logits = _gate_logits(h, gate_ptr, stride_g, D, E, BLOCK_D, BLOCK_E, E_P2, STAGES)
-    w, ids = _topk_weights(logits, E, scaling, skip, K, E_P2, BLOCK_K, SOFTMAX_FIRST, RENORM)
+    w, ids = _topk_weights(logits, E, scaling, skip, K, E_P2, BLOCK_K, SOFTMAX_FIRST, RENORM, RANK)
     slots = tl.arange(0, BLOCK_K)
     tl.store(w_ptr + t * K + slots, w, mask=slots < K)
     tl.store(ids_ptr + t * K + slots, ids.to(tl.int64), mask=slots < K)
@@ -152,7 +153,8 @@ def norm_route(x: torch.Tensor, residual: torch.Tensor | None, norm_weight: torc
         x2.stride(0), r2.stride(0), gate_weight.stride(0), D, E, eps, float(scaling), float(skip),
         K=k, BLOCK_D=block_d, BLOCK_E=block_e, E_P2=triton.next_power_of_2(E),
         BLOCK_K=triton.next_power_of_2(k), HAS_RESIDUAL=residual is not None, HAS_NORM=True,
-        SOFTMAX_FIRST=softmax_first, RENORM=renorm, STAGES=NUM_STAGES, num_warps=num_warps, **launch_args(pdl),
+        SOFTMAX_FIRST=softmax_first, RENORM=renorm, STAGES=NUM_STAGES, RANK=topk_rank(triton.next_power_of_2(E)),
+        num_warps=num_warps, **launch_args(pdl),
     )
     return h, res_out, w, ids
 
@@ -178,7 +180,8 @@ def gate_route(h: torch.Tensor, gate_weight: torch.Tensor, k: int, *, renorm: bo
         h.stride(0), 0, gate_weight.stride(0), D, E, 0.0, float(scaling), float(skip),
         K=k, BLOCK_D=block_d, BLOCK_E=block_e, E_P2=triton.next_power_of_2(E),
         BLOCK_K=triton.next_power_of_2(k), HAS_RESIDUAL=False, HAS_NORM=False,
-        SOFTMAX_FIRST=softmax_first, RENORM=renorm, STAGES=NUM_STAGES, num_warps=num_warps, **launch_args(pdl),
+        SOFTMAX_FIRST=softmax_first, RENORM=renorm, STAGES=NUM_STAGES, RANK=topk_rank(triton.next_power_of_2(E)),
+        num_warps=num_warps, **launch_args(pdl),
     )
     return w, ids
 

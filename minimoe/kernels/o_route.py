@@ -45,7 +45,7 @@ import triton.language as tl
 
 from .dense_gemv import dense_config
 from .pdl import launch_args, wait_then_release
-from .route import MAX_EXPERTS, _topk_weights
+from .route import MAX_EXPERTS, _topk_weights, topk_rank
 
 MAX_T = 2          # tokens a step (the stream GEMV's regime); one counter and R copies of an [E] accumulator a token
 MAX_ROW = 8192     # the last program holds its token's whole row r in registers for 1 / rms
@@ -76,7 +76,7 @@ def _o_route_kernel(a_ptr, wo_ptr, x_ptr, res_out_ptr, gate_ptr, norm_ptr, h_ptr
                     T, D, A, E, stride_a, stride_wo, stride_x, stride_g, eps, scaling, skip,
                     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr, E_P2: tl.constexpr,
                     K: tl.constexpr, BLOCK_TOP: tl.constexpr, SOFTMAX_FIRST: tl.constexpr, RENORM: tl.constexpr,
-                    BLOCK_ROW: tl.constexpr, R: tl.constexpr, PDL: tl.constexpr):
+                    BLOCK_ROW: tl.constexpr, R: tl.constexpr, PDL: tl.constexpr, RANK: tl.constexpr = False):
     """Program (t, block): o[t, cols] as dense_gemv, r = x + o stored, z shares added; the token's last program
     writes h[t], w[t], ids[t]."""
     pid = tl.program_id(0)
@@ -128,7 +128,7 @@ def _o_route_kernel(a_ptr, wo_ptr, x_ptr, res_out_ptr, gate_ptr, norm_ptr, h_ptr
         h = g_row * (row * inv).to(x_t).to(tl.float32)                  # rounded before the weight, as rmsnorm.py
         tl.store(h_ptr + t64 * D + offs_row, h.to(h_ptr.dtype.element_ty), mask=row_ok)
         logits = (z * inv).to(gate_ptr.dtype.element_ty).to(tl.float32)  # nn.Linear's gate-dtype logits
-        wts, ids = _topk_weights(logits, E, scaling, skip, K, E_P2, BLOCK_TOP, SOFTMAX_FIRST, RENORM)
+        wts, ids = _topk_weights(logits, E, scaling, skip, K, E_P2, BLOCK_TOP, SOFTMAX_FIRST, RENORM, RANK)
         slots = tl.arange(0, BLOCK_TOP)
         tl.store(w_ptr + t64 * K + slots, wts, mask=slots < K)
         tl.store(ids_ptr + t64 * K + slots, ids.to(tl.int64), mask=slots < K)
@@ -186,6 +186,6 @@ def o_norm_route(a: torch.Tensor, wo: torch.Tensor, x: torch.Tensor, norm_weight
         float(skip),
         BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"], STAGES=cfg["num_stages"], E_P2=e_p2, K=k,
         BLOCK_TOP=triton.next_power_of_2(k), SOFTMAX_FIRST=softmax_first, RENORM=renorm,
-        BLOCK_ROW=triton.next_power_of_2(D), R=R, num_warps=cfg["num_warps"],
+        BLOCK_ROW=triton.next_power_of_2(D), R=R, RANK=topk_rank(e_p2), num_warps=cfg["num_warps"],
         num_stages=cfg["num_stages"], **launch_args(pdl))
     return h, r, w, ids

@@ -11,7 +11,11 @@ one token's row of E logits (E <= 512 fits in one warp's registers) and does it 
       top, ids = top-K of logits;  w = softmax(top) over the K;  w *= scaling
 
 Top-K is K rounds of "max, then the lowest index that holds it, then mask it out" over the row in
-registers: K is 1..8 in practice, so K cheap reductions beat a sort. Experts are chosen on the
+registers: K is 1..8 in practice, so K cheap reductions beat a sort. They are 2K reductions in a row, though, each
+a chain of shuffles and, over several warps, a shared-memory round and a barrier: rows of at most
+TOPK_RANK_MAX_E experts can take the rank form instead (`_topk_rank`): each logit becomes one int64 key that
+orders as (logit, then lower index), an expert's rank is the count of keys above its own ([E, E] compares, one
+reduction), and slot k takes the key of rank k (one more): two reductions whatever K is. Experts are chosen on the
 logits, not on p: softmax is monotone, so the choice is the same, and logits cannot tie where
 exp() rounds two nearby probabilities to the same float. Ties between equal logits go to the
 lowest expert index (torch.topk leaves tie order unspecified). Slots come out in descending
@@ -34,34 +38,78 @@ import triton.language as tl
 from .pdl import launch_args, wait_then_release
 
 MAX_EXPERTS = 512
+# Rows of at most this many experts (E rounded up to a power of two) take the rank top-k (`_topk_rank`) in every
+# kernel that routes; 0 = never. The same bits either way (the tests check both); only speed differs.
+TOPK_RANK_MAX_E = 0
+_PAD_KEY = -(1 << 62)   # `_topk_rank`'s key for padding (index >= E): below every real or NaN key
+_NAN_KEY = -(1 << 60)   # a NaN logit's sortable value: below -inf's, above the padding
+
+
+def topk_rank(block_e: int) -> bool:
+    """Whether a row of block_e (a power of two) logits takes `_topk_rank`: the TOPK_RANK_MAX_E knob, read at
+    call time."""
+    return block_e <= TOPK_RANK_MAX_E
+
+
+@triton.jit
+def _topk_rank(x, E, BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr):
+    """float32 logits x [BLOCK_E] -> (top [BLOCK_K] float32 descending, ids [BLOCK_K] int32): slot k holds the
+    logit ranked k, ties to the lower index, padding (index >= E) never above a real entry; the slots past the
+    caller's K are junk. The same choice as `_topk_weights`' argmax rounds, in two reductions.
+
+    key = (sortable(x) << 16) | (65535 - index), int64: sortable() is x's bits with the magnitude flipped where
+    the sign is set, so int32 order is float order (-0.0 is read as +0.0: the float compare ties them; a NaN is
+    put below every number, as the rounds' max skips it). rank[i] = #{j : key[j] > key[i]} is a permutation of
+    0..BLOCK_E-1 (keys are distinct), so slot k's key is the sum over i of (rank[i] == k) * key[i], and
+    decoding that one key gives both the logit and its index."""
+    offs = tl.arange(0, BLOCK_E)
+    bits = tl.where(x == 0.0, 0.0, x).to(tl.int32, bitcast=True)
+    sortable = tl.where(bits < 0, bits ^ 0x7FFFFFFF, bits).to(tl.int64)
+    sortable = tl.where(x != x, _NAN_KEY >> 16, sortable)
+    key = (sortable << 16) | (65535 - offs).to(tl.int64)
+    key = tl.where(offs < E, key, _PAD_KEY)
+    above = (key[:, None] > key[None, :]).to(tl.int32)             # [j, i]: j outranks i
+    rank = tl.sum(above, axis=0)                                     # [BLOCK_E]
+    slots = tl.arange(0, BLOCK_K)
+    picked = tl.sum(tl.where(rank[None, :] == slots[:, None], key[None, :], 0), axis=1)  # [BLOCK_K]
+    ids = (65535 - (picked & 65535)).to(tl.int32)
+    s32 = (picked >> 16).to(tl.int32)
+    top = tl.where(s32 < 0, s32 ^ 0x7FFFFFFF, s32).to(tl.float32, bitcast=True)
+    return top, ids
 
 
 @triton.jit
 def _topk_weights(x, E, scaling, skip, K: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr,
-                  SOFTMAX_FIRST: tl.constexpr, RENORM: tl.constexpr):
+                  SOFTMAX_FIRST: tl.constexpr, RENORM: tl.constexpr, RANK: tl.constexpr = False):
     """One token's float32 logits x [BLOCK_E] -> (weights [BLOCK_K] float32, ids [BLOCK_K] int32).
 
     Entries at or past E are padding and never chosen; slots at or past K are junk for the caller
     to mask off. skip: a runtime float32 beta, 0 = off; a dropped slot has weight 0 and id -1.
-    Shared by `_route_topk_kernel`, `norm_route.py`'s and `gate_splitk.py`'s fused kernels.
+    RANK: the top-k by `_topk_rank` (two reductions) instead of K argmax rounds (2K); the same result.
+    Shared by `_route_topk_kernel`, `norm_route.py`'s, `o_route.py`'s and `gate_splitk.py`'s fused kernels.
     """
     offs = tl.arange(0, BLOCK_E)
     x = tl.where(offs < E, x, float("-inf"))  # padding adds nothing to the softmax's denominator
     slots = tl.arange(0, BLOCK_K)
-    top = tl.full([BLOCK_K], float("-inf"), tl.float32)  # [K] chosen logits, descending
-    ids = tl.zeros([BLOCK_K], tl.int32)
-    # A separate "taken" mask, not overwriting picks with -inf: rows with -inf logits (masked
-    # experts) must still yield K distinct ids.
-    taken = offs >= E  # the power-of-two padding is never eligible
-    for k in tl.static_range(K):
-        cand = tl.where(taken, float("-inf"), x)
-        best = tl.max(cand, axis=0)
-        pick = tl.min(tl.where((cand == best) & ~taken, offs, BLOCK_E), axis=0)  # lowest index wins
-        taken = taken | (offs == pick)
-        top = tl.where(slots == k, best, top)
-        ids = tl.where(slots == k, pick, ids)
-
     in_k = slots < K
+    if RANK:
+        top, ids = _topk_rank(x, E, BLOCK_E, BLOCK_K)
+        top = tl.where(in_k, top, float("-inf"))  # the slots past K, as the rounds leave them
+        ids = tl.where(in_k, ids, 0)
+    else:
+        top = tl.full([BLOCK_K], float("-inf"), tl.float32)  # [K] chosen logits, descending
+        ids = tl.zeros([BLOCK_K], tl.int32)
+        # A separate "taken" mask, not overwriting picks with -inf: rows with -inf logits (masked
+        # experts) must still yield K distinct ids.
+        taken = offs >= E  # the power-of-two padding is never eligible
+        for k in tl.static_range(K):
+            cand = tl.where(taken, float("-inf"), x)
+            best = tl.max(cand, axis=0)
+            pick = tl.min(tl.where((cand == best) & ~taken, offs, BLOCK_E), axis=0)  # lowest index wins
+            taken = taken | (offs == pick)
+            top = tl.where(slots == k, best, top)
+            ids = tl.where(slots == k, pick, ids)
+
     if SOFTMAX_FIRST:
         row_max = tl.max(x, axis=0)
         denom = tl.sum(tl.exp(x - row_max), axis=0)  # padding is -inf -> exp gives 0
@@ -82,13 +130,13 @@ def _topk_weights(x, E, scaling, skip, K: tl.constexpr, BLOCK_E: tl.constexpr, B
 def _route_topk_kernel(
     logits_ptr, w_ptr, ids_ptr, E, stride_t, scaling, skip,
     K: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr,
-    SOFTMAX_FIRST: tl.constexpr, RENORM: tl.constexpr, PDL: tl.constexpr,
+    SOFTMAX_FIRST: tl.constexpr, RENORM: tl.constexpr, PDL: tl.constexpr, RANK: tl.constexpr = False,
 ):
     wait_then_release(PDL)
     t = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK_E)
     x = tl.load(logits_ptr + t * stride_t + offs, mask=offs < E, other=float("-inf")).to(tl.float32)
-    w, ids = _topk_weights(x, E, scaling, skip, K, BLOCK_E, BLOCK_K, SOFTMAX_FIRST, RENORM)
+    w, ids = _topk_weights(x, E, scaling, skip, K, BLOCK_E, BLOCK_K, SOFTMAX_FIRST, RENORM, RANK)
     slots = tl.arange(0, BLOCK_K)
     tl.store(w_ptr + t * K + slots, w, mask=slots < K)
     tl.store(ids_ptr + t * K + slots, ids.to(tl.int64), mask=slots < K)
@@ -109,7 +157,7 @@ def route_topk(logits: torch.Tensor, k: int, *, renorm: bool, scaling: float = 1
     _route_topk_kernel[(T,)](
         logits, w, ids, E, logits.stride(0), float(scaling), float(skip),
         K=k, BLOCK_E=triton.next_power_of_2(E), BLOCK_K=triton.next_power_of_2(k),
-        SOFTMAX_FIRST=softmax_first, RENORM=renorm,
+        SOFTMAX_FIRST=softmax_first, RENORM=renorm, RANK=topk_rank(triton.next_power_of_2(E)),
         num_warps=1,  # <= 16 values per thread; one warp reduces with shuffles, no shared memory
         **launch_args(pdl),
     )
