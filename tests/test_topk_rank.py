@@ -43,17 +43,22 @@ def _same(a, b):
 
 
 def _both(monkeypatch, fn):
-    monkeypatch.setattr(route, "TOPK_RANK_MAX_E", 0)
+    for knob in ("TOPK_RANK_MAX_E", "TOPK_RANK_MAX_E_ONE_WARP"):
+        monkeypatch.setattr(route, knob, 0)
     off = fn()
-    monkeypatch.setattr(route, "TOPK_RANK_MAX_E", route.MAX_EXPERTS)
+    for knob in ("TOPK_RANK_MAX_E", "TOPK_RANK_MAX_E_ONE_WARP"):
+        monkeypatch.setattr(route, knob, route.MAX_EXPERTS)
     return off, fn()
 
 
-def test_knob_reads_the_power_of_two_row(monkeypatch):
+def test_knobs_read_the_power_of_two_row_and_the_warps(monkeypatch):
     monkeypatch.setattr(route, "TOPK_RANK_MAX_E", 128)
-    assert route.topk_rank(128) and route.topk_rank(1) and not route.topk_rank(256)
+    monkeypatch.setattr(route, "TOPK_RANK_MAX_E_ONE_WARP", 0)
+    assert route.topk_rank(128, 4) and route.topk_rank(1, 2) and not route.topk_rank(256, 4)
+    assert not route.topk_rank(64, 1)
     monkeypatch.setattr(route, "TOPK_RANK_MAX_E", 0)
-    assert not route.topk_rank(1)
+    monkeypatch.setattr(route, "TOPK_RANK_MAX_E_ONE_WARP", 64)
+    assert not route.topk_rank(1, 4) and route.topk_rank(64, 1) and not route.topk_rank(128, 1)
 
 
 @pytest.mark.parametrize("softmax_first,renorm,scaling", [(True, False, 1.0), (True, True, 2.5), (False, True, 1.0)])
@@ -76,7 +81,7 @@ def test_rank_skip_and_masked_rows(monkeypatch):
 
 def test_nan_logits_rank_below_every_number(monkeypatch):
     """A NaN logit (a broken checkpoint) is never chosen over a number, and the slots stay K distinct experts."""
-    monkeypatch.setattr(route, "TOPK_RANK_MAX_E", route.MAX_EXPERTS)
+    monkeypatch.setattr(route, "TOPK_RANK_MAX_E_ONE_WARP", route.MAX_EXPERTS)       # route_topk: one warp
     x = torch.randn(2, 16, device=DEVICE)
     x[:, ::2] = float("nan")
     w, ids = route_topk(x, 8, renorm=False, softmax_first=False)     # the softmax over the K chosen: no NaN in it

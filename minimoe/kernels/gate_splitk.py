@@ -291,7 +291,7 @@ def gate_route_splitk(h: torch.Tensor, gate_weight: torch.Tensor, k: int, *, ren
     _reduce_route_kernel[(T,)](
         part, gate_weight, w, ids, T, E, splits, float(scaling), float(skip),
         K=k, E_P2=e_p2, BLOCK_S=min(max(REDUCE_ELEMS // e_p2, 1), triton.next_power_of_2(splits)),
-        BLOCK_K=triton.next_power_of_2(k), SOFTMAX_FIRST=softmax_first, RENORM=renorm, RANK=topk_rank(e_p2),
+        BLOCK_K=triton.next_power_of_2(k), SOFTMAX_FIRST=softmax_first, RENORM=renorm, RANK=topk_rank(e_p2, 1),
         num_warps=1,  # as route.py: one warp reduces the [E] row with shuffles, no shared memory
         **launch_args(pdl),
     )

@@ -74,6 +74,7 @@ def norm_gate_route_splitk(x: torch.Tensor, residual: torch.Tensor | None, norm_
     assert counters.dtype == torch.int32 and counters.device == x.device
     part = torch.empty(splits, T, E, dtype=torch.float32, device=x.device)
     e_p2 = triton.next_power_of_2(E)
+    warps = max(1, min(4, block_e * block_d // 256))                    # 16 x 256: 4 warps, 32 values each
     gs._gate_partial_kernel[(triton.cdiv(E, block_e), splits, t_blocks)](
         x, gate_weight, part, T, E, D, x.stride(0), gate_weight.stride(0), n_tiles, splits,
         r, norm_weight, h, res_out, r.stride(0), eps, counters, w, ids, float(scaling), float(skip),
@@ -83,8 +84,7 @@ def norm_gate_route_splitk(x: torch.Tensor, residual: torch.Tensor | None, norm_
         BLOCK_K=triton.next_power_of_2(k), SOFTMAX_FIRST=softmax_first, RENORM=renorm,
         PREFETCH=prefetch and pdl and _prefetchable(gate_weight, block_d), ELT_BYTES=gate_weight.element_size(),
         HOIST=gs.HOIST_TILE and n_tiles == splits,                      # every split one tile: first + 1 == last
-        RANK=topk_rank(e_p2),
-        num_warps=max(1, min(4, block_e * block_d // 256)), **launch_args(pdl),  # 16 x 256: 4 warps, 32 values each
+        RANK=topk_rank(e_p2, warps), num_warps=warps, **launch_args(pdl),
     )
     return h, res_out, w, ids
 

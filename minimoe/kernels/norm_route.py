@@ -153,7 +153,7 @@ def norm_route(x: torch.Tensor, residual: torch.Tensor | None, norm_weight: torc
         x2.stride(0), r2.stride(0), gate_weight.stride(0), D, E, eps, float(scaling), float(skip),
         K=k, BLOCK_D=block_d, BLOCK_E=block_e, E_P2=triton.next_power_of_2(E),
         BLOCK_K=triton.next_power_of_2(k), HAS_RESIDUAL=residual is not None, HAS_NORM=True,
-        SOFTMAX_FIRST=softmax_first, RENORM=renorm, STAGES=NUM_STAGES, RANK=topk_rank(triton.next_power_of_2(E)),
+        SOFTMAX_FIRST=softmax_first, RENORM=renorm, STAGES=NUM_STAGES, RANK=topk_rank(triton.next_power_of_2(E), num_warps),
         num_warps=num_warps, **launch_args(pdl),
     )
     return h, res_out, w, ids
@@ -180,7 +180,7 @@ def gate_route(h: torch.Tensor, gate_weight: torch.Tensor, k: int, *, renorm: bo
         h.stride(0), 0, gate_weight.stride(0), D, E, 0.0, float(scaling), float(skip),
         K=k, BLOCK_D=block_d, BLOCK_E=block_e, E_P2=triton.next_power_of_2(E),
         BLOCK_K=triton.next_power_of_2(k), HAS_RESIDUAL=False, HAS_NORM=False,
-        SOFTMAX_FIRST=softmax_first, RENORM=renorm, STAGES=NUM_STAGES, RANK=topk_rank(triton.next_power_of_2(E)),
+        SOFTMAX_FIRST=softmax_first, RENORM=renorm, STAGES=NUM_STAGES, RANK=topk_rank(triton.next_power_of_2(E), num_warps),
         num_warps=num_warps, **launch_args(pdl),
     )
     return w, ids

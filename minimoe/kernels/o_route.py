@@ -186,6 +186,6 @@ def o_norm_route(a: torch.Tensor, wo: torch.Tensor, x: torch.Tensor, norm_weight
         float(skip),
         BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"], STAGES=cfg["num_stages"], E_P2=e_p2, K=k,
         BLOCK_TOP=triton.next_power_of_2(k), SOFTMAX_FIRST=softmax_first, RENORM=renorm,
-        BLOCK_ROW=triton.next_power_of_2(D), R=R, RANK=topk_rank(e_p2), num_warps=cfg["num_warps"],
+        BLOCK_ROW=triton.next_power_of_2(D), R=R, RANK=topk_rank(e_p2, cfg["num_warps"]), num_warps=cfg["num_warps"],
         num_stages=cfg["num_stages"], **launch_args(pdl))
     return h, r, w, ids

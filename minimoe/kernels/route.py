@@ -38,17 +38,23 @@ import triton.language as tl
 from .pdl import launch_args, wait_then_release
 
 MAX_EXPERTS = 512
-# Rows of at most this many experts (E rounded up to a power of two) take the rank top-k (`_topk_rank`) in every
-# kernel that routes; 0 = never. The same bits either way (the tests check both); only speed differs.
+# Rows of at most this many experts (E rounded up to a power of two) take the rank top-k (`_topk_rank`) in the
+# kernels that route with several warps (there each argmax round's reductions cross warps through shared memory and
+# a barrier: 35 barriers for K = 8 in SASS against 11); 0 = never. The same bits either way (the tests check both).
 TOPK_RANK_MAX_E = 0
-_PAD_KEY = -(1 << 62)   # `_topk_rank`'s key for padding (index >= E): below every real or NaN key
-_NAN_KEY = -(1 << 60)   # a NaN logit's sortable value: below -inf's, above the padding
+# the same for the one-warp kernels (route_topk, gate_splitk's reduce kernel): no barrier to save there, only
+# shuffles (51 -> 10 at E 128), for 4-6x the instructions ([E, E] compares in 32 lanes)
+TOPK_RANK_MAX_E_ONE_WARP = 0
+# `_topk_rank`'s int64 keys (constexpr: a compiled kernel reads no plain Python global): padding (index >= E) sits
+# below every real or NaN key; a NaN logit's sortable value below -inf's (-2^31 + 2^23), above the padding
+_PAD_KEY = tl.constexpr(-(1 << 62))
+_NAN_SORTABLE = tl.constexpr(-(1 << 44))
 
 
-def topk_rank(block_e: int) -> bool:
-    """Whether a row of block_e (a power of two) logits takes `_topk_rank`: the TOPK_RANK_MAX_E knob, read at
-    call time."""
-    return block_e <= TOPK_RANK_MAX_E
+def topk_rank(block_e: int, num_warps: int) -> bool:
+    """Whether a row of block_e (a power of two) logits, routed by a kernel of num_warps warps, takes `_topk_rank`:
+    the TOPK_RANK_MAX_E knobs, read at call time."""
+    return block_e <= (TOPK_RANK_MAX_E if num_warps > 1 else TOPK_RANK_MAX_E_ONE_WARP)
 
 
 @triton.jit
@@ -65,7 +71,7 @@ def _topk_rank(x, E, BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr):
     offs = tl.arange(0, BLOCK_E)
     bits = tl.where(x == 0.0, 0.0, x).to(tl.int32, bitcast=True)
     sortable = tl.where(bits < 0, bits ^ 0x7FFFFFFF, bits).to(tl.int64)
-    sortable = tl.where(x != x, _NAN_KEY >> 16, sortable)
+    sortable = tl.where(x != x, _NAN_SORTABLE, sortable)
     key = (sortable << 16) | (65535 - offs).to(tl.int64)
     key = tl.where(offs < E, key, _PAD_KEY)
     above = (key[:, None] > key[None, :]).to(tl.int32)             # [j, i]: j outranks i
@@ -157,7 +163,7 @@ def route_topk(logits: torch.Tensor, k: int, *, renorm: bool, scaling: float = 1
     _route_topk_kernel[(T,)](
         logits, w, ids, E, logits.stride(0), float(scaling), float(skip),
         K=k, BLOCK_E=triton.next_power_of_2(E), BLOCK_K=triton.next_power_of_2(k),
-        SOFTMAX_FIRST=softmax_first, RENORM=renorm, RANK=topk_rank(triton.next_power_of_2(E)),
+        SOFTMAX_FIRST=softmax_first, RENORM=renorm, RANK=topk_rank(triton.next_power_of_2(E), 1),
         num_warps=1,  # <= 16 values per thread; one warp reduces with shuffles, no shared memory
         **launch_args(pdl),
     )
