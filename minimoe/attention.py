@@ -30,7 +30,7 @@ from .kv_cache import KVCache, Step
 from .layers import RMSNorm
 from .linear import Linear
 from .ops import ops_for
-from . import rope_fusion
+from . import rope_attn_fusion, rope_fusion
 
 try:
     from .kernels import decode_attention as _decode_kernel
@@ -121,6 +121,8 @@ class Attention(nn.Module):
         else:
             if qkv is None:
                 qkv = self.wqkv(x)                                           # [B, S, (H + 2Hkv) d]
+            if rope_attn_fusion.fits(self, qkv, step, cache):                # --fuse-rope-attn: one launch
+                return rope_attn_fusion.run(self, qkv, step, cache, rot)     # [B, 1, H·d]
             qn, kn = getattr(self, "q_norm", None), getattr(self, "k_norm", None)
             q = ops_for(self.settings).qkv_rope_cache(                       # [B, S, H, d]; K/V into the cache
                 qkv, step.positions, rot.cos_table, rot.sin_table, cache.k[self.layer], cache.v[self.layer], H, Hkv,

@@ -52,6 +52,9 @@ class RunSettings:
     fold_attn_norm: str = "auto"    # the attention's residual add + RMSNorm inside its q/k/v GEMV at batch 1
                                     # (norm_fusion.py): on (needs --ops triton) | off; auto = on with --ops triton
                                     # on a GPU
+    fuse_rope_attn: str = "auto"    # the q/k norm + rope + KV-cache write inside the decode attention kernel
+                                    # (rope_attn_fusion.py): on (needs --ops triton and --attn triton) | off;
+                                    # auto = rope_attn_fusion.AUTO with both (a GPU)
     eager: bool = False             # no CUDA graph of the decode step (graphs need a GPU and a sync-free path)
     eager_prefill: bool = False     # no CUDA graph of the prefill
     router: str | None = None       # override the card's router (synthetic ones for ablations)
@@ -92,6 +95,7 @@ class RunSettings:
         _choose("fuse_rope", s.fuse_rope, ("auto", "on", "off"))
         _choose("fold_router", s.fold_router, ("auto", "on", "off"))
         _choose("fold_attn_norm", s.fold_attn_norm, ("auto", "on", "off"))
+        _choose("fuse_rope_attn", s.fuse_rope_attn, ("auto", "on", "off"))
         _choose("quant", s.quant, QUANT_FORMATS)
         _choose("dispatch", s.dispatch, DISPATCH_DESIGNS)
         _choose("allreduce", s.allreduce, ALLREDUCE_DESIGNS)
@@ -126,6 +130,11 @@ class RunSettings:
             raise ValueError("--fold-attn-norm on runs the attention's RMSNorm inside the q/k/v GEMV's Triton kernel: "
                              f"it needs --ops triton (got --ops {s.ops}"
                              + (", which auto resolves to without a GPU)" if self.ops == "auto" else ")"))
+        if s.fuse_rope_attn == "auto" and (s.ops != "triton" or s.attn != "triton"):
+            s.fuse_rope_attn = "off"      # else stays auto: rope_attn_fusion.AUTO decides at call time
+        if s.fuse_rope_attn == "on" and (s.ops != "triton" or s.attn != "triton"):
+            raise ValueError("--fuse-rope-attn on runs rope and the cache write inside the Triton decode attention "
+                             f"kernel: it needs --ops triton and --attn triton (got --ops {s.ops}, --attn {s.attn})")
         if s.allreduce == "auto":                            # symm measured faster at every batch (parallelism.md)
             s.allreduce = "symm" if _symm_fits(s, gpu) else "nccl"
         if s.dispatch != "allgather" and s.ep == 1:        # the default design is the only one taken silently
@@ -272,6 +281,13 @@ SETTINGS_FLAGS = {
                                                      "with a q/k/v GEMV that --fuse-rope does not take: OLMoE, "
                                                      "Qwen3-MoE; --profile notes attention: norm+qkv): on (needs "
                                                      "--ops triton) | off; auto: on with --ops triton on a GPU")),
+    "fuse_rope_attn": ("--fuse-rope-attn", dict(help="the q/k norm, rotary embedding and KV-cache write inside the "
+                                                     "split decode-attention kernel (rope_attn_fusion.py, "
+                                                     "kernels/decode_rope_attention.py; one-token decode steps, "
+                                                     "power-of-two head dims, layers --fuse-rope does not take: OLMoE, "
+                                                     "Qwen3-MoE; --profile notes attention: rope+attn): on (needs "
+                                                     "--ops triton and --attn triton) | off; auto: "
+                                                     "rope_attn_fusion.AUTO with both")),
     "eager": ("--eager", dict(action="store_true", help="no CUDA graph of the decode step")),
     "eager_prefill": ("--eager-prefill", dict(action="store_true", help="no CUDA graph of the prefill")),
     "router": ("--router", dict(help="override the card's router (uniform, balanced, zipf for ablations)")),

@@ -28,6 +28,7 @@ arXiv:2405.04434; the grouped MLA decode kernels of lightllm / sglang follow the
 """
 
 import functools
+from typing import NamedTuple
 
 import torch
 import triton
@@ -56,9 +57,10 @@ BIG_GRID_STAGES = {(1, 128): 3, (8, 128): 3}
 DEFAULT_TILES: dict | None = None  # the split kernel's tiles when a caller gives none (scripts/step_probe.py A/Bs)
 # Where every split is one K tile (small grids at batch 1: 4 splits of 64 for a 256-entry cache), one new token and no
 # MLA: the split kernel loads q and its K / V tile before seq_len arrives, not after (one L2 round trip fewer on the
-# critical path), and drops the rows past seq_len after. The same bits. Unmeasured: off until the graphed step says
-# otherwise (scripts/gpu/pending_h200_s33.sh); the twenty-ninth session's peeled first tile inside a loop lost at bs 64.
-EARLY_TILE = False
+# critical path), and drops the rows past seq_len after. The same bits. In the graphed bs-1 step
+# (docs/results/2026-12-04-s33, call 2; the baseline repeated within -0.09%): Qwen3-30B-A3B -0.73%, OLMoE -0.64%. On.
+# (The twenty-ninth session's peeled first tile inside a loop lost at bs 64; this one is only the one-tile split.)
+EARLY_TILE = True
 
 
 @triton.jit
@@ -233,6 +235,43 @@ def _plan_splits(B: int, programs_per_split: int, s_max: int, block_n: int,
     return triton.cdiv(s_max, chunk), chunk  # recount: rounding up may leave trailing splits empty
 
 
+class SplitPlan(NamedTuple):
+    """How `decode_attention` (and kernels/decode_rope_attention.py) cut one step: tiles, launch and splits."""
+    block_dk: int          # power-of-two block of the key head dim (+ block_dr, a masked remainder: MLA's 576)
+    block_dr: int
+    block_dv: int
+    block_h: int           # query rows a program (>= 16: tl.dot's M)
+    head_tiles: int        # programs a kv head (G x S rows in tiles of block_h)
+    block_n: int           # cache positions a K / V tile
+    launch: dict           # num_warps, num_stages
+    num_splits: int
+    chunk: int             # positions a split (a multiple of block_n)
+    s_max: int
+
+
+def split_plan(B: int, S: int, H: int, hkv: int, dk: int, dv: int, s_max: int, device: torch.device,
+               max_splits: int | None = None, min_tiles: int | None = None, tiles: dict | None = None) -> SplitPlan:
+    """The split kernel's tiles, launch and split count for B sequences of S new tokens, H query / hkv kv heads, head
+    dims dk / dv and a cache of s_max positions: shapes only (CUDA-graph safe). Arguments as `decode_attention`'s."""
+    G = H // hkv
+    block_dk, block_dr, block_dv = _head_dim_blocks(dk, dv)
+    block_h = min(max(16, triton.next_power_of_2(G * S)), max(16, ACC_BUDGET // block_dv))
+    head_tiles = triton.cdiv(G * S, block_h)
+    mla = block_dk + block_dr > 256
+    small_grid = B * hkv * head_tiles < _sm_count(device)
+    block_n = 32 if mla else 64  # MLA: a 32 x 576 K tile is already 36 KB
+    launch = {"num_warps": 8 if block_h * block_dv > 8192 else 4,
+              "num_stages": 2 if small_grid else BIG_GRID_STAGES.get((G, dk), 2)}
+    tiles = tiles if tiles is not None else DEFAULT_TILES
+    if tiles:
+        block_n = tiles.get("BLOCK_N", block_n)
+        launch.update({k: v for k, v in tiles.items() if k in launch})
+    if min_tiles is None:
+        min_tiles = SMALL_GRID_MIN_TILES if small_grid and not (mla and head_tiles > 1) else MIN_TILES_PER_SPLIT
+    num_splits, chunk = _plan_splits(B, hkv * head_tiles, s_max, block_n, device, max_splits, min_tiles)
+    return SplitPlan(block_dk, block_dr, block_dv, block_h, head_tiles, block_n, launch, num_splits, chunk, s_max)
+
+
 def counters_needed(B: int, H: int, S: int = 1) -> int:
     """Arrival counters `decode_attention` may use for B sequences of S new tokens and H query heads:
     one per (sequence, kv head, head tile), and Hkv x head tiles <= H x S."""
@@ -275,21 +314,10 @@ def decode_attention(q, k_cache, v_cache, seq_lens, scale: float, *, positions=N
     assert w_uv is None or (one and w_uv.dim() == 3 and w_uv.shape[0] == H and w_uv.shape[2] == v_cache.shape[-1]
                             and w_uv.stride(-1) == 1), "w_uv: one new token a sequence and W_uv [H, N, Dv]"
     G = H // hkv
-    block_dk, block_dr, block_dv = _head_dim_blocks(dk, dv)
-    block_h = min(max(16, triton.next_power_of_2(G * S)), max(16, ACC_BUDGET // block_dv))
-    head_tiles = triton.cdiv(G * S, block_h)
-    mla = block_dk + block_dr > 256
-    small_grid = B * hkv * head_tiles < _sm_count(q.device)
-    block_n = 32 if mla else 64  # MLA: a 32 x 576 K tile is already 36 KB
-    launch = {"num_warps": 8 if block_h * block_dv > 8192 else 4,
-              "num_stages": 2 if small_grid else BIG_GRID_STAGES.get((G, dk), 2)}
-    tiles = tiles if tiles is not None else DEFAULT_TILES
-    if tiles:
-        block_n = tiles.get("BLOCK_N", block_n)
-        launch.update({k: v for k, v in tiles.items() if k in launch})
-    if min_tiles is None:
-        min_tiles = SMALL_GRID_MIN_TILES if small_grid and not (mla and head_tiles > 1) else MIN_TILES_PER_SPLIT
-    num_splits, chunk = _plan_splits(B, hkv * head_tiles, s_max, block_n, q.device, max_splits, min_tiles)
+    plan = split_plan(B, S, H, hkv, dk, dv, s_max, q.device, max_splits, min_tiles, tiles)
+    block_dk, block_dr, block_dv = plan.block_dk, plan.block_dr, plan.block_dv
+    block_h, head_tiles, block_n, launch = plan.block_h, plan.head_tiles, plan.block_n, plan.launch
+    num_splits, chunk = plan.num_splits, plan.chunk
     # MLA stores one latent; V = latent[..., :Dv] aliases K's main block, so reuse the loaded tile.
     v_from_k = (v_cache.data_ptr() == k_cache.data_ptr() and v_cache.stride() == k_cache.stride()
                 and dv == block_dk)
@@ -323,13 +351,20 @@ def decode_attention(q, k_cache, v_cache, seq_lens, scale: float, *, positions=N
     if w_uv is not None:
         return merge_uv(part[:, 0], lse[:, 0], seq_lens, w_uv, s_max, chunk, num_splits, out_dtype=q.dtype, pdl=pdl)
     if not direct and not merge:
-        tile = triton.next_power_of_2(num_splits) * block_dv <= _merge.TILE_ELEMS
-        merge_splits_kernel[(H * S, B)](
-            part, lse, seq_lens, out,
-            part.stride(0), part.stride(1), part.stride(2), part.stride(3),
-            lse.stride(0), lse.stride(1), lse.stride(2), out.stride(0), out.stride(1), out.stride(2),
-            s_max, chunk, H=H, DV=dv, BLOCK_S=triton.next_power_of_2(num_splits), BLOCK_DV=block_dv,
-            TILE=tile, EARLY=tile and _merge.EARLY_LOADS, num_warps=4, **launch_args(pdl),
-        )
+        merge_partials(part, lse, seq_lens, out, plan, pdl)
     return out[:, 0] if one else out
+
+
+def merge_partials(part, lse, seq_lens, out, plan: SplitPlan, pdl: bool = False) -> None:
+    """The merge kernel (decode_attention_merge.py) over the split kernel's partials: part [B, S, H, splits, Dv] and
+    lse [B, S, H, splits] float32 -> out [B, S, H, Dv] (any strides; written in its dtype)."""
+    B, S, H, num_splits, dv = part.shape
+    tile = triton.next_power_of_2(num_splits) * plan.block_dv <= _merge.TILE_ELEMS
+    merge_splits_kernel[(H * S, B)](
+        part, lse, seq_lens, out,
+        part.stride(0), part.stride(1), part.stride(2), part.stride(3),
+        lse.stride(0), lse.stride(1), lse.stride(2), out.stride(0), out.stride(1), out.stride(2),
+        plan.s_max, plan.chunk, H=H, DV=dv, BLOCK_S=triton.next_power_of_2(num_splits), BLOCK_DV=plan.block_dv,
+        TILE=tile, EARLY=tile and _merge.EARLY_LOADS, num_warps=4, **launch_args(pdl),
+    )
 

@@ -24,7 +24,8 @@ from .pdl import wait_then_release
 TILE_ELEMS = 8192
 # With the tile: its loads issued beside seq_len's, masked by the split count S_max gives (a static bound) and the
 # splits past seq_len dropped after (their stale partials, even NaN, selected away): one round trip, not two. The same
-# bits. Unmeasured: off until the graphed step says otherwise (scripts/gpu/pending_h200_s33.sh).
+# bits. In the graphed bs-1 step (docs/results/2026-12-04-s33, call 2) a tie: Qwen3-30B-A3B -0.19%, OLMoE -0.07%, the
+# baseline repeated at -0.08 / -0.09%. Off.
 EARLY_LOADS = False
 
 

@@ -15,7 +15,8 @@ registers: K is 1..8 in practice, so K cheap reductions beat a sort. They are 2K
 a chain of shuffles and, over several warps, a shared-memory round and a barrier: rows of at most
 TOPK_RANK_MAX_E experts can take the rank form instead (`_topk_rank`): each logit becomes one int64 key that
 orders as (logit, then lower index), an expert's rank is the count of keys above its own ([E, E] compares, one
-reduction), and slot k takes the key of rank k (one more): two reductions whatever K is. Experts are chosen on the
+reduction), and slot k takes the key of rank k (one more): two reductions whatever K is. Measured no faster where it
+matters (Qwen3-30B-A3B's 128 experts: the compares cost more than the reductions saved), so it is off. Experts are chosen on the
 logits, not on p: softmax is monotone, so the choice is the same, and logits cannot tie where
 exp() rounds two nearby probabilities to the same float. Ties between equal logits go to the
 lowest expert index (torch.topk leaves tie order unspecified). Slots come out in descending
@@ -40,10 +41,15 @@ from .pdl import launch_args, wait_then_release
 MAX_EXPERTS = 512
 # Rows of at most this many experts (E rounded up to a power of two) take the rank top-k (`_topk_rank`) in the
 # kernels that route with several warps (there each argmax round's reductions cross warps through shared memory and
-# a barrier: 35 barriers for K = 8 in SASS against 11); 0 = never. The same bits either way (the tests check both).
+# a barrier: route_topk at 4 warps, K = 8 of 128, has 35 barriers in SASS against 11, but 1,016 instructions against
+# 400); 0 = never. The same experts and slots; the weights within an fp32 ulp or two (the softmax's sum may run over
+# another register layout). In the graphed bs-1 step (docs/results/2026-12-04-s33, call 2; the baseline repeated
+# within 0.09%): Qwen3-30B-A3B +0.51% (128 experts: the [E, E] compares cost more than the barriers saved), OLMoE
+# -0.47%, Qwen1.5-MoE +0.37% (K = 4: four rounds only), DeepSeek-V2-Lite +0.04%; bs 4 / 16 / 64 within 0.08%. Off.
 TOPK_RANK_MAX_E = 0
 # the same for the one-warp kernels (route_topk, gate_splitk's reduce kernel): no barrier to save there, only
-# shuffles (51 -> 10 at E 128), for 4-6x the instructions ([E, E] compares in 32 lanes)
+# shuffles (51 -> 10 at E 128), for 4-7x the instructions ([E, E] compares in 32 lanes). Qwen3-30B-A3B bs 4 +1.84%,
+# bs 16 +1.34% (call 2). Off.
 TOPK_RANK_MAX_E_ONE_WARP = 0
 # `_topk_rank`'s int64 keys (constexpr: a compiled kernel reads no plain Python global): padding (index >= E) sits
 # below every real or NaN key; a NaN logit's sortable value below -inf's (-2^31 + 2^23), above the padding
