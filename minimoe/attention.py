@@ -124,11 +124,13 @@ class Attention(nn.Module):
             if rope_attn_fusion.fits(self, qkv, step, cache):                # --fuse-rope-attn: one launch
                 return rope_attn_fusion.run(self, qkv, step, cache, rot)     # [B, 1, H·d]
             qn, kn = getattr(self, "q_norm", None), getattr(self, "k_norm", None)
+            rows = rot.step_rows()                                           # rope.STEP_ROWS: this step's rows
+            cos, sin = rows if rows is not None else (rot.cos_table, rot.sin_table)
             q = ops_for(self.settings).qkv_rope_cache(                       # [B, S, H, d]; K/V into the cache
-                qkv, step.positions, rot.cos_table, rot.sin_table, cache.k[self.layer], cache.v[self.layer], H, Hkv,
+                qkv, step.positions, cos, sin, cache.k[self.layer], cache.v[self.layer], H, Hkv,
                 d, qk_norm=cfg.qk_norm, q_norm_w=qn.weight if qn is not None else None,
                 k_norm_w=kn.weight if kn is not None else None, eps=cfg.rms_norm_eps,
-                interleave=cfg.rope_interleave, clip_qkv=cfg.clip_qkv)
+                interleave=cfg.rope_interleave, clip_qkv=cfg.clip_qkv, rows=rows is not None)
         k_cache, v_cache = cache.k[self.layer], cache.v[self.layer]
         if step.fresh:   # prefill: this step's K/V are the first S rows of the cache
             k, v = k_cache[:, :S], v_cache[:, :S]

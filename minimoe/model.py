@@ -27,7 +27,7 @@ from .kv_cache import KVCache, Step
 from .layers import ResidualRMSNorm
 from .linear import Linear
 from .mla import MLAttention
-from . import norm_fusion, router_fusion
+from . import norm_fusion, rope, router_fusion
 from .moe import MoE, make_ffn
 from .rope import Rotary, rope_tables
 
@@ -107,6 +107,7 @@ class Transformer(nn.Module):
         if max_len > self.rope_len:
             cos, sin = rope_tables(self.cfg, max_len)
             self.cos, self.sin = cos.to(device), sin.to(device)
+            self.cos_sin = torch.cat([self.cos, self.sin], dim=-1)            # [P, rope_dim]: one gather a step
             self.rope_len = max_len
 
     def forward(self, ids: torch.Tensor, step: Step, cache: KVCache, select=None) -> torch.Tensor:
@@ -115,7 +116,10 @@ class Transformer(nn.Module):
         gather = norm_fusion.embed_fits(self, ids, step, cache)   # the rows read by the first layer's fold instead
         with region("embed"):
             x = None if gather else self.embed(ids)                            # [B, S, D]
-            rot = Rotary(self.cos, self.sin)                                   # the tables [P, rope/2]
+            rows = None
+            if rope.STEP_ROWS and self.cfg.attention != "mla":                  # this step's (cos | sin) rows
+                rows = self.cos_sin[step.positions.reshape(-1)]                # [B·S, rope_dim], one launch
+            rot = Rotary(self.cos, self.sin, rows)                             # the tables [P, rope/2]
         residual = None
         for i, layer in enumerate(self.layers):
             if gather and i == 0:

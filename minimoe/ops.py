@@ -50,9 +50,10 @@ def rms_norm_torch(x, weight, eps: float, residual=None, *, pdl: bool = False):
 def qkv_rope_cache_torch(qkv, positions, cos, sin, k_cache, v_cache, n_heads: int, n_kv_heads: int,
                          head_dim: int, *, qk_norm: str | None = None, q_norm_w=None, k_norm_w=None,
                          eps: float = 1e-6, interleave: bool = False, clip_qkv: float | None = None,
-                         pdl: bool = False) -> torch.Tensor:
+                         rows: bool = False, pdl: bool = False) -> torch.Tensor:
     """qkv [B, S, (H + 2Hkv) d] -> q [B, S, H, d] normed and rotated; writes rotated k and v into
-    k_cache / v_cache [B, S_max, Hkv, d] at `positions` [B, S]. cos/sin: the full tables [P, d/2]."""
+    k_cache / v_cache [B, S_max, Hkv, d] at `positions` [B, S]. cos/sin: the full tables [P, d/2], or with `rows`
+    this step's rows [B·S, d/2] in token order."""
     B, S, _ = qkv.shape
     H, Hkv, d = n_heads, n_kv_heads, head_dim
     q, k, v = qkv.split([H * d, Hkv * d, Hkv * d], dim=-1)
@@ -63,7 +64,10 @@ def qkv_rope_cache_torch(qkv, positions, cos, sin, k_cache, v_cache, n_heads: in
     q, k, v = q.reshape(B, S, H, d), k.reshape(B, S, Hkv, d), v.reshape(B, S, Hkv, d)
     if qk_norm == "head":                     # Qwen3: normalise each head separately
         q, k = rms_norm_torch(q, q_norm_w, eps)[0], rms_norm_torch(k, k_norm_w, eps)[0]
-    cos_bs, sin_bs = cos[positions], sin[positions]                          # [B, S, d/2]
+    if rows:
+        cos_bs, sin_bs = cos.reshape(B, S, -1), sin.reshape(B, S, -1)        # [B, S, d/2]
+    else:
+        cos_bs, sin_bs = cos[positions], sin[positions]                      # [B, S, d/2]
     q, k = apply_rope(q, cos_bs, sin_bs, interleave), apply_rope(k, cos_bs, sin_bs, interleave)
     rows = torch.arange(B, device=qkv.device)[:, None]                       # [B, 1]
     k_cache[rows, positions] = k

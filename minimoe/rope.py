@@ -55,13 +55,28 @@ def rope_tables(cfg: ModelConfig, max_len: int) -> tuple[torch.Tensor, torch.Ten
     return angles.cos() * amp, angles.sin() * amp
 
 
+# Gather this step's cos / sin rows once a forward (one launch: `Rotary.rows`), so that the q/k norm + rope kernel
+# (kernels/rope.py, `rows`) loads them at once instead of after the position it would index the tables with: one L2
+# round trip off each layer's rope kernel, for one gather a step. Unmeasured: off.
+STEP_ROWS = False
+
+
 @dataclass
 class Rotary:
     """The rope tables [P, rope_dim/2] (float32). The kernels that rotate read the rows of this step's positions
     themselves (step.positions): gathering them here cost two launches a step that nothing read (thirty-first
-    session)."""
+    session). With STEP_ROWS, `rows` [B·S, rope_dim] holds this step's (cos | sin) rows in token order, gathered in
+    one launch for kernels/rope.py's `rows` mode (attention.py takes them where it runs that kernel)."""
     cos_table: torch.Tensor
     sin_table: torch.Tensor
+    rows: torch.Tensor | None = None
+
+    def step_rows(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(cos, sin) [B·S, rope_dim/2] views of `rows`, or None without them."""
+        if self.rows is None:
+            return None
+        half = self.rows.shape[-1] // 2
+        return self.rows[:, :half], self.rows[:, half:]
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleave: bool) -> torch.Tensor:

@@ -129,6 +129,25 @@ def test_qkv_rope_cache_split(monkeypatch, qk_norm, clip, H, Hkv, d, q_programs,
         assert torch.equal(split, qkv_rope_cache(*args, **kw))
 
 
+@pytest.mark.parametrize("S", [1, 5])
+@pytest.mark.parametrize("qk_norm,clip,interleave", [(None, None, True), ("head", None, False), ("full", 0.3, False)])
+def test_qkv_rope_cache_step_rows(qk_norm, clip, interleave, S):
+    """`rows` (minimoe.rope.STEP_ROWS): this step's cos / sin rows [B·S, d/2] gathered beforehand, read by token
+    instead of at the position: the same q bits and cache bytes as the tables, in the kernel and in the twin."""
+    from minimoe.ops import qkv_rope_cache_torch
+    for fn in (qkv_rope_cache, qkv_rope_cache_torch):
+        args, kw = _rope_case(2, S, 4, 2, 32, qk_norm, torch.float16, 11 + S, clip)
+        qkv, positions, cos, sin, k_cache, v_cache = args[:6]
+        k_rows, v_rows = k_cache.clone(), v_cache.clone()
+        q = fn(*args, interleave=interleave, **kw)
+        rows = torch.cat([cos, sin], -1)[positions.reshape(-1)]                 # [B·S, d]: as model.forward does
+        q_rows = fn(qkv, positions, rows[:, :16], rows[:, 16:], k_rows, v_rows, *args[6:], interleave=interleave,
+                    rows=True, **kw)
+        assert torch.equal(q, q_rows)
+        assert torch.equal(k_cache.nan_to_num(5.0), k_rows.nan_to_num(5.0))
+        assert torch.equal(v_cache.nan_to_num(5.0), v_rows.nan_to_num(5.0))
+
+
 def _check_qkv_rope_cache(B, S, H, Hkv, d, qk_norm, interleave, dtype, seed, clip=None):
     args, kw = _rope_case(B, S, H, Hkv, d, qk_norm, dtype, seed, clip)
     qkv, positions, cos, sin, k_cache, v_cache = args[:6]

@@ -115,7 +115,7 @@ def _qkv_rope_cache_split_kernel(
     H: tl.constexpr, HKV: tl.constexpr, D: tl.constexpr, QG: tl.constexpr, BLOCK_QG: tl.constexpr,
     BLOCK_HKV: tl.constexpr, BLOCK_HALF: tl.constexpr, QK_NORM: tl.constexpr,
     CLIP: tl.constexpr, INTERLEAVE: tl.constexpr, PDL: tl.constexpr, BLOCK_H: tl.constexpr = 1,
-    FULL_INV: tl.constexpr = False,
+    FULL_INV: tl.constexpr = False, ROWS: tl.constexpr = False,
 ):
     """Grid [B·S, P + 1] (P = cdiv(H, QG) q programs): program (t, g < P) takes token t's q heads [g·QG, g·QG + QG),
     program (t, P) its k and v; each issues all of its loads before its first store. (The kernel this replaced, one
@@ -138,8 +138,12 @@ def _qkv_rope_cache_split_kernel(
     else:  # NeoX "rotate half": channel pairs (j, j + d/2)
         c1 = j
         c2 = j + D // 2
-    cos = tl.load(cos_ptr + pos * stride_cos + j, mask=j_ok, other=0.0)
-    sin = tl.load(sin_ptr + pos * stride_sin + j, mask=j_ok, other=0.0)
+    if ROWS:  # this step's rows, in token order: no wait on the position before these loads
+        cos = tl.load(cos_ptr + t.to(tl.int64) * stride_cos + j, mask=j_ok, other=0.0)
+        sin = tl.load(sin_ptr + t.to(tl.int64) * stride_sin + j, mask=j_ok, other=0.0)
+    else:
+        cos = tl.load(cos_ptr + pos * stride_cos + j, mask=j_ok, other=0.0)
+        sin = tl.load(sin_ptr + pos * stride_sin + j, mask=j_ok, other=0.0)
 
     if g * QG < H:
         inv_q = 0.0
@@ -174,12 +178,13 @@ def _qkv_rope_cache_split_kernel(
 def qkv_rope_cache(qkv, positions, cos, sin, k_cache, v_cache, n_heads: int, n_kv_heads: int,
                    head_dim: int, *, qk_norm: str | None = None, q_norm_w=None, k_norm_w=None,
                    eps: float = 1e-6, interleave: bool = False,
-                   clip_qkv: float | None = None, pdl: bool = False) -> torch.Tensor:
+                   clip_qkv: float | None = None, rows: bool = False, pdl: bool = False) -> torch.Tensor:
     """qkv [B, S, (H + 2·Hkv)·d] -> q [B, S, H, d] (normed, rotated); writes k and v into the caches.
 
-    positions [B, S] int64 on the device; cos, sin [P, d/2] float32; k_cache, v_cache
-    [B, S_max, Hkv, d] views (any strides, unit stride on d). qk_norm None | "full" | "head" with
-    weights [H·d] / [Hkv·d] or [d]. clip_qkv: OLMoE's clamp, applied after a "full" norm.
+    positions [B, S] int64 on the device; cos, sin [P, d/2] float32 tables read at the positions, or with `rows`
+    this step's rows [B·S, d/2] in token order (minimoe.rope.STEP_ROWS: the kernel then loads them without
+    waiting for the position); k_cache, v_cache [B, S_max, Hkv, d] views (any strides, unit stride on d). qk_norm
+    None | "full" | "head" with weights [H·d] / [Hkv·d] or [d]. clip_qkv: OLMoE's clamp, applied after a "full" norm.
     """
     B, S, width = qkv.shape
     H, Hkv, d = n_heads, n_kv_heads, head_dim
@@ -188,6 +193,7 @@ def qkv_rope_cache(qkv, positions, cos, sin, k_cache, v_cache, n_heads: int, n_k
     assert k_cache.shape[0] == v_cache.shape[0] == B and k_cache.shape[2:] == (Hkv, d)
     assert positions.shape == (B, S) and cos.shape[-1] == d // 2 and sin.shape[-1] == d // 2
     assert cos.dtype == sin.dtype == torch.float32 and cos.stride(-1) == sin.stride(-1) == 1
+    assert not rows or cos.shape == sin.shape == (B * S, d // 2), (cos.shape, B, S)
     assert qk_norm in QK_NORMS, f"qk_norm must be one of {list(QK_NORMS)}, not {qk_norm!r}"
     if qk_norm is not None:
         want = (H * d, Hkv * d) if qk_norm == "full" else (d, d)
@@ -214,5 +220,5 @@ def qkv_rope_cache(qkv, positions, cos, sin, k_cache, v_cache, n_heads: int, n_k
     full_inv = qk_norm == "full" and q_progs > 1
     warps = SPLIT_WARPS or (4 if block_qg * block_half <= 2048 else 8)   # q tile: 2 x [QG, d/2] fp32
     _qkv_rope_cache_split_kernel[(B * S, q_progs + 1)](*args, QG=qg, BLOCK_QG=block_qg, BLOCK_H=block_h,
-                                                        FULL_INV=full_inv, **common, num_warps=warps)
+                                                        FULL_INV=full_inv, ROWS=rows, **common, num_warps=warps)
     return q

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Session 33, call 4 on nvidia-h200 (~9 min): this step's cos / sin rows gathered once a forward and read by token in
+# the q/k norm + rope kernel (minimoe.rope.STEP_ROWS; kernels/rope.py `rows`): its GPU tests; the graphed decode step of
+# Qwen3-30B-A3B bs 1 and OLMoE bs 1 / 64 with it; then every `-m gpu` test on this tree's defaults (EARLY_TILE on).
+# Usage (device tool, repo root): bash scripts/gpu/session33_call4.sh
+set -u
+export PYTHONUNBUFFERED=1 TQDM_DISABLE=1 PYTHONPATH=$PWD
+R=$OUT/r; mkdir -p $R
+nvidia-smi --query-gpu=name,clocks.max.sm,clocks.max.mem --format=csv > $R/run_info.txt 2>&1
+timeout 120 python3 -m pytest -q tests/test_step_rows.py tests/test_small_kernels.py -k "rope or rows" > $R/pytest_rows.txt 2>&1
+echo "--- pytest rows rc $? t=$SECONDS"; tail -2 $R/pytest_rows.txt
+S=minimoe.rope.STEP_ROWS
+probe() {  # tag model batches variants...
+  local tag=$1 m=$2 b=$3; shift 3
+  timeout 150 python3 scripts/step_probe.py --models $m --batches $b --input-len 128 --steps 60 \
+    --rounds 3 --variant base "$@" --variant base2 --json $R/step_$tag.json > $R/step_$tag.txt 2>&1
+  echo "--- $tag rc $? t=$SECONDS"; grep -v "^#" $R/step_$tag.txt | tail -7
+}
+probe qwen3_bs1 qwen3 1 --variant rows:$S=True
+probe olmoe olmoe "1 64" --variant rows:$S=True
+timeout 250 python3 -m pytest -q -m gpu tests/ > $R/pytest_gpu.txt 2>&1
+echo "--- pytest -m gpu rc $? t=$SECONDS"; tail -3 $R/pytest_gpu.txt
+tar czf $OUT/r.tgz -C $OUT r
