@@ -27,7 +27,11 @@ except ImportError:       # no Triton: --attn triton (and with it this) is refus
     _kernel = None
 
 # What `--fuse-rope-attn auto` (the default) does on a GPU with --ops triton and --attn triton; read at call time, so
-# scripts/step_probe.py can A/B it in the graphed step. Unmeasured: off.
+# scripts/step_probe.py can A/B it in the graphed step. Measured (docs/results/2026-12-04-s33, call 3; the baseline
+# repeated within 0.04%): Qwen3-30B-A3B bs 1 +0.11% (4 warps) / -0.01% (8), bs 16 -0.27%, bs 64 +0.44%; OLMoE bs 1
+# +0.56% / +1.01%, bs 16 +1.02%, bs 64 +7.65%; bench.py Qwen3-30B-A3B bs 1 390.2 / 391.5 out tok/s against 392.8.
+# The launch it removes was worth what the fused program now waits for: the position -> cos / sin -> norm -> rope
+# chain sits before each split's first dot, in every one of the B x Hkv x splits programs. Off.
 AUTO = False
 
 

@@ -19,6 +19,9 @@ rope in fp32 without FMA, rounded once; k / v rounded to the cache's dtype), so 
 rope kernel writes, and q the same values up to the order of the per-head norm's sum (another tile shape). The rest
 is the split kernel's arithmetic on the same tiles. Only the one-new-token decode of a power-of-two head dim without
 MLA runs here (`usable`); everything else keeps the two launches.
+Measured no faster (docs/results/2026-12-04-s33, call 3): a tie on Qwen3-30B-A3B at bs 1, +0.6% to +7.7% on OLMoE;
+under PDL the launch boundary it removes costs little, and the norm + rope chain now sits in front of every split's
+first dot. Kept as the `--fuse-rope-attn` ablation (rope_attn_fusion.py), off by default.
 Peer design: FlashInfer's decode attention applies RoPE to q and k on the fly (`pos_encoding_mode="ROPE_LLAMA"`);
 here the new key is also written to the cache, as vLLM's separate rotary + reshape_and_cache kernels do before it.
 
