@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Session 33, call 4 on nvidia-h200 (~9 min): this step's cos / sin rows gathered once a forward and read by token in
 # the q/k norm + rope kernel (minimoe.rope.STEP_ROWS; kernels/rope.py `rows`): its GPU tests; the graphed decode step of
-# Qwen3-30B-A3B bs 1 and OLMoE bs 1 / 64 with it; then every `-m gpu` test on this tree's defaults (EARLY_TILE on).
+# Qwen3-30B-A3B bs 1 and OLMoE bs 1 / 64 with it; bench.py Qwen3-30B-A3B bs 1 (defaults, rows) and OLMoE bs 1 / 64
+# (defaults); then every `-m gpu` test on this tree's defaults (EARLY_TILE on).
 # Usage (device tool, repo root): bash scripts/gpu/session33_call4.sh
 set -u
 export PYTHONUNBUFFERED=1 TQDM_DISABLE=1 PYTHONPATH=$PWD
@@ -18,6 +19,22 @@ probe() {  # tag model batches variants...
 }
 probe qwen3_bs1 qwen3 1 --variant rows:$S=True
 probe olmoe olmoe "1 64" --variant rows:$S=True
+AR="--fused --warmup 1 --iters 3 --input-len 128 --output-len 128"
+run() {  # tag model bs [knobs...]
+  local tag=$1 m=$2 bs=$3; shift 3
+  timeout 120 python3 scripts/with_knobs.py "$@" -- bench.py --model $m $AR --bs $bs \
+     --json $R/bench_${m}_bs${bs}_$tag.json > $R/bench_${m}_bs${bs}_$tag.txt 2>&1
+  echo "--- $m bs$bs $tag rc $? t=$SECONDS"
+  python3 - $R/bench_${m}_bs${bs}_$tag.json <<'PY' 2>/dev/null
+import json, sys
+d = json.load(open(sys.argv[1])); m = d["results"][0]["metrics"]
+print(f"   out tok/s {m['output_tok_s']:.1f}  ITL {m['itl_median_ms']:.4f} ms  TTFT {m['ttft_ms']:.3f} ms")
+PY
+}
+run new qwen3 1
+run rows qwen3 1 $S=True
+run new olmoe 1
+run new olmoe 64
 timeout 250 python3 -m pytest -q -m gpu tests/ > $R/pytest_gpu.txt 2>&1
 echo "--- pytest -m gpu rc $? t=$SECONDS"; tail -3 $R/pytest_gpu.txt
 tar czf $OUT/r.tgz -C $OUT r
