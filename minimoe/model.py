@@ -27,7 +27,7 @@ from .kv_cache import KVCache, Step
 from .layers import ResidualRMSNorm
 from .linear import Linear
 from .mla import MLAttention
-from . import norm_fusion, rope, router_fusion
+from . import norm_fusion, rope, rope_attn_fusion, rope_fusion, router_fusion
 from .moe import MoE, make_ffn
 from .rope import Rotary, rope_tables
 
@@ -110,6 +110,23 @@ class Transformer(nn.Module):
             self.cos_sin = torch.cat([self.cos, self.sin], dim=-1)            # [P, rope_dim]: one gather a step
             self.rope_len = max_len
 
+    def _rope_kernel_reads_rows(self, step: Step) -> bool:
+        """Whether to gather this step's rope rows (rope.STEP_ROWS): only where attention.py's q/k norm + rope kernel
+        may read them. Not for MLA (mla_rope.py reads the tables), nor where every layer takes --fuse-rope's GEMV
+        (rope_fusion.py's settings and config conditions; a layer that still falls back reads the tables) or
+        --fuse-rope-attn's kernel: a gather nobody reads would only add a launch."""
+        cfg, s = self.cfg, self.settings
+        if not rope.STEP_ROWS or cfg.attention == "mla":
+            return False
+        if s is None:
+            return True
+        fused_rope = (getattr(s, "fuse_rope", "off") == "on" and step.positions.numel() <= rope_fusion.MAX_T
+                      and cfg.qk_norm is None and cfg.clip_qkv is None)
+        rope_attn = (not step.fresh and step.positions.shape[1] == 1 and getattr(s, "attn", None) == "triton"
+                     and (getattr(s, "fuse_rope_attn", "off") == "on"
+                          or (getattr(s, "fuse_rope_attn", "off") == "auto" and rope_attn_fusion.AUTO)))
+        return not (fused_rope or rope_attn)
+
     def forward(self, ids: torch.Tensor, step: Step, cache: KVCache, select=None) -> torch.Tensor:
         """ids [B, S] -> float32 logits [B, S, V]; or [B, V] at one position per sequence when
         `select` is an int (the same for every row, e.g. -1) or a LongTensor [B] (ragged prompts)."""
@@ -117,7 +134,7 @@ class Transformer(nn.Module):
         with region("embed"):
             x = None if gather else self.embed(ids)                            # [B, S, D]
             rows = None
-            if rope.STEP_ROWS and self.cfg.attention != "mla":                  # this step's (cos | sin) rows
+            if self._rope_kernel_reads_rows(step):                             # this step's (cos | sin) rows
                 rows = self.cos_sin[step.positions.reshape(-1)]                # [B·S, rope_dim], one launch
             rot = Rotary(self.cos, self.sin, rows)                             # the tables [P, rope/2]
         residual = None

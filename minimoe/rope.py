@@ -57,8 +57,11 @@ def rope_tables(cfg: ModelConfig, max_len: int) -> tuple[torch.Tensor, torch.Ten
 
 # Gather this step's cos / sin rows once a forward (one launch: `Rotary.rows`), so that the q/k norm + rope kernel
 # (kernels/rope.py, `rows`) loads them at once instead of after the position it would index the tables with: one L2
-# round trip off each layer's rope kernel, for one gather a step. Unmeasured: off.
-STEP_ROWS = False
+# round trip off each layer's rope kernel, for one gather a step (model.py skips it where no layer reads them). In the
+# graphed step (docs/results/2026-12-04-s33, call 4): Qwen3-30B-A3B bs 1 -0.34% (the baseline repeated +0.01%), OLMoE
+# bs 1 -0.20% (repeated +0.22%: a tie), bs 64 -0.07% (-0.02%); bench.py Qwen3-30B-A3B bs 1 395.2 out tok/s against
+# 393.6. On.
+STEP_ROWS = True
 
 
 @dataclass

@@ -29,3 +29,28 @@ def test_rows_equal_tables(card, ops, monkeypatch):
         monkeypatch.setattr(rope, "STEP_ROWS", True)
         tokens_rows, logits_rows = greedy_and_logits(model, batch, 3)
         assert torch.equal(tokens, tokens_rows) and torch.equal(logits, logits_rows)
+
+
+def test_gathered_only_where_the_rope_kernel_reads_them(monkeypatch):
+    """model._rope_kernel_reads_rows: no gather for MLA, for a one-token step that --fuse-rope's GEMV takes (no q/k
+    norm, no clip) or that --fuse-rope-attn's kernel takes; a gather everywhere else the rope kernel runs."""
+    from minimoe import rope_attn_fusion
+    from minimoe.kv_cache import KVCache
+    monkeypatch.setattr(rope, "STEP_ROWS", True)
+
+    def reads(card, batch, n_new, **kw):
+        s = RunSettings(device=DEVICE, ops="triton", **kw).resolve()
+        model, cfg, _ = build_model(card, "dummy", dtype=torch.float32, device=DEVICE, settings=s, seed=1)
+        cache = KVCache(cfg, batch, 16, torch.float32, DEVICE)
+        return model._rope_kernel_reads_rows(cache.step(n_new, 2))
+
+    assert reads("mixtral-tiny", 1, 1, fuse_rope="off")
+    assert not reads("mixtral-tiny", 1, 1, fuse_rope="on")            # --fuse-rope's GEMV rotates at one token
+    assert reads("mixtral-tiny", 2, 1, fuse_rope="on")                 # two tokens: the rope kernel
+    assert reads("qwen3-moe-tiny", 1, 1, fuse_rope="on")               # a q/k norm: never --fuse-rope's
+    assert not reads("qwen3-moe-tiny", 1, 1, attn="triton", fuse_rope_attn="on")
+    monkeypatch.setattr(rope_attn_fusion, "AUTO", False)
+    assert reads("qwen3-moe-tiny", 1, 1, attn="triton")                # auto with AUTO off: the rope kernel
+    assert not reads("deepseek-v2-lite-tiny", 1, 1)                    # MLA reads the tables
+    monkeypatch.setattr(rope, "STEP_ROWS", False)
+    assert not reads("qwen3-moe-tiny", 1, 1)
