@@ -1,0 +1,65 @@
+"""GPU-only guards for the decode MoE's GEMM1 -> GEMM2 boundary knobs (kernels/fused_moe_small.py):
+GEMM1_PROGRAMS_PER_SM (one wave, a grid-stride loop), GEMM2_EARLY (GEMM2 launched with PDL) and GEMM2_PREFETCH_SLOTS
+(its L2 prefetch of the first slots' rows before the wait). Each combination must give the default's bits, eager and
+replayed in a CUDA graph behind a router-like predecessor, at the real shapes of the models they are measured on."""
+import pytest
+import torch
+
+from minimoe.kernels import fused_moe_small as fms
+
+pytestmark = pytest.mark.gpu
+
+SHAPES = {"qwen3": (128, 8, 768, 2048, 0), "olmoe": (64, 8, 1024, 2048, 0),   # E, K, I, D, shared expert width
+          "dsv2lite": (64, 6, 1408, 2048, 2816)}
+KNOBS = [(4, False, 0), (3, True, 0), (2, True, 2), (3, True, 8), (1, True, 8)]
+
+
+def _layer(name, T, seed):
+    E, K, I, D, I_S = SHAPES[name]
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    dev = dict(device="cuda", dtype=torch.bfloat16)
+    x = torch.randn(T, D, generator=gen, device="cuda").to(torch.bfloat16)
+    w13 = (torch.randn(E, 2 * I, D, generator=gen, device="cuda") * D ** -0.5).to(**dev)
+    w2 = (torch.randn(E, D, I, generator=gen, device="cuda") * I ** -0.5).to(**dev)
+    scores = torch.rand(T, E, generator=gen, device="cuda")
+    shared = None
+    if I_S:
+        shared = fms.SharedExpert((torch.randn(2 * I_S, D, generator=gen, device="cuda") * D ** -0.5).to(**dev),
+                                  (torch.randn(D, I_S, generator=gen, device="cuda") * I_S ** -0.5).to(**dev))
+    return x, w13, w2, scores, K, shared
+
+
+def _run(x, w13, w2, scores, K, shared):
+    weights, ids = scores.topk(K, dim=-1)            # a predecessor kernel writes the ids, as the router does
+    return fms.fused_moe_small(x, w13, w2, ids, weights, 0, None, pdl=True, shared=shared)
+
+
+@pytest.mark.parametrize("name", list(SHAPES))
+@pytest.mark.parametrize("T", [1, 2])
+@pytest.mark.parametrize("knobs", KNOBS)
+def test_boundary_knobs_same_bits(monkeypatch, name, T, knobs):
+    layer = _layer(name, T, seed=T + 17 * len(name))
+    base = _run(*layer)
+    g1, early, slots = knobs
+    monkeypatch.setattr(fms, "GEMM1_PROGRAMS_PER_SM", g1)
+    monkeypatch.setattr(fms, "GEMM2_EARLY", early)
+    monkeypatch.setattr(fms, "GEMM2_PREFETCH_SLOTS", slots)
+    assert torch.equal(_run(*layer), base)
+    # replayed in a graph, with fresh routing scores each replay (the ids a replay reads are its own step's)
+    x, w13, w2, scores, K, shared = layer
+    static_scores = scores.clone()
+    _run(x, w13, w2, static_scores, K, shared)                               # compile outside the capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = _run(x, w13, w2, static_scores, K, shared)
+    for seed in range(3):
+        fresh = torch.rand(scores.shape, generator=torch.Generator(device="cuda").manual_seed(seed), device="cuda")
+        static_scores.copy_(fresh)
+        graph.replay()
+        monkeypatch.setattr(fms, "GEMM1_PROGRAMS_PER_SM", 0)
+        monkeypatch.setattr(fms, "GEMM2_EARLY", False)
+        want = _run(x, w13, w2, fresh, K, shared)
+        monkeypatch.setattr(fms, "GEMM1_PROGRAMS_PER_SM", g1)
+        monkeypatch.setattr(fms, "GEMM2_EARLY", early)
+        torch.cuda.synchronize()
+        assert torch.equal(out, want), (name, T, knobs, seed)
