@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# (Runs the code of commit 699da20: the three knobs were removed after this call; docs/results/2026-12-04-s34/README.md.)
 # Session 34, call 1 on nvidia-h200 (~9 min): the decode MoE's GEMM1 -> GEMM2 boundary at batch 1
 # (kernels/fused_moe_small.py): GEMM1 as one wave in a grid-stride loop (GEMM1_PROGRAMS_PER_SM), GEMM2 launched early
 # with PDL beside it (GEMM2_EARLY), and its L2 prefetch of the first slots' rows before the wait (GEMM2_PREFETCH_SLOTS).
