@@ -163,46 +163,6 @@ def test_small_some_and_all_slots_foreign():
     assert ((out[1].double().cpu() - ref[1]).norm() / ref[1].norm()).item() <= TOL[torch.float32]
 
 
-@pytest.mark.parametrize("programs", [1, 3, 5])
-@pytest.mark.parametrize("T,shared", [(1, False), (2, False), (1, True)])
-def test_small_gemm1_grid_stride_same_bits(monkeypatch, programs, T, shared):
-    """GEMM1 as one wave of fewer programs than units (fused_moe_small.GEMM1_PROGRAMS_PER_SM, each program taking units
-    pid, pid + programs, ...) writes the bits of the one-unit-a-program grid: the same tiles and loop, foreign and
-    skipped (id -1) slots and the shared expert's units included, and matches the float64 oracle."""
-    from minimoe.kernels.fused_moe_small import SharedExpert
-    gen = torch.Generator().manual_seed(11 * T + programs + 7 * shared)
-    E, K = 12, 3
-    x, w13, w2 = make_layer(T, E, torch.float32, gen, 40, 44)
-    ids = torch.stack([torch.randperm(2 * E, generator=gen)[:K] for _ in range(T)]).to(DEVICE)  # about half foreign
-    ids[0, 1] = -1                                                          # a skipped slot
-    weights = torch.rand(T, K, generator=gen).to(DEVICE)
-    sh = None
-    if shared:
-        sh = SharedExpert(*(t.to(DEVICE) for t in (torch.randn(2 * 24, 40, generator=gen) / 40 ** 0.5,
-                                                   torch.randn(40, 24, generator=gen) / 24 ** 0.5)))
-    config = {"small": {"BLOCK_N": 16, "BLOCK_K": 32, "down": {"BLOCK_N": 16, "BLOCK_K": 32}}}
-    # 44 / 16 -> 3 column blocks a pair: T x 3 x 3 routed units (+ 2 shared ones a token), more than `programs`
-    before = fused_moe_small.fused_moe_small(x, w13, w2, ids, weights, 5, config, shared=sh)
-    launches, kernel = [], fused_moe_small._gate_up_gemv_kernel
-
-    class Spy:                                          # records GEMM1's grid and its GRID_STRIDE flag
-        def __getitem__(self, grid):
-            return lambda *a, **kw: launches.append((grid, kw["GRID_STRIDE"])) or kernel[grid](*a, **kw)
-
-    monkeypatch.setattr(fused_moe_small, "_sm_count", lambda device: 1)
-    monkeypatch.setattr(fused_moe_small, "GEMM1_PROGRAMS_PER_SM", programs)
-    monkeypatch.setattr(fused_moe_small, "_gate_up_gemv_kernel", Spy())
-    after = fused_moe_small.fused_moe_small(x, w13, w2, ids, weights, 5, config, shared=sh)
-    assert launches == [((programs,), True)], launches
-    assert torch.equal(before, after)
-    ref = reference_moe(x, w13, w2, ids, weights, 5)
-    if sh is not None:
-        xs = x.double().cpu()
-        g, u = (xs @ sh.w13.double().cpu().T).chunk(2, dim=-1)
-        ref = ref + (torch.nn.functional.silu(g) * u) @ sh.w2.double().cpu().T
-    assert ((after.double().cpu() - ref).norm() / ref.norm()).item() <= TOL[torch.float32]
-
-
 PRESET_SHAPES = {"olmoe": (64, 8, 1024, 2048), "qwen3": (128, 8, 768, 2048),  # E, K, I, D
                  "mixtral": (8, 2, 14336, 4096), "qwen15": (60, 4, 1408, 2048),
                  "dsv2lite": (64, 6, 1408, 2048)}

@@ -44,26 +44,9 @@ import torch
 import triton
 import triton.language as tl
 
-from .pdl import launch_args, prefetch_l2, prefetch_l2_lanes, release_args, wait_then_release
+from .pdl import launch_args, prefetch_l2, release_args, wait_then_release
 
 from .small_configs import SMALL_KEYS, SMALL_TILES, small_configs, small_default_config  # noqa: F401 (re-exported)
-
-# In-step knobs for the GEMM1 -> GEMM2 boundary at batch 1-2, read at call time (scripts/step_probe.py variants).
-# Today GEMM2 runs in stream order: it starts only when GEMM1's last program has exited, then loads the slots' expert
-# ids, then its first weights, each an L2 / HBM round trip while the HBM idles. Launched early with PDL it parked on
-# the SM slots GEMM1's later waves needed (+13% to +22% a step, nineteenth session): GEMM1 ran ~3 waves (Qwen3-30B-A3B:
-# 1,536 programs of 128 registers a thread, 4 resident an SM). GEMM1_PROGRAMS_PER_SM > 0 runs GEMM1 as one wave of at
-# most that many programs an SM, each taking units pid, pid + programs, ... (the same units, tiles and arithmetic);
-# GEMM2_EARLY then launches GEMM2 with PDL, so its programs park beside that wave, and with GEMM2_PREFETCH_SLOTS > 0
-# they ask the L2 for their rows of the first slots' experts before waiting.
-GEMM1_PROGRAMS_PER_SM = 0
-GEMM2_EARLY = False
-GEMM2_PREFETCH_SLOTS = 0
-
-
-def _sm_count(device: torch.device) -> int:
-    """Streaming multiprocessors of `device` (132, an H200's, where there is no GPU: the interpreter's tests)."""
-    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 132
 
 
 @triton.jit
@@ -125,60 +108,42 @@ def _swiglu_rows(x_ptrs, gate_ptrs, up_offset, D, BLOCK_N: tl.constexpr, BLOCK_K
     return acc_gate * tl.sigmoid(acc_gate) * acc_up                          # fp32, rounded once by the caller
 
 
-@triton.jit
-def _gate_up_unit(unit, x_ptr, w13_ptr, h_ptr, ids_ptr, top_k, expert_offset, E, I, D,
-                  stride_xt, stride_we, stride_wn, stride_ht, ws13_ptr, hs_ptr, I_S, n_routed, stride_swn, stride_hst,
-                  BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr, SHARED: tl.constexpr):
-    """GEMM1's work unit `unit` (one program's share in the one-unit-a-program grid): a (pair, column block) of h, or
-    with SHARED a (token, column block) of the shared expert's hs past the n_routed routed units."""
-    offs_k = tl.arange(0, BLOCK_K)
-    shared_unit = False
-    if SHARED:
-        shared_unit = unit >= n_routed
-    if shared_unit:
-        n_shared_blocks = tl.cdiv(I_S, BLOCK_N)
-        t, col0 = (unit - n_routed) // n_shared_blocks, ((unit - n_routed) % n_shared_blocks) * BLOCK_N
-        rows = (col0 + tl.arange(0, BLOCK_N)) % I_S
-        hs = _swiglu_rows(x_ptr + t.to(tl.int64) * stride_xt + offs_k,
-                          ws13_ptr + rows[:, None] * stride_swn + offs_k[None, :], I_S * stride_swn, D,
-                          BLOCK_N, BLOCK_K, STAGES)
-        cols = col0 + tl.arange(0, BLOCK_N)
-        tl.store(hs_ptr + t.to(tl.int64) * stride_hst + cols, hs.to(hs_ptr.dtype.element_ty), mask=cols < I_S)
-    else:
-        n_blocks = tl.cdiv(I, BLOCK_N)
-        pair, col0 = unit // n_blocks, (unit % n_blocks) * BLOCK_N
-        expert = _local_expert(ids_ptr, pair, expert_offset, E)
-        if expert >= 0:                          # a foreign slot: GEMM2 never reads this h row
-            # Rows past I wrap around instead of being masked: loads stay in bounds, the store drops them.
-            rows = (col0 + tl.arange(0, BLOCK_N)) % I
-            h = _swiglu_rows(x_ptr + (pair // top_k).to(tl.int64) * stride_xt + offs_k,
-                             w13_ptr + expert.to(tl.int64) * stride_we + rows[:, None] * stride_wn + offs_k[None, :],
-                             I * stride_wn, D, BLOCK_N, BLOCK_K, STAGES)            # up: row I + j of w13[e]
-            cols = col0 + tl.arange(0, BLOCK_N)
-            tl.store(h_ptr + pair.to(tl.int64) * stride_ht + cols, h.to(h_ptr.dtype.element_ty), mask=cols < I)
-
-
-@triton.jit(do_not_specialize=["top_k", "expert_offset", "E", "n_routed", "n_units"])
+@triton.jit(do_not_specialize=["top_k", "expert_offset", "E", "n_routed"])
 def _gate_up_gemv_kernel(x_ptr, w13_ptr, h_ptr, ids_ptr, top_k, expert_offset, E, I, D,
                          stride_xt, stride_we, stride_wn, stride_ht,
-                         ws13_ptr, hs_ptr, I_S, n_routed, stride_swn, stride_hst, n_units,
+                         ws13_ptr, hs_ptr, I_S, n_routed, stride_swn, stride_hst,
                          BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr, PDL: tl.constexpr,
-                         SHARED: tl.constexpr = False, GRID_STRIDE: tl.constexpr = False):
+                         SHARED: tl.constexpr = False):
     """h[pair, cols] = silu(Wg[e] x[t]) * (Wu[e] x[t]) for one pair and BLOCK_N columns of I.
-    SHARED: units n_routed.. do the same for the shared expert (ws13 [2·I_S, D], gate rows then up rows)
-    and token t = (unit - n_routed) // cdiv(I_S, BLOCK_N), writing hs[t, cols].
-    GRID_STRIDE: a grid of fewer programs than the n_units units, each taking units pid, pid + programs, ... (one
-    wave: no program waits for a slot, so a PDL-launched GEMM2 can park beside it, `GEMM1_PROGRAMS_PER_SM`)."""
+    SHARED: programs n_routed.. do the same for the shared expert (ws13 [2·I_S, D], gate rows then up rows)
+    and token t = (pid - n_routed) // cdiv(I_S, BLOCK_N), writing hs[t, cols]."""
     wait_then_release(PDL)
-    if GRID_STRIDE:
-        for unit in range(tl.program_id(0), n_units, tl.num_programs(0)):
-            _gate_up_unit(unit, x_ptr, w13_ptr, h_ptr, ids_ptr, top_k, expert_offset, E, I, D,
-                          stride_xt, stride_we, stride_wn, stride_ht, ws13_ptr, hs_ptr, I_S, n_routed, stride_swn,
-                          stride_hst, BLOCK_N, BLOCK_K, STAGES, SHARED)
-    else:
-        _gate_up_unit(tl.program_id(0), x_ptr, w13_ptr, h_ptr, ids_ptr, top_k, expert_offset, E, I, D,
-                      stride_xt, stride_we, stride_wn, stride_ht, ws13_ptr, hs_ptr, I_S, n_routed, stride_swn,
-                      stride_hst, BLOCK_N, BLOCK_K, STAGES, SHARED)
+    pid = tl.program_id(0)
+    offs_k = tl.arange(0, BLOCK_K)
+    if SHARED:
+        if pid >= n_routed:
+            n_shared_blocks = tl.cdiv(I_S, BLOCK_N)
+            t, col0 = (pid - n_routed) // n_shared_blocks, ((pid - n_routed) % n_shared_blocks) * BLOCK_N
+            rows = (col0 + tl.arange(0, BLOCK_N)) % I_S
+            hs = _swiglu_rows(x_ptr + t.to(tl.int64) * stride_xt + offs_k,
+                              ws13_ptr + rows[:, None] * stride_swn + offs_k[None, :], I_S * stride_swn, D,
+                              BLOCK_N, BLOCK_K, STAGES)
+            cols = col0 + tl.arange(0, BLOCK_N)
+            tl.store(hs_ptr + t.to(tl.int64) * stride_hst + cols, hs.to(hs_ptr.dtype.element_ty), mask=cols < I_S)
+            return
+    n_blocks = tl.cdiv(I, BLOCK_N)
+    pair, col0 = pid // n_blocks, (pid % n_blocks) * BLOCK_N
+    expert = _local_expert(ids_ptr, pair, expert_offset, E)
+    if expert < 0:
+        return                                   # foreign slot: GEMM2 never reads this h row
+    # Rows past I wrap around instead of being masked: loads stay in bounds, the store drops them.
+    rows = (col0 + tl.arange(0, BLOCK_N)) % I
+    h = _swiglu_rows(x_ptr + (pair // top_k).to(tl.int64) * stride_xt + offs_k,
+                     w13_ptr + expert.to(tl.int64) * stride_we + rows[:, None] * stride_wn + offs_k[None, :],
+                     I * stride_wn, D, BLOCK_N, BLOCK_K, STAGES)                # up: row I + j of w13[e]
+    cols = col0 + tl.arange(0, BLOCK_N)
+    tl.store(h_ptr + pair.to(tl.int64) * stride_ht + cols, h.to(h_ptr.dtype.element_ty),
+             mask=cols < I)
 
 
 @triton.jit
@@ -212,7 +177,7 @@ def _down_combine_kernel(h_ptr, w2_ptr, out_ptr, ids_ptr, weights_ptr, top_k, ex
                          BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr, PDL: tl.constexpr,
                          DENSE: tl.constexpr = False, PREFETCH_BYTES: tl.constexpr = 0,
                          SHARED: tl.constexpr = False, SHARED_GATE: tl.constexpr = False, BIAS: tl.constexpr = False,
-                         CAT: tl.constexpr = False, PREFETCH_SLOTS: tl.constexpr = 0):
+                         CAT: tl.constexpr = False):
     """out[t, cols] = Σ_k w[t,k] · W2[e_k][cols, :] · h[t·K + k] for BLOCK_N columns of D.
     DENSE (dense_gemv.py): one expert, one slot of weight 1: out[t, cols] = W[cols, :] · h[t], no id loads;
     BIAS (DENSE): plus bias[cols], read through weights_ptr, on the fp32 accumulator (one rounding, as cuBLAS).
@@ -221,10 +186,7 @@ def _down_combine_kernel(h_ptr, w2_ptr, out_ptr, ids_ptr, weights_ptr, top_k, ex
     PREFETCH_BYTES (DENSE, launched with PDL): before waiting for the previous kernel, ask the L2 for the
     first PREFETCH_BYTES of each of the program's weight rows (the weights do not depend on it).
     CAT (DENSE): two layers on the same input in one launch, out[t] = [W · h[t], Wb · h[t]] (wb [N_B, I]):
-    each token's tiles of W (D rows), then of Wb, whose outputs land in columns D .. D + N_B - 1.
-    PREFETCH_SLOTS (routed, launched early with PDL: `GEMM2_EARLY`): before waiting for GEMM1, read the first
-    PREFETCH_SLOTS slots' expert ids (the router's, complete before GEMM1 passed its own wait and released this grid)
-    and ask the L2 for the program's rows of those experts' W2 (whole rows of I: PREFETCH_BYTES each)."""
+    each token's tiles of W (D rows), then of Wb, whose outputs land in columns D .. D + N_B - 1."""
     pid = tl.program_id(0)
     n_blocks = tl.cdiv(D, BLOCK_N)
     n_out, out_col0, w_base, w_stride = D, 0, w2_ptr, stride_wn        # the rows this program reads and writes
@@ -241,15 +203,8 @@ def _down_combine_kernel(h_ptr, w2_ptr, out_ptr, ids_ptr, weights_ptr, top_k, ex
     offs_k = tl.arange(0, BLOCK_K)
     rows = (col0 + tl.arange(0, BLOCK_N)) % n_out
     if PREFETCH_BYTES > 0:
-        if PREFETCH_SLOTS > 0:
-            tl.static_assert(not DENSE, "PREFETCH_SLOTS reads a routed layer's expert ids")
-            for s_pre in tl.static_range(PREFETCH_SLOTS):
-                e_pre = tl.maximum(_local_expert(ids_ptr, t * top_k + s_pre, expert_offset, E), 0).to(tl.int64)
-                prefetch_l2_lanes(w2_ptr + e_pre * stride_we + rows.to(tl.int64) * stride_wn,
-                                  tl.full((BLOCK_N,), PREFETCH_BYTES, tl.int32), tl.full((BLOCK_N,), BLOCK_N, tl.int32))
-        else:
-            tl.static_assert(DENSE, "only a dense layer's weights are known before the previous kernel ends")
-            prefetch_l2(w_base + rows.to(tl.int64) * w_stride, tl.full((BLOCK_N,), PREFETCH_BYTES, tl.int32))
+        tl.static_assert(DENSE, "only a dense layer's weights are known before the previous kernel ends")
+        prefetch_l2(w_base + rows.to(tl.int64) * w_stride, tl.full((BLOCK_N,), PREFETCH_BYTES, tl.int32))
     wait_then_release(PDL)
     n_chunks = tl.cdiv(I, BLOCK_K)
     acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
@@ -332,23 +287,15 @@ def fused_moe_small(x, w13, w2, ids, topk_weights, expert_offset: int,
     else:
         ws13, ws2, wsg, I_S, hs = w13, w2, None, 0, h                      # never read
         grid1 = (n_routed,)
-    n_units = grid1[0]
-    if GEMM1_PROGRAMS_PER_SM > 0:                                           # one wave, units in a grid-stride loop
-        grid1 = (min(n_units, int(GEMM1_PROGRAMS_PER_SM * _sm_count(x.device))),)
     _gate_up_gemv_kernel[grid1](
         x, w13, h, ids, K, expert_offset, E, I, D,
         x.stride(0), w13.stride(0), w13.stride(1), h.stride(0),
-        ws13, hs, I_S, n_routed, ws13.stride(0), hs.stride(0), n_units,
+        ws13, hs, I_S, n_routed, ws13.stride(0), hs.stride(0),
         BLOCK_N=cfg1["BLOCK_N"], BLOCK_K=cfg1["BLOCK_K"], STAGES=cfg1["num_stages"],
-        num_warps=cfg1["num_warps"], num_stages=cfg1["num_stages"], SHARED=shared is not None,
-        GRID_STRIDE=grid1[0] < n_units, **launch_args(pdl))
+        num_warps=cfg1["num_warps"], num_stages=cfg1["num_stages"], SHARED=shared is not None, **launch_args(pdl))
     out = x.new_empty(T, D)
     weights = topk_weights.float().contiguous().view(-1)  # [T·K]; no copy when already fp32
     grid2 = (T * triton.cdiv(D, cfg2["BLOCK_N"]),)
-    early = bool(GEMM2_EARLY and pdl)
-    row_bytes = I * w2.element_size()
-    prefetch_slots = (min(int(GEMM2_PREFETCH_SLOTS), K) if early and row_bytes % 16 == 0 and w2.data_ptr() % 16 == 0
-                      else 0)
     _down_combine_kernel[grid2](
         h, w2, out, ids, weights, K, expert_offset, E, D, I,
         h.stride(0), w2.stride(0), w2.stride(1), out.stride(0),
@@ -357,9 +304,8 @@ def fused_moe_small(x, w13, w2, ids, topk_weights, expert_offset: int,
         BLOCK_N=cfg2["BLOCK_N"], BLOCK_K=cfg2["BLOCK_K"], STAGES=cfg2["num_stages"],
         num_warps=cfg2["num_warps"], num_stages=cfg2["num_stages"],
         SHARED=shared is not None, SHARED_GATE=wsg is not None,
-        PREFETCH_BYTES=row_bytes if prefetch_slots else 0, PREFETCH_SLOTS=prefetch_slots,
-        # after the many-program GEMM1: by default never launched early, but frees its successor (pdl.py). Launched
-        # early after a many-wave GEMM1, its programs park on the SMs GEMM1's later waves need: +13% to +22% a bs-1
-        # step on four models (nineteenth session, call 1); GEMM2_EARLY is for a one-wave GEMM1 (see the knobs)
-        **(launch_args(pdl) if early else release_args(pdl)))
+        # after the many-program GEMM1: never launched early, but frees its successor (pdl.py). Launched early, its
+        # programs park on the SMs GEMM1's later waves need: +13% to +22% a bs-1 step on four models (nineteenth
+        # session, call 1: the knob that tried it is gone)
+        **release_args(pdl))
     return out
