@@ -34,3 +34,16 @@ def test_trigger_early_off_waits_only(monkeypatch):
     assert moe.launch(True) == {"PDL": 2, "launch_pdl": True}
     assert moe.release(True) == {"PDL": 2, "launch_pdl": False}
     assert moe.launch(False) == {"PDL": False, "launch_pdl": False}
+
+
+def test_late_trigger_in_waits_only_for_the_named_modules(monkeypatch):
+    """LATE_TRIGGER_IN: a named module's launches keep PDL (launch flag and wait) but drop the early release (2);
+    other modules keep True; a module also in OFF_IN stays off; launches without pdl stay off."""
+    att, moe = _launcher_in("minimoe.kernels.decode_attention"), _launcher_in("minimoe.kernels.fused_moe")
+    monkeypatch.setattr(pdl, "LATE_TRIGGER_IN", {"minimoe.kernels.decode_attention"})
+    assert att.launch(True) == {"PDL": 2, "launch_pdl": True}
+    assert att.release(True) == {"PDL": 2, "launch_pdl": False}
+    assert att.launch(False) == {"PDL": False, "launch_pdl": False}
+    assert moe.launch(True) == {"PDL": True, "launch_pdl": True}
+    monkeypatch.setattr(pdl, "OFF_IN", {"minimoe.kernels.decode_attention"})
+    assert att.launch(True) == {"PDL": False, "launch_pdl": False}

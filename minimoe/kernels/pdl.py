@@ -54,18 +54,27 @@ OFF_IN: set[str] = set()
 # read memory before the release's predecessor had finished: one whose access does not wait (not one of ours, if
 # scripts/pdl_order_check.py passes), or a narrower timing window.
 TRIGGER_EARLY = True
+# The same per kernel module, for step probes: launches from these modules keep their PDL launch and gdc_wait but drop
+# gdc_launch_dependents, so their successor's programs do not park beside theirs (the thirty-fourth session's call 1
+# found a PDL-launched grid parked beside a running one costly: the MoE's GEMM2 beside a one-wave GEMM1, +7-12%).
+LATE_TRIGGER_IN: set[str] = set()
 
 
-def _caller_off() -> bool:
-    """Whether the launcher calling launch_args / release_args lives in a module named in OFF_IN (two frames up)."""
-    return bool(OFF_IN) and sys._getframe(2).f_globals.get("__name__") in OFF_IN
+def _caller() -> str | None:
+    """The module name of the launcher calling launch_args / release_args (two frames up)."""
+    return sys._getframe(2).f_globals.get("__name__")
+
+
+def _pdl_value(caller: str | None):
+    return True if TRIGGER_EARLY and caller not in LATE_TRIGGER_IN else 2
 
 
 def launch_args(pdl: bool = False) -> dict:
     """Keyword arguments for a kernel launch: the kernel's PDL constexpr and Triton's launch flag (both False for a
-    launcher in a module named in OFF_IN)."""
-    pdl = bool(pdl) and not _caller_off()
-    return {"PDL": (True if TRIGGER_EARLY else 2) if pdl else False, "launch_pdl": pdl}
+    launcher in a module named in OFF_IN; PDL 2, wait only, with TRIGGER_EARLY off or the module in LATE_TRIGGER_IN)."""
+    caller = _caller() if OFF_IN or LATE_TRIGGER_IN else None
+    pdl = bool(pdl) and caller not in OFF_IN
+    return {"PDL": _pdl_value(caller) if pdl else False, "launch_pdl": pdl}
 
 
 def release_args(pdl: bool = False) -> dict:
@@ -74,8 +83,9 @@ def release_args(pdl: bool = False) -> dict:
     which parks in its own gdc_wait until this one has finished. Dependents are launched only once every program
     of this grid has started and triggered, so a many-wave grid simply releases them later; for the decode MoE's
     GEMM2 at batch 1 (one wave) the successor's early programs take only slots that GEMM2 leaves free."""
-    pdl = bool(pdl) and not _caller_off()
-    return {"PDL": (True if TRIGGER_EARLY else 2) if pdl else False, "launch_pdl": False}
+    caller = _caller() if OFF_IN or LATE_TRIGGER_IN else None
+    pdl = bool(pdl) and caller not in OFF_IN
+    return {"PDL": _pdl_value(caller) if pdl else False, "launch_pdl": False}
 
 
 @triton.jit
