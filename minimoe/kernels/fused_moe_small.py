@@ -44,9 +44,16 @@ import torch
 import triton
 import triton.language as tl
 
-from .pdl import launch_args, prefetch_l2, release_args, wait_then_release
+from .pdl import launch_args, prefetch_l2, release_args, release_at_end, wait_then_release
 
 from .small_configs import SMALL_KEYS, SMALL_TILES, small_configs, small_default_config  # noqa: F401 (re-exported)
+
+# GEMM2 launched with PDL after a GEMM1 that releases it only at each program's end (pdl.release_at_end), not at its
+# start: GEMM2's launch overlaps GEMM1's completion and flush (a PDL boundary measured 0.86 µs against 1.23 in stream
+# order, kernels/pdl.py) while its programs park only beside GEMM1's last programs. (Released at GEMM1's start, GEMM2's
+# parked programs took the slots of GEMM1's later waves: +13% to +22% a bs-1 step, nineteenth session; beside a
+# one-wave GEMM1 +7% to +12%, thirty-fourth session, call 1.) An in-step knob, read at call time.
+GEMM2_AFTER_GEMM1_END = False
 
 
 @triton.jit
@@ -144,6 +151,7 @@ def _gate_up_gemv_kernel(x_ptr, w13_ptr, h_ptr, ids_ptr, top_k, expert_offset, E
     cols = col0 + tl.arange(0, BLOCK_N)
     tl.store(h_ptr + pair.to(tl.int64) * stride_ht + cols, h.to(h_ptr.dtype.element_ty),
              mask=cols < I)
+    release_at_end(PDL)                          # PDL 3 (GEMM2_AFTER_GEMM1_END); a program that returned above released
 
 
 @triton.jit
@@ -278,6 +286,9 @@ def fused_moe_small(x, w13, w2, ids, topk_weights, expert_offset: int,
     cfg1, cfg2 = small_configs(config, E, I, D, K, T, x.dtype, shared=shared is not None)
     h = x.new_empty(T * K, I)                                               # [T·K, I]
     n_routed = T * K * triton.cdiv(I, cfg1["BLOCK_N"])
+    gemm1_pdl, gemm2_pdl = launch_args(pdl), release_args(pdl)
+    if GEMM2_AFTER_GEMM1_END and gemm1_pdl["PDL"] is True:
+        gemm1_pdl, gemm2_pdl = dict(gemm1_pdl, PDL=3), launch_args(pdl)
     if shared is not None:
         check_shared(x, shared)
         ws13, ws2, wsg = shared
@@ -292,7 +303,7 @@ def fused_moe_small(x, w13, w2, ids, topk_weights, expert_offset: int,
         x.stride(0), w13.stride(0), w13.stride(1), h.stride(0),
         ws13, hs, I_S, n_routed, ws13.stride(0), hs.stride(0),
         BLOCK_N=cfg1["BLOCK_N"], BLOCK_K=cfg1["BLOCK_K"], STAGES=cfg1["num_stages"],
-        num_warps=cfg1["num_warps"], num_stages=cfg1["num_stages"], SHARED=shared is not None, **launch_args(pdl))
+        num_warps=cfg1["num_warps"], num_stages=cfg1["num_stages"], SHARED=shared is not None, **gemm1_pdl)
     out = x.new_empty(T, D)
     weights = topk_weights.float().contiguous().view(-1)  # [T·K]; no copy when already fp32
     grid2 = (T * triton.cdiv(D, cfg2["BLOCK_N"]),)
@@ -306,6 +317,6 @@ def fused_moe_small(x, w13, w2, ids, topk_weights, expert_offset: int,
         SHARED=shared is not None, SHARED_GATE=wsg is not None,
         # after the many-program GEMM1: never launched early, but frees its successor (pdl.py). Launched early, its
         # programs park on the SMs GEMM1's later waves need: +13% to +22% a bs-1 step on four models (nineteenth
-        # session, call 1: the knob that tried it is gone)
-        **release_args(pdl))
+        # session, call 1: the knob that tried it is gone); GEMM2_AFTER_GEMM1_END launches it early from GEMM1's end
+        **gemm2_pdl)
     return out

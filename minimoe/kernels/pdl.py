@@ -90,11 +90,20 @@ def release_args(pdl: bool = False) -> dict:
 
 @triton.jit
 def wait_then_release(PDL: tl.constexpr):
-    """PDL True: wait for the predecessor, then let the successor launch; 2 (TRIGGER_EARLY off): wait only."""
+    """PDL True: wait for the predecessor, then let the successor launch; 2 (TRIGGER_EARLY off) or 3 (a kernel that
+    releases its successor at its end itself, `release_at_end`): wait only."""
     if PDL:
         tl.extra.cuda.gdc_wait()
-        if PDL != 2:
+        if PDL != 2 and PDL != 3:
             tl.extra.cuda.gdc_launch_dependents()
+
+
+@triton.jit
+def release_at_end(PDL: tl.constexpr):
+    """PDL 3: let the successor launch now (called after a program's last store): its programs then park only while
+    this grid's last programs finish, not beside its earlier waves."""
+    if PDL == 3:
+        tl.extra.cuda.gdc_launch_dependents()
 
 
 @triton.jit
