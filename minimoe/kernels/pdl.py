@@ -25,16 +25,19 @@ launched so after its RMSNorm measured 1.1-1.5 µs less per pair (scripts/pdl_pr
 session, call 4). After a many-program kernel (the MoE's GEMM1) the next grid's programs pile onto the SMs
 that finish first, and a bandwidth-bound GEMM2 with an uneven spread runs longer: PDL on every kernel made
 Mixtral bs 1 6.92 -> 7.68 ms (third session). So the MoE's GEMM2 (and fp8's activation quantization of h
-before it) is never launched early, in the bf16 and the quantized paths; everything else follows
-`RunSettings.pdl`. GEMM2 of the bf16 decode MoE (`fused_moe_small`; one wave of programs at batch 1) is
-launched in stream order but releases its successor early (`release_args`: the next layer's RMSNorm, or a
-shared expert's GEMV, parks in gdc_wait on the slots GEMM2 leaves free; +0.2-0.8% out tok/s at bs 1, tenth
-session); the aligned path's and the quantized GEMM2s (several waves) do not, so their successors start when
-their last program exits. (The probe's L2 prefetch of a GEMV's first weight bytes before gdc_wait,
+before it) is never launched early from GEMM1's start, in the bf16 and the quantized paths; everything else follows
+`RunSettings.pdl`. GEMM2 of the bf16 decode MoE (`fused_moe_small`; one wave of programs at batch 1) releases its
+successor early (`release_args`: the next layer's RMSNorm, or a shared expert's GEMV, parks in gdc_wait on the slots
+GEMM2 leaves free; +0.2-0.8% out tok/s at bs 1, tenth session), and is itself launched with PDL after a GEMM1 whose
+programs release it only after their last store (PDL 3, `release_at_end`: the launch overlaps GEMM1's end, nothing
+parks beside its body; -0.13% to -0.40% a bs-1 step, thirty-fourth session, `fused_moe_small.GEMM2_AFTER_GEMM1_END`);
+the aligned path's and the quantized GEMM2s (several waves) run in stream order and do not release, so their
+successors start when their last program exits. (The probe's L2 prefetch of a GEMV's first weight bytes before gdc_wait,
 `prefetch_l2`, was slower than PDL alone at every size tried: kept as a kernel option, off.)
 
 Every launcher takes `pdl: bool = False` and passes `launch_args(pdl)` to its kernels (GEMM2:
-`launch_args(False)`, the bf16 decode GEMM2 `release_args(pdl)`); the engine reads `RunSettings.pdl` where it
+`launch_args(False)`; the bf16 decode GEMM1 / GEMM2 PDL 3 / `launch_args(pdl)`, or `launch_args` / `release_args(pdl)`
+with GEMM2_AFTER_GEMM1_END off); the engine reads `RunSettings.pdl` where it
 calls them (ops.py binds it into the ops table; attention.py, experts.py, linear.py pass it), and settings.py
 resolves `auto` to on only for an sm90+ device without an EP / TP plan, while runtime.py refuses `on` elsewhere
 (the interpreter has no griddepcontrol). No process-wide switch: two models in one process (a draft and its
