@@ -47,15 +47,3 @@ def test_late_trigger_in_waits_only_for_the_named_modules(monkeypatch):
     assert moe.launch(True) == {"PDL": True, "launch_pdl": True}
     monkeypatch.setattr(pdl, "OFF_IN", {"minimoe.kernels.decode_attention"})
     assert att.launch(True) == {"PDL": False, "launch_pdl": False}
-
-
-def test_release_at_end_in_gives_pdl_3(monkeypatch):
-    """RELEASE_AT_END_IN: a named module's launches get PDL 3 (wait at the start, release after the last store), its
-    stream-order releases too; LATE_TRIGGER_IN and TRIGGER_EARLY off still win (2)."""
-    att, moe = _launcher_in("minimoe.kernels.decode_attention"), _launcher_in("minimoe.kernels.fused_moe")
-    monkeypatch.setattr(pdl, "RELEASE_AT_END_IN", {"minimoe.kernels.decode_attention"})
-    assert att.launch(True) == {"PDL": 3, "launch_pdl": True}
-    assert att.release(True) == {"PDL": 3, "launch_pdl": False}
-    assert moe.launch(True) == {"PDL": True, "launch_pdl": True}
-    monkeypatch.setattr(pdl, "LATE_TRIGGER_IN", {"minimoe.kernels.decode_attention"})
-    assert att.launch(True) == {"PDL": 2, "launch_pdl": True}

@@ -37,7 +37,7 @@ import triton.language as tl
 from . import decode_attention_merge as _merge
 from .decode_attention_merge import merge_splits_kernel
 from .mla_merge_uv import merge_uv
-from .pdl import launch_args, release_at_end, wait_then_release
+from .pdl import launch_args, wait_then_release
 
 # K tiles per split at least (the split plan's floor). Measured on the H200 (scripts/bench_attn_splits.py,
 # docs/results/2026-11-30-s4/call2_x2): when B x (kv heads x head tiles) programs do not fill the SMs once, 1 tile is
@@ -201,7 +201,6 @@ def _decode_split_kernel(
                     total += w[:, None] * tl.load(o_ptrs + sp * stride_os, mask=store_ok, other=0.0, volatile=True)
                 f_ptrs = fin_ptr + b * stride_fb + s_q[:, None] * stride_fq + heads[:, None] * stride_fh + offs_v[None, :]
                 tl.store(f_ptrs, (total / denom[:, None]).to(fin_ptr.dtype.element_ty), mask=store_ok)
-    release_at_end(PDL)  # PDL 3 (pdl.RELEASE_AT_END_IN): the successor may launch from here on
 
 
 @functools.lru_cache(maxsize=None)

@@ -13,7 +13,7 @@ not fit in registers). Reference: Dao et al., "Flash-Decoding for long-context i
 import triton
 import triton.language as tl
 
-from .pdl import release_at_end, wait_then_release
+from .pdl import wait_then_release
 
 # Splits x Dv elements up to which a program loads all of its partials as one [splits, Dv] tile (every load in one
 # L2 round trip) instead of looping over the splits (a round trip each: the loop's loads wait for the running sum).
@@ -74,4 +74,3 @@ def merge_splits_kernel(
             acc += w * tl.load(part_row + s * stride_ps, mask=v_ok, other=0.0)
     tl.store(out_ptr + b * stride_ob + q * stride_oq + h * stride_oh + offs_v,
              (acc / denom).to(out_ptr.dtype.element_ty), mask=v_ok)
-    release_at_end(PDL)  # PDL 3 (pdl.RELEASE_AT_END_IN): the successor may launch from here on

@@ -253,7 +253,6 @@ def _down_combine_kernel(h_ptr, w2_ptr, out_ptr, ids_ptr, weights_ptr, top_k, ex
         y = acc.to(h_ptr.dtype.element_ty)            # the layer's rounding, then out's dtype (dense_gemv's out_dtype)
     tl.store(out_ptr + t.to(tl.int64) * stride_ot + out_col0 + cols, y.to(out_ptr.dtype.element_ty),
              mask=cols < n_out)
-    release_at_end(PDL)  # PDL 3 (pdl.RELEASE_AT_END_IN): the successor may launch from here on
 
 
 class SharedExpert(NamedTuple):
@@ -290,7 +289,7 @@ def fused_moe_small(x, w13, w2, ids, topk_weights, expert_offset: int,
     h = x.new_empty(T * K, I)                                               # [T·K, I]
     n_routed = T * K * triton.cdiv(I, cfg1["BLOCK_N"])
     gemm1_pdl, gemm2_pdl = launch_args(pdl), release_args(pdl)
-    if GEMM2_AFTER_GEMM1_END and gemm1_pdl["launch_pdl"] and gemm1_pdl["PDL"] != 2:
+    if GEMM2_AFTER_GEMM1_END and gemm1_pdl["PDL"] is True:
         gemm1_pdl, gemm2_pdl = dict(gemm1_pdl, PDL=3), launch_args(pdl)
     if shared is not None:
         check_shared(x, shared)

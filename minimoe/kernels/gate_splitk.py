@@ -53,7 +53,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .pdl import launch_args, prefetch_l2_lanes, release_at_end, wait_then_release
+from .pdl import launch_args, prefetch_l2_lanes, wait_then_release
 from .route import MAX_EXPERTS, _topk_weights, topk_rank
 
 MAX_T = 16          # the decode sizes it is meant (and benchmarked) for; see `usable`
@@ -208,7 +208,6 @@ def _gate_partial_kernel(
                 if t0 + i3 < T:
                     _reduce_route(part_ptr, gate_ptr, w_ptr, ids_ptr, (t0 + i3).to(tl.int64), T, E, KSPLIT,
                                   scaling, skip, K, E_P2, BLOCK_S, BLOCK_K, SOFTMAX_FIRST, RENORM, True, RANK)
-    release_at_end(PDL)  # PDL 3 (pdl.RELEASE_AT_END_IN): the successor may launch from here on
 
 
 @functools.lru_cache(maxsize=None)

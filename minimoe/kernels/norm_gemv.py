@@ -38,7 +38,7 @@ import triton
 import triton.language as tl
 
 from .dense_gemv import dense_config
-from .pdl import launch_args, release_at_end, wait_then_release
+from .pdl import launch_args, wait_then_release
 
 MAX_T = 2          # tokens a step (the stream GEMV's regime)
 MAX_ROW = 16384    # the reduction width (x, residual and g chunks stream beside the weights; no row in registers)
@@ -94,7 +94,6 @@ def _norm_gemv_kernel(x_ptr, res_ptr, g_ptr, w_ptr, bias_ptr, out_ptr, res_out_p
         y += tl.load(bias_ptr + rows).to(tl.float32)
     cols = col0 + tl.arange(0, BLOCK_N)
     tl.store(out_ptr + t64 * stride_o + cols, y.to(x_t).to(out_ptr.dtype.element_ty), mask=cols < N)
-    release_at_end(PDL)  # PDL 3 (pdl.RELEASE_AT_END_IN): the successor may launch from here on
 
 
 def usable(T: int, D: int, weight: torch.Tensor, x_dtype: torch.dtype, bias: torch.Tensor | None = None) -> bool:

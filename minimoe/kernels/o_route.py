@@ -44,7 +44,7 @@ import triton
 import triton.language as tl
 
 from .dense_gemv import dense_config
-from .pdl import launch_args, release_at_end, wait_then_release
+from .pdl import launch_args, wait_then_release
 from .route import MAX_EXPERTS, _topk_weights, topk_rank
 
 MAX_T = 2          # tokens a step (the stream GEMV's regime); one counter and R copies of an [E] accumulator a token
@@ -132,7 +132,6 @@ def _o_route_kernel(a_ptr, wo_ptr, x_ptr, res_out_ptr, gate_ptr, norm_ptr, h_ptr
         slots = tl.arange(0, BLOCK_TOP)
         tl.store(w_ptr + t64 * K + slots, wts, mask=slots < K)
         tl.store(ids_ptr + t64 * K + slots, ids.to(tl.int64), mask=slots < K)
-    release_at_end(PDL)  # PDL 3 (pdl.RELEASE_AT_END_IN): the successor may launch from here on
 
 
 def usable(T: int, A: int, D: int, E: int, wo: torch.Tensor, a_dtype: torch.dtype, gate_dtype: torch.dtype) -> bool:

@@ -61,10 +61,6 @@ TRIGGER_EARLY = True
 # gdc_launch_dependents, so their successor's programs do not park beside theirs (the thirty-fourth session's call 1
 # found a PDL-launched grid parked beside a running one costly: the MoE's GEMM2 beside a one-wave GEMM1, +7-12%).
 LATE_TRIGGER_IN: set[str] = set()
-# Launches from these modules release their successor at each program's end (PDL 3: the kernel calls `release_at_end`
-# after its last store) instead of at its start: the successor's launch still overlaps this grid's end, but nothing
-# parks beside its body. For step probes; the decode MoE's GEMM1 does this by default (fused_moe_small).
-RELEASE_AT_END_IN: set[str] = set()
 
 
 def _caller() -> str | None:
@@ -73,16 +69,13 @@ def _caller() -> str | None:
 
 
 def _pdl_value(caller: str | None):
-    if not TRIGGER_EARLY or caller in LATE_TRIGGER_IN:
-        return 2
-    return 3 if caller in RELEASE_AT_END_IN else True
+    return True if TRIGGER_EARLY and caller not in LATE_TRIGGER_IN else 2
 
 
 def launch_args(pdl: bool = False) -> dict:
     """Keyword arguments for a kernel launch: the kernel's PDL constexpr and Triton's launch flag (both False for a
-    launcher in a module named in OFF_IN; PDL 2, wait only, with TRIGGER_EARLY off or the module in LATE_TRIGGER_IN;
-    3, release at the end, for a module in RELEASE_AT_END_IN)."""
-    caller = _caller() if OFF_IN or LATE_TRIGGER_IN or RELEASE_AT_END_IN else None
+    launcher in a module named in OFF_IN; PDL 2, wait only, with TRIGGER_EARLY off or the module in LATE_TRIGGER_IN)."""
+    caller = _caller() if OFF_IN or LATE_TRIGGER_IN else None
     pdl = bool(pdl) and caller not in OFF_IN
     return {"PDL": _pdl_value(caller) if pdl else False, "launch_pdl": pdl}
 
@@ -93,7 +86,7 @@ def release_args(pdl: bool = False) -> dict:
     which parks in its own gdc_wait until this one has finished. Dependents are launched only once every program
     of this grid has started and triggered, so a many-wave grid simply releases them later; for the decode MoE's
     GEMM2 at batch 1 (one wave) the successor's early programs take only slots that GEMM2 leaves free."""
-    caller = _caller() if OFF_IN or LATE_TRIGGER_IN or RELEASE_AT_END_IN else None
+    caller = _caller() if OFF_IN or LATE_TRIGGER_IN else None
     pdl = bool(pdl) and caller not in OFF_IN
     return {"PDL": _pdl_value(caller) if pdl else False, "launch_pdl": False}
 

@@ -35,7 +35,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .pdl import launch_args, release_at_end, wait_then_release
+from .pdl import launch_args, wait_then_release
 
 QK_NORMS = {None: 0, "full": 1, "head": 2}  # -> the QK_NORM constexpr
 # Programs a token's q heads are spread over (_qkv_rope_cache_split_kernel, plus one for k and v; at least 1). A "full"
@@ -173,7 +173,6 @@ def _qkv_rope_cache_split_kernel(
         v_row = v_ptr + b * stride_vb + pos * stride_vs + hk[:, None] * stride_vh
         tl.store(v_row + c1[None, :], v1.to(v_ptr.dtype.element_ty), mask=mk)
         tl.store(v_row + c2[None, :], v2.to(v_ptr.dtype.element_ty), mask=mk)
-    release_at_end(PDL)  # PDL 3 (pdl.RELEASE_AT_END_IN): the successor may launch from here on
 
 
 def qkv_rope_cache(qkv, positions, cos, sin, k_cache, v_cache, n_heads: int, n_kv_heads: int,

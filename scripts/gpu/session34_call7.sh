@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# (Runs the code of commit 29fd559: RELEASE_AT_END_IN and its per-kernel calls were removed after this call; docs/results/2026-12-04-s34/README.md.)
 # Session 34, call 7 on nvidia-h200 (~3 min): call 5's release at each program's end, tried on every other kernel module
 # of the bs-1 chain (kernels/pdl.py RELEASE_AT_END_IN: PDL 3, each kernel calls release_at_end after its last store):
 # graphed bs-1 step of Qwen3-30B-A3B and OLMoE, each variant interleaved with the defaults ("same" checks the tokens).
