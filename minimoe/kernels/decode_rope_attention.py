@@ -33,7 +33,7 @@ import triton
 import triton.language as tl
 
 from . import decode_attention as _attn
-from .decode_attention import _online_softmax_step
+from .decode_attention_split import _online_softmax_step
 from .pdl import launch_args, wait_then_release
 from .rope import QK_NORMS, _inv_rms_all, _norm_rope_heads
 
