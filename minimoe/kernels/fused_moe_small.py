@@ -317,8 +317,9 @@ def fused_moe_small(x, w13, w2, ids, topk_weights, expert_offset: int,
         BLOCK_N=cfg2["BLOCK_N"], BLOCK_K=cfg2["BLOCK_K"], STAGES=cfg2["num_stages"],
         num_warps=cfg2["num_warps"], num_stages=cfg2["num_stages"],
         SHARED=shared is not None, SHARED_GATE=wsg is not None,
-        # after the many-program GEMM1: never launched early, but frees its successor (pdl.py). Launched early, its
-        # programs park on the SMs GEMM1's later waves need: +13% to +22% a bs-1 step on four models (nineteenth
-        # session, call 1: the knob that tried it is gone); GEMM2_AFTER_GEMM1_END launches it early from GEMM1's end
+        # after the many-program GEMM1: launched with PDL only where GEMM1 releases it at its programs' ends
+        # (GEMM2_AFTER_GEMM1_END), else in stream order; it frees its own successor early either way (pdl.py).
+        # Released from GEMM1's start, its programs parked on the SMs GEMM1's later waves need: +13% to +22% a bs-1
+        # step on four models (nineteenth session, call 1)
         **gemm2_pdl)
     return out
