@@ -59,7 +59,8 @@ OFF_IN: set[str] = set()
 TRIGGER_EARLY = True
 # The same per kernel module, for step probes: launches from these modules keep their PDL launch and gdc_wait but drop
 # gdc_launch_dependents, so their successor's programs do not park beside theirs (the thirty-fourth session's call 1
-# found a PDL-launched grid parked beside a running one costly: the MoE's GEMM2 beside a one-wave GEMM1, 7 to 14 points of the step).
+# found a PDL-launched grid parked beside a running one costly: the MoE's GEMM2 beside a one-wave GEMM1, 7 to 14
+# points of the step; its call 2 found every early release of the chain as built worth keeping).
 LATE_TRIGGER_IN: set[str] = set()
 
 
