@@ -52,9 +52,9 @@ from .small_configs import SMALL_KEYS, SMALL_TILES, small_configs, small_default
 # start: GEMM2's launch overlaps GEMM1's completion and flush (a PDL boundary measured 0.86 µs against 1.23 in stream
 # order, kernels/pdl.py) while its programs park only beside GEMM1's last programs. (Released at GEMM1's start, GEMM2's
 # parked programs took the slots of GEMM1's later waves: +13% to +22% a bs-1 step, nineteenth session; beside a
-# one-wave GEMM1 7 to 14 points more, thirty-fourth session, call 1.) In the graphed bs-1 step (docs/results/2026-12-04-s34,
-# call 5; each twice, the baseline repeated within 0.08%): Qwen3-30B-A3B -0.13 / -0.27%, OLMoE -0.19 / -0.22%,
-# DeepSeek-V2-Lite -0.29 / -0.25%, Qwen1.5-MoE -0.40 / -0.37%. On; read at call time (an in-step knob).
+# one-wave GEMM1, 7 to 14 points more, thirty-fourth session, call 1.) In the graphed bs-1 step
+# (docs/results/2026-12-04-s34, call 5; each twice, the baseline repeated within 0.08%): Qwen3-30B-A3B -0.13 / -0.27%,
+# OLMoE -0.19 / -0.22%, DeepSeek-V2-Lite -0.29 / -0.25%, Qwen1.5-MoE -0.40 / -0.37%. On; read at call time.
 GEMM2_AFTER_GEMM1_END = True
 
 
