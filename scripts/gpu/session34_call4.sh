@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Session 34, call 4 on nvidia-h200 (~4 min): issue 13's bs-1 ratios with today's code (OLMoE: unpruned, 25% and 50%
 # inter, 25% intra, a third of the routed slots skipped; each variant checked against the fp32 loop oracle first), the
-# nineteenth session's command; then Qwen3-30B-A3B bs 1 and DeepSeek-V2-Lite bs 64 benched again (call 3's machine)
+# nineteenth session's command; then Qwen3-30B-A3B bs 1 and DeepSeek-V2-Lite bs 64 benched again (call 3's
+# machine had been released: it ran on a fresh one)
 # to show the run-to-run spread next to issue 16's 400 / 6,800.
 # Usage (device tool, repo root): bash scripts/gpu/session34_call4.sh
 set -u
