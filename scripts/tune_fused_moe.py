@@ -13,6 +13,7 @@ which fill Triton's on-disk cache for the timing loop.
 
     python scripts/tune_fused_moe.py                          # all presets, all buckets
     python scripts/tune_fused_moe.py --presets olmoe --buckets 1 64 4096 --dry-run
+    python scripts/tune_fused_moe.py --presets dsv2lite --buckets 2048 8192 --tma --merge   # add two buckets
 """
 
 import argparse
@@ -72,14 +73,32 @@ DOWN_SPACE = {  # GEMM2 overrides: (BLOCK_N, BLOCK_K, num_warps, num_stages)
 }
 
 
+# With --tma: the prefill candidates again with their weight tiles read through TMA descriptors (fused_moe `b_tma`),
+# plus tiles whose deeper pipelines the freed registers and address math might afford.
+TMA_EXTRA = [_cfg(128, 128, 64, 8, 4, 8), _cfg(64, 256, 64, 8, 3, 16), _cfg(128, 256, 64, 8, 2, 16),
+             _cfg(128, 128, 128, 8, 2, 16)]
+TMA_DOWN_EXTRA = [(256, 64, 8, 3), (128, 128, 8, 4)]
+
+
+def space(reg, tma):
+    """GEMM1 candidates for a regime; with tma the prefill ones also as `b_tma` and TMA_EXTRA."""
+    if not (tma and reg == "prefill"):
+        return SPACE[reg]
+    return SPACE[reg] + [dict(c, b_tma=True) for c in SPACE[reg] + TMA_EXTRA]
+
+
 def regime(T, K, E):
     tpe = T * K / E
     return "decode" if tpe < 12 else "mid" if tpe < 48 else "prefill"
 
 
-def down_candidates(base, reg):
-    return [dict(base, down={"BLOCK_N": n, "BLOCK_K": k, "num_warps": w, "num_stages": s})
-            for n, k, w, s in DOWN_SPACE[reg]]
+def down_candidates(base, reg, tma=False):
+    """GEMM2 overrides on the winner `base`; with tma (prefill) each also with and without `b_tma`."""
+    if not (tma and reg == "prefill"):
+        return [dict(base, down={"BLOCK_N": n, "BLOCK_K": k, "num_warps": w, "num_stages": s})
+                for n, k, w, s in DOWN_SPACE[reg]]
+    return [dict(base, down={"BLOCK_N": n, "BLOCK_K": k, "num_warps": w, "num_stages": s, "b_tma": t})
+            for n, k, w, s in DOWN_SPACE[reg] + TMA_DOWN_EXTRA for t in (False, True)]
 
 
 def make_layer(E, D, I, dtype, seed=0):
@@ -143,18 +162,21 @@ def n_calls_for(E, D, I, K, T):
     return max(1, min(20, int(1000 / max(est_us, 1.0))))
 
 
-def tune_bucket(name, layer, T, dtype, tol):
+def tune_bucket(name, layer, T, dtype, tol, tma=False):
     E, D, I, K = PRESETS[name]
     routings = make_routings(T, E, D, K, dtype, n_calls_for(E, D, I, K, T), seed=T)
     x, ids, weights = routings[0]
     ref = reference(x, *layer, ids.long(), weights)
     reg = regime(T, K, E)
-    scored = [(try_config(layer, routings, ref, c, tol), c) for c in SPACE[reg]]
+    scored = [(try_config(layer, routings, ref, c, tol), c) for c in space(reg, tma)]
     scored = [(t, c) for t, c in scored if t is not None]
     if not scored:
         raise RuntimeError(f"{name} T={T}: no config passed")
     best_t, best = min(scored, key=lambda tc: tc[0])
-    for cand in down_candidates(best, reg):
+    if tma:
+        for t, c in sorted(scored, key=lambda tc: tc[0])[:6]:
+            print(f"    {t:9.1f} us  {c}")
+    for cand in down_candidates(best, reg, tma):
         t = try_config(layer, routings, ref, cand, tol)
         if t is not None and t < best_t:
             best_t, best = t, cand
@@ -193,7 +215,7 @@ def _compile_worker(job):
     return len(cfgs)
 
 
-def compile_candidates(presets, buckets):
+def compile_candidates(presets, buckets, tma=False):
     """Every distinct (variant, config) the timing loop may launch. Shapes are runtime arguments,
     so these compile once for all presets; GEMM2 overrides only per distinct (BLOCK_M, GROUP_M)."""
     cands = {}
@@ -201,18 +223,19 @@ def compile_candidates(presets, buckets):
         E, _, _, K = PRESETS[name]
         for T in buckets:
             reg, variant = regime(T, K, E), plan(T, K, E)
-            bases = {(c["BLOCK_M"], c["GROUP_M"]): c for c in SPACE[reg]}
-            for cfg in SPACE[reg] + [d for c in bases.values() for d in down_candidates(c, reg)]:
+            sp = space(reg, tma)
+            bases = {(c["BLOCK_M"], c["GROUP_M"]): c for c in sp}
+            for cfg in sp + [d for c in bases.values() for d in down_candidates(c, reg, tma)]:
                 full = dict(cfg, variant=variant)
                 cands[json.dumps(full, sort_keys=True)] = full
     return list(cands.values())
 
 
-def precompile(presets, buckets, dtype, n_workers):
+def precompile(presets, buckets, dtype, n_workers, tma=False):
     """GEMM kernels on the first preset's shapes, sliced over workers; plus one light job per
     preset for its alignment kernel (the only kernel whose compile depends on E)."""
     dt = str(dtype).removeprefix("torch.")
-    cands = compile_candidates(presets, buckets)
+    cands = compile_candidates(presets, buckets, tma)
     jobs = [(PRESETS[presets[0]], dt, cands[i::n_workers]) for i in range(n_workers)]
     for name in presets[1:]:
         per_bm = {c["BLOCK_M"]: c for c in cands if c["variant"] == "aligned"}
@@ -224,9 +247,16 @@ def precompile(presets, buckets, dtype, n_workers):
           f"with {n_workers} workers")
 
 
-def write_table(name, dtype, table, timings, out_dir):
+def write_table(name, dtype, table, timings, out_dir, merge=False):
+    """Write the preset's tuned table; merge: keep the file's other buckets (and their timings), replace these."""
     E, D, I, K = PRESETS[name]
     path = Path(out_dir) / moe_configs.config_file_name(E, I, D, K, dtype)
+    if merge and path.exists():
+        old = json.loads(path.read_text())
+        table = dict(old["configs"], **table)
+        timings = dict(old["meta"].get("us_per_call", {}), **timings)
+        table = {t: table[t] for t in sorted(table, key=int)}
+        timings = {t: timings[t] for t in sorted(timings, key=int)}
     meta = {"triton_version": triton.__version__, "torch_version": torch.__version__,
             "device": moe_configs.device_name(), "date": time.strftime("%Y-%m-%d"),
             "us_per_call": timings}
@@ -243,14 +273,18 @@ def parse_args():
     p.add_argument("--workers", type=int, default=12, help="parallel compile processes (0: none)")
     p.add_argument("--tol", type=float, default=2e-2, help="max relative error vs the reference")
     p.add_argument("--dry-run", action="store_true", help="print the plan, touch no GPU")
+    p.add_argument("--tma", action="store_true",
+                   help="prefill buckets also try weight tiles through TMA descriptors (b_tma) and TMA_EXTRA")
+    p.add_argument("--merge", action="store_true",
+                   help="keep the existing file's other buckets; replace only the ones tuned now")
     return p.parse_args()
 
 
 def main():
     args = parse_args()
     dtype = getattr(torch, args.dtype)
-    n_cands = len(compile_candidates(args.presets, args.buckets))
-    n_timed = sum(len(SPACE[regime(T, PRESETS[p][3], PRESETS[p][0])]) + 4
+    n_cands = len(compile_candidates(args.presets, args.buckets, args.tma))
+    n_timed = sum(len(space(regime(T, PRESETS[p][3], PRESETS[p][0]), args.tma)) + 4
                   for p in args.presets for T in args.buckets)
     print(f"{len(args.presets)} presets x {len(args.buckets)} buckets: {n_cands} distinct "
           f"candidates to compile (x2 GEMM kernels), {n_timed} timed runs")
@@ -262,17 +296,17 @@ def main():
     assert torch.cuda.is_available(), "tuning needs a GPU"
     t0 = time.time()
     if args.workers > 0:
-        precompile(args.presets, args.buckets, dtype, args.workers)
+        precompile(args.presets, args.buckets, dtype, args.workers, args.tma)
     print("preset    tokens variant  time/call  useful weight bytes/s  useful FLOP/s")
     for name in args.presets:
         E, D, I, K = PRESETS[name]
         layer = make_layer(E, D, I, dtype)
         table, timings = {}, {}
         for T in args.buckets:
-            best, best_t, routings = tune_bucket(name, layer, T, dtype, args.tol)
+            best, best_t, routings = tune_bucket(name, layer, T, dtype, args.tol, args.tma)
             report(name, T, best_t, routings, dtype)
             table[str(T)], timings[str(T)] = best, round(best_t, 1)
-        write_table(name, dtype, table, timings, args.out)
+        write_table(name, dtype, table, timings, args.out, args.merge)
         del layer
         torch.cuda.empty_cache()
     print(f"total {time.time() - t0:.0f} s")

@@ -100,6 +100,56 @@ def test_fused_moe_matches_reference(variant, dtype, E, K, T, routing, offset, n
     assert err <= TOL[dtype], f"relative error {err:.2e}"
 
 
+TMA_CASES = [  # dtype, E, K, T, routing, expert_offset, n_global, config keys
+    (torch.float32, 8, 2, 64, "random", 0, 8, {"b_tma": True}),
+    (torch.float16, 6, 3, 5, "random", 0, 6, {"b_tma": True}),
+    (torch.float32, 12, 2, 64, "one_expert", 0, 12, {"b_tma": True}),                     # 11 empty experts
+    (torch.float16, 8, 2, 64, "random", 4, 16, {"b_tma": True}),                          # half the ids foreign
+    (torch.float32, 60, 4, 33, "random", 0, 60, {"b_tma": True}),                         # 60 experts, ragged T
+    (torch.float32, 64, 2, 1, "random", 0, 64, {"b_tma": True, "variant": "aligned"}),    # one token
+    (torch.float32, 6, 2, 64, "random", 0, 6, dict(BIG_TILES, b_tma=True)),              # N wrap into up rows
+    (torch.float32, 6, 2, 64, "random", 0, 6, dict(BIG_TILES, down=dict(BIG_TILES["down"], b_tma=True))),
+]
+
+
+@pytest.mark.parametrize("dtype,E,K,T,routing,offset,n_global,keys", TMA_CASES)
+def test_weight_tma_matches_reference_and_pointer_loads(dtype, E, K, T, routing, offset, n_global, keys):
+    """`b_tma`: the aligned GEMMs reading their weight tiles through TMA descriptors give the oracle's answer and the
+    pointer loads' answer, on D = 40 and I = 48 (neither a multiple of the tiles: the descriptors' zero fill past D
+    and I, and the last N tile reading into the next rows, are both exercised)."""
+    gen = torch.Generator().manual_seed(zlib.crc32(repr((E, K, T, routing, offset, sorted(keys))).encode()))
+    x, w13, w2 = make_layer(T, E, dtype, gen)
+    ids, weights = make_routing(T, K, n_global, routing, gen)
+    ids, weights = ids.to(DEVICE), weights.to(DEVICE)
+    base = {k: v for k, v in keys.items() if k not in ("b_tma", "down")} or moe_configs.interpreter_config()
+    base = dict(moe_configs.interpreter_config(), **base)
+    if "down" in keys:
+        base["down"] = {k: v for k, v in keys["down"].items() if k != "b_tma"}
+    tma = dict(base, **keys)
+    assert plan(T, K, E, tma) == "aligned"
+    assert moe_configs.down_config(tma).get("b_tma") is True
+    out = fused_moe(x, w13, w2, ids, weights, expert_offset=offset, config=tma)
+    ptr = fused_moe(x, w13, w2, ids, weights, expert_offset=offset, config=base)
+    ref = reference_moe(x, w13, w2, ids, weights, offset)
+    err = ((out.double().cpu() - ref).norm() / ref.norm()).item()
+    assert err <= TOL[dtype], f"relative error {err:.2e}"
+    assert torch.allclose(out.float(), ptr.float(), rtol=TOL[dtype], atol=TOL[dtype])
+
+
+def test_weight_tma_only_where_the_unit_can_address():
+    """`_b_tma` takes the descriptor path for the config's routed aligned blocks only: not for a shared expert's
+    launches, not for small_dot, and not for weights whose rows are not a multiple of 16 bytes."""
+    from minimoe.kernels import fused_moe as fm
+    cfg = {"b_tma": True}
+    w = torch.zeros(4, 8, 40)                     # rows of 160 bytes
+    blocks = fm._Blocks(*(w,) * 4, 1, 1, 0, 4, False)
+    assert fm._b_tma(cfg, w, blocks, fm._Shared.none(w))
+    assert not fm._b_tma({}, w, blocks, fm._Shared.none(w))
+    assert not fm._b_tma(cfg, w, blocks._replace(small=True), fm._Shared.none(w))
+    assert not fm._b_tma(cfg, w, blocks, fm._Shared(w, w, None, 2, 4))
+    assert not fm._b_tma(cfg, torch.zeros(4, 8, 6), blocks, fm._Shared.none(w))     # rows of 24 bytes
+
+
 def run_small(T, E, K, dtype, offset, n_global, config=None, seed=0, d=40, i=44):
     """Relative error of fused_moe's decode variant against the oracle. Under an offset the first
     slot is made local and the last foreign, so both kinds are always there."""

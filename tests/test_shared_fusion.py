@@ -150,6 +150,18 @@ def test_aligned_kernel_matches_reference(case, dtype):
     check_against_oracles(x, w13, w2, ids, weights, shared, offset, config, dtype)
 
 
+@pytest.mark.parametrize("case", ["deepseek_like_two_virtual", "foreign_slots_still_add_shared"])
+def test_aligned_shared_ignores_weight_tma(case):
+    """A config asking for `b_tma` (the prefill buckets' weight descriptors): the shared expert's launches keep the
+    pointer loads (the routed-only launch of the check takes the descriptors) and both still match the oracles."""
+    T, E, K, D, I, I_S, gated, offset, n_global = ALIGNED[case]
+    x, w13, w2, ids, weights, shared = make(T, E, K, D, I, I_S, gated, torch.float32, seed=len(case) + 90,
+                                            offset=offset, n_global=n_global)
+    config = {"variant": "aligned", "BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 32, "GROUP_M": 4,
+              "num_warps": 4, "num_stages": 2, "b_tma": True}
+    check_against_oracles(x, w13, w2, ids, weights, shared, offset, config, torch.float32)
+
+
 @pytest.mark.parametrize("aligned_max_t", [0, 64])
 @pytest.mark.parametrize("card", ["deepseek-v2-lite-tiny", "qwen2-moe-tiny", "deepseek-v3-tiny", "deepseek-moe-tiny"])
 def test_model_fused_shared_equals_apart(card, aligned_max_t, monkeypatch):

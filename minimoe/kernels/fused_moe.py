@@ -38,6 +38,7 @@ from typing import NamedTuple
 import torch
 import triton
 import triton.language as tl
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 from .fused_moe_small import SharedExpert, check_shared, fused_moe_small
 from .moe_align import align_tokens_by_expert
@@ -108,10 +109,10 @@ def _shared_rows(pid_m, numel, T, S, BLOCK_M: tl.constexpr):
 @triton.jit(do_not_specialize=["numel", "top_k", "expert_offset", "E", "num_pid_m", "T", "S", "n_sb"])
 def _gate_up_kernel(x_ptr, w13_ptr, h_ptr, sorted_ids_ptr, block_expert_ptr, num_padded_ptr,
                     topk_ids_ptr, numel, top_k, expert_offset, E, num_pid_m, I, D,
-                    stride_xt, stride_we, stride_wn, stride_ht, ws13_ptr, T, S, I_S, n_sb,
+                    stride_xt, stride_we, stride_wn, stride_ht, ws13_ptr, T, S, I_S, n_sb, w13_desc,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                     GROUP_M: tl.constexpr, SMALL: tl.constexpr, SHARED: tl.constexpr,
-                    DOT_PRECISION: tl.constexpr, PDL: tl.constexpr):
+                    DOT_PRECISION: tl.constexpr, B_TMA: tl.constexpr, PDL: tl.constexpr):
     wait_then_release(PDL)
     pid_m, pid_n = _tile_coords(num_pid_m, I, BLOCK_N, GROUP_M)
     if SHARED:      # the first n_sb M-blocks are the shared expert's, as S virtual experts of width I
@@ -144,16 +145,27 @@ def _gate_up_kernel(x_ptr, w13_ptr, h_ptr, sorted_ids_ptr, block_expert_ptr, num
     up_ptrs = gate_ptrs + up_off
     acc_gate = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     acc_up = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k in range(0, tl.cdiv(D, BLOCK_K)):
-        k_mask = offs_k < D - k * BLOCK_K
-        a = tl.load(a_ptrs, mask=row_mask[:, None] & k_mask[None, :], other=0.0)
-        gate = tl.load(gate_ptrs, mask=k_mask[:, None], other=0.0)
-        up = tl.load(up_ptrs, mask=k_mask[:, None], other=0.0)
-        acc_gate = tl.dot(a, gate, acc_gate, input_precision=DOT_PRECISION)
-        acc_up = tl.dot(a, up, acc_up, input_precision=DOT_PRECISION)
-        a_ptrs += BLOCK_K
-        gate_ptrs += BLOCK_K
-        up_ptrs += BLOCK_K
+    if B_TMA:       # w13 as [E·2I, D] rows through the TMA unit (`b_tma`; never with SHARED, see the launcher)
+        n0 = expert * (2 * I) + pid_n * BLOCK_N        # past I the gate tile reads up rows: dropped at the store
+        for k in range(0, tl.cdiv(D, BLOCK_K)):
+            k_mask = offs_k < D - k * BLOCK_K
+            a = tl.load(a_ptrs, mask=row_mask[:, None] & k_mask[None, :], other=0.0)
+            gate = w13_desc.load([n0, k * BLOCK_K])                            # [BN, BK], zeros past D
+            up = w13_desc.load([n0 + I, k * BLOCK_K])
+            acc_gate = tl.dot(a, gate.T, acc_gate, input_precision=DOT_PRECISION)
+            acc_up = tl.dot(a, up.T, acc_up, input_precision=DOT_PRECISION)
+            a_ptrs += BLOCK_K
+    else:
+        for k in range(0, tl.cdiv(D, BLOCK_K)):
+            k_mask = offs_k < D - k * BLOCK_K
+            a = tl.load(a_ptrs, mask=row_mask[:, None] & k_mask[None, :], other=0.0)
+            gate = tl.load(gate_ptrs, mask=k_mask[:, None], other=0.0)
+            up = tl.load(up_ptrs, mask=k_mask[:, None], other=0.0)
+            acc_gate = tl.dot(a, gate, acc_gate, input_precision=DOT_PRECISION)
+            acc_up = tl.dot(a, up, acc_up, input_precision=DOT_PRECISION)
+            a_ptrs += BLOCK_K
+            gate_ptrs += BLOCK_K
+            up_ptrs += BLOCK_K
     h = acc_gate * tl.sigmoid(acc_gate) * acc_up                             # silu(gate)·up, fp32
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     h_ptrs = h_ptr + rows.to(tl.int64)[:, None] * stride_ht + cols[None, :]
@@ -163,10 +175,10 @@ def _gate_up_kernel(x_ptr, w13_ptr, h_ptr, sorted_ids_ptr, block_expert_ptr, num
 @triton.jit(do_not_specialize=["numel", "expert_offset", "E", "num_pid_m", "T", "S", "n_sb"])
 def _down_kernel(h_ptr, w2_ptr, y_ptr, weights_ptr, sorted_ids_ptr, block_expert_ptr,
                  num_padded_ptr, topk_ids_ptr, numel, expert_offset, E, num_pid_m, D, I,
-                 stride_ht, stride_we, stride_wn, stride_yt, ws2_ptr, sgate_ptr, T, S, I_S, n_sb,
+                 stride_ht, stride_we, stride_wn, stride_yt, ws2_ptr, sgate_ptr, T, S, I_S, n_sb, w2_desc,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                  GROUP_M: tl.constexpr, SMALL: tl.constexpr, SHARED: tl.constexpr, SHARED_GATE: tl.constexpr,
-                 DOT_PRECISION: tl.constexpr, PDL: tl.constexpr):
+                 DOT_PRECISION: tl.constexpr, B_TMA: tl.constexpr, PDL: tl.constexpr):
     wait_then_release(PDL)
     pid_m, pid_n = _tile_coords(num_pid_m, D, BLOCK_N, GROUP_M)
     offs_n = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N)) % D
@@ -195,13 +207,22 @@ def _down_kernel(h_ptr, w2_ptr, y_ptr, weights_ptr, sorted_ids_ptr, block_expert
     a_ptrs = h_ptr + rows64[:, None] * stride_ht + offs_k[None, :]           # [BM, BK]
     b_ptrs = b_base + offs_k[:, None]                                          # [BK, BN]
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k in range(0, tl.cdiv(I, BLOCK_K)):
-        k_mask = offs_k < I - k * BLOCK_K
-        a = tl.load(a_ptrs, mask=row_mask[:, None] & k_mask[None, :], other=0.0)
-        b = tl.load(b_ptrs, mask=k_mask[:, None], other=0.0)
-        acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
-        a_ptrs += BLOCK_K
-        b_ptrs += BLOCK_K
+    if B_TMA:       # w2 as [E·D, I] rows through the TMA unit (never with SHARED)
+        n0 = expert * D + pid_n * BLOCK_N              # past D the tile reads the next expert's rows: dropped
+        for k in range(0, tl.cdiv(I, BLOCK_K)):
+            k_mask = offs_k < I - k * BLOCK_K
+            a = tl.load(a_ptrs, mask=row_mask[:, None] & k_mask[None, :], other=0.0)
+            b = w2_desc.load([n0, k * BLOCK_K])                                # [BN, BK], zeros past I
+            acc = tl.dot(a, b.T, acc, input_precision=DOT_PRECISION)
+            a_ptrs += BLOCK_K
+    else:
+        for k in range(0, tl.cdiv(I, BLOCK_K)):
+            k_mask = offs_k < I - k * BLOCK_K
+            a = tl.load(a_ptrs, mask=row_mask[:, None] & k_mask[None, :], other=0.0)
+            b = tl.load(b_ptrs, mask=k_mask[:, None], other=0.0)
+            acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
+            a_ptrs += BLOCK_K
+            b_ptrs += BLOCK_K
     # The routing weight goes in while the sum is still fp32, before the single rounding.
     if not SHARED:
         route_w = tl.load(weights_ptr + rows, mask=row_mask, other=0.0)
@@ -315,16 +336,31 @@ def fused_moe(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_ids: to
     return out
 
 
+def _b_tma(cfg, w: torch.Tensor, b: _Blocks, sh: _Shared) -> bool:
+    """Whether this launch reads its weights w through a TMA descriptor: the config's `b_tma` (tuned per bucket), on
+    the aligned variant's routed blocks only (the shared expert's virtual blocks and small_dot keep the pointer loads),
+    and where the TMA unit can address w (a 16-byte aligned base and rows a multiple of 16 bytes)."""
+    return (bool(cfg.get("b_tma", False)) and not b.small and sh.S == 0 and w.data_ptr() % 16 == 0
+            and w.shape[-1] * w.element_size() % 16 == 0)
+
+
+def _weight_desc(w: torch.Tensor, block_n: int, block_k: int):
+    """A host TMA descriptor over w [E, N, K] seen as [E·N, K] rows, tiles [block_n, block_k]."""
+    return TensorDescriptor.from_tensor(w.view(-1, w.shape[-1]), [block_n, block_k])
+
+
 def _launch_gate_up(x, w13, h, b: _Blocks, top_k, cfg, precision, pdl, sh: _Shared):
     I, D = h.shape[1], x.shape[1]
     num_pid_m = sh.n_sb + b.num_pid_m
     grid = (num_pid_m * triton.cdiv(I, cfg["BLOCK_N"]),)
+    tma = _b_tma(cfg, w13, b, sh)
     _gate_up_kernel[grid](
         x, w13, h, b.sorted_ids, b.block_expert, b.num_padded, b.ids,
         b.numel, top_k, b.expert_offset, b.E, num_pid_m, I, D,
         x.stride(0), w13.stride(0), w13.stride(1), h.stride(0), sh.w13, b.ids.shape[0], sh.S, sh.S * I, sh.n_sb,
+        _weight_desc(w13, cfg["BLOCK_N"], cfg["BLOCK_K"]) if tma else w13,
         BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"],
-        GROUP_M=cfg["GROUP_M"], SMALL=b.small, SHARED=sh.S > 0, DOT_PRECISION=precision,
+        GROUP_M=cfg["GROUP_M"], SMALL=b.small, SHARED=sh.S > 0, DOT_PRECISION=precision, B_TMA=tma,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **launch_args(pdl))
 
 
@@ -332,11 +368,13 @@ def _launch_down(h, w2, y, weights, b: _Blocks, cfg, precision, pdl, sh: _Shared
     D, I = y.shape[1], h.shape[1]
     num_pid_m = sh.n_sb + b.num_pid_m
     grid = (num_pid_m * triton.cdiv(D, cfg["BLOCK_N"]),)
+    tma = _b_tma(cfg, w2, b, sh)
     _down_kernel[grid](
         h, w2, y, weights, b.sorted_ids, b.block_expert, b.num_padded, b.ids,
         b.numel, b.expert_offset, b.E, num_pid_m, D, I,
         h.stride(0), w2.stride(0), w2.stride(1), y.stride(0), sh.w2, weights if sh.gate is None else sh.gate,
-        b.ids.shape[0], sh.S, sh.S * I, sh.n_sb,
+        b.ids.shape[0], sh.S, sh.S * I, sh.n_sb, _weight_desc(w2, cfg["BLOCK_N"], cfg["BLOCK_K"]) if tma else w2,
         BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"],
         GROUP_M=cfg["GROUP_M"], SMALL=b.small, SHARED=sh.S > 0, SHARED_GATE=sh.gate is not None,
-        DOT_PRECISION=precision, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **launch_args(pdl))
+        DOT_PRECISION=precision, B_TMA=tma, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        **launch_args(pdl))

@@ -10,6 +10,9 @@ The top-level keys drive GEMM1 (gate+up: N = 2I in two halves, reduction over D)
 shared because both GEMMs walk the same M-blocks from one alignment. An optional "variant"
 ("small" | "small_dot" | "aligned") forces the path `fused_moe.plan` would otherwise choose, and an
 optional "small" dict sets the decode variant's own tiles (fused_moe_small.py; it reads nothing else).
+An optional "b_tma": true (top level, or in "down" for GEMM2 alone) has the aligned variant read its weight tiles
+through host TMA descriptors (Hopper's tensor memory accelerator) instead of pointer loads; the gathered activation
+rows keep pointer loads, and a shared expert's blocks (decode batches) ignore it.
 
 What size of tile is right depends on tokens per expert, tpe = T·K/E, not on T: an expert sees
 about tpe rows, so BLOCK_M past tpe only multiplies padding. At decode (tpe of a few) the layer is
@@ -124,5 +127,7 @@ def get_config(E: int, N: int, D: int, K: int, T: int, dtype: torch.dtype) -> di
 def down_config(config: dict) -> dict:
     """GEMM2's config: the shared keys with the "down" overrides applied (never BLOCK_M)."""
     merged = {k: config[k] for k in GEMM_KEYS}
+    if "b_tma" in config:
+        merged["b_tma"] = config["b_tma"]
     merged.update({k: v for k, v in config.get("down", {}).items() if k != "BLOCK_M"})
     return merged
