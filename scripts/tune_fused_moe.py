@@ -73,18 +73,18 @@ DOWN_SPACE = {  # GEMM2 overrides: (BLOCK_N, BLOCK_K, num_warps, num_stages)
 }
 
 
-# With --tma: the prefill candidates again with their weight tiles read through TMA descriptors (fused_moe `b_tma`),
-# plus tiles whose deeper pipelines the freed registers and address math might afford.
+# With --tma: every candidate again with its weight tiles read through TMA descriptors (fused_moe `b_tma`), plus (at
+# prefill) tiles whose deeper pipelines the freed registers and address math might afford.
 TMA_EXTRA = [_cfg(128, 128, 64, 8, 4, 8), _cfg(64, 256, 64, 8, 3, 16), _cfg(128, 256, 64, 8, 2, 16),
              _cfg(128, 128, 128, 8, 2, 16)]
 TMA_DOWN_EXTRA = [(256, 64, 8, 3), (128, 128, 8, 4)]
 
 
 def space(reg, tma):
-    """GEMM1 candidates for a regime; with tma the prefill ones also as `b_tma` and TMA_EXTRA."""
-    if not (tma and reg == "prefill"):
+    """GEMM1 candidates for a regime; with tma each also as `b_tma` (and, at prefill, TMA_EXTRA)."""
+    if not tma:
         return SPACE[reg]
-    return SPACE[reg] + [dict(c, b_tma=True) for c in SPACE[reg] + TMA_EXTRA]
+    return SPACE[reg] + [dict(c, b_tma=True) for c in SPACE[reg] + (TMA_EXTRA if reg == "prefill" else [])]
 
 
 def regime(T, K, E):
@@ -93,12 +93,14 @@ def regime(T, K, E):
 
 
 def down_candidates(base, reg, tma=False):
-    """GEMM2 overrides on the winner `base`; with tma (prefill) each also with and without `b_tma`."""
-    if not (tma and reg == "prefill"):
+    """GEMM2 overrides on the winner `base`; with tma each also with and without `b_tma` (plus TMA_DOWN_EXTRA at
+    prefill)."""
+    if not tma:
         return [dict(base, down={"BLOCK_N": n, "BLOCK_K": k, "num_warps": w, "num_stages": s})
                 for n, k, w, s in DOWN_SPACE[reg]]
+    extra = TMA_DOWN_EXTRA if reg == "prefill" else []
     return [dict(base, down={"BLOCK_N": n, "BLOCK_K": k, "num_warps": w, "num_stages": s, "b_tma": t})
-            for n, k, w, s in DOWN_SPACE[reg] + TMA_DOWN_EXTRA for t in (False, True)]
+            for n, k, w, s in DOWN_SPACE[reg] + extra for t in (False, True)]
 
 
 def make_layer(E, D, I, dtype, seed=0):
@@ -274,7 +276,7 @@ def parse_args():
     p.add_argument("--tol", type=float, default=2e-2, help="max relative error vs the reference")
     p.add_argument("--dry-run", action="store_true", help="print the plan, touch no GPU")
     p.add_argument("--tma", action="store_true",
-                   help="prefill buckets also try weight tiles through TMA descriptors (b_tma) and TMA_EXTRA")
+                   help="also try weight tiles through TMA descriptors (b_tma), and TMA_EXTRA at prefill")
     p.add_argument("--merge", action="store_true",
                    help="keep the existing file's other buckets; replace only the ones tuned now")
     return p.parse_args()
