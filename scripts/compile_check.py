@@ -13,9 +13,19 @@ cuobjdump: registers, stack (spills), shared memory, and counts of SASS instruct
 
 Arguments: the kernel as MODULE:NAME; --const NAME=VALUE for every constexpr the launch passes (Python literals;
 strings such as "tf32" as they are); --type NAME=TYPE for arguments whose Triton type is not the default (pointers
-default to *bf16, arguments named eps / scaling / skip / clip / qk_scale to fp32, the rest to i32); --warps. The GPU
-machine's Triton (3.6) may lower differently from the one installed here. Exit 2 with one line on a bad argument, 1
-with the compiler's message where the kernel does not compile.
+default to *bf16, arguments named eps / scaling / skip / clip / qk_scale to fp32, the rest to i32; a host TMA
+descriptor as "tensordesc<bf16[128, 64]>"); --warps; --stages (num_stages, default Triton's 3).
+
+Specialization as at launch: the runtime tells the compiler that a pointer whose address is a multiple of 16 is, and
+likewise an int argument whose value is (strides, widths), unless the kernel lists it in do_not_specialize. Without
+that the compiler cannot prove 16-byte contiguity, so it neither vectorizes the loads nor pipelines them (cp.async):
+the thirty-fifth session saw the aligned fused MoE "unpipelined, 400 spill stores" here for a kernel that runs
+pipelined with none. So pointers are taken as 16-byte aligned (torch's allocations are), and --div16 NAME... names
+the int arguments the launch passes as multiples of 16. Besides registers, stack, shared memory (the compiled
+kernel's need, dynamic included) and the instruction / barrier / shuffle counts, it counts cp.async copies (LDGSTS)
+and TMA loads (UTMALDG). The GPU machine's Triton (3.6) may lower differently from the one installed here (a Triton
+3.6 wheel unpacked on PYTHONPATH compiles as that machine does). Exit 2 with one line on a bad argument, 1 with the
+compiler's message where the kernel does not compile.
 """
 from __future__ import annotations
 
@@ -53,12 +63,13 @@ def _pairs(items: list[str], what: str) -> dict:
     return out
 
 
-def compile_kernel(kernel, const: dict, types: dict, warps: int) -> dict:
-    """Compile `kernel` (a triton.JITFunction) for sm_90a -> {regs, stack, shared, instructions, barriers, shuffles}."""
+def compile_kernel(kernel, const: dict, types: dict, warps: int, div16: tuple = (), stages: int | None = None) -> dict:
+    """Compile `kernel` (a triton.JITFunction) for sm_90a -> {regs, stack, shared, instructions, barriers, shuffles,
+    ldgsts, tma_loads}. div16: int arguments known to be multiples of 16 (pointers always are, as at launch)."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
-    unknown = set(const) | set(types)
+    unknown = set(const) | set(types) | set(div16)
     unknown -= set(kernel.arg_names)
     if unknown:
         raise ValueError(f"{sorted(unknown)} are not arguments of {kernel.fn.__name__}")
@@ -72,8 +83,11 @@ def compile_kernel(kernel, const: dict, types: dict, warps: int) -> dict:
             sig[name] = "*bf16"
         else:
             sig[name] = "fp32" if name in FLOAT_NAMES else "i32"
-    src = ASTSource(kernel, sig, {(kernel.arg_names.index(n),): v for n, v in const.items()})
-    compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps})
+    attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(kernel.arg_names)
+             if n not in const and (sig[n].startswith("*") or n in div16)}
+    src = ASTSource(kernel, sig, {(kernel.arg_names.index(n),): v for n, v in const.items()}, attrs)
+    options = {"num_warps": warps} if stages is None else {"num_warps": warps, "num_stages": stages}
+    compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
     tools = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "k.cubin")
@@ -84,9 +98,10 @@ def compile_kernel(kernel, const: dict, types: dict, warps: int) -> dict:
         sass = subprocess.run([os.path.join(tools, "cuobjdump"), "-sass", path],
                               capture_output=True, text=True, check=True).stdout
     m = re.search(r"REG:(\d+) STACK:(\d+) SHARED:(\d+)", usage)
-    return {"regs": int(m.group(1)), "stack": int(m.group(2)), "shared": int(m.group(3)),
+    return {"regs": int(m.group(1)), "stack": int(m.group(2)),
+            "shared": max(int(m.group(3)), int(getattr(compiled.metadata, "shared", 0) or 0)),
             "instructions": len(re.findall(r"/\*[0-9a-f]{4}\*/", sass)), "barriers": sass.count("BAR.SYNC"),
-            "shuffles": sass.count("SHFL")}
+            "shuffles": sass.count("SHFL"), "ldgsts": sass.count("LDGSTS"), "tma_loads": sass.count("UTMALDG")}
 
 
 def main(argv: list[str]) -> None:
@@ -95,6 +110,8 @@ def main(argv: list[str]) -> None:
     p.add_argument("--const", nargs="*", default=[], help="NAME=VALUE for each constexpr")
     p.add_argument("--type", nargs="*", default=[], help="NAME=TRITON_TYPE (*fp32, *i64, i64, fp32 ...)")
     p.add_argument("--warps", type=int, default=4)
+    p.add_argument("--stages", type=int, help="num_stages (default: Triton's)")
+    p.add_argument("--div16", nargs="*", default=[], help="int arguments the launch passes as multiples of 16")
     a = p.parse_args(argv)
     mod_name, colon, attr = a.kernel.partition(":")
     if not colon:
@@ -105,7 +122,7 @@ def main(argv: list[str]) -> None:
         _fail(f"cannot find {a.kernel} ({e})")
     const = {k: _literal(v) for k, v in _pairs(a.const, "--const").items()}
     try:
-        stats = compile_kernel(kernel, const, _pairs(a.type, "--type"), a.warps)
+        stats = compile_kernel(kernel, const, _pairs(a.type, "--type"), a.warps, tuple(a.div16), a.stages)
     except ValueError as e:
         _fail(str(e))
     except Exception as e:                                # the compiler's own error: what this script is for

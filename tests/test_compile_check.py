@@ -1,8 +1,9 @@
 """The kernels that the interpreter cannot vouch for, compiled for the H200 (sm_90a) on the CPU by
 scripts/compile_check.py in a process of its own (the test session runs Triton interpreted): the rank top-k (its int64
 key constants must be constexpr: plain Python globals run in the interpreter and fail to compile, as the thirty-third
-session's first device call found), the fused rope + split attention, the rope kernel's step-rows mode. Skipped where
-Triton's NVIDIA back end or its bundled cuobjdump is missing."""
+session's first device call found), the fused rope + split attention, the rope kernel's step-rows mode, and the aligned
+fused MoE's GEMM1 at its prefill tile with pointer and TMA weight loads (pipelined either way once the launch's
+16-byte specialization is given). Skipped where Triton's NVIDIA back end or its bundled cuobjdump is missing."""
 import os
 import re
 import subprocess
@@ -18,10 +19,11 @@ pytestmark = pytest.mark.slow
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 
 
-def _compile(kernel: str, warps: int, const: dict, types: dict) -> dict:
+def _compile(kernel: str, warps: int, const: dict, types: dict, extra: tuple = ()) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     cmd = [sys.executable, os.path.join(ROOT, "scripts", "compile_check.py"), kernel, "--warps", str(warps),
-           "--const", *(f"{k}={v}" for k, v in const.items()), "--type", *(f"{k}={v}" for k, v in types.items())]
+           "--const", *(f"{k}={v}" for k, v in const.items()), "--type", *(f"{k}={v}" for k, v in types.items()),
+           *extra]
     run = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     return {k: int(v) for k, v in re.findall(r"(\w+) (\d+)", run.stdout.split(":", 2)[-1])}
@@ -58,3 +60,18 @@ def test_bad_arguments_get_one_line():
                           "minimoe.kernels.route:_route_topk_kernel", "--const", "NOPE=1"],
                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
     assert run.returncode == 2 and run.stderr.strip().count("\n") == 0 and "NOPE" in run.stderr
+
+
+def test_fused_moe_gemm1_prefill_tile_pipelines_with_and_without_tma():
+    """GEMM1 at the prefill tile (128 x 128 x 64, 8 warps, 3 stages) with the launch's 16-byte facts: the pointer loads
+    become cp.async copies without spills; with `b_tma` the weight tiles come through TMA loads instead (fewer copies,
+    fewer registers). Without --div16 the same kernel would show no pipeline at all (what the check once reported)."""
+    types = {"topk_ids_ptr": "*i32", "sorted_ids_ptr": "*i32", "block_expert_ptr": "*i32", "num_padded_ptr": "*i32",
+             "w13_desc": "tensordesc<bf16[128, 64]>"}
+    const = dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=16, SMALL=False, SHARED=False, DOT_PRECISION="tf32",
+                 PDL=False)
+    extra = ("--stages", "3", "--div16", "I", "D", "stride_xt", "stride_we", "stride_wn", "stride_ht", "I_S")
+    ptr = _compile("minimoe.kernels.fused_moe:_gate_up_kernel", 8, {**const, "B_TMA": False}, types, extra)
+    tma = _compile("minimoe.kernels.fused_moe:_gate_up_kernel", 8, {**const, "B_TMA": True}, types, extra)
+    assert ptr["stack"] == 0 and ptr["ldgsts"] > 0 and ptr["tma_loads"] == 0, ptr
+    assert tma["stack"] == 0 and tma["tma_loads"] > 0 and tma["ldgsts"] < ptr["ldgsts"], (tma, ptr)
