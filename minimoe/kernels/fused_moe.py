@@ -27,6 +27,16 @@ sharing an expert read it twice, which T·K·4 <= E keeps rare (vLLM's rule; one
 always distinct experts). The variant it replaced, "small_dot" (the tl.dot kernels below with one
 live row per M-block), is reachable only through config {"variant": "small_dot"}, for comparison.
 
+Weight tiles through TMA (`b_tma` in a tuned config, prefill and mid-size buckets): instead of a [BK, BN] tile of
+pointers, each GEMM asks Hopper's tensor memory accelerator for a [BN, BK] box of w13 seen as [E·2I, D] rows (w2 as
+[E·D, I]) at (expert row, k) through a host descriptor, and multiplies by its transpose. The unit zero-fills past D
+(or I); rows past I (or D) in the last N tile are computed and dropped at the store, as the pointer path's wrap-around
+is. The A rows stay pointer loads: they are a gather, which Hopper's TMA cannot do. Compiled at the prefill tile it
+frees 86 of GEMM1's 255 registers and the B tiles' cp.async address math; tuned beside the pointer tiles it won by
+2.4-3.9% at 2,048-8,192 tokens (docs/results.md, thirty-fifth session). The shared expert's virtual blocks keep the
+pointer path. Reference: Triton's tensor-descriptor matmul tutorial; SGLang's fused MoE `b_use_tma` (its design, not
+its code).
+
 Nothing here syncs with the host and every buffer size depends only on (T, K, E, config), so the
 call can be captured in a CUDA graph: grids are sized for the worst case and programs past the live
 blocks exit after reading the device-side block count.
