@@ -1,15 +1,17 @@
 """Session 35 probe: the aligned fused MoE (tuned tables) against torch's grouped GEMM (`torch._grouped_mm`, CUTLASS
 on sm90) at prefill sizes: rows gathered in expert order, GEMM1, SiLU*up, GEMM2, rows back in (token, slot) order.
 Times each piece by CUDA-graph replay (median of CUDA events); checks the grouped path against fused_moe first.
+(Call 2 ran it with its own copy of the graph timer; it now uses minimoe.bench.roofline.graph_us, the same method:
+10 calls a graph, a median of 7 replays.)
 
     python scripts/gpu/session35_probe_grouped_mm.py [--shape 64,2048,1408,6] [--tokens 8192]
 """
 import argparse
-import statistics
 
 import torch
 import torch.nn.functional as F
 
+from minimoe.bench import roofline
 from minimoe.kernels.fused_moe import fused_moe
 
 p = argparse.ArgumentParser()
@@ -73,25 +75,8 @@ print(f"E={E} D={D} I={I} K={K} T={T}: padded rows {M} ({M / (T * K):.3f}x), rel
 
 
 def graph_us(fn, n=10, reps=7):
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(2):
-            fn()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for _ in range(n):
-            fn()
-    times = []
-    for _ in range(reps):
-        st, en = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        st.record()
-        g.replay()
-        en.record()
-        torch.cuda.synchronize()
-        times.append(st.elapsed_time(en) * 1e3 / n)
-    return statistics.median(times)
+    """Median µs a call of fn, n calls captured in one CUDA graph (minimoe.bench.roofline.graph_us)."""
+    return roofline.graph_us([fn] * n, reps)
 
 
 xs, g1 = gather(), gmm1(gather())
