@@ -13,15 +13,17 @@ cuobjdump: registers, stack (spills), shared memory, and counts of SASS instruct
 
 Arguments: the kernel as MODULE:NAME; --const NAME=VALUE for every constexpr the launch passes (Python literals;
 strings such as "tf32" as they are); --type NAME=TYPE for arguments whose Triton type is not the default (pointers
-default to *bf16, arguments named eps / scaling / skip / clip / qk_scale to fp32, the rest to i32; a host TMA
-descriptor as "tensordesc<bf16[128, 64]>"); --warps; --stages (num_stages, default Triton's 3).
+default to *bf16, arguments named eps / scaling / skip / clip / qk_scale / scale to fp32, the rest to i32; a host TMA
+descriptor as "tensordesc<bf16[128, 64]>"); --warps; --stages (num_stages, default Triton's 3). Run it with
+TRITON_INTERPRET unset: the interpreter replaces the compiler it needs.
 
 Specialization as at launch: the runtime tells the compiler that a pointer whose address is a multiple of 16 is, and
 likewise an int argument whose value is (strides, widths), unless the kernel lists it in do_not_specialize. Without
 that the compiler cannot prove 16-byte contiguity, so it neither vectorizes the loads nor pipelines them (cp.async):
 the thirty-fifth session saw the aligned fused MoE "unpipelined, 400 spill stores" here for a kernel that runs
 pipelined with none. So pointers are taken as 16-byte aligned (torch's allocations are), and --div16 NAME... names
-the int arguments the launch passes as multiples of 16. Besides registers, stack, shared memory (the compiled
+the int arguments the launch passes as multiples of 16 (for the fused MoE's GEMMs: I D stride_xt stride_we stride_wn
+stride_ht I_S, and stride_yt for GEMM2, at real model widths). Besides registers, stack, shared memory (the compiled
 kernel's need, dynamic included) and the instruction / barrier / shuffle counts, it counts cp.async copies (LDGSTS)
 and TMA loads (UTMALDG). The GPU machine's Triton (3.6) may lower differently from the one installed here (a Triton
 3.6 wheel unpacked on PYTHONPATH compiles as that machine does). Exit 2 with one line on a bad argument, 1 with the
@@ -32,6 +34,7 @@ from __future__ import annotations
 import argparse
 import ast
 import importlib
+import inspect
 import os
 import re
 import subprocess
@@ -73,6 +76,11 @@ def compile_kernel(kernel, const: dict, types: dict, warps: int, div16: tuple = 
     unknown -= set(kernel.arg_names)
     if unknown:
         raise ValueError(f"{sorted(unknown)} are not arguments of {kernel.fn.__name__}")
+    params = getattr(kernel, "params", [])
+    missing = [p.name for p in params if getattr(p, "is_constexpr", False) and p.name not in const
+               and p.default is inspect.Parameter.empty]
+    if missing:
+        raise ValueError(f"missing --const for {', '.join(missing)}")
     sig = {}
     for name in kernel.arg_names:
         if name in const:
@@ -113,6 +121,8 @@ def main(argv: list[str]) -> None:
     p.add_argument("--stages", type=int, help="num_stages (default: Triton's)")
     p.add_argument("--div16", nargs="*", default=[], help="int arguments the launch passes as multiples of 16")
     a = p.parse_args(argv)
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        _fail("unset TRITON_INTERPRET: this script needs Triton's compiler, which the interpreter replaces")
     mod_name, colon, attr = a.kernel.partition(":")
     if not colon:
         _fail(f"{a.kernel!r} is not MODULE:NAME")

@@ -9,7 +9,7 @@ The loop over experts does this with E small matmuls and a permuted copy of the 
 it is three or four launches, none of which copies x:
 
 1. align (moe_align.py): group the T·K (token, slot) pairs by expert into M-blocks of BLOCK_M rows.
-2. GEMM1 `_gate_up_kernel`: each program owns one M-block (one expert) and BLOCK_N columns of I.
+2. GEMM1 `_gate_up_kernel` (fused_moe_gemms.py, as GEMM2): each program owns one M-block (one expert) and BLOCK_N columns of I.
    It gathers its A rows straight from x[flat_id // K], loads the gate AND up tiles of w13 for the
    same columns, keeps two fp32 accumulators, and writes h = silu(gate)·up to row flat_id of h.
 3. GEMM2 `_down_kernel`: same walk over h and w2; the fp32 epilogue multiplies each row by its
@@ -24,18 +24,11 @@ replace all of the above: GEMM1 with no tl.dot (whose 16-row minimum would waste
 tile), and GEMM2 with the top-k combine folded in (one program sums a token's K slots for its output
 columns, so no y buffer and no combine launch). Only the chosen experts' weights are read; two pairs
 sharing an expert read it twice, which T·K·4 <= E keeps rare (vLLM's rule; one token's K slots are
-always distinct experts). The variant it replaced, "small_dot" (the tl.dot kernels below with one
+always distinct experts). The variant it replaced, "small_dot" (the tl.dot kernels of fused_moe_gemms.py with one
 live row per M-block), is reachable only through config {"variant": "small_dot"}, for comparison.
 
-Weight tiles through TMA (`b_tma` in a tuned config, prefill and mid-size buckets): instead of a [BK, BN] tile of
-pointers, each GEMM asks Hopper's tensor memory accelerator for a [BN, BK] box of w13 seen as [E·2I, D] rows (w2 as
-[E·D, I]) at (expert row, k) through a host descriptor, and multiplies by its transpose. The unit zero-fills past D
-(or I); rows past I (or D) in the last N tile are computed and dropped at the store, as the pointer path's wrap-around
-is. The A rows stay pointer loads: they are a gather, which Hopper's TMA cannot do. Compiled at the prefill tile it
-frees 86 of GEMM1's 255 registers and the B tiles' cp.async address math; tuned beside the pointer tiles it won by
-2.4-3.9% at 2,048-8,192 tokens (docs/results.md, thirty-fifth session). The shared expert's virtual blocks keep the
-pointer path. Reference: Triton's tensor-descriptor matmul tutorial; SGLang's fused MoE `b_use_tma` (its design, not
-its code).
+Weight tiles through TMA (`b_tma` in a tuned config): the GEMMs can read w13 / w2 through host TMA descriptors
+instead of pointer tiles (fused_moe_gemms.py says how; `_b_tma` below says where it applies).
 
 Nothing here syncs with the host and every buffer size depends only on (T, K, E, config), so the
 call can be captured in a CUDA graph: grids are sized for the worst case and programs past the live
@@ -47,14 +40,14 @@ from typing import NamedTuple
 
 import torch
 import triton
-import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
+from .fused_moe_gemms import _block_rows, _down_kernel, _gate_up_kernel, _shared_rows, _tile_coords  # noqa: F401
 from .fused_moe_small import SharedExpert, check_shared, fused_moe_small
 from .moe_align import align_tokens_by_expert
 from .moe_combine import _combine_kernel
 from .moe_configs import down_config, get_config
-from .pdl import launch_args, wait_then_release
+from .pdl import launch_args
 
 SMALL_BATCH_RATIO = 4  # "small" when T·K·SMALL_BATCH_RATIO <= E
 # The combine's tile (an in-step knob for scripts/step_probe.py): D columns a program sums over the K slots, and its
@@ -71,175 +64,6 @@ def plan(T: int, K: int, E: int, config: dict | None = None) -> str:
     if config is not None and "variant" in config:
         return config["variant"]
     return "small" if T * K * SMALL_BATCH_RATIO <= E else "aligned"
-
-
-@triton.jit
-def _tile_coords(num_pid_m, N, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
-    """Grouped ordering: GROUP_M M-blocks sweep the N tiles together, so a weight tile fetched for
-    one block is still in L2 when the next block of the same expert needs it."""
-    pid = tl.program_id(0)
-    num_pid_n = tl.cdiv(N, BLOCK_N)
-    per_group = GROUP_M * num_pid_n
-    first_m = (pid // per_group) * GROUP_M
-    group_rows = tl.minimum(num_pid_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % per_group) % group_rows
-    pid_n = (pid % per_group) // group_rows
-    return pid_m, pid_n
-
-
-@triton.jit
-def _block_rows(pid_m, sorted_ids_ptr, block_expert_ptr, num_padded_ptr, topk_ids_ptr,
-                numel, expert_offset, E, BLOCK_M: tl.constexpr, SMALL: tl.constexpr):
-    """Flat (token, slot) ids of M-block pid_m, which rows are real, and its local expert (-1: the
-    program has nothing to do)."""
-    offs = tl.arange(0, BLOCK_M)
-    if SMALL:
-        rows = pid_m + offs * 0
-        row_mask = offs == 0
-        expert = tl.load(topk_ids_ptr + pid_m).to(tl.int32) - expert_offset
-        expert = tl.where((expert >= 0) & (expert < E), expert, -1)
-    else:
-        rows = tl.load(sorted_ids_ptr + pid_m * BLOCK_M + offs)
-        row_mask = rows < numel
-        expert = tl.load(block_expert_ptr + pid_m)
-        expert = tl.where(pid_m * BLOCK_M < tl.load(num_padded_ptr), expert, -1)
-    return rows, row_mask, expert
-
-
-@triton.jit
-def _shared_rows(pid_m, numel, T, S, BLOCK_M: tl.constexpr):
-    """Shared M-block pid_m (< S·cdiv(T, BLOCK_M)): virtual shared expert j = pid_m // cdiv(T, BLOCK_M) and its
-    BLOCK_M tokens t. Their rows of h / y are numel + t·S + j, after the T·K routed ones."""
-    per_j = tl.cdiv(T, BLOCK_M)
-    j = pid_m // per_j
-    t = (pid_m % per_j) * BLOCK_M + tl.arange(0, BLOCK_M)
-    return numel + t * S + j, t < T, t, j
-
-
-@triton.jit(do_not_specialize=["numel", "top_k", "expert_offset", "E", "num_pid_m", "T", "S", "n_sb"])
-def _gate_up_kernel(x_ptr, w13_ptr, h_ptr, sorted_ids_ptr, block_expert_ptr, num_padded_ptr,
-                    topk_ids_ptr, numel, top_k, expert_offset, E, num_pid_m, I, D,
-                    stride_xt, stride_we, stride_wn, stride_ht, ws13_ptr, T, S, I_S, n_sb, w13_desc,
-                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                    GROUP_M: tl.constexpr, SMALL: tl.constexpr, SHARED: tl.constexpr,
-                    DOT_PRECISION: tl.constexpr, B_TMA: tl.constexpr, PDL: tl.constexpr):
-    wait_then_release(PDL)
-    pid_m, pid_n = _tile_coords(num_pid_m, I, BLOCK_N, GROUP_M)
-    if SHARED:      # the first n_sb M-blocks are the shared expert's, as S virtual experts of width I
-        if pid_m < n_sb:
-            rows, row_mask, tokens, j = _shared_rows(pid_m, numel, T, S, BLOCK_M)
-            expert = 0
-            w_base = ws13_ptr + (j * I).to(tl.int64) * D                     # gate rows j·I .., up rows I_S + j·I ..
-            up_off = I_S * D
-        else:
-            rows, row_mask, expert = _block_rows(pid_m - n_sb, sorted_ids_ptr, block_expert_ptr, num_padded_ptr,
-                                                 topk_ids_ptr, numel, expert_offset, E, BLOCK_M, SMALL)
-            tokens = rows // top_k
-            w_base = w13_ptr + expert.to(tl.int64) * stride_we
-            up_off = I * stride_wn
-    else:
-        rows, row_mask, expert = _block_rows(pid_m, sorted_ids_ptr, block_expert_ptr, num_padded_ptr,
-                                             topk_ids_ptr, numel, expert_offset, E, BLOCK_M, SMALL)
-        tokens = rows // top_k
-        w_base = w13_ptr + expert.to(tl.int64) * stride_we
-        up_off = I * stride_wn
-    if expert < 0:
-        return
-    offs_k = tl.arange(0, BLOCK_K)
-    # Columns past I wrap around rather than being masked: the weight loads stay in bounds and
-    # need no mask along N; the store drops those columns.
-    offs_n = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N)) % I
-    a_ptrs = x_ptr + tokens.to(tl.int64)[:, None] * stride_xt + offs_k[None, :]  # [BM, BK]
-    # B tiles are read as [BK, BN] with the contiguous D axis first: 16-byte loads along D.
-    gate_ptrs = w_base + offs_n[None, :] * stride_wn + offs_k[:, None]          # [BK, BN]
-    up_ptrs = gate_ptrs + up_off
-    acc_gate = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    acc_up = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    if B_TMA:       # w13 as [E·2I, D] rows through the TMA unit (`b_tma`; never with SHARED, see the launcher)
-        n0 = expert * (2 * I) + pid_n * BLOCK_N        # past I the gate tile reads up rows: dropped at the store
-        for k in range(0, tl.cdiv(D, BLOCK_K)):
-            k_mask = offs_k < D - k * BLOCK_K
-            a = tl.load(a_ptrs, mask=row_mask[:, None] & k_mask[None, :], other=0.0)
-            gate = w13_desc.load([n0, k * BLOCK_K])                            # [BN, BK], zeros past D
-            up = w13_desc.load([n0 + I, k * BLOCK_K])
-            acc_gate = tl.dot(a, gate.T, acc_gate, input_precision=DOT_PRECISION)
-            acc_up = tl.dot(a, up.T, acc_up, input_precision=DOT_PRECISION)
-            a_ptrs += BLOCK_K
-    else:
-        for k in range(0, tl.cdiv(D, BLOCK_K)):
-            k_mask = offs_k < D - k * BLOCK_K
-            a = tl.load(a_ptrs, mask=row_mask[:, None] & k_mask[None, :], other=0.0)
-            gate = tl.load(gate_ptrs, mask=k_mask[:, None], other=0.0)
-            up = tl.load(up_ptrs, mask=k_mask[:, None], other=0.0)
-            acc_gate = tl.dot(a, gate, acc_gate, input_precision=DOT_PRECISION)
-            acc_up = tl.dot(a, up, acc_up, input_precision=DOT_PRECISION)
-            a_ptrs += BLOCK_K
-            gate_ptrs += BLOCK_K
-            up_ptrs += BLOCK_K
-    h = acc_gate * tl.sigmoid(acc_gate) * acc_up                             # silu(gate)·up, fp32
-    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    h_ptrs = h_ptr + rows.to(tl.int64)[:, None] * stride_ht + cols[None, :]
-    tl.store(h_ptrs, h.to(h_ptr.dtype.element_ty), mask=row_mask[:, None] & (cols < I)[None, :])
-
-
-@triton.jit(do_not_specialize=["numel", "expert_offset", "E", "num_pid_m", "T", "S", "n_sb"])
-def _down_kernel(h_ptr, w2_ptr, y_ptr, weights_ptr, sorted_ids_ptr, block_expert_ptr,
-                 num_padded_ptr, topk_ids_ptr, numel, expert_offset, E, num_pid_m, D, I,
-                 stride_ht, stride_we, stride_wn, stride_yt, ws2_ptr, sgate_ptr, T, S, I_S, n_sb, w2_desc,
-                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                 GROUP_M: tl.constexpr, SMALL: tl.constexpr, SHARED: tl.constexpr, SHARED_GATE: tl.constexpr,
-                 DOT_PRECISION: tl.constexpr, B_TMA: tl.constexpr, PDL: tl.constexpr):
-    wait_then_release(PDL)
-    pid_m, pid_n = _tile_coords(num_pid_m, D, BLOCK_N, GROUP_M)
-    offs_n = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N)) % D
-    if SHARED:      # as GEMM1: the first n_sb M-blocks are the shared expert's (its w2 [D, I_S], columns j·I ..)
-        if pid_m < n_sb:
-            rows, row_mask, tokens, j = _shared_rows(pid_m, numel, T, S, BLOCK_M)
-            expert = 0
-            b_base = ws2_ptr + j * I + offs_n[None, :] * I_S
-            if SHARED_GATE:     # Qwen2-MoE: sigmoid(x · wsg) per token, made before this kernel
-                route_w = tl.load(sgate_ptr + tokens, mask=row_mask, other=0.0).to(tl.float32)
-            else:
-                route_w = tl.where(row_mask, 1.0, 0.0)
-        else:
-            rows, row_mask, expert = _block_rows(pid_m - n_sb, sorted_ids_ptr, block_expert_ptr, num_padded_ptr,
-                                                 topk_ids_ptr, numel, expert_offset, E, BLOCK_M, SMALL)
-            b_base = w2_ptr + expert.to(tl.int64) * stride_we + offs_n[None, :] * stride_wn
-            route_w = tl.load(weights_ptr + rows, mask=row_mask, other=0.0)
-    else:
-        rows, row_mask, expert = _block_rows(pid_m, sorted_ids_ptr, block_expert_ptr, num_padded_ptr,
-                                             topk_ids_ptr, numel, expert_offset, E, BLOCK_M, SMALL)
-        b_base = w2_ptr + expert.to(tl.int64) * stride_we + offs_n[None, :] * stride_wn
-    if expert < 0:
-        return
-    offs_k = tl.arange(0, BLOCK_K)
-    rows64 = rows.to(tl.int64)
-    a_ptrs = h_ptr + rows64[:, None] * stride_ht + offs_k[None, :]           # [BM, BK]
-    b_ptrs = b_base + offs_k[:, None]                                          # [BK, BN]
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    if B_TMA:       # w2 as [E·D, I] rows through the TMA unit (never with SHARED)
-        n0 = expert * D + pid_n * BLOCK_N              # past D the tile reads the next expert's rows: dropped
-        for k in range(0, tl.cdiv(I, BLOCK_K)):
-            k_mask = offs_k < I - k * BLOCK_K
-            a = tl.load(a_ptrs, mask=row_mask[:, None] & k_mask[None, :], other=0.0)
-            b = w2_desc.load([n0, k * BLOCK_K])                                # [BN, BK], zeros past I
-            acc = tl.dot(a, b.T, acc, input_precision=DOT_PRECISION)
-            a_ptrs += BLOCK_K
-    else:
-        for k in range(0, tl.cdiv(I, BLOCK_K)):
-            k_mask = offs_k < I - k * BLOCK_K
-            a = tl.load(a_ptrs, mask=row_mask[:, None] & k_mask[None, :], other=0.0)
-            b = tl.load(b_ptrs, mask=k_mask[:, None], other=0.0)
-            acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
-            a_ptrs += BLOCK_K
-            b_ptrs += BLOCK_K
-    # The routing weight goes in while the sum is still fp32, before the single rounding.
-    if not SHARED:
-        route_w = tl.load(weights_ptr + rows, mask=row_mask, other=0.0)
-    acc = acc * route_w[:, None]
-    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    y_ptrs = y_ptr + rows64[:, None] * stride_yt + cols[None, :]
-    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=row_mask[:, None] & (cols < D)[None, :])
 
 
 def _check_inputs(x, w13, w2, topk_ids, topk_weights):
@@ -349,9 +173,9 @@ def fused_moe(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_ids: to
 def _b_tma(cfg, w: torch.Tensor, b: _Blocks, sh: _Shared) -> bool:
     """Whether this launch reads its weights w through a TMA descriptor: the config's `b_tma` (tuned per bucket), on
     the aligned variant's routed blocks only (the shared expert's virtual blocks and small_dot keep the pointer loads),
-    and where the TMA unit can address w (a 16-byte aligned base and rows a multiple of 16 bytes)."""
+    and where the TMA unit can address w (a 16-byte aligned base, rows a multiple of 16 bytes, fewer than 2^31 rows)."""
     return (bool(cfg.get("b_tma", False)) and not b.small and sh.S == 0 and w.data_ptr() % 16 == 0
-            and w.shape[-1] * w.element_size() % 16 == 0)
+            and w.shape[-1] * w.element_size() % 16 == 0 and w.shape[0] * w.shape[1] < 2 ** 31)  # int32 row coords
 
 
 def _weight_desc(w: torch.Tensor, block_n: int, block_k: int):

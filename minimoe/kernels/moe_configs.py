@@ -10,9 +10,12 @@ The top-level keys drive GEMM1 (gate+up: N = 2I in two halves, reduction over D)
 shared because both GEMMs walk the same M-blocks from one alignment. An optional "variant"
 ("small" | "small_dot" | "aligned") forces the path `fused_moe.plan` would otherwise choose, and an
 optional "small" dict sets the decode variant's own tiles (fused_moe_small.py; it reads nothing else).
-An optional "b_tma": true (top level, or in "down" for GEMM2 alone) has the aligned variant read its weight tiles
-through host TMA descriptors (Hopper's tensor memory accelerator) instead of pointer loads; the gathered activation
-rows keep pointer loads, and a shared expert's blocks (decode batches) ignore it.
+An optional "b_tma": true has the aligned variant read its weight tiles through host TMA descriptors (Hopper's
+tensor memory accelerator, fused_moe_gemms.py) instead of pointer loads: at the top level for both GEMMs, and "down":
+{"b_tma": ...} overrides it for GEMM2 alone. Like the tiles it is a launch parameter the tuner picks per bucket
+(scripts/tune_fused_moe.py --tma), not a user switch: only the H200 tables carry it, the rule below never sets it.
+The gathered activation rows keep pointer loads, and where the unit cannot serve (a shared expert's blocks at decode
+batches, small_dot, weights not 16-byte aligned) the launch keeps the pointer path (`fused_moe._b_tma`): same result.
 
 What size of tile is right depends on tokens per expert, tpe = T·K/E, not on T: an expert sees
 about tpe rows, so BLOCK_M past tpe only multiplies padding. At decode (tpe of a few) the layer is
