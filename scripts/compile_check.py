@@ -20,7 +20,7 @@ TRITON_INTERPRET unset: the interpreter replaces the compiler it needs.
 Specialization as at launch: the runtime tells the compiler that a pointer whose address is a multiple of 16 is, and
 likewise an int argument whose value is (strides, widths), unless the kernel lists it in do_not_specialize. Without
 that the compiler cannot prove 16-byte contiguity, so it neither vectorizes the loads nor pipelines them (cp.async):
-the thirty-fifth session saw the aligned fused MoE "unpipelined, 400 spill stores" here for a kernel that runs
+the thirty-fifth session saw the aligned fused MoE "unpipelined, 402 spill stores" here for a kernel that runs
 pipelined with none. So pointers are taken as 16-byte aligned (torch's allocations are), and --div16 NAME... names
 the int arguments the launch passes as multiples of 16 (for the fused MoE's GEMMs: I D stride_xt stride_we stride_wn
 stride_ht I_S, and stride_yt for GEMM2, at real model widths). Besides registers, stack, shared memory (the compiled
@@ -77,6 +77,10 @@ def compile_kernel(kernel, const: dict, types: dict, warps: int, div16: tuple = 
     if unknown:
         raise ValueError(f"{sorted(unknown)} are not arguments of {kernel.fn.__name__}")
     params = getattr(kernel, "params", [])
+    unspecialized = sorted(p.name for p in params if p.name in div16 and getattr(p, "do_not_specialize", False))
+    if unspecialized:
+        raise ValueError(f"{', '.join(unspecialized)} in do_not_specialize: the launch never tells the compiler "
+                         f"they divide by 16")
     missing = [p.name for p in params if getattr(p, "is_constexpr", False) and p.name not in const
                and p.default is inspect.Parameter.empty]
     if missing:

@@ -253,15 +253,20 @@ def write_table(name, dtype, table, timings, out_dir, merge=False):
     """Write the preset's tuned table; merge: keep the file's other buckets (and their timings), replace these."""
     E, D, I, K = PRESETS[name]
     path = Path(out_dir) / moe_configs.config_file_name(E, I, D, K, dtype)
+    today = time.strftime("%Y-%m-%d")
+    tuned_on = {t: today for t in table}
     if merge and path.exists():
         old = json.loads(path.read_text())
         table = dict(old["configs"], **table)
         timings = dict(old["meta"].get("us_per_call", {}), **timings)
+        old_dates = old["meta"].get("tuned_on") or {t: old["meta"].get("date", "?") for t in old["configs"]}
+        tuned_on = dict(old_dates, **tuned_on)
         table = {t: table[t] for t in sorted(table, key=int)}
         timings = {t: timings[t] for t in sorted(timings, key=int)}
+        tuned_on = {t: tuned_on[t] for t in sorted(tuned_on, key=int)}
     meta = {"triton_version": triton.__version__, "torch_version": torch.__version__,
-            "device": moe_configs.device_name(), "date": time.strftime("%Y-%m-%d"),
-            "us_per_call": timings}
+            "device": moe_configs.device_name(), "date": today, "us_per_call": timings,
+            "tuned_on": tuned_on}      # per bucket: a merge keeps the others' dates (versions: the latest run's)
     path.write_text(json.dumps({"meta": meta, "configs": table}, indent=1) + "\n")
     print(f"wrote {path}")
 

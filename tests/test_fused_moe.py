@@ -113,7 +113,7 @@ TMA_CASES = [  # dtype, E, K, T, routing, expert_offset, n_global, config keys
 
 
 @pytest.mark.parametrize("dtype,E,K,T,routing,offset,n_global,keys", TMA_CASES)
-def test_weight_tma_matches_reference_and_pointer_loads(dtype, E, K, T, routing, offset, n_global, keys):
+def test_weight_tma_matches_reference_and_pointer_loads(dtype, E, K, T, routing, offset, n_global, keys, monkeypatch):
     """`b_tma`: the aligned GEMMs reading their weight tiles through TMA descriptors give the oracle's answer and the
     pointer loads' answer, on D = 40 and I = 48 (neither a multiple of the tiles: the descriptors' zero fill past D
     and I, and the last N tile reading into the next rows, are both exercised)."""
@@ -128,7 +128,13 @@ def test_weight_tma_matches_reference_and_pointer_loads(dtype, E, K, T, routing,
     tma = dict(base, **keys)
     assert plan(T, K, E, tma) == "aligned"
     assert moe_configs.down_config(tma).get("b_tma") is True
+    from minimoe.kernels import fused_moe as fm
+    made = []                                   # the descriptors built: the TMA path really ran, no quiet fallback
+    real = fm._weight_desc
+    monkeypatch.setattr(fm, "_weight_desc", lambda w, bn, bk: made.append(tuple(w.shape)) or real(w, bn, bk))
     out = fused_moe(x, w13, w2, ids, weights, expert_offset=offset, config=tma)
+    assert made == ([w13.shape] if keys.get("b_tma") else []) + [w2.shape], made
+    monkeypatch.setattr(fm, "_weight_desc", real)
     ptr = fused_moe(x, w13, w2, ids, weights, expert_offset=offset, config=base)
     ref = reference_moe(x, w13, w2, ids, weights, offset)
     err = ((out.double().cpu() - ref).norm() / ref.norm()).item()
@@ -422,6 +428,30 @@ def test_config_lookup(tmp_path):
     tuned = moe_configs.load_tuned(str(path))
     picks = [moe_configs.nearest_bucket(tuned, T)["BLOCK_M"] for T in (1, 6, 10, 600, 10**6)]
     assert picks == [16, 16, 32, 128, 128]  # nearest in log T: 10 is nearer 64 than 1
+
+
+def test_tune_merge_keeps_other_buckets(tmp_path, monkeypatch):
+    """tune_fused_moe.py --merge: the tuned buckets replace theirs, the file's other buckets stay with their own µs
+    and tuning dates, and buckets come out in token order."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        "tune_fused_moe", Path(__file__).resolve().parents[1] / "scripts" / "tune_fused_moe.py")
+    tune = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tune)
+    E, D, I, K = tune.PRESETS["olmoe"]
+    path = tmp_path / moe_configs.config_file_name(E, I, D, K, torch.bfloat16)
+    old = {"meta": {"date": "2026-11-28", "us_per_call": {"1": 30.0, "64": 280.0}},
+           "configs": {"1": {"BLOCK_M": 16}, "64": {"BLOCK_M": 16}}}
+    path.write_text(json.dumps(old))
+    monkeypatch.setattr(tune.time, "strftime", lambda fmt: "2026-12-04")
+    tune.write_table("olmoe", torch.bfloat16, {"64": {"BLOCK_M": 32}, "8": {"BLOCK_M": 16, "b_tma": True}},
+                     {"64": 270.0, "8": 150.0}, tmp_path, merge=True)
+    got = json.loads(path.read_text())
+    assert list(got["configs"]) == ["1", "8", "64"] and got["configs"]["64"] == {"BLOCK_M": 32}
+    assert got["configs"]["1"] == {"BLOCK_M": 16} and got["meta"]["us_per_call"] == {"1": 30.0, "8": 150.0, "64": 270.0}
+    assert got["meta"]["tuned_on"] == {"1": "2026-11-28", "8": "2026-12-04", "64": "2026-12-04"}
+    tune.write_table("olmoe", torch.bfloat16, {"8": {"BLOCK_M": 16}}, {"8": 1.0}, tmp_path)     # no merge: replaced
+    assert list(json.loads(path.read_text())["configs"]) == ["8"]
 
 
 def test_tune_script_help():

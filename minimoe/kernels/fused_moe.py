@@ -39,8 +39,14 @@ Reference: vLLM fused_moe (peers.md §1); Triton's matmul tutorial for the group
 from typing import NamedTuple
 
 import torch
+import functools
+
 import triton
-from triton.tools.tensor_descriptor import TensorDescriptor
+
+try:    # host TMA descriptors: Triton 3.4+ (pyproject allows 3.2); without them `b_tma` keeps the pointer path
+    from triton.tools.tensor_descriptor import TensorDescriptor
+except ImportError:
+    TensorDescriptor = None
 
 from .fused_moe_gemms import _block_rows, _down_kernel, _gate_up_kernel, _shared_rows, _tile_coords  # noqa: F401
 from .fused_moe_small import SharedExpert, check_shared, fused_moe_small
@@ -170,12 +176,20 @@ def fused_moe(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_ids: to
     return out
 
 
+@functools.lru_cache(maxsize=None)
+def _tma_unit(device: torch.device) -> bool:
+    """Whether launches on this device can use TMA descriptors: a Hopper-or-newer GPU, or the interpreter (CPU tests)."""
+    return device.type != "cuda" or torch.cuda.get_device_capability(device)[0] >= 9
+
+
 def _b_tma(cfg, w: torch.Tensor, b: _Blocks, sh: _Shared) -> bool:
     """Whether this launch reads its weights w through a TMA descriptor: the config's `b_tma` (tuned per bucket), on
     the aligned variant's routed blocks only (the shared expert's virtual blocks and small_dot keep the pointer loads),
-    and where the TMA unit can address w (a 16-byte aligned base, rows a multiple of 16 bytes, fewer than 2^31 rows)."""
-    return (bool(cfg.get("b_tma", False)) and not b.small and sh.S == 0 and w.data_ptr() % 16 == 0
-            and w.shape[-1] * w.element_size() % 16 == 0 and w.shape[0] * w.shape[1] < 2 ** 31)  # int32 row coords
+    and where the TMA unit can address w (Triton 3.4+, an sm90+ GPU, a 16-byte aligned base, rows a multiple of 16
+    bytes, fewer than 2^31 rows): elsewhere the same result through pointer loads."""
+    return (bool(cfg.get("b_tma", False)) and TensorDescriptor is not None and not b.small and sh.S == 0
+            and w.data_ptr() % 16 == 0 and w.shape[-1] * w.element_size() % 16 == 0
+            and w.shape[0] * w.shape[1] < 2 ** 31 and _tma_unit(w.device))              # int32 row coordinates
 
 
 def _weight_desc(w: torch.Tensor, block_n: int, block_k: int):
