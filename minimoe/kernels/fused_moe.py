@@ -9,8 +9,8 @@ The loop over experts does this with E small matmuls and a permuted copy of the 
 it is three or four launches, none of which copies x:
 
 1. align (moe_align.py): group the T·K (token, slot) pairs by expert into M-blocks of BLOCK_M rows.
-2. GEMM1 `_gate_up_kernel` (fused_moe_gemms.py, as GEMM2): each program owns one M-block (one expert) and BLOCK_N columns of I.
-   It gathers its A rows straight from x[flat_id // K], loads the gate AND up tiles of w13 for the
+2. GEMM1 `_gate_up_kernel` (fused_moe_gemms.py, as GEMM2): each program owns one M-block (one expert) and
+   BLOCK_N columns of I. It gathers its A rows straight from x[flat_id // K], loads the gate AND up tiles of w13 for the
    same columns, keeps two fp32 accumulators, and writes h = silu(gate)·up to row flat_id of h.
 3. GEMM2 `_down_kernel`: same walk over h and w2; the fp32 epilogue multiplies each row by its
    routing weight before the cast, and writes row flat_id of y [T·K, D].
@@ -36,11 +36,10 @@ blocks exit after reading the device-side block count.
 Reference: vLLM fused_moe (peers.md §1); Triton's matmul tutorial for the grouped ordering.
 """
 
+import functools
 from typing import NamedTuple
 
 import torch
-import functools
-
 import triton
 
 try:    # host TMA descriptors: Triton 3.4+ (pyproject allows 3.2); without them `b_tma` keeps the pointer path
@@ -178,7 +177,7 @@ def fused_moe(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_ids: to
 
 @functools.lru_cache(maxsize=None)
 def _tma_unit(device: torch.device) -> bool:
-    """Whether launches on this device can use TMA descriptors: a Hopper-or-newer GPU, or the interpreter (CPU tests)."""
+    """Whether launches on this device can use TMA descriptors: an sm90+ GPU, or the interpreter (CPU tests)."""
     return device.type != "cuda" or torch.cuda.get_device_capability(device)[0] >= 9
 
 

@@ -1,11 +1,11 @@
 """The aligned fused MoE's two GEMM kernels (Triton): GEMM1 gate+up with SiLU, GEMM2 down with the routing weight.
 
-fused_moe.py plans, aligns, launches and combines; this file is the two kernels and their block bookkeeping. Shape legend
-as there: T tokens, D hidden, E local experts, K experts per token, I expert FFN width; BLOCK_M rows of one expert an
+fused_moe.py plans, aligns, launches and combines; this file is the two kernels and their block bookkeeping. Shape
+legend as there: T tokens, D hidden, E local experts, K experts per token, I expert FFN width; BLOCK_M rows of one expert an
 M-block (moe_align.py), BLOCK_N output columns and BLOCK_K reduction columns a step.
 
-    GEMM1 `_gate_up_kernel`  h[row]  = silu(x[row // K] · Wg[e]ᵀ) ⊙ (x[row // K] · Wu[e]ᵀ)     rows of M-block, cols of I
-    GEMM2 `_down_kernel`     y[row]  = w[row] · (h[row] · W2[e]ᵀ)                              rows of M-block, cols of D
+    GEMM1 `_gate_up_kernel`  h[row] = silu(x[row // K] · Wg[e]ᵀ) ⊙ (x[row // K] · Wu[e]ᵀ)   (M-block rows, I cols)
+    GEMM2 `_down_kernel`     y[row] = w[row] · (h[row] · W2[e]ᵀ)                            (M-block rows, D cols)
 
 A rows are gathered by pointer (x[flat_id // K], h[flat_id]); fp32 accumulators; one rounding at the store. With a
 fused shared expert (SHARED) the first n_sb M-blocks are its S = I_S / I virtual experts (fused_moe.py `_Shared`).
