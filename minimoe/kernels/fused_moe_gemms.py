@@ -1,8 +1,8 @@
 """The aligned fused MoE's two GEMM kernels (Triton): GEMM1 gate+up with SiLU, GEMM2 down with the routing weight.
 
-fused_moe.py plans, aligns, launches and combines; this file is the two kernels and their block bookkeeping. Shape
-legend as there: T tokens, D hidden, E local experts, K experts per token, I expert FFN width; BLOCK_M rows of one expert an
-M-block (moe_align.py), BLOCK_N output columns and BLOCK_K reduction columns a step.
+fused_moe.py plans, aligns, launches and combines; this file is the two kernels and their block bookkeeping.
+Shape legend as there: T tokens, D hidden, E local experts, K experts per token, I expert FFN width; BLOCK_M rows of
+one expert an M-block (moe_align.py), BLOCK_N output columns and BLOCK_K reduction columns a step.
 
     GEMM1 `_gate_up_kernel`  h[row] = silu(x[row // K] · Wg[e]ᵀ) ⊙ (x[row // K] · Wu[e]ᵀ)   (M-block rows, I cols)
     GEMM2 `_down_kernel`     y[row] = w[row] · (h[row] · W2[e]ᵀ)                            (M-block rows, D cols)
