@@ -78,13 +78,16 @@ class Generator:
         self.host_len = 0
         self.nonfinite.zero_()
 
-    def _sample(self, logits: torch.Tensor) -> torch.Tensor:
-        """logits [B, V] float32 -> tokens [B]; counts non-finite rows on the device."""
+    def _sample(self, logits: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """logits [B, V] float32 -> tokens [B] (written into `out` when given); counts non-finite rows on the
+        device."""
         with region("sample"):
             if self.sampling.greedy:          # argmax + the count in two kernels with --ops triton
-                return ops_for(self.model.settings).greedy(logits, self.nonfinite, counters=self.argmax_counters)
+                return ops_for(self.model.settings).greedy(logits, self.nonfinite, counters=self.argmax_counters,
+                                                           out=out)
             self.nonfinite += nonfinite_rows(logits)
-            return sample(logits, self.sampling, self.generator)
+            tokens = sample(logits, self.sampling, self.generator)
+            return tokens if out is None else out.copy_(tokens)
 
     def _room(self, n_new: int) -> None:
         if self.host_len + n_new > self.cache.max_len:
@@ -137,17 +140,24 @@ class Generator:
         return self._sample(logits)
 
     @torch.inference_mode()
-    def decode(self, tokens: torch.Tensor) -> torch.Tensor:
-        """tokens [B] (the last sampled) -> next tokens [B]."""
+    def decode(self, tokens: torch.Tensor, own: bool = True) -> torch.Tensor:
+        """tokens [B] (the last sampled) -> next tokens [B]. own=False, with a captured decode graph: the
+        returned tensor is the graph's own token buffer, overwritten by the next decode; passing it straight
+        back as `tokens` (a timed loop) skips the input copy and the output clone, two launches a step
+        (graphs.DecodeGraph). Keep a token across steps with own=True (the default), as generate() does."""
         self._room(1)
-        out = self.graphs.step(tokens) if self.graphs is not None else self.eager_step(tokens, self.host_len)
+        if self.graphs is not None:
+            out = self.graphs.step(tokens, own=own)
+        else:
+            out = self.eager_step(tokens, self.host_len)
         self.host_len += 1
         return out
 
-    def eager_step(self, tokens: torch.Tensor, host_len: int | None) -> torch.Tensor:
-        """One decode step; host_len=None gives the static-shape step that graphs capture."""
+    def eager_step(self, tokens: torch.Tensor, host_len: int | None, out: torch.Tensor | None = None) -> torch.Tensor:
+        """One decode step; host_len=None gives the static-shape step that graphs capture. out: [B] int64 to
+        write the next tokens into (may be `tokens` itself: read at the step's start, written at its end)."""
         logits = self.forward_step(tokens[:, None], host_len, select=-1)                # [B, V]
-        return self._sample(logits)
+        return self._sample(logits, out)
 
     @torch.inference_mode()
     def generate(self, prompts, max_new_tokens: int, stop_ids=()) -> torch.Tensor:

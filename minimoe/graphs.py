@@ -7,7 +7,10 @@ That needs a step with static shapes and addresses and no host syncs: the static
 device-side lengths (kv_cache.py), the masked or length-aware decode attention, a sync-free expert
 path (grouped or fused; the loop path syncs per expert and cannot be captured) and on-device
 sampling. Inputs are copied into a static tensor before each replay; the output tensor is the
-graph's own and is copied out.
+graph's own and is copied out. The decode graph writes its sampled tokens into its own input tensor,
+so a loop that passes them straight back (`Generator.decode(tok, own=False)`, the bench's timed loop)
+replays with neither copy: the two were ~4.5-4.8 µs a bs-1 step on the H200 (Qwen3-30B-A3B, OLMoE;
+scripts/graph_boundary_probe.py, docs/results/2026-12-04-s36).
 
 Why plain `torch.cuda.CUDAGraph` rather than `torch.compile(mode="reduce-overhead")`: capture takes
 milliseconds instead of a compile of minutes, the captured kernels are exactly the eager ones
@@ -40,16 +43,20 @@ def _capture(run, restore, warmup: int):
 
 class DecodeGraph:
     def __init__(self, gen, warmup: int = 2):
-        """Capture `gen.eager_step(tokens, host_len=None)` for the generator's batch."""
-        self.tokens = torch.zeros(gen.batch, dtype=torch.long, device=gen.device)   # static input [B]
+        """Capture `gen.eager_step(tokens, host_len=None)` for the generator's batch, the sampled tokens
+        written back into `tokens`: the static input [B] is the output too."""
+        self.tokens = torch.zeros(gen.batch, dtype=torch.long, device=gen.device)   # static input and output [B]
         saved = gen.cache.lengths.clone()
-        self.graph, self.out = _capture(lambda: gen.eager_step(self.tokens, None),
-                                        lambda: gen.cache.lengths.copy_(saved), warmup)   # out [B]
+        self.graph, _ = _capture(lambda: gen.eager_step(self.tokens, None, out=self.tokens),
+                                 lambda: gen.cache.lengths.copy_(saved), warmup)
 
-    def step(self, tokens: torch.Tensor) -> torch.Tensor:
-        self.tokens.copy_(tokens)
+    def step(self, tokens: torch.Tensor, own: bool = True) -> torch.Tensor:
+        """tokens [B] -> the next tokens [B]: a clone (own) or the graph's buffer itself, valid until the next
+        step. tokens may be that buffer (no copy in)."""
+        if tokens is not self.tokens:
+            self.tokens.copy_(tokens)
         self.graph.replay()
-        return self.out.clone()
+        return self.tokens.clone() if own else self.tokens
 
 
 class PrefillGraph:

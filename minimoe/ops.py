@@ -140,12 +140,13 @@ def norm_gate_route_torch(x, residual, norm_weight, eps: float, gate_weight, k: 
     return h, (x if s is None else s), w, ids
 
 
-def greedy_torch(logits, nonfinite, *, pdl: bool = False, counters=None):
+def greedy_torch(logits, nonfinite, *, pdl: bool = False, counters=None, out=None):
     """logits [B, V] -> tokens [B] int64 (argmax, first index); nonfinite (0-dim int64, on the device)
     += the rows holding a NaN or an inf (the count kernels/greedy.py keeps). counters: kernels/greedy.py's scratch
-    (unused here)."""
+    (unused here). out: an int64 [B] tensor to write the tokens into (returned), as torch's out= arguments."""
     nonfinite += nonfinite_rows(logits)
-    return argmax(logits)
+    tokens = argmax(logits)
+    return tokens if out is None else out.copy_(tokens)
 
 
 def nonfinite_rows(logits: torch.Tensor) -> torch.Tensor:
@@ -153,10 +154,10 @@ def nonfinite_rows(logits: torch.Tensor) -> torch.Tensor:
     return (~torch.isfinite(logits).all(-1)).sum()
 
 
-def _triton_greedy(logits, nonfinite, *, pdl: bool = False, counters=None):
+def _triton_greedy(logits, nonfinite, *, pdl: bool = False, counters=None, out=None):
     if logits.device.type != "cuda" or logits.stride(-1) != 1:   # the interpreter is for tests only
-        return greedy_torch(logits, nonfinite)
-    return _greedy.greedy_tail(logits, nonfinite, pdl=pdl, counters=counters)
+        return greedy_torch(logits, nonfinite, out=out)
+    return _greedy.greedy_tail(logits, nonfinite, pdl=pdl, counters=counters, out=out)
 
 
 # ---- the table ------------------------------------------------------------------------------------
@@ -172,7 +173,7 @@ class Ops:
     route_topk: Callable        # (logits [T, E], k, *, renorm, scaling, softmax_first, skip) -> (w, ids) [T, K]
     gate_route: Callable        # (h [T, D], gate [E, D], k, *, <route_topk's>) -> (w, ids): gate GEMV + top-k
     gate_route_fits: Callable   # (T, E, D, gate dtype, h dtype) -> whether gate_route is one fused kernel here
-    greedy: Callable            # (logits [B, V], nonfinite 0-dim int64, *, counters) -> tokens [B]: argmax + non-finite count
+    greedy: Callable            # (logits [B, V], nonfinite 0-dim int64, *, counters, out) -> tokens [B]: argmax + non-finite count
     norm_gate_route: Callable   # (x, residual, norm_w, eps, gate [E, D], k, *, <route_topk's>, counters, out)
                                 #   -> (h, x + residual, w, ids): rms_norm then gate_route, one launch with triton
     norm_gate_route_fits: Callable  # (T, E, D, gate dtype, x dtype) -> whether norm_gate_route is one kernel here

@@ -5,13 +5,17 @@
 For each model and batch (random weights, real shapes, `--fused`, defaults otherwise) the same captured step is timed
 four ways, interleaved round by round, CUDA events around `--steps` steps back to back (µs a step, median of rounds):
 
-    loop      Generator.decode as bench.py calls it: copy the token in, replay, clone the token out
+    loop      Generator.decode(tok): copy the token in, replay, clone the token out (bench.py's loop before the
+              thirty-sixth session)
+    live      Generator.decode(tok, own=False): the graph's own token buffer passed straight back (bench.py's loop)
     replay    graph.replay() alone: the step's kernels and the boundary between two graphs, nothing else
     unroll2   one graph holding two steps, the second fed by the first's token (a boundary every 2 steps)
     unroll4   the same with four steps
 
-loop - replay is the copy and clone; replay - unroll2 is about half a graph boundary. Only timing: the replays feed
-the same token every step (the same kernels and bytes; the routing of one token differs, which the rounds average).
+loop - live is what own=False saves, loop - replay the copy and clone; replay - unroll2 is about half a graph boundary. Only timing: replay feeds the
+prefill's token every step, the unrolled graphs restart from it every replay (the same kernels and bytes at batch 1,
+where a token reads top-k experts whatever it is; at bs 64 the tokens decide how many experts a step touches, so
+there only loop and live compare like with like).
 """
 from __future__ import annotations
 
@@ -27,9 +31,9 @@ from minimoe.loader import build_model
 from minimoe.settings import RunSettings
 
 
-def unrolled(gen, n: int):
-    """One graph of n decode steps, each fed the last one's token."""
-    tokens = torch.zeros(gen.batch, dtype=torch.long, device=gen.device)
+def unrolled(gen, n: int, first: torch.Tensor):
+    """One graph of n decode steps, each fed the last one's token; every replay starts from `first`."""
+    tokens = first.clone()
     saved = gen.cache.lengths.clone()
 
     def run():
@@ -72,25 +76,25 @@ def main() -> None:
         model, cfg, _ = build_model(name, "dummy", dtype=s.torch_dtype, device=s.torch_device, settings=s)
         for B in a.batches:
             prompt = torch.randint(0, cfg.vocab_size, (B, a.input_len), generator=torch.Generator().manual_seed(0))
-            times = {k: [] for k in ("loop", "replay", "unroll2", "unroll4")}
+            times = {k: [] for k in ("loop", "live", "replay", "unroll2", "unroll4")}
             for _ in range(a.rounds):
                 # each variant gets a fresh cache filled by the same prefill, so every one walks the same lengths
                 for variant in times:
                     gen = Generator(model, B, a.input_len + 4 * a.steps + 64)
                     enable_graphs(gen)
                     tok = gen.prefill(prompt)
-                    if variant == "loop":
+                    if variant in ("loop", "live"):
                         state = {"tok": tok}
 
-                        def fn(g=gen, st=state):
-                            st["tok"] = g.decode(st["tok"])
+                        def fn(g=gen, st=state, own=variant == "loop"):
+                            st["tok"] = g.decode(st["tok"], own=own)
                         us = time_it(fn, 1, a.steps)
                     elif variant == "replay":
                         gen.graphs.tokens.copy_(tok)
                         us = time_it(gen.graphs.graph.replay, 1, a.steps)
                     else:
                         n = int(variant[-1])
-                        us = time_it(unrolled(gen, n).replay, n, a.steps)
+                        us = time_it(unrolled(gen, n, tok).replay, n, a.steps)
                     times[variant].append(us)
                     del gen
             base = statistics.median(times["loop"])

@@ -214,3 +214,24 @@ def test_static_shape_step_equals_sliced_step(model):
         la = model(tok[:, None], sliced.cache.step(1, S + n), sliced.cache, select=-1)
         lb = model(tok[:, None], static.cache.step(1, None), static.cache, select=-1)
     assert rel_err(lb, la) <= 1e-5
+
+
+@pytest.mark.parametrize("greedy", [True, False])
+def test_step_writing_into_its_own_input_equals_a_fresh_output(model, greedy):
+    """eager_step(tok, None, out=tok), what the decode graph captures (its token buffer is its input and its
+    output), reads the tokens before it overwrites them: the same tokens, step by step, as a fresh output each
+    step, for greedy and for seeded sampling (the sampler's draw is copied in)."""
+    ids, n = _prompts(model.cfg.vocab_size, seed=8), 10
+    sampling = None if greedy else Sampling(temperature=0.8, top_k=5)
+    fresh, inplace = Generator(model, B, S + n + 2, sampling), Generator(model, B, S + n + 2, sampling)
+    if not greedy:
+        fresh.generator = torch.Generator().manual_seed(5)
+        inplace.generator = torch.Generator().manual_seed(5)
+    a = fresh.prefill(ids)
+    buf = inplace.prefill(ids).clone()
+    with torch.inference_mode():
+        for _ in range(n):
+            a = fresh.eager_step(a, None)
+            got = inplace.eager_step(buf, None, out=buf)
+            assert got is buf                                         # written into, not replaced
+            assert torch.equal(buf, a)

@@ -45,6 +45,30 @@ def test_graphed_decode_equals_eager(card, experts, attn, ops, pdl="off", batch=
         assert torch.equal(graphed, _tokens(model, prompts, 24, graphs=False))
 
 
+@pytest.mark.parametrize("card", ["olmoe-tiny", "qwen3-moe-tiny", "deepseek-v2-lite-tiny"])
+def test_live_token_buffer_loop_equals_generate(card):
+    """decode(tok, own=False), the bench's timed loop: the graph's own token buffer passed straight back (no copy in,
+    no clone out) gives generate()'s graphed tokens; an owned token (own=True) is a copy the next step leaves alone."""
+    pdl = "on" if torch.cuda.get_device_capability()[0] >= 9 else "off"
+    s = RunSettings(experts="fused", attn="triton", ops="triton", pdl=pdl)
+    model, cfg, _ = build_model(card, "dummy", dtype=torch.bfloat16, device="cuda", settings=s, seed=2)
+    prompts = torch.randint(0, cfg.vocab_size, (3, 9), device="cuda")
+    want = _tokens(model, prompts, 16, graphs=True)
+    gen = Generator(model, 3, 9 + 16 + 1)
+    enable_graphs(gen, prefill_lengths=[9])
+    tok = gen.prefill(prompts)
+    got = [tok.clone()]
+    for _ in range(15):
+        tok = gen.decode(tok, own=False)
+        assert tok is gen.graphs.tokens
+        got.append(tok.clone())
+    assert torch.equal(torch.stack(got, 1), want)
+    kept = gen.decode(tok)                                    # own=True: a copy
+    snapshot = kept.clone()
+    gen.decode(kept, own=False)
+    assert torch.equal(kept, snapshot)
+
+
 @pytest.mark.parametrize("card", TINY)
 @pytest.mark.parametrize("batch", [1, 4])
 def test_graphed_decode_equals_eager_with_pdl(card, batch):

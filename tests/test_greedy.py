@@ -32,6 +32,23 @@ def test_greedy_tail_equals_argmax(B, V, chunks, dtype):
     _check(logits, chunks)
 
 
+def test_greedy_tail_writes_into_out():
+    """out=: the tokens land in the given buffer (the decode graph's own input), nothing else is allocated for them;
+    a buffer of the wrong shape or dtype is refused."""
+    logits = torch.randn(3, 3000, generator=torch.Generator().manual_seed(4)).to(DEVICE)
+    out = torch.full((3,), -1, dtype=torch.int64, device=DEVICE)
+    count = torch.zeros((), dtype=torch.int64, device=DEVICE)
+    assert greedy_tail(logits, count, out=out) is out
+    assert torch.equal(out, logits.argmax(-1))
+    ref_out = torch.full((3,), -1, dtype=torch.int64, device=DEVICE)
+    assert greedy_torch(logits, torch.zeros((), dtype=torch.int64, device=DEVICE), out=ref_out) is ref_out
+    assert torch.equal(ref_out, out)
+    with pytest.raises(AssertionError):
+        greedy_tail(logits, count, out=torch.zeros(3, dtype=torch.int32, device=DEVICE))
+    with pytest.raises(AssertionError):
+        greedy_tail(logits, count, out=torch.zeros(2, dtype=torch.int64, device=DEVICE))
+
+
 def test_greedy_tail_ties_nan_inf_and_strides():
     V = 2000
     x = torch.zeros(6, V, device=DEVICE)

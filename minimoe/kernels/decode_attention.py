@@ -64,6 +64,11 @@ DEFAULT_TILES: dict | None = None  # the split kernel's tiles when a caller give
 # (docs/results/2026-12-04-s33, call 2; the baseline repeated within -0.09%): Qwen3-30B-A3B -0.73%, OLMoE -0.64%. On.
 # (The twenty-ninth session's peeled first tile inside a loop lost at bs 64; this one is only the one-tile split.)
 EARLY_TILE = True
+# L2 eviction priority of the split kernel's K / V loads ("" the default, "evict_last" / "evict_first"; Triton emits
+# createpolicy + L2::cache_hint): a step-probe knob. The decode step streams its weights evict_first; whether a cache
+# read with evict_last stays in the L2 from one step to the next is what it measures (kernels/rope.py KV_EVICT marks
+# the new entries' stores the same way).
+KV_EVICT = ""
 
 
 @functools.lru_cache(maxsize=None)
@@ -209,6 +214,7 @@ def decode_attention(q, k_cache, v_cache, seq_lens, scale: float, *, positions=N
         # fp32 caches would silently drop to tf32 on tensor cores; "ieee" keeps them exact
         PRECISION="ieee" if k_cache.dtype == torch.float32 else "tf32", MERGE=merge,
         EARLY=EARLY_TILE and one and chunk == block_n and block_dr == 0 and not v_from_k and not merge,
+        KV_EVICT=KV_EVICT,
         **launch, **launch_args(pdl),
     )
     if w_uv is not None:

@@ -45,6 +45,7 @@ def _decode_split_kernel(
     BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DR: tl.constexpr,
     BLOCK_DV: tl.constexpr, V_FROM_K: tl.constexpr, DIRECT: tl.constexpr, USE_POS: tl.constexpr,
     PRECISION: tl.constexpr, PDL: tl.constexpr, MERGE: tl.constexpr = False, EARLY: tl.constexpr = False,
+    KV_EVICT: tl.constexpr = "",
 ):
     wait_then_release(PDL)
     # Head tiles are the fastest grid axis so sibling tiles of one kv head (MLA: G = 128 in tiles
@@ -62,10 +63,10 @@ def _decode_split_kernel(
         q_early = tl.load(q_ptr + b * stride_qb + e_heads[:, None] * stride_qh + e_d[None, :],
                           mask=(e_rows < G)[:, None], other=0.0).to(k_ptr.dtype.element_ty)
         k_early = tl.load(k_ptr + b * stride_kb + kv_head * stride_kh + e_n[:, None] * stride_ks + e_d[None, :],
-                          mask=e_in[:, None], other=0.0)
+                          mask=e_in[:, None], other=0.0, eviction_policy=KV_EVICT)
         e_v = tl.arange(0, BLOCK_DV)
         v_early = tl.load(v_ptr + b * stride_vb + kv_head * stride_vh + e_n[:, None] * stride_vs + e_v[None, :],
-                          mask=e_in[:, None] & (e_v[None, :] < DV), other=0.0)
+                          mask=e_in[:, None] & (e_v[None, :] < DV), other=0.0, eviction_policy=KV_EVICT)
     seq_len = tl.minimum(tl.load(seq_lens_ptr + b), S_max)
     start = split * CHUNK
     if start >= seq_len:  # early exit: the merge kernel knows this split is empty from seq_len
@@ -112,11 +113,12 @@ def _decode_split_kernel(
             offs_n = n0 + tl.arange(0, BLOCK_N)
             n_ok = offs_n < end
             k_rows = k_base + offs_n[:, None] * stride_ks
-            k_main = tl.load(k_rows + offs_d[None, :], mask=n_ok[:, None], other=0.0)  # [N, BLOCK_DK]
+            k_main = tl.load(k_rows + offs_d[None, :], mask=n_ok[:, None], other=0.0,
+                             eviction_policy=KV_EVICT)                                    # [N, BLOCK_DK]
             qk = tl.dot(q_main, tl.trans(k_main), input_precision=PRECISION)  # [BLOCK_H, N]
             if BLOCK_DR > 0:
                 k_rest = tl.load(k_rows + offs_r[None, :],
-                                 mask=n_ok[:, None] & (offs_r[None, :] < DK), other=0.0)
+                                 mask=n_ok[:, None] & (offs_r[None, :] < DK), other=0.0, eviction_policy=KV_EVICT)
                 qk += tl.dot(q_rest, tl.trans(k_rest), input_precision=PRECISION)
             valid = n_ok[None, :] & (offs_n[None, :] < limit[:, None])
             qk = tl.where(valid, qk * qk_scale, float("-inf"))
@@ -124,7 +126,7 @@ def _decode_split_kernel(
                 v = k_main
             else:
                 v = tl.load(v_base + offs_n[:, None] * stride_vs + offs_v[None, :],
-                            mask=n_ok[:, None] & (offs_v[None, :] < DV), other=0.0)
+                            mask=n_ok[:, None] & (offs_v[None, :] < DV), other=0.0, eviction_policy=KV_EVICT)
             m_i, l_i, acc = _online_softmax_step(qk, v, m_i, l_i, acc, PRECISION)
 
     seen = l_i > 0  # a split can hold no position a later row may see: weight 0 in the merge

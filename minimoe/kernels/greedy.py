@@ -110,17 +110,20 @@ def _argmax_final_kernel(val_ptr, idx_ptr, nan_ptr, bad_ptr, tok_ptr, count_ptr,
 
 
 def greedy_tail(logits: torch.Tensor, nonfinite: torch.Tensor | None = None, *, chunks: int | None = None,
-                pdl: bool = False, counters: torch.Tensor | None = None) -> torch.Tensor:
+                pdl: bool = False, counters: torch.Tensor | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
     """logits [B, V] (any float dtype, unit stride on V) -> tokens [B] int64 = torch.argmax(logits, -1)
     (NaN counts as the largest; ties to the lowest index). nonfinite: a 0-dim int64 counter on the same
     device, += the number of rows holding a NaN or an inf (None: not counted). chunks overrides the
     split of each row (tests). counters: zeroed int32 (>= B entries), left zeroed: with ONE_LAUNCH, pass 2 runs in
-    pass 1's last program of each row (one launch). Raises AssertionError on bad shapes."""
+    pass 1's last program of each row (one launch). out: a contiguous int64 [B] tensor the tokens are stored into
+    (returned; the decode graph's own input, graphs.DecodeGraph). Raises AssertionError on bad shapes."""
     assert logits.dim() == 2 and logits.stride(-1) == 1, (logits.shape, logits.stride())
     B, V = logits.shape
     assert V >= 1
     dev = logits.device
-    tokens = torch.empty(B, dtype=torch.int64, device=dev)
+    if out is not None:
+        assert out.shape == (B,) and out.dtype == torch.int64 and out.is_contiguous() and out.device == dev, out
+    tokens = out if out is not None else torch.empty(B, dtype=torch.int64, device=dev)
     if B == 0:
         return tokens
     if nonfinite is None:

@@ -51,6 +51,9 @@ SPLIT_WARPS: int | None = None   # the split kernel's warps (None: 4, or 8 for a
 # (docs/results/2026-12-04-s32, call 7) a tie at bs 1 (-0.26 / -0.21% with the baseline repeated at -0.20%) and
 # +0.14 / +0.17% at bs 64: off (the whole-row sum sits before each program's own loads are used).
 FULL_SPLIT = False
+# L2 eviction priority of the k / v cache stores ("" default; "evict_last"): a step-probe knob, with
+# decode_attention.KV_EVICT (which explains it).
+KV_EVICT = ""
 
 
 @triton.jit
@@ -115,7 +118,7 @@ def _qkv_rope_cache_split_kernel(
     H: tl.constexpr, HKV: tl.constexpr, D: tl.constexpr, QG: tl.constexpr, BLOCK_QG: tl.constexpr,
     BLOCK_HKV: tl.constexpr, BLOCK_HALF: tl.constexpr, QK_NORM: tl.constexpr,
     CLIP: tl.constexpr, INTERLEAVE: tl.constexpr, PDL: tl.constexpr, BLOCK_H: tl.constexpr = 1,
-    FULL_INV: tl.constexpr = False, ROWS: tl.constexpr = False,
+    FULL_INV: tl.constexpr = False, ROWS: tl.constexpr = False, KV_EVICT: tl.constexpr = "",
 ):
     """Grid [B·S, P + 1] (P = cdiv(H, QG) q programs): program (t, g < P) takes token t's q heads [g·QG, g·QG + QG),
     program (t, P) its k and v; each issues all of its loads before its first store. (The kernel this replaced, one
@@ -165,14 +168,14 @@ def _qkv_rope_cache_split_kernel(
         v1 = tl.load(v_src + c1[None, :], mask=mk, other=0.0)   # before the k stores: one round trip
         v2 = tl.load(v_src + c2[None, :], mask=mk, other=0.0)
         k_row = k_ptr + b * stride_kb + pos * stride_ks + hk[:, None] * stride_kh
-        tl.store(k_row + c1[None, :], k1.to(k_ptr.dtype.element_ty), mask=mk)
-        tl.store(k_row + c2[None, :], k2.to(k_ptr.dtype.element_ty), mask=mk)
+        tl.store(k_row + c1[None, :], k1.to(k_ptr.dtype.element_ty), mask=mk, eviction_policy=KV_EVICT)
+        tl.store(k_row + c2[None, :], k2.to(k_ptr.dtype.element_ty), mask=mk, eviction_policy=KV_EVICT)
         if CLIP:  # clamp in fp32, round once on the store: torch's clamp of a half tensor does the same
             v1 = tl.clamp(v1.to(tl.float32), -clip, clip)
             v2 = tl.clamp(v2.to(tl.float32), -clip, clip)
         v_row = v_ptr + b * stride_vb + pos * stride_vs + hk[:, None] * stride_vh
-        tl.store(v_row + c1[None, :], v1.to(v_ptr.dtype.element_ty), mask=mk)
-        tl.store(v_row + c2[None, :], v2.to(v_ptr.dtype.element_ty), mask=mk)
+        tl.store(v_row + c1[None, :], v1.to(v_ptr.dtype.element_ty), mask=mk, eviction_policy=KV_EVICT)
+        tl.store(v_row + c2[None, :], v2.to(v_ptr.dtype.element_ty), mask=mk, eviction_policy=KV_EVICT)
 
 
 def qkv_rope_cache(qkv, positions, cos, sin, k_cache, v_cache, n_heads: int, n_kv_heads: int,
@@ -220,5 +223,6 @@ def qkv_rope_cache(qkv, positions, cos, sin, k_cache, v_cache, n_heads: int, n_k
     full_inv = qk_norm == "full" and q_progs > 1
     warps = SPLIT_WARPS or (4 if block_qg * block_half <= 2048 else 8)   # q tile: 2 x [QG, d/2] fp32
     _qkv_rope_cache_split_kernel[(B * S, q_progs + 1)](*args, QG=qg, BLOCK_QG=block_qg, BLOCK_H=block_h,
-                                                        FULL_INV=full_inv, ROWS=rows, **common, num_warps=warps)
+                                                        FULL_INV=full_inv, ROWS=rows, KV_EVICT=KV_EVICT, **common,
+                                                        num_warps=warps)
     return q
