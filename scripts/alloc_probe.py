@@ -33,6 +33,9 @@ def main() -> None:
     p.add_argument("--input-len", type=int, default=128)
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--rounds", type=int, default=12)
+    p.add_argument("--prefill-graph", choices=["none", "all", "alternate"], default="none",
+                   help="capture the prefill graph too (enable_graphs' prefill_lengths): in no round, every round, "
+                        "or odd rounds")
     p.add_argument("--json")
     a = p.parse_args()
     if not torch.cuda.is_available():
@@ -46,7 +49,8 @@ def main() -> None:
     for r, pad_mb in enumerate(pads):
         pad = torch.empty(pad_mb << 20, dtype=torch.uint8, device="cuda") if pad_mb else None
         gen = Generator(model, a.batch, a.input_len + a.steps + 64)   # the same max_len every round
-        enable_graphs(gen)
+        with_prefill = a.prefill_graph == "all" or (a.prefill_graph == "alternate" and r % 2 == 1)
+        enable_graphs(gen, prefill_lengths=[a.input_len] if with_prefill else [])
         tok = gen.prefill(prompt)
         for _ in range(4):
             tok = gen.decode(tok, own=False)
@@ -68,10 +72,10 @@ def main() -> None:
                 "lengths": c.lengths.data_ptr(), "counters": c.counters.data_ptr(),
                 "route_acc": c.route_acc.data_ptr(), "tokens": gen.graphs.tokens.data_ptr(),
                 "cos_sin": model.cos_sin.data_ptr() if hasattr(model, "cos_sin") else 0}
-        row = {"round": r, "pad_mb": pad_mb, "us_per_step": us, "blocks": blocks, "allocated_mb": torch.cuda.memory_allocated() >> 20,
+        row = {"round": r, "prefill_graph": with_prefill, "pad_mb": pad_mb, "us_per_step": us, "blocks": blocks, "allocated_mb": torch.cuda.memory_allocated() >> 20,
                "reserved_mb": torch.cuda.memory_reserved() >> 20, "ptrs": ptrs}
         rows.append(row)
-        print(f"round {r:2d} pad {pad_mb:2d} MB  {us:8.1f} us/step ({', '.join(f'{b:.1f}' for b in blocks)})  alloc {row['allocated_mb']} MB  "
+        print(f"round {r:2d} {'P' if with_prefill else '-'} pad {pad_mb:2d} MB  {us:8.1f} us/step ({', '.join(f'{b:.1f}' for b in blocks)})  alloc {row['allocated_mb']} MB  "
               + "  ".join(f"{k} {v % (1 << 30) >> 20:4d}M+{v % (1 << 20):7d}" for k, v in ptrs.items()), flush=True)
         del gen, pad, tok
     t = [r["us_per_step"] for r in rows]
