@@ -21,7 +21,7 @@ import statistics
 import torch
 
 from minimoe.generate import Generator
-from minimoe.graphs import enable_graphs
+from minimoe.graphs import DecodeGraph, PrefillGraph, enable_graphs
 from minimoe.loader import build_model
 from minimoe.settings import RunSettings
 
@@ -33,9 +33,10 @@ def main() -> None:
     p.add_argument("--input-len", type=int, default=128)
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--rounds", type=int, default=12)
-    p.add_argument("--prefill-graph", choices=["none", "all", "alternate"], default="none",
+    p.add_argument("--prefill-graph", choices=["none", "all", "alternate", "captured-unused", "prefill-first"], default="none",
                    help="capture the prefill graph too (enable_graphs' prefill_lengths): in no round, every round, "
-                        "or odd rounds")
+                        "or odd rounds; captured-unused: odd rounds capture it and then prefill eagerly all the same; "
+                        "prefill-first: odd rounds capture it before the decode graph")
     p.add_argument("--json")
     a = p.parse_args()
     if not torch.cuda.is_available():
@@ -49,33 +50,46 @@ def main() -> None:
     for r, pad_mb in enumerate(pads):
         pad = torch.empty(pad_mb << 20, dtype=torch.uint8, device="cuda") if pad_mb else None
         gen = Generator(model, a.batch, a.input_len + a.steps + 64)   # the same max_len every round
-        with_prefill = a.prefill_graph == "all" or (a.prefill_graph == "alternate" and r % 2 == 1)
-        enable_graphs(gen, prefill_lengths=[a.input_len] if with_prefill else [])
+        with_prefill = a.prefill_graph == "all" or (a.prefill_graph != "none" and r % 2 == 1)
+        if a.prefill_graph == "prefill-first" and with_prefill:
+            gen.reset()
+            gen.prefill_graphs[a.input_len] = PrefillGraph(gen, a.input_len)
+            gen.graphs = DecodeGraph(gen)
+        else:
+            enable_graphs(gen, prefill_lengths=[a.input_len] if with_prefill else [])
+        if a.prefill_graph == "captured-unused":
+            gen.prefill_graphs = {}
         tok = gen.prefill(prompt)
         for _ in range(4):
             tok = gen.decode(tok, own=False)
-        blocks = []                          # three blocks of steps: a placement effect repeats, a drift does not
+        blocks, seqs = [], []                # three blocks of steps: a placement effect repeats, a drift does not
         for _ in range(3):
             gen.reset()
             tok = gen.prefill(prompt)
             torch.cuda.synchronize()
             t0, t1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             t0.record()
+            seq = []
             for _ in range(a.steps):
                 tok = gen.decode(tok, own=False)
+                seq.append(tok.clone())
             t1.record()
             t1.synchronize()
             blocks.append(t0.elapsed_time(t1) * 1e3 / a.steps)
+            seqs.append(torch.stack(seq).cpu())
         us = statistics.median(blocks)
         c = gen.cache
         ptrs = {"k": c.k.data_ptr() if hasattr(c, "k") else c.latent.data_ptr(),
                 "lengths": c.lengths.data_ptr(), "counters": c.counters.data_ptr(),
                 "route_acc": c.route_acc.data_ptr(), "tokens": gen.graphs.tokens.data_ptr(),
                 "cos_sin": model.cos_sin.data_ptr() if hasattr(model, "cos_sin") else 0}
-        row = {"round": r, "prefill_graph": with_prefill, "pad_mb": pad_mb, "us_per_step": us, "blocks": blocks, "allocated_mb": torch.cuda.memory_allocated() >> 20,
+        tokens = seqs[0]
+        row = {"tokens_first": tokens[:8, 0].tolist(), "distinct_tokens": int(tokens.unique().numel()),
+               "blocks_same_tokens": all(torch.equal(tokens, x) for x in seqs), "round": r, "prefill_graph": with_prefill, "pad_mb": pad_mb, "us_per_step": us, "blocks": blocks, "allocated_mb": torch.cuda.memory_allocated() >> 20,
                "reserved_mb": torch.cuda.memory_reserved() >> 20, "ptrs": ptrs}
         rows.append(row)
-        print(f"round {r:2d} {'P' if with_prefill else '-'} pad {pad_mb:2d} MB  {us:8.1f} us/step ({', '.join(f'{b:.1f}' for b in blocks)})  alloc {row['allocated_mb']} MB  "
+        print(f"round {r:2d} {'P' if with_prefill else '-'} pad {pad_mb:2d} MB  {us:8.1f} us/step ({', '.join(f'{b:.1f}' for b in blocks)})  "
+              f"tokens {row['tokens_first']} distinct {row['distinct_tokens']}  alloc {row['allocated_mb']} MB  "
               + "  ".join(f"{k} {v % (1 << 30) >> 20:4d}M+{v % (1 << 20):7d}" for k, v in ptrs.items()), flush=True)
         del gen, pad, tok
     t = [r["us_per_step"] for r in rows]
