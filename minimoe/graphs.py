@@ -23,9 +23,10 @@ from __future__ import annotations
 import torch
 
 
-def _capture(run, restore, warmup: int):
+def _capture(run, restore, warmup: int, pool=None):
     """Warm `run` up on a side stream (allocations, Triton autotuning), then record it as a graph.
-    `restore` undoes each run's side effects on the cache so the capture leaves no trace."""
+    `restore` undoes each run's side effects on the cache so the capture leaves no trace. pool: another
+    graph's memory pool (`graph.pool()`) to allocate from, as torch.cuda.graph's argument."""
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream), torch.inference_mode():
@@ -34,7 +35,7 @@ def _capture(run, restore, warmup: int):
             restore()
     torch.cuda.current_stream().wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph), torch.inference_mode():
+    with torch.cuda.graph(graph, pool=pool), torch.inference_mode():
         out = run()
     restore()
     torch.cuda.synchronize()
@@ -69,10 +70,11 @@ class PrefillGraph:
     timing; any other padded length runs eagerly. Ragged prompts replay it too: the real lengths
     n_valid [B] are a static input like the ids."""
 
-    def __init__(self, gen, S: int, warmup: int = 2):
+    def __init__(self, gen, S: int, warmup: int = 2, pool=None):
         self.ids = torch.zeros(gen.batch, S, dtype=torch.long, device=gen.device)            # static [B, S]
         self.n_valid = torch.full((gen.batch,), S, dtype=torch.int32, device=gen.device)     # static [B]
-        self.graph, self.out = _capture(lambda: gen.eager_prefill(self.ids, self.n_valid), gen.cache.reset, warmup)
+        self.graph, self.out = _capture(lambda: gen.eager_prefill(self.ids, self.n_valid), gen.cache.reset, warmup,
+                                        pool)
 
     def run(self, ids: torch.Tensor, n_valid: torch.Tensor) -> torch.Tensor:
         self.ids.copy_(ids)

@@ -33,10 +33,11 @@ def main() -> None:
     p.add_argument("--input-len", type=int, default=128)
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--rounds", type=int, default=12)
-    p.add_argument("--prefill-graph", choices=["none", "all", "alternate", "captured-unused", "prefill-first"], default="none",
+    p.add_argument("--prefill-graph", choices=["none", "all", "alternate", "captured-unused", "prefill-first", "shared-pool"], default="none",
                    help="capture the prefill graph too (enable_graphs' prefill_lengths): in no round, every round, "
                         "or odd rounds; captured-unused: odd rounds capture it and then prefill eagerly all the same; "
-                        "prefill-first: odd rounds capture it before the decode graph")
+                        "prefill-first: odd rounds capture it before the decode graph; shared-pool: every round, in the decode "
+                        "graph's memory pool")
     p.add_argument("--json")
     a = p.parse_args()
     if not torch.cuda.is_available():
@@ -50,11 +51,14 @@ def main() -> None:
     for r, pad_mb in enumerate(pads):
         pad = torch.empty(pad_mb << 20, dtype=torch.uint8, device="cuda") if pad_mb else None
         gen = Generator(model, a.batch, a.input_len + a.steps + 64)   # the same max_len every round
-        with_prefill = a.prefill_graph == "all" or (a.prefill_graph != "none" and r % 2 == 1)
+        with_prefill = a.prefill_graph in ("all", "shared-pool") or (a.prefill_graph != "none" and r % 2 == 1)
         if a.prefill_graph == "prefill-first" and with_prefill:
             gen.reset()
             gen.prefill_graphs[a.input_len] = PrefillGraph(gen, a.input_len)
             gen.graphs = DecodeGraph(gen)
+        elif a.prefill_graph == "shared-pool":
+            enable_graphs(gen)
+            gen.prefill_graphs[a.input_len] = PrefillGraph(gen, a.input_len, pool=gen.graphs.graph.pool())
         else:
             enable_graphs(gen, prefill_lengths=[a.input_len] if with_prefill else [])
         if a.prefill_graph == "captured-unused":
