@@ -38,6 +38,11 @@ def main() -> None:
                         "or odd rounds; captured-unused: odd rounds capture it and then prefill eagerly all the same; "
                         "prefill-first: odd rounds capture it before the decode graph; shared-pool: every round, in the decode "
                         "graph's memory pool")
+    p.add_argument("--small-pad", action="store_true",
+                   help="pads of 0-15 x 512 bytes instead (the caching allocator's small pool, where the generator's "
+                        "lengths, counters and token buffers live; MB pads land in the large pool)")
+    p.add_argument("--record-tokens", action="store_true",
+                   help="clone each step's tokens inside the timed loop (calls 5-7 did; call 3 did not)")
     p.add_argument("--json")
     a = p.parse_args()
     if not torch.cuda.is_available():
@@ -45,11 +50,12 @@ def main() -> None:
     s = RunSettings(experts="fused", device="cuda").resolve()
     model, cfg, _ = build_model(a.model, "dummy", dtype=s.torch_dtype, device=s.torch_device, settings=s)
     prompt = torch.randint(0, cfg.vocab_size, (a.batch, a.input_len), generator=torch.Generator().manual_seed(0))
-    pads = list(range(0, 64, 64 // a.rounds or 1))[:a.rounds]
+    pads = list(range(16))[:a.rounds] if a.small_pad else list(range(0, 64, 64 // a.rounds or 1))[:a.rounds]
     random.Random(0).shuffle(pads)
     rows = []
     for r, pad_mb in enumerate(pads):
-        pad = torch.empty(pad_mb << 20, dtype=torch.uint8, device="cuda") if pad_mb else None
+        size = pad_mb * 512 if a.small_pad else pad_mb << 20
+        pad = torch.empty(size, dtype=torch.uint8, device="cuda") if pad_mb else None
         gen = Generator(model, a.batch, a.input_len + a.steps + 64)   # the same max_len every round
         with_prefill = a.prefill_graph in ("all", "shared-pool") or (a.prefill_graph != "none" and r % 2 == 1)
         if a.prefill_graph == "prefill-first" and with_prefill:
@@ -76,11 +82,12 @@ def main() -> None:
             seq = []
             for _ in range(a.steps):
                 tok = gen.decode(tok, own=False)
-                seq.append(tok.clone())
+                if a.record_tokens:
+                    seq.append(tok.clone())
             t1.record()
             t1.synchronize()
             blocks.append(t0.elapsed_time(t1) * 1e3 / a.steps)
-            seqs.append(torch.stack(seq).cpu())
+            seqs.append(torch.stack(seq).cpu() if seq else tok[None].cpu())
         us = statistics.median(blocks)
         c = gen.cache
         ptrs = {"k": c.k.data_ptr() if hasattr(c, "k") else c.latent.data_ptr(),
