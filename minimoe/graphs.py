@@ -23,6 +23,10 @@ from __future__ import annotations
 import torch
 
 
+# A probe knob (scripts/alloc_probe.py --no-prefill-clone): False hands the prefill graph's own output back, no clone.
+PREFILL_CLONE = True
+
+
 def _capture(run, restore, warmup: int, pool=None):
     """Warm `run` up on a side stream (allocations, Triton autotuning), then record it as a graph.
     `restore` undoes each run's side effects on the cache so the capture leaves no trace. pool: another
@@ -80,7 +84,7 @@ class PrefillGraph:
         self.ids.copy_(ids)
         self.n_valid.copy_(n_valid)
         self.graph.replay()
-        return self.out.clone()
+        return self.out.clone() if PREFILL_CLONE else self.out
 
 
 class AppendGraph:

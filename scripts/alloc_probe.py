@@ -43,10 +43,14 @@ def main() -> None:
                         "lengths, counters and token buffers live; MB pads land in the large pool)")
     p.add_argument("--record-tokens", action="store_true",
                    help="clone each step's tokens inside the timed loop (calls 5-7 did; call 3 did not)")
+    p.add_argument("--no-prefill-clone", action="store_true", help="graphs.PREFILL_CLONE = False")
     p.add_argument("--json")
     a = p.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("alloc_probe: needs a CUDA GPU")
+    if a.no_prefill_clone:
+        import minimoe.graphs
+        minimoe.graphs.PREFILL_CLONE = False
     s = RunSettings(experts="fused", device="cuda").resolve()
     model, cfg, _ = build_model(a.model, "dummy", dtype=s.torch_dtype, device=s.torch_device, settings=s)
     prompt = torch.randint(0, cfg.vocab_size, (a.batch, a.input_len), generator=torch.Generator().manual_seed(0))
