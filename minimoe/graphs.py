@@ -23,14 +23,9 @@ from __future__ import annotations
 import torch
 
 
-# A probe knob (scripts/alloc_probe.py --no-prefill-clone): False hands the prefill graph's own output back, no clone.
-PREFILL_CLONE = True
-
-
-def _capture(run, restore, warmup: int, pool=None):
+def _capture(run, restore, warmup: int):
     """Warm `run` up on a side stream (allocations, Triton autotuning), then record it as a graph.
-    `restore` undoes each run's side effects on the cache so the capture leaves no trace. pool: another
-    graph's memory pool (`graph.pool()`) to allocate from, as torch.cuda.graph's argument."""
+    `restore` undoes each run's side effects on the cache so the capture leaves no trace."""
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream), torch.inference_mode():
@@ -39,7 +34,7 @@ def _capture(run, restore, warmup: int, pool=None):
             restore()
     torch.cuda.current_stream().wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph, pool=pool), torch.inference_mode():
+    with torch.cuda.graph(graph), torch.inference_mode():
         out = run()
     restore()
     torch.cuda.synchronize()
@@ -74,17 +69,16 @@ class PrefillGraph:
     timing; any other padded length runs eagerly. Ragged prompts replay it too: the real lengths
     n_valid [B] are a static input like the ids."""
 
-    def __init__(self, gen, S: int, warmup: int = 2, pool=None):
+    def __init__(self, gen, S: int, warmup: int = 2):
         self.ids = torch.zeros(gen.batch, S, dtype=torch.long, device=gen.device)            # static [B, S]
         self.n_valid = torch.full((gen.batch,), S, dtype=torch.int32, device=gen.device)     # static [B]
-        self.graph, self.out = _capture(lambda: gen.eager_prefill(self.ids, self.n_valid), gen.cache.reset, warmup,
-                                        pool)
+        self.graph, self.out = _capture(lambda: gen.eager_prefill(self.ids, self.n_valid), gen.cache.reset, warmup)
 
     def run(self, ids: torch.Tensor, n_valid: torch.Tensor) -> torch.Tensor:
         self.ids.copy_(ids)
         self.n_valid.copy_(n_valid)
         self.graph.replay()
-        return self.out.clone() if PREFILL_CLONE else self.out
+        return self.out.clone()
 
 
 class AppendGraph:

@@ -33,24 +33,19 @@ def main() -> None:
     p.add_argument("--input-len", type=int, default=128)
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--rounds", type=int, default=12)
-    p.add_argument("--prefill-graph", choices=["none", "all", "alternate", "captured-unused", "prefill-first", "shared-pool"], default="none",
+    p.add_argument("--prefill-graph", choices=["none", "all", "alternate", "captured-unused", "prefill-first"], default="none",
                    help="capture the prefill graph too (enable_graphs' prefill_lengths): in no round, every round, "
                         "or odd rounds; captured-unused: odd rounds capture it and then prefill eagerly all the same; "
-                        "prefill-first: odd rounds capture it before the decode graph; shared-pool: every round, in the decode "
-                        "graph's memory pool")
+                        "prefill-first: odd rounds capture it before the decode graph")
     p.add_argument("--small-pad", action="store_true",
                    help="pads of 0-15 x 512 bytes instead (the caching allocator's small pool, where the generator's "
                         "lengths, counters and token buffers live; MB pads land in the large pool)")
     p.add_argument("--record-tokens", action="store_true",
                    help="clone each step's tokens inside the timed loop (calls 5-7 did; call 3 did not)")
-    p.add_argument("--no-prefill-clone", action="store_true", help="graphs.PREFILL_CLONE = False")
     p.add_argument("--json")
     a = p.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("alloc_probe: needs a CUDA GPU")
-    if a.no_prefill_clone:
-        import minimoe.graphs
-        minimoe.graphs.PREFILL_CLONE = False
     s = RunSettings(experts="fused", device="cuda").resolve()
     model, cfg, _ = build_model(a.model, "dummy", dtype=s.torch_dtype, device=s.torch_device, settings=s)
     prompt = torch.randint(0, cfg.vocab_size, (a.batch, a.input_len), generator=torch.Generator().manual_seed(0))
@@ -61,14 +56,11 @@ def main() -> None:
         size = pad_mb * 512 if a.small_pad else pad_mb << 20
         pad = torch.empty(size, dtype=torch.uint8, device="cuda") if pad_mb else None
         gen = Generator(model, a.batch, a.input_len + a.steps + 64)   # the same max_len every round
-        with_prefill = a.prefill_graph in ("all", "shared-pool") or (a.prefill_graph != "none" and r % 2 == 1)
+        with_prefill = a.prefill_graph == "all" or (a.prefill_graph != "none" and r % 2 == 1)
         if a.prefill_graph == "prefill-first" and with_prefill:
             gen.reset()
             gen.prefill_graphs[a.input_len] = PrefillGraph(gen, a.input_len)
             gen.graphs = DecodeGraph(gen)
-        elif a.prefill_graph == "shared-pool":
-            enable_graphs(gen)
-            gen.prefill_graphs[a.input_len] = PrefillGraph(gen, a.input_len, pool=gen.graphs.graph.pool())
         else:
             enable_graphs(gen, prefill_lengths=[a.input_len] if with_prefill else [])
         if a.prefill_graph == "captured-unused":
