@@ -42,11 +42,12 @@ def main() -> None:
                         "lengths, counters and token buffers live; MB pads land in the large pool)")
     p.add_argument("--record-tokens", action="store_true",
                    help="clone each step's tokens inside the timed loop (calls 5-7 did; call 3 did not)")
+    p.add_argument("--pdl", choices=["auto", "on", "off"], default="auto", help="RunSettings.pdl (default auto)")
     p.add_argument("--json")
     a = p.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("alloc_probe: needs a CUDA GPU")
-    s = RunSettings(experts="fused", device="cuda").resolve()
+    s = RunSettings(experts="fused", device="cuda", pdl=a.pdl).resolve()
     model, cfg, _ = build_model(a.model, "dummy", dtype=s.torch_dtype, device=s.torch_device, settings=s)
     prompt = torch.randint(0, cfg.vocab_size, (a.batch, a.input_len), generator=torch.Generator().manual_seed(0))
     pads = list(range(16))[:a.rounds] if a.small_pad else list(range(0, 64, 64 // a.rounds or 1))[:a.rounds]

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Pending (written in the thirty-sixth session, not run): the next measurements of the bs-1 step's two states
+# (docs/results.md, "thirty-sixth session"). (1) Do the states merge with PDL off? alloc_probe with the prefill graph in
+# odd rounds, PDL on and off. (2) bench bs 1 with and without --eager-prefill, for the record on that machine.
+# Usage (device tool, repo root, nvidia-h200, ~4 min): bash scripts/gpu/pending_state.sh
+set -u
+export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD TQDM_DISABLE=1
+R=$OUT/r; mkdir -p $R
+for m in olmoe qwen3; do
+  for pdl in on off; do
+    timeout 120 python3 scripts/alloc_probe.py --model $m --batch 1 --rounds 6 --prefill-graph alternate --pdl $pdl \
+      --json $R/alloc_${m}_pdl$pdl.json 2>&1 | grep -v Warn | tee $R/alloc_${m}_pdl$pdl.txt | cut -c1-70
+    echo "--- $m pdl $pdl t=$SECONDS"
+  done
+done
+C="--fused --warmup 1 --iters 3 --input-len 128 --output-len 128 --bs 1"
+for X in "" "--eager-prefill"; do
+  timeout 100 python3 bench.py --model qwen3 $C $X --json $R/bench_qwen3$X.json > $R/bench_qwen3$X.txt 2>&1
+  grep -h 'minimoe bs' $R/bench_qwen3$X.txt | tr -s ' '
+done
+tar czf $OUT/r.tgz -C $OUT r
