@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from minimoe.generate import Generator
-from minimoe.graphs import PrefillGraph, enable_graphs
+from minimoe.graphs import PrefillGraph, _capture, enable_graphs
 from minimoe.loader import build_model
 from minimoe.settings import RunSettings
 
@@ -52,15 +52,10 @@ def time_round(model, prompt, steps: int) -> list[float]:
 
 
 def capture(fn) -> None:
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        fn()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        fn()
-    g.replay()
+    """fn captured in a graph as the engine captures its steps (graphs._capture: a warm-up on a side stream), replayed
+    once, then dropped."""
+    graph, _ = _capture(fn, lambda: None, 1)
+    graph.replay()
     torch.cuda.synchronize()
 
 
