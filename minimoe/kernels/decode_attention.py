@@ -67,7 +67,9 @@ EARLY_TILE = True
 # L2 eviction priority of the split kernel's K / V loads ("" the default, "evict_last" / "evict_first"; Triton emits
 # createpolicy + L2::cache_hint): a step-probe knob. The decode step streams its weights evict_first; whether a cache
 # read with evict_last stays in the L2 from one step to the next is what it measures (kernels/rope.py KV_EVICT marks
-# the new entries' stores the same way).
+# the new entries' stores the same way). In the graphed step (docs/results/2026-12-04-s36, call 2; the base repeated
+# within 0.11%) ties: Qwen3-30B-A3B bs 1 +0.06% (loads) / +0.01% (loads and stores), OLMoE bs 1 -0.00 / +0.03%, OLMoE
+# bs 64 -0.06 / +0.27%. Off.
 KV_EVICT = ""
 
 

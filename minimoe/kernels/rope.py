@@ -52,7 +52,7 @@ SPLIT_WARPS: int | None = None   # the split kernel's warps (None: 4, or 8 for a
 # +0.14 / +0.17% at bs 64: off (the whole-row sum sits before each program's own loads are used).
 FULL_SPLIT = False
 # L2 eviction priority of the k / v cache stores ("" default; "evict_last"): a step-probe knob, with
-# decode_attention.KV_EVICT (which explains it).
+# decode_attention.KV_EVICT (which explains it and gives the measurement: ties, off).
 KV_EVICT = ""
 
 
