@@ -85,6 +85,9 @@ def compile_kernel(kernel, const: dict, types: dict, warps: int, div16: tuple = 
                and p.default is inspect.Parameter.empty]
     if missing:
         raise ValueError(f"missing --const for {', '.join(missing)}")
+    # a constexpr left out takes its default, as a launch binds it (Triton's ASTSource would leave it unbound)
+    const = {**{p.name: p.default for p in params if getattr(p, "is_constexpr", False) and p.name not in const},
+             **const}
     sig = {}
     for name in kernel.arg_names:
         if name in const:
