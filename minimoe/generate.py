@@ -142,9 +142,11 @@ class Generator:
     @torch.inference_mode()
     def decode(self, tokens: torch.Tensor, own: bool = True) -> torch.Tensor:
         """tokens [B] (the last sampled) -> next tokens [B]. own=False, with a captured decode graph: the
-        returned tensor is the graph's own token buffer, overwritten by the next decode; passing it straight
-        back as `tokens` (a timed loop) skips the input copy and the output clone, two launches a step
-        (graphs.DecodeGraph). Keep a token across steps with own=True (the default), as generate() does."""
+        returned tensor is the graph's own token buffer, overwritten by the next decode (a list of such returns
+        would hold one tensor, the latest); passing it straight back as `tokens` (a timed loop) skips the input
+        copy and the output clone, two launches a step (graphs.DecodeGraph). Keep a token across steps with
+        own=True (the default), as generate() does. Without graphs (eager, CPU) every return is a new tensor and
+        own changes nothing."""
         self._room(1)
         if self.graphs is not None:
             out = self.graphs.step(tokens, own=own)
