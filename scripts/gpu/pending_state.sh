@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Pending (written in the thirty-sixth session, not run): the next measurements of the bs-1 step's two states
 # (docs/results.md, "thirty-sixth session"). (1) Do the states merge with PDL off? alloc_probe with the prefill graph in
-# odd rounds, PDL on and off. (2) bench bs 1 with and without --eager-prefill, for the record on that machine.
-# Usage (device tool, repo root, nvidia-h200, ~4 min): bash scripts/gpu/pending_state.sh
+# odd rounds, PDL on and off. (2) Does any second graph alive beside the decode graph slow it (state_probe --during:
+# a tiny add graph, a prefill graph on another Generator)? (3) bench bs 1 with and without --eager-prefill.
+# Usage (device tool, repo root, nvidia-h200, ~5 min): bash scripts/gpu/pending_state.sh
 set -u
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD TQDM_DISABLE=1
 R=$OUT/r; mkdir -p $R
@@ -12,6 +13,10 @@ for m in olmoe qwen3; do
       --json $R/alloc_${m}_pdl$pdl.json 2>&1 | grep -v Warn | tee $R/alloc_${m}_pdl$pdl.txt | cut -c1-70
     echo "--- $m pdl $pdl t=$SECONDS"
   done
+done
+for act in none add-graph prefill-graph; do
+  timeout 60 python3 scripts/state_probe.py --model olmoe --action $act --during --json $R/during_$act.json 2>&1 \
+    | grep -v Warn | tee -a $R/during.txt
 done
 C="--fused --warmup 1 --iters 3 --input-len 128 --output-len 128 --bs 1"
 for X in "" "--eager-prefill"; do
