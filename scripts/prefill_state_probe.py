@@ -1,0 +1,140 @@
+"""Which part of a Generator's own prefill graph puts its graphed bs-1 decode step in the slow state?
+
+    python scripts/prefill_state_probe.py --model olmoe [--variants none,used,...] [--repeat 2] [--json OUT]
+
+The thirty-sixth session found the bs-1 step in two states (docs/results.md): slow whenever its Generator also holds a
+prefill graph (bench.py's case), fast with the decode graph alone; the thirty-seventh's call 1 found the states merge
+with PDL off, and a prefill graph held by another Generator (its own cache) beside the decode graph does not slow it.
+Here each round builds a new Generator and its decode graph, sets up one variant, then times 3 blocks of `--steps`
+steps of decode(own=False), each from a fresh prefill (CUDA events; the prefill's own time is recorded too). Variants
+alternate within one process, so the states compare in one run:
+
+    none          decode graph only, eager prefill (the fast control)
+    used          + its prefill graph, replayed for every prefill (bench.py; the slow control)
+    unused        + its prefill graph captured and held, the prefill run eagerly
+    dropped       + its prefill graph captured, then dropped before timing; eager prefill
+    shared-cache  + a prefill graph captured on a second Generator that shares this one's KV cache (and nothing else),
+                  replayed for every prefill
+    nopdl         + its prefill graph captured with PDL off (the decode graph keeps PDL), replayed for every prefill
+    other-replay  + a prefill graph of another Generator (its own cache) replayed before every eager prefill
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import statistics
+
+import torch
+
+from minimoe.generate import Generator
+from minimoe.graphs import PrefillGraph, enable_graphs
+from minimoe.loader import build_model
+from minimoe.settings import RunSettings
+
+VARIANTS = ("none", "used", "unused", "dropped", "shared-cache", "nopdl", "other-replay")
+
+
+def setup(variant: str, model, settings, batch: int, S: int, max_len: int):
+    """-> (the Generator to time, what must stay alive, a callable run before each prefill or None)."""
+    gen = Generator(model, batch, max_len)
+    enable_graphs(gen)
+    held, before = None, None
+    if variant in ("used", "unused", "dropped"):
+        gen.prefill_graphs[S] = PrefillGraph(gen, S)
+        if variant == "unused":
+            held = gen.prefill_graphs.pop(S)
+        elif variant == "dropped":
+            gen.prefill_graphs = {}
+            gc.collect()
+            torch.cuda.synchronize()
+    elif variant == "shared-cache":
+        other = Generator(model, batch, max_len)
+        other.cache = gen.cache
+        gen.prefill_graphs[S] = PrefillGraph(other, S)
+        held = other
+    elif variant == "nopdl":
+        was, settings.pdl = settings.pdl, "off"
+        try:
+            gen.prefill_graphs[S] = PrefillGraph(gen, S)
+        finally:
+            settings.pdl = was
+    elif variant == "other-replay":
+        other = Generator(model, batch, max_len)
+        pg = PrefillGraph(other, S)
+        ids = torch.zeros(batch, S, dtype=torch.long, device="cuda")
+        n = torch.full((batch,), S, dtype=torch.int32, device="cuda")
+        held = (other, pg)
+
+        def before():
+            pg.run(ids, n)
+    gen.reset()
+    return gen, held, before
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", required=True)
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--input-len", type=int, default=128)
+    p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--repeat", type=int, default=2, help="passes over the variants (the second in reverse order)")
+    p.add_argument("--json")
+    a = p.parse_args()
+    names = a.variants.split(",")
+    bad = [v for v in names if v not in VARIANTS]
+    if bad:
+        raise SystemExit(f"prefill_state_probe: unknown variant(s) {bad}; choose from {', '.join(VARIANTS)}")
+    if not torch.cuda.is_available():
+        raise SystemExit("prefill_state_probe: needs a CUDA GPU")
+    s = RunSettings(experts="fused", device="cuda", pdl="on").resolve()
+    model, cfg, _ = build_model(a.model, "dummy", dtype=s.torch_dtype, device=s.torch_device, settings=s)
+    prompt = torch.randint(0, cfg.vocab_size, (a.batch, a.input_len), generator=torch.Generator().manual_seed(0))
+    order = [v for k in range(a.repeat) for v in (names if k % 2 == 0 else names[::-1])]
+    rows, ref_tokens = [], None
+    for r, v in enumerate(order):
+        gen, held, before = setup(v, model, s, a.batch, a.input_len, a.input_len + a.steps + 64)
+        blocks, prefill_ms = [], []
+        for _ in range(3):
+            gen.reset()
+            if before is not None:
+                before()
+            e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            torch.cuda.synchronize()
+            e0.record()
+            tok = gen.prefill(prompt)
+            e1.record()
+            for _ in range(4):
+                tok = gen.decode(tok, own=False)
+            torch.cuda.synchronize()
+            prefill_ms.append(e0.elapsed_time(e1))
+            t0, t1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            t0.record()
+            for _ in range(a.steps):
+                tok = gen.decode(tok, own=False)
+            t1.record()
+            t1.synchronize()
+            blocks.append(t0.elapsed_time(t1) * 1e3 / a.steps)
+        last = tok.cpu()
+        ref_tokens = last if ref_tokens is None else ref_tokens
+        row = {"round": r, "variant": v, "us_per_step": statistics.median(blocks), "blocks": blocks,
+               "prefill_ms": statistics.median(prefill_ms), "same_last_token": bool(torch.equal(last, ref_tokens))}
+        rows.append(row)
+        print(f"round {r:2d} {v:13s} {row['us_per_step']:8.1f} us/step ({', '.join(f'{b:.1f}' for b in blocks)})  "
+              f"prefill {row['prefill_ms']:6.2f} ms  same last token {row['same_last_token']}", flush=True)
+        del gen, held, before
+        gc.collect()
+    print(f"# {a.model} bs {a.batch}, median per variant (us/step | prefill ms):")
+    base = statistics.median([x["us_per_step"] for x in rows if x["variant"] == names[0]])
+    for v in names:
+        t = statistics.median([x["us_per_step"] for x in rows if x["variant"] == v])
+        pm = statistics.median([x["prefill_ms"] for x in rows if x["variant"] == v])
+        print(f"#   {v:13s} {t:8.1f} ({100 * (t / base - 1):+.2f}% vs {names[0]})  prefill {pm:6.2f} ms")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump({"model": a.model, "batch": a.batch, "rows": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
