@@ -17,6 +17,12 @@ alternate within one process, so the states compare in one run:
                   replayed for every prefill
     nopdl         + its prefill graph captured with PDL off (the decode graph keeps PDL), replayed for every prefill
     other-replay  + a prefill graph of another Generator (its own cache) replayed before every eager prefill
+    add-replay    + a graph of one tiny add replayed before every eager prefill
+    used-side     + its prefill graph, replayed on a side stream (the current stream waits for it)
+    used-then-eager  its prefill graph replayed, then the cache reset and the prompt prefilled eagerly
+    eager-then-used  an eager prefill, then the cache reset and the prompt prefilled by its prefill graph
+    used-sleep    + its prefill graph replayed, then a synchronize and 100 ms of host sleep (an eager prefill leaves
+                  the GPU idle for 30-100 ms: is the fast state a rested GPU?)
 """
 from __future__ import annotations
 
@@ -24,6 +30,7 @@ import argparse
 import gc
 import json
 import statistics
+import time
 
 import torch
 
@@ -32,15 +39,17 @@ from minimoe.graphs import PrefillGraph, enable_graphs
 from minimoe.loader import build_model
 from minimoe.settings import RunSettings
 
-VARIANTS = ("none", "used", "unused", "dropped", "shared-cache", "nopdl", "other-replay")
+VARIANTS = ("none", "used", "unused", "dropped", "shared-cache", "nopdl", "other-replay", "add-replay", "used-side",
+            "used-then-eager", "eager-then-used", "used-sleep")
 
 
 def setup(variant: str, model, settings, batch: int, S: int, max_len: int):
-    """-> (the Generator to time, what must stay alive, a callable run before each prefill or None)."""
+    """-> (the Generator to time, what must stay alive, a callable run before each prefill or None, a callable
+    that prefills the prompt and returns the first tokens or None for gen.prefill)."""
     gen = Generator(model, batch, max_len)
     enable_graphs(gen)
-    held, before = None, None
-    if variant in ("used", "unused", "dropped"):
+    held, before, prefill = None, None, None
+    if variant in ("used", "unused", "dropped", "used-side", "used-then-eager", "eager-then-used", "used-sleep"):
         gen.prefill_graphs[S] = PrefillGraph(gen, S)
         if variant == "unused":
             held = gen.prefill_graphs.pop(S)
@@ -67,9 +76,47 @@ def setup(variant: str, model, settings, batch: int, S: int, max_len: int):
         held = (other, pg)
 
         def before():
+            other.reset()                  # the prefill graph fills an empty cache
             pg.run(ids, n)
+    elif variant == "add-replay":
+        x = torch.zeros(1024, device="cuda")
+        g = torch.cuda.CUDAGraph()
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):
+            x.add_(1)
+        torch.cuda.current_stream().wait_stream(s)
+        with torch.cuda.graph(g):
+            x.add_(1)
+        held = (x, g)
+        before = g.replay
+    if variant == "used-side":
+        side = torch.cuda.Stream()
+
+        def prefill(prompt):
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                tok = gen.prefill(prompt)
+            torch.cuda.current_stream().wait_stream(side)
+            return tok
+    elif variant in ("used-then-eager", "eager-then-used"):
+        graphs = gen.prefill_graphs
+
+        def prefill(prompt):
+            first, second = (graphs, {}) if variant == "used-then-eager" else ({}, graphs)
+            gen.prefill_graphs = first
+            gen.prefill(prompt)
+            gen.reset()
+            gen.prefill_graphs = second
+            return gen.prefill(prompt)
+    elif variant == "used-sleep":
+        def prefill(prompt):
+            tok = gen.prefill(prompt)
+            torch.cuda.synchronize()
+            time.sleep(0.1)
+            return tok
     gen.reset()
-    return gen, held, before
+    return gen, held, before, prefill
 
 
 def main() -> None:
@@ -94,7 +141,7 @@ def main() -> None:
     order = [v for k in range(a.repeat) for v in (names if k % 2 == 0 else names[::-1])]
     rows, ref_tokens = [], None
     for r, v in enumerate(order):
-        gen, held, before = setup(v, model, s, a.batch, a.input_len, a.input_len + a.steps + 64)
+        gen, held, before, prefill = setup(v, model, s, a.batch, a.input_len, a.input_len + a.steps + 64)
         blocks, prefill_ms = [], []
         for _ in range(3):
             gen.reset()
@@ -103,7 +150,7 @@ def main() -> None:
             e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             torch.cuda.synchronize()
             e0.record()
-            tok = gen.prefill(prompt)
+            tok = gen.prefill(prompt) if prefill is None else prefill(prompt)
             e1.record()
             for _ in range(4):
                 tok = gen.decode(tok, own=False)
@@ -123,7 +170,7 @@ def main() -> None:
         rows.append(row)
         print(f"round {r:2d} {v:13s} {row['us_per_step']:8.1f} us/step ({', '.join(f'{b:.1f}' for b in blocks)})  "
               f"prefill {row['prefill_ms']:6.2f} ms  same last token {row['same_last_token']}", flush=True)
-        del gen, held, before
+        del gen, held, before, prefill
         gc.collect()
     print(f"# {a.model} bs {a.batch}, median per variant (us/step | prefill ms):")
     base = statistics.median([x["us_per_step"] for x in rows if x["variant"] == names[0]])
