@@ -23,6 +23,12 @@ alternate within one process, so the states compare in one run:
     eager-then-used  an eager prefill, then the cache reset and the prompt prefilled by its prefill graph
     used-sleep    + its prefill graph replayed, then a synchronize and 100 ms of host sleep (an eager prefill leaves
                   the GPU idle for 30-100 ms: is the fast state a rested GPU?)
+    used+other-eager   + its prefill graph replayed, then another Generator's (own cache) prefill run eagerly
+    used+other-step    + its prefill graph replayed, then one eager decode step of another Generator (own cache)
+    none+other-graphed an eager prefill, then another Generator's prefill graph replayed (own cache)
+    used-carve100 / none-carve100 / used-carve0   used / none with every loaded Triton kernel's preferred shared
+                  memory carveout (CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT) set to 100 or 0% for the round
+                  (decode graph captured after it), then set back to the default (-1)
 """
 from __future__ import annotations
 
@@ -40,16 +46,36 @@ from minimoe.loader import build_model
 from minimoe.settings import RunSettings
 
 VARIANTS = ("none", "used", "unused", "dropped", "shared-cache", "nopdl", "other-replay", "add-replay", "used-side",
-            "used-then-eager", "eager-then-used", "used-sleep")
+            "used-then-eager", "eager-then-used", "used-sleep", "used+other-eager", "used+other-step",
+            "none+other-graphed", "used-carve100", "none-carve100", "used-carve0")
+
+
+def set_carveout(value: int) -> int:
+    """Set CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT (9) on every loaded Triton kernel; -> how many."""
+    import ctypes
+    from triton.compiler.compiler import CompiledKernel
+    cuda = ctypes.CDLL("libcuda.so.1")
+    n = 0
+    for o in gc.get_objects():
+        if isinstance(o, CompiledKernel) and getattr(o, "function", None):
+            rc = cuda.cuFuncSetAttribute(ctypes.c_void_p(o.function), 9, ctypes.c_int(value))
+            if rc != 0:
+                raise RuntimeError(f"cuFuncSetAttribute: CUresult {rc}")
+            n += 1
+    return n
 
 
 def setup(variant: str, model, settings, batch: int, S: int, max_len: int):
     """-> (the Generator to time, what must stay alive, a callable run before each prefill or None, a callable
     that prefills the prompt and returns the first tokens or None for gen.prefill)."""
+    if "-carve" in variant:
+        print(f"  carveout {variant.split('-carve')[1]}% on {set_carveout(int(variant.split('-carve')[1]))} kernels")
+        variant = variant.split("-carve")[0]
     gen = Generator(model, batch, max_len)
     enable_graphs(gen)
     held, before, prefill = None, None, None
-    if variant in ("used", "unused", "dropped", "used-side", "used-then-eager", "eager-then-used", "used-sleep"):
+    if variant in ("used", "unused", "dropped", "used-side", "used-then-eager", "eager-then-used", "used-sleep",
+                   "used+other-eager", "used+other-step"):
         gen.prefill_graphs[S] = PrefillGraph(gen, S)
         if variant == "unused":
             held = gen.prefill_graphs.pop(S)
@@ -109,6 +135,22 @@ def setup(variant: str, model, settings, batch: int, S: int, max_len: int):
             gen.reset()
             gen.prefill_graphs = second
             return gen.prefill(prompt)
+    elif variant in ("used+other-eager", "used+other-step", "none+other-graphed"):
+        other = Generator(model, batch, max_len)
+        if variant == "none+other-graphed":
+            other.prefill_graphs[S] = PrefillGraph(other, S)
+        held = other
+        o_ids = torch.randint(0, model.cfg.vocab_size, (batch, S), generator=torch.Generator().manual_seed(1))
+
+        def prefill(prompt):
+            tok = gen.prefill(prompt)
+            other.reset()
+            o_tok = other.prefill(o_ids)
+            if variant == "used+other-step":
+                other.decode(o_tok)
+            return tok
+        if variant == "used+other-step":
+            o_ids = o_ids[:, :1]                   # a one-token eager prefill, then one eager step
     elif variant == "used-sleep":
         def prefill(prompt):
             tok = gen.prefill(prompt)
@@ -172,6 +214,8 @@ def main() -> None:
               f"prefill {row['prefill_ms']:6.2f} ms  same last token {row['same_last_token']}", flush=True)
         del gen, held, before, prefill
         gc.collect()
+        if "-carve" in v:
+            set_carveout(-1)
     print(f"# {a.model} bs {a.batch}, median per variant (us/step | prefill ms):")
     base = statistics.median([x["us_per_step"] for x in rows if x["variant"] == names[0]])
     for v in names:
