@@ -26,6 +26,8 @@ alternate within one process, so the states compare in one run:
     used+other-eager   + its prefill graph replayed, then another Generator's (own cache) prefill run eagerly
     used+other-step    + its prefill graph replayed, then one eager decode step of another Generator (own cache)
     none+other-graphed an eager prefill, then another Generator's prefill graph replayed (own cache)
+    used+add / used+norm / used+norm-pdl   + its prefill graph replayed, then one host-launched kernel: a torch add
+                  on 1,024 floats, or the Triton RMSNorm of one row (without / with a PDL launch)
     used-carve100 / none-carve100 / used-carve0   used / none with every loaded Triton kernel's preferred shared
                   memory carveout (CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT) set to 100 or 0% for the round
                   (decode graph captured after it), then set back to the default (-1)
@@ -47,7 +49,8 @@ from minimoe.settings import RunSettings
 
 VARIANTS = ("none", "used", "unused", "dropped", "shared-cache", "nopdl", "other-replay", "add-replay", "used-side",
             "used-then-eager", "eager-then-used", "used-sleep", "used+other-eager", "used+other-step",
-            "none+other-graphed", "used-carve100", "none-carve100", "used-carve0")
+            "none+other-graphed", "used+add", "used+norm", "used+norm-pdl", "used-carve100", "none-carve100",
+            "used-carve0")
 
 
 def set_carveout(value: int) -> int:
@@ -75,7 +78,7 @@ def setup(variant: str, model, settings, batch: int, S: int, max_len: int):
     enable_graphs(gen)
     held, before, prefill = None, None, None
     if variant in ("used", "unused", "dropped", "used-side", "used-then-eager", "eager-then-used", "used-sleep",
-                   "used+other-eager", "used+other-step"):
+                   "used+other-eager", "used+other-step", "used+add", "used+norm", "used+norm-pdl"):
         gen.prefill_graphs[S] = PrefillGraph(gen, S)
         if variant == "unused":
             held = gen.prefill_graphs.pop(S)
@@ -151,6 +154,19 @@ def setup(variant: str, model, settings, batch: int, S: int, max_len: int):
             return tok
         if variant == "used+other-step":
             o_ids = o_ids[:, :1]                   # a one-token eager prefill, then one eager step
+    elif variant in ("used+add", "used+norm", "used+norm-pdl"):
+        from minimoe.ops import OPS
+        x = torch.randn(1, model.cfg.hidden_size, device="cuda", dtype=model.embed.weight.dtype)
+        w = torch.ones(model.cfg.hidden_size, device="cuda", dtype=x.dtype)
+        pdl = variant.endswith("-pdl")
+
+        def prefill(prompt):
+            tok = gen.prefill(prompt)
+            if variant == "used+add":
+                x.add_(0)
+            else:
+                OPS["triton"].rms_norm(x, w, 1e-6, pdl=pdl)
+            return tok
     elif variant == "used-sleep":
         def prefill(prompt):
             tok = gen.prefill(prompt)
