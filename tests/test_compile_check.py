@@ -76,3 +76,9 @@ def test_fused_moe_gemm1_prefill_tile_pipelines_with_and_without_tma():
     tma = _compile("minimoe.kernels.fused_moe_gemms:_gate_up_kernel", 8, {**const, "B_TMA": True}, types, extra)
     assert ptr["stack"] == 0 and ptr["ldgsts"] > 0 and ptr["tma_loads"] == 0, ptr
     assert tma["stack"] == 0 and tma["tma_loads"] > 0 and tma["ldgsts"] < ptr["ldgsts"], (tma, ptr)
+
+
+def test_pdl_mark_compiles():
+    """The empty PDL kernel that graphs.PrefillGraph.run launches after its replay (no arguments, PDL constexpr)."""
+    out = _compile("minimoe.kernels.pdl:_pdl_mark_kernel", 1, {"PDL": True}, {})
+    assert out["stack"] == 0 and out["shared"] == 0, out

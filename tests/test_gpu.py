@@ -69,6 +69,26 @@ def test_live_token_buffer_loop_equals_generate(card):
     assert torch.equal(kept, snapshot)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 9, reason="PDL: sm90+")
+def test_prefill_graph_launches_pdl_mark_and_keeps_tokens(monkeypatch):
+    """With PDL on, PrefillGraph.run launches one empty PDL kernel after its replay (kernels/pdl.py pdl_mark: the
+    decode graph after a graphed prefill ran slower without it); the tokens equal those with the mark switched off
+    and those of the eager prefill."""
+    import minimoe.graphs as graphs
+    import minimoe.kernels.pdl as pdl_mod
+    s = RunSettings(experts="fused", attn="triton", ops="triton", pdl="on")
+    model, cfg, _ = build_model("qwen3-moe-tiny", "dummy", dtype=torch.bfloat16, device="cuda", settings=s, seed=3)
+    prompts = torch.randint(0, cfg.vocab_size, (2, 7), device="cuda")
+    calls = []
+    real = pdl_mod.pdl_mark
+    monkeypatch.setattr(pdl_mod, "pdl_mark", lambda: (calls.append(1), real())[1])
+    marked = _tokens(model, prompts, 8, graphs=True)
+    assert len(calls) == 1
+    monkeypatch.setattr(graphs, "PDL_MARK", False)
+    assert torch.equal(_tokens(model, prompts, 8, graphs=True), marked) and len(calls) == 1
+    assert torch.equal(_static_eager_tokens(model, prompts, 8), marked)
+
+
 @pytest.mark.parametrize("card", TINY)
 @pytest.mark.parametrize("batch", [1, 4])
 def test_graphed_decode_equals_eager_with_pdl(card, batch):

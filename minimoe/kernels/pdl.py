@@ -128,3 +128,21 @@ def prefetch_l2_lanes(ptrs, nbytes, lanes):
         "{\n .reg .pred p;\n .reg .u32 t;\n mov.u32 t, %tid.x;\n setp.lt.u32 p, t, $3;\n"
         " @p cp.async.bulk.prefetch.L2.global [$1], $2;\n mov.u32 $0, 0;\n}",
         "=r,l,r,r", [ptrs, nbytes, lanes], dtype=tl.int32, is_pure=False, pack=1)
+
+
+@triton.jit
+def _pdl_mark_kernel(PDL: tl.constexpr):
+    wait_then_release(PDL)
+
+
+def pdl_mark() -> None:
+    """One empty program launched from the host with PDL on the current stream (~2 µs of GPU time; sm90+ only).
+
+    Why: the thirty-seventh session found the graphed decode step 1.3-1.8% slower (Qwen3-30B-A3B bs 1 2,478 against
+    2,444 µs, OLMoE 898 against 883; scripts/prefill_state_probe.py) whenever a graphed prefill had run since the
+    last kernel the host launched with PDL. The caches the two prefills leave are bit-identical
+    (scripts/prefill_cache_probe.py); a host-launched PDL kernel after the graphed prefill (this one, a Triton
+    RMSNorm, an eager decode step) restores the fast step, a host launch without PDL (a torch add, the same RMSNorm)
+    does not, and neither do the decode graph's own replays. The state lives in the GPU or driver, not in memory;
+    graphs.PrefillGraph.run calls this after its replay."""
+    _pdl_mark_kernel[(1,)](num_warps=1, **launch_args(True))
