@@ -23,8 +23,9 @@ from __future__ import annotations
 import torch
 
 # After each prefill graph replay with PDL on, launch one empty PDL kernel from the host (kernels/pdl.py pdl_mark):
-# without it the decode graph that follows ran 1.3-1.8% slower a bs-1 step (thirty-seventh session). A probe knob.
-PDL_MARK = True
+# without it the decode graph that follows ran 1.3-1.8% slower a bs-1 step (thirty-seventh session). A probe knob:
+# "after" the output's clone, "before" it, or "" (none).
+PDL_MARK = "after"
 
 
 def _capture(run, restore, warmup: int):
@@ -87,10 +88,18 @@ class PrefillGraph:
         self.ids.copy_(ids)
         self.n_valid.copy_(n_valid)
         self.graph.replay()
-        if self.pdl and PDL_MARK:
-            from .kernels.pdl import pdl_mark              # sm90+ with Triton: PDL is on only there
-            pdl_mark()
-        return self.out.clone()
+        mark = PDL_MARK if self.pdl else ""
+        if mark == "before":
+            _pdl_mark()
+        out = self.out.clone()
+        if mark == "after":
+            _pdl_mark()
+        return out
+
+
+def _pdl_mark() -> None:
+    from .kernels.pdl import pdl_mark                  # sm90+ with Triton: PDL is on only there
+    pdl_mark()
 
 
 class AppendGraph:

@@ -26,6 +26,7 @@ alternate within one process, so the states compare in one run:
     used+other-eager   + its prefill graph replayed, then another Generator's (own cache) prefill run eagerly
     used+other-step    + its prefill graph replayed, then one eager decode step of another Generator (own cache)
     none+other-graphed an eager prefill, then another Generator's prefill graph replayed (own cache)
+    used-nomark / used-markbefore   used with graphs.PDL_MARK "" / "before" for the round (used: the default)
     used+add / used+norm / used+norm-pdl   + its prefill graph replayed, then one host-launched kernel: a torch add
                   on 1,024 floats, or the Triton RMSNorm of one row (without / with a PDL launch)
     used-carve100 / none-carve100 / used-carve0   used / none with every loaded Triton kernel's preferred shared
@@ -42,6 +43,7 @@ import time
 
 import torch
 
+import minimoe.graphs as graphs
 from minimoe.generate import Generator
 from minimoe.graphs import PrefillGraph, enable_graphs
 from minimoe.loader import build_model
@@ -49,7 +51,7 @@ from minimoe.settings import RunSettings
 
 VARIANTS = ("none", "used", "unused", "dropped", "shared-cache", "nopdl", "other-replay", "add-replay", "used-side",
             "used-then-eager", "eager-then-used", "used-sleep", "used+other-eager", "used+other-step",
-            "none+other-graphed", "used+add", "used+norm", "used+norm-pdl", "used-carve100", "none-carve100",
+            "none+other-graphed", "used+add", "used+norm", "used+norm-pdl", "used-nomark", "used-markbefore", "used-carve100", "none-carve100",
             "used-carve0")
 
 
@@ -71,6 +73,9 @@ def set_carveout(value: int) -> int:
 def setup(variant: str, model, settings, batch: int, S: int, max_len: int):
     """-> (the Generator to time, what must stay alive, a callable run before each prefill or None, a callable
     that prefills the prompt and returns the first tokens or None for gen.prefill)."""
+    if variant in ("used-nomark", "used-markbefore"):
+        graphs.PDL_MARK = "" if variant == "used-nomark" else "before"
+        variant = "used"
     if "-carve" in variant:
         print(f"  carveout {variant.split('-carve')[1]}% on {set_carveout(int(variant.split('-carve')[1]))} kernels")
         variant = variant.split("-carve")[0]
@@ -198,6 +203,7 @@ def main() -> None:
     prompt = torch.randint(0, cfg.vocab_size, (a.batch, a.input_len), generator=torch.Generator().manual_seed(0))
     order = [v for k in range(a.repeat) for v in (names if k % 2 == 0 else names[::-1])]
     rows, ref_tokens = [], None
+    mark_default = graphs.PDL_MARK
     for r, v in enumerate(order):
         gen, held, before, prefill = setup(v, model, s, a.batch, a.input_len, a.input_len + a.steps + 64)
         blocks, prefill_ms = [], []
@@ -232,6 +238,7 @@ def main() -> None:
         gc.collect()
         if "-carve" in v:
             set_carveout(-1)
+        graphs.PDL_MARK = mark_default
     print(f"# {a.model} bs {a.batch}, median per variant (us/step | prefill ms):")
     base = statistics.median([x["us_per_step"] for x in rows if x["variant"] == names[0]])
     for v in names:

@@ -84,7 +84,7 @@ def test_prefill_graph_launches_pdl_mark_and_keeps_tokens(monkeypatch):
     monkeypatch.setattr(pdl_mod, "pdl_mark", lambda: (calls.append(1), real())[1])
     marked = _tokens(model, prompts, 8, graphs=True)
     assert len(calls) == 1
-    monkeypatch.setattr(graphs, "PDL_MARK", False)
+    monkeypatch.setattr(graphs, "PDL_MARK", "")
     assert torch.equal(_tokens(model, prompts, 8, graphs=True), marked) and len(calls) == 1
     assert torch.equal(_static_eager_tokens(model, prompts, 8), marked)
 
