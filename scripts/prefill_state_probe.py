@@ -43,7 +43,7 @@ import time
 
 import torch
 
-import minimoe.graphs as graphs
+import minimoe.graphs as graph_knobs
 from minimoe.generate import Generator
 from minimoe.graphs import PrefillGraph, enable_graphs
 from minimoe.loader import build_model
@@ -74,7 +74,7 @@ def setup(variant: str, model, settings, batch: int, S: int, max_len: int):
     """-> (the Generator to time, what must stay alive, a callable run before each prefill or None, a callable
     that prefills the prompt and returns the first tokens or None for gen.prefill)."""
     if variant in ("used-nomark", "used-markbefore"):
-        graphs.PDL_MARK = "" if variant == "used-nomark" else "before"
+        graph_knobs.PDL_MARK = "" if variant == "used-nomark" else "before"
         variant = "used"
     if "-carve" in variant:
         print(f"  carveout {variant.split('-carve')[1]}% on {set_carveout(int(variant.split('-carve')[1]))} kernels")
@@ -203,7 +203,7 @@ def main() -> None:
     prompt = torch.randint(0, cfg.vocab_size, (a.batch, a.input_len), generator=torch.Generator().manual_seed(0))
     order = [v for k in range(a.repeat) for v in (names if k % 2 == 0 else names[::-1])]
     rows, ref_tokens = [], None
-    mark_default = graphs.PDL_MARK
+    mark_default = graph_knobs.PDL_MARK
     for r, v in enumerate(order):
         gen, held, before, prefill = setup(v, model, s, a.batch, a.input_len, a.input_len + a.steps + 64)
         blocks, prefill_ms = [], []
@@ -238,7 +238,7 @@ def main() -> None:
         gc.collect()
         if "-carve" in v:
             set_carveout(-1)
-        graphs.PDL_MARK = mark_default
+        graph_knobs.PDL_MARK = mark_default
     print(f"# {a.model} bs {a.batch}, median per variant (us/step | prefill ms):")
     base = statistics.median([x["us_per_step"] for x in rows if x["variant"] == names[0]])
     for v in names:
