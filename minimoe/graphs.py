@@ -24,7 +24,7 @@ import torch
 
 # After each prefill graph replay with PDL on, launch one empty PDL kernel from the host (kernels/pdl.py pdl_mark):
 # without it the decode graph that follows ran 1.3-1.8% slower a bs-1 step (thirty-seventh session). A probe knob:
-# "after" the output's clone, "before" it, or "" (none).
+# "after" the output's clone (the default: it restores the fast step), "before" it (measured: it does not), "" (none).
 PDL_MARK = "after"
 
 
@@ -82,12 +82,14 @@ class PrefillGraph:
 
     def run(self, ids: torch.Tensor, n_valid: torch.Tensor) -> torch.Tensor:
         """ids [B, S], n_valid [B] -> the first tokens [B] (a copy). With PDL on, one empty PDL kernel follows the
-        replay (kernels/pdl.py pdl_mark): after a graphed prefill the decode graph otherwise runs in a slower state
+        copy (kernels/pdl.py pdl_mark): after a graphed prefill the decode graph otherwise runs in a slower state
         until the host next launches a PDL kernel (Qwen3-30B-A3B bs 1: 2,478 against 2,444 µs a step, H200,
         scripts/prefill_state_probe.py; the caches are bit-identical, so the state is not in memory)."""
         self.ids.copy_(ids)
         self.n_valid.copy_(n_valid)
         self.graph.replay()
+        if PDL_MARK not in ("", "before", "after"):
+            raise ValueError(f"graphs.PDL_MARK must be 'after', 'before' or '', not {PDL_MARK!r}")
         mark = PDL_MARK if self.pdl else ""
         if mark == "before":
             _pdl_mark()

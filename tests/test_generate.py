@@ -235,3 +235,36 @@ def test_step_writing_into_its_own_input_equals_a_fresh_output(model, greedy):
             got = inplace.eager_step(buf, None, out=buf)
             assert got is buf                                         # written into, not replaced
             assert torch.equal(buf, a)
+
+
+@pytest.mark.parametrize("knob,pdl,order", [("after", True, ["replay", "clone", "mark"]),
+                                            ("before", True, ["replay", "mark", "clone"]),
+                                            ("", True, ["replay", "clone"]),
+                                            ("after", False, ["replay", "clone"])])
+def test_prefill_graph_run_places_the_pdl_mark(monkeypatch, knob, pdl, order):
+    """PrefillGraph.run's host-side order (no GPU: a stand-in graph and output): with PDL on the empty PDL kernel
+    goes after the output's copy (graphs.PDL_MARK "after", the default; the GPU measured "before" no good), never
+    without PDL; a bad knob is refused."""
+    import minimoe.graphs as graphs
+    seen = []
+
+    class Out:
+        def clone(self):
+            seen.append("clone")
+            return "tokens"
+
+    class Graph:
+        def replay(self):
+            seen.append("replay")
+
+    pg = object.__new__(graphs.PrefillGraph)
+    pg.ids, pg.n_valid = torch.zeros(1, 4, dtype=torch.long), torch.zeros(1, dtype=torch.int32)
+    pg.graph, pg.out, pg.pdl = Graph(), Out(), pdl
+    monkeypatch.setattr(graphs, "_pdl_mark", lambda: seen.append("mark"))
+    monkeypatch.setattr(graphs, "PDL_MARK", knob)
+    assert pg.run(torch.ones(1, 4, dtype=torch.long), torch.full((1,), 4, dtype=torch.int32)) == "tokens"
+    assert seen == order
+    assert pg.ids.sum() == 4 and pg.n_valid.item() == 4
+    monkeypatch.setattr(graphs, "PDL_MARK", "later")
+    with pytest.raises(ValueError, match="PDL_MARK"):
+        pg.run(pg.ids, pg.n_valid)

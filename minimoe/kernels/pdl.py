@@ -141,8 +141,10 @@ def pdl_mark() -> None:
     Why: the thirty-seventh session found the graphed decode step 1.3-1.8% slower (Qwen3-30B-A3B bs 1 2,478 against
     2,444 µs, OLMoE 898 against 883; scripts/prefill_state_probe.py) whenever a graphed prefill had run since the
     last kernel the host launched with PDL. The caches the two prefills leave are bit-identical
-    (scripts/prefill_cache_probe.py); a host-launched PDL kernel after the graphed prefill (this one, a Triton
-    RMSNorm, an eager decode step) restores the fast step, a host launch without PDL (a torch add, the same RMSNorm)
-    does not, and neither do the decode graph's own replays. The state lives in the GPU or driver, not in memory;
-    graphs.PrefillGraph.run calls this after its replay."""
+    (scripts/prefill_cache_probe.py); a host-launched PDL kernel after the graphed prefill and its output's copy
+    (this one, a Triton RMSNorm, an eager decode step) restores the fast step; a host launch without PDL (a torch
+    add, the same RMSNorm), the decode graph's own replays, a rested GPU (100 ms of sleep) and this kernel launched
+    between the replay and the output's copy do not. The state lives in the GPU or the driver, not in memory; the
+    mechanism is not known. graphs.PrefillGraph.run calls this after its output's copy: bench.py bs 1 Qwen3-30B-A3B
+    397.0 -> 402.7 out tok/s, OLMoE 1,088.0 -> 1,104.1, and +0.5-0.9% at bs 16 / 64 (H200, one run each)."""
     _pdl_mark_kernel[(1,)](num_warps=1, **launch_args(True))
