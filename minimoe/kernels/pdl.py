@@ -136,7 +136,7 @@ def _pdl_mark_kernel(PDL: tl.constexpr):
 
 
 def pdl_mark() -> None:
-    """One empty program launched from the host with PDL on the current stream (~2 µs of GPU time; sm90+ only).
+    """One empty program launched from the host with PDL on the current stream (sm90+ only; bench.py TTFT unchanged).
 
     Why: the thirty-seventh session found the graphed decode step 1.3-1.8% slower (Qwen3-30B-A3B bs 1 2,478 against
     2,444 µs, OLMoE 898 against 883; scripts/prefill_state_probe.py) whenever a graphed prefill had run since the
