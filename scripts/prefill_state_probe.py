@@ -190,6 +190,9 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--repeat", type=int, default=2, help="passes over the variants (the second in reverse order)")
+    p.add_argument("--own", action="store_true",
+                   help="time generate()'s loop, decode(own=True): a copy in and a clone out around every replay "
+                        "(default: bench.py's decode(own=False))")
     p.add_argument("--json")
     a = p.parse_args()
     names = a.variants.split(",")
@@ -217,13 +220,13 @@ def main() -> None:
             tok = gen.prefill(prompt) if prefill is None else prefill(prompt)
             e1.record()
             for _ in range(4):
-                tok = gen.decode(tok, own=False)
+                tok = gen.decode(tok, own=a.own)
             torch.cuda.synchronize()
             prefill_ms.append(e0.elapsed_time(e1))
             t0, t1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             t0.record()
             for _ in range(a.steps):
-                tok = gen.decode(tok, own=False)
+                tok = gen.decode(tok, own=a.own)
             t1.record()
             t1.synchronize()
             blocks.append(t0.elapsed_time(t1) * 1e3 / a.steps)
