@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 
 # After each prefill graph replay with PDL on, launch one empty PDL kernel from the host (kernels/pdl.py pdl_mark):
-# without it the decode graph that follows ran 1.3-1.8% slower a bs-1 step (thirty-seventh session). A probe knob:
+# without it the decode graph that follows ran 1.3-1.9% slower a bs-1 step (thirty-seventh session). A probe knob:
 # "after" the output's clone (the default: it restores the fast step), "before" it (measured: it does not), "" (none).
 PDL_MARK = "after"
 
