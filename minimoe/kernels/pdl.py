@@ -139,8 +139,8 @@ def pdl_mark() -> None:
     """One empty program launched from the host with PDL on the current stream (sm90+ only; bench.py TTFT unchanged).
 
     Why: the thirty-seventh session found the graphed decode step 1.3-1.9% slower (Qwen3-30B-A3B bs 1 2,478.1 against
-    2,444.4 µs, OLMoE 898.5 against 882.5 in one call; scripts/prefill_state_probe.py) whenever a graphed prefill had run since the
-    last kernel the host launched with PDL. The caches the two prefills leave are bit-identical
+    2,444.4 µs, OLMoE 898.5 against 882.5 in one call; scripts/prefill_state_probe.py) whenever a graphed prefill had
+    run since the last kernel the host launched with PDL. The caches the two prefills leave are bit-identical
     (scripts/prefill_cache_probe.py); a host-launched PDL kernel after the graphed prefill and its output's copy
     (this one, a Triton RMSNorm, an eager decode step) restores the fast step; a host launch without PDL (a torch
     add, the same RMSNorm), the decode graph's own replays, a rested GPU (100 ms of sleep) and this kernel launched
