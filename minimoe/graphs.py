@@ -25,6 +25,7 @@ import torch
 # After each prefill graph replay with PDL on, launch one empty PDL kernel from the host (kernels/pdl.py pdl_mark):
 # without it the decode graph that follows ran 1.3-1.9% slower a bs-1 step (thirty-seventh session). A probe knob:
 # "after" the output's clone (the default: it restores the fast step), "before" it (measured: it does not), "" (none).
+# Off for a whole-bench A/B: python scripts/bench_knob.py "minimoe.graphs.PDL_MARK=''" -- <bench.py arguments>.
 PDL_MARK = "after"
 
 
@@ -75,6 +76,7 @@ class PrefillGraph:
     n_valid [B] are a static input like the ids."""
 
     def __init__(self, gen, S: int, warmup: int = 2):
+        _check_mark()                                      # a bad knob fails before the capture, not after it
         self.ids = torch.zeros(gen.batch, S, dtype=torch.long, device=gen.device)            # static [B, S]
         self.n_valid = torch.full((gen.batch,), S, dtype=torch.int32, device=gen.device)     # static [B]
         self.graph, self.out = _capture(lambda: gen.eager_prefill(self.ids, self.n_valid), gen.cache.reset, warmup)
@@ -85,11 +87,10 @@ class PrefillGraph:
         copy (kernels/pdl.py pdl_mark): after a graphed prefill the decode graph otherwise runs in a slower state
         until the host next launches a PDL kernel (Qwen3-30B-A3B bs 1: 2,478 against 2,444 µs a step, H200,
         scripts/prefill_state_probe.py; the caches are bit-identical, so the state is not in memory)."""
+        _check_mark()
         self.ids.copy_(ids)
         self.n_valid.copy_(n_valid)
         self.graph.replay()
-        if PDL_MARK not in ("", "before", "after"):
-            raise ValueError(f"graphs.PDL_MARK must be 'after', 'before' or '', not {PDL_MARK!r}")
         mark = PDL_MARK if self.pdl else ""
         if mark == "before":
             _pdl_mark()
@@ -97,6 +98,12 @@ class PrefillGraph:
         if mark == "after":
             _pdl_mark()
         return out
+
+
+def _check_mark() -> None:
+    """Raises ValueError for a PDL_MARK other than 'after', 'before' or ''."""
+    if PDL_MARK not in ("", "before", "after"):
+        raise ValueError(f"graphs.PDL_MARK must be 'after', 'before' or '', not {PDL_MARK!r}")
 
 
 def _pdl_mark() -> None:

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# (At this commit graphs.PDL_MARK was a bool; it is a string since: "after" | "before" | "".)
 # Session 37, call 7 on nvidia-h200 (~5 min): call 6 found one host-launched PDL kernel after the graphed prefill
 # restores the fast decode step. graphs.PrefillGraph.run now launches one (kernels/pdl.py pdl_mark). bench.py bs 1
 # with the mark off (graphs.PDL_MARK=False, the previous code) and on, alternating, Qwen3-30B-A3B and OLMoE; then
