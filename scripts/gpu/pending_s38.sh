@@ -6,7 +6,8 @@
 #     in the fast state? (the thirty-sixth session's token recording, a clone after each replay, left later Generators
 #     slow, which the mark's rule does not explain). (3) The mark's position again in the probe (after / before / off).
 # (4) Every Triton kernel's shared-memory carveout at 100% with the mark (Qwen3-30B-A3B -0.59% without it, call 5).
-# Usage (device tool, repo root, nvidia-h200, ~6 min): bash scripts/gpu/pending_s38.sh
+# (5) OLMoE bs 64's per-kernel profile with the mark (issue 16's last target: 14,347.8 of 15,000 out tok/s).
+# Usage (device tool, repo root, nvidia-h200, ~7 min): bash scripts/gpu/pending_s38.sh
 set -u
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD TQDM_DISABLE=1
 R=$OUT/r; mkdir -p $R
@@ -21,4 +22,7 @@ for m in olmoe qwen3; do
     --json $R/pstate_${m}_own.json 2>&1 | grep -v Warn > $R/pstate_${m}_own.txt
   grep "^#" $R/pstate_${m}_own.txt; echo "--- $m own t=$SECONDS"
 done
+timeout 90 python3 scripts/profile_step.py --model olmoe --bs 64 --steps 20 --json $R/prof_olmoe_bs64.json \
+  > $R/prof_olmoe_bs64.txt 2>&1
+echo "--- profile rc $? t=$SECONDS"; head -40 $R/prof_olmoe_bs64.txt
 tar czf $OUT/r.tgz -C $OUT r
