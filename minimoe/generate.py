@@ -51,6 +51,20 @@ def stop_tensor(stop_ids, max_new_tokens: int, device) -> torch.Tensor:
     return torch.tensor(sorted(set(ids)), dtype=torch.long, device=device)
 
 
+# generate() asks whether every row has stopped once per this many steps (one host sync each time).
+STOP_CHECK_EVERY = 16
+
+
+def mask_after_stop(new: torch.Tensor, stop: torch.Tensor) -> torch.Tensor:
+    """new [B, N] tokens, stop [S] ids -> new with every entry after a row's first stop id set to the smallest stop id
+    (the stop token itself kept); new unchanged when stop is empty."""
+    if stop.numel() == 0:
+        return new
+    hit = torch.isin(new, stop).int()
+    after = (hit.cumsum(1) - hit) > 0                                    # [B, N] past the row's first stop
+    return torch.where(after, stop[0], new)
+
+
 class Generator:
     def __init__(self, model: Transformer, batch: int, max_len: int, sampling: Sampling | None = None):
         self.model, self.sampling = model, sampling or Sampling()
@@ -144,8 +158,8 @@ class Generator:
         """tokens [B] (the last sampled) -> next tokens [B]. own=False, with a captured decode graph: the
         returned tensor is the graph's own token buffer, overwritten by the next decode (a list of such returns
         would hold one tensor, the latest); passing it straight back as `tokens` (a timed loop) skips the input
-        copy and the output clone, two launches a step (graphs.DecodeGraph). Keep a token across steps with
-        own=True (the default), as generate() does. Without graphs (eager, CPU) every return is a new tensor and
+        copy and the output clone, two launches a step (graphs.DecodeGraph), as generate() does (it copies each step's tokens
+        into its own buffer). Keep a token across steps with own=True (the default). Without graphs (eager, CPU) every return is a new tensor and
         own changes nothing."""
         self._room(1)
         if self.graphs is not None:
@@ -164,24 +178,23 @@ class Generator:
     @torch.inference_mode()
     def generate(self, prompts, max_new_tokens: int, stop_ids=()) -> torch.Tensor:
         """Prompts -> [B, max_new_tokens] new tokens. Each sequence stops on its own at any id in
-        `stop_ids` (an int or an iterable of ints): it keeps its stop token, then only the smallest stop id
-        (finished rows are masked, not recomputed apart; the loop ends when every row has stopped).
-        Raises ValueError for max_new_tokens < 1."""
+        `stop_ids` (an int or an iterable of ints): it keeps its stop token, then only the smallest stop id.
+        Raises ValueError for max_new_tokens < 1.
+
+        The loop never waits on the GPU between steps: each step's tokens go into a [B, max_new_tokens] buffer on
+        the device (one copy a step; with a decode graph the step's own buffer is fed back, no copy in), a
+        finished row keeps decoding and is masked at the end (rows do not interact, so the others' tokens are
+        the same), and whether every row has stopped is asked every STOP_CHECK_EVERY steps (a host sync), so a
+        batch that has stopped runs at most STOP_CHECK_EVERY - 1 steps more."""
         stop = stop_tensor(stop_ids, max_new_tokens, self.device)
         self.reset()
         tok = self.prefill(prompts)
-        out = [tok]
-        done = torch.isin(tok, stop) if stop.numel() else None
-        pad = int(stop[0]) if stop.numel() else 0
-        for _ in range(max_new_tokens - 1):
-            if done is not None and bool(done.all()):     # host sync, only when stopping was asked for
+        new = torch.empty(tok.shape[0], max_new_tokens, dtype=tok.dtype, device=tok.device)   # [B, N]
+        new[:, 0] = tok
+        for i in range(1, max_new_tokens):
+            if stop.numel() and i % STOP_CHECK_EVERY == 0 and bool(torch.isin(new[:, :i], stop).any(1).all()):
+                new[:, i:] = 0                            # masked below: every row has stopped before column i
                 break
-            tok = self.decode(tok)
-            if done is not None:
-                tok = torch.where(done, pad, tok)
-                done = done | torch.isin(tok, stop)
-            out.append(tok)
-        new = torch.stack(out, dim=1)
-        if new.shape[1] < max_new_tokens:
-            new = torch.cat([new, new.new_full((new.shape[0], max_new_tokens - new.shape[1]), pad)], dim=1)
-        return new
+            tok = self.decode(tok, own=False)
+            new[:, i] = tok
+        return mask_after_stop(new, stop)

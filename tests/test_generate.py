@@ -73,6 +73,32 @@ def test_generate_stops_at_eos(model):
         assert row[:cut] == row_free[:cut] and all(t == eos for t in row[cut:])
 
 
+def test_generate_stops_early_once_every_row_has_stopped(model, monkeypatch):
+    """generate() asks the device whether every row has stopped only every STOP_CHECK_EVERY steps: a batch whose rows
+    all stop by column 1 runs no decode step past that check, and its rows are masked as the free run would be."""
+    from minimoe import generate as G
+    ids, n = _prompts(model.cfg.vocab_size, seed=4), 12
+    free = Generator(model, B, S + n + 1).generate(ids, n)
+    stops = {int(t) for t in free[:, 1]}                    # every row emits one of these at column 1
+    monkeypatch.setattr(G, "STOP_CHECK_EVERY", 3)
+    gen = Generator(model, B, S + n + 1)
+    calls = []
+    real = gen.decode
+    monkeypatch.setattr(gen, "decode", lambda tok, own=True: calls.append(own) or real(tok, own=own))
+    got = gen.generate(ids, n, stop_ids=stops)
+    assert len(calls) == 2                                  # columns 1 and 2; the check before column 3 stops it
+    assert torch.equal(got, G.mask_after_stop(free, G.stop_tensor(stops, n, "cpu")))
+    assert got.shape == (B, n) and all(int(got[r, -1]) == min(stops) for r in range(B))
+
+
+def test_mask_after_stop_keeps_the_first_stop_and_pads_after_it():
+    from minimoe.generate import mask_after_stop
+    new = torch.tensor([[5, 9, 5, 4], [1, 2, 3, 4], [7, 7, 9, 9]])
+    got = mask_after_stop(new, torch.tensor([7, 9]))
+    assert got.tolist() == [[5, 9, 7, 7], [1, 2, 3, 4], [7, 7, 7, 7]]
+    assert mask_after_stop(new, torch.tensor([], dtype=torch.long)) is new
+
+
 def test_generator_refuses_bad_shapes(model):
     gen = Generator(model, B, 8)
     with pytest.raises(ValueError, match="prompt batch 3 != generator batch 2"):
