@@ -182,7 +182,8 @@ class Generator:
         Raises ValueError for max_new_tokens < 1.
 
         The loop never waits on the GPU between steps: each step's tokens go into a [B, max_new_tokens] buffer on
-        the device (one copy a step; with a decode graph the step's own buffer is fed back, no copy in), a
+        the device (one copy a step, graphs.DecodeGraph.record; with a decode graph the step's own buffer is fed
+        back, no copy in), a
         finished row keeps decoding and is masked at the end (rows do not interact, so the others' tokens are
         the same), and whether every row has stopped is asked every STOP_CHECK_EVERY steps (a host sync), so a
         batch that has stopped runs at most STOP_CHECK_EVERY - 1 steps more."""
@@ -196,5 +197,8 @@ class Generator:
                 new[:, i:] = 0                            # masked below: every row has stopped before column i
                 break
             tok = self.decode(tok, own=False)
-            new[:, i] = tok
+            if self.graphs is not None:
+                self.graphs.record(new[:, i])             # the copy, then the PDL mark (graphs.DecodeGraph.record)
+            else:
+                new[:, i] = tok
         return mask_after_stop(new, stop)

@@ -55,6 +55,18 @@ class DecodeGraph:
         saved = gen.cache.lengths.clone()
         self.graph, _ = _capture(lambda: gen.eager_step(self.tokens, None, out=self.tokens),
                                  lambda: gen.cache.lengths.copy_(saved), warmup)
+        self.pdl = gen.model.settings is not None and gen.model.settings.pdl == "on"
+
+    def record(self, dst: torch.Tensor) -> None:
+        """dst [B] (a view: a column of generate()'s token buffer) <- the latest step's tokens; then, with PDL on and
+        PDL_MARK set, one empty PDL kernel (kernels/pdl.py pdl_mark), as after a prefill. Without it the next replays
+        ran in the slow state: generate() at 128 new tokens +1.94% against bench.py's loop (OLMoE bs 1), +0.74%
+        (bs 64), +1.32% (Qwen3-30B-A3B bs 1); with it +0.47 / +0.11 / +0.07% (H200, thirty-eighth session,
+        scripts/generate_loop_probe.py). The copy itself as a Triton PDL kernel did not help (+1.83 / +0.76 / +1.29%)."""
+        _check_mark()
+        dst.copy_(self.tokens)
+        if self.pdl and PDL_MARK:
+            _pdl_mark()
 
     def step(self, tokens: torch.Tensor, own: bool = True) -> torch.Tensor:
         """tokens [B] -> the next tokens [B]: a clone (own) or the graph's buffer itself, valid until the next

@@ -10,6 +10,10 @@ graphed prefill and decode), then, round by round, interleaved, one Generator ea
     old        the loop generate() ran before the thirty-eighth session: decode(own=True) (a copy in, a clone out
                around every replay), tokens stacked at the end
     old-stop   that loop with the same stop id: torch.where / isin on every step and a host sync every step
+    gen-mark   gen's loop with kernels/pdl.py's empty PDL kernel after each step's token copy
+    gen-tcopy  gen's loop with the token copy as a one-program Triton kernel launched with PDL
+    gen-graph  a decode graph of its own that records the tokens itself (a device column, one more PDL kernel in
+               the graph): nothing launched from the host between replays
 Times are CUDA events around the whole call (prefill included), medians of rounds; ms a call and µs a new token.
 Every variant must give the bench loop's tokens (exit 1 otherwise).
 """
@@ -56,6 +60,84 @@ def _old(gen, prompts, n, stop_ids):
     return torch.stack(out, dim=1)
 
 
+try:
+    import triton
+    import triton.language as tl
+
+    from minimoe.kernels.pdl import launch_args, wait_then_release
+
+    @triton.jit
+    def _record_kernel(src_ptr, dst_ptr, B, stride_b, col, BLOCK: tl.constexpr, PDL: tl.constexpr):
+        wait_then_release(PDL)
+        r = tl.arange(0, BLOCK)
+        tl.store(dst_ptr + r * stride_b + col, tl.load(src_ptr + r, mask=r < B), mask=r < B)
+    @triton.jit
+    def _record_at_kernel(src_ptr, dst_ptr, B, stride_b, col_ptr, BLOCK: tl.constexpr, PDL: tl.constexpr):
+        """dst[:, col] = src, col += 1: col read and bumped on the device (a graph replays it as is)."""
+        wait_then_release(PDL)
+        r = tl.arange(0, BLOCK)
+        col = tl.load(col_ptr)
+        tl.store(dst_ptr + r * stride_b + col, tl.load(src_ptr + r, mask=r < B), mask=r < B)
+        tl.debug_barrier()
+        tl.store(col_ptr, col + 1)
+except ImportError:
+    triton = None
+
+
+def _gen_in_graph(gen, prompts, n):
+    """A decode graph of its own that also records the step's tokens into a [B, n] buffer at a device column
+    (one more PDL kernel inside the graph): the host launches nothing between replays."""
+    from minimoe.graphs import _capture
+    B = gen.batch
+    if getattr(gen, "_rec", None) is None:
+        tokens = torch.zeros(B, dtype=torch.long, device=gen.device)
+        hist = torch.zeros(B, n, dtype=torch.long, device=gen.device)
+        col = torch.zeros(1, dtype=torch.long, device=gen.device)
+        saved = gen.cache.lengths.clone()
+
+        def step():
+            gen.eager_step(tokens, None, out=tokens)
+            _record_at_kernel[(1,)](tokens, hist, B, hist.stride(0), col, BLOCK=triton.next_power_of_2(B),
+                                    num_warps=1, **launch_args(True))
+
+        def restore():
+            gen.cache.lengths.copy_(saved)
+            col.zero_()
+        graph, _ = _capture(step, restore, 2)
+        gen._rec = (graph, tokens, hist, col)
+    graph, tokens, hist, col = gen._rec
+    gen.reset()
+    tok = gen.prefill(prompts)
+    hist[:, 0] = tok
+    tokens.copy_(tok)
+    col.fill_(1)
+    for _ in range(1, n):
+        gen._room(1)
+        graph.replay()
+        gen.host_len += 1
+    return hist.clone()
+
+
+def _gen_recording(gen, prompts, n, record):
+    """generate()'s new loop (no stop ids) with the per-step record done by `record`: "mark" = the torch copy then
+    kernels/pdl.py's empty PDL kernel; "triton" = the copy as a Triton kernel launched with PDL."""
+    from minimoe.kernels.pdl import pdl_mark
+    gen.reset()
+    tok = gen.prefill(prompts)
+    new = torch.empty(tok.shape[0], n, dtype=tok.dtype, device=tok.device)
+    new[:, 0] = tok
+    B = tok.shape[0]
+    for i in range(1, n):
+        tok = gen.decode(tok, own=False)
+        if record == "mark":
+            new[:, i] = tok
+            pdl_mark()
+        else:
+            _record_kernel[(1,)](tok, new, B, new.stride(0), i, BLOCK=triton.next_power_of_2(B), num_warps=1,
+                                 **launch_args(True))
+    return new
+
+
 def probe(name, batches, a):
     s = RunSettings(experts="fused", device="cuda").resolve()
     model, cfg, _ = build_model(name, "dummy", dtype=s.torch_dtype, device=s.torch_device, settings=s)
@@ -72,6 +154,9 @@ def probe(name, batches, a):
             "gen-stop": lambda g: g.generate(prompts, a.new, stop_ids={unused}),
             "old": lambda g: _old(g, prompts, a.new, ()),
             "old-stop": lambda g: _old(g, prompts, a.new, {unused}),
+            "gen-mark": lambda g: _gen_recording(g, prompts, a.new, "mark"),
+            "gen-tcopy": lambda g: _gen_recording(g, prompts, a.new, "triton"),
+            "gen-graph": lambda g: _gen_in_graph(g, prompts, a.new),
         }
         times = {v: [] for v in variants}
         same = {v: True for v in variants}

@@ -294,3 +294,45 @@ def test_prefill_graph_run_places_the_pdl_mark(monkeypatch, knob, pdl, order):
     monkeypatch.setattr(graphs, "PDL_MARK", "later")
     with pytest.raises(ValueError, match="PDL_MARK"):
         pg.run(pg.ids, pg.n_valid)
+
+
+@pytest.mark.parametrize("knob,pdl,marks", [("after", True, 1), ("before", True, 1), ("", True, 0), ("after", False, 0)])
+def test_decode_graph_record_copies_then_marks(monkeypatch, knob, pdl, marks):
+    """DecodeGraph.record (no GPU: a stand-in graph): the step's tokens land in the given column, then, with PDL on and
+    graphs.PDL_MARK set, one empty PDL kernel; a bad knob is refused."""
+    import minimoe.graphs as graphs
+    seen = []
+    dg = object.__new__(graphs.DecodeGraph)
+    dg.tokens, dg.pdl = torch.tensor([4, 7, 9]), pdl
+    monkeypatch.setattr(graphs, "_pdl_mark", lambda: seen.append("mark"))
+    monkeypatch.setattr(graphs, "PDL_MARK", knob)
+    buf = torch.zeros(3, 5, dtype=torch.long)
+    dg.record(buf[:, 2])
+    assert buf[:, 2].tolist() == [4, 7, 9] and int(buf.sum()) == 20 and seen == ["mark"] * marks
+    monkeypatch.setattr(graphs, "PDL_MARK", "later")
+    with pytest.raises(ValueError, match="PDL_MARK"):
+        dg.record(buf[:, 3])
+
+
+def test_generate_records_each_graphed_step_through_the_decode_graph(model, monkeypatch):
+    """With a decode graph, generate() feeds the graph's own token buffer back (own=False) and keeps each step's
+    tokens through DecodeGraph.record (a stand-in graph that runs the eager static step): the free tokens unchanged."""
+    import minimoe.graphs as graphs
+    ids, n = _prompts(model.cfg.vocab_size, seed=6), 7
+    want = Generator(model, B, S + n + 1).generate(ids, n)
+    gen = Generator(model, B, S + n + 1)
+    dg = object.__new__(graphs.DecodeGraph)
+    dg.tokens, dg.pdl = torch.zeros(B, dtype=torch.long), False
+    records, owns = [], []
+
+    class Graph:
+        def replay(self):
+            gen.eager_step(dg.tokens, None, out=dg.tokens)
+
+    dg.graph = Graph()
+    real_record, real_step = dg.record, dg.step
+    dg.record = lambda dst: records.append(1) or real_record(dst)
+    dg.step = lambda tokens, own=True: owns.append(own) or real_step(tokens, own=own)
+    gen.graphs = dg
+    assert torch.equal(gen.generate(ids, n), want)
+    assert len(records) == n - 1 and owns == [False] * (n - 1)

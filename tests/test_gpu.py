@@ -72,8 +72,8 @@ def test_live_token_buffer_loop_equals_generate(card):
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 9, reason="PDL: sm90+")
 def test_prefill_graph_launches_pdl_mark_and_keeps_tokens(monkeypatch):
     """With PDL on, PrefillGraph.run launches one empty PDL kernel after its replay (kernels/pdl.py pdl_mark: the
-    decode graph after a graphed prefill ran slower without it); the tokens equal those with the mark switched off
-    and those of the eager prefill."""
+    decode graph after a graphed prefill ran slower without it), and generate() one after each decode step's token
+    copy (DecodeGraph.record); the tokens equal those with the mark switched off and those of the eager prefill."""
     import minimoe.graphs as graphs
     import minimoe.kernels.pdl as pdl_mod
     s = RunSettings(experts="fused", attn="triton", ops="triton", pdl="on")
@@ -83,10 +83,33 @@ def test_prefill_graph_launches_pdl_mark_and_keeps_tokens(monkeypatch):
     real = pdl_mod.pdl_mark
     monkeypatch.setattr(pdl_mod, "pdl_mark", lambda: (calls.append(1), real())[1])
     marked = _tokens(model, prompts, 8, graphs=True)
-    assert len(calls) == 1
+    assert len(calls) == 8                                   # the prefill's, then one per decode step (7)
     monkeypatch.setattr(graphs, "PDL_MARK", "")
-    assert torch.equal(_tokens(model, prompts, 8, graphs=True), marked) and len(calls) == 1
+    assert torch.equal(_tokens(model, prompts, 8, graphs=True), marked) and len(calls) == 8
     assert torch.equal(_static_eager_tokens(model, prompts, 8), marked)
+
+
+@pytest.mark.parametrize("card", ["olmoe-tiny", "deepseek-v2-lite-tiny"])
+def test_graphed_generate_with_stop_ids_equals_eager(card, monkeypatch):
+    """generate()'s loop on the GPU (tokens recorded into a device buffer with the PDL mark, the stop check every
+    STOP_CHECK_EVERY steps, finished rows masked at the end): graphed with PDL equals eager, with stop ids that end
+    some rows early and with every row stopping before the end."""
+    import minimoe.generate as G
+    pdl = "on" if torch.cuda.get_device_capability()[0] >= 9 else "off"
+    s = RunSettings(experts="fused", attn="triton", ops="triton", pdl=pdl)
+    model, cfg, _ = build_model(card, "dummy", dtype=torch.bfloat16, device="cuda", settings=s, seed=4)
+    prompts = torch.randint(0, cfg.vocab_size, (4, 9), device="cuda")
+    free = _tokens(model, prompts, 20, graphs=False)
+    monkeypatch.setattr(G, "STOP_CHECK_EVERY", 4)
+    for stops in ({int(free[0, 3])}, {int(t) for t in free[:, 2]}):
+        runs = []
+        for graphs in (True, False):
+            gen = Generator(model, 4, 9 + 20 + 1)
+            if graphs:
+                enable_graphs(gen, prefill_lengths=[9])
+            runs.append(gen.generate(prompts, 20, stop_ids=stops))
+        assert torch.equal(runs[0], runs[1])
+        assert torch.equal(runs[0], G.mask_after_stop(free, torch.tensor(sorted(stops), device="cuda")))
 
 
 @pytest.mark.parametrize("card", TINY)
