@@ -168,3 +168,30 @@ def calibrate(model, ids: torch.Tensor, window: int = 512, batch: int = 8, about
             h.remove()
     calib.tokens = ids.numel()
     return calib
+
+
+def calibrate_decode(model, prompts: torch.Tensor, steps: int, about: dict | None = None) -> Calibration:
+    """The statistics of the tokens a greedy decode produces, not of a prompt: prompts [B, S] (int64) are prefilled
+    unobserved, then `steps` eager decode steps of the B rows are observed (B·steps tokens). Dynamic skipping's
+    speed at batch 1 follows the decode steps' routing, which is not the prompt's: on OLMoE's real shapes with
+    random weights, a beta that dropped 33.6% of the slots of random-token windows dropped 28.1% of a bench run's
+    slots, counted mostly over its prompt (scripts/bench_prune.py, thirty-eighth session). Raises ValueError for
+    steps < 1."""
+    from .generate import Generator
+    if steps < 1:
+        raise ValueError(f"calibrate_decode needs steps >= 1, got {steps}")
+    B, S = prompts.shape
+    gen = Generator(model, B, S + steps + 1)
+    calib = Calibration.empty(model, about)
+    with torch.inference_mode():
+        tok = gen.prefill(prompts.to(gen.device))
+        hooks = [moe.experts.register_forward_hook(
+            lambda mod, args, out, layer=i: calib.observe(layer, mod, *args)) for i, moe in moe_layers(model)]
+        try:
+            for _ in tqdm(range(steps), desc="calibrate decode", unit="step", leave=False):
+                tok = gen.decode(tok)
+        finally:
+            for h in hooks:
+                h.remove()
+    calib.tokens = B * steps
+    return calib

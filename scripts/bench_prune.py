@@ -9,8 +9,10 @@ the same process, after the same warm-up, with the same prompts:
     none          the unpruned model
     inter R       R of every layer's experts dropped (prune.py); bytes fall only once a batch reads all
     intra R       every expert R narrower; bytes fall at every batch size
-    skip f        --skip-threshold beta chosen on the calibration tokens to drop a fraction f of the
-                  routed slots (NAEE's dynamic skipping); the fused kernels skip those experts' bytes
+    skip f        --skip-threshold beta chosen to drop a fraction f of the routed slots of greedy decode steps
+                  (--skip-calibration decode, the default: SKIP_CALIB_ROWS other random prompts, --output-len steps;
+                  "random" takes the random-token windows instead; NAEE's dynamic skipping); the fused kernels skip
+                  those experts' bytes. The "skipped" column counts 16 eager decode steps after the timed prompts
 Before any timing, correctness on the real shapes: each pruned layer's fused and grouped paths against
 the float32 loop oracle with skipping on (T = 1, 16, 64), and the graphed decode of each pruned model
 against its eager step, token for token. Timing = bench.py's run_config (CUDA events, graphs, medians
@@ -33,7 +35,7 @@ import torch
 
 from minimoe.bench.cli import run_config
 from minimoe.bench.roofline import measure_ceilings
-from minimoe.calibrate import calibrate, moe_layers
+from minimoe.calibrate import calibrate, calibrate_decode, moe_layers
 from minimoe.experts import EXPERT_PATHS, Experts
 from minimoe.gate import SkipCount, counting_skips, skip_small
 from minimoe.generate import Generator
@@ -42,6 +44,7 @@ from minimoe.loader import build_model
 from minimoe.prune import prune_, skip_threshold_for
 from minimoe.settings import RunSettings
 
+SKIP_CALIB_ROWS = 4   # prompts whose greedy decode steps set the skip thresholds (x --output-len tokens)
 TARGETS = [  # (model, bs, variant, minimum speedup over "none" at the same bs): issue 13's acceptance
     ("olmoe", 64, "inter 50%", 1.3), ("olmoe", 1, "intra 25%", 1.15), ("olmoe", 1, "skip 33%", 1.2)]
 
@@ -57,6 +60,10 @@ def parse(argv=None):
     p.add_argument("--intra", type=float, nargs="*", default=[0.125, 0.25, 0.5])
     p.add_argument("--skip", type=float, nargs="*", default=[1 / 6, 1 / 3], help="fractions of routed slots dropped")
     p.add_argument("--long", action="store_true", help="also bs 16 at 2048/2048 (the seed's setting), first model")
+    p.add_argument("--skip-calibration", choices=("decode", "random"), default="decode",
+                   help="where the skip fractions' thresholds come from: the routing of greedy decode steps after "
+                        "random prompts (what a decode step's bytes follow), or the random-token windows the other "
+                        "methods calibrate on (the study before the thirty-eighth session)")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--iters", type=int, default=1)
     p.add_argument("--budget-s", type=float, default=330, help="stop starting new timings after this many seconds")
@@ -143,12 +150,13 @@ def check_graphs(model, cfg, dev) -> list[str]:
 
 # ---- timing ----------------------------------------------------------------------------------------------
 
-def skipped_fraction(model, cfg, prompts, dev) -> float:
-    """Share of routed slots --skip-threshold dropped over one eager prefill + 4 decode steps."""
-    gen = Generator(model, len(prompts), len(prompts[0]) + 5)
+def skipped_fraction(model, cfg, prompts, dev, steps: int = 16) -> float:
+    """Share of routed slots --skip-threshold dropped over `steps` eager decode steps after the bench's prompts (the
+    prefill not counted: a decode step's bytes follow its own tokens' routing)."""
+    gen = Generator(model, len(prompts), len(prompts[0]) + steps + 1)
+    tok = gen.prefill(prompts)
     with counting_skips(SkipCount(cfg.n_layers, dev)) as c:
-        tok = gen.prefill(prompts)
-        for _ in range(4):
+        for _ in range(steps):
             tok = gen.decode(tok)
     return c.fraction()
 
@@ -193,7 +201,14 @@ def study(name, a, ceilings, started, rows, checks, save) -> None:
     calib = calibrate(base, ids, window=min(256, 4 * a.input_len), batch=8, about={"source": "random tokens"})
     print(f"# {name}: E={cfg.n_experts} K={cfg.top_k} I={cfg.moe_intermediate_size}, calibrated on {ids.numel()} "
           f"random tokens")
-    plan = variants(base, calib, a)
+    skip_calib = calib
+    if a.skip and a.skip_calibration == "decode":
+        from minimoe.bench.prompts import make_prompts
+        prompts = torch.tensor(make_prompts(cfg.vocab_size, SKIP_CALIB_ROWS, a.input_len, s.seed + 1))  # not the timed ones
+        skip_calib = calibrate_decode(base, prompts, a.output_len, about={"source": "greedy decode"})
+        print(f"#   skip thresholds from {skip_calib.tokens} decode tokens ({SKIP_CALIB_ROWS} random prompts of "
+              f"{a.input_len}, {a.output_len} greedy steps each)")
+    plan = variants(base, skip_calib, a)
     for vname, kind, value in plan:                       # correctness first, on every variant's shapes
         model = make_variant(base, kind, value, s.seed)
         s.skip_threshold = value if kind == "skip" else 0.0

@@ -293,6 +293,33 @@ def test_calibration_statistics_are_what_the_experts_computed(checkpoint, tmp_pa
         back.check_matches(other)
 
 
+def test_decode_calibration_observes_only_the_decode_steps(checkpoint):
+    """calibrate_decode: the prompts' prefill is not observed, each of the `steps` greedy decode steps is (B tokens a
+    step), and the routing histograms equal a hand-hooked eager decode's."""
+    from minimoe.calibrate import calibrate_decode
+    from minimoe.generate import Generator
+    model, cfg, _ = build_model(str(checkpoint("olmoe")), "auto", dtype=torch.float64)
+    prompts = torch.randint(0, cfg.vocab_size, (3, 6), generator=torch.Generator().manual_seed(8))
+    calib = calibrate_decode(model, prompts, 5)
+    assert calib.tokens == 15
+    seen = {}
+    gen = Generator(model, 3, 12)
+    with torch.inference_mode():
+        tok = gen.prefill(prompts)
+        hooks = [moe.experts.register_forward_hook(
+            lambda m, a, o, i=i: seen.setdefault(i, []).append(a[2].clone())) for i, moe in moe_layers(model)]
+        for _ in range(5):
+            tok = gen.decode(tok)
+    for h in hooks:
+        h.remove()
+    for layer, st in calib.layers.items():
+        ids = torch.cat(seen[layer])                               # [15, K]: the decode steps only
+        assert int(st["count"].sum()) == 15 * cfg.top_k == int(st["ratio_hist"].sum())
+        assert torch.equal(st["count"], torch.bincount(ids.reshape(-1), minlength=st["count"].numel()))
+    with pytest.raises(ValueError, match="steps >= 1"):
+        calibrate_decode(model, prompts, 0)
+
+
 def test_methods_rank_differently_and_random_is_seeded(checkpoint):
     model, cfg, _ = build_model(str(checkpoint("qwen3_moe")), "auto", dtype=torch.float32)
     calib = calibrate(model, torch.randint(0, cfg.vocab_size, (128,), generator=torch.Generator().manual_seed(6)))
