@@ -10,9 +10,10 @@ the same process, after the same warm-up, with the same prompts:
     inter R       R of every layer's experts dropped (prune.py); bytes fall only once a batch reads all
     intra R       every expert R narrower; bytes fall at every batch size
     skip f        --skip-threshold beta chosen to drop a fraction f of the routed slots of greedy decode steps
-                  (--skip-calibration decode, the default: SKIP_CALIB_ROWS other random prompts, --output-len steps;
-                  "random" takes the random-token windows instead; NAEE's dynamic skipping); the fused kernels skip
-                  those experts' bytes. The "skipped" column counts 16 eager decode steps after the timed prompts
+                  (--skip-calibration timed, the default: the first --bs's own timed prompts, --output-len steps;
+                  "decode": SKIP_CALIB_ROWS other random prompts; "random": the random-token windows; NAEE's dynamic
+                  skipping); the fused kernels skip
+                  those experts' bytes. The "skipped" column counts --output-len eager decode steps after the timed prompts
 Before any timing, correctness on the real shapes: each pruned layer's fused and grouped paths against
 the float32 loop oracle with skipping on (T = 1, 16, 64), and the graphed decode of each pruned model
 against its eager step, token for token. Timing = bench.py's run_config (CUDA events, graphs, medians
@@ -60,10 +61,11 @@ def parse(argv=None):
     p.add_argument("--intra", type=float, nargs="*", default=[0.125, 0.25, 0.5])
     p.add_argument("--skip", type=float, nargs="*", default=[1 / 6, 1 / 3], help="fractions of routed slots dropped")
     p.add_argument("--long", action="store_true", help="also bs 16 at 2048/2048 (the seed's setting), first model")
-    p.add_argument("--skip-calibration", choices=("decode", "random"), default="decode",
-                   help="where the skip fractions' thresholds come from: the routing of greedy decode steps after "
-                        "random prompts (what a decode step's bytes follow), or the random-token windows the other "
-                        "methods calibrate on (the study before the thirty-eighth session)")
+    p.add_argument("--skip-calibration", choices=("timed", "decode", "random"), default="timed",
+                   help="where the skip fractions' thresholds come from: the greedy decode steps of the timed run "
+                        "itself (the first --bs's prompts: the fraction then holds for that run), of other random "
+                        "prompts, or the random-token windows the other methods calibrate on (the study before the "
+                        "thirty-eighth session)")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--iters", type=int, default=1)
     p.add_argument("--budget-s", type=float, default=330, help="stop starting new timings after this many seconds")
@@ -150,7 +152,7 @@ def check_graphs(model, cfg, dev) -> list[str]:
 
 # ---- timing ----------------------------------------------------------------------------------------------
 
-def skipped_fraction(model, cfg, prompts, dev, steps: int = 16) -> float:
+def skipped_fraction(model, cfg, prompts, dev, steps: int) -> float:
     """Share of routed slots --skip-threshold dropped over `steps` eager decode steps after the bench's prompts (the
     prefill not counted: a decode step's bytes follow its own tokens' routing)."""
     gen = Generator(model, len(prompts), len(prompts[0]) + steps + 1)
@@ -166,7 +168,8 @@ def time_variant(model, s, ceilings, bs, n_in, n_out, a) -> dict:
     args = argparse.Namespace(warmup=a.warmup, iters=a.iters, profile=False)
     res = run_config(args, model, model.cfg, s, ceilings, bs, n_in, n_out, s.use_graphs, None)
     prompts = make_prompts(model.cfg.vocab_size, bs, n_in, s.seed)
-    res["skipped"] = skipped_fraction(model, model.cfg, prompts, s.torch_device) if s.skip_threshold else 0.0
+    res["skipped"] = (skipped_fraction(model, model.cfg, prompts, s.torch_device, n_out) if s.skip_threshold
+                      else 0.0)
     return res
 
 
@@ -202,12 +205,15 @@ def study(name, a, ceilings, started, rows, checks, save) -> None:
     print(f"# {name}: E={cfg.n_experts} K={cfg.top_k} I={cfg.moe_intermediate_size}, calibrated on {ids.numel()} "
           f"random tokens")
     skip_calib = calib
-    if a.skip and a.skip_calibration == "decode":
+    if a.skip and a.skip_calibration != "random":
         from minimoe.bench.prompts import make_prompts
-        prompts = torch.tensor(make_prompts(cfg.vocab_size, SKIP_CALIB_ROWS, a.input_len, s.seed + 1))  # not the timed ones
+        timed = a.skip_calibration == "timed"          # the first --bs's own prompts, as time_variant makes them
+        rows_, seed = (a.bs[0], s.seed) if timed else (SKIP_CALIB_ROWS, s.seed + 1)
+        prompts = torch.tensor(make_prompts(cfg.vocab_size, rows_, a.input_len, seed))
         skip_calib = calibrate_decode(base, prompts, a.output_len, about={"source": "greedy decode"})
-        print(f"#   skip thresholds from {skip_calib.tokens} decode tokens ({SKIP_CALIB_ROWS} random prompts of "
-              f"{a.input_len}, {a.output_len} greedy steps each)")
+        print(f"#   skip thresholds from {skip_calib.tokens} decode tokens ({rows_} "
+              f"{'of the timed bs ' + str(a.bs[0]) + ' run' if timed else 'other random'} prompts of {a.input_len}, "
+              f"{a.output_len} greedy steps each)")
     plan = variants(base, skip_calib, a)
     for vname, kind, value in plan:                       # correctness first, on every variant's shapes
         model = make_variant(base, kind, value, s.seed)
