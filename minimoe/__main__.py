@@ -8,6 +8,7 @@ reported before any weight is allocated. Examples:
     python -m minimoe generate --model olmoe-tiny --prompt-ids 1,2,3 --max-new-tokens 8
     python -m minimoe generate --model olmoe-stdlib --prompt "def " --max-new-tokens 64
     python -m minimoe generate --model ./my-olmoe --prompt-file prompts.txt --stop-at-eos
+    python -m minimoe generate --model olmoe-tiny --prompt-ids 1,2,3 --stop-ids 461,7
     python -m minimoe bench --model olmoe --fused --bs 64        (the same as bench.py)
 """
 from __future__ import annotations
@@ -53,6 +54,8 @@ def _generate_parser(sub) -> None:
     g.add_argument("--min-p", dest="sample_min_p", type=float, default=0.0, metavar="P",
                    help="drop tokens below min-p x the top probability (0 = off)")
     g.add_argument("--stop-at-eos", action="store_true", help="stop each sequence at any of the model's stop ids")
+    g.add_argument("--stop-ids", metavar="IDS",
+                   help="comma-separated token ids that also stop a sequence (with or without --stop-at-eos)")
     g.add_argument("--json", help="write one JSON object to this path ('-' = stdout, instead of text)")
     run_settings.add_args(g)
 
@@ -117,6 +120,7 @@ def generate(args) -> dict:
     check_output_path(args.json, "--json")
     cfg, folder = read_config(args.model)
     check_settings(s, cfg)
+    stops = _stop_ids(args, cfg)
     tok = load_tokenizer(folder)
     prompts = _prompts(args, tok, cfg.vocab_size)
     longest = max(map(len, prompts))
@@ -132,8 +136,7 @@ def generate(args) -> dict:
                                      seed=s.seed)
     spec = None
     if s.draft:                # speculative decoding: draft, graphs, --gamma auto and its timing (spec_cli.py)
-        new, seconds, spec = spec_cli.generate_cli(model, s, prompts, args.max_new_tokens, sampling,
-                                                      cfg.eos_token_ids if args.stop_at_eos else ())
+        new, seconds, spec = spec_cli.generate_cli(model, s, prompts, args.max_new_tokens, sampling, stops)
     else:
         plan = getattr(model, "plan", None)       # --ep / --tp under torchrun: this rank's rows, gathered after
         local = prompts if plan is None else [prompts[i] for i in plan.local_rows(len(prompts))]
@@ -148,11 +151,11 @@ def generate(args) -> dict:
             enable_graphs(gen)
         t0 = time.perf_counter()
         # ranks step together, so a plan never stops early: rows are cut at their stop id below
-        stop = cfg.eos_token_ids if args.stop_at_eos and plan is None else ()
+        stop = stops if plan is None else ()
         new = gen.generate(local, args.max_new_tokens, stop)
         new = new if plan is None else plan.gather_rows(new, len(prompts))
         seconds = time.perf_counter() - t0
-    rows = [_until_stop(row, cfg.eos_token_ids if args.stop_at_eos else ()) for row in new.tolist()]
+    rows = [_until_stop(row, stops) for row in new.tolist()]
     out = {"model": args.model, "family": cfg.family, "weights": str(folder) if folder else "dummy",
            "settings": s.__dict__, "prompt_ids": prompts if args.prompt_file else prompts[0], "new_ids": rows,
            "seconds": round(seconds, 4)}
@@ -161,6 +164,22 @@ def generate(args) -> dict:
     if spec is not None:
         out["speculative"] = spec
     return out
+
+
+def _stop_ids(args, cfg) -> tuple[int, ...]:
+    """The ids that end a sequence: the model's (--stop-at-eos) and --stop-ids'. UsageError for a bad list."""
+    ids = list(cfg.eos_token_ids) if args.stop_at_eos else []
+    if args.stop_ids is not None:
+        try:
+            extra = [int(t) for t in args.stop_ids.split(",") if t.strip()]
+        except ValueError:
+            raise UsageError(f"--stop-ids must be comma-separated integers, got {args.stop_ids!r}") from None
+        bad = next((t for t in extra if not 0 <= t < cfg.vocab_size), None)
+        if not extra or bad is not None:
+            raise UsageError(f"--stop-ids: {'no id given' if not extra else f'id {bad}'} "
+                             f"(ids must lie in the vocabulary [0, {cfg.vocab_size}))")
+        ids += extra
+    return tuple(sorted(set(ids)))
 
 
 def _until_stop(row: list[int], stop_ids) -> list[int]:

@@ -1,7 +1,7 @@
 """The pruning speed study: decode throughput against the pruning ratio, bytes per step beside each.
 
     python scripts/bench_prune.py --out /tmp/prune                      # on the H200 (scripts/gpu/prune.sh)
-    python scripts/bench_prune.py --smoke --out /tmp/prune-smoke        # the same code on a CPU, tiny cards
+    TRITON_INTERPRET=1 python scripts/bench_prune.py --smoke --out /tmp/prune-smoke   # the same code on a CPU, tiny cards
 
 One process per run: each model is built once with random weights of its real shapes (the speed of a
 shape does not depend on the values), calibrated once on random prompts, and every variant is timed in
@@ -62,16 +62,18 @@ def parse(argv=None):
     p.add_argument("--skip", type=float, nargs="*", default=[1 / 6, 1 / 3], help="fractions of routed slots dropped")
     p.add_argument("--long", action="store_true", help="also bs 16 at 2048/2048 (the seed's setting), first model")
     p.add_argument("--skip-calibration", choices=("timed", "decode", "random"), default="timed",
-                   help="where the skip fractions' thresholds come from: the greedy decode steps of the timed run "
-                        "itself (the first --bs's prompts: the fraction then holds for that run), of other random "
-                        "prompts, or the random-token windows the other methods calibrate on (the study before the "
-                        "thirty-eighth session)")
+                   help="where the --skip fractions' thresholds come from. timed (default): the greedy decode steps "
+                        "of the first --bs's own timed prompts (the fraction is exact for that run only); decode: "
+                        "the decode steps of SKIP_CALIB_ROWS other random prompts; random: the random-token windows "
+                        "that inter / intra pruning calibrate on (the study before the thirty-eighth session)")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--iters", type=int, default=1)
     p.add_argument("--budget-s", type=float, default=330, help="stop starting new timings after this many seconds")
     p.add_argument("--ceilings", help="JSON of measured ceilings: read if it exists, else measured and written")
     p.add_argument("--check-only", action="store_true", help="correctness on the real shapes, no timing")
-    p.add_argument("--smoke", action="store_true", help="CPU: tiny cards, fp32, a few tokens (the same code)")
+    p.add_argument("--smoke", action="store_true",
+                   help="CPU (needs TRITON_INTERPRET=1): tiny cards, fp32, a few tokens, the same code; it sets its "
+                        "own --models, --bs, --input-len, --output-len, --inter, --intra, --skip, --warmup, --iters")
     a = p.parse_args(argv)
     if a.smoke:
         a.models, a.bs, a.input_len, a.output_len = ["olmoe-tiny", "qwen2-moe-tiny"], [2], 4, 3

@@ -39,6 +39,17 @@ def test_generate_text_output_prints_one_row_per_sequence(capsys):
     assert len(rows) == 3 and all(len(r.split()) == 4 for r in rows)
 
 
+def test_stop_ids_cut_each_row_at_its_first_stop(capsys):
+    """--stop-ids: each row ends at (and keeps) its first id from the list; the rows before it are the free run's."""
+    args = ["--model", "olmoe-tiny", "--prompt-ids", "3,1,4", "--max-new-tokens", "10", "--dtype", "fp32", "--json", "-"]
+    free = json.loads(run(capsys, *args)[1])["new_ids"][0]
+    stop = free[4]
+    rc, out, err = run(capsys, *args, "--stop-ids", f"{stop},{stop}")
+    assert rc == 0, err
+    got = json.loads(out)["new_ids"][0]
+    assert got == free[:free.index(stop) + 1] and len(got) <= 5
+
+
 def test_sampling_is_seeded(capsys):
     args = ["--model", "qwen3-moe-tiny", "--prompt-ids", "7,8,9", "--max-new-tokens", "12", "--temperature", "1.5",
             "--top-k", "50", "--json", "-"]
@@ -93,6 +104,12 @@ BAD_INPUT = {
                             "--prompt/--prompt-file need a checkpoint with tokenizer files"),
     "missing_weights_dir": (["--model", "olmoe-tiny", "--prompt-ids", "1", "--weights", "/no/such/dir"],
                             "weights directory /no/such/dir does not exist"),
+    "stop_ids_letters": (["--model", "olmoe-tiny", "--prompt-ids", "1", "--stop-ids", "4,x"],
+                         "--stop-ids must be comma-separated integers, got '4,x'"),
+    "stop_id_too_large": (["--model", "olmoe-tiny", "--prompt-ids", "1", "--stop-ids", "512"],
+                          "--stop-ids: id 512 (ids must lie in the vocabulary [0, 512))"),
+    "stop_ids_empty": (["--model", "olmoe-tiny", "--prompt-ids", "1", "--stop-ids", ","],
+                       "--stop-ids: no id given"),
     "dispatch_without_ep": (["--model", "olmoe-tiny", "--prompt-ids", "1", "--dispatch", "padded"],
                             "--dispatch padded is expert parallelism's token exchange: it needs --ep 2 or more"),
 }

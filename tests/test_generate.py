@@ -91,6 +91,14 @@ def test_generate_stops_early_once_every_row_has_stopped(model, monkeypatch):
     assert got.shape == (B, n) and all(int(got[r, -1]) == min(stops) for r in range(B))
 
 
+@pytest.mark.parametrize("bad", [0, -2, 1.5, True])
+def test_generate_refuses_a_bad_stop_check_interval(model, monkeypatch, bad):
+    from minimoe import generate as G
+    monkeypatch.setattr(G, "STOP_CHECK_EVERY", bad)
+    with pytest.raises(ValueError, match="STOP_CHECK_EVERY must be an int >= 1"):
+        Generator(model, B, S + 4).generate(_prompts(model.cfg.vocab_size), 3, stop_ids=1)
+
+
 def test_mask_after_stop_keeps_the_first_stop_and_pads_after_it():
     from minimoe.generate import mask_after_stop
     new = torch.tensor([[5, 9, 5, 4], [1, 2, 3, 4], [7, 7, 9, 9]])
