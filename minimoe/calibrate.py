@@ -177,7 +177,6 @@ def calibrate_decode(model, prompts: torch.Tensor, steps: int, about: dict | Non
     random weights, a beta that dropped 33.6% of the slots of random-token windows dropped 28.1% of a bench run's
     slots, counted mostly over its prompt (scripts/bench_prune.py, thirty-eighth session). Raises ValueError for
     steps < 1."""
-    from .generate import Generator
     if steps < 1:
         raise ValueError(f"calibrate_decode needs steps >= 1, got {steps}")
     B, S = prompts.shape
