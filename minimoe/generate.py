@@ -161,9 +161,9 @@ class Generator:
         """tokens [B] (the last sampled) -> next tokens [B]. own=False, with a captured decode graph: the
         returned tensor is the graph's own token buffer, overwritten by the next decode (a list of such returns
         would hold one tensor, the latest); passing it straight back as `tokens` (a timed loop) skips the input
-        copy and the output clone, two launches a step (graphs.DecodeGraph), as generate() does (it copies each step's tokens
-        into its own buffer). Keep a token across steps with own=True (the default). Without graphs (eager, CPU) every return is a new tensor and
-        own changes nothing."""
+        copy and the output clone, two launches a step (graphs.DecodeGraph). generate() and bench.py's loop do so
+        (generate() copies each step's tokens into its own buffer). Keep a token across steps with own=True (the
+        default). Without graphs (eager, CPU) every return is a new tensor and own changes nothing."""
         self._room(1)
         if self.graphs is not None:
             out = self.graphs.step(tokens, own=own)
