@@ -53,21 +53,25 @@ TARGETS = [  # (model, bs, variant, minimum speedup over "none" at the same bs):
 def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True, help="folder for prune_speed.json and the tables")
-    p.add_argument("--models", nargs="+", default=["olmoe", "qwen1.5-moe"])
-    p.add_argument("--bs", type=int, nargs="+", default=[1, 16, 64])
-    p.add_argument("--input-len", type=int, default=128)
-    p.add_argument("--output-len", type=int, default=64)
-    p.add_argument("--inter", type=float, nargs="*", default=[0.125, 0.25, 0.5])
-    p.add_argument("--intra", type=float, nargs="*", default=[0.125, 0.25, 0.5])
-    p.add_argument("--skip", type=float, nargs="*", default=[1 / 6, 1 / 3], help="fractions of routed slots dropped")
+    p.add_argument("--models", nargs="+", default=["olmoe", "qwen1.5-moe"],
+                   help="model cards (random weights, real shapes; default %(default)s)")
+    p.add_argument("--bs", type=int, nargs="+", default=[1, 16, 64], help="decode batches (default %(default)s)")
+    p.add_argument("--input-len", type=int, default=128, help="prompt tokens (default %(default)s)")
+    p.add_argument("--output-len", type=int, default=64, help="new tokens (default %(default)s)")
+    p.add_argument("--inter", type=float, nargs="*", default=[0.125, 0.25, 0.5],
+                   help="inter-expert ratios: shares of each layer's experts dropped (default %(default)s)")
+    p.add_argument("--intra", type=float, nargs="*", default=[0.125, 0.25, 0.5],
+                   help="intra-expert ratios: shares of each expert's width dropped (default %(default)s)")
+    p.add_argument("--skip", type=float, nargs="*", default=[1 / 6, 1 / 3],
+                   help="skipping: fractions of routed slots dropped (default 1/6 and 1/3)")
     p.add_argument("--long", action="store_true", help="also bs 16 at 2048/2048 (the seed's setting), first model")
     p.add_argument("--skip-calibration", choices=("timed", "decode", "random"), default="timed",
                    help="where the --skip fractions' thresholds come from. timed (default): the greedy decode steps "
                         "of the first --bs's own timed prompts (the fraction is exact for that run only); decode: "
                         "the decode steps of SKIP_CALIB_ROWS other random prompts; random: the random-token windows "
                         "that inter / intra pruning calibrate on (the study before the thirty-eighth session)")
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--iters", type=int, default=1)
+    p.add_argument("--warmup", type=int, default=1, help="untimed runs before each timing (default %(default)s)")
+    p.add_argument("--iters", type=int, default=1, help="timed runs, the median kept (default %(default)s)")
     p.add_argument("--budget-s", type=float, default=330, help="stop starting new timings after this many seconds")
     p.add_argument("--ceilings", help="JSON of measured ceilings: read if it exists, else measured and written")
     p.add_argument("--check-only", action="store_true", help="correctness on the real shapes, no timing")
