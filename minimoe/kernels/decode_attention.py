@@ -38,6 +38,7 @@ import triton
 
 from . import decode_attention_merge as _merge
 from .decode_attention_merge import merge_splits_kernel
+from .decode_attention_persistent import _decode_persistent_kernel, persistent_grid
 from .decode_attention_split import _decode_split_kernel
 from .mla_merge_uv import merge_uv
 from .pdl import launch_args
@@ -71,6 +72,14 @@ EARLY_TILE = True
 # within 0.11%) ties: Qwen3-30B-A3B bs 1 +0.06% (loads) / +0.01% (loads and stores), OLMoE bs 1 -0.00 / +0.03%, OLMoE
 # bs 64 -0.06 / +0.27%. Off.
 KV_EVICT = ""
+# Full grids (one split: B x Hkv programs fill the SMs) as persistent programs that stream several (sequence, kv head)
+# items each (decode_attention_persistent.py): one token, no MLA, one head tile, B <= PERSISTENT_MAX_B. A step-probe
+# knob until measured; PERSISTENT_PROGRAMS_PER_SM programs an SM at most, PERSISTENT_STAGES the loop's pipeline depth
+# (None: the split plan's num_stages).
+PERSISTENT = False
+PERSISTENT_PROGRAMS_PER_SM = 2
+PERSISTENT_STAGES: int | None = None
+PERSISTENT_MAX_B = 1024
 
 
 @functools.lru_cache(maxsize=None)
@@ -198,6 +207,9 @@ def decode_attention(q, k_cache, v_cache, seq_lens, scale: float, *, positions=N
     else:
         part = torch.empty(B, S, H, num_splits, dv, device=q.device, dtype=torch.float32)
         lse = torch.empty(B, S, H, num_splits, device=q.device, dtype=torch.float32)
+    if persistent_fits(plan, one, B, dk, dv, v_from_k, w_uv):
+        _persistent(q, k_cache, v_cache, seq_lens, out[:, 0], scale, plan, pdl)
+        return out[:, 0]
     pos = positions if positions is not None else seq_lens[:, None]          # unread when one token
     merge = (not direct and counters is not None and counters.dtype == torch.int32
              and counters.numel() >= B * hkv * head_tiles and counters.device == q.device and w_uv is None)
@@ -224,6 +236,34 @@ def decode_attention(q, k_cache, v_cache, seq_lens, scale: float, *, positions=N
     if not direct and not merge:
         merge_partials(part, lse, seq_lens, out, plan, pdl)
     return out[:, 0] if one else out
+
+
+def persistent_fits(plan: SplitPlan, one: bool, B: int, dk: int, dv: int, v_from_k: bool, w_uv) -> bool:
+    """Whether this call takes the persistent kernel: PERSISTENT on, one split (a full grid), one new token, one head
+    tile, Dk = Dv a power of two (no MLA), B <= PERSISTENT_MAX_B."""
+    return (PERSISTENT and one and plan.num_splits == 1 and plan.head_tiles == 1 and plan.block_dr == 0
+            and dk == dv == plan.block_dk and not v_from_k and w_uv is None and B <= PERSISTENT_MAX_B)
+
+
+def _persistent(q, k_cache, v_cache, seq_lens, out, scale: float, plan: SplitPlan, pdl: bool) -> None:
+    """decode_attention_persistent.py's kernel: q [B, H, d] -> out [B, H, d] (written)."""
+    B, H, d = q.shape
+    s_max, hkv = k_cache.shape[1], k_cache.shape[2]
+    n_items = B * hkv
+    programs, items = persistent_grid(n_items, _sm_count(q.device), PERSISTENT_PROGRAMS_PER_SM)
+    launch = dict(plan.launch)
+    if PERSISTENT_STAGES is not None:
+        launch["num_stages"] = PERSISTENT_STAGES
+    _decode_persistent_kernel[(programs,)](
+        q, k_cache, v_cache, seq_lens, out,
+        q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), out.stride(0), out.stride(1),
+        scale * 1.4426950408889634, s_max, B, n_items,
+        HKV=hkv, G=H // hkv, D=d, ITEMS=items, BLOCK_B=max(16, triton.next_power_of_2(B)), BLOCK_H=plan.block_h,
+        BLOCK_N=plan.block_n, STAGES=launch["num_stages"],
+        PRECISION="ieee" if k_cache.dtype == torch.float32 else "tf32",
+        **launch, **launch_args(pdl),
+    )
 
 
 def merge_partials(part, lse, seq_lens, out, plan: SplitPlan, pdl: bool = False) -> None:
