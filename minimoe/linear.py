@@ -29,6 +29,10 @@ GEMV_KERNELS = ("torch", "triton", "stream", "skinny")
 STREAM_MAX_T = 2          # the stream kernel reads the weight once per token: decode at batch 1-2 only
 SKINNY_AUTO = False       # True: `--gemv auto` sends dense layers at 3..64 tokens to kernels/skinny_gemm.py (measured
                           # slower than cuBLAS there, so off; routers: router_logits)
+# A probe knob (scripts/step_probe.py): None, or the BLAS library PyTorch should prefer ("cublas" / "cublaslt", a
+# process-wide torch setting) when F.linear runs here, set at each such call, so a graph captured with it keeps that
+# library's kernels. Off (None): PyTorch's own choice.
+BLAS_LIBRARY: str | None = None
 
 
 def auto_gemv(T: int, N: int, D: int) -> str:
@@ -78,6 +82,8 @@ def linear(x: torch.Tensor, weight, bias: torch.Tensor | None = None, gemv: str 
         if kind == "stream" and 1 <= T <= STREAM_MAX_T and weight.is_contiguous() and (
                 bias is None or (bias.dtype == x.dtype and bias.is_contiguous())):
             return _dense_gemv(x.reshape(-1, x.shape[-1]).contiguous(), weight, pdl=pdl, bias=bias).view(*lead, -1)
+    if BLAS_LIBRARY is not None:
+        torch.backends.cuda.preferred_blas_library(BLAS_LIBRARY)
     return F.linear(x, weight, bias)
 
 
