@@ -56,6 +56,11 @@ def stop_tensor(stop_ids, max_new_tokens: int, device) -> torch.Tensor:
 # every step cost 7.44% of OLMoE's bs-1 generation against bench.py's loop; this loop costs 0.68% (H200, thirty-eighth
 # session, scripts/generate_loop_probe.py).
 STOP_CHECK_EVERY = 16
+# Greedy steps (prefill and decode) hand the argmax the LM head's bf16 / fp16 logits instead of a float32 copy: the
+# same values (the cast is exact), so the same tokens and non-finite counts, one [B, V] copy launch and half the
+# argmax's bytes fewer where the head is a cuBLAS GEMM (batch > 2; at batch 1-2 the stream GEMV writes float32 itself).
+# A step-probe knob until measured; read when a step runs (a graph keeps what it captured).
+GREEDY_RAW_LOGITS = False
 
 
 def mask_after_stop(new: torch.Tensor, stop: torch.Tensor) -> torch.Tensor:
@@ -96,8 +101,8 @@ class Generator:
         self.nonfinite.zero_()
 
     def _sample(self, logits: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-        """logits [B, V] float32 -> tokens [B] (written into `out` when given); counts non-finite rows on the
-        device."""
+        """logits [B, V] float32 (or the model's dtype for greedy, `_raw_logits`) -> tokens [B] (written into `out`
+        when given); counts non-finite rows on the device."""
         with region("sample"):
             if self.sampling.greedy:          # argmax + the count in two kernels with --ops triton
                 return ops_for(self.model.settings).greedy(logits, self.nonfinite, counters=self.argmax_counters,
@@ -113,11 +118,11 @@ class Generator:
 
     # ---- the multi-token step -------------------------------------------------------------------
     def forward_step(self, tokens: torch.Tensor, host_len: int | None, n_valid: torch.Tensor | None = None,
-                     select=None) -> torch.Tensor:
-        """tokens [B, S] at the current lengths -> logits (see Transformer.forward's `select`); advances
-        the lengths. host_len None: the static-shape step that graphs capture."""
+                     select=None, float_logits: bool = True) -> torch.Tensor:
+        """tokens [B, S] at the current lengths -> logits (see Transformer.forward's `select` and `float_logits`);
+        advances the lengths. host_len None: the static-shape step that graphs capture."""
         step = self.cache.step(tokens.shape[1], host_len, n_valid)
-        logits = self.model(tokens, step, self.cache, select=select)
+        logits = self.model(tokens, step, self.cache, select=select, float_logits=float_logits)
         self.cache.advance(step)
         return logits
 
@@ -153,7 +158,8 @@ class Generator:
 
     def eager_prefill(self, ids: torch.Tensor, n_valid: torch.Tensor) -> torch.Tensor:
         """ids [B, S] right-padded, n_valid [B] -> the token sampled after each prompt's last real one."""
-        logits = self.forward_step(ids, 0, n_valid, select=n_valid.long() - 1)   # [B, V]
+        logits = self.forward_step(ids, 0, n_valid, select=n_valid.long() - 1,
+                                   float_logits=not self._raw_logits())                      # [B, V]
         return self._sample(logits)
 
     @torch.inference_mode()
@@ -175,8 +181,12 @@ class Generator:
     def eager_step(self, tokens: torch.Tensor, host_len: int | None, out: torch.Tensor | None = None) -> torch.Tensor:
         """One decode step; host_len=None gives the static-shape step that graphs capture. out: [B] int64 to
         write the next tokens into (may be `tokens` itself: read at the step's start, written at its end)."""
-        logits = self.forward_step(tokens[:, None], host_len, select=-1)                # [B, V]
-        return self._sample(logits, out)
+        logits = self.forward_step(tokens[:, None], host_len, select=-1, float_logits=not self._raw_logits())
+        return self._sample(logits, out)                                                  # logits [B, V]
+
+    def _raw_logits(self) -> bool:
+        """Whether a step hands the sampler the LM head's own dtype (GREEDY_RAW_LOGITS and greedy sampling)."""
+        return GREEDY_RAW_LOGITS and self.sampling.greedy
 
     @torch.inference_mode()
     def generate(self, prompts, max_new_tokens: int, stop_ids=()) -> torch.Tensor:

@@ -127,9 +127,12 @@ class Transformer(nn.Module):
                           or (getattr(s, "fuse_rope_attn", "off") == "auto" and rope_attn_fusion.AUTO)))
         return not (fused_rope or rope_attn)
 
-    def forward(self, ids: torch.Tensor, step: Step, cache: KVCache, select=None) -> torch.Tensor:
+    def forward(self, ids: torch.Tensor, step: Step, cache: KVCache, select=None,
+                float_logits: bool = True) -> torch.Tensor:
         """ids [B, S] -> float32 logits [B, S, V]; or [B, V] at one position per sequence when
-        `select` is an int (the same for every row, e.g. -1) or a LongTensor [B] (ragged prompts)."""
+        `select` is an int (the same for every row, e.g. -1) or a LongTensor [B] (ragged prompts).
+        float_logits False: the LM head's own dtype where it would otherwise add a copy to float32 (the values are
+        the same: a bf16 / fp16 -> fp32 cast is exact; for an argmax, generate.GREEDY_RAW_LOGITS)."""
         gather = norm_fusion.embed_fits(self, ids, step, cache)   # the rows read by the first layer's fold instead
         with region("embed"):
             x = None if gather else self.embed(ids)                            # [B, S, D]
@@ -156,5 +159,6 @@ class Transformer(nn.Module):
             with region("norm"):
                 x, _ = self.norm(x.contiguous(), residual.contiguous())
             with region("lm_head"):
-                logits = self.lm_head.forward_float(x)      # self.lm_head(x).float(), one copy launch fewer
+                # self.lm_head(x).float(), one copy launch fewer; or no copy at all
+                logits = self.lm_head.forward_float(x) if float_logits else self.lm_head(x)
         return logits[:, 0] if select is not None else logits

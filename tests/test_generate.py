@@ -344,3 +344,36 @@ def test_generate_records_each_graphed_step_through_the_decode_graph(model, monk
     gen.graphs = dg
     assert torch.equal(gen.generate(ids, n), want)
     assert len(records) == n - 1 and owns == [False] * (n - 1)
+
+
+# ---- greedy on the LM head's own dtype --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_greedy_raw_logits_give_the_same_tokens_and_counts(monkeypatch, dtype):
+    """GREEDY_RAW_LOGITS: the sampler sees the head's bf16 / fp16 logits, not a float32 copy; the tokens and the
+    non-finite count are those of the copy (the cast is exact), and a sampled (non-greedy) run still gets float32."""
+    import minimoe.generate as gen_mod
+    net, _, _ = build_model("olmoe-tiny", "dummy", dtype=dtype, seed=5)
+    ids, n = _prompts(net.cfg.vocab_size, seed=4), 6
+    seen = []
+    real = Generator._sample
+
+    def spy(self, logits, out=None):
+        seen.append(logits.dtype)
+        return real(self, logits, out)
+
+    monkeypatch.setattr(Generator, "_sample", spy)
+    runs = {}
+    for raw in (False, True):
+        monkeypatch.setattr(gen_mod, "GREEDY_RAW_LOGITS", raw)
+        seen.clear()
+        g = Generator(net, B, S + n + 1)
+        runs[raw] = (g.generate(ids, n), int(g.nonfinite), set(seen))
+    assert torch.equal(runs[True][0], runs[False][0])
+    assert runs[True][1] == runs[False][1]
+    assert runs[False][2] == {torch.float32} and runs[True][2] == {dtype}
+    seen.clear()
+    g = Generator(net, B, S + n + 1, sampling=Sampling(temperature=1.0))
+    g.generate(ids, 2)
+    assert seen and set(seen) == {torch.float32}, "sampling keeps float32 logits"
