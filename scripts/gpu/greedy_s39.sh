@@ -19,16 +19,11 @@ echo "--- probe olmoe rc $? t=$SECONDS"; grep -v Warn $R/probe_olmoe.txt | tail 
 timeout 150 python3 scripts/step_probe.py --models qwen3 --batches 64 --input-len 128 --steps 40 --rounds 3 \
   $V --json $R/probe_qwen3.json > $R/probe_qwen3.txt 2>&1
 echo "--- probe qwen3 rc $? t=$SECONDS"; grep -v Warn $R/probe_qwen3.txt | tail -5
-for v in base both; do
-  P=$([ $v = both ] && echo True || echo False)
-  T=$([ $v = both ] && echo 1024 || echo 256)
-  timeout 100 python3 -c "
-import runpy, sys
-import minimoe.generate as g, minimoe.kernels.greedy as gr
-g.GREEDY_RAW_LOGITS, gr.TARGET_PROGRAMS = $P, $T
-sys.argv = ['bench.py', '--model', 'olmoe', '--fused', '--bs', '64', '--input-len', '128', '--output-len', '128',
-            '--warmup', '1', '--iters', '3', '--json', '$R/bench_olmoe64_$v.json']
-runpy.run_path('bench.py', run_name='__main__')" > $R/bench_olmoe64_$v.txt 2>&1
-  echo "--- bench $v rc $? t=$SECONDS"; grep -E "minimoe bs|ceilings" $R/bench_olmoe64_$v.txt
-done
+BA="--model olmoe --fused --bs 64 --input-len 128 --output-len 128 --warmup 1 --iters 3"
+timeout 100 python3 scripts/bench_knob.py "minimoe.generate.GREEDY_RAW_LOGITS=False" -- $BA \
+  --json $R/bench_olmoe64_base.json > $R/bench_olmoe64_base.txt 2>&1
+echo "--- bench base rc $? t=$SECONDS"; grep -E "minimoe bs|ceilings" $R/bench_olmoe64_base.txt
+timeout 100 python3 scripts/bench_knob.py "minimoe.generate.GREEDY_RAW_LOGITS=True" \
+  "minimoe.kernels.greedy.TARGET_PROGRAMS=1024" -- $BA --json $R/bench_olmoe64_both.json > $R/bench_olmoe64_both.txt 2>&1
+echo "--- bench both rc $? t=$SECONDS"; grep -E "minimoe bs|ceilings" $R/bench_olmoe64_both.txt
 tar czf $OUT/r.tgz -C $OUT r
