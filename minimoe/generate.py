@@ -59,8 +59,10 @@ STOP_CHECK_EVERY = 16
 # Greedy steps (prefill and decode) hand the argmax the LM head's bf16 / fp16 logits instead of a float32 copy: the
 # same values (the cast is exact), so the same tokens and non-finite counts, one [B, V] copy launch and half the
 # argmax's bytes fewer where the head is a cuBLAS GEMM (batch > 2; at batch 1-2 the stream GEMV writes float32 itself).
-# A step-probe knob until measured; read when a step runs (a graph keeps what it captured).
-GREEDY_RAW_LOGITS = False
+# In the graphed step (H200, docs/results/2026-12-04-s39, call 3; every variant's tokens the baseline's): OLMoE bs 64
+# -0.44%, bs 16 -0.08%, bs 1 -0.07%; Qwen3-30B-A3B bs 64 (a 152k vocabulary) -0.27%. On; read when a step runs (a graph
+# keeps what it captured).
+GREEDY_RAW_LOGITS = True
 
 
 def mask_after_stop(new: torch.Tensor, stop: torch.Tensor) -> torch.Tensor:
