@@ -70,13 +70,23 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _id_list(flag: str, text: str) -> list[int]:
+    """"1, 2,3" -> [1, 2, 3]; "" (or blanks) -> [] (the caller says what is missing); UsageError (one line) for
+    anything else, an empty item ("1,,2", "1,") included."""
+    if not text.strip():
+        return []
+    items = [t.strip() for t in text.split(",")]
+    try:
+        if any(not t for t in items):
+            raise ValueError
+        return [int(t) for t in items]
+    except ValueError:
+        raise UsageError(f"{flag} must be comma-separated integers, got {text!r}") from None
+
+
 def _prompts(args, tok, vocab: int) -> list[list[int]]:
     if args.prompt_ids is not None:
-        try:
-            ids = [int(t) for t in args.prompt_ids.split(",") if t.strip()]
-        except ValueError:
-            raise UsageError(f"--prompt-ids must be comma-separated integers, got {args.prompt_ids!r}") from None
-        prompts = [ids] * args.batch
+        prompts = [_id_list("--prompt-ids", args.prompt_ids)] * args.batch
     else:
         if tok is None:
             raise UsageError("--prompt/--prompt-file need a checkpoint with tokenizer files and transformers; "
@@ -170,10 +180,7 @@ def _stop_ids(args, cfg) -> tuple[int, ...]:
     """The ids that end a sequence: the model's (--stop-at-eos) and --stop-ids'. UsageError for a bad list."""
     ids = list(cfg.eos_token_ids) if args.stop_at_eos else []
     if args.stop_ids is not None:
-        try:
-            extra = [int(t) for t in args.stop_ids.split(",") if t.strip()]
-        except ValueError:
-            raise UsageError(f"--stop-ids must be comma-separated integers, got {args.stop_ids!r}") from None
+        extra = _id_list("--stop-ids", args.stop_ids)
         bad = next((t for t in extra if not 0 <= t < cfg.vocab_size), None)
         if not extra or bad is not None:
             raise UsageError(f"--stop-ids: {'no id given' if not extra else f'id {bad}'} "

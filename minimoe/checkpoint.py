@@ -47,8 +47,11 @@ def resolve(model: str) -> tuple[dict, Path | None]:
         raise CheckpointError(f"{model}: {why}")
     if model.count("/") != 1 or path.exists():
         close = difflib.get_close_matches(model.lower(), [*cards.aliases(), *(n.lower() for n in cards.card_names())], 1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""     # first: the card list after it is long
-        raise CheckpointError(f"unknown model {model!r}{hint}: not a model card ({', '.join(cards.card_names())}) or "
+        if close:       # a typo: the suggestion, and where the cards are, not the whole list
+            raise CheckpointError(f"unknown model {model!r} (did you mean {close[0]!r}?): not a model card or alias "
+                                  f"(the {len(cards.card_names())} cards are in {cards.cards_dir()}), not a directory, "
+                                  f"and not a hub id of the form org/name")
+        raise CheckpointError(f"unknown model {model!r}: not a model card ({', '.join(cards.card_names())}) or "
                               f"alias ({', '.join(cards.aliases())}), not a directory, and not a hub id of the form "
                               f"org/name")
     folder = _download(model)

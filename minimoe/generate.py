@@ -56,9 +56,10 @@ def stop_tensor(stop_ids, max_new_tokens: int, device) -> torch.Tensor:
 # every step cost 7.44% of OLMoE's bs-1 generation against bench.py's loop; this loop costs 0.68% (H200, thirty-eighth
 # session, scripts/generate_loop_probe.py).
 STOP_CHECK_EVERY = 16
-# Greedy steps (prefill and decode) hand the argmax the LM head's bf16 / fp16 logits instead of a float32 copy: the
-# same values (the cast is exact), so the same tokens and non-finite counts, one [B, V] copy launch and half the
-# argmax's bytes fewer where the head is a cuBLAS GEMM (batch > 2; at batch 1-2 the stream GEMV writes float32 itself).
+# Greedy steps (prefill and decode) hand the argmax the LM head's bf16 / fp16 logits instead of a float32 copy. The
+# values are the same (the cast is exact), so are the tokens and the non-finite counts. What it saves, where the head
+# is a cuBLAS GEMM (on a GPU at batch > 2): the [B, V] copy's launch, and half of the bytes the argmax reads. (At batch
+# 1-2 on a GPU the stream GEMV writes float32 itself, so there was no copy to save.)
 # In the graphed step (H200, docs/results/2026-12-04-s39, call 3; every variant's tokens the baseline's): OLMoE bs 64
 # -0.44%, bs 16 -0.08%, bs 1 -0.07%; Qwen3-30B-A3B bs 64 (a 152k vocabulary) -0.27%. On; read when a step runs (a graph
 # keeps what it captured).

@@ -108,8 +108,12 @@ BAD_INPUT = {
                          "--stop-ids must be comma-separated integers, got '4,x'"),
     "stop_id_too_large": (["--model", "olmoe-tiny", "--prompt-ids", "1", "--stop-ids", "512"],
                           "--stop-ids: id 512 (ids must lie in the vocabulary [0, 512))"),
-    "stop_ids_empty": (["--model", "olmoe-tiny", "--prompt-ids", "1", "--stop-ids", ","],
+    "stop_ids_empty": (["--model", "olmoe-tiny", "--prompt-ids", "1", "--stop-ids", " "],
                        "--stop-ids: no id given"),
+    "stop_ids_empty_item": (["--model", "olmoe-tiny", "--prompt-ids", "1", "--stop-ids", "4,,7"],
+                            "--stop-ids must be comma-separated integers, got '4,,7'"),
+    "prompt_ids_empty_item": (["--model", "olmoe-tiny", "--prompt-ids", "1,2,"],
+                              "--prompt-ids must be comma-separated integers, got '1,2,'"),
     "dispatch_without_ep": (["--model", "olmoe-tiny", "--prompt-ids", "1", "--dispatch", "padded"],
                             "--dispatch padded is expert parallelism's token exchange: it needs --ep 2 or more"),
 }

@@ -56,11 +56,13 @@ def test_unknown_model_name_lists_the_cards():
     assert "olmoe-tiny" in msg and "DeepSeek-V3" in msg
 
 
-def test_a_near_miss_names_the_close_card_first():
-    """A typo's suggestion comes right after the name, before the long list of cards and aliases."""
+def test_a_near_miss_names_the_close_card_and_not_the_list():
+    """A typo gets the suggestion right after the name and the cards' folder, not the long list of cards and aliases."""
     with pytest.raises(CheckpointError) as e:
         build_model("olmoe-tinyy", "dummy")
-    assert str(e.value).startswith("unknown model 'olmoe-tinyy' (did you mean 'olmoe-tiny'?): not a model card")
+    msg = str(e.value)
+    assert msg.startswith("unknown model 'olmoe-tinyy' (did you mean 'olmoe-tiny'?): not a model card")
+    assert str(cards.cards_dir()) in msg and "DeepSeek-V3" not in msg and len(msg) < 300
 
 
 def test_a_path_that_is_not_a_directory_says_so(tmp_path):

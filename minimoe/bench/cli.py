@@ -36,6 +36,10 @@ from . import layer, memory, timing
 from . import plans                    # --ep / --tp under torchrun: this rank's rows, rank 0 reports
 from . import spec as spec_bench
 from .prompts import length_sampler, make_prompts
+
+# Module attributes set before the run by scripts/bench_knob.py ("module.ATTR" -> value): recorded under "knobs" in the
+# JSON line, so two A/B result files say which is which.
+KNOBS: dict = {}
 from .report import print_header, print_profile, print_table, row, versions, COLUMNS
 from .roofline import count_params, measure_ceilings
 
@@ -285,6 +289,8 @@ def main(argv=None) -> int:
                                                         "moe_intermediate_size", "attention")},
                "params": {"total": pc.total, "active": pc.active(cfg, s.top_k)},
                "settings": vars(s), "graphs": graphs, "dtype": s.dtype, "results": results}
+    if KNOBS:
+        summary["knobs"] = dict(KNOBS)
     if load is not None:
         summary["expert_load"] = plans.load_summary(model, load)
         plans.heatmap(model, load, args.load_heatmap)
