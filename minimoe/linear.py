@@ -31,7 +31,8 @@ SKINNY_AUTO = False       # True: `--gemv auto` sends dense layers at 3..64 toke
                           # slower than cuBLAS there, so off; routers: router_logits)
 # A probe knob (scripts/step_probe.py): None, or the BLAS library PyTorch should prefer ("cublas" / "cublaslt", a
 # process-wide torch setting) when F.linear runs here, set at each such call, so a graph captured with it keeps that
-# library's kernels. Off (None): PyTorch's own choice.
+# library's kernels. Off (None): PyTorch's own choice. Measured (H200, docs/results/2026-12-04-s39, call 2): cuBLASLt
+# chose the same kernels at bs 16-64 (steps within ±0.23%); kept only so that call can be re-run.
 BLAS_LIBRARY: str | None = None
 
 
