@@ -73,9 +73,10 @@ EARLY_TILE = True
 # bs 64 -0.06 / +0.27%. Off.
 KV_EVICT = ""
 # Full grids (one split: B x Hkv programs fill the SMs) as persistent programs that stream several (sequence, kv head)
-# items each (decode_attention_persistent.py): one token, no MLA, one head tile, B <= PERSISTENT_MAX_B. A step-probe
-# knob until measured; PERSISTENT_PROGRAMS_PER_SM programs an SM at most, PERSISTENT_STAGES the loop's pipeline depth
-# (None: the split plan's num_stages).
+# items each (decode_attention_persistent.py): one token, no MLA, one head tile, B <= PERSISTENT_MAX_B.
+# PERSISTENT_PROGRAMS_PER_SM programs an SM at most, PERSISTENT_STAGES the loop's pipeline depth (None: the split
+# plan's num_stages). Measured (H200, docs/results/2026-12-04-s39, call 1): 0.93-0.94x the split kernel at 138-202
+# cached entries, 1.01-1.02x from 256 (OLMoE, Mixtral at B 64), OLMoE's graphed bs-64 step +0.98%. Off.
 PERSISTENT = False
 PERSISTENT_PROGRAMS_PER_SM = 2
 PERSISTENT_STAGES: int | None = None
