@@ -160,9 +160,7 @@ def generate(args) -> dict:
             from .graphs import enable_graphs
             enable_graphs(gen)
         t0 = time.perf_counter()
-        # ranks step together, so a plan never stops early: rows are cut at their stop id below
-        stop = stops if plan is None else ()
-        new = gen.generate(local, args.max_new_tokens, stop)
+        new = gen.generate(local, args.max_new_tokens, stops)     # under a plan the ranks stop at the same step
         new = new if plan is None else plan.gather_rows(new, len(prompts))
         seconds = time.perf_counter() - t0
     rows = [_until_stop(row, stops) for row in new.tolist()]
@@ -237,8 +235,8 @@ def _print_text(args, out: dict) -> None:
     if args.command == "eval":
         evaluate_cli.print_table(out)
         return
-    if "speculative" in out:
-        print("# " + out["speculative"]["summary"])
+    if "speculative" in out:                      # stdout keeps only the tokens (and text): this goes to stderr
+        print("# " + out["speculative"]["summary"], file=sys.stderr)
     for i, row in enumerate(out["new_ids"]):
         print(" ".join(map(str, row)))
         if "text" in out:

@@ -28,6 +28,8 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
+from . import collective
+
 SYMM_MAX_BYTES = 1 << 20                        # one-shot reads world x this per rank; prefill goes to NCCL
 SYMM_DTYPES = (torch.bfloat16, torch.float32)   # the op's kernels (AT_DISPATCH_FLOAT_AND_BFLOAT16)
 
@@ -44,7 +46,7 @@ class NcclAllReduce:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         self.calls["nccl"] += 1
-        dist.all_reduce(x, group=self.group)
+        collective.run(dist.all_reduce, x, group=self.group)
         return x
 
 
@@ -80,7 +82,7 @@ class SymmAllReduce:
         padded = -(-n * x.element_size() // 16) * 16 // x.element_size()      # whole 16-byte vectors
         if buf is None or padded > buf.numel() or not x.is_contiguous():
             self.calls["nccl"] += 1
-            dist.all_reduce(x, group=self.group)
+            collective.run(dist.all_reduce, x, group=self.group)
             return x
         self.calls["symm"] += 1
         flat = x.view(-1) if padded == n else torch.nn.functional.pad(x.view(-1), (0, padded - n))

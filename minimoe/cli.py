@@ -31,9 +31,12 @@ def load_tokenizer(folder):
 
 
 def check_output_path(path: str | None, flag: str) -> None:
-    """Refuse an output file whose folder does not exist, before the work that would fill it."""
+    """Refuse an output file whose folder does not exist, or that names a folder, before the work that would
+    fill it."""
     if path in (None, "-"):
         return
-    parent = Path(path).expanduser().resolve().parent
-    if not parent.is_dir():
-        raise UsageError(f"{flag} {path}: the folder {parent} does not exist")
+    target = Path(path).expanduser().resolve()
+    if target.is_dir():
+        raise UsageError(f"{flag} {path} is a folder: give a file name in it")
+    if not target.parent.is_dir():
+        raise UsageError(f"{flag} {path}: the folder {target.parent} does not exist")

@@ -32,6 +32,8 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
+from . import collective
+
 from .instrument import region
 
 
@@ -79,13 +81,13 @@ def rank_hits(ids: torch.Tensor, bounds: torch.Tensor) -> torch.Tensor:
 def dispatch_allgather(x, weights, ids, ctx):
     buf = pack(x, weights, ids)
     out = buf.new_empty(ctx.n * buf.shape[0], buf.shape[1])                      # [N·T, P]
-    dist.all_gather_into_tensor(out, buf, group=ctx.group)
+    collective.run(dist.all_gather_into_tensor, out, buf, group=ctx.group)
     return unpack(out, x.shape[1], ids.shape[1], x.dtype)
 
 
 def combine_allgather(y, ctx):
     out = y.new_empty(y.shape[0] // ctx.n, y.shape[1])                          # [T, D]
-    dist.reduce_scatter_tensor(out, y.contiguous(), group=ctx.group)            # sums the N partials
+    collective.run(dist.reduce_scatter_tensor, out, y.contiguous(), group=ctx.group)   # sums the N partials
     return out
 
 
@@ -93,7 +95,7 @@ def dispatch_alltoall(x, weights, ids, ctx):
     hit = rank_hits(ids, ctx.bounds)                                             # [T, N]
     send_counts = hit.sum(0)                                                     # [N]
     recv_counts = torch.empty_like(send_counts)
-    dist.all_to_all_single(recv_counts, send_counts, group=ctx.group)
+    collective.run(dist.all_to_all_single, recv_counts, send_counts, group=ctx.group)
     rank_token = hit.t().nonzero()                 # [R, 2] (rank, token), rank-major; host sync (sizes)
     ctx.order = rank_token[:, 1]                                                 # [R] token of each sent row
     ctx.sent = send_counts.tolist()                # host sync: NCCL needs the split sizes on the host
@@ -101,14 +103,15 @@ def dispatch_alltoall(x, weights, ids, ctx):
     buf = pack(x[ctx.order], weights[ctx.order], ids[ctx.order])
     # nothing received still hands the experts one row that routes nowhere: no path sees an empty batch
     out = empty_rows(max(1, sum(ctx.received)), x.shape[1], ids.shape[1], x.dtype, x.device)
-    dist.all_to_all_single(out[:sum(ctx.received)], buf, ctx.received, ctx.sent, group=ctx.group)
+    collective.run(dist.all_to_all_single, out[:sum(ctx.received)], buf, ctx.received, ctx.sent, group=ctx.group)
     ctx.T = x.shape[0]
     return unpack(out, x.shape[1], ids.shape[1], x.dtype)
 
 
 def combine_alltoall(y, ctx):
     back = y.new_empty(ctx.order.numel(), y.shape[1])                            # [R, D]
-    dist.all_to_all_single(back, y[:sum(ctx.received)].contiguous(), ctx.sent, ctx.received, group=ctx.group)
+    collective.run(dist.all_to_all_single, back, y[:sum(ctx.received)].contiguous(), ctx.sent, ctx.received,
+                   group=ctx.group)
     out = torch.zeros(ctx.T, y.shape[1], dtype=torch.float32, device=y.device)   # [T, D]
     start = 0
     for n in ctx.sent:             # one rank's rows at a time: tokens unique within it, so no atomics race
@@ -125,13 +128,13 @@ def dispatch_padded(x, weights, ids, ctx):
     send = empty_rows(N * T + 1, x.shape[1], ids.shape[1], x.dtype, x.device)   # + a scratch row at N·T
     send.index_copy_(0, ctx.dest.reshape(-1), pack(x, weights, ids).repeat_interleave(N, dim=0))
     out = torch.empty_like(send[:N * T])                                         # [N·T, P]: T rows per source
-    dist.all_to_all_single(out, send[:N * T], group=ctx.group)
+    collective.run(dist.all_to_all_single, out, send[:N * T], group=ctx.group)
     return unpack(out, x.shape[1], ids.shape[1], x.dtype)
 
 
 def combine_padded(y, ctx):
     back = torch.empty_like(y)                                                   # [N·T, D]
-    dist.all_to_all_single(back, y.contiguous(), group=ctx.group)
+    collective.run(dist.all_to_all_single, back, y.contiguous(), group=ctx.group)
     rows = back[ctx.dest.clamp(max=back.shape[0] - 1)]                           # [T, N, D]
     return torch.where(ctx.hit[..., None], rows.float(), 0.0).sum(1).to(y.dtype)
 

@@ -49,14 +49,18 @@ def _text(args) -> str:
         text = load_heldout(path)
     except (OSError, UnicodeDecodeError) as err:
         raise UsageError(f"--data {path}: {err}") from None
-    if args.max_bytes:
+    if args.max_bytes is not None:
         text = text.encode("utf-8")[:args.max_bytes].decode("utf-8", errors="ignore")
+    if not text:
+        raise UsageError(f"--data {path}: no text to score" + (" in its first --max-bytes" if args.max_bytes else ""))
     return text
 
 
 def run(args) -> dict:
     if args.window < 2 or not 0 < args.stride < args.window or args.batch_size < 1:
         raise UsageError("need --window >= 2, 0 < --stride < --window and --batch-size >= 1")
+    if args.max_bytes is not None and args.max_bytes < 1:
+        raise UsageError(f"--max-bytes must be at least 1, got {args.max_bytes}")
     check_output_path(args.json, "--json")
     check_output_path(args.heatmap, "--heatmap")
     if getattr(args, "draft", None) is not None:     # scoring is teacher-forced: nothing to draft
@@ -67,6 +71,8 @@ def run(args) -> dict:
         raise UsageError(str(err)) from None
     cfg, folder = read_config(args.model)
     check_settings(s, cfg)
+    if args.heatmap and not cfg.is_moe:
+        raise UsageError(f"--heatmap shows routed experts' load: {args.model} is a dense model")
     prune = prune_cli.prune_request(args)           # --prune: checked before the model is built
     if prune is not None:
         prune_cli.check_request(prune, cfg, s, folder)
@@ -113,7 +119,7 @@ def print_table(out: dict) -> None:
     fmt = st.get("quant", "none")
     print(f"# eval {out['model']} ({out['weights']}) on {out['data']}: {out['bytes']} bytes, "
           f"{out['tokens_scored']} tokens scored, window {out['window']} stride {out['stride']}, "
-          f"dtype {st.get('dtype', '?')}, weights {'as stored' if fmt == 'none' else '--quant ' + fmt}"
+          f"dtype {st.get('dtype', '?')}, {'no --quant' if fmt == 'none' else '--quant ' + fmt}"
           f"{' (+ lm_head)' if st.get('quant_lm_head') else ''}")
     if out.get("prune"):
         print(f"# {out['prune']}")

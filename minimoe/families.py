@@ -236,5 +236,25 @@ def config_from_hf(hf: dict) -> ModelConfig:
         if unsupported(quantized):
             raise UnsupportedConfig(unsupported(quantized))
         cfg = FAMILIES[family](hf)
-        return dataclasses.replace(cfg, extra={**cfg.extra, "quantization_config": quantized})
-    return FAMILIES[family](hf)
+        return _per_layer(dataclasses.replace(cfg, extra={**cfg.extra, "quantization_config": quantized}), hf)
+    return _per_layer(FAMILIES[family](hf), hf)
+
+
+def _per_layer(cfg: ModelConfig, hf: dict) -> ModelConfig:
+    """minimoe's own fields for a checkpoint whose MoE layers differ (a globally ranked pruning, hf_save.py):
+    `num_experts_per_layer` / `moe_intermediate_size_per_layer`, one int a layer (0 for a dense layer). Read
+    here so that checks made before loading (--topk, --ep) see each layer's count; the loader takes the
+    counts from the tensors again (loader.with_checkpoint_shapes). Raises ConfigError when malformed."""
+    import dataclasses
+    got = {}
+    for key, field in (("num_experts_per_layer", "experts_per_layer"),
+                       ("moe_intermediate_size_per_layer", "moe_width_per_layer")):
+        v = hf.get(key)
+        if v is None:
+            continue
+        if (not isinstance(v, list) or len(v) != cfg.n_layers
+                or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in v)
+                or any(v[i] < 1 for i in range(cfg.n_layers) if cfg.is_moe_layer(i))):
+            raise ConfigError(f"{key} must list {cfg.n_layers} counts, at least 1 for each MoE layer; got {v!r}")
+        got[field] = tuple(v)
+    return dataclasses.replace(cfg, **got) if got else cfg

@@ -212,8 +212,9 @@ class Generator:
         tok = self.prefill(prompts)
         new = torch.empty(tok.shape[0], max_new_tokens, dtype=tok.dtype, device=tok.device)   # [B, N]
         new[:, 0] = tok
+        plan = getattr(self.model, "plan", None)         # under --ep the ranks decide together (parallel.py)
         for i in range(1, max_new_tokens):
-            if stop.numel() and i % every == 0 and bool(torch.isin(new[:, :i], stop).any(1).all()):
+            if stop.numel() and i % every == 0 and self._all_stopped(new[:, :i], stop, plan):
                 new[:, i:] = 0                            # masked below: every row has stopped before column i
                 break
             tok = self.decode(tok, own=False)
@@ -222,3 +223,9 @@ class Generator:
             else:
                 new[:, i] = tok
         return mask_after_stop(new, stop)
+
+    @staticmethod
+    def _all_stopped(new: torch.Tensor, stop: torch.Tensor, plan) -> bool:
+        """Has every row of new [B, i] met a stop id (on every rank of a parallel plan)? One host sync."""
+        done = bool(torch.isin(new, stop).any(1).all())
+        return done if plan is None else plan.all_ranks(done)

@@ -205,13 +205,13 @@ def build_model(model: str, weights: str = "dummy", *, dtype=torch.bfloat16, dev
     if prepare is None and settings.ep * settings.tp > 1:
         prepare = parallel.plan_for(settings)       # under torchrun: this rank's experts and shards
     cfg, folder = read_config(model)
-    if top_k is not None:
-        cfg = cfg.with_top_k(top_k)
     ckpt = open_weights(weights, folder, device)
     if ckpt is not None and prequant.is_prequantized(cfg):
         ckpt = prequant.view(ckpt, cfg)             # GPTQ / AWQ int4 in minimoe's layout (prequant_int4.py)
     if ckpt is not None:
         cfg = with_checkpoint_shapes(cfg, ckpt)
+    if top_k is not None:                           # after the shapes: a pruned layer may hold fewer experts
+        cfg = cfg.with_top_k(top_k)
     net = build_meta(cfg, settings, dtype)
     placement = prepare(net) if prepare is not None else None
     if placement is not None:
@@ -230,11 +230,14 @@ def build_model(model: str, weights: str = "dummy", *, dtype=torch.bfloat16, dev
         load_weights(net, ckpt, placement)
     if hasattr(prepare, "finish"):                  # a parallel plan's steps after the weights are in
         prepare.finish(net)
+    quantized = None
     if prequant.is_prequantized(cfg):               # as stored; dummy weights get the checkpoint's format
         dummy = "fp8-block" if prequant.int4_scheme(cfg) is None else "int4-zp"
-        cfg = prequant.finalize_(net, settings) if ckpt is not None else quantize_(net, settings, dummy)
+        quantized = prequant.finalize_(net, settings) if ckpt is not None else quantize_(net, settings, dummy)
     elif settings.quant != "none":
-        cfg = quantize_(net, settings)              # Linear weights and Experts -> quantized twins (quant.py)
+        quantized = quantize_(net, settings)        # Linear weights and Experts -> quantized twins (quant.py)
+    if quantized is not None:                       # the format, on the whole model's config (net.cfg is a TP rank's)
+        cfg = dataclasses.replace(cfg, extra={**cfg.extra, "weight_format": quantized.extra["weight_format"]})
     for m in net.modules():                         # layout only: MLA's two projections of x in one buffer
         if hasattr(m, "join_projections_"):
             m.join_projections_()

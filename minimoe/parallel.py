@@ -38,7 +38,7 @@ import warnings
 import torch
 import torch.distributed as dist
 
-from . import allreduce, dispatch, tensor_parallel
+from . import allreduce, collective, dispatch, tensor_parallel
 from .config import ModelConfig
 from .placement import Placement
 
@@ -158,13 +158,13 @@ class ParallelPlan:
             return local[:batch]
         local = local.contiguous()
         out = local.new_empty(self.mesh.ep * local.shape[0], *local.shape[1:])
-        dist.all_gather_into_tensor(out, local, group=self.mesh.ep_group)
+        collective.run(dist.all_gather_into_tensor, out, local, group=self.mesh.ep_group)
         return out[:batch]
 
     def reduce_load(self, counts: torch.Tensor) -> torch.Tensor:
         """ExpertLoad counts [L, E] of this rank's tokens -> of the whole batch (summed over EP ranks)."""
         if self.mesh.ep > 1:
-            dist.all_reduce(counts, group=self.mesh.ep_group)
+            collective.run(dist.all_reduce, counts, group=self.mesh.ep_group)
         return counts
 
     def rank_load(self, counts: torch.Tensor) -> list[list[int]]:
@@ -179,6 +179,16 @@ class ParallelPlan:
 
     def barrier(self) -> None:
         dist.barrier()
+
+    def all_ranks(self, flag: bool) -> bool:
+        """True when `flag` is True on every rank: Generator.generate's "has every row stopped?" under EP, whose
+        ranks hold different rows and must stop at the same step (their collectives pair up). One all-reduce
+        (MIN) of one int, at a step where the caller syncs with the host anyway."""
+        if self.mesh.ep == 1:                     # TP peers hold the same rows and reach the same answer
+            return flag
+        t = torch.tensor([int(flag)], dtype=torch.int32, device=self.settings.torch_device)
+        collective.run(dist.all_reduce, t, op=dist.ReduceOp.MIN)
+        return bool(t.item())
 
 
 def plan_for(settings) -> ParallelPlan:

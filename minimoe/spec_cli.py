@@ -84,9 +84,10 @@ def generate_cli(model, s: RunSettings, prompts: list, n_new: int, sampling: Sam
     if G == 0:
         info["summary"] = f"speculative decoding off: --gamma auto predicted no gain with draft {s.draft}"
     else:
-        kind = (f"synthetic (--draft-accept {s.draft_accept}: proposals forced to the plain greedy run's tokens)"
-                if s.draft_accept is not None else "real")
+        kind = (f"synthetic: --draft-accept {s.draft_accept} makes each proposal the plain greedy run's token with "
+                f"that chance" if s.draft_accept is not None else "real")
         info["summary"] = (f"speculative decoding: draft {s.draft}, G={G} ({how}), acceptance rate "
-                           f"{info['acceptance_rate']:.2f} {kind}, {info['tokens_per_target_forward']:.2f} tokens "
-                           f"per target forward")
+                           f"{info['acceptance_rate']:.2f} (kept / proposed: a round keeps its proposals up to the "
+                           f"first miss), per-proposal alpha {info['alpha']:.2f} ({kind}), "
+                           f"{info['tokens_per_target_forward']:.2f} tokens per target forward")
     return new, seconds, info

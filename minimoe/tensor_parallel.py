@@ -23,6 +23,8 @@ import dataclasses
 import torch
 import torch.distributed as dist
 
+from . import collective
+
 from .config import ModelConfig
 from .instrument import region
 from .linear import Linear
@@ -60,7 +62,7 @@ def _gather_vocab(group, tp: int):
     def hook(module, args, out):
         with region("all_reduce"):
             parts = out.new_empty(tp, *out.shape)                                 # [M, ..., V/M]
-            dist.all_gather_into_tensor(parts.view(-1, *out.shape[1:]), out.contiguous(), group=group)
+            collective.run(dist.all_gather_into_tensor, parts.view(-1, *out.shape[1:]), out.contiguous(), group=group)
         return torch.movedim(parts, 0, -2).reshape(*out.shape[:-1], tp * out.shape[-1])
     return hook
 

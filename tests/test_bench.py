@@ -206,6 +206,10 @@ BAD_INPUT = {
     "unknown router": (BASE + ["--router", "fastest"], "unknown router 'fastest'"),
     "json folder missing": (BASE + ["--json", "/no/such/dir/out.json"], "--json /no/such/dir/out.json: the folder"),
     "plot folder missing": (BASE + ["--plot", "/no/such/dir/p.png"], "--plot /no/such/dir/p.png: the folder"),
+    "heatmap of a dense model": (["--model", "qwen3-stdlib-draft", *SHORT, "--load-heatmap", "h.png"],
+                                 "--load-heatmap shows routed experts' load: qwen3-stdlib-draft is a dense model"),
+    "json is a folder": (BASE + ["--json", "/tmp"], "--json /tmp is a folder: give a file name in it"),
+    "heatmap is a folder": (BASE + ["--load-heatmap", "/tmp"], "--load-heatmap /tmp is a folder"),
     "directory without weights": (["--model", "/tmp", *SHORT], "/tmp has no config.json"),
     "batch too big for RAM": (BASE + ["--bs", "100000000"], "tokens needs"),
     "compare remote code": (["--model", "deepseek-moe-tiny", *SHORT, "--compare", "transformers"],
@@ -224,6 +228,16 @@ def test_bad_input_is_one_line_and_exit_2(argv, message, capsys, monkeypatch):
     assert len(lines) == 1, err
     assert lines[0].startswith("error: ") and message in lines[0]
     assert out == ""                                          # refused before the header: nothing measured
+
+
+@pytest.mark.parametrize("n_in,n_out", [(2047, 2), (2048, 1)])
+def test_runs_that_fill_the_positions_exactly(n_in, n_out, capsys):
+    """in + out - 1 fed positions = max_position_embeddings (2048) is accepted by the check, so it must run: the
+    generator is sized within the model's positions, the touched-experts count fits its extra step or falls back."""
+    res = bench_json(capsys, "--model", "olmoe-tiny", "--input-len", n_in, "--output-len", n_out,
+                     "--warmup", 0, "--iters", 1)["results"][0]
+    assert res["input_len"] == n_in and len(res["itl_ms"]) == n_out - 1
+    assert 1 <= res["roofline"]["experts_touched_per_layer"] <= card_config("olmoe-tiny").n_experts
 
 
 @pytest.mark.parametrize("argv,message", [

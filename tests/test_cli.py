@@ -100,6 +100,8 @@ BAD_INPUT = {
                                       "--prompt/--prompt-file need a checkpoint with tokenizer files"),
     "json_folder_missing": (["--model", "olmoe-tiny", "--prompt-ids", "1", "--json", "/no/such/dir/x.json"],
                             "--json /no/such/dir/x.json: the folder /no/such/dir does not exist"),
+    "json_is_a_folder": (["--model", "olmoe-tiny", "--prompt-ids", "1", "--json", "/tmp"],
+                         "--json /tmp is a folder: give a file name in it"),
     "prompt_file_missing": (["--model", "olmoe-tiny", "--prompt-file", "/no/such/prompts.txt"],
                             "--prompt/--prompt-file need a checkpoint with tokenizer files"),
     "missing_weights_dir": (["--model", "olmoe-tiny", "--prompt-ids", "1", "--weights", "/no/such/dir"],

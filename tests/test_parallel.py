@@ -131,6 +131,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
     if world == 2:
         results.update(_quantized(prompts))
         results.update(_prequantized_checkpoints(prompts, out_dir))
+        results["stops"] = _stops_under_ep(prompts)
         _clis(out_dir)
     Path(out_dir, f"rank{rank}.json").write_text(json.dumps(results))
     # tear the group down together: left to interpreter exit, a gloo rank whose peer has already gone can abort
@@ -167,13 +168,18 @@ def _quantized(prompts) -> dict:
             with torch.inference_mode():
                 ref[q] = _trace(one, prompts, steps), _trace(one, prompts, 0)[0]     # (trace, prefill logits)
         s = RunSettings(device="cpu", dtype="fp32", experts=path, ep=ep, tp=tp, quant=fmt)
-        model = build_model(card, "dummy", dtype=torch.float32, device="cpu", settings=s, seed=SEED)[0]
+        model, cfg, _ = build_model(card, "dummy", dtype=torch.float32, device="cpu", settings=s, seed=SEED)
         kinds = {type(m).__name__ for m in model.modules()}
         r = _compare(ref[fmt][0], model, prompts, steps, generate=False)
         rows = model.plan.local_rows(B)
         with torch.inference_mode():                                           # prefill against float
             r["err_float"] = rel_err(_trace(model, prompts[rows], 0)[0], ref["none"][1][rows])
         r["quantized"] = {"QuantExperts", "QuantWeight"} <= kinds and "Experts" not in kinds
+        # the config handed back is the whole model's, with the format (it was a TP rank's: bench.py's parameter
+        # count and roofline came out for half the heads)
+        whole = read_config(card)[0]
+        r["whole_cfg"] = (cfg.n_heads, cfg.n_kv_heads) == (whole.n_heads, whole.n_kv_heads) and \
+            cfg.extra["weight_format"]["quant"] == fmt
         out[qkey(case)] = r
     return out
 
@@ -218,6 +224,29 @@ def _prequantized_checkpoints(prompts, out_dir: str) -> dict:
             type(model.layers[0].attn.wo.weight).__name__ == "QuantWeight"
         out[ikey(case)] = r
     return out
+
+
+def _stops_under_ep(prompts) -> dict:
+    """Generator.generate with stop ids under EP2: a stop id that only rank 0's row meets, checked every 4 steps.
+    Before parallel.all_ranks, rank 0 left the loop at its first check while rank 1 decoded on, and their
+    collectives no longer paired (gloo "Received data size doesn't match")."""
+    from minimoe import generate as gen_mod
+    model, n = _build("olmoe-tiny", 2, 1, "loop"), 40
+    rows = model.plan.local_rows(2)
+    two = prompts[:2]
+    with torch.inference_mode():
+        full = model.plan.gather_rows(Generator(model, len(rows), S + n).generate(two[rows], n), 2)   # [2, n]
+        candidates = [t for t in full[0, 1:8].tolist() if t not in full[1].tolist()]
+        if not candidates:
+            return {"ok": False, "why": f"no id of row 0 absent from row 1: {full.tolist()}"}
+        stop = candidates[0]
+        saved, gen_mod.STOP_CHECK_EVERY = gen_mod.STOP_CHECK_EVERY, 4
+        try:
+            got = model.plan.gather_rows(Generator(model, len(rows), S + n).generate(two[rows], n, [stop]), 2)
+        finally:
+            gen_mod.STOP_CHECK_EVERY = saved
+    want = gen_mod.mask_after_stop(full, torch.tensor([stop]))
+    return {"ok": bool(torch.equal(got, want)), "stop": stop, "row1_runs_on": bool((want[1] != stop).all())}
 
 
 def _clis(out_dir: str) -> None:
@@ -283,7 +312,7 @@ def test_quantized_weights_under_a_plan_match_one_process(case, group2):
     _, ep, tp, fmt, _ = case
     for rank in range(2):
         r = group2[rank][qkey(case)]
-        assert r["quantized"], (rank, r)                                   # every Linear / Experts swapped
+        assert r["quantized"] and r["whole_cfg"], (rank, r)                # every Linear / Experts swapped
         assert 0 < r["err_float"] <= QUANT_TOL[fmt], (rank, r)             # quantized, within the format's error
         if tp == 1:                                                        # EP: one process's codes, exactly
             assert r["err"] <= TOL and r["tokens"], (rank, r)
@@ -297,6 +326,12 @@ def test_prequantized_checkpoints_under_a_plan_match_one_process(case, group2):
     for rank in range(2):
         r = group2[rank][ikey(case)]
         assert r["format"] and r["err"] <= TOL and r["tokens"], (rank, r)
+
+
+def test_stop_ids_under_ep_stop_every_rank_together(group2):
+    for rank in range(2):
+        r = group2[rank]["stops"]
+        assert r["ok"] and r["row1_runs_on"], (rank, r)
 
 
 def test_bench_and_generate_run_under_two_processes(group2, tmp_path_factory):
@@ -418,7 +453,35 @@ def test_bench_parallel_script_refuses_in_one_line(extra, message, tmp_path):
 
 def test_only_the_parallel_files_call_torch_distributed():
     users = sorted(p.name for p in PACKAGE.rglob("*.py") if "torch.distributed" in p.read_text())
-    assert users == ["allreduce.py", "dispatch.py", "parallel.py", "tensor_parallel.py"]
+    assert users == ["allreduce.py", "collective.py", "dispatch.py", "parallel.py", "tensor_parallel.py"]
+
+
+def test_every_collective_goes_through_collective_run():
+    """A collective called directly leaves its gloo Work to be freed on gloo's worker thread, which aborts a rank
+    that exits right after it (collective.py)."""
+    import re
+    for name in ("allreduce.py", "dispatch.py", "parallel.py", "tensor_parallel.py"):
+        text = (PACKAGE / name).read_text()
+        direct = re.findall(r"(?<!run\()dist\.(?:all_reduce|all_gather\w*|all_to_all\w*|reduce_scatter\w*|broadcast)\(",
+                            text)
+        assert not direct, (name, direct)
+
+
+@pytest.mark.slow
+def test_generate_under_torchrun_exits_0_every_time(tmp_path):
+    """The CLI's ranks return right after their last collective. Before collective.run, gloo's worker thread freed
+    that collective's tensors during interpreter teardown and the rank aborted (exit -6) in about half of these
+    runs (5 of 10 with --tp 2, 4 of 20 with a barrier before the teardown): four clean runs in a row."""
+    import shutil
+    import subprocess
+    torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
+    env["OMP_NUM_THREADS"] = "1"
+    for plan in (["--ep", "2"], ["--tp", "2"]) * 2:
+        run = subprocess.run([torchrun, "--standalone", "--nproc-per-node", "2", "-m", "minimoe", "generate",
+                              "--model", "olmoe-tiny", "--prompt-ids", "1,2,3", "--batch", "3", "--max-new-tokens", "8",
+                              *plan], capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+        assert run.returncode == 0 and "terminate called" not in run.stderr, (plan, run.stderr[-2000:])
 
 
 def test_allreduce_choices_are_checked():
@@ -447,7 +510,11 @@ def test_symm_allreduce_takes_the_one_shot_op_only_where_it_applies(monkeypatch)
         out.copy_(2 * x)
         return out
 
-    monkeypatch.setattr(allreduce.dist, "all_reduce", lambda x, group=None: seen.append("nccl"))
+    class Done:                                                        # the Work of an async collective
+        def wait(self):
+            return True
+
+    monkeypatch.setattr(allreduce.dist, "all_reduce", lambda x, group=None, async_op=False: seen.append("nccl") or Done())
     monkeypatch.setattr(allreduce.torch.ops.symm_mem, "one_shot_all_reduce_copy_out", one_shot, raising=False)
     r = object.__new__(allreduce.SymmAllReduce)
     r.group, r.group_name, r.calls = None, "g", {"symm": 0, "nccl": 0}

@@ -139,6 +139,18 @@ def test_global_ranking_gives_uneven_layers_minimoe_loads_and_transformers_refus
     again, again_cfg, _ = build_model(str(out), "auto", dtype=torch.float64)
     assert again_cfg.experts_per_layer == tuple(config["num_experts_per_layer"])
     assert torch.equal(Generator(again, 2, 12).append(TOKENS), Generator(model, 2, 12).append(TOKENS))
+    from minimoe.families import config_from_hf
+    read = config_from_hf(config)                      # before any tensor is read: the checks made up front
+    assert read.experts_per_layer == tuple(config["num_experts_per_layer"])
+    fewest = min(config["num_experts_per_layer"])      # 3: --topk past it would index out of the small layer
+    assert read.with_top_k(fewest).top_k == fewest
+    with pytest.raises(ValueError, match=f"--topk {fewest + 1} must be between 1 and the expert count {fewest}"):
+        read.with_top_k(fewest + 1)
+    with pytest.raises(ValueError, match=f"expert count {fewest}"):
+        build_model(str(out), "auto", dtype=torch.float64, top_k=fewest + 1)
+    for bad in ([7, 7], [7, 0, 7], [7, 7, "7"]):
+        with pytest.raises(ValueError, match="num_experts_per_layer must list 3 counts"):
+            config_from_hf({**config, "num_experts_per_layer": bad})
     with pytest.raises(RuntimeError, match="ignore_mismatched_sizes"):
         transformers.AutoModelForCausalLM.from_pretrained(out)
 

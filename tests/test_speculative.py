@@ -431,9 +431,9 @@ def test_generate_with_a_draft_equals_plain_and_says_how(capsys):
     assert rc == 0 and got["new_ids"] == want and got["speculative"]["gamma"] == 3
     rc, out, err = gen_cli(capsys, "--draft", "olmoe-tiny", "--gamma", "auto", "--draft-accept", "0.7")
     assert rc == 0, err
-    line = out.splitlines()[0]
+    line = err.splitlines()[0]                                   # the summary on stderr, the tokens alone on stdout
     assert line.startswith("# speculative decoding") and ("synthetic" in line or "off" in line)
-    assert [list(map(int, r.split())) for r in out.splitlines()[1:]] == want
+    assert [list(map(int, r.split())) for r in out.splitlines()] == want
 
 
 @pytest.mark.parametrize("args, message", [

@@ -70,3 +70,30 @@ def test_eval_is_deterministic_and_matches_the_training_report(capsys):
     assert whole["bytes"] == trained["heldout"]["bytes"] and whole["tokens_scored"] == trained["heldout"]["tokens_scored"]
     # transformers scored the bf16 export in bf16 on the GPU; minimoe reads the same weights in fp32 here
     assert abs(whole["bpb"] - trained["heldout"]["bpb"]) <= 0.005
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--max-bytes", "0"], "--max-bytes must be at least 1, got 0"),
+    (["--max-bytes", "-5"], "--max-bytes must be at least 1, got -5"),
+    (["--data", "EMPTY"], "no text to score"),
+    (["--json", "FOLDER"], "is a folder: give a file name in it"),
+])
+def test_eval_refuses_what_it_cannot_score_in_one_line(extra, message, capsys, tmp_path):
+    """Before: --max-bytes 0 scored the whole file, -5 all but 5 bytes (a slice), an empty file divided by zero,
+    and --json naming a folder failed after the whole run."""
+    if not (cards_dir() / "olmoe-stdlib" / "tokenizer.json").exists():
+        pytest.skip("olmoe-stdlib has no tokenizer in this checkout")
+    (tmp_path / "empty.txt").write_text("")
+    extra = [{"EMPTY": str(tmp_path / "empty.txt"), "FOLDER": str(tmp_path)}.get(a, a) for a in extra]
+    capsys.readouterr()
+    rc = main(["eval", "--model", "olmoe-stdlib", *extra])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and message in err[0], err
+
+
+def test_eval_heatmap_of_a_dense_model_is_refused(capsys, tmp_path):
+    capsys.readouterr()
+    rc = main(["eval", "--model", "qwen3-stdlib-draft", "--heatmap", str(tmp_path / "h.png")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "is a dense model" in err[0], err
+    assert not (tmp_path / "h.png").exists()

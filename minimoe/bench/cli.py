@@ -16,6 +16,7 @@ is built: flags, lengths, output paths, ceilings file, memory for weights + KV c
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import sys
@@ -119,6 +120,8 @@ def validate(args, cfg) -> list[tuple]:
     if args.compare and (args.quant != "none" or getattr(args, "prune", None) or args.ep * args.tp > 1):
         raise UsageError("--compare transformers shares minimoe's bf16 weights with the peer: it cannot follow "
                          "--quant, --prune, --ep or --tp")
+    if args.load_heatmap and not cfg.is_moe:
+        raise UsageError(f"--load-heatmap shows routed experts' load: {args.model} is a dense model")
     for flag in ("json", "plot", "load_heatmap"):
         check_output_path(getattr(args, flag), "--" + flag.replace("_", "-"))
     if args.draft:
@@ -158,7 +161,9 @@ def run_config(args, model, cfg, s, ceilings, b, n_in, n_out, use_graphs, load) 
                          max(lens), n_out, s.torch_dtype.itemsize, device, s.top_k, weights_resident=True)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    gen = Generator(model, len(prompts), max(lens) + n_out)  # + 1: touched_experts decodes one step past the run
+    # the run feeds max(lens) + n_out - 1 positions (the last token is sampled, never fed); one more lets
+    # touched_experts decode a step past the prompt when n_out is 1, within the model's positions
+    gen = Generator(model, len(prompts), min(max(lens) + n_out, cfg.max_position_embeddings))
     run = measure(gen, prompts, n_out, args.warmup, args.iters, use_graphs, not s.eager_prefill)
     m = timing.summarize(run, b, mean_in, n_out)
     mem = torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda" else None
@@ -237,6 +242,8 @@ def prepare(args):
     if prune is not None:                           # in place; cfg now has the pruned shapes (roofline)
         cfg, note = prune_cli.prune_for_bench(prune, model, folder, s)
         weights += f"; {note}"
+    if not cfg.extra.get("name"):                   # a checkpoint without _name_or_path: named as the user named it
+        cfg = dataclasses.replace(cfg, extra={**cfg.extra, "name": args.model})
     return s, card, cfg, model, configs, use_graphs, graphs, weights, load_ceilings(args, s.torch_device)
 
 

@@ -23,7 +23,7 @@ import torch
 
 from ..generate import Generator
 from ..instrument import ExpertLoad, Profiler, profiling
-from .roofline import count_params, decode_bytes, prefill_flops
+from .roofline import count_params, decode_bytes, expected_touched, prefill_flops
 
 
 class Clock:
@@ -84,10 +84,14 @@ def summarize(run: dict, batch: int, in_len: float, out_len: int) -> dict:
 
 
 def touched_experts(gen: Generator, prompts) -> float:
-    """Experts hit per MoE layer in one decode step, counted from the router's output (eager step)."""
+    """Experts hit per MoE layer in one decode step, counted from the router's output (eager step). A prompt
+    that fills the model's positions leaves no room for that step (a run of one output token, i.e. no decode
+    step): then the expectation under uniform routing, `roofline.expected_touched`."""
     cfg = gen.model.cfg
     if not cfg.is_moe:
         return 0.0
+    if max(len(p) for p in prompts) + 1 > gen.cache.max_len:
+        return expected_touched(cfg.n_experts, cfg.top_k, gen.batch)
     gen.reset()
     tok = gen.prefill(prompts)
     load = ExpertLoad(cfg.n_layers, cfg.n_experts, gen.device)
