@@ -25,7 +25,7 @@ from . import evaluate_cli, prune_cli
 from . import settings as run_settings
 from . import spec_cli
 from .bench.plans import check as parallel_check
-from .cli import add_model_args, check_output_path, load_tokenizer
+from .cli import add_model_args, check_output_path, load_tokenizer, quiet_broken_pipe
 from .generate import Generator
 from .loader import build_model, read_config
 from .parallel import rank as parallel_rank
@@ -95,9 +95,19 @@ def _prompts(args, tok, vocab: int) -> list[list[int]]:
             prompts = [tok(args.prompt)["input_ids"]] * args.batch
         else:
             try:
-                lines = [ln for ln in open(args.prompt_file, encoding="utf-8").read().splitlines() if ln.strip()]
+                lines = open(args.prompt_file, encoding="utf-8").read().splitlines()
             except OSError as e:
                 raise UsageError(f"--prompt-file {args.prompt_file}: {e.strerror}") from None
+            except UnicodeDecodeError as e:
+                raise UsageError(f"--prompt-file {args.prompt_file} is not UTF-8 text: {e.reason} at byte "
+                                 f"{e.start}") from None
+            while lines and not lines[-1].strip():   # trailing blank lines end the file; others are refused,
+                lines.pop()                          # so output row i is always line i + 1
+            blank = next((i for i, ln in enumerate(lines) if not ln.strip()), None)
+            if blank is not None or not lines:
+                raise UsageError(f"--prompt-file {args.prompt_file}: " + (
+                    f"line {blank + 1} is blank (one prompt per line, row i of the output is line i)"
+                    if blank is not None else "no prompt in it"))
             if args.batch != 1:
                 raise UsageError("--batch copies one prompt; --prompt-file already gives one prompt per line")
             prompts = [tok(line)["input_ids"] for line in lines]
@@ -138,8 +148,9 @@ def generate(args) -> dict:
     if s.draft:                # speculation writes up to G draft tokens past that (spec_cli.py)
         positions = spec_cli.positions_needed(s.gamma, longest, args.max_new_tokens)
     if positions > cfg.max_position_embeddings:
-        raise UsageError(f"{longest} prompt + {args.max_new_tokens} new tokens need {positions} positions, more than "
-                         f"the model's max_position_embeddings {cfg.max_position_embeddings}")
+        draft = (f" (with up to G={s.gamma} draft tokens verified past them)" if s.draft else "")
+        raise UsageError(f"{longest} prompt + {args.max_new_tokens} new tokens need {positions} positions{draft}, "
+                         f"more than the model's max_position_embeddings {cfg.max_position_embeddings}")
     parallel_check(s, ragged=len(set(map(len, prompts))) > 1, compare=False)
     torch.manual_seed(s.seed)
     model, cfg, folder = build_model(args.model, args.weights, dtype=s.torch_dtype, device=s.device, settings=s,
@@ -194,11 +205,12 @@ def _until_stop(row: list[int], stop_ids) -> list[int]:
     return row
 
 
+@quiet_broken_pipe
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     if argv[:1] == ["bench"]:
         from .bench.cli import main as bench_main
-        return bench_main(argv[1:])
+        return bench_main(argv[1:], prog="python -m minimoe bench")
     args = parser().parse_args(argv)
     try:
         if args.command == "eval":

@@ -114,7 +114,10 @@ class Checkpoint:
         single = folder / "model.safetensors"
         files = [single] if single.exists() else sorted(folder.glob("*.safetensors"))
         if not files:
-            raise CheckpointError(f"no *.safetensors files in {folder}")
+            pickles = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
+            raise CheckpointError(f"no *.safetensors files in {folder}" + (
+                f" ({pickles[0]} is a pickle checkpoint, which minimoe never loads: it can run code; convert it "
+                f"to safetensors where you trust it)" if pickles else ""))
         self.where = {}
         for f in files:
             for name in self._file(f).keys():

@@ -6,6 +6,9 @@ default, and so a bad output path is refused before any heavy work, not after a 
 from __future__ import annotations
 
 import argparse
+import functools
+import os
+import sys
 from pathlib import Path
 
 from .runtime import UsageError
@@ -40,3 +43,19 @@ def check_output_path(path: str | None, flag: str) -> None:
         raise UsageError(f"{flag} {path} is a folder: give a file name in it")
     if not target.parent.is_dir():
         raise UsageError(f"{flag} {path}: the folder {target.parent} does not exist")
+
+
+def quiet_broken_pipe(main):
+    """A command's main(), made quiet when its reader goes away (`python -m minimoe generate ... | head -1`):
+    no BrokenPipeError traceback, the shell's exit status for a closed pipe (141 = 128 + SIGPIPE), and stdout
+    pointed at /dev/null so the interpreter's final flush does not raise again (Python's documented recipe)."""
+    @functools.wraps(main)
+    def wrapper(*args, **kwargs):
+        try:
+            rc = main(*args, **kwargs)
+            sys.stdout.flush()
+            return rc
+        except BrokenPipeError:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 141
+    return wrapper

@@ -102,7 +102,7 @@ def run(args) -> dict:
         gen.reset()
         return gen.append(batch.to(gen.device))
 
-    load = ExpertLoad(cfg.n_layers, max([cfg.layer_experts(i) for i in range(cfg.n_layers)] or [1]), s.device)
+    load = ExpertLoad.of(cfg, s.device)
     with profiling(None, load):
         res = bits_per_byte(logits_fn, ids, len(text.encode("utf-8")), args.window, args.stride, args.batch_size,
                             desc=f"eval {args.model}")

@@ -106,6 +106,18 @@ def _grouped_mm(a: torch.Tensor, b: torch.Tensor, offs: torch.Tensor) -> torch.T
     return torch._grouped_mm(a, b.transpose(1, 2), offs=offs)
 
 
+def grouped_problem(widths, hidden: int, dtype: torch.dtype) -> str | None:
+    """Why --experts grouped cannot run these shapes, or None. torch._grouped_mm needs every row of its operands
+    in whole 16-byte units: the hidden size D and each expert width I, at the run's dtype (a width pruned from one
+    that is not a multiple of 8 keeps its exact width, prune.kept_width)."""
+    size = torch.empty((), dtype=dtype).element_size()
+    for what, n in [("hidden size", hidden)] + [("expert width", w) for w in sorted(set(widths))]:
+        if n * size % 16:
+            return (f"--experts grouped runs torch._grouped_mm, whose rows must be whole 16-byte units: the {what} "
+                    f"{n} is {n * size} bytes in {dtype}; use --experts loop or fused")
+    return None
+
+
 def experts_grouped(x, experts: Experts, ids, weights, pdl: bool = False):
     T, K = ids.shape
     E, I = experts.n_local, experts.hidden

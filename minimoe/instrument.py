@@ -125,8 +125,18 @@ def profiling(profiler: "Profiler | None" = None, load: "ExpertLoad | None" = No
 
 
 class ExpertLoad:
-    def __init__(self, n_layers: int, n_experts: int, device):
+    """Tokens routed per (layer, expert) while active (`profiling(load=...)`). experts_per_layer: each layer's own
+    expert count when they differ (a globally ranked pruning; columns past it stay 0 and count nowhere)."""
+
+    def __init__(self, n_layers: int, n_experts: int, device, experts_per_layer=None):
         self.counts = torch.zeros(n_layers, n_experts, dtype=torch.int64, device=device)  # [L, E]
+        self.experts = [min(e, n_experts) if e else n_experts for e in (experts_per_layer or [n_experts] * n_layers)]
+
+    @classmethod
+    def of(cls, cfg, device) -> "ExpertLoad":
+        """Sized for a model config: E = its widest layer, each layer's own count kept for the imbalance."""
+        per_layer = [cfg.layer_experts(i) if cfg.is_moe_layer(i) else 0 for i in range(cfg.n_layers)]
+        return cls(cfg.n_layers, max(per_layer + [1]), device, per_layer)
 
     def record(self, layer: int, ids: torch.Tensor) -> None:
         """ids [T, K] global expert ids; -1 (a skipped slot) counts nowhere."""
@@ -134,10 +144,12 @@ class ExpertLoad:
         self.counts[layer].scatter_add_(0, flat.clamp_min(0), (flat >= 0).long())
 
     def summary(self) -> dict:
-        """Imbalance = max / mean tokens per expert, over layers that routed anything (MoE layers)."""
+        """Imbalance = max / mean tokens per expert over the layer's own experts, for layers that routed anything
+        (MoE layers)."""
         c = self.counts.double()
         routed = c.sum(1) > 0
-        per_layer = torch.where(routed, c.amax(1) / c.mean(1).clamp_min(1e-9), torch.nan)
+        n = torch.tensor(self.experts, dtype=torch.float64, device=c.device)                  # [L]
+        per_layer = torch.where(routed, c.amax(1) / (c.sum(1) / n).clamp_min(1e-9), torch.nan)
         moe = per_layer[routed]
         return {"tokens_per_expert": self.counts.tolist(),
                 "imbalance_per_layer": [None if v != v else v for v in per_layer.tolist()],
@@ -153,10 +165,16 @@ class ExpertLoad:
             import matplotlib.pyplot as plt
         except ImportError as e:
             raise SystemExit("the expert-load heatmap needs matplotlib: pip install 'minimoe[plot]'") from e
+        from matplotlib.ticker import MaxNLocator
         fig, ax = plt.subplots(figsize=(10, 4))
-        im = ax.imshow(self.counts.cpu().numpy(), aspect="auto", cmap="viridis")
+        shown = self.counts.double().cpu()
+        for i, e in enumerate(self.experts):                 # experts a pruned layer does not have: blank
+            shown[i, e:] = float("nan")
+        im = ax.imshow(shown.numpy(), aspect="auto", cmap="viridis")
         ax.set_xlabel("expert")
         ax.set_ylabel("layer")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title("tokens routed per expert")
         if rank_bounds:
             for b in rank_bounds[1:-1]:

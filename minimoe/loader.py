@@ -73,13 +73,19 @@ def plan_checkpoint(model: Transformer, ckpt, placement: Placement | None = None
         raise CheckpointError("this checkpoint stores FP8 block-quantized weights (weight_scale_inv) but its "
                               "config.json has no quantization_config {quant_method: fp8, weight_block_size: "
                               "[128, 128]}, which is how minimoe knows to load them as fp8 (prequant.py)")
-    problems = [f"missing: {n}" for n in missing[:50]] + [f"mis-shaped: {m}" for m in misshaped[:50]] + \
-               [f"unexpected: {n}" for n in unexpected[:50]]
+    problems = []
+    for kind, names in (("missing", missing), ("mis-shaped", misshaped), ("unexpected", unexpected)):
+        problems += [f"{kind}: {n}" for n in names[:SHOWN]]
+        if len(names) > SHOWN:
+            problems.append(f"... and {len(names) - SHOWN} more {kind}")
     if problems:
         counts = f"{len(missing)} missing, {len(misshaped)} mis-shaped, {len(unexpected)} unexpected"
         raise CheckpointError(f"checkpoint does not match the {model.cfg.family} config ({counts}):\n  "
                               + "\n  ".join(problems))
     return chosen
+
+
+SHOWN = 5          # names of each kind a mismatch error lists (the counts say how many there are)
 
 
 def _fill(param: torch.Tensor, pieces, get) -> None:

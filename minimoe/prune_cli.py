@@ -29,6 +29,7 @@ from .calibrate import Calibration, calibrate
 from .cards import cards_dir
 from .cli import add_model_args, check_output_path, load_tokenizer
 from .config import ModelConfig
+from .experts import grouped_problem
 from .hf_save import save_checkpoint
 from .loader import build_model, open_weights, read_config, resolve, with_checkpoint_shapes
 from .prune import KINDS, METHODS, NEEDS_NO_CALIBRATION, PER_LAYER, active_bytes, check_expert_counts, \
@@ -86,8 +87,10 @@ def check_request(req: PruneRequest, cfg: ModelConfig, s, folder=None, limit: in
             check_expert_counts(cfg, {i: cfg.layer_experts(i) for i in moe}, req.ratio, req.per_layer,
                                 max(top_k or 0, cfg.top_k))
         else:
-            for I in {cfg.layer_moe_width(i) for i in moe}:
-                kept_width(req.ratio, I)
+            kept = [kept_width(req.ratio, I) for I in {cfg.layer_moe_width(i) for i in moe}]
+            problem = grouped_problem(kept, cfg.hidden_size, s.torch_dtype) if s.experts == "grouped" else None
+            if problem:
+                raise ValueError(problem + f" (after --prune {req.kind}:{req.ratio:g})")
     except ValueError as e:
         raise UsageError(str(e)) from None
     if req.calibration and req.method not in NEEDS_NO_CALIBRATION:
@@ -108,6 +111,8 @@ def calibration_source(spec: str, folder, vocab: int, limit: int, seed: int):
         ids = torch.randint(0, vocab, (n,), generator=torch.Generator().manual_seed(seed))
         return ids, f"{n} random tokens"
     path = cards_dir() / "stdlib-heldout.txt" if spec == "heldout" else Path(spec).expanduser()
+    if not path.is_file():
+        raise UsageError(f"--calibration {spec}: no such file (or give random[:N] or a statistics .safetensors)")
     # transformers builds an empty tokenizer for some model types when the folder has no tokenizer files
     tok = load_tokenizer(folder) if folder is not None and any(Path(folder).glob("tokenizer*")) else None
     if tok is None:
@@ -258,7 +263,8 @@ def run(args) -> dict:
     routing = [f for f, on in (("--topk", s.top_k is not None), ("--router", s.router is not None),
                                ("--skip-threshold", bool(s.skip_threshold))) if on]
     if routing:                # they would steer the calibration, yet the saved checkpoint keeps its own routing
-        raise UsageError(f"{' / '.join(routing)} change the routing that calibration ranks by, and the checkpoint "
+        raise UsageError(f"{' / '.join(routing)} {'changes' if len(routing) == 1 else 'change'} the routing that "
+                         f"calibration ranks by, and the checkpoint "
                          f"does not record them: prune without them, then run the pruned checkpoint with them")
     cfg, folder = read_config(args.model)
     check_settings(s, cfg)

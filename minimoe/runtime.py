@@ -12,7 +12,7 @@ import os
 import torch
 
 from .config import ModelConfig
-from .experts import EXPERT_PATHS
+from .experts import EXPERT_PATHS, grouped_problem
 from .attention import DECODE_ATTENTION
 from .ops import OPS
 from .quant import check_quant
@@ -68,6 +68,11 @@ def check_settings(s: RunSettings, cfg: ModelConfig) -> None:
         raise UsageError("--pdl on needs a Hopper (sm90) or newer GPU")
     if s.experts != "loop" and not cfg.is_moe:
         raise UsageError(f"--experts {s.experts} needs an MoE model")
+    if s.experts == "grouped":
+        problem = grouped_problem([cfg.layer_moe_width(i) for i in range(cfg.n_layers) if cfg.is_moe_layer(i)],
+                                  cfg.hidden_size, s.torch_dtype)
+        if problem:
+            raise UsageError(problem)
     if s.router is not None and s.router not in ROUTERS:
         raise UsageError(f"unknown router {s.router!r}; choose from {sorted(ROUTERS)}")
     if s.top_k is not None:

@@ -62,8 +62,8 @@ class Sampling:
 
     def check(self) -> None:
         """Raise ValueError naming the first bad field. Written as `not (ok)` so NaN fails too."""
-        if not self.temperature >= 0:
-            raise ValueError(f"temperature must be >= 0 (0 is greedy), got {self.temperature}")
+        if not 0 <= self.temperature < float("inf"):
+            raise ValueError(f"temperature must be finite and >= 0 (0 is greedy), got {self.temperature}")
         if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
             raise ValueError(f"top_k must be an int >= 0 (0 is off), got {self.top_k!r}")
         if not 0 < self.top_p <= 1:

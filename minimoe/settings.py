@@ -79,6 +79,10 @@ class RunSettings:
         """A copy with every "auto" replaced by the concrete choice for this machine. Raises
         ValueError (one sentence) for a value that is not one of the choices."""
         s = dataclasses.replace(self)
+        if isinstance(s.seed, bool) or not isinstance(s.seed, int) or not 0 <= s.seed < 2 ** 63:
+            raise ValueError(f"--seed must be an int in [0, 2**63), got {s.seed!r}")
+        if not 0 <= s.zipf_s < float("inf"):
+            raise ValueError(f"--zipf-s must be finite and >= 0 (0 routes uniformly), got {s.zipf_s}")
         s.device = str(pick_device(s.device))
         gpu = s.device.startswith("cuda")
         s.dtype = DTYPE_ALIASES.get(s.dtype, s.dtype)
@@ -290,7 +294,9 @@ SETTINGS_FLAGS = {
                                                      "rope_attn_fusion.AUTO with both")),
     "eager": ("--eager", dict(action="store_true", help="no CUDA graph of the decode step")),
     "eager_prefill": ("--eager-prefill", dict(action="store_true", help="no CUDA graph of the prefill")),
-    "router": ("--router", dict(help="override the card's router (uniform, balanced, zipf for ablations)")),
+    "router": ("--router", dict(help="override the card's router: a family's own (softmax_topk, topk_softmax, "
+                                     "group_limited_greedy, sigmoid_group_bias) or a synthetic one for ablations "
+                                     "(uniform, balanced, zipf)")),
     "top_k": ("--topk", dict(type=int, help="route each token to K experts instead of the card's default")),
     "zipf_s": ("--zipf-s", dict(type=float, help="exponent of --router zipf")),
     "skip_threshold": ("--skip-threshold", dict(type=float, help="dynamic expert skipping: drop routed experts "

@@ -154,7 +154,7 @@ class SpeculativeGenerator(WholeRounds):
         if not self.count_experts:
             return self._forward(self.target, self.verify_graphs, tokens)
         cfg = self.target.model.cfg
-        load = ExpertLoad(cfg.n_layers, cfg.n_experts, self.target.device)
+        load = ExpertLoad.of(cfg, self.target.device)
         with profiling(None, load):
             logits = self._forward(self.target, self.verify_graphs, tokens)
         moe = [i for i in range(cfg.n_layers) if cfg.is_moe_layer(i)]

@@ -208,6 +208,7 @@ BAD_INPUT = {
     "plot folder missing": (BASE + ["--plot", "/no/such/dir/p.png"], "--plot /no/such/dir/p.png: the folder"),
     "heatmap of a dense model": (["--model", "qwen3-stdlib-draft", *SHORT, "--load-heatmap", "h.png"],
                                  "--load-heatmap shows routed experts' load: qwen3-stdlib-draft is a dense model"),
+    "negative zipf exponent": (BASE + ["--router", "zipf", "--zipf-s", "-1"], "--zipf-s must be finite and >= 0"),
     "json is a folder": (BASE + ["--json", "/tmp"], "--json /tmp is a folder: give a file name in it"),
     "heatmap is a folder": (BASE + ["--load-heatmap", "/tmp"], "--load-heatmap /tmp is a folder"),
     "directory without weights": (["--model", "/tmp", *SHORT], "/tmp has no config.json"),
@@ -247,6 +248,7 @@ def test_runs_that_fill_the_positions_exactly(n_in, n_out, capsys):
     (BASE + ["--compare", "transformers", "--hf-experts", "bogus"], "argument --hf-experts: invalid choice: 'bogus'"),
     (BASE + ["--zipf-s", "2"], "--zipf-s only means something with --router zipf"),
     (BASE + ["--sweep", "--input-len-dist", "uniform:4-8"], "contradicts --input-len-dist"),
+    (BASE + ["--input-len-dist", "uniform:4-8"], "--input-len-dist replaces --input-len: give one of them"),
     (BASE + ["--bogus-flag"], "unrecognized arguments: --bogus-flag"),
 ])
 def test_argparse_errors_exit_2(argv, message, capsys):

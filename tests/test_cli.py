@@ -116,6 +116,10 @@ BAD_INPUT = {
                             "--stop-ids must be comma-separated integers, got '4,,7'"),
     "prompt_ids_empty_item": (["--model", "olmoe-tiny", "--prompt-ids", "1,2,"],
                               "--prompt-ids must be comma-separated integers, got '1,2,'"),
+    "seed_too_large": (["--model", "olmoe-tiny", "--prompt-ids", "1", "--seed", "99999999999999999999"],
+                       "--seed must be an int in [0, 2**63), got 99999999999999999999"),
+    "seed_negative": (["--model", "olmoe-tiny", "--prompt-ids", "1", "--seed", "-1"],
+                      "--seed must be an int in [0, 2**63), got -1"),
     "dispatch_without_ep": (["--model", "olmoe-tiny", "--prompt-ids", "1", "--dispatch", "padded"],
                             "--dispatch padded is expert parallelism's token exchange: it needs --ep 2 or more"),
 }
@@ -171,3 +175,47 @@ def test_module_entry_point_exit_status():
                            "1", "--max-new-tokens", "0"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip() == "error: --max-new-tokens must be at least 1, got 0"
+
+
+STDLIB = ["--model", "olmoe-stdlib", "--max-new-tokens", "2"]
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"def f():\n\nclass A:\n", "line 2 is blank (one prompt per line"),
+    (b"\n  \n", "no prompt in it"),
+    (b"def \xff\n", "is not UTF-8 text: invalid start byte at byte 4"),
+])
+def test_prompt_file_problems_are_one_line(content, message, capsys, tmp_path):
+    """A blank line used to be dropped silently (output rows no longer matched the file's lines), and a file that
+    is not UTF-8 was reported without its name."""
+    from minimoe.cards import cards_dir
+    if not (cards_dir() / "olmoe-stdlib" / "tokenizer.json").exists():
+        pytest.skip("olmoe-stdlib has no tokenizer in this checkout")
+    path = tmp_path / "prompts.txt"
+    path.write_bytes(content)
+    rc, out, err = run(capsys, *STDLIB, "--prompt-file", str(path))
+    lines = err.strip().splitlines()
+    assert rc == 2 and out == "" and len(lines) == 1 and message in lines[0] and str(path) in lines[0], err
+
+
+def test_prompt_file_trailing_blank_lines_end_the_file(capsys, tmp_path):
+    from minimoe.cards import cards_dir
+    if not (cards_dir() / "olmoe-stdlib" / "tokenizer.json").exists():
+        pytest.skip("olmoe-stdlib has no tokenizer in this checkout")
+    path = tmp_path / "prompts.txt"
+    path.write_text("def f():\nclass A:\n\n\n")
+    rc, out, err = run(capsys, *STDLIB, "--prompt-file", str(path), "--json", "-")
+    assert rc == 0 and len(json.loads(out)["new_ids"]) == 2, err
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly():
+    """`generate ... | head -1`: a BrokenPipeError traceback and exit 1 before; now the closed pipe's 141, no
+    traceback."""
+    import subprocess
+    import sys
+    proc = subprocess.Popen([sys.executable, "-m", "minimoe", "generate", "--model", "olmoe-tiny", "--prompt-ids",
+                             "1,2,3", "--batch", "64", "--max-new-tokens", "32"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.close()                                  # nobody reads: the first print meets a closed pipe
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 141 and b"Traceback" not in err, err.decode()[-2000:]

@@ -112,3 +112,22 @@ def test_grouped_equals_loop_inside_a_model():
         with torch.inference_mode():
             logits[path] = net(ids, gen.cache.step(9, 0), gen.cache)
     assert rel_err(logits["grouped"], logits["loop"]) <= TOL["grouped_vs_loop"]
+
+
+def test_grouped_path_refuses_rows_that_are_not_whole_16_byte_units():
+    """torch._grouped_mm needs 16-byte rows: a width pruned from one that is not a multiple of 8 (30 -> 26 at 12.5%)
+    made --experts grouped raise mid-run; it is now refused up front, by width and dtype."""
+    import dataclasses
+    from minimoe.experts import grouped_problem
+    from minimoe.loader import read_config
+    from minimoe.runtime import UsageError, check_settings
+    from minimoe.settings import RunSettings
+    assert grouped_problem([26], 64, torch.float32) is not None and "expert width 26 is 104 bytes" in \
+        grouped_problem([26], 64, torch.float32)
+    assert grouped_problem([28], 64, torch.float32) is None                      # 112 bytes
+    assert grouped_problem([28], 64, torch.bfloat16) is not None                # 56 bytes
+    assert "hidden size 30" in grouped_problem([32], 30, torch.float32)
+    cfg = dataclasses.replace(read_config("olmoe-tiny")[0], moe_intermediate_size=26)
+    with pytest.raises(UsageError, match="--experts grouped runs torch._grouped_mm"):
+        check_settings(RunSettings(device="cpu", dtype="fp32", experts="grouped").resolve(), cfg)
+    check_settings(RunSettings(device="cpu", dtype="fp32", experts="loop").resolve(), cfg)       # loop runs it

@@ -220,3 +220,28 @@ def test_expert_load_record_and_summary_by_hand(tmp_path):
     load.heatmap(str(path))
     data = path.read_bytes()
     assert data[:8] == PNG_MAGIC and len(data) > 1000
+
+
+def test_expert_load_imbalance_counts_each_layer_over_its_own_experts(tmp_path):
+    """Layers of a globally pruned model hold different expert counts: a layer of 2 experts whose tokens split
+    evenly is balanced (1.0), not 2.0 as its mean over the widest layer's 4 columns said."""
+    load = ExpertLoad(2, 4, "cpu", experts_per_layer=[4, 2])
+    load.record(0, torch.tensor([[0, 1], [2, 3]]))                 # 1 each of 4: balanced
+    load.record(1, torch.tensor([[0, 1], [1, 0]]))                 # 2 each of its 2: balanced
+    s = load.summary()
+    assert s["imbalance_per_layer"] == pytest.approx([1.0, 1.0])
+    load.record(1, torch.tensor([[0, 1]]))                         # 3 and 3 of 2 experts
+    load.record(1, torch.tensor([[0, 0]]))                         # 5 and 3: max 5 over mean 4
+    assert load.summary()["imbalance_per_layer"] == pytest.approx([1.0, 1.25])
+    load.heatmap(str(tmp_path / "uneven.png"))                     # the missing experts drawn blank, no error
+    assert (tmp_path / "uneven.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_expert_load_of_a_globally_pruned_model_uses_its_layers_counts():
+    import dataclasses
+    from minimoe.loader import read_config
+    base = read_config("qwen2-moe-tiny")[0]
+    assert base.n_layers == 3
+    cfg = dataclasses.replace(base, experts_per_layer=(5, 3, 5))
+    load = ExpertLoad.of(cfg, "cpu")
+    assert load.counts.shape == (cfg.n_layers, 5) and load.experts == [5, 3, 5]

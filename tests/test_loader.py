@@ -116,6 +116,9 @@ def test_missing_weights_directory():
 def test_weights_directory_without_safetensors(tmp_path):
     with pytest.raises(CheckpointError, match=r"no \*\.safetensors files in"):
         build_model("olmoe-tiny", str(tmp_path))
+    (tmp_path / "pytorch_model.bin").write_bytes(b"not read")            # never opened: pickles can run code
+    with pytest.raises(CheckpointError, match=r"pytorch_model\.bin is a pickle checkpoint, which minimoe never loads"):
+        build_model("olmoe-tiny", str(tmp_path))
 
 
 def test_uncached_hub_id_offline(monkeypatch, tmp_path):
@@ -141,6 +144,19 @@ def test_missing_tensor_is_named(edit_checkpoint):
     msg = str(e.value)
     assert "(1 missing, 0 mis-shaped," in msg
     assert "missing: model.layers.1.self_attn.q_proj.weight" in msg
+
+
+def test_many_missing_tensors_are_counted_and_a_few_named(edit_checkpoint):
+    """A checkpoint of another model used to print up to 150 names; now 5 of each kind and how many more."""
+    def drop_layer_1(t):
+        for name in [n for n in t if n.startswith("model.layers.1.")]:
+            t.pop(name)
+    with pytest.raises(CheckpointError) as e:
+        _load(edit_checkpoint("qwen3_moe", drop_layer_1))
+    lines = str(e.value).splitlines()
+    n = int(lines[0].split("(")[1].split(" missing")[0])
+    assert n > 5 and sum(line.strip().startswith("missing: ") for line in lines) == 5
+    assert lines[-1].strip() == f"... and {n - 5} more missing"
 
 
 @pytest.mark.parametrize("family,drop", [("mixtral", "model.layers.1.self_attn.q_proj.weight"),

@@ -478,9 +478,10 @@ def test_prune_cli_writes_a_checkpoint_and_reuses_statistics(checkpoint, tmp_pat
     (["--method", "reap", "--ratio", "0.25", "--calibration", "random:0"], "positive token count"),
     (["--method", "reap", "--ratio", "0.05", "--calibration", "random"], "drops 0"),
     (["--method", "gate", "--ratio", "0.25", "--calibration", "random", "--skip-threshold", "0.5"],
-     "--skip-threshold change the routing that calibration ranks by"),
+     "--skip-threshold changes the routing that calibration ranks by"),
     (["--method", "gate", "--ratio", "0.25", "--calibration", "random", "--topk", "1"],
-     "--topk change the routing"),
+     "--topk changes the routing"),
+    (["--method", "gate", "--ratio", "0.25", "--calibration", "/no/such.txt"], "--calibration /no/such.txt: no such file"),
 ])
 def test_prune_cli_bad_input_is_one_line_and_exit_2(args, message, checkpoint, tmp_path, capsys):
     rc, out, err = run_main(capsys, "prune", "--model", checkpoint("olmoe"), *args, "--out", tmp_path / "x")

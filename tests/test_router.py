@@ -187,3 +187,10 @@ def test_synthetic_routers_ignore_the_logits(name):
     torch.manual_seed(5)
     _, b = route(torch.randn(32, 12) * 100, spec)
     assert torch.equal(a, b)
+
+
+def test_the_router_flag_help_names_every_router():
+    from minimoe.router import ROUTERS
+    from minimoe.settings import SETTINGS_FLAGS
+    text = SETTINGS_FLAGS["router"][1]["help"]
+    assert all(name in text for name in ROUTERS), text

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from .. import prune_cli
 from .. import settings as run_settings
-from ..cli import add_model_args, check_output_path
+from ..cli import add_model_args, check_output_path, quiet_broken_pipe
 from ..gate import SkipCount, counting_skips
 from ..generate import Generator
 from ..graphs import enable_graphs, graph_safe
@@ -48,13 +48,13 @@ PAPER_LENGTHS = (128, 256, 512, 1024, 2048)
 PAPER_BATCHES = (1, 16, 32, 64, 128)
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="bench.py", description=__doc__.splitlines()[0],
+def parser(prog: str = "bench.py") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0],
                                 epilog="python bench.py --layer [...]: one MoE layer, every expert path (its own "
                                        "flags: bench.py --layer --help)")
     add_model_args(p)
     p.add_argument("--bs", type=int, nargs="+", help="batch size(s) (default 1; the paper's with --sweep)")
-    p.add_argument("--input-len", type=int, nargs="+", default=[128], help="prompt length(s) (default: 128)")
+    p.add_argument("--input-len", type=int, nargs="+", help="prompt length(s) (default: 128)")
     p.add_argument("--output-len", type=int, nargs="+", default=[128], help="generated tokens, EOS ignored (default: 128)")
     p.add_argument("--input-len-dist", help="ragged prompts: uniform:LO-HI, or file:PATH (one length per line); "
                                             "replaces --input-len")
@@ -77,8 +77,8 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def parse_args(argv) -> argparse.Namespace:
-    p = parser()
+def parse_args(argv, prog: str = "bench.py") -> argparse.Namespace:
+    p = parser(prog)
     args = p.parse_args(argv)
     if args.compare is None and (args.compare_steps is not None or args.hf_experts):
         p.error("--compare-steps and --hf-experts only mean something with --compare transformers")
@@ -86,6 +86,9 @@ def parse_args(argv) -> argparse.Namespace:
         p.error("--zipf-s only means something with --router zipf")
     if args.sweep and args.input_len_dist:
         p.error("--sweep runs the paper's equal lengths; it contradicts --input-len-dist")
+    if args.input_len is not None and args.input_len_dist:
+        p.error("--input-len-dist replaces --input-len: give one of them")
+    args.input_len = args.input_len or [128]
     return args
 
 
@@ -247,11 +250,12 @@ def prepare(args):
     return s, card, cfg, model, configs, use_graphs, graphs, weights, load_ceilings(args, s.torch_device)
 
 
-def main(argv=None) -> int:
+@quiet_broken_pipe
+def main(argv=None, prog: str = "bench.py") -> int:
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     if "--layer" in argv:          # the layer benchmark has its own flags (bench/layer.py)
         return layer.main([a for a in argv if a != "--layer"])
-    args = parse_args(argv)
+    args = parse_args(argv, prog)
     try:
         s, card, cfg, model, configs, use_graphs, graphs, weights, ceilings = prepare(args)
         spec = spec_bench.SpecBench(args, s) if s.draft else None       # loads the draft model
@@ -262,7 +266,7 @@ def main(argv=None) -> int:
     pc = count_params(cfg)
     v = versions(s.torch_device)
     print_header(v, cfg, pc, s, ceilings, graphs, weights)
-    load = ExpertLoad(cfg.n_layers, cfg.n_experts, s.device) if (args.load_heatmap and cfg.is_moe) else None
+    load = ExpertLoad.of(cfg, s.device) if (args.load_heatmap and cfg.is_moe) else None
     results, rows = [], []
     for b, n_in, n_out in tqdm(configs, desc="configs", disable=len(configs) < 2, file=sys.stderr):
         label = f"bs{b} {n_in}/{n_out}"

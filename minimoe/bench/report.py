@@ -61,10 +61,17 @@ def print_header(v: dict, cfg, pc, settings, ceilings: dict, graphs: str, weight
     if pc.stored is not None:          # quantized: what the roofline counts (codes + scales + zero points)
         wbytes = settings.torch_dtype.itemsize
         what = FORMATS[pc.stored.fmt].what + (", LM head too" if cfg.extra["weight_format"]["lm_head"] else "")
-        print(f"# weight format {pc.stored.fmt} ({what}):"
-              f" {pc.weight_bytes(wbytes) / 2**30:.2f} GiB stored ({pc.total * wbytes / 2**30:.2f} GiB in "
-              f"{settings.dtype}), {pc.stored.per_expert / 2**20:.2f} MiB per routed expert")
+        print(f"# weight format {pc.stored.fmt} ({what}): {_bytes(pc.weight_bytes(wbytes))} stored "
+              f"({_bytes(pc.total * wbytes)} in {settings.dtype}), {_bytes(pc.stored.per_expert)} per routed expert")
     print(f"# run: {settings.describe()} graphs={graphs}")
+
+
+def _bytes(n: float) -> str:
+    """A byte count in the largest binary unit that keeps it >= 1 (GiB, MiB, KiB), two decimals."""
+    for unit, size in (("GiB", 2 ** 30), ("MiB", 2 ** 20), ("KiB", 2 ** 10)):
+        if n >= size:
+            return f"{n / size:.2f} {unit}"
+    return f"{n:.0f} B"
 
 
 def row(label: str, m: dict, r: dict | None, mem, nonfinite=None) -> tuple:
@@ -85,6 +92,6 @@ def print_table(rows: list) -> None:
 
 def print_profile(label: str, prof: dict) -> None:
     print(f"# profile {label}: eager decode step {prof['step_ms']:.3f} ms, regions cover "
-          f"{prof['coverage_pct']:.0f}%  {prof['notes'] or ''}")
+          f"{prof['coverage_pct']:.0f}%" + "".join(f"; {k}: {v}" for k, v in (prof["notes"] or {}).items()))
     for name, v in sorted(prof["regions"].items(), key=lambda kv: -kv[1]["ms_per_step"]):
         print(f"#   {name:10s} {v['ms_per_step']:8.3f} ms  {v['calls_per_step']:6.1f} calls  {v['pct']:5.1f}%")

@@ -94,7 +94,7 @@ def touched_experts(gen: Generator, prompts) -> float:
         return expected_touched(cfg.n_experts, cfg.top_k, gen.batch)
     gen.reset()
     tok = gen.prefill(prompts)
-    load = ExpertLoad(cfg.n_layers, cfg.n_experts, gen.device)
+    load = ExpertLoad.of(cfg, gen.device)
     with profiling(None, load), torch.inference_mode():
         gen.eager_step(tok, gen.host_len)
     moe = [i for i in range(cfg.n_layers) if cfg.is_moe_layer(i)]
@@ -158,6 +158,10 @@ def plot_throughput(path: str, results: list[dict]) -> None:
         rs = list(rs)
         ax.plot([r["batch"] for r in rs], [r["metrics"]["output_tok_s"] for r in rs], marker="o",
                 label=f"{n_in}/{n_out}")
+    batches = sorted({r["batch"] for r in results})
+    if len(batches) > 1 and batches[-1] / batches[0] >= 8:      # the paper's 1 ... 128: one step a doubling
+        ax.set_xscale("log", base=2)
+    ax.set_xticks(batches, [str(b) for b in batches])            # only the batch sizes that ran
     ax.set_xlabel("batch size")
     ax.set_ylabel("output tok/s")
     ax.legend(title="in/out")
