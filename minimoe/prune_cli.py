@@ -70,10 +70,12 @@ def make_request(kind: str, ratio: float, method: str | None, per_layer: str, ca
     return PruneRequest(kind, ratio, method, per_layer, calibration)
 
 
-def check_request(req: PruneRequest, cfg: ModelConfig, s, folder=None, limit: int = DEFAULT_TOKENS) -> None:
+def check_request(req: PruneRequest, cfg: ModelConfig, s, folder=None, limit: int = DEFAULT_TOKENS,
+                  runs_pruned: bool = True) -> None:
     """What a ratio does to this model's layers, before it is built (groups, K, nothing removed), the
     settings it cannot be combined with (resolved RunSettings `s`), and the calibration source (read
-    now, into req.source: a missing file is an error before the heavy work)."""
+    now, into req.source: a missing file is an error before the heavy work). runs_pruned: the pruned model
+    will run here with `s` (eval / bench --prune; `prune` itself only saves it)."""
     if not cfg.is_moe:
         raise UsageError("pruning needs an MoE model")
     if s.quant != "none" or s.ep * s.tp > 1 or cfg.extra.get("quantization_config"):
@@ -88,7 +90,8 @@ def check_request(req: PruneRequest, cfg: ModelConfig, s, folder=None, limit: in
                                 max(top_k or 0, cfg.top_k))
         else:
             kept = [kept_width(req.ratio, I) for I in {cfg.layer_moe_width(i) for i in moe}]
-            problem = grouped_problem(kept, cfg.hidden_size, s.torch_dtype) if s.experts == "grouped" else None
+            grouped = runs_pruned and s.experts == "grouped"
+            problem = grouped_problem(kept, cfg.hidden_size, s.torch_dtype) if grouped else None
             if problem:
                 raise ValueError(problem + f" (after --prune {req.kind}:{req.ratio:g})")
     except ValueError as e:
@@ -269,7 +272,8 @@ def run(args) -> dict:
     cfg, folder = read_config(args.model)
     check_settings(s, cfg)
     ckpt = open_weights(args.weights, folder, torch.device("meta"))
-    check_request(req, with_checkpoint_shapes(cfg, ckpt) if ckpt is not None else cfg, s, folder, args.calib_tokens)
+    check_request(req, with_checkpoint_shapes(cfg, ckpt) if ckpt is not None else cfg, s, folder, args.calib_tokens,
+                  runs_pruned=False)
     model, cfg, folder = build_model(args.model, args.weights, dtype=s.torch_dtype, device=s.device, settings=s,
                                      seed=s.seed)
     calib, how = (None, "no calibration") if req.source is None else run_calibration(model, req.source, args.window,

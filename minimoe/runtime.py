@@ -68,8 +68,8 @@ def check_settings(s: RunSettings, cfg: ModelConfig) -> None:
         raise UsageError("--pdl on needs a Hopper (sm90) or newer GPU")
     if s.experts != "loop" and not cfg.is_moe:
         raise UsageError(f"--experts {s.experts} needs an MoE model")
-    if s.experts == "grouped":
-        problem = grouped_problem([cfg.layer_moe_width(i) for i in range(cfg.n_layers) if cfg.is_moe_layer(i)],
+    if s.experts == "grouped":                   # under --tp a rank's experts are I / tp wide
+        problem = grouped_problem([cfg.layer_moe_width(i) // s.tp for i in range(cfg.n_layers) if cfg.is_moe_layer(i)],
                                   cfg.hidden_size, s.torch_dtype)
         if problem:
             raise UsageError(problem)

@@ -131,3 +131,6 @@ def test_grouped_path_refuses_rows_that_are_not_whole_16_byte_units():
     with pytest.raises(UsageError, match="--experts grouped runs torch._grouped_mm"):
         check_settings(RunSettings(device="cpu", dtype="fp32", experts="grouped").resolve(), cfg)
     check_settings(RunSettings(device="cpu", dtype="fp32", experts="loop").resolve(), cfg)       # loop runs it
+    wide = dataclasses.replace(cfg, moe_intermediate_size=40)                     # 80 bytes in bf16, 40 a TP2 shard
+    with pytest.raises(UsageError, match="expert width 20 is 40 bytes"):
+        check_settings(RunSettings(device="cpu", dtype="fp16", experts="grouped", tp=2).resolve(), wide)

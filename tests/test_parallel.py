@@ -240,13 +240,17 @@ def _stops_under_ep(prompts) -> dict:
         if not candidates:
             return {"ok": False, "why": f"no id of row 0 absent from row 1: {full.tolist()}"}
         stop = candidates[0]
+        both = sorted({int(full[0, 1]), int(full[1, 1])})          # every row stops by its second token
         saved, gen_mod.STOP_CHECK_EVERY = gen_mod.STOP_CHECK_EVERY, 4
         try:
             got = model.plan.gather_rows(Generator(model, len(rows), S + n).generate(two[rows], n, [stop]), 2)
+            got_both = model.plan.gather_rows(Generator(model, len(rows), S + n).generate(two[rows], n, both), 2)
         finally:
             gen_mod.STOP_CHECK_EVERY = saved
     want = gen_mod.mask_after_stop(full, torch.tensor([stop]))
-    return {"ok": bool(torch.equal(got, want)), "stop": stop, "row1_runs_on": bool((want[1] != stop).all())}
+    want_both = gen_mod.mask_after_stop(full, torch.tensor(both))
+    return {"ok": bool(torch.equal(got, want)) and bool(torch.equal(got_both, want_both)), "stop": stop,
+            "row1_runs_on": bool((want[1] != stop).all())}
 
 
 def _clis(out_dir: str) -> None:

@@ -170,7 +170,7 @@ def run_config(args, model, cfg, s, ceilings, b, n_in, n_out, use_graphs, load) 
     run = measure(gen, prompts, n_out, args.warmup, args.iters, use_graphs, not s.eager_prefill)
     m = timing.summarize(run, b, mean_in, n_out)
     mem = torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda" else None
-    touched = timing.touched_experts(gen, prompts)
+    touched = timing.touched_experts(gen, prompts, max(lens), b)
     r = timing.roofline(cfg, b, mean_in, n_out, touched, plans.aggregate_ceilings(ceilings, s), m,
                         s.torch_dtype.itemsize, s.top_k)
     out = {"batch": b, "input_len": n_in, "input_lens": lens if isinstance(n_in, str) else None,

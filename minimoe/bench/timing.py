@@ -83,15 +83,17 @@ def summarize(run: dict, batch: int, in_len: float, out_len: int) -> dict:
             "prefill_tok_s": batch * in_len / (run["ttft_ms"] / 1e3)}
 
 
-def touched_experts(gen: Generator, prompts) -> float:
-    """Experts hit per MoE layer in one decode step, counted from the router's output (eager step). A prompt
-    that fills the model's positions leaves no room for that step (a run of one output token, i.e. no decode
-    step): then the expectation under uniform routing, `roofline.expected_touched`."""
+def touched_experts(gen: Generator, prompts, longest: int | None = None, batch: int | None = None) -> float:
+    """Experts hit per MoE layer in one decode step, counted from the router's output (eager step). longest /
+    batch: the whole batch's (under EP `prompts` are this rank's rows, and every rank must take the same branch:
+    the step runs collectives). A prompt that fills the model's positions leaves no room for that step (a run of
+    one output token, i.e. no decode step): then the expectation under uniform routing, `roofline.expected_touched`."""
     cfg = gen.model.cfg
     if not cfg.is_moe:
         return 0.0
-    if max(len(p) for p in prompts) + 1 > gen.cache.max_len:
-        return expected_touched(cfg.n_experts, cfg.top_k, gen.batch)
+    longest = max(len(p) for p in prompts) if longest is None else longest      # default: one process's own
+    if longest + 1 > gen.cache.max_len:
+        return expected_touched(cfg.n_experts, cfg.top_k, gen.batch if batch is None else batch)
     gen.reset()
     tok = gen.prefill(prompts)
     load = ExpertLoad.of(cfg, gen.device)
