@@ -94,8 +94,9 @@ def _prompts(args, tok, vocab: int) -> list[list[int]]:
         if args.prompt is not None:
             prompts = [tok(args.prompt)["input_ids"]] * args.batch
         else:
-            try:
-                lines = open(args.prompt_file, encoding="utf-8").read().splitlines()
+            try:                                     # "\n" / "\r\n" only: str.splitlines also cuts at form feeds
+                lines = [ln.removesuffix("\r") for ln in open(args.prompt_file, encoding="utf-8", newline="").read()
+                         .split("\n")]
             except OSError as e:
                 raise UsageError(f"--prompt-file {args.prompt_file}: {e.strerror}") from None
             except UnicodeDecodeError as e:
@@ -106,7 +107,7 @@ def _prompts(args, tok, vocab: int) -> list[list[int]]:
             blank = next((i for i, ln in enumerate(lines) if not ln.strip()), None)
             if blank is not None or not lines:
                 raise UsageError(f"--prompt-file {args.prompt_file}: " + (
-                    f"line {blank + 1} is blank (one prompt per line, row i of the output is line i)"
+                    f"line {blank + 1} is blank (one prompt per line: output row i answers line i)"
                     if blank is not None else "no prompt in it"))
             if args.batch != 1:
                 raise UsageError("--batch copies one prompt; --prompt-file already gives one prompt per line")

@@ -45,6 +45,15 @@ def check_output_path(path: str | None, flag: str) -> None:
         raise UsageError(f"{flag} {path}: the folder {target.parent} does not exist")
 
 
+def check_plot_path(path: str | None, flag: str) -> None:
+    """check_output_path for a PNG, and matplotlib importable (the optional [plot] extra), before the work."""
+    check_output_path(path, flag)
+    if path is not None:
+        import importlib.util
+        if importlib.util.find_spec("matplotlib") is None:
+            raise UsageError(f"{flag} draws with matplotlib, which is not installed: pip install 'minimoe[plot]'")
+
+
 def quiet_broken_pipe(main):
     """A command's main(), made quiet when its reader goes away (`python -m minimoe generate ... | head -1`):
     no BrokenPipeError traceback, the shell's exit status for a closed pipe (141 = 128 + SIGPIPE), and stdout

@@ -19,7 +19,7 @@ import torch
 from . import prune_cli
 from . import settings as run_settings
 from .cards import cards_dir
-from .cli import add_model_args, check_output_path, load_tokenizer
+from .cli import add_model_args, check_output_path, check_plot_path, load_tokenizer
 from .evaluate import bits_per_byte, load_heldout
 from .generate import Generator
 from .instrument import ExpertLoad, profiling
@@ -62,7 +62,7 @@ def run(args) -> dict:
     if args.max_bytes is not None and args.max_bytes < 1:
         raise UsageError(f"--max-bytes must be at least 1, got {args.max_bytes}")
     check_output_path(args.json, "--json")
-    check_output_path(args.heatmap, "--heatmap")
+    check_plot_path(args.heatmap, "--heatmap")
     if getattr(args, "draft", None) is not None:     # scoring is teacher-forced: nothing to draft
         raise UsageError("--draft is a decoding setting; eval scores the text teacher-forced (no decoding)")
     try:

@@ -183,7 +183,7 @@ BAD_INPUT = {
     "negative input": (["--model", "olmoe-tiny", "--input-len", "-5"], "--input-len must be at least 1, got -5"),
     "zero output": (BASE + ["--output-len", "0"], "--output-len must be at least 1, got 0"),
     "longer than the model": (BASE + ["--input-len", "3000", "--output-len", "2"],
-                              "3000 + 2 tokens exceed the model's max_position_embeddings 2048"),
+                              "3000 + 2 tokens need 3001 positions, more than the model's max_position_embeddings 2048"),
     "no iters": (BASE + ["--iters", "0"], "--warmup must be >= 0 and --iters >= 1"),
     "missing weights": (BASE + ["--weights", "/nonexistent"], "weights directory /nonexistent does not exist"),
     "fused on cpu": (BASE + ["--fused"], "--experts fused needs Triton on a CUDA GPU"),

@@ -203,7 +203,7 @@ def test_prompt_file_trailing_blank_lines_end_the_file(capsys, tmp_path):
     if not (cards_dir() / "olmoe-stdlib" / "tokenizer.json").exists():
         pytest.skip("olmoe-stdlib has no tokenizer in this checkout")
     path = tmp_path / "prompts.txt"
-    path.write_text("def f():\nclass A:\n\n\n")
+    path.write_bytes(b"def f(\x0cx):\r\nclass A:\n\n\n")                      # a form feed stays inside its line
     rc, out, err = run(capsys, *STDLIB, "--prompt-file", str(path), "--json", "-")
     assert rc == 0 and len(json.loads(out)["new_ids"]) == 2, err
 
@@ -219,3 +219,20 @@ def test_a_reader_that_goes_away_ends_the_command_quietly():
     proc.stdout.close()                                  # nobody reads: the first print meets a closed pipe
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 141 and b"Traceback" not in err, err.decode()[-2000:]
+
+
+def test_a_plot_without_matplotlib_is_refused_before_the_work(capsys, monkeypatch, tmp_path):
+    """Without the [plot] extra, eval --heatmap and bench.py --plot / --load-heatmap ran everything first."""
+    import importlib.util
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name, *a))
+    from minimoe.bench.cli import main as bench_main
+    for argv in (["--plot", str(tmp_path / "p.png")], ["--load-heatmap", str(tmp_path / "h.png")]):
+        capsys.readouterr()
+        rc = bench_main(["--model", "olmoe-tiny", "--device", "cpu", *argv])
+        out, err = capsys.readouterr()
+        assert rc == 2 and out == "" and "draws with matplotlib, which is not installed" in err, err
+    capsys.readouterr()
+    rc = main(["eval", "--model", "olmoe-stdlib", "--heatmap", str(tmp_path / "e.png")])
+    out, err = capsys.readouterr()
+    assert rc == 2 and out == "" and "--heatmap draws with matplotlib" in err, err

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from .. import prune_cli
 from .. import settings as run_settings
-from ..cli import add_model_args, check_output_path, quiet_broken_pipe
+from ..cli import add_model_args, check_output_path, check_plot_path, quiet_broken_pipe
 from ..gate import SkipCount, counting_skips
 from ..generate import Generator
 from ..graphs import enable_graphs, graph_safe
@@ -112,8 +112,9 @@ def validate(args, cfg) -> list[tuple]:
         if longest < 1:
             raise UsageError(f"--input-len must be at least 1, got {longest}")
         if longest + n_out - 1 > cfg.max_position_embeddings:    # the last token is sampled, never fed
-            raise UsageError(f"{longest} + {n_out} tokens exceed the model's max_position_embeddings "
-                             f"{cfg.max_position_embeddings}" + (" (--sweep includes 2048/2048)" if args.sweep else ""))
+            raise UsageError(f"{longest} + {n_out} tokens need {longest + n_out - 1} positions, more than the model's "
+                             f"max_position_embeddings {cfg.max_position_embeddings}"
+                             + (" (--sweep includes 2048/2048)" if args.sweep else ""))
     if args.compare_steps is not None and args.compare_steps < 1:
         raise UsageError("--compare-steps must be at least 1")
     if args.warmup < 0 or args.iters < 1:
@@ -125,8 +126,9 @@ def validate(args, cfg) -> list[tuple]:
                          "--quant, --prune, --ep or --tp")
     if args.load_heatmap and not cfg.is_moe:
         raise UsageError(f"--load-heatmap shows routed experts' load: {args.model} is a dense model")
-    for flag in ("json", "plot", "load_heatmap"):
-        check_output_path(getattr(args, flag), "--" + flag.replace("_", "-"))
+    check_output_path(args.json, "--json")
+    for flag in ("plot", "load_heatmap"):
+        check_plot_path(getattr(args, flag), "--" + flag.replace("_", "-"))
     if args.draft:
         spec_bench.validate(args, cfg, configs)
     return configs

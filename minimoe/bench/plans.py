@@ -35,7 +35,8 @@ def check(s, ragged: bool, compare: bool) -> None:
         raise UsageError("--compare transformers runs one GPU; it cannot join --ep / --tp")
     if ragged and s.ep > 1 and s.dispatch != "alltoall":
         raise UsageError(f"--dispatch {s.dispatch} needs every EP rank to step the same token count; ragged "
-                         "prompts under --ep need --dispatch alltoall")
+                         "prompts under --ep need --dispatch alltoall" + (" and --eager (its host sync per layer "
+                                                                          "cannot be graphed)" if s.use_graphs else ""))
 
 
 def quiet_unless_rank0(args) -> None:
