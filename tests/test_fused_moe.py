@@ -411,7 +411,7 @@ def test_plan_rule():
     assert plan(64, 8, 64, {"variant": "small"}) == "small"
 
 
-def test_config_lookup(tmp_path):
+def test_config_lookup(tmp_path, monkeypatch):
     tpe_blocks = [moe_configs.default_config(64, 1024, 2048, 8, T, torch.bfloat16)["BLOCK_M"]
                   for T in (1, 64, 128, 256, 4096)]
     assert tpe_blocks == [16, 16, 32, 64, 128]
@@ -428,6 +428,12 @@ def test_config_lookup(tmp_path):
     tuned = moe_configs.load_tuned(str(path))
     picks = [moe_configs.nearest_bucket(tuned, T)["BLOCK_M"] for T in (1, 6, 10, 600, 10**6)]
     assert picks == [16, 16, 32, 128, 128]  # nearest in log T: 10 is nearer 64 than 1
+    # the probe knob replaces one bucket's entry and nothing else, and a caller's edit does not reach the table
+    monkeypatch.setattr(moe_configs, "BUCKET_OVERRIDES", {64: {"BLOCK_M": 64, "b_tma": True}})
+    picks = [moe_configs.nearest_bucket(tuned, T) for T in (1, 10, 600)]
+    assert [c["BLOCK_M"] for c in picks] == [16, 64, 128] and picks[1]["b_tma"] is True
+    picks[1]["BLOCK_M"] = 0
+    assert moe_configs.BUCKET_OVERRIDES[64]["BLOCK_M"] == 64
 
 
 def test_tune_merge_keeps_other_buckets(tmp_path, monkeypatch):

@@ -43,6 +43,11 @@ GEMM_KEYS = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "num_warps", "num_stage
 # leave room for Triton's epilogue layout conversions.
 SMEM_BUDGET = 200 * 1024
 
+# A probe knob, empty in normal runs: {token bucket: config} taken instead of a tuned table's entry for that bucket
+# (every (E, I, D, K) shape with a table), so scripts/step_probe.py and scripts/bench_knob.py can time a candidate
+# inside the graphed step before it is written into configs/ (a tile that wins alone can lose in the step).
+BUCKET_OVERRIDES: dict[int, dict] = {}
+
 
 def on_gpu() -> bool:
     return torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET", "0") != "1"
@@ -76,9 +81,9 @@ def load_tuned(path: str) -> dict[int, dict] | None:
 
 
 def nearest_bucket(table: dict[int, dict], T: int) -> dict:
-    """Config of the bucket closest to T in log scale (buckets are roughly geometric)."""
+    """Config of the bucket closest to T in log scale (buckets are roughly geometric); BUCKET_OVERRIDES first."""
     best = min(table, key=lambda b: (abs(math.log2(b) - math.log2(max(T, 1))), b))
-    return dict(table[best])
+    return dict(BUCKET_OVERRIDES.get(best, table[best]))
 
 
 def pipeline_stages(block_m, block_n, block_k, n_b_tiles, elem_bytes, max_stages) -> int:
