@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Forty-first session, call 3: the b_tma tables (this session's change) against the old entries in the graphed step
+# (scripts/gpu/moe_tma_check_s41.py: OLMoE bs 64 / 16 with three more TMA tiles, Qwen3-30B-A3B bs 64, Mixtral bs 16),
+# then bench.py OLMoE bs 64 new / old / new / old in separate processes.
+# Usage (device tool, repo root, nvidia-h200, ~6 min): bash scripts/gpu/s41_call3.sh
+set -u
+export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD TQDM_DISABLE=1
+R=$OUT/r; mkdir -p $R
+for m in olmoe qwen3 mixtral; do
+  BS=$([ $m = olmoe ] && echo "64 16" || ([ $m = qwen3 ] && echo 64 || echo 16))
+  timeout 150 python3 scripts/gpu/moe_tma_check_s41.py $m --batches $BS --steps 40 --rounds 3 --json $R/chk_$m.json \
+    > $R/chk_$m.txt 2>&1
+  echo "--- check $m rc $? t=$SECONDS"; grep -v Warn $R/chk_$m.txt | grep -E "^(model|$m)"
+  tar czf $OUT/r.tgz -C $OUT r
+done
+BA="--model olmoe --fused --bs 64 --input-len 128 --output-len 128 --warmup 1 --iters 3"
+O64="{64: {'BLOCK_M': 16, 'BLOCK_N': 128, 'BLOCK_K': 128, 'GROUP_M': 1, 'num_warps': 8, 'num_stages': 3}}"
+for v in new old new2 old2; do
+  K=$([ ${v%2} = old ] && echo "minimoe.kernels.moe_configs.BUCKET_OVERRIDES=$O64" \
+      || echo "minimoe.kernels.moe_configs.BUCKET_OVERRIDES={}")
+  timeout 100 python3 scripts/bench_knob.py "$K" -- $BA --json $R/bench_olmoe64_$v.json > $R/bench_olmoe64_$v.txt 2>&1
+  echo "--- bench $v rc $? t=$SECONDS"; grep -E "minimoe bs" $R/bench_olmoe64_$v.txt
+  tar czf $OUT/r.tgz -C $OUT r
+done
