@@ -200,10 +200,11 @@ def test_fast_paths_match_loop_bf16(card):
 
 
 @pytest.mark.parametrize("ops,pdl,batch", [("torch", "off", 8), ("triton", "off", 8), ("triton", "on", 8),
-                                           ("triton", "on", 1)])
+                                           ("triton", "on", 1), ("triton", "on", 16), ("triton", "on", 64)])
 def test_olmoe_full_size_graphs_equal_eager(ops, pdl, batch):
     """The headline model at its real shapes (random weights): graphed fused decode == eager static
-    step, with Programmatic Dependent Launch too (it must change timing only, never results)."""
+    step, with Programmatic Dependent Launch too (it must change timing only, never results); batches 16 and 64 run
+    the tuned table's TMA weight tiles (b_tma)."""
     pdl = pdl if torch.cuda.get_device_capability()[0] >= 9 else "off"
     s = RunSettings(experts="fused", attn="triton", ops=ops, pdl=pdl)
     model, cfg, _ = build_model("olmoe", "dummy", dtype=torch.bfloat16, device="cuda", settings=s)

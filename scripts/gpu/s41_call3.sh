@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
-# Forty-first session, call 3: the b_tma tables (this session's change) against the old entries in the graphed step
+# Forty-first session, call 3: the GPU tests of the TMA table entries (tests/test_tuned_tables_gpu.py, OLMoE
+# full size graphed == eager at bs 1-64); the b_tma tables (this session's change) against the old entries in the graphed step
 # (scripts/gpu/moe_tma_check_s41.py: OLMoE bs 64 / 16 with three more TMA tiles, Qwen3-30B-A3B bs 64, Mixtral bs 16),
 # then bench.py OLMoE bs 64 new / old / new / old in separate processes.
-# Usage (device tool, repo root, nvidia-h200, ~6 min): bash scripts/gpu/s41_call3.sh
+# Usage (device tool, repo root, nvidia-h200, ~8 min): bash scripts/gpu/s41_call3.sh
 set -u
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD TQDM_DISABLE=1
 R=$OUT/r; mkdir -p $R
+timeout 200 python3 -m pytest -q tests/test_tuned_tables_gpu.py "tests/test_gpu.py::test_olmoe_full_size_graphs_equal_eager" \
+  > $R/pytest.txt 2>&1
+echo "--- pytest rc $? t=$SECONDS"; tail -3 $R/pytest.txt
 for m in olmoe qwen3 mixtral; do
   BS=$([ $m = olmoe ] && echo "64 16" || ([ $m = qwen3 ] && echo 64 || echo 16))
   timeout 150 python3 scripts/gpu/moe_tma_check_s41.py $m --batches $BS --steps 40 --rounds 3 --json $R/chk_$m.json \
