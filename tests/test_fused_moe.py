@@ -142,6 +142,63 @@ def test_weight_tma_matches_reference_and_pointer_loads(dtype, E, K, T, routing,
     assert torch.allclose(out.float(), ptr.float(), rtol=TOL[dtype], atol=TOL[dtype])
 
 
+OVERLAP_CASES = [  # dtype, E, K, T, routing, expert_offset, n_global, config keys
+    (torch.float32, 8, 2, 64, "random", 0, 8, {}),
+    (torch.float16, 12, 2, 64, "one_expert", 0, 12, {}),                                   # 11 empty experts
+    (torch.float32, 8, 2, 64, "random", 4, 16, {}),                                        # half the ids foreign
+    (torch.float32, 60, 4, 33, "random", 0, 60, {}),                                       # 60 experts, ragged T
+    (torch.float32, 64, 2, 1, "random", 0, 64, {"variant": "aligned"}),                    # one token
+    (torch.float32, 6, 2, 64, "random", 0, 6, BIG_TILES),                                  # GEMM2's own N tile
+    (torch.float32, 8, 3, 20, "random", 0, 8, {"b_tma": True}),
+]
+
+
+@pytest.mark.parametrize("dtype,E,K,T,routing,offset,n_global,keys", OVERLAP_CASES)
+def test_overlap_gemms_flags_match_stream_order(dtype, E, K, T, routing, offset, n_global, keys, monkeypatch):
+    """`OVERLAP_GEMMS`: GEMM2 programs waiting on GEMM1's per-M-block arrival flags give exactly the stream-ordered
+    call's output (same tiles, same sums), the oracle's answer, and leave the device's flag buffer zeroed after every
+    call (the last reader of each M-block resets it), across calls. On an sm90 GPU also launched early with PDL."""
+    from minimoe.kernels import fused_moe as fm
+    gen = torch.Generator().manual_seed(zlib.crc32(repr(("overlap", E, K, T, routing, offset, sorted(keys))).encode()))
+    x, w13, w2 = make_layer(T, E, dtype, gen)
+    ids, weights = make_routing(T, K, n_global, routing, gen)
+    ids, weights = ids.to(DEVICE), weights.to(DEVICE)
+    cfg = dict(moe_configs.interpreter_config(), **keys)
+    assert plan(T, K, E, cfg) == "aligned"
+    base = fused_moe(x, w13, w2, ids, weights, expert_offset=offset, config=cfg)
+    buf = torch.zeros(2, 128, dtype=torch.int32, device=DEVICE)
+    monkeypatch.setattr(fm, "_flags", {x.device: buf})
+    monkeypatch.setattr(fm, "OVERLAP_GEMMS", True)
+    used = []
+    real = fm._flags_for
+    monkeypatch.setattr(fm, "_flags_for", lambda d, n: used.append(n) or real(d, n))
+    runs = [{}] + ([{"pdl": True}] if not INTERPRET and torch.cuda.get_device_capability()[0] >= 9 else [])
+    for kw in runs * 2:
+        out = fused_moe(x, w13, w2, ids, weights, expert_offset=offset, config=cfg, **kw)
+        assert torch.equal(out, base), kw
+        assert not buf.any(), buf
+    assert len(used) == 2 * len(runs) and 0 < used[0] <= buf.shape[1]          # the flags path really ran
+    ref = reference_moe(x, w13, w2, ids, weights, offset)
+    err = ((out.double().cpu() - ref).norm() / ref.norm()).item()
+    assert err <= TOL[dtype], f"relative error {err:.2e}"
+
+
+def test_overlap_gemms_not_for_small_or_small_dot(monkeypatch):
+    """The flags belong to the aligned variant's routed blocks: the decode GEMVs and small_dot never ask for them."""
+    from minimoe.kernels import fused_moe as fm
+    gen = torch.Generator().manual_seed(7)
+    x, w13, w2 = make_layer(2, 12, torch.float32, gen)
+    ids, weights = make_routing(2, 2, 12, "random", gen)
+    ids, weights = ids.to(DEVICE), weights.to(DEVICE)
+    monkeypatch.setattr(fm, "OVERLAP_GEMMS", True)
+    monkeypatch.setattr(fm, "_flags_for", lambda d, n: pytest.fail("flags asked for"))
+    for variant in ("small", "small_dot"):
+        cfg = dict(moe_configs.interpreter_config(), variant=variant)
+        out = fused_moe(x, w13, w2, ids, weights, config=cfg)
+        ref = reference_moe(x, w13, w2, ids, weights)
+        assert ((out.double().cpu() - ref).norm() / ref.norm()).item() <= TOL[torch.float32]
+
+
 def test_weight_tma_only_where_the_unit_can_address():
     """`_b_tma` takes the descriptor path for the config's routed aligned blocks only: not for a shared expert's
     launches, not for small_dot, and not for weights whose rows are not a multiple of 16 bytes."""

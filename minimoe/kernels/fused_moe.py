@@ -61,6 +61,23 @@ SMALL_BATCH_RATIO = 4  # "small" when T·K·SMALL_BATCH_RATIO <= E
 # bs 64), -0.79% (OLMoE bs 16), -0.78% (Qwen3-30B-A3B bs 16), -0.86% (OLMoE fp8 bs 64).
 COMBINE_BLOCK_D = 256
 COMBINE_WARPS = 2
+# GEMM2 started per M-block from GEMM1's arrival flags (fused_moe_gemms.py, FLAGS) and, with pdl, launched while GEMM1's
+# last wave still runs; routed blocks of the aligned variant only (no shared expert). A step-probe knob until measured.
+OVERLAP_GEMMS = False
+FLAG_BLOCKS = 16384             # M-blocks a call may have and still use the device's persistent flags
+_flags: dict[torch.device, torch.Tensor] = {}
+
+
+def _flags_for(device: torch.device, n_blocks: int) -> torch.Tensor:
+    """Zeroed int32 [2, >= n_blocks] arrival / reader counters. GEMM2's last reader of each M-block zeroes both, so one
+    buffer a device, zeroed once, serves every call (calls on one stream never overlap; within a call only its GEMM1
+    and GEMM2 do). A call captured before the buffer exists, or with more blocks, gets its own zeroed counters."""
+    buf = _flags.get(device)
+    if buf is None and device.type == "cuda" and not torch.cuda.is_current_stream_capturing():
+        buf = _flags[device] = torch.zeros(2, FLAG_BLOCKS, device=device, dtype=torch.int32)
+    if buf is None or n_blocks > buf.shape[1]:
+        return torch.zeros(2, n_blocks, device=device, dtype=torch.int32)
+    return buf
 
 
 def plan(T: int, K: int, E: int, config: dict | None = None) -> str:
@@ -163,11 +180,14 @@ def fused_moe(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_ids: to
 
     rows = numel + T * sh.S                                                  # routed rows, then shared
     h = x.new_empty(rows, I)                                                 # [T·K + T·S, I]
-    _launch_gate_up(x, w13, h, blocks, K, config, precision, pdl, sh)
     y = x.new_empty(rows, D)                                                 # [T·K + T·S, D]
-    weights = topk_weights.float().contiguous().view(-1)  # [T·K]; no copy when already fp32
-    # after GEMM1: not launched early (pdl.py)
-    _launch_down(h, w2, y, weights, blocks, down_config(config), precision, False, sh)
+    weights = topk_weights.float().contiguous().view(-1)  # [T·K]; no copy when already fp32 (a cast: before GEMM1)
+    flags = (_flags_for(x.device, sh.n_sb + blocks.num_pid_m)
+             if OVERLAP_GEMMS and variant == "aligned" and sh.S == 0 else None)
+    _launch_gate_up(x, w13, h, blocks, K, config, precision, pdl, sh, flags)
+    # after GEMM1: not launched early (pdl.py), unless its programs wait on GEMM1's flags
+    _launch_down(h, w2, y, weights, blocks, down_config(config), precision, False, sh, flags,
+                 n1_tiles=triton.cdiv(I, config["BLOCK_N"]), early=pdl and flags is not None)
     out = x.new_empty(T, D)
     block_d = min(COMBINE_BLOCK_D, triton.next_power_of_2(D))
     _combine_kernel[(T, triton.cdiv(D, block_d))](y, ids, out, K, expert_offset, E, D, numel, sh.S,
@@ -196,7 +216,7 @@ def _weight_desc(w: torch.Tensor, block_n: int, block_k: int):
     return TensorDescriptor.from_tensor(w.view(-1, w.shape[-1]), [block_n, block_k])
 
 
-def _launch_gate_up(x, w13, h, b: _Blocks, top_k, cfg, precision, pdl, sh: _Shared):
+def _launch_gate_up(x, w13, h, b: _Blocks, top_k, cfg, precision, pdl, sh: _Shared, flags=None):
     I, D = h.shape[1], x.shape[1]
     num_pid_m = sh.n_sb + b.num_pid_m
     grid = (num_pid_m * triton.cdiv(I, cfg["BLOCK_N"]),)
@@ -205,13 +225,16 @@ def _launch_gate_up(x, w13, h, b: _Blocks, top_k, cfg, precision, pdl, sh: _Shar
         x, w13, h, b.sorted_ids, b.block_expert, b.num_padded, b.ids,
         b.numel, top_k, b.expert_offset, b.E, num_pid_m, I, D,
         x.stride(0), w13.stride(0), w13.stride(1), h.stride(0), sh.w13, b.ids.shape[0], sh.S, sh.S * I, sh.n_sb,
-        _weight_desc(w13, cfg["BLOCK_N"], cfg["BLOCK_K"]) if tma else w13,
+        _weight_desc(w13, cfg["BLOCK_N"], cfg["BLOCK_K"]) if tma else w13, h if flags is None else flags,
         BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"],
         GROUP_M=cfg["GROUP_M"], SMALL=b.small, SHARED=sh.S > 0, DOT_PRECISION=precision, B_TMA=tma,
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **launch_args(pdl))
+        FLAGS=flags is not None, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **launch_args(pdl))
 
 
-def _launch_down(h, w2, y, weights, b: _Blocks, cfg, precision, pdl, sh: _Shared):
+def _launch_down(h, w2, y, weights, b: _Blocks, cfg, precision, pdl, sh: _Shared, flags=None, n1_tiles=0,
+                 early=False):
+    """GEMM2. flags (the arrival counters GEMM1 bumped) with early: launched with PDL but no gdc_wait in the kernel,
+    each program waiting on its own M-block's counter instead (fused_moe_gemms.py, FLAGS)."""
     D, I = y.shape[1], h.shape[1]
     num_pid_m = sh.n_sb + b.num_pid_m
     grid = (num_pid_m * triton.cdiv(D, cfg["BLOCK_N"]),)
@@ -221,7 +244,8 @@ def _launch_down(h, w2, y, weights, b: _Blocks, cfg, precision, pdl, sh: _Shared
         b.numel, b.expert_offset, b.E, num_pid_m, D, I,
         h.stride(0), w2.stride(0), w2.stride(1), y.stride(0), sh.w2, weights if sh.gate is None else sh.gate,
         b.ids.shape[0], sh.S, sh.S * I, sh.n_sb, _weight_desc(w2, cfg["BLOCK_N"], cfg["BLOCK_K"]) if tma else w2,
+        y if flags is None else flags, 0 if flags is None else flags.shape[1], n1_tiles,
         BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"],
         GROUP_M=cfg["GROUP_M"], SMALL=b.small, SHARED=sh.S > 0, SHARED_GATE=sh.gate is not None,
-        DOT_PRECISION=precision, B_TMA=tma, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
-        **launch_args(pdl))
+        DOT_PRECISION=precision, B_TMA=tma, FLAGS=flags is not None, num_warps=cfg["num_warps"],
+        num_stages=cfg["num_stages"], **({"PDL": False, "launch_pdl": True} if early else launch_args(pdl)))

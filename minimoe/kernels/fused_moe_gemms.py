@@ -19,6 +19,12 @@ stages; scripts/compile_check.py with Triton 3.6) it frees 86 of GEMM1's 255 reg
 address math; tuned beside the pointer tiles it won by 2.4-3.9% at 2,048-8,192 tokens (docs/results.md, thirty-fifth
 session). The shared expert's virtual blocks keep the pointer path. TMA coordinates are int32: E·2I and E·D rows must
 stay below 2^31 (`_b_tma` in fused_moe.py keeps the pointer path past that).
+GEMM2 from GEMM1's arrival flags (FLAGS, `fused_moe.OVERLAP_GEMMS`): each GEMM1 program, after its h store, adds 1 to
+its M-block's counter (release); GEMM2, launched with PDL as soon as every GEMM1 program has started, skips gdc_wait and
+has each program spin on its own M-block's counter until all cdiv(I, BLOCK_N1) tiles arrived (acquire). GEMM2's first
+programs (the first M-blocks, finished long before) then stream w2 on the SMs GEMM1's last wave leaves idle, instead
+of after the last GEMM1 program and a launch. No deadlock: a spinning program waits only on GEMM1 programs that have
+already started. The M-block's last GEMM2 program zeroes its two counters, so one device buffer serves every call.
 Reference: vLLM fused_moe (peers.md §1); Triton's matmul tutorial (grouped ordering) and its tensor-descriptor matmul;
 SGLang's fused MoE `b_use_tma` (its design, not its code).
 """
@@ -75,10 +81,10 @@ def _shared_rows(pid_m, numel, T, S, BLOCK_M: tl.constexpr):
 @triton.jit(do_not_specialize=["numel", "top_k", "expert_offset", "E", "num_pid_m", "T", "S", "n_sb"])
 def _gate_up_kernel(x_ptr, w13_ptr, h_ptr, sorted_ids_ptr, block_expert_ptr, num_padded_ptr,
                     topk_ids_ptr, numel, top_k, expert_offset, E, num_pid_m, I, D,
-                    stride_xt, stride_we, stride_wn, stride_ht, ws13_ptr, T, S, I_S, n_sb, w13_desc,
+                    stride_xt, stride_we, stride_wn, stride_ht, ws13_ptr, T, S, I_S, n_sb, w13_desc, flags_ptr,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                     GROUP_M: tl.constexpr, SMALL: tl.constexpr, SHARED: tl.constexpr,
-                    DOT_PRECISION: tl.constexpr, B_TMA: tl.constexpr, PDL: tl.constexpr):
+                    DOT_PRECISION: tl.constexpr, B_TMA: tl.constexpr, PDL: tl.constexpr, FLAGS: tl.constexpr = False):
     wait_then_release(PDL)
     pid_m, pid_n = _tile_coords(num_pid_m, I, BLOCK_N, GROUP_M)
     if SHARED:      # the first n_sb M-blocks are the shared expert's, as S virtual experts of width I
@@ -136,15 +142,19 @@ def _gate_up_kernel(x_ptr, w13_ptr, h_ptr, sorted_ids_ptr, block_expert_ptr, num
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     h_ptrs = h_ptr + rows.to(tl.int64)[:, None] * stride_ht + cols[None, :]
     tl.store(h_ptrs, h.to(h_ptr.dtype.element_ty), mask=row_mask[:, None] & (cols < I)[None, :])
+    if FLAGS:       # this M-block's h has one more N tile: every thread's stores out, then one release
+        tl.debug_barrier()
+        tl.atomic_add(flags_ptr + pid_m, 1, sem="release", scope="gpu")
 
 
 @triton.jit(do_not_specialize=["numel", "expert_offset", "E", "num_pid_m", "T", "S", "n_sb"])
 def _down_kernel(h_ptr, w2_ptr, y_ptr, weights_ptr, sorted_ids_ptr, block_expert_ptr,
                  num_padded_ptr, topk_ids_ptr, numel, expert_offset, E, num_pid_m, D, I,
                  stride_ht, stride_we, stride_wn, stride_yt, ws2_ptr, sgate_ptr, T, S, I_S, n_sb, w2_desc,
+                 flags_ptr, flags_cap, n1_tiles,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                  GROUP_M: tl.constexpr, SMALL: tl.constexpr, SHARED: tl.constexpr, SHARED_GATE: tl.constexpr,
-                 DOT_PRECISION: tl.constexpr, B_TMA: tl.constexpr, PDL: tl.constexpr):
+                 DOT_PRECISION: tl.constexpr, B_TMA: tl.constexpr, PDL: tl.constexpr, FLAGS: tl.constexpr = False):
     wait_then_release(PDL)
     pid_m, pid_n = _tile_coords(num_pid_m, D, BLOCK_N, GROUP_M)
     offs_n = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N)) % D
@@ -168,6 +178,17 @@ def _down_kernel(h_ptr, w2_ptr, y_ptr, weights_ptr, sorted_ids_ptr, block_expert
         b_base = w2_ptr + expert.to(tl.int64) * stride_we + offs_n[None, :] * stride_wn
     if expert < 0:
         return
+    if FLAGS:       # launched before GEMM1 ended: wait for this M-block's n1_tiles arrivals, not for the whole grid
+        ready = flags_ptr + pid_m
+        n = tl.load(ready, volatile=True)
+        while n < n1_tiles:
+            n = tl.load(ready, volatile=True)
+        tl.atomic_add(ready, 0, sem="acquire", scope="gpu")
+        tl.debug_barrier()                              # no thread reads h before the acquire
+        # the M-block's last reader zeroes both counters for the next call (no memset a layer)
+        if tl.atomic_add(flags_ptr + flags_cap + pid_m, 1, sem="relaxed", scope="gpu") == tl.cdiv(D, BLOCK_N) - 1:
+            tl.store(ready, 0)
+            tl.store(flags_ptr + flags_cap + pid_m, 0)
     offs_k = tl.arange(0, BLOCK_K)
     rows64 = rows.to(tl.int64)
     a_ptrs = h_ptr + rows64[:, None] * stride_ht + offs_k[None, :]           # [BM, BK]

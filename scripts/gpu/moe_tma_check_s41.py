@@ -1,6 +1,7 @@
 """Forty-first session, call 3: the tables with b_tma on (this session's change) against the tables before it, in the
 graphed step, plus three more TMA tiles for OLMoE's T = 64 bucket. The baseline is the new table; "old" puts the
-previous entries back through `moe_configs.BUCKET_OVERRIDES`.
+previous entries back through `moe_configs.BUCKET_OVERRIDES`; "overlap" turns on `fused_moe.OVERLAP_GEMMS` (GEMM2
+launched early with PDL, its programs waiting on GEMM1's per-M-block arrival flags).
 
     python scripts/gpu/moe_tma_check_s41.py MODEL --batches 16 64 --json OUT.json [--steps 40 --rounds 3]
 """
@@ -33,4 +34,5 @@ if __name__ == "__main__":
     argv = ["--models", model, "--input-len", "128", "--variant", "base"]
     for name, over in variants(model).items():
         argv += ["--variant", f"{name}:minimoe.kernels.moe_configs.BUCKET_OVERRIDES={over!r}"]
+    argv += ["--variant", "overlap:minimoe.kernels.fused_moe.OVERLAP_GEMMS=True"]   # GEMM2 from GEMM1's flags
     sys.exit(main(argv + rest))
