@@ -168,7 +168,7 @@ def test_overlap_gemms_flags_match_stream_order(dtype, E, K, T, routing, offset,
     base = fused_moe(x, w13, w2, ids, weights, expert_offset=offset, config=cfg)
     buf = torch.zeros(2, 128, dtype=torch.int32, device=DEVICE)
     monkeypatch.setattr(fm, "_flags", {x.device: buf})
-    monkeypatch.setattr(fm, "OVERLAP_GEMMS", True)
+    monkeypatch.setattr(fm, "OVERLAP_GEMMS", "on")
     used = []
     real = fm._flags_for
     monkeypatch.setattr(fm, "_flags_for", lambda d, n: used.append(n) or real(d, n))
@@ -183,6 +183,24 @@ def test_overlap_gemms_flags_match_stream_order(dtype, E, K, T, routing, offset,
     assert err <= TOL[dtype], f"relative error {err:.2e}"
 
 
+def test_overlap_gemms_auto_rule(monkeypatch):
+    """"auto" overlaps only with PDL, at 16-64 tokens, where the live M-blocks outnumber GEMM1's N tiles an M-block 4:1
+    (OLMoE, Qwen3-30B-A3B), not Mixtral's 8 experts of 112 N tiles; "on" / "off" force it; anything else is refused."""
+    from minimoe.kernels import fused_moe as fm
+    olmoe, qwen3, mixtral = (64, 8, 1024), (128, 8, 768), (8, 2, 14336)
+    got = {(name, T, pdl): fm.overlap_gemms(T, K, E, I, 128, pdl)
+           for name, (E, K, I) in (("olmoe", olmoe), ("qwen3", qwen3), ("mixtral", mixtral))
+           for T in (8, 16, 64, 65) for pdl in (False, True)}
+    assert {k for k, v in got.items() if v} == {("olmoe", 16, True), ("olmoe", 64, True), ("qwen3", 16, True),
+                                                ("qwen3", 64, True)}
+    for value, want in (("on", True), ("off", False)):
+        monkeypatch.setattr(fm, "OVERLAP_GEMMS", value)
+        assert fm.overlap_gemms(1, 2, 8, 14336, 128, False) is want
+    monkeypatch.setattr(fm, "OVERLAP_GEMMS", True)
+    with pytest.raises(ValueError, match="OVERLAP_GEMMS"):
+        fm.overlap_gemms(64, 8, 64, 1024, 128, True)
+
+
 def test_overlap_gemms_not_for_small_or_small_dot(monkeypatch):
     """The flags belong to the aligned variant's routed blocks: the decode GEMVs and small_dot never ask for them."""
     from minimoe.kernels import fused_moe as fm
@@ -190,7 +208,7 @@ def test_overlap_gemms_not_for_small_or_small_dot(monkeypatch):
     x, w13, w2 = make_layer(2, 12, torch.float32, gen)
     ids, weights = make_routing(2, 2, 12, "random", gen)
     ids, weights = ids.to(DEVICE), weights.to(DEVICE)
-    monkeypatch.setattr(fm, "OVERLAP_GEMMS", True)
+    monkeypatch.setattr(fm, "OVERLAP_GEMMS", "on")
     monkeypatch.setattr(fm, "_flags_for", lambda d, n: pytest.fail("flags asked for"))
     for variant in ("small", "small_dot"):
         cfg = dict(moe_configs.interpreter_config(), variant=variant)

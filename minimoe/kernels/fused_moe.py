@@ -61,9 +61,26 @@ SMALL_BATCH_RATIO = 4  # "small" when T·K·SMALL_BATCH_RATIO <= E
 # bs 64), -0.79% (OLMoE bs 16), -0.78% (Qwen3-30B-A3B bs 16), -0.86% (OLMoE fp8 bs 64).
 COMBINE_BLOCK_D = 256
 COMBINE_WARPS = 2
-# GEMM2 started per M-block from GEMM1's arrival flags (fused_moe_gemms.py, FLAGS) and, with pdl, launched while GEMM1's
-# last wave still runs; routed blocks of the aligned variant only (no shared expert). A step-probe knob until measured.
-OVERLAP_GEMMS = False
+# GEMM2 started per M-block from GEMM1's arrival flags (fused_moe_gemms.py, FLAGS) and launched with PDL while GEMM1's
+# last wave still runs; routed blocks of the aligned variant only (no shared expert). "on" / "off" force it (a step-probe
+# knob); "auto" takes it with pdl for OVERLAP_T_RANGE tokens when the live M-blocks (about min(E, T·K)) are at least
+# OVERLAP_MIN_RATIO times GEMM1's N tiles an M-block: then the first M-blocks are done long before GEMM1's last wave and
+# GEMM2's first programs stream w2 beside it. Measured in the graphed step (forty-first session, call 3): OLMoE bs 64
+# -0.95%, bs 16 -1.25%, Qwen3-30B-A3B bs 64 -1.17%; Mixtral bs 16 (8 M-blocks of 112 N tiles each: GEMM2's programs
+# spin beside GEMM1 until it is nearly done) +1.72%, so off there.
+OVERLAP_GEMMS = "auto"
+OVERLAP_T_RANGE = (16, 64)
+OVERLAP_MIN_RATIO = 4
+
+
+def overlap_gemms(T: int, K: int, E: int, I: int, block_n: int, pdl: bool) -> bool:
+    """Whether GEMM2 starts from GEMM1's arrival flags for this call (OVERLAP_GEMMS; "auto" as explained there)."""
+    if OVERLAP_GEMMS in ("on", "off"):
+        return OVERLAP_GEMMS == "on"
+    if OVERLAP_GEMMS != "auto":
+        raise ValueError(f"fused_moe.OVERLAP_GEMMS is 'auto', 'on' or 'off', not {OVERLAP_GEMMS!r}")
+    lo, hi = OVERLAP_T_RANGE
+    return pdl and lo <= T <= hi and min(E, T * K) >= OVERLAP_MIN_RATIO * triton.cdiv(I, block_n)
 FLAG_BLOCKS = 16384             # M-blocks a call may have and still use the device's persistent flags
 _flags: dict[torch.device, torch.Tensor] = {}
 
@@ -183,7 +200,7 @@ def fused_moe(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_ids: to
     y = x.new_empty(rows, D)                                                 # [T·K + T·S, D]
     weights = topk_weights.float().contiguous().view(-1)  # [T·K]; no copy when already fp32 (a cast: before GEMM1)
     flags = (_flags_for(x.device, sh.n_sb + blocks.num_pid_m)
-             if OVERLAP_GEMMS and variant == "aligned" and sh.S == 0 else None)
+             if variant == "aligned" and sh.S == 0 and overlap_gemms(T, K, E, I, config["BLOCK_N"], pdl) else None)
     _launch_gate_up(x, w13, h, blocks, K, config, precision, pdl, sh, flags)
     # after GEMM1: not launched early (pdl.py), unless its programs wait on GEMM1's flags
     _launch_down(h, w2, y, weights, blocks, down_config(config), precision, False, sh, flags,
