@@ -13,7 +13,8 @@ it is three or four launches, none of which copies x:
    BLOCK_N columns of I. It gathers its A rows straight from x[flat_id // K], loads the gate AND up tiles of w13 for the
    same columns, keeps two fp32 accumulators, and writes h = silu(gate)·up to row flat_id of h.
 3. GEMM2 `_down_kernel`: same walk over h and w2; the fp32 epilogue multiplies each row by its
-   routing weight before the cast, and writes row flat_id of y [T·K, D].
+   routing weight before the cast, and writes row flat_id of y [T·K, D]. At decode batches (`OVERLAP_GEMMS`) it is
+   launched while GEMM1's last wave runs, each program waiting only for its own M-block's h (GEMM1's arrival flags).
 4. `_combine_kernel`: out[t] = Σ_k y[t·K + k] in fp32 (+ a shared expert's S rows, `shared=`), skipping slots
    routed to experts this layer does not hold (expert parallelism), so those contribute exactly zero without
    zeroing y.
