@@ -32,7 +32,11 @@ GEMM2 leaves free; +0.2-0.8% out tok/s at bs 1, tenth session), and is itself la
 programs release it only after their last store (PDL 3, `release_at_end`: the launch overlaps GEMM1's end, nothing
 parks beside its body; -0.13% to -0.40% a bs-1 step, thirty-fourth session, `fused_moe_small.GEMM2_AFTER_GEMM1_END`);
 the aligned path's and the quantized GEMM2s (several waves) run in stream order and do not release, so their
-successors start when their last program exits. (The probe's L2 prefetch of a GEMV's first weight bytes before gdc_wait,
+successors start when their last program exits. One exception, the bf16 aligned GEMM2 under `fused_moe.OVERLAP_GEMMS`
+(on by its "auto" rule at 16-64 tokens for OLMoE- and Qwen3-like shapes): launched with PDL but with no gdc_wait, each
+program spinning on its own M-block's arrival counter, which GEMM1's programs release after their h stores
+(fused_moe_gemms.py); it works beside GEMM1's last wave instead of parking there (forty-first session: -0.95% to
+-1.25% a step; +1.72% on Mixtral's 8 blocks of 112 N tiles, which the rule leaves out). (The probe's L2 prefetch of a GEMV's first weight bytes before gdc_wait,
 `prefetch_l2`, was slower than PDL alone at every size tried: kept as a kernel option, off.)
 
 Every launcher takes `pdl: bool = False` and passes `launch_args(pdl)` to its kernels (GEMM2:
