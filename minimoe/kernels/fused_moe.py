@@ -82,6 +82,8 @@ def overlap_gemms(T: int, K: int, E: int, I: int, block_n: int, pdl: bool) -> bo
         raise ValueError(f"fused_moe.OVERLAP_GEMMS is 'auto', 'on' or 'off', not {OVERLAP_GEMMS!r}")
     lo, hi = OVERLAP_T_RANGE
     return pdl and lo <= T <= hi and min(E, T * K) >= OVERLAP_MIN_RATIO * triton.cdiv(I, block_n)
+
+
 FLAG_BLOCKS = 16384             # M-blocks a call may have and still use the device's persistent flags
 _flags: dict[torch.device, torch.Tensor] = {}
 
