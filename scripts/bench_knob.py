@@ -6,7 +6,7 @@ Each NAME=VALUE before `--` sets a module attribute; VALUE is a Python literal (
 the whole item for the shell) of the attribute's current type (an int for a float is fine; an attribute that is None
 takes anything). The rest are bench.py's arguments. Each setting is echoed on stderr before the run and recorded under
 "knobs" in bench.py's JSON line. Bad input (no `--`, no `=`, an unknown module or attribute, a value that is not a
-literal or not of the attribute's type) exits with one line.
+literal or not of the attribute's type, or not one of the values a module lists in ATTR_CHOICES) exits with one line.
 """
 import ast
 import importlib
@@ -35,6 +35,9 @@ def _set(item: str) -> None:
     if old is not None and v is not None and type(v) is not type(old) and not numeric:
         raise SystemExit(f"bench_knob: {name} holds {old!r} of type {type(old).__name__}; "
                          f"{v!r} is of type {type(v).__name__}")
+    choices = getattr(m, attr + "_CHOICES", None)      # a knob that names its values (fused_moe.OVERLAP_GEMMS_CHOICES)
+    if choices is not None and v not in choices:
+        raise SystemExit(f"bench_knob: {name} is one of {', '.join(map(repr, choices))}, not {v!r}")
     setattr(m, attr, v)
     from minimoe.bench import cli
     cli.KNOBS[name] = v

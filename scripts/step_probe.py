@@ -69,7 +69,11 @@ def parse_variant(text: str) -> tuple[str, list[tuple[object, str, object]]]:
         mod = importlib.import_module(mod_name)
         if not hasattr(mod, attr):
             raise ValueError(f"variant {text!r}: {mod_name} has no attribute {attr}")
-        sets.append((mod, attr, ast.literal_eval(literal)))
+        value = ast.literal_eval(literal)
+        choices = getattr(mod, attr + "_CHOICES", None)
+        if choices is not None and value not in choices:
+            raise ValueError(f"variant {text!r}: {attr} is one of {', '.join(map(repr, choices))}")
+        sets.append((mod, attr, value))
     return name, sets
 
 

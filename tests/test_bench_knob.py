@@ -25,6 +25,7 @@ def test_help_exits_0():
     ("minimoe.no_such_module.X=1", "cannot import minimoe.no_such_module"),
     ("GREEDY_RAW_LOGITS=True", "is not module.ATTR=VALUE"),
     ("minimoe.kernels.greedy.TARGET_PROGRAMS=2.5", "holds 256 of type int; 2.5 is of type float"),
+    ("minimoe.kernels.fused_moe.OVERLAP_GEMMS='maybe'", "is one of 'auto', 'on', 'off', not 'maybe'"),
 ])
 def test_bad_settings_are_refused_in_one_line(item, message):
     r = _run(item, "--", "--model", "olmoe-tiny")

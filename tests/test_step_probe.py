@@ -20,6 +20,7 @@ def test_a_settings_field_and_a_module_knob_in_one_variant():
     ("x:settings.no_such_switch=1", "RunSettings has no field no_such_switch"),
     ("x:minimoe.kernels.o_route.NO_SUCH=1", "has no attribute NO_SUCH"),
     ("x:fold_router", "module.ATTR=VALUE"),
+    ("x:minimoe.kernels.fused_moe.OVERLAP_GEMMS='maybe'", "OVERLAP_GEMMS is one of 'auto', 'on', 'off'"),
 ])
 def test_refused_spellings(text, match):
     with pytest.raises(ValueError, match=match):

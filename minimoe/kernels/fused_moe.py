@@ -70,6 +70,7 @@ COMBINE_WARPS = 2
 # -0.95%, bs 16 -1.25%, Qwen3-30B-A3B bs 64 -1.17%; Mixtral bs 16 (8 M-blocks of 112 N tiles each: GEMM2's programs
 # spin beside GEMM1 until it is nearly done) +1.72%, so off there.
 OVERLAP_GEMMS = "auto"
+OVERLAP_GEMMS_CHOICES = ("auto", "on", "off")         # scripts/bench_knob.py and step_probe.py refuse anything else
 OVERLAP_T_RANGE = (16, 64)
 OVERLAP_MIN_RATIO = 4
 
@@ -79,7 +80,7 @@ def overlap_gemms(T: int, K: int, E: int, I: int, block_n: int, pdl: bool) -> bo
     if OVERLAP_GEMMS in ("on", "off"):
         return OVERLAP_GEMMS == "on"
     if OVERLAP_GEMMS != "auto":
-        raise ValueError(f"fused_moe.OVERLAP_GEMMS is 'auto', 'on' or 'off', not {OVERLAP_GEMMS!r}")
+        raise ValueError(f"fused_moe.OVERLAP_GEMMS is one of {OVERLAP_GEMMS_CHOICES}, not {OVERLAP_GEMMS!r}")
     lo, hi = OVERLAP_T_RANGE
     return pdl and lo <= T <= hi and min(E, T * K) >= OVERLAP_MIN_RATIO * triton.cdiv(I, block_n)
 

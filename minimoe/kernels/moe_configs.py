@@ -44,8 +44,10 @@ GEMM_KEYS = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "num_warps", "num_stage
 SMEM_BUDGET = 200 * 1024
 
 # A probe knob, empty in normal runs: {token bucket: config} taken instead of a tuned table's entry for that bucket
-# (every (E, I, D, K) shape with a table), so scripts/step_probe.py and scripts/bench_knob.py can time a candidate
-# inside the graphed step before it is written into configs/ (a tile that wins alone can lose in the step).
+# (every (E, I, D, K) shape with a table, the quantized tables of fused_moe_quant too), so scripts/step_probe.py and
+# scripts/bench_knob.py can time a candidate inside the graphed step before it is written into configs/ (a tile that
+# wins alone can lose in the step). A key must be one of the table's buckets (the bucket nearest T is looked up first,
+# then replaced); tables are read on a GPU only, so on a CPU or under the interpreter it changes nothing.
 BUCKET_OVERRIDES: dict[int, dict] = {}
 
 
