@@ -24,8 +24,9 @@ the thirty-fifth session saw the aligned fused MoE "unpipelined, 402 spill store
 pipelined with none. So pointers are taken as 16-byte aligned (torch's allocations are), and --div16 NAME... names
 the int arguments the launch passes as multiples of 16 (for the fused MoE's GEMMs: I D stride_xt stride_we stride_wn
 stride_ht I_S, and stride_yt for GEMM2, at real model widths). Besides registers, stack, shared memory (the compiled
-kernel's need, dynamic included) and the instruction / barrier / shuffle counts, it counts cp.async copies (LDGSTS)
-and TMA loads (UTMALDG). The GPU machine's Triton (3.6) may lower differently from the one installed here (a Triton
+kernel's need, dynamic included) and the instruction / barrier / shuffle counts, it counts cp.async copies (LDGSTS),
+TMA loads (UTMALDG), and the PTX's acquire and release operations (a flag protocol's ordering: Triton 3.6 drops an
+acquire atomic whose result is unused). The GPU machine's Triton (3.6) may lower differently from the one installed here (a Triton
 3.6 wheel unpacked on PYTHONPATH compiles as that machine does). Exit 2 with one line on a bad argument, 1 with the
 compiler's message where the kernel does not compile.
 """
@@ -116,7 +117,9 @@ def compile_kernel(kernel, const: dict, types: dict, warps: int, div16: tuple = 
     return {"regs": int(m.group(1)), "stack": int(m.group(2)),
             "shared": max(int(m.group(3)), int(getattr(compiled.metadata, "shared", 0) or 0)),
             "instructions": len(re.findall(r"/\*[0-9a-f]{4}\*/", sass)), "barriers": sass.count("BAR.SYNC"),
-            "shuffles": sass.count("SHFL"), "ldgsts": sass.count("LDGSTS"), "tma_loads": sass.count("UTMALDG")}
+            "shuffles": sass.count("SHFL"), "ldgsts": sass.count("LDGSTS"), "tma_loads": sass.count("UTMALDG"),
+            "acquires": len(re.findall(r"\.acquire\b", compiled.asm["ptx"])),
+            "releases": len(re.findall(r"\.release\b", compiled.asm["ptx"]))}
 
 
 def main(argv: list[str]) -> None:

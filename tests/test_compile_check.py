@@ -78,6 +78,28 @@ def test_fused_moe_gemm1_prefill_tile_pipelines_with_and_without_tma():
     assert tma["stack"] == 0 and tma["tma_loads"] > 0 and tma["ldgsts"] < ptr["ldgsts"], (tma, ptr)
 
 
+def test_fused_moe_overlap_flags_keep_their_acquire_and_release():
+    """`OVERLAP_GEMMS` at OLMoE's bs-64 tile with TMA weights: GEMM1 (FLAGS) releases its M-block's counter, GEMM2
+    (FLAGS, no gdc_wait) reads it with acquires that survive lowering (their values feed the spin loop; an acquire
+    whose result is unused was dropped by Triton 3.6), and both compile without spills."""
+    types = {"topk_ids_ptr": "*i32", "sorted_ids_ptr": "*i32", "block_expert_ptr": "*i32", "num_padded_ptr": "*i32",
+             "flags_ptr": "*i32"}
+    const = dict(BLOCK_M=16, BLOCK_N=128, BLOCK_K=128, GROUP_M=1, SMALL=False, SHARED=False, DOT_PRECISION="tf32",
+                 PDL=False, B_TMA=True)
+    g1 = _compile("minimoe.kernels.fused_moe_gemms:_gate_up_kernel", 4, {**const, "FLAGS": True},
+                  {**types, "w13_desc": "tensordesc<bf16[128, 128]>"},
+                  ("--stages", "3", "--div16", "I", "D", "stride_xt", "stride_we", "stride_wn", "stride_ht", "I_S"))
+    g2 = _compile("minimoe.kernels.fused_moe_gemms:_down_kernel", 4, {**const, "FLAGS": True, "SHARED_GATE": False},
+                  {**types, "weights_ptr": "*fp32", "w2_desc": "tensordesc<bf16[128, 128]>"},
+                  ("--stages", "3", "--div16", "I", "D", "stride_ht", "stride_we", "stride_wn", "stride_yt", "I_S"))
+    off = _compile("minimoe.kernels.fused_moe_gemms:_down_kernel", 4, {**const, "FLAGS": False, "SHARED_GATE": False},
+                   {**types, "weights_ptr": "*fp32", "w2_desc": "tensordesc<bf16[128, 128]>"},
+                   ("--stages", "3", "--div16", "I", "D", "stride_ht", "stride_we", "stride_wn", "stride_yt", "I_S"))
+    assert g1["releases"] >= 1 and g1["stack"] == 0, g1
+    assert g2["acquires"] >= 2 and g2["stack"] == 0 and g2["tma_loads"] > 0, g2
+    assert off["acquires"] == 0 and off["releases"] == 0, off
+
+
 def test_pdl_mark_compiles():
     """The empty PDL kernel that graphs.PrefillGraph.run launches after its replay (no arguments, PDL constexpr)."""
     out = _compile("minimoe.kernels.pdl:_pdl_mark_kernel", 1, {"PDL": True}, {})

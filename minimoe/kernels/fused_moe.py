@@ -91,8 +91,9 @@ _flags: dict[torch.device, torch.Tensor] = {}
 
 def _flags_for(device: torch.device, n_blocks: int) -> torch.Tensor:
     """Zeroed int32 [2, >= n_blocks] arrival / reader counters. GEMM2's last reader of each M-block zeroes both, so one
-    buffer a device, zeroed once, serves every call (calls on one stream never overlap; within a call only its GEMM1
-    and GEMM2 do). A call captured before the buffer exists, or with more blocks, gets its own zeroed counters."""
+    buffer a device, zeroed once, serves every call (calls on one stream never overlap on the counters: within a call
+    only its GEMM1 and GEMM2 touch them, and the next call's GEMM1 starts after this GEMM2 has finished). A call
+    captured before the buffer exists, or with more blocks, gets its own zeroed counters (a memset in the graph)."""
     buf = _flags.get(device)
     if buf is None and device.type == "cuda" and not torch.cuda.is_current_stream_capturing():
         buf = _flags[device] = torch.zeros(2, FLAG_BLOCKS, device=device, dtype=torch.int32)
@@ -205,10 +206,15 @@ def fused_moe(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_ids: to
     weights = topk_weights.float().contiguous().view(-1)  # [T·K]; no copy when already fp32 (a cast: before GEMM1)
     flags = (_flags_for(x.device, sh.n_sb + blocks.num_pid_m)
              if variant == "aligned" and sh.S == 0 and overlap_gemms(T, K, E, I, config["BLOCK_N"], pdl) else None)
-    _launch_gate_up(x, w13, h, blocks, K, config, precision, pdl, sh, flags)
-    # after GEMM1: not launched early (pdl.py), unless its programs wait on GEMM1's flags
-    _launch_down(h, w2, y, weights, blocks, down_config(config), precision, False, sh, flags,
-                 n1_tiles=triton.cdiv(I, config["BLOCK_N"]), early=pdl and flags is not None)
+    try:
+        _launch_gate_up(x, w13, h, blocks, K, config, precision, pdl, sh, flags)
+        # after GEMM1: not launched early (pdl.py), unless its programs wait on GEMM1's flags
+        _launch_down(h, w2, y, weights, blocks, down_config(config), precision, False, sh, flags,
+                     n1_tiles=triton.cdiv(I, config["BLOCK_N"]), early=pdl and flags is not None)
+    except BaseException:
+        if flags is not None:       # GEMM1 may have counted arrivals no GEMM2 will read: later calls must start at 0
+            flags.zero_()
+        raise
     out = x.new_empty(T, D)
     block_d = min(COMBINE_BLOCK_D, triton.next_power_of_2(D))
     _combine_kernel[(T, triton.cdiv(D, block_d))](y, ids, out, K, expert_offset, E, D, numel, sh.S,
@@ -269,4 +275,12 @@ def _launch_down(h, w2, y, weights, b: _Blocks, cfg, precision, pdl, sh: _Shared
         BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"],
         GROUP_M=cfg["GROUP_M"], SMALL=b.small, SHARED=sh.S > 0, SHARED_GATE=sh.gate is not None,
         DOT_PRECISION=precision, B_TMA=tma, FLAGS=flags is not None, num_warps=cfg["num_warps"],
-        num_stages=cfg["num_stages"], **({"PDL": False, "launch_pdl": True} if early else launch_args(pdl)))
+        num_stages=cfg["num_stages"], **_down_launch(pdl, early))
+
+
+def _down_launch(pdl: bool, early: bool) -> dict:
+    """GEMM2's launch keywords: launch_args(pdl), or with early a PDL launch (unless pdl.OFF_IN names this module) whose
+    kernel runs no gdc_wait (PDL False): its programs wait on GEMM1's flags instead."""
+    if not early:
+        return launch_args(pdl)
+    return {"PDL": False, "launch_pdl": launch_args(True)["launch_pdl"]}

@@ -20,11 +20,13 @@ address math; tuned beside the pointer tiles it won by 2.4-3.9% at 2,048-8,192 t
 session). The shared expert's virtual blocks keep the pointer path. TMA coordinates are int32: E·2I and E·D rows must
 stay below 2^31 (`_b_tma` in fused_moe.py keeps the pointer path past that).
 GEMM2 from GEMM1's arrival flags (FLAGS, `fused_moe.OVERLAP_GEMMS`): each GEMM1 program, after its h store, adds 1 to
-its M-block's counter (release); GEMM2, launched with PDL as soon as every GEMM1 program has started, skips gdc_wait and
-has each program spin on its own M-block's counter until all cdiv(I, BLOCK_N1) tiles arrived (acquire). GEMM2's first
-programs (the first M-blocks, finished long before) then stream w2 on the SMs GEMM1's last wave leaves idle, instead
-of after the last GEMM1 program and a launch. No deadlock: a spinning program waits only on GEMM1 programs that have
-already started. The M-block's last GEMM2 program zeroes its two counters, so one device buffer serves every call.
+its M-block's counter (a CTA barrier, then a release). GEMM2 has no gdc_wait; with PDL it is launched once every GEMM1
+program has started (GEMM1 releases its dependents right after its own wait), and each program spins on its own
+M-block's counter with acquire reads until all cdiv(I, BLOCK_N1) tiles arrived. GEMM2's first programs (the first
+M-blocks, finished long before) then stream w2 on the SMs GEMM1's last wave leaves idle, instead of after the last GEMM1
+program and a launch. No deadlock: a spinning program waits only on GEMM1 programs that have already started, and both
+kernels find a block live or dead the same way (`_block_rows`). The M-block's last GEMM2 program zeroes its two
+counters, so one device buffer serves every call.
 Reference: vLLM fused_moe (peers.md §1); Triton's matmul tutorial (grouped ordering) and its tensor-descriptor matmul;
 SGLang's fused MoE `b_use_tma` (its design, not its code).
 """
@@ -147,7 +149,7 @@ def _gate_up_kernel(x_ptr, w13_ptr, h_ptr, sorted_ids_ptr, block_expert_ptr, num
         tl.atomic_add(flags_ptr + pid_m, 1, sem="release", scope="gpu")
 
 
-@triton.jit(do_not_specialize=["numel", "expert_offset", "E", "num_pid_m", "T", "S", "n_sb"])
+@triton.jit(do_not_specialize=["numel", "expert_offset", "E", "num_pid_m", "T", "S", "n_sb", "flags_cap", "n1_tiles"])
 def _down_kernel(h_ptr, w2_ptr, y_ptr, weights_ptr, sorted_ids_ptr, block_expert_ptr,
                  num_padded_ptr, topk_ids_ptr, numel, expert_offset, E, num_pid_m, D, I,
                  stride_ht, stride_we, stride_wn, stride_yt, ws2_ptr, sgate_ptr, T, S, I_S, n_sb, w2_desc,
@@ -157,6 +159,9 @@ def _down_kernel(h_ptr, w2_ptr, y_ptr, weights_ptr, sorted_ids_ptr, block_expert
                  DOT_PRECISION: tl.constexpr, B_TMA: tl.constexpr, PDL: tl.constexpr, FLAGS: tl.constexpr = False):
     wait_then_release(PDL)
     pid_m, pid_n = _tile_coords(num_pid_m, D, BLOCK_N, GROUP_M)
+    if FLAGS:       # no gdc_wait: a first acquire (its value used below) before the block's routing data is read
+        ready = flags_ptr + pid_m
+        n_arrived = tl.atomic_add(ready, 0, sem="acquire", scope="gpu")
     offs_n = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N)) % D
     if SHARED:      # as GEMM1: the first n_sb M-blocks are the shared expert's (its w2 [D, I_S], columns j·I ..)
         if pid_m < n_sb:
@@ -179,14 +184,13 @@ def _down_kernel(h_ptr, w2_ptr, y_ptr, weights_ptr, sorted_ids_ptr, block_expert
     if expert < 0:
         return
     if FLAGS:       # launched before GEMM1 ended: wait for this M-block's n1_tiles arrivals, not for the whole grid
-        ready = flags_ptr + pid_m
-        n = tl.load(ready, volatile=True)
-        while n < n1_tiles:
-            n = tl.load(ready, volatile=True)
-        tl.atomic_add(ready, 0, sem="acquire", scope="gpu")
+        # Each read is an acquire whose value the loop uses (Triton 3.6 drops an acquire whose result is unused):
+        # one thread reads, the value reaches the others through shared memory and a barrier.
+        while n_arrived < n1_tiles:
+            n_arrived = tl.atomic_add(ready, 0, sem="acquire", scope="gpu")
         tl.debug_barrier()                              # no thread reads h before the acquire
         # the M-block's last reader zeroes both counters for the next call (no memset a layer)
-        if tl.atomic_add(flags_ptr + flags_cap + pid_m, 1, sem="relaxed", scope="gpu") == tl.cdiv(D, BLOCK_N) - 1:
+        if tl.atomic_add(flags_ptr + flags_cap + pid_m, 1, sem="acq_rel", scope="gpu") == tl.cdiv(D, BLOCK_N) - 1:
             tl.store(ready, 0)
             tl.store(flags_ptr + flags_cap + pid_m, 0)
     offs_k = tl.arange(0, BLOCK_K)
