@@ -183,6 +183,26 @@ def test_overlap_gemms_flags_match_stream_order(dtype, E, K, T, routing, offset,
     assert err <= TOL[dtype], f"relative error {err:.2e}"
 
 
+def test_overlap_gemms_more_blocks_than_the_buffer(monkeypatch):
+    """A call with more M-blocks than the device's flag buffer gets fresh zeroed counters of its own (the buffer is
+    left alone), with the same output."""
+    from minimoe.kernels import fused_moe as fm
+    gen = torch.Generator().manual_seed(11)
+    x, w13, w2 = make_layer(64, 8, torch.float32, gen)
+    ids, weights = make_routing(64, 2, 8, "random", gen)
+    ids, weights = ids.to(DEVICE), weights.to(DEVICE)
+    cfg = moe_configs.interpreter_config()
+    base = fused_moe(x, w13, w2, ids, weights, config=cfg)
+    buf = torch.zeros(2, 2, dtype=torch.int32, device=DEVICE)
+    monkeypatch.setattr(fm, "_flags", {x.device: buf})
+    monkeypatch.setattr(fm, "OVERLAP_GEMMS", "on")
+    got = []
+    real = fm._flags_for
+    monkeypatch.setattr(fm, "_flags_for", lambda d, n: got.append(real(d, n)) or got[-1])
+    assert torch.equal(fused_moe(x, w13, w2, ids, weights, config=cfg), base)
+    assert got[0] is not buf and got[0].shape[1] > buf.shape[1] and not got[0].any() and not buf.any()
+
+
 def test_overlap_gemms_auto_rule(monkeypatch):
     """"auto" overlaps only with PDL, at 16-64 tokens, where the live M-blocks outnumber GEMM1's N tiles an M-block 4:1
     (OLMoE, Qwen3-30B-A3B), not Mixtral's 8 experts of 112 N tiles; "on" / "off" force it; anything else is refused."""

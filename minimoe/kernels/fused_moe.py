@@ -68,7 +68,8 @@ COMBINE_WARPS = 2
 # OVERLAP_MIN_RATIO times GEMM1's N tiles an M-block: then the first M-blocks are done long before GEMM1's last wave and
 # GEMM2's first programs stream w2 beside it. Measured in the graphed step (forty-first session, call 3): OLMoE bs 64
 # -0.95%, bs 16 -1.25%, Qwen3-30B-A3B bs 64 -1.17%; Mixtral bs 16 (8 M-blocks of 112 N tiles each: GEMM2's programs
-# spin beside GEMM1 until it is nearly done) +1.72%, so off there.
+# spin beside GEMM1 until it is nearly done) +1.72%, so off there. Between those points (bucket 32, bs 17-63) the rule
+# is interpolated, not measured; under an EP / TP plan PDL is off, so "auto" is too.
 OVERLAP_GEMMS = "auto"
 OVERLAP_GEMMS_CHOICES = ("auto", "on", "off")         # scripts/bench_knob.py and step_probe.py refuse anything else
 OVERLAP_T_RANGE = (16, 64)

@@ -34,5 +34,6 @@ if __name__ == "__main__":
     argv = ["--models", model, "--input-len", "128", "--variant", "base"]
     for name, over in variants(model).items():
         argv += ["--variant", f"{name}:minimoe.kernels.moe_configs.BUCKET_OVERRIDES={over!r}"]
-    argv += ["--variant", "overlap:minimoe.kernels.fused_moe.OVERLAP_GEMMS=True"]   # GEMM2 from GEMM1's flags
+    # GEMM2 from GEMM1's flags (call 3 ran it as OVERLAP_GEMMS=True, the knob's spelling then)
+    argv += ["--variant", "overlap:minimoe.kernels.fused_moe.OVERLAP_GEMMS='on'"]
     sys.exit(main(argv + rest))

@@ -20,7 +20,7 @@ for m in olmoe qwen3 mixtral; do
   tar czf $OUT/r.tgz -C $OUT r
 done
 BA="--model olmoe --fused --bs 64 --input-len 128 --output-len 128 --warmup 1 --iters 3"
-OV="minimoe.kernels.fused_moe.OVERLAP_GEMMS=True"
+OV="minimoe.kernels.fused_moe.OVERLAP_GEMMS='on'"     # call 3 ran =True, the knob's spelling then
 O64="{64: {'BLOCK_M': 16, 'BLOCK_N': 128, 'BLOCK_K': 128, 'GROUP_M': 1, 'num_warps': 8, 'num_stages': 3}}"
 for v in new overlap new2 overlap2; do
   case ${v%2} in
