@@ -13,7 +13,9 @@ Router is called with the un-normed x and the norm (gate.py), and `ffn_norm` its
 `--fold-router` (router_fusion.py) the attention's o projection, that norm and the router are one kernel: the
 attention module's `heads` runs, and neither its `wo` nor `ffn_norm` is called (only where nothing is hooked on them).
 With `--fold-attn-norm` (norm_fusion.py) `attn_norm` runs inside the q/k/v GEMV: the attention gets the q/k/v rows
-(its `qkv` argument) and neither `attn_norm` nor `wqkv` is called.
+(its `qkv` argument) and neither `attn_norm` nor `wqkv` is called. With the o projection split over K (o_splitk.py,
+MODE) the attention's `heads` runs, then the split GEMM and the norm that sums its partials: neither `wo` nor `ffn_norm`
+is called (only where nothing is hooked on them).
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ from .kv_cache import KVCache, Step
 from .layers import ResidualRMSNorm
 from .linear import Linear
 from .mla import MLAttention
-from . import norm_fusion, rope, rope_attn_fusion, rope_fusion, router_fusion
+from . import norm_fusion, o_splitk, rope, rope_attn_fusion, rope_fusion, router_fusion
 from .moe import MoE, make_ffn
 from .rope import Rotary, rope_tables
 
@@ -65,6 +67,13 @@ class Block(nn.Module):
             with region("router"):
                 h, residual, routing = router_fusion.run(self, a, residual, step)
             return self.ffn(h, routing=routing), residual
+        if o_splitk.fits(self, h, residual):               # the o projection over K slices, summed in the norm
+            with region("attention"):
+                parts = o_splitk.partials(self.attn.wo, self.attn.heads(h, step, cache, rot, **made))
+            with region("norm"):
+                h, residual = o_splitk.norm(self, parts, residual)
+            with region(self.ffn_region):
+                return self.ffn(h), residual
         with region("attention"):
             x = self.attn(h, step, cache, rot, **made)
         if self.ffn_region is None and self.ffn.fold_fits(x, residual):

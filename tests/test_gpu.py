@@ -120,6 +120,20 @@ def test_graphed_decode_equals_eager_with_pdl(card, batch):
     test_graphed_decode_equals_eager(card, "fused", "triton", "triton", pdl, batch)
 
 
+@pytest.mark.parametrize("card", TINY)
+def test_graphed_decode_equals_eager_with_o_split(card, monkeypatch):
+    """Batch 16 takes the o projection split over K ("auto", o_splitk.py) on every family's tiny card, with PDL: the
+    graphed step gives the eager step's tokens, and the split really ran."""
+    from minimoe import o_splitk
+    runs = []
+    real = o_splitk.norm
+    monkeypatch.setattr(o_splitk, "norm", lambda *a: runs.append(1) or real(*a))
+    assert o_splitk.MODE == "auto"
+    pdl = "on" if torch.cuda.get_device_capability()[0] >= 9 else "off"
+    test_graphed_decode_equals_eager(card, "fused", "triton", "triton", pdl, 16)
+    assert runs
+
+
 @pytest.mark.parametrize("card", ["qwen2-moe-tiny", "deepseek-moe-tiny", "deepseek-v2-lite-tiny"])
 @pytest.mark.parametrize("batch", [1, 2])
 def test_graphed_decode_equals_eager_with_fused_shared(card, batch, monkeypatch):
