@@ -24,7 +24,10 @@ torch.manual_seed(args.seed)
 
 settings = RunSettings(device=args.device)                  # the plain path: loop over experts, SDPA
 dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
-model, cfg, _ = build_model(args.model, "auto", dtype=dtype, device=args.device, settings=settings, seed=args.seed)
+try:
+    model, cfg, _ = build_model(args.model, "auto", dtype=dtype, device=args.device, settings=settings, seed=args.seed)
+except ValueError as e:                                     # a bad --model or --device (CheckpointError, ...): one line
+    raise SystemExit(f"error: {e}")
 prompts = torch.randint(0, cfg.vocab_size, (2, 8), device=args.device)   # a batch of 2 equal-length prompts
 
 gen = Generator(model, batch=2, max_len=8 + 16, sampling=Sampling())   # greedy

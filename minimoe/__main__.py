@@ -25,7 +25,7 @@ from . import evaluate_cli, prune_cli
 from . import settings as run_settings
 from . import spec_cli
 from .bench.plans import check as parallel_check
-from .cli import add_model_args, check_output_path, load_tokenizer, quiet_broken_pipe
+from .cli import ArgumentParser, add_model_args, check_output_path, load_tokenizer, quiet_broken_pipe
 from .generate import Generator
 from .loader import build_model, read_config
 from .parallel import rank as parallel_rank
@@ -61,7 +61,7 @@ def _generate_parser(sub) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m minimoe", description=__doc__.splitlines()[0])
+    p = ArgumentParser(prog="python -m minimoe", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
     _generate_parser(sub)
     evaluate_cli.add_parser(sub)

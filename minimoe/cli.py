@@ -14,6 +14,15 @@ from pathlib import Path
 from .runtime import UsageError
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse.ArgumentParser whose refusals are one line: `PROG: error: MESSAGE (PROG --help: the flags)` on stderr,
+    exit status 2, without the usage block argparse prints above them. Subcommand parsers made through
+    add_subparsers take this class too (argparse's default parser_class is the parent's)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} ({self.prog} --help: the flags)\n")
+
+
 def add_model_args(p: argparse.ArgumentParser, weights_default: str = "auto") -> None:
     p.add_argument("--model", required=True, help="model card name/alias (models/), checkpoint dir, or hub id")
     p.add_argument("--weights", default=weights_default,

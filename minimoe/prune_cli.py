@@ -251,6 +251,8 @@ def _check_flags(args) -> PruneRequest:
     out = Path(args.out).expanduser()
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UsageError(f"--out {args.out} exists and is not an empty directory")
+    if not out.resolve().parent.is_dir():
+        raise UsageError(f"--out {args.out}: the folder {out.resolve().parent} does not exist")
     check_output_path(args.json, "--json")
     if args.save_stats and not args.save_stats.endswith(".safetensors"):
         raise UsageError("--save-stats names a .safetensors file")

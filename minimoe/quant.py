@@ -47,7 +47,7 @@ class QuantFormat:
 
 FORMATS = {
     "fp8": QuantFormat(quantize_fp8, QuantWeight, QuantExperts, 8.0,
-                       "W8A8 e4m3, per-row weight scales, per-token activation scales on tensor cores"),
+                       "W8A8 e4m3, per-row weight scales, per-token activation scales (fp8 tensor cores on a GPU)"),
     "int8": QuantFormat(quantize_int8, QuantWeight, QuantExperts, 8.0, "W8A16, per-row scales"),
     "int4": QuantFormat(quantize_int4, QuantWeight, QuantExperts, 4.25, "W4A16, groups of 128, symmetric"),
     "int4-zp": QuantFormat(lambda w, cls=QuantMatrix: quantize_int4(w, zero_point=True, cls=cls), QuantWeight,

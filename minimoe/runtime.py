@@ -101,7 +101,8 @@ def _check_draft(s: RunSettings, cfg: ModelConfig) -> None:
     if s.draft is None:
         return
     if s.ep * s.tp > 1:
-        raise UsageError("--draft: speculative decoding runs on one GPU; it cannot be combined with --ep / --tp")
+        raise UsageError("--draft: speculative decoding runs in one process (one device); it cannot be combined "
+                         "with --ep / --tp")
     try:
         dcfg, ds = draft_config(s)
         check_settings(ds, dcfg)

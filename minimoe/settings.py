@@ -170,8 +170,12 @@ class RunSettings:
         return not self.eager and self.device.startswith("cuda")
 
     def describe(self) -> str:
-        """One header line of every resolved choice (what ran)."""
-        return " ".join(f"{f.name}={getattr(self, f.name)}" for f in dataclasses.fields(self))
+        """One header line of every resolved choice (what ran). The all-reduce design "nccl" (the process group's own
+        collective) reads "nccl/gloo" on a CPU, where that group is gloo."""
+        def shown(name):
+            value = getattr(self, name)
+            return "nccl/gloo" if name == "allreduce" and value == "nccl" and self.device == "cpu" else value
+        return " ".join(f"{f.name}={shown(f.name)}" for f in dataclasses.fields(self))
 
 
 MAX_GAMMA = 16
@@ -180,14 +184,14 @@ MAX_GAMMA = 16
 def _check_speculation(s: RunSettings) -> None:
     """--draft/--gamma/--draft-accept/--draft-weights agree with each other (speculative.py runs them)."""
     if s.gamma != "auto" and not (str(s.gamma).isdigit() and int(s.gamma) <= MAX_GAMMA):
-        raise ValueError(f"--gamma {s.gamma}: an integer 0..{MAX_GAMMA} or auto")
+        raise ValueError(f"--gamma {s.gamma}: an integer 1..{MAX_GAMMA} draft tokens a round, auto, or 0 (off)")
     if s.draft is None:
         extra = [f for f, on in (("--gamma", str(s.gamma) != "0"), ("--draft-accept", s.draft_accept is not None),
                                  ("--draft-weights", s.draft_weights != "auto")) if on]
         if extra:
             raise ValueError(f"{extra[0]} needs --draft MODEL")
     elif str(s.gamma) == "0":
-        raise ValueError("--draft needs --gamma G (1..16, or auto)")
+        raise ValueError(f"--draft needs --gamma G (1..{MAX_GAMMA}, or auto): 0 turns speculation off")
     if s.draft_accept is not None and not 0.0 <= s.draft_accept <= 1.0:
         raise ValueError(f"--draft-accept must be in [0, 1], got {s.draft_accept}")
 
@@ -228,7 +232,9 @@ def pick_device(name: str) -> torch.device:
             raise ValueError(f"--device {name}: only {torch.cuda.device_count()} GPU(s) here")
     elif dev.type != "cpu":
         raise ValueError(f"--device {name}: minimoe runs on cpu or cuda")
-    return dev
+    elif dev.index not in (None, 0):
+        raise ValueError(f"--device {name}: the CPU is one device: give cpu")
+    return torch.device(dev.type) if dev.type == "cpu" else dev
 
 
 def triton_usable(device: str | torch.device) -> bool:

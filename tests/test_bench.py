@@ -247,14 +247,20 @@ def test_runs_that_fill_the_positions_exactly(n_in, n_out, capsys):
     (BASE + ["--compare-steps", "2"], "--compare-steps and --hf-experts only mean something with --compare"),
     (BASE + ["--compare", "transformers", "--hf-experts", "bogus"], "argument --hf-experts: invalid choice: 'bogus'"),
     (BASE + ["--zipf-s", "2"], "--zipf-s only means something with --router zipf"),
-    (BASE + ["--sweep", "--input-len-dist", "uniform:4-8"], "contradicts --input-len-dist"),
+    (["--model", "olmoe-tiny", "--sweep", "--input-len-dist", "uniform:4-8"], "contradicts --input-len-dist"),
     (BASE + ["--input-len-dist", "uniform:4-8"], "--input-len-dist replaces --input-len: give one of them"),
     (BASE + ["--bogus-flag"], "unrecognized arguments: --bogus-flag"),
+    (["--model", "olmoe-tiny", "--sweep", "--output-len", "4"], "--sweep runs the paper's equal lengths (128..2048 in and out); it "
+                                              "contradicts --output-len"),
+    (["--model", "olmoe-tiny", "--sweep", "--input-len", "16"], "it contradicts --input-len"),
+    (BASE + ["--bs", "x"], "argument --bs: invalid int value: 'x'"),
 ])
 def test_argparse_errors_exit_2(argv, message, capsys):
+    """argparse's refusals and the parse-time checks: one line (no usage block above it), exit status 2."""
     rc, out, err = run_bench(capsys, *argv)
     assert rc == 2
-    assert message in err.strip().splitlines()[-1]            # argparse prints its usage above the error
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("bench.py: error: ") and message in lines[0], err
 
 
 def test_missing_ceilings_file_is_refused(capsys, tmp_path):

@@ -8,7 +8,10 @@ import sys
 import pytest
 
 from conftest import TINY_CARDS
+import torch
+
 from minimoe import cards
+from minimoe import settings as run_settings
 from minimoe.__main__ import main
 
 
@@ -120,6 +123,8 @@ BAD_INPUT = {
                        "--seed must be an int in [0, 2**63), got 99999999999999999999"),
     "seed_negative": (["--model", "olmoe-tiny", "--prompt-ids", "1", "--seed", "-1"],
                       "--seed must be an int in [0, 2**63), got -1"),
+    "device_cpu_index": (["--model", "olmoe-tiny", "--prompt-ids", "1", "--device", "cpu:1"],
+                         "--device cpu:1: the CPU is one device: give cpu"),
     "dispatch_without_ep": (["--model", "olmoe-tiny", "--prompt-ids", "1", "--dispatch", "padded"],
                             "--dispatch padded is expert parallelism's token exchange: it needs --ep 2 or more"),
 }
@@ -131,6 +136,30 @@ def test_a_draft_model_outside_decoding_is_refused(command, capsys, tmp_path):
     rc = main([command, "--model", "olmoe-tiny", "--draft", "olmoe-tiny", "--gamma", "2", *extra])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "--draft is a decoding setting" in err[0], err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["generate", "--model", "olmoe-tiny", "--prompt-ids", "1", "--bogus"],
+     "python -m minimoe: error: unrecognized arguments: --bogus"),
+    (["generate", "--prompt-ids", "1"], "python -m minimoe generate: error: the following arguments are required: --model"),
+    (["prune", "--model", "olmoe-tiny", "--ratio", "abc", "--out", "x"],
+     "python -m minimoe prune: error: argument --ratio: invalid float value: 'abc'"),
+    (["eval", "--model", "olmoe-tiny", "--window", "w"], "python -m minimoe eval: error: argument --window"),
+    (["nosuch"], "python -m minimoe: error: argument command: invalid choice: 'nosuch'"),
+])
+def test_argparse_errors_are_one_line(argv, message, capsys):
+    """argparse's own refusals (unknown flag, missing or mistyped argument, every subcommand) come as one line on
+    stderr and exit status 2, without the usage block argparse prints by default (cli.ArgumentParser)."""
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert e.value.code == 2 and out == "" and len(lines) == 1 and lines[0].startswith(message), err
+    assert "--help: the flags" in lines[0]
+
+
+def test_cpu_device_index_0_is_the_cpu():
+    assert run_settings.pick_device("cpu:0") == torch.device("cpu")
 
 
 @pytest.mark.parametrize("case", BAD_INPUT)

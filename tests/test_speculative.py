@@ -406,7 +406,7 @@ def test_step_times_are_measured_and_leave_the_generator_usable():
     (dict(draft_accept=0.5), "--draft-accept needs --draft"),
     (dict(draft_weights="dummy"), "--draft-weights needs --draft"),
     (dict(draft="qwen3-0.6b"), "--draft needs --gamma"),
-    (dict(draft="qwen3-0.6b", gamma="17"), "--gamma 17: an integer 0..16 or auto"),
+    (dict(draft="qwen3-0.6b", gamma="17"), "--gamma 17: an integer 1..16 draft tokens a round, auto, or 0"),
     (dict(draft="qwen3-0.6b", gamma="-1"), "--gamma -1: an integer"),
     (dict(draft="qwen3-0.6b", gamma="2", draft_accept=1.5), r"--draft-accept must be in \[0, 1\]"),
 ])

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from .. import prune_cli
 from .. import settings as run_settings
-from ..cli import add_model_args, check_output_path, check_plot_path, quiet_broken_pipe
+from ..cli import ArgumentParser, add_model_args, check_output_path, check_plot_path, quiet_broken_pipe
 from ..gate import SkipCount, counting_skips
 from ..generate import Generator
 from ..graphs import enable_graphs, graph_safe
@@ -49,13 +49,13 @@ PAPER_BATCHES = (1, 16, 32, 64, 128)
 
 
 def parser(prog: str = "bench.py") -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0],
+    p = ArgumentParser(prog=prog, description=__doc__.splitlines()[0],
                                 epilog="python bench.py --layer [...]: one MoE layer, every expert path (its own "
                                        "flags: bench.py --layer --help)")
     add_model_args(p)
     p.add_argument("--bs", type=int, nargs="+", help="batch size(s) (default 1; the paper's with --sweep)")
     p.add_argument("--input-len", type=int, nargs="+", help="prompt length(s) (default: 128)")
-    p.add_argument("--output-len", type=int, nargs="+", default=[128], help="generated tokens, EOS ignored (default: 128)")
+    p.add_argument("--output-len", type=int, nargs="+", help="generated tokens, EOS ignored (default: 128)")
     p.add_argument("--input-len-dist", help="ragged prompts: uniform:LO-HI, or file:PATH (one length per line); "
                                             "replaces --input-len")
     p.add_argument("--sweep", action="store_true", help="the paper's grid: in = out over 128..2048, bs 1,16,32,64,128 "
@@ -84,11 +84,14 @@ def parse_args(argv, prog: str = "bench.py") -> argparse.Namespace:
         p.error("--compare-steps and --hf-experts only mean something with --compare transformers")
     if args.router != "zipf" and args.zipf_s != run_settings.RunSettings.zipf_s:
         p.error("--zipf-s only means something with --router zipf")
-    if args.sweep and args.input_len_dist:
-        p.error("--sweep runs the paper's equal lengths; it contradicts --input-len-dist")
+    given = [f for f, v in (("--input-len", args.input_len), ("--output-len", args.output_len),
+                            ("--input-len-dist", args.input_len_dist)) if v is not None]
+    if args.sweep and given:
+        p.error(f"--sweep runs the paper's equal lengths (128..2048 in and out); it contradicts {given[0]}")
     if args.input_len is not None and args.input_len_dist:
         p.error("--input-len-dist replaces --input-len: give one of them")
     args.input_len = args.input_len or [128]
+    args.output_len = args.output_len or [128]
     return args
 
 

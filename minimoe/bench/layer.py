@@ -14,13 +14,13 @@ and its error against its own loop oracle and against bf16.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
 
 import torch
 
+from ..cli import ArgumentParser
 from ..experts import EXPERT_PATHS, Experts
 from ..quant import FORMATS, quantize_experts
 try:
@@ -144,7 +144,7 @@ def bench_quant(quant, where: dict, bf16_row: dict, experts: Experts, x, routes,
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="bench.py --layer", description=__doc__.splitlines()[0])
+    p = ArgumentParser(prog="bench.py --layer", description=__doc__.splitlines()[0])
     p.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     p.add_argument("--tokens", type=int, nargs="+", default=list(TOKENS))
     p.add_argument("--paths", nargs="+", default=list(EXPERT_PATHS), choices=list(EXPERT_PATHS))
