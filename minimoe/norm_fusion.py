@@ -12,9 +12,11 @@ layer fewer; s (the residual stream) is the unfused bits, q/k/v skip h's bf16 ro
 Where it applies (`fits`): `--fold-attn-norm on`, a one-token step that is not a prefill (the first layer too: its
 norm has no residual to add), an attention module with a fused q/k/v projection (attention.Attention; MLA's
 projections are a pair, not folded) whose weight is plain, contiguous and in x's dtype, a norm weight in x's dtype,
-a layer where `--fuse-rope` does not take the q/k/v GEMV (its rope epilogue owns that launch), and nothing hooked on the
-attention, its q/k/v projection or the layer's norm (a tensor-parallel plan's hooks, calibration): those see every
-call, so they keep the unfused path. model.Block asks `fits` before the norm and passes the q/k/v rows it gets
+a layer where `--fuse-rope` does not take the q/k/v GEMV (its rope epilogue owns that launch), nothing hooked on the
+q/k/v projection or the layer's norm (calibration; OLMoE's distributed q/k norm under tensor parallelism), and on the
+attention no hook but those that read only its output (`output_only`: tensor_parallel.py's all-reduce, which still
+runs, since the attention module is still called): the others see every input, so they keep the unfused path.
+Under a tensor-parallel plan `--fold-attn-norm auto` stays off (not yet measured on two GPUs); `on` takes it. model.Block asks `fits` before the norm and passes the q/k/v rows it gets
 from `run` to the attention (Attention.heads' `qkv`).
 
 The model's last norm and its LM head are the same pair (`head_fits` / `run_head`, the knob HEAD, off: no faster): the
@@ -51,6 +53,12 @@ def _hooked(*modules) -> bool:
     return any(m._forward_hooks or m._forward_pre_hooks for m in modules)
 
 
+def _input_hooked(module) -> bool:
+    """Hooks on `module` that see its input: every pre-hook, and forward hooks not marked `output_only`."""
+    return bool(module._forward_pre_hooks) or any(not getattr(h, "output_only", False)
+                                                   for h in module._forward_hooks.values())
+
+
 def fits(block, x: torch.Tensor, residual: torch.Tensor | None, step, cache) -> bool:
     """Whether `run` applies to layer `block` (model.Block) for its input x [B, S, D], residual stream and cache."""
     attn = block.attn
@@ -66,7 +74,7 @@ def fits(block, x: torch.Tensor, residual: torch.Tensor | None, step, cache) -> 
     if not _kernel.usable(B * S, D, lin.weight, x.dtype, lin.bias) or (lin.bias is not None
                                                                          and lin.bias.dtype != x.dtype):
         return False
-    if _hooked(attn, lin, norm) or rope_fusion.fits(attn, x, cache):
+    if _hooked(lin, norm) or _input_hooked(attn) or rope_fusion.fits(attn, x, cache):
         return False
     return True
 

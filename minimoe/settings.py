@@ -123,8 +123,8 @@ class RunSettings:
             raise ValueError("--fold-router on runs the router fold (--fold-norm's) inside the o projection's Triton "
                              f"kernel: it needs --ops triton and --fold-norm on (got --ops {s.ops}, --fold-norm "
                              f"{s.fold_norm})")
-        if s.fold_attn_norm == "auto":    # measured faster at bs 1 where it applies (docs/results.md, session 31)
-            s.fold_attn_norm = "on" if s.ops == "triton" and gpu else "off"
+        if s.fold_attn_norm == "auto":    # measured faster at bs 1 where it applies (docs/results.md, session 31);
+            s.fold_attn_norm = "on" if s.ops == "triton" and gpu and s.tp == 1 else "off"   # not yet under TP
         if s.fold_attn_norm == "on" and s.ops != "triton":
             raise ValueError("--fold-attn-norm on runs the attention's RMSNorm inside the q/k/v GEMV's Triton kernel: "
                              f"it needs --ops triton (got --ops {s.ops}"

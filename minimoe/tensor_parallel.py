@@ -54,7 +54,8 @@ def _all_reduce(reduce):
     def hook(module, args, out):
         with region("all_reduce"):
             return reduce(out)
-    return hook
+    hook.output_only = True       # reads only the module's output: a fold that makes the module's input may still run
+    return hook                   # (norm_fusion.fits: the attention's norm inside its q/k/v GEMV)
 
 
 def _gather_vocab(group, tp: int):
