@@ -13,7 +13,7 @@ import torch
 from minimoe.generate import Generator
 from minimoe.loader import build_model
 from minimoe.sampling import Sampling
-from minimoe.settings import RunSettings
+from minimoe.settings import RunSettings, pick_device
 
 p = argparse.ArgumentParser()
 p.add_argument("--model", default="olmoe-tiny", help="card name, checkpoint dir or hub id")
@@ -25,6 +25,7 @@ torch.manual_seed(args.seed)
 settings = RunSettings(device=args.device)                  # the plain path: loop over experts, SDPA
 dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
 try:
+    pick_device(args.device)                                # a bad --device in one line, before building
     model, cfg, _ = build_model(args.model, "auto", dtype=dtype, device=args.device, settings=settings, seed=args.seed)
 except ValueError as e:                                     # a bad --model or --device (CheckpointError, ...): one line
     raise SystemExit(f"error: {e}")

@@ -17,8 +17,10 @@ slices +0.19% / -0.08%), Mixtral bs 64 +0.11% (D = 4096: cuBLAS's grid already f
 MODE (a step-probe knob): "auto" (the default) takes the split on a CUDA device at T_RANGE tokens for outputs of at
 most AUTO_MAX_D columns; "on" wherever it fits (the tests' interpreter too); "off" never. Where it fits (`fits`):
 --ops triton, a plain (unquantized) o weight in the activations' dtype without bias and K a multiple of SPLITS, a
-residual stream of the activations' shape and dtype, and nothing hooked on the attention, its o projection or the
-layer's norm (a tensor-parallel plan, calibration).
+residual stream of the activations' shape and dtype, a contiguous o weight, torch >= 2.8 on a GPU (bmm's `out_dtype`),
+and nothing hooked on the attention, its o projection or the layer's norm (a tensor-parallel plan, calibration). "auto"
+takes a 16-64-token prefill chunk too (the same sums; measured on decode steps), and runs cuBLAS for the o projection
+whatever `--gemv` says (as --fold-router's kernel does at batch 1).
 model.Block asks `fits`, then runs the attention's `heads`, `partials` and `norm` (the o projection and ffn_norm modules
 are not called).
 """
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import torch
 
+from .instrument import note
 from .linear import Linear
 
 MODE = "auto"
@@ -33,6 +36,8 @@ MODE_CHOICES = ("auto", "on", "off")
 SPLITS = 2
 T_RANGE = (16, 64)
 AUTO_MAX_D = 2048
+# bmm's float32 output from bf16 / fp16 operands (`out_dtype`) is torch >= 2.8's; older torch keeps the unsplit path
+_BMM_OUT_DTYPE = hasattr(torch.ops.aten.bmm, "dtype")
 
 try:
     from .kernels.rmsnorm_parts import rms_norm_parts as _norm_kernel
@@ -55,9 +60,11 @@ def fits(block, x: torch.Tensor, residual: torch.Tensor | None) -> bool:
     wo = getattr(block.attn, "wo", None)
     T = x.numel() // x.shape[-1]
     if (type(wo) is not Linear or not isinstance(wo.weight, torch.Tensor) or wo.bias is not None     # quantized: no
-            or wo.weight.dtype != x.dtype or wo.in_features % SPLITS
+            or wo.weight.dtype != x.dtype or wo.in_features % SPLITS or not wo.weight.is_contiguous()
             or not isinstance(block.ffn_norm.weight, torch.Tensor) or block.ffn_norm.weight.dtype != x.dtype
             or residual.dtype != x.dtype or residual.shape != x.shape):
+        return False
+    if x.is_cuda and not _BMM_OUT_DTYPE:
         return False
     if MODE == "auto" and not (x.is_cuda and T_RANGE[0] <= T <= T_RANGE[1] and wo.out_features <= AUTO_MAX_D):
         return False
@@ -73,6 +80,7 @@ def partials(wo: Linear, a: torch.Tensor) -> torch.Tensor:
     if x2.stride(-1) != 1 or x2.stride(0) != K:
         x2 = x2.contiguous()
     T, S = x2.shape[0], SPLITS
+    note("attention", f"o over {S} K slices")
     xs = x2.view(T, S, K // S).permute(1, 0, 2)                            # [S, T, K/S]
     ws = wo.weight.view(D, S, K // S).permute(1, 2, 0)                     # [S, K/S, D]
     if x2.is_cuda and x2.dtype in (torch.bfloat16, torch.float16):

@@ -251,8 +251,10 @@ def _check_flags(args) -> PruneRequest:
     out = Path(args.out).expanduser()
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UsageError(f"--out {args.out} exists and is not an empty directory")
-    if not out.resolve().parent.is_dir():
-        raise UsageError(f"--out {args.out}: the folder {out.resolve().parent} does not exist")
+    parent = out.resolve().parent
+    if not parent.is_dir():
+        raise UsageError(f"--out {args.out}: " + (f"{parent} is a file" if parent.exists()
+                                                    else f"the folder {parent} does not exist"))
     check_output_path(args.json, "--json")
     if args.save_stats and not args.save_stats.endswith(".safetensors"):
         raise UsageError("--save-stats names a .safetensors file")
@@ -293,7 +295,8 @@ def run(args) -> dict:
     about = {"source_model": args.model, "weights": str(folder) if folder else "dummy",
              **{k: v for k, v in req.__dict__.items() if k != "source"},
              "calibrated": how, "seed": s.seed, "kept": {str(k): v for k, v in res["kept"].items()}}
-    save_checkpoint(model, res["cfg"], resolve(args.model)[0], args.out, folder, {"pruning.json": about})
+    save_checkpoint(model, res["cfg"], resolve(args.model)[0], str(Path(args.out).expanduser()), folder,
+                    {"pruning.json": about})
     layers = {i: {"before": shapes[i], "after": (m.ffn.experts.n_local, m.ffn.experts.hidden)}
               for i, m in enumerate(model.layers) if i in shapes}
     return {"model": args.model, "out": str(args.out), "prune": req.describe(), "kind": req.kind, "calibration": how,

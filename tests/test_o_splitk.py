@@ -102,6 +102,15 @@ def test_fits_only_where_it_can_run(monkeypatch):
     monkeypatch.setattr(o_splitk, "SPLITS", 7)                                      # K not a multiple
     assert not o_splitk.fits(block, x, x)
     monkeypatch.setattr(o_splitk, "SPLITS", 2)
+    w = block.attn.wo.weight
+    block.attn.wo.weight = torch.nn.Parameter(w.detach().t().contiguous().t())      # a strided weight: no views
+    assert not o_splitk.fits(block, x, x)
+    block.attn.wo.weight = w
+    assert o_splitk.fits(block, x, x)
+    if DEVICE == "cuda":                                                            # torch < 2.8: no bmm out_dtype
+        monkeypatch.setattr(o_splitk, "_BMM_OUT_DTYPE", False)
+        assert not o_splitk.fits(block, x, x)
+        monkeypatch.setattr(o_splitk, "_BMM_OUT_DTYPE", True)
     monkeypatch.setattr(o_splitk, "MODE", "auto")
     assert o_splitk.fits(block, x, x) == (DEVICE == "cuda")                         # auto: a CUDA device, 16-64
     assert not o_splitk.fits(block, x[:1], x[:1])

@@ -498,6 +498,10 @@ def test_prune_cli_refuses_a_used_out_folder_and_a_dense_model(checkpoint, tmp_p
     rc, _, err = run_main(capsys, "prune", "--model", checkpoint("olmoe"), "--method", "random", "--ratio", "0.25",
                           "--out", tmp_path / "no" / "such" / "out")
     assert rc == 2 and f"the folder {tmp_path / 'no' / 'such'} does not exist" in err and not (tmp_path / "no").exists()
+    (tmp_path / "afile").write_text("x")
+    rc, _, err = run_main(capsys, "prune", "--model", checkpoint("olmoe"), "--method", "random", "--ratio", "0.25",
+                          "--out", tmp_path / "afile" / "out")
+    assert rc == 2 and f"{tmp_path / 'afile'} is a file" in err
     rc, _, err = run_main(capsys, "prune", "--model", "qwen3-0.6b", "--method", "random", "--ratio", "0.25",
                           "--out", tmp_path / "d")
     assert rc == 2 and "needs an MoE model" in err
