@@ -105,20 +105,22 @@ class Attention(nn.Module):
     def n_kv_heads(self) -> int:
         return (self.wqkv.out_features // self.cfg.head_dim - self.n_heads) // 2
 
-    def forward(self, x, step: Step, cache: KVCache, rot, qkv=None):
-        """x [B, S, D] -> [B, S, D]; writes this step's K/V into the cache. qkv: as for `heads`."""
-        return self.wo(self.heads(x, step, cache, rot, qkv=qkv))
+    def forward(self, x, step: Step, cache: KVCache, rot, qkv=None, q=None):
+        """x [B, S, D] -> [B, S, D]; writes this step's K/V into the cache. qkv, q: as for `heads`."""
+        return self.wo(self.heads(x, step, cache, rot, qkv=qkv, q=q))
 
-    def heads(self, x, step: Step, cache: KVCache, rot, qkv=None):
+    def heads(self, x, step: Step, cache: KVCache, rot, qkv=None, q=None):
         """Everything but the o projection: x [B, S, D] -> the heads' output [B, S, H·d] (router_fusion.py runs
         the o projection itself, with the router in its epilogue). qkv [B, S, (H + 2Hkv) d]: the q/k/v projection
-        already made (norm_fusion.py folds the layer's norm into it); x then gives only the shape."""
+        already made (norm_fusion.py folds the layer's norm into it); q [B, S, H, d]: q already rotated and this
+        step's K/V already in the cache (norm_fusion.py's fold into --fuse-rope's kernel); x then gives only the
+        shape."""
         cfg = self.cfg
         B, S, _ = x.shape
         H, Hkv, d = self.n_heads, self.n_kv_heads, cfg.head_dim
-        if qkv is None and rope_fusion.fits(self, x, cache):             # --fuse-rope: one launch at batch 1
+        if q is None and qkv is None and rope_fusion.fits(self, x, cache):   # --fuse-rope: one launch at batch 1
             q = rope_fusion.run(self, x, step, cache, rot)
-        else:
+        elif q is None:
             if qkv is None:
                 qkv = self.wqkv(x)                                           # [B, S, (H + 2Hkv) d]
             if rope_attn_fusion.fits(self, qkv, step, cache):                # --fuse-rope-attn: one launch

@@ -49,14 +49,14 @@ class Block(nn.Module):
         """x [B, S, D] (the previous sublayer's output, not yet added to residual) -> (y, residual).
         gather (ids, table), x None: the first layer's input is table[ids], read inside the norm fold
         (norm_fusion.embed_fits said it fits)."""
-        made = {}                                           # the q/k/v rows, where the norm fold made them
+        made = {}                          # the q/k/v rows (or q rotated, K/V cached), where the norm fold made them
         if gather is not None:                              # the embedding, the norm and q/k/v in one launch
             with region("attention"):
-                made["qkv"], residual = norm_fusion.run(self, None, None, step, gather=gather)
+                made, residual = norm_fusion.run(self, None, None, step, gather=gather)
             h = residual                                      # the embedding rows: the shape for the attention
         elif norm_fusion.fits(self, x, residual, step, cache):   # --fold-attn-norm: the norm inside the q/k/v GEMV
             with region("attention"):
-                made["qkv"], residual = norm_fusion.run(self, x, residual, step)
+                made, residual = norm_fusion.run(self, x, residual, step, cache, rot)
             h = x                                             # gives the attention its shape only
         else:
             with region("norm"):

@@ -16,7 +16,11 @@ a layer where `--fuse-rope` does not take the q/k/v GEMV (its rope epilogue owns
 q/k/v projection or the layer's norm (calibration; OLMoE's distributed q/k norm under tensor parallelism), and on the
 attention no hook but those that read only its output (`output_only`: tensor_parallel.py's all-reduce, which still
 runs, since the attention module is still called): the others see every input, so they keep the unfused path.
-Under a tensor-parallel plan `--fold-attn-norm auto` stays off (not yet measured on two GPUs); `on` takes it. model.Block asks `fits` before the norm and passes the q/k/v rows it gets
+Under a tensor-parallel plan `--fold-attn-norm auto` stays off (not yet measured on two GPUs); `on` takes it.
+
+Where `--fuse-rope` owns the q/k/v GEMV (Mixtral, Qwen1.5/2-MoE: rope and the cache write in its epilogue,
+rope_fusion.py), the knob WITH_ROPE folds the norm into that kernel as well (kernels/qkv_gemv_rope.py's `norm`): the
+norm, the GEMV and rope in one launch; `run` then hands the attention q already rotated (Attention.heads' `q`). model.Block asks `fits` before the norm and passes the q/k/v rows it gets
 from `run` to the attention (Attention.heads' `qkv`).
 
 The model's last norm and its LM head are the same pair (`head_fits` / `run_head`, the knob HEAD, off: no faster): the
@@ -47,6 +51,10 @@ HEAD_CONFIG: dict | None = None
 # the baseline repeated at -0.07% / -0.11%; bench.py OLMoE bs 1 1,049.8 out tok/s against 1,047.7 / 1,049.4. On; a
 # step_probe knob.
 EMBED = True
+# The norm inside --fuse-rope's q/k/v GEMV + rope kernel too (the forty-third session; no GPU was lent to it, so not
+# yet measured: the thirty-first session measured the norm fold -0.8% / -1.0% a bs-1 step where the q/k/v GEMV is its
+# own launch, and the rope fold 0.94% / 3.06% on Mixtral / Qwen1.5-MoE). Off until a step probe says; a step_probe knob.
+WITH_ROPE = False
 
 
 def _hooked(*modules) -> bool:
@@ -74,28 +82,34 @@ def fits(block, x: torch.Tensor, residual: torch.Tensor | None, step, cache) -> 
     if not _kernel.usable(B * S, D, lin.weight, x.dtype, lin.bias) or (lin.bias is not None
                                                                          and lin.bias.dtype != x.dtype):
         return False
-    if _hooked(lin, norm) or _input_hooked(attn) or rope_fusion.fits(attn, x, cache):
+    if _hooked(lin, norm) or _input_hooked(attn):
         return False
-    return True
+    return WITH_ROPE or not rope_fusion.fits(attn, x, cache)
 
 
-def run(block, x: torch.Tensor | None, residual: torch.Tensor | None, step, gather=None):
-    """x, residual [B, S, D] (None in the first layer) -> (qkv [B, S, N] = the q/k/v projection of
-    rmsnorm(x + residual), x + residual), as ResidualRMSNorm then the projection. gather (ids [B, S], table [V, D]),
-    x and residual None: x = table[ids] read inside the kernel (`embed_fits`), returned as the residual stream."""
+def run(block, x: torch.Tensor | None, residual: torch.Tensor | None, step, cache=None, rot=None, gather=None):
+    """x, residual [B, S, D] (None in the first layer) -> (made, x + residual): made {"qkv": [B, S, N]}, the q/k/v
+    projection of rmsnorm(x + residual), as ResidualRMSNorm then the projection; or, where --fuse-rope takes the layer
+    (WITH_ROPE), {"q": [B, S, H, d]} rotated, with this step's k and v written into `cache` (rot: model.Rotary), as
+    the norm then rope_fusion.run. gather (ids [B, S], table [V, D]), x and residual None: x = table[ids] read inside
+    the kernel (`embed_fits`), returned as the residual stream (not with rope: embed_fits says no)."""
     attn, norm = block.attn, block.attn_norm
-    note("attention", "norm+qkv")
     pdl = attn.settings.pdl == "on"
+    if gather is None and rope_fusion.fits(attn, x, cache):
+        note("attention", "norm+qkv+rope")
+        q, s = rope_fusion.run(attn, x, step, cache, rot, norm=(residual, norm.weight, norm.eps))
+        return {"q": q}, s
+    note("attention", "norm+qkv")
     if gather is not None:
         ids, table = gather
         B, S = ids.shape
         y, s = _kernel.norm_gemv(table, None, norm.weight, norm.eps, attn.wqkv.weight, attn.wqkv.bias, pdl=pdl,
                                  ids=ids.reshape(B * S))
-        return y.view(B, S, -1), s.view(B, S, -1)
+        return {"qkv": y.view(B, S, -1)}, s.view(B, S, -1)
     B, S, D = x.shape
     y, s = _kernel.norm_gemv(x.reshape(B * S, D), None if residual is None else residual.reshape(B * S, D),
                              norm.weight, norm.eps, attn.wqkv.weight, attn.wqkv.bias, pdl=pdl)
-    return y.view(B, S, -1), s.view(B, S, D)
+    return {"qkv": y.view(B, S, -1)}, s.view(B, S, D)
 
 
 def embed_fits(model, ids: torch.Tensor, step, cache) -> bool:
@@ -108,7 +122,8 @@ def embed_fits(model, ids: torch.Tensor, step, cache) -> bool:
     if type(table) not in (torch.Tensor, torch.nn.Parameter) or table.dim() != 2 or not table.is_contiguous():
         return False
     x = table[:1].view(1, 1, -1).expand(ids.shape[0], ids.shape[1], -1)     # the layer's input, for shape and dtype
-    return fits(model.layers[0], x, None, step, cache)
+    layer = model.layers[0]                   # the rope kernel's norm has no gather: the table's rows come first there
+    return fits(layer, x, None, step, cache) and not rope_fusion.fits(layer.attn, x, cache)
 
 
 def head_fits(model, x: torch.Tensor, residual: torch.Tensor) -> bool:

@@ -53,11 +53,14 @@ def fits(attn, x: torch.Tensor, cache) -> bool:
     return _kernel.pair_block(attn.cfg.head_dim, 2) > 0
 
 
-def run(attn, x: torch.Tensor, step, cache, rot) -> torch.Tensor:
-    """q [B, S, H, d] for x [B, S, D], with this step's k and v written into `cache` at `step.positions`."""
+def run(attn, x: torch.Tensor, step, cache, rot, norm=None):
+    """q [B, S, H, d] for x [B, S, D], with this step's k and v written into `cache` at `step.positions`. norm
+    (residual or None, g, eps): x is before the layer's residual add + RMSNorm, run in the same kernel
+    (norm_fusion.py's WITH_ROPE); returns (q, x + residual) then."""
     cfg = attn.cfg
-    note("attention", "qkv+rope")
+    if norm is None:
+        note("attention", "qkv+rope")
     return _kernel.qkv_gemv_rope(
         x, attn.wqkv.weight, step.positions, rot.cos_table, rot.sin_table, cache.k[attn.layer], cache.v[attn.layer],
         attn.n_heads, attn.n_kv_heads, cfg.head_dim, bias=attn.wqkv.bias, interleave=cfg.rope_interleave,
-        config=CONFIG, pdl=attn.settings.pdl == "on")
+        config=CONFIG, pdl=attn.settings.pdl == "on", norm=norm)

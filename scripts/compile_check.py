@@ -9,7 +9,8 @@ inside a jitted function, an op without a GPU lowering or a tile that spills sho
 thirty-third session lost its first device call to the first). Triton's whole pipeline, front end to cubin with its
 bundled ptxas, runs without a GPU, so this script compiles the kernel for sm_90a and reads the cubin with the bundled
 cuobjdump: registers, stack (spills), shared memory, and counts of SASS instructions, barriers (BAR.SYNC) and shuffles
-(SHFL). The counts are static (a loop body counts once); they compare variants of one kernel, they do not time it.
+(SHFL), and a hash of the SASS instructions (`sass_sha`: two builds of a kernel with the same hash compile
+to the same code, e.g. before and after a refactor; COMPILE_CHECK_SASS=FILE writes the SASS, to diff). The counts are static (a loop body counts once); they compare variants of one kernel, they do not time it.
 
 Arguments: the kernel as MODULE:NAME; --const NAME=VALUE for every constexpr the launch passes (Python literals;
 strings such as "tf32" as they are); --type NAME=TYPE for arguments whose Triton type is not the default (pointers
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import hashlib
 import importlib
 import inspect
 import os
@@ -113,13 +115,18 @@ def compile_kernel(kernel, const: dict, types: dict, warps: int, div16: tuple = 
                                capture_output=True, text=True, check=True).stdout
         sass = subprocess.run([os.path.join(tools, "cuobjdump"), "-sass", path],
                               capture_output=True, text=True, check=True).stdout
+    if os.environ.get("COMPILE_CHECK_SASS"):             # the SASS itself, for a diff of two builds
+        with open(os.environ["COMPILE_CHECK_SASS"], "w") as f:
+            f.write(sass)
     m = re.search(r"REG:(\d+) STACK:(\d+) SHARED:(\d+)", usage)
     return {"regs": int(m.group(1)), "stack": int(m.group(2)),
             "shared": max(int(m.group(3)), int(getattr(compiled.metadata, "shared", 0) or 0)),
             "instructions": len(re.findall(r"/\*[0-9a-f]{4}\*/", sass)), "barriers": sass.count("BAR.SYNC"),
             "shuffles": sass.count("SHFL"), "ldgsts": sass.count("LDGSTS"), "tma_loads": sass.count("UTMALDG"),
             "acquires": len(re.findall(r"\.acquire\b", compiled.asm["ptx"])),
-            "releases": len(re.findall(r"\.release\b", compiled.asm["ptx"]))}
+            "releases": len(re.findall(r"\.release\b", compiled.asm["ptx"])),
+            "sass_sha": hashlib.sha256("\n".join(re.findall(r"/\*[0-9a-f]{4}\*/\s*(.*?)\s*;", sass)).encode())
+            .hexdigest()[:12]}
 
 
 def main(argv: list[str]) -> None:

@@ -1,8 +1,9 @@
 """Guards `--fold-attn-norm on` under a tensor-parallel plan (norm_fusion.py, tensor_parallel.py): two processes
 (gloo, Triton interpreted, fp32) decode one sequence with the attention's residual add + RMSNorm inside the q/k/v
 GEMV of each rank's head shard, and give one process's greedy tokens and logits within fp32 rounding. The plan's
-all-reduce hook on the attention reads only its output, so the fold runs (Mixtral, Qwen3-MoE); OLMoE's distributed
-q/k norm hooks the q/k/v projection itself, so its layers keep the unfused path and still match."""
+all-reduce hook on the attention reads only its output, so the fold runs (Mixtral, Qwen3-MoE; and Mixtral's norm inside
+--fuse-rope's q/k/v GEMV + rope kernel with norm_fusion.WITH_ROPE); OLMoE's distributed q/k norm hooks the q/k/v
+projection itself, so its layers keep the unfused path and still match."""
 from __future__ import annotations
 
 import json
@@ -22,7 +23,9 @@ from minimoe.loader import build_model  # noqa: E402
 from minimoe.placement import Placement  # noqa: E402
 from minimoe.settings import RunSettings  # noqa: E402
 
-CARDS = {"mixtral-tiny": True, "qwen3-moe-tiny": True, "olmoe-tiny": False}     # card -> the fold runs under TP2
+# name -> (card, --fuse-rope, norm_fusion.WITH_ROPE, whether the fold runs under TP2)
+CASES = {"mixtral-tiny": ("mixtral-tiny", "off", False, True), "qwen3-moe-tiny": ("qwen3-moe-tiny", "off", False, True),
+         "olmoe-tiny": ("olmoe-tiny", "off", False, False), "mixtral-tiny-rope": ("mixtral-tiny", "on", True, True)}
 S, STEPS, SEED = 5, 3, 11
 TOL = 1e-5                                    # float32, relative to the largest logit
 
@@ -35,17 +38,19 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
     real = norm_fusion.run
     norm_fusion.run = lambda *a, **k: runs.append(1) or real(*a, **k)
     results = {}
-    for card in CARDS:
+    for name, (card, fuse_rope, with_rope, _) in CASES.items():
+        norm_fusion.WITH_ROPE = with_rope
         plain = RunSettings(device="cpu", dtype="fp32")
         ref, cfg, _ = build_model(card, "dummy", dtype=torch.float32, device="cpu", settings=plain, seed=SEED,
                                   prepare=lambda m: Placement())          # one process, the ranks' pieces whole
         prompt = torch.randint(0, cfg.vocab_size, (1, S), generator=torch.Generator().manual_seed(SEED))
         want_tokens, want_logits = greedy_and_logits(ref, prompt, STEPS)
-        s = RunSettings(device="cpu", dtype="fp32", ops="triton", fold_attn_norm="on", fuse_rope="off", tp=world)
+        s = RunSettings(device="cpu", dtype="fp32", ops="triton", fold_attn_norm="on", fuse_rope=fuse_rope, tp=world,
+                        gemv="stream")
         model = build_model(card, "dummy", dtype=torch.float32, device="cpu", settings=s, seed=SEED)[0]
         runs.clear()
         tokens, logits = greedy_and_logits(model, prompt, STEPS)
-        results[card] = {"err": rel_err(logits, want_logits), "tokens": bool(torch.equal(tokens, want_tokens)),
+        results[name] = {"err": rel_err(logits, want_logits), "tokens": bool(torch.equal(tokens, want_tokens)),
                          "folds": len(runs), "layers": cfg.n_layers}
     Path(out_dir, f"rank{rank}.json").write_text(json.dumps(results))
     torch.distributed.barrier()
@@ -63,11 +68,11 @@ def tp2(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("card", CARDS)
-def test_fold_under_tp2_matches_one_process(card, tp2):
-    for res in (r[card] for r in tp2):
+@pytest.mark.parametrize("case", CASES)
+def test_fold_under_tp2_matches_one_process(case, tp2):
+    for res in (r[case] for r in tp2):
         assert res["tokens"] and res["err"] <= TOL, res
-        if CARDS[card]:      # every layer of every one-token decode step (greedy_and_logits runs several)
+        if CASES[case][3]:      # every layer of every one-token decode step (greedy_and_logits runs several)
             assert res["folds"] >= res["layers"] * STEPS and res["folds"] % res["layers"] == 0, res
         else:
             assert res["folds"] == 0, res

@@ -46,6 +46,30 @@ CONFIG: dict | None = None   # a tile over dense_config's (in-step A/B's; script
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
+@triton.jit
+def norm_chunk(x_row, res_row, g_ptr, res_out_row, k0, D, valid_d, blk, n_blocks, BLOCK_K: tl.constexpr,
+               HAS_RESIDUAL: tl.constexpr, STORE: tl.constexpr):
+    """One BLOCK_K chunk at k0 of the folded norm's row, loaded beside a GEMV's weight tile: s = x (+ residual, rounded
+    to x's dtype as rmsnorm.py rounds it), stored into res_out_row where STORE and the chunk's index mod n_blocks is
+    the program's block blk (so the row is stored once over the programs); x past valid_d (<= D) reads 0.
+    Returns (g, s) in float32 [BLOCK_K]: the GEMV multiplies its weight tile by g ⊙ s, Σ s² adds up s.
+    _norm_gemv_kernel's loop below is this body written in place: calling it there changed that measured kernel's
+    SASS (scripts/compile_check.py's sass_sha; same instruction count, other registers), so it stays as compiled;
+    qkv_gemv_rope.py's norm prologue calls this."""
+    offs_k = tl.arange(0, BLOCK_K)
+    k_mask = offs_k < D - k0
+    s = tl.load(x_row + k0 + offs_k, mask=offs_k < valid_d - k0, other=0.0)
+    if HAS_RESIDUAL:
+        rv = tl.load(res_row + k0 + offs_k, mask=k_mask, other=0.0)
+        s = (s.to(tl.float32) + rv.to(tl.float32)).to(x_row.dtype.element_ty)     # the residual stream
+    if STORE:
+        mine = k_mask & (tl.zeros_like(offs_k) + (k0 // BLOCK_K) % n_blocks == blk)      # this program's chunk
+        tl.store(res_out_row + k0 + offs_k, s, mask=mine)
+    sf = s.to(tl.float32)
+    gv = tl.load(g_ptr + k0 + offs_k, mask=k_mask, other=0.0).to(tl.float32)
+    return gv, sf
+
+
 @triton.jit(do_not_specialize=["T", "eps"])
 def _norm_gemv_kernel(x_ptr, res_ptr, g_ptr, w_ptr, bias_ptr, out_ptr, res_out_ptr, ids_ptr,
                       T, N, D, V, stride_x, stride_r, stride_w, stride_o, eps,

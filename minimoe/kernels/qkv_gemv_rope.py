@@ -24,6 +24,12 @@ Where it applies (rope_fusion.py): no q/k norm (a "full" norm needs all heads, a
 program), no clip, a plain weight; Mixtral, Qwen1.5/2-MoE. Peers: TensorRT-LLM and vLLM fuse rope into the
 attention kernel or a separate "qkv rope + cache" kernel (FlashInfer's `apply_rope_with_cos_sin_cache`); folding it
 into the projection's epilogue is the batch-1 answer when the projection is a GEMV that owns rows.
+
+With `norm` (NORM) the residual add + RMSNorm before the projection is its prologue too (norm_gemv.py's fold, through
+its `norm_chunk`): each program streams x, the residual and the norm weight g beside its weight tiles, multiplies by
+g ⊙ s with s = x + residual, adds up Σ s², and scales its accumulator by 1 / rms(s) before the bias and the rotation;
+s is stored once, its chunks spread over the token's programs. Three launches (norm, GEMV, rope) become one. Against
+the unfused path the q/k/v outputs skip h's bf16 rounding, as norm_gemv's do (norm_fusion.py, WITH_ROPE).
 """
 import torch
 import triton
@@ -31,6 +37,7 @@ import triton.language as tl
 
 from .dense_gemv import dense_config
 from .moe_configs import on_gpu
+from .norm_gemv import MAX_ROW, norm_chunk
 from .pdl import launch_args, wait_then_release
 
 
@@ -51,7 +58,9 @@ def _qkv_gemv_rope_kernel(x_ptr, w_ptr, bias_ptr, pos_ptr, cos_ptr, sin_ptr, q_p
                           stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
                           H: tl.constexpr, HKV: tl.constexpr, HD: tl.constexpr,
                           BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr,
-                          INTERLEAVE: tl.constexpr, BIAS: tl.constexpr, RN_ASM: tl.constexpr, PDL: tl.constexpr):
+                          INTERLEAVE: tl.constexpr, BIAS: tl.constexpr, RN_ASM: tl.constexpr, PDL: tl.constexpr,
+                          res_ptr, g_ptr, res_out_ptr, stride_r, eps,
+                          NORM: tl.constexpr = False, HAS_RESIDUAL: tl.constexpr = False):
     HALF: tl.constexpr = BLOCK_N // 2
     PER_HEAD: tl.constexpr = HD // BLOCK_N                 # programs per head (q, k and v alike)
     N: tl.constexpr = (H + 2 * HKV) * HD
@@ -74,12 +83,24 @@ def _qkv_gemv_rope_kernel(x_ptr, w_ptr, bias_ptr, pos_ptr, cos_ptr, sin_ptr, q_p
     acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
     w_rows = w_ptr + rows.to(tl.int64)[:, None] * stride_wn
     x_row = x_ptr + t.to(tl.int64) * stride_xt
-    for kk in tl.range(0, tl.cdiv(D, BLOCK_K), num_stages=STAGES):     # the dense GEMV's loop, unchanged
-        k0 = kk * BLOCK_K
-        k_mask = offs_k < D - k0
-        xk = tl.load(x_row + k0 + offs_k, mask=k_mask, other=0.0)
-        w = tl.load(w_rows + k0 + offs_k[None, :], mask=k_mask[None, :], other=0.0, eviction_policy="evict_first")
-        acc += tl.sum(w.to(tl.float32) * xk.to(tl.float32)[None, :], axis=1)
+    if NORM:                 # the residual add + RMSNorm as the prologue: g ⊙ s into the GEMV, Σ s², s stored once
+        sq = tl.zeros((BLOCK_K,), dtype=tl.float32)
+        for kk in tl.range(0, tl.cdiv(D, BLOCK_K), num_stages=STAGES):
+            k0 = kk * BLOCK_K
+            gv, sf = norm_chunk(x_row, res_ptr + t.to(tl.int64) * stride_r, g_ptr, res_out_ptr + t.to(tl.int64) * D,
+                                k0, D, D, blk, per_token, BLOCK_K, HAS_RESIDUAL, HAS_RESIDUAL)
+            sq += sf * sf
+            w = tl.load(w_rows + k0 + offs_k[None, :], mask=(offs_k < D - k0)[None, :], other=0.0,
+                        eviction_policy="evict_first")
+            acc += tl.sum(w.to(tl.float32) * (gv * sf)[None, :], axis=1)
+        acc = acc * tl.rsqrt(tl.sum(sq, axis=0) / D + eps)               # rmsnorm.py's 1 / rms, before the bias
+    else:
+        for kk in tl.range(0, tl.cdiv(D, BLOCK_K), num_stages=STAGES):     # the dense GEMV's loop, unchanged
+            k0 = kk * BLOCK_K
+            k_mask = offs_k < D - k0
+            xk = tl.load(x_row + k0 + offs_k, mask=k_mask, other=0.0)
+            w = tl.load(w_rows + k0 + offs_k[None, :], mask=k_mask[None, :], other=0.0, eviction_policy="evict_first")
+            acc += tl.sum(w.to(tl.float32) * xk.to(tl.float32)[None, :], axis=1)
     if BIAS:
         acc += tl.load(bias_ptr + rows).to(tl.float32)
     OUT_T: tl.constexpr = q_ptr.dtype.element_ty
@@ -117,15 +138,17 @@ def pair_block(head_dim: int, block_n: int) -> int:
 def qkv_gemv_rope(x: torch.Tensor, weight: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor,
                   sin: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, n_heads: int, n_kv_heads: int,
                   head_dim: int, *, bias: torch.Tensor | None = None, interleave: bool = False,
-                  config: dict | None = None, pdl: bool = False) -> torch.Tensor:
+                  config: dict | None = None, pdl: bool = False, norm: tuple | None = None):
     """q [B, S, H, d] (rotated) from x [B, S, D] @ W[(H + 2·Hkv)·d, D]ᵀ (+ bias), with k (rotated) and v written into
     k_cache / v_cache [B, S_max, Hkv, d] (x's dtype) at `positions` [B, S] (int32 or int64, on x's device): `Linear`
     then `rope.qkv_rope_cache` with no q/k norm and no clip, in one launch; the same bits where the tile's rows are
     dense_gemv's (its BLOCK_N divides the head dim). cos, sin [P, d/2] float32 (unit last stride).
     config: dense_gemv's keys (BLOCK_N, BLOCK_K, num_warps, num_stages) over `dense_config(N, D)`; BLOCK_N is cut to
-    `pair_block`. Raises ValueError for shapes, dtypes, devices or strides that do not fit (x and W the same dtype,
+    `pair_block`. norm (residual [B, S, D] or None, g [D], eps): x is the sublayer's input before its residual add +
+    RMSNorm, which run inside (module docstring); returns (q, s) then, s [B, S, D] = x + residual (x itself without a
+    residual). Raises ValueError for shapes, dtypes, devices or strides that do not fit (x and W the same dtype,
     both with unit last strides, W contiguous, a bias [N] in that dtype, caches with unit stride on d, an even head
-    dim), before any launch."""
+    dim; with norm, g and a contiguous residual in x's dtype and D <= norm_gemv.MAX_ROW), before any launch."""
     B, S, D = x.shape
     H, Hkv, d = n_heads, n_kv_heads, head_dim
     N = (H + 2 * Hkv) * d
@@ -151,11 +174,20 @@ def qkv_gemv_rope(x: torch.Tensor, weight: torch.Tensor, positions: torch.Tensor
     block_n = pair_block(d, cfg["BLOCK_N"])
     if block_n == 0:
         problems.append(f"head dim {d} is odd: no channel pairs to give a program")
+    residual, g, eps = norm if norm is not None else (None, None, 0.0)
+    if norm is not None:
+        if g.shape != (D,) or g.dtype != x.dtype or g.device != x.device or D > MAX_ROW:
+            problems.append(f"norm weight {tuple(g.shape)} {g.dtype} is not a [{D}] in x's dtype (D <= {MAX_ROW})")
+        if residual is not None and (residual.shape != x.shape or residual.dtype != x.dtype
+                                     or not residual.is_contiguous() or residual.device != x.device):
+            problems.append(f"residual {tuple(residual.shape)} {residual.dtype} is not a contiguous {tuple(x.shape)} "
+                            "in x's dtype")
     if problems:
         raise ValueError("qkv_gemv_rope: " + "; ".join(problems))
     q = torch.empty(B, S, H, d, dtype=x.dtype, device=x.device)
+    s = x if norm is None or residual is None else torch.empty_like(x)                   # the residual stream out
     if B * S == 0:
-        return q
+        return q if norm is None else (q, s)
     grid = (B * S * (N // block_n),)
     _qkv_gemv_rope_kernel[grid](
         x, weight, x if bias is None else bias, positions, cos, sin, q, k_cache, v_cache,
@@ -164,5 +196,7 @@ def qkv_gemv_rope(x: torch.Tensor, weight: torch.Tensor, positions: torch.Tensor
         v_cache.stride(2),
         H=H, HKV=Hkv, HD=d, BLOCK_N=block_n, BLOCK_K=cfg["BLOCK_K"], STAGES=cfg["num_stages"],
         INTERLEAVE=interleave, BIAS=bias is not None, RN_ASM=on_gpu() and x.is_cuda,
+        res_ptr=x if residual is None else residual, g_ptr=x if g is None else g, res_out_ptr=s, stride_r=D, eps=eps,
+        NORM=norm is not None, HAS_RESIDUAL=residual is not None,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **launch_args(pdl))
-    return q
+    return q if norm is None else (q, s)
