@@ -47,6 +47,19 @@ def test_fused_rope_attention_compiles(qk_norm, early):
     assert stats["stack"] == 0, stats
 
 
+@pytest.mark.parametrize("residual", [True, False])
+def test_norm_in_the_rope_gemv_compiles_without_spills(residual):
+    """The q/k/v GEMV + rope kernel with the residual add + RMSNorm as its prologue (norm_fusion.WITH_ROPE), at
+    Mixtral's head layout: no spills, and more instructions than without the norm (the prologue is there)."""
+    types = {"pos_ptr": "*i64", "cos_ptr": "*fp32", "sin_ptr": "*fp32"}
+    const = dict(H=32, HKV=8, HD=128, BLOCK_N=4, BLOCK_K=512, STAGES=3, INTERLEAVE=False, BIAS=False, RN_ASM=True,
+                 PDL=True)
+    name = "minimoe.kernels.qkv_gemv_rope:_qkv_gemv_rope_kernel"
+    plain = _compile(name, 2, const, types)
+    folded = _compile(name, 2, {**const, "NORM": True, "HAS_RESIDUAL": residual}, types)
+    assert folded["stack"] == 0 and folded["instructions"] > plain["instructions"], (folded, plain)
+
+
 def test_rope_rows_compiles():
     types = {"pos_ptr": "*i64", "cos_ptr": "*fp32", "sin_ptr": "*fp32"}
     const = dict(H=32, HKV=4, D=128, QG=4, BLOCK_QG=4, BLOCK_HKV=4, BLOCK_HALF=64, QK_NORM=2, CLIP=False,
