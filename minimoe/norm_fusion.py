@@ -12,7 +12,8 @@ layer fewer; s (the residual stream) is the unfused bits, q/k/v skip h's bf16 ro
 Where it applies (`fits`): `--fold-attn-norm on`, a one-token step that is not a prefill (the first layer too: its
 norm has no residual to add), an attention module with a fused q/k/v projection (attention.Attention; MLA's
 projections are a pair, not folded) whose weight is plain, contiguous and in x's dtype, a norm weight in x's dtype,
-a layer where `--fuse-rope` does not take the q/k/v GEMV (its rope epilogue owns that launch), nothing hooked on the
+a layer where `--fuse-rope` does not take the q/k/v GEMV (its rope epilogue owns that launch; with WITH_ROPE the fold
+goes into that kernel instead, below), nothing hooked on the
 q/k/v projection or the layer's norm (calibration; OLMoE's distributed q/k norm under tensor parallelism), and on the
 attention no hook but those that read only its output (`output_only`: tensor_parallel.py's all-reduce, which still
 runs, since the attention module is still called): the others see every input, so they keep the unfused path.

@@ -88,6 +88,27 @@ def test_kernel_matches_oracle_and_unfused(case, dtype):
         assert ((got.double() - want.double()).abs().max() / want.double().abs().max()).item() <= tol
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_programs_storing_several_chunks_chunked_steps_and_strided_rows(dtype):
+    """Tiles where a token's programs (3) are fewer than the row's chunks (13 of 16 on D = 200), S = 3 tokens a
+    sequence, and x rows strided inside a wider tensor: the residual stream still comes out whole, bit for bit, and q
+    and the cache rows as the oracle's."""
+    B, S, D, H, Hkv, d = 2, 3, 200, 1, 1, 16
+    x, res, g, w, b, pos, cos, sin, (kc, vc) = make(B, S, D, H, Hkv, d, True, dtype, seed=9)
+    wide = torch.zeros(B, S, D + 24, dtype=dtype, device=DEVICE)
+    wide[..., :D] = x
+    xs = wide[..., :D]                                              # row stride D + 24
+    q, s = qkv_gemv_rope(xs, w, pos, cos, sin, kc, vc, H, Hkv, d, bias=b, norm=(res, g, EPS),
+                         config={"BLOCK_N": 16, "BLOCK_K": 16})
+    _, s_ref = rms_norm_torch(x, g, EPS, res)
+    assert torch.equal(s, s_ref)
+    rq, rk, rv = oracle(s, g, w, b, pos, cos, sin, H, Hkv, d, False)
+    rows = torch.arange(B, device=DEVICE)[:, None]
+    tol = 1e-5 if dtype == torch.float32 else 2e-3
+    for got, want in ((q, rq), (kc[rows, pos], rk), (vc[rows, pos], rv)):
+        assert ((got.double() - want).abs().max() / want.abs().max()).item() <= tol
+
+
 def test_kernel_refuses_bad_norm_input():
     x, res, g, w, b, pos, cos, sin, (kc, vc) = make(1, 1, 64, 4, 2, 16, False, torch.float32)
     with pytest.raises(ValueError, match="norm weight"):
@@ -98,6 +119,8 @@ def test_kernel_refuses_bad_norm_input():
         qkv_gemv_rope(x, w, pos, cos, sin, kc, vc, 4, 2, 16, norm=(res.half(), g, EPS))
     with pytest.raises(ValueError, match="residual"):
         qkv_gemv_rope(x, w, pos, cos, sin, kc, vc, 4, 2, 16, norm=(res[..., :32], g, EPS))
+    with pytest.raises(ValueError, match="norm weight"):
+        qkv_gemv_rope(x, w, pos, cos, sin, kc, vc, 4, 2, 16, norm=(res, torch.stack([g, g], 1)[:, 0], EPS))
 
 
 @pytest.mark.parametrize("card", ["mixtral-tiny", "qwen2-moe-tiny"])

@@ -18,7 +18,7 @@ import torch.multiprocessing as mp
 pytest.importorskip("triton")
 
 from conftest import greedy_and_logits, rel_err  # noqa: E402
-from minimoe import norm_fusion  # noqa: E402
+from minimoe import norm_fusion, rope_fusion  # noqa: E402
 from minimoe.loader import build_model  # noqa: E402
 from minimoe.placement import Placement  # noqa: E402
 from minimoe.settings import RunSettings  # noqa: E402
@@ -34,9 +34,10 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    runs = []
-    real = norm_fusion.run
+    runs, rope_runs = [], []
+    real, real_rope = norm_fusion.run, rope_fusion.run
     norm_fusion.run = lambda *a, **k: runs.append(1) or real(*a, **k)
+    rope_fusion.run = lambda *a, **k: (rope_runs.append(1) if k.get("norm") else None) or real_rope(*a, **k)
     results = {}
     for name, (card, fuse_rope, with_rope, _) in CASES.items():
         norm_fusion.WITH_ROPE = with_rope
@@ -49,9 +50,11 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
                         gemv="stream")
         model = build_model(card, "dummy", dtype=torch.float32, device="cpu", settings=s, seed=SEED)[0]
         runs.clear()
+        rope_runs.clear()
         tokens, logits = greedy_and_logits(model, prompt, STEPS)
         results[name] = {"err": rel_err(logits, want_logits), "tokens": bool(torch.equal(tokens, want_tokens)),
-                         "folds": len(runs), "layers": cfg.n_layers}
+                         "folds": len(runs), "layers": cfg.n_layers,
+                         "rope_folds": len(rope_runs)}
     Path(out_dir, f"rank{rank}.json").write_text(json.dumps(results))
     torch.distributed.barrier()
     torch.distributed.destroy_process_group()
@@ -74,6 +77,7 @@ def test_fold_under_tp2_matches_one_process(case, tp2):
         assert res["tokens"] and res["err"] <= TOL, res
         if CASES[case][3]:      # every layer of every one-token decode step (greedy_and_logits runs several)
             assert res["folds"] >= res["layers"] * STEPS and res["folds"] % res["layers"] == 0, res
+            assert res["rope_folds"] == (res["folds"] if CASES[case][2] else 0), res     # WITH_ROPE: every fold
         else:
             assert res["folds"] == 0, res
 

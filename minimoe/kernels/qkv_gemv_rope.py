@@ -176,8 +176,10 @@ def qkv_gemv_rope(x: torch.Tensor, weight: torch.Tensor, positions: torch.Tensor
         problems.append(f"head dim {d} is odd: no channel pairs to give a program")
     residual, g, eps = norm if norm is not None else (None, None, 0.0)
     if norm is not None:
-        if g.shape != (D,) or g.dtype != x.dtype or g.device != x.device or D > MAX_ROW:
-            problems.append(f"norm weight {tuple(g.shape)} {g.dtype} is not a [{D}] in x's dtype (D <= {MAX_ROW})")
+        if g.shape != (D,) or g.dtype != x.dtype or g.device != x.device or not g.is_contiguous():
+            problems.append(f"norm weight {tuple(g.shape)} {g.dtype} is not a contiguous [{D}] in x's dtype")
+        if D > MAX_ROW:
+            problems.append(f"the norm's row of {D} is wider than {MAX_ROW}")
         if residual is not None and (residual.shape != x.shape or residual.dtype != x.dtype
                                      or not residual.is_contiguous() or residual.device != x.device):
             problems.append(f"residual {tuple(residual.shape)} {residual.dtype} is not a contiguous {tuple(x.shape)} "
@@ -196,7 +198,7 @@ def qkv_gemv_rope(x: torch.Tensor, weight: torch.Tensor, positions: torch.Tensor
         v_cache.stride(2),
         H=H, HKV=Hkv, HD=d, BLOCK_N=block_n, BLOCK_K=cfg["BLOCK_K"], STAGES=cfg["num_stages"],
         INTERLEAVE=interleave, BIAS=bias is not None, RN_ASM=on_gpu() and x.is_cuda,
-        res_ptr=x if residual is None else residual, g_ptr=x if g is None else g, res_out_ptr=s, stride_r=D, eps=eps,
+        res_ptr=x if residual is None else residual, g_ptr=x if g is None else g, res_out_ptr=s, stride_r=D, eps=float(eps),
         NORM=norm is not None, HAS_RESIDUAL=residual is not None,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **launch_args(pdl))
     return q if norm is None else (q, s)
