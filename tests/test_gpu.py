@@ -134,6 +134,21 @@ def test_graphed_decode_equals_eager_with_o_split(card, monkeypatch):
     assert runs
 
 
+@pytest.mark.parametrize("card", ["mixtral-tiny", "qwen2-moe-tiny"])
+def test_graphed_decode_equals_eager_with_rope_norm(card, monkeypatch):
+    """Batch 1 with the attention's norm folded into --fuse-rope's q/k/v GEMV + rope kernel (norm_fusion.WITH_ROPE,
+    forty-third session), PDL on: the graphed step gives the eager step's tokens, and the fold really ran."""
+    from minimoe import norm_fusion, rope_fusion
+    runs = []
+    real = rope_fusion.run
+    monkeypatch.setattr(rope_fusion, "run", lambda *a, **k: (runs.append(1) if k.get("norm") else None)
+                        or real(*a, **k))
+    monkeypatch.setattr(norm_fusion, "WITH_ROPE", True)
+    pdl = "on" if torch.cuda.get_device_capability()[0] >= 9 else "off"
+    test_graphed_decode_equals_eager(card, "fused", "triton", "triton", pdl, 1)
+    assert runs
+
+
 @pytest.mark.parametrize("card", ["qwen2-moe-tiny", "deepseek-moe-tiny", "deepseek-v2-lite-tiny"])
 @pytest.mark.parametrize("batch", [1, 2])
 def test_graphed_decode_equals_eager_with_fused_shared(card, batch, monkeypatch):
