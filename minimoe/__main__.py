@@ -67,6 +67,7 @@ def parser() -> argparse.ArgumentParser:
     evaluate_cli.add_parser(sub)
     prune_cli.add_parser(sub)
     sub.add_parser("bench", help="the benchmark (bench.py); `python -m minimoe bench --help`", add_help=False)
+    p.subcommands = sub.choices   # name -> the subcommand's parser (main names it in a refusal)
     return p
 
 
@@ -212,7 +213,10 @@ def main(argv=None) -> int:
     if argv[:1] == ["bench"]:
         from .bench.cli import main as bench_main
         return bench_main(argv[1:], prog="python -m minimoe bench")
-    args = parser().parse_args(argv)
+    p = parser()
+    args, extra = p.parse_known_args(argv)
+    if extra:                     # the subcommand's own refusal, which names the subcommand's --help
+        p.subcommands[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         if args.command == "eval":
             out = evaluate_cli.run(args)

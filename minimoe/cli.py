@@ -16,8 +16,13 @@ from .runtime import UsageError
 
 class ArgumentParser(argparse.ArgumentParser):
     """argparse.ArgumentParser whose refusals are one line: `PROG: error: MESSAGE (PROG --help: the flags)` on stderr,
-    exit status 2, without the usage block argparse prints above them. Subcommand parsers made through
-    add_subparsers take this class too (argparse's default parser_class is the parent's)."""
+    exit status 2, without the usage block argparse prints above them; and no abbreviated flags (`--out` is not taken
+    for `--output-len`). Subcommand parsers made through add_subparsers take this class too (argparse's default
+    parser_class is the parent's)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} ({self.prog} --help: the flags)\n")
@@ -50,6 +55,8 @@ def check_output_path(path: str | None, flag: str) -> None:
     target = Path(path).expanduser().resolve()
     if target.is_dir():
         raise UsageError(f"{flag} {path} is a folder: give a file name in it")
+    if target.parent.exists() and not target.parent.is_dir():
+        raise UsageError(f"{flag} {path}: {target.parent} is a file")
     if not target.parent.is_dir():
         raise UsageError(f"{flag} {path}: the folder {target.parent} does not exist")
 

@@ -47,6 +47,7 @@ class PruneRequest:
     method: str                    # prune.METHODS[kind]
     per_layer: str = "uniform"     # uniform | global
     calibration: str | None = None  # heldout | random[:N] | a text file | a .safetensors statistics file
+    calibration_flag: str = "--calibration"         # how the command line spells it (errors name it)
     source: object = field(default=None, repr=False)   # calibration_source's answer, read before the build
 
     def describe(self) -> str:
@@ -97,34 +98,35 @@ def check_request(req: PruneRequest, cfg: ModelConfig, s, folder=None, limit: in
     except ValueError as e:
         raise UsageError(str(e)) from None
     if req.calibration and req.method not in NEEDS_NO_CALIBRATION:
-        req.source = calibration_source(req.calibration, folder, cfg.vocab_size, limit, s.seed)
+        req.source = calibration_source(req.calibration, folder, cfg.vocab_size, limit, s.seed, req.calibration_flag)
 
 
 # ---- calibration sources ------------------------------------------------------------------------------
 
-def calibration_source(spec: str, folder, vocab: int, limit: int, seed: int):
-    """spec -> a Calibration (statistics file) or (token ids [N], description). UsageError if unusable."""
+def calibration_source(spec: str, folder, vocab: int, limit: int, seed: int, flag: str = "--calibration"):
+    """spec -> a Calibration (statistics file) or (token ids [N], description). UsageError if unusable, naming
+    `flag` (prune's --calibration, bench's and eval's --prune-calibration)."""
     if spec.endswith(".safetensors"):
         try:
             return Calibration.load(spec)
         except ValueError as e:
-            raise UsageError(f"--calibration {e}") from None
+            raise UsageError(f"{flag} {e}") from None
     if spec == "random" or spec.startswith("random:"):
         n = RANDOM_TOKENS if spec == "random" else _count(spec.split(":", 1)[1])
         ids = torch.randint(0, vocab, (n,), generator=torch.Generator().manual_seed(seed))
         return ids, f"{n} random tokens"
     path = cards_dir() / "stdlib-heldout.txt" if spec == "heldout" else Path(spec).expanduser()
     if not path.is_file():
-        raise UsageError(f"--calibration {spec}: no such file (or give random[:N] or a statistics .safetensors)")
+        raise UsageError(f"{flag} {spec}: no such file (or give random[:N] or a statistics .safetensors)")
     # transformers builds an empty tokenizer for some model types when the folder has no tokenizer files
     tok = load_tokenizer(folder) if folder is not None and any(Path(folder).glob("tokenizer*")) else None
     if tok is None:
-        raise UsageError(f"--calibration {spec} is text: it needs the checkpoint's tokenizer files (and "
-                         "transformers); use --calibration random[:N] or a statistics file")
+        raise UsageError(f"{flag} {spec} is text: it needs the checkpoint's tokenizer files (and "
+                         f"transformers); use {flag} random[:N] or a statistics file")
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
-        raise UsageError(f"--calibration {spec}: {e}") from None
+        raise UsageError(f"{flag} {spec}: {e}") from None
     ids = torch.tensor(tok(text, verbose=False)["input_ids"][:limit], dtype=torch.long)
     note = ", the text `eval` scores, so its bits per byte will be optimistic: calibrate on another file" \
         if spec == "heldout" else ""
@@ -179,7 +181,9 @@ def prune_request(args) -> PruneRequest | None:
     except ValueError:
         raise UsageError(f"--prune {args.prune}: expected inter:R or intra:R with R a fraction, "
                          "e.g. inter:0.25") from None
-    return make_request(kind, r, args.prune_method, args.prune_per_layer, args.prune_calibration, "--prune-method")
+    req = make_request(kind, r, args.prune_method, args.prune_per_layer, args.prune_calibration, "--prune-method")
+    req.calibration_flag = "--prune-calibration"
+    return req
 
 
 def apply_prune(req: PruneRequest, model, folder, seed: int, default_source, top_k: int | None = None):
@@ -189,7 +193,8 @@ def apply_prune(req: PruneRequest, model, folder, seed: int, default_source, top
     calib, how = None, "no calibration"
     if req.method not in NEEDS_NO_CALIBRATION:
         source = req.source if req.source is not None else \
-            calibration_source(req.calibration, folder, cfg.vocab_size, DEFAULT_TOKENS, seed) if req.calibration \
+            calibration_source(req.calibration, folder, cfg.vocab_size, DEFAULT_TOKENS, seed, req.calibration_flag) \
+            if req.calibration \
             else default_source()
         calib, how = run_calibration(model, source)
     try:

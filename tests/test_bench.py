@@ -254,6 +254,7 @@ def test_runs_that_fill_the_positions_exactly(n_in, n_out, capsys):
                                               "contradicts --output-len"),
     (["--model", "olmoe-tiny", "--sweep", "--input-len", "16"], "it contradicts --input-len"),
     (BASE + ["--bs", "x"], "argument --bs: invalid int value: 'x'"),
+    (BASE + ["--out", "x.json"], "unrecognized arguments: --out x.json"),          # no abbreviation of --output-len
 ])
 def test_argparse_errors_exit_2(argv, message, capsys):
     """argparse's refusals and the parse-time checks: one line (no usage block above it), exit status 2."""
@@ -261,6 +262,13 @@ def test_argparse_errors_exit_2(argv, message, capsys):
     assert rc == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("bench.py: error: ") and message in lines[0], err
+
+
+def test_output_path_under_a_file_is_refused(capsys, tmp_path):
+    (tmp_path / "afile").write_text("x")
+    rc, out, err = run_bench(capsys, *BASE, "--json", tmp_path / "afile" / "x.json")
+    assert rc == 2 and err.strip().splitlines() == [f"error: --json {tmp_path / 'afile' / 'x.json'}: "
+                                                    f"{tmp_path / 'afile'} is a file"], err
 
 
 def test_missing_ceilings_file_is_refused(capsys, tmp_path):
@@ -557,7 +565,8 @@ def test_ragged_prompt_lengths_from_a_distribution(capsys, tmp_path):
 @pytest.mark.parametrize("spec", ["uniform:5-2", "uniform:0-4", "normal:3", "file:/no/such/file"])
 def test_bad_length_distribution_is_refused(capsys, spec):
     rc, out, err = run_bench(capsys, "--model", "olmoe-tiny", "--input-len-dist", spec, "--output-len", 2)
-    assert rc == 2 and f"--input-len-dist {spec}: use uniform:LO-HI" in err and out == ""
+    said = "no such file /no/such/file" if spec.startswith("file:") else "use uniform:LO-HI"
+    assert rc == 2 and f"--input-len-dist {spec}: {said}" in err and out == ""
 
 
 def test_sweep_takes_the_given_batch_sizes():

@@ -140,12 +140,13 @@ def test_a_draft_model_outside_decoding_is_refused(command, capsys, tmp_path):
 
 @pytest.mark.parametrize("argv, message", [
     (["generate", "--model", "olmoe-tiny", "--prompt-ids", "1", "--bogus"],
-     "python -m minimoe: error: unrecognized arguments: --bogus"),
+     "python -m minimoe generate: error: unrecognized arguments: --bogus"),
     (["generate", "--prompt-ids", "1"], "python -m minimoe generate: error: the following arguments are required: --model"),
     (["prune", "--model", "olmoe-tiny", "--ratio", "abc", "--out", "x"],
      "python -m minimoe prune: error: argument --ratio: invalid float value: 'abc'"),
     (["eval", "--model", "olmoe-tiny", "--window", "w"], "python -m minimoe eval: error: argument --window"),
     (["nosuch"], "python -m minimoe: error: argument command: invalid choice: 'nosuch'"),
+    (["eval", "--model", "olmoe-tiny", "--wind", "8"], "python -m minimoe eval: error: unrecognized arguments: --wind"),
 ])
 def test_argparse_errors_are_one_line(argv, message, capsys):
     """argparse's own refusals (unknown flag, missing or mistyped argument, every subcommand) come as one line on

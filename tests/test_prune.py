@@ -537,7 +537,7 @@ def test_eval_prune_reports_the_pruned_model(stdlib_olmoe, capsys):
     rc, _, err = run_main(capsys, *common, "--prune-method", "reap")
     assert rc == 2 and "need --prune" in err
     rc, _, err = run_main(capsys, *common, "--prune", "inter:0.5", "--prune-calibration", "/no/such.txt")
-    assert rc == 2 and "--calibration /no/such.txt" in err and len(err.strip().splitlines()) == 1
+    assert rc == 2 and "--prune-calibration /no/such.txt: no such file" in err and len(err.strip().splitlines()) == 1
     rc, _, err = run_main(capsys, *common, "--prune", "intra:25%", "--prune-method", "random")
     assert rc == 0 and "pruned intra 25.0% by random (no calibration)" in json.loads(_)["prune"], err
 

@@ -145,8 +145,10 @@ def bench_quant(quant, where: dict, bf16_row: dict, experts: Experts, x, routes,
 
 def main(argv=None) -> int:
     p = ArgumentParser(prog="bench.py --layer", description=__doc__.splitlines()[0])
-    p.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
-    p.add_argument("--tokens", type=int, nargs="+", default=list(TOKENS))
+    p.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES),
+                   help="MoE layer shapes (real models' E, D, I, top-k; default: all)")
+    p.add_argument("--tokens", type=int, nargs="+", default=list(TOKENS),
+                   help=f"tokens routed through the layer (default: {' '.join(map(str, TOKENS))})")
     p.add_argument("--paths", nargs="+", default=list(EXPERT_PATHS), choices=list(EXPERT_PATHS))
     p.add_argument("--json", help="write the rows as JSON to this file")
     p.add_argument("--quant", choices=[f for f in FORMATS if f != "bnb-int8"],

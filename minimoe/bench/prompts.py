@@ -9,6 +9,7 @@ minimoe run and its transformers peer see the same prompts.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -40,11 +41,15 @@ def length_sampler(spec: str) -> LengthSampler:
                 raise ValueError
             return LengthSampler(spec, (lo, hi))
         if kind == "file":
+            if not os.path.isfile(arg):
+                raise FileNotFoundError
             with open(arg) as f:
                 lengths = tuple(int(line) for line in f if line.strip())
             if not lengths or min(lengths) < 1:
                 raise ValueError
             return LengthSampler(spec, lengths)
+    except FileNotFoundError:
+        raise ValueError(f"--input-len-dist {spec}: no such file {arg}") from None
     except (ValueError, OSError):
         pass
     raise ValueError(f"--input-len-dist {spec}: use uniform:LO-HI (1 <= LO <= HI) or file:PATH with one "
