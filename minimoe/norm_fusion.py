@@ -13,16 +13,16 @@ Where it applies (`fits`): `--fold-attn-norm on`, a one-token step that is not a
 norm has no residual to add), an attention module with a fused q/k/v projection (attention.Attention; MLA's
 projections are a pair, not folded) whose weight is plain, contiguous and in x's dtype, a norm weight in x's dtype,
 a layer where `--fuse-rope` does not take the q/k/v GEMV (its rope epilogue owns that launch; with WITH_ROPE the fold
-goes into that kernel instead, below), nothing hooked on the
-q/k/v projection or the layer's norm (calibration; OLMoE's distributed q/k norm under tensor parallelism), and on the
-attention no hook but those that read only its output (`output_only`: tensor_parallel.py's all-reduce, which still
-runs, since the attention module is still called): the others see every input, so they keep the unfused path.
-Under a tensor-parallel plan `--fold-attn-norm auto` stays off (not yet measured on two GPUs); `on` takes it.
+goes into that kernel instead, below), nothing hooked on the q/k/v projection or the layer's norm (calibration;
+OLMoE's distributed q/k norm under tensor parallelism), and on the attention no hook but those that read only its
+output (`output_only`: tensor_parallel.py's all-reduce, which still runs, since the attention module is still
+called): the others see every input, so they keep the unfused path. Under a tensor-parallel plan `--fold-attn-norm
+auto` stays off (not yet measured on two GPUs); `on` takes it. model.Block asks `fits` before the norm and passes
+what `run` made to the attention (Attention.heads' `qkv`, or `q`).
 
 Where `--fuse-rope` owns the q/k/v GEMV (Mixtral, Qwen1.5/2-MoE: rope and the cache write in its epilogue,
 rope_fusion.py), the knob WITH_ROPE folds the norm into that kernel as well (kernels/qkv_gemv_rope.py's `norm`): the
-norm, the GEMV and rope in one launch; `run` then hands the attention q already rotated (Attention.heads' `q`). model.Block asks `fits` before the norm and passes the q/k/v rows it gets
-from `run` to the attention (Attention.heads' `qkv`).
+norm, the GEMV and rope in one launch; `run` then hands the attention q already rotated.
 
 The model's last norm and its LM head are the same pair (`head_fits` / `run_head`, the knob HEAD, off: no faster): the
 logits come out in float32 from the kernel (rounded to x's dtype first, as lm_head(h).float()).
