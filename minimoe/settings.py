@@ -170,12 +170,10 @@ class RunSettings:
         return not self.eager and self.device.startswith("cuda")
 
     def describe(self) -> str:
-        """One header line of every resolved choice (what ran). The all-reduce design "nccl" (the process group's own
-        collective) reads "nccl/gloo" on a CPU, where that group is gloo."""
-        def shown(name):
-            value = getattr(self, name)
-            return "nccl/gloo" if name == "allreduce" and value == "nccl" and self.device == "cpu" else value
-        return " ".join(f"{f.name}={shown(f.name)}" for f in dataclasses.fields(self))
+        """One header line of every resolved choice (what ran; nccl/gloo: the process group's all-reduce on a CPU)."""
+        gloo = self.allreduce == "nccl" and self.device == "cpu"
+        return " ".join(f"{k}={'nccl/gloo' if k == 'allreduce' and gloo else v}"
+                        for k, v in dataclasses.asdict(self).items())
 
 
 MAX_GAMMA = 16
@@ -232,9 +230,9 @@ def pick_device(name: str) -> torch.device:
             raise ValueError(f"--device {name}: only {torch.cuda.device_count()} GPU(s) here")
     elif dev.type != "cpu":
         raise ValueError(f"--device {name}: minimoe runs on cpu or cuda")
-    elif dev.index not in (None, 0):
+    elif dev.index:                                                    # cpu:0 is the CPU; cpu:1 is nothing
         raise ValueError(f"--device {name}: the CPU is one device: give cpu")
-    return torch.device(dev.type) if dev.type == "cpu" else dev
+    return torch.device("cpu") if dev.type == "cpu" else dev
 
 
 def triton_usable(device: str | torch.device) -> bool:

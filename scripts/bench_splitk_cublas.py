@@ -11,10 +11,11 @@ the S-slice batched GEMM (fp32 partials, no sum: the consumer's job) and the sam
 """
 import argparse
 import json
-import statistics
 import sys
 
 import torch
+
+from minimoe.bench.roofline import graph_us
 
 SHAPES = {  # name: (T, K, N)
     "olmoe qkv bs64": (64, 2048, 6144), "olmoe o bs64": (64, 2048, 2048),
@@ -26,28 +27,9 @@ REPS = 24              # calls a graph
 
 
 def time_graph(fn, n_rep: int = 15) -> float:
-    """µs a call: a CUDA graph of REPS calls (fn(i) for i over the copies), replayed n_rep times, median."""
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for i in range(3):
-            fn(i)
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for i in range(REPS):
-            fn(i)
-    g.replay()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(n_rep):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        g.replay()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b) * 1e3 / REPS)
-    return statistics.median(times)
+    """µs a call: a CUDA graph of REPS calls (fn(i) for i over the copies), replayed n_rep times, median
+    (minimoe.bench.roofline.graph_us)."""
+    return graph_us([lambda i=i: fn(i) for i in range(REPS)], replays=n_rep)
 
 
 def main(argv: list[str]) -> int:

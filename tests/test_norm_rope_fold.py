@@ -18,6 +18,7 @@ from minimoe.kernels.qkv_gemv_rope import qkv_gemv_rope  # noqa: E402
 from minimoe.loader import build_model  # noqa: E402
 from minimoe.ops import rms_norm_torch  # noqa: E402
 from minimoe.settings import RunSettings  # noqa: E402
+from test_qkv_gemv_rope import make as make_rope  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 EPS = 1e-5
@@ -32,17 +33,11 @@ CASES = {
 
 
 def make(B, S, D, H, Hkv, d, bias, dtype, seed=0, P=40):
-    gen = torch.Generator().manual_seed(seed)
-    N = (H + 2 * Hkv) * d
-    x = torch.randn(B, S, D, generator=gen).to(DEVICE, dtype)
+    """test_qkv_gemv_rope's inputs, with a residual [B, S, D] and a norm weight g [D] beside them."""
+    x, w, b, pos, cos, sin, caches = make_rope(B, S, D, H, Hkv, d, bias, dtype, seed, P)
+    gen = torch.Generator().manual_seed(seed + 1000)
     res = torch.randn(B, S, D, generator=gen).to(DEVICE, dtype)
     g = (1.0 + 0.2 * torch.randn(D, generator=gen)).to(DEVICE, dtype)
-    w = (torch.randn(N, D, generator=gen) * D ** -0.5).to(DEVICE, dtype)
-    b = (0.1 * torch.randn(N, generator=gen)).to(DEVICE, dtype) if bias else None
-    angles = torch.rand(P, d // 2, generator=gen) * 6.0
-    cos, sin = angles.cos().to(DEVICE), angles.sin().to(DEVICE)
-    pos = torch.stack([torch.randperm(P, generator=gen)[:S] for _ in range(B)]).to(DEVICE)
-    caches = [torch.full((B, P, Hkv, d), 7.0, dtype=dtype, device=DEVICE) for _ in range(2)]
     return x, res, g, w, b, pos, cos, sin, caches
 
 
