@@ -18,7 +18,7 @@ from minimoe.kernels.qkv_gemv_rope import qkv_gemv_rope  # noqa: E402
 from minimoe.loader import build_model  # noqa: E402
 from minimoe.ops import rms_norm_torch  # noqa: E402
 from minimoe.settings import RunSettings  # noqa: E402
-from test_qkv_gemv_rope import make as make_rope  # noqa: E402
+from test_qkv_gemv_rope import make as make_rope, rotate  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 EPS = 1e-5
@@ -46,16 +46,7 @@ def oracle(s, g, w, b, pos, cos, sin, H, Hkv, d, interleave):
     sd = s.double()
     inv = torch.rsqrt(sd.pow(2).mean(-1, keepdim=True) + EPS)
     y = (sd * g.double()) @ w.double().T * inv + (0 if b is None else b.double())
-    y = y.to(s.dtype).double()
-    B, S, _ = s.shape
-    q, k, v = y.view(B, S, H + 2 * Hkv, d).split([H, Hkv, Hkv], dim=2)
-    c, sn = cos.double()[pos][:, :, None], sin.double()[pos][:, :, None]
-
-    def rot(t):
-        x1, x2 = (t[..., 0::2], t[..., 1::2]) if interleave else t.chunk(2, dim=-1)
-        o1, o2 = x1 * c - x2 * sn, x2 * c + x1 * sn
-        return torch.stack([o1, o2], dim=-1).flatten(-2) if interleave else torch.cat([o1, o2], dim=-1)
-    return rot(q), rot(k), v
+    return rotate(y.to(s.dtype).double(), pos, cos, sin, H, Hkv, d, interleave)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])

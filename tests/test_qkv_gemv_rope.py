@@ -45,8 +45,12 @@ def make(B, S, D, H, Hkv, d, bias, dtype, seed=0, P=40):
 def reference(x, w, b, pos, cos, sin, H, Hkv, d, interleave):
     """(q, k, v) in float64 from the rounded projection: y = x Wᵀ + b, rotated pairwise."""
     y = x.double() @ w.double().T + (0 if b is None else b.double())
-    y = y.to(x.dtype).double()                                          # the projection's output dtype
-    B, S, _ = x.shape
+    return rotate(y.to(x.dtype).double(), pos, cos, sin, H, Hkv, d, interleave)  # the projection's output dtype
+
+
+def rotate(y, pos, cos, sin, H, Hkv, d, interleave):
+    """y [B, S, (H + 2 Hkv) d] float64 -> (q, k rotated at positions pos, v), float64."""
+    B, S, _ = y.shape
     q, k, v = y.view(B, S, H + 2 * Hkv, d).split([H, Hkv, Hkv], dim=2)
     c, s = cos.double()[pos][:, :, None], sin.double()[pos][:, :, None]  # [B, S, 1, d/2]
 
