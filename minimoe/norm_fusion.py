@@ -52,10 +52,11 @@ HEAD_CONFIG: dict | None = None
 # the baseline repeated at -0.07% / -0.11%; bench.py OLMoE bs 1 1,049.8 out tok/s against 1,047.7 / 1,049.4. On; a
 # step_probe knob.
 EMBED = True
-# The norm inside --fuse-rope's q/k/v GEMV + rope kernel too (the forty-third session; no GPU was lent to it, so not
-# yet measured: the thirty-first session measured the norm fold -0.8% / -1.0% a bs-1 step where the q/k/v GEMV is its
-# own launch, and the rope fold 0.94% / 3.06% on Mixtral / Qwen1.5-MoE). Off until a step probe says; a step_probe knob.
-WITH_ROPE = False
+# The norm inside --fuse-rope's q/k/v GEMV + rope kernel too (built in the forty-third session). In the graphed bs-1
+# step (docs/results/2026-12-05-s44, call 1; 3 rounds) -1.61% (Qwen1.5-MoE) / -0.16% (Mixtral, whose 4,096-wide norm
+# was already a small part of a 6.4 ms step); bench.py bs 1 alternating (call 3): Qwen1.5-MoE 617.7 / 617.4 out tok/s
+# against 604.9 / 605.6 (+2.0%), Mixtral 6.425 / 6.429 ms a step against 6.428 / 6.433. On; a step_probe knob.
+WITH_ROPE = True
 
 
 def _hooked(*modules) -> bool:

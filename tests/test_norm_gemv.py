@@ -156,7 +156,7 @@ def test_model_fold_equals_apart(card, monkeypatch):
         assert torch.equal(fused_tokens, apart_tokens)
 
 
-def test_fits_only_where_it_can_run():
+def test_fits_only_where_it_can_run(monkeypatch):
     from minimoe.kv_cache import KVCache
     s = RunSettings(device=DEVICE, ops="triton", fold_attn_norm="on", fuse_rope="off").resolve()
     model, cfg, _ = build_model("mixtral-tiny", "dummy", dtype=torch.float32, device=DEVICE, settings=s, seed=1)
@@ -173,7 +173,9 @@ def test_fits_only_where_it_can_run():
         assert not norm_fusion.fits(block, x, x, step, cache)
         hook.remove()
     assert norm_fusion.fits(block, x, x, step, cache)
-    s.fuse_rope = "on"                                               # Mixtral's q/k/v GEMV is --fuse-rope's launch
+    s.fuse_rope = "on"                                               # Mixtral's q/k/v GEMV is --fuse-rope's launch:
+    assert norm_fusion.fits(block, x, x, step, cache)                # folded into it (WITH_ROPE, on by default)
+    monkeypatch.setattr(norm_fusion, "WITH_ROPE", False)
     assert not norm_fusion.fits(block, x, x, step, cache)
     s.fuse_rope = "off"
     s.fold_attn_norm = "off"

@@ -2,8 +2,8 @@
 norm_fusion.WITH_ROPE): the kernel gives the unfused norm's residual stream bit for bit, q and the cache rows of a
 float64 oracle of its formula within rounding, and the norm -> fused GEMV within one rounding of h; it refuses bad
 norm inputs; in a model (Mixtral, Qwen2-MoE with its q/k/v bias) the same greedy tokens and fp32 logits as the norm
-kernel + `--fuse-rope`, folded at batch 1 in every layer; `fits` takes it only with WITH_ROPE, and never with the
-embedding gather."""
+kernel + `--fuse-rope`, folded at batch 1 in every layer; `fits` takes it only with WITH_ROPE (on by default), and never
+with the embedding gather."""
 from __future__ import annotations
 
 import pytest
@@ -121,11 +121,11 @@ def test_model_fold_into_rope_equals_apart(card, monkeypatch):
     model, cfg, _ = build_model(card, "dummy", dtype=torch.float32, device=DEVICE, settings=s, seed=3)
     prompts = torch.randint(0, cfg.vocab_size, (2, 4), generator=torch.Generator().manual_seed(5)).to(DEVICE)
     for batch in (prompts[:1], prompts):
+        monkeypatch.setattr(norm_fusion, "WITH_ROPE", False)
         apart_tokens, apart_logits = greedy_and_logits(model, batch, 3)
         assert folds == []
         monkeypatch.setattr(norm_fusion, "WITH_ROPE", True)
         fused_tokens, fused_logits = greedy_and_logits(model, batch, 3)
-        monkeypatch.setattr(norm_fusion, "WITH_ROPE", False)
         if batch.shape[0] == 1:        # every layer of every one-token step (greedy_and_logits runs several)
             assert len(folds) >= cfg.n_layers * 3 and len(folds) % cfg.n_layers == 0, folds
         else:
@@ -146,8 +146,9 @@ def test_fits_takes_the_rope_layer_only_with_the_knob(monkeypatch):
     block = model.layers[0]
     x = torch.randn(1, 1, cfg.hidden_size, device=DEVICE)
     assert rope_fusion.fits(block.attn, x, cache)
+    assert norm_fusion.WITH_ROPE and norm_fusion.fits(block, x, x, step, cache)    # on by default
+    monkeypatch.setattr(norm_fusion, "WITH_ROPE", False)
     assert not norm_fusion.fits(block, x, x, step, cache)                 # the knob off: --fuse-rope keeps the layer
     monkeypatch.setattr(norm_fusion, "WITH_ROPE", True)
-    assert norm_fusion.fits(block, x, x, step, cache)
     ids = torch.zeros(1, 1, dtype=torch.int64, device=DEVICE)
     assert not norm_fusion.embed_fits(model, ids, step, cache)           # no gather in the rope kernel's norm
