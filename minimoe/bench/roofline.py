@@ -182,15 +182,18 @@ def graph_us(calls, replays: int = 20) -> float:
     return sorted(times)[len(times) // 2]
 
 
+STREAM_GRID = [(per_sm, unroll) for unroll in (1, 4) for per_sm in (2, 4, 8)]   # programs an SM, tiles in flight
+
+
 def _stream_read_GBps(big: torch.Tensor) -> float:
-    """Best of a few grid sizes of the Triton streaming-read probe over `big` (kernels/stream_read.py)."""
+    """Best of a few grid sizes and depths of the Triton streaming-read probe over `big` (kernels/stream_read.py)."""
     sms = torch.cuda.get_device_properties(big.device).multi_processor_count
     best = 0.0
-    for per_sm in (2, 4, 8):
-        programs = sms * per_sm
-        x = big[: big.numel() // (programs * 4096) * programs * 4096]
-        stream_sum(x, programs)
-        ms = median_ms(lambda: stream_sum(x, programs), 20, big.device)
+    for per_sm, unroll in STREAM_GRID:
+        programs, chunk = sms * per_sm, 4096 * unroll
+        x = big[: big.numel() // (programs * chunk) * programs * chunk]
+        stream_sum(x, programs, unroll=unroll)
+        ms = median_ms(lambda: stream_sum(x, programs, unroll=unroll), 20, big.device)
         best = max(best, x.numel() * x.element_size() / ms / 1e6)
     return best
 

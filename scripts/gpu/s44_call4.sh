@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Forty-fourth session, call 4 (~2 min): the read-bandwidth probe with UNROLL tiles in flight (kernels/stream_read.py),
+# each grid point's GB/s beside torch.sum and the copy; then bench.py Mixtral bs 16 / 64, whose decode read ~103% of
+# the old probe's ceiling in call 2 (flagged as a measurement bug).
+# Usage (device tool, repo root, nvidia-h200): bash scripts/gpu/s44_call4.sh
+set -u
+export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD TQDM_DISABLE=1
+R=$OUT/r; mkdir -p $R
+timeout 90 python3 - > $R/probe.txt 2>&1 <<'PY'
+import json, torch
+from minimoe.bench import roofline
+from minimoe.kernels.stream_read import stream_sum
+big = torch.randn(1 << 30, device="cuda", dtype=torch.bfloat16)
+sms = torch.cuda.get_device_properties(0).multi_processor_count
+rows = []
+for rnd in range(2):
+    for per_sm in (1, 2, 4, 8, 16):
+        for unroll in (1, 2, 4, 8):
+            programs, chunk = sms * per_sm, 4096 * unroll
+            x = big[: big.numel() // (programs * chunk) * programs * chunk]
+            stream_sum(x, programs, unroll=unroll)
+            ms = roofline.median_ms(lambda: stream_sum(x, programs, unroll=unroll), 20, big.device)
+            rows.append({"round": rnd, "per_sm": per_sm, "unroll": unroll, "GBps": x.numel() * 2 / ms / 1e6})
+            print(f"round {rnd} per_sm {per_sm:2d} unroll {unroll}: {rows[-1]['GBps']:7.1f} GB/s", flush=True)
+del big
+c = roofline.measure_ceilings("cuda")
+print("measure_ceilings:", json.dumps(c))
+json.dump({"grid": rows, "ceilings": c}, open("/dev/stdout", "w"))
+PY
+echo "--- probe rc $? t=$SECONDS"; grep -E "unroll|measure_ceilings" $R/probe.txt | sort -t: -k2 -n | tail -8
+tar czf $OUT/r.tgz -C $OUT r
+timeout 100 python3 bench.py --model mixtral --fused --warmup 1 --iters 3 --input-len 128 --output-len 128 --bs 16 64 \
+  --json $R/bench_mixtral.json > $R/bench_mixtral.txt 2>&1
+echo "--- mixtral rc $? t=$SECONDS"; grep -E "ceilings|WARNING|minimoe bs" $R/bench_mixtral.txt
+tar czf $OUT/r.tgz -C $OUT r
