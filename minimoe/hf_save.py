@@ -22,6 +22,7 @@ DeepSeek-V3's multi-token-prediction layer, which minimoe does not load, is not 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -106,6 +107,12 @@ def hf_config(source: dict, cfg: ModelConfig) -> dict:
     return hf
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def save_checkpoint(model, cfg: ModelConfig, source_config: dict, out, source_folder=None,
                     extra_files: dict | None = None) -> Path:
     """Write `out`/model.safetensors + config.json (+ the source folder's tokenizer and generation
@@ -122,6 +129,7 @@ def save_checkpoint(model, cfg: ModelConfig, source_config: dict, out, source_fo
                for name, t in hf_tensors(model, cfg).items()}
     out.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
+    (out / "model.safetensors").chmod(0o666 & ~_umask())     # safetensors writes 0600; the others follow the umask
     (out / "config.json").write_text(json.dumps(hf_config(source_config, cfg), indent=2) + "\n")
     if source_folder is not None:
         for f in Path(source_folder).iterdir():

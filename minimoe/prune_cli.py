@@ -19,6 +19,7 @@ model is built. The maths is in prune.py, the statistics in calibrate.py, the wr
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +38,9 @@ from .prune import KINDS, METHODS, NEEDS_NO_CALIBRATION, PER_LAYER, active_bytes
 from .runtime import UsageError, check_settings, resolve_settings
 
 DEFAULT_TOKENS = 32768     # calibration tokens read from a text (a few seconds for the small models)
+SLICES_WHOLE = ("pruning slices whole, unquantized, unsharded experts (a pre-quantized checkpoint's too): prune "
+                "first, from the bf16 checkpoint (python -m minimoe prune ... --out DIR), then run DIR with --quant / "
+                "--ep / --tp")
 RANDOM_TOKENS = 2048       # `random` calibration: only the shapes matter
 
 
@@ -48,6 +52,7 @@ class PruneRequest:
     per_layer: str = "uniform"     # uniform | global
     calibration: str | None = None  # heldout | random[:N] | a text file | a .safetensors statistics file
     calibration_flag: str = "--calibration"         # how the command line spells it (errors name it)
+    per_layer_flag: str = "--per-layer"             # the same for the per-layer policy
     source: object = field(default=None, repr=False)   # calibration_source's answer, read before the build
 
     def describe(self) -> str:
@@ -64,11 +69,12 @@ def make_request(kind: str, ratio: float, method: str | None, per_layer: str, ca
         raise UsageError(f"{flag} {method}: {kind}-expert pruning ranks by {' | '.join(METHODS[kind])}")
     if not 0 < ratio < 1:
         raise UsageError(f"the pruning ratio must be a fraction between 0 and 1, got {ratio:g}")
+    pl_flag = "--prune-per-layer" if flag == "--prune-method" else "--per-layer"
     if per_layer not in PER_LAYER:
-        raise UsageError(f"--per-layer {per_layer}: choose uniform or global")
+        raise UsageError(f"{pl_flag} {per_layer}: choose uniform or global")
     if kind == "intra" and per_layer != "uniform":
-        raise UsageError("intra-expert pruning keeps one width in every layer: use --per-layer uniform")
-    return PruneRequest(kind, ratio, method, per_layer, calibration)
+        raise UsageError(f"intra-expert pruning keeps one width in every layer: use {pl_flag} uniform")
+    return PruneRequest(kind, ratio, method, per_layer, calibration, per_layer_flag=pl_flag)
 
 
 def check_request(req: PruneRequest, cfg: ModelConfig, s, folder=None, limit: int = DEFAULT_TOKENS,
@@ -80,9 +86,7 @@ def check_request(req: PruneRequest, cfg: ModelConfig, s, folder=None, limit: in
     if not cfg.is_moe:
         raise UsageError("pruning needs an MoE model")
     if s.quant != "none" or s.ep * s.tp > 1 or cfg.extra.get("quantization_config"):
-        raise UsageError("pruning slices whole, unquantized, unsharded experts (a pre-quantized checkpoint's too): "
-                         "prune first, from the bf16 checkpoint (python -m minimoe prune ... --out DIR), then run DIR "
-                         "with --quant / --ep / --tp")
+        raise UsageError(SLICES_WHOLE)
     top_k = s.top_k
     moe = [i for i in range(cfg.n_layers) if cfg.is_moe_layer(i)]
     try:
@@ -95,8 +99,8 @@ def check_request(req: PruneRequest, cfg: ModelConfig, s, folder=None, limit: in
             problem = grouped_problem(kept, cfg.hidden_size, s.torch_dtype) if grouped else None
             if problem:
                 raise ValueError(problem + f" (after --prune {req.kind}:{req.ratio:g})")
-    except ValueError as e:
-        raise UsageError(str(e)) from None
+    except ValueError as e:        # prune.py's messages name prune's own flag; eval and bench spell it --prune-per-layer
+        raise UsageError(str(e).replace("--per-layer", req.per_layer_flag)) from None
     if req.calibration and req.method not in NEEDS_NO_CALIBRATION:
         req.source = calibration_source(req.calibration, folder, cfg.vocab_size, limit, s.seed, req.calibration_flag)
 
@@ -200,7 +204,7 @@ def apply_prune(req: PruneRequest, model, folder, seed: int, default_source, top
     try:
         res = prune_(model, calib, req.kind, req.method, req.ratio, req.per_layer, seed, top_k)
     except ValueError as e:
-        raise UsageError(str(e)) from None
+        raise UsageError(str(e).replace("--per-layer", req.per_layer_flag)) from None
     return res["cfg"], f"pruned {req.describe()} ({how})"
 
 
@@ -237,7 +241,8 @@ def add_parser(sub) -> None:
     p.add_argument("--calibration", default="heldout", help="heldout | random[:N] | a text file | a statistics "
                                                             "file (default: heldout)")
     p.add_argument("--calib-tokens", type=int, default=DEFAULT_TOKENS, help="tokens of a text used to calibrate (default %(default)s)")
-    p.add_argument("--window", type=int, default=512, help="calibration window (tokens per sequence; default %(default)s)")
+    p.add_argument("--window", type=int, help="calibration window (tokens per sequence; default 512, or the model's "
+                   "context if shorter)")
     p.add_argument("--batch-size", type=int, default=8, help="calibration windows per forward (default %(default)s)")
     p.add_argument("--save-stats", help="also write the calibration statistics here (.safetensors)")
     p.add_argument("--out", required=True, help="new directory for the pruned checkpoint")
@@ -251,7 +256,7 @@ def _check_flags(args) -> PruneRequest:
                          "(narrow every expert)")
     kind = "intra" if args.method == "width" else "inter"
     req = make_request(kind, args.ratio, args.method, args.per_layer, args.calibration)
-    if args.calib_tokens < 1 or args.window < 2 or args.batch_size < 1:
+    if args.calib_tokens < 1 or (args.window is not None and args.window < 2) or args.batch_size < 1:
         raise UsageError("need --calib-tokens >= 1, --window >= 2 and --batch-size >= 1")
     out = Path(args.out).expanduser()
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -271,6 +276,8 @@ def run(args) -> dict:
     req = _check_flags(args)
     if getattr(args, "draft", None) is not None:
         raise UsageError("--draft is a decoding setting; prune calibrates teacher-forced (no decoding)")
+    if args.quant != "none" or args.ep * args.tp > 1:
+        raise UsageError(SLICES_WHOLE)
     s = resolve_settings(run_settings.from_args(args))
     routing = [f for f, on in (("--topk", s.top_k is not None), ("--router", s.router is not None),
                                ("--skip-threshold", bool(s.skip_threshold))) if on]
@@ -280,6 +287,10 @@ def run(args) -> dict:
                          f"does not record them: prune without them, then run the pruned checkpoint with them")
     cfg, folder = read_config(args.model)
     check_settings(s, cfg)
+    if args.window is None:
+        args.window = min(512, cfg.max_position_embeddings)
+    elif args.window > cfg.max_position_embeddings:
+        raise UsageError(f"--window {args.window} exceeds max_position_embeddings {cfg.max_position_embeddings}")
     ckpt = open_weights(args.weights, folder, torch.device("meta"))
     check_request(req, with_checkpoint_shapes(cfg, ckpt) if ckpt is not None else cfg, s, folder, args.calib_tokens,
                   runs_pruned=False)
@@ -300,6 +311,7 @@ def run(args) -> dict:
     about = {"source_model": args.model, "weights": str(folder) if folder else "dummy",
              **{k: v for k, v in req.__dict__.items() if k != "source"},
              "calibrated": how, "seed": s.seed, "kept": {str(k): v for k, v in res["kept"].items()}}
+    _chain(about, folder)
     save_checkpoint(model, res["cfg"], resolve(args.model)[0], str(Path(args.out).expanduser()), folder,
                     {"pruning.json": about})
     layers = {i: {"before": shapes[i], "after": (m.ffn.experts.n_local, m.ffn.experts.hidden)}
@@ -307,6 +319,23 @@ def run(args) -> dict:
     return {"model": args.model, "out": str(args.out), "prune": req.describe(), "kind": req.kind, "calibration": how,
             "weights": about["weights"], "layers": layers, "bytes_before": before, "bytes_after": after,
             "dtype": s.dtype}
+
+
+def _chain(about: dict, folder) -> None:
+    """A checkpoint pruned before (its own pruning.json): keep that record under "previous", and where both
+    removed experts, give "kept" as the original model's ids (the ids of the input checkpoint are positions in
+    its kept list)."""
+    prev_path = Path(folder) / "pruning.json" if folder else None
+    if prev_path is None or not prev_path.is_file():
+        return
+    try:
+        prev = json.loads(prev_path.read_text())
+    except (OSError, ValueError) as e:
+        raise UsageError(f"{prev_path}: {e}") from None
+    about["previous"] = prev
+    if about["kind"] == "inter" and prev.get("kind") == "inter":
+        old = prev.get("kept", {})
+        about["kept"] = {l: [old[l][i] for i in ids] if l in old else ids for l, ids in about["kept"].items()}
 
 
 def print_summary(out: dict) -> None:

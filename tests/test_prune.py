@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -467,6 +468,18 @@ def test_prune_cli_writes_a_checkpoint_and_reuses_statistics(checkpoint, tmp_pat
     rc, out, err = run_main(capsys, "generate", "--model", tmp_path / "b", "--prompt-ids", "1,2,3",
                             "--max-new-tokens", 3)
     assert rc == 0, err
+    mask = os.umask(0o022)
+    try:                                                    # pruned again: the ids stay the original model's
+        rc, out, err = run_main(capsys, "prune", "--model", tmp_path / "a", "--method", "random", "--ratio", "0.25",
+                                "--out", tmp_path / "aa")
+    finally:
+        os.umask(mask)
+    assert rc == 0, err
+    again = json.loads((tmp_path / "aa" / "pruning.json").read_text())
+    assert again["previous"]["method"] == "reap" and again["previous"]["kept"] == about["kept"]
+    for layer, ids in again["kept"].items():
+        assert len(ids) == 3 and set(ids) <= set(about["kept"][layer]), (ids, about["kept"][layer])
+    assert (tmp_path / "aa" / "model.safetensors").stat().st_mode & 0o777 == 0o644     # the umask's, not 0600
 
 
 @pytest.mark.parametrize("args, message", [
@@ -482,6 +495,9 @@ def test_prune_cli_writes_a_checkpoint_and_reuses_statistics(checkpoint, tmp_pat
     (["--method", "gate", "--ratio", "0.25", "--calibration", "random", "--topk", "1"],
      "--topk changes the routing"),
     (["--method", "gate", "--ratio", "0.25", "--calibration", "/no/such.txt"], "--calibration /no/such.txt: no such file"),
+    (["--method", "gate", "--ratio", "0.25", "--ep", "2"], "prune first"),       # not torchrun's advice, then this
+    (["--method", "gate", "--ratio", "0.25", "--calibration", "random", "--window", "100000"],
+     "--window 100000 exceeds max_position_embeddings"),
 ])
 def test_prune_cli_bad_input_is_one_line_and_exit_2(args, message, checkpoint, tmp_path, capsys):
     rc, out, err = run_main(capsys, "prune", "--model", checkpoint("olmoe"), *args, "--out", tmp_path / "x")
@@ -538,6 +554,8 @@ def test_eval_prune_reports_the_pruned_model(stdlib_olmoe, capsys):
     assert rc == 2 and "need --prune" in err
     rc, _, err = run_main(capsys, *common, "--prune", "inter:0.5", "--prune-calibration", "/no/such.txt")
     assert rc == 2 and "--prune-calibration /no/such.txt: no such file" in err and len(err.strip().splitlines()) == 1
+    rc, _, err = run_main(capsys, *common, "--prune", "intra:0.25", "--prune-per-layer", "global")
+    assert rc == 2 and "use --prune-per-layer uniform" in err                 # eval's flag, not prune's
     rc, _, err = run_main(capsys, *common, "--prune", "intra:25%", "--prune-method", "random")
     assert rc == 0 and "pruned intra 25.0% by random (no calibration)" in json.loads(_)["prune"], err
 
