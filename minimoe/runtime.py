@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 
+from pathlib import Path
+
 import torch
 
 from .config import ModelConfig
@@ -111,3 +113,5 @@ def _check_draft(s: RunSettings, cfg: ModelConfig) -> None:
     if dcfg.vocab_size != cfg.vocab_size:
         raise UsageError(f"--draft {s.draft}: its vocabulary has {dcfg.vocab_size} tokens, the target's "
                          f"{cfg.vocab_size}; draft and target must share one tokenizer")
+    if s.draft_weights not in ("auto", "dummy") and not Path(s.draft_weights).expanduser().is_dir():
+        raise UsageError(f"--draft-weights {s.draft_weights}: no such directory")

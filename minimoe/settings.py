@@ -338,6 +338,8 @@ def from_args(args: argparse.Namespace) -> RunSettings:
         if values["experts"] not in ("loop", "fused"):
             raise ValueError(f"--fused contradicts --experts {values['experts']}")
         values["experts"] = "fused"
+    if values["router"] != "zipf" and values["zipf_s"] != RunSettings.zipf_s:
+        raise ValueError("--zipf-s only means something with --router zipf")
     return RunSettings(**values)
 
 

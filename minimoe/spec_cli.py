@@ -16,7 +16,7 @@ import torch
 from . import spec_cost
 from .config import ModelConfig
 from .graphs import graph_safe
-from .loader import build_model, read_config
+from .loader import CheckpointError, build_model, read_config
 from .sampling import Sampling
 from .settings import RunSettings
 from .speculative import SpeculativeGenerator
@@ -38,8 +38,12 @@ def load_draft(s: RunSettings):
     """--draft/--draft-weights -> (draft Transformer on s.device, its ModelConfig). Dummy weights take
     seed s.seed + 1, so a draft of the target's own card is not the target itself."""
     cfg, ds = draft_config(s)
-    model, cfg, _ = build_model(s.draft, s.draft_weights, dtype=s.torch_dtype, device=s.device, settings=ds,
-                                seed=s.seed + 1)
+    try:
+        model, cfg, _ = build_model(s.draft, s.draft_weights, dtype=s.torch_dtype, device=s.device, settings=ds,
+                                    seed=s.seed + 1)
+    except CheckpointError as e:                      # say which checkpoint: the target's loaded fine
+        flag = f"--draft {s.draft}" if s.draft_weights == "auto" else f"--draft-weights {s.draft_weights}"
+        raise CheckpointError(f"{flag}: {e}") from None
     return model, cfg
 
 

@@ -50,7 +50,10 @@ class StepTimes:
     #                                                     (only measured when rounds are graphed whole)
 
     def accept_ms(self, G: int) -> float:
-        """The round's bookkeeping (acceptance, rollback, output): the round minus its forwards."""
+        """The round's bookkeeping (acceptance, rollback, output): the round minus its forwards, each a median of
+        its own timing. A residual, so it can come out negative: a round graphed whole skips the launch gaps its
+        forwards pay when timed apart, and on a CPU the medians' noise is larger than the bookkeeping itself. The
+        cost model uses round_ms, not this."""
         return self.round_ms[G] - (self.draft2_ms + (G - 1) * self.draft_ms + self.verify_ms[G])
 
     def to_dict(self) -> dict:

@@ -266,3 +266,21 @@ def test_a_plot_without_matplotlib_is_refused_before_the_work(capsys, monkeypatc
     rc = main(["eval", "--model", "olmoe-stdlib", "--heatmap", str(tmp_path / "e.png")])
     out, err = capsys.readouterr()
     assert rc == 2 and out == "" and "--heatmap draws with matplotlib" in err, err
+
+
+def test_zipf_s_without_the_zipf_router_is_refused(capsys):
+    """generate / eval / prune read the settings through settings.from_args: --zipf-s alone would be ignored."""
+    capsys.readouterr()
+    rc = main(["generate", "--model", "olmoe-tiny", "--prompt-ids", "1,2", "--max-new-tokens", "1", "--zipf-s", "3"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--zipf-s only means something with --router zipf" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_draft_weights_errors_name_the_flag(tmp_path, capsys):
+    """A missing --draft-weights folder is refused before the target loads, naming the flag (not --weights')."""
+    capsys.readouterr()
+    rc = main(["generate", "--model", "olmoe-tiny", "--prompt-ids", "1,2", "--max-new-tokens", "2",
+               "--draft", "olmoe-tiny", "--gamma", "2", "--draft-weights", str(tmp_path / "none")])
+    err = capsys.readouterr().err
+    assert rc == 2 and f"--draft-weights {tmp_path / 'none'}: no such directory" in err, err
