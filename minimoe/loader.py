@@ -226,7 +226,9 @@ def build_model(model: str, weights: str = "dummy", *, dtype=torch.bfloat16, dev
         prequant.swap_(net, ckpt, placement)        # fp8 128x128-block / int4 twins, read as stored
     if ckpt is not None:
         plan_checkpoint(net, ckpt, placement)       # every name/shape error before any allocation
-    check_fits(weight_bytes(net), device)
+    q = getattr(settings, "quant", "none")
+    check_fits(weight_bytes(net), device, "the weights" if q == "none" else
+               f"the weights (in {str(dtype).replace('torch.', '')}: they are built so before --quant {q} packs them)")
     net = net.to_empty(device=device)
     if ckpt is None and placement is None:
         init_dummy(net, seed)
