@@ -255,6 +255,8 @@ def _print_text(args, out: dict) -> None:
     if "speculative" in out:                      # stdout keeps only the tokens (and text): this goes to stderr
         print("# " + out["speculative"]["summary"], file=sys.stderr)
     for i, row in enumerate(out["new_ids"]):
+        if len(out["new_ids"]) > 1 and "text" in out:     # texts span lines: each under its prompt's number
+            print(f"# prompt {i}")
         print(" ".join(map(str, row)))
         if "text" in out:
             print(out["text"][i])

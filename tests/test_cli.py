@@ -236,6 +236,8 @@ def test_prompt_file_trailing_blank_lines_end_the_file(capsys, tmp_path):
     path.write_bytes(b"def f(\x0cx):\r\nclass A:\n\n\n")                      # a form feed stays inside its line
     rc, out, err = run(capsys, *STDLIB, "--prompt-file", str(path), "--json", "-")
     assert rc == 0 and len(json.loads(out)["new_ids"]) == 2, err
+    rc, out, err = run(capsys, *STDLIB, "--prompt-file", str(path))          # text: each under its prompt's number
+    assert rc == 0 and [ln for ln in out.splitlines() if ln.startswith("# prompt")] == ["# prompt 0", "# prompt 1"]
 
 
 def test_a_reader_that_goes_away_ends_the_command_quietly():
