@@ -108,7 +108,14 @@ def hf_config(source: dict, cfg: ModelConfig) -> dict:
 
 
 def _umask() -> int:
-    mask = os.umask(0)
+    """The process's umask, read without changing it where Linux shows it (os.umask can only read by setting)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o077)          # elsewhere: set a strict mask for the instant it takes to read the old one
     os.umask(mask)
     return mask
 
@@ -129,7 +136,7 @@ def save_checkpoint(model, cfg: ModelConfig, source_config: dict, out, source_fo
                for name, t in hf_tensors(model, cfg).items()}
     out.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
-    (out / "model.safetensors").chmod(0o666 & ~_umask())     # safetensors writes 0600; the others follow the umask
+    (out / "model.safetensors").chmod(0o666 & ~_umask())     # safetensors writes 0600; open() follows the umask
     (out / "config.json").write_text(json.dumps(hf_config(source_config, cfg), indent=2) + "\n")
     if source_folder is not None:
         for f in Path(source_folder).iterdir():

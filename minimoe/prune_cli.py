@@ -309,7 +309,7 @@ def run(args) -> dict:
         raise UsageError(str(e)) from None
     after = active_bytes(model, s.top_k)
     about = {"source_model": args.model, "weights": str(folder) if folder else "dummy",
-             **{k: v for k, v in req.__dict__.items() if k != "source"},
+             **{k: v for k, v in req.__dict__.items() if k != "source" and not k.endswith("_flag")},
              "calibrated": how, "seed": s.seed, "kept": {str(k): v for k, v in res["kept"].items()}}
     _chain(about, folder)
     save_checkpoint(model, res["cfg"], resolve(args.model)[0], str(Path(args.out).expanduser()), folder,
@@ -322,9 +322,9 @@ def run(args) -> dict:
 
 
 def _chain(about: dict, folder) -> None:
-    """A checkpoint pruned before (its own pruning.json): keep that record under "previous", and where both
-    removed experts, give "kept" as the original model's ids (the ids of the input checkpoint are positions in
-    its kept list)."""
+    """A checkpoint pruned before (its own pruning.json): keep that record under "previous", and where this run
+    removed experts, give "kept" as the original model's ids: the input's experts are the nearest earlier
+    expert-removing record's kept ids, in order (a width pruning in between keeps the experts and their order)."""
     prev_path = Path(folder) / "pruning.json" if folder else None
     if prev_path is None or not prev_path.is_file():
         return
@@ -333,9 +333,17 @@ def _chain(about: dict, folder) -> None:
     except (OSError, ValueError) as e:
         raise UsageError(f"{prev_path}: {e}") from None
     about["previous"] = prev
-    if about["kind"] == "inter" and prev.get("kind") == "inter":
-        old = prev.get("kept", {})
-        about["kept"] = {l: [old[l][i] for i in ids] if l in old else ids for l, ids in about["kept"].items()}
+    record = prev
+    while isinstance(record, dict) and record.get("kind") != "inter":
+        record = record.get("previous")
+    if about["kind"] != "inter" or not isinstance(record, dict):
+        return
+    old = record.get("kept", {})
+    for layer, ids in about["kept"].items():
+        if layer not in old or max(ids, default=-1) >= len(old[layer]):
+            raise UsageError(f"{prev_path} does not describe these weights (layer {layer}'s experts): "
+                             "remove it to prune without the original ids")
+    about["kept"] = {layer: [old[layer][i] for i in ids] for layer, ids in about["kept"].items()}
 
 
 def print_summary(out: dict) -> None:

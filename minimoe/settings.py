@@ -348,6 +348,8 @@ def to_args(s: RunSettings) -> list[str]:
     out = []
     for name, (flag, kw) in SETTINGS_FLAGS.items():
         value = getattr(s, name)
+        if name == "zipf_s" and s.router != "zipf":        # from_args refuses it without the zipf router
+            continue
         if kw.get("action") == "store_true":
             out += [flag] if value else []
         elif value is not None:

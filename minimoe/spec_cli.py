@@ -42,7 +42,7 @@ def load_draft(s: RunSettings):
         model, cfg, _ = build_model(s.draft, s.draft_weights, dtype=s.torch_dtype, device=s.device, settings=ds,
                                     seed=s.seed + 1)
     except CheckpointError as e:                      # say which checkpoint: the target's loaded fine
-        flag = f"--draft {s.draft}" if s.draft_weights == "auto" else f"--draft-weights {s.draft_weights}"
+        flag = f"--draft {s.draft}" if s.draft_weights in ("auto", "dummy") else f"--draft-weights {s.draft_weights}"
         raise CheckpointError(f"{flag}: {e}") from None
     return model, cfg
 

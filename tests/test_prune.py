@@ -477,8 +477,18 @@ def test_prune_cli_writes_a_checkpoint_and_reuses_statistics(checkpoint, tmp_pat
     assert rc == 0, err
     again = json.loads((tmp_path / "aa" / "pruning.json").read_text())
     assert again["previous"]["method"] == "reap" and again["previous"]["kept"] == about["kept"]
-    for layer, ids in again["kept"].items():
+    original = build_model(str(folder), "auto", dtype=torch.float32)[0]
+    pruned = build_model(str(tmp_path / "aa"), "auto", dtype=torch.float32)[0]
+    for layer, ids in again["kept"].items():                   # expert j of the result is original expert ids[j]
         assert len(ids) == 3 and set(ids) <= set(about["kept"][layer]), (ids, about["kept"][layer])
+        w13 = original.layers[int(layer)].ffn.experts.stacked()[0]
+        assert torch.equal(pruned.layers[int(layer)].ffn.experts.stacked()[0], w13[ids])
+    rc, out, err = run_main(capsys, "prune", "--model", tmp_path / "c", "--method", "gate", "--ratio", "0.25",
+                            "--calibration", "random:100", "--out", tmp_path / "ca")     # width, then experts
+    assert rc == 0, err
+    chained = json.loads((tmp_path / "ca" / "pruning.json").read_text())
+    assert chained["previous"]["method"] == "width" and "calibration_flag" not in chained
+    assert all(len(ids) == 4 and max(ids) < 5 for ids in chained["kept"].values())   # ids of the original five
     assert (tmp_path / "aa" / "model.safetensors").stat().st_mode & 0o777 == 0o644     # the umask's, not 0600
 
 

@@ -108,7 +108,8 @@ def _random_settings(seed: int) -> run_settings.RunSettings:
         experts=rng.choice(run_settings.EXPERT_PATH_NAMES), attn=rng.choice(run_settings.ATTN_NAMES),
         ops=rng.choice(["auto", "torch", "triton"]), gemv=rng.choice(["auto", "torch"]),
         pdl=rng.choice(["auto", "off"]), eager=rng.random() < 0.5, eager_prefill=rng.random() < 0.5,
-        router=rng.choice([None, "zipf", "balanced"]), top_k=rng.choice([None, 1, 3]), zipf_s=rng.choice([1.2, 2.0]),
+        router=(router := rng.choice([None, "zipf", "balanced"])), top_k=rng.choice([None, 1, 3]),
+        zipf_s=rng.choice([1.2, 2.0]) if router == "zipf" else 1.2,          # --zipf-s only with --router zipf
         skip_threshold=rng.choice([0.0, 0.25]), quant=rng.choice(run_settings.QUANT_FORMATS),
         quant_lm_head=rng.random() < 0.5, ep=rng.choice([1, 2]), tp=rng.choice([1, 2]),
         dispatch=rng.choice(run_settings.DISPATCH_DESIGNS), draft=rng.choice([None, "qwen3-0.6b"]),

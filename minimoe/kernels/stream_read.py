@@ -5,8 +5,8 @@ copy. `torch.sum` is a reduction tuned for many shapes and reads a little below 
 streaming kernel reaches; a GEMV-shaped kernel that beats it would look like ">100% of peak".
 Here each of `programs` programs sums one contiguous slice in BLOCK-wide tiles (16-byte loads,
 `evict_first` so the stream does not thrash L2) and writes a single float, so the traffic is the
-array once. UNROLL tiles are loaded before any is added, so a program keeps UNROLL x BLOCK elements
-in flight: the fused MoE GEMMs (TMA, several stages) read Mixtral's experts at ~4.25-4.4 TB/s on an
+array once. Each loop step issues UNROLL independent tile loads (the adds wait on them, not the
+loads on the adds), so a program can keep up to UNROLL x BLOCK elements in flight: the fused MoE GEMMs (TMA, several stages) read Mixtral's experts at ~4.25-4.4 TB/s on an
 H200 where one tile in flight read ~4.13 (docs/results.md, the "(!)" rows). `measure_ceilings`
 takes the best of a few grid sizes and depths.
 """

@@ -27,7 +27,7 @@ c = roofline.measure_ceilings("cuda")
 print("measure_ceilings:", json.dumps(c))
 print(json.dumps({"grid": rows, "ceilings": c}))
 PY
-echo "--- probe rc $? t=$SECONDS"; grep -E "unroll|measure_ceilings" $R/probe.txt | sort -t: -k2 -n | tail -8
+echo "--- probe rc $? t=$SECONDS"; grep unroll $R/probe.txt | sort -t: -k2 -n | tail -6; grep measure_ceilings $R/probe.txt
 tar czf $OUT/r.tgz -C $OUT r
 timeout 100 python3 bench.py --model mixtral --fused --warmup 1 --iters 3 --input-len 128 --output-len 128 --bs 16 64 \
   --json $R/bench_mixtral.json > $R/bench_mixtral.txt 2>&1
