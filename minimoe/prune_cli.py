@@ -15,7 +15,8 @@ dummy weights, where only the shapes matter), or a statistics file from an earli
 The same pruning runs in memory for `eval --prune` and `bench.py --prune` (`add_prune_args`,
 `apply_prune`): `--prune inter:R | intra:R [--prune-method M] [--prune-per-layer P] [--prune-calibration S]`.
 Every check that can fail (method, ratio, groups, output folder, calibration source) runs before the
-model is built. The maths is in prune.py, the statistics in calibrate.py, the writing in hf_save.py.
+model is built. The maths is in prune.py, the statistics in calibrate.py, their sources in
+calibration_sources.py, the writing in hf_save.py.
 """
 from __future__ import annotations
 
@@ -26,9 +27,8 @@ from pathlib import Path
 import torch
 
 from . import settings as run_settings
-from .calibrate import Calibration, calibrate
-from .cards import cards_dir
-from .cli import add_model_args, check_output_path, load_tokenizer
+from .calibration_sources import RANDOM_TOKENS, calibration_source, run_calibration
+from .cli import add_model_args, check_output_path
 from .config import ModelConfig
 from .experts import grouped_problem
 from .hf_save import save_checkpoint
@@ -41,7 +41,6 @@ DEFAULT_TOKENS = 32768     # calibration tokens read from a text (a few seconds 
 SLICES_WHOLE = ("pruning slices whole, unquantized, unsharded experts (a pre-quantized checkpoint's too): prune "
                 "first, from the bf16 checkpoint (python -m minimoe prune ... --out DIR), then run DIR with --quant / "
                 "--ep / --tp")
-RANDOM_TOKENS = 2048       # `random` calibration: only the shapes matter
 
 
 @dataclass
@@ -103,61 +102,6 @@ def check_request(req: PruneRequest, cfg: ModelConfig, s, folder=None, limit: in
         raise UsageError(str(e).replace("--per-layer", req.per_layer_flag)) from None
     if req.calibration and req.method not in NEEDS_NO_CALIBRATION:
         req.source = calibration_source(req.calibration, folder, cfg.vocab_size, limit, s.seed, req.calibration_flag)
-
-
-# ---- calibration sources ------------------------------------------------------------------------------
-
-def calibration_source(spec: str, folder, vocab: int, limit: int, seed: int, flag: str = "--calibration"):
-    """spec -> a Calibration (statistics file) or (token ids [N], description). UsageError if unusable, naming
-    `flag` (prune's --calibration, bench's and eval's --prune-calibration)."""
-    if spec.endswith(".safetensors"):
-        try:
-            return Calibration.load(spec)
-        except ValueError as e:
-            raise UsageError(f"{flag} {e}") from None
-    if spec == "random" or spec.startswith("random:"):
-        n = RANDOM_TOKENS if spec == "random" else _count(spec.split(":", 1)[1])
-        ids = torch.randint(0, vocab, (n,), generator=torch.Generator().manual_seed(seed))
-        return ids, f"{n} random tokens"
-    path = cards_dir() / "stdlib-heldout.txt" if spec == "heldout" else Path(spec).expanduser()
-    if not path.is_file():
-        raise UsageError(f"{flag} {spec}: no such file (or give random[:N] or a statistics .safetensors)")
-    # transformers builds an empty tokenizer for some model types when the folder has no tokenizer files
-    tok = load_tokenizer(folder) if folder is not None and any(Path(folder).glob("tokenizer*")) else None
-    if tok is None:
-        raise UsageError(f"{flag} {spec} is text: it needs the checkpoint's tokenizer files (and "
-                         f"transformers); use {flag} random[:N] or a statistics file")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise UsageError(f"{flag} {spec}: {e}") from None
-    ids = torch.tensor(tok(text, verbose=False)["input_ids"][:limit], dtype=torch.long)
-    note = ", the text `eval` scores, so its bits per byte will be optimistic: calibrate on another file" \
-        if spec == "heldout" else ""
-    return ids, f"{ids.numel()} tokens of {path.name}{note}"
-
-
-def _count(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise UsageError(f"--calibration random:N needs a positive token count, got {text!r}")
-    return n
-
-
-def run_calibration(model, source, window: int = 512, batch: int = 8) -> tuple[Calibration, str]:
-    """A Calibration from `calibration_source`'s answer (statistics are checked against the model)."""
-    if isinstance(source, Calibration):
-        try:
-            source.check_matches(model)
-        except ValueError as e:
-            raise UsageError(f"--calibration: {e}") from None
-        return source, f"statistics of {source.tokens} tokens ({source.about.get('source', 'a file')})"
-    ids, what = source
-    calib = calibrate(model, ids, window, batch, about={"source": what}, desc="calibrate")
-    return calib, f"calibrated on {what}"
 
 
 # ---- in memory: eval --prune, bench.py --prune ------------------------------------------------------
