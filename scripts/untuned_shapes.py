@@ -7,7 +7,10 @@ each T, two timings of the same fused_moe call, by CUDA-graph replay (median of 
              space, same correctness check against a torch loop over experts).
 The issue's bar: default speed >= 80% of tuned (tuned_us / default_us >= 0.8) in every cell.
 
-    python scripts/untuned_shapes.py [--buckets 1 8 64 512 4096] [--json out.json]
+    python scripts/untuned_shapes.py [--buckets 1 8 64 512 4096] [--tma] [--json out.json]
+
+--tma gives the tuner its full search (`tune_fused_moe.py --tma`: every candidate also with TMA weight tiles, the
+deeper prefill tiles), as the shipped tables were tuned: the stricter comparison.
 """
 
 import argparse
@@ -43,6 +46,7 @@ def main(argv=None) -> int:
     p.add_argument("--shapes", nargs="+", default=list(UNSEEN), choices=list(UNSEEN) + list(SHARDS))
     p.add_argument("--buckets", nargs="+", type=int, default=[1, 8, 64, 512, 4096])
     p.add_argument("--workers", type=int, default=12)
+    p.add_argument("--tma", action="store_true", help="the tuner's --tma search space (a superset)")
     p.add_argument("--json")
     a = p.parse_args(argv)
     assert torch.cuda.is_available(), "needs a GPU"
@@ -55,14 +59,14 @@ def main(argv=None) -> int:
     tune.PRESETS.update({n: shapes[n] for n in a.shapes})
     t0 = time.time()
     if a.workers:
-        tune.precompile(a.shapes, a.buckets, dtype, a.workers)
+        tune.precompile(a.shapes, a.buckets, dtype, a.workers, a.tma)
     rows = []
     print(f"{'shape':12s} {'T':>5s} {'variant':8s} {'default us':>10s} {'tuned us':>9s} {'ratio':>6s}  tuned config")
     for name in a.shapes:
         E, D, I, K = shapes[name]
         layer = tune.make_layer(E, D, I, dtype)
         for T in a.buckets:
-            best, best_t, routings = tune.tune_bucket(name, layer, T, dtype, 2e-2)
+            best, best_t, routings = tune.tune_bucket(name, layer, T, dtype, 2e-2, a.tma)
             w13, w2 = layer
             default_cfg = moe_configs.default_config(E, I, D, K, T, dtype)     # the rule, file or not
             default_t = tune.time_call([lambda r=r: fused_moe(r[0], w13, w2, r[1], r[2], config=default_cfg)
@@ -80,7 +84,7 @@ def main(argv=None) -> int:
     print(f"worst cell: {worst['shape']} T={worst['T']} ratio {worst['ratio']:.2f}; "
           f"{sum(r['ratio'] >= 0.8 for r in rows)}/{len(rows)} cells >= 0.80; {time.time() - t0:.0f} s")
     if a.json:
-        Path(a.json).write_text(json.dumps({"device": moe_configs.device_name(), "rows": rows}, indent=1))
+        Path(a.json).write_text(json.dumps({"device": moe_configs.device_name(), "tma": a.tma, "rows": rows}, indent=1))
     return 0
 
 

@@ -7,7 +7,7 @@ set -u
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD TQDM_DISABLE=1
 R=$OUT/r; mkdir -p $R
 nvidia-smi --query-gpu=name,clocks.max.sm,clocks.max.mem,power.limit --format=csv > $R/gpu.txt 2>&1
-timeout 150 python3 scripts/untuned_shapes.py --json $R/untuned.json > $R/untuned.txt 2>&1
+timeout 200 python3 scripts/untuned_shapes.py --tma --json $R/untuned.json > $R/untuned.txt 2>&1
 echo "--- untuned rc $? t=$SECONDS"; tail -4 $R/untuned.txt
 tar czf $OUT/r.tgz -C $OUT r
 sed -n "/<<'PY'/,/^PY$/p" scripts/gpu/s44_call4.sh | sed '1d;$d' > $R/probe.py
