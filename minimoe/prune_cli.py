@@ -42,6 +42,11 @@ SLICES_WHOLE = ("pruning slices whole, unquantized, unsharded experts (a pre-qua
                 "first, from the bf16 checkpoint (python -m minimoe prune ... --out DIR), then run DIR with --quant / "
                 "--ep / --tp")
 
+# Run settings prune parses only to refuse them (run() says why): calibration is one teacher-forced, unsharded,
+# unquantized pass with the checkpoint's own routing; --help leaves them out.
+REFUSED = ("router", "top_k", "zipf_s", "skip_threshold", "quant", "quant_lm_head", "ep", "tp", "dispatch",
+           "allreduce", "draft", "draft_weights", "gamma", "draft_accept")
+
 
 @dataclass
 class PruneRequest:
@@ -191,7 +196,7 @@ def add_parser(sub) -> None:
     p.add_argument("--save-stats", help="also write the calibration statistics here (.safetensors)")
     p.add_argument("--out", required=True, help="new directory for the pruned checkpoint")
     p.add_argument("--json", help="write one JSON object to this path ('-' = stdout, instead of the table)")
-    run_settings.add_args(p)
+    run_settings.add_args(p, hidden=REFUSED)
 
 
 def _check_flags(args) -> PruneRequest:

@@ -318,8 +318,9 @@ SETTINGS_FLAGS = {
 }
 
 
-def add_args(parser: argparse.ArgumentParser, defaults: RunSettings | None = None) -> None:
-    """One flag per RunSettings field (plus --fused), defaults from `defaults` (shown in --help)."""
+def add_args(parser: argparse.ArgumentParser, defaults: RunSettings | None = None, hidden: tuple = ()) -> None:
+    """One flag per RunSettings field (plus --fused), defaults from `defaults` (shown in --help). Fields named in
+    `hidden` are still parsed (a command refuses them with its own message) but left out of --help."""
     base = defaults or RunSettings()
     g = parser.add_argument_group("run settings (one switch per optimization)")
     for name, (flag, kw) in SETTINGS_FLAGS.items():
@@ -327,6 +328,8 @@ def add_args(parser: argparse.ArgumentParser, defaults: RunSettings | None = Non
         if kw.get("action") != "store_true":
             kw["default"] = getattr(base, name)
             kw["help"] = f"{kw['help']} (default: {kw['default']})"
+        if name in hidden:
+            kw["help"] = argparse.SUPPRESS
         g.add_argument(flag, dest=name, **kw)
     g.add_argument("--fused", action="store_true", help="shorthand for --experts fused")
 

@@ -515,6 +515,18 @@ def test_prune_cli_bad_input_is_one_line_and_exit_2(args, message, checkpoint, t
     assert not (tmp_path / "x").exists()
 
 
+def test_prune_help_leaves_out_the_settings_it_refuses(checkpoint, tmp_path, capsys):
+    from minimoe.prune_cli import REFUSED
+    rc, shown, _ = run_main(capsys, "prune", "--help")
+    assert rc == 0
+    assert "--fuse-rope" in shown and "--dtype" in shown                        # the settings calibration uses
+    for name in REFUSED:
+        assert run_settings.SETTINGS_FLAGS[name][0] + " " not in shown, name
+    rc, _, err = run_main(capsys, "prune", "--model", checkpoint("olmoe"), "--method", "gate", "--ratio", "0.25",
+                          "--quant", "int8", "--out", tmp_path / "x")        # hidden, still parsed and refused
+    assert rc == 2 and "prune first" in err and not (tmp_path / "x").exists()
+
+
 def test_prune_cli_refuses_a_used_out_folder_and_a_dense_model(checkpoint, tmp_path, capsys):
     (tmp_path / "used").mkdir()
     (tmp_path / "used" / "f").write_text("x")
