@@ -27,7 +27,7 @@ from . import spec_cli
 from .bench.plans import check as parallel_check
 from .cli import ArgumentParser, add_model_args, check_output_path, load_tokenizer, quiet_broken_pipe
 from .generate import Generator
-from .loader import build_model, read_config
+from .loader import build_model, read_config, weights_source
 from .parallel import rank as parallel_rank
 from .runtime import UsageError, check_settings, resolve_settings
 from .sampling import Sampling
@@ -155,6 +155,7 @@ def generate(args) -> dict:
                          f"more than the model's max_position_embeddings {cfg.max_position_embeddings}")
     parallel_check(s, ragged=len(set(map(len, prompts))) > 1, compare=False)
     torch.manual_seed(s.seed)
+    source = weights_source(args.weights, folder)
     model, cfg, folder = build_model(args.model, args.weights, dtype=s.torch_dtype, device=s.device, settings=s,
                                      seed=s.seed)
     spec = None
@@ -177,7 +178,7 @@ def generate(args) -> dict:
         new = new if plan is None else plan.gather_rows(new, len(prompts))
         seconds = time.perf_counter() - t0
     rows = [_until_stop(row, stops) for row in new.tolist()]
-    out = {"model": args.model, "family": cfg.family, "weights": str(folder) if folder else "dummy",
+    out = {"model": args.model, "family": cfg.family, "weights": source or "dummy",
            "settings": s.__dict__, "prompt_ids": prompts if args.prompt_file else prompts[0], "new_ids": rows,
            "seconds": round(seconds, 4)}
     if tok is not None:

@@ -23,7 +23,7 @@ from .cli import add_model_args, check_output_path, check_plot_path, load_tokeni
 from .evaluate import bits_per_byte, load_heldout
 from .generate import Generator
 from .instrument import ExpertLoad, profiling
-from .loader import build_model, read_config
+from .loader import build_model, read_config, weights_source
 from .runtime import UsageError, check_settings, resolve_settings
 
 DEFAULT_DATA = "stdlib-heldout.txt"
@@ -87,6 +87,7 @@ def run(args) -> dict:
     if ids.numel() and int(ids.max()) >= cfg.vocab_size:
         raise UsageError(f"the tokenizer beside {args.model} gives id {int(ids.max())}, outside the model's vocabulary "
                          f"of {cfg.vocab_size}: it is not this model's tokenizer")
+    source = weights_source(args.weights, folder)
     model, cfg, folder = build_model(args.model, args.weights, dtype=s.torch_dtype, device=s.device, settings=s,
                                      seed=s.seed)
     pruned = None
@@ -109,7 +110,7 @@ def run(args) -> dict:
     if args.heatmap:
         load.heatmap(args.heatmap)
     summary = load.summary() if cfg.is_moe else {}
-    return {"model": args.model, "weights": str(folder) if folder else "dummy", "data": args.data or DEFAULT_DATA,
+    return {"model": args.model, "weights": source or "dummy", "data": args.data or DEFAULT_DATA,
             "settings": s.__dict__, "prune": pruned, **res,
             "expert_load": {k: summary[k] for k in ("imbalance_max", "imbalance_mean")} if summary else None}
 

@@ -195,6 +195,14 @@ def open_weights(weights: str, folder: Path | None, device: torch.device):
     return Checkpoint(wdir, device="cpu" if device.type == "meta" else str(device))
 
 
+def weights_source(weights: str, folder: Path | None) -> str | None:
+    """Where build_model reads the tensors for --weights `weights` (folder: read_config's): the --weights directory,
+    the model's own folder ("auto"), or None for random weights. For headers and JSON provenance."""
+    if weights == "dummy" or (weights == "auto" and folder is None):
+        return None
+    return str(folder) if weights == "auto" else str(Path(weights).expanduser().resolve())
+
+
 def build_model(model: str, weights: str = "dummy", *, dtype=torch.bfloat16, device="cpu", settings=None,
                 top_k: int | None = None, seed: int = 0, prepare=None):
     """--model/--weights -> (Transformer on `device`, ModelConfig, checkpoint folder or None).

@@ -32,7 +32,7 @@ from .cli import add_model_args, check_output_path
 from .config import ModelConfig
 from .experts import grouped_problem
 from .hf_save import save_checkpoint
-from .loader import build_model, open_weights, read_config, resolve, with_checkpoint_shapes
+from .loader import build_model, open_weights, read_config, resolve, weights_source, with_checkpoint_shapes
 from .prune import KINDS, METHODS, NEEDS_NO_CALIBRATION, PER_LAYER, active_bytes, check_expert_counts, \
     kept_width, prune_
 from .runtime import UsageError, check_settings, resolve_settings
@@ -243,6 +243,7 @@ def run(args) -> dict:
     ckpt = open_weights(args.weights, folder, torch.device("meta"))
     check_request(req, with_checkpoint_shapes(cfg, ckpt) if ckpt is not None else cfg, s, folder, args.calib_tokens,
                   runs_pruned=False)
+    source = weights_source(args.weights, folder)
     model, cfg, folder = build_model(args.model, args.weights, dtype=s.torch_dtype, device=s.device, settings=s,
                                      seed=s.seed)
     calib, how = (None, "no calibration") if req.source is None else run_calibration(model, req.source, args.window,
@@ -257,10 +258,10 @@ def run(args) -> dict:
     except ValueError as e:
         raise UsageError(str(e)) from None
     after = active_bytes(model, s.top_k)
-    about = {"source_model": args.model, "weights": str(folder) if folder else "dummy",
+    about = {"source_model": args.model, "weights": source or "dummy",
              **{k: v for k, v in req.__dict__.items() if k != "source" and not k.endswith("_flag")},
              "calibrated": how, "seed": s.seed, "kept": {str(k): v for k, v in res["kept"].items()}}
-    _chain(about, folder)
+    _chain(about, source)                           # the tensors' own folder holds an earlier pruning.json
     save_checkpoint(model, res["cfg"], resolve(args.model)[0], str(Path(args.out).expanduser()), folder,
                     {"pruning.json": about})
     layers = {i: {"before": shapes[i], "after": (m.ffn.experts.n_local, m.ffn.experts.hidden)}

@@ -617,3 +617,34 @@ def test_bench_prune_times_the_pruned_shapes(tmp_path, capsys):
     assert per_expert["intra"] == pytest.approx(per_expert["plain"] / 2)     # each expert read is half as wide
     assert touched["inter"] <= 4 and touched["skip"] < touched["plain"]
     assert "skipped" in runs["skip"][1]["results"][0]["profile"]["notes"]
+
+
+def test_weights_from_another_folder_are_named_as_loaded(checkpoint, tmp_path, capsys):
+    """--model M --weights DIR runs DIR's tensors: the header, bench's and generate's JSON name DIR and its shapes."""
+    from minimoe.bench import cli as bench
+    card = checkpoint("olmoe")
+    rc, _, err = run_main(capsys, "prune", "--model", card, "--method", "width", "--ratio", "0.5", "--calibration",
+                          "random:64", "--out", tmp_path / "narrow")
+    assert rc == 0, err
+    ceilings = tmp_path / "c.json"
+    ceilings.write_text(json.dumps({"bandwidth_GBps": 1e3, "matmul_TFLOPs": 1e3}))
+    capsys.readouterr()
+    rc = bench.main(["--device", "cpu", "--model", card, "--weights", tmp_path / "narrow", "--bs", "2",
+                     "--input-len", "4", "--output-len", "2", "--warmup", "0", "--iters", "1", "--ceilings", ceilings])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    summary = json.loads(out.strip().splitlines()[-1])
+    width = json.loads((Path(card) / "config.json").read_text())["intermediate_size"] // 2
+    assert summary["weights"] == str((tmp_path / "narrow").resolve()) and str(card) not in summary["weights"]
+    assert set(summary["config"]["moe_width_per_layer"]) == {width} and f" I={width} " in out
+    rc, out, err = run_main(capsys, "generate", "--model", card, "--weights", tmp_path / "narrow", "--prompt-ids",
+                            "1,2", "--max-new-tokens", "2", "--json", "-")
+    assert rc == 0 and json.loads(out)["weights"] == str((tmp_path / "narrow").resolve()), err
+
+
+def test_header_gives_per_layer_counts_as_a_range(checkpoint, tmp_path, capsys):
+    from minimoe.bench.report import _per_layer
+    cfg = build_model(str(checkpoint("olmoe")), "auto", dtype=torch.float32)[1]
+    assert _per_layer(cfg, cfg.layer_experts) == str(cfg.n_experts)
+    uneven = dataclasses.replace(cfg, experts_per_layer=tuple(range(2, 2 + cfg.n_layers)))
+    assert _per_layer(uneven, uneven.layer_experts) == f"2-{1 + cfg.n_layers} (per layer)"

@@ -31,7 +31,7 @@ from ..gate import SkipCount, counting_skips
 from ..generate import Generator
 from ..graphs import enable_graphs, graph_safe
 from ..instrument import ExpertLoad, profiling
-from ..loader import build_model, read_config, resolve
+from ..loader import build_model, read_config, resolve, weights_source
 from ..runtime import UsageError, check_settings, resolve_settings
 from . import layer, memory, timing
 from . import plans                    # --ep / --tp under torchrun: this rank's rows, rank 0 reports
@@ -244,9 +244,10 @@ def prepare(args):
     if s.ep * s.tp == 1:                            # a plan checks its own shard as it is built (loader)
         memory.check_weights(cfg, s, configs)
     torch.manual_seed(s.seed)
+    source = weights_source(args.weights, folder)
     model, cfg, folder = build_model(args.model, args.weights, dtype=s.torch_dtype, device=s.device, settings=s,
                                      seed=s.seed)
-    weights = str(folder) if folder is not None else "dummy (random, the model's real shapes)"
+    weights = source or "dummy (random, the model's real shapes)"
     if prune is not None:                           # in place; cfg now has the pruned shapes (roofline)
         cfg, note = prune_cli.prune_for_bench(prune, model, folder, s)
         weights += f"; {note}"
@@ -302,7 +303,8 @@ def main(argv=None, prog: str = "bench.py") -> int:
             print_profile(f"bs{res['batch']} {res['input_len']}/{res['output_len']}", res["profile"])
     summary = {"versions": v, "ceilings": ceilings, "model": cfg.extra.get("name") or args.model, "weights": weights,
                "config": {k: getattr(cfg, k) for k in ("family", "n_layers", "hidden_size", "n_experts", "top_k",
-                                                        "moe_intermediate_size", "attention")},
+                                                        "moe_intermediate_size", "attention", "experts_per_layer",
+                                                        "moe_width_per_layer")},
                "params": {"total": pc.total, "active": pc.active(cfg, s.top_k)},
                "settings": vars(s), "graphs": graphs, "dtype": s.dtype, "results": results}
     if KNOBS:

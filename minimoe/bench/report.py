@@ -47,6 +47,12 @@ def _count(n: int) -> str:
     return str(n)
 
 
+def _per_layer(cfg, of) -> str:
+    """One MoE layer's value, or "lo-hi (per layer)" for a checkpoint whose layers differ (pruned per layer)."""
+    vals = sorted({of(i) for i in range(cfg.n_layers) if cfg.is_moe_layer(i)})
+    return str(vals[0]) if len(vals) == 1 else f"{vals[0]}-{vals[-1]} (per layer)"
+
+
 def print_header(v: dict, cfg, pc, settings, ceilings: dict, graphs: str, weights: str) -> None:
     where = v["gpu"] or v.get("cpu")
     print(f"# minimoe bench | {where} | torch {v['torch']} | triton {v['triton']} | CUDA {v.get('cuda')}")
@@ -54,7 +60,8 @@ def print_header(v: dict, cfg, pc, settings, ceilings: dict, graphs: str, weight
           f"(copy {ceilings.get('copy_GBps', 0):.0f}, read {ceilings.get('read_GBps', 0):.0f}, "
           f"stream {_f(ceilings.get('stream_read_GBps'), '.0f')}), matmul {ceilings['matmul_TFLOPs']:.1f} TFLOP/s")
     k = settings.top_k or cfg.top_k
-    moe = f"E={cfg.n_experts} K={k} I={cfg.moe_intermediate_size}" if cfg.is_moe else "dense"
+    moe = f"E={_per_layer(cfg, cfg.layer_experts)} K={k} I={_per_layer(cfg, cfg.layer_moe_width)}" if cfg.is_moe \
+        else "dense"
     print(f"# model {cfg.extra.get('name') or cfg.family} ({cfg.family}): L={cfg.n_layers} D={cfg.hidden_size} "
           f"{moe} attn={cfg.attention} | params {_count(pc.total)} total, "
           f"{_count(pc.active(cfg, settings.top_k))} active | weights: {weights}")
