@@ -62,12 +62,18 @@ def check_output_path(path: str | None, flag: str) -> None:
 
 
 def check_plot_path(path: str | None, flag: str) -> None:
-    """check_output_path for a PNG, and matplotlib importable (the optional [plot] extra), before the work."""
+    """check_output_path for an image, matplotlib importable (the optional [plot] extra), and a file extension
+    matplotlib writes (.png, .pdf, .svg, ...), all before the work."""
     check_output_path(path, flag)
     if path is not None:
         import importlib.util
         if importlib.util.find_spec("matplotlib") is None:
             raise UsageError(f"{flag} draws with matplotlib, which is not installed: pip install 'minimoe[plot]'")
+        from matplotlib.backend_bases import FigureCanvasBase
+        kinds = FigureCanvasBase.get_supported_filetypes()
+        if Path(path).suffix.lower().lstrip(".") not in kinds:
+            raise UsageError(f"{flag} {path}: name the image with an extension matplotlib writes "
+                             f"({', '.join(sorted(kinds))}), e.g. {Path(path).stem or 'plot'}.png")
 
 
 def quiet_broken_pipe(main):

@@ -78,6 +78,9 @@ def make_request(kind: str, ratio: float, method: str | None, per_layer: str, ca
         raise UsageError(f"{pl_flag} {per_layer}: choose uniform or global")
     if kind == "intra" and per_layer != "uniform":
         raise UsageError(f"intra-expert pruning keeps one width in every layer: use {pl_flag} uniform")
+    if method in NEEDS_NO_CALIBRATION and calibration is not None:
+        cal_flag = "--prune-calibration" if flag == "--prune-method" else "--calibration"
+        raise UsageError(f"{flag} {method} draws what goes from --seed: it takes no {cal_flag}")
     return PruneRequest(kind, ratio, method, per_layer, calibration, per_layer_flag=pl_flag)
 
 
@@ -187,8 +190,8 @@ def add_parser(sub) -> None:
                                                              "each expert's width (width)")
     p.add_argument("--per-layer", default="uniform", help="uniform (default): the same count in every "
                                                           "layer (loads in transformers); global: ranked across layers")
-    p.add_argument("--calibration", default="heldout", help="heldout | random[:N] | a text file | a statistics "
-                                                            "file (default: heldout)")
+    p.add_argument("--calibration", help="heldout | random[:N] | a text file | a statistics file (default: heldout; "
+                                         "--method random takes none)")
     p.add_argument("--calib-tokens", type=int, default=DEFAULT_TOKENS, help="tokens of a text used to calibrate (default %(default)s)")
     p.add_argument("--window", type=int, help="calibration window (tokens per sequence; default 512, or the model's "
                    "context if shorter)")
@@ -204,6 +207,10 @@ def _check_flags(args) -> PruneRequest:
         raise UsageError(f"--method {args.method}: choose {' | '.join(METHODS['inter'])} (drop experts) or width "
                          "(narrow every expert)")
     kind = "intra" if args.method == "width" else "inter"
+    if args.method in NEEDS_NO_CALIBRATION and args.save_stats:
+        raise UsageError(f"--method {args.method} calibrates nothing, so it writes no --save-stats")
+    if args.calibration is None and args.method not in NEEDS_NO_CALIBRATION:
+        args.calibration = "heldout"
     req = make_request(kind, args.ratio, args.method, args.per_layer, args.calibration)
     if args.calib_tokens < 1 or (args.window is not None and args.window < 2) or args.batch_size < 1:
         raise UsageError("need --calib-tokens >= 1, --window >= 2 and --batch-size >= 1")

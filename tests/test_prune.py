@@ -506,7 +506,10 @@ def test_prune_cli_writes_a_checkpoint_and_reuses_statistics(checkpoint, tmp_pat
     (["--method", "gate", "--ratio", "0.25", "--calibration", "random", "--topk", "1"],
      "--topk changes the routing"),
     (["--method", "gate", "--ratio", "0.25", "--calibration", "/no/such.txt"], "--calibration /no/such.txt: no such file"),
-    (["--method", "gate", "--ratio", "0.25", "--ep", "2"], "prune first"),       # not torchrun's advice, then this
+    (["--method", "gate", "--ratio", "0.25", "--ep", "2"], "prune first"),
+    (["--method", "random", "--ratio", "0.25", "--calibration", "random"], "--method random draws what goes from "
+     "--seed: it takes no --calibration"),
+    (["--method", "random", "--ratio", "0.25", "--save-stats", "s.safetensors"], "writes no --save-stats"),       # not torchrun's advice, then this
     (["--method", "gate", "--ratio", "0.25", "--calibration", "random", "--window", "100000"],
      "--window 100000 exceeds max_position_embeddings"),
 ])
@@ -578,6 +581,9 @@ def test_eval_prune_reports_the_pruned_model(stdlib_olmoe, capsys):
     assert rc == 2 and "need --prune" in err
     rc, _, err = run_main(capsys, *common, "--prune", "inter:0.5", "--prune-calibration", "/no/such.txt")
     assert rc == 2 and "--prune-calibration /no/such.txt: no such file" in err and len(err.strip().splitlines()) == 1
+    rc, _, err = run_main(capsys, *common, "--prune", "inter:0.5", "--prune-method", "random",
+                          "--prune-calibration", "random:64")
+    assert rc == 2 and "it takes no --prune-calibration" in err
     rc, _, err = run_main(capsys, *common, "--prune", "intra:0.25", "--prune-per-layer", "global")
     assert rc == 2 and "use --prune-per-layer uniform" in err                 # eval's flag, not prune's
     rc, _, err = run_main(capsys, *common, "--prune", "intra:25%", "--prune-method", "random")

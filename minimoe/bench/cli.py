@@ -311,12 +311,13 @@ def main(argv=None, prog: str = "bench.py") -> int:
         summary["knobs"] = dict(KNOBS)
     if load is not None:
         summary["expert_load"] = plans.load_summary(model, load)
-        plans.heatmap(model, load, args.load_heatmap)
-    if args.plot:
-        timing.plot_throughput(args.plot, results)
     line = json.dumps(summary, default=str)
-    if args.json:
+    if args.json:                                   # the numbers first, then the pictures drawn from them
         with open(args.json, "w") as f:
             f.write(line + "\n")
     print(line)
+    if load is not None:
+        plans.heatmap(model, load, args.load_heatmap)
+    if args.plot:
+        timing.plot_throughput(args.plot, results)
     return 0
