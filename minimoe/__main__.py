@@ -18,6 +18,7 @@ import json
 import re
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -89,6 +90,9 @@ def _prompts(args, tok, vocab: int) -> list[list[int]]:
     if args.prompt_ids is not None:
         prompts = [_id_list("--prompt-ids", args.prompt_ids)] * args.batch
     else:
+        if args.prompt_file is not None and not Path(args.prompt_file).expanduser().is_file():
+            what = "not a file" if Path(args.prompt_file).expanduser().exists() else "no such file"
+            raise UsageError(f"--prompt-file {args.prompt_file}: {what}")
         if tok is None:
             raise UsageError("--prompt/--prompt-file need a checkpoint with tokenizer files and transformers; "
                              "use --prompt-ids")

@@ -18,7 +18,7 @@ from .experts import EXPERT_PATHS, grouped_problem
 from .attention import DECODE_ATTENTION
 from .ops import OPS
 from .quant import check_quant
-from .router import ROUTERS
+from .router import ROUTERS, SYNTHETIC_ROUTERS
 from .settings import RunSettings, triton_usable
 from .spec_cli import draft_config
 
@@ -84,6 +84,8 @@ def check_settings(s: RunSettings, cfg: ModelConfig) -> None:
             raise UsageError(str(e)) from None
     if s.skip_threshold and not cfg.is_moe:
         raise UsageError("--skip-threshold needs an MoE model")
+    if s.router is not None and not cfg.is_moe:
+        raise UsageError(f"--router {s.router} needs an MoE model")
     problem = check_quant(s, cfg)                 # formats, machine, pre-quantized checkpoints (quant.py)
     if problem:
         raise UsageError(problem)
@@ -113,5 +115,9 @@ def _check_draft(s: RunSettings, cfg: ModelConfig) -> None:
     if dcfg.vocab_size != cfg.vocab_size:
         raise UsageError(f"--draft {s.draft}: its vocabulary has {dcfg.vocab_size} tokens, the target's "
                          f"{cfg.vocab_size}; draft and target must share one tokenizer")
+    if s.router in SYNTHETIC_ROUTERS and s.draft_accept is None:
+        raise UsageError(f"--router {s.router} routes by chance or by a token's place in the call, so the target's "
+                         "verify pass and its plain decode disagree and greedy speculation stops being exact: add "
+                         "--draft-accept A for a speed study")
     if s.draft_weights not in ("auto", "dummy") and not Path(s.draft_weights).expanduser().is_dir():
         raise UsageError(f"--draft-weights {s.draft_weights}: no such directory")
