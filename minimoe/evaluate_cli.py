@@ -28,6 +28,8 @@ from .runtime import UsageError, check_settings, resolve_settings
 
 DEFAULT_DATA = "stdlib-heldout.txt"
 
+SPECULATION = ("draft", "draft_weights", "gamma", "draft_accept")   # parsed to be refused, left out of --help
+
 
 def add_parser(sub) -> None:
     e = sub.add_parser("eval", help="bits per byte and perplexity on a held-out text, and the expert load")
@@ -39,7 +41,7 @@ def add_parser(sub) -> None:
     e.add_argument("--max-bytes", type=int, help="score only the first N bytes of the text (quick looks)")
     e.add_argument("--heatmap", help="PNG: tokens routed per (layer, expert) over the text")
     e.add_argument("--json", help="write one JSON object to this path ('-' = stdout, instead of the table)")
-    run_settings.add_args(e)
+    run_settings.add_args(e, hidden=SPECULATION)
     prune_cli.add_prune_args(e, "the evaluated text's own tokens")
 
 
@@ -63,8 +65,10 @@ def run(args) -> dict:
         raise UsageError(f"--max-bytes must be at least 1, got {args.max_bytes}")
     check_output_path(args.json, "--json")
     check_plot_path(args.heatmap, "--heatmap")
-    if getattr(args, "draft", None) is not None:     # scoring is teacher-forced: nothing to draft
-        raise UsageError("--draft is a decoding setting; eval scores the text teacher-forced (no decoding)")
+    given = [run_settings.SETTINGS_FLAGS[n][0] for n in SPECULATION
+             if getattr(args, n) != getattr(run_settings.RunSettings, n)]
+    if given:                                        # scoring is teacher-forced: nothing to draft
+        raise UsageError(f"{given[0]} is a decoding setting; eval scores the text teacher-forced (no decoding)")
     try:
         s = resolve_settings(run_settings.from_args(args))
     except ValueError as err:

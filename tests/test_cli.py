@@ -143,6 +143,13 @@ def test_a_draft_model_outside_decoding_is_refused(command, capsys, tmp_path):
     rc = main([command, "--model", "olmoe-tiny", "--draft", "olmoe-tiny", "--gamma", "2", *extra])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "--draft is a decoding setting" in err[0], err
+    if command == "eval":                     # any speculation flag alone, and none of them in --help
+        rc = main([command, "--model", "olmoe-tiny", "--draft-accept", "0.5"])
+        assert rc == 2 and "--draft-accept is a decoding setting" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    shown = capsys.readouterr().out
+    assert "--dtype" in shown and "[--draft" not in shown and "[--gamma" not in shown
 
 
 @pytest.mark.parametrize("argv, message", [
