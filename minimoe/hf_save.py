@@ -120,6 +120,11 @@ def _umask() -> int:
     return mask
 
 
+def follow_umask(path) -> None:
+    """Give a file safetensors wrote (always 0600) the mode open() would have: 0666 less the umask."""
+    Path(path).chmod(0o666 & ~_umask())
+
+
 def save_checkpoint(model, cfg: ModelConfig, source_config: dict, out, source_folder=None,
                     extra_files: dict | None = None) -> Path:
     """Write `out`/model.safetensors + config.json (+ the source folder's tokenizer and generation
@@ -136,7 +141,7 @@ def save_checkpoint(model, cfg: ModelConfig, source_config: dict, out, source_fo
                for name, t in hf_tensors(model, cfg).items()}
     out.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
-    (out / "model.safetensors").chmod(0o666 & ~_umask())     # safetensors writes 0600; open() follows the umask
+    follow_umask(out / "model.safetensors")
     (out / "config.json").write_text(json.dumps(hf_config(source_config, cfg), indent=2) + "\n")
     if source_folder is not None:
         for f in Path(source_folder).iterdir():

@@ -31,7 +31,7 @@ from .calibration_sources import RANDOM_TOKENS, calibration_source, run_calibrat
 from .cli import add_model_args, check_output_path
 from .config import ModelConfig
 from .experts import grouped_problem
-from .hf_save import save_checkpoint
+from .hf_save import follow_umask, save_checkpoint
 from .loader import build_model, open_weights, read_config, resolve, weights_source, with_checkpoint_shapes
 from .prune import KINDS, METHODS, NEEDS_NO_CALIBRATION, PER_LAYER, active_bytes, check_expert_counts, \
     kept_width, prune_
@@ -257,6 +257,7 @@ def run(args) -> dict:
                                                                                       args.batch_size)
     if args.save_stats and calib is not None:
         calib.save(args.save_stats)
+        follow_umask(args.save_stats)
     shapes = {i: (m.ffn.experts.n_local, m.ffn.experts.hidden) for i, m in enumerate(model.layers)
               if cfg.is_moe_layer(i)}
     before = active_bytes(model, s.top_k)

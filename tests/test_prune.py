@@ -21,6 +21,7 @@ from minimoe.config import ModelConfig
 from minimoe.experts import EXPERT_PATHS, Experts
 from minimoe.gate import Router, SkipCount, counting_skips, skip_small
 from minimoe.generate import Generator
+from minimoe import hf_save
 from minimoe.hf_save import COUNT_KEYS, WIDTH_KEYS, save_checkpoint
 from minimoe.loader import build_model, resolve
 from minimoe.prune import NEURON_SCORES, choose_experts, drop_experts_, kept_width, n_dropped, narrow_, prune_, \
@@ -459,6 +460,9 @@ def test_prune_cli_writes_a_checkpoint_and_reuses_statistics(checkpoint, tmp_pat
     assert "whatever E is" in out
     about = json.loads((tmp_path / "a" / "pruning.json").read_text())
     assert about["method"] == "reap" and len(about["kept"]["0"]) == 4
+    mode = 0o666 & ~hf_save._umask()                # as open() would make it (safetensors alone writes 0600)
+    assert (tmp_path / "s.safetensors").stat().st_mode & 0o777 == mode == (tmp_path / "a" / "model.safetensors"
+                                                                            ).stat().st_mode & 0o777
     rc, out, err = run_main(capsys, "prune", "--model", folder, "--method", "width", "--ratio", "0.5",
                             "--calibration", tmp_path / "s.safetensors", "--out", tmp_path / "b", "--json", "-")
     assert rc == 0, err
@@ -506,10 +510,10 @@ def test_prune_cli_writes_a_checkpoint_and_reuses_statistics(checkpoint, tmp_pat
     (["--method", "gate", "--ratio", "0.25", "--calibration", "random", "--topk", "1"],
      "--topk changes the routing"),
     (["--method", "gate", "--ratio", "0.25", "--calibration", "/no/such.txt"], "--calibration /no/such.txt: no such file"),
-    (["--method", "gate", "--ratio", "0.25", "--ep", "2"], "prune first"),
+    (["--method", "gate", "--ratio", "0.25", "--ep", "2"], "prune first"),       # not torchrun's advice, then this
     (["--method", "random", "--ratio", "0.25", "--calibration", "random"], "--method random draws what goes from "
      "--seed: it takes no --calibration"),
-    (["--method", "random", "--ratio", "0.25", "--save-stats", "s.safetensors"], "writes no --save-stats"),       # not torchrun's advice, then this
+    (["--method", "random", "--ratio", "0.25", "--save-stats", "s.safetensors"], "writes no --save-stats"),
     (["--method", "gate", "--ratio", "0.25", "--calibration", "random", "--window", "100000"],
      "--window 100000 exceeds max_position_embeddings"),
 ])
