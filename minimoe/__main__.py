@@ -26,7 +26,7 @@ from . import evaluate_cli, prune_cli
 from . import settings as run_settings
 from . import spec_cli
 from .bench.plans import check as parallel_check
-from .cli import ArgumentParser, add_model_args, check_output_path, load_tokenizer, quiet_broken_pipe
+from .cli import ArgumentParser, add_model_args, check_output_path, load_tokenizer, out_path, quiet_broken_pipe
 from .generate import Generator
 from .loader import build_model, read_config, weights_source
 from .parallel import rank as parallel_rank
@@ -57,7 +57,7 @@ def _generate_parser(sub) -> None:
     g.add_argument("--stop-at-eos", action="store_true", help="stop each sequence at any of the model's stop ids")
     g.add_argument("--stop-ids", metavar="IDS",
                    help="comma-separated token ids that also stop a sequence (with or without --stop-at-eos)")
-    g.add_argument("--json", help="write one JSON object to this path ('-' = stdout, instead of text)")
+    g.add_argument("--json", type=out_path, help="write one JSON object to this path ('-' = stdout, instead of text)")
     run_settings.add_args(g)
 
 
@@ -90,9 +90,10 @@ def _prompts(args, tok, vocab: int) -> list[list[int]]:
     if args.prompt_ids is not None:
         prompts = [_id_list("--prompt-ids", args.prompt_ids)] * args.batch
     else:
-        if args.prompt_file is not None and not Path(args.prompt_file).expanduser().is_file():
-            what = "not a file" if Path(args.prompt_file).expanduser().exists() else "no such file"
-            raise UsageError(f"--prompt-file {args.prompt_file}: {what}")
+        path = None if args.prompt_file is None else Path(args.prompt_file).expanduser()
+        if path is not None and (not path.exists() or path.is_dir()):    # a pipe (<(...), /dev/stdin) reads fine
+            raise UsageError(f"--prompt-file {args.prompt_file}: " + ("is a folder" if path.is_dir() else
+                                                                       "no such file"))
         if tok is None:
             raise UsageError("--prompt/--prompt-file need a checkpoint with tokenizer files and transformers; "
                              "use --prompt-ids")
@@ -100,7 +101,7 @@ def _prompts(args, tok, vocab: int) -> list[list[int]]:
             prompts = [tok(args.prompt)["input_ids"]] * args.batch
         else:
             try:                                     # "\n" / "\r\n" only: str.splitlines also cuts at form feeds
-                lines = [ln.removesuffix("\r") for ln in open(args.prompt_file, encoding="utf-8", newline="").read()
+                lines = [ln.removesuffix("\r") for ln in open(path, encoding="utf-8", newline="").read()
                          .split("\n")]
             except OSError as e:
                 raise UsageError(f"--prompt-file {args.prompt_file}: {e.strerror}") from None

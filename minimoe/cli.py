@@ -47,6 +47,12 @@ def load_tokenizer(folder):
         return None
 
 
+def out_path(path: str) -> str:
+    """argparse type of an output file flag: `~` expanded once here, so the check and the writer see one path
+    ('-' = stdout stays as it is)."""
+    return path if path == "-" else str(Path(path).expanduser())
+
+
 def check_output_path(path: str | None, flag: str) -> None:
     """Refuse an output file whose folder does not exist, or that names a folder, before the work that would
     fill it."""
@@ -63,17 +69,18 @@ def check_output_path(path: str | None, flag: str) -> None:
 
 def check_plot_path(path: str | None, flag: str) -> None:
     """check_output_path for an image, matplotlib importable (the optional [plot] extra), and a file extension
-    matplotlib writes (.png, .pdf, .svg, ...), all before the work."""
+    matplotlib writes without outside tools (.png, .pdf, .svg, ...; not .pgf, which needs LaTeX), all before the
+    work. Raises UsageError (one line)."""
     check_output_path(path, flag)
     if path is not None:
         import importlib.util
         if importlib.util.find_spec("matplotlib") is None:
             raise UsageError(f"{flag} draws with matplotlib, which is not installed: pip install 'minimoe[plot]'")
         from matplotlib.backend_bases import FigureCanvasBase
-        kinds = FigureCanvasBase.get_supported_filetypes()
+        kinds = {k for k in FigureCanvasBase.get_supported_filetypes() if k != "pgf"}
         if Path(path).suffix.lower().lstrip(".") not in kinds:
             raise UsageError(f"{flag} {path}: name the image with an extension matplotlib writes "
-                             f"({', '.join(sorted(kinds))}), e.g. {Path(path).stem or 'plot'}.png")
+                             f"({', '.join(sorted(kinds))}), e.g. {Path(path).with_suffix('.png')}")
 
 
 def quiet_broken_pipe(main):

@@ -19,7 +19,7 @@ import torch
 from . import prune_cli
 from . import settings as run_settings
 from .cards import cards_dir
-from .cli import add_model_args, check_output_path, check_plot_path, load_tokenizer
+from .cli import add_model_args, check_output_path, check_plot_path, load_tokenizer, out_path
 from .evaluate import bits_per_byte, load_heldout
 from .generate import Generator
 from .instrument import ExpertLoad, profiling
@@ -27,8 +27,6 @@ from .loader import build_model, read_config, weights_source
 from .runtime import UsageError, check_settings, resolve_settings
 
 DEFAULT_DATA = "stdlib-heldout.txt"
-
-SPECULATION = ("draft", "draft_weights", "gamma", "draft_accept")   # parsed to be refused, left out of --help
 
 
 def add_parser(sub) -> None:
@@ -39,9 +37,10 @@ def add_parser(sub) -> None:
     e.add_argument("--stride", type=int, default=256, help="tokens each window moves on (and scores; default %(default)s)")
     e.add_argument("--batch-size", type=int, default=8, help="windows per forward (default %(default)s)")
     e.add_argument("--max-bytes", type=int, help="score only the first N bytes of the text (quick looks)")
-    e.add_argument("--heatmap", help="PNG: tokens routed per (layer, expert) over the text")
-    e.add_argument("--json", help="write one JSON object to this path ('-' = stdout, instead of the table)")
-    run_settings.add_args(e, hidden=SPECULATION)
+    e.add_argument("--heatmap", type=out_path, help="image (.png, .svg, .pdf, ...): tokens routed per (layer, "
+                                                    "expert) over the text")
+    e.add_argument("--json", type=out_path, help="write one JSON object to this path ('-' = stdout, instead of the table)")
+    run_settings.add_args(e, hidden=run_settings.SPECULATION)
     prune_cli.add_prune_args(e, "the evaluated text's own tokens")
 
 
@@ -65,10 +64,9 @@ def run(args) -> dict:
         raise UsageError(f"--max-bytes must be at least 1, got {args.max_bytes}")
     check_output_path(args.json, "--json")
     check_plot_path(args.heatmap, "--heatmap")
-    given = [run_settings.SETTINGS_FLAGS[n][0] for n in SPECULATION
-             if getattr(args, n) != getattr(run_settings.RunSettings, n)]
-    if given:                                        # scoring is teacher-forced: nothing to draft
-        raise UsageError(f"{given[0]} is a decoding setting; eval scores the text teacher-forced (no decoding)")
+    decoding = run_settings.given(args, run_settings.SPECULATION)
+    if decoding:                                     # scoring is teacher-forced: nothing to draft
+        raise UsageError(f"{decoding[0]} is a decoding setting; eval scores the text teacher-forced (no decoding)")
     try:
         s = resolve_settings(run_settings.from_args(args))
     except ValueError as err:

@@ -126,16 +126,17 @@ def follow_umask(path) -> None:
 
 
 def save_checkpoint(model, cfg: ModelConfig, source_config: dict, out, source_folder=None,
-                    extra_files: dict | None = None) -> Path:
+                    extra_files: dict | None = None, weights_folder=None) -> Path:
     """Write `out`/model.safetensors + config.json (+ the source folder's tokenizer and generation
-    files, + extra_files {name: JSON-able}). `out` must not exist or be empty (ValueError)."""
+    files, + extra_files {name: JSON-able}). Each tensor keeps the dtype `weights_folder`'s safetensors store it
+    in (default: source_folder; the model's dtype without either). `out` must not exist or be empty (ValueError)."""
     from safetensors.torch import save_file
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ValueError(f"{out} exists and is not an empty directory: choose a new --out")
     if cfg.family not in COUNT_KEYS:
         raise ValueError(f"{cfg.family} is not an MoE family minimoe can save")
-    stored = _source_dtypes(source_folder)
+    stored = _source_dtypes(weights_folder or source_folder)
     default = max(stored.values(), key=list(stored.values()).count) if stored else model.embed.weight.dtype
     tensors = {name: t.to("cpu", stored.get(name, default), copy=True).contiguous()
                for name, t in hf_tensors(model, cfg).items()}

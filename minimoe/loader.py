@@ -200,7 +200,7 @@ def weights_source(weights: str, folder: Path | None) -> str | None:
     the model's own folder ("auto"), or None for random weights. For headers and JSON provenance."""
     if weights == "dummy" or (weights == "auto" and folder is None):
         return None
-    return str(folder) if weights == "auto" else str(Path(weights).expanduser().resolve())
+    return str(Path(folder if weights == "auto" else weights).expanduser().resolve())
 
 
 def build_model(model: str, weights: str = "dummy", *, dtype=torch.bfloat16, device="cpu", settings=None,

@@ -28,7 +28,7 @@ import torch
 
 from . import settings as run_settings
 from .calibration_sources import RANDOM_TOKENS, calibration_source, run_calibration
-from .cli import add_model_args, check_output_path
+from .cli import add_model_args, check_output_path, out_path
 from .config import ModelConfig
 from .experts import grouped_problem
 from .hf_save import follow_umask, save_checkpoint
@@ -45,7 +45,7 @@ SLICES_WHOLE = ("pruning slices whole, unquantized, unsharded experts (a pre-qua
 # Run settings prune parses only to refuse them (run() says why): calibration is one teacher-forced, unsharded,
 # unquantized pass with the checkpoint's own routing; --help leaves them out.
 REFUSED = ("router", "top_k", "zipf_s", "skip_threshold", "quant", "quant_lm_head", "ep", "tp", "dispatch",
-           "allreduce", "draft", "draft_weights", "gamma", "draft_accept")
+           "allreduce", *run_settings.SPECULATION)
 
 
 @dataclass
@@ -169,12 +169,13 @@ def prune_for_eval(req: PruneRequest, model, folder, s, ids: torch.Tensor) -> tu
     return apply_prune(req, model, folder, s.seed, own_text, s.top_k)
 
 
-def prune_for_bench(req: PruneRequest, model, folder, s) -> tuple[ModelConfig, str]:
-    """bench.py --prune: calibrate on random prompts unless told otherwise, and say what that means."""
+def prune_for_bench(req: PruneRequest, model, folder, s, real: bool) -> tuple[ModelConfig, str]:
+    """bench.py --prune: calibrate on random prompts unless told otherwise, and say what that means. folder: the
+    model's own (its tokenizer, for a text); real: the weights were loaded, not drawn at random."""
     cfg = model.cfg
     cfg, note = apply_prune(req, model, folder, s.seed, lambda: calibration_source(
         "random", None, cfg.vocab_size, RANDOM_TOKENS, s.seed), s.top_k)
-    if folder is None:
+    if not real:
         note += "; dummy weights: which experts or neurons go is arbitrary, only the pruned shapes are timed"
     return cfg, note
 
@@ -196,9 +197,9 @@ def add_parser(sub) -> None:
     p.add_argument("--window", type=int, help="calibration window (tokens per sequence; default 512, or the model's "
                    "context if shorter)")
     p.add_argument("--batch-size", type=int, default=8, help="calibration windows per forward (default %(default)s)")
-    p.add_argument("--save-stats", help="also write the calibration statistics here (.safetensors)")
+    p.add_argument("--save-stats", type=out_path, help="also write the calibration statistics here (.safetensors)")
     p.add_argument("--out", required=True, help="new directory for the pruned checkpoint")
-    p.add_argument("--json", help="write one JSON object to this path ('-' = stdout, instead of the table)")
+    p.add_argument("--json", type=out_path, help="write one JSON object to this path ('-' = stdout, instead of the table)")
     run_settings.add_args(p, hidden=REFUSED)
 
 
@@ -230,8 +231,9 @@ def _check_flags(args) -> PruneRequest:
 
 def run(args) -> dict:
     req = _check_flags(args)
-    if getattr(args, "draft", None) is not None:
-        raise UsageError("--draft is a decoding setting; prune calibrates teacher-forced (no decoding)")
+    decoding = run_settings.given(args, run_settings.SPECULATION)
+    if decoding:
+        raise UsageError(f"{decoding[0]} is a decoding setting; prune calibrates teacher-forced (no decoding)")
     if args.quant != "none" or args.ep * args.tp > 1:
         raise UsageError(SLICES_WHOLE)
     s = resolve_settings(run_settings.from_args(args))
@@ -271,7 +273,7 @@ def run(args) -> dict:
              "calibrated": how, "seed": s.seed, "kept": {str(k): v for k, v in res["kept"].items()}}
     _chain(about, source)                           # the tensors' own folder holds an earlier pruning.json
     save_checkpoint(model, res["cfg"], resolve(args.model)[0], str(Path(args.out).expanduser()), folder,
-                    {"pruning.json": about})
+                    {"pruning.json": about}, weights_folder=source)
     layers = {i: {"before": shapes[i], "after": (m.ffn.experts.n_local, m.ffn.experts.hidden)}
               for i, m in enumerate(model.layers) if i in shapes}
     return {"model": args.model, "out": str(args.out), "prune": req.describe(), "kind": req.kind, "calibration": how,

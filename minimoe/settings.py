@@ -318,9 +318,18 @@ SETTINGS_FLAGS = {
 }
 
 
+SPECULATION = ("draft", "draft_weights", "gamma", "draft_accept")   # the decoding-only settings
+
+
+def given(args: argparse.Namespace, names) -> list[str]:
+    """The flags among the fields `names` that the command line set to something other than the default."""
+    return [SETTINGS_FLAGS[n][0] for n in names if getattr(args, n) != getattr(RunSettings, n)]
+
+
 def add_args(parser: argparse.ArgumentParser, defaults: RunSettings | None = None, hidden: tuple = ()) -> None:
     """One flag per RunSettings field (plus --fused), defaults from `defaults` (shown in --help). Fields named in
     `hidden` are still parsed (a command refuses them with its own message) but left out of --help."""
+    assert set(hidden) <= SETTINGS_FLAGS.keys(), set(hidden) - SETTINGS_FLAGS.keys()
     base = defaults or RunSettings()
     g = parser.add_argument_group("run settings (one switch per optimization)")
     for name, (flag, kw) in SETTINGS_FLAGS.items():

@@ -212,6 +212,7 @@ BAD_INPUT = {
     "json is a folder": (BASE + ["--json", "/tmp"], "--json /tmp is a folder: give a file name in it"),
     "heatmap is a folder": (BASE + ["--load-heatmap", "/tmp"], "--load-heatmap /tmp is a folder"),
     "plot not an image": (BASE + ["--plot", "p.txt"], "--plot p.txt: name the image with an extension"),
+    "plot needing LaTeX": (BASE + ["--plot", "p.pgf"], "--plot p.pgf: name the image with an extension"),
     "heatmap without extension": (BASE + ["--load-heatmap", "h"], "--load-heatmap h: name the image"),
     "directory without weights": (["--model", "/tmp", *SHORT], "/tmp has no config.json"),
     "batch too big for RAM": (BASE + ["--bs", "100000000"], "tokens needs"),

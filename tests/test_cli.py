@@ -143,9 +143,8 @@ def test_a_draft_model_outside_decoding_is_refused(command, capsys, tmp_path):
     rc = main([command, "--model", "olmoe-tiny", "--draft", "olmoe-tiny", "--gamma", "2", *extra])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "--draft is a decoding setting" in err[0], err
-    if command == "eval":                     # any speculation flag alone, and none of them in --help
-        rc = main([command, "--model", "olmoe-tiny", "--draft-accept", "0.5"])
-        assert rc == 2 and "--draft-accept is a decoding setting" in capsys.readouterr().err
+    rc = main([command, "--model", "olmoe-tiny", "--draft-accept", "0.5", *extra])   # any one of them, alone
+    assert rc == 2 and "--draft-accept is a decoding setting" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main([command, "--help"])
     shown = capsys.readouterr().out
@@ -252,6 +251,24 @@ def test_prompt_file_trailing_blank_lines_end_the_file(capsys, tmp_path):
     assert rc == 0 and len(json.loads(out)["new_ids"]) == 2, err
     rc, out, err = run(capsys, *STDLIB, "--prompt-file", str(path))          # text: each under its prompt's number
     assert rc == 0 and [ln for ln in out.splitlines() if ln.startswith("# prompt")] == ["# prompt 0", "# prompt 1"]
+
+
+def test_prompt_file_may_be_a_pipe_and_paths_expand_the_home(capsys, tmp_path, monkeypatch):
+    """`--prompt-file <(...)` reads a FIFO (a check for regular files refused it); `--json=~/x` (no shell
+    expansion after '=') writes under $HOME, as the check before the run saw it."""
+    import os
+    import threading
+    from minimoe.cards import cards_dir
+    if not (cards_dir() / "olmoe-stdlib" / "tokenizer.json").exists():
+        pytest.skip("olmoe-stdlib has no tokenizer in this checkout")
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    threading.Thread(target=lambda: fifo.write_text("def f(x):\n"), daemon=True).start()
+    monkeypatch.setenv("HOME", str(tmp_path))
+    rc, out, err = run(capsys, *STDLIB, "--prompt-file", str(fifo), "--json=~/g.json")
+    assert rc == 0 and len(json.loads((tmp_path / "g.json").read_text())["new_ids"]) == 1, err
+    rc, out, err = run(capsys, *STDLIB, "--prompt-file", str(tmp_path))
+    assert rc == 2 and f"--prompt-file {tmp_path}: is a folder" in err
 
 
 def test_a_reader_that_goes_away_ends_the_command_quietly():

@@ -21,7 +21,6 @@ from minimoe.config import ModelConfig
 from minimoe.experts import EXPERT_PATHS, Experts
 from minimoe.gate import Router, SkipCount, counting_skips, skip_small
 from minimoe.generate import Generator
-from minimoe import hf_save
 from minimoe.hf_save import COUNT_KEYS, WIDTH_KEYS, save_checkpoint
 from minimoe.loader import build_model, resolve
 from minimoe.prune import NEURON_SCORES, choose_experts, drop_experts_, kept_width, n_dropped, narrow_, prune_, \
@@ -450,7 +449,15 @@ def run_main(capsys, *argv):
     return (rc, *capsys.readouterr())
 
 
-def test_prune_cli_writes_a_checkpoint_and_reuses_statistics(checkpoint, tmp_path, capsys):
+@pytest.fixture
+def umask_022():
+    """A umask that differs from safetensors' own 0600, so a file left at 0600 shows."""
+    old = os.umask(0o022)
+    yield
+    os.umask(old)
+
+
+def test_prune_cli_writes_a_checkpoint_and_reuses_statistics(checkpoint, tmp_path, capsys, umask_022):
     folder = checkpoint("mixtral")
     rc, out, err = run_main(capsys, "prune", "--model", folder, "--method", "reap", "--ratio", "0.25",
                             "--calibration", "random:200", "--window", "64", "--save-stats", tmp_path / "s.safetensors",
@@ -460,9 +467,8 @@ def test_prune_cli_writes_a_checkpoint_and_reuses_statistics(checkpoint, tmp_pat
     assert "whatever E is" in out
     about = json.loads((tmp_path / "a" / "pruning.json").read_text())
     assert about["method"] == "reap" and len(about["kept"]["0"]) == 4
-    mode = 0o666 & ~hf_save._umask()                # as open() would make it (safetensors alone writes 0600)
-    assert (tmp_path / "s.safetensors").stat().st_mode & 0o777 == mode == (tmp_path / "a" / "model.safetensors"
-                                                                            ).stat().st_mode & 0o777
+    for f in (tmp_path / "s.safetensors", tmp_path / "a" / "model.safetensors"):   # as open() makes files
+        assert f.stat().st_mode & 0o777 == 0o644, f                              # (safetensors alone: 0600)
     rc, out, err = run_main(capsys, "prune", "--model", folder, "--method", "width", "--ratio", "0.5",
                             "--calibration", tmp_path / "s.safetensors", "--out", tmp_path / "b", "--json", "-")
     assert rc == 0, err
@@ -650,6 +656,15 @@ def test_weights_from_another_folder_are_named_as_loaded(checkpoint, tmp_path, c
     rc, out, err = run_main(capsys, "generate", "--model", card, "--weights", tmp_path / "narrow", "--prompt-ids",
                             "1,2", "--max-new-tokens", "2", "--json", "-")
     assert rc == 0 and json.loads(out)["weights"] == str((tmp_path / "narrow").resolve()), err
+    # a config card (no folder of its own) with another folder's tensors: pruned in bench.py, they are not "dummy"
+    rc, _, err = run_main(capsys, "prune", "--model", "olmoe-tiny", "--method", "width", "--ratio", "0.5",
+                          "--calibration", "random:64", "--out", tmp_path / "tiny")
+    assert rc == 0, err
+    rc = bench.main(["--device", "cpu", "--model", "olmoe-tiny", "--weights", tmp_path / "tiny", "--prune", "inter:0.5",
+                     "--bs", "2", "--input-len", "4", "--output-len", "2", "--warmup", "0", "--iters", "1",
+                     "--ceilings", ceilings])
+    out, err = capsys.readouterr()
+    assert rc == 0 and "pruned inter 50.0%" in out and "dummy weights" not in out, err
 
 
 def test_header_gives_per_layer_counts_as_a_range(checkpoint, tmp_path, capsys):

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from .. import prune_cli
 from .. import settings as run_settings
-from ..cli import ArgumentParser, add_model_args, check_output_path, check_plot_path, quiet_broken_pipe
+from ..cli import ArgumentParser, add_model_args, check_output_path, check_plot_path, out_path, quiet_broken_pipe
 from ..gate import SkipCount, counting_skips
 from ..generate import Generator
 from ..graphs import enable_graphs, graph_safe
@@ -69,9 +69,11 @@ def parser(prog: str = "bench.py") -> argparse.ArgumentParser:
     p.add_argument("--hf-experts", choices=["eager", "grouped_mm", "batched_mm"],
                    help="with --compare: transformers' experts implementation")
     p.add_argument("--ceilings", help="JSON file with bandwidth_GBps and matmul_TFLOPs (skip measuring)")
-    p.add_argument("--json", help="also write the final JSON object to this file")
-    p.add_argument("--plot", help="PNG: output tok/s against batch size, one line per length")
-    p.add_argument("--load-heatmap", help="PNG: tokens per (layer, expert) over one generation")
+    p.add_argument("--json", type=out_path, help="also write the final JSON object to this file")
+    p.add_argument("--plot", type=out_path, help="image (.png, .svg, .pdf, ...): output tok/s against batch size, "
+                                                 "one line per length")
+    p.add_argument("--load-heatmap", type=out_path, help="image (.png, .svg, .pdf, ...): tokens per (layer, expert) "
+                                                         "over one generation")
     run_settings.add_args(p)
     prune_cli.add_prune_args(p, "random:2048, random prompts")
     return p
@@ -249,7 +251,7 @@ def prepare(args):
                                      seed=s.seed)
     weights = source or "dummy (random, the model's real shapes)"
     if prune is not None:                           # in place; cfg now has the pruned shapes (roofline)
-        cfg, note = prune_cli.prune_for_bench(prune, model, folder, s)
+        cfg, note = prune_cli.prune_for_bench(prune, model, folder, s, real=source is not None)
         weights += f"; {note}"
     if not cfg.extra.get("name"):                   # a checkpoint without _name_or_path: named as the user named it
         cfg = dataclasses.replace(cfg, extra={**cfg.extra, "name": args.model})
