@@ -62,6 +62,9 @@ SMALL_BATCH_RATIO = 4  # "small" when T·K·SMALL_BATCH_RATIO <= E
 # bs 64), -0.79% (OLMoE bs 16), -0.78% (Qwen3-30B-A3B bs 16), -0.86% (OLMoE fp8 bs 64).
 COMBINE_BLOCK_D = 256
 COMBINE_WARPS = 2
+# The combine's K slots unrolled at compile time (moe_combine.py UNROLL_K): a program issues its K id loads and K row
+# loads together instead of K dependent load pairs in a runtime loop. Not yet measured: off.
+COMBINE_UNROLL = False
 # GEMM2 started per M-block from GEMM1's arrival flags (fused_moe_gemms.py, FLAGS) and launched with PDL while GEMM1's
 # last wave still runs; routed blocks of the aligned variant only (no shared expert). "on" / "off" force it (a step-probe
 # knob); "auto" takes it with pdl for OVERLAP_T_RANGE tokens when the live M-blocks (about min(E, T·K)) are at least
@@ -219,7 +222,8 @@ def fused_moe(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_ids: to
     out = x.new_empty(T, D)
     block_d = min(COMBINE_BLOCK_D, triton.next_power_of_2(D))
     _combine_kernel[(T, triton.cdiv(D, block_d))](y, ids, out, K, expert_offset, E, D, numel, sh.S,
-                                                  BLOCK_D=block_d, num_warps=COMBINE_WARPS, **launch_args(pdl))
+                                                  BLOCK_D=block_d, num_warps=COMBINE_WARPS,
+                                                  UNROLL_K=K if COMBINE_UNROLL else 0, **launch_args(pdl))
     return out
 
 

@@ -280,7 +280,8 @@ def fused_moe_quant(x: torch.Tensor, w13, w2, topk_ids: torch.Tensor, topk_weigh
     out = x.new_empty(T, D)
     block_d = min(_fused_moe.COMBINE_BLOCK_D, triton.next_power_of_2(D))     # the bf16 path's combine tile
     _combine_kernel[(T, triton.cdiv(D, block_d))](y, ids, out, K, expert_offset, E, D, 0, 0, BLOCK_D=block_d,
-                                                  num_warps=_fused_moe.COMBINE_WARPS, **launch_args(pdl))
+                                                  num_warps=_fused_moe.COMBINE_WARPS,
+                                                  UNROLL_K=K if _fused_moe.COMBINE_UNROLL else 0, **launch_args(pdl))
     return out
 
 
