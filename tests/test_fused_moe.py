@@ -531,6 +531,37 @@ def test_config_lookup(tmp_path, monkeypatch):
     assert moe_configs.BUCKET_OVERRIDES[64]["BLOCK_M"] == 64
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_prefill_rule_tiles(dtype, monkeypatch):
+    """More than 128 rows an expert: the rule's TMA prefill tiles (GEMM1 128 x 128 x 32, GEMM2 128 x 256 x 64, both
+    b_tma, pipelines within the budget); at or below 128, and with PREFILL_TMA off or prefill_tma=False, the pointer
+    tiles it gave before; the quantized path's untuned tiles never carry b_tma."""
+    from minimoe.kernels import fused_moe_quant
+    elem = torch.finfo(dtype).bits // 8
+    for shape, T in (((64, 1024, 2048, 8), 4096), ((160, 1536, 5120, 6), 4096), ((8, 14336, 4096, 2), 8192)):
+        E, I, D, K = shape
+        assert T * K / E > 128
+        cfg = moe_configs.default_config(E, I, D, K, T, dtype)
+        down = moe_configs.down_config(cfg)
+        assert (cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_K"], cfg["GROUP_M"], cfg["b_tma"]) == (128, 128, 32, 16, True)
+        assert (down["BLOCK_N"], down["BLOCK_K"], down["b_tma"]) == (256, 64, True)
+        for c, n_b in ((cfg, 2), (down, 1)):
+            per_stage = (c["BLOCK_M"] * c["BLOCK_K"] + n_b * c["BLOCK_K"] * c["BLOCK_N"]) * elem
+            assert 2 <= c["num_stages"] and per_stage * c["num_stages"] <= moe_configs.SMEM_BUDGET
+        old = moe_configs.default_config(E, I, D, K, T, dtype, prefill_tma=False)
+        assert "b_tma" not in old and "b_tma" not in old["down"] and old["BLOCK_K"] == 64
+        monkeypatch.setattr(moe_configs, "PREFILL_TMA", False)
+        assert moe_configs.default_config(E, I, D, K, T, dtype) == old
+        monkeypatch.setattr(moe_configs, "PREFILL_TMA", True)
+        T_mid = 128 * E // K                                     # exactly 128 rows an expert: the pointer tiles
+        assert "b_tma" not in moe_configs.default_config(E, I, D, K, T_mid, dtype)
+    monkeypatch.setattr(fused_moe_quant, "on_gpu", lambda: True)
+    from minimoe import qweights as Q
+    w = Q.quantize_int4(torch.randn(8, 96, 64), 32)
+    qcfg = fused_moe_quant.untuned_config(w, w, 8, 48, 64, 2, 8192)
+    assert "b_tma" not in qcfg and "b_tma" not in moe_configs.down_config(qcfg)
+
+
 def test_tune_merge_keeps_other_buckets(tmp_path, monkeypatch):
     """tune_fused_moe.py --merge: the tuned buckets replace theirs, the file's other buckets stay with their own µs
     and tuning dates, and buckets come out in token order."""

@@ -1,5 +1,5 @@
 """Guards the aligned MoE's combine (kernels/moe_combine.py): the compile-time unrolled slots (UNROLL_K, knob
-fused_moe.COMBINE_UNROLL) against the runtime loop and a float64 sum, with foreign slots, shared rows, one token,
+fused_moe.COMBINE_UNROLL_MAX_T) against the runtime loop and a float64 sum, with foreign slots, shared rows, one token,
 one slot and D past the tile; and that both launchers pass the knob through."""
 
 import os
@@ -74,10 +74,10 @@ class _Spy:
         return launch
 
 
-@pytest.mark.parametrize("on", [False, True])
-def test_both_launchers_pass_the_knob(on, monkeypatch):
-    """fused_moe's aligned path and fused_moe_quant's give UNROLL_K = top_k with the knob on, 0 off, and the same
-    output either way."""
+@pytest.mark.parametrize("max_t,on", [(0, False), (8, False), (9, True), (64, True)])
+def test_both_launchers_pass_the_knob(max_t, on, monkeypatch):
+    """fused_moe's aligned path and fused_moe_quant's give UNROLL_K = top_k for calls of at most COMBINE_UNROLL_MAX_T
+    tokens (here 9), 0 above it or with the knob at 0, and the same output either way."""
     from minimoe import qweights as Q
     from minimoe.kernels import fused_moe_quant as fq
     gen = torch.Generator().manual_seed(5)
@@ -89,10 +89,11 @@ def test_both_launchers_pass_the_knob(on, monkeypatch):
     w = torch.rand(T, K, generator=gen).to(DEVICE)
     from minimoe.kernels import moe_configs
     cfg = dict(moe_configs.interpreter_config(), variant="aligned")
+    monkeypatch.setattr(fm, "COMBINE_UNROLL_MAX_T", 0)
     base = fm.fused_moe(x, w13, w2, ids, w, config=cfg)
     q13, q2 = Q.quantize_int8(w13), Q.quantize_int8(w2)
     qbase = fq.fused_moe_quant(x, q13, q2, ids, w)
-    monkeypatch.setattr(fm, "COMBINE_UNROLL", on)
+    monkeypatch.setattr(fm, "COMBINE_UNROLL_MAX_T", max_t)
     spy = _Spy(fm._combine_kernel)
     monkeypatch.setattr(fm, "_combine_kernel", spy)
     monkeypatch.setattr(fq, "_combine_kernel", spy)

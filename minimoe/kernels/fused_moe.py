@@ -62,9 +62,13 @@ SMALL_BATCH_RATIO = 4  # "small" when T·K·SMALL_BATCH_RATIO <= E
 # bs 64), -0.79% (OLMoE bs 16), -0.78% (Qwen3-30B-A3B bs 16), -0.86% (OLMoE fp8 bs 64).
 COMBINE_BLOCK_D = 256
 COMBINE_WARPS = 2
-# The combine's K slots unrolled at compile time (moe_combine.py UNROLL_K): a program issues its K id loads and K row
-# loads together instead of K dependent load pairs in a runtime loop. Not yet measured: off.
-COMBINE_UNROLL = False
+# The combine's K slots unrolled at compile time (moe_combine.py UNROLL_K) for calls of up to COMBINE_UNROLL_MAX_T
+# tokens (0: never): a program issues its K id loads and K row loads together instead of K dependent load pairs in a
+# runtime loop. Measured (H100, docs/results/2026-12-05-s46, call 1), graphed OLMoE step: bs 64 -0.21%, bs 16 -0.34%
+# (bs 1 takes the small path, no combine: +0.15%, noise); bench.py bs 64 10,958.5 / 10,961.3 against 10,940.1 /
+# 10,935.3 out tok/s (+0.2%). The 8,192-token prefill (a combine at its bytes' time, 106 us a layer) was a tie within
+# the rounds' spread (+0.93% median, rounds overlapping): it keeps the loop.
+COMBINE_UNROLL_MAX_T = 64
 # GEMM2 started per M-block from GEMM1's arrival flags (fused_moe_gemms.py, FLAGS) and launched with PDL while GEMM1's
 # last wave still runs; routed blocks of the aligned variant only (no shared expert). "on" / "off" force it (a step-probe
 # knob); "auto" takes it with pdl for OVERLAP_T_RANGE tokens when the live M-blocks (about min(E, T·K)) are at least
@@ -223,7 +227,7 @@ def fused_moe(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_ids: to
     block_d = min(COMBINE_BLOCK_D, triton.next_power_of_2(D))
     _combine_kernel[(T, triton.cdiv(D, block_d))](y, ids, out, K, expert_offset, E, D, numel, sh.S,
                                                   BLOCK_D=block_d, num_warps=COMBINE_WARPS,
-                                                  UNROLL_K=K if COMBINE_UNROLL else 0, **launch_args(pdl))
+                                                  UNROLL_K=K if T <= COMBINE_UNROLL_MAX_T else 0, **launch_args(pdl))
     return out
 
 

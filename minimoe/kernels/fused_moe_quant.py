@@ -214,7 +214,7 @@ def untuned_config(w13, w2, E: int, I: int, D: int, K: int, T: int) -> dict:
     decode sizes (fused_moe.plan says "small", T >= FP8_DOT_MIN_T) take FP8_DOT_TILES."""
     if w13.bits == 0 and T >= FP8_DOT_MIN_T and plan(T, K, E) != "aligned":
         return dict(FP8_DOT_TILES, BLOCK_K=w13.group or 128, down={"BLOCK_N": 64, "num_stages": 4})
-    base = interpreter_config() if not on_gpu() else default_config(E, I, D, K, T, torch.bfloat16)
+    base = interpreter_config() if not on_gpu() else default_config(E, I, D, K, T, torch.bfloat16, prefill_tma=False)
     cfg = dict(base, BLOCK_K=w13.group or 128)
     elem = 1 if w13.bits == 0 else 2                 # B tiles are fp8, or the activation dtype after unpacking
     if on_gpu():
@@ -281,7 +281,8 @@ def fused_moe_quant(x: torch.Tensor, w13, w2, topk_ids: torch.Tensor, topk_weigh
     block_d = min(_fused_moe.COMBINE_BLOCK_D, triton.next_power_of_2(D))     # the bf16 path's combine tile
     _combine_kernel[(T, triton.cdiv(D, block_d))](y, ids, out, K, expert_offset, E, D, 0, 0, BLOCK_D=block_d,
                                                   num_warps=_fused_moe.COMBINE_WARPS,
-                                                  UNROLL_K=K if _fused_moe.COMBINE_UNROLL else 0, **launch_args(pdl))
+                                                  UNROLL_K=K if T <= _fused_moe.COMBINE_UNROLL_MAX_T else 0,
+                                                  **launch_args(pdl))
     return out
 
 

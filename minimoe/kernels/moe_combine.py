@@ -32,7 +32,7 @@ def _combine_kernel(y_ptr, topk_ids_ptr, out_ptr, top_k, expert_offset, E, D, nu
     """out[t] = Σ_k y[t·K + k] (this layer's experts' slots) + Σ_j y[numel + t·S + j] (S shared slots, 0: none).
 
     UNROLL_K = top_k (> 0) unrolls the slots at compile time, so a program's K id loads and K row loads are issued
-    together instead of one dependent pair per loop trip (fused_moe.COMBINE_UNROLL); 0 keeps the runtime loop."""
+    together instead of one dependent pair per loop trip (fused_moe.COMBINE_UNROLL_MAX_T); 0 keeps the runtime loop."""
     wait_then_release(PDL)
     t = tl.program_id(0)
     cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)

@@ -94,8 +94,19 @@ def pipeline_stages(block_m, block_n, block_k, n_b_tiles, elem_bytes, max_stages
     return max(2, min(max_stages, SMEM_BUDGET // per_stage))
 
 
-def default_config(E: int, I: int, D: int, K: int, T: int, dtype: torch.dtype) -> dict:
-    """Heuristic config from tokens per expert (thresholds follow vLLM's tuned H200 tables)."""
+# The rule's prefill tiles (more than 128 routed rows an expert, where GROUP_M groups M-blocks): the tuner's winners
+# there on every shipped table and on the unseen shapes of issue 16 (docs/results/2026-12-05-s45), i.e. GEMM1 128 x 128
+# x 32 tiles 5 deep, GEMM2 128 x 256 x 64 tiles 4 deep, both reading their weight tiles through TMA (`b_tma`, pointer
+# loads where the GPU or Triton has no TMA). False: the 128 x 128 x 64 pointer tiles every earlier rule gave (an A/B
+# knob for scripts/default_rule_ab.py).
+PREFILL_TMA = True
+
+
+def default_config(E: int, I: int, D: int, K: int, T: int, dtype: torch.dtype, prefill_tma: bool | None = None) -> dict:
+    """Heuristic config from tokens per expert T·K / E (thresholds follow vLLM's tuned H200 tables; the prefill
+    tiles, PREFILL_TMA, this engine's tuner's): {BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages[, b_tma],
+    down: GEMM2's overrides}. prefill_tma None follows PREFILL_TMA; False gives the pointer tiles (the quantized
+    path, whose B tiles are codes, builds on those)."""
     tpe = T * K / E
     block_m = 16 if tpe < 12 else 32 if tpe < 24 else 64 if tpe < 48 else 128
     block_n = 64 if block_m == 16 else 128
@@ -114,6 +125,10 @@ def default_config(E: int, I: int, D: int, K: int, T: int, dtype: torch.dtype) -
     down_n = 256 if block_m == 128 else block_n
     cfg["down"] = {"BLOCK_N": down_n,
                    "num_stages": pipeline_stages(block_m, down_n, block_k, 1, elem, max_stages)}
+    if (PREFILL_TMA if prefill_tma is None else prefill_tma) and tpe > 128:
+        cfg.update(BLOCK_K=32, num_stages=pipeline_stages(128, 128, 32, 2, elem, 5), b_tma=True)
+        cfg["down"] = {"BLOCK_N": 256, "BLOCK_K": 64, "num_stages": pipeline_stages(128, 256, 64, 1, elem, 4),
+                       "b_tma": True}
     return cfg
 
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Forty-sixth session, call 1 (~6 min, one H200): OLMoE bs 64's graphed prefill kernel by kernel (the TTFT is 34.7 of
 # 547 ms end to end: issue 16's 15,000 is 0.01-0.15% away), the combine's slots unrolled at compile time
-# (fused_moe.COMBINE_UNROLL) in the graphed prefill and decode steps, prefill-size combine / norm tiles, then bench.py
+# (fused_moe.COMBINE_UNROLL, a bool then; now COMBINE_UNROLL_MAX_T) in the graphed prefill and decode steps, prefill-size combine / norm tiles, then bench.py
 # OLMoE bs 64 with the unroll against without, alternating.
 # Usage (device tool, repo root, nvidia-h200): bash scripts/gpu/s46_call1.sh
 set -u
