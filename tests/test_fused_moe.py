@@ -537,6 +537,7 @@ def test_prefill_rule_tiles(dtype, monkeypatch):
     b_tma, pipelines within the budget); at or below 128, and with PREFILL_TMA off or prefill_tma=False, the pointer
     tiles it gave before; the quantized path's untuned tiles never carry b_tma."""
     from minimoe.kernels import fused_moe_quant
+    monkeypatch.setattr(moe_configs, "PREFILL_TMA", True)
     elem = torch.finfo(dtype).bits // 8
     for shape, T in (((64, 1024, 2048, 8), 4096), ((160, 1536, 5120, 6), 4096), ((8, 14336, 4096, 2), 8192)):
         E, I, D, K = shape
@@ -552,6 +553,7 @@ def test_prefill_rule_tiles(dtype, monkeypatch):
         assert "b_tma" not in old and "b_tma" not in old["down"] and old["BLOCK_K"] == 64
         monkeypatch.setattr(moe_configs, "PREFILL_TMA", False)
         assert moe_configs.default_config(E, I, D, K, T, dtype) == old
+        assert moe_configs.default_config(E, I, D, K, T, dtype, prefill_tma=True) == cfg
         monkeypatch.setattr(moe_configs, "PREFILL_TMA", True)
         T_mid = 128 * E // K                                     # exactly 128 rows an expert: the pointer tiles
         assert "b_tma" not in moe_configs.default_config(E, I, D, K, T_mid, dtype)

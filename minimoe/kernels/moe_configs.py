@@ -97,9 +97,11 @@ def pipeline_stages(block_m, block_n, block_k, n_b_tiles, elem_bytes, max_stages
 # The rule's prefill tiles (more than 128 routed rows an expert, where GROUP_M groups M-blocks): the tuner's winners
 # there on every shipped table and on the unseen shapes of issue 16 (docs/results/2026-12-05-s45), i.e. GEMM1 128 x 128
 # x 32 tiles 5 deep, GEMM2 128 x 256 x 64 tiles 4 deep, both reading their weight tiles through TMA (`b_tma`, pointer
-# loads where the GPU or Triton has no TMA). False: the 128 x 128 x 64 pointer tiles every earlier rule gave (an A/B
-# knob for scripts/default_rule_ab.py).
-PREFILL_TMA = True
+# loads where the GPU or Triton has no TMA). False: the 128 x 128 x 64 pointer tiles every earlier rule gave.
+# Measured against those (scripts/default_rule_ab.py, H100, docs/results/2026-12-05-s46, call 2): Qwen2-57B-A14B
+# 0.999x / 1.018x / 1.030x at 2,048 / 4,096 / 8,192 tokens, Phi-3.5-MoE 0.981x / 1.010x / 0.993x (old time / new):
+# a few % either way, not the 4-10% the tuner's per-shape pick gained on the H200. Off.
+PREFILL_TMA = False
 
 
 def default_config(E: int, I: int, D: int, K: int, T: int, dtype: torch.dtype, prefill_tma: bool | None = None) -> dict:
