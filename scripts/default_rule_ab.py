@@ -1,11 +1,13 @@
-"""The fused MoE's default launch rule at prefill sizes: its TMA prefill tiles against the pointer tiles it gave before.
+"""The fused MoE's default launch rule at prefill sizes: its TMA prefill tiles against its pointer tiles.
 
 For each (E, D, I, K) (issue 16's five unseen shapes, the tensor-parallel shards, a 4-expert chunk of Mixtral as the
 int4 / int8 prefill's dequantize-then-bf16 path runs it, and the five shipped presets, whose tuned table is timed too)
 and each T with more than 128 routed rows an expert (where `moe_configs.PREFILL_TMA` changes the rule), three
 timings of the same fused_moe call by CUDA-graph replay (median of CUDA events, `tune_fused_moe.time_call`):
-  * new:   `moe_configs.default_config(...)`, the rule as it ships (PREFILL_TMA on);
-  * old:   the same with prefill_tma=False (128 x 128 x 64 pointer tiles, GROUP_M 16);
+  * new:   `moe_configs.default_config(..., prefill_tma=True)`, the TMA prefill tiles (128 x 128 x 32, 5 deep; GEMM2
+           128 x 256 x 64);
+  * old:   the same with prefill_tma=False (128 x 128 x 64 pointer tiles, GROUP_M 16: the rule as it ships while
+           PREFILL_TMA is off);
   * table: the shipped tuned table's entry for that T (presets only).
 The new rule's output must match the old rule's (same sums, other tiles: within bf16 rounding) or the script exits 1.
 
@@ -53,7 +55,7 @@ def main(argv=None) -> int:
                 continue
             routings = tune.make_routings(T, E, D, K, dtype, tune.n_calls_for(E, D, I, K, T), seed=T)
             cfgs = {"old": moe_configs.default_config(E, I, D, K, T, dtype, prefill_tma=False),
-                    "new": moe_configs.default_config(E, I, D, K, T, dtype)}
+                    "new": moe_configs.default_config(E, I, D, K, T, dtype, prefill_tma=True)}
             if table:
                 cfgs["table"] = moe_configs.nearest_bucket(table, T)
             x, ids, w = routings[0]

@@ -594,6 +594,16 @@ def test_tune_script_help():
     assert res.returncode == 0 and "--presets" in res.stdout
 
 
+@pytest.mark.skipif(not INTERPRET, reason="the no-GPU refusal")
+def test_rule_ab_script_refuses_without_a_gpu():
+    """scripts/default_rule_ab.py: its shapes parse, and without a GPU it exits 2 with one line, before any work."""
+    script = Path(__file__).resolve().parents[1] / "scripts" / "default_rule_ab.py"
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
+    res = subprocess.run([sys.executable, str(script), "--shapes", "olmoe", "mixtral-chunk4"], capture_output=True,
+                         text=True, env=env)
+    assert res.returncode == 2 and res.stderr.strip().count("\n") == 0 and "GPU" in res.stderr, res.stderr
+
+
 @pytest.mark.skipif(not INTERPRET, reason="--check is the benchmark's CPU (interpreter) path")
 def test_bench_small_check_mode():
     """The decode benchmark's --check path: every candidate config against the oracle, on the CPU."""
