@@ -549,6 +549,7 @@ def test_prefill_rule_tiles(dtype, monkeypatch):
         for c, n_b in ((cfg, 2), (down, 1)):
             per_stage = (c["BLOCK_M"] * c["BLOCK_K"] + n_b * c["BLOCK_K"] * c["BLOCK_N"]) * elem
             assert 2 <= c["num_stages"] and per_stage * c["num_stages"] <= moe_configs.SMEM_BUDGET
+        assert (cfg["num_stages"], down["num_stages"]) == ((5, 4) if elem == 2 else (4, 2))   # the tuner's depths
         old = moe_configs.default_config(E, I, D, K, T, dtype, prefill_tma=False)
         assert "b_tma" not in old and "b_tma" not in old["down"] and old["BLOCK_K"] == 64
         monkeypatch.setattr(moe_configs, "PREFILL_TMA", False)
@@ -596,12 +597,18 @@ def test_tune_script_help():
 
 @pytest.mark.skipif(not INTERPRET, reason="the no-GPU refusal")
 def test_rule_ab_script_refuses_without_a_gpu():
-    """scripts/default_rule_ab.py: its shapes parse, and without a GPU it exits 2 with one line, before any work."""
+    """scripts/default_rule_ab.py: its shapes parse; without a GPU it exits 2 with one line; bad input (no cell where
+    the rules differ, a T or a round count <= 0, a --json folder that does not exist) exits 2 naming it, first."""
     script = Path(__file__).resolve().parents[1] / "scripts" / "default_rule_ab.py"
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
     res = subprocess.run([sys.executable, str(script), "--shapes", "olmoe", "mixtral-chunk4"], capture_output=True,
                          text=True, env=env)
     assert res.returncode == 2 and res.stderr.strip().count("\n") == 0 and "GPU" in res.stderr, res.stderr
+    for args, says in ((["--buckets", "64"], "no (shape, T)"), (["--buckets", "-5"], "positive"),
+                       (["--rounds", "0"], "positive"), (["--json", "/nonexistent/dir/x.json"], "does not exist")):
+        res = subprocess.run([sys.executable, str(script), "--shapes", "olmoe", *args], capture_output=True,
+                             text=True, env=env)
+        assert res.returncode == 2 and says in res.stderr, (args, res.stderr)
 
 
 @pytest.mark.skipif(not INTERPRET, reason="--check is the benchmark's CPU (interpreter) path")

@@ -13,7 +13,8 @@ optional "small" dict sets the decode variant's own tiles (fused_moe_small.py; i
 An optional "b_tma": true has the aligned variant read its weight tiles through host TMA descriptors (Hopper's
 tensor memory accelerator, fused_moe_gemms.py) instead of pointer loads: at the top level for both GEMMs, and "down":
 {"b_tma": ...} overrides it for GEMM2 alone. Like the tiles it is a launch parameter the tuner picks per bucket
-(scripts/tune_fused_moe.py --tma), not a user switch: only the H200 tables carry it, the rule below never sets it.
+(scripts/tune_fused_moe.py --tma), not a user switch: the H200 tables carry it, and the rule below sets it only with
+PREFILL_TMA (off).
 The gathered activation rows keep pointer loads, and where the unit cannot serve (a shared expert's blocks at decode
 batches, small_dot, weights not 16-byte aligned) the launch keeps the pointer path (`fused_moe._b_tma`): same result.
 
@@ -96,11 +97,12 @@ def pipeline_stages(block_m, block_n, block_k, n_b_tiles, elem_bytes, max_stages
 
 # The rule's prefill tiles (more than 128 routed rows an expert, where GROUP_M groups M-blocks): the tuner's winners
 # there on every shipped table and on the unseen shapes of issue 16 (docs/results/2026-12-05-s45), i.e. GEMM1 128 x 128
-# x 32 tiles 5 deep, GEMM2 128 x 256 x 64 tiles 4 deep, both reading their weight tiles through TMA (`b_tma`, pointer
-# loads where the GPU or Triton has no TMA). False: the 128 x 128 x 64 pointer tiles every earlier rule gave.
-# Measured against those (scripts/default_rule_ab.py, H100, docs/results/2026-12-05-s46, call 2): Qwen2-57B-A14B
-# 0.999x / 1.018x / 1.030x at 2,048 / 4,096 / 8,192 tokens, Phi-3.5-MoE 0.981x / 1.010x / 0.993x (old time / new):
-# a few % either way, not the 4-10% the tuner's per-shape pick gained on the H200. Off.
+# x 32 tiles 5 deep, GEMM2 128 x 256 x 64 tiles 4 deep (fp32: 4 and 2), both reading their weight tiles through TMA
+# (`b_tma`; pointer loads with these tiles where the GPU or Triton has no TMA, and for a fused shared expert, whose
+# blocks never take TMA: `fused_moe._b_tma`, not timed). False: the 128 x 128 x 64 pointer tiles every earlier rule
+# gave. Measured against those (scripts/default_rule_ab.py, H100, docs/results/2026-12-05-s46): call 2, one timing
+# each, Qwen2-57B-A14B 0.999x / 1.018x / 1.030x at 2,048 / 4,096 / 8,192 tokens, Phi-3.5-MoE 0.981x / 1.010x /
+# 0.993x (old time / new): a few % either way, not the 4-10% the tuner's per-shape pick gained on the H200. Off.
 PREFILL_TMA = False
 
 
