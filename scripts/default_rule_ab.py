@@ -2,12 +2,13 @@
 
 For each (E, D, I, K) (issue 16's five unseen shapes, the tensor-parallel shards, a 4-expert chunk of Mixtral as the
 int4 / int8 prefill's dequantize-then-bf16 path runs it, and the five single-GPU presets) and each T with more than
-128 routed rows an expert (where `moe_configs.PREFILL_TMA` changes the rule), the same fused_moe call is timed by
+128 routed rows an expert (where the rule groups M-blocks and may take its TMA prefill tiles: it does from
+`moe_configs.PREFILL_TMA_MIN_ROWS`), the same fused_moe call is timed by
 CUDA-graph replay (`tune_fused_moe.time_call`: the median of 5 replays of a graph of several calls) with:
   * new:   `moe_configs.default_config(..., prefill_tma=True)`, the TMA prefill tiles (128 x 128 x 32, 5 deep; GEMM2
            128 x 256 x 64);
-  * old:   the same with prefill_tma=False (128 x 128 x 64 pointer tiles, GROUP_M 16: the rule as it ships while
-           PREFILL_TMA is off);
+  * old:   the same with prefill_tma=False (128 x 128 x 64 pointer tiles, GROUP_M 16: the rule below
+           PREFILL_TMA_MIN_ROWS);
   * table: the tuned table's entry for that T, for any shape with a file in minimoe/kernels/configs/ for this GPU.
 `--rounds` rounds, the variants' order reversed every other round (ABBA); a cell reports each variant's median over
 rounds and the old / new ratio's spread over rounds. The new rule's output must match the old rule's (the same sums

@@ -533,15 +533,16 @@ def test_config_lookup(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 def test_prefill_rule_tiles(dtype, monkeypatch):
-    """More than 128 rows an expert: the rule's TMA prefill tiles (GEMM1 128 x 128 x 32, GEMM2 128 x 256 x 64, both
-    b_tma, pipelines within the budget); at or below 128, and with PREFILL_TMA off or prefill_tma=False, the pointer
-    tiles it gave before; the quantized path's untuned tiles never carry b_tma."""
+    """From PREFILL_TMA_MIN_ROWS (512) routed rows an expert: the rule's TMA prefill tiles (GEMM1 128 x 128 x 32, GEMM2
+    128 x 256 x 64, both b_tma, the tuner's depths within the budget); below it, with the threshold at None, or with
+    prefill_tma=False, the pointer tiles it gave before; prefill_tma=True takes them from 129 rows; the quantized path's
+    untuned tiles never carry b_tma."""
     from minimoe.kernels import fused_moe_quant
-    monkeypatch.setattr(moe_configs, "PREFILL_TMA", True)
+    assert moe_configs.PREFILL_TMA_MIN_ROWS == 512
     elem = torch.finfo(dtype).bits // 8
-    for shape, T in (((64, 1024, 2048, 8), 4096), ((160, 1536, 5120, 6), 4096), ((8, 14336, 4096, 2), 8192)):
+    for shape, T in (((64, 1024, 2048, 8), 4096), ((160, 1536, 5120, 6), 16384), ((8, 14336, 4096, 2), 2048)):
         E, I, D, K = shape
-        assert T * K / E > 128
+        assert T * K / E >= 512
         cfg = moe_configs.default_config(E, I, D, K, T, dtype)
         down = moe_configs.down_config(cfg)
         assert (cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_K"], cfg["GROUP_M"], cfg["b_tma"]) == (128, 128, 32, 16, True)
@@ -551,13 +552,16 @@ def test_prefill_rule_tiles(dtype, monkeypatch):
             assert 2 <= c["num_stages"] and per_stage * c["num_stages"] <= moe_configs.SMEM_BUDGET
         assert (cfg["num_stages"], down["num_stages"]) == ((5, 4) if elem == 2 else (4, 2))   # the tuner's depths
         old = moe_configs.default_config(E, I, D, K, T, dtype, prefill_tma=False)
-        assert "b_tma" not in old and "b_tma" not in old["down"] and old["BLOCK_K"] == 64
-        monkeypatch.setattr(moe_configs, "PREFILL_TMA", False)
+        assert "b_tma" not in old and "b_tma" not in old["down"] and old["BLOCK_K"] == 64 and old["GROUP_M"] == 16
+        monkeypatch.setattr(moe_configs, "PREFILL_TMA_MIN_ROWS", None)
         assert moe_configs.default_config(E, I, D, K, T, dtype) == old
         assert moe_configs.default_config(E, I, D, K, T, dtype, prefill_tma=True) == cfg
-        monkeypatch.setattr(moe_configs, "PREFILL_TMA", True)
-        T_mid = 128 * E // K                                     # exactly 128 rows an expert: the pointer tiles
-        assert "b_tma" not in moe_configs.default_config(E, I, D, K, T_mid, dtype)
+        monkeypatch.setattr(moe_configs, "PREFILL_TMA_MIN_ROWS", 512)
+        below = 511 * E // K                                     # just under 512 rows an expert: the pointer tiles
+        assert below * K / E < 512 and "b_tma" not in moe_configs.default_config(E, I, D, K, below, dtype)
+        assert moe_configs.default_config(E, I, D, K, below, dtype, prefill_tma=True)["b_tma"] is True
+        T_mid = 128 * E // K                                     # exactly 128 rows: never, even when asked
+        assert "b_tma" not in moe_configs.default_config(E, I, D, K, T_mid, dtype, prefill_tma=True)
     monkeypatch.setattr(fused_moe_quant, "on_gpu", lambda: True)
     from minimoe import qweights as Q
     w = Q.quantize_int4(torch.randn(8, 96, 64), 32)

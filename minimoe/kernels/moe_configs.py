@@ -13,8 +13,8 @@ optional "small" dict sets the decode variant's own tiles (fused_moe_small.py; i
 An optional "b_tma": true has the aligned variant read its weight tiles through host TMA descriptors (Hopper's
 tensor memory accelerator, fused_moe_gemms.py) instead of pointer loads: at the top level for both GEMMs, and "down":
 {"b_tma": ...} overrides it for GEMM2 alone. Like the tiles it is a launch parameter the tuner picks per bucket
-(scripts/tune_fused_moe.py --tma), not a user switch: the H200 tables carry it, and the rule below sets it only with
-PREFILL_TMA (off).
+(scripts/tune_fused_moe.py --tma), not a user switch: the H200 tables carry it, and the rule below sets it from
+PREFILL_TMA_MIN_ROWS routed rows an expert.
 The gathered activation rows keep pointer loads, and where the unit cannot serve (a shared expert's blocks at decode
 batches, small_dot, weights not 16-byte aligned) the launch keeps the pointer path (`fused_moe._b_tma`): same result.
 
@@ -95,22 +95,26 @@ def pipeline_stages(block_m, block_n, block_k, n_b_tiles, elem_bytes, max_stages
     return max(2, min(max_stages, SMEM_BUDGET // per_stage))
 
 
-# The rule's prefill tiles (more than 128 routed rows an expert, where GROUP_M groups M-blocks): the tuner's winners
-# there on every shipped table and on the unseen shapes of issue 16 (docs/results/2026-12-05-s45), i.e. GEMM1 128 x 128
-# x 32 tiles 5 deep, GEMM2 128 x 256 x 64 tiles 4 deep (fp32: 4 and 2), both reading their weight tiles through TMA
-# (`b_tma`; pointer loads with these tiles where the GPU or Triton has no TMA, and for a fused shared expert, whose
-# blocks never take TMA: `fused_moe._b_tma`, not timed). False: the 128 x 128 x 64 pointer tiles every earlier rule
-# gave. Measured against those (scripts/default_rule_ab.py, H100, docs/results/2026-12-05-s46): call 2, one timing
-# each, Qwen2-57B-A14B 0.999x / 1.018x / 1.030x at 2,048 / 4,096 / 8,192 tokens, Phi-3.5-MoE 0.981x / 1.010x /
-# 0.993x (old time / new): a few % either way, not the 4-10% the tuner's per-shape pick gained on the H200. Off.
-PREFILL_TMA = False
+# The rule's TMA prefill tiles, from PREFILL_TMA_MIN_ROWS routed rows an expert (tokens per expert T·K / E; None:
+# never): the tuner's winners at prefill on every shipped table and on the unseen shapes of issue 16
+# (docs/results/2026-12-05-s45), i.e. GEMM1 128 x 128 x 32 tiles 5 deep, GEMM2 128 x 256 x 64 tiles 4 deep (fp32: 4
+# and 2), both reading their weight tiles through TMA (`b_tma`; pointer loads with these tiles where the GPU or Triton
+# has no TMA; a fused shared expert, which never takes TMA, is fused up to 64 tokens only, far below these sizes).
+# Below it, the 128 x 128 x 64 pointer tiles every earlier rule gave. Measured against those
+# (scripts/default_rule_ab.py, H100, docs/results/2026-12-05-s46, calls 6-7: 3 rounds, ABBA; old time / new): from 512
+# rows a win in all nine cells, 1.005x-1.090x (median 1.041x: Qwen2-57B-A14B 1.090 / 1.042 at 4,096 / 8,192 tokens,
+# Qwen3-235B-A22B 1.041 at 8,192, Phi-3.5-MoE 1.018 / 1.005, granite-3.0-3b 1.017 / 1.063, a 4-expert Mixtral chunk as
+# the int4 / int8 prefill runs it 1.086 / 1.014); at 256 rows a loss (Qwen3-235B-A22B 0.981 at 4,096 tokens; call 2,
+# one timing each: Qwen2-57B-A14B 0.999, Phi-3.5-MoE 0.981 at 2,048).
+PREFILL_TMA_MIN_ROWS: int | None = 512
 
 
 def default_config(E: int, I: int, D: int, K: int, T: int, dtype: torch.dtype, prefill_tma: bool | None = None) -> dict:
     """Heuristic config from tokens per expert T·K / E (thresholds follow vLLM's tuned H200 tables; the prefill
-    tiles, PREFILL_TMA, this engine's tuner's): {BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages[, b_tma],
-    down: GEMM2's overrides}. prefill_tma None follows PREFILL_TMA; False gives the pointer tiles (the quantized
-    path, whose B tiles are codes, builds on those)."""
+    tiles, PREFILL_TMA_MIN_ROWS, this engine's tuner's): {BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages[,
+    b_tma], down: GEMM2's overrides}. prefill_tma None follows PREFILL_TMA_MIN_ROWS; True takes the TMA prefill tiles
+    wherever the rule groups M-blocks (more than 128 rows an expert; scripts/default_rule_ab.py); False never (the
+    quantized path, whose B tiles are codes, builds on the pointer tiles)."""
     tpe = T * K / E
     block_m = 16 if tpe < 12 else 32 if tpe < 24 else 64 if tpe < 48 else 128
     block_n = 64 if block_m == 16 else 128
@@ -129,7 +133,9 @@ def default_config(E: int, I: int, D: int, K: int, T: int, dtype: torch.dtype, p
     down_n = 256 if block_m == 128 else block_n
     cfg["down"] = {"BLOCK_N": down_n,
                    "num_stages": pipeline_stages(block_m, down_n, block_k, 1, elem, max_stages)}
-    if (PREFILL_TMA if prefill_tma is None else prefill_tma) and tpe > 128:
+    if prefill_tma is None:
+        prefill_tma = PREFILL_TMA_MIN_ROWS is not None and tpe >= PREFILL_TMA_MIN_ROWS
+    if prefill_tma and tpe > 128:
         cfg.update(BLOCK_K=32, num_stages=pipeline_stages(128, 128, 32, 2, elem, 5), b_tma=True)
         cfg["down"] = {"BLOCK_N": 256, "BLOCK_K": 64, "num_stages": pipeline_stages(128, 256, 64, 1, elem, 4),
                        "b_tma": True}
