@@ -47,7 +47,8 @@ def cells(shapes: list[str], buckets: list[int]) -> list[tuple[str, int]]:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=__doc__ + "\nNeeds a CUDA GPU.",
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     p.add_argument("--buckets", nargs="+", type=int, default=[1024, 2048, 4096, 8192], help="tokens T a call")
     p.add_argument("--rounds", type=int, default=3, help="timing rounds, the variants' order alternating")

@@ -42,14 +42,24 @@ SHARDS = {n: shape for n, shape in tune.PRESETS.items() if n.endswith("-tp2")}
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--shapes", nargs="+", default=list(UNSEEN), choices=list(UNSEEN) + list(SHARDS))
-    p.add_argument("--buckets", nargs="+", type=int, default=[1, 8, 64, 512, 4096])
-    p.add_argument("--workers", type=int, default=12)
+    p = argparse.ArgumentParser(description=__doc__ + "\nNeeds a CUDA GPU.",
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shapes", nargs="+", default=list(UNSEEN), choices=list(UNSEEN) + list(SHARDS),
+                   help="(E, D, I, K) shapes by name (default: the five unseen ones)")
+    p.add_argument("--buckets", nargs="+", type=int, default=[1, 8, 64, 512, 4096],
+                   help="tokens T a call (default: 1 8 64 512 4096)")
+    p.add_argument("--workers", type=int, default=12,
+                   help="parallel compile processes, each holding one copy of a shape's layer (default 12; 0: none)")
     p.add_argument("--tma", action="store_true", help="the tuner's --tma search space (a superset)")
-    p.add_argument("--json")
+    p.add_argument("--json", help="also write the rows to this file")
     a = p.parse_args(argv)
-    assert torch.cuda.is_available(), "needs a GPU"
+    if min(a.buckets) <= 0 or a.workers < 0:
+        p.error("--buckets must be positive and --workers >= 0")
+    if a.json and not Path(a.json).resolve().parent.is_dir():
+        p.error(f"--json: folder {Path(a.json).resolve().parent} does not exist")
+    if not torch.cuda.is_available():
+        print("untuned_shapes: times the fused MoE on a CUDA GPU; none is visible", file=sys.stderr)
+        return 2
     dtype = torch.bfloat16
     shapes = {**UNSEEN, **SHARDS}
     for name in (n for n in a.shapes if n in UNSEEN):

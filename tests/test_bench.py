@@ -300,6 +300,15 @@ def test_json_line_is_strict_json_with_one_output_token(capsys):
     json.loads(out.strip().splitlines()[-1], parse_constant=reject)
 
 
+def test_json_dash_writes_no_file(capsys, tmp_path, monkeypatch):
+    """--json - : the JSON line on stdout as always, and no file named '-' (it means stdout, as in generate)."""
+    monkeypatch.chdir(tmp_path)
+    rc, out, err = run_bench(capsys, "--model", "olmoe-tiny", "--input-len", 8, "--output-len", 1,
+                             "--warmup", 0, "--iters", 1, "--json", "-")
+    assert rc == 0 and json.loads(out.strip().splitlines()[-1])["results"]
+    assert not (tmp_path / "-").exists()
+
+
 # ---- --compare transformers ---------------------------------------------------------------------
 
 

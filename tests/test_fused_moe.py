@@ -600,6 +600,18 @@ def test_tune_script_help():
 
 
 @pytest.mark.skipif(not INTERPRET, reason="the no-GPU refusal")
+@pytest.mark.parametrize("script,args", [("untuned_shapes.py", ["--shapes", "granite-3b"]),
+                                         ("tune_fused_moe.py", ["--presets", "olmoe", "--workers", "0"]),
+                                         ("bench_attn_tiles.py", [])])
+def test_gpu_scripts_refuse_without_a_gpu(script, args):
+    """The GPU-only scripts exit 2 with one line on a machine without a CUDA GPU (an assert gave a traceback)."""
+    path = Path(__file__).resolve().parents[1] / "scripts" / script
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
+    res = subprocess.run([sys.executable, str(path), *args], capture_output=True, text=True, env=env)
+    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1 and "GPU" in res.stderr, res.stderr
+
+
+@pytest.mark.skipif(not INTERPRET, reason="the no-GPU refusal")
 def test_rule_ab_script_refuses_without_a_gpu():
     """scripts/default_rule_ab.py: its shapes parse; without a GPU it exits 2 with one line; bad input (no cell where
     the rules differ, a T or a round count <= 0, a --json folder that does not exist) exits 2 naming it, first."""

@@ -69,7 +69,9 @@ def parser(prog: str = "bench.py") -> argparse.ArgumentParser:
     p.add_argument("--hf-experts", choices=["eager", "grouped_mm", "batched_mm"],
                    help="with --compare: transformers' experts implementation")
     p.add_argument("--ceilings", help="JSON file with bandwidth_GBps and matmul_TFLOPs (skip measuring)")
-    p.add_argument("--json", type=out_path, help="also write the final JSON object to this file")
+    p.add_argument("--json", type=out_path,
+                   help="also write the final JSON object to this file (it is printed as the last line anyway; '-' "
+                        "writes no file)")
     p.add_argument("--plot", type=out_path, help="image (.png, .svg, .pdf, ...): output tok/s against batch size, "
                                                  "one line per length")
     p.add_argument("--load-heatmap", type=out_path, help="image (.png, .svg, .pdf, ...): tokens per (layer, expert) "
@@ -314,7 +316,7 @@ def main(argv=None, prog: str = "bench.py") -> int:
     if load is not None:
         summary["expert_load"] = plans.load_summary(model, load)
     line = json.dumps(summary, default=str)
-    if args.json:                                   # the numbers first, then the pictures drawn from them
+    if args.json and args.json != "-":              # the numbers first, then the pictures drawn from them
         with open(args.json, "w") as f:
             f.write(line + "\n")
     print(line)

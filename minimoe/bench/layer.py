@@ -20,7 +20,8 @@ import sys
 
 import torch
 
-from ..cli import ArgumentParser
+from ..cli import ArgumentParser, check_output_path, out_path
+from ..runtime import UsageError
 from ..experts import EXPERT_PATHS, Experts
 from ..quant import FORMATS, quantize_experts
 try:
@@ -150,10 +151,14 @@ def main(argv=None) -> int:
     p.add_argument("--tokens", type=int, nargs="+", default=list(TOKENS),
                    help=f"tokens routed through the layer (default: {' '.join(map(str, TOKENS))})")
     p.add_argument("--paths", nargs="+", default=list(EXPERT_PATHS), choices=list(EXPERT_PATHS))
-    p.add_argument("--json", help="write the rows as JSON to this file")
+    p.add_argument("--json", type=out_path, help="also write the rows as JSON to this file (the line is printed anyway)")
     p.add_argument("--quant", choices=[f for f in FORMATS if f != "bnb-int8"],
                    help="also time the layer quantized to this format (fused path; bf16 in the same run)")
     args = p.parse_args(argv)
+    try:
+        check_output_path(args.json, "--json")
+    except UsageError as e:
+        p.error(str(e))
     if not torch.cuda.is_available():
         print("error: the layer benchmark times CUDA graphs and needs a CUDA GPU", file=sys.stderr)
         return 2
@@ -175,7 +180,7 @@ def main(argv=None) -> int:
         print(f"{r['shape']:18s} {r['T']:6d} {r['path']:14s} {r['us']:10.1f} {r['TB_s']:6.2f} {r['pct_bw']:5.0f} "
               f"{r['TFLOP_s']:8.1f} {r['pct_peak']:6.0f} {r['rel_err_vs_loop']:8.1e}  {r.get('variant', '')}{quant}{flag}")
     out = {"ceilings": ceilings, "gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "rows": rows}
-    if args.json:
+    if args.json and args.json != "-":
         with open(args.json, "w") as f:
             json.dump(out, f)
     print(json.dumps(out))
