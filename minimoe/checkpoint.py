@@ -41,6 +41,10 @@ def resolve(model: str) -> tuple[dict, Path | None]:
         if not (path / "config.json").exists():
             raise CheckpointError(f"{path} has no config.json")
         return _read_json(path / "config.json"), path
+    if path.is_file():                           # models/x/config.json: the folder was meant
+        hint = f": pass its folder, {path.parent}" if path.name == "config.json" else \
+            " (a checkpoint is a folder holding config.json and *.safetensors)"
+        raise CheckpointError(f"{model}: a file, not a directory{hint}")
     if model.startswith((".", "/", "~")):        # a path (--model or --draft), not a card or a hub id: say what is wrong
         why = "not a directory (a checkpoint is a folder holding config.json and *.safetensors)" if path.exists() \
             else "no such directory"

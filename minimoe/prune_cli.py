@@ -72,7 +72,8 @@ def make_request(kind: str, ratio: float, method: str | None, per_layer: str, ca
     if method not in METHODS[kind]:
         raise UsageError(f"{flag} {method}: {kind}-expert pruning ranks by {' | '.join(METHODS[kind])}")
     if not 0 < ratio < 1:
-        raise UsageError(f"the pruning ratio must be a fraction between 0 and 1, got {ratio:g}")
+        raise UsageError(f"{'--prune' if flag == '--prune-method' else '--ratio'}: the pruning ratio must be a fraction "
+                         f"between 0 and 1, got {ratio:g}")
     pl_flag = "--prune-per-layer" if flag == "--prune-method" else "--per-layer"
     if per_layer not in PER_LAYER:
         raise UsageError(f"{pl_flag} {per_layer}: choose uniform or global")

@@ -76,7 +76,7 @@ def check_settings(s: RunSettings, cfg: ModelConfig) -> None:
         if problem:
             raise UsageError(problem)
     if s.router is not None and s.router not in ROUTERS:
-        raise UsageError(f"unknown router {s.router!r}; choose from {sorted(ROUTERS)}")
+        raise UsageError(f"--router: unknown router {s.router!r}; choose {' | '.join(sorted(ROUTERS))}")
     if s.top_k is not None:
         try:
             cfg.with_top_k(s.top_k)

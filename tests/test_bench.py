@@ -10,6 +10,7 @@ import json
 import math
 import re
 import statistics
+from pathlib import Path
 import pytest
 import torch
 
@@ -177,6 +178,7 @@ def test_profile_regions_cover_the_eager_step(capsys):
 
 
 BASE = ["--model", "olmoe-tiny", *SHORT]
+STDLIB_CONFIG = Path(__file__).resolve().parents[1] / "models" / "olmoe-stdlib" / "config.json"
 BAD_INPUT = {
     "unknown model": (["--model", "no-such-model"], "unknown model 'no-such-model': not a model card"),
     "zero batch": (BASE + ["--bs", "0"], "--bs must be at least 1, got 0"),
@@ -184,7 +186,10 @@ BAD_INPUT = {
     "zero output": (BASE + ["--output-len", "0"], "--output-len must be at least 1, got 0"),
     "longer than the model": (BASE + ["--input-len", "3000", "--output-len", "2"],
                               "3000 + 2 tokens need 3001 positions, more than the model's max_position_embeddings 2048"),
-    "no iters": (BASE + ["--iters", "0"], "--warmup must be >= 0 and --iters >= 1"),
+    "no iters": (BASE + ["--iters", "0"], "--warmup must be >= 0 and --iters >= 1 (got --warmup 0, --iters 0)"),
+    "config file for a folder": (["--model", str(STDLIB_CONFIG)],
+                                 f"{STDLIB_CONFIG}: a file, not a directory: pass its folder"),
+    "prune ratio": (BASE + ["--prune", "inter:1.5"], "--prune: the pruning ratio must be a fraction between 0 and 1"),
     "missing weights": (BASE + ["--weights", "/nonexistent"], "weights directory /nonexistent does not exist"),
     "fused on cpu": (BASE + ["--fused"], "--experts fused needs Triton on a CUDA GPU"),
     "triton attn on cpu": (BASE + ["--attn", "triton"], "--attn triton needs Triton on a CUDA GPU"),
@@ -203,7 +208,7 @@ BAD_INPUT = {
     "topk zero": (BASE + ["--topk", "0"], "--topk must be at least 1, got 0"),
     "unknown dtype": (BASE + ["--dtype", "fp8"], "--dtype fp8: choose from bf16, fp16, fp32"),
     "unknown expert path": (BASE + ["--experts", "magic"], "--experts magic: choose from loop, grouped, fused"),
-    "unknown router": (BASE + ["--router", "fastest"], "unknown router 'fastest'"),
+    "unknown router": (BASE + ["--router", "fastest"], "--router: unknown router 'fastest'; choose balanced | "),
     "json folder missing": (BASE + ["--json", "/no/such/dir/out.json"], "--json /no/such/dir/out.json: the folder"),
     "plot folder missing": (BASE + ["--plot", "/no/such/dir/p.png"], "--plot /no/such/dir/p.png: the folder"),
     "heatmap of a dense model": (["--model", "qwen3-stdlib-draft", *SHORT, "--load-heatmap", "h.png"],

@@ -73,6 +73,10 @@ def test_a_path_that_is_not_a_directory_says_so(tmp_path):
     (tmp_path / "file.txt").write_text("x")
     with pytest.raises(CheckpointError, match="not a directory"):
         build_model(str(tmp_path / "file.txt"), "dummy")
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "config.json").write_text("{}")
+    with pytest.raises(CheckpointError, match="a file, not a directory: pass its folder"):   # its config.json
+        build_model(str(tmp_path / "ckpt" / "config.json"), "dummy")
 
 
 def test_unknown_model_type_lists_the_supported_ones(tmp_path):

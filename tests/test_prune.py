@@ -633,6 +633,10 @@ def test_bench_prune_times_the_pruned_shapes(tmp_path, capsys):
     assert per_expert["intra"] == pytest.approx(per_expert["plain"] / 2)     # each expert read is half as wide
     assert touched["inter"] <= 4 and touched["skip"] < touched["plain"]
     assert "skipped" in runs["skip"][1]["results"][0]["profile"]["notes"]
+    assert "prune" not in runs["plain"][1] and "prune" not in runs["skip"][1]
+    assert {k: runs["intra"][1]["prune"][k] for k in ("kind", "ratio", "per_layer")} == \
+        {"kind": "intra", "ratio": 0.5, "per_layer": "uniform"}
+    assert runs["inter"][1]["prune"]["kind"] == "inter" and runs["inter"][1]["prune"]["method"]
 
 
 def test_weights_from_another_folder_are_named_as_loaded(checkpoint, tmp_path, capsys):

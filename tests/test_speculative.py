@@ -469,6 +469,22 @@ def test_bench_reports_the_speculative_metrics(capsys, tmp_path):
     assert m["itl_p90_ms"] is None and m["itl_median_ms"] > 0 and "a mean" in m["itl_note"]
 
 
+def test_bench_auto_gamma_off_says_why(capsys, tmp_path):
+    """--gamma auto at a hopeless acceptance: the row runs plain decoding (G 0), shows the best prediction, and a
+    footnote says the cost model's bar was not reached."""
+    from minimoe.bench import cli as bench
+    ceilings = tmp_path / "ceilings.json"
+    ceilings.write_text(json.dumps({"bandwidth_GBps": 10.0, "matmul_TFLOPs": 0.1}))
+    rc = bench.main(["--device", "cpu", "--model", "olmoe-tiny", "--draft", "mixtral-tiny", "--gamma", "auto",
+                     "--draft-accept", "0.01", "--bs", "1", "--input-len", "6", "--output-len", "8", "--warmup", "0",
+                     "--iters", "1", "--ceilings", str(ceilings)])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    spec = json.loads(out.strip().splitlines()[-1])["results"][0]["speculative"]
+    assert spec["gamma"] == 0 and "plain decoding" in spec["note"]
+    assert "0 (auto)" in out and "best " in out and "# G 0 (auto): no gamma's predicted speed-up reached" in out
+
+
 PUBLISHED_NON_EMBEDDING = {"Qwen3-0.6B": 0.44e9, "Qwen3-1.7B": 1.4e9, "Qwen3-4B": 3.6e9, "Qwen3-8B": 6.95e9}
 PUBLISHED_TOTAL = {"Qwen3-0.6B": 0.6e9, "Qwen3-1.7B": 1.7e9, "Qwen3-4B": 4.0e9, "Qwen3-8B": 8.2e9}
 

@@ -125,7 +125,7 @@ def validate(args, cfg) -> list[tuple]:
     if args.compare_steps is not None and args.compare_steps < 1:
         raise UsageError("--compare-steps must be at least 1")
     if args.warmup < 0 or args.iters < 1:
-        raise UsageError("--warmup must be >= 0 and --iters >= 1")
+        raise UsageError(f"--warmup must be >= 0 and --iters >= 1 (got --warmup {args.warmup}, --iters {args.iters})")
     if args.compare and cfg.family == "deepseek":
         raise UsageError("--compare transformers: DeepSeekMoE-16B is remote code, which minimoe never runs")
     if args.compare and (args.quant != "none" or getattr(args, "prune", None) or args.ep * args.tp > 1):
@@ -311,6 +311,10 @@ def main(argv=None, prog: str = "bench.py") -> int:
                                                         "moe_width_per_layer")},
                "params": {"total": pc.total, "active": pc.active(cfg, s.top_k)},
                "settings": vars(s), "graphs": graphs, "dtype": s.dtype, "results": results}
+    req = prune_cli.prune_request(args)             # checked before the build; here as fields a script can filter on
+    if req is not None:
+        summary["prune"] = {"kind": req.kind, "ratio": req.ratio, "method": req.method, "per_layer": req.per_layer,
+                            "calibration": req.calibration}
     if KNOBS:
         summary["knobs"] = dict(KNOBS)
     if load is not None:

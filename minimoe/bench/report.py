@@ -58,7 +58,7 @@ def print_header(v: dict, cfg, pc, settings, ceilings: dict, graphs: str, weight
     print(f"# minimoe bench | {where} | torch {v['torch']} | triton {v['triton']} | CUDA {v.get('cuda')}")
     print(f"# ceilings ({ceilings['source']}): bandwidth {ceilings['bandwidth_GBps']:.0f} GB/s "
           f"(copy {_f(ceilings.get('copy_GBps'), '.0f')}, read {_f(ceilings.get('read_GBps'), '.0f')}, "
-          f"stream {_f(ceilings.get('stream_read_GBps'), '.0f')}), matmul {ceilings['matmul_TFLOPs']:.1f} TFLOP/s")
+          f"stream {_f(ceilings.get('stream_read_GBps'), '.0f')}), matmul {ceilings['matmul_TFLOPs']:.4g} TFLOP/s")
     k = settings.top_k or cfg.top_k
     moe = f"E={_per_layer(cfg, cfg.layer_experts)} K={k} I={_per_layer(cfg, cfg.layer_moe_width)}" if cfg.is_moe \
         else "dense"

@@ -109,7 +109,8 @@ class SpecBench:
             out.update(speedup_e2e=1.0, speedup_decode=1.0, note="speculation off (cost model): plain decoding")
             best = max(out["auto_predictions"], key=lambda p: p["speedup"])
             self.rows.append((f"bs{b} {n_in}/{n_out}", "0 (auto)", "synthetic" if reference is not None else "real")
-                             + ("-",) * 6 + ("1.00x", "1.00x", f"{best['speedup']:.2f}x @G={best['gamma']}", "-"))
+                             + ("-",) * 6 + ("1.00x", "1.00x", f"best {best['speedup']:.3f}x @G={best['gamma']}",
+                                             "-"))
             return out
         spec.gamma = G
         run = median_run(spec, prompts, n_out, reference, args.warmup, args.iters)
@@ -176,3 +177,6 @@ class SpecBench:
         widths = [max(len(str(r[i])) for r in [COLUMNS] + self.rows) for i in range(len(COLUMNS))]
         for r in [COLUMNS] + self.rows:
             print("  ".join(str(c).rjust(w) for c, w in zip(r, widths)))
+        if any(r[1] == "0 (auto)" for r in self.rows):
+            print(f"# G 0 (auto): no gamma's predicted speed-up reached {1 + spec_cost.AUTO_MARGIN:.2f}x (the best is "
+                  "shown), so that row ran plain decoding")
