@@ -451,6 +451,18 @@ def test_plot_and_load_heatmap(capsys, tmp_path):
     assert [sum(row) for row in counts] == [0] + [expected_load(cfg, bs, n_in, n_out)] * 2
 
 
+def test_plot_is_titled_with_what_ran(capsys, tmp_path, monkeypatch):
+    """--plot: the image's title names the model, the device and the dtype / expert path (a saved PNG explains itself)."""
+    from minimoe.bench import timing
+    real, titles = timing.plot_throughput, []
+    monkeypatch.setattr(timing, "plot_throughput", lambda path, results, title=None: titles.append(title)
+                        or real(path, results, title=title))
+    plot = tmp_path / "t.png"
+    bench_json(capsys, "--model", "olmoe-tiny", *SHORT, "--plot", plot)
+    assert plot.read_bytes()[:8] == PNG_MAGIC and len(titles) == 1
+    assert "olmoe" in titles[0].lower() and "fp32" in titles[0] and "experts " in titles[0], titles
+
+
 def test_load_imbalance_ignores_dense_layers(capsys, tmp_path):
     j = bench_json(capsys, "--model", "deepseek-moe-tiny", *SHORT, "--load-heatmap", tmp_path / "h.png")
     load = j["expert_load"]

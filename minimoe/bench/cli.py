@@ -327,5 +327,6 @@ def main(argv=None, prog: str = "bench.py") -> int:
     if load is not None:
         plans.heatmap(model, load, args.load_heatmap)
     if args.plot:
-        timing.plot_throughput(args.plot, results)
+        timing.plot_throughput(args.plot, results, title=f"{summary['model']} | {v['gpu'] or v.get('cpu') or 'cpu'} | "
+                                                          f"{s.dtype}, experts {s.experts}")
     return 0

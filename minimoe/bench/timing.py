@@ -148,8 +148,9 @@ def profile_decode(gen: Generator, prompts, steps: int) -> dict:
             "coverage_pct": 100 * covered / step_ms, "notes": dict(prof.notes)}
 
 
-def plot_throughput(path: str, results: list[dict]) -> None:
-    """PNG: output tok/s against batch size, one line per (in, out) length."""
+def plot_throughput(path: str, results: list[dict], title: str | None = None) -> None:
+    """An image (format from the extension): output tok/s against batch size, one line per (in, out) length; title:
+    what ran where (bench.py: model, device, dtype, expert path), so a saved image explains itself."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -168,4 +169,6 @@ def plot_throughput(path: str, results: list[dict]) -> None:
     ax.set_ylabel("output tok/s")
     ax.legend(title="in/out")
     ax.grid(alpha=0.3)
+    if title:
+        ax.set_title(title, fontsize=9)
     fig.savefig(path, dpi=120, bbox_inches="tight")
