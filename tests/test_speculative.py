@@ -448,16 +448,21 @@ def test_generate_refuses_bad_speculation_flags(args, message, capsys):
     assert rc == 2 and err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1
 
 
-def test_bench_reports_the_speculative_metrics(capsys, tmp_path):
+def _bench_spec(capsys, tmp_path, gamma: str, accept: str, bs: str) -> tuple[str, dict]:
+    """bench.py olmoe-tiny with the mixtral-tiny draft on the CPU, fixed ceilings: (stdout, the speculative result)."""
     from minimoe.bench import cli as bench
     ceilings = tmp_path / "ceilings.json"
     ceilings.write_text(json.dumps({"bandwidth_GBps": 10.0, "matmul_TFLOPs": 0.1}))
-    rc = bench.main(["--device", "cpu", "--model", "olmoe-tiny", "--draft", "mixtral-tiny", "--gamma", "2",
-                     "--draft-accept", "0.8", "--bs", "2", "--input-len", "6", "--output-len", "8", "--warmup", "0",
+    rc = bench.main(["--device", "cpu", "--model", "olmoe-tiny", "--draft", "mixtral-tiny", "--gamma", gamma,
+                     "--draft-accept", accept, "--bs", bs, "--input-len", "6", "--output-len", "8", "--warmup", "0",
                      "--iters", "1", "--ceilings", str(ceilings)])
     out, err = capsys.readouterr()
     assert rc == 0, err
-    spec = json.loads(out.strip().splitlines()[-1])["results"][0]["speculative"]
+    return out, json.loads(out.strip().splitlines()[-1])["results"][0]["speculative"]
+
+
+def test_bench_reports_the_speculative_metrics(capsys, tmp_path):
+    out, spec = _bench_spec(capsys, tmp_path, "2", "0.8", "2")
     st = spec["stats"]
     assert st["synthetic"] and spec["acceptance"].startswith("synthetic") and spec["tokens_equal_plain"] == 1.0
     for key in ("acceptance_rate", "mean_accepted_len", "tokens_per_target_forward", "alpha"):
@@ -472,15 +477,7 @@ def test_bench_reports_the_speculative_metrics(capsys, tmp_path):
 def test_bench_auto_gamma_off_says_why(capsys, tmp_path):
     """--gamma auto at a hopeless acceptance: the row runs plain decoding (G 0), shows the best prediction, and a
     footnote says the cost model's bar was not reached."""
-    from minimoe.bench import cli as bench
-    ceilings = tmp_path / "ceilings.json"
-    ceilings.write_text(json.dumps({"bandwidth_GBps": 10.0, "matmul_TFLOPs": 0.1}))
-    rc = bench.main(["--device", "cpu", "--model", "olmoe-tiny", "--draft", "mixtral-tiny", "--gamma", "auto",
-                     "--draft-accept", "0.01", "--bs", "1", "--input-len", "6", "--output-len", "8", "--warmup", "0",
-                     "--iters", "1", "--ceilings", str(ceilings)])
-    out, err = capsys.readouterr()
-    assert rc == 0, err
-    spec = json.loads(out.strip().splitlines()[-1])["results"][0]["speculative"]
+    out, spec = _bench_spec(capsys, tmp_path, "auto", "0.01", "1")
     assert spec["gamma"] == 0 and "plain decoding" in spec["note"]
     assert "0 (auto)" in out and "best " in out and "# G 0 (auto): no gamma's predicted speed-up reached" in out
 
