@@ -66,7 +66,7 @@ COMBINE_WARPS = 2
 # tokens (0: never): a program issues its K id loads and K row loads together instead of K dependent load pairs in a
 # runtime loop. Measured (H100, docs/results/2026-12-05-s46, call 1), graphed OLMoE step: bs 64 -0.21%, bs 16 -0.34%
 # (bs 1 takes the small path, no combine: +0.15%, noise); bench.py bs 64 10,958.5 / 10,961.3 against 10,940.1 /
-# 10,935.3 out tok/s (+0.2%). The 8,192-token prefill (a combine at its bytes' time, 106 us a layer) was a tie within
+# 10,935.3 out tok/s (+0.2%). The 8,192-token prefill (a combine at its bytes' time, 106 µs a layer) was a tie within
 # the rounds' spread (+0.93% median, rounds overlapping): it keeps the loop.
 COMBINE_UNROLL_MAX_T = 64
 # GEMM2 started per M-block from GEMM1's arrival flags (fused_moe_gemms.py, FLAGS) and launched with PDL while GEMM1's
