@@ -9,7 +9,8 @@ CUDA-graph replay (`tune_fused_moe.time_call`: the median of 5 replays of a grap
            128 x 256 x 64);
   * old:   the same with prefill_tma=False (128 x 128 x 64 pointer tiles, GROUP_M 16: the rule below
            PREFILL_TMA_MIN_ROWS);
-  * table: the tuned table's entry for that T, for any shape with a file in minimoe/kernels/configs/ for this GPU.
+  * table: the tuned table's entry for that T, for any shape with a file in minimoe/kernels/configs/ for this GPU (on
+           another Hopper GPU, the H200's: `moe_configs.tuned_table`).
 `--rounds` rounds, the variants' order reversed every other round (ABBA); a cell reports each variant's median over
 rounds and the old / new ratio's spread over rounds. The new rule's output must match the old rule's (the same sums
 over other tiles: within bf16 rounding) or the script exits 1. Whether this GPU and Triton give the TMA unit at all is
@@ -74,7 +75,7 @@ def main(argv=None) -> int:
     for name in dict.fromkeys(n for n, _ in todo):
         E, D, I, K = SHAPES[name]
         w13, w2 = tune.make_layer(E, D, I, dtype)
-        table = moe_configs.load_tuned(str(moe_configs.CONFIG_DIR / moe_configs.config_file_name(E, I, D, K, dtype)))
+        table = moe_configs.tuned_table(E, I, D, K, dtype)        # on another Hopper GPU: the H200's
         for T in (T for n, T in todo if n == name):
             routings = tune.make_routings(T, E, D, K, dtype, tune.n_calls_for(E, D, I, K, T), seed=T)
             cfgs = {"old": moe_configs.default_config(E, I, D, K, T, dtype, prefill_tma=False),

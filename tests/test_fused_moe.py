@@ -569,6 +569,35 @@ def test_prefill_rule_tiles(dtype, monkeypatch):
     assert "b_tma" not in qcfg and "b_tma" not in moe_configs.down_config(qcfg)
 
 
+def test_hopper_gpus_read_the_h200_tables(tmp_path, monkeypatch):
+    """tuned_table: a GPU's own file first; another Hopper GPU without one reads HOPPER_FALLBACK's (the H200's); a
+    non-Hopper GPU, the fallback device itself, or HOPPER_FALLBACK None get None (the rule); get_config follows it."""
+    E, I, D, K = 8, 40, 64, 2
+    h200 = {"BLOCK_M": 16, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 1, "num_warps": 4, "num_stages": 3}
+    (tmp_path / moe_configs.config_file_name(E, I, D, K, torch.bfloat16, "NVIDIA_H200")).write_text(
+        json.dumps({"configs": {"64": h200}}))
+    monkeypatch.setattr(moe_configs, "CONFIG_DIR", tmp_path)
+    monkeypatch.setattr(moe_configs, "on_gpu", lambda: True)
+    for name, hopper, fallback, want in (("NVIDIA_H100_80GB_HBM3", True, "NVIDIA_H200", h200),
+                                         ("NVIDIA_H100_80GB_HBM3", False, "NVIDIA_H200", None),    # an sm80 part
+                                         ("NVIDIA_H100_80GB_HBM3", True, None, None),
+                                         ("NVIDIA_H200", True, "NVIDIA_H200", h200)):              # its own file
+        monkeypatch.setattr(moe_configs, "device_name", lambda n=name: n)
+        monkeypatch.setattr(moe_configs, "_hopper", lambda h=hopper: h)
+        monkeypatch.setattr(moe_configs, "HOPPER_FALLBACK", fallback)
+        got = moe_configs.tuned_table(E, I, D, K, torch.bfloat16)
+        assert (got[64] if got else None) == want, (name, hopper, fallback)
+        cfg = moe_configs.get_config(E, I, D, K, 64, torch.bfloat16)
+        assert cfg == (want or moe_configs.default_config(E, I, D, K, 64, torch.bfloat16)), (name, hopper, fallback)
+    own = dict(h200, BLOCK_N=64)                             # an H100 file of its own wins over the fallback
+    (tmp_path / moe_configs.config_file_name(E, I, D, K, torch.bfloat16, "NVIDIA_H100_80GB_HBM3")).write_text(
+        json.dumps({"configs": {"64": own}}))
+    moe_configs.load_tuned.cache_clear()                      # its miss above was cached
+    monkeypatch.setattr(moe_configs, "device_name", lambda: "NVIDIA_H100_80GB_HBM3")
+    monkeypatch.setattr(moe_configs, "HOPPER_FALLBACK", "NVIDIA_H200")
+    assert moe_configs.tuned_table(E, I, D, K, torch.bfloat16)[64] == own
+
+
 def test_tune_merge_keeps_other_buckets(tmp_path, monkeypatch):
     """tune_fused_moe.py --merge: the tuned buckets replace theirs, the file's other buckets stay with their own µs
     and tuning dates, and buckets come out in token order."""

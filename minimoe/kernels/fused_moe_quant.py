@@ -26,7 +26,6 @@ loop by quant_tiles.load_cols:
 Nothing syncs with the host and every buffer size depends on (T, K, E, config): CUDA-graph safe.
 """
 
-import os
 
 import torch
 import triton
@@ -38,8 +37,8 @@ from .fused_moe_quant_small import fused_moe_quant_small
 from .moe_align import align_tokens_by_expert
 from .moe_combine import _combine_kernel
 from .moe_dequant import DEQUANT_MIN_M, DEQUANT_MIN_ROWS, fused_moe_dequant
-from .moe_configs import (CONFIG_DIR, config_file_name, default_config, interpreter_config, load_tuned,
-                          nearest_bucket, on_gpu, pipeline_stages)
+from .moe_configs import (CONFIG_DIR, default_config, interpreter_config, nearest_bucket, on_gpu, pipeline_stages,
+                          tuned_table)
 from .pdl import launch_args, wait_then_release
 from .quant_dot import dot_step, epilogue_scale, load_a
 from .quant_tiles import layout_args, pointer_args, quant_rows_fp8, stride_args
@@ -201,7 +200,7 @@ def tuned_config(w13, E: int, I: int, D: int, K: int, T: int) -> dict | None:
     fmt = {0: "fp8", 8: "int8", 4: "int4"}.get(w13.bits)
     if not (USE_TUNED and on_gpu() and fmt and w13.group == (128 if fmt == "int4" else 0) and w13.codes == 0):
         return None
-    table = load_tuned(os.path.join(str(CONFIG_DIR), config_file_name(E, I, D, K, TUNED_DTYPE[fmt])))
+    table = tuned_table(E, I, D, K, TUNED_DTYPE[fmt], CONFIG_DIR)
     if not table or not min(table) / 2 <= T <= max(table) * 2:      # a table speaks only for the sizes it was tuned at
         return None
     return nearest_bucket(table, T)

@@ -73,6 +73,28 @@ def config_file_name(E: int, I: int, D: int, K: int, dtype: torch.dtype | str,
     return f"E={E},I={I},D={D},K={K},device_name={device},dtype={dtype_name(dtype)}.json"
 
 
+# Another Hopper GPU (sm90: an H100, an H800, ...) with no table of its own reads this GPU's tables: the tiles were
+# tuned on an H200, which has the same SMs, clocks and shared memory, only more and faster HBM. None: such a GPU runs
+# the rule (default_config) for every shape. A probe knob too (scripts/step_probe.py).
+HOPPER_FALLBACK: str | None = "NVIDIA_H200"
+
+
+@functools.lru_cache(maxsize=None)
+def _hopper() -> bool:
+    return torch.cuda.is_available() and torch.cuda.get_device_capability()[0] == 9
+
+
+def tuned_table(E: int, I: int, D: int, K: int, dtype: torch.dtype | str,
+                config_dir: str | Path | None = None) -> dict[int, dict] | None:
+    """The tuned table of (E, I, D, K, dtype) in config_dir (default CONFIG_DIR) for this GPU: its own file, else on
+    another Hopper GPU the HOPPER_FALLBACK device's file, else None (the rule)."""
+    folder = Path(config_dir if config_dir is not None else CONFIG_DIR)
+    own = load_tuned(str(folder / config_file_name(E, I, D, K, dtype)))
+    if own is not None or not HOPPER_FALLBACK or device_name() == HOPPER_FALLBACK or not _hopper():
+        return own
+    return load_tuned(str(folder / config_file_name(E, I, D, K, dtype, HOPPER_FALLBACK)))
+
+
 @functools.lru_cache(maxsize=None)
 def load_tuned(path: str) -> dict[int, dict] | None:
     """{token bucket: config} from a tuned JSON file, or None when there is no such file."""
@@ -150,10 +172,11 @@ def interpreter_config() -> dict:
 
 def get_config(E: int, N: int, D: int, K: int, T: int, dtype: torch.dtype) -> dict:
     """Launch config for fused_moe with E local experts, N = I (the expert FFN width, w2.shape[2],
-    vLLM's naming), hidden D, top-K, T tokens. Tuned file first, then the heuristic."""
+    vLLM's naming), hidden D, top-K, T tokens. Tuned file first (tuned_table: this GPU's, or on another Hopper GPU
+    the H200's), then the heuristic."""
     if not on_gpu():
         return interpreter_config()
-    table = load_tuned(str(CONFIG_DIR / config_file_name(E, N, D, K, dtype)))
+    table = tuned_table(E, N, D, K, dtype)
     if table:
         return nearest_bucket(table, T)
     return default_config(E, N, D, K, T, dtype)
