@@ -570,8 +570,10 @@ def test_prefill_rule_tiles(dtype, monkeypatch):
 
 
 def test_hopper_gpus_read_the_h200_tables(tmp_path, monkeypatch):
-    """tuned_table: a GPU's own file first; another Hopper GPU without one reads HOPPER_FALLBACK's (the H200's); a
-    non-Hopper GPU, the fallback device itself, or HOPPER_FALLBACK None get None (the rule); get_config follows it."""
+    """tuned_table: a GPU's own file first; another Hopper GPU without one reads HOPPER_FALLBACK's (the H200's, once
+    set: None by default until measured); a non-Hopper GPU, the fallback device itself, or HOPPER_FALLBACK None get
+    None (the rule); get_config follows it."""
+    assert moe_configs.HOPPER_FALLBACK is None
     E, I, D, K = 8, 40, 64, 2
     h200 = {"BLOCK_M": 16, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 1, "num_warps": 4, "num_stages": 3}
     (tmp_path / moe_configs.config_file_name(E, I, D, K, torch.bfloat16, "NVIDIA_H200")).write_text(
