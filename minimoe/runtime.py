@@ -52,7 +52,10 @@ def _check_attn(s: RunSettings, cfg: ModelConfig, device: torch.device) -> None:
 
 
 def check_settings(s: RunSettings, cfg: ModelConfig) -> None:
-    """Refuse a resolved RunSettings this model or machine cannot run, naming the flag."""
+    """Refuse a resolved RunSettings this model or machine cannot run, naming the flag.
+
+    Also records a switch that has nothing to act on in this model as off (--fuse-shared on a model without
+    shared experts), so the header and the JSON say what ran."""
     device = s.torch_device
     if s.experts not in EXPERT_PATHS:
         raise UsageError(f"unknown expert path {s.experts!r}; choose from {sorted(EXPERT_PATHS)}")
@@ -98,6 +101,8 @@ def check_settings(s: RunSettings, cfg: ModelConfig) -> None:
             raise UsageError(str(e)) from None
     _check_attn(s, cfg, device)
     _check_draft(s, cfg)
+    if s.fuse_shared == "on" and not cfg.shared_intermediate_size:
+        s.fuse_shared = "off"                     # no shared experts: nothing to fuse (shared_fusion.py)
 
 
 def _check_draft(s: RunSettings, cfg: ModelConfig) -> None:

@@ -169,6 +169,12 @@ class RunSettings:
     def use_graphs(self) -> bool:
         return not self.eager and self.device.startswith("cuda")
 
+    def as_json(self) -> dict:
+        """Every field as a JSON-ready dict; --gamma as a number unless it is auto."""
+        d = dataclasses.asdict(self)
+        d["gamma"] = d["gamma"] if d["gamma"] == "auto" or not str(d["gamma"]).isdigit() else int(d["gamma"])
+        return d
+
     def describe(self) -> str:
         """One header line of every resolved choice (what ran; nccl/gloo: the process group's all-reduce on a CPU)."""
         gloo = self.allreduce == "nccl" and self.device == "cpu"

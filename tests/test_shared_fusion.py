@@ -195,6 +195,21 @@ def test_model_fused_shared_equals_apart(card, aligned_max_t, monkeypatch):
     assert (max(seen) > 1) == (aligned_max_t > 0)       # the aligned variant ran fused on every card when allowed
 
 
+@pytest.mark.parametrize("card, shared", [("olmoe-tiny", False), ("qwen2-moe-tiny", True), ("deepseek-v2-lite-tiny", True)])
+def test_settings_say_off_without_shared_experts(card, shared):
+    """--fuse-shared resolves on for the fused path; a model without shared experts has nothing to fuse, so
+    check_settings records it off (the bench header and JSON say what ran); explicit on, likewise."""
+    from minimoe.families import config_from_hf
+    from minimoe.cards import load_card
+    from minimoe.runtime import check_settings
+    cfg = config_from_hf(load_card(card))
+    for asked in ("auto", "on"):
+        s = RunSettings(experts="fused", device=DEVICE, dtype="fp32", fuse_shared=asked).resolve()
+        assert s.fuse_shared == "on"
+        check_settings(s, cfg)
+        assert s.fuse_shared == ("on" if shared else "off")
+
+
 def test_fits_only_where_it_can_run(monkeypatch):
     monkeypatch.setattr(fm, "SMALL_BATCH_RATIO", 1)
     s = RunSettings(experts="fused", device=DEVICE).resolve()

@@ -449,7 +449,8 @@ def test_generate_refuses_bad_speculation_flags(args, message, capsys):
 
 
 def _bench_spec(capsys, tmp_path, gamma: str, accept: str, bs: str) -> tuple[str, dict]:
-    """bench.py olmoe-tiny with the mixtral-tiny draft on the CPU, fixed ceilings: (stdout, the speculative result)."""
+    """bench.py olmoe-tiny with the mixtral-tiny draft on the CPU, fixed ceilings: (stdout, the speculative result).
+    The JSON's settings record --gamma as given: a number, or the string auto."""
     from minimoe.bench import cli as bench
     ceilings = tmp_path / "ceilings.json"
     ceilings.write_text(json.dumps({"bandwidth_GBps": 10.0, "matmul_TFLOPs": 0.1}))
@@ -458,7 +459,9 @@ def _bench_spec(capsys, tmp_path, gamma: str, accept: str, bs: str) -> tuple[str
                      "--iters", "1", "--ceilings", str(ceilings)])
     out, err = capsys.readouterr()
     assert rc == 0, err
-    return out, json.loads(out.strip().splitlines()[-1])["results"][0]["speculative"]
+    j = json.loads(out.strip().splitlines()[-1])
+    assert j["settings"]["gamma"] == (gamma if gamma == "auto" else int(gamma))
+    return out, j["results"][0]["speculative"]
 
 
 def test_bench_reports_the_speculative_metrics(capsys, tmp_path):
