@@ -170,6 +170,14 @@ def prune_for_eval(req: PruneRequest, model, folder, s, ids: torch.Tensor) -> tu
     return apply_prune(req, model, folder, s.seed, own_text, s.top_k)
 
 
+def bench_calibration(req: PruneRequest) -> str | None:
+    """What bench.py --prune calibrates on (prune_for_bench): the given source, random:N by default, None for a
+    method that needs none."""
+    if req.method in NEEDS_NO_CALIBRATION:
+        return None
+    return req.calibration or f"random:{RANDOM_TOKENS}"
+
+
 def prune_for_bench(req: PruneRequest, model, folder, s, real: bool) -> tuple[ModelConfig, str]:
     """bench.py --prune: calibrate on random prompts unless told otherwise, and say what that means. folder: the
     model's own (its tokenizer, for a text); real: the weights were loaded, not drawn at random."""

@@ -87,6 +87,9 @@ def check_settings(s: RunSettings, cfg: ModelConfig) -> None:
             raise UsageError(str(e)) from None
     if s.skip_threshold and not cfg.is_moe:
         raise UsageError("--skip-threshold needs an MoE model")
+    if s.skip_threshold and (s.top_k or cfg.top_k) == 1:
+        raise UsageError(f"--skip-threshold {s.skip_threshold:g} drops a token's experts below that share of its top "
+                         "weight: with one expert a token (K=1) there is nothing to drop")
     if s.router is not None and not cfg.is_moe:
         raise UsageError(f"--router {s.router} needs an MoE model")
     problem = check_quant(s, cfg)                 # formats, machine, pre-quantized checkpoints (quant.py)

@@ -170,16 +170,22 @@ class RunSettings:
         return not self.eager and self.device.startswith("cuda")
 
     def as_json(self) -> dict:
-        """Every field as a JSON-ready dict; --gamma as a number unless it is auto."""
+        """Every field as a JSON-ready dict, as the header's line names them (describe): --gamma a number unless it
+        is auto, the all-reduce nccl/gloo where gloo stands in for NCCL on a CPU."""
         d = dataclasses.asdict(self)
         d["gamma"] = d["gamma"] if d["gamma"] == "auto" or not str(d["gamma"]).isdigit() else int(d["gamma"])
+        if self.allreduce == "nccl" and self.device == "cpu":
+            d["allreduce"] = "nccl/gloo"
         return d
 
-    def describe(self) -> str:
-        """One header line of every resolved choice (what ran; nccl/gloo: the process group's all-reduce on a CPU)."""
-        gloo = self.allreduce == "nccl" and self.device == "cpu"
-        return " ".join(f"{k}={'nccl/gloo' if k == 'allreduce' and gloo else v}"
-                        for k, v in dataclasses.asdict(self).items())
+    def describe(self, cfg=None) -> str:
+        """One header line of every resolved choice (what ran; nccl/gloo: the process group's all-reduce on a CPU).
+        With the model's config, the router and K it uses where no flag set them show as card:NAME / card:K."""
+        d = self.as_json()
+        if cfg is not None and cfg.is_moe:
+            d["router"] = d["router"] or f"card:{cfg.router}"
+            d["top_k"] = d["top_k"] or f"card:{cfg.top_k}"
+        return " ".join(f"{k}={v}" for k, v in d.items())
 
 
 MAX_GAMMA = 16
@@ -267,6 +273,8 @@ def add_args(parser: argparse.ArgumentParser, defaults: RunSettings | None = Non
         if kw.get("action") != "store_true":
             kw["default"] = getattr(base, name)
             kw["help"] = f"{kw['help']} (default: {kw['default']})"
+            if name == "experts":        # None until from_args: an explicit --experts loop contradicts --fused
+                kw["default"] = None
         if name in hidden:
             kw["help"] = argparse.SUPPRESS
         g.add_argument(flag, dest=name, **kw)
@@ -277,9 +285,11 @@ def from_args(args: argparse.Namespace) -> RunSettings:
     """The RunSettings the parsed flags describe (not yet resolved). ValueError for contradictions."""
     values = {name: getattr(args, name) for name in SETTINGS_FLAGS}
     if getattr(args, "fused", False):
-        if values["experts"] not in ("loop", "fused"):
+        if values["experts"] not in (None, "fused"):
             raise ValueError(f"--fused contradicts --experts {values['experts']}")
         values["experts"] = "fused"
+    if values["experts"] is None:          # add_args' parsers leave it unset; another parser may give its own
+        values["experts"] = RunSettings.experts
     if values["router"] != "zipf" and values["zipf_s"] != RunSettings.zipf_s:
         raise ValueError("--zipf-s only means something with --router zipf")
     return RunSettings(**values)

@@ -204,6 +204,8 @@ BAD_INPUT = {
     "unknown fold": (BASE + ["--fold-norm", "maybe"], "--fold-norm maybe: choose from auto, on, off"),
     "cuda device": (BASE + ["--device", "cuda"], "--device cuda: no CUDA GPU is available here"),
     "fused vs grouped": (BASE + ["--fused", "--experts", "grouped"], "--fused contradicts --experts grouped"),
+    "skip at K=1": (BASE + ["--topk", "1", "--skip-threshold", "0.3"], "with one expert a token (K=1) there is nothing"),
+    "fused vs loop": (BASE + ["--fused", "--experts", "loop"], "--fused contradicts --experts loop"),
     "topk too large": (BASE + ["--topk", "99"], "--topk 99 must be between 1 and the expert count 8"),
     "topk zero": (BASE + ["--topk", "0"], "--topk must be at least 1, got 0"),
     "unknown dtype": (BASE + ["--dtype", "fp8"], "--dtype fp8: choose from bf16, fp16, fp32"),
@@ -293,6 +295,23 @@ def test_incomplete_ceilings_file_is_refused(capsys, tmp_path):
     rc, out, err = run_bench(capsys, *BASE, "--ceilings", partial)
     assert rc == 2
     assert err.strip().splitlines() == [f"error: {partial} needs bandwidth_GBps and matmul_TFLOPs"]
+
+
+@pytest.mark.parametrize("body, shown", [('{"bandwidth_GBps": "fast", "matmul_TFLOPs": 1}', "bandwidth_GBps must be a "
+                                          'positive number, got "fast"'),
+                                         ('{"bandwidth_GBps": 10, "matmul_TFLOPs": null}', "matmul_TFLOPs must be a "
+                                          "positive number, got null"),
+                                         ('{"bandwidth_GBps": 0, "matmul_TFLOPs": 1}', "got 0"),
+                                         ('{"bandwidth_GBps": -5, "matmul_TFLOPs": -1}', "got -5"),
+                                         ('[1, 2]', "needs bandwidth_GBps and matmul_TFLOPs")])
+def test_bad_ceilings_values_are_refused(body, shown, capsys, tmp_path):
+    """A ceilings file's numbers divide every roofline figure: text, null, zero or a negative is one line, exit 2,
+    before the model is built (nothing printed on stdout)."""
+    bad = tmp_path / "bad.json"
+    bad.write_text(body)
+    rc, out, err = run_bench(capsys, *BASE, "--ceilings", bad)
+    lines = err.strip().splitlines()
+    assert rc == 2 and out == "" and len(lines) == 1 and shown in lines[0], err
 
 
 def test_json_line_is_strict_json_with_one_output_token(capsys):

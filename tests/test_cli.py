@@ -56,9 +56,13 @@ def test_stop_ids_cut_each_row_at_its_first_stop(capsys):
 def test_sampling_is_seeded(capsys):
     args = ["--model", "qwen3-moe-tiny", "--prompt-ids", "7,8,9", "--max-new-tokens", "12", "--temperature", "1.5",
             "--top-k", "50", "--json", "-"]
-    first = json.loads(run(capsys, *args, "--seed", "3")[1])["new_ids"]
+    got = json.loads(run(capsys, *args, "--seed", "3")[1])
+    first = got["new_ids"]
     assert first == json.loads(run(capsys, *args, "--seed", "3")[1])["new_ids"]
     assert first != json.loads(run(capsys, *args, "--seed", "4")[1])["new_ids"]
+    # the JSON records the sampling (apart from the router's K in settings) and --gamma as a number
+    assert got["sampling"] == {"temperature": 1.5, "top_k": 50, "top_p": 1.0, "min_p": 0.0}
+    assert got["settings"]["top_k"] is None and got["settings"]["gamma"] == 0
 
 
 def test_a_sampling_filter_alone_samples_at_temperature_1(capsys):

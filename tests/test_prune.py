@@ -637,6 +637,8 @@ def test_bench_prune_times_the_pruned_shapes(tmp_path, capsys):
     assert {k: runs["intra"][1]["prune"][k] for k in ("kind", "ratio", "per_layer")} == \
         {"kind": "intra", "ratio": 0.5, "per_layer": "uniform"}
     assert runs["inter"][1]["prune"]["kind"] == "inter" and runs["inter"][1]["prune"]["method"]
+    assert runs["intra"][1]["prune"]["calibration"] == "random:2048"      # what the header says it calibrated on
+    assert "router=card:softmax_topk top_k=card:" in runs["plain"][0]     # the card's router and K, named
 
 
 def test_weights_from_another_folder_are_named_as_loaded(checkpoint, tmp_path, capsys):

@@ -19,6 +19,7 @@ import argparse
 import dataclasses
 import itertools
 import json
+import math
 import sys
 
 import torch
@@ -141,17 +142,23 @@ def validate(args, cfg) -> list[tuple]:
     return configs
 
 
-def load_ceilings(args, device) -> dict:
-    if args.ceilings:
-        try:
-            with open(args.ceilings) as f:
-                c = json.load(f)
-        except (OSError, json.JSONDecodeError) as e:
-            raise UsageError(f"--ceilings {args.ceilings}: {e}") from e
-        if not {"bandwidth_GBps", "matmul_TFLOPs"} <= set(c):
-            raise UsageError(f"{args.ceilings} needs bandwidth_GBps and matmul_TFLOPs")
-        return {**c, "source": args.ceilings}
-    return measure_ceilings(device)
+def read_ceilings(args) -> dict | None:
+    """--ceilings FILE -> {bandwidth_GBps, matmul_TFLOPs, ..., source}, checked before the model is built
+    (UsageError naming the file and the field); None without the flag (bench.py measures them)."""
+    if not args.ceilings:
+        return None
+    try:
+        with open(args.ceilings) as f:
+            c = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise UsageError(f"--ceilings {args.ceilings}: {e}") from e
+    if not isinstance(c, dict) or not {"bandwidth_GBps", "matmul_TFLOPs"} <= set(c):
+        raise UsageError(f"{args.ceilings} needs bandwidth_GBps and matmul_TFLOPs")
+    for key in ("bandwidth_GBps", "matmul_TFLOPs"):
+        v = c[key]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+            raise UsageError(f"--ceilings {args.ceilings}: {key} must be a positive number, got {json.dumps(v)}")
+    return {**c, "source": args.ceilings}
 
 
 def measure(gen, prompts, out_len, warmup, iters, use_graphs, prefill_graph=False):
@@ -235,6 +242,7 @@ def prepare(args):
     card, _ = resolve(args.model)
     cfg, folder = read_config(args.model)
     check_settings(s, cfg)
+    given = read_ceilings(args)                     # a --ceilings file: checked before the model is built
     prune = prune_cli.prune_request(args)           # --prune: every check before the model is built
     if prune is not None:
         prune_cli.check_request(prune, cfg, s, folder)
@@ -257,7 +265,7 @@ def prepare(args):
         weights += f"; {note}"
     if not cfg.extra.get("name"):                   # a checkpoint without _name_or_path: named as the user named it
         cfg = dataclasses.replace(cfg, extra={**cfg.extra, "name": args.model})
-    return s, card, cfg, model, configs, use_graphs, graphs, weights, load_ceilings(args, s.torch_device)
+    return s, card, cfg, model, configs, use_graphs, graphs, weights, given or measure_ceilings(s.torch_device)
 
 
 @quiet_broken_pipe
@@ -314,7 +322,7 @@ def main(argv=None, prog: str = "bench.py") -> int:
     req = prune_cli.prune_request(args)             # checked before the build; here as fields a script can filter on
     if req is not None:
         summary["prune"] = {"kind": req.kind, "ratio": req.ratio, "method": req.method, "per_layer": req.per_layer,
-                            "calibration": req.calibration}
+                            "calibration": prune_cli.bench_calibration(req)}
     if KNOBS:
         summary["knobs"] = dict(KNOBS)
     if load is not None:

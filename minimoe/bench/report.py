@@ -70,7 +70,7 @@ def print_header(v: dict, cfg, pc, settings, ceilings: dict, graphs: str, weight
         what = FORMATS[pc.stored.fmt].what + (", LM head too" if cfg.extra["weight_format"]["lm_head"] else "")
         print(f"# weight format {pc.stored.fmt} ({what}): {_bytes(pc.weight_bytes(wbytes))} stored "
               f"({_bytes(pc.total * wbytes)} in {settings.dtype}), {_bytes(pc.stored.per_expert)} per routed expert")
-    print(f"# run: {settings.describe()} graphs={graphs}")
+    print(f"# run: {settings.describe(cfg)} graphs={graphs}")
 
 
 def _bytes(n: float) -> str:
