@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # For an H100 call (kind nvidia-h100-x1), ~4 min: should another Hopper GPU without tables of its own read the H200's
 # tuned fused-MoE tables (moe_configs.HOPPER_FALLBACK = "NVIDIA_H200") instead of the default rule? Graphed OLMoE
-# decode steps (bs 64 / 16) and the bs-64 prefill with and without, then the 8,192-token layer: the H200 table against
-# the rule (default_rule_ab.py's table column). Take the fallback as the default where it wins.
+# decode steps (bs 64 / 16) and the bs-64 prefill with and without. Take the fallback as the default where it wins.
+# Run in the forty-seventh session (docs/results/2026-12-05-s47/call2-3): mixed, so the fallback stays off.
 # Usage (device tool, repo root, an H100): bash scripts/gpu/pending_h100_s46.sh
 set -u
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD TQDM_DISABLE=1
