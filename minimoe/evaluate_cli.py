@@ -113,7 +113,7 @@ def run(args) -> dict:
         load.heatmap(args.heatmap)
     summary = load.summary() if cfg.is_moe else {}
     return {"model": args.model, "weights": source or "dummy", "data": args.data or DEFAULT_DATA,
-            "settings": s.__dict__, "prune": pruned, **res,
+            "settings": s.as_json(cfg), "prune": pruned, **res,
             "expert_load": {k: summary[k] for k in ("imbalance_max", "imbalance_mean")} if summary else None}
 
 

@@ -52,10 +52,7 @@ def _check_attn(s: RunSettings, cfg: ModelConfig, device: torch.device) -> None:
 
 
 def check_settings(s: RunSettings, cfg: ModelConfig) -> None:
-    """Refuse a resolved RunSettings this model or machine cannot run, naming the flag.
-
-    Also records a switch that has nothing to act on in this model as off (--fuse-shared on a model without
-    shared experts), so the header and the JSON say what ran."""
+    """Refuse a resolved RunSettings this model or machine cannot run, naming the flag."""
     device = s.torch_device
     if s.experts not in EXPERT_PATHS:
         raise UsageError(f"unknown expert path {s.experts!r}; choose from {sorted(EXPERT_PATHS)}")
@@ -89,7 +86,8 @@ def check_settings(s: RunSettings, cfg: ModelConfig) -> None:
         raise UsageError("--skip-threshold needs an MoE model")
     if s.skip_threshold and (s.top_k or cfg.top_k) == 1:
         raise UsageError(f"--skip-threshold {s.skip_threshold:g} drops a token's experts below that share of its top "
-                         "weight: with one expert a token (K=1) there is nothing to drop")
+                         "weight: each token is routed to one expert (K=1, from --topk or the card), so there is "
+                         "nothing to drop")
     if s.router is not None and not cfg.is_moe:
         raise UsageError(f"--router {s.router} needs an MoE model")
     problem = check_quant(s, cfg)                 # formats, machine, pre-quantized checkpoints (quant.py)
@@ -104,8 +102,6 @@ def check_settings(s: RunSettings, cfg: ModelConfig) -> None:
             raise UsageError(str(e)) from None
     _check_attn(s, cfg, device)
     _check_draft(s, cfg)
-    if s.fuse_shared == "on" and not cfg.shared_intermediate_size:
-        s.fuse_shared = "off"                     # no shared experts: nothing to fuse (shared_fusion.py)
 
 
 def _check_draft(s: RunSettings, cfg: ModelConfig) -> None:

@@ -169,19 +169,24 @@ class RunSettings:
     def use_graphs(self) -> bool:
         return not self.eager and self.device.startswith("cuda")
 
-    def as_json(self) -> dict:
+    def as_json(self, cfg=None) -> dict:
         """Every field as a JSON-ready dict, as the header's line names them (describe): --gamma a number unless it
-        is auto, the all-reduce nccl/gloo where gloo stands in for NCCL on a CPU."""
+        is auto, the all-reduce nccl/gloo where gloo stands in for NCCL on a CPU. With the model's config (a
+        ModelConfig), a switch with nothing to act on in it reads off: fuse_shared for a model without shared
+        experts (shared_fusion.py fuses nothing there); the settings themselves are not changed."""
         d = dataclasses.asdict(self)
         d["gamma"] = d["gamma"] if d["gamma"] == "auto" or not str(d["gamma"]).isdigit() else int(d["gamma"])
         if self.allreduce == "nccl" and self.device == "cpu":
             d["allreduce"] = "nccl/gloo"
+        if cfg is not None and not cfg.shared_intermediate_size:
+            d["fuse_shared"] = "off"
         return d
 
     def describe(self, cfg=None) -> str:
         """One header line of every resolved choice (what ran; nccl/gloo: the process group's all-reduce on a CPU).
-        With the model's config, the router and K it uses where no flag set them show as card:NAME / card:K."""
-        d = self.as_json()
+        With the model's config, as as_json(cfg), and the router and K it uses where no flag set them show as
+        card:NAME / card:K."""
+        d = self.as_json(cfg)
         if cfg is not None and cfg.is_moe:
             d["router"] = d["router"] or f"card:{cfg.router}"
             d["top_k"] = d["top_k"] or f"card:{cfg.top_k}"
@@ -275,6 +280,7 @@ def add_args(parser: argparse.ArgumentParser, defaults: RunSettings | None = Non
             kw["help"] = f"{kw['help']} (default: {kw['default']})"
             if name == "experts":        # None until from_args: an explicit --experts loop contradicts --fused
                 kw["default"] = None
+                parser.set_defaults(experts_default=base.experts)
         if name in hidden:
             kw["help"] = argparse.SUPPRESS
         g.add_argument(flag, dest=name, **kw)
@@ -288,8 +294,8 @@ def from_args(args: argparse.Namespace) -> RunSettings:
         if values["experts"] not in (None, "fused"):
             raise ValueError(f"--fused contradicts --experts {values['experts']}")
         values["experts"] = "fused"
-    if values["experts"] is None:          # add_args' parsers leave it unset; another parser may give its own
-        values["experts"] = RunSettings.experts
+    if values["experts"] is None:          # add_args' parsers leave it unset, their default kept beside it
+        values["experts"] = getattr(args, "experts_default", RunSettings.experts)
     if values["router"] != "zipf" and values["zipf_s"] != RunSettings.zipf_s:
         raise ValueError("--zipf-s only means something with --router zipf")
     return RunSettings(**values)

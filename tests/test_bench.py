@@ -204,7 +204,7 @@ BAD_INPUT = {
     "unknown fold": (BASE + ["--fold-norm", "maybe"], "--fold-norm maybe: choose from auto, on, off"),
     "cuda device": (BASE + ["--device", "cuda"], "--device cuda: no CUDA GPU is available here"),
     "fused vs grouped": (BASE + ["--fused", "--experts", "grouped"], "--fused contradicts --experts grouped"),
-    "skip at K=1": (BASE + ["--topk", "1", "--skip-threshold", "0.3"], "with one expert a token (K=1) there is nothing"),
+    "skip at K=1": (BASE + ["--topk", "1", "--skip-threshold", "0.3"], "each token is routed to one expert (K=1, from --topk or the card)"),
     "fused vs loop": (BASE + ["--fused", "--experts", "loop"], "--fused contradicts --experts loop"),
     "topk too large": (BASE + ["--topk", "99"], "--topk 99 must be between 1 and the expert count 8"),
     "topk zero": (BASE + ["--topk", "0"], "--topk must be at least 1, got 0"),
@@ -303,6 +303,8 @@ def test_incomplete_ceilings_file_is_refused(capsys, tmp_path):
                                           "positive number, got null"),
                                          ('{"bandwidth_GBps": 0, "matmul_TFLOPs": 1}', "got 0"),
                                          ('{"bandwidth_GBps": -5, "matmul_TFLOPs": -1}', "got -5"),
+                                         ('{"bandwidth_GBps": NaN, "matmul_TFLOPs": 1}', "got NaN"),
+                                         ('{"bandwidth_GBps": 10, "matmul_TFLOPs": Infinity}', "got Infinity"),
                                          ('[1, 2]', "needs bandwidth_GBps and matmul_TFLOPs")])
 def test_bad_ceilings_values_are_refused(body, shown, capsys, tmp_path):
     """A ceilings file's numbers divide every roofline figure: text, null, zero or a negative is one line, exit 2,

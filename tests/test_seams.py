@@ -125,6 +125,20 @@ def test_settings_round_trip_through_the_flags(seed):
     assert run_settings.from_args(p.parse_args(run_settings.to_args(s))) == s
 
 
+@pytest.mark.parametrize("default", ["loop", "fused", "grouped"])
+def test_a_parsers_own_defaults_hold_and_fused_contradicts_an_explicit_path(default):
+    """add_args(defaults=...) (profile_step.py defaults to the fused path): with no --experts the parser's own
+    default is the path; --fused agrees with it only where no other path was named, even the loop's own name."""
+    p = argparse.ArgumentParser()
+    run_settings.add_args(p, run_settings.RunSettings(experts=default))
+    assert run_settings.from_args(p.parse_args([])).experts == default
+    assert run_settings.from_args(p.parse_args(["--fused"])).experts == "fused"
+    assert run_settings.from_args(p.parse_args(["--experts", "grouped"])).experts == "grouped"
+    for other in ("loop", "grouped"):
+        with pytest.raises(ValueError, match=f"--fused contradicts --experts {other}"):
+            run_settings.from_args(p.parse_args(["--fused", "--experts", other]))
+
+
 def test_every_cli_takes_every_setting_flag():
     from minimoe.__main__ import parser as main_parser
     from minimoe.bench.cli import parser as bench_parser

@@ -318,7 +318,7 @@ def main(argv=None, prog: str = "bench.py") -> int:
                                                         "moe_intermediate_size", "attention", "experts_per_layer",
                                                         "moe_width_per_layer")},
                "params": {"total": pc.total, "active": pc.active(cfg, s.top_k)},
-               "settings": s.as_json(), "graphs": graphs, "dtype": s.dtype, "results": results}
+               "settings": s.as_json(cfg), "graphs": graphs, "dtype": s.dtype, "results": results}
     req = prune_cli.prune_request(args)             # checked before the build; here as fields a script can filter on
     if req is not None:
         summary["prune"] = {"kind": req.kind, "ratio": req.ratio, "method": req.method, "per_layer": req.per_layer,
