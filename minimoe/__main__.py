@@ -185,8 +185,8 @@ def generate(args) -> dict:
         seconds = time.perf_counter() - t0
     rows = [_until_stop(row, stops) for row in new.tolist()]
     out = {"model": args.model, "family": cfg.family, "weights": source or "dummy",
-           "settings": s.as_json(cfg), "sampling": dataclasses.asdict(sampling), "prompt_ids": prompts if args.prompt_file else prompts[0], "new_ids": rows,
-           "seconds": round(seconds, 4)}
+           "settings": s.as_json(cfg), "sampling": dataclasses.asdict(sampling),
+           "prompt_ids": prompts if args.prompt_file else prompts[0], "new_ids": rows, "seconds": round(seconds, 4)}
     if tok is not None:
         out["text"] = [tok.decode(row) for row in rows]
     if spec is not None:

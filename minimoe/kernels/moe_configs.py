@@ -76,10 +76,11 @@ def config_file_name(E: int, I: int, D: int, K: int, dtype: torch.dtype | str,
 # Another Hopper GPU (sm90: an H100, an H800, ...) with no table of its own reads this device's tables (the tiles were
 # tuned on an H200, which has the same SMs, clocks and shared memory, only more and faster HBM); None: such a GPU runs
 # the rule (default_config) for every shape, as it always has. Measured on an H100 (forty-seventh session, graphed
-# steps, 3-5 rounds, docs/results/2026-12-05-s47/): the H200's tables won at bs 64 on three of four (OLMoE -0.18%,
-# Qwen3-30B-A3B -0.74%, Qwen1.5-MoE -0.22%; DeepSeek-V2-Lite +0.06%) and OLMoE's bs-64 prefill (-0.36%), lost at bs 16 on three of four
-# (OLMoE +0.20% / +0.26%, DeepSeek-V2-Lite +0.36%, Qwen1.5-MoE +0.21%; Qwen3-30B-A3B -1.88%): no default either way,
-# so off (the rule the H100 has always run). Tables tuned on the H100 itself are the way to its last percent.
+# steps, 3-5 rounds, docs/results/2026-12-05-s47/): the H200's tables won at bs 64 on three of four models (OLMoE
+# -0.18%, Qwen3-30B-A3B -0.74%, Qwen1.5-MoE -0.22%; DeepSeek-V2-Lite +0.06%) and at OLMoE's bs-64 prefill (-0.36%), and
+# lost at bs 16 on three of four (OLMoE +0.20% / +0.26%, DeepSeek-V2-Lite +0.36%, Qwen1.5-MoE +0.21%; Qwen3-30B-A3B
+# -1.88%): no default either way, so off (the rule the H100 has always run). OLMoE's table tuned on the H100 itself
+# gave at most 0.17% at decode: the rule is near that card's best there.
 HOPPER_FALLBACK: str | None = None
 
 
