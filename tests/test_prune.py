@@ -639,6 +639,9 @@ def test_bench_prune_times_the_pruned_shapes(tmp_path, capsys):
     assert runs["inter"][1]["prune"]["kind"] == "inter" and runs["inter"][1]["prune"]["method"]
     assert runs["intra"][1]["prune"]["calibration"] == "random:2048"      # what the header says it calibrated on
     assert "router=card:softmax_topk top_k=card:" in runs["plain"][0]     # the card's router and K, named
+    res = {k: v[1]["results"][0] for k, v in runs.items()}
+    assert "skipped_slots" not in res["plain"] and 0 < res["skip"]["skipped_slots"] < 1     # shown without --profile
+    assert f"{res['skip']['skipped_slots']:.1%} of routed slots dropped in one eager decode step" in runs["skip"][0]
 
 
 def test_weights_from_another_folder_are_named_as_loaded(checkpoint, tmp_path, capsys):

@@ -186,12 +186,15 @@ def run_config(args, model, cfg, s, ceilings, b, n_in, n_out, use_graphs, load) 
     run = measure(gen, prompts, n_out, args.warmup, args.iters, use_graphs, not s.eager_prefill)
     m = timing.summarize(run, b, mean_in, n_out)
     mem = torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda" else None
-    touched = timing.touched_experts(gen, prompts, max(lens), b)
+    seen = SkipCount(cfg.n_layers, device) if s.skip_threshold else None     # what skipping drops, one step
+    touched = timing.touched_experts(gen, prompts, max(lens), b, seen)
     r = timing.roofline(cfg, b, mean_in, n_out, touched, plans.aggregate_ceilings(ceilings, s), m,
                         s.torch_dtype.itemsize, s.top_k)
     out = {"batch": b, "input_len": n_in, "input_lens": lens if isinstance(n_in, str) else None,
            "output_len": n_out, "metrics": m, "roofline": r, "peak_mem_GiB": mem, "itl_ms": run["itl_ms"],
            "nonfinite_logit_rows": run["nonfinite_rows"]}
+    if seen is not None and int(seen.slots.sum()):
+        out["skipped_slots"] = seen.fraction()      # share of routed slots dropped in touched_experts' decode step
     if args.profile:
         with counting_skips(SkipCount(cfg.n_layers, device)) as skips:
             out["profile"] = timing.profile_decode(gen, prompts, min(8, max(1, n_out - 2)))
@@ -310,6 +313,11 @@ def main(argv=None, prog: str = "bench.py") -> int:
     print_table(rows)
     if spec is not None:
         spec.print_table()
+    for res in results:
+        if "skipped_slots" in res:
+            print(f"# --skip-threshold {s.skip_threshold:g}, bs{res['batch']} {res['input_len']}/{res['output_len']}: "
+                  f"{res['skipped_slots']:.1%} of routed slots dropped in one eager decode step (the roofline's "
+                  "touched experts count what is left; --profile counts 8 steps)")
     for res in results:
         if "profile" in res:
             print_profile(f"bs{res['batch']} {res['input_len']}/{res['output_len']}", res["profile"])

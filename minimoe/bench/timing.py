@@ -15,12 +15,14 @@ as a result.
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import statistics
 import time
 
 import torch
 
+from ..gate import SkipCount, counting_skips
 from ..generate import Generator
 from ..instrument import ExpertLoad, Profiler, profiling
 from .roofline import count_params, decode_bytes, expected_touched, prefill_flops
@@ -83,11 +85,13 @@ def summarize(run: dict, batch: int, in_len: float, out_len: int) -> dict:
             "prefill_tok_s": batch * in_len / (run["ttft_ms"] / 1e3)}
 
 
-def touched_experts(gen: Generator, prompts, longest: int | None = None, batch: int | None = None) -> float:
+def touched_experts(gen: Generator, prompts, longest: int | None = None, batch: int | None = None,
+                    skips: SkipCount | None = None) -> float:
     """Experts hit per MoE layer in one decode step, counted from the router's output (eager step). longest /
     batch: the whole batch's (under EP `prompts` are this rank's rows, and every rank must take the same branch:
     the step runs collectives). A prompt that fills the model's positions leaves no room for that step (a run of
-    one output token, i.e. no decode step): then the expectation under uniform routing, `roofline.expected_touched`."""
+    one output token, i.e. no decode step): then the expectation under uniform routing, `roofline.expected_touched`.
+    skips: also counts the slots --skip-threshold drops in that step (gate.SkipCount; nothing without the step)."""
     cfg = gen.model.cfg
     if not cfg.is_moe:
         return 0.0
@@ -97,7 +101,8 @@ def touched_experts(gen: Generator, prompts, longest: int | None = None, batch: 
     gen.reset()
     tok = gen.prefill(prompts)
     load = ExpertLoad.of(cfg, gen.device)
-    with profiling(None, load), torch.inference_mode():
+    with profiling(None, load), counting_skips(skips) if skips is not None else contextlib.nullcontext(), \
+            torch.inference_mode():
         gen.eager_step(tok, gen.host_len)
     moe = [i for i in range(cfg.n_layers) if cfg.is_moe_layer(i)]
     return float((load.counts[moe] > 0).sum(1).double().mean())
