@@ -4,11 +4,7 @@
 # H200). Exits 3 at once on any other GPU, so a call the tool serves with an H100 costs only its start.
 # Usage (device tool, repo root): bash scripts/gpu/pending_h200_s47.sh
 set -u
-export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD TQDM_DISABLE=1
-gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader)
-case "$gpu" in *H200*) ;; *) echo "not an H200: $gpu"; exit 3;; esac
-R=$OUT/r; mkdir -p $R
-nvidia-smi --query-gpu=name,clocks.max.sm,clocks.max.mem,power.limit --format=csv > $R/gpu.txt 2>&1
+. scripts/gpu/h200_only.sh
 for i in 1 2 3; do
   timeout 50 python3 bench.py --model olmoe --fused --bs 64 --input-len 128 --output-len 128 --warmup 1 --iters 3 \
     --json $R/bench_olmoe64_$i.json > $R/bench_olmoe64_$i.txt 2>&1

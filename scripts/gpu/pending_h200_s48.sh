@@ -5,11 +5,7 @@
 # Exits 3 at once on any GPU but an H200 (the targets are H200 figures).
 # Usage (device tool, repo root): bash scripts/gpu/pending_h200_s48.sh
 set -u
-export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD TQDM_DISABLE=1
-gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader)
-case "$gpu" in *H200*) ;; *) echo "not an H200: $gpu"; exit 3;; esac
-R=$OUT/r; mkdir -p $R
-nvidia-smi --query-gpu=name,clocks.max.sm,clocks.max.mem,power.limit --format=csv > $R/gpu.txt 2>&1
+. scripts/gpu/h200_only.sh
 C="--fused --warmup 1 --iters 3 --input-len 128 --output-len 128"
 for m in olmoe qwen3 deepseek-v2-lite qwen1.5-moe mixtral; do
   timeout 150 python3 bench.py --model $m $C --bs 1 16 64 --json $R/bench_${m}.json > $R/bench_${m}.txt 2>&1
