@@ -27,7 +27,7 @@ dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
 try:
     pick_device(args.device)                                # a bad --device in one line, before building
     model, cfg, _ = build_model(args.model, "auto", dtype=dtype, device=args.device, settings=settings, seed=args.seed)
-except ValueError as e:                                     # a bad --model or --device (CheckpointError, ...): one line
+except (ValueError, MemoryError) as e:      # a bad --model or --device (CheckpointError, ...), or too big: one line
     raise SystemExit(f"error: {e}")
 prompts = torch.randint(0, cfg.vocab_size, (2, 8), device=args.device)   # a batch of 2 equal-length prompts
 

@@ -31,12 +31,12 @@ def calibration_source(spec: str, folder, vocab: int, limit: int, seed: int, fla
         except ValueError as e:
             raise UsageError(f"{flag} {e}") from None
     if spec == "random" or spec.startswith("random:"):
-        n = RANDOM_TOKENS if spec == "random" else _count(spec.split(":", 1)[1])
+        n = RANDOM_TOKENS if spec == "random" else _count(spec.split(":", 1)[1], flag)
         ids = torch.randint(0, vocab, (n,), generator=torch.Generator().manual_seed(seed))
         return ids, f"{n} random tokens"
     path = cards_dir() / "stdlib-heldout.txt" if spec == "heldout" else Path(spec).expanduser()
     if not path.is_file():
-        raise UsageError(f"{flag} {spec}: no such file (or give random[:N] or a statistics .safetensors)")
+        raise UsageError(f"{flag} {spec}: no such file (or give heldout, random[:N] or a statistics .safetensors)")
     # transformers builds an empty tokenizer for some model types when the folder has no tokenizer files
     tok = load_tokenizer(folder) if folder is not None and any(Path(folder).glob("tokenizer*")) else None
     if tok is None:
@@ -52,23 +52,25 @@ def calibration_source(spec: str, folder, vocab: int, limit: int, seed: int, fla
     return ids, f"{ids.numel()} tokens of {path.name}{note}"
 
 
-def _count(text: str) -> int:
+def _count(text: str, flag: str) -> int:
     try:
         n = int(text)
     except ValueError:
         n = 0
     if n < 1:
-        raise UsageError(f"--calibration random:N needs a positive token count, got {text!r}")
+        raise UsageError(f"{flag} random:N needs a positive token count, got {text!r}")
     return n
 
 
-def run_calibration(model, source, window: int = 512, batch: int = 8) -> tuple[Calibration, str]:
-    """A Calibration from `calibration_source`'s answer (statistics are checked against the model)."""
+def run_calibration(model, source, window: int = 512, batch: int = 8,
+                    flag: str = "--calibration") -> tuple[Calibration, str]:
+    """A Calibration from `calibration_source`'s answer (statistics are checked against the model). UsageError,
+    naming `flag`, for statistics of another model."""
     if isinstance(source, Calibration):
         try:
             source.check_matches(model)
         except ValueError as e:
-            raise UsageError(f"--calibration: {e}") from None
+            raise UsageError(f"{flag}: {e}") from None
         return source, f"statistics of {source.tokens} tokens ({source.about.get('source', 'a file')})"
     ids, what = source
     calib = calibrate(model, ids, window, batch, about={"source": what}, desc="calibrate")

@@ -21,6 +21,7 @@ from . import settings as run_settings
 from .cards import cards_dir
 from .cli import add_model_args, check_output_path, check_plot_path, load_tokenizer, out_path
 from .evaluate import bits_per_byte, load_heldout
+from .gate import SkipCount, counting_skips
 from .generate import Generator
 from .instrument import ExpertLoad, profiling
 from .loader import build_model, read_config, weights_source
@@ -106,15 +107,33 @@ def run(args) -> dict:
         return gen.append(batch.to(gen.device))
 
     load = ExpertLoad.of(cfg, s.device)
-    with profiling(None, load):
+    skips = SkipCount(cfg.n_layers, s.device)       # what --skip-threshold drops, over every window's tokens
+    with profiling(None, load), counting_skips(skips):
         res = bits_per_byte(logits_fn, ids, len(text.encode("utf-8")), args.window, args.stride, args.batch_size,
                             desc=f"eval {args.model}")
-    if args.heatmap:
-        load.heatmap(args.heatmap)
+    if args.heatmap:                                # windows overlap: their shared tokens are routed twice
+        load.heatmap(args.heatmap, title=f"tokens routed per expert, every window's ({args.window} tokens, "
+                                         f"stride {args.stride}: overlaps counted again)")
     summary = load.summary() if cfg.is_moe else {}
     return {"model": args.model, "weights": source or "dummy", "data": args.data or DEFAULT_DATA,
-            "settings": s.as_json(cfg), "prune": pruned, **res,
+            "settings": s.as_json(cfg), "routing": routing_line(s, cfg), "prune": pruned, **res,
+            "skipped_slots": skips.fraction() if s.skip_threshold else None,
             "expert_load": {k: summary[k] for k in ("imbalance_max", "imbalance_mean")} if summary else None}
+
+
+def routing_line(s, cfg) -> str | None:
+    """The settings that change which experts score the text, where not the card's: eval's header names them
+    (a score read without them would be taken for the model's own). None when every one is the card's."""
+    parts = []
+    if s.router:
+        parts.append(f"--router {s.router}" + (f" (--zipf-s {s.zipf_s})" if s.router == "zipf" else ""))
+    if s.top_k:
+        parts.append(f"--topk {s.top_k} (card: {cfg.top_k})")
+    if s.skip_threshold:
+        parts.append(f"--skip-threshold {s.skip_threshold}")
+    if s.ep * s.tp > 1:
+        parts.append(f"--ep {s.ep} --tp {s.tp}")
+    return ", ".join(parts) or None
 
 
 def print_table(out: dict) -> None:
@@ -124,6 +143,10 @@ def print_table(out: dict) -> None:
           f"{out['tokens_scored']} tokens scored, window {out['window']} stride {out['stride']}, "
           f"dtype {st.get('dtype', '?')}, {'no --quant' if fmt == 'none' else '--quant ' + fmt}"
           f"{' (+ lm_head)' if st.get('quant_lm_head') else ''}")
+    if out.get("routing"):
+        print(f"# not the card's routing: {out['routing']}"
+              + (f"; {100 * out['skipped_slots']:.1f}% of the routed slots dropped" if out.get("skipped_slots")
+                 is not None else ""))
     if out.get("prune"):
         print(f"# {out['prune']}")
     print(f"bits/byte {out['bpb']:.4f}   loss {out['loss']:.4f} nats/token   perplexity {out['ppl']:.3f}")

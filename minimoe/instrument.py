@@ -156,7 +156,7 @@ class ExpertLoad:
                 "imbalance_max": float(moe.max()) if moe.numel() else None,
                 "imbalance_mean": float(moe.mean()) if moe.numel() else None}
 
-    def heatmap(self, path: str, rank_bounds: list | None = None) -> None:
+    def heatmap(self, path: str, rank_bounds: list | None = None, title: str = "tokens routed per expert") -> None:
         """PNG of tokens per (layer, expert); rank_bounds [0, ..., E]: expert parallelism's ranks, marked
         with lines and their token totals in the title."""
         try:
@@ -175,12 +175,12 @@ class ExpertLoad:
         ax.set_ylabel("layer")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_title("tokens routed per expert")
+        ax.set_title(title)
         if rank_bounds:
             for b in rank_bounds[1:-1]:
                 ax.axvline(b - 0.5, color="white", linewidth=2)
             totals = [int(self.counts[:, a:b].sum()) for a, b in zip(rank_bounds, rank_bounds[1:])]
-            ax.set_title(f"tokens routed per expert; per EP rank {totals}")
+            ax.set_title(f"{title}; per EP rank {totals}")
         fig.colorbar(im, ax=ax)
         fig.savefig(path, dpi=120, bbox_inches="tight")
         plt.close(fig)

@@ -144,19 +144,23 @@ def weight_bytes(model: Transformer) -> int:
 
 
 def check_fits(nbytes: int, device: torch.device, what: str = "the weights") -> None:
-    """Refuse, with numbers, a model that cannot fit (never an OOM traceback or a killed process)."""
+    """Refuse, with numbers, a model that cannot fit (never an OOM traceback or a killed process).
+    On CPUs under torchrun the host's ranks share its RAM: their needs are added (parallel.host_ram_need)."""
+    ranks = 1
     if device.type == "cuda":
         free, total = torch.cuda.mem_get_info(device)
         where = torch.cuda.get_device_name(device)
     elif device.type == "cpu" and hasattr(os, "sysconf"):
         page = os.sysconf("SC_PAGE_SIZE")
         free, total = os.sysconf("SC_AVPHYS_PAGES") * page, os.sysconf("SC_PHYS_PAGES") * page
+        nbytes, free, ranks = parallel.host_ram_need(nbytes, free)
         where = "this machine's RAM"
     else:
         return
     if nbytes > free:
-        raise MemoryError(f"{what} need {nbytes / 2**30:.1f} GiB but {where} "
-                          f"has {free / 2**30:.1f} GiB free of {total / 2**30:.1f} GiB")
+        need = (f"{nbytes / 2**30:.1f} GiB" if ranks == 1 else
+                f"{nbytes / 2**30:.1f} GiB ({ranks} ranks on this host x up to {nbytes / ranks / 2**30:.1f} GiB)")
+        raise MemoryError(f"{what} need {need} but {where} has {free / 2**30:.1f} GiB free of {total / 2**30:.1f} GiB")
 
 
 def init_dummy(model: Transformer, seed: int = 0, placement: Placement | None = None) -> None:

@@ -197,6 +197,21 @@ def plan_for(settings) -> ParallelPlan:
     return ParallelPlan(settings, make_mesh(settings.ep, settings.tp))
 
 
+def host_ram_need(nbytes: int, free: int) -> tuple[int, int, int]:
+    """Under torchrun on CPUs the ranks of one host share its RAM, so a rank's own share can fit while all of them
+    together do not (the OOM killer then ends one rank with no message). Returns (the bytes this host's ranks need
+    together, the free RAM they agree on, ranks on this host): the largest rank's need x LOCAL_WORLD_SIZE, and the
+    smallest free RAM any rank measured. One gloo all-reduce (MAX) of two int64s, made by every rank between its
+    measurement and any allocation, so every rank takes the same decision. Outside a process group:
+    (nbytes, free, 1)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return nbytes, free, 1
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    t = torch.tensor([nbytes, -free], dtype=torch.int64)
+    collective.run(dist.all_reduce, t, op=dist.ReduceOp.MAX)
+    return int(t[0]) * local, -int(t[1]), local
+
+
 def rank() -> int:
     """This process's world rank (0 outside a process group): drivers print on rank 0 only."""
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0

@@ -153,7 +153,7 @@ def apply_prune(req: PruneRequest, model, folder, seed: int, default_source, top
             calibration_source(req.calibration, folder, cfg.vocab_size, DEFAULT_TOKENS, seed, req.calibration_flag) \
             if req.calibration \
             else default_source()
-        calib, how = run_calibration(model, source)
+        calib, how = run_calibration(model, source, flag=req.calibration_flag)
     try:
         res = prune_(model, calib, req.kind, req.method, req.ratio, req.per_layer, seed, top_k)
     except ValueError as e:

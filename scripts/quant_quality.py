@@ -13,8 +13,12 @@ bf16 on a GPU):
     agree       teacher-forced greedy agreement: the unquantized model's greedy continuation of a 32-token
                 held-out prompt (--tokens long) is fed to both; the share of positions whose argmax agrees
     diverge     the first position where the quantized model's own greedy decoding leaves that continuation
+                (its length when it never does). The two columns run different numerics: the teacher-forced pass
+                is one append of prompt + continuation, where fp8's dense layers quantize the activations too
+                (past 32 rows, W8A8), while decoding runs one row a step, weight-only; so a near-tie can flip in
+                one and not the other (mixtral-stdlib fp8: agree 100.0%, diverge 8).
 A format may name its expert path, FORMAT@PATH (default --experts, loop). The loop path computes fp8 experts
-with activations in the compute dtype (dense fp8 layers do quantize activations per token past 4 rows, as on
+with activations in the compute dtype (dense fp8 layers do quantize activations per token past 32 rows, as on
 the GPU); `fp8@fused` runs the Triton kernels, whose prefill GEMMs quantize the experts' activations too
 (W8A8), but on a CPU they are interpreted: minutes for even --max-bytes 2000; meant for a GPU.
 Tiny trained models pad their narrow matrices to whole 128-groups, so int4's bits/w there exceed 4.25.

@@ -598,6 +598,31 @@ def test_eval_prune_reports_the_pruned_model(stdlib_olmoe, capsys):
     assert rc == 2 and "use --prune-per-layer uniform" in err                 # eval's flag, not prune's
     rc, _, err = run_main(capsys, *common, "--prune", "intra:25%", "--prune-method", "random")
     assert rc == 0 and "pruned intra 25.0% by random (no calibration)" in json.loads(_)["prune"], err
+    rc, _, err = run_main(capsys, *common, "--prune", "inter:0.5", "--prune-calibration", "random:abc")
+    assert rc == 2 and "--prune-calibration random:N needs a positive token count" in err, err   # eval's flag
+    rc, _, err = run_main(capsys, *common, "--prune", "inter:0.5", "--prune-calibration", "/no/such.txt")
+    assert "or give heldout, random[:N]" in err, err
+
+
+def test_eval_header_names_routing_that_is_not_the_cards(stdlib_olmoe, capsys):
+    """A score under --topk / --skip-threshold / --router read like the model's own: eval's header said only the
+    dtype and --quant. Now it names them, and the share of routed slots skipping dropped (in the JSON too)."""
+    common = ["eval", "--model", stdlib_olmoe, "--max-bytes", "800", "--window", "64", "--stride", "32"]
+    rc, out, err = run_main(capsys, *common, "--json", "-")
+    assert rc == 0, err
+    plain = json.loads(out)
+    assert plain["routing"] is None and plain["skipped_slots"] is None
+    rc, out, err = run_main(capsys, *common, "--json", "-", "--skip-threshold", "0.9", "--topk", "4")
+    assert rc == 0, err
+    skipped = json.loads(out)
+    card_k = json.loads((stdlib_olmoe / "config.json").read_text())["num_experts_per_tok"]
+    assert skipped["routing"] == f"--topk 4 (card: {card_k}), --skip-threshold 0.9", skipped["routing"]
+    assert 0 < skipped["skipped_slots"] < 1 and skipped["bpb"] != plain["bpb"]
+    rc, out, err = run_main(capsys, *common, "--skip-threshold", "0.9", "--topk", "4")
+    line = [x for x in out.splitlines() if x.startswith("# not the card's routing:")]
+    assert rc == 0 and len(line) == 1 and "--skip-threshold 0.9" in line[0] and "% of the routed slots dropped" in line[0]
+    rc, out, err = run_main(capsys, *common)
+    assert rc == 0 and "not the card's routing" not in out
 
 
 def test_pruning_refuses_quantized_or_sharded_settings(checkpoint):
