@@ -232,7 +232,7 @@ def main(argv=None) -> int:
         else:
             out = generate(args)
     except (ValueError, MemoryError, NotImplementedError) as e:   # UsageError, CheckpointError included
-        print(f"error: {e}", file=sys.stderr)
+        sys.stderr.write(f"error: {e}\n")          # one write: torchrun's ranks share the terminal
         return 2
     if parallel_rank() != 0:                      # under torchrun, rank 0 reports
         return 0

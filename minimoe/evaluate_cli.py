@@ -111,7 +111,7 @@ def run(args) -> dict:
     with profiling(None, load), counting_skips(skips):
         res = bits_per_byte(logits_fn, ids, len(text.encode("utf-8")), args.window, args.stride, args.batch_size,
                             desc=f"eval {args.model}")
-    if args.heatmap:                                # windows overlap: their shared tokens are routed twice
+    if args.heatmap:                                # windows overlap: a token is routed once per window holding it
         load.heatmap(args.heatmap, title=f"tokens routed per expert, every window's ({args.window} tokens, "
                                          f"stride {args.stride}: overlaps counted again)")
     summary = load.summary() if cfg.is_moe else {}
@@ -122,17 +122,16 @@ def run(args) -> dict:
 
 
 def routing_line(s, cfg) -> str | None:
-    """The settings that change which experts score the text, where not the card's: eval's header names them
-    (a score read without them would be taken for the model's own). None when every one is the card's."""
+    """The settings that change which experts score the text, where they differ from the card's: eval's header
+    names them (a score read without them would be taken for the model's own). None when every one is the card's."""
     parts = []
-    if s.router:
-        parts.append(f"--router {s.router}" + (f" (--zipf-s {s.zipf_s})" if s.router == "zipf" else ""))
-    if s.top_k:
+    if s.router and s.router != cfg.router:
+        parts.append(f"--router {s.router}" + (f" (--zipf-s {s.zipf_s})" if s.router == "zipf" else "")
+                     + f" (card: {cfg.router})")
+    if s.top_k and s.top_k != cfg.top_k:
         parts.append(f"--topk {s.top_k} (card: {cfg.top_k})")
     if s.skip_threshold:
         parts.append(f"--skip-threshold {s.skip_threshold}")
-    if s.ep * s.tp > 1:
-        parts.append(f"--ep {s.ep} --tp {s.tp}")
     return ", ".join(parts) or None
 
 

@@ -143,23 +143,35 @@ def weight_bytes(model: Transformer) -> int:
     return sum(p.numel() * p.element_size() for p in model.parameters())
 
 
+def ram_bytes() -> tuple[int, int] | None:
+    """(available, total) bytes of this machine's RAM: MemAvailable from /proc/meminfo (free pages plus the page
+    cache the kernel can reclaim), else sysconf's free pages; None where neither exists."""
+    try:
+        info = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines() if ":" in line)
+        return int(info["MemAvailable"].split()[0]) * 1024, int(info["MemTotal"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError, IndexError):
+        pass
+    if hasattr(os, "sysconf"):
+        page = os.sysconf("SC_PAGE_SIZE")
+        return os.sysconf("SC_AVPHYS_PAGES") * page, os.sysconf("SC_PHYS_PAGES") * page
+    return None
+
+
 def check_fits(nbytes: int, device: torch.device, what: str = "the weights") -> None:
     """Refuse, with numbers, a model that cannot fit (never an OOM traceback or a killed process).
     On CPUs under torchrun the host's ranks share its RAM: their needs are added (parallel.host_ram_need)."""
-    ranks = 1
+    share = None
     if device.type == "cuda":
         free, total = torch.cuda.mem_get_info(device)
         where = torch.cuda.get_device_name(device)
-    elif device.type == "cpu" and hasattr(os, "sysconf"):
-        page = os.sysconf("SC_PAGE_SIZE")
-        free, total = os.sysconf("SC_AVPHYS_PAGES") * page, os.sysconf("SC_PHYS_PAGES") * page
-        nbytes, free, ranks = parallel.host_ram_need(nbytes, free)
+    elif device.type == "cpu" and ram_bytes() is not None:
+        free, total = ram_bytes()
+        nbytes, free, share = parallel.host_ram_need(nbytes, free)
         where = "this machine's RAM"
     else:
         return
     if nbytes > free:
-        need = (f"{nbytes / 2**30:.1f} GiB" if ranks == 1 else
-                f"{nbytes / 2**30:.1f} GiB ({ranks} ranks on this host x up to {nbytes / ranks / 2**30:.1f} GiB)")
+        need = f"{nbytes / 2**30:.1f} GiB" + (f" ({share})" if share else "")
         raise MemoryError(f"{what} need {need} but {where} has {free / 2**30:.1f} GiB free of {total / 2**30:.1f} GiB")
 
 

@@ -197,19 +197,20 @@ def plan_for(settings) -> ParallelPlan:
     return ParallelPlan(settings, make_mesh(settings.ep, settings.tp))
 
 
-def host_ram_need(nbytes: int, free: int) -> tuple[int, int, int]:
+def host_ram_need(nbytes: int, free: int) -> tuple[int, int, str | None]:
     """Under torchrun on CPUs the ranks of one host share its RAM, so a rank's own share can fit while all of them
-    together do not (the OOM killer then ends one rank with no message). Returns (the bytes this host's ranks need
-    together, the free RAM they agree on, ranks on this host): the largest rank's need x LOCAL_WORLD_SIZE, and the
-    smallest free RAM any rank measured. One gloo all-reduce (MAX) of two int64s, made by every rank between its
-    measurement and any allocation, so every rank takes the same decision. Outside a process group:
-    (nbytes, free, 1)."""
+    together do not (the OOM killer then ends one rank with no message). Returns (the bytes the ranks of a host need
+    together, the free RAM to hold them in, a note for the message): the largest of (a rank's need x its host's
+    LOCAL_WORLD_SIZE) and the least free RAM any rank measured. One gloo all-reduce (MAX) of four int64s, made by
+    every rank between its measurement and any allocation, so every rank compares the same two numbers and takes
+    the same decision. Outside a process group: (nbytes, free, None)."""
     if not (dist.is_available() and dist.is_initialized()):
-        return nbytes, free, 1
+        return nbytes, free, None
     local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    t = torch.tensor([nbytes, -free], dtype=torch.int64)
+    t = torch.tensor([nbytes * local, nbytes, -free, local], dtype=torch.int64)
     collective.run(dist.all_reduce, t, op=dist.ReduceOp.MAX)
-    return int(t[0]) * local, -int(t[1]), local
+    need, each, free, ranks = int(t[0]), int(t[1]), -int(t[2]), int(t[3])
+    return need, free, f"{ranks} ranks on this host x up to {each / 2**30:.1f} GiB"
 
 
 def rank() -> int:

@@ -601,7 +601,7 @@ def test_eval_prune_reports_the_pruned_model(stdlib_olmoe, capsys):
     rc, _, err = run_main(capsys, *common, "--prune", "inter:0.5", "--prune-calibration", "random:abc")
     assert rc == 2 and "--prune-calibration random:N needs a positive token count" in err, err   # eval's flag
     rc, _, err = run_main(capsys, *common, "--prune", "inter:0.5", "--prune-calibration", "/no/such.txt")
-    assert "or give heldout, random[:N]" in err, err
+    assert rc == 2 and "or give heldout, random[:N]" in err, err
 
 
 def test_eval_header_names_routing_that_is_not_the_cards(stdlib_olmoe, capsys):
@@ -621,8 +621,12 @@ def test_eval_header_names_routing_that_is_not_the_cards(stdlib_olmoe, capsys):
     rc, out, err = run_main(capsys, *common, "--skip-threshold", "0.9", "--topk", "4")
     line = [x for x in out.splitlines() if x.startswith("# not the card's routing:")]
     assert rc == 0 and len(line) == 1 and "--skip-threshold 0.9" in line[0] and "% of the routed slots dropped" in line[0]
-    rc, out, err = run_main(capsys, *common)
-    assert rc == 0 and "not the card's routing" not in out
+    cfg = json.loads((stdlib_olmoe / "config.json").read_text())
+    for same in ([], ["--topk", str(cfg["num_experts_per_tok"])], ["--router", "softmax_topk"]):   # the card's own
+        rc, out, err = run_main(capsys, *common, *same)
+        assert rc == 0 and "not the card's routing" not in out, (same, out)
+    rc, out, err = run_main(capsys, *common, "--router", "zipf")
+    assert rc == 0 and "# not the card's routing: --router zipf (--zipf-s 1.2) (card: softmax_topk)" in out, out
 
 
 def test_pruning_refuses_quantized_or_sharded_settings(checkpoint):

@@ -281,7 +281,7 @@ def main(argv=None, prog: str = "bench.py") -> int:
         s, card, cfg, model, configs, use_graphs, graphs, weights, ceilings = prepare(args)
         spec = spec_bench.SpecBench(args, s) if s.draft else None       # loads the draft model
     except (ValueError, MemoryError, NotImplementedError, OSError) as e:   # UsageError, CheckpointError
-        print(f"error: {e}", file=sys.stderr)
+        sys.stderr.write(f"error: {e}\n")          # one write: torchrun's ranks share the terminal
         return 2
     plans.quiet_unless_rank0(args)
     pc = count_params(cfg)

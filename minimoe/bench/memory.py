@@ -8,14 +8,13 @@ is deliberately a little pessimistic (x1.2 on the workspace).
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
 
 from ..config import ModelConfig
 from ..kv_cache import KVCache
-from ..loader import build_meta, weight_bytes
+from ..loader import build_meta, ram_bytes, weight_bytes
 from .prompts import length_sampler
 from .roofline import stored_bytes
 
@@ -79,8 +78,8 @@ def free_bytes(device) -> int | None:
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]
-    if device.type == "cpu" and hasattr(os, "sysconf"):
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    if device.type == "cpu" and ram_bytes() is not None:
+        return ram_bytes()[0]
     return None
 
 
