@@ -36,7 +36,8 @@ def calibration_source(spec: str, folder, vocab: int, limit: int, seed: int, fla
         return ids, f"{n} random tokens"
     path = cards_dir() / "stdlib-heldout.txt" if spec == "heldout" else Path(spec).expanduser()
     if not path.is_file():
-        raise UsageError(f"{flag} {spec}: no such file (or give heldout, random[:N] or a statistics .safetensors)")
+        what = "a folder, not a file" if path.is_dir() else "no such file"
+        raise UsageError(f"{flag} {spec}: {what} (or give heldout, random[:N] or a statistics .safetensors)")
     # transformers builds an empty tokenizer for some model types when the folder has no tokenizer files
     tok = load_tokenizer(folder) if folder is not None and any(Path(folder).glob("tokenizer*")) else None
     if tok is None:

@@ -106,6 +106,7 @@ def run(args) -> dict:
         gen.reset()
         return gen.append(batch.to(gen.device))
 
+    torch.manual_seed(s.seed)                       # --router zipf / uniform draw from torch's generator: repeatable
     load = ExpertLoad.of(cfg, s.device)
     skips = SkipCount(cfg.n_layers, s.device)       # what --skip-threshold drops, over every window's tokens
     with profiling(None, load), counting_skips(skips):

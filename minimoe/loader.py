@@ -157,7 +157,7 @@ def ram_bytes() -> tuple[int, int] | None:
     return None
 
 
-def check_fits(nbytes: int, device: torch.device, what: str = "the weights") -> None:
+def check_fits(nbytes: int, device: torch.device, what: str = "the weights", hint: str = "") -> None:
     """Refuse, with numbers, a model that cannot fit (never an OOM traceback or a killed process).
     On CPUs under torchrun the host's ranks share its RAM: their needs are added (parallel.host_ram_need)."""
     share = None
@@ -172,7 +172,8 @@ def check_fits(nbytes: int, device: torch.device, what: str = "the weights") -> 
         return
     if nbytes > free:
         need = f"{nbytes / 2**30:.1f} GiB" + (f" ({share})" if share else "")
-        raise MemoryError(f"{what} need {need} but {where} has {free / 2**30:.1f} GiB free of {total / 2**30:.1f} GiB")
+        raise MemoryError(f"{what} need {need} but {where} has {free / 2**30:.1f} GiB free of {total / 2**30:.1f} GiB"
+                          + (f"; {hint}" if hint and nbytes // 2 <= free else ""))
 
 
 def init_dummy(model: Transformer, seed: int = 0, placement: Placement | None = None) -> None:
@@ -252,7 +253,8 @@ def build_model(model: str, weights: str = "dummy", *, dtype=torch.bfloat16, dev
         plan_checkpoint(net, ckpt, placement)       # every name/shape error before any allocation
     q = getattr(settings, "quant", "none")
     check_fits(weight_bytes(net), device, "the weights" if q == "none" else
-               f"the weights (in {str(dtype).replace('torch.', '')}: they are built so before --quant {q} packs them)")
+               f"the weights (in {str(dtype).replace('torch.', '')}: they are built so before --quant {q} packs them)",
+               hint="in bf16 (--dtype bf16) they would take half" if dtype == torch.float32 else "")
     net = net.to_empty(device=device)
     if ckpt is None and placement is None:
         init_dummy(net, seed)

@@ -389,3 +389,18 @@ def test_directory_without_safetensors_needs_dummy_asked_for(hf_checkpoint, tmp_
         _load(tmp_path)
     net, _, folder = build_model(str(tmp_path), "dummy", dtype=torch.float32)
     assert folder is None
+
+
+def test_check_fits_refuses_with_numbers_and_a_hint_only_where_it_helps():
+    """A model too big for the RAM is one MemoryError line; the hint (fp32 -> bf16 halves the bytes) is given only
+    when half would fit."""
+    from minimoe.loader import check_fits, ram_bytes
+    if ram_bytes() is None:
+        pytest.skip("this platform reports no free RAM")
+    free = ram_bytes()[0]
+    check_fits(free // 4, torch.device("cpu"), hint="HINT")                  # fits: nothing raised
+    with pytest.raises(MemoryError, match=r"the weights need .* GiB but this machine's RAM has .*; HINT$"):
+        check_fits(int(1.5 * free), torch.device("cpu"), hint="HINT")       # half would fit
+    with pytest.raises(MemoryError) as err:
+        check_fits(4 * free, torch.device("cpu"), hint="HINT")              # half would not
+    assert "HINT" not in str(err.value)

@@ -602,6 +602,8 @@ def test_eval_prune_reports_the_pruned_model(stdlib_olmoe, capsys):
     assert rc == 2 and "--prune-calibration random:N needs a positive token count" in err, err   # eval's flag
     rc, _, err = run_main(capsys, *common, "--prune", "inter:0.5", "--prune-calibration", "/no/such.txt")
     assert rc == 2 and "or give heldout, random[:N]" in err, err
+    rc, _, err = run_main(capsys, *common, "--prune", "inter:0.5", "--prune-calibration", str(stdlib_olmoe))
+    assert rc == 2 and "a folder, not a file" in err, err
 
 
 def test_eval_header_names_routing_that_is_not_the_cards(stdlib_olmoe, capsys):
@@ -627,6 +629,8 @@ def test_eval_header_names_routing_that_is_not_the_cards(stdlib_olmoe, capsys):
         assert rc == 0 and "not the card's routing" not in out, (same, out)
     rc, out, err = run_main(capsys, *common, "--router", "zipf")
     assert rc == 0 and "# not the card's routing: --router zipf (--zipf-s 1.2) (card: softmax_topk)" in out, out
+    scores = [json.loads(run_main(capsys, *common, "--router", "zipf", "--json", "-")[1])["bpb"] for _ in range(2)]
+    assert scores[0] == scores[1] != plain["bpb"]          # the synthetic router draws from the seeded generator
 
 
 def test_pruning_refuses_quantized_or_sharded_settings(checkpoint):
