@@ -164,8 +164,8 @@ def check_fits(nbytes: int, device: torch.device, what: str = "the weights", hin
     if device.type == "cuda":
         free, total = torch.cuda.mem_get_info(device)
         where = torch.cuda.get_device_name(device)
-    elif device.type == "cpu" and ram_bytes() is not None:
-        free, total = ram_bytes()
+    elif device.type == "cpu" and (ram := ram_bytes()) is not None:
+        free, total = ram
         nbytes, free, share = parallel.host_ram_need(nbytes, free)
         where = "this machine's RAM"
     else:

@@ -78,9 +78,8 @@ def free_bytes(device) -> int | None:
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]
-    if device.type == "cpu" and ram_bytes() is not None:
-        return ram_bytes()[0]
-    return None
+    ram = ram_bytes() if device.type == "cpu" else None
+    return ram[0] if ram is not None else None
 
 
 def check_request(cfg, weight_bytes, batch, in_len, out_len, nbytes, device, top_k=None, extra=0,
