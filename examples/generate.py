@@ -4,12 +4,14 @@ Seeded: the same command prints the same tokens every run (the prompts and the s
 torch's global generator; a Generator also takes its own: `gen.generator = torch.Generator().manual_seed(n)`).
 
     python examples/generate.py                      # tiny card, random weights, CPU
+    python examples/generate.py --model olmoe-stdlib         # a trained model: text prompts, text out
     python examples/generate.py --model /path/to/OLMoE-1B-7B-0924 --device cuda
 """
 import argparse
 
 import torch
 
+from minimoe.cli import load_tokenizer
 from minimoe.generate import Generator
 from minimoe.loader import build_model
 from minimoe.sampling import Sampling
@@ -26,21 +28,33 @@ settings = RunSettings(device=args.device)                  # the plain path: lo
 dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
 try:
     pick_device(args.device)                                # a bad --device in one line, before building
-    model, cfg, _ = build_model(args.model, "auto", dtype=dtype, device=args.device, settings=settings, seed=args.seed)
+    model, cfg, folder = build_model(args.model, "auto", dtype=dtype, device=args.device, settings=settings,
+                                     seed=args.seed)
 except (ValueError, MemoryError) as e:      # a bad --model or --device (CheckpointError, ...), or too big: one line
     raise SystemExit(f"error: {e}")
-prompts = torch.randint(0, cfg.vocab_size, (2, 8), device=args.device)   # a batch of 2 equal-length prompts
+tok = load_tokenizer(folder)                                # the checkpoint's own tokenizer, or None (a card)
+if tok is not None:        # text in, text out. A tokenizer that adds no BOS (the stdlib models') gets its
+    adds_bos = tok.bos_token_id is not None and tok("a")["input_ids"][:1] == [tok.bos_token_id]
+    start = "" if adds_bos else (tok.eos_token or "")      # end-of-text first, so the prompt opens a document
+    prompts = [tok(start + text)["input_ids"] for text in ("import os\n", "def main():")]   # ragged: fine
+else:
+    prompts = torch.randint(0, cfg.vocab_size, (2, 8), device=args.device)   # a batch of 2 equal-length prompts
+def show(row):            # row 0's new tokens: ids, or the prompt's text -> the continuation's text
+    if tok is None:
+        return row
+    return f"{tok.decode(prompts[0], skip_special_tokens=True)!r} -> {tok.decode(row)!r}"
 
-gen = Generator(model, batch=2, max_len=8 + 16, sampling=Sampling())   # greedy
+n = max(len(p) for p in prompts)
+gen = Generator(model, batch=2, max_len=n + 16, sampling=Sampling())   # greedy
 reference = gen.generate(prompts, max_new_tokens=16)
-print("loop experts:   ", reference[0].tolist())
+print("loop experts:   ", show(reference[0].tolist()))
 
 settings.experts = "grouped"                                # one switch: same weights, another expert path
 fast = gen.generate(prompts, max_new_tokens=16)
-print("grouped experts:", fast[0].tolist(), "(identical)" if torch.equal(fast, reference) else "(differs)")
+print("grouped experts:", show(fast[0].tolist()), "(identical)" if torch.equal(fast, reference) else "(differs)")
 
-sampled = Generator(model, 2, 24, Sampling(temperature=0.8, top_p=0.9)).generate(prompts, 16)
-print("sampled:        ", sampled[0].tolist())
+sampled = Generator(model, 2, n + 16, Sampling(temperature=0.8, top_p=0.9)).generate(prompts, 16)
+print("sampled:        ", show(sampled[0].tolist()))
 
 ragged = [[5, 6, 7], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]]       # prompts of different lengths, one batch
 batched = Generator(model, 2, 10 + 8).generate(ragged, max_new_tokens=8)

@@ -23,6 +23,18 @@ def test_generate_example_runs():
     assert again.stdout == out.stdout                                   # seeded: the sampled line too
 
 
+def test_generate_example_shows_text_for_a_trained_model():
+    """A checkpoint with a tokenizer gets text prompts and shows text, not ids (the stdlib models add no BOS: the
+    prompt opens with <|endoftext|> as their training documents did, so the first new tokens read as Python)."""
+    out = subprocess.run([sys.executable, str(ROOT / "examples" / "generate.py"), "--model", "olmoe-stdlib"],
+                         capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith("loop experts:    'import os\\n' -> '"), lines[0]
+    assert "(identical)" in lines[1] and lines[1].split(" -> ")[1] == lines[0].split(" -> ")[1] + " (identical)"
+    assert "(each as when run alone)" in lines[3]
+
+
 def test_generate_example_refuses_a_model_too_big_in_one_line():
     """Mixtral-8x7B in fp32 (~175 GiB) fits no CI machine: the loader's MemoryError was a traceback here."""
     if ram_bytes() is None or ram_bytes()[0] > 150 * 2**30:
