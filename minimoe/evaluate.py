@@ -67,17 +67,21 @@ def window_nll(logits_fn: LogitsFn, ids: torch.Tensor, spans: list[tuple[int, in
 
 
 def bits_per_byte(logits_fn: LogitsFn, ids: torch.Tensor, text_bytes: int, window: int, stride: int,
-                  batch_size: int = 16, desc: str = "eval") -> dict:
+                  batch_size: int = 16, desc: str = "eval", before_batch=None) -> dict:
     """Sliding-window NLL of `ids` (1-D LongTensor) -> dict(nll_nats, tokens_scored, bytes, bpb, ppl, loss).
 
     Windows of equal length are batched `batch_size` at a time in a fixed order, so the result is
-    deterministic whenever `logits_fn` is. `text_bytes` is the UTF-8 length of the scored text."""
+    deterministic whenever `logits_fn` is. `text_bytes` is the UTF-8 length of the scored text.
+    before_batch: optional callable(spans) run before each batch's forward with its (start, end, first_scored)
+    windows, in order (eval's expert-load counter uses it to count each token once)."""
     ids = ids.reshape(-1).long()
     spans = sliding_windows(ids.numel(), window, stride)
     # every window has length min(window, n): batches of consecutive windows, in a fixed order
     batches = [spans[i:i + batch_size] for i in range(0, len(spans), batch_size)]
     nll = 0.0
     for chunk in tqdm(batches, desc=desc, unit="batch", leave=False):
+        if before_batch is not None:
+            before_batch(chunk)
         nll += window_nll(logits_fn, ids, chunk)
     scored = sum(end - first for _, end, first in spans)
     loss = nll / max(scored, 1)

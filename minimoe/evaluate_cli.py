@@ -8,7 +8,8 @@ the first real token is scored too), and `evaluate.bits_per_byte` scores it with
 `--window` tokens moved by `--stride` (stated in the output). The numbers depend only on the model,
 the text and those two numbers, so runs with different run settings (--experts, --quant, --prune,
 --skip-threshold ...) compare directly. Routing is recorded on the way (instrument.ExpertLoad):
-tokens per (layer, expert), their imbalance, and with --heatmap a PNG of it.
+tokens per (layer, expert), each token counted once (in the first of the overlapping windows that holds
+it), their imbalance, and with --heatmap a PNG of it.
 """
 from __future__ import annotations
 
@@ -109,12 +110,23 @@ def run(args) -> dict:
     torch.manual_seed(s.seed)                       # --router zipf / uniform draw from torch's generator: repeatable
     load = ExpertLoad.of(cfg, s.device)
     skips = SkipCount(cfg.n_layers, s.device)       # what --skip-threshold drops, over every window's tokens
+    counted_to = 0
+
+    def count_once(spans) -> None:                  # windows overlap: a token's routing counts in the first one only
+        nonlocal counted_to
+        keep = []
+        for start, end, _ in spans:
+            keep.append(torch.arange(start, end) >= counted_to)                  # [S]
+            counted_to = max(counted_to, end)
+        load.mask = torch.cat(keep).to(s.device)                                 # [B * S], the router's token order
+
     with profiling(None, load), counting_skips(skips):
         res = bits_per_byte(logits_fn, ids, len(text.encode("utf-8")), args.window, args.stride, args.batch_size,
-                            desc=f"eval {args.model}")
-    if args.heatmap:                                # windows overlap: a token is routed once per window holding it
-        load.heatmap(args.heatmap, title=f"tokens routed per expert, every window's ({args.window} tokens, "
-                                         f"stride {args.stride}: overlaps counted again)")
+                            desc=f"eval {args.model}", before_batch=count_once)
+    load.mask = None
+    if args.heatmap:
+        load.heatmap(args.heatmap, title=f"tokens routed per expert ({ids.numel()} tokens, each counted once: in the "
+                                         f"first window that holds it)")
     summary = load.summary() if cfg.is_moe else {}
     return {"model": args.model, "weights": source or "dummy", "data": args.data or DEFAULT_DATA,
             "settings": s.as_json(cfg), "routing": routing_line(s, cfg), "prune": pruned, **res,

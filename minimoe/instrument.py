@@ -131,6 +131,8 @@ class ExpertLoad:
     def __init__(self, n_layers: int, n_experts: int, device, experts_per_layer=None):
         self.counts = torch.zeros(n_layers, n_experts, dtype=torch.int64, device=device)  # [L, E]
         self.experts = [min(e, n_experts) if e else n_experts for e in (experts_per_layer or [n_experts] * n_layers)]
+        self.mask = None        # [T] bool, optional: the tokens of the next forwards to count (eval's overlapping
+        #                         windows count each token once); None counts every token
 
     @classmethod
     def of(cls, cfg, device) -> "ExpertLoad":
@@ -139,9 +141,14 @@ class ExpertLoad:
         return cls(cfg.n_layers, max(per_layer + [1]), device, per_layer)
 
     def record(self, layer: int, ids: torch.Tensor) -> None:
-        """ids [T, K] global expert ids; -1 (a skipped slot) counts nowhere."""
-        flat = ids.reshape(-1)
-        self.counts[layer].scatter_add_(0, flat.clamp_min(0), (flat >= 0).long())
+        """ids [T, K] global expert ids; -1 (a skipped slot) counts nowhere, nor does a token whose `mask` entry is
+        False. Raises ValueError if a mask is set for another number of tokens."""
+        keep = ids >= 0                                                          # [T, K]
+        if self.mask is not None:
+            if self.mask.shape != ids.shape[:1]:
+                raise ValueError(f"ExpertLoad.mask holds {self.mask.numel()} tokens, the router saw {ids.shape[0]}")
+            keep &= self.mask[:, None]
+        self.counts[layer].scatter_add_(0, ids.reshape(-1).clamp_min(0), keep.reshape(-1).long())
 
     def summary(self) -> dict:
         """Imbalance = max / mean tokens per expert over the layer's own experts, for layers that routed anything

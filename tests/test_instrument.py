@@ -245,3 +245,17 @@ def test_expert_load_of_a_globally_pruned_model_uses_its_layers_counts():
     cfg = dataclasses.replace(base, experts_per_layer=(5, 3, 5))
     load = ExpertLoad.of(cfg, "cpu")
     assert load.counts.shape == (cfg.n_layers, 5) and load.experts == [5, 3, 5]
+
+
+def test_expert_load_mask_counts_only_the_tokens_it_keeps():
+    load = ExpertLoad(1, 4, "cpu")
+    ids = torch.tensor([[0, 1], [2, -1], [3, 0]])                    # [T 3, K 2]; -1: a skipped slot
+    load.mask = torch.tensor([True, False, True])
+    load.record(0, ids)
+    assert load.counts[0].tolist() == [2, 1, 0, 1]                   # token 1 (expert 2) not counted
+    load.mask = torch.tensor([True, False])
+    with pytest.raises(ValueError, match="2 tokens, the router saw 3"):
+        load.record(0, ids)
+    load.mask = None
+    load.record(0, ids)
+    assert load.counts[0].tolist() == [4, 2, 1, 2]

@@ -97,3 +97,33 @@ def test_eval_heatmap_of_a_dense_model_is_refused(capsys, tmp_path):
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "is a dense model" in err[0], err
     assert not (tmp_path / "h.png").exists()
+
+
+def _eval_load(monkeypatch, capsys, *extra):
+    """eval's ExpertLoad after a run: its [L, E] counts."""
+    import minimoe.evaluate_cli as ec
+    made = []
+
+    class Load(ec.ExpertLoad):
+        @classmethod
+        def of(cls, cfg, device):
+            made.append(super().of(cfg, device))
+            return made[-1]
+    monkeypatch.setattr(ec, "ExpertLoad", Load)
+    _eval(capsys, "--max-bytes", "1500", "--window", "64", "--stride", "16", *extra)
+    return made[0].counts
+
+
+def test_eval_counts_each_token_once_over_overlapping_windows(monkeypatch, capsys):
+    """Windows of 64 moved by 16 hold most tokens four times; the load (heatmap, imbalance) counts each token's
+    routing once, in the first window that holds it, also when a batch holds several windows (the router sees
+    them as [B * S] rows)."""
+    from minimoe.checkpoint import read_config
+    cfg, folder = read_config("olmoe-stdlib")
+    tok = transformers.AutoTokenizer.from_pretrained(folder)
+    text = (ROOT / "models" / "stdlib-heldout.txt").read_bytes()[:1500].decode("utf-8", errors="ignore")
+    n_tokens = 1 + len(tok(text, add_special_tokens=False)["input_ids"])          # the BOS eval puts first
+    batched = _eval_load(monkeypatch, capsys, "--batch-size", "3")
+    assert batched.sum(1).tolist() == [n_tokens * cfg.top_k] * cfg.n_layers
+    alone = _eval_load(monkeypatch, capsys, "--batch-size", "1")
+    assert (batched - alone).abs().sum() <= 2 * cfg.n_layers          # the same tokens counted (a near-tie may flip)
