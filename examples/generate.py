@@ -1,7 +1,7 @@
 """Load a model through the Python API, generate, and flip one optimization.
 
-Seeded: the same command prints the same tokens every run (the prompts and the sampled line come from
-torch's global generator; a Generator also takes its own: `gen.generator = torch.Generator().manual_seed(n)`).
+Seeded: the same command prints the same tokens every run (a card's random prompts and the sampled line come
+from torch's global generator; a checkpoint with a tokenizer gets two fixed text prompts; a Generator also takes its own: `gen.generator = torch.Generator().manual_seed(n)`).
 
     python examples/generate.py                      # tiny card, random weights, CPU
     python examples/generate.py --model olmoe-stdlib         # a trained model: text prompts, text out
@@ -20,7 +20,7 @@ from minimoe.settings import RunSettings, pick_device
 p = argparse.ArgumentParser()
 p.add_argument("--model", default="olmoe-tiny", help="card name, checkpoint dir or hub id")
 p.add_argument("--device", default="cpu")
-p.add_argument("--seed", type=int, default=0, help="prompts, random weights and sampling (default 0)")
+p.add_argument("--seed", type=int, default=0, help="random prompts (cards), random weights and sampling (default 0)")
 args = p.parse_args()
 torch.manual_seed(args.seed)
 
@@ -39,10 +39,10 @@ if tok is not None:        # text in, text out. A tokenizer that adds no BOS (th
     prompts = [tok(start + text)["input_ids"] for text in ("import os\n", "def main():")]   # ragged: fine
 else:
     prompts = torch.randint(0, cfg.vocab_size, (2, 8), device=args.device)   # a batch of 2 equal-length prompts
-def show(row):            # row 0's new tokens: ids, or the prompt's text -> the continuation's text
+def show(row, prompt=0):  # a row's new tokens: ids, or the prompt's text -> the continuation's text
     if tok is None:
         return row
-    return f"{tok.decode(prompts[0], skip_special_tokens=True)!r} -> {tok.decode(row)!r}"
+    return f"{tok.decode(prompts[prompt], skip_special_tokens=True)!r} -> {tok.decode(row)!r}"
 
 n = max(len(p) for p in prompts)
 gen = Generator(model, batch=2, max_len=n + 16, sampling=Sampling())   # greedy
@@ -56,7 +56,9 @@ print("grouped experts:", show(fast[0].tolist()), "(identical)" if torch.equal(f
 sampled = Generator(model, 2, n + 16, Sampling(temperature=0.8, top_p=0.9)).generate(prompts, 16)
 print("sampled:        ", show(sampled[0].tolist()))
 
-ragged = [[5, 6, 7], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]]       # prompts of different lengths, one batch
-batched = Generator(model, 2, 10 + 8).generate(ragged, max_new_tokens=8)
-alone = torch.cat([Generator(model, 1, 10 + 8).generate([p], max_new_tokens=8) for p in ragged])
-print("ragged batch:   ", batched.tolist(), "(each as when run alone)" if torch.equal(batched, alone) else "(differs)")
+ragged = [[5, 6, 7], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]] if tok is None else prompts   # different lengths, one batch
+m = max(map(len, ragged))
+batched = Generator(model, 2, m + 8).generate(ragged, max_new_tokens=8)
+alone = torch.cat([Generator(model, 1, m + 8).generate([p], max_new_tokens=8) for p in ragged])
+same = "(each as when run alone)" if torch.equal(batched, alone) else "(differs)"
+print("ragged batch:   ", batched.tolist() if tok is None else " | ".join(show(r, i) for i, r in enumerate(batched.tolist())), same)

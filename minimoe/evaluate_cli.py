@@ -109,7 +109,7 @@ def run(args) -> dict:
 
     torch.manual_seed(s.seed)                       # --router zipf / uniform draw from torch's generator: repeatable
     load = ExpertLoad.of(cfg, s.device)
-    skips = SkipCount(cfg.n_layers, s.device)       # what --skip-threshold drops, over every window's tokens
+    skips = SkipCount(cfg.n_layers, s.device)       # what --skip-threshold drops
     counted_to = 0
 
     def count_once(spans) -> None:                  # windows overlap: a token's routing counts in the first one only
@@ -118,15 +118,15 @@ def run(args) -> dict:
         for start, end, _ in spans:
             keep.append(torch.arange(start, end) >= counted_to)                  # [S]
             counted_to = max(counted_to, end)
-        load.mask = torch.cat(keep).to(s.device)                                 # [B * S], the router's token order
+        load.mask = skips.mask = torch.cat(keep).to(s.device)                    # [B * S], the router's token order
 
     with profiling(None, load), counting_skips(skips):
         res = bits_per_byte(logits_fn, ids, len(text.encode("utf-8")), args.window, args.stride, args.batch_size,
                             desc=f"eval {args.model}", before_batch=count_once)
-    load.mask = None
+    load.mask = skips.mask = None
     if args.heatmap:
-        load.heatmap(args.heatmap, title=f"tokens routed per expert ({ids.numel()} tokens, each counted once: in the "
-                                         f"first window that holds it)")
+        load.heatmap(args.heatmap, title=f"tokens routed per expert: {ids.numel()} tokens (the first one the BOS), "
+                                         f"window {args.window} stride {args.stride}, each counted once")
     summary = load.summary() if cfg.is_moe else {}
     return {"model": args.model, "weights": source or "dummy", "data": args.data or DEFAULT_DATA,
             "settings": s.as_json(cfg), "routing": routing_line(s, cfg), "prune": pruned, **res,

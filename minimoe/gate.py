@@ -122,8 +122,14 @@ class SkipCount:
     def __init__(self, n_layers: int, device):
         self.slots = torch.zeros(n_layers, dtype=torch.int64, device=device)
         self.dropped = torch.zeros(n_layers, dtype=torch.int64, device=device)
+        self.mask = None        # [T] bool, optional: the tokens to count (as instrument.ExpertLoad.mask)
 
     def record(self, layer: int, ids: torch.Tensor) -> None:
+        """ids [T, K]; a token whose `mask` entry is False counts nowhere. ValueError: a mask of another T."""
+        if self.mask is not None:
+            if self.mask.shape != ids.shape[:1]:
+                raise ValueError(f"SkipCount.mask holds {self.mask.numel()} tokens, the router saw {ids.shape[0]}")
+            ids = ids[self.mask]
         self.slots[layer] += ids.numel()
         self.dropped[layer] += (ids < 0).sum()
 

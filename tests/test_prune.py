@@ -715,3 +715,15 @@ def test_header_gives_per_layer_counts_as_a_range(checkpoint, tmp_path, capsys):
     assert _per_layer(cfg, cfg.layer_experts) == str(cfg.n_experts)
     uneven = dataclasses.replace(cfg, experts_per_layer=tuple(range(2, 2 + cfg.n_layers)))
     assert _per_layer(uneven, uneven.layer_experts) == f"2-{1 + cfg.n_layers} (per layer)"
+
+
+def test_skip_count_mask_counts_only_the_tokens_it_keeps():
+    """eval's overlapping windows count each token once (ExpertLoad.mask's twin)."""
+    c = SkipCount(1, "cpu")
+    ids = torch.tensor([[0, -1], [-1, -1], [3, 0]])                  # [T 3, K 2]
+    c.mask = torch.tensor([True, False, True])
+    c.record(0, ids)
+    assert (int(c.slots[0]), int(c.dropped[0])) == (4, 1)
+    c.mask = torch.ones(2, dtype=torch.bool)
+    with pytest.raises(ValueError, match="2 tokens, the router saw 3"):
+        c.record(0, ids)

@@ -12,6 +12,7 @@ import torch
 from conftest import rel_err
 from minimoe.__main__ import main
 from minimoe.cards import cards_dir
+from minimoe.gate import SkipCount
 from minimoe.generate import Generator
 from minimoe.loader import build_model
 
@@ -127,3 +128,8 @@ def test_eval_counts_each_token_once_over_overlapping_windows(monkeypatch, capsy
     assert batched.sum(1).tolist() == [n_tokens * cfg.top_k] * cfg.n_layers
     alone = _eval_load(monkeypatch, capsys, "--batch-size", "1")
     assert (batched - alone).abs().sum() <= 2 * cfg.n_layers          # the same tokens counted (a near-tie may flip)
+    import minimoe.evaluate_cli as ec
+    seen = []
+    monkeypatch.setattr(ec, "SkipCount", lambda *a: seen.append(SkipCount(*a)) or seen[-1])
+    _eval_load(monkeypatch, capsys, "--batch-size", "3", "--skip-threshold", "0.5")
+    assert seen[0].slots.tolist() == [n_tokens * cfg.top_k] * cfg.n_layers and int(seen[0].dropped.sum()) > 0

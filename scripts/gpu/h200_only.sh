@@ -3,6 +3,6 @@
 # folder $R and the GPU's clocks in $R/gpu.txt. ANY_GPU=1 lets another GPU through (its figures judge no H200 target).
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD TQDM_DISABLE=1
 gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader)
-[ -n "${ANY_GPU:-}" ] || case "$gpu" in *H200*) ;; *) echo "not an H200: $gpu (ANY_GPU=1 runs it anyway)"; exit 3;; esac
+[ "${ANY_GPU:-}" = 1 ] || case "$gpu" in *H200*) ;; *) echo "not an H200: $gpu (ANY_GPU=1 runs it anyway)"; exit 3;; esac
 R=$OUT/r; mkdir -p $R
 nvidia-smi --query-gpu=name,clocks.max.sm,clocks.max.mem,power.limit --format=csv > $R/gpu.txt 2>&1

@@ -2,9 +2,10 @@
 # Forty-ninth session (~9 min on an H200): issue 13's whole speed table with today's code, in the issue's settings.
 # Every pruning variant is first checked on the real shapes against the fp32 loop oracle (bench_prune.py), then
 # timed: OLMoE-1B-7B and Qwen1.5-MoE-A2.7B shapes, random weights, bs 1 / 64 / 16 at 128 / 128 (--iters 3), then
-# bs 16 at the seed's 2048 / 2048 (--iters 1; none, inter 50%, intra 25%, skip a third) for both models.
+# bs 16 at the seed's 2048 / 2048 (--iters 1; none, inter 50%, intra 25%, skip a third) for both models (bench_prune's
+# --long also times those four at bs 16 128 / 128 first; their skip threshold comes from that bs-16 run).
 # Variants: none | inter 12.5 / 25 / 50% | intra 12.5 / 25 / 50% | skip dropping 1/6 and 1/3 of the routed slots
-# (thresholds from the timed bs-1 run's own decode steps). The last line per study judges the issue's targets.
+# (in the first two steps the thresholds come from the timed bs-1 run's own decode steps). The last line per study judges the issue's targets.
 # Exits 3 at once on any GPU but an H200 (the targets are H200 figures). A step is not started when fewer seconds
 # than its cap are left of the call's 590. Usage (device tool, repo root): bash scripts/gpu/pending_h200_s49.sh
 set -u
