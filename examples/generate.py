@@ -1,7 +1,8 @@
 """Load a model through the Python API, generate, and flip one optimization.
 
 Seeded: the same command prints the same tokens every run (a card's random prompts and the sampled line come
-from torch's global generator; a checkpoint with a tokenizer gets two fixed text prompts; a Generator also takes its own: `gen.generator = torch.Generator().manual_seed(n)`).
+from torch's global generator; a checkpoint with a tokenizer gets two fixed text prompts; a Generator also takes
+its own: `gen.generator = torch.Generator().manual_seed(n)`).
 
     python examples/generate.py                      # tiny card, random weights, CPU
     python examples/generate.py --model olmoe-stdlib         # a trained model: text prompts, text out
@@ -39,6 +40,8 @@ if tok is not None:        # text in, text out. A tokenizer that adds no BOS (th
     prompts = [tok(start + text)["input_ids"] for text in ("import os\n", "def main():")]   # ragged: fine
 else:
     prompts = torch.randint(0, cfg.vocab_size, (2, 8), device=args.device)   # a batch of 2 equal-length prompts
+
+
 def show(row, prompt=0):  # a row's new tokens: ids, or the prompt's text -> the continuation's text
     if tok is None:
         return row
@@ -61,4 +64,5 @@ m = max(map(len, ragged))
 batched = Generator(model, 2, m + 8).generate(ragged, max_new_tokens=8)
 alone = torch.cat([Generator(model, 1, m + 8).generate([p], max_new_tokens=8) for p in ragged])
 same = "(each as when run alone)" if torch.equal(batched, alone) else "(differs)"
-print("ragged batch:   ", batched.tolist() if tok is None else " | ".join(show(r, i) for i, r in enumerate(batched.tolist())), same)
+rows = batched.tolist() if tok is None else " | ".join(show(row, i) for i, row in enumerate(batched.tolist()))
+print("ragged batch:   ", rows, same)
