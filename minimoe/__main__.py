@@ -99,6 +99,12 @@ def _prompts(args, tok, vocab: int) -> list[list[int]]:
             raise UsageError("--prompt/--prompt-file need a checkpoint with tokenizer files and transformers; "
                              "use --prompt-ids")
         if args.prompt is not None:
+            try:                                     # argv bytes that are not UTF-8 arrive as lone surrogates
+                args.prompt.encode("utf-8")
+            except UnicodeEncodeError as e:
+                bad = args.prompt.encode("utf-8", "surrogateescape")
+                raise UsageError(f"--prompt is not UTF-8 text: byte {bad[e.start]:#04x} at byte "
+                                 f"{len(args.prompt[:e.start].encode('utf-8', 'surrogateescape'))}") from None
             prompts = [tok(args.prompt)["input_ids"]] * args.batch
         else:
             try:                                     # "\n" / "\r\n" only: str.splitlines also cuts at form feeds

@@ -14,6 +14,7 @@ it), their imbalance, and with --heatmap a PNG of it.
 from __future__ import annotations
 
 import argparse
+import sys
 
 import torch
 
@@ -39,7 +40,7 @@ def add_parser(sub) -> None:
     e.add_argument("--stride", type=int, default=256, help="tokens each window moves on (and scores; default %(default)s)")
     e.add_argument("--batch-size", type=int, default=8, help="windows per forward (default %(default)s)")
     e.add_argument("--max-bytes", type=int, help="score only the first N bytes of the text (quick looks)")
-    e.add_argument("--heatmap", type=out_path, help="image (.png, .svg, .pdf, ...): tokens routed per (layer, "
+    e.add_argument("--heatmap", "--load-heatmap", type=out_path, help="image (.png, .svg, .pdf, ...): tokens routed per (layer, "
                                                     "expert) over the text")
     e.add_argument("--json", type=out_path, help="write one JSON object to this path ('-' = stdout, instead of the table)")
     run_settings.add_args(e, hidden=run_settings.SPECULATION)
@@ -50,8 +51,10 @@ def _text(args) -> str:
     path = args.data or str(cards_dir() / DEFAULT_DATA)
     try:
         text = load_heldout(path)
-    except (OSError, UnicodeDecodeError) as err:
+    except OSError as err:
         raise UsageError(f"--data {path}: {err}") from None
+    except UnicodeDecodeError as err:
+        raise UsageError(f"--data {path} is not UTF-8 text: {err.reason} at byte {err.start}") from None
     if args.max_bytes is not None:
         text = text.encode("utf-8")[:args.max_bytes].decode("utf-8", errors="ignore")
     if not text:
@@ -125,8 +128,9 @@ def run(args) -> dict:
                             desc=f"eval {args.model}", before_batch=count_once)
     load.mask = skips.mask = None
     if args.heatmap:
-        load.heatmap(args.heatmap, title=f"tokens routed per expert: {ids.numel()} tokens (the first one the BOS), "
+        load.heatmap(args.heatmap, title=f"tokens routed per expert: {ids.numel()} tokens (eval's start token first), "
                                          f"window {args.window} stride {args.stride}, each counted once")
+        print(f"# expert-load heatmap written to {args.heatmap}", file=sys.stderr)
     summary = load.summary() if cfg.is_moe else {}
     return {"model": args.model, "weights": source or "dummy", "data": args.data or DEFAULT_DATA,
             "settings": s.as_json(cfg), "routing": routing_line(s, cfg), "prune": pruned, **res,

@@ -434,6 +434,16 @@ def test_zipf_router_favours_expert_zero(capsys, tmp_path):
     assert j["expert_load"]["imbalance_max"] > 1.5
 
 
+def test_heatmap_flag_has_evals_name_and_says_where_the_images_went(capsys, tmp_path):
+    """bench.py's --load-heatmap is eval's --heatmap too (one name works in both), and each image's path is said."""
+    rc, out, err = run_bench(capsys, "--model", "olmoe-tiny", *SHORT, "--heatmap", tmp_path / "h.png",
+                             "--plot", tmp_path / "p.png")
+    assert rc == 0, err
+    assert (tmp_path / "h.png").read_bytes()[:8] == PNG_MAGIC == (tmp_path / "p.png").read_bytes()[:8]
+    assert f"# expert-load heatmap written to {tmp_path / 'h.png'}" in err.splitlines()
+    assert f"# throughput plot written to {tmp_path / 'p.png'}" in err.splitlines()
+
+
 def test_uniform_router_runs(capsys):
     j = bench_json(capsys, "--model", "olmoe-tiny", *SHORT, "--router", "uniform")
     assert j["settings"]["router"] == "uniform"

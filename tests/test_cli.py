@@ -245,6 +245,22 @@ def test_prompt_file_problems_are_one_line(content, message, capsys, tmp_path):
     assert rc == 2 and out == "" and len(lines) == 1 and message in lines[0] and str(path) in lines[0], err
 
 
+def test_prompt_and_data_that_are_not_utf8_are_one_line(capsys, tmp_path):
+    """A --prompt whose argv bytes are not UTF-8 (Latin-1 'caf\\xe9', as an old terminal sends it) reaches Python as a
+    lone surrogate: it was a tokenizer TypeError traceback. eval's --data gave the codec's raw message."""
+    from minimoe.cards import cards_dir
+    if not (cards_dir() / "olmoe-stdlib" / "tokenizer.json").exists():
+        pytest.skip("olmoe-stdlib has no tokenizer in this checkout")
+    latin1 = b"caf\xe9".decode("utf-8", "surrogateescape")           # what sys.argv holds for those bytes
+    rc, out, err = run(capsys, *STDLIB, "--prompt", latin1)
+    assert (rc, out, err.strip()) == (2, "", "error: --prompt is not UTF-8 text: byte 0xe9 at byte 3"), err
+    path = tmp_path / "latin1.txt"
+    path.write_bytes(b"caf\xe9 au lait\n")
+    rc = main(["eval", "--model", "olmoe-stdlib", "--data", str(path)])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.strip() == f"error: --data {path} is not UTF-8 text: invalid continuation byte at byte 3"
+
+
 def test_prompt_file_trailing_blank_lines_end_the_file(capsys, tmp_path):
     from minimoe.cards import cards_dir
     if not (cards_dir() / "olmoe-stdlib" / "tokenizer.json").exists():

@@ -133,3 +133,10 @@ def test_eval_counts_each_token_once_over_overlapping_windows(monkeypatch, capsy
     monkeypatch.setattr(ec, "SkipCount", lambda *a: seen.append(SkipCount(*a)) or seen[-1])
     _eval_load(monkeypatch, capsys, "--batch-size", "3", "--skip-threshold", "0.5")
     assert seen[0].slots.tolist() == [n_tokens * cfg.top_k] * cfg.n_layers and int(seen[0].dropped.sum()) > 0
+
+
+def test_eval_heatmap_takes_benchs_flag_name_and_says_where_it_went(capsys, tmp_path):
+    path = tmp_path / "load.png"
+    assert main(["eval", "--model", "olmoe-stdlib", "--max-bytes", "800", "--load-heatmap", str(path)]) == 0
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"# expert-load heatmap written to {path}" in capsys.readouterr().err.splitlines()

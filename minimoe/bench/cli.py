@@ -75,7 +75,7 @@ def parser(prog: str = "bench.py") -> argparse.ArgumentParser:
                         "writes no file)")
     p.add_argument("--plot", type=out_path, help="image (.png, .svg, .pdf, ...): output tok/s against batch size, "
                                                  "one line per length")
-    p.add_argument("--load-heatmap", type=out_path, help="image (.png, .svg, .pdf, ...): tokens per (layer, expert) "
+    p.add_argument("--load-heatmap", "--heatmap", type=out_path, help="image (.png, .svg, .pdf, ...): tokens per (layer, expert) "
                                                          "over one generation")
     run_settings.add_args(p)
     prune_cli.add_prune_args(p, "random:2048, random prompts")
@@ -345,4 +345,5 @@ def main(argv=None, prog: str = "bench.py") -> int:
     if args.plot:
         timing.plot_throughput(args.plot, results, title=f"{summary['model']} | {v['gpu'] or v.get('cpu') or 'cpu'} | "
                                                           f"{s.dtype}, experts {s.experts}")
+        print(f"# throughput plot written to {args.plot}", file=sys.stderr)
     return 0

@@ -77,3 +77,4 @@ def heatmap(model, load, path: str) -> None:
     plan = plan_of(model)
     if rank() == 0:
         load.heatmap(path, next(iter(plan.bounds.values()), None) if plan is not None else None)
+        print(f"# expert-load heatmap written to {path}", file=sys.stderr)
